@@ -1,0 +1,51 @@
+/**
+ * pim-ip: the guest's network addresses, from the guest agent.
+ * One line per address: NAME IFACE ADDRESS/PREFIX FAMILY MAC. Loopback is
+ * left out unless --all. Exit 69 when the agent does not answer in time.
+ */
+import { defineCmd, main } from '../lib/cli.ts';
+import { jsonArgs } from '../lib/output.ts';
+import { completeVmNames } from '../lib/complete.ts';
+
+interface GaIface {
+  name: string;
+  'hardware-address'?: string;
+  'ip-addresses'?: Array<{ 'ip-address': string; 'ip-address-type': 'ipv4' | 'ipv6'; prefix: number }>;
+}
+
+export function addressRecords(name: string, ifaces: GaIface[], all = false) {
+  const out: Array<{ name: string; iface: string; address: string; prefix: number; family: string; mac: string | null }> = [];
+  for (const i of ifaces) {
+    if (!all && i.name === 'lo') continue;
+    for (const a of i['ip-addresses'] ?? []) {
+      if (!all && a['ip-address-type'] === 'ipv6' && a['ip-address'].startsWith('fe80')) continue;
+      out.push({ name, iface: i.name, address: a['ip-address'], prefix: a.prefix, family: a['ip-address-type'], mac: i['hardware-address'] ?? null });
+    }
+  }
+  return out;
+}
+
+export const cmd = defineCmd({
+  name: 'pim-ip',
+  summary: "Show a VM's IP addresses (from the guest agent).",
+  usage: 'NAME [--json] [--all] [--timeout S]',
+  examples: ['pim-ip dev', "ssh root@$(pim-ip dev | awk '$5==\"ipv4\"{print $3; exit}' | cut -d/ -f1)"],
+  args: {
+    ...jsonArgs,
+    all: { type: 'boolean', alias: 'a', description: 'include loopback and link-local addresses' },
+    timeout: { type: 'string', description: 'seconds to wait for the guest agent', default: '5' },
+  },
+  positionals: { min: 1, max: 1 },
+  completePositional: completeVmNames,
+  async run({ args, positionals }) {
+    const { withGa, timeoutMs } = await import('../lib/connect.ts');
+    const { printRecords } = await import('../lib/output.ts');
+    const name = positionals[0]!;
+    const ms = timeoutMs(args.timeout, 5);
+    const ifaces = (await withGa(name, ms, (g) => g.execute('guest-network-get-interfaces', undefined, ms))) as GaIface[];
+    const recs = addressRecords(name, ifaces, args.all).map((r) => ({ ...r, address: args.json ? r.address : `${r.address}/${r.prefix}` }));
+    printRecords(recs, ['iface', 'address', 'family', 'mac'], { json: args.json });
+  },
+});
+
+main(cmd);

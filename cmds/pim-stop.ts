@@ -1,0 +1,62 @@
+/**
+ * pim-stop: stop VMs, gently first. guest agent -> ACPI powerdown -> SIGTERM
+ * -> SIGKILL; prints NAME STAGE SECONDS for each VM, the stage being the one
+ * that stopped it. With no names, reads them from stdin (the first word of
+ * each line), so `pim-ps | fzf | pim-stop` and `pim-ps -q | xargs pim-stop` work.
+ */
+import { defineCmd, main } from '../lib/cli.ts';
+import { jsonArgs } from '../lib/output.ts';
+import { completeVmNames } from '../lib/complete.ts';
+import { EXIT, PimError } from '../lib/exit.ts';
+
+export const cmd = defineCmd({
+  name: 'pim-stop',
+  summary: 'Stop VMs: guest agent, then ACPI powerdown, then SIGTERM, then SIGKILL.',
+  usage: '[NAME...] [--timeout S] [--force] [--json]',
+  description: `
+Each stage waits up to --timeout seconds for QEMU to exit before the next one.
+--force skips the guest agent and ACPI stages. Output: NAME STAGE SECONDS, where STAGE
+is agent, acpi, sigterm or sigkill. With no NAME, names are read from stdin.`,
+  examples: ['pim-stop dev', 'pim-ps -q | fzf -m | pim-stop', 'pim-ps -q | xargs pim-stop --timeout 10'],
+  args: {
+    ...jsonArgs,
+    timeout: { type: 'string', description: 'seconds each stage waits', default: '20' },
+    force: { type: 'boolean', alias: 'f', description: 'skip the graceful stages: SIGTERM, then SIGKILL' },
+  },
+  completePositional: completeVmNames,
+  async run({ args, positionals }) {
+    const { timeoutMs } = await import('../lib/connect.ts');
+    const { checkName } = await import('../lib/names.ts');
+    const { ensureRuntimeDir } = await import('../lib/paths.ts');
+    const { requireRunning } = await import('../lib/vm.ts');
+    const { stopVm } = await import('../lib/stop.ts');
+    const { printRecords } = await import('../lib/output.ts');
+    const { reportError } = await import('../lib/cli.ts');
+    const ms = timeoutMs(args.timeout, 20);
+    let names = positionals;
+    if (!names.length) {
+      if (process.stdin.isTTY) throw new PimError(EXIT.USAGE, 'no VM names given; name them, or pipe them in (pim-ps -q | pim-stop)');
+      const { text } = await import('node:stream/consumers');
+      names = (await text(process.stdin)).split('\n').map((l) => l.trim().split(/\s+/)[0] ?? '').filter(Boolean);
+      if (!names.length) throw new PimError(EXIT.USAGE, 'no VM names on stdin');
+    }
+    for (const n of names) checkName(n);
+    const dir = ensureRuntimeDir();
+    let code: number = EXIT.OK;
+    await Promise.all(
+      [...new Set(names)].map(async (name) => {
+        try {
+          const vm = await requireRunning(name, dir);
+          const r = await stopVm(vm, { timeoutMs: ms, force: args.force });
+          printRecords([{ ...r }], ['stage', 'seconds'], { json: args.json, plain: true });
+        } catch (e) {
+          const c = reportError(e);
+          if (code === EXIT.OK) code = c;
+        }
+      }),
+    );
+    return code;
+  },
+});
+
+main(cmd);

@@ -1,0 +1,112 @@
+/**
+ * pim: the umbrella. `pim <sub> args...` runs `pim-<sub> args...` the way git
+ * runs git-<sub>: first from pim's own directory, then from PATH, so
+ * third-party `pim-*` executables are found too. The child's exit status
+ * passes through (128+signal when it was killed).
+ */
+import * as fs from 'node:fs';
+import { delimiter, dirname, join } from 'node:path';
+import { realpathSync } from 'node:fs';
+import { EXIT } from '../lib/exit.ts';
+
+const SIGNALS: Record<string, number> = { SIGHUP: 1, SIGINT: 2, SIGQUIT: 3, SIGKILL: 9, SIGPIPE: 13, SIGTERM: 15 };
+
+function ownDir(): string {
+  try {
+    return dirname(realpathSync(process.argv[1]!));
+  } catch {
+    return dirname(process.argv[1]!);
+  }
+}
+
+function isExec(p: string): boolean {
+  try {
+    fs.accessSync(p, fs.constants.X_OK);
+    return fs.statSync(p).isFile();
+  } catch {
+    return false;
+  }
+}
+
+/** Where `pim-<sub>` lives: pim's own dir (with or without .mjs), then PATH. */
+export function findSub(sub: string): string | null {
+  const own = ownDir();
+  for (const c of [join(own, `pim-${sub}.mjs`), join(own, `pim-${sub}`)]) if (isExec(c)) return c;
+  for (const d of (process.env.PATH ?? '').split(delimiter)) {
+    if (d && isExec(join(d, `pim-${sub}`))) return join(d, `pim-${sub}`);
+  }
+  return null;
+}
+
+/** Every `pim-*` command: pim's own, then those on PATH. */
+export function listSubs(): Map<string, string> {
+  const found = new Map<string, string>();
+  const scan = (d: string, strip: boolean) => {
+    let names: string[] = [];
+    try {
+      names = fs.readdirSync(d);
+    } catch {
+      return;
+    }
+    for (const f of names.sort()) {
+      const m = /^pim-([a-z0-9][a-z0-9-]*)(\.mjs)?$/.exec(f);
+      if (!m || (m[2] && !strip)) continue;
+      if (!found.has(m[1]!) && isExec(join(d, f))) found.set(m[1]!, join(d, f));
+    }
+  };
+  scan(ownDir(), true);
+  for (const d of (process.env.PATH ?? '').split(delimiter)) if (d) scan(d, false);
+  return found;
+}
+
+function help(): void {
+  const subs = listSubs();
+  const w = Math.max(8, ...[...subs.keys()].map((s) => s.length));
+  process.stdout.write(
+    [
+      'Usage: pim <command> [args...]',
+      '',
+      'pim, the Product Image Manager: small executables to build and run QEMU VMs.',
+      '`pim <command>` runs `pim-<command>`; `pim <command> --help` shows its help.',
+      '',
+      'Commands:',
+      ...[...subs].map(([s, p]) => `  ${s.padEnd(w)}  ${p}`),
+      '',
+    ].join('\n'),
+  );
+}
+
+function run(argv: string[]): number | void {
+  const sub = argv[0];
+  if (!sub || sub === '-h' || sub === '--help' || sub === 'help') {
+    if (sub === 'help' && argv[1]) return run([argv[1], '--help']);
+    help();
+    return EXIT.OK;
+  }
+  if (!/^[a-z0-9][a-z0-9-]*$/.test(sub)) {
+    process.stderr.write(`pim: ${JSON.stringify(sub)} is not a command name; see pim --help\n`);
+    return EXIT.USAGE;
+  }
+  const exe = findSub(sub);
+  if (!exe) {
+    process.stderr.write(`pim: no command ${sub} (no pim-${sub} in pim's directory or on PATH); see pim --help\n`);
+    return EXIT.USAGE;
+  }
+  const execve = (process as unknown as { execve?: (file: string, args: string[], env: NodeJS.ProcessEnv) => never }).execve;
+  if (typeof execve === 'function' && !exe.endsWith('.mjs')) {
+    execve(exe, [exe, ...argv.slice(1)], process.env);
+  }
+  const { spawnSync } = process.getBuiltinModule('node:child_process') as typeof import('node:child_process');
+  const cmd = exe.endsWith('.mjs') ? process.execPath : exe;
+  const args = exe.endsWith('.mjs') ? [exe, ...argv.slice(1)] : argv.slice(1);
+  for (const s of ['SIGINT', 'SIGQUIT', 'SIGTERM'] as const) process.on(s, () => undefined); // the child decides
+  const r = spawnSync(cmd, args, { stdio: 'inherit' });
+  if (r.error) {
+    process.stderr.write(`pim: cannot run ${exe}: ${r.error.message}\n`);
+    return EXIT.UNAVAILABLE;
+  }
+  if (r.signal) return 128 + (SIGNALS[r.signal] ?? 0);
+  return r.status ?? EXIT.SOFTWARE;
+}
+
+process.exitCode = run(process.argv.slice(2)) ?? 0;

@@ -1,0 +1,162 @@
+/**
+ * Starting QEMU for a VM: the runtime files, the lock, sudo for bridged
+ * networking, and readiness. Headless VMs use `-daemonize`: QEMU's first
+ * process exits only once every socket listens, so that exit is the
+ * readiness notification (no polling). Shared by pim-run and pim-kboot.
+ */
+import * as fs from 'node:fs';
+import { spawn } from 'node:child_process';
+import { userInfo } from 'node:os';
+import { EXIT, PimError } from './exit.ts';
+import { checkSocketPath, ensureRuntimeDir, vmFiles, type VmFiles } from './paths.ts';
+import { acquireLock, readPidfile } from './proc.ts';
+import { cleanupFiles, logTail, vmInfo, writeMeta, type VmMeta } from './vm.ts';
+import { buildQemuArgv, type VmSpec } from './qemu-argv.ts';
+import { qemuBinary } from './host.ts';
+import { log } from './log.ts';
+
+export interface LaunchRequest {
+  spec: Omit<VmSpec, 'files' | 'daemonize' | 'serial'>;
+  console: boolean;
+  /** run QEMU as root through sudo (bridged networking) */
+  sudo: boolean;
+  meta: Omit<VmMeta, 'pid' | 'owner' | 'started' | 'root' | 'name'>;
+}
+
+export interface Launched {
+  name: string;
+  files: VmFiles;
+  pid: number;
+  meta: VmMeta;
+}
+
+/** Wait for a child process to exit; resolves with its status (128+signal when killed). */
+export function childExit(child: import('node:child_process').ChildProcess): Promise<number> {
+  return new Promise((resolve, reject) => {
+    child.once('error', reject);
+    child.once('exit', (code, sig) => resolve(code ?? 128 + (sig ? (({ SIGHUP: 1, SIGINT: 2, SIGKILL: 9, SIGTERM: 15 }) as Record<string, number>)[sig] ?? 0 : 0)));
+  });
+}
+
+function qemuFailure(files: VmFiles, status: number, sudo: boolean): PimError {
+  const tail = logTail(files.log, 20);
+  if (sudo && tail.some((l) => /^sudo: .*(password|not allowed|may not run|no tty|a terminal is required)/i.test(l))) {
+    return new PimError(EXIT.NOPERM, `sudo refused to run QEMU for bridged networking; run "sudo -v" first or add a sudoers rule for ${qemuBinary()} and chown (see README)`);
+  }
+  const qline = [...tail].reverse().find((l) => /qemu-system|qemu:|error/i.test(l)) ?? tail[tail.length - 1] ?? `exit status ${status}`;
+  if (/Failed to get "write" lock|Is another process using the image/.test(tail.join('\n'))) {
+    return new PimError(EXIT.TEMPFAIL, `the image is in use by another VM (${qline.trim()}); stop that VM or use --snapshot`);
+  }
+  if (/Could not access KVM kernel module|failed to initialize kvm|KVM internal error/i.test(tail.join('\n'))) {
+    return new PimError(EXIT.UNAVAILABLE, `KVM does not work here (${qline.trim()}); use --accel tcg or PIM_ACCEL=tcg`);
+  }
+  return new PimError(EXIT.UNAVAILABLE, `QEMU failed to start: ${qline.trim()} (log: ${files.log})`);
+}
+
+async function sudoAuth(): Promise<void> {
+  // With a terminal, let sudo ask for a password once; the real commands then run with -n.
+  if (!process.stdin.isTTY) return;
+  const st = await childExit(spawn('sudo', ['-v'], { stdio: 'inherit' }));
+  if (st !== 0) throw new PimError(EXIT.NOPERM, 'sudo refused; bridged networking needs sudo to run QEMU as root');
+}
+
+/** Let the invoking user use the root-owned sockets and pidfile: sudo for exactly this chown. */
+async function chownToUser(paths: string[]): Promise<void> {
+  const uid = process.getuid!();
+  const gid = process.getgid!();
+  const existing = paths.filter((p) => fs.existsSync(p));
+  const child = spawn('sudo', ['-n', 'chown', `${uid}:${gid}`, ...existing], { stdio: ['ignore', 'ignore', 'pipe'] });
+  let err = '';
+  child.stderr!.on('data', (d) => (err += d));
+  if ((await childExit(child)) !== 0) throw new PimError(EXIT.NOPERM, `sudo refused to chown the VM's sockets to you (${err.trim()}); allow "chown" in your sudoers rule`);
+}
+
+export async function launch(req: LaunchRequest): Promise<Launched | number> {
+  const name = req.spec.name;
+  const dir = ensureRuntimeDir();
+  const files = vmFiles(name, dir);
+  for (const p of [files.qmp, files.ga, files.serial]) checkSocketPath(p);
+  const lock = await acquireLock(files.lock, `VM ${name}`);
+  try {
+    const info = await vmInfo(name, dir);
+    if (info.state === 'running') throw new PimError(EXIT.TEMPFAIL, `${name} is already running (pid ${info.pid}); stop it with pim-stop ${name}, or choose another name`);
+    cleanupFiles(files);
+    fs.writeFileSync(files.log, '', { mode: 0o600 });
+    const spec: VmSpec = { ...req.spec, files, serial: req.console ? 'stdio' : 'socket', daemonize: !req.console && req.spec.net.mode !== 'vmnet-bridged' };
+    const argv = [qemuBinary(), ...buildQemuArgv(spec)];
+    const root = req.sudo && process.getuid?.() !== 0;
+    if (root) await sudoAuth();
+    const cmd = root ? ['sudo', '-n', ...argv] : argv;
+    log.debug(`exec: ${JSON.stringify(cmd)}`);
+    const uid = process.getuid?.() ?? 0;
+    const meta: VmMeta = {
+      ...req.meta,
+      name,
+      pid: null,
+      root,
+      owner: { uid, user: userInfo().username },
+      started: new Date().toISOString(),
+    };
+
+    if (req.console) {
+      writeMeta(files, meta);
+      const child = spawn(cmd[0]!, cmd.slice(1), { stdio: 'inherit' });
+      const status = await childExit(child);
+      cleanupFiles(files);
+      return status;
+    }
+
+    const logfd = fs.openSync(files.log, 'a');
+    let child;
+    try {
+      child = spawn(cmd[0]!, cmd.slice(1), { stdio: ['ignore', logfd, logfd], detached: true });
+    } finally {
+      fs.closeSync(logfd);
+    }
+    if (spec.daemonize) {
+      const status = await childExit(child).catch((e: NodeJS.ErrnoException) => {
+        throw new PimError(EXIT.UNAVAILABLE, `cannot run ${cmd[0]}: ${e.code === 'ENOENT' ? 'not found; install QEMU (apt-get install qemu-system-x86) or set PIM_QEMU' : e.message}`);
+      });
+      if (status !== 0) {
+        cleanupFiles(files);
+        throw qemuFailure(files, status, root);
+      }
+    } else {
+      child.unref();
+      await waitForSocket(files.qmp, child, files, root);
+    }
+    const pid = readPidfile(files.pid);
+    if (!pid) {
+      cleanupFiles(files);
+      throw new PimError(EXIT.SOFTWARE, `QEMU started but wrote no pidfile ${files.pid}`);
+    }
+    meta.pid = pid;
+    if (root) await chownToUser([files.qmp, files.ga, files.serial, files.pid]);
+    writeMeta(files, meta);
+    return { name, files, pid, meta };
+  } finally {
+    lock.release();
+  }
+}
+
+/** Without -daemonize (macOS vmnet): watch the runtime dir until the QMP socket appears, or QEMU dies. */
+function waitForSocket(path: string, child: import('node:child_process').ChildProcess, files: VmFiles, root: boolean): Promise<void> {
+  return new Promise((resolve, reject) => {
+    const { dirname } = process.getBuiltinModule('node:path') as typeof import('node:path');
+    let done = false;
+    const finish = (err?: Error) => {
+      if (done) return;
+      done = true;
+      watcher.close();
+      clearTimeout(timer);
+      if (err) reject(err);
+      else resolve();
+    };
+    const watcher = fs.watch(dirname(path), () => {
+      if (fs.existsSync(path) && fs.existsSync(files.pid)) finish();
+    });
+    const timer = setTimeout(() => finish(new PimError(EXIT.TEMPFAIL, `QEMU did not open ${path} within 60 s (log: ${files.log})`)), 60_000);
+    child.once('exit', (code) => finish(qemuFailure(files, code ?? 1, root)));
+    if (fs.existsSync(path) && fs.existsSync(files.pid)) finish();
+  });
+}

@@ -1,0 +1,100 @@
+/**
+ * Where pim keeps things. Config, data and cache follow XDG; runtime state
+ * lives in $XDG_RUNTIME_DIR/pim (or a private /tmp/pim-$UID), one file per
+ * concern, each name a constant below.
+ */
+import { homedir } from 'node:os';
+import { join } from 'node:path';
+import * as fs from 'node:fs';
+import { EXIT, PimError } from './exit.ts';
+import { checkName } from './names.ts';
+
+const env = process.env;
+const home = () => env.HOME || homedir();
+
+export const configDir = () => join(env.XDG_CONFIG_HOME || join(home(), '.config'), 'pim');
+export const dataDir = () => join(env.XDG_DATA_HOME || join(home(), '.local', 'share'), 'pim');
+export const imagesDir = () => join(dataDir(), 'images');
+export const cacheDir = () => join(env.XDG_CACHE_HOME || join(home(), '.cache'), 'pim');
+
+/** The runtime directory path (not created). */
+export function runtimeDirPath(): string {
+  if (env.XDG_RUNTIME_DIR) return join(env.XDG_RUNTIME_DIR, 'pim');
+  const uid = process.getuid?.() ?? 0;
+  return `/tmp/pim-${uid}`;
+}
+
+/** File names in the runtime dir: one constant per kind of state. */
+export const RUNTIME_EXT = {
+  qmp: '.qmp',
+  ga: '.ga',
+  serial: '.serial',
+  pid: '.pid',
+  log: '.log',
+  meta: '.json',
+  lock: '.lock',
+} as const;
+
+export type VmFiles = { -readonly [K in keyof typeof RUNTIME_EXT]: string };
+
+export function vmFiles(name: string, dir = runtimeDirPath()): VmFiles {
+  checkName(name);
+  const out = {} as VmFiles;
+  for (const [k, ext] of Object.entries(RUNTIME_EXT)) out[k as keyof VmFiles] = join(dir, name + ext);
+  return out;
+}
+
+/** sun_path holds 108 bytes on Linux, 104 on macOS, including the NUL. */
+export const SOCKET_PATH_MAX = process.platform === 'darwin' ? 104 : 108;
+
+export function checkSocketPath(p: string): string {
+  if (Buffer.byteLength(p) >= SOCKET_PATH_MAX) {
+    throw new PimError(
+      EXIT.CANTCREAT,
+      `socket path is ${Buffer.byteLength(p)} bytes, over the ${SOCKET_PATH_MAX - 1}-byte limit: ${p}; use a shorter VM name or a shorter XDG_RUNTIME_DIR`,
+    );
+  }
+  return p;
+}
+
+/**
+ * Make sure the runtime dir exists, is a real directory, belongs to us and is
+ * private (0700). Returns its path. Refuses a dir owned by another user.
+ */
+export function ensureRuntimeDir(): string {
+  const dir = runtimeDirPath();
+  const uid = process.getuid?.();
+  try {
+    fs.mkdirSync(dir, { mode: 0o700 });
+  } catch (e) {
+    const err = e as NodeJS.ErrnoException;
+    if (err.code === 'ENOENT') {
+      throw new PimError(EXIT.CANTCREAT, `cannot create runtime dir ${dir}: its parent does not exist; check XDG_RUNTIME_DIR`);
+    }
+    if (err.code !== 'EEXIST') throw new PimError(EXIT.CANTCREAT, `cannot create runtime dir ${dir}: ${err.message}`);
+  }
+  const st = fs.lstatSync(dir);
+  if (!st.isDirectory()) throw new PimError(EXIT.CANTCREAT, `runtime dir ${dir} is not a directory; remove it and try again`);
+  if (uid !== undefined && st.uid !== uid) {
+    throw new PimError(EXIT.NOPERM, `runtime dir ${dir} is owned by uid ${st.uid}, not you (uid ${uid}); remove it or set XDG_RUNTIME_DIR`);
+  }
+  if ((st.mode & 0o077) !== 0) fs.chmodSync(dir, 0o700);
+  return dir;
+}
+
+/** The runtime dir if it exists and is ours; null if there is none yet (nothing runs). */
+export function existingRuntimeDir(): string | null {
+  const dir = runtimeDirPath();
+  let st: fs.Stats;
+  try {
+    st = fs.lstatSync(dir);
+  } catch {
+    return null;
+  }
+  const uid = process.getuid?.();
+  if (!st.isDirectory()) throw new PimError(EXIT.CANTCREAT, `runtime dir ${dir} is not a directory; remove it and try again`);
+  if (uid !== undefined && st.uid !== uid) {
+    throw new PimError(EXIT.NOPERM, `runtime dir ${dir} is owned by uid ${st.uid}, not you (uid ${uid}); remove it or set XDG_RUNTIME_DIR`);
+  }
+  return dir;
+}

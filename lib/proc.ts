@@ -1,0 +1,136 @@
+/**
+ * Processes and locks. A pid is alive when signal 0 succeeds or fails with
+ * EPERM (alive, owned by root). A pid is only trusted as a VM's QEMU when its
+ * command line names that VM's QMP socket: a recycled pid is never signalled.
+ */
+import * as fs from 'node:fs';
+import * as net from 'node:net';
+import { createHash } from 'node:crypto';
+import { EXIT, PimError } from './exit.ts';
+
+export function isAlive(pid: number): boolean {
+  if (!Number.isInteger(pid) || pid <= 0) return false;
+  try {
+    process.kill(pid, 0);
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code !== 'EPERM') return false;
+  }
+  return !isZombie(pid);
+}
+
+/** A zombie has exited but is not reaped yet (some containers' pid 1 never reaps). */
+function isZombie(pid: number): boolean {
+  if (process.platform !== 'linux') return false;
+  try {
+    const stat = fs.readFileSync(`/proc/${pid}/stat`, 'latin1');
+    return stat.slice(stat.lastIndexOf(')') + 2, stat.lastIndexOf(')') + 3) === 'Z';
+  } catch {
+    return false;
+  }
+}
+
+export function readPidfile(file: string): number | null {
+  let text: string;
+  try {
+    text = fs.readFileSync(file, 'utf8');
+  } catch {
+    return null;
+  }
+  const pid = Number.parseInt(text.trim(), 10);
+  return Number.isInteger(pid) && pid > 0 ? pid : null;
+}
+
+/** The process's argv, or null when it cannot be read. */
+export function processArgv(pid: number): string[] | null {
+  if (process.platform === 'linux') {
+    try {
+      const raw = fs.readFileSync(`/proc/${pid}/cmdline`, 'latin1');
+      return raw.split('\0').filter((s, i, a) => s !== '' || i < a.length - 1);
+    } catch {
+      return null;
+    }
+  }
+  try {
+    // macOS and others: no /proc. `ps` is slower but available everywhere.
+    const { execFileSync } = require_cp();
+    const out = execFileSync('ps', ['-o', 'command=', '-p', String(pid)], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'] });
+    return out.trim() ? [out.trim()] : null;
+  } catch {
+    return null;
+  }
+}
+
+function require_cp(): typeof import('node:child_process') {
+  return process.getBuiltinModule('node:child_process') as typeof import('node:child_process');
+}
+
+/** Is `pid` a live process whose command line mentions `marker` (e.g. its QMP socket path)? */
+export function isOurProcess(pid: number, marker: string): boolean {
+  if (!isAlive(pid)) return false;
+  const argv = processArgv(pid);
+  if (!argv) return false;
+  return argv.some((a) => a.includes(marker));
+}
+
+/**
+ * A lock that dies with its holder, so it is never stale. On Linux it is an
+ * abstract unix socket (no file at all); elsewhere an O_EXCL file holding the
+ * holder's pid, taken over when that pid is dead.
+ */
+export interface Lock {
+  release(): void;
+}
+
+const abstractName = (file: string) => '\0pim-lock-' + createHash('sha256').update(file).digest('hex').slice(0, 40);
+
+export async function acquireLock(file: string, what: string): Promise<Lock> {
+  if (process.platform === 'linux') {
+    const server = net.createServer((c) => c.destroy());
+    await new Promise<void>((resolve, reject) => {
+      server.once('error', (e: NodeJS.ErrnoException) => {
+        if (e.code === 'EADDRINUSE') reject(new PimError(EXIT.TEMPFAIL, `${what} is busy: another pim command holds it; try again when it is done`));
+        else reject(e);
+      });
+      server.listen(abstractName(file), () => resolve());
+    });
+    server.unref();
+    return { release: () => server.close() };
+  }
+  for (let attempt = 0; attempt < 2; attempt++) {
+    try {
+      const fd = fs.openSync(file, 'wx', 0o600);
+      fs.writeSync(fd, String(process.pid));
+      fs.closeSync(fd);
+      return { release: () => fs.rmSync(file, { force: true }) };
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code !== 'EEXIST') throw e;
+      const holder = readPidfile(file);
+      if (holder && isAlive(holder)) throw new PimError(EXIT.TEMPFAIL, `${what} is busy: pid ${holder} holds it; try again when it is done`);
+      fs.rmSync(file, { force: true });
+    }
+  }
+  throw new PimError(EXIT.TEMPFAIL, `${what} is busy; try again`);
+}
+
+/** Is the lock held right now? (Does not take it.) */
+export async function lockHeld(file: string): Promise<boolean> {
+  if (process.platform === 'linux') {
+    return new Promise((resolve) => {
+      const s = net.createConnection(abstractName(file));
+      s.once('connect', () => (s.destroy(), resolve(true)));
+      s.once('error', () => resolve(false));
+    });
+  }
+  const holder = readPidfile(file);
+  return holder !== null && isAlive(holder);
+}
+
+/** Wait until `pid` exits. There is no portable exit notification for a non-child, so this polls signal 0. */
+export async function waitExit(pid: number, timeoutMs: number): Promise<boolean> {
+  const end = Date.now() + timeoutMs;
+  while (isAlive(pid)) {
+    if (Date.now() >= end) return false;
+    await new Promise((r) => setTimeout(r, 25));
+  }
+  return true;
+}

@@ -1,0 +1,97 @@
+/**
+ * Building QEMU command lines. Pure functions (unit-tested): no I/O here.
+ * Option values are comma-separated, so a comma inside a value (a path,
+ * usually) is doubled.
+ */
+
+/** Escape a value for a QEMU `key=value,...` option: commas are doubled. */
+export const qemuEscape = (v: string): string => v.replace(/,/g, ',,');
+
+/** `opt(['socket', {id: 'x', path: p}])` -> "socket,id=x,path=p" with values escaped. */
+export function qemuOpt(first: string | null, kv: Record<string, string | number | boolean | undefined>): string {
+  const parts = first ? [qemuEscape(first)] : [];
+  for (const [k, v] of Object.entries(kv)) {
+    if (v === undefined || v === false) continue;
+    parts.push(v === true ? `${k}=on` : `${k}=${qemuEscape(String(v))}`);
+  }
+  return parts.join(',');
+}
+
+export type Accel = 'kvm' | 'hvf' | 'tcg';
+
+export interface NetSpec {
+  mode: 'user' | 'bridge' | 'vmnet-bridged' | 'none';
+  sshPort?: number; // user mode: host port forwarded to guest 22 on 127.0.0.1
+  bridge?: string; // bridge mode: bridge name; vmnet: host interface
+  helper?: string; // bridge helper path
+  mac?: string;
+}
+
+export interface VmSpec {
+  name: string;
+  accel: Accel;
+  mem: string;
+  cpus: number;
+  machine?: string;
+  files: { qmp: string; ga: string; serial: string; pid: string; log: string };
+  /** disk image and its format; absent for direct kernel boot */
+  disk?: { path: string; format: string; snapshot: boolean };
+  /** UEFI firmware: code (read-only) and this VM's vars */
+  uefi?: { code: string; vars: string };
+  kernel?: { kernel: string; initrd?: string; append?: string };
+  /** serial: 'socket' (headless, copied to the log) or 'stdio' (console in the foreground) */
+  serial: 'socket' | 'stdio';
+  agent: boolean;
+  net: NetSpec;
+  daemonize: boolean;
+  extra: string[];
+}
+
+export function buildQemuArgv(s: VmSpec): string[] {
+  const a: string[] = [];
+  a.push('-name', qemuOpt(s.name, { 'debug-threads': undefined }));
+  a.push('-machine', qemuOpt(s.machine ?? 'q35', { accel: s.accel }));
+  if (s.accel === 'kvm' || s.accel === 'hvf') a.push('-cpu', 'host');
+  a.push('-m', s.mem, '-smp', String(s.cpus));
+  a.push('-nodefaults', '-display', 'none', '-vga', 'none');
+  a.push('-qmp', qemuOpt(`unix:${s.files.qmp}`, { server: true, wait: false }));
+  if (s.serial === 'socket') {
+    a.push('-chardev', qemuOpt('socket', { id: 'ser0', path: s.files.serial, server: true, wait: false, logfile: s.files.log, logappend: true }));
+    a.push('-serial', 'chardev:ser0');
+  } else {
+    a.push('-chardev', qemuOpt('stdio', { id: 'ser0', mux: true, signal: false, logfile: s.files.log, logappend: true }));
+    a.push('-serial', 'chardev:ser0', '-mon', 'chardev=ser0,mode=readline');
+  }
+  if (s.agent) {
+    a.push('-device', 'virtio-serial-pci,id=vser0');
+    a.push('-chardev', qemuOpt('socket', { id: 'ga0', path: s.files.ga, server: true, wait: false }));
+    a.push('-device', 'virtserialport,bus=vser0.0,chardev=ga0,name=org.qemu.guest_agent.0');
+  }
+  if (s.uefi) {
+    a.push('-drive', qemuOpt(null, { if: 'pflash', format: 'raw', readonly: true, file: s.uefi.code }));
+    a.push('-drive', qemuOpt(null, { if: 'pflash', format: 'raw', file: s.uefi.vars }));
+  }
+  if (s.disk) {
+    a.push('-drive', qemuOpt(null, { file: s.disk.path, format: s.disk.format, if: 'none', id: 'disk0', snapshot: s.disk.snapshot }));
+    a.push('-device', 'virtio-blk-pci,drive=disk0,bootindex=0');
+  }
+  if (s.kernel) {
+    a.push('-kernel', s.kernel.kernel);
+    if (s.kernel.initrd) a.push('-initrd', s.kernel.initrd);
+    if (s.kernel.append) a.push('-append', s.kernel.append);
+  }
+  const n = s.net;
+  if (n.mode === 'user') {
+    a.push('-netdev', qemuOpt('user', { id: 'net0', hostfwd: n.sshPort ? `tcp:127.0.0.1:${n.sshPort}-:22` : undefined }));
+  } else if (n.mode === 'bridge') {
+    a.push('-netdev', qemuOpt('bridge', { id: 'net0', br: n.bridge ?? 'br0', helper: n.helper }));
+  } else if (n.mode === 'vmnet-bridged') {
+    a.push('-netdev', qemuOpt('vmnet-bridged', { id: 'net0', ifname: n.bridge ?? 'en0' }));
+  }
+  if (n.mode !== 'none') a.push('-device', qemuOpt('virtio-net-pci', { netdev: 'net0', mac: n.mac }));
+  a.push('-device', 'virtio-rng-pci');
+  a.push('-pidfile', s.files.pid);
+  if (s.daemonize) a.push('-daemonize');
+  a.push(...s.extra);
+  return a;
+}

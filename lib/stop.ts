@@ -1,0 +1,90 @@
+/**
+ * Stopping a VM, gently first: guest agent (guest-shutdown) -> ACPI power
+ * button (QMP system_powerdown) -> SIGTERM -> SIGKILL. Each stage waits up to
+ * the timeout for QEMU to exit; the QMP connection closing is the signal
+ * (QEMU exits when the guest powers off), with a pid check when QMP is gone.
+ */
+import { spawn } from 'node:child_process';
+import { EXIT, PimError } from './exit.ts';
+import { isAlive, waitExit } from './proc.ts';
+import { cleanupFiles, type VmInfo } from './vm.ts';
+import type { QmpClient } from './qmp.ts';
+import { log } from './log.ts';
+
+export type StopStage = 'agent' | 'acpi' | 'sigterm' | 'sigkill';
+
+export interface StopResult {
+  name: string;
+  stage: StopStage;
+  seconds: number;
+}
+
+async function signal(pid: number, sig: 'SIGTERM' | 'SIGKILL', root: boolean): Promise<void> {
+  try {
+    process.kill(pid, sig);
+  } catch (e) {
+    const code = (e as NodeJS.ErrnoException).code;
+    if (code === 'ESRCH') return;
+    if (code !== 'EPERM' || !root) throw e;
+    // QEMU runs as root (bridged): sudo for exactly this kill
+    const child = spawn('sudo', ['-n', 'kill', `-${sig.slice(3)}`, String(pid)], { stdio: 'ignore' });
+    const st = await new Promise<number>((r) => child.once('exit', (c) => r(c ?? 1)));
+    if (st !== 0) throw new PimError(EXIT.NOPERM, `sudo refused to send ${sig} to the root-owned QEMU (pid ${pid}); allow "kill" in your sudoers rule or stop it with sudo`);
+  }
+}
+
+export async function stopVm(vm: VmInfo, opts: { timeoutMs: number; force?: boolean }): Promise<StopResult> {
+  const pid = vm.pid!;
+  const t0 = Date.now();
+  const done = (stage: StopStage): StopResult => {
+    cleanupFiles(vm.files);
+    return { name: vm.name, stage, seconds: Math.round((Date.now() - t0) / 100) / 10 };
+  };
+  const short = Math.min(opts.timeoutMs, 5_000);
+  let qmp: QmpClient | null = null;
+  const { QmpClient } = await import('./qmp.ts');
+  try {
+    qmp = await QmpClient.connect(vm.files.qmp, { timeoutMs: short });
+  } catch (e) {
+    log.debug(`${vm.name}: QMP not available: ${(e as Error).message}`);
+  }
+  const gone = async (ms: number): Promise<boolean> => {
+    if (qmp && (await qmp.waitClosed(ms))) return waitExit(pid, 5_000);
+    return waitExit(pid, qmp ? 0 : ms);
+  };
+  try {
+    if (!opts.force) {
+      if (vm.meta?.agent !== false) {
+        try {
+          const { GaClient } = await import('./ga.ts');
+          const ga = await GaClient.connect(vm.files.ga, short);
+          try {
+            await ga.execute('guest-shutdown', undefined, short);
+          } finally {
+            ga.close();
+          }
+          log.debug(`${vm.name}: guest agent took guest-shutdown`);
+          if (await gone(opts.timeoutMs)) return done('agent');
+        } catch (e) {
+          log.debug(`${vm.name}: guest agent: ${(e as Error).message}`);
+        }
+      }
+      if (qmp) {
+        try {
+          await qmp.execute('system_powerdown', undefined, short);
+          if (await gone(opts.timeoutMs)) return done('acpi');
+        } catch (e) {
+          log.debug(`${vm.name}: system_powerdown: ${(e as Error).message}`);
+          if (!isAlive(pid)) return done('acpi');
+        }
+      }
+    }
+    await signal(pid, 'SIGTERM', Boolean(vm.meta?.root));
+    if (await waitExit(pid, opts.timeoutMs)) return done('sigterm');
+    await signal(pid, 'SIGKILL', Boolean(vm.meta?.root));
+    if (await waitExit(pid, 10_000)) return done('sigkill');
+    throw new PimError(EXIT.TEMPFAIL, `${vm.name} (pid ${pid}) is still alive after SIGKILL`);
+  } finally {
+    qmp?.close();
+  }
+}
