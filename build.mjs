@@ -3,7 +3,7 @@
 // executable starts close to bare `node`. PIM_NODE sets the interpreter line
 // (default: /usr/bin/env node); install.sh uses it when it brings its own Node.
 import { build } from 'esbuild';
-import { readdirSync, chmodSync, rmSync } from 'node:fs';
+import { readdirSync, chmodSync, rmSync, mkdirSync, symlinkSync } from 'node:fs';
 
 const entries = readdirSync('cmds').filter((f) => f.endsWith('.ts')).map((f) => `cmds/${f}`);
 rmSync('dist', { recursive: true, force: true });
@@ -26,4 +26,10 @@ await build({
   legalComments: 'none',
   logLevel: 'warning',
 });
-for (const e of entries) chmodSync(`dist/${e.slice(5, -3)}.mjs`, 0o755);
+// dist/bin/<name> -> ../<name>.mjs: a directory to put on PATH (tests, a checkout)
+mkdirSync('dist/bin');
+for (const e of entries) {
+  const name = e.slice(5, -3);
+  chmodSync(`dist/${name}.mjs`, 0o755);
+  symlinkSync(`../${name}.mjs`, `dist/bin/${name}`);
+}

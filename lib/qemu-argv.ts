@@ -11,8 +11,8 @@ export const qemuEscape = (v: string): string => v.replace(/,/g, ',,');
 export function qemuOpt(first: string | null, kv: Record<string, string | number | boolean | undefined>): string {
   const parts = first ? [qemuEscape(first)] : [];
   for (const [k, v] of Object.entries(kv)) {
-    if (v === undefined || v === false) continue;
-    parts.push(v === true ? `${k}=on` : `${k}=${qemuEscape(String(v))}`);
+    if (v === undefined) continue;
+    parts.push(typeof v === 'boolean' ? `${k}=${v ? 'on' : 'off'}` : `${k}=${qemuEscape(String(v))}`);
   }
   return parts.join(',');
 }
@@ -72,7 +72,7 @@ export function buildQemuArgv(s: VmSpec): string[] {
     a.push('-drive', qemuOpt(null, { if: 'pflash', format: 'raw', file: s.uefi.vars }));
   }
   if (s.disk) {
-    a.push('-drive', qemuOpt(null, { file: s.disk.path, format: s.disk.format, if: 'none', id: 'disk0', snapshot: s.disk.snapshot }));
+    a.push('-drive', qemuOpt(null, { file: s.disk.path, format: s.disk.format, if: 'none', id: 'disk0', snapshot: s.disk.snapshot || undefined }));
     a.push('-device', 'virtio-blk-pci,drive=disk0,bootindex=0');
   }
   if (s.kernel) {

@@ -9,6 +9,7 @@
 #   initrd.gz               busybox initramfs: virtio modules, button+evdev, qemu-ga,
 #                           dropbear, /init from this directory
 #   id_ed25519{,.pub}       ssh key; the public half is root's authorized key in the guest
+#   ssh_host_keys.pub       the guest's (dropbear's) host keys, public halves, one a line
 #   guest-full.qcow2        syslinux FAT disk: pim.agent=1 pim.acpi=1 (qemu-ga, acpid, dropbear)
 #   guest-noagent.qcow2     pim.agent=0 pim.acpi=1 (acpid, dropbear)
 #   guest-bare.qcow2        pim.agent=0 pim.acpi=0 (dropbear only; ignores ACPI powerdown)
@@ -26,7 +27,9 @@
 # Progress goes to stderr; nothing is printed on stdout.
 
 set -euo pipefail
-exec 3>&1 1>&2 # everything to stderr; fd 3 keeps the original stdout (unused)
+exec 1>&2 # everything goes to stderr
+export PATH=$PATH:/usr/sbin:/sbin # mkfs.vfat, for users whose PATH lacks sbin
+export LC_ALL=C
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 out=${PIM_TESTBED_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/pim/testbed}
@@ -40,13 +43,13 @@ die() {
 }
 
 # Outputs whose presence (with a matching stamp) means "built".
-outputs=(vmlinuz initrd.gz id_ed25519 id_ed25519.pub guest-full.qcow2 guest-noagent.qcow2
-	guest-bare.qcow2 generic/vmlinuz generic/modules busybox)
+outputs=(vmlinuz initrd.gz id_ed25519 id_ed25519.pub ssh_host_keys.pub guest-full.qcow2
+	guest-noagent.qcow2 guest-bare.qcow2 generic/vmlinuz generic/modules busybox)
 
 # Modules for the test bed guest (cloud kernel) and for the generic kernel's
 # direct-boot tree; both get every dependency modules.dep names.
 cloud_modules=(virtio_ring virtio virtio_pci_modern_dev virtio_pci_legacy_dev virtio_pci
-	virtio_console failover net_failover virtio_net virtio_blk button evdev)
+	virtio_console failover net_failover virtio_net virtio_blk virtio_rng button evdev)
 generic_modules=(virtio_ring virtio virtio_pci_modern_dev virtio_pci_legacy_dev virtio_pci
 	virtio_console failover net_failover virtio_net virtio_blk
 	9p 9pnet 9pnet_virtio netfs fscache virtiofs fuse)
@@ -114,6 +117,7 @@ fi
 rm -rf "$out"/.build.* # leftovers of interrupted builds (we hold the lock)
 tmp=$(mktemp -d "$out/.build.XXXXXX")
 trap 'rm -rf "$tmp"' EXIT
+trap 'exit 130' INT TERM HUP
 start=$(date +%s)
 log "building in $tmp"
 
@@ -369,6 +373,20 @@ for b in usr/sbin/qemu-ga usr/sbin/dropbear usr/bin/dropbearkey; do
 		cp -L "$src" "$r$dst"
 	done <<<"$listing"
 done
+
+# Host keys made at build time: the first ssh to a fresh guest would otherwise
+# wait about a second for dropbear -R to make one under TCG, and the guest's
+# identity is the same on every boot (public halves in ssh_host_keys.pub).
+: >"$o/ssh_host_keys.pub"
+for t in ed25519 ecdsa rsa; do
+	k=$r/etc/dropbear/dropbear_${t}_host_key
+	"$ld" --library-path "$libpath" "$sys/usr/bin/dropbearkey" -t "$t" -f "$k" >/dev/null 2>&1 ||
+		die "dropbearkey -t $t failed"
+	chmod 0600 "$k"
+	"$ld" --library-path "$libpath" "$sys/usr/bin/dropbearkey" -y -f "$k" 2>/dev/null |
+		grep -E '^(ssh-|ecdsa-)' | sed 's/ [^ ]*$/ pim-testbed/' >>"$o/ssh_host_keys.pub"
+done
+[ "$(wc -l <"$o/ssh_host_keys.pub")" = 3 ] || die "could not read the host keys back"
 
 copy_modules "$cloud/lib/modules/$ckver" "$r/lib/modules/$ckver" "${cloud_modules[@]}"
 

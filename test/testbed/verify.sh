@@ -6,6 +6,7 @@
 #
 # Usage: test/testbed/verify.sh [full|noagent|bare|generic]...   (default: all)
 # Environment: PIM_TESTBED_DIR (as build.sh), PIM_TESTBED_ACCEL (default tcg),
+#              PIM_TESTBED_MACHINE (default pc; q35 works too), PIM_TESTBED_SMP (default 1),
 #              PIM_TESTBED_SSH_PORT (default: a random port in 20000-39999)
 # Progress and results go to stderr; exits non-zero on the first failure.
 
@@ -14,6 +15,8 @@ exec 1>&2
 
 tb=${PIM_TESTBED_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/pim/testbed}
 accel=${PIM_TESTBED_ACCEL:-tcg}
+machine=${PIM_TESTBED_MACHINE:-pc}
+smp=${PIM_TESTBED_SMP:-1}
 port=${PIM_TESTBED_SSH_PORT:-$((20000 + RANDOM % 20000))}
 [ -f "$tb/stamp" ] || {
 	echo "verify: no test bed in $tb (run build.sh)"
@@ -48,7 +51,7 @@ now() { date +%s.%N; }
 elapsed() { awk -v a="$1" -v b="$(now)" 'BEGIN { printf "%.2f", b - a }'; }
 
 sshg() {
-	ssh -i "$tb/id_ed25519" -p "$port" -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null \
+	ssh -i "$tb/id_ed25519" -p "$port" -o StrictHostKeyChecking=yes -o UserKnownHostsFile="$run/known_hosts" \
 		-o LogLevel=ERROR -o ConnectTimeout=10 -o BatchMode=yes root@127.0.0.1 "$@"
 }
 
@@ -78,7 +81,7 @@ boot() {
 	rm -f "$run"/{serial.log,qmp,ga,serial,pid}
 	local t0
 	t0=$(now)
-	qemu-system-x86_64 -accel "$accel" -m 256 -display none -nodefaults \
+	qemu-system-x86_64 -machine "$machine" -accel "$accel" -smp "$smp" -m 256 -display none -nodefaults \
 		-chardev "socket,id=s0,path=$run/serial,server=on,wait=off,logfile=$run/serial.log" \
 		-serial chardev:s0 \
 		-qmp "unix:$run/qmp,server=on,wait=off" \
@@ -86,6 +89,7 @@ boot() {
 		-chardev "socket,id=ga,path=$run/ga,server=on,wait=off" \
 		-device virtserialport,chardev=ga,name=org.qemu.guest_agent.0 \
 		-netdev "user,id=n0,hostfwd=tcp:127.0.0.1:$port-:22" -device virtio-net-pci,netdev=n0 \
+		-device virtio-rng-pci \
 		-drive "file=$tb/$1,if=virtio,format=qcow2,snapshot=on" \
 		-daemonize -pidfile "$run/pid"
 	qpid=$(cat "$run/pid")
@@ -96,7 +100,7 @@ boot() {
 		sleep 0.1
 	done
 	grep -q '^pim-testbed ready' "$run/serial.log" || fail "$1: no 'pim-testbed ready' within 60 s"
-	say "$1: ready after $(elapsed "$t0") s"
+	say "$1 ($machine, $accel, smp $smp): ready after $(elapsed "$t0") s"
 }
 
 wait_exit() { # seconds
@@ -133,6 +137,9 @@ check_serial_shell() {
 	say "  serial console shell: ok"
 }
 
+# The guest's host keys are fixed at build time: check them strictly.
+sed "s/^/[127.0.0.1]:$port /" "$tb/ssh_host_keys.pub" >"$run/known_hosts"
+
 # A web server on the host for the guest's wget.
 mkdir -p "$run/www"
 echo "hello from the host" >"$run/www/hello"
@@ -148,7 +155,7 @@ verify_full() {
 	say "  guest agent replies in $(elapsed "$t0") s (includes fixed sleeps)"
 	grep -q '"ip-address": "10.0.2.15"' <<<"$out" || fail "guest-network-get-interfaces has no 10.0.2.15: $out"
 	grep -q '"id": "pimtestbed"' <<<"$out" || fail "guest-get-osinfo: $out"
-	say "  qemu-ga $(grep -o '"version": "[0-9.]*"' <<<"$out" | head -n 1): 10.0.2.15 on eth0, os-release ok"
+	say "  qemu-ga $(grep -Eo '"version": "[0-9]+\.[0-9.]+"' <<<"$out" | head -n 1): 10.0.2.15 on eth0, os-release ok"
 	check_ssh
 	check_serial_shell
 	t0=$(now)
@@ -213,7 +220,7 @@ EOF
 	rm -f "$run/serial.log"
 	local t0
 	t0=$(now)
-	timeout 120 qemu-system-x86_64 -accel "$accel" -m 256 -display none -nodefaults -no-reboot \
+	timeout 120 qemu-system-x86_64 -machine "$machine" -accel "$accel" -smp "$smp" -m 256 -display none -nodefaults -no-reboot \
 		-serial "file:$run/serial.log" \
 		-kernel "$tb/generic/vmlinuz" -initrd "$run/gir.gz" -append "console=ttyS0 quiet" \
 		-virtfs "local,path=$share,mount_tag=host0,security_model=none" ||

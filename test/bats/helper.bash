@@ -1,0 +1,40 @@
+# Shared set-up for the BATS tests: the built executables on PATH, private
+# XDG dirs per test file, TCG (KVM does not work on CI), and the test bed.
+REPO="$(cd "$BATS_TEST_DIRNAME/../.." && pwd)"
+export PATH="$REPO/dist/bin:$PATH"
+export PIM_ACCEL=tcg
+export NO_COLOR=1
+export PIM_TESTBED_DIR="${PIM_TESTBED_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/pim/testbed}"
+TESTBED="$PIM_TESTBED_DIR"
+
+# Per test file: short paths (unix socket paths are limited to 107 bytes).
+pim_isolate() {
+  PIM_TMP="$(mktemp -d /tmp/pimt.XXXXXX)"
+  export XDG_RUNTIME_DIR="$PIM_TMP/run" XDG_CONFIG_HOME="$PIM_TMP/config" XDG_DATA_HOME="$PIM_TMP/data" XDG_CACHE_HOME="$PIM_TMP/cache"
+  mkdir -p "$XDG_RUNTIME_DIR"
+  chmod 700 "$XDG_RUNTIME_DIR"
+}
+
+# Stop every VM of this test file (SIGKILL after short stages) and remove its dirs.
+pim_cleanup() {
+  if [ -n "${PIM_TMP:-}" ] && [ -d "$PIM_TMP/run/pim" ]; then
+    pim-ps -q 2>/dev/null | pim-stop --force --timeout 5 >/dev/null 2>&1 || true
+    # anything left (a test that broke QEMU on purpose)
+    for f in "$PIM_TMP"/run/pim/*.pid; do
+      [ -f "$f" ] && kill -9 "$(cat "$f")" 2>/dev/null || true
+    done
+  fi
+  [ -n "${PIM_TMP:-}" ] && rm -rf "$PIM_TMP"
+}
+
+need_testbed() {
+  [ -f "$TESTBED/stamp" ] || bash "$REPO/test/testbed/build.sh" >&2
+}
+
+# boot_guest KIND NAME [args...]: KIND is full, noagent or bare. Waits for the
+# guest's "pim-testbed ready" line on the serial console (no fixed sleeps).
+boot_guest() {
+  local kind="$1" name="$2"; shift 2
+  pim-run "$TESTBED/guest-$kind.qcow2" --name "$name" --snapshot --mem 256M --cpus 1 "$@"
+  pim-console "$name" --ro --replay --until 'pim-testbed ready' --timeout 120 >/dev/null
+}
