@@ -118,7 +118,7 @@ export class GaProtocol {
   }
 
   /**
-   * A command with no reply on success: send it, then a sync. An error reply
+   * A command with no reply on success: send it, then a guest-sync. An error reply
    * before the sync reply means it failed; the sync reply, the agent going
    * away, or silence (the guest is going down) mean it was taken.
    */
@@ -135,9 +135,9 @@ export class GaProtocol {
       }
       return false;
     });
-    this.send(Buffer.from(JSON.stringify(msg) + '\n'));
-    this.decoder.expectDelimiter();
-    this.send(Buffer.concat([Buffer.from([0xff]), Buffer.from(JSON.stringify({ execute: 'guest-sync-delimited', arguments: { id } }) + '\n')]));
+    // A plain guest-sync (no 0xFF: the stream is in step) so that an error
+    // reply to the command itself is not thrown away with the delimiter.
+    this.send(Buffer.from(JSON.stringify(msg) + '\n' + JSON.stringify({ execute: 'guest-sync', arguments: { id } }) + '\n'));
     try {
       return await p;
     } catch (e) {

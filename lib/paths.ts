@@ -9,17 +9,17 @@ import * as fs from 'node:fs';
 import { EXIT, PimError } from './exit.ts';
 import { checkName } from './names.ts';
 
-const env = process.env;
-const home = () => env.HOME || homedir();
 
-export const configDir = () => join(env.XDG_CONFIG_HOME || join(home(), '.config'), 'pim');
-export const dataDir = () => join(env.XDG_DATA_HOME || join(home(), '.local', 'share'), 'pim');
+const home = () => process.env.HOME || homedir();
+
+export const configDir = () => join(process.env.XDG_CONFIG_HOME || join(home(), '.config'), 'pim');
+export const dataDir = () => join(process.env.XDG_DATA_HOME || join(home(), '.local', 'share'), 'pim');
 export const imagesDir = () => join(dataDir(), 'images');
-export const cacheDir = () => join(env.XDG_CACHE_HOME || join(home(), '.cache'), 'pim');
+export const cacheDir = () => join(process.env.XDG_CACHE_HOME || join(home(), '.cache'), 'pim');
 
 /** The runtime directory path (not created). */
 export function runtimeDirPath(): string {
-  if (env.XDG_RUNTIME_DIR) return join(env.XDG_RUNTIME_DIR, 'pim');
+  if (process.env.XDG_RUNTIME_DIR) return join(process.env.XDG_RUNTIME_DIR, 'pim');
   const uid = process.getuid?.() ?? 0;
   return `/tmp/pim-${uid}`;
 }
