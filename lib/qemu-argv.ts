@@ -44,6 +44,10 @@ export interface VmSpec {
   agent: boolean;
   net: NetSpec;
   daemonize: boolean;
+  /** a virtio-rng device (default true); false for machines without PCI (microvm) */
+  rng?: boolean;
+  /** -no-reboot: QEMU exits when the guest reboots (kboot: a panic with panic=-1 ends the VM) */
+  noReboot?: boolean;
   extra: string[];
 }
 
@@ -89,7 +93,8 @@ export function buildQemuArgv(s: VmSpec): string[] {
     a.push('-netdev', qemuOpt('vmnet-bridged', { id: 'net0', ifname: n.bridge ?? 'en0' }));
   }
   if (n.mode !== 'none') a.push('-device', qemuOpt('virtio-net-pci', { netdev: 'net0', mac: n.mac }));
-  a.push('-device', 'virtio-rng-pci');
+  if (s.rng !== false) a.push('-device', 'virtio-rng-pci');
+  if (s.noReboot) a.push('-no-reboot');
   a.push('-pidfile', s.files.pid);
   if (s.daemonize) a.push('-daemonize');
   a.push(...s.extra);
