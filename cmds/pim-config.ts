@@ -1,0 +1,73 @@
+/**
+ * pim-config: pim's configuration tree.
+ *   init   write an editable starter tree (only missing files; never overwrites)
+ *   show   print the merged config (pim.yml, every profile, every ISO) as YAML or --json
+ *   path   print the directories: name, then path (or --json)
+ * A broken config exits 78 with file:line and prints nothing on stdout.
+ */
+import { defineCmd, main } from '../lib/cli.ts';
+import { EXIT, PimError } from '../lib/exit.ts';
+import { jsonArgs } from '../lib/output.ts';
+
+export const cmd = defineCmd({
+  name: 'pim-config',
+  summary: 'Show, locate or initialise pim configuration (~/.config/pim).',
+  usage: 'init | show [--json] | path [--json]',
+  description: `
+init writes pim.yml, isos.d/, profiles.d/, preseeds.d/, installs.d/ and scripts.d/ with the
+built-in defaults as editable files. Files that already exist are left alone and listed as
+"exists" on stderr; stdout gets the files that were written.
+show prints the merged configuration: pim.yml over the built-in defaults, and every
+profile and ISO entry merged over its "default". With --json, one JSON object.
+path prints each directory as "NAME<TAB>PATH" (config, pim.yml, isos.d, ..., isos).`,
+  examples: ['pim-config init', 'pim-config show --json | jq .profiles.default', 'cd "$(pim-config path | awk \'$1=="config"{print $2}\')"'],
+  args: { ...jsonArgs },
+  positionals: { min: 1, max: 1 },
+  completePositional: (c) => {
+    c('init', 'write a starter config tree');
+    c('show', 'print the merged config');
+    c('path', 'print the config directories');
+  },
+  async run({ args, positionals }) {
+    const sub = positionals[0];
+    const config = await import('../lib/config.ts');
+    const { printJson, printRecords } = await import('../lib/output.ts');
+    if (sub === 'path') {
+      const paths = config.configPaths();
+      if (args.json) printJson(paths);
+      else printRecords(Object.entries(paths).map(([name, path]) => ({ name, path })), ['path'], { plain: true });
+      return;
+    }
+    if (sub === 'init') {
+      if (args.json) throw new PimError(EXIT.USAGE, 'pim-config init takes no --json');
+      const { log } = await import('../lib/log.ts');
+      const { written, skipped } = config.initTree();
+      for (const s of skipped) log.info(`exists, left alone: ${s}`);
+      for (const w of written) process.stdout.write(w + '\n');
+      if (!written.length) log.info(`nothing to write: every starter file already exists in ${config.configPaths().config}`);
+      return;
+    }
+    if (sub === 'show') {
+      const rt = await config.loadRuntimeConfig();
+      const out: Record<string, unknown> = { pim: rt.value, profiles: {}, isos: {} };
+      for (const kind of ['profiles', 'isos'] as const) {
+        const cat = await config.loadCatalog(kind);
+        const names = config.entryNames(cat);
+        for (const n of names) {
+          const r = config.resolveEntry(cat, n);
+          if (kind === 'profiles') config.checkProfileRefs(r);
+          (out[kind] as Record<string, unknown>)[n] = r.value;
+        }
+      }
+      if (args.json) printJson(out);
+      else {
+        const YAML = await config.yamlLib();
+        process.stdout.write(YAML.stringify(out));
+      }
+      return;
+    }
+    throw new PimError(EXIT.USAGE, `unknown subcommand "${sub}"; use init, show or path`);
+  },
+});
+
+main(cmd);
