@@ -109,4 +109,66 @@ function run(argv: string[]): number | void {
   return r.status ?? EXIT.SOFTWARE;
 }
 
-process.exitCode = run(process.argv.slice(2)) ?? 0;
+/**
+ * `pim complete zsh|bash|fish` prints a completion script (made by @bomb.sh/tab
+ * through lib/cli.ts, like every pim-* command's). `pim complete -- WORDS...`
+ * answers a completion request: the first word completes to a command name,
+ * later words to whatever `pim-<sub> complete -- ...` answers. That is asked
+ * only of pim's own commands: a third-party pim-* on PATH may not know
+ * `complete` and would run for real; its words get file completion (`:0`).
+ */
+async function complete(argv: string[]): Promise<void> {
+  const words = argv.slice(2);
+  let sub = words[0];
+  let rest = words.slice(1);
+  if (sub === 'help' && rest.length > 1) [sub, rest] = ['', []]; // `pim help stop <TAB>`
+  if (argv[1] === '--' && sub !== undefined && rest.length > 0) {
+    const exe = sub === 'help' ? null : /^[a-z0-9][a-z0-9-]*$/.test(sub) ? findSub(sub) : null;
+    let own = false;
+    try {
+      own = !!exe && dirname(realpathSync(exe)) === ownDir();
+    } catch {
+      own = false;
+    }
+    if (!exe || !own) {
+      process.stdout.write(sub === 'help' ? listNames(rest[rest.length - 1]!) : ':0\n');
+      return;
+    }
+    const { spawnSync } = process.getBuiltinModule('node:child_process') as typeof import('node:child_process');
+    const [cmd, args] = exe.endsWith('.mjs') ? [process.execPath, [exe]] : [exe, []];
+    const r = spawnSync(cmd, [...args, 'complete', '--', ...rest], { stdio: ['ignore', 'inherit', 'inherit'] });
+    process.exitCode = r.status ?? EXIT.SOFTWARE;
+    return;
+  }
+  const { main, defineCmd } = await import('../lib/cli.ts');
+  main(
+    defineCmd({
+      name: 'pim',
+      summary: 'the umbrella',
+      usage: '<command> [args...]',
+      args: { help: { type: 'boolean', alias: 'h', description: 'show help' } },
+      positionals: { max: 1 },
+      completePositional: (c) => {
+        const own = ownDir();
+        for (const [s, p] of listSubs()) c(s, dirname(p) === own ? '' : p);
+      },
+      run: () => EXIT.USAGE,
+    }),
+    argv,
+  );
+}
+
+/** `pim help <TAB>`: command names in tab's answer format. */
+function listNames(prefix: string): string {
+  return [...listSubs().keys()].filter((s) => s.startsWith(prefix)).map((s) => `${s}\t\n`).join('') + ':4\n';
+}
+
+const argv = process.argv.slice(2);
+if (argv[0] === 'complete' && (argv[1] === '--' || ['zsh', 'bash', 'fish', 'powershell'].includes(argv[1] ?? ''))) {
+  complete(argv).catch((e) => {
+    process.stderr.write(`pim: ${(e as Error)?.message ?? e}\n`);
+    process.exitCode = EXIT.SOFTWARE;
+  });
+} else {
+  process.exitCode = run(argv) ?? 0;
+}

@@ -155,17 +155,25 @@ export function reportError(e: unknown): number {
 
 async function completion(spec: CmdSpec<ArgsDef>, argv: string[]): Promise<void> {
   const { default: t } = await import('@bomb.sh/tab');
+  const none = () => undefined;
   for (const [k, def] of Object.entries(spec.args)) {
     if (def.type === 'positional') continue;
     const alias = 'alias' in def && def.alias ? (Array.isArray(def.alias) ? def.alias[0] : def.alias) : undefined;
     const handler = spec.completeOptions?.[k];
     const flag = kebab(k);
-    if (handler) {
-      const h = function (complete: (v: string, d: string) => void) {
-        return handler(complete);
+    // tab takes an option without a handler for a boolean: give every option
+    // that takes a value a handler (enum values, or none), so that the word
+    // after `--timeout` is not completed as a VM name
+    let h: Completer | undefined = handler;
+    if (!h && def.type === 'enum') h = (complete) => (def.options ?? []).forEach((o) => complete(String(o), ''));
+    if (!h && def.type === 'string') h = none;
+    if (h) {
+      const hh = h;
+      const f = function (complete: (v: string, d: string) => void) {
+        return hh(complete);
       };
-      if (alias) t.option(flag, def.description ?? '', h as never, alias);
-      else t.option(flag, def.description ?? '', h as never);
+      if (alias) t.option(flag, def.description ?? '', f as never, alias);
+      else t.option(flag, def.description ?? '', f as never);
     } else if (alias) t.option(flag, def.description ?? '', alias);
     else t.option(flag, def.description ?? '');
   }
@@ -175,15 +183,74 @@ async function completion(spec: CmdSpec<ArgsDef>, argv: string[]): Promise<void>
   }
   const shell = argv[0];
   if (shell === '--') {
+    const words = argv.slice(1);
     // tab's handlers are synchronous: resolve async completers first
     if (spec.completePositional) {
+      // tab counts positionals from 1 for a root command (`pim-console web1 <TAB>`
+      // would offer names again) and cannot see `--`: count them here
+      const table = flagTable(spec.args);
+      let n = 0;
+      let afterDd = false;
+      const before = words.slice(0, -1);
+      for (let i = 0; i < before.length; i++) {
+        const w = before[i]!;
+        if (w === '--') {
+          afterDd = true;
+          break;
+        }
+        if (w.length > 1 && w.startsWith('-') && !/^-\d/.test(w)) {
+          const body = w.replace(/^--?/, '');
+          if (!body.includes('=') && table.get(body)?.value) i++;
+          continue;
+        }
+        n++;
+      }
       const vals: Array<[string, string]> = [];
-      await spec.completePositional((v, d) => vals.push([v, d]));
+      if (!afterDd && n < (spec.positionals?.max ?? Infinity)) await spec.completePositional((v, d) => vals.push([v, d]));
       t.arguments.get('name')!.handler = (complete) => vals.forEach(([v, d]) => complete(v, d));
     }
-    t.parse(argv.slice(1));
+    t.parse(words);
   } else if (shell) {
-    t.setup(spec.name, spec.name, shell);
+    // tab prints the script with console.log: catch it and fix it up
+    const out: string[] = [];
+    const log = console.log;
+    console.log = (...a: unknown[]) => void out.push(a.join(' '));
+    try {
+      t.setup(spec.name, spec.name, shell);
+    } finally {
+      console.log = log;
+    }
+    let script = out.join('\n') + '\n';
+    if (shell === 'bash') {
+      // 1. `readonly ShellCompDirective...=N` at top level: the second script
+      //    sourced into one shell (or the same one twice) fails with
+      //    "readonly variable". Use the numbers instead.
+      const dirs = new Map<string, string>();
+      script = script.replace(/^readonly (ShellCompDirective\w+)=(\d+)\n/gm, (_m, k: string, v: string) => (dirs.set(k, v), ''));
+      script = script.replace(/\$(ShellCompDirective\w+)/g, (m, k: string) => dirs.get(k) ?? m);
+      script = script.replace(/^# Define shell completion directives\n\n/m, '');
+      // 2. _get_comp_words_by_ref needs the bash-completion package; and the
+      //    words were joined unquoted and eval'ed (a word like $(cmd) ran, words
+      //    after the cursor were sent). Pass the words up to the cursor as
+      //    arguments instead.
+      script = script.replace(
+        /^ {4}local cur prev words cword\n[^]*?out=\$\(eval "\$requestComp" 2>\/dev\/null\)\n/m,
+        [
+          '    local cur prev words cword',
+          '    if declare -F _get_comp_words_by_ref >/dev/null 2>&1; then',
+          '        _get_comp_words_by_ref -n "=:" cur prev words cword',
+          '    else',
+          '        words=("${COMP_WORDS[@]}"); cword=$COMP_CWORD; cur=${COMP_WORDS[COMP_CWORD]-}',
+          '    fi',
+          '',
+          '    local out directive',
+          '    # the words before the cursor and the current one (maybe empty), each one argument',
+          `    out=$(${spec.name} complete -- "\${words[@]:1:cword-1}" "$cur" 2>/dev/null)`,
+          '',
+        ].join('\n'),
+      );
+    }
+    process.stdout.write(script);
   }
 }
 
