@@ -1,0 +1,116 @@
+/**
+ * pim-kboot: boot a kernel directly, with an initramfs (given, or packed from
+ * a directory), host directories shared in, and optionally one command run
+ * to completion (a test runner). A kboot VM is a pim VM: pim-ps lists it,
+ * pim-stop, pim-console and pim-qmp work on it.
+ */
+import { defineCmd, main } from '../lib/cli.ts';
+import { EXIT, PimError } from '../lib/exit.ts';
+
+/** Every value of a repeatable string flag (citty keeps only the last). */
+function repeated(argv: string[], flag: string): string[] {
+  const out: string[] = [];
+  const end = argv.indexOf('--');
+  const head = end >= 0 ? argv.slice(0, end) : argv;
+  for (let i = 0; i < head.length; i++) {
+    const w = head[i]!;
+    if (w === flag && i + 1 < head.length) out.push(head[++i]!);
+    else if (w.startsWith(flag + '=')) out.push(w.slice(flag.length + 1));
+  }
+  return out;
+}
+
+export const cmd = defineCmd({
+  name: 'pim-kboot',
+  summary: 'Boot a kernel directly with an initramfs and host shares; optionally run one command and exit with its status.',
+  usage: '[NAME] [--kernel PATH] [--initrd PATH | --initramfs-from DIR] [options] [-- qemu args]',
+  description: `
+No firmware, bootloader or disk: QEMU loads the kernel and initramfs itself. A bzImage
+whose payload is XZ, gzip or zstd is booted as its uncompressed PVH vmlinux (extracted
+once, cached in ~/.cache/pim/kboot/), which skips the guest's decompression. Without
+--kernel the host's /boot/vmlinuz-$(uname -r) is used when it is readable.
+
+--initramfs-from DIR packs DIR as a newc cpio with every file owned by root (system cpio,
+or bsdtar), cached by the tree's listing (paths, modes, sizes, mtimes): an unchanged tree
+is not packed again. pim appends its own small archive (/pim/init, a static busybox from
+the host when there is one) and boots with rdinit=/pim/init, which mounts the shares and
+then runs the command (--exec), hands over to the initramfs's own /init if it has one,
+or gives a root shell on the serial console.
+
+--share DIR[:TAG] (repeatable) shares DIR over virtiofs when virtiofsd is found, else 9p
+(--fs overrides); pim's init mounts it at /mnt/TAG. The guest kernel needs virtio_pci and
+9p (or virtiofs) built in, or as modules in the initramfs's /lib/modules/<kver>/ (loaded
+with modprobe). --root-share DIR makes DIR the guest's root filesystem (the init mounts
+it and switches to it; --exec runs the command inside it).
+
+--exec CMD runs CMD with sh -c in the guest, streams its output (stdout and stderr, on a
+serial port of their own: kernel messages stay in the log), powers off and exits with
+CMD's status. Otherwise pim-kboot prints NAME once the guest's userspace is up and
+leaves the VM running headless (pim-console NAME, pim-stop NAME), or with --console
+runs it in the foreground on this terminal.
+
+A kernel panic (seen in the serial log; the kernel runs with panic=-1 and QEMU with
+-no-reboot, so the VM ends) exits 69 with the log's last lines; a guest that does not
+reach userspace within --timeout exits 75. Either way no VM is left behind. Note that
+--exec passes the command's own status through, whatever its value.`,
+  examples: [
+    'pim-kboot --kernel arch/x86/boot/bzImage --exec "uname -r"',
+    'pim-kboot t1 --kernel bzImage --initramfs-from ./rootfs --share .:src --exec "make -C /mnt/src check"',
+    'pim-kboot --kernel bzImage --root-share ./sysroot --console',
+  ],
+  args: {
+    name: { type: 'positional', description: 'VM name (default: kboot, or kboot-N when taken)', required: false },
+    kernel: { type: 'string', description: 'kernel (bzImage); default /boot/vmlinuz-$(uname -r)', valueHint: 'PATH' },
+    initrd: { type: 'string', description: 'initramfs (cpio, compressed or not)', valueHint: 'PATH' },
+    initramfsFrom: { type: 'string', description: 'pack this directory as the initramfs (cached)', valueHint: 'DIR' },
+    append: { type: 'string', description: 'more kernel command line', valueHint: 'ARGS' },
+    share: { type: 'string', description: 'share a host directory at /mnt/TAG (repeatable)', valueHint: 'DIR[:TAG]' },
+    rootShare: { type: 'string', description: "boot with this host directory as the guest's root filesystem", valueHint: 'DIR' },
+    fs: { type: 'enum', options: ['auto', '9p', 'virtiofs'], description: 'share filesystem', default: 'auto' },
+    exec: { type: 'string', description: 'run this command in the guest, print its output, exit with its status', valueHint: 'CMD' },
+    console: { type: 'boolean', description: 'serial console on this terminal (foreground)' },
+    mem: { type: 'string', description: 'memory size', default: '512M', valueHint: 'SIZE' },
+    cpus: { type: 'string', description: 'virtual CPUs', default: '1', valueHint: 'N' },
+    machine: { type: 'enum', options: ['q35', 'pc', 'microvm'], description: 'machine type (microvm: no PCI, so no shares)', default: 'q35' },
+    compress: { type: 'enum', options: ['none', 'gzip'], description: 'compression of a packed initramfs (none boots faster)', default: 'none' },
+    timeout: { type: 'string', description: 'seconds for the guest to reach userspace', default: '120', valueHint: 'SECONDS' },
+    accel: { type: 'enum', options: ['kvm', 'hvf', 'tcg'], description: 'accelerator; env PIM_ACCEL' },
+  },
+  positionals: { min: 0, max: 1 },
+  passthrough: true,
+  async run({ args, positionals, rest }) {
+    const { randomBytes } = await import('node:crypto');
+    const { kboot } = await import('../lib/kboot-run.ts');
+
+    if (args.initrd && args.initramfsFrom) throw new PimError(EXIT.USAGE, '--initrd and --initramfs-from are exclusive: pass a ready archive or a directory to pack');
+    const cpus = Number(args.cpus);
+    if (!Number.isInteger(cpus) || cpus < 1 || cpus > 256) throw new PimError(EXIT.USAGE, `--cpus must be a whole number from 1 to 256`);
+    if (!/^\d+[KMGT]?$/i.test(args.mem)) throw new PimError(EXIT.USAGE, `--mem must be a size such as 512M or 2G`);
+    const timeout = Number(args.timeout);
+    if (!(timeout > 0)) throw new PimError(EXIT.USAGE, `--timeout must be a number of seconds`);
+    const shares = repeated(process.argv.slice(2), '--share');
+    if (args.share && !shares.length) shares.push(args.share);
+    return kboot({
+      name: positionals[0],
+      kernel: args.kernel,
+      initrd: args.initrd,
+      initramfsFrom: args.initramfsFrom,
+      append: args.append,
+      shares,
+      rootShare: args.rootShare,
+      fs: args.fs,
+      exec: args.exec,
+      console: Boolean(args.console),
+      mem: args.mem,
+      cpus,
+      machine: args.machine,
+      compress: args.compress as 'none' | 'gzip',
+      timeoutMs: timeout * 1000,
+      accel: args.accel,
+      extra: rest,
+      token: randomBytes(6).toString('hex'),
+    });
+  },
+});
+
+main(cmd);

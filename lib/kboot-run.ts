@@ -1,0 +1,315 @@
+/**
+ * pim-kboot's work, kept out of the command file: resolve the kernel and the
+ * initramfs, add pim's archive, launch QEMU through lib/launch.ts (so the VM
+ * has the usual runtime files, lock and metadata), then follow the guest on
+ * its output port (a FIFO that QEMU writes as the second serial port).
+ *
+ * The FIFO is opened by us for reading before QEMU starts, with a write end
+ * of our own held until QEMU has daemonized; from then on QEMU is the only
+ * writer, so end-of-file on the FIFO is exactly "QEMU has exited". Readiness,
+ * the command's status and QEMU's exit are all notifications: nothing polls.
+ */
+import * as fs from 'node:fs';
+import * as net from 'node:net';
+import { join } from 'node:path';
+import { spawnSync } from 'node:child_process';
+import { EXIT, PimError } from './exit.ts';
+import { log } from './log.ts';
+import { ensureRuntimeDir, vmFiles, type VmFiles } from './paths.ts';
+import { checkName } from './names.ts';
+import { cleanupFiles, logTail, vmInfo } from './vm.ts';
+import { isAlive, waitExit } from './proc.ts';
+import { qemuOpt, type Accel } from './qemu-argv.ts';
+import { cachedPack, checkInitrd, concatArchives, kbootCacheDir, packTree, type Compress } from './initramfs.ts';
+import { checkKernel, findPanic, guestEnv, hostKernel, hostTscKhz, OutputScanner, parseShare, pimBaseArchive, pvhKernel, RS, staticBusybox, type Share } from './kboot.ts';
+import { chooseShareFs, ninepArgs, startVirtiofsd, virtiofsArgs } from './share.ts';
+
+export interface KbootOpts {
+  name?: string;
+  kernel?: string;
+  initrd?: string;
+  initramfsFrom?: string;
+  append?: string;
+  shares: string[];
+  rootShare?: string;
+  fs: string;
+  exec?: string;
+  console: boolean;
+  mem: string;
+  cpus: number;
+  machine: string;
+  compress: Compress;
+  timeoutMs: number;
+  accel?: string;
+  extra: string[];
+  token: string;
+}
+
+/** The first free name of kboot, kboot-2, kboot-3, ... */
+async function freeName(dir: string): Promise<string> {
+  for (let i = 1; ; i++) {
+    const n = i === 1 ? 'kboot' : `kboot-${i}`;
+    const st = (await vmInfo(n, dir)).state;
+    if (st === 'absent' || st === 'stale') return n;
+  }
+}
+
+async function killVm(pid: number | null, files: VmFiles): Promise<void> {
+  if (pid && isAlive(pid)) {
+    try {
+      process.kill(pid, 'SIGTERM');
+    } catch {
+      /* gone */
+    }
+    if (!(await waitExit(pid, 5_000))) {
+      try {
+        process.kill(pid, 'SIGKILL');
+      } catch {
+        /* gone */
+      }
+      await waitExit(pid, 5_000);
+    }
+  }
+  cleanupFiles(files);
+}
+
+const tailText = (files: VmFiles, n = 15) =>
+  logTail(files.log, n)
+    .map((l) => `  | ${l.replace(/\r$/, '')}`)
+    .join('\n');
+
+export async function kboot(o: KbootOpts): Promise<number> {
+  const t0 = performance.now();
+  const kernelPath = o.kernel ?? hostKernel();
+  const kind = checkKernel(kernelPath);
+  if (o.initrd) checkInitrd(o.initrd);
+  const used = new Set<string>();
+  const shares = o.shares.map((s) => parseShare(s, used));
+  const root: Share | undefined = o.rootShare ? parseShare(`${o.rootShare}:pimroot`, used) : undefined;
+  const all = root ? [...shares, root] : shares;
+  if (o.machine === 'microvm' && all.length) throw new PimError(EXIT.USAGE, 'shares need PCI, which microvm has not: use --machine q35 (the default) with --share/--root-share');
+  const share = all.length ? chooseShareFs(o.fs === 'auto' ? undefined : o.fs) : { fs: '9p' as const, virtiofsd: null };
+  if (o.initramfsFrom) {
+    // fail on a bad directory before anything starts
+    const st = fs.statSync(o.initramfsFrom, { throwIfNoEntry: false });
+    if (!st) throw new PimError(EXIT.NOINPUT, `initramfs directory ${o.initramfsFrom} does not exist`);
+    if (!st.isDirectory()) throw new PimError(EXIT.NOINPUT, `${o.initramfsFrom} is not a directory (--initramfs-from takes a directory to pack)`);
+  }
+  const { detectAccel } = await import('./host.ts');
+  const { accel, warning } = detectAccel(o.accel);
+  if (warning) log.warn(warning);
+
+  const dir = ensureRuntimeDir();
+  const name = o.name ? checkName(o.name) : await freeName(dir);
+  const files = vmFiles(name, dir);
+  const cache = kbootCacheDir();
+
+  // kernel: the PVH vmlinux inside a bzImage boots without the guest decompressing it
+  let bootKernel = kernelPath;
+  if (kind === 'bzimage' && process.env.PIM_KBOOT_PVH !== '0') bootKernel = (await pvhKernel(kernelPath, cache)) ?? kernelPath;
+  log.debug(`kernel ${bootKernel} (${(performance.now() - t0).toFixed(0)} ms)`);
+
+  // initramfs: the user's part, pim's base (init, busybox), this boot's settings
+  const parts: string[] = [];
+  if (o.initrd) parts.push(o.initrd);
+  if (o.initramfsFrom) {
+    const p = await cachedPack(o.initramfsFrom, o.compress);
+    log.debug(`initramfs ${p.path} (${p.hit ? 'cached' : 'packed'}, ${(performance.now() - t0).toFixed(0)} ms)`);
+    parts.push(p.path);
+  }
+  const busybox = staticBusybox();
+  if (!busybox && !parts.length) throw new PimError(EXIT.UNAVAILABLE, 'no initramfs given and no static busybox on this host for pim\'s own: install busybox-static, set PIM_BUSYBOX, or pass --initrd/--initramfs-from');
+  if (!busybox) log.debug('no static busybox on the host: pim\'s init relies on the initramfs\'s /bin/sh');
+  parts.push(await pimBaseArchive(cache, busybox));
+  const stage = join(dir, `${name}.kboot`);
+  fs.rmSync(stage, { recursive: true, force: true });
+  fs.mkdirSync(join(stage, 'tree', 'pim'), { recursive: true, mode: 0o700 });
+  const mode = o.exec !== undefined ? 'exec' : 'handoff';
+  fs.writeFileSync(join(stage, 'tree', 'pim', 'env'), guestEnv({ token: o.token, mode, out: o.console ? '/dev/console' : '/dev/ttyS1', fs: share.fs, shares, root: root?.tag }));
+  fs.writeFileSync(join(stage, 'tree', 'pim', 'cmd'), o.exec ?? '');
+  await packTree(join(stage, 'tree'), join(stage, 'run.cpio'), 'none');
+  parts.push(join(stage, 'run.cpio'));
+  const initrd = join(stage, 'initrd');
+  concatArchives(parts, initrd);
+  log.debug(`initrd ${initrd} (${(performance.now() - t0).toFixed(0)} ms)`);
+
+  const append = ['console=ttyS0', 'quiet', 'panic=-1', 'rdinit=/pim/init'];
+  if (o.machine === 'microvm') {
+    append.push('pci=off');
+    const khz = accel === 'tcg' ? hostTscKhz() : null;
+    if (khz) append.push(`tsc_early_khz=${khz}`);
+  }
+  if (o.append) append.push(o.append);
+
+  const extra: string[] = [];
+  const fifo = join(stage, 'out');
+  let rfd = -1;
+  let wfd = -1;
+  let sock: net.Socket | null = null;
+  let vfsPids: number[] = [];
+  const cleanupStage = () => fs.rmSync(stage, { recursive: true, force: true });
+  try {
+    if (!o.console) {
+      const mk = spawnSync('mkfifo', ['-m', '600', fifo], { encoding: 'utf8' });
+      if (mk.status !== 0) throw new PimError(EXIT.CANTCREAT, `cannot make FIFO ${fifo}: ${mk.stderr || mk.error?.message}`);
+      rfd = fs.openSync(fifo, fs.constants.O_RDONLY | fs.constants.O_NONBLOCK);
+      wfd = fs.openSync(fifo, fs.constants.O_WRONLY | fs.constants.O_NONBLOCK);
+      sock = new net.Socket({ fd: rfd, readable: true, writable: false });
+      sock.pause();
+      extra.push('-chardev', qemuOpt('file', { id: 'pimout', path: fifo }), '-device', 'isa-serial,chardev=pimout,index=1');
+    }
+    if (share.fs === '9p') extra.push(...ninepArgs(all));
+    else {
+      const started = await startVirtiofsd(share.virtiofsd!, all, join(stage, 'vfs'));
+      vfsPids = started.map((s) => s.pid);
+      extra.push(...virtiofsArgs(started, o.mem));
+    }
+    extra.push(...o.extra);
+
+    const { launch } = await import('./launch.ts');
+    const result = await launch({
+      spec: {
+        name,
+        accel: accel as Accel,
+        mem: o.mem,
+        cpus: o.cpus,
+        machine: o.machine,
+        kernel: { kernel: bootKernel, initrd, append: append.join(' ') },
+        agent: false,
+        net: { mode: 'none' },
+        rng: o.machine !== 'microvm',
+        noReboot: true,
+        extra,
+      },
+      console: o.console,
+      sudo: false,
+      meta: { kind: 'kboot', image: kernelPath, ssh_port: null, bridged: false, agent: false, accel, mem: o.mem, cpus: o.cpus, snapshot: false },
+    });
+    log.debug(`QEMU up (${(performance.now() - t0).toFixed(0)} ms)`);
+
+    if (typeof result === 'number') {
+      // --console: QEMU ran in the foreground and has exited
+      cleanupStage();
+      const text = fs.readFileSync(files.log, 'latin1');
+      const m = new RegExp(`${RS}PIM-EXIT-${o.token}:(\\d+)`).exec(text);
+      if (o.exec !== undefined && m) return Number(m[1]);
+      const panic = findPanic(text);
+      if (panic) throw new PimError(EXIT.UNAVAILABLE, `the guest kernel panicked:\n${panic.map((l) => `  | ${l}`).join('\n')}`);
+      return result;
+    }
+
+    // QEMU holds the FIFO now: drop our write end (EOF = QEMU gone), and the files it has loaded
+    fs.closeSync(wfd);
+    wfd = -1;
+    fs.rmSync(initrd, { force: true });
+    fs.rmSync(fifo, { force: true });
+    return await follow(sock!, { name, files, pid: result.pid, exec: o.exec !== undefined, token: o.token, timeoutMs: o.timeoutMs, t0, cleanupStage });
+  } catch (e) {
+    for (const p of vfsPids) if (isAlive(p)) process.kill(p, 'SIGTERM');
+    cleanupStage();
+    throw e;
+  } finally {
+    if (wfd >= 0) fs.closeSync(wfd);
+    if (sock && !sock.destroyed && o.exec !== undefined) sock.destroy();
+  }
+}
+
+interface FollowOpts {
+  name: string;
+  files: VmFiles;
+  pid: number;
+  exec: boolean;
+  token: string;
+  timeoutMs: number;
+  t0: number;
+  cleanupStage: () => void;
+}
+
+/** Follow the output port until the guest is up (headless) or the command is done (--exec). */
+function follow(sock: net.Socket, f: FollowOpts): Promise<number> {
+  return new Promise<number>((resolve, reject) => {
+    let done = false;
+    let gone = false;
+    const scanner = new OutputScanner(f.token, (s) => {
+      if (f.exec) process.stdout.write(Buffer.from(s, 'latin1'));
+    });
+    const finish = async (how: () => Promise<number>) => {
+      if (done) return;
+      done = true;
+      clearTimeout(bootTimer);
+      clearTimeout(exitTimer);
+      process.off('SIGINT', onSignal);
+      process.off('SIGTERM', onSignal);
+      process.off('SIGHUP', onSignal);
+      try {
+        resolve(await how());
+      } catch (e) {
+        reject(e);
+      } finally {
+        f.cleanupStage();
+      }
+    };
+    const failWith = (code: (typeof EXIT)[keyof typeof EXIT], msg: string) =>
+      finish(async () => {
+        await killVm(f.pid, f.files);
+        throw new PimError(code, msg);
+      });
+    const onSignal = (sig: NodeJS.Signals) =>
+      finish(async () => {
+        log.warn(`${sig}: stopping ${f.name}`);
+        sock.destroy();
+        await killVm(f.pid, f.files);
+        return 128 + ({ SIGHUP: 1, SIGINT: 2, SIGTERM: 15 } as Record<string, number>)[sig]!;
+      });
+    process.on('SIGINT', onSignal);
+    process.on('SIGTERM', onSignal);
+    process.on('SIGHUP', onSignal);
+    const bootTimer = setTimeout(
+      () => failWith(EXIT.TEMPFAIL, `${f.name}: the guest did not reach userspace within ${f.timeoutMs / 1000} s; stopped it. Last lines of ${f.files.log}:\n${tailText(f.files)}`),
+      f.timeoutMs,
+    );
+    let exitTimer: NodeJS.Timeout | undefined;
+    const onQemuGone = () => {
+      gone = true;
+      if (done) return;
+      if (scanner.status !== null) {
+        void finish(async () => {
+          cleanupFiles(f.files);
+          return scanner.status!;
+        });
+        return;
+      }
+      const panic = findPanic(fs.readFileSync(f.files.log, 'latin1'));
+      if (panic) return failWith(EXIT.UNAVAILABLE, `${f.name}: the guest kernel panicked:\n${panic.map((l) => `  | ${l}`).join('\n')}`);
+      failWith(EXIT.UNAVAILABLE, `${f.name}: QEMU exited before ${scanner.ready ? 'the command finished' : 'the guest was up'}. Last lines of ${f.files.log}:\n${tailText(f.files)}`);
+    };
+    sock.on('data', (d: Buffer) => {
+      scanner.push(d.toString('latin1'));
+      if (scanner.ready) clearTimeout(bootTimer);
+      if (scanner.failure !== null) return failWith(EXIT.UNAVAILABLE, `${f.name}: pim's init failed: ${scanner.failure}`);
+      if (scanner.ready && !f.exec) {
+        void finish(async () => {
+          sock.destroy();
+          log.info(`${f.name} is up (pid ${f.pid}, ${((performance.now() - f.t0) / 1000).toFixed(1)} s); pim-console ${f.name}, pim-stop ${f.name}`);
+          process.stdout.write(f.name + '\n');
+          return EXIT.OK;
+        });
+        return;
+      }
+      if (scanner.status !== null && !gone && !exitTimer) {
+        // the guest powers off right after the marker: wait for QEMU to go, bounded
+        exitTimer = setTimeout(() => {
+          const st = scanner.status!;
+          void finish(async () => {
+            log.warn(`${f.name} did not power off after the command; stopping it`);
+            await killVm(f.pid, f.files);
+            return st;
+          });
+        }, 15_000);
+      }
+    });
+    sock.on('end', onQemuGone);
+    sock.on('error', (e) => failWith(EXIT.SOFTWARE, `reading ${f.name}'s output: ${e.message}`));
+    sock.resume();
+  });
+}
