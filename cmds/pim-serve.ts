@@ -1,0 +1,60 @@
+/**
+ * pim-serve: serve a profile's preseed, autoinstall files and scripts over
+ * HTTP. Prints its URL on stdout, then one line per request on stderr.
+ * Runs until Ctrl-C or SIGTERM. The same server is a library call
+ * (lib/serve.ts startServer) for builds that run it in-process.
+ */
+import { defineCmd, main } from '../lib/cli.ts';
+import { EXIT, PimError } from '../lib/exit.ts';
+
+export const cmd = defineCmd({
+  name: 'pim-serve',
+  summary: 'Serve a profile\'s preseed.cfg, user-data/meta-data and scripts over HTTP.',
+  usage: '[PROFILE] [--port N] [--bind ADDR]',
+  description: `
+Serves, for PROFILE (default: "default"):
+  /preseed.cfg            rendered preseeds.d/PROFILE.cfg.*        (Debian preseed)
+  /user-data, /meta-data  rendered preseeds.d/PROFILE.user-data.*, PROFILE.meta-data.*
+                          (Ubuntu autoinstall, nocloud-net: ds=nocloud-net;s=URL/)
+  /installs.d/FILE        late-command scripts;  /scripts.d/FILE  provisioning scripts
+Files named after the profile fall back to default's, then to pim's built-in ones.
+Templates use eta (<%= profile.hostname %>, <%= url %>); url is the address the
+client used, so a QEMU user-mode guest sees http://10.0.2.2:PORT.
+Binds to 127.0.0.1 by default (pim.yml serve.bind), which QEMU user-mode guests reach as
+10.0.2.2; --bind 0.0.0.0 (or a LAN address) opens it to bare-metal or Ventoy installs.
+Only GET and HEAD; anything outside the files above is 404. A template that fails to
+render is a 500 and a log line. A port in use exits 75. --port 0 picks a free port.
+The profile is read once at start; templates and scripts are re-read when they change.`,
+  examples: ['pim-serve dev', 'pim-serve dev --bind 0.0.0.0 --port 8080', 'url=$(pim-serve dev --port 0 | head -1) &'],
+  args: {
+    port: { type: 'string', description: 'TCP port (pim.yml serve.port, else 8080); 0 = any free port', valueHint: 'N' },
+    bind: { type: 'string', description: 'address to listen on (pim.yml serve.bind, else 127.0.0.1)', valueHint: 'ADDR' },
+  },
+  positionals: { max: 1 },
+  async run({ args, positionals }) {
+    const { loadRuntimeConfig } = await import('../lib/config.ts');
+    const { startServer } = await import('../lib/serve.ts');
+    const { log } = await import('../lib/log.ts');
+    const rt = (await loadRuntimeConfig()).value;
+    let port = rt.serve.port;
+    if (args.port !== undefined) {
+      if (!/^\d{1,5}$/.test(args.port) || Number(args.port) > 65535) throw new PimError(EXIT.USAGE, `--port must be a number from 0 to 65535, not ${JSON.stringify(args.port)}`);
+      port = Number(args.port);
+    }
+    const bind = args.bind ?? rt.serve.bind;
+    const profile = positionals[0] ?? 'default';
+    const s = await startServer({ profile, port, bind, log: (l) => log.info(l) });
+    process.stdout.write(s.url + '\n');
+    if (s.bind === '127.0.0.1' || s.bind === '0.0.0.0') log.info(`profile ${profile}: a QEMU user-mode guest reaches this as http://10.0.2.2:${s.port}/preseed.cfg`);
+    else log.info(`profile ${profile}: serving ${s.url}/preseed.cfg`);
+    await new Promise<void>((resolve) => {
+      const stop = () => resolve();
+      process.once('SIGINT', stop);
+      process.once('SIGTERM', stop);
+    });
+    await s.close();
+    return 0;
+  },
+});
+
+main(cmd);
