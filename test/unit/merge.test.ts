@@ -1,0 +1,32 @@
+import { describe, it, expect } from 'vitest';
+import { deepMerge, mergeExplain } from '../../lib/merge.ts';
+
+describe('deepMerge', () => {
+  it('recurses into objects, replaces arrays and scalars', () => {
+    const base = { a: 1, o: { x: 1, y: [1, 2], z: { k: 'v' } }, l: [1, 2, 3] };
+    const out = deepMerge(base, { o: { y: [9], z: { j: 'w' } }, l: [], n: null });
+    expect(out).toEqual({ a: 1, o: { x: 1, y: [9], z: { k: 'v', j: 'w' } }, l: [], n: null });
+    expect(base.o.y).toEqual([1, 2]); // inputs untouched
+  });
+  it('refuses __proto__, constructor and prototype', () => {
+    const evil = JSON.parse('{"__proto__": {"polluted": 1}}');
+    expect(() => deepMerge({}, evil)).toThrow(/__proto__/);
+    expect(() => deepMerge({}, { a: { constructor: 1 } })).toThrow(/constructor/);
+    expect(({} as Record<string, unknown>).polluted).toBeUndefined();
+  });
+  it('an object replaces a scalar and the other way round', () => {
+    expect(deepMerge({ a: 1 }, { a: { b: 2 } })).toEqual({ a: { b: 2 } });
+    expect(deepMerge({ a: { b: 2 } }, { a: 'x' })).toEqual({ a: 'x' });
+  });
+});
+
+describe('mergeExplain', () => {
+  it('records where each leaf came from', () => {
+    const { value, origins } = mergeExplain([
+      { value: { a: 1, o: { x: 1, y: 2 }, l: [1] }, label: 'base' },
+      { value: { o: { y: 3 }, l: [2] }, label: (p) => `user:${p.join('.')}` },
+    ]);
+    expect(value).toEqual({ a: 1, o: { x: 1, y: 3 }, l: [2] });
+    expect(origins).toEqual({ a: 'base', 'o.x': 'base', 'o.y': 'user:o.y', l: 'user:l' });
+  });
+});
