@@ -102,7 +102,7 @@ zcomplete() { zsh -f "$REPO/test/shell/zcomplete.zsh" "$@"; }
     COMP_WORDS=(pim-stop ""); COMP_CWORD=1; __pim_stop_complete 2>/dev/null; echo "A: ${COMPREPLY[*]}"
     COMP_WORDS=(pim-stop w); COMP_CWORD=1; __pim_stop_complete 2>/dev/null; echo "stop w: ${COMPREPLY[*]}"
     COMP_WORDS=(pim-console web1 ""); COMP_CWORD=2; __pim_console_complete 2>/dev/null; echo "console web1: ${COMPREPLY[*]-}"
-    COMP_WORDS=(pim s); COMP_CWORD=1; __pim_complete 2>/dev/null; echo "pim s: ${COMPREPLY[*]}"
+    COMP_WORDS=(pim st); COMP_CWORD=1; __pim_complete 2>/dev/null; echo "pim st: ${COMPREPLY[*]}"
     COMP_WORDS=(pim stop ""); COMP_CWORD=2; __pim_complete 2>/dev/null; echo "pim stop: ${COMPREPLY[*]}"
   ' bash "$REPO/shell/pim.bash"
   echo "$output" "$stderr"
@@ -112,7 +112,7 @@ zcomplete() { zsh -f "$REPO/test/shell/zcomplete.zsh" "$@"; }
   [[ "$output" == *"A: db2 web1"* ]]
   [[ "$output" == *"stop w: web1"* ]]
   [[ "$output" == *"console web1: "$'\n'* ]]
-  [[ "$output" == *"pim s: status stop"* ]]
+  [[ "$output" == *"pim st: status stop"* ]]
   [[ "$output" == *"pim stop: db2 web1"* ]]
 }
 
