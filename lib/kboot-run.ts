@@ -88,7 +88,7 @@ export async function kboot(o: KbootOpts): Promise<number> {
   const root: Share | undefined = o.rootShare ? parseShare(`${o.rootShare}:pimroot`, used) : undefined;
   const all = root ? [...shares, root] : shares;
   if (o.machine === 'microvm' && all.length) throw new PimError(EXIT.USAGE, 'shares need PCI, which microvm has not: use --machine q35 (the default) with --share/--root-share');
-  const share = all.length ? chooseShareFs(o.fs === 'auto' ? undefined : o.fs) : { fs: '9p' as const, virtiofsd: null };
+  let share: { fs: '9p' | 'virtiofs'; virtiofsd: string | null } = all.length ? chooseShareFs(o.fs === 'auto' ? undefined : o.fs) : { fs: '9p', virtiofsd: null };
   if (o.initramfsFrom) {
     // fail on a bad directory before anything starts
     const st = fs.statSync(o.initramfsFrom, { throwIfNoEntry: false });
@@ -124,14 +124,6 @@ export async function kboot(o: KbootOpts): Promise<number> {
   const stage = join(dir, `${name}.kboot`);
   fs.rmSync(stage, { recursive: true, force: true });
   fs.mkdirSync(join(stage, 'tree', 'pim'), { recursive: true, mode: 0o700 });
-  const mode = o.exec !== undefined ? 'exec' : 'handoff';
-  fs.writeFileSync(join(stage, 'tree', 'pim', 'env'), guestEnv({ token: o.token, mode, out: o.console ? '/dev/console' : '/dev/ttyS1', fs: share.fs, shares, root: root?.tag }));
-  fs.writeFileSync(join(stage, 'tree', 'pim', 'cmd'), o.exec ?? '');
-  await packTree(join(stage, 'tree'), join(stage, 'run.cpio'), 'none');
-  parts.push(join(stage, 'run.cpio'));
-  const initrd = join(stage, 'initrd');
-  concatArchives(parts, initrd);
-  log.debug(`initrd ${initrd} (${(performance.now() - t0).toFixed(0)} ms)`);
 
   const append = ['console=ttyS0', 'quiet', 'panic=-1', 'rdinit=/pim/init'];
   if (o.machine === 'microvm') {
@@ -149,6 +141,26 @@ export async function kboot(o: KbootOpts): Promise<number> {
   let vfsPids: number[] = [];
   const cleanupStage = () => fs.rmSync(stage, { recursive: true, force: true });
   try {
+    if (share.fs === 'virtiofs') {
+      try {
+        const started = await startVirtiofsd(share.virtiofsd!, all, join(stage, 'vfs'));
+        vfsPids = started.map((s) => s.pid);
+        extra.push(...virtiofsArgs(started, o.mem));
+      } catch (e) {
+        if (o.fs === 'virtiofs') throw e;
+        log.warn(`${(e as Error).message}: sharing over 9p instead`);
+        share = { fs: '9p', virtiofsd: null };
+      }
+    }
+    if (share.fs === '9p') extra.push(...ninepArgs(all));
+    const mode = o.exec !== undefined ? 'exec' : 'handoff';
+    fs.writeFileSync(join(stage, 'tree', 'pim', 'env'), guestEnv({ token: o.token, mode, out: o.console ? '/dev/console' : '/dev/ttyS1', fs: share.fs, shares, root: root?.tag }));
+    fs.writeFileSync(join(stage, 'tree', 'pim', 'cmd'), o.exec ?? '');
+    await packTree(join(stage, 'tree'), join(stage, 'run.cpio'), 'none');
+    parts.push(join(stage, 'run.cpio'));
+    const initrd = join(stage, 'initrd');
+    concatArchives(parts, initrd);
+    log.debug(`initrd ${initrd} (${(performance.now() - t0).toFixed(0)} ms)`);
     if (!o.console) {
       const mk = spawnSync('mkfifo', ['-m', '600', fifo], { encoding: 'utf8' });
       if (mk.status !== 0) throw new PimError(EXIT.CANTCREAT, `cannot make FIFO ${fifo}: ${mk.stderr || mk.error?.message}`);
@@ -157,12 +169,6 @@ export async function kboot(o: KbootOpts): Promise<number> {
       sock = new net.Socket({ fd: rfd, readable: true, writable: false });
       sock.pause();
       extra.push('-chardev', qemuOpt('file', { id: 'pimout', path: fifo }), '-device', 'isa-serial,chardev=pimout,index=1');
-    }
-    if (share.fs === '9p') extra.push(...ninepArgs(all));
-    else {
-      const started = await startVirtiofsd(share.virtiofsd!, all, join(stage, 'vfs'));
-      vfsPids = started.map((s) => s.pid);
-      extra.push(...virtiofsArgs(started, o.mem));
     }
     extra.push(...o.extra);
 

@@ -242,13 +242,15 @@ for t in $PIM_SHARES; do
     mnt "$t" "$chr/mnt/$t" || fail "cannot mount share $t (no 9p/virtiofs in this kernel or initramfs?)"
 done
 mount -t tmpfs tmpfs /tmp 2>/dev/null
-printf '%sPIM-READY-%s\\n' "$rs" "$PIM_TOKEN" >"$out"
+# on the console (--console) the markers are erased from the screen as soon as they are written
+if [ "$out" = /dev/ttyS1 ]; then end='\\n'; else end='\\r\\033[2K'; fi
+printf "%sPIM-READY-%s$end" "$rs" "$PIM_TOKEN" >"$out"
 case $PIM_MODE in
 exec)
     if [ -n "$chr" ]; then chroot "$chr" /bin/sh -c "cd /; $(cat /pim/cmd)" >"$out" 2>&1 </dev/null
     else (cd /; sh -c "$(cat /pim/cmd)") >"$out" 2>&1 </dev/null; fi
     st=$?
-    printf '%sPIM-EXIT-%s:%d\\n' "$rs" "$PIM_TOKEN" "$st" >"$out"
+    printf "%sPIM-EXIT-%s:%d$end" "$rs" "$PIM_TOKEN" "$st" >"$out"
     sync
     poweroff -f ;;
 handoff)
@@ -262,8 +264,13 @@ handoff)
         exec /init "$@"
     fi ;;
 esac
-# shell: a root shell on the console, again and again
+# shell: a root shell on the console, again and again. The ACPI power button
+# (pim-stop) powers off when the kernel has the button driver (built in or a module).
 hostname pim 2>/dev/null
+if { modprobe button; modprobe evdev; } 2>/dev/null && [ -d /sys/module/button ]; then
+    mkdir -p /etc/acpi/PWRF && printf '#!%s\\npoweroff -f\\n' "$(command -v sh)" >/etc/acpi/PWRF/00000080 && chmod +x /etc/acpi/PWRF/00000080
+    acpid -l /tmp/acpid.log 2>/dev/null
+fi
 while :; do
     if [ -n "$chr" ]; then setsid -c chroot "$chr" /bin/sh -l </dev/console >/dev/console 2>&1
     else setsid -c sh -l </dev/console >/dev/console 2>&1; fi
@@ -330,7 +337,7 @@ export function findPanic(log: string, context = 15): string[] | null {
   const lines = log.split(/\r?\n/);
   const i = lines.findIndex((l) => /Kernel panic - not syncing/.test(l));
   if (i < 0) return null;
-  return lines.slice(Math.max(0, i - context), i + 1).filter((l) => l.trim());
+  return lines.slice(Math.max(0, i - context), i + 6).filter((l) => l.trim());
 }
 
 /** The host TSC in kHz (microvm under TCG needs tsc_early_khz to calibrate), from /proc/cpuinfo. */

@@ -30,6 +30,13 @@ export function findVirtiofsd(): string | null {
   return null;
 }
 
+/** QEMU's own C virtiofsd (up to QEMU 7.2) takes `-o source=DIR`; the Rust one `--shared-dir DIR`. */
+export function isLegacyVirtiofsd(bin: string): boolean {
+  const { spawnSync } = process.getBuiltinModule('node:child_process') as typeof import('node:child_process');
+  const r = spawnSync(bin, ['--version'], { encoding: 'utf8', timeout: 5_000 });
+  return /virtiofsd version .*\(|QEMU/i.test(`${r.stdout}${r.stderr}`);
+}
+
 /** Which filesystem shares use: the flag, else virtiofs when virtiofsd exists, else 9p. */
 export function chooseShareFs(requested: string | undefined): { fs: ShareFs; virtiofsd: string | null } {
   const vfsd = findVirtiofsd();
@@ -69,10 +76,12 @@ export async function startVirtiofsd(bin: string, shares: Share[], socketBase: s
   const { spawn } = await import('node:child_process');
   const { dirname, basename } = await import('node:path');
   const out: Array<Share & { socket: string; pid: number }> = [];
+  const legacy = isLegacyVirtiofsd(bin);
   for (const [i, s] of shares.entries()) {
     const socket = `${socketBase}.vfs${i}.sock`;
     fs.rmSync(socket, { force: true });
-    const child = spawn(bin, [`--socket-path=${socket}`, `--shared-dir=${s.dir}`, '--cache=auto', '--sandbox=none'], { stdio: 'ignore', detached: true });
+    const args = legacy ? [`--socket-path=${socket}`, '-o', `source=${s.dir}`, '-o', 'cache=auto'] : [`--socket-path=${socket}`, `--shared-dir=${s.dir}`, '--cache=auto', '--sandbox=none'];
+    const child = spawn(bin, args, { stdio: 'ignore', detached: true });
     child.unref();
     await new Promise<void>((resolve, reject) => {
       const dir = dirname(socket);
