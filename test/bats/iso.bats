@@ -1,0 +1,148 @@
+#!/usr/bin/env bats
+# pim-iso against a real HTTP server on loopback started here: SUMS files, a resume
+# after a cut connection, Ctrl-C, a bad checksum, a 404, the verify cache.
+load helper
+
+setup_file() {
+  pim_isolate
+  export PIM_TMP
+  export W="$PIM_TMP/www"
+  mkdir -p "$W"
+  head -c 4000000 /dev/urandom > "$W/disk-1.0-amd64.iso"
+  (cd "$W" && sha256sum disk-1.0-amd64.iso > SHA256SUMS)
+  export SUM=$(cut -d' ' -f1 "$W/SHA256SUMS")
+  # Range-aware server. /cut/F closes the connection after 1 MB on the first
+  # request; /slow/F trickles; anything else missing is 404.
+  cat > "$PIM_TMP/srv.mjs" <<'JS'
+import http from 'node:http'; import fs from 'node:fs';
+const dir = process.argv[2]; let cut = 1;
+const srv = http.createServer((req, res) => {
+  const [, mode, name] = /^\/(?:(cut|slow)\/)?(.*)$/.exec(req.url);
+  let data; try { data = fs.readFileSync(`${dir}/${name}`); } catch { res.statusCode = 404; return res.end('no'); }
+  const m = /bytes=(\d+)-/.exec(req.headers.range ?? ''); const start = m ? Number(m[1]) : 0;
+  const part = data.subarray(start);
+  res.writeHead(start ? 206 : 200, { 'content-length': part.length, ...(start ? { 'content-range': `bytes ${start}-${data.length - 1}/${data.length}` } : {}) });
+  if (mode === 'cut' && cut-- > 0) return res.write(part.subarray(0, 1000000), () => setTimeout(() => res.socket.end(), 20));
+  if (mode === 'slow') { let i = 0; const t = setInterval(() => { if (res.destroyed || i >= part.length) { clearInterval(t); return res.end(); } res.write(part.subarray(i, i += 65536)); }, 50); return; }
+  res.end(part);
+});
+srv.listen(0, '127.0.0.1', () => { fs.writeFileSync(`${dir}/../port`, String(srv.address().port)); });
+JS
+  setsid node "$PIM_TMP/srv.mjs" "$W" >"$PIM_TMP/srv.log" 2>&1 3>&- </dev/null &
+  echo $! > "$PIM_TMP/srv.pid"
+  for _ in $(seq 50); do [ -s "$PIM_TMP/port" ] && break; sleep 0.1; done
+}
+teardown_file() {
+  kill "$(cat "$PIM_TMP/srv.pid")" 2>/dev/null || true
+  pim_cleanup
+}
+
+base() { echo "http://127.0.0.1:$(cat "$PIM_TMP/port")"; }
+I() { echo "$XDG_CACHE_HOME/pim/isos"; }
+
+@test "the built-in catalog lists Debian and Ubuntu with real SUMS URLs" {
+  run --separate-stderr pim-iso list
+  [ "$status" -eq 0 ]
+  [[ "$output" == *"debian-netinst-amd64	missing"* ]]
+  run --separate-stderr pim-iso show ubuntu-24.04-server-amd64 --json
+  [[ "$output" == *'"checksum_url":"https://releases.ubuntu.com/24.04/SHA256SUMS"'* ]]
+}
+
+@test "add refuses an entry without a checksum unless --insecure; bad names and checksums are usage errors" {
+  run pim-iso add nosum --url "$(base)/disk-1.0-amd64.iso"
+  [ "$status" -eq 64 ]
+  run pim-iso add bad --url "$(base)/x.iso" --checksum sha256:1234
+  [ "$status" -eq 64 ]
+  run pim-iso add ../x --url "$(base)/x.iso" --insecure
+  [ "$status" -eq 64 ]
+  [ ! -e "$XDG_CONFIG_HOME/pim/isos.d/nosum.yml" ]
+}
+
+@test "download with a SUMS file and a * in the URL resumes after a cut connection" {
+  pim-iso add sums --url "$(base)/cut/disk-*-amd64.iso" --checksum-url "$(base)/SHA256SUMS"
+  run --separate-stderr pim-iso download sums
+  [ "$status" -eq 0 ]
+  [ "$output" = "sums	downloaded	$(I)/sums.iso" ]
+  [[ "$stderr" == *"connection cut"* ]]
+  cmp "$(I)/sums.iso" "$W/disk-1.0-amd64.iso"
+  [ ! -e "$(I)/sums.iso.part" ]
+  run pim-iso add sums --url "$(base)/x.iso" --insecure
+  [ "$status" -eq 73 ]
+}
+
+@test "verify hashes once, then answers from the cache" {
+  run --separate-stderr pim-iso verify sums
+  [ "$status" -eq 0 ]
+  [ "$output" = "sums	ok	sha256:$SUM	cached" ]
+  touch "$(I)/sums.iso"
+  run --separate-stderr pim-iso verify sums
+  [ "$output" = "sums	ok	sha256:$SUM	hashed" ]
+  run --separate-stderr pim-iso verify sums --json
+  [[ "$output" == *'"how":"cached"'* ]]
+  run pim-iso path sums
+  [ "$output" = "$(I)/sums.iso" ]
+}
+
+@test "a checksum mismatch deletes the part file and exits 65" {
+  pim-iso add wrong --url "$(base)/disk-1.0-amd64.iso" --checksum "sha256:$(printf '%064d' 0)"
+  run --separate-stderr pim-iso download wrong
+  [ "$status" -eq 65 ]
+  [[ "$stderr" == *"checksum mismatch"* ]]
+  [ ! -e "$(I)/wrong.iso.part" ]
+  [ ! -e "$(I)/wrong.iso" ]
+  run pim-iso path wrong
+  [ "$status" -eq 66 ]
+}
+
+@test "a 404 exits 69 and leaves nothing" {
+  pim-iso add gone --url "$(base)/missing.iso" --checksum "sha256:$SUM"
+  run --separate-stderr pim-iso download gone
+  [ "$status" -eq 69 ]
+  [[ "$stderr" == *"HTTP 404"* ]]
+  [ ! -e "$(I)/gone.iso" ] && [ ! -e "$(I)/gone.iso.part" ]
+}
+
+@test "Ctrl-C leaves a resumable part file, never a complete-looking one" {
+  pim-iso add slow --url "$(base)/slow/disk-1.0-amd64.iso" --checksum "sha256:$SUM"
+  # job control on: otherwise a background job starts with SIGINT ignored
+  set -m
+  pim-iso download slow 2>"$PIM_TMP/slow.err" &
+  pid=$!
+  set +m
+  for _ in $(seq 100); do [ -s "$(I)/slow.iso.part" ] && break; sleep 0.1; done
+  kill -INT "$pid"
+  rc=0; wait "$pid" || rc=$?
+  cat "$PIM_TMP/slow.err"; echo "rc=$rc"
+  [ "$rc" -eq 130 ]
+  [ -s "$(I)/slow.iso.part" ]
+  [ ! -e "$(I)/slow.iso" ]
+  [ ! -e "$(I)/slow.iso.lock" ]
+  grep -q "run pim-iso download slow again to resume" "$PIM_TMP/slow.err"
+  # resume from the part file, at full speed
+  sed -i 's#/slow/#/#' "$XDG_CONFIG_HOME/pim/isos.d/slow.yml"
+  run --separate-stderr pim-iso download slow
+  [ "$status" -eq 0 ]
+  [[ "$stderr" == *"resuming at"* ]]
+  cmp "$(I)/slow.iso" "$W/disk-1.0-amd64.iso"
+}
+
+@test "--insecure downloads are marked unverified" {
+  pim-iso add open --url "$(base)/disk-1.0-amd64.iso" --insecure
+  run --separate-stderr pim-iso download open
+  [ "$status" -eq 0 ]
+  run --separate-stderr pim-iso verify open
+  [ "$output" = "open	unverified	-	no checksum in the entry" ]
+  run --separate-stderr pim-iso list
+  [[ "$output" == *"open	downloaded	unverified	4000000"* ]]
+}
+
+@test "rm deletes the files, --entry the catalog entry; unknown names are 66" {
+  run --separate-stderr pim-iso rm open --entry
+  [ "$status" -eq 0 ]
+  [ ! -e "$(I)/open.iso" ]
+  [ ! -e "$XDG_CONFIG_HOME/pim/isos.d/open.yml" ]
+  run pim-iso show open
+  [ "$status" -eq 66 ]
+  run pim-iso download nosuch
+  [ "$status" -eq 66 ]
+}
