@@ -207,6 +207,7 @@ export async function kboot(o: KbootOpts): Promise<number> {
     // QEMU holds the FIFO now: drop our write end (EOF = QEMU gone), and the files it has loaded
     fs.closeSync(wfd);
     wfd = -1;
+    if (process.env.PIM_KBOOT_SAVE_INITRD) fs.copyFileSync(initrd, process.env.PIM_KBOOT_SAVE_INITRD); // bench/kboot.sh replays the boot by hand
     fs.rmSync(initrd, { force: true });
     fs.rmSync(fifo, { force: true });
     return await follow(sock!, { name, files, pid: result.pid, exec: o.exec !== undefined, token: o.token, timeoutMs: o.timeoutMs, t0, cleanupStage });
