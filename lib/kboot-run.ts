@@ -173,6 +173,10 @@ export async function kboot(o: KbootOpts): Promise<number> {
     extra.push(...o.extra);
 
     const { launch } = await import('./launch.ts');
+    // a signal while QEMU starts: noted, and acted on once its pid is known
+    let early: NodeJS.Signals | null = null;
+    const onEarly = (sig: NodeJS.Signals) => (early = sig);
+    if (!o.console) for (const sig of ['SIGINT', 'SIGTERM', 'SIGHUP'] as const) process.on(sig, onEarly);
     const result = await launch({
       spec: {
         name,
@@ -191,7 +195,14 @@ export async function kboot(o: KbootOpts): Promise<number> {
       sudo: false,
       meta: { kind: 'kboot', image: kernelPath, ssh_port: null, bridged: false, agent: false, accel, mem: o.mem, cpus: o.cpus, snapshot: false },
     });
+    for (const sig of ['SIGINT', 'SIGTERM', 'SIGHUP'] as const) process.off(sig, onEarly);
     log.debug(`QEMU up (${(performance.now() - t0).toFixed(0)} ms)`);
+    if (early && typeof result !== 'number') {
+      log.warn(`${early}: stopping ${name}`);
+      await killVm(result.pid, files);
+      cleanupStage();
+      return 128 + ({ SIGHUP: 1, SIGINT: 2, SIGTERM: 15 } as Record<string, number>)[early]!;
+    }
 
     if (typeof result === 'number') {
       // --console: QEMU ran in the foreground and has exited
@@ -240,9 +251,21 @@ function follow(sock: net.Socket, f: FollowOpts): Promise<number> {
     const scanner = new OutputScanner(f.token, (s) => {
       if (f.exec) process.stdout.write(Buffer.from(s, 'latin1'));
     });
+    // whatever ends this process (EPIPE on stdout exits at once), an --exec VM goes with it
+    const lastResort = () => {
+      try {
+        process.kill(f.pid, 'SIGKILL');
+      } catch {
+        /* gone */
+      }
+      cleanupFiles(f.files);
+      f.cleanupStage();
+    };
+    process.on('exit', lastResort);
     const finish = async (how: () => Promise<number>) => {
       if (done) return;
       done = true;
+      process.off('exit', lastResort);
       clearTimeout(bootTimer);
       clearTimeout(exitTimer);
       process.off('SIGINT', onSignal);
