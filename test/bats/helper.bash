@@ -1,3 +1,4 @@
+bats_require_minimum_version 1.5.0
 # Shared set-up for the BATS tests: the built executables on PATH, private
 # XDG dirs per test file, TCG (KVM does not work on CI), and the test bed.
 REPO="$(cd "$BATS_TEST_DIRNAME/../.." && pwd)"
@@ -10,20 +11,26 @@ TESTBED="$PIM_TESTBED_DIR"
 # Per test file: short paths (unix socket paths are limited to 107 bytes).
 pim_isolate() {
   PIM_TMP="$(mktemp -d /tmp/pimt.XXXXXX)"
+  export PIM_TMP
   export XDG_RUNTIME_DIR="$PIM_TMP/run" XDG_CONFIG_HOME="$PIM_TMP/config" XDG_DATA_HOME="$PIM_TMP/data" XDG_CACHE_HOME="$PIM_TMP/cache"
   mkdir -p "$XDG_RUNTIME_DIR"
   chmod 700 "$XDG_RUNTIME_DIR"
 }
 
-# Stop every VM of this test file (SIGKILL after short stages) and remove its dirs.
+# Stop every VM of this test file (SIGTERM, then SIGKILL) so one failing test
+# leaves nothing behind for the next.
+pim_stop_all() {
+  [ -n "${PIM_TMP:-}" ] && [ -d "$PIM_TMP/run/pim" ] || return 0
+  pim-ps -q 2>/dev/null | pim-stop --force --timeout 5 >/dev/null 2>&1 || true
+  local f
+  for f in "$PIM_TMP"/run/pim/*.pid; do   # anything left (a test that broke QEMU on purpose)
+    [ -f "$f" ] && kill -9 "$(cat "$f")" 2>/dev/null || true
+  done
+}
+
+# ... and remove its dirs.
 pim_cleanup() {
-  if [ -n "${PIM_TMP:-}" ] && [ -d "$PIM_TMP/run/pim" ]; then
-    pim-ps -q 2>/dev/null | pim-stop --force --timeout 5 >/dev/null 2>&1 || true
-    # anything left (a test that broke QEMU on purpose)
-    for f in "$PIM_TMP"/run/pim/*.pid; do
-      [ -f "$f" ] && kill -9 "$(cat "$f")" 2>/dev/null || true
-    done
-  fi
+  pim_stop_all
   [ -n "${PIM_TMP:-}" ] && rm -rf "$PIM_TMP"
 }
 

@@ -1,0 +1,267 @@
+#!/usr/bin/env bats
+# The VM lifecycle against real guests from the test bed, under TCG.
+
+load helper
+
+setup_file() {
+  pim_isolate
+  need_testbed
+}
+
+teardown() {
+  pim_stop_all
+}
+
+teardown_file() {
+  pim_cleanup
+}
+
+ssh_guest() {
+  local port="$1"; shift
+  ssh -i "$TESTBED/id_ed25519" -p "$port" -o BatchMode=yes -o StrictHostKeyChecking=no \
+    -o UserKnownHostsFile=/dev/null -o LogLevel=ERROR -o ConnectTimeout=20 root@127.0.0.1 "$@"
+}
+
+@test "run -> ps -> status -> ip -> os -> qmp -> ga -> console -> stop -> ps is empty" {
+  run pim-run "$TESTBED/guest-full.qcow2" --name dev --snapshot --mem 256M --cpus 1
+  [ "$status" -eq 0 ]
+  [ "$output" = "dev" ] || [ "${lines[-1]}" = "dev" ]
+  run --separate-stderr pim-run "$TESTBED/guest-full.qcow2" --name dev --snapshot --mem 256M
+  [ "$status" -eq 75 ]
+  [[ "$stderr" == *"already running"* ]]
+
+  run pim-console dev --ro --replay --until 'pim-testbed ready' --timeout 120
+  [ "$status" -eq 0 ]
+
+  run --separate-stderr pim-ps
+  [ "$status" -eq 0 ]
+  [ -z "$stderr" ]
+  [ "${#lines[@]}" -eq 1 ]
+  IFS=$'\t' read -r name state pid port uptime image bridged <<<"${lines[0]}"
+  [ "$name" = dev ] && [ "$state" = running ] && [ "$bridged" = no ]
+  [ "$image" = "$TESTBED/guest-full.qcow2" ]
+  kill -0 "$pid"
+  [ "$pid" = "$(cat "$XDG_RUNTIME_DIR/pim/dev.pid")" ]
+
+  run pim-ps -q
+  [ "$output" = dev ]
+  run pim-ps --json
+  [ "$(jq -r .ssh_port <<<"$output")" = "$port" ]
+  [ "$(jq -r .state <<<"$output")" = running ]
+
+  run pim-status dev
+  [ "$status" -eq 0 ]
+  [[ "$output" == dev$'\t'running$'\t'"$pid"$'\t'* ]]
+  run pim-status dev --json
+  [ "$(jq -r .running <<<"$output")" = true ]
+
+  run pim-ip dev
+  [ "$status" -eq 0 ]
+  [[ "$output" == *$'dev\teth0\t10.0.2.15/24\tipv4\t52:54:00:'* ]]
+  run pim-ip dev --json
+  [ "$(jq -r 'select(.family=="ipv4") | .address' <<<"$output")" = 10.0.2.15 ]
+
+  run pim-os dev
+  [ "$status" -eq 0 ]
+  [[ "$output" == $'dev\tpim testbed (Debian packages)\t6.1.0-'*$'\tx86_64' ]]
+
+  run pim-qmp dev query-status
+  [ "$status" -eq 0 ]
+  [ "$(jq -r .status <<<"$output")" = running ]
+  run pim-qmp dev query-name
+  [ "$(jq -r .name <<<"$output")" = dev ]
+
+  run pim-ga dev guest-info
+  [ "$status" -eq 0 ]
+  [ "$(jq -r .version <<<"$output")" = "$(qemu-system-x86_64 --version | sed -n 's/^QEMU emulator version \([0-9.]*\).*/\1/p')" ]
+  run pim-ga dev guest-exec '{"path":"/bin/busybox","arg":["hostname"],"capture-output":true}'
+  [ "$status" -eq 0 ]
+  execpid="$(jq -r .pid <<<"$output")"
+  run pim-ga dev guest-exec-status "{\"pid\":$execpid}"
+  [ "$status" -eq 0 ]
+
+  # the console banner: printed by the guest's init on the serial console
+  run pim-console dev --ro --replay --until 'Welcome to pim-testbed' --timeout 30
+  [ "$status" -eq 0 ]
+  [[ "$output" == *"Welcome to pim-testbed"* ]]
+
+  # SSH through the recorded port forward
+  run ssh_guest "$port" cat /proc/sys/kernel/hostname
+  [ "$status" -eq 0 ]
+  [ "$output" = pim-testbed ]
+
+  run --separate-stderr pim-stop dev
+  [ "$status" -eq 0 ]
+  [[ "$output" == $'dev\tagent\t'* ]]
+  ! kill -0 "$pid" 2>/dev/null
+
+  run pim-ps
+  [ "$status" -eq 0 ]
+  [ -z "$output" ]
+  [ ! -e "$XDG_RUNTIME_DIR/pim/dev.qmp" ] && [ ! -e "$XDG_RUNTIME_DIR/pim/dev.pid" ] && [ ! -e "$XDG_RUNTIME_DIR/pim/dev.json" ]
+}
+
+@test "kill -9 of QEMU: ps cleans up, and run works again with no manual clean-up" {
+  boot_guest full crash
+  pid="$(cat "$XDG_RUNTIME_DIR/pim/crash.pid")"
+  kill -9 "$pid"
+  while kill -0 "$pid" 2>/dev/null; do sleep 0.1; done
+  run pim-ps
+  [ "$status" -eq 0 ]
+  [ -z "$output" ]
+  [ ! -e "$XDG_RUNTIME_DIR/pim/crash.qmp" ] && [ ! -e "$XDG_RUNTIME_DIR/pim/crash.json" ]
+  run pim-status crash
+  [ "$status" -eq 69 ]
+  run pim-run "$TESTBED/guest-full.qcow2" --name crash --snapshot --mem 256M --cpus 1
+  [ "$status" -eq 0 ]
+  run pim-status crash
+  [ "$status" -eq 0 ]
+  pim-stop crash --force --timeout 5
+}
+
+@test "two racing pim-run of one name: exactly one VM starts, the other exits 75" {
+  img="$TESTBED/guest-bare.qcow2"
+  run bash -c '
+    pim-run "$1" --name race --snapshot --mem 128M --cpus 1 >"$PIM_TMP/r1.out" 2>"$PIM_TMP/r1.err" & p1=$!
+    pim-run "$1" --name race --snapshot --mem 128M --cpus 1 >"$PIM_TMP/r2.out" 2>"$PIM_TMP/r2.err" & p2=$!
+    wait $p1; r1=$?; wait $p2; r2=$?
+    printf "%s\n" "$r1" "$r2" | sort -n | tr "\n" " "' _ "$img"
+  [ "$output" = "0 75 " ]
+  cat "$PIM_TMP"/r*.err | grep -qE 'busy|already running'
+  [ "$(cat "$PIM_TMP"/r*.out)" = race ]
+  run pim-ps -q
+  [ "$output" = race ]
+  [ "$(pgrep -fc -- "-name race ")" -eq 1 ]
+}
+
+@test "bad names are refused with exit 64 and create nothing" {
+  before="$(ls -A "$XDG_RUNTIME_DIR/pim" 2>/dev/null | sort)"
+  for bad in '..' '-x' '' "$(printf 'a%.0s' {1..65})" 'a..b'; do
+    run --separate-stderr pim-run "$bad"
+    [ "$status" -eq 64 ]
+    [ -n "$stderr" ]
+    [ "$(wc -l <<<"$stderr")" -eq 1 ]
+  done
+  for bad in 'a/b' '../etc' '..'; do
+    run pim-run "$TESTBED/guest-bare.qcow2" --name "$bad"
+    [ "$status" -eq 64 ]
+    for c in pim-status pim-ip pim-os pim-stop pim-console; do
+      run "$c" "$bad"
+      [ "$status" -eq 64 ]
+    done
+    run pim-qmp "$bad" query-status
+    [ "$status" -eq 64 ]
+  done
+  [ "$(ls -A "$XDG_RUNTIME_DIR/pim" 2>/dev/null | sort)" = "$before" ]
+}
+
+@test "usage errors: unknown flag, bad JSON args, missing image, busy port" {
+  run --separate-stderr pim-ps --jsno
+  [ "$status" -eq 64 ]
+  [[ "$stderr" == *"unknown option --jsno"* ]]
+  run pim-run nosuchimage
+  [ "$status" -eq 66 ]
+  run pim-run /nonexistent/disk.qcow2
+  [ "$status" -eq 66 ]
+  # a port that is taken
+  python3 -c 'import socket,time,sys; s=socket.socket(); s.bind(("127.0.0.1",0)); s.listen(); print(s.getsockname()[1], flush=True); time.sleep(30)' >"$PIM_TMP/port" 2>/dev/null 3>&- &
+  holder=$!
+  while [ ! -s "$PIM_TMP/port" ]; do sleep 0.05; done
+  run --separate-stderr pim-run "$TESTBED/guest-bare.qcow2" --name busyport --ssh-port "$(cat "$PIM_TMP/port")"
+  kill "$holder"
+  [ "$status" -eq 75 ]
+  [[ "$stderr" == *"in use"* ]]
+  [ ! -e "$XDG_RUNTIME_DIR/pim/busyport.json" ]
+}
+
+@test "a dead VM and stale files: queries exit 69, stale entries are cleaned, a foreign pid is never trusted" {
+  run pim-status ghost
+  [ "$status" -eq 69 ]
+  run pim-ip ghost
+  [ "$status" -eq 69 ]
+  run pim-qmp ghost query-status
+  [ "$status" -eq 69 ]
+  run pim-stop ghost
+  [ "$status" -eq 69 ]
+  # stale: a pidfile naming a live process that is not this VM's QEMU (this shell)
+  sleep 300 >/dev/null 2>&1 3>&- & foreign=$!
+  d="$XDG_RUNTIME_DIR/pim"
+  echo "$foreign" >"$d/stale.pid"
+  echo '{"name":"stale","pid":'"$foreign"',"agent":true}' >"$d/stale.json"
+  : >"$d/stale.qmp"
+  run pim-ps --json
+  [ "$status" -eq 0 ]
+  [ -z "$output" ]
+  [ ! -e "$d/stale.pid" ] && [ ! -e "$d/stale.json" ] && [ ! -e "$d/stale.qmp" ]
+  run pim-stop stale
+  [ "$status" -eq 69 ]
+  kill -0 "$foreign"   # never signalled
+  kill "$foreign"
+}
+
+@test "a guest with no agent: pim-ip exits 69 in bounded time; pim-stop falls back to ACPI" {
+  boot_guest noagent na
+  SECONDS=0
+  run --separate-stderr pim-ip na --timeout 3
+  [ "$status" -eq 69 ]
+  [ "$SECONDS" -le 10 ]
+  [[ "$stderr" == *"not answering"* ]]
+  run pim-os na --timeout 2
+  [ "$status" -eq 69 ]
+  run pim-stop na --timeout 30
+  [ "$status" -eq 0 ]
+  [[ "$output" == $'na\tacpi\t'* ]]
+}
+
+@test "pim-stop falls back to SIGTERM for a guest that ignores ACPI, and to SIGKILL for a hung QEMU" {
+  boot_guest bare bare1
+  run pim-stop bare1 --timeout 3
+  [ "$status" -eq 0 ]
+  [[ "$output" == $'bare1\tsigterm\t'* ]]
+
+  boot_guest bare hung
+  pid="$(cat "$XDG_RUNTIME_DIR/pim/hung.pid")"
+  kill -STOP "$pid"   # QEMU can answer nothing and cannot act on SIGTERM
+  run pim-stop hung --timeout 2
+  [ "$status" -eq 0 ]
+  [[ "$output" == $'hung\tsigkill\t'* ]]
+  ! kill -0 "$pid" 2>/dev/null || grep -q '^State:.*Z' "/proc/$pid/status"
+}
+
+@test "pim-stop reads names from stdin: pim-ps | pim-stop and pim-ps -q | xargs pim-stop" {
+  boot_guest bare s1
+  boot_guest bare s2
+  run bash -c 'pim-ps | pim-stop --force --timeout 5 --json'
+  [ "$status" -eq 0 ]
+  [ "$(jq -r .name <<<"$output" | sort | tr '\n' ' ')" = "s1 s2 " ]
+  [ "$(jq -r .stage <<<"$output" | sort -u)" = sigterm ]
+  boot_guest bare s3
+  run bash -c 'pim-ps -q | xargs pim-stop --force'
+  [ "$status" -eq 0 ]
+  [[ "$output" == $'s3\tsigterm\t'* ]]
+  run pim-ps -q
+  [ -z "$output" ]
+}
+
+@test "the umbrella: pim <sub> runs pim-<sub>, finds third-party pim-* on PATH, passes the status through" {
+  run pim ps --json
+  [ "$status" -eq 0 ]
+  mkdir -p "$PIM_TMP/bin"
+  printf '#!/bin/sh\necho "hello $*"\nexit 7\n' >"$PIM_TMP/bin/pim-hello"
+  chmod +x "$PIM_TMP/bin/pim-hello"
+  PATH="$PIM_TMP/bin:$PATH" run pim hello a b
+  [ "$status" -eq 7 ]
+  [ "$output" = "hello a b" ]
+  PATH="$PIM_TMP/bin:$PATH" run pim --help
+  [[ "$output" == *hello* ]] && [[ "$output" == *stop* ]]
+  run pim nosuch
+  [ "$status" -eq 64 ]
+  run pim status ghost
+  [ "$status" -eq 69 ]
+}
+
+@test "EPIPE exits quietly" {
+  d="$XDG_RUNTIME_DIR/pim"
+  run bash -c 'pim-run --help | head -c 10 >/dev/null; echo "${PIPESTATUS[0]}"'
+  [ "$output" = 0 ]
+}
