@@ -17,7 +17,9 @@ now() { date +%s.%N; }
 median() { sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 
 # warm the caches (vmlinux extraction, pim's base archive), and keep one boot's initrd and argv
-PIM_LOG=debug PIM_KBOOT_SAVE_INITRD=$T/initrd pim-kboot --kernel "$KERNEL" --exec true 2>"$T/debug.log"
+PIM_LOG=debug PIM_KBOOT_SAVE_INITRD=$T/initrd pim-kboot --kernel "$KERNEL" --exec true 2>"$T/debug.log" ||
+	{ echo "bench: the warm-up boot failed:" >&2; cat "$T/debug.log" >&2; exit 1; }
+trap 'echo "bench: failed at line $LINENO" >&2' ERR
 argv=$(grep -o 'exec: \[.*\]' "$T/debug.log" | sed 's/^exec: //')
 # the same command line, by hand: foreground, output port to a plain file, the saved initrd
 node -e '
