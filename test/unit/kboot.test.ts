@@ -121,3 +121,31 @@ describe('guest init', () => {
     expect(s).toContain('poweroff -f');
   });
 });
+
+describe('VmSpec additions for kboot', async () => {
+  const { buildQemuArgv } = await import('../../lib/qemu-argv.ts');
+  const base = {
+    name: 'k',
+    accel: 'tcg' as const,
+    mem: '256M',
+    cpus: 1,
+    files: { qmp: '/r/k.qmp', ga: '/r/k.ga', serial: '/r/k.serial', pid: '/r/k.pid', log: '/r/k.log' },
+    serial: 'socket' as const,
+    agent: false,
+    net: { mode: 'none' as const },
+    daemonize: true,
+    extra: [],
+  };
+  it('keeps virtio-rng and reboots by default (pim-run unchanged)', () => {
+    const a = buildQemuArgv(base);
+    expect(a).toContain('virtio-rng-pci');
+    expect(a).not.toContain('-no-reboot');
+  });
+  it('drops virtio-rng and adds -no-reboot when asked', () => {
+    const a = buildQemuArgv({ ...base, rng: false, noReboot: true, machine: 'microvm', kernel: { kernel: '/k', initrd: '/i', append: 'quiet' } });
+    expect(a).not.toContain('virtio-rng-pci');
+    expect(a).toContain('-no-reboot');
+    expect(a.join(' ')).toContain('-machine microvm,accel=tcg');
+    expect(a.join(' ')).toContain('-kernel /k -initrd /i -append quiet');
+  });
+});
