@@ -40,7 +40,7 @@ when NAME.efivars.fd sits beside the image. Words after -- go to QEMU untouched.
   async run({ args, positionals, rest }) {
     const fs = await import('node:fs');
     const { resolveImage } = await import('../lib/image.ts');
-    const { detectAccel, freePort, checkPortFree, bridgeHelper, ovmfCode, macFor } = await import('../lib/host.ts');
+    const { detectAccel, freePort, checkPortFree, bridgeHelper, ovmfCode, macFor, readKvmVerdict, writeKvmVerdict } = await import('../lib/host.ts');
     const { launch } = await import('../lib/launch.ts');
     const { log } = await import('../lib/log.ts');
     const { vmFiles, ensureRuntimeDir } = await import('../lib/paths.ts');
@@ -49,7 +49,16 @@ when NAME.efivars.fd sits beside the image. Words after -- go to QEMU untouched.
     const cpus = Number(args.cpus);
     if (!Number.isInteger(cpus) || cpus < 1 || cpus > 256) throw new PimError(EXIT.USAGE, `--cpus must be a whole number from 1 to 256`);
     if (!/^\d+[KMGT]?$/i.test(args.mem)) throw new PimError(EXIT.USAGE, `--mem must be a size such as 512M or 2G`);
-    const { accel, warning } = detectAccel(args.accel);
+    let { accel, warning } = detectAccel(args.accel);
+    // KVM chosen by default but not yet seen working on this host: check it on this boot
+    let checkKvm = false;
+    if (accel === 'kvm' && !args.accel && !process.env.PIM_ACCEL) {
+      const verdict = await readKvmVerdict();
+      if (verdict === 'broken') {
+        accel = 'tcg';
+        warning = 'KVM failed on this host earlier (internal error): using TCG, which is much slower; set PIM_ACCEL=kvm to try KVM again';
+      } else checkKvm = verdict === null;
+    }
     if (warning) log.warn(warning);
 
     let net: import('../lib/qemu-argv.ts').NetSpec;
@@ -89,7 +98,7 @@ when NAME.efivars.fd sits beside the image. Words after -- go to QEMU untouched.
       uefi = { code: ovmfCode(), vars };
     }
 
-    const result = await launch({
+    const request = (accel: import('../lib/qemu-argv.ts').Accel): import('../lib/launch.ts').LaunchRequest => ({
       spec: {
         name: img.name,
         accel,
@@ -115,7 +124,20 @@ when NAME.efivars.fd sits beside the image. Words after -- go to QEMU untouched.
         snapshot: Boolean(args.snapshot),
       },
     });
+    let result = await launch(request(accel));
     if (typeof result === 'number') return result; // --console: QEMU's own status
+    if (checkKvm) {
+      const { kvmWorks } = await import('../lib/launch.ts');
+      if (await kvmWorks(result)) {
+        await writeKvmVerdict('ok');
+      } else {
+        await writeKvmVerdict('broken');
+        log.warn('KVM failed at run time here (internal error): restarting with TCG, which is much slower; later runs use TCG directly');
+        accel = 'tcg';
+        result = await launch(request(accel));
+        if (typeof result === 'number') return result;
+      }
+    }
     log.info(`${result.name} started (pid ${result.pid}${sshPort ? `, ssh 127.0.0.1:${sshPort}` : ''}, ${accel})`);
     process.stdout.write(result.name + '\n');
     return EXIT.OK;

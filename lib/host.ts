@@ -98,3 +98,46 @@ export function macFor(name: string): string {
   const b = [(h >>> 16) & 0xff, (h >>> 8) & 0xff, h & 0xff];
   return ['52', '54', '00', ...b.map((x) => x.toString(16).padStart(2, '0'))].join(':');
 }
+
+/**
+ * Whether KVM has been seen to work on this host since it booted. Some hosts
+ * expose /dev/kvm but fail at run time ("KVM internal error"); pim-run finds
+ * out on the first KVM boot and remembers it in ~/.cache/pim/accel.json,
+ * keyed by the host's boot id and the QEMU binary.
+ */
+export interface AccelVerdict {
+  boot: string;
+  qemu: string;
+  kvm: 'ok' | 'broken';
+}
+
+function bootId(): string {
+  try {
+    return fs.readFileSync('/proc/sys/kernel/random/boot_id', 'utf8').trim();
+  } catch {
+    return 'unknown';
+  }
+}
+
+async function verdictFile(): Promise<string> {
+  const { cacheDir } = await import('./paths.ts');
+  return `${cacheDir()}/accel.json`;
+}
+
+export async function readKvmVerdict(): Promise<'ok' | 'broken' | null> {
+  try {
+    const v = JSON.parse(fs.readFileSync(await verdictFile(), 'utf8')) as AccelVerdict;
+    return v.boot === bootId() && v.qemu === qemuBinary() ? v.kvm : null;
+  } catch {
+    return null;
+  }
+}
+
+export async function writeKvmVerdict(kvm: 'ok' | 'broken'): Promise<void> {
+  const file = await verdictFile();
+  const { dirname } = await import('node:path');
+  fs.mkdirSync(dirname(file), { recursive: true });
+  const tmp = `${file}.${process.pid}.tmp`;
+  fs.writeFileSync(tmp, JSON.stringify({ boot: bootId(), qemu: qemuBinary(), kvm } satisfies AccelVerdict) + '\n');
+  fs.renameSync(tmp, file);
+}

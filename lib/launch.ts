@@ -68,7 +68,7 @@ async function chownToUser(paths: string[]): Promise<void> {
   const child = spawn('sudo', ['-n', 'chown', `${uid}:${gid}`, ...existing], { stdio: ['ignore', 'ignore', 'pipe'] });
   let err = '';
   child.stderr!.on('data', (d) => (err += d));
-  if ((await childExit(child)) !== 0) throw new PimError(EXIT.NOPERM, `sudo refused to chown the VM's sockets to you (${err.trim()}); allow "chown" in your sudoers rule`);
+  if ((await childExit(child)) !== 0) throw new PimError(EXIT.NOPERM, `sudo refused to chown the VM's sockets to you (${err.trim()}); allow "chown" in your sudoers rule. QEMU is running as root: stop it with sudo kill $(sudo cat ${paths.find((p) => p.endsWith('.pid'))})`);
 }
 
 export async function launch(req: LaunchRequest): Promise<Launched | number> {
@@ -125,13 +125,14 @@ export async function launch(req: LaunchRequest): Promise<Launched | number> {
       child.unref();
       await waitForSocket(files.qmp, child, files, root);
     }
+    // a root QEMU writes its pidfile 0600: make the files ours before reading it
+    if (root) await chownToUser([files.qmp, files.ga, files.serial, files.pid]);
     const pid = readPidfile(files.pid);
     if (!pid) {
       cleanupFiles(files);
       throw new PimError(EXIT.SOFTWARE, `QEMU started but wrote no pidfile ${files.pid}`);
     }
     meta.pid = pid;
-    if (root) await chownToUser([files.qmp, files.ga, files.serial, files.pid]);
     writeMeta(files, meta);
     return { name, files, pid, meta };
   } finally {
@@ -159,4 +160,29 @@ function waitForSocket(path: string, child: import('node:child_process').ChildPr
     child.once('exit', (code) => finish(qemuFailure(files, code ?? 1, root)));
     if (fs.existsSync(path) && fs.existsSync(files.pid)) finish();
   });
+}
+
+/**
+ * A KVM VM that hits "KVM internal error" stops at once (QMP event STOP, run
+ * state internal-error). Watch the first seconds of a new KVM VM for that;
+ * when it happens the VM is stopped and false returned.
+ */
+export async function kvmWorks(vm: Launched, windowMs = 3_000): Promise<boolean> {
+  const { QmpClient } = await import('./qmp.ts');
+  const q = await QmpClient.connect(vm.files.qmp, { timeoutMs: 5_000 });
+  try {
+    const failed = async () => ((await q.execute('query-status')) as { status: string }).status === 'internal-error';
+    if (!(await failed())) {
+      const ev = await q.waitEvent('STOP', windowMs);
+      if (!ev || !(await failed())) return true;
+    }
+    await q.execute('quit').catch(() => undefined);
+    await q.waitClosed(5_000);
+    const { waitExit } = await import('./proc.ts');
+    await waitExit(vm.pid, 5_000);
+    cleanupFiles(vm.files);
+    return false;
+  } finally {
+    q.close();
+  }
 }
