@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# The whole test suite: type check, build, unit tests (vitest), the test-bed
+# guests, and the BATS tests, which boot real QEMU guests under TCG.
+# On a fresh Debian machine it first installs what the tests need with
+# apt-get (as root, or through sudo): the list is .ci/apt-packages.
+set -euo pipefail
+cd "$(dirname "$0")"
+say() { printf 'test.sh: %s\n' "$*" >&2; }
+
+SUDO=
+[ "$(id -u)" -eq 0 ] || SUDO=sudo
+mapfile -t wanted < <(grep -v '^\s*#' .ci/apt-packages | sed '/^\s*$/d' | sort -u)
+command -v npm >/dev/null 2>&1 || wanted+=(nodejs npm)
+missing=()
+for p in "${wanted[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
+if [ ${#missing[@]} -gt 0 ]; then
+  say "installing ${missing[*]}"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+# Node 22 comes from the npm registry as a devDependency (package "node"), so
+# every npm script below runs on it whatever the system's node is.
+say "npm ci"
+npm ci --no-audit --no-fund --loglevel=error
+export PATH="$PWD/node_modules/.bin:$PATH"
+say "node $(node --version), $(qemu-system-x86_64 --version | head -n1)"
+
+say "type check and build"
+npm run --silent typecheck
+npm run --silent build
+
+say "test bed (cached in ${PIM_TESTBED_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/pim/testbed})"
+bash test/testbed/build.sh
+
+results="$(mktemp -d)"
+trap 'rm -rf "$results"' EXIT
+say "unit tests"
+unit=0
+vitest run --reporter=default --reporter=json --outputFile="$results/unit.json" || unit=$?
+say "BATS tests (real guests under TCG)"
+bats_rc=0
+bats --print-output-on-failure --timing --formatter tap test/bats | tee "$results/bats.tap" || bats_rc=$?
+
+upass=$(node -e 'const r=require(process.argv[1]);console.log(r.numPassedTests)' "$results/unit.json" 2>/dev/null || echo 0)
+ufail=$(node -e 'const r=require(process.argv[1]);console.log(r.numFailedTests)' "$results/unit.json" 2>/dev/null || echo 1)
+bpass=$(grep -c '^ok ' "$results/bats.tap" || true)
+bfail=$(grep -c '^not ok ' "$results/bats.tap" || true)
+echo "unit: $upass passed, $ufail failed"
+echo "bats: $bpass passed, $bfail failed"
+echo "tests: $((upass + bpass)) passed, $((ufail + bfail)) failed"
+[ "$unit" -eq 0 ] && [ "$bats_rc" -eq 0 ]
