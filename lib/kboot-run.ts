@@ -262,10 +262,31 @@ function follow(sock: net.Socket, f: FollowOpts): Promise<number> {
       f.cleanupStage();
     };
     process.on('exit', lastResort);
+    // QMP, for what the serial ports cannot say: the VM stopped (KVM internal error)
+    let qmp: import('./qmp.ts').QmpClient | null = null;
+    void import('./qmp.ts')
+      .then(({ QmpClient }) => QmpClient.connect(f.files.qmp, { timeoutMs: 5_000 }))
+      .then((c) => {
+        if (done) return c.close();
+        qmp = c;
+        c.proto.onEvent = (ev) => {
+          if (ev.event !== 'STOP' || done) return;
+          c.execute('query-status').then(
+            (st) => {
+              const status = (st as { status?: string }).status;
+              if (status === 'internal-error') failWith(EXIT.UNAVAILABLE, `${f.name}: the VM stopped with an internal error: KVM does not work here; use --accel tcg or PIM_ACCEL=tcg`);
+              else if (status === 'guest-panicked') failWith(EXIT.UNAVAILABLE, `${f.name}: the guest kernel panicked. Last lines of ${f.files.log}:\n${tailText(f.files)}`);
+            },
+            () => {},
+          );
+        };
+      })
+      .catch((e) => log.debug(`QMP: ${(e as Error).message}`));
     const finish = async (how: () => Promise<number>) => {
       if (done) return;
       done = true;
       process.off('exit', lastResort);
+      (qmp as import('./qmp.ts').QmpClient | null)?.close();
       clearTimeout(bootTimer);
       clearTimeout(exitTimer);
       process.off('SIGINT', onSignal);
