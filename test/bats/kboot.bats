@@ -131,3 +131,35 @@ no_vm_left() {
 	[[ "$stderr" == *"did not reach userspace within 6 s"* ]]
 	no_vm_left
 }
+
+@test "--initrd: pim's archive is appended to a compressed initrd (cloud kernel, no 9p needed)" {
+	run --separate-stderr pim-kboot --kernel "$TESTBED/vmlinuz" --initrd "$TESTBED/initrd.gz" --exec 'test -x /init && echo has-its-own-init; uname -r'
+	[ "$status" -eq 0 ]
+	[ "${lines[0]}" = "has-its-own-init" ]
+	[[ "${lines[1]}" == *-cloud-amd64 ]]
+	no_vm_left
+}
+
+@test "--console: the command runs on the console and its status is still the exit status" {
+	run pim-kboot --console --kernel "$KERNEL" --exec 'echo on-the-console; exit 4' </dev/null
+	[ "$status" -eq 4 ]
+	[[ "$output" == *"on-the-console"* ]]
+	no_vm_left
+}
+
+@test "--share over virtiofs where virtiofsd runs (QEMU's own on Debian 12; needs root)" {
+	vfsd=""
+	for p in $(command -v virtiofsd) /usr/libexec/virtiofsd /usr/lib/qemu/virtiofsd; do [ -x "$p" ] && vfsd=$p && break; done
+	[ -n "$vfsd" ] || skip "no virtiofsd"
+	[ "$(id -u)" -eq 0 ] || skip "QEMU's C virtiofsd needs root"
+	share="$PIM_TMP/vshare"
+	mkdir -p "$share"
+	echo "via-virtiofs" >"$share/h.txt"
+	run --separate-stderr pim-kboot --fs virtiofs --kernel "$KERNEL" --initramfs-from "$ROOTFS" --share "$share:vs" \
+		--exec 'grep -q " /mnt/vs virtiofs " /proc/mounts && cat /mnt/vs/h.txt && echo back >/mnt/vs/g.txt'
+	[ "$status" -eq 0 ]
+	[ "$output" = "via-virtiofs" ]
+	[ "$(cat "$share/g.txt")" = "back" ]
+	no_vm_left
+	! pgrep -f "virtiofsd.*$share"
+}
