@@ -2,8 +2,9 @@
  * Host directories shared with a guest: virtiofs where virtiofsd is
  * available, 9p (QEMU's built-in virtio-9p, `-virtfs`) otherwise. 9p needs
  * nothing on the host; virtiofs needs one virtiofsd per share and guest RAM
- * in a shared memfd. (virtiofsd is not packaged in Debian 12: the virtiofs
- * path is untested on CI, where every share is 9p.)
+ * in a shared memfd. Debian 12 has no Rust virtiofsd package, but its
+ * qemu-system-common ships QEMU 7.2's C virtiofsd (/usr/lib/qemu/virtiofsd),
+ * which needs root: tested here as root; the Rust one's arguments are untested.
  */
 import * as fs from 'node:fs';
 import { join } from 'node:path';
