@@ -95,8 +95,17 @@ export async function kboot(o: KbootOpts): Promise<number> {
     if (!st) throw new PimError(EXIT.NOINPUT, `initramfs directory ${o.initramfsFrom} does not exist`);
     if (!st.isDirectory()) throw new PimError(EXIT.NOINPUT, `${o.initramfsFrom} is not a directory (--initramfs-from takes a directory to pack)`);
   }
-  const { detectAccel } = await import('./host.ts');
-  const { accel, warning } = detectAccel(o.accel);
+  const { detectAccel, readKvmVerdict, writeKvmVerdict } = await import('./host.ts');
+  let { accel, warning } = detectAccel(o.accel);
+  // KVM by default on a host where it failed at run time since boot (pim-run or pim-kboot saw it): TCG
+  let kvmVerdict: 'ok' | 'broken' | null = 'ok';
+  if (accel === 'kvm' && !o.accel && !process.env.PIM_ACCEL) {
+    kvmVerdict = await readKvmVerdict();
+    if (kvmVerdict === 'broken') {
+      accel = 'tcg';
+      warning = 'KVM failed on this host earlier (internal error): using TCG, which is much slower; set PIM_ACCEL=kvm to try KVM again';
+    }
+  }
   if (warning) log.warn(warning);
 
   const dir = ensureRuntimeDir();
@@ -221,7 +230,18 @@ export async function kboot(o: KbootOpts): Promise<number> {
     if (process.env.PIM_KBOOT_SAVE_INITRD) fs.copyFileSync(initrd, process.env.PIM_KBOOT_SAVE_INITRD); // bench/kboot.sh replays the boot by hand
     fs.rmSync(initrd, { force: true });
     fs.rmSync(fifo, { force: true });
-    return await follow(sock!, { name, files, pid: result.pid, exec: o.exec !== undefined, token: o.token, timeoutMs: o.timeoutMs, t0, cleanupStage });
+    return await follow(sock!, {
+      name,
+      files,
+      pid: result.pid,
+      exec: o.exec !== undefined,
+      token: o.token,
+      timeoutMs: o.timeoutMs,
+      t0,
+      cleanupStage,
+      // remember what KVM did, the way pim-run does, when it was chosen by default
+      kvmSeen: accel === 'kvm' && kvmVerdict === null ? (v) => void writeKvmVerdict(v) : undefined,
+    });
   } catch (e) {
     for (const p of vfsPids) if (isAlive(p)) process.kill(p, 'SIGTERM');
     cleanupStage();
@@ -241,6 +261,7 @@ interface FollowOpts {
   timeoutMs: number;
   t0: number;
   cleanupStage: () => void;
+  kvmSeen?: (verdict: 'ok' | 'broken') => void;
 }
 
 /** Follow the output port until the guest is up (headless) or the command is done (--exec). */
@@ -248,6 +269,7 @@ function follow(sock: net.Socket, f: FollowOpts): Promise<number> {
   return new Promise<number>((resolve, reject) => {
     let done = false;
     let gone = false;
+    let readySeen = false;
     const scanner = new OutputScanner(f.token, (s) => {
       if (f.exec) process.stdout.write(Buffer.from(s, 'latin1'));
     });
@@ -274,7 +296,8 @@ function follow(sock: net.Socket, f: FollowOpts): Promise<number> {
           c.execute('query-status').then(
             (st) => {
               const status = (st as { status?: string }).status;
-              if (status === 'internal-error') failWith(EXIT.UNAVAILABLE, `${f.name}: the VM stopped with an internal error: KVM does not work here; use --accel tcg or PIM_ACCEL=tcg`);
+              if (status === 'internal-error') f.kvmSeen?.('broken');
+              if (status === 'internal-error') failWith(EXIT.UNAVAILABLE, `${f.name}: the VM stopped with an internal error: KVM does not work here; use --accel tcg or PIM_ACCEL=tcg${f.kvmSeen ? ' (pim remembers this: the next boot uses TCG)' : ''}`);
               else if (status === 'guest-panicked') failWith(EXIT.UNAVAILABLE, `${f.name}: the guest kernel panicked. Last lines of ${f.files.log}:\n${tailText(f.files)}`);
             },
             () => {},
@@ -336,7 +359,11 @@ function follow(sock: net.Socket, f: FollowOpts): Promise<number> {
     };
     sock.on('data', (d: Buffer) => {
       scanner.push(d.toString('latin1'));
-      if (scanner.ready) clearTimeout(bootTimer);
+      if (scanner.ready && !readySeen) {
+        readySeen = true;
+        clearTimeout(bootTimer);
+        f.kvmSeen?.('ok');
+      }
       if (scanner.failure !== null) return failWith(EXIT.UNAVAILABLE, `${f.name}: pim's init failed: ${scanner.failure}`);
       if (scanner.ready && !f.exec) {
         void finish(async () => {
