@@ -54,7 +54,7 @@ PIM_NODE="$NODE" "$NODE" build.mjs
 
 bindir="${PIM_BIN_DIR:-$HOME/.local/bin}"
 mkdir -p "$bindir"
-for f in dist/bin/*; do ln -sfn "$repo/dist/$(basename "$f").mjs" "$bindir/$(basename "$f")"; done
+for f in dist/bin/*; do ln -sfn "$repo/dist/$(basename "$f").cjs" "$bindir/$(basename "$f")"; done
 say "linked $(ls dist/bin | wc -l) executables into $bindir"
 case ":$PATH:" in *":$bindir:"*) ;; *) say "add $bindir to your PATH: export PATH=\"$bindir:\$PATH\""; export PATH="$bindir:$PATH" ;; esac
 say "shell helpers: source $repo/shell/pim.zsh (zsh) or $repo/shell/pim.bash (bash)"

@@ -28,10 +28,10 @@ function isExec(p: string): boolean {
   }
 }
 
-/** Where `pim-<sub>` lives: pim's own dir (with or without .mjs), then PATH. */
+/** Where `pim-<sub>` lives: pim's own dir (with or without .cjs), then PATH. */
 export function findSub(sub: string): string | null {
   const own = ownDir();
-  for (const c of [join(own, `pim-${sub}.mjs`), join(own, `pim-${sub}`)]) if (isExec(c)) return c;
+  for (const c of [join(own, `pim-${sub}.cjs`), join(own, `pim-${sub}`)]) if (isExec(c)) return c;
   for (const d of (process.env.PATH ?? '').split(delimiter)) {
     if (d && isExec(join(d, `pim-${sub}`))) return join(d, `pim-${sub}`);
   }
@@ -49,7 +49,7 @@ export function listSubs(): Map<string, string> {
       return;
     }
     for (const f of names.sort()) {
-      const m = /^pim-([a-z0-9][a-z0-9-]*)(\.mjs)?$/.exec(f);
+      const m = /^pim-([a-z0-9][a-z0-9-]*)(\.cjs)?$/.exec(f);
       if (!m || (m[2] && !strip)) continue;
       if (!found.has(m[1]!) && isExec(join(d, f))) found.set(m[1]!, join(d, f));
     }
@@ -93,12 +93,12 @@ function run(argv: string[]): number | void {
     return EXIT.USAGE;
   }
   const execve = (process as unknown as { execve?: (file: string, args: string[], env: NodeJS.ProcessEnv) => never }).execve;
-  if (typeof execve === 'function' && !exe.endsWith('.mjs')) {
+  if (typeof execve === 'function' && !exe.endsWith('.cjs')) {
     execve(exe, [exe, ...argv.slice(1)], process.env);
   }
   const { spawnSync } = process.getBuiltinModule('node:child_process') as typeof import('node:child_process');
-  const cmd = exe.endsWith('.mjs') ? process.execPath : exe;
-  const args = exe.endsWith('.mjs') ? [exe, ...argv.slice(1)] : argv.slice(1);
+  const cmd = exe.endsWith('.cjs') ? process.execPath : exe;
+  const args = exe.endsWith('.cjs') ? [exe, ...argv.slice(1)] : argv.slice(1);
   for (const s of ['SIGINT', 'SIGQUIT', 'SIGTERM'] as const) process.on(s, () => undefined); // the child decides
   const r = spawnSync(cmd, args, { stdio: 'inherit' });
   if (r.error) {
@@ -135,7 +135,7 @@ async function complete(argv: string[]): Promise<void> {
       return;
     }
     const { spawnSync } = process.getBuiltinModule('node:child_process') as typeof import('node:child_process');
-    const [cmd, args] = exe.endsWith('.mjs') ? [process.execPath, [exe]] : [exe, []];
+    const [cmd, args] = exe.endsWith('.cjs') ? [process.execPath, [exe]] : [exe, []];
     const r = spawnSync(cmd, [...args, 'complete', '--', ...rest], { stdio: ['ignore', 'inherit', 'inherit'] });
     process.exitCode = r.status ?? EXIT.SOFTWARE;
     return;

@@ -8,7 +8,7 @@
  */
 import { parseArgs, type ArgsDef, type ParsedArgs } from 'citty';
 import { EXIT, PimError } from './exit.ts';
-import { prog } from './log.ts';
+import { prog } from './prog.ts';
 
 export interface Ctx<A extends ArgsDef> {
   args: ParsedArgs<A>;

@@ -4,17 +4,12 @@
  * NO_COLOR is unset and TERM is not dumb. PIM_LOG=debug|info|warn|error|silent.
  */
 import { createConsola, type ConsolaInstance, type LogObject } from 'consola/core';
-import { basename } from 'node:path';
+import { prog, useColor } from './prog.ts';
+
+export { prog, useColor };
 
 const LEVELS: Record<string, number> = { silent: -999, error: 0, warn: 1, info: 3, debug: 4, trace: 5 };
 
-export function useColor(stream: NodeJS.WriteStream): boolean {
-  if (process.env.NO_COLOR !== undefined && process.env.NO_COLOR !== '') return false;
-  if (process.env.TERM === 'dumb') return false;
-  return Boolean(stream.isTTY);
-}
-
-export const prog = () => basename(process.argv[1] ?? 'pim').replace(/\.(mjs|js|ts)$/, '');
 
 const colours: Record<string, string> = { error: '31', fatal: '31', warn: '33', success: '32', debug: '90', trace: '90' };
 

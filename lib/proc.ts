@@ -4,9 +4,10 @@
  * command line names that VM's QMP socket: a recycled pid is never signalled.
  */
 import * as fs from 'node:fs';
-import * as net from 'node:net';
-import { createHash } from 'node:crypto';
 import { EXIT, PimError } from './exit.ts';
+
+// node:net and node:crypto cost milliseconds to load: only the lock needs them.
+const net = () => import('node:net');
 
 export function isAlive(pid: number): boolean {
   if (!Number.isInteger(pid) || pid <= 0) return false;
@@ -81,17 +82,18 @@ export interface Lock {
   release(): void;
 }
 
-const abstractName = (file: string) => '\0pim-lock-' + createHash('sha256').update(file).digest('hex').slice(0, 40);
+const abstractName = async (file: string) => '\0pim-lock-' + (await import('node:crypto')).createHash('sha256').update(file).digest('hex').slice(0, 40);
 
 export async function acquireLock(file: string, what: string): Promise<Lock> {
   if (process.platform === 'linux') {
-    const server = net.createServer((c) => c.destroy());
+    const server = (await net()).createServer((c) => c.destroy());
+    const addr = await abstractName(file);
     await new Promise<void>((resolve, reject) => {
       server.once('error', (e: NodeJS.ErrnoException) => {
         if (e.code === 'EADDRINUSE') reject(new PimError(EXIT.TEMPFAIL, `${what} is busy: another pim command holds it; try again when it is done`));
         else reject(e);
       });
-      server.listen(abstractName(file), () => resolve());
+      server.listen(addr, () => resolve());
     });
     server.unref();
     return { release: () => server.close() };
@@ -115,8 +117,10 @@ export async function acquireLock(file: string, what: string): Promise<Lock> {
 /** Is the lock held right now? (Does not take it.) */
 export async function lockHeld(file: string): Promise<boolean> {
   if (process.platform === 'linux') {
+    const { createConnection } = await net();
+    const addr = await abstractName(file);
     return new Promise((resolve) => {
-      const s = net.createConnection(abstractName(file));
+      const s = createConnection(addr);
       s.once('connect', () => (s.destroy(), resolve(true)));
       s.once('error', () => resolve(false));
     });
