@@ -45,3 +45,9 @@ boot_guest() {
   pim-run "$TESTBED/guest-$kind.qcow2" --name "$name" --snapshot --mem 256M --cpus 1 "$@"
   pim-console "$name" --ro --replay --until 'pim-testbed ready' --timeout 120 >/dev/null
 }
+
+# pid_gone PID: the process has exited (a zombie counts: this container's pid 1 does not reap).
+pid_gone() {
+  kill -0 "$1" 2>/dev/null || return 0
+  grep -q '^State:.*Z' "/proc/$1/status" 2>/dev/null
+}

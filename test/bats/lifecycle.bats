@@ -38,7 +38,9 @@ ssh_guest() {
   [ -z "$stderr" ]
   [ "${#lines[@]}" -eq 1 ]
   IFS=$'\t' read -r name state pid port uptime image bridged <<<"${lines[0]}"
-  [ "$name" = dev ] && [ "$state" = running ] && [ "$bridged" = no ]
+  [ "$name" = dev ]
+  [ "$state" = running ]
+  [ "$bridged" = no ]
   [ "$image" = "$TESTBED/guest-full.qcow2" ]
   kill -0 "$pid"
   [ "$pid" = "$(cat "$XDG_RUNTIME_DIR/pim/dev.pid")" ]
@@ -93,23 +95,26 @@ ssh_guest() {
   run --separate-stderr pim-stop dev
   [ "$status" -eq 0 ]
   [[ "$output" == $'dev\tagent\t'* ]]
-  ! kill -0 "$pid" 2>/dev/null
+  pid_gone "$pid"
 
   run pim-ps
   [ "$status" -eq 0 ]
   [ -z "$output" ]
-  [ ! -e "$XDG_RUNTIME_DIR/pim/dev.qmp" ] && [ ! -e "$XDG_RUNTIME_DIR/pim/dev.pid" ] && [ ! -e "$XDG_RUNTIME_DIR/pim/dev.json" ]
+  [ ! -e "$XDG_RUNTIME_DIR/pim/dev.qmp" ]
+  [ ! -e "$XDG_RUNTIME_DIR/pim/dev.pid" ]
+  [ ! -e "$XDG_RUNTIME_DIR/pim/dev.json" ]
 }
 
 @test "kill -9 of QEMU: ps cleans up, and run works again with no manual clean-up" {
   boot_guest full crash
   pid="$(cat "$XDG_RUNTIME_DIR/pim/crash.pid")"
   kill -9 "$pid"
-  while kill -0 "$pid" 2>/dev/null; do sleep 0.1; done
+  while ! pid_gone "$pid"; do sleep 0.1; done
   run pim-ps
   [ "$status" -eq 0 ]
   [ -z "$output" ]
-  [ ! -e "$XDG_RUNTIME_DIR/pim/crash.qmp" ] && [ ! -e "$XDG_RUNTIME_DIR/pim/crash.json" ]
+  [ ! -e "$XDG_RUNTIME_DIR/pim/crash.qmp" ]
+  [ ! -e "$XDG_RUNTIME_DIR/pim/crash.json" ]
   run pim-status crash
   [ "$status" -eq 69 ]
   run pim-run "$TESTBED/guest-full.qcow2" --name crash --snapshot --mem 256M --cpus 1
@@ -192,7 +197,9 @@ ssh_guest() {
   run pim-ps --json
   [ "$status" -eq 0 ]
   [ -z "$output" ]
-  [ ! -e "$d/stale.pid" ] && [ ! -e "$d/stale.json" ] && [ ! -e "$d/stale.qmp" ]
+  [ ! -e "$d/stale.pid" ]
+  [ ! -e "$d/stale.json" ]
+  [ ! -e "$d/stale.qmp" ]
   run pim-stop stale
   [ "$status" -eq 69 ]
   kill -0 "$foreign"   # never signalled
@@ -225,7 +232,7 @@ ssh_guest() {
   run pim-stop hung --timeout 2
   [ "$status" -eq 0 ]
   [[ "$output" == $'hung\tsigkill\t'* ]]
-  ! kill -0 "$pid" 2>/dev/null || grep -q '^State:.*Z' "/proc/$pid/status"
+  pid_gone "$pid"
 }
 
 @test "pim-stop reads names from stdin: pim-ps | pim-stop and pim-ps -q | xargs pim-stop" {
@@ -253,15 +260,31 @@ ssh_guest() {
   [ "$status" -eq 7 ]
   [ "$output" = "hello a b" ]
   PATH="$PIM_TMP/bin:$PATH" run pim --help
-  [[ "$output" == *hello* ]] && [[ "$output" == *stop* ]]
+  [[ "$output" == *hello* ]]
+  [[ "$output" == *stop* ]]
   run pim nosuch
   [ "$status" -eq 64 ]
   run pim status ghost
   [ "$status" -eq 69 ]
 }
 
-@test "EPIPE exits quietly" {
-  d="$XDG_RUNTIME_DIR/pim"
-  run bash -c 'pim-run --help | head -c 10 >/dev/null; echo "${PIPESTATUS[0]}"'
+@test "pim-console on a terminal: raw and two-way, Ctrl-] detaches; without a terminal it refuses unless --ro" {
+  boot_guest full con
+  run python3 "$REPO/test/lifecycle/console-pty.py" con
+  [ "$status" -eq 0 ]
+  [ "${lines[-1]}" = detached ]
+  run --separate-stderr pim-console con </dev/null
+  [ "$status" -eq 64 ]
+  [[ "$stderr" == *"--ro"* ]]
+  # the VM is untouched by detaching
+  run pim-status con
+  [ "$status" -eq 0 ]
+}
+
+@test "EPIPE exits quietly: a large answer piped into head" {
+  boot_guest bare pipe
+  run bash -c 'pim-qmp pipe query-qmp-schema 2>"$PIM_TMP/epipe.err" | head -c 10 >/dev/null; echo "${PIPESTATUS[0]}"'
   [ "$output" = 0 ]
+  [ ! -s "$PIM_TMP/epipe.err" ]
+  [ "$(pim-qmp pipe query-qmp-schema | wc -c)" -gt 100000 ]   # more than a pipe buffer (64 KiB)
 }
