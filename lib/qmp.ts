@@ -138,6 +138,7 @@ export class QmpClient {
     private readonly sock: import('node:net').Socket,
     readonly proto: QmpProtocol,
     private readonly timeoutMs: number,
+    private readonly caps: Promise<unknown>,
   ) {}
 
   static async connect(path: string, opts: QmpClientOptions = {}): Promise<QmpClient> {
@@ -150,19 +151,24 @@ export class QmpClient {
       proto.close(new PimError(EXIT.UNAVAILABLE, `QMP connection to ${path} closed${e ? `: ${e.message}` : ''}; is the VM still running?`));
     sock.on('error', onGone);
     sock.on('close', () => onGone());
-    const client = new QmpClient(sock, proto, timeoutMs);
     try {
       await proto.waitGreeting(timeoutMs);
-      await proto.request('qmp_capabilities', undefined, timeoutMs);
     } catch (e) {
       sock.destroy();
       throw e;
     }
-    return client;
+    // Capabilities negotiation is pipelined with the first command: QMP
+    // answers in order, so neither waits for the other's round trip.
+    const caps = proto.request('qmp_capabilities', undefined, timeoutMs);
+    caps.catch(() => sock.destroy());
+    return new QmpClient(sock, proto, timeoutMs, caps);
   }
 
-  execute(cmd: string, args?: unknown, timeoutMs = this.timeoutMs): Promise<unknown> {
-    return this.proto.request(cmd, args, timeoutMs);
+  async execute(cmd: string, args?: unknown, timeoutMs = this.timeoutMs): Promise<unknown> {
+    const reply = this.proto.request(cmd, args, timeoutMs);
+    reply.catch(() => undefined); // observed below, after the capabilities
+    await this.caps;
+    return reply;
   }
 
   /** Resolves with the first event named `name` (or the connection closing). */
