@@ -2,16 +2,8 @@
 # pim-ip NAME against the seed method, side by side, on a live test-bed guest:
 #   (echo '{"execute":"guest-network-get-interfaces"}'; sleep 1) | socat - UNIX-CONNECT:NAME.ga
 # Target (issue 2): pim-ip at least 5x faster. Needs hyperfine, socat and a build.
-set -euo pipefail
-cd "$(dirname "$0")/.."
-command -v hyperfine >/dev/null || { echo "bench: needs hyperfine (apt-get install hyperfine)" >&2; exit 69; }
-export PATH="$PWD/node_modules/.bin:$PWD/dist/bin:$PATH" PIM_ACCEL=tcg NO_COLOR=1
-tmp="$(mktemp -d /tmp/pimb.XXXXXX)"
-export XDG_RUNTIME_DIR="$tmp/run" XDG_CACHE_HOME="$tmp/cache"
-mkdir -p "$XDG_RUNTIME_DIR" && chmod 700 "$XDG_RUNTIME_DIR"
+source "$(dirname "$0")/common.sh"
 trap 'pim-stop benchip --force --timeout 5 >/dev/null 2>&1 || true; rm -rf "$tmp"' EXIT
-testbed="${PIM_TESTBED_DIR:-$HOME/.cache/pim/testbed}"
-bash test/testbed/build.sh
 pim-run "$testbed/guest-full.qcow2" --name benchip --snapshot --mem 256M --cpus 1 >/dev/null 2>&1
 pim-console benchip --ro --replay --until 'pim-testbed ready' --timeout 120 >/dev/null
 ga="$XDG_RUNTIME_DIR/pim/benchip.ga"

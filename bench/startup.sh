@@ -7,18 +7,10 @@
 #     QEMU), 10 stale (recreated before every run, since pim-ps cleans them up).
 # Targets (issue 2): medians <= 1.5x node -e 0 for (1); <= 2x for (2).
 # Needs hyperfine (apt-get install hyperfine) and a build (node build.mjs).
-set -euo pipefail
-cd "$(dirname "$0")/.."
-command -v hyperfine >/dev/null || { echo "bench: needs hyperfine (apt-get install hyperfine)" >&2; exit 69; }
-export PATH="$PWD/node_modules/.bin:$PWD/dist/bin:$PATH" PIM_ACCEL=tcg NO_COLOR=1
-tmp="$(mktemp -d /tmp/pimb.XXXXXX)"
-export XDG_RUNTIME_DIR="$tmp/run" XDG_CACHE_HOME="$tmp/cache"
-mkdir -p "$XDG_RUNTIME_DIR" && chmod 700 "$XDG_RUNTIME_DIR"
+source "$(dirname "$0")/common.sh"
 pids=()
 cleanup() { pim-stop bench --force --timeout 5 >/dev/null 2>&1 || true; [ ${#pids[@]} -eq 0 ] || kill "${pids[@]}" 2>/dev/null || true; rm -rf "$tmp"; }
 trap cleanup EXIT
-testbed="${PIM_TESTBED_DIR:-$HOME/.cache/pim/testbed}"
-bash test/testbed/build.sh
 echo "node $(node --version) at $(command -v node)" >&2
 
 pim-run "$testbed/guest-full.qcow2" --name bench --snapshot --mem 256M --cpus 1 >/dev/null 2>&1
