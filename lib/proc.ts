@@ -82,12 +82,20 @@ export interface Lock {
   release(): void;
 }
 
-const abstractName = async (file: string) => '\0pim-lock-' + (await import('node:crypto')).createHash('sha256').update(file).digest('hex').slice(0, 40);
+/** FNV-1a, 64 bits as hex: a stable short name for a lock file path (no node:crypto to load). */
+function fnv64(text: string): string {
+  let h = 0xcbf29ce484222325n;
+  for (const b of Buffer.from(text)) h = BigInt.asUintN(64, (h ^ BigInt(b)) * 0x100000001b3n);
+  return h.toString(16).padStart(16, '0');
+}
+
+/** The lock's abstract socket name, without the leading NUL. */
+export const lockName = (file: string) => `pim-lock-${fnv64(file)}`;
 
 export async function acquireLock(file: string, what: string): Promise<Lock> {
   if (process.platform === 'linux') {
     const server = (await net()).createServer((c) => c.destroy());
-    const addr = await abstractName(file);
+    const addr = '\0' + lockName(file);
     await new Promise<void>((resolve, reject) => {
       server.once('error', (e: NodeJS.ErrnoException) => {
         if (e.code === 'EADDRINUSE') reject(new PimError(EXIT.TEMPFAIL, `${what} is busy: another pim command holds it; try again when it is done`));
@@ -114,16 +122,26 @@ export async function acquireLock(file: string, what: string): Promise<Lock> {
   throw new PimError(EXIT.TEMPFAIL, `${what} is busy; try again`);
 }
 
-/** Is the lock held right now? (Does not take it.) */
+/**
+ * Is the lock held right now? (Does not take it.) On Linux the kernel lists
+ * abstract sockets in /proc/net/unix as "@name": one read, no
+ * connection (pim-ps asks this for every entry that has no live QEMU).
+ */
 export async function lockHeld(file: string): Promise<boolean> {
   if (process.platform === 'linux') {
-    const { createConnection } = await net();
-    const addr = await abstractName(file);
-    return new Promise((resolve) => {
-      const s = createConnection(addr);
-      s.once('connect', () => (s.destroy(), resolve(true)));
-      s.once('error', () => resolve(false));
-    });
+    const name = lockName(file);
+    try {
+      const table = fs.readFileSync('/proc/net/unix', 'latin1');
+      // libuv binds the whole sun_path, so the name is listed padded with NULs, shown as '@'
+      return table.includes(` @${name}\n`) || table.includes(` @${name}@`);
+    } catch {
+      const { createConnection } = await net();
+      return new Promise((resolve) => {
+        const s = createConnection('\0' + name);
+        s.once('connect', () => (s.destroy(), resolve(true)));
+        s.once('error', () => resolve(false));
+      });
+    }
   }
   const holder = readPidfile(file);
   return holder !== null && isAlive(holder);

@@ -226,3 +226,20 @@ describe('JsonLines', () => {
     expect(r.garbage).toEqual(['not json']);
   });
 });
+
+describe('the VM lock', () => {
+  it('is held while taken, refuses a second taker with exit 75, and is free once released', async () => {
+    const { acquireLock, lockHeld } = await import('../../lib/proc.ts');
+    const file = join(tmpdir(), `pimu-lock-${process.pid}-${Date.now()}.lock`);
+    expect(await lockHeld(file)).toBe(false);
+    const lock = await acquireLock(file, 'VM x');
+    expect(await lockHeld(file)).toBe(true);
+    await expect(acquireLock(file, 'VM x')).rejects.toMatchObject({ code: 75 });
+    expect(await lockHeld(file + '.other')).toBe(false);
+    lock.release();
+    await new Promise((r) => setTimeout(r, 50)); // the server closes asynchronously
+    expect(await lockHeld(file)).toBe(false);
+    const again = await acquireLock(file, 'VM x');
+    again.release();
+  });
+});
