@@ -136,7 +136,7 @@ export async function launch(req: LaunchRequest): Promise<Launched | number> {
     writeMeta(files, meta);
     return { name, files, pid, meta };
   } finally {
-    lock.release();
+    await lock.release();
   }
 }
 

@@ -79,7 +79,8 @@ export function isOurProcess(pid: number, marker: string): boolean {
  * holder's pid, taken over when that pid is dead.
  */
 export interface Lock {
-  release(): void;
+  /** resolves once the lock is free for others */
+  release(): Promise<void>;
 }
 
 /** FNV-1a, 64 bits as hex: a stable short name for a lock file path (no node:crypto to load). */
@@ -104,14 +105,14 @@ export async function acquireLock(file: string, what: string): Promise<Lock> {
       server.listen(addr, () => resolve());
     });
     server.unref();
-    return { release: () => server.close() };
+    return { release: () => new Promise<void>((resolve) => server.close(() => resolve())) };
   }
   for (let attempt = 0; attempt < 2; attempt++) {
     try {
       const fd = fs.openSync(file, 'wx', 0o600);
       fs.writeSync(fd, String(process.pid));
       fs.closeSync(fd);
-      return { release: () => fs.rmSync(file, { force: true }) };
+      return { release: async () => fs.rmSync(file, { force: true }) };
     } catch (e) {
       if ((e as NodeJS.ErrnoException).code !== 'EEXIST') throw e;
       const holder = readPidfile(file);

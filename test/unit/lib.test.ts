@@ -236,10 +236,9 @@ describe('the VM lock', () => {
     expect(await lockHeld(file)).toBe(true);
     await expect(acquireLock(file, 'VM x')).rejects.toMatchObject({ code: 75 });
     expect(await lockHeld(file + '.other')).toBe(false);
-    lock.release();
-    await new Promise((r) => setTimeout(r, 50)); // the server closes asynchronously
+    await lock.release();
     expect(await lockHeld(file)).toBe(false);
     const again = await acquireLock(file, 'VM x');
-    again.release();
+    await again.release();
   });
 });
