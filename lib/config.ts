@@ -19,6 +19,9 @@
  * yaml is imported lazily: the loaders are async.
  */
 import * as fs from 'node:fs';
+import { writeFileAtomic } from './fsutil.ts';
+
+export { writeFileAtomic };
 import { join } from 'node:path';
 import { cacheDir, configDir } from './paths.ts';
 import { EXIT, PimError } from './exit.ts';
@@ -373,23 +376,3 @@ export function initTree(): { written: string[]; skipped: string[] } {
   return { written, skipped };
 }
 
-/** Write through a temp file and rename; with `exclusive`, never replace an existing file. */
-export function writeFileAtomic(dest: string, content: string, mode = 0o644, exclusive = false): void {
-  const tmp = `${dest}.tmp-${process.pid}`;
-  try {
-    fs.writeFileSync(tmp, content, { mode, flag: 'wx' });
-    if (exclusive) {
-      fs.linkSync(tmp, dest); // fails with EEXIST instead of replacing
-      fs.unlinkSync(tmp);
-    } else fs.renameSync(tmp, dest);
-  } catch (e) {
-    try {
-      fs.unlinkSync(tmp);
-    } catch {
-      /* not created */
-    }
-    const err = e as NodeJS.ErrnoException;
-    if (err.code === 'EEXIST') throw new PimError(EXIT.CANTCREAT, `${dest} already exists; remove it first`);
-    throw new PimError(EXIT.CANTCREAT, `cannot write ${dest}: ${err.message}`);
-  }
-}

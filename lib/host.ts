@@ -137,7 +137,6 @@ export async function writeKvmVerdict(kvm: 'ok' | 'broken'): Promise<void> {
   const file = await verdictFile();
   const { dirname } = await import('node:path');
   fs.mkdirSync(dirname(file), { recursive: true });
-  const tmp = `${file}.${process.pid}.tmp`;
-  fs.writeFileSync(tmp, JSON.stringify({ boot: bootId(), qemu: qemuBinary(), kvm } satisfies AccelVerdict) + '\n');
-  fs.renameSync(tmp, file);
+  const { writeFileAtomic } = await import('./fsutil.ts');
+  writeFileAtomic(file, JSON.stringify({ boot: bootId(), qemu: qemuBinary(), kvm } satisfies AccelVerdict) + '\n');
 }

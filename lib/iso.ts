@@ -14,6 +14,7 @@
  * segment is resolved against the SUMS file.
  */
 import * as fs from 'node:fs';
+import { writeFileAtomic } from './fsutil.ts';
 import { join } from 'node:path';
 import { EXIT, PimError } from './exit.ts';
 import { isoDir, loadCatalog, resolveEntry, entryNames, type Resolved } from './config.ts';
@@ -154,9 +155,7 @@ export function freshRecord(f: IsoFiles, st: fs.Stats | null = statOrNull(f.iso)
 }
 
 export function writeRecord(f: IsoFiles, r: VerifiedRecord): void {
-  const tmp = `${f.verified}.tmp-${process.pid}`;
-  fs.writeFileSync(tmp, JSON.stringify(r) + '\n');
-  fs.renameSync(tmp, f.verified);
+  writeFileAtomic(f.verified, JSON.stringify(r) + '\n');
 }
 
 export function statOrNull(p: string): fs.Stats | null {

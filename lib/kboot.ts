@@ -15,6 +15,7 @@
  * cannot end the stream.
  */
 import * as fs from 'node:fs';
+import { writeFileAtomic } from './fsutil.ts';
 import { createHash } from 'node:crypto';
 import { join } from 'node:path';
 import { EXIT, PimError } from './exit.ts';
@@ -135,9 +136,7 @@ export async function pvhKernel(bzImage: string, cache: string): Promise<string 
     fs.writeFileSync(none, '');
     return null;
   }
-  const tmp = `${out}.${process.pid}.tmp`;
-  fs.writeFileSync(tmp, elf);
-  fs.renameSync(tmp, out);
+  writeFileAtomic(out, elf);
   return out;
 }
 

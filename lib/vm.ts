@@ -9,6 +9,7 @@ import { isOurProcess, lockHeld, readPidfile } from './proc.ts';
 import { qemuEscape } from './qemu-argv.ts';
 import { nameProblem } from './names.ts';
 import { EXIT, PimError } from './exit.ts';
+import { writeFileAtomic } from './fsutil.ts';
 
 export interface VmMeta {
   name: string;
@@ -47,9 +48,7 @@ export function readMeta(files: VmFiles): VmMeta | null {
 
 /** Atomic: written to a temp file and renamed, so readers never see half a file. */
 export function writeMeta(files: VmFiles, meta: VmMeta): void {
-  const tmp = `${files.meta}.${process.pid}.tmp`;
-  fs.writeFileSync(tmp, JSON.stringify(meta, null, 2) + '\n', { mode: 0o600 });
-  fs.renameSync(tmp, files.meta);
+  writeFileAtomic(files.meta, JSON.stringify(meta, null, 2) + '\n', 0o600);
 }
 
 /** The marker that identifies this VM's QEMU in its command line. */
