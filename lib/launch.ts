@@ -9,7 +9,9 @@ import { spawn } from 'node:child_process';
 import { userInfo } from 'node:os';
 import { EXIT, PimError } from './exit.ts';
 import { checkSocketPath, ensureRuntimeDir, vmFiles, type VmFiles } from './paths.ts';
-import { acquireLock, readPidfile } from './proc.ts';
+import { acquireLock, childExit, readPidfile } from './proc.ts';
+
+export { childExit };
 import { cleanupFiles, logTail, vmInfo, writeMeta, type VmMeta } from './vm.ts';
 import { buildQemuArgv, type VmSpec } from './qemu-argv.ts';
 import { qemuBinary } from './host.ts';
@@ -30,13 +32,6 @@ export interface Launched {
   meta: VmMeta;
 }
 
-/** Wait for a child process to exit; resolves with its status (128+signal when killed). */
-export function childExit(child: import('node:child_process').ChildProcess): Promise<number> {
-  return new Promise((resolve, reject) => {
-    child.once('error', reject);
-    child.once('exit', (code, sig) => resolve(code ?? 128 + (sig ? (({ SIGHUP: 1, SIGINT: 2, SIGKILL: 9, SIGTERM: 15 }) as Record<string, number>)[sig] ?? 0 : 0)));
-  });
-}
 
 function qemuFailure(files: VmFiles, status: number, sudo: boolean): PimError {
   const tail = logTail(files.log, 20);

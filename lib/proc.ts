@@ -157,3 +157,11 @@ export async function waitExit(pid: number, timeoutMs: number): Promise<boolean>
   }
   return true;
 }
+
+/** Wait for a child process to exit; resolves with its status (128+signal when killed). */
+export function childExit(child: import('node:child_process').ChildProcess): Promise<number> {
+  return new Promise((resolve, reject) => {
+    child.once('error', reject);
+    child.once('exit', (code, sig) => resolve(code ?? 128 + (sig ? (({ SIGHUP: 1, SIGINT: 2, SIGKILL: 9, SIGTERM: 15 }) as Record<string, number>)[sig] ?? 0 : 0)));
+  });
+}

@@ -6,7 +6,7 @@
  */
 import { spawn } from 'node:child_process';
 import { EXIT, PimError } from './exit.ts';
-import { isAlive, waitExit } from './proc.ts';
+import { childExit, isAlive, waitExit } from './proc.ts';
 import { cleanupFiles, type VmInfo } from './vm.ts';
 import type { QmpClient } from './qmp.ts';
 import { log } from './log.ts';
@@ -28,7 +28,7 @@ async function signal(pid: number, sig: 'SIGTERM' | 'SIGKILL', root: boolean): P
     if (code !== 'EPERM' || !root) throw e;
     // QEMU runs as root (bridged): sudo for exactly this kill
     const child = spawn('sudo', ['-n', 'kill', `-${sig.slice(3)}`, String(pid)], { stdio: 'ignore' });
-    const st = await new Promise<number>((r) => child.once('exit', (c) => r(c ?? 1)));
+    const st = await childExit(child);
     if (st !== 0) throw new PimError(EXIT.NOPERM, `sudo refused to send ${sig} to the root-owned QEMU (pid ${pid}); allow "kill" in your sudoers rule or stop it with sudo`);
   }
 }
