@@ -10,8 +10,6 @@ import { userInfo } from 'node:os';
 import { EXIT, PimError } from './exit.ts';
 import { checkSocketPath, ensureRuntimeDir, vmFiles, type VmFiles } from './paths.ts';
 import { acquireLock, childExit, readPidfile } from './proc.ts';
-
-export { childExit };
 import { cleanupFiles, logTail, vmInfo, writeMeta, type VmMeta } from './vm.ts';
 import { buildQemuArgv, type VmSpec } from './qemu-argv.ts';
 import { qemuBinary } from './host.ts';
