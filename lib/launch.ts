@@ -127,6 +127,18 @@ export async function launch(req: LaunchRequest): Promise<Launched | number> {
     }
     meta.pid = pid;
     writeMeta(files, meta);
+    // Return only once QMP answers: a greeting, capabilities and query-status.
+    const { QmpClient } = await import('./qmp.ts');
+    try {
+      const q = await QmpClient.connect(files.qmp, { timeoutMs: 30_000 });
+      try {
+        await q.execute('query-status');
+      } finally {
+        q.close();
+      }
+    } catch (e) {
+      throw new PimError(EXIT.UNAVAILABLE, `QEMU started (pid ${pid}) but QMP does not answer: ${(e as Error).message}; see ${files.log}, stop it with pim-stop ${name}`);
+    }
     return { name, files, pid, meta };
   } finally {
     await lock.release();
