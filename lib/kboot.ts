@@ -267,7 +267,9 @@ esac
 # (pim-stop) powers off when the kernel has the button driver (built in or a module).
 hostname pim 2>/dev/null
 if { modprobe button; modprobe evdev; } 2>/dev/null && [ -d /sys/module/button ]; then
-    mkdir -p /etc/acpi/PWRF && printf '#!%s\\npoweroff -f\\n' "$(command -v sh)" >/etc/acpi/PWRF/00000080 && chmod +x /etc/acpi/PWRF/00000080
+    # busybox sh answers "command -v sh" with a bare "sh": name the shell by path
+    acpish=/bin/sh; [ -x /pim/bin/sh ] && acpish=/pim/bin/sh
+    mkdir -p /etc/acpi/PWRF && printf '#!%s\\npoweroff -f\\n' "$acpish" >/etc/acpi/PWRF/00000080 && chmod +x /etc/acpi/PWRF/00000080
     acpid -l /tmp/acpid.log 2>/dev/null
 fi
 while :; do

@@ -88,8 +88,10 @@ no_vm_left() {
 	run pim-qmp kb1 query-status
 	[ "$status" -eq 0 ]
 	[[ "$output" == *'"running":true'* ]]
-	run pim-stop kb1 --timeout 5
+	# pim's init runs acpid when the kernel has the button driver (a module here)
+	run pim-stop kb1 --timeout 30
 	[ "$status" -eq 0 ]
+	[[ "$output" == $'kb1\tacpi\t'* ]]
 	no_vm_left
 }
 

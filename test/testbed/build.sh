@@ -52,7 +52,7 @@ cloud_modules=(virtio_ring virtio virtio_pci_modern_dev virtio_pci_legacy_dev vi
 	virtio_console failover net_failover virtio_net virtio_blk virtio_rng button evdev)
 generic_modules=(virtio_ring virtio virtio_pci_modern_dev virtio_pci_legacy_dev virtio_pci
 	virtio_console failover net_failover virtio_net virtio_blk
-	9p 9pnet 9pnet_virtio netfs fscache virtiofs fuse)
+	9p 9pnet 9pnet_virtio netfs fscache virtiofs fuse button evdev)
 
 # ---------------------------------------------------------------------------
 # Cache check: hash of this script, /init and the rootfs overlay (content and
