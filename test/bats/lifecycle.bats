@@ -281,6 +281,44 @@ ssh_guest() {
   [ "$status" -eq 0 ]
 }
 
+@test "pim-run --console: the serial console on the terminal, in the foreground; QEMU's status is pim-run's" {
+  run python3 "$REPO/test/lifecycle/run-console-pty.py" "$TESTBED/guest-full.qcow2" --name fg --snapshot --mem 256M --cpus 1
+  [ "$status" -eq 0 ]
+  [ "${lines[-1]}" = exited ]
+  # nothing left behind once it has returned
+  [ ! -e "$XDG_RUNTIME_DIR/pim/fg.qmp" ]
+  [ ! -e "$XDG_RUNTIME_DIR/pim/fg.json" ]
+  run pim-ps -q
+  [ -z "$output" ]
+}
+
+@test "pim-status exits 1 for a paused VM; a socket path over the limit is 73; a broken image is 69 with nothing left" {
+  boot_guest bare paused
+  pim-qmp paused stop
+  run pim-status paused
+  [ "$status" -eq 1 ]
+  [[ "$output" == $'paused\tpaused\t'* ]]
+  pim-qmp paused cont
+  run pim-status paused
+  [ "$status" -eq 0 ]
+
+  long="$PIM_TMP/$(printf 'r%.0s' {1..90})"
+  mkdir -p "$long"
+  XDG_RUNTIME_DIR="$long" run --separate-stderr pim-run "$TESTBED/guest-bare.qcow2" --name toolong
+  [ "$status" -eq 73 ]
+  [[ "$stderr" == *"limit"* ]]
+  [ -z "$(ls -A "$long/pim" 2>/dev/null)" ]
+
+  printf 'QFI\373garbage-not-a-real-qcow2-header' >"$PIM_TMP/broken.qcow2"
+  run --separate-stderr pim-run "$PIM_TMP/broken.qcow2" --mem 128M
+  [ "$status" -eq 69 ]
+  [[ "$stderr" == *"QEMU failed to start"* ]]
+  [ "$(wc -l <<<"$stderr")" -eq 1 ]
+  [ ! -e "$XDG_RUNTIME_DIR/pim/broken.qmp" ]
+  [ ! -e "$XDG_RUNTIME_DIR/pim/broken.json" ]
+  [ ! -e "$XDG_RUNTIME_DIR/pim/broken.pid" ]
+}
+
 @test "EPIPE exits quietly: a large answer piped into head" {
   boot_guest bare pipe
   run bash -c 'pim-qmp pipe query-qmp-schema 2>"$PIM_TMP/epipe.err" | head -c 10 >/dev/null; echo "${PIPESTATUS[0]}"'
