@@ -17,7 +17,8 @@ export const cmd = defineCmd({
   usage: 'NAME [--ro] [--replay] [--until REGEX] [--timeout S]',
   description: `
 Two-way and raw on a terminal. With --ro the console is only read and copied to stdout,
-which works without a terminal (scripts, tests). --replay first prints what the console
+which works without a terminal (scripts, tests) and while someone is attached: it follows
+the VM's log, where QEMU copies the console, and ends when the VM stops. --replay first prints what the console
 already wrote (from the VM's log). --until stops with exit 0 once the output matches
 REGEX; --timeout bounds the wait (exit 75).`,
   examples: ['pim-console dev', "pim-console dev --ro --replay --until 'login:' --timeout 60"],
@@ -46,10 +47,15 @@ REGEX; --timeout bounds the wait (exit 75).`,
     }
     const vm = await runningVm(name);
     if (!fs.existsSync(vm.files.serial)) throw new PimError(EXIT.UNAVAILABLE, `${name} has no serial socket (was it started with --console?)`);
-    const sock = await connectUnix(vm.files.serial, 5_000, 'serial console');
+    // Two-way: the serial socket (QEMU serves one client at a time). Read-only:
+    // follow the log QEMU copies the console into, which never misses a byte
+    // between --replay and what comes next, and leaves the socket free for a
+    // person attached at the same time.
+    const sock = interactive ? await connectUnix(vm.files.serial, 5_000, 'serial console') : null;
     let seen = '';
     return new Promise<number>((resolve) => {
       let finished = false;
+      let stopFollowing = () => {};
       const finish = (code: number) => {
         if (finished) return;
         finished = true;
@@ -58,23 +64,21 @@ REGEX; --timeout bounds the wait (exit 75).`,
           process.stdin.pause();
           process.stderr.write('\r\n[detached]\r\n');
         }
-        sock.destroy();
+        sock?.destroy();
+        stopFollowing();
         resolve(code);
       };
-      const check = (text: string) => {
+      const output = (d: Buffer) => {
+        if (finished) return;
+        process.stdout.write(d);
         if (!until) return;
-        seen = (seen + text).slice(-65536);
+        seen = (seen + d.toString('utf8')).slice(-65536);
         if (until.test(seen)) finish(EXIT.OK);
       };
-      if (args.replay) {
-        try {
-          const old = fs.readFileSync(vm.files.log, 'utf8');
-          process.stdout.write(old);
-          check(old);
-        } catch {
-          /* no log yet */
-        }
-      }
+      const stopped = () => {
+        if (!finished) process.stderr.write(`pim-console: ${name}'s console closed (the VM stopped)\n`);
+        finish(until ? EXIT.UNAVAILABLE : EXIT.OK);
+      };
       if (args.timeout) {
         const ms = timeoutMs(args.timeout, 0);
         setTimeout(() => {
@@ -82,17 +86,17 @@ REGEX; --timeout bounds the wait (exit 75).`,
           finish(until ? EXIT.TEMPFAIL : EXIT.OK);
         }, ms).unref();
       }
-      sock.on('data', (d: Buffer) => {
-        if (finished) return;
-        process.stdout.write(d);
-        check(d.toString('utf8'));
-      });
-      sock.on('close', () => {
-        if (!finished) process.stderr.write(`pim-console: ${name}'s console closed (the VM stopped)\n`);
-        finish(until ? EXIT.UNAVAILABLE : EXIT.OK);
-      });
-      sock.on('error', () => undefined);
-      if (interactive) {
+      if (sock) {
+        if (args.replay) {
+          try {
+            output(fs.readFileSync(vm.files.log));
+          } catch {
+            /* no log yet */
+          }
+        }
+        sock.on('data', output);
+        sock.on('close', stopped);
+        sock.on('error', () => undefined);
         process.stderr.write(`Connected to ${name}'s serial console. Ctrl-] detaches.\r\n`);
         process.stdin.setRawMode(true);
         process.stdin.resume();
@@ -103,7 +107,37 @@ REGEX; --timeout bounds the wait (exit 75).`,
             finish(EXIT.OK);
           } else sock.write(d);
         });
+        return;
       }
+      // read-only: one watcher on the runtime dir sees the log grow and the
+      // pidfile go (QEMU removes it when it exits)
+      const { basename, dirname } = process.getBuiltinModule('node:path') as typeof import('node:path');
+      const fd = fs.openSync(vm.files.log, 'r');
+      let pos = args.replay ? 0 : fs.fstatSync(fd).size;
+      const buf = Buffer.alloc(65536);
+      const pump = () => {
+        if (fs.fstatSync(fd).size < pos) pos = 0; // the log was started anew
+        let n: number;
+        while (!finished && (n = fs.readSync(fd, buf, 0, buf.length, pos)) > 0) {
+          pos += n;
+          output(Buffer.from(buf.subarray(0, n)));
+        }
+      };
+      const logName = basename(vm.files.log);
+      const pidName = basename(vm.files.pid);
+      const watcher = fs.watch(dirname(vm.files.log), (_ev, file) => {
+        if (file === logName || file === null) pump();
+        if ((file === pidName || file === null) && !fs.existsSync(vm.files.pid)) {
+          pump();
+          stopped();
+        }
+      });
+      stopFollowing = () => {
+        watcher.close();
+        fs.closeSync(fd);
+      };
+      pump();
+      if (!fs.existsSync(vm.files.pid)) stopped();
     });
   },
 });

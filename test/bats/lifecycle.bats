@@ -279,6 +279,23 @@ ssh_guest() {
   # the VM is untouched by detaching
   run pim-status con
   [ "$status" -eq 0 ]
+  # --ro reads the log, so it works while someone holds the console socket
+  socat -u "UNIX-CONNECT:$XDG_RUNTIME_DIR/pim/con.serial" - >/dev/null 2>&1 3>&- &
+  holder=$!
+  pim-console con --ro --until 'pim-marker-42' --timeout 30 >"$PIM_TMP/mark.out" 2>&1 3>&- &
+  marker=$!
+  # once it has the log open, make the guest write a line on its console
+  until ls -l "/proc/$marker/fd" 2>/dev/null | grep -q 'con\.log'; do kill -0 "$marker"; sleep 0.05; done
+  pim-ga con guest-exec '{"path":"/bin/busybox","arg":["sh","-c","echo pim-marker-$((6*7)) >/dev/ttyS0"]}'
+  wait "$marker"
+  grep -q 'pim-marker-42' "$PIM_TMP/mark.out"
+  # and it ends, status 0, when the VM stops
+  pim-console con --ro >"$PIM_TMP/ro.out" 2>"$PIM_TMP/ro.err" 3>&- &
+  follower=$!
+  pim-stop con
+  wait "$follower"
+  grep -q 'console closed' "$PIM_TMP/ro.err"
+  kill "$holder" 2>/dev/null || true
 }
 
 @test "pim-run --console: the serial console on the terminal, in the foreground; QEMU's status is pim-run's" {
