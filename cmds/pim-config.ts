@@ -6,6 +6,7 @@
  * A broken config exits 78 with file:line and prints nothing on stdout.
  */
 import { defineCmd, main } from '../lib/cli.ts';
+import { writeOut } from '../lib/out.ts';
 import { EXIT, PimError } from '../lib/exit.ts';
 import { jsonArgs } from '../lib/output.ts';
 
@@ -43,7 +44,7 @@ path prints each directory as "NAME<TAB>PATH" (config, pim.yml, isos.d, ..., iso
       const { log } = await import('../lib/log.ts');
       const { written, skipped } = config.initTree();
       for (const s of skipped) log.info(`exists, left alone: ${s}`);
-      for (const w of written) process.stdout.write(w + '\n');
+      for (const w of written) writeOut(w + '\n');
       if (!written.length) log.info(`nothing to write: every starter file already exists in ${config.configPaths().config}`);
       return;
     }
@@ -62,7 +63,7 @@ path prints each directory as "NAME<TAB>PATH" (config, pim.yml, isos.d, ..., iso
       if (args.json) printJson(out);
       else {
         const YAML = await config.yamlLib();
-        process.stdout.write(YAML.stringify(out));
+        writeOut(YAML.stringify(out));
       }
       return;
     }

@@ -52,6 +52,8 @@ REGEX; --timeout bounds the wait (exit 75).`,
     // between --replay and what comes next, and leaves the socket free for a
     // person attached at the same time.
     const sock = interactive ? await connectUnix(vm.files.serial, 5_000, 'serial console') : null;
+    const { stdout } = await import('../lib/out.ts');
+    const out = stdout();
     let seen = '';
     return new Promise<number>((resolve) => {
       let finished = false;
@@ -70,7 +72,7 @@ REGEX; --timeout bounds the wait (exit 75).`,
       };
       const output = (d: Buffer) => {
         if (finished) return;
-        process.stdout.write(d);
+        out.write(d);
         if (!until) return;
         seen = (seen + d.toString('utf8')).slice(-65536);
         if (until.test(seen)) finish(EXIT.OK);

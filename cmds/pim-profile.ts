@@ -5,6 +5,7 @@
  *   show NAME --explain        each value with the file:line it came from
  */
 import { defineCmd, main } from '../lib/cli.ts';
+import { writeOut } from '../lib/out.ts';
 import { EXIT, PimError } from '../lib/exit.ts';
 import { jsonArgs, quietArgs } from '../lib/output.ts';
 
@@ -47,7 +48,7 @@ value as JSON, and where it came from (FILE:LINE, or builtin:...).`,
         const recs = keys.map((key) => ({ name: key, value: JSON.stringify(getPath(p.value, key)), from: p.origins[key] ?? '-' }));
         printRecords(recs, ['value', 'from'], { json: args.json });
       } else if (args.json) printJson(p.value);
-      else process.stdout.write((await config.yamlLib()).stringify(p.value));
+      else writeOut((await config.yamlLib()).stringify(p.value));
       return;
     }
     throw new PimError(EXIT.USAGE, `unknown subcommand "${sub}"; use list or show`);

@@ -5,6 +5,7 @@
  * QEMU detached. Returns once QMP answers and prints the VM name on stdout.
  */
 import { defineCmd, main } from '../lib/cli.ts';
+import { writeOut } from '../lib/out.ts';
 import { EXIT, PimError } from '../lib/exit.ts';
 import { completeImages } from '../lib/complete.ts';
 
@@ -139,7 +140,7 @@ when NAME.efivars.fd sits beside the image. Words after -- go to QEMU untouched.
       }
     }
     log.info(`${result.name} started (pid ${result.pid}${sshPort ? `, ssh 127.0.0.1:${sshPort}` : ''}, ${accel})`);
-    process.stdout.write(result.name + '\n');
+    writeOut(result.name + '\n');
     return EXIT.OK;
   },
 });

@@ -5,6 +5,7 @@
  * (lib/serve.ts startServer) for builds that run it in-process.
  */
 import { defineCmd, main } from '../lib/cli.ts';
+import { writeOut } from '../lib/out.ts';
 import { EXIT, PimError } from '../lib/exit.ts';
 
 export const cmd = defineCmd({
@@ -44,7 +45,7 @@ The profile is read once at start; templates and scripts are re-read when they c
     const bind = args.bind ?? rt.serve.bind;
     const profile = positionals[0] ?? 'default';
     const s = await startServer({ profile, port, bind, log: (l) => log.info(l) });
-    process.stdout.write(s.url + '\n');
+    writeOut(s.url + '\n');
     if (s.bind === '127.0.0.1' || s.bind === '0.0.0.0') log.info(`profile ${profile}: a QEMU user-mode guest reaches this as http://10.0.2.2:${s.port}/preseed.cfg`);
     else log.info(`profile ${profile}: serving ${s.url}/preseed.cfg`);
     await new Promise<void>((resolve) => {

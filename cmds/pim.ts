@@ -5,6 +5,7 @@
  * passes through (128+signal when it was killed).
  */
 import * as fs from 'node:fs';
+import { writeOut } from '../lib/out.ts';
 import { delimiter, dirname, join } from 'node:path';
 import { realpathSync } from 'node:fs';
 import { EXIT } from '../lib/exit.ts';
@@ -62,7 +63,7 @@ export function listSubs(): Map<string, string> {
 function help(): void {
   const subs = listSubs();
   const w = Math.max(8, ...[...subs.keys()].map((s) => s.length));
-  process.stdout.write(
+  writeOut(
     [
       'Usage: pim <command> [args...]',
       '',
@@ -131,7 +132,7 @@ async function complete(argv: string[]): Promise<void> {
       own = false;
     }
     if (!exe || !own) {
-      process.stdout.write(sub === 'help' ? listNames(rest[rest.length - 1]!) : ':0\n');
+      writeOut(sub === 'help' ? listNames(rest[rest.length - 1]!) : ':0\n');
       return;
     }
     const { spawnSync } = process.getBuiltinModule('node:child_process') as typeof import('node:child_process');

@@ -9,6 +9,7 @@
 import { parseArgs, type ArgsDef, type ParsedArgs } from 'citty';
 import { EXIT, PimError } from './exit.ts';
 import { prog } from './prog.ts';
+import { stdoutStreamUsed, writeOut } from './out.ts';
 
 export interface Ctx<A extends ArgsDef> {
   args: ParsedArgs<A>;
@@ -131,16 +132,8 @@ export function parseArgv<A extends ArgsDef>(spec: CmdSpec<A>, argv: string[]): 
 /** Exit once stdout has drained (pipes are asynchronous on some platforms). */
 export function exitAfterFlush(code: number): void {
   process.exitCode = code;
-  if (process.stdout.writableLength === 0) process.exit(code);
+  if (!stdoutStreamUsed() || process.stdout.writableLength === 0) process.exit(code);
   process.stdout.write('', () => process.exit(code));
-}
-
-function quietEpipe(): void {
-  const onErr = (e: NodeJS.ErrnoException) => {
-    if (e.code === 'EPIPE') process.exit(0);
-    throw e;
-  };
-  process.stdout.on('error', onErr);
 }
 
 export function reportError(e: unknown): number {
@@ -250,13 +243,12 @@ async function completion(spec: CmdSpec<ArgsDef>, argv: string[]): Promise<void>
         ].join('\n'),
       );
     }
-    process.stdout.write(script);
+    writeOut(script);
   }
 }
 
 /** Run an executable: the `main()` of every cmds/*.ts file. */
 export function main<A extends ArgsDef>(spec: CmdSpec<A>, argv = process.argv.slice(2)): void {
-  quietEpipe();
   if (argv[0] === 'complete' && (argv[1] === '--' || ['zsh', 'bash', 'fish', 'powershell'].includes(argv[1] ?? ''))) {
     completion(spec as unknown as CmdSpec<ArgsDef>, argv.slice(1)).then(
       () => exitAfterFlush(0),
@@ -272,7 +264,7 @@ export function main<A extends ArgsDef>(spec: CmdSpec<A>, argv = process.argv.sl
     return;
   }
   if (ctx === 'help') {
-    process.stdout.write(renderHelp(spec as unknown as CmdSpec<ArgsDef>));
+    writeOut(renderHelp(spec as unknown as CmdSpec<ArgsDef>));
     exitAfterFlush(0);
     return;
   }

@@ -3,7 +3,7 @@
  * firmware and bridge helper are, and free TCP ports. Settings come from
  * flags, then environment (PIM_QEMU, PIM_ACCEL, PIM_BRIDGE), then defaults.
  */
-import * as fs from 'node:fs';
+import { closeSync, existsSync, mkdirSync, openSync, readFileSync, statSync } from 'node:fs';
 import * as net from 'node:net';
 import { EXIT, PimError } from './exit.ts';
 import type { Accel } from './qemu-argv.ts';
@@ -24,7 +24,7 @@ export function detectAccel(requested?: string): { accel: Accel; warning?: strin
   }
   if (process.platform === 'linux') {
     try {
-      fs.closeSync(fs.openSync('/dev/kvm', 'r+'));
+      closeSync(openSync('/dev/kvm', 'r+'));
       return { accel: 'kvm' };
     } catch (e) {
       const why = (e as NodeJS.ErrnoException).code === 'ENOENT' ? '/dev/kvm does not exist' : `/dev/kvm cannot be opened (${(e as NodeJS.ErrnoException).code}); add yourself to the kvm group`;
@@ -45,7 +45,7 @@ const OVMF_CODE = [
 ];
 
 export function ovmfCode(): string {
-  const p = process.env.PIM_OVMF_CODE ?? OVMF_CODE.find((f) => fs.existsSync(f));
+  const p = process.env.PIM_OVMF_CODE ?? OVMF_CODE.find((f) => existsSync(f));
   if (!p) throw new PimError(EXIT.NOINPUT, 'this image needs UEFI but no OVMF firmware was found; install ovmf (Debian) or qemu (Homebrew), or set PIM_OVMF_CODE');
   return p;
 }
@@ -55,7 +55,7 @@ export const BRIDGE_HELPERS = ['/usr/lib/qemu/qemu-bridge-helper', '/usr/libexec
 export function bridgeHelper(): { path: string; setuid: boolean } | null {
   for (const p of BRIDGE_HELPERS) {
     try {
-      const st = fs.statSync(p);
+      const st = statSync(p);
       return { path: p, setuid: (st.mode & 0o4000) !== 0 && st.uid === 0 };
     } catch {
       /* next */
@@ -113,7 +113,7 @@ export interface AccelVerdict {
 
 function bootId(): string {
   try {
-    return fs.readFileSync('/proc/sys/kernel/random/boot_id', 'utf8').trim();
+    return readFileSync('/proc/sys/kernel/random/boot_id', 'utf8').trim();
   } catch {
     return 'unknown';
   }
@@ -126,7 +126,7 @@ async function verdictFile(): Promise<string> {
 
 export async function readKvmVerdict(): Promise<'ok' | 'broken' | null> {
   try {
-    const v = JSON.parse(fs.readFileSync(await verdictFile(), 'utf8')) as AccelVerdict;
+    const v = JSON.parse(readFileSync(await verdictFile(), 'utf8')) as AccelVerdict;
     return v.boot === bootId() && v.qemu === qemuBinary() ? v.kvm : null;
   } catch {
     return null;
@@ -136,7 +136,7 @@ export async function readKvmVerdict(): Promise<'ok' | 'broken' | null> {
 export async function writeKvmVerdict(kvm: 'ok' | 'broken'): Promise<void> {
   const file = await verdictFile();
   const { dirname } = await import('node:path');
-  fs.mkdirSync(dirname(file), { recursive: true });
+  mkdirSync(dirname(file), { recursive: true });
   const { writeFileAtomic } = await import('./fsutil.ts');
   writeFileAtomic(file, JSON.stringify({ boot: bootId(), qemu: qemuBinary(), kvm } satisfies AccelVerdict) + '\n');
 }

@@ -2,7 +2,7 @@
  * Resolving what `pim-run NAME|IMAGE` should boot: a name in the image store
  * (~/.local/share/pim/images/NAME.qcow2) or a path to an image file.
  */
-import * as fs from 'node:fs';
+import { accessSync, closeSync, constants, existsSync, openSync, readSync, readdirSync, statSync } from 'node:fs';
 import { basename, extname, join, resolve } from 'node:path';
 import { EXIT, PimError } from './exit.ts';
 import { imagesDir } from './paths.ts';
@@ -20,20 +20,20 @@ export interface ImageRef {
 const looksLikePath = (s: string) => s.includes('/') || IMAGE_EXTS.includes(extname(s));
 
 export function imageFormat(path: string): 'qcow2' | 'raw' {
-  const fd = fs.openSync(path, 'r');
+  const fd = openSync(path, 'r');
   try {
     const b = Buffer.alloc(4);
-    fs.readSync(fd, b, 0, 4, 0);
+    readSync(fd, b, 0, 4, 0);
     return b.equals(Buffer.from([0x51, 0x46, 0x49, 0xfb])) ? 'qcow2' : 'raw';
   } finally {
-    fs.closeSync(fd);
+    closeSync(fd);
   }
 }
 
 /** EFI vars that come with an image: NAME.efivars.fd beside NAME.qcow2. */
 export function efivarsFor(path: string): string | null {
   const base = path.slice(0, path.length - extname(path).length);
-  for (const p of [`${base}.efivars.fd`, `${path}.efivars.fd`]) if (fs.existsSync(p)) return p;
+  for (const p of [`${base}.efivars.fd`, `${path}.efivars.fd`]) if (existsSync(p)) return p;
   return null;
 }
 
@@ -50,22 +50,22 @@ export function resolveImage(target: string, nameOverride?: string): ImageRef {
   if (looksLikePath(target)) {
     path = resolve(target);
     name = nameOverride ?? nameFromPath(path);
-    if (!fs.existsSync(path)) throw new PimError(EXIT.NOINPUT, `image ${path} does not exist; check the path`);
+    if (!existsSync(path)) throw new PimError(EXIT.NOINPUT, `image ${path} does not exist; check the path`);
   } else {
     name = nameOverride ?? target;
     const why = nameProblem(target);
     if (why) throw new PimError(EXIT.USAGE, `bad VM name ${JSON.stringify(target)}: ${why}`);
     const dir = imagesDir();
-    const found = IMAGE_EXTS.map((e) => join(dir, target + e)).find((p) => fs.existsSync(p));
+    const found = IMAGE_EXTS.map((e) => join(dir, target + e)).find((p) => existsSync(p));
     if (!found) {
       throw new PimError(EXIT.NOINPUT, `no image named ${target} in ${dir} (looked for ${IMAGE_EXTS.map((e) => target + e).join(', ')}); pass a path to an image file instead`);
     }
     path = found;
   }
   checkName(name);
-  if (!fs.statSync(path).isFile()) throw new PimError(EXIT.NOINPUT, `${path} is not a file`);
+  if (!statSync(path).isFile()) throw new PimError(EXIT.NOINPUT, `${path} is not a file`);
   try {
-    fs.accessSync(path, fs.constants.R_OK);
+    accessSync(path, constants.R_OK);
   } catch {
     throw new PimError(EXIT.NOPERM, `cannot read image ${path}; check its permissions`);
   }
@@ -77,7 +77,7 @@ export function storeImages(): Array<{ name: string; path: string }> {
   const dir = imagesDir();
   let files: string[];
   try {
-    files = fs.readdirSync(dir);
+    files = readdirSync(dir);
   } catch {
     return [];
   }

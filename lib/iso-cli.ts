@@ -3,6 +3,7 @@
  * kept apart so tests can call them.
  */
 import * as fs from 'node:fs';
+import { writeOut } from './out.ts';
 import { join } from 'node:path';
 import { EXIT, PimError } from './exit.ts';
 import { nameProblem } from './names.ts';
@@ -42,7 +43,7 @@ export async function show(iso: Iso, name: string, args: Args): Promise<void> {
   const f = iso.isoFiles(name);
   const out = { ...resolved.value, path: f.iso, state: iso.isoState(f) };
   if (args.json) printJson(out);
-  else process.stdout.write((await yamlLib()).stringify(out));
+  else writeOut((await yamlLib()).stringify(out));
   void e;
 }
 
@@ -81,7 +82,7 @@ export async function add(iso: Iso, name: string, args: Args): Promise<void> {
   const dest = join(dir, `${name}.yml`);
   const YAML = await yamlLib();
   writeFileAtomic(dest, `# added by pim-iso add\n${YAML.stringify({ [name]: entry })}`, 0o644, true);
-  process.stdout.write(`${name}\t${dest}\n`);
+  writeOut(`${name}\t${dest}\n`);
 }
 
 /** The checksum to compare against and the URL to fetch (a `*` resolved). Null checksum: none known. */
@@ -129,12 +130,12 @@ async function downloadOne(iso: Iso, e: IsoEntry, _args: Args): Promise<number> 
         const { digest } = await iso.cachedDigest(f, exp.checksum.algo, { expected: fmt(exp.checksum), url: exp.url, checksum_url: e.checksum_url });
         if (digest === exp.checksum.hex) {
           log.info(`${e.name}: already downloaded and verified: ${f.iso}`);
-          process.stdout.write(`${e.name}\tdownloaded\t${f.iso}\n`);
+          writeOut(`${e.name}\tdownloaded\t${f.iso}\n`);
           return 0;
         }
         throw new PimError(EXIT.DATAERR, `${e.name}: ${f.iso} exists but does not match ${fmt(exp.checksum)}; remove it with pim-iso rm ${e.name} and download again`);
       }
-      process.stdout.write(`${e.name}\tdownloaded\t${f.iso}\n`);
+      writeOut(`${e.name}\tdownloaded\t${f.iso}\n`);
       return 0;
     }
     const { downloadTo, progressReporter, isAbort } = await import('./download.ts');
@@ -173,7 +174,7 @@ async function downloadOne(iso: Iso, e: IsoEntry, _args: Args): Promise<number> 
       iso.writeRecord(f, { size: st.size, mtimeMs: st.mtimeMs, unverified: true, url: exp.url });
       log.warn(`${e.name}: no checksum: ${f.iso} is unverified`);
     }
-    process.stdout.write(`${e.name}\tdownloaded\t${f.iso}\n`);
+    writeOut(`${e.name}\tdownloaded\t${f.iso}\n`);
     return 0;
   } finally {
     process.off('SIGINT', onSig);
@@ -221,7 +222,7 @@ export async function path(iso: Iso, name: string): Promise<number> {
   cat.get(name);
   const f = iso.isoFiles(name);
   if (!iso.statOrNull(f.iso)) throw new PimError(EXIT.NOINPUT, `ISO "${name}" is not downloaded (${f.iso}); run pim-iso download ${name}`);
-  process.stdout.write(f.iso + '\n');
+  writeOut(f.iso + '\n');
   return 0;
 }
 
@@ -236,7 +237,7 @@ export async function rm(iso: Iso, names: string[], args: Args): Promise<number>
     if (iso.statOrNull(f.lock)) iso.lockIso(f, name)(); // refuses while a download runs
     for (const p of files) {
       fs.rmSync(p, { force: true });
-      process.stdout.write(`${name}\t${p}\n`);
+      writeOut(`${name}\t${p}\n`);
     }
     if (args.entry) {
       if (!fs.existsSync(entryFile)) throw new PimError(EXIT.NOINPUT, `ISO "${name}" has no entry file ${entryFile} (built-in entries, or entries in other files, are not removed)`);
@@ -245,7 +246,7 @@ export async function rm(iso: Iso, names: string[], args: Args): Promise<number>
       const keys = y.value && typeof y.value === 'object' ? Object.keys(y.value) : [];
       if (keys.length !== 1 || keys[0] !== name) throw new PimError(EXIT.CONFIG, `${entryFile} defines more than "${name}"; edit it by hand`);
       fs.rmSync(entryFile);
-      process.stdout.write(`${name}\t${entryFile}\n`);
+      writeOut(`${name}\t${entryFile}\n`);
     }
   }
   return 0;

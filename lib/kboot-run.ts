@@ -10,6 +10,7 @@
  * the command's status and QEMU's exit are all notifications: nothing polls.
  */
 import * as fs from 'node:fs';
+import { stdout, writeOut } from './out.ts';
 import * as net from 'node:net';
 import { join } from 'node:path';
 import { spawnSync } from 'node:child_process';
@@ -271,7 +272,7 @@ function follow(sock: net.Socket, f: FollowOpts): Promise<number> {
     let gone = false;
     let readySeen = false;
     const scanner = new OutputScanner(f.token, (s) => {
-      if (f.exec) process.stdout.write(Buffer.from(s, 'latin1'));
+      if (f.exec) stdout().write(Buffer.from(s, 'latin1'));
     });
     // whatever ends this process (EPIPE on stdout exits at once), an --exec VM goes with it
     const lastResort = () => {
@@ -369,7 +370,7 @@ function follow(sock: net.Socket, f: FollowOpts): Promise<number> {
         void finish(async () => {
           sock.destroy();
           log.info(`${f.name} is up (pid ${f.pid}, ${((performance.now() - f.t0) / 1000).toFixed(1)} s); pim-console ${f.name}, pim-stop ${f.name}`);
-          process.stdout.write(f.name + '\n');
+          writeOut(f.name + '\n');
           return EXIT.OK;
         });
         return;

@@ -4,7 +4,7 @@
  * process exits only once every socket listens, so that exit is the
  * readiness notification (no polling). Shared by pim-run and pim-kboot.
  */
-import * as fs from 'node:fs';
+import { closeSync, existsSync, openSync, watch, writeFileSync } from 'node:fs';
 import { spawn } from 'node:child_process';
 import { userInfo } from 'node:os';
 import { EXIT, PimError } from './exit.ts';
@@ -57,7 +57,7 @@ async function sudoAuth(): Promise<void> {
 async function chownToUser(paths: string[]): Promise<void> {
   const uid = process.getuid!();
   const gid = process.getgid!();
-  const existing = paths.filter((p) => fs.existsSync(p));
+  const existing = paths.filter((p) => existsSync(p));
   const child = spawn('sudo', ['-n', 'chown', `${uid}:${gid}`, ...existing], { stdio: ['ignore', 'ignore', 'pipe'] });
   let err = '';
   child.stderr!.on('data', (d) => (err += d));
@@ -74,7 +74,7 @@ export async function launch(req: LaunchRequest): Promise<Launched | number> {
     const info = await vmInfo(name, dir);
     if (info.state === 'running') throw new PimError(EXIT.TEMPFAIL, `${name} is already running (pid ${info.pid}); stop it with pim-stop ${name}, or choose another name`);
     cleanupFiles(files);
-    fs.writeFileSync(files.log, '', { mode: 0o600 });
+    writeFileSync(files.log, '', { mode: 0o600 });
     const spec: VmSpec = { ...req.spec, files, serial: req.console ? 'stdio' : 'socket', daemonize: !req.console && req.spec.net.mode !== 'vmnet-bridged' };
     const argv = [qemuBinary(), ...buildQemuArgv(spec)];
     const root = req.sudo && process.getuid?.() !== 0;
@@ -99,12 +99,12 @@ export async function launch(req: LaunchRequest): Promise<Launched | number> {
       return status;
     }
 
-    const logfd = fs.openSync(files.log, 'a');
+    const logfd = openSync(files.log, 'a');
     let child;
     try {
       child = spawn(cmd[0]!, cmd.slice(1), { stdio: ['ignore', logfd, logfd], detached: true });
     } finally {
-      fs.closeSync(logfd);
+      closeSync(logfd);
     }
     if (spec.daemonize) {
       const status = await childExit(child).catch((e: NodeJS.ErrnoException) => {
@@ -158,12 +158,12 @@ function waitForSocket(path: string, child: import('node:child_process').ChildPr
       if (err) reject(err);
       else resolve();
     };
-    const watcher = fs.watch(dirname(path), () => {
-      if (fs.existsSync(path) && fs.existsSync(files.pid)) finish();
+    const watcher = watch(dirname(path), () => {
+      if (existsSync(path) && existsSync(files.pid)) finish();
     });
     const timer = setTimeout(() => finish(new PimError(EXIT.TEMPFAIL, `QEMU did not open ${path} within 60 s (log: ${files.log})`)), 60_000);
     child.once('exit', (code) => finish(qemuFailure(files, code ?? 1, root)));
-    if (fs.existsSync(path) && fs.existsSync(files.pid)) finish();
+    if (existsSync(path) && existsSync(files.pid)) finish();
   });
 }
 

@@ -4,6 +4,8 @@
  * names alone with -q. On a terminal (and not --json/-q) they are shown as
  * an aligned table with a header.
  */
+import { stdoutIsTTY, writeOut } from './out.ts';
+
 export type Rec = { name: string } & Record<string, unknown>;
 
 export interface OutputOpts {
@@ -33,14 +35,14 @@ export function formatRecords(recs: Rec[], fields: string[], opts: OutputOpts & 
 }
 
 export function printRecords(recs: Rec[], fields: string[], opts: OutputOpts = {}): void {
-  const tty = Boolean(process.stdout.isTTY) && !opts.plain;
+  const tty = !opts.plain && stdoutIsTTY();
   if (!recs.length && tty && !opts.json && !opts.quiet) return;
-  process.stdout.write(formatRecords(recs, fields, { ...opts, tty }));
+  writeOut(formatRecords(recs, fields, { ...opts, tty }));
 }
 
 /** A JSON value on stdout, pretty on a terminal, one line in a pipe. */
 export function printJson(v: unknown): void {
-  process.stdout.write((process.stdout.isTTY ? JSON.stringify(v, null, 2) : JSON.stringify(v)) + '\n');
+  writeOut((stdoutIsTTY() ? JSON.stringify(v, null, 2) : JSON.stringify(v)) + '\n');
 }
 
 /** Shared argument groups (nuxt/cli style). */

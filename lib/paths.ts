@@ -5,7 +5,7 @@
  */
 import { homedir } from 'node:os';
 import { join } from 'node:path';
-import * as fs from 'node:fs';
+import { chmodSync, lstatSync, mkdirSync, type Stats } from 'node:fs';
 import { EXIT, PimError } from './exit.ts';
 import { checkName } from './names.ts';
 
@@ -65,7 +65,7 @@ export function ensureRuntimeDir(): string {
   const dir = runtimeDirPath();
   const uid = process.getuid?.();
   try {
-    fs.mkdirSync(dir, { mode: 0o700 });
+    mkdirSync(dir, { mode: 0o700 });
   } catch (e) {
     const err = e as NodeJS.ErrnoException;
     if (err.code === 'ENOENT') {
@@ -73,21 +73,21 @@ export function ensureRuntimeDir(): string {
     }
     if (err.code !== 'EEXIST') throw new PimError(EXIT.CANTCREAT, `cannot create runtime dir ${dir}: ${err.message}`);
   }
-  const st = fs.lstatSync(dir);
+  const st = lstatSync(dir);
   if (!st.isDirectory()) throw new PimError(EXIT.CANTCREAT, `runtime dir ${dir} is not a directory; remove it and try again`);
   if (uid !== undefined && st.uid !== uid) {
     throw new PimError(EXIT.NOPERM, `runtime dir ${dir} is owned by uid ${st.uid}, not you (uid ${uid}); remove it or set XDG_RUNTIME_DIR`);
   }
-  if ((st.mode & 0o077) !== 0) fs.chmodSync(dir, 0o700);
+  if ((st.mode & 0o077) !== 0) chmodSync(dir, 0o700);
   return dir;
 }
 
 /** The runtime dir if it exists and is ours; null if there is none yet (nothing runs). */
 export function existingRuntimeDir(): string | null {
   const dir = runtimeDirPath();
-  let st: fs.Stats;
+  let st: Stats;
   try {
-    st = fs.lstatSync(dir);
+    st = lstatSync(dir);
   } catch {
     return null;
   }

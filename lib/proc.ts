@@ -3,7 +3,7 @@
  * EPERM (alive, owned by root). A pid is only trusted as a VM's QEMU when its
  * command line names that VM's QMP socket: a recycled pid is never signalled.
  */
-import * as fs from 'node:fs';
+import { closeSync, openSync, readFileSync, rmSync, writeSync } from 'node:fs';
 import { EXIT, PimError } from './exit.ts';
 
 // node:net and node:crypto cost milliseconds to load: only the lock needs them.
@@ -23,7 +23,7 @@ export function isAlive(pid: number): boolean {
 function isZombie(pid: number): boolean {
   if (process.platform !== 'linux') return false;
   try {
-    const stat = fs.readFileSync(`/proc/${pid}/stat`, 'latin1');
+    const stat = readFileSync(`/proc/${pid}/stat`, 'latin1');
     return stat.slice(stat.lastIndexOf(')') + 2, stat.lastIndexOf(')') + 3) === 'Z';
   } catch {
     return false;
@@ -33,7 +33,7 @@ function isZombie(pid: number): boolean {
 export function readPidfile(file: string): number | null {
   let text: string;
   try {
-    text = fs.readFileSync(file, 'utf8');
+    text = readFileSync(file, 'utf8');
   } catch {
     return null;
   }
@@ -45,7 +45,7 @@ export function readPidfile(file: string): number | null {
 export function processArgv(pid: number): string[] | null {
   if (process.platform === 'linux') {
     try {
-      const raw = fs.readFileSync(`/proc/${pid}/cmdline`, 'latin1');
+      const raw = readFileSync(`/proc/${pid}/cmdline`, 'latin1');
       return raw.split('\0').filter((s, i, a) => s !== '' || i < a.length - 1);
     } catch {
       return null;
@@ -109,15 +109,15 @@ export async function acquireLock(file: string, what: string): Promise<Lock> {
   }
   for (let attempt = 0; attempt < 2; attempt++) {
     try {
-      const fd = fs.openSync(file, 'wx', 0o600);
-      fs.writeSync(fd, String(process.pid));
-      fs.closeSync(fd);
-      return { release: async () => fs.rmSync(file, { force: true }) };
+      const fd = openSync(file, 'wx', 0o600);
+      writeSync(fd, String(process.pid));
+      closeSync(fd);
+      return { release: async () => rmSync(file, { force: true }) };
     } catch (e) {
       if ((e as NodeJS.ErrnoException).code !== 'EEXIST') throw e;
       const holder = readPidfile(file);
       if (holder && isAlive(holder)) throw new PimError(EXIT.TEMPFAIL, `${what} is busy: pid ${holder} holds it; try again when it is done`);
-      fs.rmSync(file, { force: true });
+      rmSync(file, { force: true });
     }
   }
   throw new PimError(EXIT.TEMPFAIL, `${what} is busy; try again`);
@@ -132,7 +132,7 @@ export async function lockHeld(file: string): Promise<boolean> {
   if (process.platform === 'linux') {
     const name = lockName(file);
     try {
-      const table = fs.readFileSync('/proc/net/unix', 'latin1');
+      const table = readFileSync('/proc/net/unix', 'latin1');
       // libuv binds the whole sun_path, so the name is listed padded with NULs, shown as '@'
       return table.includes(` @${name}\n`) || table.includes(` @${name}@`);
     } catch {

@@ -1,10 +1,10 @@
-import * as net from 'node:net';
+import { createConnection, type Socket } from 'node:net';
 import { EXIT, PimError } from './exit.ts';
 
 /** Connect to a unix socket with a bounded wait; errors say what to do. */
-export function connectUnix(path: string, timeoutMs: number, what: string): Promise<net.Socket> {
+export function connectUnix(path: string, timeoutMs: number, what: string): Promise<Socket> {
   return new Promise((resolve, reject) => {
-    const sock = net.createConnection({ path });
+    const sock = createConnection({ path });
     const timer = setTimeout(() => {
       sock.destroy();
       reject(new PimError(EXIT.TEMPFAIL, `${what} socket ${path} did not accept within ${timeoutMs} ms`));

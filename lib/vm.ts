@@ -3,7 +3,7 @@
  * reads them: metadata, pidfile, liveness, and clean-up of what a dead VM
  * left behind. It never trusts a pid whose command line is not that VM's QEMU.
  */
-import * as fs from 'node:fs';
+import { existsSync, readFileSync, readdirSync, rmSync } from 'node:fs';
 import { RUNTIME_EXT, vmFiles, type VmFiles } from './paths.ts';
 import { isOurProcess, lockHeld, readPidfile } from './proc.ts';
 import { qemuEscape } from './qemu-argv.ts';
@@ -40,7 +40,7 @@ export interface VmInfo {
 
 export function readMeta(files: VmFiles): VmMeta | null {
   try {
-    return JSON.parse(fs.readFileSync(files.meta, 'utf8')) as VmMeta;
+    return JSON.parse(readFileSync(files.meta, 'utf8')) as VmMeta;
   } catch {
     return null;
   }
@@ -59,21 +59,21 @@ export async function vmInfo(name: string, dir?: string): Promise<VmInfo> {
   const meta = readMeta(files);
   const pid = readPidfile(files.pid) ?? meta?.pid ?? null;
   if (pid !== null && isOurProcess(pid, qemuMarker(files))) return { name, state: 'running', pid, meta, files };
-  const present = meta !== null || fs.existsSync(files.pid) || fs.existsSync(files.qmp);
+  const present = meta !== null || existsSync(files.pid) || existsSync(files.qmp);
   if (await lockHeld(files.lock)) return { name, state: 'starting', pid: null, meta, files };
   return { name, state: present ? 'stale' : 'absent', pid: null, meta, files };
 }
 
 /** Remove what a dead VM left behind (keeps the log for a post-mortem). */
 export function cleanupFiles(files: VmFiles): void {
-  for (const k of ['qmp', 'ga', 'serial', 'pid', 'meta'] as const) fs.rmSync(files[k], { force: true });
+  for (const k of ['qmp', 'ga', 'serial', 'pid', 'meta'] as const) rmSync(files[k], { force: true });
 }
 
 /** Names that have runtime state in `dir`. */
 export function runtimeNames(dir: string): string[] {
   let entries: string[];
   try {
-    entries = fs.readdirSync(dir);
+    entries = readdirSync(dir);
   } catch {
     return [];
   }
@@ -111,7 +111,7 @@ export async function requireRunning(name: string, dir: string): Promise<VmInfo>
 
 export const logTail = (file: string, n = 10): string[] => {
   try {
-    return fs.readFileSync(file, 'utf8').split('\n').filter(Boolean).slice(-n);
+    return readFileSync(file, 'utf8').split('\n').filter(Boolean).slice(-n);
   } catch {
     return [];
   }
