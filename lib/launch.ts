@@ -30,11 +30,10 @@ export interface Launched {
   meta: VmMeta;
 }
 
-
 function qemuFailure(files: VmFiles, status: number, sudo: boolean): PimError {
   const tail = logTail(files.log, 20);
   if (sudo && tail.some((l) => /^sudo: .*(password|not allowed|may not run|no tty|a terminal is required)/i.test(l))) {
-    return new PimError(EXIT.NOPERM, `sudo refused to run QEMU for bridged networking; run "sudo -v" first or add a sudoers rule for ${qemuBinary()} and chown (see README)`);
+    return new PimError(EXIT.NOPERM, `sudo refused to run QEMU for bridged networking; run "sudo -v" first or add a NOPASSWD sudoers rule for ${qemuBinary()}, chown and kill, by absolute path (see README)`);
   }
   const qline = [...tail].reverse().find((l) => /qemu-system|qemu:|error/i.test(l)) ?? tail[tail.length - 1] ?? `exit status ${status}`;
   if (/Failed to get "write" lock|Is another process using the image/.test(tail.join('\n'))) {
