@@ -22,3 +22,23 @@ export function writeFileAtomic(dest: string, content: string | Uint8Array, mode
     throw new PimError(EXIT.CANTCREAT, `cannot write ${dest}: ${err.message}`);
   }
 }
+
+/**
+ * The first `n` bytes of a file (fewer if it is shorter). A missing file is
+ * exit 66, an unreadable one 77; the message names it as `what`.
+ */
+export function readHead(path: string, n: number, what: string): Buffer {
+  let fd: number;
+  try {
+    fd = fs.openSync(path, 'r');
+  } catch (e) {
+    const code = (e as NodeJS.ErrnoException).code;
+    throw new PimError(code === 'ENOENT' ? EXIT.NOINPUT : EXIT.NOPERM, `cannot read ${what} ${path}: ${code === 'ENOENT' ? 'no such file' : code}`);
+  }
+  try {
+    const b = Buffer.alloc(n);
+    return b.subarray(0, fs.readSync(fd, b, 0, n, 0));
+  } finally {
+    fs.closeSync(fd);
+  }
+}

@@ -17,6 +17,7 @@ import { createHash } from 'node:crypto';
 import { join } from 'node:path';
 import { spawn } from 'node:child_process';
 import { EXIT, PimError } from './exit.ts';
+import { readHead } from './fsutil.ts';
 import { cacheDir } from './paths.ts';
 
 export type Compress = 'none' | 'gzip';
@@ -155,22 +156,10 @@ export function initrdKind(head: Buffer): string | null {
 
 /** Throws 66 for a missing initrd, 65 for one that is no archive the kernel reads. */
 export function checkInitrd(path: string): string {
-  let fd: number;
-  try {
-    fd = fs.openSync(path, 'r');
-  } catch (e) {
-    const code = (e as NodeJS.ErrnoException).code;
-    throw new PimError(code === 'ENOENT' ? EXIT.NOINPUT : EXIT.NOPERM, `cannot read initrd ${path}: ${code === 'ENOENT' ? 'no such file' : code}`);
-  }
-  try {
-    const head = Buffer.alloc(8);
-    const n = fs.readSync(fd, head, 0, 8, 0);
-    const kind = n >= 6 ? initrdKind(head) : null;
-    if (!kind) throw new PimError(EXIT.DATAERR, `${path} is not an initramfs (no cpio header and no known compression); pass a cpio archive, or a directory with --initramfs-from`);
-    return kind;
-  } finally {
-    fs.closeSync(fd);
-  }
+  const head = readHead(path, 8, 'initrd');
+  const kind = head.length >= 6 ? initrdKind(head) : null;
+  if (!kind) throw new PimError(EXIT.DATAERR, `${path} is not an initramfs (no cpio header and no known compression); pass a cpio archive, or a directory with --initramfs-from`);
+  return kind;
 }
 
 /** Join archives into OUT, each part padded with zeros to a 4-byte boundary (the kernel wants headers aligned). */

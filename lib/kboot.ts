@@ -15,7 +15,7 @@
  * cannot end the stream.
  */
 import * as fs from 'node:fs';
-import { writeFileAtomic } from './fsutil.ts';
+import { readHead, writeFileAtomic } from './fsutil.ts';
 import { createHash } from 'node:crypto';
 import { join } from 'node:path';
 import { EXIT, PimError } from './exit.ts';
@@ -24,22 +24,10 @@ export const RS = '\x1e';
 
 /** Throws 66 for a missing kernel, 65 for a file that is no bzImage (nor an ELF vmlinux). */
 export function checkKernel(path: string): 'bzimage' | 'elf' {
-  let fd: number;
-  try {
-    fd = fs.openSync(path, 'r');
-  } catch (e) {
-    const code = (e as NodeJS.ErrnoException).code;
-    throw new PimError(code === 'ENOENT' ? EXIT.NOINPUT : EXIT.NOPERM, `cannot read kernel ${path}: ${code === 'ENOENT' ? 'no such file' : code}`);
-  }
-  try {
-    const b = Buffer.alloc(0x210);
-    const n = fs.readSync(fd, b, 0, b.length, 0);
-    if (n >= 0x206 && b.toString('latin1', 0x202, 0x206) === 'HdrS') return 'bzimage';
-    if (n >= 4 && b.readUInt32BE(0) === 0x7f454c46) return 'elf';
-    throw new PimError(EXIT.DATAERR, `${path} is not a Linux kernel (no bzImage "HdrS" header at 0x202); pass arch/x86/boot/bzImage or /boot/vmlinuz-*`);
-  } finally {
-    fs.closeSync(fd);
-  }
+  const b = readHead(path, 0x210, 'kernel');
+  if (b.length >= 0x206 && b.toString('latin1', 0x202, 0x206) === 'HdrS') return 'bzimage';
+  if (b.length >= 4 && b.readUInt32BE(0) === 0x7f454c46) return 'elf';
+  throw new PimError(EXIT.DATAERR, `${path} is not a Linux kernel (no bzImage "HdrS" header at 0x202); pass arch/x86/boot/bzImage or /boot/vmlinuz-*`);
 }
 
 /** The host's running kernel, where it can be read; else a usage error that says what to pass. */
