@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Benchmark: packing a directory as an initramfs (lib/initramfs.ts cachedPack),
+# Benchmark: packing a directory as an initramfs (lib/archive/initramfs.ts cachedPack),
 # cold and again unchanged (a cache hit: one lstat walk, target < 50 ms).
 #   bench/initramfs.sh [DIR]   default: a tree of the test bed's busybox (with its
 #   applet links) and the generic kernel's modules, made here
@@ -18,7 +18,7 @@ if [ -z "$DIR" ]; then
 fi
 (cd "$REPO" && npx --no-install esbuild --bundle --platform=node --format=esm --log-level=warning \
 	--outfile="$T/bench.mjs" --sourcefile=bench-initramfs.ts --loader=ts) <<'JS'
-import { cachedPack } from './lib/initramfs.ts';
+import { cachedPack } from './lib/archive/initramfs.ts';
 const dir = process.argv[2]!;
 for (const compress of ['none', 'gzip'] as const) {
   for (const label of ['cold', 'unchanged', 'unchanged']) {

@@ -5,10 +5,10 @@
  *   path   print the directories: name, then path (or --json)
  * A broken config exits 78 with file:line and prints nothing on stdout.
  */
-import { defineCmd, main } from '../lib/cli.ts';
-import { writeOut } from '../lib/out.ts';
-import { EXIT, PimError } from '../lib/exit.ts';
-import { jsonArgs } from '../lib/output.ts';
+import { defineCmd, main } from '../lib/cli/command.ts';
+import { writeOut } from '../lib/cli/out.ts';
+import { EXIT, PimError } from '../lib/core/exit.ts';
+import { jsonArgs } from '../lib/cli/output.ts';
 
 export const cmd = defineCmd({
   name: 'pim-config',
@@ -31,8 +31,8 @@ path prints each directory as "NAME<TAB>PATH" (config, pim.yml, isos.d, ..., iso
   },
   async run({ args, positionals }) {
     const sub = positionals[0];
-    const config = await import('../lib/config.ts');
-    const { printJson, printRecords } = await import('../lib/output.ts');
+    const config = await import('../lib/config/config.ts');
+    const { printJson, printRecords } = await import('../lib/cli/output.ts');
     if (sub === 'path') {
       const paths = config.configPaths();
       if (args.json) printJson(paths);
@@ -41,7 +41,7 @@ path prints each directory as "NAME<TAB>PATH" (config, pim.yml, isos.d, ..., iso
     }
     if (sub === 'init') {
       if (args.json) throw new PimError(EXIT.USAGE, 'pim-config init takes no --json');
-      const { log } = await import('../lib/log.ts');
+      const { log } = await import('../lib/core/log.ts');
       const { written, skipped } = config.initTree();
       for (const s of skipped) log.info(`exists, left alone: ${s}`);
       for (const w of written) writeOut(w + '\n');

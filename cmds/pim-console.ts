@@ -5,9 +5,9 @@
  * starting with what was already logged (--replay) and stopping when a line
  * matches --until.
  */
-import { defineCmd, main } from '../lib/cli.ts';
-import { completeVmNames } from '../lib/complete.ts';
-import { EXIT, PimError } from '../lib/exit.ts';
+import { defineCmd, main } from '../lib/cli/command.ts';
+import { completeVmNames } from '../lib/vm/complete.ts';
+import { EXIT, PimError } from '../lib/core/exit.ts';
 
 const DETACH = 0x1d; // Ctrl-]
 
@@ -31,8 +31,8 @@ REGEX; --timeout bounds the wait (exit 75).`,
   positionals: { min: 1, max: 1 },
   completePositional: completeVmNames,
   async run({ args, positionals }) {
-    const { runningVm, timeoutMs } = await import('../lib/connect.ts');
-    const { connectUnix } = await import('../lib/sock.ts');
+    const { runningVm, timeoutMs } = await import('../lib/vm/connect.ts');
+    const { connectUnix } = await import('../lib/core/sock.ts');
     const fs = await import('node:fs');
     const name = positionals[0]!;
     const interactive = !args.ro;
@@ -52,7 +52,7 @@ REGEX; --timeout bounds the wait (exit 75).`,
     // between --replay and what comes next, and leaves the socket free for a
     // person attached at the same time.
     const sock = interactive ? await connectUnix(vm.files.serial, 5_000, 'serial console') : null;
-    const { stdout } = await import('../lib/out.ts');
+    const { stdout } = await import('../lib/cli/out.ts');
     const out = stdout();
     let seen = '';
     return new Promise<number>((resolve) => {

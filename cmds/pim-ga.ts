@@ -2,8 +2,8 @@
  * pim-ga: run one raw guest-agent command in a VM and print its `return`
  * value as JSON. Plumbing. Exit 69 when no agent answers, 65 on an agent error.
  */
-import { defineCmd, main } from '../lib/cli.ts';
-import { completeVmNames } from '../lib/complete.ts';
+import { defineCmd, main } from '../lib/cli/command.ts';
+import { completeVmNames } from '../lib/vm/complete.ts';
 
 export const cmd = defineCmd({
   name: 'pim-ga',
@@ -16,8 +16,8 @@ Commands that answer nothing when they succeed (guest-shutdown, guest-suspend-*)
   positionals: { min: 2, max: 3 },
   completePositional: completeVmNames,
   async run({ args, positionals }) {
-    const { withGa, jsonArg, timeoutMs } = await import('../lib/connect.ts');
-    const { printJson } = await import('../lib/output.ts');
+    const { withGa, jsonArg, timeoutMs } = await import('../lib/vm/connect.ts');
+    const { printJson } = await import('../lib/cli/output.ts');
     const [name, command, raw] = positionals as [string, string, string | undefined];
     const a = jsonArg(raw);
     const ms = timeoutMs(args.timeout, 5);

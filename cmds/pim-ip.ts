@@ -3,9 +3,9 @@
  * One line per address: NAME IFACE ADDRESS/PREFIX FAMILY MAC. Loopback is
  * left out unless --all. Exit 69 when the agent does not answer in time.
  */
-import { defineCmd, main } from '../lib/cli.ts';
-import { jsonArgs } from '../lib/output.ts';
-import { completeVmNames } from '../lib/complete.ts';
+import { defineCmd, main } from '../lib/cli/command.ts';
+import { jsonArgs } from '../lib/cli/output.ts';
+import { completeVmNames } from '../lib/vm/complete.ts';
 
 interface GaIface {
   name: string;
@@ -38,8 +38,8 @@ export const cmd = defineCmd({
   positionals: { min: 1, max: 1 },
   completePositional: completeVmNames,
   async run({ args, positionals }) {
-    const { withGa, timeoutMs } = await import('../lib/connect.ts');
-    const { printRecords } = await import('../lib/output.ts');
+    const { withGa, timeoutMs } = await import('../lib/vm/connect.ts');
+    const { printRecords } = await import('../lib/cli/output.ts');
     const name = positionals[0]!;
     const ms = timeoutMs(args.timeout, 5);
     const ifaces = (await withGa(name, ms, (g) => g.execute('guest-network-get-interfaces', undefined, ms))) as GaIface[];

@@ -9,11 +9,11 @@
  *   path NAME                          print the ISO's path (exit 66 if not downloaded)
  *   rm NAME... [--entry]               delete the downloaded files (and the isos.d/NAME.yml entry)
  */
-import { defineCmd, main } from '../lib/cli.ts';
-import { EXIT, PimError } from '../lib/exit.ts';
-import { jsonArgs, quietArgs } from '../lib/output.ts';
+import { defineCmd, main } from '../lib/cli/command.ts';
+import { EXIT, PimError } from '../lib/core/exit.ts';
+import { jsonArgs, quietArgs } from '../lib/cli/output.ts';
 
-type Iso = typeof import('../lib/iso.ts');
+type Iso = typeof import('../lib/install/iso.ts');
 
 export const cmd = defineCmd({
   name: 'pim-iso',
@@ -48,8 +48,8 @@ is instant. Output is one line per ISO (NAME, then fields, tab-separated) or --j
   positionals: { min: 1 },
   async run({ args, positionals }) {
     const [sub, ...names] = positionals;
-    const iso = await import('../lib/iso.ts');
-    const m = await import('../lib/iso-cli.ts');
+    const iso = await import('../lib/install/iso.ts');
+    const m = await import('../lib/install/iso-ops.ts');
     names.forEach(m.checkIsoName);
     const one = () => {
       if (names.length !== 1) throw new PimError(EXIT.USAGE, `pim-iso ${sub} takes one NAME`);

@@ -4,8 +4,8 @@
  * to completion (a test runner). A kboot VM is a pim VM: pim-ps lists it,
  * pim-stop, pim-console and pim-qmp work on it.
  */
-import { defineCmd, main } from '../lib/cli.ts';
-import { EXIT, PimError } from '../lib/exit.ts';
+import { defineCmd, main } from '../lib/cli/command.ts';
+import { EXIT, PimError } from '../lib/core/exit.ts';
 
 /** Every value of a repeatable string flag (citty keeps only the last). */
 function repeated(argv: string[], flag: string): string[] {
@@ -82,7 +82,7 @@ other status is the command's own, passed through whatever its value.`,
   passthrough: true,
   async run({ args, positionals, rest }) {
     const { randomBytes } = await import('node:crypto');
-    const { kboot } = await import('../lib/kboot-run.ts');
+    const { kboot } = await import('../lib/kboot/boot.ts');
 
     if (args.initrd && args.initramfsFrom) throw new PimError(EXIT.USAGE, '--initrd and --initramfs-from are exclusive: pass a ready archive or a directory to pack');
     const cpus = Number(args.cpus);

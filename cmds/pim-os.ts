@@ -2,9 +2,9 @@
  * pim-os: the guest OS, from the guest agent (guest-get-osinfo):
  * NAME PRETTY-NAME KERNEL-RELEASE MACHINE.
  */
-import { defineCmd, main } from '../lib/cli.ts';
-import { jsonArgs } from '../lib/output.ts';
-import { completeVmNames } from '../lib/complete.ts';
+import { defineCmd, main } from '../lib/cli/command.ts';
+import { jsonArgs } from '../lib/cli/output.ts';
+import { completeVmNames } from '../lib/vm/complete.ts';
 
 export const cmd = defineCmd({
   name: 'pim-os',
@@ -15,8 +15,8 @@ export const cmd = defineCmd({
   positionals: { min: 1, max: 1 },
   completePositional: completeVmNames,
   async run({ args, positionals }) {
-    const { withGa, timeoutMs } = await import('../lib/connect.ts');
-    const { printRecords } = await import('../lib/output.ts');
+    const { withGa, timeoutMs } = await import('../lib/vm/connect.ts');
+    const { printRecords } = await import('../lib/cli/output.ts');
     const name = positionals[0]!;
     const ms = timeoutMs(args.timeout, 5);
     const os = (await withGa(name, ms, (g) => g.execute('guest-get-osinfo', undefined, ms))) as Record<string, string | undefined>;

@@ -4,10 +4,10 @@
  *   show NAME [--json]         the merged profile, as YAML or JSON
  *   show NAME --explain        each value with the file:line it came from
  */
-import { defineCmd, main } from '../lib/cli.ts';
-import { writeOut } from '../lib/out.ts';
-import { EXIT, PimError } from '../lib/exit.ts';
-import { jsonArgs, quietArgs } from '../lib/output.ts';
+import { defineCmd, main } from '../lib/cli/command.ts';
+import { writeOut } from '../lib/cli/out.ts';
+import { EXIT, PimError } from '../lib/core/exit.ts';
+import { jsonArgs, quietArgs } from '../lib/cli/output.ts';
 
 export const cmd = defineCmd({
   name: 'pim-profile',
@@ -27,8 +27,8 @@ value as JSON, and where it came from (FILE:LINE, or builtin:...).`,
   positionals: { min: 1, max: 2 },
   async run({ args, positionals }) {
     const [sub, name] = positionals;
-    const config = await import('../lib/config.ts');
-    const { printJson, printRecords } = await import('../lib/output.ts');
+    const config = await import('../lib/config/config.ts');
+    const { printJson, printRecords } = await import('../lib/cli/output.ts');
     if (sub === 'list') {
       if (name !== undefined) throw new PimError(EXIT.USAGE, 'pim-profile list takes no NAME; use pim-profile show NAME');
       const cat = await config.loadCatalog('profiles');
@@ -43,7 +43,7 @@ value as JSON, and where it came from (FILE:LINE, or builtin:...).`,
       if (name === undefined) throw new PimError(EXIT.USAGE, 'missing profile NAME; usage: pim-profile show NAME');
       const p = await config.loadProfile(name);
       if (args.explain) {
-        const { leafOrigins } = await import('../lib/merge.ts');
+        const { leafOrigins } = await import('../lib/config/merge.ts');
         const keys = Object.keys(leafOrigins(p.value, '')); // in the merged value's order
         const recs = keys.map((key) => ({ name: key, value: JSON.stringify(getPath(p.value, key)), from: p.origins[key] ?? '-' }));
         printRecords(recs, ['value', 'from'], { json: args.json });

@@ -3,10 +3,10 @@
  * (state, pid, ssh port, uptime, image, bridged); --json for JSON lines;
  * -q for names alone. Stale runtime entries are cleaned up as they are seen.
  */
-import { defineCmd, main } from '../lib/cli.ts';
-import { jsonArgs, quietArgs, printRecords, type Rec } from '../lib/output.ts';
-import { existingRuntimeDir } from '../lib/paths.ts';
-import { listVms } from '../lib/vm.ts';
+import { defineCmd, main } from '../lib/cli/command.ts';
+import { jsonArgs, quietArgs, printRecords, type Rec } from '../lib/cli/output.ts';
+import { existingRuntimeDir } from '../lib/core/paths.ts';
+import { listVms } from '../lib/vm/state.ts';
 
 export function uptime(started: string | undefined, now = Date.now()): number | null {
   if (!started) return null;
@@ -55,7 +55,7 @@ Runtime entries of VMs that died are cleaned up.`,
       };
     });
     if (args.all) {
-      const { storeImages } = await import('../lib/image.ts');
+      const { storeImages } = await import('../lib/image/store.ts');
       const running = new Set(recs.map((r) => r.name));
       for (const img of storeImages()) {
         if (!running.has(img.name)) recs.push({ name: img.name, state: 'stopped', pid: null, ssh_port: null, uptime: null, image: img.path, bridged: false });

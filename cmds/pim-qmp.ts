@@ -2,8 +2,8 @@
  * pim-qmp: run one raw QMP command on a VM and print its `return` value as
  * JSON. Plumbing. A QMP error exits 65 with its class and description.
  */
-import { defineCmd, main } from '../lib/cli.ts';
-import { completeVmNames } from '../lib/complete.ts';
+import { defineCmd, main } from '../lib/cli/command.ts';
+import { completeVmNames } from '../lib/vm/complete.ts';
 
 export const cmd = defineCmd({
   name: 'pim-qmp',
@@ -14,8 +14,8 @@ export const cmd = defineCmd({
   positionals: { min: 2, max: 3 },
   completePositional: completeVmNames,
   async run({ args, positionals }) {
-    const { withQmp, jsonArg, timeoutMs } = await import('../lib/connect.ts');
-    const { printJson } = await import('../lib/output.ts');
+    const { withQmp, jsonArg, timeoutMs } = await import('../lib/vm/connect.ts');
+    const { printJson } = await import('../lib/cli/output.ts');
     const [name, command, raw] = positionals as [string, string, string | undefined];
     const a = jsonArg(raw);
     const ms = timeoutMs(args.timeout, 10);

@@ -4,10 +4,10 @@
  * Headless by default: no display, serial on a socket (copied to the log),
  * QEMU detached. Returns once QMP answers and prints the VM name on stdout.
  */
-import { defineCmd, main } from '../lib/cli.ts';
-import { writeOut } from '../lib/out.ts';
-import { EXIT, PimError } from '../lib/exit.ts';
-import { completeImages } from '../lib/complete.ts';
+import { defineCmd, main } from '../lib/cli/command.ts';
+import { writeOut } from '../lib/cli/out.ts';
+import { EXIT, PimError } from '../lib/core/exit.ts';
+import { completeImages } from '../lib/vm/complete.ts';
 
 export const cmd = defineCmd({
   name: 'pim-run',
@@ -40,11 +40,11 @@ when NAME.efivars.fd sits beside the image. Words after -- go to QEMU untouched.
   completePositional: completeImages,
   async run({ args, positionals, rest }) {
     const fs = await import('node:fs');
-    const { resolveImage } = await import('../lib/image.ts');
-    const { detectAccel, freePort, checkPortFree, bridgeHelper, ovmfCode, macFor, readKvmVerdict, writeKvmVerdict } = await import('../lib/host.ts');
-    const { launch } = await import('../lib/launch.ts');
-    const { log } = await import('../lib/log.ts');
-    const { vmFiles, ensureRuntimeDir } = await import('../lib/paths.ts');
+    const { resolveImage } = await import('../lib/image/store.ts');
+    const { detectAccel, freePort, checkPortFree, bridgeHelper, ovmfCode, macFor, readKvmVerdict, writeKvmVerdict } = await import('../lib/qemu/host.ts');
+    const { launch } = await import('../lib/vm/launch.ts');
+    const { log } = await import('../lib/core/log.ts');
+    const { vmFiles, ensureRuntimeDir } = await import('../lib/core/paths.ts');
 
     const img = resolveImage(positionals[0]!, args.name);
     const cpus = Number(args.cpus);
@@ -62,7 +62,7 @@ when NAME.efivars.fd sits beside the image. Words after -- go to QEMU untouched.
     }
     if (warning) log.warn(warning);
 
-    let net: import('../lib/qemu-argv.ts').NetSpec;
+    let net: import('../lib/qemu/argv.ts').NetSpec;
     let sudo = false;
     let sshPort: number | null = null;
     if (args.bridged) {
@@ -99,7 +99,7 @@ when NAME.efivars.fd sits beside the image. Words after -- go to QEMU untouched.
       uefi = { code: ovmfCode(), vars };
     }
 
-    const request = (accel: import('../lib/qemu-argv.ts').Accel): import('../lib/launch.ts').LaunchRequest => ({
+    const request = (accel: import('../lib/qemu/argv.ts').Accel): import('../lib/vm/launch.ts').LaunchRequest => ({
       spec: {
         name: img.name,
         accel,
@@ -128,7 +128,7 @@ when NAME.efivars.fd sits beside the image. Words after -- go to QEMU untouched.
     let result = await launch(request(accel));
     if (typeof result === 'number') return result; // --console: QEMU's own status
     if (checkKvm) {
-      const { kvmWorks } = await import('../lib/launch.ts');
+      const { kvmWorks } = await import('../lib/vm/launch.ts');
       if (await kvmWorks(result)) {
         await writeKvmVerdict('ok');
       } else {

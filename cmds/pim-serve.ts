@@ -4,9 +4,9 @@
  * Runs until Ctrl-C or SIGTERM. The same server is a library call
  * (lib/serve.ts startServer) for builds that run it in-process.
  */
-import { defineCmd, main } from '../lib/cli.ts';
-import { writeOut } from '../lib/out.ts';
-import { EXIT, PimError } from '../lib/exit.ts';
+import { defineCmd, main } from '../lib/cli/command.ts';
+import { writeOut } from '../lib/cli/out.ts';
+import { EXIT, PimError } from '../lib/core/exit.ts';
 
 export const cmd = defineCmd({
   name: 'pim-serve',
@@ -33,9 +33,9 @@ The profile is read once at start; templates and scripts are re-read when they c
   },
   positionals: { max: 1 },
   async run({ args, positionals }) {
-    const { loadRuntimeConfig } = await import('../lib/config.ts');
-    const { startServer } = await import('../lib/serve.ts');
-    const { log } = await import('../lib/log.ts');
+    const { loadRuntimeConfig } = await import('../lib/config/config.ts');
+    const { startServer } = await import('../lib/install/serve.ts');
+    const { log } = await import('../lib/core/log.ts');
     const rt = (await loadRuntimeConfig()).value;
     let port = rt.serve.port;
     if (args.port !== undefined) {

@@ -3,10 +3,10 @@
  * Exit 0 when running, 1 when QEMU answers but the guest is not running
  * (paused, shut down, internal error), 69 when there is no such VM.
  */
-import { defineCmd, main } from '../lib/cli.ts';
-import { jsonArgs } from '../lib/output.ts';
-import { completeVmNames } from '../lib/complete.ts';
-import { EXIT } from '../lib/exit.ts';
+import { defineCmd, main } from '../lib/cli/command.ts';
+import { jsonArgs } from '../lib/cli/output.ts';
+import { completeVmNames } from '../lib/vm/complete.ts';
+import { EXIT } from '../lib/core/exit.ts';
 
 export const cmd = defineCmd({
   name: 'pim-status',
@@ -17,12 +17,12 @@ export const cmd = defineCmd({
   positionals: { min: 1 },
   completePositional: completeVmNames,
   async run({ args, positionals }) {
-    const { checkName } = await import('../lib/names.ts');
-    const { ensureRuntimeDir } = await import('../lib/paths.ts');
-    const { requireRunning } = await import('../lib/vm.ts');
-    const { QmpClient } = await import('../lib/qmp.ts');
-    const { printRecords } = await import('../lib/output.ts');
-    const { reportError } = await import('../lib/cli.ts');
+    const { checkName } = await import('../lib/core/names.ts');
+    const { ensureRuntimeDir } = await import('../lib/core/paths.ts');
+    const { requireRunning } = await import('../lib/vm/state.ts');
+    const { QmpClient } = await import('../lib/qemu/qmp.ts');
+    const { printRecords } = await import('../lib/cli/output.ts');
+    const { reportError } = await import('../lib/cli/command.ts');
     const dir = ensureRuntimeDir();
     let code: number = EXIT.OK;
     for (const name of positionals) {

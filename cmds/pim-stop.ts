@@ -4,10 +4,10 @@
  * that stopped it. With no names, reads them from stdin (the first word of
  * each line), so `pim-ps | fzf | pim-stop` and `pim-ps -q | xargs pim-stop` work.
  */
-import { defineCmd, main } from '../lib/cli.ts';
-import { jsonArgs } from '../lib/output.ts';
-import { completeVmNames } from '../lib/complete.ts';
-import { EXIT, PimError } from '../lib/exit.ts';
+import { defineCmd, main } from '../lib/cli/command.ts';
+import { jsonArgs } from '../lib/cli/output.ts';
+import { completeVmNames } from '../lib/vm/complete.ts';
+import { EXIT, PimError } from '../lib/core/exit.ts';
 
 export const cmd = defineCmd({
   name: 'pim-stop',
@@ -25,13 +25,13 @@ is agent, acpi, sigterm or sigkill. With no NAME, names are read from stdin.`,
   },
   completePositional: completeVmNames,
   async run({ args, positionals }) {
-    const { timeoutMs } = await import('../lib/connect.ts');
-    const { checkName } = await import('../lib/names.ts');
-    const { ensureRuntimeDir } = await import('../lib/paths.ts');
-    const { requireRunning } = await import('../lib/vm.ts');
-    const { stopVm } = await import('../lib/stop.ts');
-    const { printRecords } = await import('../lib/output.ts');
-    const { reportError } = await import('../lib/cli.ts');
+    const { timeoutMs } = await import('../lib/vm/connect.ts');
+    const { checkName } = await import('../lib/core/names.ts');
+    const { ensureRuntimeDir } = await import('../lib/core/paths.ts');
+    const { requireRunning } = await import('../lib/vm/state.ts');
+    const { stopVm } = await import('../lib/vm/stop.ts');
+    const { printRecords } = await import('../lib/cli/output.ts');
+    const { reportError } = await import('../lib/cli/command.ts');
     const ms = timeoutMs(args.timeout, 20);
     let names = positionals;
     if (!names.length) {

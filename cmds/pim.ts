@@ -5,10 +5,10 @@
  * passes through (128+signal when it was killed).
  */
 import * as fs from 'node:fs';
-import { writeOut } from '../lib/out.ts';
+import { writeOut } from '../lib/cli/out.ts';
 import { delimiter, dirname, join } from 'node:path';
 import { realpathSync } from 'node:fs';
-import { EXIT } from '../lib/exit.ts';
+import { EXIT } from '../lib/core/exit.ts';
 
 const SIGNALS: Record<string, number> = { SIGHUP: 1, SIGINT: 2, SIGQUIT: 3, SIGKILL: 9, SIGPIPE: 13, SIGTERM: 15 };
 
@@ -141,7 +141,7 @@ async function complete(argv: string[]): Promise<void> {
     process.exitCode = r.status ?? EXIT.SOFTWARE;
     return;
   }
-  const { main, defineCmd } = await import('../lib/cli.ts');
+  const { main, defineCmd } = await import('../lib/cli/command.ts');
   main(
     defineCmd({
       name: 'pim',

@@ -1,4 +1,4 @@
-// Embeds the files under defaults/ into lib/config-defaults.ts, so the bundled
+// Embeds the files under defaults/ into lib/config/defaults.ts, so the bundled
 // executables carry pim's built-in config without shipping a directory.
 // Run after editing anything here: node defaults/embed.mjs
 // (test/unit/config.test.ts fails when the two are out of sync).
@@ -20,5 +20,5 @@ export const render = () =>
   `/** pim's built-in config tree: path relative to the config dir -> content. */\n` +
   `export const DEFAULT_FILES: Record<string, string> = ${JSON.stringify(files, null, 2)};\n`;
 if (process.argv[1] && import.meta.url.endsWith(process.argv[1].split('/').pop())) {
-  writeFileSync(join(root, '../lib/config-defaults.ts'), render());
+  writeFileSync(join(root, '../lib/config/defaults.ts'), render());
 }

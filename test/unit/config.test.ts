@@ -2,9 +2,9 @@ import { describe, it, expect, beforeEach } from 'vitest';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import { join } from 'node:path';
-import { loadCatalog, resolveEntry, loadProfile, loadRuntimeConfig, profileFile, initTree, parseYaml } from '../../lib/config.ts';
-import { DEFAULT_FILES } from '../../lib/config-defaults.ts';
-import { renderFile } from '../../lib/template.ts';
+import { loadCatalog, resolveEntry, loadProfile, loadRuntimeConfig, profileFile, initTree, parseYaml } from '../../lib/config/config.ts';
+import { DEFAULT_FILES } from '../../lib/config/defaults.ts';
+import { renderFile } from '../../lib/install/template.ts';
 
 let cfg = '';
 const w = (rel: string, text: string) => {
@@ -22,10 +22,10 @@ beforeEach(() => {
 });
 
 describe('built-in defaults', () => {
-  it('lib/config-defaults.ts matches defaults/ (run node defaults/embed.mjs)', async () => {
+  it('lib/config/defaults.ts matches defaults/ (run node defaults/embed.mjs)', async () => {
     // @ts-expect-error plain .mjs module
     const { render } = await import('../../defaults/embed.mjs');
-    expect(fs.readFileSync(new URL('../../lib/config-defaults.ts', import.meta.url), 'utf8')).toBe(render());
+    expect(fs.readFileSync(new URL('../../lib/config/defaults.ts', import.meta.url), 'utf8')).toBe(render());
   });
   it('has a default profile and Debian and Ubuntu entries with SUMS URLs', async () => {
     const p = await loadProfile('default');

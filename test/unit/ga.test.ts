@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { GaProtocol, GaError } from '../../lib/ga.ts';
+import { GaProtocol, GaError } from '../../lib/qemu/ga.ts';
 import { GA_SYNC_12345, GA_OSINFO, GA_NOT_FOUND, GA_INTERFACES } from './fixtures/recorded.ts';
 
 function agent() {

@@ -3,7 +3,7 @@ import * as fs from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { execFileSync } from 'node:child_process';
-import { cachedPack, checkInitrd, concatArchives, initrdKind, treeKey } from '../../lib/initramfs.ts';
+import { cachedPack, checkInitrd, concatArchives, initrdKind, treeKey } from '../../lib/archive/initramfs.ts';
 
 let tmp: string;
 const saved = { ...process.env };

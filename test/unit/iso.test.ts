@@ -4,9 +4,9 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import { join } from 'node:path';
 import { createHash } from 'node:crypto';
-import { parseChecksum, parseSums, pickFromSums, globToRegExp, isoFiles, cachedDigest, writeRecord, freshRecord } from '../../lib/iso.ts';
-import { downloadTo, fetchText } from '../../lib/download.ts';
-import { PimError } from '../../lib/exit.ts';
+import { parseChecksum, parseSums, pickFromSums, globToRegExp, isoFiles, cachedDigest, writeRecord, freshRecord } from '../../lib/install/iso.ts';
+import { downloadTo, fetchText } from '../../lib/install/download.ts';
+import { PimError } from '../../lib/core/exit.ts';
 
 const body = Buffer.alloc(300_000);
 for (let i = 0; i < body.length; i++) body[i] = (i * 7) & 0xff;

@@ -2,8 +2,8 @@ import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import * as fs from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { bzPayload, checkKernel, findPanic, guestEnv, hasPvhNote, initScript, OutputScanner, parseShare, RS, shq } from '../../lib/kboot.ts';
-import { ninepArgs, virtiofsArgs } from '../../lib/share.ts';
+import { bzPayload, checkKernel, findPanic, guestEnv, hasPvhNote, initScript, OutputScanner, parseShare, RS, shq } from '../../lib/kboot/guest.ts';
+import { ninepArgs, virtiofsArgs } from '../../lib/qemu/share.ts';
 
 let tmp: string;
 beforeEach(() => {
@@ -123,7 +123,7 @@ describe('guest init', () => {
 });
 
 describe('VmSpec additions for kboot', async () => {
-  const { buildQemuArgv } = await import('../../lib/qemu-argv.ts');
+  const { buildQemuArgv } = await import('../../lib/qemu/argv.ts');
   const base = {
     name: 'k',
     accel: 'tcg' as const,

@@ -2,13 +2,13 @@ import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import * as fs from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { checkName, nameProblem } from '../../lib/names.ts';
-import { checkSocketPath, ensureRuntimeDir, runtimeDirPath, vmFiles, configDir, imagesDir, cacheDir } from '../../lib/paths.ts';
-import { buildQemuArgv, qemuEscape, qemuOpt, type VmSpec } from '../../lib/qemu-argv.ts';
-import { formatRecords } from '../../lib/output.ts';
-import { parseArgv, defineCmd } from '../../lib/cli.ts';
-import { JsonLines } from '../../lib/jsonlines.ts';
-import { macFor } from '../../lib/host.ts';
+import { checkName, nameProblem } from '../../lib/core/names.ts';
+import { checkSocketPath, ensureRuntimeDir, runtimeDirPath, vmFiles, configDir, imagesDir, cacheDir } from '../../lib/core/paths.ts';
+import { buildQemuArgv, qemuEscape, qemuOpt, type VmSpec } from '../../lib/qemu/argv.ts';
+import { formatRecords } from '../../lib/cli/output.ts';
+import { parseArgv, defineCmd } from '../../lib/cli/command.ts';
+import { JsonLines } from '../../lib/qemu/jsonlines.ts';
+import { macFor } from '../../lib/qemu/host.ts';
 
 describe('VM names', () => {
   it.each(['dev', 'web-1', 'a.b_c', 'X'.repeat(64), '9lives'])('accepts %s', (n) => {
@@ -229,7 +229,7 @@ describe('JsonLines', () => {
 
 describe('the VM lock', () => {
   it('is held while taken, refuses a second taker with exit 75, and is free once released', async () => {
-    const { acquireLock, lockHeld } = await import('../../lib/proc.ts');
+    const { acquireLock, lockHeld } = await import('../../lib/core/proc.ts');
     const file = join(tmpdir(), `pimu-lock-${process.pid}-${Date.now()}.lock`);
     expect(await lockHeld(file)).toBe(false);
     const lock = await acquireLock(file, 'VM x');

@@ -1,5 +1,5 @@
 import { describe, it, expect } from 'vitest';
-import { deepMerge, mergeExplain } from '../../lib/merge.ts';
+import { deepMerge, mergeExplain } from '../../lib/config/merge.ts';
 
 describe('deepMerge', () => {
   it('recurses into objects, replaces arrays and scalars', () => {

@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest';
-import { QmpProtocol, QmpError } from '../../lib/qmp.ts';
-import { PimError } from '../../lib/exit.ts';
+import { QmpProtocol, QmpError } from '../../lib/qemu/qmp.ts';
+import { PimError } from '../../lib/core/exit.ts';
 import { QMP_SESSION, QMP_POWERDOWN } from './fixtures/recorded.ts';
 
 /** Feed a recorded server stream in chunks of `size` bytes (splits lines mid-way). */

@@ -3,7 +3,7 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as net from 'node:net';
 import { join } from 'node:path';
-import { startServer, type Served } from '../../lib/serve.ts';
+import { startServer, type Served } from '../../lib/install/serve.ts';
 
 let cfg = '';
 let s: Served;

@@ -16,9 +16,9 @@ import * as fs from 'node:fs';
 import { createHash } from 'node:crypto';
 import { join } from 'node:path';
 import { spawn } from 'node:child_process';
-import { EXIT, PimError } from './exit.ts';
-import { readHead } from './fsutil.ts';
-import { cacheDir } from './paths.ts';
+import { EXIT, PimError } from '../core/exit.ts';
+import { readHead } from '../core/fs.ts';
+import { cacheDir } from '../core/paths.ts';
 
 export type Compress = 'none' | 'gzip';
 

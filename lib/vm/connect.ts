@@ -1,10 +1,10 @@
 /** Open QMP or the guest agent of a running VM by name, with clear errors. */
-import { checkName } from './names.ts';
-import { ensureRuntimeDir } from './paths.ts';
-import { requireRunning, type VmInfo } from './vm.ts';
-import { EXIT, PimError } from './exit.ts';
-import type { QmpClient } from './qmp.ts';
-import type { GaClient } from './ga.ts';
+import { checkName } from '../core/names.ts';
+import { ensureRuntimeDir } from '../core/paths.ts';
+import { requireRunning, type VmInfo } from './state.ts';
+import { EXIT, PimError } from '../core/exit.ts';
+import type { QmpClient } from '../qemu/qmp.ts';
+import type { GaClient } from '../qemu/ga.ts';
 
 export async function runningVm(name: string): Promise<VmInfo> {
   checkName(name);
@@ -13,7 +13,7 @@ export async function runningVm(name: string): Promise<VmInfo> {
 
 export async function withQmp<T>(name: string, timeoutMs: number, fn: (q: QmpClient, vm: VmInfo) => Promise<T>): Promise<T> {
   const vm = await runningVm(name);
-  const { QmpClient } = await import('./qmp.ts');
+  const { QmpClient } = await import('../qemu/qmp.ts');
   const q = await QmpClient.connect(vm.files.qmp, { timeoutMs });
   try {
     return await fn(q, vm);
@@ -25,7 +25,7 @@ export async function withQmp<T>(name: string, timeoutMs: number, fn: (q: QmpCli
 export async function withGa<T>(name: string, timeoutMs: number, fn: (g: GaClient, vm: VmInfo) => Promise<T>): Promise<T> {
   const vm = await runningVm(name);
   if (vm.meta && !vm.meta.agent) throw new PimError(EXIT.UNAVAILABLE, `${name} was started without a guest-agent channel`);
-  const { GaClient } = await import('./ga.ts');
+  const { GaClient } = await import('../qemu/ga.ts');
   const g = await GaClient.connect(vm.files.ga, timeoutMs);
   try {
     return await fn(g, vm);

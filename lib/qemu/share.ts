@@ -8,9 +8,9 @@
  */
 import * as fs from 'node:fs';
 import { join } from 'node:path';
-import { qemuOpt } from './qemu-argv.ts';
-import { EXIT, PimError } from './exit.ts';
-import type { Share } from './kboot.ts';
+import { qemuOpt } from './argv.ts';
+import { EXIT, PimError } from '../core/exit.ts';
+import type { Share } from '../kboot/guest.ts';
 
 export type ShareFs = '9p' | 'virtiofs';
 

@@ -1,8 +1,8 @@
 /** Completion sources: read the runtime dir and the image store directly (fast, no QEMU). */
-import type { Completer } from './cli.ts';
-import { runtimeDirPath } from './paths.ts';
-import { runtimeNames } from './vm.ts';
-import { storeImages } from './image.ts';
+import type { Completer } from '../cli/command.ts';
+import { runtimeDirPath } from '../core/paths.ts';
+import { runtimeNames } from './state.ts';
+import { storeImages } from '../image/store.ts';
 
 export const completeVmNames: Completer = (complete) => {
   for (const n of runtimeNames(runtimeDirPath())) complete(n, 'VM');

@@ -10,20 +10,20 @@
  * the command's status and QEMU's exit are all notifications: nothing polls.
  */
 import * as fs from 'node:fs';
-import { stdout, writeOut } from './out.ts';
+import { stdout, writeOut } from '../cli/out.ts';
 import * as net from 'node:net';
 import { join } from 'node:path';
 import { spawnSync } from 'node:child_process';
-import { EXIT, PimError } from './exit.ts';
-import { log } from './log.ts';
-import { ensureRuntimeDir, vmFiles, type VmFiles } from './paths.ts';
-import { checkName } from './names.ts';
-import { cleanupFiles, logTail, vmInfo } from './vm.ts';
-import { isAlive, waitExit } from './proc.ts';
-import { qemuOpt, type Accel } from './qemu-argv.ts';
-import { cachedPack, checkInitrd, concatArchives, kbootCacheDir, packTree, type Compress } from './initramfs.ts';
-import { checkKernel, findPanic, guestEnv, hostKernel, hostTscKhz, OutputScanner, parseShare, pimBaseArchive, pvhKernel, RS, staticBusybox, type Share } from './kboot.ts';
-import { chooseShareFs, ninepArgs, startVirtiofsd, virtiofsArgs } from './share.ts';
+import { EXIT, PimError } from '../core/exit.ts';
+import { log } from '../core/log.ts';
+import { ensureRuntimeDir, vmFiles, type VmFiles } from '../core/paths.ts';
+import { checkName } from '../core/names.ts';
+import { cleanupFiles, logTail, vmInfo } from '../vm/state.ts';
+import { isAlive, waitExit } from '../core/proc.ts';
+import { qemuOpt, type Accel } from '../qemu/argv.ts';
+import { cachedPack, checkInitrd, concatArchives, kbootCacheDir, packTree, type Compress } from '../archive/initramfs.ts';
+import { checkKernel, findPanic, guestEnv, hostKernel, hostTscKhz, OutputScanner, parseShare, pimBaseArchive, pvhKernel, RS, staticBusybox, type Share } from './guest.ts';
+import { chooseShareFs, ninepArgs, startVirtiofsd, virtiofsArgs } from '../qemu/share.ts';
 
 export interface KbootOpts {
   name?: string;
@@ -96,7 +96,7 @@ export async function kboot(o: KbootOpts): Promise<number> {
     if (!st) throw new PimError(EXIT.NOINPUT, `initramfs directory ${o.initramfsFrom} does not exist`);
     if (!st.isDirectory()) throw new PimError(EXIT.NOINPUT, `${o.initramfsFrom} is not a directory (--initramfs-from takes a directory to pack)`);
   }
-  const { detectAccel, readKvmVerdict, writeKvmVerdict } = await import('./host.ts');
+  const { detectAccel, readKvmVerdict, writeKvmVerdict } = await import('../qemu/host.ts');
   let { accel, warning } = detectAccel(o.accel);
   // KVM by default on a host where it failed at run time since boot (pim-run or pim-kboot saw it): TCG
   let kvmVerdict: 'ok' | 'broken' | null = 'ok';
@@ -182,7 +182,7 @@ export async function kboot(o: KbootOpts): Promise<number> {
     }
     extra.push(...o.extra);
 
-    const { launch } = await import('./launch.ts');
+    const { launch } = await import('../vm/launch.ts');
     // a signal while QEMU starts: noted, and acted on once its pid is known
     let early: NodeJS.Signals | null = null;
     const onEarly = (sig: NodeJS.Signals) => (early = sig);
@@ -286,8 +286,8 @@ function follow(sock: net.Socket, f: FollowOpts): Promise<number> {
     };
     process.on('exit', lastResort);
     // QMP, for what the serial ports cannot say: the VM stopped (KVM internal error)
-    let qmp: import('./qmp.ts').QmpClient | null = null;
-    void import('./qmp.ts')
+    let qmp: import('../qemu/qmp.ts').QmpClient | null = null;
+    void import('../qemu/qmp.ts')
       .then(({ QmpClient }) => QmpClient.connect(f.files.qmp, { timeoutMs: 5_000 }))
       .then((c) => {
         if (done) return c.close();
@@ -310,7 +310,7 @@ function follow(sock: net.Socket, f: FollowOpts): Promise<number> {
       if (done) return;
       done = true;
       process.off('exit', lastResort);
-      (qmp as import('./qmp.ts').QmpClient | null)?.close();
+      (qmp as import('../qemu/qmp.ts').QmpClient | null)?.close();
       clearTimeout(bootTimer);
       clearTimeout(exitTimer);
       process.off('SIGINT', onSignal);

@@ -8,7 +8,7 @@
  * requests carry an "id" and replies ({"return"} or {"error"}) are routed
  * back by it. Events ({"event"}) go to their own stream.
  */
-import { EXIT, PimError } from './exit.ts';
+import { EXIT, PimError } from '../core/exit.ts';
 import { JsonLines } from './jsonlines.ts';
 
 export interface QmpEvent {
@@ -142,7 +142,7 @@ export class QmpClient {
   ) {}
 
   static async connect(path: string, opts: QmpClientOptions = {}): Promise<QmpClient> {
-    const { connectUnix } = await import('./sock.ts');
+    const { connectUnix } = await import('../core/sock.ts');
     const timeoutMs = opts.timeoutMs ?? 10_000;
     const sock = await connectUnix(path, timeoutMs, 'QMP');
     const proto = new QmpProtocol((line) => sock.write(line), 'QMP');

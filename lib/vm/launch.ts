@@ -7,13 +7,13 @@
 import { closeSync, existsSync, openSync, watch, writeFileSync } from 'node:fs';
 import { spawn } from 'node:child_process';
 import { userInfo } from 'node:os';
-import { EXIT, PimError } from './exit.ts';
-import { checkSocketPath, ensureRuntimeDir, vmFiles, type VmFiles } from './paths.ts';
-import { acquireLock, childExit, readPidfile } from './proc.ts';
-import { cleanupFiles, logTail, vmInfo, writeMeta, type VmMeta } from './vm.ts';
-import { buildQemuArgv, type VmSpec } from './qemu-argv.ts';
-import { qemuBinary } from './host.ts';
-import { log } from './log.ts';
+import { EXIT, PimError } from '../core/exit.ts';
+import { checkSocketPath, ensureRuntimeDir, vmFiles, type VmFiles } from '../core/paths.ts';
+import { acquireLock, childExit, readPidfile } from '../core/proc.ts';
+import { cleanupFiles, logTail, vmInfo, writeMeta, type VmMeta } from './state.ts';
+import { buildQemuArgv, type VmSpec } from '../qemu/argv.ts';
+import { qemuBinary } from '../qemu/host.ts';
+import { log } from '../core/log.ts';
 
 export interface LaunchRequest {
   spec: Omit<VmSpec, 'files' | 'daemonize' | 'serial'>;
@@ -127,7 +127,7 @@ export async function launch(req: LaunchRequest): Promise<Launched | number> {
     meta.pid = pid;
     writeMeta(files, meta);
     // Return only once QMP answers: a greeting, capabilities and query-status.
-    const { QmpClient } = await import('./qmp.ts');
+    const { QmpClient } = await import('../qemu/qmp.ts');
     try {
       const q = await QmpClient.connect(files.qmp, { timeoutMs: 30_000 });
       try {
@@ -172,7 +172,7 @@ function waitForSocket(path: string, child: import('node:child_process').ChildPr
  * when it happens the VM is stopped and false returned.
  */
 export async function kvmWorks(vm: Launched, windowMs = 3_000): Promise<boolean> {
-  const { QmpClient } = await import('./qmp.ts');
+  const { QmpClient } = await import('../qemu/qmp.ts');
   const q = await QmpClient.connect(vm.files.qmp, { timeoutMs: 5_000 });
   try {
     const failed = async () => ((await q.execute('query-status')) as { status: string }).status === 'internal-error';
@@ -182,7 +182,7 @@ export async function kvmWorks(vm: Launched, windowMs = 3_000): Promise<boolean>
     }
     await q.execute('quit').catch(() => undefined);
     await q.waitClosed(5_000);
-    const { waitExit } = await import('./proc.ts');
+    const { waitExit } = await import('../core/proc.ts');
     await waitExit(vm.pid, 5_000);
     cleanupFiles(vm.files);
     return false;

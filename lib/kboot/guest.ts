@@ -15,10 +15,10 @@
  * cannot end the stream.
  */
 import * as fs from 'node:fs';
-import { readHead, writeFileAtomic } from './fsutil.ts';
+import { readHead, writeFileAtomic } from '../core/fs.ts';
 import { createHash } from 'node:crypto';
 import { join } from 'node:path';
-import { EXIT, PimError } from './exit.ts';
+import { EXIT, PimError } from '../core/exit.ts';
 
 export const RS = '\x1e';
 
@@ -364,7 +364,7 @@ export function staticBusybox(): string | null {
  * Built once as a tree in CACHE and packed through the initramfs cache.
  */
 export async function pimBaseArchive(cache: string, busybox: string | null): Promise<string> {
-  const { cachedPack } = await import('./initramfs.ts');
+  const { cachedPack } = await import('../archive/initramfs.ts');
   const script = initScript(busybox ? '/pim/bin/sh' : '/bin/sh');
   const h = createHash('sha256').update(script);
   let st: fs.Stats | null = null;

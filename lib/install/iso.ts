@@ -14,10 +14,10 @@
  * segment is resolved against the SUMS file.
  */
 import * as fs from 'node:fs';
-import { writeFileAtomic } from './fsutil.ts';
+import { writeFileAtomic } from '../core/fs.ts';
 import { join } from 'node:path';
-import { EXIT, PimError } from './exit.ts';
-import { isoDir, loadCatalog, resolveEntry, entryNames, type Resolved } from './config.ts';
+import { EXIT, PimError } from '../core/exit.ts';
+import { isoDir, loadCatalog, resolveEntry, entryNames, type Resolved } from '../config/config.ts';
 
 export type Algo = 'sha256' | 'sha512';
 export interface Checksum {

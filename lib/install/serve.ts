@@ -20,9 +20,9 @@
  */
 import * as http from 'node:http';
 import * as fs from 'node:fs';
-import { EXIT, PimError } from './exit.ts';
-import { loadProfile, profileFile, namedFile, readFound, subdir, type FoundFile, type Subdir } from './config.ts';
-import { DEFAULT_FILES } from './config-defaults.ts';
+import { EXIT, PimError } from '../core/exit.ts';
+import { loadProfile, profileFile, namedFile, readFound, subdir, type FoundFile, type Subdir } from '../config/config.ts';
+import { DEFAULT_FILES } from '../config/defaults.ts';
 import { renderFile } from './template.ts';
 
 export interface ServeOpts {

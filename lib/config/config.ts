@@ -19,15 +19,15 @@
  * yaml is imported lazily: the loaders are async.
  */
 import * as fs from 'node:fs';
-import { writeFileAtomic } from './fsutil.ts';
+import { writeFileAtomic } from '../core/fs.ts';
 
 export { writeFileAtomic };
 import { join } from 'node:path';
-import { cacheDir, configDir } from './paths.ts';
-import { EXIT, PimError } from './exit.ts';
-import { nameProblem } from './names.ts';
+import { cacheDir, configDir } from '../core/paths.ts';
+import { EXIT, PimError } from '../core/exit.ts';
+import { nameProblem } from '../core/names.ts';
 import { FORBIDDEN_KEYS, isPlainObject, mergeExplain, type Origins, type Plain } from './merge.ts';
-import { DEFAULT_FILES } from './config-defaults.ts';
+import { DEFAULT_FILES } from './defaults.ts';
 
 export const PIM_YML = 'pim.yml';
 export const SUBDIRS = ['isos.d', 'profiles.d', 'preseeds.d', 'installs.d', 'scripts.d'] as const;

@@ -4,12 +4,12 @@
  * left behind. It never trusts a pid whose command line is not that VM's QEMU.
  */
 import { existsSync, readFileSync, readdirSync, rmSync } from 'node:fs';
-import { RUNTIME_EXT, vmFiles, type VmFiles } from './paths.ts';
-import { isOurProcess, lockHeld, readPidfile } from './proc.ts';
-import { qemuEscape } from './qemu-argv.ts';
-import { nameProblem } from './names.ts';
-import { EXIT, PimError } from './exit.ts';
-import { writeFileAtomic } from './fsutil.ts';
+import { RUNTIME_EXT, vmFiles, type VmFiles } from '../core/paths.ts';
+import { isOurProcess, lockHeld, readPidfile } from '../core/proc.ts';
+import { qemuEscape } from '../qemu/argv.ts';
+import { nameProblem } from '../core/names.ts';
+import { EXIT, PimError } from '../core/exit.ts';
+import { writeFileAtomic } from '../core/fs.ts';
 
 export interface VmMeta {
   name: string;

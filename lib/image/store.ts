@@ -4,9 +4,9 @@
  */
 import { accessSync, closeSync, constants, existsSync, openSync, readSync, readdirSync, statSync } from 'node:fs';
 import { basename, extname, join, resolve } from 'node:path';
-import { EXIT, PimError } from './exit.ts';
-import { imagesDir } from './paths.ts';
-import { checkName, nameProblem } from './names.ts';
+import { EXIT, PimError } from '../core/exit.ts';
+import { imagesDir } from '../core/paths.ts';
+import { checkName, nameProblem } from '../core/names.ts';
 
 export const IMAGE_EXTS = ['.qcow2', '.img', '.raw'];
 

@@ -11,7 +11,7 @@
  */
 import * as fs from 'node:fs';
 import { Eta } from 'eta';
-import { EXIT, PimError } from './exit.ts';
+import { EXIT, PimError } from '../core/exit.ts';
 
 export interface TemplateData {
   profile: Record<string, unknown>;

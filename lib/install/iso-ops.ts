@@ -3,13 +3,13 @@
  * kept apart so tests can call them.
  */
 import * as fs from 'node:fs';
-import { writeOut } from './out.ts';
+import { writeOut } from '../cli/out.ts';
 import { join } from 'node:path';
-import { EXIT, PimError } from './exit.ts';
-import { nameProblem } from './names.ts';
-import { printJson, printRecords, type Rec } from './output.ts';
-import { log } from './log.ts';
-import { isoDir, subdir, writeFileAtomic, yamlLib } from './config.ts';
+import { EXIT, PimError } from '../core/exit.ts';
+import { nameProblem } from '../core/names.ts';
+import { printJson, printRecords, type Rec } from '../cli/output.ts';
+import { log } from '../core/log.ts';
+import { isoDir, subdir, writeFileAtomic, yamlLib } from '../config/config.ts';
 import type { Checksum, IsoEntry, IsoFiles, VerifiedRecord } from './iso.ts';
 
 type Iso = typeof import('./iso.ts');
@@ -241,7 +241,7 @@ export async function rm(iso: Iso, names: string[], args: Args): Promise<number>
     }
     if (args.entry) {
       if (!fs.existsSync(entryFile)) throw new PimError(EXIT.NOINPUT, `ISO "${name}" has no entry file ${entryFile} (built-in entries, or entries in other files, are not removed)`);
-      const { readYamlFile } = await import('./config.ts');
+      const { readYamlFile } = await import('../config/config.ts');
       const y = await readYamlFile(entryFile);
       const keys = y.value && typeof y.value === 'object' ? Object.keys(y.value) : [];
       if (keys.length !== 1 || keys[0] !== name) throw new PimError(EXIT.CONFIG, `${entryFile} defines more than "${name}"; edit it by hand`);

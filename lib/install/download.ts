@@ -7,7 +7,7 @@
  * resume. HTTP errors and unreachable hosts are exit 69.
  */
 import * as fs from 'node:fs';
-import { EXIT, PimError } from './exit.ts';
+import { EXIT, PimError } from '../core/exit.ts';
 
 export interface Progress {
   done: number;

@@ -5,8 +5,8 @@
  */
 import { closeSync, existsSync, mkdirSync, openSync, readFileSync, statSync } from 'node:fs';
 import * as net from 'node:net';
-import { EXIT, PimError } from './exit.ts';
-import type { Accel } from './qemu-argv.ts';
+import { EXIT, PimError } from '../core/exit.ts';
+import type { Accel } from './argv.ts';
 
 export function qemuBinary(): string {
   if (process.env.PIM_QEMU) return process.env.PIM_QEMU;
@@ -120,7 +120,7 @@ function bootId(): string {
 }
 
 async function verdictFile(): Promise<string> {
-  const { cacheDir } = await import('./paths.ts');
+  const { cacheDir } = await import('../core/paths.ts');
   return `${cacheDir()}/accel.json`;
 }
 
@@ -137,6 +137,6 @@ export async function writeKvmVerdict(kvm: 'ok' | 'broken'): Promise<void> {
   const file = await verdictFile();
   const { dirname } = await import('node:path');
   mkdirSync(dirname(file), { recursive: true });
-  const { writeFileAtomic } = await import('./fsutil.ts');
+  const { writeFileAtomic } = await import('../core/fs.ts');
   writeFileAtomic(file, JSON.stringify({ boot: bootId(), qemu: qemuBinary(), kvm } satisfies AccelVerdict) + '\n');
 }

@@ -7,8 +7,8 @@
  * the command.
  */
 import { parseArgs, type ArgsDef, type ParsedArgs } from 'citty';
-import { EXIT, PimError } from './exit.ts';
-import { prog } from './prog.ts';
+import { EXIT, PimError } from '../core/exit.ts';
+import { prog } from '../core/prog.ts';
 import { stdoutStreamUsed, writeOut } from './out.ts';
 
 export interface Ctx<A extends ArgsDef> {

@@ -5,11 +5,11 @@
  * (QEMU exits when the guest powers off), with a pid check when QMP is gone.
  */
 import { spawn } from 'node:child_process';
-import { EXIT, PimError } from './exit.ts';
-import { childExit, isAlive, waitExit } from './proc.ts';
-import { cleanupFiles, type VmInfo } from './vm.ts';
-import type { QmpClient } from './qmp.ts';
-import { log } from './log.ts';
+import { EXIT, PimError } from '../core/exit.ts';
+import { childExit, isAlive, waitExit } from '../core/proc.ts';
+import { cleanupFiles, type VmInfo } from './state.ts';
+import type { QmpClient } from '../qemu/qmp.ts';
+import { log } from '../core/log.ts';
 
 export type StopStage = 'agent' | 'acpi' | 'sigterm' | 'sigkill';
 
@@ -42,7 +42,7 @@ export async function stopVm(vm: VmInfo, opts: { timeoutMs: number; force?: bool
   };
   const short = Math.min(opts.timeoutMs, 5_000);
   let qmp: QmpClient | null = null;
-  const { QmpClient } = await import('./qmp.ts');
+  const { QmpClient } = await import('../qemu/qmp.ts');
   try {
     qmp = await QmpClient.connect(vm.files.qmp, { timeoutMs: short });
   } catch (e) {
@@ -56,7 +56,7 @@ export async function stopVm(vm: VmInfo, opts: { timeoutMs: number; force?: bool
     if (!opts.force) {
       if (vm.meta?.agent !== false) {
         try {
-          const { GaClient } = await import('./ga.ts');
+          const { GaClient } = await import('../qemu/ga.ts');
           const ga = await GaClient.connect(vm.files.ga, short);
           try {
             await ga.execute('guest-shutdown', undefined, short);

@@ -7,7 +7,7 @@
  * mergeExplain does the same and also records, for every leaf, where its
  * value came from (a label such as "builtin" or "profiles.d/dev.yml:4").
  */
-import { EXIT, PimError } from './exit.ts';
+import { EXIT, PimError } from '../core/exit.ts';
 
 export type Plain = Record<string, unknown>;
 

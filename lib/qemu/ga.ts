@@ -11,7 +11,7 @@
  * `GaProtocol` is the protocol alone (bytes in, bytes out); `GaClient` ties
  * it to the unix socket of the VM's virtio-serial channel.
  */
-import { EXIT, PimError } from './exit.ts';
+import { EXIT, PimError } from '../core/exit.ts';
 import { JsonLines } from './jsonlines.ts';
 
 /** Commands that send no reply on success. */
@@ -153,7 +153,7 @@ export class GaClient {
   private constructor(private readonly sock: import('node:net').Socket, readonly proto: GaProtocol, private readonly timeoutMs: number) {}
 
   static async connect(path: string, timeoutMs = 5_000): Promise<GaClient> {
-    const { connectUnix } = await import('./sock.ts');
+    const { connectUnix } = await import('../core/sock.ts');
     const sock = await connectUnix(path, timeoutMs, 'guest agent');
     const proto = new GaProtocol((b) => sock.write(b));
     sock.on('data', (c: Buffer) => proto.feed(c));
