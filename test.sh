@@ -7,6 +7,40 @@ set -euo pipefail
 cd "$(dirname "$0")"
 say() { printf 'test.sh: %s\n' "$*" >&2; }
 
+# Every tool in .ci/tools must resolve to the project's node_modules or to a file
+# owned by the Debian package named there; say where each came from, and stop
+# loudly on the first one that came from anywhere else.
+check_tools() {
+  local tool want path owner bad=0
+  while read -r tool want _; do
+    case "$tool" in '' | '#'*) continue ;; esac
+    path=$(command -v "$tool" || true)
+    if [ -z "$path" ]; then
+      say "missing tool: $tool (should come from $want)"; bad=1; continue
+    fi
+    if [[ $want == npm:* ]]; then
+      if [[ $(readlink -f "$path") == "$PWD/node_modules/"* ]]; then
+        say "tool $tool: $path (npm package ${want#npm:})"
+      else
+        say "tool $tool: $path is not from node_modules (want npm package ${want#npm:})"; bad=1
+      fi
+      continue
+    fi
+    # dpkg may record the path before /usr was merged (/bin/zsh for /usr/bin/zsh)
+    owner=
+    for p in "$path" "$(readlink -f "$path")" "${path#/usr}"; do
+      owner=$(dpkg -S "$p" 2>/dev/null) && break
+    done
+    owner=${owner%%:*}
+    if [ "$owner" = "$want" ]; then
+      say "tool $tool: $path (Debian package $owner)"
+    else
+      say "tool $tool: $path belongs to ${owner:-no Debian package}, want $want: install it through .ci/apt-packages"; bad=1
+    fi
+  done <.ci/tools
+  [ "$bad" -eq 0 ] || { say "tools not installed by the project: fix .ci/apt-packages or .ci/tools"; exit 1; }
+}
+
 SUDO=
 [ "$(id -u)" -eq 0 ] || SUDO=sudo
 mapfile -t wanted < <(grep -v '^\s*#' .ci/apt-packages | sed '/^\s*$/d' | sort -u)
@@ -23,7 +57,17 @@ fi
 # every npm script below runs on it whatever the system's node is.
 say "npm ci"
 npm ci --no-audit --no-fund --loglevel=error
-export PATH="$PWD/node_modules/.bin:$PATH"
+# bats declares its executable through directories.bin, which npm links only when
+# package-lock.json records it ("bin"); an `npm install` that rewrites the lock
+# drops it. Link it from the package itself then (check_tools still checks it).
+if [ ! -e node_modules/.bin/bats ] && [ -x node_modules/bats/bin/bats ]; then
+  say "npm linked no bats: linking node_modules/.bin/bats (restore \"bin\" in package-lock.json)"
+  ln -s ../bats/bin/bats node_modules/.bin/bats
+fi
+# The suite runs only on what the project installed: node_modules/.bin and the
+# system's directories, never /usr/local, ~/.local, pyenv shims or the like.
+export PATH="$PWD/node_modules/.bin:/usr/sbin:/usr/bin:/sbin:/bin"
+check_tools
 say "node $(node --version), $(qemu-system-x86_64 --version | head -n1)"
 
 say "type check and build"
