@@ -6,9 +6,9 @@
  * A broken config exits 78 with file:line and prints nothing on stdout.
  */
 import { defineCmd, main } from '../lib/cli/command.ts';
-import { writeOut } from '../lib/cli/out.ts';
+import { writeOut } from '../lib/cli/output.ts';
 import { EXIT, PimError } from '../lib/core/exit.ts';
-import { jsonArgs } from '../lib/cli/output.ts';
+import { jsonArgs } from '../lib/cli/args.ts';
 
 export const cmd = defineCmd({
   name: 'pim-config',

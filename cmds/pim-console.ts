@@ -31,7 +31,8 @@ REGEX; --timeout bounds the wait (exit 75).`,
   positionals: { min: 1, max: 1 },
   completePositional: completeVmNames,
   async run({ args, positionals }) {
-    const { runningVm, timeoutMs } = await import('../lib/vm/connect.ts');
+    const { runningVm } = await import('../lib/vm/connect.ts');
+    const { parseTimeout } = await import('../lib/cli/args.ts');
     const { connectUnix } = await import('../lib/core/sock.ts');
     const fs = await import('node:fs');
     const name = positionals[0]!;
@@ -45,6 +46,7 @@ REGEX; --timeout bounds the wait (exit 75).`,
     } catch (e) {
       throw new PimError(EXIT.USAGE, `--until is not a valid regular expression: ${(e as Error).message}`);
     }
+    const waitMs = args.timeout !== undefined ? parseTimeout(args.timeout, 0) : null;
     const vm = await runningVm(name);
     if (!fs.existsSync(vm.files.serial)) throw new PimError(EXIT.UNAVAILABLE, `${name} has no serial socket (was it started with --console?)`);
     // Two-way: the serial socket (QEMU serves one client at a time). Read-only:
@@ -52,9 +54,16 @@ REGEX; --timeout bounds the wait (exit 75).`,
     // between --replay and what comes next, and leaves the socket free for a
     // person attached at the same time.
     const sock = interactive ? await connectUnix(vm.files.serial, 5_000, 'serial console') : null;
-    const { stdout } = await import('../lib/cli/out.ts');
+    const { stdout } = await import('../lib/cli/output.ts');
     const out = stdout();
     let seen = '';
+    // read-only: the log, opened as a regular file only (never blocking on a FIFO put there)
+    let roFd: number | null = null;
+    if (!interactive) {
+      const { openRegular } = await import('../lib/core/fs.ts');
+      roFd = openRegular(vm.files.log);
+      if (roFd === null) throw new PimError(EXIT.UNAVAILABLE, `${name} has no console log ${vm.files.log}; see pim-ps`);
+    }
     return new Promise<number>((resolve) => {
       let finished = false;
       let stopFollowing = () => {};
@@ -81,12 +90,11 @@ REGEX; --timeout bounds the wait (exit 75).`,
         if (!finished) process.stderr.write(`pim-console: ${name}'s console closed (the VM stopped)\n`);
         finish(until ? EXIT.UNAVAILABLE : EXIT.OK);
       };
-      if (args.timeout) {
-        const ms = timeoutMs(args.timeout, 0);
+      if (waitMs !== null) {
         setTimeout(() => {
           process.stderr.write(`pim-console: ${until ? `no match for ${until} ` : ''}within ${args.timeout} s\n`);
           finish(until ? EXIT.TEMPFAIL : EXIT.OK);
-        }, ms).unref();
+        }, waitMs).unref();
       }
       if (sock) {
         if (args.replay) {
@@ -114,7 +122,7 @@ REGEX; --timeout bounds the wait (exit 75).`,
       // read-only: one watcher on the runtime dir sees the log grow and the
       // pidfile go (QEMU removes it when it exits)
       const { basename, dirname } = process.getBuiltinModule('node:path') as typeof import('node:path');
-      const fd = fs.openSync(vm.files.log, 'r');
+      const fd = roFd!;
       let pos = args.replay ? 0 : fs.fstatSync(fd).size;
       const buf = Buffer.alloc(65536);
       const pump = () => {

@@ -3,6 +3,7 @@
  * value as JSON. Plumbing. Exit 69 when no agent answers, 65 on an agent error.
  */
 import { defineCmd, main } from '../lib/cli/command.ts';
+import { timeoutArgs } from '../lib/cli/args.ts';
 import { completeVmNames } from '../lib/vm/complete.ts';
 
 export const cmd = defineCmd({
@@ -12,17 +13,14 @@ export const cmd = defineCmd({
   description: `
 Commands that answer nothing when they succeed (guest-shutdown, guest-suspend-*) print {}.`,
   examples: ['pim-ga dev guest-info', `pim-ga dev guest-exec '{"path":"/bin/uname","arg":["-a"],"capture-output":true}'`],
-  args: { timeout: { type: 'string', description: 'seconds to wait for the agent', default: '5' } },
+  args: { ...timeoutArgs(5, 'for the agent') },
   positionals: { min: 2, max: 3 },
   completePositional: completeVmNames,
   async run({ args, positionals }) {
-    const { withGa, jsonArg, timeoutMs } = await import('../lib/vm/connect.ts');
-    const { printJson } = await import('../lib/cli/output.ts');
+    const { rawCommand } = await import('../lib/vm/connect.ts');
+    const { parseTimeout } = await import('../lib/cli/args.ts');
     const [name, command, raw] = positionals as [string, string, string | undefined];
-    const a = jsonArg(raw);
-    const ms = timeoutMs(args.timeout, 5);
-    const ret = await withGa(name, ms, (g) => g.execute(command, a, ms));
-    printJson(ret ?? {});
+    await rawCommand('ga', name, command, raw, parseTimeout(args.timeout, 5));
   },
 });
 

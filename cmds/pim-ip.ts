@@ -4,7 +4,7 @@
  * left out unless --all. Exit 69 when the agent does not answer in time.
  */
 import { defineCmd, main } from '../lib/cli/command.ts';
-import { jsonArgs } from '../lib/cli/output.ts';
+import { jsonArgs, timeoutArgs } from '../lib/cli/args.ts';
 import { completeVmNames } from '../lib/vm/complete.ts';
 
 interface GaIface {
@@ -33,15 +33,16 @@ export const cmd = defineCmd({
   args: {
     ...jsonArgs,
     all: { type: 'boolean', alias: 'a', description: 'include loopback and link-local addresses' },
-    timeout: { type: 'string', description: 'seconds to wait for the guest agent', default: '5' },
+    ...timeoutArgs(5, 'for the guest agent'),
   },
   positionals: { min: 1, max: 1 },
   completePositional: completeVmNames,
   async run({ args, positionals }) {
-    const { withGa, timeoutMs } = await import('../lib/vm/connect.ts');
+    const { withGa } = await import('../lib/vm/connect.ts');
+    const { parseTimeout } = await import('../lib/cli/args.ts');
     const { printRecords } = await import('../lib/cli/output.ts');
     const name = positionals[0]!;
-    const ms = timeoutMs(args.timeout, 5);
+    const ms = parseTimeout(args.timeout, 5);
     const ifaces = (await withGa(name, ms, (g) => g.execute('guest-network-get-interfaces', undefined, ms))) as GaIface[];
     const recs = addressRecords(name, ifaces, args.all).map((r) => ({ ...r, address: args.json ? r.address : `${r.address}/${r.prefix}` }));
     printRecords(recs, ['iface', 'address', 'family', 'mac'], { json: args.json });

@@ -11,7 +11,7 @@
  */
 import { defineCmd, main } from '../lib/cli/command.ts';
 import { EXIT, PimError } from '../lib/core/exit.ts';
-import { jsonArgs, quietArgs } from '../lib/cli/output.ts';
+import { jsonArgs, quietArgs } from '../lib/cli/args.ts';
 
 type Iso = typeof import('../lib/install/iso.ts');
 

@@ -3,7 +3,7 @@
  * NAME PRETTY-NAME KERNEL-RELEASE MACHINE.
  */
 import { defineCmd, main } from '../lib/cli/command.ts';
-import { jsonArgs } from '../lib/cli/output.ts';
+import { jsonArgs, timeoutArgs } from '../lib/cli/args.ts';
 import { completeVmNames } from '../lib/vm/complete.ts';
 
 export const cmd = defineCmd({
@@ -11,14 +11,15 @@ export const cmd = defineCmd({
   summary: "Show a VM's guest OS (from the guest agent).",
   usage: 'NAME [--json] [--timeout S]',
   examples: ['pim-os dev', 'pim-os dev --json | jq -r .kernel_release'],
-  args: { ...jsonArgs, timeout: { type: 'string', description: 'seconds to wait for the guest agent', default: '5' } },
+  args: { ...jsonArgs, ...timeoutArgs(5, 'for the guest agent') },
   positionals: { min: 1, max: 1 },
   completePositional: completeVmNames,
   async run({ args, positionals }) {
-    const { withGa, timeoutMs } = await import('../lib/vm/connect.ts');
+    const { withGa } = await import('../lib/vm/connect.ts');
+    const { parseTimeout } = await import('../lib/cli/args.ts');
     const { printRecords } = await import('../lib/cli/output.ts');
     const name = positionals[0]!;
-    const ms = timeoutMs(args.timeout, 5);
+    const ms = parseTimeout(args.timeout, 5);
     const os = (await withGa(name, ms, (g) => g.execute('guest-get-osinfo', undefined, ms))) as Record<string, string | undefined>;
     const rec = {
       name,

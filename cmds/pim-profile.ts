@@ -5,9 +5,9 @@
  *   show NAME --explain        each value with the file:line it came from
  */
 import { defineCmd, main } from '../lib/cli/command.ts';
-import { writeOut } from '../lib/cli/out.ts';
+import { writeOut } from '../lib/cli/output.ts';
 import { EXIT, PimError } from '../lib/core/exit.ts';
-import { jsonArgs, quietArgs } from '../lib/cli/output.ts';
+import { jsonArgs, quietArgs } from '../lib/cli/args.ts';
 
 export const cmd = defineCmd({
   name: 'pim-profile',

@@ -4,7 +4,8 @@
  * -q for names alone. Stale runtime entries are cleaned up as they are seen.
  */
 import { defineCmd, main } from '../lib/cli/command.ts';
-import { jsonArgs, quietArgs, printRecords, type Rec } from '../lib/cli/output.ts';
+import { printRecords, type Rec } from '../lib/cli/output.ts';
+import { jsonArgs, quietArgs } from '../lib/cli/args.ts';
 import { existingRuntimeDir } from '../lib/core/paths.ts';
 import { listVms } from '../lib/vm/state.ts';
 

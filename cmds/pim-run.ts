@@ -3,10 +3,11 @@
  *
  * Headless by default: no display, serial on a socket (copied to the log),
  * QEMU detached. Returns once QMP answers and prints the VM name on stdout.
+ * The policy (accelerator, network, UEFI vars) is lib/vm/plan.ts, shared
+ * with pim-build.
  */
 import { defineCmd, main } from '../lib/cli/command.ts';
-import { writeOut } from '../lib/cli/out.ts';
-import { EXIT, PimError } from '../lib/core/exit.ts';
+import { writeOut } from '../lib/cli/output.ts';
 import { completeImages } from '../lib/vm/complete.ts';
 
 export const cmd = defineCmd({
@@ -21,7 +22,8 @@ QEMU user mode with SSH forwarded from 127.0.0.1:PORT (a free port unless --ssh-
 --bridged joins a host bridge (Linux: qemu-bridge-helper, through sudo unless the helper
 is setuid; macOS: vmnet-bridged through sudo). The accelerator is KVM on Linux when
 /dev/kvm works, HVF on macOS, else TCG; --accel or PIM_ACCEL overrides. UEFI is used
-when NAME.efivars.fd sits beside the image. Words after -- go to QEMU untouched.`,
+when NAME.efivars.fd sits beside the image. Words after -- go to QEMU untouched.
+Ctrl-C while the VM starts stops it again: no VM is left behind (exit 130).`,
   examples: ['pim-run dev', 'pim-run ./disk.qcow2 --name scratch --snapshot', 'pim-run dev --bridged', 'pim-run dev --mem 2G --cpus 4 -- -device virtio-balloon'],
   args: {
     target: { type: 'positional', description: 'image name or path', required: true },
@@ -39,109 +41,39 @@ when NAME.efivars.fd sits beside the image. Words after -- go to QEMU untouched.
   passthrough: true,
   completePositional: completeImages,
   async run({ args, positionals, rest }) {
-    const fs = await import('node:fs');
     const { resolveImage } = await import('../lib/image/store.ts');
-    const { detectAccel, freePort, checkPortFree, bridgeHelper, ovmfCode, macFor, readKvmVerdict, writeKvmVerdict } = await import('../lib/qemu/host.ts');
-    const { launch } = await import('../lib/vm/launch.ts');
+    const { startVm, checkCpus, checkMem, checkPort } = await import('../lib/vm/plan.ts');
+    const { vmRef } = await import('../lib/vm/ref.ts');
+    const { trapSignals } = await import('../lib/core/signals.ts');
     const { log } = await import('../lib/core/log.ts');
-    const { vmFiles, ensureRuntimeDir } = await import('../lib/core/paths.ts');
 
     const img = resolveImage(positionals[0]!, args.name);
-    const cpus = Number(args.cpus);
-    if (!Number.isInteger(cpus) || cpus < 1 || cpus > 256) throw new PimError(EXIT.USAGE, `--cpus must be a whole number from 1 to 256`);
-    if (!/^\d+[KMGT]?$/i.test(args.mem)) throw new PimError(EXIT.USAGE, `--mem must be a size such as 512M or 2G`);
-    let { accel, warning } = detectAccel(args.accel);
-    // KVM chosen by default but not yet seen working on this host: check it on this boot
-    let checkKvm = false;
-    if (accel === 'kvm' && !args.accel && !process.env.PIM_ACCEL) {
-      const verdict = await readKvmVerdict();
-      if (verdict === 'broken') {
-        accel = 'tcg';
-        warning = 'KVM failed on this host earlier (internal error): using TCG, which is much slower; set PIM_ACCEL=kvm to try KVM again';
-      } else checkKvm = verdict === null;
-    }
-    if (warning) log.warn(warning);
-
-    let net: import('../lib/qemu/argv.ts').NetSpec;
-    let sudo = false;
-    let sshPort: number | null = null;
-    if (args.bridged) {
-      if (args.sshPort) throw new PimError(EXIT.USAGE, '--ssh-port is for user networking; a bridged VM has its own address (see pim-ip)');
-      if (process.platform === 'darwin') {
-        net = { mode: 'vmnet-bridged', bridge: args.bridge ?? process.env.PIM_BRIDGE ?? 'en0' };
-        sudo = true;
-      } else {
-        const helper = bridgeHelper();
-        if (!helper) throw new PimError(EXIT.UNAVAILABLE, 'qemu-bridge-helper was not found; install qemu-system-common');
-        net = { mode: 'bridge', bridge: args.bridge ?? process.env.PIM_BRIDGE ?? 'br0', helper: helper.path };
-        sudo = !helper.setuid;
-      }
-    } else {
-      if (args.sshPort) {
-        sshPort = Number(args.sshPort);
-        if (!Number.isInteger(sshPort) || sshPort < 1 || sshPort > 65535) throw new PimError(EXIT.USAGE, `--ssh-port must be a port number (1-65535)`);
-        await checkPortFree(sshPort);
-      } else {
-        sshPort = await freePort();
-      }
-      net = { mode: 'user', sshPort };
-    }
-    net.mac = macFor(img.name);
-
-    let uefi: { code: string; vars: string } | undefined;
-    if (img.efivars) {
-      let vars = img.efivars;
-      if (args.snapshot) {
-        // a snapshot run must not change the image's vars either
-        vars = vmFiles(img.name, ensureRuntimeDir()).meta.replace(/\.json$/, '.efivars.fd');
-        fs.copyFileSync(img.efivars, vars);
-      }
-      uefi = { code: ovmfCode(), vars };
-    }
-
-    const request = (accel: import('../lib/qemu/argv.ts').Accel): import('../lib/vm/launch.ts').LaunchRequest => ({
-      spec: {
-        name: img.name,
-        accel,
-        mem: args.mem,
+    const ref = vmRef(img.name);
+    const cpus = checkCpus(args.cpus);
+    const mem = checkMem(args.mem);
+    const sshPort = args.sshPort ? checkPort(args.sshPort) : undefined;
+    // the foreground console leaves Ctrl-C to QEMU; a headless start undoes itself on a signal
+    const trap = args.console ? null : trapSignals();
+    try {
+      const r = await startVm({
+        ref,
+        disk: { path: img.path, format: img.format, efivars: img.efivars },
+        mem,
         cpus,
-        disk: { path: img.path, format: img.format, snapshot: Boolean(args.snapshot) },
-        uefi,
-        agent: true,
-        net,
+        accel: args.accel,
+        net: { bridged: args.bridged, bridge: args.bridge, sshPort },
+        snapshot: args.snapshot,
+        console: args.console,
         extra: rest,
-      },
-      console: Boolean(args.console),
-      sudo,
-      meta: {
-        kind: 'run',
-        image: img.path,
-        ssh_port: sshPort,
-        bridged: Boolean(args.bridged),
-        agent: true,
-        accel,
-        mem: args.mem,
-        cpus,
-        snapshot: Boolean(args.snapshot),
-      },
-    });
-    let result = await launch(request(accel));
-    if (typeof result === 'number') return result; // --console: QEMU's own status
-    if (checkKvm) {
-      const { kvmWorks } = await import('../lib/vm/launch.ts');
-      if (await kvmWorks(result)) {
-        await writeKvmVerdict('ok');
-      } else {
-        await writeKvmVerdict('broken');
-        log.warn('KVM failed at run time here (internal error): restarting with TCG, which is much slower; later runs use TCG directly');
-        accel = 'tcg';
-        result = await launch(request(accel));
-        if (typeof result === 'number') return result;
-      }
+        signal: trap?.signal,
+      });
+      if (typeof r === 'number') return r; // --console: QEMU's own status
+      log.info(`${r.vm.name} started (pid ${r.vm.pid}${r.sshPort ? `, ssh 127.0.0.1:${r.sshPort}` : ''}, ${r.accel})`);
+      writeOut(r.vm.name + '\n');
+      return 0;
+    } finally {
+      trap?.dispose();
     }
-    log.info(`${result.name} started (pid ${result.pid}${sshPort ? `, ssh 127.0.0.1:${sshPort}` : ''}, ${accel})`);
-    writeOut(result.name + '\n');
-    return EXIT.OK;
   },
 });
 

@@ -5,7 +5,7 @@
  * (lib/serve.ts startServer) for builds that run it in-process.
  */
 import { defineCmd, main } from '../lib/cli/command.ts';
-import { writeOut } from '../lib/cli/out.ts';
+import { writeOut } from '../lib/cli/output.ts';
 import { EXIT, PimError } from '../lib/core/exit.ts';
 
 export const cmd = defineCmd({

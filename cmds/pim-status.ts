@@ -4,7 +4,7 @@
  * (paused, shut down, internal error), 69 when there is no such VM.
  */
 import { defineCmd, main } from '../lib/cli/command.ts';
-import { jsonArgs } from '../lib/cli/output.ts';
+import { jsonArgs, timeoutArgs } from '../lib/cli/args.ts';
 import { completeVmNames } from '../lib/vm/complete.ts';
 import { EXIT } from '../lib/core/exit.ts';
 
@@ -13,33 +13,20 @@ export const cmd = defineCmd({
   summary: "Show a VM's state from QMP: NAME, status, pid, uptime.",
   usage: 'NAME... [--json]',
   examples: ['pim-status dev', 'pim-status dev --json'],
-  args: { ...jsonArgs, timeout: { type: 'string', description: 'seconds to wait for QMP', default: '10' } },
+  args: { ...jsonArgs, ...timeoutArgs(10, 'for QMP') },
   positionals: { min: 1 },
   completePositional: completeVmNames,
   async run({ args, positionals }) {
-    const { checkName } = await import('../lib/core/names.ts');
-    const { ensureRuntimeDir } = await import('../lib/core/paths.ts');
-    const { requireRunning } = await import('../lib/vm/state.ts');
-    const { QmpClient } = await import('../lib/qemu/qmp.ts');
+    const { parseTimeout, forEachName } = await import('../lib/cli/args.ts');
+    const { withQmp } = await import('../lib/vm/connect.ts');
     const { printRecords } = await import('../lib/cli/output.ts');
-    const { reportError } = await import('../lib/cli/command.ts');
-    const dir = ensureRuntimeDir();
-    let code: number = EXIT.OK;
-    for (const name of positionals) {
-      try {
-        checkName(name);
-        const vm = await requireRunning(name, dir);
-        const qmp = await QmpClient.connect(vm.files.qmp, { timeoutMs: Number(args.timeout) * 1000 });
-        const st = (await qmp.execute('query-status')) as { status: string; running: boolean; singlestep?: boolean };
-        qmp.close();
-        const up = vm.meta?.started ? Math.round((Date.now() - Date.parse(vm.meta.started)) / 1000) : null;
-        printRecords([{ name, status: st.status, running: st.running, pid: vm.pid, uptime: up }], ['status', 'pid', 'uptime'], { json: args.json });
-        if (!st.running && code === EXIT.OK) code = EXIT.NO;
-      } catch (e) {
-        code = reportError(e);
-      }
-    }
-    return code;
+    const ms = parseTimeout(args.timeout, 10);
+    return forEachName(positionals, async (name) => {
+      const { st, vm } = await withQmp(name, ms, async (q, vm) => ({ st: (await q.execute('query-status')) as { status: string; running: boolean }, vm }));
+      const up = vm.meta?.started ? Math.round((Date.now() - Date.parse(vm.meta.started)) / 1000) : null;
+      printRecords([{ name, status: st.status, running: st.running, pid: vm.pid, uptime: up }], ['status', 'pid', 'uptime'], { json: args.json });
+      return st.running ? EXIT.OK : EXIT.NO;
+    });
   },
 });
 

@@ -5,7 +5,7 @@
  * each line), so `pim-ps | fzf | pim-stop` and `pim-ps -q | xargs pim-stop` work.
  */
 import { defineCmd, main } from '../lib/cli/command.ts';
-import { jsonArgs } from '../lib/cli/output.ts';
+import { jsonArgs, timeoutArgs } from '../lib/cli/args.ts';
 import { completeVmNames } from '../lib/vm/complete.ts';
 import { EXIT, PimError } from '../lib/core/exit.ts';
 
@@ -20,19 +20,17 @@ is agent, acpi, sigterm or sigkill. With no NAME, names are read from stdin.`,
   examples: ['pim-stop dev', 'pim-ps -q | fzf -m | pim-stop', 'pim-ps -q | xargs pim-stop --timeout 10'],
   args: {
     ...jsonArgs,
-    timeout: { type: 'string', description: 'seconds each stage waits', default: '20' },
+    ...timeoutArgs(20, 'at each stage'),
     force: { type: 'boolean', alias: 'f', description: 'skip the graceful stages: SIGTERM, then SIGKILL' },
   },
   completePositional: completeVmNames,
   async run({ args, positionals }) {
-    const { timeoutMs } = await import('../lib/vm/connect.ts');
-    const { checkName } = await import('../lib/core/names.ts');
-    const { ensureRuntimeDir } = await import('../lib/core/paths.ts');
+    const { parseTimeout, forEachName } = await import('../lib/cli/args.ts');
+    const { vmRef } = await import('../lib/vm/ref.ts');
     const { requireRunning } = await import('../lib/vm/state.ts');
     const { stopVm } = await import('../lib/vm/stop.ts');
     const { printRecords } = await import('../lib/cli/output.ts');
-    const { reportError } = await import('../lib/cli/command.ts');
-    const ms = timeoutMs(args.timeout, 20);
+    const ms = parseTimeout(args.timeout, 20);
     let names = positionals;
     if (!names.length) {
       if (process.stdin.isTTY) throw new PimError(EXIT.USAGE, 'no VM names given; name them, or pipe them in (pim-ps -q | pim-stop)');
@@ -40,22 +38,16 @@ is agent, acpi, sigterm or sigkill. With no NAME, names are read from stdin.`,
       names = (await text(process.stdin)).split('\n').map((l) => l.trim().split(/\s+/)[0] ?? '').filter(Boolean);
       if (!names.length) throw new PimError(EXIT.USAGE, 'no VM names on stdin');
     }
-    for (const n of names) checkName(n);
-    const dir = ensureRuntimeDir();
-    let code: number = EXIT.OK;
-    await Promise.all(
-      [...new Set(names)].map(async (name) => {
-        try {
-          const vm = await requireRunning(name, dir);
-          const r = await stopVm(vm, { timeoutMs: ms, force: args.force });
-          printRecords([{ ...r }], ['stage', 'seconds'], { json: args.json, plain: true });
-        } catch (e) {
-          const c = reportError(e);
-          if (code === EXIT.OK) code = c;
-        }
-      }),
+    const refs = new Map(names.map((n) => [n, vmRef(n)])); // every name is checked before anything stops
+    return forEachName(
+      names,
+      async (name) => {
+        const vm = await requireRunning(refs.get(name)!);
+        const r = await stopVm(vm, { timeoutMs: ms, force: args.force });
+        printRecords([{ ...r }], ['stage', 'seconds'], { json: args.json, plain: true });
+      },
+      { parallel: true },
     );
-    return code;
   },
 });
 

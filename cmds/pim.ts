@@ -5,7 +5,7 @@
  * passes through (128+signal when it was killed).
  */
 import * as fs from 'node:fs';
-import { writeOut } from '../lib/cli/out.ts';
+import { writeOut } from '../lib/cli/output.ts';
 import { delimiter, dirname, join } from 'node:path';
 import { realpathSync } from 'node:fs';
 import { EXIT } from '../lib/core/exit.ts';

@@ -9,7 +9,7 @@
 import { parseArgs, type ArgsDef, type ParsedArgs } from 'citty';
 import { EXIT, PimError } from '../core/exit.ts';
 import { prog } from '../core/prog.ts';
-import { stdoutStreamUsed, writeOut } from './out.ts';
+import { stdoutStreamUsed, writeOut } from './output.ts';
 
 export interface Ctx<A extends ArgsDef> {
   args: ParsedArgs<A>;
@@ -140,6 +140,12 @@ export function reportError(e: unknown): number {
   if (e instanceof PimError) {
     process.stderr.write(`${prog()}: ${e.message}\n`);
     return e.code;
+  }
+  if (e instanceof Error && e.name === 'Interrupted') {
+    // lib/core/signals.ts: the work was undone; exit as the shell expects (SIGINT: 130)
+    const st = (e as Error & { status: number }).status;
+    process.stderr.write(`${prog()}: ${e.message}; stopped what was started\n`);
+    return st;
   }
   const err = e as Error;
   process.stderr.write(`${prog()}: internal error: ${err?.stack ?? String(e)}\n`);

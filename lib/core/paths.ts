@@ -7,7 +7,6 @@ import { homedir } from 'node:os';
 import { join } from 'node:path';
 import { chmodSync, lstatSync, mkdirSync, type Stats } from 'node:fs';
 import { EXIT, PimError } from './exit.ts';
-import { checkName } from './names.ts';
 
 
 const home = () => process.env.HOME || homedir();
@@ -33,12 +32,16 @@ export const RUNTIME_EXT = {
   log: '.log',
   meta: '.json',
   lock: '.lock',
+  /** a copy of the image's UEFI vars, for a --snapshot run (the image's own stay untouched) */
+  efivars: '.efivars.fd',
+  /** a directory for what a start needs only until QEMU has it (kboot's initrd and FIFO) */
+  stage: '.stage',
 } as const;
 
 export type VmFiles = { -readonly [K in keyof typeof RUNTIME_EXT]: string };
 
-export function vmFiles(name: string, dir = runtimeDirPath()): VmFiles {
-  checkName(name);
+/** The runtime file names of VM `name` in `dir`. The name must be checked already (see lib/vm/ref.ts). */
+export function vmFiles(name: string, dir: string): VmFiles {
   const out = {} as VmFiles;
   for (const [k, ext] of Object.entries(RUNTIME_EXT)) out[k as keyof VmFiles] = join(dir, name + ext);
   return out;
@@ -73,13 +76,29 @@ export function ensureRuntimeDir(): string {
     }
     if (err.code !== 'EEXIST') throw new PimError(EXIT.CANTCREAT, `cannot create runtime dir ${dir}: ${err.message}`);
   }
-  const st = lstatSync(dir);
+  checkRuntimeDir(dir, lstatSync(dir), uid);
+  return dir;
+}
+
+/**
+ * A runtime dir is trusted only when it is a real directory of ours that no
+ * one else could write to. One that was group- or world-writable may hold
+ * files (symlinks to a victim's files) that others planted: refused, never
+ * "fixed" by a chmod that would keep what they put there. Group/other read
+ * or search bits alone are tightened to 0700.
+ */
+function checkRuntimeDir(dir: string, st: Stats, uid: number | undefined): void {
   if (!st.isDirectory()) throw new PimError(EXIT.CANTCREAT, `runtime dir ${dir} is not a directory; remove it and try again`);
   if (uid !== undefined && st.uid !== uid) {
     throw new PimError(EXIT.NOPERM, `runtime dir ${dir} is owned by uid ${st.uid}, not you (uid ${uid}); remove it or set XDG_RUNTIME_DIR`);
   }
+  if ((st.mode & 0o022) !== 0) {
+    throw new PimError(
+      EXIT.NOPERM,
+      `runtime dir ${dir} is writable by others (mode ${(st.mode & 0o777).toString(8)}), so its files cannot be trusted; stop its VMs, remove it (rm -r ${dir}) and run again`,
+    );
+  }
   if ((st.mode & 0o077) !== 0) chmodSync(dir, 0o700);
-  return dir;
 }
 
 /** The runtime dir if it exists and is ours; null if there is none yet (nothing runs). */
@@ -91,10 +110,6 @@ export function existingRuntimeDir(): string | null {
   } catch {
     return null;
   }
-  const uid = process.getuid?.();
-  if (!st.isDirectory()) throw new PimError(EXIT.CANTCREAT, `runtime dir ${dir} is not a directory; remove it and try again`);
-  if (uid !== undefined && st.uid !== uid) {
-    throw new PimError(EXIT.NOPERM, `runtime dir ${dir} is owned by uid ${st.uid}, not you (uid ${uid}); remove it or set XDG_RUNTIME_DIR`);
-  }
+  checkRuntimeDir(dir, st, process.getuid?.());
   return dir;
 }

@@ -3,7 +3,7 @@
  * kept apart so tests can call them.
  */
 import * as fs from 'node:fs';
-import { writeOut } from '../cli/out.ts';
+import { writeOut } from '../cli/output.ts';
 import { join } from 'node:path';
 import { EXIT, PimError } from '../core/exit.ts';
 import { nameProblem } from '../core/names.ts';

@@ -10,15 +10,15 @@
  * the command's status and QEMU's exit are all notifications: nothing polls.
  */
 import * as fs from 'node:fs';
-import { stdout, writeOut } from '../cli/out.ts';
+import { stdout, writeOut } from '../cli/output.ts';
 import * as net from 'node:net';
 import { join } from 'node:path';
 import { spawnSync } from 'node:child_process';
 import { EXIT, PimError } from '../core/exit.ts';
+import type { Interrupted } from '../core/signals.ts';
 import { log } from '../core/log.ts';
-import { ensureRuntimeDir, vmFiles, type VmFiles } from '../core/paths.ts';
-import { checkName } from '../core/names.ts';
-import { cleanupFiles, logTail, vmInfo } from '../vm/state.ts';
+import { ensureRuntimeDir, type VmFiles } from '../core/paths.ts';
+import { cleanupFiles, logTail } from '../vm/state.ts';
 import { isAlive, waitExit } from '../core/proc.ts';
 import { qemuOpt, type Accel } from '../qemu/argv.ts';
 import { cachedPack, checkInitrd, concatArchives, kbootCacheDir, packTree, type Compress } from '../archive/initramfs.ts';
@@ -44,15 +44,6 @@ export interface KbootOpts {
   accel?: string;
   extra: string[];
   token: string;
-}
-
-/** The first free name of kboot, kboot-2, kboot-3, ... */
-async function freeName(dir: string): Promise<string> {
-  for (let i = 1; ; i++) {
-    const n = i === 1 ? 'kboot' : `kboot-${i}`;
-    const st = (await vmInfo(n, dir)).state;
-    if (st === 'absent' || st === 'stale') return n;
-  }
 }
 
 async function killVm(pid: number | null, files: VmFiles): Promise<void> {
@@ -96,22 +87,8 @@ export async function kboot(o: KbootOpts): Promise<number> {
     if (!st) throw new PimError(EXIT.NOINPUT, `initramfs directory ${o.initramfsFrom} does not exist`);
     if (!st.isDirectory()) throw new PimError(EXIT.NOINPUT, `${o.initramfsFrom} is not a directory (--initramfs-from takes a directory to pack)`);
   }
-  const { detectAccel, readKvmVerdict, writeKvmVerdict } = await import('../qemu/host.ts');
-  let { accel, warning } = detectAccel(o.accel);
-  // KVM by default on a host where it failed at run time since boot (pim-run or pim-kboot saw it): TCG
-  let kvmVerdict: 'ok' | 'broken' | null = 'ok';
-  if (accel === 'kvm' && !o.accel && !process.env.PIM_ACCEL) {
-    kvmVerdict = await readKvmVerdict();
-    if (kvmVerdict === 'broken') {
-      accel = 'tcg';
-      warning = 'KVM failed on this host earlier (internal error): using TCG, which is much slower; set PIM_ACCEL=kvm to try KVM again';
-    }
-  }
-  if (warning) log.warn(warning);
-
-  const dir = ensureRuntimeDir();
-  const name = o.name ? checkName(o.name) : await freeName(dir);
-  const files = vmFiles(name, dir);
+  const { chooseAccel, writeKvmVerdict } = await import('../qemu/accel.ts');
+  const { accel, probeKvm } = chooseAccel(o.accel);
   const cache = kbootCacheDir();
 
   // kernel: the PVH vmlinux inside a bzImage boots without the guest decompressing it
@@ -131,9 +108,6 @@ export async function kboot(o: KbootOpts): Promise<number> {
   if (!busybox && !parts.length) throw new PimError(EXIT.UNAVAILABLE, 'no initramfs given and no static busybox on this host for pim\'s own: install busybox-static, set PIM_BUSYBOX, or pass --initrd/--initramfs-from');
   if (!busybox) log.debug('no static busybox on the host: pim\'s init relies on the initramfs\'s /bin/sh');
   parts.push(await pimBaseArchive(cache, busybox));
-  const stage = join(dir, `${name}.kboot`);
-  fs.rmSync(stage, { recursive: true, force: true });
-  fs.mkdirSync(join(stage, 'tree', 'pim'), { recursive: true, mode: 0o700 });
 
   const append = ['console=ttyS0', 'quiet', 'panic=-1', 'rdinit=/pim/init'];
   if (o.machine === 'microvm') {
@@ -143,14 +117,32 @@ export async function kboot(o: KbootOpts): Promise<number> {
   }
   if (o.append) append.push(o.append);
 
+  // From here on something runs (virtiofsd, QEMU): a signal undoes it. The
+  // name is taken under its lock, and the stage dir is made only then, so two
+  // pim-kboots never share a name, a stage or a FIFO.
+  const { trapSignals } = await import('../core/signals.ts');
+  const trap = o.console ? null : trapSignals();
+  const { reserveVm, reserveFreeName, launch } = await import('../vm/launch.ts');
+  const { vmRef } = await import('../vm/ref.ts');
+  let res: Awaited<ReturnType<typeof reserveVm>>;
+  try {
+    res = o.name ? await reserveVm(vmRef(o.name)) : await reserveFreeName('kboot', ensureRuntimeDir());
+  } catch (e) {
+    trap?.dispose();
+    throw e;
+  }
+  const { name, files } = res;
+  const stage = files.stage;
   const extra: string[] = [];
   const fifo = join(stage, 'out');
   let rfd = -1;
   let wfd = -1;
   let sock: net.Socket | null = null;
   let vfsPids: number[] = [];
+  let following = false;
   const cleanupStage = () => fs.rmSync(stage, { recursive: true, force: true });
   try {
+    fs.mkdirSync(join(stage, 'tree', 'pim'), { recursive: true, mode: 0o700 });
     if (share.fs === 'virtiofs') {
       try {
         const started = await startVirtiofsd(share.virtiofsd!, all, join(stage, 'vfs'));
@@ -182,37 +174,28 @@ export async function kboot(o: KbootOpts): Promise<number> {
     }
     extra.push(...o.extra);
 
-    const { launch } = await import('../vm/launch.ts');
-    // a signal while QEMU starts: noted, and acted on once its pid is known
-    let early: NodeJS.Signals | null = null;
-    const onEarly = (sig: NodeJS.Signals) => (early = sig);
-    if (!o.console) for (const sig of ['SIGINT', 'SIGTERM', 'SIGHUP'] as const) process.on(sig, onEarly);
-    const result = await launch({
-      spec: {
-        name,
-        accel: accel as Accel,
-        mem: o.mem,
-        cpus: o.cpus,
-        machine: o.machine,
-        kernel: { kernel: bootKernel, initrd, append: append.join(' ') },
-        agent: false,
-        net: { mode: 'none' },
-        rng: o.machine !== 'microvm',
-        noReboot: true,
-        extra,
+    const result = await launch(
+      res,
+      {
+        spec: {
+          accel: accel as Accel,
+          mem: o.mem,
+          cpus: o.cpus,
+          machine: o.machine,
+          kernel: { kernel: bootKernel, initrd, append: append.join(' ') },
+          agent: false,
+          net: { mode: 'none' },
+          rng: o.machine !== 'microvm',
+          noReboot: true,
+          extra,
+        },
+        console: o.console,
+        sudo: false,
+        meta: { kind: 'kboot', image: kernelPath, ssh_port: null, bridged: false, agent: false, accel, mem: o.mem, cpus: o.cpus, snapshot: false },
       },
-      console: o.console,
-      sudo: false,
-      meta: { kind: 'kboot', image: kernelPath, ssh_port: null, bridged: false, agent: false, accel, mem: o.mem, cpus: o.cpus, snapshot: false },
-    });
-    for (const sig of ['SIGINT', 'SIGTERM', 'SIGHUP'] as const) process.off(sig, onEarly);
+      { signal: trap?.signal },
+    );
     log.debug(`QEMU up (${(performance.now() - t0).toFixed(0)} ms)`);
-    if (early && typeof result !== 'number') {
-      log.warn(`${early}: stopping ${name}`);
-      await killVm(result.pid, files);
-      cleanupStage();
-      return 128 + ({ SIGHUP: 1, SIGINT: 2, SIGTERM: 15 } as Record<string, number>)[early]!;
-    }
 
     if (typeof result === 'number') {
       // --console: QEMU ran in the foreground and has exited
@@ -231,6 +214,7 @@ export async function kboot(o: KbootOpts): Promise<number> {
     if (process.env.PIM_KBOOT_SAVE_INITRD) fs.copyFileSync(initrd, process.env.PIM_KBOOT_SAVE_INITRD); // bench/kboot.sh replays the boot by hand
     fs.rmSync(initrd, { force: true });
     fs.rmSync(fifo, { force: true });
+    following = true;
     return await follow(sock!, {
       name,
       files,
@@ -240,14 +224,17 @@ export async function kboot(o: KbootOpts): Promise<number> {
       timeoutMs: o.timeoutMs,
       t0,
       cleanupStage,
+      signal: trap!.signal,
       // remember what KVM did, the way pim-run does, when it was chosen by default
-      kvmSeen: accel === 'kvm' && kvmVerdict === null ? (v) => void writeKvmVerdict(v) : undefined,
+      kvmSeen: probeKvm ? writeKvmVerdict : undefined,
     });
   } catch (e) {
     for (const p of vfsPids) if (isAlive(p)) process.kill(p, 'SIGTERM');
-    cleanupStage();
+    if (!following) cleanupFiles(files);
     throw e;
   } finally {
+    await res.release();
+    trap?.dispose();
     if (wfd >= 0) fs.closeSync(wfd);
     if (sock && !sock.destroyed && o.exec !== undefined) sock.destroy();
   }
@@ -262,6 +249,8 @@ interface FollowOpts {
   timeoutMs: number;
   t0: number;
   cleanupStage: () => void;
+  /** aborted by SIGINT/SIGTERM/SIGHUP: stop the VM and exit 128+N */
+  signal: AbortSignal;
   kvmSeen?: (verdict: 'ok' | 'broken') => void;
 }
 
@@ -292,7 +281,7 @@ function follow(sock: net.Socket, f: FollowOpts): Promise<number> {
       .then((c) => {
         if (done) return c.close();
         qmp = c;
-        c.proto.onEvent = (ev) => {
+        c.subscribe((ev) => {
           if (ev.event !== 'STOP' || done) return;
           c.execute('query-status').then(
             (st) => {
@@ -303,7 +292,7 @@ function follow(sock: net.Socket, f: FollowOpts): Promise<number> {
             },
             () => {},
           );
-        };
+        });
       })
       .catch((e) => log.debug(`QMP: ${(e as Error).message}`));
     const finish = async (how: () => Promise<number>) => {
@@ -313,9 +302,7 @@ function follow(sock: net.Socket, f: FollowOpts): Promise<number> {
       (qmp as import('../qemu/qmp.ts').QmpClient | null)?.close();
       clearTimeout(bootTimer);
       clearTimeout(exitTimer);
-      process.off('SIGINT', onSignal);
-      process.off('SIGTERM', onSignal);
-      process.off('SIGHUP', onSignal);
+      f.signal.removeEventListener('abort', onSignal);
       try {
         resolve(await how());
       } catch (e) {
@@ -329,16 +316,16 @@ function follow(sock: net.Socket, f: FollowOpts): Promise<number> {
         await killVm(f.pid, f.files);
         throw new PimError(code, msg);
       });
-    const onSignal = (sig: NodeJS.Signals) =>
+    const onSignal = () =>
       finish(async () => {
-        log.warn(`${sig}: stopping ${f.name}`);
+        const why = f.signal.reason as Interrupted;
+        log.warn(`${why.sig}: stopping ${f.name}`);
         sock.destroy();
         await killVm(f.pid, f.files);
-        return 128 + ({ SIGHUP: 1, SIGINT: 2, SIGTERM: 15 } as Record<string, number>)[sig]!;
+        return why.status;
       });
-    process.on('SIGINT', onSignal);
-    process.on('SIGTERM', onSignal);
-    process.on('SIGHUP', onSignal);
+    f.signal.addEventListener('abort', onSignal, { once: true });
+    if (f.signal.aborted) onSignal();
     const bootTimer = setTimeout(
       () => failWith(EXIT.TEMPFAIL, `${f.name}: the guest did not reach userspace within ${f.timeoutMs / 1000} s; stopped it. Last lines of ${f.files.log}:\n${tailText(f.files)}`),
       f.timeoutMs,

@@ -39,6 +39,8 @@ export interface VmSpec {
   /** UEFI firmware: code (read-only) and this VM's vars */
   uefi?: { code: string; vars: string };
   kernel?: { kernel: string; initrd?: string; append?: string };
+  /** an ISO attached read-only as a CD-ROM */
+  cdrom?: string;
   /** serial: 'socket' (headless, copied to the log) or 'stdio' (console in the foreground) */
   serial: 'socket' | 'stdio';
   agent: boolean;
@@ -79,6 +81,7 @@ export function buildQemuArgv(s: VmSpec): string[] {
     a.push('-drive', qemuOpt(null, { file: s.disk.path, format: s.disk.format, if: 'none', id: 'disk0', snapshot: s.disk.snapshot || undefined }));
     a.push('-device', 'virtio-blk-pci,drive=disk0,bootindex=0');
   }
+  if (s.cdrom) a.push('-drive', qemuOpt(null, { file: s.cdrom, format: 'raw', media: 'cdrom', readonly: true }));
   if (s.kernel) {
     a.push('-kernel', s.kernel.kernel);
     if (s.kernel.initrd) a.push('-initrd', s.kernel.initrd);

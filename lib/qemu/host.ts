@@ -3,7 +3,7 @@
  * firmware and bridge helper are, and free TCP ports. Settings come from
  * flags, then environment (PIM_QEMU, PIM_ACCEL, PIM_BRIDGE), then defaults.
  */
-import { closeSync, existsSync, mkdirSync, openSync, readFileSync, statSync } from 'node:fs';
+import { closeSync, existsSync, openSync, statSync } from 'node:fs';
 import * as net from 'node:net';
 import { EXIT, PimError } from '../core/exit.ts';
 import type { Accel } from './argv.ts';
@@ -99,44 +99,3 @@ export function macFor(name: string): string {
   return ['52', '54', '00', ...b.map((x) => x.toString(16).padStart(2, '0'))].join(':');
 }
 
-/**
- * Whether KVM has been seen to work on this host since it booted. Some hosts
- * expose /dev/kvm but fail at run time ("KVM internal error"); pim-run finds
- * out on the first KVM boot and remembers it in ~/.cache/pim/accel.json,
- * keyed by the host's boot id and the QEMU binary.
- */
-export interface AccelVerdict {
-  boot: string;
-  qemu: string;
-  kvm: 'ok' | 'broken';
-}
-
-function bootId(): string {
-  try {
-    return readFileSync('/proc/sys/kernel/random/boot_id', 'utf8').trim();
-  } catch {
-    return 'unknown';
-  }
-}
-
-async function verdictFile(): Promise<string> {
-  const { cacheDir } = await import('../core/paths.ts');
-  return `${cacheDir()}/accel.json`;
-}
-
-export async function readKvmVerdict(): Promise<'ok' | 'broken' | null> {
-  try {
-    const v = JSON.parse(readFileSync(await verdictFile(), 'utf8')) as AccelVerdict;
-    return v.boot === bootId() && v.qemu === qemuBinary() ? v.kvm : null;
-  } catch {
-    return null;
-  }
-}
-
-export async function writeKvmVerdict(kvm: 'ok' | 'broken'): Promise<void> {
-  const file = await verdictFile();
-  const { dirname } = await import('node:path');
-  mkdirSync(dirname(file), { recursive: true });
-  const { writeFileAtomic } = await import('../core/fs.ts');
-  writeFileAtomic(file, JSON.stringify({ boot: bootId(), qemu: qemuBinary(), kvm } satisfies AccelVerdict) + '\n');
-}

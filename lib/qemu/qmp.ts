@@ -41,8 +41,10 @@ export class QmpProtocol {
   private readonly pending = new Map<string, Pending>();
   private closedWith: Error | undefined;
   private greetingWaiters: Array<{ resolve: (g: Obj) => void; reject: (e: Error) => void }> = [];
-  readonly events: QmpEvent[] = [];
-  onEvent: ((ev: QmpEvent) => void) | undefined;
+  /** event listeners; an event that arrives while nobody listens is dropped, never kept */
+  private readonly listeners = new Set<(ev: QmpEvent) => void>();
+  /** replies that arrived after their request had timed out (they are dropped) */
+  lateReplies = 0;
 
   private readonly decoder = new JsonLines();
 
@@ -63,14 +65,16 @@ export class QmpProtocol {
     }
     if (typeof msg.event === 'string') {
       const ev = msg as unknown as QmpEvent;
-      if (this.onEvent) this.onEvent(ev);
-      else this.events.push(ev);
+      for (const l of [...this.listeners]) l(ev);
       return;
     }
     const id = msg.id === undefined ? undefined : String(msg.id);
     if (id === undefined) return; // a reply we did not ask for (no id): ignore
     const p = this.pending.get(id);
-    if (!p) return;
+    if (!p) {
+      this.lateReplies++;
+      return;
+    }
     this.pending.delete(id);
     if (p.timer) clearTimeout(p.timer);
     if ('error' in msg && isObj(msg.error)) {
@@ -78,6 +82,16 @@ export class QmpProtocol {
     } else {
       p.resolve(msg.return);
     }
+  }
+
+  /** Call `listener` for every event from now on; the returned function unsubscribes. */
+  subscribe(listener: (ev: QmpEvent) => void): () => void {
+    this.listeners.add(listener);
+    return () => void this.listeners.delete(listener);
+  }
+
+  get listenerCount(): number {
+    return this.listeners.size;
   }
 
   waitGreeting(timeoutMs: number): Promise<Obj> {
@@ -171,25 +185,30 @@ export class QmpClient {
     return reply;
   }
 
-  /** Resolves with the first event named `name` (or the connection closing). */
+  /** Call `listener` for every event from now on; the returned function unsubscribes. */
+  subscribe(listener: (ev: QmpEvent) => void): () => void {
+    return this.proto.subscribe(listener);
+  }
+
+  /**
+   * Resolves with the first event named `name` from now on, or null on
+   * timeout or when the connection closes. To not miss an event that a
+   * command causes, call this before sending the command.
+   */
   waitEvent(name: string, timeoutMs: number): Promise<QmpEvent | null> {
-    const seen = this.proto.events.find((e) => e.event === name);
-    if (seen) return Promise.resolve(seen);
     return new Promise((resolve) => {
-      const timer = setTimeout(() => done(null), timeoutMs);
-      const prev = this.proto.onEvent;
       const done = (ev: QmpEvent | null) => {
         clearTimeout(timer);
-        this.proto.onEvent = prev;
+        unsubscribe();
         this.sock.off('close', onClose);
         resolve(ev);
       };
       const onClose = () => done(null);
-      this.sock.once('close', onClose);
-      this.proto.onEvent = (ev) => {
+      const timer = setTimeout(() => done(null), timeoutMs);
+      const unsubscribe = this.proto.subscribe((ev) => {
         if (ev.event === name) done(ev);
-        else prev?.(ev);
-      };
+      });
+      this.sock.once('close', onClose);
     });
   }
 

@@ -1,37 +1,86 @@
 /**
- * Starting QEMU for a VM: the runtime files, the lock, sudo for bridged
- * networking, and readiness. Headless VMs use `-daemonize`: QEMU's first
- * process exits only once every socket listens, so that exit is the
- * readiness notification (no polling). Shared by pim-run and pim-kboot.
+ * Starting QEMU for a VM: the lock, the runtime files, sudo for bridged
+ * networking, and readiness. Shared by pim-run, pim-kboot and pim-build.
+ *
+ * A start is two steps. `reserveVm` takes the VM's lock, refuses a VM that
+ * runs, and clears what a dead one left; everything the start needs in the
+ * runtime dir (a copy of UEFI vars, kboot's stage) is made after that, under
+ * the lock. `launch` then starts QEMU. Headless VMs use `-daemonize`: QEMU's
+ * first process exits only once every socket listens, so that exit is the
+ * readiness notification (no polling).
+ *
+ * QEMU is started with node:child_process, not lib/core/run.ts: it must be
+ * detached in its own process group, with the VM's log as its stdout and
+ * stderr (file descriptors), and its process group is what a signal during
+ * the start kills.
  */
-import { closeSync, existsSync, openSync, watch, writeFileSync } from 'node:fs';
-import { spawn } from 'node:child_process';
+import { closeSync, existsSync, rmSync, watch } from 'node:fs';
+import { spawn, type ChildProcess } from 'node:child_process';
 import { userInfo } from 'node:os';
 import { EXIT, PimError } from '../core/exit.ts';
-import { checkSocketPath, ensureRuntimeDir, vmFiles, type VmFiles } from '../core/paths.ts';
-import { acquireLock, childExit, readPidfile } from '../core/proc.ts';
-import { cleanupFiles, logTail, vmInfo, writeMeta, type VmMeta } from './state.ts';
+import { checkSocketPath } from '../core/paths.ts';
+import { childExit, isOurProcess, readPidfile, waitExit } from '../core/proc.ts';
+import { acquireLock, type Lock } from '../core/lock.ts';
+import { createExclusive } from '../core/fs.ts';
+import { checkAborted } from '../core/signals.ts';
+import { cleanupFiles, logTail, qemuMarker, vmInfo, writeMeta, type RunningVm, type VmMeta } from './state.ts';
+import type { VmRef } from './ref.ts';
 import { buildQemuArgv, type VmSpec } from '../qemu/argv.ts';
 import { qemuBinary } from '../qemu/host.ts';
 import { log } from '../core/log.ts';
 
 export interface LaunchRequest {
-  spec: Omit<VmSpec, 'files' | 'daemonize' | 'serial'>;
+  spec: Omit<VmSpec, 'files' | 'daemonize' | 'serial' | 'name'>;
   console: boolean;
   /** run QEMU as root through sudo (bridged networking) */
   sudo: boolean;
   meta: Omit<VmMeta, 'pid' | 'owner' | 'started' | 'root' | 'name'>;
 }
 
-export interface Launched {
-  name: string;
-  files: VmFiles;
-  pid: number;
-  meta: VmMeta;
+/** A VM name held for a start: its lock is ours until release(). */
+export interface Reservation extends VmRef {
+  release(): Promise<void>;
 }
 
-function qemuFailure(files: VmFiles, status: number, sudo: boolean): PimError {
-  const tail = logTail(files.log, 20);
+/**
+ * Take VM `ref`'s lock (busy: exit 75), refuse it when it runs (75), and
+ * remove what a dead VM of that name left. The caller releases it.
+ */
+export async function reserveVm(ref: VmRef): Promise<Reservation> {
+  for (const p of [ref.files.qmp, ref.files.ga, ref.files.serial]) checkSocketPath(p);
+  const lock: Lock = await acquireLock(ref.files.lock, `VM ${ref.name}`);
+  try {
+    const info = await vmInfo(ref);
+    if (info.state === 'running') {
+      throw new PimError(EXIT.TEMPFAIL, `${ref.name} is already running (pid ${info.pid}); stop it with pim-stop ${ref.name}, or choose another name`);
+    }
+    cleanupFiles(ref.files);
+  } catch (e) {
+    await lock.release();
+    throw e;
+  }
+  return { ...ref, release: () => lock.release() };
+}
+
+/**
+ * Reserve the first free name of PREFIX, PREFIX-2, PREFIX-3, ... in `dir`:
+ * each is tried under its lock, so two callers never get the same name.
+ */
+export async function reserveFreeName(prefix: string, dir: string): Promise<Reservation> {
+  const { knownRef } = await import('./ref.ts');
+  for (let i = 1; i < 1000; i++) {
+    const ref = knownRef(i === 1 ? prefix : `${prefix}-${i}`, dir);
+    try {
+      return await reserveVm(ref);
+    } catch (e) {
+      if (!(e instanceof PimError) || e.code !== EXIT.TEMPFAIL) throw e;
+    }
+  }
+  throw new PimError(EXIT.TEMPFAIL, `no free VM name ${prefix}-N; stop some VMs`);
+}
+
+function qemuFailure(res: VmRef, status: number, sudo: boolean): PimError {
+  const tail = logTail(res.files.log, 20);
   if (sudo && tail.some((l) => /^sudo: .*(password|not allowed|may not run|no tty|a terminal is required)/i.test(l))) {
     return new PimError(EXIT.NOPERM, `sudo refused to run QEMU for bridged networking; run "sudo -v" first or add a NOPASSWD sudoers rule for ${qemuBinary()}, chown and kill, by absolute path (see README)`);
   }
@@ -42,80 +91,123 @@ function qemuFailure(files: VmFiles, status: number, sudo: boolean): PimError {
   if (/Could not access KVM kernel module|failed to initialize kvm|KVM internal error/i.test(tail.join('\n'))) {
     return new PimError(EXIT.UNAVAILABLE, `KVM does not work here (${qline.trim()}); use --accel tcg or PIM_ACCEL=tcg`);
   }
-  return new PimError(EXIT.UNAVAILABLE, `QEMU failed to start: ${qline.trim()} (log: ${files.log})`);
+  return new PimError(EXIT.UNAVAILABLE, `QEMU failed to start: ${qline.trim()} (log: ${res.files.log})`);
 }
 
 async function sudoAuth(): Promise<void> {
   // With a terminal, let sudo ask for a password once; the real commands then run with -n.
   if (!process.stdin.isTTY) return;
-  const st = await childExit(spawn('sudo', ['-v'], { stdio: 'inherit' }));
-  if (st !== 0) throw new PimError(EXIT.NOPERM, 'sudo refused; bridged networking needs sudo to run QEMU as root');
+  const { run } = await import('../core/run.ts');
+  const r = await run('sudo', ['-v'], { stdio: 'inherit', hint: 'install sudo' });
+  if (r.code !== 0) throw new PimError(EXIT.NOPERM, 'sudo refused; bridged networking needs sudo to run QEMU as root');
 }
 
 /** Let the invoking user use the root-owned sockets and pidfile: sudo for exactly this chown. */
 async function chownToUser(paths: string[]): Promise<void> {
-  const uid = process.getuid!();
-  const gid = process.getgid!();
+  const { run } = await import('../core/run.ts');
   const existing = paths.filter((p) => existsSync(p));
-  const child = spawn('sudo', ['-n', 'chown', `${uid}:${gid}`, ...existing], { stdio: ['ignore', 'ignore', 'pipe'] });
-  let err = '';
-  child.stderr!.on('data', (d) => (err += d));
-  if ((await childExit(child)) !== 0) throw new PimError(EXIT.NOPERM, `sudo refused to chown the VM's sockets to you (${err.trim()}); allow "chown" in your sudoers rule. QEMU is running as root: stop it with sudo kill $(sudo cat ${paths.find((p) => p.endsWith('.pid'))})`);
+  const r = await run('sudo', ['-n', 'chown', `${process.getuid!()}:${process.getgid!()}`, ...existing]);
+  if (r.code !== 0) {
+    throw new PimError(EXIT.NOPERM, `sudo refused to chown the VM's sockets to you (${r.stderr.trim()}); allow "chown" in your sudoers rule. QEMU is running as root: stop it with sudo kill $(sudo cat ${paths.find((p) => p.endsWith('.pid'))})`);
+  }
 }
 
-export async function launch(req: LaunchRequest): Promise<Launched | number> {
-  const name = req.spec.name;
-  const dir = ensureRuntimeDir();
-  const files = vmFiles(name, dir);
-  for (const p of [files.qmp, files.ga, files.serial]) checkSocketPath(p);
-  const lock = await acquireLock(files.lock, `VM ${name}`);
-  try {
-    const info = await vmInfo(name, dir);
-    if (info.state === 'running') throw new PimError(EXIT.TEMPFAIL, `${name} is already running (pid ${info.pid}); stop it with pim-stop ${name}, or choose another name`);
-    cleanupFiles(files);
-    writeFileSync(files.log, '', { mode: 0o600 });
-    const spec: VmSpec = { ...req.spec, files, serial: req.console ? 'stdio' : 'socket', daemonize: !req.console && req.spec.net.mode !== 'vmnet-bridged' };
-    const argv = [qemuBinary(), ...buildQemuArgv(spec)];
-    const root = req.sudo && process.getuid?.() !== 0;
-    if (root) await sudoAuth();
-    const cmd = root ? ['sudo', '-n', ...argv] : argv;
-    log.debug(`exec: ${JSON.stringify(cmd)}`);
-    const uid = process.getuid?.() ?? 0;
-    const meta: VmMeta = {
-      ...req.meta,
-      name,
-      pid: null,
-      root,
-      owner: { uid, user: userInfo().username },
-      started: new Date().toISOString(),
-    };
-
-    if (req.console) {
-      writeMeta(files, meta);
-      const child = spawn(cmd[0]!, cmd.slice(1), { stdio: 'inherit' });
-      const status = await childExit(child);
-      cleanupFiles(files);
-      return status;
-    }
-
-    const logfd = openSync(files.log, 'a');
-    let child;
+/** Kill QEMU of a start that is being undone: the spawned process group, and the daemon once its pid is known. */
+async function killStart(res: VmRef, child: ChildProcess | null, root: boolean): Promise<void> {
+  if (child?.pid && child.exitCode === null && child.signalCode === null) {
     try {
-      child = spawn(cmd[0]!, cmd.slice(1), { stdio: ['ignore', logfd, logfd], detached: true });
-    } finally {
-      closeSync(logfd);
+      process.kill(-child.pid, 'SIGKILL');
+    } catch {
+      /* gone */
     }
+  }
+  if (child) await childExit(child).catch(() => undefined);
+  const pid = readPidfile(res.files.pid);
+  if (pid && isOurProcess(pid, qemuMarker(res.files))) {
+    try {
+      process.kill(pid, 'SIGKILL');
+    } catch (e) {
+      if (root && (e as NodeJS.ErrnoException).code === 'EPERM') {
+        const { run } = await import('../core/run.ts');
+        await run('sudo', ['-n', 'kill', '-KILL', String(pid)]);
+      }
+    }
+    await waitExit(pid, 5_000);
+  }
+  cleanupFiles(res.files);
+}
+
+/**
+ * Start QEMU for a reserved VM. Headless: returns the running VM once QMP
+ * answers. With `console`, QEMU runs in the foreground and this returns its
+ * exit status. When `signal` aborts (Ctrl-C) before the VM is up, QEMU is
+ * killed, its files removed, and the signal's Interrupted is thrown: no VM is
+ * left behind.
+ */
+export async function launch(res: Reservation, req: LaunchRequest, opts: { signal?: AbortSignal } = {}): Promise<RunningVm | number> {
+  const { files, name } = res;
+  checkAborted(opts.signal);
+  // a new log for this start (the last one was kept for a post-mortem): the old
+  // entry is unlinked (a symlink is removed, never followed) and the new file
+  // created with O_EXCL|O_NOFOLLOW
+  rmSync(files.log, { force: true });
+  closeSync(createExclusive(files.log, 0o600));
+  const spec: VmSpec = { ...req.spec, name, files, serial: req.console ? 'stdio' : 'socket', daemonize: !req.console && req.spec.net.mode !== 'vmnet-bridged' };
+  const argv = [qemuBinary(), ...buildQemuArgv(spec)];
+  const root = req.sudo && process.getuid?.() !== 0;
+  if (root) await sudoAuth();
+  const cmd = root ? ['sudo', '-n', ...argv] : argv;
+  log.debug(`exec: ${JSON.stringify(cmd)}`);
+  const meta: VmMeta = {
+    ...req.meta,
+    name,
+    pid: null,
+    root,
+    owner: { uid: process.getuid?.() ?? 0, user: userInfo().username },
+    started: new Date().toISOString(),
+  };
+
+  if (req.console) {
+    writeMeta(files, meta);
+    const child = spawn(cmd[0]!, cmd.slice(1), { stdio: 'inherit' });
+    const status = await childExit(child).catch((e: NodeJS.ErrnoException) => {
+      cleanupFiles(files);
+      throw notFound(cmd[0]!, e);
+    });
+    cleanupFiles(files);
+    return status;
+  }
+
+  const logfd = createLogAppend(files.log);
+  let child: ChildProcess;
+  try {
+    child = spawn(cmd[0]!, cmd.slice(1), { stdio: ['ignore', logfd, logfd], detached: true });
+  } finally {
+    closeSync(logfd);
+  }
+  const onAbort = () => {
+    if (child.pid && child.exitCode === null) {
+      try {
+        process.kill(-child.pid, 'SIGKILL');
+      } catch {
+        /* gone */
+      }
+    }
+  };
+  opts.signal?.addEventListener('abort', onAbort, { once: true });
+  try {
     if (spec.daemonize) {
       const status = await childExit(child).catch((e: NodeJS.ErrnoException) => {
-        throw new PimError(EXIT.UNAVAILABLE, `cannot run ${cmd[0]}: ${e.code === 'ENOENT' ? 'not found; install QEMU (apt-get install qemu-system-x86) or set PIM_QEMU' : e.message}`);
+        throw notFound(cmd[0]!, e);
       });
+      checkAborted(opts.signal);
       if (status !== 0) {
         cleanupFiles(files);
-        throw qemuFailure(files, status, root);
+        throw qemuFailure(res, status, root);
       }
     } else {
       child.unref();
-      await waitForSocket(files.qmp, child, files, root);
+      await waitForSocket(files.qmp, child, res, root, opts.signal);
     }
     // a root QEMU writes its pidfile 0600: make the files ours before reading it
     if (root) await chownToUser([files.qmp, files.ga, files.serial, files.pid]);
@@ -138,14 +230,30 @@ export async function launch(req: LaunchRequest): Promise<Launched | number> {
     } catch (e) {
       throw new PimError(EXIT.UNAVAILABLE, `QEMU started (pid ${pid}) but QMP does not answer: ${(e as Error).message}; see ${files.log}, stop it with pim-stop ${name}`);
     }
-    return { name, files, pid, meta };
+    checkAborted(opts.signal);
+    return { ...res, state: 'running', pid, meta };
+  } catch (e) {
+    if (opts.signal?.aborted) {
+      await killStart(res, child, root);
+      checkAborted(opts.signal);
+    }
+    throw e;
   } finally {
-    await lock.release();
+    opts.signal?.removeEventListener('abort', onAbort);
   }
 }
 
+function createLogAppend(file: string): number {
+  const fs = process.getBuiltinModule('node:fs') as typeof import('node:fs');
+  const { O_WRONLY, O_APPEND, O_NOFOLLOW } = fs.constants;
+  return fs.openSync(file, O_WRONLY | O_APPEND | O_NOFOLLOW);
+}
+
+const notFound = (cmd: string, e: NodeJS.ErrnoException) =>
+  new PimError(EXIT.UNAVAILABLE, `cannot run ${cmd}: ${e.code === 'ENOENT' ? 'not found; install QEMU (apt-get install qemu-system-x86) or set PIM_QEMU' : e.message}`);
+
 /** Without -daemonize (macOS vmnet): watch the runtime dir until the QMP socket appears, or QEMU dies. */
-function waitForSocket(path: string, child: import('node:child_process').ChildProcess, files: VmFiles, root: boolean): Promise<void> {
+function waitForSocket(path: string, child: ChildProcess, res: VmRef, root: boolean, signal?: AbortSignal): Promise<void> {
   return new Promise((resolve, reject) => {
     const { dirname } = process.getBuiltinModule('node:path') as typeof import('node:path');
     let done = false;
@@ -154,35 +262,39 @@ function waitForSocket(path: string, child: import('node:child_process').ChildPr
       done = true;
       watcher.close();
       clearTimeout(timer);
+      signal?.removeEventListener('abort', onAbort);
       if (err) reject(err);
       else resolve();
     };
+    const onAbort = () => finish(signal!.reason as Error);
+    signal?.addEventListener('abort', onAbort, { once: true });
     const watcher = watch(dirname(path), () => {
-      if (existsSync(path) && existsSync(files.pid)) finish();
+      if (existsSync(path) && existsSync(res.files.pid)) finish();
     });
-    const timer = setTimeout(() => finish(new PimError(EXIT.TEMPFAIL, `QEMU did not open ${path} within 60 s (log: ${files.log})`)), 60_000);
-    child.once('exit', (code) => finish(qemuFailure(files, code ?? 1, root)));
-    if (existsSync(path) && existsSync(files.pid)) finish();
+    const timer = setTimeout(() => finish(new PimError(EXIT.TEMPFAIL, `QEMU did not open ${path} within 60 s (log: ${res.files.log})`)), 60_000);
+    child.once('exit', (code) => finish(qemuFailure(res, code ?? 1, root)));
+    if (existsSync(path) && existsSync(res.files.pid)) finish();
   });
 }
 
 /**
- * A KVM VM that hits "KVM internal error" stops at once (QMP event STOP, run
- * state internal-error). Watch the first seconds of a new KVM VM for that;
- * when it happens the VM is stopped and false returned.
+ * A KVM VM that hits "KVM internal error" stops (QMP event STOP, run state
+ * internal-error). Watch the first seconds of a new KVM VM for that; when it
+ * happens the VM is stopped and false returned. The listener is subscribed
+ * before the first query-status, so a STOP in between is not missed.
  */
-export async function kvmWorks(vm: Launched, windowMs = 3_000): Promise<boolean> {
+export async function kvmWorks(vm: RunningVm, windowMs = 3_000): Promise<boolean> {
   const { QmpClient } = await import('../qemu/qmp.ts');
   const q = await QmpClient.connect(vm.files.qmp, { timeoutMs: 5_000 });
   try {
+    const stopped = q.waitEvent('STOP', windowMs);
     const failed = async () => ((await q.execute('query-status')) as { status: string }).status === 'internal-error';
     if (!(await failed())) {
-      const ev = await q.waitEvent('STOP', windowMs);
+      const ev = await stopped;
       if (!ev || !(await failed())) return true;
     }
     await q.execute('quit').catch(() => undefined);
     await q.waitClosed(5_000);
-    const { waitExit } = await import('../core/proc.ts');
     await waitExit(vm.pid, 5_000);
     cleanupFiles(vm.files);
     return false;

@@ -1,19 +1,23 @@
 /**
  * A VM is the set of files named after it in the runtime dir. This module
  * reads them: metadata, pidfile, liveness, and clean-up of what a dead VM
- * left behind. It never trusts a pid whose command line is not that VM's QEMU.
+ * left behind. It never trusts a pid whose command line is not that VM's QEMU,
+ * and it opens only regular files, never blocking (a FIFO planted in the
+ * runtime dir is ignored).
  */
-import { existsSync, readFileSync, readdirSync, rmSync } from 'node:fs';
-import { RUNTIME_EXT, vmFiles, type VmFiles } from '../core/paths.ts';
-import { isOurProcess, lockHeld, readPidfile } from '../core/proc.ts';
+import { closeSync, fstatSync, lstatSync, readSync, readdirSync, rmSync } from 'node:fs';
+import { RUNTIME_EXT, type VmFiles } from '../core/paths.ts';
+import { isOurProcess, readPidfile } from '../core/proc.ts';
+import { lockHeld } from '../core/lock.ts';
 import { qemuEscape } from '../qemu/argv.ts';
 import { nameProblem } from '../core/names.ts';
 import { EXIT, PimError } from '../core/exit.ts';
-import { writeFileAtomic } from '../core/fs.ts';
+import { openRegular, readRegular, writeFileAtomic } from '../core/fs.ts';
+import { knownRef, type VmRef } from './ref.ts';
 
 export interface VmMeta {
   name: string;
-  kind: 'run' | 'kboot';
+  kind: 'run' | 'kboot' | 'build';
   image: string;
   pid: number | null;
   ssh_port: number | null;
@@ -30,17 +34,24 @@ export interface VmMeta {
 
 export type VmState = 'running' | 'starting' | 'stale' | 'absent';
 
-export interface VmInfo {
-  name: string;
+export interface VmInfo extends VmRef {
   state: VmState;
   pid: number | null;
   meta: VmMeta | null;
-  files: VmFiles;
+}
+
+/** A VM whose QEMU is alive. */
+export interface RunningVm extends VmInfo {
+  state: 'running';
+  pid: number;
 }
 
 export function readMeta(files: VmFiles): VmMeta | null {
+  const text = readRegular(files.meta);
+  if (text === null) return null;
   try {
-    return JSON.parse(readFileSync(files.meta, 'utf8')) as VmMeta;
+    const m = JSON.parse(text) as VmMeta;
+    return m && typeof m === 'object' ? m : null;
   } catch {
     return null;
   }
@@ -54,19 +65,29 @@ export function writeMeta(files: VmFiles, meta: VmMeta): void {
 /** The marker that identifies this VM's QEMU in its command line. */
 export const qemuMarker = (files: VmFiles) => qemuEscape(files.qmp);
 
-export async function vmInfo(name: string, dir?: string): Promise<VmInfo> {
-  const files = vmFiles(name, dir);
+const exists = (p: string) => {
+  try {
+    lstatSync(p);
+    return true;
+  } catch {
+    return false;
+  }
+};
+
+export async function vmInfo(ref: VmRef): Promise<VmInfo> {
+  const { files } = ref;
   const meta = readMeta(files);
   const pid = readPidfile(files.pid) ?? meta?.pid ?? null;
-  if (pid !== null && isOurProcess(pid, qemuMarker(files))) return { name, state: 'running', pid, meta, files };
-  const present = meta !== null || existsSync(files.pid) || existsSync(files.qmp);
-  if (await lockHeld(files.lock)) return { name, state: 'starting', pid: null, meta, files };
-  return { name, state: present ? 'stale' : 'absent', pid: null, meta, files };
+  if (pid !== null && isOurProcess(pid, qemuMarker(files))) return { ...ref, state: 'running', pid, meta };
+  const present = meta !== null || exists(files.pid) || exists(files.qmp);
+  if (await lockHeld(files.lock)) return { ...ref, state: 'starting', pid: null, meta };
+  return { ...ref, state: present ? 'stale' : 'absent', pid: null, meta };
 }
 
 /** Remove what a dead VM left behind (keeps the log for a post-mortem). */
 export function cleanupFiles(files: VmFiles): void {
-  for (const k of ['qmp', 'ga', 'serial', 'pid', 'meta'] as const) rmSync(files[k], { force: true });
+  for (const k of ['qmp', 'ga', 'serial', 'pid', 'meta', 'efivars'] as const) rmSync(files[k], { force: true });
+  rmSync(files.stage, { recursive: true, force: true });
 }
 
 /** Names that have runtime state in `dir`. */
@@ -91,7 +112,7 @@ export function runtimeNames(dir: string): string[] {
 
 /** Every VM in the runtime dir; stale ones are cleaned up as they are found. */
 export async function listVms(dir: string, opts: { keepStale?: boolean } = {}): Promise<VmInfo[]> {
-  const infos = await Promise.all(runtimeNames(dir).map((n) => vmInfo(n, dir)));
+  const infos = await Promise.all(runtimeNames(dir).map((n) => vmInfo(knownRef(n, dir))));
   const out: VmInfo[] = [];
   for (const i of infos) {
     if (i.state === 'stale' && !opts.keepStale) cleanupFiles(i.files);
@@ -101,18 +122,27 @@ export async function listVms(dir: string, opts: { keepStale?: boolean } = {}): 
 }
 
 /** A running VM or an error that says so (exit 69); stale files are cleaned. */
-export async function requireRunning(name: string, dir: string): Promise<VmInfo> {
-  const info = await vmInfo(name, dir);
-  if (info.state === 'running') return info;
+export async function requireRunning(ref: VmRef): Promise<RunningVm> {
+  const info = await vmInfo(ref);
+  if (info.state === 'running') return info as RunningVm;
   if (info.state === 'stale') cleanupFiles(info.files);
-  if (info.state === 'starting') throw new PimError(EXIT.TEMPFAIL, `${name} is still starting; try again in a moment`);
-  throw new PimError(EXIT.UNAVAILABLE, `${name} is not running; start it with pim-run ${name}`);
+  if (info.state === 'starting') throw new PimError(EXIT.TEMPFAIL, `${ref.name} is still starting; try again in a moment`);
+  throw new PimError(EXIT.UNAVAILABLE, `${ref.name} is not running; see pim-ps for the VMs that are`);
 }
 
-export const logTail = (file: string, n = 10): string[] => {
+/** The last `n` lines of a log (a regular file; at most its last 256 KiB are read). */
+export function logTail(file: string, n = 10): string[] {
+  const fd = openRegular(file);
+  if (fd === null) return [];
   try {
-    return readFileSync(file, 'utf8').split('\n').filter(Boolean).slice(-n);
+    const size = fstatSync(fd).size;
+    const len = Math.min(size, 256 * 1024);
+    const buf = Buffer.alloc(len);
+    readSync(fd, buf, 0, len, size - len);
+    return buf.toString('utf8').split('\n').filter(Boolean).slice(-n);
   } catch {
     return [];
+  } finally {
+    closeSync(fd);
   }
-};
+}

@@ -1,13 +1,14 @@
 /**
  * Stopping a VM, gently first: guest agent (guest-shutdown) -> ACPI power
  * button (QMP system_powerdown) -> SIGTERM -> SIGKILL. Each stage waits up to
- * the timeout for QEMU to exit; the QMP connection closing is the signal
- * (QEMU exits when the guest powers off), with a pid check when QMP is gone.
+ * the timeout for QEMU to exit. The signal is the QMP connection closing
+ * (QEMU closes it as it exits), at every stage; only a VM whose QMP socket
+ * does not answer is watched by polling its pid, since a process that is
+ * not our child has no other portable exit notification.
  */
-import { spawn } from 'node:child_process';
 import { EXIT, PimError } from '../core/exit.ts';
-import { childExit, isAlive, waitExit } from '../core/proc.ts';
-import { cleanupFiles, type VmInfo } from './state.ts';
+import { isAlive, waitExit } from '../core/proc.ts';
+import { cleanupFiles, type RunningVm } from './state.ts';
 import type { QmpClient } from '../qemu/qmp.ts';
 import { log } from '../core/log.ts';
 
@@ -27,14 +28,14 @@ async function signal(pid: number, sig: 'SIGTERM' | 'SIGKILL', root: boolean): P
     if (code === 'ESRCH') return;
     if (code !== 'EPERM' || !root) throw e;
     // QEMU runs as root (bridged): sudo for exactly this kill
-    const child = spawn('sudo', ['-n', 'kill', `-${sig.slice(3)}`, String(pid)], { stdio: 'ignore' });
-    const st = await childExit(child);
-    if (st !== 0) throw new PimError(EXIT.NOPERM, `sudo refused to send ${sig} to the root-owned QEMU (pid ${pid}); allow "kill" in your sudoers rule or stop it with sudo`);
+    const { run } = await import('../core/run.ts');
+    const r = await run('sudo', ['-n', 'kill', `-${sig.slice(3)}`, String(pid)]);
+    if (r.code !== 0) throw new PimError(EXIT.NOPERM, `sudo refused to send ${sig} to the root-owned QEMU (pid ${pid}); allow "kill" in your sudoers rule or stop it with sudo`);
   }
 }
 
-export async function stopVm(vm: VmInfo, opts: { timeoutMs: number; force?: boolean }): Promise<StopResult> {
-  const pid = vm.pid!;
+export async function stopVm(vm: RunningVm, opts: { timeoutMs: number; force?: boolean }): Promise<StopResult> {
+  const pid = vm.pid;
   const t0 = Date.now();
   const done = (stage: StopStage): StopResult => {
     cleanupFiles(vm.files);
@@ -48,9 +49,10 @@ export async function stopVm(vm: VmInfo, opts: { timeoutMs: number; force?: bool
   } catch (e) {
     log.debug(`${vm.name}: QMP not available: ${(e as Error).message}`);
   }
+  /** QEMU gone within `ms`: QMP closed (then the pid goes a moment later), or, without QMP, the pid polled. */
   const gone = async (ms: number): Promise<boolean> => {
-    if (qmp && (await qmp.waitClosed(ms))) return waitExit(pid, 5_000);
-    return waitExit(pid, qmp ? 0 : ms);
+    if (qmp) return (await qmp.waitClosed(ms)) && (await waitExit(pid, 5_000));
+    return waitExit(pid, ms);
   };
   try {
     if (!opts.force) {
@@ -80,9 +82,9 @@ export async function stopVm(vm: VmInfo, opts: { timeoutMs: number; force?: bool
       }
     }
     await signal(pid, 'SIGTERM', Boolean(vm.meta?.root));
-    if (await waitExit(pid, opts.timeoutMs)) return done('sigterm');
+    if (await gone(opts.timeoutMs)) return done('sigterm');
     await signal(pid, 'SIGKILL', Boolean(vm.meta?.root));
-    if (await waitExit(pid, 10_000)) return done('sigkill');
+    if (await gone(10_000)) return done('sigkill');
     throw new PimError(EXIT.TEMPFAIL, `${vm.name} (pid ${pid}) is still alive after SIGKILL`);
   } finally {
     qmp?.close();

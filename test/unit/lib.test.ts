@@ -61,8 +61,15 @@ describe('paths', () => {
       log: '/r/pim/dev.log',
       meta: '/r/pim/dev.json',
       lock: '/r/pim/dev.lock',
+      efivars: '/r/pim/dev.efivars.fd',
+      stage: '/r/pim/dev.stage',
     });
-    expect(() => vmFiles('../x', '/r')).toThrow(expect.objectContaining({ code: 64 }));
+  });
+
+  it('checks a VM name once, when its reference is made (64, nothing created)', async () => {
+    const { vmRef } = await import('../../lib/vm/ref.ts');
+    expect(vmRef('dev', '/r/pim')).toMatchObject({ name: 'dev', dir: '/r/pim', files: { qmp: '/r/pim/dev.qmp' } });
+    for (const bad of ['../x', '', '-x', 'a/b', 'x'.repeat(65)]) expect(() => vmRef(bad, '/nonexistent')).toThrow(expect.objectContaining({ code: 64 }));
   });
 
   it('creates the runtime dir 0700 and tightens a loose one', () => {
@@ -73,6 +80,17 @@ describe('paths', () => {
     fs.chmodSync(d, 0o755);
     ensureRuntimeDir();
     expect(fs.statSync(d).mode & 0o777).toBe(0o700);
+  });
+
+  it('refuses a runtime dir that others could write to (77), keeping what is in it untouched', () => {
+    process.env.XDG_RUNTIME_DIR = tmp;
+    const d = ensureRuntimeDir();
+    fs.chmodSync(d, 0o777);
+    fs.symlinkSync('/etc/passwd', join(d, 'victim.log'));
+    expect(() => ensureRuntimeDir()).toThrow(expect.objectContaining({ code: 77, message: expect.stringContaining('writable by others') }));
+    expect(fs.statSync(d).mode & 0o777).toBe(0o777);
+    fs.chmodSync(d, 0o770);
+    expect(() => ensureRuntimeDir()).toThrow(expect.objectContaining({ code: 77 }));
   });
 
   it('refuses a runtime dir that is not a directory', () => {
@@ -229,7 +247,7 @@ describe('JsonLines', () => {
 
 describe('the VM lock', () => {
   it('is held while taken, refuses a second taker with exit 75, and is free once released', async () => {
-    const { acquireLock, lockHeld } = await import('../../lib/core/proc.ts');
+    const { acquireLock, lockHeld } = await import('../../lib/core/lock.ts');
     const file = join(tmpdir(), `pimu-lock-${process.pid}-${Date.now()}.lock`);
     expect(await lockHeld(file)).toBe(false);
     const lock = await acquireLock(file, 'VM x');
@@ -241,4 +259,48 @@ describe('the VM lock', () => {
     const again = await acquireLock(file, 'VM x');
     await again.release();
   });
+});
+
+describe('the pidfile lock (the VM lock off Linux)', () => {
+  const lockTs = new URL('../../lib/core/lock.ts', import.meta.url).pathname;
+  it('holds our pid, refuses a second taker, takes over a dead holder, and frees on release', async () => {
+    const { pidfileLock } = await import('../../lib/core/lock.ts');
+    const fs = await import('node:fs');
+    const file = join(tmpdir(), `pimu-plock-${process.pid}-${Date.now()}.lock`);
+    const lock = await pidfileLock(file, 'ISO x');
+    expect(fs.readFileSync(file, 'utf8').trim()).toBe(String(process.pid));
+    await expect(pidfileLock(file, 'ISO x')).rejects.toMatchObject({ code: 75 });
+    await lock.release();
+    expect(fs.existsSync(file)).toBe(false);
+    // a holder that died: its pid is in the file, nothing is alive there
+    const { spawnSync } = await import('node:child_process');
+    const dead = spawnSync('sh', ['-c', 'echo $$'], { encoding: 'utf8' }).stdout.trim();
+    fs.writeFileSync(file, dead + '\n');
+    const taken = await pidfileLock(file, 'ISO x');
+    expect(fs.readFileSync(file, 'utf8').trim()).toBe(String(process.pid));
+    await taken.release();
+  });
+  it('is taken by exactly one of several processes racing for it, also when the old holder is dead', async () => {
+    const { spawn } = await import('node:child_process');
+    const fs = await import('node:fs');
+    for (const stale of [false, true]) {
+      const file = join(tmpdir(), `pimu-race-${process.pid}-${Date.now()}-${stale}.lock`);
+      if (stale) fs.writeFileSync(file, '999999999\n');
+      const script = `import { pidfileLock } from ${JSON.stringify(lockTs)};
+        try { const l = await pidfileLock(process.argv[1], 'x'); console.log('got'); await new Promise((r) => setTimeout(r, 400)); await l.release(); }
+        catch (e) { console.log(e.code === 75 ? 'busy' : 'error ' + e.message); }`;
+      const runs = Array.from({ length: 6 }, () =>
+        new Promise<string>((resolve) => {
+          const c = spawn(process.execPath, ['--input-type=module', '-e', script, file], { stdio: ['ignore', 'pipe', 'inherit'] });
+          let out = '';
+          c.stdout!.on('data', (d) => (out += d));
+          c.on('close', () => resolve(out.trim()));
+        }),
+      );
+      const results = await Promise.all(runs);
+      expect(results.filter((r) => r === 'got')).toHaveLength(1);
+      expect(results.filter((r) => r === 'busy')).toHaveLength(5);
+      fs.rmSync(file, { force: true });
+    }
+  }, 20_000);
 });

@@ -42,16 +42,34 @@ describe('QmpProtocol on a recorded session', () => {
     await expect(b).resolves.toBe('B');
   });
 
-  it('puts events on their own stream, even between a request and its reply', async () => {
+  it('puts events on their own stream, even between a request and its reply, to every listener', async () => {
     const p = new QmpProtocol(() => undefined);
     const seen: string[] = [];
-    p.onEvent = (e) => seen.push(e.event);
+    const other: string[] = [];
+    p.subscribe((e) => seen.push(e.event));
+    const off = p.subscribe((e) => other.push(e.event));
     const caps = p.request('qmp_capabilities');
     const pd = p.request('system_powerdown');
     p.feed(Buffer.from(QMP_POWERDOWN));
     await expect(caps).resolves.toEqual({});
     await expect(pd).resolves.toEqual({});
     expect(seen).toEqual(['POWERDOWN', 'SHUTDOWN']);
+    expect(other).toEqual(['POWERDOWN', 'SHUTDOWN']);
+    off();
+    p.feed(Buffer.from('{"event": "STOP", "data": {}, "timestamp": {"seconds": 1, "microseconds": 2}}\r\n'));
+    expect(seen).toEqual(['POWERDOWN', 'SHUTDOWN', 'STOP']);
+    expect(other).toEqual(['POWERDOWN', 'SHUTDOWN']);
+  });
+
+  it('keeps nothing when no one listens: events are dropped, not queued', () => {
+    const p = new QmpProtocol(() => undefined);
+    for (let i = 0; i < 1000; i++) p.feed(Buffer.from('{"event": "RTC_CHANGE", "data": {"offset": 1}}\r\n'));
+    expect(p.listenerCount).toBe(0);
+    const seen: string[] = [];
+    p.subscribe((e) => seen.push(e.event));
+    p.feed(Buffer.from('{"event": "STOP"}\r\n'));
+    expect(seen).toEqual(['STOP']); // none of the 1000 earlier ones
+    expect(Object.keys(p).some((k) => Array.isArray((p as unknown as Record<string, unknown>)[k]) && ((p as unknown as Record<string, unknown[]>)[k]!.length ?? 0) >= 1000)).toBe(false);
   });
 
   it('fails pending requests with a clear error when the connection drops', async () => {
@@ -68,8 +86,12 @@ describe('QmpProtocol on a recorded session', () => {
     const r = p.request('query-status', undefined, 20);
     await expect(r).rejects.toMatchObject({ code: 75 });
     expect(p.pendingCount).toBe(0);
-    // a late reply is ignored
-    p.feed(Buffer.from('{"return": {}, "id": "pim-1"}\r\n'));
+    // a late reply is dropped: it settles nothing and the next request gets its own reply
+    const next = p.request('query-version', undefined, 1000);
+    p.feed(Buffer.from('{"return": {"late": true}, "id": "pim-1"}\r\n{"return": {"mine": true}, "id": "pim-2"}\r\n'));
+    await expect(next).resolves.toEqual({ mine: true });
+    expect(p.lateReplies).toBe(1);
+    expect(p.pendingCount).toBe(0);
   });
 
   it('waits for the greeting', async () => {

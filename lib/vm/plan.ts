@@ -1,0 +1,181 @@
+/**
+ * pim-run's policy, as a library call that pim-build and pim-kboot share:
+ * which accelerator (and the fallback from a KVM that fails at run time),
+ * which network (user mode with an SSH port forward, or a bridge through
+ * sudo), UEFI vars, and the disk. `startVm` reserves the name, prepares
+ * what the VM needs under its lock, launches QEMU and checks KVM.
+ */
+import { copyFileSync } from 'node:fs';
+import { EXIT, PimError } from '../core/exit.ts';
+import { log } from '../core/log.ts';
+import { chooseAccel, writeKvmVerdict } from '../qemu/accel.ts';
+import { bridgeHelper, checkPortFree, freePort, macFor, ovmfCode } from '../qemu/host.ts';
+import type { Accel, NetSpec, VmSpec } from '../qemu/argv.ts';
+import { kvmWorks, launch, reserveVm, type LaunchRequest, type Reservation } from './launch.ts';
+import type { RunningVm, VmMeta } from './state.ts';
+import type { VmRef } from './ref.ts';
+
+/** A memory size such as 512M or 2G (exit 64 otherwise). */
+export function checkMem(mem: string | number, what = '--mem'): string {
+  const s = String(mem);
+  if (!/^\d+[KMGT]?$/i.test(s)) throw new PimError(EXIT.USAGE, `${what} must be a size such as 512M or 2G, not ${JSON.stringify(s)}`);
+  return s;
+}
+
+/** A CPU count from 1 to 256 (exit 64 otherwise). */
+export function checkCpus(cpus: string | number, what = '--cpus'): number {
+  const n = Number(cpus);
+  if (!Number.isInteger(n) || n < 1 || n > 256) throw new PimError(EXIT.USAGE, `${what} must be a whole number from 1 to 256, not ${JSON.stringify(String(cpus))}`);
+  return n;
+}
+
+/** A TCP port number (exit 64 otherwise). */
+export function checkPort(port: string | number, what = '--ssh-port'): number {
+  const n = Number(port);
+  if (!Number.isInteger(n) || n < 1 || n > 65535) throw new PimError(EXIT.USAGE, `${what} must be a port number (1-65535), not ${JSON.stringify(String(port))}`);
+  return n;
+}
+
+export interface NetRequest {
+  bridged?: boolean;
+  /** bridge (Linux) or host interface (macOS) */
+  bridge?: string;
+  /** user mode: the host port for the guest's port 22 (checked free); default a free one */
+  sshPort?: number;
+}
+
+export interface NetPlan {
+  net: NetSpec;
+  /** QEMU must run as root (bridged without a setuid helper) */
+  sudo: boolean;
+  sshPort: number | null;
+  /** the port was picked by pim (so a clash may be retried with another) */
+  picked: boolean;
+}
+
+/** The network for VM `name`: user mode with a forwarded SSH port, or a bridge. */
+export async function planNetwork(name: string, r: NetRequest): Promise<NetPlan> {
+  const mac = macFor(name);
+  if (r.bridged) {
+    if (r.sshPort) throw new PimError(EXIT.USAGE, '--ssh-port is for user networking; a bridged VM has its own address (see pim-ip)');
+    if (process.platform === 'darwin') return { net: { mode: 'vmnet-bridged', bridge: r.bridge ?? process.env.PIM_BRIDGE ?? 'en0', mac }, sudo: true, sshPort: null, picked: false };
+    const helper = bridgeHelper();
+    if (!helper) throw new PimError(EXIT.UNAVAILABLE, 'qemu-bridge-helper was not found; install qemu-system-common');
+    return { net: { mode: 'bridge', bridge: r.bridge ?? process.env.PIM_BRIDGE ?? 'br0', helper: helper.path, mac }, sudo: !helper.setuid, sshPort: null, picked: false };
+  }
+  if (r.sshPort) {
+    await checkPortFree(r.sshPort);
+    return { net: { mode: 'user', sshPort: r.sshPort, mac }, sudo: false, sshPort: r.sshPort, picked: false };
+  }
+  const port = await freePort();
+  return { net: { mode: 'user', sshPort: port, mac }, sudo: false, sshPort: port, picked: true };
+}
+
+export interface DiskPlan {
+  path: string;
+  format: 'qcow2' | 'raw';
+  /** UEFI vars that belong to this disk (NAME.efivars.fd beside it), if any */
+  efivars?: string | null;
+}
+
+export interface StartRequest {
+  ref: VmRef;
+  disk?: DiskPlan;
+  mem: string;
+  cpus: number;
+  /** --accel (else PIM_ACCEL, else the host's best) */
+  accel?: string;
+  net: NetRequest;
+  snapshot?: boolean;
+  console?: boolean;
+  /** a guest-agent channel (default true) */
+  agent?: boolean;
+  kind?: VmMeta['kind'];
+  /** what the metadata names as the image (default the disk's path) */
+  image?: string;
+  /** more of the VM: direct kernel boot, a CD, -no-reboot (pim-build's installer boot) */
+  spec?: Partial<Pick<VmSpec, 'kernel' | 'cdrom' | 'noReboot' | 'machine' | 'rng'>>;
+  extra?: string[];
+  signal?: AbortSignal;
+}
+
+/**
+ * Start a VM the way pim-run does and return it running (or, with console,
+ * QEMU's exit status). UEFI vars are copied for a snapshot run under the
+ * VM's lock; KVM chosen by default and unproven since the host booted is
+ * watched, and on a KVM internal error the VM is restarted on TCG, still
+ * under the same lock.
+ */
+export async function startVm(req: StartRequest): Promise<{ vm: RunningVm; accel: Accel; sshPort: number | null } | number> {
+  const choice = chooseAccel(req.accel);
+  let accel = choice.accel;
+  const res = await reserveVm(req.ref);
+  try {
+    let uefi: { code: string; vars: string } | undefined;
+    if (req.disk?.efivars) {
+      let vars = req.disk.efivars;
+      if (req.snapshot) {
+        // a snapshot run must not change the image's vars either: a copy, made under the lock
+        copyFileSync(req.disk.efivars, res.files.efivars);
+        vars = res.files.efivars;
+      }
+      uefi = { code: ovmfCode(), vars };
+    }
+    for (let attempt = 0; ; attempt++) {
+      const np = await planNetwork(req.ref.name, req.net);
+      try {
+        let result = await launch(res, request(req, np, accel, uefi), { signal: req.signal });
+        if (typeof result === 'number') return result;
+        if (choice.probeKvm && accel === 'kvm') {
+          if (await kvmWorks(result)) writeKvmVerdict('ok');
+          else {
+            writeKvmVerdict('broken');
+            log.warn('KVM failed at run time here (internal error): restarting with TCG, which is much slower; later runs use TCG directly');
+            accel = 'tcg';
+            result = await launch(res, request(req, np, accel, uefi), { signal: req.signal });
+            if (typeof result === 'number') return result;
+          }
+        }
+        return { vm: result, accel, sshPort: np.sshPort };
+      } catch (e) {
+        // a port pim picked was taken between picking and QEMU binding it: pick again
+        if (np.picked && attempt < 2 && e instanceof PimError && /host forwarding rule|hostfwd/i.test(e.message)) continue;
+        throw e;
+      }
+    }
+  } finally {
+    await res.release();
+  }
+}
+
+function request(req: StartRequest, np: NetPlan, accel: Accel, uefi: { code: string; vars: string } | undefined): LaunchRequest {
+  const agent = req.agent ?? true;
+  return {
+    spec: {
+      accel,
+      mem: req.mem,
+      cpus: req.cpus,
+      disk: req.disk ? { path: req.disk.path, format: req.disk.format, snapshot: Boolean(req.snapshot) } : undefined,
+      uefi,
+      agent,
+      net: np.net,
+      ...req.spec,
+      extra: req.extra ?? [],
+    },
+    console: Boolean(req.console),
+    sudo: np.sudo,
+    meta: {
+      kind: req.kind ?? 'run',
+      image: req.image ?? req.disk?.path ?? '',
+      ssh_port: np.sshPort,
+      bridged: Boolean(req.net.bridged),
+      agent,
+      accel,
+      mem: req.mem,
+      cpus: req.cpus,
+      snapshot: Boolean(req.snapshot),
+    },
+  };
+}
+
+export type { Reservation };
