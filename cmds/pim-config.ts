@@ -17,7 +17,8 @@ export const cmd = defineCmd({
   description: `
 init writes pim.yml, isos.d/, profiles.d/, preseeds.d/, installs.d/ and scripts.d/ with the
 built-in defaults as editable files. Files that already exist are left alone and listed as
-"exists" on stderr; stdout gets the files that were written.
+"exists" on stderr; stdout gets the files that were written. The config already there is
+checked first: a broken file exits 78 naming FILE:LINE, and nothing is written.
 show prints the merged configuration: pim.yml over the built-in defaults, and every
 profile and ISO entry merged over its "default". With --json, one JSON object.
 path prints each directory as "NAME<TAB>PATH" (config, pim.yml, isos.d, ..., isos).`,
@@ -31,10 +32,10 @@ path prints each directory as "NAME<TAB>PATH" (config, pim.yml, isos.d, ..., iso
   },
   async run({ args, positionals }) {
     const sub = positionals[0];
-    const config = await import('../lib/config/config.ts');
     const { printJson, printRecords } = await import('../lib/cli/output.ts');
     if (sub === 'path') {
-      const paths = config.configPaths();
+      const { configPaths } = await import('../lib/config/tree.ts');
+      const paths = configPaths();
       if (args.json) printJson(paths);
       else printRecords(Object.entries(paths).map(([name, path]) => ({ name, path })), ['path'], { plain: true });
       return;
@@ -42,28 +43,33 @@ path prints each directory as "NAME<TAB>PATH" (config, pim.yml, isos.d, ..., iso
     if (sub === 'init') {
       if (args.json) throw new PimError(EXIT.USAGE, 'pim-config init takes no --json');
       const { log } = await import('../lib/core/log.ts');
-      const { written, skipped } = config.initTree();
+      const { initTree } = await import('../lib/config/init.ts');
+      const { configDir } = await import('../lib/core/paths.ts');
+      const { written, skipped } = await initTree();
       for (const s of skipped) log.info(`exists, left alone: ${s}`);
       for (const w of written) writeOut(w + '\n');
-      if (!written.length) log.info(`nothing to write: every starter file already exists in ${config.configPaths().config}`);
+      if (!written.length) log.info(`nothing to write: every starter file already exists in ${configDir()}`);
       return;
     }
     if (sub === 'show') {
-      const rt = await config.loadRuntimeConfig();
+      const { loadRuntimeConfig } = await import('../lib/config/runtime.ts');
+      const { loadCatalog, entryNames, resolveEntry } = await import('../lib/config/catalog.ts');
+      const { checkProfileRefs } = await import('../lib/config/profile.ts');
+      const rt = await loadRuntimeConfig();
       const out: Record<string, unknown> = { pim: rt.value, profiles: {}, isos: {} };
       for (const kind of ['profiles', 'isos'] as const) {
-        const cat = await config.loadCatalog(kind);
-        const names = config.entryNames(cat);
+        const cat = await loadCatalog(kind);
+        const names = entryNames(cat);
         for (const n of names) {
-          const r = config.resolveEntry(cat, n);
-          if (kind === 'profiles') config.checkProfileRefs(r);
+          const r = resolveEntry(cat, n);
+          if (kind === 'profiles') checkProfileRefs(r);
           (out[kind] as Record<string, unknown>)[n] = r.value;
         }
       }
       if (args.json) printJson(out);
       else {
-        const YAML = await config.yamlLib();
-        writeOut(YAML.stringify(out));
+        const { yamlLib } = await import('../lib/config/yaml.ts');
+        writeOut((await yamlLib()).stringify(out));
       }
       return;
     }

@@ -27,13 +27,14 @@ value as JSON, and where it came from (FILE:LINE, or builtin:...).`,
   positionals: { min: 1, max: 2 },
   async run({ args, positionals }) {
     const [sub, name] = positionals;
-    const config = await import('../lib/config/config.ts');
+    const { loadCatalog, entryNames, resolveEntry } = await import('../lib/config/catalog.ts');
+    const { loadProfile } = await import('../lib/config/profile.ts');
     const { printJson, printRecords } = await import('../lib/cli/output.ts');
     if (sub === 'list') {
       if (name !== undefined) throw new PimError(EXIT.USAGE, 'pim-profile list takes no NAME; use pim-profile show NAME');
-      const cat = await config.loadCatalog('profiles');
-      const recs = config.entryNames(cat).map((n) => {
-        const r = config.resolveEntry(cat, n);
+      const cat = await loadCatalog('profiles');
+      const recs = entryNames(cat).map((n) => {
+        const r = resolveEntry(cat, n);
         return { name: n, distro: r.value.distro ?? null, iso: r.value.iso ?? null, files: r.files.join(',') };
       });
       printRecords(recs, ['distro', 'iso', 'files'], { json: args.json, quiet: args.quiet });
@@ -41,14 +42,17 @@ value as JSON, and where it came from (FILE:LINE, or builtin:...).`,
     }
     if (sub === 'show') {
       if (name === undefined) throw new PimError(EXIT.USAGE, 'missing profile NAME; usage: pim-profile show NAME');
-      const p = await config.loadProfile(name);
+      const p = await loadProfile(name);
       if (args.explain) {
         const { leafOrigins } = await import('../lib/config/merge.ts');
         const keys = Object.keys(leafOrigins(p.value, '')); // in the merged value's order
         const recs = keys.map((key) => ({ name: key, value: JSON.stringify(getPath(p.value, key)), from: p.origins[key] ?? '-' }));
         printRecords(recs, ['value', 'from'], { json: args.json });
       } else if (args.json) printJson(p.value);
-      else writeOut((await config.yamlLib()).stringify(p.value));
+      else {
+        const { yamlLib } = await import('../lib/config/yaml.ts');
+        writeOut((await yamlLib()).stringify(p.value));
+      }
       return;
     }
     throw new PimError(EXIT.USAGE, `unknown subcommand "${sub}"; use list or show`);

@@ -2,7 +2,7 @@
  * pim-serve: serve a profile's preseed, autoinstall files and scripts over
  * HTTP. Prints its URL on stdout, then one line per request on stderr.
  * Runs until Ctrl-C or SIGTERM. The same server is a library call
- * (lib/serve.ts startServer) for builds that run it in-process.
+ * (lib/install/serve.ts startServer) for builds that run it in-process.
  */
 import { defineCmd, main } from '../lib/cli/command.ts';
 import { writeOut } from '../lib/cli/output.ts';
@@ -23,17 +23,23 @@ Templates use eta (<%= profile.hostname %>, <%= url %>); url is the address the
 client used, so a QEMU user-mode guest sees http://10.0.2.2:PORT.
 Binds to 127.0.0.1 by default (pim.yml serve.bind), which QEMU user-mode guests reach as
 10.0.2.2; --bind 0.0.0.0 (or a LAN address) opens it to bare-metal or Ventoy installs.
-Only GET and HEAD; anything outside the files above is 404. A template that fails to
-render is a 500 and a log line. A port in use exits 75. --port 0 picks a free port.
-The profile is read once at start; templates and scripts are re-read when they change.`,
-  examples: ['pim-serve dev', 'pim-serve dev --bind 0.0.0.0 --port 8080', 'url=$(pim-serve dev --port 0 | head -1) &'],
+Only GET and HEAD (other methods are 405); anything outside the files above is 404.
+A template that fails to render is a 500 and a log line. A port in use exits 75.
+--port 0 picks a free port.
+The profile is read once at start; templates and scripts are re-read when they change.
+In a bash script, run it as a coprocess and read the URL from it (last example).`,
+  examples: [
+    'pim-serve dev',
+    'pim-serve dev --bind 0.0.0.0 --port 8080',
+    'coproc pim-serve dev --port 0; read -r url <&"${COPROC[0]}"; curl -s "$url/preseed.cfg"; kill "$COPROC_PID"',
+  ],
   args: {
     port: { type: 'string', description: 'TCP port (pim.yml serve.port, else 8080); 0 = any free port', valueHint: 'N' },
     bind: { type: 'string', description: 'address to listen on (pim.yml serve.bind, else 127.0.0.1)', valueHint: 'ADDR' },
   },
   positionals: { max: 1 },
   async run({ args, positionals }) {
-    const { loadRuntimeConfig } = await import('../lib/config/config.ts');
+    const { loadRuntimeConfig } = await import('../lib/config/runtime.ts');
     const { startServer } = await import('../lib/install/serve.ts');
     const { log } = await import('../lib/core/log.ts');
     const rt = (await loadRuntimeConfig()).value;

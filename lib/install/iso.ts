@@ -7,7 +7,10 @@
  *   NAME.iso.verified  JSON {size, mtimeMs, algo, digest, ...}: the last hash,
  *                      valid while size and mtime match, so a second verify
  *                      only stats the file
- *   NAME.iso.lock      held (pid inside) while a download runs
+ *   NAME.iso.lock      the download lock's name (lib/core/lock.ts: an abstract
+ *                      socket on Linux, no file; a pidfile elsewhere)
+ *
+ * The directory is 0700 and its files 0600 (lib/install/iso-store.ts).
  *
  * A checksum is pinned (`checksum: sha256:HEX`, `sha512:HEX`, or bare hex)
  * or read from a SUMS file (`checksum_url`). A `*` in the URL's last path
@@ -17,7 +20,8 @@ import * as fs from 'node:fs';
 import { writeFileAtomic } from '../core/fs.ts';
 import { join } from 'node:path';
 import { EXIT, PimError } from '../core/exit.ts';
-import { isoDir, loadCatalog, resolveEntry, entryNames, type Resolved } from '../config/config.ts';
+import { isoDir } from '../config/tree.ts';
+import { loadCatalog, resolveEntry, entryNames, type Resolved } from '../config/catalog.ts';
 
 export type Algo = 'sha256' | 'sha512';
 export interface Checksum {
@@ -173,49 +177,28 @@ export function isoState(f: IsoFiles): IsoState {
   return 'missing';
 }
 
-export async function hashFile(path: string, algo: Algo): Promise<string> {
+/** The file's digest as hex; `signal` stops it (the promise rejects with its reason). */
+export async function hashFile(path: string, algo: Algo, signal?: AbortSignal): Promise<string> {
   const { createHash } = await import('node:crypto');
   const h = createHash(algo);
   const { pipeline } = await import('node:stream/promises');
-  await pipeline(fs.createReadStream(path, { highWaterMark: 1 << 20 }), h);
+  try {
+    await pipeline(fs.createReadStream(path, { highWaterMark: 1 << 20 }), h, { signal });
+  } catch (e) {
+    if (signal?.aborted && signal.reason instanceof Error) throw signal.reason;
+    throw e;
+  }
   return h.digest('hex');
 }
 
 /** Hash of the file, from the cache when size and mtime still match. */
-export async function cachedDigest(f: IsoFiles, algo: Algo, extra: Partial<VerifiedRecord> = {}): Promise<{ digest: string; cached: boolean }> {
+export async function cachedDigest(f: IsoFiles, algo: Algo, extra: Partial<VerifiedRecord> = {}, signal?: AbortSignal): Promise<{ digest: string; cached: boolean }> {
   const st = statOrNull(f.iso);
   if (!st) throw new PimError(EXIT.NOINPUT, `${f.iso} does not exist`);
   const r = freshRecord(f, st);
   if (r && r.algo === algo && r.digest) return { digest: r.digest, cached: true };
-  const digest = await hashFile(f.iso, algo);
+  const digest = await hashFile(f.iso, algo, signal);
   const after = statOrNull(f.iso);
   if (after && after.size === st.size && after.mtimeMs === st.mtimeMs) writeRecord(f, { ...extra, size: st.size, mtimeMs: st.mtimeMs, algo, digest });
   return { digest, cached: false };
-}
-
-// ---------------------------------------------------------------- lock
-
-/** Take NAME.iso.lock (O_EXCL, our pid inside); a stale lock (dead pid) is taken over. Busy is exit 75. */
-export function lockIso(f: IsoFiles, name: string): () => void {
-  for (let i = 0; i < 2; i++) {
-    try {
-      fs.writeFileSync(f.lock, String(process.pid), { flag: 'wx' });
-      return () => fs.rmSync(f.lock, { force: true });
-    } catch (e) {
-      if ((e as NodeJS.ErrnoException).code !== 'EEXIST') throw new PimError(EXIT.CANTCREAT, `cannot create ${f.lock}: ${(e as Error).message}`);
-      const pid = Number(fs.readFileSync(f.lock, 'utf8').trim());
-      let alive = false;
-      if (pid > 0) {
-        try {
-          process.kill(pid, 0);
-          alive = true;
-        } catch (err) {
-          alive = (err as NodeJS.ErrnoException).code === 'EPERM';
-        }
-      }
-      if (alive) throw new PimError(EXIT.TEMPFAIL, `ISO "${name}" is being downloaded by pid ${pid}; wait for it to finish`);
-      fs.rmSync(f.lock, { force: true });
-    }
-  }
-  throw new PimError(EXIT.TEMPFAIL, `cannot take ${f.lock}; try again`);
 }

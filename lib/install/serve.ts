@@ -16,22 +16,54 @@
  * user-mode guest. Anything outside that set is 404: `..`, encoded
  * traversal, symlinks that leave the directory, absolute-form targets. A
  * template that fails to render is a 500 and a log line; a response is
- * only sent once it is fully rendered.
+ * only sent once it is fully rendered. Methods other than GET and HEAD are
+ * 405 (with Allow: GET, HEAD).
+ *
+ * renderAnswer renders one answer file without a server (the same templates
+ * and fallbacks), e.g. for a build's cache key.
  */
 import * as http from 'node:http';
 import * as fs from 'node:fs';
 import { EXIT, PimError } from '../core/exit.ts';
-import { loadProfile, profileFile, namedFile, readFound, subdir, type FoundFile, type Subdir } from '../config/config.ts';
+import { loadProfile, profileFile, namedFile, readFound, type FoundFile } from '../config/profile.ts';
+import { subdir, type Subdir } from '../config/tree.ts';
+import type { Origins, Plain } from '../config/merge.ts';
 import { DEFAULT_FILES } from '../config/defaults.ts';
 import { renderFile } from './template.ts';
 
+/** A profile as served: merged over `default` (loadProfile's Resolved has this shape). */
+export interface ServeProfile {
+  name: string;
+  value: Plain;
+  origins?: Origins;
+}
+
+/** One request, as the server answered it. */
+export interface RequestRecord {
+  method: string;
+  /** the request target as received (path and query) */
+  path: string;
+  status: number;
+  /** body bytes sent (0 for HEAD) */
+  bytes: number;
+  /** the client's address */
+  remote: string;
+}
+
 export interface ServeOpts {
-  profile: string;
+  /**
+   * A profile name (loaded, merged and checked here), or a profile already
+   * resolved: a build passes its own, with its per-build key added to
+   * value.ssh_keys, before any template renders.
+   */
+  profile: string | ServeProfile;
   /** 0 picks a free port */
   port: number;
   bind: string;
   /** one line per request (default: stderr) */
   log?: (line: string) => void;
+  /** called once per request, beside the log line */
+  onRequest?: (r: RequestRecord) => void;
 }
 
 export interface Served {
@@ -41,7 +73,9 @@ export interface Served {
   close(): Promise<void>;
 }
 
-const TEMPLATES: Record<string, { suffix: string; key: string }> = {
+export type AnswerRoute = '/preseed.cfg' | '/user-data' | '/meta-data';
+
+const TEMPLATES: Record<AnswerRoute, { suffix: string; key: string }> = {
   '/preseed.cfg': { suffix: '.cfg', key: 'preseed' },
   '/user-data': { suffix: '.user-data', key: 'user_data' },
   '/meta-data': { suffix: '.meta-data', key: '' },
@@ -93,31 +127,46 @@ function staticFile(dir: Subdir, raw: string, profile: string): Answer {
   return notFound();
 }
 
+/** The template for an answer route: the profile's override key, else preseeds.d/PROFILE.SUFFIX.*, else default's, else built-in. */
+function templateFor(route: AnswerRoute, p: ServeProfile): FoundFile | null {
+  const t = TEMPLATES[route];
+  const override = t.key ? p.value[t.key] : undefined;
+  if (typeof override === 'string') return namedFile('preseeds.d', override);
+  return profileFile('preseeds.d', p.name, t.suffix, true);
+}
+
+/**
+ * Render one answer file for `profile` as the server would for a client that
+ * reached it at `url`. Null where the server answers 404 (no template, or a
+ * template that is a symlink leaving preseeds.d); a template that fails to
+ * render throws a config error (exit 78, FILE:LINE) where the server answers 500.
+ */
+export function renderAnswer(route: AnswerRoute, profile: ServeProfile, url: string): { body: string; label: string } | null {
+  const f = templateFor(route, profile);
+  if (!f) return null;
+  if (f.path !== null && !inside(subdir('preseeds.d'), f.path)) return null;
+  const body = renderFile(f.path, f.path === null ? readFound(f) : undefined, f.label, { profile: profile.value, name: profile.name, url });
+  return { body, label: f.label };
+}
+
+const isRoute = (p: string): p is AnswerRoute => Object.hasOwn(TEMPLATES, p);
+
 export async function startServer(opts: ServeOpts): Promise<Served> {
-  const p = await loadProfile(opts.profile);
+  const p: ServeProfile = typeof opts.profile === 'string' ? await loadProfile(opts.profile) : opts.profile;
   const logLine = opts.log ?? ((l: string) => process.stderr.write(l + '\n'));
   let defaultUrl = '';
-
-  const templateFor = (route: string): FoundFile | null => {
-    const t = TEMPLATES[route]!;
-    const override = t.key ? p.value[t.key] : undefined;
-    if (typeof override === 'string') return namedFile('preseeds.d', override);
-    return profileFile('preseeds.d', p.name, t.suffix, true);
-  };
 
   const answer = (req: http.IncomingMessage): Answer => {
     const target = req.url ?? '';
     if (!target.startsWith('/')) return notFound(); // absolute-form or asterisk-form
     const path = target.split('?')[0]!;
-    if (path in TEMPLATES) {
-      const f = templateFor(path);
-      if (!f) return notFound();
-      if (f.path !== null && !inside(subdir('preseeds.d'), f.path)) return notFound();
+    if (isRoute(path)) {
       const host = req.headers.host;
       const url = host && HOST_RE.test(host) ? `http://${host}` : defaultUrl;
       try {
-        const body = renderFile(f.path, f.path === null ? readFound(f) : undefined, f.label, { profile: p.value, name: p.name, url });
-        return { status: 200, body, type: 'text/plain; charset=utf-8', note: f.label };
+        const a = renderAnswer(path, p, url);
+        if (!a) return notFound();
+        return { status: 200, body: a.body, type: 'text/plain; charset=utf-8', note: a.label };
       } catch (e) {
         return { status: 500, body: 'template error: see the server log\n', note: e instanceof PimError ? e.message : String(e) };
       }
@@ -143,10 +192,16 @@ export async function startServer(opts: ServeOpts): Promise<Served> {
     }
     const body = typeof a.body === 'string' ? Buffer.from(a.body) : a.body;
     res.writeHead(a.status, { 'Content-Type': a.type ?? 'text/plain; charset=utf-8', 'Content-Length': body.length, 'Cache-Control': 'no-store' });
+    const bytes = req.method === 'HEAD' ? 0 : body.length;
     res.end(req.method === 'HEAD' ? undefined : body);
     const ms = Number(process.hrtime.bigint() - t0) / 1e6;
-    const who = req.socket.remoteAddress ?? '-';
-    logLine(`${who} ${req.method} ${JSON.stringify(req.url ?? '')} ${a.status} ${body.length} ${ms.toFixed(2)}ms${a.note ? ' ' + a.note : ''}`);
+    const remote = req.socket.remoteAddress ?? '-';
+    logLine(`${remote} ${req.method} ${JSON.stringify(req.url ?? '')} ${a.status} ${bytes} ${ms.toFixed(2)}ms${a.note ? ' ' + a.note : ''}`);
+    try {
+      opts.onRequest?.({ method: req.method ?? '', path: req.url ?? '', status: a.status, bytes, remote });
+    } catch (e) {
+      logLine(`onRequest failed: ${(e as Error).message}`); // a listener's error must not take the server down
+    }
   });
   server.keepAliveTimeout = 5000;
 

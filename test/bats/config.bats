@@ -36,6 +36,44 @@ C() { echo "$XDG_CONFIG_HOME/pim"; }
   [[ "$output" == *'"port":9999'* ]]
 }
 
+@test "pim-config init with a broken pim.yml or profile exits 78 naming FILE:LINE and writes nothing" {
+  export XDG_CONFIG_HOME="$PIM_TMP/broken"
+  c="$XDG_CONFIG_HOME/pim"
+  mkdir -p "$c"
+  printf 'serve:\n  port: [8080\n' > "$c/pim.yml"
+  run --separate-stderr pim-config init
+  [ "$status" -eq 78 ]; [ -z "$output" ]
+  [[ "$stderr" == "pim-config: $c/pim.yml:"[0-9]*": "* ]]
+  [ "$(ls -A "$c")" = pim.yml ]
+  printf 'serve:\n  port: 8080\n' > "$c/pim.yml"
+  mkdir "$c/profiles.d"; printf 'dev:\n  firmware: efi\n' > "$c/profiles.d/dev.yml"
+  run --separate-stderr pim-config init
+  [ "$status" -eq 78 ]; [ -z "$output" ]
+  [ "$stderr" = "pim-config: $c/profiles.d/dev.yml:2: \"firmware\" must be one of bios, uefi, not \"efi\"" ]
+  [ "$(ls -A "$c" | tr '\n' ' ')" = "pim.yml profiles.d " ]
+  [ "$(ls -A "$c/profiles.d")" = dev.yml ]
+  rm "$c/profiles.d/dev.yml"
+  run --separate-stderr pim-config init
+  [ "$status" -eq 0 ]
+  [ -e "$c/isos.d/default.yml" ]
+}
+
+@test "a billion-laughs profile is 78 with FILE:LINE on one line, never a stack (70)" {
+  export XDG_CONFIG_HOME="$PIM_TMP/lol"
+  f="$XDG_CONFIG_HOME/pim/profiles.d/lol.yml"
+  mkdir -p "${f%/*}"
+  node -e '
+    let t = "a: &a [\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\"]\n";
+    const L = "abcdefghi";
+    for (let i = 1; i < L.length; i++) t += `${L[i]}: &${L[i]} [${Array(9).fill("*" + L[i - 1]).join(",")}]\n`;
+    process.stdout.write(t);' > "$f"
+  run --separate-stderr pim-profile list
+  echo "$stderr"
+  [ "$status" -eq 78 ]; [ -z "$output" ]
+  [[ "$stderr" == "pim-profile: $f:"[0-9]*": the alias *"?" makes this file expand to more than 1000000 values; "* ]]
+  [ "$(wc -l <<<"$stderr")" -eq 1 ]
+}
+
 @test "profiles merge over default; --explain names file and line" {
   printf 'dev:\n  hostname: devbox\n  packages: [vim]\n' > "$(C)/profiles.d/dev.yml"
   run --separate-stderr pim-profile list

@@ -12,17 +12,21 @@ setup_file() {
   (cd "$W" && sha256sum disk-1.0-amd64.iso > SHA256SUMS)
   export SUM=$(cut -d' ' -f1 "$W/SHA256SUMS")
   # Range-aware server. /cut/F closes the connection after 1 MB on the first
-  # request; /slow/F trickles; anything else missing is 404.
+  # request; /short/F after 100 kB on every request; /stall/F sends 1 MB and then
+  # nothing (the connection stays open) on the first request; /norange/F
+  # ignores Range (200, the whole file); /slow/F trickles; anything else
+  # missing is 404.
   cat > "$PIM_TMP/srv.mjs" <<'JS'
 import http from 'node:http'; import fs from 'node:fs';
-const dir = process.argv[2]; let cut = 1;
+const dir = process.argv[2]; let cut = 1; let stall = 1;
 const srv = http.createServer((req, res) => {
-  const [, mode, name] = /^\/(?:(cut|slow)\/)?(.*)$/.exec(req.url);
+  const [, mode, name] = /^\/(?:(cut|short|stall|norange|slow)\/)?(.*)$/.exec(req.url);
   let data; try { data = fs.readFileSync(`${dir}/${name}`); } catch { res.statusCode = 404; return res.end('no'); }
-  const m = /bytes=(\d+)-/.exec(req.headers.range ?? ''); const start = m ? Number(m[1]) : 0;
+  const m = /bytes=(\d+)-/.exec(req.headers.range ?? ''); const start = m && mode !== 'norange' ? Number(m[1]) : 0;
   const part = data.subarray(start);
   res.writeHead(start ? 206 : 200, { 'content-length': part.length, ...(start ? { 'content-range': `bytes ${start}-${data.length - 1}/${data.length}` } : {}) });
-  if (mode === 'cut' && cut-- > 0) return res.write(part.subarray(0, 1000000), () => setTimeout(() => res.socket.end(), 20));
+  if ((mode === 'cut' && cut-- > 0) || mode === 'short') return res.write(part.subarray(0, mode === 'short' ? 100000 : 1000000), () => setTimeout(() => res.socket.end(), 20));
+  if (mode === 'stall' && stall-- > 0) return res.write(part.subarray(0, 1000000));
   if (mode === 'slow') { let i = 0; const t = setInterval(() => { if (res.destroyed || i >= part.length) { clearInterval(t); return res.end(); } res.write(part.subarray(i, i += 65536)); }, 50); return; }
   res.end(part);
 });
@@ -35,6 +39,10 @@ JS
 teardown_file() {
   kill "$(cat "$PIM_TMP/srv.pid")" 2>/dev/null || true
   pim_cleanup
+}
+teardown() {
+  # the full-disk test mounts a small tmpfs
+  if mountpoint -q "$PIM_TMP/small" 2>/dev/null; then umount "$PIM_TMP/small"; fi
 }
 
 base() { echo "http://127.0.0.1:$(cat "$PIM_TMP/port")"; }
@@ -68,6 +76,11 @@ I() { echo "$XDG_CACHE_HOME/pim/isos"; }
   [ ! -e "$(I)/sums.iso.part" ]
   run pim-iso add sums --url "$(base)/x.iso" --insecure
   [ "$status" -eq 73 ]
+}
+
+@test "the ISO cache is private: the directory 0700, its files 0600" {
+  [ "$(stat -c %a "$(I)")" = 700 ]
+  for f in "$(I)"/*; do [ "$(stat -c %a "$f")" = 600 ] || { echo "$f"; false; }; done
 }
 
 @test "verify hashes once, then answers from the cache" {
@@ -145,4 +158,72 @@ I() { echo "$XDG_CACHE_HOME/pim/isos"; }
   [ "$status" -eq 66 ]
   run pim-iso download nosuch
   [ "$status" -eq 66 ]
+}
+
+@test "a second concurrent download of the same ISO exits 75; the first completes and verifies" {
+  pim-iso add busy --url "$(base)/slow/disk-1.0-amd64.iso" --checksum "sha256:$SUM"
+  pim-iso download busy >"$PIM_TMP/busy.out" 2>"$PIM_TMP/busy.err" &
+  pid=$!
+  # the first holds the lock once it says it is downloading
+  for _ in $(seq 100); do grep -q "busy: downloading" "$PIM_TMP/busy.err" && break; sleep 0.1; done
+  run --separate-stderr pim-iso download busy
+  echo "$stderr"
+  [ "$status" -eq 75 ]
+  [ "$stderr" = 'pim-iso: the download of ISO "busy" is busy: another pim command holds it; try again when it is done' ]
+  run pim-iso rm busy
+  [ "$status" -eq 75 ]
+  rc=0; wait "$pid" || rc=$?
+  cat "$PIM_TMP/busy.err"
+  [ "$rc" -eq 0 ]
+  [ "$(cat "$PIM_TMP/busy.out")" = "busy	downloaded	$(I)/busy.iso" ]
+  cmp "$(I)/busy.iso" "$W/disk-1.0-amd64.iso"
+  run --separate-stderr pim-iso verify busy
+  [ "$output" = "busy	ok	sha256:$SUM	cached" ]
+}
+
+@test "a body that stalls is a cut connection: resumed after PIM_DOWNLOAD_STALL seconds" {
+  pim-iso add stalled --url "$(base)/stall/disk-1.0-amd64.iso" --checksum "sha256:$SUM"
+  PIM_DOWNLOAD_STALL=1 run --separate-stderr pim-iso download stalled
+  echo "$stderr"
+  [ "$status" -eq 0 ]
+  [[ "$stderr" == *"stalled: connection cut (no data for 1 s); resuming, attempt 2"* ]]
+  cmp "$(I)/stalled.iso" "$W/disk-1.0-amd64.iso"
+}
+
+@test "a server that ignores Range restarts the part file and says so once" {
+  pim-iso add norange --url "$(base)/norange/disk-1.0-amd64.iso" --checksum "sha256:$SUM"
+  head -c 5000 /dev/urandom > "$(I)/norange.iso.part"
+  run --separate-stderr pim-iso download norange
+  echo "$stderr"
+  [ "$status" -eq 0 ]
+  [ "$(grep -c 'server ignored the resume request; downloading from the start' <<<"$stderr")" -eq 1 ]
+  cmp "$(I)/norange.iso" "$W/disk-1.0-amd64.iso"
+}
+
+@test "a body cut short every time exits 69 naming the URL; the part is kept, never renamed" {
+  pim-iso add short --url "$(base)/short/disk-1.0-amd64.iso" --checksum "sha256:$SUM"
+  run --separate-stderr pim-iso download short
+  echo "$stderr"
+  [ "$status" -eq 69 ]
+  [[ "$(tail -1 <<<"$stderr")" == "pim-iso: $(base)/short/disk-1.0-amd64.iso: download cut off ("*") after 4 attempts; run again to resume" ]]
+  [ -s "$(I)/short.iso.part" ]
+  [ ! -e "$(I)/short.iso" ]
+}
+
+@test "a full disk exits 73 at once, naming the directory and the space needed; the part is kept" {
+  mkdir -p "$PIM_TMP/small"
+  mount -t tmpfs -o size=2m tmpfs "$PIM_TMP/small" 2>/dev/null || skip "cannot mount a tmpfs here (needs root)"
+  pim-iso add full --url "$(base)/disk-1.0-amd64.iso" --checksum "sha256:$SUM"
+  XDG_CACHE_HOME="$PIM_TMP/small" run --separate-stderr pim-iso download full
+  echo "$stderr"
+  [ "$status" -eq 73 ]
+  [ -z "$output" ]
+  d="$PIM_TMP/small/pim/isos"
+  size=$(stat -c %s "$d/full.iso.part")
+  [ "$size" -gt 0 ]
+  [ ! -e "$d/full.iso" ]
+  need=$(node -e "console.log(((4000000 - $size) / 1048576).toFixed(1))")
+  [ "$(tail -1 <<<"$stderr")" = "pim-iso: $d: no space left: $need MiB more needed (4000000 bytes in all); free some space and run again to resume ($d/full.iso.part is kept)" ]
+  # not a network error: no retries
+  [[ "$stderr" != *"connection cut"* ]]
 }

@@ -42,6 +42,27 @@ url() { cat "$PIM_TMP/url"; }
   [ "$status" -eq 64 ]
 }
 
+@test "the --help example runs as written: the URL read from a coprocess, the server stopped after" {
+  printf 'dev:\n  hostname: from-the-example\n' > "$XDG_CONFIG_HOME/pim/profiles.d/dev.yml"
+  line=$(pim-serve --help | grep -m1 '^  coproc ')
+  line=${line#  }
+  echo "$line"
+  # wait: the script ends only once the server has exited (no orphan)
+  run --separate-stderr timeout 20 bash -c "$line"'; wait "$COPROC_PID"; echo "server exited: $?"'
+  echo "$output"
+  [ "$status" -eq 0 ]
+  [[ "$output" == *"d-i netcfg/get_hostname string from-the-example"* ]]
+  [[ "$output" == *"server exited: 0" ]]   # SIGTERM is its clean stop
+  rm "$XDG_CONFIG_HOME/pim/profiles.d/dev.yml"
+}
+
+@test "POST and other methods are 405 with Allow: GET, HEAD" {
+  run curl -s -o /dev/null -w '%{http_code}' -X POST -d x "$(url)/preseed.cfg"
+  [ "$output" = 405 ]
+  run curl -s -D - -o /dev/null -X DELETE "$(url)/preseed.cfg"
+  [[ "$output" == *"Allow: GET, HEAD"* ]]
+}
+
 @test "a test-bed guest fetches the preseed with busybox wget through 10.0.2.2" {
   need_testbed
   boot_guest full srv

@@ -2,7 +2,11 @@ import { describe, it, expect, beforeEach } from 'vitest';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import { join } from 'node:path';
-import { loadCatalog, resolveEntry, loadProfile, loadRuntimeConfig, profileFile, initTree, parseYaml } from '../../lib/config/config.ts';
+import { loadCatalog, resolveEntry } from '../../lib/config/catalog.ts';
+import { loadProfile, profileFile } from '../../lib/config/profile.ts';
+import { loadRuntimeConfig } from '../../lib/config/runtime.ts';
+import { initTree } from '../../lib/config/init.ts';
+import { parseYaml } from '../../lib/config/yaml.ts';
 import { DEFAULT_FILES } from '../../lib/config/defaults.ts';
 import { renderFile } from '../../lib/install/template.ts';
 
@@ -80,6 +84,43 @@ describe('profiles', () => {
   });
 });
 
+describe('profile keys for pim-build', () => {
+  it('accepts ssh_user, firmware, boot, timeout, disk_format, keep_build_key; unknown top-level keys stay allowed', async () => {
+    w(
+      'profiles.d/b.yml',
+      'dev:\n  ssh_user: admin\n  firmware: uefi\n  boot:\n    kernel: vmlinuz\n    initrd: initrd.gz\n    append: console=ttyS0\n    inject: true\n' +
+        '  timeout: 1800\n  disk_format: raw\n  keep_build_key: false\n  my_template_key: [1]\n',
+    );
+    expect((await loadProfile('dev')).value).toMatchObject({
+      ssh_user: 'admin', firmware: 'uefi', boot: { kernel: 'vmlinuz', initrd: 'initrd.gz', append: 'console=ttyS0', inject: true },
+      timeout: 1800, disk_format: 'raw', keep_build_key: false, my_template_key: [1],
+    });
+    w('profiles.d/b.yml', 'dev:\n  firmware: bios\n  timeout: 0.5\n  disk_format: qcow2\n');
+    expect((await loadProfile('dev')).value).toMatchObject({ firmware: 'bios', timeout: 0.5, disk_format: 'qcow2' });
+  });
+  const bad: Array<[string, RegExp]> = [
+    ['  firmware: efi\n', /b\.yml:2: "firmware" must be one of bios, uefi, not "efi"/],
+    ['  firmware: 1\n', /b\.yml:2: "firmware" must be one of bios, uefi, not 1/],
+    ['  disk_format: vmdk\n', /b\.yml:2: "disk_format" must be one of qcow2, raw, not "vmdk"/],
+    ['  timeout: 0\n', /b\.yml:2: "timeout" must be a positive number, not 0/],
+    ['  timeout: -5\n', /b\.yml:2: "timeout" must be a positive number, not -5/],
+    ['  timeout: "30"\n', /b\.yml:2: "timeout" must be a positive number, not "30"/],
+    ['  timeout: .inf\n', /b\.yml:2: "timeout" must be a positive number/],
+    ['  keep_build_key: yes\n', /b\.yml:2: "keep_build_key" must be a boolean, not a string/],
+    ['  ssh_user: [a]\n', /b\.yml:2: "ssh_user" must be a string, not a list/],
+    ['  boot: vmlinuz\n', /b\.yml:2: "boot" must be a mapping, not a string/],
+    ['  boot:\n    kernel: k\n    kernal: x\n', /b\.yml:4: unknown key "boot\.kernal"; known keys: kernel, initrd, append, inject/],
+    ['  boot:\n    inject: "yes"\n', /b\.yml:3: "boot\.inject" must be a boolean, not a string/],
+    ['  boot:\n    append: [a]\n', /b\.yml:3: "boot\.append" must be a string, not a list/],
+  ];
+  for (const [text, re] of bad) {
+    it(`refuses ${JSON.stringify(text.trim())} with FILE:LINE`, async () => {
+      w('profiles.d/b.yml', `dev:\n${text}`);
+      await fails(loadProfile('dev'), re);
+    });
+  }
+});
+
 describe('isos and pim.yml', () => {
   it('refuse unknown keys', async () => {
     w('isos.d/x.yml', 'x:\n  url: http://h/x.iso\n  chekcsum: abc\n');
@@ -103,15 +144,33 @@ describe('files named after a profile', () => {
 });
 
 describe('init', () => {
-  it('writes the starter tree once and never overwrites', () => {
-    w('pim.yml', 'mine: 1\n');
-    const a = initTree();
+  it('writes the starter tree once and never overwrites', async () => {
+    w('pim.yml', 'serve: {port: 1}\n');
+    const a = await initTree();
     expect(a.skipped).toEqual([join(cfg, 'pim.yml')]);
     expect(a.written.length).toBe(Object.keys(DEFAULT_FILES).length - 1);
-    expect(fs.readFileSync(join(cfg, 'pim.yml'), 'utf8')).toBe('mine: 1\n');
-    expect(initTree().written).toEqual([]);
+    expect(fs.readFileSync(join(cfg, 'pim.yml'), 'utf8')).toBe('serve: {port: 1}\n');
+    expect((await initTree()).written).toEqual([]);
     expect(fs.statSync(join(cfg, 'scripts.d/default.sh')).mode & 0o111).not.toBe(0);
   });
+});
+
+describe('init with a broken config', () => {
+  const tree = () => fs.readdirSync(cfg, { recursive: true }).map(String).sort();
+  for (const [rel, text, re] of [
+    ['pim.yml', 'serve:\n  port: [1\n', /pim\.yml:\d+: /],
+    ['pim.yml', 'serve:\n  prot: 1\n', /pim\.yml:2: unknown key "serve\.prot"/],
+    ['profiles.d/x.yml', 'dev:\n  firmware: efi\n', /x\.yml:2: "firmware" must be one of/],
+    ['isos.d/x.yml', 'x:\n  url: http://h/x.iso\n  chekcsum: abc\n', /x\.yml:3: unknown key "chekcsum"/],
+    ['profiles.d/x.yml', 'dev:\n  scripts: [nothere.sh]\n', /x\.yml:2: scripts: scripts\.d\/nothere\.sh does not exist/],
+  ] as const) {
+    it(`exits 78 naming ${rel} and writes nothing`, async () => {
+      w(rel, text);
+      const before = tree();
+      await fails(initTree(), re);
+      expect(tree()).toEqual(before);
+    });
+  }
 });
 
 describe('templates', () => {

@@ -29,4 +29,28 @@ describe('mergeExplain', () => {
     expect(value).toEqual({ a: 1, o: { x: 1, y: 3 }, l: [2] });
     expect(origins).toEqual({ a: 'base', 'o.x': 'base', 'o.y': 'user:o.y', l: 'user:l' });
   });
+  it('a leaf replaces the origins of what it replaces: below it and above it', () => {
+    const { origins } = mergeExplain([
+      { value: { vars: {}, o: { x: 1, y: { z: 1 } }, l: [1] }, label: 'base' },
+      { value: { vars: { a: 1 }, o: { y: 'flat' }, l: { now: 'a map' } }, label: 'user' },
+    ]);
+    expect(origins).toEqual({ 'vars.a': 'user', 'o.x': 'base', 'o.y': 'user', 'l.now': 'user' });
+    const back = mergeExplain([
+      { value: { o: { x: 1, y: 2 } }, label: 'base' },
+      { value: { o: {} }, label: 'user' },
+    ]);
+    expect(back.origins).toEqual({ o: 'user' });
+  });
+  it('is linear: 40,000 leaves in each of two layers', () => {
+    const big = (n: number) => Object.fromEntries(Array.from({ length: n }, (_, i) => [`k${i}`, i]));
+    const calls: string[] = [];
+    const { value, origins } = mergeExplain([
+      { value: { vars: big(40_000) }, label: 'base' },
+      { value: { vars: big(40_000) }, label: (p) => (calls.push(p.join('.')), 'user') },
+    ]);
+    expect(Object.keys(value.vars as object)).toHaveLength(40_000);
+    expect(Object.keys(origins)).toHaveLength(40_000);
+    expect(new Set(Object.values(origins))).toEqual(new Set(['user']));
+    expect(calls).toHaveLength(40_000); // one label per leaf
+  }, 10_000);
 });

@@ -3,7 +3,8 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as net from 'node:net';
 import { join } from 'node:path';
-import { startServer, type Served } from '../../lib/install/serve.ts';
+import { renderAnswer, startServer, type RequestRecord, type Served } from '../../lib/install/serve.ts';
+import { loadProfile } from '../../lib/config/profile.ts';
 
 let cfg = '';
 let s: Served;
@@ -105,5 +106,52 @@ describe('pim-serve', () => {
   });
   it('logs one line per request', () => {
     expect(logs.some((l) => /^127\.0\.0\.1 GET "\/preseed\.cfg" 200 \d+ [\d.]+ms/.test(l))).toBe(true);
+  });
+  it('HEAD and POST are reported to onRequest beside the log line', async () => {
+    const seen: RequestRecord[] = [];
+    const b = await startServer({ profile: 'dev', port: 0, bind: '127.0.0.1', log: () => undefined, onRequest: (r) => seen.push(r) });
+    try {
+      const get = await fetch(`${b.url}/meta-data?x=1`);
+      const text = await get.text();
+      await fetch(`${b.url}/meta-data`, { method: 'HEAD' });
+      await fetch(`${b.url}/meta-data`, { method: 'POST', body: 'x' });
+      await fetch(`${b.url}/nope`);
+      expect(seen).toEqual([
+        { method: 'GET', path: '/meta-data?x=1', status: 200, bytes: Buffer.byteLength(text), remote: '127.0.0.1' },
+        { method: 'HEAD', path: '/meta-data', status: 200, bytes: 0, remote: '127.0.0.1' },
+        { method: 'POST', path: '/meta-data', status: 405, bytes: 'only GET and HEAD\n'.length, remote: '127.0.0.1' },
+        { method: 'GET', path: '/nope', status: 404, bytes: 'not found\n'.length, remote: '127.0.0.1' },
+      ]);
+    } finally {
+      await b.close();
+    }
+  });
+  it('serves a profile object a build resolved, with its own key added before anything renders', async () => {
+    const p = await loadProfile('dev');
+    const key = 'ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIBuildKeyOnlyForThisBuild pim-build';
+    const mine = { ...p, value: { ...p.value, ssh_keys: [...(p.value.ssh_keys as string[]), key] } };
+    const b = await startServer({ profile: mine, port: 0, bind: '127.0.0.1', log: () => undefined });
+    try {
+      const ud = await (await fetch(`${b.url}/user-data`)).text();
+      expect(ud).toContain(JSON.stringify([key]));
+      expect(ud).toContain('hostname: devbox');
+      // the profile on disk is untouched
+      expect((await loadProfile('dev')).value.ssh_keys).toEqual([]);
+    } finally {
+      await b.close();
+    }
+  });
+  it('renderAnswer gives what the server sends, without a server', async () => {
+    const p = await loadProfile('dev');
+    for (const route of ['/preseed.cfg', '/user-data', '/meta-data'] as const) {
+      const a = renderAnswer(route, p, `http://10.0.2.2:${s.port}`);
+      expect(a).not.toBeNull();
+      expect(a!.body).toBe((await raw(route, 'GET', `10.0.2.2:${s.port}`)).body);
+    }
+    expect(renderAnswer('/preseed.cfg', p, 'http://h')!.label).toBe('builtin:preseeds.d/default.cfg.eta');
+    // no template: null (the server's 404); a broken one: 78 with FILE:LINE (the server's 500)
+    expect(renderAnswer('/preseed.cfg', { name: 'x', value: { ...p.value, preseed: 'missing.cfg' } }, 'http://h')).toBeNull();
+    const broken = await loadProfile('broken');
+    expect(() => renderAnswer('/preseed.cfg', broken, 'http://h')).toThrow(expect.objectContaining({ code: 78, message: expect.stringMatching(/^preseeds\.d\/broken\.cfg:2: template error/) }));
   });
 });

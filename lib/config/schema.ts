@@ -1,0 +1,102 @@
+/**
+ * The schemas of pim's config files, and the one checker for them. A wrong
+ * type or value is a config error (exit 78) at FILE:LINE of the key. Unknown
+ * keys are refused in strict mappings (pim.yml, ISO entries, a profile's
+ * `boot`) and kept in profiles, whose templates may use them.
+ */
+import { isPlainObject, type Plain } from './merge.ts';
+import { configError } from './tree.ts';
+
+/** A type a value must have. */
+export type Ty =
+  | 'string'
+  | 'number'
+  | 'boolean'
+  | 'string|number'
+  | 'string[]'
+  | 'object'
+  /** a finite number above 0 */
+  | 'positive'
+  | { enum: readonly string[] }
+  | { mapping: Schema; strict?: boolean };
+export type Schema = { [k: string]: Ty };
+
+export const oneOf = (...values: string[]): Ty => ({ enum: values });
+/** A nested mapping; `strict` refuses unknown keys in it whatever the file's kind. */
+export const mapping = (keys: Schema, strict?: boolean): Ty => ({ mapping: keys, strict });
+
+export const PROFILE_SCHEMA: Schema = {
+  distro: 'string', iso: 'string', hostname: 'string', domain: 'string', locale: 'string', keyboard: 'string',
+  timezone: 'string', username: 'string', fullname: 'string', password: 'string', password_hash: 'string',
+  mirror: 'string', packages: 'string[]', ssh_keys: 'string[]', installs: 'string[]', scripts: 'string[]',
+  preseed: 'string', user_data: 'string', mem: 'string|number', cpus: 'number', disk_size: 'string|number', vars: 'object',
+  // for pim-build
+  /** the user pim-build logs in as over SSH (pim-build defaults it to `username`) */
+  ssh_user: 'string',
+  firmware: oneOf('bios', 'uefi'),
+  /** direct kernel boot of the installer: its kernel, initrd and command line; inject: add the answer file to the initrd */
+  boot: mapping({ kernel: 'string', initrd: 'string', append: 'string', inject: 'boolean' }, true),
+  /** seconds the install may take */
+  timeout: 'positive',
+  disk_format: oneOf('qcow2', 'raw'),
+  /** keep the per-build SSH key in the image's authorized_keys */
+  keep_build_key: 'boolean',
+};
+export const ISO_SCHEMA: Schema = {
+  url: 'string', checksum: 'string', checksum_url: 'string', filename: 'string', insecure: 'boolean',
+  distro: 'string', arch: 'string', version: 'string', description: 'string',
+};
+export const PIM_SCHEMA: Schema = { serve: mapping({ port: 'number', bind: 'string' }) };
+
+export function typeName(v: unknown): string {
+  if (v === null) return 'null';
+  if (Array.isArray(v)) return 'a list';
+  if (isPlainObject(v)) return 'a mapping';
+  return `a ${typeof v}`;
+}
+
+/** What a value of type `t` must be, for a message: "a list of strings", "one of bios, uefi". */
+function describe(t: Ty): string {
+  if (typeof t === 'object') return 'enum' in t ? `one of ${t.enum.join(', ')}` : 'a mapping';
+  switch (t) {
+    case 'string[]': return 'a list of strings';
+    case 'object': return 'a mapping';
+    case 'positive': return 'a positive number';
+    default: return `a ${t.replace('|', ' or ')}`;
+  }
+}
+
+const isNumber = (v: unknown): v is number => typeof v === 'number' && Number.isFinite(v);
+
+function typeOk(t: Ty, v: unknown): boolean {
+  if (typeof t === 'object') return 'enum' in t ? typeof v === 'string' && t.enum.includes(v) : isPlainObject(v);
+  switch (t) {
+    case 'string': return typeof v === 'string';
+    case 'number': return isNumber(v);
+    case 'positive': return isNumber(v) && v > 0;
+    case 'boolean': return typeof v === 'boolean';
+    case 'string|number': return typeof v === 'string' || isNumber(v);
+    case 'string[]': return Array.isArray(v) && v.every((x) => typeof x === 'string');
+    case 'object': return isPlainObject(v);
+  }
+}
+
+const shown = (v: unknown) => (typeof v === 'string' ? JSON.stringify(v) : typeof v === 'number' ? String(v) : typeName(v));
+
+/** Check `v` against `schema`; `at(path)` names FILE:LINE for an error. */
+export function checkSchema(v: Plain, schema: Schema, strict: boolean, at: (path: string[]) => string, prefix: string[] = []): void {
+  for (const [k, val] of Object.entries(v)) {
+    const path = [...prefix, k];
+    const t = schema[k];
+    if (t === undefined) {
+      if (strict) throw configError(at(path), `unknown key "${path.join('.')}"; known keys: ${Object.keys(schema).join(', ')}`);
+      continue;
+    }
+    if (!typeOk(t, val)) {
+      // a value of the right type but not allowed says which value; a wrong type says which type
+      const what = (typeof t === 'object' && 'enum' in t) || t === 'positive' ? shown(val) : typeName(val);
+      throw configError(at(path), `"${path.join('.')}" must be ${describe(t)}, not ${what}`);
+    }
+    if (typeof t === 'object' && 'mapping' in t) checkSchema(val as Plain, t.mapping, t.strict ?? strict, at, path);
+  }
+}
