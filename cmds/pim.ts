@@ -9,8 +9,8 @@ import { writeOut } from '../lib/cli/output.ts';
 import { delimiter, dirname, join } from 'node:path';
 import { realpathSync } from 'node:fs';
 import { EXIT } from '../lib/core/exit.ts';
+import { exitStatusOf } from '../lib/core/proc.ts';
 
-const SIGNALS: Record<string, number> = { SIGHUP: 1, SIGINT: 2, SIGQUIT: 3, SIGKILL: 9, SIGPIPE: 13, SIGTERM: 15 };
 
 function ownDir(): string {
   try {
@@ -77,7 +77,7 @@ function help(): void {
   );
 }
 
-function run(argv: string[]): number | void {
+async function run(argv: string[]): Promise<number | void> {
   const sub = argv[0];
   if (!sub || sub === '-h' || sub === '--help' || sub === 'help') {
     if (sub === 'help' && argv[1]) return run([argv[1], '--help']);
@@ -93,21 +93,43 @@ function run(argv: string[]): number | void {
     process.stderr.write(`pim: no command ${sub} (no pim-${sub} in pim's directory or on PATH); see pim --help\n`);
     return EXIT.USAGE;
   }
-  const execve = (process as unknown as { execve?: (file: string, args: string[], env: NodeJS.ProcessEnv) => never }).execve;
-  if (typeof execve === 'function' && !exe.endsWith('.cjs')) {
-    execve(exe, [exe, ...argv.slice(1)], process.env);
-  }
-  const { spawnSync } = process.getBuiltinModule('node:child_process') as typeof import('node:child_process');
   const cmd = exe.endsWith('.cjs') ? process.execPath : exe;
   const args = exe.endsWith('.cjs') ? [exe, ...argv.slice(1)] : argv.slice(1);
-  for (const s of ['SIGINT', 'SIGQUIT', 'SIGTERM'] as const) process.on(s, () => undefined); // the child decides
-  const r = spawnSync(cmd, args, { stdio: 'inherit' });
-  if (r.error) {
-    process.stderr.write(`pim: cannot run ${exe}: ${r.error.message}\n`);
-    return EXIT.UNAVAILABLE;
+  // Become the command (Node 22.15+): signals, the terminal and the exit
+  // status are then the command's own, with nothing in between.
+  const execve = (process as unknown as { execve?: (file: string, args: string[], env: NodeJS.ProcessEnv) => never }).execve;
+  if (typeof execve === 'function') {
+    try {
+      execve(cmd, [cmd, ...args], process.env);
+    } catch (e) {
+      process.stderr.write(`pim: cannot run ${exe}: ${(e as Error).message}\n`);
+      return EXIT.UNAVAILABLE;
+    }
   }
-  if (r.signal) return 128 + (SIGNALS[r.signal] ?? 0);
-  return r.status ?? EXIT.SOFTWARE;
+  // Elsewhere: run it as a child, hand every signal we get on to it, and
+  // pass its status through (128+N when a signal ended it). node:child_process
+  // directly, not lib/core/run.ts: the child shares this terminal.
+  const { spawn } = process.getBuiltinModule('node:child_process') as typeof import('node:child_process');
+  return new Promise<number>((resolve) => {
+    const child = spawn(cmd, args, { stdio: 'inherit' });
+    const forward = (sig: NodeJS.Signals) => {
+      try {
+        child.kill(sig);
+      } catch {
+        /* gone */
+      }
+    };
+    const sigs = ['SIGINT', 'SIGTERM', 'SIGHUP', 'SIGQUIT'] as const;
+    for (const s of sigs) process.on(s, forward);
+    child.once('error', (e) => {
+      process.stderr.write(`pim: cannot run ${exe}: ${e.message}\n`);
+      resolve(EXIT.UNAVAILABLE);
+    });
+    child.once('exit', (code, sig) => {
+      for (const s of sigs) process.off(s, forward);
+      resolve(code ?? exitStatusOf(sig));
+    });
+  });
 }
 
 /**
@@ -171,5 +193,5 @@ if (argv[0] === 'complete' && (argv[1] === '--' || ['zsh', 'bash', 'fish', 'powe
     process.exitCode = EXIT.SOFTWARE;
   });
 } else {
-  process.exitCode = run(argv) ?? 0;
+  run(argv).then((c) => (process.exitCode = c ?? 0));
 }

@@ -108,22 +108,34 @@ export function parseArgv<A extends ArgsDef>(spec: CmdSpec<A>, argv: string[]): 
       }
       const f = table.get(flagName);
       if (!f) throw new PimError(EXIT.USAGE, `unknown option ${long ? '--' : '-'}${flagName}; see ${spec.name} --help`);
+      let value: string | undefined;
       if (f.value && !inline) {
         if (i + 1 >= head.length) throw new PimError(EXIT.USAGE, `option ${w} needs a value; see ${spec.name} --help`);
-        i++;
+        value = head[++i];
+      } else if (f.value) value = body.slice(body.indexOf('=') + 1);
+      const def = spec.args[f.key];
+      if (def?.type === 'enum' && value !== undefined && !(def.options ?? []).includes(value)) {
+        throw new PimError(EXIT.USAGE, `--${kebab(f.key)} must be one of ${(def.options ?? []).join(', ')}, not ${JSON.stringify(value)}`);
       }
       continue;
     }
     positionals.push(w);
   }
-  const args = parseArgs(head, spec.args) as ParsedArgs<A>;
   const pmin = spec.positionals?.min ?? 0;
   const pmax = spec.positionals?.max ?? Infinity;
   if (positionals.length < pmin) throw new PimError(EXIT.USAGE, `missing argument; usage: ${spec.name} ${spec.usage}`);
   if (positionals.length > pmax) throw new PimError(EXIT.USAGE, `too many arguments (${positionals.slice(pmax).join(' ')}); usage: ${spec.name} ${spec.usage}`);
+  let args: ParsedArgs<A>;
+  try {
+    args = parseArgs(head, spec.args) as ParsedArgs<A>;
+  } catch (e) {
+    // citty's own complaints (a missing positional, a bad enum value) are usage errors, without its colours
+    if ((e as Error)?.name === 'CLIError') throw new PimError(EXIT.USAGE, `${(e as Error).message.replace(/\x1b\[[0-9;]*m/g, '')}; see ${spec.name} --help`);
+    throw e;
+  }
   for (const [k, def] of Object.entries(spec.args)) {
     if (def.type === 'enum' && args[k] !== undefined && !(def.options ?? []).includes(String(args[k]))) {
-      throw new PimError(EXIT.USAGE, `--${k} must be one of ${(def.options ?? []).join(', ')}`);
+      throw new PimError(EXIT.USAGE, `--${kebab(k)} must be one of ${(def.options ?? []).join(', ')}, not ${JSON.stringify(String(args[k]))}`);
     }
   }
   return { args, positionals, rest };

@@ -1,4 +1,4 @@
-import { describe, it, expect, beforeEach } from 'vitest';
+import { describe, it, expect, beforeEach, afterEach } from 'vitest';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import { join } from 'node:path';
@@ -11,6 +11,8 @@ import { DEFAULT_FILES } from '../../lib/config/defaults.ts';
 import { renderFile } from '../../lib/install/template.ts';
 
 let cfg = '';
+let root = '';
+afterEach(() => fs.rmSync(root, { recursive: true, force: true }));
 const w = (rel: string, text: string) => {
   fs.mkdirSync(join(cfg, rel, '..'), { recursive: true });
   fs.writeFileSync(join(cfg, rel), text);
@@ -20,7 +22,7 @@ const fails = async (p: Promise<unknown>, re: RegExp) => {
 };
 
 beforeEach(() => {
-  const root = fs.mkdtempSync(join(os.tmpdir(), 'pim-cfg-'));
+  root = fs.mkdtempSync(join(os.tmpdir(), 'pim-cfg-'));
   process.env.XDG_CONFIG_HOME = root;
   cfg = join(root, 'pim');
 });

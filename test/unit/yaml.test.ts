@@ -1,7 +1,7 @@
 // YAML limits: what a config file may cost. Each case is refused with exit 78
 // and FILE:LINE, never a stack (70) or a long run; sizes, not wall clock, say
 // that parsing is linear (bench/yaml.sh prints the times).
-import { describe, it, expect, beforeEach } from 'vitest';
+import { describe, it, expect, beforeEach, afterEach } from 'vitest';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import { join } from 'node:path';
@@ -11,8 +11,10 @@ import { loadProfile } from '../../lib/config/profile.ts';
 import { PimError } from '../../lib/core/exit.ts';
 
 let cfg = '';
+let root = '';
+afterEach(() => fs.rmSync(root, { recursive: true, force: true }));
 beforeEach(() => {
-  const root = fs.mkdtempSync(join(os.tmpdir(), 'pim-yaml-'));
+  root = fs.mkdtempSync(join(os.tmpdir(), 'pim-yaml-'));
   process.env.XDG_CONFIG_HOME = root;
   cfg = join(root, 'pim');
   fs.mkdirSync(join(cfg, 'profiles.d'), { recursive: true });
