@@ -6,7 +6,18 @@
 // until that import happens, so heavy code still costs nothing at start-up. PIM_NODE sets the interpreter line
 // (default: /usr/bin/env node); install.sh uses it when it brings its own Node.
 import { build } from 'esbuild';
-import { readdirSync, chmodSync, rmSync, mkdirSync, symlinkSync, renameSync } from 'node:fs';
+import { readdirSync, chmodSync, rmSync, mkdirSync, symlinkSync, renameSync, readFileSync } from 'node:fs';
+import { dirname, resolve } from 'node:path';
+
+// `import text from './file.sh?raw'`: the file's text, bundled (as Vite and so
+// vitest read it; lib/kboot/raw.d.ts types it for tsc). pim's guest /init is such a file.
+const raw = {
+  name: 'raw',
+  setup(b) {
+    b.onResolve({ filter: /\?raw$/ }, (a) => ({ path: resolve(dirname(a.importer), a.path.slice(0, -4)), namespace: 'raw' }));
+    b.onLoad({ filter: /.*/, namespace: 'raw' }, (a) => ({ contents: readFileSync(a.path, 'utf8'), loader: 'text', watchFiles: [a.path] }));
+  },
+};
 
 const entries = readdirSync('cmds').filter((f) => f.endsWith('.ts')).map((f) => `cmds/${f}`);
 // Build beside dist/ and swap it in, so that a running test never sees a half-built tree.
@@ -26,6 +37,7 @@ await build({
   banner: { js: `#!${node}` },
   legalComments: 'none',
   logLevel: 'warning',
+  plugins: [raw],
 });
 // dist/bin/<name> -> ../<name>.cjs: a directory to put on PATH (tests, a checkout)
 mkdirSync(`${out}/bin`);

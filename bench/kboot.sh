@@ -28,7 +28,8 @@ for (let i = 0; i < a.length; i++) {
   if (a[i] === "-daemonize") continue;
   if (a[i] === "-initrd") { out.push("-initrd", T + "/initrd"); i++; continue; }
   if (a[i] === "-pidfile") { out.push("-pidfile", T + "/hand.pid"); i++; continue; }
-  out.push(a[i].replace(/path=[^,]*\/out(,|$)/, "path=" + T + "/hand.out$1").replace(/\/run\/pim\/kboot\./g, "/hand."));
+  if (a[i].startsWith("socket,id=pimout,")) { out.push("file,id=pimout,path=" + T + "/hand.out"); continue; } // the output port, to a file
+  out.push(a[i].replace(/\/run\/pim\/kboot\./g, "/hand."));
 }
 process.stdout.write(out.map((w) => w + "\0").join(""));' "$argv" "$T" >"$T/hand.argv"
 

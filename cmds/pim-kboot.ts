@@ -27,15 +27,19 @@ export const cmd = defineCmd({
   description: `
 No firmware, bootloader or disk: QEMU loads the kernel and initramfs itself. A bzImage
 whose payload is XZ, gzip or zstd is booted as its uncompressed PVH vmlinux (extracted
-once, cached in ~/.cache/pim/kboot/), which skips the guest's decompression. Without
---kernel the host's /boot/vmlinuz-$(uname -r) is used when it is readable.
+once, checked whole, cached in ~/.cache/pim/kboot/), which skips the guest's
+decompression. Without --kernel the host's /boot/vmlinuz-$(uname -r) is used when it is
+readable. --kernel and --initrd take a file or a pipe (--initrd <(find . | cpio -o -H
+newc)): a pipe is read once into a private file in the cache, and given up on when its
+writer sends nothing for --timeout seconds.
 
 --initramfs-from DIR packs DIR as a newc cpio with every file owned by root (system cpio,
 or bsdtar), cached by the tree's listing (paths, modes, sizes, mtimes): an unchanged tree
 is not packed again. pim appends its own small archive (/pim/init, a static busybox from
 the host when there is one) and boots with rdinit=/pim/init, which mounts the shares and
 then runs the command (--exec), hands over to the initramfs's own /init if it has one,
-or gives a root shell on the serial console.
+or gives a root shell on the serial console. The cache (~/.cache/pim/kboot) is private:
+0700 directories, 0600 files.
 
 --share DIR[:TAG] (repeatable) shares DIR over virtiofs when virtiofsd is found, else 9p
 (--fs overrides); pim's init mounts it at /mnt/TAG. The guest kernel needs virtio_pci and
@@ -49,12 +53,16 @@ CMD's status. Otherwise pim-kboot prints NAME once the guest's userspace is up a
 leaves the VM running headless (pim-console NAME, pim-stop NAME), or with --console
 runs it in the foreground on this terminal.
 
-Exit codes: 64 usage; 65 a kernel that is no bzImage (or ELF vmlinux), an initrd that is
-no archive; 66 a missing kernel, initrd, directory or share; 69 a kernel panic (seen in
-the serial log: the kernel runs with panic=-1 and QEMU with -no-reboot, so the VM ends;
-its lines are printed), or QEMU gone before the guest was up; 75 a guest that does not
-reach userspace within --timeout. In every case no VM is left behind. With --exec any
-other status is the command's own, passed through whatever its value.`,
+Exit codes: 64 usage; 65 a kernel that is no bzImage, a bzImage cut short, an ELF that
+QEMU cannot boot (no PVH note, e.g. /bin/true), an initrd that is no archive; 66 a
+missing kernel, initrd, directory or share, a directory or device given as kernel or
+initrd, a pipe or FIFO with nothing in it and no writer; 69 a kernel panic (seen in the
+serial log: the kernel runs with panic=-1 and QEMU with -no-reboot, so the VM ends; its
+lines are printed), or QEMU gone before the guest was up; 75 a guest that does not reach
+userspace within --timeout, a pipe silent for as long, a VM name in use; 77 a kernel or
+initrd you cannot read; 128+N on signal N (Ctrl-C: 130). In every case no VM is left
+behind. With --exec any other status is the command's own, passed through whatever its
+value.`,
   examples: [
     'pim-kboot --kernel arch/x86/boot/bzImage --exec "uname -r"',
     'pim-kboot t1 --kernel bzImage --initramfs-from ./rootfs --share .:src --exec "make -C /mnt/src check"',
@@ -62,8 +70,8 @@ other status is the command's own, passed through whatever its value.`,
   ],
   args: {
     name: { type: 'positional', description: 'VM name (default: kboot, or kboot-N when taken)', required: false },
-    kernel: { type: 'string', description: 'kernel (bzImage); default /boot/vmlinuz-$(uname -r)', valueHint: 'PATH' },
-    initrd: { type: 'string', description: 'initramfs (cpio, compressed or not)', valueHint: 'PATH' },
+    kernel: { type: 'string', description: 'kernel (bzImage, or a PVH vmlinux; a file or a pipe); default /boot/vmlinuz-$(uname -r)', valueHint: 'PATH' },
+    initrd: { type: 'string', description: 'initramfs (cpio, compressed or not; a file or a pipe)', valueHint: 'PATH' },
     initramfsFrom: { type: 'string', description: 'pack this directory as the initramfs (cached)', valueHint: 'DIR' },
     append: { type: 'string', description: 'more kernel command line', valueHint: 'ARGS' },
     share: { type: 'string', description: 'share a host directory at /mnt/TAG (repeatable)', valueHint: 'DIR[:TAG]' },
@@ -75,7 +83,7 @@ other status is the command's own, passed through whatever its value.`,
     cpus: { type: 'string', description: 'virtual CPUs', default: '1', valueHint: 'N' },
     machine: { type: 'enum', options: ['q35', 'pc', 'microvm'], description: 'machine type (microvm: no PCI, so no shares)', default: 'q35' },
     compress: { type: 'enum', options: ['none', 'gzip'], description: 'compression of a packed initramfs (none packs 4x faster and boots as fast)', default: 'none' },
-    timeout: { type: 'string', description: 'seconds for the guest to reach userspace', default: '120', valueHint: 'SECONDS' },
+    timeout: { type: 'string', description: 'seconds for the guest to reach userspace (and for a pipe given as input to say something)', default: '120', valueHint: 'SECONDS' },
     accel: { type: 'enum', options: ['kvm', 'hvf', 'tcg'], description: 'accelerator; env PIM_ACCEL' },
   },
   positionals: { min: 0, max: 1 },

@@ -2,12 +2,15 @@
  * Packing a directory into a newc cpio archive (an initramfs) without root,
  * with the system's archiver: GNU cpio (`--owner 0:0 --reproducible`) or,
  * where there is none (macOS), bsdtar (`--format newc --uid 0 --gid 0`).
- * Every file is owned by root in the archive; modes are the tree's own.
+ * Every file is owned by root in the archive; modes are the tree's own. (A
+ * tree can hold device nodes, FIFOs and hard links, which the system's
+ * archiver knows; small archives made in memory use lib/archive/cpio.ts.)
  *
  * Archives are cached in <cache>/kboot/ under a key made from the tree's
  * listing (relative paths, types, modes, sizes, mtimes, symlink targets) and
  * the packing options, so an unchanged tree is not packed again: a hit costs
- * one walk of the tree (lstat only, no file is read).
+ * one walk of the tree (lstat only, no file is read). The cache is private:
+ * its directory 0700, its archives 0600 (a tree can hold secrets).
  *
  * The kernel accepts concatenated archives (each 4-byte aligned, each
  * compressed or not): `concatArchives` joins a user's initrd and pim's own.
@@ -15,17 +18,26 @@
 import * as fs from 'node:fs';
 import { createHash } from 'node:crypto';
 import { join } from 'node:path';
-import { spawn } from 'node:child_process';
 import { EXIT, PimError } from '../core/exit.ts';
-import { readHead } from '../core/fs.ts';
+import { createExclusive, ensurePrivateDir } from '../core/fs.ts';
 import { cacheDir } from '../core/paths.ts';
+import { which } from '../core/which.ts';
 
 export type Compress = 'none' | 'gzip';
 
 /** Bumped when the packing changes, so old cache entries are not reused. */
 const PACK_VERSION = 1;
 
-export const kbootCacheDir = () => join(cacheDir(), 'kboot');
+/** The kboot cache (packed trees, pim's base archive, extracted kernels): made private (0700) when missing or loose. */
+export const kbootCacheDir = () => ensurePrivateDir(join(cacheDir(), 'kboot'));
+
+/** Is `path` in the cache (a regular file)? One an older pim left readable by others is made 0600 on the way. */
+export function cacheHit(path: string): boolean {
+  const st = fs.lstatSync(path, { throwIfNoEntry: false });
+  if (!st?.isFile()) return false;
+  if (st.mode & 0o077) fs.chmodSync(path, 0o600);
+  return true;
+}
 
 /**
  * The tree's cache key: a hash over every entry's relative path, type, mode,
@@ -58,19 +70,6 @@ export function treeKey(dir: string, opts: { compress: Compress }): string {
   return h.digest('hex').slice(0, 32);
 }
 
-function which(cmd: string): string | null {
-  for (const d of (process.env.PATH ?? '/usr/bin:/bin').split(':')) {
-    const p = join(d || '.', cmd);
-    try {
-      fs.accessSync(p, fs.constants.X_OK);
-      return p;
-    } catch {
-      /* next */
-    }
-  }
-  return null;
-}
-
 /** Which archiver packs here: GNU cpio first, then bsdtar. */
 export function archiver(): { kind: 'cpio' | 'bsdtar'; path: string } {
   const cpio = which('cpio');
@@ -94,7 +93,14 @@ function listing(dir: string): Buffer {
   return Buffer.from(out.map((p) => p + '\0').join(''));
 }
 
-/** Pack DIR into OUT (a newc cpio, root-owned entries), compressed as asked. */
+/**
+ * Pack DIR into OUT (a newc cpio, root-owned entries, 0600), compressed as
+ * asked, through a temp file renamed into place.
+ *
+ * The archiver runs through node:child_process, not lib/core/run.ts: its
+ * output is streamed (through gzip) into the file as it comes, since a tree
+ * can be far larger than what should be held in memory.
+ */
 export async function packTree(dir: string, out: string, compress: Compress): Promise<void> {
   const a = archiver();
   const args =
@@ -102,8 +108,10 @@ export async function packTree(dir: string, out: string, compress: Compress): Pr
       ? ['--quiet', '-o', '-0', '-H', 'newc', '--owner', '0:0', '--reproducible']
       : ['-c', '-f', '-', '--format', 'newc', '--uid', '0', '--gid', '0', '--null', '-n', '-T', '-'];
   const tmp = `${out}.${process.pid}.tmp`;
-  const fd = fs.openSync(tmp, 'w', 0o644);
+  fs.rmSync(tmp, { force: true });
+  const fd = createExclusive(tmp, 0o600);
   try {
+    const { spawn } = await import('node:child_process');
     const child = spawn(a.path, args, { cwd: dir, stdio: ['pipe', 'pipe', 'pipe'] });
     let err = '';
     child.stderr!.on('data', (d) => (err += d));
@@ -133,9 +141,8 @@ export async function packTree(dir: string, out: string, compress: Compress): Pr
 export async function cachedPack(dir: string, compress: Compress = 'none'): Promise<{ path: string; hit: boolean; key: string }> {
   const key = treeKey(dir, { compress });
   const cdir = kbootCacheDir();
-  fs.mkdirSync(cdir, { recursive: true });
   const path = join(cdir, `initramfs-${key}.cpio${compress === 'gzip' ? '.gz' : ''}`);
-  if (fs.existsSync(path)) return { path, hit: true, key };
+  if (cacheHit(path)) return { path, hit: true, key };
   await packTree(dir, path, compress);
   return { path, hit: false, key };
 }
@@ -154,17 +161,9 @@ export function initrdKind(head: Buffer): string | null {
   return null;
 }
 
-/** Throws 66 for a missing initrd, 65 for one that is no archive the kernel reads. */
-export function checkInitrd(path: string): string {
-  const head = readHead(path, 8, 'initrd');
-  const kind = head.length >= 6 ? initrdKind(head) : null;
-  if (!kind) throw new PimError(EXIT.DATAERR, `${path} is not an initramfs (no cpio header and no known compression); pass a cpio archive, or a directory with --initramfs-from`);
-  return kind;
-}
-
 /** Join archives into OUT, each part padded with zeros to a 4-byte boundary (the kernel wants headers aligned). */
 export function concatArchives(parts: Array<string | Buffer>, out: string): void {
-  const fd = fs.openSync(out, 'w', 0o600);
+  const fd = createExclusive(out, 0o600);
   try {
     let pos = 0;
     for (const p of parts) {

@@ -23,12 +23,19 @@ export function ensurePrivateDir(dir: string): string {
   } catch (e) {
     throw new PimError(EXIT.CANTCREAT, `cannot create ${dir}: ${(e as Error).message}`);
   }
+  // the directory, and those above it up to pim's own root (~/.cache/pim, ~/.local/share/pim, ...)
+  const parts = dir.replace(/\/+$/, '').split('/');
+  const root = parts.lastIndexOf('pim');
+  for (let i = root > 0 ? root + 1 : parts.length; i <= parts.length; i++) tighten(parts.slice(0, i).join('/'));
+  return dir;
+}
+
+function tighten(dir: string): void {
   const st = fs.lstatSync(dir);
   if (!st.isDirectory()) throw new PimError(EXIT.CANTCREAT, `${dir} is not a directory; remove it and try again`);
   const uid = process.getuid?.();
   if (uid !== undefined && st.uid !== uid) throw new PimError(EXIT.NOPERM, `${dir} is owned by uid ${st.uid}, not you (uid ${uid}); remove it`);
   if ((st.mode & 0o077) !== 0) fs.chmodSync(dir, 0o700);
-  return dir;
 }
 
 /** Create `path` for writing; fails if anything (a file, a symlink) is already there. Returns the fd. */
@@ -99,25 +106,5 @@ export function writeFileAtomic(dest: string, content: string | Uint8Array, mode
     const err = e as NodeJS.ErrnoException;
     if (err.code === 'EEXIST') throw new PimError(EXIT.CANTCREAT, `${dest} already exists; remove it first`);
     throw new PimError(EXIT.CANTCREAT, `cannot write ${dest}: ${err.message}`);
-  }
-}
-
-/**
- * The first `n` bytes of a file (fewer if it is shorter). A missing file is
- * exit 66, an unreadable one 77; the message names it as `what`.
- */
-export function readHead(path: string, n: number, what: string): Buffer {
-  let fd: number;
-  try {
-    fd = fs.openSync(path, 'r');
-  } catch (e) {
-    const code = (e as NodeJS.ErrnoException).code;
-    throw new PimError(code === 'ENOENT' ? EXIT.NOINPUT : EXIT.NOPERM, `cannot read ${what} ${path}: ${code === 'ENOENT' ? 'no such file' : code}`);
-  }
-  try {
-    const b = Buffer.alloc(n);
-    return b.subarray(0, fs.readSync(fd, b, 0, n, 0));
-  } finally {
-    fs.closeSync(fd);
   }
 }

@@ -85,6 +85,9 @@ export async function waitExit(pid: number, timeoutMs: number): Promise<boolean>
 
 /** Wait for a child process to exit; resolves with its status (128+signal when killed). */
 export function childExit(child: import('node:child_process').ChildProcess): Promise<number> {
+  // a child that has exited already emits no more 'exit': answer at once
+  if (child.exitCode !== null) return Promise.resolve(child.exitCode);
+  if (child.signalCode !== null) return Promise.resolve(exitStatusOf(child.signalCode));
   return new Promise((resolve, reject) => {
     child.once('error', reject);
     child.once('exit', (code, sig) => resolve(code ?? exitStatusOf(sig)));

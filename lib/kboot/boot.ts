@@ -1,29 +1,38 @@
 /**
- * pim-kboot's work, kept out of the command file: resolve the kernel and the
- * initramfs, add pim's archive, launch QEMU through lib/launch.ts (so the VM
- * has the usual runtime files, lock and metadata), then follow the guest on
- * its output port (a FIFO that QEMU writes as the second serial port).
+ * pim-kboot's work, kept out of the command file, in named steps:
  *
- * The FIFO is opened by us for reading before QEMU starts, with a write end
- * of our own held until QEMU has daemonized; from then on QEMU is the only
- * writer, so end-of-file on the FIFO is exactly "QEMU has exited". Readiness,
- * the command's status and QEMU's exit are all notifications: nothing polls.
+ *   resolveInputs  the kernel (a pipe copied, a bzImage's PVH vmlinux
+ *                  extracted), the initramfs parts, the shares, the
+ *                  accelerator and the kernel command line: everything that
+ *                  can fail on bad input fails here, before anything runs
+ *   reserve        the VM name, taken under its lock (lib/vm/launch.ts)
+ *   startShares    virtiofsd for virtiofs shares, or 9p arguments
+ *   buildInitrd    the user's initramfs, pim's base and this boot's settings,
+ *                  joined in the VM's stage dir (made under the lock)
+ *   start          the output port, then QEMU (launch: the usual runtime
+ *                  files, lock and metadata)
+ *   follow         lib/kboot/follow.ts: the guest's output until it is up or
+ *                  the command is done
+ *
+ * Signals are trapped from the start: Ctrl-C at any step undoes what the
+ * steps before it started (a pipe's copy, virtiofsd, QEMU, the runtime
+ * files) and exits 128+N.
  */
 import * as fs from 'node:fs';
-import { stdout, writeOut } from '../cli/output.ts';
-import * as net from 'node:net';
 import { join } from 'node:path';
-import { spawnSync } from 'node:child_process';
 import { EXIT, PimError } from '../core/exit.ts';
-import type { Interrupted } from '../core/signals.ts';
 import { log } from '../core/log.ts';
 import { ensureRuntimeDir, type VmFiles } from '../core/paths.ts';
-import { cleanupFiles, logTail } from '../vm/state.ts';
-import { isAlive, waitExit } from '../core/proc.ts';
-import { qemuOpt, type Accel } from '../qemu/argv.ts';
-import { cachedPack, checkInitrd, concatArchives, kbootCacheDir, packTree, type Compress } from '../archive/initramfs.ts';
-import { checkKernel, findPanic, guestEnv, hostKernel, hostTscKhz, OutputScanner, parseShare, pimBaseArchive, pvhKernel, RS, staticBusybox, type Share } from './guest.ts';
-import { chooseShareFs, ninepArgs, startVirtiofsd, virtiofsArgs } from '../qemu/share.ts';
+import type { Trap } from '../core/signals.ts';
+import type { Accel } from '../qemu/argv.ts';
+import { chooseShareFs, ninepArgs, parseShare, startVirtiofsd, virtiofsArgs, type Share, type ShareFs, type Virtiofsds } from '../qemu/share.ts';
+import { cleanupFiles } from '../vm/state.ts';
+import type { LaunchRequest, Reservation } from '../vm/launch.ts';
+import { cachedPack, concatArchives, kbootCacheDir, type Compress } from '../archive/initramfs.ts';
+import { bootArchive, findPanic, pimBaseArchive, RS, staticBusybox, type GuestSettings } from './guest.ts';
+import { checkInitrd, resolveInput, type InputOpts } from './input.ts';
+import { checkKernel, hostKernel, hostTscKhz, pvhKernel } from './kernel.ts';
+import { follow, killVm, openOutputPort, type OutputPort } from './follow.ts';
 
 export interface KbootOpts {
   name?: string;
@@ -46,69 +55,90 @@ export interface KbootOpts {
   token: string;
 }
 
-async function killVm(pid: number | null, files: VmFiles): Promise<void> {
-  if (pid && isAlive(pid)) {
-    try {
-      process.kill(pid, 'SIGTERM');
-    } catch {
-      /* gone */
-    }
-    if (!(await waitExit(pid, 5_000))) {
-      try {
-        process.kill(pid, 'SIGKILL');
-      } catch {
-        /* gone */
-      }
-      await waitExit(pid, 5_000);
-    }
-  }
-  cleanupFiles(files);
+/** What a boot needs, all checked. */
+interface Inputs {
+  /** the kernel as the user named it (metadata, messages) */
+  kernel: string;
+  /** what QEMU boots: the cached PVH vmlinux, or the kernel itself */
+  bootKernel: string;
+  /** the initramfs before this boot's own archive: the user's initrd or packed tree, then pim's base */
+  parts: string[];
+  shares: Share[];
+  root?: Share;
+  shareFs: { fs: ShareFs; virtiofsd: string | null };
+  accel: Accel;
+  probeKvm: boolean;
+  append: string;
 }
 
-const tailText = (files: VmFiles, n = 15) =>
-  logTail(files.log, n)
-    .map((l) => `  | ${l.replace(/\r$/, '')}`)
-    .join('\n');
+const ms = (t0: number) => `${(performance.now() - t0).toFixed(0)} ms`;
 
 export async function kboot(o: KbootOpts): Promise<number> {
   const t0 = performance.now();
-  const kernelPath = o.kernel ?? hostKernel();
-  const kind = checkKernel(kernelPath);
-  if (o.initrd) checkInitrd(o.initrd);
-  const used = new Set<string>();
-  const shares = o.shares.map((s) => parseShare(s, used));
-  const root: Share | undefined = o.rootShare ? parseShare(`${o.rootShare}:pimroot`, used) : undefined;
-  const all = root ? [...shares, root] : shares;
-  if (o.machine === 'microvm' && all.length) throw new PimError(EXIT.USAGE, 'shares need PCI, which microvm has not: use --machine q35 (the default) with --share/--root-share');
-  let share: { fs: '9p' | 'virtiofs'; virtiofsd: string | null } = all.length ? chooseShareFs(o.fs === 'auto' ? undefined : o.fs) : { fs: '9p', virtiofsd: null };
+  const { trapSignals } = await import('../core/signals.ts');
+  const trap = trapSignals();
+  const temps: string[] = [];
+  try {
+    const inp = await resolveInputs(o, { cache: kbootCacheDir(), idleMs: o.timeoutMs, signal: trap.signal }, temps, t0);
+    // with --console QEMU runs in the foreground on this terminal: its signals are its own
+    if (o.console) trap.dispose();
+    const res = await reserve(o);
+    return await bootReserved(o, inp, res, o.console ? null : trap, t0);
+  } finally {
+    trap.dispose();
+    for (const t of temps) fs.rmSync(t, { force: true });
+  }
+}
+
+/** Every input checked and made ready (see the top of this file); `temps` collects files to remove at the end. */
+async function resolveInputs(o: KbootOpts, io: InputOpts, temps: string[], t0: number): Promise<Inputs> {
+  const kernel = await resolveInput(o.kernel ?? hostKernel(), 'kernel', io);
+  if (kernel.temp) temps.push(kernel.temp);
+  const kind = checkKernel(kernel.path, kernel.shown);
+  const initrd = o.initrd ? await resolveInput(o.initrd, 'initrd', io) : null;
+  if (initrd?.temp) temps.push(initrd.temp);
+  if (initrd) checkInitrd(initrd.path, initrd.shown);
+  const { shares, root, shareFs } = resolveShares(o);
   if (o.initramfsFrom) {
-    // fail on a bad directory before anything starts
     const st = fs.statSync(o.initramfsFrom, { throwIfNoEntry: false });
     if (!st) throw new PimError(EXIT.NOINPUT, `initramfs directory ${o.initramfsFrom} does not exist`);
     if (!st.isDirectory()) throw new PimError(EXIT.NOINPUT, `${o.initramfsFrom} is not a directory (--initramfs-from takes a directory to pack)`);
   }
-  const { chooseAccel, writeKvmVerdict } = await import('../qemu/accel.ts');
+  const busybox = staticBusybox();
+  if (!busybox && !initrd && !o.initramfsFrom) {
+    throw new PimError(EXIT.UNAVAILABLE, "no initramfs given and no static busybox on this host for pim's own: install busybox-static, set PIM_BUSYBOX, or pass --initrd/--initramfs-from");
+  }
+  if (!busybox) log.debug("no static busybox on the host: pim's init relies on the initramfs's /bin/sh");
+  const { chooseAccel } = await import('../qemu/accel.ts');
   const { accel, probeKvm } = chooseAccel(o.accel);
-  const cache = kbootCacheDir();
 
-  // kernel: the PVH vmlinux inside a bzImage boots without the guest decompressing it
-  let bootKernel = kernelPath;
-  if (kind === 'bzimage' && process.env.PIM_KBOOT_PVH !== '0') bootKernel = (await pvhKernel(kernelPath, cache)) ?? kernelPath;
-  log.debug(`kernel ${bootKernel} (${(performance.now() - t0).toFixed(0)} ms)`);
+  // the PVH vmlinux inside a bzImage boots without the guest decompressing it
+  let bootKernel = kernel.path;
+  if (kind === 'bzimage' && process.env.PIM_KBOOT_PVH !== '0') bootKernel = (await pvhKernel(kernel.path, io.cache, { signal: io.signal, shown: kernel.shown })) ?? kernel.path;
+  log.debug(`kernel ${bootKernel} (${ms(t0)})`);
 
-  // initramfs: the user's part, pim's base (init, busybox), this boot's settings
   const parts: string[] = [];
-  if (o.initrd) parts.push(o.initrd);
+  if (initrd) parts.push(initrd.path);
   if (o.initramfsFrom) {
     const p = await cachedPack(o.initramfsFrom, o.compress);
-    log.debug(`initramfs ${p.path} (${p.hit ? 'cached' : 'packed'}, ${(performance.now() - t0).toFixed(0)} ms)`);
+    log.debug(`initramfs ${p.path} (${p.hit ? 'cached' : 'packed'}, ${ms(t0)})`);
     parts.push(p.path);
   }
-  const busybox = staticBusybox();
-  if (!busybox && !parts.length) throw new PimError(EXIT.UNAVAILABLE, 'no initramfs given and no static busybox on this host for pim\'s own: install busybox-static, set PIM_BUSYBOX, or pass --initrd/--initramfs-from');
-  if (!busybox) log.debug('no static busybox on the host: pim\'s init relies on the initramfs\'s /bin/sh');
-  parts.push(await pimBaseArchive(cache, busybox));
+  parts.push(await pimBaseArchive(io.cache, busybox));
+  return { kernel: kernel.shown, bootKernel, parts, shares, root, shareFs, accel: accel as Accel, probeKvm, append: commandLine(o, accel as Accel) };
+}
 
+function resolveShares(o: KbootOpts): Pick<Inputs, 'shares' | 'root' | 'shareFs'> {
+  const used = new Set<string>();
+  const shares = o.shares.map((s) => parseShare(s, used));
+  const root = o.rootShare ? parseShare(`${o.rootShare}:pimroot`, used) : undefined;
+  const any = shares.length > 0 || root !== undefined;
+  if (o.machine === 'microvm' && any) throw new PimError(EXIT.USAGE, 'shares need PCI, which microvm has not: use --machine q35 (the default) with --share/--root-share');
+  const shareFs = any ? chooseShareFs(o.fs === 'auto' ? undefined : o.fs) : { fs: '9p' as const, virtiofsd: null };
+  return { shares, root, shareFs };
+}
+
+function commandLine(o: KbootOpts, accel: Accel): string {
   const append = ['console=ttyS0', 'quiet', 'panic=-1', 'rdinit=/pim/init'];
   if (o.machine === 'microvm') {
     append.push('pci=off');
@@ -116,266 +146,127 @@ export async function kboot(o: KbootOpts): Promise<number> {
     if (khz) append.push(`tsc_early_khz=${khz}`);
   }
   if (o.append) append.push(o.append);
+  return append.join(' ');
+}
 
-  // From here on something runs (virtiofsd, QEMU): a signal undoes it. The
-  // name is taken under its lock, and the stage dir is made only then, so two
-  // pim-kboots never share a name, a stage or a FIFO.
-  const { trapSignals } = await import('../core/signals.ts');
-  const trap = o.console ? null : trapSignals();
-  const { reserveVm, reserveFreeName, launch } = await import('../vm/launch.ts');
+/** The VM name, taken under its lock: the one given, or the first free kboot, kboot-2, ... */
+async function reserve(o: KbootOpts): Promise<Reservation> {
+  const { reserveVm, reserveFreeName } = await import('../vm/launch.ts');
+  if (!o.name) return reserveFreeName('kboot', ensureRuntimeDir());
   const { vmRef } = await import('../vm/ref.ts');
-  let res: Awaited<ReturnType<typeof reserveVm>>;
+  return reserveVm(vmRef(o.name));
+}
+
+/** Under the reservation: stage, shares, initrd, QEMU, then follow. Whatever fails, nothing is left running. */
+async function bootReserved(o: KbootOpts, inp: Inputs, res: Reservation, trap: Trap | null, t0: number): Promise<number> {
+  const { files } = res;
+  let vfs: Virtiofsds | null = null;
+  let port: OutputPort | null = null;
+  let pid: number | null = null;
+  let followed = false;
   try {
-    res = o.name ? await reserveVm(vmRef(o.name)) : await reserveFreeName('kboot', ensureRuntimeDir());
-  } catch (e) {
-    trap?.dispose();
-    throw e;
-  }
-  const { name, files } = res;
-  const stage = files.stage;
-  const extra: string[] = [];
-  const fifo = join(stage, 'out');
-  let rfd = -1;
-  let wfd = -1;
-  let sock: net.Socket | null = null;
-  let vfsPids: number[] = [];
-  let following = false;
-  const cleanupStage = () => fs.rmSync(stage, { recursive: true, force: true });
-  try {
-    fs.mkdirSync(join(stage, 'tree', 'pim'), { recursive: true, mode: 0o700 });
-    if (share.fs === 'virtiofs') {
-      try {
-        const started = await startVirtiofsd(share.virtiofsd!, all, join(stage, 'vfs'));
-        vfsPids = started.map((s) => s.pid);
-        extra.push(...virtiofsArgs(started, o.mem));
-      } catch (e) {
-        if (o.fs === 'virtiofs') throw e;
-        log.warn(`${(e as Error).message}: sharing over 9p instead`);
-        share = { fs: '9p', virtiofsd: null };
-      }
-    }
-    if (share.fs === '9p') extra.push(...ninepArgs(all));
-    const mode = o.exec !== undefined ? 'exec' : 'handoff';
-    fs.writeFileSync(join(stage, 'tree', 'pim', 'env'), guestEnv({ token: o.token, mode, out: o.console ? '/dev/console' : '/dev/ttyS1', fs: share.fs, shares, root: root?.tag }));
-    fs.writeFileSync(join(stage, 'tree', 'pim', 'cmd'), o.exec ?? '');
-    await packTree(join(stage, 'tree'), join(stage, 'run.cpio'), 'none');
-    parts.push(join(stage, 'run.cpio'));
-    const initrd = join(stage, 'initrd');
-    concatArchives(parts, initrd);
-    log.debug(`initrd ${initrd} (${(performance.now() - t0).toFixed(0)} ms)`);
-    if (!o.console) {
-      const mk = spawnSync('mkfifo', ['-m', '600', fifo], { encoding: 'utf8' });
-      if (mk.status !== 0) throw new PimError(EXIT.CANTCREAT, `cannot make FIFO ${fifo}: ${mk.stderr || mk.error?.message}`);
-      rfd = fs.openSync(fifo, fs.constants.O_RDONLY | fs.constants.O_NONBLOCK);
-      wfd = fs.openSync(fifo, fs.constants.O_WRONLY | fs.constants.O_NONBLOCK);
-      sock = new net.Socket({ fd: rfd, readable: true, writable: false });
-      sock.pause();
-      extra.push('-chardev', qemuOpt('file', { id: 'pimout', path: fifo }), '-device', 'isa-serial,chardev=pimout,index=1');
-    }
-    extra.push(...o.extra);
-
-    const result = await launch(
-      res,
-      {
-        spec: {
-          accel: accel as Accel,
-          mem: o.mem,
-          cpus: o.cpus,
-          machine: o.machine,
-          kernel: { kernel: bootKernel, initrd, append: append.join(' ') },
-          agent: false,
-          net: { mode: 'none' },
-          rng: o.machine !== 'microvm',
-          noReboot: true,
-          extra,
-        },
-        console: o.console,
-        sudo: false,
-        meta: { kind: 'kboot', image: kernelPath, ssh_port: null, bridged: false, agent: false, accel, mem: o.mem, cpus: o.cpus, snapshot: false },
-      },
-      { signal: trap?.signal },
-    );
-    log.debug(`QEMU up (${(performance.now() - t0).toFixed(0)} ms)`);
-
-    if (typeof result === 'number') {
-      // --console: QEMU ran in the foreground and has exited
-      cleanupStage();
-      const text = fs.readFileSync(files.log, 'latin1');
-      const m = new RegExp(`${RS}PIM-EXIT-${o.token}:(\\d+)`).exec(text);
-      if (o.exec !== undefined && m) return Number(m[1]);
-      const panic = findPanic(text);
-      if (panic) throw new PimError(EXIT.UNAVAILABLE, `the guest kernel panicked:\n${panic.map((l) => `  | ${l}`).join('\n')}`);
-      return result;
-    }
-
-    // QEMU holds the FIFO now: drop our write end (EOF = QEMU gone), and the files it has loaded
-    fs.closeSync(wfd);
-    wfd = -1;
+    fs.mkdirSync(files.stage, { mode: 0o700 });
+    const shared = await startShares(o, inp, files.stage, trap?.signal);
+    vfs = shared.vfs;
+    const initrd = buildInitrd(o, inp, shared.fs, files.stage);
+    log.debug(`initrd ${initrd} (${ms(t0)})`);
+    if (!o.console) port = await openOutputPort(join(files.stage, 'out.sock'));
+    const { launch } = await import('../vm/launch.ts');
+    const starting = launch(res, launchRequest(o, inp, initrd, [...shared.args, ...(port?.args ?? []), ...o.extra]), { signal: trap?.signal });
+    const result = await starting;
+    log.debug(`QEMU up (${ms(t0)})`);
+    if (typeof result === 'number') return consoleResult(o, files, result);
+    pid = result.pid;
+    const sock = await port!.connected(5_000);
+    // QEMU has loaded the kernel and initrd
     if (process.env.PIM_KBOOT_SAVE_INITRD) fs.copyFileSync(initrd, process.env.PIM_KBOOT_SAVE_INITRD); // bench/kboot.sh replays the boot by hand
     fs.rmSync(initrd, { force: true });
-    fs.rmSync(fifo, { force: true });
-    following = true;
-    return await follow(sock!, {
-      name,
+    const { writeKvmVerdict } = await import('../qemu/accel.ts');
+    followed = true; // from here follow() owns the VM: it stops it on every way out but "up, left running"
+    return await follow(sock, {
+      name: res.name,
       files,
-      pid: result.pid,
+      pid,
       exec: o.exec !== undefined,
       token: o.token,
       timeoutMs: o.timeoutMs,
       t0,
-      cleanupStage,
       signal: trap!.signal,
       // remember what KVM did, the way pim-run does, when it was chosen by default
-      kvmSeen: probeKvm ? writeKvmVerdict : undefined,
+      kvmSeen: inp.probeKvm ? writeKvmVerdict : undefined,
     });
   } catch (e) {
-    for (const p of vfsPids) if (isAlive(p)) process.kill(p, 'SIGTERM');
-    if (!following) cleanupFiles(files);
+    vfs?.stop();
+    if (!followed) {
+      if (pid) await killVm(pid, files);
+      else cleanupFiles(files);
+    }
     throw e;
   } finally {
+    port?.close();
+    // the stage was only for the start; an --exec VM's virtiofsds end with it
+    fs.rmSync(files.stage, { recursive: true, force: true });
+    if (o.exec !== undefined) vfs?.stop();
     await res.release();
-    trap?.dispose();
-    if (wfd >= 0) fs.closeSync(wfd);
-    if (sock && !sock.destroyed && o.exec !== undefined) sock.destroy();
   }
 }
 
-interface FollowOpts {
-  name: string;
-  files: VmFiles;
-  pid: number;
-  exec: boolean;
-  token: string;
-  timeoutMs: number;
-  t0: number;
-  cleanupStage: () => void;
-  /** aborted by SIGINT/SIGTERM/SIGHUP: stop the VM and exit 128+N */
-  signal: AbortSignal;
-  kvmSeen?: (verdict: 'ok' | 'broken') => void;
+/** Shares as QEMU arguments: virtiofs through virtiofsd (falling back to 9p under --fs auto), or 9p. */
+async function startShares(o: KbootOpts, inp: Inputs, stage: string, signal?: AbortSignal): Promise<{ fs: ShareFs; args: string[]; vfs: Virtiofsds | null }> {
+  const all = inp.root ? [...inp.shares, inp.root] : inp.shares;
+  if (inp.shareFs.fs === 'virtiofs') {
+    try {
+      const vfs = await startVirtiofsd(inp.shareFs.virtiofsd!, all, join(stage, 'vfs'), { signal });
+      return { fs: 'virtiofs', args: virtiofsArgs(vfs.shares, o.mem), vfs };
+    } catch (e) {
+      if (o.fs === 'virtiofs' || signal?.aborted) throw e;
+      log.warn(`${(e as Error).message}: sharing over 9p instead`);
+    }
+  }
+  return { fs: '9p', args: ninepArgs(all), vfs: null };
 }
 
-/** Follow the output port until the guest is up (headless) or the command is done (--exec). */
-function follow(sock: net.Socket, f: FollowOpts): Promise<number> {
-  return new Promise<number>((resolve, reject) => {
-    let done = false;
-    let gone = false;
-    let readySeen = false;
-    const scanner = new OutputScanner(f.token, (s) => {
-      if (f.exec) stdout().write(Buffer.from(s, 'latin1'));
-    });
-    // whatever ends this process (EPIPE on stdout exits at once), an --exec VM goes with it
-    const lastResort = () => {
-      try {
-        process.kill(f.pid, 'SIGKILL');
-      } catch {
-        /* gone */
-      }
-      cleanupFiles(f.files);
-      f.cleanupStage();
-    };
-    process.on('exit', lastResort);
-    // QMP, for what the serial ports cannot say: the VM stopped (KVM internal error)
-    let qmp: import('../qemu/qmp.ts').QmpClient | null = null;
-    void import('../qemu/qmp.ts')
-      .then(({ QmpClient }) => QmpClient.connect(f.files.qmp, { timeoutMs: 5_000 }))
-      .then((c) => {
-        if (done) return c.close();
-        qmp = c;
-        c.subscribe((ev) => {
-          if (ev.event !== 'STOP' || done) return;
-          c.execute('query-status').then(
-            (st) => {
-              const status = (st as { status?: string }).status;
-              if (status === 'internal-error') f.kvmSeen?.('broken');
-              if (status === 'internal-error') failWith(EXIT.UNAVAILABLE, `${f.name}: the VM stopped with an internal error: KVM does not work here; use --accel tcg or PIM_ACCEL=tcg${f.kvmSeen ? ' (pim remembers this: the next boot uses TCG)' : ''}`);
-              else if (status === 'guest-panicked') failWith(EXIT.UNAVAILABLE, `${f.name}: the guest kernel panicked. Last lines of ${f.files.log}:\n${tailText(f.files)}`);
-            },
-            () => {},
-          );
-        });
-      })
-      .catch((e) => log.debug(`QMP: ${(e as Error).message}`));
-    const finish = async (how: () => Promise<number>) => {
-      if (done) return;
-      done = true;
-      process.off('exit', lastResort);
-      (qmp as import('../qemu/qmp.ts').QmpClient | null)?.close();
-      clearTimeout(bootTimer);
-      clearTimeout(exitTimer);
-      f.signal.removeEventListener('abort', onSignal);
-      try {
-        resolve(await how());
-      } catch (e) {
-        reject(e);
-      } finally {
-        f.cleanupStage();
-      }
-    };
-    const failWith = (code: (typeof EXIT)[keyof typeof EXIT], msg: string) =>
-      finish(async () => {
-        await killVm(f.pid, f.files);
-        throw new PimError(code, msg);
-      });
-    const onSignal = () =>
-      finish(async () => {
-        const why = f.signal.reason as Interrupted;
-        log.warn(`${why.sig}: stopping ${f.name}`);
-        sock.destroy();
-        await killVm(f.pid, f.files);
-        return why.status;
-      });
-    f.signal.addEventListener('abort', onSignal, { once: true });
-    if (f.signal.aborted) onSignal();
-    const bootTimer = setTimeout(
-      () => failWith(EXIT.TEMPFAIL, `${f.name}: the guest did not reach userspace within ${f.timeoutMs / 1000} s; stopped it. Last lines of ${f.files.log}:\n${tailText(f.files)}`),
-      f.timeoutMs,
-    );
-    let exitTimer: NodeJS.Timeout | undefined;
-    const onQemuGone = () => {
-      gone = true;
-      if (done) return;
-      if (scanner.status !== null) {
-        void finish(async () => {
-          cleanupFiles(f.files);
-          return scanner.status!;
-        });
-        return;
-      }
-      const panic = findPanic(fs.readFileSync(f.files.log, 'latin1'));
-      if (panic) return failWith(EXIT.UNAVAILABLE, `${f.name}: the guest kernel panicked:\n${panic.map((l) => `  | ${l}`).join('\n')}`);
-      failWith(EXIT.UNAVAILABLE, `${f.name}: QEMU exited before ${scanner.ready ? 'the command finished' : 'the guest was up'}. Last lines of ${f.files.log}:\n${tailText(f.files)}`);
-    };
-    sock.on('data', (d: Buffer) => {
-      scanner.push(d.toString('latin1'));
-      if (scanner.ready && !readySeen) {
-        readySeen = true;
-        clearTimeout(bootTimer);
-        f.kvmSeen?.('ok');
-      }
-      if (scanner.failure !== null) return failWith(EXIT.UNAVAILABLE, `${f.name}: pim's init failed: ${scanner.failure}`);
-      if (scanner.ready && !f.exec) {
-        void finish(async () => {
-          sock.destroy();
-          log.info(`${f.name} is up (pid ${f.pid}, ${((performance.now() - f.t0) / 1000).toFixed(1)} s); pim-console ${f.name}, pim-stop ${f.name}`);
-          writeOut(f.name + '\n');
-          return EXIT.OK;
-        });
-        return;
-      }
-      if (scanner.status !== null && !gone && !exitTimer) {
-        // the guest powers off right after the marker: wait for QEMU to go, bounded
-        exitTimer = setTimeout(() => {
-          const st = scanner.status!;
-          void finish(async () => {
-            log.warn(`${f.name} did not power off after the command; stopping it`);
-            await killVm(f.pid, f.files);
-            return st;
-          });
-        }, 15_000);
-      }
-    });
-    sock.on('end', onQemuGone);
-    sock.on('error', (e) => failWith(EXIT.SOFTWARE, `reading ${f.name}'s output: ${e.message}`));
-    sock.resume();
-  });
+/** The initrd QEMU loads: the parts, then this boot's settings and command (made in memory). */
+function buildInitrd(o: KbootOpts, inp: Inputs, shareFs: ShareFs, stage: string): string {
+  const guest: GuestSettings = {
+    token: o.token,
+    mode: o.exec !== undefined ? 'exec' : 'handoff',
+    out: o.console ? '/dev/console' : '/dev/ttyS1',
+    fs: shareFs,
+    shares: inp.shares,
+    root: inp.root?.tag,
+  };
+  const initrd = join(stage, 'initrd');
+  concatArchives([...inp.parts, bootArchive(guest, o.exec ?? '')], initrd);
+  return initrd;
+}
+
+function launchRequest(o: KbootOpts, inp: Inputs, initrd: string, extra: string[]): LaunchRequest {
+  return {
+    spec: {
+      accel: inp.accel,
+      mem: o.mem,
+      cpus: o.cpus,
+      machine: o.machine,
+      kernel: { kernel: inp.bootKernel, initrd, append: inp.append },
+      agent: false,
+      net: { mode: 'none' },
+      rng: o.machine !== 'microvm',
+      noReboot: true,
+      extra,
+    },
+    console: o.console,
+    sudo: false,
+    meta: { kind: 'kboot', image: inp.kernel, ssh_port: null, bridged: false, agent: false, accel: inp.accel, mem: o.mem, cpus: o.cpus, snapshot: false },
+  };
+}
+
+/** --console: QEMU ran in the foreground and has exited; the command's status is in the log. */
+function consoleResult(o: KbootOpts, files: VmFiles, status: number): number {
+  const text = fs.readFileSync(files.log, 'latin1');
+  const m = new RegExp(`${RS}PIM-EXIT-${o.token}:(\\d+)`).exec(text);
+  if (o.exec !== undefined && m) return Number(m[1]);
+  const panic = findPanic(text);
+  if (panic) throw new PimError(EXIT.UNAVAILABLE, `the guest kernel panicked:\n${panic.map((l) => `  | ${l}`).join('\n')}`);
+  return status;
 }

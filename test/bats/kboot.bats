@@ -2,7 +2,10 @@
 # pim-kboot under TCG with the test bed's generic Debian kernel (it has 9p as
 # modules; the cloud kernel has none): an initramfs packed by --initramfs-from
 # from a directory made here, --exec output and status, shares both ways,
-# headless VMs seen by pim-ps/pim-qmp/pim-stop, bad inputs, panic and timeout.
+# headless VMs seen by pim-ps/pim-qmp/pim-stop, bad inputs (directories, FIFOs,
+# pipes, ELFs that are no kernel), a private cache, parallel runs, Ctrl-C at each
+# step and a closed stdout (no VM, process or runtime file left), panic and timeout.
+# Waits are on readiness (a line through a FIFO) and bounded; none sleeps.
 load helper
 
 setup_file() {
@@ -26,6 +29,38 @@ no_vm_left() {
 	[ "$status" -eq 0 ]
 	[ -z "$output" ]
 	! ls "$XDG_RUNTIME_DIR"/pim/*.pid 2>/dev/null
+	# nothing but the logs (kept for a post-mortem): no sockets, metadata, stage dirs
+	run bash -c 'ls -A "$XDG_RUNTIME_DIR/pim" 2>/dev/null | grep -v "\.log$"'
+	[ -z "$output" ]
+	# and no QEMU of this test file (its command line names the runtime dir)
+	! pgrep -f "qemu-system.*$XDG_RUNTIME_DIR/pim/"
+}
+
+# start_bg FIFO CMD...: run CMD in the background with stdout on FIFO (made here),
+# held open on fd 9 (so reading it never ends the writer); the pid is in $bg.
+start_bg() {
+	local fifo=$1
+	shift
+	mkfifo "$fifo"
+	"$@" >"$fifo" 2>"$fifo.err" &
+	bg=$!
+	exec 9<"$fifo"
+}
+
+# await_line: the next line on fd 9 (bounded: 120 s), in $line.
+await_line() {
+	read -r -t 120 -u 9 line
+}
+
+# reap PID: its exit status in $st, bounded: killed after 60 s (status 137).
+reap() {
+	local pid=$1
+	(sleep 60 && kill -9 "$pid" 2>/dev/null) &
+	local dog=$!
+	st=0
+	wait "$pid" || st=$?
+	kill "$dog" 2>/dev/null || true
+	exec 9<&- 2>/dev/null || true
 }
 
 @test "--exec runs in an initramfs packed from a directory and returns output and status" {
@@ -115,6 +150,130 @@ no_vm_left() {
 	no_vm_left
 }
 
+# one line on stderr, naming the file, no stack trace
+one_line_error() {
+	[ "${#stderr_lines[@]}" -eq 1 ]
+	[[ "$stderr" == "pim-kboot: "*"$1"* ]]
+	[[ "$stderr" != *"    at "* ]]
+}
+
+@test "a directory as kernel or initrd: 66 with one line, not EISDIR" {
+	run --separate-stderr pim-kboot --kernel "$PIM_TMP" --exec true
+	[ "$status" -eq 66 ]
+	one_line_error "kernel $PIM_TMP is a directory"
+	run --separate-stderr pim-kboot --kernel "$KERNEL" --initrd "$PIM_TMP" --exec true
+	[ "$status" -eq 66 ]
+	one_line_error "initrd $PIM_TMP is a directory"
+	no_vm_left
+}
+
+@test "an ELF that is no kernel (--kernel /bin/true): 65, not 69" {
+	run --separate-stderr pim-kboot --kernel /bin/true --exec true
+	[ "$status" -eq 65 ]
+	one_line_error "no PVH entry note"
+	no_vm_left
+}
+
+@test "a FIFO with no writer as kernel or initrd: 66 at once, no hang" {
+	mkfifo "$PIM_TMP/nowriter"
+	run --separate-stderr timeout 20 pim-kboot --kernel "$PIM_TMP/nowriter" --exec true
+	[ "$status" -eq 66 ]
+	one_line_error "no one writing to it"
+	run --separate-stderr timeout 20 pim-kboot --kernel "$KERNEL" --initrd "$PIM_TMP/nowriter" --exec true
+	[ "$status" -eq 66 ]
+	one_line_error "no one writing to it"
+	rm -f "$PIM_TMP/nowriter"
+	no_vm_left
+	[ -z "$(ls "$XDG_CACHE_HOME/pim/kboot" | grep '^pipe-')" ]
+}
+
+@test "a pipe as kernel and as initrd (<(cat ...)) boots, and its copy is gone afterwards" {
+	run --separate-stderr bash -c 'pim-kboot --kernel <(cat "$PIM_TESTBED_DIR/vmlinuz") --initrd <(cat "$PIM_TESTBED_DIR/initrd.gz") --exec "test -x /init && echo has-its-own-init"'
+	[ "$status" -eq 0 ]
+	[ "$output" = "has-its-own-init" ]
+	no_vm_left
+	[ -z "$(ls "$XDG_CACHE_HOME/pim/kboot" | grep '^pipe-')" ]
+}
+
+@test "the kboot cache is private: 0700 dirs, 0600 files, also for a 0600 file in --initramfs-from" {
+	tree="$PIM_TMP/secret-tree"
+	mkdir -p "$tree"
+	cp -r "$ROOTFS"/. "$tree/"
+	echo "s3cret" >"$tree/etc/key"
+	chmod 600 "$tree/etc/key"
+	mkdir -p "$XDG_CACHE_HOME/pim/kboot"
+	chmod 755 "$XDG_CACHE_HOME/pim/kboot" # as an older pim left it
+	run --separate-stderr pim-kboot --kernel "$KERNEL" --initramfs-from "$tree" --exec 'stat -c %a /etc/key; cat /etc/key'
+	[ "$status" -eq 0 ]
+	[ "$output" = "$(printf '600\ns3cret')" ]
+	ls "$XDG_CACHE_HOME"/pim/kboot/vmlinux-* "$XDG_CACHE_HOME"/pim/kboot/base-*.cpio "$XDG_CACHE_HOME"/pim/kboot/initramfs-*.cpio
+	[ -z "$(find "$XDG_CACHE_HOME/pim/kboot" -type d ! -perm 700)" ]
+	[ -z "$(find "$XDG_CACHE_HOME/pim/kboot" -type f ! -perm 600)" ]
+}
+
+@test "three parallel --exec without a name: all exit 0, each under its own name" {
+	for i in 1 2 3; do
+		pim-kboot --kernel "$KERNEL" --mem 256M --exec "echo run-$i" >"$PIM_TMP/par$i.out" 2>"$PIM_TMP/par$i.err" &
+		pids[i]=$!
+	done
+	for i in 1 2 3; do
+		reap "${pids[i]}"
+		[ "$st" -eq 0 ] || { cat "$PIM_TMP/par$i.err"; false; }
+		[ "$(cat "$PIM_TMP/par$i.out")" = "run-$i" ]
+	done
+	# each took a name of its own: one log per name
+	[ -f "$XDG_RUNTIME_DIR/pim/kboot.log" ]
+	[ -f "$XDG_RUNTIME_DIR/pim/kboot-2.log" ]
+	[ -f "$XDG_RUNTIME_DIR/pim/kboot-3.log" ]
+	no_vm_left
+}
+
+@test "Ctrl-C during --exec: 130, no VM, no runtime files" {
+	start_bg "$PIM_TMP/int.fifo" pim-kboot --kernel "$KERNEL" --exec 'echo started; exec sleep 1000'
+	await_line
+	[ "$line" = "started" ]
+	kill -INT "$bg"
+	reap "$bg"
+	[ "$st" -eq 130 ]
+	no_vm_left
+}
+
+@test "Ctrl-C while QEMU starts (made slow through PIM_QEMU): 130, no QEMU, no runtime files" {
+	slow="$PIM_TMP/slow-qemu"
+	printf '#!/bin/bash\necho "$$" >"%s"\nsleep 1000\nexec qemu-system-x86_64 "$@"\n' "$PIM_TMP/slow.fifo" >"$slow"
+	chmod +x "$slow"
+	mkfifo "$PIM_TMP/slow.fifo"
+	PIM_QEMU=$slow pim-kboot --kernel "$KERNEL" --exec true 2>"$PIM_TMP/slow.err" &
+	bg=$!
+	read -r -t 120 wpid <"$PIM_TMP/slow.fifo"
+	kill -INT "$bg"
+	reap "$bg"
+	[ "$st" -eq 130 ]
+	! pgrep -g "$wpid" # the wrapper and its sleep: QEMU's whole process group
+	no_vm_left
+}
+
+@test "Ctrl-C just as a real QEMU starts: 130, no QEMU, no runtime files" {
+	wrap="$PIM_TMP/announce-qemu"
+	printf '#!/bin/sh\necho "$$" >"%s"\nexec qemu-system-x86_64 "$@"\n' "$PIM_TMP/announce.fifo" >"$wrap"
+	chmod +x "$wrap"
+	mkfifo "$PIM_TMP/announce.fifo"
+	PIM_QEMU=$wrap pim-kboot --kernel "$KERNEL" --exec true 2>"$PIM_TMP/announce.err" &
+	bg=$!
+	read -r -t 120 wpid <"$PIM_TMP/announce.fifo"
+	kill -INT "$bg"
+	reap "$bg"
+	[ "$st" -eq 130 ]
+	no_vm_left
+}
+
+@test "a closed stdout (| head -1) ends the VM" {
+	run --separate-stderr bash -c 'timeout 120 pim-kboot --kernel "$KERNEL" --exec "while :; do echo y; done" | head -1; echo "status ${PIPESTATUS[0]}"'
+	[ "${lines[0]}" = "y" ]
+	[ "${lines[1]}" = "status 0" ]
+	no_vm_left
+}
+
 @test "a kernel panic is reported with the log's last lines (69), no VM left" {
 	run --separate-stderr pim-kboot --kernel "$KERNEL" --exec 'echo c >/proc/sysrq-trigger'
 	[ "$status" -eq 69 ]
@@ -142,6 +301,13 @@ no_vm_left() {
 	no_vm_left
 }
 
+@test "without a static busybox on the host, pim's init runs on the initramfs's own /bin/sh" {
+	run --separate-stderr env PIM_BUSYBOX=/nonexistent pim-kboot --kernel "$TESTBED/vmlinuz" --initrd "$TESTBED/initrd.gz" --exec 'readlink /pim/bin/sh; test -e /pim/bin/busybox || echo no-busybox-of-pims'
+	[ "$status" -eq 0 ]
+	[ "$output" = "$(printf '/bin/sh\nno-busybox-of-pims')" ]
+	no_vm_left
+}
+
 @test "--console: the command runs on the console and its status is still the exit status" {
 	run pim-kboot --console --kernel "$KERNEL" --exec 'echo on-the-console; exit 4' </dev/null
 	[ "$status" -eq 4 ]
@@ -164,4 +330,22 @@ no_vm_left() {
 	[ "$(cat "$share/g.txt")" = "back" ]
 	no_vm_left
 	! pgrep -f "virtiofsd.*$share"
+}
+
+@test "Ctrl-C before virtiofsd is up: 130, no virtiofsd left" {
+	share="$PIM_TMP/vshare2"
+	mkdir -p "$share"
+	# a virtiofsd that starts and never opens its socket
+	vfsd="$PIM_TMP/slow-virtiofsd"
+	printf '#!/bin/bash\n[ "$1" = --version ] && { echo "virtiofsd version 1.7.0"; exit 0; }\necho "$$" >"%s"\nsleep 1000\n' "$PIM_TMP/vfsd.fifo" >"$vfsd"
+	chmod +x "$vfsd"
+	mkfifo "$PIM_TMP/vfsd.fifo"
+	PIM_VIRTIOFSD=$vfsd pim-kboot --fs virtiofs --kernel "$KERNEL" --share "$share" --exec true 2>"$PIM_TMP/vfsd.err" &
+	bg=$!
+	read -r -t 120 wpid <"$PIM_TMP/vfsd.fifo"
+	kill -INT "$bg"
+	reap "$bg"
+	[ "$st" -eq 130 ]
+	! pgrep -g "$wpid"
+	no_vm_left
 }

@@ -304,3 +304,20 @@ describe('the pidfile lock (the VM lock off Linux)', () => {
     }
   }, 20_000);
 });
+
+describe('private storage', () => {
+  it("makes a pim directory 0700, and tightens pim's own root above it, never what is above that", async () => {
+    const { ensurePrivateDir } = await import('../../lib/core/fs.ts');
+    const fs = await import('node:fs');
+    const base = fs.mkdtempSync(join(tmpdir(), 'pimu-priv-'));
+    fs.chmodSync(base, 0o755);
+    fs.mkdirSync(join(base, 'pim'), { mode: 0o755 });
+    fs.chmodSync(join(base, 'pim'), 0o755);
+    ensurePrivateDir(join(base, 'pim', 'kboot', 'x'));
+    const mode = (p: string) => fs.statSync(p).mode & 0o777;
+    expect([mode(base), mode(join(base, 'pim')), mode(join(base, 'pim', 'kboot')), mode(join(base, 'pim', 'kboot', 'x'))]).toEqual([0o755, 0o700, 0o700, 0o700]);
+    fs.symlinkSync('/tmp', join(base, 'pim', 'link'));
+    expect(() => ensurePrivateDir(join(base, 'pim', 'link'))).toThrow(expect.objectContaining({ code: 73 }));
+    fs.rmSync(base, { recursive: true, force: true });
+  });
+});
