@@ -343,3 +343,102 @@ ssh_guest() {
   [ ! -s "$PIM_TMP/epipe.err" ]
   [ "$(pim-qmp pipe query-qmp-schema | wc -c)" -gt 100000 ]   # more than a pipe buffer (64 KiB)
 }
+
+# start_slow NAME [pim|pim-run]: start NAME with a QEMU that announces its pid on a
+# FIFO and then hangs before it execs the real one; $bg is the command, $wpid the wrapper
+start_slow() {
+  local name=$1 how=${2:-pim-run}
+  slow="$PIM_TMP/slow-qemu-$name"
+  rm -f "$PIM_TMP/$name.fifo"
+  mkfifo "$PIM_TMP/$name.fifo"
+  printf '#!/bin/bash\necho "$$" >"%s"\nsleep 1000\nexec qemu-system-x86_64 "$@"\n' "$PIM_TMP/$name.fifo" >"$slow"
+  chmod +x "$slow"
+  if [ "$how" = pim ]; then
+    PIM_QEMU=$slow pim run "$TESTBED/guest-full.qcow2" --name "$name" --snapshot --mem 256M 2>"$PIM_TMP/$name.err" &
+  else
+    PIM_QEMU=$slow pim-run "$TESTBED/guest-full.qcow2" --name "$name" --snapshot --mem 256M 2>"$PIM_TMP/$name.err" &
+  fi
+  bg=$!
+  read -r -t 60 wpid <"$PIM_TMP/$name.fifo"
+}
+
+# nothing of VM NAME is left: no QEMU (the wrapper's process group), no runtime files but the log
+nothing_left_of() {
+  local name=$1
+  ! pgrep -g "$wpid"
+  [ -z "$(pim-ps -q | grep -x "$name" || true)" ]
+  run bash -c "ls -A '$XDG_RUNTIME_DIR/pim' | grep '^$name\.' | grep -v '\.log\$'"
+  [ -z "$output" ]
+}
+
+@test "Ctrl-C while pim-run starts QEMU (made slow through PIM_QEMU): 130, no QEMU, no runtime files" {
+  start_slow slowint
+  kill -INT "$bg"
+  st=0
+  wait "$bg" || st=$?
+  [ "$st" -eq 130 ]
+  grep -q 'interrupted by SIGINT' "$PIM_TMP/slowint.err"
+  nothing_left_of slowint
+}
+
+@test "signals through the umbrella: SIGTERM to pim ends the command's start (143), nothing left" {
+  start_slow slowterm pim
+  kill -TERM "$bg"
+  st=0
+  wait "$bg" || st=$?
+  [ "$st" -eq 143 ]
+  nothing_left_of slowterm
+  # and timeout(1) around pim: the command gets the signal, the status comes back
+  run timeout --preserve-status -s INT 2 pim kboot --kernel "$TESTBED/vmlinuz" --exec 'sleep 300' --timeout 300
+  [ "$status" -eq 130 ]
+  [ -z "$(pim-ps -q)" ]
+}
+
+@test "a planted symlink in a runtime dir others could write to: refused (77), the victim untouched" {
+  local rt="$PIM_TMP/rt-open"
+  mkdir -p "$rt/pim"
+  chmod 0777 "$rt/pim"
+  echo precious >"$PIM_TMP/precious"
+  ln -s "$PIM_TMP/precious" "$rt/pim/victim.log"
+  run --separate-stderr env XDG_RUNTIME_DIR="$rt" pim-run "$TESTBED/guest-full.qcow2" --name victim --snapshot --mem 256M
+  [ "$status" -eq 77 ]
+  [[ "$stderr" == *"writable by others"* ]]
+  [ "$(cat "$PIM_TMP/precious")" = precious ]
+  [ -L "$rt/pim/victim.log" ]
+  # a private dir with a symlink planted where the log goes: unlinked, never written through
+  chmod 0700 "$rt/pim"
+  run env XDG_RUNTIME_DIR="$rt" pim-run "$TESTBED/guest-full.qcow2" --name victim --snapshot --mem 256M
+  [ "$status" -eq 0 ]
+  [ "$(cat "$PIM_TMP/precious")" = precious ]
+  [ ! -L "$rt/pim/victim.log" ]
+  XDG_RUNTIME_DIR="$rt" pim-stop victim --force >/dev/null
+}
+
+@test "a FIFO in the runtime dir does not hang pim-ps or the queries" {
+  mkfifo "$XDG_RUNTIME_DIR/pim/fifo.json" "$XDG_RUNTIME_DIR/pim/fifo.pid"
+  run timeout 10 pim-ps
+  [ "$status" -eq 0 ]
+  run timeout 10 pim-status fifo
+  [ "$status" -eq 69 ]
+  rm -f "$XDG_RUNTIME_DIR/pim/fifo.json" "$XDG_RUNTIME_DIR/pim/fifo.pid"
+}
+
+@test "UEFI vars with --snapshot: a copy made under the VM's lock, the image's own untouched, the copy gone after" {
+  [ -f /usr/share/OVMF/OVMF_CODE_4M.fd ] || [ -f /usr/share/OVMF/OVMF_CODE.fd ] || skip "no OVMF firmware"
+  local img="$PIM_TMP/uefi"
+  mkdir -p "$img"
+  cp "$TESTBED/guest-full.qcow2" "$img/u.qcow2"
+  cp "$(ls /usr/share/OVMF/OVMF_VARS_4M.fd /usr/share/OVMF/OVMF_VARS.fd 2>/dev/null | head -1)" "$img/u.efivars.fd"
+  sum=$(sha256sum "$img/u.efivars.fd")
+  pim-run "$img/u.qcow2" --snapshot --mem 256M
+  [ -f "$XDG_RUNTIME_DIR/pim/u.efivars.fd" ]
+  pgrep -f "qemu-system.*$XDG_RUNTIME_DIR/pim/u.efivars.fd" >/dev/null
+  # a second run of the same name fails before it touches the running VM's vars
+  before=$(sha256sum "$XDG_RUNTIME_DIR/pim/u.efivars.fd")
+  run pim-run "$img/u.qcow2" --snapshot --mem 256M
+  [ "$status" -eq 75 ]
+  [ "$(sha256sum "$XDG_RUNTIME_DIR/pim/u.efivars.fd")" = "$before" ]
+  pim-stop u --force >/dev/null
+  [ ! -e "$XDG_RUNTIME_DIR/pim/u.efivars.fd" ]
+  [ "$(sha256sum "$img/u.efivars.fd")" = "$sum" ]
+}
