@@ -47,7 +47,9 @@ Ctrl-C while the VM starts stops it again: no VM is left behind (exit 130).`,
     const { trapSignals } = await import('../lib/core/signals.ts');
     const { log } = await import('../lib/core/log.ts');
 
-    const img = resolveImage(positionals[0]!, args.name);
+    const { vmInfo } = await import('../lib/vm/state.ts');
+    const running = async (n: string) => (await vmInfo(vmRef(n))).state === 'running';
+    const img = await resolveImage(positionals[0]!, args.name, running);
     const ref = vmRef(img.name);
     const cpus = checkCpus(args.cpus);
     const mem = checkMem(args.mem);

@@ -15,6 +15,10 @@ export const configDir = () => join(process.env.XDG_CONFIG_HOME || join(home(), 
 export const dataDir = () => join(process.env.XDG_DATA_HOME || join(home(), '.local', 'share'), 'pim');
 export const imagesDir = () => join(dataDir(), 'images');
 export const cacheDir = () => join(process.env.XDG_CACHE_HOME || join(home(), '.cache'), 'pim');
+/** pim-build's store of finished, read-only builds: one directory per build */
+export const buildsDir = () => join(dataDir(), 'builds');
+/** logs that outlive what they log (pim-build's build logs) */
+export const stateDir = () => join(process.env.XDG_STATE_HOME || join(home(), '.local', 'state'), 'pim');
 
 /** The runtime directory path (not created). */
 export function runtimeDirPath(): string {

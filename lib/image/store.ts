@@ -1,12 +1,22 @@
 /**
  * Resolving what `pim-run NAME|IMAGE` should boot: a name in the image store
- * (~/.local/share/pim/images/NAME.qcow2) or a path to an image file.
+ * (~/.local/share/pim/images/NAME.qcow2), a path to an image file, or a
+ * profile that pim-build has built.
+ *
+ * A VM never boots a build itself (builds are immutable). It boots a qcow2
+ * overlay in the image store, images/NAME.qcow2, backed by the build: made on
+ * the first run, kept between runs (the VM's changes live in it), and made
+ * anew when the profile has a newer build, the previous one kept as
+ * NAME.prev.qcow2 (bootable as "NAME.prev") until the next refresh.
  */
-import { accessSync, closeSync, constants, existsSync, openSync, readSync, readdirSync, statSync } from 'node:fs';
+import { accessSync, chmodSync, closeSync, constants, copyFileSync, existsSync, openSync, readSync, readdirSync, renameSync, rmSync, statSync } from 'node:fs';
 import { basename, extname, join, resolve } from 'node:path';
 import { EXIT, PimError } from '../core/exit.ts';
 import { imagesDir } from '../core/paths.ts';
+import { ensurePrivateDir } from '../core/fs.ts';
 import { checkName, nameProblem } from '../core/names.ts';
+import { log } from '../core/log.ts';
+import { buildDisk, buildEfivars, buildOfDisk, latestBuild, type BuildRecord } from './registry.ts';
 
 export const IMAGE_EXTS = ['.qcow2', '.img', '.raw'];
 
@@ -15,6 +25,8 @@ export interface ImageRef {
   path: string;
   format: 'qcow2' | 'raw';
   efivars: string | null; // UEFI vars next to the image, if any
+  /** the build this disk is an overlay of, if any */
+  build: string | null;
 }
 
 const looksLikePath = (s: string) => s.includes('/') || IMAGE_EXTS.includes(extname(s));
@@ -44,23 +56,76 @@ export function nameFromPath(p: string): string {
   return n || 'vm';
 }
 
-export function resolveImage(target: string, nameOverride?: string): ImageRef {
+/**
+ * The store disk `images/NAME.qcow2` as an overlay of `build`. An overlay of
+ * another build is moved to NAME.prev.qcow2 first (with its vars).
+ */
+export async function overlayForBuild(name: string, build: BuildRecord, inUse?: (name: string) => Promise<boolean>): Promise<string> {
+  const dir = ensurePrivateDir(imagesDir());
+  const disk = join(dir, `${name}.qcow2`);
+  const vars = join(dir, `${name}.efivars.fd`);
+  const current = existsSync(disk) ? buildOfDisk(disk) : null;
+  if (current?.id === build.id) return disk;
+  if (existsSync(disk)) {
+    if (!current) throw new PimError(EXIT.CANTCREAT, `${disk} exists and is not a disk of a pim build; remove it or run it by its path`);
+    if (await inUse?.(name)) {
+      throw new PimError(EXIT.TEMPFAIL, `${name} is running on build ${current.id}; the profile's newest build is ${build.id}: stop ${name} (pim-stop ${name}) and run it again`);
+    }
+    renameSync(disk, join(dir, `${name}.prev.qcow2`));
+    if (existsSync(vars)) renameSync(vars, join(dir, `${name}.prev.efivars.fd`));
+    else rmSync(join(dir, `${name}.prev.efivars.fd`), { force: true });
+    log.info(`${name}: the profile has a newer build (${build.id}); the disk on ${current.id} is kept as ${name}.prev`);
+  }
+  const { createOverlay } = await import('./qemu-img.ts');
+  const tmp = join(dir, `.${name}.qcow2.${process.pid}.tmp`);
+  try {
+    await createOverlay(tmp, buildDisk(build), build.disk.format);
+    chmodSync(tmp, 0o600);
+    const bv = buildEfivars(build);
+    if (bv) {
+      copyFileSync(bv, vars);
+      chmodSync(vars, 0o600); // the build's copy is read-only; the VM writes its own
+    }
+    renameSync(tmp, disk);
+  } catch (e) {
+    rmSync(tmp, { force: true });
+    throw e;
+  }
+  return disk;
+}
+
+/**
+ * What to boot for TARGET: an image path, a store image, or the newest build
+ * of a profile. `inUse` says whether a VM of a name runs (its disk is then
+ * not refreshed under it).
+ */
+export async function resolveImage(target: string, nameOverride?: string, inUse?: (name: string) => Promise<boolean>): Promise<ImageRef> {
   let path: string;
   let name: string;
   if (looksLikePath(target)) {
     path = resolve(target);
-    name = nameOverride ?? nameFromPath(path);
     if (!existsSync(path)) throw new PimError(EXIT.NOINPUT, `image ${path} does not exist; check the path`);
+    const b = buildOfDisk(path);
+    if (b && path === buildDisk(b)) {
+      // a build's own image: boot it through the store overlay, never the build itself
+      name = checkName(nameOverride ?? b.profile);
+      path = await overlayForBuild(name, b, inUse);
+    } else name = nameOverride ?? nameFromPath(path);
   } else {
-    name = nameOverride ?? target;
     const why = nameProblem(target);
     if (why) throw new PimError(EXIT.USAGE, `bad VM name ${JSON.stringify(target)}: ${why}`);
+    name = nameOverride ?? target;
     const dir = imagesDir();
     const found = IMAGE_EXTS.map((e) => join(dir, target + e)).find((p) => existsSync(p));
-    if (!found) {
-      throw new PimError(EXIT.NOINPUT, `no image named ${target} in ${dir} (looked for ${IMAGE_EXTS.map((e) => target + e).join(', ')}); pass a path to an image file instead`);
+    const build = latestBuild(target);
+    if (build && (!found || buildOfDisk(found))) path = await overlayForBuild(target, build, inUse);
+    else if (found) path = found;
+    else {
+      throw new PimError(
+        EXIT.NOINPUT,
+        `no image named ${target} in ${dir} (looked for ${IMAGE_EXTS.map((e) => target + e).join(', ')}) and no build of a profile ${target}; build one with pim-build run ${target}, or pass a path to an image file`,
+      );
     }
-    path = found;
   }
   checkName(name);
   if (!statSync(path).isFile()) throw new PimError(EXIT.NOINPUT, `${path} is not a file`);
@@ -69,7 +134,7 @@ export function resolveImage(target: string, nameOverride?: string): ImageRef {
   } catch {
     throw new PimError(EXIT.NOPERM, `cannot read image ${path}; check its permissions`);
   }
-  return { name, path, format: imageFormat(path), efivars: efivarsFor(path) };
+  return { name, path, format: imageFormat(path), efivars: efivarsFor(path), build: buildOfDisk(path)?.id ?? null };
 }
 
 /** Images in the store, by name. */

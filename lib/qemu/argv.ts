@@ -79,9 +79,14 @@ export function buildQemuArgv(s: VmSpec): string[] {
   }
   if (s.disk) {
     a.push('-drive', qemuOpt(null, { file: s.disk.path, format: s.disk.format, if: 'none', id: 'disk0', snapshot: s.disk.snapshot || undefined }));
-    a.push('-device', 'virtio-blk-pci,drive=disk0,bootindex=0');
+    // direct kernel boot takes boot index 0 itself (QEMU's linuxboot ROM): the disk comes after it
+    a.push('-device', `virtio-blk-pci,drive=disk0,bootindex=${s.kernel ? 1 : 0}`);
   }
-  if (s.cdrom) a.push('-drive', qemuOpt(null, { file: s.cdrom, format: 'raw', media: 'cdrom', readonly: true }));
+  if (s.cdrom) {
+    // on the q35's AHCI controller (SATA), after the disk in the boot order
+    a.push('-drive', qemuOpt(null, { file: s.cdrom, format: 'raw', if: 'none', id: 'cd0', media: 'cdrom', readonly: true }));
+    a.push('-device', `ide-cd,drive=cd0,bootindex=${s.kernel ? 2 : 1}`);
+  }
   if (s.kernel) {
     a.push('-kernel', s.kernel.kernel);
     if (s.kernel.initrd) a.push('-initrd', s.kernel.initrd);

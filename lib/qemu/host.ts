@@ -50,6 +50,24 @@ export function ovmfCode(): string {
   return p;
 }
 
+const OVMF_VARS = [
+  '/usr/share/OVMF/OVMF_VARS_4M.fd',
+  '/usr/share/OVMF/OVMF_VARS.fd',
+  '/usr/share/edk2/ovmf/OVMF_VARS.fd',
+  '/usr/share/qemu/edk2-i386-vars.fd',
+  '/opt/homebrew/share/qemu/edk2-i386-vars.fd',
+  '/usr/local/share/qemu/edk2-i386-vars.fd',
+];
+
+/** The empty UEFI vars store that goes with ovmfCode() (a new UEFI disk gets a copy). */
+export function ovmfVarsTemplate(): string {
+  const code = ovmfCode();
+  const beside = code.replace(/CODE/g, 'VARS').replace(/x86_64-code/, 'i386-vars');
+  const p = process.env.PIM_OVMF_VARS ?? (existsSync(beside) && beside !== code ? beside : OVMF_VARS.find((f) => existsSync(f)));
+  if (!p) throw new PimError(EXIT.NOINPUT, 'a UEFI build needs an empty OVMF vars file but none was found; install ovmf (Debian), or set PIM_OVMF_VARS');
+  return p;
+}
+
 export const BRIDGE_HELPERS = ['/usr/lib/qemu/qemu-bridge-helper', '/usr/libexec/qemu-bridge-helper', '/usr/local/libexec/qemu-bridge-helper'];
 
 export function bridgeHelper(): { path: string; setuid: boolean } | null {

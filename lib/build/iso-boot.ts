@@ -1,0 +1,92 @@
+/**
+ * What an installer ISO boots: its kernel and initrd, read out of the ISO
+ * with a maintained tool (xorriso, else bsdtar), never a hand-written ISO
+ * 9660 reader; and the kernel command line that points the installer at
+ * pim's answer file.
+ *
+ * Extracted files are cached by the ISO's checksum, so a rebuild from the
+ * same ISO does not read it again.
+ */
+import * as fs from 'node:fs';
+import { join } from 'node:path';
+import { EXIT, PimError } from '../core/exit.ts';
+import { cacheDir } from '../core/paths.ts';
+import { ensurePrivateDir } from '../core/fs.ts';
+import { which } from '../core/which.ts';
+
+export type Layout = 'debian' | 'ubuntu';
+
+/** Where installers of each layout keep their kernel and initrd. */
+export const LAYOUTS: Record<Layout, { kernel: string; initrd: string; answers: string[] }> = {
+  debian: { kernel: 'install.amd/vmlinuz', initrd: 'install.amd/initrd.gz', answers: ['/preseed.cfg'] },
+  ubuntu: { kernel: 'casper/vmlinuz', initrd: 'casper/initrd', answers: ['/user-data', '/meta-data'] },
+};
+
+/** A path inside an ISO: relative, no "..", no empty parts. */
+export function checkIsoPath(p: string, what: string): string {
+  const clean = p.replace(/^\/+/, '');
+  if (!clean || clean.split('/').some((s) => s === '' || s === '.' || s === '..') || clean.includes('\0')) {
+    throw new PimError(EXIT.CONFIG, `${what}: ${JSON.stringify(p)} is not a path inside the ISO (like install.amd/vmlinuz)`);
+  }
+  return clean;
+}
+
+/**
+ * The kernel command line for an unattended install. pim's words come before
+ * any `---`: d-i copies the words after `---` into the installed system's
+ * boot loader, and installer arguments must not leak there. A user's
+ * `append` may carry its own `---` part for the installed system.
+ */
+export function installerCmdline(layout: Layout, answerUrl: string, userAppend = ''): string {
+  const pim =
+    layout === 'debian'
+      ? ['auto=true', 'priority=critical', `url=${answerUrl}/preseed.cfg`, 'console=ttyS0,115200n8']
+      : ['autoinstall', `ds=nocloud;s=${answerUrl}/`, 'console=ttyS0,115200n8'];
+  const words = userAppend.trim() ? userAppend.trim().split(/\s+/) : [];
+  const dd = words.indexOf('---');
+  const before = dd >= 0 ? words.slice(0, dd) : words;
+  const after = dd >= 0 ? words.slice(dd + 1) : [];
+  return [...pim, ...before, '---', ...after].join(' ');
+}
+
+async function extractOne(iso: string, inside: string, dest: string): Promise<void> {
+  const { run } = await import('../core/run.ts');
+  const tmp = `${dest}.${process.pid}.tmp`;
+  fs.rmSync(tmp, { force: true });
+  const xorriso = which('xorriso');
+  let r;
+  if (xorriso) {
+    r = await run(xorriso, ['-osirrox', 'on', '-indev', iso, '-extract', '/' + inside, tmp]);
+    // xorriso exits 0 and warns when a path is missing: look for the file
+    if (r.code === 0 && !fs.existsSync(tmp)) r = { ...r, code: 1, stderr: r.stderr + '\nnot found' };
+  } else {
+    const bsdtar = which('bsdtar');
+    if (!bsdtar) throw new PimError(EXIT.UNAVAILABLE, 'reading files out of an ISO needs xorriso or bsdtar; install xorriso (apt-get install xorriso) or libarchive-tools');
+    const dir = `${tmp}.d`;
+    fs.mkdirSync(dir, { recursive: true, mode: 0o700 });
+    r = await run(bsdtar, ['-xf', iso, '-C', dir, inside]);
+    if (r.code === 0 && fs.existsSync(join(dir, inside))) fs.renameSync(join(dir, inside), tmp);
+    else if (r.code === 0) r = { ...r, code: 1 };
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
+  if (r.code !== 0) {
+    fs.rmSync(tmp, { force: true });
+    const missing = /not found|Not found in archive|Cannot find|No such file/i.test(r.stderr) || r.code === 1;
+    if (missing) throw new PimError(EXIT.NOINPUT, `${iso} has no ${inside}; set boot.kernel and boot.initrd in the profile to the installer's paths inside the ISO`);
+    throw new PimError(EXIT.DATAERR, `cannot read ${inside} out of ${iso}: ${r.stderr.trim().split('\n').pop()}`);
+  }
+  fs.chmodSync(tmp, 0o600);
+  fs.renameSync(tmp, dest);
+}
+
+/** The installer's kernel and initrd out of the ISO (cached by the ISO's checksum). */
+export async function bootFiles(iso: string, checksum: string, kernel: string, initrd: string): Promise<{ kernel: string; initrd: string }> {
+  const dir = ensurePrivateDir(join(cacheDir(), 'build', `iso-${checksum.replace(/^sha\d+:/, '').slice(0, 16)}`));
+  const out: { kernel: string; initrd: string } = { kernel: '', initrd: '' };
+  for (const [k, inside] of [['kernel', kernel], ['initrd', initrd]] as const) {
+    const dest = join(dir, inside.replace(/\//g, '__'));
+    if (!fs.existsSync(dest)) await extractOne(iso, inside, dest);
+    out[k] = dest;
+  }
+  return out;
+}

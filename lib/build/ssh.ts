@@ -1,0 +1,177 @@
+/**
+ * Provisioning over SSH, in-process with ssh2: one connection for every
+ * script, each script on an exec channel's stdin, its stdout and stderr
+ * streamed as they come, its status taken from the channel's `close` (dropbear
+ * never sends the optional `exit-status` before it on every path).
+ *
+ * The host key is pinned when the guest agent could read it from the guest
+ * (lib/build/hostkeys.ts); a guest that shows another key is refused.
+ */
+import { EXIT, PimError } from '../core/exit.ts';
+import type { Client, ClientChannel } from 'ssh2';
+
+export interface SshTarget {
+  host: string;
+  port: number;
+  user: string;
+  privateKey: string;
+  /** the guest's host keys (wire format) to accept; null: none known, any is taken (and said) */
+  hostKeys: Buffer[] | null;
+}
+
+/** ssh2, loaded when a build gets to provisioning (it is kept out of the bundle: optional native parts). */
+async function ssh2(): Promise<typeof import('ssh2')> {
+  const m = (await import('ssh2')) as typeof import('ssh2') & { default?: typeof import('ssh2') };
+  return m.default && 'Client' in m.default ? m.default : m;
+}
+
+/** An ed25519 key pair in OpenSSH format, made for one build. */
+export async function newBuildKey(comment: string): Promise<{ private: string; public: string }> {
+  const { utils } = await ssh2();
+  const kp = utils.generateKeyPairSync('ed25519', { comment });
+  return { private: kp.private, public: kp.public.trim() };
+}
+
+/** The base64 body of an OpenSSH public key line, as bytes (what ssh2's host verifier gets). */
+export function keyBlob(line: string): Buffer | null {
+  const parts = line.trim().split(/\s+/);
+  const b64 = parts.find((p, i) => i > 0 && /^AAAA[0-9A-Za-z+/=]+$/.test(p)) ?? (/^AAAA/.test(parts[0] ?? '') ? parts[0] : undefined);
+  return b64 ? Buffer.from(b64, 'base64') : null;
+}
+
+function connectOnce(t: SshTarget, timeoutMs: number, lib: typeof import('ssh2')): Promise<Client> {
+  return new Promise((resolve, reject) => {
+    const c = new lib.Client();
+    let mismatch = false;
+    let settled = false;
+    c.once('ready', () => {
+      settled = true;
+      resolve(c);
+    });
+    // ssh2 may emit several errors for one failed attempt: every one is handled, the first decides
+    c.on('error', (e: Error & { level?: string }) => {
+      if (settled) return;
+      settled = true;
+      c.end();
+      reject(mismatch ? new PimError(EXIT.DATAERR, `the guest at ${t.host}:${t.port} showed a host key that is not the one its guest agent reported; refusing to connect`) : e);
+    });
+    c.connect({
+      host: t.host,
+      port: t.port,
+      username: t.user,
+      privateKey: t.privateKey,
+      readyTimeout: timeoutMs,
+      keepaliveInterval: 15_000,
+      hostVerifier: (key: Buffer) => {
+        if (!t.hostKeys) return true;
+        const ok = t.hostKeys.some((k) => k.equals(key));
+        if (!ok) mismatch = true;
+        return ok;
+      },
+    });
+  });
+}
+
+/**
+ * Connect once SSH answers: each attempt is a real handshake (QEMU's port
+ * forward accepts TCP before the guest listens, so only the SSH banner and
+ * authentication say the guest is ready), retried with a growing pause until
+ * `deadline`. A host key mismatch or a refused key ends it at once.
+ */
+export async function connectWhenUp(t: SshTarget, deadline: number, opts: { signal?: AbortSignal; onAttempt?: (err: Error) => void } = {}): Promise<Client> {
+  const lib = await ssh2();
+  let pause = 250;
+  for (;;) {
+    if (opts.signal?.aborted) throw opts.signal.reason;
+    const left = deadline - Date.now();
+    if (left <= 0) throw new PimError(EXIT.TEMPFAIL, `SSH on ${t.host}:${t.port} did not answer in time`);
+    try {
+      return await connectOnce(t, Math.min(left, 20_000), lib);
+    } catch (e) {
+      if (e instanceof PimError) throw e;
+      const msg = (e as Error).message;
+      if (/All configured authentication methods failed/i.test(msg)) {
+        throw new PimError(EXIT.NOPERM, `SSH to ${t.user}@${t.host}:${t.port} refused pim's build key: the answer file must install profile.ssh_keys for ${t.user} (see the README's pim-build section)`);
+      }
+      opts.onAttempt?.(e as Error);
+      await new Promise((r) => setTimeout(r, Math.min(pause, Math.max(0, deadline - Date.now()))));
+      pause = Math.min(pause * 2, 2_000);
+    }
+  }
+}
+
+/**
+ * Wait until an SSH server answers on host:port with its banner ("SSH-2.0-…"):
+ * QEMU's port forward accepts a TCP connection before the guest listens and
+ * then drops it, so only the banner says sshd is up. Each attempt is bounded;
+ * attempts are repeated with a growing pause until `deadline`.
+ */
+export async function waitSshBanner(host: string, port: number, deadline: number, signal?: AbortSignal): Promise<string> {
+  const net = await import('node:net');
+  let pause = 200;
+  for (;;) {
+    if (signal?.aborted) throw signal.reason;
+    const left = deadline - Date.now();
+    if (left <= 0) throw new PimError(EXIT.TEMPFAIL, `SSH on ${host}:${port} did not answer in time`);
+    const banner = await new Promise<string | null>((resolve) => {
+      const s = net.createConnection({ host, port });
+      let buf = '';
+      const done = (v: string | null) => {
+        clearTimeout(timer);
+        s.destroy();
+        resolve(v);
+      };
+      const timer = setTimeout(() => done(null), Math.min(left, 10_000));
+      s.on('data', (d: Buffer) => {
+        buf += d.toString('latin1');
+        const nl = buf.indexOf('\n');
+        if (nl >= 0) done(buf.startsWith('SSH-') ? buf.slice(0, nl).trim() : null);
+      });
+      s.on('error', () => done(null));
+      s.on('close', () => done(null));
+    });
+    if (banner) return banner;
+    await new Promise((r) => setTimeout(r, Math.min(pause, Math.max(0, deadline - Date.now()))));
+    pause = Math.min(pause * 2, 2_000);
+  }
+}
+
+export interface ExecResult {
+  code: number;
+  signal: string | null;
+}
+
+/**
+ * Run `command` on an exec channel with `input` on its stdin; stdout and
+ * stderr go to the callbacks as they arrive. Resolves with the status from
+ * the channel's close.
+ */
+export function exec(conn: Client, command: string, input: string | Buffer, out: { stdout: (b: Buffer) => void; stderr: (b: Buffer) => void }): Promise<ExecResult> {
+  return new Promise((resolve, reject) => {
+    conn.exec(command, (err: Error | undefined, ch: ClientChannel) => {
+      if (err) return reject(new PimError(EXIT.UNAVAILABLE, `SSH exec failed: ${err.message}`));
+      let code: number | null = null;
+      let signal: string | null = null;
+      ch.on('exit', (c: number | null, s?: string) => {
+        if (typeof c === 'number') code = c;
+        if (s) signal = s;
+      });
+      ch.on('data', (d: Buffer) => out.stdout(d));
+      ch.stderr.on('data', (d: Buffer) => out.stderr(d));
+      ch.once('close', (c?: number | null, s?: string) => {
+        if (typeof c === 'number') code = c;
+        if (s) signal = s;
+        resolve({ code: code ?? (signal ? 128 : 255), signal });
+      });
+      ch.end(input);
+    });
+  });
+}
+
+/** Run a command and collect its output (for small housekeeping commands). */
+export async function execText(conn: Client, command: string, input = ''): Promise<{ code: number; stdout: string; stderr: string }> {
+  let stdout = '';
+  let stderr = '';
+  const r = await exec(conn, command, input, { stdout: (b) => (stdout += b), stderr: (b) => (stderr += b) });
+  return { code: r.code, stdout, stderr };
+}

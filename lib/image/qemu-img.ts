@@ -1,0 +1,48 @@
+/** qemu-img, through lib/core/run.ts: creating disks and overlays, and reading what a disk holds. */
+import { EXIT, PimError } from '../core/exit.ts';
+
+export const qemuImg = () => process.env.PIM_QEMU_IMG ?? 'qemu-img';
+const HINT = 'install qemu-utils (Debian) or qemu (Homebrew), or set PIM_QEMU_IMG';
+
+/** Errors from qemu-img: a full disk is 73, everything else 70 with qemu-img's own words. */
+function failure(what: string, stderr: string): PimError {
+  const last = stderr.trim().split('\n').filter(Boolean).pop() ?? 'failed';
+  if (/No space left on device|Disk quota exceeded|File too large/i.test(stderr)) return new PimError(EXIT.CANTCREAT, `${what}: ${last}; free some space and try again`);
+  return new PimError(EXIT.SOFTWARE, `${what}: ${last}`);
+}
+
+/** A new empty disk of `size` (qemu-img's syntax: 8G, 512M, bytes). */
+export async function createDisk(path: string, format: 'qcow2' | 'raw', size: string): Promise<void> {
+  const { run } = await import('../core/run.ts');
+  const r = await run(qemuImg(), ['create', '-q', '-f', format, path, size], { hint: HINT });
+  if (r.code !== 0) throw failure(`cannot create the disk ${path}`, r.stderr);
+}
+
+/** A qcow2 overlay at `path` whose reads fall through to `backing` (never written). */
+export async function createOverlay(path: string, backing: string, backingFormat: 'qcow2' | 'raw'): Promise<void> {
+  const { run } = await import('../core/run.ts');
+  const r = await run(qemuImg(), ['create', '-q', '-f', 'qcow2', '-F', backingFormat, '-b', backing, path], { hint: HINT });
+  if (r.code !== 0) throw failure(`cannot create the overlay ${path}`, r.stderr);
+}
+
+export interface ImgInfo {
+  'virtual-size': number;
+  'actual-size'?: number;
+  format: string;
+  'backing-filename'?: string;
+}
+
+export async function imgInfo(path: string): Promise<ImgInfo> {
+  const { run } = await import('../core/run.ts');
+  const r = await run(qemuImg(), ['info', '--output=json', '-U', path], { hint: HINT });
+  if (r.code !== 0) throw failure(`cannot read ${path}`, r.stderr);
+  return JSON.parse(r.stdout) as ImgInfo;
+}
+
+/** `qemu-img check`: true when the image is consistent (a qcow2 after a clean stop). */
+export async function imgCheck(path: string, format: 'qcow2' | 'raw'): Promise<{ ok: boolean; detail: string }> {
+  if (format !== 'qcow2') return { ok: true, detail: 'raw' };
+  const { run } = await import('../core/run.ts');
+  const r = await run(qemuImg(), ['check', '-q', '-f', format, path], { hint: HINT });
+  return { ok: r.code === 0, detail: (r.stderr || r.stdout).trim() };
+}

@@ -1,0 +1,192 @@
+/**
+ * The registry of finished builds: one read-only directory per build in
+ * ~/.local/share/pim/builds/, named PROFILE-KEY12 after the profile and the
+ * build's cache key, holding
+ *
+ *   PROFILE.qcow2 (or .raw)   the image, mode 0444: a build never changes
+ *   PROFILE.efivars.fd        the UEFI vars the install left (UEFI builds)
+ *   build.json                the record: inputs, ISO, sizes, times, settings
+ *   build.log                 the build's log (installer console, requests,
+ *                             provisioning output)
+ *
+ * A build appears by an atomic rename of its finished directory, so readers
+ * see a whole build or none. VMs never write to a build: their disks are
+ * qcow2 overlays backed by it (lib/image/store.ts), and a build that a disk
+ * still backs cannot be removed.
+ */
+import * as fs from 'node:fs';
+import { join } from 'node:path';
+import { EXIT, PimError } from '../core/exit.ts';
+import { buildsDir, imagesDir } from '../core/paths.ts';
+import { readRegular, writeFileAtomic } from '../core/fs.ts';
+import { readQcow2Header } from './qcow2.ts';
+
+/** Bumped when what a build does changes, so older cache entries are not reused. */
+export const BUILD_RECIPE = 1;
+
+export interface BuildInputs {
+  recipe: number;
+  /** the merged profile */
+  profile: Record<string, unknown>;
+  /** answer files as rendered for the build (pim's per-build key left out): route -> sha256 */
+  answers: Record<string, string>;
+  /** scripts.d and installs.d files the build uses: "scripts.d/NAME" -> sha256 */
+  files: Record<string, string>;
+  iso: { name: string; checksum: string };
+  disk: { size: string; format: 'qcow2' | 'raw' };
+  firmware: 'bios' | 'uefi';
+  boot: { kernel: string; initrd: string; append: string; inject: boolean };
+}
+
+export interface BuildRecord {
+  id: string;
+  profile: string;
+  key: string;
+  created: string;
+  recipe: number;
+  inputs: BuildInputs;
+  iso: { name: string; checksum: string; path: string };
+  disk: { file: string; format: 'qcow2' | 'raw'; virtual_size: number; bytes: number };
+  efivars: string | null;
+  /** what it takes to run it (and, later, to deploy it) */
+  settings: { mem: string; cpus: number; firmware: 'bios' | 'uefi'; machine: string; disk_bus: string; net: string; ssh_user: string };
+  times: { install: number; provision: number; total: number };
+  log: string;
+}
+
+export const buildId = (profile: string, key: string) => `${profile}-${key.slice(0, 12)}`;
+export const buildDir = (id: string) => join(buildsDir(), id);
+export const buildDisk = (r: BuildRecord) => join(buildDir(r.id), r.disk.file);
+export const buildEfivars = (r: BuildRecord) => (r.efivars ? join(buildDir(r.id), r.efivars) : null);
+export const buildLog = (r: BuildRecord) => join(buildDir(r.id), r.log);
+
+const ID_RE = /^[A-Za-z0-9_][A-Za-z0-9._-]*-[0-9a-f]{12}$/;
+
+function readRecord(id: string): BuildRecord | null {
+  const text = readRegular(join(buildDir(id), 'build.json'));
+  if (text === null) return null;
+  try {
+    const r = JSON.parse(text) as BuildRecord;
+    return r && r.id === id && typeof r.key === 'string' ? r : null;
+  } catch {
+    return null;
+  }
+}
+
+/** Every finished build, oldest first. */
+export function listBuilds(): BuildRecord[] {
+  let names: string[];
+  try {
+    names = fs.readdirSync(buildsDir());
+  } catch {
+    return [];
+  }
+  return names
+    .filter((n) => ID_RE.test(n))
+    .map(readRecord)
+    .filter((r): r is BuildRecord => r !== null)
+    .sort((a, b) => a.created.localeCompare(b.created) || a.id.localeCompare(b.id));
+}
+
+/** The build with this cache key, if it is in the registry. */
+export function buildByKey(profile: string, key: string): BuildRecord | null {
+  const r = readRecord(buildId(profile, key));
+  return r && r.key === key && fs.existsSync(buildDisk(r)) ? r : null;
+}
+
+/** The newest build of a profile, or null. */
+export function latestBuild(profile: string): BuildRecord | null {
+  const all = listBuilds().filter((r) => r.profile === profile);
+  return all[all.length - 1] ?? null;
+}
+
+/**
+ * A build named by the user: its id, a prefix of its key (4+ hex digits), or
+ * a profile name (its newest build). 66 when none matches, 64 when several do.
+ */
+export function findBuild(ref: string): BuildRecord {
+  const all = listBuilds();
+  const exact = all.find((r) => r.id === ref);
+  if (exact) return exact;
+  if (/^[0-9a-f]{4,64}$/.test(ref)) {
+    const hits = all.filter((r) => r.key.startsWith(ref));
+    if (hits.length === 1) return hits[0]!;
+    if (hits.length > 1) throw new PimError(EXIT.USAGE, `${ref} matches ${hits.length} builds (${hits.map((r) => r.id).join(', ')}); give more of the key`);
+  }
+  const byProfile = all.filter((r) => r.profile === ref);
+  if (byProfile.length) return byProfile[byProfile.length - 1]!;
+  throw new PimError(EXIT.NOINPUT, `no build ${JSON.stringify(ref)}; see pim-build list, or build one with pim-build run PROFILE`);
+}
+
+/** The build a disk image belongs to: the image itself, or the build its qcow2 backing file is. */
+export function buildOfDisk(path: string): BuildRecord | null {
+  const root = buildsDir() + '/';
+  let real: string;
+  try {
+    real = fs.realpathSync(path);
+  } catch {
+    return null;
+  }
+  const candidates = [real];
+  const h = readQcow2Header(real);
+  if (h?.backingFile) candidates.push(h.backingFile);
+  for (const c of candidates) {
+    if (!c.startsWith(root)) continue;
+    const id = c.slice(root.length).split('/')[0]!;
+    const r = readRecord(id);
+    if (r && join(buildDir(id), r.disk.file) === c) return r;
+  }
+  return null;
+}
+
+/** Disks in the image store whose qcow2 backing file is this build's image. */
+export function disksBackedBy(r: BuildRecord): string[] {
+  const disk = buildDisk(r);
+  let names: string[];
+  try {
+    names = fs.readdirSync(imagesDir());
+  } catch {
+    return [];
+  }
+  return names
+    .map((n) => join(imagesDir(), n))
+    .filter((p) => readQcow2Header(p)?.backingFile === disk)
+    .sort();
+}
+
+/** Remove a build; refused (75) while a VM disk is backed by it. */
+export function removeBuild(r: BuildRecord): void {
+  const users = disksBackedBy(r);
+  if (users.length) {
+    throw new PimError(EXIT.TEMPFAIL, `build ${r.id} backs ${users.join(', ')}; remove ${users.length > 1 ? 'those disks' : 'that disk'} first (its VM's changes go with it)`);
+  }
+  const dir = buildDir(r.id);
+  // the build is read-only: make it removable, then move it out of sight before deleting
+  const trash = join(buildsDir(), `.rm-${r.id}-${process.pid}`);
+  fs.chmodSync(dir, 0o700);
+  fs.renameSync(dir, trash);
+  fs.rmSync(trash, { recursive: true, force: true });
+}
+
+/**
+ * Put a finished build in place: its files read-only, then one rename of its
+ * directory. When the same build appeared meanwhile (a build of the same
+ * inputs that finished first), that one is kept and ours discarded.
+ */
+export function commitBuild(tmpDir: string, r: BuildRecord): BuildRecord {
+  writeFileAtomic(join(tmpDir, 'build.json'), JSON.stringify(r, null, 2) + '\n', 0o444);
+  for (const f of fs.readdirSync(tmpDir)) fs.chmodSync(join(tmpDir, f), 0o444);
+  fs.chmodSync(tmpDir, 0o555);
+  try {
+    fs.renameSync(tmpDir, buildDir(r.id));
+  } catch (e) {
+    const code = (e as NodeJS.ErrnoException).code;
+    if (code !== 'ENOTEMPTY' && code !== 'EEXIST') throw new PimError(EXIT.CANTCREAT, `cannot store build ${r.id}: ${(e as Error).message}`);
+    fs.chmodSync(tmpDir, 0o700);
+    fs.rmSync(tmpDir, { recursive: true, force: true });
+    const there = readRecord(r.id);
+    if (!there) throw new PimError(EXIT.CANTCREAT, `cannot store build ${r.id}: ${buildDir(r.id)} is in the way; remove it`);
+    return there;
+  }
+  return r;
+}
