@@ -38,6 +38,11 @@ need_testbed() {
   [ -f "$TESTBED/stamp" ] || bash "$REPO/test/testbed/build.sh" >&2
 }
 
+# the installer ISOs of the test bed (cached; builds the test bed first if needed)
+need_installer() {
+  bash "$REPO/test/testbed/installer/build.sh" >&2
+}
+
 # boot_guest KIND NAME [args...]: KIND is full, noagent or bare. Waits for the
 # guest's "pim-testbed ready" line on the serial console (no fixed sleeps).
 boot_guest() {
