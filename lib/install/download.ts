@@ -65,7 +65,12 @@ async function request(url: string, headers: Record<string, string>, opts: { sig
   const timer = setTimeout(() => t.abort(new Error(`no answer within ${Math.round(ms / 1000)} s`)), ms);
   const signal = opts.signal ? AbortSignal.any([opts.signal, t.signal]) : t.signal;
   try {
-    const res = await fetch(url, { headers, signal, redirect: 'follow' });
+    // undici's own fetch, not Node's built-in one: Node 22's bundled undici
+    // crashes the process (an uncatchable assert(!this.paused), nodejs/undici
+    // #5360) when a server closes the connection while a body that pim writes
+    // to disk holds back the parser; the npm package has the fix (#5474)
+    const { fetch } = await import('undici');
+    const res = (await fetch(url, { headers, signal, redirect: 'follow' })) as unknown as Response;
     const req: Req = {
       res,
       stalled: null,
