@@ -233,6 +233,8 @@ async function buildIt(o: BuildOpts, plan: BuildPlan, c: Ctx): Promise<BuildOutc
     await waitInstaller(o, plan, vm, ref, fetchedP, deadline, log);
     vm = null;
     log.section('installer console', readLog(ref));
+    const { cleanupFiles } = await import('../vm/state.ts');
+    cleanupFiles(ref.files); // QEMU has exited: what it left is stale
     await srv.close();
     server = null;
     const tInstall = (Date.now() - c.t0) / 1000;
@@ -297,10 +299,10 @@ async function buildIt(o: BuildOpts, plan: BuildPlan, c: Ctx): Promise<BuildOutc
     if (err instanceof PimError) throw new PimError(err.code, `${err.message} (build log: ${log.path})`);
     throw err;
   } finally {
+    // only a VM this build started is stopped (and its files removed): a name
+    // that another VM held made startVm fail before anything was ours
     if (vm) await killVm(vm);
     if (server) await server.close().catch(() => undefined);
-    const { cleanupFiles } = await import('../vm/state.ts');
-    cleanupFiles(ref.files);
     if (!ok) {
       if (o.keepFailed && fs.existsSync(tmp)) {
         const kept = join(buildsDir(), `.failed-${c.id}-${Date.now()}`);

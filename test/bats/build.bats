@@ -144,6 +144,18 @@ no_leftovers() {
   [ -f "$path" ]
 }
 
+@test "a build whose VM name is taken by a running VM fails (75) and leaves that VM and its files alone" {
+  key=$(pim-build show tb --json | jq -r .key)
+  name="tb-build-${key:0:8}"
+  pim-run "$TESTBED/guest-full.qcow2" --name "$name" --snapshot --mem 256M --cpus 1
+  run --separate-stderr pim-build run tb --force
+  [ "$status" -eq 75 ]
+  [[ "$stderr" == *"$name is already running"* ]]
+  [ "$(pim-ps -q | grep -cx "$name")" -eq 1 ]
+  [ -S "$XDG_RUNTIME_DIR/pim/$name.qmp" ]
+  pim-stop "$name" --force >/dev/null
+}
+
 @test "a second run is a cache hit with the same path; a changed script is a miss, and pim-run moves to the new build" {
   first=$(pim-build path tb)
   run --separate-stderr pim-build run tb
