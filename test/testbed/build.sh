@@ -181,7 +181,9 @@ while [ ${#frontier[@]} -gt 0 ]; do
 done
 [ ${#lib_pkgs[@]} -gt 0 ] || die "could not resolve the library packages of qemu-guest-agent/dropbear-bin"
 
-pkgs=(busybox-static qemu-guest-agent dropbear-bin "${lib_pkgs[@]}" "$cloud_kpkg" "$generic_kpkg")
+# openssh-client only for its scp (which needs nothing but libc): the server side of
+# scp and of tools that copy files with it (Packer's provisioners, pim-cp)
+pkgs=(busybox-static qemu-guest-agent dropbear-bin openssh-client "${lib_pkgs[@]}" "$cloud_kpkg" "$generic_kpkg")
 
 # Candidate version and architecture of every package: "pkg ver arch".
 candidates() {
@@ -249,6 +251,7 @@ generic=$tmp/generic
 mkdir -p "$sys" "$cloud" "$generic"
 log "unpacking"
 for p in busybox-static qemu-guest-agent dropbear-bin "${lib_pkgs[@]}"; do dpkg-deb -x "$(deb_file "$p")" "$sys"; done
+mkdir -p "$tmp/ssh" && dpkg-deb -x "$(deb_file openssh-client)" "$tmp/ssh" && install -D -m 0755 "$tmp/ssh/usr/bin/scp" "$sys/usr/bin/scp"
 dpkg-deb -x "$(deb_file "$cloud_kpkg")" "$cloud"
 dpkg-deb -x "$(deb_file "$generic_kpkg")" "$generic"
 
@@ -349,13 +352,14 @@ done < <("$busybox" --list-full)
 install -m 0755 "$sys/usr/sbin/qemu-ga" "$r/usr/sbin/qemu-ga"
 install -m 0755 "$sys/usr/sbin/dropbear" "$r/usr/sbin/dropbear"
 install -m 0755 "$sys/usr/bin/dropbearkey" "$r/usr/bin/dropbearkey"
+install -m 0755 "$sys/usr/bin/scp" "$r/usr/bin/scp"
 
 # Shared libraries: what the packages' own dynamic loader (= ldd) resolves
 # against the unpacked packages, copied to the path it names.
 ld=$(find "$sys" -name 'ld-linux-x86-64.so.2' -type f | head -n 1)
 [ -n "$ld" ] || die "no dynamic loader in libc6"
 libpath=$sys/lib/$multiarch:$sys/usr/lib/$multiarch:$sys/lib:$sys/usr/lib
-for b in usr/sbin/qemu-ga usr/sbin/dropbear usr/bin/dropbearkey; do
+for b in usr/sbin/qemu-ga usr/sbin/dropbear usr/bin/dropbearkey usr/bin/scp; do
 	listing=$("$ld" --library-path "$libpath" --list "$sys/$b") || die "ldd $b failed: $listing"
 	if grep -q 'not found' <<<"$listing"; then die "ldd $b: $(grep 'not found' <<<"$listing")"; fi
 	while read -r name arrow file _; do
