@@ -3,11 +3,28 @@
 // one CJS file per executable loads faster than ESM, and much faster than
 // ESM split into shared chunks (each module file costs ~1-2 ms to load).
 // Modules reached only through `await import()` are bundled but not run
-// until that import happens, so heavy code still costs nothing at start-up. PIM_NODE sets the interpreter line
-// (default: /usr/bin/env node); install.sh uses it when it brings its own Node.
+// until that import happens; V8 still parses them at every start (about 2 ms
+// per 100 kB here), so the big packages and the completion code are files
+// of their own, loaded when needed (see VENDOR below). PIM_NODE sets the
+// interpreter line (default: /usr/bin/env node); install.sh uses it when it
+// brings its own Node.
+//
+// A cmds/*.ts file only defines its command (citty's defineCommand, the
+// default export); the bundle's entry is made here and runs it:
+// `main(cmd)` from lib/cli/command.ts. So the definitions can be imported
+// without running anything: by tests, and below, to write dist/commands.json
+// (name -> one-line summary) for `pim --help`.
+//
+// Then every executable's `complete bash|zsh|fish` runs once: pim patches
+// tab's bash script and checks that every patch applied, so a tab release
+// that changes the script fails the build here instead of bringing back the
+// eval hole silently.
 import { build } from 'esbuild';
-import { readdirSync, chmodSync, rmSync, mkdirSync, symlinkSync, renameSync, readFileSync } from 'node:fs';
+import { readdirSync, chmodSync, rmSync, mkdirSync, symlinkSync, renameSync, readFileSync, writeFileSync } from 'node:fs';
 import { dirname, resolve } from 'node:path';
+import { execFile } from 'node:child_process';
+import { createRequire } from 'node:module';
+import { promisify } from 'node:util';
 
 // `import text from './file.sh?raw'`: the file's text, bundled (as Vite and so
 // vitest read it; lib/kboot/raw.d.ts types it for tsc). pim's guest /init is such a file.
@@ -19,33 +36,119 @@ const raw = {
   },
 };
 
-const entries = readdirSync('cmds').filter((f) => f.endsWith('.ts')).map((f) => `cmds/${f}`);
+const names = readdirSync('cmds').filter((f) => f.endsWith('.ts')).map((f) => f.slice(0, -3)).sort();
+
+// `pim-entry:NAME`: the executable NAME, which runs the command cmds/NAME.ts defines
+const entry = {
+  name: 'pim-entry',
+  setup(b) {
+    b.onResolve({ filter: /^pim-entry:/ }, (a) => ({ path: a.path.slice('pim-entry:'.length), namespace: 'pim-entry' }));
+    b.onLoad({ filter: /.*/, namespace: 'pim-entry' }, (a) => ({
+      contents: `import cmd from './cmds/${a.path}.ts';\nimport { main } from './lib/cli/command.ts';\nmain(cmd);\n`,
+      resolveDir: process.cwd(),
+      loader: 'ts',
+    }));
+  },
+};
+
 // Build beside dist/ and swap it in, so that a running test never sees a half-built tree.
 const out = `dist.tmp-${process.pid}`;
 rmSync(out, { recursive: true, force: true });
+let swapped = false;
+process.on('exit', () => swapped || rmSync(out, { recursive: true, force: true })); // a failed build leaves nothing
 const node = process.env.PIM_NODE || '/usr/bin/env node';
+// lib/cli/complete.ts (and @bomb.sh/tab with it) is one file of its own,
+// dist/complete.cjs, that every executable loads only for `complete`:
+// bundled into each, its 45 kB would be parsed at every start (about 1 ms).
+const completeTs = resolve('lib/cli/complete.ts');
+const shared = {
+  name: 'shared-complete',
+  setup(b) {
+    b.onResolve({ filter: /\/complete\.ts$/ }, (a) => (resolve(a.resolveDir, a.path) === completeTs ? { path: './complete.cjs', external: true } : undefined));
+  },
+};
+// The same for the big packages that lib/ loads only with `await import()`:
+// execa (with its dependencies about 200 kB, in every command that may run
+// a child), yaml, and undici (1.4 MB, in pim-iso and pim-build). Bundled in,
+// they were parsed at every start although they run only when needed; as
+// dist/vendor/NAME.cjs they cost nothing until then.
+const VENDOR = ['execa', 'yaml', 'undici'];
+const vendor = {
+  name: 'vendor',
+  setup(b) {
+    b.onResolve({ filter: new RegExp(`^(${VENDOR.join('|')})$`) }, (a) => ({ path: `./vendor/${a.path}.cjs`, external: true }));
+  },
+};
+const common = { bundle: true, format: 'cjs', platform: 'node', target: 'node20', external: ['ssh2', 'cpu-features'], legalComments: 'none', logLevel: 'warning', plugins: [raw, entry] };
 await build({
-  entryPoints: entries,
+  ...common,
+  plugins: [...common.plugins, shared, vendor],
+  entryPoints: names.map((n) => ({ in: `pim-entry:${n}`, out: n })),
   outdir: out,
   outExtension: { '.js': '.cjs' },
-  entryNames: '[name]',
-  bundle: true,
-  format: 'cjs',
-  platform: 'node',
-  target: 'node20',
-  external: ['ssh2', 'cpu-features'],
   banner: { js: `#!${node}` },
-  legalComments: 'none',
-  logLevel: 'warning',
-  plugins: [raw],
 });
+await build({ ...common, plugins: [...common.plugins, vendor], entryPoints: [completeTs], outfile: `${out}/complete.cjs` });
+for (const v of VENDOR) {
+  // named re-exports, so that esbuild annotates them and `await import()` of
+  // the .cjs file sees them (an `export *` of a CommonJS package it cannot)
+  const exported = Object.keys(await import(v)).filter((k) => /^[A-Za-z_$][\w$]*$/.test(k));
+  await build({ ...common, stdin: { contents: `export { ${exported.join(', ')} } from '${v}';`, resolveDir: process.cwd() }, outfile: `${out}/vendor/${v}.cjs` });
+}
+
+// dist/commands.json: every command's meta.description, read from the
+// definitions (one throw-away bundle of them all; nothing runs but their
+// module code)
+const defs = `${out}/.defs.cjs`;
+await build({
+  ...common,
+  plugins: [...common.plugins, shared, vendor],
+  stdin: {
+    contents: names.map((n, i) => `import c${i} from './cmds/${n}.ts';`).join('\n') + `\nexport default { ${names.map((n, i) => `${JSON.stringify(n)}: c${i}`).join(', ')} };\n`,
+    resolveDir: process.cwd(),
+    loader: 'ts',
+  },
+  outfile: defs,
+});
+const manifest = {};
+for (const [n, c] of Object.entries(createRequire(import.meta.url)(resolve(defs)).default)) {
+  const meta = typeof c.meta === 'function' ? await c.meta() : await c.meta;
+  if (meta?.name !== n || !meta.description) throw new Error(`build: cmds/${n}.ts must export default defineCommand({ meta: { name: '${n}', description } })`);
+  manifest[n] = meta.description;
+}
+rmSync(defs);
+writeFileSync(`${out}/commands.json`, JSON.stringify(manifest, null, 2) + '\n');
+
 // dist/bin/<name> -> ../<name>.cjs: a directory to put on PATH (tests, a checkout)
 mkdirSync(`${out}/bin`);
-for (const e of entries) {
-  const name = e.slice(5, -3);
+for (const name of names) {
   chmodSync(`${out}/${name}.cjs`, 0o755);
   symlinkSync(`../${name}.cjs`, `${out}/bin/${name}`);
 }
+
+// every executable's completion scripts, once: a tab patch that no longer
+// applies makes `complete bash` fail, and the build with it
+const run = promisify(execFile);
+const failed = [];
+const jobs = names.flatMap((n) => ['bash', 'zsh', 'fish'].map((sh) => [n, sh]));
+await Promise.all(
+  Array.from({ length: 4 }, async () => {
+    for (let j = jobs.shift(); j; j = jobs.shift()) {
+      const [n, sh] = j;
+      try {
+        const { stdout, stderr } = await run(process.execPath, [`${out}/${n}.cjs`, 'complete', sh]);
+        if (stderr || !stdout.includes(`${n} complete --`)) failed.push(`${n} complete ${sh}: ${stderr.trim() || 'no completion script'}`);
+      } catch (e) {
+        failed.push(`${n} complete ${sh}: ${(e.stderr || e.message).trim()}`);
+      }
+    }
+  }),
+);
+if (failed.length) {
+  console.error(`build: the completion scripts failed; dist/ is left as it was:\n  ${failed.join('\n  ')}`);
+  process.exit(1);
+}
+
 const old = `dist.old-${process.pid}`;
 try {
   renameSync('dist', old);
@@ -53,4 +156,5 @@ try {
   /* first build */
 }
 renameSync(out, 'dist');
+swapped = true;
 rmSync(old, { recursive: true, force: true });

@@ -5,37 +5,41 @@
  * starting with what was already logged (--replay) and stopping when a line
  * matches --until.
  */
-import { defineCmd, main } from '../lib/cli/command.ts';
-import { completeVmNames } from '../lib/vm/complete.ts';
+import { defineCommand } from 'citty';
+import { lazyCompleter, VERSION } from '../lib/cli/command.ts';
 import { EXIT, PimError } from '../lib/core/exit.ts';
+
+/** VM names from the runtime dir, loaded at TAB time only */
+const vmNames = lazyCompleter(async () => (await import('../lib/vm/complete.ts')).completeVmNames);
 
 const DETACH = 0x1d; // Ctrl-]
 
-export const cmd = defineCmd({
-  name: 'pim-console',
-  summary: "Attach to a VM's serial console (Ctrl-] detaches).",
-  usage: 'NAME [--ro] [--replay] [--until REGEX] [--timeout S]',
-  description: `
+export default defineCommand({
+  meta: {
+    name: 'pim-console',
+    version: VERSION,
+    description: "Attach to a VM's serial console (Ctrl-] detaches).",
+    details: `
 Two-way and raw on a terminal. With --ro the console is only read and copied to stdout,
 which works without a terminal (scripts, tests) and while someone is attached: it follows
 the VM's log, where QEMU copies the console, and ends when the VM stops. --replay first prints what the console
 already wrote (from the VM's log). --until stops with exit 0 once the output matches
 REGEX; --timeout bounds the wait (exit 75).`,
-  examples: ['pim-console dev', "pim-console dev --ro --replay --until 'login:' --timeout 60"],
+    examples: ['pim-console dev', "pim-console dev --ro --replay --until 'login:' --timeout 60"],
+  },
   args: {
+    name: { type: 'positional', required: true, valueHint: 'NAME', description: 'the VM', complete: vmNames },
     ro: { type: 'boolean', description: 'read-only: stream the console to stdout' },
     replay: { type: 'boolean', description: 'first print what the console already wrote' },
     until: { type: 'string', description: 'exit 0 once the output matches this regular expression', valueHint: 'REGEX' },
     timeout: { type: 'string', description: 'give up after S seconds (exit 75)', valueHint: 'S' },
   },
-  positionals: { min: 1, max: 1 },
-  completePositional: completeVmNames,
-  async run({ args, positionals }) {
+  async run({ args }) {
     const { runningVm } = await import('../lib/vm/connect.ts');
     const { parseTimeout } = await import('../lib/cli/args.ts');
     const { connectUnix } = await import('../lib/core/sock.ts');
     const fs = await import('node:fs');
-    const name = positionals[0]!;
+    const name = args.name;
     const interactive = !args.ro;
     if (interactive && !process.stdin.isTTY) {
       throw new PimError(EXIT.USAGE, 'stdin is not a terminal; use --ro to read the console without typing into it');
@@ -152,4 +156,3 @@ REGEX; --timeout bounds the wait (exit 75).`,
   },
 });
 
-main(cmd);

@@ -3,9 +3,12 @@
  * One line per address: NAME IFACE ADDRESS/PREFIX FAMILY MAC. Loopback is
  * left out unless --all. Exit 69 when the agent does not answer in time.
  */
-import { defineCmd, main } from '../lib/cli/command.ts';
+import { defineCommand } from 'citty';
+import { lazyCompleter, VERSION } from '../lib/cli/command.ts';
 import { jsonArgs, timeoutArgs } from '../lib/cli/args.ts';
-import { completeVmNames } from '../lib/vm/complete.ts';
+
+/** VM names from the runtime dir, loaded at TAB time only */
+const vmNames = lazyCompleter(async () => (await import('../lib/vm/complete.ts')).completeVmNames);
 
 interface GaIface {
   name: string;
@@ -25,23 +28,24 @@ export function addressRecords(name: string, ifaces: GaIface[], all = false) {
   return out;
 }
 
-export const cmd = defineCmd({
-  name: 'pim-ip',
-  summary: "Show a VM's IP addresses (from the guest agent).",
-  usage: 'NAME [--json] [--all] [--timeout S]',
-  examples: ['pim-ip dev', "ssh root@$(pim-ip dev | awk '$5==\"ipv4\"{print $3; exit}' | cut -d/ -f1)"],
+export default defineCommand({
+  meta: {
+    name: 'pim-ip',
+    version: VERSION,
+    description: "Show a VM's IP addresses (from the guest agent).",
+    examples: ['pim-ip dev', "ssh root@$(pim-ip dev | awk '$5==\"ipv4\"{print $3; exit}' | cut -d/ -f1)"],
+  },
   args: {
+    name: { type: 'positional', required: true, valueHint: 'NAME', description: 'the VM', complete: vmNames },
     ...jsonArgs,
     all: { type: 'boolean', alias: 'a', description: 'include loopback and link-local addresses' },
     ...timeoutArgs(5, 'for the guest agent'),
   },
-  positionals: { min: 1, max: 1 },
-  completePositional: completeVmNames,
-  async run({ args, positionals }) {
+  async run({ args }) {
     const { withGa } = await import('../lib/vm/connect.ts');
     const { parseTimeout } = await import('../lib/cli/args.ts');
     const { printRecords } = await import('../lib/cli/output.ts');
-    const name = positionals[0]!;
+    const name = args.name;
     const ms = parseTimeout(args.timeout, 5);
     const ifaces = (await withGa(name, ms, (g) => g.execute('guest-network-get-interfaces', undefined, ms))) as GaIface[];
     const recs = addressRecords(name, ifaces, args.all).map((r) => ({ ...r, address: args.json ? r.address : `${r.address}/${r.prefix}` }));
@@ -49,4 +53,3 @@ export const cmd = defineCmd({
   },
 });
 
-main(cmd);

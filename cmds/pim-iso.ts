@@ -1,24 +1,142 @@
 /**
  * pim-iso: the ISO catalog (isos.d/*.yml over pim's built-in entries) and
- * the downloaded ISOs in ~/.cache/pim/isos.
+ * the downloaded ISOs in ~/.cache/pim/isos. One citty subcommand each:
  *   list [--json] [-q]                 one line per entry: name, state, verified, size, url
  *   show NAME [--json]                 the merged entry, its path and state
  *   add NAME --url URL (--checksum C | --checksum-url URL | --insecure)
  *   download NAME... [--insecure]      resume into NAME.iso.part; rename after it verifies
- *   verify NAME...                     hash (cached by size and mtime) and compare
+ *   verify NAME... [--json] [-q]       hash (cached by size and mtime) and compare
  *   path NAME                          print the ISO's path (exit 66 if not downloaded)
  *   rm NAME... [--entry]               delete the downloaded files (and the isos.d/NAME.yml entry)
+ * The work is lib/install/iso-store.ts; this file parses, calls it, prints.
  */
-import { defineCmd, main } from '../lib/cli/command.ts';
-import { EXIT, PimError } from '../lib/core/exit.ts';
+import { defineCommand } from 'citty';
+import { VERSION, type Words } from '../lib/cli/command.ts';
+import { EXIT } from '../lib/core/exit.ts';
 import { jsonArgs, quietArgs } from '../lib/cli/args.ts';
+import { catalogCompleter } from '../lib/cli/catalog-names.ts';
 import { writeOut, type Rec } from '../lib/cli/output.ts';
 
-export const cmd = defineCmd({
-  name: 'pim-iso',
-  summary: 'Manage installation ISOs: catalog, download (resumable), verify.',
-  usage: 'list | show NAME | add NAME --url URL (--checksum SUM | --checksum-url URL | --insecure) | download NAME... | verify NAME... | path NAME | rm NAME...',
-  description: `
+/** The catalog, checked names first (every subcommand that takes a NAME). */
+async function store(...names: string[]) {
+  const s = await import('../lib/install/iso-store.ts');
+  names.forEach(s.checkIsoName);
+  return s;
+}
+
+const isoNames = catalogCompleter('isos', () => import('../lib/config/defaults.ts'));
+const isoArg = { type: 'positional', required: true, valueHint: 'NAME', description: 'an ISO of the catalog (pim-iso list)', complete: isoNames } as const;
+const isosArg = { ...isoArg, variadic: true, description: 'ISOs of the catalog (pim-iso list)' } as const;
+
+const list = defineCommand({
+  meta: { name: 'list', description: 'One line per catalog entry: name, state, verified, size, url.' },
+  args: { ...jsonArgs, ...quietArgs },
+  async run({ args }) {
+    const s = await store();
+    const { printRecords } = await import('../lib/cli/output.ts');
+    printRecords(await s.listIsos(), ['state', 'verified', 'size', 'url'], { json: args.json, quiet: args.quiet });
+  },
+});
+
+const show = defineCommand({
+  meta: { name: 'show', description: 'The merged entry, its path and its state (YAML, or --json).' },
+  args: { name: isoArg, ...jsonArgs },
+  async run({ args }) {
+    const out = await (await store(args.name)).showIso(args.name);
+    const { printJson } = await import('../lib/cli/output.ts');
+    if (args.json) printJson(out);
+    else {
+      const { yamlLib } = await import('../lib/config/yaml.ts');
+      writeOut((await yamlLib()).stringify(out));
+    }
+  },
+});
+
+const add = defineCommand({
+  meta: {
+    name: 'add',
+    description: 'Add an entry to isos.d/NAME.yml: a URL and how to check it.',
+    usage: 'NAME --url URL (--checksum SUM | --checksum-url URL | --insecure) [--filename NAME]',
+  },
+  args: {
+    name: { type: 'positional', required: true, valueHint: 'NAME', description: 'the new entry' },
+    url: { type: 'string', description: 'the ISO URL (http or https)', valueHint: 'URL' },
+    checksum: { type: 'string', description: 'pinned checksum, sha256:HEX or sha512:HEX', valueHint: 'SUM' },
+    checksumUrl: { type: 'string', description: 'URL of a SUMS file listing the ISO', valueHint: 'URL' },
+    filename: { type: 'string', description: 'the name to look up in the SUMS file (default: from the URL)', valueHint: 'NAME' },
+    insecure: { type: 'boolean', description: 'allow an entry without a checksum (marked unverified)' },
+  },
+  async run({ args }) {
+    const r = await (await store(args.name)).addEntry(args.name, { url: args.url, checksum: args.checksum, checksumUrl: args.checksumUrl, filename: args.filename, insecure: args.insecure });
+    writeOut(`${r.name}\t${r.file}\n`);
+  },
+});
+
+const download = defineCommand({
+  meta: { name: 'download', description: 'Download ISOs (resumable), verify them, print NAME downloaded PATH.' },
+  args: {
+    names: isosArg,
+    insecure: { type: 'boolean', description: 'allow an entry without a checksum (marked unverified)' },
+  },
+  async run({ args, data }) {
+    const names = (data as Words).positionals;
+    return runDownload(await store(...names), names, Boolean(args.insecure));
+  },
+});
+
+const verify = defineCommand({
+  meta: { name: 'verify', description: 'Hash downloaded ISOs (cached by size and mtime) and compare; 65 on a mismatch.' },
+  args: { names: isosArg, ...jsonArgs, ...quietArgs },
+  async run({ args, data }) {
+    const names = (data as Words).positionals;
+    const s = await store(...names);
+    const { log } = await import('../lib/core/log.ts');
+    const { printRecords } = await import('../lib/cli/output.ts');
+    let code = 0;
+    const recs: Rec[] = [];
+    for await (const r of s.verifyIsos(names)) {
+      if (r.status === 'mismatch') {
+        log.error(`${r.name}: checksum mismatch: expected ${r.expected}, got ${r.checksum}`);
+        code = EXIT.DATAERR;
+      }
+      const rec = { name: r.name, status: r.status, checksum: r.checksum, how: r.how };
+      if (args.json) recs.push(rec);
+      else printRecords([rec], ['status', 'checksum', 'how'], { plain: true, quiet: args.quiet });
+    }
+    if (args.json) printRecords(recs, [], { json: true });
+    return code;
+  },
+});
+
+const path = defineCommand({
+  meta: { name: 'path', description: "Print a downloaded ISO's path (66 when it is not downloaded)." },
+  args: { name: isoArg },
+  async run({ args }) {
+    writeOut((await (await store(args.name)).isoPath(args.name)) + '\n');
+  },
+});
+
+const rm = defineCommand({
+  meta: { name: 'rm', description: 'Delete downloaded ISOs (and, with --entry, their isos.d/NAME.yml).' },
+  args: {
+    names: isosArg,
+    entry: { type: 'boolean', description: 'also remove the isos.d/NAME.yml entry written by add' },
+  },
+  async run({ args, data }) {
+    const names = (data as Words).positionals;
+    const s = await store(...names);
+    for (const name of names) {
+      for (const r of await s.removeIso(name, { entry: args.entry })) writeOut(`${r.name}\t${r.path}\n`);
+    }
+  },
+});
+
+export default defineCommand({
+  meta: {
+    name: 'pim-iso',
+    version: VERSION,
+    description: 'Manage installation ISOs: catalog, download (resumable), verify.',
+    details: `
 The catalog is pim's built-in entries (current Debian and Ubuntu server ISOs) plus
 ~/.config/pim/isos.d/*.yml; each entry merges over an entry named "default" if there is one.
 A checksum is pinned in the entry (checksum: sha256:HEX or sha512:HEX) or read from a
@@ -31,91 +149,20 @@ seconds (default 30), is resumed three times, then exits 69. A full disk exits 7
 once and keeps the part file. A second download of an ISO that is downloading exits 75.
 ISOs are kept private: the directory is 0700, its files 0600. verify caches its hash keyed by size and mtime, so a second verify
 is instant. Output is one line per ISO (NAME, then fields, tab-separated) or --json.`,
-  examples: [
-    'pim-iso list',
-    'pim-iso download debian-netinst-amd64',
-    'pim-iso add mine --url https://example.org/mine.iso --checksum sha256:0123...',
-    'qemu-system-x86_64 -cdrom "$(pim-iso path debian-netinst-amd64)" ...',
-  ],
-  args: {
-    ...jsonArgs,
-    ...quietArgs,
-    url: { type: 'string', description: 'add: the ISO URL (http or https)', valueHint: 'URL' },
-    checksum: { type: 'string', description: 'add: pinned checksum, sha256:HEX or sha512:HEX', valueHint: 'SUM' },
-    checksumUrl: { type: 'string', description: 'add: URL of a SUMS file listing the ISO', valueHint: 'URL' },
-    filename: { type: 'string', description: 'add: the name to look up in the SUMS file (default: from the URL)', valueHint: 'NAME' },
-    insecure: { type: 'boolean', description: 'add/download: allow an entry without a checksum (marked unverified)' },
-    entry: { type: 'boolean', description: 'rm: also remove the isos.d/NAME.yml entry written by add' },
+    examples: [
+      'pim-iso list',
+      'pim-iso download debian-netinst-amd64',
+      'pim-iso add mine --url https://example.org/mine.iso --checksum sha256:0123...',
+      'qemu-system-x86_64 -cdrom "$(pim-iso path debian-netinst-amd64)" ...',
+    ],
   },
-  positionals: { min: 1 },
-  async run({ args, positionals }) {
-    const [sub, ...names] = positionals;
-    const store = await import('../lib/install/iso-store.ts');
-    const { printJson, printRecords } = await import('../lib/cli/output.ts');
-    names.forEach(store.checkIsoName);
-    const one = () => {
-      if (names.length !== 1) throw new PimError(EXIT.USAGE, `pim-iso ${sub} takes one NAME`);
-      return names[0]!;
-    };
-    const some = () => {
-      if (names.length === 0) throw new PimError(EXIT.USAGE, `pim-iso ${sub} needs at least one NAME; see pim-iso list`);
-      return names;
-    };
-    switch (sub) {
-      case 'list':
-        if (names.length) throw new PimError(EXIT.USAGE, 'pim-iso list takes no NAME; use pim-iso show NAME');
-        printRecords(await store.listIsos(), ['state', 'verified', 'size', 'url'], { json: args.json, quiet: args.quiet });
-        return 0;
-      case 'show': {
-        const out = await store.showIso(one());
-        if (args.json) printJson(out);
-        else {
-          const { yamlLib } = await import('../lib/config/yaml.ts');
-          writeOut((await yamlLib()).stringify(out));
-        }
-        return 0;
-      }
-      case 'add': {
-        const r = await store.addEntry(one(), { url: args.url, checksum: args.checksum, checksumUrl: args.checksumUrl, filename: args.filename, insecure: args.insecure });
-        writeOut(`${r.name}\t${r.file}\n`);
-        return 0;
-      }
-      case 'download':
-        return download(store, some(), Boolean(args.insecure));
-      case 'verify': {
-        const { log } = await import('../lib/core/log.ts');
-        let code = 0;
-        const recs: Rec[] = [];
-        for await (const r of store.verifyIsos(some())) {
-          if (r.status === 'mismatch') {
-            log.error(`${r.name}: checksum mismatch: expected ${r.expected}, got ${r.checksum}`);
-            code = EXIT.DATAERR;
-          }
-          const rec = { name: r.name, status: r.status, checksum: r.checksum, how: r.how };
-          if (args.json) recs.push(rec);
-          else printRecords([rec], ['status', 'checksum', 'how'], { plain: true, quiet: args.quiet });
-        }
-        if (args.json) printRecords(recs, [], { json: true });
-        return code;
-      }
-      case 'path':
-        writeOut((await store.isoPath(one())) + '\n');
-        return 0;
-      case 'rm':
-        for (const name of some()) {
-          for (const r of await store.removeIso(name, { entry: args.entry })) writeOut(`${r.name}\t${r.path}\n`);
-        }
-        return 0;
-      default:
-        throw new PimError(EXIT.USAGE, `unknown subcommand "${sub}"; use list, show, add, download, verify, path or rm`);
-    }
-  },
+  subCommands: { list, show, add, download, verify, path, rm },
 });
 
 type Store = typeof import('../lib/install/iso-store.ts');
 
 /** Download NAMEs one after another: a line per ISO on stdout, progress and events on stderr. */
-async function download(store: Store, names: string[], insecure: boolean): Promise<number> {
+async function runDownload(store: Store, names: string[], insecure: boolean): Promise<number> {
   const { log } = await import('../lib/core/log.ts');
   const { progressReporter } = await import('../lib/install/download.ts');
   const { trapSignals, Interrupted } = await import('../lib/core/signals.ts');
@@ -178,4 +225,3 @@ async function download(store: Store, names: string[], insecure: boolean): Promi
   }
 }
 
-main(cmd);

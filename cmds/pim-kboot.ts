@@ -4,27 +4,18 @@
  * to completion (a test runner). A kboot VM is a pim VM: pim-ps lists it,
  * pim-stop, pim-console and pim-qmp work on it.
  */
-import { defineCmd, main } from '../lib/cli/command.ts';
+import { defineCommand } from 'citty';
+import { VERSION, type Words } from '../lib/cli/command.ts';
 import { EXIT, PimError } from '../lib/core/exit.ts';
 
-/** Every value of a repeatable string flag (citty keeps only the last). */
-function repeated(argv: string[], flag: string): string[] {
-  const out: string[] = [];
-  const end = argv.indexOf('--');
-  const head = end >= 0 ? argv.slice(0, end) : argv;
-  for (let i = 0; i < head.length; i++) {
-    const w = head[i]!;
-    if (w === flag && i + 1 < head.length) out.push(head[++i]!);
-    else if (w.startsWith(flag + '=')) out.push(w.slice(flag.length + 1));
-  }
-  return out;
-}
-
-export const cmd = defineCmd({
-  name: 'pim-kboot',
-  summary: 'Boot a kernel directly with an initramfs and host shares; optionally run one command and exit with its status.',
-  usage: '[NAME] [--kernel PATH] [--initrd PATH | --initramfs-from DIR] [options] [-- qemu args]',
-  description: `
+export default defineCommand({
+  meta: {
+    name: 'pim-kboot',
+    version: VERSION,
+    description: 'Boot a kernel directly with an initramfs and host shares; optionally run one command and exit with its status.',
+    usage: '[NAME] [--kernel PATH] [--initrd PATH | --initramfs-from DIR] [options] [-- qemu args]',
+    passthrough: 'qemu args',
+    details: `
 No firmware, bootloader or disk: QEMU loads the kernel and initramfs itself. A bzImage
 whose payload is XZ, gzip or zstd is booted as its uncompressed PVH vmlinux (extracted
 once, checked whole, cached in ~/.cache/pim/kboot/), which skips the guest's
@@ -63,19 +54,20 @@ userspace within --timeout, a pipe silent for as long, a VM name in use; 77 a ke
 initrd you cannot read; 128+N on signal N (Ctrl-C: 130). In every case no VM is left
 behind. With --exec any other status is the command's own, passed through whatever its
 value.`,
-  examples: [
-    'pim-kboot --kernel arch/x86/boot/bzImage --exec "uname -r"',
-    'pim-kboot t1 --kernel bzImage --initramfs-from ./rootfs --share .:src --exec "make -C /mnt/src check"',
-    'pim-kboot --kernel bzImage --root-share ./sysroot --console',
-  ],
+    examples: [
+      'pim-kboot --kernel arch/x86/boot/bzImage --exec "uname -r"',
+      'pim-kboot t1 --kernel bzImage --initramfs-from ./rootfs --share .:src --exec "make -C /mnt/src check"',
+      'pim-kboot --kernel bzImage --root-share ./sysroot --console',
+    ],
+  },
   args: {
-    name: { type: 'positional', description: 'VM name (default: kboot, or kboot-N when taken)', required: false },
-    kernel: { type: 'string', description: 'kernel (bzImage, or a PVH vmlinux; a file or a pipe); default /boot/vmlinuz-$(uname -r)', valueHint: 'PATH' },
-    initrd: { type: 'string', description: 'initramfs (cpio, compressed or not; a file or a pipe)', valueHint: 'PATH' },
-    initramfsFrom: { type: 'string', description: 'pack this directory as the initramfs (cached)', valueHint: 'DIR' },
+    name: { type: 'positional', description: 'VM name (default: kboot, or kboot-N when taken)', required: false, valueHint: 'NAME' },
+    kernel: { type: 'string', description: 'kernel (bzImage, or a PVH vmlinux; a file or a pipe); default /boot/vmlinuz-$(uname -r)', valueHint: 'PATH', path: 'file' },
+    initrd: { type: 'string', description: 'initramfs (cpio, compressed or not; a file or a pipe)', valueHint: 'PATH', path: 'file' },
+    initramfsFrom: { type: 'string', description: 'pack this directory as the initramfs (cached)', valueHint: 'DIR', path: 'dir' },
     append: { type: 'string', description: 'more kernel command line', valueHint: 'ARGS' },
-    share: { type: 'string', description: 'share a host directory at /mnt/TAG (repeatable)', valueHint: 'DIR[:TAG]' },
-    rootShare: { type: 'string', description: "boot with this host directory as the guest's root filesystem", valueHint: 'DIR' },
+    share: { type: 'string', description: 'share a host directory at /mnt/TAG', valueHint: 'DIR[:TAG]', repeatable: true, path: 'dir' },
+    rootShare: { type: 'string', description: "boot with this host directory as the guest's root filesystem", valueHint: 'DIR', path: 'dir' },
     fs: { type: 'enum', options: ['auto', '9p', 'virtiofs'], description: 'share filesystem', default: 'auto' },
     exec: { type: 'string', description: 'run this command in the guest, print its output, exit with its status', valueHint: 'CMD' },
     console: { type: 'boolean', description: 'serial console on this terminal (foreground)' },
@@ -86,9 +78,8 @@ value.`,
     timeout: { type: 'string', description: 'seconds for the guest to reach userspace (and for a pipe given as input to say something)', default: '120', valueHint: 'SECONDS' },
     accel: { type: 'enum', options: ['kvm', 'hvf', 'tcg'], description: 'accelerator; env PIM_ACCEL' },
   },
-  positionals: { min: 0, max: 1 },
-  passthrough: true,
-  async run({ args, positionals, rest }) {
+  async run({ args, data }) {
+    const { rest, repeated } = data as Words;
     const { randomBytes } = await import('node:crypto');
     const { kboot } = await import('../lib/kboot/boot.ts');
 
@@ -98,15 +89,13 @@ value.`,
     if (!/^\d+[KMGT]?$/i.test(args.mem)) throw new PimError(EXIT.USAGE, `--mem must be a size such as 512M or 2G`);
     const timeout = Number(args.timeout);
     if (!(timeout > 0)) throw new PimError(EXIT.USAGE, `--timeout must be a number of seconds`);
-    const shares = repeated(process.argv.slice(2), '--share');
-    if (args.share && !shares.length) shares.push(args.share);
     return kboot({
-      name: positionals[0],
+      name: args.name,
       kernel: args.kernel,
       initrd: args.initrd,
       initramfsFrom: args.initramfsFrom,
       append: args.append,
-      shares,
+      shares: repeated.share ?? [],
       rootShare: args.rootShare,
       fs: args.fs,
       exec: args.exec,
@@ -123,4 +112,3 @@ value.`,
   },
 });
 
-main(cmd);

@@ -2,23 +2,30 @@
  * pim-os: the guest OS, from the guest agent (guest-get-osinfo):
  * NAME PRETTY-NAME KERNEL-RELEASE MACHINE.
  */
-import { defineCmd, main } from '../lib/cli/command.ts';
+import { defineCommand } from 'citty';
+import { lazyCompleter, VERSION } from '../lib/cli/command.ts';
 import { jsonArgs, timeoutArgs } from '../lib/cli/args.ts';
-import { completeVmNames } from '../lib/vm/complete.ts';
 
-export const cmd = defineCmd({
-  name: 'pim-os',
-  summary: "Show a VM's guest OS (from the guest agent).",
-  usage: 'NAME [--json] [--timeout S]',
-  examples: ['pim-os dev', 'pim-os dev --json | jq -r .kernel_release'],
-  args: { ...jsonArgs, ...timeoutArgs(5, 'for the guest agent') },
-  positionals: { min: 1, max: 1 },
-  completePositional: completeVmNames,
-  async run({ args, positionals }) {
+/** VM names from the runtime dir, loaded at TAB time only */
+const vmNames = lazyCompleter(async () => (await import('../lib/vm/complete.ts')).completeVmNames);
+
+export default defineCommand({
+  meta: {
+    name: 'pim-os',
+    version: VERSION,
+    description: "Show a VM's guest OS (from the guest agent).",
+    examples: ['pim-os dev', 'pim-os dev --json | jq -r .kernel_release'],
+  },
+  args: {
+    name: { type: 'positional', required: true, valueHint: 'NAME', description: 'the VM', complete: vmNames },
+    ...jsonArgs,
+    ...timeoutArgs(5, 'for the guest agent'),
+  },
+  async run({ args }) {
     const { withGa } = await import('../lib/vm/connect.ts');
     const { parseTimeout } = await import('../lib/cli/args.ts');
     const { printRecords } = await import('../lib/cli/output.ts');
-    const name = positionals[0]!;
+    const name = args.name;
     const ms = parseTimeout(args.timeout, 5);
     const os = (await withGa(name, ms, (g) => g.execute('guest-get-osinfo', undefined, ms))) as Record<string, string | undefined>;
     const rec = {
@@ -34,4 +41,3 @@ export const cmd = defineCmd({
   },
 });
 
-main(cmd);

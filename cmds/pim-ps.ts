@@ -1,12 +1,16 @@
 /**
  * pim-ps: list VMs. Plumbing: one line per VM, name first, tab-separated
  * (state, pid, ssh port, uptime, image, bridged); --json for JSON lines;
- * -q for names alone. Stale runtime entries are cleaned up as they are seen.
+ * -q for names alone; --table for the aligned table with a header that a
+ * terminal gets (fzf --header-lines=1 reads it). Stale runtime entries are
+ * cleaned up as they are seen.
  */
-import { defineCmd, main } from '../lib/cli/command.ts';
-import { printRecords, type Rec } from '../lib/cli/output.ts';
+import { defineCommand } from 'citty';
+import { VERSION } from '../lib/cli/command.ts';
+import { formatRecords, printRecords, writeOut, type Rec } from '../lib/cli/output.ts';
 import { jsonArgs, quietArgs } from '../lib/cli/args.ts';
 import { existingRuntimeDir } from '../lib/core/paths.ts';
+import { EXIT, PimError } from '../lib/core/exit.ts';
 import { listVms } from '../lib/vm/state.ts';
 
 export function uptime(started: string | undefined, now = Date.now()): number | null {
@@ -24,22 +28,27 @@ export function humanDuration(s: number | null): string {
   return `${sec}s`;
 }
 
-export const cmd = defineCmd({
-  name: 'pim-ps',
-  summary: 'List VMs: name, state, pid, SSH port, uptime, image, bridged.',
-  usage: '[--json] [-q] [--all]',
-  description: `
+const FIELDS = ['state', 'pid', 'ssh_port', 'uptime', 'image', 'bridged'];
+
+export default defineCommand({
+  meta: {
+    name: 'pim-ps',
+    version: VERSION,
+    description: 'List VMs: name, state, pid, SSH port, uptime, image, bridged.',
+    details: `
 One line per VM, name first, fields separated by tabs (a table with a header on a
-terminal). --all also lists the images in the store that are not running, as "stopped".
-Runtime entries of VMs that died are cleaned up.`,
-  examples: ['pim-ps', 'pim-ps -q | fzf | pim-stop', 'pim-ps --json | jq -r .ssh_port'],
+terminal, or with --table). --all also lists the images in the store that are not
+running, as "stopped". Runtime entries of VMs that died are cleaned up.`,
+    examples: ['pim-ps', 'pim-ps -q | fzf | pim-stop', 'pim-ps --table | fzf -m --header-lines=1 | pim-stop', 'pim-ps --json | jq -r .ssh_port'],
+  },
   args: {
     ...jsonArgs,
     ...quietArgs,
     all: { type: 'boolean', alias: 'a', description: 'also list stopped images from the image store' },
+    table: { type: 'boolean', description: 'an aligned table with a header, also in a pipe (for fzf --header-lines=1)' },
   },
-  positionals: { max: 0 },
   async run({ args }) {
+    if (args.table && (args.json || args.quiet)) throw new PimError(EXIT.USAGE, '--table shows every field; leave out --json and -q');
     const dir = existingRuntimeDir();
     const vms = dir ? await listVms(dir) : [];
     const now = Date.now();
@@ -62,8 +71,7 @@ Runtime entries of VMs that died are cleaned up.`,
         if (!running.has(img.name)) recs.push({ name: img.name, state: 'stopped', pid: null, ssh_port: null, uptime: null, image: img.path, bridged: false });
       }
     }
-    printRecords(recs, ['state', 'pid', 'ssh_port', 'uptime', 'image', 'bridged'], { json: args.json, quiet: args.quiet });
+    if (args.table) writeOut(formatRecords(recs, FIELDS, { tty: true })); // the header even with no VMs
+    else printRecords(recs, FIELDS, { json: args.json, quiet: args.quiet });
   },
 });
-
-main(cmd);

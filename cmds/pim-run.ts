@@ -6,15 +6,20 @@
  * The policy (accelerator, network, UEFI vars) is lib/vm/plan.ts, shared
  * with pim-build.
  */
-import { defineCmd, main } from '../lib/cli/command.ts';
+import { defineCommand } from 'citty';
+import { lazyCompleter, VERSION, type Words } from '../lib/cli/command.ts';
 import { writeOut } from '../lib/cli/output.ts';
-import { completeImages } from '../lib/vm/complete.ts';
 
-export const cmd = defineCmd({
-  name: 'pim-run',
-  summary: 'Boot an image from the image store, or from a path, as a VM.',
-  usage: 'NAME|IMAGE [options] [-- qemu args]',
-  description: `
+/** Images in the store, loaded at TAB time only */
+const imageNames = lazyCompleter(async () => (await import('../lib/vm/complete.ts')).completeImages);
+
+export default defineCommand({
+  meta: {
+    name: 'pim-run',
+    version: VERSION,
+    description: 'Boot an image from the image store, or from a path, as a VM.',
+    passthrough: 'qemu args',
+    details: `
 NAME boots ~/.local/share/pim/images/NAME.qcow2 (or .img/.raw); a path boots that file
 and names the VM after it (or --name). Headless by default: the serial console is on
 <runtime>/NAME.serial (attach with pim-console) and copied to NAME.log. Networking is
@@ -24,9 +29,10 @@ is setuid; macOS: vmnet-bridged through sudo). The accelerator is KVM on Linux w
 /dev/kvm works, HVF on macOS, else TCG; --accel or PIM_ACCEL overrides. UEFI is used
 when NAME.efivars.fd sits beside the image. Words after -- go to QEMU untouched.
 Ctrl-C while the VM starts stops it again: no VM is left behind (exit 130).`,
-  examples: ['pim-run dev', 'pim-run ./disk.qcow2 --name scratch --snapshot', 'pim-run dev --bridged', 'pim-run dev --mem 2G --cpus 4 -- -device virtio-balloon'],
+    examples: ['pim-run dev', 'pim-run ./disk.qcow2 --name scratch --snapshot', 'pim-run dev --bridged', 'pim-run dev --mem 2G --cpus 4 -- -device virtio-balloon'],
+  },
   args: {
-    target: { type: 'positional', description: 'image name or path', required: true },
+    target: { type: 'positional', description: 'an image in the store, or the path of one', required: true, valueHint: 'NAME|IMAGE', complete: imageNames, path: 'file' },
     name: { type: 'string', description: 'VM name (default: the image name)', valueHint: 'NAME' },
     console: { type: 'boolean', description: 'run in the foreground with the serial console on this terminal' },
     bridged: { type: 'boolean', description: 'bridged networking (needs sudo unless the bridge helper is setuid)' },
@@ -37,10 +43,8 @@ Ctrl-C while the VM starts stops it again: no VM is left behind (exit 130).`,
     snapshot: { type: 'boolean', description: 'discard disk writes when the VM stops' },
     accel: { type: 'enum', options: ['kvm', 'hvf', 'tcg'], description: 'accelerator; env PIM_ACCEL' },
   },
-  positionals: { min: 1, max: 1 },
-  passthrough: true,
-  completePositional: completeImages,
-  async run({ args, positionals, rest }) {
+  async run({ args, data }) {
+    const { rest } = data as Words;
     const { resolveImage } = await import('../lib/image/store.ts');
     const { startVm, checkCpus, checkMem, checkPort } = await import('../lib/vm/plan.ts');
     const { vmRef } = await import('../lib/vm/ref.ts');
@@ -49,7 +53,7 @@ Ctrl-C while the VM starts stops it again: no VM is left behind (exit 130).`,
 
     const { vmInfo } = await import('../lib/vm/state.ts');
     const running = async (n: string) => (await vmInfo(vmRef(n))).state === 'running';
-    const img = await resolveImage(positionals[0]!, args.name, running);
+    const img = await resolveImage(args.target, args.name, running);
     const ref = vmRef(img.name);
     const cpus = checkCpus(args.cpus);
     const mem = checkMem(args.mem);
@@ -79,4 +83,3 @@ Ctrl-C while the VM starts stops it again: no VM is left behind (exit 130).`,
   },
 });
 
-main(cmd);

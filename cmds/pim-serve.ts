@@ -4,15 +4,20 @@
  * Runs until Ctrl-C or SIGTERM. The same server is a library call
  * (lib/install/serve.ts startServer) for builds that run it in-process.
  */
-import { defineCmd, main } from '../lib/cli/command.ts';
+import { defineCommand } from 'citty';
+import { VERSION } from '../lib/cli/command.ts';
 import { writeOut } from '../lib/cli/output.ts';
 import { EXIT, PimError } from '../lib/core/exit.ts';
+import { catalogCompleter } from '../lib/cli/catalog-names.ts';
 
-export const cmd = defineCmd({
-  name: 'pim-serve',
-  summary: 'Serve a profile\'s preseed.cfg, user-data/meta-data and scripts over HTTP.',
-  usage: '[PROFILE] [--port N] [--bind ADDR]',
-  description: `
+const profileNames = catalogCompleter('profiles', () => import('../lib/config/defaults.ts'));
+
+export default defineCommand({
+  meta: {
+    name: 'pim-serve',
+    version: VERSION,
+    description: "Serve a profile's preseed.cfg, user-data/meta-data and scripts over HTTP.",
+    details: `
 Serves, for PROFILE (default: "default"):
   /preseed.cfg            rendered preseeds.d/PROFILE.cfg.*        (Debian preseed)
   /user-data, /meta-data  rendered preseeds.d/PROFILE.user-data.*, PROFILE.meta-data.*
@@ -28,17 +33,18 @@ A template that fails to render is a 500 and a log line. A port in use exits 75.
 --port 0 picks a free port.
 The profile is read once at start; templates and scripts are re-read when they change.
 In a bash script, run it as a coprocess and read the URL from it (last example).`,
-  examples: [
-    'pim-serve dev',
-    'pim-serve dev --bind 0.0.0.0 --port 8080',
-    'coproc pim-serve dev --port 0; read -r url <&"${COPROC[0]}"; curl -s "$url/preseed.cfg"; kill "$COPROC_PID"',
-  ],
+    examples: [
+      'pim-serve dev',
+      'pim-serve dev --bind 0.0.0.0 --port 8080',
+      'coproc pim-serve dev --port 0; read -r url <&"${COPROC[0]}"; curl -s "$url/preseed.cfg"; kill "$COPROC_PID"',
+    ],
+  },
   args: {
+    profile: { type: 'positional', required: false, valueHint: 'PROFILE', description: 'the profile to serve (default: default)', complete: profileNames },
     port: { type: 'string', description: 'TCP port (pim.yml serve.port, else 8080); 0 = any free port', valueHint: 'N' },
     bind: { type: 'string', description: 'address to listen on (pim.yml serve.bind, else 127.0.0.1)', valueHint: 'ADDR' },
   },
-  positionals: { max: 1 },
-  async run({ args, positionals }) {
+  async run({ args }) {
     const { loadRuntimeConfig } = await import('../lib/config/runtime.ts');
     const { startServer } = await import('../lib/install/serve.ts');
     const { log } = await import('../lib/core/log.ts');
@@ -49,7 +55,7 @@ In a bash script, run it as a coprocess and read the URL from it (last example).
       port = Number(args.port);
     }
     const bind = args.bind ?? rt.serve.bind;
-    const profile = positionals[0] ?? 'default';
+    const profile = args.profile ?? 'default';
     const s = await startServer({ profile, port, bind, log: (l) => log.info(l) });
     writeOut(s.url + '\n');
     if (s.bind === '127.0.0.1' || s.bind === '0.0.0.0') log.info(`profile ${profile}: a QEMU user-mode guest reaches this as http://10.0.2.2:${s.port}/preseed.cfg`);
@@ -64,4 +70,3 @@ In a bash script, run it as a coprocess and read the URL from it (last example).
   },
 });
 
-main(cmd);

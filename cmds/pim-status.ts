@@ -3,25 +3,32 @@
  * Exit 0 when running, 1 when QEMU answers but the guest is not running
  * (paused, shut down, internal error), 69 when there is no such VM.
  */
-import { defineCmd, main } from '../lib/cli/command.ts';
+import { defineCommand } from 'citty';
+import { lazyCompleter, VERSION, type Words } from '../lib/cli/command.ts';
 import { jsonArgs, timeoutArgs } from '../lib/cli/args.ts';
-import { completeVmNames } from '../lib/vm/complete.ts';
 import { EXIT } from '../lib/core/exit.ts';
 
-export const cmd = defineCmd({
-  name: 'pim-status',
-  summary: "Show a VM's state from QMP: NAME, status, pid, uptime.",
-  usage: 'NAME... [--json]',
-  examples: ['pim-status dev', 'pim-status dev --json'],
-  args: { ...jsonArgs, ...timeoutArgs(10, 'for QMP') },
-  positionals: { min: 1 },
-  completePositional: completeVmNames,
-  async run({ args, positionals }) {
+/** VM names from the runtime dir, loaded at TAB time only */
+const vmNames = lazyCompleter(async () => (await import('../lib/vm/complete.ts')).completeVmNames);
+
+export default defineCommand({
+  meta: {
+    name: 'pim-status',
+    version: VERSION,
+    description: "Show a VM's state from QMP: NAME, status, pid, uptime.",
+    examples: ['pim-status dev', 'pim-status dev --json'],
+  },
+  args: {
+    names: { type: 'positional', variadic: true, valueHint: 'NAME', description: 'VMs to ask', complete: vmNames },
+    ...jsonArgs,
+    ...timeoutArgs(10, 'for QMP'),
+  },
+  async run({ args, data }) {
     const { parseTimeout, forEachName } = await import('../lib/cli/args.ts');
     const { withQmp } = await import('../lib/vm/connect.ts');
     const { printRecords } = await import('../lib/cli/output.ts');
     const ms = parseTimeout(args.timeout, 10);
-    return forEachName(positionals, async (name) => {
+    return forEachName((data as Words).positionals, async (name) => {
       const { st, vm } = await withQmp(name, ms, async (q, vm) => ({ st: (await q.execute('query-status')) as { status: string; running: boolean }, vm }));
       const up = vm.meta?.started ? Math.round((Date.now() - Date.parse(vm.meta.started)) / 1000) : null;
       printRecords([{ name, status: st.status, running: st.running, pid: vm.pid, uptime: up }], ['status', 'pid', 'uptime'], { json: args.json });
@@ -29,5 +36,3 @@ export const cmd = defineCmd({
     });
   },
 });
-
-main(cmd);

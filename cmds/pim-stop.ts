@@ -4,34 +4,39 @@
  * that stopped it. With no names, reads them from stdin (the first word of
  * each line), so `pim-ps | fzf | pim-stop` and `pim-ps -q | xargs pim-stop` work.
  */
-import { defineCmd, main } from '../lib/cli/command.ts';
+import { defineCommand } from 'citty';
+import { lazyCompleter, VERSION, type Words } from '../lib/cli/command.ts';
 import { jsonArgs, timeoutArgs } from '../lib/cli/args.ts';
-import { completeVmNames } from '../lib/vm/complete.ts';
 import { EXIT, PimError } from '../lib/core/exit.ts';
 
-export const cmd = defineCmd({
-  name: 'pim-stop',
-  summary: 'Stop VMs: guest agent, then ACPI powerdown, then SIGTERM, then SIGKILL.',
-  usage: '[NAME...] [--timeout S] [--force] [--json]',
-  description: `
+/** VM names from the runtime dir, loaded at TAB time only */
+const vmNames = lazyCompleter(async () => (await import('../lib/vm/complete.ts')).completeVmNames);
+
+export default defineCommand({
+  meta: {
+    name: 'pim-stop',
+    version: VERSION,
+    description: 'Stop VMs: guest agent, then ACPI powerdown, then SIGTERM, then SIGKILL.',
+    details: `
 Each stage waits up to --timeout seconds for QEMU to exit before the next one.
 --force skips the guest agent and ACPI stages. Output: NAME STAGE SECONDS, where STAGE
 is agent, acpi, sigterm or sigkill. With no NAME, names are read from stdin.`,
-  examples: ['pim-stop dev', 'pim-ps -q | fzf -m | pim-stop', 'pim-ps -q | xargs pim-stop --timeout 10'],
+    examples: ['pim-stop dev', 'pim-ps -q | fzf -m | pim-stop', 'pim-ps -q | xargs pim-stop --timeout 10'],
+  },
   args: {
+    names: { type: 'positional', required: false, variadic: true, valueHint: 'NAME', description: 'VMs to stop (default: names read from stdin)', complete: vmNames },
     ...jsonArgs,
     ...timeoutArgs(20, 'at each stage'),
     force: { type: 'boolean', alias: 'f', description: 'skip the graceful stages: SIGTERM, then SIGKILL' },
   },
-  completePositional: completeVmNames,
-  async run({ args, positionals }) {
+  async run({ args, data }) {
     const { parseTimeout, forEachName } = await import('../lib/cli/args.ts');
     const { vmRef } = await import('../lib/vm/ref.ts');
     const { requireRunning } = await import('../lib/vm/state.ts');
     const { stopVm } = await import('../lib/vm/stop.ts');
     const { printRecords } = await import('../lib/cli/output.ts');
     const ms = parseTimeout(args.timeout, 20);
-    let names = positionals;
+    let names = (data as Words).positionals;
     if (!names.length) {
       if (process.stdin.isTTY) throw new PimError(EXIT.USAGE, 'no VM names given; name them, or pipe them in (pim-ps -q | pim-stop)');
       const { text } = await import('node:stream/consumers');
@@ -50,5 +55,3 @@ is agent, acpi, sigterm or sigkill. With no NAME, names are read from stdin.`,
     );
   },
 });
-
-main(cmd);

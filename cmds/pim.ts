@@ -1,16 +1,26 @@
 /**
  * pim: the umbrella. `pim <sub> args...` runs `pim-<sub> args...` the way git
  * runs git-<sub>: first from pim's own directory, then from PATH, so
- * third-party `pim-*` executables are found too. The child's exit status
- * passes through (128+signal when it was killed).
+ * third-party `pim-*` executables are found too. It becomes the command
+ * (execve), so the command's exit status and signals are its own; where
+ * Node has no execve it runs it as a child, forwards signals and passes the
+ * status through (128+signal when it was killed).
+ *
+ * `pim --help` lists the commands with the one-line summaries that
+ * build.mjs wrote to commands.json (beside pim.cjs) from each command's
+ * `meta.description`; a third-party `pim-*` shows its path.
  */
 import * as fs from 'node:fs';
-import { writeOut } from '../lib/cli/output.ts';
 import { delimiter, dirname, join } from 'node:path';
 import { realpathSync } from 'node:fs';
-import { EXIT } from '../lib/core/exit.ts';
+import { defineCommand } from 'citty';
+import { helpColor, node, renderHelp, VERSION, type Words } from '../lib/cli/command.ts';
+import { writeOut } from '../lib/cli/output.ts';
+import { EXIT, PimError } from '../lib/core/exit.ts';
 import { exitStatusOf } from '../lib/core/proc.ts';
 
+/** The manifest build.mjs writes beside the executables: command name -> summary. */
+export const MANIFEST = 'commands.json';
 
 function ownDir(): string {
   try {
@@ -28,6 +38,14 @@ function isExec(p: string): boolean {
     return false;
   }
 }
+
+const isOwn = (exe: string) => {
+  try {
+    return dirname(realpathSync(exe)) === ownDir();
+  } catch {
+    return false;
+  }
+};
 
 /** Where `pim-<sub>` lives: pim's own dir (with or without .cjs), then PATH. */
 export function findSub(sub: string): string | null {
@@ -60,50 +78,57 @@ export function listSubs(): Map<string, string> {
   return found;
 }
 
-function help(): void {
-  const subs = listSubs();
-  const w = Math.max(8, ...[...subs.keys()].map((s) => s.length));
-  writeOut(
-    [
-      'Usage: pim <command> [args...]',
-      '',
-      'pim, the Product Image Manager: small executables to build and run QEMU VMs.',
-      '`pim <command>` runs `pim-<command>`; `pim <command> --help` shows its help.',
-      '',
-      'Commands:',
-      ...[...subs].map(([s, p]) => `  ${s.padEnd(w)}  ${p}`),
-      '',
-    ].join('\n'),
-  );
+/** The summaries of pim's own commands (empty when the manifest is missing or broken). */
+function manifest(): Record<string, string> {
+  try {
+    const m = JSON.parse(fs.readFileSync(join(ownDir(), MANIFEST), 'utf8')) as unknown;
+    return m && typeof m === 'object' ? (m as Record<string, string>) : {};
+  } catch {
+    return {};
+  }
 }
 
-async function run(argv: string[]): Promise<number | void> {
-  const sub = argv[0];
-  if (!sub || sub === '-h' || sub === '--help' || sub === 'help') {
-    if (sub === 'help' && argv[1]) return run([argv[1], '--help']);
-    help();
-    return EXIT.OK;
+/** name, summary: pim's own commands with their summaries, the others with their path. */
+export function commandList(): Array<[string, string]> {
+  const own = manifest();
+  return [...listSubs()].map(([s, p]) => [s, isOwn(p) ? (own[`pim-${s}`] ?? '') : p]);
+}
+
+/**
+ * `pim complete -- COMMAND WORDS...`: what `pim-COMMAND complete -- WORDS...`
+ * answers. Asked only of pim's own commands: a third-party pim-* on PATH may
+ * not know `complete` and would run for real; its words get file completion
+ * (`:0`). `pim help <TAB>` completes a command name.
+ */
+async function completeAfter(words: string[]): Promise<string> {
+  const [sub, ...rest] = words as [string, ...string[]];
+  if (sub === 'help') {
+    if (rest.length !== 1) return ':4\n';
+    return commandList()
+      .filter(([s]) => s.startsWith(rest[0]!))
+      .map(([s, d]) => (d ? `${s}\t${d}\n` : `${s}\n`))
+      .join('') + ':4\n';
   }
-  if (!/^[a-z0-9][a-z0-9-]*$/.test(sub)) {
-    process.stderr.write(`pim: ${JSON.stringify(sub)} is not a command name; see pim --help\n`);
-    return EXIT.USAGE;
-  }
-  const exe = findSub(sub);
-  if (!exe) {
-    process.stderr.write(`pim: no command ${sub} (no pim-${sub} in pim's directory or on PATH); see pim --help\n`);
-    return EXIT.USAGE;
-  }
+  const exe = /^[a-z0-9][a-z0-9-]*$/.test(sub) ? findSub(sub) : null;
+  if (!exe || !isOwn(exe)) return ':0\n';
+  const { spawnSync } = process.getBuiltinModule('node:child_process') as typeof import('node:child_process');
+  const [cmd, args] = exe.endsWith('.cjs') ? [process.execPath, [exe]] : [exe, []];
+  const r = spawnSync(cmd, [...args, 'complete', '--', ...rest], { stdio: ['ignore', 'pipe', 'ignore'], encoding: 'utf8' });
+  return r.status === 0 ? r.stdout : ':4\n';
+}
+
+/** Become `exe` (Node 22.15+), else run it as a child; the status passes through. */
+async function runSub(exe: string, argv: string[]): Promise<number> {
   const cmd = exe.endsWith('.cjs') ? process.execPath : exe;
-  const args = exe.endsWith('.cjs') ? [exe, ...argv.slice(1)] : argv.slice(1);
-  // Become the command (Node 22.15+): signals, the terminal and the exit
-  // status are then the command's own, with nothing in between.
+  const args = exe.endsWith('.cjs') ? [exe, ...argv] : argv;
+  // Become the command: signals, the terminal and the exit status are then
+  // the command's own, with nothing in between.
   const execve = (process as unknown as { execve?: (file: string, args: string[], env: NodeJS.ProcessEnv) => never }).execve;
   if (typeof execve === 'function') {
     try {
       execve(cmd, [cmd, ...args], process.env);
     } catch (e) {
-      process.stderr.write(`pim: cannot run ${exe}: ${(e as Error).message}\n`);
-      return EXIT.UNAVAILABLE;
+      throw new PimError(EXIT.UNAVAILABLE, `cannot run ${exe}: ${(e as Error).message}`);
     }
   }
   // Elsewhere: run it as a child, hand every signal we get on to it, and
@@ -132,66 +157,29 @@ async function run(argv: string[]): Promise<number | void> {
   });
 }
 
-/**
- * `pim complete zsh|bash|fish` prints a completion script (made by @bomb.sh/tab
- * through lib/cli.ts, like every pim-* command's). `pim complete -- WORDS...`
- * answers a completion request: the first word completes to a command name,
- * later words to whatever `pim-<sub> complete -- ...` answers. That is asked
- * only of pim's own commands: a third-party pim-* on PATH may not know
- * `complete` and would run for real; its words get file completion (`:0`).
- */
-async function complete(argv: string[]): Promise<void> {
-  const words = argv.slice(2);
-  let sub = words[0];
-  let rest = words.slice(1);
-  if (sub === 'help' && rest.length > 1) [sub, rest] = ['', []]; // `pim help stop <TAB>`
-  if (argv[1] === '--' && sub !== undefined && rest.length > 0) {
-    const exe = sub === 'help' ? null : /^[a-z0-9][a-z0-9-]*$/.test(sub) ? findSub(sub) : null;
-    let own = false;
-    try {
-      own = !!exe && dirname(realpathSync(exe)) === ownDir();
-    } catch {
-      own = false;
+const pim = defineCommand({
+  meta: {
+    name: 'pim',
+    version: VERSION,
+    description: 'pim, the Product Image Manager: small executables to build and run QEMU VMs.',
+    usage: '<command> [args...]',
+    details: '`pim <command>` runs `pim-<command>` (from pim\'s directory, then PATH); `pim help <command>` shows its help.',
+    examples: ['pim run dev', 'pim ps --json', 'pim help stop'],
+    dispatch: { list: commandList, complete: completeAfter },
+  },
+  async run({ data }) {
+    let [sub, ...argv] = (data as Words).rest as [string, ...string[]];
+    if (sub === 'help') {
+      if (!argv.length) {
+        writeOut(await renderHelp(await node(pim), { color: helpColor() }));
+        return EXIT.OK;
+      }
+      [sub, argv] = [argv[0]!, ['--help']];
     }
-    if (!exe || !own) {
-      writeOut(sub === 'help' ? listNames(rest[rest.length - 1]!) : ':0\n');
-      return;
-    }
-    const { spawnSync } = process.getBuiltinModule('node:child_process') as typeof import('node:child_process');
-    const [cmd, args] = exe.endsWith('.cjs') ? [process.execPath, [exe]] : [exe, []];
-    const r = spawnSync(cmd, [...args, 'complete', '--', ...rest], { stdio: ['ignore', 'inherit', 'inherit'] });
-    process.exitCode = r.status ?? EXIT.SOFTWARE;
-    return;
-  }
-  const { main, defineCmd } = await import('../lib/cli/command.ts');
-  main(
-    defineCmd({
-      name: 'pim',
-      summary: 'the umbrella',
-      usage: '<command> [args...]',
-      args: { help: { type: 'boolean', alias: 'h', description: 'show help' } },
-      positionals: { max: 1 },
-      completePositional: (c) => {
-        const own = ownDir();
-        for (const [s, p] of listSubs()) c(s, dirname(p) === own ? '' : p);
-      },
-      run: () => EXIT.USAGE,
-    }),
-    argv,
-  );
-}
-
-/** `pim help <TAB>`: command names in tab's answer format. */
-function listNames(prefix: string): string {
-  return [...listSubs().keys()].filter((s) => s.startsWith(prefix)).map((s) => `${s}\t\n`).join('') + ':4\n';
-}
-
-const argv = process.argv.slice(2);
-if (argv[0] === 'complete' && (argv[1] === '--' || ['zsh', 'bash', 'fish', 'powershell'].includes(argv[1] ?? ''))) {
-  complete(argv).catch((e) => {
-    process.stderr.write(`pim: ${(e as Error)?.message ?? e}\n`);
-    process.exitCode = EXIT.SOFTWARE;
-  });
-} else {
-  run(argv).then((c) => (process.exitCode = c ?? 0));
-}
+    if (!/^[a-z0-9][a-z0-9-]*$/.test(sub)) throw new PimError(EXIT.USAGE, `${JSON.stringify(sub)} is not a command name; see pim --help`);
+    const exe = findSub(sub);
+    if (!exe) throw new PimError(EXIT.USAGE, `no command ${sub} (no pim-${sub} in pim's directory or on PATH); see pim --help`);
+    return runSub(exe, argv);
+  },
+});
+export default pim;

@@ -8,8 +8,10 @@
 #   bash-completion is not needed;
 # - with fzf's completion loaded first, `pim-stop **<TAB>` (and pim-console,
 #   pim-status, pim-ip, pim-os, pim-qmp, pim-ga, `pim stop **<TAB>`) picks VMs
-#   from `pim-ps` and inserts their names (fzf loaded later: source this again);
-# - `pim-pick [pim-ps options]` prints the names of the VMs picked in fzf.
+#   from `pim-ps --table` (aligned columns under a fixed header) and inserts
+#   their names; `pim **<TAB>` picks a command from a table of names and
+#   summaries (fzf loaded later: source this again);
+# - `pim-pick [--all]` prints the names of the VMs picked in fzf.
 #
 # Safe to source twice; the user's shell options are restored; private names
 # start with __pim_. Works without fzf (plain completion only).
@@ -41,18 +43,26 @@ if [ -z "${__pim_bash_loaded-}" ]; then
   done
   unset __pim_f
 
-  # `pim-pick [pim-ps options]`: names of the VMs picked in fzf, one a line
+  # `pim-pick [--all]`: names of the VMs picked in fzf, one a line
   pim-pick() {
     if ! type -P fzf >/dev/null; then
       echo 'pim-pick: fzf is not installed' >&2
       return 127
     fi
     # shellcheck disable=SC2086
-    command pim-ps "$@" | command fzf -m ${PIM_FZF_OPTS-} | command awk '{print $1}'
+    command pim-ps --table "$@" | command fzf -m --header-lines=1 ${PIM_FZF_OPTS-} | command awk '{print $1}'
   }
 
   # the first field of each picked pim-ps line (and of pim's command list)
   __pim_fzf_names() { command awk '{print $1}'; }
+
+  # pim's commands for fzf: a header, then NAME and SUMMARY in aligned columns
+  __pim_fzf_commands() {
+    command pim complete -- '' 2>/dev/null | command awk -F '\t' '
+      /^:/ { next }
+      { n[NR] = $1; d[NR] = $2; if (length($1) > w) w = length($1) }
+      END { if (w < 7) w = 7; printf "%-" w "s  %s\n", "COMMAND", "SUMMARY"; for (i = 1; i <= NR; i++) if (i in n) printf "%-" w "s  %s\n", n[i], d[i] }'
+  }
 
   # fzf's hooks: _fzf_complete_CMD feeds fzf, _fzf_complete_CMD_post turns the
   # picked lines into what is inserted; `complete -F _fzf_complete_CMD` routes
@@ -67,7 +77,7 @@ if [ -z "${__pim_bash_loaded-}" ]; then
       declare -F "$fn" >/dev/null || continue
       if [ "$c" != pim ]; then
         case $__pim_multi_cmds in *" $c "*) m=--multi ;; *) m=+m ;; esac
-        eval "_fzf_complete_$c() { _fzf_complete $m \${PIM_FZF_OPTS-} -- \"\$@\" < <(command pim-ps 2>/dev/null); }"
+        eval "_fzf_complete_$c() { _fzf_complete $m --header-lines=1 \${PIM_FZF_OPTS-} -- \"\$@\" < <(command pim-ps --table 2>/dev/null); }"
         eval "_fzf_complete_${c}_post() { __pim_fzf_names; }"
       fi
       # what fzf calls when the word does not end in its trigger: our completion
@@ -79,9 +89,9 @@ if [ -z "${__pim_bash_loaded-}" ]; then
   # `pim **<TAB>` picks a command, `pim stop **<TAB>` VMs
   _fzf_complete_pim() {
     if [ "${COMP_CWORD-0}" -le 1 ]; then
-      _fzf_complete +m ${PIM_FZF_OPTS-} -- "$@" < <(command pim complete -- '' 2>/dev/null | command sed '/^:/d')
+      _fzf_complete +m --header-lines=1 ${PIM_FZF_OPTS-} -- "$@" < <(__pim_fzf_commands)
     elif [[ " $__pim_vm_cmds " = *" pim-${COMP_WORDS[1]} "* ]]; then
-      _fzf_complete --multi ${PIM_FZF_OPTS-} -- "$@" < <(command pim-ps 2>/dev/null)
+      _fzf_complete --multi --header-lines=1 ${PIM_FZF_OPTS-} -- "$@" < <(command pim-ps --table 2>/dev/null)
     else
       _fzf_path_completion "$@"
     fi

@@ -1,145 +1,349 @@
 /**
- * The frame every executable runs in: argv is split on `--` before citty
- * parses it (words after `--` pass through untouched), unknown flags are a
- * usage error, `--help` prints usage to stdout, errors become one line on
- * stderr with a code from the exit table, EPIPE exits quietly, and
- * `CMD complete <shell>|-- ...` is answered by @bomb.sh/tab without running
- * the command.
+ * The frame every executable runs in. A command is a citty definition
+ * (`defineCommand({ meta, args, subCommands, run })`); `main(cmd)` runs it:
+ *
+ * - argv is split on the first `--` before citty sees it (citty would take
+ *   `--help` after `--` as a help request and mix the words after it into
+ *   `args._`); the words after it reach `run` untouched, as `data.rest`, for
+ *   commands whose meta declares `passthrough`, and are a usage error otherwise;
+ * - the words are walked down citty's `subCommands` to the leaf, and checked
+ *   against the leaf's args: an unknown flag (citty ignores them), a flag
+ *   without its value, a bad enum value, too few or too many positionals are
+ *   exit 64 in one line;
+ * - a string flag declared `repeatable: true` keeps every value
+ *   (`data.repeated.NAME`; citty keeps only the last in `args.NAME`);
+ * - `--help` prints usage to stdout (renderHelp, below), `--version` prints
+ *   `NAME VERSION`;
+ * - the leaf runs through citty's `runCommand` (its parseArgs fills `args`);
+ *   what `run` returns is the exit status; an error becomes one line on
+ *   stderr with a code from the exit table, and a closed stdout (EPIPE) ends
+ *   the process quietly;
+ * - `CMD complete zsh|bash|fish` and `CMD complete -- WORDS` are answered by
+ *   ./complete.ts (loaded only then) and never run the command.
+ *
+ * What citty has no field for lives beside its own fields, once per command:
+ * `meta.usage/details/examples/passthrough/dispatch` (declared below) and, on
+ * an arg, `repeatable`, `variadic`, `complete` and `path` (ArgExtras).
  */
-import { parseArgs, type ArgsDef, type ParsedArgs } from 'citty';
+import { runCommand, type ArgDef, type ArgsDef, type CommandDef, type CommandMeta } from 'citty';
+import pkg from '../../package.json' with { type: 'json' };
 import { EXIT, PimError } from '../core/exit.ts';
 import { prog } from '../core/prog.ts';
-import { stdoutStreamUsed, writeOut } from './output.ts';
+import { stdoutIsTTY, stdoutStreamUsed, writeOut } from './output.ts';
 
-export interface Ctx<A extends ArgsDef> {
-  args: ParsedArgs<A>;
-  /** positional words (before `--`) */
-  positionals: string[];
-  /** words after `--`, untouched */
-  rest: string[];
+/** pim's version (package.json), every command's `meta.version`. */
+export const VERSION: string = pkg.version;
+
+declare module 'citty' {
+  interface CommandMeta {
+    /** the usage line after the command's name (default: made from its args) */
+    usage?: string;
+    /** paragraphs after the one-line description in --help */
+    details?: string;
+    /** command lines shown under "Examples:" (each runs as written) */
+    examples?: string[];
+    /** the command takes words after `--`, untouched (what they are: "qemu args") */
+    passthrough?: string;
+    /**
+     * The command runs other commands (the umbrella): its first positional word
+     * names one, and that word and every word after it (`--` too) are the run's,
+     * unchecked, in `data.rest`.
+     */
+    dispatch?: Dispatch;
+  }
 }
 
+export interface Dispatch {
+  /** the commands it can run: name, one-line summary (listed in --help, completed at TAB) */
+  list(): Array<[string, string]>;
+  /** the completion answer for the words after the command's name (`pim stop w<TAB>`) */
+  complete(words: string[]): Promise<string> | string;
+}
+
+/** Adds completion candidates: a value and its description (may be ''). */
 export type Completer = (complete: (value: string, description: string) => void) => void | Promise<void>;
 
-export interface CmdSpec<A extends ArgsDef> {
+/**
+ * A completer whose module loads at TAB time only: a command that imports it
+ * statically pays for nothing at start-up (lib/vm/complete.ts would bring the
+ * image store and the logger with it).
+ */
+export function lazyCompleter(load: () => Promise<Completer>): Completer {
+  return async (complete) => (await load())(complete);
+}
+
+/** What an arg may declare besides citty's fields. */
+export interface ArgExtras {
+  /** a string flag that may be given several times: every value in `data.repeated[key]` */
+  repeatable?: boolean;
+  /** a positional that takes any number of words (all are in `data.positionals`) */
+  variadic?: boolean;
+  /** candidates at TAB time (VM names, ISO names, ...) */
+  complete?: Completer;
+  /** the shell completes paths here: files (when no candidate matches) or directories */
+  path?: 'file' | 'dir';
+}
+export type PimArg = ArgDef & ArgExtras;
+
+/** What the frame hands `run` besides citty's `args`, as citty's `context.data`. */
+export interface Words {
+  /** the positional words (before `--`), in order */
+  positionals: string[];
+  /** the words after `--`, untouched (or, for a dispatcher, the command and its words) */
+  rest: string[];
+  /** every value of each `repeatable` flag, in order */
+  repeated: Record<string, string[]>;
+}
+
+// eslint-disable-next-line @typescript-eslint/no-explicit-any
+export type AnyCommand = CommandDef<any>;
+
+type Resolvable<T> = T | Promise<T> | (() => T) | (() => Promise<T>);
+const resolve = async <T>(v: Resolvable<T>): Promise<T> => (typeof v === 'function' ? await (v as () => T | Promise<T>)() : await v);
+
+/** A command's meta, args and subcommands, resolved (citty allows functions and promises). */
+export interface Node {
+  cmd: AnyCommand;
+  meta: CommandMeta;
+  args: ArgsDef;
+  subs: Record<string, AnyCommand> | null;
+  /** its name as typed: `pim-iso download` */
   name: string;
-  /** one-line summary */
-  summary: string;
-  /** `NAME [options]` part of the usage line */
-  usage: string;
-  /** longer description paragraphs */
-  description?: string;
-  examples?: string[];
-  args: A;
-  /** minimum / maximum number of positional words */
-  positionals?: { min?: number; max?: number };
-  /** accepts `-- words` */
-  passthrough?: boolean;
-  /** completion of positional words, e.g. VM names */
-  completePositional?: Completer;
-  /** completion of option values */
-  completeOptions?: Record<string, Completer>;
-  run(ctx: Ctx<A>): Promise<number | void> | number | void;
 }
 
-export function defineCmd<const A extends ArgsDef>(spec: CmdSpec<A>): CmdSpec<A> {
-  return spec;
+export async function node(cmd: AnyCommand, parent?: Node, word?: string): Promise<Node> {
+  const meta = (await resolve(cmd.meta ?? {})) ?? {};
+  const args = ((await resolve(cmd.args ?? {})) ?? {}) as ArgsDef;
+  const subs = cmd.subCommands ? ((await resolve(cmd.subCommands)) as Record<string, AnyCommand>) : null;
+  const name = parent ? `${parent.name} ${word ?? meta.name}` : (meta.name ?? prog());
+  return { cmd, meta, args, subs: subs && Object.keys(subs).length ? subs : null, name };
 }
 
-export function renderHelp(spec: CmdSpec<ArgsDef>): string {
-  const lines = [`Usage: ${spec.name} ${spec.usage}`, '', spec.summary];
-  if (spec.description) lines.push('', spec.description.trim());
-  const opts: Array<[string, string]> = [];
-  for (const [k, def] of Object.entries(spec.args)) {
-    if (def.type === 'positional') continue;
-    const aliases = 'alias' in def && def.alias ? (Array.isArray(def.alias) ? def.alias : [def.alias]) : [];
-    let flag = [...aliases.map((a) => `-${a}`), `--${kebab(k)}`].join(', ');
-    if (def.type === 'string' || def.type === 'enum') flag += ` ${def.valueHint ?? (def.type === 'enum' ? (def.options ?? []).join('|') : 'VALUE')}`;
-    const dflt = def.default !== undefined && def.type !== 'boolean' ? ` (default: ${def.default})` : '';
-    opts.push([flag, (def.description ?? '') + dflt]);
+/** A subcommand by name or alias. */
+export async function findSub(n: Node, word: string): Promise<Node | null> {
+  if (!n.subs) return null;
+  if (Object.hasOwn(n.subs, word)) return node(n.subs[word]!, n, word);
+  for (const [k, c] of Object.entries(n.subs)) {
+    const m = await resolve(c.meta ?? {});
+    const al = m?.alias === undefined ? [] : Array.isArray(m.alias) ? m.alias : [m.alias];
+    if (al.includes(word)) return node(c, n, k);
   }
-  opts.push(['-h, --help', 'show this help']);
-  const w = Math.max(...opts.map(([f]) => f.length));
-  lines.push('', 'Options:', ...opts.map(([f, d]) => `  ${f.padEnd(w)}  ${d}`));
-  if (spec.examples?.length) lines.push('', 'Examples:', ...spec.examples.map((e) => `  ${e}`));
-  lines.push('', 'Exit codes: 0 ok, 64 usage, 65 bad data, 66 missing input, 69 unavailable, 70 internal, 73 cannot create, 75 busy/timed out, 77 permission, 78 bad config.');
-  return lines.join('\n') + '\n';
+  return null;
 }
 
-const kebab = (k: string) => k.replace(/[A-Z]/g, (c) => '-' + c.toLowerCase());
+export const kebab = (k: string) => k.replace(/[A-Z]/g, (c) => '-' + c.toLowerCase());
+export const aliasesOf = (def: ArgDef): string[] => ('alias' in def && def.alias ? (Array.isArray(def.alias) ? def.alias : [def.alias]) : []);
+const takesValue = (def: ArgDef) => def.type === 'string' || def.type === 'enum';
 
-/** Known flag spellings for a spec: name -> takes a value? */
-function flagTable(args: ArgsDef): Map<string, { value: boolean; key: string }> {
-  const m = new Map<string, { value: boolean; key: string }>();
-  for (const [k, def] of Object.entries(args)) {
+export interface Flag {
+  key: string;
+  def: PimArg;
+  value: boolean;
+}
+
+/** Every spelling of every flag: camelCase, kebab-case, --no-X for booleans, aliases. */
+export function flagTable(args: ArgsDef): Map<string, Flag> {
+  const m = new Map<string, Flag>();
+  for (const [key, def] of Object.entries(args)) {
     if (def.type === 'positional') continue;
-    const value = def.type === 'string' || def.type === 'enum';
-    m.set(k, { value, key: k });
-    m.set(kebab(k), { value, key: k });
-    if (!value) m.set(`no-${kebab(k)}`, { value: false, key: k });
-    const aliases = 'alias' in def && def.alias ? (Array.isArray(def.alias) ? def.alias : [def.alias]) : [];
-    for (const a of aliases) m.set(a, { value, key: k });
+    const f = { key, def: def as PimArg, value: takesValue(def) };
+    m.set(key, f);
+    m.set(kebab(key), f);
+    if (!f.value) m.set(`no-${kebab(key)}`, f);
+    for (const a of aliasesOf(def)) m.set(a, f);
   }
   return m;
 }
 
-/** Split argv at the first `--`, check flags, and parse. Throws usage errors. */
-export function parseArgv<A extends ArgsDef>(spec: CmdSpec<A>, argv: string[]): Ctx<A> | 'help' {
-  const dd = argv.indexOf('--');
-  const head = dd >= 0 ? argv.slice(0, dd) : argv;
-  const rest = dd >= 0 ? argv.slice(dd + 1) : [];
-  if (dd >= 0 && !spec.passthrough) throw new PimError(EXIT.USAGE, `${spec.name} takes no words after "--"; see ${spec.name} --help`);
-  const table = flagTable(spec.args);
+/** The positional args, in order, with the counts they allow. */
+export function positionalDefs(args: ArgsDef): { defs: Array<[string, PimArg]>; min: number; max: number } {
+  const defs = Object.entries(args).filter(([, d]) => d.type === 'positional') as Array<[string, PimArg]>;
+  const required = (d: PimArg) => d.required !== false && d.default === undefined;
+  let min = 0;
+  for (const [, d] of defs) if (required(d)) min++;
+  const max = defs.some(([, d]) => d.variadic) ? Infinity : defs.length;
+  return { defs, min, max };
+}
+
+/** A word that is a flag (not `-`, not a negative number). */
+export const isFlag = (w: string) => w.length > 1 && w.startsWith('-') && !/^-\d/.test(w);
+
+const usageError = (msg: string) => new PimError(EXIT.USAGE, msg);
+
+export type Parsed =
+  | { kind: 'run'; node: Node; head: string[]; words: Words }
+  | { kind: 'help'; node: Node }
+  | { kind: 'version'; node: Node };
+
+const isHelp = (w: string) => w === '-h' || w === '--help';
+
+/**
+ * Check one command's words (before `--`) against its args: throws a usage
+ * error, or returns the positionals and repeated values. Stops at the first
+ * positional when `stopAt` (a command with subcommands, a dispatcher).
+ */
+function scan(n: Node, words: string[], stopAt: boolean): { positionals: string[]; repeated: Record<string, string[]>; stop: number } {
+  const table = flagTable(n.args);
   const positionals: string[] = [];
-  for (let i = 0; i < head.length; i++) {
-    const w = head[i]!;
-    if (w === '-h' || w === '--help') return 'help';
-    if (w.length > 1 && w.startsWith('-') && !/^-\d/.test(w)) {
-      const long = w.startsWith('--');
-      const body = w.slice(long ? 2 : 1);
-      const [flagName, inline] = body.includes('=') ? [body.slice(0, body.indexOf('=')), true] : [body, false];
-      if (!long && flagName.length > 1 && !table.has(flagName)) {
-        // bundled short flags like -qa: each must be a known boolean
-        for (const c of flagName) {
-          const f = table.get(c);
-          if (!f || f.value) throw new PimError(EXIT.USAGE, `unknown option -${c}; see ${spec.name} --help`);
-        }
-        continue;
-      }
-      const f = table.get(flagName);
-      if (!f) throw new PimError(EXIT.USAGE, `unknown option ${long ? '--' : '-'}${flagName}; see ${spec.name} --help`);
-      let value: string | undefined;
-      if (f.value && !inline) {
-        if (i + 1 >= head.length) throw new PimError(EXIT.USAGE, `option ${w} needs a value; see ${spec.name} --help`);
-        value = head[++i];
-      } else if (f.value) value = body.slice(body.indexOf('=') + 1);
-      const def = spec.args[f.key];
-      if (def?.type === 'enum' && value !== undefined && !(def.options ?? []).includes(value)) {
-        throw new PimError(EXIT.USAGE, `--${kebab(f.key)} must be one of ${(def.options ?? []).join(', ')}, not ${JSON.stringify(value)}`);
+  const repeated: Record<string, string[]> = {};
+  const see = `see ${n.name} --help`;
+  for (let i = 0; i < words.length; i++) {
+    const w = words[i]!;
+    if (!isFlag(w)) {
+      if (stopAt) return { positionals, repeated, stop: i };
+      positionals.push(w);
+      continue;
+    }
+    const long = w.startsWith('--');
+    const body = w.slice(long ? 2 : 1);
+    const eq = body.indexOf('=');
+    const flagName = eq >= 0 ? body.slice(0, eq) : body;
+    if (!long && flagName.length > 1 && !table.has(flagName)) {
+      // bundled short flags like -qa: each must be a known boolean
+      for (const c of flagName) {
+        const f = table.get(c);
+        if (!f || f.value) throw usageError(`unknown option -${c}; ${see}`);
       }
       continue;
     }
-    positionals.push(w);
-  }
-  const pmin = spec.positionals?.min ?? 0;
-  const pmax = spec.positionals?.max ?? Infinity;
-  if (positionals.length < pmin) throw new PimError(EXIT.USAGE, `missing argument; usage: ${spec.name} ${spec.usage}`);
-  if (positionals.length > pmax) throw new PimError(EXIT.USAGE, `too many arguments (${positionals.slice(pmax).join(' ')}); usage: ${spec.name} ${spec.usage}`);
-  let args: ParsedArgs<A>;
-  try {
-    args = parseArgs(head, spec.args) as ParsedArgs<A>;
-  } catch (e) {
-    // citty's own complaints (a missing positional, a bad enum value) are usage errors, without its colours
-    if ((e as Error)?.name === 'CLIError') throw new PimError(EXIT.USAGE, `${(e as Error).message.replace(/\x1b\[[0-9;]*m/g, '')}; see ${spec.name} --help`);
-    throw e;
-  }
-  for (const [k, def] of Object.entries(spec.args)) {
-    if (def.type === 'enum' && args[k] !== undefined && !(def.options ?? []).includes(String(args[k]))) {
-      throw new PimError(EXIT.USAGE, `--${kebab(k)} must be one of ${(def.options ?? []).join(', ')}, not ${JSON.stringify(String(args[k]))}`);
+    const f = table.get(flagName);
+    if (!f) throw usageError(`unknown option ${long ? '--' : '-'}${flagName}; ${see}`);
+    if (!f.value) continue;
+    let value: string;
+    if (eq >= 0) value = body.slice(eq + 1);
+    else if (i + 1 < words.length) value = words[++i]!;
+    else throw usageError(`option ${w} needs a value; ${see}`);
+    if (f.def.type === 'enum' && !(f.def.options ?? []).includes(value)) {
+      throw usageError(`--${kebab(f.key)} must be one of ${(f.def.options ?? []).join(', ')}, not ${JSON.stringify(value)}`);
     }
+    if (f.def.repeatable) (repeated[f.key] ??= []).push(value);
   }
-  return { args, positionals, rest };
+  return { positionals, repeated, stop: words.length };
 }
+
+/** Which subcommands a command has, for messages: "list, show or rm". */
+const subList = (n: Node) => {
+  const names = Object.keys(n.subs ?? {});
+  return names.length > 1 ? `${names.slice(0, -1).join(', ')} or ${names[names.length - 1]}` : (names[0] ?? '');
+};
+
+/** Walk argv down the subcommands to the leaf and check its words. Throws usage errors (64). */
+export async function parseArgv(root: AnyCommand, argv: string[]): Promise<Parsed> {
+  let n = await node(root);
+  if (n.meta.dispatch) {
+    // the dispatcher's own flags come before the command's name; `--` ends them
+    let i = 0;
+    while (i < argv.length && argv[i] !== '--' && isFlag(argv[i]!)) i++;
+    const own = argv.slice(0, i);
+    if (own.some(isHelp)) return { kind: 'help', node: n };
+    if (own.includes('--version')) return { kind: 'version', node: n };
+    scan(n, own, false);
+    const words = argv.slice(argv[i] === '--' ? i + 1 : i);
+    if (!words.length) return { kind: 'help', node: n };
+    return { kind: 'run', node: n, head: own, words: { positionals: [words[0]!], rest: words, repeated: {} } };
+  }
+  const dd = argv.indexOf('--');
+  let head = dd >= 0 ? argv.slice(0, dd) : argv;
+  const rest = dd >= 0 ? argv.slice(dd + 1) : [];
+  while (n.subs) {
+    // the flags before the subcommand's name are this command's own
+    const first = head.findIndex((w) => !isFlag(w));
+    const own = first >= 0 ? head.slice(0, first) : head;
+    if (own.some(isHelp)) return { kind: 'help', node: n };
+    if (own.includes('--version')) return { kind: 'version', node: n };
+    const { stop } = scan(n, head, true);
+    if (stop >= head.length) throw usageError(`a subcommand is needed: ${subList(n)}; see ${n.name} --help`);
+    const word = head[stop]!;
+    const sub = await findSub(n, word);
+    if (!sub) {
+      if (head.slice(stop).some(isHelp)) return { kind: 'help', node: n };
+      throw usageError(`unknown subcommand ${JSON.stringify(word)}; use ${subList(n)} (see ${n.name} --help)`);
+    }
+    n = sub;
+    head = head.slice(stop + 1);
+  }
+  // the leaf: --help wins over every other complaint
+  if (head.some(isHelp)) return { kind: 'help', node: n };
+  if (head.includes('--version') && !flagTable(n.args).has('version')) return { kind: 'version', node: n };
+  if (dd >= 0 && !n.meta.passthrough) throw usageError(`${n.name} takes no words after "--"; see ${n.name} --help`);
+  const { positionals, repeated } = scan(n, head, false);
+  const { min, max } = positionalDefs(n.args);
+  if (positionals.length < min) throw usageError(`missing argument; usage: ${n.name} ${usageLine(n)}`);
+  if (positionals.length > max) throw usageError(`too many arguments (${positionals.slice(max).join(' ')}); usage: ${n.name} ${usageLine(n)}`);
+  return { kind: 'run', node: n, head, words: { positionals, rest, repeated } };
+}
+
+// --- help --------------------------------------------------------------------
+//
+// pim renders --help itself, from the same citty definition (meta, args,
+// subCommands), instead of post-processing citty's renderUsage: that one
+// decides on colour once at import time from NO_COLOR=1/CI/TEST only (so a
+// pipe gets ANSI codes), prints camelCase flag names (`--sshPort=<ssh_port>`),
+// and has no place for examples, details or exit codes. Rewriting its output
+// with regexes would be the fragile patching the tab scripts need, again.
+
+const EXIT_LINE =
+  'Exit codes: 0 ok, 64 usage, 65 bad data, 66 missing input, 69 unavailable, 70 internal, 73 cannot create, 75 busy/timed out, 77 permission, 78 bad config.';
+
+/** No colour when stdout is not a terminal, NO_COLOR is set, or TERM=dumb. */
+export function helpColor(): boolean {
+  if (process.env.NO_COLOR !== undefined && process.env.NO_COLOR !== '') return false;
+  if (process.env.TERM === 'dumb') return false;
+  return stdoutIsTTY();
+}
+
+const posName = (key: string, d: PimArg) => d.valueHint ?? key.toUpperCase();
+
+/** `NAME [options]`, `COMMAND [options]`, `NAME... [options] [-- qemu args]`, made from the args. */
+export function usageLine(n: Node): string {
+  if (n.meta.usage) return n.meta.usage;
+  const parts: string[] = [];
+  if (n.subs) parts.push('COMMAND [options]');
+  for (const [k, d] of positionalDefs(n.args).defs) {
+    const w = posName(k, d) + (d.variadic ? '...' : '');
+    parts.push(d.required !== false && d.default === undefined ? w : `[${w}]`);
+  }
+  if (!n.subs && Object.values(n.args).some((d) => d.type !== 'positional')) parts.push('[options]');
+  if (n.meta.passthrough) parts.push(`[-- ${n.meta.passthrough}]`);
+  return parts.join(' ');
+}
+
+function table(rows: Array<[string, string]>): string[] {
+  const w = Math.max(...rows.map(([a]) => a.length));
+  return rows.map(([a, b]) => (b ? `  ${a.padEnd(w)}  ${b}` : `  ${a}`).trimEnd());
+}
+
+export async function renderHelp(n: Node, opts: { color?: boolean } = {}): Promise<string> {
+  const h = (s: string) => (opts.color ? `\x1b[1m${s}\x1b[22m` : s);
+  const lines = [`${h('Usage:')} ${n.name} ${usageLine(n)}`.trimEnd(), ''];
+  if (n.meta.description) lines.push(n.meta.description);
+  if (n.meta.details) lines.push('', n.meta.details.trim());
+  const pos = positionalDefs(n.args).defs.filter(([, d]) => d.description);
+  if (pos.length) lines.push('', h('Arguments:'), ...table(pos.map(([k, d]) => [posName(k, d) + (d.variadic ? '...' : ''), d.description ?? ''])));
+  const opt: Array<[string, string]> = [];
+  for (const [k, d] of Object.entries(n.args) as Array<[string, PimArg]>) {
+    if (d.type === 'positional') continue;
+    let flag = [...aliasesOf(d).map((a) => `-${a}`), `--${kebab(k)}`].join(', ');
+    if (takesValue(d)) flag += ` ${d.valueHint ?? (d.type === 'enum' ? (d.options ?? []).join('|') : 'VALUE')}`;
+    const notes = [d.repeatable ? 'repeatable' : '', d.default !== undefined && d.type !== 'boolean' ? `default: ${d.default}` : ''].filter(Boolean);
+    opt.push([flag, (d.description ?? '') + (notes.length ? ` (${notes.join('; ')})` : '')]);
+  }
+  opt.push(['-h, --help', 'show this help']);
+  if (!n.name.includes(' ')) opt.push(['--version', 'print the version']);
+  lines.push('', h('Options:'), ...table(opt));
+  const cmds: Array<[string, string]> = [];
+  for (const [k, c] of Object.entries(n.subs ?? {})) {
+    const m = await resolve(c.meta ?? {});
+    if (!m?.hidden) cmds.push([k, m?.description ?? '']);
+  }
+  if (n.meta.dispatch) cmds.push(...n.meta.dispatch.list());
+  if (cmds.length) lines.push('', h('Commands:'), ...table(cmds), '', `"${n.name} COMMAND --help" shows a command's options.`);
+  if (n.meta.examples?.length) lines.push('', h('Examples:'), ...n.meta.examples.map((e) => `  ${e}`));
+  lines.push('', EXIT_LINE);
+  return lines.join('\n') + '\n';
+}
+
+// --- running -----------------------------------------------------------------
 
 /** Exit once stdout has drained (pipes are asynchronous on some platforms). */
 export function exitAfterFlush(code: number): void {
@@ -148,8 +352,13 @@ export function exitAfterFlush(code: number): void {
   process.stdout.write('', () => process.exit(code));
 }
 
+const stripAnsi = (s: string) => s.replace(/\x1b\[[0-9;]*m/g, '');
+
+/** A PimError, also one thrown by dist/complete.cjs (its own copy of the class). */
+const isPimError = (e: unknown): e is PimError => e instanceof PimError || (e instanceof Error && e.name === 'PimError' && typeof (e as PimError).code === 'number');
+
 export function reportError(e: unknown): number {
-  if (e instanceof PimError) {
+  if (isPimError(e)) {
     process.stderr.write(`${prog()}: ${e.message}\n`);
     return e.code;
   }
@@ -159,137 +368,43 @@ export function reportError(e: unknown): number {
     process.stderr.write(`${prog()}: ${e.message}; stopped what was started\n`);
     return st;
   }
+  if (e instanceof Error && e.name === 'CLIError') {
+    // citty's own complaints (its parseArgs, its subcommand lookup): usage errors, without its colours
+    process.stderr.write(`${prog()}: ${stripAnsi(e.message).replace(/\s+/g, ' ').trim()}; see ${prog()} --help\n`);
+    return EXIT.USAGE;
+  }
   const err = e as Error;
   process.stderr.write(`${prog()}: internal error: ${err?.stack ?? String(e)}\n`);
   return EXIT.SOFTWARE;
 }
 
-async function completion(spec: CmdSpec<ArgsDef>, argv: string[]): Promise<void> {
-  const { default: t } = await import('@bomb.sh/tab');
-  const none = () => undefined;
-  for (const [k, def] of Object.entries(spec.args)) {
-    if (def.type === 'positional') continue;
-    const alias = 'alias' in def && def.alias ? (Array.isArray(def.alias) ? def.alias[0] : def.alias) : undefined;
-    const handler = spec.completeOptions?.[k];
-    const flag = kebab(k);
-    // tab takes an option without a handler for a boolean: give every option
-    // that takes a value a handler (enum values, or none), so that the word
-    // after `--timeout` is not completed as a VM name
-    let h: Completer | undefined = handler;
-    if (!h && def.type === 'enum') h = (complete) => (def.options ?? []).forEach((o) => complete(String(o), ''));
-    if (!h && def.type === 'string') h = none;
-    if (h) {
-      const hh = h;
-      const f = function (complete: (v: string, d: string) => void) {
-        return hh(complete);
-      };
-      if (alias) t.option(flag, def.description ?? '', f as never, alias);
-      else t.option(flag, def.description ?? '', f as never);
-    } else if (alias) t.option(flag, def.description ?? '', alias);
-    else t.option(flag, def.description ?? '');
+const SHELLS = ['zsh', 'bash', 'fish', 'powershell'];
+
+/** Parse argv and run the leaf with citty's runCommand; returns the exit status. */
+export async function runArgv(cmd: AnyCommand, argv: string[]): Promise<number> {
+  const p = await parseArgv(cmd, argv);
+  if (p.kind === 'help') {
+    writeOut(await renderHelp(p.node, { color: helpColor() }));
+    return EXIT.OK;
   }
-  if (spec.completePositional) {
-    const cp = spec.completePositional;
-    t.argument('name', (complete) => void cp(complete), (spec.positionals?.max ?? Infinity) > 1);
+  if (p.kind === 'version') {
+    writeOut(`${p.node.name.split(' ')[0]} ${p.node.meta.version ?? VERSION}\n`);
+    return EXIT.OK;
   }
-  const shell = argv[0];
-  if (shell === '--') {
-    const words = argv.slice(1);
-    // tab's handlers are synchronous: resolve async completers first
-    if (spec.completePositional) {
-      // tab counts positionals from 1 for a root command (`pim-console web1 <TAB>`
-      // would offer names again) and cannot see `--`: count them here
-      const table = flagTable(spec.args);
-      let n = 0;
-      let afterDd = false;
-      const before = words.slice(0, -1);
-      for (let i = 0; i < before.length; i++) {
-        const w = before[i]!;
-        if (w === '--') {
-          afterDd = true;
-          break;
-        }
-        if (w.length > 1 && w.startsWith('-') && !/^-\d/.test(w)) {
-          const body = w.replace(/^--?/, '');
-          if (!body.includes('=') && table.get(body)?.value) i++;
-          continue;
-        }
-        n++;
-      }
-      const vals: Array<[string, string]> = [];
-      if (!afterDd && n < (spec.positionals?.max ?? Infinity)) await spec.completePositional((v, d) => vals.push([v, d]));
-      t.arguments.get('name')!.handler = (complete) => vals.forEach(([v, d]) => complete(v, d));
-    }
-    t.parse(words);
-  } else if (shell) {
-    // tab prints the script with console.log: catch it and fix it up
-    const out: string[] = [];
-    const log = console.log;
-    console.log = (...a: unknown[]) => void out.push(a.join(' '));
-    try {
-      t.setup(spec.name, spec.name, shell);
-    } finally {
-      console.log = log;
-    }
-    let script = out.join('\n') + '\n';
-    if (shell === 'bash') {
-      // 1. `readonly ShellCompDirective...=N` at top level: the second script
-      //    sourced into one shell (or the same one twice) fails with
-      //    "readonly variable". Use the numbers instead.
-      const dirs = new Map<string, string>();
-      script = script.replace(/^readonly (ShellCompDirective\w+)=(\d+)\n/gm, (_m, k: string, v: string) => (dirs.set(k, v), ''));
-      script = script.replace(/\$(ShellCompDirective\w+)/g, (m, k: string) => dirs.get(k) ?? m);
-      script = script.replace(/^# Define shell completion directives\n\n/m, '');
-      // 2. _get_comp_words_by_ref needs the bash-completion package; and the
-      //    words were joined unquoted and eval'ed (a word like $(cmd) ran, words
-      //    after the cursor were sent). Pass the words up to the cursor as
-      //    arguments instead.
-      script = script.replace(
-        /^ {4}local cur prev words cword\n[^]*?out=\$\(eval "\$requestComp" 2>\/dev\/null\)\n/m,
-        [
-          '    local cur prev words cword',
-          '    if declare -F _get_comp_words_by_ref >/dev/null 2>&1; then',
-          '        _get_comp_words_by_ref -n "=:" cur prev words cword',
-          '    else',
-          '        words=("${COMP_WORDS[@]}"); cword=$COMP_CWORD; cur=${COMP_WORDS[COMP_CWORD]-}',
-          '    fi',
-          '',
-          '    local out directive',
-          '    # the words before the cursor and the current one (maybe empty), each one argument',
-          `    out=$(${spec.name} complete -- "\${words[@]:1:cword-1}" "$cur" 2>/dev/null)`,
-          '',
-        ].join('\n'),
-      );
-    }
-    writeOut(script);
-  }
+  const { result } = await runCommand(p.node.cmd, { rawArgs: p.head, data: p.words });
+  return typeof result === 'number' ? result : EXIT.OK;
 }
 
-/** Run an executable: the `main()` of every cmds/*.ts file. */
-export function main<A extends ArgsDef>(spec: CmdSpec<A>, argv = process.argv.slice(2)): void {
-  if (argv[0] === 'complete' && (argv[1] === '--' || ['zsh', 'bash', 'fish', 'powershell'].includes(argv[1] ?? ''))) {
-    completion(spec as unknown as CmdSpec<ArgsDef>, argv.slice(1)).then(
-      () => exitAfterFlush(0),
-      (e) => exitAfterFlush(reportError(e)),
-    );
-    return;
-  }
-  let ctx: Ctx<A> | 'help';
-  try {
-    ctx = parseArgv(spec, argv);
-  } catch (e) {
-    exitAfterFlush(reportError(e));
-    return;
-  }
-  if (ctx === 'help') {
-    writeOut(renderHelp(spec as unknown as CmdSpec<ArgsDef>));
-    exitAfterFlush(0);
-    return;
-  }
-  Promise.resolve()
-    .then(() => spec.run(ctx as Ctx<A>))
-    .then(
+/** Run an executable: build.mjs's entry for every cmds/*.ts calls this with its default export. */
+export function main(cmd: AnyCommand, argv = process.argv.slice(2)): void {
+  const done = (p: Promise<number | void>) =>
+    p.then(
       (code) => exitAfterFlush(typeof code === 'number' ? code : 0),
       (e) => exitAfterFlush(reportError(e)),
     );
+  if (argv[0] === 'complete' && (argv[1] === '--' || SHELLS.includes(argv[1] ?? ''))) {
+    done(import('./complete.ts').then((m) => m.completion(cmd, argv.slice(1))));
+    return;
+  }
+  done(runArgv(cmd, argv));
 }

@@ -11,7 +11,7 @@
  * stdout(), which also handles EPIPE. Either way a closed pipe (`| head`)
  * ends the process quietly with status 0.
  */
-import { writeSync } from 'node:fs';
+import { fstatSync, statSync, writeSync } from 'node:fs';
 let stream = false;
 
 /** process.stdout, with EPIPE handled; from then on writeOut goes through it too, in order. */
@@ -47,8 +47,19 @@ export function writeOut(data: string | Uint8Array): void {
   }
 }
 
-/** Is stdout a terminal? (Without building process.stdout.) */
+/**
+ * Is stdout a terminal? Without building process.stdout, and without loading
+ * node:tty (which loads net and the streams: a few ms) unless stdout is a
+ * character device other than /dev/null: a pipe, a file or /dev/null is
+ * answered by two stat calls.
+ */
 export function stdoutIsTTY(): boolean {
+  try {
+    const st = fstatSync(1);
+    if (!st.isCharacterDevice() || st.rdev === statSync('/dev/null').rdev) return false;
+  } catch {
+    return false;
+  }
   const { isatty } = process.getBuiltinModule('node:tty') as typeof import('node:tty');
   return isatty(1);
 }

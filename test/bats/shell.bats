@@ -1,11 +1,15 @@
 #!/usr/bin/env bats
 # Completions and shell helpers in real shells: bash (completion functions
 # called with COMP_WORDS set, and fzf's real completion.bash in `bash -i`), zsh
-# (an interactive zsh in a pseudo-terminal, TAB pressed: test/shell/zcomplete.zsh)
-# and fish (`complete -C`). No VMs: completion reads the runtime dir only, so
-# fake entries in a private XDG_RUNTIME_DIR are enough. fzf is replaced by a
-# stub that picks the lines matching $FAKE_FZF_PICK, pim-ps by one that lists
-# the fake VMs (the real one drops stale entries).
+# (an interactive zsh in a pseudo-terminal, TAB pressed: test/shell/zcomplete.zsh,
+# and what it shows: test/shell/zlist.zsh), readline's own fallbacks in an
+# interactive bash in a pseudo-terminal (test/shell/bcomplete.zsh), and fish
+# (`complete -C`). No VMs: completion reads the runtime dir only, so fake
+# entries in a private XDG_RUNTIME_DIR are enough; profile and ISO names come
+# from fake catalog files, build ids from a fake build record. fzf is replaced
+# by a stub that skips --header-lines, picks the lines matching $FAKE_FZF_PICK
+# and logs its arguments and input; pim-ps by one that lists the fake VMs (the
+# real one drops stale entries).
 
 load helper
 bats_require_minimum_version 1.5.0
@@ -18,13 +22,36 @@ setup_file() {
   export PIM_TMP
   # stubs for the fzf tests
   mkdir -p "$PIM_TMP/stub"
-  printf '#!/bin/sh\nexec grep -- "${FAKE_FZF_PICK:-.}"\n' >"$PIM_TMP/stub/fzf"
-  printf '#!/bin/sh\nprintf "web1\\trunning\\t101\\ndb2\\trunning\\t102\\n"\n' >"$PIM_TMP/stub/pim-ps"
+  cat >"$PIM_TMP/stub/fzf" <<'STUB'
+#!/bin/bash
+skip=0
+for a in "$@"; do case $a in --header-lines=*) skip=${a#*=} ;; esac; done
+echo "fzf $*" >>"$PIM_TMP/fzf.log"
+tee -a "$PIM_TMP/fzf.log" | tail -n +$((skip + 1)) | grep -- "${FAKE_FZF_PICK:-.}"
+STUB
+  cat >"$PIM_TMP/stub/pim-ps" <<'STUB'
+#!/bin/sh
+if [ "${1-}" = --table ]; then
+  printf 'NAME  STATE    PID\nweb1  running  101\ndb2   running  102\n'
+else
+  printf 'web1\trunning\t101\ndb2\trunning\t102\n'
+fi
+STUB
   chmod +x "$PIM_TMP/stub/fzf" "$PIM_TMP/stub/pim-ps"
+  # catalogs and a build for name completion (files only: nothing is parsed at TAB time)
+  mkdir -p "$XDG_CONFIG_HOME/pim/profiles.d" "$XDG_CONFIG_HOME/pim/isos.d"
+  printf 'dev:\n  iso: myiso\nweb:\n  hostname: w\n' >"$XDG_CONFIG_HOME/pim/profiles.d/mine.yml"
+  printf 'myiso:\n  url: https://example.org/my.iso\n  insecure: true\n' >"$XDG_CONFIG_HOME/pim/isos.d/mine.yml"
+  local id=dev-0123456789ab
+  mkdir -p "$XDG_DATA_HOME/pim/builds/$id"
+  printf '{"id":"%s","key":"0123456789ab%052d","profile":"dev","created":"2026-01-01T00:00:00Z","disk":{"file":"disk.qcow2"}}\n' "$id" 0 >"$XDG_DATA_HOME/pim/builds/$id/build.json"
+  # files for path completion
+  mkdir -p "$PIM_TMP/files/subdir"
+  touch "$PIM_TMP/files/disk.qcow2" "$PIM_TMP/files/vmlinuz-test"
   # a PATH without fzf: pim's commands and node only
   mkdir -p "$PIM_TMP/nofzf"
   local t
-  for t in node zsh bash env sort mktemp rm cat sleep sed awk grep; do
+  for t in node zsh bash env sort mktemp rm cat sleep sed awk grep tr; do
     ln -s "$(type -P "$t")" "$PIM_TMP/nofzf/$t"
   done
 }
@@ -40,6 +67,8 @@ teardown_file() {
 }
 
 zcomplete() { zsh -f "$REPO/test/shell/zcomplete.zsh" "$@"; }
+zlist() { zsh -f "$REPO/test/shell/zlist.zsh" "$@"; }
+bcomplete() { zsh -f "$REPO/test/shell/bcomplete.zsh" "$@"; }
 
 # --- the generated files -----------------------------------------------------
 
@@ -82,13 +111,53 @@ zcomplete() { zsh -f "$REPO/test/shell/zcomplete.zsh" "$@"; }
   [ "$output" = ":4" ]
 }
 
-@test "pim complete: subcommands, then what pim-<sub> answers" {
+@test "pim complete: commands with their summaries, then what pim-<sub> answers" {
   run pim complete -- st
-  [ "$output" = $'status\t\nstop\t\n:4' ]
+  [ "$output" = $'status\tShow a VM\'s state from QMP: NAME, status, pid, uptime.\nstop\tStop VMs: guest agent, then ACPI powerdown, then SIGTERM, then SIGKILL.\n:4' ]
   run pim complete -- stop ''
   [ "$output" = $'db2\tVM\nweb1\tVM\n:4' ]
   run pim complete -- help sto
-  [ "$output" = $'stop\t\n:4' ]
+  [ "$(cut -f1 <<<"$output")" = $'stop\n:4' ]
+  run pim complete -- iso download my
+  [ "$output" = $'myiso\tISO\n:4' ]
+}
+
+@test "subcommands complete their names, then their own options and arguments" {
+  run pim-iso complete -- ''
+  [ "$(cut -f1 <<<"$output" | tr '\n' ' ')" = "list show add download verify path rm :4 " ]
+  run pim-iso complete -- list --
+  [ "$(cut -f1 <<<"$output" | tr '\n' ' ')" = "--json --quiet --help :4 " ]
+  run pim-iso complete -- download --
+  [ "$(cut -f1 <<<"$output" | tr '\n' ' ')" = "--insecure --help :4 " ]
+  run pim-iso complete -- download ''
+  [ "$(cut -f1 <<<"$output" | tr '\n' ' ')" = "debian-netinst-amd64 myiso ubuntu-24.04-server-amd64 :4 " ]
+  run pim-profile complete -- show ''
+  [ "$(cut -f1 <<<"$output" | tr '\n' ' ')" = "default dev web :4 " ]
+  run pim-profile complete -- show dev ''
+  [ "$output" = ":4" ]
+  run pim-build complete -- run w
+  [ "$output" = $'web\tprofile\n:4' ]
+  run pim-build complete -- show ''
+  [ "$output" = $'dev-0123456789ab\tdev, 2026-01-01T00:00:00Z\n:4' ]
+  run pim-config complete -- ''
+  [ "$(cut -f1 <<<"$output" | tr '\n' ' ')" = "init show path :4 " ]
+  run pim-serve complete -- d
+  [ "$(cut -f1 <<<"$output" | tr '\n' ' ')" = "default dev :4 " ]
+}
+
+@test "paths: pim-run's image and pim-kboot's files answer 'files allowed' (0), directories 16, other values none (4)" {
+  run pim-run complete -- ./di
+  [ "$output" = ":0" ]
+  run pim-kboot complete -- --kernel ''
+  [ "$output" = ":0" ]
+  run pim-kboot complete -- --initrd=''
+  [ "$output" = ":0" ]
+  run pim-kboot complete -- --share ''
+  [ "$output" = ":16" ]
+  run pim-kboot complete -- --exec ''
+  [ "$output" = ":4" ]
+  run pim-kboot complete -- --fs ''
+  [ "$output" = $'auto\n9p\nvirtiofs\n:4' ]
 }
 
 # --- bash --------------------------------------------------------------------
@@ -108,7 +177,7 @@ zcomplete() { zsh -f "$REPO/test/shell/zcomplete.zsh" "$@"; }
   echo "$output" "$stderr"
   [ "$status" -eq 0 ]
   [ "$stderr" = "" ]
-  [[ "$output" == *"complete -F __pim_stop_complete pim-stop"* ]]
+  [[ "$output" == *"complete -o default -F __pim_stop_complete pim-stop"* ]]
   [[ "$output" == *"A: db2 web1"* ]]
   [[ "$output" == *"stop w: web1"* ]]
   [[ "$output" == *"console web1: "$'\n'* ]]
@@ -124,7 +193,7 @@ zcomplete() { zsh -f "$REPO/test/shell/zcomplete.zsh" "$@"; }
     pim-pick; echo "pick=$?"
   ' bash "$REPO/shell/pim.bash"
   echo "$output"
-  [[ "$output" == *"complete -F __pim_stop_complete pim-stop"* ]]
+  [[ "$output" == *"complete -o default -F __pim_stop_complete pim-stop"* ]]
   [[ "$output" == *"A: db2 web1"* ]]
   [[ "$output" == *"pick=127"* ]]
   [[ "$stderr" == *"pim-pick: fzf is not installed"* ]]
@@ -144,6 +213,63 @@ zcomplete() { zsh -f "$REPO/test/shell/zcomplete.zsh" "$@"; }
   [[ "$output" == *"fzf: web1"* ]]
   [[ "$output" == *"plain: db2 web1"* ]]
   [[ "$output" == *"pim stop: web1"* ]]
+}
+
+@test "bash (readline in a terminal): subcommands, catalog and build names, file names for paths" {
+  cd "$PIM_TMP/files"
+  run bcomplete 'pim-iso downl' "$REPO/shell/pim.bash"
+  [ "$output" = "pim-iso download " ]
+  run bcomplete 'pim-iso download my' "$REPO/shell/pim.bash"
+  [ "$output" = "pim-iso download myiso " ]
+  run bcomplete 'pim-profile show w' "$REPO/shell/pim.bash"
+  [ "$output" = "pim-profile show web " ]
+  run bcomplete 'pim-build show d' "$REPO/shell/pim.bash"
+  [ "$output" = "pim-build show dev-0123456789ab " ]
+  run bcomplete 'pim-build run w' "$REPO/shell/pim.bash"
+  [ "$output" = "pim-build run web " ]
+  # paths: readline's file names (complete -o default), for an image and for --kernel
+  run bcomplete 'pim-run ./di' "$REPO/shell/pim.bash"
+  [ "$output" = "pim-run ./disk.qcow2 " ]
+  run bcomplete 'pim run ./di' "$REPO/shell/pim.bash"
+  [ "$output" = "pim run ./disk.qcow2 " ]
+  run bcomplete 'pim-kboot --kernel vml' "$REPO/shell/pim.bash"
+  [ "$output" = "pim-kboot --kernel vmlinuz-test " ]
+  run bcomplete 'pim-kboot --share sub' "$REPO/shell/pim.bash"
+  [[ "$output" == "pim-kboot --share subdir"* ]]
+  # but not where a value is no path
+  run bcomplete 'pim-stop --timeout di' "$REPO/shell/pim.bash"
+  [ "$output" = "pim-stop --timeout di" ]
+}
+
+@test "fzf pickers: pim-ps --table (a header, aligned columns) and pim's commands with summaries" {
+  run pim-ps --table
+  [ "$status" -eq 0 ]
+  [ "${lines[0]}" = "NAME  STATE  PID  SSH-PORT  UPTIME  IMAGE  BRIDGED" ]
+  run --separate-stderr pim-ps --table --json
+  [ "$status" -eq 64 ]
+  run bash --norc -c 'source "$1"; __pim_fzf_commands' bash "$REPO/shell/pim.bash"
+  [ "${lines[0]}" = "COMMAND  SUMMARY" ]
+  [[ "$output" == *$'\nstop     Stop VMs: guest agent'* ]]
+  [[ "$output" == *$'\nconsole  Attach to a VM'* ]]
+  run zsh -f -c 'source $1; __pim_fzf_commands' zsh "$REPO/shell/pim.zsh"
+  [ "${lines[0]}" = "COMMAND  SUMMARY" ]
+  [[ "$output" == *$'\nstop     Stop VMs: guest agent'* ]]
+}
+
+@test "bash: fzf's completion.bash: the picker gets pim-ps --table and --header-lines=1" {
+  [ -f "$FZF_BASH" ] || skip "no $FZF_BASH"
+  rm -f "$PIM_TMP/fzf.log"
+  run env PATH="$PIM_TMP/stub:$PATH" FAKE_FZF_PICK=. bash --norc -i -c '
+    source "$1"; source "$2"
+    COMP_WORDS=(pim-stop "**"); COMP_CWORD=1; _fzf_complete_pim-stop pim-stop "**" pim-stop; echo "fzf: ${COMPREPLY[*]}"
+    COMP_WORDS=(pim "**"); COMP_CWORD=1; FAKE_FZF_PICK=stop _fzf_complete_pim pim "**" pim; echo "pim: ${COMPREPLY[*]}"
+  ' bash "$FZF_BASH" "$REPO/shell/pim.bash"
+  echo "$output"; cat "$PIM_TMP/fzf.log"
+  [[ "$output" == *"fzf: web1 db2"* ]]
+  [[ "$output" == *"pim: stop"* ]]
+  grep -q -- '--header-lines=1' "$PIM_TMP/fzf.log"
+  grep -q '^NAME  STATE    PID$' "$PIM_TMP/fzf.log"
+  grep -q '^COMMAND  SUMMARY$' "$PIM_TMP/fzf.log"
 }
 
 # --- zsh ---------------------------------------------------------------------
@@ -182,8 +308,12 @@ zcomplete() { zsh -f "$REPO/test/shell/zcomplete.zsh" "$@"; }
   [ -f "$FZF_ZSH" ] || skip "no $FZF_ZSH"
   PATH="$PIM_TMP/stub:$PATH" FAKE_FZF_PICK=web run zcomplete -b 'pim-stop w**' "$FZF_ZSH" "$REPO/shell/pim.zsh"
   [ "$output" = "pim-stop web1 " ]
+  rm -f "$PIM_TMP/fzf.log"
   PATH="$PIM_TMP/stub:$PATH" FAKE_FZF_PICK=. run zcomplete -b 'pim stop **' "$REPO/shell/pim.zsh" "$FZF_ZSH"
   [ "$output" = "pim stop web1 db2 " ]
+  # a header over aligned columns: pim-ps --table, and fzf told to keep its first line
+  grep -q -- '--header-lines=1' "$PIM_TMP/fzf.log"
+  grep -q '^NAME  STATE    PID$' "$PIM_TMP/fzf.log"
   # plain TAB goes on to the completion system
   run zcomplete 'pim-stop ' "$FZF_ZSH" "$REPO/shell/pim.zsh"
   [ "$output" = $'db2\nweb1' ]
@@ -197,9 +327,51 @@ zcomplete() { zsh -f "$REPO/test/shell/zcomplete.zsh" "$@"; }
   [ "$stderr" = "pim-pick: fzf is not installed" ]
 }
 
+@test "zsh: subcommands, their own options, catalog and build names, file names for paths" {
+  cd "$PIM_TMP/files"
+  run zcomplete 'pim-iso ' "$REPO/shell/pim.zsh"
+  [ "$output" = $'add\ndownload\nlist\npath\nrm\nshow\nverify' ]
+  run zcomplete 'pim-iso list --' "$REPO/shell/pim.zsh"
+  [ "$output" = $'--help\n--json\n--quiet' ]
+  run zcomplete 'pim-iso download ' "$REPO/shell/pim.zsh"
+  [ "$output" = $'debian-netinst-amd64\nmyiso\nubuntu-24.04-server-amd64' ]
+  run zcomplete 'pim-profile show ' "$REPO/shell/pim.zsh"
+  [ "$output" = $'default\ndev\nweb' ]
+  run zcomplete 'pim-build run ' "$REPO/shell/pim.zsh"
+  [ "$output" = $'default\ndev\nweb' ]
+  run zcomplete 'pim-build show ' "$REPO/shell/pim.zsh"
+  [ "$output" = "dev-0123456789ab" ]
+  run zcomplete 'pim-run ./di' "$REPO/shell/pim.zsh"
+  [ "$output" = "disk.qcow2" ]
+  run zcomplete 'pim-kboot --kernel ' "$REPO/shell/pim.zsh"
+  [ "$output" = $'disk.qcow2\nsubdir\nvmlinuz-test' ]
+  run zcomplete 'pim-kboot --share ' "$REPO/shell/pim.zsh"
+  [ "$output" = "subdir" ]
+}
+
+@test "zsh: no stray -- where a candidate has no description; descriptions after -- where they do" {
+  run zlist 'pim-kboot --fs ' "$REPO/shell/pim.zsh"
+  echo "$output"
+  [[ "$output" == *virtiofs* ]]
+  run ! grep -E '(auto|virtiofs|9p).* --( |$)' <<<"$output"
+  run zlist 'pim-iso ' "$REPO/shell/pim.zsh"
+  echo "$output"
+  [[ "$output" == *"download  -- Download ISOs"* ]]
+  [[ "$output" == *"verify    -- Hash downloaded ISOs"* ]]
+}
+
 # --- fish --------------------------------------------------------------------
 
 @test "fish: complete -C 'pim-stop ' and 'pim stop w'" {
   run fish -N -c 'source $argv[1]/pim-stop.fish; source $argv[1]/pim.fish; complete -C "pim-stop "; complete -C "pim stop w"' "$REPO/completions/fish"
   [ "$output" = $'db2\tVM\nweb1\tVM\nweb1\tVM' ]
+}
+
+@test "fish: subcommands, catalog and build names, file names for paths" {
+  cd "$PIM_TMP/files"
+  run fish -N -c 'for f in $argv[1]/*.fish; source $f; end
+    complete -C "pim-iso download my"; complete -C "pim-build show d"; complete -C "pim-profile show w"
+    complete -C "pim-run ./di"; complete -C "pim-kboot --kernel vml"' "$REPO/completions/fish"
+  echo "$output"
+  [ "$output" = $'myiso\tISO\ndev-0123456789ab\tdev, 2026-01-01T00:00:00Z\nweb\tprofile\n./disk.qcow2\nvmlinuz-test' ]
 }

@@ -6,7 +6,9 @@ import { checkName, nameProblem } from '../../lib/core/names.ts';
 import { checkSocketPath, ensureRuntimeDir, runtimeDirPath, vmFiles, configDir, imagesDir, cacheDir } from '../../lib/core/paths.ts';
 import { buildQemuArgv, qemuEscape, qemuOpt, type VmSpec } from '../../lib/qemu/argv.ts';
 import { formatRecords } from '../../lib/cli/output.ts';
-import { parseArgv, defineCmd } from '../../lib/cli/command.ts';
+import { defineCommand } from 'citty';
+import { helpColor, node, parseArgv, renderHelp, runArgv, VERSION, type AnyCommand, type Words } from '../../lib/cli/command.ts';
+import { yamlTopKeys } from '../../lib/cli/catalog-names.ts';
 import { JsonLines } from '../../lib/qemu/jsonlines.ts';
 import { macFor } from '../../lib/qemu/host.ts';
 
@@ -193,45 +195,211 @@ describe('output', () => {
 });
 
 describe('argv parsing', () => {
-  const cmd = defineCmd({
-    name: 'pim-x',
-    summary: 's',
-    usage: 'NAME [-- qemu args]',
+  const cmd = defineCommand({
+    meta: { name: 'pim-x', description: 's', passthrough: 'qemu args' },
     args: {
+      name: { type: 'positional', required: true, valueHint: 'NAME' },
       json: { type: 'boolean' },
       quiet: { type: 'boolean', alias: 'q' },
       sshPort: { type: 'string' },
+      accel: { type: 'enum', options: ['kvm', 'tcg'] },
     },
-    positionals: { min: 1, max: 1 },
-    passthrough: true,
     run() {},
   });
-  it('splits at -- and keeps the words after it untouched', () => {
-    const ctx = parseArgv(cmd, ['dev', '--json', '--', '--help', '-device', 'x,y=1', '--']);
-    expect(ctx).not.toBe('help');
-    if (ctx === 'help') return;
-    expect(ctx.positionals).toEqual(['dev']);
-    expect(ctx.rest).toEqual(['--help', '-device', 'x,y=1', '--']);
-    expect(ctx.args.json).toBe(true);
+  const ok = async (argv: string[]) => {
+    const p = await parseArgv(cmd, argv);
+    if (p.kind !== 'run') throw new Error(p.kind);
+    return p;
+  };
+  it('splits at -- and keeps the words after it untouched', async () => {
+    const p = await ok(['dev', '--json', '--', '--help', '-device', 'x,y=1', '--']);
+    expect(p.words.positionals).toEqual(['dev']);
+    expect(p.words.rest).toEqual(['--help', '-device', 'x,y=1', '--']);
+    expect(p.head).toEqual(['dev', '--json']);
   });
-  it('treats --help before -- as help', () => {
-    expect(parseArgv(cmd, ['dev', '--help'])).toBe('help');
+  it('treats --help before -- as help, and --version as the version', async () => {
+    expect((await parseArgv(cmd, ['dev', '--help'])).kind).toBe('help');
+    expect((await parseArgv(cmd, ['--jsno', '--help'])).kind).toBe('help');
+    expect((await parseArgv(cmd, ['--version'])).kind).toBe('version');
   });
-  it('refuses unknown flags (a typo like --jsno) with exit 64', () => {
-    expect(() => parseArgv(cmd, ['dev', '--jsno'])).toThrow(expect.objectContaining({ code: 64, message: expect.stringContaining('--jsno') }));
-    expect(() => parseArgv(cmd, ['dev', '-z'])).toThrow(expect.objectContaining({ code: 64 }));
+  it('refuses unknown flags (a typo like --jsno) with exit 64', async () => {
+    await expect(parseArgv(cmd, ['dev', '--jsno'])).rejects.toMatchObject({ code: 64, message: expect.stringContaining('--jsno') });
+    await expect(parseArgv(cmd, ['dev', '-z'])).rejects.toMatchObject({ code: 64 });
+    await expect(parseArgv(cmd, ['dev', '-qz'])).rejects.toMatchObject({ code: 64, message: expect.stringContaining('-z') });
   });
-  it('accepts kebab-case and inline values, and counts positionals', () => {
-    const ctx = parseArgv(cmd, ['dev', '--ssh-port=2222', '-q']);
-    if (ctx === 'help') throw new Error('help');
-    expect(ctx.args.sshPort).toBe('2222');
-    expect(ctx.args.quiet).toBe(true);
-    expect(() => parseArgv(cmd, [])).toThrow(expect.objectContaining({ code: 64 }));
-    expect(() => parseArgv(cmd, ['a', 'b'])).toThrow(expect.objectContaining({ code: 64 }));
-    expect(() => parseArgv(cmd, ['dev', '--ssh-port'])).toThrow(expect.objectContaining({ code: 64 }));
+  it('accepts kebab-case and inline values, and counts positionals', async () => {
+    expect((await ok(['dev', '--ssh-port=2222', '-q'])).head).toEqual(['dev', '--ssh-port=2222', '-q']);
+    await expect(parseArgv(cmd, [])).rejects.toMatchObject({ code: 64, message: 'missing argument; usage: pim-x NAME [options] [-- qemu args]' });
+    await expect(parseArgv(cmd, ['a', 'b'])).rejects.toMatchObject({ code: 64 });
+    await expect(parseArgv(cmd, ['dev', '--ssh-port'])).rejects.toMatchObject({ code: 64 });
   });
-  it('refuses -- for a command that takes no passthrough words', () => {
-    expect(() => parseArgv({ ...cmd, passthrough: false }, ['dev', '--', 'x'])).toThrow(expect.objectContaining({ code: 64 }));
+  it('checks enum values, as --flag V and --flag=V', async () => {
+    await expect(parseArgv(cmd, ['dev', '--accel', 'foo'])).rejects.toMatchObject({ code: 64, message: '--accel must be one of kvm, tcg, not "foo"' });
+    await expect(parseArgv(cmd, ['dev', '--accel=foo'])).rejects.toMatchObject({ code: 64 });
+    await ok(['dev', '--accel=kvm']);
+  });
+  it('refuses -- for a command that takes no passthrough words', async () => {
+    const strict = { ...cmd, meta: { name: 'pim-x', description: 's' } };
+    await expect(parseArgv(strict, ['dev', '--', 'x'])).rejects.toMatchObject({ code: 64 });
+  });
+  it('runs the leaf through citty: its args, the words, and the exit status it returns', async () => {
+    let seen: unknown;
+    const c = defineCommand({
+      meta: { name: 'pim-y', passthrough: 'words' },
+      args: { name: { type: 'positional', required: true }, sshPort: { type: 'string' }, fs: { type: 'enum', options: ['a', 'b'], default: 'a' } },
+      run: ({ args, data }) => {
+        seen = { name: args.name, port: args.sshPort, fs: args.fs, rest: (data as Words).rest };
+        return 3;
+      },
+    });
+    expect(await runArgv(c, ['dev', '--ssh-port', '22', '--', '--help'])).toBe(3);
+    expect(seen).toEqual({ name: 'dev', port: '22', fs: 'a', rest: ['--help'] });
+  });
+  it('keeps every value of a repeatable flag (pim-kboot --share)', async () => {
+    const { default: kboot } = await import('../../cmds/pim-kboot.ts');
+    const p = await parseArgv(kboot, ['--share', 'a', '--exec', 'true', '--share=b:tag', '--', '--share', 'c']);
+    if (p.kind !== 'run') throw new Error(p.kind);
+    expect(p.words.repeated.share).toEqual(['a', 'b:tag']);
+    expect(p.words.rest).toEqual(['--share', 'c']);
+  });
+});
+
+describe('subcommands', () => {
+  it('walks to the leaf, whose args alone apply', async () => {
+    const { default: iso } = await import('../../cmds/pim-iso.ts');
+    const p = await parseArgv(iso, ['download', 'a', 'b', '--insecure']);
+    if (p.kind !== 'run') throw new Error(p.kind);
+    expect(p.node.name).toBe('pim-iso download');
+    expect(p.words.positionals).toEqual(['a', 'b']);
+    await expect(parseArgv(iso, ['list', '--url', 'x'])).rejects.toMatchObject({ code: 64, message: 'unknown option --url; see pim-iso list --help' });
+    await expect(parseArgv(iso, [])).rejects.toMatchObject({ code: 64, message: expect.stringContaining('list, show, add, download, verify, path or rm') });
+    await expect(parseArgv(iso, ['frob'])).rejects.toMatchObject({ code: 64, message: expect.stringContaining('unknown subcommand "frob"') });
+    await expect(parseArgv(iso, ['show'])).rejects.toMatchObject({ code: 64, message: 'missing argument; usage: pim-iso show NAME [options]' });
+    const h = await parseArgv(iso, ['download', '--help']);
+    expect(h.kind === 'help' && h.node.name).toBe('pim-iso download');
+    expect((await parseArgv(iso, ['--help'])).kind).toBe('help');
+  });
+});
+
+describe('help', () => {
+  it('is rendered from the citty definition: kebab-case flags, defaults, subcommands, examples; colour only when asked', async () => {
+    const { default: run } = await import('../../cmds/pim-run.ts');
+    const h = await renderHelp(await node(run));
+    expect(h.split('\n')[0]).toBe('Usage: pim-run NAME|IMAGE [options] [-- qemu args]');
+    expect(h).toContain('  --ssh-port PORT');
+    expect(h).toContain('  --accel kvm|hvf|tcg');
+    expect(h).toContain('(default: 1G)');
+    expect(h).toContain('Examples:\n  pim-run dev\n');
+    expect(h).not.toContain('sshPort');
+    expect(h).not.toContain('\x1b');
+    expect(await renderHelp(await node(run), { color: true })).toContain('\x1b[1mUsage:\x1b[22m');
+    const { default: build } = await import('../../cmds/pim-build.ts');
+    expect(await renderHelp(await node(build))).toMatch(/Commands:\n  run +Build PROFILE's image/);
+  });
+  it('has no colour when NO_COLOR is set or TERM=dumb, even on a terminal (cli.bats checks a real one and a pipe)', () => {
+    const saved = { ...process.env };
+    try {
+      process.env.TERM = 'xterm';
+      process.env.NO_COLOR = '1';
+      expect(helpColor()).toBe(false);
+      delete process.env.NO_COLOR;
+      process.env.TERM = 'dumb';
+      expect(helpColor()).toBe(false);
+    } finally {
+      process.env = saved;
+    }
+  });
+  it('--version is package.json\'s', async () => {
+    const pkg = JSON.parse(fs.readFileSync(join(__dirname, '../../package.json'), 'utf8')) as { version: string };
+    expect(VERSION).toBe(pkg.version);
+  });
+});
+
+describe('completion', () => {
+  const ask = async (cmd: AnyCommand, ...words: string[]) => (await import('../../lib/cli/complete.ts')).answer(await node(cmd), words);
+  const saved = { ...process.env };
+  let tmp: string;
+  beforeEach(() => {
+    tmp = fs.mkdtempSync(join(tmpdir(), 'pimc-'));
+    process.env.XDG_CONFIG_HOME = join(tmp, 'config');
+    process.env.XDG_DATA_HOME = join(tmp, 'data');
+    fs.mkdirSync(join(tmp, 'config/pim/isos.d'), { recursive: true });
+    fs.writeFileSync(join(tmp, 'config/pim/isos.d/mine.yml'), '# mine\nmyiso:\n  url: https://x/y.iso\n"quoted-iso": {}\ndefault:\n  arch: amd64\n');
+  });
+  afterEach(() => {
+    process.env = { ...saved };
+    fs.rmSync(tmp, { recursive: true, force: true });
+  });
+  it('offers subcommands, then each one\'s own options and arguments', async () => {
+    const { default: iso } = await import('../../cmds/pim-iso.ts');
+    expect(await ask(iso, '')).toMatch(/^list\tOne line per catalog entry.*\nshow\t.*\nrm\t.*\n:4\n$/s);
+    const dl = await ask(iso, 'download', '');
+    expect(dl.split('\n').map((l) => l.split('\t')[0])).toEqual(['debian-netinst-amd64', 'myiso', 'quoted-iso', 'ubuntu-24.04-server-amd64', ':4', '']);
+    expect(await ask(iso, 'download', 'debian-netinst-amd64', 'my')).toBe('myiso\tISO\n:4\n');
+    expect(await ask(iso, 'list', '--')).toBe('--json\tprint JSON (one object per line)\n--quiet\tprint names only\n--help\tshow the help\n:4\n');
+    expect(await ask(iso, 'frob', '')).toBe(':4\n');
+  });
+  it('option values: enum values without a TAB (zsh draws an empty description as a stray --), paths for path options', async () => {
+    const { default: kboot } = await import('../../cmds/pim-kboot.ts');
+    expect(await ask(kboot, '--fs', '')).toBe('auto\n9p\nvirtiofs\n:4\n');
+    expect(await ask(kboot, '--fs=v')).toBe('virtiofs\n:4\n');
+    expect(await ask(kboot, '--fs', '=', '9')).toBe('9p\n:4\n');
+    expect(await ask(kboot, '--kernel', '')).toBe(':0\n');
+    expect(await ask(kboot, '--share', 'a', '--initramfs-from', '')).toBe(':16\n');
+    expect(await ask(kboot, '--mem', '')).toBe(':4\n');
+    expect(await ask(kboot, 'vm', '--', '')).toBe(':0\n');
+  });
+  it('pim-run NAME|IMAGE: image names, and the shell\'s file names when none matches', async () => {
+    const { default: run } = await import('../../cmds/pim-run.ts');
+    expect(await ask(run, './di')).toBe(':0\n');
+    expect(await ask(run, 'dev', '')).toBe(':4\n');
+  });
+  it('profile names and build ids, from files, without YAML', async () => {
+    fs.mkdirSync(join(tmp, 'config/pim/profiles.d'), { recursive: true });
+    fs.writeFileSync(join(tmp, 'config/pim/profiles.d/a.yml'), 'dev:\n  iso: x\nweb: {}\n  nested: 1\n');
+    const id = 'dev-0123456789ab';
+    fs.mkdirSync(join(tmp, 'data/pim/builds', id), { recursive: true });
+    fs.writeFileSync(join(tmp, 'data/pim/builds', id, 'build.json'), JSON.stringify({ id, key: '0123456789ab'.padEnd(64, '0'), profile: 'dev', created: '2026-01-01T00:00:00Z', disk: { file: 'disk.qcow2' } }));
+    const { default: build } = await import('../../cmds/pim-build.ts');
+    expect(await ask(build, 'run', '')).toBe('default\tprofile\ndev\tprofile\nweb\tprofile\n:4\n');
+    expect(await ask(build, 'show', '')).toBe(`${id}\tdev, 2026-01-01T00:00:00Z\n:4\n`);
+    expect(await ask(build, 'rm', id, '')).toBe(`${id}\tdev, 2026-01-01T00:00:00Z\n:4\n`);
+    const { default: profile } = await import('../../cmds/pim-profile.ts');
+    expect(await ask(profile, 'show', 'w')).toBe('web\tprofile\n:4\n');
+    expect(await ask(profile, 'show', 'web', '')).toBe(':4\n');
+  });
+  it('reads top-level keys only', () => {
+    expect(yamlTopKeys('# c\na:\n  b: 1\n"c-d": 2\n\'e\':\n- f\n---\ng: [1]\n<<: *x\nbad key:\n')).toEqual(['a', 'c-d', 'e', 'g']);
+  });
+});
+
+describe("tab's bash script", () => {
+  const tabScript = async () => {
+    const { default: t } = await import('@bomb.sh/tab');
+    const out: string[] = [];
+    const log = console.log;
+    console.log = (...a: unknown[]) => void out.push(a.join(' '));
+    try {
+      t.setup('pim-x', 'pim-x', 'bash');
+    } finally {
+      console.log = log;
+    }
+    return out.join('\n') + '\n';
+  };
+  it('gets every fix: no readonly, no eval, words as arguments, file names when allowed', async () => {
+    const { patchBash } = await import('../../lib/cli/complete.ts');
+    const s = patchBash(await tabScript(), 'pim-x');
+    expect(s).not.toMatch(/^readonly /m);
+    expect(s).not.toContain('eval "$requestComp"');
+    expect(s).toContain('out=$(pim-x complete -- "${words[@]:1:cword-1}" "$cur" 2>/dev/null)');
+    expect(s).toMatch(/^complete -o default -F __pim_x_complete pim-x$/m);
+  });
+  it('fails loudly when a fix no longer applies (a new tab version)', async () => {
+    const { patchBash } = await import('../../lib/cli/complete.ts');
+    const script = await tabScript();
+    expect(() => patchBash(script.replace('eval "$requestComp"', 'eval "$request"'), 'pim-x')).toThrow(/words as arguments, no eval/);
+    expect(() => patchBash(script.replace(/^readonly /gm, 'declare -r '), 'pim-x')).toThrow(/no readonly globals/);
+    expect(() => patchBash(script.replace(/^complete -F/m, 'complete -o nospace -F'), 'pim-x')).toThrow(/file names when the answer allows them/);
   });
 });
 
