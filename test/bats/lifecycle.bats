@@ -109,7 +109,8 @@ ssh_guest() {
   boot_guest full crash
   pid="$(cat "$XDG_RUNTIME_DIR/pim/crash.pid")"
   kill -9 "$pid"
-  while ! pid_gone "$pid"; do sleep 0.1; done
+  for _ in $(seq 300); do pid_gone "$pid" && break; sleep 0.1; done
+  pid_gone "$pid"
   run pim-ps
   [ "$status" -eq 0 ]
   [ -z "$output" ]
@@ -171,7 +172,8 @@ ssh_guest() {
   # a port that is taken
   python3 -c 'import socket,time,sys; s=socket.socket(); s.bind(("127.0.0.1",0)); s.listen(); print(s.getsockname()[1], flush=True); time.sleep(30)' >"$PIM_TMP/port" 2>/dev/null 3>&- &
   holder=$!
-  while [ ! -s "$PIM_TMP/port" ]; do sleep 0.05; done
+  for _ in $(seq 200); do [ -s "$PIM_TMP/port" ] && break; sleep 0.05; done
+  [ -s "$PIM_TMP/port" ]
   run --separate-stderr pim-run "$TESTBED/guest-bare.qcow2" --name busyport --ssh-port "$(cat "$PIM_TMP/port")"
   kill "$holder"
   [ "$status" -eq 75 ]
@@ -285,7 +287,8 @@ ssh_guest() {
   pim-console con --ro --until 'pim-marker-42' --timeout 30 >"$PIM_TMP/mark.out" 2>&1 3>&- &
   marker=$!
   # once it has the log open, make the guest write a line on its console
-  until ls -l "/proc/$marker/fd" 2>/dev/null | grep -q 'con\.log'; do kill -0 "$marker"; sleep 0.05; done
+  for _ in $(seq 400); do ls -l "/proc/$marker/fd" 2>/dev/null | grep -q 'con\.log' && break; kill -0 "$marker"; sleep 0.05; done
+  ls -l "/proc/$marker/fd" | grep -q 'con\.log'
   pim-ga con guest-exec '{"path":"/bin/busybox","arg":["sh","-c","echo pim-marker-$((6*7)) >/dev/ttyS0"]}'
   wait "$marker"
   grep -q 'pim-marker-42' "$PIM_TMP/mark.out"
