@@ -25,6 +25,14 @@ export class GaError extends PimError {
   }
 }
 
+/** No reply to guest-sync in time: why is for the caller to find out (lib/vm/connect.ts asks QMP). */
+export class GaSilent extends PimError {
+  constructor(readonly timeoutMs: number) {
+    super(EXIT.UNAVAILABLE, `the guest agent gave no reply to guest-sync within ${timeoutMs} ms; is qemu-guest-agent running in the guest?`);
+    this.name = 'GaSilent';
+  }
+}
+
 type Obj = Record<string, unknown>;
 const isObj = (v: unknown): v is Obj => typeof v === 'object' && v !== null && !Array.isArray(v);
 
@@ -170,7 +178,7 @@ export class GaClient {
         await this.proto.sync(timeoutMs);
       } catch (e) {
         if (e instanceof PimError && e.code === EXIT.TEMPFAIL) {
-          throw new PimError(EXIT.UNAVAILABLE, `guest agent is not answering (no reply to guest-sync within ${timeoutMs} ms); is qemu-guest-agent running in the guest?`);
+          throw new GaSilent(timeoutMs);
         }
         throw e;
       }

@@ -24,12 +24,43 @@ export async function withQmp<T>(name: string, timeoutMs: number, fn: (q: QmpCli
 export async function withGa<T>(name: string, timeoutMs: number, fn: (g: GaClient, vm: RunningVm) => Promise<T>): Promise<T> {
   const vm = await runningVm(name);
   if (vm.meta && !vm.meta.agent) throw new PimError(EXIT.UNAVAILABLE, `${name} was started without a guest-agent channel`);
-  const { GaClient } = await import('../qemu/ga.ts');
+  const { GaClient, GaSilent } = await import('../qemu/ga.ts');
   const g = await GaClient.connect(vm.files.ga, timeoutMs);
   try {
     return await fn(g, vm);
+  } catch (e) {
+    if (!(e instanceof GaSilent)) throw e;
+    g.close();
+    throw (await whySilent(vm)) ?? e;
   } finally {
     g.close();
+  }
+}
+
+/**
+ * The agent did not answer: say what pim sees, through QMP. A VM that is not
+ * running (paused, stopped by an error) cannot answer; the agent's socket
+ * takes one client at a time, so another client that holds it (our own
+ * connection is closed by now) blocks every other. Null when QMP sees
+ * nothing wrong: then the agent itself is silent.
+ */
+async function whySilent(vm: RunningVm): Promise<PimError | null> {
+  try {
+    return await withQmp(vm.name, 3_000, async (q) => {
+      const st = (await q.execute('query-status')) as { status: string; running: boolean };
+      if (!st.running) {
+        const how = st.status === 'paused' ? `resume it (pim-qmp ${vm.name} cont)` : 'see pim-status and the log';
+        return new PimError(EXIT.UNAVAILABLE, `${vm.name} is not running inside QEMU (status ${st.status}), so its guest agent cannot answer; ${how}`);
+      }
+      const chardevs = (await q.execute('query-chardev')) as Array<{ label: string; filename: string }>;
+      const ga = chardevs.find((c) => c.label === 'ga0');
+      if (ga && !ga.filename.startsWith('disconnected:')) {
+        return new PimError(EXIT.TEMPFAIL, `another client holds ${vm.name}'s guest-agent socket (${vm.files.ga}); it takes one at a time: try again when that one is done`);
+      }
+      return null;
+    });
+  } catch {
+    return null;
   }
 }
 

@@ -213,8 +213,10 @@ export async function launch(res: Reservation, req: LaunchRequest, opts: { signa
     if (root) await chownToUser([files.qmp, files.ga, files.serial, files.pid]);
     const pid = readPidfile(files.pid);
     if (!pid) {
+      // QEMU runs but cannot be named by its pid: have it quit through QMP, then clean up
+      await quitThroughQmp(files.qmp);
       cleanupFiles(files);
-      throw new PimError(EXIT.SOFTWARE, `QEMU started but wrote no pidfile ${files.pid}`);
+      throw new PimError(EXIT.SOFTWARE, `QEMU started but wrote no pidfile ${files.pid}; it was told to quit`);
     }
     meta.pid = pid;
     writeMeta(files, meta);
@@ -240,6 +242,19 @@ export async function launch(res: Reservation, req: LaunchRequest, opts: { signa
     throw e;
   } finally {
     opts.signal?.removeEventListener('abort', onAbort);
+  }
+}
+
+/** Tell the QEMU behind a QMP socket to quit, and wait (bounded) for it to close the connection. */
+async function quitThroughQmp(socket: string): Promise<void> {
+  const { QmpClient } = await import('../qemu/qmp.ts');
+  try {
+    const q = await QmpClient.connect(socket, { timeoutMs: 5_000 });
+    await q.execute('quit').catch(() => undefined);
+    await q.waitClosed(5_000);
+    q.close();
+  } catch {
+    /* no QMP either: nothing more to do */
   }
 }
 

@@ -445,3 +445,38 @@ nothing_left_of() {
   [ ! -e "$XDG_RUNTIME_DIR/pim/u.efivars.fd" ]
   [ "$(sha256sum "$img/u.efivars.fd")" = "$sum" ]
 }
+
+@test "a silent guest agent: pim says what it sees (a paused VM 69, another client on the socket 75)" {
+  boot_guest full gasilent
+  pim-ga gasilent guest-ping >/dev/null
+  pim-qmp gasilent stop >/dev/null
+  run --separate-stderr pim-ip gasilent --timeout 2
+  [ "$status" -eq 69 ]
+  [[ "$stderr" == *"not running inside QEMU (status paused)"* ]]
+  [[ "$stderr" == *"pim-qmp gasilent cont"* ]]
+  pim-qmp gasilent cont >/dev/null
+  # another client holds the agent's socket (it takes one at a time)
+  socat -u "UNIX-CONNECT:$XDG_RUNTIME_DIR/pim/gasilent.ga" - >/dev/null 3>&- &
+  holder=$!
+  for _ in $(seq 100); do pim-qmp gasilent query-chardev | grep -q '"label":"ga0","frontend-open":true,"filename":"unix:' && break; sleep 0.1; done
+  run --separate-stderr pim-os gasilent --timeout 2
+  kill "$holder"
+  [ "$status" -eq 75 ]
+  [[ "$stderr" == *"another client holds gasilent's guest-agent socket"* ]]
+  run pim-os gasilent --timeout 10
+  [ "$status" -eq 0 ]
+}
+
+@test "QEMU that wrote no pidfile is told to quit through QMP: 70, no QEMU left, no runtime files" {
+  wrap="$PIM_TMP/no-pidfile-qemu"
+  # drops -pidfile FILE from QEMU's arguments
+  printf '#!/bin/bash\na=()\nwhile [ $# -gt 0 ]; do if [ "$1" = -pidfile ]; then shift 2; continue; fi; a+=("$1"); shift; done\nexec qemu-system-x86_64 "${a[@]}"\n' >"$wrap"
+  chmod +x "$wrap"
+  run --separate-stderr env PIM_QEMU="$wrap" pim-run "$TESTBED/guest-bare.qcow2" --name nopid --snapshot --mem 128M
+  [ "$status" -eq 70 ]
+  [[ "$stderr" == *"wrote no pidfile"* ]]
+  for _ in $(seq 50); do pgrep -f "qemu-system.*$XDG_RUNTIME_DIR/pim/nopid.qmp" >/dev/null || break; sleep 0.1; done
+  ! pgrep -f "qemu-system.*$XDG_RUNTIME_DIR/pim/nopid.qmp"
+  run bash -c "ls -A '$XDG_RUNTIME_DIR/pim' | grep '^nopid\.' | grep -v '\.log\$'"
+  [ -z "$output" ]
+}
