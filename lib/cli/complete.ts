@@ -18,7 +18,7 @@
  * same tree that parses argv (./command.ts) gets subcommands, flags that take
  * a value, `--fs=` and variadic positionals right in one place.
  */
-import { aliasesOf, findSub, flagTable, isFlag, kebab, node, positionalDefs, type AnyCommand, type Completer, type Node, type PimArg } from './command.ts';
+import { aliasesOf, findSub, flagTable, isFlag, kebab, node, positionalDefs, type AnyCommand, type Completer, type Node, type PimArg } from './tree.ts';
 import { writeOut } from './output.ts';
 import { EXIT, PimError } from '../core/exit.ts';
 
