@@ -42,12 +42,10 @@ export default defineCommand({
     ...timeoutArgs(5, 'for the guest agent'),
   },
   async run({ args }) {
-    const { withGa } = await import('../lib/vm/connect.ts');
-    const { parseTimeout } = await import('../lib/cli/args.ts');
+    const { gaQuery } = await import('../lib/vm/connect.ts');
     const { printRecords } = await import('../lib/cli/output.ts');
     const name = args.name;
-    const ms = parseTimeout(args.timeout, 5);
-    const ifaces = (await withGa(name, ms, (g) => g.execute('guest-network-get-interfaces', undefined, ms))) as GaIface[];
+    const ifaces = await gaQuery<GaIface[]>(name, 'guest-network-get-interfaces', args.timeout, 5);
     const recs = addressRecords(name, ifaces, args.all).map((r) => ({ ...r, address: args.json ? r.address : `${r.address}/${r.prefix}` }));
     printRecords(recs, ['iface', 'address', 'family', 'mac'], { json: args.json });
   },

@@ -22,12 +22,10 @@ export default defineCommand({
     ...timeoutArgs(5, 'for the guest agent'),
   },
   async run({ args }) {
-    const { withGa } = await import('../lib/vm/connect.ts');
-    const { parseTimeout } = await import('../lib/cli/args.ts');
+    const { gaQuery } = await import('../lib/vm/connect.ts');
     const { printRecords } = await import('../lib/cli/output.ts');
     const name = args.name;
-    const ms = parseTimeout(args.timeout, 5);
-    const os = (await withGa(name, ms, (g) => g.execute('guest-get-osinfo', undefined, ms))) as Record<string, string | undefined>;
+    const os = await gaQuery<Record<string, string | undefined>>(name, 'guest-get-osinfo', args.timeout, 5);
     const rec = {
       name,
       pretty_name: os['pretty-name'] ?? os.name ?? null,

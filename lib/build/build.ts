@@ -213,20 +213,11 @@ async function buildIt(o: BuildOpts, plan: BuildPlan, c: Ctx): Promise<BuildOutc
     const cmdline = installerCmdline(plan.layout, url, plan.boot.append);
     log.line(`installer: ${plan.boot.kernel} ${plan.boot.initrd}${plan.boot.inject ? ' (preseed injected)' : ''}: ${cmdline}`);
 
+    // the build's VM, twice: the installer (direct kernel boot, the ISO as a CD), then the installed disk
     const { startVm } = await import('../vm/plan.ts');
-    const started = await startVm({
-      ref,
-      disk: { path: disk, format: plan.disk.format, efivars: vars },
-      mem: plan.mem,
-      cpus: plan.cpus,
-      accel: o.accel,
-      net: {},
-      agent: false,
-      kind: 'build',
-      image: disk,
-      spec: { kernel: { kernel: boot.kernel, initrd, append: cmdline }, cdrom: c.iso.path, noReboot: true },
-      signal: o.signal,
-    });
+    const bootVm = (agent: boolean, spec?: Parameters<typeof startVm>[0]['spec']) =>
+      startVm({ ref, disk: { path: disk, format: plan.disk.format, efivars: vars }, mem: plan.mem, cpus: plan.cpus, accel: o.accel, net: {}, agent, kind: 'build', image: disk, spec, signal: o.signal });
+    const started = await bootVm(false, { kernel: { kernel: boot.kernel, initrd, append: cmdline }, cdrom: c.iso.path, noReboot: true });
     if (typeof started === 'number') throw new PimError(EXIT.SOFTWARE, 'the installer ran in the foreground');
     vm = started.vm;
     st.say(`installer started (${started.accel}); its console: pim-console ${ref.name} --ro`);
@@ -242,18 +233,7 @@ async function buildIt(o: BuildOpts, plan: BuildPlan, c: Ctx): Promise<BuildOutc
 
     // -------------------------------------------------------------- provision
     st.set(`provisioning ${plan.name}`);
-    const again = await startVm({
-      ref,
-      disk: { path: disk, format: plan.disk.format, efivars: vars },
-      mem: plan.mem,
-      cpus: plan.cpus,
-      accel: o.accel,
-      net: {},
-      agent: true,
-      kind: 'build',
-      image: disk,
-      signal: o.signal,
-    });
+    const again = await bootVm(true);
     if (typeof again === 'number') throw new PimError(EXIT.SOFTWARE, 'the installed system ran in the foreground');
     vm = again.vm;
     const tProv0 = Date.now();

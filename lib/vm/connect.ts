@@ -64,6 +64,13 @@ async function whySilent(vm: RunningVm): Promise<PimError | null> {
   }
 }
 
+/** One guest-agent command's `return`, for a VM by name, within `timeout` (the --timeout flag, default `dflt` seconds). */
+export async function gaQuery<T>(name: string, command: string, timeout: string | undefined, dflt: number): Promise<T> {
+  const { parseTimeout } = await import('../cli/args.ts');
+  const ms = parseTimeout(timeout, dflt);
+  return (await withGa(name, ms, (g) => g.execute(command, undefined, ms))) as T;
+}
+
 /** pim-qmp and pim-ga: one raw command, its `return` value printed as JSON. */
 export async function rawCommand(kind: 'qmp' | 'ga', name: string, command: string, rawArgs: string | undefined, timeoutMs: number): Promise<void> {
   const { jsonArg } = await import('../cli/args.ts');
