@@ -210,7 +210,7 @@ async function buildIt(o: BuildOpts, plan: BuildPlan, c: Ctx): Promise<BuildOutc
       concatArchives([boot.initrd, cpioNewcGzip([{ type: 'file', path: 'preseed.cfg', data: r.body, mode: 0o644 }])], initrd);
       fetched(); // the answer file is already in the installer
     }
-    const cmdline = installerCmdline(plan.layout, url, plan.boot.append);
+    const cmdline = installerCmdline(plan.layout, url, plan.boot.append, plan.boot.inject);
     log.line(`installer: ${plan.boot.kernel} ${plan.boot.initrd}${plan.boot.inject ? ' (preseed injected)' : ''}: ${cmdline}`);
 
     // the build's VM, twice: the installer (direct kernel boot, the ISO as a CD), then the installed disk

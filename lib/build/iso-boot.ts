@@ -37,10 +37,11 @@ export function checkIsoPath(p: string, what: string): string {
  * boot loader, and installer arguments must not leak there. A user's
  * `append` may carry its own `---` part for the installed system.
  */
-export function installerCmdline(layout: Layout, answerUrl: string, userAppend = ''): string {
+export function installerCmdline(layout: Layout, answerUrl: string, userAppend = '', injected = false): string {
+  // an injected preseed is /preseed.cfg in the initrd, which d-i reads by itself: no url=
   const pim =
     layout === 'debian'
-      ? ['auto=true', 'priority=critical', `url=${answerUrl}/preseed.cfg`, 'console=ttyS0,115200n8']
+      ? ['auto=true', 'priority=critical', ...(injected ? [] : [`url=${answerUrl}/preseed.cfg`]), 'console=ttyS0,115200n8']
       : ['autoinstall', `ds=nocloud;s=${answerUrl}/`, 'console=ttyS0,115200n8'];
   const words = userAppend.trim() ? userAppend.trim().split(/\s+/) : [];
   const dd = words.indexOf('---');

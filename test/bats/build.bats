@@ -48,6 +48,7 @@ badscript: {iso: tb-di, scripts: [provision.sh, fails.sh, never.sh]}
 full: {iso: tb-di}
 slow: {iso: tb-di}
 real: {iso: tb-real, mem: 1G}
+inj: {iso: tb-di, boot: {inject: true}}
 EOF
   cat >"$c/scripts.d/provision.sh" <<'EOF'
 #!/bin/sh
@@ -60,6 +61,7 @@ EOF
   printf '#!/bin/sh\ntouch /root/never\n' >"$c/scripts.d/never.sh"
   printf '#!/bin/sh\necho "late command ran" >/etc/pim-late-command\n' >"$c/installs.d/tb.sh"
   cp "$c/installs.d/tb.sh" "$c/installs.d/tbu.sh"
+  cp "$c/installs.d/tb.sh" "$c/installs.d/inj.sh"
   printf '#!/bin/sh\nsleep 100000\n' >"$c/installs.d/hang.sh"
   printf '#!/bin/sh\nsleep 100000\n' >"$c/installs.d/slow.sh"
 }
@@ -199,6 +201,16 @@ no_leftovers() {
   [[ "$output" == *"late command ran"* ]]
   [[ "$output" == *"provisioned by pim-build"* ]]
   pim-stop tbu
+}
+
+@test "boot.inject: the preseed rides in the installer's initrd (a gzip'd newc cpio appended), read before the network" {
+  run --separate-stderr pim-build run inj
+  [ "$status" -eq 0 ]
+  log="$(dirname "$output")/build.log"
+  grep -q '(preseed injected)' "$log"
+  # the installer never asked the server for the preseed, but its late command still fetched from it
+  ! grep -q 'GET "/preseed.cfg"' "$log"
+  grep -q 'GET "/installs.d/inj.sh" 200' "$log"
 }
 
 @test "an answer file that is never fetched: 69 with the console's last lines, nothing left" {

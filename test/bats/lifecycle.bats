@@ -214,7 +214,7 @@ ssh_guest() {
   run --separate-stderr pim-ip na --timeout 3
   [ "$status" -eq 69 ]
   [ "$SECONDS" -le 10 ]
-  [[ "$stderr" == *"not answering"* ]]
+  [[ "$stderr" == *"gave no reply to guest-sync"* ]]
   run pim-os na --timeout 2
   [ "$status" -eq 69 ]
   run pim-stop na --timeout 30

@@ -28,6 +28,9 @@ describe('the installer command line', () => {
     expect(installerCmdline('debian', 'http://10.0.2.2:4242')).toBe('auto=true priority=critical url=http://10.0.2.2:4242/preseed.cfg console=ttyS0,115200n8 ---');
     expect(installerCmdline('ubuntu', 'http://10.0.2.2:4242')).toBe('autoinstall ds=nocloud;s=http://10.0.2.2:4242/ console=ttyS0,115200n8 ---');
   });
+  it('leaves url= out when the preseed is injected into the initrd', () => {
+    expect(installerCmdline('debian', 'http://10.0.2.2:4242', '', true)).toBe('auto=true priority=critical console=ttyS0,115200n8 ---');
+  });
   it("keeps a profile's own --- part after pim's", () => {
     expect(installerCmdline('debian', 'http://h:1', 'vga=788 --- quiet splash')).toBe('auto=true priority=critical url=http://h:1/preseed.cfg console=ttyS0,115200n8 vga=788 --- quiet splash');
   });
