@@ -7,8 +7,16 @@
  * with pim-build.
  */
 import { defineCommand } from 'citty';
-import { lazyCompleter, VERSION, type Words } from '../lib/cli/command.ts';
+import { lazyCompleter, VERSION, type Completer, type Words } from '../lib/cli/command.ts';
 import { writeOut } from '../lib/cli/output.ts';
+import { EXIT, PimError } from '../lib/core/exit.ts';
+
+/** What --wait takes, at TAB time */
+const waitForms: Completer = (c) => {
+  c('agent', 'the guest agent answers guest-sync');
+  c('ssh', 'an SSH banner on the forwarded port');
+  c('console:', 'a console line matches REGEX (console:REGEX)');
+};
 
 /** Images in the store, loaded at TAB time only */
 const imageNames = lazyCompleter(async () => (await import('../lib/vm/complete.ts')).completeImages);
@@ -28,8 +36,12 @@ QEMU user mode with SSH forwarded from 127.0.0.1:PORT (a free port unless --ssh-
 is setuid; macOS: vmnet-bridged through sudo). The accelerator is KVM on Linux when
 /dev/kvm works, HVF on macOS, else TCG; --accel or PIM_ACCEL overrides. UEFI is used
 when NAME.efivars.fd sits beside the image. Words after -- go to QEMU untouched.
-Ctrl-C while the VM starts stops it again: no VM is left behind (exit 130).`,
-    examples: ['pim-run dev', 'pim-run ./disk.qcow2 --name scratch --snapshot', 'pim-run dev --bridged', 'pim-run dev --mem 2G --cpus 4 -- -device virtio-balloon'],
+Ctrl-C while the VM starts stops it again: no VM is left behind (exit 130).
+--forward [tcp:|udp:][BIND:]HOST:GUEST forwards a host port (on BIND, default 127.0.0.1) to
+a guest port; pim-forward changes them later. --wait ssh|agent|console:REGEX returns only once
+the guest answers so, as pim-wait does (the name is printed first; a timeout is exit 75 and
+leaves the VM running).`,
+    examples: ['pim-run dev', 'pim-run ./disk.qcow2 --name scratch --snapshot', 'pim-run dev --bridged', 'pim-run dev --forward 8080:80 --wait ssh', 'pim-run dev --mem 2G --cpus 4 -- -device virtio-balloon'],
   },
   args: {
     target: { type: 'positional', description: 'an image in the store, or the path of one', required: true, valueHint: 'NAME|IMAGE', complete: imageNames, path: 'file' },
@@ -42,9 +54,12 @@ Ctrl-C while the VM starts stops it again: no VM is left behind (exit 130).`,
     sshPort: { type: 'string', description: 'host port forwarded to guest port 22 (user networking)', valueHint: 'PORT' },
     snapshot: { type: 'boolean', description: 'discard disk writes when the VM stops' },
     accel: { type: 'enum', options: ['kvm', 'hvf', 'tcg'], description: 'accelerator; env PIM_ACCEL' },
+    forward: { type: 'string', repeatable: true, description: 'forward a host port to a guest port (user networking; tcp unless udp:)', valueHint: '[tcp:|udp:][BIND:]HOST:GUEST' },
+    wait: { type: 'string', repeatable: true, description: 'return once this answers, as pim-wait --for', valueHint: 'ssh|agent|console:REGEX', complete: waitForms },
+    waitTimeout: { type: 'string', description: 'seconds --wait waits (then exit 75; the VM keeps running)', default: '120', valueHint: 'S' },
   },
   async run({ args, data }) {
-    const { rest } = data as Words;
+    const { rest, repeated } = data as Words;
     const { resolveImage } = await import('../lib/image/store.ts');
     const { startVm, checkCpus, checkMem, checkPort } = await import('../lib/vm/plan.ts');
     const { vmRef } = await import('../lib/vm/ref.ts');
@@ -58,6 +73,15 @@ Ctrl-C while the VM starts stops it again: no VM is left behind (exit 130).`,
     const cpus = checkCpus(args.cpus);
     const mem = checkMem(args.mem);
     const sshPort = args.sshPort ? checkPort(args.sshPort) : undefined;
+    // --forward and --wait are checked before anything starts
+    const { parseForward } = await import('../lib/vm/forward.ts');
+    const forwards = (repeated.forward ?? []).map((s) => parseForward(s));
+    const { parseWaitFor, checkWaitable, waitUp } = await import('../lib/vm/wait.ts');
+    const { parseTimeout } = await import('../lib/cli/args.ts');
+    const fors = (repeated.wait ?? []).map((s) => parseWaitFor(s, '--wait'));
+    const waitMs = parseTimeout(args.waitTimeout, 120, '--wait-timeout');
+    if (fors.length && args.console) throw new PimError(EXIT.USAGE, '--wait is for a headless start; --console shows the console itself');
+    checkWaitable(ref.name, { agent: true, ssh: !args.bridged }, fors);
     // the foreground console leaves Ctrl-C to QEMU; a headless start undoes itself on a signal
     const trap = args.console ? null : trapSignals();
     try {
@@ -67,7 +91,7 @@ Ctrl-C while the VM starts stops it again: no VM is left behind (exit 130).`,
         mem,
         cpus,
         accel: args.accel,
-        net: { bridged: args.bridged, bridge: args.bridge, sshPort },
+        net: { bridged: args.bridged, bridge: args.bridge, sshPort, forwards },
         snapshot: args.snapshot,
         console: args.console,
         extra: rest,
@@ -76,6 +100,13 @@ Ctrl-C while the VM starts stops it again: no VM is left behind (exit 130).`,
       if (typeof r === 'number') return r; // --console: QEMU's own status
       log.info(`${r.vm.name} started (pid ${r.vm.pid}${r.sshPort ? `, ssh 127.0.0.1:${r.sshPort}` : ''}, ${r.accel})`);
       writeOut(r.vm.name + '\n');
+      if (!fors.length) return 0;
+      trap?.dispose(); // the VM is up: a signal now ends the wait only
+      const ready = await waitUp(r.vm, fors, { timeoutMs: waitMs }).catch((e: unknown) => {
+        if (e instanceof PimError && e.code === EXIT.TEMPFAIL) throw new PimError(e.code, `${e.message} (the VM keeps running: pim-stop ${r.vm.name})`);
+        throw e;
+      });
+      for (const x of ready) log.info(`${x.name}: ${x.for} up after ${x.seconds} s (${x.seen})`);
       return 0;
     } finally {
       trap?.dispose();

@@ -100,41 +100,8 @@ export async function connectWhenUp(t: SshTarget, deadline: number, opts: { sign
   }
 }
 
-/**
- * Wait until an SSH server answers on host:port with its banner ("SSH-2.0-…"):
- * QEMU's port forward accepts a TCP connection before the guest listens and
- * then drops it, so only the banner says sshd is up. Each attempt is bounded;
- * attempts are repeated with a growing pause until `deadline`.
- */
-export async function waitSshBanner(host: string, port: number, deadline: number, signal?: AbortSignal): Promise<string> {
-  const net = await import('node:net');
-  let pause = 200;
-  for (;;) {
-    if (signal?.aborted) throw signal.reason;
-    const left = deadline - Date.now();
-    if (left <= 0) throw new PimError(EXIT.TEMPFAIL, `SSH on ${host}:${port} did not answer in time`);
-    const banner = await new Promise<string | null>((resolve) => {
-      const s = net.createConnection({ host, port });
-      let buf = '';
-      const done = (v: string | null) => {
-        clearTimeout(timer);
-        s.destroy();
-        resolve(v);
-      };
-      const timer = setTimeout(() => done(null), Math.min(left, 10_000));
-      s.on('data', (d: Buffer) => {
-        buf += d.toString('latin1');
-        const nl = buf.indexOf('\n');
-        if (nl >= 0) done(buf.startsWith('SSH-') ? buf.slice(0, nl).trim() : null);
-      });
-      s.on('error', () => done(null));
-      s.on('close', () => done(null));
-    });
-    if (banner) return banner;
-    await new Promise((r) => setTimeout(r, Math.min(pause, Math.max(0, deadline - Date.now()))));
-    pause = Math.min(pause * 2, 2_000);
-  }
-}
+// waitSshBanner moved down to lib/vm/wait.ts (pim-wait and pim-run --wait use it too)
+export { waitSshBanner } from '../vm/wait.ts';
 
 export interface ExecResult {
   code: number;

@@ -43,15 +43,15 @@ const format = (cands: Cand[], cur: string, directive: number): string => {
   return `${out}:${directive}\n`;
 };
 
-async function collect(c: Completer | undefined): Promise<Cand[]> {
+async function collect(c: Completer | undefined, positionals: readonly string[] = []): Promise<Cand[]> {
   const out: Cand[] = [];
-  if (c) await c((v, d) => out.push([v, d]));
+  if (c) await c((v, d) => out.push([v, d]), positionals);
   return out;
 }
 
 /** What an arg's value completes to: its candidates, and whether paths may follow. */
-async function valuesOf(def: PimArg): Promise<{ cands: Cand[]; directive: number }> {
-  const cands = def.type === 'enum' ? (def.options ?? []).map((o): Cand => [String(o), '']) : await collect(def.complete);
+async function valuesOf(def: PimArg, positionals: readonly string[] = []): Promise<{ cands: Cand[]; directive: number }> {
+  const cands = def.type === 'enum' ? (def.options ?? []).map((o): Cand => [String(o), '']) : await collect(def.complete, positionals);
   const directive = def.path === 'dir' ? DIRECTIVE.dirs : def.path === 'file' ? DIRECTIVE.files : DIRECTIVE.noFiles;
   return { cands, directive };
 }
@@ -62,7 +62,7 @@ export async function answer(root: Node, words: string[]): Promise<string> {
   const before = words.slice(0, -1);
   let n = root;
   let table = flagTable(n.args);
-  let index = 0; // positionals seen by the current command
+  const seen: string[] = []; // positionals seen by the current command
   for (let i = 0; i < before.length; i++) {
     const w = before[i]!;
     if (n.meta.dispatch && !isFlag(w)) return n.meta.dispatch.complete(words.slice(i));
@@ -77,10 +77,10 @@ export async function answer(root: Node, words: string[]): Promise<string> {
       if (!sub) return format([], '', DIRECTIVE.noFiles);
       n = sub;
       table = flagTable(n.args);
-      index = 0;
+      seen.length = 0;
       continue;
     }
-    index++;
+    seen.push(w);
   }
   // the value of a flag: `--fs <TAB>`, `--fs=<TAB>`, or bash's split `--fs = <TAB>`
   const prev = before[before.length - 1];
@@ -118,9 +118,9 @@ export async function answer(root: Node, words: string[]): Promise<string> {
   }
   const { defs } = positionalDefs(n.args);
   const last = defs[defs.length - 1];
-  const def = index < defs.length ? defs[index]![1] : last?.[1].variadic ? last[1] : undefined;
+  const def = seen.length < defs.length ? defs[seen.length]![1] : last?.[1].variadic ? last[1] : undefined;
   if (!def) return format([], '', DIRECTIVE.noFiles);
-  const { cands, directive } = await valuesOf(def);
+  const { cands, directive } = await valuesOf(def, seen);
   return format(cands, cur, directive);
 }
 

@@ -33,8 +33,12 @@ export interface Dispatch {
   complete(words: string[]): Promise<string> | string;
 }
 
-/** Adds completion candidates: a value and its description (may be ''). */
-export type Completer = (complete: (value: string, description: string) => void) => void | Promise<void>;
+/**
+ * Adds completion candidates: a value and its description (may be ''). A
+ * positional's completer is also given the positional words before it (a
+ * snapshot tag completes from the VM named before it).
+ */
+export type Completer = (complete: (value: string, description: string) => void, positionals?: readonly string[]) => void | Promise<void>;
 
 /**
  * A completer whose module loads at TAB time only: a command that imports it
@@ -42,7 +46,7 @@ export type Completer = (complete: (value: string, description: string) => void)
  * image store and the logger with it).
  */
 export function lazyCompleter(load: () => Promise<Completer>): Completer {
-  return async (complete) => (await load())(complete);
+  return async (complete, positionals) => (await load())(complete, positionals);
 }
 
 /** What an arg may declare besides citty's fields. */

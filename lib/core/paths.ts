@@ -92,17 +92,24 @@ export function ensureRuntimeDir(): string {
  * or search bits alone are tightened to 0700.
  */
 function checkRuntimeDir(dir: string, st: Stats, uid: number | undefined): void {
-  if (!st.isDirectory()) throw new PimError(EXIT.CANTCREAT, `runtime dir ${dir} is not a directory; remove it and try again`);
+  const problem = runtimeDirProblem(dir, st, uid);
+  if (problem) throw problem;
+  if ((st.mode & 0o077) !== 0) chmodSync(dir, 0o700);
+}
+
+/** Why the runtime dir `dir` (its lstat `st`) cannot be trusted, or null: read-only, for pim doctor too. */
+export function runtimeDirProblem(dir: string, st: Stats, uid: number | undefined): PimError | null {
+  if (!st.isDirectory()) return new PimError(EXIT.CANTCREAT, `runtime dir ${dir} is not a directory; remove it and try again`);
   if (uid !== undefined && st.uid !== uid) {
-    throw new PimError(EXIT.NOPERM, `runtime dir ${dir} is owned by uid ${st.uid}, not you (uid ${uid}); remove it or set XDG_RUNTIME_DIR`);
+    return new PimError(EXIT.NOPERM, `runtime dir ${dir} is owned by uid ${st.uid}, not you (uid ${uid}); remove it or set XDG_RUNTIME_DIR`);
   }
   if ((st.mode & 0o022) !== 0) {
-    throw new PimError(
+    return new PimError(
       EXIT.NOPERM,
       `runtime dir ${dir} is writable by others (mode ${(st.mode & 0o777).toString(8)}), so its files cannot be trusted; stop its VMs, remove it (rm -r ${dir}) and run again`,
     );
   }
-  if ((st.mode & 0o077) !== 0) chmodSync(dir, 0o700);
+  return null;
 }
 
 /** The runtime dir if it exists and is ours; null if there is none yet (nothing runs). */

@@ -30,6 +30,19 @@ export interface ImgInfo {
   'actual-size'?: number;
   format: string;
   'backing-filename'?: string;
+  /** internal snapshots (qcow2) */
+  snapshots?: ImgSnapshot[];
+}
+
+/** One internal snapshot as qemu-img info and QMP's query-block name it. */
+export interface ImgSnapshot {
+  id: string;
+  name: string;
+  'vm-state-size': number;
+  'date-sec': number;
+  'date-nsec': number;
+  'vm-clock-sec': number;
+  'vm-clock-nsec': number;
 }
 
 export async function imgInfo(path: string): Promise<ImgInfo> {
@@ -45,4 +58,20 @@ export async function imgCheck(path: string, format: 'qcow2' | 'raw'): Promise<{
   const { run } = await import('../core/run.ts');
   const r = await run(qemuImg(), ['check', '-q', '-f', format, path], { hint: HINT });
   return { ok: r.code === 0, detail: (r.stderr || r.stdout).trim() };
+}
+
+/**
+ * `qemu-img snapshot -c|-a|-d TAG` on a qcow2 image no VM has open. An image
+ * that a QEMU holds is exit 75 (its write lock); other failures 70 with
+ * qemu-img's own words.
+ */
+export async function imgSnapshot(path: string, op: 'create' | 'apply' | 'delete', tag: string): Promise<void> {
+  const { run } = await import('../core/run.ts');
+  const flag = { create: '-c', apply: '-a', delete: '-d' }[op];
+  const r = await run(qemuImg(), ['snapshot', '-q', flag, tag, path], { hint: HINT, timeoutMs: 600_000 });
+  if (r.code === 0) return;
+  if (/Failed to get .* lock|Is another process using the image/i.test(r.stderr)) {
+    throw new PimError(EXIT.TEMPFAIL, `${path} is in use by a running VM (qemu-img: ${r.stderr.trim().split('\n')[0]}); name that VM instead, or stop it first`);
+  }
+  throw failure(`qemu-img snapshot ${flag} ${tag} ${path}`, r.stderr);
 }

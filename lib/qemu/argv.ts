@@ -19,9 +19,22 @@ export function qemuOpt(first: string | null, kv: Record<string, string | number
 
 export type Accel = 'kvm' | 'hvf' | 'tcg';
 
+/** A user-mode port forward: BIND:HOST on the host to GUEST in the guest (QEMU's hostfwd). */
+export interface PortForward {
+  proto: 'tcp' | 'udp';
+  /** the host address it listens on (IPv4) */
+  bind: string;
+  host: number;
+  guest: number;
+}
+
+/** QEMU's hostfwd rule for a forward: `tcp:127.0.0.1:8080-:80` (the guest address is the DHCP one). */
+export const hostfwdRule = (f: PortForward): string => `${f.proto}:${f.bind}:${f.host}-:${f.guest}`;
+
 export interface NetSpec {
   mode: 'user' | 'bridge' | 'vmnet-bridged' | 'none';
   sshPort?: number; // user mode: host port forwarded to guest 22 on 127.0.0.1
+  forwards?: PortForward[]; // user mode: more forwards (pim-run --forward)
   bridge?: string; // bridge mode: bridge name; vmnet: host interface
   helper?: string; // bridge helper path
   mac?: string;
@@ -94,7 +107,9 @@ export function buildQemuArgv(s: VmSpec): string[] {
   }
   const n = s.net;
   if (n.mode === 'user') {
-    a.push('-netdev', qemuOpt('user', { id: 'net0', hostfwd: n.sshPort ? `tcp:127.0.0.1:${n.sshPort}-:22` : undefined }));
+    // hostfwd may be given several times, so the rules are appended by hand
+    const rules = [...(n.sshPort ? [`tcp:127.0.0.1:${n.sshPort}-:22`] : []), ...(n.forwards ?? []).map(hostfwdRule)];
+    a.push('-netdev', [qemuOpt('user', { id: 'net0' }), ...rules.map((r) => `hostfwd=${qemuEscape(r)}`)].join(','));
   } else if (n.mode === 'bridge') {
     a.push('-netdev', qemuOpt('bridge', { id: 'net0', br: n.bridge ?? 'br0', helper: n.helper }));
   } else if (n.mode === 'vmnet-bridged') {
@@ -104,7 +119,14 @@ export function buildQemuArgv(s: VmSpec): string[] {
   if (s.rng !== false) a.push('-device', 'virtio-rng-pci');
   if (s.noReboot) a.push('-no-reboot');
   a.push('-pidfile', s.files.pid);
-  if (s.daemonize) a.push('-daemonize');
+  if (s.daemonize) {
+    // -daemonize points QEMU's stderr at /dev/null unless a log file is open
+    // (-D, which needs a -d item): then stderr is that file, the VM's log. So
+    // what QEMU says at run time (a KVM internal error, "terminating on
+    // signal") is in the log too (pim-log). QEMU opens it without O_APPEND;
+    // lib/vm/launch.ts has it reopened ("logfile") to append once QMP answers.
+    a.push('-d', 'guest_errors', '-D', s.files.log, '-daemonize');
+  }
   a.push(...s.extra);
   return a;
 }

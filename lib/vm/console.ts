@@ -19,6 +19,8 @@ const DETACH = 0x1d; // Ctrl-]
 export interface ConsoleOpts {
   /** print what the console already wrote first */
   replay?: boolean;
+  /** follow (read-only) from this byte offset of the log: wins over `replay` (pim-log -n) */
+  from?: number;
   /** end with 0 once the output matches */
   until?: RegExp;
   /** end after this long (75 while looking for a match, else 0) */
@@ -113,7 +115,7 @@ export async function followConsole(vm: RunningVm, o: ConsoleOpts): Promise<numb
     watcher?.close();
     fs.closeSync(fd);
   });
-  let pos = o.replay ? 0 : fs.fstatSync(fd).size;
+  let pos = o.from ?? (o.replay ? 0 : fs.fstatSync(fd).size);
   const buf = Buffer.alloc(65536);
   const pump = () => {
     if (s.ended()) return;

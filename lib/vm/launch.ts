@@ -226,6 +226,10 @@ export async function launch(res: Reservation, req: LaunchRequest, opts: { signa
       const q = await QmpClient.connect(files.qmp, { timeoutMs: 30_000 });
       try {
         await q.execute('query-status');
+        // QEMU's stderr is the log it opened (-D, lib/qemu/argv.ts) without O_APPEND:
+        // reopened through "logfile" it appends, after the console's lines (pim-log)
+        // (best effort: a guest that is already gone, pim-kboot --exec's, has nothing more to say)
+        if (spec.daemonize) await q.execute('human-monitor-command', { 'command-line': `logfile "${files.log.replace(/["\\]/g, '\\$&')}"` }).catch(() => undefined);
       } finally {
         q.close();
       }

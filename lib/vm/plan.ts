@@ -10,7 +10,8 @@ import { EXIT, PimError } from '../core/exit.ts';
 import { log } from '../core/log.ts';
 import { chooseAccel, writeKvmVerdict } from '../qemu/accel.ts';
 import { bridgeHelper, checkPortFree, freePort, macFor, ovmfCode } from '../qemu/host.ts';
-import type { Accel, NetSpec, VmSpec } from '../qemu/argv.ts';
+import type { Accel, NetSpec, PortForward, VmSpec } from '../qemu/argv.ts';
+import { checkForwards, checkHostPortFree } from './forward.ts';
 import { kvmWorks, launch, reserveVm, type LaunchRequest, type Reservation } from './launch.ts';
 import type { RunningVm, VmMeta } from './state.ts';
 import type { VmRef } from './ref.ts';
@@ -42,6 +43,8 @@ export interface NetRequest {
   bridge?: string;
   /** user mode: the host port for the guest's port 22 (checked free); default a free one */
   sshPort?: number;
+  /** user mode: more port forwards (pim-run --forward; lib/vm/forward.ts), each checked free */
+  forwards?: PortForward[];
 }
 
 export interface NetPlan {
@@ -58,17 +61,22 @@ export async function planNetwork(name: string, r: NetRequest): Promise<NetPlan>
   const mac = macFor(name);
   if (r.bridged) {
     if (r.sshPort) throw new PimError(EXIT.USAGE, '--ssh-port is for user networking; a bridged VM has its own address (see pim-ip)');
+    if (r.forwards?.length) throw new PimError(EXIT.USAGE, '--forward is for user networking; a bridged VM has its own address on the bridge (see pim-ip)');
     if (process.platform === 'darwin') return { net: { mode: 'vmnet-bridged', bridge: r.bridge ?? process.env.PIM_BRIDGE ?? 'en0', mac }, sudo: true, sshPort: null, picked: false };
     const helper = bridgeHelper();
     if (!helper) throw new PimError(EXIT.UNAVAILABLE, 'qemu-bridge-helper was not found; install qemu-system-common');
     return { net: { mode: 'bridge', bridge: r.bridge ?? process.env.PIM_BRIDGE ?? 'br0', helper: helper.path, mac }, sudo: !helper.setuid, sshPort: null, picked: false };
   }
+  const forwards = r.forwards ?? [];
+  checkForwards(forwards, [], r.sshPort ?? null);
+  for (const f of forwards) await checkHostPortFree(f, 'choose another host port for --forward');
   if (r.sshPort) {
     await checkPortFree(r.sshPort);
-    return { net: { mode: 'user', sshPort: r.sshPort, mac }, sudo: false, sshPort: r.sshPort, picked: false };
+    return { net: { mode: 'user', sshPort: r.sshPort, mac, forwards }, sudo: false, sshPort: r.sshPort, picked: false };
   }
-  const port = await freePort();
-  return { net: { mode: 'user', sshPort: port, mac }, sudo: false, sshPort: port, picked: true };
+  let port = await freePort();
+  while (forwards.some((f) => f.proto === 'tcp' && f.host === port)) port = await freePort();
+  return { net: { mode: 'user', sshPort: port, mac, forwards }, sudo: false, sshPort: port, picked: true };
 }
 
 export interface DiskPlan {
@@ -139,7 +147,9 @@ export async function startVm(req: StartRequest): Promise<{ vm: RunningVm; accel
         return { vm: result, accel, sshPort: np.sshPort };
       } catch (e) {
         // a port pim picked was taken between picking and QEMU binding it: pick again
-        if (np.picked && attempt < 2 && e instanceof PimError && /host forwarding rule|hostfwd/i.test(e.message)) continue;
+        if (np.picked && attempt < 2 && e instanceof PimError && new RegExp(`forwarding rule '?tcp:127\\.0\\.0\\.1:${np.sshPort}-`, 'i').test(e.message)) continue;
+        // one of --forward's ports was taken after the check: busy (75), not a broken QEMU
+        if (e instanceof PimError && /could not set up host forwarding rule/i.test(e.message)) throw new PimError(EXIT.TEMPFAIL, `a host port is in use: ${e.message}`);
         throw e;
       }
     }
@@ -168,6 +178,7 @@ function request(req: StartRequest, np: NetPlan, accel: Accel, uefi: { code: str
       kind: req.kind ?? 'run',
       image: req.image ?? req.disk?.path ?? '',
       ssh_port: np.sshPort,
+      ...(np.net.forwards ? { forwards: np.net.forwards } : {}),
       bridged: Boolean(req.net.bridged),
       agent,
       accel,

@@ -9,7 +9,7 @@ import { closeSync, fstatSync, lstatSync, readSync, readdirSync, rmSync } from '
 import { RUNTIME_EXT, type VmFiles } from '../core/paths.ts';
 import { isOurProcess, readPidfile } from '../core/proc.ts';
 import { lockHeld } from '../core/lock.ts';
-import { qemuEscape } from '../qemu/argv.ts';
+import { qemuEscape, type PortForward } from '../qemu/argv.ts';
 import { nameProblem } from '../core/names.ts';
 import { EXIT, PimError } from '../core/exit.ts';
 import { openRegular, readRegular, writeFileAtomic } from '../core/fs.ts';
@@ -30,6 +30,8 @@ export interface VmMeta {
   snapshot: boolean;
   owner: { uid: number; user: string };
   started: string; // ISO time
+  /** user-mode port forwards besides SSH (pim-run --forward, pim-forward); absent: none */
+  forwards?: PortForward[];
 }
 
 export type VmState = 'running' | 'starting' | 'stale' | 'absent';

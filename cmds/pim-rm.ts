@@ -1,0 +1,65 @@
+/**
+ * pim-rm: remove what stopped VMs left: the kept log and stale runtime files
+ * (and, with --image, the image in the store). Prints NAME PATH for each
+ * file removed. Refuses a running VM (75). With no names, reads them from
+ * stdin (the first word of each line), as pim-stop does.
+ */
+import { defineCommand } from 'citty';
+import { lazyCompleter, VERSION, type Words } from '../lib/cli/command.ts';
+import { jsonArgs } from '../lib/cli/args.ts';
+import { EXIT, PimError } from '../lib/core/exit.ts';
+
+/** Names with files in the runtime dir (a kept log too), loaded at TAB time only */
+const leftNames = lazyCompleter(async () => {
+  const { runtimeDirPath } = await import('../lib/core/paths.ts');
+  const { readdirSync } = await import('node:fs');
+  return (complete) => {
+    let files: string[] = [];
+    try {
+      files = readdirSync(runtimeDirPath());
+    } catch {
+      /* none */
+    }
+    for (const f of files) if (f.endsWith('.log')) complete(f.slice(0, -4), 'kept log');
+  };
+});
+
+export default defineCommand({
+  meta: {
+    name: 'pim-rm',
+    version: VERSION,
+    description: 'Remove what stopped VMs left (kept log, stale runtime files); --image also removes the store image.',
+    details: `
+A VM that stopped keeps its log (NAME.log in the runtime dir) for a post-mortem, and
+pim-ps --all lists it as "stopped". pim-rm removes that log and any runtime file of the
+name. A running VM is refused (exit 75): stop it first with pim-stop. --image also
+deletes the image in the store (~/.local/share/pim/images/NAME.qcow2 and its UEFI vars):
+there is no prompt, the flag is the confirmation. Builds are never touched (pim-build rm).
+Output: NAME PATH for each file removed. Nothing of NAME to remove is exit 66.
+With no NAME, names are read from stdin (the first word of each line).`,
+    examples: ['pim-rm dev', 'pim-log dev >dev.log && pim-rm dev', 'pim-rm dev --image'],
+  },
+  args: {
+    names: { type: 'positional', required: false, variadic: true, valueHint: 'NAME', description: 'stopped VMs (default: names read from stdin)', complete: leftNames },
+    image: { type: 'boolean', description: 'also delete the image in the store' },
+    ...jsonArgs,
+  },
+  async run({ args, data }) {
+    const { forEachName } = await import('../lib/cli/args.ts');
+    const { vmRef } = await import('../lib/vm/ref.ts');
+    const { removeVm } = await import('../lib/vm/remove.ts');
+    const { printRecords } = await import('../lib/cli/output.ts');
+    let names = (data as Words).positionals;
+    if (!names.length) {
+      if (process.stdin.isTTY) throw new PimError(EXIT.USAGE, 'no VM names given; name them, or pipe them in (pim-ps --all | pim-rm)');
+      const { text } = await import('node:stream/consumers');
+      names = (await text(process.stdin)).split('\n').map((l) => l.trim().split(/\s+/)[0] ?? '').filter(Boolean);
+      if (!names.length) throw new PimError(EXIT.USAGE, 'no VM names on stdin');
+    }
+    const refs = new Map(names.map((n) => [n, vmRef(n)])); // every name is checked before anything is removed
+    return forEachName(names, async (name) => {
+      const removed = await removeVm(refs.get(name)!, { image: args.image });
+      printRecords(removed.map((path) => ({ name, path })), ['path'], { json: args.json, plain: true });
+    });
+  },
+});
