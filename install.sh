@@ -8,8 +8,14 @@
 #  1. installs QEMU, socat and what the demo guest is built from, where missing;
 #  2. uses Node >= 22 if `node` is one, else fetches Node 22 from the npm registry
 #     (package "node") into ~/.local/share/pim/node;
-#  3. installs the npm dependencies, builds dist/, and links every pim executable
-#     into ~/.local/bin (PIM_BIN_DIR to change);
+#  3. installs the npm dependencies (npm ci, skipped when node_modules already matches
+#     package-lock.json), builds dist/ with that Node on the executables' #! line, copies
+#     it to ~/.local/share/pim/dist (with the one package the bundles leave out, ssh2),
+#     and links every pim executable there from ~/.local/bin (PIM_BIN_DIR to change).
+#     The installed copy is the checkout's build at install time: a later build of the
+#     checkout (./test.sh, npm run build, node build.mjs: #!/usr/bin/env node) changes
+#     nothing installed, so the executables keep the Node they were installed with;
+#     run ./install.sh again to install a newer build;
 #  4. builds the demo image from Debian packages (a kernel, busybox, qemu-guest-agent,
 #     dropbear: about 100 MB of downloads, cached) as ~/.local/share/pim/images/pim-demo.qcow2,
 #     boots it with pim-run, waits for the guest agent, prints what pim-os and pim-ip say,
@@ -48,14 +54,59 @@ if [ -z "$NODE" ] || [ "$(node_major "$NODE")" -lt 22 ]; then
 fi
 say "using node $("$NODE" --version) ($NODE)"
 
-npm ci --no-audit --no-fund --loglevel=error
+# npm writes node_modules/.package-lock.json when it installs: newer than the lock file, it
+# is what the lock file says, and npm ci (which removes node_modules first) is not needed
+hidden=node_modules/.package-lock.json
+if [ -f "$hidden" ] && [ "$hidden" -nt package-lock.json ] && [ "$hidden" -nt package.json ]; then
+  say "node_modules matches package-lock.json: no npm ci"
+else
+  npm ci --no-audit --no-fund --loglevel=error
+fi
 # the executables' #! line names this Node, so they run on it whatever PATH says
 PIM_NODE="$NODE" "$NODE" build.mjs
 
+# The installed copy: dist/ as just built, plus what the bundles require at run time
+# (build.mjs leaves ssh2 out: it has an optional native add-on), in a new directory
+# that the link $share/dist is switched to at once; older copies are removed.
+mkdir -p "$share"
+stamp="dist-$(date +%Y%m%d%H%M%S)-$$"
+rm -rf "${share:?}/$stamp"
+cp -a dist "$share/$stamp"
+"$NODE" - "$repo" "$share/$stamp" ssh2 cpu-features <<'JS'
+// copy each package and its dependencies (optional ones when present) from the
+// checkout's node_modules, at the same relative paths
+const fs = require('fs'), path = require('path');
+const [repo, dest, ...roots] = process.argv.slice(2);
+const seen = new Set();
+const find = (name, from) => {
+  for (let d = from; d.startsWith(repo); d = path.dirname(d)) {
+    const p = path.join(d, 'node_modules', name);
+    if (fs.existsSync(path.join(p, 'package.json'))) return p;
+    if (d === repo) break;
+  }
+  return null;
+};
+const copy = (name, from, optional) => {
+  const dir = find(name, from);
+  if (!dir) { if (optional) return; throw new Error(`install.sh: ${name} is not in ${repo}/node_modules; run npm ci`); }
+  if (seen.has(dir)) return;
+  seen.add(dir);
+  fs.cpSync(fs.realpathSync(dir), path.join(dest, path.relative(repo, dir)), { recursive: true, verbatimSymlinks: true });
+  const pkg = JSON.parse(fs.readFileSync(path.join(dir, 'package.json'), 'utf8'));
+  for (const d of Object.keys(pkg.dependencies || {})) copy(d, dir, false);
+  for (const d of Object.keys(pkg.optionalDependencies || {})) copy(d, dir, true);
+};
+for (const r of roots) copy(r, repo, r !== 'ssh2');
+JS
+[ ! -d "$share/dist" ] || [ -L "$share/dist" ] || rm -rf "${share:?}/dist"
+ln -sfn "$stamp" "$share/dist.new-$$"
+mv -T "$share/dist.new-$$" "$share/dist"
+for old in "$share"/dist-*; do [ "$old" = "$share/$stamp" ] || rm -rf "$old"; done
+
 bindir="${PIM_BIN_DIR:-$HOME/.local/bin}"
 mkdir -p "$bindir"
-for f in dist/bin/*; do ln -sfn "$repo/dist/$(basename "$f").cjs" "$bindir/$(basename "$f")"; done
-say "linked $(ls dist/bin | wc -l) executables into $bindir"
+for f in "$share"/dist/bin/*; do ln -sfn "$share/dist/$(basename "$f").cjs" "$bindir/$(basename "$f")"; done
+say "installed pim into $share/dist (#!$NODE) and linked $(ls "$share"/dist/bin | wc -l) executables into $bindir"
 case ":$PATH:" in *":$bindir:"*) ;; *) say "add $bindir to your PATH: export PATH=\"$bindir:\$PATH\""; export PATH="$bindir:$PATH" ;; esac
 say "shell helpers: source $repo/shell/pim.zsh (zsh) or $repo/shell/pim.bash (bash)"
 

@@ -22,15 +22,16 @@ Two-way and raw on a terminal. With --ro the console is only read and copied to 
 which works without a terminal (scripts, tests) and while someone is attached: it follows
 the VM's log, where QEMU copies the console, and ends when the VM stops. --replay first prints what the console
 already wrote (from the VM's log). --until stops with exit 0 once the output matches
-REGEX; --timeout bounds the wait (exit 75).`,
-    examples: ['pim-console dev', "pim-console dev --ro --replay --until 'login:' --timeout 60"],
+REGEX; --timeout bounds the wait, with or without --until: exit 75 when it runs out (the
+VM still runs). Exit 69 when the VM stops before --until matched.`,
+    examples: ['pim-console dev', "pim-console dev --ro --replay --until 'login:|pim-testbed ready' --timeout 60"],
   },
   args: {
     name: { type: 'positional', required: true, valueHint: 'NAME', description: 'the VM', complete: vmNames },
     ro: { type: 'boolean', description: 'read-only: stream the console to stdout' },
     replay: { type: 'boolean', description: 'first print what the console already wrote' },
     until: { type: 'string', description: 'exit 0 once the output matches this regular expression', valueHint: 'REGEX' },
-    timeout: { type: 'string', description: 'give up after S seconds (exit 75)', valueHint: 'S' },
+    timeout: { type: 'string', description: 'end after S seconds with exit 75 (with or without --until)', valueHint: 'S' },
   },
   async run({ args }) {
     const { runningVm } = await import('../lib/vm/connect.ts');

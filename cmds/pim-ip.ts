@@ -33,7 +33,12 @@ export default defineCommand({
     name: 'pim-ip',
     version: VERSION,
     description: "Show a VM's IP addresses (from the guest agent).",
-    examples: ['pim-ip dev', "ssh root@$(pim-ip dev | awk '$5==\"ipv4\"{print $3; exit}' | cut -d/ -f1)"],
+    details: `
+One line per address: NAME IFACE ADDRESS/PREFIX FAMILY MAC (--json: the address and the
+prefix apart). Under user networking (pim-run's default) the guest's address, 10.0.2.15,
+is not reachable from the host: SSH goes through the forwarded port that pim-ps shows.
+The address of a --bridged VM is on the bridge's network.`,
+    examples: ['pim-ip dev', "pim-ip dev | awk '$4==\"ipv4\" {print $3}'", "pim-ip dev --json | jq -r 'select(.family==\"ipv4\").address'"],
   },
   args: {
     name: { type: 'positional', required: true, valueHint: 'NAME', description: 'the VM', complete: vmNames },

@@ -152,7 +152,7 @@ is instant. Output is one line per ISO (NAME, then fields, tab-separated) or --j
     examples: [
       'pim-iso list',
       'pim-iso download debian-netinst-amd64',
-      'pim-iso add mine --url https://example.org/mine.iso --checksum sha256:0123...',
+      'pim-iso add mine --url https://example.org/mine.iso --checksum-url https://example.org/SHA256SUMS',
       'qemu-system-x86_64 -cdrom "$(pim-iso path debian-netinst-amd64)" ...',
     ],
   },

@@ -1,7 +1,9 @@
 /**
  * pim-status: the VM's run state as QEMU reports it (QMP query-status).
  * Exit 0 when running, 1 when QEMU answers but the guest is not running
- * (paused, shut down, internal error), 69 when there is no such VM.
+ * (paused, shut down, internal error), 69 when there is no such VM. A KVM
+ * VM in internal-error marks KVM broken on this host (lib/vm/health.ts), and
+ * one seen running for a minute marks it working.
  */
 import { defineCommand } from 'citty';
 import { lazyCompleter, VERSION, type Words } from '../lib/cli/command.ts';
@@ -27,11 +29,16 @@ export default defineCommand({
     const { parseTimeout, forEachName } = await import('../lib/cli/args.ts');
     const { withQmp } = await import('../lib/vm/connect.ts');
     const { printRecords } = await import('../lib/cli/output.ts');
+    const { noteStatus, runSeconds, kvmErrorHint } = await import('../lib/vm/health.ts');
+    const { prog } = await import('../lib/core/prog.ts');
     const ms = parseTimeout(args.timeout, 10);
     return forEachName((data as Words).positionals, async (name) => {
       const { st, vm } = await withQmp(name, ms, async (q, vm) => ({ st: (await q.execute('query-status')) as { status: string; running: boolean }, vm }));
-      const up = vm.meta?.started ? Math.round((Date.now() - Date.parse(vm.meta.started)) / 1000) : null;
+      const up = runSeconds(vm.meta);
+      // what this says about KVM is remembered (an internal error: broken; a minute running: ok)
+      await noteStatus(vm, st);
       printRecords([{ name, status: st.status, running: st.running, pid: vm.pid, uptime: up }], ['status', 'pid', 'uptime'], { json: args.json });
+      if (st.status === 'internal-error' && vm.meta?.accel === 'kvm') process.stderr.write(`${prog()}: ${kvmErrorHint(name)}\n`);
       return st.running ? EXIT.OK : EXIT.NO;
     });
   },

@@ -3,6 +3,8 @@
  * -> SIGKILL; prints NAME STAGE SECONDS for each VM, the stage being the one
  * that stopped it. With no names, reads them from stdin (the first word of
  * each line), so `pim-ps | fzf | pim-stop` and `pim-ps -q | xargs pim-stop` work.
+ * Words that look like the other fields of a pim-ps line (`pim-ps | xargs
+ * pim-stop`) are refused with a pointer to `pim-ps -q`, before anything stops.
  */
 import { defineCommand } from 'citty';
 import { lazyCompleter, VERSION, type Words } from '../lib/cli/command.ts';
@@ -42,6 +44,18 @@ is agent, acpi, sigterm or sigkill. With no NAME, names are read from stdin.`,
       const { text } = await import('node:stream/consumers');
       names = (await text(process.stdin)).split('\n').map((l) => l.trim().split(/\s+/)[0] ?? '').filter(Boolean);
       if (!names.length) throw new PimError(EXIT.USAGE, 'no VM names on stdin');
+    }
+    // `pim-ps | fzf | xargs pim-stop` gives every field of a line as a name: refuse them all
+    // before anything stops (a field word that is a VM's name is still a name)
+    const { looksLikeField, nameProblem } = await import('../lib/core/names.ts');
+    const { vmInfo } = await import('../lib/vm/state.ts');
+    const fields: string[] = [];
+    for (const n of new Set(names)) {
+      if (looksLikeField(n) && (nameProblem(n) || (await vmInfo(vmRef(n))).state === 'absent')) fields.push(n);
+    }
+    if (fields.length) {
+      const shown = fields.slice(0, 4).map((w) => JSON.stringify(w)).join(', ') + (fields.length > 4 ? ', ...' : '');
+      throw new PimError(EXIT.USAGE, `${shown} ${fields.length > 1 ? 'look' : 'looks'} like ${fields.length > 1 ? 'fields' : 'a field'} of pim-ps lines (a path, pid, port, state...), not VM names, so nothing was stopped; give names alone: pim-ps -q | fzf -m | xargs pim-stop`);
     }
     const refs = new Map(names.map((n) => [n, vmRef(n)])); // every name is checked before anything stops
     return forEachName(

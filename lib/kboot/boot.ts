@@ -181,7 +181,7 @@ async function bootReserved(o: KbootOpts, inp: Inputs, res: Reservation, trap: T
     // QEMU has loaded the kernel and initrd
     if (process.env.PIM_KBOOT_SAVE_INITRD) fs.copyFileSync(initrd, process.env.PIM_KBOOT_SAVE_INITRD); // bench/kboot.sh replays the boot by hand
     fs.rmSync(initrd, { force: true });
-    const { writeKvmVerdict } = await import('../qemu/accel.ts');
+    const { markKvmBroken } = await import('../qemu/accel.ts');
     followed = true; // from here follow() owns the VM: it stops it on every way out but "up, left running"
     return await follow(sock, {
       name: res.name,
@@ -192,8 +192,9 @@ async function bootReserved(o: KbootOpts, inp: Inputs, res: Reservation, trap: T
       timeoutMs: o.timeoutMs,
       t0,
       signal: trap!.signal,
-      // remember what KVM did, the way pim-run does, when it was chosen by default
-      kvmSeen: inp.probeKvm ? writeKvmVerdict : undefined,
+      // remember that KVM failed, the way pim-run does, when it was chosen by default; a guest
+      // that came up is no proof that KVM works (lib/qemu/accel.ts: pim-ps and pim-status write that)
+      kvmSeen: inp.probeKvm ? (v) => void (v === 'broken' && markKvmBroken()) : undefined,
     });
   } catch (e) {
     vfs?.stop();

@@ -145,8 +145,10 @@ export function hostKernel(): string {
     fs.accessSync(p, fs.constants.R_OK);
     return p;
   } catch (e) {
-    const why = (e as NodeJS.ErrnoException).code === 'ENOENT' ? 'does not exist' : 'is not readable by you (Ubuntu makes it root-only: sudo chmod 0644 it, or copy it)';
-    throw new PimError(EXIT.USAGE, `no --kernel given and the running kernel ${p} ${why}; pass --kernel PATH (a bzImage, e.g. arch/x86/boot/bzImage)`);
+    // missing input (66) or a file you cannot read (77), as for --kernel PATH
+    const missing = (e as NodeJS.ErrnoException).code === 'ENOENT';
+    const why = missing ? 'does not exist' : 'is not readable by you (Ubuntu makes it root-only: sudo chmod 0644 it, or copy it)';
+    throw new PimError(missing ? EXIT.NOINPUT : EXIT.NOPERM, `no --kernel given and the running kernel ${p} ${why}; pass --kernel PATH (a bzImage, e.g. arch/x86/boot/bzImage)`);
   }
 }
 

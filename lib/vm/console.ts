@@ -4,8 +4,9 @@
  * copies the console into, which misses no byte between a replay and what
  * comes next and leaves the socket free for a person attached meanwhile.
  * Both end with a status: 0 (detached, matched, or the VM stopped without an
- * --until), 69 (the VM stopped before --until matched), 75 (the wait ran out
- * while looking for a match).
+ * --until), 69 (the VM stopped before --until matched), 75 (--timeout ran
+ * out: the wait for a match, or without --until the session itself; a
+ * script that bounds a session learns that the VM still runs).
  */
 import * as fs from 'node:fs';
 import { basename, dirname } from 'node:path';
@@ -23,7 +24,7 @@ export interface ConsoleOpts {
   from?: number;
   /** end with 0 once the output matches */
   until?: RegExp;
-  /** end after this long (75 while looking for a match, else 0) */
+  /** end after this long, with 75 (the wait ran out) */
   waitMs?: number | null;
   /** where the console's bytes go (stdout) */
   out: NodeJS.WritableStream;
@@ -45,8 +46,8 @@ function session(vm: RunningVm, o: ConsoleOpts, onEnd: () => void): { output(d: 
   const timer =
     o.waitMs != null
       ? setTimeout(() => {
-          process.stderr.write(`${prog()}: ${o.until ? `no match for ${o.until} ` : ''}within ${o.waitMs! / 1000} s\n`);
-          finish(o.until ? EXIT.TEMPFAIL : EXIT.OK);
+          process.stderr.write(`${prog()}: ${o.until ? `no match for ${o.until} within ${o.waitMs! / 1000} s` : `--timeout: ${o.waitMs! / 1000} s ran out; ${vm.name} still runs`}\n`);
+          finish(EXIT.TEMPFAIL);
         }, o.waitMs)
       : undefined;
   timer?.unref();

@@ -27,6 +27,7 @@ import { cleanupFiles, logTail, qemuMarker, vmInfo, writeMeta, type RunningVm, t
 import type { VmRef } from './ref.ts';
 import { buildQemuArgv, type VmSpec } from '../qemu/argv.ts';
 import { qemuBinary } from '../qemu/host.ts';
+import { isKvmFailure, markKvmBroken } from '../qemu/accel.ts';
 import { log } from '../core/log.ts';
 
 export interface LaunchRequest {
@@ -79,7 +80,14 @@ export async function reserveFreeName(prefix: string, dir: string): Promise<Rese
   throw new PimError(EXIT.TEMPFAIL, `no free VM name ${prefix}-N; stop some VMs`);
 }
 
-function qemuFailure(res: VmRef, status: number, sudo: boolean): PimError {
+/** QEMU died while it started because KVM failed: pim-run's default start retries on TCG (lib/vm/plan.ts). */
+export class KvmFailed extends PimError {
+  constructor(message: string) {
+    super(EXIT.UNAVAILABLE, message);
+  }
+}
+
+export function qemuFailure(res: VmRef, status: number, sudo: boolean, spec: Pick<VmSpec, 'accel' | 'net'>): PimError {
   const tail = logTail(res.files.log, 20);
   if (sudo && tail.some((l) => /^sudo: .*(password|not allowed|may not run|no tty|a terminal is required)/i.test(l))) {
     return new PimError(EXIT.NOPERM, `sudo refused to run QEMU for bridged networking; run "sudo -v" first or add a NOPASSWD sudoers rule for ${qemuBinary()}, chown and kill, by absolute path (see README)`);
@@ -88,10 +96,31 @@ function qemuFailure(res: VmRef, status: number, sudo: boolean): PimError {
   if (/Failed to get "write" lock|Is another process using the image/.test(tail.join('\n'))) {
     return new PimError(EXIT.TEMPFAIL, `the image is in use by another VM (${qline.trim()}); stop that VM or use --snapshot`);
   }
+  if (spec.net.mode === 'bridge' && /bridge helper failed/i.test(tail.join('\n'))) return bridgeFailure(tail, spec.net.bridge ?? '?');
+  if (spec.accel === 'kvm' && isKvmFailure(tail.join('\n'))) {
+    markKvmBroken();
+    return new KvmFailed(`KVM does not work here (${qline.trim()}); use --accel tcg or PIM_ACCEL=tcg (pim remembers this: default starts use TCG until the host reboots)`);
+  }
   if (/Could not access KVM kernel module|failed to initialize kvm|KVM internal error/i.test(tail.join('\n'))) {
     return new PimError(EXIT.UNAVAILABLE, `KVM does not work here (${qline.trim()}); use --accel tcg or PIM_ACCEL=tcg`);
   }
   return new PimError(EXIT.UNAVAILABLE, `QEMU failed to start: ${qline.trim()} (log: ${res.files.log})`);
+}
+
+/**
+ * qemu-bridge-helper refused or failed: say which bridge, and the helper's own
+ * reason (it writes it to QEMU's stderr, in the log, before QEMU's "bridge
+ * helper failed"). A bridge that /etc/qemu/bridge.conf does not allow is a
+ * permission problem (77); anything else (no such bridge) is 69.
+ */
+function bridgeFailure(tail: string[], bridge: string): PimError {
+  const conf = '/etc/qemu/bridge.conf';
+  const cause = tail.find((l) => /acl file|bridge\.conf/i.test(l)) ?? tail.find((l) => !/bridge helper failed/i.test(l) && l.trim()) ?? 'bridge helper failed';
+  const why = cause.trim().replace(/`/g, "'");
+  if (/access denied by acl|acl file/i.test(why)) {
+    return new PimError(EXIT.NOPERM, `bridged networking on bridge ${bridge} was refused by qemu-bridge-helper: ${why}; add the line "allow ${bridge}" to ${conf} (as root), or name an allowed bridge with --bridge or PIM_BRIDGE`);
+  }
+  return new PimError(EXIT.UNAVAILABLE, `bridged networking on bridge ${bridge} failed: ${why}; check that the bridge exists (ip link show ${bridge}) and is allowed in ${conf}, or name another with --bridge or PIM_BRIDGE`);
 }
 
 async function sudoAuth(): Promise<void> {
@@ -203,11 +232,11 @@ export async function launch(res: Reservation, req: LaunchRequest, opts: { signa
       checkAborted(opts.signal);
       if (status !== 0) {
         cleanupFiles(files);
-        throw qemuFailure(res, status, root);
+        throw qemuFailure(res, status, root, spec);
       }
     } else {
       child.unref();
-      await waitForSocket(files.qmp, child, res, root, opts.signal);
+      await waitForSocket(files.qmp, child, res, root, spec, opts.signal);
     }
     // a root QEMU writes its pidfile 0600: make the files ours before reading it
     if (root) await chownToUser([files.qmp, files.ga, files.serial, files.pid]);
@@ -272,7 +301,7 @@ const notFound = (cmd: string, e: NodeJS.ErrnoException) =>
   new PimError(EXIT.UNAVAILABLE, `cannot run ${cmd}: ${e.code === 'ENOENT' ? 'not found; install QEMU (apt-get install qemu-system-x86) or set PIM_QEMU' : e.message}`);
 
 /** Without -daemonize (macOS vmnet): watch the runtime dir until the QMP socket appears, or QEMU dies. */
-function waitForSocket(path: string, child: ChildProcess, res: VmRef, root: boolean, signal?: AbortSignal): Promise<void> {
+function waitForSocket(path: string, child: ChildProcess, res: VmRef, root: boolean, spec: VmSpec, signal?: AbortSignal): Promise<void> {
   return new Promise((resolve, reject) => {
     const { dirname } = process.getBuiltinModule('node:path') as typeof import('node:path');
     let done = false;
@@ -291,7 +320,7 @@ function waitForSocket(path: string, child: ChildProcess, res: VmRef, root: bool
       if (existsSync(path) && existsSync(res.files.pid)) finish();
     });
     const timer = setTimeout(() => finish(new PimError(EXIT.TEMPFAIL, `QEMU did not open ${path} within 60 s (log: ${res.files.log})`)), 60_000);
-    child.once('exit', (code) => finish(qemuFailure(res, code ?? 1, root)));
+    child.once('exit', (code) => finish(qemuFailure(res, code ?? 1, root, spec)));
     if (existsSync(path) && existsSync(res.files.pid)) finish();
   });
 }

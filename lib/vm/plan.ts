@@ -8,11 +8,11 @@
 import { copyFileSync } from 'node:fs';
 import { EXIT, PimError } from '../core/exit.ts';
 import { log } from '../core/log.ts';
-import { chooseAccel, writeKvmVerdict } from '../qemu/accel.ts';
+import { chooseAccel, KVM_BROKEN_WARNING, markKvmBroken } from '../qemu/accel.ts';
 import { bridgeHelper, checkPortFree, freePort, macFor, ovmfCode } from '../qemu/host.ts';
 import type { Accel, NetSpec, PortForward, VmSpec } from '../qemu/argv.ts';
 import { checkForwards, checkHostPortFree } from './forward.ts';
-import { kvmWorks, launch, reserveVm, type LaunchRequest, type Reservation } from './launch.ts';
+import { KvmFailed, kvmWorks, launch, reserveVm, type LaunchRequest, type Reservation } from './launch.ts';
 import type { RunningVm, VmMeta } from './state.ts';
 import type { VmRef } from './ref.ts';
 
@@ -110,13 +110,26 @@ export interface StartRequest {
 /**
  * Start a VM the way pim-run does and return it running (or, with console,
  * QEMU's exit status). UEFI vars are copied for a snapshot run under the
- * VM's lock; KVM chosen by default and unproven since the host booted is
- * watched, and on a KVM internal error the VM is restarted on TCG, still
- * under the same lock.
+ * VM's lock. KVM chosen by default with no verdict since the host booted
+ * (lib/qemu/accel.ts): the other KVM VMs are asked first (one in
+ * internal-error means TCG now); then a QEMU that dies of KVM as it starts,
+ * or a VM that hits a KVM internal error in its first seconds, is restarted
+ * on TCG, still under the same lock. A failure after that is seen by pim-ps
+ * and pim-status (lib/vm/health.ts).
  */
 export async function startVm(req: StartRequest): Promise<{ vm: RunningVm; accel: Accel; sshPort: number | null } | number> {
   const choice = chooseAccel(req.accel);
   let accel = choice.accel;
+  let probe = choice.probeKvm;
+  if (probe) {
+    const { surveyKvm } = await import('./health.ts');
+    const verdict = await surveyKvm(req.ref.dir);
+    if (verdict === 'broken') {
+      log.warn(KVM_BROKEN_WARNING);
+      accel = 'tcg';
+    }
+    probe = verdict === null;
+  }
   const res = await reserveVm(req.ref);
   try {
     let uefi: { code: string; vars: string } | undefined;
@@ -132,17 +145,25 @@ export async function startVm(req: StartRequest): Promise<{ vm: RunningVm; accel
     for (let attempt = 0; ; attempt++) {
       const np = await planNetwork(req.ref.name, req.net);
       try {
-        let result = await launch(res, request(req, np, accel, uefi), { signal: req.signal });
+        let result: Awaited<ReturnType<typeof launch>>;
+        try {
+          result = await launch(res, request(req, np, accel, uefi), { signal: req.signal });
+        } catch (e) {
+          // QEMU died of KVM as it started (launch marked KVM broken): this VM runs on TCG
+          if (!(probe && accel === 'kvm' && e instanceof KvmFailed)) throw e;
+          log.warn(`KVM failed here as QEMU started: starting ${req.ref.name} with TCG, which is much slower; later runs use TCG directly`);
+          accel = 'tcg';
+          result = await launch(res, request(req, np, accel, uefi), { signal: req.signal });
+        }
         if (typeof result === 'number') return result;
-        if (choice.probeKvm && accel === 'kvm') {
-          if (await kvmWorks(result)) writeKvmVerdict('ok');
-          else {
-            writeKvmVerdict('broken');
-            log.warn('KVM failed at run time here (internal error): restarting with TCG, which is much slower; later runs use TCG directly');
-            accel = 'tcg';
-            result = await launch(res, request(req, np, accel, uefi), { signal: req.signal });
-            if (typeof result === 'number') return result;
-          }
+        // its first seconds: not proof that KVM works (pim-ps and pim-status write that), but
+        // an internal error this early restarts the VM on TCG before pim-run returns
+        if (probe && accel === 'kvm' && !(await kvmWorks(result))) {
+          markKvmBroken();
+          log.warn('KVM failed at run time here (internal error): restarting with TCG, which is much slower; later runs use TCG directly');
+          accel = 'tcg';
+          result = await launch(res, request(req, np, accel, uefi), { signal: req.signal });
+          if (typeof result === 'number') return result;
         }
         return { vm: result, accel, sshPort: np.sshPort };
       } catch (e) {

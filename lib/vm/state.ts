@@ -10,7 +10,7 @@ import { RUNTIME_EXT, type VmFiles } from '../core/paths.ts';
 import { isOurProcess, readPidfile } from '../core/proc.ts';
 import { lockHeld } from '../core/lock.ts';
 import { qemuEscape, type PortForward } from '../qemu/argv.ts';
-import { nameProblem } from '../core/names.ts';
+import { fieldHint, nameProblem } from '../core/names.ts';
 import { EXIT, PimError } from '../core/exit.ts';
 import { openRegular, readRegular, writeFileAtomic } from '../core/fs.ts';
 import { knownRef, type VmRef } from './ref.ts';
@@ -112,6 +112,21 @@ export function runtimeNames(dir: string): string[] {
   return [...names].sort();
 }
 
+/** Names whose log (NAME.log) is in `dir`: logs outlive their VMs, for a post-mortem (pim-ps --all). */
+export function loggedNames(dir: string): string[] {
+  let entries: string[];
+  try {
+    entries = readdirSync(dir);
+  } catch {
+    return [];
+  }
+  return entries
+    .filter((f) => f.endsWith(RUNTIME_EXT.log))
+    .map((f) => f.slice(0, -RUNTIME_EXT.log.length))
+    .filter((n) => !nameProblem(n))
+    .sort();
+}
+
 /** Every VM in the runtime dir; stale ones are cleaned up as they are found. */
 export async function listVms(dir: string, opts: { keepStale?: boolean } = {}): Promise<VmInfo[]> {
   const infos = await Promise.all(runtimeNames(dir).map((n) => vmInfo(knownRef(n, dir))));
@@ -129,7 +144,7 @@ export async function requireRunning(ref: VmRef): Promise<RunningVm> {
   if (info.state === 'running') return info as RunningVm;
   if (info.state === 'stale') cleanupFiles(info.files);
   if (info.state === 'starting') throw new PimError(EXIT.TEMPFAIL, `${ref.name} is still starting; try again in a moment`);
-  throw new PimError(EXIT.UNAVAILABLE, `${ref.name} is not running; see pim-ps for the VMs that are`);
+  throw new PimError(EXIT.UNAVAILABLE, `${ref.name} is not running; see pim-ps for the VMs that are${fieldHint(ref.name)}`);
 }
 
 /** The last `n` lines of a log (a regular file; at most its last 256 KiB are read). */
