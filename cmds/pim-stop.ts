@@ -46,12 +46,17 @@ is agent, acpi, sigterm or sigkill. With no NAME, names are read from stdin.`,
       if (!names.length) throw new PimError(EXIT.USAGE, 'no VM names on stdin');
     }
     // `pim-ps | fzf | xargs pim-stop` gives every field of a line as a name: refuse them all
-    // before anything stops (a field word that is a VM's name is still a name)
+    // before anything stops. A pim-ps line always has a word that cannot be a name (its
+    // image path, or "-" for a field it lacks): only then are the other field-like words
+    // (a pid, a state) taken for fields; alone, "stale" is a name like any other, and a
+    // field word that is a VM's name is still a name.
     const { looksLikeField, nameProblem } = await import('../lib/core/names.ts');
     const { vmInfo } = await import('../lib/vm/state.ts');
     const fields: string[] = [];
-    for (const n of new Set(names)) {
-      if (looksLikeField(n) && (nameProblem(n) || (await vmInfo(vmRef(n))).state === 'absent')) fields.push(n);
+    if (names.some((n) => looksLikeField(n) && nameProblem(n))) {
+      for (const n of new Set(names)) {
+        if (looksLikeField(n) && (nameProblem(n) || (await vmInfo(vmRef(n))).state === 'absent')) fields.push(n);
+      }
     }
     if (fields.length) {
       const shown = fields.slice(0, 4).map((w) => JSON.stringify(w)).join(', ') + (fields.length > 4 ? ', ...' : '');

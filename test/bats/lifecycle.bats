@@ -37,10 +37,11 @@ ssh_guest() {
   [ "$status" -eq 0 ]
   [ -z "$stderr" ]
   [ "${#lines[@]}" -eq 1 ]
-  IFS=$'\t' read -r name state pid port uptime image bridged <<<"${lines[0]}"
+  IFS=$'\t' read -r name state pid port uptime image bridged kind accel forwards <<<"${lines[0]}"
   [ "$name" = dev ]
   [ "$state" = running ]
   [ "$bridged" = no ]
+  [ "$kind $accel $forwards" = "run tcg -" ]
   [ "$image" = "$TESTBED/guest-full.qcow2" ]
   kill -0 "$pid"
   [ "$pid" = "$(cat "$XDG_RUNTIME_DIR/pim/dev.pid")" ]

@@ -127,8 +127,8 @@ kill_leftovers() {
   [ "$status" -eq 0 ]
   [ -z "$stderr" ]
   [ "${#lines[@]}" -eq 1 ]
-  IFS=$'\t' read -r name state ppid port uptime image bridged <<<"${lines[0]}"
-  [ "$name $state $ppid $port $bridged" = "br running $pid - yes" ]
+  IFS=$'\t' read -r name state ppid port uptime image bridged kind accel forwards <<<"${lines[0]}"
+  [ "$name $state $ppid $port $bridged $kind $forwards" = "br running $pid - yes run -" ]
   [ "$image" = "$IMG" ]
 
   run --separate-stderr as_user pim-status br

@@ -244,16 +244,26 @@ bcomplete() { zsh -f "$REPO/test/shell/bcomplete.zsh" "$@"; }
 @test "fzf pickers: pim-ps --table (a header, aligned columns) and pim's commands with summaries" {
   run pim-ps --table
   [ "$status" -eq 0 ]
-  [ "${lines[0]}" = "NAME  STATE  PID  SSH-PORT  UPTIME  IMAGE  BRIDGED" ]
+  [ "${lines[0]}" = "NAME  STATE  PID  SSH-PORT  UPTIME  IMAGE  BRIDGED  KIND  ACCEL  FORWARDS" ]
   run --separate-stderr pim-ps --table --json
   [ "$status" -eq 64 ]
   run bash --norc -c 'source "$1"; __pim_fzf_commands' bash "$REPO/shell/pim.bash"
-  [ "${lines[0]}" = "COMMAND  SUMMARY" ]
-  [[ "$output" == *$'\nstop     Stop VMs: guest agent'* ]]
-  [[ "$output" == *$'\nconsole  Attach to a VM'* ]]
+  commands_aligned
+  [[ "$output" == *$'\nconsole '*' Attach to a VM'* ]]
   run zsh -f -c 'source $1; __pim_fzf_commands' zsh "$REPO/shell/pim.zsh"
-  [ "${lines[0]}" = "COMMAND  SUMMARY" ]
-  [[ "$output" == *$'\nstop     Stop VMs: guest agent'* ]]
+  commands_aligned
+}
+
+# the commands' picker: a header, and every summary in the header's SUMMARY column
+# (as wide as the longest command name needs)
+commands_aligned() {
+  local col line
+  [[ "${lines[0]}" =~ ^COMMAND\ +SUMMARY$ ]]
+  col=$((${#lines[0]} - 7))
+  [[ "$output" == *$'\nstop '*' Stop VMs: guest agent'* ]]
+  for line in "${lines[@]:1}"; do
+    [[ "${line:0:col}" =~ ^[a-z-]+\ +$ ]] && [ "${line:col:1}" != " " ] || { echo "not aligned at $col: $line"; return 1; }
+  done
 }
 
 @test "bash: fzf's completion.bash: the picker gets pim-ps --table and --header-lines=1" {
@@ -262,14 +272,14 @@ bcomplete() { zsh -f "$REPO/test/shell/bcomplete.zsh" "$@"; }
   run env PATH="$PIM_TMP/stub:$PATH" FAKE_FZF_PICK=. bash --norc -i -c '
     source "$1"; source "$2"
     COMP_WORDS=(pim-stop "**"); COMP_CWORD=1; _fzf_complete_pim-stop pim-stop "**" pim-stop; echo "fzf: ${COMPREPLY[*]}"
-    COMP_WORDS=(pim "**"); COMP_CWORD=1; FAKE_FZF_PICK=stop _fzf_complete_pim pim "**" pim; echo "pim: ${COMPREPLY[*]}"
+    COMP_WORDS=(pim "**"); COMP_CWORD=1; FAKE_FZF_PICK="^stop " _fzf_complete_pim pim "**" pim; echo "pim: ${COMPREPLY[*]}"
   ' bash "$FZF_BASH" "$REPO/shell/pim.bash"
   echo "$output"; cat "$PIM_TMP/fzf.log"
   [[ "$output" == *"fzf: web1 db2"* ]]
   [[ "$output" == *"pim: stop"* ]]
   grep -q -- '--header-lines=1' "$PIM_TMP/fzf.log"
   grep -q '^NAME  STATE    PID$' "$PIM_TMP/fzf.log"
-  grep -q '^COMMAND  SUMMARY$' "$PIM_TMP/fzf.log"
+  grep -Eq '^COMMAND +SUMMARY$' "$PIM_TMP/fzf.log"
 }
 
 # --- zsh ---------------------------------------------------------------------
