@@ -223,7 +223,7 @@ no_leftovers() {
 }
 
 @test "an installer that never powers off: 75 after the timeout, nothing left" {
-  run --separate-stderr pim-build run hang --timeout 40
+  run --separate-stderr pim-build run hang --timeout 25
   [ "$status" -eq 75 ]
   [[ "$stderr" == *"did not power off within"* ]]
   no_leftovers hang
