@@ -186,6 +186,11 @@ export class GaClient {
     return this.proto.request(cmd, args, timeoutMs);
   }
 
+  /** The agent has answered a sync on this connection. */
+  get synced(): boolean {
+    return this.proto.isSynced;
+  }
+
   close(): void {
     this.sock.destroy();
   }

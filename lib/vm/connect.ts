@@ -26,14 +26,45 @@ export async function withGa<T>(name: string, timeoutMs: number, fn: (g: GaClien
   if (vm.meta && !vm.meta.agent) throw new PimError(EXIT.UNAVAILABLE, `${name} was started without a guest-agent channel`);
   const { GaClient, GaSilent } = await import('../qemu/ga.ts');
   const g = await GaClient.connect(vm.files.ga, timeoutMs);
+  // A VM that is not running inside QEMU (paused, stopped on an error) cannot
+  // answer, and waiting out the whole timeout says nothing: while the agent has
+  // not answered its first sync, QMP is asked after a second, and then every two.
+  let done = false;
+  let timer: NodeJS.Timeout | undefined;
+  const stalled = new Promise<never>((_, reject) => {
+    const look = async () => {
+      if (done || g.synced) return;
+      const why = await notRunning(vm);
+      if (why) reject(why);
+      else if (!done) timer = setTimeout(look, 2_000);
+    };
+    timer = setTimeout(look, 1_000);
+  });
+  stalled.catch(() => undefined); // raced below; never unhandled
   try {
-    return await fn(g, vm);
+    return await Promise.race([fn(g, vm), stalled]);
   } catch (e) {
     if (!(e instanceof GaSilent)) throw e;
     g.close();
     throw (await whySilent(vm)) ?? e;
   } finally {
+    done = true;
+    clearTimeout(timer);
     g.close();
+  }
+}
+
+/** 69 with the reason when the VM is not running inside QEMU (QMP query-status); null otherwise or when QMP does not say. */
+async function notRunning(vm: RunningVm): Promise<PimError | null> {
+  try {
+    return await withQmp(vm.name, 2_000, async (q) => {
+      const st = (await q.execute('query-status')) as { status: string; running: boolean };
+      if (st.running) return null;
+      const how = st.status === 'paused' ? `resume it (pim-ctl ${vm.name} resume)` : 'see pim-status and pim-log';
+      return new PimError(EXIT.UNAVAILABLE, `${vm.name} is not running inside QEMU (status ${st.status}), so its guest agent cannot answer; ${how}`);
+    });
+  } catch {
+    return null;
   }
 }
 
@@ -46,12 +77,9 @@ export async function withGa<T>(name: string, timeoutMs: number, fn: (g: GaClien
  */
 async function whySilent(vm: RunningVm): Promise<PimError | null> {
   try {
+    const why = await notRunning(vm);
+    if (why) return why;
     return await withQmp(vm.name, 3_000, async (q) => {
-      const st = (await q.execute('query-status')) as { status: string; running: boolean };
-      if (!st.running) {
-        const how = st.status === 'paused' ? `resume it (pim-qmp ${vm.name} cont)` : 'see pim-status and the log';
-        return new PimError(EXIT.UNAVAILABLE, `${vm.name} is not running inside QEMU (status ${st.status}), so its guest agent cannot answer; ${how}`);
-      }
       const chardevs = (await q.execute('query-chardev')) as Array<{ label: string; filename: string }>;
       const ga = chardevs.find((c) => c.label === 'ga0');
       if (ga && !ga.filename.startsWith('disconnected:')) {

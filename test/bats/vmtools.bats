@@ -315,9 +315,13 @@ ssh_banner() {
   [ "$status" -eq 0 ]
   [ "$output" = $'vt\tpaused' ]
   [ "$stderr" = "pim-ctl: vt is already paused" ]
+  # the agent cannot answer a paused VM: pim-exec says so at once, not after its
+  # own 10 s wait for the agent (and --timeout, the command's bound, is not it)
+  SECONDS=0
   run --separate-stderr pim-exec vt --timeout 5 -- true
   [ "$status" -eq 69 ]
   [[ "$stderr" == *"status paused"* ]]
+  [ "$SECONDS" -lt 9 ] || { echo "pim-exec on a paused VM took ${SECONDS} s"; false; }
   run --separate-stderr pim-wait vt --for agent --timeout 2
   [ "$status" -eq 75 ]
   [[ "$stderr" == *"status paused: pim-ctl vt resume"* ]]
