@@ -80,6 +80,20 @@ export const stoppedRecord = (name: string, image: string | null, json: boolean 
   forwards: json ? [] : null,
 });
 
+/** VM definitions and the image each names; a broken vms.d costs a warning, not the listing. */
+async function definedVms(): Promise<Map<string, string | null>> {
+  const { loadVmCatalog, definition } = await import('../lib/config/vms.ts');
+  const { entryNames } = await import('../lib/config/catalog.ts');
+  try {
+    const cat = await loadVmCatalog();
+    return new Map(entryNames(cat).map((n) => [n, definition(cat, n).image ?? null]));
+  } catch (e) {
+    const { log } = await import('../lib/core/log.ts');
+    log.warn(`VM definitions left out: ${(e as Error).message}`);
+    return new Map();
+  }
+}
+
 export default defineCommand({
   meta: {
     name: 'pim-ps',
@@ -91,15 +105,15 @@ terminal, or with --table). STATE is QEMU's own (QMP query-status): running, pau
 internal-error, shutdown, ...; "unknown" when QMP does not answer within a second,
 "starting" while a start holds the VM. KIND is run, kboot or build; ACCEL kvm, hvf or
 tcg; FORWARDS the port forwards besides SSH (HOST:GUEST, /udp for UDP). -q prints names
-only and asks no VM anything. --all also lists, as "stopped", the images in the store and
-the VMs whose log is kept in the runtime dir. Runtime entries of VMs that died are
+only and asks no VM anything. --all also lists, as "stopped", the images in the store, the
+VMs defined in vms.d (pim-vm), and the VMs whose log is kept in the runtime dir. Runtime entries of VMs that died are
 cleaned up.`,
     examples: ['pim-ps', 'pim-ps -q | fzf | pim-stop', 'pim-ps --table | fzf -m --header-lines=1 | pim-stop', 'pim-ps --json | jq -r .ssh_port', 'pim-ps --all'],
   },
   args: {
     ...jsonArgs,
     ...quietArgs,
-    all: { type: 'boolean', alias: 'a', description: 'also list stopped VMs: images in the store, and logs kept in the runtime dir' },
+    all: { type: 'boolean', alias: 'a', description: 'also list stopped VMs: store images, VM definitions, kept logs' },
     table: { type: 'boolean', description: 'an aligned table with a header, also in a pipe (for fzf --header-lines=1)' },
   },
   async run({ args }) {
@@ -146,7 +160,10 @@ cleaned up.`,
       const { storeImages } = await import('../lib/image/store.ts');
       const { loggedNames } = await import('../lib/vm/state.ts');
       const seen = new Set(recs.map((r) => r.name));
-      const images = new Map(storeImages().map((i) => [i.name, i.path]));
+      const images = new Map<string, string | null>(storeImages().map((i) => [i.name, i.path]));
+      // defined VMs (vms.d) that do not run, with the image their definition names
+      const defined = await definedVms();
+      for (const [n, img] of defined) if (!images.has(n)) images.set(n, img);
       const stopped = new Set([...images.keys(), ...(dir ? loggedNames(dir) : [])]);
       for (const n of [...stopped].sort()) {
         if (!seen.has(n)) recs.push(args.quiet ? { name: n } : stoppedRecord(n, images.get(n) ?? null, args.json));

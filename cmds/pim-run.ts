@@ -28,8 +28,10 @@ export default defineCommand({
     description: 'Boot an image from the image store, or from a path, as a VM.',
     passthrough: 'qemu args',
     details: `
-NAME boots ~/.local/share/pim/images/NAME.qcow2 (or .img/.raw); a path boots that file
-and names the VM after it (or --name). Headless by default: the serial console is on
+NAME boots the VM defined as NAME in ~/.config/pim/vms.d (see pim-vm: its image, settings
+and qemu_args, which the flags override), else ~/.local/share/pim/images/NAME.qcow2 (or
+.img/.raw), else the newest build of profile NAME; a path boots that file and names the
+VM after it (or --name). Headless by default: the serial console is on
 <runtime>/NAME.serial (attach with pim-console) and copied to NAME.log. Networking is
 QEMU user mode with SSH forwarded from 127.0.0.1:PORT (a free port unless --ssh-port).
 --bridged joins a host bridge (Linux: qemu-bridge-helper, through sudo unless the helper
@@ -44,13 +46,13 @@ leaves the VM running).`,
     examples: ['pim-run dev', 'pim-run ./disk.qcow2 --name scratch --snapshot', 'pim-run dev --bridged', 'pim-run dev --forward 8080:80 --wait ssh', 'pim-run dev --mem 2G --cpus 4 -- -device virtio-balloon'],
   },
   args: {
-    target: { type: 'positional', description: 'an image in the store, or the path of one', required: true, valueHint: 'NAME|IMAGE', complete: imageNames, path: 'file' },
+    target: { type: 'positional', description: 'a defined VM, an image in the store, or the path of one', required: true, valueHint: 'NAME|IMAGE', complete: imageNames, path: 'file' },
     name: { type: 'string', description: 'VM name (default: the image name)', valueHint: 'NAME' },
     console: { type: 'boolean', description: 'run in the foreground with the serial console on this terminal' },
     bridged: { type: 'boolean', description: 'bridged networking (needs sudo unless the bridge helper is setuid)' },
     bridge: { type: 'string', description: 'bridge (Linux) or interface (macOS) for --bridged; env PIM_BRIDGE', valueHint: 'IF' },
-    mem: { type: 'string', description: 'memory size', default: '1G', valueHint: 'SIZE' },
-    cpus: { type: 'string', description: 'virtual CPUs', default: '2', valueHint: 'N' },
+    mem: { type: 'string', description: 'memory size (default: the definition\'s, else 1G)', valueHint: 'SIZE' },
+    cpus: { type: 'string', description: 'virtual CPUs (default: the definition\'s, else 2)', valueHint: 'N' },
     sshPort: { type: 'string', description: 'host port forwarded to guest port 22 (user networking)', valueHint: 'PORT' },
     snapshot: { type: 'boolean', description: 'discard disk writes when the VM stops' },
     accel: { type: 'enum', options: ['kvm', 'hvf', 'tcg'], description: 'accelerator; env PIM_ACCEL' },
@@ -68,33 +70,62 @@ leaves the VM running).`,
 
     const { vmInfo } = await import('../lib/vm/state.ts');
     const running = async (n: string) => (await vmInfo(vmRef(n))).state === 'running';
-    const img = await resolveImage(args.target, args.name, running);
+    // a VM defined in vms.d (pim-vm): its settings, which the flags override
+    const vms = await import('../lib/config/vms.ts');
+    const { looksLikePath } = await import('../lib/image/store.ts');
+    const def = looksLikePath(args.target) ? null : await vms.findVmDefinition(args.target);
+    const target = def ? vms.definitionTarget(def) : { target: args.target, buildOnly: false };
+    const img = await resolveImage(target.target, args.name ?? def?.name, running);
+    if (target.buildOnly && !img.build) {
+      throw new PimError(EXIT.NOINPUT, `VM ${def!.name} boots build:${target.target}, but ${img.path} is not a build of profile ${target.target}; run pim-build run ${target.target}`);
+    }
     const ref = vmRef(img.name);
-    const cpus = checkCpus(args.cpus);
-    const mem = checkMem(args.mem);
-    const sshPort = args.sshPort ? checkPort(args.sshPort) : undefined;
+    const cpus = checkCpus(args.cpus ?? def?.cpus ?? 2);
+    const mem = checkMem(args.mem ?? def?.mem ?? '1G');
+    const bridged = Boolean(args.bridged || def?.net === 'bridged');
+    let sshPort = args.sshPort ? checkPort(args.sshPort) : def?.ssh_port !== undefined ? checkPort(def.ssh_port, 'ssh_port') : undefined;
+    let efivars = img.efivars;
+    if (def?.firmware === 'bios') efivars = null;
+    if (def?.firmware === 'uefi' && !efivars) {
+      throw new PimError(EXIT.NOINPUT, `VM ${def.name} asks for UEFI firmware, but its image has no UEFI vars beside it (${img.path.replace(/\.[^./]+$/, '')}.efivars.fd); copy OVMF_VARS there, or set firmware: bios`);
+    }
     // --forward and --wait are checked before anything starts
     const { parseForward } = await import('../lib/vm/forward.ts');
-    const forwards = (repeated.forward ?? []).map((s) => parseForward(s));
+    const forwards = [...(def?.ports ?? []), ...(repeated.forward ?? [])].map((s) => parseForward(s));
+    // qemu_args with their variables, then the words after --
+    let extra = rest;
+    if (def?.qemu_args.length) {
+      if (!bridged && sshPort === undefined && vms.referencedVars(def.qemu_args).includes('vm.ssh_port')) sshPort = await (await import('../lib/qemu/host.ts')).freePort();
+      const { loadRuntimeConfig } = await import('../lib/config/runtime.ts');
+      const { storeImages } = await import('../lib/image/store.ts');
+      const { runtimeDirPath } = await import('../lib/core/paths.ts');
+      const args2 = vms.expandVars(def.qemu_args, def.argWhere, def, {
+        vm: { name: ref.name, mem, cpus, ssh_port: bridged ? null : (sshPort ?? null) },
+        globalVars: (await loadRuntimeConfig()).value.vars ?? {},
+        image: (n) => storeImages().find((i) => i.name === n)?.path ?? null,
+        runtime: runtimeDirPath(),
+      });
+      extra = [...args2, ...rest];
+    }
     const { parseWaitFor, checkWaitable, waitUp } = await import('../lib/vm/wait.ts');
     const { parseTimeout } = await import('../lib/cli/args.ts');
     const fors = (repeated.wait ?? []).map((s) => parseWaitFor(s, '--wait'));
     const waitMs = parseTimeout(args.waitTimeout, 120, '--wait-timeout');
     if (fors.length && args.console) throw new PimError(EXIT.USAGE, '--wait is for a headless start; --console shows the console itself');
-    checkWaitable(ref.name, { agent: true, ssh: !args.bridged }, fors);
+    checkWaitable(ref.name, { agent: true, ssh: !bridged }, fors);
     // the foreground console leaves Ctrl-C to QEMU; a headless start undoes itself on a signal
     const trap = args.console ? null : trapSignals();
     try {
       const r = await startVm({
         ref,
-        disk: { path: img.path, format: img.format, efivars: img.efivars },
+        disk: { path: img.path, format: img.format, efivars },
         mem,
         cpus,
-        accel: args.accel,
-        net: { bridged: args.bridged, bridge: args.bridge, sshPort, forwards },
-        snapshot: args.snapshot,
+        accel: args.accel ?? def?.accel,
+        net: { bridged, bridge: args.bridge ?? def?.bridge, sshPort, forwards },
+        snapshot: Boolean(args.snapshot || def?.snapshot),
         console: args.console,
-        extra: rest,
+        extra,
         signal: trap?.signal,
       });
       if (typeof r === 'number') return r; // --console: QEMU's own status

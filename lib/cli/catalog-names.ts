@@ -1,6 +1,6 @@
 /**
- * Profile and ISO names for completion, without YAML: a line scan of the
- * built-in catalog and of ~/.config/pim/{profiles,isos}.d/*.yml. No parser
+ * Profile, ISO and VM definition names for completion, without YAML: a line scan of the
+ * built-in catalog and of ~/.config/pim/{profiles,isos,vms}.d/*.yml. No parser
  * and no cache to go stale: the scan of a few small files takes about a
  * millisecond at TAB time, and a broken file costs nothing here (the
  * command itself says what is wrong with it).
@@ -23,7 +23,7 @@ export function yamlTopKeys(text: string): string[] {
 }
 
 /** Names in the built-in catalog text and in ~/.config/pim/KIND.d/*.yml. */
-export function catalogNames(kind: 'profiles' | 'isos', builtin: string): string[] {
+export function catalogNames(kind: 'profiles' | 'isos' | 'vms', builtin: string): string[] {
   const names = new Set(yamlTopKeys(builtin));
   const dir = join(configDir(), `${kind}.d`);
   let files: string[] = [];
@@ -34,7 +34,7 @@ export function catalogNames(kind: 'profiles' | 'isos', builtin: string): string
   }
   // regular files only (never blocking on a FIFO at TAB time), the first MB
   for (const f of files) for (const k of yamlTopKeys(readRegular(join(dir, f)) ?? '')) names.add(k);
-  if (kind === 'isos') names.delete('default');
+  if (kind !== 'profiles') names.delete('default');
   return [...names].sort();
 }
 
@@ -43,8 +43,8 @@ export function catalogNames(kind: 'profiles' | 'isos', builtin: string): string
  * files (lib/config/defaults.ts, a layer above this one: the command passes
  * it in, and it is loaded only at TAB time).
  */
-export function catalogCompleter(kind: 'profiles' | 'isos', defaults: () => Promise<{ DEFAULT_FILES: Record<string, string> }>): Completer {
-  const what = kind === 'isos' ? 'ISO' : 'profile';
+export function catalogCompleter(kind: 'profiles' | 'isos' | 'vms', defaults: () => Promise<{ DEFAULT_FILES: Record<string, string> }>): Completer {
+  const what = kind === 'isos' ? 'ISO' : kind === 'vms' ? 'VM definition' : 'profile';
   return async (complete) => {
     const builtin = (await defaults()).DEFAULT_FILES[`${kind}.d/default.yml`] ?? '';
     for (const n of catalogNames(kind, builtin)) complete(n, what);

@@ -1,4 +1,4 @@
-/** pim.yml, the runtime config: serve.port and serve.bind, over the built-in defaults. */
+/** pim.yml, the runtime config: serve.port and serve.bind, and vars, over the built-in defaults. */
 import * as fs from 'node:fs';
 import { join } from 'node:path';
 import { configDir } from '../core/paths.ts';
@@ -10,6 +10,8 @@ import { checkSchema, PIM_SCHEMA, typeName } from './schema.ts';
 
 export interface RuntimeConfig {
   serve: { port: number; bind: string };
+  /** variables for VM definitions' qemu_args (${vars.NAME}), under an entry's own */
+  vars?: Record<string, unknown>;
 }
 
 export async function loadRuntimeConfig(): Promise<{ value: RuntimeConfig; origins: Origins }> {

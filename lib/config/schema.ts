@@ -46,7 +46,13 @@ export const ISO_SCHEMA: Schema = {
   url: 'string', checksum: 'string', checksum_url: 'string', filename: 'string', insecure: 'boolean',
   distro: 'string', arch: 'string', version: 'string', description: 'string',
 };
-export const PIM_SCHEMA: Schema = { serve: mapping({ port: 'number', bind: 'string' }) };
+/** VM definitions (vms.d/*.yml, lib/config/vms.ts): what pim-run's flags say, and qemu_args with ${...} variables */
+export const VM_SCHEMA: Schema = {
+  image: 'string', mem: 'string|number', cpus: 'positive', net: oneOf('user', 'bridged'), bridge: 'string',
+  ssh_port: 'positive', ports: 'string[]', firmware: oneOf('bios', 'uefi'), snapshot: 'boolean',
+  accel: oneOf('kvm', 'hvf', 'tcg'), qemu_args: 'string[]', vars: 'object',
+};
+export const PIM_SCHEMA: Schema = { serve: mapping({ port: 'number', bind: 'string' }), vars: 'object' };
 
 export function typeName(v: unknown): string {
   if (v === null) return 'null';

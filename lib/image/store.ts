@@ -29,7 +29,7 @@ export interface ImageRef {
   build: string | null;
 }
 
-const looksLikePath = (s: string) => s.includes('/') || IMAGE_EXTS.includes(extname(s));
+export const looksLikePath = (s: string) => s.includes('/') || IMAGE_EXTS.includes(extname(s));
 
 export function imageFormat(path: string): 'qcow2' | 'raw' {
   const fd = openSync(path, 'r');

@@ -525,6 +525,9 @@ dev:
 EOF
   # pim-serve's port from pim.yml: any free one (8080 may be taken on a shared machine)
   printf 'serve:\n  port: 0\n' >"$c/pim.yml"
+  # pim-vm's examples show VM definition web (the test bed's image, at test size)
+  mkdir -p "$c/vms.d"
+  printf 'web:\n  image: dev\n  mem: 256M\n  cpus: 1\n  snapshot: true\n  qemu_args: [-smbios, "type=1,serial=${vm.name}"]\n' >"$c/vms.d/web.yml"
   ex_restore
 }
 

@@ -288,7 +288,7 @@ describe('help', () => {
     expect(h.split('\n')[0]).toBe('Usage: pim-run NAME|IMAGE [options] [-- qemu args]');
     expect(h).toContain('  --ssh-port PORT');
     expect(h).toContain('  --accel kvm|hvf|tcg');
-    expect(h).toContain('(default: 1G)');
+    expect(h).toMatch(/--wait-timeout S +seconds --wait waits .*\(default: 120\)/); // citty's default, rendered
     expect(h).toContain('Examples:\n  pim-run dev\n');
     expect(h).not.toContain('sshPort');
     expect(h).not.toContain('\x1b');
