@@ -94,6 +94,7 @@ export async function runBuild(o: BuildOpts): Promise<BuildOutcome> {
   st.set(`resolving profile ${o.profile}`);
   const { loadProfile } = await import('../config/profile.ts');
   const profile = await loadProfile(o.profile);
+  if (profile.value.builder === 'raw') return (await import('./raw.ts')).buildRaw(o, profile, t0); // an empty disk: no ISO, no VM
   const plan = await planBuild(profile, { timeoutS: o.timeoutS });
   const { ensureIso } = await import('../install/iso-store.ts');
   const iso = await ensureIso(plan.iso, { signal: o.signal });

@@ -49,7 +49,7 @@ export const KEY_URL = 'http://10.0.2.2:0';
 const where = (p: Resolved, key: string) => p.origins[key] ?? `profile "${p.name}"`;
 
 /** A disk size as qemu-img takes it: 8G, 512M, 20000000000. */
-function checkSize(p: Resolved, v: unknown): string {
+export function checkSize(p: Resolved, v: unknown): string {
   const s = String(v ?? '8G');
   if (!/^\d+(\.\d+)?[KMGT]?$/i.test(s)) throw new PimError(EXIT.CONFIG, `${where(p, 'disk_size')}: disk_size must be a size such as 8G or 20G, not ${JSON.stringify(s)}`);
   return s.toUpperCase();
@@ -115,7 +115,7 @@ export async function planBuild(profile: Resolved, opts: { timeoutS?: number } =
   };
 }
 
-function wrap<T>(p: Resolved, key: string, f: () => T): T {
+export function wrap<T>(p: Resolved, key: string, f: () => T): T {
   try {
     return f();
   } catch (e) {

@@ -41,6 +41,8 @@ export const PROFILE_SCHEMA: Schema = {
   disk_format: oneOf('qcow2', 'raw'),
   /** keep the per-build SSH key in the image's authorized_keys */
   keep_build_key: 'boolean',
+  /** how pim-build makes the image: installer (from iso, the default) or raw (an empty disk of disk_size) */
+  builder: oneOf('installer', 'raw'),
 };
 export const ISO_SCHEMA: Schema = {
   url: 'string', checksum: 'string', checksum_url: 'string', filename: 'string', insecure: 'boolean',

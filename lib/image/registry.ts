@@ -26,16 +26,19 @@ export const BUILD_RECIPE = 1;
 
 export interface BuildInputs {
   recipe: number;
-  /** the merged profile */
+  /** how the image is made: an installer (absent: the records before raw builds were), or an empty disk */
+  builder?: 'raw';
+  /** the merged profile (a raw build: {}, nothing of it goes into an empty disk) */
   profile: Record<string, unknown>;
   /** answer files as rendered for the build (pim's per-build key left out): route -> sha256 */
   answers: Record<string, string>;
   /** scripts.d and installs.d files the build uses: "scripts.d/NAME" -> sha256 */
   files: Record<string, string>;
-  iso: { name: string; checksum: string };
+  /** the installer ISO (null for a raw build) */
+  iso: { name: string; checksum: string } | null;
   disk: { size: string; format: 'qcow2' | 'raw' };
   firmware: 'bios' | 'uefi';
-  boot: { kernel: string; initrd: string; append: string; inject: boolean };
+  boot: { kernel: string; initrd: string; append: string; inject: boolean } | null;
 }
 
 export interface BuildRecord {
@@ -45,7 +48,7 @@ export interface BuildRecord {
   created: string;
   recipe: number;
   inputs: BuildInputs;
-  iso: { name: string; checksum: string; path: string };
+  iso: { name: string; checksum: string; path: string } | null;
   disk: { file: string; format: 'qcow2' | 'raw'; virtual_size: number; bytes: number };
   efivars: string | null;
   /** what it takes to run it (and, later, to deploy it) */

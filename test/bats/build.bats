@@ -49,6 +49,8 @@ full: {iso: tb-di}
 slow: {iso: tb-di}
 real: {iso: tb-real, mem: 1G}
 inj: {iso: tb-di, boot: {inject: true}}
+blank: {builder: raw, disk_size: 64M, hostname: one}
+blankuefi: {builder: raw, disk_size: 32M, disk_format: raw, firmware: uefi, iso: nosuch-iso}
 EOF
   cat >"$c/scripts.d/provision.sh" <<'EOF'
 #!/bin/sh
@@ -299,4 +301,37 @@ no_leftovers() {
   [ "$status" -eq 64 ]
   run pim-build show nosuch
   [ "$status" -eq 66 ]
+}
+
+@test "builder: raw: an empty disk of disk_size, cached by size, format and firmware only, and pim-run boots it" {
+  run --separate-stderr pim-build run blank --json
+  [ "$status" -eq 0 ]
+  [ "$(jq -r .hit <<<"$output")" = false ]
+  path=$(jq -r .path <<<"$output")
+  [ "$(qemu-img info --output=json "$path" | jq -r '.format + " " + (."virtual-size" | tostring)')" = "qcow2 67108864" ]
+  [ "$(stat -c %a "$path")" = 444 ]
+  # a change that does not shape the disk (hostname) is still a hit; a new size is a miss
+  c="$XDG_CONFIG_HOME/pim/profiles.d/tb.yml"
+  sed -i 's/^blank: {builder: raw, disk_size: 64M, hostname: one}/blank: {builder: raw, disk_size: 64M, hostname: two}/' "$c"
+  run --separate-stderr pim-build run blank
+  [ "$status" -eq 0 ]
+  [ "$output" = "$path" ]
+  [[ "$stderr" == *cached* ]]
+  sed -i 's/^blank: {builder: raw, disk_size: 64M, hostname: two}/blank: {builder: raw, disk_size: 96M, hostname: two}/' "$c"
+  run --separate-stderr pim-build run blank
+  [ "$status" -eq 0 ]
+  [ "$output" != "$path" ]
+  [ "$(qemu-img info --output=json "$output" | jq -r '."virtual-size"')" = 100663296 ]
+  # raw format, UEFI: the vars beside it; the profile's iso is never fetched (it does not exist)
+  run --separate-stderr pim-build run blankuefi
+  [ "$status" -eq 0 ]
+  [[ "$output" == */blankuefi.raw ]]
+  [ "$(stat -c %s "$output")" = 33554432 ]
+  [ -f "$(dirname "$output")/blankuefi.efivars.fd" ]
+  # pim-run boots the newest build through an overlay; the empty disk boots no OS, but QEMU runs
+  run --separate-stderr pim-run blank --mem 128M --cpus 1
+  [ "$status" -eq 0 ]
+  run pim-status blank
+  [ "$status" -eq 0 ]
+  pim-stop blank --force >/dev/null
 }
