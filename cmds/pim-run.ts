@@ -113,6 +113,14 @@ leaves the VM running).`,
     const waitMs = parseTimeout(args.waitTimeout, 120, '--wait-timeout');
     if (fors.length && args.console) throw new PimError(EXIT.USAGE, '--wait is for a headless start; --console shows the console itself');
     checkWaitable(ref.name, { agent: true, ssh: !bridged }, fors);
+    // a pim build's VM: who logs in over SSH (pim-ssh, pim-cp), recorded in the metadata
+    let ssh: { user?: string; key?: string } | undefined;
+    if (img.build) {
+      const { buildOfDisk } = await import('../lib/image/registry.ts');
+      const { sshOfBuild } = await import('../lib/vm/reach.ts');
+      const b = buildOfDisk(img.path);
+      if (b) ssh = sshOfBuild(b.settings?.ssh_user, b.inputs?.profile?.ssh_keys);
+    }
     // the foreground console leaves Ctrl-C to QEMU; a headless start undoes itself on a signal
     const trap = args.console ? null : trapSignals();
     try {
@@ -127,6 +135,7 @@ leaves the VM running).`,
         console: args.console,
         extra,
         signal: trap?.signal,
+        ssh,
       });
       if (typeof r === 'number') return r; // --console: QEMU's own status
       log.info(`${r.vm.name} started (pid ${r.vm.pid}${r.sshPort ? `, ssh 127.0.0.1:${r.sshPort}` : ''}, ${r.accel})`);

@@ -217,7 +217,7 @@ async function buildIt(o: BuildOpts, plan: BuildPlan, c: Ctx): Promise<BuildOutc
     // the build's VM, twice: the installer (direct kernel boot, the ISO as a CD), then the installed disk
     const { startVm } = await import('../vm/plan.ts');
     const bootVm = (agent: boolean, spec?: Parameters<typeof startVm>[0]['spec']) =>
-      startVm({ ref, disk: { path: disk, format: plan.disk.format, efivars: vars }, mem: plan.mem, cpus: plan.cpus, accel: o.accel, net: {}, agent, kind: 'build', image: disk, spec, signal: o.signal });
+      startVm({ ref, disk: { path: disk, format: plan.disk.format, efivars: vars }, mem: plan.mem, cpus: plan.cpus, accel: o.accel, net: {}, agent, kind: 'build', image: disk, spec, signal: o.signal, ssh: { user: plan.sshUser } });
     const started = await bootVm(false, { kernel: { kernel: boot.kernel, initrd, append: cmdline }, cdrom: c.iso.path, noReboot: true });
     if (typeof started === 'number') throw new PimError(EXIT.SOFTWARE, 'the installer ran in the foreground');
     vm = started.vm;
@@ -238,7 +238,7 @@ async function buildIt(o: BuildOpts, plan: BuildPlan, c: Ctx): Promise<BuildOutc
     if (typeof again === 'number') throw new PimError(EXIT.SOFTWARE, 'the installed system ran in the foreground');
     vm = again.vm;
     const tProv0 = Date.now();
-    await provision(o, plan, vm, again.sshPort!, buildKeyPair.private, buildKeyPair.public, deadline, log);
+    await provision(o, plan, vm, buildKeyPair.private, buildKeyPair.public, deadline, log);
     st.set(`stopping ${plan.name}`);
     const { stopVm } = await import('../vm/stop.ts');
     const stopped = await stopVm(vm, { timeoutMs: Math.max(10_000, Math.min(120_000, deadline - Date.now())) });
@@ -397,9 +397,10 @@ function ioFailure(why: string | null, plan: BuildPlan): PimError {
  * once SSH answers, run each script as root (through sudo -n for another
  * user), remove pim's key.
  */
-async function provision(o: BuildOpts, plan: BuildPlan, vm: RunningVm, port: number, privateKey: string, publicKey: string, deadline: number, log: BuildLog): Promise<void> {
+async function provision(o: BuildOpts, plan: BuildPlan, vm: RunningVm, privateKey: string, publicKey: string, deadline: number, log: BuildLog): Promise<void> {
   const st = o.status;
-  const { hostKeysViaAgent } = await import('./hostkeys.ts');
+  const { hostKeysViaAgent } = await import('../vm/hostkeys.ts');
+  const { sshAddress } = await import('../vm/reach.ts');
   const { connectWhenUp, exec, execText, waitSshBanner } = await import('./ssh.ts');
   const { logTail } = await import('../vm/state.ts');
   const detail = setInterval(() => st.update(logTail(vm.files.log, 1)[0] ?? ''), 1000);
@@ -407,13 +408,15 @@ async function provision(o: BuildOpts, plan: BuildPlan, vm: RunningVm, port: num
   try {
     // sshd answering means its host keys exist: then ask the guest agent for them
     st.update('waiting for SSH');
-    const banner = await waitSshBanner('127.0.0.1', port, deadline, o.signal);
+    // where: the one place that says how to reach a VM over SSH (pim-ssh uses it too)
+    const { host, port } = await sshAddress(vm);
+    const banner = await waitSshBanner(host, port, deadline, o.signal);
     log.line(`ssh: ${banner}`);
     st.update('reading the host keys through the guest agent');
     const pinned = await hostKeysViaAgent(vm.files.ga, Math.min(deadline, Date.now() + 60_000), o.signal);
     if (pinned) log.line(`host keys from the guest agent:\n${pinned.lines.join('\n')}`);
     else st.say('warning: no guest agent answered with the host key: the key SSH shows is trusted without a check');
-    conn = await connectWhenUp({ host: '127.0.0.1', port, user: plan.sshUser, privateKey, hostKeys: pinned?.keys ?? null }, deadline, {
+    conn = await connectWhenUp({ host, port, user: plan.sshUser, privateKey, hostKeys: pinned?.keys ?? null }, deadline, {
       signal: o.signal,
       onAttempt: (e) => log.line(`ssh: not yet (${e.message})`),
     });

@@ -5,7 +5,9 @@
  * never sends the optional `exit-status` before it on every path).
  *
  * The host key is pinned when the guest agent could read it from the guest
- * (lib/build/hostkeys.ts); a guest that shows another key is refused.
+ * (lib/vm/hostkeys.ts); a guest that shows another key is refused. Where
+ * the guest is (host, port) and who logs in come from lib/vm/reach.ts, the
+ * one place that says how to reach a VM over SSH (pim-ssh and pim-cp use it too).
  */
 import { EXIT, PimError } from '../core/exit.ts';
 import type { Client, ClientChannel } from 'ssh2';
@@ -32,12 +34,8 @@ export async function newBuildKey(comment: string): Promise<{ private: string; p
   return { private: kp.private, public: kp.public.trim() };
 }
 
-/** The base64 body of an OpenSSH public key line, as bytes (what ssh2's host verifier gets). */
-export function keyBlob(line: string): Buffer | null {
-  const parts = line.trim().split(/\s+/);
-  const b64 = parts.find((p, i) => i > 0 && /^AAAA[0-9A-Za-z+/=]+$/.test(p)) ?? (/^AAAA/.test(parts[0] ?? '') ? parts[0] : undefined);
-  return b64 ? Buffer.from(b64, 'base64') : null;
-}
+// keyBlob moved down to lib/vm/hostkeys.ts (pim-ssh pins host keys too)
+export { keyBlob } from '../vm/hostkeys.ts';
 
 function connectOnce(t: SshTarget, timeoutMs: number, lib: typeof import('ssh2')): Promise<Client> {
   return new Promise((resolve, reject) => {

@@ -40,6 +40,8 @@ export const RUNTIME_EXT = {
   efivars: '.efivars.fd',
   /** a directory for what a start needs only until QEMU has it (kboot's initrd and FIFO) */
   stage: '.stage',
+  /** a private directory for pim-ssh and pim-cp: the ssh config, the pinned known_hosts, the control sockets (lib/vm/reach.ts) */
+  ssh: '.ssh',
 } as const;
 
 export type VmFiles = { -readonly [K in keyof typeof RUNTIME_EXT]: string };

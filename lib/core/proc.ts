@@ -99,3 +99,45 @@ export function exitStatusOf(sig: NodeJS.Signals | null | undefined): number {
   const n = sig ? (constants.signals as Record<string, number>)[sig] : undefined;
   return 128 + (n ?? 0);
 }
+
+/**
+ * Become `cmd` (found on PATH) with `args`: execve where Node has it (22.15+),
+ * so the command's signals, terminal and exit status are its own with nothing
+ * in between; elsewhere run it as a child with stdio inherited, hand on every
+ * signal we get, and return its status (128+N when signal N ended it).
+ */
+export async function becomeOrRun(cmd: string, args: string[]): Promise<number> {
+  const { which } = await import('./which.ts');
+  const { EXIT, PimError } = await import('./exit.ts');
+  const exe = which(cmd);
+  if (!exe) throw new PimError(EXIT.UNAVAILABLE, `${cmd} was not found on PATH; install it (Debian: apt-get install openssh-client)`);
+  const execve = (process as unknown as { execve?: (file: string, args: string[], env: NodeJS.ProcessEnv) => never }).execve;
+  if (typeof execve === 'function') {
+    try {
+      execve(exe, [cmd, ...args], process.env);
+    } catch (e) {
+      throw new PimError(EXIT.UNAVAILABLE, `cannot run ${exe}: ${(e as Error).message}`);
+    }
+  }
+  const { spawn } = process.getBuiltinModule('node:child_process') as typeof import('node:child_process');
+  return new Promise<number>((resolve) => {
+    const child = spawn(exe, args, { stdio: 'inherit', argv0: cmd });
+    const forward = (sig: NodeJS.Signals) => {
+      try {
+        child.kill(sig);
+      } catch {
+        /* gone */
+      }
+    };
+    const sigs = ['SIGINT', 'SIGTERM', 'SIGHUP', 'SIGQUIT'] as const;
+    for (const s of sigs) process.on(s, forward);
+    child.once('error', (e) => {
+      process.stderr.write(`cannot run ${exe}: ${e.message}\n`);
+      resolve(EXIT.UNAVAILABLE);
+    });
+    child.once('exit', (code, sig) => {
+      for (const s of sigs) process.off(s, forward);
+      resolve(code ?? exitStatusOf(sig));
+    });
+  });
+}

@@ -105,6 +105,8 @@ export interface StartRequest {
   spec?: Partial<Pick<VmSpec, 'kernel' | 'cdrom' | 'noReboot' | 'machine' | 'rng'>>;
   extra?: string[];
   signal?: AbortSignal;
+  /** who logs in over SSH and with which key, for pim-ssh and pim-cp (lib/vm/reach.ts), when known */
+  ssh?: { user?: string; key?: string };
 }
 
 /**
@@ -206,6 +208,8 @@ function request(req: StartRequest, np: NetPlan, accel: Accel, uefi: { code: str
       mem: req.mem,
       cpus: req.cpus,
       snapshot: Boolean(req.snapshot),
+      ...(req.ssh?.user ? { ssh_user: req.ssh.user } : {}),
+      ...(req.ssh?.key ? { ssh_key: req.ssh.key } : {}),
     },
   };
 }

@@ -32,6 +32,10 @@ export interface VmMeta {
   started: string; // ISO time
   /** user-mode port forwards besides SSH (pim-run --forward, pim-forward); absent: none */
   forwards?: PortForward[];
+  /** who logs in over SSH (pim-ssh, pim-cp): a build's ssh_user; absent: PIM_SSH_USER, else root */
+  ssh_user?: string;
+  /** the private key to log in with: the user's own key that a build installed; absent: PIM_SSH_KEY, else OpenSSH's defaults */
+  ssh_key?: string;
 }
 
 export type VmState = 'running' | 'starting' | 'stale' | 'absent';
@@ -89,7 +93,9 @@ export async function vmInfo(ref: VmRef): Promise<VmInfo> {
 /** Remove what a dead VM left behind (keeps the log for a post-mortem). */
 export function cleanupFiles(files: VmFiles): void {
   for (const k of ['qmp', 'ga', 'serial', 'pid', 'meta', 'efivars'] as const) rmSync(files[k], { force: true });
+  // directories of the VM's own (rmSync does not follow a symlink planted in their place: it removes the link)
   rmSync(files.stage, { recursive: true, force: true });
+  rmSync(files.ssh, { recursive: true, force: true });
 }
 
 /** Names that have runtime state in `dir`. */

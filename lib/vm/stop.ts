@@ -1,6 +1,7 @@
 /**
  * Stopping a VM, gently first: guest agent (guest-shutdown) -> ACPI power
- * button (QMP system_powerdown) -> SIGTERM -> SIGKILL. Each stage waits up to
+ * button (QMP system_powerdown) -> SIGTERM -> SIGKILL. pim-ssh's cached
+ * master connections are closed before (ssh -O exit, bounded). Each stage waits up to
  * the timeout for QEMU to exit. The signal is the QMP connection closing
  * (QEMU closes it as it exits), at every stage; only a VM whose QMP socket
  * does not answer is watched by polling its pid, since a process that is
@@ -42,6 +43,9 @@ export async function stopVm(vm: RunningVm, opts: { timeoutMs: number; force?: b
     return { name: vm.name, stage, seconds: Math.round((Date.now() - t0) / 100) / 10 };
   };
   const short = Math.min(opts.timeoutMs, 5_000);
+  // pim-ssh's cached connections first (ssh -O exit), best effort and bounded
+  const { closeMasters } = await import('./reach.ts');
+  await closeMasters(vm, 3_000);
   let qmp: QmpClient | null = null;
   const { QmpClient } = await import('../qemu/qmp.ts');
   try {

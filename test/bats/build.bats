@@ -134,10 +134,16 @@ no_leftovers() {
   ssh_vm tb 'dd if=/dev/urandom of=/root/big bs=1M count=8 2>/dev/null; sync'
   pim-stop tb
   [ "$(sha256sum "$path")" = "$sum" ]
-  # the VM's changes are in its overlay, which a second run keeps
-  pim-run tb --mem 256M --cpus 1
+  # the VM's changes are in its overlay, which a second run keeps; pim-run records who logs
+  # in over SSH: the profile's ssh_user, and the user's own key that is among its ssh_keys
+  mkdir -p "$PIM_TMP/home/.ssh"
+  cp "$TESTBED/id_ed25519" "$TESTBED/id_ed25519.pub" "$PIM_TMP/home/.ssh/"
+  HOME="$PIM_TMP/home" pim-run tb --mem 256M --cpus 1
   pim-console tb --ro --replay --until 'pim-testbed ready' --timeout 120 >/dev/null
   run ssh_vm tb stat -c %s /root/big
+  [ "$output" = 8388608 ]
+  [ "$(jq -r '.ssh_user + " " + .ssh_key' "$XDG_RUNTIME_DIR/pim/tb.json")" = "root $PIM_TMP/home/.ssh/id_ed25519" ]
+  run env -u PIM_SSH_KEY -u PIM_SSH_USER pim-ssh tb -- stat -c %s /root/big
   [ "$output" = 8388608 ]
   pim-stop tb
   [ "$(sha256sum "$path")" = "$sum" ]

@@ -364,7 +364,9 @@ after_kvm_failed() {
 # given time to come back (an example may have rebooted dev). Two stand-ins, for
 # what a person does: `fzf` picks the first line (every line with -m) after its
 # --header-lines; `ssh` answers the host-key question (-o StrictHostKeyChecking=no,
-# BatchMode). The README's ssh line uses the test bed's key, as the README says.
+# BatchMode), except when -F comes first (pim's own config, which pins the keys).
+# The README's ssh line uses the test bed's key, as the README says; pim-ssh and
+# pim-cp find it in PIM_SSH_KEY (set in ex_fixtures).
 
 # Cannot run here, and why. An example missing from here runs; one here that no
 # longer exists fails the test "the list of examples that cannot run names only examples".
@@ -405,6 +407,7 @@ declare -gA EX_BEFORE=(
 declare -gA EX_STATUS=(
   ["pim-exec dev -- sh -c 'echo out; echo err >&2; exit 3'"]=3
   ['pim-exec dev --timeout 5 -- sleep 60']=75
+  ["pim-ssh dev -- 'echo out; echo err >&2; exit 3'"]=3
   ["pim-log dev | grep -i 'kernel panic'"]=1 # grep finds no panic: 1
   ['pim doctor']="0 1"                       # 1 when a check fails: this machine's KVM does
 )
@@ -499,10 +502,15 @@ if [ "$multi" = 1 ]; then tail -n "+$((skip + 1))"; else tail -n "+$((skip + 1))
 EOF
   cat >"$stubs/ssh" <<EOF
 #!/bin/sh
-# ssh, with the person's "yes" to the new host key, and no prompts
+# ssh, with the person's "yes" to the new host key, and no prompts; but with -F first
+# (pim-ssh, pim-cp, pim-stop, and ssh -F "\$(pim-ssh --config dev)") untouched: pim's
+# config pins the host keys itself, and options given here would override it
+case \${1-} in -F) exec $(command -v ssh) "\$@" ;; esac
 exec $(command -v ssh) -o BatchMode=yes -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o LogLevel=ERROR -o ConnectTimeout=30 "\$@"
 EOF
   chmod +x "$stubs/fzf" "$stubs/ssh"
+  # pim-ssh and pim-cp log in to the test bed's dev (a plain pim-run, no build) with its key
+  export PIM_SSH_KEY="$TESTBED/id_ed25519"
   # the build's installer ISO, over HTTP on loopback, and profile dev
   local www="$PIM_TMP/www" c="$XDG_CONFIG_HOME/pim" port
   mkdir -p "$www" "$c/isos.d" "$c/profiles.d"

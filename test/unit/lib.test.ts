@@ -65,6 +65,7 @@ describe('paths', () => {
       lock: '/r/pim/dev.lock',
       efivars: '/r/pim/dev.efivars.fd',
       stage: '/r/pim/dev.stage',
+      ssh: '/r/pim/dev.ssh',
     });
   });
 

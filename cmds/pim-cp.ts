@@ -1,0 +1,62 @@
+/**
+ * pim-cp: copy files between the host and a VM, scp-style: `NAME:path` on
+ * one side. It goes over the VM's ssh config and cached connection (the same
+ * as pim-ssh: lib/vm/reach.ts), with OpenSSH's `scp -O` (no SFTP server
+ * needed in the guest), modes and times kept; a guest without scp gets a tar
+ * stream over ssh (lib/vm/copy.ts).
+ */
+import { defineCommand } from 'citty';
+import { lazyCompleter, VERSION, type Words } from '../lib/cli/command.ts';
+
+/** VM names from the runtime dir, loaded at TAB time only */
+const vmNames = lazyCompleter(async () => (await import('../lib/vm/complete.ts')).completeVmNames);
+
+export default defineCommand({
+  meta: {
+    name: 'pim-cp',
+    version: VERSION,
+    description: 'Copy files between the host and a VM (NAME:path), over its cached SSH connection.',
+    usage: '[options] SRC... DEST',
+    details: `
+One side is a VM, written NAME:path (USER@NAME:path; NAME: alone is the login's home), the
+other the host. As with scp, a ':' before any '/' makes a word remote: write a local path
+that has one as ./x:y or /x:y. Several sources go into a directory; -r copies directories.
+The copy is OpenSSH's scp -O over the VM's ssh config and cached master connection (see
+pim-ssh; the user and key are chosen the same way), with -p: modes and times are kept. A
+guest with no scp binary (dropbear brings none) gets a tar stream over ssh instead, said
+once and remembered until the VM stops (PIM_CP_VIA=scp|tar chooses). A local source that
+does not exist is 66 before anything runs; so is a source missing in the guest (its
+"No such file or directory"). A destination that cannot be written is 73 (77 when
+refused), a VM that is not running or cannot be reached 69. A copy between two VMs is
+not supported: copy through the host.`,
+    examples: [
+      'pim-cp /etc/hostname dev:/tmp/',
+      'pim-cp dev:/etc/os-release .',
+      'pim-cp -r /etc/default dev:/tmp/defaults',
+      'pim-cp -r dev:/etc/acpi ./acpi-of-dev',
+    ],
+  },
+  args: {
+    paths: { type: 'positional', required: true, variadic: true, valueHint: 'SRC... DEST', description: 'local paths and NAME:path, one side a VM', complete: vmNames, path: 'file' },
+    recursive: { type: 'boolean', alias: 'r', description: 'copy directories, and what is in them' },
+    user: { type: 'string', description: 'log in as USER (also USER@NAME:path); env PIM_SSH_USER', valueHint: 'USER' },
+    identity: { type: 'string', alias: 'i', description: 'the private key to log in with; env PIM_SSH_KEY', valueHint: 'KEY', path: 'file' },
+  },
+  async run({ args, data }) {
+    const { EXIT, PimError } = await import('../lib/core/exit.ts');
+    const { planCopy, checkLocal, copy } = await import('../lib/vm/copy.ts');
+    const words = (data as Words).positionals;
+    const plan = planCopy(words);
+    if (plan.user && args.user && plan.user !== args.user) throw new PimError(EXIT.USAGE, `--user ${args.user} and ${plan.user}@${plan.vm} disagree`);
+    checkLocal(plan, Boolean(args.recursive));
+    const { runningVm } = await import('../lib/vm/connect.ts');
+    const { prepareSsh, startMaster, overrideArgs } = await import('../lib/vm/reach.ts');
+    const vm = await runningVm(plan.vm);
+    // a builtin through getBuiltinModule: a dynamic import() would set up the ESM loader (ms)
+    const { writeSync } = process.getBuiltinModule('node:fs') as typeof import('node:fs');
+    const p = await prepareSsh(vm, { user: plan.user ?? args.user, key: args.identity }, (m) => writeSync(2, `pim-cp: ${m}\n`));
+    if (!p.master) await startMaster(p, vm);
+    await copy({ plan, recursive: Boolean(args.recursive), sshOpts: ['-F', p.files.config, ...overrideArgs(p, vm)], dir: p.files.dir });
+    return EXIT.OK;
+  },
+});

@@ -1,0 +1,80 @@
+/**
+ * pim-ssh: the system's OpenSSH client to a VM, through a per-VM config file
+ * that pim writes in the runtime dir (lib/vm/reach.ts): the address (the
+ * forwarded port, or a bridged guest's address from its agent), the user and
+ * key, a known_hosts pinned through the guest agent, and a cached master
+ * connection (ControlMaster auto, ControlPersist). With no command, an
+ * interactive shell; with one, its stdin, stdout, stderr and exit status.
+ *
+ * The first connection is made apart (ssh -N, its messages captured), so a
+ * connection that fails is one clear error with pim's exit code; then
+ * pim-ssh becomes ssh (execve, Node 22.15+; else a child with its signals
+ * forwarded), which runs the command over the master: nothing of pim's stays
+ * between the command and its streams.
+ */
+import { defineCommand } from 'citty';
+import { lazyCompleter, VERSION, type Words } from '../lib/cli/command.ts';
+
+/** VM names from the runtime dir, loaded at TAB time only */
+const vmNames = lazyCompleter(async () => (await import('../lib/vm/complete.ts')).completeVmNames);
+
+export default defineCommand({
+  meta: {
+    name: 'pim-ssh',
+    version: VERSION,
+    description: 'SSH into a VM (OpenSSH, a cached connection, host keys pinned through the guest agent).',
+    usage: 'NAME [options] [-- COMMAND [ARGS...]]',
+    passthrough: 'COMMAND ARGS',
+    details: `
+Runs the system's ssh with -F <runtime>/NAME.ssh/config, a file pim writes: the address
+(127.0.0.1 and the forwarded port; a bridged VM's address from its guest agent), the user
+and key, a known_hosts of its own, and ControlMaster auto with ControlPersist 10m, so a
+second command reuses the open connection. Who logs in: --user and -i, else PIM_SSH_USER
+and PIM_SSH_KEY, else what pim-run recorded (a VM from a pim build: the profile's ssh_user
+and your key in its ssh_keys), else root with OpenSSH's default keys. The guest's host keys
+are read through its guest agent (/etc/ssh/ssh_host_*_key.pub, or dropbear's key files)
+and pinned before the first connection (StrictHostKeyChecking yes): a guest that shows
+another key is refused (65). Without an agent the first key is taken (accept-new), and
+pim-ssh says so once. With no COMMAND: an interactive shell. With one: the words go to
+ssh as they are (the remote shell joins them, as with ssh), stdin, stdout and stderr stay
+apart, and the exit status is the command's. A connection that fails is 69 (77 when the
+key is refused). --config prints the config's path (writing it first), for ssh -F, scp -F
+and rsync -e "ssh -F PATH" (rsync must be in the guest too). pim-stop closes the cached
+connection.`,
+    examples: [
+      'pim-ssh dev -- uname -a',
+      "pim-ssh dev -- 'echo out; echo err >&2; exit 3'",
+      'tar c -C /etc hostname | pim-ssh dev -- tar x -C /tmp',
+      'ssh -F "$(pim-ssh --config dev)" dev uptime',
+      'scp -O -F "$(pim-ssh --config dev)" /etc/hostname dev:/tmp/',
+    ],
+  },
+  args: {
+    name: { type: 'positional', required: true, valueHint: 'NAME', description: 'the VM', complete: vmNames },
+    user: { type: 'string', alias: 'l', description: 'log in as USER; env PIM_SSH_USER', valueHint: 'USER' },
+    identity: { type: 'string', alias: 'i', description: 'the private key to log in with; env PIM_SSH_KEY', valueHint: 'KEY', path: 'file' },
+    tty: { type: 'boolean', alias: 't', description: 'a terminal for the command (ssh -t)' },
+    config: { type: 'boolean', description: "print the path of the VM's ssh config (written first), for ssh -F" },
+  },
+  async run({ args, data }) {
+    const { rest } = data as Words;
+    const { EXIT, PimError } = await import('../lib/core/exit.ts');
+    const { runningVm } = await import('../lib/vm/connect.ts');
+    const { prepareSsh, startMaster, overrideArgs } = await import('../lib/vm/reach.ts');
+    // a builtin through getBuiltinModule: a dynamic import() would set up the ESM loader (ms)
+    const { writeSync } = process.getBuiltinModule('node:fs') as typeof import('node:fs');
+    const say = (m: string) => writeSync(2, `pim-ssh: ${m}\n`);
+    if (args.config && rest.length) throw new PimError(EXIT.USAGE, '--config prints a path: it takes no command');
+    const vm = await runningVm(args.name);
+    const p = await prepareSsh(vm, { user: args.user, key: args.identity }, say);
+    if (args.config) {
+      const { writeOut } = await import('../lib/cli/output.ts');
+      writeOut(p.files.config + '\n');
+      return EXIT.OK;
+    }
+    if (!p.master) await startMaster(p, vm);
+    const argv = ['-F', p.files.config, ...overrideArgs(p, vm), ...(args.tty ? ['-t'] : []), '--', vm.name, ...rest];
+    const { becomeOrRun } = await import('../lib/core/proc.ts');
+    return becomeOrRun('ssh', argv);
+  },
+});
