@@ -61,7 +61,8 @@ leaves the VM running).`,
     waitTimeout: { type: 'string', description: 'seconds --wait waits (then exit 75; the VM keeps running)', default: '120', valueHint: 'S' },
   },
   async run({ args, data }) {
-    const { rest, repeated } = data as Words;
+    // pim-gdb runs this command with `debugger`: QEMU in the foreground under gdb
+    const { rest, repeated, debugger: debuggerArgv } = data as Words & { debugger?: string[] };
     const { resolveImage } = await import('../lib/image/store.ts');
     const { startVm, checkCpus, checkMem, checkPort } = await import('../lib/vm/plan.ts');
     const { vmRef } = await import('../lib/vm/ref.ts');
@@ -112,6 +113,7 @@ leaves the VM running).`,
     const fors = (repeated.wait ?? []).map((s) => parseWaitFor(s, '--wait'));
     const waitMs = parseTimeout(args.waitTimeout, 120, '--wait-timeout');
     if (fors.length && args.console) throw new PimError(EXIT.USAGE, '--wait is for a headless start; --console shows the console itself');
+    if (debuggerArgv && (args.console || fors.length)) throw new PimError(EXIT.USAGE, 'pim-gdb runs QEMU in the foreground under gdb: leave out --console and --wait');
     checkWaitable(ref.name, { agent: true, ssh: !bridged }, fors);
     // a pim build's VM: who logs in over SSH (pim-ssh, pim-cp), recorded in the metadata
     let ssh: { user?: string; key?: string } | undefined;
@@ -122,7 +124,8 @@ leaves the VM running).`,
       if (b) ssh = sshOfBuild(b.settings?.ssh_user, b.inputs?.profile?.ssh_keys);
     }
     // the foreground console leaves Ctrl-C to QEMU; a headless start undoes itself on a signal
-    const trap = args.console ? null : trapSignals();
+    // (and under gdb, Ctrl-C is gdb's: it stops QEMU and gives the prompt back)
+    const trap = args.console || debuggerArgv ? null : trapSignals();
     try {
       const r = await startVm({
         ref,
@@ -133,11 +136,12 @@ leaves the VM running).`,
         net: { bridged, bridge: args.bridge ?? def?.bridge, sshPort, forwards },
         snapshot: Boolean(args.snapshot || def?.snapshot),
         console: args.console,
+        debugger: debuggerArgv,
         extra,
         signal: trap?.signal,
         ssh,
       });
-      if (typeof r === 'number') return r; // --console: QEMU's own status
+      if (typeof r === 'number') return r; // --console: QEMU's own status (under gdb: gdb's)
       log.info(`${r.vm.name} started (pid ${r.vm.pid}${r.sshPort ? `, ssh 127.0.0.1:${r.sshPort}` : ''}, ${r.accel})`);
       writeOut(r.vm.name + '\n');
       if (!fors.length) return 0;

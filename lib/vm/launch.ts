@@ -33,6 +33,12 @@ import { log } from '../core/log.ts';
 export interface LaunchRequest {
   spec: Omit<VmSpec, 'files' | 'daemonize' | 'serial' | 'name'>;
   console: boolean;
+  /**
+   * run QEMU in the foreground under this program, QEMU's argv after its own
+   * (pim-gdb: gdb ... --args): headless as usual (serial on its socket), and
+   * this returns the program's exit status
+   */
+  debugger?: string[];
   /** run QEMU as root through sudo (bridged networking) */
   sudo: boolean;
   meta: Omit<VmMeta, 'pid' | 'owner' | 'started' | 'root' | 'name'>;
@@ -181,11 +187,16 @@ export async function launch(res: Reservation, req: LaunchRequest, opts: { signa
   // created with O_EXCL|O_NOFOLLOW
   rmSync(files.log, { force: true });
   closeSync(createExclusive(files.log, 0o600));
-  const spec: VmSpec = { ...req.spec, name, files, serial: req.console ? 'stdio' : 'socket', daemonize: !req.console && req.spec.net.mode !== 'vmnet-bridged' };
+  const foreground = req.console || Boolean(req.debugger);
+  const spec: VmSpec = { ...req.spec, name, files, serial: req.console ? 'stdio' : 'socket', daemonize: !foreground && req.spec.net.mode !== 'vmnet-bridged' };
   const argv = [qemuBinary(), ...buildQemuArgv(spec)];
   const root = req.sudo && process.getuid?.() !== 0;
+  if (root && req.debugger) {
+    cleanupFiles(files);
+    throw new PimError(EXIT.NOPERM, `${name} needs QEMU to run as root (bridged networking without a setuid bridge helper), and a debugger runs it as you; use user networking, or make qemu-bridge-helper setuid`);
+  }
   if (root) await sudoAuth();
-  const cmd = root ? ['sudo', '-n', ...argv] : argv;
+  const cmd = req.debugger ? [...req.debugger, ...argv] : root ? ['sudo', '-n', ...argv] : argv;
   log.debug(`exec: ${JSON.stringify(cmd)}`);
   const meta: VmMeta = {
     ...req.meta,
@@ -196,7 +207,7 @@ export async function launch(res: Reservation, req: LaunchRequest, opts: { signa
     started: new Date().toISOString(),
   };
 
-  if (req.console) {
+  if (foreground) {
     writeMeta(files, meta);
     const child = spawn(cmd[0]!, cmd.slice(1), { stdio: 'inherit' });
     const status = await childExit(child).catch((e: NodeJS.ErrnoException) => {

@@ -96,6 +96,8 @@ export interface StartRequest {
   net: NetRequest;
   snapshot?: boolean;
   console?: boolean;
+  /** QEMU in the foreground under this program (pim-gdb; lib/vm/launch.ts): returns its status */
+  debugger?: string[];
   /** a guest-agent channel (default true) */
   agent?: boolean;
   kind?: VmMeta['kind'];
@@ -196,6 +198,7 @@ function request(req: StartRequest, np: NetPlan, accel: Accel, uefi: { code: str
       extra: req.extra ?? [],
     },
     console: Boolean(req.console),
+    debugger: req.debugger,
     sudo: np.sudo,
     meta: {
       kind: req.kind ?? 'run',

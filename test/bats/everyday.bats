@@ -385,6 +385,7 @@ declare -gA EX_CANNOT=(
   ['pim-kboot --kernel bzImage --root-share ./sysroot --console']="needs a whole root file system as ./sysroot and a person at the console; kboot.bats runs --root-share and --console"
   ['pim-serve dev --bind 0.0.0.0 --port 8080']="opens a server to the network on a fixed port: not on a shared test machine (serve.bats serves on loopback)"
   ['pim-serve dev --bind 0.0.0.0']="opens a server to the network: not on a shared test machine"
+  ["pim-gdb dev --snapshot -- -ex 'break virtio_blk_handle_request' -ex run"]="an interactive gdb session: a person at gdb's prompt (gdb.bats runs QEMU under gdb -batch -ex run, with pim-run's argv)"
   ['pim-build rm dev-3f9a1c2b4d5e']="a build id of yours (pim-build list shows them): this one is made up"
 )
 
