@@ -96,6 +96,23 @@ function watchStopped(vm: RunningVm, onStop: () => void): () => void {
 
 const alive = (vm: RunningVm) => isOurProcess(vm.pid, qemuMarker(vm.files));
 
+/** Until the VM is seen gone (the stop watcher aborts `signal`, or its process ends), at most `ms`. */
+function stopShows(vm: RunningVm, signal: AbortSignal, ms: number): Promise<void> {
+  return new Promise((resolve) => {
+    const end = Date.now() + ms;
+    let timer: NodeJS.Timeout | undefined;
+    const done = () => {
+      clearTimeout(timer);
+      signal.removeEventListener('abort', done);
+      resolve();
+    };
+    signal.addEventListener('abort', done, { once: true });
+    // a QEMU killed with SIGKILL leaves its pidfile: then only its process tells
+    const look = () => (!alive(vm) || Date.now() >= end ? done() : (timer = setTimeout(look, 50)));
+    look();
+  });
+}
+
 /**
  * Wait until every one of `fors` says the guest is up. Exit 75 on timeout
  * (with what was last seen), 69 when the VM stops meanwhile.
@@ -119,6 +136,10 @@ export async function waitUp(vm: RunningVm, fors: WaitFor[], o: WaitOpts): Promi
       }),
     );
   } catch (e) {
+    // a probe's connection closes a moment before QEMU is gone (it closes its sockets,
+    // then removes its pidfile and exits): give the stop a moment to show, so that a VM
+    // that stopped is told as such, not as a connection that closed
+    if (!ctl.signal.aborted && e instanceof PimError && e.code === EXIT.UNAVAILABLE) await stopShows(vm, ctl.signal, 2_000);
     const why = ctl.signal.aborted ? ctl.signal.reason : e;
     const open = [...pending];
     const what = open.map((p) => waitLabel(p.w)).join(' and ') || fors.map(waitLabel).join(' and ');
