@@ -74,7 +74,10 @@ connection.`,
     }
     if (!p.master) await startMaster(p, vm);
     const argv = ['-F', p.files.config, ...overrideArgs(p, vm), ...(args.tty ? ['-t'] : []), '--', vm.name, ...rest];
+    const { which } = await import('../lib/core/which.ts');
+    const ssh = which('ssh');
+    if (!ssh) throw new PimError(EXIT.UNAVAILABLE, 'ssh was not found on PATH; install it (Debian: apt-get install openssh-client)');
     const { becomeOrRun } = await import('../lib/core/proc.ts');
-    return becomeOrRun('ssh', argv);
+    return becomeOrRun(ssh, argv, { argv0: 'ssh' });
   },
 });

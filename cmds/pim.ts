@@ -17,7 +17,6 @@ import { defineCommand } from 'citty';
 import { helpColor, node, renderHelp, VERSION, type Words } from '../lib/cli/command.ts';
 import { writeOut } from '../lib/cli/output.ts';
 import { EXIT, PimError } from '../lib/core/exit.ts';
-import { exitStatusOf } from '../lib/core/proc.ts';
 
 /** The manifest build.mjs writes beside the executables: command name -> summary. */
 export const MANIFEST = 'commands.json';
@@ -119,42 +118,10 @@ async function completeAfter(words: string[]): Promise<string> {
 
 /** Become `exe` (Node 22.15+), else run it as a child; the status passes through. */
 async function runSub(exe: string, argv: string[]): Promise<number> {
-  const cmd = exe.endsWith('.cjs') ? process.execPath : exe;
-  const args = exe.endsWith('.cjs') ? [exe, ...argv] : argv;
-  // Become the command: signals, the terminal and the exit status are then
-  // the command's own, with nothing in between.
-  const execve = (process as unknown as { execve?: (file: string, args: string[], env: NodeJS.ProcessEnv) => never }).execve;
-  if (typeof execve === 'function') {
-    try {
-      execve(cmd, [cmd, ...args], process.env);
-    } catch (e) {
-      throw new PimError(EXIT.UNAVAILABLE, `cannot run ${exe}: ${(e as Error).message}`);
-    }
-  }
-  // Elsewhere: run it as a child, hand every signal we get on to it, and
-  // pass its status through (128+N when a signal ended it). node:child_process
-  // directly, not lib/core/run.ts: the child shares this terminal.
-  const { spawn } = process.getBuiltinModule('node:child_process') as typeof import('node:child_process');
-  return new Promise<number>((resolve) => {
-    const child = spawn(cmd, args, { stdio: 'inherit' });
-    const forward = (sig: NodeJS.Signals) => {
-      try {
-        child.kill(sig);
-      } catch {
-        /* gone */
-      }
-    };
-    const sigs = ['SIGINT', 'SIGTERM', 'SIGHUP', 'SIGQUIT'] as const;
-    for (const s of sigs) process.on(s, forward);
-    child.once('error', (e) => {
-      process.stderr.write(`pim: cannot run ${exe}: ${e.message}\n`);
-      resolve(EXIT.UNAVAILABLE);
-    });
-    child.once('exit', (code, sig) => {
-      for (const s of sigs) process.off(s, forward);
-      resolve(code ?? exitStatusOf(sig));
-    });
-  });
+  const { becomeOrRun } = await import('../lib/core/proc.ts');
+  // a bundled command runs on this Node; its signals, terminal and status are its own
+  if (exe.endsWith('.cjs')) return becomeOrRun(process.execPath, [exe, ...argv], { what: exe });
+  return becomeOrRun(exe, argv);
 }
 
 const pim = defineCommand({

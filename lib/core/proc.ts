@@ -101,27 +101,28 @@ export function exitStatusOf(sig: NodeJS.Signals | null | undefined): number {
 }
 
 /**
- * Become `cmd` (found on PATH) with `args`: execve where Node has it (22.15+),
- * so the command's signals, terminal and exit status are its own with nothing
- * in between; elsewhere run it as a child with stdio inherited, hand on every
- * signal we get, and return its status (128+N when signal N ended it).
+ * Become the program `file` with `args` (argv[0] `argv0`): execve where Node
+ * has it (22.15+), so its signals, terminal and exit status are its own with
+ * nothing in between; elsewhere run it as a child with stdio inherited, hand
+ * on every signal we get, and return its status (128+N when signal N ended
+ * it). `what` names it in an error (the umbrella's pim-CMD.cjs runs as node).
  */
-export async function becomeOrRun(cmd: string, args: string[]): Promise<number> {
-  const { which } = await import('./which.ts');
+export async function becomeOrRun(file: string, args: string[], o: { argv0?: string; what?: string } = {}): Promise<number> {
   const { EXIT, PimError } = await import('./exit.ts');
-  const exe = which(cmd);
-  if (!exe) throw new PimError(EXIT.UNAVAILABLE, `${cmd} was not found on PATH; install it (Debian: apt-get install openssh-client)`);
+  const { prog } = await import('./prog.ts');
+  const argv0 = o.argv0 ?? file;
+  const what = o.what ?? file;
   const execve = (process as unknown as { execve?: (file: string, args: string[], env: NodeJS.ProcessEnv) => never }).execve;
   if (typeof execve === 'function') {
     try {
-      execve(exe, [cmd, ...args], process.env);
+      execve(file, [argv0, ...args], process.env);
     } catch (e) {
-      throw new PimError(EXIT.UNAVAILABLE, `cannot run ${exe}: ${(e as Error).message}`);
+      throw new PimError(EXIT.UNAVAILABLE, `cannot run ${what}: ${(e as Error).message}`);
     }
   }
   const { spawn } = process.getBuiltinModule('node:child_process') as typeof import('node:child_process');
   return new Promise<number>((resolve) => {
-    const child = spawn(exe, args, { stdio: 'inherit', argv0: cmd });
+    const child = spawn(file, args, { stdio: 'inherit', argv0 });
     const forward = (sig: NodeJS.Signals) => {
       try {
         child.kill(sig);
@@ -132,7 +133,7 @@ export async function becomeOrRun(cmd: string, args: string[]): Promise<number> 
     const sigs = ['SIGINT', 'SIGTERM', 'SIGHUP', 'SIGQUIT'] as const;
     for (const s of sigs) process.on(s, forward);
     child.once('error', (e) => {
-      process.stderr.write(`cannot run ${exe}: ${e.message}\n`);
+      process.stderr.write(`${prog()}: cannot run ${what}: ${e.message}\n`);
       resolve(EXIT.UNAVAILABLE);
     });
     child.once('exit', (code, sig) => {
