@@ -8,20 +8,8 @@ import { defineCommand } from 'citty';
 import { lazyCompleter, VERSION } from '../lib/cli/command.ts';
 import { EXIT, PimError } from '../lib/core/exit.ts';
 
-/** VMs with runtime files, and stopped ones whose log is kept: loaded at TAB time only */
-const logNames = lazyCompleter(async () => {
-  const { runtimeDirPath } = await import('../lib/core/paths.ts');
-  const { readdirSync } = await import('node:fs');
-  return (complete) => {
-    let files: string[] = [];
-    try {
-      files = readdirSync(runtimeDirPath());
-    } catch {
-      /* no runtime dir: no names */
-    }
-    for (const f of files) if (f.endsWith('.log')) complete(f.slice(0, -4), 'log');
-  };
-});
+/** VMs with a log: running ones, and stopped ones whose log is kept (loaded at TAB time only) */
+const logNames = lazyCompleter(async () => (await import('../lib/vm/complete.ts')).completeLoggedNames);
 
 export default defineCommand({
   meta: {

@@ -9,20 +9,8 @@ import { lazyCompleter, VERSION, type Words } from '../lib/cli/command.ts';
 import { jsonArgs } from '../lib/cli/args.ts';
 import { EXIT, PimError } from '../lib/core/exit.ts';
 
-/** Names with files in the runtime dir (a kept log too), loaded at TAB time only */
-const leftNames = lazyCompleter(async () => {
-  const { runtimeDirPath } = await import('../lib/core/paths.ts');
-  const { readdirSync } = await import('node:fs');
-  return (complete) => {
-    let files: string[] = [];
-    try {
-      files = readdirSync(runtimeDirPath());
-    } catch {
-      /* none */
-    }
-    for (const f of files) if (f.endsWith('.log')) complete(f.slice(0, -4), 'kept log');
-  };
-});
+/** Names whose log is kept in the runtime dir (loaded at TAB time only) */
+const leftNames = lazyCompleter(async () => (await import('../lib/vm/complete.ts')).completeLoggedNames);
 
 export default defineCommand({
   meta: {

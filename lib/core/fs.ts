@@ -12,6 +12,16 @@ import { EXIT, PimError } from './exit.ts';
 
 const { O_CREAT, O_EXCL, O_NOFOLLOW, O_WRONLY, O_RDONLY, O_NONBLOCK, O_APPEND } = fs.constants;
 
+/** Is there an entry at `p` (a symlink itself counts, never followed)? */
+export const exists = (p: string): boolean => {
+  try {
+    fs.lstatSync(p);
+    return true;
+  } catch {
+    return false;
+  }
+};
+
 /**
  * Make `dir` (and missing parents) and make it private: 0700, owned by us.
  * An existing directory of ours with group or other bits is tightened; a

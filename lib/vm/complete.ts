@@ -1,7 +1,7 @@
 /** Completion sources: read the runtime dir and the image store directly (fast, no QEMU). */
 import type { Completer } from '../cli/command.ts';
 import { runtimeDirPath } from '../core/paths.ts';
-import { runtimeNames } from './state.ts';
+import { loggedNames, runtimeNames } from './state.ts';
 import { storeImages } from '../image/store.ts';
 
 export const completeVmNames: Completer = (complete) => {
@@ -10,4 +10,9 @@ export const completeVmNames: Completer = (complete) => {
 
 export const completeImages: Completer = (complete) => {
   for (const i of storeImages()) complete(i.name, i.path);
+};
+
+/** VMs whose log is in the runtime dir: running ones, and stopped ones whose log is kept. */
+export const completeLoggedNames: Completer = (complete) => {
+  for (const n of loggedNames(runtimeDirPath())) complete(n, 'log');
 };

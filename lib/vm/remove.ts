@@ -4,23 +4,15 @@
  * too), under the VM's lock so that no start of that name runs meanwhile; and,
  * only when asked, its image in the store. A running VM is refused (75).
  */
-import { existsSync, lstatSync, rmSync } from 'node:fs';
+import { existsSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { EXIT, PimError } from '../core/exit.ts';
+import { exists } from '../core/fs.ts';
 import { acquireLock } from '../core/lock.ts';
 import { existingRuntimeDir, imagesDir, type VmFiles } from '../core/paths.ts';
 import { IMAGE_EXTS } from '../image/store.ts';
 import { cleanupFiles, listVms, vmInfo } from './state.ts';
 import type { VmRef } from './ref.ts';
-
-const exists = (p: string) => {
-  try {
-    lstatSync(p);
-    return true;
-  } catch {
-    return false;
-  }
-};
 
 /** The image files of NAME in the store: NAME.qcow2 (or .img, .raw) and its UEFI vars. */
 export function storeFiles(name: string): string[] {

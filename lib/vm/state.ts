@@ -5,14 +5,14 @@
  * and it opens only regular files, never blocking (a FIFO planted in the
  * runtime dir is ignored).
  */
-import { closeSync, fstatSync, lstatSync, readSync, readdirSync, rmSync } from 'node:fs';
+import { closeSync, fstatSync, readSync, readdirSync, rmSync } from 'node:fs';
 import { RUNTIME_EXT, type VmFiles } from '../core/paths.ts';
 import { isOurProcess, readPidfile } from '../core/proc.ts';
 import { lockHeld } from '../core/lock.ts';
 import { qemuEscape, type PortForward } from '../qemu/argv.ts';
 import { fieldHint, nameProblem } from '../core/names.ts';
 import { EXIT, PimError } from '../core/exit.ts';
-import { openRegular, readRegular, writeFileAtomic } from '../core/fs.ts';
+import { exists, openRegular, readRegular, writeFileAtomic } from '../core/fs.ts';
 import { knownRef, type VmRef } from './ref.ts';
 
 export interface VmMeta {
@@ -71,14 +71,6 @@ export function writeMeta(files: VmFiles, meta: VmMeta): void {
 /** The marker that identifies this VM's QEMU in its command line. */
 export const qemuMarker = (files: VmFiles) => qemuEscape(files.qmp);
 
-const exists = (p: string) => {
-  try {
-    lstatSync(p);
-    return true;
-  } catch {
-    return false;
-  }
-};
 
 export async function vmInfo(ref: VmRef): Promise<VmInfo> {
   const { files } = ref;
@@ -98,8 +90,8 @@ export function cleanupFiles(files: VmFiles): void {
   rmSync(files.ssh, { recursive: true, force: true });
 }
 
-/** Names that have runtime state in `dir`. */
-export function runtimeNames(dir: string): string[] {
+/** Names that have a file ending in one of `exts` in `dir` (valid names only), sorted. */
+function namesWith(dir: string, exts: string[]): string[] {
   let entries: string[];
   try {
     entries = readdirSync(dir);
@@ -108,7 +100,7 @@ export function runtimeNames(dir: string): string[] {
   }
   const names = new Set<string>();
   for (const f of entries) {
-    for (const ext of [RUNTIME_EXT.meta, RUNTIME_EXT.pid, RUNTIME_EXT.qmp]) {
+    for (const ext of exts) {
       if (f.endsWith(ext)) {
         const n = f.slice(0, -ext.length);
         if (!nameProblem(n)) names.add(n);
@@ -118,20 +110,11 @@ export function runtimeNames(dir: string): string[] {
   return [...names].sort();
 }
 
+/** Names that have runtime state in `dir`. */
+export const runtimeNames = (dir: string): string[] => namesWith(dir, [RUNTIME_EXT.meta, RUNTIME_EXT.pid, RUNTIME_EXT.qmp]);
+
 /** Names whose log (NAME.log) is in `dir`: logs outlive their VMs, for a post-mortem (pim-ps --all). */
-export function loggedNames(dir: string): string[] {
-  let entries: string[];
-  try {
-    entries = readdirSync(dir);
-  } catch {
-    return [];
-  }
-  return entries
-    .filter((f) => f.endsWith(RUNTIME_EXT.log))
-    .map((f) => f.slice(0, -RUNTIME_EXT.log.length))
-    .filter((n) => !nameProblem(n))
-    .sort();
-}
+export const loggedNames = (dir: string): string[] => namesWith(dir, [RUNTIME_EXT.log]);
 
 /** Every VM in the runtime dir; stale ones are cleaned up as they are found. */
 export async function listVms(dir: string, opts: { keepStale?: boolean } = {}): Promise<VmInfo[]> {
