@@ -6,7 +6,6 @@
  */
 import { defineCommand } from 'citty';
 import { VERSION } from '../lib/cli/command.ts';
-import { writeOut } from '../lib/cli/output.ts';
 import { jsonArgs, quietArgs } from '../lib/cli/args.ts';
 import { catalogCompleter } from '../lib/cli/catalog-names.ts';
 
@@ -34,25 +33,10 @@ const show = defineCommand({
   },
   async run({ args }) {
     const { loadProfile } = await import('../lib/config/profile.ts');
-    const { printJson, printRecords } = await import('../lib/cli/output.ts');
-    const p = await loadProfile(args.name);
-    if (args.explain) {
-      const { leafOrigins } = await import('../lib/config/merge.ts');
-      const keys = Object.keys(leafOrigins(p.value, '')); // in the merged value's order
-      const recs = keys.map((key) => ({ name: key, value: JSON.stringify(getPath(p.value, key)), from: p.origins[key] ?? '-' }));
-      printRecords(recs, ['value', 'from'], { json: args.json });
-    } else if (args.json) printJson(p.value);
-    else {
-      const { yamlLib } = await import('../lib/config/yaml.ts');
-      writeOut((await yamlLib()).stringify(p.value));
-    }
+    const { showEntry } = await import('../lib/config/show.ts');
+    await showEntry(await loadProfile(args.name), { json: args.json, explain: args.explain });
   },
 });
-
-function getPath(v: unknown, dotted: string): unknown {
-  if (dotted === '') return v;
-  return dotted.split('.').reduce<unknown>((o, k) => (o && typeof o === 'object' ? (o as Record<string, unknown>)[k] : undefined), v);
-}
 
 export default defineCommand({
   meta: {

@@ -7,7 +7,6 @@
  */
 import { defineCommand } from 'citty';
 import { VERSION } from '../lib/cli/command.ts';
-import { writeOut } from '../lib/cli/output.ts';
 import { jsonArgs, quietArgs } from '../lib/cli/args.ts';
 import { catalogCompleter } from '../lib/cli/catalog-names.ts';
 
@@ -37,24 +36,11 @@ const show = defineCommand({
   async run({ args }) {
     const { loadVmCatalog } = await import('../lib/config/vms.ts');
     const { resolveEntry } = await import('../lib/config/catalog.ts');
-    const { printJson, printRecords } = await import('../lib/cli/output.ts');
-    const r = resolveEntry(await loadVmCatalog(), args.name); // 64 for a bad name, 66 for none
-    if (args.explain) {
-      const { leafOrigins } = await import('../lib/config/merge.ts');
-      const keys = Object.keys(leafOrigins(r.value, ''));
-      const recs = keys.filter((k) => k !== '').map((key) => ({ name: key, value: JSON.stringify(getPath(r.value, key)), from: r.origins[key] ?? '-' }));
-      printRecords(recs, ['value', 'from'], { json: args.json });
-    } else if (args.json) printJson(r.value);
-    else {
-      const { yamlLib } = await import('../lib/config/yaml.ts');
-      writeOut((await yamlLib()).stringify(r.value));
-    }
+    const { showEntry } = await import('../lib/config/show.ts');
+    // 64 for a bad name, 66 for none
+    await showEntry(resolveEntry(await loadVmCatalog(), args.name), { json: args.json, explain: args.explain });
   },
 });
-
-function getPath(v: unknown, dotted: string): unknown {
-  return dotted.split('.').reduce<unknown>((o, k) => (o && typeof o === 'object' ? (o as Record<string, unknown>)[k] : undefined), v);
-}
 
 export default defineCommand({
   meta: {

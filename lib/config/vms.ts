@@ -13,7 +13,6 @@
  * string, never an empty string.
  */
 import { dirname, isAbsolute, resolve } from 'node:path';
-import { EXIT, PimError } from '../core/exit.ts';
 import { loadCatalog, resolveEntry, type Catalog, type Resolved } from './catalog.ts';
 import { configError } from './tree.ts';
 import { at } from './yaml.ts';
@@ -155,6 +154,3 @@ function lookup(name: string, d: Pick<VmDefinition, 'vars'>, ctx: ExpandContext)
   }
   return undefined;
 }
-
-/** A usage error for a definition that cannot be booted as asked. */
-export const definitionUsage = (msg: string) => new PimError(EXIT.USAGE, msg);
