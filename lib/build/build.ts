@@ -25,10 +25,9 @@ import { join } from 'node:path';
 import { EXIT, PimError } from '../core/exit.ts';
 import { buildsDir, stateDir } from '../core/paths.ts';
 import { ensurePrivateDir } from '../core/fs.ts';
-import { acquireLock } from '../core/lock.ts';
 import { checkAborted } from '../core/signals.ts';
 import type { StatusLine } from '../cli/status.ts';
-import { buildByKey, buildDir, buildId, commitBuild, type BuildRecord } from '../image/registry.ts';
+import { buildId, cachedBuild, commitBuild, type BuildRecord } from '../image/registry.ts';
 import { LAYOUTS, bootFiles, installerCmdline } from './iso-boot.ts';
 import { KEY_URL, buildInputs, buildKey, planBuild, type BuildPlan } from './plan.ts';
 import type { RunningVm } from '../vm/state.ts';
@@ -107,23 +106,7 @@ export async function runBuild(o: BuildOpts): Promise<BuildOutcome> {
   }
   const inputs = buildInputs(plan, answers, { name: plan.iso, checksum: iso.checksum });
   const key = buildKey(inputs);
-  const id = buildId(plan.name, key);
-  if (!o.force) {
-    const hit = buildByKey(plan.name, key);
-    if (hit) return { record: hit, hit: true, path: join(buildDir(hit.id), hit.disk.file) };
-  }
-
-  ensurePrivateDir(buildsDir());
-  const lock = await acquireLock(join(buildsDir(), `.${id}.lock`), `build ${id}`);
-  try {
-    if (!o.force) {
-      const hit = buildByKey(plan.name, key); // finished while we waited for the lock
-      if (hit) return { record: hit, hit: true, path: join(buildDir(hit.id), hit.disk.file) };
-    }
-    return await buildIt(o, plan, { id, key, inputs, iso, t0 });
-  } finally {
-    await lock.release();
-  }
+  return cachedBuild(plan.name, key, o.force, () => buildIt(o, plan, { id: buildId(plan.name, key), key, inputs, iso, t0 }));
 }
 
 interface Ctx {
@@ -134,7 +117,7 @@ interface Ctx {
   t0: number;
 }
 
-async function buildIt(o: BuildOpts, plan: BuildPlan, c: Ctx): Promise<BuildOutcome> {
+async function buildIt(o: BuildOpts, plan: BuildPlan, c: Ctx): Promise<BuildRecord> {
   const st = o.status;
   const log = new BuildLog(c.id);
   const tmp = join(buildsDir(), `.tmp-${c.id}-${process.pid}`);
@@ -273,7 +256,7 @@ async function buildIt(o: BuildOpts, plan: BuildPlan, c: Ctx): Promise<BuildOutc
     fs.copyFileSync(log.path, join(tmp, 'build.log'));
     const stored = commitBuild(tmp, record);
     ok = true;
-    return { record: stored, hit: false, path: join(buildDir(stored.id), stored.disk.file) };
+    return stored;
   } catch (e) {
     const err = e instanceof PimError || (e as Error)?.name === 'Interrupted' ? (e as Error) : new PimError(EXIT.SOFTWARE, (e as Error)?.stack ?? String(e));
     log.line(`failed: ${err.message}`);

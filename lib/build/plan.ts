@@ -49,7 +49,7 @@ export const KEY_URL = 'http://10.0.2.2:0';
 const where = (p: Resolved, key: string) => p.origins[key] ?? `profile "${p.name}"`;
 
 /** A disk size as qemu-img takes it: 8G, 512M, 20000000000. */
-export function checkSize(p: Resolved, v: unknown): string {
+function checkSize(p: Resolved, v: unknown): string {
   const s = String(v ?? '8G');
   if (!/^\d+(\.\d+)?[KMGT]?$/i.test(s)) throw new PimError(EXIT.CONFIG, `${where(p, 'disk_size')}: disk_size must be a size such as 8G or 20G, not ${JSON.stringify(s)}`);
   return s.toUpperCase();
@@ -69,8 +69,7 @@ export async function planBuild(profile: Resolved, opts: { timeoutS?: number } =
     inject: bootIn.inject === true,
   };
   if (boot.inject && layout !== 'debian') throw new PimError(EXIT.CONFIG, `${where(profile, 'boot.inject')}: boot.inject puts preseed.cfg into a Debian installer's initrd; Ubuntu's reads its answers from the network`);
-  const mem = wrap(profile, 'mem', () => checkMem((v.mem as string | number | undefined) ?? '1G', 'mem'));
-  const cpus = wrap(profile, 'cpus', () => checkCpus((v.cpus as number | undefined) ?? 2, 'cpus'));
+  const { mem, cpus } = vmSettings(profile);
   const timeoutS = opts.timeoutS ?? (typeof v.timeout === 'number' ? v.timeout : 3600);
   if (!(timeoutS > 0)) throw new PimError(EXIT.CONFIG, `${where(profile, 'timeout')}: timeout must be a positive number of seconds`);
   const sshUser = String(v.ssh_user ?? v.username ?? 'root');
@@ -103,8 +102,7 @@ export async function planBuild(profile: Resolved, opts: { timeoutS?: number } =
     layout,
     iso: v.iso,
     boot,
-    disk: { size: checkSize(profile, v.disk_size), format: v.disk_format === 'raw' ? 'raw' : 'qcow2' },
-    firmware: v.firmware === 'uefi' ? 'uefi' : 'bios',
+    ...diskSettings(profile),
     mem,
     cpus,
     timeoutMs: Math.round(timeoutS * 1000),
@@ -115,7 +113,25 @@ export async function planBuild(profile: Resolved, opts: { timeoutS?: number } =
   };
 }
 
-export function wrap<T>(p: Resolved, key: string, f: () => T): T {
+/** The disk a build makes (size checked: 78 at FILE:LINE, and format) and its firmware. */
+export function diskSettings(profile: Resolved): Pick<BuildPlan, 'disk' | 'firmware'> {
+  const v = profile.value;
+  return {
+    disk: { size: checkSize(profile, v.disk_size), format: v.disk_format === 'raw' ? 'raw' : 'qcow2' },
+    firmware: v.firmware === 'uefi' ? 'uefi' : 'bios',
+  };
+}
+
+/** The memory and CPUs a build's VM gets, and pim-run boots it with: the profile's, checked (78 at FILE:LINE). */
+export function vmSettings(profile: Resolved): { mem: string; cpus: number } {
+  const v = profile.value;
+  return {
+    mem: wrap(profile, 'mem', () => checkMem((v.mem as string | number | undefined) ?? '1G', 'mem')),
+    cpus: wrap(profile, 'cpus', () => checkCpus((v.cpus as number | undefined) ?? 2, 'cpus')),
+  };
+}
+
+function wrap<T>(p: Resolved, key: string, f: () => T): T {
   try {
     return f();
   } catch (e) {

@@ -18,7 +18,7 @@ import * as fs from 'node:fs';
 import { join } from 'node:path';
 import { EXIT, PimError } from '../core/exit.ts';
 import { buildsDir, imagesDir } from '../core/paths.ts';
-import { readRegular, writeFileAtomic } from '../core/fs.ts';
+import { ensurePrivateDir, readRegular, writeFileAtomic } from '../core/fs.ts';
 import { readQcow2Header } from './qcow2.ts';
 
 /** Bumped when what a build does changes, so older cache entries are not reused. */
@@ -95,6 +95,30 @@ export function listBuilds(): BuildRecord[] {
 export function buildByKey(profile: string, key: string): BuildRecord | null {
   const r = readRecord(buildId(profile, key));
   return r && r.key === key && fs.existsSync(buildDisk(r)) ? r : null;
+}
+
+/**
+ * A build of `profile` with cache key `key`: the registered one (a hit, unless
+ * `force`), else what `make` builds and registers, under the build's lock; the
+ * registry is asked again once the lock is ours, since another process may
+ * have finished the same build while we waited.
+ */
+export async function cachedBuild(profile: string, key: string, force: boolean | undefined, make: () => Promise<BuildRecord>): Promise<{ record: BuildRecord; hit: boolean; path: string }> {
+  const out = (record: BuildRecord, hit: boolean) => ({ record, hit, path: buildDisk(record) });
+  const found = () => (force ? null : buildByKey(profile, key));
+  const before = found();
+  if (before) return out(before, true);
+  const id = buildId(profile, key);
+  ensurePrivateDir(buildsDir());
+  const { acquireLock } = await import('../core/lock.ts');
+  const lock = await acquireLock(join(buildsDir(), `.${id}.lock`), `build ${id}`);
+  try {
+    const meanwhile = found();
+    if (meanwhile) return out(meanwhile, true);
+    return out(await make(), false);
+  } finally {
+    await lock.release();
+  }
 }
 
 /** The newest build of a profile, or null. */
