@@ -1,5 +1,5 @@
 /**
- * Catalogs: profiles.d/*.yml, isos.d/*.yml and vms.d/*.yml, each a mapping of entry names
+ * Catalogs: profiles.d/*.yml, isos.d/*.yml, vms.d/*.yml and targets.d/*.yml, each a mapping of entry names
  * to entries. Built-in defaults (defaults/, embedded in defaults.ts) come
  * first; user files are read in name order and merge over them. Every entry
  * merges over the `default` entry of its kind.
@@ -12,14 +12,14 @@ import { isPlainObject, mergeExplain, type Origins, type Plain } from './merge.t
 import { DEFAULT_FILES } from './defaults.ts';
 import { configError, subdir } from './tree.ts';
 import { at, parseYaml, readYamlFile, type YamlFile } from './yaml.ts';
-import { checkSchema, ISO_SCHEMA, PROFILE_SCHEMA, typeName, VM_SCHEMA, type Schema } from './schema.ts';
+import { checkSchema, ISO_SCHEMA, PROFILE_SCHEMA, TARGET_SCHEMA, typeName, VM_SCHEMA, type Schema } from './schema.ts';
 
-export type Kind = 'profiles' | 'isos' | 'vms';
-const KIND_SCHEMA: Record<Kind, Schema> = { profiles: PROFILE_SCHEMA, isos: ISO_SCHEMA, vms: VM_SCHEMA };
+export type Kind = 'profiles' | 'isos' | 'vms' | 'targets';
+const KIND_SCHEMA: Record<Kind, Schema> = { profiles: PROFILE_SCHEMA, isos: ISO_SCHEMA, vms: VM_SCHEMA, targets: TARGET_SCHEMA };
 /** Kinds whose unknown keys are refused (profiles keep them: templates may use them). */
-const STRICT: Record<Kind, boolean> = { profiles: false, isos: true, vms: true };
-const KIND_WORD: Record<Kind, string> = { profiles: 'profile', isos: 'ISO', vms: 'VM definition' };
-const KIND_CMD: Record<Kind, string> = { profiles: 'pim-profile list', isos: 'pim-iso list', vms: 'pim-vm list' };
+const STRICT: Record<Kind, boolean> = { profiles: false, isos: true, vms: true, targets: true };
+const KIND_WORD: Record<Kind, string> = { profiles: 'profile', isos: 'ISO', vms: 'VM definition', targets: 'deploy target' };
+const KIND_CMD: Record<Kind, string> = { profiles: 'pim-profile list', isos: 'pim-iso list', vms: 'pim-vm list', targets: 'pim-deploy targets' };
 
 /** One definition of an entry, in one file. */
 export interface Layer {

@@ -54,6 +54,20 @@ export const VM_SCHEMA: Schema = {
   ssh_port: 'positive', ports: 'string[]', firmware: oneOf('bios', 'uefi'), snapshot: 'boolean',
   accel: oneOf('kvm', 'hvf', 'tcg'), qemu_args: 'string[]', vars: 'object',
 };
+/** Deploy targets (targets.d/*.yml, lib/deploy/targets.ts): where pim-deploy puts a build */
+export const TARGET_SCHEMA: Schema = {
+  type: oneOf('libvirt', 'proxmox', 'ssh'),
+  // libvirt
+  uri: 'string', pool: 'string', pool_path: 'string', virt_type: oneOf('kvm', 'qemu'), network: 'string', bridge: 'string',
+  // what the build recorded, overridden for this target
+  mem: 'string|number', cpus: 'positive', machine: 'string', disk_bus: oneOf('virtio', 'sata', 'scsi', 'ide'),
+  // proxmox
+  api: 'string', node: 'string', token_env: 'string', storage: 'string', vmid: 'positive', insecure: 'boolean',
+  // ssh (and proxmox before 8.3: the node over SSH)
+  host: 'string', port: 'positive', identity: 'string', ssh: 'string',
+  // every kind
+  health: 'string', health_timeout: 'positive', shutdown_timeout: 'positive',
+};
 export const PIM_SCHEMA: Schema = { serve: mapping({ port: 'number', bind: 'string' }), vars: 'object' };
 
 export function typeName(v: unknown): string {

@@ -5,6 +5,7 @@
  *   isos.d/*.yml     ISO catalog: NAME -> {url, checksum | checksum_url, ...}
  *   profiles.d/*.yml installation profiles: NAME -> {hostname, packages, ...}
  *   vms.d/*.yml      VM definitions: NAME -> {image, mem, qemu_args, ...}
+ *   targets.d/*.yml  deploy targets: NAME -> {type, uri, pool, ...} (pim-deploy)
  *   preseeds.d/      templates: PROFILE.cfg.* (preseed), PROFILE.user-data.*,
  *                    PROFILE.meta-data.* (Ubuntu autoinstall, nocloud-net)
  *   installs.d/      late-command scripts, fetched by the installer
@@ -18,7 +19,7 @@ import { cacheDir, configDir } from '../core/paths.ts';
 import { EXIT, PimError } from '../core/exit.ts';
 
 export const PIM_YML = 'pim.yml';
-export const SUBDIRS = ['isos.d', 'profiles.d', 'vms.d', 'preseeds.d', 'installs.d', 'scripts.d'] as const;
+export const SUBDIRS = ['isos.d', 'profiles.d', 'vms.d', 'targets.d', 'preseeds.d', 'installs.d', 'scripts.d'] as const;
 export type Subdir = (typeof SUBDIRS)[number];
 export const isoDir = () => join(cacheDir(), 'isos');
 export const subdir = (d: Subdir) => join(configDir(), d);

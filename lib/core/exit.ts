@@ -14,6 +14,8 @@ export const EXIT = {
   TEMPFAIL: 75, // busy, timed out
   NOPERM: 77, // permission (sudo refused)
   CONFIG: 78,
+  /** pim-deploy: the new guest failed its health check; the previous definition was restored (or the new one removed) */
+  ROLLBACK: 79,
 } as const;
 
 export type ExitCode = (typeof EXIT)[keyof typeof EXIT];

@@ -1,0 +1,149 @@
+/**
+ * Deploy targets: targets.d/*.yml, each a mapping of target names to
+ * settings that merge over `default`, as profiles and VM definitions do:
+ *
+ *   lab:  {type: libvirt, uri: "qemu+ssh://root@kvm1/system", pool: pim, virt_type: kvm, network: default}
+ *   pve:  {type: proxmox, api: "https://pve1:8006", node: pve1, token_env: PIM_PVE_TOKEN, storage: local-lvm}
+ *   box:  {type: ssh, host: me@box}
+ *
+ * Secrets come from the environment variables a target names (token_env),
+ * never from the file. A missing or wrong setting is 78 at FILE:LINE.
+ */
+import { loadCatalog, entryNames, resolveEntry, type Catalog, type Resolved } from '../config/catalog.ts';
+import { configError } from '../config/tree.ts';
+import { EXIT, PimError } from '../core/exit.ts';
+import { checkCpus, checkMem } from '../vm/plan.ts';
+
+/** How a deploy checks that the new guest is up: the agent's ping, a TCP port, or a line on the serial console. */
+export type Health = { kind: 'agent' } | { kind: 'tcp'; port: number } | { kind: 'serial'; marker: string };
+
+interface Common {
+  name: string;
+  health: Health;
+  healthTimeoutS: number;
+  shutdownTimeoutS: number;
+  /** the build's recorded settings, overridden for this target */
+  overrides: { mem?: string; cpus?: number; machine?: string; disk_bus?: string };
+  resolved: Resolved;
+}
+
+export interface LibvirtTarget extends Common {
+  type: 'libvirt';
+  uri: string;
+  pool: string;
+  poolPath: string;
+  virtType: 'kvm' | 'qemu';
+  /** a libvirt network's name, or "user" (QEMU's user-mode network) */
+  network: string;
+  bridge: string | null;
+}
+
+export interface ProxmoxTarget extends Common {
+  type: 'proxmox';
+  api: string;
+  node: string;
+  tokenEnv: string;
+  storage: string;
+  vmid: number | null;
+  /** root@pve1: for PVE before 8.3 (no import upload), the disk goes over SSH */
+  ssh: string | null;
+  insecure: boolean;
+}
+
+export interface SshTarget extends Common {
+  type: 'ssh';
+  host: string;
+  port: number | null;
+  identity: string | null;
+}
+
+export type Target = LibvirtTarget | ProxmoxTarget | SshTarget;
+
+export const loadTargetCatalog = (): Promise<Catalog> => loadCatalog('targets');
+
+export async function targetNames(): Promise<string[]> {
+  return entryNames(await loadTargetCatalog());
+}
+
+/** The target `name`, merged over default and checked (66 when there is none, 78 when it is wrong). */
+export async function loadTarget(name: string, cat?: Catalog): Promise<Target> {
+  const c = cat ?? (await loadTargetCatalog());
+  if (name === 'default') throw new PimError(EXIT.USAGE, 'default is what every target merges over, not a target; name one of pim-deploy targets');
+  return target(resolveEntry(c, name));
+}
+
+export function target(r: Resolved): Target {
+  const v = r.value;
+  const where = (k: string) => r.origins[k] ?? `deploy target "${r.name}"`;
+  const need = (k: string): string => {
+    const s = v[k];
+    if (typeof s !== 'string' || !s) throw configError(where(k === 'type' ? k : 'type'), `deploy target "${r.name}" needs ${k}: (see targets.d/default.yml)`);
+    return s;
+  };
+  const wrap = <T>(k: string, f: () => T): T => {
+    try {
+      return f();
+    } catch (e) {
+      throw e instanceof PimError ? configError(where(k), e.message) : e;
+    }
+  };
+  const common: Common = {
+    name: r.name,
+    health: wrap('health', () => parseHealth(typeof v.health === 'string' ? v.health : 'agent')),
+    healthTimeoutS: (v.health_timeout as number | undefined) ?? 120,
+    shutdownTimeoutS: (v.shutdown_timeout as number | undefined) ?? 60,
+    overrides: {
+      mem: v.mem === undefined ? undefined : wrap('mem', () => checkMem(v.mem as string | number, 'mem')),
+      cpus: v.cpus === undefined ? undefined : wrap('cpus', () => checkCpus(v.cpus as number, 'cpus')),
+      machine: v.machine as string | undefined,
+      disk_bus: v.disk_bus as string | undefined,
+    },
+    resolved: r,
+  };
+  const type = need('type');
+  if (type === 'libvirt') {
+    const pool = typeof v.pool === 'string' ? v.pool : 'pim';
+    if (!/^[A-Za-z0-9_][A-Za-z0-9._-]*$/.test(pool)) throw configError(where('pool'), `pool ${JSON.stringify(pool)} is not a pool name (letters, digits, ".", "_", "-")`);
+    return {
+      ...common,
+      type,
+      uri: typeof v.uri === 'string' ? v.uri : 'qemu:///system',
+      pool,
+      poolPath: typeof v.pool_path === 'string' ? v.pool_path : `/var/lib/libvirt/images/${pool}`,
+      virtType: v.virt_type === 'qemu' ? 'qemu' : 'kvm',
+      network: typeof v.network === 'string' ? v.network : 'default',
+      bridge: typeof v.bridge === 'string' ? v.bridge : null,
+    };
+  }
+  if (type === 'proxmox') {
+    const tokenEnv = need('token_env');
+    return {
+      ...common,
+      type,
+      api: need('api').replace(/\/+$/, ''),
+      node: need('node'),
+      tokenEnv,
+      storage: need('storage'),
+      vmid: (v.vmid as number | undefined) ?? null,
+      ssh: (v.ssh as string | undefined) ?? null,
+      insecure: v.insecure === true,
+    };
+  }
+  return { ...common, type: 'ssh', host: need('host'), port: (v.port as number | undefined) ?? null, identity: (v.identity as string | undefined) ?? null };
+}
+
+/** health: agent | tcp:PORT | serial:TEXT (64-style message, made 78 at the key by the caller). */
+export function parseHealth(s: string): Health {
+  if (s === 'agent') return { kind: 'agent' };
+  const tcp = /^tcp:(\d+)$/.exec(s);
+  if (tcp && Number(tcp[1]) >= 1 && Number(tcp[1]) <= 65535) return { kind: 'tcp', port: Number(tcp[1]) };
+  if (s.startsWith('serial:') && s.length > 7) return { kind: 'serial', marker: s.slice(7) };
+  throw new PimError(EXIT.CONFIG, `health must be agent, tcp:PORT or serial:TEXT, not ${JSON.stringify(s)}`);
+}
+
+/** The secret a target names: the value of its environment variable (78 when unset). */
+export function secretOf(t: ProxmoxTarget): string {
+  const v = process.env[t.tokenEnv];
+  if (!v) throw configError(t.resolved.origins.token_env ?? `deploy target "${t.name}"`, `the environment variable ${t.tokenEnv} (token_env) is not set; export it with the API token (USER@REALM!TOKENID=SECRET)`);
+  return v;
+}
