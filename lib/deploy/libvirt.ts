@@ -303,7 +303,8 @@ export async function deployLibvirt(src: Source, t: LibvirtTarget, o: DeployOpts
 async function uploadVolume(v: Virsh, t: LibvirtTarget, src: Source, signal?: AbortSignal): Promise<void> {
   const marker = src.volume + MARKER;
   const { progressReporter } = await import('../install/download.ts');
-  const bar = progressReporter(`${t.name}: ${src.volume}`);
+  // a bar on a terminal only: elsewhere the result line says it all
+  const bar = process.stderr.isTTY ? progressReporter(`${t.name}: ${src.volume}`) : null;
   let sent: string;
   try {
     sent = await sendThrough(
@@ -320,11 +321,11 @@ async function uploadVolume(v: Virsh, t: LibvirtTarget, src: Source, signal?: Ab
           EXIT.UNAVAILABLE,
           { signal },
         ),
-      (n) => bar.update({ done: n, total: src.size }),
+      (n) => bar?.update({ done: n, total: src.size }),
       signal,
     );
   } finally {
-    bar.end();
+    bar?.end();
   }
   const [info] = await v.batch([['vol-path', '--pool', t.pool, src.volume]], { signal });
   const path = info!.out.trim();

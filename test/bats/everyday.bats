@@ -387,6 +387,10 @@ declare -gA EX_CANNOT=(
   ['pim-serve dev --bind 0.0.0.0']="opens a server to the network: not on a shared test machine"
   ["pim-gdb dev --snapshot -- -ex 'break virtio_blk_handle_request' -ex run"]="an interactive gdb session: a person at gdb's prompt (gdb.bats runs QEMU under gdb -batch -ex run, with pim-run's argv)"
   ['pim-build rm dev-3f9a1c2b4d5e']="a build id of yours (pim-build list shows them): this one is made up"
+  ['pim-deploy dev lab']="needs a deploy target lab (a libvirt host) in targets.d: deploy.bats starts a libvirtd and an sshd and deploys to them, locally and over qemu+ssh://"
+  ['pim-deploy dev lab --dry-run']="the same target lab; deploy.bats runs --dry-run against its own libvirtd"
+  ['pim-deploy dev lab --name web --keep 3']="the same target lab; deploy.bats runs --name and --keep against its own libvirtd"
+  ['pim-deploy list lab']="the same target lab; deploy.bats runs list against its own libvirtd, local and over qemu+ssh://"
 )
 
 # Examples of the build's world, where dev means profile dev's newest build: they run

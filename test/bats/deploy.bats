@@ -1,0 +1,281 @@
+#!/usr/bin/env bats
+# pim-deploy against a real libvirtd (Debian's libvirt 9, no systemd), started
+# here with its own sockets, and reached both as qemu:///system (the full
+# matrix) and as qemu+ssh:// through an sshd on loopback with its own host key
+# and authorized key (fresh deploy, no-op, upgrade). Domains are type='qemu'
+# (TCG: KVM fails here). The builds are the test bed's guest-full image (and a
+# resized copy, so another sha256) registered as pim builds, and an empty disk
+# that never boots (the broken build).
+#
+# libvirtd runs in a mount namespace where its qemu.conf (this file's own) says
+# user root: with Debian's libvirt-qemu user, who may not open /dev/kvm (present
+# here, but broken), libvirt 9 finds its capability cache outdated at every new
+# definition ("KVM was enabled when probing, but it is not available now") and
+# probes QEMU again, which took up to 90 s here.
+load helper
+
+LV_CONNECT() { echo "qemu:///system?socket=$PIM_TMP/lv/libvirt-sock"; }
+
+setup_file() {
+  pim_isolate
+  need_testbed
+  command -v libvirtd >/dev/null || skip "libvirtd is not installed (libvirt-daemon-system)"
+  export XDG_STATE_HOME="$PIM_TMP/state"
+  mkdir -p "$PIM_TMP/lv" "$PIM_TMP/bin"
+  cat >"$PIM_TMP/libvirtd.conf" <<EOF
+unix_sock_dir = "$PIM_TMP/lv"
+unix_sock_rw_perms = "0700"
+auth_unix_rw = "none"
+auth_unix_ro = "none"
+log_outputs = "3:file:$PIM_TMP/libvirtd.log"
+EOF
+  printf 'user = "root"\ngroup = "root"\n' >"$PIM_TMP/qemu.conf"
+  pgrep -x virtlogd >/dev/null || { virtlogd -d -p "$PIM_TMP/virtlogd.pid"; }
+  pgrep -x virtlockd >/dev/null || { virtlockd -d -p "$PIM_TMP/virtlockd.pid"; }
+  unshare -m -- sh -c 'mount --bind "$1" /etc/libvirt/qemu.conf && exec libvirtd -d -f "$2" -p "$3"' sh "$PIM_TMP/qemu.conf" "$PIM_TMP/libvirtd.conf" "$PIM_TMP/libvirtd.pid"
+  for _ in $(seq 100); do [ -S "$PIM_TMP/lv/libvirt-sock" ] && break; sleep 0.1; done
+  virsh -c "$(LV_CONNECT)" version >/dev/null
+
+  # an sshd on loopback for qemu+ssh://, with its own host key and authorized key
+  local s="$PIM_TMP/ssh"
+  mkdir -p "$s" /run/sshd
+  ssh-keygen -q -t ed25519 -N '' -f "$s/host_key"
+  ssh-keygen -q -t ed25519 -N '' -f "$s/id"
+  cp "$s/id.pub" "$s/authorized_keys"
+  SSHD_PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+  export SSHD_PORT
+  cat >"$s/sshd_config" <<EOF
+Port $SSHD_PORT
+ListenAddress 127.0.0.1
+HostKey $s/host_key
+AuthorizedKeysFile $s/authorized_keys
+PermitRootLogin prohibit-password
+PasswordAuthentication no
+KbdInteractiveAuthentication no
+UsePAM no
+StrictModes no
+PidFile $s/sshd.pid
+EOF
+  /usr/sbin/sshd -f "$s/sshd_config" -E "$s/sshd.log"
+  # ssh reads ~/.ssh from the passwd entry, not $HOME: this file's own config, through a
+  # wrapper first on PATH (libvirt and pim-deploy both run "ssh")
+  cat >"$s/config" <<EOF
+Host 127.0.0.1
+  UserKnownHostsFile $s/known_hosts
+  StrictHostKeyChecking yes
+  IdentityFile $s/id
+  IdentitiesOnly yes
+EOF
+  echo "[127.0.0.1]:$SSHD_PORT $(cut -d' ' -f1-2 "$s/host_key.pub")" >"$s/known_hosts"
+  printf '#!/bin/sh\nexec /usr/bin/ssh -F %s "$@"\n' "$s/config" >"$PIM_TMP/bin/ssh"
+  chmod +x "$PIM_TMP/bin/ssh"
+
+  local c="$XDG_CONFIG_HOME/pim/targets.d"
+  mkdir -p "$c"
+  cat >"$c/test.yml" <<EOF
+default: {type: libvirt, virt_type: qemu, network: user, pool: pimt, pool_path: "$PIM_TMP/pool", health_timeout: 60, shutdown_timeout: 20}
+loc: {uri: "$(LV_CONNECT)"}
+rem: {uri: "qemu+ssh://root@127.0.0.1:$SSHD_PORT/system?socket=$PIM_TMP/lv/libvirt-sock"}
+EOF
+  # the builds: the test bed's guest, the same guest with another sha256, and a disk that never boots
+  cp "$TESTBED/guest-full.qcow2" "$PIM_TMP/two.qcow2"
+  qemu-img resize -q "$PIM_TMP/two.qcow2" +1M
+  qemu-img create -q -f qcow2 "$PIM_TMP/broken.qcow2" 64M
+  B1=$(register web one "$TESTBED/guest-full.qcow2")
+  B2=$(register web two "$PIM_TMP/two.qcow2")
+  B3=$(register web three "$PIM_TMP/broken.qcow2")
+  printf 'B1=%s\nB2=%s\nB3=%s\n' "$B1" "$B2" "$B3" >"$PIM_TMP/builds"
+}
+
+teardown_file() {
+  [ -n "${PIM_TMP:-}" ] || return 0
+  local d
+  for d in $(virsh -c "$(LV_CONNECT)" list --all --name 2>/dev/null); do
+    virsh -c "$(LV_CONNECT)" destroy "$d" >/dev/null 2>&1
+    virsh -c "$(LV_CONNECT)" undefine "$d" >/dev/null 2>&1
+  done
+  virsh -c "$(LV_CONNECT)" pool-destroy pimt >/dev/null 2>&1
+  virsh -c "$(LV_CONNECT)" pool-undefine pimt >/dev/null 2>&1
+  local p
+  for p in ssh/sshd libvirtd virtlockd virtlogd; do
+    [ -f "$PIM_TMP/$p.pid" ] && kill "$(cat "$PIM_TMP/$p.pid")" 2>/dev/null
+  done
+  pim_cleanup
+}
+
+setup() {
+  # shellcheck disable=SC1091
+  . "$PIM_TMP/builds"
+  export PATH="$PIM_TMP/bin:$PATH"
+}
+
+# register PROFILE SEED IMAGE: IMAGE as a finished pim build of PROFILE (its key made from SEED); prints the id
+register() {
+  local profile=$1 seed=$2 img=$3 key id dir
+  key=$(printf '%s' "$seed" | sha256sum | cut -c1-64)
+  id="$profile-${key:0:12}"
+  dir="$XDG_DATA_HOME/pim/builds/$id"
+  mkdir -p "$dir"
+  cp "$img" "$dir/$profile.qcow2"
+  cat >"$dir/build.json" <<EOF
+{"id":"$id","profile":"$profile","key":"$key","created":"$(date -u +%Y-%m-%dT%H:%M:%S.%NZ)","recipe":1,
+ "inputs":{"recipe":1,"profile":{},"answers":{},"files":{},"iso":null,"disk":{"size":"64M","format":"qcow2"},"firmware":"bios","boot":null},
+ "iso":null,"disk":{"file":"$profile.qcow2","format":"qcow2","virtual_size":67108864,"bytes":0},"efivars":null,
+ "settings":{"mem":"256M","cpus":1,"firmware":"bios","machine":"q35","disk_bus":"virtio","net":"virtio-net","ssh_user":"root"},
+ "times":{"install":0,"provision":0,"total":0},"log":"build.log"}
+EOF
+  : >"$dir/build.log"
+  chmod 444 "$dir"/*
+  chmod 555 "$dir"
+  echo "$id"
+}
+
+V() { virsh -q -c "$(LV_CONNECT)" "$@"; }
+agent_ping() { V qemu-agent-command "$1" '{"execute":"guest-ping"}' --timeout 5; }
+meta_build() { V dumpxml --inactive "$1" | sed -n 's/.*<pim:deploy .* build="\([^"]*\)".*/\1/p'; }
+vols() { V vol-list pimt | awk '{print $1}' | sort; }
+
+@test "a fresh deploy uploads the volume named after the hash, defines the domain from the build and the guest agent answers" {
+  run --separate-stderr pim-deploy "$B1" loc --dry-run
+  [ "$status" -eq 0 ]
+  [[ "$output" == *$'web\tpool\tcreate'* ]]
+  [[ "$output" == *$'web\tupload\tupload\tweb-'* ]]
+  [[ "$output" == *$'web\tdomain\tdefine'* ]]
+  ! V dominfo web 2>/dev/null # the dry run changed nothing
+  sha=$(sha256sum "$TESTBED/guest-full.qcow2" | cut -c1-12)
+  run --separate-stderr pim-deploy "$B1" loc
+  [ "$status" -eq 0 ]
+  [ "$output" = "$(printf 'web\tloc\t%s\tweb-%s.qcow2\tuploaded\tdefined' "$B1" "$sha")	${output##*defined	}" ]
+  agent_ping web | grep -q '"return"'
+  [ "$(meta_build web)" = "$B1" ]
+  V dumpxml web | grep -q "<domain type='qemu'"
+  V dumpxml web | grep -q "<memory unit='KiB'>262144</memory>"
+  [ "$(sha256sum "$PIM_TMP/pool/web-$sha.qcow2" | cut -c1-12)" = "$sha" ]
+  [ "$(vols)" = "web-$sha.qcow2" ] # the upload marker is gone
+  run pim-deploy list loc
+  [ "$status" -eq 0 ]
+  [ "$output" = "$(printf 'web\t%s\tweb\tweb-%s.qcow2\trunning' "$B1" "$sha")" ]
+}
+
+@test "re-deploying the same build is a no-op: no upload, no redefine, the guest keeps running" {
+  pid=$(pgrep -f 'guest=web,' | head -1)
+  uuid=$(V domuuid web)
+  start=$(date +%s%N)
+  run --separate-stderr env PIM_LOG=debug pim-deploy "$B1" loc
+  [ "$status" -eq 0 ]
+  [[ "$output" == *$'\tskipped\tkept\t'* ]]
+  [[ "$stderr" != *vol-upload* && "$stderr" != *define* && "$stderr" != *start* ]]
+  [ "$(( ($(date +%s%N) - start) / 1000000 ))" -lt 2000 ]
+  [ "$(pgrep -f 'guest=web,' | head -1)" = "$pid" ]
+  [ "$(V domuuid web)" = "$uuid" ]
+}
+
+@test "an upgrade to another build keeps the UUID, saves the old definition, and the new guest answers" {
+  uuid=$(V domuuid web)
+  run --separate-stderr pim-deploy "$B2" loc
+  [ "$status" -eq 0 ]
+  [[ "$output" == *$'\tuploaded\tupgraded\t'* ]]
+  [ "$(V domuuid web)" = "$uuid" ]
+  [ "$(meta_build web)" = "$B2" ]
+  grep -q "$B1" "$XDG_STATE_HOME/pim/deploy/loc/web.prev.xml"
+  agent_ping web | grep -q '"return"'
+}
+
+@test "a broken build fails its health check: the old definition is restored and running, exit 79" {
+  uuid=$(V domuuid web)
+  run --separate-stderr pim-deploy "$B3" loc --health-timeout 6
+  [ "$status" -eq 79 ]
+  [ -z "$output" ]
+  [[ "$stderr" == *"no agent health within 6 s"*"previous definition ($B2) is back and running"* ]]
+  [ "$(meta_build web)" = "$B2" ]
+  [ "$(V domstate web)" = running ]
+  [ "$(V domuuid web)" = "$uuid" ]
+}
+
+@test "a volume on the far side whose sha256 does not check out is uploaded again" {
+  # the broken build's volume is left from the rollback: damage it, then deploy it under another name
+  sha3=$(sha256sum "$PIM_TMP/broken.qcow2" | cut -c1-12)
+  V vol-clone --pool pimt "web-$sha3.qcow2" "bad-$sha3.qcow2" >/dev/null
+  printf 'garbage' | dd of="$PIM_TMP/pool/bad-$sha3.qcow2" bs=1 seek=100000 conv=notrunc status=none
+  run --separate-stderr pim-deploy "$B3" loc --name bad --dry-run
+  [ "$status" -eq 0 ]
+  [[ "$output" == *$'bad\tclean\tdelete\tbad-'"$sha3"'.qcow2 (sha256 mismatch)'* ]]
+  [[ "$output" == *$'bad\tupload\tupload'* ]]
+  [[ "$stderr" == *"its sha256 is"* ]]
+  run --separate-stderr pim-deploy "$B3" loc --name bad --health-timeout 1
+  [ "$status" -eq 79 ] # it never boots; what matters is the volume
+  [ "$(sha256sum "$PIM_TMP/pool/bad-$sha3.qcow2" | cut -c1-12)" = "$sha3" ]
+  ! V dominfo bad 2>/dev/null # a new domain that failed is removed again
+}
+
+@test "an upload killed part-way (its marker left) is cleaned up by the next run" {
+  sha1=$(sha256sum "$TESTBED/guest-full.qcow2" | cut -c1-12)
+  head -c 1000000 "$TESTBED/guest-full.qcow2" >"$PIM_TMP/part"
+  V vol-create-as pimt "half-$sha1.qcow2.uploading" 0 --format raw >/dev/null
+  V vol-create-as pimt "half-$sha1.qcow2" 19857408 --format raw >/dev/null
+  V vol-upload --pool pimt "half-$sha1.qcow2" "$PIM_TMP/part"
+  run --separate-stderr pim-deploy "$B1" loc --name half --dry-run
+  [[ "$output" == *$'half\tclean\tdelete\thalf-'"$sha1"'.qcow2 (an upload that did not finish)'* ]]
+  run --separate-stderr pim-deploy "$B1" loc --name half --health-timeout 60
+  [ "$status" -eq 0 ]
+  [[ "$output" == *$'\tuploaded\tdefined\t'* ]]
+  [ "$(sha256sum "$PIM_TMP/pool/half-$sha1.qcow2" | cut -c1-12)" = "$sha1" ]
+  ! vols | grep -q uploading
+  V destroy half >/dev/null
+}
+
+@test "garbage collection keeps --keep volumes of the name and never one a domain uses" {
+  sha1=$(sha256sum "$TESTBED/guest-full.qcow2" | cut -c1-12)
+  sha2=$(sha256sum "$PIM_TMP/two.qcow2" | cut -c1-12)
+  sha3=$(sha256sum "$PIM_TMP/broken.qcow2" | cut -c1-12)
+  # web's volumes: one (old), two (current), three (the broken one); a stopped domain "holder" uses one
+  V dumpxml web | sed -e "s/<name>web</<name>holder</" -e '/<uuid>/d' -e "s/web-$sha2/web-$sha1/" -e '/<metadata>/,/<\/metadata>/d' >"$PIM_TMP/holder.xml"
+  V define "$PIM_TMP/holder.xml" >/dev/null
+  run --separate-stderr pim-deploy "$B2" loc --keep 1
+  [ "$status" -eq 0 ]
+  [[ "$output" == *$'\tskipped\tkept\t'* ]]
+  vols | grep -qx "web-$sha2.qcow2"      # the current one
+  vols | grep -qx "web-$sha1.qcow2"      # in use by holder
+  ! vols | grep -qx "web-$sha3.qcow2"    # old and unused: gone
+  [[ "$stderr" == *"web-$sha1.qcow2 is still in use"* ]]
+  V undefine holder >/dev/null
+}
+
+@test "qemu+ssh://: a fresh deploy comes up and a re-deploy of it is a no-op" {
+  run --separate-stderr pim-deploy "$B1" rem --name rweb
+  [ "$status" -eq 0 ]
+  [[ "$output" == *$'\tuploaded\tdefined\t'* ]]
+  agent_ping rweb | grep -q '"return"'
+  uuid=$(V domuuid rweb)
+  run --separate-stderr env PIM_LOG=debug pim-deploy "$B1" rem --name rweb
+  [ "$status" -eq 0 ]
+  [[ "$output" == *$'\tskipped\tkept\t'* ]]
+  [[ "$stderr" != *vol-upload* && "$stderr" != *define* ]]
+  [ "$(V domuuid rweb)" = "$uuid" ]
+}
+
+@test "qemu+ssh://: an upgrade keeps the UUID; list reads what pim deployed" {
+  uuid=$(V domuuid rweb)
+  run --separate-stderr pim-deploy "$B2" rem --name rweb
+  [ "$status" -eq 0 ]
+  [[ "$output" == *$'\tuploaded\tupgraded\t'* ]]
+  [ "$(V domuuid rweb)" = "$uuid" ]
+  run pim-deploy list rem -q
+  [[ "$output" == *rweb* && "$output" == *web* ]]
+  V destroy rweb >/dev/null
+}
+
+@test "bad input: an unknown target is 66, a broken targets.d is 78 at FILE:LINE, --keep 0 is 64" {
+  run --separate-stderr pim-deploy "$B1" nosuch
+  [ "$status" -eq 66 ]
+  [[ "$stderr" == *'no deploy target named "nosuch"'* ]]
+  run --separate-stderr pim-deploy "$B1" loc --keep 0
+  [ "$status" -eq 64 ]
+  run --separate-stderr pim-deploy nosuchbuild loc
+  [ "$status" -eq 66 ]
+  mkdir -p "$PIM_TMP/badcfg/pim/targets.d"
+  printf 'x:\n  type: libvirt\n  health: sometimes\n' >"$PIM_TMP/badcfg/pim/targets.d/x.yml"
+  XDG_CONFIG_HOME="$PIM_TMP/badcfg" run --separate-stderr pim-deploy "$B1" x
+  [ "$status" -eq 78 ]
+  [[ "$stderr" == *"x.yml:3"* ]]
+}
