@@ -306,6 +306,7 @@ async function uploadVolume(v: Virsh, t: LibvirtTarget, src: Source, signal?: Ab
   // a bar on a terminal only: elsewhere the result line says it all
   const bar = process.stderr.isTTY ? progressReporter(`${t.name}: ${src.volume}`) : null;
   let sent: string;
+  const t0 = performance.now();
   try {
     sent = await sendThrough(
       src.path,
@@ -327,6 +328,7 @@ async function uploadVolume(v: Virsh, t: LibvirtTarget, src: Source, signal?: Ab
   } finally {
     bar?.end();
   }
+  log.debug(`uploaded ${src.size} bytes in ${((performance.now() - t0) / 1000).toFixed(3)} s`);
   const [info] = await v.batch([['vol-path', '--pool', t.pool, src.volume]], { signal });
   const path = info!.out.trim();
   const far = await farHash(v, t, { name: src.volume, path }, signal);

@@ -1,10 +1,71 @@
+/**
+ * An SSH host as a deploy target: the build is copied into the remote user's
+ * pim store (${XDG_DATA_HOME:-~/.local/share}/pim/builds/ID/, the same
+ * layout as here, lib/image/registry.ts), verified with sha256sum there, and
+ * registered by one rename of its finished directory, so `pim-run PROFILE` on
+ * that host boots it. A build that is there and checks out is not sent
+ * again. Everything runs through the system's ssh and scp, argv only; the
+ * remote commands are fixed scripts whose words are quoted for the remote shell.
+ */
 import { EXIT, PimError } from '../core/exit.ts';
+import { run, runOk } from '../core/run.ts';
 import type { DeployOpts, Deployed, Outcome } from './libvirt.ts';
 import type { Source } from './source.ts';
 import type { SshTarget } from './targets.ts';
-export async function deploySsh(_s: Source, _t: SshTarget, _o: DeployOpts): Promise<Outcome> {
-  throw new PimError(EXIT.UNAVAILABLE, 'ssh: not yet');
+import { quoteSh } from './virsh.ts';
+
+const STORE = '"${XDG_DATA_HOME:-$HOME/.local/share}/pim/builds"';
+
+function sshBase(t: SshTarget, scp = false): string[] {
+  const a = ['-o', 'BatchMode=yes'];
+  if (t.port) a.push(scp ? '-P' : '-p', String(t.port));
+  if (t.identity) a.push('-i', t.identity);
+  return a;
 }
-export async function listSsh(_t: SshTarget): Promise<Deployed[]> {
-  throw new PimError(EXIT.UNAVAILABLE, 'ssh: not yet');
+
+const ssh = (t: SshTarget, script: string, signal?: AbortSignal) => run('ssh', [...sshBase(t), '-T', '--', t.host, script], { signal, hint: 'install openssh-client' });
+
+export async function deploySsh(src: Source, t: SshTarget, o: DeployOpts): Promise<Outcome> {
+  const id = src.build.id;
+  const file = src.build.disk.file;
+  const q = quoteSh;
+  const probe = await ssh(t, `d=${STORE}/${q(id)}; test -f "$d/build.json" && sha256sum -- "$d/"${q(file)}; mkdir -p ${STORE} && echo "store ${STORE}"`, o.signal);
+  if (probe.code === 255) throw new PimError(EXIT.UNAVAILABLE, `${t.name}: cannot reach ${t.host} over ssh: ${probe.stderr.trim().split('\n').pop()}`);
+  const store = /^store (.+)$/m.exec(probe.stdout)?.[1];
+  if (probe.code !== 0 || !store) throw new PimError(EXIT.UNAVAILABLE, `${t.name}: ${t.host}: cannot make the pim store: ${probe.stderr.trim().split('\n').pop()}`);
+  const there = new RegExp(`^${src.sha256}\\s`, 'm').test(probe.stdout);
+  const plan: Outcome['plan'] = [{ step: 'upload', action: there ? 'skip' : 'upload', detail: `${id} to ${t.host}:${store}/${id} (${src.size} bytes)` }];
+  if (o.dryRun || there) return { plan, upload: there ? 'skipped' : 'uploaded', domain: 'kept', started: false, removed: [] };
+  const tmp = `${store}/.tmp-${id}-${process.pid}`;
+  await runOk('ssh', [...sshBase(t), '-T', '--', t.host, `rm -rf ${q(tmp)} && mkdir -m 700 ${q(tmp)}`], { what: `${t.name}: cannot make ${tmp}`, code: EXIT.UNAVAILABLE });
+  const files = [src.path, ...(src.efivars ? [src.efivars] : [])];
+  const { buildDir } = await import('../image/registry.ts');
+  files.push(`${buildDir(id)}/build.json`);
+  const dest = t.host.includes('@') || !t.host.includes(':') ? `${t.host}:${tmp}/` : `[${t.host}]:${tmp}/`;
+  await runOk('scp', [...sshBase(t, true), '-q', '-S', 'ssh', '--', ...files, dest], { what: `${t.name}: cannot copy ${id} to ${t.host}`, code: EXIT.UNAVAILABLE, signal: o.signal });
+  // verified there, then made read-only and put in place by one rename
+  const fin = await ssh(
+    t,
+    `cd ${q(tmp)} && s=$(sha256sum -- ${q(file)}) && case $s in ${src.sha256}*) ;; *) echo "mismatch $s"; cd /; rm -rf ${q(tmp)}; exit 65;; esac && : >build.log && chmod 444 * && chmod 555 . && cd / && mv -T ${q(tmp)} ${STORE}/${q(id)}`,
+    o.signal,
+  );
+  if (fin.code === 65) throw new PimError(EXIT.DATAERR, `${t.name}: ${id}: sha256 mismatch on ${t.host} (${fin.stdout.trim()}); nothing was registered`);
+  if (fin.code !== 0) throw new PimError(EXIT.UNAVAILABLE, `${t.name}: cannot register ${id} on ${t.host}: ${fin.stderr.trim().split('\n').pop()}`);
+  return { plan, upload: 'uploaded', domain: 'defined', started: false, removed: [] };
+}
+
+/** The builds in the remote user's pim store. */
+export async function listSsh(t: SshTarget): Promise<Deployed[]> {
+  const r = await ssh(t, `for f in ${STORE}/*/build.json; do [ -f "$f" ] && tr -d '\\n' <"$f" && echo; done; true`);
+  if (r.code !== 0) throw new PimError(EXIT.UNAVAILABLE, `${t.name}: cannot list the builds on ${t.host}: ${r.stderr.trim().split('\n').pop()}`);
+  const out: Deployed[] = [];
+  for (const line of r.stdout.split('\n')) {
+    try {
+      const b = JSON.parse(line) as { id: string; profile: string; key: string; disk: { file: string } };
+      out.push({ name: b.id, build: b.id, profile: b.profile, volume: b.disk.file, state: 'registered', key: b.key.slice(0, 12) });
+    } catch {
+      /* not a record */
+    }
+  }
+  return out;
 }

@@ -140,10 +140,3 @@ export function parseHealth(s: string): Health {
   if (s.startsWith('serial:') && s.length > 7) return { kind: 'serial', marker: s.slice(7) };
   throw new PimError(EXIT.CONFIG, `health must be agent, tcp:PORT or serial:TEXT, not ${JSON.stringify(s)}`);
 }
-
-/** The secret a target names: the value of its environment variable (78 when unset). */
-export function secretOf(t: ProxmoxTarget): string {
-  const v = process.env[t.tokenEnv];
-  if (!v) throw configError(t.resolved.origins.token_env ?? `deploy target "${t.name}"`, `the environment variable ${t.tokenEnv} (token_env) is not set; export it with the API token (USER@REALM!TOKENID=SECRET)`);
-  return v;
-}

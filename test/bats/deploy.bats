@@ -6,69 +6,18 @@
 # (TCG: KVM fails here). The builds are the test bed's guest-full image (and a
 # resized copy, so another sha256) registered as pim builds, and an empty disk
 # that never boots (the broken build).
-#
-# libvirtd runs in a mount namespace where its qemu.conf (this file's own) says
-# user root: with Debian's libvirt-qemu user, who may not open /dev/kvm (present
-# here, but broken), libvirt 9 finds its capability cache outdated at every new
-# definition ("KVM was enabled when probing, but it is not available now") and
-# probes QEMU again, which took up to 90 s here.
+# libvirtd and sshd: test/bats/libvirt.bash.
 load helper
+load libvirt
 
-LV_CONNECT() { echo "qemu:///system?socket=$PIM_TMP/lv/libvirt-sock"; }
+LV_CONNECT() { lv_uri "$PIM_TMP"; }
 
 setup_file() {
   pim_isolate
   need_testbed
   command -v libvirtd >/dev/null || skip "libvirtd is not installed (libvirt-daemon-system)"
   export XDG_STATE_HOME="$PIM_TMP/state"
-  mkdir -p "$PIM_TMP/lv" "$PIM_TMP/bin"
-  cat >"$PIM_TMP/libvirtd.conf" <<EOF
-unix_sock_dir = "$PIM_TMP/lv"
-unix_sock_rw_perms = "0700"
-auth_unix_rw = "none"
-auth_unix_ro = "none"
-log_outputs = "3:file:$PIM_TMP/libvirtd.log"
-EOF
-  printf 'user = "root"\ngroup = "root"\n' >"$PIM_TMP/qemu.conf"
-  pgrep -x virtlogd >/dev/null || { virtlogd -d -p "$PIM_TMP/virtlogd.pid"; }
-  pgrep -x virtlockd >/dev/null || { virtlockd -d -p "$PIM_TMP/virtlockd.pid"; }
-  unshare -m -- sh -c 'mount --bind "$1" /etc/libvirt/qemu.conf && exec libvirtd -d -f "$2" -p "$3"' sh "$PIM_TMP/qemu.conf" "$PIM_TMP/libvirtd.conf" "$PIM_TMP/libvirtd.pid"
-  for _ in $(seq 100); do [ -S "$PIM_TMP/lv/libvirt-sock" ] && break; sleep 0.1; done
-  virsh -c "$(LV_CONNECT)" version >/dev/null
-
-  # an sshd on loopback for qemu+ssh://, with its own host key and authorized key
-  local s="$PIM_TMP/ssh"
-  mkdir -p "$s" /run/sshd
-  ssh-keygen -q -t ed25519 -N '' -f "$s/host_key"
-  ssh-keygen -q -t ed25519 -N '' -f "$s/id"
-  cp "$s/id.pub" "$s/authorized_keys"
-  SSHD_PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-  export SSHD_PORT
-  cat >"$s/sshd_config" <<EOF
-Port $SSHD_PORT
-ListenAddress 127.0.0.1
-HostKey $s/host_key
-AuthorizedKeysFile $s/authorized_keys
-PermitRootLogin prohibit-password
-PasswordAuthentication no
-KbdInteractiveAuthentication no
-UsePAM no
-StrictModes no
-PidFile $s/sshd.pid
-EOF
-  /usr/sbin/sshd -f "$s/sshd_config" -E "$s/sshd.log"
-  # ssh reads ~/.ssh from the passwd entry, not $HOME: this file's own config, through a
-  # wrapper first on PATH (libvirt and pim-deploy both run "ssh")
-  cat >"$s/config" <<EOF
-Host 127.0.0.1
-  UserKnownHostsFile $s/known_hosts
-  StrictHostKeyChecking yes
-  IdentityFile $s/id
-  IdentitiesOnly yes
-EOF
-  echo "[127.0.0.1]:$SSHD_PORT $(cut -d' ' -f1-2 "$s/host_key.pub")" >"$s/known_hosts"
-  printf '#!/bin/sh\nexec /usr/bin/ssh -F %s "$@"\n' "$s/config" >"$PIM_TMP/bin/ssh"
-  chmod +x "$PIM_TMP/bin/ssh"
+  libvirt_up "$PIM_TMP"
 
   local c="$XDG_CONFIG_HOME/pim/targets.d"
   mkdir -p "$c"
@@ -76,6 +25,7 @@ EOF
 default: {type: libvirt, virt_type: qemu, network: user, pool: pimt, pool_path: "$PIM_TMP/pool", health_timeout: 60, shutdown_timeout: 20}
 loc: {uri: "$(LV_CONNECT)"}
 rem: {uri: "qemu+ssh://root@127.0.0.1:$SSHD_PORT/system?socket=$PIM_TMP/lv/libvirt-sock"}
+box: {type: ssh, host: root@127.0.0.1, port: $SSHD_PORT}
 EOF
   # the builds: the test bed's guest, the same guest with another sha256, and a disk that never boots
   cp "$TESTBED/guest-full.qcow2" "$PIM_TMP/two.qcow2"
@@ -89,17 +39,7 @@ EOF
 
 teardown_file() {
   [ -n "${PIM_TMP:-}" ] || return 0
-  local d
-  for d in $(virsh -c "$(LV_CONNECT)" list --all --name 2>/dev/null); do
-    virsh -c "$(LV_CONNECT)" destroy "$d" >/dev/null 2>&1
-    virsh -c "$(LV_CONNECT)" undefine "$d" >/dev/null 2>&1
-  done
-  virsh -c "$(LV_CONNECT)" pool-destroy pimt >/dev/null 2>&1
-  virsh -c "$(LV_CONNECT)" pool-undefine pimt >/dev/null 2>&1
-  local p
-  for p in ssh/sshd libvirtd virtlockd virtlogd; do
-    [ -f "$PIM_TMP/$p.pid" ] && kill "$(cat "$PIM_TMP/$p.pid")" 2>/dev/null
-  done
+  libvirt_down "$PIM_TMP"
   pim_cleanup
 }
 
@@ -263,6 +203,20 @@ vols() { V vol-list pimt | awk '{print $1}' | sort; }
   run pim-deploy list rem -q
   [[ "$output" == *rweb* && "$output" == *web* ]]
   V destroy rweb >/dev/null
+}
+
+@test "an ssh host: the build is copied into the remote user's store, verified and registered; again, it is skipped" {
+  run --separate-stderr pim-deploy "$B1" box
+  [ "$status" -eq 0 ]
+  [[ "$output" == *$'\tuploaded\tdefined\t'* ]]
+  [ "$(sha256sum "$PIM_TMP/remote/pim/builds/$B1/web.qcow2" | cut -c1-64)" = "$(sha256sum "$TESTBED/guest-full.qcow2" | cut -c1-64)" ]
+  XDG_DATA_HOME="$PIM_TMP/remote" run pim-build list -q
+  [ "$output" = "$B1" ] # pim on that host sees it as a build
+  run --separate-stderr pim-deploy "$B1" box
+  [ "$status" -eq 0 ]
+  [[ "$output" == *$'\tskipped\tkept\t'* ]]
+  run pim-deploy list box -q
+  [ "$output" = "$B1" ]
 }
 
 @test "bad input: an unknown target is 66, a broken targets.d is 78 at FILE:LINE, --keep 0 is 64" {
