@@ -10,7 +10,7 @@ import { configError, subdir, type Subdir } from './tree.ts';
 import { loadCatalog, resolveEntry, type Resolved } from './catalog.ts';
 
 /** Profile keys that name files, and the subdir each lives in. */
-export const FILE_REFS: Record<string, Subdir> = { installs: 'installs.d', scripts: 'scripts.d', preseed: 'preseeds.d', user_data: 'preseeds.d' };
+export const FILE_REFS: Record<string, Subdir> = { installs: 'installs.d', scripts: 'scripts.d', preseed: 'preseeds.d', user_data: 'preseeds.d', sources: 'sources.d' };
 
 function fileNameProblem(n: string): string | null {
   if (!n || n.includes('/') || n.includes('\\') || n.includes('\0') || n.startsWith('.')) return 'a file name has no "/" and does not start with "."';

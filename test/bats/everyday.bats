@@ -35,7 +35,7 @@ teardown() {
 
 teardown_file() {
   [ -n "${PIM_TMP:-}" ] || return 0
-  [ -f "$PIM_TMP/http.pid" ] && kill "$(cat "$PIM_TMP/http.pid")" 2>/dev/null
+  stop_www
   [ -e "$PIM_TMP/bridge.made" ] && ip link del "$BRIDGE" 2>/dev/null
   pim_cleanup
 }
@@ -517,10 +517,7 @@ EOF
   mkdir -p "$www" "$c/isos.d" "$c/profiles.d"
   ln -s "$TESTBED/installer/di.iso" "$www/di.iso"
   (cd "$www" && sha256sum -- *.iso >SHA256SUMS)
-  setsid python3 -m http.server 0 --bind 127.0.0.1 --directory "$www" >"$PIM_TMP/http.log" 2>&1 3>&- </dev/null &
-  echo $! >"$PIM_TMP/http.pid"
-  for _ in $(seq 100); do grep -q 'port [0-9]' "$PIM_TMP/http.log" && break; sleep 0.1; done
-  port=$(grep -o 'port [0-9]*' "$PIM_TMP/http.log" | head -1 | cut -d' ' -f2)
+  port=$(serve_www "$www")
   echo "tb-di: {url: \"http://127.0.0.1:$port/di.iso\", checksum_url: \"http://127.0.0.1:$port/SHA256SUMS\", distro: debian}" >"$c/isos.d/tb.yml"
   cat >"$c/profiles.d/dev.yml" <<EOF
 dev:
