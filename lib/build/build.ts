@@ -66,7 +66,8 @@ export async function runBuild(o: BuildOpts): Promise<BuildOutcome> {
   const st = o.status;
   st.set(`resolving profile ${o.profile}`);
   const { loadProfile } = await import('../config/profile.ts');
-  const profile = await loadProfile(o.profile);
+  const { withEnvHook } = await import('../config/profile.ts');
+  const profile = await withEnvHook(await loadProfile(o.profile));
   if (profile.value.builder === 'raw') return (await import('./raw.ts')).buildRaw(o, profile, t0); // an empty disk: no ISO, no VM
   const plan = await planBuild(profile, { timeoutS: o.timeoutS });
   await checkSourceKind(plan);

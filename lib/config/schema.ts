@@ -53,6 +53,8 @@ export const PROFILE_SCHEMA: Schema = {
   sources: 'string[]',
   /** builder: cloud-init: cloud-config keys that pim's default user-data template adds (write_files, runcmd, ...) */
   cloud_config: 'object',
+  /** a program in hooks.d whose KEY=VALUE lines on stdout are set in vars for the templates (pim-build, pim-serve) */
+  env_hook: 'string',
 };
 export const ISO_SCHEMA: Schema = {
   url: 'string', checksum: 'string', checksum_url: 'string', filename: 'string', insecure: 'boolean',

@@ -25,7 +25,7 @@
 import * as http from 'node:http';
 import * as fs from 'node:fs';
 import { EXIT, PimError } from '../core/exit.ts';
-import { loadProfile, profileFile, namedFile, readFound, type FoundFile } from '../config/profile.ts';
+import { loadProfile, profileFile, namedFile, readFound, withEnvHook, type FoundFile } from '../config/profile.ts';
 import { subdir, type Subdir } from '../config/tree.ts';
 import type { Origins, Plain } from '../config/merge.ts';
 import { DEFAULT_FILES } from '../config/defaults.ts';
@@ -152,7 +152,7 @@ export function renderAnswer(route: AnswerRoute, profile: ServeProfile, url: str
 const isRoute = (p: string): p is AnswerRoute => Object.hasOwn(TEMPLATES, p);
 
 export async function startServer(opts: ServeOpts): Promise<Served> {
-  const p: ServeProfile = typeof opts.profile === 'string' ? await loadProfile(opts.profile) : opts.profile;
+  const p: ServeProfile = typeof opts.profile === 'string' ? await withEnvHook(await loadProfile(opts.profile)) : opts.profile;
   const logLine = opts.log ?? ((l: string) => process.stderr.write(l + '\n'));
   let defaultUrl = '';
 

@@ -196,6 +196,32 @@ describe('builder: cloud-init', () => {
   });
 });
 
+describe('env_hook', () => {
+  const hook = (name: string, body: string, mode = 0o755) => {
+    writeConfig({ [`hooks.d/${name}`]: body });
+    fs.chmodSync(join(tmp, 'config/pim/hooks.d', name), mode);
+  };
+  it("sets each KEY=VALUE line it prints in vars, over the profile's own, with PIM_PROFILE and the config dir as cwd", async () => {
+    writeConfig({ 'profiles.d/t.yml': 'h: {env_hook: vars.sh, vars: {a: own, b: kept}}\n' });
+    hook('vars.sh', '#!/bin/sh\necho "# a comment"\necho "a=from the hook"\necho\necho "who=$PIM_PROFILE"\necho "here=$(basename "$PWD")"\necho "eq=x=y"\n');
+    const { loadProfile, withEnvHook } = await import('../../lib/config/profile.ts');
+    const p = await withEnvHook(await loadProfile('h'));
+    expect(p.value.vars).toEqual({ a: 'from the hook', b: 'kept', who: 'h', here: 'pim', eq: 'x=y' });
+    expect(p.origins['vars.a']).toBe('hooks.d/vars.sh (env_hook)');
+  });
+  it('is a config error (78) when it fails, prints a line that is not KEY=VALUE, is not executable, or is missing', async () => {
+    const { loadProfile, withEnvHook } = await import('../../lib/config/profile.ts');
+    writeConfig({ 'profiles.d/t.yml': 'f: {env_hook: fail.sh}\nb: {env_hook: bad.sh}\nx: {env_hook: noexec.sh}\nm: {env_hook: nope.sh}\n' });
+    hook('fail.sh', '#!/bin/sh\necho "no token" >&2\nexit 4\n');
+    hook('bad.sh', '#!/bin/sh\necho ok=1\necho "not a pair"\n');
+    hook('noexec.sh', '#!/bin/sh\necho a=1\n', 0o644);
+    await expect(withEnvHook(await loadProfile('f'))).rejects.toMatchObject({ code: 78, message: expect.stringMatching(/t\.yml:1: env_hook hooks\.d\/fail\.sh failed with status 4: no token$/) });
+    await expect(withEnvHook(await loadProfile('b'))).rejects.toMatchObject({ code: 78, message: 'hooks.d/bad.sh:stdout:2: env_hook lines are KEY=VALUE, not "not a pair"' });
+    await expect(withEnvHook(await loadProfile('x'))).rejects.toMatchObject({ code: 78, message: expect.stringContaining('is not executable') });
+    await expect(loadProfile('m')).rejects.toMatchObject({ code: 78, message: expect.stringContaining('hooks.d/nope.sh does not exist') });
+  });
+});
+
 /** A finished build in the registry, with a real (tiny) qcow2 image. */
 function fakeBuild(profile: string, key: string, created: string): BuildRecord {
   const dir = join(tmp, `stage-${key}`);
