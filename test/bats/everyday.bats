@@ -371,6 +371,7 @@ after_kvm_failed() {
 # Cannot run here, and why. An example missing from here runs; one here that no
 # longer exists fails the test "the list of examples that cannot run names only examples".
 declare -gA EX_CANNOT=(
+  ['pim-cp dev:/etc/hostname web:/tmp/hostname-of-dev']="needs a second running VM, web: guestssh.bats copies between two running guests"
   ['./install.sh']="installs Debian packages, runs npm ci in this checkout and boots the demo: the install part is the install.sh test above (in a copy of the checkout); the demo part runs the same commands as these examples"
   ['./test.sh']="runs the whole suite, this file included"
   ['pim-run dev --bridged']="bridged networking needs a host bridge allowed in /etc/qemu/bridge.conf and sudo: privilege.bats makes one and runs --bridged; the refusal is tested above"
