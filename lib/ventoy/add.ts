@@ -6,7 +6,8 @@
  * stick is touched. On the stick, under DIR (default "/"):
  *   NAME.iso.part     the copy in progress; removed on any failure or Ctrl-C
  *   NAME.iso          renamed into place once the copy is fsync'd, read back
- *                     and its sha256 matches the bytes read from the source
+ *                     and its sha256 matches the catalog's (for a sha512 entry:
+ *                     the sha256 of the bytes read from the source as it was copied)
  *   NAME.iso.sha256   "HEX  NAME.iso" (sha256sum -c reads it), written last
  * An ISO whose sidecar already holds the source's sha256 (and whose size
  * matches) is skipped. Free space is checked for all of them before the
@@ -100,7 +101,7 @@ const sizeOf = (p: string) => {
 async function present(src: Source, iso: string, signal?: AbortSignal): Promise<string | null> {
   const side = readSidecar(iso + SIDECAR);
   if (!side || sizeOf(iso) !== src.size) return null;
-  const want = src.sha256 ?? (await (await import('../install/iso.ts')).hashFile(src.path, 'sha256', signal));
+  const want = src.sha256 ?? (await sha256Of(src.path, signal));
   src.sha256 = want;
   return side === want ? want : null;
 }
@@ -138,23 +139,23 @@ export async function addToStick(s: OpenStick, srcs: Source[], dir: string, sign
     fs.rmSync(part, { force: true });
     try {
       const bar = ev.onCopy?.(src.name, `${dir}/${src.name}.iso`, src.size);
-      let copied: string;
+      let copied: string | null;
       try {
-        copied = await copyHashed(src.path, part, signal, (done) => bar?.update({ done, total: src.size }));
+        // the catalog's sha256 is known (and the source was verified against it): no need to hash while copying
+        copied = await copyFile(part, src.path, signal, !src.sha256, (done) => bar?.update({ done, total: src.size }));
       } finally {
         bar?.end();
       }
-      if (src.sha256 && copied !== src.sha256) {
-        throw new PimError(EXIT.DATAERR, `${src.name}: ${src.path} no longer matches the catalog (sha256 ${copied}, expected ${src.sha256}); run pim-iso verify ${src.name}`);
-      }
+      const want = src.sha256 ?? copied!;
       ev.onVerify?.(src.name);
-      const { hashFile } = await import('../install/iso.ts');
-      const back = await hashFile(part, 'sha256', signal);
-      if (back !== copied) throw new PimError(EXIT.DATAERR, `${src.name}: the copy on ${s.stick.name} reads back as sha256 ${back}, not ${copied}: the stick may be failing; nothing was kept`);
+      const back = await sha256Of(part, signal);
+      if (back !== want) {
+        throw new PimError(EXIT.DATAERR, `${src.name}: the copy on ${s.stick.name} reads back as sha256 ${back}, not ${want} (the source, ${src.path}, changed, or the stick is failing); nothing was kept: run pim-iso verify ${src.name}, then add it again`);
+      }
       checkAborted(signal);
       fs.renameSync(part, iso);
-      writeSynced(iso + SIDECAR, `${copied}  ${src.name}.iso\n`);
-      results.push({ name: src.name, status: 'added', path: `${dir}/${src.name}.iso`, sha256: copied, seconds: Math.round(performance.now() - t0) / 1000 });
+      writeSynced(iso + SIDECAR, `${want}  ${src.name}.iso\n`);
+      results.push({ name: src.name, status: 'added', path: `${dir}/${src.name}.iso`, sha256: want, seconds: Math.round(performance.now() - t0) / 1000 });
     } finally {
       fs.rmSync(part, { force: true });
     }
@@ -185,13 +186,49 @@ export function writeSynced(dest: string, content: string): void {
 const CHUNK = 8 << 20;
 
 /**
- * Copy `src` to `dst` (created, never replaced), hashing the bytes as they
- * are read; fsync at the end. Reads run one chunk ahead of writes. Returns
- * the sha256 of what was written.
+ * Read `fd` from the start in CHUNK reads, one running ahead of the caller's
+ * work on the previous chunk; `each` gets every chunk (valid until it resolves).
  */
-export async function copyHashed(src: string, dst: string, signal?: AbortSignal, onProgress?: (done: number) => void): Promise<string> {
+async function readAhead(fh: fs.promises.FileHandle, each: (chunk: Buffer, done: number) => Promise<void> | void, signal?: AbortSignal): Promise<void> {
+  const bufs = [Buffer.allocUnsafe(CHUNK), Buffer.allocUnsafe(CHUNK)];
+  let i = 0;
+  let pos = 0;
+  let pending = fh.read(bufs[0]!, 0, CHUNK, 0);
+  for (;;) {
+    const { bytesRead } = await pending;
+    if (!bytesRead) return;
+    const cur = bufs[i]!.subarray(0, bytesRead);
+    pos += bytesRead;
+    i ^= 1;
+    pending = fh.read(bufs[i]!, 0, CHUNK, pos);
+    await each(cur, pos);
+    if (signal?.aborted) {
+      await pending.catch(() => undefined);
+      checkAborted(signal);
+    }
+  }
+}
+
+/** The sha256 of a file, read in large chunks with the next read in flight while one is hashed. */
+export async function sha256Of(path: string, signal?: AbortSignal): Promise<string> {
   const { createHash } = await import('node:crypto');
   const h = createHash('sha256');
+  const fh = await fs.promises.open(path, 'r');
+  try {
+    await readAhead(fh, (c) => void h.update(c), signal);
+  } finally {
+    await fh.close();
+  }
+  return h.digest('hex');
+}
+
+/**
+ * Copy `src` to `dst` (created, never replaced); fsync at the end. With
+ * `hash`, returns the sha256 of the bytes as they were read (else null).
+ */
+export async function copyFile(dst: string, src: string, signal: AbortSignal | undefined, hash: boolean, onProgress?: (done: number) => void): Promise<string | null> {
+  const { createHash } = await import('node:crypto');
+  const h = hash ? createHash('sha256') : null;
   const inp = await fs.promises.open(src, 'r');
   let out: fs.promises.FileHandle;
   try {
@@ -201,26 +238,16 @@ export async function copyHashed(src: string, dst: string, signal?: AbortSignal,
     throw new PimError(EXIT.CANTCREAT, `cannot create ${dst}: ${(e as Error).message}`);
   }
   try {
-    const bufs = [Buffer.allocUnsafe(CHUNK), Buffer.allocUnsafe(CHUNK)];
-    let i = 0;
-    let pos = 0;
-    let pending = inp.read(bufs[0]!, 0, CHUNK, 0);
-    for (;;) {
-      const { bytesRead } = await pending;
-      if (!bytesRead) break;
-      const cur = bufs[i]!.subarray(0, bytesRead);
-      pos += bytesRead;
-      i ^= 1;
-      pending = inp.read(bufs[i]!, 0, CHUNK, pos);
-      h.update(cur);
-      let off = 0;
-      while (off < cur.length) off += (await out.write(cur, off, cur.length - off)).bytesWritten;
-      onProgress?.(pos);
-      if (signal?.aborted) {
-        await pending.catch(() => undefined);
-        checkAborted(signal);
-      }
-    }
+    await readAhead(
+      inp,
+      async (cur, done) => {
+        h?.update(cur);
+        let off = 0;
+        while (off < cur.length) off += (await out.write(cur, off, cur.length - off)).bytesWritten;
+        onProgress?.(done);
+      },
+      signal,
+    );
     await out.sync();
   } catch (e) {
     if ((e as NodeJS.ErrnoException).code === 'ENOSPC') throw new PimError(EXIT.CANTCREAT, `the stick is full while writing ${dst}`);
@@ -229,5 +256,5 @@ export async function copyHashed(src: string, dst: string, signal?: AbortSignal,
     await inp.close();
     await out.close();
   }
-  return h.digest('hex');
+  return h ? h.digest('hex') : null;
 }

@@ -5,7 +5,7 @@
  */
 import * as fs from 'node:fs';
 import { join } from 'node:path';
-import { readSidecar, SIDECAR } from './add.ts';
+import { readSidecar, sha256Of, SIDECAR } from './add.ts';
 import type { OpenStick } from './stick.ts';
 
 export type VerifyResult = {
@@ -38,7 +38,6 @@ export function isoFilesOn(root: string): string[] {
 }
 
 export async function* verifyStick(s: OpenStick, signal?: AbortSignal): AsyncGenerator<VerifyResult> {
-  const { hashFile } = await import('../install/iso.ts');
   for (const rel of isoFilesOn(s.root)) {
     const abs = join(s.root, rel);
     const expected = readSidecar(abs + SIDECAR);
@@ -46,7 +45,7 @@ export async function* verifyStick(s: OpenStick, signal?: AbortSignal): AsyncGen
       yield { name: rel, status: 'no-sidecar', sha256: null, expected: null };
       continue;
     }
-    const sha256 = await hashFile(abs, 'sha256', signal);
+    const sha256 = await sha256Of(abs, signal);
     yield { name: rel, status: sha256 === expected ? 'ok' : 'mismatch', sha256, expected };
   }
 }
