@@ -30,7 +30,16 @@ const list = defineCommand({
   async run({ args }) {
     const d = await import('../lib/ventoy/detect.ts');
     const { printRecords } = await import('../lib/cli/output.ts');
-    const sticks = args.stick ? [await d.pickStick(args.stick)] : (await d.findSticks()).sticks;
+    let sticks: Awaited<ReturnType<typeof d.pickStick>>[];
+    if (args.stick) sticks = [await d.pickStick(args.stick)];
+    else {
+      const found = await d.findSticks();
+      sticks = found.sticks;
+      if (found.unreadable.length) {
+        const { log } = await import('../lib/core/log.ts');
+        log.warn(`cannot read ${found.unreadable.join(', ')}: run as root, or through sudo, to see whether they are Ventoy disks`);
+      }
+    }
     const recs = sticks.map((s) => ({ name: s.name, size: s.size, version: s.version, style: s.style, free: s.free, isos: args.json ? s.isos : s.isos.join(',') }));
     printRecords(recs, ['size', 'version', 'style', 'free', 'isos'], { json: args.json, quiet: args.quiet });
   },
