@@ -388,6 +388,13 @@ declare -gA EX_CANNOT=(
   ['pim-serve dev --bind 0.0.0.0']="opens a server to the network: not on a shared test machine"
   ["pim-gdb dev --snapshot -- -ex 'break virtio_blk_handle_request' -ex run"]="an interactive gdb session: a person at gdb's prompt (gdb.bats runs QEMU under gdb -batch -ex run, with pim-run's argv)"
   ['pim-build rm dev-3f9a1c2b4d5e']="a build id of yours (pim-build list shows them): this one is made up"
+  ['pim-ventoy list']="finds the Ventoy disks of the machine: none here; ventoy.bats runs list on stand-in sticks, with and without --stick"
+  ['pim-ventoy add debian-netinst-amd64 --dir /iso']="downloads a Debian ISO from the internet onto a Ventoy stick; ventoy.bats runs add on a stand-in stick made by test/testbed/ventoy-stick.sh with ISOs from a loopback server"
+  ['pim-ventoy configure dev --iso debian-netinst-amd64']="needs that ISO on a Ventoy stick; ventoy.bats runs configure on a stand-in stick"
+  ['pim-ventoy verify']="needs a Ventoy stick and root (loop devices, mounts): ventoy.bats runs it on a stand-in stick made by test/testbed/ventoy-stick.sh"
+  ['pim-ventoy eject']="needs a Ventoy stick and root (loop devices, mounts): ventoy.bats runs it on a stand-in stick made by test/testbed/ventoy-stick.sh"
+  ['pim-ventoy install /dev/sdb --ventoy ~/ventoy-1.1.17/Ventoy2Disk.sh --yes']="erases a disk with a Ventoy release of yours; ventoy.bats runs install on a loop device with a stand-in Ventoy2Disk.sh"
+  ['pim-ventoy add debian-netinst-amd64 --stick ./stick.img']="downloads a Debian ISO from the internet; ventoy.bats runs add --stick on stand-in images"
 )
 
 # Examples of the build's world, where dev means profile dev's newest build: they run
