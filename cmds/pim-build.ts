@@ -1,5 +1,5 @@
 /**
- * pim-build: from an installer ISO to a provisioned, cached qcow2 image. No
+ * pim-build: from an installer ISO (or a cloud image) to a provisioned, cached qcow2 image. No
  * Packer, no keys typed over VNC: the installer's kernel boots directly with
  * the answer file's URL on its command line. One citty subcommand each:
  *
@@ -154,7 +154,7 @@ export default defineCommand({
   meta: {
     name: 'pim-build',
     version: VERSION,
-    description: 'Build a provisioned qcow2 image from a profile and its installer ISO, cached by the content of every input.',
+    description: 'Build a provisioned qcow2 image from a profile and its installer ISO or cloud image, cached by the content of every input.',
     details: `
 run resolves PROFILE (merged over "default"), its ISO (downloaded and verified when
 missing), its answer files and scripts, and hashes them into a cache key. A build with
@@ -168,13 +168,19 @@ pinned through the guest agent), stops it gracefully and stores the image read-o
 pim-run "$(pim-build run dev)" works; progress goes to stderr. pim-run PROFILE boots the
 newest build through an overlay in the image store: builds never change.
 
+builder: cloud-init starts from a cloud image instead (an isos.d entry with kind: image,
+named by the profile's image key): a full copy grown to disk_size, booted once with a NoCloud
+seed (a cidata ISO of the profile's user-data and meta-data templates and its sources.d
+files) until cloud-init powers it off, then provisioned the same way; errors in cloud-init's
+result.json fail the build. builder: raw makes an empty disk of disk_size.
+
 A failure, a timeout or Ctrl-C leaves nothing behind (--keep-failed keeps the disk);
 every build writes a log (installer console, the server's requests, provisioning output)
 in ~/.local/state/pim/build-logs/, and every error names it.
 
-Exit codes: 65 a provisioning script failed; 66 no such profile or ISO, or a boot path
+Exit codes: 65 a provisioning script failed, or cloud-init reported errors; 66 no such profile or ISO, or a boot path
 missing in the ISO; 69 the installer never fetched its answer file; 73 no space for the
-disk; 75 the installer did not power off in time (or a build of the same inputs runs);
+disk; 75 the installer (or cloud-init) did not power off in time (or a build of the same inputs runs);
 78 a bad profile; 130 interrupted.`,
     examples: ['pim-build run dev', 'pim-run "$(pim-build run dev)"', 'qemu-img info "$(pim-build run dev)"', 'pim-build list', 'pim-build show dev --json | jq .inputs', 'pim-build gc --keep 2'],
   },

@@ -1,6 +1,6 @@
 /**
  * pim-cp: copy files between the host and a VM, scp-style: `NAME:path` on
- * one side. It goes over the VM's ssh config and cached connection (the same
+ * one side (or both: VM to VM, a tar stream through pim). It goes over the VM's ssh config and cached connection (the same
  * as pim-ssh: lib/vm/reach.ts), with OpenSSH's `scp -O` (no SFTP server
  * needed in the guest), modes and times kept; a guest without scp gets a tar
  * stream over ssh (lib/vm/copy.ts).
@@ -15,7 +15,7 @@ export default defineCommand({
   meta: {
     name: 'pim-cp',
     version: VERSION,
-    description: 'Copy files between the host and a VM (NAME:path), over its cached SSH connection.',
+    description: 'Copy files between the host and a VM (NAME:path), or between two VMs, over their cached SSH connections.',
     usage: '[options] SRC... DEST',
     details: `
 One side is a VM, written NAME:path (USER@NAME:path; NAME: alone is the login's home), the
@@ -27,13 +27,15 @@ guest with no scp binary (dropbear brings none) gets a tar stream over ssh inste
 once and remembered until the VM stops (PIM_CP_VIA=scp|tar chooses). A local source that
 does not exist is 66 before anything runs; so is a source missing in the guest (its
 "No such file or directory"). A destination that cannot be written is 73 (77 when
-refused), a VM that is not running or cannot be reached 69. A copy between two VMs is
-not supported: copy through the host.`,
+refused), a VM that is not running or cannot be reached 69. Between two VMs
+(A:path B:path) each source is a tar stream from A's ssh into B's, through pim: the
+guests need not reach each other; --user and -i apply to both sides unless USER@ says.`,
     examples: [
       'pim-cp /etc/hostname dev:/tmp/',
       'pim-cp dev:/etc/os-release .',
       'pim-cp -r /etc/default dev:/tmp/defaults',
       'pim-cp -r dev:/etc/acpi ./acpi-of-dev',
+      'pim-cp dev:/etc/hostname web:/tmp/hostname-of-dev',
     ],
   },
   args: {
@@ -44,19 +46,27 @@ not supported: copy through the host.`,
   },
   async run({ args, data }) {
     const { EXIT, PimError } = await import('../lib/core/exit.ts');
-    const { planCopy, checkLocal, copy } = await import('../lib/vm/copy.ts');
+    const { planCopy, checkLocal, copy, copyAcross } = await import('../lib/vm/copy.ts');
     const words = (data as Words).positionals;
     const plan = planCopy(words);
-    if (plan.user && args.user && plan.user !== args.user) throw new PimError(EXIT.USAGE, `--user ${args.user} and ${plan.user}@${plan.vm} disagree`);
+    for (const side of [plan, plan.to]) {
+      if (side?.user && args.user && side.user !== args.user) throw new PimError(EXIT.USAGE, `--user ${args.user} and ${side.user}@${side.vm} disagree`);
+    }
     checkLocal(plan, Boolean(args.recursive));
     const { runningVm } = await import('../lib/vm/connect.ts');
     const { prepareSsh, startMaster, overrideArgs } = await import('../lib/vm/reach.ts');
-    const vm = await runningVm(plan.vm);
     // a builtin through getBuiltinModule: a dynamic import() would set up the ESM loader (ms)
     const { writeSync } = process.getBuiltinModule('node:fs') as typeof import('node:fs');
-    const p = await prepareSsh(vm, { user: plan.user ?? args.user, key: args.identity }, (m) => writeSync(2, `pim-cp: ${m}\n`));
-    if (!p.master) await startMaster(p, vm);
-    await copy({ plan, recursive: Boolean(args.recursive), sshOpts: ['-F', p.files.config, ...overrideArgs(p, vm)], dir: p.files.dir });
+    /** ssh's options for one VM, its master connection up */
+    const reach = async (name: string, user: string | undefined) => {
+      const vm = await runningVm(name);
+      const p = await prepareSsh(vm, { user: user ?? args.user, key: args.identity }, (m) => writeSync(2, `pim-cp: ${m}\n`));
+      if (!p.master) await startMaster(p, vm);
+      return { opts: ['-F', p.files.config, ...overrideArgs(p, vm)], dir: p.files.dir };
+    };
+    const from = await reach(plan.vm, plan.user);
+    if (plan.to) await copyAcross(plan, Boolean(args.recursive), from.opts, (await reach(plan.to.vm, plan.to.user)).opts);
+    else await copy({ plan, recursive: Boolean(args.recursive), sshOpts: from.opts, dir: from.dir });
     return EXIT.OK;
   },
 });

@@ -34,7 +34,7 @@ const list = defineCommand({
   async run({ args }) {
     const s = await store();
     const { printRecords } = await import('../lib/cli/output.ts');
-    printRecords(await s.listIsos(), ['state', 'verified', 'size', 'url'], { json: args.json, quiet: args.quiet });
+    printRecords(await s.listIsos(), ['state', 'verified', 'size', 'url', 'kind'], { json: args.json, quiet: args.quiet });
   },
 });
 
@@ -56,7 +56,7 @@ const add = defineCommand({
   meta: {
     name: 'add',
     description: 'Add an entry to isos.d/NAME.yml: a URL and how to check it.',
-    usage: 'NAME --url URL (--checksum SUM | --checksum-url URL | --insecure) [--filename NAME]',
+    usage: 'NAME --url URL (--checksum SUM | --checksum-url URL | --insecure) [--filename NAME] [--kind iso|image]',
   },
   args: {
     name: { type: 'positional', required: true, valueHint: 'NAME', description: 'the new entry' },
@@ -65,9 +65,10 @@ const add = defineCommand({
     checksumUrl: { type: 'string', description: 'URL of a SUMS file listing the ISO', valueHint: 'URL' },
     filename: { type: 'string', description: 'the name to look up in the SUMS file (default: from the URL)', valueHint: 'NAME' },
     insecure: { type: 'boolean', description: 'allow an entry without a checksum (marked unverified)' },
+    kind: { type: 'enum', options: ['iso', 'image'], description: "iso (an installer), or image (a cloud image for pim-build's builder: cloud-init)", default: 'iso' },
   },
   async run({ args }) {
-    const r = await (await store(args.name)).addEntry(args.name, { url: args.url, checksum: args.checksum, checksumUrl: args.checksumUrl, filename: args.filename, insecure: args.insecure });
+    const r = await (await store(args.name)).addEntry(args.name, { url: args.url, checksum: args.checksum, checksumUrl: args.checksumUrl, filename: args.filename, insecure: args.insecure, kind: args.kind as 'iso' | 'image' });
     writeOut(`${r.name}\t${r.file}\n`);
   },
 });

@@ -7,7 +7,8 @@
 #   ../completions/bash next to this file (VM names come from the runtime dir);
 #   bash-completion is not needed;
 # - with fzf's completion loaded first, `pim-stop **<TAB>` (and pim-console,
-#   pim-status, pim-ip, pim-os, pim-qmp, pim-ga, `pim stop **<TAB>`) picks VMs
+#   pim-status, pim-ip, pim-os, pim-qmp, pim-ga, pim-ssh, pim-exec, pim-wait,
+#   pim-ctl, pim-snapshot, pim-forward, pim-log, pim-gdb, `pim stop **<TAB>`) picks VMs
 #   from `pim-ps --table` (aligned columns under a fixed header) and inserts
 #   their names; `pim **<TAB>` picks a command from a table of names and
 #   summaries (fzf loaded later: source this again);
@@ -27,7 +28,7 @@ __pim_saved_opts="$(shopt -po errexit nounset noglob)"
 set +o errexit +o nounset +o noglob
 
 # commands whose first argument is a VM name; those that take several get fzf -m
-__pim_vm_cmds='pim-stop pim-status pim-console pim-ip pim-os pim-qmp pim-ga'
+__pim_vm_cmds='pim-stop pim-status pim-console pim-ip pim-os pim-qmp pim-ga pim-ssh pim-exec pim-wait pim-ctl pim-snapshot pim-forward pim-log pim-gdb'
 __pim_multi_cmds=' pim-stop pim-status '
 
 if [ -z "${__pim_bash_loaded-}" ]; then

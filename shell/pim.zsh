@@ -6,7 +6,8 @@
 #   ../completions/zsh next to this file (VM names come from the runtime dir);
 # - with fzf's completion.zsh loaded (before or after this file),
 #   `pim-stop **<TAB>` (and pim-console, pim-status, pim-ip, pim-os, pim-qmp,
-#   pim-ga, `pim stop **<TAB>`) picks VMs from `pim-ps --table` (aligned
+#   pim-ga, pim-ssh, pim-exec, pim-wait, pim-ctl, pim-snapshot, pim-forward,
+#   pim-log, pim-gdb, `pim stop **<TAB>`) picks VMs from `pim-ps --table` (aligned
 #   columns under a fixed header) and inserts their names; `pim **<TAB>` picks
 #   a command from a table of names and summaries;
 # - `pim-pick [--all]` prints the names of the VMs picked in fzf.
@@ -23,7 +24,7 @@ typeset -g __pim_zsh_loaded=1
 typeset -g __pim_zsh_dir=${${(%):-%x}:A:h}
 
 # commands whose first argument is a VM name; those that take several get fzf -m
-typeset -ga __pim_vm_cmds=(pim-stop pim-status pim-console pim-ip pim-os pim-qmp pim-ga)
+typeset -ga __pim_vm_cmds=(pim-stop pim-status pim-console pim-ip pim-os pim-qmp pim-ga pim-ssh pim-exec pim-wait pim-ctl pim-snapshot pim-forward pim-log pim-gdb)
 typeset -ga __pim_multi_cmds=(pim-stop pim-status)
 
 () {

@@ -4,11 +4,15 @@
  *   1. resolve     the profile, its ISO (downloaded and verified through the
  *                  catalog when missing), answer files, scripts; the cache key
  *   2. hit?        a build with that key in the registry is the answer
- *   3. install     an empty disk; pim's answer-file server in-process on a free
+ *   3. install     the builder's first boot, until the guest powers off:
+ *                  installer: an empty disk; pim's answer-file server in-process on a free
  *                  loopback port; the installer's kernel and initrd (out of
  *                  the ISO) booted directly, the URL on its command line, the
  *                  ISO as a CD, -no-reboot; wait for the answer file to be
  *                  fetched (bounded), then for QEMU to exit (bounded)
+ *                  cloud-init (cloud.ts): a copy of the base image grown to
+ *                  disk_size, booted with a NoCloud seed; cloud-init applies
+ *                  the user-data and powers off (bounded)
  *   4. provision   the installed disk booted with an SSH port forward; the
  *                  host key pinned through the guest agent; each script run
  *                  over one ssh2 connection; pim's key removed
@@ -23,15 +27,15 @@
 import * as fs from 'node:fs';
 import { join } from 'node:path';
 import { EXIT, PimError } from '../core/exit.ts';
-import { buildsDir, stateDir } from '../core/paths.ts';
+import { buildsDir } from '../core/paths.ts';
 import { ensurePrivateDir } from '../core/fs.ts';
 import { checkAborted } from '../core/signals.ts';
 import type { StatusLine } from '../cli/status.ts';
 import { buildId, cachedBuild, commitBuild, type BuildRecord } from '../image/registry.ts';
 import { LAYOUTS, bootFiles, installerCmdline } from './iso-boot.ts';
 import { KEY_URL, buildInputs, buildKey, planBuild, type BuildPlan } from './plan.ts';
+import { BuildLog, readLog, waitPoweroff, type BootEnv, type Ctx, type FirstBoot } from './boot.ts';
 import type { RunningVm } from '../vm/state.ts';
-import type { VmRef } from '../vm/ref.ts';
 
 export interface BuildOpts {
   profile: string;
@@ -52,37 +56,7 @@ export interface BuildOutcome {
   path: string;
 }
 
-/** A build log: a private file that outlives the build, named in every error. */
-class BuildLog {
-  readonly path: string;
-  private readonly fd: number;
-  constructor(id: string) {
-    const dir = ensurePrivateDir(join(stateDir(), 'build-logs'));
-    const stamp = new Date().toISOString().replace(/[:.]/g, '-');
-    this.path = join(dir, `${id}-${stamp}.log`);
-    this.fd = fs.openSync(this.path, fs.constants.O_CREAT | fs.constants.O_EXCL | fs.constants.O_WRONLY | fs.constants.O_APPEND | fs.constants.O_NOFOLLOW, 0o600);
-  }
-  write(text: string | Buffer): void {
-    try {
-      fs.writeSync(this.fd, typeof text === 'string' ? Buffer.from(text) : text);
-    } catch {
-      /* a full disk must not hide the real error */
-    }
-  }
-  line(text: string): void {
-    this.write(`[${new Date().toISOString()}] ${text}\n`);
-  }
-  section(title: string, text: string | Buffer): void {
-    this.write(`\n===== ${title} =====\n`);
-    this.write(text);
-    this.write('\n');
-  }
-  close(): void {
-    fs.closeSync(this.fd);
-  }
-}
 
-const tail = (lines: string[]) => lines.map((l) => `  | ${l.replace(/\r$/, '')}`).join('\n');
 
 /** The build's VM name: the profile, "-build-" and the key's start (at most 64 characters). */
 const vmNameFor = (profile: string, key: string) => `${profile.slice(0, 48)}-build-${key.slice(0, 8)}`;
@@ -92,32 +66,46 @@ export async function runBuild(o: BuildOpts): Promise<BuildOutcome> {
   const st = o.status;
   st.set(`resolving profile ${o.profile}`);
   const { loadProfile } = await import('../config/profile.ts');
-  const profile = await loadProfile(o.profile);
+  const { withEnvHook } = await import('../config/profile.ts');
+  const profile = await withEnvHook(await loadProfile(o.profile));
   if (profile.value.builder === 'raw') return (await import('./raw.ts')).buildRaw(o, profile, t0); // an empty disk: no ISO, no VM
   const plan = await planBuild(profile, { timeoutS: o.timeoutS });
+  await checkSourceKind(plan);
   const { ensureIso } = await import('../install/iso-store.ts');
   const iso = await ensureIso(plan.iso, { signal: o.signal });
   const { renderAnswer } = await import('../install/serve.ts');
   const answers: Record<string, string> = {};
-  for (const route of LAYOUTS[plan.layout].answers) {
+  const routes = plan.builder === 'cloud-init' ? CLOUD_ANSWERS : LAYOUTS[plan.layout].answers;
+  for (const route of routes) {
     const r = renderAnswer(route as '/preseed.cfg', profile, KEY_URL);
     if (!r) throw new PimError(EXIT.CONFIG, `profile "${profile.name}" has no ${route.slice(1)} template in preseeds.d; add one or set distro`);
     answers[route] = r.body;
   }
   const inputs = buildInputs(plan, answers, { name: plan.iso, checksum: iso.checksum });
   const key = buildKey(inputs);
-  return cachedBuild(plan.name, key, o.force, () => buildIt(o, plan, { id: buildId(plan.name, key), key, inputs, iso, t0 }));
+  const firstBoot = plan.builder === 'cloud-init' ? (await import('./cloud.ts')).cloudInitBoot : installerBoot;
+  return cachedBuild(plan.name, key, o.force, () => buildIt(o, plan, { id: buildId(plan.name, key), key, inputs, iso, t0 }, firstBoot));
 }
 
-interface Ctx {
-  id: string;
-  key: string;
-  inputs: ReturnType<typeof buildInputs>;
-  iso: { path: string; checksum: string };
-  t0: number;
+/** The answer files of a cloud-init build: the NoCloud seed's two. */
+export const CLOUD_ANSWERS = ['/user-data', '/meta-data'] as const;
+
+/** An installer build starts from an ISO, a cloud-init build from a disk image (kind: image): each refuses the other (78). */
+async function checkSourceKind(plan: BuildPlan): Promise<void> {
+  const { loadCatalog, resolveEntry } = await import('../config/catalog.ts');
+  const entry = resolveEntry(await loadCatalog('isos'), plan.iso);
+  const kind = entry.value.kind === 'image' ? 'image' : 'iso';
+  const where = plan.profile.origins[plan.builder === 'cloud-init' ? 'image' : 'iso'] ?? `profile "${plan.name}"`;
+  if (plan.builder === 'cloud-init' && kind !== 'image') {
+    throw new PimError(EXIT.CONFIG, `${where}: image: "${plan.iso}" is an installer ISO; builder: cloud-init starts from a disk image (an isos.d entry with kind: image)`);
+  }
+  if (plan.builder === 'installer' && kind === 'image') {
+    throw new PimError(EXIT.CONFIG, `${where}: iso: "${plan.iso}" is a disk image (kind: image); to build from it set builder: cloud-init and image: ${plan.iso}`);
+  }
 }
 
-async function buildIt(o: BuildOpts, plan: BuildPlan, c: Ctx): Promise<BuildRecord> {
+
+async function buildIt(o: BuildOpts, plan: BuildPlan, c: Ctx, firstBoot: FirstBoot): Promise<BuildRecord> {
   const st = o.status;
   const log = new BuildLog(c.id);
   const tmp = join(buildsDir(), `.tmp-${c.id}-${process.pid}`);
@@ -129,7 +117,6 @@ async function buildIt(o: BuildOpts, plan: BuildPlan, c: Ctx): Promise<BuildReco
   const vars = plan.firmware === 'uefi' ? join(tmp, `${plan.name}.efivars.fd`) : null;
   const { vmRef } = await import('../vm/ref.ts');
   const ref = vmRef(vmNameFor(plan.name, c.key));
-  let server: { close(): Promise<void> } | null = null;
   let vm: RunningVm | null = null;
   let ok = false;
   // whatever ends this process (a crash, an exit nobody awaited), the VM and the temporary disk go with it
@@ -144,89 +131,49 @@ async function buildIt(o: BuildOpts, plan: BuildPlan, c: Ctx): Promise<BuildReco
     if (!ok && !o.keepFailed) fs.rmSync(tmp, { recursive: true, force: true });
   };
   process.on('exit', lastResort);
-  log.line(`pim-build ${plan.name}: key ${c.key}, iso ${plan.iso} (${c.iso.checksum}), disk ${plan.disk.size} ${plan.disk.format}, ${plan.firmware}`);
+  log.line(`pim-build ${plan.name}: ${plan.builder}, key ${c.key}, ${plan.builder === 'cloud-init' ? 'image' : 'iso'} ${plan.iso} (${c.iso.checksum}), disk ${plan.disk.size} ${plan.disk.format}, ${plan.firmware}`);
   log.section('inputs', JSON.stringify(c.inputs, null, 2));
   try {
-    // ---------------------------------------------------------------- install
-    st.set(`installing ${plan.name} from ${plan.iso}`);
     const { newBuildKey } = await import('./ssh.ts');
     const buildKeyPair = await newBuildKey(`pim-build-${c.id}`);
     const served = structuredClone(plan.profile);
     const keys = Array.isArray(served.value.ssh_keys) ? (served.value.ssh_keys as string[]) : [];
     served.value.ssh_keys = [...keys, buildKeyPair.public];
     if (served.value.ssh_user === undefined) served.value.ssh_user = plan.sshUser;
-
-    const { createDisk } = await import('../image/qemu-img.ts');
-    await createDisk(disk, plan.disk.format, plan.disk.size);
     if (vars) {
       const { ovmfVarsTemplate } = await import('../qemu/host.ts');
       fs.copyFileSync(ovmfVarsTemplate(), vars);
       fs.chmodSync(vars, 0o600);
     }
-    const boot = await bootFiles(c.iso.path, c.iso.checksum, plan.boot.kernel, plan.boot.initrd);
-
-    let fetched: () => void = () => {};
-    const fetchedP = new Promise<void>((r) => (fetched = r));
-    const answerRoutes = new Set(LAYOUTS[plan.layout].answers);
-    const { startServer, renderAnswer } = await import('../install/serve.ts');
-    const srv = await startServer({
-      profile: served,
-      port: 0,
-      bind: '127.0.0.1',
-      log: (l: string) => log.line(`http ${l}`),
-      onRequest: (r: { path: string; status: number }) => {
-        if (r.status === 200 && answerRoutes.has(r.path)) {
-          if (r.path === LAYOUTS[plan.layout].answers[0]) st.say(`the installer fetched ${r.path.slice(1)}`);
-          fetched();
-        }
-      },
-    });
-    server = srv;
-    const url = `http://10.0.2.2:${srv.port}`;
-    let initrd = boot.initrd;
-    if (plan.boot.inject) {
-      // the preseed inside the initrd too (virt-install --initrd-inject): d-i reads /preseed.cfg before the network
-      const r = renderAnswer('/preseed.cfg', served, url);
-      if (!r) throw new PimError(EXIT.CONFIG, `profile "${plan.name}" has no preseed template to inject`);
-      const { cpioNewcGzip } = await import('../archive/cpio.ts');
-      const { concatArchives } = await import('../archive/initramfs.ts');
-      initrd = join(tmp, 'initrd.injected');
-      concatArchives([boot.initrd, cpioNewcGzip([{ type: 'file', path: 'preseed.cfg', data: r.body, mode: 0o644 }])], initrd);
-      fetched(); // the answer file is already in the installer
-    }
-    const cmdline = installerCmdline(plan.layout, url, plan.boot.append, plan.boot.inject);
-    log.line(`installer: ${plan.boot.kernel} ${plan.boot.initrd}${plan.boot.inject ? ' (preseed injected)' : ''}: ${cmdline}`);
-
-    // the build's VM, twice: the installer (direct kernel boot, the ISO as a CD), then the installed disk
+    // the build's VM, twice: the builder's first boot (the installer, or cloud-init), then the disk, to provision
     const { startVm } = await import('../vm/plan.ts');
-    const bootVm = (agent: boolean, spec?: Parameters<typeof startVm>[0]['spec']) =>
-      startVm({ ref, disk: { path: disk, format: plan.disk.format, efivars: vars }, mem: plan.mem, cpus: plan.cpus, accel: o.accel, net: {}, agent, kind: 'build', image: disk, spec, signal: o.signal, ssh: { user: plan.sshUser } });
-    const started = await bootVm(false, { kernel: { kernel: boot.kernel, initrd, append: cmdline }, cdrom: c.iso.path, noReboot: true });
-    if (typeof started === 'number') throw new PimError(EXIT.SOFTWARE, 'the installer ran in the foreground');
-    vm = started.vm;
-    st.say(`installer started (${started.accel}); its console: pim-console ${ref.name} --ro`);
-    await waitInstaller(o, plan, vm, ref, fetchedP, deadline, log);
-    vm = null;
-    log.section('installer console', readLog(ref));
-    const { cleanupFiles } = await import('../vm/state.ts');
-    cleanupFiles(ref.files); // QEMU has exited: what it left is stale
-    await srv.close();
-    server = null;
+    const bootVm = async (agent: boolean, spec?: Parameters<typeof startVm>[0]['spec']) => {
+      const started = await startVm({ ref, disk: { path: disk, format: plan.disk.format, efivars: vars }, mem: plan.mem, cpus: plan.cpus, accel: o.accel, net: {}, agent, kind: 'build', image: disk, spec, signal: o.signal, ssh: { user: plan.sshUser } });
+      if (typeof started === 'number') throw new PimError(EXIT.SOFTWARE, "the build's VM ran in the foreground");
+      vm = started.vm;
+      return started.vm;
+    };
+    const exited = async () => {
+      vm = null;
+      const { cleanupFiles } = await import('../vm/state.ts');
+      cleanupFiles(ref.files); // QEMU has exited: what it left is stale
+    };
+
+    // ------------------------------------------------------------ first boot
+    await firstBoot({ o, plan, c, tmp, disk, log, deadline, ref, served, bootVm, exited });
     const tInstall = (Date.now() - c.t0) / 1000;
     checkAborted(o.signal);
 
     // -------------------------------------------------------------- provision
     st.set(`provisioning ${plan.name}`);
-    const again = await bootVm(true);
-    if (typeof again === 'number') throw new PimError(EXIT.SOFTWARE, 'the installed system ran in the foreground');
-    vm = again.vm;
+    const running = await bootVm(true);
     const tProv0 = Date.now();
-    await provision(o, plan, vm, buildKeyPair.private, buildKeyPair.public, deadline, log);
+    await provision(o, plan, running, buildKeyPair.private, buildKeyPair.public, deadline, log);
     st.set(`stopping ${plan.name}`);
     const { stopVm } = await import('../vm/stop.ts');
-    const stopped = await stopVm(vm, { timeoutMs: Math.max(10_000, Math.min(120_000, deadline - Date.now())) });
+    const stopped = await stopVm(running, { timeoutMs: Math.max(10_000, Math.min(120_000, deadline - Date.now())) });
     vm = null;
-    log.section('installed system console', readLog(ref));
+    log.section('provisioning console', readLog(ref));
     log.line(`stopped by ${stopped.stage} in ${stopped.seconds} s`);
     if (stopped.stage === 'sigterm' || stopped.stage === 'sigkill') st.say(`warning: the guest did not shut down by itself (${stopped.stage})`);
     const tProv = (Date.now() - tProv0) / 1000;
@@ -251,7 +198,7 @@ async function buildIt(o: BuildOpts, plan: BuildPlan, c: Ctx): Promise<BuildReco
       times: { install: round(tInstall), provision: round(tProv), total: round((Date.now() - c.t0) / 1000) },
       log: 'build.log',
     };
-    fs.rmSync(join(tmp, 'initrd.injected'), { force: true });
+    for (const f of fs.readdirSync(tmp)) if (f !== record.disk.file && f !== record.efivars) fs.rmSync(join(tmp, f), { recursive: true, force: true });
     log.line(`done in ${record.times.total} s`);
     fs.copyFileSync(log.path, join(tmp, 'build.log'));
     const stored = commitBuild(tmp, record);
@@ -266,7 +213,6 @@ async function buildIt(o: BuildOpts, plan: BuildPlan, c: Ctx): Promise<BuildReco
     // only a VM this build started is stopped (and its files removed): a name
     // that another VM held made startVm fail before anything was ours
     if (vm) await killVm(vm);
-    if (server) await server.close().catch(() => undefined);
     if (!ok) {
       if (o.keepFailed && fs.existsSync(tmp)) {
         const kept = join(buildsDir(), `.failed-${c.id}-${Date.now()}`);
@@ -276,6 +222,61 @@ async function buildIt(o: BuildOpts, plan: BuildPlan, c: Ctx): Promise<BuildReco
     }
     log.close();
     process.off('exit', lastResort);
+  }
+}
+
+/**
+ * An installer's first boot: an empty disk; pim's answer-file server on a
+ * free loopback port; the installer's kernel and initrd (out of the ISO)
+ * booted directly with the URL on its command line, the ISO as a CD,
+ * -no-reboot; then waitInstaller.
+ */
+async function installerBoot(env: BootEnv): Promise<void> {
+  const { o, plan, c, tmp, disk, log, served } = env;
+  const st = o.status;
+  st.set(`installing ${plan.name} from ${plan.iso}`);
+  const { createDisk } = await import('../image/qemu-img.ts');
+  await createDisk(disk, plan.disk.format, plan.disk.size);
+  const boot = await bootFiles(c.iso.path, c.iso.checksum, plan.boot.kernel, plan.boot.initrd);
+
+  let fetched: () => void = () => {};
+  const fetchedP = new Promise<void>((r) => (fetched = r));
+  const answerRoutes = new Set(LAYOUTS[plan.layout].answers);
+  const { startServer, renderAnswer } = await import('../install/serve.ts');
+  const srv = await startServer({
+    profile: served,
+    port: 0,
+    bind: '127.0.0.1',
+    log: (l: string) => log.line(`http ${l}`),
+    onRequest: (r: { path: string; status: number }) => {
+      if (r.status === 200 && answerRoutes.has(r.path)) {
+        if (r.path === LAYOUTS[plan.layout].answers[0]) st.say(`the installer fetched ${r.path.slice(1)}`);
+        fetched();
+      }
+    },
+  });
+  try {
+    const url = `http://10.0.2.2:${srv.port}`;
+    let initrd = boot.initrd;
+    if (plan.boot.inject) {
+      // the preseed inside the initrd too (virt-install --initrd-inject): d-i reads /preseed.cfg before the network
+      const r = renderAnswer('/preseed.cfg', served, url);
+      if (!r) throw new PimError(EXIT.CONFIG, `profile "${plan.name}" has no preseed template to inject`);
+      const { cpioNewcGzip } = await import('../archive/cpio.ts');
+      const { concatArchives } = await import('../archive/initramfs.ts');
+      initrd = join(tmp, 'initrd.injected');
+      concatArchives([boot.initrd, cpioNewcGzip([{ type: 'file', path: 'preseed.cfg', data: r.body, mode: 0o644 }])], initrd);
+      fetched(); // the answer file is already in the installer
+    }
+    const cmdline = installerCmdline(plan.layout, url, plan.boot.append, plan.boot.inject);
+    log.line(`installer: ${plan.boot.kernel} ${plan.boot.initrd}${plan.boot.inject ? ' (preseed injected)' : ''}: ${cmdline}`);
+    const vm = await env.bootVm(false, { kernel: { kernel: boot.kernel, initrd, append: cmdline }, cdrom: c.iso.path, noReboot: true });
+    st.say(`installer started; its console: pim-console ${env.ref.name} --ro`);
+    await waitPoweroff(env, vm, 'the installer', fetchedP);
+    log.section('installer console', readLog(env.ref));
+    await env.exited();
+  } finally {
+    await srv.close().catch(() => undefined);
   }
 }
 
@@ -304,76 +305,12 @@ function removeStaleTmp(): void {
 
 const round = (s: number) => Math.round(s * 10) / 10;
 
-function readLog(ref: VmRef): string {
-  try {
-    return fs.readFileSync(ref.files.log, 'utf8');
-  } catch {
-    return '';
-  }
-}
 
 async function killVm(vm: RunningVm): Promise<void> {
   const { stopVm } = await import('../vm/stop.ts');
   await stopVm(vm, { timeoutMs: 5_000, force: true }).catch(() => undefined);
 }
 
-/**
- * The installer phase: the answer file must be fetched within the fetch bound
- * (else 69), then QEMU must exit within the build's deadline (else 75). A
- * write error for lack of space stops the VM (QEMU pauses it): 73.
- */
-async function waitInstaller(o: BuildOpts, plan: BuildPlan, vm: RunningVm, ref: VmRef, fetchedP: Promise<void>, deadline: number, log: BuildLog): Promise<void> {
-  const { QmpClient } = await import('../qemu/qmp.ts');
-  const { logTail } = await import('../vm/state.ts');
-  const q = await QmpClient.connect(vm.files.qmp, { timeoutMs: 10_000 });
-  const st = o.status;
-  const detail = setInterval(() => st.update(logTail(ref.files.log, 1)[0] ?? ''), 1000);
-  try {
-    let ioError: string | null = null;
-    let failIo: () => void = () => {};
-    const ioP = new Promise<'io'>((r) => (failIo = () => r('io')));
-    q.subscribe((ev) => {
-      if (ev.event !== 'BLOCK_IO_ERROR') return;
-      const d = (ev.data ?? {}) as { nospace?: boolean; reason?: string };
-      ioError = d.nospace ? 'nospace' : (d.reason ?? 'I/O error');
-      failIo();
-    });
-    const closed = q.waitClosed(Math.max(0, deadline - Date.now())).then((c) => (c ? 'exited' : 'timeout') as 'exited' | 'timeout');
-    const aborted = new Promise<'abort'>((r) => o.signal.addEventListener('abort', () => r('abort'), { once: true }));
-    const fetchBound = (o.fetchTimeoutS ?? 300) * 1000;
-    let fetchTimer: NodeJS.Timeout | undefined;
-    const fetchTimeout = new Promise<'nofetch'>((r) => (fetchTimer = setTimeout(() => r('nofetch'), Math.min(fetchBound, Math.max(0, deadline - Date.now())))));
-    const first = await Promise.race([fetchedP.then(() => 'fetched' as const), closed, aborted, fetchTimeout, ioP]);
-    clearTimeout(fetchTimer);
-    const serial = () => tail(logTail(ref.files.log, 15));
-    if (first === 'abort') checkAborted(o.signal);
-    if (first === 'io') throw ioFailure(ioError, plan);
-    if (first === 'nofetch') {
-      throw new PimError(EXIT.UNAVAILABLE, `the installer did not fetch its answer file within ${Math.round(fetchBound / 1000)} s; check the ISO's boot paths (boot.kernel, boot.initrd) and that it understands ${plan.layout === 'debian' ? 'url=' : 'ds=nocloud;s='}. Last console lines:\n${serial()}`);
-    }
-    if (first === 'exited' || first === 'timeout') {
-      throw new PimError(first === 'timeout' ? EXIT.TEMPFAIL : EXIT.UNAVAILABLE, `the installer ${first === 'timeout' ? 'timed out' : 'stopped'} before it fetched its answer file. Last console lines:\n${serial()}`);
-    }
-    log.line('the installer fetched its answer file');
-    const end = await Promise.race([closed, aborted, ioP]);
-    if (end === 'abort') checkAborted(o.signal);
-    if (end === 'io') throw ioFailure(ioError, plan);
-    if (end === 'timeout') {
-      throw new PimError(EXIT.TEMPFAIL, `the installer did not power off within the build's ${Math.round(plan.timeoutMs / 1000)} s (timeout in the profile, or --timeout). Last console lines:\n${serial()}`);
-    }
-    const { waitExit } = await import('../core/proc.ts');
-    await waitExit(vm.pid, 10_000);
-    o.status.say(`the installer powered off (${o.status.elapsed()})`);
-  } finally {
-    clearInterval(detail);
-    q.close();
-  }
-}
-
-function ioFailure(why: string | null, plan: BuildPlan): PimError {
-  if (why === 'nospace') return new PimError(EXIT.CANTCREAT, `no space left for the build disk in ${buildsDir()} (it may grow to ${plan.disk.size}); free some space and build again`);
-  return new PimError(EXIT.CANTCREAT, `writing the build disk failed: ${why}`);
-}
 
 /**
  * The provisioning phase: pin the host key through the guest agent, connect
@@ -405,6 +342,13 @@ async function provision(o: BuildOpts, plan: BuildPlan, vm: RunningVm, privateKe
     });
     st.say(`connected over SSH as ${plan.sshUser}${pinned ? ' (host key pinned)' : ''}`);
     const asRoot = plan.sshUser === 'root' ? 'sh -s' : 'sudo -n sh -s';
+    if (plan.builder === 'cloud-init') {
+      const { checkCloudInit } = await import('./cloud.ts');
+      const c = conn;
+      const r = await checkCloudInit((path) => execText(c, `${plan.sshUser === 'root' ? '' : 'sudo -n '}cat ${path}`));
+      log.line(`cloud-init finished: ${r.datasource}`);
+      st.say(`cloud-init finished without errors (${r.datasource})`);
+    }
     for (const s of plan.scripts) {
       checkAborted(o.signal);
       st.set(`provisioning: ${s.label}`);

@@ -3,13 +3,14 @@
  *
  * The key is a sha256 over the content of every input: the merged profile,
  * the answer files as rendered for the build (pim's per-build SSH key left
- * out, the server's URL a fixed placeholder), every scripts.d and installs.d
+ * out, the server's URL a fixed placeholder), every scripts.d, installs.d and sources.d
  * file the build uses, the ISO's checksum, the disk's size and format, the
  * firmware, and pim's own recipe version. The same inputs always give the
  * same key, so a build is never made twice; `pim-build show` lists them, so a
  * user can see why a build missed.
  */
 import { createHash } from 'node:crypto';
+import { readFileSync } from 'node:fs';
 import { EXIT, PimError } from '../core/exit.ts';
 import { checkCpus, checkMem } from '../vm/plan.ts';
 import { BUILD_RECIPE, type BuildInputs } from '../image/registry.ts';
@@ -27,7 +28,9 @@ export interface BuildFile {
 export interface BuildPlan {
   name: string;
   profile: Resolved;
+  builder: 'installer' | 'cloud-init';
   layout: Layout;
+  /** the catalog entry the build starts from: the installer ISO, or (cloud-init) the base image */
   iso: string;
   boot: { kernel: string; initrd: string; append: string; inject: boolean };
   disk: { size: string; format: 'qcow2' | 'raw' };
@@ -41,6 +44,8 @@ export interface BuildPlan {
   scripts: BuildFile[];
   /** late-command files the installer may fetch */
   installs: BuildFile[];
+  /** builder: cloud-init: sources.d files put on the seed, as bytes */
+  sources: Array<Omit<BuildFile, 'content'> & { content: Buffer }>;
 }
 
 /** The server URL the answer files are rendered with for the key: the port changes from build to build, the key must not. */
@@ -60,7 +65,14 @@ export async function planBuild(profile: Resolved, opts: { timeoutS?: number } =
   const v = profile.value as Record<string, unknown>;
   const cfg = await import('../config/profile.ts');
   const layout: Layout = v.distro === 'ubuntu' ? 'ubuntu' : 'debian';
-  if (typeof v.iso !== 'string' || !v.iso) throw new PimError(EXIT.CONFIG, `${where(profile, 'iso')}: profile "${profile.name}" names no iso; set iso: to an entry of pim-iso list`);
+  const builder = v.builder === 'cloud-init' ? 'cloud-init' : 'installer';
+  const srcKey = builder === 'cloud-init' ? 'image' : 'iso';
+  const src = v[srcKey];
+  if (typeof src !== 'string' || !src) {
+    throw new PimError(EXIT.CONFIG, builder === 'cloud-init'
+      ? `${where(profile, 'builder')}: profile "${profile.name}" (builder: cloud-init) names no image; set image: to an entry of pim-iso list with kind: image`
+      : `${where(profile, 'iso')}: profile "${profile.name}" names no iso; set iso: to an entry of pim-iso list`);
+  }
   const bootIn = (v.boot ?? {}) as { kernel?: string; initrd?: string; append?: string; inject?: boolean };
   const boot = {
     kernel: checkIsoPath(bootIn.kernel ?? LAYOUTS[layout].kernel, `${where(profile, 'boot.kernel')}: boot.kernel`),
@@ -88,19 +100,28 @@ export async function planBuild(profile: Resolved, opts: { timeoutS?: number } =
     const f = cfg.profileFile('scripts.d', profile.name, '.sh');
     if (f) scripts.push(read(f));
   }
+  // late commands are an installer's: a cloud image has none to fetch
   const installs: BuildFile[] = [];
-  const named = cfg.profileFile('installs.d', profile.name, '.sh');
+  const named = builder === 'installer' ? cfg.profileFile('installs.d', profile.name, '.sh') : null;
   if (named) installs.push(read(named));
-  for (const n of Array.isArray(v.installs) ? (v.installs as string[]) : []) {
+  for (const n of builder === 'installer' && Array.isArray(v.installs) ? (v.installs as string[]) : []) {
     const f = cfg.namedFile('installs.d', n);
     if (!f) throw new PimError(EXIT.CONFIG, `${where(profile, 'installs')}: installs: installs.d/${n} does not exist`);
     if (!installs.some((i) => i.label === f.label.replace(/^builtin:/, ''))) installs.push(read(f));
   }
+  const sources: BuildPlan['sources'] = [];
+  for (const n of builder === 'cloud-init' && Array.isArray(v.sources) ? (v.sources as string[]) : []) {
+    if (n === 'user-data' || n === 'meta-data') throw new PimError(EXIT.CONFIG, `${where(profile, 'sources')}: sources: ${n} comes from the profile's ${n} template in preseeds.d, not from sources.d`);
+    const f = cfg.namedFile('sources.d', n);
+    if (!f) throw new PimError(EXIT.CONFIG, `${where(profile, 'sources')}: sources: sources.d/${n} does not exist`);
+    sources.push({ label: f.label.replace(/^builtin:/, ''), name: f.name, content: f.path === null ? Buffer.from(cfg.readFound(f)) : readFileSync(f.path) });
+  }
   return {
     name: profile.name,
     profile,
+    builder,
     layout,
-    iso: v.iso,
+    iso: src,
     boot,
     ...diskSettings(profile),
     mem,
@@ -110,6 +131,7 @@ export async function planBuild(profile: Resolved, opts: { timeoutS?: number } =
     keepKey: v.keep_build_key === true,
     scripts,
     installs,
+    sources,
   };
 }
 
@@ -157,19 +179,12 @@ export function canonical(v: unknown): string {
 /** The inputs of a build, given its rendered answer files (route -> text) and its ISO's checksum. */
 export function buildInputs(plan: BuildPlan, answers: Record<string, string>, iso: { name: string; checksum: string }): BuildInputs {
   const files: Record<string, string> = {};
-  for (const f of [...plan.scripts, ...plan.installs]) files[f.label] = sha256(f.content);
+  for (const f of [...plan.scripts, ...plan.installs, ...plan.sources]) files[f.label] = sha256(f.content);
   const hashed: Record<string, string> = {};
   for (const [route, text] of Object.entries(answers)) hashed[route] = sha256(text);
-  return {
-    recipe: BUILD_RECIPE,
-    profile: plan.profile.value as Record<string, unknown>,
-    answers: hashed,
-    files,
-    iso,
-    disk: plan.disk,
-    firmware: plan.firmware,
-    boot: plan.boot,
-  };
+  const common = { recipe: BUILD_RECIPE, profile: plan.profile.value as Record<string, unknown>, answers: hashed, files, iso, disk: plan.disk, firmware: plan.firmware };
+  // an installer's inputs have no builder key: the keys of builds made before other builders stay the same
+  return plan.builder === 'cloud-init' ? { ...common, builder: 'cloud-init', boot: null } : { ...common, boot: plan.boot };
 }
 
 export const buildKey = (inputs: BuildInputs): string => sha256(canonical(inputs));

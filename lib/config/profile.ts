@@ -10,7 +10,7 @@ import { configError, subdir, type Subdir } from './tree.ts';
 import { loadCatalog, resolveEntry, type Resolved } from './catalog.ts';
 
 /** Profile keys that name files, and the subdir each lives in. */
-export const FILE_REFS: Record<string, Subdir> = { installs: 'installs.d', scripts: 'scripts.d', preseed: 'preseeds.d', user_data: 'preseeds.d' };
+export const FILE_REFS: Record<string, Subdir> = { installs: 'installs.d', scripts: 'scripts.d', preseed: 'preseeds.d', user_data: 'preseeds.d', sources: 'sources.d', env_hook: 'hooks.d' };
 
 function fileNameProblem(n: string): string | null {
   if (!n || n.includes('/') || n.includes('\\') || n.includes('\0') || n.startsWith('.')) return 'a file name has no "/" and does not start with "."';
@@ -81,4 +81,47 @@ export function namedFile(dir: Subdir, name: string): FoundFile | null {
 
 export function readFound(f: FoundFile): string {
   return f.path === null ? DEFAULT_FILES[f.label.slice('builtin:'.length)]! : fs.readFileSync(f.path, 'utf8');
+}
+
+/** The most an env_hook may take, and print. */
+const HOOK_TIMEOUT_MS = 30_000;
+const HOOK_MAX_BYTES = 1 << 20;
+
+/**
+ * A profile whose env_hook (an executable in hooks.d, as qqmgr's env_hook) has
+ * run: each `KEY=VALUE` line it prints is set in `vars` over the profile's own
+ * (blank lines and `#` comments are skipped), for the templates to use. The
+ * hook runs with no shell, in the config dir, with PIM_PROFILE set; a hook
+ * that fails, hangs past 30 s or prints anything else is a config error (78)
+ * naming it. Without env_hook the profile is returned as it is.
+ */
+export async function withEnvHook(p: Resolved): Promise<Resolved> {
+  const name = p.value.env_hook;
+  if (typeof name !== 'string') return p;
+  const where = p.origins.env_hook ?? `profile "${p.name}"`;
+  const f = namedFile('hooks.d', name);
+  if (!f || f.path === null) throw configError(where, `env_hook: hooks.d/${name} does not exist`);
+  try {
+    fs.accessSync(f.path, fs.constants.X_OK);
+  } catch {
+    throw configError(where, `env_hook: ${f.path} is not executable; chmod +x it`);
+  }
+  const { run } = await import('../core/run.ts');
+  const { configDir } = await import('../core/paths.ts');
+  const r = await run(f.path, [], { cwd: configDir(), env: { PIM_PROFILE: p.name }, timeoutMs: HOOK_TIMEOUT_MS });
+  const last = (r.stderr.trim().split('\n').pop() ?? '').slice(0, 200);
+  if (r.timedOut) throw configError(where, `env_hook ${f.label} did not finish within ${HOOK_TIMEOUT_MS / 1000} s`);
+  if (r.code !== 0) throw configError(where, `env_hook ${f.label} failed with status ${r.code}${last ? `: ${last}` : ''}`);
+  if (r.stdout.length > HOOK_MAX_BYTES) throw configError(where, `env_hook ${f.label} printed more than 1 MiB`);
+  const vars: Record<string, string> = {};
+  r.stdout.split('\n').forEach((line, i) => {
+    if (!line.trim() || line.startsWith('#')) return;
+    const m = /^([A-Za-z_][A-Za-z0-9_]*)=(.*)$/.exec(line);
+    if (!m) throw configError(`${f.label}:stdout:${i + 1}`, `env_hook lines are KEY=VALUE, not ${JSON.stringify(line.slice(0, 80))}`);
+    vars[m[1]!] = m[2]!;
+  });
+  const own = p.value.vars && typeof p.value.vars === 'object' && !Array.isArray(p.value.vars) ? (p.value.vars as Record<string, unknown>) : {};
+  const origins = { ...p.origins };
+  for (const k of Object.keys(vars)) origins[`vars.${k}`] = `${f.label} (env_hook)`;
+  return { ...p, value: { ...p.value, vars: { ...own, ...vars } }, origins };
 }

@@ -41,12 +41,26 @@ export const PROFILE_SCHEMA: Schema = {
   disk_format: oneOf('qcow2', 'raw'),
   /** keep the per-build SSH key in the image's authorized_keys */
   keep_build_key: 'boolean',
-  /** how pim-build makes the image: installer (from iso, the default) or raw (an empty disk of disk_size) */
-  builder: oneOf('installer', 'raw'),
+  /**
+   * how pim-build makes the image: installer (from iso, the default), raw (an
+   * empty disk of disk_size) or cloud-init (a copy of the catalog's `kind:
+   * image` entry named by image, set up by cloud-init from a NoCloud seed)
+   */
+  builder: oneOf('installer', 'raw', 'cloud-init'),
+  /** builder: cloud-init: the base image, an isos.d entry with kind: image */
+  image: 'string',
+  /** builder: cloud-init: more files (in sources.d) put on the NoCloud seed beside user-data and meta-data */
+  sources: 'string[]',
+  /** builder: cloud-init: cloud-config keys that pim's default user-data template adds (write_files, runcmd, ...) */
+  cloud_config: 'object',
+  /** a program in hooks.d whose KEY=VALUE lines on stdout are set in vars for the templates (pim-build, pim-serve) */
+  env_hook: 'string',
 };
 export const ISO_SCHEMA: Schema = {
   url: 'string', checksum: 'string', checksum_url: 'string', filename: 'string', insecure: 'boolean',
   distro: 'string', arch: 'string', version: 'string', description: 'string',
+  /** iso (an installer, the default) or image (a disk image for builder: cloud-init) */
+  kind: oneOf('iso', 'image'),
 };
 /** VM definitions (vms.d/*.yml, lib/config/vms.ts): what pim-run's flags say, and qemu_args with ${...} variables */
 export const VM_SCHEMA: Schema = {

@@ -75,3 +75,17 @@ export async function imgSnapshot(path: string, op: 'create' | 'apply' | 'delete
   }
   throw failure(`qemu-img snapshot ${flag} ${tag} ${path}`, r.stderr);
 }
+
+/** A full copy of `src` (its own format) as `dst` in `format`: no backing file, sparse where the source is. */
+export async function convertDisk(src: string, srcFormat: 'qcow2' | 'raw', dst: string, format: 'qcow2' | 'raw', signal?: AbortSignal): Promise<void> {
+  const { run } = await import('../core/run.ts');
+  const r = await run(qemuImg(), ['convert', '-q', '-f', srcFormat, '-O', format, src, dst], { hint: HINT, signal });
+  if (r.code !== 0) throw failure(`cannot copy ${src} to ${dst}`, r.stderr);
+}
+
+/** Grow a disk no VM has open to `size` (qemu-img's syntax). */
+export async function growDisk(path: string, format: 'qcow2' | 'raw', size: string): Promise<void> {
+  const { run } = await import('../core/run.ts');
+  const r = await run(qemuImg(), ['resize', '-q', '-f', format, path, size], { hint: HINT });
+  if (r.code !== 0) throw failure(`cannot resize ${path} to ${size}`, r.stderr);
+}

@@ -26,15 +26,15 @@ export const BUILD_RECIPE = 1;
 
 export interface BuildInputs {
   recipe: number;
-  /** how the image is made: an installer (absent: the records before raw builds were), or an empty disk */
-  builder?: 'raw';
+  /** how the image is made: an installer (absent: the records before raw builds were), an empty disk, or a cloud image and cloud-init */
+  builder?: 'raw' | 'cloud-init';
   /** the merged profile (a raw build: {}, nothing of it goes into an empty disk) */
   profile: Record<string, unknown>;
   /** answer files as rendered for the build (pim's per-build key left out): route -> sha256 */
   answers: Record<string, string>;
-  /** scripts.d and installs.d files the build uses: "scripts.d/NAME" -> sha256 */
+  /** scripts.d, installs.d and sources.d files the build uses: "scripts.d/NAME" -> sha256 */
   files: Record<string, string>;
-  /** the installer ISO (null for a raw build) */
+  /** the installer ISO, or a cloud-init build's base image (null for a raw build) */
   iso: { name: string; checksum: string } | null;
   disk: { size: string; format: 'qcow2' | 'raw' };
   firmware: 'bios' | 'uefi';

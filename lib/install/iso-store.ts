@@ -57,6 +57,8 @@ export type IsoListRecord = {
   verified: 'yes' | 'no' | 'unverified' | null;
   size: number | null;
   url: string;
+  /** iso (an installer) or image (a disk image for pim-build's builder: cloud-init) */
+  kind: 'iso' | 'image';
 };
 
 export async function listIsos(): Promise<IsoListRecord[]> {
@@ -68,7 +70,7 @@ export async function listIsos(): Promise<IsoListRecord[]> {
     const st = statOrNull(state === 'partial' ? f.part : f.iso);
     const r = state === 'downloaded' ? freshRecord(f) : null;
     const verified = r?.unverified ? 'unverified' : r?.digest && r.expected === `${r.algo}:${r.digest}` ? 'yes' : state === 'downloaded' ? 'no' : null;
-    return { name, state, verified, size: st?.size ?? null, url: e.url };
+    return { name, state, verified, size: st?.size ?? null, url: e.url, kind: e.kind === 'image' ? 'image' : 'iso' };
   });
 }
 
@@ -95,6 +97,8 @@ export interface AddOpts {
   checksumUrl?: string;
   filename?: string;
   insecure?: boolean;
+  /** image: a disk image for builder: cloud-init (the default, iso, is not written) */
+  kind?: 'iso' | 'image';
 }
 
 /** Write isos.d/NAME.yml (0644: the user edits it). Returns the file. */
@@ -113,6 +117,7 @@ export async function addEntry(name: string, opts: AddOpts): Promise<{ name: str
   okUrl(opts.url, '--url');
   if (opts.checksum && opts.checksumUrl) throw new PimError(EXIT.USAGE, 'give --checksum or --checksum-url, not both');
   const entry: Record<string, unknown> = { url: opts.url };
+  if (opts.kind === 'image') entry.kind = 'image';
   if (opts.checksum) {
     const c = parseChecksum(opts.checksum);
     if (!c) throw new PimError(EXIT.USAGE, '--checksum must be sha256:HEX (64 hex digits) or sha512:HEX (128 hex digits)');

@@ -25,11 +25,11 @@
 import * as http from 'node:http';
 import * as fs from 'node:fs';
 import { EXIT, PimError } from '../core/exit.ts';
-import { loadProfile, profileFile, namedFile, readFound, type FoundFile } from '../config/profile.ts';
+import { loadProfile, profileFile, namedFile, readFound, withEnvHook, type FoundFile } from '../config/profile.ts';
 import { subdir, type Subdir } from '../config/tree.ts';
 import type { Origins, Plain } from '../config/merge.ts';
 import { DEFAULT_FILES } from '../config/defaults.ts';
-import { renderFile } from './template.ts';
+import { renderFile, type Target } from './template.ts';
 
 /** A profile as served: merged over `default` (loadProfile's Resolved has this shape). */
 export interface ServeProfile {
@@ -140,19 +140,20 @@ function templateFor(route: AnswerRoute, p: ServeProfile): FoundFile | null {
  * reached it at `url`. Null where the server answers 404 (no template, or a
  * template that is a symlink leaving preseeds.d); a template that fails to
  * render throws a config error (exit 78, FILE:LINE) where the server answers 500.
+ * `target` tells the template what it is rendered for (pim-ventoy: "ventoy").
  */
-export function renderAnswer(route: AnswerRoute, profile: ServeProfile, url: string): { body: string; label: string } | null {
+export function renderAnswer(route: AnswerRoute, profile: ServeProfile, url: string, target: Target = 'vm'): { body: string; label: string } | null {
   const f = templateFor(route, profile);
   if (!f) return null;
   if (f.path !== null && !inside(subdir('preseeds.d'), f.path)) return null;
-  const body = renderFile(f.path, f.path === null ? readFound(f) : undefined, f.label, { profile: profile.value, name: profile.name, url });
+  const body = renderFile(f.path, f.path === null ? readFound(f) : undefined, f.label, { profile: profile.value, name: profile.name, url, target });
   return { body, label: f.label };
 }
 
 const isRoute = (p: string): p is AnswerRoute => Object.hasOwn(TEMPLATES, p);
 
 export async function startServer(opts: ServeOpts): Promise<Served> {
-  const p: ServeProfile = typeof opts.profile === 'string' ? await loadProfile(opts.profile) : opts.profile;
+  const p: ServeProfile = typeof opts.profile === 'string' ? await withEnvHook(await loadProfile(opts.profile)) : opts.profile;
   const logLine = opts.log ?? ((l: string) => process.stderr.write(l + '\n'));
   let defaultUrl = '';
 

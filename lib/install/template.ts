@@ -3,7 +3,9 @@
  * ERB-style tags `<%= expr %>` (no HTML escaping: these are not web pages),
  * `<% code %>`, and `-%>` to eat the newline after a tag. A template sees
  * `profile` (the merged profile), `name` (the profile name) and `url` (the
- * server's own URL as the client reached it); `it` holds all three.
+ * server's own URL as the client reached it, empty on a Ventoy stick) and
+ * `target` ("vm" for pim-serve and pim-build, "ventoy" for a stick written by
+ * pim-ventoy configure); `it` holds them all.
  *
  * Compiled templates are cached by path, size and mtime, so a running
  * server picks up edits and re-renders cheaply. Errors become PimError
@@ -13,10 +15,15 @@ import * as fs from 'node:fs';
 import { Eta } from 'eta';
 import { EXIT, PimError } from '../core/exit.ts';
 
+/** What an answer file is rendered for: a VM (pim-serve, pim-build) or a Ventoy stick. */
+export type Target = 'vm' | 'ventoy';
+
 export interface TemplateData {
   profile: Record<string, unknown>;
   name: string;
   url: string;
+  /** default "vm" */
+  target?: Target;
 }
 
 const eta = new Eta({
@@ -24,7 +31,7 @@ const eta = new Eta({
   autoTrim: false,
   debug: true, // runtime errors carry the template line
   cache: false,
-  functionHeader: 'const profile = it.profile, name = it.name, url = it.url;',
+  functionHeader: "const profile = it.profile, name = it.name, url = it.url, target = it.target || 'vm';",
 });
 
 type Fn = ReturnType<Eta['compile']>;

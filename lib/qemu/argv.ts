@@ -54,6 +54,8 @@ export interface VmSpec {
   kernel?: { kernel: string; initrd?: string; append?: string };
   /** an ISO attached read-only as a CD-ROM */
   cdrom?: string;
+  /** more disks, after the first: virtio-blk, not bootable (pim-build's NoCloud seed) */
+  drives?: Array<{ path: string; format: 'raw' | 'qcow2'; readonly?: boolean }>;
   /** serial: 'socket' (headless, copied to the log) or 'stdio' (console in the foreground) */
   serial: 'socket' | 'stdio';
   agent: boolean;
@@ -95,6 +97,10 @@ export function buildQemuArgv(s: VmSpec): string[] {
     // direct kernel boot takes boot index 0 itself (QEMU's linuxboot ROM): the disk comes after it
     a.push('-device', `virtio-blk-pci,drive=disk0,bootindex=${s.kernel ? 1 : 0}`);
   }
+  (s.drives ?? []).forEach((d, i) => {
+    a.push('-drive', qemuOpt(null, { file: d.path, format: d.format, if: 'none', id: `disk${i + 1}`, readonly: d.readonly || undefined }));
+    a.push('-device', `virtio-blk-pci,drive=disk${i + 1}`);
+  });
   if (s.cdrom) {
     // on the q35's AHCI controller (SATA), after the disk in the boot order
     a.push('-drive', qemuOpt(null, { file: s.cdrom, format: 'raw', if: 'none', id: 'cd0', media: 'cdrom', readonly: true }));

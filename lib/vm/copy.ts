@@ -1,7 +1,9 @@
 /**
  * pim-cp's work: copying files between the host and a VM, scp-style
  * (`NAME:path` on one side), over the VM's ssh config and its cached master
- * connection (lib/vm/reach.ts).
+ * connection (lib/vm/reach.ts); or between two VMs (`A:path B:path`), a tar
+ * stream from one guest's ssh into the other's, through pim's process (the
+ * guests need not reach each other).
  *
  * The copy is OpenSSH's `scp -O` (the legacy protocol: it runs `scp` in the
  * guest, which needs no SFTP server, and dropbear has none) with -p, so
@@ -49,26 +51,26 @@ export function parseCpArg(a: string): CpArg {
 }
 
 export interface CpPlan {
-  direction: 'up' | 'down';
+  /** up: host to VM; down: VM to host; across: VM (vm) to VM (to) */
+  direction: 'up' | 'down' | 'across';
   vm: string;
   user?: string;
+  /** across: the VM the files go to, and its user */
+  to?: { vm: string; user?: string };
   /** local paths (up) or remote paths (down) */
   sources: string[];
   /** the remote path (up) or the local path (down) */
   dest: string;
 }
 
-/** SRC... DEST as a copy: exactly one side remote, one VM (64 otherwise). */
+/** SRC... DEST as a copy: one side remote, or both (VM to VM); one VM a side (64 otherwise). */
 export function planCopy(words: string[]): CpPlan {
   if (words.length < 2) throw new PimError(EXIT.USAGE, 'pim-cp SRC... DEST: give a source and a destination');
   const args = words.map(parseCpArg);
   const dest = args[args.length - 1]!;
   const srcs = args.slice(0, -1);
   const remoteSrcs = srcs.filter((s) => s.kind === 'remote') as Array<Extract<CpArg, { kind: 'remote' }>>;
-  if (dest.kind === 'remote') {
-    if (remoteSrcs.length) throw new PimError(EXIT.USAGE, 'a copy from a VM to a VM is not supported: copy to the host, then on (pim-cp A:x . && pim-cp x B:)');
-    return { direction: 'up', vm: dest.vm, ...(dest.user ? { user: dest.user } : {}), sources: srcs.map((s) => s.path), dest: dest.path };
-  }
+  if (dest.kind === 'remote' && !remoteSrcs.length) return { direction: 'up', vm: dest.vm, ...(dest.user ? { user: dest.user } : {}), sources: srcs.map((s) => s.path), dest: dest.path };
   if (!remoteSrcs.length) throw new PimError(EXIT.USAGE, 'neither side names a VM: write one side as NAME:path');
   if (remoteSrcs.length !== srcs.length) throw new PimError(EXIT.USAGE, 'one side must be a VM (NAME:path) and the other the host: the sources mix both');
   const vms = new Set(remoteSrcs.map((s) => s.vm));
@@ -76,11 +78,14 @@ export function planCopy(words: string[]): CpPlan {
   const users = new Set(remoteSrcs.map((s) => s.user ?? ''));
   if (users.size > 1) throw new PimError(EXIT.USAGE, 'the sources name several users: copy as one at a time');
   const user = remoteSrcs[0]!.user;
-  return { direction: 'down', vm: remoteSrcs[0]!.vm, ...(user ? { user } : {}), sources: remoteSrcs.map((s) => s.path), dest: dest.path };
+  const from = { vm: remoteSrcs[0]!.vm, ...(user ? { user } : {}), sources: remoteSrcs.map((s) => s.path), dest: dest.path };
+  if (dest.kind === 'remote') return { direction: 'across', ...from, to: { vm: dest.vm, ...(dest.user ? { user: dest.user } : {}) } };
+  return { direction: 'down', ...from };
 }
 
 /** The local side, checked before anything runs: sources exist (66), directories only with -r (64), the destination's directory exists (73). */
 export function checkLocal(p: CpPlan, recursive: boolean): void {
+  if (p.direction === 'across') return;
   if (p.direction === 'up') {
     for (const s of p.sources) {
       let st: fs.Stats;
@@ -114,12 +119,16 @@ export const UNTAR_SCRIPT =
   'p=$(dirname "$d"); [ -d "$p" ] || { echo "pim-cp: $p: No such file or directory" >&2; exit 73; }; ' +
   't=$(mktemp -d "$p/.pim-cp.XXXXXX") || exit 73; tar xf - -C "$t" && mv -f "$t/$b" "$d"; r=$?; rm -rf "$t"; exit $r';
 
-/** In the guest: a tar stream of path $1 (66 when it is not there). */
-export const TAR_SCRIPT = 's=$1; [ -e "$s" ] || [ -L "$s" ] || { echo "pim-cp: $s: No such file or directory" >&2; exit 66; }; cd "$(dirname "$s")" && exec tar cf - "$(basename "$s")"';
+/** In the guest: a tar stream of path $1 (66 when it is not there; 64 for a directory unless $2 is r). */
+export const TAR_SCRIPT =
+  's=$1; [ -e "$s" ] || [ -L "$s" ] || { echo "pim-cp: $s: No such file or directory" >&2; exit 66; }; ' +
+  '[ -d "$s" ] && [ "$2" != r ] && { echo "pim-cp: $s is a directory: give -r to copy it" >&2; exit 64; }; ' +
+  'cd "$(dirname "$s")" && exec tar cf - "$(basename "$s")"';
 
 /** How a failed copy reads, from the messages it left: a pim error. */
 export function copyError(p: CpPlan, stderr: string, status: number): PimError {
   const last = stderr.trim().split('\n').filter(Boolean).pop() ?? `status ${status}`;
+  if (status === 64 && / is a directory: give -r/.test(last)) return new PimError(EXIT.USAGE, `${p.vm}:${last.replace(/^pim-cp: /, '')}`);
   if (status === 66 || (p.direction === 'down' && /No such file or directory/.test(stderr))) return new PimError(EXIT.NOINPUT, `no such file or directory in ${p.vm}: ${last.replace(/^(scp|pim-cp): /, '')}`);
   if (/Permission denied/i.test(stderr)) return new PimError(EXIT.NOPERM, `permission denied: ${last}`);
   if (status === 73 || /No such file or directory|Not a directory|Is a directory|No space left|Read-only file system/.test(stderr)) return new PimError(EXIT.CANTCREAT, `cannot write ${p.direction === 'up' ? `${p.vm}:` : ''}${p.dest}: ${last}`);
@@ -182,7 +191,7 @@ export async function viaTar(c: CopyCtx): Promise<void> {
       const intoDir = fs.statSync(dest, { throwIfNoEntry: false })?.isDirectory() ?? false;
       const where = intoDir ? dest : fs.mkdtempSync(join(dirname(dest), '.pim-cp.'));
       try {
-        const remote = ssh(remoteSh(TAR_SCRIPT, [s]), 'pipe');
+        const remote = ssh(remoteSh(TAR_SCRIPT, [s, c.recursive ? 'r' : '']), 'pipe');
         const tar = spawn('tar', ['xpf', '-', '-C', where], { stdio: ['pipe', 'ignore', 'pipe'] });
         remote.stdout!.pipe(tar.stdin!);
         const [a, b] = await Promise.all([finish(remote, 'ssh'), finish(tar, 'tar')]);
@@ -197,6 +206,29 @@ export async function viaTar(c: CopyCtx): Promise<void> {
         if (!intoDir) fs.rmSync(where, { recursive: true, force: true });
       }
     }
+  }
+}
+
+/**
+ * From one VM to another: for each source, `tar c` in the first guest (over
+ * its ssh config, `from`) piped into `tar x` in the second (`to`), through
+ * this process. A missing source is 66, a directory without -r 64, a
+ * destination that cannot be written 73, as for the host.
+ */
+export async function copyAcross(p: CpPlan, recursive: boolean, from: string[], to: string[]): Promise<void> {
+  const { spawn } = process.getBuiltinModule('node:child_process') as typeof import('node:child_process');
+  const dst = p.to!;
+  const asDown: CpPlan = { ...p, direction: 'down' };
+  const asUp: CpPlan = { ...p, direction: 'up', vm: dst.vm };
+  const { posix } = process.getBuiltinModule('node:path') as typeof import('node:path');
+  for (const s of p.sources) {
+    const src = spawn('ssh', [...from, '--', p.vm, remoteSh(TAR_SCRIPT, [s, recursive ? 'r' : ''])], { stdio: ['ignore', 'pipe', 'pipe'] });
+    const sink = spawn('ssh', [...to, '--', dst.vm, remoteSh(UNTAR_SCRIPT, [p.dest === '' ? '.' : p.dest, p.sources.length === 1 ? posix.basename(s) : ''])], { stdio: ['pipe', 'ignore', 'pipe'] });
+    src.stdout!.pipe(sink.stdin!);
+    sink.stdin!.on('error', () => undefined); // the sink gone early: its own status says why
+    const [a, b] = await Promise.all([finish(src, 'ssh'), finish(sink, 'ssh')]);
+    if (a.code !== 0) throw a.code === 255 ? new PimError(EXIT.UNAVAILABLE, `the copy from ${p.vm} failed: ${a.stderr.trim() || 'ssh exited 255'}`) : copyError(asDown, a.stderr, a.code);
+    if (b.code !== 0) throw b.code === 255 ? new PimError(EXIT.UNAVAILABLE, `the copy to ${dst.vm} failed: ${b.stderr.trim() || 'ssh exited 255'}`) : copyError(asUp, b.stderr, b.code);
   }
 }
 

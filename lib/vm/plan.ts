@@ -103,8 +103,8 @@ export interface StartRequest {
   kind?: VmMeta['kind'];
   /** what the metadata names as the image (default the disk's path) */
   image?: string;
-  /** more of the VM: direct kernel boot, a CD, -no-reboot (pim-build's installer boot) */
-  spec?: Partial<Pick<VmSpec, 'kernel' | 'cdrom' | 'noReboot' | 'machine' | 'rng'>>;
+  /** more of the VM: direct kernel boot, a CD, more disks, -no-reboot (pim-build's first boot) */
+  spec?: Partial<Pick<VmSpec, 'kernel' | 'cdrom' | 'drives' | 'noReboot' | 'machine' | 'rng'>>;
   extra?: string[];
   signal?: AbortSignal;
   /** who logs in over SSH and with which key, for pim-ssh and pim-cp (lib/vm/reach.ts), when known */

@@ -18,11 +18,8 @@ setup_file() {
   ln -s "$TESTBED/installer/ubuntu.iso" "$W/ubuntu.iso"
   ln -s "$TESTBED/installer/di-real.iso" "$W/di-real.iso"
   (cd "$W" && sha256sum -- *.iso >SHA256SUMS)
-  setsid python3 -m http.server 0 --bind 127.0.0.1 --directory "$W" >"$PIM_TMP/http.log" 2>&1 3>&- </dev/null &
-  echo $! >"$PIM_TMP/http.pid"
-  for _ in $(seq 100); do grep -q 'port [0-9]' "$PIM_TMP/http.log" && break; sleep 0.1; done
   local port
-  port=$(grep -o 'port [0-9]*' "$PIM_TMP/http.log" | head -1 | cut -d' ' -f2)
+  port=$(serve_www "$W")
   local c="$XDG_CONFIG_HOME/pim"
   mkdir -p "$c/isos.d" "$c/profiles.d" "$c/scripts.d" "$c/installs.d"
   cat >"$c/isos.d/tb.yml" <<EOF
@@ -69,7 +66,7 @@ EOF
 }
 
 teardown_file() {
-  kill "$(cat "$PIM_TMP/http.pid")" 2>/dev/null || true
+  stop_www
   mountpoint -q "$PIM_TMP/small" && umount "$PIM_TMP/small"
   pim_cleanup
 }
@@ -82,18 +79,7 @@ ssh_vm() {
     -o UserKnownHostsFile=/dev/null -o LogLevel=ERROR -o ConnectTimeout=20 root@127.0.0.1 "$@"
 }
 
-builds_dir() { echo "$XDG_DATA_HOME/pim/builds"; }
 
-# nothing of a failed build is left: no build of PROFILE in the registry, no
-# temporary disk, no VM, no QEMU
-no_leftovers() {
-  local profile="$1"
-  run pim-build path "$profile"
-  [ "$status" -eq 66 ]
-  [ -z "$(find "$(builds_dir)" -maxdepth 1 -name '.tmp-*' 2>/dev/null)" ]
-  [ -z "$(pim-ps -q | grep -- '-build-' || true)" ]
-  ! pgrep -f "qemu-system.*$profile-build-" >/dev/null
-}
 
 @test "a Debian-layout profile builds end to end: stdout is the image's path only, the image is read-only, the log names every phase" {
   run --separate-stderr pim-build run tb
@@ -227,14 +213,14 @@ no_leftovers() {
   [[ "$stderr" == *"did not fetch its answer file within 25 s"* ]]
   [[ "$stderr" == *"build log: $XDG_STATE_HOME/pim/build-logs/nofetch-"* ]]
   [[ "$stderr" == *"  | "* ]]
-  no_leftovers nofetch
+  no_build_leftovers nofetch
 }
 
 @test "an installer that never powers off: 75 after the timeout, nothing left" {
   run --separate-stderr pim-build run hang --timeout 25
   [ "$status" -eq 75 ]
   [[ "$stderr" == *"did not power off within"* ]]
-  no_leftovers hang
+  no_build_leftovers hang
 }
 
 @test "a provisioning script that fails: 65 naming it, later scripts not run, nothing left" {
@@ -245,7 +231,7 @@ no_leftovers() {
   log=$(sed -n 's/.*build log: \([^)]*\)).*/\1/p' <<<"$stderr")
   [ -f "$log" ]
   ! grep -q 'never.sh' "$log"
-  no_leftovers badscript
+  no_build_leftovers badscript
 }
 
 @test "--keep-failed keeps the disk and says where" {
@@ -267,7 +253,7 @@ no_leftovers() {
   wait "$pid" || st=$?
   [ "$st" -eq 130 ]
   grep -q 'interrupted by SIGINT' "$PIM_TMP/slow.err"
-  no_leftovers slow
+  no_build_leftovers slow
   ! curl -s -m 2 "http://127.0.0.1:$port/preseed.cfg"
 }
 
@@ -290,7 +276,7 @@ no_leftovers() {
   [ "$status" -eq 75 ]
   log=$(ls "$XDG_STATE_HOME"/pim/build-logs/real-*.log)
   grep -q 'GET "/preseed.cfg" 200' "$log"
-  no_leftovers real
+  no_build_leftovers real
 }
 
 @test "usage and config errors: a missing profile 66, a bad value 78, bad subcommands and flags 64" {

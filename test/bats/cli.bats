@@ -33,7 +33,7 @@ declare -gA NOARGS=(
   # pim doctor with no arguments is valid; it exits 1 where a check fails (vmcare.bats)
   [pim-doctor]=runs [pim-log]=64 [pim-rm]=64 [pim-snapshot]=64
   [pim-ctl]=64 [pim-exec]=64 [pim-forward]=64 [pim-wait]=64
-  [pim-ssh]=64 [pim-cp]=64 [pim-vm]=64 [pim-gdb]=64 [pim-deploy]=64
+  [pim-ssh]=64 [pim-cp]=64 [pim-vm]=64 [pim-gdb]=64 [pim-deploy]=64 [pim-ventoy]=64
 )
 
 # usage_error CMD ARGS...: exit 64, nothing on stdout, one line on stderr that

@@ -35,7 +35,7 @@ teardown() {
 
 teardown_file() {
   [ -n "${PIM_TMP:-}" ] || return 0
-  [ -f "$PIM_TMP/http.pid" ] && kill "$(cat "$PIM_TMP/http.pid")" 2>/dev/null
+  stop_www
   [ -e "$PIM_TMP/bridge.made" ] && ip link del "$BRIDGE" 2>/dev/null
   pim_cleanup
 }
@@ -371,6 +371,7 @@ after_kvm_failed() {
 # Cannot run here, and why. An example missing from here runs; one here that no
 # longer exists fails the test "the list of examples that cannot run names only examples".
 declare -gA EX_CANNOT=(
+  ['pim-cp dev:/etc/hostname web:/tmp/hostname-of-dev']="needs a second running VM, web: guestssh.bats copies between two running guests"
   ['./install.sh']="installs Debian packages, runs npm ci in this checkout and boots the demo: the install part is the install.sh test above (in a copy of the checkout); the demo part runs the same commands as these examples"
   ['./test.sh']="runs the whole suite, this file included"
   ['pim-run dev --bridged']="bridged networking needs a host bridge allowed in /etc/qemu/bridge.conf and sudo: privilege.bats makes one and runs --bridged; the refusal is tested above"
@@ -391,6 +392,13 @@ declare -gA EX_CANNOT=(
   ['pim-deploy dev lab --dry-run']="the same target lab; deploy.bats runs --dry-run against its own libvirtd"
   ['pim-deploy dev lab --name web --keep 3']="the same target lab; deploy.bats runs --name and --keep against its own libvirtd"
   ['pim-deploy list lab']="the same target lab; deploy.bats runs list against its own libvirtd, local and over qemu+ssh://"
+  ['pim-ventoy list']="finds the Ventoy disks of the machine: none here; ventoy.bats runs list on stand-in sticks, with and without --stick"
+  ['pim-ventoy add debian-netinst-amd64 --dir /iso']="downloads a Debian ISO from the internet onto a Ventoy stick; ventoy.bats runs add on a stand-in stick made by test/testbed/ventoy-stick.sh with ISOs from a loopback server"
+  ['pim-ventoy configure dev --iso debian-netinst-amd64']="needs that ISO on a Ventoy stick; ventoy.bats runs configure on a stand-in stick"
+  ['pim-ventoy verify']="needs a Ventoy stick and root (loop devices, mounts): ventoy.bats runs it on a stand-in stick made by test/testbed/ventoy-stick.sh"
+  ['pim-ventoy eject']="needs a Ventoy stick and root (loop devices, mounts): ventoy.bats runs it on a stand-in stick made by test/testbed/ventoy-stick.sh"
+  ['pim-ventoy install /dev/sdb --ventoy ~/ventoy-1.1.17/Ventoy2Disk.sh --yes']="erases a disk with a Ventoy release of yours; ventoy.bats runs install on a loop device with a stand-in Ventoy2Disk.sh"
+  ['pim-ventoy add debian-netinst-amd64 --stick ./stick.img']="downloads a Debian ISO from the internet; ventoy.bats runs add --stick on stand-in images"
 )
 
 # Examples of the build's world, where dev means profile dev's newest build: they run
@@ -521,10 +529,7 @@ EOF
   mkdir -p "$www" "$c/isos.d" "$c/profiles.d"
   ln -s "$TESTBED/installer/di.iso" "$www/di.iso"
   (cd "$www" && sha256sum -- *.iso >SHA256SUMS)
-  setsid python3 -m http.server 0 --bind 127.0.0.1 --directory "$www" >"$PIM_TMP/http.log" 2>&1 3>&- </dev/null &
-  echo $! >"$PIM_TMP/http.pid"
-  for _ in $(seq 100); do grep -q 'port [0-9]' "$PIM_TMP/http.log" && break; sleep 0.1; done
-  port=$(grep -o 'port [0-9]*' "$PIM_TMP/http.log" | head -1 | cut -d' ' -f2)
+  port=$(serve_www "$www")
   echo "tb-di: {url: \"http://127.0.0.1:$port/di.iso\", checksum_url: \"http://127.0.0.1:$port/SHA256SUMS\", distro: debian}" >"$c/isos.d/tb.yml"
   cat >"$c/profiles.d/dev.yml" <<EOF
 dev:

@@ -217,6 +217,27 @@ master_pid() { ssh -F "$(sshdir "$1")/config" -O check -- "$1" 2>&1 | sed -n 's/
   [ "$status" -eq 73 ]
 }
 
+@test "pim-cp between two VMs: a tar stream through pim, modes kept; a missing source 66, a directory without -r 64, an unwritable destination 73" {
+  run pim-run "$TESTBED/guest-full.qcow2" --name peer --snapshot --mem 256M --cpus 1 --wait ssh --wait agent --wait-timeout 120
+  [ "$status" -eq 0 ]
+  pim-ssh "$G" -- 'mkdir -p /tmp/x/d && echo across >/tmp/x/f && chmod 0604 /tmp/x/f && echo deep >/tmp/x/d/g'
+  pim-ssh peer -- mkdir -p /tmp/in
+  pim-cp "$G:/tmp/x/f" peer:/tmp/in/
+  pim-cp "$G:/tmp/x/f" peer:/tmp/in/renamed
+  pim-cp -r "$G:/tmp/x/d" peer:/tmp/in/
+  [ "$(pim-ssh peer -- cat /tmp/in/f /tmp/in/renamed /tmp/in/d/g | tr '\n' ' ')" = "across across deep " ]
+  [ "$(pim-ssh peer -- stat -c %a /tmp/in/f /tmp/in/renamed | tr '\n' ' ')" = "604 604 " ]
+  run --separate-stderr pim-cp "$G:/tmp/x/nope" peer:/tmp/in/
+  [ "$status" -eq 66 ]
+  [[ "$stderr" == *"/tmp/x/nope"* ]]
+  run --separate-stderr pim-cp "$G:/tmp/x/d" peer:/tmp/in/
+  [ "$status" -eq 64 ]
+  [[ "$stderr" == *"/tmp/x/d is a directory: give -r"* ]]
+  run pim-cp "$G:/tmp/x/f" peer:/nope/dir/x
+  [ "$status" -eq 73 ]
+  pim-stop peer
+}
+
 @test "pim-stop closes the master; then pim-ssh and pim-cp are 69, and the VM's ssh files are gone" {
   local d pid
   d=$(sshdir "$G")

@@ -56,3 +56,29 @@ pid_gone() {
   kill -0 "$1" 2>/dev/null || return 0
   grep -q '^State:.*Z' "/proc/$1/status" 2>/dev/null
 }
+
+# serve_www DIR: a static HTTP server on loopback for DIR (the test bed's ISOs and
+# images, for the catalog to download and verify); prints its port. stop_www ends it.
+serve_www() {
+  setsid python3 -m http.server 0 --bind 127.0.0.1 --directory "$1" >"$PIM_TMP/http.log" 2>&1 3>&- </dev/null &
+  echo $! >"$PIM_TMP/http.pid"
+  for _ in $(seq 100); do grep -q 'port [0-9]' "$PIM_TMP/http.log" && break; sleep 0.1; done
+  grep -o 'port [0-9]*' "$PIM_TMP/http.log" | head -1 | cut -d' ' -f2
+}
+stop_www() {
+  [ -f "$PIM_TMP/http.pid" ] && kill "$(cat "$PIM_TMP/http.pid")" 2>/dev/null
+  return 0
+}
+
+builds_dir() { echo "$XDG_DATA_HOME/pim/builds"; }
+
+# no_build_leftovers PROFILE: nothing of a failed build is left: no build of
+# PROFILE in the registry, no temporary disk, no VM, no QEMU
+no_build_leftovers() {
+  local profile="$1"
+  run pim-build path "$profile"
+  [ "$status" -eq 66 ]
+  [ -z "$(find "$(builds_dir)" -maxdepth 1 -name '.tmp-*' 2>/dev/null)" ]
+  [ -z "$(pim-ps -q | grep -- '-build-' || true)" ]
+  ! pgrep -f "qemu-system.*$profile-build-" >/dev/null
+}

@@ -77,3 +77,21 @@ url() { cat "$PIM_TMP/url"; }
   grep -q 'GET "/preseed.cfg" 200' "$PIM_TMP/serve.log"
   pim-stop srv --force --timeout 5 >/dev/null 2>&1 || true
 }
+
+@test "a profile's env_hook sets vars that its templates use; a failing hook stops the server before it binds (78)" {
+  c="$XDG_CONFIG_HOME/pim"
+  mkdir -p "$c/hooks.d" "$c/preseeds.d"
+  printf 'hooked: {env_hook: stamp.sh}\nbroken: {env_hook: fails.sh}\n' >"$c/profiles.d/hooked.yml"
+  printf '#!/bin/sh\necho "stamp=made for $PIM_PROFILE"\n' >"$c/hooks.d/stamp.sh"
+  printf '#!/bin/sh\necho "cannot reach the vault" >&2\nexit 2\n' >"$c/hooks.d/fails.sh"
+  chmod +x "$c/hooks.d/stamp.sh" "$c/hooks.d/fails.sh"
+  printf '# <%%= profile.vars.stamp %%>\n' >"$c/preseeds.d/hooked.cfg.eta"
+  coproc SRV { exec pim-serve hooked --port 0 2>/dev/null; }
+  read -r u <&"${SRV[0]}"
+  run curl -fsS "$u/preseed.cfg"
+  kill "$SRV_PID"
+  [ "$output" = "# made for hooked" ]
+  run --separate-stderr pim-serve broken --port 0
+  [ "$status" -eq 78 ]
+  [[ "$stderr" == *"env_hook hooks.d/fails.sh failed with status 2: cannot reach the vault"* ]]
+}

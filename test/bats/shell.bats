@@ -207,12 +207,14 @@ bcomplete() { zsh -f "$REPO/test/shell/bcomplete.zsh" "$@"; }
     COMP_WORDS=(pim-stop "w**"); COMP_CWORD=1; _fzf_complete_pim-stop pim-stop "w**" pim-stop; echo "fzf: ${COMPREPLY[*]}"
     COMP_WORDS=(pim-stop ""); COMP_CWORD=1; _fzf_complete_pim-stop pim-stop "" pim-stop 2>/dev/null; echo "plain: ${COMPREPLY[*]}"
     COMP_WORDS=(pim stop "**"); COMP_CWORD=2; _fzf_complete_pim pim "**" stop; echo "pim stop: ${COMPREPLY[*]}"
+    COMP_WORDS=(pim-ssh "**"); COMP_CWORD=1; _fzf_complete_pim-ssh pim-ssh "**" pim-ssh; echo "pim-ssh: ${COMPREPLY[*]}"
   ' bash "$FZF_BASH" "$REPO/shell/pim.bash"
   echo "$output"
   [[ "$output" == *"-F _fzf_complete_pim-stop pim-stop"* ]]
   [[ "$output" == *"fzf: web1"* ]]
   [[ "$output" == *"plain: db2 web1"* ]]
   [[ "$output" == *"pim stop: web1"* ]]
+  [[ "$output" == *"pim-ssh: web1"* ]]
 }
 
 @test "bash (readline in a terminal): subcommands, catalog and build names, file names for paths" {
@@ -304,7 +306,7 @@ commands_aligned() {
     setopt no_ksh_arrays
     a=(${(M)fpath:#*/completions/zsh}); print fpath=$#a
     print comp=$_comps[pim-stop]
-    (( $+functions[_fzf_complete_pim-stop] && $+functions[_fzf_complete_pim-stop_post] )) && print hooks
+    (( $+functions[_fzf_complete_pim-stop] && $+functions[_fzf_complete_pim-stop_post] && $+functions[_fzf_complete_pim-ssh_post] )) && print hooks
   ' zsh "$REPO/shell/pim.zsh"
   echo "$output" "$stderr"
   [ "$status" -eq 0 ]

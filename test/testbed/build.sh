@@ -6,8 +6,9 @@
 #
 # Output directory: ${PIM_TESTBED_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/pim/testbed}
 #   vmlinuz                 Debian cloud kernel (linux-image-<abi>-cloud-amd64)
-#   initrd.gz               busybox initramfs: virtio modules, button+evdev, qemu-ga,
-#                           dropbear, /init from this directory
+#   initrd.gz               busybox initramfs: virtio modules, button+evdev, isofs, qemu-ga,
+#                           dropbear, jq, /init from this directory, rootfs/ (which holds
+#                           a stand-in cloud-init that the persistent root runs)
 #   id_ed25519{,.pub}       ssh key; the public half is root's authorized key in the guest
 #   ssh_host_keys.pub       the guest's (dropbear's) host keys, public halves, one a line
 #   guest-full.qcow2        syslinux FAT disk: pim.agent=1 pim.acpi=1 (qemu-ga, acpid, dropbear)
@@ -49,7 +50,7 @@ outputs=(vmlinuz initrd.gz id_ed25519 id_ed25519.pub ssh_host_keys.pub guest-ful
 # Modules for the test bed guest (cloud kernel) and for the generic kernel's
 # direct-boot tree; both get every dependency modules.dep names.
 cloud_modules=(virtio_ring virtio virtio_pci_modern_dev virtio_pci_legacy_dev virtio_pci
-	virtio_console failover net_failover virtio_net virtio_blk virtio_rng button evdev)
+	virtio_console failover net_failover virtio_net virtio_blk virtio_rng button evdev isofs)
 generic_modules=(virtio_ring virtio virtio_pci_modern_dev virtio_pci_legacy_dev virtio_pci
 	virtio_console failover net_failover virtio_net virtio_blk
 	9p 9pnet 9pnet_virtio netfs fscache virtiofs fuse button evdev)
@@ -157,7 +158,7 @@ fi
 log "kernels: $cloud_kpkg, $generic_kpkg"
 
 # Shared libraries come from the Debian packages too (not from the host):
-# walk the Depends of qemu-guest-agent and dropbear-bin through library packages.
+# walk the Depends of qemu-guest-agent, dropbear-bin and jq through library packages.
 deps_of() {
 	apt-cache depends --no-recommends --no-suggests --no-conflicts --no-breaks \
 		--no-replaces --no-enhances "$@" 2>/dev/null |
@@ -165,7 +166,7 @@ deps_of() {
 }
 declare -A seen_pkg=()
 lib_pkgs=()
-frontier=(qemu-guest-agent dropbear-bin)
+frontier=(qemu-guest-agent dropbear-bin jq)
 while [ ${#frontier[@]} -gt 0 ]; do
 	next=()
 	while IFS= read -r p; do
@@ -179,11 +180,12 @@ while [ ${#frontier[@]} -gt 0 ]; do
 	done < <(deps_of "${frontier[@]}")
 	frontier=("${next[@]}")
 done
-[ ${#lib_pkgs[@]} -gt 0 ] || die "could not resolve the library packages of qemu-guest-agent/dropbear-bin"
+[ ${#lib_pkgs[@]} -gt 0 ] || die "could not resolve the library packages of qemu-guest-agent/dropbear-bin/jq"
 
 # openssh-client only for its scp (which needs nothing but libc): the server side of
-# scp and of tools that copy files with it (Packer's provisioners, pim-cp)
-pkgs=(busybox-static qemu-guest-agent dropbear-bin openssh-client "${lib_pkgs[@]}" "$cloud_kpkg" "$generic_kpkg")
+# scp and of tools that copy files with it (Packer's provisioners, pim-cp);
+# jq for the test bed's stand-in cloud-init (rootfs/usr/lib/pim-testbed/cloud-init)
+pkgs=(busybox-static qemu-guest-agent dropbear-bin jq openssh-client "${lib_pkgs[@]}" "$cloud_kpkg" "$generic_kpkg")
 
 # Candidate version and architecture of every package: "pkg ver arch".
 candidates() {
@@ -250,7 +252,7 @@ cloud=$tmp/cloud
 generic=$tmp/generic
 mkdir -p "$sys" "$cloud" "$generic"
 log "unpacking"
-for p in busybox-static qemu-guest-agent dropbear-bin "${lib_pkgs[@]}"; do dpkg-deb -x "$(deb_file "$p")" "$sys"; done
+for p in busybox-static qemu-guest-agent dropbear-bin jq "${lib_pkgs[@]}"; do dpkg-deb -x "$(deb_file "$p")" "$sys"; done
 mkdir -p "$tmp/ssh" && dpkg-deb -x "$(deb_file openssh-client)" "$tmp/ssh" && install -D -m 0755 "$tmp/ssh/usr/bin/scp" "$sys/usr/bin/scp"
 dpkg-deb -x "$(deb_file "$cloud_kpkg")" "$cloud"
 dpkg-deb -x "$(deb_file "$generic_kpkg")" "$generic"
@@ -343,7 +345,7 @@ log "assembling the initramfs"
 mkdir -p "$r"/{bin,sbin,usr/bin,usr/sbin,etc/dropbear,root/.ssh,proc,sys,dev,tmp,run,mnt,var/log,var/lib}
 ln -s /run "$r/var/run"
 cp -a "$here/rootfs/." "$r/"
-chmod 0755 "$r/sbin/shutdown" "$r/etc/acpi/PWRF/00000080" "$r/etc/udhcpc.script"
+chmod 0755 "$r/sbin/shutdown" "$r/etc/acpi/PWRF/00000080" "$r/etc/udhcpc.script" "$r/usr/lib/pim-testbed/cloud-init"
 install -m 0755 "$here/init" "$r/init"
 install -m 0755 "$busybox" "$r/bin/busybox"
 while IFS= read -r a; do
@@ -353,13 +355,14 @@ install -m 0755 "$sys/usr/sbin/qemu-ga" "$r/usr/sbin/qemu-ga"
 install -m 0755 "$sys/usr/sbin/dropbear" "$r/usr/sbin/dropbear"
 install -m 0755 "$sys/usr/bin/dropbearkey" "$r/usr/bin/dropbearkey"
 install -m 0755 "$sys/usr/bin/scp" "$r/usr/bin/scp"
+install -m 0755 "$sys/usr/bin/jq" "$r/usr/bin/jq"
 
 # Shared libraries: what the packages' own dynamic loader (= ldd) resolves
 # against the unpacked packages, copied to the path it names.
 ld=$(find "$sys" -name 'ld-linux-x86-64.so.2' -type f | head -n 1)
 [ -n "$ld" ] || die "no dynamic loader in libc6"
 libpath=$sys/lib/$multiarch:$sys/usr/lib/$multiarch:$sys/lib:$sys/usr/lib
-for b in usr/sbin/qemu-ga usr/sbin/dropbear usr/bin/dropbearkey usr/bin/scp; do
+for b in usr/sbin/qemu-ga usr/sbin/dropbear usr/bin/dropbearkey usr/bin/scp usr/bin/jq; do
 	listing=$("$ld" --library-path "$libpath" --list "$sys/$b") || die "ldd $b failed: $listing"
 	if grep -q 'not found' <<<"$listing"; then die "ldd $b: $(grep 'not found' <<<"$listing")"; fi
 	while read -r name arrow file _; do

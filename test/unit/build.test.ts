@@ -99,6 +99,129 @@ describe('build plan and cache key', () => {
   });
 });
 
+describe('builder: cloud-init', () => {
+  it('plans from the image key, reads sources as bytes, leaves installs out, and keys builder and sources', async () => {
+    writeConfig({
+      'profiles.d/t.yml': 'c:\n  builder: cloud-init\n  image: cloudy\n  sources: [network-config, blob.bin]\n  installs: [x.sh]\n',
+      'sources.d/network-config': 'version: 2\n',
+      'sources.d/blob.bin': '',
+      'installs.d/x.sh': 'echo late\n',
+    });
+    fs.writeFileSync(join(tmp, 'config/pim/sources.d/blob.bin'), Buffer.from([0, 255, 1, 254]));
+    const { loadProfile } = await import('../../lib/config/profile.ts');
+    const plan = await planBuild(await loadProfile('c'));
+    expect(plan).toMatchObject({ builder: 'cloud-init', iso: 'cloudy', installs: [] });
+    expect(plan.sources.map((f) => [f.label, f.content])).toEqual([
+      ['sources.d/network-config', Buffer.from('version: 2\n')],
+      ['sources.d/blob.bin', Buffer.from([0, 255, 1, 254])],
+    ]);
+    const iso = { name: 'cloudy', checksum: 'sha256:' + '0'.repeat(64) };
+    const answers = { '/user-data': '#cloud-config\n', '/meta-data': 'instance-id: x\n' };
+    const inputs = buildInputs(plan, answers, iso);
+    expect(inputs).toMatchObject({ builder: 'cloud-init', boot: null });
+    expect(Object.keys(inputs.files).sort()).toEqual(['scripts.d/default.sh', 'sources.d/blob.bin', 'sources.d/network-config']);
+    const changed = { ...plan, sources: [plan.sources[0]!, { ...plan.sources[1]!, content: Buffer.from([0, 255, 1, 253]) }] };
+    expect(inputsDiff(inputs, buildInputs(changed, answers, iso))).toEqual(['files.sources.d/blob.bin']);
+  });
+  it("keeps an installer's inputs as they were (no builder key), so its cached builds stay hits", async () => {
+    writeConfig({ 'profiles.d/t.yml': 'dev:\n  iso: tb\n' });
+    const { loadProfile } = await import('../../lib/config/profile.ts');
+    const inputs = buildInputs(await planBuild(await loadProfile('dev')), {}, { name: 'tb', checksum: 'sha256:00' });
+    expect('builder' in inputs).toBe(false);
+    expect(inputs.boot).not.toBeNull();
+  });
+  it('refuses a profile with no image, a missing source, or a source named like a template (78)', async () => {
+    writeConfig({ 'profiles.d/t.yml': 'a: {builder: cloud-init}\nb: {builder: cloud-init, image: x, sources: [nope]}\nc: {builder: cloud-init, image: x, sources: [user-data]}\n', 'sources.d/user-data': '#cloud-config\n' });
+    const { loadProfile } = await import('../../lib/config/profile.ts');
+    await expect(planBuild(await loadProfile('a'))).rejects.toMatchObject({ code: 78, message: expect.stringContaining('names no image') });
+    await expect(loadProfile('b')).rejects.toMatchObject({ code: 78, message: expect.stringContaining('sources.d/nope does not exist') });
+    await expect(planBuild(await loadProfile('c'))).rejects.toMatchObject({ code: 78, message: expect.stringContaining("comes from the profile's user-data template") });
+  });
+  it("renders pim's user-data as #cloud-config, one key a line of JSON, cloud_config's keys kept and pim's set over them", async () => {
+    writeConfig({
+      'profiles.d/t.yml': [
+        'c:',
+        '  builder: cloud-init',
+        '  image: x',
+        '  hostname: web',
+        '  ssh_keys: ["ssh-ed25519 AAAA k1"]',
+        '  packages: [nginx]',
+        '  cloud_config:',
+        '    users: [default, {name: ops}]',
+        '    runcmd: [[echo, "a b"], "true"]',
+        '    power_state: {mode: reboot}',
+        'r: {builder: cloud-init, image: x, ssh_user: root, domain: ""}',
+      ].join('\n') + '\n',
+    });
+    const { loadProfile } = await import('../../lib/config/profile.ts');
+    const { renderAnswer } = await import('../../lib/install/serve.ts');
+    const body = renderAnswer('/user-data', await loadProfile('c'), 'http://10.0.2.2:0')!.body;
+    const lines = body.split('\n').filter((l) => l && !l.startsWith('#'));
+    expect(body.startsWith('#cloud-config\n')).toBe(true);
+    const cfg = Object.fromEntries(lines.map((l) => [l.slice(0, l.indexOf(': ')), JSON.parse(l.slice(l.indexOf(': ') + 2))]));
+    expect(cfg.hostname).toBe('web');
+    expect(cfg.fqdn).toBe('web.local');
+    expect(cfg.runcmd).toEqual([['echo', 'a b'], 'true']);
+    expect(cfg.users).toEqual(['default', { name: 'ops' }, expect.objectContaining({ name: 'pim', sudo: 'ALL=(ALL) NOPASSWD:ALL', ssh_authorized_keys: ['ssh-ed25519 AAAA k1'], lock_passwd: false })]);
+    expect(cfg.packages).toEqual(['nginx']);
+    expect(cfg.power_state).toMatchObject({ mode: 'poweroff' }); // pim waits for it: the profile's reboot is overruled
+    const root = renderAnswer('/user-data', await loadProfile('r'), 'http://10.0.2.2:0')!.body;
+    expect(root).toContain('disable_root: false');
+    expect(root).toMatch(/^users: \["default",\{"name":"root","ssh_authorized_keys":\[\]\}\]$/m);
+    expect(root).not.toContain('fqdn');
+    // an installer profile still gets the autoinstall user-data
+    writeConfig({ 'profiles.d/u.yml': 'u: {distro: ubuntu, iso: x}\n' });
+    expect(renderAnswer('/user-data', await loadProfile('u'), 'http://h:1')!.body).toMatch(/^#cloud-config\n[\s\S]*^autoinstall:$/m);
+  });
+  it('attaches the seed as a read-only virtio disk after the boot disk, which keeps boot index 0', async () => {
+    const { buildQemuArgv } = await import('../../lib/qemu/argv.ts');
+    const a = buildQemuArgv({
+      name: 'b', accel: 'tcg', mem: '256M', cpus: 1, serial: 'socket', agent: false, net: { mode: 'none' }, daemonize: true, extra: [],
+      files: { qmp: '/r/q', ga: '/r/g', serial: '/r/s', pid: '/r/p', log: '/r/l' },
+      disk: { path: '/d/c.qcow2', format: 'qcow2', snapshot: false },
+      drives: [{ path: '/d/seed,1.iso', format: 'raw', readonly: true }],
+    }).join(' ');
+    expect(a).toContain('-drive file=/d/c.qcow2,format=qcow2,if=none,id=disk0 -device virtio-blk-pci,drive=disk0,bootindex=0');
+    // a comma in the path is escaped, as everywhere in QEMU's option syntax
+    expect(a).toContain('-drive file=/d/seed,,1.iso,format=raw,if=none,id=disk1,readonly=on -device virtio-blk-pci,drive=disk1 ');
+  });
+  it("reads cloud-init's result.json: errors fail with its words, no file means it never finished (65)", async () => {
+    const { checkCloudInit, sizeBytes } = await import('../../lib/build/cloud.ts');
+    const ok = JSON.stringify({ v1: { datasource: 'DataSourceNoCloud [seed=/dev/vdb]', errors: [] } });
+    await expect(checkCloudInit(async () => ({ code: 0, stdout: ok }))).resolves.toEqual({ datasource: 'DataSourceNoCloud [seed=/dev/vdb]' });
+    await expect(checkCloudInit(async () => ({ code: 0, stdout: JSON.stringify({ v1: { errors: ['a', 'b'] } }) }))).rejects.toMatchObject({ code: 65, message: 'cloud-init reported 2 errors: a; b' });
+    await expect(checkCloudInit(async () => ({ code: 1, stdout: '' }))).rejects.toMatchObject({ code: 65, message: expect.stringContaining('did not finish') });
+    await expect(checkCloudInit(async () => ({ code: 0, stdout: '{' }))).rejects.toMatchObject({ code: 65 });
+    expect([sizeBytes('8G'), sizeBytes('512m'), sizeBytes('1.5K'), sizeBytes('100')]).toEqual([8 * 2 ** 30, 512 * 2 ** 20, 1536, 100]);
+  });
+});
+
+describe('env_hook', () => {
+  const hook = (name: string, body: string, mode = 0o755) => {
+    writeConfig({ [`hooks.d/${name}`]: body });
+    fs.chmodSync(join(tmp, 'config/pim/hooks.d', name), mode);
+  };
+  it("sets each KEY=VALUE line it prints in vars, over the profile's own, with PIM_PROFILE and the config dir as cwd", async () => {
+    writeConfig({ 'profiles.d/t.yml': 'h: {env_hook: vars.sh, vars: {a: own, b: kept}}\n' });
+    hook('vars.sh', '#!/bin/sh\necho "# a comment"\necho "a=from the hook"\necho\necho "who=$PIM_PROFILE"\necho "here=$(basename "$PWD")"\necho "eq=x=y"\n');
+    const { loadProfile, withEnvHook } = await import('../../lib/config/profile.ts');
+    const p = await withEnvHook(await loadProfile('h'));
+    expect(p.value.vars).toEqual({ a: 'from the hook', b: 'kept', who: 'h', here: 'pim', eq: 'x=y' });
+    expect(p.origins['vars.a']).toBe('hooks.d/vars.sh (env_hook)');
+  });
+  it('is a config error (78) when it fails, prints a line that is not KEY=VALUE, is not executable, or is missing', async () => {
+    const { loadProfile, withEnvHook } = await import('../../lib/config/profile.ts');
+    writeConfig({ 'profiles.d/t.yml': 'f: {env_hook: fail.sh}\nb: {env_hook: bad.sh}\nx: {env_hook: noexec.sh}\nm: {env_hook: nope.sh}\n' });
+    hook('fail.sh', '#!/bin/sh\necho "no token" >&2\nexit 4\n');
+    hook('bad.sh', '#!/bin/sh\necho ok=1\necho "not a pair"\n');
+    hook('noexec.sh', '#!/bin/sh\necho a=1\n', 0o644);
+    await expect(withEnvHook(await loadProfile('f'))).rejects.toMatchObject({ code: 78, message: expect.stringMatching(/t\.yml:1: env_hook hooks\.d\/fail\.sh failed with status 4: no token$/) });
+    await expect(withEnvHook(await loadProfile('b'))).rejects.toMatchObject({ code: 78, message: 'hooks.d/bad.sh:stdout:2: env_hook lines are KEY=VALUE, not "not a pair"' });
+    await expect(withEnvHook(await loadProfile('x'))).rejects.toMatchObject({ code: 78, message: expect.stringContaining('is not executable') });
+    await expect(loadProfile('m')).rejects.toMatchObject({ code: 78, message: expect.stringContaining('hooks.d/nope.sh does not exist') });
+  });
+});
+
 /** A finished build in the registry, with a real (tiny) qcow2 image. */
 function fakeBuild(profile: string, key: string, created: string): BuildRecord {
   const dir = join(tmp, `stage-${key}`);

@@ -175,7 +175,8 @@ describe('pim-cp words', () => {
     expect(planCopy(['a', 'b', 'dev:/tmp/'])).toEqual({ direction: 'up', vm: 'dev', sources: ['a', 'b'], dest: '/tmp/' });
     expect(planCopy(['dev:/a', 'dev:/b', '.'])).toEqual({ direction: 'down', vm: 'dev', sources: ['/a', '/b'], dest: '.' });
     expect(code(() => planCopy(['a', 'b']))).toBe(64);
-    expect(code(() => planCopy(['dev:/a', 'web:/b']))).toBe(64);
+    expect(planCopy(['dev:/a', 'root@web:/b'])).toEqual({ direction: 'across', vm: 'dev', sources: ['/a'], dest: '/b', to: { vm: 'web', user: 'root' } });
+    expect(code(() => planCopy(['dev:/a', 'x', 'web:/b']))).toBe(64);
     expect(code(() => planCopy(['dev:/a', 'x', '.']))).toBe(64);
     expect(code(() => planCopy(['dev:/a', 'web:/b', '.']))).toBe(64);
     expect(code(() => planCopy(['x']))).toBe(64);

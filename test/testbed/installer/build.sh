@@ -26,6 +26,11 @@
 #                 reading autoinstall user-data (isolinux/ubuntu.cfg)
 #   di-real.iso   the real debian-installer's netboot kernel and initrd
 #                 as install.amd/vmlinuz and install.amd/initrd.gz (isolinux/di-real.cfg)
+#   cloud.qcow2   a "cloud image" for pim-build's builder: cloud-init: the
+#                 installed system below as if the installer had written it,
+#                 with no keys in it at all; the test bed's /init runs its
+#                 stand-in cloud-init, which applies a NoCloud seed labelled
+#                 cidata (../rootfs/usr/lib/pim-testbed/cloud-init)
 #   stamp, stamp-real   written last; the hash of the inputs of each
 #
 # What the fake installer writes on the disk (the "installed system"):
@@ -116,7 +121,7 @@ stamp_is() { # stamp-file hash outputs...
 hash=$(input_hash)
 rhash=$(real_hash)
 is_built() {
-	stamp_is stamp "$hash" di.iso ubuntu.iso || return 1
+	stamp_is stamp "$hash" di.iso ubuntu.iso cloud.qcow2 || return 1
 	[ "$real" = 0 ] && return 0
 	stamp_is stamp-real "$rhash" di-real.iso
 }
@@ -359,6 +364,26 @@ build_fake() {
 
 	make_iso di.iso PIM_DI "$tmp/iso-di" di install.amd/vmlinuz "$tb/vmlinuz" install.amd/initrd.gz "$tmp/initrd-debian"
 	make_iso ubuntu.iso PIM_UBUNTU "$tmp/iso-ubuntu" ubuntu casper/vmlinuz "$tb/vmlinuz" casper/initrd "$tmp/initrd-ubuntu"
+
+	# --- cloud.qcow2: the same layout as an installed disk, made here: the MBR,
+	# p1 the boot FAT, p2 an ext4 "pimroot" of the root tree (mke2fs -d fills it
+	# without a mount, at p2's offset in the image), 96 MiB in all.
+	local cloud=$tmp/cloud.img root_sectors=$((64 * 2048))
+	truncate -s $(((P2_START + root_sectors) * 512)) "$cloud"
+	dd if="$pl/pim/mbr.img" of="$cloud" bs=512 count=1 conv=notrunc status=none
+	sfdisk --quiet --no-reread --no-tell-kernel "$cloud" >/dev/null <<-EOF
+		label: dos
+		label-id: 0x70696d32
+		start=$BOOT_START, size=$BOOT_SECTORS, type=e, bootable
+		start=$P2_START, size=$root_sectors, type=83
+	EOF
+	gunzip -c "$pl/pim/boot.img.gz" | dd of="$cloud" bs=512 seek="$BOOT_START" conv=notrunc status=none
+	MKE2FS_CONFIG=$sys/etc/mke2fs.conf "$ld" --library-path "$libpath" "$mke2fs" -q -F -t ext4 -L pimroot \
+		-U 70696d00-636c-6f75-6400-000000000001 -E offset=$((P2_START * 512)) -d "$root" "$cloud" $((root_sectors / 2))k ||
+		die "mke2fs of the cloud image's root failed"
+	qemu-img convert -O qcow2 "$cloud" "$tmp/cloud.qcow2"
+	rm -f "$cloud"
+	log "cloud.qcow2 $(du -h "$tmp/cloud.qcow2" | cut -f1)"
 }
 
 # make_iso NAME VOLID TREE CFG PATH FILE PATH FILE: isolinux (BIOS El Torito,
@@ -407,10 +432,10 @@ build_real() {
 # ---------------------------------------------------------------------------
 # Build what is stale; move each set into place with its stamp last (the old
 # stamp goes first: an interrupted move leaves no stamp).
-if [ "$force" = 1 ] || ! stamp_is stamp "$hash" di.iso ubuntu.iso; then
+if [ "$force" = 1 ] || ! stamp_is stamp "$hash" di.iso ubuntu.iso cloud.qcow2; then
 	build_fake
 	rm -f "$out/stamp"
-	mv -f "$tmp/di.iso" "$tmp/ubuntu.iso" "$out/"
+	mv -f "$tmp/di.iso" "$tmp/ubuntu.iso" "$tmp/cloud.qcow2" "$out/"
 	{
 		printf 'hash=%s\n' "$hash"
 		printf 'built=%s\n' "$(date -u +%Y-%m-%dT%H:%M:%SZ)"
