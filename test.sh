@@ -29,7 +29,8 @@ check_tools() {
     # dpkg may record the path before /usr was merged (/bin/zsh for /usr/bin/zsh)
     owner=
     for p in "$path" "$(readlink -f "$path")" "${path#/usr}"; do
-      owner=$(dpkg -S "$p" 2>/dev/null) && break
+      # (dpkg -S lists diversions first: GNU parallel diverts moreutils' parallel)
+      owner=$(dpkg -S "$p" 2>/dev/null | grep -v '^diversion by' | head -n 1) && [ -n "$owner" ] && break
     done
     owner=${owner%%:*}
     if [ "$owner" = "$want" ]; then
