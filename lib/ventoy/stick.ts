@@ -141,6 +141,19 @@ function refuseMounted(name: string, dev: string): void {
 
 // ---------------------------------------------------------------- open and close
 
+/**
+ * After `losetup -d`: wait (at most 10 s) until the kernel has let the loop
+ * device go. A FUSE daemon (exfat-fuse) may still hold it for a moment after
+ * umount returns, and the detach is then deferred (autoclear) until it closes
+ * the device with its last writes; the next command on the same image must
+ * see them. sysfs has no event for this, so it is polled.
+ */
+async function released(loop: string): Promise<void> {
+  const bound = `/sys/block/${basename(loop)}/loop/backing_file`;
+  for (let i = 0; i < 200 && fs.existsSync(bound); i++) await new Promise((r) => setTimeout(r, 50));
+  if (fs.existsSync(bound)) log.warn(`${loop} is still in use 10 s after it was detached; it goes when its last user closes it`);
+}
+
 export interface OpenStick {
   stick: Stick;
   /** the block device: the stick's own, or the loop device pim set up for an image */
@@ -187,7 +200,7 @@ export async function openStick(given: string | undefined, signal?: AbortSignal)
       if (loop) {
         const l = loop;
         loop = null;
-        await asRoot(`detach ${l}`, 'losetup', ['-d', l]).catch((e: Error) => log.warn(e.message));
+        await asRoot(`detach ${l}`, 'losetup', ['-d', l]).then(() => released(l), (e: Error) => log.warn(e.message));
       }
       await lock.release();
     }

@@ -61,6 +61,8 @@ attach() {
 detach() {
   grep -qx "$1" "$PIM_TMP/loops" 2>/dev/null || return 0
   losetup -d "$1" 2>/dev/null || true
+  # a FUSE daemon may hold it a moment after umount (the detach waits for it, with its last writes)
+  for _ in $(seq 200); do [ -e "/sys/block/${1#/dev/}/loop/backing_file" ] || break; sleep 0.05; done
   grep -vx "$1" "$PIM_TMP/loops" >"$PIM_TMP/loops.new" || true
   mv "$PIM_TMP/loops.new" "$PIM_TMP/loops"
 }
@@ -224,7 +226,7 @@ clean_after() {
   run --separate-stderr pim-ventoy verify --stick "$STICK"
   [ "$status" -eq 0 ]
   [[ "$output" =~ ^/small.iso$'\t'ok$'\t'[0-9a-f]{64}$ ]]
-  corrupt() { printf 'X' | dd of="$MNT/small.iso" bs=1 seek=1000000 conv=notrunc status=none; }
+  corrupt() { printf 'X' | dd of="$MNT/small.iso" bs=1 seek=1000000 conv=notrunc,fsync status=none; }
   on "$STICK" corrupt
   run --separate-stderr pim-ventoy verify --stick "$STICK" --json
   [ "$status" -eq 65 ]
