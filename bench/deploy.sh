@@ -19,8 +19,7 @@ default: {type: libvirt, virt_type: qemu, network: user, pool: pimt, pool_path: 
 loc: {uri: "$(lv_uri "$tmp")"}
 rem: {uri: "qemu+ssh://root@127.0.0.1:$SSHD_PORT/system?socket=$tmp/lv/libvirt-sock"}
 EOF
-# register FILE as a build of PROFILE (deploy.bats's register, by its own definition)
-eval "$(sed -n '/^register() {/,/^}/p' test/bats/deploy.bats)"
+source test/bats/deploy.bash
 b1=$(register bench one "$testbed/guest-full.qcow2")
 # 1. the no-op
 pim-deploy "$b1" loc >/dev/null

@@ -1,0 +1,130 @@
+#!/usr/bin/env bats
+# pim-deploy to Proxmox VE, against a stand-in: Proxmox cannot run here, so the
+# client talks to test/fixtures/pve/replay.mjs, a real HTTPS server (a certificate
+# made here by openssl, pinned by its fingerprint) that replays a transcript of
+# PVE API requests and answers (test/fixtures/pve/*.json, written from PVE's API
+# reference, not recorded from a real PVE) in order, and answers 599 to anything
+# else. Each test checks the server's log: every request matched (method, path,
+# the exact form or multipart fields, the token) and the transcript used up.
+load helper
+load deploy
+
+setup_file() {
+  pim_isolate
+  command -v openssl >/dev/null || skip "openssl is not installed"
+  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 -subj /CN=127.0.0.1 \
+    -keyout "$PIM_TMP/key.pem" -out "$PIM_TMP/cert.pem" 2>/dev/null
+  qemu-img create -q -f qcow2 "$PIM_TMP/web.qcow2" 64M
+  B1=$(register web one "$PIM_TMP/web.qcow2")
+  printf 'B1=%s\n' "$B1" >"$PIM_TMP/builds"
+}
+
+teardown_file() {
+  [ -n "${PIM_TMP:-}" ] && rm -rf "$PIM_TMP"
+}
+
+setup() {
+  # shellcheck disable=SC1091
+  . "$PIM_TMP/builds"
+  export PIM_PVE_TOKEN='root@pam!pim=6b0e4b57-3f5c-4a0e-9d3e-0c1e8e2c1f00'
+  FP=$(openssl x509 -in "$PIM_TMP/cert.pem" -noout -fingerprint -sha256 | cut -d= -f2)
+  SHA=$(sha256sum "$PIM_TMP/web.qcow2" | cut -c1-64)
+  VOLUME="web-${SHA:0:12}.qcow2"
+}
+
+teardown() {
+  pve_down
+}
+
+# pve_up SCENARIO [FINGERPRINT]: the stand-in replaying test/fixtures/pve/SCENARIO.json,
+# and target pve pointing at it (pinned to FINGERPRINT, default the right one)
+pve_up() {
+  local key port
+  LOG="$PIM_TMP/$1.log"
+  key=$(jq -r .key "$XDG_DATA_HOME/pim/builds/$B1/build.json")
+  : >"$LOG"
+  node "$REPO/test/fixtures/pve/replay.mjs" --transcript "$REPO/test/fixtures/pve/$1.json" \
+    --cert "$PIM_TMP/cert.pem" --key "$PIM_TMP/key.pem" --log "$LOG" --token "$PIM_PVE_TOKEN" \
+    --var "SHA256=$SHA" --var "VOLUME=$VOLUME" --var "SIZE=$(stat -c %s "$PIM_TMP/web.qcow2")" --var "BUILD=$B1" --var "KEY=$key" \
+    >"$PIM_TMP/port" 3>&- &
+  REPLAY_PID=$!
+  for _ in $(seq 100); do [ -s "$PIM_TMP/port" ] && break; sleep 0.05; done
+  port=$(cat "$PIM_TMP/port")
+  mkdir -p "$XDG_CONFIG_HOME/pim/targets.d"
+  printf 'pve: {type: proxmox, api: "https://127.0.0.1:%s", node: pve1, token_env: PIM_PVE_TOKEN, storage: local-lvm, import_storage: local, fingerprint: "%s", health_timeout: 10}\n' \
+    "$port" "${2:-$FP}" >"$XDG_CONFIG_HOME/pim/targets.d/pve.yml"
+}
+
+pve_down() {
+  [ -n "${REPLAY_PID:-}" ] && kill "$REPLAY_PID" 2>/dev/null
+  REPLAY_PID=
+  rm -f "$PIM_TMP/port"
+}
+
+# every request matched, and the transcript was used up
+all_matched() {
+  ! grep '"matched":false' "$LOG"
+  [ "$(tail -1 "$LOG" | jq .left)" = 0 ]
+}
+
+@test "proxmox: a dry run plans, then a fresh deploy uploads with its sha256, follows the tasks and creates the VM with import-from" {
+  pve_up fresh
+  run --separate-stderr pim-deploy "$B1" pve --dry-run
+  [ "$status" -eq 0 ]
+  [[ "$output" == *$'web\tupload\tupload\tlocal:import/'"$VOLUME"* ]]
+  [[ "$output" == *$'web\tdomain\tdefine\tweb (vmid next free)'* ]]
+  run --separate-stderr pim-deploy "$B1" pve
+  [ "$status" -eq 0 ]
+  [[ "$output" == "$(printf 'web\tpve\t%s\t%s\tuploaded\tdefined\t' "$B1" "$VOLUME")"* ]]
+  all_matched
+  [[ "$stderr" != *6b0e4b57* ]] # the token is never printed
+  # what the client sent, as the server read it (the transcript holds the exact fields too)
+  up=$(grep '/upload"' "$LOG" | jq -c .multipart)
+  [ "$up" = "$(jq -nc --arg s "$SHA" --arg v "$VOLUME" --arg n "$(stat -c %s "$PIM_TMP/web.qcow2")" \
+    '{content: "import", "checksum-algorithm": "sha256", checksum: $s, filename: "\($v) \($n) bytes sha256 \($s)"}')" ]
+  [ "$(grep '"method":"POST","path":"/api2/json/nodes/pve1/qemu"' "$LOG" | jq -r .form.scsi0)" = "local-lvm:0,import-from=local:import/$VOLUME" ]
+  [ "$(grep -c '/tasks/' "$LOG")" = 4 ] # the upload polled twice, create and start once
+}
+
+@test "proxmox: the same build again is a no-op (no upload, no create), and list reads pim's record from the description" {
+  pve_up noop
+  run --separate-stderr pim-deploy "$B1" pve
+  [ "$status" -eq 0 ]
+  [[ "$output" == *$'\tskipped\tkept\t'* ]]
+  run --separate-stderr pim-deploy list pve
+  [ "$status" -eq 0 ]
+  [ "$output" = "$(printf 'web\t%s\tweb\t%s\trunning' "$B1" "$VOLUME")" ]
+  all_matched
+  ! grep -q '"method":"POST"' "$LOG"
+}
+
+@test "proxmox: an upload task that fails PVE's checksum check is 65 and nothing is created" {
+  pve_up failed-upload
+  run --separate-stderr pim-deploy "$B1" pve
+  [ "$status" -eq 65 ]
+  [[ "$stderr" == *"checksum mismatch"*"nothing was created"* ]]
+  all_matched
+  ! grep '"method":"POST","path":"/api2/json/nodes/pve1/qemu"' "$LOG"
+}
+
+@test "proxmox: refused before any request: a wrong certificate fingerprint (69), a missing token variable (77); PVE 8.2 is 69" {
+  pve_up fresh "$(printf '%064d' 0)"
+  run --separate-stderr pim-deploy "$B1" pve
+  [ "$status" -eq 69 ]
+  [[ "$stderr" == *"not the pinned"*"refusing to send the token"* ]]
+  [ ! -s "$LOG" ] # no request reached the server
+  pve_down
+  pve_up fresh
+  unset PIM_PVE_TOKEN
+  run --separate-stderr pim-deploy "$B1" pve
+  [ "$status" -eq 77 ]
+  [[ "$stderr" == *"PIM_PVE_TOKEN (token_env) is not set"* ]]
+  [ ! -s "$LOG" ]
+  pve_down
+  export PIM_PVE_TOKEN='root@pam!pim=6b0e4b57-3f5c-4a0e-9d3e-0c1e8e2c1f00'
+  pve_up old-version
+  run --separate-stderr pim-deploy "$B1" pve
+  [ "$status" -eq 69 ]
+  [[ "$stderr" == *"Proxmox VE 8.2.7"*"8.3 or newer"* ]]
+  all_matched
+}
