@@ -4,6 +4,7 @@ import { normFingerprint, parseHealth } from '../../lib/deploy/targets.ts';
 import { metaLine, metaOfDescription, versionAtLeast, vmParams } from '../../lib/deploy/proxmox.ts';
 import { parseUri, quoteVirsh, sshArgv } from '../../lib/deploy/virsh.ts';
 import { volumeName, volumeRe } from '../../lib/deploy/source.ts';
+import { receiveThrough, sendThrough } from '../../lib/deploy/stream.ts';
 import type { BuildRecord } from '../../lib/image/registry.ts';
 import type { LibvirtTarget } from '../../lib/deploy/targets.ts';
 
@@ -92,5 +93,28 @@ describe('Proxmox', () => {
     const p = vmParams(src, t, meta, `keep this\n${metaLine({ ...meta, sha256: 'b'.repeat(64) })}`);
     expect(p).toMatchObject({ memory: '2048', cores: '4', bios: 'ovmf', efidisk0: 'local-lvm:1,efitype=4m,pre-enrolled-keys=0', sata0: 'local-lvm:0,import-from=local:import/web-aaaaaaaaaaaa.qcow2', boot: 'order=sata0', net0: 'e1000,bridge=vmbr1', agent: '1' });
     expect(p.description).toBe(`keep this\n${metaLine(meta)}`);
+  });
+});
+
+describe('FIFO streams (the upload on a terminal, the download of a far volume)', () => {
+  it('sends a file through a FIFO to a reader, hashing it, and does not hang when the reader fails before opening it', async () => {
+    const { mkdtempSync, readFileSync, rmSync, writeFileSync } = await import('node:fs');
+    const { tmpdir } = await import('node:os');
+    const { join } = await import('node:path');
+    const { createHash } = await import('node:crypto');
+    const { run } = await import('../../lib/core/run.ts');
+    const dir = mkdtempSync(join(tmpdir(), 'pimt-'));
+    const src = join(dir, 'src');
+    const data = Buffer.alloc(20 << 20, 7);
+    data.write('pim', 12345);
+    writeFileSync(src, data);
+    const sha = createHash('sha256').update(data).digest('hex');
+    let seen = 0;
+    expect(await sendThrough(src, (fifo) => run('cp', [fifo, join(dir, 'out')]), (n) => (seen = n))).toBe(sha);
+    expect(seen).toBe(data.length);
+    expect(readFileSync(join(dir, 'out')).equals(data)).toBe(true);
+    await expect(sendThrough(src, () => Promise.reject(new Error('virsh failed')))).rejects.toThrow('virsh failed');
+    expect(await receiveThrough((fifo) => run('cp', [src, fifo]))).toBe(sha);
+    rmSync(dir, { recursive: true, force: true });
   });
 });
