@@ -284,7 +284,7 @@ export async function deployLibvirt(src: Source, t: LibvirtTarget, o: DeployOpts
     const timeoutS = o.healthTimeoutS ?? t.healthTimeoutS;
     const ok = def!.ok && sta!.ok && (await healthy(v, t, name, timeoutS, serialLog, o.signal));
     if (!ok) {
-      const why = !def!.ok ? `define failed: ${def!.err}` : !sta!.ok ? `start failed: ${sta!.err}` : `no ${t.health.kind} health within ${timeoutS} s`;
+      const why = (!def!.ok ? `define failed: ${def!.err}` : !sta!.ok ? `start failed: ${sta!.err}` : `no ${t.health.kind} health within ${timeoutS} s`).replace(/\n/g, '; ');
       if (oldFile) {
         log.warn(`${t.name}: ${name} on ${src.build.id}: ${why}; restoring the previous definition (${d!.meta?.build ?? 'not a pim build'})`);
         const back = await v.batch([['destroy', name], ['define', oldFile], ...(running ? [['start', name]] : [])], { signal: o.signal });
