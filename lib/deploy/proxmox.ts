@@ -66,26 +66,31 @@ export function versionAtLeast(v: string, want: readonly [number, number]): bool
 
 const DISK_KEY: Record<string, string> = { virtio: 'scsi0', scsi: 'scsi0', sata: 'sata0', ide: 'ide0' };
 
-/** The VM's settings for POST /nodes/N/qemu or .../config: the build's recorded ones with the target's overrides. */
-export function vmParams(src: Source, t: ProxmoxTarget, meta: PveMeta, description: string | null): Record<string, string> {
+/**
+ * The VM's settings for POST /nodes/N/qemu or .../config: the build's recorded ones with
+ * the target's overrides. An existing VM (its config) keeps its MAC address, its EFI disk
+ * and the user's own lines of its description.
+ */
+export function vmParams(src: Source, t: ProxmoxTarget, meta: PveMeta, had: Record<string, string> | null): Record<string, string> {
   const s = src.build.settings;
   const o = t.overrides;
   const disk = DISK_KEY[o.disk_bus ?? s.disk_bus] ?? 'scsi0';
   const uefi = s.firmware === 'uefi';
   const net = s.net === 'virtio-net' || s.net === 'virtio-net-pci' || s.net === 'virtio' ? 'virtio' : s.net;
+  const mac = had?.net0?.startsWith(`${net}=`) ? /^[^=]+=([0-9A-Fa-f:]{17})/.exec(had.net0)?.[1] : undefined;
   // a description of the user's own is kept; pim's line is replaced
-  const own = (description ?? '').split('\n').filter((l) => !l.startsWith('pim-deploy: ')).join('\n').trim();
+  const own = (had?.description ?? '').split('\n').filter((l) => !l.startsWith('pim-deploy: ')).join('\n').trim();
   return {
     name: src.name,
     memory: String(Math.round(memKiB(o.mem ?? s.mem) / 1024)),
     cores: String(o.cpus ?? s.cpus),
     machine: o.machine ?? s.machine ?? 'q35',
     bios: uefi ? 'ovmf' : 'seabios',
-    ...(uefi ? { efidisk0: `${t.storage}:1,efitype=4m,pre-enrolled-keys=0` } : {}),
+    ...(uefi && !had?.efidisk0 ? { efidisk0: `${t.storage}:1,efitype=4m,pre-enrolled-keys=0` } : {}),
     scsihw: 'virtio-scsi-single',
     [disk]: `${t.storage}:0,import-from=${t.importStorage}:import/${src.volume}`,
     boot: `order=${disk}`,
-    net0: `${net},bridge=${t.bridge}`,
+    net0: `${mac ? `${net}=${mac}` : net},bridge=${t.bridge}`,
     agent: '1',
     ostype: 'l26',
     description: own ? `${own}\n${metaLine(meta)}` : metaLine(meta),
@@ -290,7 +295,7 @@ export async function deployProxmox(src: Source, t: ProxmoxTarget, o: DeployOpts
   const meta: PveMeta = { build: src.build.id, key: src.build.key, profile: src.build.profile, volume: src.volume, sha256: src.sha256 };
   let vmid = vm ? Number(vm.vmid) : t.vmid;
   if (!same) {
-    const params = vmParams(src, t, meta, config?.description ?? null);
+    const params = vmParams(src, t, meta, config);
     if (!vm) {
       vmid ??= Number(await api.get<string>('/cluster/nextid', o.signal));
       await api.task('POST', `${node}/qemu`, { vmid: String(vmid), ...params }, `creating VM ${vmid} (${src.name})`, o.signal);
@@ -311,7 +316,7 @@ export async function deployProxmox(src: Source, t: ProxmoxTarget, o: DeployOpts
   }
   const removed: string[] = [];
   for (const f of doomed) {
-    await api.call('DELETE', `${node}/storage/${enc(t.importStorage)}/content/${enc(f.volid)}`, { signal: o.signal });
+    await api.task('DELETE', `${node}/storage/${enc(t.importStorage)}/content/${enc(f.volid)}`, undefined, `deleting ${f.volid}`, o.signal);
     removed.push(f.volid);
   }
   log.debug(`${t.name}: ${api.calls} API requests`);

@@ -15,8 +15,10 @@ setup_file() {
   openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 -subj /CN=127.0.0.1 \
     -keyout "$PIM_TMP/key.pem" -out "$PIM_TMP/cert.pem" 2>/dev/null
   qemu-img create -q -f qcow2 "$PIM_TMP/web.qcow2" 64M
+  qemu-img create -q -f qcow2 "$PIM_TMP/two.qcow2" 32M
   B1=$(register web one "$PIM_TMP/web.qcow2")
-  printf 'B1=%s\n' "$B1" >"$PIM_TMP/builds"
+  B2=$(register web two "$PIM_TMP/two.qcow2")
+  printf 'B1=%s\nB2=%s\n' "$B1" "$B2" >"$PIM_TMP/builds"
 }
 
 teardown_file() {
@@ -36,16 +38,25 @@ teardown() {
   pve_down
 }
 
+# vars N BUILD: the server's --var words for BUILD (names suffixed with N)
+vars() {
+  local b=$2 img sha
+  img="$XDG_DATA_HOME/pim/builds/$b/web.qcow2"
+  sha=$(sha256sum "$img" | cut -c1-64)
+  printf -- '--var\n%s\n' "SHA256$1=$sha" "VOLUME$1=web-${sha:0:12}.qcow2" "SIZE$1=$(stat -c %s "$img")" "BUILD$1=$b" \
+    "KEY$1=$(jq -r .key "$XDG_DATA_HOME/pim/builds/$b/build.json")"
+}
+
 # pve_up SCENARIO [FINGERPRINT]: the stand-in replaying test/fixtures/pve/SCENARIO.json,
 # and target pve pointing at it (pinned to FINGERPRINT, default the right one)
 pve_up() {
-  local key port
+  local port
+  local -a v
   LOG="$PIM_TMP/$1.log"
-  key=$(jq -r .key "$XDG_DATA_HOME/pim/builds/$B1/build.json")
   : >"$LOG"
+  mapfile -t v < <(vars "" "$B1"; vars _2 "$B2")
   node "$REPO/test/fixtures/pve/replay.mjs" --transcript "$REPO/test/fixtures/pve/$1.json" \
-    --cert "$PIM_TMP/cert.pem" --key "$PIM_TMP/key.pem" --log "$LOG" --token "$PIM_PVE_TOKEN" \
-    --var "SHA256=$SHA" --var "VOLUME=$VOLUME" --var "SIZE=$(stat -c %s "$PIM_TMP/web.qcow2")" --var "BUILD=$B1" --var "KEY=$key" \
+    --cert "$PIM_TMP/cert.pem" --key "$PIM_TMP/key.pem" --log "$LOG" --token "$PIM_PVE_TOKEN" "${v[@]}" \
     >"$PIM_TMP/port" 3>&- &
   REPLAY_PID=$!
   for _ in $(seq 100); do [ -s "$PIM_TMP/port" ] && break; sleep 0.05; done
@@ -96,6 +107,15 @@ all_matched() {
   [ "$output" = "$(printf 'web\t%s\tweb\t%s\trunning' "$B1" "$VOLUME")" ]
   all_matched
   ! grep -q '"method":"POST"' "$LOG"
+}
+
+@test "proxmox: another build is an upgrade: shut down, the new disk by import-from (MAC and the user's description kept), started; the oldest import file goes" {
+  pve_up upgrade
+  run --separate-stderr pim-deploy "$B2" pve --json
+  [ "$status" -eq 0 ]
+  [ "$(jq -r '[.upload, .domain, (.removed | join(" "))] | join(" ")' <<<"$output")" = "uploaded upgraded local:import/web-000000000000.qcow2" ]
+  all_matched
+  [ "$(grep '"path":"/api2/json/nodes/pve1/qemu/101/config"' "$LOG" | grep POST | jq -r .form.net0)" = "virtio=BC:24:11:5E:3A:01,bridge=vmbr0" ]
 }
 
 @test "proxmox: an upload task that fails PVE's checksum check is 65 and nothing is created" {

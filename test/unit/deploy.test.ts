@@ -90,9 +90,11 @@ describe('Proxmox', () => {
       build: { id: meta.build, key: meta.key, profile: 'web', settings: { mem: '2G', cpus: 2, firmware: 'uefi', machine: 'q35', disk_bus: 'sata', net: 'e1000', ssh_user: 'root' } },
     } as unknown as Parameters<typeof vmParams>[0];
     const t = { storage: 'local-lvm', importStorage: 'local', bridge: 'vmbr1', overrides: { cpus: 4 } } as unknown as Parameters<typeof vmParams>[1];
-    const p = vmParams(src, t, meta, `keep this\n${metaLine({ ...meta, sha256: 'b'.repeat(64) })}`);
-    expect(p).toMatchObject({ memory: '2048', cores: '4', bios: 'ovmf', efidisk0: 'local-lvm:1,efitype=4m,pre-enrolled-keys=0', sata0: 'local-lvm:0,import-from=local:import/web-aaaaaaaaaaaa.qcow2', boot: 'order=sata0', net0: 'e1000,bridge=vmbr1', agent: '1' });
+    const p = vmParams(src, t, meta, { description: `keep this\n${metaLine({ ...meta, sha256: 'b'.repeat(64) })}`, net0: 'e1000=BC:24:11:5E:3A:01,bridge=vmbr0' });
+    expect(p).toMatchObject({ memory: '2048', cores: '4', bios: 'ovmf', efidisk0: 'local-lvm:1,efitype=4m,pre-enrolled-keys=0', sata0: 'local-lvm:0,import-from=local:import/web-aaaaaaaaaaaa.qcow2', boot: 'order=sata0', net0: 'e1000=BC:24:11:5E:3A:01,bridge=vmbr1', agent: '1' });
     expect(p.description).toBe(`keep this\n${metaLine(meta)}`);
+    expect(vmParams(src, t, meta, { efidisk0: 'local-lvm:vm-101-disk-1,efitype=4m,size=4M' }).efidisk0).toBeUndefined(); // its EFI vars kept
+    expect(vmParams(src, t, meta, null).net0).toBe('e1000,bridge=vmbr1');
   });
 });
 
