@@ -48,7 +48,7 @@ vars() {
 }
 
 # pve_up SCENARIO [FINGERPRINT]: the stand-in replaying test/fixtures/pve/SCENARIO.json,
-# and target pve pointing at it (pinned to FINGERPRINT, default the right one)
+# and target pve pointing at it (pinned to FINGERPRINT, default the right one; none: no fingerprint:)
 pve_up() {
   local port
   local -a v
@@ -62,8 +62,8 @@ pve_up() {
   for _ in $(seq 100); do [ -s "$PIM_TMP/port" ] && break; sleep 0.05; done
   port=$(cat "$PIM_TMP/port")
   mkdir -p "$XDG_CONFIG_HOME/pim/targets.d"
-  printf 'pve: {type: proxmox, api: "https://127.0.0.1:%s", node: pve1, token_env: PIM_PVE_TOKEN, storage: local-lvm, import_storage: local, fingerprint: "%s", health_timeout: 10}\n' \
-    "$port" "${2:-$FP}" >"$XDG_CONFIG_HOME/pim/targets.d/pve.yml"
+  printf 'pve: {type: proxmox, api: "https://127.0.0.1:%s", node: pve1, token_env: PIM_PVE_TOKEN, storage: local-lvm, import_storage: local%s, health_timeout: 10}\n' \
+    "$port" "$([ "${2:-}" = none ] || echo ", fingerprint: \"${2:-$FP}\"")" >"$XDG_CONFIG_HOME/pim/targets.d/pve.yml"
 }
 
 pve_down() {
@@ -127,12 +127,18 @@ all_matched() {
   ! grep '"method":"POST","path":"/api2/json/nodes/pve1/qemu"' "$LOG"
 }
 
-@test "proxmox: refused before any request: a wrong certificate fingerprint (69), a missing token variable (77); PVE 8.2 is 69" {
+@test "proxmox: refused before any request: a wrong certificate fingerprint or an unpinned self-signed one (69), a missing token variable (77); PVE 8.2 is 69" {
   pve_up fresh "$(printf '%064d' 0)"
   run --separate-stderr pim-deploy "$B1" pve
   [ "$status" -eq 69 ]
   [[ "$stderr" == *"not the pinned"*"refusing to send the token"* ]]
   [ ! -s "$LOG" ] # no request reached the server
+  pve_down
+  pve_up fresh none # a self-signed certificate, not pinned
+  run --separate-stderr pim-deploy "$B1" pve
+  [ "$status" -eq 69 ]
+  [[ "$stderr" == *"is not trusted"*"pin it with fingerprint:"*"or set insecure: true"* ]]
+  [ ! -s "$LOG" ]
   pve_down
   pve_up fresh
   unset PIM_PVE_TOKEN
