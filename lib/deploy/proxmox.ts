@@ -6,8 +6,11 @@
  * (`fingerprint:`, what `pvenode cert info` shows) or say `insecure: true`.
  *
  *   1. GET /version: 8.3 or newer can take a disk image as storage content
- *      `import`; an older PVE is refused (69: copying over SSH and `qm disk
- *      import` is not done);
+ *      `import`. An older PVE needs `ssh: root@NODE`: the image is copied to
+ *      the node's ${TMPDIR:-/var/tmp}/pim (scp), verified there with
+ *      sha256sum, then `qm disk import` and `qm set` attach it to the VM the
+ *      API made without a disk, and pim's record is written last; without
+ *      ssh: it is refused (69);
  *   2. the VM of the name (GET /nodes/N/qemu, then its config: pim's record
  *      is a line of its description) and the storage's import content;
  *   3. the image goes up as `<name>-<sha12>.qcow2` (POST .../upload, multipart,
@@ -246,19 +249,21 @@ export async function deployProxmox(src: Source, t: ProxmoxTarget, o: DeployOpts
   const api = new Pve(t);
   const node = `/nodes/${enc(t.node)}`;
   const ver = await api.get<{ version: string }>('/version', o.signal);
-  if (!versionAtLeast(ver.version, IMPORT_SINCE))
-    throw new PimError(EXIT.UNAVAILABLE, `${t.name}: ${t.api} runs Proxmox VE ${ver.version}; pim-deploy uploads disk images as storage content "import", which needs 8.3 or newer: upgrade PVE (copying over SSH with qm disk import is not done yet)`);
+  const viaSsh = !versionAtLeast(ver.version, IMPORT_SINCE);
+  if (viaSsh && !t.ssh)
+    throw new PimError(EXIT.UNAVAILABLE, `${t.name}: ${t.api} runs Proxmox VE ${ver.version}, older than 8.3 (no storage content "import"): set ssh: root@${t.node} in the target to copy the image over SSH and import it with qm disk import, or upgrade PVE`);
 
   const vms = await api.get<VmEntry[]>(`${node}/qemu`, o.signal);
   const vm = vms.find((x) => x.name === src.name && (t.vmid === null || Number(x.vmid) === t.vmid)) ?? null;
   if (!vm && t.vmid !== null && vms.some((x) => Number(x.vmid) === t.vmid)) throw new PimError(EXIT.CANTCREAT, `${t.name}: VM ${t.vmid} on ${t.node} is not named ${src.name}: pick another vmid: or --name`);
   const config = vm ? await api.get<Record<string, string>>(`${node}/qemu/${vm.vmid}/config`, o.signal) : null;
   const had = metaOfDescription(config?.description);
-  const files = await api.get<ImportFile[]>(`${node}/storage/${enc(t.importStorage)}/content?content=import`, o.signal);
-  const importVol = `${t.importStorage}:import/${src.volume}`;
-
   const same = had !== null && had.sha256 === src.sha256;
-  const upload = !same && !files.some((f) => f.volid === importVol);
+  // the images there: the storage's import content, or (before 8.3) the node's copies, over SSH
+  const far = viaSsh ? await nodeCopies(t, src, o.signal) : null;
+  const files = far ? far.files : await api.get<ImportFile[]>(`${node}/storage/${enc(t.importStorage)}/content?content=import`, o.signal);
+  const importVol = far ? `${far.dir}/${src.volume}` : `${t.importStorage}:import/${src.volume}`;
+  const upload = !same && !(far ? far.verified : files.some((f) => f.volid === importVol));
   const running = vm?.status === 'running';
   const plan: Step[] = [{ step: 'upload', action: upload ? 'upload' : 'skip', detail: `${importVol} (${src.size} bytes, sha256 ${src.sha256.slice(0, 12)})` }];
   const domain: Outcome['domain'] = !vm ? 'defined' : same ? 'kept' : 'upgraded';
@@ -267,13 +272,14 @@ export async function deployProxmox(src: Source, t: ProxmoxTarget, o: DeployOpts
   const timeoutS = o.healthTimeoutS ?? t.healthTimeoutS;
   if (start) plan.push({ step: 'start', action: 'start', detail: src.name }, { step: 'health', action: 'agent', detail: `${timeoutS} s` });
   const owned = volumeRe(src.name);
-  const old = files.filter((f) => f.volid !== importVol && owned.test(f.volid.replace(/^[^:]+:import\//, ''))).sort((a, b) => (b.ctime ?? 0) - (a.ctime ?? 0));
+  const old = files.filter((f) => f.volid !== importVol && owned.test(baseName(f.volid))).sort((a, b) => (b.ctime ?? 0) - (a.ctime ?? 0));
   const doomed = old.slice(Math.max(0, o.keep - 1));
   if (doomed.length) plan.push({ step: 'gc', action: 'delete', detail: doomed.map((f) => f.volid).join(' ') });
   const outcome = (removed: string[]): Outcome => ({ plan, upload: upload ? 'uploaded' : 'skipped', domain, started: start, removed });
   if (o.dryRun) return outcome([]);
 
-  if (upload) {
+  if (upload && far) await copyToNode(t, src, far.dir, o.signal);
+  else if (upload) {
     const { progressReporter } = await import('../install/download.ts');
     const bar = process.stderr.isTTY ? progressReporter(`${t.name}: ${src.volume}`) : null;
     let upid: unknown;
@@ -296,12 +302,21 @@ export async function deployProxmox(src: Source, t: ProxmoxTarget, o: DeployOpts
   let vmid = vm ? Number(vm.vmid) : t.vmid;
   if (!same) {
     const params = vmParams(src, t, meta, config);
+    const disk = Object.keys(params).find((k) => /^(scsi|sata|ide)0$/.test(k))!;
+    // before 8.3 the disk is imported over SSH, and pim's record goes last, once the VM has it
+    const later = far ? { [disk]: params[disk]!, boot: params.boot!, description: params.description! } : null;
+    if (later) for (const k of Object.keys(later)) delete params[k];
     if (!vm) {
       vmid ??= Number(await api.get<string>('/cluster/nextid', o.signal));
       await api.task('POST', `${node}/qemu`, { vmid: String(vmid), ...params }, `creating VM ${vmid} (${src.name})`, o.signal);
     } else {
       if (running || vm.status === 'paused') await api.task('POST', `${node}/qemu/${vmid}/status/shutdown`, { timeout: String(t.shutdownTimeoutS), forceStop: '1' }, `shutting ${src.name} (vmid ${vmid}) down`, o.signal);
       await api.task('POST', `${node}/qemu/${vmid}/config`, params, `giving ${src.name} (vmid ${vmid}) the new disk`, o.signal);
+    }
+    if (later && far) {
+      const vol = await qmImport(t, vmid!, importVol, o.signal);
+      await nodeRun(t, ['qm', 'set', String(vmid), `--${disk}`, vol, '--boot', later.boot], `attaching ${vol} to VM ${vmid}`, o.signal);
+      await api.task('POST', `${node}/qemu/${vmid}/config`, { description: later.description }, `recording ${src.build.id} in VM ${vmid}'s description`, o.signal);
     }
   }
   if (start) {
@@ -315,12 +330,51 @@ export async function deployProxmox(src: Source, t: ProxmoxTarget, o: DeployOpts
     }
   }
   const removed: string[] = [];
-  for (const f of doomed) {
+  if (far && doomed.length) await nodeRun(t, ['rm', '-f', '--', ...doomed.map((f) => f.volid)], 'deleting old copies', o.signal);
+  else for (const f of doomed) {
     await api.task('DELETE', `${node}/storage/${enc(t.importStorage)}/content/${enc(f.volid)}`, undefined, `deleting ${f.volid}`, o.signal);
     removed.push(f.volid);
   }
   log.debug(`${t.name}: ${api.calls} API requests`);
   return outcome(removed);
+}
+
+const baseName = (volid: string) => volid.slice(volid.lastIndexOf('/') + 1);
+
+/** PVE before 8.3: the node is reached over SSH (ssh:), argv words quoted for its shell. */
+async function nodeRun(t: ProxmoxTarget, argv: string[], what: string, signal?: AbortSignal): Promise<string> {
+  const { run } = await import('../core/run.ts');
+  const { quoteSh } = await import('./virsh.ts');
+  const r = await run('ssh', ['-o', 'BatchMode=yes', '-T', '--', t.ssh!, argv.map(quoteSh).join(' ')], { signal, hint: 'install openssh-client' });
+  if (r.code === 255) throw new PimError(EXIT.UNAVAILABLE, `${t.name}: cannot reach ${t.ssh} over ssh: ${r.stderr.trim().split('\n').pop()}`);
+  if (r.code !== 0) throw new PimError(EXIT.UNAVAILABLE, `${t.name}: ${what} on ${t.ssh} failed: ${r.stderr.trim().split('\n').pop() ?? `exit status ${r.code}`}`);
+  return r.stdout;
+}
+
+/** The node's copies (in ${TMPDIR:-/var/tmp}/pim), and whether the build's is there and checks out. */
+async function nodeCopies(t: ProxmoxTarget, src: Source, signal?: AbortSignal): Promise<{ dir: string; files: ImportFile[]; verified: boolean }> {
+  const out = await nodeRun(t, ['sh', '-c', 'd="${TMPDIR:-/var/tmp}/pim"; mkdir -p "$d" && cd "$d" && echo "dir $PWD" && for f in *; do [ -f "$f" ] && echo "file $(stat -c %Y -- "$f") $f"; done; [ -f "$1" ] && sha256sum -- "$1"; true', 'sh', src.volume], 'listing the copies', signal);
+  const dir = /^dir (\/.*)$/m.exec(out)?.[1];
+  if (!dir) throw new PimError(EXIT.UNAVAILABLE, `${t.name}: cannot make the copies' directory on ${t.ssh}`);
+  const files = [...out.matchAll(/^file (\d+) (.+)$/gm)].map((m) => ({ volid: `${dir}/${m[2]}`, ctime: Number(m[1]) }));
+  return { dir, files, verified: new RegExp(`^${src.sha256}\\s`, 'm').test(out) };
+}
+
+/** Copy the image to the node (scp), verified there with sha256sum before it takes its name. */
+async function copyToNode(t: ProxmoxTarget, src: Source, dir: string, signal?: AbortSignal): Promise<void> {
+  const { runOk } = await import('../core/run.ts');
+  const part = `${dir}/.${src.volume}.part`;
+  await runOk('scp', ['-o', 'BatchMode=yes', '-q', '-S', 'ssh', '--', src.path, `${t.ssh}:${part}`], { what: `${t.name}: cannot copy ${src.volume} to ${t.ssh}`, code: EXIT.UNAVAILABLE, signal });
+  const out = await nodeRun(t, ['sh', '-c', 'if sha256sum -- "$1" | grep -q "^$2 "; then mv -f -- "$1" "$3"; echo ok; else rm -f -- "$1"; echo mismatch; fi', 'sh', part, src.sha256, `${dir}/${src.volume}`], `verifying ${src.volume}`, signal);
+  if (!/^ok$/m.test(out)) throw new PimError(EXIT.DATAERR, `${t.name}: ${src.volume}: sha256 mismatch on ${t.ssh} after the copy; it was deleted and nothing was created: run pim-deploy again`);
+}
+
+/** qm disk import: the volume it made (it is left as unusedN until qm set attaches it). */
+async function qmImport(t: ProxmoxTarget, vmid: number, file: string, signal?: AbortSignal): Promise<string> {
+  const out = await nodeRun(t, ['qm', 'disk', 'import', String(vmid), file, t.storage], `qm disk import of ${baseName(file)}`, signal);
+  const vol = /imported disk as '(?:unused\d+:)?([^']+)'/.exec(out)?.[1];
+  if (!vol) throw new PimError(EXIT.UNAVAILABLE, `${t.name}: qm disk import on ${t.ssh} did not say which disk it made: ${out.trim().split('\n').pop()}`);
+  return vol;
 }
 
 /** The VMs of the node whose description holds pim's record. */

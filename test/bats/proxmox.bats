@@ -8,6 +8,7 @@
 # the exact form or multipart fields, the token) and the transcript used up.
 load helper
 load deploy
+load libvirt
 
 setup_file() {
   pim_isolate
@@ -19,10 +20,33 @@ setup_file() {
   B1=$(register web one "$PIM_TMP/web.qcow2")
   B2=$(register web two "$PIM_TMP/two.qcow2")
   printf 'B1=%s\nB2=%s\n' "$B1" "$B2" >"$PIM_TMP/builds"
+  # a PVE node's SSH for PVE before 8.3: the test's sshd as host pve-node, and a stand-in qm
+  # that logs its argv and answers qm disk import as PVE 8.2 does
+  sshd_up "$PIM_TMP"
+  cat >>"$PIM_TMP/ssh/config" <<END
+Host pve-node
+  HostName 127.0.0.1
+  Port $SSHD_PORT
+  UserKnownHostsFile $PIM_TMP/ssh/known_hosts
+  StrictHostKeyChecking yes
+  IdentityFile $PIM_TMP/ssh/id
+  IdentitiesOnly yes
+END
+  cat >"$PIM_TMP/remote-bin/qm" <<END
+#!/bin/sh
+echo "\$*" >>"$PIM_TMP/qm.log"
+[ "\$1 \$2" = "disk import" ] || exit 0
+echo "importing disk '\$4' to VM \$3 ..."
+echo "transferred 64.0 MiB of 64.0 MiB (100.00%)"
+echo "Successfully imported disk as 'unused0:\$5:vm-\$3-disk-0'"
+END
+  chmod +x "$PIM_TMP/remote-bin/qm"
 }
 
 teardown_file() {
-  [ -n "${PIM_TMP:-}" ] && rm -rf "$PIM_TMP"
+  [ -n "${PIM_TMP:-}" ] || return 0
+  sshd_down "$PIM_TMP"
+  rm -rf "$PIM_TMP"
 }
 
 setup() {
@@ -32,6 +56,7 @@ setup() {
   FP=$(openssl x509 -in "$PIM_TMP/cert.pem" -noout -fingerprint -sha256 | cut -d= -f2)
   SHA=$(sha256sum "$PIM_TMP/web.qcow2" | cut -c1-64)
   VOLUME="web-${SHA:0:12}.qcow2"
+  export PATH="$PIM_TMP/bin:$PATH" # ssh with the test's config
 }
 
 teardown() {
@@ -62,8 +87,8 @@ pve_up() {
   for _ in $(seq 100); do [ -s "$PIM_TMP/port" ] && break; sleep 0.05; done
   port=$(cat "$PIM_TMP/port")
   mkdir -p "$XDG_CONFIG_HOME/pim/targets.d"
-  printf 'pve: {type: proxmox, api: "https://127.0.0.1:%s", node: pve1, token_env: PIM_PVE_TOKEN, storage: local-lvm, import_storage: local%s, health_timeout: 10}\n' \
-    "$port" "$([ "${2:-}" = none ] || echo ", fingerprint: \"${2:-$FP}\"")" >"$XDG_CONFIG_HOME/pim/targets.d/pve.yml"
+  printf 'pve: {type: proxmox, api: "https://127.0.0.1:%s", node: pve1, token_env: PIM_PVE_TOKEN, storage: local-lvm, import_storage: local%s, health_timeout: 10}\npvessh: {type: proxmox, api: "https://127.0.0.1:%s", node: pve1, token_env: PIM_PVE_TOKEN, storage: local-lvm, ssh: root@pve-node, fingerprint: "%s", health_timeout: 10}\n' \
+    "$port" "$([ "${2:-}" = none ] || echo ", fingerprint: \"${2:-$FP}\"")" "$port" "$FP" >"$XDG_CONFIG_HOME/pim/targets.d/pve.yml"
 }
 
 pve_down() {
@@ -127,7 +152,7 @@ all_matched() {
   ! grep '"method":"POST","path":"/api2/json/nodes/pve1/qemu"' "$LOG"
 }
 
-@test "proxmox: refused before any request: a wrong certificate fingerprint or an unpinned self-signed one (69), a missing token variable (77); PVE 8.2 is 69" {
+@test "proxmox: refused before any request: a wrong certificate fingerprint or an unpinned self-signed one (69), a missing token variable (77); PVE 8.2 without ssh: is 69" {
   pve_up fresh "$(printf '%064d' 0)"
   run --separate-stderr pim-deploy "$B1" pve
   [ "$status" -eq 69 ]
@@ -151,6 +176,19 @@ all_matched() {
   pve_up old-version
   run --separate-stderr pim-deploy "$B1" pve
   [ "$status" -eq 69 ]
-  [[ "$stderr" == *"Proxmox VE 8.2.7"*"8.3 or newer"* ]]
+  [[ "$stderr" == *"Proxmox VE 8.2.7, older than 8.3"*"set ssh: root@pve1"* ]]
   all_matched
+}
+
+@test "proxmox before 8.3 with ssh: the image copied to the node and verified, qm disk import and qm set, the VM made through the API, pim's record last" {
+  pve_up old-version-ssh
+  : >"$PIM_TMP/qm.log"
+  run --separate-stderr pim-deploy "$B1" pvessh
+  [ "$status" -eq 0 ]
+  [[ "$output" == *$'\tuploaded\tdefined\t'* ]]
+  all_matched
+  [ "$(sha256sum "$PIM_TMP/remote-tmp/pim/$VOLUME" | cut -c1-64)" = "$SHA" ]
+  [ "$(cat "$PIM_TMP/qm.log")" = "disk import 101 $PIM_TMP/remote-tmp/pim/$VOLUME local-lvm
+set 101 --scsi0 local-lvm:vm-101-disk-0 --boot order=scsi0" ]
+  ! ls -A "$PIM_TMP/remote-tmp/pim" | grep -q part
 }
