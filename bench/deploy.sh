@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # pim-deploy against its own libvirtd and sshd (test/bats/libvirt.bash), TCG:
 #   1. a re-deploy with nothing to do, locally (qemu:///system). Target: under 1 s.
-#   2. upload throughput over qemu+ssh:// (virsh vol-upload through pim's FIFO) of a
+#   2. upload throughput over qemu+ssh:// (virsh vol-upload of the file, hashed alongside) of a
 #      256 MB image, against scp of the same file to the same sshd, side by side.
 #      Target: at least 0.9x scp's throughput.
 # Needs hyperfine, libvirt (libvirt-daemon-system) and openssh-server.
@@ -19,8 +19,7 @@ default: {type: libvirt, virt_type: qemu, network: user, pool: pimt, pool_path: 
 loc: {uri: "$(lv_uri "$tmp")"}
 rem: {uri: "qemu+ssh://root@127.0.0.1:$SSHD_PORT/system?socket=$tmp/lv/libvirt-sock"}
 EOF
-# register FILE as a build of PROFILE (deploy.bats's register, by its own definition)
-eval "$(sed -n '/^register() {/,/^}/p' test/bats/deploy.bats)"
+source test/bats/deploy.bash
 b1=$(register bench one "$testbed/guest-full.qcow2")
 # 1. the no-op
 pim-deploy "$b1" loc >/dev/null
@@ -53,7 +52,7 @@ median() { printf '%s\n' "$@" | sort -g | awk '{a[NR]=$1} END {print (NR % 2) ? 
 mp=$(median "${pd[@]}") ms=$(median "${s[@]}")
 awk -v n="$noop" -v p="$mp" -v s="$ms" -v b="$size" 'BEGIN {
   printf "no-op re-deploy (local): %.3f s (target < 1 s)\n", n
-  printf "upload over qemu+ssh:// (vol-upload through the FIFO, hashed): %.1f MB/s (%.2f s)\n", b / p / 1e6, p
+  printf "upload over qemu+ssh:// (vol-upload of the file, hashed alongside): %.1f MB/s (%.2f s)\n", b / p / 1e6, p
   printf "scp of the same file: %.1f MB/s (%.2f s)\n", b / s / 1e6, s
   printf "ratio: %.2fx (target >= 0.9x)\n", s / p
 }'

@@ -55,7 +55,8 @@ Volumes of NAME beyond --keep (the current one counts) are deleted unless in use
 --dry-run prints the plan (NAME STEP ACTION DETAIL) and changes nothing.
 Output: NAME TARGET BUILD VOLUME UPLOAD DOMAIN SECONDS. list prints NAME BUILD PROFILE
 VOLUME STATE. Exit: 65 sha256 mismatch after the upload, 66 no such build or target,
-69 target unreachable, 75 another deploy of NAME runs, 78 bad targets.d,
+69 target unreachable (or a Proxmox certificate that does not match fingerprint:),
+75 another deploy of NAME runs, 77 the Proxmox token is unset or refused, 78 bad targets.d,
 79 health check failed and rolled back.`,
     examples: ['pim-deploy dev lab', 'pim-deploy dev lab --dry-run', 'pim-deploy dev lab --name web --keep 3', 'pim-deploy list lab', 'pim-deploy targets'],
   },

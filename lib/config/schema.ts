@@ -76,7 +76,8 @@ export const TARGET_SCHEMA: Schema = {
   // what the build recorded, overridden for this target
   mem: 'string|number', cpus: 'positive', machine: 'string', disk_bus: oneOf('virtio', 'sata', 'scsi', 'ide'),
   // proxmox
-  api: 'string', node: 'string', token_env: 'string', storage: 'string', vmid: 'positive', insecure: 'boolean',
+  api: 'string', node: 'string', token_env: 'string', storage: 'string', import_storage: 'string', vmid: 'positive',
+  fingerprint: 'string', insecure: 'boolean',
   // ssh (and proxmox before 8.3: the node over SSH)
   host: 'string', port: 'positive', identity: 'string', ssh: 'string',
   // every kind

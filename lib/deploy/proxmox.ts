@@ -1,21 +1,392 @@
 /**
- * Proxmox VE as a deploy target: not done yet. The plan (issue 12): with PVE
- * 8.3's storage upload (`content=import`) and the API token from token_env,
- * upload, then create the disk with `import-from`; on older versions, copy
- * over SSH, then `qm disk import` and `qm set`. Its client is to be tested
- * against a recorded API transcript served by a real local HTTP server.
+ * Proxmox VE as a deploy target, through its HTTPS API (undici) and an API
+ * token read from the environment variable the target names (token_env:
+ * USER@REALM!TOKENID=SECRET, sent as `Authorization: PVEAPIToken=...`, never
+ * printed). PVE's certificate is self-signed as a rule: pin its sha256
+ * (`fingerprint:`, what `pvenode cert info` shows) or say `insecure: true`.
+ *
+ *   1. GET /version: 8.3 or newer can take a disk image as storage content
+ *      `import`. An older PVE needs `ssh: root@NODE`: the image is copied to
+ *      the node's ${TMPDIR:-/var/tmp}/pim (scp), verified there with
+ *      sha256sum, then `qm disk import` and `qm set` attach it to the VM the
+ *      API made without a disk, and pim's record is written last; without
+ *      ssh: it is refused (69);
+ *   2. the VM of the name (GET /nodes/N/qemu, then its config: pim's record
+ *      is a line of its description) and the storage's import content;
+ *   3. the image goes up as `<name>-<sha12>.qcow2` (POST .../upload, multipart,
+ *      content=import, with its sha256 for PVE to check) unless that file is
+ *      there: PVE moves an upload into place only once its checksum matched.
+ *      Then the upload task is followed until it stops, and must end OK;
+ *   4. a VM of the same build is left alone (started if it is stopped);
+ *      otherwise the VM is created (POST /nodes/N/qemu) or, stopped first,
+ *      given the new disk (POST .../config), with `import-from` pointing at
+ *      the uploaded file, and started; the guest agent must answer within the
+ *      health timeout;
+ *   5. import files of the name beyond --keep are deleted (the VM's disk is a
+ *      copy: import-from copies).
+ *
+ * There is no rollback here yet: a VM whose agent does not answer is left
+ * running on the new disk (69), its old disk kept by PVE as unused0.
  */
+import * as fs from 'node:fs';
+import type { TLSSocket } from 'node:tls';
+import type { buildConnector as Connector } from 'undici';
 import { EXIT, PimError } from '../core/exit.ts';
-import type { DeployOpts, Deployed, Outcome } from './libvirt.ts';
-import type { Source } from './source.ts';
-import type { ProxmoxTarget } from './targets.ts';
+import { log } from '../core/log.ts';
+import { checkAborted } from '../core/signals.ts';
+import { memKiB } from './domain.ts';
+import { sleep, type DeployOpts, type Deployed, type Outcome, type Step } from './libvirt.ts';
+import { volumeRe, type Source } from './source.ts';
+import { normFingerprint, type ProxmoxTarget } from './targets.ts';
 
-const notYet = (t: ProxmoxTarget) => new PimError(EXIT.UNAVAILABLE, `${t.name}: deploying to Proxmox VE is not implemented yet; use a libvirt or ssh target`);
+/** The first PVE with storage content `import` (upload a disk image, then import-from). */
+export const IMPORT_SINCE = [8, 3] as const;
 
-export async function deployProxmox(_s: Source, t: ProxmoxTarget, _o: DeployOpts): Promise<Outcome> {
-  throw notYet(t);
+/** pim's record in a VM's description: one line, `pim-deploy: build=ID key=K profile=P volume=V sha256=S`. */
+export interface PveMeta {
+  build: string;
+  key: string;
+  profile: string;
+  volume: string;
+  sha256: string;
 }
 
+export const metaLine = (m: PveMeta) => `pim-deploy: build=${m.build} key=${m.key} profile=${m.profile} volume=${m.volume} sha256=${m.sha256}`;
+
+export function metaOfDescription(desc: string | undefined): PveMeta | null {
+  const line = desc?.split('\n').find((l) => l.startsWith('pim-deploy: '));
+  if (!line) return null;
+  const get = (k: string) => new RegExp(`(?:^|\\s)${k}=(\\S+)`).exec(line.slice(12))?.[1] ?? '';
+  const m = { build: get('build'), key: get('key'), profile: get('profile'), volume: get('volume'), sha256: get('sha256') };
+  return m.build && m.volume && /^[0-9a-f]{64}$/.test(m.sha256) ? m : null;
+}
+
+/** "8.3.0" -> at least [8, 3]? */
+export function versionAtLeast(v: string, want: readonly [number, number]): boolean {
+  const [a = 0, b = 0] = v.split(/[.-]/).map(Number);
+  return a > want[0] || (a === want[0] && b >= want[1]);
+}
+
+const DISK_KEY: Record<string, string> = { virtio: 'scsi0', scsi: 'scsi0', sata: 'sata0', ide: 'ide0' };
+
+/**
+ * The VM's settings for POST /nodes/N/qemu or .../config: the build's recorded ones with
+ * the target's overrides. An existing VM (its config) keeps its MAC address, its EFI disk
+ * and the user's own lines of its description.
+ */
+export function vmParams(src: Source, t: ProxmoxTarget, meta: PveMeta, had: Record<string, string> | null): Record<string, string> {
+  const s = src.build.settings;
+  const o = t.overrides;
+  const disk = DISK_KEY[o.disk_bus ?? s.disk_bus] ?? 'scsi0';
+  const uefi = s.firmware === 'uefi';
+  const net = s.net === 'virtio-net' || s.net === 'virtio-net-pci' || s.net === 'virtio' ? 'virtio' : s.net;
+  const mac = had?.net0?.startsWith(`${net}=`) ? /^[^=]+=([0-9A-Fa-f:]{17})/.exec(had.net0)?.[1] : undefined;
+  // a description of the user's own is kept; pim's line is replaced
+  const own = (had?.description ?? '').split('\n').filter((l) => !l.startsWith('pim-deploy: ')).join('\n').trim();
+  return {
+    name: src.name,
+    memory: String(Math.round(memKiB(o.mem ?? s.mem) / 1024)),
+    cores: String(o.cpus ?? s.cpus),
+    machine: o.machine ?? s.machine ?? 'q35',
+    bios: uefi ? 'ovmf' : 'seabios',
+    ...(uefi && !had?.efidisk0 ? { efidisk0: `${t.storage}:1,efitype=4m,pre-enrolled-keys=0` } : {}),
+    scsihw: 'virtio-scsi-single',
+    [disk]: `${t.storage}:0,import-from=${t.importStorage}:import/${src.volume}`,
+    boot: `order=${disk}`,
+    net0: `${mac ? `${net}=${mac}` : net},bridge=${t.bridge}`,
+    agent: '1',
+    ostype: 'l26',
+    description: own ? `${own}\n${metaLine(meta)}` : metaLine(meta),
+  };
+}
+
+interface Answer {
+  status: number;
+  data: unknown;
+  message: string;
+}
+
+/** The API: one undici Agent (the pinned certificate checked on every connection), the token on every request. */
+export class Pve {
+  private agent: unknown;
+  private readonly auth: string;
+  /** requests made, for PIM_LOG=debug */
+  calls = 0;
+  constructor(readonly t: ProxmoxTarget) {
+    const tok = process.env[t.tokenEnv];
+    if (!tok) throw new PimError(EXIT.NOPERM, `${t.name}: the environment variable ${t.tokenEnv} (token_env) is not set: export ${t.tokenEnv}='USER@REALM!TOKENID=SECRET', an API token of ${t.api} (Datacenter > Permissions > API Tokens)`);
+    if (!/^[^\s@]+@[^\s!]+![^\s=]+=\S+$/.test(tok)) throw new PimError(EXIT.NOPERM, `${t.name}: ${t.tokenEnv} does not look like an API token (USER@REALM!TOKENID=SECRET); set it to one`);
+    this.auth = `PVEAPIToken=${tok}`;
+  }
+
+  private async dispatcher(): Promise<unknown> {
+    if (this.agent) return this.agent;
+    const { Agent, buildConnector } = await import('undici');
+    const pin = this.t.fingerprint;
+    // no TLS session resumption: a resumed session shows no certificate to check
+    const base = buildConnector({ rejectUnauthorized: !pin && !this.t.insecure, timeout: 15_000, maxCachedSessions: 0 });
+    const where = this.t.api;
+    const connect: Connector.connector = (opts, cb) =>
+      base(opts, (err, sock) => {
+        if (err || !pin) return err ? cb(err, null) : cb(null, sock!);
+        const got = normFingerprint((sock as TLSSocket).getPeerCertificate().fingerprint256 ?? '');
+        if (got === pin) return cb(null, sock!);
+        sock!.destroy();
+        cb(Object.assign(new Error(`the certificate of ${where} has the sha256 fingerprint ${got}, not the pinned ${pin}`), { code: 'PIM_FINGERPRINT' }), null);
+      });
+    this.agent = new Agent({ connect, headersTimeout: 60_000, bodyTimeout: 0 });
+    return this.agent;
+  }
+
+  /** One request; `body` is a form (urlencoded) or a prepared stream with its headers. */
+  async call(method: string, path: string, opts: { form?: Record<string, string>; stream?: { body: NodeJS.ReadableStream; headers: Record<string, string> }; signal?: AbortSignal; ok404?: boolean } = {}): Promise<Answer> {
+    const { request } = await import('undici');
+    const url = `${this.t.api}/api2/json${path}`;
+    const headers: Record<string, string> = { authorization: this.auth, ...opts.stream?.headers };
+    let body: string | NodeJS.ReadableStream | undefined = opts.stream?.body;
+    if (opts.form) {
+      headers['content-type'] = 'application/x-www-form-urlencoded';
+      body = new URLSearchParams(opts.form).toString();
+    }
+    this.calls++;
+    log.debug(`${method} ${url}`);
+    let res;
+    try {
+      res = await request(url, { method: method as 'GET', headers, body: body as string, dispatcher: (await this.dispatcher()) as never, signal: opts.signal });
+    } catch (e) {
+      if (opts.signal?.aborted) throw e;
+      const err = e as Error & { code?: string; cause?: { code?: string; message?: string } };
+      const code = err.code ?? err.cause?.code;
+      if (code === 'PIM_FINGERPRINT' || /PIM_FINGERPRINT/.test(String(err.cause?.code))) throw new PimError(EXIT.UNAVAILABLE, `${this.t.name}: ${err.message}: refusing to send the token; if the certificate changed on purpose, check it on the node (pvenode cert info) and update fingerprint:`);
+      if (code && /CERT|SELF_SIGNED|UNABLE_TO_VERIFY/.test(code)) throw new PimError(EXIT.UNAVAILABLE, `${this.t.name}: the certificate of ${this.t.api} is not trusted (${code}): pin it with fingerprint: (pvenode cert info on the node shows it) or set insecure: true`);
+      throw new PimError(EXIT.UNAVAILABLE, `${this.t.name}: cannot reach ${this.t.api} (${code ?? err.message}); check api: and the network`);
+    }
+    const text = await res.body.text();
+    let data: unknown = null;
+    try {
+      data = (JSON.parse(text) as { data?: unknown }).data ?? null;
+    } catch {
+      /* PVE answers errors with a reason phrase and sometimes no JSON */
+    }
+    const reason = (res as { statusText?: string }).statusText ?? '';
+    const errors = (() => {
+      try {
+        const e = (JSON.parse(text) as { errors?: Record<string, string> }).errors;
+        return e ? Object.entries(e).map(([k, v]) => `${k}: ${String(v).trim()}`).join('; ') : '';
+      } catch {
+        return '';
+      }
+    })();
+    const answer = { status: res.statusCode, data, message: errors || reason || text.trim().slice(0, 200) };
+    if (res.statusCode === 401) throw new PimError(EXIT.NOPERM, `${this.t.name}: ${this.t.api} refused the token in ${this.t.tokenEnv} (401): check the token and that it is not expired`);
+    if (res.statusCode === 403) throw new PimError(EXIT.NOPERM, `${this.t.name}: ${method} ${path}: permission denied (403): give the token's user the privilege (VM.Allocate, Datastore.AllocateTemplate, ...) or turn off its privilege separation`);
+    if (res.statusCode >= 300 && !(opts.ok404 && res.statusCode === 404)) throw new PimError(EXIT.UNAVAILABLE, `${this.t.name}: ${method} ${path}: HTTP ${res.statusCode}${answer.message ? ` ${answer.message}` : ''}`);
+    return answer;
+  }
+
+  async get<T>(path: string, signal?: AbortSignal): Promise<T> {
+    return (await this.call('GET', path, { signal })).data as T;
+  }
+
+  /** Follow a task until it stops; its exit status ('OK' when it worked). */
+  async waitTask(upid: string, signal?: AbortSignal, timeoutS = 3600): Promise<string> {
+    const deadline = Date.now() + timeoutS * 1000;
+    let wait = 200;
+    for (;;) {
+      checkAborted(signal);
+      const st = await this.get<{ status: string; exitstatus?: string }>(`/nodes/${enc(this.t.node)}/tasks/${enc(upid)}/status`, signal);
+      if (st.status === 'stopped') return st.exitstatus ?? 'unknown';
+      if (Date.now() > deadline) throw new PimError(EXIT.TEMPFAIL, `${this.t.name}: task ${upid} still runs after ${timeoutS} s`);
+      await sleep(wait, signal);
+      wait = Math.min(wait * 2, 2000);
+    }
+  }
+
+  /** Run a request that starts a task, and require the task to end OK. */
+  async task(method: string, path: string, form: Record<string, string> | undefined, what: string, signal?: AbortSignal): Promise<void> {
+    const { data } = await this.call(method, path, { form, signal });
+    if (typeof data !== 'string' || !data.startsWith('UPID:')) return; // done synchronously
+    const exit = await this.waitTask(data, signal);
+    if (exit !== 'OK') throw new PimError(EXIT.UNAVAILABLE, `${this.t.name}: ${what} failed: ${exit}`);
+  }
+}
+
+const enc = encodeURIComponent;
+
+interface VmEntry {
+  vmid: number | string;
+  name?: string;
+  status?: string;
+}
+
+interface ImportFile {
+  volid: string;
+  ctime?: number;
+  size?: number;
+}
+
+/** The multipart body of an upload: the fields, then the file, streamed (hashed and counted), with its length known. */
+async function multipart(fields: Record<string, string>, file: string, fileName: string, size: number, onBytes: (n: number) => void): Promise<{ body: NodeJS.ReadableStream; headers: Record<string, string> }> {
+  const { randomBytes } = await import('node:crypto');
+  const { Readable } = await import('node:stream');
+  const b = `----pim${randomBytes(12).toString('hex')}`;
+  const head = Object.entries(fields).map(([k, v]) => `--${b}\r\nContent-Disposition: form-data; name="${k}"\r\n\r\n${v}\r\n`).join('') + `--${b}\r\nContent-Disposition: form-data; name="filename"; filename="${fileName}"\r\nContent-Type: application/octet-stream\r\n\r\n`;
+  const tail = `\r\n--${b}--\r\n`;
+  async function* parts() {
+    yield Buffer.from(head);
+    let n = 0;
+    for await (const chunk of fs.createReadStream(file, { highWaterMark: 4 << 20 })) {
+      n += (chunk as Buffer).length;
+      onBytes(n);
+      yield chunk as Buffer;
+    }
+    yield Buffer.from(tail);
+  }
+  return { body: Readable.from(parts()), headers: { 'content-type': `multipart/form-data; boundary=${b}`, 'content-length': String(Buffer.byteLength(head) + size + Buffer.byteLength(tail)) } };
+}
+
+export async function deployProxmox(src: Source, t: ProxmoxTarget, o: DeployOpts): Promise<Outcome> {
+  const api = new Pve(t);
+  const node = `/nodes/${enc(t.node)}`;
+  const ver = await api.get<{ version: string }>('/version', o.signal);
+  const viaSsh = !versionAtLeast(ver.version, IMPORT_SINCE);
+  if (viaSsh && !t.ssh)
+    throw new PimError(EXIT.UNAVAILABLE, `${t.name}: ${t.api} runs Proxmox VE ${ver.version}, older than 8.3 (no storage content "import"): set ssh: root@${t.node} in the target to copy the image over SSH and import it with qm disk import, or upgrade PVE`);
+
+  const vms = await api.get<VmEntry[]>(`${node}/qemu`, o.signal);
+  const vm = vms.find((x) => x.name === src.name && (t.vmid === null || Number(x.vmid) === t.vmid)) ?? null;
+  if (!vm && t.vmid !== null && vms.some((x) => Number(x.vmid) === t.vmid)) throw new PimError(EXIT.CANTCREAT, `${t.name}: VM ${t.vmid} on ${t.node} is not named ${src.name}: pick another vmid: or --name`);
+  const config = vm ? await api.get<Record<string, string>>(`${node}/qemu/${vm.vmid}/config`, o.signal) : null;
+  const had = metaOfDescription(config?.description);
+  const same = had !== null && had.sha256 === src.sha256;
+  // the images there: the storage's import content, or (before 8.3) the node's copies, over SSH
+  const far = viaSsh ? await nodeCopies(t, src, o.signal) : null;
+  const files = far ? far.files : await api.get<ImportFile[]>(`${node}/storage/${enc(t.importStorage)}/content?content=import`, o.signal);
+  const importVol = far ? `${far.dir}/${src.volume}` : `${t.importStorage}:import/${src.volume}`;
+  const upload = !same && !(far ? far.verified : files.some((f) => f.volid === importVol));
+  const running = vm?.status === 'running';
+  const plan: Step[] = [{ step: 'upload', action: upload ? 'upload' : 'skip', detail: `${importVol} (${src.size} bytes, sha256 ${src.sha256.slice(0, 12)})` }];
+  const domain: Outcome['domain'] = !vm ? 'defined' : same ? 'kept' : 'upgraded';
+  plan.push({ step: 'domain', action: domain === 'defined' ? 'define' : domain === 'kept' ? 'keep' : 'upgrade', detail: vm ? `${src.name} (vmid ${vm.vmid}, ${had?.build ?? 'not deployed by pim'}, ${vm.status ?? 'unknown'})` : `${src.name} (vmid ${t.vmid ?? 'next free'})` });
+  const start = !(same && running);
+  const timeoutS = o.healthTimeoutS ?? t.healthTimeoutS;
+  if (start) plan.push({ step: 'start', action: 'start', detail: src.name }, { step: 'health', action: 'agent', detail: `${timeoutS} s` });
+  const owned = volumeRe(src.name);
+  const old = files.filter((f) => f.volid !== importVol && owned.test(baseName(f.volid))).sort((a, b) => (b.ctime ?? 0) - (a.ctime ?? 0));
+  const doomed = old.slice(Math.max(0, o.keep - 1));
+  if (doomed.length) plan.push({ step: 'gc', action: 'delete', detail: doomed.map((f) => f.volid).join(' ') });
+  const outcome = (removed: string[]): Outcome => ({ plan, upload: upload ? 'uploaded' : 'skipped', domain, started: start, removed });
+  if (o.dryRun) return outcome([]);
+
+  if (upload && far) await copyToNode(t, src, far.dir, o.signal);
+  else if (upload) {
+    const { progressReporter } = await import('../install/download.ts');
+    const bar = process.stderr.isTTY ? progressReporter(`${t.name}: ${src.volume}`) : null;
+    let upid: unknown;
+    try {
+      const body = await multipart({ content: 'import', 'checksum-algorithm': 'sha256', checksum: src.sha256 }, src.path, src.volume, src.size, (n) => bar?.update({ done: n, total: src.size }));
+      upid = (await api.call('POST', `${node}/storage/${enc(t.importStorage)}/upload`, { stream: body, signal: o.signal })).data;
+    } finally {
+      bar?.end();
+    }
+    if (typeof upid === 'string') {
+      const exit = await api.waitTask(upid, o.signal);
+      if (exit !== 'OK') {
+        const bad = /checksum/i.test(exit);
+        throw new PimError(bad ? EXIT.DATAERR : EXIT.UNAVAILABLE, `${t.name}: uploading ${src.volume} to ${t.importStorage} failed: ${exit}${bad ? '; nothing was created: run pim-deploy again' : ''}`);
+      }
+    }
+  }
+
+  const meta: PveMeta = { build: src.build.id, key: src.build.key, profile: src.build.profile, volume: src.volume, sha256: src.sha256 };
+  let vmid = vm ? Number(vm.vmid) : t.vmid;
+  if (!same) {
+    const params = vmParams(src, t, meta, config);
+    const disk = Object.keys(params).find((k) => /^(scsi|sata|ide)0$/.test(k))!;
+    // before 8.3 the disk is imported over SSH, and pim's record goes last, once the VM has it
+    const later = far ? { [disk]: params[disk]!, boot: params.boot!, description: params.description! } : null;
+    if (later) for (const k of Object.keys(later)) delete params[k];
+    if (!vm) {
+      vmid ??= Number(await api.get<string>('/cluster/nextid', o.signal));
+      await api.task('POST', `${node}/qemu`, { vmid: String(vmid), ...params }, `creating VM ${vmid} (${src.name})`, o.signal);
+    } else {
+      if (running || vm.status === 'paused') await api.task('POST', `${node}/qemu/${vmid}/status/shutdown`, { timeout: String(t.shutdownTimeoutS), forceStop: '1' }, `shutting ${src.name} (vmid ${vmid}) down`, o.signal);
+      await api.task('POST', `${node}/qemu/${vmid}/config`, params, `giving ${src.name} (vmid ${vmid}) the new disk`, o.signal);
+    }
+    if (later && far) {
+      const vol = await qmImport(t, vmid!, importVol, o.signal);
+      await nodeRun(t, ['qm', 'set', String(vmid), `--${disk}`, vol, '--boot', later.boot], `attaching ${vol} to VM ${vmid}`, o.signal);
+      await api.task('POST', `${node}/qemu/${vmid}/config`, { description: later.description }, `recording ${src.build.id} in VM ${vmid}'s description`, o.signal);
+    }
+  }
+  if (start) {
+    await api.task('POST', `${node}/qemu/${vmid}/status/start`, {}, `starting ${src.name} (vmid ${vmid})`, o.signal);
+    const deadline = Date.now() + timeoutS * 1000;
+    for (;;) {
+      const r = await api.call('POST', `${node}/qemu/${vmid}/agent/ping`, { signal: o.signal }).catch((e: unknown) => (e instanceof PimError && e.code === EXIT.UNAVAILABLE ? null : Promise.reject(e)));
+      if (r) break;
+      if (Date.now() > deadline) throw new PimError(EXIT.UNAVAILABLE, `${t.name}: ${src.name} (vmid ${vmid}) runs build ${src.build.id} but its guest agent did not answer within ${timeoutS} s; there is no rollback on Proxmox yet`);
+      await sleep(1000, o.signal);
+    }
+  }
+  const removed: string[] = [];
+  if (far && doomed.length) await nodeRun(t, ['rm', '-f', '--', ...doomed.map((f) => f.volid)], 'deleting old copies', o.signal);
+  else for (const f of doomed) {
+    await api.task('DELETE', `${node}/storage/${enc(t.importStorage)}/content/${enc(f.volid)}`, undefined, `deleting ${f.volid}`, o.signal);
+    removed.push(f.volid);
+  }
+  log.debug(`${t.name}: ${api.calls} API requests`);
+  return outcome(removed);
+}
+
+const baseName = (volid: string) => volid.slice(volid.lastIndexOf('/') + 1);
+
+/** PVE before 8.3: the node is reached over SSH (ssh:), argv words quoted for its shell. */
+async function nodeRun(t: ProxmoxTarget, argv: string[], what: string, signal?: AbortSignal): Promise<string> {
+  const { run } = await import('../core/run.ts');
+  const { quoteSh } = await import('./virsh.ts');
+  const r = await run('ssh', ['-o', 'BatchMode=yes', '-T', '--', t.ssh!, argv.map(quoteSh).join(' ')], { signal, hint: 'install openssh-client' });
+  if (r.code === 255) throw new PimError(EXIT.UNAVAILABLE, `${t.name}: cannot reach ${t.ssh} over ssh: ${r.stderr.trim().split('\n').pop()}`);
+  if (r.code !== 0) throw new PimError(EXIT.UNAVAILABLE, `${t.name}: ${what} on ${t.ssh} failed: ${r.stderr.trim().split('\n').pop() ?? `exit status ${r.code}`}`);
+  return r.stdout;
+}
+
+/** The node's copies (in ${TMPDIR:-/var/tmp}/pim), and whether the build's is there and checks out. */
+async function nodeCopies(t: ProxmoxTarget, src: Source, signal?: AbortSignal): Promise<{ dir: string; files: ImportFile[]; verified: boolean }> {
+  const out = await nodeRun(t, ['sh', '-c', 'd="${TMPDIR:-/var/tmp}/pim"; mkdir -p "$d" && cd "$d" && echo "dir $PWD" && for f in *; do [ -f "$f" ] && echo "file $(stat -c %Y -- "$f") $f"; done; [ -f "$1" ] && sha256sum -- "$1"; true', 'sh', src.volume], 'listing the copies', signal);
+  const dir = /^dir (\/.*)$/m.exec(out)?.[1];
+  if (!dir) throw new PimError(EXIT.UNAVAILABLE, `${t.name}: cannot make the copies' directory on ${t.ssh}`);
+  const files = [...out.matchAll(/^file (\d+) (.+)$/gm)].map((m) => ({ volid: `${dir}/${m[2]}`, ctime: Number(m[1]) }));
+  return { dir, files, verified: new RegExp(`^${src.sha256}\\s`, 'm').test(out) };
+}
+
+/** Copy the image to the node (scp), verified there with sha256sum before it takes its name. */
+async function copyToNode(t: ProxmoxTarget, src: Source, dir: string, signal?: AbortSignal): Promise<void> {
+  const { runOk } = await import('../core/run.ts');
+  const part = `${dir}/.${src.volume}.part`;
+  await runOk('scp', ['-o', 'BatchMode=yes', '-q', '-S', 'ssh', '--', src.path, `${t.ssh}:${part}`], { what: `${t.name}: cannot copy ${src.volume} to ${t.ssh}`, code: EXIT.UNAVAILABLE, signal });
+  const out = await nodeRun(t, ['sh', '-c', 'if sha256sum -- "$1" | grep -q "^$2 "; then mv -f -- "$1" "$3"; echo ok; else rm -f -- "$1"; echo mismatch; fi', 'sh', part, src.sha256, `${dir}/${src.volume}`], `verifying ${src.volume}`, signal);
+  if (!/^ok$/m.test(out)) throw new PimError(EXIT.DATAERR, `${t.name}: ${src.volume}: sha256 mismatch on ${t.ssh} after the copy; it was deleted and nothing was created: run pim-deploy again`);
+}
+
+/** qm disk import: the volume it made (it is left as unusedN until qm set attaches it). */
+async function qmImport(t: ProxmoxTarget, vmid: number, file: string, signal?: AbortSignal): Promise<string> {
+  const out = await nodeRun(t, ['qm', 'disk', 'import', String(vmid), file, t.storage], `qm disk import of ${baseName(file)}`, signal);
+  const vol = /imported disk as '(?:unused\d+:)?([^']+)'/.exec(out)?.[1];
+  if (!vol) throw new PimError(EXIT.UNAVAILABLE, `${t.name}: qm disk import on ${t.ssh} did not say which disk it made: ${out.trim().split('\n').pop()}`);
+  return vol;
+}
+
+/** The VMs of the node whose description holds pim's record. */
 export async function listProxmox(t: ProxmoxTarget): Promise<Deployed[]> {
-  throw notYet(t);
+  const api = new Pve(t);
+  const node = `/nodes/${enc(t.node)}`;
+  const vms = await api.get<VmEntry[]>(`${node}/qemu`);
+  const out: Deployed[] = [];
+  for (const vm of vms) {
+    const c = await api.get<Record<string, string>>(`${node}/qemu/${vm.vmid}/config`);
+    const m = metaOfDescription(c.description);
+    if (m) out.push({ name: vm.name ?? String(vm.vmid), build: m.build, profile: m.profile, volume: m.volume, state: vm.status ?? 'unknown', key: m.key.slice(0, 12) });
+  }
+  return out.sort((a, b) => a.name.localeCompare(b.name));
 }

@@ -14,6 +14,12 @@ import { configError } from '../config/tree.ts';
 import { EXIT, PimError } from '../core/exit.ts';
 import { checkCpus, checkMem } from '../vm/plan.ts';
 
+/** 'AB:CD:...' or 'abcd...' -> 64 lowercase hex digits, or null. */
+export const normFingerprint = (s: string): string | null => {
+  const h = s.replace(/:/g, '').toLowerCase();
+  return /^[0-9a-f]{64}$/.test(h) ? h : null;
+};
+
 /** How a deploy checks that the new guest is up: the agent's ping, a TCP port, or a line on the serial console. */
 export type Health = { kind: 'agent' } | { kind: 'tcp'; port: number } | { kind: 'serial'; marker: string };
 
@@ -43,11 +49,18 @@ export interface ProxmoxTarget extends Common {
   api: string;
   node: string;
   tokenEnv: string;
+  /** where the VM's disk is made (local-lvm) */
   storage: string;
+  /** where the image is uploaded as content "import": a file-based storage (default: storage) */
+  importStorage: string;
   vmid: number | null;
-  /** root@pve1: for PVE before 8.3 (no import upload), the disk goes over SSH */
+  /** root@pve1: for PVE before 8.3 (no import upload), the image goes over SSH to qm disk import */
   ssh: string | null;
+  /** the sha256 of the API's certificate, 64 hex digits (pinned) */
+  fingerprint: string | null;
   insecure: boolean;
+  /** the bridge of net0 (vmbr0) */
+  bridge: string;
 }
 
 export interface SshTarget extends Common {
@@ -117,16 +130,25 @@ export function target(r: Resolved): Target {
   }
   if (type === 'proxmox') {
     const tokenEnv = need('token_env');
+    const api = need('api').replace(/\/+$/, '');
+    if (!/^https:\/\/[^/]+$/.test(api)) throw configError(where('api'), `api must be the https:// address of a PVE node, such as https://pve1:8006, not ${JSON.stringify(api)}`);
+    if (common.health.kind !== 'agent') throw configError(where('health'), `deploy target "${r.name}": on Proxmox the health check is the guest agent's ping (health: agent)`);
+    const fp = v.fingerprint === undefined ? null : normFingerprint(String(v.fingerprint));
+    if (v.fingerprint !== undefined && !fp) throw configError(where('fingerprint'), 'fingerprint must be the sha256 of the certificate, 64 hex digits (pvenode cert info shows it as AA:BB:...)');
+    const storage = need('storage');
     return {
       ...common,
       type,
-      api: need('api').replace(/\/+$/, ''),
+      api,
       node: need('node'),
       tokenEnv,
-      storage: need('storage'),
+      storage,
+      importStorage: typeof v.import_storage === 'string' ? v.import_storage : storage,
       vmid: (v.vmid as number | undefined) ?? null,
       ssh: (v.ssh as string | undefined) ?? null,
+      fingerprint: fp,
       insecure: v.insecure === true,
+      bridge: typeof v.bridge === 'string' ? v.bridge : 'vmbr0',
     };
   }
   return { ...common, type: 'ssh', host: need('host'), port: (v.port as number | undefined) ?? null, identity: (v.identity as string | undefined) ?? null };

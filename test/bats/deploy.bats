@@ -4,11 +4,13 @@
 # matrix) and as qemu+ssh:// through an sshd on loopback with its own host key
 # and authorized key (fresh deploy, no-op, upgrade). Domains are type='qemu'
 # (TCG: KVM fails here). The builds are the test bed's guest-full image (and a
-# resized copy, so another sha256) registered as pim builds, and an empty disk
-# that never boots (the broken build).
+# resized copy, so another sha256) registered as pim builds, an empty disk
+# that never boots (the broken build), and 160 MiB of random data whose upload
+# over qemu+ssh:// is long enough to kill it, or damage the far volume, while it runs.
 # libvirtd and sshd: test/bats/libvirt.bash.
 load helper
 load libvirt
+load deploy
 
 LV_CONNECT() { lv_uri "$PIM_TMP"; }
 
@@ -47,27 +49,6 @@ setup() {
   # shellcheck disable=SC1091
   . "$PIM_TMP/builds"
   export PATH="$PIM_TMP/bin:$PATH"
-}
-
-# register PROFILE SEED IMAGE: IMAGE as a finished pim build of PROFILE (its key made from SEED); prints the id
-register() {
-  local profile=$1 seed=$2 img=$3 key id dir
-  key=$(printf '%s' "$seed" | sha256sum | cut -c1-64)
-  id="$profile-${key:0:12}"
-  dir="$XDG_DATA_HOME/pim/builds/$id"
-  mkdir -p "$dir"
-  cp "$img" "$dir/$profile.qcow2"
-  cat >"$dir/build.json" <<EOF
-{"id":"$id","profile":"$profile","key":"$key","created":"$(date -u +%Y-%m-%dT%H:%M:%S.%NZ)","recipe":1,
- "inputs":{"recipe":1,"profile":{},"answers":{},"files":{},"iso":null,"disk":{"size":"64M","format":"qcow2"},"firmware":"bios","boot":null},
- "iso":null,"disk":{"file":"$profile.qcow2","format":"qcow2","virtual_size":67108864,"bytes":0},"efivars":null,
- "settings":{"mem":"256M","cpus":1,"firmware":"bios","machine":"q35","disk_bus":"virtio","net":"virtio-net","ssh_user":"root"},
- "times":{"install":0,"provision":0,"total":0},"log":"build.log"}
-EOF
-  : >"$dir/build.log"
-  chmod 444 "$dir"/*
-  chmod 555 "$dir"
-  echo "$id"
 }
 
 V() { virsh -q -c "$(LV_CONNECT)" "$@"; }
@@ -148,20 +129,68 @@ vols() { V vol-list pimt | awk '{print $1}' | sort; }
   ! V dominfo bad 2>/dev/null # a new domain that failed is removed again
 }
 
-@test "an upload killed part-way (its marker left) is cleaned up by the next run" {
-  sha1=$(sha256sum "$TESTBED/guest-full.qcow2" | cut -c1-12)
-  head -c 1000000 "$TESTBED/guest-full.qcow2" >"$PIM_TMP/part"
-  V vol-create-as pimt "half-$sha1.qcow2.uploading" 0 --format raw >/dev/null
-  V vol-create-as pimt "half-$sha1.qcow2" 19857408 --format raw >/dev/null
-  V vol-upload --pool pimt "half-$sha1.qcow2" "$PIM_TMP/part"
-  run --separate-stderr pim-deploy "$B1" loc --name half --dry-run
-  [[ "$output" == *$'half\tclean\tdelete\thalf-'"$sha1"'.qcow2 (an upload that did not finish)'* ]]
-  run --separate-stderr pim-deploy "$B1" loc --name half --health-timeout 60
-  [ "$status" -eq 0 ]
-  [[ "$output" == *$'\tuploaded\tdefined\t'* ]]
-  [ "$(sha256sum "$PIM_TMP/pool/half-$sha1.qcow2" | cut -c1-12)" = "$sha1" ]
+# big_build: a 160 MiB build of random data (it never boots), made once; prints its id.
+# Over qemu+ssh:// its upload takes about a second here: long enough to act during it.
+big_build() {
+  if [ ! -f "$PIM_TMP/big.id" ]; then
+    head -c 167772160 /dev/urandom >"$PIM_TMP/big.qcow2"
+    register big four "$PIM_TMP/big.qcow2" >"$PIM_TMP/big.id"
+    rm -f "$PIM_TMP/big.qcow2"
+  fi
+  cat "$PIM_TMP/big.id"
+}
+
+# mid_upload NAME: wait (up to 20 s) until NAME's upload marker is there and its volume
+# has more than 8 MiB on disk but not all of it; prints the volume's file
+mid_upload() {
+  local f
+  for _ in $(seq 400); do
+    f=$(compgen -G "$PIM_TMP/pool/$1-*.qcow2" || true)
+    if [ -n "$f" ] && [ -e "$f.uploading" ] && [ "$(stat -c %b "$f")" -gt 16384 ]; then
+      echo "$f"
+      return 0
+    fi
+    sleep 0.05
+  done
+  return 1
+}
+
+@test "an upload killed part-way (kill -9 of pim-deploy and its virsh mid-upload) is cleaned up by the next run" {
+  big=$(big_build)
+  sha=$(sha256sum "$XDG_DATA_HOME/pim/builds/$big/big.qcow2" | cut -c1-64)
+  # its own session, so that kill -9 takes pim-deploy and the virsh it runs, as a closed terminal does
+  setsid pim-deploy "$big" rem --name killed >/dev/null 2>&1 3>&- &
+  pid=$!
+  f=$(mid_upload killed)
+  kill -9 -- -"$pid"
+  wait "$pid" || true
+  [ -e "$f.uploading" ]                                                # the marker is left
+  [ "$(stat -c %s "$f")" -gt 0 ]
+  [ "$(sha256sum "$f" | cut -c1-64)" != "$sha" ]                       # and the volume is not whole
+  run --separate-stderr pim-deploy "$big" rem --name killed --dry-run
+  [[ "$output" == *$'killed\tclean\tdelete\tkilled-'"${sha:0:12}"'.qcow2 (an upload that did not finish)'* ]]
+  run --separate-stderr pim-deploy "$big" rem --name killed --health-timeout 1
+  [ "$status" -eq 79 ] # random data never boots; what matters is the volume
+  [[ "$stderr" == *"start failed"* || "$stderr" == *"no agent health"* ]]
+  [ "$(sha256sum "$f" | cut -c1-64)" = "$sha" ]
   ! vols | grep -q uploading
-  V destroy half >/dev/null
+}
+
+@test "a fault injected into the far volume during the upload is caught by the far-side sha256: 65, the volume deleted, nothing defined" {
+  big=$(big_build)
+  pim-deploy "$big" rem --name faulty >"$PIM_TMP/faulty.out" 2>"$PIM_TMP/faulty.err" 3>&- &
+  pid=$!
+  f=$(mid_upload faulty)
+  # bytes the upload has written already are overwritten under it
+  printf 'a fault' | dd of="$f" bs=1 seek=4096 conv=notrunc status=none
+  status=0
+  wait "$pid" || status=$?
+  [ "$status" -eq 65 ]
+  grep -q "sha256 mismatch: the far side's copy hashes to" "$PIM_TMP/faulty.err"
+  grep -q "the volume was deleted and nothing was defined" "$PIM_TMP/faulty.err"
+  [ ! -s "$PIM_TMP/faulty.out" ]
+  ! vols | grep -q faulty
+  ! V dominfo faulty 2>/dev/null
 }
 
 @test "garbage collection keeps --keep volumes of the name and never one a domain uses" {

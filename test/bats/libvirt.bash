@@ -32,7 +32,14 @@ EOF
   unshare -m -- sh -c 'mount --bind "$1" /etc/libvirt/qemu.conf && exec libvirtd -d -f "$2" -p "$3"' sh "$d/qemu.conf" "$d/libvirtd.conf" "$d/libvirtd.pid"
   for _ in $(seq 100); do [ -S "$d/lv/libvirt-sock" ] && break; sleep 0.1; done
   virsh -c "$(lv_uri "$d")" version >/dev/null
+  sshd_up "$d"
+}
 
+# sshd_up DIR: the sshd alone (proxmox.bats uses it as a PVE node's SSH). Its sessions
+# have XDG_DATA_HOME=DIR/remote, TMPDIR=DIR/remote-tmp and DIR/remote-bin first on PATH.
+sshd_up() {
+  local d=$1
+  mkdir -p "$d/bin" "$d/remote-tmp" "$d/remote-bin"
   # an sshd on loopback for qemu+ssh://, with its own host key and authorized key
   local s="$d/ssh"
   mkdir -p "$s" /run/sshd
@@ -53,7 +60,7 @@ UsePAM no
 StrictModes no
 PidFile $s/sshd.pid
 Subsystem sftp internal-sftp
-SetEnv XDG_DATA_HOME=$d/remote
+SetEnv XDG_DATA_HOME=$d/remote TMPDIR=$d/remote-tmp PATH=$d/remote-bin:/usr/sbin:/usr/bin:/sbin:/bin
 EOF
   /usr/sbin/sshd -f "$s/sshd_config" -E "$s/sshd.log"
   # ssh reads ~/.ssh from the passwd entry, not $HOME: this file's own config, through a
@@ -68,6 +75,11 @@ EOF
   echo "[127.0.0.1]:$SSHD_PORT $(cut -d' ' -f1-2 "$s/host_key.pub")" >"$s/known_hosts"
   printf '#!/bin/sh\nexec /usr/bin/ssh -F %s "$@"\n' "$s/config" >"$d/bin/ssh"
   chmod +x "$d/bin/ssh"
+}
+
+sshd_down() {
+  [ -f "$1/ssh/sshd.pid" ] && kill "$(cat "$1/ssh/sshd.pid")" 2>/dev/null
+  return 0
 }
 
 libvirt_down() {

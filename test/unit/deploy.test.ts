@@ -1,8 +1,10 @@
 import { describe, expect, it } from 'vitest';
 import { domainXml, memKiB, metaOf, uuidOf, disksOf } from '../../lib/deploy/domain.ts';
-import { parseHealth } from '../../lib/deploy/targets.ts';
+import { normFingerprint, parseHealth } from '../../lib/deploy/targets.ts';
+import { metaLine, metaOfDescription, versionAtLeast, vmParams } from '../../lib/deploy/proxmox.ts';
 import { parseUri, quoteVirsh, sshArgv } from '../../lib/deploy/virsh.ts';
 import { volumeName, volumeRe } from '../../lib/deploy/source.ts';
+import { receiveThrough, sendThrough } from '../../lib/deploy/stream.ts';
 import type { BuildRecord } from '../../lib/image/registry.ts';
 import type { LibvirtTarget } from '../../lib/deploy/targets.ts';
 
@@ -65,5 +67,56 @@ describe('domain XML', () => {
     expect(memKiB('256M')).toBe(262144);
     expect(memKiB('2G')).toBe(2097152);
     expect(memKiB('512')).toBe(524288);
+  });
+});
+
+describe('Proxmox', () => {
+  const meta = { build: 'web-0123456789ab', key: 'k'.repeat(64), profile: 'web', volume: 'web-aaaaaaaaaaaa.qcow2', sha256: 'a'.repeat(64) };
+  it("keeps pim's record as one line of the description, beside the user's own text", () => {
+    expect(metaOfDescription(`my notes\n${metaLine(meta)}\n`)).toEqual(meta);
+    expect(metaOfDescription('my notes')).toBeNull();
+    expect(metaOfDescription(undefined)).toBeNull();
+  });
+  it('needs 8.3 for content import, and reads fingerprints with or without colons', () => {
+    expect(versionAtLeast('8.3.0', [8, 3])).toBe(true);
+    expect(versionAtLeast('9.0.1', [8, 3])).toBe(true);
+    expect(versionAtLeast('8.2.7', [8, 3])).toBe(false);
+    expect(normFingerprint('AB:'.repeat(31) + 'AB')).toBe('ab'.repeat(32));
+    expect(normFingerprint('AB:CD')).toBeNull();
+  });
+  it("makes the VM from the build's settings: UEFI gets OVMF and an EFI disk, the disk comes from import-from", () => {
+    const src = {
+      name: 'web', volume: meta.volume,
+      build: { id: meta.build, key: meta.key, profile: 'web', settings: { mem: '2G', cpus: 2, firmware: 'uefi', machine: 'q35', disk_bus: 'sata', net: 'e1000', ssh_user: 'root' } },
+    } as unknown as Parameters<typeof vmParams>[0];
+    const t = { storage: 'local-lvm', importStorage: 'local', bridge: 'vmbr1', overrides: { cpus: 4 } } as unknown as Parameters<typeof vmParams>[1];
+    const p = vmParams(src, t, meta, { description: `keep this\n${metaLine({ ...meta, sha256: 'b'.repeat(64) })}`, net0: 'e1000=BC:24:11:5E:3A:01,bridge=vmbr0' });
+    expect(p).toMatchObject({ memory: '2048', cores: '4', bios: 'ovmf', efidisk0: 'local-lvm:1,efitype=4m,pre-enrolled-keys=0', sata0: 'local-lvm:0,import-from=local:import/web-aaaaaaaaaaaa.qcow2', boot: 'order=sata0', net0: 'e1000=BC:24:11:5E:3A:01,bridge=vmbr1', agent: '1' });
+    expect(p.description).toBe(`keep this\n${metaLine(meta)}`);
+    expect(vmParams(src, t, meta, { efidisk0: 'local-lvm:vm-101-disk-1,efitype=4m,size=4M' }).efidisk0).toBeUndefined(); // its EFI vars kept
+    expect(vmParams(src, t, meta, null).net0).toBe('e1000,bridge=vmbr1');
+  });
+});
+
+describe('FIFO streams (the upload on a terminal, the download of a far volume)', () => {
+  it('sends a file through a FIFO to a reader, hashing it, and does not hang when the reader fails before opening it', async () => {
+    const { mkdtempSync, readFileSync, rmSync, writeFileSync } = await import('node:fs');
+    const { tmpdir } = await import('node:os');
+    const { join } = await import('node:path');
+    const { createHash } = await import('node:crypto');
+    const { run } = await import('../../lib/core/run.ts');
+    const dir = mkdtempSync(join(tmpdir(), 'pimt-'));
+    const src = join(dir, 'src');
+    const data = Buffer.alloc(20 << 20, 7);
+    data.write('pim', 12345);
+    writeFileSync(src, data);
+    const sha = createHash('sha256').update(data).digest('hex');
+    let seen = 0;
+    expect(await sendThrough(src, (fifo) => run('cp', [fifo, join(dir, 'out')]), (n) => (seen = n))).toBe(sha);
+    expect(seen).toBe(data.length);
+    expect(readFileSync(join(dir, 'out')).equals(data)).toBe(true);
+    await expect(sendThrough(src, () => Promise.reject(new Error('virsh failed')))).rejects.toThrow('virsh failed');
+    expect(await receiveThrough((fifo) => run('cp', [src, fifo]))).toBe(sha);
+    rmSync(dir, { recursive: true, force: true });
   });
 });

@@ -1,0 +1,194 @@
+#!/usr/bin/env bats
+# pim-deploy to Proxmox VE, against a stand-in: Proxmox cannot run here, so the
+# client talks to test/fixtures/pve/replay.mjs, a real HTTPS server (a certificate
+# made here by openssl, pinned by its fingerprint) that replays a transcript of
+# PVE API requests and answers (test/fixtures/pve/*.json, written from PVE's API
+# reference, not recorded from a real PVE) in order, and answers 599 to anything
+# else. Each test checks the server's log: every request matched (method, path,
+# the exact form or multipart fields, the token) and the transcript used up.
+load helper
+load deploy
+load libvirt
+
+setup_file() {
+  pim_isolate
+  command -v openssl >/dev/null || skip "openssl is not installed"
+  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 -subj /CN=127.0.0.1 \
+    -keyout "$PIM_TMP/key.pem" -out "$PIM_TMP/cert.pem" 2>/dev/null
+  qemu-img create -q -f qcow2 "$PIM_TMP/web.qcow2" 64M
+  qemu-img create -q -f qcow2 "$PIM_TMP/two.qcow2" 32M
+  B1=$(register web one "$PIM_TMP/web.qcow2")
+  B2=$(register web two "$PIM_TMP/two.qcow2")
+  printf 'B1=%s\nB2=%s\n' "$B1" "$B2" >"$PIM_TMP/builds"
+  # a PVE node's SSH for PVE before 8.3: the test's sshd as host pve-node, and a stand-in qm
+  # that logs its argv and answers qm disk import as PVE 8.2 does
+  sshd_up "$PIM_TMP"
+  cat >>"$PIM_TMP/ssh/config" <<END
+Host pve-node
+  HostName 127.0.0.1
+  Port $SSHD_PORT
+  UserKnownHostsFile $PIM_TMP/ssh/known_hosts
+  StrictHostKeyChecking yes
+  IdentityFile $PIM_TMP/ssh/id
+  IdentitiesOnly yes
+END
+  cat >"$PIM_TMP/remote-bin/qm" <<END
+#!/bin/sh
+echo "\$*" >>"$PIM_TMP/qm.log"
+[ "\$1 \$2" = "disk import" ] || exit 0
+echo "importing disk '\$4' to VM \$3 ..."
+echo "transferred 64.0 MiB of 64.0 MiB (100.00%)"
+echo "Successfully imported disk as 'unused0:\$5:vm-\$3-disk-0'"
+END
+  chmod +x "$PIM_TMP/remote-bin/qm"
+}
+
+teardown_file() {
+  [ -n "${PIM_TMP:-}" ] || return 0
+  sshd_down "$PIM_TMP"
+  rm -rf "$PIM_TMP"
+}
+
+setup() {
+  # shellcheck disable=SC1091
+  . "$PIM_TMP/builds"
+  export PIM_PVE_TOKEN='root@pam!pim=6b0e4b57-3f5c-4a0e-9d3e-0c1e8e2c1f00'
+  FP=$(openssl x509 -in "$PIM_TMP/cert.pem" -noout -fingerprint -sha256 | cut -d= -f2)
+  SHA=$(sha256sum "$PIM_TMP/web.qcow2" | cut -c1-64)
+  VOLUME="web-${SHA:0:12}.qcow2"
+  export PATH="$PIM_TMP/bin:$PATH" # ssh with the test's config
+}
+
+teardown() {
+  pve_down
+}
+
+# vars N BUILD: the server's --var words for BUILD (names suffixed with N)
+vars() {
+  local b=$2 img sha
+  img="$XDG_DATA_HOME/pim/builds/$b/web.qcow2"
+  sha=$(sha256sum "$img" | cut -c1-64)
+  printf -- '--var\n%s\n' "SHA256$1=$sha" "VOLUME$1=web-${sha:0:12}.qcow2" "SIZE$1=$(stat -c %s "$img")" "BUILD$1=$b" \
+    "KEY$1=$(jq -r .key "$XDG_DATA_HOME/pim/builds/$b/build.json")"
+}
+
+# pve_up SCENARIO [FINGERPRINT]: the stand-in replaying test/fixtures/pve/SCENARIO.json,
+# and target pve pointing at it (pinned to FINGERPRINT, default the right one; none: no fingerprint:)
+pve_up() {
+  local port
+  local -a v
+  LOG="$PIM_TMP/$1.log"
+  : >"$LOG"
+  mapfile -t v < <(vars "" "$B1"; vars _2 "$B2")
+  node "$REPO/test/fixtures/pve/replay.mjs" --transcript "$REPO/test/fixtures/pve/$1.json" \
+    --cert "$PIM_TMP/cert.pem" --key "$PIM_TMP/key.pem" --log "$LOG" --token "$PIM_PVE_TOKEN" "${v[@]}" \
+    >"$PIM_TMP/port" 3>&- &
+  REPLAY_PID=$!
+  for _ in $(seq 100); do [ -s "$PIM_TMP/port" ] && break; sleep 0.05; done
+  port=$(cat "$PIM_TMP/port")
+  mkdir -p "$XDG_CONFIG_HOME/pim/targets.d"
+  printf 'pve: {type: proxmox, api: "https://127.0.0.1:%s", node: pve1, token_env: PIM_PVE_TOKEN, storage: local-lvm, import_storage: local%s, health_timeout: 10}\npvessh: {type: proxmox, api: "https://127.0.0.1:%s", node: pve1, token_env: PIM_PVE_TOKEN, storage: local-lvm, ssh: root@pve-node, fingerprint: "%s", health_timeout: 10}\n' \
+    "$port" "$([ "${2:-}" = none ] || echo ", fingerprint: \"${2:-$FP}\"")" "$port" "$FP" >"$XDG_CONFIG_HOME/pim/targets.d/pve.yml"
+}
+
+pve_down() {
+  [ -n "${REPLAY_PID:-}" ] && kill "$REPLAY_PID" 2>/dev/null
+  REPLAY_PID=
+  rm -f "$PIM_TMP/port"
+}
+
+# every request matched, and the transcript was used up
+all_matched() {
+  ! grep '"matched":false' "$LOG"
+  [ "$(tail -1 "$LOG" | jq .left)" = 0 ]
+}
+
+@test "proxmox: a dry run plans, then a fresh deploy uploads with its sha256, follows the tasks and creates the VM with import-from" {
+  pve_up fresh
+  run --separate-stderr pim-deploy "$B1" pve --dry-run
+  [ "$status" -eq 0 ]
+  [[ "$output" == *$'web\tupload\tupload\tlocal:import/'"$VOLUME"* ]]
+  [[ "$output" == *$'web\tdomain\tdefine\tweb (vmid next free)'* ]]
+  run --separate-stderr pim-deploy "$B1" pve
+  [ "$status" -eq 0 ]
+  [[ "$output" == "$(printf 'web\tpve\t%s\t%s\tuploaded\tdefined\t' "$B1" "$VOLUME")"* ]]
+  all_matched
+  [[ "$stderr" != *6b0e4b57* ]] # the token is never printed
+  # what the client sent, as the server read it (the transcript holds the exact fields too)
+  up=$(grep '/upload"' "$LOG" | jq -c .multipart)
+  [ "$up" = "$(jq -nc --arg s "$SHA" --arg v "$VOLUME" --arg n "$(stat -c %s "$PIM_TMP/web.qcow2")" \
+    '{content: "import", "checksum-algorithm": "sha256", checksum: $s, filename: "\($v) \($n) bytes sha256 \($s)"}')" ]
+  [ "$(grep '"method":"POST","path":"/api2/json/nodes/pve1/qemu"' "$LOG" | jq -r .form.scsi0)" = "local-lvm:0,import-from=local:import/$VOLUME" ]
+  [ "$(grep -c '/tasks/' "$LOG")" = 4 ] # the upload polled twice, create and start once
+}
+
+@test "proxmox: the same build again is a no-op (no upload, no create), and list reads pim's record from the description" {
+  pve_up noop
+  run --separate-stderr pim-deploy "$B1" pve
+  [ "$status" -eq 0 ]
+  [[ "$output" == *$'\tskipped\tkept\t'* ]]
+  run --separate-stderr pim-deploy list pve
+  [ "$status" -eq 0 ]
+  [ "$output" = "$(printf 'web\t%s\tweb\t%s\trunning' "$B1" "$VOLUME")" ]
+  all_matched
+  ! grep -q '"method":"POST"' "$LOG"
+}
+
+@test "proxmox: another build is an upgrade: shut down, the new disk by import-from (MAC and the user's description kept), started; the oldest import file goes" {
+  pve_up upgrade
+  run --separate-stderr pim-deploy "$B2" pve --json
+  [ "$status" -eq 0 ]
+  [ "$(jq -r '[.upload, .domain, (.removed | join(" "))] | join(" ")' <<<"$output")" = "uploaded upgraded local:import/web-000000000000.qcow2" ]
+  all_matched
+  [ "$(grep '"path":"/api2/json/nodes/pve1/qemu/101/config"' "$LOG" | grep POST | jq -r .form.net0)" = "virtio=BC:24:11:5E:3A:01,bridge=vmbr0" ]
+}
+
+@test "proxmox: an upload task that fails PVE's checksum check is 65 and nothing is created" {
+  pve_up failed-upload
+  run --separate-stderr pim-deploy "$B1" pve
+  [ "$status" -eq 65 ]
+  [[ "$stderr" == *"checksum mismatch"*"nothing was created"* ]]
+  all_matched
+  ! grep '"method":"POST","path":"/api2/json/nodes/pve1/qemu"' "$LOG"
+}
+
+@test "proxmox: refused before any request: a wrong certificate fingerprint or an unpinned self-signed one (69), a missing token variable (77); PVE 8.2 without ssh: is 69" {
+  pve_up fresh "$(printf '%064d' 0)"
+  run --separate-stderr pim-deploy "$B1" pve
+  [ "$status" -eq 69 ]
+  [[ "$stderr" == *"not the pinned"*"refusing to send the token"* ]]
+  [ ! -s "$LOG" ] # no request reached the server
+  pve_down
+  pve_up fresh none # a self-signed certificate, not pinned
+  run --separate-stderr pim-deploy "$B1" pve
+  [ "$status" -eq 69 ]
+  [[ "$stderr" == *"is not trusted"*"pin it with fingerprint:"*"or set insecure: true"* ]]
+  [ ! -s "$LOG" ]
+  pve_down
+  pve_up fresh
+  unset PIM_PVE_TOKEN
+  run --separate-stderr pim-deploy "$B1" pve
+  [ "$status" -eq 77 ]
+  [[ "$stderr" == *"PIM_PVE_TOKEN (token_env) is not set"* ]]
+  [ ! -s "$LOG" ]
+  pve_down
+  export PIM_PVE_TOKEN='root@pam!pim=6b0e4b57-3f5c-4a0e-9d3e-0c1e8e2c1f00'
+  pve_up old-version
+  run --separate-stderr pim-deploy "$B1" pve
+  [ "$status" -eq 69 ]
+  [[ "$stderr" == *"Proxmox VE 8.2.7, older than 8.3"*"set ssh: root@pve1"* ]]
+  all_matched
+}
+
+@test "proxmox before 8.3 with ssh: the image copied to the node and verified, qm disk import and qm set, the VM made through the API, pim's record last" {
+  pve_up old-version-ssh
+  : >"$PIM_TMP/qm.log"
+  run --separate-stderr pim-deploy "$B1" pvessh
+  [ "$status" -eq 0 ]
+  [[ "$output" == *$'\tuploaded\tdefined\t'* ]]
+  all_matched
+  [ "$(sha256sum "$PIM_TMP/remote-tmp/pim/$VOLUME" | cut -c1-64)" = "$SHA" ]
+  [ "$(cat "$PIM_TMP/qm.log")" = "disk import 101 $PIM_TMP/remote-tmp/pim/$VOLUME local-lvm
+set 101 --scsi0 local-lvm:vm-101-disk-0 --boot order=scsi0" ]
+  ! ls -A "$PIM_TMP/remote-tmp/pim" | grep -q part
+}
