@@ -72,7 +72,7 @@ teardown_file() {
 
 @test "a cloud-init profile builds end to end: the seed's user-data, write_files, runcmd and sources applied, provisioned, stored, boots with pim-run" {
   run --separate-stderr pim-build run cloud
-  [ "$status" -eq 0 ]
+  [ "$status" -eq 0 ] || { build_log_tail "$stderr"; false; }
   img="$output"
   [ "$(printf '%s\n' "$output" | wc -l)" -eq 1 ]
   [ -f "$img" ] && [ ! -w "$img" -o "$(id -u)" -eq 0 ]

@@ -178,11 +178,15 @@ mid_upload() {
 
 @test "a fault injected into the far volume during the upload is caught by the far-side sha256: 65, the volume deleted, nothing defined" {
   big=$(big_build)
-  pim-deploy "$big" rem --name faulty >"$PIM_TMP/faulty.out" 2>"$PIM_TMP/faulty.err" 3>&- &
+  # its own session, so that the whole upload (pim-deploy, virsh, ssh) can be held while
+  # the fault goes in: on a loaded machine it could otherwise finish first
+  setsid pim-deploy "$big" rem --name faulty >"$PIM_TMP/faulty.out" 2>"$PIM_TMP/faulty.err" 3>&- &
   pid=$!
   f=$(mid_upload faulty)
+  kill -STOP -- -"$pid"
   # bytes the upload has written already are overwritten under it
-  printf 'a fault' | dd of="$f" bs=1 seek=4096 conv=notrunc status=none
+  printf 'a fault' | dd of="$f" bs=1 seek=4096 conv=notrunc,fsync status=none
+  kill -CONT -- -"$pid"
   status=0
   wait "$pid" || status=$?
   [ "$status" -eq 65 ]

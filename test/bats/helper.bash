@@ -82,3 +82,12 @@ no_build_leftovers() {
   [ -z "$(pim-ps -q | grep -- '-build-' || true)" ]
   ! pgrep -f "qemu-system.*$profile-build-" >/dev/null
 }
+
+# build_log_tail STDERR: the end of the build log a failed pim-build named (its
+# consoles), for the test's output: a failure on CI says what the guest did
+build_log_tail() {
+  local log
+  log=$(sed -n 's/.*(build log: \(.*\))$/\1/p' <<<"$1" | tail -n 1)
+  [ -n "$log" ] && [ -f "$log" ] && tail -n 80 "$log"
+  return 0
+}

@@ -55,10 +55,16 @@ await_line() {
 # reap PID: its exit status in $st, bounded: killed after 60 s (status 137).
 reap() {
 	local pid=$1
-	(sleep 60 && kill -9 "$pid" 2>/dev/null) &
+	# the watchdog is a forked copy of this bats process: without bats' traps
+	# (killed, it would report the test a second time) and off its output
+	(
+		trap - EXIT ERR INT TERM
+		sleep 60 && kill -9 "$pid" 2>/dev/null
+	) >/dev/null 2>&1 3>&- &
 	local dog=$!
 	st=0
 	wait "$pid" || st=$?
+	pkill -P "$dog" sleep 2>/dev/null || true
 	kill "$dog" 2>/dev/null || true
 	exec 9<&- 2>/dev/null || true
 }
