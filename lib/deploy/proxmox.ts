@@ -21,12 +21,15 @@
  *      otherwise the VM is created (POST /nodes/N/qemu) or, stopped first,
  *      given the new disk (POST .../config), with `import-from` pointing at
  *      the uploaded file, and started; the guest agent must answer within the
- *      health timeout;
+ *      health timeout. When it does not (or the start fails), an upgraded VM
+ *      is rolled back (79): stopped, the keys pim set put back to the config
+ *      read in 2 (the old disk, which PVE kept as unusedN, back as scsi0; a
+ *      key the VM did not have deleted), the disks this deploy made, now
+ *      unused, deleted, and the VM started again if it ran before; pim's
+ *      record in the description names the old build again. A VM this deploy
+ *      created is stopped and deleted with its disks (79);
  *   5. import files of the name beyond --keep are deleted (the VM's disk is a
  *      copy: import-from copies).
- *
- * There is no rollback here yet: a VM whose agent does not answer is left
- * running on the new disk (69), its old disk kept by PVE as unused0.
  */
 import * as fs from 'node:fs';
 import type { TLSSocket } from 'node:tls';
@@ -300,8 +303,11 @@ export async function deployProxmox(src: Source, t: ProxmoxTarget, o: DeployOpts
 
   const meta: PveMeta = { build: src.build.id, key: src.build.key, profile: src.build.profile, volume: src.volume, sha256: src.sha256 };
   let vmid = vm ? Number(vm.vmid) : t.vmid;
+  // the keys pim sets, which a rollback puts back as `config` had them
+  let sent: string[] = [];
   if (!same) {
     const params = vmParams(src, t, meta, config);
+    sent = Object.keys(params);
     const disk = Object.keys(params).find((k) => /^(scsi|sata|ide)0$/.test(k))!;
     // before 8.3 the disk is imported over SSH, and pim's record goes last, once the VM has it
     const later = far ? { [disk]: params[disk]!, boot: params.boot!, description: params.description! } : null;
@@ -320,13 +326,19 @@ export async function deployProxmox(src: Source, t: ProxmoxTarget, o: DeployOpts
     }
   }
   if (start) {
-    await api.task('POST', `${node}/qemu/${vmid}/status/start`, {}, `starting ${src.name} (vmid ${vmid})`, o.signal);
-    const deadline = Date.now() + timeoutS * 1000;
-    for (;;) {
-      const r = await api.call('POST', `${node}/qemu/${vmid}/agent/ping`, { signal: o.signal }).catch((e: unknown) => (e instanceof PimError && e.code === EXIT.UNAVAILABLE ? null : Promise.reject(e)));
-      if (r) break;
-      if (Date.now() > deadline) throw new PimError(EXIT.UNAVAILABLE, `${t.name}: ${src.name} (vmid ${vmid}) runs build ${src.build.id} but its guest agent did not answer within ${timeoutS} s; there is no rollback on Proxmox yet`);
-      await sleep(1000, o.signal);
+    const why = await startHealthy(api, vmid!, timeoutS, o.signal);
+    if (why && same) throw new PimError(EXIT.UNAVAILABLE, `${t.name}: ${src.name} (vmid ${vmid}) on build ${src.build.id}: ${why}; pim only started it, nothing else changed`);
+    if (why && vm && config) await rollBack(api, src, vmid!, config, sent, running || vm.status === 'paused', had, why, o.signal);
+    if (why) {
+      log.warn(`${t.name}: ${src.name} (vmid ${vmid}) on build ${src.build.id}: ${why}; deleting the VM this deploy created`);
+      try {
+        await api.task('POST', `${node}/qemu/${vmid}/status/stop`, {}, `stopping ${src.name} (vmid ${vmid})`, o.signal);
+        await api.task('DELETE', `${node}/qemu/${vmid}`, undefined, `deleting VM ${vmid}`, o.signal);
+      } catch (e) {
+        if (!(e instanceof PimError)) throw e;
+        throw new PimError(EXIT.SOFTWARE, `${t.name}: ${src.name} (vmid ${vmid}) on build ${src.build.id}: ${why}, and deleting the VM this deploy created failed: ${e.message.replace(`${t.name}: `, '')}`);
+      }
+      throw new PimError(EXIT.ROLLBACK, `${t.name}: ${src.name} (vmid ${vmid}) on build ${src.build.id}: ${why}; the new VM was deleted again, with its disk`);
     }
   }
   const removed: string[] = [];
@@ -340,6 +352,78 @@ export async function deployProxmox(src: Source, t: ProxmoxTarget, o: DeployOpts
 }
 
 const baseName = (volid: string) => volid.slice(volid.lastIndexOf('/') + 1);
+
+/** Start the VM and wait for its guest agent: null when it answered, else why not. */
+async function startHealthy(api: Pve, vmid: number, timeoutS: number, signal?: AbortSignal): Promise<string | null> {
+  const node = `/nodes/${enc(api.t.node)}`;
+  try {
+    await api.task('POST', `${node}/qemu/${vmid}/status/start`, {}, 'the start', signal);
+  } catch (e) {
+    if (e instanceof PimError && e.code === EXIT.UNAVAILABLE) return e.message.replace(`${api.t.name}: `, '');
+    throw e;
+  }
+  const deadline = Date.now() + timeoutS * 1000;
+  for (;;) {
+    const r = await api.call('POST', `${node}/qemu/${vmid}/agent/ping`, { signal }).catch((e: unknown) => (e instanceof PimError && e.code === EXIT.UNAVAILABLE ? null : Promise.reject(e)));
+    if (r) return null;
+    if (Date.now() >= deadline) return `its guest agent did not answer within ${timeoutS} s`;
+    await sleep(1000, signal);
+  }
+}
+
+const DRIVE = /^(ide|sata|scsi|virtio|efidisk|tpmstate|unused)\d+$/;
+
+/** The volume ids a config refers to: its disks and its unused disks. */
+export function volumesOf(config: Record<string, unknown>): Set<string> {
+  return new Set(Object.entries(config).filter(([k]) => DRIVE.test(k)).map(([, v]) => String(v).split(',')[0]!));
+}
+
+/**
+ * The form that puts back what pim set: each key as `old` had it, or in `delete` when it
+ * had none. Setting scsi0 to the old disk (kept by PVE as unusedN) attaches it again, and
+ * PVE drops that unusedN; the new disk it replaces becomes unused.
+ */
+export function restoreForm(old: Record<string, unknown>, sent: string[]): Record<string, string> {
+  const form: Record<string, string> = {};
+  const del: string[] = [];
+  for (const k of sent) {
+    const v = old[k];
+    if (v === undefined || v === null || v === '') del.push(k);
+    else form[k] = String(v);
+  }
+  if (del.length) form.delete = del.join(',');
+  return form;
+}
+
+/**
+ * An upgrade whose guest is not healthy: stop it, put the old config back (its disk, settings
+ * and description, so pim's record names the old build), delete the disks the deploy made
+ * (unused by then), start it again if it ran, and fail with EXIT.ROLLBACK.
+ */
+async function rollBack(api: Pve, src: Source, vmid: number, old: Record<string, string>, sent: string[], wasRunning: boolean, had: PveMeta | null, why: string, signal?: AbortSignal): Promise<never> {
+  const t = api.t;
+  const cfg = `/nodes/${enc(t.node)}/qemu/${vmid}`;
+  const prev = had?.build ?? 'not a pim build';
+  const what = `${t.name}: ${src.name} (vmid ${vmid}) on build ${src.build.id}: ${why}`;
+  log.warn(`${what}; restoring the previous config (${prev})`);
+  const kept = volumesOf(old);
+  const extra: string[] = [];
+  try {
+    await api.task('POST', `${cfg}/status/stop`, {}, `stopping ${src.name} (vmid ${vmid})`, signal);
+    await api.task('POST', `${cfg}/config`, restoreForm(old, sent), `restoring ${src.name}'s config`, signal);
+    const now = await api.get<Record<string, string>>(`${cfg}/config`, signal);
+    const gone = Object.keys(now).filter((k) => /^unused\d+$/.test(k) && !kept.has(String(now[k])));
+    extra.push(...gone.map((k) => String(now[k])));
+    if (gone.length) await api.task('POST', `${cfg}/config`, { delete: gone.join(',') }, `deleting the new disk ${extra.join(' ')}`, signal);
+    if (wasRunning) await api.task('POST', `${cfg}/status/start`, {}, `starting ${src.name} (vmid ${vmid}) again`, signal);
+  } catch (e) {
+    if (!(e instanceof PimError)) throw e;
+    throw new PimError(EXIT.SOFTWARE, `${what}, and restoring the previous config (${prev}) failed: ${e.message.replace(`${t.name}: `, '')}; its old disk is ${String(old.scsi0 ?? '').split(',')[0] || 'in the config read before'} (qm config ${vmid} shows it as unusedN)`);
+  }
+  const disk = sent.find((k) => /^(scsi|sata|ide)0$/.test(k)) ?? 'scsi0';
+  const oldDisk = old[disk] ? `, its old disk ${String(old[disk]).split(',')[0]} as ${disk}` : '';
+  throw new PimError(EXIT.ROLLBACK, `${what}; the previous config (${prev}) is back${wasRunning ? ' and running' : ''}${oldDisk}${extra.length ? `, the new disk ${extra.join(' ')} deleted` : ''}`);
+}
 
 /** PVE before 8.3: the node is reached over SSH (ssh:), argv words quoted for its shell. */
 async function nodeRun(t: ProxmoxTarget, argv: string[], what: string, signal?: AbortSignal): Promise<string> {

@@ -143,6 +143,31 @@ all_matched() {
   [ "$(grep '"path":"/api2/json/nodes/pve1/qemu/101/config"' "$LOG" | grep POST | jq -r .form.net0)" = "virtio=BC:24:11:5E:3A:01,bridge=vmbr0" ]
 }
 
+@test "proxmox: an upgrade whose guest agent never answers is rolled back: the old disk back as scsi0, the VM started again, 79" {
+  pve_up upgrade-rollback
+  run --separate-stderr pim-deploy "$B2" pve --health-timeout 1
+  [ "$status" -eq 79 ]
+  [ "$output" = "" ]
+  all_matched # shutdown, the new disk, start, two pings, stop, the old config back, the new disk deleted, start
+  # one line: why, and that the old build runs again on its old disk
+  [[ "$(tail -1 <<<"$stderr")" == *"web (vmid 101) on build $B2: its guest agent did not answer within 1 s; the previous config ($B1) is back and running, its old disk local-lvm:vm-101-disk-0 as scsi0, the new disk local-lvm:vm-101-disk-1 deleted" ]]
+  restore=$(grep '"path":"/api2/json/nodes/pve1/qemu/101/config"' "$LOG" | grep POST | sed -n 2p)
+  [ "$(jq -r .form.scsi0 <<<"$restore")" = "local-lvm:vm-101-disk-0,size=64M" ]
+  [ "$(jq -r .form.description <<<"$restore")" = "the web server
+pim-deploy: build=$B1 key=$(jq -r .key "$XDG_DATA_HOME/pim/builds/$B1/build.json") profile=web volume=$VOLUME sha256=$SHA" ]
+  [ "$(grep '"path":"/api2/json/nodes/pve1/qemu/101/config"' "$LOG" | grep POST | sed -n 3p | jq -c .form)" = '{"delete":"unused1"}' ]
+  [ "$(grep -c '/status/start"' "$LOG")" = 2 ]
+  ! grep -q '"method":"DELETE"' "$LOG" # no import file goes
+}
+
+@test "proxmox: a fresh deploy whose guest agent never answers deletes the VM it created, 79" {
+  pve_up fresh-rollback
+  run --separate-stderr pim-deploy "$B1" pve --health-timeout 1
+  [ "$status" -eq 79 ]
+  all_matched # create, start, two pings, stop, DELETE of VM 101
+  [[ "$(tail -1 <<<"$stderr")" == *"web (vmid 101) on build $B1: its guest agent did not answer within 1 s; the new VM was deleted again, with its disk" ]]
+}
+
 @test "proxmox: an upload task that fails PVE's checksum check is 65 and nothing is created" {
   pve_up failed-upload
   run --separate-stderr pim-deploy "$B1" pve

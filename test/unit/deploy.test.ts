@@ -1,7 +1,7 @@
 import { describe, expect, it } from 'vitest';
 import { domainXml, memKiB, metaOf, uuidOf, disksOf } from '../../lib/deploy/domain.ts';
 import { normFingerprint, parseHealth } from '../../lib/deploy/targets.ts';
-import { metaLine, metaOfDescription, versionAtLeast, vmParams } from '../../lib/deploy/proxmox.ts';
+import { metaLine, metaOfDescription, restoreForm, versionAtLeast, vmParams, volumesOf } from '../../lib/deploy/proxmox.ts';
 import { parseUri, quoteVirsh, sshArgv } from '../../lib/deploy/virsh.ts';
 import { volumeName, volumeRe } from '../../lib/deploy/source.ts';
 import { receiveThrough, sendThrough } from '../../lib/deploy/stream.ts';
@@ -95,6 +95,12 @@ describe('Proxmox', () => {
     expect(p.description).toBe(`keep this\n${metaLine(meta)}`);
     expect(vmParams(src, t, meta, { efidisk0: 'local-lvm:vm-101-disk-1,efitype=4m,size=4M' }).efidisk0).toBeUndefined(); // its EFI vars kept
     expect(vmParams(src, t, meta, null).net0).toBe('e1000,bridge=vmbr1');
+  });
+  it('rolls back by putting back what pim set: old values, a key the VM lacked deleted; its volumes known', () => {
+    const old = { name: 'web', cores: 1, scsi0: 'local-lvm:vm-101-disk-0,size=64M', unused0: 'local-lvm:vm-101-disk-3', description: 'mine\n' };
+    expect(restoreForm(old, ['name', 'cores', 'scsi0', 'efidisk0', 'bios', 'description'])).toEqual({ name: 'web', cores: '1', scsi0: 'local-lvm:vm-101-disk-0,size=64M', description: 'mine\n', delete: 'efidisk0,bios' });
+    expect(restoreForm(old, ['cores'])).toEqual({ cores: '1' });
+    expect([...volumesOf(old)]).toEqual(['local-lvm:vm-101-disk-0', 'local-lvm:vm-101-disk-3']);
   });
 });
 
