@@ -18,6 +18,7 @@ import { basename, join } from 'node:path';
 import { EXIT, PimError } from '../core/exit.ts';
 import { ensureRuntimeDir } from '../core/paths.ts';
 import { log } from '../core/log.ts';
+import { sudoValidate } from '../core/proc.ts';
 import { loopBacking, partDevice, pickStick, type Stick } from './detect.ts';
 
 /** The prefix of pim's mount dirs in the runtime dir: eject finds leftovers by it. */
@@ -25,7 +26,6 @@ export const MOUNT_PREFIX = 'ventoy.';
 export const MAC_VOLUME = '/Volumes/Ventoy';
 
 const isRoot = () => process.getuid?.() === 0;
-let sudoChecked = false;
 
 /**
  * Run one operation that needs root: directly as root, else through sudo -n.
@@ -38,11 +38,7 @@ export async function asRoot(op: string, cmd: string, args: string[], opts: { in
     if (r.code !== 0) throw failure(op, r.stderr || r.stdout, r.code, opts.code);
     return r;
   }
-  if (!sudoChecked && process.stdin.isTTY) {
-    sudoChecked = true;
-    const v = await run('sudo', ['-v'], { stdio: 'inherit', hint: 'install sudo' });
-    if (v.code !== 0) throw new PimError(EXIT.NOPERM, `sudo refused; ${op} needs root`);
-  }
+  await sudoValidate(`sudo refused; ${op} needs root`);
   const r = await run('sudo', ['-n', cmd, ...args], { input: opts.input, cwd: opts.cwd, stdio: opts.stdio, hint: 'install sudo, or run as root' });
   if (r.code !== 0) {
     if (/^sudo: /m.test(r.stderr) && /password|not allowed|may not run|terminal is required|not in the sudoers/i.test(r.stderr)) {

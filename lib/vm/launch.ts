@@ -19,7 +19,7 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import { userInfo } from 'node:os';
 import { EXIT, PimError } from '../core/exit.ts';
 import { checkSocketPath } from '../core/paths.ts';
-import { childExit, isOurProcess, readPidfile, waitExit } from '../core/proc.ts';
+import { childExit, isOurProcess, readPidfile, sudoValidate, waitExit } from '../core/proc.ts';
 import { acquireLock, type Lock } from '../core/lock.ts';
 import { createExclusive } from '../core/fs.ts';
 import { checkAborted } from '../core/signals.ts';
@@ -129,14 +129,6 @@ function bridgeFailure(tail: string[], bridge: string): PimError {
   return new PimError(EXIT.UNAVAILABLE, `bridged networking on bridge ${bridge} failed: ${why}; check that the bridge exists (ip link show ${bridge}) and is allowed in ${conf}, or name another with --bridge or PIM_BRIDGE`);
 }
 
-async function sudoAuth(): Promise<void> {
-  // With a terminal, let sudo ask for a password once; the real commands then run with -n.
-  if (!process.stdin.isTTY) return;
-  const { run } = await import('../core/run.ts');
-  const r = await run('sudo', ['-v'], { stdio: 'inherit', hint: 'install sudo' });
-  if (r.code !== 0) throw new PimError(EXIT.NOPERM, 'sudo refused; bridged networking needs sudo to run QEMU as root');
-}
-
 /** Let the invoking user use the root-owned sockets and pidfile: sudo for exactly this chown. */
 async function chownToUser(paths: string[]): Promise<void> {
   const { run } = await import('../core/run.ts');
@@ -195,7 +187,7 @@ export async function launch(res: Reservation, req: LaunchRequest, opts: { signa
     cleanupFiles(files);
     throw new PimError(EXIT.NOPERM, `${name} needs QEMU to run as root (bridged networking without a setuid bridge helper), and a debugger runs it as you; use user networking, or make qemu-bridge-helper setuid`);
   }
-  if (root) await sudoAuth();
+  if (root) await sudoValidate('sudo refused; bridged networking needs sudo to run QEMU as root');
   const cmd = req.debugger ? [...req.debugger, ...argv] : root ? ['sudo', '-n', ...argv] : argv;
   log.debug(`exec: ${JSON.stringify(cmd)}`);
   const meta: VmMeta = {
