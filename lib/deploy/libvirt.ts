@@ -30,7 +30,8 @@ import { stateDir } from '../core/paths.ts';
 import { ensurePrivateDir, writeFileAtomic } from '../core/fs.ts';
 import { checkAborted } from '../core/signals.ts';
 import { disksOf, domainXml, metaOf, uuidOf, type DeployMeta } from './domain.ts';
-import { hashFile, volumeRe, type Source } from './source.ts';
+import { volumeRe, type Source } from './source.ts';
+import { hashFile } from '../install/iso.ts';
 import { receiveThrough, sendThrough } from './stream.ts';
 import type { LibvirtTarget } from './targets.ts';
 import { quoteSh, sshArgv, Virsh } from './virsh.ts';
@@ -106,7 +107,7 @@ export async function farHash(v: Virsh, t: LibvirtTarget, vol: Vol, signal?: Abo
   const u = v.parsed;
   if (u.transport === 'local') {
     try {
-      return await hashFile(vol.path);
+      return await hashFile(vol.path, 'sha256');
     } catch (e) {
       if ((e as NodeJS.ErrnoException).code !== 'EACCES') throw e;
     }
@@ -329,7 +330,7 @@ async function uploadVolume(v: Virsh, t: LibvirtTarget, src: Source, signal?: Ab
   const t0 = performance.now();
   try {
     if (bar) sent = await sendThrough(src.path, send, (n) => bar.update({ done: n, total: src.size }), signal);
-    else [sent] = await Promise.all([hashFile(src.path), send(src.path)]);
+    else [sent] = await Promise.all([hashFile(src.path, 'sha256'), send(src.path)]);
   } finally {
     bar?.end();
   }

@@ -6,13 +6,13 @@
  * size and mtime it was taken at: a re-deploy with nothing to do reads no
  * image.
  */
-import { createHash } from 'node:crypto';
 import * as fs from 'node:fs';
 import { join } from 'node:path';
 import { cacheDir } from '../core/paths.ts';
 import { ensurePrivateDir, readRegular, writeFileAtomic } from '../core/fs.ts';
 import { checkName } from '../core/names.ts';
 import { buildDisk, buildEfivars, findBuild, type BuildRecord } from '../image/registry.ts';
+import { hashFile } from '../install/iso.ts';
 
 export interface Source {
   build: BuildRecord;
@@ -26,13 +26,6 @@ export interface Source {
   efivars: string | null;
 }
 
-/** sha256 of a file, streamed. */
-export async function hashFile(path: string): Promise<string> {
-  const h = createHash('sha256');
-  for await (const chunk of fs.createReadStream(path, { highWaterMark: 1 << 20 })) h.update(chunk as Buffer);
-  return h.digest('hex');
-}
-
 /** The sha256 of a build's image, from the cache when the image is the one it was taken of. */
 export async function buildHash(b: BuildRecord): Promise<string> {
   const disk = buildDisk(b);
@@ -41,7 +34,7 @@ export async function buildHash(b: BuildRecord): Promise<string> {
   const stamp = `${st.size} ${Math.floor(st.mtimeMs)}`;
   const cached = readRegular(file)?.trim().split(' ');
   if (cached && cached.length === 3 && `${cached[1]} ${cached[2]}` === stamp && /^[0-9a-f]{64}$/.test(cached[0]!)) return cached[0]!;
-  const sha = await hashFile(disk);
+  const sha = await hashFile(disk, 'sha256');
   ensurePrivateDir(join(cacheDir(), 'deploy'));
   writeFileAtomic(file, `${sha} ${stamp}\n`);
   return sha;
