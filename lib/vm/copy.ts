@@ -135,6 +135,12 @@ export function copyError(p: CpPlan, stderr: string, status: number): PimError {
   return new PimError(EXIT.UNAVAILABLE, `the copy ${p.direction === 'up' ? 'to' : 'from'} ${p.vm} failed: ${last}`);
 }
 
+/** The ssh side of a tar stream failed: ssh's own failure (255) is 69, the guest's side reads as copyError says. */
+function sshSideError(p: CpPlan, r: { code: number; stderr: string }): PimError {
+  if (r.code === 255) return new PimError(EXIT.UNAVAILABLE, `the copy ${p.direction === 'up' ? 'to' : 'from'} ${p.vm} failed: ${r.stderr.trim() || 'ssh exited 255'}`);
+  return copyError(p, r.stderr, r.code);
+}
+
 type Spawned = import('node:child_process').ChildProcess;
 
 /** A child's status and its stderr (kept for pim-cp's one-line message, not passed on). */
@@ -185,7 +191,7 @@ export async function viaTar(c: CopyCtx): Promise<void> {
       tar.stdout!.pipe(remote.stdin!);
       const [a, b] = await Promise.all([finish(tar, 'tar'), finish(remote, 'ssh')]);
       if (a.code !== 0) throw new PimError(EXIT.NOINPUT, `tar could not read ${s}: ${a.stderr.trim().split('\n').pop()}`);
-      if (b.code !== 0) throw b.code === 255 ? new PimError(EXIT.UNAVAILABLE, `the copy to ${p.vm} failed: ${b.stderr.trim() || 'ssh exited 255'}`) : copyError(p, b.stderr, b.code);
+      if (b.code !== 0) throw sshSideError(p, b);
     } else {
       const dest = resolve(p.dest);
       const intoDir = fs.statSync(dest, { throwIfNoEntry: false })?.isDirectory() ?? false;
@@ -195,7 +201,7 @@ export async function viaTar(c: CopyCtx): Promise<void> {
         const tar = spawn('tar', ['xpf', '-', '-C', where], { stdio: ['pipe', 'ignore', 'pipe'] });
         remote.stdout!.pipe(tar.stdin!);
         const [a, b] = await Promise.all([finish(remote, 'ssh'), finish(tar, 'tar')]);
-        if (a.code !== 0) throw a.code === 255 ? new PimError(EXIT.UNAVAILABLE, `the copy from ${p.vm} failed: ${a.stderr.trim() || 'ssh exited 255'}`) : copyError(p, a.stderr, a.code);
+        if (a.code !== 0) throw sshSideError(p, a);
         if (b.code !== 0) throw new PimError(EXIT.CANTCREAT, `tar could not write into ${where}: ${b.stderr.trim().split('\n').pop()}`);
         if (!intoDir) {
           const got = fs.readdirSync(where);
@@ -227,8 +233,8 @@ export async function copyAcross(p: CpPlan, recursive: boolean, from: string[], 
     src.stdout!.pipe(sink.stdin!);
     sink.stdin!.on('error', () => undefined); // the sink gone early: its own status says why
     const [a, b] = await Promise.all([finish(src, 'ssh'), finish(sink, 'ssh')]);
-    if (a.code !== 0) throw a.code === 255 ? new PimError(EXIT.UNAVAILABLE, `the copy from ${p.vm} failed: ${a.stderr.trim() || 'ssh exited 255'}`) : copyError(asDown, a.stderr, a.code);
-    if (b.code !== 0) throw b.code === 255 ? new PimError(EXIT.UNAVAILABLE, `the copy to ${dst.vm} failed: ${b.stderr.trim() || 'ssh exited 255'}`) : copyError(asUp, b.stderr, b.code);
+    if (a.code !== 0) throw sshSideError(asDown, a);
+    if (b.code !== 0) throw sshSideError(asUp, b);
   }
 }
 
