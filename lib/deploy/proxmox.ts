@@ -53,7 +53,7 @@ import { EXIT, PimError } from '../core/exit.ts';
 import { log } from '../core/log.ts';
 import { checkAborted } from '../core/signals.ts';
 import { memKiB } from './domain.ts';
-import { agentPriv, configPrivs, describeNeeds, descriptionLength, DESCRIPTION_MAX, dnsNameProblem, importedVolume, privilegesFor, taskSucceeded, unmet, type Need, type Perms } from './pvecheck.ts';
+import { agentPriv, configPrivs, describeNeeds, descriptionLength, DESCRIPTION_MAX, dnsNameProblem, importedVolume, permsAt, privilegesFor, taskSucceeded, unmet, type Need, type Perms } from './pvecheck.ts';
 import { sleep, type DeployOpts, type Deployed, type Outcome, type Step } from './libvirt.ts';
 import { volumeRe, type Source } from './source.ts';
 import { normFingerprint, type ProxmoxTarget } from './targets.ts';
@@ -326,7 +326,7 @@ async function checkImportStorage(api: Pve, signal?: AbortSignal): Promise<void>
   }
   const e = (Array.isArray(list) ? list : []).find((x) => x.storage === s);
   if (!e) throw new PimError(EXIT.NOPERM, `${t.name}: the token ${api.tokenId} cannot see storage ${s}: grant it Datastore.Audit or Datastore.AllocateSpace on /storage/${s}; nothing was sent`);
-  if (!String(e.content ?? '').split(',').includes('import')) throw new PimError(EXIT.CONFIG, `${t.name}: storage ${s} (${e.type ?? 'unknown type'}) has no content "import" (it has ${e.content || 'none'}): ${fix}; nothing was sent`);
+  if (typeof e.content === 'string' && !e.content.split(',').includes('import')) throw new PimError(EXIT.CONFIG, `${t.name}: storage ${s} (${e.type ?? 'unknown type'}) has no content "import" (it has ${e.content || 'none'}): ${fix}; nothing was sent`);
   if (e.enabled !== undefined && !Number(e.enabled)) throw new PimError(EXIT.CONFIG, `${t.name}: storage ${s} is disabled: enable it (Datacenter > Storage > ${s}), or set import_storage: to another; nothing was sent`);
   if (e.active !== undefined && !Number(e.active)) throw new PimError(EXIT.UNAVAILABLE, `${t.name}: storage ${s} is not active on ${t.node} (unmounted or unreachable): check it on the node (pvesm status); nothing was sent`);
 }
@@ -337,7 +337,7 @@ async function checkPermissions(api: Pve, needs: Need[], signal?: AbortSignal): 
   for (const path of [...new Set(needs.map((n) => n.path))]) {
     try {
       const got = await api.get<Perms>(`/access/permissions?path=${enc(path)}`, signal);
-      perms[path] = got?.[path] ?? {};
+      perms[path] = permsAt(got, path);
     } catch (e) {
       if (e instanceof PimError && e.code === EXIT.UNAVAILABLE) {
         log.debug(`${api.t.name}: cannot read the token's permissions (${e.message}); PVE checks them itself`);

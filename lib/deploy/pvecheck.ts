@@ -80,6 +80,23 @@ export function configPrivs(keys: string[]): string[] {
   return [...new Set(keys.map((k) => KEY_PRIV[k] ?? 'VM.Config.Disk'))].sort();
 }
 
+/**
+ * The privileges at `path` from an answer of /access/permissions: the path's own entry (what
+ * PVE answers when asked with ?path=), else, in an answer of the whole tree, the nearest
+ * ancestor's privileges that propagate (1).
+ */
+export function permsAt(answer: Perms | null | undefined, path: string): Record<string, number> {
+  if (!answer || typeof answer !== 'object') return {};
+  if (answer[path]) return answer[path]!;
+  for (let p = path; p.includes('/'); ) {
+    p = p.slice(0, p.lastIndexOf('/')) || '/';
+    const at = answer[p];
+    if (at) return Object.fromEntries(Object.entries(at).filter(([, v]) => Number(v) === 1));
+    if (p === '/') break;
+  }
+  return {};
+}
+
 /** The needs that `perms` does not meet, one per (path, privs). */
 export function unmet(needs: Need[], perms: Perms): Need[] {
   return needs.filter((n) => !n.privs.some((p) => perms[n.path]?.[p] !== undefined));

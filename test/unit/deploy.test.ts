@@ -2,7 +2,7 @@ import { describe, expect, it } from 'vitest';
 import { domainXml, memKiB, metaOf, uuidOf, disksOf } from '../../lib/deploy/domain.ts';
 import { normFingerprint, parseHealth } from '../../lib/deploy/targets.ts';
 import { IMPORT_SINCE, metaLine, metaOfDescription, restoreForm, versionAtLeast, vmParams, volumesOf } from '../../lib/deploy/proxmox.ts';
-import { agentPriv, configPrivs, describeNeeds, descriptionLength, dnsNameProblem, importedVolume, privilegesFor, taskSucceeded, unmet } from '../../lib/deploy/pvecheck.ts';
+import { agentPriv, configPrivs, describeNeeds, descriptionLength, dnsNameProblem, importedVolume, permsAt, privilegesFor, taskSucceeded, unmet } from '../../lib/deploy/pvecheck.ts';
 import { parseUri, quoteVirsh, sshArgv } from '../../lib/deploy/virsh.ts';
 import { volumeName, volumeRe } from '../../lib/deploy/source.ts';
 import { receiveThrough, sendThrough } from '../../lib/deploy/stream.ts';
@@ -147,6 +147,11 @@ describe('Proxmox as its sources say it behaves', () => {
     ];
     const miss = unmet(needs, { '/storage/local': { 'Datastore.Audit': 1 }, '/vms/101': { 'VM.PowerMgmt': 0 } });
     expect(describeNeeds(miss)).toBe('Datastore.AllocateTemplate on /storage/local (the upload); VM.Monitor on /vms/101 (the agent ping)');
+    // a ?path= answer, or the whole tree: the nearest ancestor's propagating privileges
+    expect(permsAt({ '/vms/101': { 'VM.Audit': 0 } }, '/vms/101')).toEqual({ 'VM.Audit': 0 });
+    expect(permsAt({ '/vms': { 'VM.Audit': 1, 'VM.Allocate': 0 }, '/': { 'Sys.Audit': 1 } }, '/vms/101')).toEqual({ 'VM.Audit': 1 });
+    expect(permsAt({ '/': { 'Datastore.Audit': 1 } }, '/storage/local')).toEqual({ 'Datastore.Audit': 1 });
+    expect(permsAt({}, '/vms')).toEqual({});
     const o = { storage: 'local-lvm', importStorage: 'local', major: 9 };
     expect(privilegesFor('POST', '/nodes/pve1/qemu/101/agent/ping', o)).toBe('VM.GuestAgent.Audit on /vms/101');
     expect(privilegesFor('POST', '/nodes/pve1/storage/local/upload', o)).toBe('Datastore.AllocateTemplate on /storage/local');
