@@ -53,7 +53,7 @@ import { EXIT, PimError } from '../core/exit.ts';
 import { log } from '../core/log.ts';
 import { checkAborted } from '../core/signals.ts';
 import { memKiB } from './domain.ts';
-import { agentPriv, configPrivs, describeNeeds, descriptionLength, DESCRIPTION_MAX, dnsNameProblem, importedVolume, permsAt, privilegesFor, taskSucceeded, unmet, type Need, type Perms } from './pvecheck.ts';
+import { agentPrivs, configPrivs, describeNeeds, descriptionLength, DESCRIPTION_MAX, dnsNameProblem, importedVolume, permsAt, privilegesFor, taskSucceeded, unmet, type Need, type Perms } from './pvecheck.ts';
 import { sleep, type DeployOpts, type Deployed, type Outcome, type Step } from './libvirt.ts';
 import { volumeRe, type Source } from './source.ts';
 import { normFingerprint, type ProxmoxTarget } from './targets.ts';
@@ -409,7 +409,7 @@ export async function deployProxmox(src: Source, t: ProxmoxTarget, o: DeployOpts
     for (const p of configPrivs(keys)) needs.push({ path: vmPath, privs: [p], step: vm ? 'the new config' : 'creating the VM' });
   }
   if (start || (params && vm && (running || vm.status === 'paused'))) needs.push({ path: vmPath, privs: ['VM.PowerMgmt'], step: params && vm ? 'shutdown and start' : 'the start' });
-  if (start) needs.push({ path: vmPath, privs: [agentPriv(api.major)], step: 'the agent ping' });
+  if (start) needs.push({ path: vmPath, privs: agentPrivs(api.major), step: 'the agent ping' });
   if (doomed.length && !far) needs.push({ path: `/storage/${t.importStorage}`, privs: ['Datastore.Allocate'], step: 'deleting old import files' });
   if (needs.length) await checkPermissions(api, needs, o.signal);
   if (o.dryRun) return outcome([]);

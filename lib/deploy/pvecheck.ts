@@ -16,8 +16,8 @@
  *   $check_vm_modify_config_perm: VM.Config.* per key; vm_start/vm_stop/vm_shutdown:
  *   VM.PowerMgmt; $check_storage_access: Datastore.AllocateSpace for a new disk, and
  *   pve-storage check_volume_access: Datastore.Audit or Datastore.AllocateSpace to read an
- *   import volume), PVE/API2/Qemu/Agent.pm (ping: VM.Monitor, VM.GuestAgent.Audit from
- *   qemu-server 9.0, commit b92a40ce), pve-storage src/PVE/API2/Storage/Status.pm (upload:
+ *   import volume), PVE/API2/Qemu/Agent.pm (ping: VM.Monitor; from qemu-server 9.0, commit
+ *   b92a40ce, VM.GuestAgent.Audit or VM.GuestAgent.Unrestricted), pve-storage src/PVE/API2/Storage/Status.pm (upload:
  *   Datastore.AllocateTemplate) and Content.pm (delete: Datastore.Allocate).
  */
 
@@ -57,8 +57,8 @@ export interface Need {
 /** The privileges of a token per path, as GET /access/permissions?path=P answers: {P: {PRIV: 0|1}}. */
 export type Perms = Record<string, Record<string, number>>;
 
-/** The agent ping's privilege: VM.Monitor up to PVE 8, VM.GuestAgent.Audit from 9. */
-export const agentPriv = (major: number) => (major >= 9 ? 'VM.GuestAgent.Audit' : 'VM.Monitor');
+/** The privileges any one of which lets a token ping the agent: VM.Monitor up to PVE 8; from 9 VM.GuestAgent.Audit (or VM.GuestAgent.Unrestricted). */
+export const agentPrivs = (major: number) => (major >= 9 ? ['VM.GuestAgent.Audit', 'VM.GuestAgent.Unrestricted'] : ['VM.Monitor']);
 
 /** The config keys pim sets, by the privilege qemu-server checks for each. */
 const KEY_PRIV: Record<string, string> = {
@@ -126,7 +126,7 @@ export function privilegesFor(method: string, path: string, o: { storage: string
   if (/^\/nodes\/[^/]+\/qemu$/.test(p)) return 'VM.Audit on /vms';
   if ((m = /^\/nodes\/[^/]+\/qemu\/(\d+)\/config$/.exec(p))) return method === 'GET' ? `VM.Audit on /vms/${m[1]}` : `${cfg} on /vms/${m[1]}, ${disk}`;
   if ((m = /^\/nodes\/[^/]+\/qemu\/(\d+)\/status\//.exec(p))) return `VM.PowerMgmt on /vms/${m[1]}`;
-  if ((m = /^\/nodes\/[^/]+\/qemu\/(\d+)\/agent\//.exec(p))) return `${agentPriv(o.major)} on /vms/${m[1]}`;
+  if ((m = /^\/nodes\/[^/]+\/qemu\/(\d+)\/agent\//.exec(p))) return `${agentPrivs(o.major).join(' or ')} on /vms/${m[1]}`;
   if ((m = /^\/nodes\/[^/]+\/qemu\/(\d+)$/.exec(p)) && method === 'DELETE') return `VM.Allocate on /vms/${m[1]}`;
   if ((m = /^\/nodes\/([^/]+)\/tasks\//.exec(p))) return `Sys.Audit on /nodes/${m[1]} (or run the task as the token itself)`;
   return 'the privilege PVE names';

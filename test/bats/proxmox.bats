@@ -308,5 +308,5 @@ set 101 --scsi0 local-lvm:vm-101-disk-0 --boot order=scsi0" ]
   run --separate-stderr pim-deploy "$B2" pve
   [ "$status" -eq 79 ]
   all_matched
-  [[ "$(tail -1 <<<"$stderr")" == *"the health check was refused:"*"Permission check failed (/vms/101, VM.GuestAgent.Audit)): grant the token root@pam!pim VM.GuestAgent.Audit on /vms/101"*"the previous config ($B1) is back and running"* ]]
+  [[ "$(tail -1 <<<"$stderr")" == *"the health check was refused:"*"Permission check failed (/vms/101, VM.GuestAgent.Audit)): grant the token root@pam!pim VM.GuestAgent.Audit or VM.GuestAgent.Unrestricted on /vms/101"*"the previous config ($B1) is back and running"* ]]
 }

@@ -2,7 +2,7 @@ import { describe, expect, it } from 'vitest';
 import { domainXml, memKiB, metaOf, uuidOf, disksOf } from '../../lib/deploy/domain.ts';
 import { normFingerprint, parseHealth } from '../../lib/deploy/targets.ts';
 import { IMPORT_SINCE, metaLine, metaOfDescription, restoreForm, versionAtLeast, vmParams, volumesOf } from '../../lib/deploy/proxmox.ts';
-import { agentPriv, configPrivs, describeNeeds, descriptionLength, dnsNameProblem, importedVolume, permsAt, privilegesFor, taskSucceeded, unmet } from '../../lib/deploy/pvecheck.ts';
+import { agentPrivs, configPrivs, describeNeeds, descriptionLength, dnsNameProblem, importedVolume, permsAt, privilegesFor, taskSucceeded, unmet } from '../../lib/deploy/pvecheck.ts';
 import { parseUri, quoteVirsh, sshArgv } from '../../lib/deploy/virsh.ts';
 import { volumeName, volumeRe } from '../../lib/deploy/source.ts';
 import { receiveThrough, sendThrough } from '../../lib/deploy/stream.ts';
@@ -137,8 +137,8 @@ describe('Proxmox as its sources say it behaves', () => {
     expect(descriptionLength('é€😀')).toBe(3);
   });
   it('knows the privileges of each step, per PVE version, and names what is missing', () => {
-    expect(agentPriv(8)).toBe('VM.Monitor');
-    expect(agentPriv(9)).toBe('VM.GuestAgent.Audit');
+    expect(agentPrivs(8)).toEqual(['VM.Monitor']);
+    expect(agentPrivs(9)).toEqual(['VM.GuestAgent.Audit', 'VM.GuestAgent.Unrestricted']);
     expect(configPrivs(['name', 'memory', 'cores', 'scsi0', 'boot', 'net0', 'machine'])).toEqual(['VM.Config.CPU', 'VM.Config.Disk', 'VM.Config.HWType', 'VM.Config.Memory', 'VM.Config.Network', 'VM.Config.Options']);
     const needs = [
       { path: '/storage/local', privs: ['Datastore.AllocateTemplate'], step: 'the upload' },
@@ -153,7 +153,8 @@ describe('Proxmox as its sources say it behaves', () => {
     expect(permsAt({ '/': { 'Datastore.Audit': 1 } }, '/storage/local')).toEqual({ 'Datastore.Audit': 1 });
     expect(permsAt({}, '/vms')).toEqual({});
     const o = { storage: 'local-lvm', importStorage: 'local', major: 9 };
-    expect(privilegesFor('POST', '/nodes/pve1/qemu/101/agent/ping', o)).toBe('VM.GuestAgent.Audit on /vms/101');
+    expect(privilegesFor('POST', '/nodes/pve1/qemu/101/agent/ping', o)).toBe('VM.GuestAgent.Audit or VM.GuestAgent.Unrestricted on /vms/101');
+    expect(privilegesFor('POST', '/nodes/pve1/qemu/101/agent/ping', { ...o, major: 8 })).toBe('VM.Monitor on /vms/101');
     expect(privilegesFor('POST', '/nodes/pve1/storage/local/upload', o)).toBe('Datastore.AllocateTemplate on /storage/local');
     expect(privilegesFor('DELETE', '/nodes/pve1/storage/local/content/local%3Aimport%2Fweb-0.qcow2', o)).toBe('Datastore.Allocate on /storage/local');
     expect(privilegesFor('POST', '/nodes/pve1/qemu/101/status/start', o)).toBe('VM.PowerMgmt on /vms/101');
