@@ -54,10 +54,13 @@ within --health-timeout, or the old definition is restored and started (exit 79)
 Volumes of NAME beyond --keep (the current one counts) are deleted unless in use.
 --dry-run prints the plan (NAME STEP ACTION DETAIL) and changes nothing.
 Output: NAME TARGET BUILD VOLUME UPLOAD DOMAIN SECONDS. list prints NAME BUILD PROFILE
-VOLUME STATE. Exit: 65 sha256 mismatch after the upload, 66 no such build or target,
-69 target unreachable (or a Proxmox certificate that does not match fingerprint:),
-75 another deploy of NAME runs, 77 the Proxmox token is unset or refused, 78 bad targets.d,
-79 health check failed and rolled back.`,
+VOLUME STATE. Exit: 64 a --name Proxmox refuses (not a DNS name), 65 sha256 mismatch
+after the upload (or a Proxmox description over 8192 characters), 66 no such build or
+target, 69 target unreachable (or a Proxmox certificate that does not match fingerprint:,
+or PVE before 8.4 without ssh:), 75 another deploy of NAME runs (or the Proxmox VM's
+config changed since it was read), 77 the Proxmox token is unset, refused or lacks a
+privilege, 78 bad targets.d (or an import_storage without content import), 79 health
+check failed and rolled back.`,
     examples: ['pim-deploy dev lab', 'pim-deploy dev lab --dry-run', 'pim-deploy dev lab --name web --keep 3', 'pim-deploy list lab', 'pim-deploy targets'],
   },
   args: {

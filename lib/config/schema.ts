@@ -78,7 +78,7 @@ export const TARGET_SCHEMA: Schema = {
   // proxmox
   api: 'string', node: 'string', token_env: 'string', storage: 'string', import_storage: 'string', vmid: 'positive',
   fingerprint: 'string', insecure: 'boolean',
-  // ssh (and proxmox before 8.3: the node over SSH)
+  // ssh (and proxmox before 8.4: the node over SSH)
   host: 'string', port: 'positive', identity: 'string', ssh: 'string',
   // every kind
   health: 'string', health_timeout: 'positive', shutdown_timeout: 'positive',

@@ -4,30 +4,45 @@
  * USER@REALM!TOKENID=SECRET, sent as `Authorization: PVEAPIToken=...`, never
  * printed). PVE's certificate is self-signed as a rule: pin its sha256
  * (`fingerprint:`, what `pvenode cert info` shows) or say `insecure: true`.
+ * What PVE checks itself is checked here first (lib/deploy/pvecheck.ts, each
+ * rule with the PVE source it follows), so that nothing is refused after a
+ * multi-gigabyte upload.
  *
- *   1. GET /version: 8.3 or newer can take a disk image as storage content
- *      `import`. An older PVE needs `ssh: root@NODE`: the image is copied to
- *      the node's ${TMPDIR:-/var/tmp}/pim (scp), verified there with
- *      sha256sum, then `qm disk import` and `qm set` attach it to the VM the
- *      API made without a disk, and pim's record is written last; without
- *      ssh: it is refused (69);
- *   2. the VM of the name (GET /nodes/N/qemu, then its config: pim's record
- *      is a line of its description) and the storage's import content;
+ *   0. the VM's name must be a DNS name, as PVE requires (64 with --name, else 78),
+ *      before any request;
+ *   1. GET /version: PVE 8.4 or newer takes a qcow2 image as storage content
+ *      `import` (pve-storage 8.3.6, commit 76f695f, which pve-manager 8.4.0
+ *      requires; up to 8.3 only .ova). An older PVE needs `ssh: root@NODE`: the
+ *      image is copied to the node's ${TMPDIR:-/var/tmp}/pim (scp), verified
+ *      there with sha256sum, then `qm disk import` and `qm set` attach it to
+ *      the VM the API made without a disk, and pim's record is written last;
+ *      without ssh: it is refused (69);
+ *   2. the VM of the name (GET /nodes/N/qemu, then its config with its digest:
+ *      pim's record is a line of its description); the new description must fit
+ *      PVE's 8192 characters (65); the import storage must have content
+ *      `import` and be enabled (GET /nodes/N/storage?storage=S&content=import:
+ *      78), then its import content is listed; the token's privileges for each
+ *      step (GET /access/permissions?path=P) must be there (77, naming what to
+ *      grant where);
  *   3. the image goes up as `<name>-<sha12>.qcow2` (POST .../upload, multipart,
  *      content=import, with its sha256 for PVE to check) unless that file is
  *      there: PVE moves an upload into place only once its checksum matched.
- *      Then the upload task is followed until it stops, and must end OK;
+ *      Then the upload task is followed until it stops, and must succeed; a
+ *      task that ends with "WARNINGS: N" succeeded (as PVE counts it), and its
+ *      warnings are logged;
  *   4. a VM of the same build is left alone (started if it is stopped);
  *      otherwise the VM is created (POST /nodes/N/qemu) or, stopped first,
- *      given the new disk (POST .../config), with `import-from` pointing at
- *      the uploaded file, and started; the guest agent must answer within the
- *      health timeout. When it does not (or the start fails), an upgraded VM
- *      is rolled back (79): stopped, the keys pim set put back to the config
- *      read in 2 (the old disk, which PVE kept as unusedN, back as scsi0; a
- *      key the VM did not have deleted), the disks this deploy made, now
- *      unused, deleted, and the VM started again if it ran before; pim's
- *      record in the description names the old build again. A VM this deploy
- *      created is stopped and deleted with its disks (79);
+ *      given the new disk (POST .../config with the digest read in 2: when the
+ *      config changed meanwhile, nothing is changed and it is 75), with
+ *      `import-from` pointing at the uploaded file, and started; the guest
+ *      agent must answer within the health timeout. When it does not (or the
+ *      start fails, or the ping is refused), an upgraded VM is rolled back
+ *      (79): stopped, the keys pim set put back to the config read in 2 (the
+ *      old disk, which PVE kept as unusedN, back as scsi0; a key the VM did
+ *      not have deleted), the disks this deploy made, now unused, deleted,
+ *      and the VM started again if it ran before; pim's record in the
+ *      description names the old build again. A VM this deploy created is
+ *      stopped and deleted with its disks (79);
  *   5. import files of the name beyond --keep are deleted (the VM's disk is a
  *      copy: import-from copies).
  */
@@ -38,12 +53,18 @@ import { EXIT, PimError } from '../core/exit.ts';
 import { log } from '../core/log.ts';
 import { checkAborted } from '../core/signals.ts';
 import { memKiB } from './domain.ts';
+import { agentPrivs, configPrivs, describeNeeds, descriptionLength, DESCRIPTION_MAX, dnsNameProblem, importedVolume, permsAt, privilegesFor, taskSucceeded, unmet, type Need, type Perms } from './pvecheck.ts';
 import { sleep, type DeployOpts, type Deployed, type Outcome, type Step } from './libvirt.ts';
 import { volumeRe, type Source } from './source.ts';
 import { normFingerprint, type ProxmoxTarget } from './targets.ts';
 
-/** The first PVE with storage content `import` (upload a disk image, then import-from). */
-export const IMPORT_SINCE = [8, 3] as const;
+/**
+ * The first PVE whose storage takes a qcow2 upload as content `import` (then import-from):
+ * pve-storage 8.3.6 (commit 76f695f, April 2025) added qcow2|raw|vmdk to
+ * UPLOAD_IMPORT_EXT_RE_1, and pve-manager 8.4.0 is the first release to depend on it.
+ * 8.3.x allows only .ova there ("filename: invalid filename or wrong extension").
+ */
+export const IMPORT_SINCE = [8, 4] as const;
 
 /** pim's record in a VM's description: one line, `pim-deploy: build=ID key=K profile=P volume=V sha256=S`. */
 export interface PveMeta {
@@ -109,17 +130,37 @@ interface Answer {
   message: string;
 }
 
+/** An HTTP error of the API, with PVE's own message (parameter errors, the body's message, or the reason phrase). */
+export class PveError extends PimError {
+  constructor(
+    code: ConstructorParameters<typeof PimError>[0],
+    message: string,
+    readonly status: number,
+    readonly pveMessage: string,
+  ) {
+    super(code, message);
+  }
+}
+
+/** PVE's refusal of a config change whose digest is not the config's (qemu-server, pve-common assert_if_modified). */
+const DIGEST_MISMATCH = /checksum mismatch \(file change by other user\?\)|detected modified configuration/;
+
 /** The API: one undici Agent (the pinned certificate checked on every connection), the token on every request. */
 export class Pve {
   private agent: unknown;
   private readonly auth: string;
   /** requests made, for PIM_LOG=debug */
   calls = 0;
+  /** PVE's major version, once /version was read (the agent's privilege depends on it) */
+  major = 8;
+  /** USER@REALM!TOKENID, for messages */
+  readonly tokenId: string;
   constructor(readonly t: ProxmoxTarget) {
     const tok = process.env[t.tokenEnv];
     if (!tok) throw new PimError(EXIT.NOPERM, `${t.name}: the environment variable ${t.tokenEnv} (token_env) is not set: export ${t.tokenEnv}='USER@REALM!TOKENID=SECRET', an API token of ${t.api} (Datacenter > Permissions > API Tokens)`);
     if (!/^[^\s@]+@[^\s!]+![^\s=]+=\S+$/.test(tok)) throw new PimError(EXIT.NOPERM, `${t.name}: ${t.tokenEnv} does not look like an API token (USER@REALM!TOKENID=SECRET); set it to one`);
     this.auth = `PVEAPIToken=${tok}`;
+    this.tokenId = tok.slice(0, tok.indexOf('='));
   }
 
   private async dispatcher(): Promise<unknown> {
@@ -165,25 +206,23 @@ export class Pve {
       throw new PimError(EXIT.UNAVAILABLE, `${this.t.name}: cannot reach ${this.t.api} (${code ?? err.message}); check api: and the network`);
     }
     const text = await res.body.text();
-    let data: unknown = null;
+    // PVE up to 8.3 (pve-http-server 5.1) answers an error with {"data":null} (and "errors"
+    // for bad parameters) and its message only in the reason phrase; from 8.4 (5.2) the
+    // body also has "message"; an error before the handler is plain text from 5.2
+    let got: { data?: unknown; errors?: Record<string, string>; message?: string } = {};
     try {
-      data = (JSON.parse(text) as { data?: unknown }).data ?? null;
+      got = (JSON.parse(text) ?? {}) as typeof got;
     } catch {
-      /* PVE answers errors with a reason phrase and sometimes no JSON */
+      /* no JSON */
     }
     const reason = (res as { statusText?: string }).statusText ?? '';
-    const errors = (() => {
-      try {
-        const e = (JSON.parse(text) as { errors?: Record<string, string> }).errors;
-        return e ? Object.entries(e).map(([k, v]) => `${k}: ${String(v).trim()}`).join('; ') : '';
-      } catch {
-        return '';
-      }
-    })();
-    const answer = { status: res.statusCode, data, message: errors || reason || text.trim().slice(0, 200) };
-    if (res.statusCode === 401) throw new PimError(EXIT.NOPERM, `${this.t.name}: ${this.t.api} refused the token in ${this.t.tokenEnv} (401): check the token and that it is not expired`);
-    if (res.statusCode === 403) throw new PimError(EXIT.NOPERM, `${this.t.name}: ${method} ${path}: permission denied (403): give the token's user the privilege (VM.Allocate, Datastore.AllocateTemplate, ...) or turn off its privilege separation`);
-    if (res.statusCode >= 300 && !(opts.ok404 && res.statusCode === 404)) throw new PimError(EXIT.UNAVAILABLE, `${this.t.name}: ${method} ${path}: HTTP ${res.statusCode}${answer.message ? ` ${answer.message}` : ''}`);
+    const errors = got.errors ? Object.entries(got.errors).map(([k, v]) => `${k}: ${String(v).trim()}`).join('; ') : '';
+    const said = (typeof got.message === 'string' ? got.message.trim() : '') || reason.trim() || (got.data === undefined ? text.trim().slice(0, 200) : '');
+    const answer = { status: res.statusCode, data: got.data ?? null, message: errors ? `${said ? `${said} ` : ''}${errors}`.trim() : said };
+    if (res.statusCode === 401) throw new PveError(EXIT.NOPERM, `${this.t.name}: ${this.t.api} refused the token in ${this.t.tokenEnv} (401): check the token and that it is not expired`, 401, answer.message);
+    if (res.statusCode === 403)
+      throw new PveError(EXIT.NOPERM, `${this.t.name}: ${method} ${path}: permission denied (403${answer.message ? `: ${answer.message}` : ''}): grant the token ${this.tokenId} ${privilegesFor(method, path, { storage: this.t.storage, importStorage: this.t.importStorage, major: this.major })} (or to its user, when the token is not privilege-separated)`, 403, answer.message);
+    if (res.statusCode >= 300 && !(opts.ok404 && res.statusCode === 404)) throw new PveError(EXIT.UNAVAILABLE, `${this.t.name}: ${method} ${path}: HTTP ${res.statusCode}${answer.message ? ` ${answer.message}` : ''}`, res.statusCode, answer.message);
     return answer;
   }
 
@@ -205,12 +244,25 @@ export class Pve {
     }
   }
 
-  /** Run a request that starts a task, and require the task to end OK. */
+  /** Run a request that starts a task, and require the task to succeed (OK, or WARNINGS: N, logged). */
   async task(method: string, path: string, form: Record<string, string> | undefined, what: string, signal?: AbortSignal): Promise<void> {
     const { data } = await this.call(method, path, { form, signal });
     if (typeof data !== 'string' || !data.startsWith('UPID:')) return; // done synchronously
     const exit = await this.waitTask(data, signal);
-    if (exit !== 'OK') throw new PimError(EXIT.UNAVAILABLE, `${this.t.name}: ${what} failed: ${exit}`);
+    if (!taskSucceeded(exit)) throw new PimError(EXIT.UNAVAILABLE, `${this.t.name}: ${what} failed: ${exit}`);
+    if (exit !== 'OK') await this.warnTask(data, what, exit, signal);
+  }
+
+  /** A task that succeeded with warnings: log them (its log's "WARN: " lines, read as far as PVE lets us). */
+  async warnTask(upid: string, what: string, exit: string, signal?: AbortSignal): Promise<void> {
+    let lines: string[] = [];
+    try {
+      const got = await this.get<{ n: number; t: string }[]>(`/nodes/${enc(this.t.node)}/tasks/${enc(upid)}/log?start=0&limit=500`, signal);
+      lines = (Array.isArray(got) ? got : []).map((l) => String(l.t)).filter((l) => l.startsWith('WARN: ')).map((l) => l.slice(6));
+    } catch (e) {
+      if (!(e instanceof PimError)) throw e;
+    }
+    log.warn(`${this.t.name}: ${what}: the task ended with ${exit}${lines.length ? `: ${lines.join('; ')}` : ''}`);
   }
 }
 
@@ -248,13 +300,71 @@ async function multipart(fields: Record<string, string>, file: string, fileName:
   return { body: Readable.from(parts()), headers: { 'content-type': `multipart/form-data; boundary=${b}`, 'content-length': String(Buffer.byteLength(head) + size + Buffer.byteLength(tail)) } };
 }
 
-export async function deployProxmox(src: Source, t: ProxmoxTarget, o: DeployOpts): Promise<Outcome> {
+interface StorageEntry {
+  storage: string;
+  type?: string;
+  content?: string;
+  enabled?: number;
+  active?: number;
+}
+
+/**
+ * The import storage, before anything is sent: PVE lists it for content=import only when
+ * its content has `import` and it is enabled (pve-storage Status.pm index: else 400 "No
+ * such storage."), and only to a token with Datastore.Audit or Datastore.AllocateSpace on it.
+ */
+async function checkImportStorage(api: Pve, signal?: AbortSignal): Promise<void> {
+  const t = api.t;
+  const s = t.importStorage;
+  const fix = `enable the content "Import" of ${s} (Datacenter > Storage > ${s} > Content; a file storage: dir, NFS, CIFS, CephFS, BTRFS, GlusterFS), or set import_storage: to one that has it (LVM-thin and ZFS have none)`;
+  let list: StorageEntry[];
+  try {
+    list = await api.get<StorageEntry[]>(`/nodes/${enc(t.node)}/storage?storage=${enc(s)}&content=import`, signal);
+  } catch (e) {
+    if (e instanceof PveError && e.status === 400) throw new PimError(EXIT.CONFIG, `${t.name}: storage ${s} on ${t.node} is missing, disabled or has no content "import" (PVE: ${e.pveMessage}): ${fix}; nothing was sent`);
+    throw e;
+  }
+  const e = (Array.isArray(list) ? list : []).find((x) => x.storage === s);
+  if (!e) throw new PimError(EXIT.NOPERM, `${t.name}: the token ${api.tokenId} cannot see storage ${s}: grant it Datastore.Audit or Datastore.AllocateSpace on /storage/${s}; nothing was sent`);
+  if (typeof e.content === 'string' && !e.content.split(',').includes('import')) throw new PimError(EXIT.CONFIG, `${t.name}: storage ${s} (${e.type ?? 'unknown type'}) has no content "import" (it has ${e.content || 'none'}): ${fix}; nothing was sent`);
+  if (e.enabled !== undefined && !Number(e.enabled)) throw new PimError(EXIT.CONFIG, `${t.name}: storage ${s} is disabled: enable it (Datacenter > Storage > ${s}), or set import_storage: to another; nothing was sent`);
+  if (e.active !== undefined && !Number(e.active)) throw new PimError(EXIT.UNAVAILABLE, `${t.name}: storage ${s} is not active on ${t.node} (unmounted or unreachable): check it on the node (pvesm status); nothing was sent`);
+}
+
+/** The token's privileges for each step (GET /access/permissions?path=P, which any token may ask of itself). */
+async function checkPermissions(api: Pve, needs: Need[], signal?: AbortSignal): Promise<void> {
+  const perms: Perms = {};
+  for (const path of [...new Set(needs.map((n) => n.path))]) {
+    try {
+      const got = await api.get<Perms>(`/access/permissions?path=${enc(path)}`, signal);
+      perms[path] = permsAt(got, path);
+    } catch (e) {
+      if (e instanceof PimError && e.code === EXIT.UNAVAILABLE) {
+        log.debug(`${api.t.name}: cannot read the token's permissions (${e.message}); PVE checks them itself`);
+        return;
+      }
+      throw e;
+    }
+  }
+  const miss = unmet(needs, perms);
+  if (miss.length)
+    throw new PimError(EXIT.NOPERM, `${api.t.name}: the token ${api.tokenId} lacks ${describeNeeds(miss)}: grant them (Datacenter > Permissions > Add > API Token Permission; to its user too when it is privilege-separated); nothing was sent`);
+}
+
+export async function deployProxmox(src: Source, t: ProxmoxTarget, o: DeployOpts & { name?: string }): Promise<Outcome> {
+  // PVE refuses a name that is not a DNS name (pve_verify_dns_name): say so before anything is sent
+  const badName = dnsNameProblem(src.name);
+  if (badName) {
+    const given = o.name !== undefined;
+    throw new PimError(given ? EXIT.USAGE : EXIT.CONFIG, `${t.name}: Proxmox VE takes no VM named ${JSON.stringify(src.name)} (${badName}): a VM's name is a DNS name, letters, digits and "-" in dot-separated parts that neither start nor end with "-"; ${given ? 'pick another --name' : 'deploy it with --name NAME'}`);
+  }
   const api = new Pve(t);
   const node = `/nodes/${enc(t.node)}`;
   const ver = await api.get<{ version: string }>('/version', o.signal);
+  api.major = Number(ver.version.split('.')[0]) || 8;
   const viaSsh = !versionAtLeast(ver.version, IMPORT_SINCE);
   if (viaSsh && !t.ssh)
-    throw new PimError(EXIT.UNAVAILABLE, `${t.name}: ${t.api} runs Proxmox VE ${ver.version}, older than 8.3 (no storage content "import"): set ssh: root@${t.node} in the target to copy the image over SSH and import it with qm disk import, or upgrade PVE`);
+    throw new PimError(EXIT.UNAVAILABLE, `${t.name}: ${t.api} runs Proxmox VE ${ver.version}, older than 8.4 (its storage takes no qcow2 image as content "import"): set ssh: root@${t.node} in the target to copy the image over SSH and import it with qm disk import, or upgrade PVE to 8.4`);
 
   const vms = await api.get<VmEntry[]>(`${node}/qemu`, o.signal);
   const vm = vms.find((x) => x.name === src.name && (t.vmid === null || Number(x.vmid) === t.vmid)) ?? null;
@@ -262,7 +372,13 @@ export async function deployProxmox(src: Source, t: ProxmoxTarget, o: DeployOpts
   const config = vm ? await api.get<Record<string, string>>(`${node}/qemu/${vm.vmid}/config`, o.signal) : null;
   const had = metaOfDescription(config?.description);
   const same = had !== null && had.sha256 === src.sha256;
-  // the images there: the storage's import content, or (before 8.3) the node's copies, over SSH
+  const meta: PveMeta = { build: src.build.id, key: src.build.key, profile: src.build.profile, volume: src.volume, sha256: src.sha256 };
+  const params = same ? null : vmParams(src, t, meta, config);
+  // qemu-server's description is at most 8192 characters: the user's own text plus pim's line
+  if (params && descriptionLength(params.description!) > DESCRIPTION_MAX)
+    throw new PimError(EXIT.DATAERR, `${t.name}: VM ${vm ? `${vm.vmid} (${src.name})` : src.name}'s description with pim's record would be ${descriptionLength(params.description!)} characters, over PVE's ${DESCRIPTION_MAX}: shorten its description (its Notes) by ${descriptionLength(params.description!) - DESCRIPTION_MAX}; nothing was sent`);
+  if (!viaSsh && !same) await checkImportStorage(api, o.signal);
+  // the images there: the storage's import content, or (before 8.4) the node's copies, over SSH
   const far = viaSsh ? await nodeCopies(t, src, o.signal) : null;
   const files = far ? far.files : await api.get<ImportFile[]>(`${node}/storage/${enc(t.importStorage)}/content?content=import`, o.signal);
   const importVol = far ? `${far.dir}/${src.volume}` : `${t.importStorage}:import/${src.volume}`;
@@ -279,6 +395,23 @@ export async function deployProxmox(src: Source, t: ProxmoxTarget, o: DeployOpts
   const doomed = old.slice(Math.max(0, o.keep - 1));
   if (doomed.length) plan.push({ step: 'gc', action: 'delete', detail: doomed.map((f) => f.volid).join(' ') });
   const outcome = (removed: string[]): Outcome => ({ plan, upload: upload ? 'uploaded' : 'skipped', domain, started: start, removed });
+  const disk = params ? Object.keys(params).find((k) => /^(scsi|sata|ide)0$/.test(k))! : 'scsi0';
+
+  // the token's privileges for each step this deploy takes, before the upload
+  const vmPath = vm ? `/vms/${vm.vmid}` : t.vmid !== null ? `/vms/${t.vmid}` : '/vms';
+  const needs: Need[] = [];
+  if (upload && !far) needs.push({ path: `/storage/${t.importStorage}`, privs: ['Datastore.AllocateTemplate'], step: 'the upload' });
+  if (params) {
+    // over SSH, qm (as root) attaches the disk; the API sets the rest
+    const keys = Object.keys(params).filter((k) => !far || (k !== disk && k !== 'boot'));
+    if (!far || keys.includes('efidisk0')) needs.push({ path: `/storage/${t.storage}`, privs: ['Datastore.AllocateSpace'], step: 'the new disk' });
+    if (!vm) needs.push({ path: vmPath, privs: ['VM.Allocate'], step: 'creating the VM' });
+    for (const p of configPrivs(keys)) needs.push({ path: vmPath, privs: [p], step: vm ? 'the new config' : 'creating the VM' });
+  }
+  if (start || (params && vm && (running || vm.status === 'paused'))) needs.push({ path: vmPath, privs: ['VM.PowerMgmt'], step: params && vm ? 'shutdown and start' : 'the start' });
+  if (start) needs.push({ path: vmPath, privs: agentPrivs(api.major), step: 'the agent ping' });
+  if (doomed.length && !far) needs.push({ path: `/storage/${t.importStorage}`, privs: ['Datastore.Allocate'], step: 'deleting old import files' });
+  if (needs.length) await checkPermissions(api, needs, o.signal);
   if (o.dryRun) return outcome([]);
 
   if (upload && far) await copyToNode(t, src, far.dir, o.signal);
@@ -294,30 +427,44 @@ export async function deployProxmox(src: Source, t: ProxmoxTarget, o: DeployOpts
     }
     if (typeof upid === 'string') {
       const exit = await api.waitTask(upid, o.signal);
-      if (exit !== 'OK') {
+      if (!taskSucceeded(exit)) {
         const bad = /checksum/i.test(exit);
         throw new PimError(bad ? EXIT.DATAERR : EXIT.UNAVAILABLE, `${t.name}: uploading ${src.volume} to ${t.importStorage} failed: ${exit}${bad ? '; nothing was created: run pim-deploy again' : ''}`);
       }
+      if (exit !== 'OK') await api.warnTask(upid, `uploading ${src.volume}`, exit, o.signal);
     }
   }
 
-  const meta: PveMeta = { build: src.build.id, key: src.build.key, profile: src.build.profile, volume: src.volume, sha256: src.sha256 };
   let vmid = vm ? Number(vm.vmid) : t.vmid;
   // the keys pim sets, which a rollback puts back as `config` had them
   let sent: string[] = [];
-  if (!same) {
-    const params = vmParams(src, t, meta, config);
+  if (params) {
     sent = Object.keys(params);
-    const disk = Object.keys(params).find((k) => /^(scsi|sata|ide)0$/.test(k))!;
-    // before 8.3 the disk is imported over SSH, and pim's record goes last, once the VM has it
+    // before 8.4 the disk is imported over SSH, and pim's record goes last, once the VM has it
     const later = far ? { [disk]: params[disk]!, boot: params.boot!, description: params.description! } : null;
     if (later) for (const k of Object.keys(later)) delete params[k];
     if (!vm) {
       vmid ??= Number(await api.get<string>('/cluster/nextid', o.signal));
       await api.task('POST', `${node}/qemu`, { vmid: String(vmid), ...params }, `creating VM ${vmid} (${src.name})`, o.signal);
     } else {
-      if (running || vm.status === 'paused') await api.task('POST', `${node}/qemu/${vmid}/status/shutdown`, { timeout: String(t.shutdownTimeoutS), forceStop: '1' }, `shutting ${src.name} (vmid ${vmid}) down`, o.signal);
-      await api.task('POST', `${node}/qemu/${vmid}/config`, params, `giving ${src.name} (vmid ${vmid}) the new disk`, o.signal);
+      const wasUp = running || vm.status === 'paused';
+      const changed = (how: string, restarted: boolean) =>
+        new PimError(EXIT.TEMPFAIL, `${t.name}: ${src.name} (vmid ${vmid})'s config changed since pim read it before the upload (${how}): pim changed nothing${restarted ? ' and started it again' : ''}; look at the change (qm config ${vmid}), then run pim-deploy again`);
+      // optimistic locking: the config read before the upload must still be the one there,
+      // checked before the shutdown and again by PVE with the change (digest)
+      const digest = config?.digest;
+      if (digest) {
+        const now = await api.get<Record<string, string>>(`${node}/qemu/${vmid}/config`, o.signal);
+        if (now.digest !== digest) throw changed(`its digest is now ${String(now.digest).slice(0, 12)}, was ${digest.slice(0, 12)}`, false);
+      }
+      if (wasUp) await api.task('POST', `${node}/qemu/${vmid}/status/shutdown`, { timeout: String(t.shutdownTimeoutS), forceStop: '1' }, `shutting ${src.name} (vmid ${vmid}) down`, o.signal);
+      try {
+        await api.task('POST', `${node}/qemu/${vmid}/config`, { ...params, ...(digest ? { digest } : {}) }, `giving ${src.name} (vmid ${vmid}) the new disk`, o.signal);
+      } catch (e) {
+        if (!(e instanceof PveError && DIGEST_MISMATCH.test(e.pveMessage))) throw e;
+        if (wasUp) await api.task('POST', `${node}/qemu/${vmid}/status/start`, {}, `starting ${src.name} (vmid ${vmid}) again`, o.signal);
+        throw changed(`PVE: ${e.pveMessage}`, wasUp);
+      }
     }
     if (later && far) {
       const vol = await qmImport(t, vmid!, importVol, o.signal);
@@ -356,15 +503,23 @@ const baseName = (volid: string) => volid.slice(volid.lastIndexOf('/') + 1);
 /** Start the VM and wait for its guest agent: null when it answered, else why not. */
 async function startHealthy(api: Pve, vmid: number, timeoutS: number, signal?: AbortSignal): Promise<string | null> {
   const node = `/nodes/${enc(api.t.node)}`;
+  // any failure of the start or of the health check is a reason to roll back, a refused ping too
   try {
     await api.task('POST', `${node}/qemu/${vmid}/status/start`, {}, 'the start', signal);
   } catch (e) {
-    if (e instanceof PimError && e.code === EXIT.UNAVAILABLE) return e.message.replace(`${api.t.name}: `, '');
+    if (e instanceof PimError) return e.message.replace(`${api.t.name}: `, '');
     throw e;
   }
   const deadline = Date.now() + timeoutS * 1000;
   for (;;) {
-    const r = await api.call('POST', `${node}/qemu/${vmid}/agent/ping`, { signal }).catch((e: unknown) => (e instanceof PimError && e.code === EXIT.UNAVAILABLE ? null : Promise.reject(e)));
+    let r: Answer | null = null;
+    try {
+      r = await api.call('POST', `${node}/qemu/${vmid}/agent/ping`, { signal });
+    } catch (e) {
+      if (!(e instanceof PimError)) throw e;
+      // 403: the token may not ping the agent; waiting will not change that
+      if (e.code !== EXIT.UNAVAILABLE) return `the health check was refused: ${e.message.replace(`${api.t.name}: `, '')}`;
+    }
     if (r) return null;
     if (Date.now() >= deadline) return `its guest agent did not answer within ${timeoutS} s`;
     await sleep(1000, signal);
@@ -425,7 +580,7 @@ async function rollBack(api: Pve, src: Source, vmid: number, old: Record<string,
   throw new PimError(EXIT.ROLLBACK, `${what}; the previous config (${prev}) is back${wasRunning ? ' and running' : ''}${oldDisk}${extra.length ? `, the new disk ${extra.join(' ')} deleted` : ''}`);
 }
 
-/** PVE before 8.3: the node is reached over SSH (ssh:), argv words quoted for its shell. */
+/** PVE before 8.4: the node is reached over SSH (ssh:), argv words quoted for its shell. */
 async function nodeRun(t: ProxmoxTarget, argv: string[], what: string, signal?: AbortSignal): Promise<string> {
   const { run } = await import('../core/run.ts');
   const { quoteSh } = await import('./virsh.ts');
@@ -453,10 +608,10 @@ async function copyToNode(t: ProxmoxTarget, src: Source, dir: string, signal?: A
   if (!/^ok$/m.test(out)) throw new PimError(EXIT.DATAERR, `${t.name}: ${src.volume}: sha256 mismatch on ${t.ssh} after the copy; it was deleted and nothing was created: run pim-deploy again`);
 }
 
-/** qm disk import: the volume it made (it is left as unusedN until qm set attaches it). */
+/** qm disk import: the volume it made (it is left as unusedN until qm set attaches it), said in either form qemu-server prints. */
 async function qmImport(t: ProxmoxTarget, vmid: number, file: string, signal?: AbortSignal): Promise<string> {
   const out = await nodeRun(t, ['qm', 'disk', 'import', String(vmid), file, t.storage], `qm disk import of ${baseName(file)}`, signal);
-  const vol = /imported disk as '(?:unused\d+:)?([^']+)'/.exec(out)?.[1];
+  const vol = importedVolume(out);
   if (!vol) throw new PimError(EXIT.UNAVAILABLE, `${t.name}: qm disk import on ${t.ssh} did not say which disk it made: ${out.trim().split('\n').pop()}`);
   return vol;
 }

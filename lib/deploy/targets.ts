@@ -54,7 +54,7 @@ export interface ProxmoxTarget extends Common {
   /** where the image is uploaded as content "import": a file-based storage (default: storage) */
   importStorage: string;
   vmid: number | null;
-  /** root@pve1: for PVE before 8.3 (no import upload), the image goes over SSH to qm disk import */
+  /** root@pve1: for PVE before 8.4 (no qcow2 upload as import), the image goes over SSH to qm disk import */
   ssh: string | null;
   /** the sha256 of the API's certificate, 64 hex digits (pinned) */
   fingerprint: string | null;

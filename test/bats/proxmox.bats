@@ -2,8 +2,9 @@
 # pim-deploy to Proxmox VE, against a stand-in: Proxmox cannot run here, so the
 # client talks to test/fixtures/pve/replay.mjs, a real HTTPS server (a certificate
 # made here by openssl, pinned by its fingerprint) that replays a transcript of
-# PVE API requests and answers (test/fixtures/pve/*.json, written from PVE's API
-# reference, not recorded from a real PVE) in order, and answers 599 to anything
+# PVE API requests and answers (test/fixtures/pve/*.json, written by make.mjs there
+# after PVE's own sources, each naming its PVE version and the files and commits it
+# follows; not recorded from a real PVE) in order, and answers 599 to anything
 # else. Each test checks the server's log: every request matched (method, path,
 # the exact form or multipart fields, the token) and the transcript used up.
 load helper
@@ -20,8 +21,9 @@ setup_file() {
   B1=$(register web one "$PIM_TMP/web.qcow2")
   B2=$(register web two "$PIM_TMP/two.qcow2")
   printf 'B1=%s\nB2=%s\n' "$B1" "$B2" >"$PIM_TMP/builds"
-  # a PVE node's SSH for PVE before 8.3: the test's sshd as host pve-node, and a stand-in qm
-  # that logs its argv and answers qm disk import as PVE 8.2 does
+  # a PVE node's SSH for PVE before 8.4: the test's sshd as host pve-node, and a stand-in qm
+  # that logs its argv and answers qm disk import as PVE 8.3 does (qemu-server 8.2.7+,
+  # PVE/CLI/qm.pm: "$drive_id: successfully imported disk '$vm_conf->{$drive_id}'")
   sshd_up "$PIM_TMP"
   cat >>"$PIM_TMP/ssh/config" <<END
 Host pve-node
@@ -38,7 +40,7 @@ echo "\$*" >>"$PIM_TMP/qm.log"
 [ "\$1 \$2" = "disk import" ] || exit 0
 echo "importing disk '\$4' to VM \$3 ..."
 echo "transferred 64.0 MiB of 64.0 MiB (100.00%)"
-echo "Successfully imported disk as 'unused0:\$5:vm-\$3-disk-0'"
+echo "unused0: successfully imported disk '\$5:vm-\$3-disk-0'"
 END
   chmod +x "$PIM_TMP/remote-bin/qm"
 }
@@ -87,8 +89,8 @@ pve_up() {
   for _ in $(seq 100); do [ -s "$PIM_TMP/port" ] && break; sleep 0.05; done
   port=$(cat "$PIM_TMP/port")
   mkdir -p "$XDG_CONFIG_HOME/pim/targets.d"
-  printf 'pve: {type: proxmox, api: "https://127.0.0.1:%s", node: pve1, token_env: PIM_PVE_TOKEN, storage: local-lvm, import_storage: local%s, health_timeout: 10}\npvessh: {type: proxmox, api: "https://127.0.0.1:%s", node: pve1, token_env: PIM_PVE_TOKEN, storage: local-lvm, ssh: root@pve-node, fingerprint: "%s", health_timeout: 10}\n' \
-    "$port" "$([ "${2:-}" = none ] || echo ", fingerprint: \"${2:-$FP}\"")" "$port" "$FP" >"$XDG_CONFIG_HOME/pim/targets.d/pve.yml"
+  printf 'pve: {type: proxmox, api: "https://127.0.0.1:%s", node: pve1, token_env: PIM_PVE_TOKEN, storage: local-lvm, import_storage: local%s, health_timeout: 10}\npvessh: {type: proxmox, api: "https://127.0.0.1:%s", node: pve1, token_env: PIM_PVE_TOKEN, storage: local-lvm, ssh: root@pve-node, fingerprint: "%s", health_timeout: 10}\npvelvm: {type: proxmox, api: "https://127.0.0.1:%s", node: pve1, token_env: PIM_PVE_TOKEN, storage: local-lvm, fingerprint: "%s"}\n' \
+    "$port" "$([ "${2:-}" = none ] || echo ", fingerprint: \"${2:-$FP}\"")" "$port" "$FP" "$port" "$FP" >"$XDG_CONFIG_HOME/pim/targets.d/pve.yml"
 }
 
 pve_down() {
@@ -177,7 +179,7 @@ pim-deploy: build=$B1 key=$(jq -r .key "$XDG_DATA_HOME/pim/builds/$B1/build.json
   ! grep '"method":"POST","path":"/api2/json/nodes/pve1/qemu"' "$LOG"
 }
 
-@test "proxmox: refused before any request: a wrong certificate fingerprint or an unpinned self-signed one (69), a missing token variable (77); PVE 8.2 without ssh: is 69" {
+@test "proxmox: refused before any request: a wrong certificate fingerprint or an unpinned self-signed one (69), a missing token variable (77); PVE 8.3 without ssh: is 69 after /version" {
   pve_up fresh "$(printf '%064d' 0)"
   run --separate-stderr pim-deploy "$B1" pve
   [ "$status" -eq 69 ]
@@ -201,11 +203,11 @@ pim-deploy: build=$B1 key=$(jq -r .key "$XDG_DATA_HOME/pim/builds/$B1/build.json
   pve_up old-version
   run --separate-stderr pim-deploy "$B1" pve
   [ "$status" -eq 69 ]
-  [[ "$stderr" == *"Proxmox VE 8.2.7, older than 8.3"*"set ssh: root@pve1"* ]]
+  [[ "$stderr" == *"Proxmox VE 8.3.2, older than 8.4"*"set ssh: root@pve1"* ]]
   all_matched
 }
 
-@test "proxmox before 8.3 with ssh: the image copied to the node and verified, qm disk import and qm set, the VM made through the API, pim's record last" {
+@test "proxmox 8.3 with ssh: the image copied to the node and verified, qm disk import (8.3's output) and qm set, the VM made through the API, pim's record last" {
   pve_up old-version-ssh
   : >"$PIM_TMP/qm.log"
   run --separate-stderr pim-deploy "$B1" pvessh
@@ -216,4 +218,95 @@ pim-deploy: build=$B1 key=$(jq -r .key "$XDG_DATA_HOME/pim/builds/$B1/build.json
   [ "$(cat "$PIM_TMP/qm.log")" = "disk import 101 $PIM_TMP/remote-tmp/pim/$VOLUME local-lvm
 set 101 --scsi0 local-lvm:vm-101-disk-0 --boot order=scsi0" ]
   ! ls -A "$PIM_TMP/remote-tmp/pim" | grep -q part
+}
+
+@test "proxmox 9.x: a fresh deploy checks the token for VM.GuestAgent.Audit (not 8.x's VM.Monitor) before the upload" {
+  pve_up fresh-9
+  run --separate-stderr pim-deploy "$B1" pve
+  [ "$status" -eq 0 ]
+  [[ "$output" == *$'\tuploaded\tdefined\t'* ]]
+  all_matched
+}
+
+@test "proxmox: a task that ends with WARNINGS: N worked (as PVE counts it): the upgrade goes on, the warning is logged" {
+  pve_up upgrade-warnings
+  run --separate-stderr pim-deploy "$B2" pve
+  [ "$status" -eq 0 ]
+  [[ "$output" == *$'\tuploaded\tupgraded\t'* ]]
+  all_matched
+  [[ "$stderr" == *"the start: the task ended with WARNINGS: 1: could not set polling interval for ballooning"* ]]
+}
+
+@test "proxmox: a VM name PVE refuses (not a DNS name) is refused before any request: --name is 64, a profile's name 78" {
+  pve_up fresh
+  for n in web_1 web- web.; do
+    run --separate-stderr pim-deploy "$B1" pve --name "$n"
+    [ "$status" -eq 64 ]
+    [[ "$stderr" == *"Proxmox VE takes no VM named"*"pick another --name"* ]]
+  done
+  qemu-img create -q -f qcow2 "$PIM_TMP/u.qcow2" 1M
+  b=$(register my_web u "$PIM_TMP/u.qcow2")
+  run --separate-stderr pim-deploy "$b" pve
+  [ "$status" -eq 78 ]
+  [[ "$stderr" == *'"my_web" (it has "_")'*"deploy it with --name NAME"* ]]
+  [ ! -s "$LOG" ] # nothing was sent
+}
+
+@test "proxmox: an import storage without content import (the default, storage: local-lvm) is 78 before the upload, in one line" {
+  pve_up no-import
+  run --separate-stderr pim-deploy "$B1" pvelvm
+  [ "$status" -eq 78 ]
+  all_matched
+  [ "$(wc -l <<<"$stderr")" = 1 ]
+  [[ "$stderr" == *'storage local-lvm on pve1 is missing, disabled or has no content "import" (PVE: Parameter verification failed. storage: No such storage.): enable the content "Import" of local-lvm'*"or set import_storage:"*"nothing was sent"* ]]
+  ! grep -q /upload "$LOG"
+}
+
+@test "proxmox: a token without the privileges a step needs is 77 before the upload, one line naming each privilege, path and step" {
+  pve_up no-perms
+  t0=$(date +%s%N)
+  run --separate-stderr pim-deploy "$B1" pve
+  t1=$(date +%s%N)
+  [ "$status" -eq 77 ]
+  all_matched
+  ! grep -q /upload "$LOG"
+  [ "$(wc -l <<<"$stderr")" = 1 ]
+  [[ "$stderr" == *"the token root@pam!pim lacks Datastore.AllocateTemplate on /storage/local (the upload); VM.Config.Network, VM.Monitor on /vms (creating the VM, the agent ping): grant them"*"nothing was sent" ]]
+  # measured, not asserted (a loaded machine): the whole run, and the checks from /version on
+  echo "# refused after $(( (t1 - t0) / 1000000 )) ms, the requests spanning $(( $(tail -1 "$LOG" | jq .ms) - $(head -1 "$LOG" | jq .ms) )) ms" >&3
+}
+
+@test "proxmox: a config edited during the upload stops the upgrade before the shutdown (75), nothing changed" {
+  pve_up digest-changed
+  run --separate-stderr pim-deploy "$B2" pve
+  [ "$status" -eq 75 ]
+  all_matched
+  [[ "$stderr" == *"web (vmid 101)'s config changed since pim read it before the upload"*"pim changed nothing; look at the change (qm config 101)"* ]]
+  ! grep -q '/status/shutdown' "$LOG"
+  ! grep '"method":"POST"' "$LOG" | grep -q /config
+}
+
+@test "proxmox: the upgrade's config change carries the digest read before the upload; PVE's checksum mismatch is 75 and the VM is started again" {
+  pve_up digest-race
+  run --separate-stderr pim-deploy "$B2" pve
+  [ "$status" -eq 75 ]
+  all_matched
+  [ "$(grep '"method":"POST","path":"/api2/json/nodes/pve1/qemu/101/config"' "$LOG" | jq -r .form.digest)" = 6f1ed002ab5595859014ebf0951522d9e4a5f2c1 ]
+  [[ "$stderr" == *"(PVE: checksum mismatch (file change by other user?)): pim changed nothing and started it again"* ]]
+}
+
+@test "proxmox: a description over PVE's 8192 characters with pim's record is 65 before the upload" {
+  pve_up long-description
+  run --separate-stderr pim-deploy "$B2" pve
+  [ "$status" -eq 65 ]
+  all_matched
+  [[ "$stderr" == *"description with pim's record would be 8208 characters, over PVE's 8192: shorten its description (its Notes) by 16"* ]]
+}
+
+@test "proxmox: a 403 on the agent ping (PVE 9: VM.GuestAgent.Audit) rolls the upgrade back (79), the hint naming the privilege" {
+  pve_up agent-403
+  run --separate-stderr pim-deploy "$B2" pve
+  [ "$status" -eq 79 ]
+  all_matched
+  [[ "$(tail -1 <<<"$stderr")" == *"the health check was refused:"*"Permission check failed (/vms/101, VM.GuestAgent.Audit)): grant the token root@pam!pim VM.GuestAgent.Audit or VM.GuestAgent.Unrestricted on /vms/101"*"the previous config ($B1) is back and running"* ]]
 }

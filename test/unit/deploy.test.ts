@@ -1,7 +1,8 @@
 import { describe, expect, it } from 'vitest';
 import { domainXml, memKiB, metaOf, uuidOf, disksOf } from '../../lib/deploy/domain.ts';
 import { normFingerprint, parseHealth } from '../../lib/deploy/targets.ts';
-import { metaLine, metaOfDescription, restoreForm, versionAtLeast, vmParams, volumesOf } from '../../lib/deploy/proxmox.ts';
+import { IMPORT_SINCE, metaLine, metaOfDescription, restoreForm, versionAtLeast, vmParams, volumesOf } from '../../lib/deploy/proxmox.ts';
+import { agentPrivs, configPrivs, describeNeeds, descriptionLength, dnsNameProblem, importedVolume, permsAt, privilegesFor, taskSucceeded, unmet } from '../../lib/deploy/pvecheck.ts';
 import { parseUri, quoteVirsh, sshArgv } from '../../lib/deploy/virsh.ts';
 import { volumeName, volumeRe } from '../../lib/deploy/source.ts';
 import { receiveThrough, sendThrough } from '../../lib/deploy/stream.ts';
@@ -77,10 +78,12 @@ describe('Proxmox', () => {
     expect(metaOfDescription('my notes')).toBeNull();
     expect(metaOfDescription(undefined)).toBeNull();
   });
-  it('needs 8.3 for content import, and reads fingerprints with or without colons', () => {
-    expect(versionAtLeast('8.3.0', [8, 3])).toBe(true);
-    expect(versionAtLeast('9.0.1', [8, 3])).toBe(true);
-    expect(versionAtLeast('8.2.7', [8, 3])).toBe(false);
+  it('needs 8.4 for a qcow2 upload as content import (8.3.x takes only .ova), and reads fingerprints with or without colons', () => {
+    expect(versionAtLeast('8.4.0', IMPORT_SINCE)).toBe(true);
+    expect(versionAtLeast('9.0.1', IMPORT_SINCE)).toBe(true);
+    expect(versionAtLeast('8.3.2', IMPORT_SINCE)).toBe(false);
+    expect(versionAtLeast('8.3.5', IMPORT_SINCE)).toBe(false);
+    expect(versionAtLeast('8.2.7', IMPORT_SINCE)).toBe(false);
     expect(normFingerprint('AB:'.repeat(31) + 'AB')).toBe('ab'.repeat(32));
     expect(normFingerprint('AB:CD')).toBeNull();
   });
@@ -101,6 +104,61 @@ describe('Proxmox', () => {
     expect(restoreForm(old, ['name', 'cores', 'scsi0', 'efidisk0', 'bios', 'description'])).toEqual({ name: 'web', cores: '1', scsi0: 'local-lvm:vm-101-disk-0,size=64M', description: 'mine\n', delete: 'efidisk0,bios' });
     expect(restoreForm(old, ['cores'])).toEqual({ cores: '1' });
     expect([...volumesOf(old)]).toEqual(['local-lvm:vm-101-disk-0', 'local-lvm:vm-101-disk-3']);
+  });
+});
+
+describe('Proxmox as its sources say it behaves', () => {
+  it('takes a name as pve_verify_dns_name does: labels of letters, digits and "-", not at either end, joined by dots', () => {
+    for (const ok of ['web', 'web-1', 'a', 'web.lab', 'w3b.l4b-x', '1web']) expect(dnsNameProblem(ok)).toBeNull();
+    expect(dnsNameProblem('web_1')).toBe('it has "_"');
+    expect(dnsNameProblem('web-')).toMatch(/ends with "-"/);
+    expect(dnsNameProblem('-web')).toMatch(/starts or ends with "-"/);
+    expect(dnsNameProblem('web.-x')).toMatch(/"-"/);
+    expect(dnsNameProblem('web.')).toMatch(/"\."/);
+    expect(dnsNameProblem('web..x')).toMatch(/empty part/);
+    expect(dnsNameProblem('wéb')).not.toBeNull();
+  });
+  it("counts a task that ended with warnings as done, as pve-common's status_is_error does", () => {
+    expect(taskSucceeded('OK')).toBe(true);
+    expect(taskSucceeded('WARNINGS: 1')).toBe(true);
+    expect(taskSucceeded('WARNINGS: 12')).toBe(true);
+    expect(taskSucceeded('WARNINGS: x')).toBe(false);
+    expect(taskSucceeded('unexpected status')).toBe(false);
+    expect(taskSucceeded("checksum mismatch: got 'a' != expect 'b'")).toBe(false);
+  });
+  it('reads both forms of qm disk import (qemu-server up to 8.2.6, and from 8.2.7 = PVE 8.3)', () => {
+    expect(importedVolume("importing disk '/var/tmp/pim/web.qcow2' to VM 101 ...\nSuccessfully imported disk as 'unused0:local-lvm:vm-101-disk-0'\n")).toBe('local-lvm:vm-101-disk-0');
+    expect(importedVolume("transferred 64.0 MiB of 64.0 MiB (100.00%)\nunused0: successfully imported disk 'local-lvm:vm-101-disk-0'\n")).toBe('local-lvm:vm-101-disk-0');
+    expect(importedVolume("scsi0: successfully imported disk 'local-lvm:vm-101-disk-0,size=64M'\n")).toBe('local-lvm:vm-101-disk-0');
+    expect(importedVolume('something else')).toBeNull();
+  });
+  it("counts a description's length in code points, as PVE's decoded string", () => {
+    expect(descriptionLength('abc')).toBe(3);
+    expect(descriptionLength('é€😀')).toBe(3);
+  });
+  it('knows the privileges of each step, per PVE version, and names what is missing', () => {
+    expect(agentPrivs(8)).toEqual(['VM.Monitor']);
+    expect(agentPrivs(9)).toEqual(['VM.GuestAgent.Audit', 'VM.GuestAgent.Unrestricted']);
+    expect(configPrivs(['name', 'memory', 'cores', 'scsi0', 'boot', 'net0', 'machine'])).toEqual(['VM.Config.CPU', 'VM.Config.Disk', 'VM.Config.HWType', 'VM.Config.Memory', 'VM.Config.Network', 'VM.Config.Options']);
+    const needs = [
+      { path: '/storage/local', privs: ['Datastore.AllocateTemplate'], step: 'the upload' },
+      { path: '/vms/101', privs: ['VM.PowerMgmt'], step: 'the start' },
+      { path: '/vms/101', privs: ['VM.Monitor'], step: 'the agent ping' },
+    ];
+    const miss = unmet(needs, { '/storage/local': { 'Datastore.Audit': 1 }, '/vms/101': { 'VM.PowerMgmt': 0 } });
+    expect(describeNeeds(miss)).toBe('Datastore.AllocateTemplate on /storage/local (the upload); VM.Monitor on /vms/101 (the agent ping)');
+    // a ?path= answer, or the whole tree: the nearest ancestor's propagating privileges
+    expect(permsAt({ '/vms/101': { 'VM.Audit': 0 } }, '/vms/101')).toEqual({ 'VM.Audit': 0 });
+    expect(permsAt({ '/vms': { 'VM.Audit': 1, 'VM.Allocate': 0 }, '/': { 'Sys.Audit': 1 } }, '/vms/101')).toEqual({ 'VM.Audit': 1 });
+    expect(permsAt({ '/': { 'Datastore.Audit': 1 } }, '/storage/local')).toEqual({ 'Datastore.Audit': 1 });
+    expect(permsAt({}, '/vms')).toEqual({});
+    const o = { storage: 'local-lvm', importStorage: 'local', major: 9 };
+    expect(privilegesFor('POST', '/nodes/pve1/qemu/101/agent/ping', o)).toBe('VM.GuestAgent.Audit or VM.GuestAgent.Unrestricted on /vms/101');
+    expect(privilegesFor('POST', '/nodes/pve1/qemu/101/agent/ping', { ...o, major: 8 })).toBe('VM.Monitor on /vms/101');
+    expect(privilegesFor('POST', '/nodes/pve1/storage/local/upload', o)).toBe('Datastore.AllocateTemplate on /storage/local');
+    expect(privilegesFor('DELETE', '/nodes/pve1/storage/local/content/local%3Aimport%2Fweb-0.qcow2', o)).toBe('Datastore.Allocate on /storage/local');
+    expect(privilegesFor('POST', '/nodes/pve1/qemu/101/status/start', o)).toBe('VM.PowerMgmt on /vms/101');
+    expect(privilegesFor('POST', '/nodes/pve1/qemu', o)).toMatch(/^VM\.Allocate, VM\.Config\.CPU, .* on \/vms\/VMID \(or the pool\), Datastore\.AllocateSpace on \/storage\/local-lvm/);
   });
 });
 
