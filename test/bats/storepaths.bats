@@ -44,6 +44,21 @@ build_path() { pim-build path blank; }
   rm "$PIM_TMP/link.qcow2" "$PIM_TMP/hard.qcow2"
 }
 
+@test "pim-run of a build's image through a link boots the store overlay, never the build itself; the build's sha256 is unchanged" {
+  local path sum image
+  path=$(build_path)
+  sum=$(sha256sum <"$path")
+  ln -sf "$path" "$PIM_TMP/run-link.qcow2"
+  run --separate-stderr pim-run "$PIM_TMP/run-link.qcow2" --name vialink --mem 128M --cpus 1
+  [ "$status" -eq 0 ]
+  image=$(jq -r .image "$XDG_RUNTIME_DIR/pim/vialink.json")
+  [ "$image" = "$XDG_DATA_HOME/pim/images/vialink.qcow2" ]
+  [ "$(qemu-img info -U --output=json "$image" | jq -r '."backing-filename"')" = "$path" ]
+  pim-stop vialink --force >/dev/null
+  [ "$(sha256sum <"$path")" = "$sum" ]
+  rm -f "$image" "$PIM_TMP/run-link.qcow2"
+}
+
 @test "pim-build rm keeps a build a store disk is backed by (75), with XDG_DATA_HOME or the backing file spelled through a link" {
   local path images
   path=$(build_path)
