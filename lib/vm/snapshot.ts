@@ -93,7 +93,10 @@ export async function snapshotTarget(target: string): Promise<SnapTarget> {
   } else {
     checkName(target);
     const info = await vmInfo(vmRef(target));
-    if (info.state === 'running') return { kind: 'running', name: target, vm: info as RunningVm };
+    if (info.state === 'running') {
+      if (info.meta?.image) refuseBuild(info.meta.image);
+      return { kind: 'running', name: target, vm: info as RunningVm };
+    }
     if (info.state === 'starting') throw new PimError(EXIT.TEMPFAIL, `${target} is still starting; try again in a moment`);
     const found = IMAGE_EXTS.map((e) => join(imagesDir(), target + e)).find((p) => existsSync(p));
     if (!found) {
@@ -102,14 +105,19 @@ export async function snapshotTarget(target: string): Promise<SnapTarget> {
     path = found;
     name = target;
   }
+  refuseBuild(path);
   const vm = await vmUsing(path);
   if (vm) return { kind: 'running', name: vm.name, vm };
+  if (imageFormat(path) !== 'qcow2') throw rawRefused(path);
+  return { kind: 'image', name, path };
+}
+
+/** A build's own image (however its path is spelled, or a VM runs on it) is 77: builds never change. */
+function refuseBuild(path: string): void {
   const b = buildOfDisk(path);
   if (b && isBuildDisk(b, path)) {
     throw new PimError(EXIT.NOPERM, `${path} is the image of build ${b.id}, and builds never change; take snapshots of the VM that runs it (pim-run ${b.profile} boots an overlay of it: pim-snapshot ${b.profile} ...)`);
   }
-  if (imageFormat(path) !== 'qcow2') throw rawRefused(path);
-  return { kind: 'image', name, path };
 }
 
 const rawRefused = (path: string) =>
