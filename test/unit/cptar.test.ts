@@ -49,7 +49,8 @@ async function extract(tarBytes: Buffer, top: string, dest: string) {
 /** Every path under `dir` (relative), sorted. */
 const tree = (dir: string) => (fs.readdirSync(dir, { recursive: true }) as string[]).sort();
 
-describe("pim-cp's check of a guest's tar stream", () => {
+// each stream is made by a Python process: a loaded machine takes seconds for one
+describe("pim-cp's check of a guest's tar stream", { timeout: 120_000 }, () => {
   it('takes files, directories and hard links inside the tree, modes kept less setuid', async () => {
     const dest = join(w, 'dest');
     fs.mkdirSync(dest);

@@ -41,7 +41,8 @@ function iso(name: string, entries: Array<[string, string | { link: string }]>):
 const code = async (p: Promise<unknown>) => p.then(() => 0, (e) => (e instanceof PimError ? e.code : -1));
 const cacheFiles = () => (fs.readdirSync(join(w, 'cache'), { recursive: true }) as string[]).map((f) => join(w, 'cache', f));
 
-describe.skipIf(!fs.existsSync('/usr/bin/xorriso'))('files out of a crafted ISO', () => {
+// xorriso makes and reads each ISO: a loaded machine takes seconds for one
+describe.skipIf(!fs.existsSync('/usr/bin/xorriso'))('files out of a crafted ISO', { timeout: 120_000 }, () => {
   it('an absolute link to a host file is refused (65): the host file is not read, and its mode does not change', async () => {
     const i = iso('abs', [
       ['install.amd/vmlinuz', { link: host }],
