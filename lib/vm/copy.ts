@@ -200,7 +200,7 @@ export async function viaTar(c: CopyCtx): Promise<void> {
     } else {
       const top = topName(p.vm, s);
       const remote = ssh(remoteSh(TAR_SCRIPT, [s, c.recursive ? 'r' : '']), 'pipe');
-      const got = untarChecked(remote.stdout!, top, resolve(p.dest), `${p.vm}:${s}`, () => remote.kill());
+      const got = untarChecked(remote.stdout!, top, resolve(p.dest), `${p.vm}:${s}`, () => remote.kill(), c.recursive);
       const [a, b] = await Promise.all([finish(remote, 'ssh'), got]);
       if (b.refused) throw b.error; // whatever ssh said after pim stopped it
       if (a.code !== 0) throw sshSideError(p, a);
@@ -231,7 +231,7 @@ export function topName(vm: string, src: string): string {
  * points to; a link in the stream could only point pim's writes or a later
  * reader outside the destination. Devices and FIFOs are refused too.
  */
-export function memberProblem(path: string, type: string, linkpath: string | undefined, top: string): string | null {
+export function memberProblem(path: string, type: string, linkpath: string | undefined, top: string, recursive = true): string | null {
   const bad = (n: string) => {
     const parts = n.replace(/\/+$/, '').split('/');
     if (n.startsWith('/')) return 'an absolute name';
@@ -243,6 +243,7 @@ export function memberProblem(path: string, type: string, linkpath: string | und
   const shown = JSON.stringify(path);
   const why = bad(path);
   if (why) return `${shown}: ${why}`;
+  if (!recursive && (type === 'Directory' || path.replace(/\/+$/, '') !== top)) return `${shown}: a directory, or in one, and -r was not given`;
   if (type === 'SymbolicLink') return `${shown} is a symbolic link (to ${JSON.stringify(linkpath ?? '')}): a copy from a guest holds no links (scp -r copies what a link points to)`;
   if (type === 'Link') {
     const lw = bad(linkpath ?? '');
@@ -264,12 +265,12 @@ export function memberProblem(path: string, type: string, linkpath: string | und
  * and sticky; nothing is chowned. The result: the error, if any, and
  * whether a member was refused (then the source's own status is moot).
  */
-export async function untarChecked(stream: import('node:stream').Readable, top: string, dest: string, what: string, abort: () => void): Promise<{ error: PimError | null; refused: boolean }> {
-  const r = await untarInto(stream, top, dest, what, abort);
+export async function untarChecked(stream: import('node:stream').Readable, top: string, dest: string, what: string, abort: () => void, recursive = true): Promise<{ error: PimError | null; refused: boolean }> {
+  const r = await untarInto(stream, top, dest, what, abort, recursive);
   return { error: r.error, refused: r.refused !== null };
 }
 
-async function untarInto(stream: import('node:stream').Readable, top: string, dest: string, what: string, abort: () => void): Promise<{ error: PimError | null; refused: string | null }> {
+async function untarInto(stream: import('node:stream').Readable, top: string, dest: string, what: string, abort: () => void, recursive: boolean): Promise<{ error: PimError | null; refused: string | null }> {
   const tar = await import('tar');
   const intoDir = fs.statSync(dest, { throwIfNoEntry: false })?.isDirectory() ?? false;
   let tmp: string;
@@ -290,7 +291,7 @@ async function untarInto(stream: import('node:stream').Readable, top: string, de
         filter: (path, entry) => {
           if (refused) return false;
           const e = entry as unknown as { type: string; linkpath?: string; mode?: number };
-          refused = memberProblem(path, e.type, e.linkpath, top);
+          refused = memberProblem(path, e.type, e.linkpath, top, recursive);
           if (refused) {
             abort();
             return false;
@@ -379,7 +380,7 @@ export async function copyAcross(p: CpPlan, recursive: boolean, from: string[], 
       filter: (path, entry) => {
         if (refused) return false;
         const e = entry as unknown as { type: string; linkpath?: string; mode?: number };
-        refused = memberProblem(path, e.type, e.linkpath, top);
+        refused = memberProblem(path, e.type, e.linkpath, top, recursive);
         if (refused) stop();
         else if (typeof e.mode === 'number') e.mode &= 0o777;
         return !refused;

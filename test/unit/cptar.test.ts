@@ -134,6 +134,10 @@ describe("pim-cp's check of a guest's tar stream", { timeout: 120_000 }, () => {
     expect(memberProblem('dd/a', 'File', undefined, 'd')).toMatch(/outside d/);
     expect(memberProblem('d/./a', 'File', undefined, 'd')).toMatch(/"\." part/);
     expect(memberProblem('d/l', 'SymbolicLink', 'inside', 'd')).toMatch(/symbolic link/);
+    // without -r: the one file asked for, no directory
+    expect(memberProblem('d', 'File', undefined, 'd', false)).toBeNull();
+    expect(memberProblem('d/', 'Directory', undefined, 'd', false)).toMatch(/-r was not given/);
+    expect(memberProblem('d/a', 'File', undefined, 'd', false)).toMatch(/-r was not given/);
     expect(topName('dev', '/tmp/x/')).toBe('x');
     expect(() => topName('dev', '.')).toThrow(/names no file/);
     expect(() => topName('dev', '/')).toThrow(/names no file/);
