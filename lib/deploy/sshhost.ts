@@ -10,9 +10,11 @@
  * Private there as here: every remote command runs under umask 077, pim's
  * directories there are 0700 (pim/ and pim/builds/ made so, or put back so)
  * and a registered build's files 0400 in a 0700 directory; no bit for
- * group or others. The copy goes into `.tmp-dep-ID-PID` beside its place:
- * a failed or interrupted copy removes it, and the next deploy of the build
- * removes one that a killed run left (and any older than a day).
+ * group or others. The copy goes into `.tmp-dep-ID-hHOST-PID` beside its
+ * place (HOST: a hash of this machine's name): a failed or interrupted copy
+ * removes it, and the next deploy removes what a killed run left: any of the
+ * same build, any from this machine whose process is gone, and any older
+ * than a day.
  */
 import { EXIT, PimError } from '../core/exit.ts';
 import { run, runOk } from '../core/run.ts';
@@ -38,7 +40,7 @@ export async function deploySsh(src: Source, t: SshTarget, o: DeployOpts): Promi
   const q = quoteSh;
   const probe = await ssh(
     t,
-    `umask 077; d=${STORE}/${q(id)}; test -f "$d/build.json" && sha256sum -- "$d/"${q(file)}; mkdir -p ${STORE} && chmod 700 ${STORE} "$(dirname ${STORE})" && echo "store ${STORE}"`,
+    `umask 077; d=${STORE}/${q(id)}; test -f "$d/build.json" && sha256sum -- "$d/"${q(file)}; mkdir -p ${STORE} && chmod 700 ${STORE} "$(dirname ${STORE})" && echo "store ${STORE}" && for f in ${STORE}/.tmp-dep-*; do [ -e "$f" ] && echo "tmp \${f##*/}"; done; true`,
     o.signal,
   );
   if (probe.code === 255) throw new PimError(EXIT.UNAVAILABLE, `${t.name}: cannot reach ${t.host} over ssh: ${probe.stderr.trim().split('\n').pop()}`);
@@ -47,11 +49,15 @@ export async function deploySsh(src: Source, t: SshTarget, o: DeployOpts): Promi
   const there = new RegExp(`^${src.sha256}\\s`, 'm').test(probe.stdout);
   const plan: Outcome['plan'] = [{ step: 'upload', action: there ? 'skip' : 'upload', detail: `${id} to ${t.host}:${store}/${id} (${src.size} bytes)` }];
   if (o.dryRun || there) return { plan, upload: there ? 'skipped' : 'uploaded', domain: 'kept', started: false, removed: [] };
-  const tmp = `${store}/.tmp-dep-${id}-${process.pid}`;
-  // a copy of this build that a killed run left, and any other older than a day, go first
+  const me = hostTag();
+  const tmp = `${store}/.tmp-dep-${id}-${me}-${process.pid}`;
+  // what a killed run left goes first: copies of this build, this machine's whose process is gone, any older than a day
+  const stale = [...probe.stdout.matchAll(/^tmp (\.tmp-dep-(.*)-(h[0-9a-f]{8})-(\d+))$/gm)]
+    .filter(([, , sid, host, pid]) => sid === id || (host === me && !alive(Number(pid))))
+    .map(([, name]) => `./${q(name!)}`);
   await runOk(
     'ssh',
-    [...sshBase(t), '-T', '--', t.host, `umask 077; cd ${q(store)} && rm -rf ./.tmp-dep-${q(id)}-* && find . -maxdepth 1 -name '.tmp-dep-*' -mmin +1440 -exec rm -rf {} + ; mkdir -m 700 ${q(tmp)}`],
+    [...sshBase(t), '-T', '--', t.host, `umask 077; cd ${q(store)} && rm -rf ${stale.join(' ')} ./.tmp-dep-${q(id)}-* && find . -maxdepth 1 -name '.tmp-dep-*' -mmin +1440 -exec rm -rf {} + ; mkdir -m 700 ${q(tmp)}`],
     { what: `${t.name}: cannot make ${tmp}`, code: EXIT.UNAVAILABLE },
   );
   const files = [src.path, ...(src.efivars ? [src.efivars] : [])];
@@ -75,6 +81,23 @@ export async function deploySsh(src: Source, t: SshTarget, o: DeployOpts): Promi
   if (fin.code === 65) throw new PimError(EXIT.DATAERR, `${t.name}: ${id}: sha256 mismatch on ${t.host} (${fin.stdout.trim()}); nothing was registered`);
   if (fin.code !== 0) throw new PimError(EXIT.UNAVAILABLE, `${t.name}: cannot register ${id} on ${t.host}: ${fin.stderr.trim().split('\n').pop()}`);
   return { plan, upload: 'uploaded', domain: 'defined', started: false, removed: [] };
+}
+
+/** This machine, in the names of its copies on a remote host: h and 8 hex digits of its name's sha256. */
+function hostTag(): string {
+  const { createHash } = process.getBuiltinModule('node:crypto') as typeof import('node:crypto');
+  const { hostname } = process.getBuiltinModule('node:os') as typeof import('node:os');
+  return 'h' + createHash('sha256').update(hostname()).digest('hex').slice(0, 8);
+}
+
+/** Whether a local process runs (signal 0: EPERM is alive, owned by another user). */
+function alive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (e) {
+    return (e as NodeJS.ErrnoException).code === 'EPERM';
+  }
 }
 
 /** Remove a half-made copy on the remote host (no signal: it runs also after an interrupt); a failure to is said, not thrown. */

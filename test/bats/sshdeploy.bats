@@ -61,14 +61,18 @@ EOF
   [ ! -e "$R/$B1" ]
 }
 
-@test "a copy left by a killed earlier run is removed by the next deploy, which registers the build" {
-  mkdir -p "$R/.tmp-dep-$B1-999999"
-  head -c 1000 /dev/zero >"$R/.tmp-dep-$B1-999999/web.qcow2"
+@test "copies left by killed earlier runs are removed by the next deploy (this build's, and this machine's whose process is gone), which registers the build" {
+  local me other="other-0123456789ab"
+  me="h$(hostname | tr -d '\n' | sha256sum | cut -c1-8)"
+  mkdir -p "$R/.tmp-dep-$B1-$me-999999" "$R/.tmp-dep-$other-$me-999999" "$R/.tmp-dep-$other-$me-$$" "$R/.tmp-dep-$other-h00000000-999999"
+  head -c 1000 /dev/zero >"$R/.tmp-dep-$B1-$me-999999/web.qcow2"
   run --separate-stderr pim-deploy "$B1" box
   [ "$status" -eq 0 ]
   [[ "$output" == *$'\tuploaded\t'* ]]
-  [ -z "$(leftovers)" ]
   [ -f "$R/$B1/web.qcow2" ]
+  # kept: a copy by a process of this machine that still runs, and one from another machine
+  [ "$(leftovers | sort | tr '\n' ' ')" = "$R/.tmp-dep-$other-h00000000-999999 $R/.tmp-dep-$other-$me-$$ " ]
+  rm -rf "$R"/.tmp-dep-*
 }
 
 @test "the remote store is private: pim's directories 0700, the build's files 0400, nothing for group or others" {
