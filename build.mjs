@@ -69,10 +69,11 @@ const shared = {
 };
 // The same for the big packages that lib/ loads only with `await import()`:
 // execa (with its dependencies about 200 kB, in every command that may run
-// a child), yaml, and undici (1.4 MB, in pim-iso and pim-build). Bundled in,
+// a child), yaml, undici (1.4 MB, in pim-iso and pim-build) and tar
+// (node-tar, 140 kB, in pim-cp's tar fallback). Bundled in,
 // they were parsed at every start although they run only when needed; as
 // dist/vendor/NAME.cjs they cost nothing until then.
-const VENDOR = ['execa', 'yaml', 'undici'];
+const VENDOR = ['execa', 'yaml', 'undici', 'tar'];
 const vendor = {
   name: 'vendor',
   setup(b) {

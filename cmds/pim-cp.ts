@@ -29,7 +29,11 @@ does not exist is 66 before anything runs; so is a source missing in the guest (
 "No such file or directory"). A destination that cannot be written is 73 (77 when
 refused), a VM that is not running or cannot be reached 69. Between two VMs
 (A:path B:path) each source is a tar stream from A's ssh into B's, through pim: the
-guests need not reach each other; --user and -i apply to both sides unless USER@ says.`,
+guests need not reach each other; --user and -i apply to both sides unless USER@ says.
+A guest's tar stream is checked by pim, member by member: only what was asked for, files
+and directories (the guest follows links, as scp -r does); an absolute name, "..", a
+link, a device or a FIFO is refused (65) and nothing is copied. Without ssh or scp on
+PATH, the install hint (69) before anything connects.`,
     examples: [
       'pim-cp /etc/hostname dev:/tmp/',
       'pim-cp dev:/etc/os-release .',
@@ -54,14 +58,16 @@ guests need not reach each other; --user and -i apply to both sides unless USER@
     }
     checkLocal(plan, Boolean(args.recursive));
     const { runningVm } = await import('../lib/vm/connect.ts');
-    const { prepareSsh, startMaster, overrideArgs } = await import('../lib/vm/reach.ts');
+    const { prepareSsh, startMaster, overrideArgs, needSshClient } = await import('../lib/vm/reach.ts');
+    // before anything connects: without ssh, the install hint (69), not "cannot reach"
+    const ssh = await needSshClient('ssh');
     // a builtin through getBuiltinModule: a dynamic import() would set up the ESM loader (ms)
     const { writeSync } = process.getBuiltinModule('node:fs') as typeof import('node:fs');
     /** ssh's options for one VM, its master connection up */
     const reach = async (name: string, user: string | undefined) => {
       const vm = await runningVm(name);
       const p = await prepareSsh(vm, { user: user ?? args.user, key: args.identity }, (m) => writeSync(2, `pim-cp: ${m}\n`));
-      if (!p.master) await startMaster(p, vm);
+      if (!p.master) await startMaster(p, vm, ssh);
       return { opts: ['-F', p.files.config, ...overrideArgs(p, vm)], dir: p.files.dir };
     };
     const from = await reach(plan.vm, plan.user);

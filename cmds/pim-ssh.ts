@@ -60,11 +60,13 @@ connection.`,
     const { rest } = data as Words;
     const { EXIT, PimError } = await import('../lib/core/exit.ts');
     const { runningVm } = await import('../lib/vm/connect.ts');
-    const { prepareSsh, startMaster, overrideArgs } = await import('../lib/vm/reach.ts');
+    const { prepareSsh, startMaster, overrideArgs, needSshClient } = await import('../lib/vm/reach.ts');
     // a builtin through getBuiltinModule: a dynamic import() would set up the ESM loader (ms)
     const { writeSync } = process.getBuiltinModule('node:fs') as typeof import('node:fs');
     const say = (m: string) => writeSync(2, `pim-ssh: ${m}\n`);
     if (args.config && rest.length) throw new PimError(EXIT.USAGE, '--config prints a path: it takes no command');
+    // before anything connects: without ssh, the install hint (69), not "cannot reach"
+    const ssh = args.config ? '' : await needSshClient('ssh');
     const vm = await runningVm(args.name);
     const p = await prepareSsh(vm, { user: args.user, key: args.identity }, say);
     if (args.config) {
@@ -72,11 +74,8 @@ connection.`,
       writeOut(p.files.config + '\n');
       return EXIT.OK;
     }
-    if (!p.master) await startMaster(p, vm);
+    if (!p.master) await startMaster(p, vm, ssh);
     const argv = ['-F', p.files.config, ...overrideArgs(p, vm), ...(args.tty ? ['-t'] : []), '--', vm.name, ...rest];
-    const { which } = await import('../lib/core/which.ts');
-    const ssh = which('ssh');
-    if (!ssh) throw new PimError(EXIT.UNAVAILABLE, 'ssh was not found on PATH; install it (Debian: apt-get install openssh-client)');
     const { becomeOrRun } = await import('../lib/core/proc.ts');
     return becomeOrRun(ssh, argv, { argv0: 'ssh' });
   },

@@ -118,3 +118,24 @@ export function writeFileAtomic(dest: string, content: string | Uint8Array, mode
     throw new PimError(EXIT.CANTCREAT, `cannot write ${dest}: ${err.message}`);
   }
 }
+
+/**
+ * Whether two paths name the same file (device and inode, links followed),
+ * however each is spelled: through a symbolic link, `..`, a bind mount, or
+ * a hard link. A path that does not exist names no file: false.
+ */
+export function sameFile(a: string, b: string): boolean {
+  const x = fs.statSync(a, { throwIfNoEntry: false, bigint: true });
+  const y = fs.statSync(b, { throwIfNoEntry: false, bigint: true });
+  return !!x && !!y && x.dev === y.dev && x.ino === y.ino;
+}
+
+/** The real path of `p` (links resolved), or `p` made absolute when it does not exist. */
+export function realOr(p: string): string {
+  const { resolve } = process.getBuiltinModule('node:path') as typeof import('node:path');
+  try {
+    return fs.realpathSync(p);
+  } catch {
+    return resolve(p);
+  }
+}

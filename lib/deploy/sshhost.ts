@@ -6,6 +6,15 @@
  * that host boots it. A build that is there and checks out is not sent
  * again. Everything runs through the system's ssh and scp, argv only; the
  * remote commands are fixed scripts whose words are quoted for the remote shell.
+ *
+ * Private there as here: every remote command runs under umask 077, pim's
+ * directories there are 0700 (pim/ and pim/builds/ made so, or put back so)
+ * and a registered build's files 0400 in a 0700 directory; no bit for
+ * group or others. The copy goes into `.tmp-dep-ID-hHOST-PID` beside its
+ * place (HOST: a hash of this machine's name): a failed or interrupted copy
+ * removes it, and the next deploy removes what a killed run left: any of the
+ * same build, any from this machine whose process is gone, and any older
+ * than a day.
  */
 import { EXIT, PimError } from '../core/exit.ts';
 import { run, runOk } from '../core/run.ts';
@@ -29,29 +38,72 @@ export async function deploySsh(src: Source, t: SshTarget, o: DeployOpts): Promi
   const id = src.build.id;
   const file = src.build.disk.file;
   const q = quoteSh;
-  const probe = await ssh(t, `d=${STORE}/${q(id)}; test -f "$d/build.json" && sha256sum -- "$d/"${q(file)}; mkdir -p ${STORE} && echo "store ${STORE}"`, o.signal);
+  const probe = await ssh(
+    t,
+    `umask 077; d=${STORE}/${q(id)}; test -f "$d/build.json" && sha256sum -- "$d/"${q(file)}; mkdir -p ${STORE} && chmod 700 ${STORE} "$(dirname ${STORE})" && echo "store ${STORE}" && for f in ${STORE}/.tmp-dep-*; do [ -e "$f" ] && echo "tmp \${f##*/}"; done; true`,
+    o.signal,
+  );
   if (probe.code === 255) throw new PimError(EXIT.UNAVAILABLE, `${t.name}: cannot reach ${t.host} over ssh: ${probe.stderr.trim().split('\n').pop()}`);
   const store = /^store (.+)$/m.exec(probe.stdout)?.[1];
   if (probe.code !== 0 || !store) throw new PimError(EXIT.UNAVAILABLE, `${t.name}: ${t.host}: cannot make the pim store: ${probe.stderr.trim().split('\n').pop()}`);
   const there = new RegExp(`^${src.sha256}\\s`, 'm').test(probe.stdout);
   const plan: Outcome['plan'] = [{ step: 'upload', action: there ? 'skip' : 'upload', detail: `${id} to ${t.host}:${store}/${id} (${src.size} bytes)` }];
   if (o.dryRun || there) return { plan, upload: there ? 'skipped' : 'uploaded', domain: 'kept', started: false, removed: [] };
-  const tmp = `${store}/.tmp-${id}-${process.pid}`;
-  await runOk('ssh', [...sshBase(t), '-T', '--', t.host, `rm -rf ${q(tmp)} && mkdir -m 700 ${q(tmp)}`], { what: `${t.name}: cannot make ${tmp}`, code: EXIT.UNAVAILABLE });
+  const me = hostTag();
+  const tmp = `${store}/.tmp-dep-${id}-${me}-${process.pid}`;
+  // what a killed run left goes first: copies of this build, this machine's whose process is gone, any older than a day
+  const stale = [...probe.stdout.matchAll(/^tmp (\.tmp-dep-(.*)-(h[0-9a-f]{8})-(\d+))$/gm)]
+    .filter(([, , sid, host, pid]) => sid === id || (host === me && !alive(Number(pid))))
+    .map(([, name]) => `./${q(name!)}`);
+  await runOk(
+    'ssh',
+    [...sshBase(t), '-T', '--', t.host, `umask 077; cd ${q(store)} && rm -rf ${stale.join(' ')} ./.tmp-dep-${q(id)}-* && find . -maxdepth 1 -name '.tmp-dep-*' -mmin +1440 -exec rm -rf {} + ; mkdir -m 700 ${q(tmp)}`],
+    { what: `${t.name}: cannot make ${tmp}`, code: EXIT.UNAVAILABLE },
+  );
   const files = [src.path, ...(src.efivars ? [src.efivars] : [])];
   const { buildDir } = await import('../image/registry.ts');
   files.push(`${buildDir(id)}/build.json`);
   const dest = t.host.includes('@') || !t.host.includes(':') ? `${t.host}:${tmp}/` : `[${t.host}]:${tmp}/`;
-  await runOk('scp', [...sshBase(t, true), '-q', '-S', 'ssh', '--', ...files, dest], { what: `${t.name}: cannot copy ${id} to ${t.host}`, code: EXIT.UNAVAILABLE, signal: o.signal });
-  // verified there, then made read-only and put in place by one rename
-  const fin = await ssh(
-    t,
-    `cd ${q(tmp)} && s=$(sha256sum -- ${q(file)}) && case $s in ${src.sha256}*) ;; *) echo "mismatch $s"; cd /; rm -rf ${q(tmp)}; exit 65;; esac && : >build.log && chmod 444 * && chmod 555 . && cd / && mv -T ${q(tmp)} ${STORE}/${q(id)}`,
-    o.signal,
-  );
+  let fin: Awaited<ReturnType<typeof ssh>>;
+  try {
+    await runOk('scp', [...sshBase(t, true), '-q', '-S', 'ssh', '--', ...files, dest], { what: `${t.name}: cannot copy ${id} to ${t.host}`, code: EXIT.UNAVAILABLE, signal: o.signal });
+    // verified there, then made read-only (for its owner only) and put in place by one rename
+    fin = await ssh(
+      t,
+      `umask 077; cd ${q(tmp)} && s=$(sha256sum -- ${q(file)}) && case $s in ${src.sha256}*) ;; *) echo "mismatch $s"; exit 65;; esac && : >build.log && chmod 400 * && chmod 700 . && cd / && mv -T ${q(tmp)} ${STORE}/${q(id)}`,
+      o.signal,
+    );
+  } catch (e) {
+    await removeRemote(t, tmp);
+    throw e;
+  }
+  if (fin.code !== 0) await removeRemote(t, tmp);
   if (fin.code === 65) throw new PimError(EXIT.DATAERR, `${t.name}: ${id}: sha256 mismatch on ${t.host} (${fin.stdout.trim()}); nothing was registered`);
   if (fin.code !== 0) throw new PimError(EXIT.UNAVAILABLE, `${t.name}: cannot register ${id} on ${t.host}: ${fin.stderr.trim().split('\n').pop()}`);
   return { plan, upload: 'uploaded', domain: 'defined', started: false, removed: [] };
+}
+
+/** This machine, in the names of its copies on a remote host: h and 8 hex digits of its name's sha256. */
+function hostTag(): string {
+  const { createHash } = process.getBuiltinModule('node:crypto') as typeof import('node:crypto');
+  const { hostname } = process.getBuiltinModule('node:os') as typeof import('node:os');
+  return 'h' + createHash('sha256').update(hostname()).digest('hex').slice(0, 8);
+}
+
+/** Whether a local process runs (signal 0: EPERM is alive, owned by another user). */
+function alive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (e) {
+    return (e as NodeJS.ErrnoException).code === 'EPERM';
+  }
+}
+
+/** Remove a half-made copy on the remote host (no signal: it runs also after an interrupt); a failure to is said, not thrown. */
+async function removeRemote(t: SshTarget, tmp: string): Promise<void> {
+  const r = await ssh(t, `rm -rf ${quoteSh(tmp)}`).catch((e: Error) => ({ code: 255, stderr: e.message }));
+  if (r.code !== 0) process.stderr.write(`pim-deploy: ${t.name}: could not remove ${tmp} on ${t.host} (the next deploy of the build does): ${r.stderr.trim().split('\n').pop()}\n`);
 }
 
 /** The builds in the remote user's pim store. */

@@ -15,10 +15,10 @@
  * still backs cannot be removed.
  */
 import * as fs from 'node:fs';
-import { join } from 'node:path';
+import { dirname, join, resolve } from 'node:path';
 import { EXIT, PimError } from '../core/exit.ts';
 import { buildsDir, imagesDir } from '../core/paths.ts';
-import { ensurePrivateDir, readRegular, writeFileAtomic } from '../core/fs.ts';
+import { ensurePrivateDir, readRegular, realOr, sameFile, writeFileAtomic } from '../core/fs.ts';
 import { readQcow2Header } from './qcow2.ts';
 
 /** Bumped when what a build does changes, so older cache entries are not reused. */
@@ -145,9 +145,15 @@ export function findBuild(ref: string): BuildRecord {
   throw new PimError(EXIT.NOINPUT, `no build ${JSON.stringify(ref)}; see pim-build list, or build one with pim-build run PROFILE`);
 }
 
-/** The build a disk image belongs to: the image itself, or the build its qcow2 backing file is. */
+/**
+ * The build a disk image belongs to: the image itself, or the build its
+ * qcow2 backing file is. Paths are compared as real paths and files by
+ * device and inode, never as spelled: a symbolic link to a build's image,
+ * a store reached through a link (XDG_DATA_HOME), a backing file recorded
+ * under another spelling, or a hard link of the image, are all that build.
+ */
 export function buildOfDisk(path: string): BuildRecord | null {
-  const root = buildsDir() + '/';
+  const root = realOr(buildsDir()) + '/';
   let real: string;
   try {
     real = fs.realpathSync(path);
@@ -155,18 +161,30 @@ export function buildOfDisk(path: string): BuildRecord | null {
     return null;
   }
   const candidates = [real];
-  const h = readQcow2Header(real);
-  if (h?.backingFile) candidates.push(h.backingFile);
+  const backing = backingOf(real);
+  if (backing) candidates.push(backing);
   for (const c of candidates) {
     if (!c.startsWith(root)) continue;
     const id = c.slice(root.length).split('/')[0]!;
     const r = readRecord(id);
-    if (r && join(buildDir(id), r.disk.file) === c) return r;
+    if (r && sameFile(buildDisk(r), c)) return r;
   }
+  // a hard link of a build's image (or of the image it is backed by), outside the store
+  const links = candidates.filter((c) => (fs.statSync(c, { throwIfNoEntry: false })?.nlink ?? 1) > 1);
+  if (links.length) for (const r of listBuilds()) if (links.some((c) => sameFile(buildDisk(r), c))) return r;
   return null;
 }
 
-/** Disks in the image store whose qcow2 backing file is this build's image. */
+/** Is `path` a build's own image (not an overlay of it), however it is spelled? */
+export const isBuildDisk = (r: BuildRecord, path: string): boolean => sameFile(buildDisk(r), path);
+
+/** The real path of a qcow2 image's backing file (relative to the image's directory), if any. */
+function backingOf(image: string): string | null {
+  const b = readQcow2Header(image)?.backingFile;
+  return b ? realOr(resolve(dirname(image), b)) : null;
+}
+
+/** Disks in the image store whose qcow2 backing file is this build's image (compared as files, not as spelled). */
 export function disksBackedBy(r: BuildRecord): string[] {
   const disk = buildDisk(r);
   let names: string[];
@@ -177,7 +195,10 @@ export function disksBackedBy(r: BuildRecord): string[] {
   }
   return names
     .map((n) => join(imagesDir(), n))
-    .filter((p) => readQcow2Header(p)?.backingFile === disk)
+    .filter((p) => {
+      const b = backingOf(p);
+      return b !== null && sameFile(b, disk);
+    })
     .sort();
 }
 

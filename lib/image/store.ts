@@ -16,7 +16,7 @@ import { imagesDir } from '../core/paths.ts';
 import { ensurePrivateDir } from '../core/fs.ts';
 import { checkName, nameProblem } from '../core/names.ts';
 import { log } from '../core/log.ts';
-import { buildDisk, buildEfivars, buildOfDisk, latestBuild, type BuildRecord } from './registry.ts';
+import { buildDisk, buildEfivars, buildOfDisk, isBuildDisk, latestBuild, type BuildRecord } from './registry.ts';
 
 export const IMAGE_EXTS = ['.qcow2', '.img', '.raw'];
 
@@ -106,7 +106,7 @@ export async function resolveImage(target: string, nameOverride?: string, inUse?
     path = resolve(target);
     if (!existsSync(path)) throw new PimError(EXIT.NOINPUT, `image ${path} does not exist; check the path`);
     const b = buildOfDisk(path);
-    if (b && path === buildDisk(b)) {
+    if (b && isBuildDisk(b, path)) {
       // a build's own image: boot it through the store overlay, never the build itself
       name = checkName(nameOverride ?? b.profile);
       path = await overlayForBuild(name, b, inUse);

@@ -119,11 +119,15 @@ export const UNTAR_SCRIPT =
   'p=$(dirname "$d"); [ -d "$p" ] || { echo "pim-cp: $p: No such file or directory" >&2; exit 73; }; ' +
   't=$(mktemp -d "$p/.pim-cp.XXXXXX") || exit 73; tar xf - -C "$t" && mv -f "$t/$b" "$d"; r=$?; rm -rf "$t"; exit $r';
 
-/** In the guest: a tar stream of path $1 (66 when it is not there; 64 for a directory unless $2 is r). */
+/**
+ * In the guest: a tar stream of path $1 (66 when it is not there; 64 for a
+ * directory unless $2 is r), symbolic links followed (tar -h), as scp -r
+ * follows them: the stream holds files and directories.
+ */
 export const TAR_SCRIPT =
   's=$1; [ -e "$s" ] || [ -L "$s" ] || { echo "pim-cp: $s: No such file or directory" >&2; exit 66; }; ' +
   '[ -d "$s" ] && [ "$2" != r ] && { echo "pim-cp: $s is a directory: give -r to copy it" >&2; exit 64; }; ' +
-  'cd "$(dirname "$s")" && exec tar cf - "$(basename "$s")"';
+  'cd "$(dirname "$s")" && exec tar chf - "$(basename "$s")"';
 
 /** How a failed copy reads, from the messages it left: a pim error. */
 export function copyError(p: CpPlan, stderr: string, status: number): PimError {
@@ -170,7 +174,8 @@ export async function viaScp(c: CopyCtx): Promise<'ok' | 'no-scp'> {
   const p = c.plan;
   const target = (path: string) => `${p.vm}:${path}`;
   const argv = ['-O', '-p', '-q', ...(c.recursive ? ['-r'] : []), ...c.sshOpts, '--', ...(p.direction === 'up' ? [...p.sources, target(p.dest)] : [...p.sources.map(target), p.dest])];
-  const child = spawn('scp', argv, { stdio: ['ignore', 'inherit', 'pipe'] });
+  const { needSshClient } = await import('./reach.ts');
+  const child = spawn(await needSshClient('scp'), argv, { stdio: ['ignore', 'inherit', 'pipe'] });
   const r = await finish(child, 'scp');
   if (r.code === 0) return 'ok';
   if (/\bscp: (command )?not found/.test(r.stderr)) return 'no-scp';
@@ -193,47 +198,212 @@ export async function viaTar(c: CopyCtx): Promise<void> {
       if (a.code !== 0) throw new PimError(EXIT.NOINPUT, `tar could not read ${s}: ${a.stderr.trim().split('\n').pop()}`);
       if (b.code !== 0) throw sshSideError(p, b);
     } else {
-      const dest = resolve(p.dest);
-      const intoDir = fs.statSync(dest, { throwIfNoEntry: false })?.isDirectory() ?? false;
-      const where = intoDir ? dest : fs.mkdtempSync(join(dirname(dest), '.pim-cp.'));
-      try {
-        const remote = ssh(remoteSh(TAR_SCRIPT, [s, c.recursive ? 'r' : '']), 'pipe');
-        const tar = spawn('tar', ['xpf', '-', '-C', where], { stdio: ['pipe', 'ignore', 'pipe'] });
-        remote.stdout!.pipe(tar.stdin!);
-        const [a, b] = await Promise.all([finish(remote, 'ssh'), finish(tar, 'tar')]);
-        if (a.code !== 0) throw sshSideError(p, a);
-        if (b.code !== 0) throw new PimError(EXIT.CANTCREAT, `tar could not write into ${where}: ${b.stderr.trim().split('\n').pop()}`);
-        if (!intoDir) {
-          const got = fs.readdirSync(where);
-          if (got.length !== 1) throw new PimError(EXIT.DATAERR, `the tar stream from ${p.vm} held ${got.length} entries, not one`);
-          fs.renameSync(join(where, got[0]!), dest);
-        }
-      } finally {
-        if (!intoDir) fs.rmSync(where, { recursive: true, force: true });
-      }
+      const top = topName(p.vm, s);
+      const remote = ssh(remoteSh(TAR_SCRIPT, [s, c.recursive ? 'r' : '']), 'pipe');
+      const got = untarChecked(remote.stdout!, top, resolve(p.dest), `${p.vm}:${s}`, () => remote.kill(), c.recursive);
+      const [a, b] = await Promise.all([finish(remote, 'ssh'), got]);
+      if (b.refused) throw b.error; // whatever ssh said after pim stopped it
+      if (a.code !== 0) throw sshSideError(p, a);
+      if (b.error) throw b.error;
     }
   }
 }
 
 /**
+ * The one name a guest's tar stream of `src` may hold, and all its members
+ * under it: the last part of the path (as `tar c -C dirname basename` names
+ * it). A source that ends in `.` or `..`, or `/`, is refused (64): name the
+ * directory.
+ */
+export function topName(vm: string, src: string): string {
+  const { posix } = process.getBuiltinModule('node:path') as typeof import('node:path');
+  const top = posix.basename(src.replace(/\/+$/, ''));
+  if (!top || top === '.' || top === '..') throw new PimError(EXIT.USAGE, `${vm}:${src} names no file or directory by its name; name it (like ${vm}:/home/user)`);
+  return top;
+}
+
+/**
+ * Why a member of a guest's tar stream is refused, or null: the guest is
+ * the untrusted side. Only files, directories and hard links to a member
+ * before them; every name (and a hard link's target) relative, without `.`,
+ * `..` or empty parts, and under `top`. Symbolic links are refused: the
+ * stream pim asks for (tar -h) has none, as scp -r copies what a link
+ * points to; a link in the stream could only point pim's writes or a later
+ * reader outside the destination. Devices and FIFOs are refused too.
+ */
+export function memberProblem(path: string, type: string, linkpath: string | undefined, top: string, recursive = true): string | null {
+  const bad = (n: string) => {
+    const parts = n.replace(/\/+$/, '').split('/');
+    if (n.startsWith('/')) return 'an absolute name';
+    if (parts.some((x) => x === '..')) return 'a name with ".."';
+    if (parts.some((x) => x === '' || x === '.') || n.includes('\0')) return 'a name with an empty or "." part';
+    if (parts[0] !== top) return `a name outside ${top}, which was asked for`;
+    return null;
+  };
+  const shown = JSON.stringify(path);
+  const why = bad(path);
+  if (why) return `${shown}: ${why}`;
+  if (!recursive && (type === 'Directory' || path.replace(/\/+$/, '') !== top)) return `${shown}: a directory, or in one, and -r was not given`;
+  if (type === 'SymbolicLink') return `${shown} is a symbolic link (to ${JSON.stringify(linkpath ?? '')}): a copy from a guest holds no links (scp -r copies what a link points to)`;
+  if (type === 'Link') {
+    const lw = bad(linkpath ?? '');
+    return lw ? `${shown} is a hard link to ${JSON.stringify(linkpath ?? '')}, ${lw}` : null;
+  }
+  if (type === 'File' || type === 'OldFile' || type === 'ContiguousFile' || type === 'Directory') return null;
+  return `${shown} is a ${type}: a copy holds only files and directories`;
+}
+
+/**
+ * A tar stream from a guest into `dest`, checked member by member with
+ * node-tar (its own checks too: no `..`, no absolute names, nothing
+ * written through a symbolic link): every member must pass memberProblem,
+ * or the copy stops (`abort` ends the stream's source) and is refused (65).
+ * The members go into a new directory beside their place, and only a
+ * complete stream is moved into it: into `dest` when it is a directory
+ * (a tree merged into the one there, a link there replaced, never
+ * followed), else as `dest` itself. Modes are kept, less setuid, setgid
+ * and sticky; nothing is chowned. The result: the error, if any, and
+ * whether a member was refused (then the source's own status is moot).
+ */
+export async function untarChecked(stream: import('node:stream').Readable, top: string, dest: string, what: string, abort: () => void, recursive = true): Promise<{ error: PimError | null; refused: boolean }> {
+  const r = await untarInto(stream, top, dest, what, abort, recursive);
+  return { error: r.error, refused: r.refused !== null };
+}
+
+async function untarInto(stream: import('node:stream').Readable, top: string, dest: string, what: string, abort: () => void, recursive: boolean): Promise<{ error: PimError | null; refused: string | null }> {
+  const tar = await import('tar');
+  const intoDir = fs.statSync(dest, { throwIfNoEntry: false })?.isDirectory() ?? false;
+  let tmp: string;
+  try {
+    tmp = fs.mkdtempSync(join(intoDir ? dest : dirname(dest), '.pim-cp.'));
+  } catch (e) {
+    stream.resume();
+    abort();
+    return { error: new PimError(EXIT.CANTCREAT, `cannot write into ${intoDir ? dest : dirname(dest)}: ${(e as Error).message}`), refused: null };
+  }
+  let refused: string | null = null;
+  try {
+    await new Promise<void>((res, rej) => {
+      const unpack = tar.x({
+        cwd: tmp,
+        strict: true,
+        preserveOwner: false,
+        filter: (path, entry) => {
+          if (refused) return false;
+          const e = entry as unknown as { type: string; linkpath?: string; mode?: number };
+          refused = memberProblem(path, e.type, e.linkpath, top, recursive);
+          if (refused) {
+            abort();
+            return false;
+          }
+          if (typeof e.mode === 'number') e.mode &= 0o777;
+          return true;
+        },
+      });
+      unpack.on('error', (err: Error) => {
+        abort(); // it reads no more: stop the source, which would block on a full pipe
+        stream.resume();
+        if (refused) res();
+        else rej(err);
+      });
+      unpack.on('close', () => res());
+      stream.on('error', () => undefined);
+      stream.pipe(unpack as unknown as NodeJS.WritableStream);
+    });
+    if (refused) return { error: new PimError(EXIT.DATAERR, `the tar stream of ${what} was refused, nothing copied: ${refused}`), refused };
+    const got = join(tmp, top);
+    if (!fs.lstatSync(got, { throwIfNoEntry: false })) return { error: new PimError(EXIT.DATAERR, `the tar stream of ${what} did not hold ${top}`), refused: null };
+    placeTree(got, intoDir ? join(dest, top) : dest);
+    return { error: null, refused: null };
+  } catch (e) {
+    if (e instanceof PimError) return { error: e, refused: null };
+    const m = (e as Error).message;
+    const tarCode = (e as { tarCode?: string }).tarCode;
+    // node-tar's own refusals (strict: each warning is an error) are the stream's fault
+    if (tarCode && tarCode !== 'TAR_BAD_ARCHIVE') return { error: new PimError(EXIT.DATAERR, `the tar stream of ${what} was refused, nothing copied: ${m}`), refused: m };
+    if (tarCode) return { error: new PimError(EXIT.DATAERR, `the tar stream of ${what} is damaged, nothing copied: ${m}`), refused: null };
+    return { error: new PimError(EXIT.CANTCREAT, `cannot write ${dest}: ${m}`), refused: null };
+  } finally {
+    fs.rmSync(tmp, { recursive: true, force: true });
+  }
+}
+
+/**
+ * Move an extracted member `from` to `to`: a file (or a tree where nothing
+ * is) by one rename, which replaces a file or a symbolic link at `to`
+ * without following it; a tree into a directory there, merged entry by
+ * entry the same way (as tar x and scp -r merge). A tree meeting a file,
+ * or a file meeting a directory, is 73.
+ */
+function placeTree(from: string, to: string): void {
+  const src = fs.lstatSync(from);
+  const there = fs.lstatSync(to, { throwIfNoEntry: false });
+  if (!src.isDirectory() || !there || there.isSymbolicLink()) {
+    if (there?.isSymbolicLink()) fs.unlinkSync(to);
+    else if (there?.isDirectory()) throw new PimError(EXIT.CANTCREAT, `cannot write ${to}: Is a directory`);
+    fs.renameSync(from, to);
+    return;
+  }
+  if (!there.isDirectory()) throw new PimError(EXIT.CANTCREAT, `cannot write ${to}: Not a directory`);
+  for (const n of fs.readdirSync(from)) placeTree(join(from, n), join(to, n));
+  fs.chmodSync(to, src.mode & 0o777);
+  fs.utimesSync(to, src.atime, src.mtime);
+}
+
+/**
  * From one VM to another: for each source, `tar c` in the first guest (over
- * its ssh config, `from`) piped into `tar x` in the second (`to`), through
- * this process. A missing source is 66, a directory without -r 64, a
- * destination that cannot be written 73, as for the host.
+ * its ssh config, `from`) into `tar x` in the second (`to`), through this
+ * process, which reads the first guest's stream with node-tar and passes on
+ * only members that memberProblem lets through, written again by node-tar:
+ * the first guest cannot make the second write outside the destination. A
+ * refused member stops both sides (65). A missing source is 66, a directory
+ * without -r 64, a destination that cannot be written 73, as for the host.
  */
 export async function copyAcross(p: CpPlan, recursive: boolean, from: string[], to: string[]): Promise<void> {
   const { spawn } = process.getBuiltinModule('node:child_process') as typeof import('node:child_process');
+  const tar = await import('tar');
   const dst = p.to!;
   const asDown: CpPlan = { ...p, direction: 'down' };
   const asUp: CpPlan = { ...p, direction: 'up', vm: dst.vm };
-  const { posix } = process.getBuiltinModule('node:path') as typeof import('node:path');
   for (const s of p.sources) {
+    const top = topName(p.vm, s);
     const src = spawn('ssh', [...from, '--', p.vm, remoteSh(TAR_SCRIPT, [s, recursive ? 'r' : ''])], { stdio: ['ignore', 'pipe', 'pipe'] });
-    const sink = spawn('ssh', [...to, '--', dst.vm, remoteSh(UNTAR_SCRIPT, [p.dest === '' ? '.' : p.dest, p.sources.length === 1 ? posix.basename(s) : ''])], { stdio: ['pipe', 'ignore', 'pipe'] });
-    src.stdout!.pipe(sink.stdin!);
+    const sink = spawn('ssh', [...to, '--', dst.vm, remoteSh(UNTAR_SCRIPT, [p.dest === '' ? '.' : p.dest, p.sources.length === 1 ? top : ''])], { stdio: ['pipe', 'ignore', 'pipe'] });
+    let refused: string | null = null;
+    const stop = () => {
+      src.kill();
+      sink.kill();
+    };
+    const pack = new tar.Pack({ portable: true });
+    const parser = new tar.Parser({
+      strict: true,
+      filter: (path, entry) => {
+        if (refused) return false;
+        const e = entry as unknown as { type: string; linkpath?: string; mode?: number };
+        refused = memberProblem(path, e.type, e.linkpath, top, recursive);
+        if (refused) stop();
+        else if (typeof e.mode === 'number') e.mode &= 0o777;
+        return !refused;
+      },
+      onReadEntry: (entry) => void pack.add(entry),
+    });
+    let damaged: string | null = null;
+    parser.on('error', (e: Error) => {
+      // a damaged stream (or none: a source that failed says why) is not a refusal
+      if ((e as { tarCode?: string }).tarCode === 'TAR_BAD_ARCHIVE') damaged ??= e.message;
+      else refused ??= e.message;
+      stop();
+    });
+    parser.on('end', () => void pack.end());
+    pack.on('error', () => stop());
+    (pack as unknown as NodeJS.ReadableStream).pipe(sink.stdin!);
+    src.stdout!.on('error', () => undefined);
+    src.stdout!.pipe(parser as unknown as NodeJS.WritableStream);
     sink.stdin!.on('error', () => undefined); // the sink gone early: its own status says why
     const [a, b] = await Promise.all([finish(src, 'ssh'), finish(sink, 'ssh')]);
+    if (refused) throw new PimError(EXIT.DATAERR, `the tar stream of ${p.vm}:${s} was refused, stopped on both sides: ${refused}`);
     if (a.code !== 0) throw sshSideError(asDown, a);
+    if (damaged) throw new PimError(EXIT.DATAERR, `the tar stream of ${p.vm}:${s} is damaged, stopped on both sides: ${damaged}`);
     if (b.code !== 0) throw sshSideError(asUp, b);
   }
 }

@@ -334,6 +334,18 @@ export function connectError(name: string, r: SshReach, stderr: string): PimErro
 }
 
 /**
+ * The OpenSSH client program `cmd` (ssh or scp) on PATH, or 69 with how to
+ * install it: checked before anything connects, so that a missing client is
+ * not reported as a guest that cannot be reached.
+ */
+export async function needSshClient(cmd: 'ssh' | 'scp' = 'ssh'): Promise<string> {
+  const { which } = await import('../core/which.ts');
+  const found = which(cmd);
+  if (!found) throw new PimError(EXIT.UNAVAILABLE, `${cmd} was not found on PATH; install the OpenSSH client (Debian: apt-get install openssh-client)`);
+  return found;
+}
+
+/**
  * Open the master connection for the prepared VM (ssh -N: it authenticates,
  * then goes to the background through ControlPersist, which closes its
  * stdio), with ssh's messages captured for one clear error.

@@ -27,7 +27,8 @@ import { checkName } from '../core/names.ts';
 import type { QmpClient, QmpEvent } from '../qemu/qmp.ts';
 import type { ImgSnapshot } from '../image/qemu-img.ts';
 import { IMAGE_EXTS, imageFormat } from '../image/store.ts';
-import { buildDisk, buildOfDisk } from '../image/registry.ts';
+import { buildOfDisk, isBuildDisk } from '../image/registry.ts';
+import { sameFile } from '../core/fs.ts';
 import { listVms, vmInfo, type RunningVm } from './state.ts';
 import { vmRef } from './ref.ts';
 
@@ -73,7 +74,7 @@ const looksLikePath = (s: string) => s.includes('/') || IMAGE_EXTS.includes(extn
 async function vmUsing(path: string): Promise<RunningVm | null> {
   const dir = existingRuntimeDir();
   if (!dir) return null;
-  for (const v of await listVms(dir)) if (v.state === 'running' && v.meta?.image === path) return v as RunningVm;
+  for (const v of await listVms(dir)) if (v.state === 'running' && v.meta?.image && (v.meta.image === path || sameFile(v.meta.image, path))) return v as RunningVm;
   return null;
 }
 
@@ -92,7 +93,10 @@ export async function snapshotTarget(target: string): Promise<SnapTarget> {
   } else {
     checkName(target);
     const info = await vmInfo(vmRef(target));
-    if (info.state === 'running') return { kind: 'running', name: target, vm: info as RunningVm };
+    if (info.state === 'running') {
+      if (info.meta?.image) refuseBuild(info.meta.image);
+      return { kind: 'running', name: target, vm: info as RunningVm };
+    }
     if (info.state === 'starting') throw new PimError(EXIT.TEMPFAIL, `${target} is still starting; try again in a moment`);
     const found = IMAGE_EXTS.map((e) => join(imagesDir(), target + e)).find((p) => existsSync(p));
     if (!found) {
@@ -101,14 +105,19 @@ export async function snapshotTarget(target: string): Promise<SnapTarget> {
     path = found;
     name = target;
   }
+  refuseBuild(path);
   const vm = await vmUsing(path);
   if (vm) return { kind: 'running', name: vm.name, vm };
-  const b = buildOfDisk(path);
-  if (b && buildDisk(b) === path) {
-    throw new PimError(EXIT.NOPERM, `${path} is the image of build ${b.id}, and builds never change; take snapshots of the VM that runs it (pim-run ${b.profile} boots an overlay of it: pim-snapshot ${b.profile} ...)`);
-  }
   if (imageFormat(path) !== 'qcow2') throw rawRefused(path);
   return { kind: 'image', name, path };
+}
+
+/** A build's own image (however its path is spelled, or a VM runs on it) is 77: builds never change. */
+function refuseBuild(path: string): void {
+  const b = buildOfDisk(path);
+  if (b && isBuildDisk(b, path)) {
+    throw new PimError(EXIT.NOPERM, `${path} is the image of build ${b.id}, and builds never change; take snapshots of the VM that runs it (pim-run ${b.profile} boots an overlay of it: pim-snapshot ${b.profile} ...)`);
+  }
 }
 
 const rawRefused = (path: string) =>

@@ -28,6 +28,34 @@ port_of() { jq -r .ssh_port "$XDG_RUNTIME_DIR/pim/$1.json"; }
 # the master's pid, from ssh -O check ("Master running (pid=N)"); empty when none
 master_pid() { ssh -F "$(sshdir "$1")/config" -O check -- "$1" 2>&1 | sed -n 's/^Master running (pid=\([0-9]*\)).*/\1/p'; }
 
+# craft_tar FILE JSON: a tar stream as a hostile guest sends it, made by Python's
+# tarfile with no checks: [[name, file|dir|sym|hard, data or link target], ...]
+craft_tar() {
+  python3 -c '
+import io, json, sys, tarfile
+t = tarfile.open(fileobj=sys.stdout.buffer, mode="w|", format=tarfile.GNU_FORMAT)
+for m in json.loads(sys.argv[1]):
+    name, kind, data = (m + [""])[:3]
+    i = tarfile.TarInfo(name)
+    i.mode = 0o755 if kind == "dir" else 0o644
+    if kind == "file":
+        b = data.encode(); i.size = len(b); t.addfile(i, io.BytesIO(b)); continue
+    i.type = {"dir": tarfile.DIRTYPE, "sym": tarfile.SYMTYPE, "hard": tarfile.LNKTYPE}[kind]
+    i.linkname = data
+    t.addfile(i)
+t.close()' "$2" >"$1"
+}
+# hostile_tar VM FILE: from now on the guest's user "evil" (root's uid, home and key, but
+# a login shell of its own) answers pim-cp's `tar c` with FILE's bytes, whatever was asked
+# for; every other command runs as usual. (busybox sh runs its own tar applet before any
+# tar on PATH: the login shell is where a guest can answer as it likes.)
+hostile_tar() {
+  pim-ssh "$1" -- 'cat >/tmp/evil.tar && grep -q ^evil: /etc/passwd || {
+    printf "%s\n" "#!/bin/sh" "case \"\$2\" in *\"exec tar c\"*) exec cat /tmp/evil.tar;; esac" "exec /bin/sh \"\$@\"" >/tmp/evilsh &&
+    chmod 755 /tmp/evilsh && echo evil:x:0:0:evil:/root:/tmp/evilsh >>/etc/passwd &&
+    { [ -f /etc/shells ] || echo /bin/sh >/etc/shells; } && echo /tmp/evilsh >>/etc/shells; }' <"$2"
+}
+
 @test "the shared guest starts" {
   [ "${#G}" -eq 48 ]
   run pim-run "$TESTBED/guest-full.qcow2" --name "$G" --snapshot --mem 256M --cpus 1 --wait ssh --wait agent --wait-timeout 120
@@ -217,6 +245,66 @@ master_pid() { ssh -F "$(sshdir "$1")/config" -O check -- "$1" 2>&1 | sed -n 's/
   [ "$status" -eq 73 ]
 }
 
+@test "pim-cp from a hostile guest (tar stream): a link out, a member not asked for, .. and absolute names are refused (65); nothing lands outside DEST, nor in it" {
+  export PIM_CP_VIA=tar
+  local w="$PIM_TMP/hostile" out="$PIM_TMP/hostile-outside"
+  mkdir -p "$w" "$out"
+  pim-ssh "$G" -- 'mkdir -p /tmp/h/d && echo one >/tmp/h/one-file'
+  # a link to a host directory, then a second copy that writes through it
+  craft_tar "$PIM_TMP/e1.tar" '[["d","dir"],["d/EVIL","sym","'"$out"'"]]'
+  hostile_tar "$G" "$PIM_TMP/e1.tar"
+  run --separate-stderr pim-cp -r "evil@$G:/tmp/h/d" "$w/"
+  [ "$status" -eq 65 ]
+  [ "${#stderr_lines[@]}" -eq 1 ]
+  [[ "$stderr" == *'"d/EVIL" is a symbolic link'* ]]
+  [ ! -e "$w/d" ] && [ ! -L "$w/d/EVIL" ]
+  craft_tar "$PIM_TMP/e2.tar" '[["d","dir"],["d/EVIL","dir"],["d/EVIL/pwned","file","x"]]'
+  hostile_tar "$G" "$PIM_TMP/e2.tar"
+  run pim-cp -r "evil@$G:/tmp/h/d" "$w/"
+  [ "$status" -eq 0 ]
+  [ -f "$w/d/EVIL/pwned" ]   # inside DEST, where it belongs
+  [ -z "$(ls -A "$out")" ]
+  # a one-file copy whose stream also holds .ssh/authorized_keys
+  rm -rf "${w:?}"/*
+  craft_tar "$PIM_TMP/e3.tar" '[["one-file","file","one"],[".ssh","dir"],[".ssh/authorized_keys","file","ssh-ed25519 AAAA evil"]]'
+  hostile_tar "$G" "$PIM_TMP/e3.tar"
+  run --separate-stderr pim-cp "evil@$G:/tmp/h/one-file" "$w/"
+  [ "$status" -eq 65 ]
+  [[ "$stderr" == *'".ssh/": a name outside one-file'* ]]
+  [ -z "$(ls -A "$w")" ]
+  # .. and an absolute name
+  craft_tar "$PIM_TMP/e4.tar" '[["d","dir"],["d/../../escaped","file","x"]]'
+  hostile_tar "$G" "$PIM_TMP/e4.tar"
+  run pim-cp -r "evil@$G:/tmp/h/d" "$w/"
+  [ "$status" -eq 65 ]
+  [ ! -e "$PIM_TMP/escaped" ] && [ -z "$(ls -A "$w")" ]
+  craft_tar "$PIM_TMP/e5.tar" '[["d","dir"],["'"$out"'/abs","file","x"]]'
+  hostile_tar "$G" "$PIM_TMP/e5.tar"
+  run pim-cp -r "evil@$G:/tmp/h/d" "$w/"
+  [ "$status" -eq 65 ]
+  [ -z "$(ls -A "$out")" ] && [ -z "$(ls -A "$w")" ]
+  # a hard link to a host file
+  craft_tar "$PIM_TMP/e6.tar" '[["d","dir"],["d/h","hard","/etc/passwd"]]'
+  hostile_tar "$G" "$PIM_TMP/e6.tar"
+  run pim-cp -r "evil@$G:/tmp/h/d" "$w/"
+  [ "$status" -eq 65 ]
+  [ -z "$(ls -A "$w")" ]
+}
+
+@test "pim-cp through a tar stream takes a guest's symbolic links as scp -r does: the files they point to, never a link into the host" {
+  export PIM_CP_VIA=tar
+  local w="$PIM_TMP/links"
+  mkdir -p "$w"
+  pim-ssh "$G" -- 'mkdir -p /tmp/l/t && echo pointed-to >/tmp/l/target && ln -sf /tmp/l/target /tmp/l/t/to-file && ln -sf /etc /tmp/l/t/to-etc && ln -sf /tmp/l/target /tmp/l/alone'
+  pim-cp -r "$G:/tmp/l/t" "$w/"
+  [ -f "$w/t/to-file" ] && [ ! -L "$w/t/to-file" ]
+  [ "$(cat "$w/t/to-file")" = pointed-to ]
+  [ -d "$w/t/to-etc" ] && [ ! -L "$w/t/to-etc" ]
+  [ -f "$w/t/to-etc/passwd" ]   # the guest's /etc/passwd, copied
+  pim-cp "$G:/tmp/l/alone" "$w/alone"
+  [ -f "$w/alone" ] && [ ! -L "$w/alone" ]
+}
+
 @test "pim-cp between two VMs: a tar stream through pim, modes kept; a missing source 66, a directory without -r 64, an unwritable destination 73" {
   run pim-run "$TESTBED/guest-full.qcow2" --name peer --snapshot --mem 256M --cpus 1 --wait ssh --wait agent --wait-timeout 120
   [ "$status" -eq 0 ]
@@ -235,7 +323,52 @@ master_pid() { ssh -F "$(sshdir "$1")/config" -O check -- "$1" 2>&1 | sed -n 's/
   [[ "$stderr" == *"/tmp/x/d is a directory: give -r"* ]]
   run pim-cp "$G:/tmp/x/f" peer:/nope/dir/x
   [ "$status" -eq 73 ]
+}
+
+@test "pim-cp between two VMs from a hostile guest: a link, a member not asked for, .. are refused (65) and never reach the other guest" {
+  pim-ssh "$G" -- 'mkdir -p /tmp/h/d && echo one >/tmp/h/one-file'
+  pim-ssh peer -- 'rm -rf /tmp/in2 && mkdir -p /tmp/in2'
+  craft_tar "$PIM_TMP/a1.tar" '[["d","dir"],["d/EVIL","sym","/root"]]'
+  hostile_tar "$G" "$PIM_TMP/a1.tar"
+  run --separate-stderr pim-cp -r "evil@$G:/tmp/h/d" peer:/tmp/in2/
+  [ "$status" -eq 65 ]
+  [[ "$stderr" == *'"d/EVIL" is a symbolic link'* ]]
+  pim-ssh peer -- '[ ! -L /tmp/in2/d/EVIL ]'
+  craft_tar "$PIM_TMP/a2.tar" '[["one-file","file","one"],[".ssh","dir"],[".ssh/authorized_keys","file","ssh-ed25519 AAAA evil"]]'
+  hostile_tar "$G" "$PIM_TMP/a2.tar"
+  run pim-cp "evil@$G:/tmp/h/one-file" peer:/tmp/in2/
+  [ "$status" -eq 65 ]
+  pim-ssh peer -- '[ ! -e /tmp/in2/.ssh ]'
+  craft_tar "$PIM_TMP/a3.tar" '[["d","dir"],["d/../../escaped","file","x"]]'
+  hostile_tar "$G" "$PIM_TMP/a3.tar"
+  run pim-cp -r "evil@$G:/tmp/h/d" peer:/tmp/in2/
+  [ "$status" -eq 65 ]
+  pim-ssh peer -- '[ ! -e /escaped ] && [ ! -e /tmp/escaped ]'
+  # an honest stream still goes across
+  pim-cp "$G:/tmp/h/one-file" peer:/tmp/in2/
+  [ "$(pim-ssh peer -- cat /tmp/in2/one-file)" = one ]
   pim-stop peer
+}
+
+@test "pim-ssh and pim-cp without ssh on PATH: the install hint (69), before any connection" {
+  local bin="$PIM_TMP/nossh"
+  mkdir -p "$bin"
+  ln -sf "$(command -v node)" "$bin/node"
+  # another user: no master is up for it, so the old order (master first) would have tried one
+  run --separate-stderr env PATH="$REPO/dist/bin:$bin" pim-ssh "$G" --user nosshuser -- true
+  [ "$status" -eq 69 ]
+  [ "${#stderr_lines[@]}" -eq 1 ]
+  [[ "$stderr" == *"ssh was not found on PATH"*"openssh-client"* ]]
+  [ ! -e "$(sshdir "$G")/c-nosshuser" ]
+  echo x >"$PIM_TMP/nossh.txt"
+  run --separate-stderr env PATH="$REPO/dist/bin:$bin" pim-cp --user nosshuser "$PIM_TMP/nossh.txt" "$G:/tmp/"
+  [ "$status" -eq 69 ]
+  [[ "$stderr" == *"ssh was not found on PATH"*"openssh-client"* ]]
+  # scp missing, ssh there: pim-cp says so (unless it copies with tar)
+  ln -sf "$(command -v ssh)" "$bin/ssh"
+  run --separate-stderr env PATH="$REPO/dist/bin:$bin" pim-cp "$PIM_TMP/nossh.txt" "$G:/tmp/"
+  [ "$status" -eq 69 ]
+  [[ "$stderr" == *"scp was not found on PATH"* ]]
 }
 
 @test "pim-stop closes the master; then pim-ssh and pim-cp are 69, and the VM's ssh files are gone" {
