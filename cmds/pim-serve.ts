@@ -22,8 +22,8 @@ Serves, for PROFILE (default: "default"):
   /preseed.cfg            rendered preseeds.d/PROFILE.cfg.*        (Debian preseed)
   /user-data, /meta-data  rendered preseeds.d/PROFILE.user-data.*, PROFILE.meta-data.*
                           (Ubuntu autoinstall, nocloud-net: ds=nocloud-net;s=URL/)
-  /network-config         rendered PROFILE.network-config.* (built in: DHCP on every
-                          ethernet NIC; cloud-init 24.3+ asks for it)
+  /network-config         rendered PROFILE.network-config.* (built in: empty, so cloud-init
+                          keeps its fallback; cloud-init 24.3+ asks, and retries a 404)
   /installs.d/FILE        late-command scripts;  /scripts.d/FILE  provisioning scripts
 Files named after the profile fall back to default's, then to pim's built-in ones.
 Templates use eta (<%= profile.hostname %>, <%= url %>); url is the address the

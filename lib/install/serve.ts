@@ -6,9 +6,9 @@
  *   /preseed.cfg          preseeds.d/PROFILE.cfg.*   (Debian preseed, rendered)
  *   /user-data            preseeds.d/PROFILE.user-data.*  (Ubuntu autoinstall, nocloud-net)
  *   /meta-data            preseeds.d/PROFILE.meta-data.*
- *   /network-config       preseeds.d/PROFILE.network-config.* (built in: DHCP on
- *                         every ethernet NIC; cloud-init 24.3+ asks, and retries
- *                         ten times on a 404)
+ *   /network-config       preseeds.d/PROFILE.network-config.* (built in: an empty
+ *                         document, cloud-init's own fallback; cloud-init 24.3+
+ *                         asks, and retries ten times on a 404)
  *   /vendor-data          empty (cloud-init asks for it)
  *   /installs.d/FILE      late-command scripts, as they are
  *   /scripts.d/FILE       provisioning scripts, as they are
