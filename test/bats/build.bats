@@ -1,7 +1,7 @@
 #!/usr/bin/env bats
 # pim-build end to end under TCG, with the test bed's installer ISOs
 # (test/testbed/installer/): a Debian-layout one (install.amd/, preseed from
-# url=) and an Ubuntu-layout one (casper/, autoinstall from ds=nocloud;s=),
+# url=) and an Ubuntu-layout one (casper/, autoinstall from ds=nocloud-net;s=),
 # downloaded and verified through the catalog from a loopback HTTP server,
 # installed, provisioned over SSH, stored; then booted with pim-run. Failures
 # each end with their exit code, a clear message, nothing in the store, no VM.
@@ -183,7 +183,7 @@ ssh_vm() {
   [ ! -e "$first" ]
 }
 
-@test "an Ubuntu-layout profile (casper, autoinstall through ds=nocloud;s=) builds end to end and boots" {
+@test "an Ubuntu-layout profile (casper, autoinstall through ds=nocloud-net;s=) builds end to end and boots" {
   run --separate-stderr pim-build run tbu
   [ "$status" -eq 0 ]
   [[ "$stderr" == *"the installer fetched user-data"* ]]
