@@ -37,7 +37,7 @@ default:
   mem: 256M
   cpus: 1
   timeout: 300
-tb: {iso: tb-di, scripts: [provision.sh]}
+tb: {iso: tb-di, scripts: [provision.sh], password: tb-plain-secret}
 tbu: {iso: tb-ubuntu, distro: ubuntu, scripts: [provision.sh]}
 nofetch: {iso: tb-ubuntu, distro: debian, boot: {kernel: casper/vmlinuz, initrd: casper/initrd}}
 hang: {iso: tb-di}
@@ -102,6 +102,15 @@ ssh_vm() {
   grep -q 'GET "/preseed.cfg" 200' "$log"
   grep -q 'pim-installer' "$log"
   grep -q 'provision.sh| provisioning' "$log"
+  # the profile's plain password: only its hash is in the record, the log and pim-build show
+  run pim-build show tb --json
+  [[ "$(jq -r .inputs.profile.password_hash <<<"$output")" == '$6$'* ]]
+  [ "$(jq -r '.inputs.profile | has("password")' <<<"$output")" = false ]
+  run grep -rl tb-plain-secret "$(dirname "$path")" "$XDG_STATE_HOME/pim"
+  [ "$status" -eq 1 ]
+  run pim-build show tb
+  [ "$status" -eq 0 ]
+  [[ "$output" != *tb-plain-secret* ]]
 }
 
 @test "pim-run PROFILE boots the build through an overlay: the late command and the script ran, pim's key is gone, the build's bytes never change" {
