@@ -22,6 +22,8 @@ Serves, for PROFILE (default: "default"):
   /preseed.cfg            rendered preseeds.d/PROFILE.cfg.*        (Debian preseed)
   /user-data, /meta-data  rendered preseeds.d/PROFILE.user-data.*, PROFILE.meta-data.*
                           (Ubuntu autoinstall, nocloud-net: ds=nocloud-net;s=URL/)
+  /network-config         rendered PROFILE.network-config.* (built in: empty, so cloud-init
+                          keeps its fallback; cloud-init 24.3+ asks, and retries a 404)
   /installs.d/FILE        late-command scripts;  /scripts.d/FILE  provisioning scripts
 Files named after the profile fall back to default's, then to pim's built-in ones.
 Templates use eta (<%= profile.hostname %>, <%= url %>); url is the address the
@@ -58,8 +60,13 @@ In a bash script, run it as a coprocess and read the URL from it (last example).
     const profile = args.profile ?? 'default';
     const s = await startServer({ profile, port, bind, log: (l) => log.info(l) });
     writeOut(s.url + '\n');
-    if (s.bind === '127.0.0.1' || s.bind === '0.0.0.0') log.info(`profile ${profile}: a QEMU user-mode guest reaches this as http://10.0.2.2:${s.port}/preseed.cfg`);
-    else log.info(`profile ${profile}: serving ${s.url}/preseed.cfg`);
+    // what the installer's kernel command line needs (pim-build passes the same words)
+    const { installerCmdline } = await import('../lib/build/iso-boot.ts');
+    const layout = s.profile.value.distro === 'ubuntu' ? 'ubuntu' : 'debian';
+    const guest = s.bind === '127.0.0.1' || s.bind === '0.0.0.0' ? `http://10.0.2.2:${s.port}` : s.url;
+    const words = installerCmdline(layout, guest, '', false, s.profile.value).replace(/ ---$/, '');
+    if (guest !== s.url) log.info(`profile ${profile}: a QEMU user-mode guest reaches this as ${guest}`);
+    log.info(`profile ${profile}: boot the installer with: ${words}`);
     await new Promise<void>((resolve) => {
       const stop = () => resolve();
       process.once('SIGINT', stop);

@@ -268,7 +268,7 @@ async function installerBoot(env: BootEnv): Promise<void> {
       concatArchives([boot.initrd, cpioNewcGzip([{ type: 'file', path: 'preseed.cfg', data: r.body, mode: 0o644 }])], initrd);
       fetched(); // the answer file is already in the installer
     }
-    const cmdline = installerCmdline(plan.layout, url, plan.boot.append, plan.boot.inject);
+    const cmdline = installerCmdline(plan.layout, url, plan.boot.append, plan.boot.inject, served.value);
     log.line(`installer: ${plan.boot.kernel} ${plan.boot.initrd}${plan.boot.inject ? ' (preseed injected)' : ''}: ${cmdline}`);
     const vm = await env.bootVm(false, { kernel: { kernel: boot.kernel, initrd, append: cmdline }, cdrom: c.iso.path, noReboot: true });
     st.say(`installer started; its console: pim-console ${env.ref.name} --ro`);

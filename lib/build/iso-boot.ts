@@ -36,13 +36,21 @@ export function checkIsoPath(p: string, what: string): string {
  * any `---`: d-i copies the words after `---` into the installed system's
  * boot loader, and installer arguments must not leak there. A user's
  * `append` may carry its own `---` part for the installed system.
+ *
+ * Debian: a preseed fetched with url= comes after the network is set up, so
+ * its netcfg answers are too late; the profile's hostname and domain go on
+ * the command line (installation guide, appendix B.4). Ubuntu:
+ * `ds=nocloud-net;s=URL/` works with every cloud-init (before 23.2 only
+ * nocloud-net fetches over HTTP; later ones still take it, as subiquity's own
+ * quick start uses it), where `ds=nocloud;s=http://...` needs 23.2.
  */
-export function installerCmdline(layout: Layout, answerUrl: string, userAppend = '', injected = false): string {
+export function installerCmdline(layout: Layout, answerUrl: string, userAppend = '', injected = false, host: { hostname?: unknown; domain?: unknown } = {}): string {
+  const word = (k: string, v: unknown) => (typeof v === 'string' && /^[A-Za-z0-9.-]+$/.test(v) ? [`${k}=${v}`] : []);
   // an injected preseed is /preseed.cfg in the initrd, which d-i reads by itself: no url=
   const pim =
     layout === 'debian'
-      ? ['auto=true', 'priority=critical', ...(injected ? [] : [`url=${answerUrl}/preseed.cfg`]), 'console=ttyS0,115200n8']
-      : ['autoinstall', `ds=nocloud;s=${answerUrl}/`, 'console=ttyS0,115200n8'];
+      ? ['auto=true', 'priority=critical', ...(injected ? [] : [`url=${answerUrl}/preseed.cfg`, ...word('hostname', host.hostname), ...word('domain', host.domain)]), 'console=ttyS0,115200n8']
+      : ['autoinstall', `ds=nocloud-net;s=${answerUrl}/`, 'console=ttyS0,115200n8'];
   const words = userAppend.trim() ? userAppend.trim().split(/\s+/) : [];
   const dd = words.indexOf('---');
   const before = dd >= 0 ? words.slice(0, dd) : words;

@@ -8,6 +8,7 @@ import { join } from 'node:path';
 import { DEFAULT_FILES } from './defaults.ts';
 import { configError, subdir, type Subdir } from './tree.ts';
 import { loadCatalog, resolveEntry, type Resolved } from './catalog.ts';
+import { answerProfile } from './answers.ts';
 
 /** Profile keys that name files, and the subdir each lives in. */
 export const FILE_REFS: Record<string, Subdir> = { installs: 'installs.d', scripts: 'scripts.d', preseed: 'preseeds.d', user_data: 'preseeds.d', sources: 'sources.d', env_hook: 'hooks.d' };
@@ -33,11 +34,15 @@ export function checkProfileRefs(p: Resolved): void {
   }
 }
 
-/** A profile merged over `default`, with the files it names checked. */
+/**
+ * A profile merged over `default`, with the files it names checked, as the
+ * templates see it (lib/config/answers.ts): a plain `password` hashed, pim's
+ * required packages first in `packages`.
+ */
 export async function loadProfile(name: string): Promise<Resolved> {
   const p = resolveEntry(await loadCatalog('profiles'), name);
   checkProfileRefs(p);
-  return p;
+  return answerProfile(p);
 }
 
 export interface FoundFile {

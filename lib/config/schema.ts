@@ -13,6 +13,8 @@ export type Ty =
   | 'number'
   | 'boolean'
   | 'string|number'
+  /** a string, or null to unset what a profile below set */
+  | 'string|null'
   | 'string[]'
   | 'object'
   /** a finite number above 0 */
@@ -27,7 +29,11 @@ export const mapping = (keys: Schema, strict?: boolean): Ty => ({ mapping: keys,
 
 export const PROFILE_SCHEMA: Schema = {
   distro: 'string', iso: 'string', hostname: 'string', domain: 'string', locale: 'string', keyboard: 'string',
-  timezone: 'string', username: 'string', fullname: 'string', password: 'string', password_hash: 'string',
+  timezone: 'string', username: 'string', fullname: 'string',
+  /** a plain password: pim hashes it (lib/config/answers.ts) before any template sees it; null or absent: no password, key login only */
+  password: 'string|null',
+  /** a crypt(3) hash (openssl passwd -6); null or absent: no password */
+  password_hash: 'string|null',
   mirror: 'string', packages: 'string[]', ssh_keys: 'string[]', installs: 'string[]', scripts: 'string[]',
   preseed: 'string', user_data: 'string', mem: 'string|number', cpus: 'number', disk_size: 'string|number', vars: 'object',
   // for pim-build
@@ -99,6 +105,7 @@ function describe(t: Ty): string {
     case 'string[]': return 'a list of strings';
     case 'object': return 'a mapping';
     case 'positive': return 'a positive number';
+    case 'string|null': return 'a string or null';
     default: return `a ${t.replace('|', ' or ')}`;
   }
 }
@@ -113,6 +120,7 @@ function typeOk(t: Ty, v: unknown): boolean {
     case 'positive': return isNumber(v) && v > 0;
     case 'boolean': return typeof v === 'boolean';
     case 'string|number': return typeof v === 'string' || isNumber(v);
+    case 'string|null': return typeof v === 'string' || v === null;
     case 'string[]': return Array.isArray(v) && v.every((x) => typeof x === 'string');
     case 'object': return isPlainObject(v);
   }

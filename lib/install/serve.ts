@@ -6,6 +6,9 @@
  *   /preseed.cfg          preseeds.d/PROFILE.cfg.*   (Debian preseed, rendered)
  *   /user-data            preseeds.d/PROFILE.user-data.*  (Ubuntu autoinstall, nocloud-net)
  *   /meta-data            preseeds.d/PROFILE.meta-data.*
+ *   /network-config       preseeds.d/PROFILE.network-config.* (built in: an empty
+ *                         document, cloud-init's own fallback; cloud-init 24.3+
+ *                         asks, and retries ten times on a 404)
  *   /vendor-data          empty (cloud-init asks for it)
  *   /installs.d/FILE      late-command scripts, as they are
  *   /scripts.d/FILE       provisioning scripts, as they are
@@ -68,17 +71,20 @@ export interface ServeOpts {
 
 export interface Served {
   url: string;
+  /** the profile served (merged, as the templates see it) */
+  profile: ServeProfile;
   port: number;
   bind: string;
   close(): Promise<void>;
 }
 
-export type AnswerRoute = '/preseed.cfg' | '/user-data' | '/meta-data';
+export type AnswerRoute = '/preseed.cfg' | '/user-data' | '/meta-data' | '/network-config';
 
 const TEMPLATES: Record<AnswerRoute, { suffix: string; key: string }> = {
   '/preseed.cfg': { suffix: '.cfg', key: 'preseed' },
   '/user-data': { suffix: '.user-data', key: 'user_data' },
   '/meta-data': { suffix: '.meta-data', key: '' },
+  '/network-config': { suffix: '.network-config', key: '' },
 };
 const STATIC_DIRS: Record<string, Subdir> = { 'installs.d': 'installs.d', 'scripts.d': 'scripts.d' };
 const FILE_RE = /^[A-Za-z0-9_][A-Za-z0-9._-]*$/;
@@ -221,6 +227,7 @@ export async function startServer(opts: ServeOpts): Promise<Served> {
   defaultUrl = `http://${host}:${addr.port}`;
   return {
     url: defaultUrl,
+    profile: p,
     port: addr.port,
     bind: addr.address,
     close: () =>

@@ -1,7 +1,7 @@
 #!/usr/bin/env bats
 # pim-build end to end under TCG, with the test bed's installer ISOs
 # (test/testbed/installer/): a Debian-layout one (install.amd/, preseed from
-# url=) and an Ubuntu-layout one (casper/, autoinstall from ds=nocloud;s=),
+# url=) and an Ubuntu-layout one (casper/, autoinstall from ds=nocloud-net;s=),
 # downloaded and verified through the catalog from a loopback HTTP server,
 # installed, provisioned over SSH, stored; then booted with pim-run. Failures
 # each end with their exit code, a clear message, nothing in the store, no VM.
@@ -37,7 +37,7 @@ default:
   mem: 256M
   cpus: 1
   timeout: 300
-tb: {iso: tb-di, scripts: [provision.sh]}
+tb: {iso: tb-di, scripts: [provision.sh], password: tb-plain-secret}
 tbu: {iso: tb-ubuntu, distro: ubuntu, scripts: [provision.sh]}
 nofetch: {iso: tb-ubuntu, distro: debian, boot: {kernel: casper/vmlinuz, initrd: casper/initrd}}
 hang: {iso: tb-di}
@@ -102,6 +102,15 @@ ssh_vm() {
   grep -q 'GET "/preseed.cfg" 200' "$log"
   grep -q 'pim-installer' "$log"
   grep -q 'provision.sh| provisioning' "$log"
+  # the profile's plain password: only its hash is in the record, the log and pim-build show
+  run pim-build show tb --json
+  [[ "$(jq -r .inputs.profile.password_hash <<<"$output")" == '$6$'* ]]
+  [ "$(jq -r '.inputs.profile | has("password")' <<<"$output")" = false ]
+  run grep -rl tb-plain-secret "$(dirname "$path")" "$XDG_STATE_HOME/pim"
+  [ "$status" -eq 1 ]
+  run pim-build show tb
+  [ "$status" -eq 0 ]
+  [[ "$output" != *tb-plain-secret* ]]
 }
 
 @test "pim-run PROFILE boots the build through an overlay: the late command and the script ran, pim's key is gone, the build's bytes never change" {
@@ -183,7 +192,7 @@ ssh_vm() {
   [ ! -e "$first" ]
 }
 
-@test "an Ubuntu-layout profile (casper, autoinstall through ds=nocloud;s=) builds end to end and boots" {
+@test "an Ubuntu-layout profile (casper, autoinstall through ds=nocloud-net;s=) builds end to end and boots" {
   run --separate-stderr pim-build run tbu
   [ "$status" -eq 0 ]
   [[ "$stderr" == *"the installer fetched user-data"* ]]

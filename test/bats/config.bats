@@ -80,7 +80,7 @@ C() { echo "$XDG_CONFIG_HOME/pim"; }
   [[ "$output" == *"dev	debian"* ]]
   run --separate-stderr pim-profile show dev --json
   [[ "$output" == *'"hostname":"devbox"'* ]]
-  [[ "$output" == *'"packages":["vim"]'* ]]
+  [[ "$output" == *'"packages":["openssh-server","qemu-guest-agent","sudo","cloud-init","vim"]'* ]] # added to pim's own
   [[ "$output" == *'"locale":"en_US.UTF-8"'* ]]
   run --separate-stderr pim-profile show dev --explain
   [[ "$output" == *"hostname	\"devbox\"	$(C)/profiles.d/dev.yml:2"* ]]

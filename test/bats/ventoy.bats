@@ -182,7 +182,7 @@ clean_after() {
     cmp "$MNT/ventoy/ventoy.json.bak" "$PIM_TMP/user.json"
     # the preseed: the profile's settings, the install aimed at the first disk that is not the stick
     grep -qx 'd-i netcfg/get_hostname string devbox' "$MNT/ventoy/pim/dev.preseed.cfg"
-    grep -qx 'd-i pkgsel/include string htop' "$MNT/ventoy/pim/dev.preseed.cfg"
+    grep -qx 'd-i pkgsel/include string openssh-server qemu-guest-agent sudo cloud-init htop' "$MNT/ventoy/pim/dev.preseed.cfg"
     grep -qxF 'd-i partman-auto/disk string /dev/$$VT_LINUX_DISK_SDX_1ST_NONVTOY$$' "$MNT/ventoy/pim/dev.preseed.cfg"
     grep -qxF 'd-i grub-installer/bootdev string /dev/$$VT_LINUX_DISK_SDX_1ST_NONVTOY$$' "$MNT/ventoy/pim/dev.preseed.cfg"
     # Ubuntu's autoinstall starts with autoinstall:, as Ventoy expects

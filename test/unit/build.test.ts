@@ -26,7 +26,15 @@ afterEach(() => {
 describe('the installer command line', () => {
   it("puts pim's words before ---, so nothing of the installer's leaks into the installed boot loader", () => {
     expect(installerCmdline('debian', 'http://10.0.2.2:4242')).toBe('auto=true priority=critical url=http://10.0.2.2:4242/preseed.cfg console=ttyS0,115200n8 ---');
-    expect(installerCmdline('ubuntu', 'http://10.0.2.2:4242')).toBe('autoinstall ds=nocloud;s=http://10.0.2.2:4242/ console=ttyS0,115200n8 ---');
+    expect(installerCmdline('ubuntu', 'http://10.0.2.2:4242')).toBe('autoinstall ds=nocloud-net;s=http://10.0.2.2:4242/ console=ttyS0,115200n8 ---');
+  });
+  it('Ubuntu: ds=nocloud-net, which every cloud-init takes (nocloud fetches over HTTP only from 23.2 on)', () => {
+    expect(installerCmdline('ubuntu', 'http://h:1', '', false, { hostname: 'web1', domain: 'example.org' })).toMatch(/^autoinstall ds=nocloud-net;s=http:\/\/h:1\/ /);
+  });
+  it("Debian url= mode: the profile's hostname and domain as boot parameters (a preseed fetched over the network comes too late for netcfg)", () => {
+    expect(installerCmdline('debian', 'http://h:1', '', false, { hostname: 'web1', domain: 'example.org' })).toBe('auto=true priority=critical url=http://h:1/preseed.cfg hostname=web1 domain=example.org console=ttyS0,115200n8 ---');
+    // an injected preseed is read before the network: its netcfg answers apply
+    expect(installerCmdline('debian', 'http://h:1', '', true, { hostname: 'web1', domain: 'example.org' })).toBe('auto=true priority=critical console=ttyS0,115200n8 ---');
   });
   it('leaves url= out when the preseed is injected into the initrd', () => {
     expect(installerCmdline('debian', 'http://10.0.2.2:4242', '', true)).toBe('auto=true priority=critical console=ttyS0,115200n8 ---');
@@ -162,7 +170,7 @@ describe('builder: cloud-init', () => {
     expect(cfg.hostname).toBe('web');
     expect(cfg.fqdn).toBe('web.local');
     expect(cfg.runcmd).toEqual([['echo', 'a b'], 'true']);
-    expect(cfg.users).toEqual(['default', { name: 'ops' }, expect.objectContaining({ name: 'pim', sudo: 'ALL=(ALL) NOPASSWD:ALL', ssh_authorized_keys: ['ssh-ed25519 AAAA k1'], lock_passwd: false })]);
+    expect(cfg.users).toEqual(['default', { name: 'ops' }, expect.objectContaining({ name: 'pim', sudo: 'ALL=(ALL) NOPASSWD:ALL', ssh_authorized_keys: ['ssh-ed25519 AAAA k1'], lock_passwd: true })]);
     expect(cfg.packages).toEqual(['nginx']);
     expect(cfg.power_state).toMatchObject({ mode: 'poweroff' }); // pim waits for it: the profile's reboot is overruled
     const root = renderAnswer('/user-data', await loadProfile('r'), 'http://10.0.2.2:0')!.body;

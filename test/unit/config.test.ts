@@ -48,7 +48,7 @@ describe('profiles', () => {
   it('merge over default, user default over built-in default, with origins', async () => {
     w('profiles.d/a.yml', 'default:\n  timezone: Europe/Paris\ndev:\n  hostname: dev\n  packages: [vim]\n');
     const p = await loadProfile('dev');
-    expect(p.value).toMatchObject({ hostname: 'dev', packages: ['vim'], timezone: 'Europe/Paris', locale: 'en_US.UTF-8' });
+    expect(p.value).toMatchObject({ hostname: 'dev', packages: ['openssh-server', 'qemu-guest-agent', 'sudo', 'cloud-init', 'vim'], timezone: 'Europe/Paris', locale: 'en_US.UTF-8' });
     expect(p.origins.hostname).toBe(`${cfg}/profiles.d/a.yml:4`);
     expect(p.origins.timezone).toBe(`${cfg}/profiles.d/a.yml:2`);
     expect(p.origins.locale).toMatch(/^builtin:profiles\.d\/default\.yml:\d+$/);
