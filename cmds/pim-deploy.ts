@@ -81,7 +81,7 @@ VOLUME STATE. Exit: 65 sha256 mismatch after the upload, 66 no such build or tar
       const cat = await loadTargetCatalog();
       const recs = entryNames(cat).map((n) => {
         const t = target(resolveEntry(cat, n));
-        const where = t.type === 'libvirt' ? t.uri : t.type === 'proxmox' ? t.api : t.host;
+        const where = t.type === 'libvirt' ? t.uri : t.type === 'proxmox' ? t.api : t.type === 'oci' ? `${t.ref.registry}/${t.ref.repo}` : t.host;
         return { name: n, type: t.type, where };
       });
       printRecords(recs, ['type', 'where'], out);
