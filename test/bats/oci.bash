@@ -37,6 +37,7 @@ start_registry() {
   } >"$dir/config.yml"
   setsid docker-registry serve "$dir/config.yml" >>"$dir/registry.log" 2>&1 </dev/null 3>&- &
   REG_PID=$!
+  disown "$REG_PID" 2>/dev/null || true
   echo "$REG_PID" >"$dir/pid"
   REG="127.0.0.1:$port"
   echo "$REG" >"$dir/addr"
