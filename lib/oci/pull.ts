@@ -118,7 +118,7 @@ export async function pullManifest(c: OciClient, ref: OciRef, got: Awaited<Retur
   // the config: small, verified, and its diff_id must be the layer's (uncompressed) digest
   if (m.config?.digest && /^sha256:[0-9a-f]{64}$/.test(m.config.digest)) {
     const cr = await c.getBlob(m.config.digest);
-    const body = Buffer.from(await cr.body.arrayBuffer());
+    const body = await cr.body.buffer();
     if (sha256of(body) !== m.config.digest) throw new PimError(EXIT.DATAERR, `${what}: its config blob does not match its digest ${m.config.digest}; nothing was registered`);
   }
   const dir = ensurePrivateDir(buildsDir());
@@ -132,7 +132,7 @@ export async function pullManifest(c: OciClient, ref: OciRef, got: Awaited<Retur
     const want = new Map<string, string>([[`disk/${r.disk.file}`, join(tmp, r.disk.file)]]);
     if (r.efivars) want.set(`pim/${r.efivars}`, join(tmp, r.efivars));
     // errors anywhere in the chain (the connection, the digest) end the iteration readLayer does
-    const verified = pipeline(res.body, verifier(layer.digest, layer.size, `${what}: the layer ${layer.digest}`), () => {});
+    const verified = pipeline(res.body.stream, verifier(layer.digest, layer.size, `${what}: the layer ${layer.digest}`), () => {});
     const stream: AsyncIterable<Buffer> = layer.mediaType === MT.layer ? verified : pipeline(verified, createGunzip(), () => {});
     const files = await readLayer(stream, want);
     const diskSha = files.get(`disk/${r.disk.file}`);

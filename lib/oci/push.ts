@@ -181,16 +181,11 @@ export async function pushBuild(r: BuildRecord, d: Dest, o: { signal?: AbortSign
       there = [null, null];
     }
     const { cfg, manifest, digest } = made();
-    let tagged = false;
-    for (const [i, tag] of tags.entries()) {
-      if (there[i] === digest) continue;
-      if (o.dryRun) {
-        tagged = true;
-        continue;
-      }
-      if (!tagged) await c.putSmallBlob(cfg);
-      await c.putManifest(tag, manifest, MT.manifest);
-      tagged = true;
+    const move = tags.filter((_, i) => there[i] !== digest);
+    const tagged = move.length > 0;
+    if (tagged && !o.dryRun) {
+      await c.putSmallBlob(cfg);
+      await Promise.all(move.map((tag) => c.putManifest(tag, manifest, MT.manifest)));
     }
     return { ref: formatRef(d.ref, r.id), tags, digest, upload, tagged, disk_sha256: diskSha! };
   } finally {
