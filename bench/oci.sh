@@ -11,6 +11,8 @@
 #      Target: at most the pull's time plus 1 s.
 # Needs hyperfine, docker-registry, skopeo, apache2-utils, openssl.
 # Usage: bench/oci.sh [RUNS] (default 3)
+# the test bed is not used here: point common.sh at the shared one (built already, not again)
+export PIM_TESTBED_DIR="${PIM_TESTBED_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/pim/testbed}"
 source "$(dirname "$0")/common.sh"
 source test/bats/oci.bash
 source test/bats/deploy.bash
