@@ -313,7 +313,7 @@ export class OciClient {
    * Content-Range), then PUT ?digest=; `digest()` is read only at the end, so
    * the bytes can be hashed as they go. The registry's digest must be ours.
    */
-  async uploadBlob(chunks: AsyncIterable<{ start: number; length: number; body: () => Body }>, digest: () => string): Promise<void> {
+  async uploadBlob(chunks: AsyncIterable<{ start: number; length: number; body: () => Body }>, digest: () => string | Promise<string>): Promise<void> {
     const r0 = await this.req('POST', `v2/${this.ref.repo}/blobs/uploads/`, { headers: { 'content-length': '0' } });
     await r0.body.dump();
     if (r0.status !== 202 || !r0.headers.location) throw await this.fail(r0, 'starting an upload');
@@ -329,7 +329,7 @@ export class OciClient {
         if (r.status !== 202 || !r.headers.location) throw await this.fail(r, `uploading bytes ${c.start}-${c.start + c.length - 1}`);
         location = r.headers.location;
       }
-      const want = digest();
+      const want = await digest();
       const u = new URL(location, this.base! + '/');
       u.searchParams.set('digest', want);
       const r = await this.req('PUT', u.toString(), { headers: { 'content-length': '0' } });

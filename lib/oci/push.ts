@@ -17,14 +17,13 @@
  * blobs no tag names, and no tag: the next push starts a new upload.
  */
 import * as fs from 'node:fs';
-import { createHash } from 'node:crypto';
 import { join } from 'node:path';
 import { EXIT, PimError } from '../core/exit.ts';
 import { cacheDir } from '../core/paths.ts';
 import { ensurePrivateDir, readRegular, writeFileAtomic } from '../core/fs.ts';
 import { buildDisk, buildEfivars, type BuildRecord } from '../image/registry.ts';
 import { OciClient, MT, sha256of } from './client.ts';
-import { LAYER_FORMAT, layerChunks, layerParts, type LayerFile } from './layer.ts';
+import { LAYER_FORMAT, hashLayerInWorker, layerChunks, layerParts, type LayerFile } from './layer.ts';
 import { formatRef, type OciRef } from './ref.ts';
 
 /** The manifest's annotations: pim's record of the build. */
@@ -168,15 +167,23 @@ export async function pushBuild(r: BuildRecord, d: Dest, o: { signal?: AbortSign
     }
     if (!have) {
       if (o.dryRun) return { ref: formatRef(d.ref, r.id), tags, digest: '', upload: 'uploaded', tagged: true, disk_sha256: diskSha ?? '' };
-      const hashes = { layer: createHash('sha256'), file: createHash('sha256') };
       say(`pushing ${r.id} (${size} bytes) to ${formatRef(d.ref)}`);
-      await c.uploadBlob(layerChunks(parts, size, chunkSize(), hashes), () => {
-        layer = { digest: `sha256:${hashes.layer.digest('hex')}`, size };
-        return layer.digest;
-      });
-      diskSha = hashes.file.digest('hex');
+      // the bytes go up from this thread, hashed in another (layer.ts): the digest closes the upload
+      const stopHash = new AbortController();
+      const hashed = hashLayerInWorker(parts, stopHash.signal);
+      hashed.catch(() => undefined);
+      try {
+        await c.uploadBlob(layerChunks(parts, size, chunkSize()), async () => {
+          const h = await hashed;
+          layer = { digest: `sha256:${h.layer}`, size };
+          diskSha = h.file;
+          return layer.digest;
+        });
+      } finally {
+        stopHash.abort(); // a failed upload does not wait for the hash
+      }
       if (known && known.layer.digest !== layer!.digest) throw new PimError(EXIT.DATAERR, `${r.id}: the layer hashed to ${layer!.digest} this time, ${known.layer.digest} before: the build's disk changed`);
-      rememberLayer(r, layer!, diskSha);
+      rememberLayer(r, layer!, diskSha!);
       upload = 'uploaded';
       there = [null, null];
     }
