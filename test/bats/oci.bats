@@ -87,6 +87,26 @@ reg_requests() { grep -c "\"$1 " "$REGDIR/registry.log" || true; }
   [ "$(jq -r .domain <<<"$output")" = kept ]
   [ "$(reg_requests POST)" = "$posts" ]
   [ "$(reg_requests PUT)" = "$puts" ]
+  run pim-deploy list reg
+  [ "$status" -eq 0 ]
+  [[ "$output" == "$B1"*web*"$REG/team/images:$B1"*pushed* ]]
+}
+
+@test "insecure: true speaks plain http to a registry without TLS; without it, pim does not fall back to http (69)" {
+  local plain="$PIM_TMP/plainreg"
+  (start_registry "$plain" http && echo "$REG" >"$plain/addr.out")
+  preg=$(cat "$plain/addr.out")
+  echo "plain: {type: oci, ref: \"$preg/team/images\", insecure: true, creds_env: PIM_REG}" >"$XDG_CONFIG_HOME/pim/targets.d/plain.yml"
+  echo "plainstrict: {type: oci, ref: \"$preg/team/images\", creds_env: PIM_REG}" >>"$XDG_CONFIG_HOME/pim/targets.d/plain.yml"
+  run --separate-stderr pim-deploy web plainstrict
+  st=$status
+  run --separate-stderr pim-deploy web plain
+  st2=$status
+  stop_registry "$plain"
+  rm -f "$XDG_CONFIG_HOME/pim/targets.d/plain.yml"
+  [ "$st" -eq 69 ]
+  [ "$st2" -eq 0 ]
+  grep -q '"PUT /v2/team/images/manifests/web HTTP/1.1" 201' "$plain/registry.log"
 }
 
 @test "a wrong password is 77, a missing credentials variable 77, an untrusted certificate 69; the secret is never printed" {
