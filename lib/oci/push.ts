@@ -131,6 +131,24 @@ export function manifestFor(r: BuildRecord, config: { digest: string; size: numb
   );
 }
 
+/** The id of the build PROFILE's tag names when it is newer than `r`, else null (no tag, not pim's, or older). */
+async function newerThere(c: OciClient, r: BuildRecord): Promise<string | null> {
+  let body: Buffer;
+  try {
+    body = (await c.getManifest(r.profile)).body;
+  } catch (e) {
+    if (e instanceof PimError && e.code === EXIT.NOINPUT) return null;
+    throw e;
+  }
+  try {
+    const a = (JSON.parse(body.toString('utf8')) as { annotations?: Record<string, string> }).annotations ?? {};
+    const created = a['org.opencontainers.image.created'];
+    return a[ANN.id] && a[ANN.id] !== r.id && created && created > r.created ? a[ANN.id]! : null;
+  } catch {
+    return null;
+  }
+}
+
 export const chunkSize = (): number => {
   const s = process.env.PIM_OCI_CHUNK;
   if (!s) return 64 << 20;
@@ -188,7 +206,15 @@ export async function pushBuild(r: BuildRecord, d: Dest, o: { signal?: AbortSign
       there = [null, null];
     }
     const { cfg, manifest, digest } = made();
-    const move = tags.filter((_, i) => there[i] !== digest);
+    let move = tags.filter((_, i) => there[i] !== digest);
+    // PROFILE names the newest build: a push of an older one leaves it where it is
+    if (move.includes(r.profile)) {
+      const newer = await newerThere(c, r);
+      if (newer) {
+        say(`${formatRef(d.ref, r.profile)} stays on ${newer}, a newer build`);
+        move = move.filter((t) => t !== r.profile);
+      }
+    }
     const tagged = move.length > 0;
     if (tagged && !o.dryRun) {
       await c.putSmallBlob(cfg);

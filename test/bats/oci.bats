@@ -269,7 +269,7 @@ EOF
   head -c 48M /dev/urandom >"$PIM_TMP/big.qcow2"
   big=$(register big four "$PIM_TMP/big.qcow2")
   patches=$(reg_requests PATCH)
-  PIM_OCI_CHUNK=512K pim-deploy big reg >"$PIM_TMP/push.out" 2>"$PIM_TMP/push.err" &
+  PIM_OCI_CHUNK=256K pim-deploy big reg >"$PIM_TMP/push.out" 2>"$PIM_TMP/push.err" &
   pid=$!
   for _ in $(seq 600); do [ "$(reg_requests PATCH)" -gt "$((patches + 2))" ] && break; sleep 0.05; done
   [ "$(reg_requests PATCH)" -gt "$((patches + 2))" ]
@@ -302,4 +302,17 @@ EOF
   run pim-build list -q
   [ -z "$output" ]
   [ -z "$(find "$XDG_DATA_HOME/pim/builds" -maxdepth 1 -name '.tmp-*' 2>/dev/null)" ]
+}
+
+@test "the PROFILE tag follows the newest build: a newer build moves it, pushing an older one again leaves it" {
+  B2=$(register web two "$TESTBED/guest-bare.qcow2")
+  run --separate-stderr pim-deploy "$B2" reg
+  [ "$status" -eq 0 ]
+  tagged() { skopeo_ inspect --raw "docker://$REG/team/images:$1" | jq -r '.annotations["dev.pim.build.id"]'; }
+  [ "$(tagged web)" = "$B2" ]
+  run --separate-stderr pim-deploy "$B1" reg
+  [ "$status" -eq 0 ]
+  [[ "$stderr" == *"stays on $B2, a newer build"* ]]
+  [ "$(tagged web)" = "$B2" ]
+  [ "$(tagged "$B1")" = "$B1" ]
 }
