@@ -3,8 +3,11 @@
  * Packer, no keys typed over VNC: the installer's kernel boots directly with
  * the answer file's URL on its command line. One citty subcommand each:
  *
- *   run PROFILE [--force] [--keep-failed] [--timeout S] [--fetch-timeout S] [--accel A] [--json]
- *                       build (or find in the cache) and print the image's path
+ *   run PROFILE [--force] [--keep-failed] [--timeout S] [--fetch-timeout S] [--accel A] [--no-remote] [--json]
+ *                       build (or find in the cache, or in pim.yml's build.remote_cache) and print the image's path
+ *   pull REF [--insecure] [--creds-env VAR] [--json]
+ *                       a build that pim-deploy pushed to a registry, verified and registered
+ *   key PROFILE         the cache key run would build under (nothing is built)
  *   list [--json] [-q]  the builds in the registry
  *   show BUILD [--json] a build's record: inputs, ISO, sizes, times, settings
  *   path PROFILE        the newest build's image path
@@ -44,6 +47,7 @@ const run = defineCommand({
     timeout: { type: 'string', description: "seconds for the whole build (default: the profile's timeout, else 3600)", valueHint: 'S' },
     fetchTimeout: { type: 'string', description: 'seconds for the installer to fetch its answer file', default: '300', valueHint: 'S' },
     accel: { type: 'enum', options: ['kvm', 'hvf', 'tcg'], description: 'accelerator; env PIM_ACCEL' },
+    remote: { type: 'boolean', default: true, description: "on by default: ask pim.yml's build.remote_cache before building (and push after, with push: true); --no-remote skips it" },
   },
   async run({ args }) {
     const { parseTimeout } = await import('../lib/cli/args.ts');
@@ -56,8 +60,33 @@ const run = defineCommand({
     const trap = trapSignals();
     const status = new StatusLine();
     try {
+      // the remote cache wraps the build: asked before (a hit is pulled, no VM boots), pushed to after
+      const { remoteCacheConfig } = await import('../lib/oci/cache.ts');
+      const rc = args.remote === false ? null : await remoteCacheConfig();
+      const { log } = await import('../lib/core/log.ts');
+      const talk = { signal: trap.signal, warn: (m: string) => status.say(`warning: ${m}`), say: (m: string) => status.say(m) };
+      if (rc && !args.force) {
+        const { fromRemote, profileKey } = await import('../lib/oci/cache.ts');
+        status.set(`resolving profile ${args.profile}`);
+        const { profile, key } = await profileKey(args.profile, trap.signal);
+        status.set(`asking the remote cache for ${profile}`);
+        const got = await fromRemote(profile, key, rc, talk);
+        if (got) {
+          status.end();
+          const path = (await registry()).buildDisk(got);
+          process.stderr.write(`pim-build: ${got.id} (pulled from the remote cache): ${path}\n`);
+          if (args.json) printJson({ ...(await row(got)), hit: true, remote: true, key: got.key });
+          else writeOut(path + '\n');
+          return 0;
+        }
+      }
       const out = await runBuild({ profile: args.profile, force: args.force, keepFailed: args.keepFailed, timeoutS, fetchTimeoutS, accel: args.accel, signal: trap.signal, status });
+      if (rc?.push && !out.hit) {
+        status.set(`pushing ${out.record.id} to the remote cache`);
+        await (await import('../lib/oci/cache.ts')).toRemote(out.record, rc, talk);
+      }
       status.end();
+      log.debug(`remote cache: ${rc ? 'on' : 'off'}`);
       const how = out.hit ? 'cached' : `built in ${out.record.times.total} s`;
       process.stderr.write(`pim-build: ${out.record.id} (${how}): ${out.path}\n`);
       if (args.json) printJson({ ...(await row(out.record)), hit: out.hit, key: out.record.key });
@@ -67,6 +96,44 @@ const run = defineCommand({
       status.end();
       trap.dispose();
     }
+  },
+});
+
+const pull = defineCommand({
+  meta: { name: 'pull', description: 'Pull a build that pim-deploy pushed to a registry, verify every digest, register it as the build it is; print its path.' },
+  args: {
+    ref: { type: 'positional', required: true, valueHint: 'REF', description: 'REGISTRY[:PORT]/REPO:TAG (PROFILE or PROFILE-KEY12) or @sha256:DIGEST' },
+    insecure: { type: 'boolean', description: 'allow plain http or an unverified certificate (a loopback or lab registry only)' },
+    credsEnv: { type: 'string', description: 'an environment variable holding USER:PASSWORD (else ~/.docker/config.json)', valueHint: 'VAR' },
+    ...jsonArgs,
+  },
+  async run({ args }) {
+    const { parseRef } = await import('../lib/oci/ref.ts');
+    const ref = parseRef(args.ref);
+    if (args.credsEnv !== undefined && !/^[A-Za-z_][A-Za-z0-9_]*$/.test(args.credsEnv)) throw new PimError(EXIT.USAGE, `--creds-env names an environment variable, not ${JSON.stringify(args.credsEnv)}`);
+    const { trapSignals } = await import('../lib/core/signals.ts');
+    const { log } = await import('../lib/core/log.ts');
+    const trap = trapSignals();
+    try {
+      const { pullBuild } = await import('../lib/oci/pull.ts');
+      const got = await pullBuild(ref, { insecure: args.insecure, credsEnv: args.credsEnv ?? null, signal: trap.signal, say: (m) => log.info(m) });
+      const reg = await registry();
+      const path = reg.buildDisk(got.record);
+      log.info(`${got.record.id} (${got.hit ? 'already here' : `pulled, ${got.digest}`}): ${path}`);
+      if (args.json) (await import('../lib/cli/output.ts')).printJson({ ...(await row(got.record)), key: got.record.key, digest: got.digest, hit: got.hit });
+      else writeOut(path + '\n');
+    } finally {
+      trap.dispose();
+    }
+  },
+});
+
+const key = defineCommand({
+  meta: { name: 'key', description: 'The cache key pim-build run PROFILE would build under (nothing is built).' },
+  args: { profile: profileArg },
+  async run({ args }) {
+    const { profileKey } = await import('../lib/oci/cache.ts');
+    writeOut((await profileKey(args.profile)).key + '\n');
   },
 });
 
@@ -181,8 +248,18 @@ in ~/.local/state/pim/build-logs/, and every error names it.
 Exit codes: 65 a provisioning script failed, or cloud-init reported errors; 66 no such profile or ISO, or a boot path
 missing in the ISO; 69 the installer never fetched its answer file; 73 no space for the
 disk; 75 the installer (or cloud-init) did not power off in time (or a build of the same inputs runs);
-78 a bad profile; 130 interrupted.`,
-    examples: ['pim-build run dev', 'pim-run "$(pim-build run dev)"', 'qemu-img info "$(pim-build run dev)"', 'pim-build list', 'pim-build show dev --json | jq .inputs', 'pim-build gc --keep 2'],
+78 a bad profile; 130 interrupted.
+
+With build.remote_cache in pim.yml ({ref: REGISTRY/REPO, insecure, push, creds_env}), run
+computes the key first and asks that repository for the tag PROFILE-KEY12: a hit is pulled
+(every digest checked) and registered, and no VM boots; a miss builds here and, with
+push: true, pushes the build after. An unreachable registry is a warning and the build goes
+on; --no-remote skips the cache. pull REF takes a build pim-deploy pushed to a type: oci
+target (REF:PROFILE or REF:PROFILE-KEY12) and registers it with the same id, key and record;
+it exits 65 when REF is not a pim build or a digest does not match (nothing registered),
+66 when the repository or tag does not exist, 69 when the registry cannot be reached,
+77 when the credentials are missing or refused.`,
+    examples: ['pim-build run dev', 'pim-build pull registry.example:5000/team/images:dev', 'pim-run "$(pim-build run dev)"', 'qemu-img info "$(pim-build run dev)"', 'pim-build list', 'pim-build show dev --json | jq .inputs', 'pim-build gc --keep 2'],
   },
-  subCommands: { run, list, show, path, rm, gc },
+  subCommands: { run, pull, key, list, show, path, rm, gc },
 });

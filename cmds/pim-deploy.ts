@@ -5,7 +5,7 @@
  *   pim-deploy targets [--json] [-q]         the targets of targets.d
  * TARGET is an entry of ~/.config/pim/targets.d/*.yml: libvirt (local or
  * qemu+ssh://), proxmox (the API, a token from an environment variable) or
- * ssh (a host with pim). The work is lib/deploy/; this file parses, calls it,
+ * ssh (a host with pim), or oci (a registry). The work is lib/deploy/; this file parses, calls it,
  * prints.
  */
 import { defineCommand } from 'citty';
@@ -38,7 +38,7 @@ export default defineCommand({
   meta: {
     name: 'pim-deploy',
     version: VERSION,
-    description: 'Deploy a build into libvirt (local or qemu+ssh://), Proxmox VE or an SSH host; list what pim deployed there.',
+    description: 'Deploy a build into libvirt (local or qemu+ssh://), Proxmox VE or an SSH host, or push it to an OCI registry; list what pim deployed there.',
     usage: 'BUILD|PROFILE TARGET [options] | list TARGET [options] | targets [options]',
     details: `
 BUILD is a build of pim-build list (its id, a key prefix, or a profile: its newest
@@ -60,8 +60,16 @@ target, 69 target unreachable (or a Proxmox certificate that does not match fing
 or PVE before 8.4 without ssh:), 75 another deploy of NAME runs (or the Proxmox VM's
 config changed since it was read), 77 the Proxmox token is unset, refused or lacks a
 privilege, 78 bad targets.d (or an import_storage without content import), 79 health
-check failed and rolled back.`,
-    examples: ['pim-deploy dev lab', 'pim-deploy dev lab --dry-run', 'pim-deploy dev lab --name web --keep 3', 'pim-deploy list lab', 'pim-deploy targets'],
+check failed and rolled back.
+
+A target of type: oci (ref: REGISTRY/REPO, creds_env, insecure) is a registry: the build is
+pushed as a KubeVirt containerDisk (one uncompressed layer holding disk/PROFILE.qcow2, owned
+107:107), pim's build record in the manifest's annotations, tagged PROFILE-KEY12 and PROFILE
+(moved to the newest build). A layer the registry has is not sent again; a large one goes up
+in chunks, and the registry's digest must be pim's. pim-build pull REF:TAG takes it back.
+list prints the PROFILE-KEY12 tags. Credentials come from creds_env (USER:PASSWORD) or
+~/.docker/config.json (auths, credsStore, credHelpers); 77 when missing or refused.`,
+    examples: ['pim-deploy dev lab', 'pim-deploy dev registry', 'pim-deploy dev lab --dry-run', 'pim-deploy dev lab --name web --keep 3', 'pim-deploy list lab', 'pim-deploy targets'],
   },
   args: {
     build: { type: 'positional', required: true, valueHint: 'BUILD', description: 'a build id, a key prefix or a profile; or list, or targets', complete: builds },
@@ -84,7 +92,7 @@ check failed and rolled back.`,
       const cat = await loadTargetCatalog();
       const recs = entryNames(cat).map((n) => {
         const t = target(resolveEntry(cat, n));
-        const where = t.type === 'libvirt' ? t.uri : t.type === 'proxmox' ? t.api : t.host;
+        const where = t.type === 'libvirt' ? t.uri : t.type === 'proxmox' ? t.api : t.type === 'oci' ? `${t.ref.registry}/${t.ref.repo}` : t.host;
         return { name: n, type: t.type, where };
       });
       printRecords(recs, ['type', 'where'], out);

@@ -12,6 +12,8 @@ export interface RuntimeConfig {
   serve: { port: number; bind: string };
   /** variables for VM definitions' qemu_args (${vars.NAME}), under an entry's own */
   vars?: Record<string, unknown>;
+  /** pim-build's remote cache (lib/oci/cache.ts) */
+  build?: { remote_cache?: { ref?: string; insecure?: boolean; push?: boolean; creds_env?: string } };
 }
 
 export async function loadRuntimeConfig(): Promise<{ value: RuntimeConfig; origins: Origins }> {

@@ -76,7 +76,9 @@ export const VM_SCHEMA: Schema = {
 };
 /** Deploy targets (targets.d/*.yml, lib/deploy/targets.ts): where pim-deploy puts a build */
 export const TARGET_SCHEMA: Schema = {
-  type: oneOf('libvirt', 'proxmox', 'ssh'),
+  type: oneOf('libvirt', 'proxmox', 'ssh', 'oci'),
+  // oci: a registry's repository (insecure: below), credentials from creds_env or ~/.docker/config.json
+  ref: 'string', creds_env: 'string',
   // libvirt
   uri: 'string', pool: 'string', pool_path: 'string', virt_type: oneOf('kvm', 'qemu'), network: 'string', bridge: 'string',
   // what the build recorded, overridden for this target
@@ -89,7 +91,12 @@ export const TARGET_SCHEMA: Schema = {
   // every kind
   health: 'string', health_timeout: 'positive', shutdown_timeout: 'positive',
 };
-export const PIM_SCHEMA: Schema = { serve: mapping({ port: 'number', bind: 'string' }), vars: 'object' };
+export const PIM_SCHEMA: Schema = {
+  serve: mapping({ port: 'number', bind: 'string' }),
+  vars: 'object',
+  /** pim-build: remote_cache, a registry repository that holds builds by key (lib/oci/cache.ts) */
+  build: mapping({ remote_cache: mapping({ ref: 'string', insecure: 'boolean', push: 'boolean', creds_env: 'string' }) }),
+};
 
 export function typeName(v: unknown): string {
   if (v === null) return 'null';

@@ -1,7 +1,7 @@
 /**
  * pim-deploy's entry: resolve the build, take the lock of (target, name) so
  * two deploys of one name from this machine never interleave, and hand over
- * to the target's kind: lib/deploy/libvirt.ts, proxmox.ts, sshhost.ts.
+ * to the target's kind: lib/deploy/libvirt.ts, proxmox.ts, sshhost.ts, oci.ts.
  */
 import { join } from 'node:path';
 import { cacheDir } from '../core/paths.ts';
@@ -18,6 +18,8 @@ export interface DeployResult {
 }
 
 export async function deploy(ref: string, t: Target, o: DeployOpts & { name?: string }): Promise<DeployResult> {
+  // a registry: the build itself is pushed (no domain, so no --name); the layer is hashed as it goes up
+  if (t.type === 'oci') return (await import('./oci.ts')).deployOci(ref, t, o);
   const src = await resolveSource(ref, o.name);
   const dir = ensurePrivateDir(join(cacheDir(), 'deploy'));
   const { acquireLock } = await import('../core/lock.ts');
@@ -36,5 +38,6 @@ export async function deploy(ref: string, t: Target, o: DeployOpts & { name?: st
 export async function listDeployed(t: Target): Promise<Deployed[]> {
   if (t.type === 'libvirt') return (await import('./libvirt.ts')).listLibvirt(t);
   if (t.type === 'proxmox') return (await import('./proxmox.ts')).listProxmox(t);
+  if (t.type === 'oci') return (await import('./oci.ts')).listOci(t);
   return (await import('./sshhost.ts')).listSsh(t);
 }

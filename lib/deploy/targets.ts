@@ -5,6 +5,7 @@
  *   lab:  {type: libvirt, uri: "qemu+ssh://root@kvm1/system", pool: pim, virt_type: kvm, network: default}
  *   pve:  {type: proxmox, api: "https://pve1:8006", node: pve1, token_env: PIM_PVE_TOKEN, storage: local-lvm}
  *   box:  {type: ssh, host: me@box}
+ *   reg:  {type: oci, ref: registry.example:5000/team/images, creds_env: PIM_REG_CREDS}
  *
  * Secrets come from the environment variables a target names (token_env),
  * never from the file. A missing or wrong setting is 78 at FILE:LINE.
@@ -13,6 +14,7 @@ import { loadCatalog, entryNames, resolveEntry, type Catalog, type Resolved } fr
 import { configError } from '../config/tree.ts';
 import { EXIT, PimError } from '../core/exit.ts';
 import { checkCpus, checkMem } from '../vm/plan.ts';
+import { parseRef } from '../oci/ref.ts';
 
 /** 'AB:CD:...' or 'abcd...' -> 64 lowercase hex digits, or null. */
 export const normFingerprint = (s: string): string | null => {
@@ -70,7 +72,17 @@ export interface SshTarget extends Common {
   identity: string | null;
 }
 
-export type Target = LibvirtTarget | ProxmoxTarget | SshTarget;
+export interface OciTarget extends Common {
+  type: 'oci';
+  /** the repository the build is pushed to (REGISTRY[:PORT]/REPO); tags are PROFILE-KEY12 and PROFILE */
+  ref: import('../oci/ref.ts').OciRef;
+  /** plain http or an unverified certificate (a loopback or lab registry) */
+  insecure: boolean;
+  /** the environment variable holding USER:PASSWORD (else ~/.docker/config.json) */
+  credsEnv: string | null;
+}
+
+export type Target = LibvirtTarget | ProxmoxTarget | SshTarget | OciTarget;
 
 export const loadTargetCatalog = (): Promise<Catalog> => loadCatalog('targets');
 
@@ -151,6 +163,13 @@ export function target(r: Resolved): Target {
       bridge: typeof v.bridge === 'string' ? v.bridge : 'vmbr0',
     };
   }
+  if (type === 'oci') {
+    const ref = wrap('ref', () => parseRef(need('ref'), { what: 'ref', code: EXIT.CONFIG, repoOnly: true }));
+    const credsEnv = typeof v.creds_env === 'string' ? v.creds_env : null;
+    if (credsEnv !== null && !/^[A-Za-z_][A-Za-z0-9_]*$/.test(credsEnv)) throw configError(where('creds_env'), `creds_env names an environment variable (such as PIM_REG_CREDS), not ${JSON.stringify(credsEnv)}`);
+    return { ...common, type, ref, insecure: v.insecure === true, credsEnv };
+  }
+  if (type !== 'ssh') throw configError(where('type'), `deploy target "${r.name}": type must be libvirt, proxmox, ssh or oci, not ${JSON.stringify(type)}`);
   return { ...common, type: 'ssh', host: need('host'), port: (v.port as number | undefined) ?? null, identity: (v.identity as string | undefined) ?? null };
 }
 

@@ -1,0 +1,98 @@
+#!/usr/bin/env bash
+# pim and OCI registries, against Debian's docker-registry on loopback (TLS with a
+# self-signed certificate and htpasswd auth, as in test/bats/oci.bats):
+#   1. a first push of a 256 MiB build (pim-deploy BUILD reg: the layer hashed as it
+#      goes up in chunks), against skopeo copy of the same image from an OCI layout to
+#      the same kind of registry, side by side, each into a fresh registry.
+#      Target: pim at least 0.8x skopeo's throughput.
+#   2. a re-push of the unchanged build. Target: under 1 s.
+#   3. a remote-cache hit in a second pim home (pim-build run PROFILE: the key computed,
+#      the build pulled and verified), against pim-build pull of the same tag.
+#      Target: at most the pull's time plus 1 s.
+# Needs hyperfine, docker-registry, skopeo, apache2-utils, openssl.
+# Usage: bench/oci.sh [RUNS] (default 3)
+# the test bed is not used here: point common.sh at the shared one (built already, not again)
+export PIM_TESTBED_DIR="${PIM_TESTBED_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/pim/testbed}"
+source "$(dirname "$0")/common.sh"
+source test/bats/oci.bash
+source test/bats/deploy.bash
+runs=${1:-3}
+export XDG_CONFIG_HOME="$tmp/config" XDG_DATA_HOME="$tmp/data" XDG_STATE_HOME="$tmp/state"
+regn=0
+fresh_registry() { # a new registry (new storage) on the same port for each measured push
+  [ -n "${REGDIR:-}" ] && kill_registry "$REGDIR"
+  regn=$((regn + 1))
+  REGDIR="$tmp/reg$regn"
+  mkdir -p "$REGDIR"
+  [ -f "$tmp/reg1/htpasswd" ] && cp "$tmp/reg1/htpasswd" "$tmp/reg1/cert.pem" "$tmp/reg1/key.pem" "$REGDIR/"
+  REG_PORT=${REG_PORT:-$(free_port)} start_registry "$REGDIR" tls >/dev/null
+  REG_PORT=${REG##*:}
+}
+trap '[ -n "${REGDIR:-}" ] && kill_registry "$REGDIR"; rm -rf "$tmp"' EXIT
+export PIM_REG="$REG_USER:$REG_PASS"
+fresh_registry
+mkdir -p "$XDG_CONFIG_HOME/pim/targets.d" "$XDG_CONFIG_HOME/pim/profiles.d"
+echo "reg: {type: oci, ref: \"$REG/team/images\", insecure: true, creds_env: PIM_REG}" >"$XDG_CONFIG_HOME/pim/targets.d/reg.yml"
+
+# a 256 MiB build of random data (it does not compress: every byte goes over the wire)
+head -c 268435456 /dev/urandom >"$tmp/big.raw"
+qemu-img convert -q -f raw -O qcow2 "$tmp/big.raw" "$tmp/big.qcow2"
+rm -f "$tmp/big.raw"
+size=$(stat -c %s "$tmp/big.qcow2")
+b=$(register big one "$tmp/big.qcow2")
+
+secs() { local t0 t1; t0=$(date +%s.%N); "$@" >/dev/null; t1=$(date +%s.%N); echo "$t0 $t1" | awk '{print $2 - $1}'; }
+median() { printf '%s\n' "$@" | sort -g | awk '{a[NR]=$1} END {print (NR % 2) ? a[(NR+1)/2] : (a[NR/2] + a[NR/2+1]) / 2}'; }
+
+# the OCI layout skopeo copies: the image pim pushed, as it is (digests kept)
+pim-deploy "$b" reg >/dev/null
+skopeo copy -q --preserve-digests --dest-oci-accept-uncompressed-layers --src-tls-verify=false --src-creds "$PIM_REG" \
+  "docker://$REG/team/images:big" "oci:$tmp/layout:big"
+
+# 1. first pushes, side by side, each into a fresh registry; pim's digest cache emptied
+pp=() sk=()
+for _ in $(seq "$runs"); do
+  fresh_registry
+  rm -rf "$XDG_CACHE_HOME/pim/oci"
+  pp+=("$(secs pim-deploy "$b" reg)")
+  fresh_registry
+  sk+=("$(secs skopeo copy -q --preserve-digests --dest-tls-verify=false --dest-creds "$PIM_REG" "oci:$tmp/layout:big" "docker://$REG/team/images:big")")
+done
+mp=$(median "${pp[@]}") ms=$(median "${sk[@]}")
+
+# 2. the unchanged re-push
+hyperfine -N --warmup 1 --runs "$((runs + 2))" --export-json "$tmp/noop.json" "pim-deploy $b reg" >&2
+noop=$(jq -r '.results[0].median' "$tmp/noop.json")
+
+# 3. a remote-cache hit in a second home against a pull of the same tag
+echo "bench: {builder: raw, disk_size: 256M}" >"$XDG_CONFIG_HOME/pim/profiles.d/bench.yml"
+key=$(pim-build key bench)
+id="bench-${key:0:12}"
+src="$XDG_DATA_HOME/pim/builds/$b"
+mkdir -p "$XDG_DATA_HOME/pim/builds/$id"
+cp "$src/big.qcow2" "$XDG_DATA_HOME/pim/builds/$id/bench.qcow2"
+jq --arg k "$key" --arg id "$id" '.key=$k | .id=$id | .profile="bench" | .disk.file="bench.qcow2"' "$src/build.json" >"$XDG_DATA_HOME/pim/builds/$id/build.json"
+: >"$XDG_DATA_HOME/pim/builds/$id/build.log"
+echo "cache: {type: oci, ref: \"$REG/team/cache\", insecure: true, creds_env: PIM_REG}" >>"$XDG_CONFIG_HOME/pim/targets.d/reg.yml"
+pim-deploy "$id" cache >/dev/null
+conf="$XDG_CONFIG_HOME"
+export XDG_DATA_HOME="$tmp/b/data" XDG_CACHE_HOME="$tmp/b/cache" XDG_CONFIG_HOME="$tmp/b/config"
+mkdir -p "$XDG_CONFIG_HOME/pim/profiles.d"
+cp "$conf/pim/profiles.d/bench.yml" "$XDG_CONFIG_HOME/pim/profiles.d/"
+printf 'build:\n  remote_cache: {ref: "%s/team/cache", insecure: true, creds_env: PIM_REG}\n' "$REG" >"$XDG_CONFIG_HOME/pim/pim.yml"
+pl=() hit=()
+for _ in $(seq "$runs"); do
+  rm -rf "$XDG_DATA_HOME" "$XDG_CACHE_HOME"
+  pl+=("$(secs pim-build pull --insecure --creds-env PIM_REG "$REG/team/cache:$id")")
+  rm -rf "$XDG_DATA_HOME" "$XDG_CACHE_HOME"
+  hit+=("$(secs pim-build run bench)")
+  [ -f "$XDG_DATA_HOME/pim/builds/$id/bench.qcow2" ] || { echo "bench: the cache hit did not register $id" >&2; exit 70; }
+done
+mpl=$(median "${pl[@]}") mh=$(median "${hit[@]}")
+
+awk -v p="$mp" -v s="$ms" -v b="$size" -v n="$noop" -v pl="$mpl" -v h="$mh" 'BEGIN {
+  printf "first push of %d bytes: pim-deploy %.2f s (%.1f MB/s), skopeo copy of the same OCI layout %.2f s (%.1f MB/s)\n", b, p, b / p / 1e6, s, b / s / 1e6
+  printf "ratio: %.2fx of skopeo (target >= 0.8x)\n", s / p
+  printf "re-push of the unchanged build: %.3f s (target < 1 s)\n", n
+  printf "remote-cache hit: %.2f s; pull of the same tag: %.2f s; difference %.2f s (target <= 1 s)\n", h, pl, h - pl
+}'

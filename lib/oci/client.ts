@@ -1,0 +1,409 @@
+/**
+ * A small client of the OCI distribution spec (the registry HTTP API v2), in
+ * this one file: what pim needs to push and pull one image. It speaks
+ * HTTP/1.1 through node:https and node:http with one keep-alive agent:
+ * loading undici (1.4 MB bundled) cost 0.4-0.8 s of a no-op push's 1 s
+ * budget on a busy machine, and a big upload is one streamed request body
+ * either way.
+ *
+ *   ping        GET /v2/: which scheme (https; with insecure: an unverified
+ *               certificate, or plain http when the port speaks no TLS), and
+ *               the auth challenge
+ *   auth        Basic (credentials on every request) or Bearer (the
+ *               WWW-Authenticate challenge's realm asked for a token for
+ *               `repository:REPO:pull[,push]`, with the credentials if any)
+ *   blobs       HEAD (is it there), GET (a stream), upload: POST a session,
+ *               PATCH chunks with Content-Range, PUT ?digest= to close it;
+ *               the registry's Docker-Content-Digest is checked against pim's
+ *   manifests   HEAD, GET (digest checked), PUT by tag
+ *   tags        GET /v2/REPO/tags/list
+ *
+ * Errors: 77 credentials missing or refused, 66 no such repository, tag or
+ * blob, 69 the registry cannot be reached or answers 5xx (or its certificate
+ * is not trusted), 65 a digest that does not match.
+ */
+import { createHash } from 'node:crypto';
+import * as http from 'node:http';
+import * as https from 'node:https';
+import { Readable } from 'node:stream';
+import { pipeline } from 'node:stream/promises';
+import { EXIT, PimError } from '../core/exit.ts';
+import { log } from '../core/log.ts';
+import { findCreds, type Creds } from './creds.ts';
+import { formatRef, type OciRef } from './ref.ts';
+
+export const MT = {
+  manifest: 'application/vnd.oci.image.manifest.v1+json',
+  index: 'application/vnd.oci.image.index.v1+json',
+  dockerManifest: 'application/vnd.docker.distribution.manifest.v2+json',
+  dockerList: 'application/vnd.docker.distribution.manifest.list.v2+json',
+  config: 'application/vnd.oci.image.config.v1+json',
+  layer: 'application/vnd.oci.image.layer.v1.tar',
+  layerGzip: 'application/vnd.oci.image.layer.v1.tar+gzip',
+} as const;
+
+export const sha256of = (b: string | Buffer) => `sha256:${createHash('sha256').update(b).digest('hex')}`;
+
+type Body = string | Buffer | Readable | AsyncIterable<Uint8Array>;
+/** A response's body: read whole, thrown away, or taken as a stream. */
+export class ResBody {
+  constructor(readonly stream: http.IncomingMessage) {}
+  async dump(): Promise<void> {
+    this.stream.resume();
+    if (!this.stream.complete) await new Promise<void>((r) => this.stream.once('end', r).once('close', r).once('error', () => r()));
+  }
+  async buffer(max = 16 << 20): Promise<Buffer> {
+    const parts: Buffer[] = [];
+    let n = 0;
+    for await (const b of this.stream as AsyncIterable<Buffer>) {
+      n += b.length;
+      if (n > max) {
+        this.stream.destroy();
+        throw new PimError(EXIT.DATAERR, `an answer of the registry is over ${max} bytes`);
+      }
+      parts.push(b);
+    }
+    return Buffer.concat(parts);
+  }
+  async text(): Promise<string> {
+    return (await this.buffer()).toString('utf8');
+  }
+  async json(): Promise<unknown> {
+    return JSON.parse(await this.text());
+  }
+}
+
+export interface Res {
+  status: number;
+  headers: Record<string, string>;
+  body: ResBody;
+}
+
+interface Opts {
+  insecure?: boolean;
+  credsEnv?: string | null;
+  /** "push" asks for pull,push tokens */
+  push?: boolean;
+  signal?: AbortSignal;
+  /** who is talking, for messages: the target's or the cache's name */
+  label?: string;
+}
+
+const header = (h: http.IncomingHttpHeaders, k: string): string => {
+  const v = h[k];
+  return Array.isArray(v) ? (v[0] ?? '') : (v ?? '');
+};
+
+/** `Bearer realm="..",service=".."` -> {scheme, params} */
+export function parseChallenge(s: string): { scheme: string; params: Record<string, string> } {
+  const m = /^\s*(\S+)\s*(.*)$/.exec(s);
+  const params: Record<string, string> = {};
+  for (const p of (m?.[2] ?? '').matchAll(/([A-Za-z_]+)=(?:"([^"]*)"|([^,\s]*))/g)) params[p[1]!.toLowerCase()] = p[2] ?? p[3] ?? '';
+  return { scheme: (m?.[1] ?? '').toLowerCase(), params };
+}
+
+export class OciClient {
+  private base: string | null = null;
+  private authz: string | null = null;
+  private creds: Creds | null | undefined = undefined;
+  private agents: { http?: http.Agent; https?: https.Agent } = {};
+  private readonly scope: string;
+  readonly name: string;
+
+  constructor(
+    readonly ref: OciRef,
+    private readonly o: Opts = {},
+  ) {
+    this.scope = `repository:${ref.repo}:${o.push ? 'pull,push' : 'pull'}`;
+    this.name = o.label ? `${o.label}: ${ref.registry}` : ref.registry;
+  }
+
+  private agentFor(tls: boolean): http.Agent {
+    if (tls) return (this.agents.https ??= new https.Agent({ keepAlive: true, rejectUnauthorized: !this.o.insecure, maxCachedSessions: 10 }));
+    return (this.agents.http ??= new http.Agent({ keepAlive: true }));
+  }
+
+  async close(): Promise<void> {
+    this.agents.http?.destroy();
+    this.agents.https?.destroy();
+  }
+
+  private async getCreds(): Promise<Creds | null> {
+    if (this.creds === undefined) this.creds = await findCreds(this.ref.registry, this.o.credsEnv);
+    return this.creds;
+  }
+
+  /** One HTTP exchange, no auth logic; network failures are 69 with what to do. */
+  private async raw(method: string, url: string, headers: Record<string, string>, body?: Body): Promise<Res> {
+    log.debug(`${method} ${url}`);
+    const u = new URL(url);
+    const tls = u.protocol === 'https:';
+    try {
+      const m = await new Promise<http.IncomingMessage>((resolve, reject) => {
+        const r = (tls ? https : http).request(u, { method, headers, agent: this.agentFor(tls), signal: this.o.signal }, resolve);
+        r.on('error', reject);
+        // no answer and no byte moving for 5 minutes: the registry is gone
+        r.setTimeout(300_000, () => r.destroy(Object.assign(new Error('timed out'), { code: 'ETIMEDOUT' })));
+        if (body === undefined) r.end();
+        else if (typeof body === 'string' || Buffer.isBuffer(body)) r.end(body);
+        else pipeline(body instanceof Readable ? body : Readable.from(body), r).catch((e) => r.destroy(e as Error));
+      });
+      const h: Record<string, string> = {};
+      for (const k of Object.keys(m.headers)) h[k.toLowerCase()] = header(m.headers, k);
+      return { status: m.statusCode ?? 0, headers: h, body: new ResBody(m) };
+    } catch (e) {
+      if (this.o.signal?.aborted) throw e;
+      if (e instanceof PimError) throw e;
+      throw this.netError(e);
+    }
+  }
+
+  private netError(e: unknown): PimError {
+    const err = e as Error & { code?: string; cause?: { code?: string; message?: string } };
+    const code = err.cause?.code ?? err.code ?? '';
+    if (/CERT|SELF_SIGNED|UNABLE_TO_VERIFY|HOSTNAME/.test(code)) {
+      return new PimError(EXIT.UNAVAILABLE, `${this.name}: its certificate is not trusted (${code}): add its CA to the system's, or for a loopback or lab registry set insecure: true (pim-build pull --insecure)`);
+    }
+    return new PimError(EXIT.UNAVAILABLE, `${this.name}: cannot reach the registry (${code || err.cause?.message || err.message}); check the ref and that it runs`);
+  }
+
+  /** The API's base URL, found once: https, or (insecure only) http when the port speaks no TLS. */
+  private pinged: Promise<string> | null = null;
+  /** The API's base URL, found once (requests sent at once share the one ping). */
+  private endpoint(): Promise<string> {
+    this.pinged ??= this.ping();
+    return this.pinged;
+  }
+
+  private async ping(): Promise<string> {
+    const tryPing = async (base: string) => {
+      const r = await this.raw('GET', `${base}/v2/`, {});
+      await r.body.dump();
+      return r;
+    };
+    let base = `https://${this.ref.host}`;
+    let r: Res;
+    try {
+      r = await tryPing(base);
+    } catch (e) {
+      const cause = (e as PimError).message ?? '';
+      if (!this.o.insecure || !/EPROTO|SSL|ECONNRESET|WRONG_VERSION|socket hang up/i.test(cause)) throw e;
+      base = `http://${this.ref.host}`;
+      r = await tryPing(base);
+    }
+    this.base = base;
+    if (r.status === 401) await this.answerChallenge(r.headers['www-authenticate'] ?? '');
+    else if (r.status >= 400 && r.status !== 404) throw new PimError(EXIT.UNAVAILABLE, `${this.name}: GET /v2/ answered HTTP ${r.status}: is this a registry (the OCI distribution API)?`);
+    return base;
+  }
+
+  /** Set the Authorization header for a 401's challenge: Basic (credentials) or Bearer (a token from the realm). */
+  private async answerChallenge(challenge: string): Promise<void> {
+    const { scheme, params } = parseChallenge(challenge);
+    const creds = await this.getCreds();
+    const basic = creds ? `Basic ${Buffer.from(`${creds.user}:${creds.password}`).toString('base64')}` : null;
+    if (scheme === 'basic') {
+      if (!basic) throw new PimError(EXIT.NOPERM, `${this.name} asks for credentials: log in with docker login / skopeo login (~/.docker/config.json), or name an environment variable holding USER:PASSWORD in creds_env`);
+      this.authz = basic;
+      return;
+    }
+    if (scheme !== 'bearer' || !params.realm) throw new PimError(EXIT.NOPERM, `${this.name} asks for an authentication pim does not speak (${scheme || 'none named'})`);
+    let realm: URL;
+    try {
+      realm = new URL(params.realm);
+    } catch {
+      throw new PimError(EXIT.UNAVAILABLE, `${this.name}: its token realm ${JSON.stringify(params.realm)} is not a URL`);
+    }
+    if (realm.protocol !== 'https:' && !(realm.protocol === 'http:' && this.o.insecure)) throw new PimError(EXIT.NOPERM, `${this.name}: its token realm ${realm.origin} is not https; pim sends no credentials there (insecure: true allows it for a lab registry)`);
+    if (params.service) realm.searchParams.set('service', params.service);
+    realm.searchParams.set('scope', this.scope);
+    const r = await this.raw('GET', realm.toString(), basic ? { authorization: basic } : {});
+    const text = await r.body.text();
+    if (r.status === 401 || r.status === 403) throw this.refused(creds);
+    if (r.status !== 200) throw new PimError(EXIT.UNAVAILABLE, `${this.name}: its token service ${realm.origin} answered HTTP ${r.status}`);
+    let tok: string | undefined;
+    try {
+      const j = JSON.parse(text) as { token?: string; access_token?: string };
+      tok = j.token || j.access_token;
+    } catch {
+      /* below */
+    }
+    if (!tok) throw new PimError(EXIT.UNAVAILABLE, `${this.name}: its token service ${realm.origin} answered without a token`);
+    this.authz = `Bearer ${tok}`;
+  }
+
+  private refused(creds: Creds | null): PimError {
+    return new PimError(
+      EXIT.NOPERM,
+      creds
+        ? `${this.name} refused the credentials from ${creds.from} for ${this.ref.repo} (${this.o.push ? 'push' : 'pull'}): check the user, the password and their rights`
+        : `${this.name} asks for credentials for ${this.ref.repo}: log in (~/.docker/config.json) or name an environment variable holding USER:PASSWORD in creds_env`,
+    );
+  }
+
+  /**
+   * A request to the API at `path` (or an absolute URL the registry gave, a
+   * Location), with auth: on a 401 the challenge is answered and the request
+   * sent once more (`body` is a function, so a stream can be made again).
+   */
+  async req(method: string, path: string, o: { headers?: Record<string, string>; body?: () => Body } = {}): Promise<Res> {
+    const base = await this.endpoint();
+    const url = /^https?:\/\//.test(path) ? path : new URL(path, base + '/').toString();
+    if (!url.startsWith(base + '/')) throw new PimError(EXIT.UNAVAILABLE, `${this.name} sent pim to another host (${new URL(url).origin}); refusing to follow`);
+    const send = () => this.raw(method, url, { ...(this.authz ? { authorization: this.authz } : {}), ...o.headers }, o.body?.());
+    let r = await send();
+    if (r.status === 401) {
+      await r.body.dump();
+      const had = this.authz;
+      await this.answerChallenge(r.headers['www-authenticate'] ?? '');
+      if (had === this.authz && had?.startsWith('Basic')) throw this.refused(this.creds ?? null);
+      r = await send();
+      if (r.status === 401) {
+        await r.body.dump();
+        throw this.refused(this.creds ?? null);
+      }
+    }
+    return r;
+  }
+
+  /** A failed answer as a PimError: the registry's error code decides the exit code. */
+  async fail(r: Res, what: string): Promise<PimError> {
+    const text = await r.body.text().catch(() => '');
+    let code = '';
+    let msg = '';
+    try {
+      const e = (JSON.parse(text) as { errors?: Array<{ code?: string; message?: string }> }).errors?.[0];
+      code = e?.code ?? '';
+      msg = e?.message ?? '';
+    } catch {
+      /* a proxy's HTML page */
+    }
+    const detail = `HTTP ${r.status}${code ? ` ${code}` : ''}${msg ? `: ${msg}` : ''}`;
+    if (r.status === 401 || r.status === 403 || code === 'DENIED' || code === 'UNAUTHORIZED') return new PimError(EXIT.NOPERM, `${this.name}: ${what}: permission denied (${detail}); check the credentials' rights on ${this.ref.repo}`);
+    if (r.status === 404 || /_UNKNOWN$/.test(code)) return new PimError(EXIT.NOINPUT, `${this.name}: ${what}: not found (${detail})`);
+    if (code === 'DIGEST_INVALID' || code === 'SIZE_INVALID') return new PimError(EXIT.DATAERR, `${this.name}: ${what}: the registry found the data does not match its digest (${detail})`);
+    return new PimError(EXIT.UNAVAILABLE, `${this.name}: ${what}: ${detail}`);
+  }
+
+  private repoPath = (kind: string, ref: string) => `v2/${this.ref.repo}/${kind}/${ref}`;
+
+  /** HEAD a blob: its size, or null when the registry does not have it. */
+  async hasBlob(digest: string): Promise<number | null> {
+    const r = await this.req('HEAD', this.repoPath('blobs', digest));
+    await r.body.dump();
+    if (r.status === 200) return Number(r.headers['content-length'] ?? -1);
+    if (r.status === 404) return null;
+    throw await this.fail(r, `HEAD blob ${digest}`);
+  }
+
+  /** GET a blob's bytes (redirects to a storage backend followed without our credentials). */
+  async getBlob(digest: string): Promise<Res> {
+    let r = await this.req('GET', this.repoPath('blobs', digest));
+    for (let hops = 0; r.status >= 301 && r.status <= 308 && r.headers.location && hops < 5; hops++) {
+      await r.body.dump();
+      // a storage backend's signed URL: followed without pim's credentials
+      r = await this.raw('GET', new URL(r.headers.location, this.base! + '/').toString(), {});
+    }
+    if (r.status !== 200) throw await this.fail(r, `blob ${digest}`);
+    return r;
+  }
+
+  /**
+   * Upload a blob whose bytes `chunks` yields, each chunk one PATCH (with
+   * Content-Range), then PUT ?digest=; `digest()` is read only at the end, so
+   * the bytes can be hashed as they go. The registry's digest must be ours.
+   */
+  async uploadBlob(chunks: AsyncIterable<{ start: number; length: number; body: () => Body }>, digest: () => string | Promise<string>): Promise<void> {
+    const r0 = await this.req('POST', `v2/${this.ref.repo}/blobs/uploads/`, { headers: { 'content-length': '0' } });
+    await r0.body.dump();
+    if (r0.status !== 202 || !r0.headers.location) throw await this.fail(r0, 'starting an upload');
+    let location = r0.headers.location;
+    try {
+      for await (const c of chunks) {
+        if (c.length === 0) continue;
+        const r = await this.req('PATCH', location, {
+          headers: { 'content-type': 'application/octet-stream', 'content-length': String(c.length), 'content-range': `${c.start}-${c.start + c.length - 1}` },
+          body: c.body,
+        });
+        await r.body.dump();
+        if (r.status !== 202 || !r.headers.location) throw await this.fail(r, `uploading bytes ${c.start}-${c.start + c.length - 1}`);
+        location = r.headers.location;
+      }
+      const want = await digest();
+      const u = new URL(location, this.base! + '/');
+      u.searchParams.set('digest', want);
+      const r = await this.req('PUT', u.toString(), { headers: { 'content-length': '0' } });
+      await r.body.dump();
+      if (r.status !== 201) throw await this.fail(r, `closing the upload of ${want}`);
+      const got = r.headers['docker-content-digest'];
+      if (got && got !== want) throw new PimError(EXIT.DATAERR, `${this.name}: the registry stored ${got} for pim's ${want}`);
+      location = '';
+    } finally {
+      // an upload that failed part-way is cancelled (best effort): the next push starts a new one
+      if (location) await this.req('DELETE', location).then((r) => r.body.dump(), () => undefined).catch(() => undefined);
+    }
+  }
+
+  /** A small blob (the config): POST a session, PUT its bytes with the digest (no HEAD: two requests either way). */
+  async putSmallBlob(data: Buffer): Promise<string> {
+    const digest = sha256of(data);
+    const r0 = await this.req('POST', `v2/${this.ref.repo}/blobs/uploads/`, { headers: { 'content-length': '0' } });
+    await r0.body.dump();
+    if (r0.status !== 202 || !r0.headers.location) throw await this.fail(r0, 'starting an upload');
+    const u = new URL(r0.headers.location, this.base! + '/');
+    u.searchParams.set('digest', digest);
+    const r = await this.req('PUT', u.toString(), { headers: { 'content-type': 'application/octet-stream', 'content-length': String(data.length) }, body: () => data });
+    await r.body.dump();
+    if (r.status !== 201) throw await this.fail(r, `uploading ${digest}`);
+    const got = r.headers['docker-content-digest'];
+    if (got && got !== digest) throw new PimError(EXIT.DATAERR, `${this.name}: the registry stored ${got} for pim's ${digest}`);
+    return digest;
+  }
+
+  /** The digest the registry has for a tag, or null. */
+  async manifestDigest(tag: string): Promise<string | null> {
+    const r = await this.req('HEAD', this.repoPath('manifests', tag), { headers: { accept: [MT.manifest, MT.dockerManifest, MT.index, MT.dockerList].join(', ') } });
+    await r.body.dump();
+    if (r.status === 404) return null;
+    if (r.status !== 200) throw await this.fail(r, `HEAD ${formatRef(this.ref, tag)}`);
+    return r.headers['docker-content-digest'] || null;
+  }
+
+  /** PUT a manifest under a tag; the registry's digest must be ours. */
+  async putManifest(tag: string, body: Buffer, mediaType: string): Promise<string> {
+    const digest = sha256of(body);
+    const r = await this.req('PUT', this.repoPath('manifests', tag), { headers: { 'content-type': mediaType, 'content-length': String(body.length) }, body: () => body });
+    await r.body.dump();
+    if (r.status !== 201) throw await this.fail(r, `tagging ${formatRef(this.ref, tag)}`);
+    const got = r.headers['docker-content-digest'];
+    if (got && got !== digest) throw new PimError(EXIT.DATAERR, `${this.name}: the registry stored the manifest as ${got}, pim made ${digest}`);
+    return digest;
+  }
+
+  /** GET a manifest by tag or digest: its bytes (digest checked), media type and digest. */
+  async getManifest(ref: string): Promise<{ body: Buffer; mediaType: string; digest: string }> {
+    const r = await this.req('GET', this.repoPath('manifests', ref), { headers: { accept: [MT.manifest, MT.dockerManifest, MT.index, MT.dockerList].join(', ') } });
+    if (r.status !== 200) throw await this.fail(r, formatRef(this.ref, ref));
+    const body = await r.body.buffer(4 << 20);
+    const digest = sha256of(body);
+    const said = r.headers['docker-content-digest'];
+    if (ref.startsWith('sha256:') && ref !== digest) throw new PimError(EXIT.DATAERR, `${this.name}: the manifest ${ref} hashes to ${digest}`);
+    if (said && said !== digest) throw new PimError(EXIT.DATAERR, `${this.name}: the manifest of ${formatRef(this.ref, ref)} hashes to ${digest}, the registry says ${said}`);
+    return { body, mediaType: (r.headers['content-type'] ?? '').split(';')[0]!.trim(), digest };
+  }
+
+  /** The repository's tags (66 when the repository does not exist). */
+  async tags(): Promise<string[]> {
+    const out: string[] = [];
+    let path: string | null = `v2/${this.ref.repo}/tags/list?n=1000`;
+    for (let i = 0; path && i < 100; i++) {
+      const r = await this.req('GET', path);
+      if (r.status !== 200) throw await this.fail(r, `the tags of ${formatRef(this.ref)}`);
+      const j = (await r.body.json()) as { tags?: string[] | null };
+      out.push(...(j.tags ?? []));
+      const next = /<([^>]+)>;\s*rel="?next"?/.exec(r.headers.link ?? '')?.[1];
+      path = next ? next.replace(/^\//, '') : null;
+    }
+    return out;
+  }
+}

@@ -1,0 +1,227 @@
+/**
+ * A pim build pushed as an OCI image (KubeVirt's containerDisk layout, see
+ * layer.ts), with pim's build record in the manifest's annotations, tagged
+ * PROFILE-KEY12 (the build's id) and PROFILE (moved to the newest push).
+ *
+ *   1. the layer's digest, from ~/.cache/pim/oci/ID.json when this machine
+ *      pushed or pulled the build before (a build never changes; the cache
+ *      entry holds the disk's size and mtime it was taken at);
+ *   2. blobs: HEAD first; a layer the registry has is not sent. Otherwise
+ *      it goes up in chunks (PATCH with Content-Range, PIM_OCI_CHUNK bytes
+ *      each, 64 MiB by default), hashed as it is read, and the upload is
+ *      closed with pim's digest, which the registry checks and answers;
+ *   3. the config and the manifest; each tag is PUT only when the registry
+ *      does not already have this manifest under it.
+ *
+ * A push that dies part-way leaves an upload session the registry expires,
+ * blobs no tag names, and no tag: the next push starts a new upload.
+ */
+import * as fs from 'node:fs';
+import { join } from 'node:path';
+import { EXIT, PimError } from '../core/exit.ts';
+import { cacheDir } from '../core/paths.ts';
+import { ensurePrivateDir, readRegular, writeFileAtomic } from '../core/fs.ts';
+import { buildDisk, buildEfivars, type BuildRecord } from '../image/registry.ts';
+import { OciClient, MT, sha256of } from './client.ts';
+import { LAYER_FORMAT, hashLayerInWorker, layerChunks, layerParts, type LayerFile } from './layer.ts';
+import { formatRef, type OciRef } from './ref.ts';
+
+/** The manifest's annotations: pim's record of the build. */
+export const ANN = {
+  id: 'dev.pim.build.id',
+  profile: 'dev.pim.build.profile',
+  key: 'dev.pim.build.key',
+  sha256: 'dev.pim.build.disk.sha256',
+  file: 'dev.pim.build.disk.file',
+  settings: 'dev.pim.build.settings',
+  record: 'dev.pim.build.record',
+  format: 'dev.pim.layer.format',
+} as const;
+
+export interface Dest {
+  ref: OciRef;
+  insecure: boolean;
+  credsEnv: string | null;
+  /** the target's or the cache's name, for messages */
+  label: string;
+}
+
+export interface Pushed {
+  ref: string;
+  tags: string[];
+  digest: string;
+  upload: 'uploaded' | 'skipped';
+  tagged: boolean;
+  disk_sha256: string;
+}
+
+interface Cached {
+  size: number;
+  mtime: number;
+  format: number;
+  layer: { digest: string; size: number };
+  disk_sha256: string;
+}
+
+const cacheFile = (id: string) => join(cacheDir(), 'oci', `${id}.json`);
+const diskStamp = (path: string) => {
+  const st = fs.statSync(path);
+  return { size: st.size, mtime: Math.floor(st.mtimeMs) };
+};
+
+/** What this machine knows of a build's layer (null when the disk is not the one it was taken of). */
+export function cachedLayer(r: BuildRecord): Cached | null {
+  const text = readRegular(cacheFile(r.id));
+  if (!text) return null;
+  try {
+    const c = JSON.parse(text) as Cached;
+    const s = diskStamp(buildDisk(r));
+    return c.size === s.size && c.mtime === s.mtime && c.format === LAYER_FORMAT && /^sha256:[0-9a-f]{64}$/.test(c.layer.digest) ? c : null;
+  } catch {
+    return null;
+  }
+}
+
+export function rememberLayer(r: BuildRecord, layer: { digest: string; size: number }, diskSha: string): void {
+  ensurePrivateDir(join(cacheDir(), 'oci'));
+  writeFileAtomic(cacheFile(r.id), JSON.stringify({ ...diskStamp(buildDisk(r)), format: LAYER_FORMAT, layer, disk_sha256: diskSha } satisfies Cached) + '\n');
+}
+
+export function layerFiles(r: BuildRecord): LayerFile[] {
+  const files: LayerFile[] = [{ name: `disk/${r.disk.file}`, path: buildDisk(r), hash: true }];
+  const vars = buildEfivars(r);
+  if (vars) files.push({ name: `pim/${r.efivars}`, path: vars });
+  return files;
+}
+
+/** The image config: what a runtime needs to take the image (nothing runs in it). */
+function imageConfig(r: BuildRecord, layerDigest: string): Buffer {
+  return Buffer.from(
+    JSON.stringify({
+      created: r.created,
+      architecture: 'amd64',
+      os: 'linux',
+      config: { Labels: { [ANN.id]: r.id, [ANN.key]: r.key } },
+      rootfs: { type: 'layers', diff_ids: [layerDigest] },
+      history: [{ created: r.created, created_by: `pim-build (${r.id})` }],
+    }),
+  );
+}
+
+export function manifestFor(r: BuildRecord, config: { digest: string; size: number }, layer: { digest: string; size: number }, diskSha: string): Buffer {
+  return Buffer.from(
+    JSON.stringify({
+      schemaVersion: 2,
+      mediaType: MT.manifest,
+      config: { mediaType: MT.config, digest: config.digest, size: config.size },
+      layers: [{ mediaType: MT.layer, digest: layer.digest, size: layer.size }],
+      annotations: {
+        'org.opencontainers.image.created': r.created,
+        'org.opencontainers.image.title': r.id,
+        [ANN.id]: r.id,
+        [ANN.profile]: r.profile,
+        [ANN.key]: r.key,
+        [ANN.sha256]: diskSha,
+        [ANN.file]: r.disk.file,
+        [ANN.settings]: JSON.stringify(r.settings),
+        [ANN.format]: String(LAYER_FORMAT),
+        [ANN.record]: JSON.stringify(r),
+      },
+    }),
+  );
+}
+
+/** The id of the build PROFILE's tag names when it is newer than `r`, else null (no tag, not pim's, or older). */
+async function newerThere(c: OciClient, r: BuildRecord): Promise<string | null> {
+  let body: Buffer;
+  try {
+    body = (await c.getManifest(r.profile)).body;
+  } catch (e) {
+    if (e instanceof PimError && e.code === EXIT.NOINPUT) return null;
+    throw e;
+  }
+  try {
+    const a = (JSON.parse(body.toString('utf8')) as { annotations?: Record<string, string> }).annotations ?? {};
+    const created = a['org.opencontainers.image.created'];
+    return a[ANN.id] && a[ANN.id] !== r.id && created && created > r.created ? a[ANN.id]! : null;
+  } catch {
+    return null;
+  }
+}
+
+export const chunkSize = (): number => {
+  const s = process.env.PIM_OCI_CHUNK;
+  if (!s) return 64 << 20;
+  const m = /^(\d+)([KMG]?)$/i.exec(s);
+  if (!m || Number(m[1]) === 0) throw new PimError(EXIT.USAGE, `PIM_OCI_CHUNK must be a size such as 64M, not ${JSON.stringify(s)}`);
+  return Number(m[1]) * ({ '': 1, K: 1 << 10, M: 1 << 20, G: 1 << 30 } as Record<string, number>)[m[2]!.toUpperCase()]!;
+};
+
+export async function pushBuild(r: BuildRecord, d: Dest, o: { signal?: AbortSignal; dryRun?: boolean; say?: (s: string) => void } = {}): Promise<Pushed> {
+  const c = new OciClient(d.ref, { insecure: d.insecure, credsEnv: d.credsEnv, push: true, signal: o.signal, label: d.label });
+  const say = o.say ?? (() => {});
+  try {
+    const tags = [r.id, r.profile];
+    const files = layerFiles(r);
+    const mtime = Math.floor(Date.parse(r.created) / 1000) || 0;
+    const { parts, size } = layerParts(files, mtime);
+    const known = cachedLayer(r);
+    let layer = known?.layer ?? null;
+    let diskSha = known?.disk_sha256 ?? null;
+    let upload: Pushed['upload'] = 'skipped';
+    const made = () => {
+      const cfg = imageConfig(r, layer!.digest);
+      const manifest = manifestFor(r, { digest: sha256of(cfg), size: cfg.length }, layer!, diskSha!);
+      return { cfg, manifest, digest: sha256of(manifest) };
+    };
+    // an unchanged build: the layer and both tags asked for at once (three HEADs, one round trip)
+    let there: Array<string | null> = [null, null];
+    let have = false;
+    if (layer) {
+      const m = made();
+      const [blob, ...tagged] = await Promise.all([c.hasBlob(layer.digest), ...tags.map((t) => c.manifestDigest(t))]);
+      have = blob !== null;
+      there = tagged.map((d) => (d === m.digest ? d : null));
+    }
+    if (!have) {
+      if (o.dryRun) return { ref: formatRef(d.ref, r.id), tags, digest: '', upload: 'uploaded', tagged: true, disk_sha256: diskSha ?? '' };
+      say(`pushing ${r.id} (${size} bytes) to ${formatRef(d.ref)}`);
+      // the bytes go up from this thread, hashed in another (layer.ts): the digest closes the upload
+      const stopHash = new AbortController();
+      const hashed = hashLayerInWorker(parts, stopHash.signal);
+      hashed.catch(() => undefined);
+      try {
+        await c.uploadBlob(layerChunks(parts, size, chunkSize()), async () => {
+          const h = await hashed;
+          layer = { digest: `sha256:${h.layer}`, size };
+          diskSha = h.file;
+          return layer.digest;
+        });
+      } finally {
+        stopHash.abort(); // a failed upload does not wait for the hash
+      }
+      if (known && known.layer.digest !== layer!.digest) throw new PimError(EXIT.DATAERR, `${r.id}: the layer hashed to ${layer!.digest} this time, ${known.layer.digest} before: the build's disk changed`);
+      rememberLayer(r, layer!, diskSha!);
+      upload = 'uploaded';
+      there = [null, null];
+    }
+    const { cfg, manifest, digest } = made();
+    let move = tags.filter((_, i) => there[i] !== digest);
+    // PROFILE names the newest build: a push of an older one leaves it where it is
+    if (move.includes(r.profile)) {
+      const newer = await newerThere(c, r);
+      if (newer) {
+        say(`${formatRef(d.ref, r.profile)} stays on ${newer}, a newer build`);
+        move = move.filter((t) => t !== r.profile);
+      }
+    }
+    const tagged = move.length > 0;
+    if (tagged && !o.dryRun) {
+      await c.putSmallBlob(cfg);
+      await Promise.all(move.map((tag) => c.putManifest(tag, manifest, MT.manifest)));
+    }
+    return { ref: formatRef(d.ref, r.id), tags, digest, upload, tagged, disk_sha256: diskSha! };
+  } finally {
+    await c.close();
+  }
+}
