@@ -490,3 +490,51 @@ describe('private storage', () => {
     fs.rmSync(base, { recursive: true, force: true });
   });
 });
+
+describe('run: time limits hold when a grandchild keeps the pipe open', () => {
+  let dir: string;
+  beforeEach(() => {
+    dir = fs.mkdtempSync(join(tmpdir(), 'pim-run-'));
+  });
+  afterEach(() => fs.rmSync(dir, { recursive: true, force: true }));
+  /** a program that starts a child holding stdout and stderr, writes its pid, and hangs */
+  const hanging = () => {
+    const f = join(dir, 'hook');
+    fs.writeFileSync(f, `#!/bin/sh\nsleep 1000 &\necho $! >"${dir}/child"\necho started\nsleep 1000\n`, { mode: 0o755 });
+    return f;
+  };
+  const alive = (pid: number) => {
+    try {
+      process.kill(pid, 0);
+      return !/^State:\s+Z/m.test(fs.readFileSync(`/proc/${pid}/status`, 'utf8'));
+    } catch {
+      return false;
+    }
+  };
+  it('a timed-out child and its own children are killed, and run returns at the limit, not when the pipe closes', async () => {
+    const { run } = await import('../../lib/core/run.ts');
+    const t0 = Date.now();
+    const r = await run(hanging(), [], { timeoutMs: 1_000 });
+    const took = Date.now() - t0;
+    expect(r.timedOut).toBe(true);
+    expect(r.code).not.toBe(0);
+    expect(took).toBeLessThan(15_000); // 1 s, then a kill: never the grandchild's 1000 s
+    const child = Number(fs.readFileSync(join(dir, 'child'), 'utf8'));
+    expect(alive(child)).toBe(false);
+  }, 30_000);
+  it('an abort signal stops the whole group the same way', async () => {
+    const { run } = await import('../../lib/core/run.ts');
+    const ctl = new AbortController();
+    const p = run(hanging(), [], { signal: ctl.signal });
+    while (!fs.existsSync(join(dir, 'child')) || !fs.readFileSync(join(dir, 'child'), 'utf8').endsWith('\n')) await new Promise((r) => setTimeout(r, 20));
+    ctl.abort();
+    const r = await p;
+    expect(r.code).not.toBe(0);
+    expect(alive(Number(fs.readFileSync(join(dir, 'child'), 'utf8')))).toBe(false);
+  }, 30_000);
+  it('a child that finishes in time is read to its end', async () => {
+    const { run } = await import('../../lib/core/run.ts');
+    const r = await run('sh', ['-c', 'echo out; echo err >&2; exit 3'], { timeoutMs: 20_000 });
+    expect(r).toMatchObject({ code: 3, stdout: 'out\n', stderr: 'err\n', timedOut: false });
+  });
+});
