@@ -218,6 +218,12 @@ ssh_guest() {
   [[ "$stderr" == *"gave no reply to guest-sync"* ]]
   run pim-os na --timeout 2
   [ "$status" -eq 69 ]
+  # pim-exec's --timeout bounds the whole command, the agent's first sync too (not a fixed 30 s)
+  SECONDS=0
+  run --separate-stderr pim-exec na --timeout 5 -- true
+  [ "$status" -eq 69 ]
+  [ "$SECONDS" -lt 25 ]
+  [[ "$stderr" == *"gave no reply to guest-sync within "* ]]
   run pim-stop na --timeout 30
   [ "$status" -eq 0 ]
   [[ "$output" == $'na\tacpi\t'* ]]
