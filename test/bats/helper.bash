@@ -51,6 +51,21 @@ boot_guest() {
   pim-console "$name" --ro --replay --until 'pim-testbed ready' --timeout 120 >/dev/null
 }
 
+# PIM_TEST_SLOW: a factor for every bound a test waits under (default 1); a
+# loaded CI machine can set 3. The bounds only end a wait that failed: each
+# wait ends as soon as its condition holds.
+slow() { echo $(($1 * ${PIM_TEST_SLOW:-1})); }
+
+# wait_until SECONDS CMD...: run CMD until it succeeds (every 0.1 s); false
+# after SECONDS (times PIM_TEST_SLOW)
+wait_until() {
+  local end=$((SECONDS + $(slow "$1"))); shift
+  until "$@"; do
+    [ "$SECONDS" -lt "$end" ] || return 1
+    sleep 0.1
+  done
+}
+
 # pid_gone PID: the process has exited (a zombie counts: this container's pid 1 does not reap).
 pid_gone() {
   kill -0 "$1" 2>/dev/null || return 0
