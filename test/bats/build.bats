@@ -74,6 +74,9 @@ teardown_file() {
   pim_cleanup
 }
 
+# said_or_ended FILE MARK PID: the pim-build in the background (PID, its stderr in FILE) has printed MARK, or has ended
+said_or_ended() { grep -q "$2" "$1" || pid_gone "$3"; }
+
 ssh_vm() {
   local name="$1"; shift
   local port
@@ -248,7 +251,7 @@ ssh_vm() {
 @test "SIGINT in the middle of the install: 130, the VM and the server gone, nothing left" {
   pim-build run slow 2>"$PIM_TMP/slow.err" &
   pid=$!
-  for _ in $(seq 600); do grep -q 'fetched preseed.cfg' "$PIM_TMP/slow.err" && break; sleep 0.1; done
+  wait_until 60 said_or_ended "$PIM_TMP/slow.err" 'fetched preseed.cfg' "$pid"
   grep -q 'fetched preseed.cfg' "$PIM_TMP/slow.err"
   port=$(sed -n 's/.*url=http:\/\/10.0.2.2:\([0-9]*\).*/\1/p' "$(ls "$XDG_STATE_HOME"/pim/build-logs/slow-*.log)" | head -1)
   kill -INT "$pid"
@@ -259,9 +262,6 @@ ssh_vm() {
   no_build_leftovers slow
   ! curl -s -m 2 "http://127.0.0.1:$port/preseed.cfg"
 }
-
-# started: pim-build PROFILE 2>FILE in the background has printed MARK, or has ended
-said_or_ended() { grep -q "$2" "$1" || pid_gone "$3"; }
 
 @test "SIGTERM, then SIGINT, while a provisioning script runs: 143 and 130, nothing registered, no VM, no temporary or runtime files" {
   local sig want

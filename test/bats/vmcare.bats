@@ -305,7 +305,7 @@ kvm_boots() {
   echo "# pim doctor --timeout 3, hanging QEMU: $took s" >&3
   [ "$status" -eq 1 ]
   [[ "$(grep $'^qemu\t' <<<"$output")" == $'qemu\tfail\t'*"did not answer within 3 s"* ]]
-  [ "$took" -lt 30 ]   # 3 s and a kill's grace, not the 1000 s the child would hold the pipe
+  [ "$took" -lt "$(slow 30)" ]   # 3 s and a kill's grace, not the 1000 s the child would hold the pipe
   local c
   for c in $(cat "$fq/children"); do pid_gone "$c"; done
 }
