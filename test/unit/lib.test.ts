@@ -455,14 +455,19 @@ describe('the pidfile lock (the VM lock off Linux)', () => {
     for (const stale of [false, true]) {
       const file = join(tmpdir(), `pimu-race-${process.pid}-${Date.now()}-${stale}.lock`);
       if (stale) fs.writeFileSync(file, '999999999\n');
-      const script = `import { pidfileLock } from ${JSON.stringify(lockTs)};
-        try { const l = await pidfileLock(process.argv[1], 'x'); console.log('got'); await new Promise((r) => setTimeout(r, 400)); await l.release(); }
+      // the winner holds the lock until every process has said what it got (FILE.done), however slow their start
+      const script = `import { existsSync } from 'node:fs'; import { pidfileLock } from ${JSON.stringify(lockTs)};
+        try { const l = await pidfileLock(process.argv[1], 'x'); console.log('got'); while (!existsSync(process.argv[1] + '.done')) await new Promise((r) => setTimeout(r, 20)); await l.release(); }
         catch (e) { console.log(e.code === 75 ? 'busy' : 'error ' + e.message); }`;
+      let said = 0;
       const runs = Array.from({ length: 6 }, () =>
         new Promise<string>((resolve) => {
           const c = spawn(process.execPath, ['--input-type=module', '-e', script, file], { stdio: ['ignore', 'pipe', 'inherit'] });
           let out = '';
-          c.stdout!.on('data', (d) => (out += d));
+          c.stdout!.on('data', (d) => {
+            if (!out.includes('\n') && String(d).includes('\n') && ++said === 6) fs.writeFileSync(`${file}.done`, '');
+            out += d;
+          });
           c.on('close', () => resolve(out.trim()));
         }),
       );
@@ -470,6 +475,7 @@ describe('the pidfile lock (the VM lock off Linux)', () => {
       expect(results.filter((r) => r === 'got')).toHaveLength(1);
       expect(results.filter((r) => r === 'busy')).toHaveLength(5);
       fs.rmSync(file, { force: true });
+      fs.rmSync(`${file}.done`, { force: true });
     }
   }, 20_000);
 });
