@@ -38,10 +38,14 @@ export interface RunResult {
 const KILL_GRACE_MS = 2_000;
 const PIPE_GRACE_MS = 1_000;
 
-/** The process groups of running children, killed should pim be stopped by a signal it does not trap. */
+/**
+ * The process groups of running children, killed should pim exit or be stopped
+ * by a signal it does not trap meanwhile (what execa's cleanup does for a child
+ * that is not detached).
+ */
 const groups = new Set<number>();
 const SIGNALS = ['SIGINT', 'SIGTERM', 'SIGHUP'] as const;
-function onSignal(sig: NodeJS.Signals): void {
+function killGroups(): void {
   for (const g of groups) {
     try {
       process.kill(-g, 'SIGKILL');
@@ -49,6 +53,9 @@ function onSignal(sig: NodeJS.Signals): void {
       /* gone */
     }
   }
+}
+function onSignal(sig: NodeJS.Signals): void {
+  killGroups();
   // nobody else traps it: the signal's default action, as without pim's handler
   if (process.listenerCount(sig) === 1) {
     for (const s of SIGNALS) process.off(s, onSignal);
@@ -57,29 +64,36 @@ function onSignal(sig: NodeJS.Signals): void {
 }
 /** Kill the process group `pid` should pim be stopped by a signal (until unwatchGroup). */
 export function watchGroup(pid: number): void {
-  if (groups.size === 0) for (const s of SIGNALS) process.on(s, onSignal);
+  if (groups.size === 0) {
+    for (const s of SIGNALS) process.on(s, onSignal);
+    process.on('exit', killGroups);
+  }
   groups.add(pid);
 }
 export function unwatchGroup(pid: number): void {
   groups.delete(pid);
-  if (groups.size === 0) for (const s of SIGNALS) process.off(s, onSignal);
+  if (groups.size === 0) {
+    for (const s of SIGNALS) process.off(s, onSignal);
+    process.off('exit', killGroups);
+  }
 }
 
 /**
  * Run `cmd args`; never throws for a non-zero status. A missing program is exit 69 with `hint`.
  *
- * A child whose output is piped runs in its own process group: at the time
- * limit (or an abort) the whole group gets SIGTERM, then SIGKILL, so a
- * grandchild that holds the pipe open (`sleep 1000 &` in a hook) goes too, and
- * pim stops waiting on the pipe shortly after the limit even if something
- * escaped the group. Should pim itself be stopped by a signal meanwhile, the
- * group is killed first. A child on the terminal (`stdio: 'inherit'`, sudo
- * asking for a password) stays in pim's group, as the terminal needs.
+ * A child with a time limit and piped output runs in its own process group
+ * (and session): at the limit, or an abort, the whole group gets SIGTERM, then
+ * SIGKILL, so a grandchild that holds the pipe open (`sleep 1000 &` in a hook)
+ * goes too, and pim stops waiting on the pipe shortly after even if something
+ * escaped the group. Should pim exit or be stopped by a signal meanwhile, the
+ * group is killed first. Other children stay in pim's group and keep the
+ * terminal (sudo or ssh asking for a password on /dev/tty); an abort kills
+ * them (execa), and pim stops waiting on their pipes a grace period later.
  */
 export async function run(cmd: string, args: readonly string[], opts: RunOpts & { hint?: string } = {}): Promise<RunResult> {
   const { execa } = await import('execa');
   const { exitStatusOf } = await import('./proc.ts');
-  const grouped = opts.stdio !== 'inherit';
+  const grouped = opts.stdio !== 'inherit' && opts.timeoutMs !== undefined;
   const sub = execa(cmd, args, {
     reject: false,
     input: opts.input,
@@ -92,7 +106,7 @@ export async function run(cmd: string, args: readonly string[], opts: RunOpts & 
     env: opts.env,
     extendEnv: true,
     detached: grouped,
-    // the terminal's child: execa's own limit and cancel (it stays in pim's group)
+    // a child in pim's group: execa's own limit and cancel
     timeout: grouped ? undefined : opts.timeoutMs,
     cancelSignal: grouped ? undefined : opts.signal,
     windowsHide: true,
@@ -121,6 +135,15 @@ export async function run(cmd: string, args: readonly string[], opts: RunOpts & 
     }));
   let cut: Promise<void> | null = null;
   if (grouped && sub.pid !== undefined) watchGroup(sub.pid);
+  if (!grouped && opts.stdio !== 'inherit' && opts.signal) {
+    // execa kills the child on the abort; a grandchild may still hold the pipe
+    const signal = opts.signal;
+    cut = new Promise<void>((resolve) => {
+      const onAbort = () => timers.push(setTimeout(resolve, KILL_GRACE_MS + PIPE_GRACE_MS));
+      if (signal.aborted) onAbort();
+      else signal.addEventListener('abort', onAbort, { once: true });
+    });
+  }
   if (grouped) {
     cut = new Promise<void>((resolve) => {
       if (opts.timeoutMs !== undefined) {
@@ -157,7 +180,7 @@ export async function run(cmd: string, args: readonly string[], opts: RunOpts & 
   const out = r.stdout as unknown;
   const bytes = out instanceof Uint8Array ? out : new TextEncoder().encode(typeof out === 'string' ? out : '');
   return {
-    code: r.exitCode ?? exitStatusOf((r.signal ?? (stopped ? 'SIGTERM' : undefined)) as NodeJS.Signals | undefined),
+    code: r.exitCode ?? exitStatusOf((r.signal ?? (stopped || opts.signal?.aborted ? 'SIGTERM' : undefined)) as NodeJS.Signals | undefined),
     signal: r.signal ?? null,
     stdout: typeof out === 'string' ? out : Buffer.from(bytes).toString('utf8'),
     stdoutBytes: bytes,

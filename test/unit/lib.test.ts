@@ -531,12 +531,24 @@ describe('run: time limits hold when a grandchild keeps the pipe open', () => {
   it('an abort signal stops the whole group the same way', async () => {
     const { run } = await import('../../lib/core/run.ts');
     const ctl = new AbortController();
-    const p = run(hanging(), [], { signal: ctl.signal });
+    const p = run(hanging(), [], { signal: ctl.signal, timeoutMs: 600_000 });
     while (!fs.existsSync(join(dir, 'child')) || !fs.readFileSync(join(dir, 'child'), 'utf8').endsWith('\n')) await new Promise((r) => setTimeout(r, 20));
     ctl.abort();
     const r = await p;
     expect(r.code).not.toBe(0);
     expect(alive(Number(fs.readFileSync(join(dir, 'child'), 'utf8')))).toBe(false);
+  }, 30_000);
+  it('an abort of a child without a time limit (it keeps the terminal): run returns though a grandchild holds the pipe', async () => {
+    const { run } = await import('../../lib/core/run.ts');
+    const ctl = new AbortController();
+    const p = run(hanging(), [], { signal: ctl.signal });
+    while (!fs.existsSync(join(dir, 'child')) || !fs.readFileSync(join(dir, 'child'), 'utf8').endsWith('\n')) await new Promise((r) => setTimeout(r, 20));
+    const t0 = Date.now();
+    ctl.abort();
+    const r = await p;
+    expect(r.code).not.toBe(0);
+    expect(Date.now() - t0).toBeLessThan(15_000);
+    process.kill(Number(fs.readFileSync(join(dir, 'child'), 'utf8')), 'SIGKILL'); // the grandchild outside any group of its own
   }, 30_000);
   it('a child that finishes in time is read to its end', async () => {
     const { run } = await import('../../lib/core/run.ts');
