@@ -80,6 +80,16 @@ const vendor = {
     b.onResolve({ filter: new RegExp(`^(${VENDOR.join('|')})$`) }, (a) => ({ path: `./vendor/${a.path}.cjs`, external: true }));
   },
 };
+// Before anything else in each executable: the Node version. pim needs 22 (the
+// engines field); on Node 20 the bundle parses, and then fails later with nonsense
+// (pim-iso download: "Cannot read properties of undefined (reading 'bind')", from
+// undici). Plain old syntax, nothing loaded but node:path on the failing side:
+// one comparison at every start.
+const NODE_MIN = 22;
+const nodeCheck =
+  `if (+process.versions.node.split('.')[0] < ${NODE_MIN}) {` +
+  ` process.stderr.write(require('path').basename(process.argv[1] || 'pim').replace(/\\.cjs$/, '') + ': pim needs Node ${NODE_MIN} or newer, and this is Node ' + process.version + ' (' + process.execPath + '); install Node ${NODE_MIN} or newer (https://nodejs.org, or nvm install ${NODE_MIN}) and put it first on PATH\\n');` +
+  ` process.exit(69); }`;
 const common = { bundle: true, format: 'cjs', platform: 'node', target: 'node20', external: ['ssh2', 'cpu-features'], legalComments: 'none', logLevel: 'warning', plugins: [raw, entry] };
 await build({
   ...common,
@@ -87,7 +97,7 @@ await build({
   entryPoints: names.map((n) => ({ in: `pim-entry:${n}`, out: n })),
   outdir: out,
   outExtension: { '.js': '.cjs' },
-  banner: { js: `#!${node}` },
+  banner: { js: `#!${node}\n${nodeCheck}` },
 });
 await build({ ...common, plugins: [...common.plugins, vendor], entryPoints: [completeTs], outfile: `${out}/complete.cjs` });
 for (const v of VENDOR) {

@@ -34,7 +34,12 @@ const profileArg = { type: 'positional', required: true, valueHint: 'PROFILE', d
 /** A build as a record: name first (pim-build list, run --json). */
 async function row(r: BuildRecord) {
   const reg = await registry();
-  return { name: r.id, profile: r.profile, created: r.created, size: r.disk.virtual_size, bytes: r.disk.bytes, path: reg.buildDisk(r) };
+  return { name: r.id, profile: r.profile, created: r.created, size: r.disk.virtual_size, bytes: r.disk.bytes, path: reg.buildDisk(r), state: 'ok' };
+}
+
+/** A build whose build.json is broken, as a row of pim-build list: its directory as the path. */
+function damagedRow(d: import('../lib/image/registry.ts').DamagedBuild) {
+  return { name: d.id, profile: d.id.replace(/-[0-9a-f]{12}$/, ''), created: null, size: null, bytes: null, path: d.dir, state: 'damaged', problem: `${d.file} ${d.problem}` };
 }
 
 const run = defineCommand({
@@ -138,12 +143,15 @@ const key = defineCommand({
 });
 
 const list = defineCommand({
-  meta: { name: 'list', description: 'The builds in the registry: id, profile, created, size, path.' },
+  meta: { name: 'list', description: 'The builds in the registry: id, profile, created, size, path, state (ok, or damaged: its build.json is broken; said on stderr, and pim-build rm removes it).' },
   args: { ...jsonArgs, ...quietArgs },
   async run({ args }) {
     const reg = await registry();
     const { printRecords } = await import('../lib/cli/output.ts');
-    printRecords(await Promise.all(reg.listBuilds().map(row)), ['profile', 'created', 'size', 'path'], { json: args.json, quiet: args.quiet });
+    // a build whose record is broken is listed too, as damaged, and said on stderr: it still holds its image
+    const damaged = reg.damagedBuilds();
+    for (const d of damaged) process.stderr.write(`pim-build: build ${d.id} is damaged: ${d.file} ${d.problem}; remove it with pim-build rm ${d.id}\n`);
+    printRecords([...(await Promise.all(reg.listBuilds().map(row))), ...damaged.map(damagedRow)], ['profile', 'created', 'size', 'path', 'state'], { json: args.json, quiet: args.quiet });
   },
 });
 
@@ -182,11 +190,15 @@ const rm = defineCommand({
   async run({ data }) {
     const reg = await registry();
     const { forEachName } = await import('../lib/cli/args.ts');
-    const recs = (data as Words).positionals.map((b) => reg.findBuild(b));
+    // a damaged build (its build.json broken) is named by its id
+    const damaged = reg.damagedBuilds();
+    const recs = (data as Words).positionals.map((b) => damaged.find((d) => d.id === b) ?? reg.findBuild(b));
     return forEachName(
       recs.map((r) => r.id),
       async (id) => {
-        reg.removeBuild(recs.find((r) => r.id === id)!);
+        const r = recs.find((x) => x.id === id)!;
+        if ('problem' in r) reg.removeDamaged(r);
+        else reg.removeBuild(r);
         writeOut(id + '\n');
       },
     );

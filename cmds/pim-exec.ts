@@ -29,7 +29,8 @@ pim-exec's stdin is sent to it when stdin is not a terminal (up to 16 MiB; --no-
 nothing). The exit status is the command's own, 128+N when signal N ended it, 127 when CMD
 was not found, 126 when it could not be run. --timeout S: after S seconds pim-exec kills the
 command with the guest's kill (QEMU 7.2's agent cannot kill it itself) and exits 75; Ctrl-C
-sends the same signal to the command. A command that leaves something running in the
+sends the same signal to the command. The limit bounds the whole of pim-exec: a guest whose
+agent does not answer is 69 within it (not after a fixed 30 s). A command that leaves something running in the
 background must send that one's output elsewhere (>/dev/null 2>&1), or the agent waits for it.
 In a loop that reads stdin (while read ...), give --no-stdin, or pim-exec takes the rest of it.
 pim-exec's own errors use the table below, so a command that exits 69 and a VM that is not
@@ -39,7 +40,7 @@ running look alike but for the message on stderr.`,
   args: {
     name: { type: 'positional', required: true, valueHint: 'NAME', description: 'the VM', complete: vmNames },
     stdin: { type: 'boolean', default: true, description: 'on by default: stdin goes to the command when it is not a terminal; --no-stdin sends none' },
-    timeout: { type: 'string', description: 'kill the command after S seconds (exit 75); default: no limit', valueHint: 'S' },
+    timeout: { type: 'string', description: 'the whole command takes at most S seconds: the command is killed then (exit 75), an agent that never answers is 69; default: no limit', valueHint: 'S' },
   },
   async run({ args, data }) {
     const { rest } = data as Words;

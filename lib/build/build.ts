@@ -169,6 +169,7 @@ async function buildIt(o: BuildOpts, plan: BuildPlan, c: Ctx, firstBoot: FirstBo
     const running = await bootVm(true);
     const tProv0 = Date.now();
     await provision(o, plan, running, buildKeyPair.private, buildKeyPair.public, deadline, log);
+    checkAborted(o.signal);
     st.set(`stopping ${plan.name}`);
     const { stopVm } = await import('../vm/stop.ts');
     const stopped = await stopVm(running, { timeoutMs: Math.max(10_000, Math.min(120_000, deadline - Date.now())) });
@@ -359,7 +360,7 @@ async function provision(o: BuildOpts, plan: BuildPlan, vm: RunningVm, privateKe
       });
       const out = prefix('out');
       const err = prefix('err');
-      const r = await exec(conn, asRoot, s.content, { stdout: out.push, stderr: err.push });
+      const r = await exec(conn, asRoot, s.content, { stdout: out.push, stderr: err.push }, o.signal);
       out.end();
       err.end();
       log.line(`script ${s.label}: status ${r.code}${r.signal ? ` (${r.signal})` : ''}`);

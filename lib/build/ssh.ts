@@ -109,24 +109,38 @@ export interface ExecResult {
 /**
  * Run `command` on an exec channel with `input` on its stdin; stdout and
  * stderr go to the callbacks as they arrive. Resolves with the status from
- * the channel's close.
+ * the channel's close. An abort of `signal` kills the remote command (a KILL
+ * over the channel where the server takes it, and the connection closed,
+ * which ends its session) and rejects with the signal's reason.
  */
-export function exec(conn: Client, command: string, input: string | Buffer, out: { stdout: (b: Buffer) => void; stderr: (b: Buffer) => void }): Promise<ExecResult> {
+export function exec(conn: Client, command: string, input: string | Buffer, out: { stdout: (b: Buffer) => void; stderr: (b: Buffer) => void }, signal?: AbortSignal): Promise<ExecResult> {
   return new Promise((resolve, reject) => {
+    if (signal?.aborted) return reject(signal.reason);
     conn.exec(command, (err: Error | undefined, ch: ClientChannel) => {
       if (err) return reject(new PimError(EXIT.UNAVAILABLE, `SSH exec failed: ${err.message}`));
       let code: number | null = null;
-      let signal: string | null = null;
+      let sig: string | null = null;
+      const onAbort = () => {
+        try {
+          ch.signal('KILL');
+        } catch {
+          /* the server may not take signals */
+        }
+        conn.end();
+        reject(signal!.reason);
+      };
+      signal?.addEventListener('abort', onAbort, { once: true });
       ch.on('exit', (c: number | null, s?: string) => {
         if (typeof c === 'number') code = c;
-        if (s) signal = s;
+        if (s) sig = s;
       });
       ch.on('data', (d: Buffer) => out.stdout(d));
       ch.stderr.on('data', (d: Buffer) => out.stderr(d));
       ch.once('close', (c?: number | null, s?: string) => {
+        signal?.removeEventListener('abort', onAbort);
         if (typeof c === 'number') code = c;
-        if (s) signal = s;
-        resolve({ code: code ?? (signal ? 128 : 255), signal });
+        if (s) sig = s;
+        resolve({ code: code ?? (sig ? 128 : 255), signal: sig });
       });
       ch.end(input);
     });

@@ -34,11 +34,67 @@ export interface RunResult {
   timedOut: boolean;
 }
 
-/** Run `cmd args`; never throws for a non-zero status. A missing program is exit 69 with `hint`. */
+/** After the time limit's SIGTERM, how long a process group has before SIGKILL; then how long its pipes may stay open. */
+const KILL_GRACE_MS = 2_000;
+const PIPE_GRACE_MS = 1_000;
+
+/**
+ * The process groups of running children, killed should pim exit or be stopped
+ * by a signal it does not trap meanwhile (what execa's cleanup does for a child
+ * that is not detached).
+ */
+const groups = new Set<number>();
+const SIGNALS = ['SIGINT', 'SIGTERM', 'SIGHUP'] as const;
+function killGroups(): void {
+  for (const g of groups) {
+    try {
+      process.kill(-g, 'SIGKILL');
+    } catch {
+      /* gone */
+    }
+  }
+}
+function onSignal(sig: NodeJS.Signals): void {
+  killGroups();
+  // nobody else traps it: the signal's default action, as without pim's handler
+  if (process.listenerCount(sig) === 1) {
+    for (const s of SIGNALS) process.off(s, onSignal);
+    process.kill(process.pid, sig);
+  }
+}
+/** Kill the process group `pid` should pim be stopped by a signal (until unwatchGroup). */
+export function watchGroup(pid: number): void {
+  if (groups.size === 0) {
+    for (const s of SIGNALS) process.on(s, onSignal);
+    process.on('exit', killGroups);
+  }
+  groups.add(pid);
+}
+export function unwatchGroup(pid: number): void {
+  groups.delete(pid);
+  if (groups.size === 0) {
+    for (const s of SIGNALS) process.off(s, onSignal);
+    process.off('exit', killGroups);
+  }
+}
+
+/**
+ * Run `cmd args`; never throws for a non-zero status. A missing program is exit 69 with `hint`.
+ *
+ * A child with a time limit and piped output runs in its own process group
+ * (and session): at the limit, or an abort, the whole group gets SIGTERM, then
+ * SIGKILL, so a grandchild that holds the pipe open (`sleep 1000 &` in a hook)
+ * goes too, and pim stops waiting on the pipe shortly after even if something
+ * escaped the group. Should pim exit or be stopped by a signal meanwhile, the
+ * group is killed first. Other children stay in pim's group and keep the
+ * terminal (sudo or ssh asking for a password on /dev/tty); an abort kills
+ * them (execa), and pim stops waiting on their pipes a grace period later.
+ */
 export async function run(cmd: string, args: readonly string[], opts: RunOpts & { hint?: string } = {}): Promise<RunResult> {
   const { execa } = await import('execa');
   const { exitStatusOf } = await import('./proc.ts');
-  const r = await execa(cmd, args, {
+  const grouped = opts.stdio !== 'inherit' && opts.timeoutMs !== undefined;
+  const sub = execa(cmd, args, {
     reject: false,
     input: opts.input,
     stdin: opts.input === undefined ? (opts.stdio === 'inherit' ? 'inherit' : 'ignore') : 'pipe',
@@ -49,10 +105,74 @@ export async function run(cmd: string, args: readonly string[], opts: RunOpts & 
     cwd: opts.cwd,
     env: opts.env,
     extendEnv: true,
-    timeout: opts.timeoutMs,
-    cancelSignal: opts.signal,
+    detached: grouped,
+    // a child in pim's group: execa's own limit and cancel
+    timeout: grouped ? undefined : opts.timeoutMs,
+    cancelSignal: grouped ? undefined : opts.signal,
     windowsHide: true,
   });
+  let timedOut = false;
+  const timers: NodeJS.Timeout[] = [];
+  let stopped: Promise<void> | null = null;
+  const killGroup = (sig: NodeJS.Signals) => {
+    if (sub.pid === undefined) return;
+    try {
+      process.kill(-sub.pid, sig);
+    } catch {
+      /* the group is gone */
+    }
+  };
+  // kill the group: SIGTERM, SIGKILL after a grace; resolves when pim should stop waiting on the pipes
+  const stop = () =>
+    (stopped ??= new Promise<void>((resolve) => {
+      killGroup('SIGTERM');
+      timers.push(
+        setTimeout(() => {
+          killGroup('SIGKILL');
+          timers.push(setTimeout(resolve, PIPE_GRACE_MS));
+        }, KILL_GRACE_MS),
+      );
+    }));
+  let cut: Promise<void> | null = null;
+  if (grouped && sub.pid !== undefined) watchGroup(sub.pid);
+  if (!grouped && opts.stdio !== 'inherit' && opts.signal) {
+    // execa kills the child on the abort; a grandchild may still hold the pipe
+    const signal = opts.signal;
+    cut = new Promise<void>((resolve) => {
+      const onAbort = () => timers.push(setTimeout(resolve, KILL_GRACE_MS + PIPE_GRACE_MS));
+      if (signal.aborted) onAbort();
+      else signal.addEventListener('abort', onAbort, { once: true });
+    });
+  }
+  if (grouped) {
+    cut = new Promise<void>((resolve) => {
+      if (opts.timeoutMs !== undefined) {
+        timers.push(
+          setTimeout(() => {
+            timedOut = true;
+            void stop().then(resolve);
+          }, opts.timeoutMs),
+        );
+      }
+      const onAbort = () => void stop().then(resolve);
+      if (opts.signal?.aborted) onAbort();
+      else opts.signal?.addEventListener('abort', onAbort, { once: true });
+    });
+  }
+  let r: Awaited<typeof sub>;
+  try {
+    const first = cut ? await Promise.race([sub, cut.then(() => null)]) : await sub;
+    if (first === null) {
+      // the group was killed but something still holds the pipes: stop reading them
+      sub.stdout?.destroy();
+      sub.stderr?.destroy();
+      sub.stdin?.destroy();
+      r = await Promise.race([sub, new Promise<null>((res) => timers.push(setTimeout(() => res(null), PIPE_GRACE_MS)))]) ?? ({ exitCode: undefined, signal: 'SIGKILL', stdout: '', stderr: '', timedOut } as unknown as Awaited<typeof sub>);
+    } else r = first;
+  } finally {
+    for (const t of timers) clearTimeout(t);
+    if (grouped && sub.pid !== undefined) unwatchGroup(sub.pid);
+  }
   const code = (r as { code?: string }).code;
   if (code === 'ENOENT' && r.exitCode === undefined) {
     throw new PimError(EXIT.UNAVAILABLE, `cannot run ${cmd}: not found${opts.hint ? `; ${opts.hint}` : ''}`);
@@ -60,12 +180,12 @@ export async function run(cmd: string, args: readonly string[], opts: RunOpts & 
   const out = r.stdout as unknown;
   const bytes = out instanceof Uint8Array ? out : new TextEncoder().encode(typeof out === 'string' ? out : '');
   return {
-    code: r.exitCode ?? exitStatusOf(r.signal as NodeJS.Signals | undefined),
+    code: r.exitCode ?? exitStatusOf((r.signal ?? (stopped || opts.signal?.aborted ? 'SIGTERM' : undefined)) as NodeJS.Signals | undefined),
     signal: r.signal ?? null,
     stdout: typeof out === 'string' ? out : Buffer.from(bytes).toString('utf8'),
     stdoutBytes: bytes,
     stderr: typeof r.stderr === 'string' ? r.stderr : '',
-    timedOut: Boolean(r.timedOut),
+    timedOut: timedOut || Boolean(r.timedOut),
   };
 }
 

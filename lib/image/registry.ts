@@ -91,6 +91,79 @@ export function listBuilds(): BuildRecord[] {
     .sort((a, b) => a.created.localeCompare(b.created) || a.id.localeCompare(b.id));
 }
 
+/** A build directory whose record cannot be read: listed as damaged, removable with rm. */
+export interface DamagedBuild {
+  id: string;
+  /** the build's directory */
+  dir: string;
+  /** the file that is broken (build.json) */
+  file: string;
+  problem: string;
+}
+
+/** What is wrong with build `id`'s build.json, or null when it reads as a record of that build. */
+function recordProblem(id: string): string | null {
+  const file = join(buildDir(id), 'build.json');
+  if (!fs.existsSync(file)) return 'is missing';
+  const text = readRegular(file);
+  if (text === null) return 'cannot be read (not a regular file?)';
+  let r: Partial<BuildRecord> | null;
+  try {
+    r = JSON.parse(text) as Partial<BuildRecord> | null;
+  } catch (e) {
+    return `is not valid JSON (${(e as Error).message}; truncated?)`;
+  }
+  if (!r || typeof r !== 'object') return 'is not a build record';
+  if (r.id !== id) return `names another build (${JSON.stringify(r.id)})`;
+  if (typeof r.key !== 'string' || typeof r.created !== 'string' || typeof r.profile !== 'string' || !r.disk || typeof r.disk.file !== 'string') return 'lacks the fields of a build record';
+  return null;
+}
+
+/** Build directories whose build.json is broken, by id (pim-build list shows them as damaged). */
+export function damagedBuilds(): DamagedBuild[] {
+  let names: string[];
+  try {
+    names = fs.readdirSync(buildsDir());
+  } catch {
+    return [];
+  }
+  const out: DamagedBuild[] = [];
+  for (const id of names.filter((n) => ID_RE.test(n)).sort()) {
+    const problem = recordProblem(id);
+    if (problem) out.push({ id, dir: buildDir(id), file: join(buildDir(id), 'build.json'), problem });
+  }
+  return out;
+}
+
+/** Remove a damaged build's directory; refused (75) while a VM disk is backed by a file in it. */
+export function removeDamaged(d: DamagedBuild): void {
+  const users = disksBackedByDir(d.dir);
+  if (users.length) throw new PimError(EXIT.TEMPFAIL, `build ${d.id} backs ${users.join(', ')}; remove ${users.length > 1 ? 'those disks' : 'that disk'} first (its VM's changes go with it)`);
+  removeDir(d.id);
+}
+
+function disksBackedByDir(dir: string): string[] {
+  let names: string[];
+  try {
+    names = fs.readdirSync(imagesDir());
+  } catch {
+    return [];
+  }
+  return names
+    .map((n) => join(imagesDir(), n))
+    .filter((p) => readQcow2Header(p)?.backingFile?.startsWith(dir + '/'))
+    .sort();
+}
+
+/** Make a build's read-only directory removable, move it out of sight, then delete it. */
+function removeDir(id: string): void {
+  const dir = buildDir(id);
+  const trash = join(buildsDir(), `.rm-${id}-${process.pid}`);
+  fs.chmodSync(dir, 0o700);
+  fs.renameSync(dir, trash);
+  fs.rmSync(trash, { recursive: true, force: true });
+}
+
 /** The build with this cache key, if it is in the registry. */
 export function buildByKey(profile: string, key: string): BuildRecord | null {
   const r = readRecord(buildId(profile, key));

@@ -4,12 +4,13 @@
  * DEVICE` from the release's directory, as root, and answers its two
  * "Continue? (y/n)" prompts with "y". Refused before anything runs: without
  * --yes (64), anything that is not a whole disk (64), the disk that holds
- * "/" (64), a disk with a mounted partition (75).
+ * "/" (64), a disk in use (75): a mounted partition, an active swap partition
+ * (/proc/swaps), or a holder in sysfs (a device-mapper or md device built on it).
  */
 import * as fs from 'node:fs';
-import { basename, dirname, resolve } from 'node:path';
+import { basename, dirname, join, resolve } from 'node:path';
 import { EXIT, PimError } from '../core/exit.ts';
-import { asRoot, mounts, mountsOf } from './stick.ts';
+import { asRoot, mounts, mountsOf, partitionsOf } from './stick.ts';
 
 export interface InstallOpts {
   ventoy: string;
@@ -40,6 +41,64 @@ export function rootDisk(): string | null {
   }
 }
 
+/** The active swap areas on `dev` or its partitions (from /proc/swaps), by path. */
+export function swapsOf(dev: string, swaps = '/proc/swaps'): string[] {
+  let text: string;
+  try {
+    text = fs.readFileSync(swaps, 'utf8');
+  } catch {
+    return [];
+  }
+  const ours = new Set([dev, ...partitionsOf(dev)].map((d) => fs.realpathSync(d)));
+  const out: string[] = [];
+  for (const line of text.split('\n').slice(1)) {
+    const f = line.split(/\s+/)[0];
+    if (!f) continue;
+    // the kernel escapes blanks and backslashes in the name as octal
+    const name = f.replace(/\\([0-7]{3})/g, (_, o: string) => String.fromCharCode(parseInt(o, 8)));
+    let real = name;
+    try {
+      real = fs.realpathSync(name);
+    } catch {
+      /* a swap file's path may be gone from this mount namespace */
+    }
+    if (ours.has(real)) out.push(name);
+  }
+  return out;
+}
+
+/** What holds `dev` or one of its partitions (device-mapper, md, bcache), as "part by holder" (sysfs holders/). */
+export function holdersOf(dev: string, sys = '/sys'): string[] {
+  const name = basename(fs.realpathSync(dev));
+  const disk = join(sys, 'block', name);
+  let parts: string[] = [];
+  try {
+    parts = fs.readdirSync(disk).filter((n) => n.startsWith(name) && fs.existsSync(join(disk, n, 'partition')));
+  } catch {
+    return [];
+  }
+  const out: string[] = [];
+  for (const d of [name, ...parts]) {
+    let hs: string[] = [];
+    try {
+      hs = fs.readdirSync(d === name ? join(disk, 'holders') : join(disk, d, 'holders'));
+    } catch {
+      continue;
+    }
+    for (const h of hs.sort()) {
+      let shown = h;
+      try {
+        const dm = fs.readFileSync(join(sys, 'block', h, 'dm', 'name'), 'utf8').trim();
+        if (dm) shown = `${h} (${dm})`;
+      } catch {
+        /* not device-mapper */
+      }
+      out.push(`/dev/${d} by /dev/${shown}`);
+    }
+  }
+  return out;
+}
+
 /** Refuse what must never be erased; returns the device's real path. */
 export function checkTarget(device: string): string {
   let st: fs.Stats;
@@ -55,6 +114,10 @@ export function checkTarget(device: string): string {
   if (rootDisk() === name) throw new PimError(EXIT.USAGE, `${device} holds "/", the system you are running: refused`);
   const m = mountsOf(real);
   if (m.length) throw new PimError(EXIT.TEMPFAIL, `${device} has a mounted partition (${m.map((x) => `${x.source} at ${x.target}`).join(', ')}); unmount it first`);
+  const sw = swapsOf(real);
+  if (sw.length) throw new PimError(EXIT.TEMPFAIL, `${device} has an active swap partition (${sw.join(', ')}); swapoff ${sw[0]} first`);
+  const held = holdersOf(real);
+  if (held.length) throw new PimError(EXIT.TEMPFAIL, `${device} is in use: ${held.join(', ')} (device-mapper, LVM, RAID or encryption); stop that device first (dmsetup remove, vgchange -an, mdadm --stop, cryptsetup close)`);
   return real;
 }
 

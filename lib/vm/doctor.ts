@@ -33,6 +33,7 @@ import { which } from '../core/which.ts';
 import { bridgeHelper, ovmfCode, qemuBinary } from '../qemu/host.ts';
 import { findVirtiofsd } from '../qemu/share.ts';
 import { qemuImg } from '../image/qemu-img.ts';
+import { unwatchGroup, watchGroup } from '../core/run.ts';
 
 export type Status = 'ok' | 'warn' | 'fail';
 
@@ -91,16 +92,24 @@ export async function runProbe(accel: 'kvm' | 'hvf' | 'tcg', timeoutMs: number, 
   const t0 = performance.now();
   try {
     return await new Promise<ProbeResult>((resolve) => {
-      const child = spawn(qemu, argv, { stdio: ['ignore', 'ignore', 'pipe'] });
+      // its own process group: at the limit the whole group is killed, whatever QEMU (or a wrapper script) started
+      const child = spawn(qemu, argv, { stdio: ['ignore', 'ignore', 'pipe'], detached: true });
+      if (child.pid !== undefined) watchGroup(child.pid);
       let text = '';
       let timedOut = false;
       let internalError = false;
+      let cut: NodeJS.Timeout | undefined;
       const kill = () => {
         try {
-          child.kill('SIGKILL');
+          if (child.pid !== undefined) process.kill(-child.pid, 'SIGKILL');
         } catch {
           /* gone */
         }
+        // a grandchild that escaped the group may hold stderr open: stop waiting on the pipe soon
+        cut ??= setTimeout(() => {
+          child.stderr?.destroy();
+          end(child.exitCode, child.signalCode ?? 'SIGKILL');
+        }, 1_000);
       };
       const timer = setTimeout(() => {
         timedOut = true;
@@ -113,8 +122,13 @@ export async function runProbe(accel: 'kvm' | 'hvf' | 'tcg', timeoutMs: number, 
           kill();
         }
       });
+      let ended = false;
       const end = (status: number | null, signal: string | null, err?: Error) => {
+        if (ended) return;
+        ended = true;
+        if (child.pid !== undefined) unwatchGroup(child.pid);
         clearTimeout(timer);
+        clearTimeout(cut);
         const errors = text
           .split('\n')
           .map((l) => l.trim())

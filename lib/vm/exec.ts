@@ -35,6 +35,8 @@ const MAX_POLL_MS = 1_000;
 const POLL_RELEASE_MS = 250;
 /** each agent request; guest-exec-status carries up to 2 x 16 MiB of output in base64 */
 const REQUEST_MS = 30_000;
+/** a poll at the deadline still gets this long, so the over-time command can be found running and killed */
+const POLL_FLOOR_MS = 2_000;
 
 export interface ExecRequest {
   path: string;
@@ -104,18 +106,21 @@ const sleep = (ms: number, signal?: AbortSignal) =>
 export async function guestExec(vm: RunningVm, req: ExecRequest): Promise<ExecResult> {
   const { withGa } = await import('./connect.ts');
   const deadline = req.timeoutMs ? Date.now() + req.timeoutMs : Number.POSITIVE_INFINITY;
-  const status = (g: GaClient, pid: number) => g.execute('guest-exec-status', { pid }, REQUEST_MS) as Promise<ExecStatus>;
+  // the user's time limit bounds the whole command: connecting, the agent's sync, the start and every poll
+  // (a poll near the deadline still gets a moment, so that an over-time command is killed rather than left)
+  const left = (floor = 1) => Math.max(floor, Math.min(REQUEST_MS, deadline - Date.now()));
+  const status = (g: GaClient, pid: number) => g.execute('guest-exec-status', { pid }, left(POLL_FLOOR_MS)) as Promise<ExecStatus>;
   let polls = 0;
   let wait = FIRST_POLL_MS;
   const over = () => req.signal?.aborted || Date.now() >= deadline;
 
   // the start and the quick polls, on one connection
-  const first = await withGa(vm.name, 10_000, async (g) => {
+  const first = await withGa(vm.name, Math.min(10_000, left()), async (g) => {
     const args: Record<string, unknown> = { path: req.path, arg: req.args, 'capture-output': true };
     if (req.input?.length) args['input-data'] = req.input.toString('base64');
     let pid: number;
     try {
-      pid = ((await g.execute('guest-exec', args, REQUEST_MS)) as { pid: number }).pid;
+      pid = ((await g.execute('guest-exec', args, left())) as { pid: number }).pid;
     } catch (e) {
       throw spawnFailure(req.path, e) ?? e;
     }
@@ -134,7 +139,7 @@ export async function guestExec(vm: RunningVm, req: ExecRequest): Promise<ExecRe
     await sleep(Math.min(wait, deadline - Date.now()), req.signal);
     wait = Math.min(Math.round(wait * 1.5), MAX_POLL_MS);
     if (over()) break;
-    st = await withGa(vm.name, 10_000, (g) => status(g, pid));
+    st = await withGa(vm.name, Math.min(10_000, left(POLL_FLOOR_MS)), (g) => status(g, pid));
     polls++;
   }
   if (!st.exited) {

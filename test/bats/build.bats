@@ -44,9 +44,11 @@ hang: {iso: tb-di}
 badscript: {iso: tb-di, scripts: [provision.sh, fails.sh, never.sh]}
 full: {iso: tb-di}
 slow: {iso: tb-di}
+sleepy: {iso: tb-di, scripts: [sleepy.sh]}
 real: {iso: tb-real, mem: 1G}
 inj: {iso: tb-di, boot: {inject: true}}
 blank: {builder: raw, disk_size: 64M, hostname: one}
+torn: {builder: raw, disk_size: 16M}
 blankuefi: {builder: raw, disk_size: 32M, disk_format: raw, firmware: uefi, iso: nosuch-iso}
 EOF
   cat >"$c/scripts.d/provision.sh" <<'EOF'
@@ -58,6 +60,7 @@ echo "provisioned by pim-build" >/root/provisioned
 EOF
   printf '#!/bin/sh\necho about to fail\nexit 3\n' >"$c/scripts.d/fails.sh"
   printf '#!/bin/sh\ntouch /root/never\n' >"$c/scripts.d/never.sh"
+  printf '#!/bin/sh\necho "sleepy script running"\nsleep 100000\n' >"$c/scripts.d/sleepy.sh"
   printf '#!/bin/sh\necho "late command ran" >/etc/pim-late-command\n' >"$c/installs.d/tb.sh"
   cp "$c/installs.d/tb.sh" "$c/installs.d/tbu.sh"
   cp "$c/installs.d/tb.sh" "$c/installs.d/inj.sh"
@@ -70,6 +73,9 @@ teardown_file() {
   mountpoint -q "$PIM_TMP/small" && umount "$PIM_TMP/small"
   pim_cleanup
 }
+
+# said_or_ended FILE MARK PID: the pim-build in the background (PID, its stderr in FILE) has printed MARK, or has ended
+said_or_ended() { grep -q "$2" "$1" || pid_gone "$3"; }
 
 ssh_vm() {
   local name="$1"; shift
@@ -254,7 +260,7 @@ ssh_vm() {
 @test "SIGINT in the middle of the install: 130, the VM and the server gone, nothing left" {
   pim-build run slow 2>"$PIM_TMP/slow.err" &
   pid=$!
-  for _ in $(seq 600); do grep -q 'fetched preseed.cfg' "$PIM_TMP/slow.err" && break; sleep 0.1; done
+  wait_until 60 said_or_ended "$PIM_TMP/slow.err" 'fetched preseed.cfg' "$pid"
   grep -q 'fetched preseed.cfg' "$PIM_TMP/slow.err"
   port=$(sed -n 's/.*url=http:\/\/10.0.2.2:\([0-9]*\).*/\1/p' "$(ls "$XDG_STATE_HOME"/pim/build-logs/slow-*.log)" | head -1)
   kill -INT "$pid"
@@ -264,6 +270,27 @@ ssh_vm() {
   grep -q 'interrupted by SIGINT' "$PIM_TMP/slow.err"
   no_build_leftovers slow
   ! curl -s -m 2 "http://127.0.0.1:$port/preseed.cfg"
+}
+
+@test "SIGTERM, then SIGINT, while a provisioning script runs: 143 and 130, nothing registered, no VM, no temporary or runtime files" {
+  local sig want
+  for sig in TERM INT; do
+    want=143; [ "$sig" = INT ] && want=130
+    pim-build run sleepy 2>"$PIM_TMP/sleepy.err" &
+    pid=$!
+    wait_until 600 said_or_ended "$PIM_TMP/sleepy.err" 'sleepy.sh| sleepy script running' "$pid"
+    grep -q 'sleepy.sh| sleepy script running' "$PIM_TMP/sleepy.err" || { cat "$PIM_TMP/sleepy.err"; false; }
+    kill -"$sig" "$pid"
+    st=0
+    wait "$pid" || st=$?
+    [ "$st" -eq "$want" ] || { cat "$PIM_TMP/sleepy.err"; false; }
+    grep -q "interrupted by SIG$sig" "$PIM_TMP/sleepy.err"
+    no_build_leftovers sleepy
+    [ -z "$(find "$(builds_dir)" -mindepth 1 -maxdepth 1 -name '*sleepy*' 2>/dev/null)" ]
+    # the build VM's runtime files are gone (its console log stays, as for every VM that stopped: pim-log reads it)
+    left=$(find "$XDG_RUNTIME_DIR/pim" -name 'sleepy-build-*' ! -name '*.log' 2>/dev/null)
+    [ -z "$left" ] || { echo "left: $left"; false; }
+  done
 }
 
 @test "a full disk: 73 naming the directory, nothing left" {
@@ -335,4 +362,32 @@ ssh_vm() {
   run pim-status blank
   [ "$status" -eq 0 ]
   pim-stop blank --force >/dev/null
+}
+
+@test "a truncated build.json: pim-build list shows the build as damaged, naming the file (stderr and a state field); pim-build rm removes it" {
+  run --separate-stderr pim-build run torn
+  [ "$status" -eq 0 ]
+  dir=$(dirname "$output")
+  id=$(basename "$dir")
+  chmod 755 "$dir"
+  chmod 644 "$dir/build.json"
+  truncate -s 40 "$dir/build.json"
+  chmod 444 "$dir/build.json"
+  chmod 555 "$dir"
+  run --separate-stderr pim-build list
+  [ "$status" -eq 0 ]
+  [[ "$stderr" == *"build $id is damaged: $dir/build.json is not valid JSON"*"pim-build rm $id"* ]]
+  grep -q "^$id"$'\t'"torn"$'\t.*\t'"$dir"$'\tdamaged$' <<<"$output" || { echo "$output"; false; }
+  run --separate-stderr pim-build list --json
+  [ "$(jq -r --arg id "$id" 'select(.name==$id).state' <<<"$output")" = damaged ]
+  [[ "$(jq -r --arg id "$id" 'select(.name==$id).problem' <<<"$output")" == "$dir/build.json is not valid JSON"* ]]
+  # the good builds are still ok
+  [ -z "$(jq -r --arg id "$id" 'select(.name!=$id and .state!="ok").name' <<<"$output")" ]
+  run --separate-stderr pim-build rm "$id"
+  [ "$status" -eq 0 ]
+  [ "$output" = "$id" ]
+  [ ! -e "$dir" ]
+  run --separate-stderr pim-build list
+  [[ "$output" != *"$id"* ]]
+  [ -z "$stderr" ]
 }

@@ -237,3 +237,24 @@ enum_flags() {
   run --separate-stderr pim-kboot --help
   [[ "$output" == *"--share DIR[:TAG]"*"(repeatable)"* ]]
 }
+
+@test "on a Node older than 22 every executable says in one line that pim needs Node 22 or newer, and how to get it (69)" {
+  local old=/usr/bin/node
+  [ -x "$old" ] || skip "no system node at $old"
+  [ "$("$old" -p 'process.versions.node.split(".")[0]')" -lt 22 ] || skip "$old is Node 22 or newer"
+  # the old Node first on PATH, where the executables' #!/usr/bin/env node finds it
+  mkdir -p "$PIM_TMP/oldnode"
+  ln -sf "$old" "$PIM_TMP/oldnode/node"
+  local e
+  for e in $(executables); do
+    run --separate-stderr env PATH="$PIM_TMP/oldnode:$PATH" "$e" --help
+    [ "$status" -eq 69 ] || { echo "$e: $status $stderr"; false; }
+    [ -z "$output" ]
+    [ "$(wc -l <<<"$stderr")" -eq 1 ]
+    [[ "$stderr" == "$e: pim needs Node 22 or newer, and this is Node v"*"install Node 22 or newer (https://nodejs.org, or nvm install 22)"* ]] || { echo "$stderr"; false; }
+  done
+  # the one the issue names: pim-iso download, which failed with "Cannot read properties of undefined"
+  run --separate-stderr env PATH="$PIM_TMP/oldnode:$PATH" pim-iso download debian-12
+  [ "$status" -eq 69 ]
+  [[ "$stderr" != *"Cannot read properties"* ]]
+}

@@ -86,7 +86,7 @@ vols() { V vol-list pimt | awk '{print $1}' | sort; }
   [ "$status" -eq 0 ]
   [[ "$output" == *$'\tskipped\tkept\t'* ]]
   [[ "$stderr" != *vol-upload* && "$stderr" != *define* && "$stderr" != *start* ]]
-  [ "$(( ($(date +%s%N) - start) / 1000000 ))" -lt 2000 ]
+  [ "$(( ($(date +%s%N) - start) / 1000000 ))" -lt "$(slow 2000)" ]
   [ "$(pgrep -f 'guest=web,' | head -1)" = "$pid" ]
   [ "$(V domuuid web)" = "$uuid" ]
 }

@@ -183,13 +183,13 @@ after_kvm_failed() {
   t1=$(date +%s%N)
   [ "$status" -eq 0 ]
   [ "$(jq -r .state <<<"$output")" = unknown ]
-  [ $(((t1 - t0) / 1000000)) -lt 3000 ]
+  [ $(((t1 - t0) / 1000000)) -lt "$(slow 3000)" ]
   # names alone need no QMP: well under the QMP timeout
   t0=$(date +%s%N)
   run timeout 10 pim-ps -q
   t1=$(date +%s%N)
   [ "$output" = p1 ]
-  [ $(((t1 - t0) / 1000000)) -lt 900 ]
+  [ $(((t1 - t0) / 1000000)) -lt "$(slow 900)" ]
   kill -CONT "$pid"
   [ "$(ps_field p1 state)" = running ]
 }

@@ -24,7 +24,7 @@ ps_state() { pim-ps --json | jq -r --arg n "$1" 'select(.name==$n).state'; }
   pim-gdb "$TESTBED/guest-full.qcow2" --name g1 --snapshot --mem 128M --cpus 1 -- -batch -ex run >"$PIM_TMP/gdb.out" 2>&1 3>&- &
   gpid=$!
   # the VM appears once QEMU, under gdb, has written its pidfile and listens
-  for _ in $(seq 300); do pim-status g1 >/dev/null 2>&1 && break; kill -0 "$gpid" || break; sleep 0.2; done
+  wait_until 60 eval 'pim-status g1 >/dev/null 2>&1 || ! kill -0 "$gpid"' || true
   run pim-wait g1 --for agent --timeout 120
   [ "$status" -eq 0 ]
   qpid=$(cat "$XDG_RUNTIME_DIR/pim/g1.pid")

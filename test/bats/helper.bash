@@ -51,6 +51,29 @@ boot_guest() {
   pim-console "$name" --ro --replay --until 'pim-testbed ready' --timeout 120 >/dev/null
 }
 
+# PIM_TEST_SLOW: a factor for every bound a test waits under (default 1); a
+# loaded CI machine can set 3. The bounds only end a wait that failed: each
+# wait ends as soon as its condition holds.
+# Unset, it follows the machine's load: 1 + the 1-minute load average per core
+# (rounded down), at most 3, so a machine busy with other work gives the tests
+# more time. A bound that is itself what a test checks (a fix that made
+# something end at its limit rather than a fixed 30 s) is not scaled past that.
+if [ -z "${PIM_TEST_SLOW:-}" ]; then
+  PIM_TEST_SLOW=$(awk -v n="$(nproc)" '{ f = 1 + int($1 / n); print (f > 3 ? 3 : f) }' /proc/loadavg 2>/dev/null || echo 1)
+fi
+export PIM_TEST_SLOW
+slow() { echo $(($1 * PIM_TEST_SLOW)); }
+
+# wait_until SECONDS CMD...: run CMD until it succeeds (every 0.1 s); false
+# after SECONDS (times PIM_TEST_SLOW)
+wait_until() {
+  local end=$((SECONDS + $(slow "$1"))); shift
+  until "$@"; do
+    [ "$SECONDS" -lt "$end" ] || return 1
+    sleep 0.1
+  done
+}
+
 # pid_gone PID: the process has exited (a zombie counts: this container's pid 1 does not reap).
 pid_gone() {
   kill -0 "$1" 2>/dev/null || return 0
@@ -62,7 +85,7 @@ pid_gone() {
 serve_www() {
   setsid python3 -m http.server 0 --bind 127.0.0.1 --directory "$1" >"$PIM_TMP/http.log" 2>&1 3>&- </dev/null &
   echo $! >"$PIM_TMP/http.pid"
-  for _ in $(seq 100); do grep -q 'port [0-9]' "$PIM_TMP/http.log" && break; sleep 0.1; done
+  wait_until 10 grep -q 'port [0-9]' "$PIM_TMP/http.log"
   grep -o 'port [0-9]*' "$PIM_TMP/http.log" | head -1 | cut -d' ' -f2
 }
 stop_www() {

@@ -52,14 +52,14 @@ await_line() {
 	read -r -t 120 -u 9 line
 }
 
-# reap PID: its exit status in $st, bounded: killed after 60 s (status 137).
+# reap PID: its exit status in $st, bounded: killed after 60 s times PIM_TEST_SLOW (status 137).
 reap() {
 	local pid=$1
 	# the watchdog is a forked copy of this bats process: without bats' traps
 	# (killed, it would report the test a second time) and off its output
 	(
 		trap - EXIT ERR INT TERM
-		sleep 60 && kill -9 "$pid" 2>/dev/null
+		sleep "$(slow 60)" && kill -9 "$pid" 2>/dev/null
 	) >/dev/null 2>&1 3>&- &
 	local dog=$!
 	st=0

@@ -46,6 +46,9 @@ setup() {
 
 teardown() {
   mountpoint -q "$MNT" 2>/dev/null && umount "$MNT"
+  # a swap area or a device-mapper device this test made on its own loop device
+  [ -f "$PIM_TMP/swapon" ] && { swapoff "$(cat "$PIM_TMP/swapon")" 2>/dev/null; rm -f "$PIM_TMP/swapon"; }
+  [ -f "$PIM_TMP/dm" ] && { dmsetup remove "$(cat "$PIM_TMP/dm")" 2>/dev/null; rm -f "$PIM_TMP/dm"; }
   local l
   for l in $(cat "$PIM_TMP/loops" 2>/dev/null); do detach "$l"; done
   rm -f "$PIM_TMP"/stick-*.img
@@ -254,6 +257,48 @@ clean_after() {
   run --separate-stderr pim-ventoy eject --stick "$STICK"
   [ "$status" -eq 0 ]
   [ "$output" = "$STICK	yes	0	no" ]
+}
+
+@test "install refuses a disk with an active swap partition (75); Ventoy2Disk.sh never runs; after swapoff it does" {
+  mkdir -p "$PIM_TMP/ventoy-sw"
+  V="$PIM_TMP/ventoy-sw/Ventoy2Disk.sh"
+  printf 'touch "$(dirname "$0")/ran"\n' >"$V"
+  truncate -s 64M "$PIM_TMP/stick-swap.img"
+  printf 'label: dos\n,32M,82\n,,83\n' | sfdisk -q "$PIM_TMP/stick-swap.img"
+  attach "$PIM_TMP/stick-swap.img"
+  [ -b "${LOOP}p1" ] && [ -b "${LOOP}p2" ]
+  mkswap -q "${LOOP}p1"
+  echo "${LOOP}p1" >"$PIM_TMP/swapon"
+  swapon "${LOOP}p1"
+  run --separate-stderr pim-ventoy install "$LOOP" --ventoy "$V" --yes
+  [ "$status" -eq 75 ]
+  [[ "$stderr" == *"$LOOP has an active swap partition (${LOOP}p1); swapoff ${LOOP}p1 first"* ]]
+  [ ! -e "$PIM_TMP/ventoy-sw/ran" ]
+  swapoff "${LOOP}p1"
+  rm "$PIM_TMP/swapon"
+  # free again: it runs
+  run --separate-stderr pim-ventoy install "$LOOP" --ventoy "$V" --yes
+  [ "$status" -eq 0 ]
+  [ -e "$PIM_TMP/ventoy-sw/ran" ]
+}
+
+@test "install refuses a disk that a device-mapper device holds (75)" {
+  dmsetup targets >/dev/null 2>&1 || skip "no device-mapper in this kernel (the unit test reads a stand-in sysfs)"
+  mkdir -p "$PIM_TMP/ventoy-dm"
+  V="$PIM_TMP/ventoy-dm/Ventoy2Disk.sh"
+  printf 'touch "$(dirname "$0")/ran"\n' >"$V"
+  truncate -s 64M "$PIM_TMP/stick-dm.img"
+  printf 'label: dos\n,32M,83\n,,83\n' | sfdisk -q "$PIM_TMP/stick-dm.img"
+  attach "$PIM_TMP/stick-dm.img"
+  local dm="pimtest-$$-$BATS_TEST_NUMBER"
+  echo "$dm" >"$PIM_TMP/dm"
+  echo "0 $(blockdev --getsz "${LOOP}p2") linear ${LOOP}p2 0" | dmsetup create "$dm"
+  run --separate-stderr pim-ventoy install "$LOOP" --ventoy "$V" --yes
+  [ "$status" -eq 75 ]
+  [[ "$stderr" == *"$LOOP is in use: ${LOOP}p2 by /dev/dm-"*"($dm)"* ]]
+  [ ! -e "$PIM_TMP/ventoy-dm/ran" ]
+  dmsetup remove "$dm"
+  rm "$PIM_TMP/dm"
 }
 
 @test "install refuses without --yes, a mounted disk, a partition and the root disk; it answers Ventoy2Disk.sh's two prompts" {

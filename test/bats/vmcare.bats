@@ -293,6 +293,23 @@ kvm_boots() {
   [ "$(stat -c %a "$rd/pim")" = 755 ]
 }
 
+@test "pim doctor --timeout 3 with a QEMU that hangs, its child holding the pipe: done at the limit, the QEMU's whole group killed" {
+  local fq="$PIM_TMP/fakeq"
+  mkdir -p "$fq"
+  # a QEMU that never answers, with a child that keeps stdout and stderr open
+  printf '#!/bin/sh\nsleep 1000 &\necho $! >>"%s/children"\nsleep 1000\n' "$fq" >"$fq/qemu-system-x86_64"
+  chmod +x "$fq/qemu-system-x86_64"
+  local t0=$SECONDS
+  run --separate-stderr env -u PIM_ACCEL PATH="$fq:$PATH" timeout 120 pim doctor --timeout 3 </dev/null
+  local took=$((SECONDS - t0))
+  echo "# pim doctor --timeout 3, hanging QEMU: $took s" >&3
+  [ "$status" -eq 1 ]
+  [[ "$(grep $'^qemu\t' <<<"$output")" == $'qemu\tfail\t'*"did not answer within 3 s"* ]]
+  [ "$took" -lt "$(slow 30)" ]   # 3 s and a kill's grace, not the 1000 s the child would hold the pipe
+  local c
+  for c in $(cat "$fq/children"); do pid_gone "$c"; done
+}
+
 @test "completion: pim-snapshot completes actions and the tags of the VM named before them" {
   qemu-img create -q -f qcow2 "$PIM_TMP/c.qcow2" 1M
   qemu-img snapshot -c base "$PIM_TMP/c.qcow2"

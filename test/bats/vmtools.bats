@@ -81,7 +81,7 @@ ssh_banner() {
   [[ "$stderr" == *"b1: agent not up within 8 s; last seen: no reply to guest-sync from the guest agent"* ]]
   [[ "$stderr" == *"the guest never opened the agent's virtio port"* ]]
   [[ "$stderr" == *"the VM keeps running: pim-stop b1"* ]]
-  [ $((t1 - t0)) -lt 30 ]
+  [ $((t1 - t0)) -lt "$(slow 30)" ]
   run pim-status b1
   [ "$status" -eq 0 ]
   # guest-bare runs dropbear: ssh comes, the agent never does
@@ -103,7 +103,7 @@ ssh_banner() {
   local w=$! n=0
   # pim-wait is waiting once it holds the agent's socket (QEMU shows the client in query-chardev)
   until pim-qmp b1 query-chardev | jq -e '.[] | select(.label == "ga0") | .filename | startswith("disconnected") | not' >/dev/null; do
-    n=$((n + 1)); [ "$n" -lt 200 ] || { echo "pim-wait never connected"; false; }
+    n=$((n + 1)); [ "$n" -lt "$(slow 200)" ] || { echo "pim-wait never connected"; false; }
   done
   pim-stop b1 --force --timeout 10 >/dev/null
   t0=$(date +%s)
@@ -112,7 +112,7 @@ ssh_banner() {
   t1=$(date +%s)
   [ "$st" -eq 69 ]
   grep -q 'b1 stopped while waiting for agent' "$PIM_TMP/wait.err"
-  [ $((t1 - t0)) -lt 10 ]
+  [ $((t1 - t0)) -lt "$(slow 10)" ]
 }
 
 @test "the shared guest: pim-run --forward tcp and udp, waited for over SSH" {
@@ -187,14 +187,14 @@ ssh_banner() {
   t1=$(date +%s)
   [ "$status" -eq 75 ]
   [[ "$stderr" == *"did not end within 2 s; sent SIGKILL to it (pid "*"in the guest) with the guest's kill; it ended (status 137)"* ]]
-  [ $((t1 - t0)) -lt 10 ]
+  [ $((t1 - t0)) -lt "$(slow 10)" ]
   run pim-exec vt -- sh -c 'ps | grep -v grep | grep -c "sleep 7777"'
   [ "$output" = 0 ]
   # SIGTERM to pim-exec: the same signal to the command in the guest, and 143
   pim-exec vt -- sleep 6666 2>"$PIM_TMP/term.err" &
   local x=$! n=0
   until pim-exec vt -- sh -c 'ps | grep -v grep | grep -q "sleep 6666"'; do
-    n=$((n + 1)); [ "$n" -lt 100 ] || { echo "the command never started"; false; }
+    n=$((n + 1)); [ "$n" -lt "$(slow 100)" ] || { echo "the command never started"; false; }
   done
   kill -TERM "$x"
   local st=0
@@ -207,7 +207,7 @@ ssh_banner() {
   # socket only for its first quick polls)
   pim-exec vt -- sleep 8 &
   local e=$!
-  run pim-ga vt guest-ping --timeout 3
+  run pim-ga vt guest-ping --timeout "$(slow 10)"
   [ "$status" -eq 0 ]
   wait "$e"
 }
@@ -321,7 +321,7 @@ ssh_banner() {
   run --separate-stderr pim-exec vt --timeout 5 -- true
   [ "$status" -eq 69 ]
   [[ "$stderr" == *"status paused"* ]]
-  [ "$SECONDS" -lt 9 ] || { echo "pim-exec on a paused VM took ${SECONDS} s"; false; }
+  [ "$SECONDS" -lt "$(slow 9)" ] || { echo "pim-exec on a paused VM took ${SECONDS} s"; false; }
   run --separate-stderr pim-wait vt --for agent --timeout 2
   [ "$status" -eq 75 ]
   [[ "$stderr" == *"status paused: pim-ctl vt resume"* ]]

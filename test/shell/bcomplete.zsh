@@ -6,7 +6,10 @@
 #   zsh -f test/shell/bcomplete.zsh LINE [FILE...]
 #
 # A fresh `bash --norc -i` sources each FILE, gets LINE then TAB, and prints
-# the command line (READLINE_LINE) after the TAB. Exit 1 on a timeout (10 s).
+# the command line (READLINE_LINE) after the TAB. No fixed sleeps: readline
+# reads Ctrl-X Ctrl-D only once the TAB's completion has returned; each wait
+# is bounded by 30 s times PIM_TEST_SLOW (default 1) only to end a hang.
+# Exit 1 on a timeout.
 emulate -L zsh
 zmodload zsh/zpty || exit 1
 local line=$1; shift
@@ -22,16 +25,15 @@ local out=$tmp/out
 } >$tmp/rc
 zpty z "bash --norc --noprofile -i"
 zpty -w z "source $tmp/rc"
-local x all= i
-for i in {1..100}; do
+local x all= end=$(( SECONDS + 30 * ${PIM_TEST_SLOW:-1} ))
+while (( SECONDS < end )); do
   zpty -r -t z x 2>/dev/null && all+=$x
   [[ $all == *READY* ]] && break
   sleep 0.05
 done
 zpty -w -n z "$line"$'\t'
-sleep 0.5
 zpty -w -n z $'\C-x\C-d'
-for i in {1..200}; do
+while (( SECONDS < end )); do
   [[ -s $out ]] && break
   zpty -r -t z x 2>/dev/null
   sleep 0.05

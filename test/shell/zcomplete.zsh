@@ -6,7 +6,9 @@
 # A fresh `zsh -f -i` runs compinit, sources each FILE, and gets LINE then TAB.
 # Prints the candidates the completion system added (one a line, sorted), or
 # with -b the command line (BUFFER) after the TAB, e.g. after fzf inserted names.
-# Exit 1 on a timeout (10 s).
+# No fixed sleeps: each wait ends on a condition (the completion's own end:
+# comppostfuncs, or the TAB widget having returned), bounded by 30 s times
+# PIM_TEST_SLOW (default 1) only to end a test that hangs. Exit 1 then.
 emulate -L zsh
 zmodload zsh/zpty || exit 1
 local mode=cands
@@ -28,15 +30,17 @@ local out=$tmp/out done=$tmp/done
       (( $#__h )) && print -rl -- $__h >> '$out'; return r; }'
     print -r -- "__t_done() { : > $done; exit }; comppostfuncs=(__t_done)"
   else
-    print -r -- "__t_buf() { print -r -- \"\$BUFFER\" > $out; : > $done; exit }; zle -N __t_buf; bindkey '^X^D' __t_buf"
+    # TAB runs what it is bound to (fzf-completion, say) and then writes the
+    # line: done when that widget has returned, however long fzf took
+    print -r -- "__t_orig=\${\$(bindkey '^I')[(w)2]}"
+    print -r -- "__t_tab() { zle \$__t_orig; print -r -- \"\$BUFFER\" > $out; : > $done; exit }; zle -N __t_tab; bindkey '^I' __t_tab"
   fi
 } >$tmp/rc
 zpty z "ZDOTDIR=$tmp zsh -f -i"
 zpty -w z "source $tmp/rc"
-if [[ $mode == cands ]]; then zpty -w -n z "$line"$'\t'
-else zpty -w -n z "$line"$'\t'; sleep 0.5; zpty -w -n z $'\C-x\C-d'; fi
-local i x
-for i in {1..200}; do
+zpty -w -n z "$line"$'\t'
+local x end=$(( SECONDS + 30 * ${PIM_TEST_SLOW:-1} ))
+while (( SECONDS < end )); do
   [[ -e $done ]] && break
   zpty -r -t z x 2>/dev/null
   sleep 0.05

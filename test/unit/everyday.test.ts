@@ -7,6 +7,7 @@
  * and the missing /boot kernel.
  */
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { slow } from './slow.ts';
 import * as fs from 'node:fs';
 import * as net from 'node:net';
 import { tmpdir } from 'node:os';
@@ -152,7 +153,7 @@ describe('queryStatus (pim-ps, pim-status, a start)', () => {
     try {
       const t0 = Date.now();
       expect(await queryStatus(vm, 300)).toBeNull();
-      expect(Date.now() - t0).toBeLessThan(1_500);
+      expect(Date.now() - t0).toBeLessThan(slow(1_500));
     } finally {
       server.close();
     }

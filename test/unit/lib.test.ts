@@ -455,14 +455,19 @@ describe('the pidfile lock (the VM lock off Linux)', () => {
     for (const stale of [false, true]) {
       const file = join(tmpdir(), `pimu-race-${process.pid}-${Date.now()}-${stale}.lock`);
       if (stale) fs.writeFileSync(file, '999999999\n');
-      const script = `import { pidfileLock } from ${JSON.stringify(lockTs)};
-        try { const l = await pidfileLock(process.argv[1], 'x'); console.log('got'); await new Promise((r) => setTimeout(r, 400)); await l.release(); }
+      // the winner holds the lock until every process has said what it got (FILE.done), however slow their start
+      const script = `import { existsSync } from 'node:fs'; import { pidfileLock } from ${JSON.stringify(lockTs)};
+        try { const l = await pidfileLock(process.argv[1], 'x'); console.log('got'); while (!existsSync(process.argv[1] + '.done')) await new Promise((r) => setTimeout(r, 20)); await l.release(); }
         catch (e) { console.log(e.code === 75 ? 'busy' : 'error ' + e.message); }`;
+      let said = 0;
       const runs = Array.from({ length: 6 }, () =>
         new Promise<string>((resolve) => {
           const c = spawn(process.execPath, ['--input-type=module', '-e', script, file], { stdio: ['ignore', 'pipe', 'inherit'] });
           let out = '';
-          c.stdout!.on('data', (d) => (out += d));
+          c.stdout!.on('data', (d) => {
+            if (!out.includes('\n') && String(d).includes('\n') && ++said === 6) fs.writeFileSync(`${file}.done`, '');
+            out += d;
+          });
           c.on('close', () => resolve(out.trim()));
         }),
       );
@@ -470,6 +475,7 @@ describe('the pidfile lock (the VM lock off Linux)', () => {
       expect(results.filter((r) => r === 'got')).toHaveLength(1);
       expect(results.filter((r) => r === 'busy')).toHaveLength(5);
       fs.rmSync(file, { force: true });
+      fs.rmSync(`${file}.done`, { force: true });
     }
   }, 20_000);
 });
@@ -488,5 +494,65 @@ describe('private storage', () => {
     fs.symlinkSync('/tmp', join(base, 'pim', 'link'));
     expect(() => ensurePrivateDir(join(base, 'pim', 'link'))).toThrow(expect.objectContaining({ code: 73 }));
     fs.rmSync(base, { recursive: true, force: true });
+  });
+});
+
+describe('run: time limits hold when a grandchild keeps the pipe open', () => {
+  let dir: string;
+  beforeEach(() => {
+    dir = fs.mkdtempSync(join(tmpdir(), 'pim-run-'));
+  });
+  afterEach(() => fs.rmSync(dir, { recursive: true, force: true }));
+  /** a program that starts a child holding stdout and stderr, writes its pid, and hangs */
+  const hanging = () => {
+    const f = join(dir, 'hook');
+    fs.writeFileSync(f, `#!/bin/sh\nsleep 1000 &\necho $! >"${dir}/child"\necho started\nsleep 1000\n`, { mode: 0o755 });
+    return f;
+  };
+  const alive = (pid: number) => {
+    try {
+      process.kill(pid, 0);
+      return !/^State:\s+Z/m.test(fs.readFileSync(`/proc/${pid}/status`, 'utf8'));
+    } catch {
+      return false;
+    }
+  };
+  it('a timed-out child and its own children are killed, and run returns at the limit, not when the pipe closes', async () => {
+    const { run } = await import('../../lib/core/run.ts');
+    const t0 = Date.now();
+    const r = await run(hanging(), [], { timeoutMs: 1_000 });
+    const took = Date.now() - t0;
+    expect(r.timedOut).toBe(true);
+    expect(r.code).not.toBe(0);
+    expect(took).toBeLessThan(15_000); // 1 s, then a kill: never the grandchild's 1000 s
+    const child = Number(fs.readFileSync(join(dir, 'child'), 'utf8'));
+    expect(alive(child)).toBe(false);
+  }, 30_000);
+  it('an abort signal stops the whole group the same way', async () => {
+    const { run } = await import('../../lib/core/run.ts');
+    const ctl = new AbortController();
+    const p = run(hanging(), [], { signal: ctl.signal, timeoutMs: 600_000 });
+    while (!fs.existsSync(join(dir, 'child')) || !fs.readFileSync(join(dir, 'child'), 'utf8').endsWith('\n')) await new Promise((r) => setTimeout(r, 20));
+    ctl.abort();
+    const r = await p;
+    expect(r.code).not.toBe(0);
+    expect(alive(Number(fs.readFileSync(join(dir, 'child'), 'utf8')))).toBe(false);
+  }, 30_000);
+  it('an abort of a child without a time limit (it keeps the terminal): run returns though a grandchild holds the pipe', async () => {
+    const { run } = await import('../../lib/core/run.ts');
+    const ctl = new AbortController();
+    const p = run(hanging(), [], { signal: ctl.signal });
+    while (!fs.existsSync(join(dir, 'child')) || !fs.readFileSync(join(dir, 'child'), 'utf8').endsWith('\n')) await new Promise((r) => setTimeout(r, 20));
+    const t0 = Date.now();
+    ctl.abort();
+    const r = await p;
+    expect(r.code).not.toBe(0);
+    expect(Date.now() - t0).toBeLessThan(15_000);
+    process.kill(Number(fs.readFileSync(join(dir, 'child'), 'utf8')), 'SIGKILL'); // the grandchild outside any group of its own
+  }, 30_000);
+  it('a child that finishes in time is read to its end', async () => {
+    const { run } = await import('../../lib/core/run.ts');
+    const r = await run('sh', ['-c', 'echo out; echo err >&2; exit 3'], { timeoutMs: 20_000 });
+    expect(r).toMatchObject({ code: 3, stdout: 'out\n', stderr: 'err\n', timedOut: false });
   });
 });

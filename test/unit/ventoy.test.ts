@@ -126,3 +126,43 @@ describe('reading a stick without mounting it', () => {
     }
   });
 });
+
+describe('install: a disk in use', () => {
+  it('names what sysfs says holds the disk or one of its partitions (device-mapper by its name)', async () => {
+    const { holdersOf } = await import('../../lib/ventoy/install.ts');
+    const root = fs.mkdtempSync(join(os.tmpdir(), 'pim-sys-'));
+    try {
+      const mk = (p: string, text?: string) => {
+        fs.mkdirSync(join(root, text === undefined ? p : join(p, '..')), { recursive: true });
+        if (text !== undefined) fs.writeFileSync(join(root, p), text);
+      };
+      mk('block/sdz/holders');
+      mk('block/sdz/sdz1/partition', '1\n');
+      mk('block/sdz/sdz1/holders');
+      mk('block/sdz/sdz2/partition', '2\n');
+      mk('block/sdz/sdz2/holders/dm-3');
+      mk('block/sdz/sdz2/holders/md0');
+      mk('block/dm-3/dm/name', 'vg-root\n');
+      const dev = join(root, 'sdz');
+      fs.writeFileSync(dev, '');
+      expect(holdersOf(dev, root)).toEqual(['/dev/sdz2 by /dev/dm-3 (vg-root)', '/dev/sdz2 by /dev/md0']);
+      fs.rmSync(join(root, 'block/sdz/sdz2/holders'), { recursive: true });
+      expect(holdersOf(dev, root)).toEqual([]);
+    } finally {
+      fs.rmSync(root, { recursive: true, force: true });
+    }
+  });
+  it('reads /proc/swaps, octal escapes and all; a disk without swap has none', async () => {
+    const { swapsOf } = await import('../../lib/ventoy/install.ts');
+    const dir = fs.mkdtempSync(join(os.tmpdir(), 'pim-swaps-'));
+    try {
+      const swaps = join(dir, 'swaps');
+      fs.writeFileSync(swaps, 'Filename\t\t\t\tType\t\tSize\t\tUsed\t\tPriority\n/nonexistent/a\\040b\tfile\t\t1024\t\t0\t\t-2\n');
+      expect(swapsOf('/dev/null', swaps)).toEqual([]);
+      fs.appendFileSync(swaps, '/dev/nu\\154l\tpartition\t1024\t0\t-3\n');
+      expect(swapsOf('/dev/null', swaps)).toEqual(['/dev/null']);
+    } finally {
+      fs.rmSync(dir, { recursive: true, force: true });
+    }
+  });
+});

@@ -213,6 +213,17 @@ describe('pim doctor: the KVM test guest', () => {
     const r = await runProbe('tcg', 20_000, 'qemu-system-x86_64');
     expect(r).toMatchObject({ status: PROBE_OK, timedOut: false, internalError: false });
   });
+  it('a QEMU that hangs with a child holding its stderr is killed at the limit: the probe does not wait for the pipe', async () => {
+    const q = join(tmp, 'hanging-qemu');
+    fs.writeFileSync(q, `#!/bin/sh\nsleep 1000 &\necho $! >"${tmp}/qemu-child"\nsleep 1000\n`, { mode: 0o755 });
+    const t0 = Date.now();
+    const r = await runProbe('tcg', 1_000, q);
+    expect(r.timedOut).toBe(true);
+    expect(Date.now() - t0).toBeLessThan(15_000);
+    const child = Number(fs.readFileSync(join(tmp, 'qemu-child'), 'utf8'));
+    const state = fs.existsSync(`/proc/${child}/status`) ? fs.readFileSync(`/proc/${child}/status`, 'utf8') : 'State: gone';
+    expect(state).toMatch(/^State:\s+(Z|gone)/m); // killed (a zombie counts: pid 1 here does not reap)
+  }, 30_000);
   it('a missing QEMU is said so, not thrown', async () => {
     const r = await runProbe('tcg', 5_000, join(tmp, 'no-such-qemu'));
     expect(r.status).toBeNull();

@@ -7,6 +7,7 @@
  * against real guests.
  */
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { slow } from './slow.ts';
 import * as fs from 'node:fs';
 import * as net from 'node:net';
 import { spawn, type ChildProcess } from 'node:child_process';
@@ -151,7 +152,7 @@ describe('waitSshBanner, against servers that behave like QEMU forwards', () => 
     try {
       const t0 = Date.now();
       await expect(waitSshBanner('127.0.0.1', srv.port, Date.now() + 3_000)).resolves.toBe('SSH-2.0-late');
-      expect(Date.now() - t0).toBeLessThan(2_000);
+      expect(Date.now() - t0).toBeLessThan(slow(2_000));
     } finally {
       srv.close();
     }
@@ -310,7 +311,7 @@ describe('guestExec against a fake agent', () => {
     const e = await guestExec(vm, { path: 'sleep', args: ['60'], timeoutMs: 600 }).catch((x) => x);
     expect(e).toMatchObject({ code: 75 });
     expect(e.message).toMatch(/sent SIGKILL to it \(pid 42 in the guest\).*it ended/);
-    expect(Date.now() - t0).toBeLessThan(3_000);
+    expect(Date.now() - t0).toBeLessThan(slow(3_000));
     expect(log.find((m) => m.arguments?.path === 'kill')!.arguments!.arg).toEqual(['-KILL', '42']);
   });
 
@@ -376,7 +377,7 @@ describe('waitUp on a VM made of files', () => {
     const e = await p.catch((x) => x);
     expect(e).toMatchObject({ code: 69 });
     expect(e.message).toMatch(/stopped while waiting for console:never and agent/);
-    expect(Date.now() - t0).toBeLessThan(3_000);
+    expect(Date.now() - t0).toBeLessThan(slow(3_000));
   });
 
   it('agent: a sync sent before the agent is up is answered once it is (the reply is the signal)', async () => {
