@@ -77,3 +77,51 @@ teardown_file() {
   [[ "$output" == *"$iso"* ]]
   pim-stop d4 --force
 }
+
+@test "pim-vm clone and resize: a running VM's disk is refused (75), a stopped one copied and grown, a stored build cloned as an overlay and never resized (65)" {
+  local store="$XDG_DATA_HOME/pim/images"
+  mkdir -p "$store"
+  cp "$TESTBED/guest-bare.qcow2" "$store/vm1.qcow2"
+  pim-run vm1 --mem 256M --cpus 1
+  run --separate-stderr pim-vm clone vm1 vm2
+  [ "$status" -eq 75 ]
+  [[ "$stderr" == *"in use by running VM vm1"* ]]
+  run --separate-stderr pim-vm resize vm1 +64M
+  [ "$status" -eq 75 ]
+  [[ "$stderr" == *"running VM vm1"*"stop it first"* ]]
+  [ ! -e "$store/vm2.qcow2" ]
+  pim-stop vm1 --force
+  # stopped: a copy, then a bigger disk
+  run --separate-stderr pim-vm clone vm1 vm2
+  [ "$status" -eq 0 ]
+  [ "$output" = "$store/vm2.qcow2" ]
+  cmp "$store/vm1.qcow2" "$store/vm2.qcow2"
+  [ "$(stat -c %a "$store/vm2.qcow2")" = 600 ]
+  run pim-vm clone vm1 vm2
+  [ "$status" -eq 73 ]
+  local before after
+  before=$(qemu-img info --output=json "$store/vm2.qcow2" | jq '."virtual-size"')
+  run --separate-stderr pim-vm resize vm2 +64M
+  [ "$status" -eq 0 ]
+  after=$(qemu-img info --output=json "$store/vm2.qcow2" | jq '."virtual-size"')
+  [ "$after" -eq $((before + 64 * 1024 * 1024)) ]
+  [ "$output" = "$store/vm2.qcow2"$'\t'"$after" ]
+  run pim-vm resize vm2 lots
+  [ "$status" -eq 64 ]
+  # a stored build: an overlay of it, and no resize of the build itself
+  local id=web-0123456789ab b="$XDG_DATA_HOME/pim/builds/web-0123456789ab"
+  mkdir -p "$b"
+  qemu-img create -q -f qcow2 "$b/disk.qcow2" 64M
+  printf '{"id":"%s","key":"0123456789ab%052d","profile":"web","created":"2026-01-01T00:00:00Z","disk":{"file":"disk.qcow2","format":"qcow2"}}\n' "$id" 0 >"$b/build.json"
+  run --separate-stderr pim-vm resize web +1G
+  [ "$status" -eq 65 ]
+  [[ "$stderr" == *"stored build $id"*"pim-vm clone"* ]]
+  run --separate-stderr pim-vm resize "$b/disk.qcow2" +1G
+  [ "$status" -eq 65 ]
+  run --separate-stderr pim-vm clone web web2
+  [ "$status" -eq 0 ]
+  [ "$(qemu-img info --output=json "$store/web2.qcow2" | jq -r '."backing-filename"')" = "$b/disk.qcow2" ]
+  run pim-vm resize web2 +64M
+  [ "$status" -eq 0 ]
+  [ "$(qemu-img info --output=json "$b/disk.qcow2" | jq '."virtual-size"')" -eq $((64 * 1024 * 1024)) ]
+}
