@@ -115,20 +115,49 @@ await build({
   ...common,
   plugins: [...common.plugins, shared, vendor],
   stdin: {
-    contents: names.map((n, i) => `import c${i} from './cmds/${n}.ts';`).join('\n') + `\nexport default { ${names.map((n, i) => `${JSON.stringify(n)}: c${i}`).join(', ')} };\n`,
+    contents:
+      names.map((n, i) => `import c${i} from './cmds/${n}.ts';`).join('\n') +
+      `\nexport default { ${names.map((n, i) => `${JSON.stringify(n)}: c${i}`).join(', ')} };\n` +
+      `export { manPage, markdownPage, markdownIndex } from './lib/cli/manpage.ts';\n`,
     resolveDir: process.cwd(),
     loader: 'ts',
   },
   outfile: defs,
 });
 const manifest = {};
-for (const [n, c] of Object.entries(createRequire(import.meta.url)(resolve(defs)).default)) {
+const defsMod = createRequire(import.meta.url)(resolve(defs));
+for (const [n, c] of Object.entries(defsMod.default)) {
   const meta = typeof c.meta === 'function' ? await c.meta() : await c.meta;
   if (meta?.name !== n || !meta.description) throw new Error(`build: cmds/${n}.ts must export default defineCommand({ meta: { name: '${n}', description } })`);
   manifest[n] = meta.description;
 }
-rmSync(defs);
 writeFileSync(`${out}/commands.json`, JSON.stringify(manifest, null, 2) + '\n');
+
+// The manuals, from the same definitions (lib/cli/manpage.ts): dist/man/man1/NAME.1,
+// which package.json's "man" field and install.sh install, and docs/NAME.md, the
+// same page for readers on the web (kept in git; rewritten only when it changed).
+mkdirSync(`${out}/man/man1`, { recursive: true });
+mkdirSync('docs', { recursive: true });
+const writeIfChanged = (f, text) => {
+  let old = null;
+  try {
+    old = readFileSync(f, 'utf8');
+  } catch {
+    /* new */
+  }
+  if (old !== text) writeFileSync(f, text);
+};
+for (const [n, c] of Object.entries(defsMod.default)) {
+  writeFileSync(`${out}/man/man1/${n}.1`, await defsMod.manPage(c, { commands: manifest }));
+  writeIfChanged(`docs/${n}.md`, await defsMod.markdownPage(c, { commands: manifest }));
+}
+writeIfChanged('docs/README.md', defsMod.markdownIndex(manifest));
+// npm installs the pages package.json's "man" names (it does not read directories.man
+// for a linked install): every executable's page must be listed there
+const pkgMan = JSON.parse(readFileSync('package.json', 'utf8')).man ?? [];
+const unlisted = names.filter((n) => !pkgMan.includes(`dist/man/man1/${n}.1`));
+if (unlisted.length) throw new Error(`build: package.json "man" must list ${unlisted.map((n) => `dist/man/man1/${n}.1`).join(', ')}`);
+rmSync(defs);
 
 // dist/bin/<name> -> ../<name>.cjs: a directory to put on PATH (tests, a checkout)
 mkdirSync(`${out}/bin`);

@@ -3,6 +3,8 @@
 #
 #   ./install.sh            install, then boot the demo guest and ask its guest agent
 #   ./install.sh --no-demo  install only
+#   ./install.sh --update-rc  also add the line that loads pim's shell helpers to
+#                           ~/.bashrc and ~/.zshrc (without it, the line is printed)
 #
 # What it does, on Debian/Ubuntu (apt-get as root, or through sudo):
 #  1. installs QEMU, socat and what the demo guest is built from, where missing;
@@ -16,6 +18,9 @@
 #     checkout (./test.sh, npm run build, node build.mjs: #!/usr/bin/env node) changes
 #     nothing installed, so the executables keep the Node they were installed with;
 #     run ./install.sh again to install a newer build;
+#     links the man pages into ~/.local/share/man/man1, the completions into
+#     ~/.local/share/bash-completion/completions, ~/.local/share/zsh/site-functions and
+#     ~/.config/fish/completions, and shell/pim.fish (fzf pickers) into ~/.config/fish/conf.d;
 #  4. builds the demo image from Debian packages (a kernel, busybox, qemu-guest-agent,
 #     dropbear: about 100 MB of downloads, cached) as ~/.local/share/pim/images/pim-demo.qcow2,
 #     boots it with pim-run, waits for the guest agent, prints what pim-os and pim-ip say,
@@ -25,8 +30,14 @@ cd "$(dirname "$0")"
 repo="$PWD"
 say() { printf 'install.sh: %s\n' "$*" >&2; }
 die() { say "$*"; exit 1; }
-demo=1
-[ "${1:-}" = "--no-demo" ] && demo=0
+demo=1 update_rc=0
+for a in "$@"; do
+  case $a in
+    --no-demo) demo=0 ;;
+    --update-rc) update_rc=1 ;;
+    *) say "unknown option $a; use --no-demo or --update-rc"; exit 64 ;;
+  esac
+done
 
 SUDO=
 [ "$(id -u)" -eq 0 ] || SUDO=sudo
@@ -108,7 +119,41 @@ mkdir -p "$bindir"
 for f in "$share"/dist/bin/*; do ln -sfn "$share/dist/$(basename "$f").cjs" "$bindir/$(basename "$f")"; done
 say "installed pim into $share/dist (#!$NODE) and linked $(ls "$share"/dist/bin | wc -l) executables into $bindir"
 case ":$PATH:" in *":$bindir:"*) ;; *) say "add $bindir to your PATH: export PATH=\"$bindir:\$PATH\""; export PATH="$bindir:$PATH" ;; esac
-say "shell helpers: source $repo/shell/pim.zsh (zsh) or $repo/shell/pim.bash (bash)"
+# Man pages, completions and shell helpers, where each tool looks for them for this user,
+# as links into $share/dist (so that installing again updates them). No rc file is edited
+# unless --update-rc is given (as fzf's installer does); what to add is printed.
+data="${XDG_DATA_HOME:-$HOME/.local/share}"
+config="${XDG_CONFIG_HOME:-$HOME/.config}"
+link_all() { # link_all DIR FILE... : each FILE linked into DIR under its own name
+  local dir=$1 f
+  shift
+  mkdir -p "$dir"
+  for f in "$@"; do ln -sfn "$f" "$dir/$(basename "$f")"; done
+}
+cp -a shell completions "$share/$stamp/"
+link_all "$data/man/man1" "$share"/dist/man/man1/*.1
+link_all "$data/bash-completion/completions" "$share"/dist/completions/bash/*
+link_all "$data/zsh/site-functions" "$share"/dist/completions/zsh/_*
+link_all "$config/fish/completions" "$share"/dist/completions/fish/*.fish
+link_all "$config/fish/conf.d" "$share/dist/shell/pim.fish"
+say "man pages: $data/man/man1 (man pim-run); completions: $data/bash-completion/completions, $data/zsh/site-functions, $config/fish/completions"
+# man-db finds $data/man through $bindir on PATH (DIR/../share/man); else MANPATH must name it
+if command -v manpath >/dev/null 2>&1 && ! manpath 2>/dev/null | tr : '\n' | grep -qx "$data/man"; then
+  say "add $data/man to your MANPATH: export MANPATH=\"$data/man:\$(manpath)\""
+fi
+bashrc_line="[ -f \"$share/dist/shell/pim.bash\" ] && source \"$share/dist/shell/pim.bash\"  # pim: completions, fzf pickers"
+zshrc_line="[ -f \"$share/dist/shell/pim.zsh\" ] && source \"$share/dist/shell/pim.zsh\"  # pim: completions, fzf pickers (after compinit)"
+if [ "$update_rc" -eq 1 ]; then
+  for rc in "$HOME/.bashrc" "$HOME/.zshrc"; do
+    line=$bashrc_line
+    [ "$rc" = "$HOME/.zshrc" ] && line=$zshrc_line
+    grep -qF "$line" "$rc" 2>/dev/null || { printf '%s\n' "$line" >>"$rc"; say "added to $rc: $line"; }
+  done
+else
+  say "bash: for completions and the fzf pickers (pim-stop **<TAB>, pim-pick), add to ~/.bashrc: $bashrc_line"
+  say "zsh: add to ~/.zshrc, after compinit: $zshrc_line"
+  say "fish: nothing to add ($config/fish/conf.d/pim.fish); ./install.sh --update-rc adds the lines above for you"
+fi
 
 [ "$demo" -eq 1 ] || exit 0
 

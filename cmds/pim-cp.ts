@@ -43,7 +43,7 @@ PATH, the install hint (69) before anything connects.`,
     ],
   },
   args: {
-    paths: { type: 'positional', required: true, variadic: true, valueHint: 'SRC... DEST', description: 'local paths and NAME:path, one side a VM', complete: vmNames, path: 'file' },
+    paths: { type: 'positional', required: true, variadic: true, valueHint: 'SRC... DEST', description: 'local paths and NAME:path, one side a VM', complete: vmNames, path: 'file', remote: true },
     recursive: { type: 'boolean', alias: 'r', description: 'copy directories, and what is in them' },
     user: { type: 'string', description: 'log in as USER (also USER@NAME:path); env PIM_SSH_USER', valueHint: 'USER' },
     identity: { type: 'string', alias: 'i', description: 'the private key to log in with; env PIM_SSH_KEY', valueHint: 'KEY', path: 'file' },

@@ -18,6 +18,14 @@ const waitForms: Completer = (c) => {
   c('console:', 'a console line matches REGEX (console:REGEX)');
 };
 
+/** What --display takes, at TAB time */
+const displayForms: Completer = (c) => {
+  c('gtk', 'a GTK window');
+  c('sdl', 'an SDL window');
+  c('vnc', 'VNC on 127.0.0.1:5900');
+  c('vnc:1', 'VNC on 127.0.0.1:5901');
+};
+
 /** Images in the store, loaded at TAB time only */
 const imageNames = lazyCompleter(async () => (await import('../lib/vm/complete.ts')).completeImages);
 
@@ -42,8 +50,18 @@ Ctrl-C while the VM starts stops it again: no VM is left behind (exit 130).
 --forward [tcp:|udp:][BIND:]HOST:GUEST forwards a host port (on BIND, default 127.0.0.1) to
 a guest port; pim-forward changes them later. --wait ssh|agent|console:REGEX returns only once
 the guest answers so, as pim-wait does (the name is printed first; a timeout is exit 75 and
-leaves the VM running).`,
-    examples: ['pim-run dev', 'pim-run ./disk.qcow2 --name scratch --snapshot', 'pim-run dev --bridged', 'pim-run dev --forward 8080:80 --wait ssh', 'pim-run dev --mem 2G --cpus 4 -- -device virtio-balloon'],
+leaves the VM running).
+A running VM holds its image's write lock, so a second VM of that image cannot start, not
+even with --snapshot (exit 75, naming the VM); --clone boots a throwaway qcow2 overlay of
+the image instead (<runtime>/NAME.clone.qcow2, removed with the VM), reading the image
+without its lock: while the other VM runs, the clone may see its writes land.
+--share DIR[:TAG] shares a host directory over virtiofs when virtiofsd is found, else 9p
+(TAG defaults to DIR's name); the guest mounts it with the command pim-run prints, e.g.
+mount -t 9p -o trans=virtio,version=9p2000.L TAG /mnt/TAG (the guest kernel needs 9p or
+virtiofs). --display gtk|sdl opens a window, --display vnc[:N] serves VNC on 127.0.0.1:5900+N
+only; the default stays headless. --cdrom ISO attaches an ISO as a CD-ROM, after the disk
+in the boot order (a blank disk boots it: a manual install).`,
+    examples: ['pim-run dev', 'pim-run ./disk.qcow2 --name scratch --snapshot', 'pim-run dev --bridged', 'pim-run dev --forward 8080:80 --wait ssh', 'pim-run dev --mem 2G --cpus 4 -- -device virtio-balloon', 'pim-run dev --name dev2 --clone', 'pim-run dev --share .:src --display vnc:1'],
   },
   args: {
     target: { type: 'positional', description: 'a defined VM, an image in the store, or the path of one', required: true, valueHint: 'NAME|IMAGE', complete: imageNames, path: 'file' },
@@ -59,6 +77,10 @@ leaves the VM running).`,
     forward: { type: 'string', repeatable: true, description: 'forward a host port to a guest port (user networking; tcp unless udp:)', valueHint: '[tcp:|udp:][BIND:]HOST:GUEST' },
     wait: { type: 'string', repeatable: true, description: 'return once this answers, as pim-wait --for', valueHint: 'ssh|agent|console:REGEX', complete: waitForms },
     waitTimeout: { type: 'string', description: 'seconds --wait waits (then exit 75; the VM keeps running)', default: '120', valueHint: 'S' },
+    clone: { type: 'boolean', description: 'boot a throwaway overlay of the image (removed with the VM): a second VM of an image in use' },
+    share: { type: 'string', repeatable: true, description: 'share a host directory with the guest (virtiofs, else 9p); how to mount it is printed', valueHint: 'DIR[:TAG]', path: 'dir' },
+    display: { type: 'string', description: 'show the screen: a gtk or sdl window, or VNC on 127.0.0.1:5900+N (default: headless)', valueHint: 'gtk|sdl|vnc[:N]', complete: displayForms },
+    cdrom: { type: 'string', description: 'attach an ISO as a CD-ROM (after the disk in the boot order)', valueHint: 'ISO', path: 'file' },
   },
   async run({ args, data }) {
     // pim-gdb runs this command with `debugger`: QEMU in the foreground under gdb
@@ -115,6 +137,23 @@ leaves the VM running).`,
     if (fors.length && args.console) throw new PimError(EXIT.USAGE, '--wait is for a headless start; --console shows the console itself');
     if (debuggerArgv && (args.console || fors.length)) throw new PimError(EXIT.USAGE, 'pim-gdb runs QEMU in the foreground under gdb: leave out --console and --wait');
     checkWaitable(ref.name, { agent: true, ssh: !bridged }, fors);
+    const display = args.display === undefined ? undefined : parseDisplay(args.display);
+    let cdrom: string | undefined;
+    if (args.cdrom !== undefined) {
+      const { resolve: resolvePath } = await import('node:path');
+      const { statSync } = await import('node:fs');
+      cdrom = resolvePath(args.cdrom);
+      if (!statSync(cdrom, { throwIfNoEntry: false })?.isFile()) throw new PimError(EXIT.NOINPUT, `--cdrom ${cdrom} is not a file; give the path of an ISO`);
+    }
+    // a running VM that boots this very image holds its write lock: not even --snapshot can read it
+    if (!args.clone) {
+      const { listVms } = await import('../lib/vm/state.ts');
+      const { runtimeDirPath } = await import('../lib/core/paths.ts');
+      const user = (await listVms(runtimeDirPath())).find((v) => v.state === 'running' && v.name !== ref.name && v.meta?.image === img.path && !v.meta.clone);
+      if (user) throw new PimError(EXIT.TEMPFAIL, `image ${img.path} is in use by running VM ${user.name}, whose QEMU holds its write lock (so --snapshot cannot read it either); start a throwaway copy with --clone (pim-run ${args.target} --name ${args.name ?? 'NAME'} --clone), or stop ${user.name} first`);
+    }
+    // --share: checked now; 9p arguments, or virtiofsd started under the VM's lock (and stopped again if the start fails)
+    const shares = await planShares(repeated.share ?? [], mem);
     // a pim build's VM: who logs in over SSH (pim-ssh, pim-cp), recorded in the metadata
     let ssh: { user?: string; key?: string } | undefined;
     if (img.build) {
@@ -126,6 +165,7 @@ leaves the VM running).`,
     // the foreground console leaves Ctrl-C to QEMU; a headless start undoes itself on a signal
     // (and under gdb, Ctrl-C is gdb's: it stops QEMU and gives the prompt back)
     const trap = args.console || debuggerArgv ? null : trapSignals();
+    let started = false;
     try {
       const r = await startVm({
         ref,
@@ -135,13 +175,20 @@ leaves the VM running).`,
         accel: args.accel ?? def?.accel,
         net: { bridged, bridge: args.bridge ?? def?.bridge, sshPort, forwards },
         snapshot: Boolean(args.snapshot || def?.snapshot),
+        clone: args.clone,
+        display,
+        ...(cdrom ? { spec: { cdrom } } : {}),
         console: args.console,
         debugger: debuggerArgv,
         extra,
+        prepare: shares.prepare,
         signal: trap?.signal,
         ssh,
       });
       if (typeof r === 'number') return r; // --console: QEMU's own status (under gdb: gdb's)
+      started = true;
+      for (const s of shares.shares) log.info(`share ${s.dir}: in the guest, mount -t ${shares.fs() === '9p' ? '9p -o trans=virtio,version=9p2000.L' : 'virtiofs'} ${s.tag} /mnt/${s.tag}`);
+      if (display?.kind === 'vnc') log.info(`display: VNC on 127.0.0.1:${5900 + display.n} (vnc viewer 127.0.0.1:${display.n})`);
       log.info(`${r.vm.name} started (pid ${r.vm.pid}${r.sshPort ? `, ssh 127.0.0.1:${r.sshPort}` : ''}, ${r.accel})`);
       writeOut(r.vm.name + '\n');
       if (!fors.length) return 0;
@@ -154,7 +201,43 @@ leaves the VM running).`,
       return 0;
     } finally {
       trap?.dispose();
+      if (!started) shares.stop();
     }
   },
 });
+
+/** --display gtk|sdl|vnc[:N] (exit 64 otherwise). */
+export function parseDisplay(s: string): NonNullable<import('../lib/qemu/argv.ts').VmSpec['display']> {
+  if (s === 'gtk' || s === 'sdl') return { kind: s };
+  const m = /^vnc(?::(\d{1,2}))?$/.exec(s);
+  if (m) return { kind: 'vnc', n: Number(m[1] ?? 0) };
+  throw new PimError(EXIT.USAGE, `--display must be gtk, sdl, vnc or vnc:N (N from 0 to 99), not ${JSON.stringify(s)}`);
+}
+
+/**
+ * --share DIR[:TAG]...: each checked now (66 for a missing directory, 64 for a bad tag);
+ * `prepare` (under the VM's lock) gives QEMU's arguments: virtiofs, with one virtiofsd
+ * per share started beside the VM's runtime files, where virtiofsd exists, else 9p.
+ */
+async function planShares(specs: string[], mem: string): Promise<{ shares: Array<{ dir: string; tag: string }>; fs(): '9p' | 'virtiofs'; prepare?: (files: { qmp: string }) => Promise<string[]>; stop(): void }> {
+  if (!specs.length) return { shares: [], fs: () => '9p', stop() {} };
+  const { parseShare, chooseShareFs, ninepArgs, startVirtiofsd, virtiofsArgs } = await import('../lib/qemu/share.ts');
+  const used = new Set<string>();
+  const shares = specs.map((s) => parseShare(s, used));
+  let fs: '9p' | 'virtiofs' = '9p';
+  let stop = () => {};
+  return {
+    shares,
+    fs: () => fs,
+    stop: () => stop(),
+    prepare: async (files) => {
+      const choice = chooseShareFs(undefined);
+      if (choice.fs === '9p' || !choice.virtiofsd) return ninepArgs(shares);
+      const vfs = await startVirtiofsd(choice.virtiofsd, shares, files.qmp.slice(0, -'.qmp'.length));
+      fs = 'virtiofs';
+      stop = () => vfs.stop();
+      return virtiofsArgs(vfs.shares, mem);
+    },
+  };
+}
 

@@ -151,7 +151,7 @@ export async function parseArgv(root: AnyCommand, argv: string[]): Promise<Parse
 // and has no place for examples, details or exit codes. Rewriting its output
 // with regexes would be the fragile patching the tab scripts need, again.
 
-const EXIT_LINE =
+export const EXIT_LINE =
   'Exit codes: 0 ok, 64 usage, 65 bad data, 66 missing input, 69 unavailable, 70 internal, 73 cannot create, 75 busy/timed out, 77 permission, 78 bad config.';
 
 /** No colour when stdout is not a terminal, NO_COLOR is set, or TERM=dumb. */
@@ -182,30 +182,48 @@ function table(rows: Array<[string, string]>): string[] {
   return rows.map(([a, b]) => (b ? `  ${a.padEnd(w)}  ${b}` : `  ${a}`).trimEnd());
 }
 
-export async function renderHelp(n: Node, opts: { color?: boolean } = {}): Promise<string> {
-  const h = (s: string) => (opts.color ? `\x1b[1m${s}\x1b[22m` : s);
-  const lines = [`${h('Usage:')} ${n.name} ${usageLine(n)}`.trimEnd(), ''];
-  if (n.meta.description) lines.push(n.meta.description);
-  if (n.meta.details) lines.push('', n.meta.details.trim());
-  const pos = positionalDefs(n.args).defs.filter(([, d]) => d.description);
-  if (pos.length) lines.push('', h('Arguments:'), ...table(pos.map(([k, d]) => [posName(k, d) + (d.variadic ? '...' : ''), d.description ?? ''])));
-  const opt: Array<[string, string]> = [];
+/** A command's positional arguments that have a description: the word shown, the text. */
+export function argumentRows(n: Node): Array<[string, string]> {
+  return positionalDefs(n.args)
+    .defs.filter(([, d]) => d.description)
+    .map(([k, d]) => [posName(k, d) + (d.variadic ? '...' : ''), d.description ?? '']);
+}
+
+/** A command's options as --help and the man page show them: the flags, the value's name, the text. */
+export function optionRows(n: Node): Array<{ flags: string[]; value: string | null; text: string }> {
+  const rows: Array<{ flags: string[]; value: string | null; text: string }> = [];
   for (const [k, d] of Object.entries(n.args) as Array<[string, PimArg]>) {
     if (d.type === 'positional') continue;
-    let flag = [...aliasesOf(d).map((a) => `-${a}`), `--${kebab(k)}`].join(', ');
-    if (takesValue(d)) flag += ` ${d.valueHint ?? (d.type === 'enum' ? (d.options ?? []).join('|') : 'VALUE')}`;
+    const value = takesValue(d) ? (d.valueHint ?? (d.type === 'enum' ? (d.options ?? []).join('|') : 'VALUE')) : null;
     const notes = [d.repeatable ? 'repeatable' : '', d.default !== undefined && d.type !== 'boolean' ? `default: ${d.default}` : ''].filter(Boolean);
-    opt.push([flag, (d.description ?? '') + (notes.length ? ` (${notes.join('; ')})` : '')]);
+    rows.push({ flags: [...aliasesOf(d).map((a) => `-${a}`), `--${kebab(k)}`], value, text: (d.description ?? '') + (notes.length ? ` (${notes.join('; ')})` : '') });
   }
-  opt.push(['-h, --help', 'show this help']);
-  if (!n.name.includes(' ')) opt.push(['--version', 'print the version']);
-  lines.push('', h('Options:'), ...table(opt));
+  rows.push({ flags: ['-h', '--help'], value: null, text: 'show this help' });
+  if (!n.name.includes(' ')) rows.push({ flags: ['--version'], value: null, text: 'print the version' });
+  return rows;
+}
+
+/** A command's subcommands (or, for the umbrella, the commands it runs): name, summary. */
+export async function commandRows(n: Node): Promise<Array<[string, string]>> {
   const cmds: Array<[string, string]> = [];
   for (const [k, c] of Object.entries(n.subs ?? {})) {
     const m = await resolve(c.meta ?? {});
     if (!m?.hidden) cmds.push([k, m?.description ?? '']);
   }
   if (n.meta.dispatch) cmds.push(...n.meta.dispatch.list());
+  return cmds;
+}
+
+export async function renderHelp(n: Node, opts: { color?: boolean } = {}): Promise<string> {
+  const h = (s: string) => (opts.color ? `\x1b[1m${s}\x1b[22m` : s);
+  const lines = [`${h('Usage:')} ${n.name} ${usageLine(n)}`.trimEnd(), ''];
+  if (n.meta.description) lines.push(n.meta.description);
+  if (n.meta.details) lines.push('', n.meta.details.trim());
+  const pos = argumentRows(n);
+  if (pos.length) lines.push('', h('Arguments:'), ...table(pos));
+  const opt = optionRows(n).map((r): [string, string] => [r.flags.join(', ') + (r.value ? ` ${r.value}` : ''), r.text]);
+  lines.push('', h('Options:'), ...table(opt));
+  const cmds = await commandRows(n);
   if (cmds.length) lines.push('', h('Commands:'), ...table(cmds), '', `"${n.name} COMMAND --help" shows a command's options.`);
   if (n.meta.examples?.length) lines.push('', h('Examples:'), ...n.meta.examples.map((e) => `  ${e}`));
   lines.push('', EXIT_LINE);

@@ -22,7 +22,7 @@ import { aliasesOf, findSub, flagTable, isFlag, kebab, node, positionalDefs, typ
 import { writeOut } from './output.ts';
 import { EXIT, PimError } from '../core/exit.ts';
 
-export const DIRECTIVE = { files: 0, noFiles: 4, dirs: 16 } as const;
+export const DIRECTIVE = { files: 0, noSpace: 2, noFiles: 4, dirs: 16 } as const;
 
 export async function completion(cmd: AnyCommand, argv: string[]): Promise<void> {
   const root = await node(cmd);
@@ -120,8 +120,25 @@ export async function answer(root: Node, words: string[]): Promise<string> {
   const last = defs[defs.length - 1];
   const def = seen.length < defs.length ? defs[seen.length]![1] : last?.[1].variadic ? last[1] : undefined;
   if (!def) return format([], '', DIRECTIVE.noFiles);
+  if (def.remote) return remoteWord(def, seen, cur);
   const { cands, directive } = await valuesOf(def, seen);
   return format(cands, cur, directive);
+}
+
+/**
+ * An scp-style word (ArgExtras.remote): `[USER@]NAME:path` or a local path. A
+ * remote word gets nothing (the guest's files are not listed, and the host's
+ * must not be offered); otherwise the VM names complete as `[USER@]NAME:`
+ * with no space after them (more of the word follows), and host paths as usual.
+ */
+async function remoteWord(def: PimArg, seen: readonly string[], cur: string): Promise<string> {
+  const colon = cur.indexOf(':');
+  const slash = cur.indexOf('/');
+  if (colon >= 0 && (slash < 0 || colon < slash)) return format([], '', DIRECTIVE.noFiles);
+  const at = /^[^/]*@/.exec(cur)?.[0] ?? '';
+  const cands = (await collect(def.complete, seen)).map(([v, d]): Cand => [`${at}${v}:`, d]);
+  const hit = cands.some(([v]) => v.startsWith(cur));
+  return format(cands, cur, hit ? DIRECTIVE.files | DIRECTIVE.noSpace : DIRECTIVE.files);
 }
 
 // --- the scripts -------------------------------------------------------------
@@ -159,9 +176,22 @@ export function patchBash(script: string, name: string): string {
     [
       '    local cur prev words cword',
       '    if declare -F _get_comp_words_by_ref >/dev/null 2>&1; then',
-      '        _get_comp_words_by_ref -n "=:" cur prev words cword',
+      '        _get_comp_words_by_ref -n "=:@" cur prev words cword',
       '    else',
       '        words=("${COMP_WORDS[@]}"); cword=$COMP_CWORD; cur=${COMP_WORDS[COMP_CWORD]-}',
+      "        # bash splits words at ':' and '@' (COMP_WORDBREAKS): join USER @ NAME : path back into one word",
+      '        local __pim_i __pim_x __pim_sp __pim_rest=${COMP_LINE-}',
+      '        local -a __pim_w=()',
+      '        for ((__pim_i = 0; ${#__pim_rest} && __pim_i <= COMP_CWORD && __pim_i < ${#COMP_WORDS[@]}; __pim_i++)); do',
+      '            __pim_x=${COMP_WORDS[__pim_i]}',
+      '            __pim_sp=${__pim_rest%%[![:space:]]*}; __pim_rest=${__pim_rest#"$__pim_sp"}; __pim_rest=${__pim_rest#"$__pim_x"}',
+      '            if ((__pim_i > 0)) && [ -z "$__pim_sp" ] && { [[ ${__pim_x:0:1} == [:@] ]] || [[ ${__pim_w[-1]: -1} == [:@] ]]; }; then',
+      '                __pim_w[-1]+=$__pim_x',
+      '            else',
+      '                __pim_w+=("$__pim_x")',
+      '            fi',
+      '        done',
+      '        if ((${#__pim_w[@]})); then words=("${__pim_w[@]}"); cword=$((${#__pim_w[@]} - 1)); cur=${__pim_w[cword]}; fi',
       '    fi',
       '',
       '    local out directive',
@@ -172,6 +202,20 @@ export function patchBash(script: string, name: string): string {
     'words as arguments, no eval',
   );
   s = must(s, /^complete -F (\S+) (\S+)$/m, 'complete -o default -F $1 $2', 'file names when the answer allows them');
+  s = must(
+    s,
+    /^( {4}COMPREPLY=\( \$\(compgen -W "\$\{completions\[\*\]\}" -- "\$cur"\) \)\n)/m,
+    (_m, line) =>
+      line +
+      [
+        "    # readline replaces only the end of the word, after its last ':' or from its last '@' (COMP_WORDBREAKS): drop what comes before",
+        '    local __pim_p=${cur%"${COMP_WORDS[COMP_CWORD]-}"}',
+        '    __pim_p=${__pim_p%@}',
+        '    if [ -n "$__pim_p" ] && [ "$__pim_p" != "$cur" ]; then COMPREPLY=("${COMPREPLY[@]#"$__pim_p"}"); fi',
+        '',
+      ].join('\n'),
+    "candidates with ':' or '@' in them",
+  );
   // and what must be gone whatever tab writes next
   for (const [bad, why] of [
     [/^readonly /m, 'a readonly global'],
@@ -183,7 +227,17 @@ export function patchBash(script: string, name: string): string {
   return s;
 }
 
-/** The completion script for NAME in SHELL, as tab writes it (bash: with pim's fixes). */
+/**
+ * The fix to tab's zsh script: it meant to escape a ':' in a candidate for
+ * _describe (where ':' starts the description) with `${comp//:/\:}`, but
+ * zsh takes that backslash as quoting, so `pim-cp pim<TAB>` completed
+ * `pim-demo` and dropped the colon. Must apply (like patchBash).
+ */
+export function patchZsh(script: string): string {
+  return must(script, /comp=\$\{comp\/\/:\/\\:\}/, 'comp=${comp//:/\\\\:}', "a ':' in a candidate kept");
+}
+
+/** The completion script for NAME in SHELL, as tab writes it (bash and zsh: with pim's fixes). */
 export async function shellScript(name: string, shell: string): Promise<string> {
   const { default: t } = await import('@bomb.sh/tab');
   // tab prints the script with console.log: catch it
@@ -197,5 +251,5 @@ export async function shellScript(name: string, shell: string): Promise<string> 
   }
   const script = out.join('\n') + '\n';
   if (!script.includes(`${name} complete --`)) throw new PimError(EXIT.SOFTWARE, `tab's ${shell} script does not call "${name} complete --"; update lib/cli/complete.ts`);
-  return shell === 'bash' ? patchBash(script, name) : script;
+  return shell === 'bash' ? patchBash(script, name) : shell === 'zsh' ? patchZsh(script) : script;
 }

@@ -59,6 +59,12 @@ export interface ArgExtras {
   complete?: Completer;
   /** the shell completes paths here: files (when no candidate matches) or directories */
   path?: 'file' | 'dir';
+  /**
+   * scp-style words (pim-cp): a local path or [USER@]NAME:path. The candidates
+   * (VM names) complete as `NAME:` with no space after it, and a word that is
+   * already remote (a ':' before any '/') gets no host file names.
+   */
+  remote?: boolean;
 }
 export type PimArg = ArgDef & ArgExtras;
 

@@ -38,6 +38,8 @@ export const RUNTIME_EXT = {
   lock: '.lock',
   /** a copy of the image's UEFI vars, for a --snapshot run (the image's own stay untouched) */
   efivars: '.efivars.fd',
+  /** a --clone run's disk: a throwaway overlay of the image, removed when the VM is gone */
+  clone: '.clone.qcow2',
   /** a directory for what a start needs only until QEMU has it (kboot's initrd and FIFO) */
   stage: '.stage',
   /** a private directory for pim-ssh and pim-cp: the ssh config, the pinned known_hosts, the control sockets (lib/vm/reach.ts) */

@@ -25,6 +25,18 @@ export async function createOverlay(path: string, backing: string, backingFormat
   if (r.code !== 0) throw failure(`cannot create the overlay ${path}`, r.stderr);
 }
 
+/**
+ * A qcow2 overlay of `backing` made without opening it for writing's lock
+ * (`-u`, the size read with `info -U`): `backing` may be the disk of a
+ * running VM (pim-run --clone).
+ */
+export async function createOverlayUnlocked(path: string, backing: string, backingFormat: 'qcow2' | 'raw'): Promise<void> {
+  const { run } = await import('../core/run.ts');
+  const size = (await imgInfo(backing))['virtual-size'];
+  const r = await run(qemuImg(), ['create', '-q', '-f', 'qcow2', '-F', backingFormat, '-b', backing, '-u', path, String(size)], { hint: HINT });
+  if (r.code !== 0) throw failure(`cannot create the overlay ${path}`, r.stderr);
+}
+
 export interface ImgInfo {
   'virtual-size': number;
   'actual-size'?: number;

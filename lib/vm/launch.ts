@@ -100,7 +100,8 @@ export function qemuFailure(res: VmRef, status: number, sudo: boolean, spec: Pic
   }
   const qline = [...tail].reverse().find((l) => /qemu-system|qemu:|error/i.test(l)) ?? tail[tail.length - 1] ?? `exit status ${status}`;
   if (/Failed to get "write" lock|Is another process using the image/.test(tail.join('\n'))) {
-    return new PimError(EXIT.TEMPFAIL, `the image is in use by another VM (${qline.trim()}); stop that VM or use --snapshot`);
+    // --snapshot still reads the image, which the running QEMU's write lock forbids: only a clone (an overlay read without the lock) starts
+    return new PimError(EXIT.TEMPFAIL, `the image is in use by another QEMU (${qline.trim()}); start a throwaway copy with pim-run --clone, or stop that VM first`);
   }
   if (spec.net.mode === 'bridge' && /bridge helper failed/i.test(tail.join('\n'))) return bridgeFailure(tail, spec.net.bridge ?? '?');
   if (spec.accel === 'kvm' && isKvmFailure(tail.join('\n'))) {

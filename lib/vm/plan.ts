@@ -95,6 +95,10 @@ export interface StartRequest {
   accel?: string;
   net: NetRequest;
   snapshot?: boolean;
+  /** boot a throwaway overlay of the disk (made under the VM's lock, removed with the VM), reading the disk without its lock */
+  clone?: boolean;
+  /** a display: a window or VNC (pim-run --display); default none */
+  display?: VmSpec['display'];
   console?: boolean;
   /** QEMU in the foreground under this program (pim-gdb; lib/vm/launch.ts): returns its status */
   debugger?: string[];
@@ -106,6 +110,8 @@ export interface StartRequest {
   /** more of the VM: direct kernel boot, a CD, more disks, -no-reboot (pim-build's first boot) */
   spec?: Partial<Pick<VmSpec, 'kernel' | 'cdrom' | 'drives' | 'noReboot' | 'machine' | 'rng'>>;
   extra?: string[];
+  /** run under the VM's lock, after its stale files are gone and before QEMU starts: more QEMU arguments (pim-run --share starts virtiofsd here) */
+  prepare?: (files: Reservation['files']) => Promise<string[]>;
   signal?: AbortSignal;
   /** who logs in over SSH and with which key, for pim-ssh and pim-cp (lib/vm/reach.ts), when known */
   ssh?: { user?: string; key?: string };
@@ -136,10 +142,16 @@ export async function startVm(req: StartRequest): Promise<{ vm: RunningVm; accel
   }
   const res = await reserveVm(req.ref);
   try {
+    if (req.clone && req.disk) {
+      const { createOverlayUnlocked } = await import('../image/qemu-img.ts');
+      await createOverlayUnlocked(res.files.clone, req.disk.path, req.disk.format);
+      req = { ...req, disk: { ...req.disk, path: res.files.clone, format: 'qcow2' }, image: req.image ?? req.disk.path };
+    }
+    if (req.prepare) req = { ...req, extra: [...(await req.prepare(res.files)), ...(req.extra ?? [])] };
     let uefi: { code: string; vars: string } | undefined;
     if (req.disk?.efivars) {
       let vars = req.disk.efivars;
-      if (req.snapshot) {
+      if (req.snapshot || req.clone) {
         // a snapshot run must not change the image's vars either: a copy, made under the lock
         copyFileSync(req.disk.efivars, res.files.efivars);
         vars = res.files.efivars;
@@ -190,7 +202,8 @@ function request(req: StartRequest, np: NetPlan, accel: Accel, uefi: { code: str
       accel,
       mem: req.mem,
       cpus: req.cpus,
-      disk: req.disk ? { path: req.disk.path, format: req.disk.format, snapshot: Boolean(req.snapshot) } : undefined,
+      disk: req.disk ? { path: req.disk.path, format: req.disk.format, snapshot: Boolean(req.snapshot), unlockedBacking: Boolean(req.clone) } : undefined,
+      display: req.display,
       uefi,
       agent,
       net: np.net,
@@ -211,6 +224,7 @@ function request(req: StartRequest, np: NetPlan, accel: Accel, uefi: { code: str
       mem: req.mem,
       cpus: req.cpus,
       snapshot: Boolean(req.snapshot),
+      ...(req.clone ? { clone: true } : {}),
       ...(req.ssh?.user ? { ssh_user: req.ssh.user } : {}),
       ...(req.ssh?.key ? { ssh_key: req.ssh.key } : {}),
     },

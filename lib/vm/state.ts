@@ -6,6 +6,7 @@
  * runtime dir is ignored).
  */
 import { closeSync, fstatSync, readSync, readdirSync, rmSync } from 'node:fs';
+import { basename, dirname, join } from 'node:path';
 import { RUNTIME_EXT, type VmFiles } from '../core/paths.ts';
 import { isOurProcess, readPidfile } from '../core/proc.ts';
 import { lockHeld } from '../core/lock.ts';
@@ -28,6 +29,8 @@ export interface VmMeta {
   mem: string;
   cpus: number;
   snapshot: boolean;
+  /** the disk is a throwaway overlay of `image` (pim-run --clone), which this VM does not lock */
+  clone?: boolean;
   owner: { uid: number; user: string };
   started: string; // ISO time
   /** user-mode port forwards besides SSH (pim-run --forward, pim-forward); absent: none */
@@ -84,7 +87,16 @@ export async function vmInfo(ref: VmRef): Promise<VmInfo> {
 
 /** Remove what a dead VM left behind (keeps the log for a post-mortem). */
 export function cleanupFiles(files: VmFiles): void {
-  for (const k of ['qmp', 'ga', 'serial', 'pid', 'meta', 'efivars'] as const) rmSync(files[k], { force: true });
+  for (const k of ['qmp', 'ga', 'serial', 'pid', 'meta', 'efivars', 'clone'] as const) rmSync(files[k], { force: true });
+  // virtiofsd's sockets for pim-run --share: NAME.vfsN.sock
+  const { dir, base } = { dir: dirname(files.qmp), base: basename(files.qmp, RUNTIME_EXT.qmp) };
+  let names: string[] = [];
+  try {
+    names = readdirSync(dir);
+  } catch {
+    /* no runtime dir */
+  }
+  for (const f of names) if (f.startsWith(`${base}.vfs`) && /^\.vfs\d+\.sock$/.test(f.slice(base.length))) rmSync(join(dir, f), { force: true });
   // directories of the VM's own (rmSync does not follow a symlink planted in their place: it removes the link)
   rmSync(files.stage, { recursive: true, force: true });
   rmSync(files.ssh, { recursive: true, force: true });

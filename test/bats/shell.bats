@@ -284,7 +284,31 @@ commands_aligned() {
   grep -Eq '^COMMAND +SUMMARY$' "$PIM_TMP/fzf.log"
 }
 
+@test "bash: pim-cp w<TAB> gives web1: with no space; NAME:/path gets no host file names" {
+  cd "$PIM_TMP/files"
+  run bcomplete 'pim-cp w' "$REPO/shell/pim.bash"
+  [ "$output" = "pim-cp web1:" ]
+  run bcomplete 'pim-cp root@w' "$REPO/shell/pim.bash"
+  [ "$output" = "pim-cp root@web1:" ]
+  # bash splits the word at ':': the guest's /et is not the host's /etc/
+  run bcomplete 'pim-cp web1:/et' "$REPO/shell/pim.bash"
+  [ "$output" = "pim-cp web1:/et" ]
+  # a local path still completes from the host
+  run bcomplete 'pim-cp ./di' "$REPO/shell/pim.bash"
+  [ "$output" = "pim-cp ./disk.qcow2 " ]
+}
+
 # --- zsh ---------------------------------------------------------------------
+
+@test "zsh: pim-cp w<TAB> gives web1: with no space (the colon kept); NAME:/path gets no host file names" {
+  cd "$PIM_TMP/files"
+  run zcomplete -s 'pim-cp w' "$REPO/shell/pim.zsh"
+  [ "$output" = "web1:|nospace" ]
+  run zcomplete 'pim-cp web1:/et' "$REPO/shell/pim.zsh"
+  [ "$output" = "" ]
+  run zcomplete 'pim-cp ./di' "$REPO/shell/pim.zsh"
+  [[ "$output" == *disk.qcow2* ]]
+}
 
 @test "zsh: pim-stop <TAB>, pim-stop --t<TAB>, pim st<TAB>, pim stop <TAB>" {
   run zcomplete 'pim-stop ' "$REPO/shell/pim.zsh"
@@ -377,6 +401,13 @@ commands_aligned() {
 @test "fish: complete -C 'pim-stop ' and 'pim stop w'" {
   run fish -N -c 'source $argv[1]/pim-stop.fish; source $argv[1]/pim.fish; complete -C "pim-stop "; complete -C "pim stop w"' "$REPO/completions/fish"
   [ "$output" = $'db2\tVM\nweb1\tVM\nweb1\tVM' ]
+}
+
+@test "fish: pim-cp w<TAB> gives web1: (fish adds no space after ':'); web1:/et<TAB> offers no host files" {
+  cd "$PIM_TMP/files"
+  run fish -N -c 'source $argv[1]/pim-cp.fish; complete -C "pim-cp w"; echo ---; complete -C "pim-cp web1:/et"; echo ---; complete -C "pim-cp ./di"' "$REPO/completions/fish"
+  echo "$output"
+  [ "$output" = $'web1:\tVM\n---\n---\n./disk.qcow2' ]
 }
 
 @test "fish: subcommands, catalog and build names, file names for paths" {

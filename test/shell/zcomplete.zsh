@@ -1,11 +1,13 @@
 #!/usr/bin/env zsh
 # Drives a real interactive zsh in a pseudo-terminal (zsh/zpty) and presses TAB.
 #
-#   zsh -f test/shell/zcomplete.zsh [-b] LINE [FILE...]
+#   zsh -f test/shell/zcomplete.zsh [-b|-s] LINE [FILE...]
 #
 # A fresh `zsh -f -i` runs compinit, sources each FILE, and gets LINE then TAB.
 # Prints the candidates the completion system added (one a line, sorted), or
-# with -b the command line (BUFFER) after the TAB, e.g. after fzf inserted names.
+# with -b the command line (BUFFER) after the TAB, e.g. after fzf inserted names,
+# or with -s each candidate and what follows it once inserted: `VALUE|nospace`
+# when it was added with an empty suffix (compadd -S ''), else `VALUE|space`.
 # No fixed sleeps: each wait ends on a condition (the completion's own end:
 # comppostfuncs, or the TAB widget having returned), bounded by 30 s times
 # PIM_TEST_SLOW (default 1) only to end a test that hangs. Exit 1 then.
@@ -13,6 +15,7 @@ emulate -L zsh
 zmodload zsh/zpty || exit 1
 local mode=cands
 if [[ $1 == -b ]]; then mode=buffer; shift; fi
+if [[ $1 == -s ]]; then mode=suffix; shift; fi
 local line=$1; shift
 local tmp=$(mktemp -d /tmp/pimz.XXXXXX)
 local out=$tmp/out done=$tmp/done
@@ -28,6 +31,15 @@ local out=$tmp/out done=$tmp/done
       if [[ ${@[1,(i)(-|--)]} == *-(O|A|D)\ * ]]; then builtin compadd "$@"; return; fi
       local -a __h; builtin compadd -A __h "$@"; builtin compadd "$@"; local r=$?
       (( $#__h )) && print -rl -- $__h >> '$out'; return r; }'
+    print -r -- "__t_done() { : > $done; exit }; comppostfuncs=(__t_done)"
+  elif [[ $mode == suffix ]]; then
+    # the same, with the suffix each candidate was added with
+    print -r -- 'compadd() {
+      if [[ ${@[1,(i)(-|--)]} == *-(O|A|D)\ * ]]; then builtin compadd "$@"; return; fi
+      local -a __h; builtin compadd -A __h "$@"; builtin compadd "$@"; local r=$?
+      local __s=space __i
+      for (( __i = 1; __i < $#; __i++ )); do [[ ${@[__i]} == -S && -z ${@[__i+1]} ]] && __s=nospace; done
+      (( $#__h )) && print -rl -- ${^__h}"|$__s" >> '$out'; return r; }'
     print -r -- "__t_done() { : > $done; exit }; comppostfuncs=(__t_done)"
   else
     # TAB runs what it is bound to (fzf-completion, say) and then writes the
@@ -47,5 +59,5 @@ while (( SECONDS < end )); do
 done
 zpty -d z 2>/dev/null
 if [[ ! -e $done ]]; then rm -rf $tmp; print -u2 "zcomplete: timed out"; exit 1; fi
-if [[ $mode == cands ]]; then sort -u $out; else cat $out; fi
+if [[ $mode != buffer ]]; then sort -u $out; else cat $out; fi
 rm -rf $tmp

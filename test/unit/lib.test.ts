@@ -64,6 +64,7 @@ describe('paths', () => {
       meta: '/r/pim/dev.json',
       lock: '/r/pim/dev.lock',
       efivars: '/r/pim/dev.efivars.fd',
+      clone: '/r/pim/dev.clone.qcow2',
       stage: '/r/pim/dev.stage',
       ssh: '/r/pim/dev.ssh',
     });

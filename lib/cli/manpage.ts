@@ -1,0 +1,225 @@
+/**
+ * A command's manual, made from its definition (the same meta, args and
+ * subcommands that --help renders, lib/cli/command.ts): a man page in roff
+ * (`man 1 pim-run`) and a Markdown page for readers on the web (docs/).
+ * build.mjs writes them for every executable, as lima writes its CLI
+ * reference from its command tree: one source for each fact.
+ *
+ * The roff is written here rather than converted from Markdown (marked-man,
+ * remark-man): the definition is already structured (each option a tagged
+ * paragraph, examples verbatim), so a converter would only parse back what
+ * was just written, and the escaping roff needs is a few rules (below).
+ */
+import { argumentRows, optionRows, usageLine, VERSION } from './command.ts';
+import { findSub, node, type AnyCommand, type Node } from './tree.ts';
+
+/** Every exit status pim uses (lib/core/exit.ts), with what it means. */
+export const EXIT_STATUS: Array<[number, string]> = [
+  [0, 'success'],
+  [1, 'a yes/no check said no'],
+  [64, 'usage error: a bad flag or argument'],
+  [65, 'bad data'],
+  [66, 'missing input: no such VM, image, file or build'],
+  [69, 'unavailable: the VM is not running, the agent does not answer, a tool is missing'],
+  [70, 'internal error'],
+  [73, 'cannot create a file or directory'],
+  [75, 'temporary failure: busy, in use, or timed out'],
+  [77, 'permission denied (sudo refused)'],
+  [78, 'bad configuration'],
+  [79, 'deploy rolled back'],
+];
+
+/** The node and every subcommand under it, depth first (a subcommand's name is `pim-vm list`). */
+async function walk(n: Node): Promise<Node[]> {
+  const out = [n];
+  for (const k of Object.keys(n.subs ?? {})) {
+    const s = await findSub(n, k);
+    if (s) out.push(...(await walk(s)));
+  }
+  return out;
+}
+
+/** Paragraphs of a details text: plain ones (filled) and indented ones (kept as they are). */
+function paragraphs(text: string): Array<{ pre: boolean; text: string }> {
+  const out: Array<{ pre: boolean; text: string }> = [];
+  for (const block of text.trim().split(/\n\s*\n/)) {
+    let cur: { pre: boolean; lines: string[] } | null = null;
+    for (const line of block.split('\n')) {
+      const pre = /^\s/.test(line);
+      if (!cur || cur.pre !== pre) {
+        if (cur) out.push({ pre: cur.pre, text: cur.lines.join('\n') });
+        cur = { pre, lines: [] };
+      }
+      cur.lines.push(line);
+    }
+    if (cur) out.push({ pre: cur.pre, text: cur.lines.join('\n') });
+  }
+  return out;
+}
+
+/** pim commands named in a text (for SEE ALSO), not `self`. */
+function mentioned(texts: string[], known: Set<string>, self: string): string[] {
+  const seen = new Set<string>();
+  for (const t of texts) for (const m of t.matchAll(/\bpim-[a-z]+\b/g)) if (known.has(m[0]) && m[0] !== self) seen.add(m[0]);
+  return [...seen].sort();
+}
+
+// --- roff --------------------------------------------------------------------
+
+/**
+ * Text for roff: a backslash is `\e`, every hyphen `\-` (a hyphen would be
+ * typeset as U+2010 and break a flag copied from the page), and a line that
+ * starts with `.` or `'` (a request) is protected with `\&`.
+ */
+export function roffEscape(s: string): string {
+  return s
+    .replace(/\\/g, '\\e')
+    .replace(/-/g, '\\-')
+    .split('\n')
+    .map((l) => (/^[.']/.test(l) ? `\\&${l}` : l))
+    .join('\n');
+}
+const bold = (s: string) => `\\fB${roffEscape(s)}\\fR`;
+const ital = (s: string) => `\\fI${roffEscape(s)}\\fR`;
+
+function roffParas(text: string): string[] {
+  const out: string[] = [];
+  for (const p of paragraphs(text)) {
+    if (out.length) out.push('.PP');
+    if (p.pre) out.push('.RS 4', '.nf', roffEscape(p.text.replace(/^\s+/gm, '')), '.fi', '.RE');
+    else out.push(roffEscape(p.text.split('\n').map((l) => l.trim()).join('\n')));
+  }
+  return out;
+}
+
+function roffSection(n: Node, sub: boolean): string[] {
+  const l: string[] = [];
+  const head = (t: string) => l.push(sub ? `.SS "${roffEscape(t).replace(/"/g, '\\(dq')}"` : `.SH ${t.toUpperCase()}`);
+  if (sub) {
+    head(`${n.name} ${usageLine(n)}`.trim());
+    if (n.meta.description) l.push(roffEscape(n.meta.description));
+    if (n.meta.details) l.push('.PP', ...roffParas(n.meta.details));
+  }
+  const args = argumentRows(n);
+  if (args.length) {
+    if (sub) l.push('.PP', 'Arguments:');
+    else head('Arguments');
+    for (const [w, t] of args) l.push('.TP', ital(w), roffEscape(t));
+  }
+  if (sub) l.push('.PP', 'Options:');
+  else head('Options');
+  for (const r of optionRows(n)) l.push('.TP', r.flags.map(bold).join(', ') + (r.value ? ` ${ital(r.value)}` : ''), roffEscape(r.text));
+  return l;
+}
+
+/** The man page (section 1) of `cmd`. `commands`: the umbrella's list (name -> summary), which build.mjs has. */
+export async function manPage(cmd: AnyCommand, opts: { commands?: Record<string, string> } = {}): Promise<string> {
+  const n = await node(cmd);
+  const name = n.name;
+  const l = [
+    `.\\" Generated by build.mjs from cmds/${name}.ts (lib/cli/manpage.ts); do not edit.`,
+    `.TH ${roffEscape(name.toUpperCase())} 1 "" "pim ${roffEscape(VERSION)}" "pim manual"`,
+    ".nh",
+    ".ad l",
+    '.SH NAME',
+    `${roffEscape(name)} \\- ${roffEscape(n.meta.description ?? '')}`,
+    '.SH SYNOPSIS',
+    `.B ${roffEscape(name)}`,
+    roffEscape(usageLine(n)),
+    '.SH DESCRIPTION',
+    roffEscape(n.meta.description ?? ''),
+  ];
+  if (n.meta.details) l.push('.PP', ...roffParas(n.meta.details));
+  l.push(...roffSection(n, false));
+  const subs = (await walk(n)).slice(1);
+  if (subs.length) {
+    l.push('.SH COMMANDS');
+    for (const s of subs) l.push(...roffSection(s, true));
+  }
+  if (n.meta.dispatch && opts.commands) {
+    l.push('.SH COMMANDS');
+    for (const [c, d] of Object.entries(opts.commands)) if (c !== name) l.push('.TP', bold(c.replace(/^pim-/, '')), `${roffEscape(d)} See ${bold(c)}(1).`);
+  }
+  const examples = [n, ...subs].flatMap((x) => x.meta.examples ?? []);
+  if (examples.length) l.push('.SH EXAMPLES', '.RS 4', '.nf', ...examples.map(roffEscape), '.fi', '.RE');
+  l.push('.SH EXIT STATUS');
+  for (const [c, t] of EXIT_STATUS) l.push('.TP', `.B ${c}`, roffEscape(t));
+  const known = new Set(Object.keys(opts.commands ?? {}));
+  const see = [...new Set([...(name === 'pim' ? [] : ['pim']), ...mentioned([n, ...subs].map((x) => `${x.meta.details ?? ''} ${x.meta.description ?? ''}`), known, name)])];
+  if (see.length) l.push('.SH SEE ALSO', see.map((s) => `${bold(s)}(1)`).join(', '));
+  return l.join('\n') + '\n';
+}
+
+// --- Markdown ------------------------------------------------------------------
+
+/** Text for Markdown, outside code: the characters that would start markup are escaped. */
+const mdEscape = (s: string) => s.replace(/([\\`*_[\]<>|])/g, '\\$1');
+const code = (s: string) => (s.includes('`') ? `\`\` ${s} \`\`` : `\`${s}\``);
+
+function mdParas(text: string): string[] {
+  return paragraphs(text).map((p) =>
+    p.pre
+      ? '```\n' + p.text.replace(/^\s+/gm, '') + '\n```'
+      : mdEscape(
+          p.text
+            .split('\n')
+            .map((x) => x.trim())
+            .join(' '),
+        ),
+  );
+}
+
+function mdSection(n: Node, level: string): string[] {
+  const l: string[] = [];
+  const args = argumentRows(n);
+  if (args.length) l.push(`${level} Arguments`, args.map(([w, t]) => `- ${code(w)}: ${mdEscape(t)}`).join('\n'));
+  l.push(`${level} Options`, optionRows(n).map((r) => `- ${code(r.flags.join(', ') + (r.value ? ` ${r.value}` : ''))}: ${mdEscape(r.text)}`).join('\n'));
+  return l;
+}
+
+/** The Markdown page of `cmd` (docs/NAME.md): the same sections as the man page. */
+export async function markdownPage(cmd: AnyCommand, opts: { commands?: Record<string, string> } = {}): Promise<string> {
+  const n = await node(cmd);
+  const name = n.name;
+  const l = [
+    `<!-- Generated by build.mjs from cmds/${name}.ts (lib/cli/manpage.ts); do not edit. -->`,
+    `# ${name}`,
+    mdEscape(n.meta.description ?? ''),
+    '## Synopsis',
+    '```\n' + `${name} ${usageLine(n)}`.trim() + '\n```',
+  ];
+  if (n.meta.details) l.push('## Description', ...mdParas(n.meta.details));
+  l.push(...mdSection(n, '##'));
+  const subs = (await walk(n)).slice(1);
+  if (subs.length) {
+    l.push('## Commands');
+    for (const s of subs) {
+      l.push(`### ${s.name}`, '```\n' + `${s.name} ${usageLine(s)}`.trim() + '\n```');
+      if (s.meta.description) l.push(mdEscape(s.meta.description));
+      if (s.meta.details) l.push(...mdParas(s.meta.details));
+      l.push(...mdSection(s, '####'));
+    }
+  }
+  if (n.meta.dispatch && opts.commands) {
+    l.push('## Commands', Object.entries(opts.commands).filter(([c]) => c !== name).map(([c, d]) => `- [${c}](${c}.md): ${mdEscape(d)}`).join('\n'));
+  }
+  const examples = [n, ...subs].flatMap((x) => x.meta.examples ?? []);
+  if (examples.length) l.push('## Examples', '```sh\n' + examples.join('\n') + '\n```');
+  l.push('## Exit status', EXIT_STATUS.map(([c, t]) => `- ${c}: ${mdEscape(t)}`).join('\n'));
+  const known = new Set(Object.keys(opts.commands ?? {}));
+  const see = [...new Set([...(name === 'pim' ? [] : ['pim']), ...mentioned([n, ...subs].map((x) => `${x.meta.details ?? ''} ${x.meta.description ?? ''}`), known, name)])];
+  if (see.length) l.push('## See also', see.map((s) => `[${s}](${s}.md)`).join(', '));
+  return l.join('\n\n') + '\n';
+}
+
+/** docs/README.md: the index of the command pages. */
+export function markdownIndex(commands: Record<string, string>): string {
+  return [
+    '<!-- Generated by build.mjs from cmds/*.ts (lib/cli/manpage.ts); do not edit. -->',
+    '# pim command reference',
+    'One page per executable, made from its definition, as its man page is (`man pim-run`).',
+    Object.entries(commands)
+      .map(([c, d]) => `- [${c}](${c}.md): ${mdEscape(d)}`)
+      .join('\n'),
+  ].join('\n\n') + '\n';
+}
