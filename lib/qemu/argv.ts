@@ -48,7 +48,7 @@ export interface VmSpec {
   machine?: string;
   files: { qmp: string; ga: string; serial: string; pid: string; log: string };
   /** disk image and its format; absent for direct kernel boot */
-  disk?: { path: string; format: string; snapshot: boolean };
+  disk?: { path: string; format: string; snapshot: boolean; discard?: boolean };
   /** UEFI firmware: code (read-only) and this VM's vars */
   uefi?: { code: string; vars: string };
   kernel?: { kernel: string; initrd?: string; append?: string };
@@ -93,7 +93,7 @@ export function buildQemuArgv(s: VmSpec): string[] {
     a.push('-drive', qemuOpt(null, { if: 'pflash', format: 'raw', file: s.uefi.vars }));
   }
   if (s.disk) {
-    a.push('-drive', qemuOpt(null, { file: s.disk.path, format: s.disk.format, if: 'none', id: 'disk0', snapshot: s.disk.snapshot || undefined }));
+    a.push('-drive', qemuOpt(null, { file: s.disk.path, format: s.disk.format, if: 'none', id: 'disk0', snapshot: s.disk.snapshot || undefined, discard: s.disk.discard ? 'unmap' : undefined }));
     // direct kernel boot takes boot index 0 itself (QEMU's linuxboot ROM): the disk comes after it
     a.push('-device', `virtio-blk-pci,drive=disk0,bootindex=${s.kernel ? 1 : 0}`);
   }
