@@ -15,6 +15,8 @@
 # (the test bed dir is ${PIM_TESTBED_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/pim/testbed};
 # this image is kept beside it, never in it):
 #   debian-12-cloud.qcow2   the image (compressed qcow2, about 200 MiB)
+#   root-KEY.tar{,.versions} mmdebstrap's root file system and its package list, kept
+#                           by a hash of the mmdebstrap arguments
 #   stamp                   written last: hash=<sha256 of this script>, the package versions
 #
 # A build whose stamp still matches does nothing; PIM_TESTBED_FORCE=1 rebuilds.
@@ -85,18 +87,32 @@ start=$(date +%s)
 pkgs=(linux-image-cloud-amd64 systemd-sysv udev dbus cloud-init cloud-guest-utils
 	qemu-guest-agent openssh-server sudo grub-pc e2fsprogs fdisk ifupdown isc-dhcp-client
 	iproute2 netbase procps less ca-certificates)
-log "mmdebstrap $suite: ${pkgs[*]}"
-mmdebstrap --variant=minbase --mode=root --format=tar \
-	--aptopt='APT::Install-Recommends "false"' \
-	--dpkgopt='path-exclude=/usr/share/man/*' --dpkgopt='path-exclude=/usr/share/locale/*' \
-	--dpkgopt='path-include=/usr/share/locale/locale.alias' \
-	--dpkgopt='path-exclude=/usr/share/doc/*' --dpkgopt='path-include=/usr/share/doc/*/copyright' \
+mmargs=(--variant=minbase --mode=root --format=tar
+	--aptopt='APT::Install-Recommends "false"'
+	--dpkgopt='path-exclude=/usr/share/man/*' --dpkgopt='path-exclude=/usr/share/locale/*'
+	--dpkgopt='path-include=/usr/share/locale/locale.alias'
+	--dpkgopt='path-exclude=/usr/share/doc/*' --dpkgopt='path-include=/usr/share/doc/*/copyright'
 	--include="$(
 		IFS=,
 		echo "${pkgs[*]}"
-	)" \
-	--customize-hook='chroot "$1" dpkg-query -W -f "package=\${Package} \${Version}\n" > "$1/tmp/pim-versions"' \
-	"$suite" "$tmp/root.tar" >&2 || die "mmdebstrap failed"
+	)")
+# the root's tarball is kept, by a hash of what makes it, so that a change to the
+# rest of this script does not download and unpack everything again
+rootkey=$(printf '%s\n' "$suite" "${mmargs[@]}" | sha256sum | cut -c1-16)
+roottar=$out/root-$rootkey.tar
+if [ -s "$roottar" ] && [ -s "$roottar.versions" ]; then
+	log "root file system: $roottar (cached)"
+else
+	rm -f "$out"/root-*.tar "$out"/root-*.tar.versions
+	log "mmdebstrap $suite: ${pkgs[*]}"
+	mmdebstrap "${mmargs[@]}" \
+		--customize-hook="chroot \"\$1\" dpkg-query -W -f 'package=\${Package} \${Version}\\n' >'$tmp/versions'" \
+		"$suite" "$tmp/root.tar" >&2 || die "mmdebstrap failed"
+	[ -s "$tmp/versions" ] || die "mmdebstrap's hook listed no packages"
+	mv "$tmp/versions" "$roottar.versions"
+	mv "$tmp/root.tar" "$roottar"
+fi
+cp "$roottar.versions" "$tmp/versions"
 
 # --- the disk: MBR, one ext4 partition from 1 MiB to the end ---------------
 raw=$tmp/disk.raw
@@ -115,8 +131,7 @@ mkfs.ext4 -q -L debroot "$part"
 uuid=$(blkid -s UUID -o value "$part")
 mkdir -p "$mnt"
 mount "$part" "$mnt"
-tar -C "$mnt" --xattrs --numeric-owner -xpf "$tmp/root.tar"
-mv "$mnt/tmp/pim-versions" "$tmp/versions"
+tar -C "$mnt" --xattrs --numeric-owner -xpf "$roottar"
 
 # --- configuration, as debian-cloud-images does it ------------------------
 printf 'UUID=%s / ext4 rw,discard,errors=remount-ro 0 1\n' "$uuid" >"$mnt/etc/fstab"
