@@ -335,12 +335,14 @@ function removeStaleTmp(): void {
 const round = (s: number) => Math.round(s * 10) / 10;
 const mib = (n: number) => `${(n / 2 ** 20).toFixed(1)} MiB`;
 
-/** Error lines on a console (cloud-init's WARNING/ERROR lines, tracebacks, failed units), the last 8, ANSI codes off. */
+/** Error lines on a console (cloud-init's WARNING/ERROR lines, tracebacks, failed units; not the kernel's), the last 8, ANSI codes off. */
 export function consoleErrors(text: string): string[] {
   return text
     .split('\n')
     .map((l) => l.replace(/\x1b\[[0-9;?]*[A-Za-z]/g, '').replace(/\r/g, '').trim())
     .filter((l) => /\b(ERROR|CRITICAL|Traceback|FAILED|Failed to|failed|error:)/.test(l) && !/\berror(s)?: ?\[\]/.test(l))
+    // the kernel's own noise ("Fast TSC calibration failed") is not what went wrong
+    .filter((l) => !/^\[\s*\d+\.\d+\] (?!.*cloud-init)/.test(l))
     .slice(-8);
 }
 

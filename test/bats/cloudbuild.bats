@@ -49,7 +49,7 @@ cloud:
     write_files: [{path: /etc/pim-motd, content: "built from a cloud image\n", permissions: "0600"}]
     runcmd: ["hostname > /root/runcmd-hostname", [cp, /run/cidata/extra.txt, /root/extra from seed]]
 cierror: {cloud_config: {runcmd: ["echo about to fail", "exit 3"]}}
-neverdone: {timeout: 60, cloud_config: {runcmd: ["sleep 600"]}}
+neverdone: {timeout: 150, cloud_config: {runcmd: ["sleep 600"]}}
 badscript: {scripts: [fail.sh]}
 rawforce: {builder: raw, disk_size: 16M}
 isoimage: {image: tb-di}
@@ -155,7 +155,7 @@ teardown_file() {
 @test "cloud-init that never finishes ends at the build's timeout (75), naming cloud-init" {
   run --separate-stderr pim-build run neverdone
   [ "$status" -eq 75 ]
-  [[ "$stderr" == *"cloud-init did not finish within the build's 60 s"* ]]
+  [[ "$stderr" == *"cloud-init did not finish within the build's 150 s"* ]]
   no_build_leftovers neverdone
 }
 

@@ -218,7 +218,7 @@ describe('builder: cloud-init', () => {
   });
   it('quotes the error lines of a console: cloud-init warnings and tracebacks, ANSI codes off', async () => {
     const { consoleErrors } = await import('../../lib/build/build.ts');
-    const text = 'ok line\r\n\x1b[0;1;31m[FAILED]\x1b[0m Failed to start ssh.service\n2024 - util.py[WARNING]: Failed to set the hostname\n[  5.1] cloud-init[300]: 2026 - cc_scripts_user.py[WARNING]: Failed to run module scripts_user (scripts in /var/lib/cloud/instance/scripts)\nTraceback (most recent call last):\nerrors: []\n';
+    const text = '[    0.000000] tsc: Fast TSC calibration failed\nok line\r\n\x1b[0;1;31m[FAILED]\x1b[0m Failed to start ssh.service\n2024 - util.py[WARNING]: Failed to set the hostname\n[  5.1] cloud-init[300]: 2026 - cc_scripts_user.py[WARNING]: Failed to run module scripts_user (scripts in /var/lib/cloud/instance/scripts)\nTraceback (most recent call last):\nerrors: []\n';
     expect(consoleErrors(text)).toEqual([
       '[FAILED] Failed to start ssh.service',
       '2024 - util.py[WARNING]: Failed to set the hostname',
