@@ -3,7 +3,7 @@
 # cloud-init, made from Debian's packages the way Debian's "genericcloud" image
 # is made (debian-cloud-images): the cloud kernel, systemd, cloud-init with the
 # NoCloud datasource first in datasource_list, growpart (cloud-guest-utils),
-# qemu-guest-agent, OpenSSH, sudo, ifupdown + DHCP, and GRUB (grub-pc) in the
+# qemu-guest-agent, OpenSSH, sudo, locales, ifupdown + DHCP, and GRUB (grub-pc) in the
 # MBR of a 2 GiB disk with one ext4 root partition at its end (so cloud-init's
 # growpart and resizefs can grow it). No SSH host keys, an empty machine-id and
 # no cloud-init state: every boot with a new seed is a first boot.
@@ -132,6 +132,19 @@ uuid=$(blkid -s UUID -o value "$part")
 mkdir -p "$mnt"
 mount "$part" "$mnt"
 tar -C "$mnt" --xattrs --numeric-owner -xpf "$roottar"
+# packages added to the cached root with dpkg (downloaded with apt-get, as
+# build.sh does): locales, which cloud-init's cc_locale needs on every first
+# boot (update-locale; without it cloud-init ends its run in error)
+extra=(locales libc-l10n)
+mkdir -p "$tmp/debs"
+sandbox=()
+[ "$(id -u)" = 0 ] && sandbox=(-o APT::Sandbox::User=root)
+(cd "$tmp/debs" && apt-get -q "${sandbox[@]}" download "${extra[@]}" >&2) || die "apt-get download ${extra[*]} failed"
+mkdir -p "$mnt/tmp/pim-debs"
+cp "$tmp"/debs/*.deb "$mnt/tmp/pim-debs/"
+chroot "$mnt" sh -c 'DEBIAN_FRONTEND=noninteractive dpkg -i /tmp/pim-debs/*.deb' >&2 || die "dpkg -i ${extra[*]} failed"
+chroot "$mnt" dpkg-query -W -f 'package=${Package} ${Version}\n' "${extra[@]}" >>"$tmp/versions"
+rm -rf "$mnt/tmp/pim-debs"
 
 # --- configuration, as debian-cloud-images does it ------------------------
 printf 'UUID=%s / ext4 rw,discard,errors=remount-ro 0 1\n' "$uuid" >"$mnt/etc/fstab"
