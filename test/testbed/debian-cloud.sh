@@ -83,7 +83,7 @@ start=$(date +%s)
 
 # --- the root file system -------------------------------------------------
 # The package set of Debian's genericcloud image, less what a test VM does not
-# need (firmware, locales, man pages).
+# need (firmware, man pages, translations; locales comes in as a dependency).
 pkgs=(linux-image-cloud-amd64 systemd-sysv udev dbus cloud-init cloud-guest-utils
 	qemu-guest-agent openssh-server sudo grub-pc e2fsprogs fdisk ifupdown isc-dhcp-client
 	iproute2 netbase procps less ca-certificates)
@@ -132,19 +132,12 @@ uuid=$(blkid -s UUID -o value "$part")
 mkdir -p "$mnt"
 mount "$part" "$mnt"
 tar -C "$mnt" --xattrs --numeric-owner -xpf "$roottar"
-# packages added to the cached root with dpkg (downloaded with apt-get, as
-# build.sh does): locales, which cloud-init's cc_locale needs on every first
-# boot (update-locale; without it cloud-init ends its run in error)
-extra=(locales libc-l10n)
-mkdir -p "$tmp/debs"
-sandbox=()
-[ "$(id -u)" = 0 ] && sandbox=(-o APT::Sandbox::User=root)
-(cd "$tmp/debs" && apt-get -q "${sandbox[@]}" download "${extra[@]}" >&2) || die "apt-get download ${extra[*]} failed"
-mkdir -p "$mnt/tmp/pim-debs"
-cp "$tmp"/debs/*.deb "$mnt/tmp/pim-debs/"
-chroot "$mnt" sh -c 'DEBIAN_FRONTEND=noninteractive dpkg -i /tmp/pim-debs/*.deb' >&2 || die "dpkg -i ${extra[*]} failed"
-chroot "$mnt" dpkg-query -W -f 'package=${Package} ${Version}\n' "${extra[@]}" >>"$tmp/versions"
-rm -rf "$mnt/tmp/pim-debs"
+# cloud-init's cc_locale sets en_US.UTF-8 on every first boot (update-locale,
+# which refuses a locale that was never generated: cloud-init then ends its run
+# in error), so the image has it generated, as Debian's cloud images do
+sed -i 's/^# *\(en_US.UTF-8 UTF-8\)/\1/' "$mnt/etc/locale.gen"
+grep -q '^en_US.UTF-8 UTF-8' "$mnt/etc/locale.gen" || die "no en_US.UTF-8 in the image's /etc/locale.gen (is locales installed?)"
+chroot "$mnt" locale-gen >&2 || die "locale-gen failed"
 
 # --- configuration, as debian-cloud-images does it ------------------------
 printf 'UUID=%s / ext4 rw,discard,errors=remount-ro 0 1\n' "$uuid" >"$mnt/etc/fstab"
