@@ -115,8 +115,8 @@ async function buildIt(o: BuildOpts, plan: BuildPlan, c: Ctx, firstBoot: FirstBo
   fs.rmSync(tmp, { recursive: true, force: true });
   ensurePrivateDir(tmp);
   const deadline = c.t0 + plan.timeoutMs;
-  // the build VM's disk; the store gets a qemu-img convert of it
-  const disk = join(tmp, `build-disk.${plan.disk.format}`);
+  // the build VM's disk (--keep-failed keeps it under this name); the store gets a qemu-img convert of it
+  const disk = join(tmp, `${plan.name}.${plan.disk.format}`);
   const vars = plan.firmware === 'uefi' ? join(tmp, `${plan.name}.efivars.fd`) : null;
   const { vmRef } = await import('../vm/ref.ts');
   const ref = vmRef(vmNameFor(plan.name, c.key));
@@ -196,15 +196,15 @@ async function buildIt(o: BuildOpts, plan: BuildPlan, c: Ctx, firstBoot: FirstBo
     const check = await imgCheck(disk, plan.disk.format);
     if (!check.ok) throw new PimError(EXIT.DATAERR, `the built disk is not consistent after the stop (${check.detail})`);
     const file = `${plan.name}.${plan.disk.format}`;
-    const stored = join(tmp, file);
+    const stored = join(tmp, `${file}.store`);
     // a fresh copy of what the guest uses: what was trimmed or never written is left out
     await convertDisk(disk, plan.disk.format, stored, plan.disk.format, o.signal, { compress: plan.compress });
     const left = fs.statSync(disk).blocks * 512;
     const kept = fs.statSync(stored).blocks * 512;
     log.line(`stored: ${file} ${kept} bytes${plan.compress ? ' (compressed)' : ''}; the build VM left ${left} bytes`);
     st.say(`stored ${mib(kept)}${plan.compress ? ', compressed' : ''} (the build VM's disk: ${mib(left)})`);
-    fs.rmSync(disk, { force: true });
-    const info = await imgInfo(stored);
+    fs.renameSync(stored, disk);
+    const info = await imgInfo(disk);
     const record: BuildRecord = {
       id: c.id,
       profile: plan.name,
