@@ -26,6 +26,9 @@ export const GENERALIZE_SCRIPT = String.raw`
 export PATH=/usr/sbin:/usr/bin:/sbin:/bin
 have() { command -v "$1" >/dev/null 2>&1; }
 say() { echo "pim: $*"; }
+# cloud-init clean --machine-id may remove the file (or write "uninitialized"): the image keeps an empty one
+machineid=0
+[ -f /etc/machine-id ] && machineid=1
 if have cloud-init; then
   # cloud-init 22.3+ knows --machine-id; an older one cleans without it
   if cloud-init clean --logs --machine-id >/dev/null 2>&1 || cloud-init clean --logs >/dev/null 2>&1; then
@@ -38,8 +41,8 @@ if have cloud-init; then
 else
   cloudinit=0
 fi
-if [ -f /etc/machine-id ]; then
-  : >/etc/machine-id && say "/etc/machine-id emptied"
+if [ "$machineid" = 1 ]; then
+  : >/etc/machine-id && chmod 0444 /etc/machine-id && say "/etc/machine-id emptied"
 fi
 [ -f /var/lib/dbus/machine-id ] && [ ! -L /var/lib/dbus/machine-id ] && rm -f /var/lib/dbus/machine-id
 set -- /etc/ssh/ssh_host_*
