@@ -77,6 +77,8 @@ npm run --silent build
 
 say "test bed (cached in ${PIM_TESTBED_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/pim/testbed})"
 bash test/testbed/build.sh
+say "real Debian cloud image (cached beside the test bed; mmdebstrap, about 2 min the first time)"
+bash test/testbed/debian-cloud.sh
 
 results="$(mktemp -d)"
 trap 'rm -rf "$results"' EXIT

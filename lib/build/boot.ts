@@ -1,8 +1,9 @@
 /**
  * What every pim-build builder that boots a VM shares: the build log, the
- * context of a build, what a builder's first boot gets (BootEnv), and the
- * wait for that boot to power off (waitPoweroff). lib/build/build.ts runs
- * the phases; an installer's first boot is there, cloud-init's in cloud.ts.
+ * context of a build, what a builder's first step gets (BootEnv), and the
+ * wait for an installer's boot to power off (waitPoweroff). lib/build/build.ts
+ * runs the phases; an installer's first boot is there, cloud-init's disk and
+ * seed in cloud.ts.
  */
 import * as fs from 'node:fs';
 import { join } from 'node:path';
@@ -73,8 +74,12 @@ export interface BootEnv {
   exited: () => Promise<void>;
 }
 
-/** A builder's first boot: make the disk, boot it once, return when that VM has powered off. */
-export type FirstBoot = (env: BootEnv) => Promise<void>;
+/**
+ * A builder's first step: make the disk (an installer: boot it once, and return
+ * when that VM has powered off); what it returns is attached to the
+ * provisioning boot (cloud-init's seed).
+ */
+export type FirstBoot = (env: BootEnv) => Promise<{ drives?: NonNullable<Parameters<StartVm>[0]['spec']>['drives'] } | void>;
 type StartVm = typeof import('../vm/plan.ts').startVm;
 
 export function readLog(ref: VmRef): string {
@@ -91,7 +96,7 @@ export function readLog(ref: VmRef): string {
  * powered off, within the build's deadline (else 75). A write error for lack
  * of space stops the VM (QEMU pauses it): 73.
  */
-export async function waitPoweroff(env: BootEnv, vm: RunningVm, what: 'the installer' | 'cloud-init', fetchedP?: Promise<void>): Promise<void> {
+export async function waitPoweroff(env: BootEnv, vm: RunningVm, what: 'the installer', fetchedP?: Promise<void>): Promise<void> {
   const { o, plan, ref, deadline, log } = env;
   const { QmpClient } = await import('../qemu/qmp.ts');
   const { logTail } = await import('../vm/state.ts');
@@ -131,12 +136,11 @@ export async function waitPoweroff(env: BootEnv, vm: RunningVm, what: 'the insta
     if (end === 'abort') checkAborted(o.signal);
     if (end === 'io') throw ioFailure(ioError, plan);
     if (end === 'timeout') {
-      const why = what === 'cloud-init' ? "; the user-data must keep power_state: {mode: poweroff} (pim's default template sets it)" : '';
-      throw new PimError(EXIT.TEMPFAIL, `${what} did not power off within the build's ${Math.round(plan.timeoutMs / 1000)} s (timeout in the profile, or --timeout)${why}. Last console lines:\n${serial()}`);
+      throw new PimError(EXIT.TEMPFAIL, `${what} did not power off within the build's ${Math.round(plan.timeoutMs / 1000)} s (timeout in the profile, or --timeout). Last console lines:\n${serial()}`);
     }
     const { waitExit } = await import('../core/proc.ts');
     await waitExit(vm.pid, 10_000);
-    o.status.say(`${what === 'cloud-init' ? 'cloud-init powered the guest off' : 'the installer powered off'} (${o.status.elapsed()})`);
+    o.status.say(`the installer powered off (${o.status.elapsed()})`);
   } finally {
     clearInterval(detail);
     q.close();

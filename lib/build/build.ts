@@ -4,20 +4,22 @@
  *   1. resolve     the profile, its ISO (downloaded and verified through the
  *                  catalog when missing), answer files, scripts; the cache key
  *   2. hit?        a build with that key in the registry is the answer
- *   3. install     the builder's first boot, until the guest powers off:
- *                  installer: an empty disk; pim's answer-file server in-process on a free
+ *   3. install     installer: an empty disk; pim's answer-file server in-process on a free
  *                  loopback port; the installer's kernel and initrd (out of
  *                  the ISO) booted directly, the URL on its command line, the
  *                  ISO as a CD, -no-reboot; wait for the answer file to be
  *                  fetched (bounded), then for QEMU to exit (bounded)
  *                  cloud-init (cloud.ts): a copy of the base image grown to
- *                  disk_size, booted with a NoCloud seed; cloud-init applies
- *                  the user-data and powers off (bounded)
- *   4. provision   the installed disk booted with an SSH port forward; the
- *                  host key pinned through the guest agent; each script run
- *                  over one ssh2 connection; pim's key removed
- *   5. store       a graceful stop (pim-stop's chain), then the image moved
- *                  atomically into the registry, read-only
+ *                  disk_size and a NoCloud seed, attached to the one boot below
+ *   4. provision   the disk booted (discard=unmap) with an SSH port forward; the
+ *                  host key pinned through the guest agent; (cloud-init: its
+ *                  seeded run waited for and judged); each script run over one
+ *                  ssh2 connection; pim's key removed; the guest generalized
+ *                  (generalize.ts: machine-id, host keys, cloud-init state,
+ *                  logs, fstrim) unless `generalize: false`
+ *   5. store       a graceful stop (pim-stop's chain), then `qemu-img convert`
+ *                  (-c with `compress: true`) into the build's directory,
+ *                  moved atomically into the registry, read-only
  *
  * Nothing is left behind on a failure, a timeout or a signal: the VM is
  * killed, the server stopped, the temporary disk removed (kept with
@@ -34,7 +36,7 @@ import type { StatusLine } from '../cli/status.ts';
 import { buildId, cachedBuild, commitBuild, type BuildRecord } from '../image/registry.ts';
 import { LAYOUTS, bootFiles, installerCmdline } from './iso-boot.ts';
 import { KEY_URL, buildInputs, buildKey, planBuild, type BuildPlan } from './plan.ts';
-import { BuildLog, readLog, waitPoweroff, type BootEnv, type Ctx, type FirstBoot } from './boot.ts';
+import { BuildLog, readLog, tail, waitPoweroff, type BootEnv, type Ctx, type FirstBoot } from './boot.ts';
 import type { RunningVm } from '../vm/state.ts';
 
 export interface BuildOpts {
@@ -83,7 +85,7 @@ export async function runBuild(o: BuildOpts): Promise<BuildOutcome> {
   }
   const inputs = buildInputs(plan, answers, { name: plan.iso, checksum: iso.checksum });
   const key = buildKey(inputs);
-  const firstBoot = plan.builder === 'cloud-init' ? (await import('./cloud.ts')).cloudInitBoot : installerBoot;
+  const firstBoot = plan.builder === 'cloud-init' ? (await import('./cloud.ts')).cloudInitDisk : installerBoot;
   return cachedBuild(plan.name, key, o.force, () => buildIt(o, plan, { id: buildId(plan.name, key), key, inputs, iso, t0 }, firstBoot));
 }
 
@@ -113,12 +115,16 @@ async function buildIt(o: BuildOpts, plan: BuildPlan, c: Ctx, firstBoot: FirstBo
   fs.rmSync(tmp, { recursive: true, force: true });
   ensurePrivateDir(tmp);
   const deadline = c.t0 + plan.timeoutMs;
+  // the build VM's disk (--keep-failed keeps it under this name); the store gets a qemu-img convert of it
   const disk = join(tmp, `${plan.name}.${plan.disk.format}`);
   const vars = plan.firmware === 'uefi' ? join(tmp, `${plan.name}.efivars.fd`) : null;
   const { vmRef } = await import('../vm/ref.ts');
   const ref = vmRef(vmNameFor(plan.name, c.key));
   let vm: RunningVm | null = null;
   let ok = false;
+  // which boot runs, and what the provisioning boot is waiting for (a failure then quotes the console's error lines)
+  let booting: 'installer' | 'provisioning' = 'installer';
+  let waiting: 'ssh' | 'cloud-init' | null = null;
   // whatever ends this process (a crash, an exit nobody awaited), the VM and the temporary disk go with it
   const lastResort = () => {
     if (vm) {
@@ -148,7 +154,7 @@ async function buildIt(o: BuildOpts, plan: BuildPlan, c: Ctx, firstBoot: FirstBo
     // the build's VM, twice: the builder's first boot (the installer, or cloud-init), then the disk, to provision
     const { startVm } = await import('../vm/plan.ts');
     const bootVm = async (agent: boolean, spec?: Parameters<typeof startVm>[0]['spec']) => {
-      const started = await startVm({ ref, disk: { path: disk, format: plan.disk.format, efivars: vars }, mem: plan.mem, cpus: plan.cpus, accel: o.accel, net: {}, agent, kind: 'build', image: disk, spec, signal: o.signal, ssh: { user: plan.sshUser } });
+      const started = await startVm({ ref, disk: { path: disk, format: plan.disk.format, efivars: vars, discard: true }, mem: plan.mem, cpus: plan.cpus, accel: o.accel, net: {}, agent, kind: 'build', image: disk, spec, signal: o.signal, ssh: { user: plan.sshUser } });
       if (typeof started === 'number') throw new PimError(EXIT.SOFTWARE, "the build's VM ran in the foreground");
       vm = started.vm;
       return started.vm;
@@ -160,16 +166,22 @@ async function buildIt(o: BuildOpts, plan: BuildPlan, c: Ctx, firstBoot: FirstBo
     };
 
     // ------------------------------------------------------------ first boot
-    await firstBoot({ o, plan, c, tmp, disk, log, deadline, ref, served, bootVm, exited });
-    const tInstall = (Date.now() - c.t0) / 1000;
+    const prepared = await firstBoot({ o, plan, c, tmp, disk, log, deadline, ref, served, bootVm, exited });
     checkAborted(o.signal);
 
     // -------------------------------------------------------------- provision
-    st.set(`provisioning ${plan.name}`);
-    const running = await bootVm(true);
-    const tProv0 = Date.now();
-    await provision(o, plan, running, buildKeyPair.private, buildKeyPair.public, deadline, log);
+    const cloud = plan.builder === 'cloud-init';
+    st.set(cloud ? `cloud-init is setting up ${plan.name}` : `provisioning ${plan.name}`);
+    booting = 'provisioning';
+    const running = await bootVm(true, prepared?.drives ? { drives: prepared.drives } : undefined);
+    if (cloud) st.say(`${plan.name} booted with its cidata seed; its console: pim-console ${ref.name} --ro`);
+    let tProv0 = Date.now();
+    await provision(o, plan, running, buildKeyPair.private, buildKeyPair.public, deadline, log, {
+      waiting: (w) => (waiting = w),
+      ready: () => (tProv0 = Date.now()),
+    });
     checkAborted(o.signal);
+    const tInstall = (tProv0 - c.t0) / 1000;
     st.set(`stopping ${plan.name}`);
     const { stopVm } = await import('../vm/stop.ts');
     const stopped = await stopVm(running, { timeoutMs: Math.max(10_000, Math.min(120_000, deadline - Date.now())) });
@@ -181,9 +193,18 @@ async function buildIt(o: BuildOpts, plan: BuildPlan, c: Ctx, firstBoot: FirstBo
 
     // ------------------------------------------------------------------ store
     st.set(`storing ${c.id}`);
-    const { imgCheck, imgInfo } = await import('../image/qemu-img.ts');
+    const { convertDisk, imgCheck, imgInfo } = await import('../image/qemu-img.ts');
     const check = await imgCheck(disk, plan.disk.format);
     if (!check.ok) throw new PimError(EXIT.DATAERR, `the built disk is not consistent after the stop (${check.detail})`);
+    const file = `${plan.name}.${plan.disk.format}`;
+    const stored = join(tmp, `${file}.store`);
+    // a fresh copy of what the guest uses: what was trimmed or never written is left out
+    await convertDisk(disk, plan.disk.format, stored, plan.disk.format, o.signal, { compress: plan.compress });
+    const left = fs.statSync(disk).blocks * 512;
+    const kept = fs.statSync(stored).blocks * 512;
+    log.line(`stored: ${file} ${kept} bytes${plan.compress ? ' (compressed)' : ''}; the build VM left ${left} bytes`);
+    st.say(`stored ${mib(kept)}${plan.compress ? ', compressed' : ''} (the build VM's disk: ${mib(left)})`);
+    fs.renameSync(stored, disk);
     const info = await imgInfo(disk);
     const record: BuildRecord = {
       id: c.id,
@@ -193,7 +214,7 @@ async function buildIt(o: BuildOpts, plan: BuildPlan, c: Ctx, firstBoot: FirstBo
       recipe: c.inputs.recipe,
       inputs: c.inputs,
       iso: { name: plan.iso, checksum: c.iso.checksum, path: c.iso.path },
-      disk: { file: `${plan.name}.${plan.disk.format}`, format: plan.disk.format, virtual_size: info['virtual-size'], bytes: fs.statSync(disk).blocks * 512 },
+      disk: { file, format: plan.disk.format, virtual_size: info['virtual-size'], bytes: kept },
       efivars: vars ? `${plan.name}.efivars.fd` : null,
       settings: { mem: plan.mem, cpus: plan.cpus, firmware: plan.firmware, machine: 'q35', disk_bus: 'virtio', net: 'virtio-net', ssh_user: plan.sshUser },
       times: { install: round(tInstall), provision: round(tProv), total: round((Date.now() - c.t0) / 1000) },
@@ -202,12 +223,20 @@ async function buildIt(o: BuildOpts, plan: BuildPlan, c: Ctx, firstBoot: FirstBo
     for (const f of fs.readdirSync(tmp)) if (f !== record.disk.file && f !== record.efivars) fs.rmSync(join(tmp, f), { recursive: true, force: true });
     log.line(`done in ${record.times.total} s`);
     fs.copyFileSync(log.path, join(tmp, 'build.log'));
-    const stored = commitBuild(tmp, record);
+    const committed = commitBuild(tmp, record, o.force === true);
     ok = true;
-    return stored;
+    return committed;
   } catch (e) {
-    const err = e instanceof PimError || (e as Error)?.name === 'Interrupted' ? (e as Error) : new PimError(EXIT.SOFTWARE, (e as Error)?.stack ?? String(e));
+    let err = e instanceof PimError || (e as Error)?.name === 'Interrupted' ? (e as Error) : new PimError(EXIT.SOFTWARE, (e as Error)?.stack ?? String(e));
     log.line(`failed: ${err.message}`);
+    // the console of the boot that failed, in the log too (it is gone with the VM's runtime dir)
+    const console = vm ? readLog(ref) : '';
+    if (vm) log.section(`${booting} console (at the failure)`, console);
+    if (err instanceof PimError && waiting) {
+      // the guest's own words first: what the installer or cloud-init said went wrong
+      const said = consoleErrors(console);
+      if (said.length) err = new PimError(err.code, `${err.message}\nThe guest's console said:\n${tail(said)}`);
+    }
     if (err instanceof PimError) throw new PimError(err.code, `${err.message} (build log: ${log.path})`);
     throw err;
   } finally {
@@ -305,6 +334,18 @@ function removeStaleTmp(): void {
 }
 
 const round = (s: number) => Math.round(s * 10) / 10;
+const mib = (n: number) => `${(n / 2 ** 20).toFixed(1)} MiB`;
+
+/** Error lines on a console (cloud-init's WARNING/ERROR lines, tracebacks, failed units; not the kernel's), the last 8, ANSI codes off. */
+export function consoleErrors(text: string): string[] {
+  return text
+    .split('\n')
+    .map((l) => l.replace(/\x1b\[[0-9;?]*[A-Za-z]/g, '').replace(/\r/g, '').trim())
+    .filter((l) => /\b(ERROR|CRITICAL|Traceback|FAILED|Failed to|failed|error:)/.test(l) && !/\berror(s)?: ?\[\]/.test(l))
+    // the kernel's own noise ("Fast TSC calibration failed") is not what went wrong
+    .filter((l) => !/^\[\s*\d+\.\d+\] (?!.*cloud-init)/.test(l))
+    .slice(-8);
+}
 
 
 async function killVm(vm: RunningVm): Promise<void> {
@@ -318,7 +359,16 @@ async function killVm(vm: RunningVm): Promise<void> {
  * once SSH answers, run each script as root (through sudo -n for another
  * user), remove pim's key.
  */
-async function provision(o: BuildOpts, plan: BuildPlan, vm: RunningVm, privateKey: string, publicKey: string, deadline: number, log: BuildLog): Promise<void> {
+async function provision(
+  o: BuildOpts,
+  plan: BuildPlan,
+  vm: RunningVm,
+  privateKey: string,
+  publicKey: string,
+  deadline: number,
+  log: BuildLog,
+  phase: { waiting: (w: 'ssh' | 'cloud-init' | null) => void; ready: () => void },
+): Promise<void> {
   const st = o.status;
   const { hostKeysViaAgent } = await import('../vm/hostkeys.ts');
   const { sshAddress } = await import('../vm/reach.ts');
@@ -329,6 +379,7 @@ async function provision(o: BuildOpts, plan: BuildPlan, vm: RunningVm, privateKe
   try {
     // sshd answering means its host keys exist: then ask the guest agent for them
     st.update('waiting for SSH');
+    phase.waiting('ssh');
     // where: the one place that says how to reach a VM over SSH (pim-ssh uses it too)
     const { host, port } = await sshAddress(vm);
     const banner = await waitSshBanner(host, port, deadline, o.signal);
@@ -343,13 +394,17 @@ async function provision(o: BuildOpts, plan: BuildPlan, vm: RunningVm, privateKe
     });
     st.say(`connected over SSH as ${plan.sshUser}${pinned ? ' (host key pinned)' : ''}`);
     const asRoot = plan.sshUser === 'root' ? 'sh -s' : 'sudo -n sh -s';
+    const c = conn;
     if (plan.builder === 'cloud-init') {
-      const { checkCloudInit } = await import('./cloud.ts');
-      const c = conn;
-      const r = await checkCloudInit((path) => execText(c, `${plan.sshUser === 'root' ? '' : 'sudo -n '}cat ${path}`));
+      phase.waiting('cloud-init');
+      st.set(`cloud-init is setting up ${plan.name}`);
+      const { waitCloudInit } = await import('./cloud.ts');
+      const r = await waitCloudInit((script) => execText(c, asRoot, script), { deadline, timeoutS: Math.round(plan.timeoutMs / 1000), signal: o.signal, log: (l) => log.line(l) });
       log.line(`cloud-init finished: ${r.datasource}`);
-      st.say(`cloud-init finished without errors (${r.datasource})`);
+      st.say(`cloud-init finished without errors (${r.datasource}) (${st.elapsed()})`);
     }
+    phase.waiting(null);
+    phase.ready();
     for (const s of plan.scripts) {
       checkAborted(o.signal);
       st.set(`provisioning: ${s.label}`);
@@ -374,6 +429,15 @@ async function provision(o: BuildOpts, plan: BuildPlan, vm: RunningVm, privateKe
       );
       if (rm.code !== 0) throw new PimError(EXIT.SOFTWARE, `could not remove pim's build key from ~${plan.sshUser}/.ssh/authorized_keys: ${rm.stderr.trim() || `status ${rm.code}`}`);
       log.line("pim's build key removed from authorized_keys");
+    }
+    if (plan.generalize) {
+      checkAborted(o.signal);
+      st.set(`generalizing ${plan.name}`);
+      const { GENERALIZE_SCRIPT } = await import('./generalize.ts');
+      const g = await execText(c, asRoot, GENERALIZE_SCRIPT);
+      log.section('generalize', `${g.stdout}${g.stderr}`);
+      if (g.code !== 0) throw new PimError(EXIT.SOFTWARE, `generalizing the guest failed with status ${g.code}: ${(g.stderr || g.stdout).trim().split('\n').pop()}`);
+      st.say(`generalized: ${g.stdout.split('\n').filter((l) => l.startsWith('pim: ') && !l.startsWith('pim: fstrim')).length} steps (machine-id, host keys, cloud-init state, logs), free space trimmed`);
     }
   } finally {
     clearInterval(detail);

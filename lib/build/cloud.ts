@@ -1,31 +1,37 @@
 /**
  * builder: cloud-init: from a cloud image in the catalog (an isos.d entry with
- * kind: image, downloaded and verified like an ISO) to a provisioned image.
+ * kind: image, downloaded and verified like an ISO) to a provisioned image,
+ * in ONE boot of the build's VM:
  *
  *   - the disk is a full copy of the base image (no backing file: the build
  *     stays whole when the download is removed), grown to disk_size;
  *   - the NoCloud seed is an ISO 9660 volume labelled cidata (xorriso) with
  *     the profile's user-data and meta-data templates, rendered with pim's
  *     per-build key, and the profile's sources (sources.d), attached as a
- *     read-only virtio disk (cloud kernels have no AHCI for a CD);
- *   - the guest boots once with it, cloud-init applies the user-data and
- *     powers the guest off (power_state, which pim's template sets): that
- *     poweroff is the signal the build waits for, bounded by the timeout;
- *   - then the same provisioning as an installer's build (build.ts), which
- *     first reads cloud-init's /var/lib/cloud/data/result.json over SSH: a
- *     run with errors, or none at all, fails the build (65).
+ *     read-only virtio disk (cloud kernels have no AHCI for a CD) to the
+ *     provisioning boot (cloudInitDisk returns it);
+ *   - once SSH lets pim's key in, `cloud-init status --wait` (bounded by the
+ *     build's deadline) waits for cloud-init's last stage; then pim reads
+ *     cloud-init's own account of that seeded run: `cloud-init status --long
+ *     --format json`, /run/cloud-init/result.json and status.json (written at
+ *     the end of the run, and removed by cloud-init at the start of every boot,
+ *     so there is no second boot to lose them). Errors fail the build (65)
+ *     with cloud-init's words; a run that did not read pim's seed (NoCloud)
+ *     too. Then build.ts provisions and generalizes, as after an installer.
  */
 import * as fs from 'node:fs';
 import { join } from 'node:path';
 import { EXIT, PimError } from '../core/exit.ts';
 import { checkAborted } from '../core/signals.ts';
-import { readLog, waitPoweroff, type BootEnv } from './boot.ts';
+import type { BootEnv } from './boot.ts';
 
-/** Where cloud-init writes the outcome of its run (its datasource and every error). */
-export const RESULT_JSON = '/var/lib/cloud/data/result.json';
+/** Where cloud-init writes the outcome of its run (its datasource and every error); /var/lib/cloud/data/result.json links here. */
+export const RESULT_JSON = '/run/cloud-init/result.json';
+/** Each stage's account of the run (errors per stage). */
+export const STATUS_JSON = '/run/cloud-init/status.json';
 
-/** cloud-init's first boot: copy and grow the base image, make the seed, boot, wait for the poweroff. */
-export async function cloudInitBoot(env: BootEnv): Promise<void> {
+/** cloud-init's disk: copy and grow the base image, make the seed; the seed's path, for the provisioning boot. */
+export async function cloudInitDisk(env: BootEnv): Promise<{ drives: Array<{ path: string; format: 'raw'; readonly: true }> }> {
   const { o, plan, c, disk, log } = env;
   const st = o.status;
   st.set(`copying ${plan.iso} for ${plan.name}`);
@@ -38,24 +44,17 @@ export async function cloudInitBoot(env: BootEnv): Promise<void> {
     // a downloaded image that points at another file would read that file into the build
     throw new PimError(EXIT.DATAERR, `${plan.iso} (${c.iso.path}) has a backing file (${base['backing-filename']}); a cloud image must stand alone`);
   }
-  await convertDisk(c.iso.path, base.format, disk, plan.disk.format, o.signal);
-  checkAborted(o.signal);
   const want = sizeBytes(plan.disk.size);
   if (want < base['virtual-size']) {
     const where = plan.profile.origins.disk_size ?? `profile "${plan.name}"`;
     throw new PimError(EXIT.CONFIG, `${where}: disk_size ${plan.disk.size} is smaller than ${plan.iso}'s ${base['virtual-size']} bytes; a cloud image is only grown`);
   }
+  await convertDisk(c.iso.path, base.format, disk, plan.disk.format, o.signal);
+  checkAborted(o.signal);
   if (want > base['virtual-size']) await growDisk(disk, plan.disk.format, plan.disk.size);
   log.line(`disk: ${plan.iso} (${base.format}, ${base['virtual-size']} bytes) copied as ${plan.disk.format}, ${want > base['virtual-size'] ? `grown to ${plan.disk.size}` : 'its own size'}`);
-
   const seed = await makeSeed(env);
-  st.set(`cloud-init is setting up ${plan.name}`);
-  const vm = await env.bootVm(true, { drives: [{ path: seed, format: 'raw', readonly: true }], noReboot: true });
-  st.say(`${plan.name} booted with its cidata seed; its console: pim-console ${env.ref.name} --ro`);
-  await waitPoweroff(env, vm, 'cloud-init');
-  log.section('cloud-init console', readLog(env.ref));
-  await env.exited();
-  fs.rmSync(seed, { force: true });
+  return { drives: [{ path: seed, format: 'raw', readonly: true }] };
 }
 
 /** The NoCloud seed: user-data, meta-data and the sources, on an ISO 9660 volume labelled cidata. */
@@ -93,21 +92,98 @@ export function sizeBytes(s: string): number {
   return Math.round(Number(m[1]) * mult);
 }
 
+type Out = { code: number; stdout: string; stderr?: string };
+
 /**
- * Over the provisioning connection: cloud-init's own account of its run. No
- * result.json means it did not finish (or never ran); errors in it fail the
- * build with cloud-init's words (65).
+ * Judge cloud-init's account of the seeded run: the exit of `cloud-init
+ * status --wait` and `status --long --format json` (cloud-init 22.3 and
+ * later; an older one's plain output is kept as text), result.json and
+ * status.json. Errors are cloud-init's own words (65); no result.json means
+ * the run never finished (65); a run whose datasource is not NoCloud did
+ * not read pim's seed (65).
  */
-export async function checkCloudInit(readFile: (path: string) => Promise<{ code: number; stdout: string }>): Promise<{ datasource: string }> {
-  const r = await readFile(RESULT_JSON);
-  if (r.code !== 0) throw new PimError(EXIT.DATAERR, `cloud-init did not finish: the guest has no ${RESULT_JSON}; check that the image runs cloud-init with the NoCloud datasource (the build log has the console)`);
-  let v1: { datasource?: string; errors?: unknown[] };
+export function judgeCloudInit(r: { wait: Out; long: Out; result: Out; status: Out }): { datasource: string; detail: string } {
+  const errors: string[] = [];
+  const add = (e: unknown) => {
+    const t = typeof e === 'string' ? e : JSON.stringify(e);
+    if (t && !errors.includes(t)) errors.push(t);
+  };
+  type Long = { status?: string; errors?: unknown[]; detail?: string; datasource?: string };
+  let long: Long | null = null;
   try {
-    v1 = (JSON.parse(r.stdout) as { v1: typeof v1 }).v1;
+    long = JSON.parse(r.long.stdout) as Long;
   } catch {
-    throw new PimError(EXIT.DATAERR, `cloud-init left a ${RESULT_JSON} that is not JSON`);
+    /* an older cloud-init: plain text */
   }
-  const errors = (v1?.errors ?? []).map(String);
+  for (const e of long?.errors ?? []) add(e);
+  let stages: Record<string, { errors?: unknown[] } | null> = {};
+  if (r.status.code === 0) {
+    try {
+      stages = ((JSON.parse(r.status.stdout) as { v1?: typeof stages }).v1 ?? {}) as typeof stages;
+    } catch {
+      /* judged by result.json */
+    }
+  }
+  for (const [stage, v] of Object.entries(stages)) {
+    if (v && typeof v === 'object' && Array.isArray(v.errors)) for (const e of v.errors) add(`${stage}: ${typeof e === 'string' ? e : JSON.stringify(e)}`.replace(/^([\w-]+): \1: /, '$1: '));
+  }
+  type V1 = { datasource?: string | null; errors?: unknown[] };
+  let v1: V1 | null = null;
+  if (r.result.code === 0) {
+    try {
+      v1 = (JSON.parse(r.result.stdout) as { v1: V1 }).v1;
+    } catch {
+      throw new PimError(EXIT.DATAERR, `cloud-init left a ${RESULT_JSON} that is not JSON`);
+    }
+  }
+  for (const e of v1?.errors ?? []) {
+    const t = typeof e === 'string' ? e : JSON.stringify(e);
+    if (!errors.some((x) => x === t || x.endsWith(`: ${t}`))) add(t);
+  }
+  const text = (o: Out) => `${o.stdout}${o.stderr ?? ''}`.trim().split('\n').filter(Boolean).slice(-3).join(' / ');
   if (errors.length) throw new PimError(EXIT.DATAERR, `cloud-init reported ${errors.length} error${errors.length > 1 ? 's' : ''}: ${errors.join('; ')}`);
-  return { datasource: String(v1?.datasource ?? 'unknown') };
+  if (r.wait.code === 127) throw new PimError(EXIT.DATAERR, 'the image has no cloud-init command; builder: cloud-init needs an image that runs cloud-init (with the NoCloud datasource)');
+  if (r.wait.code !== 0 || long?.status === 'error') throw new PimError(EXIT.DATAERR, `cloud-init ended in error (cloud-init status: ${text(r.wait) || text(r.long) || `status ${r.wait.code}`})`);
+  if (!v1) throw new PimError(EXIT.DATAERR, `cloud-init did not finish: the guest has no ${RESULT_JSON}; check that the image runs cloud-init with the NoCloud datasource`);
+  const datasource = String(v1.datasource ?? long?.detail ?? 'unknown');
+  if (!/nocloud/i.test(datasource)) throw new PimError(EXIT.DATAERR, `cloud-init did not read pim's seed (its datasource: ${datasource}); the image's datasource_list must include NoCloud`);
+  return { datasource, detail: long?.detail ?? datasource };
+}
+
+/**
+ * Over the provisioning connection: wait for cloud-init to finish the seeded
+ * run (`cloud-init status --wait`, bounded by `deadline`: 75; abortable),
+ * then judge its own account of that run (judgeCloudInit). `sh(script)` runs
+ * a script as root in the guest.
+ */
+export async function waitCloudInit(
+  sh: (script: string) => Promise<Out>,
+  o: { deadline: number; timeoutS: number; signal: AbortSignal; log: (line: string) => void },
+): Promise<{ datasource: string; detail: string }> {
+  let timer: NodeJS.Timeout | undefined;
+  let onAbort: () => void = () => {};
+  const bound = new Promise<'timeout' | 'abort'>((resolve) => {
+    timer = setTimeout(() => resolve('timeout'), Math.max(0, o.deadline - Date.now()));
+    onAbort = () => resolve('abort');
+    o.signal.addEventListener('abort', onAbort, { once: true });
+  });
+  try {
+    const wait = await Promise.race([sh('command -v cloud-init >/dev/null 2>&1 || exit 127\ncloud-init status --wait >/dev/null\nrc=$?\ncloud-init status 2>&1\nexit $rc\n'), bound]);
+    if (wait === 'abort') {
+      checkAborted(o.signal);
+      throw new PimError(EXIT.SOFTWARE, 'aborted');
+    }
+    if (wait === 'timeout') throw new PimError(EXIT.TEMPFAIL, `cloud-init did not finish within the build's ${o.timeoutS} s (timeout in the profile, or --timeout)`);
+    o.log(`cloud-init status --wait: status ${wait.code}: ${wait.stdout.trim()}`);
+    const long = await sh('cloud-init status --long --format json 2>/dev/null || cloud-init status --long 2>&1\n');
+    o.log(`cloud-init status --long:\n${long.stdout.trim()}`);
+    const result = await sh(`cat ${RESULT_JSON} 2>/dev/null || cat /var/lib/cloud/data/result.json\n`);
+    const status = await sh(`cat ${STATUS_JSON} 2>/dev/null || cat /var/lib/cloud/data/status.json\n`);
+    if (result.code === 0) o.log(`cloud-init result.json: ${result.stdout.trim()}`);
+    if (status.code === 0) o.log(`cloud-init status.json: ${status.stdout.trim()}`);
+    return judgeCloudInit({ wait, long, result, status });
+  } finally {
+    clearTimeout(timer);
+    o.signal.removeEventListener('abort', onAbort);
+  }
 }

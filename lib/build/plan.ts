@@ -40,6 +40,10 @@ export interface BuildPlan {
   timeoutMs: number;
   sshUser: string;
   keepKey: boolean;
+  /** generalize the guest at the end of the build (machine-id, host keys, cloud-init state, logs, fstrim): `generalize`, default true */
+  generalize: boolean;
+  /** store the image compressed (qemu-img convert -c; qcow2 only): `compress`, default false */
+  compress: boolean;
   /** provisioning scripts, in order */
   scripts: BuildFile[];
   /** late-command files the installer may fetch */
@@ -129,10 +133,19 @@ export async function planBuild(profile: Resolved, opts: { timeoutS?: number } =
     timeoutMs: Math.round(timeoutS * 1000),
     sshUser,
     keepKey: v.keep_build_key === true,
+    generalize: v.generalize !== false,
+    compress: checkCompress(profile),
     scripts,
     installs,
     sources,
   };
+}
+
+/** compress: true needs a qcow2 disk (78 at FILE:LINE). */
+function checkCompress(p: Resolved): boolean {
+  if (p.value.compress !== true) return false;
+  if (p.value.disk_format === 'raw') throw new PimError(EXIT.CONFIG, `${where(p, 'compress')}: compress: true needs disk_format: qcow2 (a raw image cannot be compressed)`);
+  return true;
 }
 
 /** The disk a build makes (size checked: 78 at FILE:LINE, and format) and its firmware. */

@@ -65,7 +65,7 @@ async function makeRaw(o: BuildOpts, profile: Resolved, inputs: BuildInputs, key
       times: { install: 0, provision: 0, total },
       log: 'build.log',
     };
-    const stored = commitBuild(tmp, record);
+    const stored = commitBuild(tmp, record, o.force === true);
     ok = true;
     return stored;
   } finally {

@@ -47,6 +47,10 @@ export const PROFILE_SCHEMA: Schema = {
   disk_format: oneOf('qcow2', 'raw'),
   /** keep the per-build SSH key in the image's authorized_keys */
   keep_build_key: 'boolean',
+  /** pim-build generalizes the guest at the end of every build (machine-id, host keys, cloud-init state, logs, fstrim); false keeps them */
+  generalize: 'boolean',
+  /** pim-build stores the image compressed (qemu-img convert -c; qcow2) */
+  compress: 'boolean',
   /**
    * how pim-build makes the image: installer (from iso, the default), raw (an
    * empty disk of disk_size) or cloud-init (a copy of the catalog's `kind:

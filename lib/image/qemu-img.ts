@@ -89,9 +89,9 @@ export async function imgSnapshot(path: string, op: 'create' | 'apply' | 'delete
 }
 
 /** A full copy of `src` (its own format) as `dst` in `format`: no backing file, sparse where the source is. */
-export async function convertDisk(src: string, srcFormat: 'qcow2' | 'raw', dst: string, format: 'qcow2' | 'raw', signal?: AbortSignal): Promise<void> {
+export async function convertDisk(src: string, srcFormat: 'qcow2' | 'raw', dst: string, format: 'qcow2' | 'raw', signal?: AbortSignal, opts: { compress?: boolean } = {}): Promise<void> {
   const { run } = await import('../core/run.ts');
-  const r = await run(qemuImg(), ['convert', '-q', '-f', srcFormat, '-O', format, src, dst], { hint: HINT, signal });
+  const r = await run(qemuImg(), ['convert', '-q', ...(opts.compress ? ['-c'] : []), '-f', srcFormat, '-O', format, src, dst], { hint: HINT, signal });
   if (r.code !== 0) throw failure(`cannot copy ${src} to ${dst}`, r.stderr);
 }
 

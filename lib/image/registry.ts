@@ -174,7 +174,9 @@ export function buildByKey(profile: string, key: string): BuildRecord | null {
  * A build of `profile` with cache key `key`: the registered one (a hit, unless
  * `force`), else what `make` builds and registers, under the build's lock; the
  * registry is asked again once the lock is ours, since another process may
- * have finished the same build while we waited.
+ * have finished the same build while we waited. With `force` the new build
+ * replaces the registered one (refused, 75, before anything is built, while
+ * a VM disk is backed by it: its overlays would read another image).
  */
 export async function cachedBuild(profile: string, key: string, force: boolean | undefined, make: () => Promise<BuildRecord>): Promise<{ record: BuildRecord; hit: boolean; path: string }> {
   const out = (record: BuildRecord, hit: boolean) => ({ record, hit, path: buildDisk(record) });
@@ -188,10 +190,20 @@ export async function cachedBuild(profile: string, key: string, force: boolean |
   try {
     const meanwhile = found();
     if (meanwhile) return out(meanwhile, true);
+    const old = force ? readRecord(id) : null;
+    if (old) refuseIfBacking(old, 'replace');
     return out(await make(), false);
   } finally {
     await lock.release();
   }
+}
+
+/** 75 while a VM disk in the store is backed by the build (its overlays would lose their base). */
+function refuseIfBacking(r: BuildRecord, what: 'remove' | 'replace'): void {
+  const users = disksBackedBy(r);
+  if (!users.length) return;
+  const then = what === 'replace' ? ' and build again with --force' : '';
+  throw new PimError(EXIT.TEMPFAIL, `build ${r.id} backs ${users.join(', ')}; remove ${users.length > 1 ? 'those disks' : 'that disk'} first${then} (its VM's changes go with it)`);
 }
 
 /** The newest build of a profile, or null. */
@@ -277,10 +289,7 @@ export function disksBackedBy(r: BuildRecord): string[] {
 
 /** Remove a build; refused (75) while a VM disk is backed by it. */
 export function removeBuild(r: BuildRecord): void {
-  const users = disksBackedBy(r);
-  if (users.length) {
-    throw new PimError(EXIT.TEMPFAIL, `build ${r.id} backs ${users.join(', ')}; remove ${users.length > 1 ? 'those disks' : 'that disk'} first (its VM's changes go with it)`);
-  }
+  refuseIfBacking(r, 'remove');
   const dir = buildDir(r.id);
   // the build is read-only: make it removable, then move it out of sight before deleting
   const trash = join(buildsDir(), `.rm-${r.id}-${process.pid}`);
@@ -292,15 +301,27 @@ export function removeBuild(r: BuildRecord): void {
 /**
  * Put a finished build in place: its files read-only, then one rename of its
  * directory. When the same build appeared meanwhile (a build of the same
- * inputs that finished first), that one is kept and ours discarded.
+ * inputs that finished first), that one is kept and ours discarded, unless
+ * `replace` (pim-build --force, which holds the build's lock): then the one
+ * there is moved out of sight, ours renamed in, and the old one deleted.
  */
-export function commitBuild(tmpDir: string, r: BuildRecord): BuildRecord {
+export function commitBuild(tmpDir: string, r: BuildRecord, replace = false): BuildRecord {
   writeFileAtomic(join(tmpDir, 'build.json'), JSON.stringify(r, null, 2) + '\n', 0o444);
   for (const f of fs.readdirSync(tmpDir)) fs.chmodSync(join(tmpDir, f), 0o444);
   fs.chmodSync(tmpDir, 0o555);
+  const dest = buildDir(r.id);
+  let trash: string | null = null;
+  if (replace && fs.existsSync(dest)) {
+    const there = readRecord(r.id);
+    if (there) refuseIfBacking(there, 'replace'); // a VM may have taken it while we built
+    trash = join(buildsDir(), `.rm-${r.id}-${process.pid}`);
+    fs.chmodSync(dest, 0o700);
+    fs.renameSync(dest, trash);
+  }
   try {
-    fs.renameSync(tmpDir, buildDir(r.id));
+    fs.renameSync(tmpDir, dest);
   } catch (e) {
+    if (trash) fs.renameSync(trash, dest); // the old build back where it was
     const code = (e as NodeJS.ErrnoException).code;
     if (code !== 'ENOTEMPTY' && code !== 'EEXIST') throw new PimError(EXIT.CANTCREAT, `cannot store build ${r.id}: ${(e as Error).message}`);
     fs.chmodSync(tmpDir, 0o700);
@@ -309,5 +330,6 @@ export function commitBuild(tmpDir: string, r: BuildRecord): BuildRecord {
     if (!there) throw new PimError(EXIT.CANTCREAT, `cannot store build ${r.id}: ${buildDir(r.id)} is in the way; remove it`);
     return there;
   }
+  if (trash) fs.rmSync(trash, { recursive: true, force: true });
   return r;
 }

@@ -48,7 +48,7 @@ export interface VmSpec {
   machine?: string;
   files: { qmp: string; ga: string; serial: string; pid: string; log: string };
   /** disk image and its format; absent for direct kernel boot */
-  disk?: { path: string; format: string; snapshot: boolean; /** the disk is an overlay whose backing file is read without a lock (pim-run --clone) */ unlockedBacking?: boolean };
+  disk?: { path: string; format: string; snapshot: boolean; /** the disk is an overlay whose backing file is read without a lock (pim-run --clone) */ unlockedBacking?: boolean; discard?: boolean };
   /** a display (pim-run --display): a window (gtk, sdl) or VNC on 127.0.0.1:N; absent: none */
   display?: { kind: 'gtk' | 'sdl' } | { kind: 'vnc'; n: number };
   /** UEFI firmware: code (read-only) and this VM's vars */
@@ -96,7 +96,7 @@ export function buildQemuArgv(s: VmSpec): string[] {
     a.push('-drive', qemuOpt(null, { if: 'pflash', format: 'raw', file: s.uefi.vars }));
   }
   if (s.disk) {
-    a.push('-drive', qemuOpt(null, { file: s.disk.path, format: s.disk.format, if: 'none', id: 'disk0', snapshot: s.disk.snapshot || undefined, 'backing.file.locking': s.disk.unlockedBacking ? 'off' : undefined }));
+    a.push('-drive', qemuOpt(null, { file: s.disk.path, format: s.disk.format, if: 'none', id: 'disk0', snapshot: s.disk.snapshot || undefined, 'backing.file.locking': s.disk.unlockedBacking ? 'off' : undefined, discard: s.disk.discard ? 'unmap' : undefined }));
     // direct kernel boot takes boot index 0 itself (QEMU's linuxboot ROM): the disk comes after it
     a.push('-device', `virtio-blk-pci,drive=disk0,bootindex=${s.kernel ? 1 : 0}`);
   }

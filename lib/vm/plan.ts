@@ -84,6 +84,8 @@ export interface DiskPlan {
   format: 'qcow2' | 'raw';
   /** UEFI vars that belong to this disk (NAME.efivars.fd beside it), if any */
   efivars?: string | null;
+  /** pass the guest's discards (fstrim) down to the image: discard=unmap (pim-build's disk) */
+  discard?: boolean;
 }
 
 export interface StartRequest {
@@ -202,7 +204,7 @@ function request(req: StartRequest, np: NetPlan, accel: Accel, uefi: { code: str
       accel,
       mem: req.mem,
       cpus: req.cpus,
-      disk: req.disk ? { path: req.disk.path, format: req.disk.format, snapshot: Boolean(req.snapshot), unlockedBacking: Boolean(req.clone) } : undefined,
+      disk: req.disk ? { path: req.disk.path, format: req.disk.format, snapshot: Boolean(req.snapshot), unlockedBacking: Boolean(req.clone), ...(req.disk.discard ? { discard: true } : {}) } : undefined,
       display: req.display,
       uefi,
       agent,

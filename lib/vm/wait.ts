@@ -299,6 +299,8 @@ export async function waitSshBanner(host: string, port: number, deadline: number
   const MAX_OPEN = 10;
   return new Promise<string>((resolve, reject) => {
     const open: import('node:net').Socket[] = [];
+    // sockets the guest's side took (QEMU's forward reached a listening sshd): when they were
+    const waiting = new Map<import('node:net').Socket, number>();
     let interval = 100;
     let last = 'nothing yet';
     let finished = false;
@@ -330,10 +332,12 @@ export async function waitSshBanner(host: string, port: number, deadline: number
       const drop = () => {
         const i = open.indexOf(s);
         if (i >= 0) open.splice(i, 1);
+        waiting.delete(s);
         s.destroy();
       };
       s.on('connect', () => {
         connected = true;
+        waiting.set(s, Date.now());
         if (last === 'nothing yet') note(`${host}:${port} accepted a connection but sent no banner yet (QEMU's forward is up; the guest's port 22 is not answering yet)`);
       });
       s.on('data', (d: Buffer) => {
@@ -356,7 +360,12 @@ export async function waitSshBanner(host: string, port: number, deadline: number
       });
     };
     const tick = () => {
-      attempt();
+      // a connection still open is one the guest may answer on: under TCG an sshd takes
+      // seconds to fork and send its banner, and every connection dropped meanwhile costs
+      // it another fork (a slow guest, probed twice a second, never caught up): no new
+      // attempt while one is open and younger than 5 s
+      const pending = [...waiting.values()].some((t) => Date.now() - t < 5_000);
+      if (!pending) attempt();
       timer = setTimeout(tick, interval);
       interval = Math.min(Math.round(interval * 1.5), 500);
     };

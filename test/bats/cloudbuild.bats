@@ -1,10 +1,13 @@
 #!/usr/bin/env bats
 # pim-build's builder: cloud-init end to end under TCG, with the test bed's
 # cloud image (test/testbed/installer/build.sh: cloud.qcow2, whose stand-in
-# cloud-init applies a NoCloud seed labelled cidata). The image is downloaded
-# and verified through the catalog (kind: image) from a loopback HTTP server,
-# copied and grown, booted with its seed until cloud-init powers it off,
-# provisioned over SSH, stored; then booted with pim-run.
+# cloud-init applies a NoCloud seed labelled cidata in two stages, as the real
+# one does: result.json removed as the guest boots, written again after SSH
+# answers). The image is downloaded and verified through the catalog (kind:
+# image) from a loopback HTTP server, copied and grown, booted once with its
+# seed, cloud-init waited for over SSH, provisioned, generalized, stored; then
+# booted with pim-run. These are the fast failure cases; realcloud.bats builds
+# from a real Debian cloud image with the real cloud-init.
 load helper
 
 setup_file() {
@@ -40,12 +43,15 @@ default:
   timeout: 240
   scripts: [provision.sh]
 cloud:
+  compress: true
   sources: [extra.txt]
   cloud_config:
     write_files: [{path: /etc/pim-motd, content: "built from a cloud image\n", permissions: "0600"}]
     runcmd: ["hostname > /root/runcmd-hostname", [cp, /run/cidata/extra.txt, /root/extra from seed]]
 cierror: {cloud_config: {runcmd: ["echo about to fail", "exit 3"]}}
-nopower: {timeout: 20}
+neverdone: {timeout: 150, cloud_config: {runcmd: ["sleep 600"]}}
+badscript: {scripts: [fail.sh]}
+rawforce: {builder: raw, disk_size: 16M}
 isoimage: {image: tb-di}
 noimage: {image: ""}
 backed: {image: tb-backed}
@@ -53,8 +59,7 @@ shrink: {disk_size: 32M}
 installerimage: {builder: installer, iso: tb-cloud}
 EOF
   printf 'a file from sources.d\n' >"$c/sources.d/extra.txt"
-  # a user-data template of the profile's own, without power_state
-  printf '#cloud-config\nhostname: "nopower"\n' >"$c/preseeds.d/nopower.user-data.eta"
+  printf '#!/bin/sh\necho "this script fails"\nexit 3\n' >"$c/scripts.d/fail.sh"
   cat >"$c/scripts.d/provision.sh" <<'EOF'
 #!/bin/sh
 set -e
@@ -76,8 +81,9 @@ teardown_file() {
   img="$output"
   [ "$(printf '%s\n' "$output" | wc -l)" -eq 1 ]
   [ -f "$img" ] && [ ! -w "$img" -o "$(id -u)" -eq 0 ]
-  [[ "$stderr" == *"cloud-init powered the guest off"* ]]
+  # one boot: the seed's run waited for over SSH, after the stand-in's late result.json
   [[ "$stderr" == *"cloud-init finished without errors (DataSourceNoCloud"* ]]
+  [[ "$stderr" != *"powered"* ]]
   # a full copy (no backing file), grown to disk_size
   run qemu-img info --output=json "$img"
   [ "$(jq -r '."backing-filename" // "none"' <<<"$output")" = none ]
@@ -89,6 +95,13 @@ teardown_file() {
   log="$(dirname "$img")/build.log"
   grep -q 'seed: extra.txt from sources.d/extra.txt' "$log"
   grep -q 'pim-testbed cloud-init: runcmd done' "$log"
+  grep -q 'cloud-init status --wait: status 0: status: done' "$log"
+  # generalized, then stored with qemu-img convert -c: smaller than the disk the build VM left
+  grep -q '^pim: cloud-init clean --logs' "$log"
+  grep -q '^pim: fstrim' "$log"
+  read -r kept left < <(sed -n 's/.*stored: cloud.qcow2 \([0-9]*\) bytes (compressed); the build VM left \([0-9]*\) bytes$/\1 \2/p' "$log")
+  [ "$kept" -lt "$left" ]
+  [ "$(qemu-img check --output=json "$img" | jq '."compressed-clusters"')" -gt 0 ]
 
   pim-run cloud --name c1 --mem 256M --cpus 1
   pim-console c1 --ro --replay --until 'pim-testbed ready' --timeout 120 >/dev/null
@@ -99,8 +112,14 @@ teardown_file() {
   [ "$(pim-ssh c1 -i "$TESTBED/id_ed25519" -- cat /root/provisioned)" = "provisioned by pim-build" ]
   # pim's per-build key is gone; the profile's key is the only one
   [ "$(pim-ssh c1 -i "$TESTBED/id_ed25519" -- cat /root/.ssh/authorized_keys)" = "$(cat "$TESTBED/id_ed25519.pub")" ]
-  # cloud-init ran once: the instance is recorded, so the stored image does not run it again
-  pim-ssh c1 -i "$TESTBED/id_ed25519" -- test -s /var/lib/cloud/data/instance-id
+  # cloud-init's instance state was cleaned: this boot (no seed) is a new instance of its own
+  ! pim-ssh c1 -i "$TESTBED/id_ed25519" -- test -e /var/lib/cloud/data/instance-id
+  [[ "$(pim-ssh c1 -i "$TESTBED/id_ed25519" -- cloud-init status --wait --long)" == *"DataSourceNone"* ]]
+
+  # --force would replace the build under the overlay pim-run made: refused before building
+  run --separate-stderr pim-build run cloud --force
+  [ "$status" -eq 75 ]
+  [[ "$stderr" == *"backs "*"remove that disk first and build again with --force"* ]]
   pim-stop c1
 
   # the same inputs again: a cache hit, no VM
@@ -126,17 +145,47 @@ teardown_file() {
 @test "cloud-init's errors fail the build with its words (65), and nothing is left" {
   run --separate-stderr pim-build run cierror
   [ "$status" -eq 65 ]
-  [[ "$stderr" == *"cloud-init reported 1 error: runcmd: /tmp/runcmd.sh failed with status 3"* ]]
+  [[ "$stderr" == *"cloud-init reported 1 error: modules-final: runcmd: /run/cloud-init/runcmd.sh failed with status 3"* ]]
+  # the guest's own words from the console come with it
+  [[ "$stderr" == *"The guest's console said:"*"pim-testbed cloud-init: ERROR: runcmd"* ]]
   [[ "$stderr" == *"(build log: "* ]]
   no_build_leftovers cierror
 }
 
-@test "user-data that never powers off ends at the build's timeout (75), naming power_state" {
-  run --separate-stderr pim-build run nopower
+@test "cloud-init that never finishes ends at the build's timeout (75), naming cloud-init" {
+  run --separate-stderr pim-build run neverdone
   [ "$status" -eq 75 ]
-  [[ "$stderr" == *"cloud-init did not power off within the build's 20 s"* ]]
-  [[ "$stderr" == *"power_state"* ]]
-  no_build_leftovers nopower
+  [[ "$stderr" == *"cloud-init did not finish within the build's 150 s"* ]]
+  no_build_leftovers neverdone
+}
+
+@test "a failed build's log holds the provisioning boot's console" {
+  run --separate-stderr pim-build run badscript
+  [ "$status" -eq 65 ]
+  [[ "$stderr" == *"provisioning script scripts.d/fail.sh failed with status 3"* ]]
+  log=$(sed -n 's/.*(build log: \(.*\))$/\1/p' <<<"$stderr" | tail -n 1)
+  [ -f "$log" ]
+  grep -q '^===== provisioning console (at the failure) =====$' "$log"
+  sed -n '/^===== provisioning console/,$p' "$log" | grep -q 'pim-testbed ready'
+  no_build_leftovers badscript
+}
+
+@test "--force replaces the registered build with the new one and reports the new build's time" {
+  run --separate-stderr pim-build run rawforce
+  [ "$status" -eq 0 ]
+  img="$output"
+  first=$(pim-build show rawforce --json | jq -r .created)
+  run --separate-stderr pim-build run rawforce
+  [[ "$stderr" == *"(cached)"* ]]
+  run --separate-stderr pim-build run rawforce --force
+  [ "$status" -eq 0 ]
+  [ "$output" = "$img" ]
+  [[ "$stderr" == *"built in"* ]]
+  second=$(pim-build show rawforce --json | jq -r .created)
+  [ "$second" != "$first" ]
+  [[ "$second" > "$first" ]]
+  [ "$(pim-build list --json | jq -s '[.[] | select(.profile == "rawforce")] | length')" -eq 1 ]
+  [ -z "$(find "$(builds_dir)" -maxdepth 1 -name '.rm-*')" ]
 }
 
 @test "builder and catalog kind must agree; a profile without an image is 78" {

@@ -345,7 +345,7 @@ log "assembling the initramfs"
 mkdir -p "$r"/{bin,sbin,usr/bin,usr/sbin,etc/dropbear,root/.ssh,proc,sys,dev,tmp,run,mnt,var/log,var/lib}
 ln -s /run "$r/var/run"
 cp -a "$here/rootfs/." "$r/"
-chmod 0755 "$r/sbin/shutdown" "$r/etc/acpi/PWRF/00000080" "$r/etc/udhcpc.script" "$r/usr/lib/pim-testbed/cloud-init"
+chmod 0755 "$r/sbin/shutdown" "$r/etc/acpi/PWRF/00000080" "$r/etc/udhcpc.script" "$r/usr/lib/pim-testbed/cloud-init" "$r/usr/bin/cloud-init"
 install -m 0755 "$here/init" "$r/init"
 install -m 0755 "$busybox" "$r/bin/busybox"
 while IFS= read -r a; do

@@ -172,10 +172,17 @@ describe('builder: cloud-init', () => {
     expect(cfg.runcmd).toEqual([['echo', 'a b'], 'true']);
     expect(cfg.users).toEqual(['default', { name: 'ops' }, expect.objectContaining({ name: 'pim', sudo: 'ALL=(ALL) NOPASSWD:ALL', ssh_authorized_keys: ['ssh-ed25519 AAAA k1'], lock_passwd: true })]);
     expect(cfg.packages).toEqual(['nginx']);
-    expect(cfg.power_state).toMatchObject({ mode: 'poweroff' }); // pim waits for it: the profile's reboot is overruled
+    // one boot: pim waits for cloud-init over SSH, so a profile's power_state is its own
+    expect(cfg.power_state).toEqual({ mode: 'reboot' });
+    // /etc/hosts names the host (Debian's cloud-init leaves it off: sudo cannot resolve the name); key login only
+    expect(cfg.manage_etc_hosts).toBe(true);
+    expect(cfg.ssh_pwauth).toBe(false);
     const root = renderAnswer('/user-data', await loadProfile('r'), 'http://10.0.2.2:0')!.body;
     expect(root).toContain('disable_root: false');
-    expect(root).toMatch(/^users: \["default",\{"name":"root","ssh_authorized_keys":\[\]\}\]$/m);
+    // no keys: no ssh_authorized_keys (cloud-init's schema wants at least one)
+    expect(root).toMatch(/^users: \["default",\{"name":"root"(,"lock_passwd":false,"passwd":"[^"]+")?\}\]$/m);
+    expect(root).not.toContain('ssh_authorized_keys');
+    expect(root).not.toMatch(/^power_state:/m);
     expect(root).not.toContain('fqdn');
     // an installer profile still gets the autoinstall user-data
     writeConfig({ 'profiles.d/u.yml': 'u: {distro: ubuntu, iso: x}\n' });
@@ -193,14 +200,39 @@ describe('builder: cloud-init', () => {
     // a comma in the path is escaped, as everywhere in QEMU's option syntax
     expect(a).toContain('-drive file=/d/seed,,1.iso,format=raw,if=none,id=disk1,readonly=on -device virtio-blk-pci,drive=disk1 ');
   });
-  it("reads cloud-init's result.json: errors fail with its words, no file means it never finished (65)", async () => {
-    const { checkCloudInit, sizeBytes } = await import('../../lib/build/cloud.ts');
-    const ok = JSON.stringify({ v1: { datasource: 'DataSourceNoCloud [seed=/dev/vdb]', errors: [] } });
-    await expect(checkCloudInit(async () => ({ code: 0, stdout: ok }))).resolves.toEqual({ datasource: 'DataSourceNoCloud [seed=/dev/vdb]' });
-    await expect(checkCloudInit(async () => ({ code: 0, stdout: JSON.stringify({ v1: { errors: ['a', 'b'] } }) }))).rejects.toMatchObject({ code: 65, message: 'cloud-init reported 2 errors: a; b' });
-    await expect(checkCloudInit(async () => ({ code: 1, stdout: '' }))).rejects.toMatchObject({ code: 65, message: expect.stringContaining('did not finish') });
-    await expect(checkCloudInit(async () => ({ code: 0, stdout: '{' }))).rejects.toMatchObject({ code: 65 });
+  it("judges cloud-init's own account of the seeded run: errors fail with its words, no result.json or no NoCloud is 65", async () => {
+    const { judgeCloudInit, sizeBytes } = await import('../../lib/build/cloud.ts');
+    const ok = { code: 0, stdout: '' };
+    const result = (v1: object) => ({ code: 0, stdout: JSON.stringify({ v1 }) });
+    const none = { code: 1, stdout: '' };
+    const good = result({ datasource: 'DataSourceNoCloud [seed=/dev/vdb][dsmode=net]', errors: [] });
+    expect(judgeCloudInit({ wait: ok, long: { code: 0, stdout: '{"status": "done", "errors": [], "detail": "DataSourceNoCloud [seed=/dev/vdb][dsmode=net]"}' }, result: good, status: none })).toEqual({
+      datasource: 'DataSourceNoCloud [seed=/dev/vdb][dsmode=net]',
+      detail: 'DataSourceNoCloud [seed=/dev/vdb][dsmode=net]',
+    });
+    // errors from every source, once each, the stage named
+    const stages = { code: 0, stdout: JSON.stringify({ v1: { datasource: 'x', 'modules-final': { errors: ['runcmd failed'] }, init: { errors: [] }, stage: null } }) };
+    expect(() => judgeCloudInit({ wait: { code: 1, stdout: 'status: error' }, long: none, result: result({ datasource: 'DataSourceNoCloud', errors: ['runcmd failed'] }), status: stages })).toThrow(
+      expect.objectContaining({ code: 65, message: 'cloud-init reported 1 error: modules-final: runcmd failed' }),
+    );
+    expect(() => judgeCloudInit({ wait: ok, long: none, result: result({ errors: ['a', 'b'] }), status: none })).toThrow(expect.objectContaining({ code: 65, message: 'cloud-init reported 2 errors: a; b' }));
+    expect(() => judgeCloudInit({ wait: ok, long: none, result: none, status: none })).toThrow(expect.objectContaining({ code: 65, message: expect.stringContaining('did not finish') }));
+    expect(() => judgeCloudInit({ wait: ok, long: none, result: { code: 0, stdout: '{' }, status: none })).toThrow(expect.objectContaining({ code: 65 }));
+    // the seed was not read: DataSourceNone is a new instance, not pim's
+    expect(() => judgeCloudInit({ wait: ok, long: none, result: result({ datasource: 'DataSourceNone', errors: [] }), status: none })).toThrow(expect.objectContaining({ code: 65, message: expect.stringContaining('did not read pim\'s seed') }));
+    expect(() => judgeCloudInit({ wait: { code: 127, stdout: '' }, long: none, result: none, status: none })).toThrow(expect.objectContaining({ code: 65, message: expect.stringContaining('no cloud-init command') }));
+    expect(() => judgeCloudInit({ wait: { code: 1, stdout: 'status: error' }, long: none, result: good, status: none })).toThrow(expect.objectContaining({ code: 65, message: expect.stringContaining('status: error') }));
     expect([sizeBytes('8G'), sizeBytes('512m'), sizeBytes('1.5K'), sizeBytes('100')]).toEqual([8 * 2 ** 30, 512 * 2 ** 20, 1536, 100]);
+  });
+  it('quotes the error lines of a console: cloud-init warnings and tracebacks, ANSI codes off', async () => {
+    const { consoleErrors } = await import('../../lib/build/build.ts');
+    const text = '[    0.000000] tsc: Fast TSC calibration failed\nok line\r\n\x1b[0;1;31m[FAILED]\x1b[0m Failed to start ssh.service\n2024 - util.py[WARNING]: Failed to set the hostname\n[  5.1] cloud-init[300]: 2026 - cc_scripts_user.py[WARNING]: Failed to run module scripts_user (scripts in /var/lib/cloud/instance/scripts)\nTraceback (most recent call last):\nerrors: []\n';
+    expect(consoleErrors(text)).toEqual([
+      '[FAILED] Failed to start ssh.service',
+      '2024 - util.py[WARNING]: Failed to set the hostname',
+      '[  5.1] cloud-init[300]: 2026 - cc_scripts_user.py[WARNING]: Failed to run module scripts_user (scripts in /var/lib/cloud/instance/scripts)',
+      'Traceback (most recent call last):',
+    ]);
   });
 });
 

@@ -1,0 +1,132 @@
+#!/usr/bin/env bats
+# pim-build's builder: cloud-init against the REAL cloud-init: a Debian 12 cloud
+# image made from Debian's packages the way Debian's genericcloud image is made
+# (test/testbed/debian-cloud.sh: linux-image-cloud-amd64, systemd, cloud-init
+# 22.4, OpenSSH, qemu-guest-agent, sudo, GRUB; NoCloud first in
+# datasource_list). One build (one boot: the seeded run waited for over SSH,
+# a script, generalized, stored compressed), then two VMs from it at once: one
+# as pim-run boots it, one with a NoCloud seed given at deploy time on a
+# virtio disk after `--`, as a user would. Each real boot takes 80-90 s under
+# TCG here; the whole file about 6-8 minutes.
+load helper
+
+setup_file() {
+  pim_isolate
+  need_testbed
+  bash "$REPO/test/testbed/debian-cloud.sh" >&2
+  DEBIAN_CLOUD="${PIM_DEBIAN_CLOUD_DIR:-$(dirname "$PIM_TESTBED_DIR")/debian-cloud}/debian-12-cloud.qcow2"
+  [ -s "$DEBIAN_CLOUD" ]
+  export XDG_STATE_HOME="$PIM_TMP/state"
+  W="$PIM_TMP/www"
+  mkdir -p "$W"
+  ln -s "$DEBIAN_CLOUD" "$W/debian-12-cloud.qcow2"
+  (cd "$W" && sha256sum -- *.qcow2 >SHA256SUMS)
+  local port
+  port=$(serve_www "$W")
+  local c="$XDG_CONFIG_HOME/pim"
+  mkdir -p "$c/isos.d" "$c/profiles.d" "$c/scripts.d"
+  cat >"$c/isos.d/deb.yml" <<EOF
+debian-12-cloud: {kind: image, url: "http://127.0.0.1:$port/debian-12-cloud.qcow2", checksum_url: "http://127.0.0.1:$port/SHA256SUMS"}
+EOF
+  # the README's builder: cloud-init example, with a non-root ssh_user
+  cat >"$c/profiles.d/real.yml" <<EOF
+real:
+  builder: cloud-init
+  image: debian-12-cloud
+  hostname: realweb
+  ssh_user: admin
+  ssh_keys: ["$(cat "$TESTBED/id_ed25519.pub")"]
+  packages: []
+  disk_size: 3G
+  mem: 512M
+  cpus: 2
+  timeout: 1200
+  compress: true
+  scripts: [real.sh]
+  cloud_config:
+    write_files: [{path: /etc/pim-motd, content: "built by pim\n", permissions: "0640"}]
+    runcmd: ["echo runcmd-ran > /var/lib/pim-runcmd-mark"]
+EOF
+  cat >"$c/scripts.d/real.sh" <<'EOF'
+#!/bin/sh
+set -e
+# manage_etc_hosts: sudo resolves the host's own name (no "unable to resolve host")
+getent hosts "$(hostname)"
+echo "provisioned on $(hostname) as $(id -un)" >/var/lib/pim-provisioned
+EOF
+  # a NoCloud seed given at deploy time: a new instance, its own hostname and file
+  mkdir -p "$PIM_TMP/seed"
+  printf 'instance-id: deploy-%s\nlocal-hostname: deployed\n' "$$" >"$PIM_TMP/seed/meta-data"
+  printf '#cloud-config\nhostname: deployed\nmanage_etc_hosts: true\nwrite_files: [{path: /etc/pim-deployed, content: "seeded at deploy time\\n"}]\n' >"$PIM_TMP/seed/user-data"
+  xorriso -as mkisofs -quiet -output "$PIM_TMP/deploy-seed.iso" -volid cidata -joliet -rock "$PIM_TMP/seed"
+}
+
+teardown_file() {
+  stop_www
+  pim_cleanup
+}
+
+k() { pim-ssh "$1" -i "$TESTBED/id_ed25519" -- "${@:2}"; }
+
+@test "the real Debian cloud image builds in one boot: cloud-init's seeded run, a script, generalized, stored smaller" {
+  run --separate-stderr pim-build run real
+  [ "$status" -eq 0 ] || { build_log_tail "$stderr"; false; }
+  img="$output"
+  [[ "$stderr" == *"connected over SSH as admin (host key pinned)"* ]]
+  [[ "$stderr" == *"cloud-init finished without errors (DataSourceNoCloud"* ]]
+  log="$(dirname "$img")/build.log"
+  grep -q 'cloud-init status --wait: status 0' "$log"
+  grep -q 'script scripts.d/real.sh: status 0' "$log"
+  # generalized: cloud-init's state, machine-id, host keys, logs; free space trimmed
+  grep -q '^pim: cloud-init clean --logs' "$log"
+  grep -q '^pim: /etc/machine-id emptied' "$log"
+  grep -q '^pim: SSH host keys removed' "$log"
+  grep -q '^pim: fstrim: /: ' "$log"
+  # stored with qemu-img convert -c: smaller than the disk the build VM left (both sizes in the log)
+  read -r kept left < <(sed -n 's/.*stored: real.qcow2 \([0-9]*\) bytes (compressed); the build VM left \([0-9]*\) bytes$/\1 \2/p' "$log")
+  echo "stored $kept bytes, the build VM left $left bytes" >&3
+  [ "$kept" -lt "$left" ]
+}
+
+@test "two VMs from the build: cloud-init done without errors, grown, pim's key gone, marks present, own machine-ids and host keys; a deploy-time seed is applied" {
+  pim-run real --name v1 --snapshot --mem 512M --cpus 1
+  pim-run real --name v2 --snapshot --mem 512M --cpus 1 -- -drive "file=$PIM_TMP/deploy-seed.iso,if=virtio,format=raw,readonly=on"
+  pim-wait v1 --for ssh --timeout 600
+  pim-wait v2 --for ssh --timeout 600
+  for v in v1 v2; do
+    run k "$v" cloud-init status --wait --long
+    echo "$v: $output" >&3
+    [ "$status" -eq 0 ]
+    [[ "$output" == *"status: done"* ]]
+    # the root file system was grown to the 3G disk (the base image is 2 GiB)
+    [ "$(k "$v" df -B1 --output=size / | tail -n 1)" -gt $((2500 * 1024 * 1024)) ]
+    # pim's per-build key is gone: the profile's key is the only one
+    [ "$(k "$v" cat .ssh/authorized_keys)" = "$(cat "$TESTBED/id_ed25519.pub")" ]
+    [ "$(k "$v" sudo -n cat /etc/pim-motd)" = "built by pim" ]
+    [ "$(k "$v" cat /var/lib/pim-runcmd-mark)" = "runcmd-ran" ]
+    [ "$(k "$v" cat /var/lib/pim-provisioned)" = "provisioned on realweb as root" ]
+    # sudo resolves the host's name
+    [ -z "$(k "$v" sudo -n true 2>&1)" ]
+    # key login only
+    [[ "$(k "$v" sudo -n sshd -T)" == *"passwordauthentication no"* ]]
+  done
+  # each VM is a machine of its own: machine-id and host keys made on its first boot
+  m1=$(pim-exec v1 -- cat /etc/machine-id)
+  m2=$(pim-exec v2 -- cat /etc/machine-id)
+  [[ "$m1" =~ ^[0-9a-f]{32}$ ]] && [[ "$m2" =~ ^[0-9a-f]{32}$ ]]
+  [ "$m1" != "$m2" ]
+  h1=$(pim-exec v1 -- cat /etc/ssh/ssh_host_ed25519_key.pub | cut -d' ' -f2)
+  h2=$(pim-exec v2 -- cat /etc/ssh/ssh_host_ed25519_key.pub | cut -d' ' -f2)
+  [ -n "$h1" ] && [ -n "$h2" ] && [ "$h1" != "$h2" ]
+  # and neither has the build's host key (pinned in the build log)
+  log="$(dirname "$(pim-build path real)")/build.log"
+  ! grep -qF "$h1" "$log"
+  ! grep -qF "$h2" "$log"
+  # the deploy-time seed ran as a first boot: its hostname and file
+  [ "$(k v2 hostname)" = deployed ]
+  [ "$(k v2 cat /etc/pim-deployed)" = "seeded at deploy time" ]
+  [[ "$(k v2 cloud-init status --long)" == *"NoCloud"* ]]
+  # v1 had no seed: it keeps the build's hostname
+  [ "$(k v1 hostname)" = realweb ]
+  pim-stop v1 v2
+}
