@@ -7,7 +7,6 @@
 import { defineCommand } from 'citty';
 import { lazyCompleter, VERSION, type Words } from '../lib/cli/command.ts';
 import { jsonArgs } from '../lib/cli/args.ts';
-import { EXIT, PimError } from '../lib/core/exit.ts';
 
 /** Names whose log is kept in the runtime dir (loaded at TAB time only) */
 const leftNames = lazyCompleter(async () => (await import('../lib/vm/complete.ts')).completeLoggedNames);
@@ -24,7 +23,8 @@ name. A running VM is refused (exit 75): stop it first with pim-stop. --image al
 deletes the image in the store (~/.local/share/pim/images/NAME.qcow2 and its UEFI vars):
 there is no prompt, the flag is the confirmation. Builds are never touched (pim-build rm).
 Output: NAME PATH for each file removed. Nothing of NAME to remove is exit 66.
-With no NAME, names are read from stdin (the first word of each line).`,
+With no NAME, names are read from stdin (the first word of each line); empty stdin is
+nothing to do (exit 0).`,
     examples: ['pim-rm dev', 'pim-log dev >dev.log && pim-rm dev', 'pim-rm dev --image'],
   },
   args: {
@@ -33,17 +33,12 @@ With no NAME, names are read from stdin (the first word of each line).`,
     ...jsonArgs,
   },
   async run({ args, data }) {
-    const { forEachName } = await import('../lib/cli/args.ts');
+    const { forEachName, namesOrStdin } = await import('../lib/cli/args.ts');
     const { vmRef } = await import('../lib/vm/ref.ts');
     const { removeVm } = await import('../lib/vm/remove.ts');
     const { printRecords } = await import('../lib/cli/output.ts');
-    let names = (data as Words).positionals;
-    if (!names.length) {
-      if (process.stdin.isTTY) throw new PimError(EXIT.USAGE, 'no VM names given; name them, or pipe them in (pim-ps --all | pim-rm)');
-      const { text } = await import('node:stream/consumers');
-      names = (await text(process.stdin)).split('\n').map((l) => l.trim().split(/\s+/)[0] ?? '').filter(Boolean);
-      if (!names.length) throw new PimError(EXIT.USAGE, 'no VM names on stdin');
-    }
+    const names = await namesOrStdin((data as Words).positionals, 'no VM names given; name them, or pipe them in (pim-ps --all | pim-rm)');
+    if (!names.length) return 0; // nothing to do (an empty pipe, a cancelled fzf)
     const refs = new Map(names.map((n) => [n, vmRef(n)])); // every name is checked before anything is removed
     return forEachName(names, async (name) => {
       const removed = await removeVm(refs.get(name)!, { image: args.image });

@@ -22,7 +22,8 @@ export default defineCommand({
     details: `
 Each stage waits up to --timeout seconds for QEMU to exit before the next one.
 --force skips the guest agent and ACPI stages. Output: NAME STAGE SECONDS, where STAGE
-is agent, acpi, sigterm or sigkill. With no NAME, names are read from stdin.`,
+is agent, acpi, sigterm or sigkill. With no NAME, names are read from stdin; empty stdin
+is nothing to do (exit 0).`,
     examples: ['pim-stop dev', 'pim-ps -q | fzf -m | pim-stop', 'pim-ps -q | xargs pim-stop --timeout 10'],
   },
   args: {
@@ -32,19 +33,14 @@ is agent, acpi, sigterm or sigkill. With no NAME, names are read from stdin.`,
     force: { type: 'boolean', alias: 'f', description: 'skip the graceful stages: SIGTERM, then SIGKILL' },
   },
   async run({ args, data }) {
-    const { parseTimeout, forEachName } = await import('../lib/cli/args.ts');
+    const { parseTimeout, forEachName, namesOrStdin } = await import('../lib/cli/args.ts');
     const { vmRef } = await import('../lib/vm/ref.ts');
     const { requireRunning } = await import('../lib/vm/state.ts');
     const { stopVm } = await import('../lib/vm/stop.ts');
     const { printRecords } = await import('../lib/cli/output.ts');
     const ms = parseTimeout(args.timeout, 20);
-    let names = (data as Words).positionals;
-    if (!names.length) {
-      if (process.stdin.isTTY) throw new PimError(EXIT.USAGE, 'no VM names given; name them, or pipe them in (pim-ps -q | pim-stop)');
-      const { text } = await import('node:stream/consumers');
-      names = (await text(process.stdin)).split('\n').map((l) => l.trim().split(/\s+/)[0] ?? '').filter(Boolean);
-      if (!names.length) throw new PimError(EXIT.USAGE, 'no VM names on stdin');
-    }
+    const names = await namesOrStdin((data as Words).positionals, 'no VM names given; name them, or pipe them in (pim-ps -q | pim-stop)');
+    if (!names.length) return 0; // nothing to do (an empty pipe, a cancelled fzf)
     // `pim-ps | fzf | xargs pim-stop` gives every field of a line as a name: refuse them all
     // before anything stops. A pim-ps line always has a word that cannot be a name (its
     // image path, or "-" for a field it lacks): only then are the other field-like words
