@@ -121,7 +121,11 @@ leaves the VM running).`,
       const { buildOfDisk } = await import('../lib/image/registry.ts');
       const { sshOfBuild } = await import('../lib/vm/reach.ts');
       const b = buildOfDisk(img.path);
-      if (b) ssh = sshOfBuild(b.settings?.ssh_user, b.inputs?.profile?.ssh_keys);
+      if (b) {
+        ssh = sshOfBuild(b.settings?.ssh_user, b.inputs?.profile?.ssh_keys, b.settings?.user_key);
+        // no key of yours in it: a build from before pim kept a key of its own, or pim's key was made anew
+        if (!ssh.key && b.inputs?.builder !== 'raw') log.warn(`build ${b.id} has no SSH key you hold (not pim's current key, nor one of ~/.ssh/id_* in its profile's ssh_keys): pim-ssh will fall back to passwords; rebuild it with pim-build run ${b.profile} --force`);
+      }
     }
     // the foreground console leaves Ctrl-C to QEMU; a headless start undoes itself on a signal
     // (and under gdb, Ctrl-C is gdb's: it stops QEMU and gives the prompt back)
