@@ -21,8 +21,11 @@ export default defineCommand({
     description: 'Stop VMs: guest agent, then ACPI powerdown, then SIGTERM, then SIGKILL.',
     details: `
 Each stage waits up to --timeout seconds for QEMU to exit before the next one.
---force skips the guest agent and ACPI stages. Output: NAME STAGE SECONDS, where STAGE
-is agent, acpi, sigterm or sigkill. With no NAME, names are read from stdin; empty stdin
+--force skips the guest agent and ACPI stages. A paused VM is resumed first (said on
+stderr); a VM in an error state (internal-error, guest-panicked) is told to quit through
+QMP at once; a pim-kboot VM gets 5 s for ACPI, then QMP quit. On a terminal, stderr shows
+the stage each VM is waiting in. Output: NAME STAGE SECONDS, where STAGE is agent, acpi,
+quit, sigterm or sigkill. With no NAME, names are read from stdin; empty stdin
 is nothing to do (exit 0).`,
     examples: ['pim-stop dev', 'pim-ps -q | fzf -m | pim-stop', 'pim-ps -q | xargs pim-stop --timeout 10'],
   },
@@ -59,14 +62,31 @@ is nothing to do (exit 0).`,
       throw new PimError(EXIT.USAGE, `${shown} ${fields.length > 1 ? 'look' : 'looks'} like ${fields.length > 1 ? 'fields' : 'a field'} of pim-ps lines (a path, pid, port, state...), not VM names, so nothing was stopped; give names alone: pim-ps -q | fzf -m | xargs pim-stop`);
     }
     const refs = new Map(names.map((n) => [n, vmRef(n)])); // every name is checked before anything stops
-    return forEachName(
-      names,
-      async (name) => {
-        const vm = await requireRunning(refs.get(name)!);
-        const r = await stopVm(vm, { timeoutMs: ms, force: args.force });
-        printRecords([{ ...r }], ['stage', 'seconds'], { json: args.json, plain: true });
-      },
-      { parallel: true },
-    );
+    // on a terminal, the stage each VM is waiting in (acpi, agent, quit, sigterm), live on stderr
+    const { StatusLine } = await import('../lib/cli/status.ts');
+    const status = new StatusLine();
+    const waiting = new Map<string, string>();
+    const show = () => status.show(`stopping ${[...waiting].map(([n, s]) => `${n}: ${s}`).join(', ')}`);
+    try {
+      return await forEachName(
+        names,
+        async (name) => {
+          const vm = await requireRunning(refs.get(name)!);
+          const r = await stopVm(vm, {
+            timeoutMs: ms,
+            force: args.force,
+            onStage: (s) => (waiting.set(name, s === 'agent' ? 'guest agent' : s), show()),
+            say: (l) => status.say(l),
+          });
+          waiting.delete(name);
+          status.hide(); // stdout may be the same terminal
+          printRecords([{ ...r }], ['stage', 'seconds'], { json: args.json, plain: true });
+          if (waiting.size) show();
+        },
+        { parallel: true },
+      );
+    } finally {
+      status.end();
+    }
   },
 });

@@ -56,6 +56,12 @@ export class StatusLine {
     this.say(phase);
   }
 
+  /** A new phase on the live line only (nothing kept; nothing at all off a terminal). */
+  show(phase: string): void {
+    this.phase = phase;
+    this.draw();
+  }
+
   /** The live line's detail (only shown on a terminal). */
   update(detail: string): void {
     this.detail = detail.replace(/[\x00-\x1f\x7f]/g, ' ').trim();
@@ -85,6 +91,11 @@ export class StatusLine {
     if (text.length > cols - 1) text = text.slice(0, cols - 2) + '…';
     this.out(`\r${dim[0]}${text}${dim[1]}\x1b[K`);
     this.shown = true;
+  }
+
+  /** Take the live line off the screen (before writing to stdout on the same terminal); the next draw brings it back. */
+  hide(): void {
+    this.clear();
   }
 
   private clear(): void {

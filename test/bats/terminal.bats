@@ -57,3 +57,17 @@ pty() { python3 "$REPO/test/lifecycle/pty-capture.py" "$@"; }
   grep -q 'pim-mark-here' "$PIM_TMP/tty.out"
   ! grep -q 'n21' "$PIM_TMP/tty.out"
 }
+
+@test "a paused VM stops at once: resumed first (said on stderr), then its agent shuts it down; a terminal shows the stage" {
+  pim-ctl tt pause
+  run pim-status tt
+  [ "$status" -eq 1 ]
+  local t0=$SECONDS
+  pty pim-stop tt --timeout 60 >"$PIM_TMP/stop.out"
+  grep -q 'tt was paused: resumed it' "$PIM_TMP/stop.out"
+  grep -q 'stopping tt: guest agent' "$PIM_TMP/stop.out"     # the live line on the terminal
+  grep -qP '^tt\s+agent\s' <(tr '\r' '\n' <"$PIM_TMP/stop.out" | sed 's/\x1b\[K//g')
+  [ $((SECONDS - t0)) -lt 40 ]
+  run pim-ps -q
+  [ -z "$output" ]
+}
