@@ -24,12 +24,16 @@ deletes the image in the store (~/.local/share/pim/images/NAME.qcow2 and its UEF
 there is no prompt, the flag is the confirmation. Builds are never touched (pim-build rm).
 Output: NAME PATH for each file removed. Nothing of NAME to remove is exit 66.
 With no NAME, names are read from stdin (the first word of each line); empty stdin is
-nothing to do (exit 0).`,
-    examples: ['pim-rm dev', 'pim-log dev >dev.log && pim-rm dev', 'pim-rm dev --image'],
+nothing to do (exit 0). --stale removes, with no NAME, what builds, pim-kboot VMs and
+failed starts left (their logs and runtime files, listed by pim-ps --all as stopped), and
+never a VM defined in vms.d, a name with an image in the store, or a running VM; nothing
+stale is exit 0.`,
+    examples: ['pim-rm dev', 'pim-log dev >dev.log && pim-rm dev', 'pim-rm dev --image', 'pim-rm --stale'],
   },
   args: {
     names: { type: 'positional', required: false, variadic: true, valueHint: 'NAME', description: 'stopped VMs (default: names read from stdin)', complete: leftNames },
     image: { type: 'boolean', description: 'also delete the image in the store' },
+    stale: { type: 'boolean', description: 'remove every leftover of builds, pim-kboot and failed starts (never a defined VM, a store image or a running VM); no NAME' },
     ...jsonArgs,
   },
   async run({ args, data }) {
@@ -37,6 +41,20 @@ nothing to do (exit 0).`,
     const { vmRef } = await import('../lib/vm/ref.ts');
     const { removeVm } = await import('../lib/vm/remove.ts');
     const { printRecords } = await import('../lib/cli/output.ts');
+    if (args.stale) {
+      const { EXIT, PimError } = await import('../lib/core/exit.ts');
+      if ((data as Words).positionals.length || args.image) throw new PimError(EXIT.USAGE, '--stale finds what to remove itself: it takes no NAME and no --image');
+      const { staleNames } = await import('../lib/vm/remove.ts');
+      const stale = await staleNames();
+      // one that started or went meanwhile is not an error: there is nothing of it to clean
+      return forEachName(stale, async (name) => {
+        const removed = await removeVm(vmRef(name)).catch((e: unknown) => {
+          if (e instanceof PimError && (e.code === EXIT.NOINPUT || e.code === EXIT.TEMPFAIL)) return [];
+          throw e;
+        });
+        printRecords(removed.map((path) => ({ name, path })), ['path'], { json: args.json, plain: true });
+      });
+    }
     const names = await namesOrStdin((data as Words).positionals, 'no VM names given; name them, or pipe them in (pim-ps --all | pim-rm)');
     if (!names.length) return 0; // nothing to do (an empty pipe, a cancelled fzf)
     const refs = new Map(names.map((n) => [n, vmRef(n)])); // every name is checked before anything is removed
