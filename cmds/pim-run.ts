@@ -150,10 +150,20 @@ leaves the VM running).`,
       writeOut(r.vm.name + '\n');
       if (!fors.length) return 0;
       trap?.dispose(); // the VM is up: a signal now ends the wait only
-      const ready = await waitUp(r.vm, fors, { timeoutMs: waitMs }).catch((e: unknown) => {
-        if (e instanceof PimError && e.code === EXIT.TEMPFAIL) throw new PimError(e.code, `${e.message} (the VM keeps running: pim-stop ${r.vm.name})`);
-        throw e;
-      });
+      // on a terminal: what is awaited, the time so far and what was last seen, live on stderr
+      const { StatusLine } = await import('../lib/cli/status.ts');
+      const status = new StatusLine();
+      const onProgress = (waiting: string[], last: string) => {
+        if (!waiting.length) return status.hide();
+        status.show(`waiting for ${waiting.join(' and ')}`);
+        status.update(last);
+      };
+      const ready = await waitUp(r.vm, fors, { timeoutMs: waitMs, onProgress })
+        .catch((e: unknown) => {
+          if (e instanceof PimError && e.code === EXIT.TEMPFAIL) throw new PimError(e.code, `${e.message} (the VM keeps running: pim-stop ${r.vm.name})`);
+          throw e;
+        })
+        .finally(() => status.end());
       for (const x of ready) log.info(`${x.name}: ${x.for} up after ${x.seconds} s (${x.seen})`);
       return 0;
     } finally {

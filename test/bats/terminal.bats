@@ -71,3 +71,15 @@ pty() { python3 "$REPO/test/lifecycle/pty-capture.py" "$@"; }
   run pim-ps -q
   [ -z "$output" ]
 }
+
+@test "pim-run --wait on a terminal shows what it waits for and the time so far; a pipe gets no status line" {
+  pty pim-run "$TESTBED/guest-bare.qcow2" --name tw --snapshot --mem 256M --cpus 1 --wait ssh --wait-timeout 120 >"$PIM_TMP/wait.out"
+  grep -qE 'waiting for ssh [0-9]+s' "$PIM_TMP/wait.out"
+  grep -q 'ssh up after' "$PIM_TMP/wait.out"
+  pim-stop tw >/dev/null
+  run --separate-stderr pim-run "$TESTBED/guest-bare.qcow2" --name tw --snapshot --mem 256M --cpus 1 --wait ssh --wait-timeout 120
+  [ "$status" -eq 0 ]
+  [[ "$stderr" != *"waiting for"* ]]
+  [[ "$stderr" != *$'\r'* ]]
+  pim-stop tw >/dev/null
+}
