@@ -67,6 +67,9 @@ is nothing to do (exit 0).`,
     const status = new StatusLine();
     const waiting = new Map<string, string>();
     const show = () => status.show(`stopping ${[...waiting].map(([n, s]) => `${n}: ${s}`).join(', ')}`);
+    const { stdoutIsTTY } = await import('../lib/cli/output.ts');
+    const tty = stdoutIsTTY() && !args.json;
+    const done: Array<{ name: string; stage: string; seconds: number }> = [];
     try {
       return await forEachName(
         names,
@@ -79,14 +82,16 @@ is nothing to do (exit 0).`,
             say: (l) => status.say(l),
           });
           waiting.delete(name);
-          status.hide(); // stdout may be the same terminal
-          printRecords([{ ...r }], ['stage', 'seconds'], { json: args.json, plain: true });
+          // a pipe gets each VM's line as it stops; a terminal one aligned table at the end
+          if (tty) done.push({ ...r });
+          else printRecords([{ ...r }], ['stage', 'seconds'], { json: args.json, plain: true });
           if (waiting.size) show();
         },
         { parallel: true },
       );
     } finally {
       status.end();
+      if (done.length) printRecords(done, ['stage', 'seconds'], { json: args.json });
     }
   },
 });

@@ -60,7 +60,7 @@ the VM stops meanwhile.`,
       status.update(last);
     };
     const ready = await waitUp(vm, fors, { timeoutMs: ms, onProgress }).finally(() => status.end());
-    printRecords(ready, ['for', 'seconds', 'seen'], { json: args.json, plain: true });
+    printRecords(ready, ['for', 'seconds', 'seen'], { json: args.json });
     return 0;
   },
 });

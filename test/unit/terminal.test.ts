@@ -9,6 +9,7 @@ import { PassThrough } from 'node:stream';
 import { TermFilter, termSafe, guestSink } from '../../lib/core/termsafe.ts';
 import { untilCut } from '../../lib/vm/console.ts';
 import { StatusLine } from '../../lib/cli/status.ts';
+import { formatRecords, humanBytes, humanDuration } from '../../lib/cli/output.ts';
 
 describe('termSafe: a guest cannot drive the terminal', () => {
   it('passes text, newlines, CRLF, tabs, UTF-8 and SGR colour as they are', () => {
@@ -116,5 +117,38 @@ describe('StatusLine: any other stderr line clears it first', () => {
     t.stream.write('after\n');
     await new Promise((r) => setImmediate(r));
     expect(t.text().slice(before)).toBe('after\n');
+  });
+});
+
+describe('the table printer for terminals (issue 19)', () => {
+  it('prints the header even with no records on a terminal; a pipe gets nothing', () => {
+    expect(formatRecords([], ['state', 'pid'], { tty: true })).toMatch(/^NAME\s+STATE\s+PID\n$/);
+    expect(formatRecords([], ['state', 'pid'])).toBe('');
+  });
+  it('shows byte counts human-sized on a terminal; a pipe and JSON keep the number', () => {
+    const recs = [{ name: 'deb', size: 661651456, url: 'x' }];
+    expect(formatRecords(recs, ['size', 'url'], { tty: true }).split('\n')[1]).toMatch(/^deb\s+631\.0 MiB\s+x$/);
+    expect(formatRecords(recs, ['size', 'url'])).toBe('deb\t661651456\tx\n');
+    expect(JSON.parse(formatRecords(recs, ['size'], { json: true })).size).toBe(661651456);
+    expect(humanBytes(512)).toBe('512 B');
+    expect(humanBytes(4096)).toBe('4.0 KiB');
+  });
+  it('fits the width: the widest column is cut in the middle, no row is longer than the terminal', () => {
+    const long = '/home/someone/.local/share/pim/builds/dev-0123456789ab/dev.qcow2';
+    const recs = [
+      { name: 'dev', state: 'running', pid: 4242, ssh_port: 40001, uptime: '3m4s', image: long, kind: 'run' },
+      { name: 'web', state: 'paused', pid: 4243, ssh_port: 40002, uptime: '12s', image: '/tmp/w.qcow2', kind: 'run' },
+    ];
+    const out = formatRecords(recs, ['state', 'pid', 'ssh_port', 'uptime', 'image', 'kind'], { tty: true, columns: 80 });
+    for (const line of out.trimEnd().split('\n')) expect(line.length).toBeLessThan(80);
+    expect(out).toContain('…');
+    expect(out).toMatch(/\/home\/someone.*….*dev\.qcow2/);
+    // wide enough: nothing is cut
+    expect(formatRecords(recs, ['state', 'image'], { tty: true, columns: 200 })).toContain(long);
+  });
+  it('uptime reads the same in pim-ps and pim-status', () => {
+    expect(humanDuration(44)).toBe('44s');
+    expect(humanDuration(184)).toBe('3m4s');
+    expect(humanDuration(null)).toBe('-');
   });
 });
