@@ -57,6 +57,13 @@ noterm() { setsid -w "$@" </dev/null; }
   [ "$status" -eq 0 ]
   run noterm pim-ssh pim-demo -- cat /tmp/up
   [ "$output" = payload ]
+  # on a terminal pim-cp shows scp's progress meter (bytes, rate); in a pipe nothing
+  head -c 3000000 /dev/urandom >"$PIM_TMP/big"
+  python3 "$REPO/test/lifecycle/pty-capture.py" pim-cp "$PIM_TMP/big" pim-demo:/tmp/big >"$PIM_TMP/cp.out"
+  grep -q '100%' "$PIM_TMP/cp.out"
+  grep -qE '[0-9.]+(KB|MB)' "$PIM_TMP/cp.out"
+  run --separate-stderr noterm pim-cp "$PIM_TMP/big" pim-demo:/tmp/big2
+  [ "$status" -eq 0 ] && [ -z "$output" ]
 }
 
 @test "pim-ssh -i KEY --config writes IdentityFile: plain ssh -F logs in with that key, and a key the guest refuses is refused" {
