@@ -161,7 +161,8 @@ fi
 bash test/testbed/build.sh
 testbed="${PIM_TESTBED_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/pim/testbed}"
 mkdir -p "$share/images"
-[ -f "$share/images/pim-demo.qcow2" ] || cp "$testbed/guest-full.qcow2" "$share/images/pim-demo.qcow2"
+# the test bed's full guest with pim's own SSH key in it (made again each time: an older demo gains the key)
+bash test/testbed/demo.sh "$share/images/pim-demo.qcow2"
 
 say "booting the demo VM: pim-run pim-demo --snapshot --mem 256M"
 pim-run pim-demo --snapshot --mem 256M >/dev/null
@@ -173,4 +174,4 @@ pim-ip pim-demo
 pim-ga pim-demo guest-ping >/dev/null && say "the guest agent answers"
 pim-stop pim-demo
 trap - EXIT
-say "done: pim works. Try: pim-run pim-demo && pim-ip pim-demo && pim-stop pim-demo"
+say "done: pim works. Try: pim-run pim-demo --wait ssh && pim-ssh pim-demo -- uname -a && pim-stop pim-demo"

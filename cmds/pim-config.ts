@@ -60,7 +60,7 @@ const path = defineCommand({
     const { configPaths } = await import('../lib/config/tree.ts');
     const paths = configPaths();
     if (args.json) printJson(paths);
-    else printRecords(Object.entries(paths).map(([name, path]) => ({ name, path })), ['path'], { plain: true });
+    else printRecords(Object.entries(paths).map(([name, path]) => ({ name, path })), ['path']);
   },
 });
 

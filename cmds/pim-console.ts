@@ -22,8 +22,10 @@ Two-way and raw on a terminal. With --ro the console is only read and copied to 
 which works without a terminal (scripts, tests) and while someone is attached: it follows
 the VM's log, where QEMU copies the console, and ends when the VM stops. --replay first prints what the console
 already wrote (from the VM's log). --until stops with exit 0 once the output matches
-REGEX; --timeout bounds the wait, with or without --until: exit 75 when it runs out (the
-VM still runs). Exit 69 when the VM stops before --until matched.`,
+REGEX, after the line that matched (nothing after it); --timeout bounds the wait, with or without --until: exit 75 when it runs out (the
+VM still runs). Exit 69 when the VM stops before --until matched. With --ro on a terminal
+the guest's control bytes are shown escaped (ESC [ 6 n as ^[[6n): only text, newlines,
+tabs and colour pass. A pipe gets the bytes as they are; the attached console is raw.`,
     examples: ['pim-console dev', "pim-console dev --ro --replay --until 'login:|pim-testbed ready' --timeout 60"],
   },
   args: {
@@ -47,7 +49,8 @@ VM still runs). Exit 69 when the VM stops before --until matched.`,
     const waitMs = args.timeout !== undefined ? parseTimeout(args.timeout, 0) : null;
     const vm = await runningVm(args.name);
     const { attachConsole, followConsole } = await import('../lib/vm/console.ts');
-    const opts = { replay: args.replay, until, waitMs, out: stdout() };
+    const out = stdout();
+    const opts = { replay: args.replay, until, waitMs, out, safe: args.ro && out.isTTY };
     return args.ro ? followConsole(vm, opts) : attachConsole(vm, opts);
   },
 });

@@ -77,7 +77,7 @@ does; a console line counts only when written after the action.`,
     }
     const r = await ctlVm(vm, action, ms);
     if (r.note) log.info(r.note);
-    printRecords([{ name: r.name, state: r.state }], ['state'], { json: args.json, plain: true });
+    printRecords([{ name: r.name, state: r.state }], ['state'], { json: args.json });
     if (fors.length) {
       const ready = await waitUp(vm, fors, { timeoutMs: waitMs, logFrom });
       for (const x of ready) log.info(`${x.name}: ${x.for} up after ${x.seconds} s (${x.seen})`);

@@ -56,11 +56,12 @@ const add = defineCommand({
   meta: {
     name: 'add',
     description: 'Add an entry to isos.d/NAME.yml: a URL and how to check it.',
-    usage: 'NAME --url URL (--checksum SUM | --checksum-url URL | --insecure) [--filename NAME] [--kind iso|image]',
+    usage: 'NAME --url URL|PATH (--checksum SUM | --checksum-url URL | --insecure) [--filename NAME] [--kind iso|image] [--copy]',
   },
   args: {
     name: { type: 'positional', required: true, valueHint: 'NAME', description: 'the new entry' },
-    url: { type: 'string', description: 'the ISO URL (http or https)', valueHint: 'URL' },
+    url: { type: 'string', description: 'the ISO URL (http or https), or a local file (file:///path, or a path)', valueHint: 'URL|PATH' },
+    copy: { type: 'boolean', description: 'a local file: copy it into the cache (default: used in place)' },
     checksum: { type: 'string', description: 'pinned checksum, sha256:HEX or sha512:HEX', valueHint: 'SUM' },
     checksumUrl: { type: 'string', description: 'URL of a SUMS file listing the ISO', valueHint: 'URL' },
     filename: { type: 'string', description: 'the name to look up in the SUMS file (default: from the URL)', valueHint: 'NAME' },
@@ -68,7 +69,7 @@ const add = defineCommand({
     kind: { type: 'enum', options: ['iso', 'image'], description: "iso (an installer), or image (a cloud image for pim-build's builder: cloud-init)", default: 'iso' },
   },
   async run({ args }) {
-    const r = await (await store(args.name)).addEntry(args.name, { url: args.url, checksum: args.checksum, checksumUrl: args.checksumUrl, filename: args.filename, insecure: args.insecure, kind: args.kind as 'iso' | 'image' });
+    const r = await (await store(args.name)).addEntry(args.name, { url: args.url, checksum: args.checksum, checksumUrl: args.checksumUrl, filename: args.filename, insecure: args.insecure, kind: args.kind as 'iso' | 'image', copy: args.copy });
     writeOut(`${r.name}\t${r.file}\n`);
   },
 });
@@ -148,12 +149,16 @@ it verifies; a mismatch deletes the part file and exits 65. Ctrl-C keeps the par
 for the next run. A cut connection, or one that sends nothing for PIM_DOWNLOAD_STALL
 seconds (default 30), is resumed three times, then exits 69. A full disk exits 73 at
 once and keeps the part file. A second download of an ISO that is downloading exits 75.
+A local file (url: file:///path; pim-iso add takes a plain path too) is verified the same
+way and then used in place (the cache holds a symlink to it; pim-iso rm removes only the
+link), or copied into the cache with add --copy (copy: true).
 ISOs are kept private: the directory is 0700, its files 0600. verify caches its hash keyed by size and mtime, so a second verify
 is instant. Output is one line per ISO (NAME, then fields, tab-separated) or --json.`,
     examples: [
       'pim-iso list',
       'pim-iso download debian-netinst-amd64',
       'pim-iso add mine --url https://example.org/mine.iso --checksum-url https://example.org/SHA256SUMS',
+      'pim-iso add local --url ~/Downloads/debian-12.iso --checksum sha256:HEX',
       'qemu-system-x86_64 -cdrom "$(pim-iso path debian-netinst-amd64)" ...',
     ],
   },

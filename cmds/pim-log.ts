@@ -22,7 +22,10 @@ everything the guest wrote on its serial console, in the order they came. It is 
 when the VM stops, for a post-mortem, until pim-rm NAME removes it or the next start of
 NAME begins a new one (pim-ps --all lists such VMs as "stopped"). -f prints what follows
 as it is written and ends when the VM stops (exit 0); a VM that is not running has
-nothing to follow: its log is printed and that is all. No log of NAME is exit 66.`,
+nothing to follow: its log is printed and that is all. No log of NAME is exit 66.
+On a terminal the guest's control bytes are shown escaped (ESC [ 6 n as ^[[6n): only
+text, newlines, tabs and colour pass, so a guest cannot drive your terminal. A pipe
+gets the bytes as they are.`,
     examples: ['pim-log dev', 'pim-log dev -n 20', 'pim-log dev -f', "pim-log dev | grep -i 'kernel panic'"],
   },
   args: {
@@ -40,6 +43,7 @@ nothing to follow: its log is printed and that is all. No log of NAME is exit 66
     const ref = vmRef(args.name);
     const { showLog } = await import('../lib/vm/log.ts');
     const { stdout } = await import('../lib/cli/output.ts');
-    return showLog(ref, { follow: args.follow, lines, out: stdout() });
+    const out = stdout();
+    return showLog(ref, { follow: args.follow, lines, out, safe: out.isTTY });
   },
 });

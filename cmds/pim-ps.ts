@@ -16,7 +16,7 @@
  */
 import { defineCommand } from 'citty';
 import { VERSION } from '../lib/cli/command.ts';
-import { formatRecords, printRecords, writeOut, type Rec } from '../lib/cli/output.ts';
+import { formatRecords, humanDuration, printRecords, writeOut, type Rec } from '../lib/cli/output.ts';
 import { jsonArgs, quietArgs } from '../lib/cli/args.ts';
 import { existingRuntimeDir } from '../lib/core/paths.ts';
 import { EXIT, PimError } from '../lib/core/exit.ts';
@@ -32,14 +32,8 @@ export function uptime(started: string | undefined, now = Date.now()): number | 
   return Number.isNaN(t) ? null : Math.max(0, Math.round((now - t) / 1000));
 }
 
-export function humanDuration(s: number | null): string {
-  if (s === null) return '-';
-  const d = Math.floor(s / 86400), h = Math.floor((s % 86400) / 3600), m = Math.floor((s % 3600) / 60), sec = s % 60;
-  if (d) return `${d}d${h}h`;
-  if (h) return `${h}h${m}m`;
-  if (m) return `${m}m${sec}s`;
-  return `${sec}s`;
-}
+/** uptime as people read it (lib/cli/output.ts: pim-status shows it the same way) */
+export { humanDuration } from '../lib/cli/output.ts';
 
 /** Forwards in a column: `8080:80,0.0.0.0:5353:53/udp` (the bind address when not 127.0.0.1), or null for none. */
 export function compactForwards(fw: PortForward[] | undefined): string | null {

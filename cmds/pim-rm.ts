@@ -7,7 +7,6 @@
 import { defineCommand } from 'citty';
 import { lazyCompleter, VERSION, type Words } from '../lib/cli/command.ts';
 import { jsonArgs } from '../lib/cli/args.ts';
-import { EXIT, PimError } from '../lib/core/exit.ts';
 
 /** Names whose log is kept in the runtime dir (loaded at TAB time only) */
 const leftNames = lazyCompleter(async () => (await import('../lib/vm/complete.ts')).completeLoggedNames);
@@ -24,26 +23,40 @@ name. A running VM is refused (exit 75): stop it first with pim-stop. --image al
 deletes the image in the store (~/.local/share/pim/images/NAME.qcow2 and its UEFI vars):
 there is no prompt, the flag is the confirmation. Builds are never touched (pim-build rm).
 Output: NAME PATH for each file removed. Nothing of NAME to remove is exit 66.
-With no NAME, names are read from stdin (the first word of each line).`,
-    examples: ['pim-rm dev', 'pim-log dev >dev.log && pim-rm dev', 'pim-rm dev --image'],
+With no NAME, names are read from stdin (the first word of each line); empty stdin is
+nothing to do (exit 0). --stale removes, with no NAME, what builds, pim-kboot VMs and
+failed starts left (their logs and runtime files, listed by pim-ps --all as stopped), and
+never a VM defined in vms.d, a name with an image in the store, or a running VM; nothing
+stale is exit 0.`,
+    examples: ['pim-rm dev', 'pim-log dev >dev.log && pim-rm dev', 'pim-rm dev --image', 'pim-rm --stale'],
   },
   args: {
     names: { type: 'positional', required: false, variadic: true, valueHint: 'NAME', description: 'stopped VMs (default: names read from stdin)', complete: leftNames },
     image: { type: 'boolean', description: 'also delete the image in the store' },
+    stale: { type: 'boolean', description: 'remove every leftover of builds, pim-kboot and failed starts (never a defined VM, a store image or a running VM); no NAME' },
     ...jsonArgs,
   },
   async run({ args, data }) {
-    const { forEachName } = await import('../lib/cli/args.ts');
+    const { forEachName, namesOrStdin } = await import('../lib/cli/args.ts');
     const { vmRef } = await import('../lib/vm/ref.ts');
     const { removeVm } = await import('../lib/vm/remove.ts');
     const { printRecords } = await import('../lib/cli/output.ts');
-    let names = (data as Words).positionals;
-    if (!names.length) {
-      if (process.stdin.isTTY) throw new PimError(EXIT.USAGE, 'no VM names given; name them, or pipe them in (pim-ps --all | pim-rm)');
-      const { text } = await import('node:stream/consumers');
-      names = (await text(process.stdin)).split('\n').map((l) => l.trim().split(/\s+/)[0] ?? '').filter(Boolean);
-      if (!names.length) throw new PimError(EXIT.USAGE, 'no VM names on stdin');
+    if (args.stale) {
+      const { EXIT, PimError } = await import('../lib/core/exit.ts');
+      if ((data as Words).positionals.length || args.image) throw new PimError(EXIT.USAGE, '--stale finds what to remove itself: it takes no NAME and no --image');
+      const { staleNames } = await import('../lib/vm/remove.ts');
+      const stale = await staleNames();
+      // one that started or went meanwhile is not an error: there is nothing of it to clean
+      return forEachName(stale, async (name) => {
+        const removed = await removeVm(vmRef(name)).catch((e: unknown) => {
+          if (e instanceof PimError && (e.code === EXIT.NOINPUT || e.code === EXIT.TEMPFAIL)) return [];
+          throw e;
+        });
+        printRecords(removed.map((path) => ({ name, path })), ['path'], { json: args.json, plain: true });
+      });
     }
+    const names = await namesOrStdin((data as Words).positionals, 'no VM names given; name them, or pipe them in (pim-ps --all | pim-rm)');
+    if (!names.length) return 0; // nothing to do (an empty pipe, a cancelled fzf)
     const refs = new Map(names.map((n) => [n, vmRef(n)])); // every name is checked before anything is removed
     return forEachName(names, async (name) => {
       const removed = await removeVm(refs.get(name)!, { image: args.image });

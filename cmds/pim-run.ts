@@ -160,7 +160,11 @@ in the boot order (a blank disk boots it: a manual install).`,
       const { buildOfDisk } = await import('../lib/image/registry.ts');
       const { sshOfBuild } = await import('../lib/vm/reach.ts');
       const b = buildOfDisk(img.path);
-      if (b) ssh = sshOfBuild(b.settings?.ssh_user, b.inputs?.profile?.ssh_keys);
+      if (b) {
+        ssh = sshOfBuild(b.settings?.ssh_user, b.inputs?.profile?.ssh_keys, b.settings?.user_key);
+        // no key of yours in it: a build from before pim kept a key of its own, or pim's key was made anew
+        if (!ssh.key && b.inputs?.builder !== 'raw') log.warn(`build ${b.id} has no SSH key you hold (not pim's current key, nor one of ~/.ssh/id_* in its profile's ssh_keys): pim-ssh will fall back to passwords; rebuild it with pim-build run ${b.profile} --force`);
+      }
     }
     // the foreground console leaves Ctrl-C to QEMU; a headless start undoes itself on a signal
     // (and under gdb, Ctrl-C is gdb's: it stops QEMU and gives the prompt back)
@@ -193,10 +197,20 @@ in the boot order (a blank disk boots it: a manual install).`,
       writeOut(r.vm.name + '\n');
       if (!fors.length) return 0;
       trap?.dispose(); // the VM is up: a signal now ends the wait only
-      const ready = await waitUp(r.vm, fors, { timeoutMs: waitMs }).catch((e: unknown) => {
-        if (e instanceof PimError && e.code === EXIT.TEMPFAIL) throw new PimError(e.code, `${e.message} (the VM keeps running: pim-stop ${r.vm.name})`);
-        throw e;
-      });
+      // on a terminal: what is awaited, the time so far and what was last seen, live on stderr
+      const { StatusLine } = await import('../lib/cli/status.ts');
+      const status = new StatusLine();
+      const onProgress = (waiting: string[], last: string) => {
+        if (!waiting.length) return status.hide();
+        status.show(`waiting for ${waiting.join(' and ')}`);
+        status.update(last);
+      };
+      const ready = await waitUp(r.vm, fors, { timeoutMs: waitMs, onProgress })
+        .catch((e: unknown) => {
+          if (e instanceof PimError && e.code === EXIT.TEMPFAIL) throw new PimError(e.code, `${e.message} (the VM keeps running: pim-stop ${r.vm.name})`);
+          throw e;
+        })
+        .finally(() => status.end());
       for (const x of ready) log.info(`${x.name}: ${x.for} up after ${x.seconds} s (${x.seen})`);
       return 0;
     } finally {

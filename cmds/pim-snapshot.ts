@@ -97,6 +97,6 @@ VM-STATE (bytes, 0 for disk only) DATE VM-CLOCK (seconds), or with -q the tags a
     await snap.snapshotAction(t, act, tag!, { force: args.force, timeoutMs });
     const seconds = Math.round((performance.now() - t0) / 100) / 10;
     const done = { save: 'saved', load: 'loaded', rm: 'removed' }[act];
-    printRecords([{ name: t.name, tag: tag!, action: done, seconds, how: t.kind === 'running' ? 'qmp' : 'qemu-img' }], ['tag', 'action', 'seconds'], { json: args.json, plain: true });
+    printRecords([{ name: t.name, tag: tag!, action: done, seconds, how: t.kind === 'running' ? 'qmp' : 'qemu-img' }], ['tag', 'action', 'seconds'], { json: args.json });
   },
 });

@@ -31,30 +31,37 @@ Runs the system's ssh with -F <runtime>/NAME.ssh/config, a file pim writes: the 
 and key, a known_hosts of its own, and ControlMaster auto with ControlPersist 10m, so a
 second command reuses the open connection. Who logs in: --user and -i, else PIM_SSH_USER
 and PIM_SSH_KEY, else what pim-run recorded (a VM from a pim build: the profile's ssh_user
-and your key in its ssh_keys), else root with OpenSSH's default keys. The guest's host keys
+and your key in its ssh_keys, or pim's own key, which every build gets), else root with
+pim's own key (~/.local/share/pim/ssh/id_ed25519, made on first use) and OpenSSH's default
+keys. The guest's host keys
 are read through its guest agent (/etc/ssh/ssh_host_*_key.pub, or dropbear's key files)
 and pinned before the first connection (StrictHostKeyChecking yes): a guest that shows
 another key is refused (65). Without an agent the first key is taken (accept-new), and
 pim-ssh says so once. With no COMMAND: an interactive shell. With one: the words go to
 ssh as they are (the remote shell joins them, as with ssh), stdin, stdout and stderr stay
 apart, and the exit status is the command's. A connection that fails is 69 (77 when the
-key is refused). --config prints the config's path (writing it first), for ssh -F, scp -F
-and rsync -e "ssh -F PATH" (rsync must be in the guest too). pim-stop closes the cached
-connection.`,
+key is refused). --config prints the config's path (writing it first, with --user and -i
+in it as User and IdentityFile), for ssh -F, scp -F and rsync -e "ssh -F PATH" (rsync must
+be in the guest too). pim-stop closes the cached
+connection. --pubkey prints the public half of pim's own key (made on first use), for a
+guest of your own: append it to the guest's authorized_keys.`,
     examples: [
       'pim-ssh dev -- uname -a',
       "pim-ssh dev -- 'echo out; echo err >&2; exit 3'",
       'tar c -C /etc hostname | pim-ssh dev -- tar x -C /tmp',
       'ssh -F "$(pim-ssh --config dev)" dev uptime',
+      'ssh -F "$(pim-ssh -i ~/.ssh/other --config dev)" dev uptime',
       'scp -O -F "$(pim-ssh --config dev)" /etc/hostname dev:/tmp/',
+      "pim-ssh --pubkey | pim-exec dev -- sh -c 'cat >>/root/.ssh/authorized_keys'",
     ],
   },
   args: {
-    name: { type: 'positional', required: true, valueHint: 'NAME', description: 'the VM', complete: vmNames },
+    name: { type: 'positional', required: false, valueHint: 'NAME', description: 'the VM', complete: vmNames },
     user: { type: 'string', alias: 'l', description: 'log in as USER; env PIM_SSH_USER', valueHint: 'USER' },
     identity: { type: 'string', alias: 'i', description: 'the private key to log in with; env PIM_SSH_KEY', valueHint: 'KEY', path: 'file' },
     tty: { type: 'boolean', alias: 't', description: 'a terminal for the command (ssh -t)' },
     config: { type: 'boolean', description: "print the path of the VM's ssh config (written first), for ssh -F" },
+    pubkey: { type: 'boolean', description: "print pim's own public key (made on first use), for a guest's authorized_keys; no NAME" },
   },
   async run({ args, data }) {
     const { rest } = data as Words;
@@ -65,10 +72,19 @@ connection.`,
     const { writeSync } = process.getBuiltinModule('node:fs') as typeof import('node:fs');
     const say = (m: string) => writeSync(2, `pim-ssh: ${m}\n`);
     if (args.config && rest.length) throw new PimError(EXIT.USAGE, '--config prints a path: it takes no command');
+    if (args.pubkey) {
+      if (args.name || rest.length || args.config) throw new PimError(EXIT.USAGE, '--pubkey prints pim\'s public key: it takes no NAME, command or --config');
+      const { ensureUserKey } = await import('../lib/vm/userkey.ts');
+      const { writeOut } = await import('../lib/cli/output.ts');
+      writeOut((await ensureUserKey()).public + '\n');
+      return EXIT.OK;
+    }
+    if (!args.name) throw new PimError(EXIT.USAGE, 'missing NAME: the VM to ssh into (or --pubkey)');
     // before anything connects: without ssh, the install hint (69), not "cannot reach"
     const ssh = args.config ? '' : await needSshClient('ssh');
     const vm = await runningVm(args.name);
-    const p = await prepareSsh(vm, { user: args.user, key: args.identity }, say);
+    // with --config the file is all its reader gets: -i and --user go into it
+    const p = await prepareSsh(vm, { user: args.user, key: args.identity }, say, { configWho: args.config });
     if (args.config) {
       const { writeOut } = await import('../lib/cli/output.ts');
       writeOut(p.files.config + '\n');

@@ -21,8 +21,12 @@ export default defineCommand({
     description: 'Stop VMs: guest agent, then ACPI powerdown, then SIGTERM, then SIGKILL.',
     details: `
 Each stage waits up to --timeout seconds for QEMU to exit before the next one.
---force skips the guest agent and ACPI stages. Output: NAME STAGE SECONDS, where STAGE
-is agent, acpi, sigterm or sigkill. With no NAME, names are read from stdin.`,
+--force skips the guest agent and ACPI stages. A paused VM is resumed first (said on
+stderr); a VM in an error state (internal-error, guest-panicked) is told to quit through
+QMP at once; a pim-kboot VM gets 5 s for ACPI, then QMP quit. On a terminal, stderr shows
+the stage each VM is waiting in. Output: NAME STAGE SECONDS, where STAGE is agent, acpi,
+quit, sigterm or sigkill. With no NAME, names are read from stdin; empty stdin
+is nothing to do (exit 0).`,
     examples: ['pim-stop dev', 'pim-ps -q | fzf -m | pim-stop', 'pim-ps -q | xargs pim-stop --timeout 10'],
   },
   args: {
@@ -32,19 +36,14 @@ is agent, acpi, sigterm or sigkill. With no NAME, names are read from stdin.`,
     force: { type: 'boolean', alias: 'f', description: 'skip the graceful stages: SIGTERM, then SIGKILL' },
   },
   async run({ args, data }) {
-    const { parseTimeout, forEachName } = await import('../lib/cli/args.ts');
+    const { parseTimeout, forEachName, namesOrStdin } = await import('../lib/cli/args.ts');
     const { vmRef } = await import('../lib/vm/ref.ts');
     const { requireRunning } = await import('../lib/vm/state.ts');
     const { stopVm } = await import('../lib/vm/stop.ts');
     const { printRecords } = await import('../lib/cli/output.ts');
     const ms = parseTimeout(args.timeout, 20);
-    let names = (data as Words).positionals;
-    if (!names.length) {
-      if (process.stdin.isTTY) throw new PimError(EXIT.USAGE, 'no VM names given; name them, or pipe them in (pim-ps -q | pim-stop)');
-      const { text } = await import('node:stream/consumers');
-      names = (await text(process.stdin)).split('\n').map((l) => l.trim().split(/\s+/)[0] ?? '').filter(Boolean);
-      if (!names.length) throw new PimError(EXIT.USAGE, 'no VM names on stdin');
-    }
+    const names = await namesOrStdin((data as Words).positionals, 'no VM names given; name them, or pipe them in (pim-ps -q | pim-stop)');
+    if (!names.length) return 0; // nothing to do (an empty pipe, a cancelled fzf)
     // `pim-ps | fzf | xargs pim-stop` gives every field of a line as a name: refuse them all
     // before anything stops. A pim-ps line always has a word that cannot be a name (its
     // image path, or "-" for a field it lacks): only then are the other field-like words
@@ -63,14 +62,36 @@ is agent, acpi, sigterm or sigkill. With no NAME, names are read from stdin.`,
       throw new PimError(EXIT.USAGE, `${shown} ${fields.length > 1 ? 'look' : 'looks'} like ${fields.length > 1 ? 'fields' : 'a field'} of pim-ps lines (a path, pid, port, state...), not VM names, so nothing was stopped; give names alone: pim-ps -q | fzf -m | xargs pim-stop`);
     }
     const refs = new Map(names.map((n) => [n, vmRef(n)])); // every name is checked before anything stops
-    return forEachName(
-      names,
-      async (name) => {
-        const vm = await requireRunning(refs.get(name)!);
-        const r = await stopVm(vm, { timeoutMs: ms, force: args.force });
-        printRecords([{ ...r }], ['stage', 'seconds'], { json: args.json, plain: true });
-      },
-      { parallel: true },
-    );
+    // on a terminal, the stage each VM is waiting in (acpi, agent, quit, sigterm), live on stderr
+    const { StatusLine } = await import('../lib/cli/status.ts');
+    const status = new StatusLine();
+    const waiting = new Map<string, string>();
+    const show = () => status.show(`stopping ${[...waiting].map(([n, s]) => `${n}: ${s}`).join(', ')}`);
+    const { stdoutIsTTY } = await import('../lib/cli/output.ts');
+    const tty = stdoutIsTTY() && !args.json;
+    const done: Array<{ name: string; stage: string; seconds: number }> = [];
+    try {
+      return await forEachName(
+        names,
+        async (name) => {
+          const vm = await requireRunning(refs.get(name)!);
+          const r = await stopVm(vm, {
+            timeoutMs: ms,
+            force: args.force,
+            onStage: (s) => (waiting.set(name, s === 'agent' ? 'guest agent' : s), show()),
+            say: (l) => status.say(l),
+          });
+          waiting.delete(name);
+          // a pipe gets each VM's line as it stops; a terminal one aligned table at the end
+          if (tty) done.push({ ...r });
+          else printRecords([{ ...r }], ['stage', 'seconds'], { json: args.json, plain: true });
+          if (waiting.size) show();
+        },
+        { parallel: true },
+      );
+    } finally {
+      status.end();
+      if (done.length) printRecords(done, ['stage', 'seconds'], { json: args.json });
+    }
   },
 });

@@ -51,8 +51,16 @@ the VM stops meanwhile.`,
     const vm = await runningVm(args.name);
     const fors = given ?? [parseWaitFor(signalsOf(vm).agent ? 'agent' : 'ssh')];
     checkWaitable(vm.name, signalsOf(vm), fors);
-    const ready = await waitUp(vm, fors, { timeoutMs: ms });
-    printRecords(ready, ['for', 'seconds', 'seen'], { json: args.json, plain: true });
+    // on a terminal: what is awaited, the time so far and what was last seen, live on stderr
+    const { StatusLine } = await import('../lib/cli/status.ts');
+    const status = new StatusLine();
+    const onProgress = (waiting: string[], last: string) => {
+      if (!waiting.length) return status.hide();
+      status.show(`waiting for ${waiting.join(' and ')}`);
+      status.update(last);
+    };
+    const ready = await waitUp(vm, fors, { timeoutMs: ms, onProgress }).finally(() => status.end());
+    printRecords(ready, ['for', 'seconds', 'seen'], { json: args.json });
     return 0;
   },
 });

@@ -141,10 +141,17 @@ async function buildIt(o: BuildOpts, plan: BuildPlan, c: Ctx, firstBoot: FirstBo
   log.section('inputs', JSON.stringify(c.inputs, null, 2));
   try {
     const { newBuildKey } = await import('./ssh.ts');
+    const { ensureUserKey, keyBlobOf } = await import('../vm/userkey.ts');
     const buildKeyPair = await newBuildKey(`pim-build-${c.id}`);
     const served = structuredClone(plan.profile);
     const keys = Array.isArray(served.value.ssh_keys) ? (served.value.ssh_keys as string[]) : [];
-    served.value.ssh_keys = [...keys, buildKeyPair.public];
+    // pim's own key for the user goes in too (not into the cache key: lib/vm/userkey.ts), so
+    // that pim-ssh reaches the build with no set-up; the per-build key goes after provisioning
+    const userKey = await ensureUserKey().catch((e: unknown) => {
+      st.say(`warning: could not make pim's SSH key (${(e as Error).message}); ${keys.length ? 'only the profile\'s ssh_keys' : 'no key you hold'} will log in to this build`);
+      return null;
+    });
+    served.value.ssh_keys = [...keys, ...(userKey && !keys.some((k) => keyBlobOf(k) === keyBlobOf(userKey.public)) ? [userKey.public] : []), buildKeyPair.public];
     if (served.value.ssh_user === undefined) served.value.ssh_user = plan.sshUser;
     if (vars) {
       const { ovmfVarsTemplate } = await import('../qemu/host.ts');
@@ -216,7 +223,7 @@ async function buildIt(o: BuildOpts, plan: BuildPlan, c: Ctx, firstBoot: FirstBo
       iso: { name: plan.iso, checksum: c.iso.checksum, path: c.iso.path },
       disk: { file, format: plan.disk.format, virtual_size: info['virtual-size'], bytes: kept },
       efivars: vars ? `${plan.name}.efivars.fd` : null,
-      settings: { mem: plan.mem, cpus: plan.cpus, firmware: plan.firmware, machine: 'q35', disk_bus: 'virtio', net: 'virtio-net', ssh_user: plan.sshUser },
+      settings: { mem: plan.mem, cpus: plan.cpus, firmware: plan.firmware, machine: 'q35', disk_bus: 'virtio', net: 'virtio-net', ssh_user: plan.sshUser, ...(userKey ? { user_key: userKey.public } : {}) },
       times: { install: round(tInstall), provision: round(tProv), total: round((Date.now() - c.t0) / 1000) },
       log: 'build.log',
     };

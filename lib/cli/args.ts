@@ -40,6 +40,19 @@ export function jsonArg(text: string | undefined): unknown {
 }
 
 /**
+ * VM names given, or else read from stdin (the first word of each line), as in
+ * `pim-ps -q | fzf -m | pim-stop`. A terminal on stdin is a usage error (`tty`
+ * says what to type); empty input (fzf cancelled, no VM listed) is nothing to
+ * do: an empty list, and the caller exits 0 quietly.
+ */
+export async function namesOrStdin(given: string[], tty: string): Promise<string[]> {
+  if (given.length) return given;
+  if (process.stdin.isTTY) throw new PimError(EXIT.USAGE, tty);
+  const { text } = await import('node:stream/consumers');
+  return (await text(process.stdin)).split('\n').map((l) => l.trim().split(/\s+/)[0] ?? '').filter(Boolean);
+}
+
+/**
  * Run `fn` for each name (at once, or one after another), report each
  * failure on its own line and go on with the others. Returns the exit status:
  * the first failure's code, or 0.

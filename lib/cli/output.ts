@@ -80,22 +80,69 @@ const show = (v: unknown): string => {
   return String(v).replace(/[\t\n]/g, ' ');
 };
 
-/** Render records to text (no trailing newline handling needed by callers). */
-export function formatRecords(recs: Rec[], fields: string[], opts: OutputOpts & { tty?: boolean } = {}): string {
+/** A duration in seconds as people read it: 44s, 3m4s, 2h5m, 1d3h ("-" for none). pim-ps and pim-status show uptime so. */
+export function humanDuration(s: number | null): string {
+  if (s === null) return '-';
+  const d = Math.floor(s / 86400), h = Math.floor((s % 86400) / 3600), m = Math.floor((s % 3600) / 60), sec = s % 60;
+  if (d) return `${d}d${h}h`;
+  if (h) return `${h}h${m}m`;
+  if (m) return `${m}m${sec}s`;
+  return `${sec}s`;
+}
+
+/** Bytes as people read them: 512 B, 4.0 KiB, 19.8 MiB, 1.2 GiB. */
+export function humanBytes(n: number): string {
+  const units = ['B', 'KiB', 'MiB', 'GiB', 'TiB'];
+  let v = n;
+  let i = 0;
+  while (v >= 1024 && i < units.length - 1) (v /= 1024), i++;
+  return i === 0 ? `${n} B` : `${v.toFixed(1)} ${units[i]}`;
+}
+
+/** Fields holding a byte count: shown human-sized in a terminal's table (pipes and JSON keep the number). */
+const BYTE_FIELD = /^(size|bytes|virtual_size|disk_size)$|_bytes$/;
+
+/** Cut `c` to `w` characters with an ellipsis in the middle (a path keeps its start and its file name). */
+const cut = (c: string, w: number) => (c.length <= w ? c : w < 2 ? c.slice(0, w) : `${c.slice(0, Math.ceil((w - 1) / 2))}…${c.slice(c.length - Math.floor((w - 1) / 2))}`);
+
+/**
+ * Render records to text. A pipe: one line per record, tab-separated (stable
+ * plumbing). A terminal (`tty`): the one table printer every command uses: a
+ * header (even with no records), aligned columns, byte counts human-sized,
+ * and, at `columns`, the widest cells cut in the middle so that no row wraps.
+ */
+export function formatRecords(recs: Rec[], fields: string[], opts: OutputOpts & { tty?: boolean; columns?: number } = {}): string {
   if (opts.json) return recs.map((r) => JSON.stringify(r)).join('\n') + (recs.length ? '\n' : '');
   if (opts.quiet) return recs.map((r) => r.name).join('\n') + (recs.length ? '\n' : '');
-  const rows = recs.map((r) => [r.name, ...fields.map((f) => show(r[f]))]);
-  if (!opts.tty) return rows.map((r) => r.join('\t')).join('\n') + (rows.length ? '\n' : '');
+  if (!opts.tty) {
+    const rows = recs.map((r) => [r.name, ...fields.map((f) => show(r[f]))]);
+    return rows.map((r) => r.join('\t')).join('\n') + (rows.length ? '\n' : '');
+  }
+  const cell = (f: string, v: unknown) => (BYTE_FIELD.test(f) && typeof v === 'number' && Number.isFinite(v) ? humanBytes(v) : show(v));
+  const rows = recs.map((r) => [show(r.name), ...fields.map((f) => cell(f, r[f]))]);
   const header = ['NAME', ...fields.map((f) => f.toUpperCase().replace(/_/g, '-'))];
   const all = [header, ...rows];
   const widths = header.map((_, i) => Math.max(...all.map((r) => (r[i] ?? '').length)));
-  return all.map((r) => r.map((c, i) => (i === r.length - 1 ? c : c.padEnd(widths[i] ?? 0))).join('  ')).join('\n') + '\n';
+  // fit the width: take from the widest column (never below its header or 8) until the row fits
+  const cols = opts.columns ?? 0;
+  if (cols > 0) {
+    const total = () => widths.reduce((a, b) => a + b, 0) + 2 * (widths.length - 1);
+    while (total() > cols - 1) {
+      let wi = 0;
+      for (let i = 1; i < widths.length; i++) if (widths[i]! > widths[wi]!) wi = i;
+      const floor = Math.max(8, header[wi]!.length);
+      if (widths[wi]! <= floor) break;
+      widths[wi] = Math.max(floor, widths[wi]! - (total() - (cols - 1)));
+    }
+  }
+  return all.map((r) => r.map((c, i) => (i === r.length - 1 ? cut(c, widths[i] ?? c.length) : cut(c, widths[i] ?? 0).padEnd(widths[i] ?? 0))).join('  ').trimEnd()).join('\n') + '\n';
 }
 
 export function printRecords(recs: Rec[], fields: string[], opts: OutputOpts = {}): void {
   const tty = !opts.plain && stdoutIsTTY();
-  if (!recs.length && tty && !opts.json && !opts.quiet) return;
-  writeOut(formatRecords(recs, fields, { ...opts, tty }));
+  // the terminal's width, only for a terminal (process.stdout costs a few ms to build)
+  const columns = tty ? process.stdout.columns || Number(process.env.COLUMNS) || 80 : undefined;
+  writeOut(formatRecords(recs, fields, { ...opts, tty, columns }));
 }
 
 /** A JSON value on stdout, pretty on a terminal, one line in a pipe. */

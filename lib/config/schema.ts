@@ -68,6 +68,8 @@ export const PROFILE_SCHEMA: Schema = {
 };
 export const ISO_SCHEMA: Schema = {
   url: 'string', checksum: 'string', checksum_url: 'string', filename: 'string', insecure: 'boolean',
+  /** a local file (url: file:///path): copied into the cache instead of used in place */
+  copy: 'boolean',
   distro: 'string', arch: 'string', version: 'string', description: 'string',
   /** iso (an installer, the default) or image (a disk image for builder: cloud-init) */
   kind: oneOf('iso', 'image'),

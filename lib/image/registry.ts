@@ -52,7 +52,8 @@ export interface BuildRecord {
   disk: { file: string; format: 'qcow2' | 'raw'; virtual_size: number; bytes: number };
   efivars: string | null;
   /** what it takes to run it (and, later, to deploy it) */
-  settings: { mem: string; cpus: number; firmware: 'bios' | 'uefi'; machine: string; disk_bus: string; net: string; ssh_user: string };
+  /** user_key: the public half of pim's own key (lib/vm/userkey.ts), when the build put it in */
+  settings: { mem: string; cpus: number; firmware: 'bios' | 'uefi'; machine: string; disk_bus: string; net: string; ssh_user: string; user_key?: string };
   times: { install: number; provision: number; total: number };
   log: string;
 }

@@ -10,7 +10,8 @@
  * the same lock. The cache dir is 0700 and everything in it 0600.
  */
 import * as fs from 'node:fs';
-import { join } from 'node:path';
+import { join, resolve } from 'node:path';
+import { fileURLToPath, pathToFileURL } from 'node:url';
 import { EXIT, PimError } from '../core/exit.ts';
 import { nameProblem } from '../core/names.ts';
 import { ensurePrivateDir, writeFileAtomic } from '../core/fs.ts';
@@ -99,39 +100,64 @@ export interface AddOpts {
   insecure?: boolean;
   /** image: a disk image for builder: cloud-init (the default, iso, is not written) */
   kind?: 'iso' | 'image';
+  /** a local file (file:// or a path): copy it into the cache instead of using it in place */
+  copy?: boolean;
+}
+
+/**
+ * --url as the entry keeps it: http(s) and file: URLs as they are; a plain
+ * path (absolute, ./relative, ~/...) as the file: URL of its absolute path.
+ * A local file must exist and be a regular file (66).
+ */
+export function entryUrl(u: string, what = '--url'): string {
+  let url = u;
+  if (!/^[a-z][a-z0-9+.-]*:/i.test(u)) {
+    const home = process.env.HOME ?? '';
+    const abs = resolve(u === '~' || u.startsWith('~/') ? join(home, u.slice(1)) : u);
+    url = pathToFileURL(abs).href;
+  }
+  let p: URL;
+  try {
+    p = new URL(url);
+  } catch {
+    throw new PimError(EXIT.USAGE, `${what} ${JSON.stringify(u)} is not a URL or a path`);
+  }
+  if (p.protocol === 'file:') {
+    if (p.host) throw new PimError(EXIT.USAGE, `${what}: a file URL names a local path: file:///path`);
+    const path = fileURLToPath(p);
+    const st = statOrNull(path);
+    if (!st) throw new PimError(EXIT.NOINPUT, `${what}: no file ${path}`);
+    if (!st.isFile()) throw new PimError(EXIT.NOINPUT, `${what}: ${path} is not a regular file`);
+  } else if (p.protocol !== 'http:' && p.protocol !== 'https:') {
+    throw new PimError(EXIT.USAGE, `${what} must be http://, https://, file:// or a path`);
+  }
+  return url;
 }
 
 /** Write isos.d/NAME.yml (0644: the user edits it). Returns the file. */
 export async function addEntry(name: string, opts: AddOpts): Promise<{ name: string; file: string }> {
   checkIsoName(name);
-  if (!opts.url) throw new PimError(EXIT.USAGE, 'pim-iso add needs --url URL');
-  const okUrl = (u: string, what: string) => {
-    let p: URL;
-    try {
-      p = new URL(u);
-    } catch {
-      throw new PimError(EXIT.USAGE, `${what} ${JSON.stringify(u)} is not a URL`);
-    }
-    if (p.protocol !== 'http:' && p.protocol !== 'https:') throw new PimError(EXIT.USAGE, `${what} must be http:// or https://`);
-  };
-  okUrl(opts.url, '--url');
+  if (!opts.url) throw new PimError(EXIT.USAGE, 'pim-iso add needs --url URL (or a local file: file:///path, or a path)');
+  const url = entryUrl(opts.url);
+  const local = url.startsWith('file:');
+  if (opts.copy && !local) throw new PimError(EXIT.USAGE, '--copy is for a local file (file:///path or a path); a download is always copied into the cache');
   if (opts.checksum && opts.checksumUrl) throw new PimError(EXIT.USAGE, 'give --checksum or --checksum-url, not both');
-  const entry: Record<string, unknown> = { url: opts.url };
+  const entry: Record<string, unknown> = { url };
   if (opts.kind === 'image') entry.kind = 'image';
+  if (opts.copy) entry.copy = true;
   if (opts.checksum) {
     const c = parseChecksum(opts.checksum);
     if (!c) throw new PimError(EXIT.USAGE, '--checksum must be sha256:HEX (64 hex digits) or sha512:HEX (128 hex digits)');
     entry.checksum = formatChecksum(c);
   } else if (opts.checksumUrl) {
-    okUrl(opts.checksumUrl, '--checksum-url');
-    entry.checksum_url = opts.checksumUrl;
+    entry.checksum_url = entryUrl(opts.checksumUrl, '--checksum-url');
     if (opts.filename) entry.filename = opts.filename;
   } else if (opts.insecure) {
     entry.insecure = true;
   } else {
     throw new PimError(EXIT.USAGE, `ISO "${name}" needs a checksum: give --checksum sha256:HEX, --checksum-url URL, or --insecure to add it unverified`);
   }
-  if (opts.url.includes('*') && !entry.checksum_url) throw new PimError(EXIT.USAGE, 'a "*" in --url needs --checksum-url to resolve it');
+  if (url.includes('*') && !entry.checksum_url) throw new PimError(EXIT.USAGE, 'a "*" in --url needs --checksum-url to resolve it');
   const cat = await isoCatalog();
   if (cat.names().includes(name) || name === 'default') throw new PimError(EXIT.CANTCREAT, `ISO "${name}" already exists in the catalog; pick another name or remove it with pim-iso rm --entry ${name}`);
   const dir = subdir('isos.d');
@@ -181,7 +207,7 @@ async function expected(e: IsoEntry, reuse: VerifiedRecord | null, signal?: Abor
       return { checksum: parseChecksum(reuse.expected), url: reuse.url };
     }
     const { fetchText } = await import('./download.ts');
-    const sums = parseSums(await fetchText(e.checksum_url, { signal }));
+    const sums = parseSums(e.checksum_url.startsWith('file:') ? fs.readFileSync(fileURLToPath(e.checksum_url), 'utf8') : await fetchText(e.checksum_url, { signal }));
     const pick = pickFromSums(e, sums);
     return { checksum: pick.checksum, url: pick.url };
   }
@@ -216,15 +242,28 @@ async function obtain(e: IsoEntry, opts: FetchOpts & { reuse: boolean }): Promis
       ev({ type: 'cached', name: e.name, path: f.iso });
       return { name: e.name, path: f.iso, checksum: want, verified: true, downloaded: false };
     }
-    const { downloadTo } = await import('./download.ts');
-    ev({ type: 'start', name: e.name, url: exp.url, resumeAt: statOrNull(f.part)?.size ?? 0 });
-    await downloadTo(exp.url, f.part, {
-      signal: opts.signal,
-      stallMs: opts.stallMs,
-      onProgress: opts.onProgress,
-      onRetry: (attempt, error) => ev({ type: 'retry', name: e.name, attempt, error }),
-      onRestart: (why) => ev({ type: 'restart', name: e.name, why }),
-    });
+    if (exp.url.startsWith('file:')) {
+      // a local file: used in place (the cache holds a symlink to it), or copied (copy: true);
+      // either way it is verified as a download is, before it takes the ISO's name
+      const src = fileURLToPath(exp.url);
+      const st = statOrNull(src);
+      if (!st?.isFile()) throw new PimError(EXIT.NOINPUT, `${e.name}: no file ${src} (the entry's url); put it back or fix the url in isos.d`);
+      fs.rmSync(f.part, { force: true });
+      ev({ type: 'start', name: e.name, url: exp.url, resumeAt: 0 });
+      if (e.copy === true) fs.copyFileSync(src, f.part);
+      else fs.symlinkSync(src, f.part);
+      if (e.copy === true) fs.chmodSync(f.part, 0o600);
+    } else {
+      const { downloadTo } = await import('./download.ts');
+      ev({ type: 'start', name: e.name, url: exp.url, resumeAt: statOrNull(f.part)?.size ?? 0 });
+      await downloadTo(exp.url, f.part, {
+        signal: opts.signal,
+        stallMs: opts.stallMs,
+        onProgress: opts.onProgress,
+        onRetry: (attempt, error) => ev({ type: 'retry', name: e.name, attempt, error }),
+        onRestart: (why) => ev({ type: 'restart', name: e.name, why }),
+      });
+    }
     checkAborted(opts.signal);
     if (!exp.checksum) {
       fs.renameSync(f.part, f.iso);
@@ -238,7 +277,8 @@ async function obtain(e: IsoEntry, opts: FetchOpts & { reuse: boolean }): Promis
     const digest = await hashFile(f.part, exp.checksum.algo, opts.signal);
     if (digest !== exp.checksum.hex) {
       fs.rmSync(f.part, { force: true });
-      throw new PimError(EXIT.DATAERR, `${e.name}: checksum mismatch: expected ${want}, got ${exp.checksum.algo}:${digest}; the part file was deleted. Check the entry's checksum and the URL`);
+      const gone = exp.url.startsWith('file:') ? `${fileURLToPath(exp.url)} is not the file the entry names (it is left as it is)` : 'the part file was deleted';
+      throw new PimError(EXIT.DATAERR, `${e.name}: checksum mismatch: expected ${want}, got ${exp.checksum.algo}:${digest}; ${gone}. Check the entry's checksum and the URL`);
     }
     fs.renameSync(f.part, f.iso);
     const st = fs.statSync(f.iso);

@@ -36,6 +36,8 @@ export interface IsoEntry {
   checksum_url?: string;
   filename?: string;
   insecure?: boolean;
+  /** a file: url: copy the file into the cache (default: use it in place, through a symlink) */
+  copy?: boolean;
   description?: string;
   [k: string]: unknown;
 }
@@ -119,7 +121,8 @@ export async function isoCatalog() {
       } catch {
         throw new PimError(EXIT.CONFIG, `${at('url')}: ISO "${name}": url ${JSON.stringify(r.value.url)} is not a URL`);
       }
-      if (u.protocol !== 'http:' && u.protocol !== 'https:') throw new PimError(EXIT.CONFIG, `${at('url')}: ISO "${name}": url must be http or https`);
+      if (u.protocol !== 'http:' && u.protocol !== 'https:' && u.protocol !== 'file:') throw new PimError(EXIT.CONFIG, `${at('url')}: ISO "${name}": url must be http, https or file (a local file: file:///path)`);
+      if (u.protocol === 'file:' && u.host) throw new PimError(EXIT.CONFIG, `${at('url')}: ISO "${name}": a file url names a local path: file:///path, not file://${u.host}/...`);
       if (typeof r.value.checksum === 'string' && !parseChecksum(r.value.checksum)) {
         throw new PimError(EXIT.CONFIG, `${at('checksum')}: ISO "${name}": checksum must be sha256:HEX (64 hex digits) or sha512:HEX (128)`);
       }

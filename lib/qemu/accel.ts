@@ -19,7 +19,7 @@
  * - no verdict: default starts still use KVM, watch their first seconds, and
  *   look at the other KVM VMs first.
  */
-import { readdirSync, readFileSync, rmSync } from 'node:fs';
+import { readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { cacheDir } from '../core/paths.ts';
 import { ensurePrivateDir, writeFileAtomic } from '../core/fs.ts';
@@ -70,10 +70,15 @@ export const verdictDir = () => join(cacheDir(), 'accel');
 /** This host boot's verdict for this QEMU binary. */
 export const verdictFile = () => join(verdictDir(), `${bootId().replace(/[^0-9a-zA-Z-]/g, '')}-${fnv64(qemuBinary())}.json`);
 
-/** Verdicts of earlier host boots (other file names: never the one in use) go when a new one is written. */
+const bootPart = () => bootId().replace(/[^0-9a-zA-Z-]/g, '');
+
+/** Verdicts of earlier host boots (other file names: never the one in use), and their said-once markers, go when a new one is written. */
 function dropOldVerdicts(keep: string): void {
   try {
-    for (const f of readdirSync(verdictDir())) if (f.endsWith('.json') && join(verdictDir(), f) !== keep) rmSync(join(verdictDir(), f), { force: true });
+    for (const f of readdirSync(verdictDir())) {
+      const old = (f.endsWith('.json') && join(verdictDir(), f) !== keep) || (f.endsWith('.said') && !f.startsWith(`${bootPart()}-`));
+      if (old) rmSync(join(verdictDir(), f), { force: true });
+    }
   } catch {
     /* nothing to drop */
   }
@@ -85,6 +90,32 @@ function readVerdictFile(): AccelVerdict | null {
   } catch {
     return null;
   }
+}
+
+/** The marker that says `message` was said in this host boot (beside the verdict). */
+const saidFile = (message: string) => join(verdictDir(), `${bootPart()}-${fnv64(qemuBinary())}-${fnv64(message)}.said`);
+
+/** Remember that `message` was said in this host boot. Returns true when it was new. */
+export function markSaid(message: string): boolean {
+  try {
+    ensurePrivateDir(verdictDir());
+    writeFileSync(saidFile(message), '', { flag: 'wx', mode: 0o600 });
+    dropOldVerdicts(verdictFile());
+    return true;
+  } catch (e) {
+    // already said; or the cache cannot be written, and then it is said every time rather than never
+    return (e as NodeJS.ErrnoException).code !== 'EEXIST';
+  }
+}
+
+/**
+ * An accelerator warning (KVM broken, no /dev/kvm): said once per host boot,
+ * the first time a start meets it; later starts only log it at debug level.
+ * pim doctor says it every time.
+ */
+export function warnOncePerBoot(message: string): void {
+  if (markSaid(message)) log.warn(`${message} (said once per host boot; pim doctor checks it every time)`);
+  else log.debug(message);
 }
 
 export function readKvmVerdict(): 'ok' | 'broken' | null {
@@ -167,6 +198,6 @@ export function chooseAccel(requested?: string): AccelChoice {
       warning = KVM_BROKEN_WARNING;
     } else probeKvm = verdict === null;
   }
-  if (warning) log.warn(warning);
+  if (warning) warnOncePerBoot(warning);
   return { accel, probeKvm };
 }

@@ -13,6 +13,7 @@ import { basename, dirname } from 'node:path';
 import { EXIT, PimError } from '../core/exit.ts';
 import { openRegular } from '../core/fs.ts';
 import { prog } from '../core/prog.ts';
+import { guestSink } from '../core/termsafe.ts';
 import type { RunningVm } from './state.ts';
 
 const DETACH = 0x1d; // Ctrl-]
@@ -28,17 +29,41 @@ export interface ConsoleOpts {
   waitMs?: number | null;
   /** where the console's bytes go (stdout) */
   out: NodeJS.WritableStream;
+  /**
+   * show control bytes escaped, pass only text and colour (lib/core/termsafe.ts):
+   * the default when `out` is a terminal, for the read-only console (the
+   * attached one stays raw)
+   */
+  safe?: boolean;
+}
+
+/**
+ * Where to cut chunk `d` when `until` matches the text seen so far (`seen`)
+ * followed by it: the byte after the newline that ends the matching line (the
+ * whole chunk when that line has no end yet); null when nothing matches.
+ */
+export function untilCut(seen: string, d: Buffer, until: RegExp): number | null {
+  const text = d.toString('utf8');
+  const m = until.exec(seen + text);
+  if (!m) return null;
+  const endInChunk = Math.max(0, m.index + m[0].length - seen.length);
+  const from = Buffer.byteLength(text.slice(0, endInChunk), 'utf8');
+  // a match that ends with the line's own newline ends that line there
+  const nl = m[0].endsWith('\n') && from > 0 ? from - 1 : d.indexOf(0x0a, from);
+  return nl < 0 ? d.length : nl + 1;
 }
 
 /** The end of a console session: output, the --until match, the timeout, one status. */
 function session(vm: RunningVm, o: ConsoleOpts, onEnd: () => void): { output(d: Buffer): void; stopped(): void; done: Promise<number>; finish(code: number): void; ended(): boolean } {
   let finished = false;
   let seen = '';
+  const sink = guestSink(o.out, o.safe ?? false);
   let resolve: (code: number) => void = () => {};
   const done = new Promise<number>((r) => (resolve = r));
   const finish = (code: number) => {
     if (finished) return;
     finished = true;
+    sink.end();
     clearTimeout(timer);
     onEnd();
     resolve(code);
@@ -57,10 +82,15 @@ function session(vm: RunningVm, o: ConsoleOpts, onEnd: () => void): { output(d: 
     ended: () => finished,
     output(d) {
       if (finished) return;
-      o.out.write(d);
-      if (!o.until) return;
-      seen = (seen + d.toString('utf8')).slice(-65536);
-      if (o.until.test(seen)) finish(EXIT.OK);
+      if (!o.until) return sink.write(d);
+      const cut = untilCut(seen, d, o.until);
+      if (cut === null) {
+        sink.write(d);
+        seen = (seen + d.toString('utf8')).slice(-65536);
+        return;
+      }
+      sink.write(d.subarray(0, cut)); // up to the end of the matching line: nothing after it
+      finish(EXIT.OK);
     },
     stopped() {
       if (!finished) process.stderr.write(`${prog()}: ${vm.name}'s console closed (the VM stopped)\n`);

@@ -173,7 +173,9 @@ export async function viaScp(c: CopyCtx): Promise<'ok' | 'no-scp'> {
   const { spawn } = process.getBuiltinModule('node:child_process') as typeof import('node:child_process');
   const p = c.plan;
   const target = (path: string) => `${p.vm}:${path}`;
-  const argv = ['-O', '-p', '-q', ...(c.recursive ? ['-r'] : []), ...c.sshOpts, '--', ...(p.direction === 'up' ? [...p.sources, target(p.dest)] : [...p.sources.map(target), p.dest])];
+  // on a terminal, scp's own progress meter (bytes, rate, time left; scp draws it on stdout only when that is a terminal)
+  const { isatty } = process.getBuiltinModule('node:tty') as typeof import('node:tty');
+  const argv = ['-O', '-p', ...(isatty(1) ? [] : ['-q']), ...(c.recursive ? ['-r'] : []), ...c.sshOpts, '--', ...(p.direction === 'up' ? [...p.sources, target(p.dest)] : [...p.sources.map(target), p.dest])];
   const { needSshClient } = await import('./reach.ts');
   const child = spawn(await needSshClient('scp'), argv, { stdio: ['ignore', 'inherit', 'pipe'] });
   const r = await finish(child, 'scp');

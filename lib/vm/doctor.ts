@@ -175,7 +175,9 @@ async function accelCheck(timeoutMs: number): Promise<Check> {
   const p = await runProbe('kvm', timeoutMs);
   if (p.status === PROBE_OK) return check('kvm', 'ok', `/dev/kvm opens and ran a test guest (long mode, 2^20 loops) to its end in ${p.ms} ms`);
   if (p.errors[0]?.startsWith('cannot run')) return check('kvm', 'warn', `/dev/kvm opens; not tested: ${p.errors[0]}`);
-  const what = `/dev/kvm opens, but KVM fails at run time: ${probeFailure(p, timeoutMs)}`;
+  const { readKvmVerdict } = await import('../qemu/accel.ts');
+  const remembered = readKvmVerdict() === 'broken' ? ' (pim-run remembers it until the host reboots, and warns once per boot)' : '';
+  const what = `/dev/kvm opens, but KVM fails at run time${remembered}: ${probeFailure(p, timeoutMs)}`;
   if (forced === 'tcg') return check('kvm', 'warn', `${what}; PIM_ACCEL=tcg is set, so pim uses TCG`);
   return check('kvm', 'fail', `${what}; set PIM_ACCEL=tcg so that pim runs VMs under TCG (much slower) without trying KVM, or fix the host's KVM (nested virtualisation)`);
 }

@@ -9,6 +9,7 @@
 import { closeSync, fstatSync, readSync } from 'node:fs';
 import { EXIT, PimError } from '../core/exit.ts';
 import { openRegular } from '../core/fs.ts';
+import { guestSink } from '../core/termsafe.ts';
 import { vmInfo, type RunningVm } from './state.ts';
 import type { VmRef } from './ref.ts';
 
@@ -37,13 +38,17 @@ export interface LogOpts {
   /** only the last N lines (then follow from there) */
   lines?: number;
   out: NodeJS.WritableStream;
+  /** show the guest's control bytes escaped (for a terminal: lib/core/termsafe.ts) */
+  safe?: boolean;
 }
 
-/** Copy `fd` from `from` to its current end into `out`. */
-function copy(fd: number, from: number, out: NodeJS.WritableStream): void {
+/** Copy `fd` from `from` to its current end into `out` (made safe for a terminal with `safe`). */
+function copy(fd: number, from: number, out: NodeJS.WritableStream, safe: boolean): void {
+  const sink = guestSink(out, safe);
   const buf = Buffer.alloc(64 * 1024);
   let pos = from;
-  for (let n; (n = readSync(fd, buf, 0, buf.length, pos)) > 0; pos += n) out.write(Buffer.from(buf.subarray(0, n)));
+  for (let n; (n = readSync(fd, buf, 0, buf.length, pos)) > 0; pos += n) sink.write(Buffer.from(buf.subarray(0, n)));
+  sink.end();
 }
 
 /**
@@ -62,7 +67,7 @@ export async function showLog(ref: VmRef, o: LogOpts): Promise<number> {
   try {
     from = o.lines !== undefined ? tailOffset(fd, o.lines) : 0;
     if (!o.follow || info.state !== 'running') {
-      copy(fd, from, o.out);
+      copy(fd, from, o.out, o.safe ?? false);
       if (o.follow) process.stderr.write(`${ref.name} is not running: its log is shown, there is nothing to follow\n`);
       return EXIT.OK;
     }
@@ -70,5 +75,5 @@ export async function showLog(ref: VmRef, o: LogOpts): Promise<number> {
     closeSync(fd);
   }
   const { followConsole } = await import('./console.ts');
-  return followConsole(info as RunningVm, { from, out: o.out });
+  return followConsole(info as RunningVm, { from, out: o.out, safe: o.safe });
 }

@@ -8,7 +8,7 @@
 import { copyFileSync } from 'node:fs';
 import { EXIT, PimError } from '../core/exit.ts';
 import { log } from '../core/log.ts';
-import { chooseAccel, KVM_BROKEN_WARNING, markKvmBroken } from '../qemu/accel.ts';
+import { chooseAccel, KVM_BROKEN_WARNING, markKvmBroken, markSaid, warnOncePerBoot } from '../qemu/accel.ts';
 import { bridgeHelper, checkPortFree, freePort, macFor, ovmfCode } from '../qemu/host.ts';
 import type { Accel, NetSpec, PortForward, VmSpec } from '../qemu/argv.ts';
 import { checkForwards, checkHostPortFree } from './forward.ts';
@@ -137,7 +137,7 @@ export async function startVm(req: StartRequest): Promise<{ vm: RunningVm; accel
     const { surveyKvm } = await import('./health.ts');
     const verdict = await surveyKvm(req.ref.dir);
     if (verdict === 'broken') {
-      log.warn(KVM_BROKEN_WARNING);
+      warnOncePerBoot(KVM_BROKEN_WARNING);
       accel = 'tcg';
     }
     probe = verdict === null;
@@ -170,6 +170,7 @@ export async function startVm(req: StartRequest): Promise<{ vm: RunningVm; accel
           // QEMU died of KVM as it started (launch marked KVM broken): this VM runs on TCG
           if (!(probe && accel === 'kvm' && e instanceof KvmFailed)) throw e;
           log.warn(`KVM failed here as QEMU started: starting ${req.ref.name} with TCG, which is much slower; later runs use TCG directly`);
+          markSaid(KVM_BROKEN_WARNING); // said now: not again at the next start of this host boot
           accel = 'tcg';
           result = await launch(res, request(req, np, accel, uefi), { signal: req.signal });
         }
@@ -179,6 +180,7 @@ export async function startVm(req: StartRequest): Promise<{ vm: RunningVm; accel
         if (probe && accel === 'kvm' && !(await kvmWorks(result))) {
           markKvmBroken();
           log.warn('KVM failed at run time here (internal error): restarting with TCG, which is much slower; later runs use TCG directly');
+          markSaid(KVM_BROKEN_WARNING);
           accel = 'tcg';
           result = await launch(res, request(req, np, accel, uefi), { signal: req.signal });
           if (typeof result === 'number') return result;

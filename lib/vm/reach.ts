@@ -10,7 +10,8 @@
  * Who. `--user`/`-i` (the caller's overrides), else PIM_SSH_USER/PIM_SSH_KEY,
  * else what the metadata recorded at start (a VM booted from a pim build: the
  * profile's ssh_user, and the user's own key when one of ~/.ssh/id_* is among
- * the profile's ssh_keys), else user root and OpenSSH's default keys.
+ * the profile's ssh_keys, else pim's own key, lib/vm/userkey.ts), else user
+ * root with pim's own key and OpenSSH's default keys (~/.ssh/id_*).
  *
  * Files, in the VM's private directory `<runtime>/NAME.ssh/` (0700, made
  * with mkdir, never through a symlink; removed with the VM's runtime files):
@@ -27,6 +28,7 @@ import { EXIT, PimError } from '../core/exit.ts';
 import { SOCKET_PATH_MAX } from '../core/paths.ts';
 import type { RunningVm } from './state.ts';
 import type { VmRef } from './ref.ts';
+import { keyBlobOf, userKeyIfMade, userPublicKey } from './userkey.ts';
 
 /** How long a cached master connection lasts with no session on it. */
 export const CONTROL_PERSIST = '10m';
@@ -156,6 +158,29 @@ export interface ConfigInput {
   controlPath: string;
   /** the host keys are pinned (known_hosts holds the agent's keys) */
   pinned: boolean;
+  /** with no `key`: the identity files to offer (pim's own key, then OpenSSH's defaults that exist) */
+  identities?: string[];
+}
+
+/** OpenSSH's default identity files, in its order. */
+const DEFAULT_IDENTITIES = ['id_rsa', 'id_ecdsa', 'id_ecdsa_sk', 'id_ed25519', 'id_ed25519_sk'];
+
+/**
+ * What pim-ssh offers when no key is given or recorded: pim's own key (when
+ * it is made), then those of OpenSSH's default keys that exist. An ssh -F
+ * config with IdentityFile lines offers only those (and an agent's keys), so
+ * the defaults are listed too, not lost.
+ */
+export function defaultIdentities(): string[] {
+  const out: string[] = [];
+  const own = userKeyIfMade();
+  if (own) out.push(own);
+  const home = process.env.HOME;
+  for (const n of home ? DEFAULT_IDENTITIES : []) {
+    const p = join(home!, '.ssh', n);
+    if (fs.existsSync(p)) out.push(p);
+  }
+  return out;
 }
 
 /** The text of the per-VM ssh config. */
@@ -168,6 +193,7 @@ export function sshConfigText(c: ConfigInput): string {
     `  User ${c.user}`,
   ];
   if (c.key) lines.push(`  IdentityFile ${configValue(c.key)}`, '  IdentitiesOnly yes');
+  else for (const k of c.identities ?? []) lines.push(`  IdentityFile ${configValue(k)}`);
   lines.push(
     `  UserKnownHostsFile ${configValue(c.knownHosts)}`,
     '  GlobalKnownHostsFile /dev/null',
@@ -270,7 +296,7 @@ export function masterAlive(sock: string): Promise<boolean> {
  * the guest agent only while known_hosts is empty; a VM whose agent does not
  * answer gets accept-new, said once (when its config is first written).
  */
-export async function prepareSsh(vm: RunningVm, over: SshWho = {}, say: (msg: string) => void = () => {}): Promise<Prepared> {
+export async function prepareSsh(vm: RunningVm, over: SshWho = {}, say: (msg: string) => void = () => {}, opts: { configWho?: boolean } = {}): Promise<Prepared> {
   const { readRegular, writeFileAtomic } = await import('../core/fs.ts');
   const files = sshFiles(vm);
   const who = sshWho(vm, over);
@@ -286,8 +312,9 @@ export async function prepareSsh(vm: RunningVm, over: SshWho = {}, say: (msg: st
   }
   addr ??= await sshAddress(vm);
   const pattern = hostPattern(addr.host, addr.port);
-  // the default user and key (the config's); overrides go on ssh's command line
-  const base = sshWho(vm);
+  // the default user and key (the config's); overrides go on ssh's command line, or into
+  // the config itself for pim-ssh --config (configWho), whose reader has only the file
+  const base = opts.configWho ? who : sshWho(vm);
   let known = readRegular(files.knownHosts) ?? '';
   let pinned = /^# pinned/m.test(known);
   if (!known.trim() || (pinned && !known.includes(`\n${pattern} `))) {
@@ -307,7 +334,7 @@ export async function prepareSsh(vm: RunningVm, over: SshWho = {}, say: (msg: st
       if (!oldConfig) say(`${vm.name}: no guest agent answered with the host keys, so the key SSH shows first is trusted (StrictHostKeyChecking accept-new)`);
     }
   }
-  const text = sshConfigText({ name: vm.name, host: addr.host, port: addr.port, user: base.user, key: base.key, knownHosts: files.knownHosts, controlPath: files.controlPattern, pinned });
+  const text = sshConfigText({ name: vm.name, host: addr.host, port: addr.port, user: base.user, key: base.key, identities: base.key ? [] : defaultIdentities(), knownHosts: files.knownHosts, controlPath: files.controlPattern, pinned });
   if (text !== oldConfig) writeFileAtomic(files.config, text, 0o600);
   return { files, reach: { name: vm.name, host: addr.host, port: addr.port, ...who, pattern }, control, master };
 }
@@ -328,7 +355,7 @@ export function connectError(name: string, r: SshReach, stderr: string): PimErro
     return new PimError(EXIT.DATAERR, `${name} showed a host key that is not the one pinned from its guest agent: ssh refused to connect; if the guest really has a new key, stop and start the VM again (or remove ${r.pattern} from its known_hosts)`);
   }
   if (/Permission denied/i.test(stderr)) {
-    return new PimError(EXIT.NOPERM, `SSH to ${name} refused ${r.user}${r.key ? ` with key ${r.key}` : " with OpenSSH's default keys"}: give --user and -i KEY (or set PIM_SSH_USER, PIM_SSH_KEY)`);
+    return new PimError(EXIT.NOPERM, `SSH to ${name} refused ${r.user}${r.key ? ` with key ${r.key}` : " with pim's key and OpenSSH's default keys"}: give --user and -i KEY (or set PIM_SSH_USER, PIM_SSH_KEY)`);
   }
   return new PimError(EXIT.UNAVAILABLE, `cannot reach ${name} over SSH at ${r.host}:${r.port} (${last}); is its SSH server up? (pim-wait ${name} --for ssh)`);
 }
@@ -427,12 +454,18 @@ export async function closeMasters(ref: VmRef, timeoutMs = 3_000): Promise<void>
 /**
  * What a VM booted from a pim build logs in with: the build's ssh_user, and
  * the user's own key (~/.ssh/id_ed25519, id_ecdsa, id_rsa) when its public
- * half is among the profile's ssh_keys. For pim-run to record in the metadata.
+ * half is among the profile's ssh_keys, else pim's own key when the build
+ * put it in (`userKey`, the public line the build record keeps). For pim-run
+ * to record in the metadata; `key` stays unset when no key the user holds is
+ * in the build (pim-run warns).
  */
-export function sshOfBuild(settingsUser: string | undefined, profileKeys: unknown): SshWho {
+export function sshOfBuild(settingsUser: string | undefined, profileKeys: unknown, userKey?: string | null): SshWho {
   const out: SshWho = {};
   if (settingsUser && USER_RE.test(settingsUser)) out.user = settingsUser;
   const keys = Array.isArray(profileKeys) ? profileKeys.filter((k): k is string => typeof k === 'string').map((k) => k.trim().split(/\s+/)[1]) : [];
+  const own = userKeyIfMade();
+  const ownPub = userPublicKey();
+  if (userKey && own && ownPub && keyBlobOf(userKey) === keyBlobOf(ownPub)) out.key = own;
   const home = process.env.HOME;
   if (!home || !keys.length) return out;
   for (const t of ['id_ed25519', 'id_ecdsa', 'id_rsa']) {
@@ -444,7 +477,7 @@ export function sshOfBuild(settingsUser: string | undefined, profileKeys: unknow
       continue;
     }
     if (keys.includes(pub.trim().split(/\s+/)[1]) && fs.existsSync(priv)) {
-      out.key = priv;
+      out.key = priv; // the user's own key, which the profile names, comes first
       break;
     }
   }

@@ -55,3 +55,23 @@ export async function removeVm(ref: VmRef, o: { image?: boolean } = {}): Promise
     await lock.release();
   }
 }
+
+/**
+ * What `pim-rm --stale` removes: names with a kept log or runtime files in the
+ * runtime dir whose VM does not run (or start) — what builds, pim-kboot VMs
+ * and failed starts leave, which pim-ps --all lists as stopped — but never
+ * anything a user keeps: a VM defined in vms.d, a name with an image in the
+ * store (its log stays for a post-mortem), a running VM. VM definitions that
+ * do not load are an error (78): without them pim cannot tell what is kept.
+ */
+export async function staleNames(): Promise<string[]> {
+  const dir = existingRuntimeDir();
+  if (!dir) return [];
+  const { loggedNames, runtimeNames } = await import('./state.ts');
+  const { storeImages } = await import('../image/store.ts');
+  const { loadVmCatalog } = await import('../config/vms.ts');
+  const { entryNames } = await import('../config/catalog.ts');
+  const kept = new Set([...storeImages().map((i) => i.name), ...entryNames(await loadVmCatalog())]);
+  const live = new Set((await listVms(dir)).filter((v) => v.state !== 'stale').map((v) => v.name));
+  return [...new Set([...loggedNames(dir), ...runtimeNames(dir)])].filter((n) => !kept.has(n) && !live.has(n)).sort();
+}

@@ -1,6 +1,12 @@
 /**
  * Stopping a VM, gently first: guest agent (guest-shutdown) -> ACPI power
- * button (QMP system_powerdown) -> SIGTERM -> SIGKILL. pim-ssh's cached
+ * button (QMP system_powerdown) -> SIGTERM -> SIGKILL. A VM that cannot
+ * hear the gentle stages is not made to wait for them: a paused one is
+ * resumed first (said on stderr); one in an error state (internal-error,
+ * guest-panicked, io-error...) is told to quit through QMP at once (stage
+ * "quit"); a kboot VM (its disks are host directories, written through)
+ * gets a short ACPI stage, then QMP quit: its initramfs often has no ACPI
+ * button driver, so the power button is ignored. pim-ssh's cached
  * master connections are closed before (ssh -O exit, bounded). Each stage waits up to
  * the timeout for QEMU to exit. The signal is the QMP connection closing
  * (QEMU closes it as it exits), at every stage; only a VM whose QMP socket
@@ -13,7 +19,13 @@ import { cleanupFiles, type RunningVm } from './state.ts';
 import type { QmpClient } from '../qemu/qmp.ts';
 import { log } from '../core/log.ts';
 
-export type StopStage = 'agent' | 'acpi' | 'sigterm' | 'sigkill';
+export type StopStage = 'agent' | 'acpi' | 'quit' | 'sigterm' | 'sigkill';
+
+/** How long a kboot VM is given to answer the ACPI power button before QMP quit. */
+const KBOOT_ACPI_MS = 5_000;
+/** QMP run states in which the guest runs (or can be made to) and so can shut itself down. */
+const RESUMABLE = new Set(['paused', 'suspended']);
+const GENTLE = new Set(['running', 'paused', 'suspended', 'prelaunch', 'finish-migrate', 'postmigrate', 'save-vm', 'restore-vm', 'inmigrate']);
 
 export interface StopResult {
   name: string;
@@ -35,7 +47,18 @@ async function signal(pid: number, sig: 'SIGTERM' | 'SIGKILL', root: boolean): P
   }
 }
 
-export async function stopVm(vm: RunningVm, opts: { timeoutMs: number; force?: boolean }): Promise<StopResult> {
+export interface StopOpts {
+  timeoutMs: number;
+  force?: boolean;
+  /** the stage being waited in, as it begins (pim-stop shows it on a terminal) */
+  onStage?: (stage: StopStage) => void;
+  /** a line for the user (stderr): what pim did that they did not ask for */
+  say?: (line: string) => void;
+}
+
+export async function stopVm(vm: RunningVm, opts: StopOpts): Promise<StopResult> {
+  const stage = opts.onStage ?? (() => undefined);
+  const say = opts.say ?? ((l: string) => log.info(l));
   const pid = vm.pid;
   const t0 = Date.now();
   const done = (stage: StopStage): StopResult => {
@@ -58,10 +81,46 @@ export async function stopVm(vm: RunningVm, opts: { timeoutMs: number; force?: b
     if (qmp) return (await qmp.waitClosed(ms)) && (await waitExit(pid, 5_000));
     return waitExit(pid, ms);
   };
+  /** QMP quit: QEMU exits at once, cleanly (its disks flushed); the guest is not asked */
+  const quit = async (): Promise<boolean> => {
+    if (!qmp) return false;
+    stage('quit');
+    try {
+      await qmp.execute('quit', undefined, short);
+    } catch (e) {
+      log.debug(`${vm.name}: quit: ${(e as Error).message}`);
+    }
+    return gone(Math.min(opts.timeoutMs, 10_000));
+  };
   try {
-    if (!opts.force) {
+    let gentle = !opts.force;
+    if (gentle && qmp) {
+      // a guest that cannot run cannot hear the agent or ACPI: don't wait for them
+      let run = 'running';
+      try {
+        run = ((await qmp.execute('query-status', undefined, short)) as { status: string }).status;
+      } catch (e) {
+        log.debug(`${vm.name}: query-status: ${(e as Error).message}`);
+      }
+      if (RESUMABLE.has(run)) {
+        try {
+          await qmp.execute(run === 'suspended' ? 'system_wakeup' : 'cont', undefined, short);
+          say(`${vm.name} was ${run}: ${run === 'suspended' ? 'woke it up' : 'resumed it'} so that it can shut down`);
+        } catch (e) {
+          say(`${vm.name} is ${run} and did not resume (${(e as Error).message}): telling QEMU to quit`);
+          if (await quit()) return done('quit');
+          gentle = false;
+        }
+      } else if (!GENTLE.has(run)) {
+        say(`${vm.name} is in state ${run}, where the guest cannot shut itself down: telling QEMU to quit`);
+        if (await quit()) return done('quit');
+        gentle = false;
+      }
+    }
+    if (gentle) {
       if (vm.meta?.agent !== false) {
         try {
+          stage('agent');
           const { GaClient } = await import('../qemu/ga.ts');
           const ga = await GaClient.connect(vm.files.ga, short);
           try {
@@ -76,17 +135,22 @@ export async function stopVm(vm: RunningVm, opts: { timeoutMs: number; force?: b
         }
       }
       if (qmp) {
+        const kboot = vm.meta?.kind === 'kboot';
         try {
+          stage('acpi');
           await qmp.execute('system_powerdown', undefined, short);
-          if (await gone(opts.timeoutMs)) return done('acpi');
+          if (await gone(kboot ? Math.min(opts.timeoutMs, KBOOT_ACPI_MS) : opts.timeoutMs)) return done('acpi');
         } catch (e) {
           log.debug(`${vm.name}: system_powerdown: ${(e as Error).message}`);
           if (!isAlive(pid)) return done('acpi');
         }
+        if (kboot && (await quit())) return done('quit');
       }
     }
+    stage('sigterm');
     await signal(pid, 'SIGTERM', Boolean(vm.meta?.root));
     if (await gone(opts.timeoutMs)) return done('sigterm');
+    stage('sigkill');
     await signal(pid, 'SIGKILL', Boolean(vm.meta?.root));
     if (await gone(10_000)) return done('sigkill');
     throw new PimError(EXIT.TEMPFAIL, `${vm.name} (pid ${pid}) is still alive after SIGKILL`);

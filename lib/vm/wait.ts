@@ -61,6 +61,8 @@ export interface WaitOpts {
   /** console: read the log from this offset (default 0: everything this QEMU wrote) */
   logFrom?: number;
   signal?: AbortSignal;
+  /** what is still awaited and what each last saw: at the start, when one comes up, and once a second (for a terminal's status line) */
+  onProgress?: (waiting: string[], lastSeen: string) => void;
 }
 
 /** Exit 64 before anything starts when the VM cannot give one of those signals: no agent channel, no forwarded SSH port. */
@@ -127,11 +129,17 @@ export async function waitUp(vm: RunningVm, fors: WaitFor[], o: WaitOpts): Promi
   o.signal?.addEventListener('abort', onOuter, { once: true });
   const probes: Probe[] = fors.map((w) => ({ w, last: 'nothing yet' }));
   const pending = new Set(probes);
+  const progress = () => o.onProgress?.([...pending].map((p) => waitLabel(p.w)), [...pending].map((p) => p.last).join('; '));
+  // a clock for the display only: nothing waits on it
+  const ticker = o.onProgress ? setInterval(progress, 1000) : undefined;
+  ticker?.unref();
+  progress();
   try {
     return await Promise.all(
       probes.map(async (p) => {
         const seen = await probe(vm, p, ctl.signal, o.logFrom ?? 0);
         pending.delete(p);
+        progress();
         return { name: vm.name, for: waitLabel(p.w), seconds: Math.round((Date.now() - t0) / 100) / 10, seen };
       }),
     );
@@ -154,6 +162,7 @@ export async function waitUp(vm: RunningVm, fors: WaitFor[], o: WaitOpts): Promi
     }
     throw why;
   } finally {
+    clearInterval(ticker);
     clearTimeout(timer);
     stopWatch();
     o.signal?.removeEventListener('abort', onOuter);

@@ -29,9 +29,11 @@ declare -gA NOARGS=(
   [pim]=0 [pim-ps]=0
   [pim-serve]=runs [pim-kboot]=runs
   [pim-build]=64 [pim-config]=64 [pim-console]=64 [pim-ga]=64 [pim-ip]=64 [pim-iso]=64
-  [pim-os]=64 [pim-profile]=64 [pim-qmp]=64 [pim-run]=64 [pim-status]=64 [pim-stop]=64
+  [pim-os]=64 [pim-profile]=64 [pim-qmp]=64 [pim-run]=64 [pim-status]=64
+  # with no names they read names from stdin: empty stdin is nothing to do (issue 19, defect 9)
+  [pim-stop]=0 [pim-rm]=0
   # pim doctor with no arguments is valid; it exits 1 where a check fails (vmcare.bats)
-  [pim-doctor]=runs [pim-log]=64 [pim-rm]=64 [pim-snapshot]=64
+  [pim-doctor]=runs [pim-log]=64 [pim-snapshot]=64
   [pim-ctl]=64 [pim-exec]=64 [pim-forward]=64 [pim-wait]=64
   [pim-ssh]=64 [pim-cp]=64 [pim-vm]=64 [pim-gdb]=64 [pim-deploy]=64 [pim-ventoy]=64
 )
@@ -117,6 +119,18 @@ enum_flags() {
   [ "$n" -ge 6 ]
   run --separate-stderr pim-kboot --fs foo
   [ "$stderr" = 'pim-kboot: --fs must be one of auto, 9p, virtiofs, not "foo"' ]
+}
+
+@test "empty stdin is nothing to do: pim-stop and pim-rm exit 0 quietly (Esc in fzf, an empty pim-ps)" {
+  local c
+  for c in pim-stop pim-rm; do
+    run --separate-stderr bash -c "printf '' | $c"
+    [ "$status" -eq 0 ] && [ -z "$output" ] && [ -z "$stderr" ] || { echo "$c: $status [$output] [$stderr]"; false; }
+    run --separate-stderr bash -c "printf '\\n  \\n' | $c"   # blank lines only
+    [ "$status" -eq 0 ] && [ -z "$stderr" ] || { echo "$c (blank lines): $status [$stderr]"; false; }
+    run --separate-stderr bash -c "pim-ps -q | $c"
+    [ "$status" -eq 0 ] && [ -z "$stderr" ]
+  done
 }
 
 @test "missing and extra arguments, an option without its value, words after -- where none are taken: 64" {

@@ -227,3 +227,45 @@ I() { echo "$XDG_CACHE_HOME/pim/isos"; }
   # not a network error: no retries
   [[ "$stderr" != *"connection cut"* ]]
 }
+@test "a local ISO (issue 19): a path or file:// is verified like a download and used in place; --copy copies it; a mismatch leaves the file alone" {
+  local src="$PIM_TMP/local/my disk.iso"
+  mkdir -p "$PIM_TMP/local"
+  cp "$W/disk-1.0-amd64.iso" "$src"
+  # a plain path, used in place: the cache holds a symlink, verified against the pinned checksum
+  run --separate-stderr pim-iso add localiso --url "$src" --checksum "sha256:$SUM"
+  [ "$status" -eq 0 ]
+  grep -q 'url: file:///' "$XDG_CONFIG_HOME/pim/isos.d/localiso.yml"
+  run --separate-stderr pim-iso download localiso
+  [ "$status" -eq 0 ]
+  [ -L "$(I)/localiso.iso" ]
+  [ "$(readlink "$(I)/localiso.iso")" = "$src" ]
+  run pim-iso path localiso
+  [ "$status" -eq 0 ]
+  cmp "$output" "$src"
+  run --separate-stderr pim-iso verify localiso
+  [ "$status" -eq 0 ]
+  # rm removes the link, never the user's file
+  run pim-iso rm localiso
+  [ "$status" -eq 0 ]
+  [ -f "$src" ] && [ ! -e "$(I)/localiso.iso" ]
+  # file:// with --copy and a SUMS file next to it: a private copy in the cache
+  (cd "$PIM_TMP/local" && sha256sum "my disk.iso" >SHA256SUMS)
+  run --separate-stderr pim-iso add copied --url "file://$PIM_TMP/local/my%20disk.iso" --checksum-url "$PIM_TMP/local/SHA256SUMS" --copy
+  [ "$status" -eq 0 ]
+  run --separate-stderr pim-iso download copied
+  [ "$status" -eq 0 ]
+  [ -f "$(I)/copied.iso" ] && [ ! -L "$(I)/copied.iso" ]
+  [ "$(stat -c %a "$(I)/copied.iso")" = 600 ]
+  cmp "$(I)/copied.iso" "$src"
+  # a file that is not what the checksum says: 65, the file untouched, nothing in the cache
+  run pim-iso add wronglocal --url "$src" --checksum "sha256:$(printf '0%.0s' $(seq 64))"
+  [ "$status" -eq 0 ] || { echo "$output"; false; }
+  run --separate-stderr pim-iso download wronglocal
+  [ "$status" -eq 65 ]
+  [ -f "$src" ] && [ ! -e "$(I)/wronglocal.iso" ] && [ ! -e "$(I)/wronglocal.iso.part" ]
+  # a missing file is 66; --copy of a URL is 64
+  run --separate-stderr pim-iso add gone --url "$PIM_TMP/nope.iso" --insecure
+  [ "$status" -eq 66 ]
+  run --separate-stderr pim-iso add web --url "$(base)/disk-1.0-amd64.iso" --insecure --copy
+  [ "$status" -eq 64 ]
+}

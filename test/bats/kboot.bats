@@ -136,6 +136,18 @@ reap() {
 	no_vm_left
 }
 
+@test "a kboot VM whose kernel cannot load the ACPI button driver stops in seconds (quit), not after the whole ACPI timeout (issue 19)" {
+	mkdir -p "$PIM_TMP/nomods/etc"   # no modules in the initramfs: the power button is ignored
+	run --separate-stderr pim-kboot kb2 --kernel "$KERNEL" --initramfs-from "$PIM_TMP/nomods"
+	[ "$status" -eq 0 ]
+	local t0=$SECONDS
+	run pim-stop kb2 --timeout 60
+	[ "$status" -eq 0 ]
+	[[ "$output" == $'kb2\tquit\t'* ]]
+	[ $((SECONDS - t0)) -lt 30 ]
+	no_vm_left
+}
+
 @test "bad inputs: missing kernel 66, not a bzImage 65, missing initrd 66, bad initrd 65, missing share 66" {
 	run pim-kboot --kernel "$PIM_TMP/nope" --exec true
 	[ "$status" -eq 66 ]

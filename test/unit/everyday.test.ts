@@ -6,13 +6,13 @@
  * (a KVM abort, a bridge that bridge.conf refuses), pim-console's --timeout,
  * and the missing /boot kernel.
  */
-import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
 import { slow } from './slow.ts';
 import * as fs from 'node:fs';
 import * as net from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { isKvmFailure, KVM_PROOF_SECONDS, kvmSeenRunning, markKvmBroken, noteKvmStatus, readKvmVerdict, verdictDir, verdictFile } from '../../lib/qemu/accel.ts';
+import { chooseAccel, isKvmFailure, KVM_BROKEN_WARNING, KVM_PROOF_SECONDS, kvmSeenRunning, markKvmBroken, markSaid, noteKvmStatus, readKvmVerdict, verdictDir, verdictFile } from '../../lib/qemu/accel.ts';
 import { noteStatus, queryStatus, runSeconds } from '../../lib/vm/health.ts';
 import { checkName, fieldHint, looksLikeField } from '../../lib/core/names.ts';
 import { vmFiles } from '../../lib/core/paths.ts';
@@ -95,6 +95,36 @@ describe('the KVM verdict', () => {
     // kvmSeenRunning checks first and returns; write as a racing writer would, past the check
     expect(() => writeFileAtomic(verdictFile(), '{"kvm":"ok"}\n', 0o600, true)).toThrow(/already exists/);
     expect(readKvmVerdict()).toBe('broken');
+  });
+
+  it('the KVM-broken warning is said once per host boot, not at every start (issue 19)', () => {
+    let kvmOpens = true;
+    try {
+      fs.closeSync(fs.openSync('/dev/kvm', 'r+'));
+    } catch {
+      kvmOpens = false;
+    }
+    delete process.env.PIM_ACCEL;
+    const said: string[] = [];
+    const spy = vi.spyOn(process.stderr, 'write').mockImplementation((c: string | Uint8Array) => (said.push(String(c)), true));
+    try {
+      expect(markKvmBroken()).toBe(true);
+      const a = chooseAccel();
+      const b = chooseAccel();
+      const c = chooseAccel();
+      if (kvmOpens) expect([a.accel, b.accel, c.accel]).toEqual(['tcg', 'tcg', 'tcg']);
+      const warnings = said.filter((l) => l.includes('warning:'));
+      expect(warnings).toHaveLength(1);
+      if (kvmOpens) expect(warnings[0]).toContain(KVM_BROKEN_WARNING);
+      // a marker beside the verdict says it was said; another boot's markers go
+      expect(fs.readdirSync(verdictDir()).filter((f) => f.endsWith('.said'))).toHaveLength(1);
+      fs.writeFileSync(join(verdictDir(), '00000000-0000-0000-0000-000000000000-0-0.said'), '');
+      expect(markSaid('something else')).toBe(true);
+      expect(fs.existsSync(join(verdictDir(), '00000000-0000-0000-0000-000000000000-0-0.said'))).toBe(false);
+      expect(markSaid('something else')).toBe(false);
+    } finally {
+      spy.mockRestore();
+    }
   });
 
   it("recognizes QEMU's KVM failures, and only those", () => {
