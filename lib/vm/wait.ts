@@ -311,6 +311,7 @@ export async function waitSshBanner(host: string, port: number, deadline: number
     // sockets the guest's side took (QEMU's forward reached a listening sshd): when they were
     const waiting = new Map<import('node:net').Socket, number>();
     let interval = 100;
+    const t0 = Date.now();
     let last = 'nothing yet';
     let finished = false;
     let timer: NodeJS.Timeout | undefined;
@@ -372,8 +373,12 @@ export async function waitSshBanner(host: string, port: number, deadline: number
       // a connection still open is one the guest may answer on: under TCG an sshd takes
       // seconds to fork and send its banner, and every connection dropped meanwhile costs
       // it another fork (a slow guest, probed twice a second, never caught up): no new
-      // attempt while one is open and younger than 5 s
-      const pending = [...waiting.values()].some((t) => Date.now() - t < 5_000);
+      // attempt while one is open and younger than the hold. The hold grows with the wait
+      // (half the time waited so far, at most 5 s): early on a forward that slirp still
+      // retries is soon passed over by a fresh SYN; a guest that takes long gets few probes
+      const now = Date.now();
+      const hold = Math.min(5_000, (now - t0) / 2);
+      const pending = [...waiting.values()].some((t) => now - t < hold);
       if (!pending) attempt();
       timer = setTimeout(tick, interval);
       interval = Math.min(Math.round(interval * 1.5), 500);

@@ -157,6 +157,19 @@ describe('waitSshBanner, against servers that behave like QEMU forwards', () => 
       srv.close();
     }
   });
+  it('probes a guest that takes long less and less often (a slow sshd is not made to fork for probe after probe)', async () => {
+    // every connection is taken and left silent, as a slow guest's sshd does while it forks:
+    // a probe every 500 ms would make 11 connections in 4 s; the growing hold makes about 6
+    const srv = await tcpServer(() => undefined);
+    try {
+      const e = await waitSshBanner('127.0.0.1', srv.port, Date.now() + 4_000).catch((x) => x);
+      expect(e).toMatchObject({ code: 75 });
+      expect(srv.count()).toBeGreaterThanOrEqual(2);
+      expect(srv.count()).toBeLessThanOrEqual(7);
+    } finally {
+      srv.close();
+    }
+  });
   it('something that is not SSH does not count; the deadline is 75 with what was seen', async () => {
     const srv = await tcpServer((_n, s) => s.end('HTTP/1.0 400 Bad Request\r\n\r\n'));
     try {
