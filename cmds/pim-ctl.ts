@@ -20,7 +20,9 @@ const ACTIONS: Array<[string, string]> = [
   ['reset', 'reset it hard, like the reset button (QMP system_reset)'],
 ];
 
-const actionNames: Completer = (c) => ACTIONS.forEach(([a, d]) => c(a, d));
+const actionNames: Completer = (c) => {
+  for (const [a, d] of ACTIONS) c(a, d);
+};
 const waitForms: Completer = (c) => {
   c('agent', 'the guest agent answers guest-sync');
   c('ssh', 'an SSH banner on the forwarded port');

@@ -25,7 +25,9 @@ const targets = lazyCompleter(async () => {
   };
 });
 
-const actions: Completer = (c) => ACTIONS.forEach((a) => c(a, ''));
+const actions: Completer = (c) => {
+  for (const a of ACTIONS) c(a, '');
+};
 
 /** The tags of the VM or image named before it */
 const tags = lazyCompleter(async () => {

@@ -172,7 +172,7 @@ export function patchBash(script: string, name: string): string {
   s = s.replace(/^# Define shell completion directives\n\n/m, ''); // a comment left without its lines: cosmetic, may go
   s = must(
     s,
-    /^ {4}local cur prev words cword\n[^]*?out=\$\(eval "\$requestComp" 2>\/dev\/null\)\n/m,
+    /^ {4}local cur prev words cword\n[\s\S]*?out=\$\(eval "\$requestComp" 2>\/dev\/null\)\n/m,
     [
       '    local cur prev words cword',
       '    if declare -F _get_comp_words_by_ref >/dev/null 2>&1; then',

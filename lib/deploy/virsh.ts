@@ -81,8 +81,8 @@ export class Virsh {
     const { log } = await import('../core/log.ts');
     log.debug(`virsh -c ${this.uri}: ${cmds.map((c) => c[0]).join(', ')}`);
     const r = await run('virsh', ['-q', '-c', this.uri, script], { ...opts, hint: 'install libvirt-clients (virsh)' });
-    const outs = r.stdout.split(new RegExp(`${escape(mark)}\\d+@@`));
-    const errs = r.stderr.split(new RegExp(`error: ${escape(mark)}\\d+@@\\n?`));
+    const outs = r.stdout.split(new RegExp(`${reEscape(mark)}\\d+@@`));
+    const errs = r.stderr.split(new RegExp(`error: ${reEscape(mark)}\\d+@@\\n?`));
     if (outs.length < cmds.length + 1 || errs.length < cmds.length + 1) {
       const last = r.stderr.trim().split('\n').filter(Boolean).pop() ?? (r.timedOut ? 'timed out' : `exit status ${r.code}`);
       const down = /failed to connect|no valid connection|Cannot recv data|End of file/i.test(r.stderr);
@@ -107,4 +107,4 @@ export class Virsh {
   }
 }
 
-const escape = (s: string) => s.replace(/[.*+?^${}()|[\]\\]/g, '\\$&');
+const reEscape = (s: string) => s.replace(/[.*+?^${}()|[\]\\]/g, '\\$&');

@@ -67,7 +67,7 @@ export interface MountEntry {
   dev: string;
 }
 
-const unescape = (s: string) => s.replace(/\\(\d{3})/g, (_, o: string) => String.fromCharCode(parseInt(o, 8)));
+const unescapeOctal = (s: string) => s.replace(/\\(\d{3})/g, (_, o: string) => String.fromCharCode(parseInt(o, 8)));
 
 /** The mount table (/proc/self/mountinfo); empty where there is none. */
 export function mounts(): MountEntry[] {
@@ -83,7 +83,7 @@ export function mounts(): MountEntry[] {
     if (!pre || !post) continue;
     const f = pre.split(' ');
     const g = post.split(' ');
-    out.push({ dev: f[2]!, target: unescape(f[4]!), fstype: g[0]!, source: unescape(g[1]!) });
+    out.push({ dev: f[2]!, target: unescapeOctal(f[4]!), fstype: g[0]!, source: unescapeOctal(g[1]!) });
   }
   return out;
 }

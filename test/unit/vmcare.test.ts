@@ -102,7 +102,9 @@ function fakeQmp(script: (cmd: string, args: Record<string, unknown>, emit: (ev:
       if (cmd === 'query-jobs') return jobs(lastId);
       if (cmd === 'job-dismiss') return {};
       lastId = String(a['job-id']);
-      setImmediate(() => script(cmd, a, (ev) => [...listeners].forEach((l) => l(ev))));
+      setImmediate(() => script(cmd, a, (ev) => {
+        for (const l of [...listeners]) l(ev);
+      }));
       return {};
     },
     waitClosed: (ms: number) => Promise.race([closedP, new Promise<boolean>((r) => setTimeout(() => r(false), ms))]),
@@ -132,7 +134,9 @@ describe('a QMP job: started, followed by its events to "concluded", its error r
   });
   it("a job that failed is QEMU's error (65), and it is dismissed all the same", async () => {
     const f = fakeQmp(
-      (_c, a, emit) => ['created', 'running', 'aborting', 'concluded'].forEach((s) => emit(status(String(a['job-id']), s))),
+      (_c, a, emit) => {
+        for (const s of ['created', 'running', 'aborting', 'concluded']) emit(status(String(a['job-id']), s));
+      },
       (id) => [{ id, type: 'snapshot-load', status: 'concluded', error: "Snapshot 'x' does not exist in one or more devices" }],
     );
     const e = (await runJob(f.q, 'snapshot-load', { tag: 'x' }, 5_000).catch((x) => x)) as JobFailed;

@@ -132,7 +132,10 @@ async function tcpServer(on: (n: number, s: net.Socket) => void): Promise<{ port
     on(n++, s);
   });
   await new Promise<void>((r) => srv.listen(0, '127.0.0.1', r));
-  return { port: (srv.address() as net.AddressInfo).port, count: () => n, close: () => (srv.close(), open.forEach((s) => s.destroy())) };
+  return { port: (srv.address() as net.AddressInfo).port, count: () => n, close: () => {
+      srv.close();
+      for (const s of open) s.destroy();
+    } };
 }
 
 describe('waitSshBanner, against servers that behave like QEMU forwards', () => {
