@@ -20,7 +20,16 @@
 // that changes the script fails the build here instead of bringing back the
 // eval hole silently.
 import { build } from 'esbuild';
-import { readdirSync, chmodSync, rmSync, mkdirSync, symlinkSync, renameSync, readFileSync, writeFileSync } from 'node:fs';
+import {
+  readdirSync,
+  chmodSync,
+  rmSync,
+  mkdirSync,
+  symlinkSync,
+  renameSync,
+  readFileSync,
+  writeFileSync,
+} from 'node:fs';
 import { dirname, resolve } from 'node:path';
 import { execFile } from 'node:child_process';
 import { createRequire } from 'node:module';
@@ -31,18 +40,31 @@ import { promisify } from 'node:util';
 const raw = {
   name: 'raw',
   setup(b) {
-    b.onResolve({ filter: /\?raw$/ }, (a) => ({ path: resolve(dirname(a.importer), a.path.slice(0, -4)), namespace: 'raw' }));
-    b.onLoad({ filter: /.*/, namespace: 'raw' }, (a) => ({ contents: readFileSync(a.path, 'utf8'), loader: 'text', watchFiles: [a.path] }));
+    b.onResolve({ filter: /\?raw$/ }, (a) => ({
+      path: resolve(dirname(a.importer), a.path.slice(0, -4)),
+      namespace: 'raw',
+    }));
+    b.onLoad({ filter: /.*/, namespace: 'raw' }, (a) => ({
+      contents: readFileSync(a.path, 'utf8'),
+      loader: 'text',
+      watchFiles: [a.path],
+    }));
   },
 };
 
-const names = readdirSync('cmds').filter((f) => f.endsWith('.ts')).map((f) => f.slice(0, -3)).sort();
+const names = readdirSync('cmds')
+  .filter((f) => f.endsWith('.ts'))
+  .map((f) => f.slice(0, -3))
+  .sort();
 
 // `pim-entry:NAME`: the executable NAME, which runs the command cmds/NAME.ts defines
 const entry = {
   name: 'pim-entry',
   setup(b) {
-    b.onResolve({ filter: /^pim-entry:/ }, (a) => ({ path: a.path.slice('pim-entry:'.length), namespace: 'pim-entry' }));
+    b.onResolve({ filter: /^pim-entry:/ }, (a) => ({
+      path: a.path.slice('pim-entry:'.length),
+      namespace: 'pim-entry',
+    }));
     b.onLoad({ filter: /.*/, namespace: 'pim-entry' }, (a) => ({
       contents: `import cmd from './cmds/${a.path}.ts';\nimport { main } from './lib/cli/command.ts';\nmain(cmd);\n`,
       resolveDir: process.cwd(),
@@ -64,7 +86,9 @@ const completeTs = resolve('lib/cli/complete.ts');
 const shared = {
   name: 'shared-complete',
   setup(b) {
-    b.onResolve({ filter: /\/complete\.ts$/ }, (a) => (resolve(a.resolveDir, a.path) === completeTs ? { path: './complete.cjs', external: true } : undefined));
+    b.onResolve({ filter: /\/complete\.ts$/ }, (a) =>
+      resolve(a.resolveDir, a.path) === completeTs ? { path: './complete.cjs', external: true } : undefined,
+    );
   },
 };
 // The same for the big packages that lib/ loads only with `await import()`:
@@ -77,7 +101,10 @@ const VENDOR = ['execa', 'yaml', 'undici', 'tar'];
 const vendor = {
   name: 'vendor',
   setup(b) {
-    b.onResolve({ filter: new RegExp(`^(${VENDOR.join('|')})$`) }, (a) => ({ path: `./vendor/${a.path}.cjs`, external: true }));
+    b.onResolve({ filter: new RegExp(`^(${VENDOR.join('|')})$`) }, (a) => ({
+      path: `./vendor/${a.path}.cjs`,
+      external: true,
+    }));
   },
 };
 // Before anything else in each executable: the Node version. pim needs 22 (the
@@ -90,7 +117,16 @@ const nodeCheck =
   `if (+process.versions.node.split('.')[0] < ${NODE_MIN}) {` +
   ` process.stderr.write(require('path').basename(process.argv[1] || 'pim').replace(/\\.cjs$/, '') + ': pim needs Node ${NODE_MIN} or newer, and this is Node ' + process.version + ' (' + process.execPath + '); install Node ${NODE_MIN} or newer (https://nodejs.org, or nvm install ${NODE_MIN}) and put it first on PATH\\n');` +
   ` process.exit(69); }`;
-const common = { bundle: true, format: 'cjs', platform: 'node', target: 'node20', external: ['ssh2', 'cpu-features'], legalComments: 'none', logLevel: 'warning', plugins: [raw, entry] };
+const common = {
+  bundle: true,
+  format: 'cjs',
+  platform: 'node',
+  target: 'node20',
+  external: ['ssh2', 'cpu-features'],
+  legalComments: 'none',
+  logLevel: 'warning',
+  plugins: [raw, entry],
+};
 await build({
   ...common,
   plugins: [...common.plugins, shared, vendor],
@@ -99,12 +135,21 @@ await build({
   outExtension: { '.js': '.cjs' },
   banner: { js: `#!${node}\n${nodeCheck}` },
 });
-await build({ ...common, plugins: [...common.plugins, vendor], entryPoints: [completeTs], outfile: `${out}/complete.cjs` });
+await build({
+  ...common,
+  plugins: [...common.plugins, vendor],
+  entryPoints: [completeTs],
+  outfile: `${out}/complete.cjs`,
+});
 for (const v of VENDOR) {
   // named re-exports, so that esbuild annotates them and `await import()` of
   // the .cjs file sees them (an `export *` of a CommonJS package it cannot)
   const exported = Object.keys(await import(v)).filter((k) => /^[A-Za-z_$][\w$]*$/.test(k));
-  await build({ ...common, stdin: { contents: `export { ${exported.join(', ')} } from '${v}';`, resolveDir: process.cwd() }, outfile: `${out}/vendor/${v}.cjs` });
+  await build({
+    ...common,
+    stdin: { contents: `export { ${exported.join(', ')} } from '${v}';`, resolveDir: process.cwd() },
+    outfile: `${out}/vendor/${v}.cjs`,
+  });
 }
 
 // dist/commands.json: every command's meta.description, read from the
@@ -128,7 +173,8 @@ const manifest = {};
 const defsMod = createRequire(import.meta.url)(resolve(defs));
 for (const [n, c] of Object.entries(defsMod.default)) {
   const meta = typeof c.meta === 'function' ? await c.meta() : await c.meta;
-  if (meta?.name !== n || !meta.description) throw new Error(`build: cmds/${n}.ts must export default defineCommand({ meta: { name: '${n}', description } })`);
+  if (meta?.name !== n || !meta.description)
+    throw new Error(`build: cmds/${n}.ts must export default defineCommand({ meta: { name: '${n}', description } })`);
   manifest[n] = meta.description;
 }
 writeFileSync(`${out}/commands.json`, JSON.stringify(manifest, null, 2) + '\n');
@@ -156,7 +202,8 @@ writeIfChanged('docs/README.md', defsMod.markdownIndex(manifest));
 // for a linked install): every executable's page must be listed there
 const pkgMan = JSON.parse(readFileSync('package.json', 'utf8')).man ?? [];
 const unlisted = names.filter((n) => !pkgMan.includes(`dist/man/man1/${n}.1`));
-if (unlisted.length) throw new Error(`build: package.json "man" must list ${unlisted.map((n) => `dist/man/man1/${n}.1`).join(', ')}`);
+if (unlisted.length)
+  throw new Error(`build: package.json "man" must list ${unlisted.map((n) => `dist/man/man1/${n}.1`).join(', ')}`);
 rmSync(defs);
 
 // dist/bin/<name> -> ../<name>.cjs: a directory to put on PATH (tests, a checkout)
@@ -177,7 +224,8 @@ await Promise.all(
       const [n, sh] = j;
       try {
         const { stdout, stderr } = await run(process.execPath, [`${out}/${n}.cjs`, 'complete', sh]);
-        if (stderr || !stdout.includes(`${n} complete --`)) failed.push(`${n} complete ${sh}: ${stderr.trim() || 'no completion script'}`);
+        if (stderr || !stdout.includes(`${n} complete --`))
+          failed.push(`${n} complete ${sh}: ${stderr.trim() || 'no completion script'}`);
       } catch (e) {
         failed.push(`${n} complete ${sh}: ${(e.stderr || e.message).trim()}`);
       }

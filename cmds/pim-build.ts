@@ -29,17 +29,40 @@ const profileNames = catalogCompleter('profiles', () => import('../lib/config/de
 const buildIds: Completer = async (complete) => {
   for (const r of (await registry()).listBuilds()) complete(r.id, `${r.profile}, ${r.created}`);
 };
-const profileArg = { type: 'positional', required: true, valueHint: 'PROFILE', description: 'a profile (pim-profile list)', complete: profileNames } as const;
+const profileArg = {
+  type: 'positional',
+  required: true,
+  valueHint: 'PROFILE',
+  description: 'a profile (pim-profile list)',
+  complete: profileNames,
+} as const;
 
 /** A build as a record: name first (pim-build list, run --json). */
 async function row(r: BuildRecord) {
   const reg = await registry();
-  return { name: r.id, profile: r.profile, created: r.created, size: r.disk.virtual_size, bytes: r.disk.bytes, path: reg.buildDisk(r), state: 'ok' };
+  return {
+    name: r.id,
+    profile: r.profile,
+    created: r.created,
+    size: r.disk.virtual_size,
+    bytes: r.disk.bytes,
+    path: reg.buildDisk(r),
+    state: 'ok',
+  };
 }
 
 /** A build whose build.json is broken, as a row of pim-build list: its directory as the path. */
 function damagedRow(d: import('../lib/image/registry.ts').DamagedBuild) {
-  return { name: d.id, profile: d.id.replace(/-[0-9a-f]{12}$/, ''), created: null, size: null, bytes: null, path: d.dir, state: 'damaged', problem: `${d.file} ${d.problem}` };
+  return {
+    name: d.id,
+    profile: d.id.replace(/-[0-9a-f]{12}$/, ''),
+    created: null,
+    size: null,
+    bytes: null,
+    path: d.dir,
+    state: 'damaged',
+    problem: `${d.file} ${d.problem}`,
+  };
 }
 
 const run = defineCommand({
@@ -49,10 +72,24 @@ const run = defineCommand({
     ...jsonArgs,
     force: { type: 'boolean', description: 'build even when the cache has this build' },
     keepFailed: { type: 'boolean', description: 'keep the disk of a failed build, for debugging' },
-    timeout: { type: 'string', description: "seconds for the whole build (default: the profile's timeout, else 3600)", valueHint: 'S' },
-    fetchTimeout: { type: 'string', description: 'seconds for the installer to fetch its answer file', default: '300', valueHint: 'S' },
+    timeout: {
+      type: 'string',
+      description: "seconds for the whole build (default: the profile's timeout, else 3600)",
+      valueHint: 'S',
+    },
+    fetchTimeout: {
+      type: 'string',
+      description: 'seconds for the installer to fetch its answer file',
+      default: '300',
+      valueHint: 'S',
+    },
     accel: { type: 'enum', options: ['kvm', 'hvf', 'tcg'], description: 'accelerator; env PIM_ACCEL' },
-    remote: { type: 'boolean', default: true, description: "on by default: ask pim.yml's build.remote_cache before building (and push after, with push: true); --no-remote skips it" },
+    remote: {
+      type: 'boolean',
+      default: true,
+      description:
+        "on by default: ask pim.yml's build.remote_cache before building (and push after, with push: true); --no-remote skips it",
+    },
   },
   async run({ args }) {
     const { parseTimeout } = await import('../lib/cli/args.ts');
@@ -69,7 +106,11 @@ const run = defineCommand({
       const { remoteCacheConfig } = await import('../lib/oci/cache.ts');
       const rc = args.remote === false ? null : await remoteCacheConfig();
       const { log } = await import('../lib/core/log.ts');
-      const talk = { signal: trap.signal, warn: (m: string) => status.say(`warning: ${m}`), say: (m: string) => status.say(m) };
+      const talk = {
+        signal: trap.signal,
+        warn: (m: string) => status.say(`warning: ${m}`),
+        say: (m: string) => status.say(m),
+      };
       if (rc && !args.force) {
         const { fromRemote, profileKey } = await import('../lib/oci/cache.ts');
         status.set(`resolving profile ${args.profile}`);
@@ -85,7 +126,16 @@ const run = defineCommand({
           return 0;
         }
       }
-      const out = await runBuild({ profile: args.profile, force: args.force, keepFailed: args.keepFailed, timeoutS, fetchTimeoutS, accel: args.accel, signal: trap.signal, status });
+      const out = await runBuild({
+        profile: args.profile,
+        force: args.force,
+        keepFailed: args.keepFailed,
+        timeoutS,
+        fetchTimeoutS,
+        accel: args.accel,
+        signal: trap.signal,
+        status,
+      });
       if (rc?.push && !out.hit) {
         status.set(`pushing ${out.record.id} to the remote cache`);
         await (await import('../lib/oci/cache.ts')).toRemote(out.record, rc, talk);
@@ -105,27 +155,55 @@ const run = defineCommand({
 });
 
 const pull = defineCommand({
-  meta: { name: 'pull', description: 'Pull a build that pim-deploy pushed to a registry, verify every digest, register it as the build it is; print its path.' },
+  meta: {
+    name: 'pull',
+    description:
+      'Pull a build that pim-deploy pushed to a registry, verify every digest, register it as the build it is; print its path.',
+  },
   args: {
-    ref: { type: 'positional', required: true, valueHint: 'REF', description: 'REGISTRY[:PORT]/REPO:TAG (PROFILE or PROFILE-KEY12) or @sha256:DIGEST' },
-    insecure: { type: 'boolean', description: 'allow plain http or an unverified certificate (a loopback or lab registry only)' },
-    credsEnv: { type: 'string', description: 'an environment variable holding USER:PASSWORD (else ~/.docker/config.json)', valueHint: 'VAR' },
+    ref: {
+      type: 'positional',
+      required: true,
+      valueHint: 'REF',
+      description: 'REGISTRY[:PORT]/REPO:TAG (PROFILE or PROFILE-KEY12) or @sha256:DIGEST',
+    },
+    insecure: {
+      type: 'boolean',
+      description: 'allow plain http or an unverified certificate (a loopback or lab registry only)',
+    },
+    credsEnv: {
+      type: 'string',
+      description: 'an environment variable holding USER:PASSWORD (else ~/.docker/config.json)',
+      valueHint: 'VAR',
+    },
     ...jsonArgs,
   },
   async run({ args }) {
     const { parseRef } = await import('../lib/oci/ref.ts');
     const ref = parseRef(args.ref);
-    if (args.credsEnv !== undefined && !/^[A-Za-z_][A-Za-z0-9_]*$/.test(args.credsEnv)) throw new PimError(EXIT.USAGE, `--creds-env names an environment variable, not ${JSON.stringify(args.credsEnv)}`);
+    if (args.credsEnv !== undefined && !/^[A-Za-z_][A-Za-z0-9_]*$/.test(args.credsEnv))
+      throw new PimError(EXIT.USAGE, `--creds-env names an environment variable, not ${JSON.stringify(args.credsEnv)}`);
     const { trapSignals } = await import('../lib/core/signals.ts');
     const { log } = await import('../lib/core/log.ts');
     const trap = trapSignals();
     try {
       const { pullBuild } = await import('../lib/oci/pull.ts');
-      const got = await pullBuild(ref, { insecure: args.insecure, credsEnv: args.credsEnv ?? null, signal: trap.signal, say: (m) => log.info(m) });
+      const got = await pullBuild(ref, {
+        insecure: args.insecure,
+        credsEnv: args.credsEnv ?? null,
+        signal: trap.signal,
+        say: (m) => log.info(m),
+      });
       const reg = await registry();
       const path = reg.buildDisk(got.record);
       log.info(`${got.record.id} (${got.hit ? 'already here' : `pulled, ${got.digest}`}): ${path}`);
-      if (args.json) (await import('../lib/cli/output.ts')).printJson({ ...(await row(got.record)), key: got.record.key, digest: got.digest, hit: got.hit });
+      if (args.json)
+        (await import('../lib/cli/output.ts')).printJson({
+          ...(await row(got.record)),
+          key: got.record.key,
+          digest: got.digest,
+          hit: got.hit,
+        });
       else writeOut(path + '\n');
     } finally {
       trap.dispose();
@@ -143,22 +221,39 @@ const key = defineCommand({
 });
 
 const list = defineCommand({
-  meta: { name: 'list', description: 'The builds in the registry: id, profile, created, size, path, state (ok, or damaged: its build.json is broken; said on stderr, and pim-build rm removes it).' },
+  meta: {
+    name: 'list',
+    description:
+      'The builds in the registry: id, profile, created, size, path, state (ok, or damaged: its build.json is broken; said on stderr, and pim-build rm removes it).',
+  },
   args: { ...jsonArgs, ...quietArgs },
   async run({ args }) {
     const reg = await registry();
     const { printRecords } = await import('../lib/cli/output.ts');
     // a build whose record is broken is listed too, as damaged, and said on stderr: it still holds its image
     const damaged = reg.damagedBuilds();
-    for (const d of damaged) process.stderr.write(`pim-build: build ${d.id} is damaged: ${d.file} ${d.problem}; remove it with pim-build rm ${d.id}\n`);
-    printRecords([...(await Promise.all(reg.listBuilds().map(row))), ...damaged.map(damagedRow)], ['profile', 'created', 'size', 'path', 'state'], { json: args.json, quiet: args.quiet });
+    for (const d of damaged)
+      process.stderr.write(
+        `pim-build: build ${d.id} is damaged: ${d.file} ${d.problem}; remove it with pim-build rm ${d.id}\n`,
+      );
+    printRecords(
+      [...(await Promise.all(reg.listBuilds().map(row))), ...damaged.map(damagedRow)],
+      ['profile', 'created', 'size', 'path', 'state'],
+      { json: args.json, quiet: args.quiet },
+    );
   },
 });
 
 const show = defineCommand({
   meta: { name: 'show', description: "A build's record: inputs, ISO, sizes, times, settings, the disks it backs." },
   args: {
-    build: { type: 'positional', required: true, valueHint: 'BUILD', description: 'a build id, a prefix of its key, or a profile (its newest build)', complete: buildIds },
+    build: {
+      type: 'positional',
+      required: true,
+      valueHint: 'BUILD',
+      description: 'a build id, a prefix of its key, or a profile (its newest build)',
+      complete: buildIds,
+    },
     ...jsonArgs,
   },
   async run({ args }) {
@@ -179,14 +274,24 @@ const path = defineCommand({
   async run({ args }) {
     const reg = await registry();
     const r = reg.latestBuild(args.profile);
-    if (!r) throw new PimError(EXIT.NOINPUT, `profile ${args.profile} has no build yet; run pim-build run ${args.profile}`);
+    if (!r)
+      throw new PimError(EXIT.NOINPUT, `profile ${args.profile} has no build yet; run pim-build run ${args.profile}`);
     writeOut(reg.buildDisk(r) + '\n');
   },
 });
 
 const rm = defineCommand({
   meta: { name: 'rm', description: 'Remove builds (refused while a VM disk is backed by one).' },
-  args: { builds: { type: 'positional', required: true, variadic: true, valueHint: 'BUILD', description: 'build ids, key prefixes or profiles', complete: buildIds } },
+  args: {
+    builds: {
+      type: 'positional',
+      required: true,
+      variadic: true,
+      valueHint: 'BUILD',
+      description: 'build ids, key prefixes or profiles',
+      complete: buildIds,
+    },
+  },
   async run({ data }) {
     const reg = await registry();
     const { forEachName } = await import('../lib/cli/args.ts');
@@ -206,11 +311,15 @@ const rm = defineCommand({
 });
 
 const gc = defineCommand({
-  meta: { name: 'gc', description: 'Keep the newest N builds of each profile; remove the others (not those that back a VM disk).' },
+  meta: {
+    name: 'gc',
+    description: 'Keep the newest N builds of each profile; remove the others (not those that back a VM disk).',
+  },
   args: { keep: { type: 'string', description: 'builds to keep per profile', default: '1', valueHint: 'N' } },
   async run({ args }) {
     const keep = Number(args.keep);
-    if (!/^\d+$/.test(args.keep) || !Number.isInteger(keep)) throw new PimError(EXIT.USAGE, '--keep must be a whole number of builds (0 or more)');
+    if (!/^\d+$/.test(args.keep) || !Number.isInteger(keep))
+      throw new PimError(EXIT.USAGE, '--keep must be a whole number of builds (0 or more)');
     const reg = await registry();
     const { log } = await import('../lib/core/log.ts');
     const byProfile = new Map<string, BuildRecord[]>();
@@ -233,7 +342,8 @@ export default defineCommand({
   meta: {
     name: 'pim-build',
     version: VERSION,
-    description: 'Build a provisioned qcow2 image from a profile and its installer ISO or cloud image, cached by the content of every input.',
+    description:
+      'Build a provisioned qcow2 image from a profile and its installer ISO or cloud image, cached by the content of every input.',
     details: `
 run resolves PROFILE (merged over "default"), its ISO (downloaded and verified when
 missing), its answer files and scripts, and hashes them into a cache key. A build with
@@ -271,7 +381,15 @@ target (REF:PROFILE or REF:PROFILE-KEY12) and registers it with the same id, key
 it exits 65 when REF is not a pim build or a digest does not match (nothing registered),
 66 when the repository or tag does not exist, 69 when the registry cannot be reached,
 77 when the credentials are missing or refused.`,
-    examples: ['pim-build run dev', 'pim-build pull registry.example:5000/team/images:dev', 'pim-run "$(pim-build run dev)"', 'qemu-img info "$(pim-build run dev)"', 'pim-build list', 'pim-build show dev --json | jq .inputs', 'pim-build gc --keep 2'],
+    examples: [
+      'pim-build run dev',
+      'pim-build pull registry.example:5000/team/images:dev',
+      'pim-run "$(pim-build run dev)"',
+      'qemu-img info "$(pim-build run dev)"',
+      'pim-build list',
+      'pim-build show dev --json | jq .inputs',
+      'pim-build gc --keep 2',
+    ],
   },
   subCommands: { run, pull, key, list, show, path, rm, gc },
 });

@@ -27,7 +27,10 @@ const init = defineCommand({
 });
 
 const show = defineCommand({
-  meta: { name: 'show', description: 'Print the merged config: pim.yml, every profile and every ISO (YAML, or --json).' },
+  meta: {
+    name: 'show',
+    description: 'Print the merged config: pim.yml, every profile and every ISO (YAML, or --json).',
+  },
   args: { ...jsonArgs },
   async run({ args }) {
     const { printJson } = await import('../lib/cli/output.ts');
@@ -60,7 +63,11 @@ const path = defineCommand({
     const { configPaths } = await import('../lib/config/tree.ts');
     const paths = configPaths();
     if (args.json) printJson(paths);
-    else printRecords(Object.entries(paths).map(([name, path]) => ({ name, path })), ['path']);
+    else
+      printRecords(
+        Object.entries(paths).map(([name, path]) => ({ name, path })),
+        ['path'],
+      );
   },
 });
 
@@ -77,7 +84,11 @@ checked first: a broken file exits 78 naming FILE:LINE, and nothing is written.
 show prints the merged configuration: pim.yml over the built-in defaults, and every
 profile and ISO entry merged over its "default". With --json, one JSON object.
 path prints each directory as "NAME<TAB>PATH" (config, pim.yml, isos.d, ..., isos).`,
-    examples: ['pim-config init', 'pim-config show --json | jq .profiles.default', 'cd "$(pim-config path | awk \'$1=="config"{print $2}\')"'],
+    examples: [
+      'pim-config init',
+      'pim-config show --json | jq .profiles.default',
+      'cd "$(pim-config path | awk \'$1=="config"{print $2}\')"',
+    ],
   },
   subCommands: { init, show, path },
 });

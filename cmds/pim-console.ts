@@ -32,14 +32,23 @@ tabs and colour pass. A pipe gets the bytes as they are; the attached console is
     name: { type: 'positional', required: true, valueHint: 'NAME', description: 'the VM', complete: vmNames },
     ro: { type: 'boolean', description: 'read-only: stream the console to stdout' },
     replay: { type: 'boolean', description: 'first print what the console already wrote' },
-    until: { type: 'string', description: 'exit 0 once the output matches this regular expression', valueHint: 'REGEX' },
-    timeout: { type: 'string', description: 'end after S seconds with exit 75 (with or without --until)', valueHint: 'S' },
+    until: {
+      type: 'string',
+      description: 'exit 0 once the output matches this regular expression',
+      valueHint: 'REGEX',
+    },
+    timeout: {
+      type: 'string',
+      description: 'end after S seconds with exit 75 (with or without --until)',
+      valueHint: 'S',
+    },
   },
   async run({ args }) {
     const { runningVm } = await import('../lib/vm/connect.ts');
     const { parseTimeout } = await import('../lib/cli/args.ts');
     const { stdout } = await import('../lib/cli/output.ts');
-    if (!args.ro && !process.stdin.isTTY) throw new PimError(EXIT.USAGE, 'stdin is not a terminal; use --ro to read the console without typing into it');
+    if (!args.ro && !process.stdin.isTTY)
+      throw new PimError(EXIT.USAGE, 'stdin is not a terminal; use --ro to read the console without typing into it');
     let until: RegExp | undefined;
     try {
       until = args.until ? new RegExp(args.until) : undefined;

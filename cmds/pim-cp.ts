@@ -15,7 +15,8 @@ export default defineCommand({
   meta: {
     name: 'pim-cp',
     version: VERSION,
-    description: 'Copy files between the host and a VM (NAME:path), or between two VMs, over their cached SSH connections.',
+    description:
+      'Copy files between the host and a VM (NAME:path), or between two VMs, over their cached SSH connections.',
     usage: '[options] SRC... DEST',
     details: `
 One side is a VM, written NAME:path (USER@NAME:path; NAME: alone is the login's home), the
@@ -43,10 +44,25 @@ PATH, the install hint (69) before anything connects.`,
     ],
   },
   args: {
-    paths: { type: 'positional', required: true, variadic: true, valueHint: 'SRC... DEST', description: 'local paths and NAME:path, one side a VM', complete: vmNames, path: 'file', remote: true },
+    paths: {
+      type: 'positional',
+      required: true,
+      variadic: true,
+      valueHint: 'SRC... DEST',
+      description: 'local paths and NAME:path, one side a VM',
+      complete: vmNames,
+      path: 'file',
+      remote: true,
+    },
     recursive: { type: 'boolean', alias: 'r', description: 'copy directories, and what is in them' },
     user: { type: 'string', description: 'log in as USER (also USER@NAME:path); env PIM_SSH_USER', valueHint: 'USER' },
-    identity: { type: 'string', alias: 'i', description: 'the private key to log in with; env PIM_SSH_KEY', valueHint: 'KEY', path: 'file' },
+    identity: {
+      type: 'string',
+      alias: 'i',
+      description: 'the private key to log in with; env PIM_SSH_KEY',
+      valueHint: 'KEY',
+      path: 'file',
+    },
   },
   async run({ args, data }) {
     const { EXIT, PimError } = await import('../lib/core/exit.ts');
@@ -54,7 +70,8 @@ PATH, the install hint (69) before anything connects.`,
     const words = (data as Words).positionals;
     const plan = planCopy(words);
     for (const side of [plan, plan.to]) {
-      if (side?.user && args.user && side.user !== args.user) throw new PimError(EXIT.USAGE, `--user ${args.user} and ${side.user}@${side.vm} disagree`);
+      if (side?.user && args.user && side.user !== args.user)
+        throw new PimError(EXIT.USAGE, `--user ${args.user} and ${side.user}@${side.vm} disagree`);
     }
     checkLocal(plan, Boolean(args.recursive));
     const { runningVm } = await import('../lib/vm/connect.ts');
@@ -66,12 +83,15 @@ PATH, the install hint (69) before anything connects.`,
     /** ssh's options for one VM, its master connection up */
     const reach = async (name: string, user: string | undefined) => {
       const vm = await runningVm(name);
-      const p = await prepareSsh(vm, { user: user ?? args.user, key: args.identity }, (m) => writeSync(2, `pim-cp: ${m}\n`));
+      const p = await prepareSsh(vm, { user: user ?? args.user, key: args.identity }, (m) =>
+        writeSync(2, `pim-cp: ${m}\n`),
+      );
       if (!p.master) await startMaster(p, vm, ssh);
       return { opts: ['-F', p.files.config, ...overrideArgs(p, vm)], dir: p.files.dir };
     };
     const from = await reach(plan.vm, plan.user);
-    if (plan.to) await copyAcross(plan, Boolean(args.recursive), from.opts, (await reach(plan.to.vm, plan.to.user)).opts);
+    if (plan.to)
+      await copyAcross(plan, Boolean(args.recursive), from.opts, (await reach(plan.to.vm, plan.to.user)).opts);
     else await copy({ plan, recursive: Boolean(args.recursive), sshOpts: from.opts, dir: from.dir });
     return EXIT.OK;
   },

@@ -16,7 +16,7 @@ const vmNames = lazyCompleter(async () => (await import('../lib/vm/complete.ts')
 const ACTIONS: Array<[string, string]> = [
   ['pause', 'stop the vCPUs (QMP stop)'],
   ['resume', 'continue (QMP cont)'],
-  ['reboot', "ask the guest to reboot itself (guest agent)"],
+  ['reboot', 'ask the guest to reboot itself (guest agent)'],
   ['reset', 'reset it hard, like the reset button (QMP system_reset)'],
 ];
 
@@ -48,9 +48,26 @@ does; a console line counts only when written after the action.`,
   },
   args: {
     name: { type: 'positional', required: true, valueHint: 'NAME', description: 'the VM', complete: vmNames },
-    action: { type: 'positional', required: true, valueHint: 'ACTION', description: 'pause, resume, reboot or reset', complete: actionNames },
-    timeout: { type: 'string', description: 'seconds to wait for QMP, and for the guest to reset (reboot)', default: '60', valueHint: 'S' },
-    wait: { type: 'string', repeatable: true, valueHint: 'ssh|agent|console:REGEX', description: 'then wait until this answers, as pim-wait --for', complete: waitForms },
+    action: {
+      type: 'positional',
+      required: true,
+      valueHint: 'ACTION',
+      description: 'pause, resume, reboot or reset',
+      complete: actionNames,
+    },
+    timeout: {
+      type: 'string',
+      description: 'seconds to wait for QMP, and for the guest to reset (reboot)',
+      default: '60',
+      valueHint: 'S',
+    },
+    wait: {
+      type: 'string',
+      repeatable: true,
+      valueHint: 'ssh|agent|console:REGEX',
+      description: 'then wait until this answers, as pim-wait --for',
+      complete: waitForms,
+    },
     waitTimeout: { type: 'string', description: 'seconds --wait waits', default: '120', valueHint: 'S' },
     ...jsonArgs,
   },
@@ -63,7 +80,8 @@ does; a console line counts only when written after the action.`,
     const waitMs = parseTimeout(args.waitTimeout, 120, '--wait-timeout');
     const { parseWaitFor, checkWaitable, signalsOf, waitUp } = await import('../lib/vm/wait.ts');
     const fors = ((data as Words).repeated.wait ?? []).map((s) => parseWaitFor(s, '--wait'));
-    if (fors.length && action === 'pause') throw new PimError(EXIT.USAGE, '--wait is for resume, reboot and reset: a paused guest answers nothing');
+    if (fors.length && action === 'pause')
+      throw new PimError(EXIT.USAGE, '--wait is for resume, reboot and reset: a paused guest answers nothing');
     const { runningVm } = await import('../lib/vm/connect.ts');
     const { printRecords } = await import('../lib/cli/output.ts');
     const { log } = await import('../lib/core/log.ts');

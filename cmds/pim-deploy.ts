@@ -38,7 +38,8 @@ export default defineCommand({
   meta: {
     name: 'pim-deploy',
     version: VERSION,
-    description: 'Deploy a build into libvirt (local or qemu+ssh://), Proxmox VE or an SSH host, or push it to an OCI registry; list what pim deployed there.',
+    description:
+      'Deploy a build into libvirt (local or qemu+ssh://), Proxmox VE or an SSH host, or push it to an OCI registry; list what pim deployed there.',
     usage: 'BUILD|PROFILE TARGET [options] | list TARGET [options] | targets [options]',
     details: `
 BUILD is a build of pim-build list (its id, a key prefix, or a profile: its newest
@@ -69,15 +70,44 @@ pushed as a KubeVirt containerDisk (one uncompressed layer holding disk/PROFILE.
 in chunks, and the registry's digest must be pim's. pim-build pull REF:TAG takes it back.
 list prints the PROFILE-KEY12 tags. Credentials come from creds_env (USER:PASSWORD) or
 ~/.docker/config.json (auths, credsStore, credHelpers); 77 when missing or refused.`,
-    examples: ['pim-deploy dev lab', 'pim-deploy dev registry', 'pim-deploy dev lab --dry-run', 'pim-deploy dev lab --name web --keep 3', 'pim-deploy list lab', 'pim-deploy targets'],
+    examples: [
+      'pim-deploy dev lab',
+      'pim-deploy dev registry',
+      'pim-deploy dev lab --dry-run',
+      'pim-deploy dev lab --name web --keep 3',
+      'pim-deploy list lab',
+      'pim-deploy targets',
+    ],
   },
   args: {
-    build: { type: 'positional', required: true, valueHint: 'BUILD', description: 'a build id, a key prefix or a profile; or list, or targets', complete: builds },
-    target: { type: 'positional', required: false, valueHint: 'TARGET', description: 'a target of targets.d', complete: targets },
+    build: {
+      type: 'positional',
+      required: true,
+      valueHint: 'BUILD',
+      description: 'a build id, a key prefix or a profile; or list, or targets',
+      complete: builds,
+    },
+    target: {
+      type: 'positional',
+      required: false,
+      valueHint: 'TARGET',
+      description: 'a target of targets.d',
+      complete: targets,
+    },
     name: { type: 'string', description: 'the domain (VM) name on the target (default: the profile)', valueHint: 'N' },
     dryRun: { type: 'boolean', description: 'print the plan, change nothing' },
-    keep: { type: 'string', description: 'volumes of the name to keep, the current one included', valueHint: 'N', default: '2' },
-    healthTimeout: { type: 'string', description: "seconds the new guest has to pass its health check (default: the target's health_timeout, else 120)", valueHint: 'S' },
+    keep: {
+      type: 'string',
+      description: 'volumes of the name to keep, the current one included',
+      valueHint: 'N',
+      default: '2',
+    },
+    healthTimeout: {
+      type: 'string',
+      description:
+        "seconds the new guest has to pass its health check (default: the target's health_timeout, else 120)",
+      valueHint: 'S',
+    },
     ...jsonArgs,
     quiet: { type: 'boolean', alias: 'q', description: 'list, targets: print the names only' },
   },
@@ -92,13 +122,24 @@ list prints the PROFILE-KEY12 tags. Credentials come from creds_env (USER:PASSWO
       const cat = await loadTargetCatalog();
       const recs = entryNames(cat).map((n) => {
         const t = target(resolveEntry(cat, n));
-        const where = t.type === 'libvirt' ? t.uri : t.type === 'proxmox' ? t.api : t.type === 'oci' ? `${t.ref.registry}/${t.ref.repo}` : t.host;
+        const where =
+          t.type === 'libvirt'
+            ? t.uri
+            : t.type === 'proxmox'
+              ? t.api
+              : t.type === 'oci'
+                ? `${t.ref.registry}/${t.ref.repo}`
+                : t.host;
         return { name: n, type: t.type, where };
       });
       printRecords(recs, ['type', 'where'], out);
       return;
     }
-    if (second === undefined) throw new PimError(EXIT.USAGE, `missing TARGET; usage: pim-deploy ${first === 'list' ? 'list TARGET' : 'BUILD|PROFILE TARGET'} (pim-deploy targets lists them)`);
+    if (second === undefined)
+      throw new PimError(
+        EXIT.USAGE,
+        `missing TARGET; usage: pim-deploy ${first === 'list' ? 'list TARGET' : 'BUILD|PROFILE TARGET'} (pim-deploy targets lists them)`,
+      );
     const { loadTarget } = await import('../lib/deploy/targets.ts');
     if (first === 'list') {
       const t = await loadTarget(second);
@@ -108,22 +149,52 @@ list prints the PROFILE-KEY12 tags. Credentials come from creds_env (USER:PASSWO
     }
     if (args.quiet) throw new PimError(EXIT.USAGE, '-q is for list and targets');
     const keep = Number(args.keep);
-    if (!Number.isInteger(keep) || keep < 1) throw new PimError(EXIT.USAGE, `--keep must be a whole number of at least 1 (the volume in use), not ${JSON.stringify(args.keep)}`);
+    if (!Number.isInteger(keep) || keep < 1)
+      throw new PimError(
+        EXIT.USAGE,
+        `--keep must be a whole number of at least 1 (the volume in use), not ${JSON.stringify(args.keep)}`,
+      );
     const { parseTimeout } = await import('../lib/cli/args.ts');
-    const healthTimeoutS = args.healthTimeout === undefined ? undefined : parseTimeout(args.healthTimeout, 0, '--health-timeout') / 1000;
+    const healthTimeoutS =
+      args.healthTimeout === undefined ? undefined : parseTimeout(args.healthTimeout, 0, '--health-timeout') / 1000;
     const t = await loadTarget(second);
     const { deploy } = await import('../lib/deploy/deploy.ts');
     const { trapSignals } = await import('../lib/core/signals.ts');
     const trap = trapSignals();
     try {
       const t0 = performance.now();
-      const r = await deploy(first, t, { name: args.name, dryRun: args.dryRun, keep, healthTimeoutS, signal: trap.signal });
+      const r = await deploy(first, t, {
+        name: args.name,
+        dryRun: args.dryRun,
+        keep,
+        healthTimeoutS,
+        signal: trap.signal,
+      });
       if (args.dryRun) {
-        printRecords(r.outcome.plan.map((s) => ({ name: r.name, step: s.step, action: s.action, detail: s.detail })), ['step', 'action', 'detail'], { json: args.json, plain: true });
+        printRecords(
+          r.outcome.plan.map((s) => ({ name: r.name, step: s.step, action: s.action, detail: s.detail })),
+          ['step', 'action', 'detail'],
+          { json: args.json, plain: true },
+        );
         return;
       }
       const seconds = Math.round((performance.now() - t0) / 100) / 10;
-      printRecords([{ name: r.name, target: t.name, build: r.build, volume: r.volume, upload: r.outcome.upload, domain: r.outcome.domain, seconds, removed: r.outcome.removed }], ['target', 'build', 'volume', 'upload', 'domain', 'seconds'], { json: args.json, plain: true });
+      printRecords(
+        [
+          {
+            name: r.name,
+            target: t.name,
+            build: r.build,
+            volume: r.volume,
+            upload: r.outcome.upload,
+            domain: r.outcome.domain,
+            seconds,
+            removed: r.outcome.removed,
+          },
+        ],
+        ['target', 'build', 'volume', 'upload', 'domain', 'seconds'],
+        { json: args.json, plain: true },
+      );
     } catch (e) {
       if (trap.caught && !(e instanceof PimError)) throw trap.signal.reason;
       throw e;

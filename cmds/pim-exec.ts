@@ -35,12 +35,26 @@ background must send that one's output elsewhere (>/dev/null 2>&1), or the agent
 In a loop that reads stdin (while read ...), give --no-stdin, or pim-exec takes the rest of it.
 pim-exec's own errors use the table below, so a command that exits 69 and a VM that is not
 running look alike but for the message on stderr.`,
-    examples: ['pim-exec dev -- uname -a', "pim-exec dev -- sh -c 'echo out; echo err >&2; exit 3'", 'echo hello | pim-exec dev -- tr a-z A-Z', 'pim-exec dev --timeout 5 -- sleep 60'],
+    examples: [
+      'pim-exec dev -- uname -a',
+      "pim-exec dev -- sh -c 'echo out; echo err >&2; exit 3'",
+      'echo hello | pim-exec dev -- tr a-z A-Z',
+      'pim-exec dev --timeout 5 -- sleep 60',
+    ],
   },
   args: {
     name: { type: 'positional', required: true, valueHint: 'NAME', description: 'the VM', complete: vmNames },
-    stdin: { type: 'boolean', default: true, description: 'on by default: stdin goes to the command when it is not a terminal; --no-stdin sends none' },
-    timeout: { type: 'string', description: 'the whole command takes at most S seconds: the command is killed then (exit 75), an agent that never answers is 69; default: no limit', valueHint: 'S' },
+    stdin: {
+      type: 'boolean',
+      default: true,
+      description: 'on by default: stdin goes to the command when it is not a terminal; --no-stdin sends none',
+    },
+    timeout: {
+      type: 'string',
+      description:
+        'the whole command takes at most S seconds: the command is killed then (exit 75), an agent that never answers is 69; default: no limit',
+      valueHint: 'S',
+    },
   },
   async run({ args, data }) {
     const { rest } = data as Words;
@@ -52,14 +66,18 @@ running look alike but for the message on stderr.`,
     const { writeOut } = await import('../lib/cli/output.ts');
     const timeoutMs = args.timeout !== undefined ? parseTimeout(args.timeout, 0) : null;
     const vm = await runningVm(args.name);
-    if (vm.meta && !vm.meta.agent) throw new PimError(EXIT.UNAVAILABLE, `${vm.name} was started without a guest-agent channel`);
+    if (vm.meta && !vm.meta.agent)
+      throw new PimError(EXIT.UNAVAILABLE, `${vm.name} was started without a guest-agent channel`);
     const input = args.stdin && !process.stdin.isTTY ? await readInput(process.stdin) : undefined;
     const trap = trapSignals();
     try {
       const r = await guestExec(vm, { path: rest[0], args: rest.slice(1), input, timeoutMs, signal: trap.signal });
       if (r.stdout.length) writeOut(r.stdout);
       if (r.stderr.length) process.stderr.write(r.stderr);
-      if (r.outTruncated || r.errTruncated) process.stderr.write(`pim-exec: the guest agent cut the command's ${[r.outTruncated ? 'stdout' : '', r.errTruncated ? 'stderr' : ''].filter(Boolean).join(' and ')} at 16 MiB\n`);
+      if (r.outTruncated || r.errTruncated)
+        process.stderr.write(
+          `pim-exec: the guest agent cut the command's ${[r.outTruncated ? 'stdout' : '', r.errTruncated ? 'stderr' : ''].filter(Boolean).join(' and ')} at 16 MiB\n`,
+        );
       return r.status;
     } catch (e) {
       if (e instanceof SpawnFailed) {

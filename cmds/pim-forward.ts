@@ -34,20 +34,43 @@ is exit 75. The forwards are recorded in the VM's metadata (pim-ps shows them) a
 until it stops; pim-run --forward sets them at start. list prints NAME PROTO BIND HOST GUEST,
 the SSH forward included (it is pim's own: rm leaves it). A bridged VM has no forwards: it
 has its own address (pim-ip).`,
-    examples: ['pim-forward dev add 8080:80', 'pim-forward dev add udp:5353:53 127.0.0.1:2222:22', 'pim-forward dev list', 'pim-forward dev rm 8080'],
+    examples: [
+      'pim-forward dev add 8080:80',
+      'pim-forward dev add udp:5353:53 127.0.0.1:2222:22',
+      'pim-forward dev list',
+      'pim-forward dev rm 8080',
+    ],
   },
   args: {
     name: { type: 'positional', required: true, valueHint: 'NAME', description: 'the VM', complete: vmNames },
-    action: { type: 'positional', required: true, valueHint: 'add|rm|list', description: 'what to do', complete: actionNames },
-    specs: { type: 'positional', required: false, variadic: true, valueHint: 'SPEC', description: '[tcp:|udp:][BIND:]HOST:GUEST' },
+    action: {
+      type: 'positional',
+      required: true,
+      valueHint: 'add|rm|list',
+      description: 'what to do',
+      complete: actionNames,
+    },
+    specs: {
+      type: 'positional',
+      required: false,
+      variadic: true,
+      valueHint: 'SPEC',
+      description: '[tcp:|udp:][BIND:]HOST:GUEST',
+    },
     ...timeoutArgs(10, 'for QMP'),
     ...jsonArgs,
   },
   async run({ args, data }) {
     const [name, action, ...specs] = (data as Words).positionals as [string, string, ...string[]];
-    if (!(ACTIONS as readonly string[]).includes(action)) throw new PimError(EXIT.USAGE, `the action must be add, rm or list, not ${JSON.stringify(action)}`);
-    if (action === 'list' && specs.length) throw new PimError(EXIT.USAGE, `list takes no SPEC; usage: pim-forward NAME list`);
-    if (action !== 'list' && !specs.length) throw new PimError(EXIT.USAGE, `${action} needs a SPEC such as 8080:80; usage: pim-forward NAME ${action} SPEC...`);
+    if (!(ACTIONS as readonly string[]).includes(action))
+      throw new PimError(EXIT.USAGE, `the action must be add, rm or list, not ${JSON.stringify(action)}`);
+    if (action === 'list' && specs.length)
+      throw new PimError(EXIT.USAGE, `list takes no SPEC; usage: pim-forward NAME list`);
+    if (action !== 'list' && !specs.length)
+      throw new PimError(
+        EXIT.USAGE,
+        `${action} needs a SPEC such as 8080:80; usage: pim-forward NAME ${action} SPEC...`,
+      );
     const { parseTimeout } = await import('../lib/cli/args.ts');
     const { runningVm } = await import('../lib/vm/connect.ts');
     const fw = await import('../lib/vm/forward.ts');
@@ -66,12 +89,20 @@ has its own address (pim-ip).`,
     }
     if (action !== 'list') {
       const { log } = await import('../lib/core/log.ts');
-      if (action === 'add') for (const f of adds) log.info(`${vm.name}: ${f.proto} ${f.bind}:${f.host} now reaches the guest's port ${f.guest}`);
+      if (action === 'add')
+        for (const f of adds)
+          log.info(`${vm.name}: ${f.proto} ${f.bind}:${f.host} now reaches the guest's port ${f.guest}`);
       else log.info(`${vm.name}: ${list.length} forward${list.length === 1 ? '' : 's'} left besides SSH`);
       return 0;
     }
-    const ssh = vm.meta!.ssh_port ? [{ proto: 'tcp', bind: fw.DEFAULT_BIND, host: vm.meta!.ssh_port, guest: 22, ssh: true }] : [];
-    printRecords([...ssh, ...list.map((f) => ({ ...f, ssh: false }))].map((f) => ({ name: vm.name, ...f })), ['proto', 'bind', 'host', 'guest'], { json: args.json });
+    const ssh = vm.meta!.ssh_port
+      ? [{ proto: 'tcp', bind: fw.DEFAULT_BIND, host: vm.meta!.ssh_port, guest: 22, ssh: true }]
+      : [];
+    printRecords(
+      [...ssh, ...list.map((f) => ({ ...f, ssh: false }))].map((f) => ({ name: vm.name, ...f })),
+      ['proto', 'bind', 'host', 'guest'],
+      { json: args.json },
+    );
     return 0;
   },
 });

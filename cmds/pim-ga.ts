@@ -16,12 +16,20 @@ export default defineCommand({
     description: 'Run a raw guest-agent command in a VM; print its return value as JSON.',
     details: `
 Commands that answer nothing when they succeed (guest-shutdown, guest-suspend-*) print {}.`,
-    examples: ['pim-ga dev guest-info', `pim-ga dev guest-exec '{"path":"/bin/uname","arg":["-a"],"capture-output":true}'`],
+    examples: [
+      'pim-ga dev guest-info',
+      `pim-ga dev guest-exec '{"path":"/bin/uname","arg":["-a"],"capture-output":true}'`,
+    ],
   },
   args: {
     name: { type: 'positional', required: true, valueHint: 'NAME', description: 'the VM', complete: vmNames },
     command: { type: 'positional', required: true, valueHint: 'CMD', description: 'the command, e.g. guest-info' },
-    arguments: { type: 'positional', required: false, valueHint: 'JSON-ARGS', description: 'its arguments, a JSON object' },
+    arguments: {
+      type: 'positional',
+      required: false,
+      valueHint: 'JSON-ARGS',
+      description: 'its arguments, a JSON object',
+    },
     ...timeoutArgs(5, 'for the agent'),
   },
   async run({ args }) {
@@ -30,4 +38,3 @@ Commands that answer nothing when they succeed (guest-shutdown, guest-suspend-*)
     await rawCommand('ga', args.name, args.command, args.arguments, parseTimeout(args.timeout, 5));
   },
 });
-

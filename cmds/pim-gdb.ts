@@ -34,11 +34,20 @@ after -- go to gdb (-ex 'break nvme_admin_cmd' -ex run; -batch -ex run for a scr
 --attach attaches gdb to the QEMU of a running VM (gdb -p PID), which runs on when gdb
 detaches. The exit status is gdb's; 69 when gdb is not installed, or (--attach) the VM
 does not run.`,
-    examples: ["pim-gdb dev --snapshot -- -ex 'break virtio_blk_handle_request' -ex run", "pim-gdb dev --attach -- -batch -ex 'info threads'"],
+    examples: [
+      "pim-gdb dev --snapshot -- -ex 'break virtio_blk_handle_request' -ex run",
+      "pim-gdb dev --attach -- -batch -ex 'info threads'",
+    ],
   },
   args: {
     ...runArgs,
-    target: { type: 'positional', description: 'a defined VM, an image in the store, or the path of one (--attach: a running VM)', required: true, valueHint: 'NAME|IMAGE', complete: vmNames },
+    target: {
+      type: 'positional',
+      description: 'a defined VM, an image in the store, or the path of one (--attach: a running VM)',
+      required: true,
+      valueHint: 'NAME|IMAGE',
+      complete: vmNames,
+    },
     attach: { type: 'boolean', description: 'attach to the running VM NAME instead of starting one' },
   } as unknown as typeof pimRun.args & { attach: { type: 'boolean' } },
   async run({ args, data, rawArgs, cmd }) {
@@ -56,6 +65,11 @@ does not run.`,
       const { childExit } = await import('../lib/core/proc.ts');
       return childExit(child);
     }
-    return pimRun.run!({ args: args as never, rawArgs, cmd, data: { ...words, rest: [], debugger: [gdb, ...words.rest, '--args'] } });
+    return pimRun.run!({
+      args: args as never,
+      rawArgs,
+      cmd,
+      data: { ...words, rest: [], debugger: [gdb, ...words.rest, '--args'] },
+    });
   },
 });

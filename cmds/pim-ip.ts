@@ -17,12 +17,26 @@ interface GaIface {
 }
 
 export function addressRecords(name: string, ifaces: GaIface[], all = false) {
-  const out: Array<{ name: string; iface: string; address: string; prefix: number; family: string; mac: string | null }> = [];
+  const out: Array<{
+    name: string;
+    iface: string;
+    address: string;
+    prefix: number;
+    family: string;
+    mac: string | null;
+  }> = [];
   for (const i of ifaces) {
     if (!all && i.name === 'lo') continue;
     for (const a of i['ip-addresses'] ?? []) {
       if (!all && a['ip-address-type'] === 'ipv6' && a['ip-address'].startsWith('fe80')) continue;
-      out.push({ name, iface: i.name, address: a['ip-address'], prefix: a.prefix, family: a['ip-address-type'], mac: i['hardware-address'] ?? null });
+      out.push({
+        name,
+        iface: i.name,
+        address: a['ip-address'],
+        prefix: a.prefix,
+        family: a['ip-address-type'],
+        mac: i['hardware-address'] ?? null,
+      });
     }
   }
   return out;
@@ -38,7 +52,11 @@ One line per address: NAME IFACE ADDRESS/PREFIX FAMILY MAC (--json: the address 
 prefix apart). Under user networking (pim-run's default) the guest's address, 10.0.2.15,
 is not reachable from the host: SSH goes through the forwarded port that pim-ps shows.
 The address of a --bridged VM is on the bridge's network.`,
-    examples: ['pim-ip dev', "pim-ip dev | awk '$4==\"ipv4\" {print $3}'", "pim-ip dev --json | jq -r 'select(.family==\"ipv4\").address'"],
+    examples: [
+      'pim-ip dev',
+      'pim-ip dev | awk \'$4=="ipv4" {print $3}\'',
+      'pim-ip dev --json | jq -r \'select(.family=="ipv4").address\'',
+    ],
   },
   args: {
     name: { type: 'positional', required: true, valueHint: 'NAME', description: 'the VM', complete: vmNames },
@@ -51,8 +69,10 @@ The address of a --bridged VM is on the bridge's network.`,
     const { printRecords } = await import('../lib/cli/output.ts');
     const name = args.name;
     const ifaces = await gaQuery<GaIface[]>(name, 'guest-network-get-interfaces', args.timeout, 5);
-    const recs = addressRecords(name, ifaces, args.all).map((r) => ({ ...r, address: args.json ? r.address : `${r.address}/${r.prefix}` }));
+    const recs = addressRecords(name, ifaces, args.all).map((r) => ({
+      ...r,
+      address: args.json ? r.address : `${r.address}/${r.prefix}`,
+    }));
     printRecords(recs, ['iface', 'address', 'family', 'mac'], { json: args.json });
   },
 });
-

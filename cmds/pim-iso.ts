@@ -25,7 +25,13 @@ async function store(...names: string[]) {
 }
 
 const isoNames = catalogCompleter('isos', () => import('../lib/config/defaults.ts'));
-const isoArg = { type: 'positional', required: true, valueHint: 'NAME', description: 'an ISO of the catalog (pim-iso list)', complete: isoNames } as const;
+const isoArg = {
+  type: 'positional',
+  required: true,
+  valueHint: 'NAME',
+  description: 'an ISO of the catalog (pim-iso list)',
+  complete: isoNames,
+} as const;
 const isosArg = { ...isoArg, variadic: true, description: 'ISOs of the catalog (pim-iso list)' } as const;
 
 const list = defineCommand({
@@ -34,7 +40,10 @@ const list = defineCommand({
   async run({ args }) {
     const s = await store();
     const { printRecords } = await import('../lib/cli/output.ts');
-    printRecords(await s.listIsos(), ['state', 'verified', 'size', 'url', 'kind'], { json: args.json, quiet: args.quiet });
+    printRecords(await s.listIsos(), ['state', 'verified', 'size', 'url', 'kind'], {
+      json: args.json,
+      quiet: args.quiet,
+    });
   },
 });
 
@@ -56,20 +65,42 @@ const add = defineCommand({
   meta: {
     name: 'add',
     description: 'Add an entry to isos.d/NAME.yml: a URL and how to check it.',
-    usage: 'NAME --url URL|PATH (--checksum SUM | --checksum-url URL | --insecure) [--filename NAME] [--kind iso|image] [--copy]',
+    usage:
+      'NAME --url URL|PATH (--checksum SUM | --checksum-url URL | --insecure) [--filename NAME] [--kind iso|image] [--copy]',
   },
   args: {
     name: { type: 'positional', required: true, valueHint: 'NAME', description: 'the new entry' },
-    url: { type: 'string', description: 'the ISO URL (http or https), or a local file (file:///path, or a path)', valueHint: 'URL|PATH' },
+    url: {
+      type: 'string',
+      description: 'the ISO URL (http or https), or a local file (file:///path, or a path)',
+      valueHint: 'URL|PATH',
+    },
     copy: { type: 'boolean', description: 'a local file: copy it into the cache (default: used in place)' },
     checksum: { type: 'string', description: 'pinned checksum, sha256:HEX or sha512:HEX', valueHint: 'SUM' },
     checksumUrl: { type: 'string', description: 'URL of a SUMS file listing the ISO', valueHint: 'URL' },
-    filename: { type: 'string', description: 'the name to look up in the SUMS file (default: from the URL)', valueHint: 'NAME' },
+    filename: {
+      type: 'string',
+      description: 'the name to look up in the SUMS file (default: from the URL)',
+      valueHint: 'NAME',
+    },
     insecure: { type: 'boolean', description: 'allow an entry without a checksum (marked unverified)' },
-    kind: { type: 'enum', options: ['iso', 'image'], description: "iso (an installer), or image (a cloud image for pim-build's builder: cloud-init)", default: 'iso' },
+    kind: {
+      type: 'enum',
+      options: ['iso', 'image'],
+      description: "iso (an installer), or image (a cloud image for pim-build's builder: cloud-init)",
+      default: 'iso',
+    },
   },
   async run({ args }) {
-    const r = await (await store(args.name)).addEntry(args.name, { url: args.url, checksum: args.checksum, checksumUrl: args.checksumUrl, filename: args.filename, insecure: args.insecure, kind: args.kind as 'iso' | 'image', copy: args.copy });
+    const r = await (await store(args.name)).addEntry(args.name, {
+      url: args.url,
+      checksum: args.checksum,
+      checksumUrl: args.checksumUrl,
+      filename: args.filename,
+      insecure: args.insecure,
+      kind: args.kind as 'iso' | 'image',
+      copy: args.copy,
+    });
     writeOut(`${r.name}\t${r.file}\n`);
   },
 });
@@ -87,7 +118,10 @@ const download = defineCommand({
 });
 
 const verify = defineCommand({
-  meta: { name: 'verify', description: 'Hash downloaded ISOs (cached by size and mtime) and compare; 65 on a mismatch.' },
+  meta: {
+    name: 'verify',
+    description: 'Hash downloaded ISOs (cached by size and mtime) and compare; 65 on a mismatch.',
+  },
   args: { names: isosArg, ...jsonArgs, ...quietArgs },
   async run({ args, data }) {
     const names = (data as Words).positionals;
@@ -222,7 +256,11 @@ async function runDownload(store: Store, names: string[], insecure: boolean): Pr
       const { isoFiles, statOrNull } = await import('../lib/install/iso.ts');
       const name = current || names[0]!;
       const part = isoFiles(name).part;
-      log.warn(statOrNull(part) ? `${name}: interrupted; ${part} is kept, run pim-iso download ${name} again to resume` : `${name}: interrupted`);
+      log.warn(
+        statOrNull(part)
+          ? `${name}: interrupted; ${part} is kept, run pim-iso download ${name} again to resume`
+          : `${name}: interrupted`,
+      );
       return e.status;
     }
     throw e;
@@ -230,4 +268,3 @@ async function runDownload(store: Store, names: string[], insecure: boolean): Pr
     trap.dispose();
   }
 }
-

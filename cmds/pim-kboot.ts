@@ -12,7 +12,8 @@ export default defineCommand({
   meta: {
     name: 'pim-kboot',
     version: VERSION,
-    description: 'Boot a kernel directly with an initramfs and host shares; optionally run one command and exit with its status.',
+    description:
+      'Boot a kernel directly with an initramfs and host shares; optionally run one command and exit with its status.',
     usage: '[NAME] [--kernel PATH] [--initrd PATH | --initramfs-from DIR] [options] [-- qemu args]',
     passthrough: 'qemu args',
     details: `
@@ -61,21 +62,71 @@ value.`,
     ],
   },
   args: {
-    name: { type: 'positional', description: 'VM name (default: kboot, or kboot-N when taken)', required: false, valueHint: 'NAME' },
-    kernel: { type: 'string', description: 'kernel (bzImage, or a PVH vmlinux; a file or a pipe); default /boot/vmlinuz-$(uname -r)', valueHint: 'PATH', path: 'file' },
-    initrd: { type: 'string', description: 'initramfs (cpio, compressed or not; a file or a pipe)', valueHint: 'PATH', path: 'file' },
-    initramfsFrom: { type: 'string', description: 'pack this directory as the initramfs (cached)', valueHint: 'DIR', path: 'dir' },
+    name: {
+      type: 'positional',
+      description: 'VM name (default: kboot, or kboot-N when taken)',
+      required: false,
+      valueHint: 'NAME',
+    },
+    kernel: {
+      type: 'string',
+      description: 'kernel (bzImage, or a PVH vmlinux; a file or a pipe); default /boot/vmlinuz-$(uname -r)',
+      valueHint: 'PATH',
+      path: 'file',
+    },
+    initrd: {
+      type: 'string',
+      description: 'initramfs (cpio, compressed or not; a file or a pipe)',
+      valueHint: 'PATH',
+      path: 'file',
+    },
+    initramfsFrom: {
+      type: 'string',
+      description: 'pack this directory as the initramfs (cached)',
+      valueHint: 'DIR',
+      path: 'dir',
+    },
     append: { type: 'string', description: 'more kernel command line', valueHint: 'ARGS' },
-    share: { type: 'string', description: 'share a host directory at /mnt/TAG', valueHint: 'DIR[:TAG]', repeatable: true, path: 'dir' },
-    rootShare: { type: 'string', description: "boot with this host directory as the guest's root filesystem", valueHint: 'DIR', path: 'dir' },
+    share: {
+      type: 'string',
+      description: 'share a host directory at /mnt/TAG',
+      valueHint: 'DIR[:TAG]',
+      repeatable: true,
+      path: 'dir',
+    },
+    rootShare: {
+      type: 'string',
+      description: "boot with this host directory as the guest's root filesystem",
+      valueHint: 'DIR',
+      path: 'dir',
+    },
     fs: { type: 'enum', options: ['auto', '9p', 'virtiofs'], description: 'share filesystem', default: 'auto' },
-    exec: { type: 'string', description: 'run this command in the guest, print its output, exit with its status', valueHint: 'CMD' },
+    exec: {
+      type: 'string',
+      description: 'run this command in the guest, print its output, exit with its status',
+      valueHint: 'CMD',
+    },
     console: { type: 'boolean', description: 'serial console on this terminal (foreground)' },
     mem: { type: 'string', description: 'memory size', default: '512M', valueHint: 'SIZE' },
     cpus: { type: 'string', description: 'virtual CPUs', default: '1', valueHint: 'N' },
-    machine: { type: 'enum', options: ['q35', 'pc', 'microvm'], description: 'machine type (microvm: no PCI, so no shares)', default: 'q35' },
-    compress: { type: 'enum', options: ['none', 'gzip'], description: 'compression of a packed initramfs (none packs 4x faster and boots as fast)', default: 'none' },
-    timeout: { type: 'string', description: 'seconds for the guest to reach userspace (and for a pipe given as input to say something)', default: '120', valueHint: 'SECONDS' },
+    machine: {
+      type: 'enum',
+      options: ['q35', 'pc', 'microvm'],
+      description: 'machine type (microvm: no PCI, so no shares)',
+      default: 'q35',
+    },
+    compress: {
+      type: 'enum',
+      options: ['none', 'gzip'],
+      description: 'compression of a packed initramfs (none packs 4x faster and boots as fast)',
+      default: 'none',
+    },
+    timeout: {
+      type: 'string',
+      description: 'seconds for the guest to reach userspace (and for a pipe given as input to say something)',
+      default: '120',
+      valueHint: 'SECONDS',
+    },
     accel: { type: 'enum', options: ['kvm', 'hvf', 'tcg'], description: 'accelerator; env PIM_ACCEL' },
   },
   async run({ args, data }) {
@@ -83,9 +134,14 @@ value.`,
     const { randomBytes } = await import('node:crypto');
     const { kboot } = await import('../lib/kboot/boot.ts');
 
-    if (args.initrd && args.initramfsFrom) throw new PimError(EXIT.USAGE, '--initrd and --initramfs-from are exclusive: pass a ready archive or a directory to pack');
+    if (args.initrd && args.initramfsFrom)
+      throw new PimError(
+        EXIT.USAGE,
+        '--initrd and --initramfs-from are exclusive: pass a ready archive or a directory to pack',
+      );
     const cpus = Number(args.cpus);
-    if (!Number.isInteger(cpus) || cpus < 1 || cpus > 256) throw new PimError(EXIT.USAGE, `--cpus must be a whole number from 1 to 256`);
+    if (!Number.isInteger(cpus) || cpus < 1 || cpus > 256)
+      throw new PimError(EXIT.USAGE, `--cpus must be a whole number from 1 to 256`);
     if (!/^\d+[KMGT]?$/i.test(args.mem)) throw new PimError(EXIT.USAGE, `--mem must be a size such as 512M or 2G`);
     const timeout = Number(args.timeout);
     if (!(timeout > 0)) throw new PimError(EXIT.USAGE, `--timeout must be a number of seconds`);
@@ -111,4 +167,3 @@ value.`,
     });
   },
 });
-

@@ -37,7 +37,8 @@ gets the bytes as they are.`,
     let lines: number | undefined;
     if (args.lines !== undefined) {
       lines = Number(args.lines);
-      if (!/^\d+$/.test(args.lines) || !Number.isSafeInteger(lines)) throw new PimError(EXIT.USAGE, `-n must be a number of lines, not ${JSON.stringify(args.lines)}`);
+      if (!/^\d+$/.test(args.lines) || !Number.isSafeInteger(lines))
+        throw new PimError(EXIT.USAGE, `-n must be a number of lines, not ${JSON.stringify(args.lines)}`);
     }
     const { vmRef } = await import('../lib/vm/ref.ts');
     const ref = vmRef(args.name);

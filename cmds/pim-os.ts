@@ -38,4 +38,3 @@ export default defineCommand({
     printRecords([rec], ['pretty_name', 'kernel_release', 'machine'], { json: args.json });
   },
 });
-

@@ -25,9 +25,18 @@ const list = defineCommand({
 });
 
 const show = defineCommand({
-  meta: { name: 'show', description: 'A profile merged over "default" (YAML, --json, or --explain: where each value came from).' },
+  meta: {
+    name: 'show',
+    description: 'A profile merged over "default" (YAML, --json, or --explain: where each value came from).',
+  },
   args: {
-    name: { type: 'positional', required: true, valueHint: 'NAME', description: 'a profile (pim-profile list)', complete: catalogCompleter('profiles', () => import('../lib/config/defaults.ts')) },
+    name: {
+      type: 'positional',
+      required: true,
+      valueHint: 'NAME',
+      description: 'a profile (pim-profile list)',
+      complete: catalogCompleter('profiles', () => import('../lib/config/defaults.ts')),
+    },
     ...jsonArgs,
     explain: { type: 'boolean', description: 'one line per value: key, value, the FILE:LINE it came from' },
   },
@@ -48,7 +57,12 @@ Profiles live in ~/.config/pim/profiles.d/*.yml, each file a mapping of profile 
 settings, on top of pim's built-in "default". Every profile merges over "default":
 mappings recurse, lists replace. --explain prints one line per value: the key path, the
 value as JSON, and where it came from (FILE:LINE, or builtin:...).`,
-    examples: ['pim-profile list', 'pim-profile show dev', 'pim-profile show dev --explain', 'pim-profile show dev --json | jq -r .hostname'],
+    examples: [
+      'pim-profile list',
+      'pim-profile show dev',
+      'pim-profile show dev --explain',
+      'pim-profile show dev --json | jq -r .hostname',
+    ],
   },
   subCommands: { list, show },
 });

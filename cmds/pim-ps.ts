@@ -38,7 +38,12 @@ export { humanDuration } from '../lib/cli/output.ts';
 /** Forwards in a column: `8080:80,0.0.0.0:5353:53/udp` (the bind address when not 127.0.0.1), or null for none. */
 export function compactForwards(fw: PortForward[] | undefined): string | null {
   if (!fw?.length) return null;
-  return fw.map((f) => `${f.bind && f.bind !== '127.0.0.1' ? `${f.bind}:` : ''}${f.host}:${f.guest}${f.proto === 'udp' ? '/udp' : ''}`).join(',');
+  return fw
+    .map(
+      (f) =>
+        `${f.bind && f.bind !== '127.0.0.1' ? `${f.bind}:` : ''}${f.host}:${f.guest}${f.proto === 'udp' ? '/udp' : ''}`,
+    )
+    .join(',');
 }
 
 /** The fields after the name, in order: plumbing, so new ones go at the end. */
@@ -102,16 +107,26 @@ tcg; FORWARDS the port forwards besides SSH (HOST:GUEST, /udp for UDP). -q print
 only and asks no VM anything. --all also lists, as "stopped", the images in the store, the
 VMs defined in vms.d (pim-vm), and the VMs whose log is kept in the runtime dir. Runtime entries of VMs that died are
 cleaned up.`,
-    examples: ['pim-ps', 'pim-ps -q | fzf | pim-stop', 'pim-ps --table | fzf -m --header-lines=1 | pim-stop', 'pim-ps --json | jq -r .ssh_port', 'pim-ps --all'],
+    examples: [
+      'pim-ps',
+      'pim-ps -q | fzf | pim-stop',
+      'pim-ps --table | fzf -m --header-lines=1 | pim-stop',
+      'pim-ps --json | jq -r .ssh_port',
+      'pim-ps --all',
+    ],
   },
   args: {
     ...jsonArgs,
     ...quietArgs,
     all: { type: 'boolean', alias: 'a', description: 'also list stopped VMs: store images, VM definitions, kept logs' },
-    table: { type: 'boolean', description: 'an aligned table with a header, also in a pipe (for fzf --header-lines=1)' },
+    table: {
+      type: 'boolean',
+      description: 'an aligned table with a header, also in a pipe (for fzf --header-lines=1)',
+    },
   },
   async run({ args }) {
-    if (args.table && (args.json || args.quiet)) throw new PimError(EXIT.USAGE, '--table shows every field; leave out --json and -q');
+    if (args.table && (args.json || args.quiet))
+      throw new PimError(EXIT.USAGE, '--table shows every field; leave out --json and -q');
     const dir = existingRuntimeDir();
     const found = dir ? await listVms(dir, { keepStale: true }) : [];
     const vms: VmInfo[] = [];
@@ -163,7 +178,8 @@ cleaned up.`,
         if (!seen.has(n)) recs.push(args.quiet ? { name: n } : stoppedRecord(n, images.get(n) ?? null, args.json));
       }
     }
-    if (args.table) writeOut(formatRecords(recs, FIELDS, { tty: true })); // the header even with no VMs
+    if (args.table)
+      writeOut(formatRecords(recs, FIELDS, { tty: true })); // the header even with no VMs
     else printRecords(recs, FIELDS, { json: args.json, quiet: args.quiet });
   },
 });

@@ -19,7 +19,12 @@ export default defineCommand({
   args: {
     name: { type: 'positional', required: true, valueHint: 'NAME', description: 'the VM', complete: vmNames },
     command: { type: 'positional', required: true, valueHint: 'CMD', description: 'the command, e.g. query-status' },
-    arguments: { type: 'positional', required: false, valueHint: 'JSON-ARGS', description: 'its arguments, a JSON object' },
+    arguments: {
+      type: 'positional',
+      required: false,
+      valueHint: 'JSON-ARGS',
+      description: 'its arguments, a JSON object',
+    },
     ...timeoutArgs(10, 'for a reply'),
   },
   async run({ args }) {
@@ -28,4 +33,3 @@ export default defineCommand({
     await rawCommand('qmp', args.name, args.command, args.arguments, parseTimeout(args.timeout, 10));
   },
 });
-

@@ -31,9 +31,20 @@ stale is exit 0.`,
     examples: ['pim-rm dev', 'pim-log dev >dev.log && pim-rm dev', 'pim-rm dev --image', 'pim-rm --stale'],
   },
   args: {
-    names: { type: 'positional', required: false, variadic: true, valueHint: 'NAME', description: 'stopped VMs (default: names read from stdin)', complete: leftNames },
+    names: {
+      type: 'positional',
+      required: false,
+      variadic: true,
+      valueHint: 'NAME',
+      description: 'stopped VMs (default: names read from stdin)',
+      complete: leftNames,
+    },
     image: { type: 'boolean', description: 'also delete the image in the store' },
-    stale: { type: 'boolean', description: 'remove every leftover of builds, pim-kboot and failed starts (never a defined VM, a store image or a running VM); no NAME' },
+    stale: {
+      type: 'boolean',
+      description:
+        'remove every leftover of builds, pim-kboot and failed starts (never a defined VM, a store image or a running VM); no NAME',
+    },
     ...jsonArgs,
   },
   async run({ args, data }) {
@@ -43,7 +54,8 @@ stale is exit 0.`,
     const { printRecords } = await import('../lib/cli/output.ts');
     if (args.stale) {
       const { EXIT, PimError } = await import('../lib/core/exit.ts');
-      if ((data as Words).positionals.length || args.image) throw new PimError(EXIT.USAGE, '--stale finds what to remove itself: it takes no NAME and no --image');
+      if ((data as Words).positionals.length || args.image)
+        throw new PimError(EXIT.USAGE, '--stale finds what to remove itself: it takes no NAME and no --image');
       const { staleNames } = await import('../lib/vm/remove.ts');
       const stale = await staleNames();
       // one that started or went meanwhile is not an error: there is nothing of it to clean
@@ -52,15 +64,26 @@ stale is exit 0.`,
           if (e instanceof PimError && (e.code === EXIT.NOINPUT || e.code === EXIT.TEMPFAIL)) return [];
           throw e;
         });
-        printRecords(removed.map((path) => ({ name, path })), ['path'], { json: args.json, plain: true });
+        printRecords(
+          removed.map((path) => ({ name, path })),
+          ['path'],
+          { json: args.json, plain: true },
+        );
       });
     }
-    const names = await namesOrStdin((data as Words).positionals, 'no VM names given; name them, or pipe them in (pim-ps --all | pim-rm)');
+    const names = await namesOrStdin(
+      (data as Words).positionals,
+      'no VM names given; name them, or pipe them in (pim-ps --all | pim-rm)',
+    );
     if (!names.length) return 0; // nothing to do (an empty pipe, a cancelled fzf)
     const refs = new Map(names.map((n) => [n, vmRef(n)])); // every name is checked before anything is removed
     return forEachName(names, async (name) => {
       const removed = await removeVm(refs.get(name)!, { image: args.image });
-      printRecords(removed.map((path) => ({ name, path })), ['path'], { json: args.json, plain: true });
+      printRecords(
+        removed.map((path) => ({ name, path })),
+        ['path'],
+        { json: args.json, plain: true },
+      );
     });
   },
 });

@@ -61,26 +61,84 @@ mount -t 9p -o trans=virtio,version=9p2000.L TAG /mnt/TAG (the guest kernel need
 virtiofs). --display gtk|sdl opens a window, --display vnc[:N] serves VNC on 127.0.0.1:5900+N
 only; the default stays headless. --cdrom ISO attaches an ISO as a CD-ROM, after the disk
 in the boot order (a blank disk boots it: a manual install).`,
-    examples: ['pim-run dev', 'pim-run ./disk.qcow2 --name scratch --snapshot', 'pim-run dev --bridged', 'pim-run dev --forward 8080:80 --wait ssh', 'pim-run dev --mem 2G --cpus 4 -- -device virtio-balloon', 'pim-run dev --name dev2 --clone', 'pim-run dev --share .:src --display vnc:1'],
+    examples: [
+      'pim-run dev',
+      'pim-run ./disk.qcow2 --name scratch --snapshot',
+      'pim-run dev --bridged',
+      'pim-run dev --forward 8080:80 --wait ssh',
+      'pim-run dev --mem 2G --cpus 4 -- -device virtio-balloon',
+      'pim-run dev --name dev2 --clone',
+      'pim-run dev --share .:src --display vnc:1',
+    ],
   },
   args: {
-    target: { type: 'positional', description: 'a defined VM, an image in the store, or the path of one', required: true, valueHint: 'NAME|IMAGE', complete: imageNames, path: 'file' },
+    target: {
+      type: 'positional',
+      description: 'a defined VM, an image in the store, or the path of one',
+      required: true,
+      valueHint: 'NAME|IMAGE',
+      complete: imageNames,
+      path: 'file',
+    },
     name: { type: 'string', description: 'VM name (default: the image name)', valueHint: 'NAME' },
     console: { type: 'boolean', description: 'run in the foreground with the serial console on this terminal' },
     bridged: { type: 'boolean', description: 'bridged networking (needs sudo unless the bridge helper is setuid)' },
-    bridge: { type: 'string', description: 'bridge (Linux) or interface (macOS) for --bridged; env PIM_BRIDGE', valueHint: 'IF' },
-    mem: { type: 'string', description: 'memory size (default: the definition\'s, else 1G)', valueHint: 'SIZE' },
-    cpus: { type: 'string', description: 'virtual CPUs (default: the definition\'s, else 2)', valueHint: 'N' },
-    sshPort: { type: 'string', description: 'host port forwarded to guest port 22 (user networking)', valueHint: 'PORT' },
+    bridge: {
+      type: 'string',
+      description: 'bridge (Linux) or interface (macOS) for --bridged; env PIM_BRIDGE',
+      valueHint: 'IF',
+    },
+    mem: { type: 'string', description: "memory size (default: the definition's, else 1G)", valueHint: 'SIZE' },
+    cpus: { type: 'string', description: "virtual CPUs (default: the definition's, else 2)", valueHint: 'N' },
+    sshPort: {
+      type: 'string',
+      description: 'host port forwarded to guest port 22 (user networking)',
+      valueHint: 'PORT',
+    },
     snapshot: { type: 'boolean', description: 'discard disk writes when the VM stops' },
     accel: { type: 'enum', options: ['kvm', 'hvf', 'tcg'], description: 'accelerator; env PIM_ACCEL' },
-    forward: { type: 'string', repeatable: true, description: 'forward a host port to a guest port (user networking; tcp unless udp:)', valueHint: '[tcp:|udp:][BIND:]HOST:GUEST' },
-    wait: { type: 'string', repeatable: true, description: 'return once this answers, as pim-wait --for', valueHint: 'ssh|agent|console:REGEX', complete: waitForms },
-    waitTimeout: { type: 'string', description: 'seconds --wait waits (then exit 75; the VM keeps running)', default: '120', valueHint: 'S' },
-    clone: { type: 'boolean', description: 'boot a throwaway overlay of the image (removed with the VM): a second VM of an image in use' },
-    share: { type: 'string', repeatable: true, description: 'share a host directory with the guest (virtiofs, else 9p); how to mount it is printed', valueHint: 'DIR[:TAG]', path: 'dir' },
-    display: { type: 'string', description: 'show the screen: a gtk or sdl window, or VNC on 127.0.0.1:5900+N (default: headless)', valueHint: 'gtk|sdl|vnc[:N]', complete: displayForms },
-    cdrom: { type: 'string', description: 'attach an ISO as a CD-ROM (after the disk in the boot order)', valueHint: 'ISO', path: 'file' },
+    forward: {
+      type: 'string',
+      repeatable: true,
+      description: 'forward a host port to a guest port (user networking; tcp unless udp:)',
+      valueHint: '[tcp:|udp:][BIND:]HOST:GUEST',
+    },
+    wait: {
+      type: 'string',
+      repeatable: true,
+      description: 'return once this answers, as pim-wait --for',
+      valueHint: 'ssh|agent|console:REGEX',
+      complete: waitForms,
+    },
+    waitTimeout: {
+      type: 'string',
+      description: 'seconds --wait waits (then exit 75; the VM keeps running)',
+      default: '120',
+      valueHint: 'S',
+    },
+    clone: {
+      type: 'boolean',
+      description: 'boot a throwaway overlay of the image (removed with the VM): a second VM of an image in use',
+    },
+    share: {
+      type: 'string',
+      repeatable: true,
+      description: 'share a host directory with the guest (virtiofs, else 9p); how to mount it is printed',
+      valueHint: 'DIR[:TAG]',
+      path: 'dir',
+    },
+    display: {
+      type: 'string',
+      description: 'show the screen: a gtk or sdl window, or VNC on 127.0.0.1:5900+N (default: headless)',
+      valueHint: 'gtk|sdl|vnc[:N]',
+      complete: displayForms,
+    },
+    cdrom: {
+      type: 'string',
+      description: 'attach an ISO as a CD-ROM (after the disk in the boot order)',
+      valueHint: 'ISO',
+      path: 'file',
+    },
   },
   async run({ args, data }) {
     // pim-gdb runs this command with `debugger`: QEMU in the foreground under gdb
@@ -100,17 +158,27 @@ in the boot order (a blank disk boots it: a manual install).`,
     const target = def ? vms.definitionTarget(def) : { target: args.target, buildOnly: false };
     const img = await resolveImage(target.target, args.name ?? def?.name, running);
     if (target.buildOnly && !img.build) {
-      throw new PimError(EXIT.NOINPUT, `VM ${def!.name} boots build:${target.target}, but ${img.path} is not a build of profile ${target.target}; run pim-build run ${target.target}`);
+      throw new PimError(
+        EXIT.NOINPUT,
+        `VM ${def!.name} boots build:${target.target}, but ${img.path} is not a build of profile ${target.target}; run pim-build run ${target.target}`,
+      );
     }
     const ref = vmRef(img.name);
     const cpus = checkCpus(args.cpus ?? def?.cpus ?? 2);
     const mem = checkMem(args.mem ?? def?.mem ?? '1G');
     const bridged = Boolean(args.bridged || def?.net === 'bridged');
-    let sshPort = args.sshPort ? checkPort(args.sshPort) : def?.ssh_port !== undefined ? checkPort(def.ssh_port, 'ssh_port') : undefined;
+    let sshPort = args.sshPort
+      ? checkPort(args.sshPort)
+      : def?.ssh_port !== undefined
+        ? checkPort(def.ssh_port, 'ssh_port')
+        : undefined;
     let efivars = img.efivars;
     if (def?.firmware === 'bios') efivars = null;
     if (def?.firmware === 'uefi' && !efivars) {
-      throw new PimError(EXIT.NOINPUT, `VM ${def.name} asks for UEFI firmware, but its image has no UEFI vars beside it (${img.path.replace(/\.[^./]+$/, '')}.efivars.fd); copy OVMF_VARS there, or set firmware: bios`);
+      throw new PimError(
+        EXIT.NOINPUT,
+        `VM ${def.name} asks for UEFI firmware, but its image has no UEFI vars beside it (${img.path.replace(/\.[^./]+$/, '')}.efivars.fd); copy OVMF_VARS there, or set firmware: bios`,
+      );
     }
     // --forward and --wait are checked before anything starts
     const { parseForward } = await import('../lib/vm/forward.ts');
@@ -118,7 +186,8 @@ in the boot order (a blank disk boots it: a manual install).`,
     // qemu_args with their variables, then the words after --
     let extra = rest;
     if (def?.qemu_args.length) {
-      if (!bridged && sshPort === undefined && vms.referencedVars(def.qemu_args).includes('vm.ssh_port')) sshPort = await (await import('../lib/qemu/host.ts')).freePort();
+      if (!bridged && sshPort === undefined && vms.referencedVars(def.qemu_args).includes('vm.ssh_port'))
+        sshPort = await (await import('../lib/qemu/host.ts')).freePort();
       const { loadRuntimeConfig } = await import('../lib/config/runtime.ts');
       const { storeImages } = await import('../lib/image/store.ts');
       const { runtimeDirPath } = await import('../lib/core/paths.ts');
@@ -134,8 +203,10 @@ in the boot order (a blank disk boots it: a manual install).`,
     const { parseTimeout } = await import('../lib/cli/args.ts');
     const fors = (repeated.wait ?? []).map((s) => parseWaitFor(s, '--wait'));
     const waitMs = parseTimeout(args.waitTimeout, 120, '--wait-timeout');
-    if (fors.length && args.console) throw new PimError(EXIT.USAGE, '--wait is for a headless start; --console shows the console itself');
-    if (debuggerArgv && (args.console || fors.length)) throw new PimError(EXIT.USAGE, 'pim-gdb runs QEMU in the foreground under gdb: leave out --console and --wait');
+    if (fors.length && args.console)
+      throw new PimError(EXIT.USAGE, '--wait is for a headless start; --console shows the console itself');
+    if (debuggerArgv && (args.console || fors.length))
+      throw new PimError(EXIT.USAGE, 'pim-gdb runs QEMU in the foreground under gdb: leave out --console and --wait');
     checkWaitable(ref.name, { agent: true, ssh: !bridged }, fors);
     const display = args.display === undefined ? undefined : parseDisplay(args.display);
     let cdrom: string | undefined;
@@ -143,14 +214,21 @@ in the boot order (a blank disk boots it: a manual install).`,
       const { resolve: resolvePath } = await import('node:path');
       const { statSync } = await import('node:fs');
       cdrom = resolvePath(args.cdrom);
-      if (!statSync(cdrom, { throwIfNoEntry: false })?.isFile()) throw new PimError(EXIT.NOINPUT, `--cdrom ${cdrom} is not a file; give the path of an ISO`);
+      if (!statSync(cdrom, { throwIfNoEntry: false })?.isFile())
+        throw new PimError(EXIT.NOINPUT, `--cdrom ${cdrom} is not a file; give the path of an ISO`);
     }
     // a running VM that boots this very image holds its write lock: not even --snapshot can read it
     if (!args.clone) {
       const { listVms } = await import('../lib/vm/state.ts');
       const { runtimeDirPath } = await import('../lib/core/paths.ts');
-      const user = (await listVms(runtimeDirPath())).find((v) => v.state === 'running' && v.name !== ref.name && v.meta?.image === img.path && !v.meta.clone);
-      if (user) throw new PimError(EXIT.TEMPFAIL, `image ${img.path} is in use by running VM ${user.name}, whose QEMU holds its write lock (so --snapshot cannot read it either); start a throwaway copy with --clone (pim-run ${args.target} --name ${args.name ?? 'NAME'} --clone), or stop ${user.name} first`);
+      const user = (await listVms(runtimeDirPath())).find(
+        (v) => v.state === 'running' && v.name !== ref.name && v.meta?.image === img.path && !v.meta.clone,
+      );
+      if (user)
+        throw new PimError(
+          EXIT.TEMPFAIL,
+          `image ${img.path} is in use by running VM ${user.name}, whose QEMU holds its write lock (so --snapshot cannot read it either); start a throwaway copy with --clone (pim-run ${args.target} --name ${args.name ?? 'NAME'} --clone), or stop ${user.name} first`,
+        );
     }
     // --share: checked now; 9p arguments, or virtiofsd started under the VM's lock (and stopped again if the start fails)
     const shares = await planShares(repeated.share ?? [], mem);
@@ -163,7 +241,10 @@ in the boot order (a blank disk boots it: a manual install).`,
       if (b) {
         ssh = sshOfBuild(b.settings?.ssh_user, b.inputs?.profile?.ssh_keys, b.settings?.user_key);
         // no key of yours in it: a build from before pim kept a key of its own, or pim's key was made anew
-        if (!ssh.key && b.inputs?.builder !== 'raw') log.warn(`build ${b.id} has no SSH key you hold (not pim's current key, nor one of ~/.ssh/id_* in its profile's ssh_keys): pim-ssh will fall back to passwords; rebuild it with pim-build run ${b.profile} --force`);
+        if (!ssh.key && b.inputs?.builder !== 'raw')
+          log.warn(
+            `build ${b.id} has no SSH key you hold (not pim's current key, nor one of ~/.ssh/id_* in its profile's ssh_keys): pim-ssh will fall back to passwords; rebuild it with pim-build run ${b.profile} --force`,
+          );
       }
     }
     // the foreground console leaves Ctrl-C to QEMU; a headless start undoes itself on a signal
@@ -191,8 +272,12 @@ in the boot order (a blank disk boots it: a manual install).`,
       });
       if (typeof r === 'number') return r; // --console: QEMU's own status (under gdb: gdb's)
       started = true;
-      for (const s of shares.shares) log.info(`share ${s.dir}: in the guest, mount -t ${shares.fs() === '9p' ? '9p -o trans=virtio,version=9p2000.L' : 'virtiofs'} ${s.tag} /mnt/${s.tag}`);
-      if (display?.kind === 'vnc') log.info(`display: VNC on 127.0.0.1:${5900 + display.n} (vnc viewer 127.0.0.1:${display.n})`);
+      for (const s of shares.shares)
+        log.info(
+          `share ${s.dir}: in the guest, mount -t ${shares.fs() === '9p' ? '9p -o trans=virtio,version=9p2000.L' : 'virtiofs'} ${s.tag} /mnt/${s.tag}`,
+        );
+      if (display?.kind === 'vnc')
+        log.info(`display: VNC on 127.0.0.1:${5900 + display.n} (vnc viewer 127.0.0.1:${display.n})`);
       log.info(`${r.vm.name} started (pid ${r.vm.pid}${r.sshPort ? `, ssh 127.0.0.1:${r.sshPort}` : ''}, ${r.accel})`);
       writeOut(r.vm.name + '\n');
       if (!fors.length) return 0;
@@ -207,7 +292,8 @@ in the boot order (a blank disk boots it: a manual install).`,
       };
       const ready = await waitUp(r.vm, fors, { timeoutMs: waitMs, onProgress })
         .catch((e: unknown) => {
-          if (e instanceof PimError && e.code === EXIT.TEMPFAIL) throw new PimError(e.code, `${e.message} (the VM keeps running: pim-stop ${r.vm.name})`);
+          if (e instanceof PimError && e.code === EXIT.TEMPFAIL)
+            throw new PimError(e.code, `${e.message} (the VM keeps running: pim-stop ${r.vm.name})`);
           throw e;
         })
         .finally(() => status.end());
@@ -233,7 +319,15 @@ export function parseDisplay(s: string): NonNullable<import('../lib/qemu/argv.ts
  * `prepare` (under the VM's lock) gives QEMU's arguments: virtiofs, with one virtiofsd
  * per share started beside the VM's runtime files, where virtiofsd exists, else 9p.
  */
-async function planShares(specs: string[], mem: string): Promise<{ shares: Array<{ dir: string; tag: string }>; fs(): '9p' | 'virtiofs'; prepare?: (files: { qmp: string }) => Promise<string[]>; stop(): void }> {
+async function planShares(
+  specs: string[],
+  mem: string,
+): Promise<{
+  shares: Array<{ dir: string; tag: string }>;
+  fs(): '9p' | 'virtiofs';
+  prepare?: (files: { qmp: string }) => Promise<string[]>;
+  stop(): void;
+}> {
   if (!specs.length) return { shares: [], fs: () => '9p', stop() {} };
   const { parseShare, chooseShareFs, ninepArgs, startVirtiofsd, virtiofsArgs } = await import('../lib/qemu/share.ts');
   const used = new Set<string>();
@@ -254,4 +348,3 @@ async function planShares(specs: string[], mem: string): Promise<{ shares: Array
     },
   };
 }
-

@@ -42,9 +42,23 @@ In a bash script, run it as a coprocess and read the URL from it (last example).
     ],
   },
   args: {
-    profile: { type: 'positional', required: false, valueHint: 'PROFILE', description: 'the profile to serve (default: default)', complete: profileNames },
-    port: { type: 'string', description: 'TCP port (pim.yml serve.port, else 8080); 0 = any free port', valueHint: 'N' },
-    bind: { type: 'string', description: 'address to listen on (pim.yml serve.bind, else 127.0.0.1)', valueHint: 'ADDR' },
+    profile: {
+      type: 'positional',
+      required: false,
+      valueHint: 'PROFILE',
+      description: 'the profile to serve (default: default)',
+      complete: profileNames,
+    },
+    port: {
+      type: 'string',
+      description: 'TCP port (pim.yml serve.port, else 8080); 0 = any free port',
+      valueHint: 'N',
+    },
+    bind: {
+      type: 'string',
+      description: 'address to listen on (pim.yml serve.bind, else 127.0.0.1)',
+      valueHint: 'ADDR',
+    },
   },
   async run({ args }) {
     const { loadRuntimeConfig } = await import('../lib/config/runtime.ts');
@@ -53,7 +67,8 @@ In a bash script, run it as a coprocess and read the URL from it (last example).
     const rt = (await loadRuntimeConfig()).value;
     let port = rt.serve.port;
     if (args.port !== undefined) {
-      if (!/^\d{1,5}$/.test(args.port) || Number(args.port) > 65535) throw new PimError(EXIT.USAGE, `--port must be a number from 0 to 65535, not ${JSON.stringify(args.port)}`);
+      if (!/^\d{1,5}$/.test(args.port) || Number(args.port) > 65535)
+        throw new PimError(EXIT.USAGE, `--port must be a number from 0 to 65535, not ${JSON.stringify(args.port)}`);
       port = Number(args.port);
     }
     const bind = args.bind ?? rt.serve.bind;
@@ -76,4 +91,3 @@ In a bash script, run it as a coprocess and read the URL from it (last example).
     return 0;
   },
 });
-

@@ -35,7 +35,8 @@ const tags = lazyCompleter(async () => {
   return async (complete, positionals) => {
     if (!positionals?.[0]) return;
     try {
-      for (const s of await listSnapshots(await snapshotTarget(positionals[0]), 3_000)) complete(s.tag, s.vm_state ? 'with RAM' : 'disk only');
+      for (const s of await listSnapshots(await snapshotTarget(positionals[0]), 3_000))
+        complete(s.tag, s.vm_state ? 'with RAM' : 'disk only');
     } catch {
       /* nothing to offer */
     }
@@ -68,9 +69,27 @@ VM-STATE (bytes, 0 for disk only) DATE VM-CLOCK (seconds), or with -q the tags a
     ],
   },
   args: {
-    name: { type: 'positional', required: true, valueHint: 'NAME', description: 'a running VM, an image in the store, or a path to an image', complete: targets },
-    action: { type: 'positional', required: true, valueHint: 'ACTION', description: 'save, load, list or rm', complete: actions },
-    tag: { type: 'positional', required: false, valueHint: 'TAG', description: 'the snapshot (letters, digits, ".", "_", "-"; not digits only)', complete: tags },
+    name: {
+      type: 'positional',
+      required: true,
+      valueHint: 'NAME',
+      description: 'a running VM, an image in the store, or a path to an image',
+      complete: targets,
+    },
+    action: {
+      type: 'positional',
+      required: true,
+      valueHint: 'ACTION',
+      description: 'save, load, list or rm',
+      complete: actions,
+    },
+    tag: {
+      type: 'positional',
+      required: false,
+      valueHint: 'TAG',
+      description: 'the snapshot (letters, digits, ".", "_", "-"; not digits only)',
+      complete: tags,
+    },
     force: { type: 'boolean', description: 'save: replace a snapshot of the same tag' },
     ...jsonArgs,
     quiet: { type: 'boolean', alias: 'q', description: 'list: print the tags only' },
@@ -78,10 +97,16 @@ VM-STATE (bytes, 0 for disk only) DATE VM-CLOCK (seconds), or with -q the tags a
   },
   async run({ args, data }) {
     const [target, action, tag] = (data as Words).positionals as [string, string, string | undefined];
-    if (!(ACTIONS as readonly string[]).includes(action)) throw new PimError(EXIT.USAGE, `unknown action ${JSON.stringify(action)}; use save, load, list or rm (see pim-snapshot --help)`);
+    if (!(ACTIONS as readonly string[]).includes(action))
+      throw new PimError(
+        EXIT.USAGE,
+        `unknown action ${JSON.stringify(action)}; use save, load, list or rm (see pim-snapshot --help)`,
+      );
     const act = action as Action;
-    if (act === 'list' && tag !== undefined) throw new PimError(EXIT.USAGE, `list takes no TAG; usage: pim-snapshot ${target} list`);
-    if (act !== 'list' && tag === undefined) throw new PimError(EXIT.USAGE, `${act} needs a TAG; usage: pim-snapshot ${target} ${act} TAG`);
+    if (act === 'list' && tag !== undefined)
+      throw new PimError(EXIT.USAGE, `list takes no TAG; usage: pim-snapshot ${target} list`);
+    if (act !== 'list' && tag === undefined)
+      throw new PimError(EXIT.USAGE, `${act} needs a TAG; usage: pim-snapshot ${target} ${act} TAG`);
     if (args.force && act !== 'save') throw new PimError(EXIT.USAGE, '--force is for save');
     const { parseTimeout } = await import('../lib/cli/args.ts');
     const timeoutMs = parseTimeout(args.timeout, 300);
@@ -92,13 +117,22 @@ VM-STATE (bytes, 0 for disk only) DATE VM-CLOCK (seconds), or with -q the tags a
     if (act === 'list') {
       const list = await snap.listSnapshots(t, timeoutMs);
       if (args.quiet && !args.json) writeOut(list.map((s) => s.tag + '\n').join(''));
-      else printRecords(list.map((s) => ({ name: t.name, ...s })), ['tag', 'id', 'vm_state', 'date', 'vm_clock'], { json: args.json });
+      else
+        printRecords(
+          list.map((s) => ({ name: t.name, ...s })),
+          ['tag', 'id', 'vm_state', 'date', 'vm_clock'],
+          { json: args.json },
+        );
       return;
     }
     const t0 = performance.now();
     await snap.snapshotAction(t, act, tag!, { force: args.force, timeoutMs });
     const seconds = Math.round((performance.now() - t0) / 100) / 10;
     const done = { save: 'saved', load: 'loaded', rm: 'removed' }[act];
-    printRecords([{ name: t.name, tag: tag!, action: done, seconds, how: t.kind === 'running' ? 'qmp' : 'qemu-img' }], ['tag', 'action', 'seconds'], { json: args.json });
+    printRecords(
+      [{ name: t.name, tag: tag!, action: done, seconds, how: t.kind === 'running' ? 'qmp' : 'qemu-img' }],
+      ['tag', 'action', 'seconds'],
+      { json: args.json },
+    );
   },
 });

@@ -58,10 +58,19 @@ guest of your own: append it to the guest's authorized_keys.`,
   args: {
     name: { type: 'positional', required: false, valueHint: 'NAME', description: 'the VM', complete: vmNames },
     user: { type: 'string', alias: 'l', description: 'log in as USER; env PIM_SSH_USER', valueHint: 'USER' },
-    identity: { type: 'string', alias: 'i', description: 'the private key to log in with; env PIM_SSH_KEY', valueHint: 'KEY', path: 'file' },
+    identity: {
+      type: 'string',
+      alias: 'i',
+      description: 'the private key to log in with; env PIM_SSH_KEY',
+      valueHint: 'KEY',
+      path: 'file',
+    },
     tty: { type: 'boolean', alias: 't', description: 'a terminal for the command (ssh -t)' },
     config: { type: 'boolean', description: "print the path of the VM's ssh config (written first), for ssh -F" },
-    pubkey: { type: 'boolean', description: "print pim's own public key (made on first use), for a guest's authorized_keys; no NAME" },
+    pubkey: {
+      type: 'boolean',
+      description: "print pim's own public key (made on first use), for a guest's authorized_keys; no NAME",
+    },
   },
   async run({ args, data }) {
     const { rest } = data as Words;
@@ -73,7 +82,8 @@ guest of your own: append it to the guest's authorized_keys.`,
     const say = (m: string) => writeSync(2, `pim-ssh: ${m}\n`);
     if (args.config && rest.length) throw new PimError(EXIT.USAGE, '--config prints a path: it takes no command');
     if (args.pubkey) {
-      if (args.name || rest.length || args.config) throw new PimError(EXIT.USAGE, '--pubkey prints pim\'s public key: it takes no NAME, command or --config');
+      if (args.name || rest.length || args.config)
+        throw new PimError(EXIT.USAGE, "--pubkey prints pim's public key: it takes no NAME, command or --config");
       const { ensureUserKey } = await import('../lib/vm/userkey.ts');
       const { writeOut } = await import('../lib/cli/output.ts');
       writeOut((await ensureUserKey()).public + '\n');

@@ -33,15 +33,21 @@ export default defineCommand({
     const { prog } = await import('../lib/core/prog.ts');
     const ms = parseTimeout(args.timeout, 10);
     return forEachName((data as Words).positionals, async (name) => {
-      const { st, vm } = await withQmp(name, ms, async (q, vm) => ({ st: (await q.execute('query-status')) as { status: string; running: boolean }, vm }));
+      const { st, vm } = await withQmp(name, ms, async (q, vm) => ({
+        st: (await q.execute('query-status')) as { status: string; running: boolean },
+        vm,
+      }));
       const up = runSeconds(vm.meta);
       // what this says about KVM is remembered (an internal error: broken; a minute running: ok)
       await noteStatus(vm, st);
       // uptime as pim-ps shows it (12s, 3m4s; seconds in JSON); JSON also says `state`, as pim-ps does (`status` is kept)
       const { humanDuration } = await import('../lib/cli/output.ts');
-      const rec = args.json ? { name, state: st.status, status: st.status, running: st.running, pid: vm.pid, uptime: up } : { name, status: st.status, pid: vm.pid, uptime: humanDuration(up) };
+      const rec = args.json
+        ? { name, state: st.status, status: st.status, running: st.running, pid: vm.pid, uptime: up }
+        : { name, status: st.status, pid: vm.pid, uptime: humanDuration(up) };
       printRecords([rec], ['status', 'pid', 'uptime'], { json: args.json });
-      if (st.status === 'internal-error' && vm.meta?.accel === 'kvm') process.stderr.write(`${prog()}: ${kvmErrorHint(name)}\n`);
+      if (st.status === 'internal-error' && vm.meta?.accel === 'kvm')
+        process.stderr.write(`${prog()}: ${kvmErrorHint(name)}\n`);
       return st.running ? EXIT.OK : EXIT.NO;
     });
   },

@@ -30,7 +30,14 @@ is nothing to do (exit 0).`,
     examples: ['pim-stop dev', 'pim-ps -q | fzf -m | pim-stop', 'pim-ps -q | xargs pim-stop --timeout 10'],
   },
   args: {
-    names: { type: 'positional', required: false, variadic: true, valueHint: 'NAME', description: 'VMs to stop (default: names read from stdin)', complete: vmNames },
+    names: {
+      type: 'positional',
+      required: false,
+      variadic: true,
+      valueHint: 'NAME',
+      description: 'VMs to stop (default: names read from stdin)',
+      complete: vmNames,
+    },
     ...jsonArgs,
     ...timeoutArgs(20, 'at each stage'),
     force: { type: 'boolean', alias: 'f', description: 'skip the graceful stages: SIGTERM, then SIGKILL' },
@@ -42,7 +49,10 @@ is nothing to do (exit 0).`,
     const { stopVm } = await import('../lib/vm/stop.ts');
     const { printRecords } = await import('../lib/cli/output.ts');
     const ms = parseTimeout(args.timeout, 20);
-    const names = await namesOrStdin((data as Words).positionals, 'no VM names given; name them, or pipe them in (pim-ps -q | pim-stop)');
+    const names = await namesOrStdin(
+      (data as Words).positionals,
+      'no VM names given; name them, or pipe them in (pim-ps -q | pim-stop)',
+    );
     if (!names.length) return 0; // nothing to do (an empty pipe, a cancelled fzf)
     // `pim-ps | fzf | xargs pim-stop` gives every field of a line as a name: refuse them all
     // before anything stops. A pim-ps line always has a word that cannot be a name (its
@@ -58,8 +68,15 @@ is nothing to do (exit 0).`,
       }
     }
     if (fields.length) {
-      const shown = fields.slice(0, 4).map((w) => JSON.stringify(w)).join(', ') + (fields.length > 4 ? ', ...' : '');
-      throw new PimError(EXIT.USAGE, `${shown} ${fields.length > 1 ? 'look' : 'looks'} like ${fields.length > 1 ? 'fields' : 'a field'} of pim-ps lines (a path, pid, port, state...), not VM names, so nothing was stopped; give names alone: pim-ps -q | fzf -m | xargs pim-stop`);
+      const shown =
+        fields
+          .slice(0, 4)
+          .map((w) => JSON.stringify(w))
+          .join(', ') + (fields.length > 4 ? ', ...' : '');
+      throw new PimError(
+        EXIT.USAGE,
+        `${shown} ${fields.length > 1 ? 'look' : 'looks'} like ${fields.length > 1 ? 'fields' : 'a field'} of pim-ps lines (a path, pid, port, state...), not VM names, so nothing was stopped; give names alone: pim-ps -q | fzf -m | xargs pim-stop`,
+      );
     }
     const refs = new Map(names.map((n) => [n, vmRef(n)])); // every name is checked before anything stops
     // on a terminal, the stage each VM is waiting in (acpi, agent, quit, sigterm), live on stderr

@@ -18,14 +18,22 @@ import { catalogCompleter } from '../lib/cli/catalog-names.ts';
 import { EXIT, PimError } from '../lib/core/exit.ts';
 
 const stickArg = {
-  stick: { type: 'string', valueHint: 'DEVICE|IMAGE', description: 'the Ventoy disk, or an image file of one (default: the only one pim-ventoy list finds)', path: 'file' },
+  stick: {
+    type: 'string',
+    valueHint: 'DEVICE|IMAGE',
+    description: 'the Ventoy disk, or an image file of one (default: the only one pim-ventoy list finds)',
+    path: 'file',
+  },
 } as const;
 
 const isoNames = catalogCompleter('isos', () => import('../lib/config/defaults.ts'));
 const profileNames = catalogCompleter('profiles', () => import('../lib/config/defaults.ts'));
 
 const list = defineCommand({
-  meta: { name: 'list', description: 'Ventoy disks, read-only: device, size, version, partition style, free space, ISOs.' },
+  meta: {
+    name: 'list',
+    description: 'Ventoy disks, read-only: device, size, version, partition style, free space, ISOs.',
+  },
   args: { ...stickArg, ...jsonArgs, ...quietArgs },
   async run({ args }) {
     const d = await import('../lib/ventoy/detect.ts');
@@ -37,18 +45,38 @@ const list = defineCommand({
       sticks = found.sticks;
       if (found.unreadable.length) {
         const { log } = await import('../lib/core/log.ts');
-        log.warn(`cannot read ${found.unreadable.join(', ')}: run as root, or through sudo, to see whether they are Ventoy disks`);
+        log.warn(
+          `cannot read ${found.unreadable.join(', ')}: run as root, or through sudo, to see whether they are Ventoy disks`,
+        );
       }
     }
-    const recs = sticks.map((s) => ({ name: s.name, size: s.size, version: s.version, style: s.style, free: s.free, isos: args.json ? s.isos : s.isos.join(',') }));
+    const recs = sticks.map((s) => ({
+      name: s.name,
+      size: s.size,
+      version: s.version,
+      style: s.style,
+      free: s.free,
+      isos: args.json ? s.isos : s.isos.join(','),
+    }));
     printRecords(recs, ['size', 'version', 'style', 'free', 'isos'], { json: args.json, quiet: args.quiet });
   },
 });
 
 const add = defineCommand({
-  meta: { name: 'add', description: 'Copy catalog ISOs onto the stick, verified (downloaded when missing), read back, with NAME.iso.sha256.' },
+  meta: {
+    name: 'add',
+    description:
+      'Copy catalog ISOs onto the stick, verified (downloaded when missing), read back, with NAME.iso.sha256.',
+  },
   args: {
-    names: { type: 'positional', required: true, variadic: true, valueHint: 'ISO-NAME', description: 'ISOs of the catalog (pim-iso list)', complete: isoNames },
+    names: {
+      type: 'positional',
+      required: true,
+      variadic: true,
+      valueHint: 'ISO-NAME',
+      description: 'ISOs of the catalog (pim-iso list)',
+      complete: isoNames,
+    },
     dir: { type: 'string', valueHint: 'DIR', description: 'the directory on the stick', default: '/' },
     ...stickArg,
     ...jsonArgs,
@@ -77,30 +105,64 @@ const add = defineCommand({
 });
 
 const configure = defineCommand({
-  meta: { name: 'configure', description: "Render profiles' answer files onto the stick and point ventoy.json's auto_install at them." },
+  meta: {
+    name: 'configure',
+    description: "Render profiles' answer files onto the stick and point ventoy.json's auto_install at them.",
+  },
   args: {
-    profiles: { type: 'positional', required: true, variadic: true, valueHint: 'PROFILE', description: 'profiles (pim-profile list)', complete: profileNames },
-    iso: { type: 'string', valueHint: 'ISO-NAME', description: "the ISO to install from (default: each profile's iso)", complete: isoNames },
-    url: { type: 'string', valueHint: 'URL', description: "a pim-serve URL the installer can reach, for the late command's installs.d script (default: none)" },
-    timeout: { type: 'string', valueHint: 'S', description: 'seconds Ventoy waits before it picks the template', default: '10' },
+    profiles: {
+      type: 'positional',
+      required: true,
+      variadic: true,
+      valueHint: 'PROFILE',
+      description: 'profiles (pim-profile list)',
+      complete: profileNames,
+    },
+    iso: {
+      type: 'string',
+      valueHint: 'ISO-NAME',
+      description: "the ISO to install from (default: each profile's iso)",
+      complete: isoNames,
+    },
+    url: {
+      type: 'string',
+      valueHint: 'URL',
+      description: "a pim-serve URL the installer can reach, for the late command's installs.d script (default: none)",
+    },
+    timeout: {
+      type: 'string',
+      valueHint: 'S',
+      description: 'seconds Ventoy waits before it picks the template',
+      default: '10',
+    },
     ...stickArg,
     ...jsonArgs,
   },
   async run({ args, data }) {
     const profiles = (data as Words).positionals;
     const timeout = Number(args.timeout);
-    if (!Number.isInteger(timeout) || timeout < 0) throw new PimError(EXIT.USAGE, `--timeout must be a whole number of seconds, not ${JSON.stringify(args.timeout)}`);
-    if (args.url !== undefined && !/^https?:\/\/[^\s/]+/.test(args.url)) throw new PimError(EXIT.USAGE, `--url must be an http:// or https:// URL, not ${JSON.stringify(args.url)}`);
+    if (!Number.isInteger(timeout) || timeout < 0)
+      throw new PimError(
+        EXIT.USAGE,
+        `--timeout must be a whole number of seconds, not ${JSON.stringify(args.timeout)}`,
+      );
+    if (args.url !== undefined && !/^https?:\/\/[^\s/]+/.test(args.url))
+      throw new PimError(EXIT.USAGE, `--url must be an http:// or https:// URL, not ${JSON.stringify(args.url)}`);
     const { withStick } = await import('../lib/ventoy/stick.ts');
     const c = await import('../lib/ventoy/configure.ts');
     const { printRecords } = await import('../lib/cli/output.ts');
-    const res = await withStick(args.stick, (s) => c.configure(s, profiles, { iso: args.iso, url: args.url?.replace(/\/+$/, ''), timeout }));
+    const res = await withStick(args.stick, (s) =>
+      c.configure(s, profiles, { iso: args.iso, url: args.url?.replace(/\/+$/, ''), timeout }),
+    );
     printRecords(res, ['iso', 'image', 'template'], { json: args.json, plain: true });
   },
 });
 
 const verify = defineCommand({
-  meta: { name: 'verify', description: 'Hash every ISO on the stick again against its NAME.iso.sha256; 65 when one does not match.' },
+  meta: {
+    name: 'verify',
+    description: 'Hash every ISO on the stick again against its NAME.iso.sha256; 65 when one does not match.',
+  },
   args: { ...stickArg, ...jsonArgs },
   async run({ args }) {
     const { withStick } = await import('../lib/ventoy/stick.ts');
@@ -111,7 +173,9 @@ const verify = defineCommand({
       let code = 0;
       for await (const r of verifyStick(s, signal)) {
         if (r.status === 'mismatch') {
-          log.error(`${r.name}: sha256 ${r.sha256} does not match its sidecar (${r.expected}); copy it again with pim-ventoy add`);
+          log.error(
+            `${r.name}: sha256 ${r.sha256} does not match its sidecar (${r.expected}); copy it again with pim-ventoy add`,
+          );
           code = EXIT.DATAERR;
         }
         printRecords([r], ['status', 'sha256'], { json: args.json, plain: true });
@@ -122,33 +186,61 @@ const verify = defineCommand({
 });
 
 const eject = defineCommand({
-  meta: { name: 'eject', description: "Sync, unmount what pim mounted, and power the device off where the system allows it." },
+  meta: {
+    name: 'eject',
+    description: 'Sync, unmount what pim mounted, and power the device off where the system allows it.',
+  },
   args: { ...stickArg, ...jsonArgs },
   async run({ args }) {
     const { pickStick } = await import('../lib/ventoy/detect.ts');
     const { eject: ej } = await import('../lib/ventoy/eject.ts');
     const { printRecords } = await import('../lib/cli/output.ts');
-    printRecords([await ej(await pickStick(args.stick))], ['synced', 'unmounted', 'powered_off'], { json: args.json, plain: true });
+    printRecords([await ej(await pickStick(args.stick))], ['synced', 'unmounted', 'powered_off'], {
+      json: args.json,
+      plain: true,
+    });
   },
 });
 
 const install = defineCommand({
-  meta: { name: 'install', description: "Put Ventoy on a whole disk with your own Ventoy release's Ventoy2Disk.sh (erases the disk; needs --yes)." },
+  meta: {
+    name: 'install',
+    description:
+      "Put Ventoy on a whole disk with your own Ventoy release's Ventoy2Disk.sh (erases the disk; needs --yes).",
+  },
   args: {
-    device: { type: 'positional', required: true, valueHint: 'DEVICE', description: 'a whole disk (/dev/sdb), not a partition', path: 'file' },
-    ventoy: { type: 'string', valueHint: 'PATH', description: "Ventoy2Disk.sh from a Ventoy release you unpacked (pim does not ship Ventoy)", path: 'file' },
+    device: {
+      type: 'positional',
+      required: true,
+      valueHint: 'DEVICE',
+      description: 'a whole disk (/dev/sdb), not a partition',
+      path: 'file',
+    },
+    ventoy: {
+      type: 'string',
+      valueHint: 'PATH',
+      description: 'Ventoy2Disk.sh from a Ventoy release you unpacked (pim does not ship Ventoy)',
+      path: 'file',
+    },
     gpt: { type: 'boolean', description: 'a GPT partition table (default: MBR)' },
     reserve: { type: 'string', valueHint: 'MiB', description: 'space to leave free at the end of the disk' },
     yes: { type: 'boolean', description: 'yes, erase DEVICE' },
     ...jsonArgs,
   },
   async run({ args }) {
-    if (!args.ventoy) throw new PimError(EXIT.USAGE, 'install needs --ventoy PATH/Ventoy2Disk.sh (from a Ventoy release: pim does not ship Ventoy)');
+    if (!args.ventoy)
+      throw new PimError(
+        EXIT.USAGE,
+        'install needs --ventoy PATH/Ventoy2Disk.sh (from a Ventoy release: pim does not ship Ventoy)',
+      );
     const reserve = args.reserve === undefined ? undefined : Number(args.reserve);
     const { install: inst } = await import('../lib/ventoy/install.ts');
     const { printRecords } = await import('../lib/cli/output.ts');
     const r = await inst(args.device, { ventoy: args.ventoy, gpt: Boolean(args.gpt), reserve, yes: Boolean(args.yes) });
-    printRecords([{ name: r.name, status: 'installed', style: r.gpt ? 'gpt' : 'mbr' }], ['status', 'style'], { json: args.json, plain: true });
+    printRecords([{ name: r.name, status: 'installed', style: r.gpt ? 'gpt' : 'mbr' }], ['status', 'style'], {
+      json: args.json,
+      plain: true,
+    });
   },
 });
 

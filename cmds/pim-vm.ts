@@ -14,7 +14,10 @@ import { jsonArgs, quietArgs } from '../lib/cli/args.ts';
 import { catalogCompleter } from '../lib/cli/catalog-names.ts';
 
 const list = defineCommand({
-  meta: { name: 'list', description: 'One line per VM definition: name, image, mem, cpus, net, the files that define it.' },
+  meta: {
+    name: 'list',
+    description: 'One line per VM definition: name, image, mem, cpus, net, the files that define it.',
+  },
   args: { ...jsonArgs, ...quietArgs },
   async run({ args }) {
     const { entryNames } = await import('../lib/config/catalog.ts');
@@ -23,16 +26,32 @@ const list = defineCommand({
     const cat = await loadVmCatalog();
     const recs = entryNames(cat).map((n) => {
       const d = definition(cat, n);
-      return { name: n, image: d.image ?? null, mem: d.mem ?? null, cpus: d.cpus ?? null, net: d.net ?? null, files: d.resolved.files.join(',') };
+      return {
+        name: n,
+        image: d.image ?? null,
+        mem: d.mem ?? null,
+        cpus: d.cpus ?? null,
+        net: d.net ?? null,
+        files: d.resolved.files.join(','),
+      };
     });
     printRecords(recs, ['image', 'mem', 'cpus', 'net', 'files'], { json: args.json, quiet: args.quiet });
   },
 });
 
 const show = defineCommand({
-  meta: { name: 'show', description: 'A VM definition merged over "default" (YAML, --json, or --explain: where each value came from).' },
+  meta: {
+    name: 'show',
+    description: 'A VM definition merged over "default" (YAML, --json, or --explain: where each value came from).',
+  },
   args: {
-    name: { type: 'positional', required: true, valueHint: 'NAME', description: 'a VM definition (pim-vm list)', complete: catalogCompleter('vms', () => import('../lib/config/defaults.ts')) },
+    name: {
+      type: 'positional',
+      required: true,
+      valueHint: 'NAME',
+      description: 'a VM definition (pim-vm list)',
+      complete: catalogCompleter('vms', () => import('../lib/config/defaults.ts')),
+    },
     ...jsonArgs,
     explain: { type: 'boolean', description: 'one line per value: key, value, the FILE:LINE it came from' },
   },
@@ -50,7 +69,8 @@ const images = lazyCompleter(async () => (await import('../lib/vm/complete.ts'))
 const clone = defineCommand({
   meta: {
     name: 'clone',
-    description: "A new store image NEW from SRC: a copy of a stopped VM's disk, or an overlay of a build; prints its path.",
+    description:
+      "A new store image NEW from SRC: a copy of a stopped VM's disk, or an overlay of a build; prints its path.",
     details: `
 SRC is an image in the store (its name), the path of one, or a build (its id, or a profile
 name: its newest build). A disk is copied (reflinked where the filesystem can), with its UEFI
@@ -59,8 +79,15 @@ pim-run NEW. A disk that a running VM holds is refused (exit 75: stop that VM, o
 throwaway copy with pim-run SRC --clone); an existing NEW is exit 73.`,
   },
   args: {
-    src: { type: 'positional', required: true, valueHint: 'SRC', description: 'an image in the store, a path, or a build (id or profile)', complete: images, path: 'file' },
-    new: { type: 'positional', required: true, valueHint: 'NEW', description: 'the new image\'s name' },
+    src: {
+      type: 'positional',
+      required: true,
+      valueHint: 'SRC',
+      description: 'an image in the store, a path, or a build (id or profile)',
+      complete: images,
+      path: 'file',
+    },
+    new: { type: 'positional', required: true, valueHint: 'NEW', description: "the new image's name" },
   },
   async run({ args }) {
     const { cloneImage } = await import('../lib/image/manage.ts');
@@ -80,8 +107,20 @@ builds are never changed; pim-vm clone it to a new name and resize that); a shri
 qemu-img refuses is exit 65.`,
   },
   args: {
-    name: { type: 'positional', required: true, valueHint: 'NAME', description: 'an image in the store, or the path of one', complete: images, path: 'file' },
-    size: { type: 'positional', required: true, valueHint: 'SIZE', description: 'the new size (20G) or a growth (+5G)' },
+    name: {
+      type: 'positional',
+      required: true,
+      valueHint: 'NAME',
+      description: 'an image in the store, or the path of one',
+      complete: images,
+      path: 'file',
+    },
+    size: {
+      type: 'positional',
+      required: true,
+      valueHint: 'SIZE',
+      description: 'the new size (20G) or a growth (+5G)',
+    },
   },
   async run({ args }) {
     const { resizeImage } = await import('../lib/image/manage.ts');
@@ -94,7 +133,8 @@ export default defineCommand({
   meta: {
     name: 'pim-vm',
     version: VERSION,
-    description: 'List VM definitions, or show one merged over "default"; clone or resize a stopped VM\'s disk; pim-run NAME boots one.',
+    description:
+      'List VM definitions, or show one merged over "default"; clone or resize a stopped VM\'s disk; pim-run NAME boots one.',
     details: `
 VM definitions live in ~/.config/pim/vms.d/*.yml, each file a mapping of VM names to
 settings, merged over "default" (mappings recurse, lists replace): image (a store image's
@@ -106,7 +146,14 @@ image's path) and \${runtime}; $$ is a literal $. An undefined variable is exit 
 FILE:LINE of its string. pim-run NAME boots a defined VM; its flags override the
 definition, and words after -- come after qemu_args. --explain prints one line per value:
 the key path, the value as JSON, and where it came from.`,
-    examples: ['pim-vm list', 'pim-vm show web', 'pim-vm show web --explain', 'pim-vm show web --json | jq -r .image', 'pim-stop dev && pim-vm clone dev dev2', 'pim-vm resize dev2 +1G'],
+    examples: [
+      'pim-vm list',
+      'pim-vm show web',
+      'pim-vm show web --explain',
+      'pim-vm show web --json | jq -r .image',
+      'pim-stop dev && pim-vm clone dev dev2',
+      'pim-vm resize dev2 +1G',
+    ],
   },
   subCommands: { list, show, clone, resize },
 });

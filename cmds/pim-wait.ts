@@ -33,11 +33,21 @@ searched from the start of this QEMU's log (so a line printed before pim-wait st
 counts; after pim-ctl reboot use pim-ctl's own --wait). --for may be repeated: all must
 answer. Prints NAME FOR SECONDS SEEN. Exit 75 on timeout, with what was last seen; 69 when
 the VM stops meanwhile.`,
-    examples: ['pim-wait dev', 'pim-wait dev --for ssh --timeout 300', "pim-wait dev --for 'console:pim-testbed ready' --for agent"],
+    examples: [
+      'pim-wait dev',
+      'pim-wait dev --for ssh --timeout 300',
+      "pim-wait dev --for 'console:pim-testbed ready' --for agent",
+    ],
   },
   args: {
     name: { type: 'positional', required: true, valueHint: 'NAME', description: 'the VM', complete: vmNames },
-    for: { type: 'string', repeatable: true, valueHint: 'ssh|agent|console:REGEX', description: 'what must answer (default: agent; ssh for a VM without an agent channel)', complete: waitForCompleter },
+    for: {
+      type: 'string',
+      repeatable: true,
+      valueHint: 'ssh|agent|console:REGEX',
+      description: 'what must answer (default: agent; ssh for a VM without an agent channel)',
+      complete: waitForCompleter,
+    },
     ...timeoutArgs(120, 'in all'),
     ...jsonArgs,
   },

@@ -103,16 +103,21 @@ async function completeAfter(words: string[]): Promise<string> {
   const [sub, ...rest] = words as [string, ...string[]];
   if (sub === 'help') {
     if (rest.length !== 1) return ':4\n';
-    return commandList()
-      .filter(([s]) => s.startsWith(rest[0]!))
-      .map(([s, d]) => (d ? `${s}\t${d}\n` : `${s}\n`))
-      .join('') + ':4\n';
+    return (
+      commandList()
+        .filter(([s]) => s.startsWith(rest[0]!))
+        .map(([s, d]) => (d ? `${s}\t${d}\n` : `${s}\n`))
+        .join('') + ':4\n'
+    );
   }
   const exe = /^[a-z0-9][a-z0-9-]*$/.test(sub) ? findSub(sub) : null;
   if (!exe || !isOwn(exe)) return ':0\n';
   const { spawnSync } = process.getBuiltinModule('node:child_process') as typeof import('node:child_process');
   const [cmd, args] = exe.endsWith('.cjs') ? [process.execPath, [exe]] : [exe, []];
-  const r = spawnSync(cmd, [...args, 'complete', '--', ...rest], { stdio: ['ignore', 'pipe', 'ignore'], encoding: 'utf8' });
+  const r = spawnSync(cmd, [...args, 'complete', '--', ...rest], {
+    stdio: ['ignore', 'pipe', 'ignore'],
+    encoding: 'utf8',
+  });
   return r.status === 0 ? r.stdout : ':4\n';
 }
 
@@ -130,7 +135,8 @@ const pim = defineCommand({
     version: VERSION,
     description: 'pim, the Product Image Manager: small executables to build and run QEMU VMs.',
     usage: '<command> [args...]',
-    details: '`pim <command>` runs `pim-<command>` (from pim\'s directory, then PATH); `pim help <command>` shows its help.',
+    details:
+      "`pim <command>` runs `pim-<command>` (from pim's directory, then PATH); `pim help <command>` shows its help.",
     examples: ['pim run dev', 'pim ps --json', 'pim help stop'],
     dispatch: { list: commandList, complete: completeAfter },
   },
@@ -143,9 +149,11 @@ const pim = defineCommand({
       }
       [sub, argv] = [argv[0]!, ['--help']];
     }
-    if (!/^[a-z0-9][a-z0-9-]*$/.test(sub)) throw new PimError(EXIT.USAGE, `${JSON.stringify(sub)} is not a command name; see pim --help`);
+    if (!/^[a-z0-9][a-z0-9-]*$/.test(sub))
+      throw new PimError(EXIT.USAGE, `${JSON.stringify(sub)} is not a command name; see pim --help`);
     const exe = findSub(sub);
-    if (!exe) throw new PimError(EXIT.USAGE, `no command ${sub} (no pim-${sub} in pim's directory or on PATH); see pim --help`);
+    if (!exe)
+      throw new PimError(EXIT.USAGE, `no command ${sub} (no pim-${sub} in pim's directory or on PATH); see pim --help`);
     return runSub(exe, argv);
   },
 });

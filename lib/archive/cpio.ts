@@ -35,7 +35,8 @@ export function cpioPathProblem(p: string): string | null {
   if (!p) return 'an empty path';
   if (p.startsWith('/')) return `an absolute path (${p})`;
   if (p.includes('\0')) return 'a path with a NUL byte';
-  if (p.split('/').some((part) => part === '' || part === '.' || part === '..')) return `a path with an empty, "." or ".." part (${p})`;
+  if (p.split('/').some((part) => part === '' || part === '.' || part === '..'))
+    return `a path with an empty, "." or ".." part (${p})`;
   return null;
 }
 
@@ -63,13 +64,17 @@ export function cpioNewc(entries: readonly CpioEntry[]): Buffer {
       mode = S_IFDIR | ((e.mode ?? 0o755) & 0o7777);
       nlink = 2;
     } else if (e.type === 'file') {
-      data = typeof e.data === 'string' ? Buffer.from(e.data) : Buffer.from(e.data.buffer, e.data.byteOffset, e.data.byteLength);
+      data =
+        typeof e.data === 'string'
+          ? Buffer.from(e.data)
+          : Buffer.from(e.data.buffer, e.data.byteOffset, e.data.byteLength);
       mode = S_IFREG | ((e.mode ?? 0o644) & 0o7777);
     } else {
       data = Buffer.from(e.target);
       mode = S_IFLNK | 0o777;
     }
-    if (data.length > MAX_SIZE) throw new PimError(EXIT.DATAERR, `${e.path} is over 4 GiB, more than a newc cpio entry holds`);
+    if (data.length > MAX_SIZE)
+      throw new PimError(EXIT.DATAERR, `${e.path} is over 4 GiB, more than a newc cpio entry holds`);
     parts.push(header(ino, mode, nlink, mtime, data.length, e.path), data, Buffer.alloc(pad4(data.length)));
   }
   parts.push(header(0, 0, 1, 0, 0, 'TRAILER!!!'));

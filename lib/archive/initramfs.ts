@@ -51,7 +51,8 @@ export function treeKey(dir: string, opts: { compress: Compress }): string {
   } catch {
     throw new PimError(EXIT.NOINPUT, `initramfs directory ${dir} does not exist`);
   }
-  if (!st.isDirectory()) throw new PimError(EXIT.NOINPUT, `${dir} is not a directory (--initramfs-from takes a directory to pack)`);
+  if (!st.isDirectory())
+    throw new PimError(EXIT.NOINPUT, `${dir} is not a directory (--initramfs-from takes a directory to pack)`);
   const h = createHash('sha256');
   h.update(`pim-initramfs ${PACK_VERSION} ${opts.compress}\0`);
   const walk = (rel: string) => {
@@ -76,7 +77,10 @@ export function archiver(): { kind: 'cpio' | 'bsdtar'; path: string } {
   if (cpio) return { kind: 'cpio', path: cpio };
   const bsdtar = which('bsdtar') ?? (process.platform === 'darwin' ? which('tar') : null);
   if (bsdtar) return { kind: 'bsdtar', path: bsdtar };
-  throw new PimError(EXIT.UNAVAILABLE, 'packing an initramfs needs cpio or bsdtar; install cpio (apt-get install cpio) or libarchive-tools');
+  throw new PimError(
+    EXIT.UNAVAILABLE,
+    'packing an initramfs needs cpio or bsdtar; install cpio (apt-get install cpio) or libarchive-tools',
+  );
 }
 
 /** The relative paths of a tree, parents before children, NUL-separated (what cpio reads). */
@@ -127,7 +131,8 @@ export async function packTree(dir: string, out: string, compress: Compress): Pr
       child.once('close', (c) => res(c ?? 1));
     });
     await chain;
-    if (status !== 0) throw new PimError(EXIT.SOFTWARE, `${a.kind} failed packing ${dir}: ${err.trim() || `exit status ${status}`}`);
+    if (status !== 0)
+      throw new PimError(EXIT.SOFTWARE, `${a.kind} failed packing ${dir}: ${err.trim() || `exit status ${status}`}`);
   } catch (e) {
     fs.rmSync(tmp, { force: true });
     throw e;
@@ -138,7 +143,10 @@ export async function packTree(dir: string, out: string, compress: Compress): Pr
 }
 
 /** Pack DIR through the cache: returns the archive's path and whether it was a hit. */
-export async function cachedPack(dir: string, compress: Compress = 'none'): Promise<{ path: string; hit: boolean; key: string }> {
+export async function cachedPack(
+  dir: string,
+  compress: Compress = 'none',
+): Promise<{ path: string; hit: boolean; key: string }> {
   const key = treeKey(dir, { compress });
   const cdir = kbootCacheDir();
   const path = join(cdir, `initramfs-${key}.cpio${compress === 'gzip' ? '.gz' : ''}`);

@@ -24,7 +24,15 @@ export class BuildLog {
     const dir = ensurePrivateDir(join(stateDir(), 'build-logs'));
     const stamp = new Date().toISOString().replace(/[:.]/g, '-');
     this.path = join(dir, `${id}-${stamp}.log`);
-    this.fd = fs.openSync(this.path, fs.constants.O_CREAT | fs.constants.O_EXCL | fs.constants.O_WRONLY | fs.constants.O_APPEND | fs.constants.O_NOFOLLOW, 0o600);
+    this.fd = fs.openSync(
+      this.path,
+      fs.constants.O_CREAT |
+        fs.constants.O_EXCL |
+        fs.constants.O_WRONLY |
+        fs.constants.O_APPEND |
+        fs.constants.O_NOFOLLOW,
+      0o600,
+    );
   }
   write(text: string | Buffer): void {
     try {
@@ -79,7 +87,9 @@ export interface BootEnv {
  * when that VM has powered off); what it returns is attached to the
  * provisioning boot (cloud-init's seed).
  */
-export type FirstBoot = (env: BootEnv) => Promise<{ drives?: NonNullable<Parameters<StartVm>[0]['spec']>['drives'] } | void>;
+export type FirstBoot = (
+  env: BootEnv,
+) => Promise<{ drives?: NonNullable<Parameters<StartVm>[0]['spec']>['drives'] } | void>;
 type StartVm = typeof import('../vm/plan.ts').startVm;
 
 export function readLog(ref: VmRef): string {
@@ -96,7 +106,12 @@ export function readLog(ref: VmRef): string {
  * powered off, within the build's deadline (else 75). A write error for lack
  * of space stops the VM (QEMU pauses it): 73.
  */
-export async function waitPoweroff(env: BootEnv, vm: RunningVm, what: 'the installer', fetchedP?: Promise<void>): Promise<void> {
+export async function waitPoweroff(
+  env: BootEnv,
+  vm: RunningVm,
+  what: 'the installer',
+  fetchedP?: Promise<void>,
+): Promise<void> {
   const { o, plan, ref, deadline, log } = env;
   const { QmpClient } = await import('../qemu/qmp.ts');
   const { logTail } = await import('../vm/state.ts');
@@ -113,22 +128,32 @@ export async function waitPoweroff(env: BootEnv, vm: RunningVm, what: 'the insta
       ioError = d.nospace ? 'nospace' : (d.reason ?? 'I/O error');
       failIo();
     });
-    const closed = q.waitClosed(Math.max(0, deadline - Date.now())).then((c) => (c ? 'exited' : 'timeout') as 'exited' | 'timeout');
+    const closed = q
+      .waitClosed(Math.max(0, deadline - Date.now()))
+      .then((c) => (c ? 'exited' : 'timeout') as 'exited' | 'timeout');
     const aborted = new Promise<'abort'>((r) => o.signal.addEventListener('abort', () => r('abort'), { once: true }));
     const serial = () => tail(logTail(ref.files.log, 15));
     if (fetchedP) {
       const fetchBound = (o.fetchTimeoutS ?? 300) * 1000;
       let fetchTimer: NodeJS.Timeout | undefined;
-      const fetchTimeout = new Promise<'nofetch'>((r) => (fetchTimer = setTimeout(() => r('nofetch'), Math.min(fetchBound, Math.max(0, deadline - Date.now())))));
+      const fetchTimeout = new Promise<'nofetch'>(
+        (r) => (fetchTimer = setTimeout(() => r('nofetch'), Math.min(fetchBound, Math.max(0, deadline - Date.now())))),
+      );
       const first = await Promise.race([fetchedP.then(() => 'fetched' as const), closed, aborted, fetchTimeout, ioP]);
       clearTimeout(fetchTimer);
       if (first === 'abort') checkAborted(o.signal);
       if (first === 'io') throw ioFailure(ioError, plan);
       if (first === 'nofetch') {
-        throw new PimError(EXIT.UNAVAILABLE, `the installer did not fetch its answer file within ${Math.round(fetchBound / 1000)} s; check the ISO's boot paths (boot.kernel, boot.initrd) and that it understands ${plan.layout === 'debian' ? 'url=' : 'ds=nocloud;s='}. Last console lines:\n${serial()}`);
+        throw new PimError(
+          EXIT.UNAVAILABLE,
+          `the installer did not fetch its answer file within ${Math.round(fetchBound / 1000)} s; check the ISO's boot paths (boot.kernel, boot.initrd) and that it understands ${plan.layout === 'debian' ? 'url=' : 'ds=nocloud;s='}. Last console lines:\n${serial()}`,
+        );
       }
       if (first === 'exited' || first === 'timeout') {
-        throw new PimError(first === 'timeout' ? EXIT.TEMPFAIL : EXIT.UNAVAILABLE, `the installer ${first === 'timeout' ? 'timed out' : 'stopped'} before it fetched its answer file. Last console lines:\n${serial()}`);
+        throw new PimError(
+          first === 'timeout' ? EXIT.TEMPFAIL : EXIT.UNAVAILABLE,
+          `the installer ${first === 'timeout' ? 'timed out' : 'stopped'} before it fetched its answer file. Last console lines:\n${serial()}`,
+        );
       }
       log.line('the installer fetched its answer file');
     }
@@ -136,7 +161,10 @@ export async function waitPoweroff(env: BootEnv, vm: RunningVm, what: 'the insta
     if (end === 'abort') checkAborted(o.signal);
     if (end === 'io') throw ioFailure(ioError, plan);
     if (end === 'timeout') {
-      throw new PimError(EXIT.TEMPFAIL, `${what} did not power off within the build's ${Math.round(plan.timeoutMs / 1000)} s (timeout in the profile, or --timeout). Last console lines:\n${serial()}`);
+      throw new PimError(
+        EXIT.TEMPFAIL,
+        `${what} did not power off within the build's ${Math.round(plan.timeoutMs / 1000)} s (timeout in the profile, or --timeout). Last console lines:\n${serial()}`,
+      );
     }
     const { waitExit } = await import('../core/proc.ts');
     await waitExit(vm.pid, 10_000);
@@ -148,6 +176,10 @@ export async function waitPoweroff(env: BootEnv, vm: RunningVm, what: 'the insta
 }
 
 function ioFailure(why: string | null, plan: BuildPlan): PimError {
-  if (why === 'nospace') return new PimError(EXIT.CANTCREAT, `no space left for the build disk in ${buildsDir()} (it may grow to ${plan.disk.size}); free some space and build again`);
+  if (why === 'nospace')
+    return new PimError(
+      EXIT.CANTCREAT,
+      `no space left for the build disk in ${buildsDir()} (it may grow to ${plan.disk.size}); free some space and build again`,
+    );
   return new PimError(EXIT.CANTCREAT, `writing the build disk failed: ${why}`);
 }

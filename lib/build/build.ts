@@ -58,8 +58,6 @@ export interface BuildOutcome {
   path: string;
 }
 
-
-
 /** The build's VM name: the profile, "-build-" and the key's start (at most 64 characters). */
 const vmNameFor = (profile: string, key: string) => `${profile.slice(0, 48)}-build-${key.slice(0, 8)}`;
 
@@ -80,13 +78,19 @@ export async function runBuild(o: BuildOpts): Promise<BuildOutcome> {
   const routes = plan.builder === 'cloud-init' ? CLOUD_ANSWERS : LAYOUTS[plan.layout].answers;
   for (const route of routes) {
     const r = renderAnswer(route as '/preseed.cfg', profile, KEY_URL);
-    if (!r) throw new PimError(EXIT.CONFIG, `profile "${profile.name}" has no ${route.slice(1)} template in preseeds.d; add one or set distro`);
+    if (!r)
+      throw new PimError(
+        EXIT.CONFIG,
+        `profile "${profile.name}" has no ${route.slice(1)} template in preseeds.d; add one or set distro`,
+      );
     answers[route] = r.body;
   }
   const inputs = buildInputs(plan, answers, { name: plan.iso, checksum: iso.checksum });
   const key = buildKey(inputs);
   const firstBoot = plan.builder === 'cloud-init' ? (await import('./cloud.ts')).cloudInitDisk : installerBoot;
-  return cachedBuild(plan.name, key, o.force, () => buildIt(o, plan, { id: buildId(plan.name, key), key, inputs, iso, t0 }, firstBoot));
+  return cachedBuild(plan.name, key, o.force, () =>
+    buildIt(o, plan, { id: buildId(plan.name, key), key, inputs, iso, t0 }, firstBoot),
+  );
 }
 
 /** The answer files of a cloud-init build: the NoCloud seed's two. */
@@ -99,13 +103,18 @@ async function checkSourceKind(plan: BuildPlan): Promise<void> {
   const kind = entry.value.kind === 'image' ? 'image' : 'iso';
   const where = plan.profile.origins[plan.builder === 'cloud-init' ? 'image' : 'iso'] ?? `profile "${plan.name}"`;
   if (plan.builder === 'cloud-init' && kind !== 'image') {
-    throw new PimError(EXIT.CONFIG, `${where}: image: "${plan.iso}" is an installer ISO; builder: cloud-init starts from a disk image (an isos.d entry with kind: image)`);
+    throw new PimError(
+      EXIT.CONFIG,
+      `${where}: image: "${plan.iso}" is an installer ISO; builder: cloud-init starts from a disk image (an isos.d entry with kind: image)`,
+    );
   }
   if (plan.builder === 'installer' && kind === 'image') {
-    throw new PimError(EXIT.CONFIG, `${where}: iso: "${plan.iso}" is a disk image (kind: image); to build from it set builder: cloud-init and image: ${plan.iso}`);
+    throw new PimError(
+      EXIT.CONFIG,
+      `${where}: iso: "${plan.iso}" is a disk image (kind: image); to build from it set builder: cloud-init and image: ${plan.iso}`,
+    );
   }
 }
-
 
 async function buildIt(o: BuildOpts, plan: BuildPlan, c: Ctx, firstBoot: FirstBoot): Promise<BuildRecord> {
   const st = o.status;
@@ -137,7 +146,9 @@ async function buildIt(o: BuildOpts, plan: BuildPlan, c: Ctx, firstBoot: FirstBo
     if (!ok && !o.keepFailed) fs.rmSync(tmp, { recursive: true, force: true });
   };
   process.on('exit', lastResort);
-  log.line(`pim-build ${plan.name}: ${plan.builder}, key ${c.key}, ${plan.builder === 'cloud-init' ? 'image' : 'iso'} ${plan.iso} (${c.iso.checksum}), disk ${plan.disk.size} ${plan.disk.format}, ${plan.firmware}`);
+  log.line(
+    `pim-build ${plan.name}: ${plan.builder}, key ${c.key}, ${plan.builder === 'cloud-init' ? 'image' : 'iso'} ${plan.iso} (${c.iso.checksum}), disk ${plan.disk.size} ${plan.disk.format}, ${plan.firmware}`,
+  );
   log.section('inputs', JSON.stringify(c.inputs, null, 2));
   try {
     const { newBuildKey } = await import('./ssh.ts');
@@ -148,10 +159,16 @@ async function buildIt(o: BuildOpts, plan: BuildPlan, c: Ctx, firstBoot: FirstBo
     // pim's own key for the user goes in too (not into the cache key: lib/vm/userkey.ts), so
     // that pim-ssh reaches the build with no set-up; the per-build key goes after provisioning
     const userKey = await ensureUserKey().catch((e: unknown) => {
-      st.say(`warning: could not make pim's SSH key (${(e as Error).message}); ${keys.length ? 'only the profile\'s ssh_keys' : 'no key you hold'} will log in to this build`);
+      st.say(
+        `warning: could not make pim's SSH key (${(e as Error).message}); ${keys.length ? "only the profile's ssh_keys" : 'no key you hold'} will log in to this build`,
+      );
       return null;
     });
-    served.value.ssh_keys = [...keys, ...(userKey && !keys.some((k) => keyBlobOf(k) === keyBlobOf(userKey.public)) ? [userKey.public] : []), buildKeyPair.public];
+    served.value.ssh_keys = [
+      ...keys,
+      ...(userKey && !keys.some((k) => keyBlobOf(k) === keyBlobOf(userKey.public)) ? [userKey.public] : []),
+      buildKeyPair.public,
+    ];
     if (served.value.ssh_user === undefined) served.value.ssh_user = plan.sshUser;
     if (vars) {
       const { ovmfVarsTemplate } = await import('../qemu/host.ts');
@@ -161,7 +178,20 @@ async function buildIt(o: BuildOpts, plan: BuildPlan, c: Ctx, firstBoot: FirstBo
     // the build's VM, twice: the builder's first boot (the installer, or cloud-init), then the disk, to provision
     const { startVm } = await import('../vm/plan.ts');
     const bootVm = async (agent: boolean, spec?: Parameters<typeof startVm>[0]['spec']) => {
-      const started = await startVm({ ref, disk: { path: disk, format: plan.disk.format, efivars: vars, discard: true }, mem: plan.mem, cpus: plan.cpus, accel: o.accel, net: {}, agent, kind: 'build', image: disk, spec, signal: o.signal, ssh: { user: plan.sshUser } });
+      const started = await startVm({
+        ref,
+        disk: { path: disk, format: plan.disk.format, efivars: vars, discard: true },
+        mem: plan.mem,
+        cpus: plan.cpus,
+        accel: o.accel,
+        net: {},
+        agent,
+        kind: 'build',
+        image: disk,
+        spec,
+        signal: o.signal,
+        ssh: { user: plan.sshUser },
+      });
       if (typeof started === 'number') throw new PimError(EXIT.SOFTWARE, "the build's VM ran in the foreground");
       vm = started.vm;
       return started.vm;
@@ -195,14 +225,16 @@ async function buildIt(o: BuildOpts, plan: BuildPlan, c: Ctx, firstBoot: FirstBo
     vm = null;
     log.section('provisioning console', readLog(ref));
     log.line(`stopped by ${stopped.stage} in ${stopped.seconds} s`);
-    if (stopped.stage === 'sigterm' || stopped.stage === 'sigkill') st.say(`warning: the guest did not shut down by itself (${stopped.stage})`);
+    if (stopped.stage === 'sigterm' || stopped.stage === 'sigkill')
+      st.say(`warning: the guest did not shut down by itself (${stopped.stage})`);
     const tProv = (Date.now() - tProv0) / 1000;
 
     // ------------------------------------------------------------------ store
     st.set(`storing ${c.id}`);
     const { convertDisk, imgCheck, imgInfo } = await import('../image/qemu-img.ts');
     const check = await imgCheck(disk, plan.disk.format);
-    if (!check.ok) throw new PimError(EXIT.DATAERR, `the built disk is not consistent after the stop (${check.detail})`);
+    if (!check.ok)
+      throw new PimError(EXIT.DATAERR, `the built disk is not consistent after the stop (${check.detail})`);
     const file = `${plan.name}.${plan.disk.format}`;
     const stored = join(tmp, `${file}.store`);
     // a fresh copy of what the guest uses: what was trimmed or never written is left out
@@ -223,18 +255,31 @@ async function buildIt(o: BuildOpts, plan: BuildPlan, c: Ctx, firstBoot: FirstBo
       iso: { name: plan.iso, checksum: c.iso.checksum, path: c.iso.path },
       disk: { file, format: plan.disk.format, virtual_size: info['virtual-size'], bytes: kept },
       efivars: vars ? `${plan.name}.efivars.fd` : null,
-      settings: { mem: plan.mem, cpus: plan.cpus, firmware: plan.firmware, machine: 'q35', disk_bus: 'virtio', net: 'virtio-net', ssh_user: plan.sshUser, ...(userKey ? { user_key: userKey.public } : {}) },
+      settings: {
+        mem: plan.mem,
+        cpus: plan.cpus,
+        firmware: plan.firmware,
+        machine: 'q35',
+        disk_bus: 'virtio',
+        net: 'virtio-net',
+        ssh_user: plan.sshUser,
+        ...(userKey ? { user_key: userKey.public } : {}),
+      },
       times: { install: round(tInstall), provision: round(tProv), total: round((Date.now() - c.t0) / 1000) },
       log: 'build.log',
     };
-    for (const f of fs.readdirSync(tmp)) if (f !== record.disk.file && f !== record.efivars) fs.rmSync(join(tmp, f), { recursive: true, force: true });
+    for (const f of fs.readdirSync(tmp))
+      if (f !== record.disk.file && f !== record.efivars) fs.rmSync(join(tmp, f), { recursive: true, force: true });
     log.line(`done in ${record.times.total} s`);
     fs.copyFileSync(log.path, join(tmp, 'build.log'));
     const committed = commitBuild(tmp, record, o.force === true);
     ok = true;
     return committed;
   } catch (e) {
-    let err = e instanceof PimError || (e as Error)?.name === 'Interrupted' ? (e as Error) : new PimError(EXIT.SOFTWARE, (e as Error)?.stack ?? String(e));
+    let err =
+      e instanceof PimError || (e as Error)?.name === 'Interrupted'
+        ? (e as Error)
+        : new PimError(EXIT.SOFTWARE, (e as Error)?.stack ?? String(e));
     log.line(`failed: ${err.message}`);
     // the console of the boot that failed, in the log too (it is gone with the VM's runtime dir)
     const console = vm ? readLog(ref) : '';
@@ -302,12 +347,21 @@ async function installerBoot(env: BootEnv): Promise<void> {
       const { cpioNewcGzip } = await import('../archive/cpio.ts');
       const { concatArchives } = await import('../archive/initramfs.ts');
       initrd = join(tmp, 'initrd.injected');
-      concatArchives([boot.initrd, cpioNewcGzip([{ type: 'file', path: 'preseed.cfg', data: r.body, mode: 0o644 }])], initrd);
+      concatArchives(
+        [boot.initrd, cpioNewcGzip([{ type: 'file', path: 'preseed.cfg', data: r.body, mode: 0o644 }])],
+        initrd,
+      );
       fetched(); // the answer file is already in the installer
     }
     const cmdline = installerCmdline(plan.layout, url, plan.boot.append, plan.boot.inject, served.value);
-    log.line(`installer: ${plan.boot.kernel} ${plan.boot.initrd}${plan.boot.inject ? ' (preseed injected)' : ''}: ${cmdline}`);
-    const vm = await env.bootVm(false, { kernel: { kernel: boot.kernel, initrd, append: cmdline }, cdrom: c.iso.path, noReboot: true });
+    log.line(
+      `installer: ${plan.boot.kernel} ${plan.boot.initrd}${plan.boot.inject ? ' (preseed injected)' : ''}: ${cmdline}`,
+    );
+    const vm = await env.bootVm(false, {
+      kernel: { kernel: boot.kernel, initrd, append: cmdline },
+      cdrom: c.iso.path,
+      noReboot: true,
+    });
     st.say(`installer started; its console: pim-console ${env.ref.name} --ro`);
     await waitPoweroff(env, vm, 'the installer', fetchedP);
     log.section('installer console', readLog(env.ref));
@@ -345,21 +399,28 @@ const mib = (n: number) => `${(n / 2 ** 20).toFixed(1)} MiB`;
 
 /** Error lines on a console (cloud-init's WARNING/ERROR lines, tracebacks, failed units; not the kernel's), the last 8, ANSI codes off. */
 export function consoleErrors(text: string): string[] {
-  return text
-    .split('\n')
-    .map((l) => l.replace(/\x1b\[[0-9;?]*[A-Za-z]/g, '').replace(/\r/g, '').trim())
-    .filter((l) => /\b(ERROR|CRITICAL|Traceback|FAILED|Failed to|failed|error:)/.test(l) && !/\berror(s)?: ?\[\]/.test(l))
-    // the kernel's own noise ("Fast TSC calibration failed") is not what went wrong
-    .filter((l) => !/^\[\s*\d+\.\d+\] (?!.*cloud-init)/.test(l))
-    .slice(-8);
+  return (
+    text
+      .split('\n')
+      .map((l) =>
+        l
+          .replace(/\x1b\[[0-9;?]*[A-Za-z]/g, '')
+          .replace(/\r/g, '')
+          .trim(),
+      )
+      .filter(
+        (l) => /\b(ERROR|CRITICAL|Traceback|FAILED|Failed to|failed|error:)/.test(l) && !/\berror(s)?: ?\[\]/.test(l),
+      )
+      // the kernel's own noise ("Fast TSC calibration failed") is not what went wrong
+      .filter((l) => !/^\[\s*\d+\.\d+\] (?!.*cloud-init)/.test(l))
+      .slice(-8)
+  );
 }
-
 
 async function killVm(vm: RunningVm): Promise<void> {
   const { stopVm } = await import('../vm/stop.ts');
   await stopVm(vm, { timeoutMs: 5_000, force: true }).catch(() => undefined);
 }
-
 
 /**
  * The provisioning phase: pin the host key through the guest agent, connect
@@ -395,10 +456,14 @@ async function provision(
     const pinned = await hostKeysViaAgent(vm.files.ga, Math.min(deadline, Date.now() + 60_000), o.signal);
     if (pinned) log.line(`host keys from the guest agent:\n${pinned.lines.join('\n')}`);
     else st.say('warning: no guest agent answered with the host key: the key SSH shows is trusted without a check');
-    conn = await connectWhenUp({ host, port, user: plan.sshUser, privateKey, hostKeys: pinned?.keys ?? null }, deadline, {
-      signal: o.signal,
-      onAttempt: (e) => log.line(`ssh: not yet (${e.message})`),
-    });
+    conn = await connectWhenUp(
+      { host, port, user: plan.sshUser, privateKey, hostKeys: pinned?.keys ?? null },
+      deadline,
+      {
+        signal: o.signal,
+        onAttempt: (e) => log.line(`ssh: not yet (${e.message})`),
+      },
+    );
     st.say(`connected over SSH as ${plan.sshUser}${pinned ? ' (host key pinned)' : ''}`);
     const asRoot = plan.sshUser === 'root' ? 'sh -s' : 'sudo -n sh -s';
     const c = conn;
@@ -406,7 +471,12 @@ async function provision(
       phase.waiting('cloud-init');
       st.set(`cloud-init is setting up ${plan.name}`);
       const { waitCloudInit } = await import('./cloud.ts');
-      const r = await waitCloudInit((script) => execText(c, asRoot, script), { deadline, timeoutS: Math.round(plan.timeoutMs / 1000), signal: o.signal, log: (l) => log.line(l) });
+      const r = await waitCloudInit((script) => execText(c, asRoot, script), {
+        deadline,
+        timeoutS: Math.round(plan.timeoutMs / 1000),
+        signal: o.signal,
+        log: (l) => log.line(l),
+      });
       log.line(`cloud-init finished: ${r.datasource}`);
       st.say(`cloud-init finished without errors (${r.datasource}) (${st.elapsed()})`);
     }
@@ -416,17 +486,22 @@ async function provision(
       checkAborted(o.signal);
       st.set(`provisioning: ${s.label}`);
       log.line(`script ${s.label}`);
-      const prefix = (stream: 'out' | 'err') => lineWriter((line) => {
-        log.write(`${s.name}${stream === 'err' ? '!' : '|'} ${line}\n`);
-        st.say(`${s.name}| ${line}`);
-      });
+      const prefix = (stream: 'out' | 'err') =>
+        lineWriter((line) => {
+          log.write(`${s.name}${stream === 'err' ? '!' : '|'} ${line}\n`);
+          st.say(`${s.name}| ${line}`);
+        });
       const out = prefix('out');
       const err = prefix('err');
       const r = await exec(conn, asRoot, s.content, { stdout: out.push, stderr: err.push }, o.signal);
       out.end();
       err.end();
       log.line(`script ${s.label}: status ${r.code}${r.signal ? ` (${r.signal})` : ''}`);
-      if (r.code !== 0) throw new PimError(EXIT.DATAERR, `provisioning script ${s.label} failed with status ${r.code}${r.signal ? ` (signal ${r.signal})` : ''}`);
+      if (r.code !== 0)
+        throw new PimError(
+          EXIT.DATAERR,
+          `provisioning script ${s.label} failed with status ${r.code}${r.signal ? ` (signal ${r.signal})` : ''}`,
+        );
     }
     if (!plan.keepKey) {
       const blob = publicKey.split(/\s+/)[1]!;
@@ -434,7 +509,11 @@ async function provision(
         conn,
         `f="$HOME/.ssh/authorized_keys"; [ -f "$f" ] || exit 0; grep -vF '${blob}' "$f" > "$f.pim-tmp"; cat "$f.pim-tmp" > "$f"; rm -f "$f.pim-tmp"; ! grep -qF '${blob}' "$f"`,
       );
-      if (rm.code !== 0) throw new PimError(EXIT.SOFTWARE, `could not remove pim's build key from ~${plan.sshUser}/.ssh/authorized_keys: ${rm.stderr.trim() || `status ${rm.code}`}`);
+      if (rm.code !== 0)
+        throw new PimError(
+          EXIT.SOFTWARE,
+          `could not remove pim's build key from ~${plan.sshUser}/.ssh/authorized_keys: ${rm.stderr.trim() || `status ${rm.code}`}`,
+        );
       log.line("pim's build key removed from authorized_keys");
     }
     if (plan.generalize) {
@@ -443,8 +522,14 @@ async function provision(
       const { GENERALIZE_SCRIPT } = await import('./generalize.ts');
       const g = await execText(c, asRoot, GENERALIZE_SCRIPT);
       log.section('generalize', `${g.stdout}${g.stderr}`);
-      if (g.code !== 0) throw new PimError(EXIT.SOFTWARE, `generalizing the guest failed with status ${g.code}: ${(g.stderr || g.stdout).trim().split('\n').pop()}`);
-      st.say(`generalized: ${g.stdout.split('\n').filter((l) => l.startsWith('pim: ') && !l.startsWith('pim: fstrim')).length} steps (machine-id, host keys, cloud-init state, logs), free space trimmed`);
+      if (g.code !== 0)
+        throw new PimError(
+          EXIT.SOFTWARE,
+          `generalizing the guest failed with status ${g.code}: ${(g.stderr || g.stdout).trim().split('\n').pop()}`,
+        );
+      st.say(
+        `generalized: ${g.stdout.split('\n').filter((l) => l.startsWith('pim: ') && !l.startsWith('pim: fstrim')).length} steps (machine-id, host keys, cloud-init state, logs), free space trimmed`,
+      );
     }
   } finally {
     clearInterval(detail);

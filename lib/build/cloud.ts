@@ -31,28 +31,41 @@ export const RESULT_JSON = '/run/cloud-init/result.json';
 export const STATUS_JSON = '/run/cloud-init/status.json';
 
 /** cloud-init's disk: copy and grow the base image, make the seed; the seed's path, for the provisioning boot. */
-export async function cloudInitDisk(env: BootEnv): Promise<{ drives: Array<{ path: string; format: 'raw'; readonly: true }> }> {
+export async function cloudInitDisk(
+  env: BootEnv,
+): Promise<{ drives: Array<{ path: string; format: 'raw'; readonly: true }> }> {
   const { o, plan, c, disk, log } = env;
   const st = o.status;
   st.set(`copying ${plan.iso} for ${plan.name}`);
   const { convertDisk, growDisk, imgInfo } = await import('../image/qemu-img.ts');
   const base = await imgInfo(c.iso.path);
   if (base.format !== 'qcow2' && base.format !== 'raw') {
-    throw new PimError(EXIT.DATAERR, `${plan.iso} (${c.iso.path}) is a ${base.format} image; builder: cloud-init takes qcow2 or raw cloud images`);
+    throw new PimError(
+      EXIT.DATAERR,
+      `${plan.iso} (${c.iso.path}) is a ${base.format} image; builder: cloud-init takes qcow2 or raw cloud images`,
+    );
   }
   if (base['backing-filename']) {
     // a downloaded image that points at another file would read that file into the build
-    throw new PimError(EXIT.DATAERR, `${plan.iso} (${c.iso.path}) has a backing file (${base['backing-filename']}); a cloud image must stand alone`);
+    throw new PimError(
+      EXIT.DATAERR,
+      `${plan.iso} (${c.iso.path}) has a backing file (${base['backing-filename']}); a cloud image must stand alone`,
+    );
   }
   const want = sizeBytes(plan.disk.size);
   if (want < base['virtual-size']) {
     const where = plan.profile.origins.disk_size ?? `profile "${plan.name}"`;
-    throw new PimError(EXIT.CONFIG, `${where}: disk_size ${plan.disk.size} is smaller than ${plan.iso}'s ${base['virtual-size']} bytes; a cloud image is only grown`);
+    throw new PimError(
+      EXIT.CONFIG,
+      `${where}: disk_size ${plan.disk.size} is smaller than ${plan.iso}'s ${base['virtual-size']} bytes; a cloud image is only grown`,
+    );
   }
   await convertDisk(c.iso.path, base.format, disk, plan.disk.format, o.signal);
   checkAborted(o.signal);
   if (want > base['virtual-size']) await growDisk(disk, plan.disk.format, plan.disk.size);
-  log.line(`disk: ${plan.iso} (${base.format}, ${base['virtual-size']} bytes) copied as ${plan.disk.format}, ${want > base['virtual-size'] ? `grown to ${plan.disk.size}` : 'its own size'}`);
+  log.line(
+    `disk: ${plan.iso} (${base.format}, ${base['virtual-size']} bytes) copied as ${plan.disk.format}, ${want > base['virtual-size'] ? `grown to ${plan.disk.size}` : 'its own size'}`,
+  );
   const seed = await makeSeed(env);
   return { drives: [{ path: seed, format: 'raw', readonly: true }] };
 }
@@ -66,7 +79,11 @@ async function makeSeed(env: BootEnv): Promise<string> {
   fs.mkdirSync(dir, { mode: 0o700 });
   for (const route of ['/user-data', '/meta-data'] as const) {
     const r = renderAnswer(route, served, KEY_URL);
-    if (!r) throw new PimError(EXIT.CONFIG, `profile "${plan.name}" has no ${route.slice(1)} template in preseeds.d; add one`);
+    if (!r)
+      throw new PimError(
+        EXIT.CONFIG,
+        `profile "${plan.name}" has no ${route.slice(1)} template in preseeds.d; add one`,
+      );
     fs.writeFileSync(join(dir, route.slice(1)), r.body, { mode: 0o600, flag: 'wx' });
     log.line(`seed: ${route.slice(1)} from ${r.label}`);
   }
@@ -88,7 +105,9 @@ async function makeSeed(env: BootEnv): Promise<string> {
 export function sizeBytes(s: string): number {
   const m = /^(\d+(?:\.\d+)?)([KMGT]?)$/i.exec(s);
   if (!m) return NaN;
-  const mult = { '': 1, K: 2 ** 10, M: 2 ** 20, G: 2 ** 30, T: 2 ** 40 }[m[2]!.toUpperCase() as '' | 'K' | 'M' | 'G' | 'T'];
+  const mult = { '': 1, K: 2 ** 10, M: 2 ** 20, G: 2 ** 30, T: 2 ** 40 }[
+    m[2]!.toUpperCase() as '' | 'K' | 'M' | 'G' | 'T'
+  ];
   return Math.round(Number(m[1]) * mult);
 }
 
@@ -102,7 +121,10 @@ type Out = { code: number; stdout: string; stderr?: string };
  * the run never finished (65); a run whose datasource is not NoCloud did
  * not read pim's seed (65).
  */
-export function judgeCloudInit(r: { wait: Out; long: Out; result: Out; status: Out }): { datasource: string; detail: string } {
+export function judgeCloudInit(r: { wait: Out; long: Out; result: Out; status: Out }): {
+  datasource: string;
+  detail: string;
+} {
   const errors: string[] = [];
   const add = (e: unknown) => {
     const t = typeof e === 'string' ? e : JSON.stringify(e);
@@ -125,7 +147,9 @@ export function judgeCloudInit(r: { wait: Out; long: Out; result: Out; status: O
     }
   }
   for (const [stage, v] of Object.entries(stages)) {
-    if (v && typeof v === 'object' && Array.isArray(v.errors)) for (const e of v.errors) add(`${stage}: ${typeof e === 'string' ? e : JSON.stringify(e)}`.replace(/^([\w-]+): \1: /, '$1: '));
+    if (v && typeof v === 'object' && Array.isArray(v.errors))
+      for (const e of v.errors)
+        add(`${stage}: ${typeof e === 'string' ? e : JSON.stringify(e)}`.replace(/^([\w-]+): \1: /, '$1: '));
   }
   type V1 = { datasource?: string | null; errors?: unknown[] };
   let v1: V1 | null = null;
@@ -141,12 +165,32 @@ export function judgeCloudInit(r: { wait: Out; long: Out; result: Out; status: O
     if (!errors.some((x) => x === t || x.endsWith(`: ${t}`))) add(t);
   }
   const text = (o: Out) => `${o.stdout}${o.stderr ?? ''}`.trim().split('\n').filter(Boolean).slice(-3).join(' / ');
-  if (errors.length) throw new PimError(EXIT.DATAERR, `cloud-init reported ${errors.length} error${errors.length > 1 ? 's' : ''}: ${errors.join('; ')}`);
-  if (r.wait.code === 127) throw new PimError(EXIT.DATAERR, 'the image has no cloud-init command; builder: cloud-init needs an image that runs cloud-init (with the NoCloud datasource)');
-  if (r.wait.code !== 0 || long?.status === 'error') throw new PimError(EXIT.DATAERR, `cloud-init ended in error (cloud-init status: ${text(r.wait) || text(r.long) || `status ${r.wait.code}`})`);
-  if (!v1) throw new PimError(EXIT.DATAERR, `cloud-init did not finish: the guest has no ${RESULT_JSON}; check that the image runs cloud-init with the NoCloud datasource`);
+  if (errors.length)
+    throw new PimError(
+      EXIT.DATAERR,
+      `cloud-init reported ${errors.length} error${errors.length > 1 ? 's' : ''}: ${errors.join('; ')}`,
+    );
+  if (r.wait.code === 127)
+    throw new PimError(
+      EXIT.DATAERR,
+      'the image has no cloud-init command; builder: cloud-init needs an image that runs cloud-init (with the NoCloud datasource)',
+    );
+  if (r.wait.code !== 0 || long?.status === 'error')
+    throw new PimError(
+      EXIT.DATAERR,
+      `cloud-init ended in error (cloud-init status: ${text(r.wait) || text(r.long) || `status ${r.wait.code}`})`,
+    );
+  if (!v1)
+    throw new PimError(
+      EXIT.DATAERR,
+      `cloud-init did not finish: the guest has no ${RESULT_JSON}; check that the image runs cloud-init with the NoCloud datasource`,
+    );
   const datasource = String(v1.datasource ?? long?.detail ?? 'unknown');
-  if (!/nocloud/i.test(datasource)) throw new PimError(EXIT.DATAERR, `cloud-init did not read pim's seed (its datasource: ${datasource}); the image's datasource_list must include NoCloud`);
+  if (!/nocloud/i.test(datasource))
+    throw new PimError(
+      EXIT.DATAERR,
+      `cloud-init did not read pim's seed (its datasource: ${datasource}); the image's datasource_list must include NoCloud`,
+    );
   return { datasource, detail: long?.detail ?? datasource };
 }
 
@@ -168,12 +212,21 @@ export async function waitCloudInit(
     o.signal.addEventListener('abort', onAbort, { once: true });
   });
   try {
-    const wait = await Promise.race([sh('command -v cloud-init >/dev/null 2>&1 || exit 127\ncloud-init status --wait >/dev/null\nrc=$?\ncloud-init status 2>&1\nexit $rc\n'), bound]);
+    const wait = await Promise.race([
+      sh(
+        'command -v cloud-init >/dev/null 2>&1 || exit 127\ncloud-init status --wait >/dev/null\nrc=$?\ncloud-init status 2>&1\nexit $rc\n',
+      ),
+      bound,
+    ]);
     if (wait === 'abort') {
       checkAborted(o.signal);
       throw new PimError(EXIT.SOFTWARE, 'aborted');
     }
-    if (wait === 'timeout') throw new PimError(EXIT.TEMPFAIL, `cloud-init did not finish within the build's ${o.timeoutS} s (timeout in the profile, or --timeout)`);
+    if (wait === 'timeout')
+      throw new PimError(
+        EXIT.TEMPFAIL,
+        `cloud-init did not finish within the build's ${o.timeoutS} s (timeout in the profile, or --timeout)`,
+      );
     o.log(`cloud-init status --wait: status ${wait.code}: ${wait.stdout.trim()}`);
     const long = await sh('cloud-init status --long --format json 2>/dev/null || cloud-init status --long 2>&1\n');
     o.log(`cloud-init status --long:\n${long.stdout.trim()}`);

@@ -26,7 +26,10 @@ export const LAYOUTS: Record<Layout, { kernel: string; initrd: string; answers: 
 export function checkIsoPath(p: string, what: string): string {
   const clean = p.replace(/^\/+/, '');
   if (!clean || clean.split('/').some((s) => s === '' || s === '.' || s === '..') || clean.includes('\0')) {
-    throw new PimError(EXIT.CONFIG, `${what}: ${JSON.stringify(p)} is not a path inside the ISO (like install.amd/vmlinuz)`);
+    throw new PimError(
+      EXIT.CONFIG,
+      `${what}: ${JSON.stringify(p)} is not a path inside the ISO (like install.amd/vmlinuz)`,
+    );
   }
   return clean;
 }
@@ -44,12 +47,25 @@ export function checkIsoPath(p: string, what: string): string {
  * nocloud-net fetches over HTTP; later ones still take it, as subiquity's own
  * quick start uses it), where `ds=nocloud;s=http://...` needs 23.2.
  */
-export function installerCmdline(layout: Layout, answerUrl: string, userAppend = '', injected = false, host: { hostname?: unknown; domain?: unknown } = {}): string {
+export function installerCmdline(
+  layout: Layout,
+  answerUrl: string,
+  userAppend = '',
+  injected = false,
+  host: { hostname?: unknown; domain?: unknown } = {},
+): string {
   const word = (k: string, v: unknown) => (typeof v === 'string' && /^[A-Za-z0-9.-]+$/.test(v) ? [`${k}=${v}`] : []);
   // an injected preseed is /preseed.cfg in the initrd, which d-i reads by itself: no url=
   const pim =
     layout === 'debian'
-      ? ['auto=true', 'priority=critical', ...(injected ? [] : [`url=${answerUrl}/preseed.cfg`, ...word('hostname', host.hostname), ...word('domain', host.domain)]), 'console=ttyS0,115200n8']
+      ? [
+          'auto=true',
+          'priority=critical',
+          ...(injected
+            ? []
+            : [`url=${answerUrl}/preseed.cfg`, ...word('hostname', host.hostname), ...word('domain', host.domain)]),
+          'console=ttyS0,115200n8',
+        ]
       : ['autoinstall', `ds=nocloud-net;s=${answerUrl}/`, 'console=ttyS0,115200n8'];
   const words = userAppend.trim() ? userAppend.trim().split(/\s+/) : [];
   const dd = words.indexOf('---');
@@ -69,7 +85,11 @@ const MAX_ISO_LINKS = 8;
  */
 export function isoLinkTarget(iso: string, from: string, target: string): string {
   const { posix } = process.getBuiltinModule('node:path') as typeof import('node:path');
-  const refuse = (why: string) => new PimError(EXIT.DATAERR, `${from} in ${iso} is a symbolic link to ${JSON.stringify(target)}, ${why}; pim reads only files inside the ISO`);
+  const refuse = (why: string) =>
+    new PimError(
+      EXIT.DATAERR,
+      `${from} in ${iso} is a symbolic link to ${JSON.stringify(target)}, ${why}; pim reads only files inside the ISO`,
+    );
   if (!target || target.startsWith('/')) throw refuse('outside the ISO');
   const p = posix.normalize(posix.join(posix.dirname(from), target));
   if (p === '..' || p.startsWith('../') || p === '.' || p.includes('\0')) throw refuse('outside the ISO');
@@ -85,22 +105,32 @@ async function extractRaw(iso: string, inside: string, tmp: string): Promise<voi
   if (xorriso) {
     r = await run(xorriso, ['-osirrox', 'on', '-indev', iso, '-extract', '/' + inside, tmp]);
     // xorriso exits 0 and warns when a path is missing: look for the file (a link itself counts)
-    if (r.code === 0 && !fs.lstatSync(tmp, { throwIfNoEntry: false })) r = { ...r, code: 1, stderr: r.stderr + '\nnot found' };
+    if (r.code === 0 && !fs.lstatSync(tmp, { throwIfNoEntry: false }))
+      r = { ...r, code: 1, stderr: r.stderr + '\nnot found' };
   } else {
     const bsdtar = which('bsdtar');
-    if (!bsdtar) throw new PimError(EXIT.UNAVAILABLE, 'reading files out of an ISO needs xorriso or bsdtar; install xorriso (apt-get install xorriso) or libarchive-tools');
+    if (!bsdtar)
+      throw new PimError(
+        EXIT.UNAVAILABLE,
+        'reading files out of an ISO needs xorriso or bsdtar; install xorriso (apt-get install xorriso) or libarchive-tools',
+      );
     const dir = `${tmp}.d`;
     fs.rmSync(dir, { recursive: true, force: true });
     fs.mkdirSync(dir, { recursive: true, mode: 0o700 });
     r = await run(bsdtar, ['-xf', iso, '-C', dir, inside]);
-    if (r.code === 0 && fs.lstatSync(join(dir, inside), { throwIfNoEntry: false })) fs.renameSync(join(dir, inside), tmp);
+    if (r.code === 0 && fs.lstatSync(join(dir, inside), { throwIfNoEntry: false }))
+      fs.renameSync(join(dir, inside), tmp);
     else if (r.code === 0) r = { ...r, code: 1 };
     fs.rmSync(dir, { recursive: true, force: true });
   }
   if (r.code !== 0) {
     fs.rmSync(tmp, { recursive: true, force: true });
     const missing = /not found|Not found in archive|Cannot find|No such file/i.test(r.stderr) || r.code === 1;
-    if (missing) throw new PimError(EXIT.NOINPUT, `${iso} has no ${inside}; set boot.kernel and boot.initrd in the profile to the installer's paths inside the ISO`);
+    if (missing)
+      throw new PimError(
+        EXIT.NOINPUT,
+        `${iso} has no ${inside}; set boot.kernel and boot.initrd in the profile to the installer's paths inside the ISO`,
+      );
     throw new PimError(EXIT.DATAERR, `cannot read ${inside} out of ${iso}: ${r.stderr.trim().split('\n').pop()}`);
   }
 }
@@ -123,11 +153,19 @@ async function extractOne(iso: string, inside: string, dest: string): Promise<vo
       if (st.isSymbolicLink()) {
         const target = fs.readlinkSync(tmp);
         fs.unlinkSync(tmp);
-        if (hops >= MAX_ISO_LINKS) throw new PimError(EXIT.DATAERR, `${inside} in ${iso} goes through more than ${MAX_ISO_LINKS} symbolic links; pim reads only files inside the ISO`);
+        if (hops >= MAX_ISO_LINKS)
+          throw new PimError(
+            EXIT.DATAERR,
+            `${inside} in ${iso} goes through more than ${MAX_ISO_LINKS} symbolic links; pim reads only files inside the ISO`,
+          );
         path = isoLinkTarget(iso, path, target);
         continue;
       }
-      if (!st.isFile()) throw new PimError(EXIT.DATAERR, `${path} in ${iso} is not a file (${st.isDirectory() ? 'a directory' : 'a special file'}); set boot.kernel and boot.initrd to the installer's files`);
+      if (!st.isFile())
+        throw new PimError(
+          EXIT.DATAERR,
+          `${path} in ${iso} is not a file (${st.isDirectory() ? 'a directory' : 'a special file'}); set boot.kernel and boot.initrd to the installer's files`,
+        );
       const fd = fs.openSync(tmp, fs.constants.O_RDONLY | fs.constants.O_NOFOLLOW);
       try {
         fs.fchmodSync(fd, 0o600);
@@ -143,10 +181,18 @@ async function extractOne(iso: string, inside: string, dest: string): Promise<vo
 }
 
 /** The installer's kernel and initrd out of the ISO (cached by the ISO's checksum). */
-export async function bootFiles(iso: string, checksum: string, kernel: string, initrd: string): Promise<{ kernel: string; initrd: string }> {
+export async function bootFiles(
+  iso: string,
+  checksum: string,
+  kernel: string,
+  initrd: string,
+): Promise<{ kernel: string; initrd: string }> {
   const dir = ensurePrivateDir(join(cacheDir(), 'build', `iso-${checksum.replace(/^sha\d+:/, '').slice(0, 16)}`));
   const out: { kernel: string; initrd: string } = { kernel: '', initrd: '' };
-  for (const [k, inside] of [['kernel', kernel], ['initrd', initrd]] as const) {
+  for (const [k, inside] of [
+    ['kernel', kernel],
+    ['initrd', initrd],
+  ] as const) {
     const dest = join(dir, inside.replace(/\//g, '__'));
     // a cached entry is used only when it is a regular file (an older pim kept links out of an ISO)
     const st = fs.lstatSync(dest, { throwIfNoEntry: false });

@@ -60,7 +60,11 @@ const where = (p: Resolved, key: string) => p.origins[key] ?? `profile "${p.name
 /** A disk size as qemu-img takes it: 8G, 512M, 20000000000. */
 function checkSize(p: Resolved, v: unknown): string {
   const s = String(v ?? '8G');
-  if (!/^\d+(\.\d+)?[KMGT]?$/i.test(s)) throw new PimError(EXIT.CONFIG, `${where(p, 'disk_size')}: disk_size must be a size such as 8G or 20G, not ${JSON.stringify(s)}`);
+  if (!/^\d+(\.\d+)?[KMGT]?$/i.test(s))
+    throw new PimError(
+      EXIT.CONFIG,
+      `${where(p, 'disk_size')}: disk_size must be a size such as 8G or 20G, not ${JSON.stringify(s)}`,
+    );
   return s.toUpperCase();
 }
 
@@ -73,9 +77,12 @@ export async function planBuild(profile: Resolved, opts: { timeoutS?: number } =
   const srcKey = builder === 'cloud-init' ? 'image' : 'iso';
   const src = v[srcKey];
   if (typeof src !== 'string' || !src) {
-    throw new PimError(EXIT.CONFIG, builder === 'cloud-init'
-      ? `${where(profile, 'builder')}: profile "${profile.name}" (builder: cloud-init) names no image; set image: to an entry of pim-iso list with kind: image`
-      : `${where(profile, 'iso')}: profile "${profile.name}" names no iso; set iso: to an entry of pim-iso list`);
+    throw new PimError(
+      EXIT.CONFIG,
+      builder === 'cloud-init'
+        ? `${where(profile, 'builder')}: profile "${profile.name}" (builder: cloud-init) names no image; set image: to an entry of pim-iso list with kind: image`
+        : `${where(profile, 'iso')}: profile "${profile.name}" names no iso; set iso: to an entry of pim-iso list`,
+    );
   }
   const bootIn = (v.boot ?? {}) as { kernel?: string; initrd?: string; append?: string; inject?: boolean };
   const boot = {
@@ -84,14 +91,27 @@ export async function planBuild(profile: Resolved, opts: { timeoutS?: number } =
     append: bootIn.append ?? '',
     inject: bootIn.inject === true,
   };
-  if (boot.inject && layout !== 'debian') throw new PimError(EXIT.CONFIG, `${where(profile, 'boot.inject')}: boot.inject puts preseed.cfg into a Debian installer's initrd; Ubuntu's reads its answers from the network`);
+  if (boot.inject && layout !== 'debian')
+    throw new PimError(
+      EXIT.CONFIG,
+      `${where(profile, 'boot.inject')}: boot.inject puts preseed.cfg into a Debian installer's initrd; Ubuntu's reads its answers from the network`,
+    );
   const { mem, cpus } = vmSettings(profile);
   const timeoutS = opts.timeoutS ?? (typeof v.timeout === 'number' ? v.timeout : 3600);
-  if (!(timeoutS > 0)) throw new PimError(EXIT.CONFIG, `${where(profile, 'timeout')}: timeout must be a positive number of seconds`);
+  if (!(timeoutS > 0))
+    throw new PimError(EXIT.CONFIG, `${where(profile, 'timeout')}: timeout must be a positive number of seconds`);
   const sshUser = String(v.ssh_user ?? v.username ?? 'root');
-  if (!/^[a-z_][a-z0-9_-]*$/i.test(sshUser)) throw new PimError(EXIT.CONFIG, `${where(profile, 'ssh_user')}: ssh_user ${JSON.stringify(sshUser)} is not a user name`);
+  if (!/^[a-z_][a-z0-9_-]*$/i.test(sshUser))
+    throw new PimError(
+      EXIT.CONFIG,
+      `${where(profile, 'ssh_user')}: ssh_user ${JSON.stringify(sshUser)} is not a user name`,
+    );
 
-  const read = (f: { path: string | null; label: string; name: string }): BuildFile => ({ label: f.label.replace(/^builtin:/, ''), name: f.name, content: cfg.readFound(f) });
+  const read = (f: { path: string | null; label: string; name: string }): BuildFile => ({
+    label: f.label.replace(/^builtin:/, ''),
+    name: f.name,
+    content: cfg.readFound(f),
+  });
   const scripts: BuildFile[] = [];
   const listed = Array.isArray(v.scripts) ? (v.scripts as string[]) : [];
   if (listed.length) {
@@ -115,10 +135,18 @@ export async function planBuild(profile: Resolved, opts: { timeoutS?: number } =
   }
   const sources: BuildPlan['sources'] = [];
   for (const n of builder === 'cloud-init' && Array.isArray(v.sources) ? (v.sources as string[]) : []) {
-    if (n === 'user-data' || n === 'meta-data') throw new PimError(EXIT.CONFIG, `${where(profile, 'sources')}: sources: ${n} comes from the profile's ${n} template in preseeds.d, not from sources.d`);
+    if (n === 'user-data' || n === 'meta-data')
+      throw new PimError(
+        EXIT.CONFIG,
+        `${where(profile, 'sources')}: sources: ${n} comes from the profile's ${n} template in preseeds.d, not from sources.d`,
+      );
     const f = cfg.namedFile('sources.d', n);
     if (!f) throw new PimError(EXIT.CONFIG, `${where(profile, 'sources')}: sources: sources.d/${n} does not exist`);
-    sources.push({ label: f.label.replace(/^builtin:/, ''), name: f.name, content: f.path === null ? Buffer.from(cfg.readFound(f)) : readFileSync(f.path) });
+    sources.push({
+      label: f.label.replace(/^builtin:/, ''),
+      name: f.name,
+      content: f.path === null ? Buffer.from(cfg.readFound(f)) : readFileSync(f.path),
+    });
   }
   return {
     name: profile.name,
@@ -144,7 +172,11 @@ export async function planBuild(profile: Resolved, opts: { timeoutS?: number } =
 /** compress: true needs a qcow2 disk (78 at FILE:LINE). */
 function checkCompress(p: Resolved): boolean {
   if (p.value.compress !== true) return false;
-  if (p.value.disk_format === 'raw') throw new PimError(EXIT.CONFIG, `${where(p, 'compress')}: compress: true needs disk_format: qcow2 (a raw image cannot be compressed)`);
+  if (p.value.disk_format === 'raw')
+    throw new PimError(
+      EXIT.CONFIG,
+      `${where(p, 'compress')}: compress: true needs disk_format: qcow2 (a raw image cannot be compressed)`,
+    );
   return true;
 }
 
@@ -190,14 +222,28 @@ export function canonical(v: unknown): string {
 }
 
 /** The inputs of a build, given its rendered answer files (route -> text) and its ISO's checksum. */
-export function buildInputs(plan: BuildPlan, answers: Record<string, string>, iso: { name: string; checksum: string }): BuildInputs {
+export function buildInputs(
+  plan: BuildPlan,
+  answers: Record<string, string>,
+  iso: { name: string; checksum: string },
+): BuildInputs {
   const files: Record<string, string> = {};
   for (const f of [...plan.scripts, ...plan.installs, ...plan.sources]) files[f.label] = sha256(f.content);
   const hashed: Record<string, string> = {};
   for (const [route, text] of Object.entries(answers)) hashed[route] = sha256(text);
-  const common = { recipe: BUILD_RECIPE, profile: plan.profile.value as Record<string, unknown>, answers: hashed, files, iso, disk: plan.disk, firmware: plan.firmware };
+  const common = {
+    recipe: BUILD_RECIPE,
+    profile: plan.profile.value as Record<string, unknown>,
+    answers: hashed,
+    files,
+    iso,
+    disk: plan.disk,
+    firmware: plan.firmware,
+  };
   // an installer's inputs have no builder key: the keys of builds made before other builders stay the same
-  return plan.builder === 'cloud-init' ? { ...common, builder: 'cloud-init', boot: null } : { ...common, boot: plan.boot };
+  return plan.builder === 'cloud-init'
+    ? { ...common, builder: 'cloud-init', boot: null }
+    : { ...common, boot: plan.boot };
 }
 
 export const buildKey = (inputs: BuildInputs): string => sha256(canonical(inputs));
@@ -208,7 +254,8 @@ export function inputsDiff(a: BuildInputs, b: BuildInputs): string[] {
   const walk = (x: unknown, y: unknown, path: string) => {
     if (canonical(x) === canonical(y)) return;
     if (x && y && typeof x === 'object' && typeof y === 'object' && !Array.isArray(x) && !Array.isArray(y)) {
-      for (const k of new Set([...Object.keys(x), ...Object.keys(y)])) walk((x as Record<string, unknown>)[k], (y as Record<string, unknown>)[k], path ? `${path}.${k}` : k);
+      for (const k of new Set([...Object.keys(x), ...Object.keys(y)]))
+        walk((x as Record<string, unknown>)[k], (y as Record<string, unknown>)[k], path ? `${path}.${k}` : k);
     } else out.push(path);
   };
   walk(a, b, '');

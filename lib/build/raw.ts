@@ -12,13 +12,29 @@ import { buildsDir } from '../core/paths.ts';
 import { ensurePrivateDir } from '../core/fs.ts';
 import { checkAborted } from '../core/signals.ts';
 import type { Resolved } from '../config/catalog.ts';
-import { BUILD_RECIPE, buildId, cachedBuild, commitBuild, type BuildInputs, type BuildRecord } from '../image/registry.ts';
+import {
+  BUILD_RECIPE,
+  buildId,
+  cachedBuild,
+  commitBuild,
+  type BuildInputs,
+  type BuildRecord,
+} from '../image/registry.ts';
 import { buildKey, diskSettings, vmSettings } from './plan.ts';
 import type { BuildOpts, BuildOutcome } from './build.ts';
 
 /** What goes into a raw build's key. */
 export function rawInputs(profile: Resolved): BuildInputs {
-  return { recipe: BUILD_RECIPE, builder: 'raw', profile: {}, answers: {}, files: {}, iso: null, ...diskSettings(profile), boot: null };
+  return {
+    recipe: BUILD_RECIPE,
+    builder: 'raw',
+    profile: {},
+    answers: {},
+    files: {},
+    iso: null,
+    ...diskSettings(profile),
+    boot: null,
+  };
 }
 
 export async function buildRaw(o: BuildOpts, profile: Resolved, t0: number): Promise<BuildOutcome> {
@@ -28,7 +44,14 @@ export async function buildRaw(o: BuildOpts, profile: Resolved, t0: number): Pro
   return cachedBuild(profile.name, key, o.force, () => makeRaw(o, profile, inputs, key, run, t0));
 }
 
-async function makeRaw(o: BuildOpts, profile: Resolved, inputs: BuildInputs, key: string, run: { mem: string; cpus: number }, t0: number): Promise<BuildRecord> {
+async function makeRaw(
+  o: BuildOpts,
+  profile: Resolved,
+  inputs: BuildInputs,
+  key: string,
+  run: { mem: string; cpus: number },
+  t0: number,
+): Promise<BuildRecord> {
   const v = profile.value;
   const id = buildId(profile.name, key);
   const tmp = join(buildsDir(), `.tmp-${id}-${process.pid}`);
@@ -50,7 +73,11 @@ async function makeRaw(o: BuildOpts, profile: Resolved, inputs: BuildInputs, key
     }
     const info = await imgInfo(disk);
     const total = Math.round(((Date.now() - t0) / 1000) * 10) / 10;
-    fs.writeFileSync(join(tmp, 'build.log'), `pim-build ${profile.name}: raw, key ${key}: an empty ${inputs.disk.size} ${inputs.disk.format} disk (${inputs.firmware}) in ${total} s\n`, { mode: 0o600, flag: 'wx' });
+    fs.writeFileSync(
+      join(tmp, 'build.log'),
+      `pim-build ${profile.name}: raw, key ${key}: an empty ${inputs.disk.size} ${inputs.disk.format} disk (${inputs.firmware}) in ${total} s\n`,
+      { mode: 0o600, flag: 'wx' },
+    );
     const record: BuildRecord = {
       id,
       profile: profile.name,
@@ -59,9 +86,22 @@ async function makeRaw(o: BuildOpts, profile: Resolved, inputs: BuildInputs, key
       recipe: inputs.recipe,
       inputs,
       iso: null,
-      disk: { file, format: inputs.disk.format, virtual_size: info['virtual-size'], bytes: fs.statSync(disk).blocks * 512 },
+      disk: {
+        file,
+        format: inputs.disk.format,
+        virtual_size: info['virtual-size'],
+        bytes: fs.statSync(disk).blocks * 512,
+      },
       efivars,
-      settings: { mem: run.mem, cpus: run.cpus, firmware: inputs.firmware, machine: 'q35', disk_bus: 'virtio', net: 'virtio-net', ssh_user: String(v.ssh_user ?? v.username ?? 'root') },
+      settings: {
+        mem: run.mem,
+        cpus: run.cpus,
+        firmware: inputs.firmware,
+        machine: 'q35',
+        disk_bus: 'virtio',
+        net: 'virtio-net',
+        ssh_user: String(v.ssh_user ?? v.username ?? 'root'),
+      },
       times: { install: 0, provision: 0, total },
       log: 'build.log',
     };

@@ -51,7 +51,14 @@ function connectOnce(t: SshTarget, timeoutMs: number, lib: typeof import('ssh2')
       if (settled) return;
       settled = true;
       c.end();
-      reject(mismatch ? new PimError(EXIT.DATAERR, `the guest at ${t.host}:${t.port} showed a host key that is not the one its guest agent reported; refusing to connect`) : e);
+      reject(
+        mismatch
+          ? new PimError(
+              EXIT.DATAERR,
+              `the guest at ${t.host}:${t.port} showed a host key that is not the one its guest agent reported; refusing to connect`,
+            )
+          : e,
+      );
     });
     c.connect({
       host: t.host,
@@ -76,7 +83,11 @@ function connectOnce(t: SshTarget, timeoutMs: number, lib: typeof import('ssh2')
  * authentication say the guest is ready), retried with a growing pause until
  * `deadline`. A host key mismatch or a refused key ends it at once.
  */
-export async function connectWhenUp(t: SshTarget, deadline: number, opts: { signal?: AbortSignal; onAttempt?: (err: Error) => void } = {}): Promise<Client> {
+export async function connectWhenUp(
+  t: SshTarget,
+  deadline: number,
+  opts: { signal?: AbortSignal; onAttempt?: (err: Error) => void } = {},
+): Promise<Client> {
   const lib = await ssh2();
   let pause = 250;
   for (;;) {
@@ -89,7 +100,10 @@ export async function connectWhenUp(t: SshTarget, deadline: number, opts: { sign
       if (e instanceof PimError) throw e;
       const msg = (e as Error).message;
       if (/All configured authentication methods failed/i.test(msg)) {
-        throw new PimError(EXIT.NOPERM, `SSH to ${t.user}@${t.host}:${t.port} refused pim's build key: the answer file must install profile.ssh_keys for ${t.user} (see the README's pim-build section)`);
+        throw new PimError(
+          EXIT.NOPERM,
+          `SSH to ${t.user}@${t.host}:${t.port} refused pim's build key: the answer file must install profile.ssh_keys for ${t.user} (see the README's pim-build section)`,
+        );
       }
       opts.onAttempt?.(e as Error);
       await new Promise((r) => setTimeout(r, Math.min(pause, Math.max(0, deadline - Date.now()))));
@@ -113,7 +127,13 @@ export interface ExecResult {
  * over the channel where the server takes it, and the connection closed,
  * which ends its session) and rejects with the signal's reason.
  */
-export function exec(conn: Client, command: string, input: string | Buffer, out: { stdout: (b: Buffer) => void; stderr: (b: Buffer) => void }, signal?: AbortSignal): Promise<ExecResult> {
+export function exec(
+  conn: Client,
+  command: string,
+  input: string | Buffer,
+  out: { stdout: (b: Buffer) => void; stderr: (b: Buffer) => void },
+  signal?: AbortSignal,
+): Promise<ExecResult> {
   return new Promise((resolve, reject) => {
     if (signal?.aborted) return reject(signal.reason);
     conn.exec(command, (err: Error | undefined, ch: ClientChannel) => {
@@ -148,7 +168,11 @@ export function exec(conn: Client, command: string, input: string | Buffer, out:
 }
 
 /** Run a command and collect its output (for small housekeeping commands). */
-export async function execText(conn: Client, command: string, input = ''): Promise<{ code: number; stdout: string; stderr: string }> {
+export async function execText(
+  conn: Client,
+  command: string,
+  input = '',
+): Promise<{ code: number; stdout: string; stderr: string }> {
   let stdout = '';
   let stderr = '';
   const r = await exec(conn, command, input, { stdout: (b) => (stdout += b), stderr: (b) => (stderr += b) });

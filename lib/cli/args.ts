@@ -16,14 +16,20 @@ export const quietArgs = {
 /** `--timeout S`: seconds, with a default and what the command waits for. */
 export const timeoutArgs = (dflt: number | undefined, what: string) =>
   ({
-    timeout: { type: 'string', description: `seconds to wait ${what}`, valueHint: 'S', ...(dflt === undefined ? {} : { default: String(dflt) }) },
+    timeout: {
+      type: 'string',
+      description: `seconds to wait ${what}`,
+      valueHint: 'S',
+      ...(dflt === undefined ? {} : { default: String(dflt) }),
+    },
   }) as const;
 
 /** --timeout in seconds -> ms; nonsense (0, negative, "x", NaN) is a usage error. */
 export function parseTimeout(v: string | undefined, dflt: number, flag = '--timeout'): number {
   if (v === undefined) return dflt * 1000;
   const n = Number(v);
-  if (v.trim() === '' || !Number.isFinite(n) || n <= 0) throw new PimError(EXIT.USAGE, `${flag} must be a positive number of seconds, not ${JSON.stringify(v)}`);
+  if (v.trim() === '' || !Number.isFinite(n) || n <= 0)
+    throw new PimError(EXIT.USAGE, `${flag} must be a positive number of seconds, not ${JSON.stringify(v)}`);
   return Math.round(n * 1000);
 }
 
@@ -35,7 +41,10 @@ export function jsonArg(text: string | undefined): unknown {
     if (typeof v !== 'object' || v === null || Array.isArray(v)) throw new Error('not an object');
     return v;
   } catch (e) {
-    throw new PimError(EXIT.USAGE, `arguments must be a JSON object such as '{"key":"value"}': ${(e as Error).message}`);
+    throw new PimError(
+      EXIT.USAGE,
+      `arguments must be a JSON object such as '{"key":"value"}': ${(e as Error).message}`,
+    );
   }
 }
 
@@ -49,7 +58,10 @@ export async function namesOrStdin(given: string[], tty: string): Promise<string
   if (given.length) return given;
   if (process.stdin.isTTY) throw new PimError(EXIT.USAGE, tty);
   const { text } = await import('node:stream/consumers');
-  return (await text(process.stdin)).split('\n').map((l) => l.trim().split(/\s+/)[0] ?? '').filter(Boolean);
+  return (await text(process.stdin))
+    .split('\n')
+    .map((l) => l.trim().split(/\s+/)[0] ?? '')
+    .filter(Boolean);
 }
 
 /**
@@ -57,7 +69,11 @@ export async function namesOrStdin(given: string[], tty: string): Promise<string
  * failure on its own line and go on with the others. Returns the exit status:
  * the first failure's code, or 0.
  */
-export async function forEachName(names: string[], fn: (name: string) => Promise<number | void>, opts: { parallel?: boolean } = {}): Promise<number> {
+export async function forEachName(
+  names: string[],
+  fn: (name: string) => Promise<number | void>,
+  opts: { parallel?: boolean } = {},
+): Promise<number> {
   const { reportError } = await import('./command.ts');
   let code = 0;
   const one = async (name: string) => {

@@ -15,7 +15,9 @@ import type { Completer } from './command.ts';
 /** The top-level keys of a YAML mapping, by a line scan: `name:` (or a quoted name) at the start of a line. */
 export function yamlTopKeys(text: string): string[] {
   const keys: string[] = [];
-  for (const m of text.matchAll(/^(?:"([^"\n]+)"|'([^'\n]+)'|([^\s#'"\-?:{}[\],&*!|>%@`][^:\n]*?))[ \t]*:(?:[ \t]|$)/gm)) {
+  for (const m of text.matchAll(
+    /^(?:"([^"\n]+)"|'([^'\n]+)'|([^\s#'"\-?:{}[\],&*!|>%@`][^:\n]*?))[ \t]*:(?:[ \t]|$)/gm,
+  )) {
     const k = m[1] ?? m[2] ?? m[3]!;
     if (k !== '<<' && !nameProblem(k)) keys.push(k);
   }
@@ -43,7 +45,10 @@ export function catalogNames(kind: 'profiles' | 'isos' | 'vms', builtin: string)
  * files (lib/config/defaults.ts, a layer above this one: the command passes
  * it in, and it is loaded only at TAB time).
  */
-export function catalogCompleter(kind: 'profiles' | 'isos' | 'vms', defaults: () => Promise<{ DEFAULT_FILES: Record<string, string> }>): Completer {
+export function catalogCompleter(
+  kind: 'profiles' | 'isos' | 'vms',
+  defaults: () => Promise<{ DEFAULT_FILES: Record<string, string> }>,
+): Completer {
   const what = kind === 'isos' ? 'ISO' : kind === 'vms' ? 'VM definition' : 'profile';
   return async (complete) => {
     const builtin = (await defaults()).DEFAULT_FILES[`${kind}.d/default.yml`] ?? '';

@@ -35,7 +35,21 @@ import { stdoutIsTTY, stdoutStreamUsed, writeOut } from './output.ts';
 export const VERSION: string = pkg.version;
 
 export * from './tree.ts';
-import { aliasesOf, findSub, flagTable, isFlag, kebab, node, positionalDefs, resolve, takesValue, type AnyCommand, type Node, type PimArg, type Words } from './tree.ts';
+import {
+  aliasesOf,
+  findSub,
+  flagTable,
+  isFlag,
+  kebab,
+  node,
+  positionalDefs,
+  resolve,
+  takesValue,
+  type AnyCommand,
+  type Node,
+  type PimArg,
+  type Words,
+} from './tree.ts';
 
 const usageError = (msg: string) => new PimError(EXIT.USAGE, msg);
 
@@ -51,7 +65,11 @@ const isHelp = (w: string) => w === '-h' || w === '--help';
  * error, or returns the positionals and repeated values. Stops at the first
  * positional when `stopAt` (a command with subcommands, a dispatcher).
  */
-function scan(n: Node, words: string[], stopAt: boolean): { positionals: string[]; repeated: Record<string, string[]>; stop: number } {
+function scan(
+  n: Node,
+  words: string[],
+  stopAt: boolean,
+): { positionals: string[]; repeated: Record<string, string[]>; stop: number } {
   const table = flagTable(n.args);
   const positionals: string[] = [];
   const repeated: Record<string, string[]> = {};
@@ -83,7 +101,9 @@ function scan(n: Node, words: string[], stopAt: boolean): { positionals: string[
     else if (i + 1 < words.length) value = words[++i]!;
     else throw usageError(`option ${w} needs a value; ${see}`);
     if (f.def.type === 'enum' && !(f.def.options ?? []).includes(value)) {
-      throw usageError(`--${kebab(f.key)} must be one of ${(f.def.options ?? []).join(', ')}, not ${JSON.stringify(value)}`);
+      throw usageError(
+        `--${kebab(f.key)} must be one of ${(f.def.options ?? []).join(', ')}, not ${JSON.stringify(value)}`,
+      );
     }
     if (f.def.repeatable) (repeated[f.key] ??= []).push(value);
   }
@@ -138,7 +158,8 @@ export async function parseArgv(root: AnyCommand, argv: string[]): Promise<Parse
   const { positionals, repeated } = scan(n, head, false);
   const { min, max } = positionalDefs(n.args);
   if (positionals.length < min) throw usageError(`missing argument; usage: ${n.name} ${usageLine(n)}`);
-  if (positionals.length > max) throw usageError(`too many arguments (${positionals.slice(max).join(' ')}); usage: ${n.name} ${usageLine(n)}`);
+  if (positionals.length > max)
+    throw usageError(`too many arguments (${positionals.slice(max).join(' ')}); usage: ${n.name} ${usageLine(n)}`);
   return { kind: 'run', node: n, head, words: { positionals, rest, repeated } };
 }
 
@@ -195,8 +216,15 @@ export function optionRows(n: Node): Array<{ flags: string[]; value: string | nu
   for (const [k, d] of Object.entries(n.args) as Array<[string, PimArg]>) {
     if (d.type === 'positional') continue;
     const value = takesValue(d) ? (d.valueHint ?? (d.type === 'enum' ? (d.options ?? []).join('|') : 'VALUE')) : null;
-    const notes = [d.repeatable ? 'repeatable' : '', d.default !== undefined && d.type !== 'boolean' ? `default: ${d.default}` : ''].filter(Boolean);
-    rows.push({ flags: [...aliasesOf(d).map((a) => `-${a}`), `--${kebab(k)}`], value, text: (d.description ?? '') + (notes.length ? ` (${notes.join('; ')})` : '') });
+    const notes = [
+      d.repeatable ? 'repeatable' : '',
+      d.default !== undefined && d.type !== 'boolean' ? `default: ${d.default}` : '',
+    ].filter(Boolean);
+    rows.push({
+      flags: [...aliasesOf(d).map((a) => `-${a}`), `--${kebab(k)}`],
+      value,
+      text: (d.description ?? '') + (notes.length ? ` (${notes.join('; ')})` : ''),
+    });
   }
   rows.push({ flags: ['-h', '--help'], value: null, text: 'show this help' });
   if (!n.name.includes(' ')) rows.push({ flags: ['--version'], value: null, text: 'print the version' });
@@ -224,7 +252,8 @@ export async function renderHelp(n: Node, opts: { color?: boolean } = {}): Promi
   const opt = optionRows(n).map((r): [string, string] => [r.flags.join(', ') + (r.value ? ` ${r.value}` : ''), r.text]);
   lines.push('', h('Options:'), ...table(opt));
   const cmds = await commandRows(n);
-  if (cmds.length) lines.push('', h('Commands:'), ...table(cmds), '', `"${n.name} COMMAND --help" shows a command's options.`);
+  if (cmds.length)
+    lines.push('', h('Commands:'), ...table(cmds), '', `"${n.name} COMMAND --help" shows a command's options.`);
   if (n.meta.examples?.length) lines.push('', h('Examples:'), ...n.meta.examples.map((e) => `  ${e}`));
   lines.push('', EXIT_LINE);
   return lines.join('\n') + '\n';
@@ -242,7 +271,8 @@ export function exitAfterFlush(code: number): void {
 const stripAnsi = (s: string) => s.replace(/\x1b\[[0-9;]*m/g, '');
 
 /** A PimError, also one thrown by dist/complete.cjs (its own copy of the class). */
-const isPimError = (e: unknown): e is PimError => e instanceof PimError || (e instanceof Error && e.name === 'PimError' && typeof (e as PimError).code === 'number');
+const isPimError = (e: unknown): e is PimError =>
+  e instanceof PimError || (e instanceof Error && e.name === 'PimError' && typeof (e as PimError).code === 'number');
 
 export function reportError(e: unknown): number {
   if (isPimError(e)) {

@@ -18,7 +18,19 @@
  * same tree that parses argv (./command.ts) gets subcommands, flags that take
  * a value, `--fs=` and variadic positionals right in one place.
  */
-import { aliasesOf, findSub, flagTable, isFlag, kebab, node, positionalDefs, type AnyCommand, type Completer, type Node, type PimArg } from './tree.ts';
+import {
+  aliasesOf,
+  findSub,
+  flagTable,
+  isFlag,
+  kebab,
+  node,
+  positionalDefs,
+  type AnyCommand,
+  type Completer,
+  type Node,
+  type PimArg,
+} from './tree.ts';
 import { writeOut } from './output.ts';
 import { EXIT, PimError } from '../core/exit.ts';
 
@@ -50,8 +62,14 @@ async function collect(c: Completer | undefined, positionals: readonly string[] 
 }
 
 /** What an arg's value completes to: its candidates, and whether paths may follow. */
-async function valuesOf(def: PimArg, positionals: readonly string[] = []): Promise<{ cands: Cand[]; directive: number }> {
-  const cands = def.type === 'enum' ? (def.options ?? []).map((o): Cand => [String(o), '']) : await collect(def.complete, positionals);
+async function valuesOf(
+  def: PimArg,
+  positionals: readonly string[] = [],
+): Promise<{ cands: Cand[]; directive: number }> {
+  const cands =
+    def.type === 'enum'
+      ? (def.options ?? []).map((o): Cand => [String(o), ''])
+      : await collect(def.complete, positionals);
   const directive = def.path === 'dir' ? DIRECTIVE.dirs : def.path === 'file' ? DIRECTIVE.files : DIRECTIVE.noFiles;
   return { cands, directive };
 }
@@ -84,7 +102,8 @@ export async function answer(root: Node, words: string[]): Promise<string> {
   }
   // the value of a flag: `--fs <TAB>`, `--fs=<TAB>`, or bash's split `--fs = <TAB>`
   const prev = before[before.length - 1];
-  const valueFlag = (w: string | undefined) => (w && isFlag(w) && !w.includes('=') ? table.get(w.replace(/^--?/, '')) : undefined);
+  const valueFlag = (w: string | undefined) =>
+    w && isFlag(w) && !w.includes('=') ? table.get(w.replace(/^--?/, '')) : undefined;
   let f = valueFlag(prev);
   if (prev === '=' && before.length >= 2) f = valueFlag(before[before.length - 2]);
   if (f?.value) {
@@ -146,7 +165,11 @@ async function remoteWord(def: PimArg, seen: readonly string[], cur: string): Pr
 /** A patch to tab's generated script that must apply: a new tab version that changes the text fails here, not silently. */
 function must(script: string, re: RegExp, to: string | ((...m: string[]) => string), what: string): string {
   const hits = [...script.matchAll(new RegExp(re.source, re.flags.includes('g') ? re.flags : re.flags + 'g'))].length;
-  if (!hits) throw new PimError(EXIT.SOFTWARE, `tab's bash script changed: the fix "${what}" no longer applies; update patchBash in lib/cli/complete.ts`);
+  if (!hits)
+    throw new PimError(
+      EXIT.SOFTWARE,
+      `tab's bash script changed: the fix "${what}" no longer applies; update patchBash in lib/cli/complete.ts`,
+    );
   return typeof to === 'string' ? script.replace(re, to) : script.replace(re, to as (...m: string[]) => string);
 }
 
@@ -167,8 +190,18 @@ function must(script: string, re: RegExp, to: string | ((...m: string[]) => stri
  */
 export function patchBash(script: string, name: string): string {
   const dirs = new Map<string, string>();
-  let s = must(script, /^readonly (ShellCompDirective\w+)=(\d+)\n/gm, (_m, k, v) => (dirs.set(k!, v!), ''), 'no readonly globals');
-  s = must(s, /\$(ShellCompDirective\w+)/g, (m, k) => dirs.get(k!) ?? m, 'directive numbers in place of readonly globals');
+  let s = must(
+    script,
+    /^readonly (ShellCompDirective\w+)=(\d+)\n/gm,
+    (_m, k, v) => (dirs.set(k!, v!), ''),
+    'no readonly globals',
+  );
+  s = must(
+    s,
+    /\$(ShellCompDirective\w+)/g,
+    (m, k) => dirs.get(k!) ?? m,
+    'directive numbers in place of readonly globals',
+  );
   s = s.replace(/^# Define shell completion directives\n\n/m, ''); // a comment left without its lines: cosmetic, may go
   s = must(
     s,
@@ -222,7 +255,11 @@ export function patchBash(script: string, name: string): string {
     [/eval "\$requestComp"/, 'eval of the words'],
     [/\$ShellCompDirective/, 'a directive variable'],
   ] as const) {
-    if (bad.test(s)) throw new PimError(EXIT.SOFTWARE, `tab's bash script still has ${why} after pim's fixes; update patchBash in lib/cli/complete.ts`);
+    if (bad.test(s))
+      throw new PimError(
+        EXIT.SOFTWARE,
+        `tab's bash script still has ${why} after pim's fixes; update patchBash in lib/cli/complete.ts`,
+      );
   }
   return s;
 }
@@ -250,6 +287,10 @@ export async function shellScript(name: string, shell: string): Promise<string> 
     console.log = log;
   }
   const script = out.join('\n') + '\n';
-  if (!script.includes(`${name} complete --`)) throw new PimError(EXIT.SOFTWARE, `tab's ${shell} script does not call "${name} complete --"; update lib/cli/complete.ts`);
+  if (!script.includes(`${name} complete --`))
+    throw new PimError(
+      EXIT.SOFTWARE,
+      `tab's ${shell} script does not call "${name} complete --"; update lib/cli/complete.ts`,
+    );
   return shell === 'bash' ? patchBash(script, name) : shell === 'zsh' ? patchZsh(script) : script;
 }

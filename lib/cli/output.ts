@@ -83,7 +83,10 @@ const show = (v: unknown): string => {
 /** A duration in seconds as people read it: 44s, 3m4s, 2h5m, 1d3h ("-" for none). pim-ps and pim-status show uptime so. */
 export function humanDuration(s: number | null): string {
   if (s === null) return '-';
-  const d = Math.floor(s / 86400), h = Math.floor((s % 86400) / 3600), m = Math.floor((s % 3600) / 60), sec = s % 60;
+  const d = Math.floor(s / 86400),
+    h = Math.floor((s % 86400) / 3600),
+    m = Math.floor((s % 3600) / 60),
+    sec = s % 60;
   if (d) return `${d}d${h}h`;
   if (h) return `${h}h${m}m`;
   if (m) return `${m}m${sec}s`;
@@ -103,7 +106,12 @@ export function humanBytes(n: number): string {
 const BYTE_FIELD = /^(size|bytes|virtual_size|disk_size)$|_bytes$/;
 
 /** Cut `c` to `w` characters with an ellipsis in the middle (a path keeps its start and its file name). */
-const cut = (c: string, w: number) => (c.length <= w ? c : w < 2 ? c.slice(0, w) : `${c.slice(0, Math.ceil((w - 1) / 2))}…${c.slice(c.length - Math.floor((w - 1) / 2))}`);
+const cut = (c: string, w: number) =>
+  c.length <= w
+    ? c
+    : w < 2
+      ? c.slice(0, w)
+      : `${c.slice(0, Math.ceil((w - 1) / 2))}…${c.slice(c.length - Math.floor((w - 1) / 2))}`;
 
 /**
  * Render records to text. A pipe: one line per record, tab-separated (stable
@@ -111,14 +119,19 @@ const cut = (c: string, w: number) => (c.length <= w ? c : w < 2 ? c.slice(0, w)
  * header (even with no records), aligned columns, byte counts human-sized,
  * and, at `columns`, the widest cells cut in the middle so that no row wraps.
  */
-export function formatRecords(recs: Rec[], fields: string[], opts: OutputOpts & { tty?: boolean; columns?: number } = {}): string {
+export function formatRecords(
+  recs: Rec[],
+  fields: string[],
+  opts: OutputOpts & { tty?: boolean; columns?: number } = {},
+): string {
   if (opts.json) return recs.map((r) => JSON.stringify(r)).join('\n') + (recs.length ? '\n' : '');
   if (opts.quiet) return recs.map((r) => r.name).join('\n') + (recs.length ? '\n' : '');
   if (!opts.tty) {
     const rows = recs.map((r) => [r.name, ...fields.map((f) => show(r[f]))]);
     return rows.map((r) => r.join('\t')).join('\n') + (rows.length ? '\n' : '');
   }
-  const cell = (f: string, v: unknown) => (BYTE_FIELD.test(f) && typeof v === 'number' && Number.isFinite(v) ? humanBytes(v) : show(v));
+  const cell = (f: string, v: unknown) =>
+    BYTE_FIELD.test(f) && typeof v === 'number' && Number.isFinite(v) ? humanBytes(v) : show(v);
   const rows = recs.map((r) => [show(r.name), ...fields.map((f) => cell(f, r[f]))]);
   const header = ['NAME', ...fields.map((f) => f.toUpperCase().replace(/_/g, '-'))];
   const all = [header, ...rows];
@@ -135,7 +148,18 @@ export function formatRecords(recs: Rec[], fields: string[], opts: OutputOpts & 
       widths[wi] = Math.max(floor, widths[wi]! - (total() - (cols - 1)));
     }
   }
-  return all.map((r) => r.map((c, i) => (i === r.length - 1 ? cut(c, widths[i] ?? c.length) : cut(c, widths[i] ?? 0).padEnd(widths[i] ?? 0))).join('  ').trimEnd()).join('\n') + '\n';
+  return (
+    all
+      .map((r) =>
+        r
+          .map((c, i) =>
+            i === r.length - 1 ? cut(c, widths[i] ?? c.length) : cut(c, widths[i] ?? 0).padEnd(widths[i] ?? 0),
+          )
+          .join('  ')
+          .trimEnd(),
+      )
+      .join('\n') + '\n'
+  );
 }
 
 export function printRecords(recs: Rec[], fields: string[], opts: OutputOpts = {}): void {

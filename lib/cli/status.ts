@@ -34,7 +34,12 @@ export class StatusLine {
         if (this.shown) raw('\r\x1b[K');
         this.shown = false;
         const r = (own as (...a: unknown[]) => boolean).call(stream, chunk, ...rest);
-        const text = typeof chunk === 'string' ? chunk : Buffer.isBuffer(chunk) || chunk instanceof Uint8Array ? Buffer.from(chunk).toString('latin1') : '';
+        const text =
+          typeof chunk === 'string'
+            ? chunk
+            : Buffer.isBuffer(chunk) || chunk instanceof Uint8Array
+              ? Buffer.from(chunk).toString('latin1')
+              : '';
         if (text.length) this.midLine = !text.endsWith('\n');
         if (!this.midLine) this.draw();
         return r;

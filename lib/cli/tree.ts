@@ -38,7 +38,10 @@ export interface Dispatch {
  * positional's completer is also given the positional words before it (a
  * snapshot tag completes from the VM named before it).
  */
-export type Completer = (complete: (value: string, description: string) => void, positionals?: readonly string[]) => void | Promise<void>;
+export type Completer = (
+  complete: (value: string, description: string) => void,
+  positionals?: readonly string[],
+) => void | Promise<void>;
 
 /**
  * A completer whose module loads at TAB time only: a command that imports it
@@ -82,7 +85,8 @@ export interface Words {
 export type AnyCommand = CommandDef<any>;
 
 type Resolvable<T> = T | Promise<T> | (() => T) | (() => Promise<T>);
-export const resolve = async <T>(v: Resolvable<T>): Promise<T> => (typeof v === 'function' ? await (v as () => T | Promise<T>)() : await v);
+export const resolve = async <T>(v: Resolvable<T>): Promise<T> =>
+  typeof v === 'function' ? await (v as () => T | Promise<T>)() : await v;
 
 /** A command's meta, args and subcommands, resolved (citty allows functions and promises). */
 export interface Node {
@@ -115,7 +119,8 @@ export async function findSub(n: Node, word: string): Promise<Node | null> {
 }
 
 export const kebab = (k: string) => k.replace(/[A-Z]/g, (c) => '-' + c.toLowerCase());
-export const aliasesOf = (def: ArgDef): string[] => ('alias' in def && def.alias ? (Array.isArray(def.alias) ? def.alias : [def.alias]) : []);
+export const aliasesOf = (def: ArgDef): string[] =>
+  'alias' in def && def.alias ? (Array.isArray(def.alias) ? def.alias : [def.alias]) : [];
 export const takesValue = (def: ArgDef) => def.type === 'string' || def.type === 'enum';
 
 export interface Flag {
@@ -150,4 +155,3 @@ export function positionalDefs(args: ArgsDef): { defs: Array<[string, PimArg]>; 
 
 /** A word that is a flag (not `-`, not a negative number). */
 export const isFlag = (w: string) => w.length > 1 && w.startsWith('-') && !/^-\d/.test(w);
-

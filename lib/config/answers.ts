@@ -93,13 +93,23 @@ export function answerProfile(p: Resolved): Resolved {
   const pw = value.password;
   const hash = value.password_hash;
   if (typeof pw === 'string' && typeof hash === 'string') {
-    throw configError(where(p, 'password'), `set password or password_hash, not both (password_hash is set at ${where(p, 'password_hash')}); set the other to null`);
+    throw configError(
+      where(p, 'password'),
+      `set password or password_hash, not both (password_hash is set at ${where(p, 'password_hash')}); set the other to null`,
+    );
   }
   if (typeof hash === 'string' && !/^[^\s:]+$/.test(hash)) {
-    throw configError(where(p, 'password_hash'), 'password_hash must be one crypt(3) hash (openssl passwd -6), with no spaces or ":"');
+    throw configError(
+      where(p, 'password_hash'),
+      'password_hash must be one crypt(3) hash (openssl passwd -6), with no spaces or ":"',
+    );
   }
   if (typeof pw === 'string') {
-    if (!pw) throw configError(where(p, 'password'), 'password is empty; remove it (or set it to null) for no password: login by key only');
+    if (!pw)
+      throw configError(
+        where(p, 'password'),
+        'password is empty; remove it (or set it to null) for no password: login by key only',
+      );
     value.password_hash = hashPassword(pw, p.name);
     origins.password_hash = `${where(p, 'password')} (password, hashed)`;
   }
@@ -107,19 +117,39 @@ export function answerProfile(p: Resolved): Resolved {
   delete value.password;
   delete origins.password;
   // they go on the installer's kernel command line and into one-line answers
-  if (value.hostname !== undefined && !(typeof value.hostname === 'string' && /^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?$/.test(value.hostname))) {
-    throw configError(where(p, 'hostname'), `hostname must be letters, digits and "-" (at most 63), not ${JSON.stringify(value.hostname)}`);
+  if (
+    value.hostname !== undefined &&
+    !(typeof value.hostname === 'string' && /^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?$/.test(value.hostname))
+  ) {
+    throw configError(
+      where(p, 'hostname'),
+      `hostname must be letters, digits and "-" (at most 63), not ${JSON.stringify(value.hostname)}`,
+    );
   }
-  if (value.domain !== undefined && !(typeof value.domain === 'string' && /^([A-Za-z0-9-]+(\.[A-Za-z0-9-]+)*)?$/.test(value.domain))) {
-    throw configError(where(p, 'domain'), `domain must be a DNS name such as example.com, not ${JSON.stringify(value.domain)}`);
+  if (
+    value.domain !== undefined &&
+    !(typeof value.domain === 'string' && /^([A-Za-z0-9-]+(\.[A-Za-z0-9-]+)*)?$/.test(value.domain))
+  ) {
+    throw configError(
+      where(p, 'domain'),
+      `domain must be a DNS name such as example.com, not ${JSON.stringify(value.domain)}`,
+    );
   }
   const keys = Array.isArray(value.ssh_keys) ? (value.ssh_keys as string[]) : [];
   keys.forEach((k, i) => {
-    if (/[\r\n\0]/.test(k) || !k.trim()) throw configError(origins[`ssh_keys.${i}`] ?? where(p, 'ssh_keys'), `ssh_keys: each key is one non-empty line (an authorized_keys line), not ${JSON.stringify(k.slice(0, 40))}`);
+    if (/[\r\n\0]/.test(k) || !k.trim())
+      throw configError(
+        origins[`ssh_keys.${i}`] ?? where(p, 'ssh_keys'),
+        `ssh_keys: each key is one non-empty line (an authorized_keys line), not ${JSON.stringify(k.slice(0, 40))}`,
+      );
   });
   const pkgs = Array.isArray(value.packages) ? (value.packages as string[]) : [];
   pkgs.forEach((n, i) => {
-    if (!/^[a-z0-9][a-z0-9+.:=~-]*$/i.test(n)) throw configError(origins[`packages.${i}`] ?? where(p, 'packages'), `packages: ${JSON.stringify(n)} is not a package name`);
+    if (!/^[a-z0-9][a-z0-9+.:=~-]*$/i.test(n))
+      throw configError(
+        origins[`packages.${i}`] ?? where(p, 'packages'),
+        `packages: ${JSON.stringify(n)} is not a package name`,
+      );
   });
   value.packages = profilePackages(value.builder, pkgs);
   return { ...p, value, origins };

@@ -15,11 +15,26 @@ import { at, parseYaml, readYamlFile, type YamlFile } from './yaml.ts';
 import { checkSchema, ISO_SCHEMA, PROFILE_SCHEMA, TARGET_SCHEMA, typeName, VM_SCHEMA, type Schema } from './schema.ts';
 
 export type Kind = 'profiles' | 'isos' | 'vms' | 'targets';
-const KIND_SCHEMA: Record<Kind, Schema> = { profiles: PROFILE_SCHEMA, isos: ISO_SCHEMA, vms: VM_SCHEMA, targets: TARGET_SCHEMA };
+const KIND_SCHEMA: Record<Kind, Schema> = {
+  profiles: PROFILE_SCHEMA,
+  isos: ISO_SCHEMA,
+  vms: VM_SCHEMA,
+  targets: TARGET_SCHEMA,
+};
 /** Kinds whose unknown keys are refused (profiles keep them: templates may use them). */
 const STRICT: Record<Kind, boolean> = { profiles: false, isos: true, vms: true, targets: true };
-const KIND_WORD: Record<Kind, string> = { profiles: 'profile', isos: 'ISO', vms: 'VM definition', targets: 'deploy target' };
-const KIND_CMD: Record<Kind, string> = { profiles: 'pim-profile list', isos: 'pim-iso list', vms: 'pim-vm list', targets: 'pim-deploy targets' };
+const KIND_WORD: Record<Kind, string> = {
+  profiles: 'profile',
+  isos: 'ISO',
+  vms: 'VM definition',
+  targets: 'deploy target',
+};
+const KIND_CMD: Record<Kind, string> = {
+  profiles: 'pim-profile list',
+  isos: 'pim-iso list',
+  vms: 'pim-vm list',
+  targets: 'pim-deploy targets',
+};
 
 /** One definition of an entry, in one file. */
 export interface Layer {
@@ -43,7 +58,10 @@ export function yamlFilesIn(dir: string): string[] {
     if ((e as NodeJS.ErrnoException).code === 'ENOENT') return [];
     throw configError(dir, `cannot read: ${(e as Error).message}`);
   }
-  return names.filter((n) => /\.ya?ml$/.test(n) && !n.startsWith('.')).sort().map((n) => join(dir, n));
+  return names
+    .filter((n) => /\.ya?ml$/.test(n) && !n.startsWith('.'))
+    .sort()
+    .map((n) => join(dir, n));
 }
 
 export async function loadCatalog(kind: Kind): Promise<Catalog> {
@@ -52,12 +70,20 @@ export async function loadCatalog(kind: Kind): Promise<Catalog> {
   const layers = new Map<string, Layer[]>();
   for (const f of files) {
     if (f.value === null || f.value === undefined) continue;
-    if (!isPlainObject(f.value)) throw configError(at(f, []), `must be a mapping of ${KIND_WORD[kind]} names to entries, not ${typeName(f.value)}`);
+    if (!isPlainObject(f.value))
+      throw configError(
+        at(f, []),
+        `must be a mapping of ${KIND_WORD[kind]} names to entries, not ${typeName(f.value)}`,
+      );
     for (const [name, value] of Object.entries(f.value)) {
       const why = nameProblem(name);
       if (why) throw configError(at(f, [name]), `bad ${KIND_WORD[kind]} name ${JSON.stringify(name)}: ${why}`);
       const v = value ?? {};
-      if (!isPlainObject(v)) throw configError(at(f, [name]), `${KIND_WORD[kind]} "${name}" must be a mapping of keys to values, not ${typeName(v)}`);
+      if (!isPlainObject(v))
+        throw configError(
+          at(f, [name]),
+          `${KIND_WORD[kind]} "${name}" must be a mapping of keys to values, not ${typeName(v)}`,
+        );
       checkSchema(v, KIND_SCHEMA[kind], STRICT[kind], (p) => at(f, [name, ...p]));
       const list = layers.get(name) ?? [];
       list.push({ name, value: v, file: f });

@@ -14,10 +14,14 @@ export type Plain = Record<string, unknown>;
 export const FORBIDDEN_KEYS = new Set(['__proto__', 'constructor', 'prototype']);
 
 export const isPlainObject = (v: unknown): v is Plain =>
-  typeof v === 'object' && v !== null && !Array.isArray(v) && (Object.getPrototypeOf(v) === Object.prototype || Object.getPrototypeOf(v) === null);
+  typeof v === 'object' &&
+  v !== null &&
+  !Array.isArray(v) &&
+  (Object.getPrototypeOf(v) === Object.prototype || Object.getPrototypeOf(v) === null);
 
 export function checkKey(key: string, where = 'config'): void {
-  if (FORBIDDEN_KEYS.has(key)) throw new PimError(EXIT.CONFIG, `${where}: the key "${key}" is not allowed; rename or remove it`);
+  if (FORBIDDEN_KEYS.has(key))
+    throw new PimError(EXIT.CONFIG, `${where}: the key "${key}" is not allowed; rename or remove it`);
 }
 
 function clone(v: unknown, where: string): unknown {
@@ -39,7 +43,10 @@ export function deepMerge<T = Plain>(base: unknown, over: unknown, where = 'conf
     const out = clone(base, where) as Plain;
     for (const k of Object.keys(over)) {
       checkKey(k, where);
-      out[k] = k in out && isPlainObject(out[k]) && isPlainObject(over[k]) ? deepMerge(out[k], over[k], where) : clone(over[k], where);
+      out[k] =
+        k in out && isPlainObject(out[k]) && isPlainObject(over[k])
+          ? deepMerge(out[k], over[k], where)
+          : clone(over[k], where);
     }
     return out as T;
   }
@@ -50,7 +57,12 @@ export function deepMerge<T = Plain>(base: unknown, over: unknown, where = 'conf
 export type Origins = Record<string, string>;
 
 /** Origin label of every leaf of `v`, all set to `label` (or looked up by `labelOf`). */
-export function leafOrigins(v: unknown, label: string | ((path: string[]) => string), prefix: string[] = [], out: Origins = {}): Origins {
+export function leafOrigins(
+  v: unknown,
+  label: string | ((path: string[]) => string),
+  prefix: string[] = [],
+  out: Origins = {},
+): Origins {
   if (isPlainObject(v) && (Object.keys(v).length > 0 || prefix.length === 0)) {
     for (const k of Object.keys(v)) leafOrigins(v[k], label, [...prefix, k], out);
   } else {
@@ -78,7 +90,10 @@ function eachLeaf(v: unknown, prefix: string[], fn: (path: string[]) => void): v
  * leaves below it, and a leaf above it. Linear in the number of leaves (a
  * trie, not a scan of every origin for every leaf).
  */
-export function mergeExplain(layers: Array<{ value: unknown; label: string | ((path: string[]) => string) }>, where = 'config'): { value: Plain; origins: Origins } {
+export function mergeExplain(
+  layers: Array<{ value: unknown; label: string | ((path: string[]) => string) }>,
+  where = 'config',
+): { value: Plain; origins: Origins } {
   let value: Plain = {};
   const root: OriginNode = { kids: new Map() };
   for (const layer of layers) {

@@ -11,10 +11,18 @@ import { loadCatalog, resolveEntry, type Resolved } from './catalog.ts';
 import { answerProfile } from './answers.ts';
 
 /** Profile keys that name files, and the subdir each lives in. */
-export const FILE_REFS: Record<string, Subdir> = { installs: 'installs.d', scripts: 'scripts.d', preseed: 'preseeds.d', user_data: 'preseeds.d', sources: 'sources.d', env_hook: 'hooks.d' };
+export const FILE_REFS: Record<string, Subdir> = {
+  installs: 'installs.d',
+  scripts: 'scripts.d',
+  preseed: 'preseeds.d',
+  user_data: 'preseeds.d',
+  sources: 'sources.d',
+  env_hook: 'hooks.d',
+};
 
 function fileNameProblem(n: string): string | null {
-  if (!n || n.includes('/') || n.includes('\\') || n.includes('\0') || n.startsWith('.')) return 'a file name has no "/" and does not start with "."';
+  if (!n || n.includes('/') || n.includes('\\') || n.includes('\0') || n.startsWith('.'))
+    return 'a file name has no "/" and does not start with "."';
   return null;
 }
 
@@ -28,7 +36,10 @@ export function checkProfileRefs(p: Resolved): void {
       const bad = fileNameProblem(f);
       if (bad) throw configError(where, `${key}: bad file name ${JSON.stringify(f)}: ${bad}`);
       if (!fs.existsSync(join(subdir(dir), f)) && DEFAULT_FILES[`${dir}/${f}`] === undefined) {
-        throw configError(where, `${key}: ${dir}/${f} does not exist (looked in ${subdir(dir)}); create it or fix the profile`);
+        throw configError(
+          where,
+          `${key}: ${dir}/${f} does not exist (looked in ${subdir(dir)}); create it or fix the profile`,
+        );
       }
     });
   }
@@ -65,7 +76,9 @@ function findIn(dir: Subdir, base: string, anyExt: boolean): FoundFile | null {
   const match = (n: string) => n === base || (anyExt && n.startsWith(base + '.'));
   const hit = names.find(match);
   if (hit) return { path: join(subdir(dir), hit), label: `${dir}/${hit}`, name: hit };
-  const b = Object.keys(DEFAULT_FILES).sort().find((k) => k.startsWith(dir + '/') && match(k.slice(dir.length + 1)));
+  const b = Object.keys(DEFAULT_FILES)
+    .sort()
+    .find((k) => k.startsWith(dir + '/') && match(k.slice(dir.length + 1)));
   if (b) return { path: null, label: `builtin:${b}`, name: b.slice(dir.length + 1) };
   return null;
 }
@@ -76,7 +89,9 @@ function findIn(dir: Subdir, base: string, anyExt: boolean): FoundFile | null {
  * matches (preseeds.d/dev.cfg.eta, .erb, ...).
  */
 export function profileFile(dir: Subdir, profile: string, suffix: string, anyExt = false): FoundFile | null {
-  return findIn(dir, profile + suffix, anyExt) ?? (profile === 'default' ? null : findIn(dir, 'default' + suffix, anyExt));
+  return (
+    findIn(dir, profile + suffix, anyExt) ?? (profile === 'default' ? null : findIn(dir, 'default' + suffix, anyExt))
+  );
 }
 
 /** Exact file in a subdir (user, then built-in), or null. */
@@ -116,16 +131,24 @@ export async function withEnvHook(p: Resolved): Promise<Resolved> {
   const r = await run(f.path, [], { cwd: configDir(), env: { PIM_PROFILE: p.name }, timeoutMs: HOOK_TIMEOUT_MS });
   const last = (r.stderr.trim().split('\n').pop() ?? '').slice(0, 200);
   if (r.timedOut) throw configError(where, `env_hook ${f.label} did not finish within ${HOOK_TIMEOUT_MS / 1000} s`);
-  if (r.code !== 0) throw configError(where, `env_hook ${f.label} failed with status ${r.code}${last ? `: ${last}` : ''}`);
+  if (r.code !== 0)
+    throw configError(where, `env_hook ${f.label} failed with status ${r.code}${last ? `: ${last}` : ''}`);
   if (r.stdout.length > HOOK_MAX_BYTES) throw configError(where, `env_hook ${f.label} printed more than 1 MiB`);
   const vars: Record<string, string> = {};
   r.stdout.split('\n').forEach((line, i) => {
     if (!line.trim() || line.startsWith('#')) return;
     const m = /^([A-Za-z_][A-Za-z0-9_]*)=(.*)$/.exec(line);
-    if (!m) throw configError(`${f.label}:stdout:${i + 1}`, `env_hook lines are KEY=VALUE, not ${JSON.stringify(line.slice(0, 80))}`);
+    if (!m)
+      throw configError(
+        `${f.label}:stdout:${i + 1}`,
+        `env_hook lines are KEY=VALUE, not ${JSON.stringify(line.slice(0, 80))}`,
+      );
     vars[m[1]!] = m[2]!;
   });
-  const own = p.value.vars && typeof p.value.vars === 'object' && !Array.isArray(p.value.vars) ? (p.value.vars as Record<string, unknown>) : {};
+  const own =
+    p.value.vars && typeof p.value.vars === 'object' && !Array.isArray(p.value.vars)
+      ? (p.value.vars as Record<string, unknown>)
+      : {};
   const origins = { ...p.origins };
   for (const k of Object.keys(vars)) origins[`vars.${k}`] = `${f.label} (env_hook)`;
   return { ...p, value: { ...p.value, vars: { ...own, ...vars } }, origins };

@@ -26,6 +26,9 @@ export async function loadRuntimeConfig(): Promise<{ value: RuntimeConfig; origi
     if (!isPlainObject(f.value)) throw configError(at(f, []), `must be a mapping, not ${typeName(f.value)}`);
     checkSchema(f.value, PIM_SCHEMA, true, (p) => at(f, p));
   }
-  const { value, origins } = mergeExplain(layers.map((f) => ({ value: f.value, label: (p: string[]) => at(f, p) })), PIM_YML);
+  const { value, origins } = mergeExplain(
+    layers.map((f) => ({ value: f.value, label: (p: string[]) => at(f, p) })),
+    PIM_YML,
+  );
   return { value: value as unknown as RuntimeConfig, origins };
 }

@@ -28,14 +28,30 @@ export const oneOf = (...values: string[]): Ty => ({ enum: values });
 export const mapping = (keys: Schema, strict?: boolean): Ty => ({ mapping: keys, strict });
 
 export const PROFILE_SCHEMA: Schema = {
-  distro: 'string', iso: 'string', hostname: 'string', domain: 'string', locale: 'string', keyboard: 'string',
-  timezone: 'string', username: 'string', fullname: 'string',
+  distro: 'string',
+  iso: 'string',
+  hostname: 'string',
+  domain: 'string',
+  locale: 'string',
+  keyboard: 'string',
+  timezone: 'string',
+  username: 'string',
+  fullname: 'string',
   /** a plain password: pim hashes it (lib/config/answers.ts) before any template sees it; null or absent: no password, key login only */
   password: 'string|null',
   /** a crypt(3) hash (openssl passwd -6); null or absent: no password */
   password_hash: 'string|null',
-  mirror: 'string', packages: 'string[]', ssh_keys: 'string[]', installs: 'string[]', scripts: 'string[]',
-  preseed: 'string', user_data: 'string', mem: 'string|number', cpus: 'number', disk_size: 'string|number', vars: 'object',
+  mirror: 'string',
+  packages: 'string[]',
+  ssh_keys: 'string[]',
+  installs: 'string[]',
+  scripts: 'string[]',
+  preseed: 'string',
+  user_data: 'string',
+  mem: 'string|number',
+  cpus: 'number',
+  disk_size: 'string|number',
+  vars: 'object',
   // for pim-build
   /** the user pim-build logs in as over SSH (pim-build defaults it to `username`) */
   ssh_user: 'string',
@@ -67,41 +83,79 @@ export const PROFILE_SCHEMA: Schema = {
   env_hook: 'string',
 };
 export const ISO_SCHEMA: Schema = {
-  url: 'string', checksum: 'string', checksum_url: 'string', filename: 'string', insecure: 'boolean',
+  url: 'string',
+  checksum: 'string',
+  checksum_url: 'string',
+  filename: 'string',
+  insecure: 'boolean',
   /** a local file (url: file:///path): copied into the cache instead of used in place */
   copy: 'boolean',
-  distro: 'string', arch: 'string', version: 'string', description: 'string',
+  distro: 'string',
+  arch: 'string',
+  version: 'string',
+  description: 'string',
   /** iso (an installer, the default) or image (a disk image for builder: cloud-init) */
   kind: oneOf('iso', 'image'),
 };
 /** VM definitions (vms.d/*.yml, lib/config/vms.ts): what pim-run's flags say, and qemu_args with ${...} variables */
 export const VM_SCHEMA: Schema = {
-  image: 'string', mem: 'string|number', cpus: 'positive', net: oneOf('user', 'bridged'), bridge: 'string',
-  ssh_port: 'positive', ports: 'string[]', firmware: oneOf('bios', 'uefi'), snapshot: 'boolean',
-  accel: oneOf('kvm', 'hvf', 'tcg'), qemu_args: 'string[]', vars: 'object',
+  image: 'string',
+  mem: 'string|number',
+  cpus: 'positive',
+  net: oneOf('user', 'bridged'),
+  bridge: 'string',
+  ssh_port: 'positive',
+  ports: 'string[]',
+  firmware: oneOf('bios', 'uefi'),
+  snapshot: 'boolean',
+  accel: oneOf('kvm', 'hvf', 'tcg'),
+  qemu_args: 'string[]',
+  vars: 'object',
 };
 /** Deploy targets (targets.d/*.yml, lib/deploy/targets.ts): where pim-deploy puts a build */
 export const TARGET_SCHEMA: Schema = {
   type: oneOf('libvirt', 'proxmox', 'ssh', 'oci'),
   // oci: a registry's repository (insecure: below), credentials from creds_env or ~/.docker/config.json
-  ref: 'string', creds_env: 'string',
+  ref: 'string',
+  creds_env: 'string',
   // libvirt
-  uri: 'string', pool: 'string', pool_path: 'string', virt_type: oneOf('kvm', 'qemu'), network: 'string', bridge: 'string',
+  uri: 'string',
+  pool: 'string',
+  pool_path: 'string',
+  virt_type: oneOf('kvm', 'qemu'),
+  network: 'string',
+  bridge: 'string',
   // what the build recorded, overridden for this target
-  mem: 'string|number', cpus: 'positive', machine: 'string', disk_bus: oneOf('virtio', 'sata', 'scsi', 'ide'),
+  mem: 'string|number',
+  cpus: 'positive',
+  machine: 'string',
+  disk_bus: oneOf('virtio', 'sata', 'scsi', 'ide'),
   // proxmox
-  api: 'string', node: 'string', token_env: 'string', storage: 'string', import_storage: 'string', vmid: 'positive',
-  fingerprint: 'string', insecure: 'boolean',
+  api: 'string',
+  node: 'string',
+  token_env: 'string',
+  storage: 'string',
+  import_storage: 'string',
+  vmid: 'positive',
+  fingerprint: 'string',
+  insecure: 'boolean',
   // ssh (and proxmox before 8.4: the node over SSH)
-  host: 'string', port: 'positive', identity: 'string', ssh: 'string',
+  host: 'string',
+  port: 'positive',
+  identity: 'string',
+  ssh: 'string',
   // every kind
-  health: 'string', health_timeout: 'positive', shutdown_timeout: 'positive',
+  health: 'string',
+  health_timeout: 'positive',
+  shutdown_timeout: 'positive',
 };
 export const PIM_SCHEMA: Schema = {
   serve: mapping({ port: 'number', bind: 'string' }),
   vars: 'object',
   /** pim-build: remote_cache, a registry repository that holds builds by key (lib/oci/cache.ts) */
-  build: mapping({ remote_cache: mapping({ ref: 'string', insecure: 'boolean', push: 'boolean', creds_env: 'string' }) }),
+  build: mapping({
+    remote_cache: mapping({ ref: 'string', insecure: 'boolean', push: 'boolean', creds_env: 'string' }),
+  }),
 };
 
 export function typeName(v: unknown): string {
@@ -115,11 +169,16 @@ export function typeName(v: unknown): string {
 function describe(t: Ty): string {
   if (typeof t === 'object') return 'enum' in t ? `one of ${t.enum.join(', ')}` : 'a mapping';
   switch (t) {
-    case 'string[]': return 'a list of strings';
-    case 'object': return 'a mapping';
-    case 'positive': return 'a positive number';
-    case 'string|null': return 'a string or null';
-    default: return `a ${t.replace('|', ' or ')}`;
+    case 'string[]':
+      return 'a list of strings';
+    case 'object':
+      return 'a mapping';
+    case 'positive':
+      return 'a positive number';
+    case 'string|null':
+      return 'a string or null';
+    default:
+      return `a ${t.replace('|', ' or ')}`;
   }
 }
 
@@ -128,26 +187,42 @@ const isNumber = (v: unknown): v is number => typeof v === 'number' && Number.is
 function typeOk(t: Ty, v: unknown): boolean {
   if (typeof t === 'object') return 'enum' in t ? typeof v === 'string' && t.enum.includes(v) : isPlainObject(v);
   switch (t) {
-    case 'string': return typeof v === 'string';
-    case 'number': return isNumber(v);
-    case 'positive': return isNumber(v) && v > 0;
-    case 'boolean': return typeof v === 'boolean';
-    case 'string|number': return typeof v === 'string' || isNumber(v);
-    case 'string|null': return typeof v === 'string' || v === null;
-    case 'string[]': return Array.isArray(v) && v.every((x) => typeof x === 'string');
-    case 'object': return isPlainObject(v);
+    case 'string':
+      return typeof v === 'string';
+    case 'number':
+      return isNumber(v);
+    case 'positive':
+      return isNumber(v) && v > 0;
+    case 'boolean':
+      return typeof v === 'boolean';
+    case 'string|number':
+      return typeof v === 'string' || isNumber(v);
+    case 'string|null':
+      return typeof v === 'string' || v === null;
+    case 'string[]':
+      return Array.isArray(v) && v.every((x) => typeof x === 'string');
+    case 'object':
+      return isPlainObject(v);
   }
 }
 
-const shown = (v: unknown) => (typeof v === 'string' ? JSON.stringify(v) : typeof v === 'number' ? String(v) : typeName(v));
+const shown = (v: unknown) =>
+  typeof v === 'string' ? JSON.stringify(v) : typeof v === 'number' ? String(v) : typeName(v);
 
 /** Check `v` against `schema`; `at(path)` names FILE:LINE for an error. */
-export function checkSchema(v: Plain, schema: Schema, strict: boolean, at: (path: string[]) => string, prefix: string[] = []): void {
+export function checkSchema(
+  v: Plain,
+  schema: Schema,
+  strict: boolean,
+  at: (path: string[]) => string,
+  prefix: string[] = [],
+): void {
   for (const [k, val] of Object.entries(v)) {
     const path = [...prefix, k];
     const t = schema[k];
     if (t === undefined) {
-      if (strict) throw configError(at(path), `unknown key "${path.join('.')}"; known keys: ${Object.keys(schema).join(', ')}`);
+      if (strict)
+        throw configError(at(path), `unknown key "${path.join('.')}"; known keys: ${Object.keys(schema).join(', ')}`);
       continue;
     }
     if (!typeOk(t, val)) {

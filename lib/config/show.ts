@@ -10,7 +10,11 @@ import { leafOrigins } from './merge.ts';
 export async function showEntry(r: Resolved, o: { json?: boolean; explain?: boolean }): Promise<void> {
   if (o.explain) {
     const keys = Object.keys(leafOrigins(r.value, '')); // in the merged value's order
-    const recs = keys.map((key) => ({ name: key, value: JSON.stringify(getPath(r.value, key)), from: r.origins[key] ?? '-' }));
+    const recs = keys.map((key) => ({
+      name: key,
+      value: JSON.stringify(getPath(r.value, key)),
+      from: r.origins[key] ?? '-',
+    }));
     printRecords(recs, ['value', 'from'], { json: o.json });
   } else if (o.json) printJson(r.value);
   else {
@@ -21,5 +25,7 @@ export async function showEntry(r: Resolved, o: { json?: boolean; explain?: bool
 
 function getPath(v: unknown, dotted: string): unknown {
   if (dotted === '') return v;
-  return dotted.split('.').reduce<unknown>((o, k) => (o && typeof o === 'object' ? (o as Record<string, unknown>)[k] : undefined), v);
+  return dotted
+    .split('.')
+    .reduce<unknown>((o, k) => (o && typeof o === 'object' ? (o as Record<string, unknown>)[k] : undefined), v);
 }

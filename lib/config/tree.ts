@@ -19,7 +19,17 @@ import { cacheDir, configDir } from '../core/paths.ts';
 import { EXIT, PimError } from '../core/exit.ts';
 
 export const PIM_YML = 'pim.yml';
-export const SUBDIRS = ['isos.d', 'profiles.d', 'vms.d', 'targets.d', 'preseeds.d', 'installs.d', 'scripts.d', 'sources.d', 'hooks.d'] as const;
+export const SUBDIRS = [
+  'isos.d',
+  'profiles.d',
+  'vms.d',
+  'targets.d',
+  'preseeds.d',
+  'installs.d',
+  'scripts.d',
+  'sources.d',
+  'hooks.d',
+] as const;
 export type Subdir = (typeof SUBDIRS)[number];
 export const isoDir = () => join(cacheDir(), 'isos');
 export const subdir = (d: Subdir) => join(configDir(), d);

@@ -59,7 +59,11 @@ export function definition(c: Catalog, name: string): VmDefinition {
   const layers = [...(c.layers.get('default') ?? []), ...(c.layers.get(name) ?? [])];
   const setter = layers.filter((l) => Array.isArray(l.value.qemu_args)).pop();
   const args = (v.qemu_args as string[] | undefined) ?? [];
-  const argWhere = args.map((_, i) => (setter ? at(setter.file, [setter.name, 'qemu_args', String(i)]) : (r.origins.qemu_args ?? `VM definition "${name}"`)));
+  const argWhere = args.map((_, i) =>
+    setter
+      ? at(setter.file, [setter.name, 'qemu_args', String(i)])
+      : (r.origins.qemu_args ?? `VM definition "${name}"`),
+  );
   return {
     name,
     image: v.image as string | undefined,
@@ -86,7 +90,11 @@ export function definition(c: Catalog, name: string): VmDefinition {
  */
 export function definitionTarget(d: VmDefinition): { target: string; buildOnly: boolean } {
   const where = d.resolved.origins.image ?? `VM definition "${d.name}"`;
-  if (!d.image) throw configError(where, `VM "${d.name}" has no image: set image: to a store image's name, a path, or build:PROFILE`);
+  if (!d.image)
+    throw configError(
+      where,
+      `VM "${d.name}" has no image: set image: to a store image's name, a path, or build:PROFILE`,
+    );
   if (d.image.startsWith('build:')) return { target: d.image.slice('build:'.length), buildOnly: true };
   if (d.image.includes('/') && !isAbsolute(d.image)) {
     // "vms.d/dev.yml:3" -> the directory of vms.d/dev.yml
@@ -115,16 +123,28 @@ export function referencedVars(strings: string[]): string[] {
 }
 
 /** Expand ${...} in each of `strings` (78 at `where[i]` for an undefined variable or an unclosed ${). */
-export function expandVars(strings: string[], where: string[], d: Pick<VmDefinition, 'vars'>, ctx: ExpandContext): string[] {
+export function expandVars(
+  strings: string[],
+  where: string[],
+  d: Pick<VmDefinition, 'vars'>,
+  ctx: ExpandContext,
+): string[] {
   return strings.map((s, i) => {
     const place = where[i] ?? 'qemu_args';
     const open = s.replace(VAR, '').indexOf('${');
-    if (open >= 0) throw configError(place, `qemu_args: unclosed "\${" in ${JSON.stringify(s)}; close it with }, or write $$ for a literal $`);
+    if (open >= 0)
+      throw configError(
+        place,
+        `qemu_args: unclosed "\${" in ${JSON.stringify(s)}; close it with }, or write $$ for a literal $`,
+      );
     return s.replace(VAR, (_m, name: string | undefined) => {
       if (name === undefined) return '$';
       const v = lookup(name.trim(), d, ctx);
       if (v === undefined) {
-        throw configError(place, `qemu_args: undefined variable \${${name}} in ${JSON.stringify(s)}; known: vars.NAME (the entry's vars, then pim.yml's), vm.name, vm.mem, vm.cpus, vm.ssh_port, image.NAME, runtime`);
+        throw configError(
+          place,
+          `qemu_args: undefined variable \${${name}} in ${JSON.stringify(s)}; known: vars.NAME (the entry's vars, then pim.yml's), vm.name, vm.mem, vm.cpus, vm.ssh_port, image.NAME, runtime`,
+        );
       }
       return v;
     });
@@ -132,7 +152,10 @@ export function expandVars(strings: string[], where: string[], d: Pick<VmDefinit
 }
 
 function lookup(name: string, d: Pick<VmDefinition, 'vars'>, ctx: ExpandContext): string | undefined {
-  const scalar = (v: unknown) => (typeof v === 'string' || (typeof v === 'number' && Number.isFinite(v)) || typeof v === 'boolean' ? String(v) : undefined);
+  const scalar = (v: unknown) =>
+    typeof v === 'string' || (typeof v === 'number' && Number.isFinite(v)) || typeof v === 'boolean'
+      ? String(v)
+      : undefined;
   if (name.startsWith('vars.')) {
     const k = name.slice(5);
     if (Object.hasOwn(d.vars, k)) return scalar(d.vars[k]);

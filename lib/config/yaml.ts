@@ -61,7 +61,17 @@ export async function yamlLib(): Promise<Yaml> {
 const MiB = (n: number) => `${(n / 1048576).toFixed(1)} MiB`;
 
 /** lexer tokens that make a node */
-const NODE_TOKENS = new Set(['scalar', 'single-quoted-scalar', 'double-quoted-scalar', 'alias', 'flow-map-start', 'flow-seq-start', 'seq-item-ind', 'map-value-ind', 'explicit-key-ind']);
+const NODE_TOKENS = new Set([
+  'scalar',
+  'single-quoted-scalar',
+  'double-quoted-scalar',
+  'alias',
+  'flow-map-start',
+  'flow-seq-start',
+  'seq-item-ind',
+  'map-value-ind',
+  'explicit-key-ind',
+]);
 /** lexer control tokens that are not in the source */
 const ZERO_WIDTH = new Set(['\x02', '\x18', '\x1f']);
 
@@ -79,10 +89,17 @@ function precheck(YAML: Yaml, text: string, label: string): void {
   for (const tok of new YAML.Lexer().lex(text)) {
     const type = YAML.CST.tokenType(tok);
     if (type && NODE_TOKENS.has(type) && ++nodes > YAML_LIMITS.sourceNodes) {
-      throw configError(`${label}:${lineAtOffset(text, offset)}`, `more than ${YAML_LIMITS.sourceNodes} YAML nodes (keys, values, list items) in one file; a config file may not be that large: split it or remove what it does not need`);
+      throw configError(
+        `${label}:${lineAtOffset(text, offset)}`,
+        `more than ${YAML_LIMITS.sourceNodes} YAML nodes (keys, values, list items) in one file; a config file may not be that large: split it or remove what it does not need`,
+      );
     }
     if (type === 'flow-map-start' || type === 'flow-seq-start') {
-      if (++depth > YAML_LIMITS.depth) throw configError(`${label}:${lineAtOffset(text, offset)}`, `nested more than ${YAML_LIMITS.depth} levels deep; flatten it`);
+      if (++depth > YAML_LIMITS.depth)
+        throw configError(
+          `${label}:${lineAtOffset(text, offset)}`,
+          `nested more than ${YAML_LIMITS.depth} levels deep; flatten it`,
+        );
     } else if (type === 'flow-map-end' || type === 'flow-seq-end') depth = Math.max(0, depth - 1);
     if (!ZERO_WIDTH.has(tok)) offset += tok.length;
   }
@@ -90,7 +107,10 @@ function precheck(YAML: Yaml, text: string, label: string): void {
 
 export async function parseYaml(text: string, label: string): Promise<YamlFile> {
   if (Buffer.byteLength(text) > YAML_LIMITS.fileBytes) {
-    throw configError(label, `${MiB(Buffer.byteLength(text))}, over the ${MiB(YAML_LIMITS.fileBytes)} limit for a config file; split it or remove what it does not need`);
+    throw configError(
+      label,
+      `${MiB(Buffer.byteLength(text))}, over the ${MiB(YAML_LIMITS.fileBytes)} limit for a config file; split it or remove what it does not need`,
+    );
   }
   const YAML = await yamlLib();
   precheck(YAML, text, label);
@@ -168,12 +188,15 @@ function walk(YAML: Yaml, doc: Document.Parsed, lc: LineCounter, label: string):
   /** The expanded size of `node` (an alias counts its target's size). */
   const size = (node: unknown, depth: number): number => {
     if (node === null || node === undefined) return 1;
-    if (depth > YAML_LIMITS.depth) throw configError(where(node), `nested more than ${YAML_LIMITS.depth} levels deep; flatten it`);
+    if (depth > YAML_LIMITS.depth)
+      throw configError(where(node), `nested more than ${YAML_LIMITS.depth} levels deep; flatten it`);
     let target: unknown = node;
     if (YAML.isAlias(node)) {
       target = node.resolve(doc);
-      if (!target) throw configError(where(node), `unknown alias *${node.source}; define the anchor &${node.source} before it`);
-      if (open.has(target)) throw configError(where(node), `the alias *${node.source} is inside the node it names; remove the loop`);
+      if (!target)
+        throw configError(where(node), `unknown alias *${node.source}; define the anchor &${node.source} before it`);
+      if (open.has(target))
+        throw configError(where(node), `the alias *${node.source} is inside the node it names; remove the loop`);
     }
     const known = sizes.get(target);
     if (known !== undefined) return known;
@@ -188,11 +211,16 @@ function walk(YAML: Yaml, doc: Document.Parsed, lc: LineCounter, label: string):
       for (const pair of target.items) {
         const key = pair.key as YamlNode | null;
         const kv = YAML.isScalar(key) ? key.value : undefined;
-        if (typeof kv !== 'string' && typeof kv !== 'number') throw configError(where(key ?? target), 'keys must be plain strings');
+        if (typeof kv !== 'string' && typeof kv !== 'number')
+          throw configError(where(key ?? target), 'keys must be plain strings');
         const k = String(kv);
         if (FORBIDDEN_KEYS.has(k)) throw configError(where(key), `the key "${k}" is not allowed; rename or remove it`);
         const first = seen.get(k);
-        if (first) throw configError(where(key), `duplicate key "${k}" (first on line ${lineAt(first.key)}); remove one of them`);
+        if (first)
+          throw configError(
+            where(key),
+            `duplicate key "${k}" (first on line ${lineAt(first.key)}); remove one of them`,
+          );
         seen.set(k, pair);
         n += 1;
         add(pair.value);
@@ -231,7 +259,11 @@ export function readConfigText(path: string): string {
   try {
     const st = fs.fstatSync(fd);
     if (!st.isFile()) throw configError(path, 'not a regular file; a config file must be a plain file');
-    const tooBig = (n: number) => configError(path, `${MiB(n)}, over the ${MiB(YAML_LIMITS.fileBytes)} limit for a config file; split it or remove what it does not need`);
+    const tooBig = (n: number) =>
+      configError(
+        path,
+        `${MiB(n)}, over the ${MiB(YAML_LIMITS.fileBytes)} limit for a config file; split it or remove what it does not need`,
+      );
     if (st.size > YAML_LIMITS.fileBytes) throw tooBig(st.size);
     // read to EOF (the file may have grown since fstat), never past the limit
     let buf = Buffer.alloc(st.size + 1);

@@ -44,7 +44,8 @@ function tighten(dir: string): void {
   const st = fs.lstatSync(dir);
   if (!st.isDirectory()) throw new PimError(EXIT.CANTCREAT, `${dir} is not a directory; remove it and try again`);
   const uid = process.getuid?.();
-  if (uid !== undefined && st.uid !== uid) throw new PimError(EXIT.NOPERM, `${dir} is owned by uid ${st.uid}, not you (uid ${uid}); remove it`);
+  if (uid !== undefined && st.uid !== uid)
+    throw new PimError(EXIT.NOPERM, `${dir} is owned by uid ${st.uid}, not you (uid ${uid}); remove it`);
   if ((st.mode & 0o077) !== 0) fs.chmodSync(dir, 0o700);
 }
 
@@ -54,7 +55,11 @@ export function createExclusive(path: string, mode = 0o600, append = false): num
     return fs.openSync(path, O_CREAT | O_EXCL | O_WRONLY | O_NOFOLLOW | (append ? O_APPEND : 0), mode);
   } catch (e) {
     const err = e as NodeJS.ErrnoException;
-    if (err.code === 'EEXIST') throw new PimError(EXIT.CANTCREAT, `${path} already exists (a file or a symlink someone put there); remove it and try again`);
+    if (err.code === 'EEXIST')
+      throw new PimError(
+        EXIT.CANTCREAT,
+        `${path} already exists (a file or a symlink someone put there); remove it and try again`,
+      );
     throw new PimError(EXIT.CANTCREAT, `cannot create ${path}: ${err.message}`);
   }
 }

@@ -33,7 +33,10 @@ function fnv64(text: string): string {
 export const lockName = (file: string) => `pim-lock-${fnv64(file)}`;
 
 const busy = (what: string, holder?: number) =>
-  new PimError(EXIT.TEMPFAIL, `${what} is busy: ${holder ? `pid ${holder}` : 'another pim command'} holds it; try again when it is done`);
+  new PimError(
+    EXIT.TEMPFAIL,
+    `${what} is busy: ${holder ? `pid ${holder}` : 'another pim command'} holds it; try again when it is done`,
+  );
 
 /** Take the lock for `file` or fail at once with exit 75 (`what` names it in the message). */
 export async function acquireLock(file: string, what: string): Promise<Lock> {

@@ -10,15 +10,23 @@ export { prog, useColor };
 
 const LEVELS: Record<string, number> = { silent: -999, error: 0, warn: 1, info: 3, debug: 4, trace: 5 };
 
-
-const colours: Record<string, string> = { error: '31', fatal: '31', warn: '33', success: '32', debug: '90', trace: '90' };
+const colours: Record<string, string> = {
+  error: '31',
+  fatal: '31',
+  warn: '33',
+  success: '32',
+  debug: '90',
+  trace: '90',
+};
 
 export const log: ConsolaInstance = createConsola({
   level: LEVELS[process.env.PIM_LOG ?? 'info'] ?? 3,
   reporters: [
     {
       log(obj: LogObject) {
-        const msg = obj.args.map((a) => (typeof a === 'string' ? a : a instanceof Error ? a.message : JSON.stringify(a))).join(' ');
+        const msg = obj.args
+          .map((a) => (typeof a === 'string' ? a : a instanceof Error ? a.message : JSON.stringify(a)))
+          .join(' ');
         const c = colours[obj.type];
         const tag = obj.type === 'warn' ? 'warning: ' : obj.type === 'error' || obj.type === 'fatal' ? 'error: ' : '';
         const text = `${prog()}: ${tag}${msg}`;

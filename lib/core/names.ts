@@ -18,8 +18,21 @@ export function nameProblem(name: string): string | null {
 
 /** Words of a pim-ps line besides the name: states, yes/no, kinds, accelerators, '-'. */
 const FIELD_WORDS = new Set(
-  ['running', 'paused', 'starting', 'stale', 'stopped', 'unknown', 'internal-error', 'shutdown', 'guest-panicked', 'prelaunch', 'suspended', 'io-error', 'watchdog']
-    .concat(['yes', 'no', '-', 'run', 'kboot', 'build', 'kvm', 'tcg', 'hvf']),
+  [
+    'running',
+    'paused',
+    'starting',
+    'stale',
+    'stopped',
+    'unknown',
+    'internal-error',
+    'shutdown',
+    'guest-panicked',
+    'prelaunch',
+    'suspended',
+    'io-error',
+    'watchdog',
+  ].concat(['yes', 'no', '-', 'run', 'kboot', 'build', 'kvm', 'tcg', 'hvf']),
 );
 
 /**
@@ -39,7 +52,9 @@ export function looksLikeField(word: string): boolean {
 
 /** '' or the advice for a name that looks like a pim-ps field: "; it looks like ... (pim-ps -q | xargs CMD)". */
 export function fieldHint(word: string): string {
-  return looksLikeField(word) ? `; it looks like a path or a field of a pim-ps line, not a VM name: pass names alone (pim-ps -q | xargs ${prog()})` : '';
+  return looksLikeField(word)
+    ? `; it looks like a path or a field of a pim-ps line, not a VM name: pass names alone (pim-ps -q | xargs ${prog()})`
+    : '';
 }
 
 /** Throws a usage error (exit 64) for a bad VM name. */

@@ -8,7 +8,6 @@ import { join } from 'node:path';
 import { chmodSync, lstatSync, mkdirSync, type Stats } from 'node:fs';
 import { EXIT, PimError } from './exit.ts';
 
-
 const home = () => process.env.HOME || homedir();
 
 export const configDir = () => join(process.env.XDG_CONFIG_HOME || join(home(), '.config'), 'pim');
@@ -80,7 +79,10 @@ export function ensureRuntimeDir(): string {
   } catch (e) {
     const err = e as NodeJS.ErrnoException;
     if (err.code === 'ENOENT') {
-      throw new PimError(EXIT.CANTCREAT, `cannot create runtime dir ${dir}: its parent does not exist; check XDG_RUNTIME_DIR`);
+      throw new PimError(
+        EXIT.CANTCREAT,
+        `cannot create runtime dir ${dir}: its parent does not exist; check XDG_RUNTIME_DIR`,
+      );
     }
     if (err.code !== 'EEXIST') throw new PimError(EXIT.CANTCREAT, `cannot create runtime dir ${dir}: ${err.message}`);
   }
@@ -103,9 +105,13 @@ function checkRuntimeDir(dir: string, st: Stats, uid: number | undefined): void 
 
 /** Why the runtime dir `dir` (its lstat `st`) cannot be trusted, or null: read-only, for pim doctor too. */
 export function runtimeDirProblem(dir: string, st: Stats, uid: number | undefined): PimError | null {
-  if (!st.isDirectory()) return new PimError(EXIT.CANTCREAT, `runtime dir ${dir} is not a directory; remove it and try again`);
+  if (!st.isDirectory())
+    return new PimError(EXIT.CANTCREAT, `runtime dir ${dir} is not a directory; remove it and try again`);
   if (uid !== undefined && st.uid !== uid) {
-    return new PimError(EXIT.NOPERM, `runtime dir ${dir} is owned by uid ${st.uid}, not you (uid ${uid}); remove it or set XDG_RUNTIME_DIR`);
+    return new PimError(
+      EXIT.NOPERM,
+      `runtime dir ${dir} is owned by uid ${st.uid}, not you (uid ${uid}); remove it or set XDG_RUNTIME_DIR`,
+    );
   }
   if ((st.mode & 0o022) !== 0) {
     return new PimError(

@@ -49,7 +49,10 @@ export function processArgv(pid: number): string[] | null {
   try {
     // macOS and others: no /proc. `ps` is slower but available everywhere.
     const { execFileSync } = require_cp();
-    const out = execFileSync('ps', ['-o', 'command=', '-p', String(pid)], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'] });
+    const out = execFileSync('ps', ['-o', 'command=', '-p', String(pid)], {
+      encoding: 'utf8',
+      stdio: ['ignore', 'pipe', 'ignore'],
+    });
     return out.trim() ? [out.trim()] : null;
   } catch {
     return null;
@@ -107,12 +110,17 @@ export function exitStatusOf(sig: NodeJS.Signals | null | undefined): number {
  * on every signal we get, and return its status (128+N when signal N ended
  * it). `what` names it in an error (the umbrella's pim-CMD.cjs runs as node).
  */
-export async function becomeOrRun(file: string, args: string[], o: { argv0?: string; what?: string } = {}): Promise<number> {
+export async function becomeOrRun(
+  file: string,
+  args: string[],
+  o: { argv0?: string; what?: string } = {},
+): Promise<number> {
   const { EXIT, PimError } = await import('./exit.ts');
   const { prog } = await import('./prog.ts');
   const argv0 = o.argv0 ?? file;
   const what = o.what ?? file;
-  const execve = (process as unknown as { execve?: (file: string, args: string[], env: NodeJS.ProcessEnv) => never }).execve;
+  const execve = (process as unknown as { execve?: (file: string, args: string[], env: NodeJS.ProcessEnv) => never })
+    .execve;
   if (typeof execve === 'function') {
     try {
       execve(file, [argv0, ...args], process.env);

@@ -90,7 +90,11 @@ export function unwatchGroup(pid: number): void {
  * terminal (sudo or ssh asking for a password on /dev/tty); an abort kills
  * them (execa), and pim stops waiting on their pipes a grace period later.
  */
-export async function run(cmd: string, args: readonly string[], opts: RunOpts & { hint?: string } = {}): Promise<RunResult> {
+export async function run(
+  cmd: string,
+  args: readonly string[],
+  opts: RunOpts & { hint?: string } = {},
+): Promise<RunResult> {
   const { execa } = await import('execa');
   const { exitStatusOf } = await import('./proc.ts');
   const grouped = opts.stdio !== 'inherit' && opts.timeoutMs !== undefined;
@@ -167,7 +171,14 @@ export async function run(cmd: string, args: readonly string[], opts: RunOpts & 
       sub.stdout?.destroy();
       sub.stderr?.destroy();
       sub.stdin?.destroy();
-      r = await Promise.race([sub, new Promise<null>((res) => timers.push(setTimeout(() => res(null), PIPE_GRACE_MS)))]) ?? ({ exitCode: undefined, signal: 'SIGKILL', stdout: '', stderr: '', timedOut } as unknown as Awaited<typeof sub>);
+      r =
+        (await Promise.race([
+          sub,
+          new Promise<null>((res) => timers.push(setTimeout(() => res(null), PIPE_GRACE_MS))),
+        ])) ??
+        ({ exitCode: undefined, signal: 'SIGKILL', stdout: '', stderr: '', timedOut } as unknown as Awaited<
+          typeof sub
+        >);
     } else r = first;
   } finally {
     for (const t of timers) clearTimeout(t);
@@ -180,7 +191,11 @@ export async function run(cmd: string, args: readonly string[], opts: RunOpts & 
   const out = r.stdout as unknown;
   const bytes = out instanceof Uint8Array ? out : new TextEncoder().encode(typeof out === 'string' ? out : '');
   return {
-    code: r.exitCode ?? exitStatusOf((r.signal ?? (stopped || opts.signal?.aborted ? 'SIGTERM' : undefined)) as NodeJS.Signals | undefined),
+    code:
+      r.exitCode ??
+      exitStatusOf(
+        (r.signal ?? (stopped || opts.signal?.aborted ? 'SIGTERM' : undefined)) as NodeJS.Signals | undefined,
+      ),
     signal: r.signal ?? null,
     stdout: typeof out === 'string' ? out : Buffer.from(bytes).toString('utf8'),
     stdoutBytes: bytes,
@@ -193,10 +208,15 @@ export async function run(cmd: string, args: readonly string[], opts: RunOpts & 
  * Run and require status 0: otherwise a PimError (`code`, default 70) whose
  * message is `what` and the last line of the child's stderr.
  */
-export async function runOk(cmd: string, args: readonly string[], opts: RunOpts & { what?: string; hint?: string; code?: PimError['code'] } = {}): Promise<RunResult> {
+export async function runOk(
+  cmd: string,
+  args: readonly string[],
+  opts: RunOpts & { what?: string; hint?: string; code?: PimError['code'] } = {},
+): Promise<RunResult> {
   const r = await run(cmd, args, opts);
   if (r.code !== 0) {
-    const last = r.stderr.trim().split('\n').filter(Boolean).pop() ?? (r.timedOut ? 'timed out' : `exit status ${r.code}`);
+    const last =
+      r.stderr.trim().split('\n').filter(Boolean).pop() ?? (r.timedOut ? 'timed out' : `exit status ${r.code}`);
     throw new PimError(opts.code ?? EXIT.SOFTWARE, `${opts.what ?? `${cmd} failed`}: ${last}`);
   }
   return r;

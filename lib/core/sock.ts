@@ -18,7 +18,9 @@ export function connectUnix(path: string, timeoutMs: number, what: string): Prom
       clearTimeout(timer);
       sock.destroy();
       if (e.code === 'ENOENT' || e.code === 'ECONNREFUSED') {
-        reject(new PimError(EXIT.UNAVAILABLE, `${what} socket ${path} is not answering (${e.code}); the VM is not running`));
+        reject(
+          new PimError(EXIT.UNAVAILABLE, `${what} socket ${path} is not answering (${e.code}); the VM is not running`),
+        );
       } else if (e.code === 'EACCES' || e.code === 'EPERM') {
         reject(new PimError(EXIT.NOPERM, `no permission to open ${what} socket ${path}; it belongs to another user`));
       } else {

@@ -84,7 +84,10 @@ export function termSafe(data: Buffer | string): string {
  * A sink for a guest's bytes: filtered through a TermFilter when `out` is a
  * terminal, passed as they are otherwise.
  */
-export function guestSink(out: NodeJS.WritableStream, tty = Boolean((out as NodeJS.WriteStream).isTTY)): { write(d: Buffer): void; end(): void } {
+export function guestSink(
+  out: NodeJS.WritableStream,
+  tty = Boolean((out as NodeJS.WriteStream).isTTY),
+): { write(d: Buffer): void; end(): void } {
   if (!tty) return { write: (d) => void out.write(d), end: () => undefined };
   const f = new TermFilter();
   return {

@@ -34,8 +34,15 @@ export interface DomainSpec {
   serialLog: string | null;
 }
 
-export const xmlEscape = (s: string) => s.replace(/&/g, '&amp;').replace(/</g, '&lt;').replace(/>/g, '&gt;').replace(/'/g, '&apos;').replace(/"/g, '&quot;');
-const xmlUnescape = (s: string) => s.replace(/&lt;/g, '<').replace(/&gt;/g, '>').replace(/&apos;/g, "'").replace(/&quot;/g, '"').replace(/&amp;/g, '&');
+export const xmlEscape = (s: string) =>
+  s.replace(/&/g, '&amp;').replace(/</g, '&lt;').replace(/>/g, '&gt;').replace(/'/g, '&apos;').replace(/"/g, '&quot;');
+const xmlUnescape = (s: string) =>
+  s
+    .replace(/&lt;/g, '<')
+    .replace(/&gt;/g, '>')
+    .replace(/&apos;/g, "'")
+    .replace(/&quot;/g, '"')
+    .replace(/&amp;/g, '&');
 
 /** 512M, 2G, 1048576 (bytes... as QEMU's -m takes MiB when there is no unit) -> KiB. */
 export function memKiB(mem: string): number {
@@ -62,7 +69,8 @@ const DISK: Record<string, { dev: string; bus: string }> = {
 };
 
 /** QEMU's device name (the build's `net`) -> libvirt's interface model. */
-const netModel = (net: string) => (net === 'virtio-net' || net === 'virtio-net-pci' || net === 'virtio' ? 'virtio' : net);
+const netModel = (net: string) =>
+  net === 'virtio-net' || net === 'virtio-net-pci' || net === 'virtio' ? 'virtio' : net;
 
 export function domainXml(d: DomainSpec): string {
   const s = d.build.settings;
@@ -108,7 +116,9 @@ export function domainXml(d: DomainSpec): string {
     ...(disk.bus === 'scsi' ? [`    <controller type='scsi' model='virtio-scsi'/>`] : []),
     `    ${iface}<model type='${xmlEscape(netModel(s.net))}'/></interface>`,
     `    <channel type='unix'><target type='virtio' name='org.qemu.guest_agent.0'/></channel>`,
-    d.serialLog ? `    <serial type='pty'><log file='${xmlEscape(d.serialLog)}' append='off'/></serial>` : `    <serial type='pty'/>`,
+    d.serialLog
+      ? `    <serial type='pty'><log file='${xmlEscape(d.serialLog)}' append='off'/></serial>`
+      : `    <serial type='pty'/>`,
     `    <console type='pty'/>`,
     `    <rng model='virtio'><backend model='random'>/dev/urandom</backend></rng>`,
     `  </devices>`,
@@ -128,12 +138,23 @@ export function metaOf(xml: string): DeployMeta | null {
   const attrs: Record<string, string> = {};
   for (const a of el[1]!.matchAll(/(\w+)=(["'])(.*?)\2/g)) attrs[a[1]!] = xmlUnescape(a[3]!);
   if (!attrs.build || !attrs.volume || !attrs.sha256) return null;
-  return { build: attrs.build, key: attrs.key ?? '', profile: attrs.profile ?? '', volume: attrs.volume, sha256: attrs.sha256 };
+  return {
+    build: attrs.build,
+    key: attrs.key ?? '',
+    profile: attrs.profile ?? '',
+    volume: attrs.volume,
+    sha256: attrs.sha256,
+  };
 }
 
 /** The volumes (pool/volume) and file paths a domain's XML uses. */
 export function disksOf(xml: string): { volumes: string[]; files: string[] } {
-  const volumes = [...xml.matchAll(/<source pool=["']([^"']+)["'] volume=["']([^"']+)["']/g)].map((m) => `${xmlUnescape(m[1]!)}/${xmlUnescape(m[2]!)}`);
-  const files = [...xml.matchAll(/<source file=["']([^"']+)["']/g), ...xml.matchAll(/<nvram[^>]*>([^<]+)<\/nvram>/g)].map((m) => xmlUnescape(m[1]!));
+  const volumes = [...xml.matchAll(/<source pool=["']([^"']+)["'] volume=["']([^"']+)["']/g)].map(
+    (m) => `${xmlUnescape(m[1]!)}/${xmlUnescape(m[2]!)}`,
+  );
+  const files = [
+    ...xml.matchAll(/<source file=["']([^"']+)["']/g),
+    ...xml.matchAll(/<nvram[^>]*>([^<]+)<\/nvram>/g),
+  ].map((m) => xmlUnescape(m[1]!));
   return { volumes, files };
 }

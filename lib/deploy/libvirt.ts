@@ -97,8 +97,15 @@ export async function farState(v: Virsh, t: LibvirtTarget, name: string): Promis
       path: /<path>([^<]+)<\/path>/.exec(pdx!.out)?.[1] ?? null,
     },
     vols,
-    domain: dx!.ok ? { xml: dx!.out, meta: metaOf(dx!.out), uuid: uuidOf(dx!.out), state: ds!.ok ? ds!.out.trim() : 'unknown' } : null,
-    domains: all!.ok ? all!.out.split('\n').map((s) => s.trim()).filter(Boolean) : [],
+    domain: dx!.ok
+      ? { xml: dx!.out, meta: metaOf(dx!.out), uuid: uuidOf(dx!.out), state: ds!.ok ? ds!.out.trim() : 'unknown' }
+      : null,
+    domains: all!.ok
+      ? all!.out
+          .split('\n')
+          .map((s) => s.trim())
+          .filter(Boolean)
+      : [],
   };
 }
 
@@ -112,12 +119,18 @@ export async function farHash(v: Virsh, t: LibvirtTarget, vol: Vol, signal?: Abo
       if ((e as NodeJS.ErrnoException).code !== 'EACCES') throw e;
     }
   } else if (u.transport === 'ssh') {
-    const r = await run('ssh', [...sshArgv(u), 'sha256sum', '--', quoteSh(vol.path)], { signal, hint: 'install openssh-client' });
+    const r = await run('ssh', [...sshArgv(u), 'sha256sum', '--', quoteSh(vol.path)], {
+      signal,
+      hint: 'install openssh-client',
+    });
     const sha = /^([0-9a-f]{64})\s/.exec(r.stdout)?.[1];
     if (r.code === 0 && sha) return sha;
     log.debug(`ssh sha256sum of ${vol.path}: ${r.stderr.trim()}; downloading it instead`);
   }
-  return receiveThrough((fifo) => v.must([['vol-download', '--pool', t.pool, vol.name, fifo]], `cannot read back ${vol.name}`), signal);
+  return receiveThrough(
+    (fifo) => v.must([['vol-download', '--pool', t.pool, vol.name, fifo]], `cannot read back ${vol.name}`),
+    signal,
+  );
 }
 
 /** Read a small file of the far side (a serial log), or null. */
@@ -143,19 +156,30 @@ export const sleep = (ms: number, signal?: AbortSignal) =>
   });
 
 /** Wait until the domain's health check passes; false when it has not within the timeout. */
-export async function healthy(v: Virsh, t: LibvirtTarget, name: string, timeoutS: number, serialLog: string | null, signal?: AbortSignal): Promise<boolean> {
+export async function healthy(
+  v: Virsh,
+  t: LibvirtTarget,
+  name: string,
+  timeoutS: number,
+  serialLog: string | null,
+  signal?: AbortSignal,
+): Promise<boolean> {
   const deadline = Date.now() + timeoutS * 1000;
   const h = t.health;
   while (Date.now() < deadline) {
     checkAborted(signal);
     if (h.kind === 'agent') {
-      const [r] = await v.batch([['qemu-agent-command', name, '{"execute":"guest-ping"}', '--timeout', '2']], { signal });
+      const [r] = await v.batch([['qemu-agent-command', name, '{"execute":"guest-ping"}', '--timeout', '2']], {
+        signal,
+      });
       if (r!.ok && r!.out.includes('"return"')) return true;
     } else if (h.kind === 'serial') {
       if (serialLog && (await farRead(v, serialLog))?.includes(h.marker)) return true;
     } else {
       const [r] = await v.batch([['domifaddr', name, '--source', 'agent']], { signal });
-      const addr = r!.ok ? [...r!.out.matchAll(/ipv4\s+(\d+\.\d+\.\d+\.\d+)\//g)].map((m) => m[1]!).find((a) => !a.startsWith('127.')) : undefined;
+      const addr = r!.ok
+        ? [...r!.out.matchAll(/ipv4\s+(\d+\.\d+\.\d+\.\d+)\//g)].map((m) => m[1]!).find((a) => !a.startsWith('127.'))
+        : undefined;
       if (addr && (await tcpOpen(addr, h.port))) return true;
     }
     await sleep(1000, signal);
@@ -186,7 +210,13 @@ async function shutDown(v: Virsh, name: string, timeoutS: number, signal?: Abort
     }
     log.warn(`${name} did not shut down within ${timeoutS} s; stopping it hard (virsh destroy)`);
   }
-  const [d] = await v.batch([['destroy', name], ['domstate', name]], { signal });
+  const [d] = await v.batch(
+    [
+      ['destroy', name],
+      ['domstate', name],
+    ],
+    { signal },
+  );
   if (!d!.ok && !/not running/.test(d!.err)) throw new PimError(EXIT.SOFTWARE, `cannot stop ${name}: ${d!.err}`);
 }
 
@@ -203,35 +233,61 @@ export async function deployLibvirt(src: Source, t: LibvirtTarget, o: DeployOpts
   const st = await farState(v, t, name);
   const plan: Step[] = [];
   const poolPath = st.pool.path ?? t.poolPath;
-  if (!st.pool.exists) plan.push({ step: 'pool', action: 'create', detail: `${t.pool} (a directory pool at ${t.poolPath})` });
+  if (!st.pool.exists)
+    plan.push({ step: 'pool', action: 'create', detail: `${t.pool} (a directory pool at ${t.poolPath})` });
   else if (!st.pool.active) plan.push({ step: 'pool', action: 'start', detail: t.pool });
 
   // an upload killed part-way: its marker and its volume go first
   const owned = volumeRe(name);
   const stale = st.vols.filter((x) => x.name.endsWith(MARKER) && owned.test(x.name.slice(0, -MARKER.length)));
   const staleVols = new Set(stale.map((x) => x.name.slice(0, -MARKER.length)));
-  for (const s of stale) plan.push({ step: 'clean', action: 'delete', detail: `${s.name.slice(0, -MARKER.length)} (an upload that did not finish)` });
+  for (const s of stale)
+    plan.push({
+      step: 'clean',
+      action: 'delete',
+      detail: `${s.name.slice(0, -MARKER.length)} (an upload that did not finish)`,
+    });
 
   const there = st.vols.find((x) => x.name === src.volume && !staleVols.has(x.name));
   let upload = !there;
   if (there) {
     const far = await farHash(v, t, there, o.signal);
     if (far !== src.sha256) {
-      log.warn(`${t.name}: ${src.volume} is there but its sha256 is ${far.slice(0, 12)}…, not ${src.sha256.slice(0, 12)}…: uploading it again`);
+      log.warn(
+        `${t.name}: ${src.volume} is there but its sha256 is ${far.slice(0, 12)}…, not ${src.sha256.slice(0, 12)}…: uploading it again`,
+      );
       plan.push({ step: 'clean', action: 'delete', detail: `${src.volume} (sha256 mismatch)` });
       upload = true;
     }
   }
-  plan.push({ step: 'upload', action: upload ? 'upload' : 'skip', detail: `${src.volume} (${src.size} bytes, sha256 ${src.sha256.slice(0, 12)})` });
+  plan.push({
+    step: 'upload',
+    action: upload ? 'upload' : 'skip',
+    detail: `${src.volume} (${src.size} bytes, sha256 ${src.sha256.slice(0, 12)})`,
+  });
 
-  const meta: DeployMeta = { build: src.build.id, key: src.build.key, profile: src.build.profile, volume: src.volume, sha256: src.sha256 };
+  const meta: DeployMeta = {
+    build: src.build.id,
+    key: src.build.key,
+    profile: src.build.profile,
+    volume: src.volume,
+    sha256: src.sha256,
+  };
   const d = st.domain;
   const same = Boolean(d?.meta && d.meta.sha256 === src.sha256 && d.meta.volume === src.volume) && !upload;
   const running = d?.state === 'running';
   const domainAction: Outcome['domain'] = !d ? 'defined' : same ? 'kept' : 'upgraded';
-  plan.push({ step: 'domain', action: domainAction === 'defined' ? 'define' : domainAction === 'kept' ? 'keep' : 'upgrade', detail: d ? `${name} (${d.meta?.build ?? 'not deployed by pim'}, ${d.state})` : name });
+  plan.push({
+    step: 'domain',
+    action: domainAction === 'defined' ? 'define' : domainAction === 'kept' ? 'keep' : 'upgrade',
+    detail: d ? `${name} (${d.meta?.build ?? 'not deployed by pim'}, ${d.state})` : name,
+  });
   const start = !(same && running);
-  if (start) plan.push({ step: 'start', action: 'start', detail: name }, { step: 'health', action: t.health.kind, detail: `${o.healthTimeoutS ?? t.healthTimeoutS} s` });
+  if (start)
+    plan.push(
+      { step: 'start', action: 'start', detail: name },
+      { step: 'health', action: t.health.kind, detail: `${o.healthTimeoutS ?? t.healthTimeoutS} s` },
+    );
 
   const gcPlan = () => {
     const mine = st.vols.filter((x) => owned.test(x.name) && x.name !== src.volume && !staleVols.has(x.name));
@@ -239,7 +295,8 @@ export async function deployLibvirt(src: Source, t: LibvirtTarget, o: DeployOpts
   };
   if (o.dryRun) {
     const old = gcPlan();
-    if (old.length > o.keep - 1) plan.push({ step: 'gc', action: 'check', detail: `${old.length} older volume(s) of ${name}; keep ${o.keep}` });
+    if (old.length > o.keep - 1)
+      plan.push({ step: 'gc', action: 'check', detail: `${old.length} older volume(s) of ${name}; keep ${o.keep}` });
     return { plan, upload: upload ? 'uploaded' : 'skipped', domain: domainAction, started: start, removed: [] };
   }
 
@@ -247,14 +304,33 @@ export async function deployLibvirt(src: Source, t: LibvirtTarget, o: DeployOpts
   try {
     // 1. the pool, and what a killed upload left
     const prep: string[][] = [];
-    if (!st.pool.exists) prep.push(['pool-define-as', t.pool, 'dir', '--target', t.poolPath], ['pool-build', t.pool], ['pool-start', t.pool], ['pool-autostart', t.pool]);
+    if (!st.pool.exists)
+      prep.push(
+        ['pool-define-as', t.pool, 'dir', '--target', t.poolPath],
+        ['pool-build', t.pool],
+        ['pool-start', t.pool],
+        ['pool-autostart', t.pool],
+      );
     else if (!st.pool.active) prep.push(['pool-start', t.pool]);
-    for (const s of stale) prep.push(['vol-delete', '--pool', t.pool, s.name.slice(0, -MARKER.length)], ['vol-delete', '--pool', t.pool, s.name]);
+    for (const s of stale)
+      prep.push(
+        ['vol-delete', '--pool', t.pool, s.name.slice(0, -MARKER.length)],
+        ['vol-delete', '--pool', t.pool, s.name],
+      );
     if (upload && there) prep.push(['vol-delete', '--pool', t.pool, src.volume]);
     if (prep.length) {
       const res = await v.batch(prep, { signal: o.signal });
-      const bad = res.findIndex((r, i) => !r.ok && !(prep[i]![0] === 'vol-delete' && /not found|no storage vol/i.test(r.err)) && !(prep[i]![0] === 'pool-build' && /exists/i.test(r.err)));
-      if (bad >= 0) throw new PimError(/pool/.test(prep[bad]![0]!) ? EXIT.CANTCREAT : EXIT.SOFTWARE, `${t.name}: ${prep[bad]![0]} ${t.pool}: ${res[bad]!.err}`);
+      const bad = res.findIndex(
+        (r, i) =>
+          !r.ok &&
+          !(prep[i]![0] === 'vol-delete' && /not found|no storage vol/i.test(r.err)) &&
+          !(prep[i]![0] === 'pool-build' && /exists/i.test(r.err)),
+      );
+      if (bad >= 0)
+        throw new PimError(
+          /pool/.test(prep[bad]![0]!) ? EXIT.CANTCREAT : EXIT.SOFTWARE,
+          `${t.name}: ${prep[bad]![0]} ${t.pool}: ${res[bad]!.err}`,
+        );
     }
 
     // 2. the upload, verified on the far side before anything is defined
@@ -263,12 +339,25 @@ export async function deployLibvirt(src: Source, t: LibvirtTarget, o: DeployOpts
     // 3. the domain
     const uefiVars = src.efivars ? `${src.volume}.efivars.fd` : null;
     const serialLog = t.health.kind === 'serial' ? `/var/log/libvirt/qemu/${name}-serial.log` : null;
-    const xml = domainXml({ name, uuid: d?.uuid ?? null, target: t, build: src.build, volume: src.volume, nvram: uefiVars ? join(poolPath, uefiVars) : null, meta, serialLog });
+    const xml = domainXml({
+      name,
+      uuid: d?.uuid ?? null,
+      target: t,
+      build: src.build,
+      volume: src.volume,
+      nvram: uefiVars ? join(poolPath, uefiVars) : null,
+      meta,
+      serialLog,
+    });
     void volPath;
     if (same) {
       if (!running) {
         await v.must([['start', name]], `${t.name}: cannot start ${name}`, EXIT.SOFTWARE, { signal: o.signal });
-        if (!(await healthy(v, t, name, o.healthTimeoutS ?? t.healthTimeoutS, serialLog, o.signal))) throw new PimError(EXIT.ROLLBACK, `${t.name}: ${name} did not pass its health check (${t.health.kind}) within ${o.healthTimeoutS ?? t.healthTimeoutS} s`);
+        if (!(await healthy(v, t, name, o.healthTimeoutS ?? t.healthTimeoutS, serialLog, o.signal)))
+          throw new PimError(
+            EXIT.ROLLBACK,
+            `${t.name}: ${name} did not pass its health check (${t.health.kind}) within ${o.healthTimeoutS ?? t.healthTimeoutS} s`,
+          );
       }
       return { plan, upload: 'skipped', domain: 'kept', started: !running, removed: await gc(v, t, src, st, o) };
     }
@@ -281,22 +370,60 @@ export async function deployLibvirt(src: Source, t: LibvirtTarget, o: DeployOpts
       if (running || d.state === 'paused') await shutDown(v, name, t.shutdownTimeoutS, o.signal);
     }
     const newFile = xmlFile(tmp, 'new.xml', xml);
-    const [def, sta] = await v.batch([['define', newFile], ['start', name]], { signal: o.signal });
+    const [def, sta] = await v.batch(
+      [
+        ['define', newFile],
+        ['start', name],
+      ],
+      { signal: o.signal },
+    );
     const timeoutS = o.healthTimeoutS ?? t.healthTimeoutS;
     const ok = def!.ok && sta!.ok && (await healthy(v, t, name, timeoutS, serialLog, o.signal));
     if (!ok) {
-      const why = (!def!.ok ? `define failed: ${def!.err}` : !sta!.ok ? `start failed: ${sta!.err}` : `no ${t.health.kind} health within ${timeoutS} s`).replace(/\n/g, '; ');
+      const why = (
+        !def!.ok
+          ? `define failed: ${def!.err}`
+          : !sta!.ok
+            ? `start failed: ${sta!.err}`
+            : `no ${t.health.kind} health within ${timeoutS} s`
+      ).replace(/\n/g, '; ');
       if (oldFile) {
-        log.warn(`${t.name}: ${name} on ${src.build.id}: ${why}; restoring the previous definition (${d!.meta?.build ?? 'not a pim build'})`);
-        const back = await v.batch([['destroy', name], ['define', oldFile], ...(running ? [['start', name]] : [])], { signal: o.signal });
+        log.warn(
+          `${t.name}: ${name} on ${src.build.id}: ${why}; restoring the previous definition (${d!.meta?.build ?? 'not a pim build'})`,
+        );
+        const back = await v.batch([['destroy', name], ['define', oldFile], ...(running ? [['start', name]] : [])], {
+          signal: o.signal,
+        });
         const bad = back.slice(1).find((r) => !r.ok);
-        if (bad) throw new PimError(EXIT.SOFTWARE, `${t.name}: ${name}: ${why}, and restoring the previous definition failed: ${bad.err}; it is saved in ${join(stateDir(), 'deploy', t.name, `${name}.prev.xml`)}`);
-        throw new PimError(EXIT.ROLLBACK, `${t.name}: ${name} on build ${src.build.id}: ${why}; the previous definition (${d!.meta?.build ?? 'not a pim build'}) is back${running ? ' and running' : ''}`);
+        if (bad)
+          throw new PimError(
+            EXIT.SOFTWARE,
+            `${t.name}: ${name}: ${why}, and restoring the previous definition failed: ${bad.err}; it is saved in ${join(stateDir(), 'deploy', t.name, `${name}.prev.xml`)}`,
+          );
+        throw new PimError(
+          EXIT.ROLLBACK,
+          `${t.name}: ${name} on build ${src.build.id}: ${why}; the previous definition (${d!.meta?.build ?? 'not a pim build'}) is back${running ? ' and running' : ''}`,
+        );
       }
-      await v.batch([['destroy', name], ['undefine', name]], { signal: o.signal });
-      throw new PimError(EXIT.ROLLBACK, `${t.name}: ${name} on build ${src.build.id}: ${why}; the new domain was removed again`);
+      await v.batch(
+        [
+          ['destroy', name],
+          ['undefine', name],
+        ],
+        { signal: o.signal },
+      );
+      throw new PimError(
+        EXIT.ROLLBACK,
+        `${t.name}: ${name} on build ${src.build.id}: ${why}; the new domain was removed again`,
+      );
     }
-    return { plan, upload: upload ? 'uploaded' : 'skipped', domain: d ? 'upgraded' : 'defined', started: true, removed: await gc(v, t, src, st, o) };
+    return {
+      plan,
+      upload: upload ? 'uploaded' : 'skipped',
+      domain: d ? 'upgraded' : 'defined',
+      started: true,
+      removed: await gc(v, t, src, st, o),
+    };
   } finally {
     rmSync(tmp, { recursive: true, force: true });
   }
@@ -320,7 +447,19 @@ async function uploadVolume(v: Virsh, t: LibvirtTarget, src: Source, signal?: Ab
         ['vol-create-as', t.pool, marker, '0', '--format', 'raw'],
         ['vol-create-as', t.pool, src.volume, String(src.size), '--format', 'raw'],
         ['vol-upload', '--pool', t.pool, src.volume, file],
-        ...(src.efivars ? [['vol-create-as', t.pool, `${src.volume}.efivars.fd`, String(fs.statSync(src.efivars).size), '--format', 'raw'], ['vol-upload', '--pool', t.pool, `${src.volume}.efivars.fd`, src.efivars]] : []),
+        ...(src.efivars
+          ? [
+              [
+                'vol-create-as',
+                t.pool,
+                `${src.volume}.efivars.fd`,
+                String(fs.statSync(src.efivars).size),
+                '--format',
+                'raw',
+              ],
+              ['vol-upload', '--pool', t.pool, `${src.volume}.efivars.fd`, src.efivars],
+            ]
+          : []),
       ],
       `${t.name}: cannot upload ${src.volume}`,
       EXIT.UNAVAILABLE,
@@ -339,9 +478,18 @@ async function uploadVolume(v: Virsh, t: LibvirtTarget, src: Source, signal?: Ab
   const path = info!.out.trim();
   const far = await farHash(v, t, { name: src.volume, path }, signal);
   if (sent !== src.sha256 || far !== src.sha256) {
-    await v.batch([['vol-delete', '--pool', t.pool, src.volume], ['vol-delete', '--pool', t.pool, marker]]);
-    const which = sent !== src.sha256 ? `the bytes sent hash to ${sent.slice(0, 12)}… (the build changed while it was read?)` : `the far side's copy hashes to ${far.slice(0, 12)}…`;
-    throw new PimError(EXIT.DATAERR, `${t.name}: ${src.volume}: sha256 mismatch: ${which}, not ${src.sha256.slice(0, 12)}…; the volume was deleted and nothing was defined`);
+    await v.batch([
+      ['vol-delete', '--pool', t.pool, src.volume],
+      ['vol-delete', '--pool', t.pool, marker],
+    ]);
+    const which =
+      sent !== src.sha256
+        ? `the bytes sent hash to ${sent.slice(0, 12)}… (the build changed while it was read?)`
+        : `the far side's copy hashes to ${far.slice(0, 12)}…`;
+    throw new PimError(
+      EXIT.DATAERR,
+      `${t.name}: ${src.volume}: sha256 mismatch: ${which}, not ${src.sha256.slice(0, 12)}…; the volume was deleted and nothing was defined`,
+    );
   }
   await v.must([['vol-delete', '--pool', t.pool, marker]], `${t.name}: cannot remove the upload marker ${marker}`);
 }
@@ -352,7 +500,10 @@ async function gc(v: Virsh, t: LibvirtTarget, src: Source, st: State, o: DeployO
   const old = st.vols.filter((x) => owned.test(x.name) && x.name !== src.volume);
   if (old.length <= o.keep - 1) return [];
   const doms = [...new Set([...st.domains, src.name])];
-  const res = await v.batch([...doms.map((n) => ['dumpxml', n]), ...old.map((x) => ['vol-dumpxml', '--pool', t.pool, x.name])], { signal: o.signal });
+  const res = await v.batch(
+    [...doms.map((n) => ['dumpxml', n]), ...old.map((x) => ['vol-dumpxml', '--pool', t.pool, x.name])],
+    { signal: o.signal },
+  );
   const used = new Set<string>();
   for (const r of res.slice(0, doms.length)) {
     if (!r.ok) continue;
@@ -362,11 +513,18 @@ async function gc(v: Virsh, t: LibvirtTarget, src: Source, st: State, o: DeployO
   }
   const mtime = (i: number) => Number(/<mtime>([\d.]+)<\/mtime>/.exec(res[doms.length + i]!.out)?.[1] ?? 0);
   const ranked = old.map((x, i) => ({ x, m: mtime(i) })).sort((a, b) => b.m - a.m);
-  const doomed = ranked.slice(Math.max(0, o.keep - 1)).filter((r) => !used.has(r.x.name)).map((r) => r.x.name);
-  for (const r of ranked.slice(Math.max(0, o.keep - 1))) if (used.has(r.x.name)) log.info(`${t.name}: ${r.x.name} is still in use by a domain; kept`);
+  const doomed = ranked
+    .slice(Math.max(0, o.keep - 1))
+    .filter((r) => !used.has(r.x.name))
+    .map((r) => r.x.name);
+  for (const r of ranked.slice(Math.max(0, o.keep - 1)))
+    if (used.has(r.x.name)) log.info(`${t.name}: ${r.x.name} is still in use by a domain; kept`);
   if (!doomed.length) return [];
   const names = st.vols.map((x) => x.name);
-  const cmds = doomed.flatMap((n) => [['vol-delete', '--pool', t.pool, n], ...(names.includes(`${n}.efivars.fd`) ? [['vol-delete', '--pool', t.pool, `${n}.efivars.fd`]] : [])]);
+  const cmds = doomed.flatMap((n) => [
+    ['vol-delete', '--pool', t.pool, n],
+    ...(names.includes(`${n}.efivars.fd`) ? [['vol-delete', '--pool', t.pool, `${n}.efivars.fd`]] : []),
+  ]);
   const del = await v.batch(cmds, { signal: o.signal });
   return doomed.filter((n) => del[cmds.findIndex((c) => c[3] === n)]!.ok);
 }
@@ -384,12 +542,28 @@ export type Deployed = {
 export async function listLibvirt(t: LibvirtTarget): Promise<Deployed[]> {
   const v = new Virsh(t.uri);
   const [all] = await v.must([['list', '--all', '--name']], `${t.name}: cannot list domains`, EXIT.UNAVAILABLE);
-  const names = all!.out.split('\n').map((s) => s.trim()).filter(Boolean);
-  const res = await v.batch(names.flatMap((n) => [['dumpxml', '--inactive', n], ['domstate', n]]));
+  const names = all!.out
+    .split('\n')
+    .map((s) => s.trim())
+    .filter(Boolean);
+  const res = await v.batch(
+    names.flatMap((n) => [
+      ['dumpxml', '--inactive', n],
+      ['domstate', n],
+    ]),
+  );
   const out: Deployed[] = [];
   names.forEach((n, i) => {
     const meta = res[2 * i]!.ok ? metaOf(res[2 * i]!.out) : null;
-    if (meta) out.push({ name: n, build: meta.build, profile: meta.profile, volume: meta.volume, state: res[2 * i + 1]!.out.trim() || 'unknown', key: meta.key.slice(0, 12) });
+    if (meta)
+      out.push({
+        name: n,
+        build: meta.build,
+        profile: meta.profile,
+        volume: meta.volume,
+        state: res[2 * i + 1]!.out.trim() || 'unknown',
+        key: meta.key.slice(0, 12),
+      });
   });
   return out.sort((a, b) => a.name.localeCompare(b.name));
 }

@@ -19,7 +19,11 @@ import type { OciTarget } from './targets.ts';
 export const destOf = (t: OciTarget) => ({ ref: t.ref, insecure: t.insecure, credsEnv: t.credsEnv, label: t.name });
 
 export async function deployOci(ref: string, t: OciTarget, o: DeployOpts & { name?: string }): Promise<DeployResult> {
-  if (o.name !== undefined) throw new PimError(EXIT.USAGE, `${t.name} is a registry (type: oci): the image is tagged PROFILE-KEY12 and PROFILE, there is no --name`);
+  if (o.name !== undefined)
+    throw new PimError(
+      EXIT.USAGE,
+      `${t.name} is a registry (type: oci): the image is tagged PROFILE-KEY12 and PROFILE, there is no --name`,
+    );
   const b = findBuild(ref);
   const dir = ensurePrivateDir(join(cacheDir(), 'deploy'));
   const { acquireLock } = await import('../core/lock.ts');
@@ -28,10 +32,29 @@ export async function deployOci(ref: string, t: OciTarget, o: DeployOpts & { nam
     const { pushBuild } = await import('../oci/push.ts');
     const p = await pushBuild(b, destOf(t), { signal: o.signal, dryRun: o.dryRun, say: (s) => log.info(s) });
     const plan = [
-      { step: 'upload' as const, action: p.upload === 'uploaded' ? 'upload' : 'skip', detail: `${b.id}'s layer to ${p.ref}` },
-      { step: 'domain' as const, action: p.tagged ? 'tag' : 'keep', detail: p.tags.map((x) => `${t.ref.registry}/${t.ref.repo}:${x}`).join(' ') },
+      {
+        step: 'upload' as const,
+        action: p.upload === 'uploaded' ? 'upload' : 'skip',
+        detail: `${b.id}'s layer to ${p.ref}`,
+      },
+      {
+        step: 'domain' as const,
+        action: p.tagged ? 'tag' : 'keep',
+        detail: p.tags.map((x) => `${t.ref.registry}/${t.ref.repo}:${x}`).join(' '),
+      },
     ];
-    return { name: b.profile, build: b.id, volume: p.ref, outcome: { plan, upload: p.upload === 'uploaded' ? 'uploaded' : 'skipped', domain: p.tagged ? 'defined' : 'kept', started: false, removed: [] } };
+    return {
+      name: b.profile,
+      build: b.id,
+      volume: p.ref,
+      outcome: {
+        plan,
+        upload: p.upload === 'uploaded' ? 'uploaded' : 'skipped',
+        domain: p.tagged ? 'defined' : 'kept',
+        started: false,
+        removed: [],
+      },
+    };
   } finally {
     await lock.release();
   }
@@ -46,7 +69,14 @@ export async function listOci(t: OciTarget): Promise<Deployed[]> {
     return tags
       .map((tag) => /^(.+)-([0-9a-f]{12})$/.exec(tag))
       .filter((m): m is RegExpExecArray => m !== null)
-      .map((m) => ({ name: m[0], build: m[0], profile: m[1]!, volume: `${t.ref.registry}/${t.ref.repo}:${m[0]}`, state: 'pushed', key: m[2]! }))
+      .map((m) => ({
+        name: m[0],
+        build: m[0],
+        profile: m[1]!,
+        volume: `${t.ref.registry}/${t.ref.repo}:${m[0]}`,
+        state: 'pushed',
+        key: m[2]!,
+      }))
       .sort((a, b) => a.name.localeCompare(b.name));
   } finally {
     await c.close();

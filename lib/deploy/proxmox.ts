@@ -53,7 +53,21 @@ import { EXIT, PimError } from '../core/exit.ts';
 import { log } from '../core/log.ts';
 import { checkAborted } from '../core/signals.ts';
 import { memKiB } from './domain.ts';
-import { agentPrivs, configPrivs, describeNeeds, descriptionLength, DESCRIPTION_MAX, dnsNameProblem, importedVolume, permsAt, privilegesFor, taskSucceeded, unmet, type Need, type Perms } from './pvecheck.ts';
+import {
+  agentPrivs,
+  configPrivs,
+  describeNeeds,
+  descriptionLength,
+  DESCRIPTION_MAX,
+  dnsNameProblem,
+  importedVolume,
+  permsAt,
+  privilegesFor,
+  taskSucceeded,
+  unmet,
+  type Need,
+  type Perms,
+} from './pvecheck.ts';
 import { sleep, type DeployOpts, type Deployed, type Outcome, type Step } from './libvirt.ts';
 import { volumeRe, type Source } from './source.ts';
 import { normFingerprint, type ProxmoxTarget } from './targets.ts';
@@ -75,13 +89,20 @@ export interface PveMeta {
   sha256: string;
 }
 
-export const metaLine = (m: PveMeta) => `pim-deploy: build=${m.build} key=${m.key} profile=${m.profile} volume=${m.volume} sha256=${m.sha256}`;
+export const metaLine = (m: PveMeta) =>
+  `pim-deploy: build=${m.build} key=${m.key} profile=${m.profile} volume=${m.volume} sha256=${m.sha256}`;
 
 export function metaOfDescription(desc: string | undefined): PveMeta | null {
   const line = desc?.split('\n').find((l) => l.startsWith('pim-deploy: '));
   if (!line) return null;
   const get = (k: string) => new RegExp(`(?:^|\\s)${k}=(\\S+)`).exec(line.slice(12))?.[1] ?? '';
-  const m = { build: get('build'), key: get('key'), profile: get('profile'), volume: get('volume'), sha256: get('sha256') };
+  const m = {
+    build: get('build'),
+    key: get('key'),
+    profile: get('profile'),
+    volume: get('volume'),
+    sha256: get('sha256'),
+  };
   return m.build && m.volume && /^[0-9a-f]{64}$/.test(m.sha256) ? m : null;
 }
 
@@ -98,7 +119,12 @@ const DISK_KEY: Record<string, string> = { virtio: 'scsi0', scsi: 'scsi0', sata:
  * the target's overrides. An existing VM (its config) keeps its MAC address, its EFI disk
  * and the user's own lines of its description.
  */
-export function vmParams(src: Source, t: ProxmoxTarget, meta: PveMeta, had: Record<string, string> | null): Record<string, string> {
+export function vmParams(
+  src: Source,
+  t: ProxmoxTarget,
+  meta: PveMeta,
+  had: Record<string, string> | null,
+): Record<string, string> {
   const s = src.build.settings;
   const o = t.overrides;
   const disk = DISK_KEY[o.disk_bus ?? s.disk_bus] ?? 'scsi0';
@@ -106,7 +132,11 @@ export function vmParams(src: Source, t: ProxmoxTarget, meta: PveMeta, had: Reco
   const net = s.net === 'virtio-net' || s.net === 'virtio-net-pci' || s.net === 'virtio' ? 'virtio' : s.net;
   const mac = had?.net0?.startsWith(`${net}=`) ? /^[^=]+=([0-9A-Fa-f:]{17})/.exec(had.net0)?.[1] : undefined;
   // a description of the user's own is kept; pim's line is replaced
-  const own = (had?.description ?? '').split('\n').filter((l) => !l.startsWith('pim-deploy: ')).join('\n').trim();
+  const own = (had?.description ?? '')
+    .split('\n')
+    .filter((l) => !l.startsWith('pim-deploy: '))
+    .join('\n')
+    .trim();
   return {
     name: src.name,
     memory: String(Math.round(memKiB(o.mem ?? s.mem) / 1024)),
@@ -157,8 +187,16 @@ export class Pve {
   readonly tokenId: string;
   constructor(readonly t: ProxmoxTarget) {
     const tok = process.env[t.tokenEnv];
-    if (!tok) throw new PimError(EXIT.NOPERM, `${t.name}: the environment variable ${t.tokenEnv} (token_env) is not set: export ${t.tokenEnv}='USER@REALM!TOKENID=SECRET', an API token of ${t.api} (Datacenter > Permissions > API Tokens)`);
-    if (!/^[^\s@]+@[^\s!]+![^\s=]+=\S+$/.test(tok)) throw new PimError(EXIT.NOPERM, `${t.name}: ${t.tokenEnv} does not look like an API token (USER@REALM!TOKENID=SECRET); set it to one`);
+    if (!tok)
+      throw new PimError(
+        EXIT.NOPERM,
+        `${t.name}: the environment variable ${t.tokenEnv} (token_env) is not set: export ${t.tokenEnv}='USER@REALM!TOKENID=SECRET', an API token of ${t.api} (Datacenter > Permissions > API Tokens)`,
+      );
+    if (!/^[^\s@]+@[^\s!]+![^\s=]+=\S+$/.test(tok))
+      throw new PimError(
+        EXIT.NOPERM,
+        `${t.name}: ${t.tokenEnv} does not look like an API token (USER@REALM!TOKENID=SECRET); set it to one`,
+      );
     this.auth = `PVEAPIToken=${tok}`;
     this.tokenId = tok.slice(0, tok.indexOf('='));
   }
@@ -168,7 +206,11 @@ export class Pve {
     const { Agent, buildConnector } = await import('undici');
     const pin = this.t.fingerprint;
     // no TLS session resumption: a resumed session shows no certificate to check
-    const base = buildConnector({ rejectUnauthorized: !pin && !this.t.insecure, timeout: 15_000, maxCachedSessions: 0 });
+    const base = buildConnector({
+      rejectUnauthorized: !pin && !this.t.insecure,
+      timeout: 15_000,
+      maxCachedSessions: 0,
+    });
     const where = this.t.api;
     const connect: Connector.connector = (opts, cb) =>
       base(opts, (err, sock) => {
@@ -176,14 +218,29 @@ export class Pve {
         const got = normFingerprint((sock as TLSSocket).getPeerCertificate().fingerprint256 ?? '');
         if (got === pin) return cb(null, sock!);
         sock!.destroy();
-        cb(Object.assign(new Error(`the certificate of ${where} has the sha256 fingerprint ${got}, not the pinned ${pin}`), { code: 'PIM_FINGERPRINT' }), null);
+        cb(
+          Object.assign(
+            new Error(`the certificate of ${where} has the sha256 fingerprint ${got}, not the pinned ${pin}`),
+            { code: 'PIM_FINGERPRINT' },
+          ),
+          null,
+        );
       });
     this.agent = new Agent({ connect, headersTimeout: 60_000, bodyTimeout: 0 });
     return this.agent;
   }
 
   /** One request; `body` is a form (urlencoded) or a prepared stream with its headers. */
-  async call(method: string, path: string, opts: { form?: Record<string, string>; stream?: { body: NodeJS.ReadableStream; headers: Record<string, string> }; signal?: AbortSignal; ok404?: boolean } = {}): Promise<Answer> {
+  async call(
+    method: string,
+    path: string,
+    opts: {
+      form?: Record<string, string>;
+      stream?: { body: NodeJS.ReadableStream; headers: Record<string, string> };
+      signal?: AbortSignal;
+      ok404?: boolean;
+    } = {},
+  ): Promise<Answer> {
     const { request } = await import('undici');
     const url = `${this.t.api}/api2/json${path}`;
     const headers: Record<string, string> = { authorization: this.auth, ...opts.stream?.headers };
@@ -196,14 +253,31 @@ export class Pve {
     log.debug(`${method} ${url}`);
     let res;
     try {
-      res = await request(url, { method: method as 'GET', headers, body: body as string, dispatcher: (await this.dispatcher()) as never, signal: opts.signal });
+      res = await request(url, {
+        method: method as 'GET',
+        headers,
+        body: body as string,
+        dispatcher: (await this.dispatcher()) as never,
+        signal: opts.signal,
+      });
     } catch (e) {
       if (opts.signal?.aborted) throw e;
       const err = e as Error & { code?: string; cause?: { code?: string; message?: string } };
       const code = err.code ?? err.cause?.code;
-      if (code === 'PIM_FINGERPRINT' || /PIM_FINGERPRINT/.test(String(err.cause?.code))) throw new PimError(EXIT.UNAVAILABLE, `${this.t.name}: ${err.message}: refusing to send the token; if the certificate changed on purpose, check it on the node (pvenode cert info) and update fingerprint:`);
-      if (code && /CERT|SELF_SIGNED|UNABLE_TO_VERIFY/.test(code)) throw new PimError(EXIT.UNAVAILABLE, `${this.t.name}: the certificate of ${this.t.api} is not trusted (${code}): pin it with fingerprint: (pvenode cert info on the node shows it) or set insecure: true`);
-      throw new PimError(EXIT.UNAVAILABLE, `${this.t.name}: cannot reach ${this.t.api} (${code ?? err.message}); check api: and the network`);
+      if (code === 'PIM_FINGERPRINT' || /PIM_FINGERPRINT/.test(String(err.cause?.code)))
+        throw new PimError(
+          EXIT.UNAVAILABLE,
+          `${this.t.name}: ${err.message}: refusing to send the token; if the certificate changed on purpose, check it on the node (pvenode cert info) and update fingerprint:`,
+        );
+      if (code && /CERT|SELF_SIGNED|UNABLE_TO_VERIFY/.test(code))
+        throw new PimError(
+          EXIT.UNAVAILABLE,
+          `${this.t.name}: the certificate of ${this.t.api} is not trusted (${code}): pin it with fingerprint: (pvenode cert info on the node shows it) or set insecure: true`,
+        );
+      throw new PimError(
+        EXIT.UNAVAILABLE,
+        `${this.t.name}: cannot reach ${this.t.api} (${code ?? err.message}); check api: and the network`,
+      );
     }
     const text = await res.body.text();
     // PVE up to 8.3 (pve-http-server 5.1) answers an error with {"data":null} (and "errors"
@@ -216,13 +290,41 @@ export class Pve {
       /* no JSON */
     }
     const reason = (res as { statusText?: string }).statusText ?? '';
-    const errors = got.errors ? Object.entries(got.errors).map(([k, v]) => `${k}: ${String(v).trim()}`).join('; ') : '';
-    const said = (typeof got.message === 'string' ? got.message.trim() : '') || reason.trim() || (got.data === undefined ? text.trim().slice(0, 200) : '');
-    const answer = { status: res.statusCode, data: got.data ?? null, message: errors ? `${said ? `${said} ` : ''}${errors}`.trim() : said };
-    if (res.statusCode === 401) throw new PveError(EXIT.NOPERM, `${this.t.name}: ${this.t.api} refused the token in ${this.t.tokenEnv} (401): check the token and that it is not expired`, 401, answer.message);
+    const errors = got.errors
+      ? Object.entries(got.errors)
+          .map(([k, v]) => `${k}: ${String(v).trim()}`)
+          .join('; ')
+      : '';
+    const said =
+      (typeof got.message === 'string' ? got.message.trim() : '') ||
+      reason.trim() ||
+      (got.data === undefined ? text.trim().slice(0, 200) : '');
+    const answer = {
+      status: res.statusCode,
+      data: got.data ?? null,
+      message: errors ? `${said ? `${said} ` : ''}${errors}`.trim() : said,
+    };
+    if (res.statusCode === 401)
+      throw new PveError(
+        EXIT.NOPERM,
+        `${this.t.name}: ${this.t.api} refused the token in ${this.t.tokenEnv} (401): check the token and that it is not expired`,
+        401,
+        answer.message,
+      );
     if (res.statusCode === 403)
-      throw new PveError(EXIT.NOPERM, `${this.t.name}: ${method} ${path}: permission denied (403${answer.message ? `: ${answer.message}` : ''}): grant the token ${this.tokenId} ${privilegesFor(method, path, { storage: this.t.storage, importStorage: this.t.importStorage, major: this.major })} (or to its user, when the token is not privilege-separated)`, 403, answer.message);
-    if (res.statusCode >= 300 && !(opts.ok404 && res.statusCode === 404)) throw new PveError(EXIT.UNAVAILABLE, `${this.t.name}: ${method} ${path}: HTTP ${res.statusCode}${answer.message ? ` ${answer.message}` : ''}`, res.statusCode, answer.message);
+      throw new PveError(
+        EXIT.NOPERM,
+        `${this.t.name}: ${method} ${path}: permission denied (403${answer.message ? `: ${answer.message}` : ''}): grant the token ${this.tokenId} ${privilegesFor(method, path, { storage: this.t.storage, importStorage: this.t.importStorage, major: this.major })} (or to its user, when the token is not privilege-separated)`,
+        403,
+        answer.message,
+      );
+    if (res.statusCode >= 300 && !(opts.ok404 && res.statusCode === 404))
+      throw new PveError(
+        EXIT.UNAVAILABLE,
+        `${this.t.name}: ${method} ${path}: HTTP ${res.statusCode}${answer.message ? ` ${answer.message}` : ''}`,
+        res.statusCode,
+        answer.message,
+      );
     return answer;
   }
 
@@ -236,16 +338,26 @@ export class Pve {
     let wait = 200;
     for (;;) {
       checkAborted(signal);
-      const st = await this.get<{ status: string; exitstatus?: string }>(`/nodes/${enc(this.t.node)}/tasks/${enc(upid)}/status`, signal);
+      const st = await this.get<{ status: string; exitstatus?: string }>(
+        `/nodes/${enc(this.t.node)}/tasks/${enc(upid)}/status`,
+        signal,
+      );
       if (st.status === 'stopped') return st.exitstatus ?? 'unknown';
-      if (Date.now() > deadline) throw new PimError(EXIT.TEMPFAIL, `${this.t.name}: task ${upid} still runs after ${timeoutS} s`);
+      if (Date.now() > deadline)
+        throw new PimError(EXIT.TEMPFAIL, `${this.t.name}: task ${upid} still runs after ${timeoutS} s`);
       await sleep(wait, signal);
       wait = Math.min(wait * 2, 2000);
     }
   }
 
   /** Run a request that starts a task, and require the task to succeed (OK, or WARNINGS: N, logged). */
-  async task(method: string, path: string, form: Record<string, string> | undefined, what: string, signal?: AbortSignal): Promise<void> {
+  async task(
+    method: string,
+    path: string,
+    form: Record<string, string> | undefined,
+    what: string,
+    signal?: AbortSignal,
+  ): Promise<void> {
     const { data } = await this.call(method, path, { form, signal });
     if (typeof data !== 'string' || !data.startsWith('UPID:')) return; // done synchronously
     const exit = await this.waitTask(data, signal);
@@ -257,8 +369,14 @@ export class Pve {
   async warnTask(upid: string, what: string, exit: string, signal?: AbortSignal): Promise<void> {
     let lines: string[] = [];
     try {
-      const got = await this.get<{ n: number; t: string }[]>(`/nodes/${enc(this.t.node)}/tasks/${enc(upid)}/log?start=0&limit=500`, signal);
-      lines = (Array.isArray(got) ? got : []).map((l) => String(l.t)).filter((l) => l.startsWith('WARN: ')).map((l) => l.slice(6));
+      const got = await this.get<{ n: number; t: string }[]>(
+        `/nodes/${enc(this.t.node)}/tasks/${enc(upid)}/log?start=0&limit=500`,
+        signal,
+      );
+      lines = (Array.isArray(got) ? got : [])
+        .map((l) => String(l.t))
+        .filter((l) => l.startsWith('WARN: '))
+        .map((l) => l.slice(6));
     } catch (e) {
       if (!(e instanceof PimError)) throw e;
     }
@@ -281,11 +399,21 @@ interface ImportFile {
 }
 
 /** The multipart body of an upload: the fields, then the file, streamed (hashed and counted), with its length known. */
-async function multipart(fields: Record<string, string>, file: string, fileName: string, size: number, onBytes: (n: number) => void): Promise<{ body: NodeJS.ReadableStream; headers: Record<string, string> }> {
+async function multipart(
+  fields: Record<string, string>,
+  file: string,
+  fileName: string,
+  size: number,
+  onBytes: (n: number) => void,
+): Promise<{ body: NodeJS.ReadableStream; headers: Record<string, string> }> {
   const { randomBytes } = await import('node:crypto');
   const { Readable } = await import('node:stream');
   const b = `----pim${randomBytes(12).toString('hex')}`;
-  const head = Object.entries(fields).map(([k, v]) => `--${b}\r\nContent-Disposition: form-data; name="${k}"\r\n\r\n${v}\r\n`).join('') + `--${b}\r\nContent-Disposition: form-data; name="filename"; filename="${fileName}"\r\nContent-Type: application/octet-stream\r\n\r\n`;
+  const head =
+    Object.entries(fields)
+      .map(([k, v]) => `--${b}\r\nContent-Disposition: form-data; name="${k}"\r\n\r\n${v}\r\n`)
+      .join('') +
+    `--${b}\r\nContent-Disposition: form-data; name="filename"; filename="${fileName}"\r\nContent-Type: application/octet-stream\r\n\r\n`;
   const tail = `\r\n--${b}--\r\n`;
   async function* parts() {
     yield Buffer.from(head);
@@ -297,7 +425,13 @@ async function multipart(fields: Record<string, string>, file: string, fileName:
     }
     yield Buffer.from(tail);
   }
-  return { body: Readable.from(parts()), headers: { 'content-type': `multipart/form-data; boundary=${b}`, 'content-length': String(Buffer.byteLength(head) + size + Buffer.byteLength(tail)) } };
+  return {
+    body: Readable.from(parts()),
+    headers: {
+      'content-type': `multipart/form-data; boundary=${b}`,
+      'content-length': String(Buffer.byteLength(head) + size + Buffer.byteLength(tail)),
+    },
+  };
 }
 
 interface StorageEntry {
@@ -321,14 +455,34 @@ async function checkImportStorage(api: Pve, signal?: AbortSignal): Promise<void>
   try {
     list = await api.get<StorageEntry[]>(`/nodes/${enc(t.node)}/storage?storage=${enc(s)}&content=import`, signal);
   } catch (e) {
-    if (e instanceof PveError && e.status === 400) throw new PimError(EXIT.CONFIG, `${t.name}: storage ${s} on ${t.node} is missing, disabled or has no content "import" (PVE: ${e.pveMessage}): ${fix}; nothing was sent`);
+    if (e instanceof PveError && e.status === 400)
+      throw new PimError(
+        EXIT.CONFIG,
+        `${t.name}: storage ${s} on ${t.node} is missing, disabled or has no content "import" (PVE: ${e.pveMessage}): ${fix}; nothing was sent`,
+      );
     throw e;
   }
   const e = (Array.isArray(list) ? list : []).find((x) => x.storage === s);
-  if (!e) throw new PimError(EXIT.NOPERM, `${t.name}: the token ${api.tokenId} cannot see storage ${s}: grant it Datastore.Audit or Datastore.AllocateSpace on /storage/${s}; nothing was sent`);
-  if (typeof e.content === 'string' && !e.content.split(',').includes('import')) throw new PimError(EXIT.CONFIG, `${t.name}: storage ${s} (${e.type ?? 'unknown type'}) has no content "import" (it has ${e.content || 'none'}): ${fix}; nothing was sent`);
-  if (e.enabled !== undefined && !Number(e.enabled)) throw new PimError(EXIT.CONFIG, `${t.name}: storage ${s} is disabled: enable it (Datacenter > Storage > ${s}), or set import_storage: to another; nothing was sent`);
-  if (e.active !== undefined && !Number(e.active)) throw new PimError(EXIT.UNAVAILABLE, `${t.name}: storage ${s} is not active on ${t.node} (unmounted or unreachable): check it on the node (pvesm status); nothing was sent`);
+  if (!e)
+    throw new PimError(
+      EXIT.NOPERM,
+      `${t.name}: the token ${api.tokenId} cannot see storage ${s}: grant it Datastore.Audit or Datastore.AllocateSpace on /storage/${s}; nothing was sent`,
+    );
+  if (typeof e.content === 'string' && !e.content.split(',').includes('import'))
+    throw new PimError(
+      EXIT.CONFIG,
+      `${t.name}: storage ${s} (${e.type ?? 'unknown type'}) has no content "import" (it has ${e.content || 'none'}): ${fix}; nothing was sent`,
+    );
+  if (e.enabled !== undefined && !Number(e.enabled))
+    throw new PimError(
+      EXIT.CONFIG,
+      `${t.name}: storage ${s} is disabled: enable it (Datacenter > Storage > ${s}), or set import_storage: to another; nothing was sent`,
+    );
+  if (e.active !== undefined && !Number(e.active))
+    throw new PimError(
+      EXIT.UNAVAILABLE,
+      `${t.name}: storage ${s} is not active on ${t.node} (unmounted or unreachable): check it on the node (pvesm status); nothing was sent`,
+    );
 }
 
 /** The token's privileges for each step (GET /access/permissions?path=P, which any token may ask of itself). */
@@ -348,15 +502,25 @@ async function checkPermissions(api: Pve, needs: Need[], signal?: AbortSignal): 
   }
   const miss = unmet(needs, perms);
   if (miss.length)
-    throw new PimError(EXIT.NOPERM, `${api.t.name}: the token ${api.tokenId} lacks ${describeNeeds(miss)}: grant them (Datacenter > Permissions > Add > API Token Permission; to its user too when it is privilege-separated); nothing was sent`);
+    throw new PimError(
+      EXIT.NOPERM,
+      `${api.t.name}: the token ${api.tokenId} lacks ${describeNeeds(miss)}: grant them (Datacenter > Permissions > Add > API Token Permission; to its user too when it is privilege-separated); nothing was sent`,
+    );
 }
 
-export async function deployProxmox(src: Source, t: ProxmoxTarget, o: DeployOpts & { name?: string }): Promise<Outcome> {
+export async function deployProxmox(
+  src: Source,
+  t: ProxmoxTarget,
+  o: DeployOpts & { name?: string },
+): Promise<Outcome> {
   // PVE refuses a name that is not a DNS name (pve_verify_dns_name): say so before anything is sent
   const badName = dnsNameProblem(src.name);
   if (badName) {
     const given = o.name !== undefined;
-    throw new PimError(given ? EXIT.USAGE : EXIT.CONFIG, `${t.name}: Proxmox VE takes no VM named ${JSON.stringify(src.name)} (${badName}): a VM's name is a DNS name, letters, digits and "-" in dot-separated parts that neither start nor end with "-"; ${given ? 'pick another --name' : 'deploy it with --name NAME'}`);
+    throw new PimError(
+      given ? EXIT.USAGE : EXIT.CONFIG,
+      `${t.name}: Proxmox VE takes no VM named ${JSON.stringify(src.name)} (${badName}): a VM's name is a DNS name, letters, digits and "-" in dot-separated parts that neither start nor end with "-"; ${given ? 'pick another --name' : 'deploy it with --name NAME'}`,
+    );
   }
   const api = new Pve(t);
   const node = `/nodes/${enc(t.node)}`;
@@ -364,53 +528,104 @@ export async function deployProxmox(src: Source, t: ProxmoxTarget, o: DeployOpts
   api.major = Number(ver.version.split('.')[0]) || 8;
   const viaSsh = !versionAtLeast(ver.version, IMPORT_SINCE);
   if (viaSsh && !t.ssh)
-    throw new PimError(EXIT.UNAVAILABLE, `${t.name}: ${t.api} runs Proxmox VE ${ver.version}, older than 8.4 (its storage takes no qcow2 image as content "import"): set ssh: root@${t.node} in the target to copy the image over SSH and import it with qm disk import, or upgrade PVE to 8.4`);
+    throw new PimError(
+      EXIT.UNAVAILABLE,
+      `${t.name}: ${t.api} runs Proxmox VE ${ver.version}, older than 8.4 (its storage takes no qcow2 image as content "import"): set ssh: root@${t.node} in the target to copy the image over SSH and import it with qm disk import, or upgrade PVE to 8.4`,
+    );
 
   const vms = await api.get<VmEntry[]>(`${node}/qemu`, o.signal);
   const vm = vms.find((x) => x.name === src.name && (t.vmid === null || Number(x.vmid) === t.vmid)) ?? null;
-  if (!vm && t.vmid !== null && vms.some((x) => Number(x.vmid) === t.vmid)) throw new PimError(EXIT.CANTCREAT, `${t.name}: VM ${t.vmid} on ${t.node} is not named ${src.name}: pick another vmid: or --name`);
+  if (!vm && t.vmid !== null && vms.some((x) => Number(x.vmid) === t.vmid))
+    throw new PimError(
+      EXIT.CANTCREAT,
+      `${t.name}: VM ${t.vmid} on ${t.node} is not named ${src.name}: pick another vmid: or --name`,
+    );
   const config = vm ? await api.get<Record<string, string>>(`${node}/qemu/${vm.vmid}/config`, o.signal) : null;
   const had = metaOfDescription(config?.description);
   const same = had !== null && had.sha256 === src.sha256;
-  const meta: PveMeta = { build: src.build.id, key: src.build.key, profile: src.build.profile, volume: src.volume, sha256: src.sha256 };
+  const meta: PveMeta = {
+    build: src.build.id,
+    key: src.build.key,
+    profile: src.build.profile,
+    volume: src.volume,
+    sha256: src.sha256,
+  };
   const params = same ? null : vmParams(src, t, meta, config);
   // qemu-server's description is at most 8192 characters: the user's own text plus pim's line
   if (params && descriptionLength(params.description!) > DESCRIPTION_MAX)
-    throw new PimError(EXIT.DATAERR, `${t.name}: VM ${vm ? `${vm.vmid} (${src.name})` : src.name}'s description with pim's record would be ${descriptionLength(params.description!)} characters, over PVE's ${DESCRIPTION_MAX}: shorten its description (its Notes) by ${descriptionLength(params.description!) - DESCRIPTION_MAX}; nothing was sent`);
+    throw new PimError(
+      EXIT.DATAERR,
+      `${t.name}: VM ${vm ? `${vm.vmid} (${src.name})` : src.name}'s description with pim's record would be ${descriptionLength(params.description!)} characters, over PVE's ${DESCRIPTION_MAX}: shorten its description (its Notes) by ${descriptionLength(params.description!) - DESCRIPTION_MAX}; nothing was sent`,
+    );
   if (!viaSsh && !same) await checkImportStorage(api, o.signal);
   // the images there: the storage's import content, or (before 8.4) the node's copies, over SSH
   const far = viaSsh ? await nodeCopies(t, src, o.signal) : null;
-  const files = far ? far.files : await api.get<ImportFile[]>(`${node}/storage/${enc(t.importStorage)}/content?content=import`, o.signal);
+  const files = far
+    ? far.files
+    : await api.get<ImportFile[]>(`${node}/storage/${enc(t.importStorage)}/content?content=import`, o.signal);
   const importVol = far ? `${far.dir}/${src.volume}` : `${t.importStorage}:import/${src.volume}`;
   const upload = !same && !(far ? far.verified : files.some((f) => f.volid === importVol));
   const running = vm?.status === 'running';
-  const plan: Step[] = [{ step: 'upload', action: upload ? 'upload' : 'skip', detail: `${importVol} (${src.size} bytes, sha256 ${src.sha256.slice(0, 12)})` }];
+  const plan: Step[] = [
+    {
+      step: 'upload',
+      action: upload ? 'upload' : 'skip',
+      detail: `${importVol} (${src.size} bytes, sha256 ${src.sha256.slice(0, 12)})`,
+    },
+  ];
   const domain: Outcome['domain'] = !vm ? 'defined' : same ? 'kept' : 'upgraded';
-  plan.push({ step: 'domain', action: domain === 'defined' ? 'define' : domain === 'kept' ? 'keep' : 'upgrade', detail: vm ? `${src.name} (vmid ${vm.vmid}, ${had?.build ?? 'not deployed by pim'}, ${vm.status ?? 'unknown'})` : `${src.name} (vmid ${t.vmid ?? 'next free'})` });
+  plan.push({
+    step: 'domain',
+    action: domain === 'defined' ? 'define' : domain === 'kept' ? 'keep' : 'upgrade',
+    detail: vm
+      ? `${src.name} (vmid ${vm.vmid}, ${had?.build ?? 'not deployed by pim'}, ${vm.status ?? 'unknown'})`
+      : `${src.name} (vmid ${t.vmid ?? 'next free'})`,
+  });
   const start = !(same && running);
   const timeoutS = o.healthTimeoutS ?? t.healthTimeoutS;
-  if (start) plan.push({ step: 'start', action: 'start', detail: src.name }, { step: 'health', action: 'agent', detail: `${timeoutS} s` });
+  if (start)
+    plan.push(
+      { step: 'start', action: 'start', detail: src.name },
+      { step: 'health', action: 'agent', detail: `${timeoutS} s` },
+    );
   const owned = volumeRe(src.name);
-  const old = files.filter((f) => f.volid !== importVol && owned.test(baseName(f.volid))).sort((a, b) => (b.ctime ?? 0) - (a.ctime ?? 0));
+  const old = files
+    .filter((f) => f.volid !== importVol && owned.test(baseName(f.volid)))
+    .sort((a, b) => (b.ctime ?? 0) - (a.ctime ?? 0));
   const doomed = old.slice(Math.max(0, o.keep - 1));
   if (doomed.length) plan.push({ step: 'gc', action: 'delete', detail: doomed.map((f) => f.volid).join(' ') });
-  const outcome = (removed: string[]): Outcome => ({ plan, upload: upload ? 'uploaded' : 'skipped', domain, started: start, removed });
+  const outcome = (removed: string[]): Outcome => ({
+    plan,
+    upload: upload ? 'uploaded' : 'skipped',
+    domain,
+    started: start,
+    removed,
+  });
   const disk = params ? Object.keys(params).find((k) => /^(scsi|sata|ide)0$/.test(k))! : 'scsi0';
 
   // the token's privileges for each step this deploy takes, before the upload
   const vmPath = vm ? `/vms/${vm.vmid}` : t.vmid !== null ? `/vms/${t.vmid}` : '/vms';
   const needs: Need[] = [];
-  if (upload && !far) needs.push({ path: `/storage/${t.importStorage}`, privs: ['Datastore.AllocateTemplate'], step: 'the upload' });
+  if (upload && !far)
+    needs.push({ path: `/storage/${t.importStorage}`, privs: ['Datastore.AllocateTemplate'], step: 'the upload' });
   if (params) {
     // over SSH, qm (as root) attaches the disk; the API sets the rest
     const keys = Object.keys(params).filter((k) => !far || (k !== disk && k !== 'boot'));
-    if (!far || keys.includes('efidisk0')) needs.push({ path: `/storage/${t.storage}`, privs: ['Datastore.AllocateSpace'], step: 'the new disk' });
+    if (!far || keys.includes('efidisk0'))
+      needs.push({ path: `/storage/${t.storage}`, privs: ['Datastore.AllocateSpace'], step: 'the new disk' });
     if (!vm) needs.push({ path: vmPath, privs: ['VM.Allocate'], step: 'creating the VM' });
-    for (const p of configPrivs(keys)) needs.push({ path: vmPath, privs: [p], step: vm ? 'the new config' : 'creating the VM' });
+    for (const p of configPrivs(keys))
+      needs.push({ path: vmPath, privs: [p], step: vm ? 'the new config' : 'creating the VM' });
   }
-  if (start || (params && vm && (running || vm.status === 'paused'))) needs.push({ path: vmPath, privs: ['VM.PowerMgmt'], step: params && vm ? 'shutdown and start' : 'the start' });
+  if (start || (params && vm && (running || vm.status === 'paused')))
+    needs.push({ path: vmPath, privs: ['VM.PowerMgmt'], step: params && vm ? 'shutdown and start' : 'the start' });
   if (start) needs.push({ path: vmPath, privs: agentPrivs(api.major), step: 'the agent ping' });
-  if (doomed.length && !far) needs.push({ path: `/storage/${t.importStorage}`, privs: ['Datastore.Allocate'], step: 'deleting old import files' });
+  if (doomed.length && !far)
+    needs.push({
+      path: `/storage/${t.importStorage}`,
+      privs: ['Datastore.Allocate'],
+      step: 'deleting old import files',
+    });
   if (needs.length) await checkPermissions(api, needs, o.signal);
   if (o.dryRun) return outcome([]);
 
@@ -420,8 +635,16 @@ export async function deployProxmox(src: Source, t: ProxmoxTarget, o: DeployOpts
     const bar = process.stderr.isTTY ? progressReporter(`${t.name}: ${src.volume}`) : null;
     let upid: unknown;
     try {
-      const body = await multipart({ content: 'import', 'checksum-algorithm': 'sha256', checksum: src.sha256 }, src.path, src.volume, src.size, (n) => bar?.update({ done: n, total: src.size }));
-      upid = (await api.call('POST', `${node}/storage/${enc(t.importStorage)}/upload`, { stream: body, signal: o.signal })).data;
+      const body = await multipart(
+        { content: 'import', 'checksum-algorithm': 'sha256', checksum: src.sha256 },
+        src.path,
+        src.volume,
+        src.size,
+        (n) => bar?.update({ done: n, total: src.size }),
+      );
+      upid = (
+        await api.call('POST', `${node}/storage/${enc(t.importStorage)}/upload`, { stream: body, signal: o.signal })
+      ).data;
     } finally {
       bar?.end();
     }
@@ -429,7 +652,10 @@ export async function deployProxmox(src: Source, t: ProxmoxTarget, o: DeployOpts
       const exit = await api.waitTask(upid, o.signal);
       if (!taskSucceeded(exit)) {
         const bad = /checksum/i.test(exit);
-        throw new PimError(bad ? EXIT.DATAERR : EXIT.UNAVAILABLE, `${t.name}: uploading ${src.volume} to ${t.importStorage} failed: ${exit}${bad ? '; nothing was created: run pim-deploy again' : ''}`);
+        throw new PimError(
+          bad ? EXIT.DATAERR : EXIT.UNAVAILABLE,
+          `${t.name}: uploading ${src.volume} to ${t.importStorage} failed: ${exit}${bad ? '; nothing was created: run pim-deploy again' : ''}`,
+        );
       }
       if (exit !== 'OK') await api.warnTask(upid, `uploading ${src.volume}`, exit, o.signal);
     }
@@ -445,55 +671,117 @@ export async function deployProxmox(src: Source, t: ProxmoxTarget, o: DeployOpts
     if (later) for (const k of Object.keys(later)) delete params[k];
     if (!vm) {
       vmid ??= Number(await api.get<string>('/cluster/nextid', o.signal));
-      await api.task('POST', `${node}/qemu`, { vmid: String(vmid), ...params }, `creating VM ${vmid} (${src.name})`, o.signal);
+      await api.task(
+        'POST',
+        `${node}/qemu`,
+        { vmid: String(vmid), ...params },
+        `creating VM ${vmid} (${src.name})`,
+        o.signal,
+      );
     } else {
       const wasUp = running || vm.status === 'paused';
       const changed = (how: string, restarted: boolean) =>
-        new PimError(EXIT.TEMPFAIL, `${t.name}: ${src.name} (vmid ${vmid})'s config changed since pim read it before the upload (${how}): pim changed nothing${restarted ? ' and started it again' : ''}; look at the change (qm config ${vmid}), then run pim-deploy again`);
+        new PimError(
+          EXIT.TEMPFAIL,
+          `${t.name}: ${src.name} (vmid ${vmid})'s config changed since pim read it before the upload (${how}): pim changed nothing${restarted ? ' and started it again' : ''}; look at the change (qm config ${vmid}), then run pim-deploy again`,
+        );
       // optimistic locking: the config read before the upload must still be the one there,
       // checked before the shutdown and again by PVE with the change (digest)
       const digest = config?.digest;
       if (digest) {
         const now = await api.get<Record<string, string>>(`${node}/qemu/${vmid}/config`, o.signal);
-        if (now.digest !== digest) throw changed(`its digest is now ${String(now.digest).slice(0, 12)}, was ${digest.slice(0, 12)}`, false);
+        if (now.digest !== digest)
+          throw changed(`its digest is now ${String(now.digest).slice(0, 12)}, was ${digest.slice(0, 12)}`, false);
       }
-      if (wasUp) await api.task('POST', `${node}/qemu/${vmid}/status/shutdown`, { timeout: String(t.shutdownTimeoutS), forceStop: '1' }, `shutting ${src.name} (vmid ${vmid}) down`, o.signal);
+      if (wasUp)
+        await api.task(
+          'POST',
+          `${node}/qemu/${vmid}/status/shutdown`,
+          { timeout: String(t.shutdownTimeoutS), forceStop: '1' },
+          `shutting ${src.name} (vmid ${vmid}) down`,
+          o.signal,
+        );
       try {
-        await api.task('POST', `${node}/qemu/${vmid}/config`, { ...params, ...(digest ? { digest } : {}) }, `giving ${src.name} (vmid ${vmid}) the new disk`, o.signal);
+        await api.task(
+          'POST',
+          `${node}/qemu/${vmid}/config`,
+          { ...params, ...(digest ? { digest } : {}) },
+          `giving ${src.name} (vmid ${vmid}) the new disk`,
+          o.signal,
+        );
       } catch (e) {
         if (!(e instanceof PveError && DIGEST_MISMATCH.test(e.pveMessage))) throw e;
-        if (wasUp) await api.task('POST', `${node}/qemu/${vmid}/status/start`, {}, `starting ${src.name} (vmid ${vmid}) again`, o.signal);
+        if (wasUp)
+          await api.task(
+            'POST',
+            `${node}/qemu/${vmid}/status/start`,
+            {},
+            `starting ${src.name} (vmid ${vmid}) again`,
+            o.signal,
+          );
         throw changed(`PVE: ${e.pveMessage}`, wasUp);
       }
     }
     if (later && far) {
       const vol = await qmImport(t, vmid!, importVol, o.signal);
-      await nodeRun(t, ['qm', 'set', String(vmid), `--${disk}`, vol, '--boot', later.boot], `attaching ${vol} to VM ${vmid}`, o.signal);
-      await api.task('POST', `${node}/qemu/${vmid}/config`, { description: later.description }, `recording ${src.build.id} in VM ${vmid}'s description`, o.signal);
+      await nodeRun(
+        t,
+        ['qm', 'set', String(vmid), `--${disk}`, vol, '--boot', later.boot],
+        `attaching ${vol} to VM ${vmid}`,
+        o.signal,
+      );
+      await api.task(
+        'POST',
+        `${node}/qemu/${vmid}/config`,
+        { description: later.description },
+        `recording ${src.build.id} in VM ${vmid}'s description`,
+        o.signal,
+      );
     }
   }
   if (start) {
     const why = await startHealthy(api, vmid!, timeoutS, o.signal);
-    if (why && same) throw new PimError(EXIT.UNAVAILABLE, `${t.name}: ${src.name} (vmid ${vmid}) on build ${src.build.id}: ${why}; pim only started it, nothing else changed`);
-    if (why && vm && config) await rollBack(api, src, vmid!, config, sent, running || vm.status === 'paused', had, why, o.signal);
+    if (why && same)
+      throw new PimError(
+        EXIT.UNAVAILABLE,
+        `${t.name}: ${src.name} (vmid ${vmid}) on build ${src.build.id}: ${why}; pim only started it, nothing else changed`,
+      );
+    if (why && vm && config)
+      await rollBack(api, src, vmid!, config, sent, running || vm.status === 'paused', had, why, o.signal);
     if (why) {
-      log.warn(`${t.name}: ${src.name} (vmid ${vmid}) on build ${src.build.id}: ${why}; deleting the VM this deploy created`);
+      log.warn(
+        `${t.name}: ${src.name} (vmid ${vmid}) on build ${src.build.id}: ${why}; deleting the VM this deploy created`,
+      );
       try {
         await api.task('POST', `${node}/qemu/${vmid}/status/stop`, {}, `stopping ${src.name} (vmid ${vmid})`, o.signal);
         await api.task('DELETE', `${node}/qemu/${vmid}`, undefined, `deleting VM ${vmid}`, o.signal);
       } catch (e) {
         if (!(e instanceof PimError)) throw e;
-        throw new PimError(EXIT.SOFTWARE, `${t.name}: ${src.name} (vmid ${vmid}) on build ${src.build.id}: ${why}, and deleting the VM this deploy created failed: ${e.message.replace(`${t.name}: `, '')}`);
+        throw new PimError(
+          EXIT.SOFTWARE,
+          `${t.name}: ${src.name} (vmid ${vmid}) on build ${src.build.id}: ${why}, and deleting the VM this deploy created failed: ${e.message.replace(`${t.name}: `, '')}`,
+        );
       }
-      throw new PimError(EXIT.ROLLBACK, `${t.name}: ${src.name} (vmid ${vmid}) on build ${src.build.id}: ${why}; the new VM was deleted again, with its disk`);
+      throw new PimError(
+        EXIT.ROLLBACK,
+        `${t.name}: ${src.name} (vmid ${vmid}) on build ${src.build.id}: ${why}; the new VM was deleted again, with its disk`,
+      );
     }
   }
   const removed: string[] = [];
-  if (far && doomed.length) await nodeRun(t, ['rm', '-f', '--', ...doomed.map((f) => f.volid)], 'deleting old copies', o.signal);
-  else for (const f of doomed) {
-    await api.task('DELETE', `${node}/storage/${enc(t.importStorage)}/content/${enc(f.volid)}`, undefined, `deleting ${f.volid}`, o.signal);
-    removed.push(f.volid);
-  }
+  if (far && doomed.length)
+    await nodeRun(t, ['rm', '-f', '--', ...doomed.map((f) => f.volid)], 'deleting old copies', o.signal);
+  else
+    for (const f of doomed) {
+      await api.task(
+        'DELETE',
+        `${node}/storage/${enc(t.importStorage)}/content/${enc(f.volid)}`,
+        undefined,
+        `deleting ${f.volid}`,
+        o.signal,
+      );
+      removed.push(f.volid);
+    }
   log.debug(`${t.name}: ${api.calls} API requests`);
   return outcome(removed);
 }
@@ -518,7 +806,8 @@ async function startHealthy(api: Pve, vmid: number, timeoutS: number, signal?: A
     } catch (e) {
       if (!(e instanceof PimError)) throw e;
       // 403: the token may not ping the agent; waiting will not change that
-      if (e.code !== EXIT.UNAVAILABLE) return `the health check was refused: ${e.message.replace(`${api.t.name}: `, '')}`;
+      if (e.code !== EXIT.UNAVAILABLE)
+        return `the health check was refused: ${e.message.replace(`${api.t.name}: `, '')}`;
     }
     if (r) return null;
     if (Date.now() >= deadline) return `its guest agent did not answer within ${timeoutS} s`;
@@ -530,7 +819,11 @@ const DRIVE = /^(ide|sata|scsi|virtio|efidisk|tpmstate|unused)\d+$/;
 
 /** The volume ids a config refers to: its disks and its unused disks. */
 export function volumesOf(config: Record<string, unknown>): Set<string> {
-  return new Set(Object.entries(config).filter(([k]) => DRIVE.test(k)).map(([, v]) => String(v).split(',')[0]!));
+  return new Set(
+    Object.entries(config)
+      .filter(([k]) => DRIVE.test(k))
+      .map(([, v]) => String(v).split(',')[0]!),
+  );
 }
 
 /**
@@ -555,7 +848,17 @@ export function restoreForm(old: Record<string, unknown>, sent: string[]): Recor
  * and description, so pim's record names the old build), delete the disks the deploy made
  * (unused by then), start it again if it ran, and fail with EXIT.ROLLBACK.
  */
-async function rollBack(api: Pve, src: Source, vmid: number, old: Record<string, string>, sent: string[], wasRunning: boolean, had: PveMeta | null, why: string, signal?: AbortSignal): Promise<never> {
+async function rollBack(
+  api: Pve,
+  src: Source,
+  vmid: number,
+  old: Record<string, string>,
+  sent: string[],
+  wasRunning: boolean,
+  had: PveMeta | null,
+  why: string,
+  signal?: AbortSignal,
+): Promise<never> {
   const t = api.t;
   const cfg = `/nodes/${enc(t.node)}/qemu/${vmid}`;
   const prev = had?.build ?? 'not a pim build';
@@ -569,30 +872,70 @@ async function rollBack(api: Pve, src: Source, vmid: number, old: Record<string,
     const now = await api.get<Record<string, string>>(`${cfg}/config`, signal);
     const gone = Object.keys(now).filter((k) => /^unused\d+$/.test(k) && !kept.has(String(now[k])));
     extra.push(...gone.map((k) => String(now[k])));
-    if (gone.length) await api.task('POST', `${cfg}/config`, { delete: gone.join(',') }, `deleting the new disk ${extra.join(' ')}`, signal);
-    if (wasRunning) await api.task('POST', `${cfg}/status/start`, {}, `starting ${src.name} (vmid ${vmid}) again`, signal);
+    if (gone.length)
+      await api.task(
+        'POST',
+        `${cfg}/config`,
+        { delete: gone.join(',') },
+        `deleting the new disk ${extra.join(' ')}`,
+        signal,
+      );
+    if (wasRunning)
+      await api.task('POST', `${cfg}/status/start`, {}, `starting ${src.name} (vmid ${vmid}) again`, signal);
   } catch (e) {
     if (!(e instanceof PimError)) throw e;
-    throw new PimError(EXIT.SOFTWARE, `${what}, and restoring the previous config (${prev}) failed: ${e.message.replace(`${t.name}: `, '')}; its old disk is ${String(old.scsi0 ?? '').split(',')[0] || 'in the config read before'} (qm config ${vmid} shows it as unusedN)`);
+    throw new PimError(
+      EXIT.SOFTWARE,
+      `${what}, and restoring the previous config (${prev}) failed: ${e.message.replace(`${t.name}: `, '')}; its old disk is ${String(old.scsi0 ?? '').split(',')[0] || 'in the config read before'} (qm config ${vmid} shows it as unusedN)`,
+    );
   }
   const disk = sent.find((k) => /^(scsi|sata|ide)0$/.test(k)) ?? 'scsi0';
   const oldDisk = old[disk] ? `, its old disk ${String(old[disk]).split(',')[0]} as ${disk}` : '';
-  throw new PimError(EXIT.ROLLBACK, `${what}; the previous config (${prev}) is back${wasRunning ? ' and running' : ''}${oldDisk}${extra.length ? `, the new disk ${extra.join(' ')} deleted` : ''}`);
+  throw new PimError(
+    EXIT.ROLLBACK,
+    `${what}; the previous config (${prev}) is back${wasRunning ? ' and running' : ''}${oldDisk}${extra.length ? `, the new disk ${extra.join(' ')} deleted` : ''}`,
+  );
 }
 
 /** PVE before 8.4: the node is reached over SSH (ssh:), argv words quoted for its shell. */
 async function nodeRun(t: ProxmoxTarget, argv: string[], what: string, signal?: AbortSignal): Promise<string> {
   const { run } = await import('../core/run.ts');
   const { quoteSh } = await import('./virsh.ts');
-  const r = await run('ssh', ['-o', 'BatchMode=yes', '-T', '--', t.ssh!, argv.map(quoteSh).join(' ')], { signal, hint: 'install openssh-client' });
-  if (r.code === 255) throw new PimError(EXIT.UNAVAILABLE, `${t.name}: cannot reach ${t.ssh} over ssh: ${r.stderr.trim().split('\n').pop()}`);
-  if (r.code !== 0) throw new PimError(EXIT.UNAVAILABLE, `${t.name}: ${what} on ${t.ssh} failed: ${r.stderr.trim().split('\n').pop() ?? `exit status ${r.code}`}`);
+  const r = await run('ssh', ['-o', 'BatchMode=yes', '-T', '--', t.ssh!, argv.map(quoteSh).join(' ')], {
+    signal,
+    hint: 'install openssh-client',
+  });
+  if (r.code === 255)
+    throw new PimError(
+      EXIT.UNAVAILABLE,
+      `${t.name}: cannot reach ${t.ssh} over ssh: ${r.stderr.trim().split('\n').pop()}`,
+    );
+  if (r.code !== 0)
+    throw new PimError(
+      EXIT.UNAVAILABLE,
+      `${t.name}: ${what} on ${t.ssh} failed: ${r.stderr.trim().split('\n').pop() ?? `exit status ${r.code}`}`,
+    );
   return r.stdout;
 }
 
 /** The node's copies (in ${TMPDIR:-/var/tmp}/pim), and whether the build's is there and checks out. */
-async function nodeCopies(t: ProxmoxTarget, src: Source, signal?: AbortSignal): Promise<{ dir: string; files: ImportFile[]; verified: boolean }> {
-  const out = await nodeRun(t, ['sh', '-c', 'd="${TMPDIR:-/var/tmp}/pim"; mkdir -p "$d" && cd "$d" && echo "dir $PWD" && for f in *; do [ -f "$f" ] && echo "file $(stat -c %Y -- "$f") $f"; done; [ -f "$1" ] && sha256sum -- "$1"; true', 'sh', src.volume], 'listing the copies', signal);
+async function nodeCopies(
+  t: ProxmoxTarget,
+  src: Source,
+  signal?: AbortSignal,
+): Promise<{ dir: string; files: ImportFile[]; verified: boolean }> {
+  const out = await nodeRun(
+    t,
+    [
+      'sh',
+      '-c',
+      'd="${TMPDIR:-/var/tmp}/pim"; mkdir -p "$d" && cd "$d" && echo "dir $PWD" && for f in *; do [ -f "$f" ] && echo "file $(stat -c %Y -- "$f") $f"; done; [ -f "$1" ] && sha256sum -- "$1"; true',
+      'sh',
+      src.volume,
+    ],
+    'listing the copies',
+    signal,
+  );
   const dir = /^dir (\/.*)$/m.exec(out)?.[1];
   if (!dir) throw new PimError(EXIT.UNAVAILABLE, `${t.name}: cannot make the copies' directory on ${t.ssh}`);
   const files = [...out.matchAll(/^file (\d+) (.+)$/gm)].map((m) => ({ volid: `${dir}/${m[2]}`, ctime: Number(m[1]) }));
@@ -603,16 +946,46 @@ async function nodeCopies(t: ProxmoxTarget, src: Source, signal?: AbortSignal): 
 async function copyToNode(t: ProxmoxTarget, src: Source, dir: string, signal?: AbortSignal): Promise<void> {
   const { runOk } = await import('../core/run.ts');
   const part = `${dir}/.${src.volume}.part`;
-  await runOk('scp', ['-o', 'BatchMode=yes', '-q', '-S', 'ssh', '--', src.path, `${t.ssh}:${part}`], { what: `${t.name}: cannot copy ${src.volume} to ${t.ssh}`, code: EXIT.UNAVAILABLE, signal });
-  const out = await nodeRun(t, ['sh', '-c', 'if sha256sum -- "$1" | grep -q "^$2 "; then mv -f -- "$1" "$3"; echo ok; else rm -f -- "$1"; echo mismatch; fi', 'sh', part, src.sha256, `${dir}/${src.volume}`], `verifying ${src.volume}`, signal);
-  if (!/^ok$/m.test(out)) throw new PimError(EXIT.DATAERR, `${t.name}: ${src.volume}: sha256 mismatch on ${t.ssh} after the copy; it was deleted and nothing was created: run pim-deploy again`);
+  await runOk('scp', ['-o', 'BatchMode=yes', '-q', '-S', 'ssh', '--', src.path, `${t.ssh}:${part}`], {
+    what: `${t.name}: cannot copy ${src.volume} to ${t.ssh}`,
+    code: EXIT.UNAVAILABLE,
+    signal,
+  });
+  const out = await nodeRun(
+    t,
+    [
+      'sh',
+      '-c',
+      'if sha256sum -- "$1" | grep -q "^$2 "; then mv -f -- "$1" "$3"; echo ok; else rm -f -- "$1"; echo mismatch; fi',
+      'sh',
+      part,
+      src.sha256,
+      `${dir}/${src.volume}`,
+    ],
+    `verifying ${src.volume}`,
+    signal,
+  );
+  if (!/^ok$/m.test(out))
+    throw new PimError(
+      EXIT.DATAERR,
+      `${t.name}: ${src.volume}: sha256 mismatch on ${t.ssh} after the copy; it was deleted and nothing was created: run pim-deploy again`,
+    );
 }
 
 /** qm disk import: the volume it made (it is left as unusedN until qm set attaches it), said in either form qemu-server prints. */
 async function qmImport(t: ProxmoxTarget, vmid: number, file: string, signal?: AbortSignal): Promise<string> {
-  const out = await nodeRun(t, ['qm', 'disk', 'import', String(vmid), file, t.storage], `qm disk import of ${baseName(file)}`, signal);
+  const out = await nodeRun(
+    t,
+    ['qm', 'disk', 'import', String(vmid), file, t.storage],
+    `qm disk import of ${baseName(file)}`,
+    signal,
+  );
   const vol = importedVolume(out);
-  if (!vol) throw new PimError(EXIT.UNAVAILABLE, `${t.name}: qm disk import on ${t.ssh} did not say which disk it made: ${out.trim().split('\n').pop()}`);
+  if (!vol)
+    throw new PimError(
+      EXIT.UNAVAILABLE,
+      `${t.name}: qm disk import on ${t.ssh} did not say which disk it made: ${out.trim().split('\n').pop()}`,
+    );
   return vol;
 }
 
@@ -625,7 +998,15 @@ export async function listProxmox(t: ProxmoxTarget): Promise<Deployed[]> {
   for (const vm of vms) {
     const c = await api.get<Record<string, string>>(`${node}/qemu/${vm.vmid}/config`);
     const m = metaOfDescription(c.description);
-    if (m) out.push({ name: vm.name ?? String(vm.vmid), build: m.build, profile: m.profile, volume: m.volume, state: vm.status ?? 'unknown', key: m.key.slice(0, 12) });
+    if (m)
+      out.push({
+        name: vm.name ?? String(vm.vmid),
+        build: m.build,
+        profile: m.profile,
+        volume: m.volume,
+        state: vm.status ?? 'unknown',
+        key: m.key.slice(0, 12),
+      });
   }
   return out.sort((a, b) => a.name.localeCompare(b.name));
 }

@@ -58,7 +58,8 @@ export interface Need {
 export type Perms = Record<string, Record<string, number>>;
 
 /** The privileges any one of which lets a token ping the agent: VM.Monitor up to PVE 8; from 9 VM.GuestAgent.Audit (or VM.GuestAgent.Unrestricted). */
-export const agentPrivs = (major: number) => (major >= 9 ? ['VM.GuestAgent.Audit', 'VM.GuestAgent.Unrestricted'] : ['VM.Monitor']);
+export const agentPrivs = (major: number) =>
+  major >= 9 ? ['VM.GuestAgent.Audit', 'VM.GuestAgent.Unrestricted'] : ['VM.Monitor'];
 
 /** The config keys pim sets, by the privilege qemu-server checks for each. */
 const KEY_PRIV: Record<string, string> = {
@@ -106,28 +107,45 @@ export function unmet(needs: Need[], perms: Perms): Need[] {
 export function describeNeeds(needs: Need[]): string {
   const byPath = new Map<string, Need[]>();
   for (const n of needs) byPath.set(n.path, [...(byPath.get(n.path) ?? []), n]);
-  return [...byPath].map(([path, ns]) => `${[...new Set(ns.map((n) => n.privs.join(' or ')))].join(', ')} on ${path} (${[...new Set(ns.map((n) => n.step))].join(', ')})`).join('; ');
+  return [...byPath]
+    .map(
+      ([path, ns]) =>
+        `${[...new Set(ns.map((n) => n.privs.join(' or ')))].join(', ')} on ${path} (${[...new Set(ns.map((n) => n.step))].join(', ')})`,
+    )
+    .join('; ');
 }
 
 /**
  * The privileges one API request of pim's needs, for a 403's hint: what qemu-server and
  * pve-storage check for that method and path. `major` is PVE's major version.
  */
-export function privilegesFor(method: string, path: string, o: { storage: string; importStorage: string; major: number }): string {
+export function privilegesFor(
+  method: string,
+  path: string,
+  o: { storage: string; importStorage: string; major: number },
+): string {
   const p = path.split('?')[0]!;
   let m: RegExpExecArray | null;
-  if ((m = /^\/nodes\/[^/]+\/storage\/([^/]+)\/upload$/.exec(p))) return `Datastore.AllocateTemplate on /storage/${decodeURIComponent(m[1]!)}`;
-  if ((m = /^\/nodes\/[^/]+\/storage\/([^/]+)\/content\/./.exec(p)) && method === 'DELETE') return `Datastore.Allocate on /storage/${decodeURIComponent(m[1]!)}`;
-  if ((m = /^\/nodes\/[^/]+\/storage\/([^/]+)\/content$/.exec(p))) return `Datastore.Audit or Datastore.AllocateSpace on /storage/${decodeURIComponent(m[1]!)}`;
-  if (/^\/nodes\/[^/]+\/storage$/.test(p)) return `Datastore.Audit or Datastore.AllocateSpace on /storage/${o.importStorage}`;
+  if ((m = /^\/nodes\/[^/]+\/storage\/([^/]+)\/upload$/.exec(p)))
+    return `Datastore.AllocateTemplate on /storage/${decodeURIComponent(m[1]!)}`;
+  if ((m = /^\/nodes\/[^/]+\/storage\/([^/]+)\/content\/./.exec(p)) && method === 'DELETE')
+    return `Datastore.Allocate on /storage/${decodeURIComponent(m[1]!)}`;
+  if ((m = /^\/nodes\/[^/]+\/storage\/([^/]+)\/content$/.exec(p)))
+    return `Datastore.Audit or Datastore.AllocateSpace on /storage/${decodeURIComponent(m[1]!)}`;
+  if (/^\/nodes\/[^/]+\/storage$/.test(p))
+    return `Datastore.Audit or Datastore.AllocateSpace on /storage/${o.importStorage}`;
   const disk = `Datastore.AllocateSpace on /storage/${o.storage} and Datastore.Audit on /storage/${o.importStorage}`;
   const cfg = configPrivs(Object.keys(KEY_PRIV).concat('scsi0')).join(', ');
-  if (/^\/nodes\/[^/]+\/qemu$/.test(p) && method === 'POST') return `VM.Allocate, ${cfg} on /vms/VMID (or the pool), ${disk}`;
+  if (/^\/nodes\/[^/]+\/qemu$/.test(p) && method === 'POST')
+    return `VM.Allocate, ${cfg} on /vms/VMID (or the pool), ${disk}`;
   if (/^\/nodes\/[^/]+\/qemu$/.test(p)) return 'VM.Audit on /vms';
-  if ((m = /^\/nodes\/[^/]+\/qemu\/(\d+)\/config$/.exec(p))) return method === 'GET' ? `VM.Audit on /vms/${m[1]}` : `${cfg} on /vms/${m[1]}, ${disk}`;
+  if ((m = /^\/nodes\/[^/]+\/qemu\/(\d+)\/config$/.exec(p)))
+    return method === 'GET' ? `VM.Audit on /vms/${m[1]}` : `${cfg} on /vms/${m[1]}, ${disk}`;
   if ((m = /^\/nodes\/[^/]+\/qemu\/(\d+)\/status\//.exec(p))) return `VM.PowerMgmt on /vms/${m[1]}`;
-  if ((m = /^\/nodes\/[^/]+\/qemu\/(\d+)\/agent\//.exec(p))) return `${agentPrivs(o.major).join(' or ')} on /vms/${m[1]}`;
+  if ((m = /^\/nodes\/[^/]+\/qemu\/(\d+)\/agent\//.exec(p)))
+    return `${agentPrivs(o.major).join(' or ')} on /vms/${m[1]}`;
   if ((m = /^\/nodes\/[^/]+\/qemu\/(\d+)$/.exec(p)) && method === 'DELETE') return `VM.Allocate on /vms/${m[1]}`;
-  if ((m = /^\/nodes\/([^/]+)\/tasks\//.exec(p))) return `Sys.Audit on /nodes/${m[1]} (or run the task as the token itself)`;
+  if ((m = /^\/nodes\/([^/]+)\/tasks\//.exec(p)))
+    return `Sys.Audit on /nodes/${m[1]} (or run the task as the token itself)`;
   return 'the privilege PVE names';
 }

@@ -33,7 +33,8 @@ export async function buildHash(b: BuildRecord): Promise<string> {
   const file = join(cacheDir(), 'deploy', `${b.id}.sha256`);
   const stamp = `${st.size} ${Math.floor(st.mtimeMs)}`;
   const cached = readRegular(file)?.trim().split(' ');
-  if (cached && cached.length === 3 && `${cached[1]} ${cached[2]}` === stamp && /^[0-9a-f]{64}$/.test(cached[0]!)) return cached[0]!;
+  if (cached && cached.length === 3 && `${cached[1]} ${cached[2]}` === stamp && /^[0-9a-f]{64}$/.test(cached[0]!))
+    return cached[0]!;
   const sha = await hashFile(disk, 'sha256');
   ensurePrivateDir(join(cacheDir(), 'deploy'));
   writeFileAtomic(file, `${sha} ${stamp}\n`);
@@ -50,5 +51,13 @@ export async function resolveSource(ref: string, nameOverride?: string): Promise
   const name = checkName(nameOverride ?? build.profile);
   const path = buildDisk(build);
   const sha256 = await buildHash(build);
-  return { build, name, path, size: fs.statSync(path).size, sha256, volume: volumeName(name, sha256, build.disk.format), efivars: buildEfivars(build) };
+  return {
+    build,
+    name,
+    path,
+    size: fs.statSync(path).size,
+    sha256,
+    volume: volumeName(name, sha256, build.disk.format),
+    efivars: buildEfivars(build),
+  };
 }

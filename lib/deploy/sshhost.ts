@@ -32,7 +32,8 @@ function sshBase(t: SshTarget, scp = false): string[] {
   return a;
 }
 
-const ssh = (t: SshTarget, script: string, signal?: AbortSignal) => run('ssh', [...sshBase(t), '-T', '--', t.host, script], { signal, hint: 'install openssh-client' });
+const ssh = (t: SshTarget, script: string, signal?: AbortSignal) =>
+  run('ssh', [...sshBase(t), '-T', '--', t.host, script], { signal, hint: 'install openssh-client' });
 
 export async function deploySsh(src: Source, t: SshTarget, o: DeployOpts): Promise<Outcome> {
   const id = src.build.id;
@@ -43,12 +44,27 @@ export async function deploySsh(src: Source, t: SshTarget, o: DeployOpts): Promi
     `umask 077; d=${STORE}/${q(id)}; test -f "$d/build.json" && sha256sum -- "$d/"${q(file)}; mkdir -p ${STORE} && chmod 700 ${STORE} "$(dirname ${STORE})" && echo "store ${STORE}" && for f in ${STORE}/.tmp-dep-*; do [ -e "$f" ] && echo "tmp \${f##*/}"; done; true`,
     o.signal,
   );
-  if (probe.code === 255) throw new PimError(EXIT.UNAVAILABLE, `${t.name}: cannot reach ${t.host} over ssh: ${probe.stderr.trim().split('\n').pop()}`);
+  if (probe.code === 255)
+    throw new PimError(
+      EXIT.UNAVAILABLE,
+      `${t.name}: cannot reach ${t.host} over ssh: ${probe.stderr.trim().split('\n').pop()}`,
+    );
   const store = /^store (.+)$/m.exec(probe.stdout)?.[1];
-  if (probe.code !== 0 || !store) throw new PimError(EXIT.UNAVAILABLE, `${t.name}: ${t.host}: cannot make the pim store: ${probe.stderr.trim().split('\n').pop()}`);
+  if (probe.code !== 0 || !store)
+    throw new PimError(
+      EXIT.UNAVAILABLE,
+      `${t.name}: ${t.host}: cannot make the pim store: ${probe.stderr.trim().split('\n').pop()}`,
+    );
   const there = new RegExp(`^${src.sha256}\\s`, 'm').test(probe.stdout);
-  const plan: Outcome['plan'] = [{ step: 'upload', action: there ? 'skip' : 'upload', detail: `${id} to ${t.host}:${store}/${id} (${src.size} bytes)` }];
-  if (o.dryRun || there) return { plan, upload: there ? 'skipped' : 'uploaded', domain: 'kept', started: false, removed: [] };
+  const plan: Outcome['plan'] = [
+    {
+      step: 'upload',
+      action: there ? 'skip' : 'upload',
+      detail: `${id} to ${t.host}:${store}/${id} (${src.size} bytes)`,
+    },
+  ];
+  if (o.dryRun || there)
+    return { plan, upload: there ? 'skipped' : 'uploaded', domain: 'kept', started: false, removed: [] };
   const me = hostTag();
   const tmp = `${store}/.tmp-dep-${id}-${me}-${process.pid}`;
   // what a killed run left goes first: copies of this build, this machine's whose process is gone, any older than a day
@@ -57,7 +73,13 @@ export async function deploySsh(src: Source, t: SshTarget, o: DeployOpts): Promi
     .map(([, name]) => `./${q(name!)}`);
   await runOk(
     'ssh',
-    [...sshBase(t), '-T', '--', t.host, `umask 077; cd ${q(store)} && rm -rf ${stale.join(' ')} ./.tmp-dep-${q(id)}-* && find . -maxdepth 1 -name '.tmp-dep-*' -mmin +1440 -exec rm -rf {} + ; mkdir -m 700 ${q(tmp)}`],
+    [
+      ...sshBase(t),
+      '-T',
+      '--',
+      t.host,
+      `umask 077; cd ${q(store)} && rm -rf ${stale.join(' ')} ./.tmp-dep-${q(id)}-* && find . -maxdepth 1 -name '.tmp-dep-*' -mmin +1440 -exec rm -rf {} + ; mkdir -m 700 ${q(tmp)}`,
+    ],
     { what: `${t.name}: cannot make ${tmp}`, code: EXIT.UNAVAILABLE },
   );
   const files = [src.path, ...(src.efivars ? [src.efivars] : [])];
@@ -66,7 +88,11 @@ export async function deploySsh(src: Source, t: SshTarget, o: DeployOpts): Promi
   const dest = t.host.includes('@') || !t.host.includes(':') ? `${t.host}:${tmp}/` : `[${t.host}]:${tmp}/`;
   let fin: Awaited<ReturnType<typeof ssh>>;
   try {
-    await runOk('scp', [...sshBase(t, true), '-q', '-S', 'ssh', '--', ...files, dest], { what: `${t.name}: cannot copy ${id} to ${t.host}`, code: EXIT.UNAVAILABLE, signal: o.signal });
+    await runOk('scp', [...sshBase(t, true), '-q', '-S', 'ssh', '--', ...files, dest], {
+      what: `${t.name}: cannot copy ${id} to ${t.host}`,
+      code: EXIT.UNAVAILABLE,
+      signal: o.signal,
+    });
     // verified there, then made read-only (for its owner only) and put in place by one rename
     fin = await ssh(
       t,
@@ -78,8 +104,16 @@ export async function deploySsh(src: Source, t: SshTarget, o: DeployOpts): Promi
     throw e;
   }
   if (fin.code !== 0) await removeRemote(t, tmp);
-  if (fin.code === 65) throw new PimError(EXIT.DATAERR, `${t.name}: ${id}: sha256 mismatch on ${t.host} (${fin.stdout.trim()}); nothing was registered`);
-  if (fin.code !== 0) throw new PimError(EXIT.UNAVAILABLE, `${t.name}: cannot register ${id} on ${t.host}: ${fin.stderr.trim().split('\n').pop()}`);
+  if (fin.code === 65)
+    throw new PimError(
+      EXIT.DATAERR,
+      `${t.name}: ${id}: sha256 mismatch on ${t.host} (${fin.stdout.trim()}); nothing was registered`,
+    );
+  if (fin.code !== 0)
+    throw new PimError(
+      EXIT.UNAVAILABLE,
+      `${t.name}: cannot register ${id} on ${t.host}: ${fin.stderr.trim().split('\n').pop()}`,
+    );
   return { plan, upload: 'uploaded', domain: 'defined', started: false, removed: [] };
 }
 
@@ -103,18 +137,32 @@ function alive(pid: number): boolean {
 /** Remove a half-made copy on the remote host (no signal: it runs also after an interrupt); a failure to is said, not thrown. */
 async function removeRemote(t: SshTarget, tmp: string): Promise<void> {
   const r = await ssh(t, `rm -rf ${quoteSh(tmp)}`).catch((e: Error) => ({ code: 255, stderr: e.message }));
-  if (r.code !== 0) process.stderr.write(`pim-deploy: ${t.name}: could not remove ${tmp} on ${t.host} (the next deploy of the build does): ${r.stderr.trim().split('\n').pop()}\n`);
+  if (r.code !== 0)
+    process.stderr.write(
+      `pim-deploy: ${t.name}: could not remove ${tmp} on ${t.host} (the next deploy of the build does): ${r.stderr.trim().split('\n').pop()}\n`,
+    );
 }
 
 /** The builds in the remote user's pim store. */
 export async function listSsh(t: SshTarget): Promise<Deployed[]> {
   const r = await ssh(t, `for f in ${STORE}/*/build.json; do [ -f "$f" ] && tr -d '\\n' <"$f" && echo; done; true`);
-  if (r.code !== 0) throw new PimError(EXIT.UNAVAILABLE, `${t.name}: cannot list the builds on ${t.host}: ${r.stderr.trim().split('\n').pop()}`);
+  if (r.code !== 0)
+    throw new PimError(
+      EXIT.UNAVAILABLE,
+      `${t.name}: cannot list the builds on ${t.host}: ${r.stderr.trim().split('\n').pop()}`,
+    );
   const out: Deployed[] = [];
   for (const line of r.stdout.split('\n')) {
     try {
       const b = JSON.parse(line) as { id: string; profile: string; key: string; disk: { file: string } };
-      out.push({ name: b.id, build: b.id, profile: b.profile, volume: b.disk.file, state: 'registered', key: b.key.slice(0, 12) });
+      out.push({
+        name: b.id,
+        build: b.id,
+        profile: b.profile,
+        volume: b.disk.file,
+        state: 'registered',
+        key: b.key.slice(0, 12),
+      });
     } catch {
       /* not a record */
     }

@@ -60,14 +60,24 @@ function hasher(onBytes: (n: number) => void): { t: Transform; digest: () => str
  * Send `file` through a FIFO to `consumer` (a virsh that reads the FIFO's
  * path), hashing as it goes. Resolves with the sha256 once both are done.
  */
-export async function sendThrough(file: string, consumer: (fifo: string) => Promise<unknown>, onBytes: (n: number) => void = () => {}, signal?: AbortSignal): Promise<string> {
+export async function sendThrough(
+  file: string,
+  consumer: (fifo: string) => Promise<unknown>,
+  onBytes: (n: number) => void = () => {},
+  signal?: AbortSignal,
+): Promise<string> {
   const fifo = await makeFifo();
   try {
     const { t, digest } = hasher(onBytes);
     let consumerDone = false;
     let settled = false;
     // big reads and writes: fewer wake-ups of virsh on the other end of the FIFO
-    const pump = pipeline(fs.createReadStream(file, { highWaterMark: 8 << 20 }), t, fs.createWriteStream(fifo.path, { highWaterMark: 8 << 20 }), { signal })
+    const pump = pipeline(
+      fs.createReadStream(file, { highWaterMark: 8 << 20 }),
+      t,
+      fs.createWriteStream(fifo.path, { highWaterMark: 8 << 20 }),
+      { signal },
+    )
       .catch((e) => {
         if (!consumerDone) throw e;
       })
@@ -90,7 +100,10 @@ export async function sendThrough(file: string, consumer: (fifo: string) => Prom
 }
 
 /** Receive what `producer` (a virsh writing to the FIFO's path) sends, hashing it; resolves with the sha256. */
-export async function receiveThrough(producer: (fifo: string) => Promise<unknown>, signal?: AbortSignal): Promise<string> {
+export async function receiveThrough(
+  producer: (fifo: string) => Promise<unknown>,
+  signal?: AbortSignal,
+): Promise<string> {
   const fifo = await makeFifo();
   try {
     const { t, digest } = hasher(() => {});

@@ -93,7 +93,11 @@ export async function targetNames(): Promise<string[]> {
 /** The target `name`, merged over default and checked (66 when there is none, 78 when it is wrong). */
 export async function loadTarget(name: string, cat?: Catalog): Promise<Target> {
   const c = cat ?? (await loadTargetCatalog());
-  if (name === 'default') throw new PimError(EXIT.USAGE, 'default is what every target merges over, not a target; name one of pim-deploy targets');
+  if (name === 'default')
+    throw new PimError(
+      EXIT.USAGE,
+      'default is what every target merges over, not a target; name one of pim-deploy targets',
+    );
   return target(resolveEntry(c, name));
 }
 
@@ -102,7 +106,11 @@ export function target(r: Resolved): Target {
   const where = (k: string) => r.origins[k] ?? `deploy target "${r.name}"`;
   const need = (k: string): string => {
     const s = v[k];
-    if (typeof s !== 'string' || !s) throw configError(where(k === 'type' ? k : 'type'), `deploy target "${r.name}" needs ${k}: (see targets.d/default.yml)`);
+    if (typeof s !== 'string' || !s)
+      throw configError(
+        where(k === 'type' ? k : 'type'),
+        `deploy target "${r.name}" needs ${k}: (see targets.d/default.yml)`,
+      );
     return s;
   };
   const wrap = <T>(k: string, f: () => T): T => {
@@ -128,7 +136,11 @@ export function target(r: Resolved): Target {
   const type = need('type');
   if (type === 'libvirt') {
     const pool = typeof v.pool === 'string' ? v.pool : 'pim';
-    if (!/^[A-Za-z0-9_][A-Za-z0-9._-]*$/.test(pool)) throw configError(where('pool'), `pool ${JSON.stringify(pool)} is not a pool name (letters, digits, ".", "_", "-")`);
+    if (!/^[A-Za-z0-9_][A-Za-z0-9._-]*$/.test(pool))
+      throw configError(
+        where('pool'),
+        `pool ${JSON.stringify(pool)} is not a pool name (letters, digits, ".", "_", "-")`,
+      );
     return {
       ...common,
       type,
@@ -143,10 +155,22 @@ export function target(r: Resolved): Target {
   if (type === 'proxmox') {
     const tokenEnv = need('token_env');
     const api = need('api').replace(/\/+$/, '');
-    if (!/^https:\/\/[^/]+$/.test(api)) throw configError(where('api'), `api must be the https:// address of a PVE node, such as https://pve1:8006, not ${JSON.stringify(api)}`);
-    if (common.health.kind !== 'agent') throw configError(where('health'), `deploy target "${r.name}": on Proxmox the health check is the guest agent's ping (health: agent)`);
+    if (!/^https:\/\/[^/]+$/.test(api))
+      throw configError(
+        where('api'),
+        `api must be the https:// address of a PVE node, such as https://pve1:8006, not ${JSON.stringify(api)}`,
+      );
+    if (common.health.kind !== 'agent')
+      throw configError(
+        where('health'),
+        `deploy target "${r.name}": on Proxmox the health check is the guest agent's ping (health: agent)`,
+      );
     const fp = v.fingerprint === undefined ? null : normFingerprint(String(v.fingerprint));
-    if (v.fingerprint !== undefined && !fp) throw configError(where('fingerprint'), 'fingerprint must be the sha256 of the certificate, 64 hex digits (pvenode cert info shows it as AA:BB:...)');
+    if (v.fingerprint !== undefined && !fp)
+      throw configError(
+        where('fingerprint'),
+        'fingerprint must be the sha256 of the certificate, 64 hex digits (pvenode cert info shows it as AA:BB:...)',
+      );
     const storage = need('storage');
     return {
       ...common,
@@ -166,11 +190,25 @@ export function target(r: Resolved): Target {
   if (type === 'oci') {
     const ref = wrap('ref', () => parseRef(need('ref'), { what: 'ref', code: EXIT.CONFIG, repoOnly: true }));
     const credsEnv = typeof v.creds_env === 'string' ? v.creds_env : null;
-    if (credsEnv !== null && !/^[A-Za-z_][A-Za-z0-9_]*$/.test(credsEnv)) throw configError(where('creds_env'), `creds_env names an environment variable (such as PIM_REG_CREDS), not ${JSON.stringify(credsEnv)}`);
+    if (credsEnv !== null && !/^[A-Za-z_][A-Za-z0-9_]*$/.test(credsEnv))
+      throw configError(
+        where('creds_env'),
+        `creds_env names an environment variable (such as PIM_REG_CREDS), not ${JSON.stringify(credsEnv)}`,
+      );
     return { ...common, type, ref, insecure: v.insecure === true, credsEnv };
   }
-  if (type !== 'ssh') throw configError(where('type'), `deploy target "${r.name}": type must be libvirt, proxmox, ssh or oci, not ${JSON.stringify(type)}`);
-  return { ...common, type: 'ssh', host: need('host'), port: (v.port as number | undefined) ?? null, identity: (v.identity as string | undefined) ?? null };
+  if (type !== 'ssh')
+    throw configError(
+      where('type'),
+      `deploy target "${r.name}": type must be libvirt, proxmox, ssh or oci, not ${JSON.stringify(type)}`,
+    );
+  return {
+    ...common,
+    type: 'ssh',
+    host: need('host'),
+    port: (v.port as number | undefined) ?? null,
+    identity: (v.identity as string | undefined) ?? null,
+  };
 }
 
 /** health: agent | tcp:PORT | serial:TEXT (64-style message, made 78 at the key by the caller). */

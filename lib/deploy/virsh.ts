@@ -42,10 +42,21 @@ export interface ParsedUri {
 /** The parts of a libvirt URI that pim needs: qemu:///system, qemu+ssh://root@kvm1:22/system?keyfile=... */
 export function parseUri(uri: string): ParsedUri {
   const m = /^([a-z0-9]+)(?:\+([a-z0-9]+))?:\/\/(?:([^@/]*)@)?([^/:?]*)(?::(\d+))?(\/[^?]*)?(?:\?(.*))?$/i.exec(uri);
-  if (!m) throw new PimError(EXIT.CONFIG, `${JSON.stringify(uri)} is not a libvirt URI such as qemu:///system or qemu+ssh://root@kvm1/system`);
+  if (!m)
+    throw new PimError(
+      EXIT.CONFIG,
+      `${JSON.stringify(uri)} is not a libvirt URI such as qemu:///system or qemu+ssh://root@kvm1/system`,
+    );
   const [, , transport, user, host, port, , query] = m;
   const t = !transport || transport === 'unix' ? (host ? 'other' : 'local') : transport === 'ssh' ? 'ssh' : 'other';
-  return { uri, transport: t, user: user || null, host: host || null, port: port ? Number(port) : null, params: new URLSearchParams(query ?? '') };
+  return {
+    uri,
+    transport: t,
+    user: user || null,
+    host: host || null,
+    port: port ? Number(port) : null,
+    params: new URLSearchParams(query ?? ''),
+  };
 }
 
 /** ssh's argv (before the remote command) to the host of a qemu+ssh:// URI, as libvirt itself reaches it. */
@@ -76,7 +87,9 @@ export class Virsh {
   async batch(cmds: readonly (readonly string[])[], opts: RunOpts = {}): Promise<VirshResult[]> {
     if (!cmds.length) return [];
     const mark = `@@pim-${randomBytes(6).toString('hex')}-`;
-    const script = cmds.map((c, i) => `${c.map(quoteVirsh).join(' ')} ; echo ${mark}${i}@@ ; echo --err ${mark}${i}@@`).join(' ; ');
+    const script = cmds
+      .map((c, i) => `${c.map(quoteVirsh).join(' ')} ; echo ${mark}${i}@@ ; echo --err ${mark}${i}@@`)
+      .join(' ; ');
     this.calls++;
     const { log } = await import('../core/log.ts');
     log.debug(`virsh -c ${this.uri}: ${cmds.map((c) => c[0]).join(', ')}`);
@@ -84,13 +97,16 @@ export class Virsh {
     const outs = r.stdout.split(new RegExp(`${reEscape(mark)}\\d+@@`));
     const errs = r.stderr.split(new RegExp(`error: ${reEscape(mark)}\\d+@@\\n?`));
     if (outs.length < cmds.length + 1 || errs.length < cmds.length + 1) {
-      const last = r.stderr.trim().split('\n').filter(Boolean).pop() ?? (r.timedOut ? 'timed out' : `exit status ${r.code}`);
+      const last =
+        r.stderr.trim().split('\n').filter(Boolean).pop() ?? (r.timedOut ? 'timed out' : `exit status ${r.code}`);
       const down = /failed to connect|no valid connection|Cannot recv data|End of file/i.test(r.stderr);
-      throw new PimError(down ? EXIT.UNAVAILABLE : r.timedOut ? EXIT.TEMPFAIL : EXIT.SOFTWARE, `virsh -c ${this.uri}: ${last.replace(/^error: /, '')}`);
+      throw new PimError(
+        down ? EXIT.UNAVAILABLE : r.timedOut ? EXIT.TEMPFAIL : EXIT.SOFTWARE,
+        `virsh -c ${this.uri}: ${last.replace(/^error: /, '')}`,
+      );
     }
     return cmds.map((_, i) => {
-      const err = errs[i]!
-        .split('\n')
+      const err = errs[i]!.split('\n')
         .filter((l) => l.startsWith('error: '))
         .map((l) => l.slice(7))
         .join('\n');
@@ -99,7 +115,12 @@ export class Virsh {
   }
 
   /** Run `cmds` in one virsh process and require every one to succeed (`code` and the first error otherwise). */
-  async must(cmds: readonly (readonly string[])[], what: string, code: PimError['code'] = EXIT.SOFTWARE, opts: RunOpts = {}): Promise<VirshResult[]> {
+  async must(
+    cmds: readonly (readonly string[])[],
+    what: string,
+    code: PimError['code'] = EXIT.SOFTWARE,
+    opts: RunOpts = {},
+  ): Promise<VirshResult[]> {
     const res = await this.batch(cmds, opts);
     const bad = res.findIndex((r) => !r.ok);
     if (bad >= 0) throw new PimError(code, `${what}: ${cmds[bad]![0]}: ${res[bad]!.err.split('\n').pop()}`);

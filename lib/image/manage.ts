@@ -63,7 +63,11 @@ export async function cloneImage(src: string, newName: string): Promise<string> 
   checkName(newName);
   const dir = ensurePrivateDir(imagesDir());
   const taken = storeImage(newName);
-  if (taken) throw new PimError(EXIT.CANTCREAT, `image ${newName} exists already (${taken}); choose another name, or remove it with pim-rm ${newName}`);
+  if (taken)
+    throw new PimError(
+      EXIT.CANTCREAT,
+      `image ${newName} exists already (${taken}); choose another name, or remove it with pim-rm ${newName}`,
+    );
   let path = looksLikePath(src) ? resolve(src) : storeImage(src);
   if (path && !existsSync(path)) throw new PimError(EXIT.NOINPUT, `image ${path} does not exist; check the path`);
   const build = path ? isBuildDisk(path) : (latestBuild(src) ?? findBuild(src));
@@ -77,7 +81,11 @@ export async function cloneImage(src: string, newName: string): Promise<string> 
   }
   path = path!;
   const user = await holder(path);
-  if (user) throw new PimError(EXIT.TEMPFAIL, `${path} is in use by running VM ${user}; stop it first (pim-stop ${user}) for a consistent copy, or boot a throwaway copy with pim-run ${src} --name ${newName} --clone`);
+  if (user)
+    throw new PimError(
+      EXIT.TEMPFAIL,
+      `${path} is in use by running VM ${user}; stop it first (pim-stop ${user}) for a consistent copy, or boot a throwaway copy with pim-run ${src} --name ${newName} --clone`,
+    );
   const dest = join(dir, newName + (IMAGE_EXTS.includes(extname(path)) ? extname(path) : '.qcow2'));
   // a reflink where the filesystem has them (btrfs, xfs), else a plain copy
   await writeAtomically(dest, (tmp) => copyFileSync(path, tmp, constants.COPYFILE_FICLONE));
@@ -92,19 +100,30 @@ export async function cloneImage(src: string, newName: string): Promise<string> 
  * build: 65; what qemu-img refuses (a shrink): 65 with its words.
  */
 export async function resizeImage(name: string, size: string): Promise<{ path: string; bytes: number }> {
-  if (!/^\+?\d+[KMGT]?$/i.test(size)) throw new PimError(EXIT.USAGE, `SIZE must be a size such as 20G or +5G, not ${JSON.stringify(size)}`);
+  if (!/^\+?\d+[KMGT]?$/i.test(size))
+    throw new PimError(EXIT.USAGE, `SIZE must be a size such as 20G or +5G, not ${JSON.stringify(size)}`);
   const path = looksLikePath(name) ? resolve(name) : storeImage(name);
   const stored = (b: BuildRecord) =>
-    new PimError(EXIT.DATAERR, `${name} is the stored build ${b.id}, which pim never changes; clone it first (pim-vm clone ${name} NEW) and resize NEW`);
+    new PimError(
+      EXIT.DATAERR,
+      `${name} is the stored build ${b.id}, which pim never changes; clone it first (pim-vm clone ${name} NEW) and resize NEW`,
+    );
   if (!path || !existsSync(path)) {
     const b = looksLikePath(name) ? null : latestBuild(name);
     if (b) throw stored(b);
-    throw new PimError(EXIT.NOINPUT, `no image ${name}${path ? '' : ` in ${imagesDir()}`}; see pim-ps --all or ls ${imagesDir()}`);
+    throw new PimError(
+      EXIT.NOINPUT,
+      `no image ${name}${path ? '' : ` in ${imagesDir()}`}; see pim-ps --all or ls ${imagesDir()}`,
+    );
   }
   const b = isBuildDisk(path);
   if (b) throw stored(b);
   const user = await holder(path);
-  if (user) throw new PimError(EXIT.TEMPFAIL, `${path} is the disk of running VM ${user}; stop it first (pim-stop ${user}), then resize`);
+  if (user)
+    throw new PimError(
+      EXIT.TEMPFAIL,
+      `${path} is the disk of running VM ${user}; stop it first (pim-stop ${user}), then resize`,
+    );
   const { run } = await import('../core/run.ts');
   const { qemuImg, imgInfo } = await import('./qemu-img.ts');
   const r = await run(qemuImg(), ['resize', '-q', '-f', imageFormat(path), path, size]);

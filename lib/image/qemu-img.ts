@@ -7,7 +7,8 @@ const HINT = 'install qemu-utils (Debian) or qemu (Homebrew), or set PIM_QEMU_IM
 /** Errors from qemu-img: a full disk is 73, everything else 70 with qemu-img's own words. */
 function failure(what: string, stderr: string): PimError {
   const last = stderr.trim().split('\n').filter(Boolean).pop() ?? 'failed';
-  if (/No space left on device|Disk quota exceeded|File too large/i.test(stderr)) return new PimError(EXIT.CANTCREAT, `${what}: ${last}; free some space and try again`);
+  if (/No space left on device|Disk quota exceeded|File too large/i.test(stderr))
+    return new PimError(EXIT.CANTCREAT, `${what}: ${last}; free some space and try again`);
   return new PimError(EXIT.SOFTWARE, `${what}: ${last}`);
 }
 
@@ -21,7 +22,9 @@ export async function createDisk(path: string, format: 'qcow2' | 'raw', size: st
 /** A qcow2 overlay at `path` whose reads fall through to `backing` (never written). */
 export async function createOverlay(path: string, backing: string, backingFormat: 'qcow2' | 'raw'): Promise<void> {
   const { run } = await import('../core/run.ts');
-  const r = await run(qemuImg(), ['create', '-q', '-f', 'qcow2', '-F', backingFormat, '-b', backing, path], { hint: HINT });
+  const r = await run(qemuImg(), ['create', '-q', '-f', 'qcow2', '-F', backingFormat, '-b', backing, path], {
+    hint: HINT,
+  });
   if (r.code !== 0) throw failure(`cannot create the overlay ${path}`, r.stderr);
 }
 
@@ -30,10 +33,18 @@ export async function createOverlay(path: string, backing: string, backingFormat
  * (`-u`, the size read with `info -U`): `backing` may be the disk of a
  * running VM (pim-run --clone).
  */
-export async function createOverlayUnlocked(path: string, backing: string, backingFormat: 'qcow2' | 'raw'): Promise<void> {
+export async function createOverlayUnlocked(
+  path: string,
+  backing: string,
+  backingFormat: 'qcow2' | 'raw',
+): Promise<void> {
   const { run } = await import('../core/run.ts');
   const size = (await imgInfo(backing))['virtual-size'];
-  const r = await run(qemuImg(), ['create', '-q', '-f', 'qcow2', '-F', backingFormat, '-b', backing, '-u', path, String(size)], { hint: HINT });
+  const r = await run(
+    qemuImg(),
+    ['create', '-q', '-f', 'qcow2', '-F', backingFormat, '-b', backing, '-u', path, String(size)],
+    { hint: HINT },
+  );
   if (r.code !== 0) throw failure(`cannot create the overlay ${path}`, r.stderr);
 }
 
@@ -83,15 +94,29 @@ export async function imgSnapshot(path: string, op: 'create' | 'apply' | 'delete
   const r = await run(qemuImg(), ['snapshot', '-q', flag, tag, path], { hint: HINT, timeoutMs: 600_000 });
   if (r.code === 0) return;
   if (/Failed to get .* lock|Is another process using the image/i.test(r.stderr)) {
-    throw new PimError(EXIT.TEMPFAIL, `${path} is in use by a running VM (qemu-img: ${r.stderr.trim().split('\n')[0]}); name that VM instead, or stop it first`);
+    throw new PimError(
+      EXIT.TEMPFAIL,
+      `${path} is in use by a running VM (qemu-img: ${r.stderr.trim().split('\n')[0]}); name that VM instead, or stop it first`,
+    );
   }
   throw failure(`qemu-img snapshot ${flag} ${tag} ${path}`, r.stderr);
 }
 
 /** A full copy of `src` (its own format) as `dst` in `format`: no backing file, sparse where the source is. */
-export async function convertDisk(src: string, srcFormat: 'qcow2' | 'raw', dst: string, format: 'qcow2' | 'raw', signal?: AbortSignal, opts: { compress?: boolean } = {}): Promise<void> {
+export async function convertDisk(
+  src: string,
+  srcFormat: 'qcow2' | 'raw',
+  dst: string,
+  format: 'qcow2' | 'raw',
+  signal?: AbortSignal,
+  opts: { compress?: boolean } = {},
+): Promise<void> {
   const { run } = await import('../core/run.ts');
-  const r = await run(qemuImg(), ['convert', '-q', ...(opts.compress ? ['-c'] : []), '-f', srcFormat, '-O', format, src, dst], { hint: HINT, signal });
+  const r = await run(
+    qemuImg(),
+    ['convert', '-q', ...(opts.compress ? ['-c'] : []), '-f', srcFormat, '-O', format, src, dst],
+    { hint: HINT, signal },
+  );
   if (r.code !== 0) throw failure(`cannot copy ${src} to ${dst}`, r.stderr);
 }
 

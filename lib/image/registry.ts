@@ -53,7 +53,16 @@ export interface BuildRecord {
   efivars: string | null;
   /** what it takes to run it (and, later, to deploy it) */
   /** user_key: the public half of pim's own key (lib/vm/userkey.ts), when the build put it in */
-  settings: { mem: string; cpus: number; firmware: 'bios' | 'uefi'; machine: string; disk_bus: string; net: string; ssh_user: string; user_key?: string };
+  settings: {
+    mem: string;
+    cpus: number;
+    firmware: 'bios' | 'uefi';
+    machine: string;
+    disk_bus: string;
+    net: string;
+    ssh_user: string;
+    user_key?: string;
+  };
   times: { install: number; provision: number; total: number };
   log: string;
 }
@@ -116,7 +125,14 @@ function recordProblem(id: string): string | null {
   }
   if (!r || typeof r !== 'object') return 'is not a build record';
   if (r.id !== id) return `names another build (${JSON.stringify(r.id)})`;
-  if (typeof r.key !== 'string' || typeof r.created !== 'string' || typeof r.profile !== 'string' || !r.disk || typeof r.disk.file !== 'string') return 'lacks the fields of a build record';
+  if (
+    typeof r.key !== 'string' ||
+    typeof r.created !== 'string' ||
+    typeof r.profile !== 'string' ||
+    !r.disk ||
+    typeof r.disk.file !== 'string'
+  )
+    return 'lacks the fields of a build record';
   return null;
 }
 
@@ -139,7 +155,11 @@ export function damagedBuilds(): DamagedBuild[] {
 /** Remove a damaged build's directory; refused (75) while a VM disk is backed by a file in it. */
 export function removeDamaged(d: DamagedBuild): void {
   const users = disksBackedByDir(d.dir);
-  if (users.length) throw new PimError(EXIT.TEMPFAIL, `build ${d.id} backs ${users.join(', ')}; remove ${users.length > 1 ? 'those disks' : 'that disk'} first (its VM's changes go with it)`);
+  if (users.length)
+    throw new PimError(
+      EXIT.TEMPFAIL,
+      `build ${d.id} backs ${users.join(', ')}; remove ${users.length > 1 ? 'those disks' : 'that disk'} first (its VM's changes go with it)`,
+    );
   removeDir(d.id);
 }
 
@@ -179,7 +199,12 @@ export function buildByKey(profile: string, key: string): BuildRecord | null {
  * replaces the registered one (refused, 75, before anything is built, while
  * a VM disk is backed by it: its overlays would read another image).
  */
-export async function cachedBuild(profile: string, key: string, force: boolean | undefined, make: () => Promise<BuildRecord>): Promise<{ record: BuildRecord; hit: boolean; path: string }> {
+export async function cachedBuild(
+  profile: string,
+  key: string,
+  force: boolean | undefined,
+  make: () => Promise<BuildRecord>,
+): Promise<{ record: BuildRecord; hit: boolean; path: string }> {
   const out = (record: BuildRecord, hit: boolean) => ({ record, hit, path: buildDisk(record) });
   const found = () => (force ? null : buildByKey(profile, key));
   const before = found();
@@ -204,7 +229,10 @@ function refuseIfBacking(r: BuildRecord, what: 'remove' | 'replace'): void {
   const users = disksBackedBy(r);
   if (!users.length) return;
   const then = what === 'replace' ? ' and build again with --force' : '';
-  throw new PimError(EXIT.TEMPFAIL, `build ${r.id} backs ${users.join(', ')}; remove ${users.length > 1 ? 'those disks' : 'that disk'} first${then} (its VM's changes go with it)`);
+  throw new PimError(
+    EXIT.TEMPFAIL,
+    `build ${r.id} backs ${users.join(', ')}; remove ${users.length > 1 ? 'those disks' : 'that disk'} first${then} (its VM's changes go with it)`,
+  );
 }
 
 /** The newest build of a profile, or null. */
@@ -224,11 +252,18 @@ export function findBuild(ref: string): BuildRecord {
   if (/^[0-9a-f]{4,64}$/.test(ref)) {
     const hits = all.filter((r) => r.key.startsWith(ref));
     if (hits.length === 1) return hits[0]!;
-    if (hits.length > 1) throw new PimError(EXIT.USAGE, `${ref} matches ${hits.length} builds (${hits.map((r) => r.id).join(', ')}); give more of the key`);
+    if (hits.length > 1)
+      throw new PimError(
+        EXIT.USAGE,
+        `${ref} matches ${hits.length} builds (${hits.map((r) => r.id).join(', ')}); give more of the key`,
+      );
   }
   const byProfile = all.filter((r) => r.profile === ref);
   if (byProfile.length) return byProfile[byProfile.length - 1]!;
-  throw new PimError(EXIT.NOINPUT, `no build ${JSON.stringify(ref)}; see pim-build list, or build one with pim-build run PROFILE`);
+  throw new PimError(
+    EXIT.NOINPUT,
+    `no build ${JSON.stringify(ref)}; see pim-build list, or build one with pim-build run PROFILE`,
+  );
 }
 
 /**
@@ -324,11 +359,13 @@ export function commitBuild(tmpDir: string, r: BuildRecord, replace = false): Bu
   } catch (e) {
     if (trash) fs.renameSync(trash, dest); // the old build back where it was
     const code = (e as NodeJS.ErrnoException).code;
-    if (code !== 'ENOTEMPTY' && code !== 'EEXIST') throw new PimError(EXIT.CANTCREAT, `cannot store build ${r.id}: ${(e as Error).message}`);
+    if (code !== 'ENOTEMPTY' && code !== 'EEXIST')
+      throw new PimError(EXIT.CANTCREAT, `cannot store build ${r.id}: ${(e as Error).message}`);
     fs.chmodSync(tmpDir, 0o700);
     fs.rmSync(tmpDir, { recursive: true, force: true });
     const there = readRecord(r.id);
-    if (!there) throw new PimError(EXIT.CANTCREAT, `cannot store build ${r.id}: ${buildDir(r.id)} is in the way; remove it`);
+    if (!there)
+      throw new PimError(EXIT.CANTCREAT, `cannot store build ${r.id}: ${buildDir(r.id)} is in the way; remove it`);
     return there;
   }
   if (trash) fs.rmSync(trash, { recursive: true, force: true });

@@ -9,7 +9,20 @@
  * anew when the profile has a newer build, the previous one kept as
  * NAME.prev.qcow2 (bootable as "NAME.prev") until the next refresh.
  */
-import { accessSync, chmodSync, closeSync, constants, copyFileSync, existsSync, openSync, readSync, readdirSync, renameSync, rmSync, statSync } from 'node:fs';
+import {
+  accessSync,
+  chmodSync,
+  closeSync,
+  constants,
+  copyFileSync,
+  existsSync,
+  openSync,
+  readSync,
+  readdirSync,
+  renameSync,
+  rmSync,
+  statSync,
+} from 'node:fs';
 import { basename, extname, join, resolve } from 'node:path';
 import { EXIT, PimError } from '../core/exit.ts';
 import { imagesDir } from '../core/paths.ts';
@@ -51,7 +64,10 @@ export function efivarsFor(path: string): string | null {
 
 /** A VM name made from a file name: invalid characters become '-'. */
 export function nameFromPath(p: string): string {
-  let n = basename(p, extname(p)).replace(/[^A-Za-z0-9._-]/g, '-').replace(/\.\.+/g, '.').replace(/^[-.]+/, '');
+  let n = basename(p, extname(p))
+    .replace(/[^A-Za-z0-9._-]/g, '-')
+    .replace(/\.\.+/g, '.')
+    .replace(/^[-.]+/, '');
   if (n.length > 64) n = n.slice(0, 64);
   return n || 'vm';
 }
@@ -60,16 +76,27 @@ export function nameFromPath(p: string): string {
  * The store disk `images/NAME.qcow2` as an overlay of `build`. An overlay of
  * another build is moved to NAME.prev.qcow2 first (with its vars).
  */
-export async function overlayForBuild(name: string, build: BuildRecord, inUse?: (name: string) => Promise<boolean>): Promise<string> {
+export async function overlayForBuild(
+  name: string,
+  build: BuildRecord,
+  inUse?: (name: string) => Promise<boolean>,
+): Promise<string> {
   const dir = ensurePrivateDir(imagesDir());
   const disk = join(dir, `${name}.qcow2`);
   const vars = join(dir, `${name}.efivars.fd`);
   const current = existsSync(disk) ? buildOfDisk(disk) : null;
   if (current?.id === build.id) return disk;
   if (existsSync(disk)) {
-    if (!current) throw new PimError(EXIT.CANTCREAT, `${disk} exists and is not a disk of a pim build; remove it or run it by its path`);
+    if (!current)
+      throw new PimError(
+        EXIT.CANTCREAT,
+        `${disk} exists and is not a disk of a pim build; remove it or run it by its path`,
+      );
     if (await inUse?.(name)) {
-      throw new PimError(EXIT.TEMPFAIL, `${name} is running on build ${current.id}; the profile's newest build is ${build.id}: stop ${name} (pim-stop ${name}) and run it again`);
+      throw new PimError(
+        EXIT.TEMPFAIL,
+        `${name} is running on build ${current.id}; the profile's newest build is ${build.id}: stop ${name} (pim-stop ${name}) and run it again`,
+      );
     }
     renameSync(disk, join(dir, `${name}.prev.qcow2`));
     if (existsSync(vars)) renameSync(vars, join(dir, `${name}.prev.efivars.fd`));
@@ -99,7 +126,11 @@ export async function overlayForBuild(name: string, build: BuildRecord, inUse?: 
  * of a profile. `inUse` says whether a VM of a name runs (its disk is then
  * not refreshed under it).
  */
-export async function resolveImage(target: string, nameOverride?: string, inUse?: (name: string) => Promise<boolean>): Promise<ImageRef> {
+export async function resolveImage(
+  target: string,
+  nameOverride?: string,
+  inUse?: (name: string) => Promise<boolean>,
+): Promise<ImageRef> {
   let path: string;
   let name: string;
   if (looksLikePath(target)) {

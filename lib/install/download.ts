@@ -36,7 +36,8 @@ export interface DownloadOpts {
   onRestart?: (why: string) => void;
 }
 
-export const isAbort = (e: unknown) => (e as Error)?.name === 'AbortError' || (e as { code?: string })?.code === 'ABORT_ERR';
+export const isAbort = (e: unknown) =>
+  (e as Error)?.name === 'AbortError' || (e as { code?: string })?.code === 'ABORT_ERR';
 
 /** The stall timeout: the option, else PIM_DOWNLOAD_STALL (seconds), else 30 s. */
 export function stallMsOf(opts: { stallMs?: number } = {}): number {
@@ -44,7 +45,11 @@ export function stallMsOf(opts: { stallMs?: number } = {}): number {
   const env = process.env.PIM_DOWNLOAD_STALL;
   if (env !== undefined && env !== '') {
     const s = Number(env);
-    if (!Number.isFinite(s) || s <= 0) throw new PimError(EXIT.USAGE, `PIM_DOWNLOAD_STALL must be a positive number of seconds, not ${JSON.stringify(env)}`);
+    if (!Number.isFinite(s) || s <= 0)
+      throw new PimError(
+        EXIT.USAGE,
+        `PIM_DOWNLOAD_STALL must be a positive number of seconds, not ${JSON.stringify(env)}`,
+      );
     return Math.round(s * 1000);
   }
   return 30_000;
@@ -58,7 +63,11 @@ interface Req {
   cut(why: Error): void;
 }
 
-async function request(url: string, headers: Record<string, string>, opts: { signal?: AbortSignal; timeoutMs?: number }): Promise<Req> {
+async function request(
+  url: string,
+  headers: Record<string, string>,
+  opts: { signal?: AbortSignal; timeoutMs?: number },
+): Promise<Req> {
   // one controller for the connection: the header timeout and a stalled body both cut it
   const ms = opts.timeoutMs ?? 30_000;
   const t = new AbortController();
@@ -83,15 +92,25 @@ async function request(url: string, headers: Record<string, string>, opts: { sig
   } catch (e) {
     if (opts.signal?.aborted) throw e;
     const cause = (e as { cause?: { code?: string; message?: string } }).cause;
-    if (t.signal.aborted) throw new PimError(EXIT.UNAVAILABLE, `${url}: no answer within ${Math.round(ms / 1000)} s; check the URL or the network`);
-    throw new PimError(EXIT.UNAVAILABLE, `${url}: cannot connect (${cause?.code ?? cause?.message ?? (e as Error).message}); check the URL or the network`);
+    if (t.signal.aborted)
+      throw new PimError(
+        EXIT.UNAVAILABLE,
+        `${url}: no answer within ${Math.round(ms / 1000)} s; check the URL or the network`,
+      );
+    throw new PimError(
+      EXIT.UNAVAILABLE,
+      `${url}: cannot connect (${cause?.code ?? cause?.message ?? (e as Error).message}); check the URL or the network`,
+    );
   } finally {
     clearTimeout(timer);
   }
 }
 
 const httpError = (url: string, res: Response) =>
-  new PimError(EXIT.UNAVAILABLE, `${url}: HTTP ${res.status}${res.statusText ? ' ' + res.statusText : ''}${res.status === 404 ? '; the file is not there: fix the URL in the catalog entry' : ''}`);
+  new PimError(
+    EXIT.UNAVAILABLE,
+    `${url}: HTTP ${res.status}${res.statusText ? ' ' + res.statusText : ''}${res.status === 404 ? '; the file is not there: fix the URL in the catalog entry' : ''}`,
+  );
 
 /** GET a small text file (a SUMS file). */
 export async function fetchText(url: string, opts: { signal?: AbortSignal; timeoutMs?: number } = {}): Promise<string> {
@@ -111,8 +130,13 @@ function partSize(part: string): number {
   }
 }
 
-const DISK_FULL: Record<string, string> = { ENOSPC: 'no space left', EDQUOT: 'disk quota exceeded', EFBIG: 'file too large for the filesystem' };
-const human = (n: number) => (n >= 1048576 ? `${(n / 1048576).toFixed(1)} MiB` : n >= 1024 ? `${(n / 1024).toFixed(1)} KiB` : `${n} bytes`);
+const DISK_FULL: Record<string, string> = {
+  ENOSPC: 'no space left',
+  EDQUOT: 'disk quota exceeded',
+  EFBIG: 'file too large for the filesystem',
+};
+const human = (n: number) =>
+  n >= 1048576 ? `${(n / 1048576).toFixed(1)} MiB` : n >= 1024 ? `${(n / 1024).toFixed(1)} KiB` : `${n} bytes`;
 
 /** A write failed because the disk is full: exit 73 naming the directory and what is still needed. */
 function diskFull(code: string, part: string, total: number | null): PimError {
@@ -158,7 +182,11 @@ async function* chunks(req: Req, stallMs: number): AsyncGenerator<Uint8Array> {
 }
 
 /** Download `url` into `part`, resuming what is there. Resolves when complete. */
-export async function downloadTo(url: string, part: string, opts: DownloadOpts = {}): Promise<{ size: number; resumed: boolean }> {
+export async function downloadTo(
+  url: string,
+  part: string,
+  opts: DownloadOpts = {},
+): Promise<{ size: number; resumed: boolean }> {
   const retries = opts.retries ?? 3;
   const stallMs = stallMsOf(opts);
   let resumed = false;
@@ -229,14 +257,21 @@ export async function downloadTo(url: string, part: string, opts: DownloadOpts =
       if (opts.signal?.aborted) throw opts.signal.reason instanceof Error ? opts.signal.reason : e;
       if (isAbort(e) && !req.stalled) throw e;
       const err = req.stalled ?? (e as Error);
-      if (attempt >= retries) throw new PimError(EXIT.UNAVAILABLE, `${url}: download cut off (${err.message}) after ${retries + 1} attempts; run again to resume`);
+      if (attempt >= retries)
+        throw new PimError(
+          EXIT.UNAVAILABLE,
+          `${url}: download cut off (${err.message}) after ${retries + 1} attempts; run again to resume`,
+        );
       opts.onRetry?.(attempt + 1, err);
     }
   }
 }
 
 /** A progress reporter for stderr: a bar on a TTY, a plain line every 10% elsewhere. */
-export function progressReporter(label: string, stream: NodeJS.WriteStream = process.stderr): { update(p: Progress): void; end(): void } {
+export function progressReporter(
+  label: string,
+  stream: NodeJS.WriteStream = process.stderr,
+): { update(p: Progress): void; end(): void } {
   const tty = Boolean(stream.isTTY) && process.env.TERM !== 'dumb';
   const started = Date.now();
   let lastPct = -1;

@@ -70,7 +70,13 @@ export async function listIsos(): Promise<IsoListRecord[]> {
     const state = isoState(f);
     const st = statOrNull(state === 'partial' ? f.part : f.iso);
     const r = state === 'downloaded' ? freshRecord(f) : null;
-    const verified = r?.unverified ? 'unverified' : r?.digest && r.expected === `${r.algo}:${r.digest}` ? 'yes' : state === 'downloaded' ? 'no' : null;
+    const verified = r?.unverified
+      ? 'unverified'
+      : r?.digest && r.expected === `${r.algo}:${r.digest}`
+        ? 'yes'
+        : state === 'downloaded'
+          ? 'no'
+          : null;
     return { name, state, verified, size: st?.size ?? null, url: e.url, kind: e.kind === 'image' ? 'image' : 'iso' };
   });
 }
@@ -86,7 +92,8 @@ export async function showIso(name: string): Promise<Record<string, unknown>> {
 export async function isoPath(name: string): Promise<string> {
   (await isoCatalog()).get(checkIsoName(name));
   const f = isoFiles(name);
-  if (!statOrNull(f.iso)) throw new PimError(EXIT.NOINPUT, `ISO "${name}" is not downloaded (${f.iso}); run pim-iso download ${name}`);
+  if (!statOrNull(f.iso))
+    throw new PimError(EXIT.NOINPUT, `ISO "${name}" is not downloaded (${f.iso}); run pim-iso download ${name}`);
   return f.iso;
 }
 
@@ -137,17 +144,23 @@ export function entryUrl(u: string, what = '--url'): string {
 /** Write isos.d/NAME.yml (0644: the user edits it). Returns the file. */
 export async function addEntry(name: string, opts: AddOpts): Promise<{ name: string; file: string }> {
   checkIsoName(name);
-  if (!opts.url) throw new PimError(EXIT.USAGE, 'pim-iso add needs --url URL (or a local file: file:///path, or a path)');
+  if (!opts.url)
+    throw new PimError(EXIT.USAGE, 'pim-iso add needs --url URL (or a local file: file:///path, or a path)');
   const url = entryUrl(opts.url);
   const local = url.startsWith('file:');
-  if (opts.copy && !local) throw new PimError(EXIT.USAGE, '--copy is for a local file (file:///path or a path); a download is always copied into the cache');
+  if (opts.copy && !local)
+    throw new PimError(
+      EXIT.USAGE,
+      '--copy is for a local file (file:///path or a path); a download is always copied into the cache',
+    );
   if (opts.checksum && opts.checksumUrl) throw new PimError(EXIT.USAGE, 'give --checksum or --checksum-url, not both');
   const entry: Record<string, unknown> = { url };
   if (opts.kind === 'image') entry.kind = 'image';
   if (opts.copy) entry.copy = true;
   if (opts.checksum) {
     const c = parseChecksum(opts.checksum);
-    if (!c) throw new PimError(EXIT.USAGE, '--checksum must be sha256:HEX (64 hex digits) or sha512:HEX (128 hex digits)');
+    if (!c)
+      throw new PimError(EXIT.USAGE, '--checksum must be sha256:HEX (64 hex digits) or sha512:HEX (128 hex digits)');
     entry.checksum = formatChecksum(c);
   } else if (opts.checksumUrl) {
     entry.checksum_url = entryUrl(opts.checksumUrl, '--checksum-url');
@@ -155,11 +168,19 @@ export async function addEntry(name: string, opts: AddOpts): Promise<{ name: str
   } else if (opts.insecure) {
     entry.insecure = true;
   } else {
-    throw new PimError(EXIT.USAGE, `ISO "${name}" needs a checksum: give --checksum sha256:HEX, --checksum-url URL, or --insecure to add it unverified`);
+    throw new PimError(
+      EXIT.USAGE,
+      `ISO "${name}" needs a checksum: give --checksum sha256:HEX, --checksum-url URL, or --insecure to add it unverified`,
+    );
   }
-  if (url.includes('*') && !entry.checksum_url) throw new PimError(EXIT.USAGE, 'a "*" in --url needs --checksum-url to resolve it');
+  if (url.includes('*') && !entry.checksum_url)
+    throw new PimError(EXIT.USAGE, 'a "*" in --url needs --checksum-url to resolve it');
   const cat = await isoCatalog();
-  if (cat.names().includes(name) || name === 'default') throw new PimError(EXIT.CANTCREAT, `ISO "${name}" already exists in the catalog; pick another name or remove it with pim-iso rm --entry ${name}`);
+  if (cat.names().includes(name) || name === 'default')
+    throw new PimError(
+      EXIT.CANTCREAT,
+      `ISO "${name}" already exists in the catalog; pick another name or remove it with pim-iso rm --entry ${name}`,
+    );
   const dir = subdir('isos.d');
   fs.mkdirSync(dir, { recursive: true });
   const file = join(dir, `${name}.yml`);
@@ -200,14 +221,22 @@ export interface IsoResult {
 }
 
 /** The checksum to compare against and the URL to fetch (a `*` resolved). Null checksum: none known. */
-async function expected(e: IsoEntry, reuse: VerifiedRecord | null, signal?: AbortSignal): Promise<{ checksum: Checksum | null; url: string }> {
+async function expected(
+  e: IsoEntry,
+  reuse: VerifiedRecord | null,
+  signal?: AbortSignal,
+): Promise<{ checksum: Checksum | null; url: string }> {
   if (e.checksum) return { checksum: parseChecksum(e.checksum), url: e.url };
   if (e.checksum_url) {
     if (reuse && reuse.checksum_url === e.checksum_url && reuse.expected && reuse.url) {
       return { checksum: parseChecksum(reuse.expected), url: reuse.url };
     }
     const { fetchText } = await import('./download.ts');
-    const sums = parseSums(e.checksum_url.startsWith('file:') ? fs.readFileSync(fileURLToPath(e.checksum_url), 'utf8') : await fetchText(e.checksum_url, { signal }));
+    const sums = parseSums(
+      e.checksum_url.startsWith('file:')
+        ? fs.readFileSync(fileURLToPath(e.checksum_url), 'utf8')
+        : await fetchText(e.checksum_url, { signal }),
+    );
     const pick = pickFromSums(e, sums);
     return { checksum: pick.checksum, url: pick.url };
   }
@@ -216,7 +245,10 @@ async function expected(e: IsoEntry, reuse: VerifiedRecord | null, signal?: Abor
 
 function needsChecksum(e: IsoEntry, insecure: boolean | undefined): void {
   if (!e.checksum && !e.checksum_url && !e.insecure && !insecure) {
-    throw new PimError(EXIT.USAGE, `ISO "${e.name}" has no checksum: add checksum or checksum_url to its entry, or pass --insecure to download it unverified`);
+    throw new PimError(
+      EXIT.USAGE,
+      `ISO "${e.name}" has no checksum: add checksum or checksum_url to its entry, or pass --insecure to download it unverified`,
+    );
   }
 }
 
@@ -235,10 +267,20 @@ async function obtain(e: IsoEntry, opts: FetchOpts & { reuse: boolean }): Promis
     if (statOrNull(f.iso)) {
       if (!exp.checksum) return { name: e.name, path: f.iso, checksum: null, verified: false, downloaded: false };
       const want = formatChecksum(exp.checksum);
-      const { digest } = await cachedDigest(f, exp.checksum.algo, { expected: want, url: exp.url, checksum_url: e.checksum_url }, opts.signal);
-      if (digest !== exp.checksum.hex) throw new PimError(EXIT.DATAERR, `${e.name}: ${f.iso} exists but does not match ${want}; remove it with pim-iso rm ${e.name} and download again`);
+      const { digest } = await cachedDigest(
+        f,
+        exp.checksum.algo,
+        { expected: want, url: exp.url, checksum_url: e.checksum_url },
+        opts.signal,
+      );
+      if (digest !== exp.checksum.hex)
+        throw new PimError(
+          EXIT.DATAERR,
+          `${e.name}: ${f.iso} exists but does not match ${want}; remove it with pim-iso rm ${e.name} and download again`,
+        );
       const r = readRecord(f);
-      if (r && r.expected !== want) writeRecord(f, { ...r, expected: want, url: exp.url, checksum_url: e.checksum_url });
+      if (r && r.expected !== want)
+        writeRecord(f, { ...r, expected: want, url: exp.url, checksum_url: e.checksum_url });
       ev({ type: 'cached', name: e.name, path: f.iso });
       return { name: e.name, path: f.iso, checksum: want, verified: true, downloaded: false };
     }
@@ -247,7 +289,11 @@ async function obtain(e: IsoEntry, opts: FetchOpts & { reuse: boolean }): Promis
       // either way it is verified as a download is, before it takes the ISO's name
       const src = fileURLToPath(exp.url);
       const st = statOrNull(src);
-      if (!st?.isFile()) throw new PimError(EXIT.NOINPUT, `${e.name}: no file ${src} (the entry's url); put it back or fix the url in isos.d`);
+      if (!st?.isFile())
+        throw new PimError(
+          EXIT.NOINPUT,
+          `${e.name}: no file ${src} (the entry's url); put it back or fix the url in isos.d`,
+        );
       fs.rmSync(f.part, { force: true });
       ev({ type: 'start', name: e.name, url: exp.url, resumeAt: 0 });
       if (e.copy === true) fs.copyFileSync(src, f.part);
@@ -277,12 +323,25 @@ async function obtain(e: IsoEntry, opts: FetchOpts & { reuse: boolean }): Promis
     const digest = await hashFile(f.part, exp.checksum.algo, opts.signal);
     if (digest !== exp.checksum.hex) {
       fs.rmSync(f.part, { force: true });
-      const gone = exp.url.startsWith('file:') ? `${fileURLToPath(exp.url)} is not the file the entry names (it is left as it is)` : 'the part file was deleted';
-      throw new PimError(EXIT.DATAERR, `${e.name}: checksum mismatch: expected ${want}, got ${exp.checksum.algo}:${digest}; ${gone}. Check the entry's checksum and the URL`);
+      const gone = exp.url.startsWith('file:')
+        ? `${fileURLToPath(exp.url)} is not the file the entry names (it is left as it is)`
+        : 'the part file was deleted';
+      throw new PimError(
+        EXIT.DATAERR,
+        `${e.name}: checksum mismatch: expected ${want}, got ${exp.checksum.algo}:${digest}; ${gone}. Check the entry's checksum and the URL`,
+      );
     }
     fs.renameSync(f.part, f.iso);
     const st = fs.statSync(f.iso);
-    writeRecord(f, { size: st.size, mtimeMs: st.mtimeMs, algo: exp.checksum.algo, digest, expected: want, url: exp.url, checksum_url: e.checksum_url });
+    writeRecord(f, {
+      size: st.size,
+      mtimeMs: st.mtimeMs,
+      algo: exp.checksum.algo,
+      digest,
+      expected: want,
+      url: exp.url,
+      checksum_url: e.checksum_url,
+    });
     return { name: e.name, path: f.iso, checksum: want, verified: true, downloaded: true };
   } finally {
     await lock.release();
@@ -337,7 +396,9 @@ function fromRecord(e: IsoEntry, f: IsoFiles): EnsuredIso | null {
     return want && formatChecksum(want) === got ? { path: f.iso, checksum: got, verified: true } : null;
   }
   if (e.checksum_url) {
-    return !r.unverified && r.checksum_url === e.checksum_url && r.expected === got ? { path: f.iso, checksum: got, verified: true } : null;
+    return !r.unverified && r.checksum_url === e.checksum_url && r.expected === got
+      ? { path: f.iso, checksum: got, verified: true }
+      : null;
   }
   return r.algo === 'sha256' ? { path: f.iso, checksum: got, verified: false } : null;
 }
@@ -361,14 +422,20 @@ export async function* verifyIsos(names: string[], opts: { signal?: AbortSignal 
   const entries = names.map((n) => cat.get(checkIsoName(n)));
   for (const e of entries) {
     const f = isoFiles(e.name);
-    if (!statOrNull(f.iso)) throw new PimError(EXIT.NOINPUT, `ISO "${e.name}" is not downloaded; run pim-iso download ${e.name}`);
+    if (!statOrNull(f.iso))
+      throw new PimError(EXIT.NOINPUT, `ISO "${e.name}" is not downloaded; run pim-iso download ${e.name}`);
     const exp = await expected(e, readRecord(f), opts.signal);
     if (!exp.checksum) {
       yield { name: e.name, status: 'unverified', checksum: null, how: 'no checksum in the entry' };
       continue;
     }
     const want = formatChecksum(exp.checksum);
-    const { digest, cached } = await cachedDigest(f, exp.checksum.algo, { expected: want, url: exp.url, checksum_url: e.checksum_url }, opts.signal);
+    const { digest, cached } = await cachedDigest(
+      f,
+      exp.checksum.algo,
+      { expected: want, url: exp.url, checksum_url: e.checksum_url },
+      opts.signal,
+    );
     const how = cached ? 'cached' : 'hashed';
     if (digest !== exp.checksum.hex) {
       yield { name: e.name, status: 'mismatch', checksum: `${exp.checksum.algo}:${digest}`, how, expected: want };
@@ -387,7 +454,10 @@ export async function* verifyIsos(names: string[], opts: { signal?: AbortSignal 
  * Remove an ISO's downloaded files (under its lock: a running download makes
  * this 75) and, with `entry`, its isos.d/NAME.yml. Returns what was removed.
  */
-export async function removeIso(name: string, opts: { entry?: boolean } = {}): Promise<Array<{ name: string; path: string }>> {
+export async function removeIso(
+  name: string,
+  opts: { entry?: boolean } = {},
+): Promise<Array<{ name: string; path: string }>> {
   checkIsoName(name);
   const cat = await isoCatalog();
   const f = isoFiles(name);
@@ -396,10 +466,15 @@ export async function removeIso(name: string, opts: { entry?: boolean } = {}): P
   const known = cat.names().includes(name);
   if (!known && !there().length) throw new PimError(EXIT.NOINPUT, `no ISO named "${name}"; see pim-iso list`);
   if (opts.entry) {
-    if (!fs.existsSync(entryFile)) throw new PimError(EXIT.NOINPUT, `ISO "${name}" has no entry file ${entryFile} (built-in entries, or entries in other files, are not removed)`);
+    if (!fs.existsSync(entryFile))
+      throw new PimError(
+        EXIT.NOINPUT,
+        `ISO "${name}" has no entry file ${entryFile} (built-in entries, or entries in other files, are not removed)`,
+      );
     const y = await readYamlFile(entryFile);
     const keys = y.value && typeof y.value === 'object' ? Object.keys(y.value) : [];
-    if (keys.length !== 1 || keys[0] !== name) throw new PimError(EXIT.CONFIG, `${entryFile} defines more than "${name}"; edit it by hand`);
+    if (keys.length !== 1 || keys[0] !== name)
+      throw new PimError(EXIT.CONFIG, `${entryFile} defines more than "${name}"; edit it by hand`);
   }
   const removed: Array<{ name: string; path: string }> = [];
   if (statOrNull(isoDir())) {

@@ -79,7 +79,15 @@ export function parseSums(text: string): Map<string, Checksum> {
   return out;
 }
 
-export const globToRegExp = (g: string) => new RegExp('^' + g.split('*').map((s) => s.replace(/[.+?^${}()|[\]\\]/g, '\\$&')).join('[^/]*') + '$');
+export const globToRegExp = (g: string) =>
+  new RegExp(
+    '^' +
+      g
+        .split('*')
+        .map((s) => s.replace(/[.+?^${}()|[\]\\]/g, '\\$&'))
+        .join('[^/]*') +
+      '$',
+  );
 
 /** The file name to look up in the SUMS file: `filename`, else the URL's last segment (may hold `*`). */
 function sumsKey(e: IsoEntry): string {
@@ -89,18 +97,33 @@ function sumsKey(e: IsoEntry): string {
 }
 
 /** Pick the SUMS line for an entry; resolves a `*` in the URL. */
-export function pickFromSums(e: IsoEntry, sums: Map<string, Checksum>): { url: string; file: string; checksum: Checksum } {
+export function pickFromSums(
+  e: IsoEntry,
+  sums: Map<string, Checksum>,
+): { url: string; file: string; checksum: Checksum } {
   const key = sumsKey(e);
   let file = key;
   if (key.includes('*')) {
     const re = globToRegExp(key);
     const hits = [...sums.keys()].filter((k) => re.test(k)).sort();
-    if (hits.length === 0) throw new PimError(EXIT.DATAERR, `ISO "${e.name}": no file matching ${key} in ${e.checksum_url}; fix url or filename in the catalog entry`);
-    if (hits.length > 1) throw new PimError(EXIT.DATAERR, `ISO "${e.name}": ${hits.length} files match ${key} in ${e.checksum_url} (${hits.join(', ')}); make the pattern narrower`);
+    if (hits.length === 0)
+      throw new PimError(
+        EXIT.DATAERR,
+        `ISO "${e.name}": no file matching ${key} in ${e.checksum_url}; fix url or filename in the catalog entry`,
+      );
+    if (hits.length > 1)
+      throw new PimError(
+        EXIT.DATAERR,
+        `ISO "${e.name}": ${hits.length} files match ${key} in ${e.checksum_url} (${hits.join(', ')}); make the pattern narrower`,
+      );
     file = hits[0]!;
   }
   const checksum = sums.get(file);
-  if (!checksum) throw new PimError(EXIT.DATAERR, `ISO "${e.name}": ${file} is not listed in ${e.checksum_url}; fix url or filename in the catalog entry`);
+  if (!checksum)
+    throw new PimError(
+      EXIT.DATAERR,
+      `ISO "${e.name}": ${file} is not listed in ${e.checksum_url}; fix url or filename in the catalog entry`,
+    );
   const url = e.url.includes('*') ? e.url.replace(/[^/]*$/, encodeURIComponent(file)) : e.url;
   return { url, file, checksum };
 }
@@ -114,19 +137,35 @@ export async function isoCatalog() {
     get(name: string): IsoEntry & { resolved: Resolved } {
       const r = resolveEntry(cat, name);
       const at = (k: string) => r.origins[k] ?? `ISO "${name}"`;
-      if (typeof r.value.url !== 'string' || !r.value.url) throw new PimError(EXIT.CONFIG, `${at('')}: ISO "${name}" has no url; add one`);
+      if (typeof r.value.url !== 'string' || !r.value.url)
+        throw new PimError(EXIT.CONFIG, `${at('')}: ISO "${name}" has no url; add one`);
       let u: URL;
       try {
         u = new URL(r.value.url);
       } catch {
         throw new PimError(EXIT.CONFIG, `${at('url')}: ISO "${name}": url ${JSON.stringify(r.value.url)} is not a URL`);
       }
-      if (u.protocol !== 'http:' && u.protocol !== 'https:' && u.protocol !== 'file:') throw new PimError(EXIT.CONFIG, `${at('url')}: ISO "${name}": url must be http, https or file (a local file: file:///path)`);
-      if (u.protocol === 'file:' && u.host) throw new PimError(EXIT.CONFIG, `${at('url')}: ISO "${name}": a file url names a local path: file:///path, not file://${u.host}/...`);
+      if (u.protocol !== 'http:' && u.protocol !== 'https:' && u.protocol !== 'file:')
+        throw new PimError(
+          EXIT.CONFIG,
+          `${at('url')}: ISO "${name}": url must be http, https or file (a local file: file:///path)`,
+        );
+      if (u.protocol === 'file:' && u.host)
+        throw new PimError(
+          EXIT.CONFIG,
+          `${at('url')}: ISO "${name}": a file url names a local path: file:///path, not file://${u.host}/...`,
+        );
       if (typeof r.value.checksum === 'string' && !parseChecksum(r.value.checksum)) {
-        throw new PimError(EXIT.CONFIG, `${at('checksum')}: ISO "${name}": checksum must be sha256:HEX (64 hex digits) or sha512:HEX (128)`);
+        throw new PimError(
+          EXIT.CONFIG,
+          `${at('checksum')}: ISO "${name}": checksum must be sha256:HEX (64 hex digits) or sha512:HEX (128)`,
+        );
       }
-      if (r.value.url.includes('*') && !r.value.checksum_url) throw new PimError(EXIT.CONFIG, `${at('url')}: ISO "${name}": a "*" in the url needs a checksum_url to resolve it`);
+      if (r.value.url.includes('*') && !r.value.checksum_url)
+        throw new PimError(
+          EXIT.CONFIG,
+          `${at('url')}: ISO "${name}": a "*" in the url needs a checksum_url to resolve it`,
+        );
       return { ...(r.value as unknown as IsoEntry), name, resolved: r };
     },
   };
@@ -195,13 +234,19 @@ export async function hashFile(path: string, algo: Algo, signal?: AbortSignal): 
 }
 
 /** Hash of the file, from the cache when size and mtime still match. */
-export async function cachedDigest(f: IsoFiles, algo: Algo, extra: Partial<VerifiedRecord> = {}, signal?: AbortSignal): Promise<{ digest: string; cached: boolean }> {
+export async function cachedDigest(
+  f: IsoFiles,
+  algo: Algo,
+  extra: Partial<VerifiedRecord> = {},
+  signal?: AbortSignal,
+): Promise<{ digest: string; cached: boolean }> {
   const st = statOrNull(f.iso);
   if (!st) throw new PimError(EXIT.NOINPUT, `${f.iso} does not exist`);
   const r = freshRecord(f, st);
   if (r && r.algo === algo && r.digest) return { digest: r.digest, cached: true };
   const digest = await hashFile(f.iso, algo, signal);
   const after = statOrNull(f.iso);
-  if (after && after.size === st.size && after.mtimeMs === st.mtimeMs) writeRecord(f, { ...extra, size: st.size, mtimeMs: st.mtimeMs, algo, digest });
+  if (after && after.size === st.size && after.mtimeMs === st.mtimeMs)
+    writeRecord(f, { ...extra, size: st.size, mtimeMs: st.mtimeMs, algo, digest });
   return { digest, cached: false };
 }

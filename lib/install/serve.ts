@@ -125,10 +125,21 @@ function staticFile(dir: Subdir, raw: string, profile: string): Answer {
   for (const c of candidates) {
     const f = namedFile(dir, c);
     if (!f) continue;
-    if (f.path === null) return { status: 200, body: DEFAULT_FILES[`${dir}/${c}`]!, type: 'text/x-shellscript; charset=utf-8', note: f.label };
+    if (f.path === null)
+      return {
+        status: 200,
+        body: DEFAULT_FILES[`${dir}/${c}`]!,
+        type: 'text/x-shellscript; charset=utf-8',
+        note: f.label,
+      };
     const real = inside(subdir(dir), f.path);
     if (!real) return notFound();
-    return { status: 200, body: fs.readFileSync(real), type: c.endsWith('.sh') ? 'text/x-shellscript; charset=utf-8' : 'application/octet-stream', note: f.label };
+    return {
+      status: 200,
+      body: fs.readFileSync(real),
+      type: c.endsWith('.sh') ? 'text/x-shellscript; charset=utf-8' : 'application/octet-stream',
+      note: f.label,
+    };
   }
   return notFound();
 }
@@ -148,18 +159,29 @@ function templateFor(route: AnswerRoute, p: ServeProfile): FoundFile | null {
  * render throws a config error (exit 78, FILE:LINE) where the server answers 500.
  * `target` tells the template what it is rendered for (pim-ventoy: "ventoy").
  */
-export function renderAnswer(route: AnswerRoute, profile: ServeProfile, url: string, target: Target = 'vm'): { body: string; label: string } | null {
+export function renderAnswer(
+  route: AnswerRoute,
+  profile: ServeProfile,
+  url: string,
+  target: Target = 'vm',
+): { body: string; label: string } | null {
   const f = templateFor(route, profile);
   if (!f) return null;
   if (f.path !== null && !inside(subdir('preseeds.d'), f.path)) return null;
-  const body = renderFile(f.path, f.path === null ? readFound(f) : undefined, f.label, { profile: profile.value, name: profile.name, url, target });
+  const body = renderFile(f.path, f.path === null ? readFound(f) : undefined, f.label, {
+    profile: profile.value,
+    name: profile.name,
+    url,
+    target,
+  });
   return { body, label: f.label };
 }
 
 const isRoute = (p: string): p is AnswerRoute => Object.hasOwn(TEMPLATES, p);
 
 export async function startServer(opts: ServeOpts): Promise<Served> {
-  const p: ServeProfile = typeof opts.profile === 'string' ? await withEnvHook(await loadProfile(opts.profile)) : opts.profile;
+  const p: ServeProfile =
+    typeof opts.profile === 'string' ? await withEnvHook(await loadProfile(opts.profile)) : opts.profile;
   const logLine = opts.log ?? ((l: string) => process.stderr.write(l + '\n'));
   let defaultUrl = '';
 
@@ -175,7 +197,11 @@ export async function startServer(opts: ServeOpts): Promise<Served> {
         if (!a) return notFound();
         return { status: 200, body: a.body, type: 'text/plain; charset=utf-8', note: a.label };
       } catch (e) {
-        return { status: 500, body: 'template error: see the server log\n', note: e instanceof PimError ? e.message : String(e) };
+        return {
+          status: 500,
+          body: 'template error: see the server log\n',
+          note: e instanceof PimError ? e.message : String(e),
+        };
       }
     }
     if (path === '/vendor-data') return { status: 200, body: '', type: 'text/plain; charset=utf-8' };
@@ -198,12 +224,18 @@ export async function startServer(opts: ServeOpts): Promise<Served> {
       }
     }
     const body = typeof a.body === 'string' ? Buffer.from(a.body) : a.body;
-    res.writeHead(a.status, { 'Content-Type': a.type ?? 'text/plain; charset=utf-8', 'Content-Length': body.length, 'Cache-Control': 'no-store' });
+    res.writeHead(a.status, {
+      'Content-Type': a.type ?? 'text/plain; charset=utf-8',
+      'Content-Length': body.length,
+      'Cache-Control': 'no-store',
+    });
     const bytes = req.method === 'HEAD' ? 0 : body.length;
     res.end(req.method === 'HEAD' ? undefined : body);
     const ms = Number(process.hrtime.bigint() - t0) / 1e6;
     const remote = req.socket.remoteAddress ?? '-';
-    logLine(`${remote} ${req.method} ${JSON.stringify(req.url ?? '')} ${a.status} ${bytes} ${ms.toFixed(2)}ms${a.note ? ' ' + a.note : ''}`);
+    logLine(
+      `${remote} ${req.method} ${JSON.stringify(req.url ?? '')} ${a.status} ${bytes} ${ms.toFixed(2)}ms${a.note ? ' ' + a.note : ''}`,
+    );
     try {
       opts.onRequest?.({ method: req.method ?? '', path: req.url ?? '', status: a.status, bytes, remote });
     } catch (e) {
@@ -215,9 +247,17 @@ export async function startServer(opts: ServeOpts): Promise<Served> {
   await new Promise<void>((resolve, reject) => {
     server.once('error', (e: NodeJS.ErrnoException) => {
       const where = `${opts.bind}:${opts.port}`;
-      if (e.code === 'EADDRINUSE') reject(new PimError(EXIT.TEMPFAIL, `port ${opts.port} on ${opts.bind} is in use; pick another with --port (or stop what uses it)`));
-      else if (e.code === 'EACCES') reject(new PimError(EXIT.NOPERM, `not allowed to listen on ${where}; use a port above 1023`));
-      else if (e.code === 'EADDRNOTAVAIL' || e.code === 'ENOTFOUND' || e.code === 'EAI_AGAIN') reject(new PimError(EXIT.USAGE, `cannot listen on ${opts.bind}: not an address of this machine; see --bind`));
+      if (e.code === 'EADDRINUSE')
+        reject(
+          new PimError(
+            EXIT.TEMPFAIL,
+            `port ${opts.port} on ${opts.bind} is in use; pick another with --port (or stop what uses it)`,
+          ),
+        );
+      else if (e.code === 'EACCES')
+        reject(new PimError(EXIT.NOPERM, `not allowed to listen on ${where}; use a port above 1023`));
+      else if (e.code === 'EADDRNOTAVAIL' || e.code === 'ENOTFOUND' || e.code === 'EAI_AGAIN')
+        reject(new PimError(EXIT.USAGE, `cannot listen on ${opts.bind}: not an address of this machine; see --bind`));
       else reject(new PimError(EXIT.UNAVAILABLE, `cannot listen on ${where}: ${e.message}`));
     });
     server.listen(opts.port, opts.bind, () => resolve());

@@ -40,14 +40,25 @@ const cache = new Map<string, { key: string; fn: Fn }>();
 function templateError(label: string, e: unknown): PimError {
   const msg = (e as Error)?.message ?? String(e);
   const line = /line (\d+)/.exec(msg)?.[1];
-  const lines = msg.split('\n').map((l) => l.trim()).filter(Boolean);
+  const lines = msg
+    .split('\n')
+    .map((l) => l.trim())
+    .filter(Boolean);
   const cause = lines[lines.length - 1] ?? msg;
-  const head = lines[0] && !/^line \d+$/.test(lines[0]) && lines[0] !== cause ? `${lines[0].replace(/ at line \d+ col \d+:?$/, '')}: ` : '';
+  const head =
+    lines[0] && !/^line \d+$/.test(lines[0]) && lines[0] !== cause
+      ? `${lines[0].replace(/ at line \d+ col \d+:?$/, '')}: `
+      : '';
   return new PimError(EXIT.CONFIG, `${label}${line ? ':' + line : ''}: template error: ${head}${cause}`);
 }
 
 /** Compile (cached by `key`) and render; throws PimError on any failure. */
-export function renderTemplate(source: string | (() => string), label: string, key: string, data: TemplateData): string {
+export function renderTemplate(
+  source: string | (() => string),
+  label: string,
+  key: string,
+  data: TemplateData,
+): string {
   let hit = cache.get(label);
   if (!hit || hit.key !== key) {
     try {
@@ -66,7 +77,12 @@ export function renderTemplate(source: string | (() => string), label: string, k
 }
 
 /** Render a template file, or a built-in source when `path` is null. */
-export function renderFile(path: string | null, builtinSource: string | undefined, label: string, data: TemplateData): string {
+export function renderFile(
+  path: string | null,
+  builtinSource: string | undefined,
+  label: string,
+  data: TemplateData,
+): string {
   if (path === null) return renderTemplate(builtinSource ?? '', label, 'builtin', data);
   let st: fs.Stats;
   try {

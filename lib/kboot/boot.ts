@@ -25,7 +25,16 @@ import { log } from '../core/log.ts';
 import { ensureRuntimeDir, type VmFiles } from '../core/paths.ts';
 import type { Trap } from '../core/signals.ts';
 import type { Accel } from '../qemu/argv.ts';
-import { chooseShareFs, ninepArgs, parseShare, startVirtiofsd, virtiofsArgs, type Share, type ShareFs, type Virtiofsds } from '../qemu/share.ts';
+import {
+  chooseShareFs,
+  ninepArgs,
+  parseShare,
+  startVirtiofsd,
+  virtiofsArgs,
+  type Share,
+  type ShareFs,
+  type Virtiofsds,
+} from '../qemu/share.ts';
 import { cleanupFiles } from '../vm/state.ts';
 import type { LaunchRequest, Reservation } from '../vm/launch.ts';
 import { cachedPack, concatArchives, kbootCacheDir, type Compress } from '../archive/initramfs.ts';
@@ -102,11 +111,18 @@ async function resolveInputs(o: KbootOpts, io: InputOpts, temps: string[], t0: n
   if (o.initramfsFrom) {
     const st = fs.statSync(o.initramfsFrom, { throwIfNoEntry: false });
     if (!st) throw new PimError(EXIT.NOINPUT, `initramfs directory ${o.initramfsFrom} does not exist`);
-    if (!st.isDirectory()) throw new PimError(EXIT.NOINPUT, `${o.initramfsFrom} is not a directory (--initramfs-from takes a directory to pack)`);
+    if (!st.isDirectory())
+      throw new PimError(
+        EXIT.NOINPUT,
+        `${o.initramfsFrom} is not a directory (--initramfs-from takes a directory to pack)`,
+      );
   }
   const busybox = staticBusybox();
   if (!busybox && !initrd && !o.initramfsFrom) {
-    throw new PimError(EXIT.UNAVAILABLE, "no initramfs given and no static busybox on this host for pim's own: install busybox-static, set PIM_BUSYBOX, or pass --initrd/--initramfs-from");
+    throw new PimError(
+      EXIT.UNAVAILABLE,
+      "no initramfs given and no static busybox on this host for pim's own: install busybox-static, set PIM_BUSYBOX, or pass --initrd/--initramfs-from",
+    );
   }
   if (!busybox) log.debug("no static busybox on the host: pim's init relies on the initramfs's /bin/sh");
   const { chooseAccel } = await import('../qemu/accel.ts');
@@ -114,7 +130,8 @@ async function resolveInputs(o: KbootOpts, io: InputOpts, temps: string[], t0: n
 
   // the PVH vmlinux inside a bzImage boots without the guest decompressing it
   let bootKernel = kernel.path;
-  if (kind === 'bzimage' && process.env.PIM_KBOOT_PVH !== '0') bootKernel = (await pvhKernel(kernel.path, io.cache, { signal: io.signal, shown: kernel.shown })) ?? kernel.path;
+  if (kind === 'bzimage' && process.env.PIM_KBOOT_PVH !== '0')
+    bootKernel = (await pvhKernel(kernel.path, io.cache, { signal: io.signal, shown: kernel.shown })) ?? kernel.path;
   log.debug(`kernel ${bootKernel} (${ms(t0)})`);
 
   const parts: string[] = [];
@@ -125,7 +142,17 @@ async function resolveInputs(o: KbootOpts, io: InputOpts, temps: string[], t0: n
     parts.push(p.path);
   }
   parts.push(await pimBaseArchive(io.cache, busybox));
-  return { kernel: kernel.shown, bootKernel, parts, shares, root, shareFs, accel: accel as Accel, probeKvm, append: commandLine(o, accel as Accel) };
+  return {
+    kernel: kernel.shown,
+    bootKernel,
+    parts,
+    shares,
+    root,
+    shareFs,
+    accel: accel as Accel,
+    probeKvm,
+    append: commandLine(o, accel as Accel),
+  };
 }
 
 function resolveShares(o: KbootOpts): Pick<Inputs, 'shares' | 'root' | 'shareFs'> {
@@ -133,7 +160,11 @@ function resolveShares(o: KbootOpts): Pick<Inputs, 'shares' | 'root' | 'shareFs'
   const shares = o.shares.map((s) => parseShare(s, used));
   const root = o.rootShare ? parseShare(`${o.rootShare}:pimroot`, used) : undefined;
   const any = shares.length > 0 || root !== undefined;
-  if (o.machine === 'microvm' && any) throw new PimError(EXIT.USAGE, 'shares need PCI, which microvm has not: use --machine q35 (the default) with --share/--root-share');
+  if (o.machine === 'microvm' && any)
+    throw new PimError(
+      EXIT.USAGE,
+      'shares need PCI, which microvm has not: use --machine q35 (the default) with --share/--root-share',
+    );
   const shareFs = any ? chooseShareFs(o.fs === 'auto' ? undefined : o.fs) : { fs: '9p' as const, virtiofsd: null };
   return { shares, root, shareFs };
 }
@@ -158,7 +189,13 @@ async function reserve(o: KbootOpts): Promise<Reservation> {
 }
 
 /** Under the reservation: stage, shares, initrd, QEMU, then follow. Whatever fails, nothing is left running. */
-async function bootReserved(o: KbootOpts, inp: Inputs, res: Reservation, trap: Trap | null, t0: number): Promise<number> {
+async function bootReserved(
+  o: KbootOpts,
+  inp: Inputs,
+  res: Reservation,
+  trap: Trap | null,
+  t0: number,
+): Promise<number> {
   const { files } = res;
   let vfs: Virtiofsds | null = null;
   let port: OutputPort | null = null;
@@ -172,7 +209,9 @@ async function bootReserved(o: KbootOpts, inp: Inputs, res: Reservation, trap: T
     log.debug(`initrd ${initrd} (${ms(t0)})`);
     if (!o.console) port = await openOutputPort(join(files.stage, 'out.sock'));
     const { launch } = await import('../vm/launch.ts');
-    const starting = launch(res, launchRequest(o, inp, initrd, [...shared.args, ...(port?.args ?? []), ...o.extra]), { signal: trap?.signal });
+    const starting = launch(res, launchRequest(o, inp, initrd, [...shared.args, ...(port?.args ?? []), ...o.extra]), {
+      signal: trap?.signal,
+    });
     const result = await starting;
     log.debug(`QEMU up (${ms(t0)})`);
     if (typeof result === 'number') return consoleResult(o, files, result);
@@ -213,7 +252,12 @@ async function bootReserved(o: KbootOpts, inp: Inputs, res: Reservation, trap: T
 }
 
 /** Shares as QEMU arguments: virtiofs through virtiofsd (falling back to 9p under --fs auto), or 9p. */
-async function startShares(o: KbootOpts, inp: Inputs, stage: string, signal?: AbortSignal): Promise<{ fs: ShareFs; args: string[]; vfs: Virtiofsds | null }> {
+async function startShares(
+  o: KbootOpts,
+  inp: Inputs,
+  stage: string,
+  signal?: AbortSignal,
+): Promise<{ fs: ShareFs; args: string[]; vfs: Virtiofsds | null }> {
   const all = inp.root ? [...inp.shares, inp.root] : inp.shares;
   if (inp.shareFs.fs === 'virtiofs') {
     try {
@@ -258,7 +302,17 @@ function launchRequest(o: KbootOpts, inp: Inputs, initrd: string, extra: string[
     },
     console: o.console,
     sudo: false,
-    meta: { kind: 'kboot', image: inp.kernel, ssh_port: null, bridged: false, agent: false, accel: inp.accel, mem: o.mem, cpus: o.cpus, snapshot: false },
+    meta: {
+      kind: 'kboot',
+      image: inp.kernel,
+      ssh_port: null,
+      bridged: false,
+      agent: false,
+      accel: inp.accel,
+      mem: o.mem,
+      cpus: o.cpus,
+      snapshot: false,
+    },
   };
 }
 
@@ -268,6 +322,7 @@ function consoleResult(o: KbootOpts, files: VmFiles, status: number): number {
   const m = new RegExp(`${RS}PIM-EXIT-${o.token}:(\\d+)`).exec(text);
   if (o.exec !== undefined && m) return Number(m[1]);
   const panic = findPanic(text);
-  if (panic) throw new PimError(EXIT.UNAVAILABLE, `the guest kernel panicked:\n${panic.map((l) => `  | ${l}`).join('\n')}`);
+  if (panic)
+    throw new PimError(EXIT.UNAVAILABLE, `the guest kernel panicked:\n${panic.map((l) => `  | ${l}`).join('\n')}`);
   return status;
 }

@@ -56,7 +56,16 @@ export async function openOutputPort(path: string): Promise<OutputPort> {
       conn
         ? Promise.resolve(conn)
         : new Promise((resolve, reject) => {
-            const t = setTimeout(() => reject(new PimError(EXIT.SOFTWARE, `QEMU started but did not connect its output port ${path} within ${timeoutMs / 1000} s`)), timeoutMs);
+            const t = setTimeout(
+              () =>
+                reject(
+                  new PimError(
+                    EXIT.SOFTWARE,
+                    `QEMU started but did not connect its output port ${path} within ${timeoutMs / 1000} s`,
+                  ),
+                ),
+              timeoutMs,
+            );
             waiter = (s) => {
               clearTimeout(t);
               resolve(s);
@@ -170,7 +179,11 @@ class Follower {
         if (this.done) return c.close();
         this.qmp = c;
         c.subscribe((ev) => {
-          if (ev.event === 'STOP' && !this.done) c.execute('query-status').then((st) => this.onStopped((st as { status?: string }).status), () => {});
+          if (ev.event === 'STOP' && !this.done)
+            c.execute('query-status').then(
+              (st) => this.onStopped((st as { status?: string }).status),
+              () => {},
+            );
         });
       })
       .catch((e) => log.debug(`QMP: ${(e as Error).message}`));
@@ -180,9 +193,15 @@ class Follower {
     const { name, files, kvmSeen } = this.f;
     if (status === 'internal-error') {
       kvmSeen?.('broken');
-      this.failWith(EXIT.UNAVAILABLE, `${name}: the VM stopped with an internal error: KVM does not work here; use --accel tcg or PIM_ACCEL=tcg${kvmSeen ? ' (pim remembers this: the next boot uses TCG)' : ''}`);
+      this.failWith(
+        EXIT.UNAVAILABLE,
+        `${name}: the VM stopped with an internal error: KVM does not work here; use --accel tcg or PIM_ACCEL=tcg${kvmSeen ? ' (pim remembers this: the next boot uses TCG)' : ''}`,
+      );
     } else if (status === 'guest-panicked') {
-      this.failWith(EXIT.UNAVAILABLE, `${name}: the guest kernel panicked. Last lines of ${files.log}:\n${tailText(files)}`);
+      this.failWith(
+        EXIT.UNAVAILABLE,
+        `${name}: the guest kernel panicked. Last lines of ${files.log}:\n${tailText(files)}`,
+      );
     }
   }
 
@@ -215,7 +234,9 @@ class Follower {
   private leaveRunning(): number {
     const { name, pid, t0 } = this.f;
     this.sock.destroy();
-    log.info(`${name} is up (pid ${pid}, ${((performance.now() - t0) / 1000).toFixed(1)} s); pim-console ${name}, pim-stop ${name}`);
+    log.info(
+      `${name} is up (pid ${pid}, ${((performance.now() - t0) / 1000).toFixed(1)} s); pim-console ${name}, pim-stop ${name}`,
+    );
     writeOut(name + '\n');
     return EXIT.OK;
   }
@@ -233,13 +254,23 @@ class Follower {
       });
     }
     const panic = findPanic(fs.readFileSync(files.log, 'latin1'));
-    if (panic) return this.failWith(EXIT.UNAVAILABLE, `${name}: the guest kernel panicked:\n${panic.map((l) => `  | ${l}`).join('\n')}`);
-    this.failWith(EXIT.UNAVAILABLE, `${name}: QEMU exited before ${this.scanner.ready ? 'the command finished' : 'the guest was up'}. Last lines of ${files.log}:\n${tailText(files)}`);
+    if (panic)
+      return this.failWith(
+        EXIT.UNAVAILABLE,
+        `${name}: the guest kernel panicked:\n${panic.map((l) => `  | ${l}`).join('\n')}`,
+      );
+    this.failWith(
+      EXIT.UNAVAILABLE,
+      `${name}: QEMU exited before ${this.scanner.ready ? 'the command finished' : 'the guest was up'}. Last lines of ${files.log}:\n${tailText(files)}`,
+    );
   }
 
   private onBootTimeout(): void {
     const { name, files, timeoutMs } = this.f;
-    this.failWith(EXIT.TEMPFAIL, `${name}: the guest did not reach userspace within ${timeoutMs / 1000} s; stopped it. Last lines of ${files.log}:\n${tailText(files)}`);
+    this.failWith(
+      EXIT.TEMPFAIL,
+      `${name}: the guest did not reach userspace within ${timeoutMs / 1000} s; stopped it. Last lines of ${files.log}:\n${tailText(files)}`,
+    );
   }
 
   private readonly onSignal = () =>

@@ -158,7 +158,9 @@ function isStaticElf(p: string): boolean {
 
 /** A static busybox on the host (PIM_BUSYBOX, then each busybox on PATH, then /bin/busybox). null when there is none. */
 export function staticBusybox(): string | null {
-  const cands = process.env.PIM_BUSYBOX ? [process.env.PIM_BUSYBOX] : [...pathDirs().map((d) => join(d, 'busybox')), '/bin/busybox'];
+  const cands = process.env.PIM_BUSYBOX
+    ? [process.env.PIM_BUSYBOX]
+    : [...pathDirs().map((d) => join(d, 'busybox')), '/bin/busybox'];
   return cands.find(isStaticElf) ?? null;
 }
 
@@ -197,12 +199,17 @@ export async function pimBaseArchive(cache: string, busybox: string | null): Pro
   ];
   if (busybox) {
     const { runOk } = await import('../core/run.ts');
-    const list = await runOk(busybox, ['--list'], { what: `${busybox} --list (the host's static busybox; PIM_BUSYBOX names another)`, timeoutMs: 10_000 });
+    const list = await runOk(busybox, ['--list'], {
+      what: `${busybox} --list (the host's static busybox; PIM_BUSYBOX names another)`,
+      timeoutMs: 10_000,
+    });
     entries.push({ type: 'file', path: 'pim/bin/busybox', data: fs.readFileSync(busybox), mode: 0o755 });
     for (const a of list.stdout.split('\n')) {
-      if (/^[\w.[-]+$/.test(a) && a !== 'busybox') entries.push({ type: 'symlink', path: `pim/bin/${a}`, target: 'busybox' });
+      if (/^[\w.[-]+$/.test(a) && a !== 'busybox')
+        entries.push({ type: 'symlink', path: `pim/bin/${a}`, target: 'busybox' });
     }
-    if (!entries.some((e) => e.path === 'pim/bin/sh')) entries.push({ type: 'symlink', path: 'pim/bin/sh', target: 'busybox' });
+    if (!entries.some((e) => e.path === 'pim/bin/sh'))
+      entries.push({ type: 'symlink', path: 'pim/bin/sh', target: 'busybox' });
   } else {
     // init.sh starts with #!/pim/bin/sh: the initramfs's own shell
     entries.push({ type: 'symlink', path: 'pim/bin/sh', target: '/bin/sh' });

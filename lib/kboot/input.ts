@@ -31,14 +31,27 @@ export function openInput(path: string, what: InputWhat): { fd: number; kind: 'f
     fd = fs.openSync(path, fs.constants.O_RDONLY | fs.constants.O_NONBLOCK);
   } catch (e) {
     const code = (e as NodeJS.ErrnoException).code;
-    if (code === 'EACCES' || code === 'EPERM') throw new PimError(EXIT.NOPERM, `cannot read ${what} ${path}: permission denied; make it readable by you or copy it`);
-    throw new PimError(EXIT.NOINPUT, `cannot read ${what} ${path}: ${code === 'ENOENT' ? 'no such file' : code}; ${HINT[what]}`);
+    if (code === 'EACCES' || code === 'EPERM')
+      throw new PimError(
+        EXIT.NOPERM,
+        `cannot read ${what} ${path}: permission denied; make it readable by you or copy it`,
+      );
+    throw new PimError(
+      EXIT.NOINPUT,
+      `cannot read ${what} ${path}: ${code === 'ENOENT' ? 'no such file' : code}; ${HINT[what]}`,
+    );
   }
   const st = fs.fstatSync(fd);
   if (st.isFile()) return { fd, kind: 'file' };
   if (st.isFIFO()) return { fd, kind: 'pipe' };
   fs.closeSync(fd);
-  const is = st.isDirectory() ? 'a directory' : st.isCharacterDevice() || st.isBlockDevice() ? 'a device' : st.isSocket() ? 'a socket' : 'not a regular file';
+  const is = st.isDirectory()
+    ? 'a directory'
+    : st.isCharacterDevice() || st.isBlockDevice()
+      ? 'a device'
+      : st.isSocket()
+        ? 'a socket'
+        : 'not a regular file';
   throw new PimError(EXIT.NOINPUT, `${what} ${path} is ${is}; ${HINT[what]}`);
 }
 
@@ -58,7 +71,11 @@ export function inputHead(path: string, n: number, what: InputWhat, shown = path
 export function checkInitrd(path: string, shown = path): string {
   const head = inputHead(path, 8, 'initrd', shown);
   const kind = head.length >= 6 ? initrdKind(head) : null;
-  if (!kind) throw new PimError(EXIT.DATAERR, `${shown} is not an initramfs (no cpio header and no known compression); pass a cpio archive, or a directory with --initramfs-from`);
+  if (!kind)
+    throw new PimError(
+      EXIT.DATAERR,
+      `${shown} is not an initramfs (no cpio header and no known compression); pass a cpio archive, or a directory with --initramfs-from`,
+    );
   return kind;
 }
 
@@ -116,7 +133,11 @@ async function copyPipe(fd: number, dest: string, path: string, what: InputWhat,
   let total = 0;
   const write = (b: Buffer) => {
     total += b.length;
-    if (total > max) throw new PimError(EXIT.DATAERR, `more than ${max} bytes came through ${what} pipe ${path}; save it to a file and pass that`);
+    if (total > max)
+      throw new PimError(
+        EXIT.DATAERR,
+        `more than ${max} bytes came through ${what} pipe ${path}; save it to a file and pass that`,
+      );
     let off = 0;
     while (off < b.length) off += fs.writeSync(out, b, off);
   };
@@ -146,18 +167,35 @@ function firstRead(fd: number, path: string, what: InputWhat): Buffer {
   }
   if (n === 0) {
     fs.closeSync(fd);
-    throw new PimError(EXIT.NOINPUT, `${what} ${path} is a pipe or FIFO with nothing in it and no one writing to it; ${HINT[what]}`);
+    throw new PimError(
+      EXIT.NOINPUT,
+      `${what} ${path} is a pipe or FIFO with nothing in it and no one writing to it; ${HINT[what]}`,
+    );
   }
   return b.subarray(0, n);
 }
 
 /** Hand everything `sock` reads to `write` until its end: readiness-driven, no polling; a silence of idleMs is 75, the signal ends it too. */
-function drain(sock: import('node:net').Socket, write: (b: Buffer) => void, o: InputOpts, label: string): Promise<void> {
+function drain(
+  sock: import('node:net').Socket,
+  write: (b: Buffer) => void,
+  o: InputOpts,
+  label: string,
+): Promise<void> {
   return new Promise<void>((resolve, reject) => {
     let idle: NodeJS.Timeout | undefined;
     const arm = () => {
       clearTimeout(idle);
-      idle = setTimeout(() => end(new PimError(EXIT.TEMPFAIL, `nothing came through ${label} for ${o.idleMs / 1000} s; stopped waiting (--timeout sets the bound)`)), o.idleMs);
+      idle = setTimeout(
+        () =>
+          end(
+            new PimError(
+              EXIT.TEMPFAIL,
+              `nothing came through ${label} for ${o.idleMs / 1000} s; stopped waiting (--timeout sets the bound)`,
+            ),
+          ),
+        o.idleMs,
+      );
     };
     const onAbort = () => end(o.signal!.reason as Error);
     const end = (err?: Error) => {

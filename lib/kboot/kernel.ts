@@ -79,12 +79,14 @@ export function elfProblem(b: Bytes): { why: string; whole: boolean } | null {
   if (b.size < 64) return { why: 'it is shorter than an ELF header', whole: false };
   const h = b.read(0, 64);
   if (h.readUInt32BE(0) !== 0x7f454c46) return { why: 'it has no ELF magic', whole: false };
-  if (h[4] !== 2 || h[5] !== 1 || h.readUInt16LE(0x12) !== EM_X86_64) return { why: 'it is not a 64-bit x86 ELF', whole: true };
+  if (h[4] !== 2 || h[5] !== 1 || h.readUInt16LE(0x12) !== EM_X86_64)
+    return { why: 'it is not a 64-bit x86 ELF', whole: true };
   const phoff = Number(h.readBigUInt64LE(0x20));
   const phentsize = h.readUInt16LE(0x36);
   const phnum = h.readUInt16LE(0x38);
   if (phentsize < 56 || phnum === 0) return { why: 'it has no program headers', whole: true };
-  if (phoff + phnum * phentsize > b.size) return { why: `its program headers end past its ${b.size} bytes: it is cut short`, whole: false };
+  if (phoff + phnum * phentsize > b.size)
+    return { why: `its program headers end past its ${b.size} bytes: it is cut short`, whole: false };
   const ph = b.read(phoff, phnum * phentsize);
   let pvh = false;
   for (let i = 0; i < phnum; i++) {
@@ -92,11 +94,18 @@ export function elfProblem(b: Bytes): { why: string; whole: boolean } | null {
     const off = Number(ph.readBigUInt64LE(i * phentsize + 8));
     const filesz = Number(ph.readBigUInt64LE(i * phentsize + 32));
     if ((type === PT_LOAD || type === PT_NOTE) && off + filesz > b.size) {
-      return { why: `its segment ${i} ends at byte ${off + filesz}, past its ${b.size} bytes: it is cut short`, whole: false };
+      return {
+        why: `its segment ${i} ends at byte ${off + filesz}, past its ${b.size} bytes: it is cut short`,
+        whole: false,
+      };
     }
     if (type === PT_NOTE && !pvh) pvh = notesHavePvh(b.read(off, Math.min(filesz, 1 << 20)));
   }
-  if (!pvh) return { why: 'it has no PVH entry note (XEN_ELFNOTE_PHYS32_ENTRY: a kernel built without CONFIG_PVH, or no kernel at all)', whole: true };
+  if (!pvh)
+    return {
+      why: 'it has no PVH entry note (XEN_ELFNOTE_PHYS32_ENTRY: a kernel built without CONFIG_PVH, or no kernel at all)',
+      whole: true,
+    };
   return null;
 }
 
@@ -125,16 +134,26 @@ export function checkKernel(path: string, shown = path): KernelKind {
     const pl = bzPayload(b);
     const size = fs.statSync(path).size;
     if (pl && pl.offset + pl.length > size) {
-      throw new PimError(EXIT.DATAERR, `kernel ${shown} is cut short: its header puts the payload's end at byte ${pl.offset + pl.length}, the file has ${size}; copy or build it again`);
+      throw new PimError(
+        EXIT.DATAERR,
+        `kernel ${shown} is cut short: its header puts the payload's end at byte ${pl.offset + pl.length}, the file has ${size}; copy or build it again`,
+      );
     }
     return 'bzimage';
   }
   if (b.length >= 4 && b.readUInt32BE(0) === 0x7f454c46) {
     const p = withFileBytes(path, elfProblem);
-    if (p) throw new PimError(EXIT.DATAERR, `${shown} is an ELF file but no kernel QEMU can boot: ${p.why}; pass a bzImage (arch/x86/boot/bzImage, /boot/vmlinuz-*) or a vmlinux built with CONFIG_PVH=y`);
+    if (p)
+      throw new PimError(
+        EXIT.DATAERR,
+        `${shown} is an ELF file but no kernel QEMU can boot: ${p.why}; pass a bzImage (arch/x86/boot/bzImage, /boot/vmlinuz-*) or a vmlinux built with CONFIG_PVH=y`,
+      );
     return 'elf';
   }
-  throw new PimError(EXIT.DATAERR, `${shown} is not a Linux kernel (no bzImage "HdrS" header at 0x202, no ELF header); pass arch/x86/boot/bzImage or /boot/vmlinuz-*`);
+  throw new PimError(
+    EXIT.DATAERR,
+    `${shown} is not a Linux kernel (no bzImage "HdrS" header at 0x202, no ELF header); pass arch/x86/boot/bzImage or /boot/vmlinuz-*`,
+  );
 }
 
 /** The host's running kernel, where it can be read; else a usage error that says what to pass. */
@@ -147,8 +166,13 @@ export function hostKernel(): string {
   } catch (e) {
     // missing input (66) or a file you cannot read (77), as for --kernel PATH
     const missing = (e as NodeJS.ErrnoException).code === 'ENOENT';
-    const why = missing ? 'does not exist' : 'is not readable by you (Ubuntu makes it root-only: sudo chmod 0644 it, or copy it)';
-    throw new PimError(missing ? EXIT.NOINPUT : EXIT.NOPERM, `no --kernel given and the running kernel ${p} ${why}; pass --kernel PATH (a bzImage, e.g. arch/x86/boot/bzImage)`);
+    const why = missing
+      ? 'does not exist'
+      : 'is not readable by you (Ubuntu makes it root-only: sudo chmod 0644 it, or copy it)';
+    throw new PimError(
+      missing ? EXIT.NOINPUT : EXIT.NOPERM,
+      `no --kernel given and the running kernel ${p} ${why}; pass --kernel PATH (a bzImage, e.g. arch/x86/boot/bzImage)`,
+    );
   }
 }
 
@@ -161,7 +185,13 @@ const XZ_MAGIC = Buffer.from([0xfd, 0x37, 0x7a, 0x58, 0x5a, 0x00]);
  * exits 0. (A failure after much output is slow to report, ~15 s for 65 MB:
  * execa builds an error message from the whole output even with reject off.)
  */
-async function decompressWith(cmd: string, args: string[], pkg: string, payload: Buffer, signal?: AbortSignal): Promise<Decompressed> {
+async function decompressWith(
+  cmd: string,
+  args: string[],
+  pkg: string,
+  payload: Buffer,
+  signal?: AbortSignal,
+): Promise<Decompressed> {
   const { run } = await import('../core/run.ts');
   let r: Awaited<ReturnType<typeof run>>;
   try {
@@ -172,14 +202,19 @@ async function decompressWith(cmd: string, args: string[], pkg: string, payload:
   }
   if (r.code !== 0) {
     const last = r.stderr.trim().split('\n').pop();
-    return { kind: 'failed', why: `${cmd} exited with status ${r.code}${r.timedOut ? ' (timed out)' : ''}${last ? `: ${last}` : ''}` };
+    return {
+      kind: 'failed',
+      why: `${cmd} exited with status ${r.code}${r.timedOut ? ' (timed out)' : ''}${last ? `: ${last}` : ''}`,
+    };
   }
   return { kind: 'elf', elf: Buffer.from(r.stdoutBytes.buffer, r.stdoutBytes.byteOffset, r.stdoutBytes.byteLength) };
 }
 
 async function decompress(payload: Buffer, signal?: AbortSignal): Promise<Decompressed> {
-  if (payload.length >= 6 && payload.subarray(0, 6).equals(XZ_MAGIC)) return decompressWith('xz', ['-dc', '--single-stream'], 'xz-utils', payload, signal);
-  if (payload.length >= 4 && payload.readUInt32LE(0) === 0xfd2fb528) return decompressWith('zstd', ['-dcq'], 'zstd', payload, signal);
+  if (payload.length >= 6 && payload.subarray(0, 6).equals(XZ_MAGIC))
+    return decompressWith('xz', ['-dc', '--single-stream'], 'xz-utils', payload, signal);
+  if (payload.length >= 4 && payload.readUInt32LE(0) === 0xfd2fb528)
+    return decompressWith('zstd', ['-dcq'], 'zstd', payload, signal);
   if (payload[0] === 0x1f && payload[1] === 0x8b) {
     const { gunzipSync } = await import('node:zlib');
     // the payload is one gzip member; some kernels append the size (4 bytes) after it
@@ -227,7 +262,11 @@ function remember(path: string, content: Buffer | string): boolean {
  * as it is (compression not handled here, no PVH entry, or the extraction
  * failed: then nothing is cached and a warning says why).
  */
-export async function pvhKernel(bzImage: string, cache: string, opts: { signal?: AbortSignal; shown?: string } = {}): Promise<string | null> {
+export async function pvhKernel(
+  bzImage: string,
+  cache: string,
+  opts: { signal?: AbortSignal; shown?: string } = {},
+): Promise<string | null> {
   const shown = opts.shown ?? bzImage;
   const data = fs.readFileSync(bzImage);
   const key = createHash('sha256').update(data).digest('hex').slice(0, 32);
@@ -241,7 +280,11 @@ export async function pvhKernel(bzImage: string, cache: string, opts: { signal?:
     remember(none, '');
     return null;
   }
-  if (pl.offset + pl.length > data.length) throw new PimError(EXIT.DATAERR, `kernel ${shown} is cut short: its payload ends past the end of the file; copy or build it again`);
+  if (pl.offset + pl.length > data.length)
+    throw new PimError(
+      EXIT.DATAERR,
+      `kernel ${shown} is cut short: its payload ends past the end of the file; copy or build it again`,
+    );
   const got = await decompress(data.subarray(pl.offset, pl.offset + pl.length), opts.signal);
   checkAborted(opts.signal);
   if (got.kind === 'unsupported') {

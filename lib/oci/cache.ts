@@ -31,15 +31,21 @@ export async function remoteCacheConfig(): Promise<RemoteCache | null> {
   const rc = value.build?.remote_cache;
   if (!rc) return null;
   const { configError } = await import('../config/tree.ts');
-  const at = (k: string) => origins[`build.remote_cache.${k}`] ?? origins['build.remote_cache'] ?? origins.build ?? 'pim.yml';
-  if (!rc.ref) throw configError(at('ref'), 'build.remote_cache needs ref: a registry repository, such as registry.example:5000/team/cache');
+  const at = (k: string) =>
+    origins[`build.remote_cache.${k}`] ?? origins['build.remote_cache'] ?? origins.build ?? 'pim.yml';
+  if (!rc.ref)
+    throw configError(
+      at('ref'),
+      'build.remote_cache needs ref: a registry repository, such as registry.example:5000/team/cache',
+    );
   let ref: OciRef;
   try {
     ref = parseRef(rc.ref, { what: 'build.remote_cache.ref', code: EXIT.CONFIG, repoOnly: true });
   } catch (e) {
     throw configError(at('ref'), (e as Error).message);
   }
-  if (rc.creds_env !== undefined && !/^[A-Za-z_][A-Za-z0-9_]*$/.test(rc.creds_env)) throw configError(at('creds_env'), `creds_env names an environment variable, not ${JSON.stringify(rc.creds_env)}`);
+  if (rc.creds_env !== undefined && !/^[A-Za-z_][A-Za-z0-9_]*$/.test(rc.creds_env))
+    throw configError(at('creds_env'), `creds_env names an environment variable, not ${JSON.stringify(rc.creds_env)}`);
   return { ref, insecure: rc.insecure === true, push: rc.push === true, credsEnv: rc.creds_env ?? null };
 }
 
@@ -61,13 +67,22 @@ export async function profileKey(name: string, signal?: AbortSignal): Promise<{ 
   const answers: Record<string, string> = {};
   for (const route of plan.builder === 'cloud-init' ? CLOUD_ANSWERS : LAYOUTS[plan.layout].answers) {
     const r = renderAnswer(route as '/preseed.cfg', profile, KEY_URL);
-    if (!r) throw new PimError(EXIT.CONFIG, `profile "${profile.name}" has no ${route.slice(1)} template in preseeds.d; add one or set distro`);
+    if (!r)
+      throw new PimError(
+        EXIT.CONFIG,
+        `profile "${profile.name}" has no ${route.slice(1)} template in preseeds.d; add one or set distro`,
+      );
     answers[route] = r.body;
   }
   return { profile: plan.name, key: buildKey(buildInputs(plan, answers, { name: plan.iso, checksum: iso.checksum })) };
 }
 
-const dest = (rc: RemoteCache) => ({ ref: rc.ref, insecure: rc.insecure, credsEnv: rc.credsEnv, label: 'remote cache' });
+const dest = (rc: RemoteCache) => ({
+  ref: rc.ref,
+  insecure: rc.insecure,
+  credsEnv: rc.credsEnv,
+  label: 'remote cache',
+});
 
 /** A failure of the cache is a warning, never the build's end (an interrupt still ends it). */
 function soft(e: unknown, warn: (s: string) => void, what: string, then = 'building here'): null {
@@ -77,11 +92,21 @@ function soft(e: unknown, warn: (s: string) => void, what: string, then = 'build
 }
 
 /** Ask the remote cache for the build of `profile` with `key`: the registered build on a hit, else null. */
-export async function fromRemote(profile: string, key: string, rc: RemoteCache, o: { signal?: AbortSignal; warn: (s: string) => void; say: (s: string) => void }): Promise<BuildRecord | null> {
+export async function fromRemote(
+  profile: string,
+  key: string,
+  rc: RemoteCache,
+  o: { signal?: AbortSignal; warn: (s: string) => void; say: (s: string) => void },
+): Promise<BuildRecord | null> {
   if (buildByKey(profile, key)) return null; // a local hit: runBuild answers it
   const { OciClient } = await import('./client.ts');
   const { fetchPimManifest, pullManifest } = await import('./pull.ts');
-  const c = new OciClient(rc.ref, { insecure: rc.insecure, credsEnv: rc.credsEnv, signal: o.signal, label: 'remote cache' });
+  const c = new OciClient(rc.ref, {
+    insecure: rc.insecure,
+    credsEnv: rc.credsEnv,
+    signal: o.signal,
+    label: 'remote cache',
+  });
   const tag = buildId(profile, key);
   try {
     let got;
@@ -110,7 +135,11 @@ export async function fromRemote(profile: string, key: string, rc: RemoteCache, 
 }
 
 /** Push a finished build to the remote cache (push: true); a failure is a warning. */
-export async function toRemote(r: BuildRecord, rc: RemoteCache, o: { signal?: AbortSignal; warn: (s: string) => void; say: (s: string) => void }): Promise<boolean> {
+export async function toRemote(
+  r: BuildRecord,
+  rc: RemoteCache,
+  o: { signal?: AbortSignal; warn: (s: string) => void; say: (s: string) => void },
+): Promise<boolean> {
   const { pushBuild } = await import('./push.ts');
   try {
     const p = await pushBuild(r, dest(rc), { signal: o.signal, say: o.say });

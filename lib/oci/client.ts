@@ -50,7 +50,13 @@ export class ResBody {
   constructor(readonly stream: http.IncomingMessage) {}
   async dump(): Promise<void> {
     this.stream.resume();
-    if (!this.stream.complete) await new Promise<void>((r) => this.stream.once('end', r).once('close', r).once('error', () => r()));
+    if (!this.stream.complete)
+      await new Promise<void>((r) =>
+        this.stream
+          .once('end', r)
+          .once('close', r)
+          .once('error', () => r()),
+      );
   }
   async buffer(max = 16 << 20): Promise<Buffer> {
     const parts: Buffer[] = [];
@@ -98,7 +104,8 @@ const header = (h: http.IncomingHttpHeaders, k: string): string => {
 export function parseChallenge(s: string): { scheme: string; params: Record<string, string> } {
   const m = /^\s*(\S+)\s*(.*)$/.exec(s);
   const params: Record<string, string> = {};
-  for (const p of (m?.[2] ?? '').matchAll(/([A-Za-z_]+)=(?:"([^"]*)"|([^,\s]*))/g)) params[p[1]!.toLowerCase()] = p[2] ?? p[3] ?? '';
+  for (const p of (m?.[2] ?? '').matchAll(/([A-Za-z_]+)=(?:"([^"]*)"|([^,\s]*))/g))
+    params[p[1]!.toLowerCase()] = p[2] ?? p[3] ?? '';
   return { scheme: (m?.[1] ?? '').toLowerCase(), params };
 }
 
@@ -119,7 +126,12 @@ export class OciClient {
   }
 
   private agentFor(tls: boolean): http.Agent {
-    if (tls) return (this.agents.https ??= new https.Agent({ keepAlive: true, rejectUnauthorized: !this.o.insecure, maxCachedSessions: 10 }));
+    if (tls)
+      return (this.agents.https ??= new https.Agent({
+        keepAlive: true,
+        rejectUnauthorized: !this.o.insecure,
+        maxCachedSessions: 10,
+      }));
     return (this.agents.http ??= new http.Agent({ keepAlive: true }));
   }
 
@@ -140,7 +152,11 @@ export class OciClient {
     const tls = u.protocol === 'https:';
     try {
       const m = await new Promise<http.IncomingMessage>((resolve, reject) => {
-        const r = (tls ? https : http).request(u, { method, headers, agent: this.agentFor(tls), signal: this.o.signal }, resolve);
+        const r = (tls ? https : http).request(
+          u,
+          { method, headers, agent: this.agentFor(tls), signal: this.o.signal },
+          resolve,
+        );
         r.on('error', reject);
         // no answer and no byte moving for 5 minutes: the registry is gone
         r.setTimeout(300_000, () => r.destroy(Object.assign(new Error('timed out'), { code: 'ETIMEDOUT' })));
@@ -162,9 +178,15 @@ export class OciClient {
     const err = e as Error & { code?: string; cause?: { code?: string; message?: string } };
     const code = err.cause?.code ?? err.code ?? '';
     if (/CERT|SELF_SIGNED|UNABLE_TO_VERIFY|HOSTNAME/.test(code)) {
-      return new PimError(EXIT.UNAVAILABLE, `${this.name}: its certificate is not trusted (${code}): add its CA to the system's, or for a loopback or lab registry set insecure: true (pim-build pull --insecure)`);
+      return new PimError(
+        EXIT.UNAVAILABLE,
+        `${this.name}: its certificate is not trusted (${code}): add its CA to the system's, or for a loopback or lab registry set insecure: true (pim-build pull --insecure)`,
+      );
     }
-    return new PimError(EXIT.UNAVAILABLE, `${this.name}: cannot reach the registry (${code || err.cause?.message || err.message}); check the ref and that it runs`);
+    return new PimError(
+      EXIT.UNAVAILABLE,
+      `${this.name}: cannot reach the registry (${code || err.cause?.message || err.message}); check the ref and that it runs`,
+    );
   }
 
   /** The API's base URL, found once: https, or (insecure only) http when the port speaks no TLS. */
@@ -193,7 +215,11 @@ export class OciClient {
     }
     this.base = base;
     if (r.status === 401) await this.answerChallenge(r.headers['www-authenticate'] ?? '');
-    else if (r.status >= 400 && r.status !== 404) throw new PimError(EXIT.UNAVAILABLE, `${this.name}: GET /v2/ answered HTTP ${r.status}: is this a registry (the OCI distribution API)?`);
+    else if (r.status >= 400 && r.status !== 404)
+      throw new PimError(
+        EXIT.UNAVAILABLE,
+        `${this.name}: GET /v2/ answered HTTP ${r.status}: is this a registry (the OCI distribution API)?`,
+      );
     return base;
   }
 
@@ -203,24 +229,40 @@ export class OciClient {
     const creds = await this.getCreds();
     const basic = creds ? `Basic ${Buffer.from(`${creds.user}:${creds.password}`).toString('base64')}` : null;
     if (scheme === 'basic') {
-      if (!basic) throw new PimError(EXIT.NOPERM, `${this.name} asks for credentials: log in with docker login / skopeo login (~/.docker/config.json), or name an environment variable holding USER:PASSWORD in creds_env`);
+      if (!basic)
+        throw new PimError(
+          EXIT.NOPERM,
+          `${this.name} asks for credentials: log in with docker login / skopeo login (~/.docker/config.json), or name an environment variable holding USER:PASSWORD in creds_env`,
+        );
       this.authz = basic;
       return;
     }
-    if (scheme !== 'bearer' || !params.realm) throw new PimError(EXIT.NOPERM, `${this.name} asks for an authentication pim does not speak (${scheme || 'none named'})`);
+    if (scheme !== 'bearer' || !params.realm)
+      throw new PimError(
+        EXIT.NOPERM,
+        `${this.name} asks for an authentication pim does not speak (${scheme || 'none named'})`,
+      );
     let realm: URL;
     try {
       realm = new URL(params.realm);
     } catch {
-      throw new PimError(EXIT.UNAVAILABLE, `${this.name}: its token realm ${JSON.stringify(params.realm)} is not a URL`);
+      throw new PimError(
+        EXIT.UNAVAILABLE,
+        `${this.name}: its token realm ${JSON.stringify(params.realm)} is not a URL`,
+      );
     }
-    if (realm.protocol !== 'https:' && !(realm.protocol === 'http:' && this.o.insecure)) throw new PimError(EXIT.NOPERM, `${this.name}: its token realm ${realm.origin} is not https; pim sends no credentials there (insecure: true allows it for a lab registry)`);
+    if (realm.protocol !== 'https:' && !(realm.protocol === 'http:' && this.o.insecure))
+      throw new PimError(
+        EXIT.NOPERM,
+        `${this.name}: its token realm ${realm.origin} is not https; pim sends no credentials there (insecure: true allows it for a lab registry)`,
+      );
     if (params.service) realm.searchParams.set('service', params.service);
     realm.searchParams.set('scope', this.scope);
     const r = await this.raw('GET', realm.toString(), basic ? { authorization: basic } : {});
     const text = await r.body.text();
     if (r.status === 401 || r.status === 403) throw this.refused(creds);
-    if (r.status !== 200) throw new PimError(EXIT.UNAVAILABLE, `${this.name}: its token service ${realm.origin} answered HTTP ${r.status}`);
+    if (r.status !== 200)
+      throw new PimError(EXIT.UNAVAILABLE, `${this.name}: its token service ${realm.origin} answered HTTP ${r.status}`);
     let tok: string | undefined;
     try {
       const j = JSON.parse(text) as { token?: string; access_token?: string };
@@ -228,7 +270,8 @@ export class OciClient {
     } catch {
       /* below */
     }
-    if (!tok) throw new PimError(EXIT.UNAVAILABLE, `${this.name}: its token service ${realm.origin} answered without a token`);
+    if (!tok)
+      throw new PimError(EXIT.UNAVAILABLE, `${this.name}: its token service ${realm.origin} answered without a token`);
     this.authz = `Bearer ${tok}`;
   }
 
@@ -246,11 +289,20 @@ export class OciClient {
    * Location), with auth: on a 401 the challenge is answered and the request
    * sent once more (`body` is a function, so a stream can be made again).
    */
-  async req(method: string, path: string, o: { headers?: Record<string, string>; body?: () => Body } = {}): Promise<Res> {
+  async req(
+    method: string,
+    path: string,
+    o: { headers?: Record<string, string>; body?: () => Body } = {},
+  ): Promise<Res> {
     const base = await this.endpoint();
     const url = /^https?:\/\//.test(path) ? path : new URL(path, base + '/').toString();
-    if (!url.startsWith(base + '/')) throw new PimError(EXIT.UNAVAILABLE, `${this.name} sent pim to another host (${new URL(url).origin}); refusing to follow`);
-    const send = () => this.raw(method, url, { ...(this.authz ? { authorization: this.authz } : {}), ...o.headers }, o.body?.());
+    if (!url.startsWith(base + '/'))
+      throw new PimError(
+        EXIT.UNAVAILABLE,
+        `${this.name} sent pim to another host (${new URL(url).origin}); refusing to follow`,
+      );
+    const send = () =>
+      this.raw(method, url, { ...(this.authz ? { authorization: this.authz } : {}), ...o.headers }, o.body?.());
     let r = await send();
     if (r.status === 401) {
       await r.body.dump();
@@ -279,9 +331,18 @@ export class OciClient {
       /* a proxy's HTML page */
     }
     const detail = `HTTP ${r.status}${code ? ` ${code}` : ''}${msg ? `: ${msg}` : ''}`;
-    if (r.status === 401 || r.status === 403 || code === 'DENIED' || code === 'UNAUTHORIZED') return new PimError(EXIT.NOPERM, `${this.name}: ${what}: permission denied (${detail}); check the credentials' rights on ${this.ref.repo}`);
-    if (r.status === 404 || /_UNKNOWN$/.test(code)) return new PimError(EXIT.NOINPUT, `${this.name}: ${what}: not found (${detail})`);
-    if (code === 'DIGEST_INVALID' || code === 'SIZE_INVALID') return new PimError(EXIT.DATAERR, `${this.name}: ${what}: the registry found the data does not match its digest (${detail})`);
+    if (r.status === 401 || r.status === 403 || code === 'DENIED' || code === 'UNAUTHORIZED')
+      return new PimError(
+        EXIT.NOPERM,
+        `${this.name}: ${what}: permission denied (${detail}); check the credentials' rights on ${this.ref.repo}`,
+      );
+    if (r.status === 404 || /_UNKNOWN$/.test(code))
+      return new PimError(EXIT.NOINPUT, `${this.name}: ${what}: not found (${detail})`);
+    if (code === 'DIGEST_INVALID' || code === 'SIZE_INVALID')
+      return new PimError(
+        EXIT.DATAERR,
+        `${this.name}: ${what}: the registry found the data does not match its digest (${detail})`,
+      );
     return new PimError(EXIT.UNAVAILABLE, `${this.name}: ${what}: ${detail}`);
   }
 
@@ -313,7 +374,10 @@ export class OciClient {
    * Content-Range), then PUT ?digest=; `digest()` is read only at the end, so
    * the bytes can be hashed as they go. The registry's digest must be ours.
    */
-  async uploadBlob(chunks: AsyncIterable<{ start: number; length: number; body: () => Body }>, digest: () => string | Promise<string>): Promise<void> {
+  async uploadBlob(
+    chunks: AsyncIterable<{ start: number; length: number; body: () => Body }>,
+    digest: () => string | Promise<string>,
+  ): Promise<void> {
     const r0 = await this.req('POST', `v2/${this.ref.repo}/blobs/uploads/`, { headers: { 'content-length': '0' } });
     await r0.body.dump();
     if (r0.status !== 202 || !r0.headers.location) throw await this.fail(r0, 'starting an upload');
@@ -322,11 +386,16 @@ export class OciClient {
       for await (const c of chunks) {
         if (c.length === 0) continue;
         const r = await this.req('PATCH', location, {
-          headers: { 'content-type': 'application/octet-stream', 'content-length': String(c.length), 'content-range': `${c.start}-${c.start + c.length - 1}` },
+          headers: {
+            'content-type': 'application/octet-stream',
+            'content-length': String(c.length),
+            'content-range': `${c.start}-${c.start + c.length - 1}`,
+          },
           body: c.body,
         });
         await r.body.dump();
-        if (r.status !== 202 || !r.headers.location) throw await this.fail(r, `uploading bytes ${c.start}-${c.start + c.length - 1}`);
+        if (r.status !== 202 || !r.headers.location)
+          throw await this.fail(r, `uploading bytes ${c.start}-${c.start + c.length - 1}`);
         location = r.headers.location;
       }
       const want = await digest();
@@ -336,11 +405,18 @@ export class OciClient {
       await r.body.dump();
       if (r.status !== 201) throw await this.fail(r, `closing the upload of ${want}`);
       const got = r.headers['docker-content-digest'];
-      if (got && got !== want) throw new PimError(EXIT.DATAERR, `${this.name}: the registry stored ${got} for pim's ${want}`);
+      if (got && got !== want)
+        throw new PimError(EXIT.DATAERR, `${this.name}: the registry stored ${got} for pim's ${want}`);
       location = '';
     } finally {
       // an upload that failed part-way is cancelled (best effort): the next push starts a new one
-      if (location) await this.req('DELETE', location).then((r) => r.body.dump(), () => undefined).catch(() => undefined);
+      if (location)
+        await this.req('DELETE', location)
+          .then(
+            (r) => r.body.dump(),
+            () => undefined,
+          )
+          .catch(() => undefined);
     }
   }
 
@@ -352,17 +428,23 @@ export class OciClient {
     if (r0.status !== 202 || !r0.headers.location) throw await this.fail(r0, 'starting an upload');
     const u = new URL(r0.headers.location, this.base! + '/');
     u.searchParams.set('digest', digest);
-    const r = await this.req('PUT', u.toString(), { headers: { 'content-type': 'application/octet-stream', 'content-length': String(data.length) }, body: () => data });
+    const r = await this.req('PUT', u.toString(), {
+      headers: { 'content-type': 'application/octet-stream', 'content-length': String(data.length) },
+      body: () => data,
+    });
     await r.body.dump();
     if (r.status !== 201) throw await this.fail(r, `uploading ${digest}`);
     const got = r.headers['docker-content-digest'];
-    if (got && got !== digest) throw new PimError(EXIT.DATAERR, `${this.name}: the registry stored ${got} for pim's ${digest}`);
+    if (got && got !== digest)
+      throw new PimError(EXIT.DATAERR, `${this.name}: the registry stored ${got} for pim's ${digest}`);
     return digest;
   }
 
   /** The digest the registry has for a tag, or null. */
   async manifestDigest(tag: string): Promise<string | null> {
-    const r = await this.req('HEAD', this.repoPath('manifests', tag), { headers: { accept: [MT.manifest, MT.dockerManifest, MT.index, MT.dockerList].join(', ') } });
+    const r = await this.req('HEAD', this.repoPath('manifests', tag), {
+      headers: { accept: [MT.manifest, MT.dockerManifest, MT.index, MT.dockerList].join(', ') },
+    });
     await r.body.dump();
     if (r.status === 404) return null;
     if (r.status !== 200) throw await this.fail(r, `HEAD ${formatRef(this.ref, tag)}`);
@@ -372,23 +454,34 @@ export class OciClient {
   /** PUT a manifest under a tag; the registry's digest must be ours. */
   async putManifest(tag: string, body: Buffer, mediaType: string): Promise<string> {
     const digest = sha256of(body);
-    const r = await this.req('PUT', this.repoPath('manifests', tag), { headers: { 'content-type': mediaType, 'content-length': String(body.length) }, body: () => body });
+    const r = await this.req('PUT', this.repoPath('manifests', tag), {
+      headers: { 'content-type': mediaType, 'content-length': String(body.length) },
+      body: () => body,
+    });
     await r.body.dump();
     if (r.status !== 201) throw await this.fail(r, `tagging ${formatRef(this.ref, tag)}`);
     const got = r.headers['docker-content-digest'];
-    if (got && got !== digest) throw new PimError(EXIT.DATAERR, `${this.name}: the registry stored the manifest as ${got}, pim made ${digest}`);
+    if (got && got !== digest)
+      throw new PimError(EXIT.DATAERR, `${this.name}: the registry stored the manifest as ${got}, pim made ${digest}`);
     return digest;
   }
 
   /** GET a manifest by tag or digest: its bytes (digest checked), media type and digest. */
   async getManifest(ref: string): Promise<{ body: Buffer; mediaType: string; digest: string }> {
-    const r = await this.req('GET', this.repoPath('manifests', ref), { headers: { accept: [MT.manifest, MT.dockerManifest, MT.index, MT.dockerList].join(', ') } });
+    const r = await this.req('GET', this.repoPath('manifests', ref), {
+      headers: { accept: [MT.manifest, MT.dockerManifest, MT.index, MT.dockerList].join(', ') },
+    });
     if (r.status !== 200) throw await this.fail(r, formatRef(this.ref, ref));
     const body = await r.body.buffer(4 << 20);
     const digest = sha256of(body);
     const said = r.headers['docker-content-digest'];
-    if (ref.startsWith('sha256:') && ref !== digest) throw new PimError(EXIT.DATAERR, `${this.name}: the manifest ${ref} hashes to ${digest}`);
-    if (said && said !== digest) throw new PimError(EXIT.DATAERR, `${this.name}: the manifest of ${formatRef(this.ref, ref)} hashes to ${digest}, the registry says ${said}`);
+    if (ref.startsWith('sha256:') && ref !== digest)
+      throw new PimError(EXIT.DATAERR, `${this.name}: the manifest ${ref} hashes to ${digest}`);
+    if (said && said !== digest)
+      throw new PimError(
+        EXIT.DATAERR,
+        `${this.name}: the manifest of ${formatRef(this.ref, ref)} hashes to ${digest}, the registry says ${said}`,
+      );
     return { body, mediaType: (r.headers['content-type'] ?? '').split(';')[0]!.trim(), digest };
   }
 

@@ -24,7 +24,8 @@ export interface Creds {
 
 /** The keys a registry may have in config.json: as written, with a scheme, and Docker Hub's legacy one. */
 function keysFor(registry: string): string[] {
-  if (registry === 'docker.io') return ['https://index.docker.io/v1/', 'index.docker.io', 'docker.io', 'registry-1.docker.io'];
+  if (registry === 'docker.io')
+    return ['https://index.docker.io/v1/', 'index.docker.io', 'docker.io', 'registry-1.docker.io'];
   return [registry, `https://${registry}`, `http://${registry}`, `https://${registry}/v1/`, `https://${registry}/v2/`];
 }
 
@@ -36,13 +37,24 @@ function splitUserPass(s: string, from: string): Creds {
 
 /** Ask docker-credential-NAME for the registry's credentials (null when it has none). */
 async function helper(name: string, registry: string): Promise<Creds | null> {
-  if (!/^[A-Za-z0-9._-]+$/.test(name)) throw new PimError(EXIT.CONFIG, `~/.docker/config.json names the credential helper ${JSON.stringify(name)}, which is not a program name`);
+  if (!/^[A-Za-z0-9._-]+$/.test(name))
+    throw new PimError(
+      EXIT.CONFIG,
+      `~/.docker/config.json names the credential helper ${JSON.stringify(name)}, which is not a program name`,
+    );
   const prog = `docker-credential-${name}`;
   const out = await new Promise<{ code: number | null; stdout: string }>((resolve, reject) => {
     const c = spawn(prog, ['get'], { stdio: ['pipe', 'pipe', 'ignore'] });
     let stdout = '';
     c.stdout.on('data', (b: Buffer) => (stdout += b.toString('utf8')));
-    c.on('error', (e) => reject(new PimError(EXIT.NOPERM, `the credential helper ${prog} (from ~/.docker/config.json) cannot run: ${(e as NodeJS.ErrnoException).code ?? e.message}`)));
+    c.on('error', (e) =>
+      reject(
+        new PimError(
+          EXIT.NOPERM,
+          `the credential helper ${prog} (from ~/.docker/config.json) cannot run: ${(e as NodeJS.ErrnoException).code ?? e.message}`,
+        ),
+      ),
+    );
     c.on('close', (code) => resolve({ code, stdout }));
     c.stdin.end(registry);
   });
@@ -60,14 +72,22 @@ async function helper(name: string, registry: string): Promise<Creds | null> {
 export async function findCreds(registry: string, credsEnv?: string | null): Promise<Creds | null> {
   if (credsEnv) {
     const v = process.env[credsEnv];
-    if (!v) throw new PimError(EXIT.NOPERM, `the environment variable ${credsEnv} (creds_env) is not set: export ${credsEnv}=USER:PASSWORD for ${registry}`);
+    if (!v)
+      throw new PimError(
+        EXIT.NOPERM,
+        `the environment variable ${credsEnv} (creds_env) is not set: export ${credsEnv}=USER:PASSWORD for ${registry}`,
+      );
     return splitUserPass(v, `the environment variable ${credsEnv}`);
   }
   const dir = process.env.DOCKER_CONFIG || join(homedir(), '.docker');
   const file = join(dir, 'config.json');
   const text = readRegular(file);
   if (text === null) return null;
-  let cfg: { auths?: Record<string, { auth?: string; username?: string; password?: string }>; credsStore?: string; credHelpers?: Record<string, string> };
+  let cfg: {
+    auths?: Record<string, { auth?: string; username?: string; password?: string }>;
+    credsStore?: string;
+    credHelpers?: Record<string, string>;
+  };
   try {
     cfg = JSON.parse(text);
   } catch {

@@ -29,7 +29,10 @@ function octal(buf: Buffer, off: number, len: number, v: number): void {
 }
 
 /** One ustar header (sizes of 8 GiB and more in GNU base-256, which Go's archive/tar reads). */
-export function tarHeader(name: string, o: { type: 'file' | 'dir'; size?: number; mode: number; uid: number; gid: number; mtime: number }): Buffer {
+export function tarHeader(
+  name: string,
+  o: { type: 'file' | 'dir'; size?: number; mode: number; uid: number; gid: number; mtime: number },
+): Buffer {
   const h = Buffer.alloc(BLOCK);
   if (Buffer.byteLength(name) > 100) throw new PimError(EXIT.SOFTWARE, `tar entry name too long: ${name}`);
   h.write(name, 0, 100, 'utf8');
@@ -109,7 +112,8 @@ export function layerChunks(parts: Part[], size: number, chunk: number, hashes?:
         if (p.hash) hashes?.file.update(b);
         yield b;
       }
-      if (n !== p.size) throw new PimError(EXIT.DATAERR, `${p.file} changed while it was sent (${n} bytes, not ${p.size})`);
+      if (n !== p.size)
+        throw new PimError(EXIT.DATAERR, `${p.file} changed while it was sent (${n} bytes, not ${p.size})`);
     }
   }
   const src = bytes();
@@ -140,7 +144,11 @@ export function layerChunks(parts: Part[], size: number, chunk: number, hashes?:
         length,
         body: () => {
           // a chunk's bytes can be sent once: they are read from the one stream of the layer
-          if (made) throw new PimError(EXIT.UNAVAILABLE, 'the registry asked for a chunk again (its credentials expired mid-upload); push again');
+          if (made)
+            throw new PimError(
+              EXIT.UNAVAILABLE,
+              'the registry asked for a chunk again (its credentials expired mid-upload); push again',
+            );
           made = true;
           return take(length);
         },
@@ -171,7 +179,10 @@ export async function hashLayerInWorker(parts: Part[], signal?: AbortSignal): Pr
       }
       parentPort.postMessage({ layer: layer.digest('hex'), file: file.digest('hex') });
     })().catch((e) => parentPort.postMessage({ error: String(e && e.message || e) }));`;
-  const w = new Worker(code, { eval: true, workerData: parts.map((p) => ('data' in p ? { data: p.data } : { file: p.file, hash: p.hash === true })) });
+  const w = new Worker(code, {
+    eval: true,
+    workerData: parts.map((p) => ('data' in p ? { data: p.data } : { file: p.file, hash: p.hash === true })),
+  });
   const stop = () => void w.terminate();
   signal?.addEventListener('abort', stop);
   try {
@@ -180,7 +191,8 @@ export async function hashLayerInWorker(parts: Part[], signal?: AbortSignal): Pr
       w.once('error', reject);
       w.once('exit', (c) => reject(new Error(`the hashing thread exited (${c})`)));
     });
-    if (r.error || !r.layer || !r.file) throw new PimError(EXIT.NOINPUT, `cannot read the build to hash it: ${r.error ?? 'no answer'}`);
+    if (r.error || !r.layer || !r.file)
+      throw new PimError(EXIT.NOINPUT, `cannot read the build to hash it: ${r.error ?? 'no answer'}`);
     return { layer: r.layer, file: r.file };
   } finally {
     signal?.removeEventListener('abort', stop);
@@ -212,7 +224,9 @@ function parseHeader(h: Buffer): Entry | null {
   const want = parseInt(h.toString('ascii', 148, 156).replace(/\0.*$/, '').trim(), 8);
   if (sum !== want) throw new PimError(EXIT.DATAERR, 'the layer is not a tar (a header checksum does not match)');
   const name = h.toString('utf8', 0, 100).replace(/\0.*$/s, '');
-  const prefix = h.toString('ascii', 257, 263).startsWith('ustar') ? h.toString('utf8', 345, 500).replace(/\0.*$/s, '') : '';
+  const prefix = h.toString('ascii', 257, 263).startsWith('ustar')
+    ? h.toString('utf8', 345, 500).replace(/\0.*$/s, '')
+    : '';
   return { name: prefix ? `${prefix}/${name}` : name, size: parseSize(h), type: String.fromCharCode(h[156]!) };
 }
 
@@ -251,9 +265,10 @@ export async function readLayer(input: AsyncIterable<Buffer>, want: Map<string, 
     if (e.type === 'x') {
       if (left > 1 << 20 || !(await fill(left))) throw new PimError(EXIT.DATAERR, 'the layer has a bad pax header');
       const text = buf.subarray(0, left).toString('utf8');
-      for (const m of text.matchAll(/^\d+ (path|size)=(.*)$/gm)) m[1] === 'path' ? (paxPath = m[2]!) : (paxSize = Number(m[2]));
+      for (const m of text.matchAll(/^\d+ (path|size)=(.*)$/gm))
+        m[1] === 'path' ? (paxPath = m[2]!) : (paxSize = Number(m[2]));
     }
-    const dest = (e.type === '0' || e.type === '\0') ? want.get(norm(e.name)) : undefined;
+    const dest = e.type === '0' || e.type === '\0' ? want.get(norm(e.name)) : undefined;
     let fd: fs.promises.FileHandle | null = null;
     let h: Hash | null = null;
     if (dest) {

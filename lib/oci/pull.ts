@@ -40,7 +40,11 @@ const SAFE_FILE = /^[A-Za-z0-9_][A-Za-z0-9._-]*$/;
 /** pim's record out of a manifest's annotations, checked; 65 when the image is not a pim build. */
 export function recordOf(m: Manifest, what: string): { record: BuildRecord; sha256: string } {
   const a = m.annotations ?? {};
-  const notPim = (why: string) => new PimError(EXIT.DATAERR, `${what} is not a pim build (${why}); pim-build pull takes images that pim-deploy pushed to a type: oci target`);
+  const notPim = (why: string) =>
+    new PimError(
+      EXIT.DATAERR,
+      `${what} is not a pim build (${why}); pim-build pull takes images that pim-deploy pushed to a type: oci target`,
+    );
   if (!a[ANN.record] || !a[ANN.key]) throw notPim(`no ${ANN.record} annotation`);
   let r: BuildRecord;
   try {
@@ -49,11 +53,26 @@ export function recordOf(m: Manifest, what: string): { record: BuildRecord; sha2
     throw notPim(`its ${ANN.record} annotation is not JSON`);
   }
   const sha = a[ANN.sha256] ?? '';
-  if (!r || typeof r !== 'object' || typeof r.profile !== 'string' || typeof r.key !== 'string' || !r.disk || typeof r.disk.file !== 'string') throw notPim('its record lacks profile, key or disk');
+  if (
+    !r ||
+    typeof r !== 'object' ||
+    typeof r.profile !== 'string' ||
+    typeof r.key !== 'string' ||
+    !r.disk ||
+    typeof r.disk.file !== 'string'
+  )
+    throw notPim('its record lacks profile, key or disk');
   if (r.key !== a[ANN.key] || !/^[0-9a-f]{64}$/.test(r.key)) throw notPim('its record and its key annotation disagree');
-  if (!SAFE_FILE.test(r.profile) || r.profile.length > 64 || r.id !== buildId(r.profile, r.key)) throw notPim(`its build id ${JSON.stringify(r.id)} is not PROFILE-KEY12`);
-  if (!SAFE_FILE.test(r.disk.file) || !/\.(qcow2|raw)$/.test(r.disk.file) || (r.disk.format !== 'qcow2' && r.disk.format !== 'raw')) throw notPim(`its disk file ${JSON.stringify(r.disk.file)} is not NAME.qcow2 or NAME.raw`);
-  if (r.efivars !== null && (typeof r.efivars !== 'string' || !SAFE_FILE.test(r.efivars) || r.efivars === r.disk.file)) throw notPim('its efivars file name is not a plain file name');
+  if (!SAFE_FILE.test(r.profile) || r.profile.length > 64 || r.id !== buildId(r.profile, r.key))
+    throw notPim(`its build id ${JSON.stringify(r.id)} is not PROFILE-KEY12`);
+  if (
+    !SAFE_FILE.test(r.disk.file) ||
+    !/\.(qcow2|raw)$/.test(r.disk.file) ||
+    (r.disk.format !== 'qcow2' && r.disk.format !== 'raw')
+  )
+    throw notPim(`its disk file ${JSON.stringify(r.disk.file)} is not NAME.qcow2 or NAME.raw`);
+  if (r.efivars !== null && (typeof r.efivars !== 'string' || !SAFE_FILE.test(r.efivars) || r.efivars === r.disk.file))
+    throw notPim('its efivars file name is not a plain file name');
   if (!/^[0-9a-f]{64}$/.test(sha)) throw notPim(`no ${ANN.sha256} annotation`);
   return { record: { ...r, log: 'build.log' }, sha256: sha };
 }
@@ -66,20 +85,32 @@ function verifier(want: string, size: number | undefined, what: string): Transfo
     transform(b: Buffer, _e, cb) {
       h.update(b);
       n += b.length;
-      if (size !== undefined && n > size) return cb(new PimError(EXIT.DATAERR, `${what} is larger than its descriptor says (${size} bytes)`));
+      if (size !== undefined && n > size)
+        return cb(new PimError(EXIT.DATAERR, `${what} is larger than its descriptor says (${size} bytes)`));
       cb(null, b);
     },
     flush(cb) {
       const got = `sha256:${h.digest('hex')}`;
-      if (got !== want) return cb(new PimError(EXIT.DATAERR, `${what} does not match its digest: got ${got}, want ${want}; nothing was registered`));
-      if (size !== undefined && n !== size) return cb(new PimError(EXIT.DATAERR, `${what} has ${n} bytes, its descriptor says ${size}`));
+      if (got !== want)
+        return cb(
+          new PimError(
+            EXIT.DATAERR,
+            `${what} does not match its digest: got ${got}, want ${want}; nothing was registered`,
+          ),
+        );
+      if (size !== undefined && n !== size)
+        return cb(new PimError(EXIT.DATAERR, `${what} has ${n} bytes, its descriptor says ${size}`));
       cb();
     },
   });
 }
 
 /** The manifest of REF (a tag or digest), read and checked as a pim build's. */
-export async function fetchPimManifest(c: OciClient, ref: OciRef, tagOrDigest: string): Promise<{ m: Manifest; record: BuildRecord; sha256: string; digest: string }> {
+export async function fetchPimManifest(
+  c: OciClient,
+  ref: OciRef,
+  tagOrDigest: string,
+): Promise<{ m: Manifest; record: BuildRecord; sha256: string; digest: string }> {
   const what = formatRef(ref, tagOrDigest);
   const got = await c.getManifest(tagOrDigest);
   let m: Manifest;
@@ -89,13 +120,20 @@ export async function fetchPimManifest(c: OciClient, ref: OciRef, tagOrDigest: s
     throw new PimError(EXIT.DATAERR, `${what}: its manifest is not JSON`);
   }
   const mt = m.mediaType ?? got.mediaType;
-  if (mt === MT.index || mt === MT.dockerList) throw new PimError(EXIT.DATAERR, `${what} is an image index (several images), not a pim build; pim-build pull takes images that pim-deploy pushed`);
+  if (mt === MT.index || mt === MT.dockerList)
+    throw new PimError(
+      EXIT.DATAERR,
+      `${what} is an image index (several images), not a pim build; pim-build pull takes images that pim-deploy pushed`,
+    );
   const { record, sha256 } = recordOf(m, what);
   return { m, record, sha256, digest: got.digest };
 }
 
 /** Pull REF into the registry of builds; the record of the build (a hit when it was here already). */
-export async function pullBuild(ref: OciRef, o: PullOpts = {}): Promise<{ record: BuildRecord; hit: boolean; digest: string }> {
+export async function pullBuild(
+  ref: OciRef,
+  o: PullOpts = {},
+): Promise<{ record: BuildRecord; hit: boolean; digest: string }> {
   const c = new OciClient(ref, { insecure: o.insecure, credsEnv: o.credsEnv, signal: o.signal, label: o.label });
   try {
     const tagOrDigest = ref.digest ?? ref.tag ?? 'latest';
@@ -106,20 +144,38 @@ export async function pullBuild(ref: OciRef, o: PullOpts = {}): Promise<{ record
   }
 }
 
-export async function pullManifest(c: OciClient, ref: OciRef, got: Awaited<ReturnType<typeof fetchPimManifest>>, o: PullOpts): Promise<{ record: BuildRecord; hit: boolean; digest: string }> {
+export async function pullManifest(
+  c: OciClient,
+  ref: OciRef,
+  got: Awaited<ReturnType<typeof fetchPimManifest>>,
+  o: PullOpts,
+): Promise<{ record: BuildRecord; hit: boolean; digest: string }> {
   const { m, record: r, sha256 } = got;
   const what = formatRef(ref, got.digest);
   const here = buildByKey(r.profile, r.key);
   if (here) return { record: here, hit: true, digest: got.digest };
   const layers = m.layers ?? [];
-  if (layers.length !== 1 || !layers[0]!.digest || !/^sha256:[0-9a-f]{64}$/.test(layers[0]!.digest)) throw new PimError(EXIT.DATAERR, `${what}: a pim build has one layer with a sha256 digest; this one has ${layers.length}`);
+  if (layers.length !== 1 || !layers[0]!.digest || !/^sha256:[0-9a-f]{64}$/.test(layers[0]!.digest))
+    throw new PimError(
+      EXIT.DATAERR,
+      `${what}: a pim build has one layer with a sha256 digest; this one has ${layers.length}`,
+    );
   const layer = layers[0]! as { mediaType?: string; digest: string; size?: number };
-  if (layer.mediaType !== MT.layer && layer.mediaType !== MT.layerGzip && layer.mediaType !== 'application/vnd.docker.image.rootfs.diff.tar.gzip') throw new PimError(EXIT.DATAERR, `${what}: its layer is ${layer.mediaType ?? 'of no media type'}, not a tar`);
+  if (
+    layer.mediaType !== MT.layer &&
+    layer.mediaType !== MT.layerGzip &&
+    layer.mediaType !== 'application/vnd.docker.image.rootfs.diff.tar.gzip'
+  )
+    throw new PimError(EXIT.DATAERR, `${what}: its layer is ${layer.mediaType ?? 'of no media type'}, not a tar`);
   // the config: small, verified, and its diff_id must be the layer's (uncompressed) digest
   if (m.config?.digest && /^sha256:[0-9a-f]{64}$/.test(m.config.digest)) {
     const cr = await c.getBlob(m.config.digest);
     const body = await cr.body.buffer();
-    if (sha256of(body) !== m.config.digest) throw new PimError(EXIT.DATAERR, `${what}: its config blob does not match its digest ${m.config.digest}; nothing was registered`);
+    if (sha256of(body) !== m.config.digest)
+      throw new PimError(
+        EXIT.DATAERR,
+        `${what}: its config blob does not match its digest ${m.config.digest}; nothing was registered`,
+      );
   }
   const dir = ensurePrivateDir(buildsDir());
   const tmp = join(dir, `.tmp-${r.id}-${process.pid}`);
@@ -132,17 +188,36 @@ export async function pullManifest(c: OciClient, ref: OciRef, got: Awaited<Retur
     const want = new Map<string, string>([[`disk/${r.disk.file}`, join(tmp, r.disk.file)]]);
     if (r.efivars) want.set(`pim/${r.efivars}`, join(tmp, r.efivars));
     // errors anywhere in the chain (the connection, the digest) end the iteration readLayer does
-    const verified = pipeline(res.body.stream, verifier(layer.digest, layer.size, `${what}: the layer ${layer.digest}`), () => {});
-    const stream: AsyncIterable<Buffer> = layer.mediaType === MT.layer ? verified : pipeline(verified, createGunzip(), () => {});
+    const verified = pipeline(
+      res.body.stream,
+      verifier(layer.digest, layer.size, `${what}: the layer ${layer.digest}`),
+      () => {},
+    );
+    const stream: AsyncIterable<Buffer> =
+      layer.mediaType === MT.layer ? verified : pipeline(verified, createGunzip(), () => {});
     const files = await readLayer(stream, want);
     const diskSha = files.get(`disk/${r.disk.file}`);
-    if (!diskSha) throw new PimError(EXIT.DATAERR, `${what}: its layer has no disk/${r.disk.file}; nothing was registered`);
-    if (diskSha !== sha256) throw new PimError(EXIT.DATAERR, `${what}: disk/${r.disk.file} hashes to ${diskSha}, pim's record says ${sha256}; nothing was registered`);
-    if (r.efivars && !files.has(`pim/${r.efivars}`)) throw new PimError(EXIT.DATAERR, `${what}: its layer has no pim/${r.efivars} (the build's UEFI variables); nothing was registered`);
+    if (!diskSha)
+      throw new PimError(EXIT.DATAERR, `${what}: its layer has no disk/${r.disk.file}; nothing was registered`);
+    if (diskSha !== sha256)
+      throw new PimError(
+        EXIT.DATAERR,
+        `${what}: disk/${r.disk.file} hashes to ${diskSha}, pim's record says ${sha256}; nothing was registered`,
+      );
+    if (r.efivars && !files.has(`pim/${r.efivars}`))
+      throw new PimError(
+        EXIT.DATAERR,
+        `${what}: its layer has no pim/${r.efivars} (the build's UEFI variables); nothing was registered`,
+      );
     const disk = join(tmp, r.disk.file);
     const { imageFormat } = await import('../image/store.ts');
-    if (imageFormat(disk) !== r.disk.format && r.disk.format === 'qcow2') throw new PimError(EXIT.DATAERR, `${what}: disk/${r.disk.file} is not a qcow2 image; nothing was registered`);
-    fs.writeFileSync(join(tmp, 'build.log'), `pim-build pull: ${r.id} from ${what}, layer ${layer.digest}, disk sha256 ${diskSha}\n`, { mode: 0o600, flag: 'wx' });
+    if (imageFormat(disk) !== r.disk.format && r.disk.format === 'qcow2')
+      throw new PimError(EXIT.DATAERR, `${what}: disk/${r.disk.file} is not a qcow2 image; nothing was registered`);
+    fs.writeFileSync(
+      join(tmp, 'build.log'),
+      `pim-build pull: ${r.id} from ${what}, layer ${layer.digest}, disk sha256 ${diskSha}\n`,
+      { mode: 0o600, flag: 'wx' },
+    );
     const record: BuildRecord = { ...r, disk: { ...r.disk, bytes: fs.statSync(disk).blocks * 512 } };
     const stored = commitBuild(tmp, record);
     ok = true;

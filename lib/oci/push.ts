@@ -76,7 +76,12 @@ export function cachedLayer(r: BuildRecord): Cached | null {
   try {
     const c = JSON.parse(text) as Cached;
     const s = diskStamp(buildDisk(r));
-    return c.size === s.size && c.mtime === s.mtime && c.format === LAYER_FORMAT && /^sha256:[0-9a-f]{64}$/.test(c.layer.digest) ? c : null;
+    return c.size === s.size &&
+      c.mtime === s.mtime &&
+      c.format === LAYER_FORMAT &&
+      /^sha256:[0-9a-f]{64}$/.test(c.layer.digest)
+      ? c
+      : null;
   } catch {
     return null;
   }
@@ -84,7 +89,11 @@ export function cachedLayer(r: BuildRecord): Cached | null {
 
 export function rememberLayer(r: BuildRecord, layer: { digest: string; size: number }, diskSha: string): void {
   ensurePrivateDir(join(cacheDir(), 'oci'));
-  writeFileAtomic(cacheFile(r.id), JSON.stringify({ ...diskStamp(buildDisk(r)), format: LAYER_FORMAT, layer, disk_sha256: diskSha } satisfies Cached) + '\n');
+  writeFileAtomic(
+    cacheFile(r.id),
+    JSON.stringify({ ...diskStamp(buildDisk(r)), format: LAYER_FORMAT, layer, disk_sha256: diskSha } satisfies Cached) +
+      '\n',
+  );
 }
 
 export function layerFiles(r: BuildRecord): LayerFile[] {
@@ -108,7 +117,12 @@ function imageConfig(r: BuildRecord, layerDigest: string): Buffer {
   );
 }
 
-export function manifestFor(r: BuildRecord, config: { digest: string; size: number }, layer: { digest: string; size: number }, diskSha: string): Buffer {
+export function manifestFor(
+  r: BuildRecord,
+  config: { digest: string; size: number },
+  layer: { digest: string; size: number },
+  diskSha: string,
+): Buffer {
   return Buffer.from(
     JSON.stringify({
       schemaVersion: 2,
@@ -153,12 +167,23 @@ export const chunkSize = (): number => {
   const s = process.env.PIM_OCI_CHUNK;
   if (!s) return 64 << 20;
   const m = /^(\d+)([KMG]?)$/i.exec(s);
-  if (!m || Number(m[1]) === 0) throw new PimError(EXIT.USAGE, `PIM_OCI_CHUNK must be a size such as 64M, not ${JSON.stringify(s)}`);
+  if (!m || Number(m[1]) === 0)
+    throw new PimError(EXIT.USAGE, `PIM_OCI_CHUNK must be a size such as 64M, not ${JSON.stringify(s)}`);
   return Number(m[1]) * ({ '': 1, K: 1 << 10, M: 1 << 20, G: 1 << 30 } as Record<string, number>)[m[2]!.toUpperCase()]!;
 };
 
-export async function pushBuild(r: BuildRecord, d: Dest, o: { signal?: AbortSignal; dryRun?: boolean; say?: (s: string) => void } = {}): Promise<Pushed> {
-  const c = new OciClient(d.ref, { insecure: d.insecure, credsEnv: d.credsEnv, push: true, signal: o.signal, label: d.label });
+export async function pushBuild(
+  r: BuildRecord,
+  d: Dest,
+  o: { signal?: AbortSignal; dryRun?: boolean; say?: (s: string) => void } = {},
+): Promise<Pushed> {
+  const c = new OciClient(d.ref, {
+    insecure: d.insecure,
+    credsEnv: d.credsEnv,
+    push: true,
+    signal: o.signal,
+    label: d.label,
+  });
   const say = o.say ?? (() => {});
   try {
     const tags = [r.id, r.profile];
@@ -184,7 +209,15 @@ export async function pushBuild(r: BuildRecord, d: Dest, o: { signal?: AbortSign
       there = tagged.map((d) => (d === m.digest ? d : null));
     }
     if (!have) {
-      if (o.dryRun) return { ref: formatRef(d.ref, r.id), tags, digest: '', upload: 'uploaded', tagged: true, disk_sha256: diskSha ?? '' };
+      if (o.dryRun)
+        return {
+          ref: formatRef(d.ref, r.id),
+          tags,
+          digest: '',
+          upload: 'uploaded',
+          tagged: true,
+          disk_sha256: diskSha ?? '',
+        };
       say(`pushing ${r.id} (${size} bytes) to ${formatRef(d.ref)}`);
       // the bytes go up from this thread, hashed in another (layer.ts): the digest closes the upload
       const stopHash = new AbortController();
@@ -200,7 +233,11 @@ export async function pushBuild(r: BuildRecord, d: Dest, o: { signal?: AbortSign
       } finally {
         stopHash.abort(); // a failed upload does not wait for the hash
       }
-      if (known && known.layer.digest !== layer!.digest) throw new PimError(EXIT.DATAERR, `${r.id}: the layer hashed to ${layer!.digest} this time, ${known.layer.digest} before: the build's disk changed`);
+      if (known && known.layer.digest !== layer!.digest)
+        throw new PimError(
+          EXIT.DATAERR,
+          `${r.id}: the layer hashed to ${layer!.digest} this time, ${known.layer.digest} before: the build's disk changed`,
+        );
       rememberLayer(r, layer!, diskSha!);
       upload = 'uploaded';
       there = [null, null];

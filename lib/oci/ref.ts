@@ -25,7 +25,11 @@ export const DIGEST_RE = /^sha256:[0-9a-f]{64}$/;
 /** Parse REF; `what` names it in a message (64 by default, 78 for a config value). */
 export function parseRef(s: string, opts: { what?: string; code?: 64 | 78; repoOnly?: boolean } = {}): OciRef {
   const what = opts.what ?? 'image reference';
-  const bad = (why: string) => new PimError(opts.code ?? EXIT.USAGE, `${what} ${JSON.stringify(s)}: ${why}; write it as REGISTRY[:PORT]/REPOSITORY${opts.repoOnly ? '' : '[:TAG|@sha256:DIGEST]'}`);
+  const bad = (why: string) =>
+    new PimError(
+      opts.code ?? EXIT.USAGE,
+      `${what} ${JSON.stringify(s)}: ${why}; write it as REGISTRY[:PORT]/REPOSITORY${opts.repoOnly ? '' : '[:TAG|@sha256:DIGEST]'}`,
+    );
   let rest = s.trim();
   if (!rest || /\s/.test(rest)) throw bad('it is empty or has spaces');
   rest = rest.replace(/^(?:docker|oci):\/\//, '');
@@ -47,11 +51,16 @@ export function parseRef(s: string, opts: { what?: string; code?: 64 | 78; repoO
   }
   const parts = rest.split('/');
   let registry = 'docker.io';
-  if (parts.length > 1 && (parts[0]!.includes('.') || parts[0]!.includes(':') || parts[0] === 'localhost')) registry = parts.shift()!;
-  if (!/^[A-Za-z0-9.-]+(?::\d{1,5})?$|^\[[0-9a-fA-F:]+\](?::\d{1,5})?$/.test(registry)) throw bad(`${JSON.stringify(registry)} is not a registry host`);
+  if (parts.length > 1 && (parts[0]!.includes('.') || parts[0]!.includes(':') || parts[0] === 'localhost'))
+    registry = parts.shift()!;
+  if (!/^[A-Za-z0-9.-]+(?::\d{1,5})?$|^\[[0-9a-fA-F:]+\](?::\d{1,5})?$/.test(registry))
+    throw bad(`${JSON.stringify(registry)} is not a registry host`);
   if (registry === 'docker.io' && parts.length === 1) parts.unshift('library');
-  for (const p of parts) if (!COMPONENT.test(p)) throw bad(`${JSON.stringify(p)} is not a repository name component (lowercase letters, digits, ".", "_", "-")`);
-  if (opts.repoOnly && (tag || digest)) throw bad('it names a repository: pim names the tags itself (PROFILE-KEY12 and PROFILE)');
+  for (const p of parts)
+    if (!COMPONENT.test(p))
+      throw bad(`${JSON.stringify(p)} is not a repository name component (lowercase letters, digits, ".", "_", "-")`);
+  if (opts.repoOnly && (tag || digest))
+    throw bad('it names a repository: pim names the tags itself (PROFILE-KEY12 and PROFILE)');
   const host = registry === 'docker.io' ? 'registry-1.docker.io' : registry;
   return { registry, host, repo: parts.join('/'), tag, digest };
 }

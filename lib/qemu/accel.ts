@@ -46,7 +46,8 @@ export interface AccelVerdict {
 export const KVM_PROOF_SECONDS = 60;
 
 /** QEMU's words for KVM failing: at start (kvm_buf_set_msrs' assertion, no KVM), or at run time. */
-const KVM_FAILURE = /KVM internal error|failed to initiali[sz]e kvm|Could not access KVM kernel module|kvm_[a-z_]+: Assertion|target\/i386\/kvm\/|failed to set MSR/i;
+const KVM_FAILURE =
+  /KVM internal error|failed to initiali[sz]e kvm|Could not access KVM kernel module|kvm_[a-z_]+: Assertion|target\/i386\/kvm\/|failed to set MSR/i;
 
 /** Does QEMU's output (its log) say that KVM failed? */
 export const isKvmFailure = (text: string) => KVM_FAILURE.test(text);
@@ -68,7 +69,8 @@ function fnv64(text: string): string {
 
 export const verdictDir = () => join(cacheDir(), 'accel');
 /** This host boot's verdict for this QEMU binary. */
-export const verdictFile = () => join(verdictDir(), `${bootId().replace(/[^0-9a-zA-Z-]/g, '')}-${fnv64(qemuBinary())}.json`);
+export const verdictFile = () =>
+  join(verdictDir(), `${bootId().replace(/[^0-9a-zA-Z-]/g, '')}-${fnv64(qemuBinary())}.json`);
 
 const bootPart = () => bootId().replace(/[^0-9a-zA-Z-]/g, '');
 
@@ -76,7 +78,9 @@ const bootPart = () => bootId().replace(/[^0-9a-zA-Z-]/g, '');
 function dropOldVerdicts(keep: string): void {
   try {
     for (const f of readdirSync(verdictDir())) {
-      const old = (f.endsWith('.json') && join(verdictDir(), f) !== keep) || (f.endsWith('.said') && !f.startsWith(`${bootPart()}-`));
+      const old =
+        (f.endsWith('.json') && join(verdictDir(), f) !== keep) ||
+        (f.endsWith('.said') && !f.startsWith(`${bootPart()}-`));
       if (old) rmSync(join(verdictDir(), f), { force: true });
     }
   } catch {
@@ -123,7 +127,8 @@ export function readKvmVerdict(): 'ok' | 'broken' | null {
   return v && v.boot === bootId() && v.qemu === qemuBinary() && (v.kvm === 'ok' || v.kvm === 'broken') ? v.kvm : null;
 }
 
-const record = (kvm: 'ok' | 'broken') => JSON.stringify({ boot: bootId(), qemu: qemuBinary(), kvm } satisfies AccelVerdict) + '\n';
+const record = (kvm: 'ok' | 'broken') =>
+  JSON.stringify({ boot: bootId(), qemu: qemuBinary(), kvm } satisfies AccelVerdict) + '\n';
 
 /**
  * KVM failed on some VM: remember it (at once, over any earlier verdict).
@@ -168,7 +173,11 @@ export function kvmSeenRunning(ranSeconds: number | null): boolean {
  * What QMP says about a VM tells pim about KVM: call with the VM's accelerator,
  * its QMP status and how long it has run. Returns the verdict it wrote, if any.
  */
-export function noteKvmStatus(accel: string | undefined, status: string, ranSeconds: number | null): 'ok' | 'broken' | null {
+export function noteKvmStatus(
+  accel: string | undefined,
+  status: string,
+  ranSeconds: number | null,
+): 'ok' | 'broken' | null {
   if (accel !== 'kvm') return null;
   if (status === 'internal-error') return markKvmBroken() ? 'broken' : null;
   if (status === 'running') return kvmSeenRunning(ranSeconds) ? 'ok' : null;
@@ -181,7 +190,8 @@ export interface AccelChoice {
   probeKvm: boolean;
 }
 
-export const KVM_BROKEN_WARNING = 'KVM failed on this host since it booted (remembered in ~/.cache/pim/accel/): using TCG, which is much slower; set PIM_ACCEL=kvm to try KVM again';
+export const KVM_BROKEN_WARNING =
+  'KVM failed on this host since it booted (remembered in ~/.cache/pim/accel/): using TCG, which is much slower; set PIM_ACCEL=kvm to try KVM again';
 
 /**
  * The accelerator for a new VM: --accel, else PIM_ACCEL, else KVM/HVF where

@@ -48,7 +48,13 @@ export interface VmSpec {
   machine?: string;
   files: { qmp: string; ga: string; serial: string; pid: string; log: string };
   /** disk image and its format; absent for direct kernel boot */
-  disk?: { path: string; format: string; snapshot: boolean; /** the disk is an overlay whose backing file is read without a lock (pim-run --clone) */ unlockedBacking?: boolean; discard?: boolean };
+  disk?: {
+    path: string;
+    format: string;
+    snapshot: boolean /** the disk is an overlay whose backing file is read without a lock (pim-run --clone) */;
+    unlockedBacking?: boolean;
+    discard?: boolean;
+  };
   /** a display (pim-run --display): a window (gtk, sdl) or VNC on 127.0.0.1:N; absent: none */
   display?: { kind: 'gtk' | 'sdl' } | { kind: 'vnc'; n: number };
   /** UEFI firmware: code (read-only) and this VM's vars */
@@ -77,13 +83,32 @@ export function buildQemuArgv(s: VmSpec): string[] {
   if (s.accel === 'kvm' || s.accel === 'hvf') a.push('-cpu', 'host');
   a.push('-m', s.mem, '-smp', String(s.cpus));
   const d = s.display;
-  a.push('-nodefaults', '-display', !d ? 'none' : d.kind === 'vnc' ? `vnc=127.0.0.1:${d.n}` : d.kind, '-vga', d ? 'std' : 'none');
+  a.push(
+    '-nodefaults',
+    '-display',
+    !d ? 'none' : d.kind === 'vnc' ? `vnc=127.0.0.1:${d.n}` : d.kind,
+    '-vga',
+    d ? 'std' : 'none',
+  );
   a.push('-qmp', qemuOpt(`unix:${s.files.qmp}`, { server: true, wait: false }));
   if (s.serial === 'socket') {
-    a.push('-chardev', qemuOpt('socket', { id: 'ser0', path: s.files.serial, server: true, wait: false, logfile: s.files.log, logappend: true }));
+    a.push(
+      '-chardev',
+      qemuOpt('socket', {
+        id: 'ser0',
+        path: s.files.serial,
+        server: true,
+        wait: false,
+        logfile: s.files.log,
+        logappend: true,
+      }),
+    );
     a.push('-serial', 'chardev:ser0');
   } else {
-    a.push('-chardev', qemuOpt('stdio', { id: 'ser0', mux: true, signal: false, logfile: s.files.log, logappend: true }));
+    a.push(
+      '-chardev',
+      qemuOpt('stdio', { id: 'ser0', mux: true, signal: false, logfile: s.files.log, logappend: true }),
+    );
     a.push('-serial', 'chardev:ser0', '-mon', 'chardev=ser0,mode=readline');
   }
   if (s.agent) {
@@ -96,17 +121,40 @@ export function buildQemuArgv(s: VmSpec): string[] {
     a.push('-drive', qemuOpt(null, { if: 'pflash', format: 'raw', file: s.uefi.vars }));
   }
   if (s.disk) {
-    a.push('-drive', qemuOpt(null, { file: s.disk.path, format: s.disk.format, if: 'none', id: 'disk0', snapshot: s.disk.snapshot || undefined, 'backing.file.locking': s.disk.unlockedBacking ? 'off' : undefined, discard: s.disk.discard ? 'unmap' : undefined }));
+    a.push(
+      '-drive',
+      qemuOpt(null, {
+        file: s.disk.path,
+        format: s.disk.format,
+        if: 'none',
+        id: 'disk0',
+        snapshot: s.disk.snapshot || undefined,
+        'backing.file.locking': s.disk.unlockedBacking ? 'off' : undefined,
+        discard: s.disk.discard ? 'unmap' : undefined,
+      }),
+    );
     // direct kernel boot takes boot index 0 itself (QEMU's linuxboot ROM): the disk comes after it
     a.push('-device', `virtio-blk-pci,drive=disk0,bootindex=${s.kernel ? 1 : 0}`);
   }
   (s.drives ?? []).forEach((d, i) => {
-    a.push('-drive', qemuOpt(null, { file: d.path, format: d.format, if: 'none', id: `disk${i + 1}`, readonly: d.readonly || undefined }));
+    a.push(
+      '-drive',
+      qemuOpt(null, {
+        file: d.path,
+        format: d.format,
+        if: 'none',
+        id: `disk${i + 1}`,
+        readonly: d.readonly || undefined,
+      }),
+    );
     a.push('-device', `virtio-blk-pci,drive=disk${i + 1}`);
   });
   if (s.cdrom) {
     // on the q35's AHCI controller (SATA), after the disk in the boot order
-    a.push('-drive', qemuOpt(null, { file: s.cdrom, format: 'raw', if: 'none', id: 'cd0', media: 'cdrom', readonly: true }));
+    a.push(
+      '-drive',
+      qemuOpt(null, { file: s.cdrom, format: 'raw', if: 'none', id: 'cd0', media: 'cdrom', readonly: true }),
+    );
     a.push('-device', `ide-cd,drive=cd0,bootindex=${s.kernel ? 2 : 1}`);
   }
   if (s.kernel) {

@@ -28,7 +28,10 @@ export class GaError extends PimError {
 /** No reply to guest-sync in time: why is for the caller to find out (lib/vm/connect.ts asks QMP). */
 export class GaSilent extends PimError {
   constructor(readonly timeoutMs: number) {
-    super(EXIT.UNAVAILABLE, `the guest agent gave no reply to guest-sync within ${timeoutMs} ms; is qemu-guest-agent running in the guest?`);
+    super(
+      EXIT.UNAVAILABLE,
+      `the guest agent gave no reply to guest-sync within ${timeoutMs} ms; is qemu-guest-agent running in the guest?`,
+    );
     this.name = 'GaSilent';
   }
 }
@@ -75,7 +78,11 @@ export class GaProtocol {
   }
 
   /** Wait for one message that `accept` takes, or time out. */
-  private await<T>(timeoutMs: number, what: string, accept: (m: Obj, settle: (v: T) => void, fail: (e: Error) => void) => boolean): Promise<T> {
+  private await<T>(
+    timeoutMs: number,
+    what: string,
+    accept: (m: Obj, settle: (v: T) => void, fail: (e: Error) => void) => boolean,
+  ): Promise<T> {
     if (this.closedWith) return Promise.reject(this.closedWith);
     return new Promise<T>((resolve, reject) => {
       const timer = setTimeout(() => {
@@ -101,7 +108,12 @@ export class GaProtocol {
       }
       return false; // a stale reply from before: skip
     });
-    this.send(Buffer.concat([Buffer.from([0xff]), Buffer.from(JSON.stringify({ execute: 'guest-sync-delimited', arguments: { id } }) + '\n')]));
+    this.send(
+      Buffer.concat([
+        Buffer.from([0xff]),
+        Buffer.from(JSON.stringify({ execute: 'guest-sync-delimited', arguments: { id } }) + '\n'),
+      ]),
+    );
     return p;
   }
 
@@ -113,7 +125,8 @@ export class GaProtocol {
       if (args !== undefined) msg.arguments = args;
       if (NO_REPLY.has(execute)) return this.requestNoReply(msg, timeoutMs);
       const p = this.await<unknown>(timeoutMs, execute, (m, settle, fail) => {
-        if ('error' in m && isObj(m.error)) fail(new GaError(String(m.error.class ?? 'GenericError'), String(m.error.desc ?? '')));
+        if ('error' in m && isObj(m.error))
+          fail(new GaError(String(m.error.class ?? 'GenericError'), String(m.error.desc ?? '')));
         else settle(m.return);
         return true;
       });
@@ -145,7 +158,9 @@ export class GaProtocol {
     });
     // A plain guest-sync (no 0xFF: the stream is in step) so that an error
     // reply to the command itself is not thrown away with the delimiter.
-    this.send(Buffer.from(JSON.stringify(msg) + '\n' + JSON.stringify({ execute: 'guest-sync', arguments: { id } }) + '\n'));
+    this.send(
+      Buffer.from(JSON.stringify(msg) + '\n' + JSON.stringify({ execute: 'guest-sync', arguments: { id } }) + '\n'),
+    );
     try {
       return await p;
     } catch (e) {
@@ -158,14 +173,21 @@ export class GaProtocol {
 
 /** A guest-agent connection over the VM's unix socket. */
 export class GaClient {
-  private constructor(private readonly sock: import('node:net').Socket, readonly proto: GaProtocol, private readonly timeoutMs: number) {}
+  private constructor(
+    private readonly sock: import('node:net').Socket,
+    readonly proto: GaProtocol,
+    private readonly timeoutMs: number,
+  ) {}
 
   static async connect(path: string, timeoutMs = 5_000): Promise<GaClient> {
     const { connectUnix } = await import('../core/sock.ts');
     const sock = await connectUnix(path, timeoutMs, 'guest agent');
     const proto = new GaProtocol((b) => sock.write(b));
     sock.on('data', (c: Buffer) => proto.feed(c));
-    const gone = (e?: Error) => proto.close(new PimError(EXIT.UNAVAILABLE, `guest agent connection closed${e ? `: ${e.message}` : ''}; is the VM running?`));
+    const gone = (e?: Error) =>
+      proto.close(
+        new PimError(EXIT.UNAVAILABLE, `guest agent connection closed${e ? `: ${e.message}` : ''}; is the VM running?`),
+      );
     sock.on('error', gone);
     sock.on('close', () => gone());
     return new GaClient(sock, proto, timeoutMs);

@@ -19,7 +19,8 @@ export const ACCELS: readonly Accel[] = ['kvm', 'hvf', 'tcg'];
 export function detectAccel(requested?: string): { accel: Accel; warning?: string } {
   const want = requested || process.env.PIM_ACCEL;
   if (want) {
-    if (!ACCELS.includes(want as Accel)) throw new PimError(EXIT.USAGE, `unknown accelerator ${JSON.stringify(want)}; use kvm, hvf or tcg`);
+    if (!ACCELS.includes(want as Accel))
+      throw new PimError(EXIT.USAGE, `unknown accelerator ${JSON.stringify(want)}; use kvm, hvf or tcg`);
     return { accel: want as Accel };
   }
   if (process.platform === 'linux') {
@@ -27,7 +28,10 @@ export function detectAccel(requested?: string): { accel: Accel; warning?: strin
       closeSync(openSync('/dev/kvm', 'r+'));
       return { accel: 'kvm' };
     } catch (e) {
-      const why = (e as NodeJS.ErrnoException).code === 'ENOENT' ? '/dev/kvm does not exist' : `/dev/kvm cannot be opened (${(e as NodeJS.ErrnoException).code}); add yourself to the kvm group`;
+      const why =
+        (e as NodeJS.ErrnoException).code === 'ENOENT'
+          ? '/dev/kvm does not exist'
+          : `/dev/kvm cannot be opened (${(e as NodeJS.ErrnoException).code}); add yourself to the kvm group`;
       return { accel: 'tcg', warning: `${why}: using TCG, which is much slower` };
     }
   }
@@ -46,7 +50,11 @@ const OVMF_CODE = [
 
 export function ovmfCode(): string {
   const p = process.env.PIM_OVMF_CODE ?? OVMF_CODE.find((f) => existsSync(f));
-  if (!p) throw new PimError(EXIT.NOINPUT, 'this image needs UEFI but no OVMF firmware was found; install ovmf (Debian) or qemu (Homebrew), or set PIM_OVMF_CODE');
+  if (!p)
+    throw new PimError(
+      EXIT.NOINPUT,
+      'this image needs UEFI but no OVMF firmware was found; install ovmf (Debian) or qemu (Homebrew), or set PIM_OVMF_CODE',
+    );
   return p;
 }
 
@@ -63,12 +71,22 @@ const OVMF_VARS = [
 export function ovmfVarsTemplate(): string {
   const code = ovmfCode();
   const beside = code.replace(/CODE/g, 'VARS').replace(/x86_64-code/, 'i386-vars');
-  const p = process.env.PIM_OVMF_VARS ?? (existsSync(beside) && beside !== code ? beside : OVMF_VARS.find((f) => existsSync(f)));
-  if (!p) throw new PimError(EXIT.NOINPUT, 'a UEFI build needs an empty OVMF vars file but none was found; install ovmf (Debian), or set PIM_OVMF_VARS');
+  const p =
+    process.env.PIM_OVMF_VARS ??
+    (existsSync(beside) && beside !== code ? beside : OVMF_VARS.find((f) => existsSync(f)));
+  if (!p)
+    throw new PimError(
+      EXIT.NOINPUT,
+      'a UEFI build needs an empty OVMF vars file but none was found; install ovmf (Debian), or set PIM_OVMF_VARS',
+    );
   return p;
 }
 
-export const BRIDGE_HELPERS = ['/usr/lib/qemu/qemu-bridge-helper', '/usr/libexec/qemu-bridge-helper', '/usr/local/libexec/qemu-bridge-helper'];
+export const BRIDGE_HELPERS = [
+  '/usr/lib/qemu/qemu-bridge-helper',
+  '/usr/libexec/qemu-bridge-helper',
+  '/usr/local/libexec/qemu-bridge-helper',
+];
 
 export function bridgeHelper(): { path: string; setuid: boolean } | null {
   for (const p of BRIDGE_HELPERS) {
@@ -101,7 +119,10 @@ export function checkPortFree(port: number): Promise<void> {
     s.once('error', (e: NodeJS.ErrnoException) =>
       reject(
         e.code === 'EADDRINUSE'
-          ? new PimError(EXIT.TEMPFAIL, `port ${port} on 127.0.0.1 is in use; choose another with --ssh-port, or leave it out to get a free one`)
+          ? new PimError(
+              EXIT.TEMPFAIL,
+              `port ${port} on 127.0.0.1 is in use; choose another with --ssh-port, or leave it out to get a free one`,
+            )
           : new PimError(EXIT.USAGE, `cannot use port ${port}: ${e.message}`),
       ),
     );
@@ -116,4 +137,3 @@ export function macFor(name: string): string {
   const b = [(h >>> 16) & 0xff, (h >>> 8) & 0xff, h & 0xff];
   return ['52', '54', '00', ...b.map((x) => x.toString(16).padStart(2, '0'))].join(':');
 }
-

@@ -48,7 +48,10 @@ export class QmpProtocol {
 
   private readonly decoder = new JsonLines();
 
-  constructor(private readonly send: (line: string) => void, private readonly label = 'QMP') {}
+  constructor(
+    private readonly send: (line: string) => void,
+    private readonly label = 'QMP',
+  ) {}
 
   /** Hand the protocol raw bytes from the server. */
   feed(chunk: Buffer): void {
@@ -98,7 +101,10 @@ export class QmpProtocol {
     if (this.greeting) return Promise.resolve(this.greeting);
     if (this.closedWith) return Promise.reject(this.closedWith);
     return new Promise((resolve, reject) => {
-      const timer = setTimeout(() => reject(new PimError(EXIT.TEMPFAIL, `${this.label}: no greeting within ${timeoutMs} ms`)), timeoutMs);
+      const timer = setTimeout(
+        () => reject(new PimError(EXIT.TEMPFAIL, `${this.label}: no greeting within ${timeoutMs} ms`)),
+        timeoutMs,
+      );
       this.greetingWaiters.push({
         resolve: (g) => (clearTimeout(timer), resolve(g)),
         reject: (e) => (clearTimeout(timer), reject(e)),
@@ -162,7 +168,12 @@ export class QmpClient {
     const proto = new QmpProtocol((line) => sock.write(line), 'QMP');
     sock.on('data', (chunk: Buffer) => proto.feed(chunk));
     const onGone = (e?: Error) =>
-      proto.close(new PimError(EXIT.UNAVAILABLE, `QMP connection to ${path} closed${e ? `: ${e.message}` : ''}; is the VM still running?`));
+      proto.close(
+        new PimError(
+          EXIT.UNAVAILABLE,
+          `QMP connection to ${path} closed${e ? `: ${e.message}` : ''}; is the VM still running?`,
+        ),
+      );
     sock.on('error', onGone);
     sock.on('close', () => onGone());
     try {

@@ -43,12 +43,16 @@ export function parseShare(spec: string, used: Set<string>): Share {
   }
   if (!st.isDirectory()) throw new PimError(EXIT.NOINPUT, `share ${dir} is not a directory`);
   if (!tag) {
-    const base = basename(dir).replace(/[^A-Za-z0-9_.-]/g, '_').slice(0, 31) || 'root';
+    const base =
+      basename(dir)
+        .replace(/[^A-Za-z0-9_.-]/g, '_')
+        .slice(0, 31) || 'root';
     tag = base;
     for (let i = 2; used.has(tag); i++) tag = `${base}${i}`;
   }
   if (tag.length > 31) throw new PimError(EXIT.USAGE, `share tag ${tag} is longer than 31 characters`);
-  if (used.has(tag)) throw new PimError(EXIT.USAGE, `share tag ${tag} is used twice; give each --share its own DIR:TAG`);
+  if (used.has(tag))
+    throw new PimError(EXIT.USAGE, `share tag ${tag} is used twice; give each --share its own DIR:TAG`);
   used.add(tag);
   return { dir, tag };
 }
@@ -73,7 +77,11 @@ export function chooseShareFs(requested: string | undefined): { fs: ShareFs; vir
   const vfsd = findVirtiofsd();
   if (requested === '9p') return { fs: '9p', virtiofsd: null };
   if (requested === 'virtiofs') {
-    if (!vfsd) throw new PimError(EXIT.UNAVAILABLE, 'virtiofs needs virtiofsd, which was not found on PATH or in /usr/libexec; install it or use --fs 9p');
+    if (!vfsd)
+      throw new PimError(
+        EXIT.UNAVAILABLE,
+        'virtiofs needs virtiofsd, which was not found on PATH or in /usr/libexec; install it or use --fs 9p',
+      );
     return { fs: 'virtiofs', virtiofsd: vfsd };
   }
   return vfsd ? { fs: 'virtiofs', virtiofsd: vfsd } : { fs: '9p', virtiofsd: null };
@@ -91,7 +99,12 @@ export function ninepArgs(shares: Share[]): string[] {
 /** QEMU arguments for virtiofs shares: one vhost-user-fs device per virtiofsd socket, RAM in a shared memfd. */
 export function virtiofsArgs(shares: Array<Share & { socket: string }>, mem: string): string[] {
   if (!shares.length) return [];
-  const a = ['-object', qemuOpt('memory-backend-memfd', { id: 'pimmem', size: mem, share: true }), '-numa', 'node,memdev=pimmem'];
+  const a = [
+    '-object',
+    qemuOpt('memory-backend-memfd', { id: 'pimmem', size: mem, share: true }),
+    '-numa',
+    'node,memdev=pimmem',
+  ];
   shares.forEach((s, i) => {
     a.push('-chardev', qemuOpt('socket', { id: `vfs${i}`, path: s.socket }));
     a.push('-device', qemuOpt('vhost-user-fs-pci', { chardev: `vfs${i}`, tag: s.tag, 'queue-size': 1024 }));
@@ -116,7 +129,12 @@ export interface Virtiofsds {
  * a daemon that outlives this process (a headless VM keeps its shares), so
  * it is detached in its own process group with no stdio to collect.
  */
-export async function startVirtiofsd(bin: string, shares: Share[], socketBase: string, opts: { timeoutMs?: number; signal?: AbortSignal } = {}): Promise<Virtiofsds> {
+export async function startVirtiofsd(
+  bin: string,
+  shares: Share[],
+  socketBase: string,
+  opts: { timeoutMs?: number; signal?: AbortSignal } = {},
+): Promise<Virtiofsds> {
   const { spawn } = await import('node:child_process');
   const started: Array<Share & { socket: string; pid: number }> = [];
   const stop = () => {
@@ -135,7 +153,9 @@ export async function startVirtiofsd(bin: string, shares: Share[], socketBase: s
       checkAborted(opts.signal);
       const socket = `${socketBase}.vfs${i}.sock`;
       fs.rmSync(socket, { force: true });
-      const args = legacy ? [`--socket-path=${socket}`, '-o', `source=${s.dir}`, '-o', 'cache=auto'] : [`--socket-path=${socket}`, `--shared-dir=${s.dir}`, '--cache=auto', '--sandbox=none'];
+      const args = legacy
+        ? [`--socket-path=${socket}`, '-o', `source=${s.dir}`, '-o', 'cache=auto']
+        : [`--socket-path=${socket}`, `--shared-dir=${s.dir}`, '--cache=auto', '--sandbox=none'];
       const child = spawn(bin, args, { stdio: 'ignore', detached: true });
       child.unref();
       child.once('error', () => {}); // a missing binary ends as an exit below
@@ -150,7 +170,13 @@ export async function startVirtiofsd(bin: string, shares: Share[], socketBase: s
 }
 
 /** Until virtiofsd's socket appears (watched), bounded; its exit or the signal end the wait with an error. */
-async function socketUp(child: import('node:child_process').ChildProcess, socket: string, dir: string, timeoutMs: number, signal?: AbortSignal): Promise<void> {
+async function socketUp(
+  child: import('node:child_process').ChildProcess,
+  socket: string,
+  dir: string,
+  timeoutMs: number,
+  signal?: AbortSignal,
+): Promise<void> {
   const { dirname, basename } = await import('node:path');
   return new Promise<void>((resolve, reject) => {
     const done = (err?: Error) => {
@@ -161,12 +187,16 @@ async function socketUp(child: import('node:child_process').ChildProcess, socket
       if (err) reject(err);
       else resolve();
     };
-    const onExit = (c: number | null) => done(new PimError(EXIT.UNAVAILABLE, `virtiofsd exited (status ${c}) sharing ${dir}; try --fs 9p`));
+    const onExit = (c: number | null) =>
+      done(new PimError(EXIT.UNAVAILABLE, `virtiofsd exited (status ${c}) sharing ${dir}; try --fs 9p`));
     const onAbort = () => done(signal!.reason as Error);
     const w = fs.watch(dirname(socket), (_e, f) => {
       if (f === basename(socket) && fs.existsSync(socket)) done();
     });
-    const t = setTimeout(() => done(new PimError(EXIT.TEMPFAIL, `virtiofsd did not open ${socket} within ${timeoutMs / 1000} s`)), timeoutMs);
+    const t = setTimeout(
+      () => done(new PimError(EXIT.TEMPFAIL, `virtiofsd did not open ${socket} within ${timeoutMs / 1000} s`)),
+      timeoutMs,
+    );
     child.once('exit', onExit);
     signal?.addEventListener('abort', onAbort, { once: true });
     if (child.exitCode !== null || child.signalCode !== null) onExit(child.exitCode);

@@ -37,13 +37,15 @@ export function exfatNameProblem(name: string): string | null {
 
 /** `--dir`: an absolute directory on the stick, each part a valid exFAT name; "/" -> "". */
 export function checkStickDir(dir: string): string {
-  if (!dir.startsWith('/')) throw new PimError(EXIT.USAGE, `--dir must be a path on the stick starting with "/", not ${JSON.stringify(dir)}`);
+  if (!dir.startsWith('/'))
+    throw new PimError(EXIT.USAGE, `--dir must be a path on the stick starting with "/", not ${JSON.stringify(dir)}`);
   const parts = dir.split('/').filter(Boolean);
   for (const p of parts) {
     const why = exfatNameProblem(p);
     if (why) throw new PimError(EXIT.USAGE, `--dir ${JSON.stringify(dir)}: ${JSON.stringify(p)}: ${why}`);
   }
-  if (parts[0]?.toLowerCase() === 'ventoy') throw new PimError(EXIT.USAGE, '--dir /ventoy is Ventoy\'s own directory; pick another');
+  if (parts[0]?.toLowerCase() === 'ventoy')
+    throw new PimError(EXIT.USAGE, "--dir /ventoy is Ventoy's own directory; pick another");
   return parts.length ? '/' + parts.join('/') : '';
 }
 
@@ -73,7 +75,11 @@ export async function sources(names: string[], signal?: AbortSignal): Promise<So
     const why = exfatNameProblem(`${name}.iso${SIDECAR}`);
     if (why) throw new PimError(EXIT.USAGE, `ISO "${name}" cannot be named ${name}.iso on exFAT: ${why}`);
     const e = await ensureIso(name, { signal });
-    if (!e.verified) throw new PimError(EXIT.DATAERR, `ISO "${name}" has no checksum in the catalog, so it cannot be verified; add checksum or checksum_url to its entry`);
+    if (!e.verified)
+      throw new PimError(
+        EXIT.DATAERR,
+        `ISO "${name}" has no checksum in the catalog, so it cannot be verified; add checksum or checksum_url to its entry`,
+      );
     const sha256 = e.checksum.startsWith('sha256:') ? e.checksum.slice(7) : null;
     out.push({ name, path: e.path, size: fs.statSync(e.path).size, sha256 });
   }
@@ -108,12 +114,22 @@ async function present(src: Source, iso: string, signal?: AbortSignal): Promise<
 
 export interface AddEvents {
   onSkip?: (name: string, path: string) => void;
-  onCopy?: (name: string, path: string, size: number) => { update(p: { done: number; total: number | null }): void; end(): void };
+  onCopy?: (
+    name: string,
+    path: string,
+    size: number,
+  ) => { update(p: { done: number; total: number | null }): void; end(): void };
   onVerify?: (name: string) => void;
 }
 
 /** Copy each source onto the opened stick under `dir`. */
-export async function addToStick(s: OpenStick, srcs: Source[], dir: string, signal: AbortSignal, ev: AddEvents = {}): Promise<AddResult[]> {
+export async function addToStick(
+  s: OpenStick,
+  srcs: Source[],
+  dir: string,
+  signal: AbortSignal,
+  ev: AddEvents = {},
+): Promise<AddResult[]> {
   const base = join(s.root, dir);
   fs.mkdirSync(base, { recursive: true });
   const todo: Source[] = [];
@@ -130,7 +146,10 @@ export async function addToStick(s: OpenStick, srcs: Source[], dir: string, sign
   const free = st.bavail * st.bsize;
   const need = todo.reduce((n, t) => n + t.size - Math.max(0, sizeOf(join(base, `${t.name}.iso`))) + 2 * st.bsize, 0);
   if (need > free) {
-    throw new PimError(EXIT.CANTCREAT, `not enough space on ${s.stick.name}: ${todo.map((t) => t.name).join(', ')} need ${mib(need)} MiB, ${mib(free)} MiB are free; remove ISOs from the stick or use a bigger one`);
+    throw new PimError(
+      EXIT.CANTCREAT,
+      `not enough space on ${s.stick.name}: ${todo.map((t) => t.name).join(', ')} need ${mib(need)} MiB, ${mib(free)} MiB are free; remove ISOs from the stick or use a bigger one`,
+    );
   }
   for (const src of todo) {
     const t0 = performance.now();
@@ -150,12 +169,21 @@ export async function addToStick(s: OpenStick, srcs: Source[], dir: string, sign
       ev.onVerify?.(src.name);
       const back = await sha256Of(part, signal);
       if (back !== want) {
-        throw new PimError(EXIT.DATAERR, `${src.name}: the copy on ${s.stick.name} reads back as sha256 ${back}, not ${want} (the source, ${src.path}, changed, or the stick is failing); nothing was kept: run pim-iso verify ${src.name}, then add it again`);
+        throw new PimError(
+          EXIT.DATAERR,
+          `${src.name}: the copy on ${s.stick.name} reads back as sha256 ${back}, not ${want} (the source, ${src.path}, changed, or the stick is failing); nothing was kept: run pim-iso verify ${src.name}, then add it again`,
+        );
       }
       checkAborted(signal);
       fs.renameSync(part, iso);
       writeSynced(iso + SIDECAR, `${want}  ${src.name}.iso\n`);
-      results.push({ name: src.name, status: 'added', path: `${dir}/${src.name}.iso`, sha256: want, seconds: Math.round(performance.now() - t0) / 1000 });
+      results.push({
+        name: src.name,
+        status: 'added',
+        path: `${dir}/${src.name}.iso`,
+        sha256: want,
+        seconds: Math.round(performance.now() - t0) / 1000,
+      });
     } finally {
       fs.rmSync(part, { force: true });
     }
@@ -189,7 +217,11 @@ const CHUNK = 8 << 20;
  * Read `fd` from the start in CHUNK reads, one running ahead of the caller's
  * work on the previous chunk; `each` gets every chunk (valid until it resolves).
  */
-async function readAhead(fh: fs.promises.FileHandle, each: (chunk: Buffer, done: number) => Promise<void> | void, signal?: AbortSignal): Promise<void> {
+async function readAhead(
+  fh: fs.promises.FileHandle,
+  each: (chunk: Buffer, done: number) => Promise<void> | void,
+  signal?: AbortSignal,
+): Promise<void> {
   const bufs = [Buffer.allocUnsafe(CHUNK), Buffer.allocUnsafe(CHUNK)];
   let i = 0;
   let pos = 0;
@@ -226,7 +258,13 @@ export async function sha256Of(path: string, signal?: AbortSignal): Promise<stri
  * Copy `src` to `dst` (created, never replaced); fsync at the end. With
  * `hash`, returns the sha256 of the bytes as they were read (else null).
  */
-export async function copyFile(dst: string, src: string, signal: AbortSignal | undefined, hash: boolean, onProgress?: (done: number) => void): Promise<string | null> {
+export async function copyFile(
+  dst: string,
+  src: string,
+  signal: AbortSignal | undefined,
+  hash: boolean,
+  onProgress?: (done: number) => void,
+): Promise<string | null> {
   const { createHash } = await import('node:crypto');
   const h = hash ? createHash('sha256') : null;
   const inp = await fs.promises.open(src, 'r');
@@ -250,7 +288,8 @@ export async function copyFile(dst: string, src: string, signal: AbortSignal | u
     );
     await out.sync();
   } catch (e) {
-    if ((e as NodeJS.ErrnoException).code === 'ENOSPC') throw new PimError(EXIT.CANTCREAT, `the stick is full while writing ${dst}`);
+    if ((e as NodeJS.ErrnoException).code === 'ENOSPC')
+      throw new PimError(EXIT.CANTCREAT, `the stick is full while writing ${dst}`);
     throw e;
   } finally {
     await inp.close();

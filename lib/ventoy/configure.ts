@@ -63,16 +63,31 @@ export async function plan(s: OpenStick, profiles: string[], opts: ConfigureOpts
     if (!iso) throw new PimError(EXIT.CONFIG, `profile "${name}" names no iso; give --iso ISO-NAME`);
     checkIsoName(iso);
     const image = onStick.get(`${iso}.iso`);
-    if (!image) throw new PimError(EXIT.NOINPUT, `ISO "${iso}" is not on ${s.stick.name} (pim-ventoy add puts it there with its ${iso}.iso${SIDECAR}); run pim-ventoy add ${iso}`);
+    if (!image)
+      throw new PimError(
+        EXIT.NOINPUT,
+        `ISO "${iso}" is not on ${s.stick.name} (pim-ventoy add puts it there with its ${iso}.iso${SIDECAR}); run pim-ventoy add ${iso}`,
+      );
     const a = renderAnswer(ubuntu ? '/user-data' : '/preseed.cfg', p, opts.url ?? '', 'ventoy');
-    if (!a) throw new PimError(EXIT.CONFIG, `profile "${name}": no ${ubuntu ? 'user-data' : 'preseed'} template in preseeds.d; add preseeds.d/${name}.${ubuntu ? 'user-data' : 'cfg'}.eta`);
+    if (!a)
+      throw new PimError(
+        EXIT.CONFIG,
+        `profile "${name}": no ${ubuntu ? 'user-data' : 'preseed'} template in preseeds.d; add preseeds.d/${name}.${ubuntu ? 'user-data' : 'cfg'}.eta`,
+      );
     if (ubuntu && a.body.split('\n', 1)[0]!.trimEnd() !== 'autoinstall:') {
       throw new PimError(
         EXIT.CONFIG,
         `${a.label}:1: for a Ventoy stick the autoinstall file's first line must be "autoinstall:" (Ventoy hands it to the installer as it is); put "#cloud-config" and comments inside <% if (target !== 'ventoy') { %> ... <% } %>`,
       );
     }
-    out.push({ name, iso, image, template: `${PIM_DIR}/${name}.${ubuntu ? 'autoinstall.yaml' : 'preseed.cfg'}`, body: a.body, label: a.label });
+    out.push({
+      name,
+      iso,
+      image,
+      template: `${PIM_DIR}/${name}.${ubuntu ? 'autoinstall.yaml' : 'preseed.cfg'}`,
+      body: a.body,
+      label: a.label,
+    });
   }
   return out;
 }
@@ -91,7 +106,8 @@ export function isosOnStick(root: string): Map<string, string> {
     for (const e of ents) {
       const r = `${rel}/${e.name}`;
       if (e.isDirectory()) {
-        if (depth < 8 && r.toLowerCase() !== '/ventoy' && !e.name.startsWith('.')) walk(join(dir, e.name), r, depth + 1);
+        if (depth < 8 && r.toLowerCase() !== '/ventoy' && !e.name.startsWith('.'))
+          walk(join(dir, e.name), r, depth + 1);
       } else if (/\.iso$/i.test(e.name) && names.has(e.name + SIDECAR) && !out.has(e.name)) out.set(e.name, r);
     }
   };
@@ -101,13 +117,20 @@ export function isosOnStick(root: string): Map<string, string> {
 
 /** Parse ventoy.json strictly; 78 with FILE:LINE when it is not UTF-8 JSON. */
 export function parseVentoyJson(bytes: Buffer, label: string): Record<string, unknown> {
-  if (bytes[0] === 0xef && bytes[1] === 0xbb && bytes[2] === 0xbf) throw new PimError(EXIT.CONFIG, `${label}:1: starts with a UTF-8 byte order mark, which Ventoy does not read; remove it`);
+  if (bytes[0] === 0xef && bytes[1] === 0xbb && bytes[2] === 0xbf)
+    throw new PimError(
+      EXIT.CONFIG,
+      `${label}:1: starts with a UTF-8 byte order mark, which Ventoy does not read; remove it`,
+    );
   let text: string;
   try {
     text = new TextDecoder('utf-8', { fatal: true }).decode(bytes);
   } catch {
     const bad = firstBadUtf8(bytes);
-    throw new PimError(EXIT.CONFIG, `${label}:${lineAt(bytes.subarray(0, bad).toString('latin1'), bad)}: not UTF-8; save it as UTF-8 (nothing was written)`);
+    throw new PimError(
+      EXIT.CONFIG,
+      `${label}:${lineAt(bytes.subarray(0, bad).toString('latin1'), bad)}: not UTF-8; save it as UTF-8 (nothing was written)`,
+    );
   }
   let v: unknown;
   try {
@@ -115,14 +138,21 @@ export function parseVentoyJson(bytes: Buffer, label: string): Record<string, un
   } catch (e) {
     const msg = (e as Error).message;
     const pos = Number(/position (\d+)/.exec(msg)?.[1] ?? NaN);
-    const line = /line (\d+)/.exec(msg)?.[1] ?? (Number.isFinite(pos) ? String(lineAt(text, pos)) : String(text.split('\n').length));
+    const line =
+      /line (\d+)/.exec(msg)?.[1] ??
+      (Number.isFinite(pos) ? String(lineAt(text, pos)) : String(text.split('\n').length));
     const why = msg.replace(/ in JSON at position \d+.*$/, '').replace(/^JSON\.parse: /, '');
     const comment = /\/\/|\/\*/.test(text) ? ' (JSON has no comments)' : '';
-    throw new PimError(EXIT.CONFIG, `${label}:${line}: JSON syntax error: ${why}${comment}; Ventoy ignores every plugin while it is broken: fix it (nothing was written)`);
+    throw new PimError(
+      EXIT.CONFIG,
+      `${label}:${line}: JSON syntax error: ${why}${comment}; Ventoy ignores every plugin while it is broken: fix it (nothing was written)`,
+    );
   }
-  if (typeof v !== 'object' || v === null || Array.isArray(v)) throw new PimError(EXIT.CONFIG, `${label}:1: must be a JSON object ({...}); fix it (nothing was written)`);
+  if (typeof v !== 'object' || v === null || Array.isArray(v))
+    throw new PimError(EXIT.CONFIG, `${label}:1: must be a JSON object ({...}); fix it (nothing was written)`);
   const o = v as Record<string, unknown>;
-  if (o.auto_install !== undefined && !Array.isArray(o.auto_install)) throw new PimError(EXIT.CONFIG, `${label}: "auto_install" must be a list ([...]); fix it (nothing was written)`);
+  if (o.auto_install !== undefined && !Array.isArray(o.auto_install))
+    throw new PimError(EXIT.CONFIG, `${label}: "auto_install" must be a list ([...]); fix it (nothing was written)`);
   return o;
 }
 
@@ -140,7 +170,8 @@ function firstBadUtf8(b: Buffer): number {
   return 0;
 }
 
-const isPims = (t: unknown) => (Array.isArray(t) ? t : [t]).every((x) => typeof x === 'string' && x.startsWith(PIM_DIR + '/'));
+const isPims = (t: unknown) =>
+  (Array.isArray(t) ? t : [t]).every((x) => typeof x === 'string' && x.startsWith(PIM_DIR + '/'));
 
 /**
  * Merge pim's entries into ventoy.json's object (changed in place): per ISO,
@@ -157,7 +188,10 @@ export function mergeAutoInstall(o: Record<string, unknown>, planned: Planned[],
     }
     const e = list[i]!;
     if (!isPims(e.template)) {
-      throw new PimError(EXIT.DATAERR, `${label}: auto_install already has an entry of yours for ${p.image} (templates outside ${PIM_DIR}); remove it, or add ${p.template} to it yourself (nothing was written)`);
+      throw new PimError(
+        EXIT.DATAERR,
+        `${label}: auto_install already has an entry of yours for ${p.image} (templates outside ${PIM_DIR}); remove it, or add ${p.template} to it yourself (nothing was written)`,
+      );
     }
     const tpls = (Array.isArray(e.template) ? e.template : [e.template]) as string[];
     if (!tpls.includes(p.template)) tpls.push(p.template);
@@ -183,7 +217,8 @@ export async function configure(s: OpenStick, profiles: string[], opts: Configur
   try {
     old = fs.readFileSync(file);
   } catch (e) {
-    if ((e as NodeJS.ErrnoException).code !== 'ENOENT') throw new PimError(EXIT.NOINPUT, `cannot read ${label}: ${(e as Error).message}`);
+    if ((e as NodeJS.ErrnoException).code !== 'ENOENT')
+      throw new PimError(EXIT.NOINPUT, `cannot read ${label}: ${(e as Error).message}`);
   }
   const obj = old ? parseVentoyJson(old, label) : {};
   mergeAutoInstall(obj, planned, opts.timeout, label);

@@ -61,10 +61,16 @@ export function probe(path: string, kind: Stick['kind']): Stick | { problem: str
     const [p1, p2] = [1, 2].map((i) => t!.parts.find((p) => p.index === i)!);
     const efi = openFat16(fd, p2!.start * SECTOR);
     if (!efi) return { problem: 'its partition 2 is not FAT16' };
-    if (efi.label !== EFI_LABEL) return { problem: `its partition 2 is labelled ${JSON.stringify(efi.label)}, not ${EFI_LABEL}` };
+    if (efi.label !== EFI_LABEL)
+      return { problem: `its partition 2 is labelled ${JSON.stringify(efi.label)}, not ${EFI_LABEL}` };
     const cfg = efi.read('/grub/grub.cfg');
     const ex = openExfat(fd, p1!.start * SECTOR);
-    const isos = ex ? ex.files((d) => d.toLowerCase() === '/ventoy' || basename(d).startsWith('.')).filter((f) => isIso(f.path)).map((f) => f.path) : [];
+    const isos = ex
+      ? ex
+          .files((d) => d.toLowerCase() === '/ventoy' || basename(d).startsWith('.'))
+          .filter((f) => isIso(f.path))
+          .map((f) => f.path)
+      : [];
     const size = kind === 'image' ? fs.fstatSync(fd).size : deviceSize(path, fd);
     return {
       name: path,
@@ -158,15 +164,25 @@ export async function pickStick(given: string | undefined): Promise<Stick> {
     const r = probe(path, kind);
     if ('problem' in r) {
       const code = r.problem.startsWith('cannot read') ? EXIT.NOPERM : EXIT.DATAERR;
-      throw new PimError(code, `${given} is not a Ventoy disk: ${r.problem}${code === EXIT.NOPERM ? ' (run as root, or through sudo)' : '; make one with pim-ventoy install'}`);
+      throw new PimError(
+        code,
+        `${given} is not a Ventoy disk: ${r.problem}${code === EXIT.NOPERM ? ' (run as root, or through sudo)' : '; make one with pim-ventoy install'}`,
+      );
     }
     return r;
   }
   const { sticks, unreadable } = await findSticks();
   if (sticks.length === 1) return sticks[0]!;
-  if (sticks.length > 1) throw new PimError(EXIT.USAGE, `${sticks.length} Ventoy disks found (${sticks.map((s) => s.name).join(', ')}); pick one with --stick`);
+  if (sticks.length > 1)
+    throw new PimError(
+      EXIT.USAGE,
+      `${sticks.length} Ventoy disks found (${sticks.map((s) => s.name).join(', ')}); pick one with --stick`,
+    );
   const hint = unreadable.length ? ` (${unreadable.join(', ')} could not be read: run as root, or through sudo)` : '';
-  throw new PimError(EXIT.NOINPUT, `no Ventoy disk found${hint}; plug one in, give an image with --stick, or make one with pim-ventoy install`);
+  throw new PimError(
+    EXIT.NOINPUT,
+    `no Ventoy disk found${hint}; plug one in, give an image with --stick, or make one with pim-ventoy install`,
+  );
 }
 
 /** A partition's device node: /dev/sdb1, /dev/loop3p1, /dev/nvme0n1p1, /dev/disk4s1. */

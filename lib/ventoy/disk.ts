@@ -59,7 +59,13 @@ export function readTable(fd: number): Table | null {
     const type = e[4]!;
     if (type === 0) continue;
     if (type === 0xee) protective = true;
-    parts.push({ index: i + 1, start: e.readUInt32LE(8), sectors: e.readUInt32LE(12), type: type.toString(16).padStart(2, '0'), bootable: e[0] === 0x80 });
+    parts.push({
+      index: i + 1,
+      start: e.readUInt32LE(8),
+      sectors: e.readUInt32LE(12),
+      type: type.toString(16).padStart(2, '0'),
+      bootable: e[0] === 0x80,
+    });
   }
   if (!protective) return { style: 'mbr', parts };
   const hdr = readAt(fd, SECTOR, SECTOR);
@@ -75,7 +81,13 @@ export function readTable(fd: number): Table | null {
     if (e.subarray(0, 16).every((b) => b === 0)) continue;
     const first = Number(e.readBigUInt64LE(32));
     const last = Number(e.readBigUInt64LE(40));
-    gparts.push({ index: i + 1, start: first, sectors: last - first + 1, type: guid(e.subarray(0, 16)), bootable: false });
+    gparts.push({
+      index: i + 1,
+      start: first,
+      sectors: last - first + 1,
+      type: guid(e.subarray(0, 16)),
+      bootable: false,
+    });
   }
   return { style: 'gpt', parts: gparts };
 }
@@ -91,7 +103,8 @@ export interface Fat16 {
 /** A FAT16 file system at byte `base`, or null when it is not FAT16. */
 export function openFat16(fd: number, base: number): Fat16 | null {
   const bs = readAt(fd, base, SECTOR);
-  if (bs.length < SECTOR || bs.readUInt16LE(510) !== 0xaa55 || bs.toString('latin1', 0x36, 0x3e) !== 'FAT16   ') return null;
+  if (bs.length < SECTOR || bs.readUInt16LE(510) !== 0xaa55 || bs.toString('latin1', 0x36, 0x3e) !== 'FAT16   ')
+    return null;
   const bps = bs.readUInt16LE(11);
   const spc = bs[13]!;
   const reserved = bs.readUInt16LE(14);
@@ -124,7 +137,12 @@ export function openFat16(fd: number, base: number): Fat16 | null {
       if (first === 0xe5 || attr === 0x0f || attr & 0x08) continue;
       const base8 = buf.toString('latin1', o, o + 8).trimEnd();
       const ext = buf.toString('latin1', o + 8, o + 11).trimEnd();
-      out.push({ name: (ext ? `${base8}.${ext}` : base8).toUpperCase(), dir: Boolean(attr & 0x10), cluster: buf.readUInt16LE(o + 26), size: buf.readUInt32LE(o + 28) });
+      out.push({
+        name: (ext ? `${base8}.${ext}` : base8).toUpperCase(),
+        dir: Boolean(attr & 0x10),
+        cluster: buf.readUInt16LE(o + 26),
+        size: buf.readUInt32LE(o + 28),
+      });
     }
     return out;
   };
@@ -137,11 +155,15 @@ export function openFat16(fd: number, base: number): Fat16 | null {
     label,
     read(path, max = 1 << 20) {
       let dir = entries(root);
-      const parts = path.split('/').filter(Boolean).map((p) => p.toUpperCase());
+      const parts = path
+        .split('/')
+        .filter(Boolean)
+        .map((p) => p.toUpperCase());
       for (let i = 0; i < parts.length; i++) {
         const e = dir.find((d) => d.name === parts[i]);
         if (!e) return null;
-        if (i === parts.length - 1) return e.dir ? null : chain(e.cluster, Math.min(e.size, max)).subarray(0, Math.min(e.size, max));
+        if (i === parts.length - 1)
+          return e.dir ? null : chain(e.cluster, Math.min(e.size, max)).subarray(0, Math.min(e.size, max));
         if (!e.dir) return null;
         dir = entries(chain(e.cluster, 1 << 20));
       }
@@ -203,7 +225,11 @@ export function openExfat(fd: number, base: number): Exfat | null {
     return Buffer.concat(out);
   };
   type Ent = { name: string; dir: boolean; first: number; size: number; noFatChain: boolean };
-  const dirEntries = (buf: Buffer, onBitmap?: (first: number, len: number) => void, onLabel?: (l: string) => void): Ent[] => {
+  const dirEntries = (
+    buf: Buffer,
+    onBitmap?: (first: number, len: number) => void,
+    onLabel?: (l: string) => void,
+  ): Ent[] => {
     const out: Ent[] = [];
     for (let o = 0; o + 32 <= buf.length; o += 32) {
       const t = buf[o]!;
@@ -243,7 +269,11 @@ export function openExfat(fd: number, base: number): Exfat | null {
     (l) => (label = l),
   );
   if (!bitmap) return null;
-  const bm = readRun((bitmap as { first: number; len: number }).first, (bitmap as { first: number; len: number }).len, false);
+  const bm = readRun(
+    (bitmap as { first: number; len: number }).first,
+    (bitmap as { first: number; len: number }).len,
+    false,
+  );
   let used = 0;
   const full = clusters >> 3;
   for (let i = 0; i < full && i < bm.length; i++) used += POPCOUNT[bm[i]!]!;

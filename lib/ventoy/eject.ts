@@ -45,13 +45,18 @@ export async function eject(stick: Stick): Promise<EjectResult> {
     }
   }
   await run('sync', []);
-  if (others.length) throw new PimError(EXIT.TEMPFAIL, `${stick.name} is still mounted by someone else (${others.join(', ')}); unmount it, then eject again`);
+  if (others.length)
+    throw new PimError(
+      EXIT.TEMPFAIL,
+      `${stick.name} is still mounted by someone else (${others.join(', ')}); unmount it, then eject again`,
+    );
   if (process.platform === 'darwin') {
     const r = await run('diskutil', ['eject', stick.name]);
     return { name: stick.name, synced: true, unmounted, powered_off: r.code === 0 };
   }
   const name = basename(fs.realpathSync(stick.name));
-  if (stick.kind === 'image' || name.startsWith('loop')) return { name: stick.name, synced: true, unmounted, powered_off: false };
+  if (stick.kind === 'image' || name.startsWith('loop'))
+    return { name: stick.name, synced: true, unmounted, powered_off: false };
   const { which } = await import('../core/which.ts');
   if (which('udisksctl')) {
     const r = await run('udisksctl', ['power-off', '-b', stick.name]);

@@ -35,7 +35,9 @@ export function rootDisk(): string | null {
   if (!name) return null;
   try {
     // a partition's sysfs dir sits inside its disk's
-    return fs.existsSync(`/sys/class/block/${name}/partition`) ? basename(dirname(fs.realpathSync(`/sys/class/block/${name}`))) : name;
+    return fs.existsSync(`/sys/class/block/${name}/partition`)
+      ? basename(dirname(fs.realpathSync(`/sys/class/block/${name}`)))
+      : name;
   } catch {
     return name;
   }
@@ -107,28 +109,76 @@ export function checkTarget(device: string): string {
   } catch {
     throw new PimError(EXIT.NOINPUT, `no such device: ${device}; see lsblk`);
   }
-  if (!st.isBlockDevice()) throw new PimError(EXIT.USAGE, `${device} is not a block device; give a whole disk such as /dev/sdb (lsblk shows them)`);
+  if (!st.isBlockDevice())
+    throw new PimError(
+      EXIT.USAGE,
+      `${device} is not a block device; give a whole disk such as /dev/sdb (lsblk shows them)`,
+    );
   const real = fs.realpathSync(device);
   const name = basename(real);
-  if (fs.existsSync(`/sys/class/block/${name}/partition`)) throw new PimError(EXIT.USAGE, `${device} is a partition, not a whole disk; give the disk itself (${'/dev/' + basename(dirname(fs.realpathSync(`/sys/class/block/${name}`)))})`);
+  if (fs.existsSync(`/sys/class/block/${name}/partition`))
+    throw new PimError(
+      EXIT.USAGE,
+      `${device} is a partition, not a whole disk; give the disk itself (${'/dev/' + basename(dirname(fs.realpathSync(`/sys/class/block/${name}`)))})`,
+    );
   if (rootDisk() === name) throw new PimError(EXIT.USAGE, `${device} holds "/", the system you are running: refused`);
   const m = mountsOf(real);
-  if (m.length) throw new PimError(EXIT.TEMPFAIL, `${device} has a mounted partition (${m.map((x) => `${x.source} at ${x.target}`).join(', ')}); unmount it first`);
+  if (m.length)
+    throw new PimError(
+      EXIT.TEMPFAIL,
+      `${device} has a mounted partition (${m.map((x) => `${x.source} at ${x.target}`).join(', ')}); unmount it first`,
+    );
   const sw = swapsOf(real);
-  if (sw.length) throw new PimError(EXIT.TEMPFAIL, `${device} has an active swap partition (${sw.join(', ')}); swapoff ${sw[0]} first`);
+  if (sw.length)
+    throw new PimError(
+      EXIT.TEMPFAIL,
+      `${device} has an active swap partition (${sw.join(', ')}); swapoff ${sw[0]} first`,
+    );
   const held = holdersOf(real);
-  if (held.length) throw new PimError(EXIT.TEMPFAIL, `${device} is in use: ${held.join(', ')} (device-mapper, LVM, RAID or encryption); stop that device first (dmsetup remove, vgchange -an, mdadm --stop, cryptsetup close)`);
+  if (held.length)
+    throw new PimError(
+      EXIT.TEMPFAIL,
+      `${device} is in use: ${held.join(', ')} (device-mapper, LVM, RAID or encryption); stop that device first (dmsetup remove, vgchange -an, mdadm --stop, cryptsetup close)`,
+    );
   return real;
 }
 
-export async function install(device: string, opts: InstallOpts): Promise<{ name: string; installed: boolean; gpt: boolean }> {
+export async function install(
+  device: string,
+  opts: InstallOpts,
+): Promise<{ name: string; installed: boolean; gpt: boolean }> {
   const script = resolve(opts.ventoy);
-  if (!fs.existsSync(script) || !fs.statSync(script).isFile()) throw new PimError(EXIT.NOINPUT, `no Ventoy2Disk.sh at ${opts.ventoy}; download a Ventoy release for Linux from https://www.ventoy.net, unpack it and give its Ventoy2Disk.sh`);
-  if (opts.reserve !== undefined && !(Number.isInteger(opts.reserve) && opts.reserve > 0)) throw new PimError(EXIT.USAGE, '--reserve must be a whole number of MiB above 0');
+  if (!fs.existsSync(script) || !fs.statSync(script).isFile())
+    throw new PimError(
+      EXIT.NOINPUT,
+      `no Ventoy2Disk.sh at ${opts.ventoy}; download a Ventoy release for Linux from https://www.ventoy.net, unpack it and give its Ventoy2Disk.sh`,
+    );
+  if (opts.reserve !== undefined && !(Number.isInteger(opts.reserve) && opts.reserve > 0))
+    throw new PimError(EXIT.USAGE, '--reserve must be a whole number of MiB above 0');
   checkTarget(device);
-  if (!opts.yes) throw new PimError(EXIT.USAGE, `install erases everything on ${device}; run again with --yes if that is what you want`);
-  const args = [script, '-i', ...(opts.gpt ? ['-g'] : []), ...(opts.reserve ? ['-r', String(opts.reserve)] : []), device];
-  const r = await asRoot(`run Ventoy2Disk.sh on ${device}`, 'sh', args, { input: 'y\ny\n', cwd: dirname(script), code: EXIT.UNAVAILABLE });
-  process.stderr.write(r.stdout.split('\n').filter(Boolean).map((l) => `Ventoy2Disk.sh: ${l}\n`).join(''));
+  if (!opts.yes)
+    throw new PimError(
+      EXIT.USAGE,
+      `install erases everything on ${device}; run again with --yes if that is what you want`,
+    );
+  const args = [
+    script,
+    '-i',
+    ...(opts.gpt ? ['-g'] : []),
+    ...(opts.reserve ? ['-r', String(opts.reserve)] : []),
+    device,
+  ];
+  const r = await asRoot(`run Ventoy2Disk.sh on ${device}`, 'sh', args, {
+    input: 'y\ny\n',
+    cwd: dirname(script),
+    code: EXIT.UNAVAILABLE,
+  });
+  process.stderr.write(
+    r.stdout
+      .split('\n')
+      .filter(Boolean)
+      .map((l) => `Ventoy2Disk.sh: ${l}\n`)
+      .join(''),
+  );
   return { name: device, installed: true, gpt: opts.gpt };
 }

@@ -31,7 +31,12 @@ const isRoot = () => process.getuid?.() === 0;
  * Run one operation that needs root: directly as root, else through sudo -n.
  * `op` names it for the hint when sudo refuses (77); another failure is `code`.
  */
-export async function asRoot(op: string, cmd: string, args: string[], opts: { input?: string; code?: PimError['code']; cwd?: string; stdio?: 'pipe' | 'inherit' } = {}) {
+export async function asRoot(
+  op: string,
+  cmd: string,
+  args: string[],
+  opts: { input?: string; code?: PimError['code']; cwd?: string; stdio?: 'pipe' | 'inherit' } = {},
+) {
   const { run } = await import('../core/run.ts');
   if (isRoot()) {
     const r = await run(cmd, args, { input: opts.input, cwd: opts.cwd, stdio: opts.stdio, hint: hintFor(cmd) });
@@ -39,10 +44,21 @@ export async function asRoot(op: string, cmd: string, args: string[], opts: { in
     return r;
   }
   await sudoValidate(`sudo refused; ${op} needs root`);
-  const r = await run('sudo', ['-n', cmd, ...args], { input: opts.input, cwd: opts.cwd, stdio: opts.stdio, hint: 'install sudo, or run as root' });
+  const r = await run('sudo', ['-n', cmd, ...args], {
+    input: opts.input,
+    cwd: opts.cwd,
+    stdio: opts.stdio,
+    hint: 'install sudo, or run as root',
+  });
   if (r.code !== 0) {
-    if (/^sudo: /m.test(r.stderr) && /password|not allowed|may not run|terminal is required|not in the sudoers/i.test(r.stderr)) {
-      throw new PimError(EXIT.NOPERM, `sudo refused to ${op} (${cmd}); run "sudo -v" first, or allow ${cmd} in a NOPASSWD sudoers rule (see README)`);
+    if (
+      /^sudo: /m.test(r.stderr) &&
+      /password|not allowed|may not run|terminal is required|not in the sudoers/i.test(r.stderr)
+    ) {
+      throw new PimError(
+        EXIT.NOPERM,
+        `sudo refused to ${op} (${cmd}); run "sudo -v" first, or allow ${cmd} in a NOPASSWD sudoers rule (see README)`,
+      );
     }
     throw failure(op, r.stderr || r.stdout, r.code, opts.code);
   }
@@ -50,7 +66,11 @@ export async function asRoot(op: string, cmd: string, args: string[], opts: { in
 }
 
 const hintFor = (cmd: string) =>
-  ({ 'mount.exfat-fuse': 'install exfat-fuse (Debian: apt-get install exfat-fuse)', losetup: 'install util-linux (mount)', partx: 'install util-linux' })[basename(cmd)];
+  ({
+    'mount.exfat-fuse': 'install exfat-fuse (Debian: apt-get install exfat-fuse)',
+    losetup: 'install util-linux (mount)',
+    partx: 'install util-linux',
+  })[basename(cmd)];
 
 function failure(op: string, stderr: string, status: number, code: PimError['code'] = EXIT.SOFTWARE): PimError {
   const last = stderr.trim().split('\n').filter(Boolean).pop() ?? `exit status ${status}`;
@@ -91,7 +111,9 @@ export function mounts(): MountEntry[] {
 const devNum = (p: string): string | null => {
   try {
     const st = fs.statSync(p);
-    return st.isBlockDevice() ? `${Math.floor(st.rdev / 256) & 0xfff}:${(st.rdev & 0xff) | ((st.rdev >> 12) & 0xfff00)}` : null;
+    return st.isBlockDevice()
+      ? `${Math.floor(st.rdev / 256) & 0xfff}:${(st.rdev & 0xff) | ((st.rdev >> 12) & 0xfff00)}`
+      : null;
   } catch {
     return null;
   }
@@ -132,7 +154,11 @@ export function loopsOf(image: string): string[] {
 
 function refuseMounted(name: string, dev: string): void {
   const m = mountsOf(dev);
-  if (m.length) throw new PimError(EXIT.TEMPFAIL, `${name} is in use: ${m.map((x) => `${x.source} is mounted at ${x.target}`).join(', ')}; unmount it (umount ${m[0]!.target}) and try again`);
+  if (m.length)
+    throw new PimError(
+      EXIT.TEMPFAIL,
+      `${name} is in use: ${m.map((x) => `${x.source} is mounted at ${x.target}`).join(', ')}; unmount it (umount ${m[0]!.target}) and try again`,
+    );
 }
 
 // ---------------------------------------------------------------- open and close
@@ -147,7 +173,8 @@ function refuseMounted(name: string, dev: string): void {
 async function released(loop: string): Promise<void> {
   const bound = `/sys/block/${basename(loop)}/loop/backing_file`;
   for (let i = 0; i < 200 && fs.existsSync(bound); i++) await new Promise((r) => setTimeout(r, 50));
-  if (fs.existsSync(bound)) log.warn(`${loop} is still in use 10 s after it was detached; it goes when its last user closes it`);
+  if (fs.existsSync(bound))
+    log.warn(`${loop} is still in use 10 s after it was detached; it goes when its last user closes it`);
 }
 
 export interface OpenStick {
@@ -173,7 +200,11 @@ export async function openStick(given: string | undefined, signal?: AbortSignal)
   const stick = await pickStick(given);
   const { checkAborted } = await import('../core/signals.ts');
   if (process.platform === 'darwin') {
-    if (!fs.existsSync(MAC_VOLUME)) throw new PimError(EXIT.UNAVAILABLE, `${MAC_VOLUME} is not mounted; plug the stick in (macOS mounts it there) and try again`);
+    if (!fs.existsSync(MAC_VOLUME))
+      throw new PimError(
+        EXIT.UNAVAILABLE,
+        `${MAC_VOLUME} is not mounted; plug the stick in (macOS mounts it there) and try again`,
+      );
     return { stick, dev: stick.name, root: MAC_VOLUME, close: async () => undefined };
   }
   const { acquireLock } = await import('../core/lock.ts');
@@ -196,7 +227,10 @@ export async function openStick(given: string | undefined, signal?: AbortSignal)
       if (loop) {
         const l = loop;
         loop = null;
-        await asRoot(`detach ${l}`, 'losetup', ['-d', l]).then(() => released(l), (e: Error) => log.warn(e.message));
+        await asRoot(`detach ${l}`, 'losetup', ['-d', l]).then(
+          () => released(l),
+          (e: Error) => log.warn(e.message),
+        );
       }
       await lock.release();
     }
@@ -212,7 +246,8 @@ export async function openStick(given: string | undefined, signal?: AbortSignal)
     } else refuseMounted(stick.name, dev);
     checkAborted(signal);
     const p1 = partDevice(dev, 1);
-    if (!fs.existsSync(p1)) throw new PimError(EXIT.UNAVAILABLE, `${p1} does not exist after reading ${dev}'s partition table; try again`);
+    if (!fs.existsSync(p1))
+      throw new PimError(EXIT.UNAVAILABLE, `${p1} does not exist after reading ${dev}'s partition table; try again`);
     dir = fs.mkdtempSync(join(run, MOUNT_PREFIX));
     const ids = isRoot() ? [] : ['-o', `uid=${process.getuid!()},gid=${process.getgid!()},umask=077`];
     if (exfatInKernel()) await asRoot(`mount ${p1}`, 'mount', ['-t', 'exfat', ...ids, p1, dir]);
@@ -230,7 +265,10 @@ export async function openStick(given: string | undefined, signal?: AbortSignal)
  * Open, run `fn`, close: with SIGINT/SIGTERM/SIGHUP trapped, so an interrupt
  * aborts `fn` through its signal and still unmounts (exit 128+N).
  */
-export async function withStick<T>(given: string | undefined, fn: (s: OpenStick, signal: AbortSignal) => Promise<T>): Promise<T> {
+export async function withStick<T>(
+  given: string | undefined,
+  fn: (s: OpenStick, signal: AbortSignal) => Promise<T>,
+): Promise<T> {
   const { trapSignals } = await import('../core/signals.ts');
   const trap = trapSignals();
   try {

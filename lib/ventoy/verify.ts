@@ -29,7 +29,8 @@ export function isoFilesOn(root: string): string[] {
     for (const e of ents) {
       const r = `${rel}/${e.name}`;
       if (e.isDirectory()) {
-        if (depth < 8 && r.toLowerCase() !== '/ventoy' && !e.name.startsWith('.')) walk(join(dir, e.name), r, depth + 1);
+        if (depth < 8 && r.toLowerCase() !== '/ventoy' && !e.name.startsWith('.'))
+          walk(join(dir, e.name), r, depth + 1);
       } else if (e.isFile() && /\.iso$/i.test(e.name)) out.push(r);
     }
   };

@@ -10,7 +10,11 @@ export async function runningVm(name: string): Promise<RunningVm> {
   return requireRunning(vmRef(name));
 }
 
-export async function withQmp<T>(name: string, timeoutMs: number, fn: (q: QmpClient, vm: RunningVm) => Promise<T>): Promise<T> {
+export async function withQmp<T>(
+  name: string,
+  timeoutMs: number,
+  fn: (q: QmpClient, vm: RunningVm) => Promise<T>,
+): Promise<T> {
   const vm = await runningVm(name);
   const { QmpClient } = await import('../qemu/qmp.ts');
   const q = await QmpClient.connect(vm.files.qmp, { timeoutMs });
@@ -21,9 +25,14 @@ export async function withQmp<T>(name: string, timeoutMs: number, fn: (q: QmpCli
   }
 }
 
-export async function withGa<T>(name: string, timeoutMs: number, fn: (g: GaClient, vm: RunningVm) => Promise<T>): Promise<T> {
+export async function withGa<T>(
+  name: string,
+  timeoutMs: number,
+  fn: (g: GaClient, vm: RunningVm) => Promise<T>,
+): Promise<T> {
   const vm = await runningVm(name);
-  if (vm.meta && !vm.meta.agent) throw new PimError(EXIT.UNAVAILABLE, `${name} was started without a guest-agent channel`);
+  if (vm.meta && !vm.meta.agent)
+    throw new PimError(EXIT.UNAVAILABLE, `${name} was started without a guest-agent channel`);
   const { GaClient, GaSilent } = await import('../qemu/ga.ts');
   const g = await GaClient.connect(vm.files.ga, timeoutMs);
   // A VM that is not running inside QEMU (paused, stopped on an error) cannot
@@ -61,7 +70,10 @@ async function notRunning(vm: RunningVm): Promise<PimError | null> {
       const st = (await q.execute('query-status')) as { status: string; running: boolean };
       if (st.running) return null;
       const how = st.status === 'paused' ? `resume it (pim-ctl ${vm.name} resume)` : 'see pim-status and pim-log';
-      return new PimError(EXIT.UNAVAILABLE, `${vm.name} is not running inside QEMU (status ${st.status}), so its guest agent cannot answer; ${how}`);
+      return new PimError(
+        EXIT.UNAVAILABLE,
+        `${vm.name} is not running inside QEMU (status ${st.status}), so its guest agent cannot answer; ${how}`,
+      );
     });
   } catch {
     return null;
@@ -83,7 +95,10 @@ async function whySilent(vm: RunningVm): Promise<PimError | null> {
       const chardevs = (await q.execute('query-chardev')) as Array<{ label: string; filename: string }>;
       const ga = chardevs.find((c) => c.label === 'ga0');
       if (ga && !ga.filename.startsWith('disconnected:')) {
-        return new PimError(EXIT.TEMPFAIL, `another client holds ${vm.name}'s guest-agent socket (${vm.files.ga}); it takes one at a time: try again when that one is done`);
+        return new PimError(
+          EXIT.TEMPFAIL,
+          `another client holds ${vm.name}'s guest-agent socket (${vm.files.ga}); it takes one at a time: try again when that one is done`,
+        );
       }
       return null;
     });
@@ -100,10 +115,19 @@ export async function gaQuery<T>(name: string, command: string, timeout: string 
 }
 
 /** pim-qmp and pim-ga: one raw command, its `return` value printed as JSON. */
-export async function rawCommand(kind: 'qmp' | 'ga', name: string, command: string, rawArgs: string | undefined, timeoutMs: number): Promise<void> {
+export async function rawCommand(
+  kind: 'qmp' | 'ga',
+  name: string,
+  command: string,
+  rawArgs: string | undefined,
+  timeoutMs: number,
+): Promise<void> {
   const { jsonArg } = await import('../cli/args.ts');
   const { printJson } = await import('../cli/output.ts');
   const a = jsonArg(rawArgs);
-  const ret = kind === 'qmp' ? await withQmp(name, timeoutMs, (q) => q.execute(command, a, timeoutMs)) : await withGa(name, timeoutMs, (g) => g.execute(command, a, timeoutMs));
+  const ret =
+    kind === 'qmp'
+      ? await withQmp(name, timeoutMs, (q) => q.execute(command, a, timeoutMs))
+      : await withGa(name, timeoutMs, (g) => g.execute(command, a, timeoutMs));
   printJson(ret ?? {});
 }

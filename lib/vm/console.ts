@@ -54,7 +54,11 @@ export function untilCut(seen: string, d: Buffer, until: RegExp): number | null 
 }
 
 /** The end of a console session: output, the --until match, the timeout, one status. */
-function session(vm: RunningVm, o: ConsoleOpts, onEnd: () => void): { output(d: Buffer): void; stopped(): void; done: Promise<number>; finish(code: number): void; ended(): boolean } {
+function session(
+  vm: RunningVm,
+  o: ConsoleOpts,
+  onEnd: () => void,
+): { output(d: Buffer): void; stopped(): void; done: Promise<number>; finish(code: number): void; ended(): boolean } {
   let finished = false;
   let seen = '';
   const sink = guestSink(o.out, o.safe ?? false);
@@ -71,7 +75,9 @@ function session(vm: RunningVm, o: ConsoleOpts, onEnd: () => void): { output(d: 
   const timer =
     o.waitMs != null
       ? setTimeout(() => {
-          process.stderr.write(`${prog()}: ${o.until ? `no match for ${o.until} within ${o.waitMs! / 1000} s` : `--timeout: ${o.waitMs! / 1000} s ran out; ${vm.name} still runs`}\n`);
+          process.stderr.write(
+            `${prog()}: ${o.until ? `no match for ${o.until} within ${o.waitMs! / 1000} s` : `--timeout: ${o.waitMs! / 1000} s ran out; ${vm.name} still runs`}\n`,
+          );
           finish(EXIT.TEMPFAIL);
         }, o.waitMs)
       : undefined;
@@ -101,7 +107,8 @@ function session(vm: RunningVm, o: ConsoleOpts, onEnd: () => void): { output(d: 
 
 /** Two-way on this terminal, raw; Ctrl-] detaches. */
 export async function attachConsole(vm: RunningVm, o: ConsoleOpts): Promise<number> {
-  if (!fs.existsSync(vm.files.serial)) throw new PimError(EXIT.UNAVAILABLE, `${vm.name} has no serial socket (was it started with --console?)`);
+  if (!fs.existsSync(vm.files.serial))
+    throw new PimError(EXIT.UNAVAILABLE, `${vm.name} has no serial socket (was it started with --console?)`);
   const { connectUnix } = await import('../core/sock.ts');
   const sock = await connectUnix(vm.files.serial, 5_000, 'serial console');
   const s = session(vm, o, () => {

@@ -43,10 +43,15 @@ export function parseCpArg(a: string): CpArg {
   if (at >= 0) {
     user = host.slice(0, at);
     host = host.slice(at + 1);
-    if (!/^[A-Za-z_][A-Za-z0-9_.-]{0,31}$/.test(user)) throw new PimError(EXIT.USAGE, `bad user ${JSON.stringify(user)} in ${JSON.stringify(a)}`);
+    if (!/^[A-Za-z_][A-Za-z0-9_.-]{0,31}$/.test(user))
+      throw new PimError(EXIT.USAGE, `bad user ${JSON.stringify(user)} in ${JSON.stringify(a)}`);
   }
   const why = nameProblem(host);
-  if (why) throw new PimError(EXIT.USAGE, `${JSON.stringify(a)} reads as VM:path, and ${JSON.stringify(host)} is not a VM name (${why}); write a local path with ':' as ./${a}`);
+  if (why)
+    throw new PimError(
+      EXIT.USAGE,
+      `${JSON.stringify(a)} reads as VM:path, and ${JSON.stringify(host)} is not a VM name (${why}); write a local path with ':' as ./${a}`,
+    );
   return { kind: 'remote', vm: host, ...(user ? { user } : {}), path };
 }
 
@@ -70,16 +75,31 @@ export function planCopy(words: string[]): CpPlan {
   const dest = args[args.length - 1]!;
   const srcs = args.slice(0, -1);
   const remoteSrcs = srcs.filter((s) => s.kind === 'remote') as Array<Extract<CpArg, { kind: 'remote' }>>;
-  if (dest.kind === 'remote' && !remoteSrcs.length) return { direction: 'up', vm: dest.vm, ...(dest.user ? { user: dest.user } : {}), sources: srcs.map((s) => s.path), dest: dest.path };
+  if (dest.kind === 'remote' && !remoteSrcs.length)
+    return {
+      direction: 'up',
+      vm: dest.vm,
+      ...(dest.user ? { user: dest.user } : {}),
+      sources: srcs.map((s) => s.path),
+      dest: dest.path,
+    };
   if (!remoteSrcs.length) throw new PimError(EXIT.USAGE, 'neither side names a VM: write one side as NAME:path');
-  if (remoteSrcs.length !== srcs.length) throw new PimError(EXIT.USAGE, 'one side must be a VM (NAME:path) and the other the host: the sources mix both');
+  if (remoteSrcs.length !== srcs.length)
+    throw new PimError(EXIT.USAGE, 'one side must be a VM (NAME:path) and the other the host: the sources mix both');
   const vms = new Set(remoteSrcs.map((s) => s.vm));
-  if (vms.size > 1) throw new PimError(EXIT.USAGE, `the sources name several VMs (${[...vms].join(', ')}): copy from one at a time`);
+  if (vms.size > 1)
+    throw new PimError(EXIT.USAGE, `the sources name several VMs (${[...vms].join(', ')}): copy from one at a time`);
   const users = new Set(remoteSrcs.map((s) => s.user ?? ''));
   if (users.size > 1) throw new PimError(EXIT.USAGE, 'the sources name several users: copy as one at a time');
   const user = remoteSrcs[0]!.user;
-  const from = { vm: remoteSrcs[0]!.vm, ...(user ? { user } : {}), sources: remoteSrcs.map((s) => s.path), dest: dest.path };
-  if (dest.kind === 'remote') return { direction: 'across', ...from, to: { vm: dest.vm, ...(dest.user ? { user: dest.user } : {}) } };
+  const from = {
+    vm: remoteSrcs[0]!.vm,
+    ...(user ? { user } : {}),
+    sources: remoteSrcs.map((s) => s.path),
+    dest: dest.path,
+  };
+  if (dest.kind === 'remote')
+    return { direction: 'across', ...from, to: { vm: dest.vm, ...(dest.user ? { user: dest.user } : {}) } };
   return { direction: 'down', ...from };
 }
 
@@ -100,7 +120,8 @@ export function checkLocal(p: CpPlan, recursive: boolean): void {
   }
   const d = p.dest;
   const isDir = fs.statSync(d, { throwIfNoEntry: false })?.isDirectory() ?? false;
-  if (p.sources.length > 1 && !isDir) throw new PimError(EXIT.CANTCREAT, `${d} is not a directory, and several sources go into it; make it first`);
+  if (p.sources.length > 1 && !isDir)
+    throw new PimError(EXIT.CANTCREAT, `${d} is not a directory, and several sources go into it; make it first`);
   if (!isDir && !fs.statSync(dirname(resolve(d)), { throwIfNoEntry: false })?.isDirectory()) {
     throw new PimError(EXIT.CANTCREAT, `no directory ${dirname(resolve(d))} to copy into; make it first`);
   }
@@ -110,7 +131,8 @@ export function checkLocal(p: CpPlan, recursive: boolean): void {
 export const shq = (s: string) => `'${s.replace(/'/g, `'\\''`)}'`;
 
 /** The remote shell command that runs `script` with `args` ($1, $2, ...). */
-export const remoteSh = (script: string, args: string[]) => ['sh', '-c', shq(script), 'pim-cp', ...args.map(shq)].join(' ');
+export const remoteSh = (script: string, args: string[]) =>
+  ['sh', '-c', shq(script), 'pim-cp', ...args.map(shq)].join(' ');
 
 /** In the guest: extract a tar stream into directory $1, or (one source) as the path $1 itself ($2: its name in the archive). */
 export const UNTAR_SCRIPT =
@@ -132,16 +154,26 @@ export const TAR_SCRIPT =
 /** How a failed copy reads, from the messages it left: a pim error. */
 export function copyError(p: CpPlan, stderr: string, status: number): PimError {
   const last = stderr.trim().split('\n').filter(Boolean).pop() ?? `status ${status}`;
-  if (status === 64 && / is a directory: give -r/.test(last)) return new PimError(EXIT.USAGE, `${p.vm}:${last.replace(/^pim-cp: /, '')}`);
-  if (status === 66 || (p.direction === 'down' && /No such file or directory/.test(stderr))) return new PimError(EXIT.NOINPUT, `no such file or directory in ${p.vm}: ${last.replace(/^(scp|pim-cp): /, '')}`);
+  if (status === 64 && / is a directory: give -r/.test(last))
+    return new PimError(EXIT.USAGE, `${p.vm}:${last.replace(/^pim-cp: /, '')}`);
+  if (status === 66 || (p.direction === 'down' && /No such file or directory/.test(stderr)))
+    return new PimError(EXIT.NOINPUT, `no such file or directory in ${p.vm}: ${last.replace(/^(scp|pim-cp): /, '')}`);
   if (/Permission denied/i.test(stderr)) return new PimError(EXIT.NOPERM, `permission denied: ${last}`);
-  if (status === 73 || /No such file or directory|Not a directory|Is a directory|No space left|Read-only file system/.test(stderr)) return new PimError(EXIT.CANTCREAT, `cannot write ${p.direction === 'up' ? `${p.vm}:` : ''}${p.dest}: ${last}`);
+  if (
+    status === 73 ||
+    /No such file or directory|Not a directory|Is a directory|No space left|Read-only file system/.test(stderr)
+  )
+    return new PimError(EXIT.CANTCREAT, `cannot write ${p.direction === 'up' ? `${p.vm}:` : ''}${p.dest}: ${last}`);
   return new PimError(EXIT.UNAVAILABLE, `the copy ${p.direction === 'up' ? 'to' : 'from'} ${p.vm} failed: ${last}`);
 }
 
 /** The ssh side of a tar stream failed: ssh's own failure (255) is 69, the guest's side reads as copyError says. */
 function sshSideError(p: CpPlan, r: { code: number; stderr: string }): PimError {
-  if (r.code === 255) return new PimError(EXIT.UNAVAILABLE, `the copy ${p.direction === 'up' ? 'to' : 'from'} ${p.vm} failed: ${r.stderr.trim() || 'ssh exited 255'}`);
+  if (r.code === 255)
+    return new PimError(
+      EXIT.UNAVAILABLE,
+      `the copy ${p.direction === 'up' ? 'to' : 'from'} ${p.vm} failed: ${r.stderr.trim() || 'ssh exited 255'}`,
+    );
   return copyError(p, r.stderr, r.code);
 }
 
@@ -175,7 +207,15 @@ export async function viaScp(c: CopyCtx): Promise<'ok' | 'no-scp'> {
   const target = (path: string) => `${p.vm}:${path}`;
   // on a terminal, scp's own progress meter (bytes, rate, time left; scp draws it on stdout only when that is a terminal)
   const { isatty } = process.getBuiltinModule('node:tty') as typeof import('node:tty');
-  const argv = ['-O', '-p', ...(isatty(1) ? [] : ['-q']), ...(c.recursive ? ['-r'] : []), ...c.sshOpts, '--', ...(p.direction === 'up' ? [...p.sources, target(p.dest)] : [...p.sources.map(target), p.dest])];
+  const argv = [
+    '-O',
+    '-p',
+    ...(isatty(1) ? [] : ['-q']),
+    ...(c.recursive ? ['-r'] : []),
+    ...c.sshOpts,
+    '--',
+    ...(p.direction === 'up' ? [...p.sources, target(p.dest)] : [...p.sources.map(target), p.dest]),
+  ];
   const { needSshClient } = await import('./reach.ts');
   const child = spawn(await needSshClient('scp'), argv, { stdio: ['ignore', 'inherit', 'pipe'] });
   const r = await finish(child, 'scp');
@@ -188,7 +228,10 @@ export async function viaScp(c: CopyCtx): Promise<'ok' | 'no-scp'> {
 export async function viaTar(c: CopyCtx): Promise<void> {
   const { spawn } = process.getBuiltinModule('node:child_process') as typeof import('node:child_process');
   const p = c.plan;
-  const ssh = (cmd: string, out: 'pipe' | 'ignore') => spawn('ssh', [...c.sshOpts, '--', p.vm, cmd], { stdio: [out === 'ignore' ? 'pipe' : 'ignore', out === 'ignore' ? 'ignore' : 'pipe', 'pipe'] });
+  const ssh = (cmd: string, out: 'pipe' | 'ignore') =>
+    spawn('ssh', [...c.sshOpts, '--', p.vm, cmd], {
+      stdio: [out === 'ignore' ? 'pipe' : 'ignore', out === 'ignore' ? 'ignore' : 'pipe', 'pipe'],
+    });
   for (const s of p.sources) {
     if (p.direction === 'up') {
       const abs = resolve(s);
@@ -197,7 +240,8 @@ export async function viaTar(c: CopyCtx): Promise<void> {
       const remote = ssh(remoteSh(UNTAR_SCRIPT, [p.dest === '' ? '.' : p.dest, one ? basename(abs) : '']), 'ignore');
       tar.stdout!.pipe(remote.stdin!);
       const [a, b] = await Promise.all([finish(tar, 'tar'), finish(remote, 'ssh')]);
-      if (a.code !== 0) throw new PimError(EXIT.NOINPUT, `tar could not read ${s}: ${a.stderr.trim().split('\n').pop()}`);
+      if (a.code !== 0)
+        throw new PimError(EXIT.NOINPUT, `tar could not read ${s}: ${a.stderr.trim().split('\n').pop()}`);
       if (b.code !== 0) throw sshSideError(p, b);
     } else {
       const top = topName(p.vm, s);
@@ -220,7 +264,11 @@ export async function viaTar(c: CopyCtx): Promise<void> {
 export function topName(vm: string, src: string): string {
   const { posix } = process.getBuiltinModule('node:path') as typeof import('node:path');
   const top = posix.basename(src.replace(/\/+$/, ''));
-  if (!top || top === '.' || top === '..') throw new PimError(EXIT.USAGE, `${vm}:${src} names no file or directory by its name; name it (like ${vm}:/home/user)`);
+  if (!top || top === '.' || top === '..')
+    throw new PimError(
+      EXIT.USAGE,
+      `${vm}:${src} names no file or directory by its name; name it (like ${vm}:/home/user)`,
+    );
   return top;
 }
 
@@ -233,7 +281,13 @@ export function topName(vm: string, src: string): string {
  * points to; a link in the stream could only point pim's writes or a later
  * reader outside the destination. Devices and FIFOs are refused too.
  */
-export function memberProblem(path: string, type: string, linkpath: string | undefined, top: string, recursive = true): string | null {
+export function memberProblem(
+  path: string,
+  type: string,
+  linkpath: string | undefined,
+  top: string,
+  recursive = true,
+): string | null {
   const bad = (n: string) => {
     const parts = n.replace(/\/+$/, '').split('/');
     if (n.startsWith('/')) return 'an absolute name';
@@ -245,8 +299,10 @@ export function memberProblem(path: string, type: string, linkpath: string | und
   const shown = JSON.stringify(path);
   const why = bad(path);
   if (why) return `${shown}: ${why}`;
-  if (!recursive && (type === 'Directory' || path.replace(/\/+$/, '') !== top)) return `${shown}: a directory, or in one, and -r was not given`;
-  if (type === 'SymbolicLink') return `${shown} is a symbolic link (to ${JSON.stringify(linkpath ?? '')}): a copy from a guest holds no links (scp -r copies what a link points to)`;
+  if (!recursive && (type === 'Directory' || path.replace(/\/+$/, '') !== top))
+    return `${shown}: a directory, or in one, and -r was not given`;
+  if (type === 'SymbolicLink')
+    return `${shown} is a symbolic link (to ${JSON.stringify(linkpath ?? '')}): a copy from a guest holds no links (scp -r copies what a link points to)`;
   if (type === 'Link') {
     const lw = bad(linkpath ?? '');
     return lw ? `${shown} is a hard link to ${JSON.stringify(linkpath ?? '')}, ${lw}` : null;
@@ -267,12 +323,26 @@ export function memberProblem(path: string, type: string, linkpath: string | und
  * and sticky; nothing is chowned. The result: the error, if any, and
  * whether a member was refused (then the source's own status is moot).
  */
-export async function untarChecked(stream: import('node:stream').Readable, top: string, dest: string, what: string, abort: () => void, recursive = true): Promise<{ error: PimError | null; refused: boolean }> {
+export async function untarChecked(
+  stream: import('node:stream').Readable,
+  top: string,
+  dest: string,
+  what: string,
+  abort: () => void,
+  recursive = true,
+): Promise<{ error: PimError | null; refused: boolean }> {
   const r = await untarInto(stream, top, dest, what, abort, recursive);
   return { error: r.error, refused: r.refused !== null };
 }
 
-async function untarInto(stream: import('node:stream').Readable, top: string, dest: string, what: string, abort: () => void, recursive: boolean): Promise<{ error: PimError | null; refused: string | null }> {
+async function untarInto(
+  stream: import('node:stream').Readable,
+  top: string,
+  dest: string,
+  what: string,
+  abort: () => void,
+  recursive: boolean,
+): Promise<{ error: PimError | null; refused: string | null }> {
   const tar = await import('tar');
   const intoDir = fs.statSync(dest, { throwIfNoEntry: false })?.isDirectory() ?? false;
   let tmp: string;
@@ -281,7 +351,13 @@ async function untarInto(stream: import('node:stream').Readable, top: string, de
   } catch (e) {
     stream.resume();
     abort();
-    return { error: new PimError(EXIT.CANTCREAT, `cannot write into ${intoDir ? dest : dirname(dest)}: ${(e as Error).message}`), refused: null };
+    return {
+      error: new PimError(
+        EXIT.CANTCREAT,
+        `cannot write into ${intoDir ? dest : dirname(dest)}: ${(e as Error).message}`,
+      ),
+      refused: null,
+    };
   }
   let refused: string | null = null;
   try {
@@ -312,9 +388,14 @@ async function untarInto(stream: import('node:stream').Readable, top: string, de
       stream.on('error', () => undefined);
       stream.pipe(unpack as unknown as NodeJS.WritableStream);
     });
-    if (refused) return { error: new PimError(EXIT.DATAERR, `the tar stream of ${what} was refused, nothing copied: ${refused}`), refused };
+    if (refused)
+      return {
+        error: new PimError(EXIT.DATAERR, `the tar stream of ${what} was refused, nothing copied: ${refused}`),
+        refused,
+      };
     const got = join(tmp, top);
-    if (!fs.lstatSync(got, { throwIfNoEntry: false })) return { error: new PimError(EXIT.DATAERR, `the tar stream of ${what} did not hold ${top}`), refused: null };
+    if (!fs.lstatSync(got, { throwIfNoEntry: false }))
+      return { error: new PimError(EXIT.DATAERR, `the tar stream of ${what} did not hold ${top}`), refused: null };
     placeTree(got, intoDir ? join(dest, top) : dest);
     return { error: null, refused: null };
   } catch (e) {
@@ -322,8 +403,16 @@ async function untarInto(stream: import('node:stream').Readable, top: string, de
     const m = (e as Error).message;
     const tarCode = (e as { tarCode?: string }).tarCode;
     // node-tar's own refusals (strict: each warning is an error) are the stream's fault
-    if (tarCode && tarCode !== 'TAR_BAD_ARCHIVE') return { error: new PimError(EXIT.DATAERR, `the tar stream of ${what} was refused, nothing copied: ${m}`), refused: m };
-    if (tarCode) return { error: new PimError(EXIT.DATAERR, `the tar stream of ${what} is damaged, nothing copied: ${m}`), refused: null };
+    if (tarCode && tarCode !== 'TAR_BAD_ARCHIVE')
+      return {
+        error: new PimError(EXIT.DATAERR, `the tar stream of ${what} was refused, nothing copied: ${m}`),
+        refused: m,
+      };
+    if (tarCode)
+      return {
+        error: new PimError(EXIT.DATAERR, `the tar stream of ${what} is damaged, nothing copied: ${m}`),
+        refused: null,
+      };
     return { error: new PimError(EXIT.CANTCREAT, `cannot write ${dest}: ${m}`), refused: null };
   } finally {
     fs.rmSync(tmp, { recursive: true, force: true });
@@ -369,8 +458,14 @@ export async function copyAcross(p: CpPlan, recursive: boolean, from: string[], 
   const asUp: CpPlan = { ...p, direction: 'up', vm: dst.vm };
   for (const s of p.sources) {
     const top = topName(p.vm, s);
-    const src = spawn('ssh', [...from, '--', p.vm, remoteSh(TAR_SCRIPT, [s, recursive ? 'r' : ''])], { stdio: ['ignore', 'pipe', 'pipe'] });
-    const sink = spawn('ssh', [...to, '--', dst.vm, remoteSh(UNTAR_SCRIPT, [p.dest === '' ? '.' : p.dest, p.sources.length === 1 ? top : ''])], { stdio: ['pipe', 'ignore', 'pipe'] });
+    const src = spawn('ssh', [...from, '--', p.vm, remoteSh(TAR_SCRIPT, [s, recursive ? 'r' : ''])], {
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
+    const sink = spawn(
+      'ssh',
+      [...to, '--', dst.vm, remoteSh(UNTAR_SCRIPT, [p.dest === '' ? '.' : p.dest, p.sources.length === 1 ? top : ''])],
+      { stdio: ['pipe', 'ignore', 'pipe'] },
+    );
     let refused: string | null = null;
     const stop = () => {
       src.kill();
@@ -403,9 +498,11 @@ export async function copyAcross(p: CpPlan, recursive: boolean, from: string[], 
     src.stdout!.pipe(parser as unknown as NodeJS.WritableStream);
     sink.stdin!.on('error', () => undefined); // the sink gone early: its own status says why
     const [a, b] = await Promise.all([finish(src, 'ssh'), finish(sink, 'ssh')]);
-    if (refused) throw new PimError(EXIT.DATAERR, `the tar stream of ${p.vm}:${s} was refused, stopped on both sides: ${refused}`);
+    if (refused)
+      throw new PimError(EXIT.DATAERR, `the tar stream of ${p.vm}:${s} was refused, stopped on both sides: ${refused}`);
     if (a.code !== 0) throw sshSideError(asDown, a);
-    if (damaged) throw new PimError(EXIT.DATAERR, `the tar stream of ${p.vm}:${s} is damaged, stopped on both sides: ${damaged}`);
+    if (damaged)
+      throw new PimError(EXIT.DATAERR, `the tar stream of ${p.vm}:${s} is damaged, stopped on both sides: ${damaged}`);
     if (b.code !== 0) throw sshSideError(asUp, b);
   }
 }
@@ -414,7 +511,8 @@ export async function copyAcross(p: CpPlan, recursive: boolean, from: string[], 
 export async function copy(c: CopyCtx): Promise<void> {
   const marker = join(c.dir, 'via-tar');
   const want = process.env.PIM_CP_VIA;
-  if (want && want !== 'scp' && want !== 'tar') throw new PimError(EXIT.USAGE, `PIM_CP_VIA must be scp or tar, not ${JSON.stringify(want)}`);
+  if (want && want !== 'scp' && want !== 'tar')
+    throw new PimError(EXIT.USAGE, `PIM_CP_VIA must be scp or tar, not ${JSON.stringify(want)}`);
   const useTar = want === 'tar' || (want !== 'scp' && fs.existsSync(marker));
   if (!useTar && (await viaScp(c)) === 'ok') return;
   if (!useTar) {

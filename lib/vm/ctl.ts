@@ -51,7 +51,11 @@ export async function ctlVm(vm: RunningVm, action: CtlAction, timeoutMs: number)
   const { withQmp } = await import('./connect.ts');
   return withQmp(vm.name, timeoutMs, async (q) => {
     const before = await status(q);
-    const done = async (note?: string): Promise<CtlResult> => ({ name: vm.name, state: (await status(q)).status, ...(note ? { note } : {}) });
+    const done = async (note?: string): Promise<CtlResult> => ({
+      name: vm.name,
+      state: (await status(q)).status,
+      ...(note ? { note } : {}),
+    });
     switch (action) {
       case 'pause':
         if (before.status === 'paused') return done(`${vm.name} is already paused`);
@@ -61,7 +65,10 @@ export async function ctlVm(vm: RunningVm, action: CtlAction, timeoutMs: number)
       case 'resume':
         if (before.running) return done(`${vm.name} is already running`);
         if (NEEDS_RESET.has(before.status)) {
-          throw new PimError(EXIT.UNAVAILABLE, `${vm.name} stopped with status ${before.status} and cannot just continue; pim-ctl ${vm.name} reset restarts it (see the log: ${vm.files.log})`);
+          throw new PimError(
+            EXIT.UNAVAILABLE,
+            `${vm.name} stopped with status ${before.status} and cannot just continue; pim-ctl ${vm.name} reset restarts it (see the log: ${vm.files.log})`,
+          );
         }
         if (before.status === 'suspended') await q.execute('system_wakeup');
         else await q.execute('cont');
@@ -75,13 +82,26 @@ export async function ctlVm(vm: RunningVm, action: CtlAction, timeoutMs: number)
           return done(`${vm.name} had stopped with status ${before.status}: reset and continued`);
         }
         const after = await status(q);
-        return { name: vm.name, state: after.status, ...(after.status === 'prelaunch' ? { note: `${vm.name} was paused and stays paused after the reset; pim-ctl ${vm.name} resume starts it` } : {}) };
+        return {
+          name: vm.name,
+          state: after.status,
+          ...(after.status === 'prelaunch'
+            ? { note: `${vm.name} was paused and stays paused after the reset; pim-ctl ${vm.name} resume starts it` }
+            : {}),
+        };
       }
       case 'reboot': {
         if (!before.running) {
-          throw new PimError(EXIT.UNAVAILABLE, `${vm.name} is not running inside QEMU (status ${before.status}), so its guest cannot reboot itself; ${before.status === 'paused' ? `pim-ctl ${vm.name} resume first, or ` : ''}pim-ctl ${vm.name} reset resets it hard`);
+          throw new PimError(
+            EXIT.UNAVAILABLE,
+            `${vm.name} is not running inside QEMU (status ${before.status}), so its guest cannot reboot itself; ${before.status === 'paused' ? `pim-ctl ${vm.name} resume first, or ` : ''}pim-ctl ${vm.name} reset resets it hard`,
+          );
         }
-        if (vm.meta && !vm.meta.agent) throw new PimError(EXIT.UNAVAILABLE, `${vm.name} has no guest-agent channel to ask for a reboot; pim-ctl ${vm.name} reset resets it hard`);
+        if (vm.meta && !vm.meta.agent)
+          throw new PimError(
+            EXIT.UNAVAILABLE,
+            `${vm.name} has no guest-agent channel to ask for a reboot; pim-ctl ${vm.name} reset resets it hard`,
+          );
         const reset = q.waitEvent('RESET', timeoutMs);
         // guest-shutdown has no reply; the guest-sync after it may get none
         // either when the guest resets at once: then the RESET event is the answer
@@ -105,19 +125,33 @@ async function askReboot(vm: RunningVm, ms: number): Promise<void> {
     await withGa(vm.name, ms, (g) => g.execute('guest-shutdown', { mode: 'reboot' }, ms));
   } catch (e) {
     if (e instanceof PimError && e.code === EXIT.UNAVAILABLE) {
-      throw new PimError(EXIT.UNAVAILABLE, `${e.message.replace(/;.*$/, '')}; a reboot needs the guest agent (pim-ctl ${vm.name} reset resets it hard)`);
+      throw new PimError(
+        EXIT.UNAVAILABLE,
+        `${e.message.replace(/;.*$/, '')}; a reboot needs the guest agent (pim-ctl ${vm.name} reset resets it hard)`,
+      );
     }
     throw e;
   }
 }
 
-async function resetSeen(q: QmpClient, vm: RunningVm, reset: Promise<unknown>, timeoutMs: number, what: string): Promise<void> {
+async function resetSeen(
+  q: QmpClient,
+  vm: RunningVm,
+  reset: Promise<unknown>,
+  timeoutMs: number,
+  what: string,
+): Promise<void> {
   if (await reset) return;
   if (await q.waitClosed(0)) {
-    throw new PimError(EXIT.UNAVAILABLE, `QEMU exited instead of resetting: ${vm.name} runs with -no-reboot${vm.meta?.kind && vm.meta.kind !== 'run' ? ` (a ${vm.meta.kind} VM)` : ''}; start it again`);
+    throw new PimError(
+      EXIT.UNAVAILABLE,
+      `QEMU exited instead of resetting: ${vm.name} runs with -no-reboot${vm.meta?.kind && vm.meta.kind !== 'run' ? ` (a ${vm.meta.kind} VM)` : ''}; start it again`,
+    );
   }
   throw new PimError(
     EXIT.TEMPFAIL,
-    what === 'reboot' ? `the guest took the reboot request but had not reset within ${timeoutMs / 1000} s; it may still be shutting down (pim-ctl ${vm.name} reset is the hard way)` : `QEMU did not report the reset within ${timeoutMs / 1000} s`,
+    what === 'reboot'
+      ? `the guest took the reboot request but had not reset within ${timeoutMs / 1000} s; it may still be shutting down (pim-ctl ${vm.name} reset is the hard way)`
+      : `QEMU did not report the reset within ${timeoutMs / 1000} s`,
   );
 }

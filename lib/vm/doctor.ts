@@ -82,12 +82,30 @@ export interface ProbeResult {
  * internal error" QEMU stops the guest and waits for ever, so its stderr is
  * read as it comes and QEMU killed at that line.
  */
-export async function runProbe(accel: 'kvm' | 'hvf' | 'tcg', timeoutMs: number, qemu = qemuBinary()): Promise<ProbeResult> {
+export async function runProbe(
+  accel: 'kvm' | 'hvf' | 'tcg',
+  timeoutMs: number,
+  qemu = qemuBinary(),
+): Promise<ProbeResult> {
   const dir = mkdtempSync(join(tmpdir(), 'pim-probe-'));
   const bios = join(dir, 'probe.bin');
   writeFileSync(bios, probeImage(), { mode: 0o600 });
   const cpu = accel === 'tcg' ? [] : ['-cpu', 'host'];
-  const argv = ['-machine', `q35,accel=${accel}`, ...cpu, '-m', '16', '-nodefaults', '-no-user-config', '-display', 'none', '-serial', 'none', '-monitor', 'none'];
+  const argv = [
+    '-machine',
+    `q35,accel=${accel}`,
+    ...cpu,
+    '-m',
+    '16',
+    '-nodefaults',
+    '-no-user-config',
+    '-display',
+    'none',
+    '-serial',
+    'none',
+    '-monitor',
+    'none',
+  ];
   argv.push('-bios', bios, '-device', 'isa-debug-exit,iobase=0xf4,iosize=0x04', '-no-reboot');
   const t0 = performance.now();
   try {
@@ -133,7 +151,10 @@ export async function runProbe(accel: 'kvm' | 'hvf' | 'tcg', timeoutMs: number, 
           .split('\n')
           .map((l) => l.trim())
           .filter((l) => l && !/warning:/i.test(l));
-        if (err) errors.unshift(`cannot run ${qemu}: ${(err as NodeJS.ErrnoException).code === 'ENOENT' ? 'not found' : err.message}`);
+        if (err)
+          errors.unshift(
+            `cannot run ${qemu}: ${(err as NodeJS.ErrnoException).code === 'ENOENT' ? 'not found' : err.message}`,
+          );
         resolve({ status, signal, errors, ms: Math.round(performance.now() - t0), timedOut, internalError });
       };
       child.on('error', (e) => end(null, null, e));
@@ -146,7 +167,10 @@ export async function runProbe(accel: 'kvm' | 'hvf' | 'tcg', timeoutMs: number, 
 
 /** What a failed probe says, in one phrase. */
 export function probeFailure(r: ProbeResult, timeoutMs: number): string {
-  const said = (r.errors.find((l) => /internal error|error|failed|abort|assert/i.test(l)) ?? r.errors[0] ?? '').replace(/^qemu-system-\w+: (error: )?/, '');
+  const said = (r.errors.find((l) => /internal error|error|failed|abort|assert/i.test(l)) ?? r.errors[0] ?? '').replace(
+    /^qemu-system-\w+: (error: )?/,
+    '',
+  );
   if (r.internalError) return `a test guest stopped with "${said}"`;
   if (r.timedOut) return `a test guest did not finish within ${timeoutMs / 1000} s (a working KVM takes milliseconds)`;
   return `QEMU ${r.status === null ? `died (${r.signal})` : `exited with status ${r.status}`} starting a test guest${said ? `: ${said}` : ''}`;
@@ -157,29 +181,60 @@ async function accelCheck(timeoutMs: number): Promise<Check> {
   if (process.platform === 'darwin') {
     const { run } = await import('../core/run.ts');
     const r = await run('sysctl', ['-n', 'kern.hv_support'], { timeoutMs: 5_000 }).catch(() => null);
-    if (r?.stdout.trim() !== '1') return check('hvf', 'warn', 'the Hypervisor framework is not available (sysctl kern.hv_support): VMs run under TCG, which is much slower');
-    if (process.arch !== 'x64') return check('hvf', 'ok', 'available (kern.hv_support=1; the test run is for x86-64 hosts)');
+    if (r?.stdout.trim() !== '1')
+      return check(
+        'hvf',
+        'warn',
+        'the Hypervisor framework is not available (sysctl kern.hv_support): VMs run under TCG, which is much slower',
+      );
+    if (process.arch !== 'x64')
+      return check('hvf', 'ok', 'available (kern.hv_support=1; the test run is for x86-64 hosts)');
     const p = await runProbe('hvf', timeoutMs);
     if (p.status === PROBE_OK) return check('hvf', 'ok', `ran a test guest to its end in ${p.ms} ms`);
-    return check('hvf', forced === 'tcg' ? 'warn' : 'fail', `available, but ${probeFailure(p, timeoutMs)}; set PIM_ACCEL=tcg`);
+    return check(
+      'hvf',
+      forced === 'tcg' ? 'warn' : 'fail',
+      `available, but ${probeFailure(p, timeoutMs)}; set PIM_ACCEL=tcg`,
+    );
   }
-  if (process.platform !== 'linux') return check('accel', 'warn', `no hardware accelerator on ${process.platform}: VMs run under TCG, which is much slower`);
+  if (process.platform !== 'linux')
+    return check(
+      'accel',
+      'warn',
+      `no hardware accelerator on ${process.platform}: VMs run under TCG, which is much slower`,
+    );
   try {
     closeSync(openSync('/dev/kvm', 'r+'));
   } catch (e) {
     const code = (e as NodeJS.ErrnoException).code;
-    if (code === 'ENOENT') return check('kvm', 'warn', 'no /dev/kvm: VMs run under TCG, which is much slower; enable virtualisation in the firmware (or nested virtualisation on a VM host) and load kvm_intel or kvm_amd');
-    return check('kvm', 'warn', `/dev/kvm does not open (${code}): VMs run under TCG; add yourself to the kvm group (sudo usermod -aG kvm $USER) and log in again`);
+    if (code === 'ENOENT')
+      return check(
+        'kvm',
+        'warn',
+        'no /dev/kvm: VMs run under TCG, which is much slower; enable virtualisation in the firmware (or nested virtualisation on a VM host) and load kvm_intel or kvm_amd',
+      );
+    return check(
+      'kvm',
+      'warn',
+      `/dev/kvm does not open (${code}): VMs run under TCG; add yourself to the kvm group (sudo usermod -aG kvm $USER) and log in again`,
+    );
   }
-  if (process.arch !== 'x64') return check('kvm', 'ok', `/dev/kvm opens (the test run is for x86-64 hosts; this is ${process.arch})`);
+  if (process.arch !== 'x64')
+    return check('kvm', 'ok', `/dev/kvm opens (the test run is for x86-64 hosts; this is ${process.arch})`);
   const p = await runProbe('kvm', timeoutMs);
-  if (p.status === PROBE_OK) return check('kvm', 'ok', `/dev/kvm opens and ran a test guest (long mode, 2^20 loops) to its end in ${p.ms} ms`);
+  if (p.status === PROBE_OK)
+    return check('kvm', 'ok', `/dev/kvm opens and ran a test guest (long mode, 2^20 loops) to its end in ${p.ms} ms`);
   if (p.errors[0]?.startsWith('cannot run')) return check('kvm', 'warn', `/dev/kvm opens; not tested: ${p.errors[0]}`);
   const { readKvmVerdict } = await import('../qemu/accel.ts');
-  const remembered = readKvmVerdict() === 'broken' ? ' (pim-run remembers it until the host reboots, and warns once per boot)' : '';
+  const remembered =
+    readKvmVerdict() === 'broken' ? ' (pim-run remembers it until the host reboots, and warns once per boot)' : '';
   const what = `/dev/kvm opens, but KVM fails at run time${remembered}: ${probeFailure(p, timeoutMs)}`;
   if (forced === 'tcg') return check('kvm', 'warn', `${what}; PIM_ACCEL=tcg is set, so pim uses TCG`);
-  return check('kvm', 'fail', `${what}; set PIM_ACCEL=tcg so that pim runs VMs under TCG (much slower) without trying KVM, or fix the host's KVM (nested virtualisation)`);
+  return check(
+    'kvm',
+    'fail',
+    `${what}; set PIM_ACCEL=tcg so that pim runs VMs under TCG (much slower) without trying KVM, or fix the host's KVM (nested virtualisation)`,
+  );
 }
 
 // --- programs --------------------------------------------------------------------
@@ -195,7 +250,10 @@ async function versionOf(bin: string, timeoutMs: number): Promise<{ version: num
   try {
     const r = await run(bin, ['--version'], { timeoutMs });
     if (r.timedOut) return { version: null, error: `${bin} --version did not answer within ${timeoutMs / 1000} s` };
-    return { version: parseVersion(r.stdout + r.stderr), error: r.code === 0 ? undefined : `${bin} --version exited ${r.code}` };
+    return {
+      version: parseVersion(r.stdout + r.stderr),
+      error: r.code === 0 ? undefined : `${bin} --version exited ${r.code}`,
+    };
   } catch {
     return { version: null, error: 'not found' };
   }
@@ -205,26 +263,42 @@ async function qemuCheck(timeoutMs: number): Promise<Check> {
   const bin = qemuBinary();
   const { version, error } = await versionOf(bin, timeoutMs);
   if (!version) {
-    const how = error === 'not found' ? 'install it (apt-get install qemu-system-x86; brew install qemu) or set PIM_QEMU' : error;
+    const how =
+      error === 'not found' ? 'install it (apt-get install qemu-system-x86; brew install qemu) or set PIM_QEMU' : error;
     return check('qemu', 'fail', `${bin}: ${error === 'not found' ? 'not found' : 'no version'}; ${how}`);
   }
   const v = version.join('.');
   const path = which(bin) ?? bin;
-  if (version[0]! < 6) return check('qemu', 'warn', `${path} ${v}: pim-snapshot of a running VM needs QEMU 6 or newer (its snapshot-save job)`);
+  if (version[0]! < 6)
+    return check(
+      'qemu',
+      'warn',
+      `${path} ${v}: pim-snapshot of a running VM needs QEMU 6 or newer (its snapshot-save job)`,
+    );
   return check('qemu', 'ok', `${path} ${v}`);
 }
 
 async function qemuImgCheck(timeoutMs: number): Promise<Check> {
   const bin = qemuImg();
   const { version, error } = await versionOf(bin, timeoutMs);
-  if (!version) return check('qemu-img', 'fail', `${bin}: ${error ?? 'no version'}; install qemu-utils (Debian) or qemu (Homebrew), or set PIM_QEMU_IMG`);
+  if (!version)
+    return check(
+      'qemu-img',
+      'fail',
+      `${bin}: ${error ?? 'no version'}; install qemu-utils (Debian) or qemu (Homebrew), or set PIM_QEMU_IMG`,
+    );
   return check('qemu-img', 'ok', `${which(bin) ?? bin} ${version.join('.')}`);
 }
 
 function nodeCheck(): Check {
   const v = process.versions.node;
   const major = Number(v.split('.')[0]);
-  if (major < 22) return check('node', 'fail', `${process.execPath} is Node ${v}; pim needs 22 or newer: ./install.sh brings one, or put Node 22 first on PATH`);
+  if (major < 22)
+    return check(
+      'node',
+      'fail',
+      `${process.execPath} is Node ${v}; pim needs 22 or newer: ./install.sh brings one, or put Node 22 first on PATH`,
+    );
   return check('node', 'ok', `${v} (${process.execPath})`);
 }
 
@@ -256,13 +330,26 @@ function socketRoom(dir: string): Check | null {
   const longest = Math.max(...[RUNTIME_EXT.qmp, RUNTIME_EXT.ga, RUNTIME_EXT.serial].map((e) => e.length));
   const room = SOCKET_PATH_MAX - 1 - Buffer.byteLength(dir) - 1 - longest;
   if (room >= NAME_MAX) return null;
-  if (room < 1) return check('runtime-dir', 'fail', `${dir} is too long for any socket path (${SOCKET_PATH_MAX - 1} bytes); set a shorter XDG_RUNTIME_DIR`);
-  return check('runtime-dir', 'warn', `${dir}: VM names over ${room} characters do not fit a socket path (${SOCKET_PATH_MAX - 1} bytes); a shorter XDG_RUNTIME_DIR allows ${NAME_MAX}`);
+  if (room < 1)
+    return check(
+      'runtime-dir',
+      'fail',
+      `${dir} is too long for any socket path (${SOCKET_PATH_MAX - 1} bytes); set a shorter XDG_RUNTIME_DIR`,
+    );
+  return check(
+    'runtime-dir',
+    'warn',
+    `${dir}: VM names over ${room} characters do not fit a socket path (${SOCKET_PATH_MAX - 1} bytes); a shorter XDG_RUNTIME_DIR allows ${NAME_MAX}`,
+  );
 }
 
 // --- bridged networking -----------------------------------------------------------
 
-export const BRIDGE_CONFS = ['/etc/qemu/bridge.conf', '/usr/local/etc/qemu/bridge.conf', '/opt/homebrew/etc/qemu/bridge.conf'];
+export const BRIDGE_CONFS = [
+  '/etc/qemu/bridge.conf',
+  '/usr/local/etc/qemu/bridge.conf',
+  '/opt/homebrew/etc/qemu/bridge.conf',
+];
 
 export interface BridgeAcl {
   allow: string[];
@@ -272,7 +359,11 @@ export interface BridgeAcl {
 }
 
 /** qemu-bridge-helper's ACL: `allow NAME|all`, `deny NAME|all`, `include FILE`, `#` comments. */
-export function readBridgeAcl(file: string, acl: BridgeAcl = { allow: [], deny: [], unreadable: [] }, depth = 0): BridgeAcl {
+export function readBridgeAcl(
+  file: string,
+  acl: BridgeAcl = { allow: [], deny: [], unreadable: [] },
+  depth = 0,
+): BridgeAcl {
   let text: string;
   try {
     // a regular file only: reading a FIFO put there would block for ever
@@ -316,26 +407,50 @@ export function bridgeConfCheck(confs = BRIDGE_CONFS, exists = bridgeExists): Ch
     }
   });
   const add = `echo 'allow br0' | sudo tee -a ${confs[0]}`;
-  if (!conf) return check(name, 'warn', `no ${confs[0]}: --bridged needs the bridge allowed there (${add}); user networking needs nothing`);
+  if (!conf)
+    return check(
+      name,
+      'warn',
+      `no ${confs[0]}: --bridged needs the bridge allowed there (${add}); user networking needs nothing`,
+    );
   const acl = readBridgeAcl(conf);
   if (acl.unreadable.length && !acl.allow.length) {
-    return check(name, 'warn', `cannot read ${acl.unreadable.join(', ')}; qemu-bridge-helper reads it as root: check it with sudo cat ${conf}`);
+    return check(
+      name,
+      'warn',
+      `cannot read ${acl.unreadable.join(', ')}; qemu-bridge-helper reads it as root: check it with sudo cat ${conf}`,
+    );
   }
   const allowed = acl.allow.filter((b) => !acl.deny.includes(b) && !acl.deny.includes('all'));
   if (!allowed.length) return check(name, 'warn', `${conf} allows no bridge; --bridged needs one (${add})`);
   if (allowed.includes('all')) return check(name, 'ok', `${conf} allows every bridge`);
   const shown = allowed.map((b) => (exists(b) ? b : `${b} (no such bridge)`));
   const status: Status = allowed.some(exists) ? 'ok' : 'warn';
-  const hint = status === 'warn' ? `; make one (sudo ip link add ${allowed[0]} type bridge) or allow one that exists` : '';
+  const hint =
+    status === 'warn' ? `; make one (sudo ip link add ${allowed[0]} type bridge) or allow one that exists` : '';
   return check(name, status, `${conf} allows ${shown.join(', ')}${hint}`);
 }
 
 function bridgeHelperCheck(uid = process.getuid?.()): Check {
   const h = bridgeHelper();
-  if (!h) return check('bridge-helper', 'warn', 'qemu-bridge-helper not found: --bridged needs it; install qemu-system-common');
+  if (!h)
+    return check(
+      'bridge-helper',
+      'warn',
+      'qemu-bridge-helper not found: --bridged needs it; install qemu-system-common',
+    );
   if (h.setuid) return check('bridge-helper', 'ok', `${h.path} is setuid root: --bridged runs QEMU as you`);
-  if (uid === 0) return check('bridge-helper', 'ok', `${h.path} (not setuid root; you are root, so --bridged needs neither it nor sudo)`);
-  return check('bridge-helper', 'warn', `${h.path} is not setuid root: --bridged runs QEMU as root through sudo (or: sudo chmod u+s ${h.path})`);
+  if (uid === 0)
+    return check(
+      'bridge-helper',
+      'ok',
+      `${h.path} (not setuid root; you are root, so --bridged needs neither it nor sudo)`,
+    );
+  return check(
+    'bridge-helper',
+    'warn',
+    `${h.path} is not setuid root: --bridged runs QEMU as root through sudo (or: sudo chmod u+s ${h.path})`,
+  );
 }
 
 export interface SudoFacts {
@@ -352,8 +467,14 @@ export interface SudoFacts {
 /** Whether a bridged VM's sudo commands (QEMU, chown, kill) run without a prompt. */
 export async function sudoCheck(f: SudoFacts): Promise<Check> {
   if (f.uid === 0) return check('sudo', 'ok', 'running as root: bridged VMs need no sudo');
-  if (f.helperSetuid) return check('sudo', 'ok', 'not needed: the bridge helper is setuid root, so bridged VMs run as you');
-  if (!f.sudo) return check('sudo', 'warn', 'sudo not found: --bridged needs it to run QEMU as root (or a setuid qemu-bridge-helper)');
+  if (f.helperSetuid)
+    return check('sudo', 'ok', 'not needed: the bridge helper is setuid root, so bridged VMs run as you');
+  if (!f.sudo)
+    return check(
+      'sudo',
+      'warn',
+      'sudo not found: --bridged needs it to run QEMU as root (or a setuid qemu-bridge-helper)',
+    );
   const refused: string[] = [];
   for (const c of f.commands) if (!(await f.allowed(c))) refused.push(c);
   if (!refused.length) return check('sudo', 'ok', `sudo -n may run ${f.commands.join(', ')}`);
@@ -367,7 +488,11 @@ export async function sudoCheck(f: SudoFacts): Promise<Check> {
 
 async function hostSudoCheck(timeoutMs: number): Promise<Check> {
   const sudo = which('sudo');
-  const commands = [which(qemuBinary()) ?? qemuBinary(), which('chown') ?? '/usr/bin/chown', which('kill') ?? '/usr/bin/kill'];
+  const commands = [
+    which(qemuBinary()) ?? qemuBinary(),
+    which('chown') ?? '/usr/bin/chown',
+    which('kill') ?? '/usr/bin/kill',
+  ];
   const { run } = await import('../core/run.ts');
   return sudoCheck({
     uid: process.getuid?.() ?? 0,
@@ -383,21 +508,33 @@ async function hostSudoCheck(timeoutMs: number): Promise<Check> {
 function virtiofsdCheck(): Check {
   const p = findVirtiofsd();
   if (p) return check('virtiofsd', 'ok', `${p}: pim-kboot --share uses virtiofs`);
-  return check('virtiofsd', 'warn', 'not found: pim-kboot --share uses 9p instead (slower); for virtiofs install virtiofsd (or qemu-system-common up to QEMU 7.2), or set PIM_VIRTIOFSD');
+  return check(
+    'virtiofsd',
+    'warn',
+    'not found: pim-kboot --share uses 9p instead (slower); for virtiofs install virtiofsd (or qemu-system-common up to QEMU 7.2), or set PIM_VIRTIOFSD',
+  );
 }
 
 function ovmfCheck(): Check {
   try {
     return check('ovmf', 'ok', `${ovmfCode()}: UEFI images and builds can boot`);
   } catch {
-    return check('ovmf', 'warn', 'no OVMF firmware: UEFI images and builds (firmware: uefi) cannot boot; install ovmf (Debian) or qemu (Homebrew), or set PIM_OVMF_CODE');
+    return check(
+      'ovmf',
+      'warn',
+      'no OVMF firmware: UEFI images and builds (firmware: uefi) cannot boot; install ovmf (Debian) or qemu (Homebrew), or set PIM_OVMF_CODE',
+    );
   }
 }
 
 function isoToolsCheck(): Check {
   const t = which('xorriso') ?? which('bsdtar');
   if (t) return check('iso-tools', 'ok', `${t}: pim-build reads installer ISOs with it`);
-  return check('iso-tools', 'warn', 'neither xorriso nor bsdtar: pim-build cannot read an installer ISO; install xorriso (or libarchive-tools)');
+  return check(
+    'iso-tools',
+    'warn',
+    'neither xorriso nor bsdtar: pim-build cannot read an installer ISO; install xorriso (or libarchive-tools)',
+  );
 }
 
 /** Every check, in a fixed order; each bounded by `timeoutMs`, all at once. */
@@ -416,7 +553,9 @@ export async function runChecks(timeoutMs: number): Promise<Check[]> {
     guard('qemu-img', () => qemuImgCheck(timeoutMs)),
     guard('kvm', () => accelCheck(timeoutMs)),
     guard('runtime-dir', () => runtimeDirCheck()),
-    ...(linux ? [guard('bridge.conf', () => bridgeConfCheck()), guard('bridge-helper', () => bridgeHelperCheck())] : []),
+    ...(linux
+      ? [guard('bridge.conf', () => bridgeConfCheck()), guard('bridge-helper', () => bridgeHelperCheck())]
+      : []),
     guard('sudo', () => hostSudoCheck(timeoutMs)),
     guard('virtiofsd', virtiofsdCheck),
     guard('ovmf', ovmfCheck),

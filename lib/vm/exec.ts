@@ -75,7 +75,10 @@ interface ExecStatus {
 
 /** The program could not be started in the guest: a shell's status, 127 (not found) or 126 (not executable). */
 export class SpawnFailed extends Error {
-  constructor(readonly status: 126 | 127, message: string) {
+  constructor(
+    readonly status: 126 | 127,
+    message: string,
+  ) {
     super(message);
     this.name = 'SpawnFailed';
   }
@@ -86,7 +89,10 @@ export function spawnFailure(path: string, e: unknown): SpawnFailed | null {
   const m = e instanceof Error ? e.message : String(e);
   if (!/Failed to execute child process/i.test(m)) return null;
   const notFound = /No such file|not found/i.test(m);
-  return new SpawnFailed(notFound ? 127 : 126, `cannot run ${JSON.stringify(path)} in the guest: ${notFound ? 'not found' : m.replace(/^.*error was '?|'$/g, '')}`);
+  return new SpawnFailed(
+    notFound ? 127 : 126,
+    `cannot run ${JSON.stringify(path)} in the guest: ${notFound ? 'not found' : m.replace(/^.*error was '?|'$/g, '')}`,
+  );
 }
 
 /** Decode a guest-exec-status reply into the exit status pim-exec passes on. */
@@ -109,7 +115,8 @@ export async function guestExec(vm: RunningVm, req: ExecRequest): Promise<ExecRe
   // the user's time limit bounds the whole command: connecting, the agent's sync, the start and every poll
   // (a poll near the deadline still gets a moment, so that an over-time command is killed rather than left)
   const left = (floor = 1) => Math.max(floor, Math.min(REQUEST_MS, deadline - Date.now()));
-  const status = (g: GaClient, pid: number) => g.execute('guest-exec-status', { pid }, left(POLL_FLOOR_MS)) as Promise<ExecStatus>;
+  const status = (g: GaClient, pid: number) =>
+    g.execute('guest-exec-status', { pid }, left(POLL_FLOOR_MS)) as Promise<ExecStatus>;
   let polls = 0;
   let wait = FIRST_POLL_MS;
   const over = () => req.signal?.aborted || Date.now() >= deadline;
@@ -174,7 +181,13 @@ async function killInGuest(vm: RunningVm, pid: number, sig: NodeJS.Signals): Pro
   const name = sig.replace(/^SIG/, '');
   try {
     return await withGa(vm.name, 5_000, async (g) => {
-      const k = ((await g.execute('guest-exec', { path: 'kill', arg: [`-${name}`, String(pid)], 'capture-output': true }, 5_000)) as { pid: number }).pid;
+      const k = (
+        (await g.execute(
+          'guest-exec',
+          { path: 'kill', arg: [`-${name}`, String(pid)], 'capture-output': true },
+          5_000,
+        )) as { pid: number }
+      ).pid;
       const end = Date.now() + 5_000;
       let wait = FIRST_POLL_MS;
       let ks: ExecStatus = { exited: false };
@@ -182,11 +195,19 @@ async function killInGuest(vm: RunningVm, pid: number, sig: NodeJS.Signals): Pro
       while (Date.now() < end) {
         if (!ks.exited) ks = (await g.execute('guest-exec-status', { pid: k }, 5_000)) as ExecStatus;
         st = (await g.execute('guest-exec-status', { pid }, 5_000)) as ExecStatus;
-        if (st.exited) return `sent SIG${name} to it (pid ${pid} in the guest) with the guest's kill; it ended (status ${statusOf(st)})`;
+        if (st.exited)
+          return `sent SIG${name} to it (pid ${pid} in the guest) with the guest's kill; it ended (status ${statusOf(st)})`;
         await sleep(wait);
         wait = Math.min(wait * 2, 500);
       }
-      const err = ks.exited && ks.exitcode ? `: kill said ${JSON.stringify(Buffer.from(ks['err-data'] ?? '', 'base64').toString().trim())}` : '';
+      const err =
+        ks.exited && ks.exitcode
+          ? `: kill said ${JSON.stringify(
+              Buffer.from(ks['err-data'] ?? '', 'base64')
+                .toString()
+                .trim(),
+            )}`
+          : '';
       return `sent SIG${name} to it with the guest's kill, but it is still running as pid ${pid} in the guest${err}`;
     });
   } catch (e) {
@@ -201,7 +222,11 @@ export async function readInput(stream: NodeJS.ReadableStream, max = MAX_INPUT):
   for await (const c of stream) {
     const b = typeof c === 'string' ? Buffer.from(c) : (c as Buffer);
     n += b.length;
-    if (n > max) throw new PimError(EXIT.DATAERR, `stdin is over ${max / 1024 / 1024} MiB, more than one guest-agent message should carry; copy large files another way (SSH, or a shared directory), or pass --no-stdin`);
+    if (n > max)
+      throw new PimError(
+        EXIT.DATAERR,
+        `stdin is over ${max / 1024 / 1024} MiB, more than one guest-agent message should carry; copy large files another way (SSH, or a shared directory), or pass --no-stdin`,
+      );
     chunks.push(b);
   }
   return Buffer.concat(chunks);

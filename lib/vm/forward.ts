@@ -22,7 +22,8 @@ const usage = (msg: string) => new PimError(EXIT.USAGE, msg);
 
 const port = (s: string | undefined, what: string, spec: string): number => {
   const n = Number(s);
-  if (!s || !/^\d+$/.test(s) || n < 1 || n > 65535) throw usage(`${what} port in ${JSON.stringify(spec)} must be a number from 1 to 65535`);
+  if (!s || !/^\d+$/.test(s) || n < 1 || n > 65535)
+    throw usage(`${what} port in ${JSON.stringify(spec)} must be a number from 1 to 65535`);
   return n;
 };
 
@@ -35,7 +36,10 @@ function proto(spec: string): ['tcp' | 'udp', string] {
 }
 
 function bindOf(b: string, spec: string): string {
-  if (!isIPv4(b)) throw usage(`the bind address in ${JSON.stringify(spec)} must be an IPv4 address such as 127.0.0.1 or 0.0.0.0 (QEMU 7.2's hostfwd takes IPv4 only)`);
+  if (!isIPv4(b))
+    throw usage(
+      `the bind address in ${JSON.stringify(spec)} must be an IPv4 address such as 127.0.0.1 or 0.0.0.0 (QEMU 7.2's hostfwd takes IPv4 only)`,
+    );
   return b;
 }
 
@@ -43,8 +47,20 @@ function bindOf(b: string, spec: string): string {
 export function parseForward(spec: string, flag = '--forward'): PortForward {
   const [p, rest] = proto(spec.trim());
   const parts = rest.split(':');
-  if (parts.length === 2) return { proto: p, bind: DEFAULT_BIND, host: port(parts[0], 'the host', spec), guest: port(parts[1], 'the guest', spec) };
-  if (parts.length === 3) return { proto: p, bind: bindOf(parts[0]!, spec), host: port(parts[1], 'the host', spec), guest: port(parts[2], 'the guest', spec) };
+  if (parts.length === 2)
+    return {
+      proto: p,
+      bind: DEFAULT_BIND,
+      host: port(parts[0], 'the host', spec),
+      guest: port(parts[1], 'the guest', spec),
+    };
+  if (parts.length === 3)
+    return {
+      proto: p,
+      bind: bindOf(parts[0]!, spec),
+      host: port(parts[1], 'the host', spec),
+      guest: port(parts[2], 'the guest', spec),
+    };
   throw usage(`${flag} ${JSON.stringify(spec)} is not ${FORM}`);
 }
 
@@ -60,9 +76,11 @@ export function parseForwardRef(spec: string): ForwardRef {
   const [p, rest] = proto(spec.trim());
   const parts = rest.split(':');
   if (parts.length === 1) return { proto: p, host: port(parts[0], 'the host', spec) };
-  if (parts.length === 2 && isIPv4(parts[0]!)) return { proto: p, bind: parts[0], host: port(parts[1], 'the host', spec) };
+  if (parts.length === 2 && isIPv4(parts[0]!))
+    return { proto: p, bind: parts[0], host: port(parts[1], 'the host', spec) };
   // HOST:GUEST names no address: it matches the forward on any (unlike add, where it means 127.0.0.1)
-  if (parts.length === 2) return { proto: p, host: port(parts[0], 'the host', spec), guest: port(parts[1], 'the guest', spec) };
+  if (parts.length === 2)
+    return { proto: p, host: port(parts[0], 'the host', spec), guest: port(parts[1], 'the guest', spec) };
   return parseForward(spec, 'rm');
 }
 
@@ -91,7 +109,12 @@ export function checkForwards(list: PortForward[], existing: PortForward[] = [],
 /** Exit 75 when a forward's host side is taken by another program (checked before QEMU starts, for a clear message). */
 export async function checkHostPortFree(f: PortForward, hint = 'choose another host port'): Promise<void> {
   const busy = () => new PimError(EXIT.TEMPFAIL, `${f.proto} port ${f.host} on ${f.bind} is in use; ${hint}`);
-  const fail = (e: NodeJS.ErrnoException) => (e.code === 'EADDRINUSE' ? busy() : e.code === 'EACCES' ? new PimError(EXIT.NOPERM, `${f.proto} port ${f.host} on ${f.bind}: ${e.message} (ports below 1024 need root)`) : new PimError(EXIT.USAGE, `cannot use ${f.proto} port ${f.host} on ${f.bind}: ${e.message}`));
+  const fail = (e: NodeJS.ErrnoException) =>
+    e.code === 'EADDRINUSE'
+      ? busy()
+      : e.code === 'EACCES'
+        ? new PimError(EXIT.NOPERM, `${f.proto} port ${f.host} on ${f.bind}: ${e.message} (ports below 1024 need root)`)
+        : new PimError(EXIT.USAGE, `cannot use ${f.proto} port ${f.host} on ${f.bind}: ${e.message}`);
   if (f.proto === 'tcp') {
     const net = await import('node:net');
     await new Promise<void>((resolve, reject) => {
@@ -111,14 +134,21 @@ export async function checkHostPortFree(f: PortForward, hint = 'choose another h
 
 /** Bridged VMs have no user-mode netdev to forward from (exit 64, with why). */
 export function requireUserNet(vm: RunningVm): void {
-  if (!vm.meta) throw new PimError(EXIT.UNAVAILABLE, `${vm.name} has no metadata (${vm.files.meta}); cannot tell its network`);
+  if (!vm.meta)
+    throw new PimError(EXIT.UNAVAILABLE, `${vm.name} has no metadata (${vm.files.meta}); cannot tell its network`);
   if (vm.meta.bridged) {
-    throw usage(`${vm.name} is bridged: it has its own address on the bridge (pim-ip ${vm.name}), and port forwards are for user-mode networking only`);
+    throw usage(
+      `${vm.name} is bridged: it has its own address on the bridge (pim-ip ${vm.name}), and port forwards are for user-mode networking only`,
+    );
   }
 }
 
 /** Update the metadata under the VM's lock (it is free while the VM runs; a concurrent update is waited for, briefly). */
-async function updateMeta(vm: RunningVm, fn: (list: PortForward[]) => PortForward[], deadline: number): Promise<PortForward[]> {
+async function updateMeta(
+  vm: RunningVm,
+  fn: (list: PortForward[]) => PortForward[],
+  deadline: number,
+): Promise<PortForward[]> {
   const { acquireLock } = await import('../core/lock.ts');
   const { readMeta, writeMeta } = await import('./state.ts');
   let pause = 20;
@@ -136,7 +166,13 @@ async function updateMeta(vm: RunningVm, fn: (list: PortForward[]) => PortForwar
       }
     } catch (e) {
       // another pim-forward holds the lock for a moment: try again, within the deadline
-      if (!(e instanceof PimError) || e.code !== EXIT.TEMPFAIL || !/busy/.test(e.message) || Date.now() + pause > deadline) throw e;
+      if (
+        !(e instanceof PimError) ||
+        e.code !== EXIT.TEMPFAIL ||
+        !/busy/.test(e.message) ||
+        Date.now() + pause > deadline
+      )
+        throw e;
       await new Promise((r) => setTimeout(r, pause));
       pause = Math.min(pause * 2, 200);
     }
@@ -146,7 +182,9 @@ async function updateMeta(vm: RunningVm, fn: (list: PortForward[]) => PortForwar
 /** Run an HMP command through QMP; returns what it printed (HMP reports errors as text). */
 async function hmp(vm: RunningVm, line: string, timeoutMs: number): Promise<string> {
   const { withQmp } = await import('./connect.ts');
-  return String((await withQmp(vm.name, timeoutMs, (q) => q.execute('human-monitor-command', { 'command-line': line }))) ?? '').trim();
+  return String(
+    (await withQmp(vm.name, timeoutMs, (q) => q.execute('human-monitor-command', { 'command-line': line }))) ?? '',
+  ).trim();
 }
 
 /** Add forwards to a running VM: QEMU first (a busy port is 75), then the metadata. Returns the VM's forwards. */
@@ -159,7 +197,10 @@ export async function addForwards(vm: RunningVm, list: PortForward[], timeoutMs:
     const out = await hmp(vm, `hostfwd_add net0 ${hostfwdRule(f)}`, timeoutMs);
     if (out) {
       if (/could not set up host forwarding rule/i.test(out)) {
-        throw new PimError(EXIT.TEMPFAIL, `${f.proto} port ${f.host} on ${f.bind} is in use (QEMU: ${out.split('\n')[0]}); choose another host port`);
+        throw new PimError(
+          EXIT.TEMPFAIL,
+          `${f.proto} port ${f.host} on ${f.bind} is in use (QEMU: ${out.split('\n')[0]}); choose another host port`,
+        );
       }
       throw new PimError(EXIT.DATAERR, `QEMU refused hostfwd_add ${hostfwdRule(f)}: ${out.split('\n')[0]}`);
     }
@@ -170,7 +211,13 @@ export async function addForwards(vm: RunningVm, list: PortForward[], timeoutMs:
 
 /** The recorded forwards that `ref` names (all matching ones; its bind and guest port narrow it when given). */
 export function matchForwards(list: PortForward[], ref: ForwardRef): PortForward[] {
-  return list.filter((f) => f.proto === ref.proto && f.host === ref.host && (ref.bind === undefined || f.bind === ref.bind) && (ref.guest === undefined || f.guest === ref.guest));
+  return list.filter(
+    (f) =>
+      f.proto === ref.proto &&
+      f.host === ref.host &&
+      (ref.bind === undefined || f.bind === ref.bind) &&
+      (ref.guest === undefined || f.guest === ref.guest),
+  );
 }
 
 /** Remove forwards from a running VM; one that is not recorded is exit 66. Returns the VM's forwards. */
@@ -180,17 +227,27 @@ export async function removeForwards(vm: RunningVm, refs: ForwardRef[], timeoutM
   const recorded = vm.meta!.forwards ?? [];
   const targets: PortForward[] = [];
   for (const r of refs) {
-    if (r.proto === 'tcp' && r.host === vm.meta!.ssh_port) throw usage(`tcp port ${r.host} is ${vm.name}'s SSH forward (ssh_port); it stays while the VM runs`);
+    if (r.proto === 'tcp' && r.host === vm.meta!.ssh_port)
+      throw usage(`tcp port ${r.host} is ${vm.name}'s SSH forward (ssh_port); it stays while the VM runs`);
     const m = matchForwards(recorded, r);
-    if (!m.length) throw new PimError(EXIT.NOINPUT, `${vm.name} has no forward ${r.proto}:${r.bind ? r.bind + ':' : ''}${r.host}${r.guest ? ':' + r.guest : ''}; see pim-forward ${vm.name} list`);
+    if (!m.length)
+      throw new PimError(
+        EXIT.NOINPUT,
+        `${vm.name} has no forward ${r.proto}:${r.bind ? r.bind + ':' : ''}${r.host}${r.guest ? ':' + r.guest : ''}; see pim-forward ${vm.name} list`,
+      );
     for (const f of m) if (!targets.includes(f)) targets.push(f);
   }
   let all = recorded;
   for (const f of targets) {
     const out = await hmp(vm, `hostfwd_remove net0 ${f.proto}:${f.bind}:${f.host}`, timeoutMs);
     // HMP says "host forwarding rule for tcp:127.0.0.1:8080 removed" or "... not found"
-    if (!/removed/.test(out) && !/not found/.test(out)) throw new PimError(EXIT.DATAERR, `QEMU refused hostfwd_remove for ${formatForward(f)}: ${out.split('\n')[0]}`);
-    all = await updateMeta(vm, (l) => l.filter((g) => !(g.proto === f.proto && g.bind === f.bind && g.host === f.host)), deadline);
+    if (!/removed/.test(out) && !/not found/.test(out))
+      throw new PimError(EXIT.DATAERR, `QEMU refused hostfwd_remove for ${formatForward(f)}: ${out.split('\n')[0]}`);
+    all = await updateMeta(
+      vm,
+      (l) => l.filter((g) => !(g.proto === f.proto && g.bind === f.bind && g.host === f.host)),
+      deadline,
+    );
   }
   return all;
 }

@@ -67,7 +67,11 @@ export async function queryStatus(vm: VmInfo, timeoutMs: number): Promise<LiveSt
  * marks KVM broken, `running` long enough marks it working. Returns the
  * verdict this wrote, if any.
  */
-export async function noteStatus(vm: Pick<VmInfo, 'meta'>, st: LiveStatus, now = Date.now()): Promise<'ok' | 'broken' | null> {
+export async function noteStatus(
+  vm: Pick<VmInfo, 'meta'>,
+  st: LiveStatus,
+  now = Date.now(),
+): Promise<'ok' | 'broken' | null> {
   if (vm.meta?.accel !== 'kvm') return null;
   return (await accel()).noteKvmStatus(vm.meta.accel, st.status, runSeconds(vm.meta, now));
 }

@@ -12,13 +12,24 @@
  */
 import type { GaClient } from '../qemu/ga.ts';
 
-export const HOST_KEY_FILES = ['/etc/ssh/ssh_host_ed25519_key.pub', '/etc/ssh/ssh_host_ecdsa_key.pub', '/etc/ssh/ssh_host_rsa_key.pub', '/etc/dropbear/dropbear_ed25519_host_key.pub'];
-export const DROPBEAR_KEY_FILES = ['/etc/dropbear/dropbear_ed25519_host_key', '/etc/dropbear/dropbear_ecdsa_host_key', '/etc/dropbear/dropbear_rsa_host_key'];
+export const HOST_KEY_FILES = [
+  '/etc/ssh/ssh_host_ed25519_key.pub',
+  '/etc/ssh/ssh_host_ecdsa_key.pub',
+  '/etc/ssh/ssh_host_rsa_key.pub',
+  '/etc/dropbear/dropbear_ed25519_host_key.pub',
+];
+export const DROPBEAR_KEY_FILES = [
+  '/etc/dropbear/dropbear_ed25519_host_key',
+  '/etc/dropbear/dropbear_ecdsa_host_key',
+  '/etc/dropbear/dropbear_rsa_host_key',
+];
 
 /** The base64 body of an OpenSSH public key line, as bytes (what ssh2's host verifier gets). */
 export function keyBlob(line: string): Buffer | null {
   const parts = line.trim().split(/\s+/);
-  const b64 = parts.find((p, i) => i > 0 && /^AAAA[0-9A-Za-z+/=]+$/.test(p)) ?? (/^AAAA/.test(parts[0] ?? '') ? parts[0] : undefined);
+  const b64 =
+    parts.find((p, i) => i > 0 && /^AAAA[0-9A-Za-z+/=]+$/.test(p)) ??
+    (/^AAAA/.test(parts[0] ?? '') ? parts[0] : undefined);
   return b64 ? Buffer.from(b64, 'base64') : null;
 }
 
@@ -79,7 +90,12 @@ export function dropbearPublicBlob(file: Buffer): Buffer | null {
 }
 
 /** The bytes of a small guest file through the agent, or null when it cannot be read. */
-export async function readGuestBytes(ga: GaClient, path: string, timeoutMs: number, max = 65536): Promise<Buffer | null> {
+export async function readGuestBytes(
+  ga: GaClient,
+  path: string,
+  timeoutMs: number,
+  max = 65536,
+): Promise<Buffer | null> {
   let handle: number;
   try {
     handle = (await ga.execute('guest-file-open', { path, mode: 'r' }, timeoutMs)) as number;
@@ -90,7 +106,11 @@ export async function readGuestBytes(ga: GaClient, path: string, timeoutMs: numb
   let total = 0;
   try {
     for (;;) {
-      const r = (await ga.execute('guest-file-read', { handle, count: 4096 }, timeoutMs)) as { count: number; 'buf-b64': string; eof: boolean };
+      const r = (await ga.execute('guest-file-read', { handle, count: 4096 }, timeoutMs)) as {
+        count: number;
+        'buf-b64': string;
+        eof: boolean;
+      };
       const b = Buffer.from(r['buf-b64'] ?? '', 'base64');
       chunks.push(b);
       total += b.length;
@@ -105,7 +125,12 @@ export async function readGuestBytes(ga: GaClient, path: string, timeoutMs: numb
 }
 
 /** The text of a small guest file through the agent, or null when it cannot be read. */
-export async function readGuestFile(ga: GaClient, path: string, timeoutMs: number, max = 65536): Promise<string | null> {
+export async function readGuestFile(
+  ga: GaClient,
+  path: string,
+  timeoutMs: number,
+  max = 65536,
+): Promise<string | null> {
   const b = await readGuestBytes(ga, path, timeoutMs, max);
   return b === null ? null : b.toString('utf8');
 }
@@ -141,7 +166,11 @@ export async function readHostKeys(ga: GaClient, timeoutMs = 5_000): Promise<Hos
  * the host keys. Returns the keys, or null when no agent answered or no key
  * file was there.
  */
-export async function hostKeysViaAgent(socket: string, deadline: number, signal?: AbortSignal): Promise<HostKeys | null> {
+export async function hostKeysViaAgent(
+  socket: string,
+  deadline: number,
+  signal?: AbortSignal,
+): Promise<HostKeys | null> {
   const { GaClient } = await import('../qemu/ga.ts');
   while (Date.now() < deadline) {
     if (signal?.aborted) throw signal.reason;

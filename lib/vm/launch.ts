@@ -59,7 +59,10 @@ export async function reserveVm(ref: VmRef): Promise<Reservation> {
   try {
     const info = await vmInfo(ref);
     if (info.state === 'running') {
-      throw new PimError(EXIT.TEMPFAIL, `${ref.name} is already running (pid ${info.pid}); stop it with pim-stop ${ref.name}, or choose another name`);
+      throw new PimError(
+        EXIT.TEMPFAIL,
+        `${ref.name} is already running (pid ${info.pid}); stop it with pim-stop ${ref.name}, or choose another name`,
+      );
     }
     cleanupFiles(ref.files);
   } catch (e) {
@@ -96,17 +99,29 @@ export class KvmFailed extends PimError {
 export function qemuFailure(res: VmRef, status: number, sudo: boolean, spec: Pick<VmSpec, 'accel' | 'net'>): PimError {
   const tail = logTail(res.files.log, 20);
   if (sudo && tail.some((l) => /^sudo: .*(password|not allowed|may not run|no tty|a terminal is required)/i.test(l))) {
-    return new PimError(EXIT.NOPERM, `sudo refused to run QEMU for bridged networking; run "sudo -v" first or add a NOPASSWD sudoers rule for ${qemuBinary()}, chown and kill, by absolute path (see README)`);
+    return new PimError(
+      EXIT.NOPERM,
+      `sudo refused to run QEMU for bridged networking; run "sudo -v" first or add a NOPASSWD sudoers rule for ${qemuBinary()}, chown and kill, by absolute path (see README)`,
+    );
   }
-  const qline = [...tail].reverse().find((l) => /qemu-system|qemu:|error/i.test(l)) ?? tail[tail.length - 1] ?? `exit status ${status}`;
+  const qline =
+    [...tail].reverse().find((l) => /qemu-system|qemu:|error/i.test(l)) ??
+    tail[tail.length - 1] ??
+    `exit status ${status}`;
   if (/Failed to get "write" lock|Is another process using the image/.test(tail.join('\n'))) {
     // --snapshot still reads the image, which the running QEMU's write lock forbids: only a clone (an overlay read without the lock) starts
-    return new PimError(EXIT.TEMPFAIL, `the image is in use by another QEMU (${qline.trim()}); start a throwaway copy with pim-run --clone, or stop that VM first`);
+    return new PimError(
+      EXIT.TEMPFAIL,
+      `the image is in use by another QEMU (${qline.trim()}); start a throwaway copy with pim-run --clone, or stop that VM first`,
+    );
   }
-  if (spec.net.mode === 'bridge' && /bridge helper failed/i.test(tail.join('\n'))) return bridgeFailure(tail, spec.net.bridge ?? '?');
+  if (spec.net.mode === 'bridge' && /bridge helper failed/i.test(tail.join('\n')))
+    return bridgeFailure(tail, spec.net.bridge ?? '?');
   if (spec.accel === 'kvm' && isKvmFailure(tail.join('\n'))) {
     markKvmBroken();
-    return new KvmFailed(`KVM does not work here (${qline.trim()}); use --accel tcg or PIM_ACCEL=tcg (pim remembers this: default starts use TCG until the host reboots)`);
+    return new KvmFailed(
+      `KVM does not work here (${qline.trim()}); use --accel tcg or PIM_ACCEL=tcg (pim remembers this: default starts use TCG until the host reboots)`,
+    );
   }
   if (/Could not access KVM kernel module|failed to initialize kvm|KVM internal error/i.test(tail.join('\n'))) {
     return new PimError(EXIT.UNAVAILABLE, `KVM does not work here (${qline.trim()}); use --accel tcg or PIM_ACCEL=tcg`);
@@ -122,12 +137,21 @@ export function qemuFailure(res: VmRef, status: number, sudo: boolean, spec: Pic
  */
 function bridgeFailure(tail: string[], bridge: string): PimError {
   const conf = '/etc/qemu/bridge.conf';
-  const cause = tail.find((l) => /acl file|bridge\.conf/i.test(l)) ?? tail.find((l) => !/bridge helper failed/i.test(l) && l.trim()) ?? 'bridge helper failed';
+  const cause =
+    tail.find((l) => /acl file|bridge\.conf/i.test(l)) ??
+    tail.find((l) => !/bridge helper failed/i.test(l) && l.trim()) ??
+    'bridge helper failed';
   const why = cause.trim().replace(/`/g, "'");
   if (/access denied by acl|acl file/i.test(why)) {
-    return new PimError(EXIT.NOPERM, `bridged networking on bridge ${bridge} was refused by qemu-bridge-helper: ${why}; add the line "allow ${bridge}" to ${conf} (as root), or name an allowed bridge with --bridge or PIM_BRIDGE`);
+    return new PimError(
+      EXIT.NOPERM,
+      `bridged networking on bridge ${bridge} was refused by qemu-bridge-helper: ${why}; add the line "allow ${bridge}" to ${conf} (as root), or name an allowed bridge with --bridge or PIM_BRIDGE`,
+    );
   }
-  return new PimError(EXIT.UNAVAILABLE, `bridged networking on bridge ${bridge} failed: ${why}; check that the bridge exists (ip link show ${bridge}) and is allowed in ${conf}, or name another with --bridge or PIM_BRIDGE`);
+  return new PimError(
+    EXIT.UNAVAILABLE,
+    `bridged networking on bridge ${bridge} failed: ${why}; check that the bridge exists (ip link show ${bridge}) and is allowed in ${conf}, or name another with --bridge or PIM_BRIDGE`,
+  );
 }
 
 /** Let the invoking user use the root-owned sockets and pidfile: sudo for exactly this chown. */
@@ -136,7 +160,10 @@ async function chownToUser(paths: string[]): Promise<void> {
   const existing = paths.filter((p) => existsSync(p));
   const r = await run('sudo', ['-n', 'chown', `${process.getuid!()}:${process.getgid!()}`, ...existing]);
   if (r.code !== 0) {
-    throw new PimError(EXIT.NOPERM, `sudo refused to chown the VM's sockets to you (${r.stderr.trim()}); allow "chown" in your sudoers rule. QEMU is running as root: stop it with sudo kill $(sudo cat ${paths.find((p) => p.endsWith('.pid'))})`);
+    throw new PimError(
+      EXIT.NOPERM,
+      `sudo refused to chown the VM's sockets to you (${r.stderr.trim()}); allow "chown" in your sudoers rule. QEMU is running as root: stop it with sudo kill $(sudo cat ${paths.find((p) => p.endsWith('.pid'))})`,
+    );
   }
 }
 
@@ -172,7 +199,11 @@ async function killStart(res: VmRef, child: ChildProcess | null, root: boolean):
  * killed, its files removed, and the signal's Interrupted is thrown: no VM is
  * left behind.
  */
-export async function launch(res: Reservation, req: LaunchRequest, opts: { signal?: AbortSignal } = {}): Promise<RunningVm | number> {
+export async function launch(
+  res: Reservation,
+  req: LaunchRequest,
+  opts: { signal?: AbortSignal } = {},
+): Promise<RunningVm | number> {
   const { files, name } = res;
   checkAborted(opts.signal);
   // a new log for this start (the last one was kept for a post-mortem): the old
@@ -181,12 +212,21 @@ export async function launch(res: Reservation, req: LaunchRequest, opts: { signa
   rmSync(files.log, { force: true });
   closeSync(createExclusive(files.log, 0o600));
   const foreground = req.console || Boolean(req.debugger);
-  const spec: VmSpec = { ...req.spec, name, files, serial: req.console ? 'stdio' : 'socket', daemonize: !foreground && req.spec.net.mode !== 'vmnet-bridged' };
+  const spec: VmSpec = {
+    ...req.spec,
+    name,
+    files,
+    serial: req.console ? 'stdio' : 'socket',
+    daemonize: !foreground && req.spec.net.mode !== 'vmnet-bridged',
+  };
   const argv = [qemuBinary(), ...buildQemuArgv(spec)];
   const root = req.sudo && process.getuid?.() !== 0;
   if (root && req.debugger) {
     cleanupFiles(files);
-    throw new PimError(EXIT.NOPERM, `${name} needs QEMU to run as root (bridged networking without a setuid bridge helper), and a debugger runs it as you; use user networking, or make qemu-bridge-helper setuid`);
+    throw new PimError(
+      EXIT.NOPERM,
+      `${name} needs QEMU to run as root (bridged networking without a setuid bridge helper), and a debugger runs it as you; use user networking, or make qemu-bridge-helper setuid`,
+    );
   }
   if (root) await sudoValidate('sudo refused; bridged networking needs sudo to run QEMU as root');
   const cmd = req.debugger ? [...req.debugger, ...argv] : root ? ['sudo', '-n', ...argv] : argv;
@@ -262,12 +302,18 @@ export async function launch(res: Reservation, req: LaunchRequest, opts: { signa
         // QEMU's stderr is the log it opened (-D, lib/qemu/argv.ts) without O_APPEND:
         // reopened through "logfile" it appends, after the console's lines (pim-log)
         // (best effort: a guest that is already gone, pim-kboot --exec's, has nothing more to say)
-        if (spec.daemonize) await q.execute('human-monitor-command', { 'command-line': `logfile "${files.log.replace(/["\\]/g, '\\$&')}"` }).catch(() => undefined);
+        if (spec.daemonize)
+          await q
+            .execute('human-monitor-command', { 'command-line': `logfile "${files.log.replace(/["\\]/g, '\\$&')}"` })
+            .catch(() => undefined);
       } finally {
         q.close();
       }
     } catch (e) {
-      throw new PimError(EXIT.UNAVAILABLE, `QEMU started (pid ${pid}) but QMP does not answer: ${(e as Error).message}; see ${files.log}, stop it with pim-stop ${name}`);
+      throw new PimError(
+        EXIT.UNAVAILABLE,
+        `QEMU started (pid ${pid}) but QMP does not answer: ${(e as Error).message}; see ${files.log}, stop it with pim-stop ${name}`,
+      );
     }
     checkAborted(opts.signal);
     return { ...res, state: 'running', pid, meta };
@@ -302,10 +348,20 @@ function createLogAppend(file: string): number {
 }
 
 const notFound = (cmd: string, e: NodeJS.ErrnoException) =>
-  new PimError(EXIT.UNAVAILABLE, `cannot run ${cmd}: ${e.code === 'ENOENT' ? 'not found; install QEMU (apt-get install qemu-system-x86) or set PIM_QEMU' : e.message}`);
+  new PimError(
+    EXIT.UNAVAILABLE,
+    `cannot run ${cmd}: ${e.code === 'ENOENT' ? 'not found; install QEMU (apt-get install qemu-system-x86) or set PIM_QEMU' : e.message}`,
+  );
 
 /** Without -daemonize (macOS vmnet): watch the runtime dir until the QMP socket appears, or QEMU dies. */
-function waitForSocket(path: string, child: ChildProcess, res: VmRef, root: boolean, spec: VmSpec, signal?: AbortSignal): Promise<void> {
+function waitForSocket(
+  path: string,
+  child: ChildProcess,
+  res: VmRef,
+  root: boolean,
+  spec: VmSpec,
+  signal?: AbortSignal,
+): Promise<void> {
   return new Promise((resolve, reject) => {
     const { dirname } = process.getBuiltinModule('node:path') as typeof import('node:path');
     let done = false;
@@ -323,7 +379,10 @@ function waitForSocket(path: string, child: ChildProcess, res: VmRef, root: bool
     const watcher = watch(dirname(path), () => {
       if (existsSync(path) && existsSync(res.files.pid)) finish();
     });
-    const timer = setTimeout(() => finish(new PimError(EXIT.TEMPFAIL, `QEMU did not open ${path} within 60 s (log: ${res.files.log})`)), 60_000);
+    const timer = setTimeout(
+      () => finish(new PimError(EXIT.TEMPFAIL, `QEMU did not open ${path} within 60 s (log: ${res.files.log})`)),
+      60_000,
+    );
     child.once('exit', (code) => finish(qemuFailure(res, code ?? 1, root, spec)));
     if (existsSync(path) && existsSync(res.files.pid)) finish();
   });

@@ -60,7 +60,10 @@ export async function showLog(ref: VmRef, o: LogOpts): Promise<number> {
   const info = await vmInfo(ref);
   const fd = openRegular(ref.files.log);
   if (fd === null) {
-    const why = info.state === 'running' ? 'it was started without one' : 'it is not running, and no log of it was kept (pim-rm removes them)';
+    const why =
+      info.state === 'running'
+        ? 'it was started without one'
+        : 'it is not running, and no log of it was kept (pim-rm removes them)';
     throw new PimError(EXIT.NOINPUT, `no log of ${ref.name} in ${ref.dir}: ${why}; see pim-ps --all`);
   }
   let from = 0;

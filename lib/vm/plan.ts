@@ -19,21 +19,24 @@ import type { VmRef } from './ref.ts';
 /** A memory size such as 512M or 2G (exit 64 otherwise). */
 export function checkMem(mem: string | number, what = '--mem'): string {
   const s = String(mem);
-  if (!/^\d+[KMGT]?$/i.test(s)) throw new PimError(EXIT.USAGE, `${what} must be a size such as 512M or 2G, not ${JSON.stringify(s)}`);
+  if (!/^\d+[KMGT]?$/i.test(s))
+    throw new PimError(EXIT.USAGE, `${what} must be a size such as 512M or 2G, not ${JSON.stringify(s)}`);
   return s;
 }
 
 /** A CPU count from 1 to 256 (exit 64 otherwise). */
 export function checkCpus(cpus: string | number, what = '--cpus'): number {
   const n = Number(cpus);
-  if (!Number.isInteger(n) || n < 1 || n > 256) throw new PimError(EXIT.USAGE, `${what} must be a whole number from 1 to 256, not ${JSON.stringify(String(cpus))}`);
+  if (!Number.isInteger(n) || n < 1 || n > 256)
+    throw new PimError(EXIT.USAGE, `${what} must be a whole number from 1 to 256, not ${JSON.stringify(String(cpus))}`);
   return n;
 }
 
 /** A TCP port number (exit 64 otherwise). */
 export function checkPort(port: string | number, what = '--ssh-port'): number {
   const n = Number(port);
-  if (!Number.isInteger(n) || n < 1 || n > 65535) throw new PimError(EXIT.USAGE, `${what} must be a port number (1-65535), not ${JSON.stringify(String(port))}`);
+  if (!Number.isInteger(n) || n < 1 || n > 65535)
+    throw new PimError(EXIT.USAGE, `${what} must be a port number (1-65535), not ${JSON.stringify(String(port))}`);
   return n;
 }
 
@@ -60,12 +63,31 @@ export interface NetPlan {
 export async function planNetwork(name: string, r: NetRequest): Promise<NetPlan> {
   const mac = macFor(name);
   if (r.bridged) {
-    if (r.sshPort) throw new PimError(EXIT.USAGE, '--ssh-port is for user networking; a bridged VM has its own address (see pim-ip)');
-    if (r.forwards?.length) throw new PimError(EXIT.USAGE, '--forward is for user networking; a bridged VM has its own address on the bridge (see pim-ip)');
-    if (process.platform === 'darwin') return { net: { mode: 'vmnet-bridged', bridge: r.bridge ?? process.env.PIM_BRIDGE ?? 'en0', mac }, sudo: true, sshPort: null, picked: false };
+    if (r.sshPort)
+      throw new PimError(
+        EXIT.USAGE,
+        '--ssh-port is for user networking; a bridged VM has its own address (see pim-ip)',
+      );
+    if (r.forwards?.length)
+      throw new PimError(
+        EXIT.USAGE,
+        '--forward is for user networking; a bridged VM has its own address on the bridge (see pim-ip)',
+      );
+    if (process.platform === 'darwin')
+      return {
+        net: { mode: 'vmnet-bridged', bridge: r.bridge ?? process.env.PIM_BRIDGE ?? 'en0', mac },
+        sudo: true,
+        sshPort: null,
+        picked: false,
+      };
     const helper = bridgeHelper();
     if (!helper) throw new PimError(EXIT.UNAVAILABLE, 'qemu-bridge-helper was not found; install qemu-system-common');
-    return { net: { mode: 'bridge', bridge: r.bridge ?? process.env.PIM_BRIDGE ?? 'br0', helper: helper.path, mac }, sudo: !helper.setuid, sshPort: null, picked: false };
+    return {
+      net: { mode: 'bridge', bridge: r.bridge ?? process.env.PIM_BRIDGE ?? 'br0', helper: helper.path, mac },
+      sudo: !helper.setuid,
+      sshPort: null,
+      picked: false,
+    };
   }
   const forwards = r.forwards ?? [];
   checkForwards(forwards, [], r.sshPort ?? null);
@@ -129,7 +151,9 @@ export interface StartRequest {
  * on TCG, still under the same lock. A failure after that is seen by pim-ps
  * and pim-status (lib/vm/health.ts).
  */
-export async function startVm(req: StartRequest): Promise<{ vm: RunningVm; accel: Accel; sshPort: number | null } | number> {
+export async function startVm(
+  req: StartRequest,
+): Promise<{ vm: RunningVm; accel: Accel; sshPort: number | null } | number> {
   const choice = chooseAccel(req.accel);
   let accel = choice.accel;
   let probe = choice.probeKvm;
@@ -147,7 +171,11 @@ export async function startVm(req: StartRequest): Promise<{ vm: RunningVm; accel
     if (req.clone && req.disk) {
       const { createOverlayUnlocked } = await import('../image/qemu-img.ts');
       await createOverlayUnlocked(res.files.clone, req.disk.path, req.disk.format);
-      req = { ...req, disk: { ...req.disk, path: res.files.clone, format: 'qcow2' }, image: req.image ?? req.disk.path };
+      req = {
+        ...req,
+        disk: { ...req.disk, path: res.files.clone, format: 'qcow2' },
+        image: req.image ?? req.disk.path,
+      };
     }
     if (req.prepare) req = { ...req, extra: [...(await req.prepare(res.files)), ...(req.extra ?? [])] };
     let uefi: { code: string; vars: string } | undefined;
@@ -169,7 +197,9 @@ export async function startVm(req: StartRequest): Promise<{ vm: RunningVm; accel
         } catch (e) {
           // QEMU died of KVM as it started (launch marked KVM broken): this VM runs on TCG
           if (!(probe && accel === 'kvm' && e instanceof KvmFailed)) throw e;
-          log.warn(`KVM failed here as QEMU started: starting ${req.ref.name} with TCG, which is much slower; later runs use TCG directly`);
+          log.warn(
+            `KVM failed here as QEMU started: starting ${req.ref.name} with TCG, which is much slower; later runs use TCG directly`,
+          );
           markSaid(KVM_BROKEN_WARNING); // said now: not again at the next start of this host boot
           accel = 'tcg';
           result = await launch(res, request(req, np, accel, uefi), { signal: req.signal });
@@ -179,7 +209,9 @@ export async function startVm(req: StartRequest): Promise<{ vm: RunningVm; accel
         // an internal error this early restarts the VM on TCG before pim-run returns
         if (probe && accel === 'kvm' && !(await kvmWorks(result))) {
           markKvmBroken();
-          log.warn('KVM failed at run time here (internal error): restarting with TCG, which is much slower; later runs use TCG directly');
+          log.warn(
+            'KVM failed at run time here (internal error): restarting with TCG, which is much slower; later runs use TCG directly',
+          );
           markSaid(KVM_BROKEN_WARNING);
           accel = 'tcg';
           result = await launch(res, request(req, np, accel, uefi), { signal: req.signal });
@@ -188,9 +220,16 @@ export async function startVm(req: StartRequest): Promise<{ vm: RunningVm; accel
         return { vm: result, accel, sshPort: np.sshPort };
       } catch (e) {
         // a port pim picked was taken between picking and QEMU binding it: pick again
-        if (np.picked && attempt < 2 && e instanceof PimError && new RegExp(`forwarding rule '?tcp:127\\.0\\.0\\.1:${np.sshPort}-`, 'i').test(e.message)) continue;
+        if (
+          np.picked &&
+          attempt < 2 &&
+          e instanceof PimError &&
+          new RegExp(`forwarding rule '?tcp:127\\.0\\.0\\.1:${np.sshPort}-`, 'i').test(e.message)
+        )
+          continue;
         // one of --forward's ports was taken after the check: busy (75), not a broken QEMU
-        if (e instanceof PimError && /could not set up host forwarding rule/i.test(e.message)) throw new PimError(EXIT.TEMPFAIL, `a host port is in use: ${e.message}`);
+        if (e instanceof PimError && /could not set up host forwarding rule/i.test(e.message))
+          throw new PimError(EXIT.TEMPFAIL, `a host port is in use: ${e.message}`);
         throw e;
       }
     }
@@ -199,14 +238,27 @@ export async function startVm(req: StartRequest): Promise<{ vm: RunningVm; accel
   }
 }
 
-function request(req: StartRequest, np: NetPlan, accel: Accel, uefi: { code: string; vars: string } | undefined): LaunchRequest {
+function request(
+  req: StartRequest,
+  np: NetPlan,
+  accel: Accel,
+  uefi: { code: string; vars: string } | undefined,
+): LaunchRequest {
   const agent = req.agent ?? true;
   return {
     spec: {
       accel,
       mem: req.mem,
       cpus: req.cpus,
-      disk: req.disk ? { path: req.disk.path, format: req.disk.format, snapshot: Boolean(req.snapshot), unlockedBacking: Boolean(req.clone), ...(req.disk.discard ? { discard: true } : {}) } : undefined,
+      disk: req.disk
+        ? {
+            path: req.disk.path,
+            format: req.disk.format,
+            snapshot: Boolean(req.snapshot),
+            unlockedBacking: Boolean(req.clone),
+            ...(req.disk.discard ? { discard: true } : {}),
+          }
+        : undefined,
       display: req.display,
       uefi,
       agent,

@@ -67,14 +67,24 @@ export interface SshFiles {
 
 export const sshFiles = (ref: VmRef): SshFiles => {
   const dir = ref.files.ssh;
-  return { dir, config: join(dir, 'config'), knownHosts: join(dir, 'known_hosts'), controlPattern: join(dir, 'c-%r'), control: (u) => join(dir, `c-${u}`) };
+  return {
+    dir,
+    config: join(dir, 'config'),
+    knownHosts: join(dir, 'known_hosts'),
+    controlPattern: join(dir, 'c-%r'),
+    control: (u) => join(dir, `c-${u}`),
+  };
 };
 
 const USER_RE = /^[A-Za-z_][A-Za-z0-9_.-]{0,31}$/;
 
 /** A login name (exit 64 otherwise): it goes into a file name (the control socket) and ssh's argv. */
 export function checkUser(u: string, what = '--user'): string {
-  if (!USER_RE.test(u)) throw new PimError(EXIT.USAGE, `${what} must be a user name (letters, digits, _ . -; 32 at most), not ${JSON.stringify(u)}`);
+  if (!USER_RE.test(u))
+    throw new PimError(
+      EXIT.USAGE,
+      `${what} must be a user name (letters, digits, _ . -; 32 at most), not ${JSON.stringify(u)}`,
+    );
   return u;
 }
 
@@ -97,10 +107,22 @@ function absolute(p: string): string {
 }
 
 /** User and key: overrides, then PIM_SSH_USER/PIM_SSH_KEY, then the metadata, then root and OpenSSH's defaults. */
-export function sshWho(vm: Pick<RunningVm, 'meta'>, over: SshWho = {}, env: NodeJS.ProcessEnv = process.env): { user: string; key: string | null } {
-  const user = over.user ? checkUser(over.user) : env.PIM_SSH_USER ? checkUser(env.PIM_SSH_USER, 'PIM_SSH_USER') : vm.meta?.ssh_user ? checkUser(vm.meta.ssh_user, 'the metadata ssh_user') : 'root';
+export function sshWho(
+  vm: Pick<RunningVm, 'meta'>,
+  over: SshWho = {},
+  env: NodeJS.ProcessEnv = process.env,
+): { user: string; key: string | null } {
+  const user = over.user
+    ? checkUser(over.user)
+    : env.PIM_SSH_USER
+      ? checkUser(env.PIM_SSH_USER, 'PIM_SSH_USER')
+      : vm.meta?.ssh_user
+        ? checkUser(vm.meta.ssh_user, 'the metadata ssh_user')
+        : 'root';
   const k = over.key ?? (env.PIM_SSH_KEY || undefined) ?? vm.meta?.ssh_key ?? null;
-  const key = k ? checkKey(k, over.key ? '-i' : env.PIM_SSH_KEY ? 'PIM_SSH_KEY' : `${vm.meta?.name ?? 'the VM'}'s metadata ssh_key`) : null;
+  const key = k
+    ? checkKey(k, over.key ? '-i' : env.PIM_SSH_KEY ? 'PIM_SSH_KEY' : `${vm.meta?.name ?? 'the VM'}'s metadata ssh_key`)
+    : null;
   return { user, key };
 }
 
@@ -115,7 +137,10 @@ interface GaIface {
 /** The address to reach a bridged guest at, from guest-network-get-interfaces: the first global IPv4, else IPv6. */
 export function bridgedAddress(ifaces: GaIface[]): string | null {
   const all = ifaces.filter((i) => i.name !== 'lo').flatMap((i) => i['ip-addresses'] ?? []);
-  const v4 = all.find((a) => a['ip-address-type'] === 'ipv4' && !a['ip-address'].startsWith('127.') && !a['ip-address'].startsWith('169.254.'));
+  const v4 = all.find(
+    (a) =>
+      a['ip-address-type'] === 'ipv4' && !a['ip-address'].startsWith('127.') && !a['ip-address'].startsWith('169.254.'),
+  );
   if (v4) return v4['ip-address'];
   const v6 = all.find((a) => a['ip-address-type'] === 'ipv6' && !/^(fe80|::1$)/i.test(a['ip-address']));
   return v6 ? v6['ip-address'] : null;
@@ -125,14 +150,28 @@ export function bridgedAddress(ifaces: GaIface[]): string | null {
 export async function sshAddress(vm: RunningVm, timeoutMs = AGENT_WAIT_MS): Promise<{ host: string; port: number }> {
   if (!vm.meta?.bridged) {
     const port = vm.meta?.ssh_port;
-    if (!port) throw new PimError(EXIT.UNAVAILABLE, `${vm.name} has no SSH port forward in its metadata (a ${vm.meta?.kind ?? 'VM'} started without networking?)`);
+    if (!port)
+      throw new PimError(
+        EXIT.UNAVAILABLE,
+        `${vm.name} has no SSH port forward in its metadata (a ${vm.meta?.kind ?? 'VM'} started without networking?)`,
+      );
     return { host: '127.0.0.1', port };
   }
-  if (!vm.meta.agent) throw new PimError(EXIT.UNAVAILABLE, `${vm.name} is bridged and has no guest agent channel, so pim cannot know its address; ssh to it yourself`);
+  if (!vm.meta.agent)
+    throw new PimError(
+      EXIT.UNAVAILABLE,
+      `${vm.name} is bridged and has no guest agent channel, so pim cannot know its address; ssh to it yourself`,
+    );
   const { withGa } = await import('./connect.ts');
-  const ifaces = (await withGa(vm.name, timeoutMs, (g) => g.execute('guest-network-get-interfaces', undefined, timeoutMs))) as GaIface[];
+  const ifaces = (await withGa(vm.name, timeoutMs, (g) =>
+    g.execute('guest-network-get-interfaces', undefined, timeoutMs),
+  )) as GaIface[];
   const host = bridgedAddress(ifaces);
-  if (!host) throw new PimError(EXIT.UNAVAILABLE, `${vm.name}'s guest agent reports no address on the bridge yet (see pim-ip ${vm.name}); try again once the guest has one`);
+  if (!host)
+    throw new PimError(
+      EXIT.UNAVAILABLE,
+      `${vm.name}'s guest agent reports no address on the bridge yet (see pim-ip ${vm.name}); try again once the guest has one`,
+    );
   return { host, port: 22 };
 }
 
@@ -143,7 +182,11 @@ export async function sshAddress(vm: RunningVm, timeoutMs = AGENT_WAIT_MS): Prom
  * blanks; a double quote or a control character cannot be written (73).
  */
 export function configValue(v: string, tokens = true): string {
-  if (/["\x00-\x1f\x7f]/.test(v)) throw new PimError(EXIT.CANTCREAT, `cannot write ${JSON.stringify(v)} into an ssh config (a double quote or a control character); use another path`);
+  if (/["\x00-\x1f\x7f]/.test(v))
+    throw new PimError(
+      EXIT.CANTCREAT,
+      `cannot write ${JSON.stringify(v)} into an ssh config (a double quote or a control character); use another path`,
+    );
   const e = tokens ? v.replace(/%/g, '%%') : v;
   return /[\s#'\\]/.test(e) ? `"${e}"` : e;
 }
@@ -235,13 +278,19 @@ function ensureSshDir(dir: string): void {
     try {
       fs.mkdirSync(dir, { mode: 0o700 });
     } catch (e) {
-      if ((e as NodeJS.ErrnoException).code !== 'EEXIST') throw new PimError(EXIT.CANTCREAT, `cannot create ${dir}: ${(e as Error).message}`);
+      if ((e as NodeJS.ErrnoException).code !== 'EEXIST')
+        throw new PimError(EXIT.CANTCREAT, `cannot create ${dir}: ${(e as Error).message}`);
     }
     st = fs.lstatSync(dir);
   }
-  if (!st.isDirectory()) throw new PimError(EXIT.CANTCREAT, `${dir} is not a directory (a file or a symlink someone put there); remove it and try again`);
+  if (!st.isDirectory())
+    throw new PimError(
+      EXIT.CANTCREAT,
+      `${dir} is not a directory (a file or a symlink someone put there); remove it and try again`,
+    );
   const uid = process.getuid?.();
-  if (uid !== undefined && st.uid !== uid) throw new PimError(EXIT.NOPERM, `${dir} is owned by uid ${st.uid}, not you; remove it`);
+  if (uid !== undefined && st.uid !== uid)
+    throw new PimError(EXIT.NOPERM, `${dir} is owned by uid ${st.uid}, not you; remove it`);
   if ((st.mode & 0o077) !== 0) fs.chmodSync(dir, 0o700);
 }
 
@@ -296,7 +345,12 @@ export function masterAlive(sock: string): Promise<boolean> {
  * the guest agent only while known_hosts is empty; a VM whose agent does not
  * answer gets accept-new, said once (when its config is first written).
  */
-export async function prepareSsh(vm: RunningVm, over: SshWho = {}, say: (msg: string) => void = () => {}, opts: { configWho?: boolean } = {}): Promise<Prepared> {
+export async function prepareSsh(
+  vm: RunningVm,
+  over: SshWho = {},
+  say: (msg: string) => void = () => {},
+  opts: { configWho?: boolean } = {},
+): Promise<Prepared> {
   const { readRegular, writeFileAtomic } = await import('../core/fs.ts');
   const files = sshFiles(vm);
   const who = sshWho(vm, over);
@@ -319,7 +373,11 @@ export async function prepareSsh(vm: RunningVm, over: SshWho = {}, say: (msg: st
   let pinned = /^# pinned/m.test(known);
   if (!known.trim() || (pinned && !known.includes(`\n${pattern} `))) {
     let lines: string[] | null = null;
-    if (pinned) lines = known.split('\n').filter((l) => l && !l.startsWith('#')).map((l) => l.split(' ').slice(1).join(' '));
+    if (pinned)
+      lines = known
+        .split('\n')
+        .filter((l) => l && !l.startsWith('#'))
+        .map((l) => l.split(' ').slice(1).join(' '));
     else if (vm.meta?.agent !== false) {
       const { hostKeysViaAgent } = await import('./hostkeys.ts');
       lines = (await hostKeysViaAgent(vm.files.ga, Date.now() + AGENT_WAIT_MS))?.lines ?? null;
@@ -331,10 +389,23 @@ export async function prepareSsh(vm: RunningVm, over: SshWho = {}, say: (msg: st
     } else if (!known.trim()) {
       // keep ssh's own accept-new entry, if it has made one already
       if (!fs.existsSync(files.knownHosts)) writeFileAtomic(files.knownHosts, '', 0o600);
-      if (!oldConfig) say(`${vm.name}: no guest agent answered with the host keys, so the key SSH shows first is trusted (StrictHostKeyChecking accept-new)`);
+      if (!oldConfig)
+        say(
+          `${vm.name}: no guest agent answered with the host keys, so the key SSH shows first is trusted (StrictHostKeyChecking accept-new)`,
+        );
     }
   }
-  const text = sshConfigText({ name: vm.name, host: addr.host, port: addr.port, user: base.user, key: base.key, identities: base.key ? [] : defaultIdentities(), knownHosts: files.knownHosts, controlPath: files.controlPattern, pinned });
+  const text = sshConfigText({
+    name: vm.name,
+    host: addr.host,
+    port: addr.port,
+    user: base.user,
+    key: base.key,
+    identities: base.key ? [] : defaultIdentities(),
+    knownHosts: files.knownHosts,
+    controlPath: files.controlPattern,
+    pinned,
+  });
   if (text !== oldConfig) writeFileAtomic(files.config, text, 0o600);
   return { files, reach: { name: vm.name, host: addr.host, port: addr.port, ...who, pattern }, control, master };
 }
@@ -351,13 +422,24 @@ export function overrideArgs(p: Prepared, vm: Pick<RunningVm, 'meta'>): string[]
 /** What ssh's stderr says went wrong, as a pim error. */
 export function connectError(name: string, r: SshReach, stderr: string): PimError {
   const last = stderr.trim().split('\n').filter(Boolean).pop() ?? 'no message';
-  if (/REMOTE HOST IDENTIFICATION HAS CHANGED|Host key verification failed|host key .*(differs|mismatch)/i.test(stderr)) {
-    return new PimError(EXIT.DATAERR, `${name} showed a host key that is not the one pinned from its guest agent: ssh refused to connect; if the guest really has a new key, stop and start the VM again (or remove ${r.pattern} from its known_hosts)`);
+  if (
+    /REMOTE HOST IDENTIFICATION HAS CHANGED|Host key verification failed|host key .*(differs|mismatch)/i.test(stderr)
+  ) {
+    return new PimError(
+      EXIT.DATAERR,
+      `${name} showed a host key that is not the one pinned from its guest agent: ssh refused to connect; if the guest really has a new key, stop and start the VM again (or remove ${r.pattern} from its known_hosts)`,
+    );
   }
   if (/Permission denied/i.test(stderr)) {
-    return new PimError(EXIT.NOPERM, `SSH to ${name} refused ${r.user}${r.key ? ` with key ${r.key}` : " with pim's key and OpenSSH's default keys"}: give --user and -i KEY (or set PIM_SSH_USER, PIM_SSH_KEY)`);
+    return new PimError(
+      EXIT.NOPERM,
+      `SSH to ${name} refused ${r.user}${r.key ? ` with key ${r.key}` : " with pim's key and OpenSSH's default keys"}: give --user and -i KEY (or set PIM_SSH_USER, PIM_SSH_KEY)`,
+    );
   }
-  return new PimError(EXIT.UNAVAILABLE, `cannot reach ${name} over SSH at ${r.host}:${r.port} (${last}); is its SSH server up? (pim-wait ${name} --for ssh)`);
+  return new PimError(
+    EXIT.UNAVAILABLE,
+    `cannot reach ${name} over SSH at ${r.host}:${r.port} (${last}); is its SSH server up? (pim-wait ${name} --for ssh)`,
+  );
 }
 
 /**
@@ -368,7 +450,11 @@ export function connectError(name: string, r: SshReach, stderr: string): PimErro
 export async function needSshClient(cmd: 'ssh' | 'scp' = 'ssh'): Promise<string> {
   const { which } = await import('../core/which.ts');
   const found = which(cmd);
-  if (!found) throw new PimError(EXIT.UNAVAILABLE, `${cmd} was not found on PATH; install the OpenSSH client (Debian: apt-get install openssh-client)`);
+  if (!found)
+    throw new PimError(
+      EXIT.UNAVAILABLE,
+      `${cmd} was not found on PATH; install the OpenSSH client (Debian: apt-get install openssh-client)`,
+    );
   return found;
 }
 
@@ -441,7 +527,11 @@ export async function closeMasters(ref: VmRef, timeoutMs = 3_000): Promise<void>
           } catch {
             return resolve();
           }
-          const child = spawn('ssh', ['-F', files.config, '-o', `ControlPath=${sock.replace(/%/g, '%%')}`, '-O', 'exit', '--', ref.name], { stdio: 'ignore' });
+          const child = spawn(
+            'ssh',
+            ['-F', files.config, '-o', `ControlPath=${sock.replace(/%/g, '%%')}`, '-O', 'exit', '--', ref.name],
+            { stdio: 'ignore' },
+          );
           const t = setTimeout(() => child.kill('SIGKILL'), timeoutMs);
           const done = () => (clearTimeout(t), resolve());
           child.once('error', done);
@@ -462,7 +552,9 @@ export async function closeMasters(ref: VmRef, timeoutMs = 3_000): Promise<void>
 export function sshOfBuild(settingsUser: string | undefined, profileKeys: unknown, userKey?: string | null): SshWho {
   const out: SshWho = {};
   if (settingsUser && USER_RE.test(settingsUser)) out.user = settingsUser;
-  const keys = Array.isArray(profileKeys) ? profileKeys.filter((k): k is string => typeof k === 'string').map((k) => k.trim().split(/\s+/)[1]) : [];
+  const keys = Array.isArray(profileKeys)
+    ? profileKeys.filter((k): k is string => typeof k === 'string').map((k) => k.trim().split(/\s+/)[1])
+    : [];
   const own = userKeyIfMade();
   const ownPub = userPublicKey();
   if (userKey && own && ownPub && keyBlobOf(userKey) === keyBlobOf(ownPub)) out.key = own;

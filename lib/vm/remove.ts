@@ -29,7 +29,11 @@ export async function removeVm(ref: VmRef, o: { image?: boolean } = {}): Promise
   const lock = await acquireLock(ref.files.lock, `VM ${ref.name}`);
   try {
     const info = await vmInfo(ref);
-    if (info.state === 'running') throw new PimError(EXIT.TEMPFAIL, `${ref.name} is running (pid ${info.pid}); stop it first (pim-stop ${ref.name})`);
+    if (info.state === 'running')
+      throw new PimError(
+        EXIT.TEMPFAIL,
+        `${ref.name} is running (pid ${info.pid}); stop it first (pim-stop ${ref.name})`,
+      );
     const removed: string[] = [];
     for (const [k, p] of Object.entries(ref.files) as Array<[keyof VmFiles, string]>) {
       if (k === 'lock' || !exists(p)) continue;
@@ -40,15 +44,24 @@ export async function removeVm(ref: VmRef, o: { image?: boolean } = {}): Promise
     if (o.image) {
       const files = storeFiles(ref.name);
       const dir = existingRuntimeDir();
-      const users = dir ? (await listVms(dir)).filter((v) => v.state === 'running' && files.includes(v.meta?.image ?? '')) : [];
-      if (users.length) throw new PimError(EXIT.TEMPFAIL, `the image of ${ref.name} is the disk of running VM ${users[0]!.name}; stop it first (pim-stop ${users[0]!.name})`);
+      const users = dir
+        ? (await listVms(dir)).filter((v) => v.state === 'running' && files.includes(v.meta?.image ?? ''))
+        : [];
+      if (users.length)
+        throw new PimError(
+          EXIT.TEMPFAIL,
+          `the image of ${ref.name} is the disk of running VM ${users[0]!.name}; stop it first (pim-stop ${users[0]!.name})`,
+        );
       for (const f of files) {
         rmSync(f, { force: true });
         removed.push(f);
       }
     }
     if (!removed.length) {
-      throw new PimError(EXIT.NOINPUT, `nothing of ${ref.name} to remove: no log or runtime file in ${ref.dir}${o.image ? ` and no image in ${imagesDir()}` : ''}; see pim-ps --all`);
+      throw new PimError(
+        EXIT.NOINPUT,
+        `nothing of ${ref.name} to remove: no log or runtime file in ${ref.dir}${o.image ? ` and no image in ${imagesDir()}` : ''}; see pim-ps --all`,
+      );
     }
     return removed;
   } finally {

@@ -59,14 +59,23 @@ export function checkTag(tag: string): string {
   try {
     checkName(tag);
   } catch {
-    throw new PimError(EXIT.USAGE, `bad snapshot tag ${JSON.stringify(tag)}: use letters, digits, ".", "_" and "-" (at most 64), starting with a letter or digit`);
+    throw new PimError(
+      EXIT.USAGE,
+      `bad snapshot tag ${JSON.stringify(tag)}: use letters, digits, ".", "_" and "-" (at most 64), starting with a letter or digit`,
+    );
   }
-  if (/^\d+$/.test(tag)) throw new PimError(EXIT.USAGE, `bad snapshot tag ${JSON.stringify(tag)}: a tag of digits only would be taken for a snapshot ID; add a letter`);
+  if (/^\d+$/.test(tag))
+    throw new PimError(
+      EXIT.USAGE,
+      `bad snapshot tag ${JSON.stringify(tag)}: a tag of digits only would be taken for a snapshot ID; add a letter`,
+    );
   return tag;
 }
 
 /** What `pim-snapshot TARGET` works on: a running VM, or an image file. */
-export type SnapTarget = { kind: 'running'; name: string; vm: RunningVm } | { kind: 'image'; name: string; path: string };
+export type SnapTarget =
+  | { kind: 'running'; name: string; vm: RunningVm }
+  | { kind: 'image'; name: string; path: string };
 
 const looksLikePath = (s: string) => s.includes('/') || IMAGE_EXTS.includes(extname(s));
 
@@ -74,7 +83,9 @@ const looksLikePath = (s: string) => s.includes('/') || IMAGE_EXTS.includes(extn
 async function vmUsing(path: string): Promise<RunningVm | null> {
   const dir = existingRuntimeDir();
   if (!dir) return null;
-  for (const v of await listVms(dir)) if (v.state === 'running' && v.meta?.image && (v.meta.image === path || sameFile(v.meta.image, path))) return v as RunningVm;
+  for (const v of await listVms(dir))
+    if (v.state === 'running' && v.meta?.image && (v.meta.image === path || sameFile(v.meta.image, path)))
+      return v as RunningVm;
   return null;
 }
 
@@ -97,10 +108,14 @@ export async function snapshotTarget(target: string): Promise<SnapTarget> {
       if (info.meta?.image) refuseBuild(info.meta.image);
       return { kind: 'running', name: target, vm: info as RunningVm };
     }
-    if (info.state === 'starting') throw new PimError(EXIT.TEMPFAIL, `${target} is still starting; try again in a moment`);
+    if (info.state === 'starting')
+      throw new PimError(EXIT.TEMPFAIL, `${target} is still starting; try again in a moment`);
     const found = IMAGE_EXTS.map((e) => join(imagesDir(), target + e)).find((p) => existsSync(p));
     if (!found) {
-      throw new PimError(EXIT.NOINPUT, `${target} is not running and there is no image ${target} in ${imagesDir()}; see pim-ps --all, or pass a path to an image`);
+      throw new PimError(
+        EXIT.NOINPUT,
+        `${target} is not running and there is no image ${target} in ${imagesDir()}; see pim-ps --all, or pass a path to an image`,
+      );
     }
     path = found;
     name = target;
@@ -116,7 +131,10 @@ export async function snapshotTarget(target: string): Promise<SnapTarget> {
 function refuseBuild(path: string): void {
   const b = buildOfDisk(path);
   if (b && isBuildDisk(b, path)) {
-    throw new PimError(EXIT.NOPERM, `${path} is the image of build ${b.id}, and builds never change; take snapshots of the VM that runs it (pim-run ${b.profile} boots an overlay of it: pim-snapshot ${b.profile} ...)`);
+    throw new PimError(
+      EXIT.NOPERM,
+      `${path} is the image of build ${b.id}, and builds never change; take snapshots of the VM that runs it (pim-run ${b.profile} boots an overlay of it: pim-snapshot ${b.profile} ...)`,
+    );
   }
 }
 
@@ -140,7 +158,10 @@ interface QueryJob {
 
 /** A job that QEMU ran to its end and that failed: QEMU's own words. */
 export class JobFailed extends PimError {
-  constructor(readonly command: string, readonly reason: string) {
+  constructor(
+    readonly command: string,
+    readonly reason: string,
+  ) {
     super(EXIT.DATAERR, `${command} failed: ${reason}`);
   }
 }
@@ -153,7 +174,12 @@ let jobSeq = 0;
  * read its error from query-jobs and dismiss it. Throws JobFailed with QEMU's
  * error.
  */
-export async function runJob(q: JobQmp, command: string, args: Record<string, unknown>, timeoutMs: number): Promise<void> {
+export async function runJob(
+  q: JobQmp,
+  command: string,
+  args: Record<string, unknown>,
+  timeoutMs: number,
+): Promise<void> {
   const id = `pim-${command}-${process.pid}-${++jobSeq}`;
   let concluded!: () => void;
   const done = new Promise<'done'>((r) => (concluded = () => r('done')));
@@ -169,7 +195,10 @@ export async function runJob(q: JobQmp, command: string, args: Record<string, un
     const how = await Promise.race([done, timedOut, closed]);
     if (how === 'closed') throw new PimError(EXIT.UNAVAILABLE, `QEMU went away during ${command}; see pim-log`);
     if (how === 'timeout') {
-      throw new PimError(EXIT.TEMPFAIL, `${command} did not finish within ${timeoutMs / 1000} s; QEMU goes on with it (job ${id}: pim-qmp NAME query-jobs)`);
+      throw new PimError(
+        EXIT.TEMPFAIL,
+        `${command} did not finish within ${timeoutMs / 1000} s; QEMU goes on with it (job ${id}: pim-qmp NAME query-jobs)`,
+      );
     }
     const jobs = (await q.execute('query-jobs')) as QueryJob[];
     const job = jobs.find((j) => j.id === id);
@@ -183,7 +212,13 @@ export async function runJob(q: JobQmp, command: string, args: Record<string, un
 
 interface BlockInfo {
   device: string;
-  inserted?: { 'node-name': string; ro: boolean; drv: string; file: string; image?: { filename?: string; snapshots?: ImgSnapshot[] } };
+  inserted?: {
+    'node-name': string;
+    ro: boolean;
+    drv: string;
+    file: string;
+    image?: { filename?: string; snapshots?: ImgSnapshot[] };
+  };
 }
 
 export interface VmDisks {
@@ -208,8 +243,13 @@ export function vmDisks(name: string, blocks: BlockInfo[], started: { snapshot?:
     );
   }
   const disks = blocks.filter((b) => b.inserted && !b.inserted.ro && !/^pflash\d*$/.test(b.device));
-  if (!disks.length) throw new PimError(EXIT.UNAVAILABLE, `${name} has no writable disk to hold a snapshot (a VM booted with pim-kboot has none)`);
-  for (const d of disks) if (d.inserted!.drv !== 'qcow2') throw rawRefused(d.inserted!.image?.filename ?? d.inserted!.file);
+  if (!disks.length)
+    throw new PimError(
+      EXIT.UNAVAILABLE,
+      `${name} has no writable disk to hold a snapshot (a VM booted with pim-kboot has none)`,
+    );
+  for (const d of disks)
+    if (d.inserted!.drv !== 'qcow2') throw rawRefused(d.inserted!.image?.filename ?? d.inserted!.file);
   const main = disks.find((d) => d.device === 'disk0') ?? disks[0]!;
   return {
     devices: disks.map((d) => d.inserted!['node-name']),
@@ -222,9 +262,13 @@ async function disksOf(q: QmpClient, vm: RunningVm): Promise<VmDisks> {
   return vmDisks(vm.name, (await q.execute('query-block')) as BlockInfo[], vm.meta);
 }
 
-const noSuchTag = (name: string, tag: string) => new PimError(EXIT.NOINPUT, `${name} has no snapshot ${tag}; see pim-snapshot ${name} list`);
+const noSuchTag = (name: string, tag: string) =>
+  new PimError(EXIT.NOINPUT, `${name} has no snapshot ${tag}; see pim-snapshot ${name} list`);
 const tagExists = (name: string, tag: string) =>
-  new PimError(EXIT.CANTCREAT, `${name} already has a snapshot ${tag}; remove it first (pim-snapshot ${name} rm ${tag}) or replace it with --force`);
+  new PimError(
+    EXIT.CANTCREAT,
+    `${name} already has a snapshot ${tag}; remove it first (pim-snapshot ${name} rm ${tag}) or replace it with --force`,
+  );
 
 export type SnapshotAction = 'save' | 'load' | 'rm';
 
@@ -266,7 +310,13 @@ export async function snapshotAction(t: SnapTarget, action: SnapshotAction, tag:
   return imgSnapshot(t.path, action === 'load' ? 'apply' : 'delete', tag);
 }
 
-async function runningAction(q: QmpClient, vm: RunningVm, action: SnapshotAction, tag: string, o: ActionOpts): Promise<void> {
+async function runningAction(
+  q: QmpClient,
+  vm: RunningVm,
+  action: SnapshotAction,
+  tag: string,
+  o: ActionOpts,
+): Promise<void> {
   const { devices, vmstate, snapshots } = await disksOf(q, vm);
   const have = snapshots.filter((s) => s.tag === tag);
   const name = vm.name;
@@ -289,7 +339,10 @@ async function runningAction(q: QmpClient, vm: RunningVm, action: SnapshotAction
     if (!(e instanceof JobFailed)) throw e;
     // QEMU stops the VM for a load and resumes it only when the load succeeded
     const st = (await q.execute('query-status').catch(() => null)) as { status: string; running: boolean } | null;
-    const left = st && !st.running ? `; ${name} is left stopped (status ${st.status}), its state may be half loaded: load another snapshot, or stop it (pim-stop --force ${name})` : '';
+    const left =
+      st && !st.running
+        ? `; ${name} is left stopped (status ${st.status}), its state may be half loaded: load another snapshot, or stop it (pim-stop --force ${name})`
+        : '';
     throw new PimError(EXIT.DATAERR, `${e.message}${left}`);
   }
 }

@@ -74,7 +74,6 @@ export function writeMeta(files: VmFiles, meta: VmMeta): void {
 /** The marker that identifies this VM's QEMU in its command line. */
 export const qemuMarker = (files: VmFiles) => qemuEscape(files.qmp);
 
-
 export async function vmInfo(ref: VmRef): Promise<VmInfo> {
   const { files } = ref;
   const meta = readMeta(files);
@@ -87,7 +86,8 @@ export async function vmInfo(ref: VmRef): Promise<VmInfo> {
 
 /** Remove what a dead VM left behind (keeps the log for a post-mortem). */
 export function cleanupFiles(files: VmFiles): void {
-  for (const k of ['qmp', 'ga', 'serial', 'pid', 'meta', 'efivars', 'clone'] as const) rmSync(files[k], { force: true });
+  for (const k of ['qmp', 'ga', 'serial', 'pid', 'meta', 'efivars', 'clone'] as const)
+    rmSync(files[k], { force: true });
   // virtiofsd's sockets for pim-run --share: NAME.vfsN.sock
   const { dir, base } = { dir: dirname(files.qmp), base: basename(files.qmp, RUNTIME_EXT.qmp) };
   let names: string[] = [];
@@ -96,7 +96,9 @@ export function cleanupFiles(files: VmFiles): void {
   } catch {
     /* no runtime dir */
   }
-  for (const f of names) if (f.startsWith(`${base}.vfs`) && /^\.vfs\d+\.sock$/.test(f.slice(base.length))) rmSync(join(dir, f), { force: true });
+  for (const f of names)
+    if (f.startsWith(`${base}.vfs`) && /^\.vfs\d+\.sock$/.test(f.slice(base.length)))
+      rmSync(join(dir, f), { force: true });
   // directories of the VM's own (rmSync does not follow a symlink planted in their place: it removes the link)
   rmSync(files.stage, { recursive: true, force: true });
   rmSync(files.ssh, { recursive: true, force: true });
@@ -123,7 +125,8 @@ function namesWith(dir: string, exts: string[]): string[] {
 }
 
 /** Names that have runtime state in `dir`. */
-export const runtimeNames = (dir: string): string[] => namesWith(dir, [RUNTIME_EXT.meta, RUNTIME_EXT.pid, RUNTIME_EXT.qmp]);
+export const runtimeNames = (dir: string): string[] =>
+  namesWith(dir, [RUNTIME_EXT.meta, RUNTIME_EXT.pid, RUNTIME_EXT.qmp]);
 
 /** Names whose log (NAME.log) is in `dir`: logs outlive their VMs, for a post-mortem (pim-ps --all). */
 export const loggedNames = (dir: string): string[] => namesWith(dir, [RUNTIME_EXT.log]);
@@ -144,8 +147,12 @@ export async function requireRunning(ref: VmRef): Promise<RunningVm> {
   const info = await vmInfo(ref);
   if (info.state === 'running') return info as RunningVm;
   if (info.state === 'stale') cleanupFiles(info.files);
-  if (info.state === 'starting') throw new PimError(EXIT.TEMPFAIL, `${ref.name} is still starting; try again in a moment`);
-  throw new PimError(EXIT.UNAVAILABLE, `${ref.name} is not running; see pim-ps for the VMs that are${fieldHint(ref.name)}`);
+  if (info.state === 'starting')
+    throw new PimError(EXIT.TEMPFAIL, `${ref.name} is still starting; try again in a moment`);
+  throw new PimError(
+    EXIT.UNAVAILABLE,
+    `${ref.name} is not running; see pim-ps for the VMs that are${fieldHint(ref.name)}`,
+  );
 }
 
 /** The last `n` lines of a log (a regular file; at most its last 256 KiB are read). */

@@ -25,7 +25,17 @@ export type StopStage = 'agent' | 'acpi' | 'quit' | 'sigterm' | 'sigkill';
 const KBOOT_ACPI_MS = 5_000;
 /** QMP run states in which the guest runs (or can be made to) and so can shut itself down. */
 const RESUMABLE = new Set(['paused', 'suspended']);
-const GENTLE = new Set(['running', 'paused', 'suspended', 'prelaunch', 'finish-migrate', 'postmigrate', 'save-vm', 'restore-vm', 'inmigrate']);
+const GENTLE = new Set([
+  'running',
+  'paused',
+  'suspended',
+  'prelaunch',
+  'finish-migrate',
+  'postmigrate',
+  'save-vm',
+  'restore-vm',
+  'inmigrate',
+]);
 
 export interface StopResult {
   name: string;
@@ -43,7 +53,11 @@ async function signal(pid: number, sig: 'SIGTERM' | 'SIGKILL', root: boolean): P
     // QEMU runs as root (bridged): sudo for exactly this kill
     const { run } = await import('../core/run.ts');
     const r = await run('sudo', ['-n', 'kill', `-${sig.slice(3)}`, String(pid)]);
-    if (r.code !== 0) throw new PimError(EXIT.NOPERM, `sudo refused to send ${sig} to the root-owned QEMU (pid ${pid}); allow "kill" in your sudoers rule or stop it with sudo`);
+    if (r.code !== 0)
+      throw new PimError(
+        EXIT.NOPERM,
+        `sudo refused to send ${sig} to the root-owned QEMU (pid ${pid}); allow "kill" in your sudoers rule or stop it with sudo`,
+      );
   }
 }
 

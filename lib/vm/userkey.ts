@@ -70,7 +70,11 @@ export async function ensureUserKey(): Promise<{ path: string; public: string }>
   }
   if (fs.statSync(path).mode & 0o077) fs.chmodSync(path, 0o600);
   const parsed = utils.parseKey(fs.readFileSync(path));
-  if (parsed instanceof Error) throw new PimError(EXIT.DATAERR, `pim's SSH key ${path} does not parse (${parsed.message}); remove it (and its .pub) and pim makes a new one`);
+  if (parsed instanceof Error)
+    throw new PimError(
+      EXIT.DATAERR,
+      `pim's SSH key ${path} does not parse (${parsed.message}); remove it (and its .pub) and pim makes a new one`,
+    );
   const key = Array.isArray(parsed) ? parsed[0] : parsed;
   const pub = `${key.type} ${key.getPublicSSH().toString('base64')} ${key.comment || 'pim'}`.trim();
   const have = userPublicKey();

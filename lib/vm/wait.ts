@@ -40,7 +40,10 @@ export function parseWaitFor(s: string, flag = '--for'): WaitFor {
     try {
       return { kind: 'console', re: new RegExp(src) };
     } catch (e) {
-      throw new PimError(EXIT.USAGE, `${flag} ${JSON.stringify(s)}: not a valid regular expression: ${(e as Error).message}`);
+      throw new PimError(
+        EXIT.USAGE,
+        `${flag} ${JSON.stringify(s)}: not a valid regular expression: ${(e as Error).message}`,
+      );
     }
   }
   throw new PimError(EXIT.USAGE, `${flag} must be ${WAIT_FORMS}, not ${JSON.stringify(s)}`);
@@ -68,15 +71,25 @@ export interface WaitOpts {
 /** Exit 64 before anything starts when the VM cannot give one of those signals: no agent channel, no forwarded SSH port. */
 export function checkWaitable(name: string, can: { agent: boolean; ssh: boolean }, fors: WaitFor[]): void {
   for (const w of fors) {
-    if (w.kind === 'agent' && !can.agent) throw new PimError(EXIT.USAGE, `${name} has no guest-agent channel, so there is no agent to wait for; wait for ssh or console:REGEX`);
+    if (w.kind === 'agent' && !can.agent)
+      throw new PimError(
+        EXIT.USAGE,
+        `${name} has no guest-agent channel, so there is no agent to wait for; wait for ssh or console:REGEX`,
+      );
     if (w.kind === 'ssh' && !can.ssh) {
-      throw new PimError(EXIT.USAGE, `${name} has no forwarded SSH port (it is bridged), so pim cannot reach its port 22; wait for agent or console:REGEX`);
+      throw new PimError(
+        EXIT.USAGE,
+        `${name} has no forwarded SSH port (it is bridged), so pim cannot reach its port 22; wait for agent or console:REGEX`,
+      );
     }
   }
 }
 
 /** What a running VM can signal, from its metadata (none: assume everything). */
-export const signalsOf = (vm: RunningVm) => ({ agent: vm.meta ? vm.meta.agent : true, ssh: vm.meta ? Boolean(vm.meta.ssh_port) : false });
+export const signalsOf = (vm: RunningVm) => ({
+  agent: vm.meta ? vm.meta.agent : true,
+  ssh: vm.meta ? Boolean(vm.meta.ssh_port) : false,
+});
 
 class Stopped extends Error {}
 class TimedOut extends Error {}
@@ -129,7 +142,11 @@ export async function waitUp(vm: RunningVm, fors: WaitFor[], o: WaitOpts): Promi
   o.signal?.addEventListener('abort', onOuter, { once: true });
   const probes: Probe[] = fors.map((w) => ({ w, last: 'nothing yet' }));
   const pending = new Set(probes);
-  const progress = () => o.onProgress?.([...pending].map((p) => waitLabel(p.w)), [...pending].map((p) => p.last).join('; '));
+  const progress = () =>
+    o.onProgress?.(
+      [...pending].map((p) => waitLabel(p.w)),
+      [...pending].map((p) => p.last).join('; '),
+    );
   // a clock for the display only: nothing waits on it
   const ticker = o.onProgress ? setInterval(progress, 1000) : undefined;
   ticker?.unref();
@@ -147,18 +164,32 @@ export async function waitUp(vm: RunningVm, fors: WaitFor[], o: WaitOpts): Promi
     // a probe's connection closes a moment before QEMU is gone (it closes its sockets,
     // then removes its pidfile and exits): give the stop a moment to show, so that a VM
     // that stopped is told as such, not as a connection that closed
-    if (!ctl.signal.aborted && e instanceof PimError && e.code === EXIT.UNAVAILABLE) await stopShows(vm, ctl.signal, 2_000);
+    if (!ctl.signal.aborted && e instanceof PimError && e.code === EXIT.UNAVAILABLE)
+      await stopShows(vm, ctl.signal, 2_000);
     const why = ctl.signal.aborted ? ctl.signal.reason : e;
     const open = [...pending];
     const what = open.map((p) => waitLabel(p.w)).join(' and ') || fors.map(waitLabel).join(' and ');
     const last = open.map((p) => (open.length > 1 ? `${waitLabel(p.w)}: ${p.last}` : p.last)).join('; ');
     if (why instanceof Stopped || (!(why instanceof TimedOut) && why === e && !alive(vm))) {
-      throw new PimError(EXIT.UNAVAILABLE, `${vm.name} stopped while waiting for ${what} (last seen: ${last}); its log: ${vm.files.log}`);
+      throw new PimError(
+        EXIT.UNAVAILABLE,
+        `${vm.name} stopped while waiting for ${what} (last seen: ${last}); its log: ${vm.files.log}`,
+      );
     }
     if (why instanceof TimedOut) {
-      if (!alive(vm)) throw new PimError(EXIT.UNAVAILABLE, `${vm.name} stopped while waiting for ${what} (last seen: ${last}); its log: ${vm.files.log}`);
-      const qmp = await qmpView(vm, open.some((p) => p.w.kind === 'agent'));
-      throw new PimError(EXIT.TEMPFAIL, `${vm.name}: ${what} not up within ${o.timeoutMs / 1000} s; last seen: ${last}${qmp ? `; ${qmp}` : ''}`);
+      if (!alive(vm))
+        throw new PimError(
+          EXIT.UNAVAILABLE,
+          `${vm.name} stopped while waiting for ${what} (last seen: ${last}); its log: ${vm.files.log}`,
+        );
+      const qmp = await qmpView(
+        vm,
+        open.some((p) => p.w.kind === 'agent'),
+      );
+      throw new PimError(
+        EXIT.TEMPFAIL,
+        `${vm.name}: ${what} not up within ${o.timeoutMs / 1000} s; last seen: ${last}${qmp ? `; ${qmp}` : ''}`,
+      );
     }
     throw why;
   } finally {
@@ -177,12 +208,18 @@ async function qmpView(vm: RunningVm, agent: boolean): Promise<string> {
     return await withQmp(vm.name, 3_000, async (q) => {
       const out: string[] = [];
       const st = (await q.execute('query-status')) as { status: string; running: boolean };
-      if (!st.running) out.push(`the VM is not running inside QEMU (status ${st.status}${st.status === 'paused' ? `: pim-ctl ${vm.name} resume` : ''})`);
+      if (!st.running)
+        out.push(
+          `the VM is not running inside QEMU (status ${st.status}${st.status === 'paused' ? `: pim-ctl ${vm.name} resume` : ''})`,
+        );
       if (agent) {
         const ch = (await q.execute('query-chardev')) as Array<{ label: string; 'frontend-open'?: boolean }>;
         const ga = ch.find((c) => c.label === 'ga0');
-        if (ga && ga['frontend-open'] === false) out.push('the guest never opened the agent\'s virtio port (is qemu-guest-agent installed and started in the guest?)');
-        else if (ga) out.push('the guest opened the agent\'s port, but the agent did not answer');
+        if (ga && ga['frontend-open'] === false)
+          out.push(
+            "the guest never opened the agent's virtio port (is qemu-guest-agent installed and started in the guest?)",
+          );
+        else if (ga) out.push("the guest opened the agent's port, but the agent did not answer");
       }
       return out.join('; ');
     });
@@ -236,7 +273,8 @@ const clean = (s: string) => s.replace(/\x1b\[[0-9;?]*[ -/]*[@-~]/g, '').replace
 /** Follow the log from `from` until a line matches `re` (the line being written counts too: a prompt has no newline). */
 function consoleProbe(vm: RunningVm, p: Probe, re: RegExp, from: number, signal: AbortSignal): Promise<string> {
   const fd = openRegular(vm.files.log);
-  if (fd === null) return Promise.reject(new PimError(EXIT.UNAVAILABLE, `${vm.name} has no console log ${vm.files.log}`));
+  if (fd === null)
+    return Promise.reject(new PimError(EXIT.UNAVAILABLE, `${vm.name} has no console log ${vm.files.log}`));
   p.last = 'no console output yet';
   const rx = new RegExp(re.source, re.flags.replace(/[gy]/g, '')); // no lastIndex state between lines
   return new Promise<string>((resolve, reject) => {
@@ -303,7 +341,13 @@ function consoleProbe(vm: RunningVm, p: Probe, re: RegExp, from: number, signal:
  * thrown. `seen` hears what each attempt found. (pim-build's provisioning
  * uses it too, through lib/build/ssh.ts.)
  */
-export async function waitSshBanner(host: string, port: number, deadline: number, signal?: AbortSignal, seen?: (what: string) => void): Promise<string> {
+export async function waitSshBanner(
+  host: string,
+  port: number,
+  deadline: number,
+  signal?: AbortSignal,
+  seen?: (what: string) => void,
+): Promise<string> {
   const net = await import('node:net');
   const MAX_OPEN = 10;
   return new Promise<string>((resolve, reject) => {
@@ -331,7 +375,10 @@ export async function waitSshBanner(host: string, port: number, deadline: number
     };
     const onAbort = () => finish(signal!.reason);
     const left = deadline - Date.now();
-    const end = setTimeout(() => finish(new PimError(EXIT.TEMPFAIL, `SSH on ${host}:${port} did not answer in time (last seen: ${last})`)), Number.isFinite(left) ? Math.max(0, left) : 2 ** 31 - 1);
+    const end = setTimeout(
+      () => finish(new PimError(EXIT.TEMPFAIL, `SSH on ${host}:${port} did not answer in time (last seen: ${last})`)),
+      Number.isFinite(left) ? Math.max(0, left) : 2 ** 31 - 1,
+    );
     const attempt = () => {
       if (finished) return;
       if (open.length >= MAX_OPEN) open.shift()!.destroy();
@@ -348,7 +395,10 @@ export async function waitSshBanner(host: string, port: number, deadline: number
       s.on('connect', () => {
         connected = true;
         waiting.set(s, Date.now());
-        if (last === 'nothing yet') note(`${host}:${port} accepted a connection but sent no banner yet (QEMU's forward is up; the guest's port 22 is not answering yet)`);
+        if (last === 'nothing yet')
+          note(
+            `${host}:${port} accepted a connection but sent no banner yet (QEMU's forward is up; the guest's port 22 is not answering yet)`,
+          );
       });
       s.on('data', (d: Buffer) => {
         buf += d.toString('latin1');
@@ -365,7 +415,10 @@ export async function waitSshBanner(host: string, port: number, deadline: number
       });
       s.on('close', () => {
         if (finished) return;
-        if (connected && !buf) note(`${host}:${port} accepted and closed without a banner (QEMU's forward is up; nothing listens on the guest's port 22 yet)`);
+        if (connected && !buf)
+          note(
+            `${host}:${port} accepted and closed without a banner (QEMU's forward is up; nothing listens on the guest's port 22 yet)`,
+          );
         drop();
       });
     };

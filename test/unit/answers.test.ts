@@ -32,28 +32,31 @@ afterEach(() => {
 });
 
 const PLAIN = "s3cret pass'word";
-const HARD = [
-  'hard:',
-  '  hostname: web1',
-  '  domain: example.org',
-  '  username: alice',
-  '  ssh_user: deploy',
-  `  password: ${JSON.stringify(PLAIN)}`,
-  '  ssh_keys: ["ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIA8xj0 one@host", "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIB9yk1 two@host"]',
-  '  packages: [nginx, openssh-server]',
-  'hardu:',
-  '  distro: ubuntu',
-  '  hostname: web2',
-  '  username: alice',
-  '  ssh_user: deploy',
-  `  password: ${JSON.stringify(PLAIN)}`,
-  '  ssh_keys: ["ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIA8xj0 one@host"]',
-  'ubu: {distro: ubuntu}',
-].join('\n') + '\n';
+const HARD =
+  [
+    'hard:',
+    '  hostname: web1',
+    '  domain: example.org',
+    '  username: alice',
+    '  ssh_user: deploy',
+    `  password: ${JSON.stringify(PLAIN)}`,
+    '  ssh_keys: ["ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIA8xj0 one@host", "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIB9yk1 two@host"]',
+    '  packages: [nginx, openssh-server]',
+    'hardu:',
+    '  distro: ubuntu',
+    '  hostname: web2',
+    '  username: alice',
+    '  ssh_user: deploy',
+    `  password: ${JSON.stringify(PLAIN)}`,
+    '  ssh_keys: ["ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIA8xj0 one@host"]',
+    'ubu: {distro: ubuntu}',
+  ].join('\n') + '\n';
 const URL = 'http://10.0.2.2:8080';
-const render = async (route: '/preseed.cfg' | '/user-data', name: string) => renderAnswer(route, await loadProfile(name), URL)!.body;
+const render = async (route: '/preseed.cfg' | '/user-data', name: string) =>
+  renderAnswer(route, await loadProfile(name), URL)!.body;
 /** The late_command of a preseed, joined as debconf joins a value's lines (a trailing \ continues it). */
-const lateCommand = (preseed: string) => /^d-i preseed\/late_command string (.*)$/m.exec(preseed.replace(/\\\n/g, ''))![1]!;
+const lateCommand = (preseed: string) =>
+  /^d-i preseed\/late_command string (.*)$/m.exec(preseed.replace(/\\\n/g, ''))![1]!;
 
 describe('secure by default: no password', () => {
   it('the default profile has no password; the Debian account is locked and sshd refuses passwords', async () => {
@@ -63,7 +66,9 @@ describe('secure by default: no password', () => {
     const preseed = await render('/preseed.cfg', 'default');
     expect(preseed).not.toContain('$6$');
     expect(preseed).toMatch(/^d-i passwd\/user-password-crypted password !$/m);
-    expect(lateCommand(preseed)).toContain("'PasswordAuthentication no' 'KbdInteractiveAuthentication no' > /target/etc/ssh/sshd_config.d/10-pim.conf");
+    expect(lateCommand(preseed)).toContain(
+      "'PasswordAuthentication no' 'KbdInteractiveAuthentication no' > /target/etc/ssh/sshd_config.d/10-pim.conf",
+    );
   });
   it('Ubuntu: identity.password is "!" (subiquity requires one: a locked account) and ssh.allow-pw false', async () => {
     w('profiles.d/p.yml', HARD);
@@ -76,7 +81,10 @@ describe('secure by default: no password', () => {
   it('password_hash: null unsets a password a profile below set; password and password_hash together are 78', async () => {
     w('profiles.d/p.yml', 'default:\n  password_hash: "$6$x$y"\na: {password_hash: null}\nb: {password: x}\n');
     expect((await loadProfile('a')).value).not.toHaveProperty('password_hash');
-    await expect(loadProfile('b')).rejects.toMatchObject({ code: 78, message: expect.stringMatching(/p\.yml:4: set password or password_hash, not both/) });
+    await expect(loadProfile('b')).rejects.toMatchObject({
+      code: 78,
+      message: expect.stringMatching(/p\.yml:4: set password or password_hash, not both/),
+    });
     w('profiles.d/p.yml', 'c: {password: ""}\nd: {password_hash: "$6$a b"}\n');
     await expect(loadProfile('c')).rejects.toMatchObject({ code: 78 });
     await expect(loadProfile('d')).rejects.toMatchObject({ code: 78 });
@@ -111,7 +119,11 @@ describe("a profile's password", () => {
     w('profiles.d/p.yml', HARD);
     const p = await loadProfile('hard');
     const plan = await planBuild(p);
-    const inputs = buildInputs(plan, { '/preseed.cfg': renderAnswer('/preseed.cfg', p, URL)!.body }, { name: 'x', checksum: 'sha256:0' });
+    const inputs = buildInputs(
+      plan,
+      { '/preseed.cfg': renderAnswer('/preseed.cfg', p, URL)!.body },
+      { name: 'x', checksum: 'sha256:0' },
+    );
     const text = canonical(inputs);
     expect(text).not.toContain('s3cret');
     expect(text).toContain(p.value.password_hash as string);
@@ -124,7 +136,9 @@ describe('packages', () => {
     const req = REQUIRED_PACKAGES.installer;
     expect(req).toEqual(['openssh-server', 'qemu-guest-agent', 'sudo', 'cloud-init']);
     expect((await loadProfile('hard')).value.packages).toEqual([...req, 'nginx']);
-    expect(await render('/preseed.cfg', 'hard')).toContain(`d-i pkgsel/include string ${[...req, 'nginx'].join(' ')}\n`);
+    expect(await render('/preseed.cfg', 'hard')).toContain(
+      `d-i pkgsel/include string ${[...req, 'nginx'].join(' ')}\n`,
+    );
     expect(parse(await render('/user-data', 'ubu')).autoinstall.packages).toEqual(req);
     w('profiles.d/p.yml', 'e: {packages: []}\nf: {packages: ["a; reboot"]}\n');
     expect((await loadProfile('e')).value.packages).toEqual(req);
@@ -139,8 +153,12 @@ describe('the Debian preseed', () => {
   it('creates a non-root ssh_user other than username, and gives it the keys and sudo', async () => {
     w('profiles.d/p.yml', HARD);
     const late = lateCommand(await render('/preseed.cfg', 'hard'));
-    expect(late).toMatch(/^\s*in-target id -u deploy >\/dev\/null 2>&1 \|\| in-target useradd -m -d \/home\/deploy -s \/bin\/bash deploy; /);
-    expect(late).toContain("printf '%s\\n' 'ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIA8xj0 one@host' 'ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIB9yk1 two@host' >> /target/home/deploy/.ssh/authorized_keys");
+    expect(late).toMatch(
+      /^\s*in-target id -u deploy >\/dev\/null 2>&1 \|\| in-target useradd -m -d \/home\/deploy -s \/bin\/bash deploy; /,
+    );
+    expect(late).toContain(
+      "printf '%s\\n' 'ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIA8xj0 one@host' 'ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIB9yk1 two@host' >> /target/home/deploy/.ssh/authorized_keys",
+    );
     expect(late).toContain('in-target chown -R deploy: /home/deploy/.ssh');
     expect(late).toContain("'deploy ALL=(ALL) NOPASSWD: ALL' > /target/etc/sudoers.d/pim");
     // the user d-i makes is left to d-i
@@ -163,7 +181,10 @@ describe('pim-serve', () => {
       const r = await fetch(`${s.url}/network-config`);
       expect(r.status).toBe(200);
       expect(parse(await r.text())).toBeNull(); // cloud-init's load_yaml: None, "no network config"
-      expect(parse(await (await fetch(`${o.url}/network-config`)).text())).toEqual({ version: 2, ethernets: { eth0: { dhcp4: true } } });
+      expect(parse(await (await fetch(`${o.url}/network-config`)).text())).toEqual({
+        version: 2,
+        ethernets: { eth0: { dhcp4: true } },
+      });
     } finally {
       await s.close();
       await o.close();

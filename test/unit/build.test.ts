@@ -5,7 +5,17 @@ import { join } from 'node:path';
 import { execFileSync } from 'node:child_process';
 import { checkIsoPath, installerCmdline } from '../../lib/build/iso-boot.ts';
 import { buildInputs, buildKey, canonical, inputsDiff, planBuild } from '../../lib/build/plan.ts';
-import { buildByKey, buildDisk, commitBuild, disksBackedBy, findBuild, latestBuild, listBuilds, removeBuild, type BuildRecord } from '../../lib/image/registry.ts';
+import {
+  buildByKey,
+  buildDisk,
+  commitBuild,
+  disksBackedBy,
+  findBuild,
+  latestBuild,
+  listBuilds,
+  removeBuild,
+  type BuildRecord,
+} from '../../lib/image/registry.ts';
 import { overlayForBuild, resolveImage } from '../../lib/image/store.ts';
 import { readQcow2Header } from '../../lib/image/qcow2.ts';
 import { keyBlob } from '../../lib/build/ssh.ts';
@@ -25,26 +35,41 @@ afterEach(() => {
 
 describe('the installer command line', () => {
   it("puts pim's words before ---, so nothing of the installer's leaks into the installed boot loader", () => {
-    expect(installerCmdline('debian', 'http://10.0.2.2:4242')).toBe('auto=true priority=critical url=http://10.0.2.2:4242/preseed.cfg console=ttyS0,115200n8 ---');
-    expect(installerCmdline('ubuntu', 'http://10.0.2.2:4242')).toBe('autoinstall ds=nocloud-net;s=http://10.0.2.2:4242/ console=ttyS0,115200n8 ---');
+    expect(installerCmdline('debian', 'http://10.0.2.2:4242')).toBe(
+      'auto=true priority=critical url=http://10.0.2.2:4242/preseed.cfg console=ttyS0,115200n8 ---',
+    );
+    expect(installerCmdline('ubuntu', 'http://10.0.2.2:4242')).toBe(
+      'autoinstall ds=nocloud-net;s=http://10.0.2.2:4242/ console=ttyS0,115200n8 ---',
+    );
   });
   it('Ubuntu: ds=nocloud-net, which every cloud-init takes (nocloud fetches over HTTP only from 23.2 on)', () => {
-    expect(installerCmdline('ubuntu', 'http://h:1', '', false, { hostname: 'web1', domain: 'example.org' })).toMatch(/^autoinstall ds=nocloud-net;s=http:\/\/h:1\/ /);
+    expect(installerCmdline('ubuntu', 'http://h:1', '', false, { hostname: 'web1', domain: 'example.org' })).toMatch(
+      /^autoinstall ds=nocloud-net;s=http:\/\/h:1\/ /,
+    );
   });
   it("Debian url= mode: the profile's hostname and domain as boot parameters (a preseed fetched over the network comes too late for netcfg)", () => {
-    expect(installerCmdline('debian', 'http://h:1', '', false, { hostname: 'web1', domain: 'example.org' })).toBe('auto=true priority=critical url=http://h:1/preseed.cfg hostname=web1 domain=example.org console=ttyS0,115200n8 ---');
+    expect(installerCmdline('debian', 'http://h:1', '', false, { hostname: 'web1', domain: 'example.org' })).toBe(
+      'auto=true priority=critical url=http://h:1/preseed.cfg hostname=web1 domain=example.org console=ttyS0,115200n8 ---',
+    );
     // an injected preseed is read before the network: its netcfg answers apply
-    expect(installerCmdline('debian', 'http://h:1', '', true, { hostname: 'web1', domain: 'example.org' })).toBe('auto=true priority=critical console=ttyS0,115200n8 ---');
+    expect(installerCmdline('debian', 'http://h:1', '', true, { hostname: 'web1', domain: 'example.org' })).toBe(
+      'auto=true priority=critical console=ttyS0,115200n8 ---',
+    );
   });
   it('leaves url= out when the preseed is injected into the initrd', () => {
-    expect(installerCmdline('debian', 'http://10.0.2.2:4242', '', true)).toBe('auto=true priority=critical console=ttyS0,115200n8 ---');
+    expect(installerCmdline('debian', 'http://10.0.2.2:4242', '', true)).toBe(
+      'auto=true priority=critical console=ttyS0,115200n8 ---',
+    );
   });
   it("keeps a profile's own --- part after pim's", () => {
-    expect(installerCmdline('debian', 'http://h:1', 'vga=788 --- quiet splash')).toBe('auto=true priority=critical url=http://h:1/preseed.cfg console=ttyS0,115200n8 vga=788 --- quiet splash');
+    expect(installerCmdline('debian', 'http://h:1', 'vga=788 --- quiet splash')).toBe(
+      'auto=true priority=critical url=http://h:1/preseed.cfg console=ttyS0,115200n8 vga=788 --- quiet splash',
+    );
   });
   it('refuses ISO paths that leave the ISO', () => {
     expect(checkIsoPath('/install.amd/vmlinuz', 'x')).toBe('install.amd/vmlinuz');
-    for (const bad of ['', '../etc/passwd', 'a/../../b', 'a//b', '.']) expect(() => checkIsoPath(bad, 'boot.kernel')).toThrow(expect.objectContaining({ code: 78 }));
+    for (const bad of ['', '../etc/passwd', 'a/../../b', 'a//b', '.'])
+      expect(() => checkIsoPath(bad, 'boot.kernel')).toThrow(expect.objectContaining({ code: 78 }));
   });
 });
 
@@ -65,8 +90,22 @@ describe('build plan and cache key', () => {
     });
     const { loadProfile } = await import('../../lib/config/profile.ts');
     const plan = await planBuild(await loadProfile('dev'));
-    expect(plan).toMatchObject({ layout: 'debian', iso: 'tb', firmware: 'bios', disk: { size: '512M', format: 'qcow2' }, sshUser: 'root', keepKey: false, mem: '1G', cpus: 2 });
-    expect(plan.boot).toEqual({ kernel: 'install.amd/vmlinuz', initrd: 'install.amd/initrd.gz', append: '', inject: false });
+    expect(plan).toMatchObject({
+      layout: 'debian',
+      iso: 'tb',
+      firmware: 'bios',
+      disk: { size: '512M', format: 'qcow2' },
+      sshUser: 'root',
+      keepKey: false,
+      mem: '1G',
+      cpus: 2,
+    });
+    expect(plan.boot).toEqual({
+      kernel: 'install.amd/vmlinuz',
+      initrd: 'install.amd/initrd.gz',
+      append: '',
+      inject: false,
+    });
     expect(plan.scripts.map((s) => [s.label, s.content])).toEqual([
       ['scripts.d/a.sh', 'echo a\n'],
       ['scripts.d/b.sh', 'echo b\n'],
@@ -84,8 +123,14 @@ describe('build plan and cache key', () => {
   it('refuses a bad disk size or boot path with 78 and where it was set', async () => {
     writeConfig({ 'profiles.d/t.yml': 'a:\n  iso: x\n  disk_size: lots\nb:\n  iso: x\n  boot: {kernel: ../x}\n' });
     const { loadProfile } = await import('../../lib/config/profile.ts');
-    await expect(planBuild(await loadProfile('a'))).rejects.toMatchObject({ code: 78, message: expect.stringMatching(/t\.yml:3: disk_size/) });
-    await expect(planBuild(await loadProfile('b'))).rejects.toMatchObject({ code: 78, message: expect.stringContaining('boot.kernel') });
+    await expect(planBuild(await loadProfile('a'))).rejects.toMatchObject({
+      code: 78,
+      message: expect.stringMatching(/t\.yml:3: disk_size/),
+    });
+    await expect(planBuild(await loadProfile('b'))).rejects.toMatchObject({
+      code: 78,
+      message: expect.stringContaining('boot.kernel'),
+    });
   });
   it('gives the same key for the same inputs (whatever the key order) and another for a changed script, answer, disk size or ISO', async () => {
     writeConfig({ 'profiles.d/t.yml': 'dev:\n  iso: tb\n  scripts: [a.sh]\n', 'scripts.d/a.sh': 'echo a\n' });
@@ -101,8 +146,12 @@ describe('build plan and cache key', () => {
     const script = { ...plan, scripts: [{ ...plan.scripts[0]!, content: 'echo b\n' }] };
     expect(buildKey(buildInputs(script, { '/preseed.cfg': 'd-i x\n' }, iso))).not.toBe(k);
     expect(buildKey(buildInputs(plan, { '/preseed.cfg': 'd-i y\n' }, iso))).not.toBe(k);
-    expect(buildKey(buildInputs({ ...plan, disk: { size: '9G', format: 'qcow2' } }, { '/preseed.cfg': 'd-i x\n' }, iso))).not.toBe(k);
-    expect(buildKey(buildInputs(plan, { '/preseed.cfg': 'd-i x\n' }, { ...iso, checksum: 'sha256:' + '1'.repeat(64) }))).not.toBe(k);
+    expect(
+      buildKey(buildInputs({ ...plan, disk: { size: '9G', format: 'qcow2' } }, { '/preseed.cfg': 'd-i x\n' }, iso)),
+    ).not.toBe(k);
+    expect(
+      buildKey(buildInputs(plan, { '/preseed.cfg': 'd-i x\n' }, { ...iso, checksum: 'sha256:' + '1'.repeat(64) })),
+    ).not.toBe(k);
     expect(inputsDiff(base, buildInputs(script, { '/preseed.cfg': 'd-i x\n' }, iso))).toEqual(['files.scripts.d/a.sh']);
   });
 });
@@ -110,7 +159,8 @@ describe('build plan and cache key', () => {
 describe('builder: cloud-init', () => {
   it('plans from the image key, reads sources as bytes, leaves installs out, and keys builder and sources', async () => {
     writeConfig({
-      'profiles.d/t.yml': 'c:\n  builder: cloud-init\n  image: cloudy\n  sources: [network-config, blob.bin]\n  installs: [x.sh]\n',
+      'profiles.d/t.yml':
+        'c:\n  builder: cloud-init\n  image: cloudy\n  sources: [network-config, blob.bin]\n  installs: [x.sh]\n',
       'sources.d/network-config': 'version: 2\n',
       'sources.d/blob.bin': '',
       'installs.d/x.sh': 'echo late\n',
@@ -127,8 +177,15 @@ describe('builder: cloud-init', () => {
     const answers = { '/user-data': '#cloud-config\n', '/meta-data': 'instance-id: x\n' };
     const inputs = buildInputs(plan, answers, iso);
     expect(inputs).toMatchObject({ builder: 'cloud-init', boot: null });
-    expect(Object.keys(inputs.files).sort()).toEqual(['scripts.d/default.sh', 'sources.d/blob.bin', 'sources.d/network-config']);
-    const changed = { ...plan, sources: [plan.sources[0]!, { ...plan.sources[1]!, content: Buffer.from([0, 255, 1, 253]) }] };
+    expect(Object.keys(inputs.files).sort()).toEqual([
+      'scripts.d/default.sh',
+      'sources.d/blob.bin',
+      'sources.d/network-config',
+    ]);
+    const changed = {
+      ...plan,
+      sources: [plan.sources[0]!, { ...plan.sources[1]!, content: Buffer.from([0, 255, 1, 253]) }],
+    };
     expect(inputsDiff(inputs, buildInputs(changed, answers, iso))).toEqual(['files.sources.d/blob.bin']);
   });
   it("keeps an installer's inputs as they were (no builder key), so its cached builds stay hits", async () => {
@@ -139,38 +196,63 @@ describe('builder: cloud-init', () => {
     expect(inputs.boot).not.toBeNull();
   });
   it('refuses a profile with no image, a missing source, or a source named like a template (78)', async () => {
-    writeConfig({ 'profiles.d/t.yml': 'a: {builder: cloud-init}\nb: {builder: cloud-init, image: x, sources: [nope]}\nc: {builder: cloud-init, image: x, sources: [user-data]}\n', 'sources.d/user-data': '#cloud-config\n' });
+    writeConfig({
+      'profiles.d/t.yml':
+        'a: {builder: cloud-init}\nb: {builder: cloud-init, image: x, sources: [nope]}\nc: {builder: cloud-init, image: x, sources: [user-data]}\n',
+      'sources.d/user-data': '#cloud-config\n',
+    });
     const { loadProfile } = await import('../../lib/config/profile.ts');
-    await expect(planBuild(await loadProfile('a'))).rejects.toMatchObject({ code: 78, message: expect.stringContaining('names no image') });
-    await expect(loadProfile('b')).rejects.toMatchObject({ code: 78, message: expect.stringContaining('sources.d/nope does not exist') });
-    await expect(planBuild(await loadProfile('c'))).rejects.toMatchObject({ code: 78, message: expect.stringContaining("comes from the profile's user-data template") });
+    await expect(planBuild(await loadProfile('a'))).rejects.toMatchObject({
+      code: 78,
+      message: expect.stringContaining('names no image'),
+    });
+    await expect(loadProfile('b')).rejects.toMatchObject({
+      code: 78,
+      message: expect.stringContaining('sources.d/nope does not exist'),
+    });
+    await expect(planBuild(await loadProfile('c'))).rejects.toMatchObject({
+      code: 78,
+      message: expect.stringContaining("comes from the profile's user-data template"),
+    });
   });
   it("renders pim's user-data as #cloud-config, one key a line of JSON, cloud_config's keys kept and pim's set over them", async () => {
     writeConfig({
-      'profiles.d/t.yml': [
-        'c:',
-        '  builder: cloud-init',
-        '  image: x',
-        '  hostname: web',
-        '  ssh_keys: ["ssh-ed25519 AAAA k1"]',
-        '  packages: [nginx]',
-        '  cloud_config:',
-        '    users: [default, {name: ops}]',
-        '    runcmd: [[echo, "a b"], "true"]',
-        '    power_state: {mode: reboot}',
-        'r: {builder: cloud-init, image: x, ssh_user: root, domain: ""}',
-      ].join('\n') + '\n',
+      'profiles.d/t.yml':
+        [
+          'c:',
+          '  builder: cloud-init',
+          '  image: x',
+          '  hostname: web',
+          '  ssh_keys: ["ssh-ed25519 AAAA k1"]',
+          '  packages: [nginx]',
+          '  cloud_config:',
+          '    users: [default, {name: ops}]',
+          '    runcmd: [[echo, "a b"], "true"]',
+          '    power_state: {mode: reboot}',
+          'r: {builder: cloud-init, image: x, ssh_user: root, domain: ""}',
+        ].join('\n') + '\n',
     });
     const { loadProfile } = await import('../../lib/config/profile.ts');
     const { renderAnswer } = await import('../../lib/install/serve.ts');
     const body = renderAnswer('/user-data', await loadProfile('c'), 'http://10.0.2.2:0')!.body;
     const lines = body.split('\n').filter((l) => l && !l.startsWith('#'));
     expect(body.startsWith('#cloud-config\n')).toBe(true);
-    const cfg = Object.fromEntries(lines.map((l) => [l.slice(0, l.indexOf(': ')), JSON.parse(l.slice(l.indexOf(': ') + 2))]));
+    const cfg = Object.fromEntries(
+      lines.map((l) => [l.slice(0, l.indexOf(': ')), JSON.parse(l.slice(l.indexOf(': ') + 2))]),
+    );
     expect(cfg.hostname).toBe('web');
     expect(cfg.fqdn).toBe('web.local');
     expect(cfg.runcmd).toEqual([['echo', 'a b'], 'true']);
-    expect(cfg.users).toEqual(['default', { name: 'ops' }, expect.objectContaining({ name: 'pim', sudo: 'ALL=(ALL) NOPASSWD:ALL', ssh_authorized_keys: ['ssh-ed25519 AAAA k1'], lock_passwd: true })]);
+    expect(cfg.users).toEqual([
+      'default',
+      { name: 'ops' },
+      expect.objectContaining({
+        name: 'pim',
+        sudo: 'ALL=(ALL) NOPASSWD:ALL',
+        ssh_authorized_keys: ['ssh-ed25519 AAAA k1'],
+        lock_passwd: true,
+      }),
+    ]);
     expect(cfg.packages).toEqual(['nginx']);
     // one boot: pim waits for cloud-init over SSH, so a profile's power_state is its own
     expect(cfg.power_state).toEqual({ mode: 'reboot' });
@@ -186,19 +268,33 @@ describe('builder: cloud-init', () => {
     expect(root).not.toContain('fqdn');
     // an installer profile still gets the autoinstall user-data
     writeConfig({ 'profiles.d/u.yml': 'u: {distro: ubuntu, iso: x}\n' });
-    expect(renderAnswer('/user-data', await loadProfile('u'), 'http://h:1')!.body).toMatch(/^#cloud-config\n[\s\S]*^autoinstall:$/m);
+    expect(renderAnswer('/user-data', await loadProfile('u'), 'http://h:1')!.body).toMatch(
+      /^#cloud-config\n[\s\S]*^autoinstall:$/m,
+    );
   });
   it('attaches the seed as a read-only virtio disk after the boot disk, which keeps boot index 0', async () => {
     const { buildQemuArgv } = await import('../../lib/qemu/argv.ts');
     const a = buildQemuArgv({
-      name: 'b', accel: 'tcg', mem: '256M', cpus: 1, serial: 'socket', agent: false, net: { mode: 'none' }, daemonize: true, extra: [],
+      name: 'b',
+      accel: 'tcg',
+      mem: '256M',
+      cpus: 1,
+      serial: 'socket',
+      agent: false,
+      net: { mode: 'none' },
+      daemonize: true,
+      extra: [],
       files: { qmp: '/r/q', ga: '/r/g', serial: '/r/s', pid: '/r/p', log: '/r/l' },
       disk: { path: '/d/c.qcow2', format: 'qcow2', snapshot: false },
       drives: [{ path: '/d/seed,1.iso', format: 'raw', readonly: true }],
     }).join(' ');
-    expect(a).toContain('-drive file=/d/c.qcow2,format=qcow2,if=none,id=disk0 -device virtio-blk-pci,drive=disk0,bootindex=0');
+    expect(a).toContain(
+      '-drive file=/d/c.qcow2,format=qcow2,if=none,id=disk0 -device virtio-blk-pci,drive=disk0,bootindex=0',
+    );
     // a comma in the path is escaped, as everywhere in QEMU's option syntax
-    expect(a).toContain('-drive file=/d/seed,,1.iso,format=raw,if=none,id=disk1,readonly=on -device virtio-blk-pci,drive=disk1 ');
+    expect(a).toContain(
+      '-drive file=/d/seed,,1.iso,format=raw,if=none,id=disk1,readonly=on -device virtio-blk-pci,drive=disk1 ',
+    );
   });
   it("judges cloud-init's own account of the seeded run: errors fail with its words, no result.json or no NoCloud is 65", async () => {
     const { judgeCloudInit, sizeBytes } = await import('../../lib/build/cloud.ts');
@@ -206,27 +302,72 @@ describe('builder: cloud-init', () => {
     const result = (v1: object) => ({ code: 0, stdout: JSON.stringify({ v1 }) });
     const none = { code: 1, stdout: '' };
     const good = result({ datasource: 'DataSourceNoCloud [seed=/dev/vdb][dsmode=net]', errors: [] });
-    expect(judgeCloudInit({ wait: ok, long: { code: 0, stdout: '{"status": "done", "errors": [], "detail": "DataSourceNoCloud [seed=/dev/vdb][dsmode=net]"}' }, result: good, status: none })).toEqual({
+    expect(
+      judgeCloudInit({
+        wait: ok,
+        long: {
+          code: 0,
+          stdout: '{"status": "done", "errors": [], "detail": "DataSourceNoCloud [seed=/dev/vdb][dsmode=net]"}',
+        },
+        result: good,
+        status: none,
+      }),
+    ).toEqual({
       datasource: 'DataSourceNoCloud [seed=/dev/vdb][dsmode=net]',
       detail: 'DataSourceNoCloud [seed=/dev/vdb][dsmode=net]',
     });
     // errors from every source, once each, the stage named
-    const stages = { code: 0, stdout: JSON.stringify({ v1: { datasource: 'x', 'modules-final': { errors: ['runcmd failed'] }, init: { errors: [] }, stage: null } }) };
-    expect(() => judgeCloudInit({ wait: { code: 1, stdout: 'status: error' }, long: none, result: result({ datasource: 'DataSourceNoCloud', errors: ['runcmd failed'] }), status: stages })).toThrow(
+    const stages = {
+      code: 0,
+      stdout: JSON.stringify({
+        v1: { datasource: 'x', 'modules-final': { errors: ['runcmd failed'] }, init: { errors: [] }, stage: null },
+      }),
+    };
+    expect(() =>
+      judgeCloudInit({
+        wait: { code: 1, stdout: 'status: error' },
+        long: none,
+        result: result({ datasource: 'DataSourceNoCloud', errors: ['runcmd failed'] }),
+        status: stages,
+      }),
+    ).toThrow(
       expect.objectContaining({ code: 65, message: 'cloud-init reported 1 error: modules-final: runcmd failed' }),
     );
-    expect(() => judgeCloudInit({ wait: ok, long: none, result: result({ errors: ['a', 'b'] }), status: none })).toThrow(expect.objectContaining({ code: 65, message: 'cloud-init reported 2 errors: a; b' }));
-    expect(() => judgeCloudInit({ wait: ok, long: none, result: none, status: none })).toThrow(expect.objectContaining({ code: 65, message: expect.stringContaining('did not finish') }));
-    expect(() => judgeCloudInit({ wait: ok, long: none, result: { code: 0, stdout: '{' }, status: none })).toThrow(expect.objectContaining({ code: 65 }));
+    expect(() =>
+      judgeCloudInit({ wait: ok, long: none, result: result({ errors: ['a', 'b'] }), status: none }),
+    ).toThrow(expect.objectContaining({ code: 65, message: 'cloud-init reported 2 errors: a; b' }));
+    expect(() => judgeCloudInit({ wait: ok, long: none, result: none, status: none })).toThrow(
+      expect.objectContaining({ code: 65, message: expect.stringContaining('did not finish') }),
+    );
+    expect(() => judgeCloudInit({ wait: ok, long: none, result: { code: 0, stdout: '{' }, status: none })).toThrow(
+      expect.objectContaining({ code: 65 }),
+    );
     // the seed was not read: DataSourceNone is a new instance, not pim's
-    expect(() => judgeCloudInit({ wait: ok, long: none, result: result({ datasource: 'DataSourceNone', errors: [] }), status: none })).toThrow(expect.objectContaining({ code: 65, message: expect.stringContaining('did not read pim\'s seed') }));
-    expect(() => judgeCloudInit({ wait: { code: 127, stdout: '' }, long: none, result: none, status: none })).toThrow(expect.objectContaining({ code: 65, message: expect.stringContaining('no cloud-init command') }));
-    expect(() => judgeCloudInit({ wait: { code: 1, stdout: 'status: error' }, long: none, result: good, status: none })).toThrow(expect.objectContaining({ code: 65, message: expect.stringContaining('status: error') }));
-    expect([sizeBytes('8G'), sizeBytes('512m'), sizeBytes('1.5K'), sizeBytes('100')]).toEqual([8 * 2 ** 30, 512 * 2 ** 20, 1536, 100]);
+    expect(() =>
+      judgeCloudInit({
+        wait: ok,
+        long: none,
+        result: result({ datasource: 'DataSourceNone', errors: [] }),
+        status: none,
+      }),
+    ).toThrow(expect.objectContaining({ code: 65, message: expect.stringContaining("did not read pim's seed") }));
+    expect(() => judgeCloudInit({ wait: { code: 127, stdout: '' }, long: none, result: none, status: none })).toThrow(
+      expect.objectContaining({ code: 65, message: expect.stringContaining('no cloud-init command') }),
+    );
+    expect(() =>
+      judgeCloudInit({ wait: { code: 1, stdout: 'status: error' }, long: none, result: good, status: none }),
+    ).toThrow(expect.objectContaining({ code: 65, message: expect.stringContaining('status: error') }));
+    expect([sizeBytes('8G'), sizeBytes('512m'), sizeBytes('1.5K'), sizeBytes('100')]).toEqual([
+      8 * 2 ** 30,
+      512 * 2 ** 20,
+      1536,
+      100,
+    ]);
   });
   it('quotes the error lines of a console: cloud-init warnings and tracebacks, ANSI codes off', async () => {
     const { consoleErrors } = await import('../../lib/build/build.ts');
-    const text = '[    0.000000] tsc: Fast TSC calibration failed\nok line\r\n\x1b[0;1;31m[FAILED]\x1b[0m Failed to start ssh.service\n2024 - util.py[WARNING]: Failed to set the hostname\n[  5.1] cloud-init[300]: 2026 - cc_scripts_user.py[WARNING]: Failed to run module scripts_user (scripts in /var/lib/cloud/instance/scripts)\nTraceback (most recent call last):\nerrors: []\n';
+    const text =
+      '[    0.000000] tsc: Fast TSC calibration failed\nok line\r\n\x1b[0;1;31m[FAILED]\x1b[0m Failed to start ssh.service\n2024 - util.py[WARNING]: Failed to set the hostname\n[  5.1] cloud-init[300]: 2026 - cc_scripts_user.py[WARNING]: Failed to run module scripts_user (scripts in /var/lib/cloud/instance/scripts)\nTraceback (most recent call last):\nerrors: []\n';
     expect(consoleErrors(text)).toEqual([
       '[FAILED] Failed to start ssh.service',
       '2024 - util.py[WARNING]: Failed to set the hostname',
@@ -243,7 +384,10 @@ describe('env_hook', () => {
   };
   it("sets each KEY=VALUE line it prints in vars, over the profile's own, with PIM_PROFILE and the config dir as cwd", async () => {
     writeConfig({ 'profiles.d/t.yml': 'h: {env_hook: vars.sh, vars: {a: own, b: kept}}\n' });
-    hook('vars.sh', '#!/bin/sh\necho "# a comment"\necho "a=from the hook"\necho\necho "who=$PIM_PROFILE"\necho "here=$(basename "$PWD")"\necho "eq=x=y"\n');
+    hook(
+      'vars.sh',
+      '#!/bin/sh\necho "# a comment"\necho "a=from the hook"\necho\necho "who=$PIM_PROFILE"\necho "here=$(basename "$PWD")"\necho "eq=x=y"\n',
+    );
     const { loadProfile, withEnvHook } = await import('../../lib/config/profile.ts');
     const p = await withEnvHook(await loadProfile('h'));
     expect(p.value.vars).toEqual({ a: 'from the hook', b: 'kept', who: 'h', here: 'pim', eq: 'x=y' });
@@ -251,14 +395,29 @@ describe('env_hook', () => {
   });
   it('is a config error (78) when it fails, prints a line that is not KEY=VALUE, is not executable, or is missing', async () => {
     const { loadProfile, withEnvHook } = await import('../../lib/config/profile.ts');
-    writeConfig({ 'profiles.d/t.yml': 'f: {env_hook: fail.sh}\nb: {env_hook: bad.sh}\nx: {env_hook: noexec.sh}\nm: {env_hook: nope.sh}\n' });
+    writeConfig({
+      'profiles.d/t.yml':
+        'f: {env_hook: fail.sh}\nb: {env_hook: bad.sh}\nx: {env_hook: noexec.sh}\nm: {env_hook: nope.sh}\n',
+    });
     hook('fail.sh', '#!/bin/sh\necho "no token" >&2\nexit 4\n');
     hook('bad.sh', '#!/bin/sh\necho ok=1\necho "not a pair"\n');
     hook('noexec.sh', '#!/bin/sh\necho a=1\n', 0o644);
-    await expect(withEnvHook(await loadProfile('f'))).rejects.toMatchObject({ code: 78, message: expect.stringMatching(/t\.yml:1: env_hook hooks\.d\/fail\.sh failed with status 4: no token$/) });
-    await expect(withEnvHook(await loadProfile('b'))).rejects.toMatchObject({ code: 78, message: 'hooks.d/bad.sh:stdout:2: env_hook lines are KEY=VALUE, not "not a pair"' });
-    await expect(withEnvHook(await loadProfile('x'))).rejects.toMatchObject({ code: 78, message: expect.stringContaining('is not executable') });
-    await expect(loadProfile('m')).rejects.toMatchObject({ code: 78, message: expect.stringContaining('hooks.d/nope.sh does not exist') });
+    await expect(withEnvHook(await loadProfile('f'))).rejects.toMatchObject({
+      code: 78,
+      message: expect.stringMatching(/t\.yml:1: env_hook hooks\.d\/fail\.sh failed with status 4: no token$/),
+    });
+    await expect(withEnvHook(await loadProfile('b'))).rejects.toMatchObject({
+      code: 78,
+      message: 'hooks.d/bad.sh:stdout:2: env_hook lines are KEY=VALUE, not "not a pair"',
+    });
+    await expect(withEnvHook(await loadProfile('x'))).rejects.toMatchObject({
+      code: 78,
+      message: expect.stringContaining('is not executable'),
+    });
+    await expect(loadProfile('m')).rejects.toMatchObject({
+      code: 78,
+      message: expect.stringContaining('hooks.d/nope.sh does not exist'),
+    });
   });
 });
 
@@ -277,7 +436,15 @@ function fakeBuild(profile: string, key: string, created: string): BuildRecord {
     iso: { name: 'tb', checksum: 'sha256:00', path: '/x.iso' },
     disk: { file: `${profile}.qcow2`, format: 'qcow2' as const, virtual_size: 16 << 20, bytes: 0 },
     efivars: null,
-    settings: { mem: '256M', cpus: 1, firmware: 'bios' as const, machine: 'q35', disk_bus: 'virtio', net: 'virtio-net', ssh_user: 'root' },
+    settings: {
+      mem: '256M',
+      cpus: 1,
+      firmware: 'bios' as const,
+      machine: 'q35',
+      disk_bus: 'virtio',
+      net: 'virtio-net',
+      ssh_user: 'root',
+    },
     times: { install: 1, provision: 1, total: 2 },
     log: 'build.log',
   };
@@ -309,7 +476,9 @@ describe('the build registry and the image store', () => {
     expect(disksBackedBy(b1)).toEqual([img.path]);
     // a build's own path boots through the same overlay, never the build itself
     expect((await resolveImage(buildDisk(b1))).path).toBe(img.path);
-    expect(() => removeBuild(b1)).toThrow(expect.objectContaining({ code: 75, message: expect.stringContaining(img.path) }));
+    expect(() => removeBuild(b1)).toThrow(
+      expect.objectContaining({ code: 75, message: expect.stringContaining(img.path) }),
+    );
     const b2 = fakeBuild('dev', k2, '2026-01-02T00:00:00.000Z');
     await expect(overlayForBuild('dev', b2, async () => true)).rejects.toMatchObject({ code: 75 });
     const again = await resolveImage('dev');
@@ -320,7 +489,10 @@ describe('the build registry and the image store', () => {
     expect(listBuilds().map((b) => b.id)).toEqual([b2.id]);
   });
   it('says how to build when there is neither an image nor a build', async () => {
-    await expect(resolveImage('nothing')).rejects.toMatchObject({ code: 66, message: expect.stringContaining('pim-build run nothing') });
+    await expect(resolveImage('nothing')).rejects.toMatchObject({
+      code: 66,
+      message: expect.stringContaining('pim-build run nothing'),
+    });
   });
 });
 

@@ -18,7 +18,9 @@ const w = (rel: string, text: string) => {
   fs.writeFileSync(join(cfg, rel), text);
 };
 const fails = async (p: Promise<unknown>, re: RegExp) => {
-  await expect(p).rejects.toSatisfy((e: { code?: number; message?: string }) => e.code === 78 && re.test(e.message ?? ''));
+  await expect(p).rejects.toSatisfy(
+    (e: { code?: number; message?: string }) => e.code === 78 && re.test(e.message ?? ''),
+  );
 };
 
 beforeEach(() => {
@@ -39,7 +41,9 @@ describe('built-in defaults', () => {
     const isos = await loadCatalog('isos');
     const d = resolveEntry(isos, 'debian-netinst-amd64').value;
     expect(d.checksum_url).toMatch(/^https:\/\/cdimage\.debian\.org\/.*SHA512SUMS$/);
-    expect(resolveEntry(isos, 'ubuntu-24.04-server-amd64').value.checksum_url).toBe('https://releases.ubuntu.com/24.04/SHA256SUMS');
+    expect(resolveEntry(isos, 'ubuntu-24.04-server-amd64').value.checksum_url).toBe(
+      'https://releases.ubuntu.com/24.04/SHA256SUMS',
+    );
     expect((await loadRuntimeConfig()).value.serve).toEqual({ port: 8080, bind: '127.0.0.1' });
   });
 });
@@ -48,7 +52,12 @@ describe('profiles', () => {
   it('merge over default, user default over built-in default, with origins', async () => {
     w('profiles.d/a.yml', 'default:\n  timezone: Europe/Paris\ndev:\n  hostname: dev\n  packages: [vim]\n');
     const p = await loadProfile('dev');
-    expect(p.value).toMatchObject({ hostname: 'dev', packages: ['openssh-server', 'qemu-guest-agent', 'sudo', 'cloud-init', 'vim'], timezone: 'Europe/Paris', locale: 'en_US.UTF-8' });
+    expect(p.value).toMatchObject({
+      hostname: 'dev',
+      packages: ['openssh-server', 'qemu-guest-agent', 'sudo', 'cloud-init', 'vim'],
+      timezone: 'Europe/Paris',
+      locale: 'en_US.UTF-8',
+    });
     expect(p.origins.hostname).toBe(`${cfg}/profiles.d/a.yml:4`);
     expect(p.origins.timezone).toBe(`${cfg}/profiles.d/a.yml:2`);
     expect(p.origins.locale).toMatch(/^builtin:profiles\.d\/default\.yml:\d+$/);
@@ -94,8 +103,13 @@ describe('profile keys for pim-build', () => {
         '  timeout: 1800\n  disk_format: raw\n  keep_build_key: false\n  my_template_key: [1]\n',
     );
     expect((await loadProfile('dev')).value).toMatchObject({
-      ssh_user: 'admin', firmware: 'uefi', boot: { kernel: 'vmlinuz', initrd: 'initrd.gz', append: 'console=ttyS0', inject: true },
-      timeout: 1800, disk_format: 'raw', keep_build_key: false, my_template_key: [1],
+      ssh_user: 'admin',
+      firmware: 'uefi',
+      boot: { kernel: 'vmlinuz', initrd: 'initrd.gz', append: 'console=ttyS0', inject: true },
+      timeout: 1800,
+      disk_format: 'raw',
+      keep_build_key: false,
+      my_template_key: [1],
     });
     w('profiles.d/b.yml', 'dev:\n  firmware: bios\n  timeout: 0.5\n  disk_format: qcow2\n');
     expect((await loadProfile('dev')).value).toMatchObject({ firmware: 'bios', timeout: 0.5, disk_format: 'qcow2' });
@@ -111,7 +125,10 @@ describe('profile keys for pim-build', () => {
     ['  keep_build_key: yes\n', /b\.yml:2: "keep_build_key" must be a boolean, not a string/],
     ['  ssh_user: [a]\n', /b\.yml:2: "ssh_user" must be a string, not a list/],
     ['  boot: vmlinuz\n', /b\.yml:2: "boot" must be a mapping, not a string/],
-    ['  boot:\n    kernel: k\n    kernal: x\n', /b\.yml:4: unknown key "boot\.kernal"; known keys: kernel, initrd, append, inject/],
+    [
+      '  boot:\n    kernel: k\n    kernal: x\n',
+      /b\.yml:4: unknown key "boot\.kernal"; known keys: kernel, initrd, append, inject/,
+    ],
     ['  boot:\n    inject: "yes"\n', /b\.yml:3: "boot\.inject" must be a boolean, not a string/],
     ['  boot:\n    append: [a]\n', /b\.yml:3: "boot\.append" must be a string, not a list/],
   ];
@@ -164,7 +181,11 @@ describe('init with a broken config', () => {
     ['pim.yml', 'serve:\n  prot: 1\n', /pim\.yml:2: unknown key "serve\.prot"/],
     ['profiles.d/x.yml', 'dev:\n  firmware: efi\n', /x\.yml:2: "firmware" must be one of/],
     ['isos.d/x.yml', 'x:\n  url: http://h/x.iso\n  chekcsum: abc\n', /x\.yml:3: unknown key "chekcsum"/],
-    ['profiles.d/x.yml', 'dev:\n  scripts: [nothere.sh]\n', /x\.yml:2: scripts: scripts\.d\/nothere\.sh does not exist/],
+    [
+      'profiles.d/x.yml',
+      'dev:\n  scripts: [nothere.sh]\n',
+      /x\.yml:2: scripts: scripts\.d\/nothere\.sh does not exist/,
+    ],
   ] as const) {
     it(`exits 78 naming ${rel} and writes nothing`, async () => {
       w(rel, text);
@@ -178,14 +199,20 @@ describe('init with a broken config', () => {
 describe('templates', () => {
   it('render the built-in preseed with the profile and url', async () => {
     const p = await loadProfile('default');
-    const out = renderFile(null, DEFAULT_FILES['preseeds.d/default.cfg.eta'], 'builtin', { profile: p.value, name: 'default', url: 'http://10.0.2.2:8080' });
+    const out = renderFile(null, DEFAULT_FILES['preseeds.d/default.cfg.eta'], 'builtin', {
+      profile: p.value,
+      name: 'default',
+      url: 'http://10.0.2.2:8080',
+    });
     expect(out).toContain('d-i netcfg/get_hostname string pim\n');
     expect(out).toContain('http://10.0.2.2:8080/installs.d/default.sh');
     expect(out).not.toContain('<%');
   });
   it('errors name file and line', () => {
     w('preseeds.d/t.cfg', 'a\nb\n<%= profile.nope.x %>\n');
-    expect(() => renderFile(join(cfg, 'preseeds.d/t.cfg'), undefined, 't.cfg', { profile: {}, name: 'x', url: '' })).toThrow(/^t\.cfg:3: template error: Cannot read/);
+    expect(() =>
+      renderFile(join(cfg, 'preseeds.d/t.cfg'), undefined, 't.cfg', { profile: {}, name: 'x', url: '' }),
+    ).toThrow(/^t\.cfg:3: template error: Cannot read/);
   });
   it('parseYaml gives lines for nested keys', async () => {
     const f = await parseYaml('a:\n  b:\n    c: 1\n', 'f');

@@ -74,9 +74,13 @@ describe('newc cpio writer', () => {
 
   it.skipIf(!hasCpio)('lists as GNU cpio sees it: names in order, root owner, modes', () => {
     fs.writeFileSync(join(tmp, 'a.cpio'), cpioNewc(entries));
-    const names = execFileSync('cpio', ['-it', '--quiet', '-F', join(tmp, 'a.cpio')], { encoding: 'utf8' }).trimEnd().split('\n');
+    const names = execFileSync('cpio', ['-it', '--quiet', '-F', join(tmp, 'a.cpio')], { encoding: 'utf8' })
+      .trimEnd()
+      .split('\n');
     expect(names).toEqual(entries.map((e) => e.path));
-    const long = execFileSync('cpio', ['-itv', '--quiet', '--numeric-uid-gid', '-F', join(tmp, 'a.cpio')], { encoding: 'utf8' });
+    const long = execFileSync('cpio', ['-itv', '--quiet', '--numeric-uid-gid', '-F', join(tmp, 'a.cpio')], {
+      encoding: 'utf8',
+    });
     expect(long).toMatch(/^-rw------- +1 0 +0 +4 .* etc\/secret$/m);
     expect(long).toMatch(/^-rwsr-xr-x +1 0 +0 +1 .* etc\/suid$/m);
     expect(long).toMatch(/^drwx------ +2 0 +0 +0 .* pim\/bin$/m);
@@ -87,7 +91,10 @@ describe('newc cpio writer', () => {
     const out = join(tmp, 'out');
     fs.mkdirSync(out);
     fs.writeFileSync(join(tmp, 'a.cpio'), cpioNewc(entries));
-    execFileSync('cpio', ['-idm', '--quiet', '-F', join(tmp, 'a.cpio')], { cwd: out, stdio: ['ignore', 'ignore', 'pipe'] });
+    execFileSync('cpio', ['-idm', '--quiet', '-F', join(tmp, 'a.cpio')], {
+      cwd: out,
+      stdio: ['ignore', 'ignore', 'pipe'],
+    });
     for (const e of entries) {
       const p = join(out, e.path);
       const st = fs.lstatSync(p);
@@ -111,7 +118,11 @@ describe('newc cpio writer', () => {
     expect([gz[0], gz[1]]).toEqual([0x1f, 0x8b]);
     expect(gunzipSync(gz).equals(cpioNewc(entries))).toBe(true);
     fs.writeFileSync(join(tmp, 'a.cpio.gz'), gz);
-    const names = execFileSync('sh', ['-c', 'gzip -dc "$1" | cpio -it --quiet', 'sh', join(tmp, 'a.cpio.gz')], { encoding: 'utf8' }).trimEnd().split('\n');
+    const names = execFileSync('sh', ['-c', 'gzip -dc "$1" | cpio -it --quiet', 'sh', join(tmp, 'a.cpio.gz')], {
+      encoding: 'utf8',
+    })
+      .trimEnd()
+      .split('\n');
     expect(names).toEqual(entries.map((e) => e.path));
   });
 

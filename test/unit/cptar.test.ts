@@ -37,7 +37,11 @@ for name, kind, data, mode in json.loads(sys.argv[1]):
 t.close()
 sys.stdout.buffer.write(out.getvalue())
 `;
-  return execFileSync('python3', ['-c', py, JSON.stringify(members.map(([n, k, d, m]) => [n, k, d ?? null, m ?? null]))]);
+  return execFileSync('python3', [
+    '-c',
+    py,
+    JSON.stringify(members.map(([n, k, d, m]) => [n, k, d ?? null, m ?? null])),
+  ]);
 }
 
 async function extract(tarBytes: Buffer, top: string, dest: string) {
@@ -69,15 +73,69 @@ describe("pim-cp's check of a guest's tar stream", { timeout: 120_000 }, () => {
   });
 
   it.each([
-    ['a symbolic link out', [['d', 'dir'], ['d/EVIL', 'sym', '/etc']]],
-    ['a relative symbolic link', [['d', 'dir'], ['d/l', 'sym', 'x']]],
-    ['an absolute name', [['d', 'dir'], ['/tmp/pim-cptar-abs', 'file', 'x']]],
-    ['a name with ..', [['d', 'dir'], ['d/../../escape', 'file', 'x']]],
-    ['a member beside the one asked for', [['d', 'file', 'asked'], ['.ssh/authorized_keys', 'file', 'ssh-ed25519 AAAA evil']]],
-    ['a hard link out of the tree', [['d', 'dir'], ['d/h', 'hard', '/etc/passwd']]],
-    ['a hard link with ..', [['d', 'dir'], ['d/h', 'hard', 'd/../../x']]],
-    ['a FIFO', [['d', 'dir'], ['d/f', 'fifo']]],
-    ['a device', [['d', 'dir'], ['d/c', 'chr']]],
+    [
+      'a symbolic link out',
+      [
+        ['d', 'dir'],
+        ['d/EVIL', 'sym', '/etc'],
+      ],
+    ],
+    [
+      'a relative symbolic link',
+      [
+        ['d', 'dir'],
+        ['d/l', 'sym', 'x'],
+      ],
+    ],
+    [
+      'an absolute name',
+      [
+        ['d', 'dir'],
+        ['/tmp/pim-cptar-abs', 'file', 'x'],
+      ],
+    ],
+    [
+      'a name with ..',
+      [
+        ['d', 'dir'],
+        ['d/../../escape', 'file', 'x'],
+      ],
+    ],
+    [
+      'a member beside the one asked for',
+      [
+        ['d', 'file', 'asked'],
+        ['.ssh/authorized_keys', 'file', 'ssh-ed25519 AAAA evil'],
+      ],
+    ],
+    [
+      'a hard link out of the tree',
+      [
+        ['d', 'dir'],
+        ['d/h', 'hard', '/etc/passwd'],
+      ],
+    ],
+    [
+      'a hard link with ..',
+      [
+        ['d', 'dir'],
+        ['d/h', 'hard', 'd/../../x'],
+      ],
+    ],
+    [
+      'a FIFO',
+      [
+        ['d', 'dir'],
+        ['d/f', 'fifo'],
+      ],
+    ],
+    [
+      'a device',
+      [
+        ['d', 'dir'],
+        ['d/c', 'chr'],
+      ],
+    ],
   ] as const)('refuses %s (65): nothing lands in DEST, the source is stopped', async (_what, members) => {
     const dest = join(w, 'dest');
     fs.mkdirSync(dest);
@@ -97,7 +155,14 @@ describe("pim-cp's check of a guest's tar stream", { timeout: 120_000 }, () => {
     fs.mkdirSync(dest);
     fs.mkdirSync(outside);
     fs.symlinkSync(outside, join(dest, 'd')); // as an old pim-cp left it
-    const r = await extract(craft([['d', 'dir'], ['d/x', 'file', 'X']]), 'd', dest);
+    const r = await extract(
+      craft([
+        ['d', 'dir'],
+        ['d/x', 'file', 'X'],
+      ]),
+      'd',
+      dest,
+    );
     expect(r.code).toBe(0);
     expect(fs.readdirSync(outside)).toEqual([]);
     expect(fs.lstatSync(join(dest, 'd')).isDirectory()).toBe(true);
@@ -115,7 +180,14 @@ describe("pim-cp's check of a guest's tar stream", { timeout: 120_000 }, () => {
     const dest = join(w, 'dest');
     fs.mkdirSync(join(dest, 'd'), { recursive: true });
     fs.writeFileSync(join(dest, 'd/old'), 'old');
-    const r = await extract(craft([['d', 'dir', undefined, 0o700], ['d/new', 'file', 'N']]), 'd', dest);
+    const r = await extract(
+      craft([
+        ['d', 'dir', undefined, 0o700],
+        ['d/new', 'file', 'N'],
+      ]),
+      'd',
+      dest,
+    );
     expect(r.code).toBe(0);
     expect(tree(dest)).toEqual(['d', 'd/new', 'd/old']);
     expect(fs.statSync(join(dest, 'd')).mode & 0o777).toBe(0o700);

@@ -12,7 +12,19 @@ import * as fs from 'node:fs';
 import * as net from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { chooseAccel, isKvmFailure, KVM_BROKEN_WARNING, KVM_PROOF_SECONDS, kvmSeenRunning, markKvmBroken, markSaid, noteKvmStatus, readKvmVerdict, verdictDir, verdictFile } from '../../lib/qemu/accel.ts';
+import {
+  chooseAccel,
+  isKvmFailure,
+  KVM_BROKEN_WARNING,
+  KVM_PROOF_SECONDS,
+  kvmSeenRunning,
+  markKvmBroken,
+  markSaid,
+  noteKvmStatus,
+  readKvmVerdict,
+  verdictDir,
+  verdictFile,
+} from '../../lib/qemu/accel.ts';
 import { noteStatus, queryStatus, runSeconds } from '../../lib/vm/health.ts';
 import { checkName, fieldHint, looksLikeField } from '../../lib/core/names.ts';
 import { vmFiles } from '../../lib/core/paths.ts';
@@ -51,7 +63,14 @@ const meta = (over: Partial<VmMeta> = {}): VmMeta => ({
   ...over,
 });
 
-const info = (name: string, m: VmMeta | null, dir = tmp): VmInfo => ({ name, dir, files: vmFiles(name, dir), state: 'running', pid: 1, meta: m });
+const info = (name: string, m: VmMeta | null, dir = tmp): VmInfo => ({
+  name,
+  dir,
+  files: vmFiles(name, dir),
+  state: 'running',
+  pid: 1,
+  meta: m,
+});
 
 describe('the KVM verdict', () => {
   it('is ok only after KVM_PROOF_SECONDS of running, and broken at once', () => {
@@ -78,10 +97,13 @@ describe('the KVM verdict', () => {
     expect(readKvmVerdict()).toBe('broken');
   });
 
-  it("a verdict from another host boot counts for nothing, and goes once this boot has one", () => {
+  it('a verdict from another host boot counts for nothing, and goes once this boot has one', () => {
     const old = join(verdictDir(), '00000000-0000-0000-0000-000000000000-0123456789abcdef.json');
     fs.mkdirSync(verdictDir(), { recursive: true });
-    fs.writeFileSync(old, JSON.stringify({ boot: '00000000-0000-0000-0000-000000000000', qemu: 'qemu-system-x86_64', kvm: 'broken' }));
+    fs.writeFileSync(
+      old,
+      JSON.stringify({ boot: '00000000-0000-0000-0000-000000000000', qemu: 'qemu-system-x86_64', kvm: 'broken' }),
+    );
     expect(readKvmVerdict()).toBeNull();
     expect(kvmSeenRunning(61)).toBe(true);
     expect(readKvmVerdict()).toBe('ok');
@@ -106,7 +128,9 @@ describe('the KVM verdict', () => {
     }
     delete process.env.PIM_ACCEL;
     const said: string[] = [];
-    const spy = vi.spyOn(process.stderr, 'write').mockImplementation((c: string | Uint8Array) => (said.push(String(c)), true));
+    const spy = vi
+      .spyOn(process.stderr, 'write')
+      .mockImplementation((c: string | Uint8Array) => (said.push(String(c)), true));
     try {
       expect(markKvmBroken()).toBe(true);
       const a = chooseAccel();
@@ -128,7 +152,11 @@ describe('the KVM verdict', () => {
   });
 
   it("recognizes QEMU's KVM failures, and only those", () => {
-    expect(isKvmFailure("qemu-system-x86_64: ../../target/i386/kvm/kvm.c:3183: kvm_buf_set_msrs: Assertion `ret == cpu->kvm_msr_buf->nmsrs' failed.")).toBe(true);
+    expect(
+      isKvmFailure(
+        "qemu-system-x86_64: ../../target/i386/kvm/kvm.c:3183: kvm_buf_set_msrs: Assertion `ret == cpu->kvm_msr_buf->nmsrs' failed.",
+      ),
+    ).toBe(true);
     expect(isKvmFailure('qemu-system-x86_64: error: failed to set MSR 0x10a to 0x69')).toBe(true);
     expect(isKvmFailure('KVM internal error. Suberror: 1')).toBe(true);
     expect(isKvmFailure('Could not access KVM kernel module: Permission denied')).toBe(true);
@@ -140,8 +168,12 @@ describe('the KVM verdict', () => {
     expect(runSeconds({ started: '2026-01-01T00:00:00Z' }, now)).toBe(60);
     expect(runSeconds({ started: 'nonsense' }, now)).toBeNull();
     expect(runSeconds(null, now)).toBeNull();
-    expect(await noteStatus(info('a', meta({ started: '2026-01-01T00:00:30Z' })), { status: 'running', running: true }, now)).toBeNull();
-    expect(await noteStatus(info('a', meta({ started: '2026-01-01T00:00:00Z' })), { status: 'running', running: true }, now)).toBe('ok');
+    expect(
+      await noteStatus(info('a', meta({ started: '2026-01-01T00:00:30Z' })), { status: 'running', running: true }, now),
+    ).toBeNull();
+    expect(
+      await noteStatus(info('a', meta({ started: '2026-01-01T00:00:00Z' })), { status: 'running', running: true }, now),
+    ).toBe('ok');
   });
 });
 
@@ -195,19 +227,52 @@ describe('queryStatus (pim-ps, pim-status, a start)', () => {
 describe('pim-ps records', () => {
   it('keeps the old fields first, then kind, accel and forwards', () => {
     expect(FIELDS).toEqual(['state', 'pid', 'ssh_port', 'uptime', 'image', 'bridged', 'kind', 'accel', 'forwards']);
-    const m = meta({ forwards: [{ proto: 'tcp', bind: '127.0.0.1', host: 8080, guest: 80 }, { proto: 'udp', bind: '0.0.0.0', host: 5353, guest: 53 }] });
+    const m = meta({
+      forwards: [
+        { proto: 'tcp', bind: '127.0.0.1', host: 8080, guest: 80 },
+        { proto: 'udp', bind: '0.0.0.0', host: 5353, guest: 53 },
+      ],
+    });
     const now = Date.parse(m.started) + 75_000;
-    expect(vmRecord(info('a', m), 'paused', false, now)).toMatchObject({ state: 'paused', uptime: '1m15s', kind: 'run', accel: 'kvm', forwards: '8080:80,0.0.0.0:5353:53/udp' });
+    expect(vmRecord(info('a', m), 'paused', false, now)).toMatchObject({
+      state: 'paused',
+      uptime: '1m15s',
+      kind: 'run',
+      accel: 'kvm',
+      forwards: '8080:80,0.0.0.0:5353:53/udp',
+    });
     expect(vmRecord(info('a', m), 'running', true, now)).toMatchObject({ uptime: 75, forwards: m.forwards });
     expect(vmRecord(info('b', meta()), 'running', false).forwards).toBeNull();
     expect(vmRecord(info('b', meta()), 'running', true).forwards).toEqual([]);
     expect(compactForwards(undefined)).toBeNull();
-    expect(stoppedRecord('old', null, true)).toMatchObject({ name: 'old', state: 'stopped', pid: null, image: null, forwards: [] });
+    expect(stoppedRecord('old', null, true)).toMatchObject({
+      name: 'old',
+      state: 'stopped',
+      pid: null,
+      image: null,
+      forwards: [],
+    });
   });
 });
 
 describe('words that look like pim-ps fields', () => {
-  it.each(['/root/img.qcow2', '12345', '2222', '5s', '1m15s', '2h3m', '1d4h', 'running', 'internal-error', 'no', '-', 'tcg', 'dev\trunning', 'disk.qcow2', '8080:80'])('%j looks like a field', (w) => {
+  it.each([
+    '/root/img.qcow2',
+    '12345',
+    '2222',
+    '5s',
+    '1m15s',
+    '2h3m',
+    '1d4h',
+    'running',
+    'internal-error',
+    'no',
+    '-',
+    'tcg',
+    'dev\trunning',
+    'disk.qcow2',
+    '8080:80',
+  ])('%j looks like a field', (w) => {
     expect(looksLikeField(w)).toBe(true);
   });
   it.each(['dev', 'web-1', 'scratch', 'kboot-2', 'a.b_c'])('%j is a name', (w) => {
@@ -223,12 +288,18 @@ describe("QEMU's failures as it starts", () => {
   const ref = () => ({ name: 'f', dir: tmp, files: vmFiles('f', tmp) });
   const log = (lines: string[]) => fs.writeFileSync(ref().files.log, lines.join('\n') + '\n');
 
-  it('a bridge that bridge.conf refuses: which bridge, the helper\'s reason, what to do, 77', () => {
-    log(['access denied by acl file', 'qemu-system-x86_64: -netdev bridge,id=net0,br=pimev0,helper=/usr/lib/qemu/qemu-bridge-helper: bridge helper failed']);
+  it("a bridge that bridge.conf refuses: which bridge, the helper's reason, what to do, 77", () => {
+    log([
+      'access denied by acl file',
+      'qemu-system-x86_64: -netdev bridge,id=net0,br=pimev0,helper=/usr/lib/qemu/qemu-bridge-helper: bridge helper failed',
+    ]);
     const e = qemuFailure(ref(), 1, false, { accel: 'tcg', net: { mode: 'bridge', bridge: 'pimev0' } });
     expect(e.code).toBe(77);
     expect(e.message).toMatch(/bridge pimev0.*access denied by acl file.*"allow pimev0" to \/etc\/qemu\/bridge\.conf/);
-    log(["failed to parse default acl file `/etc/qemu/bridge.conf'", 'qemu-system-x86_64: -netdev bridge,id=net0,br=pimev0: bridge helper failed']);
+    log([
+      "failed to parse default acl file `/etc/qemu/bridge.conf'",
+      'qemu-system-x86_64: -netdev bridge,id=net0,br=pimev0: bridge helper failed',
+    ]);
     const e2 = qemuFailure(ref(), 1, false, { accel: 'tcg', net: { mode: 'bridge', bridge: 'pimev0' } });
     expect(e2.code).toBe(77);
     expect(e2.message).toMatch(/bridge pimev0.*failed to parse default acl file '\/etc\/qemu\/bridge.conf'/);
@@ -236,7 +307,10 @@ describe("QEMU's failures as it starts", () => {
   });
 
   it('QEMU aborting on KVM: KvmFailed, and KVM is marked broken', () => {
-    log(['qemu-system-x86_64: error: failed to set MSR 0x10a to 0x69', "qemu-system-x86_64: ../../target/i386/kvm/kvm.c:3183: kvm_buf_set_msrs: Assertion `ret == cpu->kvm_msr_buf->nmsrs' failed."]);
+    log([
+      'qemu-system-x86_64: error: failed to set MSR 0x10a to 0x69',
+      "qemu-system-x86_64: ../../target/i386/kvm/kvm.c:3183: kvm_buf_set_msrs: Assertion `ret == cpu->kvm_msr_buf->nmsrs' failed.",
+    ]);
     const e = qemuFailure(ref(), 134, false, { accel: 'kvm', net: { mode: 'user' } });
     expect(e).toBeInstanceOf(KvmFailed);
     expect(e.code).toBe(69);

@@ -5,7 +5,10 @@ import { GA_SYNC_12345, GA_OSINFO, GA_NOT_FOUND, GA_INTERFACES } from './fixture
 function agent() {
   const sent: Buffer[] = [];
   let id = 12345;
-  const p = new GaProtocol((b) => sent.push(b), () => id);
+  const p = new GaProtocol(
+    (b) => sent.push(b),
+    () => id,
+  );
   return { p, sent, setId: (n: number) => (id = n) };
 }
 
@@ -17,7 +20,10 @@ describe('GaProtocol on recorded exchanges', () => {
     const r = p.request('guest-get-osinfo');
     await tick();
     expect(sent[0]![0]).toBe(0xff);
-    expect(JSON.parse(sent[0]!.subarray(1).toString())).toEqual({ execute: 'guest-sync-delimited', arguments: { id: 12345 } });
+    expect(JSON.parse(sent[0]!.subarray(1).toString())).toEqual({
+      execute: 'guest-sync-delimited',
+      arguments: { id: 12345 },
+    });
     // recorded: the agent first complains about the stray 0xFF, then sends 0xFF + the sync reply
     p.feed(GA_SYNC_12345);
     await tick();
@@ -84,7 +90,10 @@ describe('GaProtocol on recorded exchanges', () => {
     setId(99);
     const r = p.request('guest-shutdown');
     await tick();
-    const lines = sent[sent.length - 1]!.toString().trim().split('\n').map((l) => JSON.parse(l));
+    const lines = sent[sent.length - 1]!.toString()
+      .trim()
+      .split('\n')
+      .map((l) => JSON.parse(l));
     expect(lines).toEqual([{ execute: 'guest-shutdown' }, { execute: 'guest-sync', arguments: { id: 99 } }]);
     p.feed(Buffer.from('{"return": 99}\n'));
     await expect(r).resolves.toEqual({});
@@ -97,7 +106,11 @@ describe('GaProtocol on recorded exchanges', () => {
     await tick();
     p.feed(Buffer.concat([Buffer.from([0xff]), Buffer.from('{"return": 5}\n')]));
     await tick();
-    p.feed(Buffer.from('{"error": {"class": "GenericError", "desc": "child process has failed to shutdown"}}\n{"return": 5}\n'));
+    p.feed(
+      Buffer.from(
+        '{"error": {"class": "GenericError", "desc": "child process has failed to shutdown"}}\n{"return": 5}\n',
+      ),
+    );
     await expect(r).rejects.toMatchObject({ gaClass: 'GenericError' });
   });
 

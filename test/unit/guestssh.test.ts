@@ -11,7 +11,16 @@ import * as fs from 'node:fs';
 import { generateKeyPairSync } from 'node:crypto';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { bridgedAddress, checkControlPath, configValue, hostPattern, knownHostsText, sshConfigText, sshOfBuild, sshWho } from '../../lib/vm/reach.ts';
+import {
+  bridgedAddress,
+  checkControlPath,
+  configValue,
+  hostPattern,
+  knownHostsText,
+  sshConfigText,
+  sshOfBuild,
+  sshWho,
+} from '../../lib/vm/reach.ts';
 import { blobType, dropbearPublicBlob, keyBlob, keyLine } from '../../lib/vm/hostkeys.ts';
 import { copyError, parseCpArg, planCopy, remoteSh, shq } from '../../lib/vm/copy.ts';
 import { PimError } from '../../lib/core/exit.ts';
@@ -36,7 +45,16 @@ const wire = (...parts: Buffer[]) =>
   );
 
 describe('the per-VM ssh config', () => {
-  const base = { name: 'dev', host: '127.0.0.1', port: 41022, user: 'root', key: '/k/id_ed25519', knownHosts: '/run/pim/dev.ssh/known_hosts', controlPath: '/run/pim/dev.ssh/c-%r', pinned: true };
+  const base = {
+    name: 'dev',
+    host: '127.0.0.1',
+    port: 41022,
+    user: 'root',
+    key: '/k/id_ed25519',
+    knownHosts: '/run/pim/dev.ssh/known_hosts',
+    controlPath: '/run/pim/dev.ssh/c-%r',
+    pinned: true,
+  };
 
   it('names the host, port, user, key, known_hosts, master and its socket', () => {
     const t = sshConfigText(base);
@@ -68,7 +86,9 @@ describe('the per-VM ssh config', () => {
   it('pins keys for [127.0.0.1]:PORT, or the address alone on port 22', () => {
     expect(hostPattern('127.0.0.1', 41022)).toBe('[127.0.0.1]:41022');
     expect(hostPattern('192.168.7.9', 22)).toBe('192.168.7.9');
-    expect(knownHostsText('[127.0.0.1]:41022', ['ssh-ed25519 AAAAC3Nz root@x', 'ssh-rsa AAAAB3'])).toBe('[127.0.0.1]:41022 ssh-ed25519 AAAAC3Nz\n[127.0.0.1]:41022 ssh-rsa AAAAB3\n');
+    expect(knownHostsText('[127.0.0.1]:41022', ['ssh-ed25519 AAAAC3Nz root@x', 'ssh-rsa AAAAB3'])).toBe(
+      '[127.0.0.1]:41022 ssh-ed25519 AAAAC3Nz\n[127.0.0.1]:41022 ssh-rsa AAAAB3\n',
+    );
   });
 
   it('checks the control socket against the unix socket limit, with the 17 bytes ssh adds while it binds', () => {
@@ -105,7 +125,10 @@ describe('who logs in', () => {
     const old = process.env.HOME;
     process.env.HOME = home;
     try {
-      expect(sshOfBuild('admin', ['ssh-ed25519 AAAAmine other-comment'])).toEqual({ user: 'admin', key: join(home, '.ssh', 'id_ed25519') });
+      expect(sshOfBuild('admin', ['ssh-ed25519 AAAAmine other-comment'])).toEqual({
+        user: 'admin',
+        key: join(home, '.ssh', 'id_ed25519'),
+      });
       expect(sshOfBuild('admin', ['ssh-ed25519 AAAAsomeoneelse'])).toEqual({ user: 'admin' });
     } finally {
       process.env.HOME = old;
@@ -117,10 +140,20 @@ describe("a bridged guest's address", () => {
   it('is the first global IPv4, else a global IPv6; loopback and link-local never', () => {
     const ifs = [
       { name: 'lo', 'ip-addresses': [{ 'ip-address': '127.0.0.1', 'ip-address-type': 'ipv4' as const, prefix: 8 }] },
-      { name: 'eth0', 'ip-addresses': [{ 'ip-address': 'fe80::1', 'ip-address-type': 'ipv6' as const, prefix: 64 }, { 'ip-address': '192.168.7.9', 'ip-address-type': 'ipv4' as const, prefix: 24 }] },
+      {
+        name: 'eth0',
+        'ip-addresses': [
+          { 'ip-address': 'fe80::1', 'ip-address-type': 'ipv6' as const, prefix: 64 },
+          { 'ip-address': '192.168.7.9', 'ip-address-type': 'ipv4' as const, prefix: 24 },
+        ],
+      },
     ];
     expect(bridgedAddress(ifs)).toBe('192.168.7.9');
-    expect(bridgedAddress([{ name: 'eth0', 'ip-addresses': [{ 'ip-address': '2001:db8::5', 'ip-address-type': 'ipv6', prefix: 64 }] }])).toBe('2001:db8::5');
+    expect(
+      bridgedAddress([
+        { name: 'eth0', 'ip-addresses': [{ 'ip-address': '2001:db8::5', 'ip-address-type': 'ipv6', prefix: 64 }] },
+      ]),
+    ).toBe('2001:db8::5');
     expect(bridgedAddress([ifs[0]!])).toBeNull();
   });
 });
@@ -140,7 +173,9 @@ describe("dropbear's host key files", () => {
   it('give ecdsa (type, curve, Q) and rsa (type, e, n) public blobs, and nothing for anything else', () => {
     const q = Buffer.concat([Buffer.from([4]), Buffer.alloc(64, 1)]);
     const ec = wire(Buffer.from('ecdsa-sha2-nistp256'), Buffer.from('nistp256'), q, Buffer.alloc(32, 9));
-    expect(dropbearPublicBlob(ec)!.equals(wire(Buffer.from('ecdsa-sha2-nistp256'), Buffer.from('nistp256'), q))).toBe(true);
+    expect(dropbearPublicBlob(ec)!.equals(wire(Buffer.from('ecdsa-sha2-nistp256'), Buffer.from('nistp256'), q))).toBe(
+      true,
+    );
     const e = Buffer.from([1, 0, 1]);
     const n = Buffer.concat([Buffer.from([0]), Buffer.alloc(256, 0xab)]);
     const rsa = wire(Buffer.from('ssh-rsa'), e, n, Buffer.alloc(256, 1), Buffer.alloc(128, 2), Buffer.alloc(128, 3));
@@ -172,10 +207,26 @@ describe('pim-cp words', () => {
   });
 
   it('plans up and down; one side a VM, one VM, no VM-to-VM', () => {
-    expect(planCopy(['a', 'b', 'dev:/tmp/'])).toEqual({ direction: 'up', vm: 'dev', sources: ['a', 'b'], dest: '/tmp/' });
-    expect(planCopy(['dev:/a', 'dev:/b', '.'])).toEqual({ direction: 'down', vm: 'dev', sources: ['/a', '/b'], dest: '.' });
+    expect(planCopy(['a', 'b', 'dev:/tmp/'])).toEqual({
+      direction: 'up',
+      vm: 'dev',
+      sources: ['a', 'b'],
+      dest: '/tmp/',
+    });
+    expect(planCopy(['dev:/a', 'dev:/b', '.'])).toEqual({
+      direction: 'down',
+      vm: 'dev',
+      sources: ['/a', '/b'],
+      dest: '.',
+    });
     expect(code(() => planCopy(['a', 'b']))).toBe(64);
-    expect(planCopy(['dev:/a', 'root@web:/b'])).toEqual({ direction: 'across', vm: 'dev', sources: ['/a'], dest: '/b', to: { vm: 'web', user: 'root' } });
+    expect(planCopy(['dev:/a', 'root@web:/b'])).toEqual({
+      direction: 'across',
+      vm: 'dev',
+      sources: ['/a'],
+      dest: '/b',
+      to: { vm: 'web', user: 'root' },
+    });
     expect(code(() => planCopy(['dev:/a', 'x', 'web:/b']))).toBe(64);
     expect(code(() => planCopy(['dev:/a', 'x', '.']))).toBe(64);
     expect(code(() => planCopy(['dev:/a', 'web:/b', '.']))).toBe(64);
@@ -224,7 +275,22 @@ describe('prepareSsh against a fake VM and a fake agent', () => {
     const child = spawn(process.execPath, ['-e', 'setInterval(() => {}, 1e9)', qemuMarker(f)], { stdio: 'ignore' });
     children.push(child);
     fs.writeFileSync(f.pid, `${child.pid}\n`);
-    const meta = { name: 'v1', kind: 'run', image: '/x', pid: child.pid!, ssh_port: 41022, bridged: false, root: false, agent, accel: 'tcg', mem: '256M', cpus: 1, snapshot: true, owner: { uid: 0, user: 'root' }, started: '' } as const;
+    const meta = {
+      name: 'v1',
+      kind: 'run',
+      image: '/x',
+      pid: child.pid!,
+      ssh_port: 41022,
+      bridged: false,
+      root: false,
+      agent,
+      accel: 'tcg',
+      mem: '256M',
+      cpus: 1,
+      snapshot: true,
+      owner: { uid: 0, user: 'root' },
+      started: '',
+    } as const;
     writeMeta(f, meta as never);
     const handles = new Map<number, Buffer>();
     let next = 1;
@@ -239,7 +305,10 @@ describe('prepareSsh against a fake VM and a fake agent', () => {
             const m = JSON.parse(buf.slice(0, nl));
             buf = buf.slice(nl + 1);
             const reply = (r: unknown) => c.write(JSON.stringify(r) + '\n');
-            if (m.execute === 'guest-sync-delimited') c.write(Buffer.concat([Buffer.from([0xff]), Buffer.from(JSON.stringify({ return: m.arguments.id }) + '\n')]));
+            if (m.execute === 'guest-sync-delimited')
+              c.write(
+                Buffer.concat([Buffer.from([0xff]), Buffer.from(JSON.stringify({ return: m.arguments.id }) + '\n')]),
+              );
             else if (m.execute === 'guest-ping') reply({ return: {} });
             else if (m.execute === 'guest-file-open') {
               const b = files[m.arguments.path];
@@ -268,7 +337,10 @@ describe('prepareSsh against a fake VM and a fake agent', () => {
     const raw = publicKey.export({ format: 'der', type: 'spki' }).subarray(-32);
     const dropbear = wire(Buffer.from('ssh-ed25519'), Buffer.concat([Buffer.alloc(32, 5), raw]));
     const rsa = wire(Buffer.from('ssh-rsa'), Buffer.from([1, 0, 1]), Buffer.alloc(129, 0x7f)).toString('base64');
-    const vm = await setup({ '/etc/ssh/ssh_host_rsa_key.pub': Buffer.from(`ssh-rsa ${rsa} root@g\n`), '/etc/dropbear/dropbear_ed25519_host_key': dropbear });
+    const vm = await setup({
+      '/etc/ssh/ssh_host_rsa_key.pub': Buffer.from(`ssh-rsa ${rsa} root@g\n`),
+      '/etc/dropbear/dropbear_ed25519_host_key': dropbear,
+    });
     const { prepareSsh } = await import('../../lib/vm/reach.ts');
     const said: string[] = [];
     const p = await prepareSsh(vm, {}, (m) => said.push(m));
@@ -277,8 +349,14 @@ describe('prepareSsh against a fake VM and a fake agent', () => {
     expect(p.control).toBe(join(tmp, 'pim', 'v1.ssh', 'c-root'));
     expect(fs.statSync(p.files.dir).mode & 0o777).toBe(0o700);
     expect(fs.statSync(p.files.config).mode & 0o777).toBe(0o600);
-    const kh = fs.readFileSync(p.files.knownHosts, 'utf8').split('\n').filter((l) => l && !l.startsWith('#'));
-    expect(kh).toEqual([`[127.0.0.1]:41022 ssh-rsa ${rsa}`, `[127.0.0.1]:41022 ${keyLine(wire(Buffer.from('ssh-ed25519'), raw))}`]);
+    const kh = fs
+      .readFileSync(p.files.knownHosts, 'utf8')
+      .split('\n')
+      .filter((l) => l && !l.startsWith('#'));
+    expect(kh).toEqual([
+      `[127.0.0.1]:41022 ssh-rsa ${rsa}`,
+      `[127.0.0.1]:41022 ${keyLine(wire(Buffer.from('ssh-ed25519'), raw))}`,
+    ]);
     const cfg = fs.readFileSync(p.files.config, 'utf8');
     expect(cfg).toContain('  StrictHostKeyChecking yes\n');
     expect(cfg).toContain('  Port 41022\n');

@@ -4,7 +4,16 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import { join } from 'node:path';
 import { createHash } from 'node:crypto';
-import { parseChecksum, parseSums, pickFromSums, globToRegExp, isoFiles, cachedDigest, writeRecord, freshRecord } from '../../lib/install/iso.ts';
+import {
+  parseChecksum,
+  parseSums,
+  pickFromSums,
+  globToRegExp,
+  isoFiles,
+  cachedDigest,
+  writeRecord,
+  freshRecord,
+} from '../../lib/install/iso.ts';
 import { downloadTo, fetchText, stallMsOf } from '../../lib/install/download.ts';
 import { downloadIsos, ensureIso, removeIso } from '../../lib/install/iso-store.ts';
 import { PimError } from '../../lib/core/exit.ts';
@@ -40,7 +49,10 @@ beforeAll(async () => {
       return res.end();
     }
     const slice = body.subarray(start);
-    res.writeHead(start ? 206 : 200, { 'content-length': slice.length, ...(start ? { 'content-range': `bytes ${start}-${body.length - 1}/${body.length}` } : {}) });
+    res.writeHead(start ? 206 : 200, {
+      'content-length': slice.length,
+      ...(start ? { 'content-range': `bytes ${start}-${body.length - 1}/${body.length}` } : {}),
+    });
     if (mode === 'stall' || (mode === 'stall1' && stallOnce-- > 0)) return void res.write(slice.subarray(0, 50_000));
     if (cuts > 0) {
       cuts--;
@@ -68,12 +80,19 @@ describe('checksums', () => {
     expect(parseChecksum('zz')).toBeNull();
   });
   it('parses GNU and BSD SUMS files and resolves a * in the URL', () => {
-    const s = parseSums(`${'a'.repeat(128)}  debian-13.1.0-amd64-netinst.iso\n${'b'.repeat(128)}  debian-13.1.0-amd64-DVD-1.iso\nSHA256 (x.iso) = ${'c'.repeat(64)}\n# junk\n`);
+    const s = parseSums(
+      `${'a'.repeat(128)}  debian-13.1.0-amd64-netinst.iso\n${'b'.repeat(128)}  debian-13.1.0-amd64-DVD-1.iso\nSHA256 (x.iso) = ${'c'.repeat(64)}\n# junk\n`,
+    );
     expect(s.get('x.iso')?.algo).toBe('sha256');
-    const p = pickFromSums({ name: 'd', url: 'https://h/iso-cd/debian-*-amd64-netinst.iso', checksum_url: 'https://h/SUMS' }, s);
+    const p = pickFromSums(
+      { name: 'd', url: 'https://h/iso-cd/debian-*-amd64-netinst.iso', checksum_url: 'https://h/SUMS' },
+      s,
+    );
     expect(p.url).toBe('https://h/iso-cd/debian-13.1.0-amd64-netinst.iso');
     expect(p.checksum.hex).toBe('a'.repeat(128));
-    expect(() => pickFromSums({ name: 'd', url: 'https://h/debian-*.iso', checksum_url: 'u' }, s)).toThrow(/2 files match/);
+    expect(() => pickFromSums({ name: 'd', url: 'https://h/debian-*.iso', checksum_url: 'u' }, s)).toThrow(
+      /2 files match/,
+    );
     expect(() => pickFromSums({ name: 'd', url: 'https://h/nope.iso', checksum_url: 'u' }, s)).toThrow(/not listed/);
     expect(globToRegExp('a*.iso').test('a/b.iso')).toBe(false);
   });
@@ -83,7 +102,11 @@ describe('download', () => {
   it('downloads, and fetches a SUMS file', async () => {
     const d = tmp();
     await downloadTo(`${base}/disk-1.2-amd64.iso`, join(d, 'x.part'));
-    expect(createHash('sha256').update(fs.readFileSync(join(d, 'x.part'))).digest('hex')).toBe(sha256);
+    expect(
+      createHash('sha256')
+        .update(fs.readFileSync(join(d, 'x.part')))
+        .digest('hex'),
+    ).toBe(sha256);
     const sums = parseSums(await fetchText(`${base}/SHA256SUMS`));
     expect(sums.get('disk-1.2-amd64.iso')?.hex).toBe(sha256);
   });
@@ -131,7 +154,10 @@ describe('download', () => {
     stallOnce = 1;
     ranges.length = 0;
     const retries: string[] = [];
-    await downloadTo(`${base}/stall1/disk.iso`, join(d, 'x.part'), { stallMs: 200, onRetry: (_, e) => retries.push(e.message) });
+    await downloadTo(`${base}/stall1/disk.iso`, join(d, 'x.part'), {
+      stallMs: 200,
+      onRetry: (_, e) => retries.push(e.message),
+    });
     expect(retries).toEqual(['no data for 0.2 s']);
     expect(ranges).toEqual(['', 'bytes=50000-']);
     expect(fs.readFileSync(join(d, 'x.part')).equals(body)).toBe(true);
@@ -166,12 +192,16 @@ describe('download', () => {
     const err = await downloadTo(`${base}/disk.iso`, '/dev/full', { onRetry: (n) => retries.push(n) }).catch((e) => e);
     expect(err).toBeInstanceOf(PimError);
     expect(err.code).toBe(73);
-    expect(err.message).toBe('/dev: no space left: 293.0 KiB more needed (300000 bytes in all); free some space and run again to resume (/dev/full is kept)');
+    expect(err.message).toBe(
+      '/dev: no space left: 293.0 KiB more needed (300000 bytes in all); free some space and run again to resume (/dev/full is kept)',
+    );
     expect(retries).toEqual([]);
   });
   it('a 404 is exit 69; an unreachable host too', async () => {
     const d = tmp();
-    await expect(downloadTo(`${base}/missing.iso`, join(d, 'x.part'))).rejects.toSatisfy((e) => e instanceof PimError && e.code === 69 && /404/.test(e.message));
+    await expect(downloadTo(`${base}/missing.iso`, join(d, 'x.part'))).rejects.toSatisfy(
+      (e) => e instanceof PimError && e.code === 69 && /404/.test(e.message),
+    );
     await expect(fetchText('http://127.0.0.1:1/x')).rejects.toMatchObject({ code: 69 });
   });
 });
@@ -232,7 +262,10 @@ describe('the ISO store', () => {
   it('ensureIso of an ISO that no longer matches its pinned checksum is 65', async () => {
     await ensureIso('disk');
     const f = join(process.env.XDG_CONFIG_HOME!, 'pim', 'isos.d', 'x.yml');
-    fs.writeFileSync(f, fs.readFileSync(f, 'utf8').replace(`checksum: sha256:${sha256}`, `checksum: sha256:${'1'.repeat(64)}`));
+    fs.writeFileSync(
+      f,
+      fs.readFileSync(f, 'utf8').replace(`checksum: sha256:${sha256}`, `checksum: sha256:${'1'.repeat(64)}`),
+    );
     await expect(ensureIso('disk')).rejects.toMatchObject({ code: 65 });
   });
   it('ensureIso of an insecure entry gives its sha256 and says it is unverified', async () => {
@@ -257,13 +290,18 @@ describe('the ISO store', () => {
     const events: string[] = [];
     let started!: () => void;
     const running = new Promise<void>((r) => (started = r));
-    const first = all(downloadIsos(['slow'], { stallMs: 300, onEvent: (e) => (events.push(e.type), e.type === 'start' && started()) }));
+    const first = all(
+      downloadIsos(['slow'], { stallMs: 300, onEvent: (e) => (events.push(e.type), e.type === 'start' && started()) }),
+    );
     await running;
     await expect(all(downloadIsos(['slow']))).rejects.toMatchObject({ code: 75 });
     await expect(removeIso('slow')).rejects.toMatchObject({ code: 75 });
     const [r] = await first;
     expect(r).toMatchObject({ name: 'slow', checksum: `sha256:${sha256}`, verified: true, downloaded: true });
     expect(events).toEqual(['start', 'retry', 'verifying']);
-    expect((await removeIso('slow')).map((x) => x.path)).toEqual([join(cache, 'slow.iso'), join(cache, 'slow.iso.verified')]);
+    expect((await removeIso('slow')).map((x) => x.path)).toEqual([
+      join(cache, 'slow.iso'),
+      join(cache, 'slow.iso.verified'),
+    ]);
   });
 });

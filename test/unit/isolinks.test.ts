@@ -38,8 +38,13 @@ function iso(name: string, entries: Array<[string, string | { link: string }]>):
   return out;
 }
 
-const code = async (p: Promise<unknown>) => p.then(() => 0, (e) => (e instanceof PimError ? e.code : -1));
-const cacheFiles = () => (fs.readdirSync(join(w, 'cache'), { recursive: true }) as string[]).map((f) => join(w, 'cache', f));
+const code = async (p: Promise<unknown>) =>
+  p.then(
+    () => 0,
+    (e) => (e instanceof PimError ? e.code : -1),
+  );
+const cacheFiles = () =>
+  (fs.readdirSync(join(w, 'cache'), { recursive: true }) as string[]).map((f) => join(w, 'cache', f));
 
 // xorriso makes and reads each ISO: a loaded machine takes seconds for one
 describe.skipIf(!fs.existsSync('/usr/bin/xorriso'))('files out of a crafted ISO', { timeout: 120_000 }, () => {
@@ -48,7 +53,9 @@ describe.skipIf(!fs.existsSync('/usr/bin/xorriso'))('files out of a crafted ISO'
       ['install.amd/vmlinuz', { link: host }],
       ['install.amd/initrd.gz', 'initrd'],
     ]);
-    expect(await code(bootFiles(i, 'sha256:' + 'a'.repeat(64), 'install.amd/vmlinuz', 'install.amd/initrd.gz'))).toBe(65);
+    expect(await code(bootFiles(i, 'sha256:' + 'a'.repeat(64), 'install.amd/vmlinuz', 'install.amd/initrd.gz'))).toBe(
+      65,
+    );
     expect(fs.statSync(host).mode & 0o7777).toBe(HOST_MODE);
     // nothing in pim's cache is a link, nor holds the host file
     for (const f of cacheFiles()) {
@@ -62,7 +69,9 @@ describe.skipIf(!fs.existsSync('/usr/bin/xorriso'))('files out of a crafted ISO'
       ['install.amd/vmlinuz', { link: '../../../../../../../../..' + host }],
       ['install.amd/initrd.gz', 'initrd'],
     ]);
-    expect(await code(bootFiles(i, 'sha256:' + 'b'.repeat(64), 'install.amd/vmlinuz', 'install.amd/initrd.gz'))).toBe(65);
+    expect(await code(bootFiles(i, 'sha256:' + 'b'.repeat(64), 'install.amd/vmlinuz', 'install.amd/initrd.gz'))).toBe(
+      65,
+    );
     expect(fs.statSync(host).mode & 0o7777).toBe(HOST_MODE);
   });
 

@@ -7,7 +7,18 @@ import { join } from 'node:path';
 import { createHash } from 'node:crypto';
 import { execFileSync, spawn, spawnSync } from 'node:child_process';
 import { gzipSync } from 'node:zlib';
-import { bootArchive, findPanic, guestEnv, INIT_SCRIPT, OutputScanner, pimBaseArchive, RS, shq, staticBusybox, type GuestSettings } from '../../lib/kboot/guest.ts';
+import {
+  bootArchive,
+  findPanic,
+  guestEnv,
+  INIT_SCRIPT,
+  OutputScanner,
+  pimBaseArchive,
+  RS,
+  shq,
+  staticBusybox,
+  type GuestSettings,
+} from '../../lib/kboot/guest.ts';
 import { bzPayload, checkKernel, elfProblem, bufferBytes, hasPvhNote, pvhKernel } from '../../lib/kboot/kernel.ts';
 import { checkInitrd, resolveInput } from '../../lib/kboot/input.ts';
 import { ninepArgs, parseShare, virtiofsArgs } from '../../lib/qemu/share.ts';
@@ -19,7 +30,9 @@ beforeEach(() => {
 afterEach(() => fs.rmSync(tmp, { recursive: true, force: true }));
 
 const has = (cmd: string, args = ['--version']) => spawnSync(cmd, args, { stdio: 'ignore' }).status === 0;
-const TESTBED = process.env.PIM_TESTBED_DIR ?? join(process.env.XDG_CACHE_HOME ?? join(process.env.HOME ?? '/root', '.cache'), 'pim', 'testbed');
+const TESTBED =
+  process.env.PIM_TESTBED_DIR ??
+  join(process.env.XDG_CACHE_HOME ?? join(process.env.HOME ?? '/root', '.cache'), 'pim', 'testbed');
 const testbedKernel = join(TESTBED, 'generic', 'vmlinuz');
 const mode = (p: string) => fs.statSync(p).mode & 0o777;
 
@@ -96,13 +109,18 @@ function makeBzImage(payload: Buffer, opts: { declared?: number } = {}): Buffer 
 
 const xz = (b: Buffer) => execFileSync('xz', ['-c', '--check=crc32'], { input: b, maxBuffer: 1 << 28 });
 const cacheKey = (bz: Buffer) => createHash('sha256').update(bz).digest('hex').slice(0, 32);
-const vmlinuxFiles = (cache: string) => (fs.existsSync(cache) ? fs.readdirSync(cache).filter((f) => f.startsWith('vmlinux-')) : []);
+const vmlinuxFiles = (cache: string) =>
+  fs.existsSync(cache) ? fs.readdirSync(cache).filter((f) => f.startsWith('vmlinux-')) : [];
 
 describe('kernel checks', () => {
   it('refuses a missing kernel (66), a directory (66, not EISDIR), a device (66), a non-kernel file (65)', () => {
     expect(() => checkKernel(join(tmp, 'nope'))).toThrow(expect.objectContaining({ code: 66 }));
-    expect(() => checkKernel(tmp)).toThrow(expect.objectContaining({ code: 66, message: expect.stringContaining('is a directory') }));
-    expect(() => checkKernel('/dev/null')).toThrow(expect.objectContaining({ code: 66, message: expect.stringContaining('is a device') }));
+    expect(() => checkKernel(tmp)).toThrow(
+      expect.objectContaining({ code: 66, message: expect.stringContaining('is a directory') }),
+    );
+    expect(() => checkKernel('/dev/null')).toThrow(
+      expect.objectContaining({ code: 66, message: expect.stringContaining('is a device') }),
+    );
     fs.writeFileSync(join(tmp, 'k'), Buffer.alloc(4096, 1));
     expect(() => checkKernel(join(tmp, 'k'))).toThrow(expect.objectContaining({ code: 65 }));
   });
@@ -112,24 +130,36 @@ describe('kernel checks', () => {
     expect(checkKernel(join(tmp, 'bz'))).toBe('bzimage');
     expect(bzPayload(bz)).toEqual({ offset: 2 * 512, length: 0x50 });
     fs.writeFileSync(join(tmp, 'cut'), bz.subarray(0, 2 * 512 + 0x20));
-    expect(() => checkKernel(join(tmp, 'cut'))).toThrow(expect.objectContaining({ code: 65, message: expect.stringContaining('cut short') }));
+    expect(() => checkKernel(join(tmp, 'cut'))).toThrow(
+      expect.objectContaining({ code: 65, message: expect.stringContaining('cut short') }),
+    );
   });
   it('finds the PVH note in a whole ELF, and says why another is no PVH kernel', () => {
     expect(hasPvhNote(makeElf())).toBe(true);
-    expect(elfProblem(bufferBytes(makeElf({ pvh: false })))).toEqual({ why: expect.stringContaining('no PVH entry note'), whole: true });
+    expect(elfProblem(bufferBytes(makeElf({ pvh: false })))).toEqual({
+      why: expect.stringContaining('no PVH entry note'),
+      whole: true,
+    });
     const cut = makeElf().subarray(0, 0x1000);
     expect(hasPvhNote(cut)).toBe(false);
     expect(elfProblem(bufferBytes(cut))).toEqual({ why: expect.stringContaining('cut short'), whole: false });
-    expect(elfProblem(bufferBytes(makeElf().subarray(0, 100)))).toEqual({ why: expect.stringContaining('program headers'), whole: false });
+    expect(elfProblem(bufferBytes(makeElf().subarray(0, 100)))).toEqual({
+      why: expect.stringContaining('program headers'),
+      whole: false,
+    });
   });
   it('takes an ELF vmlinux with the PVH note, refuses an ELF without one with 65 (--kernel /bin/true)', () => {
     fs.writeFileSync(join(tmp, 'vmlinux'), makeElf());
     expect(checkKernel(join(tmp, 'vmlinux'))).toBe('elf');
     fs.writeFileSync(join(tmp, 'nopvh'), makeElf({ pvh: false }));
-    expect(() => checkKernel(join(tmp, 'nopvh'))).toThrow(expect.objectContaining({ code: 65, message: expect.stringContaining('no PVH entry note') }));
+    expect(() => checkKernel(join(tmp, 'nopvh'))).toThrow(
+      expect.objectContaining({ code: 65, message: expect.stringContaining('no PVH entry note') }),
+    );
   });
   it.skipIf(process.arch !== 'x64')('refuses /bin/true as a kernel with 65', () => {
-    expect(() => checkKernel('/bin/true')).toThrow(expect.objectContaining({ code: 65, message: expect.stringContaining('ELF file but no kernel') }));
+    expect(() => checkKernel('/bin/true')).toThrow(
+      expect.objectContaining({ code: 65, message: expect.stringContaining('ELF file but no kernel') }),
+    );
   });
 });
 
@@ -146,13 +176,16 @@ describe('PVH extraction: only a whole kernel is cached', () => {
     expect(mode(cache())).toBe(0o700);
     expect(await pvhKernel(join(tmp, 'bz'), cache())).toBe(out);
   });
-  it.skipIf(!has('xz'))('caches nothing for a payload cut short (xz fails): the bzImage is booted as it is', async () => {
-    const payload = xz(makeElf({ body: 64 * 1024 }));
-    // the header says the payload is half as long: xz sees a stream that stops in the middle
-    fs.writeFileSync(join(tmp, 'bz'), makeBzImage(payload, { declared: payload.length >> 1 }));
-    expect(await pvhKernel(join(tmp, 'bz'), cache())).toBeNull();
-    expect(vmlinuxFiles(cache())).toEqual([]); // nor a .none: it is not a verdict on a whole kernel
-  });
+  it.skipIf(!has('xz'))(
+    'caches nothing for a payload cut short (xz fails): the bzImage is booted as it is',
+    async () => {
+      const payload = xz(makeElf({ body: 64 * 1024 }));
+      // the header says the payload is half as long: xz sees a stream that stops in the middle
+      fs.writeFileSync(join(tmp, 'bz'), makeBzImage(payload, { declared: payload.length >> 1 }));
+      expect(await pvhKernel(join(tmp, 'bz'), cache())).toBeNull();
+      expect(vmlinuxFiles(cache())).toEqual([]); // nor a .none: it is not a verdict on a whole kernel
+    },
+  );
   it.skipIf(!has('xz'))('caches nothing when xz succeeds on a vmlinux that is itself cut short', async () => {
     fs.writeFileSync(join(tmp, 'bz'), makeBzImage(xz(makeElf().subarray(0, 0x1000))));
     expect(await pvhKernel(join(tmp, 'bz'), cache())).toBeNull();
@@ -180,35 +213,48 @@ describe('PVH extraction: only a whole kernel is cached', () => {
     expect(fs.readFileSync((await pvhKernel(join(tmp, 'bz'), cache()))!).equals(elf)).toBe(true);
   });
   // (the whole test bed kernel is extracted and booted by test/bats/kboot.bats)
-  it.skipIf(!fs.existsSync(testbedKernel) || !has('xz'))('the test bed kernel with its payload cut short: nothing is cached; the file cut short is 65', async () => {
-    const bz = fs.readFileSync(testbedKernel);
-    const pl = bzPayload(bz)!;
-    const cut = Buffer.from(bz);
-    cut.writeUInt32LE(1 << 20, 0x24c); // the xz stream stops after 1 MiB (cut near its end it fails the same way, only slower: see decompressWith)
-    fs.writeFileSync(join(tmp, 'cut'), cut);
-    expect(await pvhKernel(join(tmp, 'cut'), cache())).toBeNull();
-    expect(vmlinuxFiles(cache())).toEqual([]);
-    fs.writeFileSync(join(tmp, 'short'), bz.subarray(0, pl.offset + pl.length - 4096));
-    expect(() => checkKernel(join(tmp, 'short'))).toThrow(expect.objectContaining({ code: 65 }));
-  }, 60_000);
+  it.skipIf(!fs.existsSync(testbedKernel) || !has('xz'))(
+    'the test bed kernel with its payload cut short: nothing is cached; the file cut short is 65',
+    async () => {
+      const bz = fs.readFileSync(testbedKernel);
+      const pl = bzPayload(bz)!;
+      const cut = Buffer.from(bz);
+      cut.writeUInt32LE(1 << 20, 0x24c); // the xz stream stops after 1 MiB (cut near its end it fails the same way, only slower: see decompressWith)
+      fs.writeFileSync(join(tmp, 'cut'), cut);
+      expect(await pvhKernel(join(tmp, 'cut'), cache())).toBeNull();
+      expect(vmlinuxFiles(cache())).toEqual([]);
+      fs.writeFileSync(join(tmp, 'short'), bz.subarray(0, pl.offset + pl.length - 4096));
+      expect(() => checkKernel(join(tmp, 'short'))).toThrow(expect.objectContaining({ code: 65 }));
+    },
+    60_000,
+  );
 });
 
 describe('kernel and initrd inputs', () => {
   const opts = () => ({ cache: join(tmp, 'cache'), idleMs: 10_000 });
   it('refuses a directory as initrd with 66 (not EISDIR), and a non-archive with 65', () => {
-    expect(() => checkInitrd(tmp)).toThrow(expect.objectContaining({ code: 66, message: expect.stringContaining('is a directory') }));
+    expect(() => checkInitrd(tmp)).toThrow(
+      expect.objectContaining({ code: 66, message: expect.stringContaining('is a directory') }),
+    );
     fs.writeFileSync(join(tmp, 'bad'), 'hello world');
     expect(() => checkInitrd(join(tmp, 'bad'))).toThrow(expect.objectContaining({ code: 65 }));
     expect(() => checkInitrd(join(tmp, 'none'))).toThrow(expect.objectContaining({ code: 66 }));
   });
   it('uses a regular file as it is', async () => {
     fs.writeFileSync(join(tmp, 'k'), 'x');
-    expect(await resolveInput(join(tmp, 'k'), 'kernel', opts())).toEqual({ path: join(tmp, 'k'), shown: join(tmp, 'k'), temp: null });
+    expect(await resolveInput(join(tmp, 'k'), 'kernel', opts())).toEqual({
+      path: join(tmp, 'k'),
+      shown: join(tmp, 'k'),
+      temp: null,
+    });
   });
   it('refuses a FIFO with no writer at once (66), without hanging', async () => {
     execFileSync('mkfifo', [join(tmp, 'fifo')]);
     const t0 = performance.now();
-    await expect(resolveInput(join(tmp, 'fifo'), 'kernel', opts())).rejects.toMatchObject({ code: 66, message: expect.stringContaining('no one writing') });
+    await expect(resolveInput(join(tmp, 'fifo'), 'kernel', opts())).rejects.toMatchObject({
+      code: 66,
+      message: expect.stringContaining('no one writing'),
+    });
     expect(performance.now() - t0).toBeLessThan(slow(5_000));
     expect(fs.existsSync(join(tmp, 'cache')) ? fs.readdirSync(join(tmp, 'cache')) : []).toEqual([]);
   });
@@ -234,7 +280,9 @@ describe('kernel and initrd inputs', () => {
     execFileSync('mkfifo', [join(tmp, 'fifo')]);
     const w = fs.openSync(join(tmp, 'fifo'), fs.constants.O_RDWR);
     try {
-      await expect(resolveInput(join(tmp, 'fifo'), 'kernel', { ...opts(), idleMs: 300 })).rejects.toMatchObject({ code: 75 });
+      await expect(resolveInput(join(tmp, 'fifo'), 'kernel', { ...opts(), idleMs: 300 })).rejects.toMatchObject({
+        code: 75,
+      });
       const ctl = new AbortController();
       const p = resolveInput(join(tmp, 'fifo'), 'kernel', { ...opts(), signal: ctl.signal });
       setTimeout(() => ctl.abort(new Error('interrupted')), 100);
@@ -259,7 +307,12 @@ describe('kernel and initrd inputs', () => {
 describe('panic detection', () => {
   it('finds the panic and the lines before it', () => {
     const log = ['boot', 'a', 'Kernel panic - not syncing: Attempted to kill init!', 'Kernel Offset: x'].join('\r\n');
-    expect(findPanic(log)).toEqual(['boot', 'a', 'Kernel panic - not syncing: Attempted to kill init!', 'Kernel Offset: x']);
+    expect(findPanic(log)).toEqual([
+      'boot',
+      'a',
+      'Kernel panic - not syncing: Attempted to kill init!',
+      'Kernel Offset: x',
+    ]);
     expect(findPanic('all fine\n')).toBeNull();
   });
 });
@@ -275,7 +328,10 @@ describe('shares', () => {
     expect(() => parseShare(join(tmp, 'nope'), used)).toThrow(expect.objectContaining({ code: 66 }));
   });
   it('builds 9p and virtiofs arguments with commas escaped', () => {
-    expect(ninepArgs([{ dir: '/a,b', tag: 't' }])).toEqual(['-virtfs', 'local,path=/a,,b,mount_tag=t,security_model=none,id=fs0']);
+    expect(ninepArgs([{ dir: '/a,b', tag: 't' }])).toEqual([
+      '-virtfs',
+      'local,path=/a,,b,mount_tag=t,security_model=none,id=fs0',
+    ]);
     const v = virtiofsArgs([{ dir: '/a', tag: 't', socket: '/r/s' }], '512M');
     expect(v).toContain('memory-backend-memfd,id=pimmem,size=512M,share=on');
     expect(v).toContain('vhost-user-fs-pci,chardev=vfs0,tag=t,queue-size=1024');
@@ -285,7 +341,16 @@ describe('shares', () => {
 describe('settings', () => {
   it('quotes settings for sh', () => {
     expect(shq("it's")).toBe(`'it'\\''s'`);
-    const env = guestEnv({ token: 't', mode: 'exec', out: '/dev/ttyS1', fs: '9p', shares: [{ dir: '/x', tag: 'a' }, { dir: '/y', tag: 'b' }] });
+    const env = guestEnv({
+      token: 't',
+      mode: 'exec',
+      out: '/dev/ttyS1',
+      fs: '9p',
+      shares: [
+        { dir: '/x', tag: 'a' },
+        { dir: '/y', tag: 'b' },
+      ],
+    });
     expect(env).toContain("PIM_SHARES='a b'");
     expect(env).toContain("PIM_ROOT=''");
   });
@@ -315,7 +380,10 @@ async function guestRoot(g: GuestSettings, cmd: string): Promise<string> {
 }
 
 /** Run /pim/init in `root`; what came out of ttyS1 (scanned), and whether it powered off. */
-async function runInit(root: string, token: string): Promise<{ scanner: OutputScanner; out: string; poweredOff: boolean; stderr: string }> {
+async function runInit(
+  root: string,
+  token: string,
+): Promise<{ scanner: OutputScanner; out: string; poweredOff: boolean; stderr: string }> {
   const port = join(root, 'dev', 'ttyS1');
   execFileSync('mkfifo', [port]);
   const rfd = fs.openSync(port, fs.constants.O_RDONLY | fs.constants.O_NONBLOCK);
@@ -325,16 +393,30 @@ async function runInit(root: string, token: string): Promise<{ scanner: OutputSc
   const scanner = new OutputScanner(token, (s) => (out += s));
   sock.on('data', (d: Buffer) => scanner.push(d.toString('latin1')));
   const drained = new Promise((r) => sock.once('close', r));
-  const child = spawn(NS[0]!, [...NS.slice(1), root, '/pim/init'], { stdio: ['ignore', 'ignore', 'pipe'], timeout: 20_000, killSignal: 'SIGKILL' });
+  const child = spawn(NS[0]!, [...NS.slice(1), root, '/pim/init'], {
+    stdio: ['ignore', 'ignore', 'pipe'],
+    timeout: 20_000,
+    killSignal: 'SIGKILL',
+  });
   let stderr = '';
   child.stderr!.on('data', (d) => (stderr += d));
-  const [code, signal] = (await new Promise((r) => child.once('exit', (...a) => r(a)))) as [number | null, string | null];
+  const [code, signal] = (await new Promise((r) => child.once('exit', (...a) => r(a)))) as [
+    number | null,
+    string | null,
+  ];
   fs.closeSync(wfd);
   await drained;
   return { scanner, out, stderr, poweredOff: code === 130 || signal === 'SIGINT' };
 }
 
-const settings = (over: Partial<GuestSettings> = {}): GuestSettings => ({ token: 'tok42', mode: 'exec', out: '/dev/ttyS1', fs: '9p', shares: [], ...over });
+const settings = (over: Partial<GuestSettings> = {}): GuestSettings => ({
+  token: 'tok42',
+  mode: 'exec',
+  out: '/dev/ttyS1',
+  fs: '9p',
+  shares: [],
+  ...over,
+});
 
 describe.skipIf(!canRunInit)("pim's /init (lib/kboot/init.sh) under busybox sh", () => {
   it('mounts proc, sysfs and /tmp, says ready, runs the command with its output on ttyS1, sends its status, powers off', async () => {
@@ -355,7 +437,10 @@ describe.skipIf(!canRunInit)("pim's /init (lib/kboot/init.sh) under busybox sh",
   it('sends the fail marker, and runs nothing, when a share cannot be mounted (9p and virtiofs)', async () => {
     for (const fsType of ['9p', 'virtiofs'] as const) {
       fs.rmSync(join(tmp, 'root'), { recursive: true, force: true });
-      const r = await runInit(await guestRoot(settings({ fs: fsType, shares: [{ dir: '/h/a', tag: 'src' }] }), 'echo never'), 'tok42');
+      const r = await runInit(
+        await guestRoot(settings({ fs: fsType, shares: [{ dir: '/h/a', tag: 'src' }] }), 'echo never'),
+        'tok42',
+      );
       expect(r.scanner.failure).toBe('cannot mount share src (no 9p/virtiofs in this kernel or initramfs?)');
       expect(r.scanner.ready).toBe(false);
       expect(r.out).toBe('');
@@ -371,7 +456,11 @@ describe.skipIf(!canRunInit)("pim's /init (lib/kboot/init.sh) under busybox sh",
 
   it("without --exec, says ready and hands over to the initramfs's own /init, /proc unmounted", async () => {
     const root = await guestRoot(settings({ mode: 'handoff' }), '');
-    fs.writeFileSync(join(root, 'init'), '#!/pim/bin/sh\n{ echo "handed over as pid $$"; test -e /proc/self || echo "no /proc"; } >/handoff.log\n', { mode: 0o755 });
+    fs.writeFileSync(
+      join(root, 'init'),
+      '#!/pim/bin/sh\n{ echo "handed over as pid $$"; test -e /proc/self || echo "no /proc"; } >/handoff.log\n',
+      { mode: 0o755 },
+    );
     const r = await runInit(root, 'tok42');
     expect(r.scanner.ready).toBe(true);
     expect(r.scanner.status).toBeNull();
@@ -382,24 +471,29 @@ describe.skipIf(!canRunInit)("pim's /init (lib/kboot/init.sh) under busybox sh",
 describe('archives pim adds', () => {
   it.skipIf(!has('cpio'))("this boot's archive holds /pim/env and /pim/cmd", () => {
     fs.writeFileSync(join(tmp, 'b.cpio'), bootArchive(settings(), 'uname -r'));
-    expect(execFileSync('cpio', ['-it', '--quiet', '-F', join(tmp, 'b.cpio')], { encoding: 'utf8' })).toBe('pim\npim/env\npim/cmd\n');
+    expect(execFileSync('cpio', ['-it', '--quiet', '-F', join(tmp, 'b.cpio')], { encoding: 'utf8' })).toBe(
+      'pim\npim/env\npim/cmd\n',
+    );
   });
-  it.skipIf(!has('cpio'))('the base without a static busybox: init.sh as it is, /pim/bin/sh -> /bin/sh; cached 0600', async () => {
-    const cache = join(tmp, 'cache');
-    fs.mkdirSync(cache, { mode: 0o700 });
-    const a = await pimBaseArchive(cache, null);
-    expect(mode(a)).toBe(0o600);
-    const out = join(tmp, 'x');
-    fs.mkdirSync(out);
-    execFileSync('cpio', ['-idm', '--quiet', '-F', a], { cwd: out });
-    expect(fs.readFileSync(join(out, 'pim', 'init'), 'utf8')).toBe(INIT_SCRIPT);
-    expect(INIT_SCRIPT.startsWith('#!/pim/bin/sh\n')).toBe(true);
-    expect(mode(join(out, 'pim', 'init'))).toBe(0o755);
-    expect(fs.readlinkSync(join(out, 'pim', 'bin', 'sh'))).toBe('/bin/sh');
-    const st = fs.statSync(a);
-    expect(await pimBaseArchive(cache, null)).toBe(a);
-    expect(fs.statSync(a).ino).toBe(st.ino); // a hit: not written again (that renames a new file into place)
-  });
+  it.skipIf(!has('cpio'))(
+    'the base without a static busybox: init.sh as it is, /pim/bin/sh -> /bin/sh; cached 0600',
+    async () => {
+      const cache = join(tmp, 'cache');
+      fs.mkdirSync(cache, { mode: 0o700 });
+      const a = await pimBaseArchive(cache, null);
+      expect(mode(a)).toBe(0o600);
+      const out = join(tmp, 'x');
+      fs.mkdirSync(out);
+      execFileSync('cpio', ['-idm', '--quiet', '-F', a], { cwd: out });
+      expect(fs.readFileSync(join(out, 'pim', 'init'), 'utf8')).toBe(INIT_SCRIPT);
+      expect(INIT_SCRIPT.startsWith('#!/pim/bin/sh\n')).toBe(true);
+      expect(mode(join(out, 'pim', 'init'))).toBe(0o755);
+      expect(fs.readlinkSync(join(out, 'pim', 'bin', 'sh'))).toBe('/bin/sh');
+      const st = fs.statSync(a);
+      expect(await pimBaseArchive(cache, null)).toBe(a);
+      expect(fs.statSync(a).ino).toBe(st.ino); // a hit: not written again (that renames a new file into place)
+    },
+  );
 });
 
 describe('a cache left by an older pim', () => {
@@ -435,7 +529,13 @@ describe('VmSpec additions for kboot', async () => {
     expect(a).not.toContain('-no-reboot');
   });
   it('drops virtio-rng and adds -no-reboot when asked', () => {
-    const a = buildQemuArgv({ ...base, rng: false, noReboot: true, machine: 'microvm', kernel: { kernel: '/k', initrd: '/i', append: 'quiet' } });
+    const a = buildQemuArgv({
+      ...base,
+      rng: false,
+      noReboot: true,
+      machine: 'microvm',
+      kernel: { kernel: '/k', initrd: '/i', append: 'quiet' },
+    });
     expect(a).not.toContain('virtio-rng-pci');
     expect(a).toContain('-no-reboot');
     expect(a.join(' ')).toContain('-machine microvm,accel=tcg');

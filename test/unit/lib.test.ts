@@ -3,11 +3,28 @@ import * as fs from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { checkName, nameProblem } from '../../lib/core/names.ts';
-import { checkSocketPath, ensureRuntimeDir, runtimeDirPath, vmFiles, configDir, imagesDir, cacheDir } from '../../lib/core/paths.ts';
+import {
+  checkSocketPath,
+  ensureRuntimeDir,
+  runtimeDirPath,
+  vmFiles,
+  configDir,
+  imagesDir,
+  cacheDir,
+} from '../../lib/core/paths.ts';
 import { buildQemuArgv, qemuEscape, qemuOpt, type VmSpec } from '../../lib/qemu/argv.ts';
 import { formatRecords } from '../../lib/cli/output.ts';
 import { defineCommand } from 'citty';
-import { helpColor, node, parseArgv, renderHelp, runArgv, VERSION, type AnyCommand, type Words } from '../../lib/cli/command.ts';
+import {
+  helpColor,
+  node,
+  parseArgv,
+  renderHelp,
+  runArgv,
+  VERSION,
+  type AnyCommand,
+  type Words,
+} from '../../lib/cli/command.ts';
 import { yamlTopKeys } from '../../lib/cli/catalog-names.ts';
 import { JsonLines } from '../../lib/qemu/jsonlines.ts';
 import { macFor } from '../../lib/qemu/host.ts';
@@ -17,10 +34,13 @@ describe('VM names', () => {
     expect(nameProblem(n)).toBeNull();
     expect(checkName(n)).toBe(n);
   });
-  it.each(['', '..', 'a/b', '-rf', '../etc', 'x'.repeat(65), 'a..b', '.hidden', 'sp ace', 'semi;colon', 'nul\0'])('refuses %j with exit 64', (n) => {
-    expect(nameProblem(n)).not.toBeNull();
-    expect(() => checkName(n)).toThrow(expect.objectContaining({ code: 64 }));
-  });
+  it.each(['', '..', 'a/b', '-rf', '../etc', 'x'.repeat(65), 'a..b', '.hidden', 'sp ace', 'semi;colon', 'nul\0'])(
+    'refuses %j with exit 64',
+    (n) => {
+      expect(nameProblem(n)).not.toBeNull();
+      expect(() => checkName(n)).toThrow(expect.objectContaining({ code: 64 }));
+    },
+  );
 });
 
 describe('paths', () => {
@@ -73,7 +93,8 @@ describe('paths', () => {
   it('checks a VM name once, when its reference is made (64, nothing created)', async () => {
     const { vmRef } = await import('../../lib/vm/ref.ts');
     expect(vmRef('dev', '/r/pim')).toMatchObject({ name: 'dev', dir: '/r/pim', files: { qmp: '/r/pim/dev.qmp' } });
-    for (const bad of ['../x', '', '-x', 'a/b', 'x'.repeat(65)]) expect(() => vmRef(bad, '/nonexistent')).toThrow(expect.objectContaining({ code: 64 }));
+    for (const bad of ['../x', '', '-x', 'a/b', 'x'.repeat(65)])
+      expect(() => vmRef(bad, '/nonexistent')).toThrow(expect.objectContaining({ code: 64 }));
   });
 
   it('creates the runtime dir 0700 and tightens a loose one', () => {
@@ -91,7 +112,9 @@ describe('paths', () => {
     const d = ensureRuntimeDir();
     fs.chmodSync(d, 0o777);
     fs.symlinkSync('/etc/passwd', join(d, 'victim.log'));
-    expect(() => ensureRuntimeDir()).toThrow(expect.objectContaining({ code: 77, message: expect.stringContaining('writable by others') }));
+    expect(() => ensureRuntimeDir()).toThrow(
+      expect.objectContaining({ code: 77, message: expect.stringContaining('writable by others') }),
+    );
     expect(fs.statSync(d).mode & 0o777).toBe(0o777);
     fs.chmodSync(d, 0o770);
     expect(() => ensureRuntimeDir()).toThrow(expect.objectContaining({ code: 77 }));
@@ -113,7 +136,9 @@ describe('paths', () => {
 describe('QEMU argv', () => {
   it('doubles commas in option values', () => {
     expect(qemuEscape('/a,b,,c')).toBe('/a,,b,,,,c');
-    expect(qemuOpt('socket', { id: 'x', path: '/tmp/a,b', server: true, wait: false })).toBe('socket,id=x,path=/tmp/a,,b,server=on,wait=off');
+    expect(qemuOpt('socket', { id: 'x', path: '/tmp/a,b', server: true, wait: false })).toBe(
+      'socket,id=x,path=/tmp/a,,b,server=on,wait=off',
+    );
   });
 
   const spec = (over: Partial<VmSpec> = {}): VmSpec => ({
@@ -137,7 +162,9 @@ describe('QEMU argv', () => {
     expect(opt('-machine')).toEqual(['q35,accel=tcg']);
     expect(opt('-display')).toEqual(['none']);
     expect(opt('-qmp')).toEqual(['unix:/r/dev.qmp,server=on,wait=off']);
-    expect(opt('-chardev')).toContain('socket,id=ser0,path=/r/dev.serial,server=on,wait=off,logfile=/r/dev.log,logappend=on');
+    expect(opt('-chardev')).toContain(
+      'socket,id=ser0,path=/r/dev.serial,server=on,wait=off,logfile=/r/dev.log,logappend=on',
+    );
     expect(opt('-chardev')).toContain('socket,id=ga0,path=/r/dev.ga,server=on,wait=off');
     expect(opt('-device')).toContain('virtserialport,bus=vser0.0,chardev=ga0,name=org.qemu.guest_agent.0');
     expect(opt('-drive')).toEqual(['file=/img/my,,disk.qcow2,format=qcow2,if=none,id=disk0,snapshot=on']);
@@ -225,18 +252,30 @@ describe('argv parsing', () => {
     expect((await parseArgv(cmd, ['--version'])).kind).toBe('version');
   });
   it('refuses unknown flags (a typo like --jsno) with exit 64', async () => {
-    await expect(parseArgv(cmd, ['dev', '--jsno'])).rejects.toMatchObject({ code: 64, message: expect.stringContaining('--jsno') });
+    await expect(parseArgv(cmd, ['dev', '--jsno'])).rejects.toMatchObject({
+      code: 64,
+      message: expect.stringContaining('--jsno'),
+    });
     await expect(parseArgv(cmd, ['dev', '-z'])).rejects.toMatchObject({ code: 64 });
-    await expect(parseArgv(cmd, ['dev', '-qz'])).rejects.toMatchObject({ code: 64, message: expect.stringContaining('-z') });
+    await expect(parseArgv(cmd, ['dev', '-qz'])).rejects.toMatchObject({
+      code: 64,
+      message: expect.stringContaining('-z'),
+    });
   });
   it('accepts kebab-case and inline values, and counts positionals', async () => {
     expect((await ok(['dev', '--ssh-port=2222', '-q'])).head).toEqual(['dev', '--ssh-port=2222', '-q']);
-    await expect(parseArgv(cmd, [])).rejects.toMatchObject({ code: 64, message: 'missing argument; usage: pim-x NAME [options] [-- qemu args]' });
+    await expect(parseArgv(cmd, [])).rejects.toMatchObject({
+      code: 64,
+      message: 'missing argument; usage: pim-x NAME [options] [-- qemu args]',
+    });
     await expect(parseArgv(cmd, ['a', 'b'])).rejects.toMatchObject({ code: 64 });
     await expect(parseArgv(cmd, ['dev', '--ssh-port'])).rejects.toMatchObject({ code: 64 });
   });
   it('checks enum values, as --flag V and --flag=V', async () => {
-    await expect(parseArgv(cmd, ['dev', '--accel', 'foo'])).rejects.toMatchObject({ code: 64, message: '--accel must be one of kvm, tcg, not "foo"' });
+    await expect(parseArgv(cmd, ['dev', '--accel', 'foo'])).rejects.toMatchObject({
+      code: 64,
+      message: '--accel must be one of kvm, tcg, not "foo"',
+    });
     await expect(parseArgv(cmd, ['dev', '--accel=foo'])).rejects.toMatchObject({ code: 64 });
     await ok(['dev', '--accel=kvm']);
   });
@@ -248,7 +287,11 @@ describe('argv parsing', () => {
     let seen: unknown;
     const c = defineCommand({
       meta: { name: 'pim-y', passthrough: 'words' },
-      args: { name: { type: 'positional', required: true }, sshPort: { type: 'string' }, fs: { type: 'enum', options: ['a', 'b'], default: 'a' } },
+      args: {
+        name: { type: 'positional', required: true },
+        sshPort: { type: 'string' },
+        fs: { type: 'enum', options: ['a', 'b'], default: 'a' },
+      },
       run: ({ args, data }) => {
         seen = { name: args.name, port: args.sshPort, fs: args.fs, rest: (data as Words).rest };
         return 3;
@@ -273,10 +316,22 @@ describe('subcommands', () => {
     if (p.kind !== 'run') throw new Error(p.kind);
     expect(p.node.name).toBe('pim-iso download');
     expect(p.words.positionals).toEqual(['a', 'b']);
-    await expect(parseArgv(iso, ['list', '--url', 'x'])).rejects.toMatchObject({ code: 64, message: 'unknown option --url; see pim-iso list --help' });
-    await expect(parseArgv(iso, [])).rejects.toMatchObject({ code: 64, message: expect.stringContaining('list, show, add, download, verify, path or rm') });
-    await expect(parseArgv(iso, ['frob'])).rejects.toMatchObject({ code: 64, message: expect.stringContaining('unknown subcommand "frob"') });
-    await expect(parseArgv(iso, ['show'])).rejects.toMatchObject({ code: 64, message: 'missing argument; usage: pim-iso show NAME [options]' });
+    await expect(parseArgv(iso, ['list', '--url', 'x'])).rejects.toMatchObject({
+      code: 64,
+      message: 'unknown option --url; see pim-iso list --help',
+    });
+    await expect(parseArgv(iso, [])).rejects.toMatchObject({
+      code: 64,
+      message: expect.stringContaining('list, show, add, download, verify, path or rm'),
+    });
+    await expect(parseArgv(iso, ['frob'])).rejects.toMatchObject({
+      code: 64,
+      message: expect.stringContaining('unknown subcommand "frob"'),
+    });
+    await expect(parseArgv(iso, ['show'])).rejects.toMatchObject({
+      code: 64,
+      message: 'missing argument; usage: pim-iso show NAME [options]',
+    });
     const h = await parseArgv(iso, ['download', '--help']);
     expect(h.kind === 'help' && h.node.name).toBe('pim-iso download');
     expect((await parseArgv(iso, ['--help'])).kind).toBe('help');
@@ -311,14 +366,15 @@ describe('help', () => {
       process.env = saved;
     }
   });
-  it('--version is package.json\'s', async () => {
+  it("--version is package.json's", async () => {
     const pkg = JSON.parse(fs.readFileSync(join(__dirname, '../../package.json'), 'utf8')) as { version: string };
     expect(VERSION).toBe(pkg.version);
   });
 });
 
 describe('completion', () => {
-  const ask = async (cmd: AnyCommand, ...words: string[]) => (await import('../../lib/cli/complete.ts')).answer(await node(cmd), words);
+  const ask = async (cmd: AnyCommand, ...words: string[]) =>
+    (await import('../../lib/cli/complete.ts')).answer(await node(cmd), words);
   const saved = { ...process.env };
   let tmp: string;
   beforeEach(() => {
@@ -326,19 +382,31 @@ describe('completion', () => {
     process.env.XDG_CONFIG_HOME = join(tmp, 'config');
     process.env.XDG_DATA_HOME = join(tmp, 'data');
     fs.mkdirSync(join(tmp, 'config/pim/isos.d'), { recursive: true });
-    fs.writeFileSync(join(tmp, 'config/pim/isos.d/mine.yml'), '# mine\nmyiso:\n  url: https://x/y.iso\n"quoted-iso": {}\ndefault:\n  arch: amd64\n');
+    fs.writeFileSync(
+      join(tmp, 'config/pim/isos.d/mine.yml'),
+      '# mine\nmyiso:\n  url: https://x/y.iso\n"quoted-iso": {}\ndefault:\n  arch: amd64\n',
+    );
   });
   afterEach(() => {
     process.env = { ...saved };
     fs.rmSync(tmp, { recursive: true, force: true });
   });
-  it('offers subcommands, then each one\'s own options and arguments', async () => {
+  it("offers subcommands, then each one's own options and arguments", async () => {
     const { default: iso } = await import('../../cmds/pim-iso.ts');
     expect(await ask(iso, '')).toMatch(/^list\tOne line per catalog entry.*\nshow\t.*\nrm\t.*\n:4\n$/s);
     const dl = await ask(iso, 'download', '');
-    expect(dl.split('\n').map((l) => l.split('\t')[0])).toEqual(['debian-netinst-amd64', 'myiso', 'quoted-iso', 'ubuntu-24.04-server-amd64', ':4', '']);
+    expect(dl.split('\n').map((l) => l.split('\t')[0])).toEqual([
+      'debian-netinst-amd64',
+      'myiso',
+      'quoted-iso',
+      'ubuntu-24.04-server-amd64',
+      ':4',
+      '',
+    ]);
     expect(await ask(iso, 'download', 'debian-netinst-amd64', 'my')).toBe('myiso\tISO\n:4\n');
-    expect(await ask(iso, 'list', '--')).toBe('--json\tprint JSON (one object per line)\n--quiet\tprint names only\n--help\tshow the help\n:4\n');
+    expect(await ask(iso, 'list', '--')).toBe(
+      '--json\tprint JSON (one object per line)\n--quiet\tprint names only\n--help\tshow the help\n:4\n',
+    );
     expect(await ask(iso, 'frob', '')).toBe(':4\n');
   });
   it('option values: enum values without a TAB (zsh draws an empty description as a stray --), paths for path options', async () => {
@@ -351,7 +419,7 @@ describe('completion', () => {
     expect(await ask(kboot, '--mem', '')).toBe(':4\n');
     expect(await ask(kboot, 'vm', '--', '')).toBe(':0\n');
   });
-  it('pim-run NAME|IMAGE: image names, and the shell\'s file names when none matches', async () => {
+  it("pim-run NAME|IMAGE: image names, and the shell's file names when none matches", async () => {
     const { default: run } = await import('../../cmds/pim-run.ts');
     expect(await ask(run, './di')).toBe(':0\n');
     expect(await ask(run, 'dev', '')).toBe(':4\n');
@@ -361,7 +429,16 @@ describe('completion', () => {
     fs.writeFileSync(join(tmp, 'config/pim/profiles.d/a.yml'), 'dev:\n  iso: x\nweb: {}\n  nested: 1\n');
     const id = 'dev-0123456789ab';
     fs.mkdirSync(join(tmp, 'data/pim/builds', id), { recursive: true });
-    fs.writeFileSync(join(tmp, 'data/pim/builds', id, 'build.json'), JSON.stringify({ id, key: '0123456789ab'.padEnd(64, '0'), profile: 'dev', created: '2026-01-01T00:00:00Z', disk: { file: 'disk.qcow2' } }));
+    fs.writeFileSync(
+      join(tmp, 'data/pim/builds', id, 'build.json'),
+      JSON.stringify({
+        id,
+        key: '0123456789ab'.padEnd(64, '0'),
+        profile: 'dev',
+        created: '2026-01-01T00:00:00Z',
+        disk: { file: 'disk.qcow2' },
+      }),
+    );
     const { default: build } = await import('../../cmds/pim-build.ts');
     expect(await ask(build, 'run', '')).toBe('default\tprofile\ndev\tprofile\nweb\tprofile\n:4\n');
     expect(await ask(build, 'show', '')).toBe(`${id}\tdev, 2026-01-01T00:00:00Z\n:4\n`);
@@ -371,7 +448,12 @@ describe('completion', () => {
     expect(await ask(profile, 'show', 'web', '')).toBe(':4\n');
   });
   it('reads top-level keys only', () => {
-    expect(yamlTopKeys('# c\na:\n  b: 1\n"c-d": 2\n\'e\':\n- f\n---\ng: [1]\n<<: *x\nbad key:\n')).toEqual(['a', 'c-d', 'e', 'g']);
+    expect(yamlTopKeys('# c\na:\n  b: 1\n"c-d": 2\n\'e\':\n- f\n---\ng: [1]\n<<: *x\nbad key:\n')).toEqual([
+      'a',
+      'c-d',
+      'e',
+      'g',
+    ]);
   });
 });
 
@@ -399,9 +481,13 @@ describe("tab's bash script", () => {
   it('fails loudly when a fix no longer applies (a new tab version)', async () => {
     const { patchBash } = await import('../../lib/cli/complete.ts');
     const script = await tabScript();
-    expect(() => patchBash(script.replace('eval "$requestComp"', 'eval "$request"'), 'pim-x')).toThrow(/words as arguments, no eval/);
+    expect(() => patchBash(script.replace('eval "$requestComp"', 'eval "$request"'), 'pim-x')).toThrow(
+      /words as arguments, no eval/,
+    );
     expect(() => patchBash(script.replace(/^readonly /gm, 'declare -r '), 'pim-x')).toThrow(/no readonly globals/);
-    expect(() => patchBash(script.replace(/^complete -F/m, 'complete -o nospace -F'), 'pim-x')).toThrow(/file names when the answer allows them/);
+    expect(() => patchBash(script.replace(/^complete -F/m, 'complete -o nospace -F'), 'pim-x')).toThrow(
+      /file names when the answer allows them/,
+    );
   });
 });
 
@@ -461,16 +547,20 @@ describe('the pidfile lock (the VM lock off Linux)', () => {
         try { const l = await pidfileLock(process.argv[1], 'x'); console.log('got'); while (!existsSync(process.argv[1] + '.done')) await new Promise((r) => setTimeout(r, 20)); await l.release(); }
         catch (e) { console.log(e.code === 75 ? 'busy' : 'error ' + e.message); }`;
       let said = 0;
-      const runs = Array.from({ length: 6 }, () =>
-        new Promise<string>((resolve) => {
-          const c = spawn(process.execPath, ['--input-type=module', '-e', script, file], { stdio: ['ignore', 'pipe', 'inherit'] });
-          let out = '';
-          c.stdout!.on('data', (d) => {
-            if (!out.includes('\n') && String(d).includes('\n') && ++said === 6) fs.writeFileSync(`${file}.done`, '');
-            out += d;
-          });
-          c.on('close', () => resolve(out.trim()));
-        }),
+      const runs = Array.from(
+        { length: 6 },
+        () =>
+          new Promise<string>((resolve) => {
+            const c = spawn(process.execPath, ['--input-type=module', '-e', script, file], {
+              stdio: ['ignore', 'pipe', 'inherit'],
+            });
+            let out = '';
+            c.stdout!.on('data', (d) => {
+              if (!out.includes('\n') && String(d).includes('\n') && ++said === 6) fs.writeFileSync(`${file}.done`, '');
+              out += d;
+            });
+            c.on('close', () => resolve(out.trim()));
+          }),
       );
       const results = await Promise.all(runs);
       expect(results.filter((r) => r === 'got')).toHaveLength(1);
@@ -491,7 +581,12 @@ describe('private storage', () => {
     fs.chmodSync(join(base, 'pim'), 0o755);
     ensurePrivateDir(join(base, 'pim', 'kboot', 'x'));
     const mode = (p: string) => fs.statSync(p).mode & 0o777;
-    expect([mode(base), mode(join(base, 'pim')), mode(join(base, 'pim', 'kboot')), mode(join(base, 'pim', 'kboot', 'x'))]).toEqual([0o755, 0o700, 0o700, 0o700]);
+    expect([
+      mode(base),
+      mode(join(base, 'pim')),
+      mode(join(base, 'pim', 'kboot')),
+      mode(join(base, 'pim', 'kboot', 'x')),
+    ]).toEqual([0o755, 0o700, 0o700, 0o700]);
     fs.symlinkSync('/tmp', join(base, 'pim', 'link'));
     expect(() => ensurePrivateDir(join(base, 'pim', 'link'))).toThrow(expect.objectContaining({ code: 73 }));
     fs.rmSync(base, { recursive: true, force: true });
@@ -507,7 +602,9 @@ describe('run: time limits hold when a grandchild keeps the pipe open', () => {
   /** a program that starts a child holding stdout and stderr, writes its pid, and hangs */
   const hanging = () => {
     const f = join(dir, 'hook');
-    fs.writeFileSync(f, `#!/bin/sh\nsleep 1000 &\necho $! >"${dir}/child"\necho started\nsleep 1000\n`, { mode: 0o755 });
+    fs.writeFileSync(f, `#!/bin/sh\nsleep 1000 &\necho $! >"${dir}/child"\necho started\nsleep 1000\n`, {
+      mode: 0o755,
+    });
     return f;
   };
   const alive = (pid: number) => {
@@ -533,7 +630,8 @@ describe('run: time limits hold when a grandchild keeps the pipe open', () => {
     const { run } = await import('../../lib/core/run.ts');
     const ctl = new AbortController();
     const p = run(hanging(), [], { signal: ctl.signal, timeoutMs: 600_000 });
-    while (!fs.existsSync(join(dir, 'child')) || !fs.readFileSync(join(dir, 'child'), 'utf8').endsWith('\n')) await new Promise((r) => setTimeout(r, 20));
+    while (!fs.existsSync(join(dir, 'child')) || !fs.readFileSync(join(dir, 'child'), 'utf8').endsWith('\n'))
+      await new Promise((r) => setTimeout(r, 20));
     ctl.abort();
     const r = await p;
     expect(r.code).not.toBe(0);
@@ -543,7 +641,8 @@ describe('run: time limits hold when a grandchild keeps the pipe open', () => {
     const { run } = await import('../../lib/core/run.ts');
     const ctl = new AbortController();
     const p = run(hanging(), [], { signal: ctl.signal });
-    while (!fs.existsSync(join(dir, 'child')) || !fs.readFileSync(join(dir, 'child'), 'utf8').endsWith('\n')) await new Promise((r) => setTimeout(r, 20));
+    while (!fs.existsSync(join(dir, 'child')) || !fs.readFileSync(join(dir, 'child'), 'utf8').endsWith('\n'))
+      await new Promise((r) => setTimeout(r, 20));
     const t0 = Date.now();
     ctl.abort();
     const r = await p;

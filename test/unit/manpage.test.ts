@@ -38,7 +38,8 @@ describe('man pages', () => {
     expect(page).toMatch(/^\.TH PIM\\-RUN 1 /m);
     expect(page).toContain('pim\\-run \\- Boot an image');
     expect(page).toMatch(/^\.SH SYNOPSIS\n\.B pim\\-run\nNAME\|IMAGE \[options\] \[\\-\\- qemu args\]$/m);
-    for (const f of ['\\-\\-name', '\\-\\-snapshot', '\\-\\-forward', '\\-\\-wait', '\\-\\-help']) expect(page).toContain(`\\fB${f}\\fR`);
+    for (const f of ['\\-\\-name', '\\-\\-snapshot', '\\-\\-forward', '\\-\\-wait', '\\-\\-help'])
+      expect(page).toContain(`\\fB${f}\\fR`);
     expect(page).toContain('Ctrl\\-C while the VM starts');
     expect(page).toMatch(/^\.SH EXAMPLES\n\.RS 4\n\.nf\npim\\-run dev$/m);
     expect(page).toMatch(/^\.SH EXIT STATUS\n\.TP\n\.B 0\nsuccess$/m);
@@ -53,18 +54,29 @@ describe('man pages', () => {
     expect(page).toContain('\\fB\\-\\-explain\\fR');
   });
 
-  it.skipIf(!hasGroff)('every page renders with groff -man -ww and no warning', async () => {
-    const m = await commands();
-    for (const n of names) {
-      const r = execFileSync('groff', ['-man', '-ww', '-z', '-Tutf8'], { input: await manPage(await load(n), { commands: m }), encoding: 'utf8', stdio: ['pipe', 'pipe', 'pipe'] });
-      expect(r, n).toBe('');
-    }
-  }, 60_000);
+  it.skipIf(!hasGroff)(
+    'every page renders with groff -man -ww and no warning',
+    async () => {
+      const m = await commands();
+      for (const n of names) {
+        const r = execFileSync('groff', ['-man', '-ww', '-z', '-Tutf8'], {
+          input: await manPage(await load(n), { commands: m }),
+          encoding: 'utf8',
+          stdio: ['pipe', 'pipe', 'pipe'],
+        });
+        expect(r, n).toBe('');
+      }
+    },
+    60_000,
+  );
 });
 
 describe('docs/', () => {
   it('docs/NAME.md is what the definitions make (build.mjs writes it: run npm run build and commit docs/)', async () => {
     const m = await commands();
-    for (const n of names) expect(fs.readFileSync(`docs/${n}.md`, 'utf8'), `docs/${n}.md`).toBe(await markdownPage(await load(n), { commands: m }));
+    for (const n of names)
+      expect(fs.readFileSync(`docs/${n}.md`, 'utf8'), `docs/${n}.md`).toBe(
+        await markdownPage(await load(n), { commands: m }),
+      );
   }, 60_000);
 });

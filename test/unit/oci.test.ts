@@ -13,24 +13,41 @@ import { recordOf } from '../../lib/oci/pull.ts';
 
 describe('image references', () => {
   it('reads a registry with a port, a nested repository, a tag or a digest', () => {
-    expect(parseRef('127.0.0.1:5000/team/images:web')).toMatchObject({ registry: '127.0.0.1:5000', host: '127.0.0.1:5000', repo: 'team/images', tag: 'web', digest: null });
+    expect(parseRef('127.0.0.1:5000/team/images:web')).toMatchObject({
+      registry: '127.0.0.1:5000',
+      host: '127.0.0.1:5000',
+      repo: 'team/images',
+      tag: 'web',
+      digest: null,
+    });
     const d = `sha256:${'a'.repeat(64)}`;
     expect(parseRef(`reg.example/x@${d}`)).toMatchObject({ registry: 'reg.example', repo: 'x', tag: null, digest: d });
     expect(parseRef('localhost/a/b')).toMatchObject({ registry: 'localhost', repo: 'a/b' });
   });
   it("takes a bare name as Docker Hub's, under library/", () => {
-    expect(parseRef('debian:12')).toMatchObject({ registry: 'docker.io', host: 'registry-1.docker.io', repo: 'library/debian', tag: '12' });
+    expect(parseRef('debian:12')).toMatchObject({
+      registry: 'docker.io',
+      host: 'registry-1.docker.io',
+      repo: 'library/debian',
+      tag: '12',
+    });
   });
   it('refuses what is not a reference: 64, or 78 for a config value', () => {
     expect(() => parseRef('Reg.example/UPPER')).toThrow(/repository name component/);
     expect(() => parseRef('https://reg.example/x')).toThrow(/no scheme/);
-    expect(() => parseRef('reg.example/x:web', { repoOnly: true, code: 78 })).toThrow(expect.objectContaining({ code: 78 }));
+    expect(() => parseRef('reg.example/x:web', { repoOnly: true, code: 78 })).toThrow(
+      expect.objectContaining({ code: 78 }),
+    );
   });
 });
 
 describe('auth challenges', () => {
   it('reads Bearer and Basic challenges', () => {
-    expect(parseChallenge('Bearer realm="https://auth.example/token",service="registry.example",scope="repository:a/b:pull"')).toEqual({
+    expect(
+      parseChallenge(
+        'Bearer realm="https://auth.example/token",service="registry.example",scope="repository:a/b:pull"',
+      ),
+    ).toEqual({
       scheme: 'bearer',
       params: { realm: 'https://auth.example/token', service: 'registry.example', scope: 'repository:a/b:pull' },
     });
@@ -43,7 +60,10 @@ describe('the layer', () => {
     const dir = mkdtempSync(join(tmpdir(), 'pim-oci-'));
     try {
       writeFileSync(join(dir, 'x.qcow2'), Buffer.alloc(1000, 7));
-      const { parts, size } = layerParts([{ name: 'disk/x.qcow2', path: join(dir, 'x.qcow2'), hash: true }], 1_700_000_000);
+      const { parts, size } = layerParts(
+        [{ name: 'disk/x.qcow2', path: join(dir, 'x.qcow2'), hash: true }],
+        1_700_000_000,
+      );
       const bufs: Buffer[] = [];
       for (const p of parts) bufs.push('data' in p ? p.data : readFileSync(p.file));
       const tar = Buffer.concat(bufs);
@@ -57,7 +77,14 @@ describe('the layer', () => {
     }
   });
   it('writes a size of 8 GiB or more in base-256', () => {
-    const h = tarHeader('disk/big.qcow2', { type: 'file', size: 10 * 2 ** 30, mode: 0o444, uid: 107, gid: 107, mtime: 0 });
+    const h = tarHeader('disk/big.qcow2', {
+      type: 'file',
+      size: 10 * 2 ** 30,
+      mode: 0o444,
+      uid: 107,
+      gid: 107,
+      mtime: 0,
+    });
     expect(h[124]).toBe(0x80);
     expect(h.readBigUInt64BE(128)).toBe(BigInt(10 * 2 ** 30));
   });
@@ -81,7 +108,12 @@ describe('the layer', () => {
       expect(hashes.layer.digest('hex')).toBe(createHash('sha256').update(tar).digest('hex'));
       expect(hashes.file.digest('hex')).toBe(createHash('sha256').update(data).digest('hex'));
       const out = new Map([['disk/x.qcow2', join(dir, 'out')]]);
-      const done = await readLayer((async function* () { for (let i = 0; i < tar.length; i += 1000) yield tar.subarray(i, i + 1000); })(), out);
+      const done = await readLayer(
+        (async function* () {
+          for (let i = 0; i < tar.length; i += 1000) yield tar.subarray(i, i + 1000);
+        })(),
+        out,
+      );
       expect(done.get('disk/x.qcow2')).toBe(createHash('sha256').update(data).digest('hex'));
       expect(readFileSync(join(dir, 'out')).equals(data)).toBe(true);
     } finally {
@@ -92,14 +124,30 @@ describe('the layer', () => {
 
 describe("pim's record in a manifest", () => {
   const key = 'b'.repeat(64);
-  const rec = { id: `web-${key.slice(0, 12)}`, profile: 'web', key, disk: { file: 'web.qcow2', format: 'qcow2' }, efivars: null, log: 'x' };
-  const ann = (r: object, extra: Record<string, string> = {}) => ({ annotations: { 'dev.pim.build.record': JSON.stringify(r), 'dev.pim.build.key': key, 'dev.pim.build.disk.sha256': 'c'.repeat(64), ...extra } });
+  const rec = {
+    id: `web-${key.slice(0, 12)}`,
+    profile: 'web',
+    key,
+    disk: { file: 'web.qcow2', format: 'qcow2' },
+    efivars: null,
+    log: 'x',
+  };
+  const ann = (r: object, extra: Record<string, string> = {}) => ({
+    annotations: {
+      'dev.pim.build.record': JSON.stringify(r),
+      'dev.pim.build.key': key,
+      'dev.pim.build.disk.sha256': 'c'.repeat(64),
+      ...extra,
+    },
+  });
   it('takes a record whose id, key and files check out', () => {
     expect(recordOf(ann(rec), 'x').record.id).toBe(rec.id);
   });
   it('refuses an image without it, or with file names that leave the build (65)', () => {
     expect(() => recordOf({ annotations: {} }, 'x')).toThrow(expect.objectContaining({ code: 65 }));
-    expect(() => recordOf(ann({ ...rec, disk: { file: '../../evil.qcow2', format: 'qcow2' } }), 'x')).toThrow(/not NAME.qcow2/);
+    expect(() => recordOf(ann({ ...rec, disk: { file: '../../evil.qcow2', format: 'qcow2' } }), 'x')).toThrow(
+      /not NAME.qcow2/,
+    );
     expect(() => recordOf(ann({ ...rec, id: 'other-bbbbbbbbbbbb' }), 'x')).toThrow(/PROFILE-KEY12/);
     expect(() => recordOf(ann({ ...rec, efivars: '../vars' }), 'x')).toThrow(/efivars/);
   });
@@ -115,7 +163,10 @@ describe('credentials', () => {
       delete process.env.PIM_TEST_CREDS;
       await expect(findCreds('r.example', 'PIM_TEST_CREDS')).rejects.toMatchObject({ code: 77 });
       process.env.DOCKER_CONFIG = dir;
-      writeFileSync(join(dir, 'config.json'), JSON.stringify({ auths: { 'https://r.example': { auth: Buffer.from('me:pw').toString('base64') } } }));
+      writeFileSync(
+        join(dir, 'config.json'),
+        JSON.stringify({ auths: { 'https://r.example': { auth: Buffer.from('me:pw').toString('base64') } } }),
+      );
       expect(await findCreds('r.example')).toMatchObject({ user: 'me', password: 'pw' });
       expect(await findCreds('other.example')).toBeNull();
     } finally {
@@ -137,14 +188,26 @@ describe('Bearer token auth', () => {
       seen.push(`${req.method} ${u.pathname}`);
       if (u.pathname === '/token') {
         const ok = req.headers.authorization === `Basic ${Buffer.from('pim:right').toString('base64')}`;
-        if (!ok || u.searchParams.get('service') !== 'test-reg' || u.searchParams.get('scope') !== 'repository:team/images:pull') return void res.writeHead(401).end();
-        return void res.writeHead(200, { 'content-type': 'application/json' }).end(JSON.stringify({ token: 'tok-123' }));
+        if (
+          !ok ||
+          u.searchParams.get('service') !== 'test-reg' ||
+          u.searchParams.get('scope') !== 'repository:team/images:pull'
+        )
+          return void res.writeHead(401).end();
+        return void res
+          .writeHead(200, { 'content-type': 'application/json' })
+          .end(JSON.stringify({ token: 'tok-123' }));
       }
       if (req.headers.authorization !== 'Bearer tok-123') {
-        return void res.writeHead(401, { 'www-authenticate': `Bearer realm="http://127.0.0.1:${port}/token",service="test-reg"` }).end();
+        return void res
+          .writeHead(401, { 'www-authenticate': `Bearer realm="http://127.0.0.1:${port}/token",service="test-reg"` })
+          .end();
       }
       if (u.pathname === '/v2/') return void res.writeHead(200).end('{}');
-      if (u.pathname === '/v2/team/images/tags/list') return void res.writeHead(200, { 'content-type': 'application/json' }).end(JSON.stringify({ name: 'team/images', tags: ['web', 'web-aaaaaaaaaaaa'] }));
+      if (u.pathname === '/v2/team/images/tags/list')
+        return void res
+          .writeHead(200, { 'content-type': 'application/json' })
+          .end(JSON.stringify({ name: 'team/images', tags: ['web', 'web-aaaaaaaaaaaa'] }));
       res.writeHead(404).end();
     });
     await new Promise<void>((r) => srv.listen(0, '127.0.0.1', r));

@@ -69,7 +69,13 @@ describe('QmpProtocol on a recorded session', () => {
     p.subscribe((e) => seen.push(e.event));
     p.feed(Buffer.from('{"event": "STOP"}\r\n'));
     expect(seen).toEqual(['STOP']); // none of the 1000 earlier ones
-    expect(Object.keys(p).some((k) => Array.isArray((p as unknown as Record<string, unknown>)[k]) && ((p as unknown as Record<string, unknown[]>)[k]!.length ?? 0) >= 1000)).toBe(false);
+    expect(
+      Object.keys(p).some(
+        (k) =>
+          Array.isArray((p as unknown as Record<string, unknown>)[k]) &&
+          ((p as unknown as Record<string, unknown[]>)[k]!.length ?? 0) >= 1000,
+      ),
+    ).toBe(false);
   });
 
   it('fails pending requests with a clear error when the connection drops', async () => {

@@ -69,12 +69,36 @@ describe('pim-serve', () => {
   });
   it('a traversal corpus is all 404', async () => {
     const corpus = [
-      '/../pim.yml', '/installs.d/../profiles.d/p.yml', '/installs.d/..%2fprofiles.d%2fp.yml', '/installs.d/%2e%2e%2fsecret.txt',
-      '/installs.d/%2e%2e', '/installs.d/..', '/installs.d/.', '/installs.d/', '/installs.d', '/scripts.d/%252e%252e%252fsecret.txt',
-      '/scripts.d/..%5csecret.txt', '/scripts.d/link.sh', '/installs.d/passwd', '/installs.d/%2fetc%2fpasswd', '//etc/passwd',
-      '/etc/passwd', 'http://127.0.0.1/etc/passwd', `http://127.0.0.1:${s.port}/preseed.cfg`, '/installs.d/dev.sh%00.txt',
-      '/installs.d/%ff', '/installs.d/.hidden', '/preseeds.d/broken.cfg', '/profiles.d/p.yml', '/pim.yml', '/secret.txt',
-      '/preseed.cfg/..', '/./preseed.cfg', '/installs.d//dev.sh', '/scripts.d/dev.sh/', '*',
+      '/../pim.yml',
+      '/installs.d/../profiles.d/p.yml',
+      '/installs.d/..%2fprofiles.d%2fp.yml',
+      '/installs.d/%2e%2e%2fsecret.txt',
+      '/installs.d/%2e%2e',
+      '/installs.d/..',
+      '/installs.d/.',
+      '/installs.d/',
+      '/installs.d',
+      '/scripts.d/%252e%252e%252fsecret.txt',
+      '/scripts.d/..%5csecret.txt',
+      '/scripts.d/link.sh',
+      '/installs.d/passwd',
+      '/installs.d/%2fetc%2fpasswd',
+      '//etc/passwd',
+      '/etc/passwd',
+      'http://127.0.0.1/etc/passwd',
+      `http://127.0.0.1:${s.port}/preseed.cfg`,
+      '/installs.d/dev.sh%00.txt',
+      '/installs.d/%ff',
+      '/installs.d/.hidden',
+      '/preseeds.d/broken.cfg',
+      '/profiles.d/p.yml',
+      '/pim.yml',
+      '/secret.txt',
+      '/preseed.cfg/..',
+      '/./preseed.cfg',
+      '/installs.d//dev.sh',
+      '/scripts.d/dev.sh/',
+      '*',
     ];
     for (const t of corpus) {
       const r = await raw(t);
@@ -84,7 +108,14 @@ describe('pim-serve', () => {
     }
   });
   it('answers concurrent requests', async () => {
-    const rs = await Promise.all(Array.from({ length: 100 }, (_, i) => fetch(`http://127.0.0.1:${s.port}/${i % 2 ? 'preseed.cfg' : 'installs.d/dev.sh'}`).then(async (r) => [r.status, (await r.text()).length])));
+    const rs = await Promise.all(
+      Array.from({ length: 100 }, (_, i) =>
+        fetch(`http://127.0.0.1:${s.port}/${i % 2 ? 'preseed.cfg' : 'installs.d/dev.sh'}`).then(async (r) => [
+          r.status,
+          (await r.text()).length,
+        ]),
+      ),
+    );
     expect(new Set(rs.map((r) => r[0]))).toEqual(new Set([200]));
     expect(new Set(rs.filter((_, i) => i % 2).map((r) => r[1])).size).toBe(1);
   });
@@ -109,7 +140,13 @@ describe('pim-serve', () => {
   });
   it('HEAD and POST are reported to onRequest beside the log line', async () => {
     const seen: RequestRecord[] = [];
-    const b = await startServer({ profile: 'dev', port: 0, bind: '127.0.0.1', log: () => undefined, onRequest: (r) => seen.push(r) });
+    const b = await startServer({
+      profile: 'dev',
+      port: 0,
+      bind: '127.0.0.1',
+      log: () => undefined,
+      onRequest: (r) => seen.push(r),
+    });
     try {
       const get = await fetch(`${b.url}/meta-data?x=1`);
       const text = await get.text();
@@ -150,8 +187,15 @@ describe('pim-serve', () => {
     }
     expect(renderAnswer('/preseed.cfg', p, 'http://h')!.label).toBe('builtin:preseeds.d/default.cfg.eta');
     // no template: null (the server's 404); a broken one: 78 with FILE:LINE (the server's 500)
-    expect(renderAnswer('/preseed.cfg', { name: 'x', value: { ...p.value, preseed: 'missing.cfg' } }, 'http://h')).toBeNull();
+    expect(
+      renderAnswer('/preseed.cfg', { name: 'x', value: { ...p.value, preseed: 'missing.cfg' } }, 'http://h'),
+    ).toBeNull();
     const broken = await loadProfile('broken');
-    expect(() => renderAnswer('/preseed.cfg', broken, 'http://h')).toThrow(expect.objectContaining({ code: 78, message: expect.stringMatching(/^preseeds\.d\/broken\.cfg:2: template error/) }));
+    expect(() => renderAnswer('/preseed.cfg', broken, 'http://h')).toThrow(
+      expect.objectContaining({
+        code: 78,
+        message: expect.stringMatching(/^preseeds\.d\/broken\.cfg:2: template error/),
+      }),
+    );
   });
 });

@@ -139,7 +139,10 @@ describe('the table printer for terminals (issue 19)', () => {
       { name: 'dev', state: 'running', pid: 4242, ssh_port: 40001, uptime: '3m4s', image: long, kind: 'run' },
       { name: 'web', state: 'paused', pid: 4243, ssh_port: 40002, uptime: '12s', image: '/tmp/w.qcow2', kind: 'run' },
     ];
-    const out = formatRecords(recs, ['state', 'pid', 'ssh_port', 'uptime', 'image', 'kind'], { tty: true, columns: 80 });
+    const out = formatRecords(recs, ['state', 'pid', 'ssh_port', 'uptime', 'image', 'kind'], {
+      tty: true,
+      columns: 80,
+    });
     for (const line of out.trimEnd().split('\n')) expect(line.length).toBeLessThan(80);
     expect(out).toContain('…');
     expect(out).toMatch(/\/home\/someone.*….*dev\.qcow2/);

@@ -28,7 +28,9 @@ describe('ventoy.json', () => {
       }
       return 'ok';
     };
-    expect(err('{\n "a": 1,\n // no\n "b": 2\n}')).toMatch(/^78 S:\/ventoy\/ventoy.json:3: JSON syntax error: .*\(JSON has no comments\)/);
+    expect(err('{\n "a": 1,\n // no\n "b": 2\n}')).toMatch(
+      /^78 S:\/ventoy\/ventoy.json:3: JSON syntax error: .*\(JSON has no comments\)/,
+    );
     expect(err('\ufeff{}')).toMatch(/^78 S:\/ventoy\/ventoy.json:1: starts with a UTF-8 byte order mark/);
     expect(err(Buffer.from([0x7b, 0x0a, 0x22, 0xff, 0x22, 0x7d]))).toMatch(/^78 S:\/ventoy\/ventoy.json:2: not UTF-8/);
     expect(err('[1]')).toMatch(/^78 .*must be a JSON object/);
@@ -36,10 +38,20 @@ describe('ventoy.json', () => {
     expect(err('{"theme": {"file": "/x"}}')).toBe('ok');
   });
 
-  const plan = (name: string, image = '/small.iso'): Planned => ({ name, iso: 'small', image, template: `/ventoy/pim/${name}.preseed.cfg`, body: '', label: '' });
+  const plan = (name: string, image = '/small.iso'): Planned => ({
+    name,
+    iso: 'small',
+    image,
+    template: `/ventoy/pim/${name}.preseed.cfg`,
+    body: '',
+    label: '',
+  });
 
   it("merges pim's entries only, keeps the user's, and selects the profile configured last", () => {
-    const o: Record<string, unknown> = { theme: { file: '/t' }, auto_install: [{ image: '/mine.iso', template: '/ventoy/script/mine.cfg' }] };
+    const o: Record<string, unknown> = {
+      theme: { file: '/t' },
+      auto_install: [{ image: '/mine.iso', template: '/ventoy/script/mine.cfg' }],
+    };
     mergeAutoInstall(o, [plan('a')], 10, 'L');
     mergeAutoInstall(o, [plan('b')], 5, 'L');
     mergeAutoInstall(o, [plan('a')], 5, 'L');
@@ -47,7 +59,12 @@ describe('ventoy.json', () => {
       theme: { file: '/t' },
       auto_install: [
         { image: '/mine.iso', template: '/ventoy/script/mine.cfg' },
-        { image: '/small.iso', template: ['/ventoy/pim/a.preseed.cfg', '/ventoy/pim/b.preseed.cfg'], autosel: 1, timeout: 5 },
+        {
+          image: '/small.iso',
+          template: ['/ventoy/pim/a.preseed.cfg', '/ventoy/pim/b.preseed.cfg'],
+          autosel: 1,
+          timeout: 5,
+        },
       ],
     });
     expect(code(() => mergeAutoInstall(o, [plan('a', '/mine.iso')], 5, 'L'))).toBe(65);
@@ -76,55 +93,71 @@ describe('reading a stick without mounting it', () => {
   });
 
   it('a layout is Ventoy only with partition 1 at 2048 and partition 2 of 65536 sectors', () => {
-    const p = (start: number, sectors: number, index: number) => ({ index, start, sectors, type: '07', bootable: false });
+    const p = (start: number, sectors: number, index: number) => ({
+      index,
+      start,
+      sectors,
+      type: '07',
+      bootable: false,
+    });
     expect(layoutProblem({ style: 'mbr', parts: [p(2048, 1000, 1), p(3048, 65536, 2)] })).toBeNull();
-    expect(layoutProblem({ style: 'mbr', parts: [p(4096, 1000, 1), p(5096, 65536, 2)] })).toMatch(/starts at sector 4096/);
+    expect(layoutProblem({ style: 'mbr', parts: [p(4096, 1000, 1), p(5096, 65536, 2)] })).toMatch(
+      /starts at sector 4096/,
+    );
     expect(layoutProblem({ style: 'gpt', parts: [p(2048, 1000, 1), p(3048, 65535, 2)] })).toMatch(/65535 sectors/);
     expect(layoutProblem(null)).toMatch(/no partition table/);
   });
 
   const tools = ['sfdisk', 'mkfs.exfat', 'mkfs.vfat', 'mmd', 'mcopy'].every((t) => {
     try {
-      execFileSync('sh', ['-c', `command -v ${t}`], { stdio: 'ignore', env: { PATH: `/usr/sbin:/usr/bin:/sbin:/bin` } });
+      execFileSync('sh', ['-c', `command -v ${t}`], {
+        stdio: 'ignore',
+        env: { PATH: `/usr/sbin:/usr/bin:/sbin:/bin` },
+      });
       return true;
     } catch {
       return false;
     }
   });
 
-  it.skipIf(!tools)("reads the stand-in stick's tables, FAT16 label and version, exFAT free space (MBR and GPT)", () => {
-    const dir = fs.mkdtempSync(join(os.tmpdir(), 'pimvu.'));
-    try {
-      for (const style of ['mbr', 'gpt']) {
-        const img = join(dir, `${style}.img`);
-        execFileSync('bash', [join(__dirname, '../testbed/ventoy-stick.sh'), img, '64', style], { env: { ...process.env, PATH: `/usr/sbin:/usr/bin:/sbin:/bin` } });
-        const fd = fs.openSync(img, 'r');
-        try {
-          const t = readTable(fd)!;
-          expect(t.style).toBe(style);
-          expect(t.parts[0]!.start).toBe(2048);
-          expect(t.parts[1]!.sectors).toBe(65536);
-          const fat = openFat16(fd, t.parts[1]!.start * SECTOR)!;
-          expect(fat.label).toBe('VTOYEFI');
-          expect(fat.read('/grub/grub.cfg')!.toString()).toBe('set VENTOY_VERSION="1.1.17"\n');
-          expect(fat.read('/grub/missing.cfg')).toBeNull();
-          const ex = openExfat(fd, t.parts[0]!.start * SECTOR)!;
-          expect(ex.label).toBe('Ventoy');
-          expect(ex.free).toBeGreaterThan(25 << 20);
-          expect(ex.free).toBeLessThanOrEqual(ex.size);
-          expect(ex.files()).toEqual([]);
-          expect(openExfat(fd, t.parts[1]!.start * SECTOR)).toBeNull();
-          expect(openFat16(fd, t.parts[0]!.start * SECTOR)).toBeNull();
-        } finally {
-          fs.closeSync(fd);
+  it.skipIf(!tools)(
+    "reads the stand-in stick's tables, FAT16 label and version, exFAT free space (MBR and GPT)",
+    () => {
+      const dir = fs.mkdtempSync(join(os.tmpdir(), 'pimvu.'));
+      try {
+        for (const style of ['mbr', 'gpt']) {
+          const img = join(dir, `${style}.img`);
+          execFileSync('bash', [join(__dirname, '../testbed/ventoy-stick.sh'), img, '64', style], {
+            env: { ...process.env, PATH: `/usr/sbin:/usr/bin:/sbin:/bin` },
+          });
+          const fd = fs.openSync(img, 'r');
+          try {
+            const t = readTable(fd)!;
+            expect(t.style).toBe(style);
+            expect(t.parts[0]!.start).toBe(2048);
+            expect(t.parts[1]!.sectors).toBe(65536);
+            const fat = openFat16(fd, t.parts[1]!.start * SECTOR)!;
+            expect(fat.label).toBe('VTOYEFI');
+            expect(fat.read('/grub/grub.cfg')!.toString()).toBe('set VENTOY_VERSION="1.1.17"\n');
+            expect(fat.read('/grub/missing.cfg')).toBeNull();
+            const ex = openExfat(fd, t.parts[0]!.start * SECTOR)!;
+            expect(ex.label).toBe('Ventoy');
+            expect(ex.free).toBeGreaterThan(25 << 20);
+            expect(ex.free).toBeLessThanOrEqual(ex.size);
+            expect(ex.files()).toEqual([]);
+            expect(openExfat(fd, t.parts[1]!.start * SECTOR)).toBeNull();
+            expect(openFat16(fd, t.parts[0]!.start * SECTOR)).toBeNull();
+          } finally {
+            fs.closeSync(fd);
+          }
+          const s = probe(img, 'image');
+          expect('problem' in s ? s.problem : s.version).toBe('1.1.17');
         }
-        const s = probe(img, 'image');
-        expect('problem' in s ? s.problem : s.version).toBe('1.1.17');
+      } finally {
+        fs.rmSync(dir, { recursive: true, force: true });
       }
-    } finally {
-      fs.rmSync(dir, { recursive: true, force: true });
-    }
-  });
+    },
+  );
 });
 
 describe('install: a disk in use', () => {
@@ -157,7 +190,10 @@ describe('install: a disk in use', () => {
     const dir = fs.mkdtempSync(join(os.tmpdir(), 'pim-swaps-'));
     try {
       const swaps = join(dir, 'swaps');
-      fs.writeFileSync(swaps, 'Filename\t\t\t\tType\t\tSize\t\tUsed\t\tPriority\n/nonexistent/a\\040b\tfile\t\t1024\t\t0\t\t-2\n');
+      fs.writeFileSync(
+        swaps,
+        'Filename\t\t\t\tType\t\tSize\t\tUsed\t\tPriority\n/nonexistent/a\\040b\tfile\t\t1024\t\t0\t\t-2\n',
+      );
       expect(swapsOf('/dev/null', swaps)).toEqual([]);
       fs.appendFileSync(swaps, '/dev/nu\\154l\tpartition\t1024\t0\t-3\n');
       expect(swapsOf('/dev/null', swaps)).toEqual(['/dev/null']);

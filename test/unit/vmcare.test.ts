@@ -52,12 +52,24 @@ const has = (cmd: string) => {
 
 describe('snapshot tags and records', () => {
   it.each(['clean', 'before-upgrade', 'v1.2_3', 'a1', '1a'])('accepts %s', (t) => expect(checkTag(t)).toBe(t));
-  it.each(['', '-x', '../x', 'a b', 'x'.repeat(65), 'a/b'])('refuses %j with 64', (t) => expect(() => checkTag(t)).toThrow(expect.objectContaining({ code: 64 })));
+  it.each(['', '-x', '../x', 'a b', 'x'.repeat(65), 'a/b'])('refuses %j with 64', (t) =>
+    expect(() => checkTag(t)).toThrow(expect.objectContaining({ code: 64 })),
+  );
   it('refuses a tag of digits only: QEMU and qemu-img would take it for an ID', () => {
     expect(() => checkTag('12')).toThrow(/taken for a snapshot ID/);
   });
   it('turns QEMU snapshot info into a record: tag, id, state bytes, ISO date, clock seconds', () => {
-    expect(toSnapshot({ name: 't1', id: '1', 'vm-state-size': 111272510, 'date-sec': 1700000000, 'date-nsec': 190286000, 'vm-clock-sec': 8, 'vm-clock-nsec': 788967073 })).toEqual({
+    expect(
+      toSnapshot({
+        name: 't1',
+        id: '1',
+        'vm-state-size': 111272510,
+        'date-sec': 1700000000,
+        'date-nsec': 190286000,
+        'vm-clock-sec': 8,
+        'vm-clock-nsec': 788967073,
+      }),
+    ).toEqual({
       tag: 't1',
       id: '1',
       vm_state: 111272510,
@@ -70,22 +82,51 @@ describe('snapshot tags and records', () => {
 describe('the disks a running VM snapshot covers (query-block)', () => {
   const disk = (device: string, drv: string, ro = false, node = `#${device}`) => ({
     device,
-    inserted: { 'node-name': node, ro, drv, file: `/img/${device}`, image: { filename: `/img/${device}`, snapshots: [] as never[] } },
+    inserted: {
+      'node-name': node,
+      ro,
+      drv,
+      file: `/img/${device}`,
+      image: { filename: `/img/${device}`, snapshots: [] as never[] },
+    },
   });
   it('every writable disk, disk0 holding the state; CDs (read-only), pflash and empty drives left out', () => {
-    const d = vmDisks('dev', [disk('pflash0', 'raw', true), disk('pflash1', 'raw'), disk('data', 'qcow2'), disk('disk0', 'qcow2'), disk('cd0', 'raw', true), { device: 'cd1' }], null);
+    const d = vmDisks(
+      'dev',
+      [
+        disk('pflash0', 'raw', true),
+        disk('pflash1', 'raw'),
+        disk('data', 'qcow2'),
+        disk('disk0', 'qcow2'),
+        disk('cd0', 'raw', true),
+        { device: 'cd1' },
+      ],
+      null,
+    );
     expect(d.devices).toEqual(['#data', '#disk0']);
     expect(d.vmstate).toBe('#disk0');
   });
   it('refuses a --snapshot VM (69), a VM without a disk (69), a raw disk (65), and says why', () => {
-    expect(() => vmDisks('dev', [disk('disk0', 'qcow2')], { snapshot: true })).toThrow(expect.objectContaining({ code: 69, message: expect.stringMatching(/--snapshot: its disk writes go to a temporary overlay/) }));
-    expect(() => vmDisks('k', [disk('pflash1', 'raw')], null)).toThrow(expect.objectContaining({ code: 69, message: expect.stringMatching(/no writable disk/) }));
-    expect(() => vmDisks('dev', [disk('disk0', 'raw')], null)).toThrow(expect.objectContaining({ code: 65, message: expect.stringMatching(/\/img\/disk0 is a raw image/) }));
+    expect(() => vmDisks('dev', [disk('disk0', 'qcow2')], { snapshot: true })).toThrow(
+      expect.objectContaining({
+        code: 69,
+        message: expect.stringMatching(/--snapshot: its disk writes go to a temporary overlay/),
+      }),
+    );
+    expect(() => vmDisks('k', [disk('pflash1', 'raw')], null)).toThrow(
+      expect.objectContaining({ code: 69, message: expect.stringMatching(/no writable disk/) }),
+    );
+    expect(() => vmDisks('dev', [disk('disk0', 'raw')], null)).toThrow(
+      expect.objectContaining({ code: 65, message: expect.stringMatching(/\/img\/disk0 is a raw image/) }),
+    );
   });
 });
 
 /** A stand-in QMP: records commands; the job's events come when `script` says, query-jobs answers from `jobs`. */
-function fakeQmp(script: (cmd: string, args: Record<string, unknown>, emit: (ev: QmpEvent) => void) => void, jobs: (id: string) => unknown[]) {
+function fakeQmp(
+  script: (cmd: string, args: Record<string, unknown>, emit: (ev: QmpEvent) => void) => void,
+  jobs: (id: string) => unknown[],
+) {
   const listeners = new Set<(ev: QmpEvent) => void>();
   const sent: Array<[string, unknown]> = [];
   let closed: () => void = () => {};
@@ -102,9 +143,11 @@ function fakeQmp(script: (cmd: string, args: Record<string, unknown>, emit: (ev:
       if (cmd === 'query-jobs') return jobs(lastId);
       if (cmd === 'job-dismiss') return {};
       lastId = String(a['job-id']);
-      setImmediate(() => script(cmd, a, (ev) => {
-        for (const l of [...listeners]) l(ev);
-      }));
+      setImmediate(() =>
+        script(cmd, a, (ev) => {
+          for (const l of [...listeners]) l(ev);
+        }),
+      );
       return {};
     },
     waitClosed: (ms: number) => Promise.race([closedP, new Promise<boolean>((r) => setTimeout(() => r(false), ms))]),
@@ -137,7 +180,9 @@ describe('a QMP job: started, followed by its events to "concluded", its error r
       (_c, a, emit) => {
         for (const s of ['created', 'running', 'aborting', 'concluded']) emit(status(String(a['job-id']), s));
       },
-      (id) => [{ id, type: 'snapshot-load', status: 'concluded', error: "Snapshot 'x' does not exist in one or more devices" }],
+      (id) => [
+        { id, type: 'snapshot-load', status: 'concluded', error: "Snapshot 'x' does not exist in one or more devices" },
+      ],
     );
     const e = (await runJob(f.q, 'snapshot-load', { tag: 'x' }, 5_000).catch((x) => x)) as JobFailed;
     expect(e).toBeInstanceOf(JobFailed);
@@ -146,9 +191,18 @@ describe('a QMP job: started, followed by its events to "concluded", its error r
     expect(f.sent.map(([c]) => c)).toContain('job-dismiss');
   });
   it('a job that never concludes is 75 after the time limit; QEMU going away is 69', async () => {
-    const slow = fakeQmp(() => undefined, () => []);
-    await expect(runJob(slow.q, 'snapshot-save', {}, 50)).rejects.toMatchObject({ code: 75, message: expect.stringMatching(/did not finish within 0.05 s/) });
-    const gone = fakeQmp(() => gone.close(), () => []);
+    const slow = fakeQmp(
+      () => undefined,
+      () => [],
+    );
+    await expect(runJob(slow.q, 'snapshot-save', {}, 50)).rejects.toMatchObject({
+      code: 75,
+      message: expect.stringMatching(/did not finish within 0.05 s/),
+    });
+    const gone = fakeQmp(
+      () => gone.close(),
+      () => [],
+    );
     await expect(runJob(gone.q, 'snapshot-save', {}, 5_000)).rejects.toMatchObject({ code: 69 });
   });
 });
@@ -213,10 +267,13 @@ describe('pim doctor: the KVM test guest', () => {
     execFileSync('ld', ['-m', 'elf_i386', '-Ttext', '0', '-e', '0', '--oformat', 'binary', '-o', bin, o]);
     expect(fs.readFileSync(bin).equals(probeImage())).toBe(true);
   });
-  it.skipIf(!has('qemu-system-x86_64'))('runs to its end under TCG: QEMU exits 85 (0x2a through isa-debug-exit)', async () => {
-    const r = await runProbe('tcg', 20_000, 'qemu-system-x86_64');
-    expect(r).toMatchObject({ status: PROBE_OK, timedOut: false, internalError: false });
-  });
+  it.skipIf(!has('qemu-system-x86_64'))(
+    'runs to its end under TCG: QEMU exits 85 (0x2a through isa-debug-exit)',
+    async () => {
+      const r = await runProbe('tcg', 20_000, 'qemu-system-x86_64');
+      expect(r).toMatchObject({ status: PROBE_OK, timedOut: false, internalError: false });
+    },
+  );
   it('a QEMU that hangs with a child holding its stderr is killed at the limit: the probe does not wait for the pipe', async () => {
     const q = join(tmp, 'hanging-qemu');
     fs.writeFileSync(q, `#!/bin/sh\nsleep 1000 &\necho $! >"${tmp}/qemu-child"\nsleep 1000\n`, { mode: 0o755 });
@@ -225,7 +282,9 @@ describe('pim doctor: the KVM test guest', () => {
     expect(r.timedOut).toBe(true);
     expect(Date.now() - t0).toBeLessThan(15_000);
     const child = Number(fs.readFileSync(join(tmp, 'qemu-child'), 'utf8'));
-    const state = fs.existsSync(`/proc/${child}/status`) ? fs.readFileSync(`/proc/${child}/status`, 'utf8') : 'State: gone';
+    const state = fs.existsSync(`/proc/${child}/status`)
+      ? fs.readFileSync(`/proc/${child}/status`, 'utf8')
+      : 'State: gone';
     expect(state).toMatch(/^State:\s+(Z|gone)/m); // killed (a zombie counts: pid 1 here does not reap)
   }, 30_000);
   it('a missing QEMU is said so, not thrown', async () => {
@@ -235,14 +294,32 @@ describe('pim doctor: the KVM test guest', () => {
   });
   it('says what went wrong in one phrase', () => {
     const base: ProbeResult = { status: null, signal: null, errors: [], ms: 1, timedOut: false, internalError: false };
-    expect(probeFailure({ ...base, signal: 'SIGABRT', errors: ['qemu-system-x86_64: error: failed to set MSR 0x10a to 0x69', 'qemu-system-x86_64: ../kvm.c:3183: Assertion failed.'] }, 10_000)).toBe(
-      'QEMU died (SIGABRT) starting a test guest: failed to set MSR 0x10a to 0x69',
-    );
-    expect(probeFailure({ ...base, signal: 'SIGKILL', internalError: true, errors: ['KVM internal error. Suberror: 1'] }, 10_000)).toBe('a test guest stopped with "KVM internal error. Suberror: 1"');
+    expect(
+      probeFailure(
+        {
+          ...base,
+          signal: 'SIGABRT',
+          errors: [
+            'qemu-system-x86_64: error: failed to set MSR 0x10a to 0x69',
+            'qemu-system-x86_64: ../kvm.c:3183: Assertion failed.',
+          ],
+        },
+        10_000,
+      ),
+    ).toBe('QEMU died (SIGABRT) starting a test guest: failed to set MSR 0x10a to 0x69');
+    expect(
+      probeFailure(
+        { ...base, signal: 'SIGKILL', internalError: true, errors: ['KVM internal error. Suberror: 1'] },
+        10_000,
+      ),
+    ).toBe('a test guest stopped with "KVM internal error. Suberror: 1"');
     expect(probeFailure({ ...base, signal: 'SIGKILL', timedOut: true }, 10_000)).toMatch(/did not finish within 10 s/);
-    expect(probeFailure({ ...base, status: 1, errors: ['qemu-system-x86_64: -accel kvm: failed to initialize kvm: Permission denied'] }, 10_000)).toBe(
-      'QEMU exited with status 1 starting a test guest: -accel kvm: failed to initialize kvm: Permission denied',
-    );
+    expect(
+      probeFailure(
+        { ...base, status: 1, errors: ['qemu-system-x86_64: -accel kvm: failed to initialize kvm: Permission denied'] },
+        10_000,
+      ),
+    ).toBe('QEMU exited with status 1 starting a test guest: -accel kvm: failed to initialize kvm: Permission denied');
   });
   it('reads versions', () => {
     expect(parseVersion('QEMU emulator version 7.2.22 (Debian 1:7.2+dfsg-7+deb12u18+b3)')).toEqual([7, 2, 22]);
@@ -254,8 +331,14 @@ describe('pim doctor: the KVM test guest', () => {
 describe('pim doctor: the runtime dir (looked at, never changed)', () => {
   const uid = process.getuid!();
   it('missing, with its parent: ok (pim makes it); without its parent: fail', () => {
-    expect(runtimeDirCheck(join(tmp, 'pim'), uid)).toMatchObject({ status: 'ok', detail: expect.stringMatching(/does not exist yet/) });
-    expect(runtimeDirCheck(join(tmp, 'no', 'pim'), uid)).toMatchObject({ status: 'fail', detail: expect.stringMatching(/XDG_RUNTIME_DIR/) });
+    expect(runtimeDirCheck(join(tmp, 'pim'), uid)).toMatchObject({
+      status: 'ok',
+      detail: expect.stringMatching(/does not exist yet/),
+    });
+    expect(runtimeDirCheck(join(tmp, 'no', 'pim'), uid)).toMatchObject({
+      status: 'fail',
+      detail: expect.stringMatching(/XDG_RUNTIME_DIR/),
+    });
     expect(fs.existsSync(join(tmp, 'pim'))).toBe(false);
   });
   it('0700: ok; 0755: warn, left as it is; 0777: fail, left as it is; not ours: fail; a file: fail', () => {
@@ -266,10 +349,16 @@ describe('pim doctor: the runtime dir (looked at, never changed)', () => {
     fs.chmodSync(d, 0o755);
     expect(runtimeDirCheck(d, uid)).toMatchObject({ status: 'warn', detail: expect.stringMatching(/mode 755/) });
     fs.chmodSync(d, 0o777);
-    expect(runtimeDirCheck(d, uid)).toMatchObject({ status: 'fail', detail: expect.stringMatching(/writable by others \(mode 777\)/) });
+    expect(runtimeDirCheck(d, uid)).toMatchObject({
+      status: 'fail',
+      detail: expect.stringMatching(/writable by others \(mode 777\)/),
+    });
     expect(fs.statSync(d).mode & 0o777).toBe(0o777);
     fs.chmodSync(d, 0o700);
-    expect(runtimeDirCheck(d, uid + 1)).toMatchObject({ status: 'fail', detail: expect.stringMatching(/owned by uid/) });
+    expect(runtimeDirCheck(d, uid + 1)).toMatchObject({
+      status: 'fail',
+      detail: expect.stringMatching(/owned by uid/),
+    });
     const f = join(tmp, 'file');
     fs.writeFileSync(f, '');
     expect(runtimeDirCheck(f, uid)).toMatchObject({ status: 'fail', detail: expect.stringMatching(/not a directory/) });
@@ -277,7 +366,10 @@ describe('pim doctor: the runtime dir (looked at, never changed)', () => {
   it('a path that leaves VM names too little room in a socket path: warn', () => {
     const d = join(tmp, 'x'.repeat(60), 'pim');
     fs.mkdirSync(d, { recursive: true, mode: 0o700 });
-    expect(runtimeDirCheck(d, uid)).toMatchObject({ status: 'warn', detail: expect.stringMatching(/VM names over \d+ characters do not fit/) });
+    expect(runtimeDirCheck(d, uid)).toMatchObject({
+      status: 'warn',
+      detail: expect.stringMatching(/VM names over \d+ characters do not fit/),
+    });
   });
 });
 
@@ -286,7 +378,10 @@ describe("pim doctor: qemu-bridge-helper's bridge.conf", () => {
     const inc = join(tmp, 'more.conf');
     fs.writeFileSync(inc, 'allow br1\n');
     const conf = join(tmp, 'bridge.conf');
-    fs.writeFileSync(conf, `# bridges\nallow br0   # the LAN\ndeny br9\ninclude ${inc}\ninclude ${join(tmp, 'missing.conf')}\nnonsense\n`);
+    fs.writeFileSync(
+      conf,
+      `# bridges\nallow br0   # the LAN\ndeny br9\ninclude ${inc}\ninclude ${join(tmp, 'missing.conf')}\nnonsense\n`,
+    );
     const acl = readBridgeAcl(conf);
     expect(acl.allow).toEqual(['br0', 'br1']);
     expect(acl.deny).toEqual(['br9']);
@@ -302,13 +397,28 @@ describe("pim doctor: qemu-bridge-helper's bridge.conf", () => {
   it('ok when an allowed bridge exists; warn when none does, when nothing is allowed, when there is no file', () => {
     const conf = join(tmp, 'bridge.conf');
     fs.writeFileSync(conf, 'allow br0\nallow pimbr0\n');
-    expect(bridgeConfCheck([conf], (b) => b === 'pimbr0')).toMatchObject({ status: 'ok', detail: `${conf} allows br0 (no such bridge), pimbr0` });
-    expect(bridgeConfCheck([conf], () => false)).toMatchObject({ status: 'warn', detail: expect.stringMatching(/ip link add br0 type bridge/) });
+    expect(bridgeConfCheck([conf], (b) => b === 'pimbr0')).toMatchObject({
+      status: 'ok',
+      detail: `${conf} allows br0 (no such bridge), pimbr0`,
+    });
+    expect(bridgeConfCheck([conf], () => false)).toMatchObject({
+      status: 'warn',
+      detail: expect.stringMatching(/ip link add br0 type bridge/),
+    });
     fs.writeFileSync(conf, 'allow all\n');
-    expect(bridgeConfCheck([conf], () => false)).toMatchObject({ status: 'ok', detail: expect.stringMatching(/every bridge/) });
+    expect(bridgeConfCheck([conf], () => false)).toMatchObject({
+      status: 'ok',
+      detail: expect.stringMatching(/every bridge/),
+    });
     fs.writeFileSync(conf, '# nothing\n');
-    expect(bridgeConfCheck([conf], () => true)).toMatchObject({ status: 'warn', detail: expect.stringMatching(/allows no bridge/) });
-    expect(bridgeConfCheck([join(tmp, 'none.conf')], () => true)).toMatchObject({ status: 'warn', detail: expect.stringMatching(/^no .*none\.conf: --bridged needs/) });
+    expect(bridgeConfCheck([conf], () => true)).toMatchObject({
+      status: 'warn',
+      detail: expect.stringMatching(/allows no bridge/),
+    });
+    expect(bridgeConfCheck([join(tmp, 'none.conf')], () => true)).toMatchObject({
+      status: 'warn',
+      detail: expect.stringMatching(/^no .*none\.conf: --bridged needs/),
+    });
   });
 });
 
@@ -324,12 +434,17 @@ describe('pim doctor: sudo for bridged VMs, never prompting', () => {
   it('root and a setuid helper need none; all allowed is ok', async () => {
     expect((await sudoCheck(facts({ uid: 0, allowed: async () => false }))).status).toBe('ok');
     expect((await sudoCheck(facts({ helperSetuid: true, allowed: async () => false }))).detail).toMatch(/not needed/);
-    expect(await sudoCheck(facts({}))).toMatchObject({ status: 'ok', detail: 'sudo -n may run /usr/bin/qemu-system-x86_64, /usr/bin/chown, /usr/bin/kill' });
+    expect(await sudoCheck(facts({}))).toMatchObject({
+      status: 'ok',
+      detail: 'sudo -n may run /usr/bin/qemu-system-x86_64, /usr/bin/chown, /usr/bin/kill',
+    });
   });
   it('names what sudo -n refuses and the sudoers rule that allows it; no sudo at all is a warn too', async () => {
     const c = await sudoCheck(facts({ allowed: async (cmd) => !cmd.endsWith('chown') }));
     expect(c.status).toBe('warn');
-    expect(c.detail).toMatch(/^sudo -n may not run \/usr\/bin\/chown: .*NOPASSWD: \/usr\/bin\/qemu-system-x86_64, \/usr\/bin\/chown, \/usr\/bin\/kill$/);
+    expect(c.detail).toMatch(
+      /^sudo -n may not run \/usr\/bin\/chown: .*NOPASSWD: \/usr\/bin\/qemu-system-x86_64, \/usr\/bin\/chown, \/usr\/bin\/kill$/,
+    );
     expect((await sudoCheck(facts({ sudo: null }))).status).toBe('warn');
   });
 });

@@ -14,7 +14,15 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { buildQemuArgv, hostfwdRule, type VmSpec } from '../../lib/qemu/argv.ts';
-import { checkForwards, formatForward, matchForwards, parseForward, parseForwardRef, requireUserNet, checkHostPortFree } from '../../lib/vm/forward.ts';
+import {
+  checkForwards,
+  formatForward,
+  matchForwards,
+  parseForward,
+  parseForwardRef,
+  requireUserNet,
+  checkHostPortFree,
+} from '../../lib/vm/forward.ts';
 import { checkWaitable, parseWaitFor, waitSshBanner, waitUp, type WaitFor } from '../../lib/vm/wait.ts';
 import { guestExec, readInput, spawnFailure, statusOf, SpawnFailed } from '../../lib/vm/exec.ts';
 import { parseAction } from '../../lib/vm/ctl.ts';
@@ -29,7 +37,19 @@ describe('port forward specs', () => {
     expect(parseForward('tcp:0.0.0.0:2222:22')).toEqual({ proto: 'tcp', bind: '0.0.0.0', host: 2222, guest: 22 });
     expect(parseForward('UDP:10.1.2.3:1:65535')).toEqual({ proto: 'udp', bind: '10.1.2.3', host: 1, guest: 65535 });
   });
-  it.each(['8080', '80:', ':80', '0:80', '8080:65536', 'sctp:1:2', 'localhost:8080:80', '::1:8080:80', '1:2:3:4', 'a:b', '8080:80x'])('refuses %j with exit 64', (s) => {
+  it.each([
+    '8080',
+    '80:',
+    ':80',
+    '0:80',
+    '8080:65536',
+    'sctp:1:2',
+    'localhost:8080:80',
+    '::1:8080:80',
+    '1:2:3:4',
+    'a:b',
+    '8080:80x',
+  ])('refuses %j with exit 64', (s) => {
     expect(() => parseForward(s)).toThrow(expect.objectContaining({ code: 64 }));
   });
   it('rm takes a spec or only its host side', () => {
@@ -49,15 +69,21 @@ describe('port forward specs', () => {
     expect(matchForwards(list, parseForwardRef('8080:81'))).toEqual([list[1]]); // no address given: any
   });
   it('refuses two forwards on one host port and address, and the SSH port (64); udp and tcp may share a number', () => {
-    expect(() => checkForwards([parseForward('8080:80'), parseForward('8080:81')])).toThrow(expect.objectContaining({ code: 64 }));
+    expect(() => checkForwards([parseForward('8080:80'), parseForward('8080:81')])).toThrow(
+      expect.objectContaining({ code: 64 }),
+    );
     expect(() => checkForwards([parseForward('0.0.0.0:8080:80')], [parseForward('8080:81')])).toThrow(/clashes/);
     expect(() => checkForwards([parseForward('2222:80')], [], 2222)).toThrow(/SSH forward/);
-    expect(() => checkForwards([parseForward('8080:80'), parseForward('udp:8080:80'), parseForward('10.0.0.1:8080:80')])).not.toThrow();
+    expect(() =>
+      checkForwards([parseForward('8080:80'), parseForward('udp:8080:80'), parseForward('10.0.0.1:8080:80')]),
+    ).not.toThrow();
     expect(formatForward(parseForward('udp:5353:53'))).toBe('udp:127.0.0.1:5353:53');
   });
   it('refuses a bridged VM with why (64)', () => {
     const vm = { name: 'b', meta: { bridged: true } } as unknown as RunningVm;
-    expect(() => requireUserNet(vm)).toThrow(expect.objectContaining({ code: 64, message: expect.stringContaining('bridged') }));
+    expect(() => requireUserNet(vm)).toThrow(
+      expect.objectContaining({ code: 64, message: expect.stringContaining('bridged') }),
+    );
   });
   it('a host port in use is 75, before QEMU is asked', async () => {
     const s = net.createServer();
@@ -70,7 +96,9 @@ describe('port forward specs', () => {
     } finally {
       s.close();
     }
-    await expect(planNetwork('x', { bridged: true, forwards: [parseForward('8080:80')] })).rejects.toMatchObject({ code: 64 });
+    await expect(planNetwork('x', { bridged: true, forwards: [parseForward('8080:80')] })).rejects.toMatchObject({
+      code: 64,
+    });
   });
 });
 
@@ -89,9 +117,15 @@ describe('hostfwd rules in the argv', () => {
   });
   const netdev = (a: string[]) => a[a.indexOf('-netdev') + 1];
   it('one hostfwd per forward after the SSH one', () => {
-    expect(netdev(buildQemuArgv(spec({ mode: 'user', sshPort: 2222 })))).toBe('user,id=net0,hostfwd=tcp:127.0.0.1:2222-:22');
-    const a = buildQemuArgv(spec({ mode: 'user', sshPort: 2222, forwards: [parseForward('8080:80'), parseForward('udp:0.0.0.0:5353:53')] }));
-    expect(netdev(a)).toBe('user,id=net0,hostfwd=tcp:127.0.0.1:2222-:22,hostfwd=tcp:127.0.0.1:8080-:80,hostfwd=udp:0.0.0.0:5353-:53');
+    expect(netdev(buildQemuArgv(spec({ mode: 'user', sshPort: 2222 })))).toBe(
+      'user,id=net0,hostfwd=tcp:127.0.0.1:2222-:22',
+    );
+    const a = buildQemuArgv(
+      spec({ mode: 'user', sshPort: 2222, forwards: [parseForward('8080:80'), parseForward('udp:0.0.0.0:5353:53')] }),
+    );
+    expect(netdev(a)).toBe(
+      'user,id=net0,hostfwd=tcp:127.0.0.1:2222-:22,hostfwd=tcp:127.0.0.1:8080-:80,hostfwd=udp:0.0.0.0:5353-:53',
+    );
     expect(hostfwdRule(parseForward('udp:5353:53'))).toBe('udp:127.0.0.1:5353-:53');
   });
 });
@@ -109,7 +143,9 @@ describe('what to wait for', () => {
   });
   it('refuses what the VM cannot signal (64)', () => {
     expect(() => checkWaitable('b', { agent: true, ssh: false }, [parseWaitFor('ssh')])).toThrow(/bridged/);
-    expect(() => checkWaitable('n', { agent: false, ssh: true }, [parseWaitFor('agent')])).toThrow(/no guest-agent channel/);
+    expect(() => checkWaitable('n', { agent: false, ssh: true }, [parseWaitFor('agent')])).toThrow(
+      /no guest-agent channel/,
+    );
     expect(() => checkWaitable('n', { agent: false, ssh: false }, [parseWaitFor('console:x')])).not.toThrow();
   });
 });
@@ -122,7 +158,9 @@ describe('pim-ctl actions', () => {
 });
 
 /** A TCP server on 127.0.0.1 whose n-th connection (from 0) is handled by `on(n, socket)`. */
-async function tcpServer(on: (n: number, s: net.Socket) => void): Promise<{ port: number; close: () => void; count: () => number }> {
+async function tcpServer(
+  on: (n: number, s: net.Socket) => void,
+): Promise<{ port: number; close: () => void; count: () => number }> {
   let n = 0;
   const open = new Set<net.Socket>();
   const srv = net.createServer((s) => {
@@ -132,10 +170,14 @@ async function tcpServer(on: (n: number, s: net.Socket) => void): Promise<{ port
     on(n++, s);
   });
   await new Promise<void>((r) => srv.listen(0, '127.0.0.1', r));
-  return { port: (srv.address() as net.AddressInfo).port, count: () => n, close: () => {
+  return {
+    port: (srv.address() as net.AddressInfo).port,
+    count: () => n,
+    close: () => {
       srv.close();
       for (const s of open) s.destroy();
-    } };
+    },
+  };
 }
 
 describe('waitSshBanner, against servers that behave like QEMU forwards', () => {
@@ -143,7 +185,9 @@ describe('waitSshBanner, against servers that behave like QEMU forwards', () => 
     const srv = await tcpServer((n, s) => (n < 3 ? s.destroy() : s.write('SSH-2.0-test_1\r\n')));
     try {
       const seen: string[] = [];
-      await expect(waitSshBanner('127.0.0.1', srv.port, Date.now() + 10_000, undefined, (w) => seen.push(w))).resolves.toBe('SSH-2.0-test_1');
+      await expect(
+        waitSshBanner('127.0.0.1', srv.port, Date.now() + 10_000, undefined, (w) => seen.push(w)),
+      ).resolves.toBe('SSH-2.0-test_1');
       expect(seen.some((w) => /closed without a banner/.test(w))).toBe(true);
     } finally {
       srv.close();
@@ -228,15 +272,32 @@ function fakeVm(name = 'v1', meta: Partial<VmMeta> = {}): FakeVm {
   fs.writeFileSync(files.pid, `${child.pid}\n`);
   fs.writeFileSync(files.log, '');
   const m: VmMeta = {
-    name, kind: 'run', image: '/x.qcow2', pid: child.pid!, ssh_port: null, bridged: false, root: false, agent: true,
-    accel: 'tcg', mem: '256M', cpus: 1, snapshot: true, owner: { uid: 0, user: 'root' }, started: new Date().toISOString(), ...meta,
+    name,
+    kind: 'run',
+    image: '/x.qcow2',
+    pid: child.pid!,
+    ssh_port: null,
+    bridged: false,
+    root: false,
+    agent: true,
+    accel: 'tcg',
+    mem: '256M',
+    cpus: 1,
+    snapshot: true,
+    owner: { uid: 0, user: 'root' },
+    started: new Date().toISOString(),
+    ...meta,
   };
   writeMeta(files, m);
   return { vm: { name, dir, files, state: 'running', pid: child.pid!, meta: m }, dir, child };
 }
 
 /** A guest agent on `path`: syncs as qemu-ga does; other commands go to `handle` (undefined: no reply). */
-async function fakeAgent(path: string, handle: (m: { execute: string; arguments?: Record<string, unknown> }) => unknown, opts: { silentSyncs?: number } = {}): Promise<{ log: Array<{ execute: string; arguments?: Record<string, unknown> }> }> {
+async function fakeAgent(
+  path: string,
+  handle: (m: { execute: string; arguments?: Record<string, unknown> }) => unknown,
+  opts: { silentSyncs?: number } = {},
+): Promise<{ log: Array<{ execute: string; arguments?: Record<string, unknown> }> }> {
   const log: Array<{ execute: string; arguments?: Record<string, unknown> }> = [];
   let syncs = 0;
   const srv = net.createServer((c) => {
@@ -278,7 +339,12 @@ describe('guestExec against a fake agent', () => {
       if (m.execute === 'guest-exec') return { return: { pid: 42 } };
       if (m.execute === 'guest-exec-status') {
         times.push(Date.now());
-        return { return: ++polls < 6 ? { exited: false } : { exited: true, exitcode: 3, 'out-data': b64('out\n'), 'err-data': b64('err\n') } };
+        return {
+          return:
+            ++polls < 6
+              ? { exited: false }
+              : { exited: true, exitcode: 3, 'out-data': b64('out\n'), 'err-data': b64('err\n') },
+        };
       }
       return { error: { class: 'CommandNotFound', desc: m.execute } };
     });
@@ -287,7 +353,12 @@ describe('guestExec against a fake agent', () => {
     expect(r.stdout.toString()).toBe('out\n');
     expect(r.stderr.toString()).toBe('err\n');
     const exec = log.find((m) => m.execute === 'guest-exec')!;
-    expect(exec.arguments).toEqual({ path: 'sh', arg: ['-c', 'x'], 'capture-output': true, 'input-data': b64('stdin bytes') });
+    expect(exec.arguments).toEqual({
+      path: 'sh',
+      arg: ['-c', 'x'],
+      'capture-output': true,
+      'input-data': b64('stdin bytes'),
+    });
     // the pauses between polls grow
     const gaps = times.slice(1).map((t, i) => t - times[i]!);
     expect(gaps[gaps.length - 1]!).toBeGreaterThan(gaps[0]!);
@@ -297,7 +368,13 @@ describe('guestExec against a fake agent', () => {
     const { vm } = fakeVm();
     await fakeAgent(vm.files.ga, (m) => {
       if (m.execute === 'guest-exec') {
-        if (m.arguments!.path === 'nosuch') return { error: { class: 'GenericError', desc: 'Guest agent command failed, error was \'Failed to execute child process “nosuch” (No such file or directory)\'' } };
+        if (m.arguments!.path === 'nosuch')
+          return {
+            error: {
+              class: 'GenericError',
+              desc: "Guest agent command failed, error was 'Failed to execute child process “nosuch” (No such file or directory)'",
+            },
+          };
         return { return: { pid: 7 } };
       }
       return { return: { exited: true, signal: 15 } };
@@ -308,7 +385,7 @@ describe('guestExec against a fake agent', () => {
     expect(e.status).toBe(127);
   });
 
-  it('a timeout kills the command with the guest\'s kill through guest-exec, and is 75', async () => {
+  it("a timeout kills the command with the guest's kill through guest-exec, and is 75", async () => {
     const { vm } = fakeVm();
     let killed = false;
     const { log } = await fakeAgent(vm.files.ga, (m) => {
@@ -345,14 +422,18 @@ describe('guestExec against a fake agent', () => {
 
   it('reads stdin up to the limit; over it is 65', async () => {
     const { Readable } = await import('node:stream');
-    await expect(readInput(Readable.from([Buffer.from('ab'), Buffer.from('c')]), 3)).resolves.toEqual(Buffer.from('abc'));
-    await expect(readInput(Readable.from([Buffer.from('ab'), Buffer.from('cd')]), 3)).rejects.toMatchObject({ code: 65 });
+    await expect(readInput(Readable.from([Buffer.from('ab'), Buffer.from('c')]), 3)).resolves.toEqual(
+      Buffer.from('abc'),
+    );
+    await expect(readInput(Readable.from([Buffer.from('ab'), Buffer.from('cd')]), 3)).rejects.toMatchObject({
+      code: 65,
+    });
   });
 
   it('maps statuses and spawn errors', () => {
     expect(statusOf({ exited: true, exitcode: 0 })).toBe(0);
     expect(statusOf({ exited: true, signal: 9 })).toBe(137);
-    expect(spawnFailure('x', new Error("Failed to execute child process “x” (Permission denied)"))!.status).toBe(126);
+    expect(spawnFailure('x', new Error('Failed to execute child process “x” (Permission denied)'))!.status).toBe(126);
     expect(spawnFailure('x', new Error('something else'))).toBeNull();
   });
 });
@@ -398,7 +479,9 @@ describe('waitUp on a VM made of files', () => {
 
   it('agent: a sync sent before the agent is up is answered once it is (the reply is the signal)', async () => {
     const { vm } = fakeVm();
-    await fakeAgent(vm.files.ga, (m) => (m.execute === 'guest-info' ? { return: { version: '7.2.0' } } : undefined), { silentSyncs: 1 });
+    await fakeAgent(vm.files.ga, (m) => (m.execute === 'guest-info' ? { return: { version: '7.2.0' } } : undefined), {
+      silentSyncs: 1,
+    });
     const [r] = await waitUp(vm, [parseWaitFor('agent')], { timeoutMs: 8_000 });
     expect(r!.seen).toBe('qemu-ga 7.2.0');
   });

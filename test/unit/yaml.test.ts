@@ -49,7 +49,10 @@ describe('size limits', () => {
   it('a billion-laughs file is 78 with FILE:LINE, not 70 with a stack', async () => {
     const L = 'abcdefghij';
     let text = `a: &a ["lol","lol","lol","lol","lol","lol","lol","lol","lol","lol"]\n`;
-    for (let i = 1; i < L.length; i++) text += `${L[i]}: &${L[i]} [${Array(10).fill('*' + L[i - 1]).join(', ')}]\n`;
+    for (let i = 1; i < L.length; i++)
+      text += `${L[i]}: &${L[i]} [${Array(10)
+        .fill('*' + L[i - 1])
+        .join(', ')}]\n`;
     const msg = await refused(parseYaml(text, 'lol.yml'));
     expect(msg).toMatch(/^lol\.yml:\d+: the alias \*\w makes this file expand to more than 1000000 values/);
   });
@@ -66,8 +69,12 @@ describe('size limits', () => {
   });
   it('nesting past the depth limit is 78, in flow and block style', async () => {
     const d = YAML_LIMITS.depth + 1;
-    expect(await refused(parseYaml(`a: ${'['.repeat(d)}${']'.repeat(d)}\n`, 'deep.yml'))).toMatch(/^deep\.yml:1: nested more than 100 levels/);
-    expect(await refused(parseYaml(`a: ${'['.repeat(20_000)}\n`, 'deeper.yml'))).toMatch(/^deeper\.yml:1: nested more than 100 levels/);
+    expect(await refused(parseYaml(`a: ${'['.repeat(d)}${']'.repeat(d)}\n`, 'deep.yml'))).toMatch(
+      /^deep\.yml:1: nested more than 100 levels/,
+    );
+    expect(await refused(parseYaml(`a: ${'['.repeat(20_000)}\n`, 'deeper.yml'))).toMatch(
+      /^deeper\.yml:1: nested more than 100 levels/,
+    );
     let block = 'a:\n';
     for (let i = 1; i <= d + 1; i++) block += `${' '.repeat(i)}- \n`;
     expect(await refused(parseYaml(block, 'block.yml'))).toMatch(/^block\.yml(:\d+)?: /);
@@ -100,8 +107,12 @@ describe('keys', () => {
   });
   it('non-scalar keys, __proto__ and unknown aliases are 78 with their line', async () => {
     expect(await refused(parseYaml('a: 1\n[x]: 2\n', 'k.yml'))).toMatch(/^k\.yml:2: keys must be plain strings/);
-    expect(await refused(parseYaml('a:\n  __proto__: 1\n', 'p.yml'))).toMatch(/^p\.yml:2: the key "__proto__" is not allowed/);
+    expect(await refused(parseYaml('a:\n  __proto__: 1\n', 'p.yml'))).toMatch(
+      /^p\.yml:2: the key "__proto__" is not allowed/,
+    );
     expect(await refused(parseYaml('a: 1\nb: *nope\n', 'u.yml'))).toMatch(/^u\.yml:2: /);
-    expect(await refused(parseYaml('a: 1\nb: &x [1, {c: *x}]\n', 'loop.yml'))).toMatch(/^loop\.yml:2: the alias \*x is inside the node it names/);
+    expect(await refused(parseYaml('a: 1\nb: &x [1, {c: *x}]\n', 'loop.yml'))).toMatch(
+      /^loop\.yml:2: the alias \*x is inside the node it names/,
+    );
   });
 });
