@@ -71,8 +71,9 @@ export PATH="$PWD/node_modules/.bin:/usr/sbin:/usr/bin:/sbin:/bin"
 check_tools
 say "node $(node --version), $(qemu-system-x86_64 --version | head -n1)"
 
-say "type check and build"
+say "type check, lint and build"
 npm run --silent typecheck
+npm run --silent lint
 npm run --silent build
 
 say "test bed (cached in ${PIM_TESTBED_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/pim/testbed})"
