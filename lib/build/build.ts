@@ -71,8 +71,32 @@ export async function runBuild(o: BuildOpts): Promise<BuildOutcome> {
   if (profile.value.builder === 'raw') return (await import('./raw.ts')).buildRaw(o, profile, t0); // an empty disk: no ISO, no VM
   const plan = await planBuild(profile, { timeoutS: o.timeoutS });
   await checkSourceKind(plan);
+  const { iso, inputs, key } = await planKey(profile, plan, o.signal);
+  const firstBoot = plan.builder === 'cloud-init' ? (await import('./cloud.ts')).cloudInitDisk : installerBoot;
+  return cachedBuild(plan.name, key, o.force, () =>
+    buildIt(o, plan, { id: buildId(plan.name, key), key, inputs, iso, t0 }, firstBoot),
+  );
+}
+
+/** The answer files of a cloud-init build: the NoCloud seed's two. */
+export const CLOUD_ANSWERS = ['/user-data', '/meta-data'] as const;
+
+/**
+ * The build's cache key: the ISO or image (downloaded and verified if it is not
+ * there yet), the answer files rendered with pim's placeholder key URL, and the
+ * plan. runBuild builds under it; the remote cache (lib/oci/cache.ts) asks for it.
+ */
+export async function planKey(
+  profile: Parameters<typeof planBuild>[0],
+  plan: BuildPlan,
+  signal?: AbortSignal,
+): Promise<{
+  iso: Awaited<ReturnType<typeof import('../install/iso-store.ts').ensureIso>>;
+  inputs: ReturnType<typeof buildInputs>;
+  key: string;
+}> {
   const { ensureIso } = await import('../install/iso-store.ts');
-  const iso = await ensureIso(plan.iso, { signal: o.signal });
+  const iso = await ensureIso(plan.iso, { signal });
   const { renderAnswer } = await import('../install/serve.ts');
   const answers: Record<string, string> = {};
   const routes = plan.builder === 'cloud-init' ? CLOUD_ANSWERS : LAYOUTS[plan.layout].answers;
@@ -86,15 +110,8 @@ export async function runBuild(o: BuildOpts): Promise<BuildOutcome> {
     answers[route] = r.body;
   }
   const inputs = buildInputs(plan, answers, { name: plan.iso, checksum: iso.checksum });
-  const key = buildKey(inputs);
-  const firstBoot = plan.builder === 'cloud-init' ? (await import('./cloud.ts')).cloudInitDisk : installerBoot;
-  return cachedBuild(plan.name, key, o.force, () =>
-    buildIt(o, plan, { id: buildId(plan.name, key), key, inputs, iso, t0 }, firstBoot),
-  );
+  return { iso, inputs, key: buildKey(inputs) };
 }
-
-/** The answer files of a cloud-init build: the NoCloud seed's two. */
-export const CLOUD_ANSWERS = ['/user-data', '/meta-data'] as const;
 
 /** An installer build starts from an ISO, a cloud-init build from a disk image (kind: image): each refuses the other (78). */
 async function checkSourceKind(plan: BuildPlan): Promise<void> {

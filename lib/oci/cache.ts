@@ -49,32 +49,18 @@ export async function remoteCacheConfig(): Promise<RemoteCache | null> {
   return { ref, insecure: rc.insecure === true, push: rc.push === true, credsEnv: rc.creds_env ?? null };
 }
 
-/** The cache key `pim-build run PROFILE` would build under, computed the way runBuild does. */
+/** The cache key `pim-build run PROFILE` would build under, computed by runBuild's own planKey. */
 export async function profileKey(name: string, signal?: AbortSignal): Promise<{ profile: string; key: string }> {
   const { loadProfile, withEnvHook } = await import('../config/profile.ts');
-  const { buildKey, buildInputs, planBuild, KEY_URL } = await import('../build/plan.ts');
+  const { buildKey, planBuild } = await import('../build/plan.ts');
   const profile = await withEnvHook(await loadProfile(name));
   if (profile.value.builder === 'raw') {
     const { rawInputs } = await import('../build/raw.ts');
     return { profile: profile.name, key: buildKey(rawInputs(profile)) };
   }
   const plan = await planBuild(profile);
-  const { ensureIso } = await import('../install/iso-store.ts');
-  const iso = await ensureIso(plan.iso, { signal });
-  const { renderAnswer } = await import('../install/serve.ts');
-  const { CLOUD_ANSWERS } = await import('../build/build.ts');
-  const { LAYOUTS } = await import('../build/iso-boot.ts');
-  const answers: Record<string, string> = {};
-  for (const route of plan.builder === 'cloud-init' ? CLOUD_ANSWERS : LAYOUTS[plan.layout].answers) {
-    const r = renderAnswer(route as '/preseed.cfg', profile, KEY_URL);
-    if (!r)
-      throw new PimError(
-        EXIT.CONFIG,
-        `profile "${profile.name}" has no ${route.slice(1)} template in preseeds.d; add one or set distro`,
-      );
-    answers[route] = r.body;
-  }
-  return { profile: plan.name, key: buildKey(buildInputs(plan, answers, { name: plan.iso, checksum: iso.checksum })) };
+  const { planKey } = await import('../build/build.ts');
+  return { profile: plan.name, key: (await planKey(profile, plan, signal)).key };
 }
 
 const dest = (rc: RemoteCache) => ({
