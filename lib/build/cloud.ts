@@ -178,7 +178,7 @@ export function judgeCloudInit(r: { wait: Out; long: Out; result: Out; status: O
   if (r.wait.code !== 0 || long?.status === 'error')
     throw new PimError(
       EXIT.DATAERR,
-      `cloud-init ended in error (cloud-init status: ${text(r.wait) || text(r.long) || `status ${r.wait.code}`})`,
+      `cloud-init ended in error (cloud-init status: ${long ? `${long.status}${long.detail ? `, ${long.detail}` : ''}` : text(r.wait) || `status ${r.wait.code}`})`,
     );
   if (!v1)
     throw new PimError(
@@ -193,6 +193,19 @@ export function judgeCloudInit(r: { wait: Out; long: Out; result: Out; status: O
     );
   return { datasource, detail: long?.detail ?? datasource };
 }
+
+/**
+ * One start of cloud-init's Python (8-27 s each under TCG): wait for this boot's run
+ * and print its long status as JSON (22.4 and later; --wait prints no dots then), or
+ * as text where --format is unknown (argparse refuses it, nothing on stdout). 127: no
+ * cloud-init in the image.
+ */
+export const WAIT_SCRIPT = `command -v cloud-init >/dev/null 2>&1 || exit 127
+out=$(cloud-init status --wait --long --format json 2>/dev/null)
+rc=$?
+case $out in '{'*) printf '%s\\n' "$out"; exit $rc ;; esac
+cloud-init status --wait --long 2>&1
+`;
 
 /**
  * Over the provisioning connection: wait for cloud-init to finish the seeded
@@ -212,12 +225,7 @@ export async function waitCloudInit(
     o.signal.addEventListener('abort', onAbort, { once: true });
   });
   try {
-    const wait = await Promise.race([
-      sh(
-        'command -v cloud-init >/dev/null 2>&1 || exit 127\ncloud-init status --wait >/dev/null\nrc=$?\ncloud-init status 2>&1\nexit $rc\n',
-      ),
-      bound,
-    ]);
+    const wait = await Promise.race([sh(WAIT_SCRIPT), bound]);
     if (wait === 'abort') {
       checkAborted(o.signal);
       throw new PimError(EXIT.SOFTWARE, 'aborted');
@@ -227,14 +235,12 @@ export async function waitCloudInit(
         EXIT.TEMPFAIL,
         `cloud-init did not finish within the build's ${o.timeoutS} s (timeout in the profile, or --timeout)`,
       );
-    o.log(`cloud-init status --wait: status ${wait.code}: ${wait.stdout.trim()}`);
-    const long = await sh('cloud-init status --long --format json 2>/dev/null || cloud-init status --long 2>&1\n');
-    o.log(`cloud-init status --long:\n${long.stdout.trim()}`);
+    o.log(`cloud-init status --wait --long: status ${wait.code}:\n${wait.stdout.trim()}`);
     const result = await sh(`cat ${RESULT_JSON} 2>/dev/null || cat /var/lib/cloud/data/result.json\n`);
     const status = await sh(`cat ${STATUS_JSON} 2>/dev/null || cat /var/lib/cloud/data/status.json\n`);
     if (result.code === 0) o.log(`cloud-init result.json: ${result.stdout.trim()}`);
     if (status.code === 0) o.log(`cloud-init status.json: ${status.stdout.trim()}`);
-    return judgeCloudInit({ wait, long, result, status });
+    return judgeCloudInit({ wait, long: wait, result, status });
   } finally {
     clearTimeout(timer);
     o.signal.removeEventListener('abort', onAbort);

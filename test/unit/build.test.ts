@@ -296,6 +296,47 @@ describe('builder: cloud-init', () => {
       '-drive file=/d/seed,,1.iso,format=raw,if=none,id=disk1,readonly=on -device virtio-blk-pci,drive=disk1 ',
     );
   });
+  it('waits for cloud-init with one start of it: JSON where --format is known, its text where argparse refuses it, 127 without it', async () => {
+    const { WAIT_SCRIPT } = await import('../../lib/build/cloud.ts');
+    const dir = fs.mkdtempSync(join(tmpdir(), 'pim-ciwait-'));
+    try {
+      const starts = join(dir, 'starts');
+      const fake = (body: string) => {
+        fs.mkdirSync(join(dir, 'bin'), { recursive: true });
+        fs.writeFileSync(join(dir, 'bin', 'cloud-init'), `#!/bin/sh\necho "$*" >> ${starts}\n${body}\n`, {
+          mode: 0o755,
+        });
+      };
+      const runIt = (path: string) => {
+        try {
+          return {
+            code: 0,
+            out: execFileSync('/bin/sh', ['-c', WAIT_SCRIPT], { env: { PATH: path }, encoding: 'utf8' }),
+          };
+        } catch (e) {
+          const x = e as { status: number; stdout: string };
+          return { code: x.status, out: x.stdout };
+        }
+      };
+      // 22.4 and later: JSON, exit 1 on error, one start
+      fake('case "$*" in *"--format json"*) printf \'{\\n  "status": "error"\\n}\\n\'; exit 1 ;; esac; exit 9');
+      let r = runIt(`${join(dir, 'bin')}:/usr/bin:/bin`);
+      expect(r).toEqual({ code: 1, out: '{\n  "status": "error"\n}\n' });
+      expect(fs.readFileSync(starts, 'utf8')).toBe('status --wait --long --format json\n');
+      // older: --format unknown (argparse: usage on stderr, 2), then the text form
+      fs.rmSync(starts);
+      fake('case "$*" in *--format*) echo "usage: cloud-init" >&2; exit 2 ;; esac; echo "status: done"');
+      r = runIt(`${join(dir, 'bin')}:/usr/bin:/bin`);
+      expect(r).toEqual({ code: 0, out: 'status: done\n' });
+      expect(fs.readFileSync(starts, 'utf8')).toBe('status --wait --long --format json\nstatus --wait --long\n');
+      // no cloud-init at all
+      fs.rmSync(join(dir, 'bin'), { recursive: true });
+      fs.mkdirSync(join(dir, 'empty'));
+      expect(runIt(join(dir, 'empty')).code).toBe(127);
+    } finally {
+      fs.rmSync(dir, { recursive: true, force: true });
+    }
+  });
   it("judges cloud-init's own account of the seeded run: errors fail with its words, no result.json or no NoCloud is 65", async () => {
     const { judgeCloudInit, sizeBytes } = await import('../../lib/build/cloud.ts');
     const ok = { code: 0, stdout: '' };
