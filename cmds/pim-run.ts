@@ -217,12 +217,18 @@ in the boot order (a blank disk boots it: a manual install).`,
       if (!statSync(cdrom, { throwIfNoEntry: false })?.isFile())
         throw new PimError(EXIT.NOINPUT, `--cdrom ${cdrom} is not a file; give the path of an ISO`);
     }
-    // a running VM that boots this very image holds its write lock: not even --snapshot can read it
+    // a running VM that boots this very image read-write holds its write lock: not even
+    // --snapshot can read it (one started with --snapshot only reads it: others may too)
     if (!args.clone) {
       const { listVms } = await import('../lib/vm/state.ts');
       const { runtimeDirPath } = await import('../lib/core/paths.ts');
       const user = (await listVms(runtimeDirPath())).find(
-        (v) => v.state === 'running' && v.name !== ref.name && v.meta?.image === img.path && !v.meta.clone,
+        (v) =>
+          v.state === 'running' &&
+          v.name !== ref.name &&
+          v.meta?.image === img.path &&
+          !v.meta.clone &&
+          !v.meta.snapshot,
       );
       if (user)
         throw new PimError(
