@@ -137,7 +137,6 @@ export function judgeCloudInit(r: { wait: Out; long: Out; result: Out; status: O
   } catch {
     /* an older cloud-init: plain text */
   }
-  for (const e of long?.errors ?? []) add(e);
   let stages: Record<string, { errors?: unknown[] } | null> = {};
   if (r.status.code === 0) {
     try {
@@ -151,6 +150,12 @@ export function judgeCloudInit(r: { wait: Out; long: Out; result: Out; status: O
       for (const e of v.errors)
         add(`${stage}: ${typeof e === 'string' ? e : JSON.stringify(e)}`.replace(/^([\w-]+): \1: /, '$1: '));
   }
+  // cloud-init's status names an error without its stage; status.json (above) with it
+  const addUnstaged = (e: unknown) => {
+    const t = typeof e === 'string' ? e : JSON.stringify(e);
+    if (!errors.some((x) => x === t || x.endsWith(`: ${t}`))) add(t);
+  };
+  for (const e of long?.errors ?? []) addUnstaged(e);
   type V1 = { datasource?: string | null; errors?: unknown[] };
   let v1: V1 | null = null;
   if (r.result.code === 0) {
@@ -160,10 +165,7 @@ export function judgeCloudInit(r: { wait: Out; long: Out; result: Out; status: O
       throw new PimError(EXIT.DATAERR, `cloud-init left a ${RESULT_JSON} that is not JSON`);
     }
   }
-  for (const e of v1?.errors ?? []) {
-    const t = typeof e === 'string' ? e : JSON.stringify(e);
-    if (!errors.some((x) => x === t || x.endsWith(`: ${t}`))) add(t);
-  }
+  for (const e of v1?.errors ?? []) addUnstaged(e);
   const text = (o: Out) => `${o.stdout}${o.stderr ?? ''}`.trim().split('\n').filter(Boolean).slice(-3).join(' / ');
   if (errors.length)
     throw new PimError(

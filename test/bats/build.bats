@@ -159,8 +159,10 @@ ssh_vm() {
   key=$(pim-build show tb --json | jq -r .key)
   name="tb-build-${key:0:8}"
   # the store disk the tests above made is backed by the build: --force would be refused
-  # for that first (75, tested in cloudbuild.bats)
-  pim-rm tb --image
+  # for that first (75, tested in cloudbuild.bats); it is set aside for this test and put
+  # back after it (the next test moves it to a newer build)
+  images="$XDG_DATA_HOME/pim/images"
+  mv "$images/tb.qcow2" "$PIM_TMP/tb.qcow2.aside"
   pim-run "$TESTBED/guest-full.qcow2" --name "$name" --snapshot --mem 256M --cpus 1
   run --separate-stderr pim-build run tb --force
   [ "$status" -eq 75 ]
@@ -168,6 +170,7 @@ ssh_vm() {
   [ "$(pim-ps -q | grep -cx "$name")" -eq 1 ]
   [ -S "$XDG_RUNTIME_DIR/pim/$name.qmp" ]
   pim-stop "$name" --force >/dev/null
+  mv "$PIM_TMP/tb.qcow2.aside" "$images/tb.qcow2"
 }
 
 @test "a second run is a cache hit with the same path; a changed script is a miss, and pim-run moves to the new build" {

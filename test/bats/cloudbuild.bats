@@ -95,7 +95,8 @@ teardown_file() {
   log="$(dirname "$img")/build.log"
   grep -q 'seed: extra.txt from sources.d/extra.txt' "$log"
   grep -q 'pim-testbed cloud-init: runcmd done' "$log"
-  grep -q 'cloud-init status --wait: status 0: status: done' "$log"
+  grep -q 'cloud-init status --wait --long: status 0:' "$log"
+  grep -q '"status": "done"' "$log"
   # generalized, then stored with qemu-img convert -c: smaller than the disk the build VM left
   grep -q '^pim: cloud-init clean --logs' "$log"
   grep -q '^pim: fstrim' "$log"

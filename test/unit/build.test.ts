@@ -377,6 +377,16 @@ describe('builder: cloud-init', () => {
     expect(() =>
       judgeCloudInit({ wait: ok, long: none, result: result({ errors: ['a', 'b'] }), status: none }),
     ).toThrow(expect.objectContaining({ code: 65, message: 'cloud-init reported 2 errors: a; b' }));
+    // status --long names the error without its stage, status.json with it: said once
+    const failed = { code: 1, stdout: JSON.stringify({ status: 'error', errors: ['runcmd: x failed'] }) };
+    expect(() =>
+      judgeCloudInit({
+        wait: failed,
+        long: failed,
+        result: result({ datasource: 'DataSourceNoCloud', errors: ['runcmd: x failed'] }),
+        status: { code: 0, stdout: JSON.stringify({ v1: { 'modules-final': { errors: ['runcmd: x failed'] } } }) },
+      }),
+    ).toThrow(/^cloud-init reported 1 error: modules-final: runcmd: x failed$/);
     expect(() => judgeCloudInit({ wait: ok, long: none, result: none, status: none })).toThrow(
       expect.objectContaining({ code: 65, message: expect.stringContaining('did not finish') }),
     );
