@@ -103,7 +103,9 @@ no_build_leftovers() {
   [ "$status" -eq 66 ]
   [ -z "$(find "$(builds_dir)" -maxdepth 1 -name '.tmp-*' 2>/dev/null)" ]
   [ -z "$(pim-ps -q | grep -- '-build-' || true)" ]
-  ! pgrep -f "qemu-system.*$profile-build-" >/dev/null
+  # this test's QEMUs only (their QMP socket is in its runtime dir): another BATS file may
+  # run a build of a profile of the same name at the same time
+  ! pgrep -f "qemu-system.*$XDG_RUNTIME_DIR/pim/$profile-build-" >/dev/null
 }
 
 # build_log_tail STDERR: the end of the build log a failed pim-build named (its
