@@ -371,6 +371,10 @@ after_kvm_failed() {
 # Cannot run here, and why. An example missing from here runs; one here that no
 # longer exists fails the test "the list of examples that cannot run names only examples".
 declare -gA EX_CANNOT=(
+  ['pim-build pull registry.example:5000/team/images:dev']="needs a registry that holds a pim build: oci.bats pushes one to a local docker-registry and pulls it"
+  ['pim-deploy dev registry']="needs a target named registry (type: oci) and a registry: oci.bats deploys to a local docker-registry"
+  ['pim-iso add local --url ~/Downloads/debian-12.iso --checksum sha256:HEX']="needs that file and its checksum: iso.bats adds a local ISO by path and by file:// URL"
+  ['ssh -F "$(pim-ssh -i ~/.ssh/other --config dev)" dev uptime']="needs a key ~/.ssh/other that dev accepts: userkey.bats writes -i into --config and logs in with it"
   ['pim-cp dev:/etc/hostname web:/tmp/hostname-of-dev']="needs a second running VM, web: guestssh.bats copies between two running guests"
   ['./install.sh']="installs Debian packages, runs npm ci in this checkout and boots the demo: the install part is the install.sh test above (in a copy of the checkout); the demo part runs the same commands as these examples"
   ['./test.sh']="runs the whole suite, this file included"
