@@ -371,6 +371,8 @@ after_kvm_failed() {
 # Cannot run here, and why. An example missing from here runs; one here that no
 # longer exists fails the test "the list of examples that cannot run names only examples".
 declare -gA EX_CANNOT=(
+  ['pim-iso add kept --url file:///srv/isos/x.iso --checksum-url /srv/isos/SHA256SUMS --copy']="needs that file and its SHA256SUMS: iso.bats adds a local ISO by file:// URL, with --copy"
+  ['pim-deploy dev reg']="needs a target named reg (type: oci) and a registry: oci.bats deploys to a local docker-registry"
   ['pim-build pull registry.example:5000/team/images:dev']="needs a registry that holds a pim build: oci.bats pushes one to a local docker-registry and pulls it"
   ['pim-deploy dev registry']="needs a target named registry (type: oci) and a registry: oci.bats deploys to a local docker-registry"
   ['pim-iso add local --url ~/Downloads/debian-12.iso --checksum sha256:HEX']="needs that file and its checksum: iso.bats adds a local ISO by path and by file:// URL"
