@@ -140,13 +140,18 @@ big_build() {
   cat "$PIM_TMP/big.id"
 }
 
-# mid_upload NAME: wait (up to 20 s) until NAME's upload marker is there and its volume
-# has more than 8 MiB on disk but not all of it; prints the volume's file
+# mid_upload NAME SRC: wait (up to 2 min) until NAME's upload marker is there and the
+# volume's bytes at 8 MiB are SRC's (random data: the upload has passed that point) while
+# its last bytes are not yet; prints the volume's file. Its size on disk says nothing:
+# libvirt may allocate the whole volume before vol-upload writes a byte.
 mid_upload() {
-  local f
-  for _ in $(seq 400); do
+  local f mark=$((8 * 1024 * 1024)) size tail
+  size=$(stat -c %s "$2")
+  tail=$((size - 4096))
+  for _ in $(seq 2400); do
     f=$(compgen -G "$PIM_TMP/pool/$1-*.qcow2" || true)
-    if [ -n "$f" ] && [ -e "$f.uploading" ] && [ "$(stat -c %b "$f")" -gt 16384 ]; then
+    if [ -n "$f" ] && [ -e "$f.uploading" ] &&
+      cmp -s -n 4096 -i "$mark:$mark" "$f" "$2" && ! cmp -s -n 4096 -i "$tail:$tail" "$f" "$2"; then
       echo "$f"
       return 0
     fi
@@ -161,7 +166,7 @@ mid_upload() {
   # its own session, so that kill -9 takes pim-deploy and the virsh it runs, as a closed terminal does
   setsid pim-deploy "$big" rem --name killed >/dev/null 2>&1 3>&- &
   pid=$!
-  f=$(mid_upload killed)
+  f=$(mid_upload killed "$XDG_DATA_HOME/pim/builds/$big/big.qcow2")
   kill -9 -- -"$pid"
   wait "$pid" || true
   [ -e "$f.uploading" ]                                                # the marker is left
@@ -182,7 +187,7 @@ mid_upload() {
   # the fault goes in: on a loaded machine it could otherwise finish first
   setsid pim-deploy "$big" rem --name faulty >"$PIM_TMP/faulty.out" 2>"$PIM_TMP/faulty.err" 3>&- &
   pid=$!
-  f=$(mid_upload faulty)
+  f=$(mid_upload faulty "$XDG_DATA_HOME/pim/builds/$big/big.qcow2")
   kill -STOP -- -"$pid"
   # bytes the upload has written already are overwritten under it
   printf 'a fault' | dd of="$f" bs=1 seek=4096 conv=notrunc,fsync status=none
