@@ -3,8 +3,8 @@
  * Packer, no keys typed over VNC: the installer's kernel boots directly with
  * the answer file's URL on its command line. One citty subcommand each:
  *
- *   run PROFILE [--force] [--keep-failed] [--timeout S] [--fetch-timeout S] [--accel A] [--no-remote] [--json]
- *                       build (or find in the cache, or in pim.yml's build.remote_cache) and print the image's path
+ *   run PROFILE... [-j N] [--force] [--keep-failed] [--timeout S] [--fetch-timeout S] [--accel A] [--no-remote] [--json]
+ *                       build (or find in the cache, or in pim.yml's build.remote_cache) and print each image's path
  *   pull REF [--insecure] [--creds-env VAR] [--json]
  *                       a build that pim-deploy pushed to a registry, verified and registered
  *   key PROFILE         the cache key run would build under (nothing is built)
@@ -65,12 +65,79 @@ function damagedRow(d: import('../lib/image/registry.ts').DamagedBuild) {
   };
 }
 
+type RunArgs = {
+  json?: boolean;
+  force?: boolean;
+  keepFailed?: boolean;
+  remote?: boolean;
+  accel?: 'kvm' | 'hvf' | 'tcg';
+  timeoutS?: number;
+  fetchTimeoutS: number;
+};
+
+/**
+ * One profile's build: the remote cache asked first (a hit is pulled, no VM
+ * boots), then runBuild, then pushed to with push: true. Returns the line
+ * for stdout (the path, or the JSON record).
+ */
+async function buildOne(
+  name: string,
+  a: RunArgs,
+  signal: AbortSignal,
+  status: import('../lib/cli/status.ts').StatusLine,
+): Promise<string> {
+  const { runBuild } = await import('../lib/build/build.ts');
+  const { remoteCacheConfig } = await import('../lib/oci/cache.ts');
+  const rc = a.remote === false ? null : await remoteCacheConfig();
+  const talk = { signal, warn: (m: string) => status.say(`warning: ${m}`), say: (m: string) => status.say(m) };
+  if (rc && !a.force) {
+    const { fromRemote, profileKey } = await import('../lib/oci/cache.ts');
+    status.set(`resolving profile ${name}`);
+    const { profile, key } = await profileKey(name, signal);
+    status.set(`asking the remote cache for ${profile}`);
+    const got = await fromRemote(profile, key, rc, talk);
+    if (got) {
+      const path = (await registry()).buildDisk(got);
+      status.say(`${got.id} (pulled from the remote cache): ${path}`);
+      return a.json ? JSON.stringify({ ...(await row(got)), hit: true, remote: true, key: got.key }) : path;
+    }
+  }
+  const out = await runBuild({ profile: name, ...a, signal, status });
+  if (rc?.push && !out.hit) {
+    status.set(`pushing ${out.record.id} to the remote cache`);
+    await (await import('../lib/oci/cache.ts')).toRemote(out.record, rc, talk);
+  }
+  status.say(`${out.record.id} (${out.hit ? 'cached' : `built in ${out.record.times.total} s`}): ${out.path}`);
+  return a.json ? JSON.stringify({ ...(await row(out.record)), hit: out.hit, key: out.record.key }) : out.path;
+}
+
+/** A status line whose lines name the build (several builds at once): "pim-build: [dev] ...". */
+async function prefixedStatus(name: string) {
+  const { StatusLine } = await import('../lib/cli/status.ts');
+  const stream = {
+    isTTY: false,
+    write: (chunk: string) => process.stderr.write(chunk.replace(/^([^:\n]+: )/gm, `$1[${name}] `)),
+  } as unknown as NodeJS.WriteStream;
+  return new StatusLine(stream);
+}
+
 const run = defineCommand({
-  meta: { name: 'run', description: "Build PROFILE's image (or find it in the cache) and print its path." },
+  meta: {
+    name: 'run',
+    description:
+      "Build each PROFILE's image (or find it in the cache) and print its path, one a line in the order given.",
+  },
   args: {
-    profile: profileArg,
+    profiles: { ...profileArg, variadic: true, valueHint: 'PROFILE...' },
     ...jsonArgs,
-    force: { type: 'boolean', description: 'build even when the cache has this build' },
+    jobs: {
+      type: 'string',
+      alias: 'j',
+      default: '1',
+      valueHint: 'N',
+      description: 'builds at once; a stage two builds share is made once (the second waits for it)',
+    },
+    force: { type: 'boolean', description: 'build even when the cache has this build (and make its stages again)' },
     keepFailed: { type: 'boolean', description: 'keep the disk of a failed build, for debugging' },
     timeout: {
       type: 'string',
@@ -91,68 +158,69 @@ const run = defineCommand({
         "on by default: ask pim.yml's build.remote_cache before building (and push after, with push: true); --no-remote skips it",
     },
   },
-  async run({ args }) {
+  async run({ args, data }) {
     const { parseTimeout } = await import('../lib/cli/args.ts');
-    const timeoutS = args.timeout !== undefined ? parseTimeout(args.timeout, 0) / 1000 : undefined;
-    const fetchTimeoutS = parseTimeout(args.fetchTimeout, 300, '--fetch-timeout') / 1000;
+    const jobs = Number(args.jobs);
+    if (!/^[1-9]\d*$/.test(args.jobs))
+      throw new PimError(EXIT.USAGE, '-j takes a number of builds at once (1 or more)');
+    const names = (data as Words).positionals;
+    const a: RunArgs = {
+      json: args.json,
+      force: args.force,
+      keepFailed: args.keepFailed,
+      remote: args.remote,
+      accel: args.accel as RunArgs['accel'],
+      timeoutS: args.timeout !== undefined ? parseTimeout(args.timeout, 0) / 1000 : undefined,
+      fetchTimeoutS: parseTimeout(args.fetchTimeout, 300, '--fetch-timeout') / 1000,
+    };
     const { trapSignals } = await import('../lib/core/signals.ts');
-    const { StatusLine } = await import('../lib/cli/status.ts');
-    const { runBuild } = await import('../lib/build/build.ts');
-    const { printJson } = await import('../lib/cli/output.ts');
     const trap = trapSignals();
-    const status = new StatusLine();
     try {
-      // the remote cache wraps the build: asked before (a hit is pulled, no VM boots), pushed to after
-      const { remoteCacheConfig } = await import('../lib/oci/cache.ts');
-      const rc = args.remote === false ? null : await remoteCacheConfig();
-      const { log } = await import('../lib/core/log.ts');
-      const talk = {
-        signal: trap.signal,
-        warn: (m: string) => status.say(`warning: ${m}`),
-        say: (m: string) => status.say(m),
-      };
-      if (rc && !args.force) {
-        const { fromRemote, profileKey } = await import('../lib/oci/cache.ts');
-        status.set(`resolving profile ${args.profile}`);
-        const { profile, key } = await profileKey(args.profile, trap.signal);
-        status.set(`asking the remote cache for ${profile}`);
-        const got = await fromRemote(profile, key, rc, talk);
-        if (got) {
+      if (names.length === 1) {
+        const { StatusLine } = await import('../lib/cli/status.ts');
+        const status = new StatusLine();
+        try {
+          const line = await buildOne(names[0]!, a, trap.signal, status);
           status.end();
-          const path = (await registry()).buildDisk(got);
-          process.stderr.write(`pim-build: ${got.id} (pulled from the remote cache): ${path}\n`);
-          if (args.json) printJson({ ...(await row(got)), hit: true, remote: true, key: got.key });
-          else writeOut(path + '\n');
+          writeOut(line + '\n');
           return 0;
+        } finally {
+          status.end();
         }
       }
-      const out = await runBuild({
-        profile: args.profile,
-        force: args.force,
-        keepFailed: args.keepFailed,
-        timeoutS,
-        fetchTimeoutS,
-        accel: args.accel,
-        signal: trap.signal,
-        status,
-      });
-      if (rc?.push && !out.hit) {
-        status.set(`pushing ${out.record.id} to the remote cache`);
-        await (await import('../lib/oci/cache.ts')).toRemote(out.record, rc, talk);
-      }
-      status.end();
-      log.debug(`remote cache: ${rc ? 'on' : 'off'}`);
-      const how = out.hit ? 'cached' : `built in ${out.record.times.total} s`;
-      process.stderr.write(`pim-build: ${out.record.id} (${how}): ${out.path}\n`);
-      if (args.json) printJson({ ...(await row(out.record)), hit: out.hit, key: out.record.key });
-      else writeOut(out.path + '\n');
-      return 0;
+      return await buildMany(names, jobs, a, trap.signal);
     } finally {
-      status.end();
       trap.dispose();
     }
   },
 });
+
+/**
+ * Several builds, `jobs` at once: each one's failure reported as it happens
+ * and the others go on; stdout gets the paths in the order given (a failed
+ * build's line is left out); the exit status is the first failure's, in that order.
+ */
+async function buildMany(names: string[], jobs: number, a: RunArgs, signal: AbortSignal): Promise<number> {
+  const { reportError } = await import('../lib/cli/command.ts');
+  const results: Array<{ line?: string; code: number }> = names.map(() => ({ code: 0 }));
+  let next = 0;
+  const worker = async () => {
+    for (let i = next++; i < names.length; i = next++) {
+      const status = await prefixedStatus(names[i]!);
+      try {
+        results[i] = { line: await buildOne(names[i]!, a, signal, status), code: 0 };
+      } catch (e) {
+        process.stderr.write(`pim-build: [${names[i]}] `);
+        results[i] = { code: reportError(e) };
+      } finally {
+        status.end();
+      }
+    }
+  };
+  await Promise.all(Array.from({ length: Math.min(jobs, names.length) }, worker));
+  for (const r of results) if (r.line !== undefined) writeOut(r.line + '\n');
+  return results.find((r) => r.code !== 0)?.code ?? 0;
+}
 
 const pull = defineCommand({
   meta: {
@@ -259,7 +327,14 @@ const show = defineCommand({
   async run({ args }) {
     const reg = await registry();
     const r = reg.findBuild(args.build);
-    const out = { ...r, path: reg.buildDisk(r), backs: reg.disksBackedBy(r) };
+    // the stage chain: each link's key, inputs, time, made or reused, and whether the install stage is still stored
+    const { findStage } = await import('../lib/build/stages.ts');
+    const stages = r.stages?.map((l) => ({
+      ...l,
+      how: l.made ? 'made' : 'reused',
+      ...(l.stage === 'install' ? { stored: findStage(l.key) !== null } : {}),
+    }));
+    const out = { ...r, ...(stages ? { stages } : {}), path: reg.buildDisk(r), backs: reg.disksBackedBy(r) };
     if (args.json) (await import('../lib/cli/output.ts')).printJson(out);
     else {
       const { yamlLib } = await import('../lib/config/yaml.ts');
@@ -281,7 +356,11 @@ const path = defineCommand({
 });
 
 const rm = defineCommand({
-  meta: { name: 'rm', description: 'Remove builds (refused while a VM disk is backed by one).' },
+  meta: {
+    name: 'rm',
+    description:
+      "Remove builds (refused while a VM disk is backed by one), and each one's install stage when no other build uses it.",
+  },
   args: {
     builds: {
       type: 'positional',
@@ -298,6 +377,8 @@ const rm = defineCommand({
     // a damaged build (its build.json broken) is named by its id
     const damaged = reg.damagedBuilds();
     const recs = (data as Words).positionals.map((b) => damaged.find((d) => d.id === b) ?? reg.findBuild(b));
+    const { pruneStages, stagesNamedBy } = await import('../lib/build/stages.ts');
+    const { log } = await import('../lib/core/log.ts');
     return forEachName(
       recs.map((r) => r.id),
       async (id) => {
@@ -305,6 +386,10 @@ const rm = defineCommand({
         if ('problem' in r) reg.removeDamaged(r);
         else reg.removeBuild(r);
         writeOut(id + '\n');
+        // its own stages go with it: those no other build names
+        if (!('problem' in r))
+          for (const s of pruneStages(reg.listBuilds(), stagesNamedBy([r])))
+            log.info(`${id}: removed its install stage ${s} (no other build uses it)`);
       },
     );
   },
@@ -313,7 +398,8 @@ const rm = defineCommand({
 const gc = defineCommand({
   meta: {
     name: 'gc',
-    description: 'Keep the newest N builds of each profile; remove the others (not those that back a VM disk).',
+    description:
+      'Keep the newest N builds of each profile; remove the others (not those that back a VM disk), then the install stages no kept build names.',
   },
   args: { keep: { type: 'string', description: 'builds to keep per profile', default: '1', valueHint: 'N' } },
   async run({ args }) {
@@ -335,6 +421,9 @@ const gc = defineCommand({
         writeOut(r.id + '\n');
       }
     }
+    // then the stages no build left names (a build a store disk needs is kept above, and with it its stages)
+    const { pruneStages } = await import('../lib/build/stages.ts');
+    for (const s of pruneStages(reg.listBuilds())) writeOut(`${s}\n`);
   },
 });
 

@@ -8,7 +8,9 @@
 import * as fs from 'node:fs';
 import { join } from 'node:path';
 import { EXIT, PimError } from '../core/exit.ts';
-import { buildsDir, stateDir } from '../core/paths.ts';
+import { buildsDir, dataDir, stateDir } from '../core/paths.ts';
+
+const stagesDir = () => join(dataDir(), 'stages');
 import { ensurePrivateDir } from '../core/fs.ts';
 import { checkAborted } from '../core/signals.ts';
 import type { RunningVm } from '../vm/state.ts';
@@ -62,6 +64,10 @@ export interface Ctx {
   inputs: ReturnType<typeof buildInputs>;
   iso: { path: string; checksum: string };
   t0: number;
+  /** the keys of the build's stages (stages.ts) and what each covers */
+  stages: import('./stages.ts').StageKeys;
+  /** from: the parent profile's build, the install stage */
+  parent?: import('../image/registry.ts').BuildRecord;
 }
 
 /** What a builder's first boot gets: the build's disk to fill, its log, and a way to boot the build's VM. */
@@ -179,7 +185,7 @@ function ioFailure(why: string | null, plan: BuildPlan): PimError {
   if (why === 'nospace')
     return new PimError(
       EXIT.CANTCREAT,
-      `no space left for the build disk in ${buildsDir()} (it may grow to ${plan.disk.size}); free some space and build again`,
+      `no space left for the build disk in ${buildsDir()} or its install stage in ${stagesDir()} (it may grow to ${plan.disk.size}); free some space and build again`,
     );
   return new PimError(EXIT.CANTCREAT, `writing the build disk failed: ${why}`);
 }

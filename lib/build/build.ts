@@ -33,7 +33,17 @@ import { buildsDir } from '../core/paths.ts';
 import { ensurePrivateDir } from '../core/fs.ts';
 import { checkAborted } from '../core/signals.ts';
 import type { StatusLine } from '../cli/status.ts';
-import { buildId, cachedBuild, commitBuild, type BuildRecord } from '../image/registry.ts';
+import {
+  buildDisk,
+  buildEfivars,
+  buildId,
+  cachedBuild,
+  commitBuild,
+  latestBuild,
+  type BuildRecord,
+  type StageLink,
+} from '../image/registry.ts';
+import { stageKeys, type StageKeys, type StageRecord } from './stages.ts';
 import { LAYOUTS, bootFiles, installerCmdline } from './iso-boot.ts';
 import { KEY_URL, buildInputs, buildKey, planBuild, type BuildPlan } from './plan.ts';
 import { BuildLog, readLog, tail, waitPoweroff, type BootEnv, type Ctx, type FirstBoot } from './boot.ts';
@@ -50,6 +60,8 @@ export interface BuildOpts {
   accel?: string;
   signal: AbortSignal;
   status: StatusLine;
+  /** from: the profiles that led here (a cycle is 78) */
+  chain?: string[];
 }
 
 export interface BuildOutcome {
@@ -70,12 +82,32 @@ export async function runBuild(o: BuildOpts): Promise<BuildOutcome> {
   const profile = await withEnvHook(await loadProfile(o.profile));
   if (profile.value.builder === 'raw') return (await import('./raw.ts')).buildRaw(o, profile, t0); // an empty disk: no ISO, no VM
   const plan = await planBuild(profile, { timeoutS: o.timeoutS });
+  if (plan.from) return fromBuild(o, plan, t0);
   await checkSourceKind(plan);
-  const { iso, inputs, key } = await planKey(profile, plan, o.signal);
+  const { iso, inputs, key, stages } = await planKey(profile, plan, o.signal);
   const firstBoot = plan.builder === 'cloud-init' ? (await import('./cloud.ts')).cloudInitDisk : installerBoot;
   return cachedBuild(plan.name, key, o.force, () =>
-    buildIt(o, plan, { id: buildId(plan.name, key), key, inputs, iso, t0 }, firstBoot),
+    buildIt(o, plan, { id: buildId(plan.name, key), key, inputs, iso, t0, stages }, firstBoot),
   );
+}
+
+/**
+ * from: PROFILE: the parent's build first (built when it is not up to date:
+ * a changed parent rebuilds both), then this profile's build on it. The
+ * parent's build is the install stage; its key goes into this build's keys.
+ */
+async function fromBuild(o: BuildOpts, plan: BuildPlan, t0: number): Promise<BuildOutcome> {
+  const chain = [...(o.chain ?? []), plan.name];
+  if (chain.includes(plan.from!)) {
+    const where = plan.profile.origins.from ?? `profile "${plan.name}"`;
+    throw new PimError(EXIT.CONFIG, `${where}: from: ${[...chain, plan.from].join(' -> ')} is a cycle`);
+  }
+  o.status.set(`building ${plan.name}'s parent ${plan.from}`);
+  const parent = await runBuild({ ...o, profile: plan.from!, force: false, chain });
+  o.status.say(`${plan.name} starts from ${parent.record.id}${parent.hit ? ' (cached)' : ''}`);
+  const { iso, inputs, key, stages } = await planKey(plan.profile, plan, o.signal, parent.record);
+  const c = { id: buildId(plan.name, key), key, inputs, iso, t0, stages, parent: parent.record };
+  return cachedBuild(plan.name, key, o.force, () => buildIt(o, plan, c, installerBoot));
 }
 
 /** The answer files of a cloud-init build: the NoCloud seed's two. */
@@ -90,11 +122,14 @@ export async function planKey(
   profile: Parameters<typeof planBuild>[0],
   plan: BuildPlan,
   signal?: AbortSignal,
+  parent?: BuildRecord,
 ): Promise<{
-  iso: Awaited<ReturnType<typeof import('../install/iso-store.ts').ensureIso>>;
+  iso: { path: string; checksum: string };
   inputs: ReturnType<typeof buildInputs>;
   key: string;
+  stages: StageKeys;
 }> {
+  if (plan.from) return fromKey(plan, parent);
   const { ensureIso } = await import('../install/iso-store.ts');
   const iso = await ensureIso(plan.iso, { signal });
   const { renderAnswer } = await import('../install/serve.ts');
@@ -110,7 +145,21 @@ export async function planKey(
     answers[route] = r.body;
   }
   const inputs = buildInputs(plan, answers, { name: plan.iso, checksum: iso.checksum });
-  return { iso, inputs, key: buildKey(inputs) };
+  return { iso, inputs, key: buildKey(inputs), stages: stageKeys(plan, inputs) };
+}
+
+/** A from: build's keys: the parent's build (the one just built, else its newest: 66 when it has none) stands for the ISO. */
+function fromKey(plan: BuildPlan, parent: BuildRecord | undefined) {
+  const p = parent ?? latestBuild(plan.from!);
+  if (!p)
+    throw new PimError(
+      EXIT.NOINPUT,
+      `profile ${plan.from} (from: of ${plan.name}) has no build yet; run pim-build run ${plan.from}`,
+    );
+  const src = { name: `build:${p.id}`, checksum: p.key };
+  const inputs = buildInputs(plan, {}, src);
+  const iso = { name: src.name, checksum: p.key, path: buildDisk(p) };
+  return { iso, inputs, key: buildKey(inputs), stages: stageKeys(plan, inputs, p.key) };
 }
 
 /** An installer build starts from an ISO, a cloud-init build from a disk image (kind: image): each refuses the other (78). */
@@ -133,195 +182,434 @@ async function checkSourceKind(plan: BuildPlan): Promise<void> {
   }
 }
 
+/** One build's running state: what a failure, a signal or the exit hook must clean up. */
+interface Run {
+  o: BuildOpts;
+  plan: BuildPlan;
+  c: Ctx;
+  log: BuildLog;
+  ref: import('../vm/ref.ts').VmRef;
+  /** the build's temporary directory (its overlay, then the stored image) */
+  tmp: string;
+  /** an install stage being made (removed unless committed) */
+  stageTmp: string | null;
+  deadline: number;
+  vm: RunningVm | null;
+  /** which boot runs, and what the provisioning boot is waiting for (a failure then quotes the console's error lines) */
+  booting: 'installer' | 'provisioning';
+  waiting: 'ssh' | 'cloud-init' | null;
+}
+
 async function buildIt(o: BuildOpts, plan: BuildPlan, c: Ctx, firstBoot: FirstBoot): Promise<BuildRecord> {
-  const st = o.status;
-  const log = new BuildLog(c.id);
   const tmp = join(buildsDir(), `.tmp-${c.id}-${process.pid}`);
   removeStaleTmp();
   fs.rmSync(tmp, { recursive: true, force: true });
   ensurePrivateDir(tmp);
-  const deadline = c.t0 + plan.timeoutMs;
-  // the build VM's disk (--keep-failed keeps it under this name); the store gets a qemu-img convert of it
-  const disk = join(tmp, `${plan.name}.${plan.disk.format}`);
-  const vars = plan.firmware === 'uefi' ? join(tmp, `${plan.name}.efivars.fd`) : null;
   const { vmRef } = await import('../vm/ref.ts');
-  const ref = vmRef(vmNameFor(plan.name, c.key));
-  let vm: RunningVm | null = null;
+  const r: Run = {
+    o,
+    plan,
+    c,
+    log: new BuildLog(c.id),
+    ref: vmRef(vmNameFor(plan.name, c.key)),
+    tmp,
+    stageTmp: null,
+    deadline: c.t0 + plan.timeoutMs,
+    vm: null,
+    booting: 'installer',
+    waiting: null,
+  };
   let ok = false;
-  // which boot runs, and what the provisioning boot is waiting for (a failure then quotes the console's error lines)
-  let booting: 'installer' | 'provisioning' = 'installer';
-  let waiting: 'ssh' | 'cloud-init' | null = null;
-  // whatever ends this process (a crash, an exit nobody awaited), the VM and the temporary disk go with it
+  // whatever ends this process (a crash, an exit nobody awaited), the VM and the temporary disks go with it
   const lastResort = () => {
-    if (vm) {
+    if (r.vm) {
       try {
-        process.kill(vm.pid, 'SIGKILL');
+        process.kill(r.vm.pid, 'SIGKILL');
       } catch {
         /* gone */
       }
     }
-    if (!ok && !o.keepFailed) fs.rmSync(tmp, { recursive: true, force: true });
+    if (!ok && !o.keepFailed) for (const d of [tmp, r.stageTmp]) if (d) fs.rmSync(d, { recursive: true, force: true });
   };
   process.on('exit', lastResort);
-  log.line(
+  r.log.line(
     `pim-build ${plan.name}: ${plan.builder}, key ${c.key}, ${plan.builder === 'cloud-init' ? 'image' : 'iso'} ${plan.iso} (${c.iso.checksum}), disk ${plan.disk.size} ${plan.disk.format}, ${plan.firmware}`,
   );
-  log.section('inputs', JSON.stringify(c.inputs, null, 2));
+  r.log.section('inputs', JSON.stringify(c.inputs, null, 2));
   try {
-    const { newBuildKey } = await import('./ssh.ts');
-    const { ensureUserKey, keyBlobOf } = await import('../vm/userkey.ts');
-    const buildKeyPair = await newBuildKey(`pim-build-${c.id}`);
-    const served = structuredClone(plan.profile);
-    const keys = Array.isArray(served.value.ssh_keys) ? (served.value.ssh_keys as string[]) : [];
-    // pim's own key for the user goes in too (not into the cache key: lib/vm/userkey.ts), so
-    // that pim-ssh reaches the build with no set-up; the per-build key goes after provisioning
-    const userKey = await ensureUserKey().catch((e: unknown) => {
-      st.say(
-        `warning: could not make pim's SSH key (${(e as Error).message}); ${keys.length ? "only the profile's ssh_keys" : 'no key you hold'} will log in to this build`,
-      );
-      return null;
-    });
-    served.value.ssh_keys = [
-      ...keys,
-      ...(userKey && !keys.some((k) => keyBlobOf(k) === keyBlobOf(userKey.public)) ? [userKey.public] : []),
-      buildKeyPair.public,
-    ];
-    if (served.value.ssh_user === undefined) served.value.ssh_user = plan.sshUser;
-    if (vars) {
-      const { ovmfVarsTemplate } = await import('../qemu/host.ts');
-      fs.copyFileSync(ovmfVarsTemplate(), vars);
-      fs.chmodSync(vars, 0o600);
+    const { stage, made } = await installStage(r, firstBoot);
+    const { useStage } = await import('./stages.ts');
+    const done = useStage(stage.key);
+    try {
+      const record = await provisionAndStore(r, stage, made);
+      ok = true;
+      return record;
+    } finally {
+      done();
     }
-    // the build's VM, twice: the builder's first boot (the installer, or cloud-init), then the disk, to provision
-    const { startVm } = await import('../vm/plan.ts');
-    const bootVm = async (agent: boolean, spec?: Parameters<typeof startVm>[0]['spec']) => {
-      const started = await startVm({
-        ref,
-        disk: { path: disk, format: plan.disk.format, efivars: vars, discard: true },
-        mem: plan.mem,
-        cpus: plan.cpus,
-        accel: o.accel,
-        net: {},
-        agent,
-        kind: 'build',
-        image: disk,
-        spec,
-        signal: o.signal,
-        ssh: { user: plan.sshUser },
-      });
-      if (typeof started === 'number') throw new PimError(EXIT.SOFTWARE, "the build's VM ran in the foreground");
-      vm = started.vm;
-      return started.vm;
-    };
-    const exited = async () => {
-      vm = null;
-      const { cleanupFiles } = await import('../vm/state.ts');
-      cleanupFiles(ref.files); // QEMU has exited: what it left is stale
-    };
-
-    // ------------------------------------------------------------ first boot
-    const prepared = await firstBoot({ o, plan, c, tmp, disk, log, deadline, ref, served, bootVm, exited });
-    checkAborted(o.signal);
-
-    // -------------------------------------------------------------- provision
-    const cloud = plan.builder === 'cloud-init';
-    st.set(cloud ? `cloud-init is setting up ${plan.name}` : `provisioning ${plan.name}`);
-    booting = 'provisioning';
-    const running = await bootVm(true, prepared?.drives ? { drives: prepared.drives } : undefined);
-    if (cloud) st.say(`${plan.name} booted with its cidata seed; its console: pim-console ${ref.name} --ro`);
-    let tProv0 = Date.now();
-    await provision(o, plan, running, buildKeyPair.private, buildKeyPair.public, deadline, log, {
-      waiting: (w) => (waiting = w),
-      ready: () => (tProv0 = Date.now()),
-    });
-    checkAborted(o.signal);
-    const tInstall = (tProv0 - c.t0) / 1000;
-    st.set(`stopping ${plan.name}`);
-    const { stopVm } = await import('../vm/stop.ts');
-    const stopped = await stopVm(running, { timeoutMs: Math.max(10_000, Math.min(120_000, deadline - Date.now())) });
-    vm = null;
-    log.section('provisioning console', readLog(ref));
-    log.line(`stopped by ${stopped.stage} in ${stopped.seconds} s`);
-    if (stopped.stage === 'sigterm' || stopped.stage === 'sigkill')
-      st.say(`warning: the guest did not shut down by itself (${stopped.stage})`);
-    const tProv = (Date.now() - tProv0) / 1000;
-
-    // ------------------------------------------------------------------ store
-    st.set(`storing ${c.id}`);
-    const { convertDisk, imgCheck, imgInfo } = await import('../image/qemu-img.ts');
-    const check = await imgCheck(disk, plan.disk.format);
-    if (!check.ok)
-      throw new PimError(EXIT.DATAERR, `the built disk is not consistent after the stop (${check.detail})`);
-    const file = `${plan.name}.${plan.disk.format}`;
-    const stored = join(tmp, `${file}.store`);
-    // a fresh copy of what the guest uses: what was trimmed or never written is left out
-    await convertDisk(disk, plan.disk.format, stored, plan.disk.format, o.signal, { compress: plan.compress });
-    const left = fs.statSync(disk).blocks * 512;
-    const kept = fs.statSync(stored).blocks * 512;
-    log.line(`stored: ${file} ${kept} bytes${plan.compress ? ' (compressed)' : ''}; the build VM left ${left} bytes`);
-    st.say(`stored ${mib(kept)}${plan.compress ? ', compressed' : ''} (the build VM's disk: ${mib(left)})`);
-    fs.renameSync(stored, disk);
-    const info = await imgInfo(disk);
-    const record: BuildRecord = {
-      id: c.id,
-      profile: plan.name,
-      key: c.key,
-      created: new Date().toISOString(),
-      recipe: c.inputs.recipe,
-      inputs: c.inputs,
-      iso: { name: plan.iso, checksum: c.iso.checksum, path: c.iso.path },
-      disk: { file, format: plan.disk.format, virtual_size: info['virtual-size'], bytes: kept },
-      efivars: vars ? `${plan.name}.efivars.fd` : null,
-      settings: {
-        mem: plan.mem,
-        cpus: plan.cpus,
-        firmware: plan.firmware,
-        machine: 'q35',
-        disk_bus: 'virtio',
-        net: 'virtio-net',
-        ssh_user: plan.sshUser,
-        ...(userKey ? { user_key: userKey.public } : {}),
-      },
-      times: { install: round(tInstall), provision: round(tProv), total: round((Date.now() - c.t0) / 1000) },
-      log: 'build.log',
-    };
-    for (const f of fs.readdirSync(tmp))
-      if (f !== record.disk.file && f !== record.efivars) fs.rmSync(join(tmp, f), { recursive: true, force: true });
-    log.line(`done in ${record.times.total} s`);
-    fs.copyFileSync(log.path, join(tmp, 'build.log'));
-    const committed = commitBuild(tmp, record, o.force === true);
-    ok = true;
-    return committed;
   } catch (e) {
-    let err =
-      e instanceof PimError || (e as Error)?.name === 'Interrupted'
-        ? (e as Error)
-        : new PimError(EXIT.SOFTWARE, (e as Error)?.stack ?? String(e));
-    log.line(`failed: ${err.message}`);
-    // the console of the boot that failed, in the log too (it is gone with the VM's runtime dir)
-    const console = vm ? readLog(ref) : '';
-    if (vm) log.section(`${booting} console (at the failure)`, console);
-    if (err instanceof PimError && waiting) {
-      // the guest's own words first: what the installer or cloud-init said went wrong
-      const said = consoleErrors(console);
-      if (said.length) err = new PimError(err.code, `${err.message}\nThe guest's console said:\n${tail(said)}`);
-    }
-    if (err instanceof PimError) throw new PimError(err.code, `${err.message} (build log: ${log.path})`);
-    throw err;
+    throw failure(r, e);
   } finally {
     // only a VM this build started is stopped (and its files removed): a name
     // that another VM held made startVm fail before anything was ours
-    if (vm) await killVm(vm);
-    if (!ok) {
-      if (o.keepFailed && fs.existsSync(tmp)) {
-        const kept = join(buildsDir(), `.failed-${c.id}-${Date.now()}`);
-        fs.renameSync(tmp, kept);
-        st.say(`kept the failed build's disk in ${kept} (--keep-failed); its log is ${log.path}`);
-      } else fs.rmSync(tmp, { recursive: true, force: true });
-    }
-    log.close();
+    if (r.vm) await killVm(r.vm);
+    if (!ok) leaveNothing(r);
+    r.log.close();
     process.off('exit', lastResort);
   }
+}
+
+/** After a failure: the temporary disks removed, or kept (--keep-failed) and named. */
+function leaveNothing(r: Run): void {
+  const { tmp, o } = r;
+  if (r.stageTmp && fs.existsSync(r.stageTmp)) {
+    if (o.keepFailed && fs.existsSync(tmp)) fs.renameSync(r.stageTmp, join(tmp, 'install-stage'));
+    else fs.rmSync(r.stageTmp, { recursive: true, force: true });
+  }
+  if (o.keepFailed && fs.existsSync(tmp)) {
+    const kept = join(buildsDir(), `.failed-${r.c.id}-${Date.now()}`);
+    fs.renameSync(tmp, kept);
+    o.status.say(`kept the failed build's disk in ${kept} (--keep-failed); its log is ${r.log.path}`);
+  } else fs.rmSync(tmp, { recursive: true, force: true });
+}
+
+/** The error a failed build ends with: the guest's own error lines added, the log named. */
+function failure(r: Run, e: unknown): Error {
+  let err =
+    e instanceof PimError || (e as Error)?.name === 'Interrupted'
+      ? (e as Error)
+      : new PimError(EXIT.SOFTWARE, (e as Error)?.stack ?? String(e));
+  r.log.line(`failed: ${err.message}`);
+  // the console of the boot that failed, in the log too (it is gone with the VM's runtime dir)
+  const console = r.vm ? readLog(r.ref) : '';
+  if (r.vm) r.log.section(`${r.booting} console (at the failure)`, console);
+  if (err instanceof PimError && r.waiting) {
+    // the guest's own words first: what the installer or cloud-init said went wrong
+    const said = consoleErrors(console);
+    if (said.length) err = new PimError(err.code, `${err.message}\nThe guest's console said:\n${tail(said)}`);
+  }
+  if (err instanceof PimError) return new PimError(err.code, `${err.message} (build log: ${r.log.path})`);
+  return err;
+}
+
+/** Boot the build's VM on `disk`; the VM is the build's (r.vm) until it is stopped. */
+async function bootVm(
+  r: Run,
+  disk: { path: string; format: 'qcow2' | 'raw'; efivars: string | null },
+  agent: boolean,
+  spec?: Parameters<typeof import('../vm/plan.ts').startVm>[0]['spec'],
+): Promise<RunningVm> {
+  const { startVm } = await import('../vm/plan.ts');
+  const started = await startVm({
+    ref: r.ref,
+    disk: { ...disk, discard: true },
+    mem: r.plan.mem,
+    cpus: r.plan.cpus,
+    accel: r.o.accel,
+    net: {},
+    agent,
+    kind: 'build',
+    image: disk.path,
+    spec,
+    signal: r.o.signal,
+    ssh: { user: r.plan.sshUser },
+  });
+  if (typeof started === 'number') throw new PimError(EXIT.SOFTWARE, "the build's VM ran in the foreground");
+  r.vm = started.vm;
+  return started.vm;
+}
+
+/** QEMU has exited: what it left is stale. */
+async function exited(r: Run): Promise<void> {
+  r.vm = null;
+  const { cleanupFiles } = await import('../vm/state.ts');
+  cleanupFiles(r.ref.files);
+}
+
+/** Stop the build's VM gracefully (pim-stop's chain); its console into the log. */
+async function stopBuildVm(r: Run, running: RunningVm, what: string): Promise<void> {
+  const { stopVm } = await import('../vm/stop.ts');
+  const stopped = await stopVm(running, {
+    timeoutMs: Math.max(10_000, Math.min(120_000, r.deadline - Date.now())),
+  });
+  r.vm = null;
+  r.log.section(`${what} console`, readLog(r.ref));
+  r.log.line(`stopped by ${stopped.stage} in ${stopped.seconds} s`);
+  if (stopped.stage === 'sigterm' || stopped.stage === 'sigkill')
+    r.o.status.say(`warning: the guest did not shut down by itself (${stopped.stage})`);
+}
+
+/**
+ * The install stage: the stored one with this key (reused), else made under
+ * the stage's lock; a build that finds the lock taken waits for it, then
+ * reuses what the other made.
+ */
+async function installStage(r: Run, firstBoot: FirstBoot): Promise<{ stage: StageRecord; made: boolean }> {
+  const s = await import('./stages.ts');
+  const key = r.c.stages.install.key;
+  if (r.c.parent) return { stage: parentStage(r.c.parent, key, r.c.stages.install.inputs), made: false };
+  const found = () => (r.o.force ? null : s.findStage(key));
+  const there = found();
+  if (there) return { stage: there, made: false };
+  const lock = await s.waitStageLock(key, r.o.signal, (m) => r.o.status.say(m));
+  try {
+    const meanwhile = found();
+    if (meanwhile) return { stage: meanwhile, made: false };
+    return { stage: await makeInstall(r, firstBoot), made: true };
+  } finally {
+    await lock.release();
+  }
+}
+
+/** from: the parent's build as the install stage (nothing is stored for it: the build is in the registry). */
+function parentStage(p: BuildRecord, key: string, inputs: Record<string, unknown>): StageRecord {
+  return {
+    kind: 'install',
+    key,
+    created: p.created,
+    seconds: p.times.total,
+    inputs,
+    disk: { file: p.disk.file, format: p.disk.format },
+    efivars: p.efivars,
+    seed: null,
+    sshKey: null,
+    userKey: p.settings.user_key ?? null,
+    profile: p.profile,
+    from: { id: p.id, key: p.key, path: buildDisk(p), format: p.disk.format, efivars: buildEfivars(p) },
+  };
+}
+
+/** The profile the guest's answer files are rendered from: pim's user key and the per-build key added to ssh_keys. */
+async function servedProfile(
+  r: Run,
+  buildPublic: string,
+): Promise<{ served: BuildPlan['profile']; user: string | null }> {
+  const { ensureUserKey, keyBlobOf } = await import('../vm/userkey.ts');
+  const served = structuredClone(r.plan.profile);
+  const keys = Array.isArray(served.value.ssh_keys) ? (served.value.ssh_keys as string[]) : [];
+  // pim's own key for the user goes in too (not into the cache key: lib/vm/userkey.ts), so
+  // that pim-ssh reaches the build with no set-up; the per-build key goes after provisioning
+  const userKey = await ensureUserKey().catch((e: unknown) => {
+    r.o.status.say(
+      `warning: could not make pim's SSH key (${(e as Error).message}); ${keys.length ? "only the profile's ssh_keys" : 'no key you hold'} will log in to this build`,
+    );
+    return null;
+  });
+  served.value.ssh_keys = [
+    ...keys,
+    ...(userKey && !keys.some((k) => keyBlobOf(k) === keyBlobOf(userKey.public)) ? [userKey.public] : []),
+    buildPublic,
+  ];
+  if (served.value.ssh_user === undefined) served.value.ssh_user = r.plan.sshUser;
+  return { served, user: userKey?.public ?? null };
+}
+
+/**
+ * Make the install stage in a private temporary directory: the builder's
+ * first boot (an installer: until it powers off; cloud-init: its seeded run,
+ * waited for over SSH, then a graceful stop); then stored read-only.
+ */
+async function makeInstall(r: Run, firstBoot: FirstBoot): Promise<StageRecord> {
+  const { plan, c, o } = r;
+  const t0 = Date.now();
+  const s = await import('./stages.ts');
+  const dir = (r.stageTmp = s.stageTmp(c.stages.install.key));
+  const disk = join(dir, `disk.${plan.disk.format}`);
+  const vars = plan.firmware === 'uefi' ? join(dir, 'efivars.fd') : null;
+  if (vars) {
+    const { ovmfVarsTemplate } = await import('../qemu/host.ts');
+    fs.copyFileSync(ovmfVarsTemplate(), vars);
+    fs.chmodSync(vars, 0o600);
+  }
+  const { newBuildKey } = await import('./ssh.ts');
+  const pair = await newBuildKey(`pim-build-${c.id}`);
+  fs.writeFileSync(join(dir, 'ssh-key'), pair.private, { mode: 0o600, flag: 'wx' });
+  const { served, user } = await servedProfile(r, pair.public);
+  const boot = (agent: boolean, spec?: Parameters<typeof bootVm>[3]) =>
+    bootVm(r, { path: disk, format: plan.disk.format, efivars: vars }, agent, spec);
+  const ctx = { o, plan, c, tmp: dir, disk, log: r.log, deadline: r.deadline, ref: r.ref, served };
+  const env: BootEnv = { ...ctx, bootVm: boot, exited: () => exited(r) };
+  const prepared = await firstBoot(env);
+  checkAborted(o.signal);
+  const seed = prepared?.drives?.[0]?.path ?? null;
+  if (seed) {
+    // cloud-init's seeded run is the install: waited for, then the guest stopped so the stage is whole
+    const running = await boot(true, { drives: prepared!.drives });
+    o.status.say(`${plan.name} booted with its cidata seed; its console: pim-console ${r.ref.name} --ro`);
+    await provision(r, running, pair, 'install');
+    await stopBuildVm(r, running, 'cloud-init');
+  }
+  // only what the stage is: the disk, its vars, the seed, the key (not the injected initrd, the seed's sources)
+  const keep = new Set([`disk.${plan.disk.format}`, 'efivars.fd', 'seed.iso', 'ssh-key']);
+  for (const f of fs.readdirSync(dir)) if (!keep.has(f)) fs.rmSync(join(dir, f), { recursive: true, force: true });
+  const record: StageRecord = {
+    kind: 'install',
+    key: c.stages.install.key,
+    created: new Date().toISOString(),
+    seconds: round((Date.now() - t0) / 1000),
+    inputs: c.stages.install.inputs,
+    disk: { file: `disk.${plan.disk.format}`, format: plan.disk.format },
+    efivars: vars ? 'efivars.fd' : null,
+    seed: seed ? 'seed.iso' : null,
+    sshKey: { file: 'ssh-key', public: pair.public },
+    userKey: user,
+    profile: plan.name,
+  };
+  const committed = s.commitStage(dir, record, o.force === true);
+  r.stageTmp = null;
+  r.log.line(`install stage ${record.key} stored in ${record.seconds} s`);
+  return committed;
+}
+
+/**
+ * Provision and finish on a qcow2 overlay of the install stage (the stage is
+ * never written): boot it, run the scripts, generalize, stop; then store.
+ */
+async function provisionAndStore(r: Run, stage: StageRecord, made: boolean): Promise<BuildRecord> {
+  const { plan, o, tmp } = r;
+  const st = o.status;
+  const { ago } = await import('./stages.ts');
+  if (!made) {
+    const what = stage.from ? `${stage.from.id}, the parent's build,` : `install ${stage.key.slice(0, 8)}`;
+    st.say(`reusing ${what} (built ${ago(stage.created)}), provisioning...`);
+    r.log.line(`reusing install stage ${stage.key} (built ${stage.created}${stage.from ? `; ${stage.from.id}` : ''})`);
+  }
+  const f = await stageFiles(stage);
+  const disk = join(tmp, `${plan.name}.qcow2`);
+  const { createOverlay } = await import('../image/qemu-img.ts');
+  await createOverlay(disk, f.disk, stage.disk.format);
+  const vars = f.efivars ? join(tmp, `${plan.name}.efivars.fd`) : null;
+  if (vars) {
+    fs.copyFileSync(f.efivars!, vars);
+    fs.chmodSync(vars, 0o600);
+  }
+  const cloud = plan.builder === 'cloud-init';
+  st.set(cloud ? `cloud-init is setting up ${plan.name}` : `provisioning ${plan.name}`);
+  r.booting = 'provisioning';
+  const seed = f.seed ? [{ path: f.seed, format: 'raw' as const, readonly: true as const }] : null;
+  const tProv0 = Date.now();
+  const spec = seed ? { drives: seed } : undefined;
+  const running = await bootVm(r, { path: disk, format: 'qcow2', efivars: vars }, true, spec);
+  const pair = f.pair;
+  const tFinish = await provision(r, running, pair, 'provision');
+  checkAborted(o.signal);
+  st.set(`stopping ${plan.name}`);
+  await stopBuildVm(r, running, 'provisioning');
+  const tProv = round((Date.now() - tProv0) / 1000);
+  return storeBuild(r, { disk, vars, stage, made, tProv, tFinish });
+}
+
+/**
+ * Where a stage's files are, and the key that logs in to its disk: the
+ * per-build key stored with it (removed from the image after provisioning),
+ * or, for a parent's build (from:), pim's own user key that the parent put in
+ * (it stays).
+ */
+async function stageFiles(stage: StageRecord) {
+  const { stageDir } = await import('./stages.ts');
+  const dir = stageDir(stage.key);
+  if (!stage.from)
+    return {
+      disk: join(dir, stage.disk.file),
+      efivars: stage.efivars ? join(dir, stage.efivars) : null,
+      seed: stage.seed ? join(dir, stage.seed) : null,
+      pair: {
+        private: fs.readFileSync(join(dir, stage.sshKey!.file), 'utf8'),
+        public: stage.sshKey!.public,
+        remove: true,
+      },
+    };
+  const { keyBlobOf, userKeyPath, userPublicKey } = await import('../vm/userkey.ts');
+  const mine = userPublicKey();
+  if (!stage.userKey || !mine || keyBlobOf(mine) !== keyBlobOf(stage.userKey))
+    throw new PimError(
+      EXIT.CONFIG,
+      `${stage.from.id} (from: ${stage.profile}) does not let pim's own SSH key in, so pim cannot provision on it; build ${stage.profile} again here (pim-build run ${stage.profile} --force)`,
+    );
+  const pair = { private: fs.readFileSync(userKeyPath(), 'utf8'), public: mine, remove: false };
+  return { disk: stage.from.path, efivars: stage.from.efivars, seed: null, pair };
+}
+
+/** Finish: check the stopped disk, flatten it into the image (qemu-img convert, -c with compress), register it read-only. */
+async function storeBuild(
+  r: Run,
+  a: { disk: string; vars: string | null; stage: StageRecord; made: boolean; tProv: number; tFinish: number },
+): Promise<BuildRecord> {
+  const { plan, c, o, tmp, log } = r;
+  o.status.set(`storing ${c.id}`);
+  const { convertDisk, imgCheck, imgInfo } = await import('../image/qemu-img.ts');
+  const check = await imgCheck(a.disk, 'qcow2');
+  if (!check.ok) throw new PimError(EXIT.DATAERR, `the built disk is not consistent after the stop (${check.detail})`);
+  const file = `${plan.name}.${plan.disk.format}`;
+  const stored = join(tmp, `${file}.store`);
+  // a fresh, whole copy of what the guest uses (the stage under it included): what was trimmed or never written is left out
+  await convertDisk(a.disk, 'qcow2', stored, plan.disk.format, o.signal, { compress: plan.compress });
+  const left = fs.statSync(a.disk).blocks * 512;
+  const kept = fs.statSync(stored).blocks * 512;
+  log.line(
+    `stored: ${file} ${kept} bytes${plan.compress ? ' (compressed)' : ''}; the build VM's overlay held ${left} bytes`,
+  );
+  o.status.say(`stored ${mib(kept)}${plan.compress ? ', compressed' : ''} (the provisioning overlay: ${mib(left)})`);
+  fs.renameSync(stored, join(tmp, file));
+  const info = await imgInfo(join(tmp, file));
+  const tInstall = a.made ? a.stage.seconds : 0;
+  const record: BuildRecord = {
+    id: c.id,
+    profile: plan.name,
+    key: c.key,
+    created: new Date().toISOString(),
+    recipe: c.inputs.recipe,
+    inputs: c.inputs,
+    iso: { name: c.inputs.iso?.name ?? plan.iso, checksum: c.iso.checksum, path: c.iso.path },
+    disk: { file, format: plan.disk.format, virtual_size: info['virtual-size'], bytes: kept },
+    efivars: a.vars ? `${plan.name}.efivars.fd` : null,
+    settings: {
+      mem: plan.mem,
+      cpus: plan.cpus,
+      firmware: plan.firmware,
+      machine: 'q35',
+      disk_bus: 'virtio',
+      net: 'virtio-net',
+      ssh_user: plan.sshUser,
+      ...(a.stage.userKey ? { user_key: a.stage.userKey } : {}),
+    },
+    times: { install: tInstall, provision: a.tProv, total: round((Date.now() - c.t0) / 1000) },
+    log: 'build.log',
+    stages: stageChain(c.stages, a),
+  };
+  for (const f of fs.readdirSync(tmp))
+    if (f !== record.disk.file && f !== record.efivars) fs.rmSync(join(tmp, f), { recursive: true, force: true });
+  log.line(`done in ${record.times.total} s`);
+  fs.copyFileSync(log.path, join(tmp, 'build.log'));
+  return commitBuild(tmp, record, o.force === true);
+}
+
+/** The build's stage chain, as build.json keeps it. */
+function stageChain(
+  k: Ctx['stages'],
+  a: { stage: StageRecord; made: boolean; tProv: number; tFinish: number },
+): StageLink[] {
+  const now = new Date().toISOString();
+  const { stage, made } = a;
+  return [
+    {
+      stage: 'install',
+      key: k.install.key,
+      made,
+      created: stage.created,
+      seconds: stage.seconds,
+      inputs: k.install.inputs,
+    },
+    {
+      stage: 'provision',
+      key: k.provision.key,
+      made: true,
+      created: now,
+      seconds: round(a.tProv - a.tFinish),
+      inputs: k.provision.inputs,
+    },
+    { stage: 'finish', key: k.finish.key, made: true, created: now, seconds: a.tFinish, inputs: k.finish.inputs },
+  ];
 }
 
 /**
@@ -440,118 +728,142 @@ async function killVm(vm: RunningVm): Promise<void> {
 }
 
 /**
- * The provisioning phase: pin the host key through the guest agent, connect
- * once SSH answers, run each script as root (through sudo -n for another
- * user), remove pim's key.
+ * The provisioning boot's work over one SSH connection: pin the host key
+ * through the guest agent, connect once SSH answers, (cloud-init) wait for its
+ * run; then, unless `mode` is 'install', run each script as root (through
+ * sudo -n for another user), remove pim's key and generalize (the finish
+ * step). Returns the finish step's seconds.
  */
 async function provision(
-  o: BuildOpts,
-  plan: BuildPlan,
+  r: Run,
   vm: RunningVm,
-  privateKey: string,
-  publicKey: string,
-  deadline: number,
-  log: BuildLog,
-  phase: { waiting: (w: 'ssh' | 'cloud-init' | null) => void; ready: () => void },
-): Promise<void> {
+  pair: { private: string; public: string; remove?: boolean },
+  mode: 'install' | 'provision',
+): Promise<number> {
+  const { plan, o } = r;
   const st = o.status;
-  const { hostKeysViaAgent } = await import('../vm/hostkeys.ts');
-  const { sshAddress } = await import('../vm/reach.ts');
-  const { connectWhenUp, exec, execText, waitSshBanner } = await import('./ssh.ts');
   const { logTail } = await import('../vm/state.ts');
   const detail = setInterval(() => st.update(logTail(vm.files.log, 1)[0] ?? ''), 1000);
   let conn: import('ssh2').Client | null = null;
   try {
-    // sshd answering means its host keys exist: then ask the guest agent for them
-    st.update('waiting for SSH');
-    phase.waiting('ssh');
-    // where: the one place that says how to reach a VM over SSH (pim-ssh uses it too)
-    const { host, port } = await sshAddress(vm);
-    const banner = await waitSshBanner(host, port, deadline, o.signal);
-    log.line(`ssh: ${banner}`);
-    st.update('reading the host keys through the guest agent');
-    const pinned = await hostKeysViaAgent(vm.files.ga, Math.min(deadline, Date.now() + 60_000), o.signal);
-    if (pinned) log.line(`host keys from the guest agent:\n${pinned.lines.join('\n')}`);
-    else st.say('warning: no guest agent answered with the host key: the key SSH shows is trusted without a check');
-    conn = await connectWhenUp(
-      { host, port, user: plan.sshUser, privateKey, hostKeys: pinned?.keys ?? null },
-      deadline,
-      {
-        signal: o.signal,
-        onAttempt: (e) => log.line(`ssh: not yet (${e.message})`),
-      },
-    );
-    st.say(`connected over SSH as ${plan.sshUser}${pinned ? ' (host key pinned)' : ''}`);
+    conn = await connectGuest(r, vm, pair.private);
     const asRoot = plan.sshUser === 'root' ? 'sh -s' : 'sudo -n sh -s';
-    const c = conn;
-    if (plan.builder === 'cloud-init') {
-      phase.waiting('cloud-init');
-      st.set(`cloud-init is setting up ${plan.name}`);
-      const { waitCloudInit } = await import('./cloud.ts');
-      const r = await waitCloudInit((script) => execText(c, asRoot, script), {
-        deadline,
-        timeoutS: Math.round(plan.timeoutMs / 1000),
-        signal: o.signal,
-        log: (l) => log.line(l),
-      });
-      log.line(`cloud-init finished: ${r.datasource}`);
-      st.say(`cloud-init finished without errors (${r.datasource}) (${st.elapsed()})`);
-    }
-    phase.waiting(null);
-    phase.ready();
-    for (const s of plan.scripts) {
-      checkAborted(o.signal);
-      st.set(`provisioning: ${s.label}`);
-      log.line(`script ${s.label}`);
-      const prefix = (stream: 'out' | 'err') =>
-        lineWriter((line) => {
-          log.write(`${s.name}${stream === 'err' ? '!' : '|'} ${line}\n`);
-          st.say(`${s.name}| ${line}`);
-        });
-      const out = prefix('out');
-      const err = prefix('err');
-      const r = await exec(conn, asRoot, s.content, { stdout: out.push, stderr: err.push }, o.signal);
-      out.end();
-      err.end();
-      log.line(`script ${s.label}: status ${r.code}${r.signal ? ` (${r.signal})` : ''}`);
-      if (r.code !== 0)
-        throw new PimError(
-          EXIT.DATAERR,
-          `provisioning script ${s.label} failed with status ${r.code}${r.signal ? ` (signal ${r.signal})` : ''}`,
-        );
-    }
-    if (!plan.keepKey) {
-      const blob = publicKey.split(/\s+/)[1]!;
-      const rm = await execText(
-        conn,
-        `f="$HOME/.ssh/authorized_keys"; [ -f "$f" ] || exit 0; grep -vF '${blob}' "$f" > "$f.pim-tmp"; cat "$f.pim-tmp" > "$f"; rm -f "$f.pim-tmp"; ! grep -qF '${blob}' "$f"`,
-      );
-      if (rm.code !== 0)
-        throw new PimError(
-          EXIT.SOFTWARE,
-          `could not remove pim's build key from ~${plan.sshUser}/.ssh/authorized_keys: ${rm.stderr.trim() || `status ${rm.code}`}`,
-        );
-      log.line("pim's build key removed from authorized_keys");
-    }
-    if (plan.generalize) {
-      checkAborted(o.signal);
-      st.set(`generalizing ${plan.name}`);
-      const { GENERALIZE_SCRIPT } = await import('./generalize.ts');
-      const g = await execText(c, asRoot, GENERALIZE_SCRIPT);
-      log.section('generalize', `${g.stdout}${g.stderr}`);
-      if (g.code !== 0)
-        throw new PimError(
-          EXIT.SOFTWARE,
-          `generalizing the guest failed with status ${g.code}: ${(g.stderr || g.stdout).trim().split('\n').pop()}`,
-        );
-      st.say(
-        `generalized: ${g.stdout.split('\n').filter((l) => l.startsWith('pim: ') && !l.startsWith('pim: fstrim')).length} steps (machine-id, host keys, cloud-init state, logs), free space trimmed`,
-      );
-    }
+    if (plan.builder === 'cloud-init') await cloudInitDone(r, conn, asRoot);
+    r.waiting = null;
+    if (mode === 'install') return 0;
+    for (const s of plan.scripts) await runScript(r, conn, asRoot, s);
+    if (!plan.keepKey && pair.remove !== false) await removeBuildKey(r, conn, pair.public);
+    const t = Date.now();
+    if (plan.generalize) await generalize(r, conn, asRoot);
+    return round((Date.now() - t) / 1000);
   } finally {
     clearInterval(detail);
     conn?.end();
   }
+}
+
+/** SSH up (its host keys exist then), the host key read through the guest agent and pinned, connected. */
+async function connectGuest(r: Run, vm: RunningVm, privateKey: string): Promise<import('ssh2').Client> {
+  const { plan, o, log, deadline } = r;
+  const st = o.status;
+  const { hostKeysViaAgent } = await import('../vm/hostkeys.ts');
+  const { sshAddress } = await import('../vm/reach.ts');
+  const { connectWhenUp, waitSshBanner } = await import('./ssh.ts');
+  st.update('waiting for SSH');
+  r.waiting = 'ssh';
+  // where: the one place that says how to reach a VM over SSH (pim-ssh uses it too)
+  const { host, port } = await sshAddress(vm);
+  const banner = await waitSshBanner(host, port, deadline, o.signal);
+  log.line(`ssh: ${banner}`);
+  st.update('reading the host keys through the guest agent');
+  const pinned = await hostKeysViaAgent(vm.files.ga, Math.min(deadline, Date.now() + 60_000), o.signal);
+  if (pinned) log.line(`host keys from the guest agent:\n${pinned.lines.join('\n')}`);
+  else st.say('warning: no guest agent answered with the host key: the key SSH shows is trusted without a check');
+  const conn = await connectWhenUp(
+    { host, port, user: plan.sshUser, privateKey, hostKeys: pinned?.keys ?? null },
+    deadline,
+    { signal: o.signal, onAttempt: (e) => log.line(`ssh: not yet (${e.message})`) },
+  );
+  st.say(`connected over SSH as ${plan.sshUser}${pinned ? ' (host key pinned)' : ''}`);
+  return conn;
+}
+
+/** cloud-init's run on this boot, waited for and judged (cloud.ts). */
+async function cloudInitDone(r: Run, conn: import('ssh2').Client, asRoot: string): Promise<void> {
+  const { plan, o, log } = r;
+  r.waiting = 'cloud-init';
+  o.status.set(`cloud-init is setting up ${plan.name}`);
+  const { waitCloudInit } = await import('./cloud.ts');
+  const { execText } = await import('./ssh.ts');
+  const res = await waitCloudInit((script) => execText(conn, asRoot, script), {
+    deadline: r.deadline,
+    timeoutS: Math.round(plan.timeoutMs / 1000),
+    signal: o.signal,
+    log: (l) => log.line(l),
+  });
+  log.line(`cloud-init finished: ${res.datasource}`);
+  o.status.say(`cloud-init finished without errors (${res.datasource}) (${o.status.elapsed()})`);
+}
+
+/** One provisioning script as root, its output prefixed into the log and onto stderr; 65 when it fails. */
+async function runScript(r: Run, conn: import('ssh2').Client, asRoot: string, s: BuildPlan['scripts'][number]) {
+  const { o, log } = r;
+  const st = o.status;
+  checkAborted(o.signal);
+  st.set(`provisioning: ${s.label}`);
+  log.line(`script ${s.label}`);
+  const prefix = (stream: 'out' | 'err') =>
+    lineWriter((line) => {
+      log.write(`${s.name}${stream === 'err' ? '!' : '|'} ${line}\n`);
+      st.say(`${s.name}| ${line}`);
+    });
+  const out = prefix('out');
+  const err = prefix('err');
+  const { exec } = await import('./ssh.ts');
+  const res = await exec(conn, asRoot, s.content, { stdout: out.push, stderr: err.push }, o.signal);
+  out.end();
+  err.end();
+  log.line(`script ${s.label}: status ${res.code}${res.signal ? ` (${res.signal})` : ''}`);
+  if (res.code !== 0)
+    throw new PimError(
+      EXIT.DATAERR,
+      `provisioning script ${s.label} failed with status ${res.code}${res.signal ? ` (signal ${res.signal})` : ''}`,
+    );
+}
+
+/** pim's per-build key out of the user's authorized_keys. */
+async function removeBuildKey(r: Run, conn: import('ssh2').Client, publicKey: string): Promise<void> {
+  const blob = publicKey.split(/\s+/)[1]!;
+  const { execText } = await import('./ssh.ts');
+  const rm = await execText(
+    conn,
+    `f="$HOME/.ssh/authorized_keys"; [ -f "$f" ] || exit 0; grep -vF '${blob}' "$f" > "$f.pim-tmp"; cat "$f.pim-tmp" > "$f"; rm -f "$f.pim-tmp"; ! grep -qF '${blob}' "$f"`,
+  );
+  if (rm.code !== 0)
+    throw new PimError(
+      EXIT.SOFTWARE,
+      `could not remove pim's build key from ~${r.plan.sshUser}/.ssh/authorized_keys: ${rm.stderr.trim() || `status ${rm.code}`}`,
+    );
+  r.log.line("pim's build key removed from authorized_keys");
+}
+
+/** The finish step in the guest: generalize.ts's script (machine-id, host keys, cloud-init state, logs, fstrim). */
+async function generalize(r: Run, conn: import('ssh2').Client, asRoot: string): Promise<void> {
+  const { o, plan, log } = r;
+  checkAborted(o.signal);
+  o.status.set(`generalizing ${plan.name}`);
+  const { GENERALIZE_SCRIPT } = await import('./generalize.ts');
+  const { execText } = await import('./ssh.ts');
+  const g = await execText(conn, asRoot, GENERALIZE_SCRIPT);
+  log.section('generalize', `${g.stdout}${g.stderr}`);
+  if (g.code !== 0)
+    throw new PimError(
+      EXIT.SOFTWARE,
+      `generalizing the guest failed with status ${g.code}: ${(g.stderr || g.stdout).trim().split('\n').pop()}`,
+    );
+  o.status.say(
+    `generalized: ${g.stdout.split('\n').filter((l) => l.startsWith('pim: ') && !l.startsWith('pim: fstrim')).length} steps (machine-id, host keys, cloud-init state, logs), free space trimmed`,
+  );
 }
 
 /** Split a byte stream into lines for `emit`; end() flushes a last partial line. */

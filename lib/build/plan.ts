@@ -30,8 +30,10 @@ export interface BuildPlan {
   profile: Resolved;
   builder: 'installer' | 'cloud-init';
   layout: Layout;
-  /** the catalog entry the build starts from: the installer ISO, or (cloud-init) the base image */
+  /** the catalog entry the build starts from: the installer ISO, or (cloud-init) the base image ("" with from:) */
   iso: string;
+  /** from: PROFILE: the build starts from that profile's build (its install stage), not from an ISO */
+  from: string | null;
   boot: { kernel: string; initrd: string; append: string; inject: boolean };
   disk: { size: string; format: 'qcow2' | 'raw' };
   firmware: 'bios' | 'uefi';
@@ -75,8 +77,9 @@ export async function planBuild(profile: Resolved, opts: { timeoutS?: number } =
   const layout: Layout = v.distro === 'ubuntu' ? 'ubuntu' : 'debian';
   const builder = v.builder === 'cloud-init' ? 'cloud-init' : 'installer';
   const srcKey = builder === 'cloud-init' ? 'image' : 'iso';
-  const src = v[srcKey];
-  if (typeof src !== 'string' || !src) {
+  const from = checkFrom(profile);
+  const src = from ? '' : v[srcKey];
+  if (!from && (typeof src !== 'string' || !src)) {
     throw new PimError(
       EXIT.CONFIG,
       builder === 'cloud-init'
@@ -126,9 +129,9 @@ export async function planBuild(profile: Resolved, opts: { timeoutS?: number } =
   }
   // late commands are an installer's: a cloud image has none to fetch
   const installs: BuildFile[] = [];
-  const named = builder === 'installer' ? cfg.profileFile('installs.d', profile.name, '.sh') : null;
+  const named = builder === 'installer' && !from ? cfg.profileFile('installs.d', profile.name, '.sh') : null;
   if (named) installs.push(read(named));
-  for (const n of builder === 'installer' && Array.isArray(v.installs) ? (v.installs as string[]) : []) {
+  for (const n of builder === 'installer' && !from && Array.isArray(v.installs) ? (v.installs as string[]) : []) {
     const f = cfg.namedFile('installs.d', n);
     if (!f) throw new PimError(EXIT.CONFIG, `${where(profile, 'installs')}: installs: installs.d/${n} does not exist`);
     if (!installs.some((i) => i.label === f.label.replace(/^builtin:/, ''))) installs.push(read(f));
@@ -151,9 +154,10 @@ export async function planBuild(profile: Resolved, opts: { timeoutS?: number } =
   return {
     name: profile.name,
     profile,
-    builder,
+    builder: from ? 'installer' : builder,
     layout,
-    iso: src,
+    iso: src as string,
+    from,
     boot,
     ...diskSettings(profile),
     mem,
@@ -167,6 +171,16 @@ export async function planBuild(profile: Resolved, opts: { timeoutS?: number } =
     installs,
     sources,
   };
+}
+
+/** from: PROFILE, a profile name (78 at FILE:LINE), or null. */
+function checkFrom(p: Resolved): string | null {
+  const f = p.value.from;
+  if (f === undefined || f === null) return null;
+  if (typeof f !== 'string' || !/^[A-Za-z0-9_][A-Za-z0-9._-]*$/.test(f))
+    throw new PimError(EXIT.CONFIG, `${where(p, 'from')}: from: names a profile, not ${JSON.stringify(f)}`);
+  if (f === p.name) throw new PimError(EXIT.CONFIG, `${where(p, 'from')}: from: ${f} is the profile itself (a cycle)`);
+  return f;
 }
 
 /** compress: true needs a qcow2 disk (78 at FILE:LINE). */

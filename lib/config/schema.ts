@@ -79,6 +79,8 @@ export const PROFILE_SCHEMA: Schema = {
   sources: 'string[]',
   /** builder: cloud-init: cloud-config keys that pim's default user-data template adds (write_files, runcmd, ...) */
   cloud_config: 'object',
+  /** pim-build: start from this profile's build (built first when it is not up to date) instead of an ISO or image */
+  from: 'string',
   /** a program in hooks.d whose KEY=VALUE lines on stdout are set in vars for the templates (pim-build, pim-serve) */
   env_hook: 'string',
 };

@@ -65,6 +65,18 @@ export interface BuildRecord {
   };
   times: { install: number; provision: number; total: number };
   log: string;
+  /** the build's stage chain (lib/build/stages.ts): absent for builds made before stages, raw and pulled ones */
+  stages?: StageLink[];
+}
+
+/** One link of a build's stage chain: its key, what the key covers, when it was made, and whether this build made it or reused it. */
+export interface StageLink {
+  stage: 'install' | 'provision' | 'finish';
+  key: string;
+  made: boolean;
+  created: string;
+  seconds: number;
+  inputs: Record<string, unknown>;
 }
 
 export const buildId = (profile: string, key: string) => `${profile}-${key.slice(0, 12)}`;

@@ -1,0 +1,152 @@
+#!/usr/bin/env bats
+# Layered builds (issue 20) under TCG with the test bed's Debian-layout
+# installer ISO: the install stage cached by its own key and reused when only a
+# script changes, rebuilt when the answer file changes; stages shared by
+# several builds at once (-j); gc and rm that know stages; signals in a stage
+# that leave nothing behind. Few builds: each test goes on from the last.
+load helper
+
+setup_file() {
+  pim_isolate
+  need_testbed
+  need_installer
+  export XDG_STATE_HOME="$PIM_TMP/state"
+  W="$PIM_TMP/www"
+  mkdir -p "$W"
+  ln -s "$TESTBED/installer/di.iso" "$W/di.iso"
+  (cd "$W" && sha256sum -- *.iso >SHA256SUMS)
+  local port
+  port=$(serve_www "$W")
+  local c="$XDG_CONFIG_HOME/pim"
+  mkdir -p "$c/isos.d" "$c/profiles.d" "$c/scripts.d" "$c/installs.d"
+  echo "tb-di: {url: \"http://127.0.0.1:$port/di.iso\", checksum_url: \"http://127.0.0.1:$port/SHA256SUMS\", distro: debian}" >"$c/isos.d/tb.yml"
+  # the answer's mark is the hostname
+  cat >"$c/profiles.d/tb.yml" <<EOF
+default:
+  ssh_user: root
+  ssh_keys: ["$(cat "$TESTBED/id_ed25519.pub")"]
+  disk_size: 256M
+  mem: 256M
+  cpus: 1
+  timeout: 300
+  iso: tb-di
+  hostname: lay-one
+la: {scripts: [a.sh]}
+lslow: {}
+EOF
+  # the late command the installer fetches: installs.d/PROFILE.sh
+  printf '#!/bin/sh\necho "late command ran" >/etc/pim-late-command\n' >"$c/installs.d/la.sh"
+  printf '#!/bin/sh\nsleep 100000\n' >"$c/installs.d/lslow.sh"
+  printf '#!/bin/sh\necho a-one >/root/mark\n' >"$c/scripts.d/a.sh"
+  printf '#!/bin/sh\necho "sleepy script running"\nsleep 100000\n' >"$c/scripts.d/sleepy.sh"
+}
+
+teardown_file() {
+  stop_www
+  pim_cleanup
+}
+
+stages_dir() { echo "$XDG_DATA_HOME/pim/stages"; }
+# the stored install stages, one directory name a line
+stages() { find "$(stages_dir)" -mindepth 1 -maxdepth 1 -name 'install-*' -printf '%f\n' 2>/dev/null | sort; }
+said_or_ended() { grep -q "$2" "$1" || pid_gone "$3"; }
+ssh_vm() {
+  local port
+  port=$(pim-ps --json | jq -r --arg n "$1" 'select(.name==$n).ssh_port')
+  shift
+  ssh -i "$TESTBED/id_ed25519" -p "$port" -o BatchMode=yes -o StrictHostKeyChecking=no \
+    -o UserKnownHostsFile=/dev/null -o LogLevel=ERROR -o ConnectTimeout=20 root@127.0.0.1 "$@"
+}
+
+@test "a changed script re-runs only provisioning, on the stored install stage: the rebuild boots with the new script's mark and the answer's" {
+  run --separate-stderr pim-build run la
+  [ "$status" -eq 0 ] || { echo "$stderr"; false; }
+  first="$output"
+  [[ "$stderr" == *"the installer fetched preseed.cfg"* ]]
+  [[ "$stderr" != *reusing* ]]
+  [ "$(stages | wc -l)" -eq 1 ]
+  st="$(stages_dir)/$(stages)"
+  [ "$(stat -c %a "$st")" = 500 ]
+  [ "$(stat -c %a "$st/disk.qcow2")" = 400 ]
+  sum=$(sha256sum "$st/disk.qcow2")
+  # the finished build stands alone: no backing file
+  [ "$(qemu-img info --output=json "$first" | jq -r '."backing-filename" // "none"')" = none ]
+  printf '#!/bin/sh\necho a-two >/root/mark\n' >"$XDG_CONFIG_HOME/pim/scripts.d/a.sh"
+  run --separate-stderr pim-build run la
+  [ "$status" -eq 0 ] || { echo "$stderr"; false; }
+  [ "$output" != "$first" ]
+  [[ "$stderr" =~ reusing\ install\ [0-9a-f]{8}\ \(built\ [0-9]+\ (s|min)\ ago\),\ provisioning ]]
+  [[ "$stderr" != *"the installer"* ]]
+  [ "$(stages | wc -l)" -eq 1 ]
+  [ "$(sha256sum "$st/disk.qcow2")" = "$sum" ]
+  # show: the chain, install reused, provision and finish made
+  run pim-build show la --json
+  [ "$(jq -r '[.stages[] | .stage + ":" + .how] | join(" ")' <<<"$output")" = "install:reused provision:made finish:made" ]
+  [ "$(jq -r '.stages[0].stored' <<<"$output")" = true ]
+  [ "$(jq -r '.stages[0].key[0:16]' <<<"$output")" = "$(stages | sed 's/install-//')" ]
+  pim-run la --mem 256M --cpus 1
+  pim-console la --ro --replay --until 'pim-testbed ready' --timeout 120 >/dev/null
+  run ssh_vm la 'cat /root/mark /etc/pim-late-command; hostname'
+  pim-stop la --force >/dev/null
+  [ "$status" -eq 0 ]
+  [ "${lines[0]}" = a-two ]
+  [ "${lines[1]}" = "late command ran" ]
+  [ "${lines[2]}" = lay-one ]
+}
+
+@test "a changed answer file (the hostname) rebuilds the install stage" {
+  sed -i 's/^la: {scripts: \[a.sh\]}/la: {scripts: [a.sh], hostname: lay-two}/' "$XDG_CONFIG_HOME/pim/profiles.d/tb.yml"
+  run --separate-stderr pim-build run la
+  [ "$status" -eq 0 ] || { echo "$stderr"; false; }
+  [[ "$stderr" == *"the installer fetched preseed.cfg"* ]]
+  [[ "$stderr" != *reusing* ]]
+  [ "$(stages | wc -l)" -eq 2 ]
+  [ "$(pim-build show la --json | jq -r '.stages[0].how')" = made ]
+}
+
+@test "gc keeps the stages that kept builds need (and the builds store disks need); rm removes only a build's own stage" {
+  # la's second build backs the store disk pim-run made: it stays, and with it the first stage
+  run pim-build gc --keep 1
+  [ "$status" -eq 0 ]
+  [ "$(pim-build list -q | grep -c '^la-')" -eq 2 ]
+  [ "$(stages | wc -l)" -eq 2 ]
+  rm "$XDG_DATA_HOME/pim/images/la.qcow2"
+  old=$(pim-build show la --json | jq -r '.stages[0].key[0:16]')
+  run pim-build gc --keep 1
+  [ "$status" -eq 0 ]
+  [ "$(pim-build list -q | grep -c '^la-')" -eq 1 ]
+  [ "$(stages)" = "install-$old" ]
+  [[ "$output" == *install-* ]]
+}
+
+@test "signals: SIGINT while an install stage is made leaves no stage; SIGTERM while provisioning on a reused stage leaves it as it was" {
+  before=$(stages)
+  pim-build run lslow 2>"$PIM_TMP/slow.err" &
+  pid=$!
+  wait_until 60 said_or_ended "$PIM_TMP/slow.err" 'fetched preseed.cfg' "$pid"
+  grep -q 'fetched preseed.cfg' "$PIM_TMP/slow.err"
+  [ -n "$(find "$(stages_dir)" -maxdepth 1 -name '.tmp-install-*')" ]
+  kill -INT "$pid"
+  st=0
+  wait "$pid" || st=$?
+  [ "$st" -eq 130 ]
+  no_build_leftovers lslow
+  [ "$(stages)" = "$before" ]
+  [ -z "$(find "$(stages_dir)" -maxdepth 1 -name '.*' ! -name '*.lock')" ]
+  # la's stage reused, a script that never ends, SIGTERM: 143, the stage unchanged, no use mark left
+  sum=$(sha256sum "$(stages_dir)"/install-*/disk.qcow2)
+  cp "$XDG_CONFIG_HOME/pim/scripts.d/sleepy.sh" "$XDG_CONFIG_HOME/pim/scripts.d/a.sh"
+  pim-build run la 2>"$PIM_TMP/sleepy.err" &
+  pid=$!
+  wait_until 300 said_or_ended "$PIM_TMP/sleepy.err" 'sleepy script running' "$pid"
+  grep -q 'reusing install' "$PIM_TMP/sleepy.err"
+  grep -q 'sleepy script running' "$PIM_TMP/sleepy.err"
+  kill -TERM "$pid"
+  st=0
+  wait "$pid" || st=$?
+  [ "$st" -eq 143 ]
+  [ "$(sha256sum "$(stages_dir)"/install-*/disk.qcow2)" = "$sum" ]
+  [ -z "$(find "$(stages_dir)" -maxdepth 1 -name '.*' ! -name '*.lock')" ]
+  [ -z "$(find "$(builds_dir)" -maxdepth 1 -name '.tmp-*')" ]
+  [ -z "$(pim-ps -q | grep -- '-build-' || true)" ]
+}
