@@ -452,6 +452,24 @@ seed (a cidata ISO of the profile's user-data and meta-data templates and its so
 files) until cloud-init powers it off, then provisioned the same way; errors in cloud-init's
 result.json fail the build. builder: raw makes an empty disk of disk_size.
 
+A build is made in stages, each cached by its own key. install (the installer's run, or
+cloud-init's seeded first boot) is keyed by the ISO or image checksum, the answer files as
+rendered (pim's per-build key left out), the installs.d and sources.d files, the disk's
+size and format, the firmware and the boot paths; it is stored read-only and private in
+~/.local/share/pim/stages/. provision (the scripts, ssh_user) and finish (generalize,
+compress) run on a qcow2 overlay of it, in one boot, and their product is the build, which
+qemu-img convert flattens: a build stands alone (no backing file), so deploy, push and
+other machines need nothing else. A changed script re-runs only provision and finish
+("reusing install 3f9a1c2b (built 2 h ago), provisioning..." on stderr); a changed answer
+file installs again. pim-build show prints the chain (each stage's key, inputs, time, made
+or reused). from: PROFILE starts from that profile's build instead of an ISO (built first
+when it is not up to date, so a changed parent rebuilds both; logged in with pim's own
+key, which the parent's build lets in); a cycle is 78. run a b c -j N builds several at
+once: a stage two of them share is made once (the second waits for it); stdout gets one
+path a line in the order given; a failure does not stop the others, and the exit status is
+the first failure's. gc removes the stages no kept build names; rm removes a build's stage
+when no other build uses it.
+
 A failure, a timeout or Ctrl-C leaves nothing behind (--keep-failed keeps the disk);
 every build writes a log (installer console, the server's requests, provisioning output)
 in ~/.local/state/pim/build-logs/, and every error names it.
@@ -472,6 +490,7 @@ it exits 65 when REF is not a pim build or a digest does not match (nothing regi
 77 when the credentials are missing or refused.`,
     examples: [
       'pim-build run dev',
+      'pim-build show dev --json | jq .stages',
       'pim-build pull registry.example:5000/team/images:dev',
       'pim-run "$(pim-build run dev)"',
       'qemu-img info "$(pim-build run dev)"',

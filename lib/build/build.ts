@@ -496,7 +496,7 @@ async function provisionAndStore(r: Run, stage: StageRecord, made: boolean): Pro
   st.set(`stopping ${plan.name}`);
   await stopBuildVm(r, running, 'provisioning');
   const tProv = round((Date.now() - tProv0) / 1000);
-  return storeBuild(r, { disk, vars, stage, made, tProv, tFinish });
+  return storeBuild(r, { disk, base: f.disk, vars, stage, made, tProv, tFinish });
 }
 
 /**
@@ -533,7 +533,15 @@ async function stageFiles(stage: StageRecord) {
 /** Finish: check the stopped disk, flatten it into the image (qemu-img convert, -c with compress), register it read-only. */
 async function storeBuild(
   r: Run,
-  a: { disk: string; vars: string | null; stage: StageRecord; made: boolean; tProv: number; tFinish: number },
+  a: {
+    disk: string;
+    base: string;
+    vars: string | null;
+    stage: StageRecord;
+    made: boolean;
+    tProv: number;
+    tFinish: number;
+  },
 ): Promise<BuildRecord> {
   const { plan, c, o, tmp, log } = r;
   o.status.set(`storing ${c.id}`);

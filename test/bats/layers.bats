@@ -33,7 +33,20 @@ default:
   hostname: lay-one
 la: {scripts: [a.sh]}
 lslow: {}
+ja: {preseed: shared.cfg.eta, installs: [shared.sh], scripts: [ja.sh]}
+jb: {preseed: shared.cfg.eta, installs: [shared.sh], scripts: [jb.sh]}
+fc: {from: ja, scripts: [fc.sh]}
+cy1: {from: cy2}
+cy2: {from: cy1}
 EOF
+  # ja and jb render the same answer file (pim's template without the profile's name in it): one install stage for both
+  mkdir -p "$c/preseeds.d"
+  sed "s/<%= name %>/shared/; s|'/installs.d/' + name + '.sh|'/installs.d/shared.sh|" \
+    "$REPO/defaults/preseeds.d/default.cfg.eta" >"$c/preseeds.d/shared.cfg.eta"
+  printf '#!/bin/sh\necho "late command ran" >/etc/pim-late-command\n' >"$c/installs.d/shared.sh"
+  printf '#!/bin/sh\necho ja-one >/root/mark\n' >"$c/scripts.d/ja.sh"
+  printf '#!/bin/sh\necho jb-one >/root/mark\n' >"$c/scripts.d/jb.sh"
+  printf '#!/bin/sh\necho fc-one >/root/child-mark\n' >"$c/scripts.d/fc.sh"
   # the late command the installer fetches: installs.d/PROFILE.sh
   printf '#!/bin/sh\necho "late command ran" >/etc/pim-late-command\n' >"$c/installs.d/la.sh"
   printf '#!/bin/sh\nsleep 100000\n' >"$c/installs.d/lslow.sh"
@@ -117,6 +130,54 @@ ssh_vm() {
   [ "$(pim-build list -q | grep -c '^la-')" -eq 1 ]
   [ "$(stages)" = "install-$old" ]
   [[ "$output" == *install-* ]]
+}
+
+@test "run ja jb -j 2: the install stage they share is made once (the other waits and reuses it); paths in the order given; a failure does not stop the others" {
+  n=$(stages | wc -l)
+  run --separate-stderr pim-build run ja jb -j 2
+  [ "$status" -eq 0 ] || { echo "$stderr"; false; }
+  [ "${#lines[@]}" -eq 2 ]
+  [[ "${lines[0]}" == */ja-*/ja.qcow2 ]]
+  [[ "${lines[1]}" == */jb-*/jb.qcow2 ]]
+  [ "$(grep -c 'the installer fetched preseed.cfg' <<<"$stderr")" -eq 1 ]
+  [ "$(grep -c 'reusing install' <<<"$stderr")" -eq 1 ]
+  [[ "$stderr" == *"[ja] provisioning: scripts.d/ja.sh"* ]]
+  [[ "$stderr" == *"[jb] provisioning: scripts.d/jb.sh"* ]]
+  [ "$(stages | wc -l)" -eq $((n + 1)) ]
+  [ "$(pim-build show ja --json | jq -r .stages[0].key)" = "$(pim-build show jb --json | jq -r .stages[0].key)" ]
+  hows="$(pim-build show ja --json | jq -r .stages[0].how) $(pim-build show jb --json | jq -r .stages[0].how)"
+  [ "$hows" = "made reused" ] || [ "$hows" = "reused made" ]
+  paths=("${lines[@]}")
+  run --separate-stderr pim-build run ja nosuch jb -j 2
+  [ "$status" -eq 66 ]
+  [ "$output" = "$(printf '%s\n%s' "${paths[0]}" "${paths[1]}")" ]
+  [[ "$stderr" == *"[nosuch]"* ]]
+}
+
+@test "from: a changed child rebuilds only the child; a changed parent rebuilds both; the child boots with both marks; a cycle is 78 at FILE:LINE" {
+  run --separate-stderr pim-build run fc
+  [ "$status" -eq 0 ] || { echo "$stderr"; false; }
+  [[ "$stderr" == *"fc starts from ja-"*"(cached)"* ]]
+  [ "$(pim-build show fc --json | jq -r .stages[0].inputs.from)" = "$(pim-build show ja --json | jq -r .key)" ]
+  printf '#!/bin/sh\necho fc-two >/root/child-mark\n' >"$XDG_CONFIG_HOME/pim/scripts.d/fc.sh"
+  run --separate-stderr pim-build run fc
+  [ "$status" -eq 0 ]
+  [ "$(pim-build list -q | grep -c '^ja-')" -eq 1 ]
+  [ "$(pim-build list -q | grep -c '^fc-')" -eq 2 ]
+  printf '#!/bin/sh\necho ja-two >/root/mark\n' >"$XDG_CONFIG_HOME/pim/scripts.d/ja.sh"
+  run --separate-stderr pim-build run fc
+  [ "$status" -eq 0 ] || { echo "$stderr"; false; }
+  [ "$(pim-build list -q | grep -c '^ja-')" -eq 2 ]
+  [ "$(pim-build list -q | grep -c '^fc-')" -eq 3 ]
+  [ "$(pim-build show fc --json | jq -r .stages[0].inputs.from)" = "$(pim-build show ja --json | jq -r .key)" ]
+  pim-run fc --mem 256M --cpus 1
+  pim-console fc --ro --replay --until 'pim-testbed ready' --timeout 120 >/dev/null
+  run ssh_vm fc 'cat /root/mark /root/child-mark'
+  pim-stop fc --force >/dev/null
+  [ "$output" = "$(printf 'ja-two\nfc-two')" ]
+  run --separate-stderr pim-build run cy1
+  [ "$status" -eq 78 ]
+  [[ "$stderr" == *"tb.yml:"*"from: cy1 -> cy2 -> cy1 is a cycle"* ]]
 }
 
 @test "signals: SIGINT while an install stage is made leaves no stage; SIGTERM while provisioning on a reused stage leaves it as it was" {
