@@ -195,6 +195,19 @@ const run = defineCommand({
   },
 });
 
+/** A failed build's error on stderr, its profile named: "pim-build: [dev] MESSAGE"; its exit status. */
+function reportFor(name: string, e: unknown, reportError: (e: unknown) => number): number {
+  const write = process.stderr.write;
+  const prefix = (chunk: unknown) => String(chunk).replace(/^([^:\n]+: )/gm, `$1[${name}] `);
+  process.stderr.write = ((chunk: unknown, ...rest: unknown[]) =>
+    (write as (...a: unknown[]) => boolean).call(process.stderr, prefix(chunk), ...rest)) as typeof write;
+  try {
+    return reportError(e);
+  } finally {
+    process.stderr.write = write;
+  }
+}
+
 /**
  * Several builds, `jobs` at once: each one's failure reported as it happens
  * and the others go on; stdout gets the paths in the order given (a failed
@@ -210,8 +223,7 @@ async function buildMany(names: string[], jobs: number, a: RunArgs, signal: Abor
       try {
         results[i] = { line: await buildOne(names[i]!, a, signal, status), code: 0 };
       } catch (e) {
-        process.stderr.write(`pim-build: [${names[i]}] `);
-        results[i] = { code: reportError(e) };
+        results[i] = { code: reportFor(names[i]!, e, reportError) };
       } finally {
         status.end();
       }
@@ -332,7 +344,10 @@ const show = defineCommand({
     const stages = r.stages?.map((l) => ({
       ...l,
       how: l.made ? 'made' : 'reused',
-      ...(l.stage === 'install' ? { stored: findStage(l.key) !== null } : {}),
+      // from: the install stage is the parent's build, in the registry
+      ...(l.stage === 'install'
+        ? { stored: l.inputs.from ? reg.listBuilds().some((b) => b.key === l.inputs.from) : findStage(l.key) !== null }
+        : {}),
     }));
     const out = { ...r, ...(stages ? { stages } : {}), path: reg.buildDisk(r), backs: reg.disksBackedBy(r) };
     if (args.json) (await import('../lib/cli/output.ts')).printJson(out);

@@ -236,6 +236,9 @@ async function buildIt(o: BuildOpts, plan: BuildPlan, c: Ctx, firstBoot: FirstBo
     `pim-build ${plan.name}: ${plan.builder}, key ${c.key}, ${plan.builder === 'cloud-init' ? 'image' : 'iso'} ${plan.iso} (${c.iso.checksum}), disk ${plan.disk.size} ${plan.disk.format}, ${plan.firmware}`,
   );
   r.log.section('inputs', JSON.stringify(c.inputs, null, 2));
+  r.log.line(
+    `stages: install ${c.stages.install.key}, provision ${c.stages.provision.key}, finish ${c.stages.finish.key}`,
+  );
   try {
     const { stage, made } = await installStage(r, firstBoot);
     const { useStage } = await import('./stages.ts');

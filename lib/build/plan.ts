@@ -73,7 +73,6 @@ function checkSize(p: Resolved, v: unknown): string {
 /** Read the profile's build settings (defaults filled in) and the files it uses. */
 export async function planBuild(profile: Resolved, opts: { timeoutS?: number } = {}): Promise<BuildPlan> {
   const v = profile.value as Record<string, unknown>;
-  const cfg = await import('../config/profile.ts');
   const layout: Layout = v.distro === 'ubuntu' ? 'ubuntu' : 'debian';
   const builder = v.builder === 'cloud-init' ? 'cloud-init' : 'installer';
   const srcKey = builder === 'cloud-init' ? 'image' : 'iso';
@@ -110,6 +109,37 @@ export async function planBuild(profile: Resolved, opts: { timeoutS?: number } =
       `${where(profile, 'ssh_user')}: ssh_user ${JSON.stringify(sshUser)} is not a user name`,
     );
 
+  const { scripts, installs, sources } = await planFiles(profile, from ? 'installer' : builder, from);
+  return {
+    name: profile.name,
+    profile,
+    builder: from ? 'installer' : builder,
+    layout,
+    iso: src as string,
+    from,
+    boot,
+    ...diskSettings(profile),
+    mem,
+    cpus,
+    timeoutMs: Math.round(timeoutS * 1000),
+    sshUser,
+    keepKey: v.keep_build_key === true,
+    generalize: v.generalize !== false,
+    compress: checkCompress(profile),
+    scripts,
+    installs,
+    sources,
+  };
+}
+
+/** The files a build uses: its scripts, (an installer) its late commands, (cloud-init) its seed's sources; 78 for one missing. */
+async function planFiles(
+  profile: Resolved,
+  builder: BuildPlan['builder'],
+  from: string | null,
+): Promise<Pick<BuildPlan, 'scripts' | 'installs' | 'sources'>> {
+  const v = profile.value as Record<string, unknown>;
+  const cfg = await import('../config/profile.ts');
   const read = (f: { path: string | null; label: string; name: string }): BuildFile => ({
     label: f.label.replace(/^builtin:/, ''),
     name: f.name,
@@ -151,26 +181,7 @@ export async function planBuild(profile: Resolved, opts: { timeoutS?: number } =
       content: f.path === null ? Buffer.from(cfg.readFound(f)) : readFileSync(f.path),
     });
   }
-  return {
-    name: profile.name,
-    profile,
-    builder: from ? 'installer' : builder,
-    layout,
-    iso: src as string,
-    from,
-    boot,
-    ...diskSettings(profile),
-    mem,
-    cpus,
-    timeoutMs: Math.round(timeoutS * 1000),
-    sshUser,
-    keepKey: v.keep_build_key === true,
-    generalize: v.generalize !== false,
-    compress: checkCompress(profile),
-    scripts,
-    installs,
-    sources,
-  };
+  return { scripts, installs, sources };
 }
 
 /** from: PROFILE, a profile name (78 at FILE:LINE), or null. */
