@@ -555,12 +555,11 @@ async function storeBuild(
   const stored = join(tmp, `${file}.store`);
   // a fresh, whole copy of what the guest uses (the stage under it included): what was trimmed or never written is left out
   await convertDisk(a.disk, 'qcow2', stored, plan.disk.format, o.signal, { compress: plan.compress });
-  const left = fs.statSync(a.disk).blocks * 512;
+  // what the build VM left: its overlay and the stage under it
+  const left = (fs.statSync(a.disk).blocks + fs.statSync(a.base).blocks) * 512;
   const kept = fs.statSync(stored).blocks * 512;
-  log.line(
-    `stored: ${file} ${kept} bytes${plan.compress ? ' (compressed)' : ''}; the build VM's overlay held ${left} bytes`,
-  );
-  o.status.say(`stored ${mib(kept)}${plan.compress ? ', compressed' : ''} (the provisioning overlay: ${mib(left)})`);
+  log.line(`stored: ${file} ${kept} bytes${plan.compress ? ' (compressed)' : ''}; the build VM left ${left} bytes`);
+  o.status.say(`stored ${mib(kept)}${plan.compress ? ', compressed' : ''} (the build VM's disk: ${mib(left)})`);
   fs.renameSync(stored, join(tmp, file));
   const info = await imgInfo(join(tmp, file));
   const tInstall = a.made ? a.stage.seconds : 0;
