@@ -156,6 +156,43 @@ describe('build plan and cache key', () => {
   });
 });
 
+describe('stage keys (layered builds)', () => {
+  it('a changed script changes provision and finish, not install; a changed answer changes all three; generalize only finish; from: keys the parent', async () => {
+    writeConfig({
+      'profiles.d/t.yml': 'dev:\n  iso: tb\n  scripts: [a.sh]\nkid:\n  from: dev\n',
+      'scripts.d/a.sh': 'echo a\n',
+    });
+    const { loadProfile } = await import('../../lib/config/profile.ts');
+    const { stageKeys } = await import('../../lib/build/stages.ts');
+    const plan = await planBuild(await loadProfile('dev'));
+    const iso = { name: 'tb', checksum: 'sha256:' + '0'.repeat(64) };
+    const keys = (p: typeof plan, answer = 'd-i x\n', from?: string) => {
+      const k = stageKeys(p, buildInputs(p, { '/preseed.cfg': answer }, iso), from);
+      return [k.install.key, k.provision.key, k.finish.key];
+    };
+    const [i, pr, f] = keys(plan);
+    const script = keys({ ...plan, scripts: [{ ...plan.scripts[0]!, content: 'echo b\n' }] });
+    expect(script[0]).toBe(i);
+    expect(script[1]).not.toBe(pr);
+    expect(script[2]).not.toBe(f);
+    expect(keys(plan, 'd-i y\n').every((k, n) => k !== [i, pr, f][n])).toBe(true);
+    expect(keys({ ...plan, generalize: false }).slice(0, 2)).toEqual([i, pr]);
+    expect(keys({ ...plan, generalize: false })[2]).not.toBe(f);
+    expect(keys({ ...plan, mem: '2G' })).toEqual([i, pr, f]);
+    expect(keys(plan, 'd-i x\n', 'a'.repeat(64))[0]).not.toBe(keys(plan, 'd-i x\n', 'b'.repeat(64))[0]);
+    const kid = await planBuild(await loadProfile('kid'));
+    expect(kid).toMatchObject({ from: 'dev', installs: [] });
+  });
+  it('from: naming the profile itself is 78 where it was set', async () => {
+    writeConfig({ 'profiles.d/t.yml': 'me:\n  from: me\n' });
+    const { loadProfile } = await import('../../lib/config/profile.ts');
+    await expect(planBuild(await loadProfile('me'))).rejects.toMatchObject({
+      code: 78,
+      message: expect.stringMatching(/t\.yml:2: from: me is the profile itself/),
+    });
+  });
+});
+
 describe('builder: cloud-init', () => {
   it('plans from the image key, reads sources as bytes, leaves installs out, and keys builder and sources', async () => {
     writeConfig({
