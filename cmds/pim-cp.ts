@@ -87,7 +87,7 @@ PATH, the install hint (69) before anything connects.`,
         writeSync(2, `pim-cp: ${m}\n`),
       );
       if (!p.master) await startMaster(p, vm, ssh);
-      return { opts: ['-F', p.files.config, ...overrideArgs(p, vm)], dir: p.files.dir };
+      return { opts: ['-F', p.files.config, ...overrideArgs(p)], dir: p.files.dir };
     };
     const from = await reach(plan.vm, plan.user);
     if (plan.to)

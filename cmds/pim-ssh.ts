@@ -101,7 +101,7 @@ guest of your own: append it to the guest's authorized_keys.`,
       return EXIT.OK;
     }
     if (!p.master) await startMaster(p, vm, ssh);
-    const argv = ['-F', p.files.config, ...overrideArgs(p, vm), ...(args.tty ? ['-t'] : []), '--', vm.name, ...rest];
+    const argv = ['-F', p.files.config, ...overrideArgs(p), ...(args.tty ? ['-t'] : []), '--', vm.name, ...rest];
     const { becomeOrRun } = await import('../lib/core/proc.ts');
     return becomeOrRun(ssh, argv, { argv0: 'ssh' });
   },

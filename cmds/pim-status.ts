@@ -27,16 +27,14 @@ export default defineCommand({
   },
   async run({ args, data }) {
     const { parseTimeout, forEachName } = await import('../lib/cli/args.ts');
-    const { withQmp } = await import('../lib/vm/connect.ts');
+    const { runningVm, withQmp } = await import('../lib/vm/connect.ts');
     const { printRecords } = await import('../lib/cli/output.ts');
     const { noteStatus, runSeconds, kvmErrorHint } = await import('../lib/vm/health.ts');
     const { prog } = await import('../lib/core/prog.ts');
     const ms = parseTimeout(args.timeout, 10);
     return forEachName((data as Words).positionals, async (name) => {
-      const { st, vm } = await withQmp(name, ms, async (q, vm) => ({
-        st: (await q.execute('query-status')) as { status: string; running: boolean },
-        vm,
-      }));
+      const vm = await runningVm(name);
+      const st = (await withQmp(vm, ms, (q) => q.execute('query-status'))) as { status: string; running: boolean };
       const up = runSeconds(vm.meta);
       // what this says about KVM is remembered (an internal error: broken; a minute running: ok)
       await noteStatus(vm, st);

@@ -49,7 +49,7 @@ export function parseAction(word: string): CtlAction {
 
 export async function ctlVm(vm: RunningVm, action: CtlAction, timeoutMs: number): Promise<CtlResult> {
   const { withQmp } = await import('./connect.ts');
-  return withQmp(vm.name, timeoutMs, async (q) => {
+  return withQmp(vm, timeoutMs, async (q) => {
     const before = await status(q);
     const done = async (note?: string): Promise<CtlResult> => ({
       name: vm.name,
@@ -122,7 +122,7 @@ export async function ctlVm(vm: RunningVm, action: CtlAction, timeoutMs: number)
 async function askReboot(vm: RunningVm, ms: number): Promise<void> {
   const { withGa } = await import('./connect.ts');
   try {
-    await withGa(vm.name, ms, (g) => g.execute('guest-shutdown', { mode: 'reboot' }, ms));
+    await withGa(vm, ms, (g) => g.execute('guest-shutdown', { mode: 'reboot' }, ms));
   } catch (e) {
     if (e instanceof PimError && e.code === EXIT.UNAVAILABLE) {
       throw new PimError(

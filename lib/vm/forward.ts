@@ -183,7 +183,7 @@ async function updateMeta(
 async function hmp(vm: RunningVm, line: string, timeoutMs: number): Promise<string> {
   const { withQmp } = await import('./connect.ts');
   return String(
-    (await withQmp(vm.name, timeoutMs, (q) => q.execute('human-monitor-command', { 'command-line': line }))) ?? '',
+    (await withQmp(vm, timeoutMs, (q) => q.execute('human-monitor-command', { 'command-line': line }))) ?? '',
   ).trim();
 }
 

@@ -163,7 +163,7 @@ export async function sshAddress(vm: RunningVm, timeoutMs = AGENT_WAIT_MS): Prom
       `${vm.name} is bridged and has no guest agent channel, so pim cannot know its address; ssh to it yourself`,
     );
   const { withGa } = await import('./connect.ts');
-  const ifaces = (await withGa(vm.name, timeoutMs, (g) =>
+  const ifaces = (await withGa(vm, timeoutMs, (g) =>
     g.execute('guest-network-get-interfaces', undefined, timeoutMs),
   )) as GaIface[];
   const host = bridgedAddress(ifaces);
@@ -297,6 +297,8 @@ function ensureSshDir(dir: string): void {
 export interface Prepared {
   files: SshFiles;
   reach: SshReach;
+  /** the user and key the config file names (reach's are the caller's, with its overrides) */
+  base: { user: string; key: string | null };
   /** the control socket of reach.user */
   control: string;
   /** a master connection answers on it */
@@ -354,6 +356,9 @@ export async function prepareSsh(
   const { readRegular, writeFileAtomic } = await import('../core/fs.ts');
   const files = sshFiles(vm);
   const who = sshWho(vm, over);
+  // the default user and key (the config's); overrides go on ssh's command line, or into
+  // the config itself for pim-ssh --config (configWho), whose reader has only the file
+  const base = opts.configWho || (!over.user && over.key === undefined) ? who : sshWho(vm);
   const control = checkControlPath(files.control(who.user));
   ensureSshDir(files.dir);
   const master = await masterAlive(control);
@@ -366,9 +371,6 @@ export async function prepareSsh(
   }
   addr ??= await sshAddress(vm);
   const pattern = hostPattern(addr.host, addr.port);
-  // the default user and key (the config's); overrides go on ssh's command line, or into
-  // the config itself for pim-ssh --config (configWho), whose reader has only the file
-  const base = opts.configWho ? who : sshWho(vm);
   let known = readRegular(files.knownHosts) ?? '';
   let pinned = /^# pinned/m.test(known);
   if (!known.trim() || (pinned && !known.includes(`\n${pattern} `))) {
@@ -407,12 +409,18 @@ export async function prepareSsh(
     pinned,
   });
   if (text !== oldConfig) writeFileAtomic(files.config, text, 0o600);
-  return { files, reach: { name: vm.name, host: addr.host, port: addr.port, ...who, pattern }, control, master };
+  return {
+    files,
+    reach: { name: vm.name, host: addr.host, port: addr.port, ...who, pattern },
+    base,
+    control,
+    master,
+  };
 }
 
 /** ssh's (and scp's) options after -F for a caller's overrides (user, key), when they differ from the config's. */
-export function overrideArgs(p: Prepared, vm: Pick<RunningVm, 'meta'>): string[] {
-  const base = sshWho(vm);
+export function overrideArgs(p: Prepared): string[] {
+  const { base } = p;
   const out: string[] = [];
   if (p.reach.user !== base.user) out.push('-o', `User=${p.reach.user}`);
   if (p.reach.key && p.reach.key !== base.key) out.push('-i', p.reach.key, '-o', 'IdentitiesOnly=yes');
@@ -486,7 +494,7 @@ export async function startMaster(p: Prepared, vm: RunningVm, ssh = 'ssh'): Prom
       /* none */
     }
     const { spawn } = process.getBuiltinModule('node:child_process') as typeof import('node:child_process');
-    const args = ['-F', p.files.config, ...overrideArgs(p, vm), '-N', '-o', 'ControlMaster=yes', '--', vm.name];
+    const args = ['-F', p.files.config, ...overrideArgs(p), '-N', '-o', 'ControlMaster=yes', '--', vm.name];
     const { code, stderr } = await new Promise<{ code: number; stderr: string }>((resolve) => {
       const child = spawn(ssh, args, { stdio: ['ignore', 'ignore', 'pipe'] });
       let err = '';

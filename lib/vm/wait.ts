@@ -205,7 +205,7 @@ export async function waitUp(vm: RunningVm, fors: WaitFor[], o: WaitOpts): Promi
 async function qmpView(vm: RunningVm, agent: boolean): Promise<string> {
   try {
     const { withQmp } = await import('./connect.ts');
-    return await withQmp(vm.name, 3_000, async (q) => {
+    return await withQmp(vm, 3_000, async (q) => {
       const out: string[] = [];
       const st = (await q.execute('query-status')) as { status: string; running: boolean };
       if (!st.running)
