@@ -30,7 +30,7 @@ import { stateDir } from '../core/paths.ts';
 import { ensurePrivateDir, writeFileAtomic } from '../core/fs.ts';
 import { checkAborted } from '../core/signals.ts';
 import { disksOf, domainXml, metaOf, uuidOf, type DeployMeta } from './domain.ts';
-import { volumeRe, type Source } from './source.ts';
+import { deployMeta, volumeRe, type Source } from './source.ts';
 import { hashFile } from '../install/iso.ts';
 import { receiveThrough, sendThrough } from './stream.ts';
 import type { LibvirtTarget } from './targets.ts';
@@ -266,13 +266,7 @@ export async function deployLibvirt(src: Source, t: LibvirtTarget, o: DeployOpts
     detail: `${src.volume} (${src.size} bytes, sha256 ${src.sha256.slice(0, 12)})`,
   });
 
-  const meta: DeployMeta = {
-    build: src.build.id,
-    key: src.build.key,
-    profile: src.build.profile,
-    volume: src.volume,
-    sha256: src.sha256,
-  };
+  const meta = deployMeta(src);
   const d = st.domain;
   const same = Boolean(d?.meta && d.meta.sha256 === src.sha256 && d.meta.volume === src.volume) && !upload;
   const running = d?.state === 'running';

@@ -69,7 +69,7 @@ import {
   type Perms,
 } from './pvecheck.ts';
 import { sleep, type DeployOpts, type Deployed, type Outcome, type Step } from './libvirt.ts';
-import { volumeRe, type Source } from './source.ts';
+import { deployMeta, volumeRe, type DeployMeta, type Source } from './source.ts';
 import { normFingerprint, type ProxmoxTarget } from './targets.ts';
 
 /**
@@ -81,18 +81,10 @@ import { normFingerprint, type ProxmoxTarget } from './targets.ts';
 export const IMPORT_SINCE = [8, 4] as const;
 
 /** pim's record in a VM's description: one line, `pim-deploy: build=ID key=K profile=P volume=V sha256=S`. */
-export interface PveMeta {
-  build: string;
-  key: string;
-  profile: string;
-  volume: string;
-  sha256: string;
-}
-
-export const metaLine = (m: PveMeta) =>
+export const metaLine = (m: DeployMeta) =>
   `pim-deploy: build=${m.build} key=${m.key} profile=${m.profile} volume=${m.volume} sha256=${m.sha256}`;
 
-export function metaOfDescription(desc: string | undefined): PveMeta | null {
+export function metaOfDescription(desc: string | undefined): DeployMeta | null {
   const line = desc?.split('\n').find((l) => l.startsWith('pim-deploy: '));
   if (!line) return null;
   const get = (k: string) => new RegExp(`(?:^|\\s)${k}=(\\S+)`).exec(line.slice(12))?.[1] ?? '';
@@ -122,7 +114,7 @@ const DISK_KEY: Record<string, string> = { virtio: 'scsi0', scsi: 'scsi0', sata:
 export function vmParams(
   src: Source,
   t: ProxmoxTarget,
-  meta: PveMeta,
+  meta: DeployMeta,
   had: Record<string, string> | null,
 ): Record<string, string> {
   const s = src.build.settings;
@@ -543,13 +535,7 @@ export async function deployProxmox(
   const config = vm ? await api.get<Record<string, string>>(`${node}/qemu/${vm.vmid}/config`, o.signal) : null;
   const had = metaOfDescription(config?.description);
   const same = had !== null && had.sha256 === src.sha256;
-  const meta: PveMeta = {
-    build: src.build.id,
-    key: src.build.key,
-    profile: src.build.profile,
-    volume: src.volume,
-    sha256: src.sha256,
-  };
+  const meta = deployMeta(src);
   const params = same ? null : vmParams(src, t, meta, config);
   // qemu-server's description is at most 8192 characters: the user's own text plus pim's line
   if (params && descriptionLength(params.description!) > DESCRIPTION_MAX)
@@ -855,7 +841,7 @@ async function rollBack(
   old: Record<string, string>,
   sent: string[],
   wasRunning: boolean,
-  had: PveMeta | null,
+  had: DeployMeta | null,
   why: string,
   signal?: AbortSignal,
 ): Promise<never> {
