@@ -150,19 +150,3 @@ export async function becomeOrRun(
     });
   });
 }
-
-let sudoValidated = false;
-
-/**
- * With a terminal, let sudo ask for a password once (`sudo -v`), so that the
- * commands that need root then run with `sudo -n`; once per process. Without
- * a terminal nothing is asked. A refusal is 77 with `refused` as its message.
- */
-export async function sudoValidate(refused: string): Promise<void> {
-  if (sudoValidated || !process.stdin.isTTY) return;
-  const { run } = await import('./run.ts');
-  const { EXIT, PimError } = await import('./exit.ts');
-  const r = await run('sudo', ['-v'], { stdio: 'inherit', hint: 'install sudo' });
-  if (r.code !== 0) throw new PimError(EXIT.NOPERM, refused);
-  sudoValidated = true;
-}

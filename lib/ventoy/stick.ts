@@ -18,7 +18,7 @@ import { basename, join } from 'node:path';
 import { EXIT, PimError } from '../core/exit.ts';
 import { ensureRuntimeDir } from '../core/paths.ts';
 import { log } from '../core/log.ts';
-import { sudoValidate } from '../core/proc.ts';
+import { sudoValidate } from '../core/run.ts';
 import { loopBacking, partDevice, pickStick, type Stick } from './detect.ts';
 
 /** The prefix of pim's mount dirs in the runtime dir: eject finds leftovers by it. */
