@@ -26,7 +26,7 @@ import { join } from 'node:path';
 import { EXIT, PimError } from '../core/exit.ts';
 import { log } from '../core/log.ts';
 import { run } from '../core/run.ts';
-import { stateDir } from '../core/paths.ts';
+import { efivarsOf, STORE_FILES, stateDir } from '../core/paths.ts';
 import { ensurePrivateDir, writeFileAtomic } from '../core/fs.ts';
 import { checkAborted } from '../core/signals.ts';
 import { disksOf, domainXml, metaOf, uuidOf, type DeployMeta } from './domain.ts';
@@ -402,7 +402,7 @@ async function replaceDomain(
 ): Promise<void> {
   const name = src.name;
   const d = p.st.domain;
-  const uefiVars = src.efivars ? `${src.volume}.efivars.fd` : null;
+  const uefiVars = src.efivars ? efivarsOf(src.volume) : null;
   const serialLog = serialLogOf(t, name);
   const xml = domainXml({
     name,
@@ -418,7 +418,7 @@ async function replaceDomain(
   if (d) {
     // keep the old definition where the user can find it, then stop the domain
     const dir = ensurePrivateDir(join(stateDir(), 'deploy', t.name));
-    writeFileAtomic(join(dir, `${name}.prev.xml`), d.xml);
+    writeFileAtomic(join(dir, name + STORE_FILES.prevXml), d.xml);
     oldFile = xmlFile(tmp, 'old.xml', d.xml);
     if (p.running || d.state === 'paused') await shutDown(v, name, t.shutdownTimeoutS, o.signal);
   }
@@ -474,7 +474,7 @@ async function restoreDomain(
   if (bad)
     throw new PimError(
       EXIT.SOFTWARE,
-      `${t.name}: ${name}: ${why}, and restoring the previous definition failed: ${bad.err}; it is saved in ${join(stateDir(), 'deploy', t.name, `${name}.prev.xml`)}`,
+      `${t.name}: ${name}: ${why}, and restoring the previous definition failed: ${bad.err}; it is saved in ${join(stateDir(), 'deploy', t.name, name + STORE_FILES.prevXml)}`,
     );
   throw new PimError(
     EXIT.ROLLBACK,
@@ -505,12 +505,12 @@ async function uploadVolume(v: Virsh, t: LibvirtTarget, src: Source, signal?: Ab
               [
                 'vol-create-as',
                 t.pool,
-                `${src.volume}.efivars.fd`,
+                efivarsOf(src.volume),
                 String(fs.statSync(src.efivars).size),
                 '--format',
                 'raw',
               ],
-              ['vol-upload', '--pool', t.pool, `${src.volume}.efivars.fd`, src.efivars],
+              ['vol-upload', '--pool', t.pool, efivarsOf(src.volume), src.efivars],
             ]
           : []),
       ],
@@ -562,7 +562,7 @@ async function gc(v: Virsh, t: LibvirtTarget, src: Source, st: State, o: DeployO
     if (!r.ok) continue;
     const { volumes, files } = disksOf(r.out);
     for (const vol of volumes) if (vol.startsWith(`${t.pool}/`)) used.add(vol.slice(t.pool.length + 1));
-    for (const f of files) for (const x of old) if (x.path === f || `${x.path}.efivars.fd` === f) used.add(x.name);
+    for (const f of files) for (const x of old) if (x.path === f || efivarsOf(x.path) === f) used.add(x.name);
   }
   const mtime = (i: number) => Number(/<mtime>([\d.]+)<\/mtime>/.exec(res[doms.length + i]!.out)?.[1] ?? 0);
   const ranked = old.map((x, i) => ({ x, m: mtime(i) })).sort((a, b) => b.m - a.m);
@@ -576,7 +576,7 @@ async function gc(v: Virsh, t: LibvirtTarget, src: Source, st: State, o: DeployO
   const names = st.vols.map((x) => x.name);
   const cmds = doomed.flatMap((n) => [
     ['vol-delete', '--pool', t.pool, n],
-    ...(names.includes(`${n}.efivars.fd`) ? [['vol-delete', '--pool', t.pool, `${n}.efivars.fd`]] : []),
+    ...(names.includes(efivarsOf(n)) ? [['vol-delete', '--pool', t.pool, efivarsOf(n)]] : []),
   ]);
   const del = await v.batch(cmds, { signal: o.signal });
   return doomed.filter((n) => del[cmds.findIndex((c) => c[3] === n)]!.ok);

@@ -9,7 +9,7 @@
 import { chmodSync, constants, copyFileSync, existsSync, realpathSync, renameSync, rmSync } from 'node:fs';
 import { extname, join, resolve } from 'node:path';
 import { EXIT, PimError } from '../core/exit.ts';
-import { imagesDir, runtimeDirPath } from '../core/paths.ts';
+import { efivarsOf, imagesDir, runtimeDirPath } from '../core/paths.ts';
 import { ensurePrivateDir } from '../core/fs.ts';
 import { checkName } from '../core/names.ts';
 import { buildDisk, buildEfivars, buildOfDisk, findBuild, latestBuild, type BuildRecord } from './registry.ts';
@@ -76,7 +76,7 @@ export async function cloneImage(src: string, newName: string): Promise<string> 
     const { createOverlay } = await import('./qemu-img.ts');
     await writeAtomically(dest, (tmp) => createOverlay(tmp, buildDisk(build), build.disk.format));
     const bv = buildEfivars(build);
-    if (bv) await writeAtomically(join(dir, `${newName}.efivars.fd`), (tmp) => copyFileSync(bv, tmp));
+    if (bv) await writeAtomically(join(dir, efivarsOf(newName)), (tmp) => copyFileSync(bv, tmp));
     return dest;
   }
   path = path!;
@@ -90,7 +90,7 @@ export async function cloneImage(src: string, newName: string): Promise<string> 
   // a reflink where the filesystem has them (btrfs, xfs), else a plain copy
   await writeAtomically(dest, (tmp) => copyFileSync(path, tmp, constants.COPYFILE_FICLONE));
   const vars = efivarsFor(path);
-  if (vars) await writeAtomically(join(dir, `${newName}.efivars.fd`), (tmp) => copyFileSync(vars, tmp));
+  if (vars) await writeAtomically(join(dir, efivarsOf(newName)), (tmp) => copyFileSync(vars, tmp));
   return dest;
 }
 

@@ -25,7 +25,7 @@ import {
 } from 'node:fs';
 import { basename, extname, join, resolve } from 'node:path';
 import { EXIT, PimError } from '../core/exit.ts';
-import { imagesDir } from '../core/paths.ts';
+import { efivarsOf, imagesDir, STORE_FILES } from '../core/paths.ts';
 import { ensurePrivateDir } from '../core/fs.ts';
 import { checkName, nameProblem } from '../core/names.ts';
 import { log } from '../core/log.ts';
@@ -58,7 +58,7 @@ export function imageFormat(path: string): 'qcow2' | 'raw' {
 /** EFI vars that come with an image: NAME.efivars.fd beside NAME.qcow2. */
 export function efivarsFor(path: string): string | null {
   const base = path.slice(0, path.length - extname(path).length);
-  for (const p of [`${base}.efivars.fd`, `${path}.efivars.fd`]) if (existsSync(p)) return p;
+  for (const p of [efivarsOf(base), efivarsOf(path)]) if (existsSync(p)) return p;
   return null;
 }
 
@@ -83,7 +83,7 @@ export async function overlayForBuild(
 ): Promise<string> {
   const dir = ensurePrivateDir(imagesDir());
   const disk = join(dir, `${name}.qcow2`);
-  const vars = join(dir, `${name}.efivars.fd`);
+  const vars = join(dir, efivarsOf(name));
   const current = existsSync(disk) ? buildOfDisk(disk) : null;
   if (current?.id === build.id) return disk;
   if (existsSync(disk)) {
@@ -99,8 +99,8 @@ export async function overlayForBuild(
       );
     }
     renameSync(disk, join(dir, `${name}.prev.qcow2`));
-    if (existsSync(vars)) renameSync(vars, join(dir, `${name}.prev.efivars.fd`));
-    else rmSync(join(dir, `${name}.prev.efivars.fd`), { force: true });
+    if (existsSync(vars)) renameSync(vars, join(dir, name + STORE_FILES.prevEfivars));
+    else rmSync(join(dir, name + STORE_FILES.prevEfivars), { force: true });
     log.info(`${name}: the profile has a newer build (${build.id}); the disk on ${current.id} is kept as ${name}.prev`);
   }
   const { createOverlay } = await import('./qemu-img.ts');

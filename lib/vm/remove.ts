@@ -9,7 +9,7 @@ import { join } from 'node:path';
 import { EXIT, PimError } from '../core/exit.ts';
 import { exists } from '../core/fs.ts';
 import { acquireLock } from '../core/lock.ts';
-import { existingRuntimeDir, imagesDir, type VmFiles } from '../core/paths.ts';
+import { efivarsOf, existingRuntimeDir, imagesDir, type VmFiles } from '../core/paths.ts';
 import { IMAGE_EXTS } from '../image/store.ts';
 import { cleanupFiles, listVms, vmInfo } from './state.ts';
 import type { VmRef } from './ref.ts';
@@ -17,7 +17,7 @@ import type { VmRef } from './ref.ts';
 /** The image files of NAME in the store: NAME.qcow2 (or .img, .raw) and its UEFI vars. */
 export function storeFiles(name: string): string[] {
   const dir = imagesDir();
-  return [...IMAGE_EXTS.map((e) => join(dir, name + e)), join(dir, `${name}.efivars.fd`)].filter(existsSync);
+  return [...IMAGE_EXTS.map((e) => join(dir, name + e)), join(dir, efivarsOf(name))].filter(existsSync);
 }
 
 /**

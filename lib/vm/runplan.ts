@@ -10,7 +10,7 @@ import { resolve as resolvePath } from 'node:path';
 import { statSync } from 'node:fs';
 import { EXIT, PimError } from '../core/exit.ts';
 import { log } from '../core/log.ts';
-import { runtimeDirPath } from '../core/paths.ts';
+import { efivarsOf, runtimeDirPath } from '../core/paths.ts';
 import { parseTimeout } from '../cli/args.ts';
 import * as vms from '../config/vms.ts';
 import { looksLikePath, resolveImage, storeImages, type ImageRef } from '../image/store.ts';
@@ -135,7 +135,7 @@ function firmwareVars(def: vms.VmDefinition | null, img: ImageRef): string | nul
   if (def?.firmware === 'uefi' && !img.efivars) {
     throw new PimError(
       EXIT.NOINPUT,
-      `VM ${def.name} asks for UEFI firmware, but its image has no UEFI vars beside it (${img.path.replace(/\.[^./]+$/, '')}.efivars.fd); copy OVMF_VARS there, or set firmware: bios`,
+      `VM ${def.name} asks for UEFI firmware, but its image has no UEFI vars beside it (${efivarsOf(img.path.replace(/\.[^./]+$/, ''))}); copy OVMF_VARS there, or set firmware: bios`,
     );
   }
   return img.efivars;
