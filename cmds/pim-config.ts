@@ -33,7 +33,6 @@ const show = defineCommand({
   },
   args: { ...jsonArgs },
   async run({ args }) {
-    const { printJson } = await import('../lib/cli/output.ts');
     const { loadRuntimeConfig } = await import('../lib/config/runtime.ts');
     const { loadCatalog, entryNames, resolveEntry } = await import('../lib/config/catalog.ts');
     const { checkProfileRefs } = await import('../lib/config/profile.ts');
@@ -47,11 +46,8 @@ const show = defineCommand({
         (out[kind] as Record<string, unknown>)[n] = r.value;
       }
     }
-    if (args.json) printJson(out);
-    else {
-      const { yamlLib } = await import('../lib/config/yaml.ts');
-      writeOut((await yamlLib()).stringify(out));
-    }
+    const { printJsonOrYaml } = await import('../lib/config/show.ts');
+    await printJsonOrYaml(out, args.json);
   },
 });
 

@@ -52,12 +52,8 @@ const show = defineCommand({
   args: { name: isoArg, ...jsonArgs },
   async run({ args }) {
     const out = await (await store(args.name)).showIso(args.name);
-    const { printJson } = await import('../lib/cli/output.ts');
-    if (args.json) printJson(out);
-    else {
-      const { yamlLib } = await import('../lib/config/yaml.ts');
-      writeOut((await yamlLib()).stringify(out));
-    }
+    const { printJsonOrYaml } = await import('../lib/config/show.ts');
+    await printJsonOrYaml(out, args.json);
   },
 });
 

@@ -16,11 +16,14 @@ export async function showEntry(r: Resolved, o: { json?: boolean; explain?: bool
       from: r.origins[key] ?? '-',
     }));
     printRecords(recs, ['value', 'from'], { json: o.json });
-  } else if (o.json) printJson(r.value);
-  else {
-    const { yamlLib } = await import('./yaml.ts');
-    writeOut((await yamlLib()).stringify(r.value));
-  }
+  } else await printJsonOrYaml(r.value, o.json);
+}
+
+/** A value on stdout: JSON with --json, else YAML (pim-profile, pim-vm, pim-config and pim-iso show). */
+export async function printJsonOrYaml(v: unknown, json?: boolean): Promise<void> {
+  if (json) return printJson(v);
+  const { yamlLib } = await import('./yaml.ts');
+  writeOut((await yamlLib()).stringify(v));
 }
 
 function getPath(v: unknown, dotted: string): unknown {
