@@ -147,7 +147,7 @@ export async function resolveImage(
     if (why) throw new PimError(EXIT.USAGE, `bad VM name ${JSON.stringify(target)}: ${why}`);
     name = nameOverride ?? target;
     const dir = imagesDir();
-    const found = IMAGE_EXTS.map((e) => join(dir, target + e)).find((p) => existsSync(p));
+    const found = storeImage(target);
     const build = latestBuild(target);
     if (build && (!found || buildOfDisk(found))) path = await overlayForBuild(target, build, inUse);
     else if (found) path = found;
@@ -166,6 +166,12 @@ export async function resolveImage(
     throw new PimError(EXIT.NOPERM, `cannot read image ${path}; check its permissions`);
   }
   return { name, path, format: imageFormat(path), efivars: efivarsFor(path), build: buildOfDisk(path)?.id ?? null };
+}
+
+/** The store's image NAME (NAME.qcow2, .img or .raw, the first there), or null. */
+export function storeImage(name: string): string | null {
+  const dir = imagesDir();
+  return IMAGE_EXTS.map((e) => join(dir, name + e)).find((p) => existsSync(p)) ?? null;
 }
 
 /** Images in the store, by name. */
