@@ -90,7 +90,7 @@ throwaway copy with pim-run SRC --clone); an existing NEW is exit 73.`,
     new: { type: 'positional', required: true, valueHint: 'NEW', description: "the new image's name" },
   },
   async run({ args }) {
-    const { cloneImage } = await import('../lib/image/manage.ts');
+    const { cloneImage } = await import('../lib/vm/clone.ts');
     writeOut((await cloneImage(args.src, args.new)) + '\n');
   },
 });
@@ -123,7 +123,7 @@ qemu-img refuses is exit 65.`,
     },
   },
   async run({ args }) {
-    const { resizeImage } = await import('../lib/image/manage.ts');
+    const { resizeImage } = await import('../lib/vm/clone.ts');
     const r = await resizeImage(args.name, args.size);
     writeOut(`${r.path}\t${r.bytes}\n`);
   },

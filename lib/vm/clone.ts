@@ -12,13 +12,9 @@ import { EXIT, PimError } from '../core/exit.ts';
 import { efivarsOf, imagesDir, runtimeDirPath } from '../core/paths.ts';
 import { ensurePrivateDir } from '../core/fs.ts';
 import { checkName } from '../core/names.ts';
-import { buildDisk, buildEfivars, buildOfDisk, findBuild, latestBuild, type BuildRecord } from './registry.ts';
-import { efivarsFor, IMAGE_EXTS, imageFormat, looksLikePath } from './store.ts';
-
-/** The store image NAME.{qcow2,img,raw}, or null. */
-function storeImage(name: string): string | null {
-  return IMAGE_EXTS.map((e) => join(imagesDir(), name + e)).find((p) => existsSync(p)) ?? null;
-}
+import { buildDisk, buildEfivars, buildOfDisk, findBuild, latestBuild, type BuildRecord } from '../image/registry.ts';
+import { efivarsFor, IMAGE_EXTS, imageFormat, looksLikePath, storeImage } from '../image/store.ts';
+import { listVms } from './state.ts';
 
 /** A build's own disk (not a store overlay of it). */
 function isBuildDisk(path: string): BuildRecord | null {
@@ -28,7 +24,6 @@ function isBuildDisk(path: string): BuildRecord | null {
 
 /** The running VM that boots `path` and holds its lock (a --clone VM holds none), if any. */
 async function holder(path: string): Promise<string | null> {
-  const { listVms } = await import('../vm/state.ts');
   const real = realpathSync(path);
   for (const v of await listVms(runtimeDirPath())) {
     if (v.state !== 'running' || !v.meta || v.meta.clone) continue;
@@ -73,7 +68,7 @@ export async function cloneImage(src: string, newName: string): Promise<string> 
   const build = path ? isBuildDisk(path) : (latestBuild(src) ?? findBuild(src));
   if (build) {
     const dest = join(dir, `${newName}.qcow2`);
-    const { createOverlay } = await import('./qemu-img.ts');
+    const { createOverlay } = await import('../image/qemu-img.ts');
     await writeAtomically(dest, (tmp) => createOverlay(tmp, buildDisk(build), build.disk.format));
     const bv = buildEfivars(build);
     if (bv) await writeAtomically(join(dir, efivarsOf(newName)), (tmp) => copyFileSync(bv, tmp));
@@ -125,7 +120,7 @@ export async function resizeImage(name: string, size: string): Promise<{ path: s
       `${path} is the disk of running VM ${user}; stop it first (pim-stop ${user}), then resize`,
     );
   const { run } = await import('../core/run.ts');
-  const { qemuImg, imgInfo } = await import('./qemu-img.ts');
+  const { qemuImg, imgInfo } = await import('../image/qemu-img.ts');
   const r = await run(qemuImg(), ['resize', '-q', '-f', imageFormat(path), path, size]);
   if (r.code !== 0) throw new PimError(EXIT.DATAERR, `cannot resize ${path}: ${r.stderr.trim().split('\n').pop()}`);
   return { path, bytes: (await imgInfo(path))['virtual-size'] };
