@@ -10,6 +10,9 @@ import { defineCommand } from 'citty';
 import { lazyCompleter, VERSION, type Completer, type Words } from '../lib/cli/command.ts';
 import { writeOut } from '../lib/cli/output.ts';
 import { EXIT, PimError } from '../lib/core/exit.ts';
+import { trapSignals } from '../lib/core/signals.ts';
+import { waitUp } from '../lib/vm/wait.ts';
+import { StatusLine } from '../lib/cli/status.ts';
 
 /** What --wait takes, at TAB time */
 const waitForms: Completer = (c) => {
@@ -145,7 +148,6 @@ in the boot order (a blank disk boots it: a manual install).`,
     const { rest, repeated, debugger: debuggerArgv } = data as Words & { debugger?: string[] };
     const { planRun } = await import('../lib/vm/runplan.ts');
     const { startVm } = await import('../lib/vm/plan.ts');
-    const { trapSignals } = await import('../lib/core/signals.ts');
     const { log } = await import('../lib/core/log.ts');
     const { start, fors, waitMs, shares } = await planRun({
       ...args,
@@ -175,8 +177,6 @@ in the boot order (a blank disk boots it: a manual install).`,
       if (!fors.length) return 0;
       trap?.dispose(); // the VM is up: a signal now ends the wait only
       // on a terminal: what is awaited, the time so far and what was last seen, live on stderr
-      const { waitUp } = await import('../lib/vm/wait.ts');
-      const { StatusLine } = await import('../lib/cli/status.ts');
       const status = new StatusLine();
       const onProgress = (waiting: string[], last: string) => {
         if (!waiting.length) return status.hide();

@@ -6,6 +6,8 @@
 import { readFileSync } from 'node:fs';
 import { constants } from 'node:os';
 import { readRegular } from './fs.ts';
+import { EXIT, PimError } from './exit.ts';
+import { prog } from './prog.ts';
 
 export function isAlive(pid: number): boolean {
   if (!Number.isInteger(pid) || pid <= 0) return false;
@@ -115,8 +117,6 @@ export async function becomeOrRun(
   args: string[],
   o: { argv0?: string; what?: string } = {},
 ): Promise<number> {
-  const { EXIT, PimError } = await import('./exit.ts');
-  const { prog } = await import('./prog.ts');
   const argv0 = o.argv0 ?? file;
   const what = o.what ?? file;
   const execve = (process as unknown as { execve?: (file: string, args: string[], env: NodeJS.ProcessEnv) => never })

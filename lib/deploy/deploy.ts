@@ -9,6 +9,7 @@ import { ensurePrivateDir } from '../core/fs.ts';
 import { resolveSource } from './source.ts';
 import type { DeployOpts, Deployed, Outcome } from './libvirt.ts';
 import type { Target } from './targets.ts';
+import { acquireLock } from '../core/lock.ts';
 
 export interface DeployResult {
   name: string;
@@ -22,7 +23,6 @@ export async function deploy(ref: string, t: Target, o: DeployOpts & { name?: st
   if (t.type === 'oci') return (await import('./oci.ts')).deployOci(ref, t, o);
   const src = await resolveSource(ref, o.name);
   const dir = ensurePrivateDir(join(cacheDir(), 'deploy'));
-  const { acquireLock } = await import('../core/lock.ts');
   const lock = await acquireLock(join(dir, `.${t.name}-${src.name}.lock`), `deploying ${src.name} to ${t.name}`);
   try {
     let outcome: Outcome;

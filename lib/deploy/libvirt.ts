@@ -35,6 +35,7 @@ import { hashFile } from '../install/iso.ts';
 import { receiveThrough, sendThrough } from './stream.ts';
 import type { LibvirtTarget } from './targets.ts';
 import { quoteSh, sshArgv, Virsh } from './virsh.ts';
+import { progressReporter } from '../install/download.ts';
 
 export const MARKER = '.uploading';
 
@@ -491,7 +492,6 @@ async function restoreDomain(
  */
 async function uploadVolume(v: Virsh, t: LibvirtTarget, src: Source, signal?: AbortSignal): Promise<void> {
   const marker = src.volume + MARKER;
-  const { progressReporter } = await import('../install/download.ts');
   // a bar on a terminal only: elsewhere the result line says it all
   const bar = process.stderr.isTTY ? progressReporter(`${t.name}: ${src.volume}`) : null;
   const send = (file: string) =>

@@ -71,6 +71,8 @@ import {
 import { sleep, type DeployOpts, type Deployed, type Outcome, type Step } from './libvirt.ts';
 import { deployMeta, volumeRe, type DeployMeta, type Source } from './source.ts';
 import { normFingerprint, type ProxmoxTarget } from './targets.ts';
+import { progressReporter } from '../install/download.ts';
+import { run, runOk } from '../core/run.ts';
 
 /**
  * The first PVE whose storage takes a qcow2 upload as content `import` (then import-from):
@@ -683,7 +685,6 @@ function pveNeeds(api: Pve, t: ProxmoxTarget, p: PvePlan): Need[] {
 /** The image into the import storage through the API (a progress bar on a terminal), verified there by its sha256. */
 async function uploadImport(api: Pve, src: Source, t: ProxmoxTarget, signal?: AbortSignal): Promise<void> {
   const node = `/nodes/${enc(t.node)}`;
-  const { progressReporter } = await import('../install/download.ts');
   const bar = process.stderr.isTTY ? progressReporter(`${t.name}: ${src.volume}`) : null;
   let upid: unknown;
   try {
@@ -993,7 +994,6 @@ async function rollBack(
 
 /** PVE before 8.4: the node is reached over SSH (ssh:), argv words quoted for its shell. */
 async function nodeRun(t: ProxmoxTarget, argv: string[], what: string, signal?: AbortSignal): Promise<string> {
-  const { run } = await import('../core/run.ts');
   const { quoteSh } = await import('./virsh.ts');
   const r = await run('ssh', ['-o', 'BatchMode=yes', '-T', '--', t.ssh!, argv.map(quoteSh).join(' ')], {
     signal,
@@ -1038,7 +1038,6 @@ async function nodeCopies(
 
 /** Copy the image to the node (scp), verified there with sha256sum before it takes its name. */
 async function copyToNode(t: ProxmoxTarget, src: Source, dir: string, signal?: AbortSignal): Promise<void> {
-  const { runOk } = await import('../core/run.ts');
   const part = `${dir}/.${src.volume}.part`;
   await runOk('scp', ['-o', 'BatchMode=yes', '-q', '-S', 'ssh', '--', src.path, `${t.ssh}:${part}`], {
     what: `${t.name}: cannot copy ${src.volume} to ${t.ssh}`,

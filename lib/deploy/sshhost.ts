@@ -23,6 +23,7 @@ import type { DeployOpts, Deployed, Outcome } from './libvirt.ts';
 import type { Source } from './source.ts';
 import type { SshTarget } from './targets.ts';
 import { quoteSh } from './virsh.ts';
+import { buildDir } from '../image/registry.ts';
 
 const STORE = '"${XDG_DATA_HOME:-$HOME/.local/share}/pim/builds"';
 
@@ -84,7 +85,6 @@ export async function deploySsh(src: Source, t: SshTarget, o: DeployOpts): Promi
     { what: `${t.name}: cannot make ${tmp}`, code: EXIT.UNAVAILABLE },
   );
   const files = [src.path, ...(src.efivars ? [src.efivars] : [])];
-  const { buildDir } = await import('../image/registry.ts');
   files.push(`${buildDir(id)}/${STORE_FILES.buildRecord}`);
   const dest = t.host.includes('@') || !t.host.includes(':') ? `${t.host}:${tmp}/` : `[${t.host}]:${tmp}/`;
   let fin: Awaited<ReturnType<typeof ssh>>;

@@ -30,6 +30,7 @@ import { ensurePrivateDir } from '../core/fs.ts';
 import { checkName, nameProblem } from '../core/names.ts';
 import { log } from '../core/log.ts';
 import { buildDisk, buildEfivars, buildOfDisk, isBuildDisk, latestBuild, type BuildRecord } from './registry.ts';
+import { createOverlay } from './qemu-img.ts';
 
 export const IMAGE_EXTS = ['.qcow2', '.img', '.raw'];
 
@@ -103,7 +104,6 @@ export async function overlayForBuild(
     else rmSync(join(dir, name + STORE_FILES.prevEfivars), { force: true });
     log.info(`${name}: the profile has a newer build (${build.id}); the disk on ${current.id} is kept as ${name}.prev`);
   }
-  const { createOverlay } = await import('./qemu-img.ts');
   const tmp = join(dir, `.${name}.qcow2.${process.pid}.tmp`);
   try {
     await createOverlay(tmp, buildDisk(build), build.disk.format);

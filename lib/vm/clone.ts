@@ -15,6 +15,8 @@ import { checkName } from '../core/names.ts';
 import { buildDisk, buildEfivars, buildOfDisk, findBuild, latestBuild, type BuildRecord } from '../image/registry.ts';
 import { efivarsFor, IMAGE_EXTS, imageFormat, looksLikePath, storeImage } from '../image/store.ts';
 import { listVms } from './state.ts';
+import { createOverlay, qemuImg, imgInfo } from '../image/qemu-img.ts';
+import { run } from '../core/run.ts';
 
 /** A build's own disk (not a store overlay of it). */
 function isBuildDisk(path: string): BuildRecord | null {
@@ -68,7 +70,6 @@ export async function cloneImage(src: string, newName: string): Promise<string> 
   const build = path ? isBuildDisk(path) : (latestBuild(src) ?? findBuild(src));
   if (build) {
     const dest = join(dir, `${newName}.qcow2`);
-    const { createOverlay } = await import('../image/qemu-img.ts');
     await writeAtomically(dest, (tmp) => createOverlay(tmp, buildDisk(build), build.disk.format));
     const bv = buildEfivars(build);
     if (bv) await writeAtomically(join(dir, efivarsOf(newName)), (tmp) => copyFileSync(bv, tmp));
@@ -119,8 +120,6 @@ export async function resizeImage(name: string, size: string): Promise<{ path: s
       EXIT.TEMPFAIL,
       `${path} is the disk of running VM ${user}; stop it first (pim-stop ${user}), then resize`,
     );
-  const { run } = await import('../core/run.ts');
-  const { qemuImg, imgInfo } = await import('../image/qemu-img.ts');
   const r = await run(qemuImg(), ['resize', '-q', '-f', imageFormat(path), path, size]);
   if (r.code !== 0) throw new PimError(EXIT.DATAERR, `cannot resize ${path}: ${r.stderr.trim().split('\n').pop()}`);
   return { path, bytes: (await imgInfo(path))['virtual-size'] };

@@ -8,8 +8,10 @@
 import { EXIT, PimError } from '../core/exit.ts';
 import { requireRunning, type RunningVm } from './state.ts';
 import { vmRef } from './ref.ts';
-import type { QmpClient } from '../qemu/qmp.ts';
-import type { GaClient } from '../qemu/ga.ts';
+import { QmpClient } from '../qemu/qmp.ts';
+import { GaClient, GaSilent } from '../qemu/ga.ts';
+import { parseTimeout, jsonArg } from '../cli/args.ts';
+import { printJson } from '../cli/output.ts';
 
 /** The running VM `name` (64 for a bad name, 69 when it does not run). */
 export async function runningVm(name: string): Promise<RunningVm> {
@@ -27,7 +29,6 @@ async function open<C>(vm: RunningVm, connect: () => Promise<C>): Promise<C> {
 }
 
 export async function withQmp<T>(vm: RunningVm, timeoutMs: number, fn: (q: QmpClient) => Promise<T>): Promise<T> {
-  const { QmpClient } = await import('../qemu/qmp.ts');
   const q = await open(vm, () => QmpClient.connect(vm.files.qmp, { timeoutMs }));
   try {
     return await fn(q);
@@ -39,7 +40,6 @@ export async function withQmp<T>(vm: RunningVm, timeoutMs: number, fn: (q: QmpCl
 export async function withGa<T>(vm: RunningVm, timeoutMs: number, fn: (g: GaClient) => Promise<T>): Promise<T> {
   if (vm.meta && !vm.meta.agent)
     throw new PimError(EXIT.UNAVAILABLE, `${vm.name} was started without a guest-agent channel`);
-  const { GaClient, GaSilent } = await import('../qemu/ga.ts');
   const g = await open(vm, () => GaClient.connect(vm.files.ga, timeoutMs));
   // A VM that is not running inside QEMU (paused, stopped on an error) cannot
   // answer, and waiting out the whole timeout says nothing: while the agent has
@@ -115,7 +115,6 @@ async function whySilent(vm: RunningVm): Promise<PimError | null> {
 
 /** One guest-agent command's `return`, for a VM by name, within `timeout` (the --timeout flag, default `dflt` seconds). */
 export async function gaQuery<T>(name: string, command: string, timeout: string | undefined, dflt: number): Promise<T> {
-  const { parseTimeout } = await import('../cli/args.ts');
   const ms = parseTimeout(timeout, dflt);
   return (await withGa(await runningVm(name), ms, (g) => g.execute(command, undefined, ms))) as T;
 }
@@ -128,8 +127,6 @@ export async function rawCommand(
   rawArgs: string | undefined,
   timeoutMs: number,
 ): Promise<void> {
-  const { jsonArg } = await import('../cli/args.ts');
-  const { printJson } = await import('../cli/output.ts');
   const a = jsonArg(rawArgs);
   const vm = await runningVm(name);
   const ret =

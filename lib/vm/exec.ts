@@ -28,6 +28,7 @@
 import { EXIT, PimError } from '../core/exit.ts';
 import type { GaClient } from '../qemu/ga.ts';
 import type { RunningVm } from './state.ts';
+import { withGa } from './connect.ts';
 
 export const MAX_INPUT = 16 * 1024 * 1024;
 const FIRST_POLL_MS = 10;
@@ -110,7 +111,6 @@ const sleep = (ms: number, signal?: AbortSignal) =>
   });
 
 export async function guestExec(vm: RunningVm, req: ExecRequest): Promise<ExecResult> {
-  const { withGa } = await import('./connect.ts');
   const deadline = req.timeoutMs ? Date.now() + req.timeoutMs : Number.POSITIVE_INFINITY;
   // the user's time limit bounds the whole command: connecting, the agent's sync, the start and every poll
   // (a poll near the deadline still gets a moment, so that an over-time command is killed rather than left)
@@ -177,7 +177,6 @@ export async function guestExec(vm: RunningVm, req: ExecRequest): Promise<ExecRe
  * (through guest-exec), then read its status so the agent drops it. Says what happened.
  */
 async function killInGuest(vm: RunningVm, pid: number, sig: NodeJS.Signals): Promise<string> {
-  const { withGa } = await import('./connect.ts');
   const name = sig.replace(/^SIG/, '');
   try {
     return await withGa(vm, 5_000, async (g) => {

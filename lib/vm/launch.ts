@@ -20,7 +20,7 @@ import { userInfo } from 'node:os';
 import { EXIT, PimError } from '../core/exit.ts';
 import { checkSocketPath, type VmFiles } from '../core/paths.ts';
 import { childExit, isOurProcess, readPidfile, waitExit } from '../core/proc.ts';
-import { sudoValidate } from '../core/run.ts';
+import { sudoValidate, run } from '../core/run.ts';
 import { acquireLock, type Lock } from '../core/lock.ts';
 import { createExclusive } from '../core/fs.ts';
 import { checkAborted } from '../core/signals.ts';
@@ -30,6 +30,8 @@ import { buildQemuArgv, type VmSpec } from '../qemu/argv.ts';
 import { qemuBinary } from '../qemu/host.ts';
 import { isKvmFailure, markKvmBroken } from '../qemu/accel.ts';
 import { log } from '../core/log.ts';
+import { knownRef } from './ref.ts';
+import { QmpClient } from '../qemu/qmp.ts';
 
 export interface LaunchRequest {
   spec: Omit<VmSpec, 'files' | 'daemonize' | 'serial' | 'name'>;
@@ -78,7 +80,6 @@ export async function reserveVm(ref: VmRef): Promise<Reservation> {
  * each is tried under its lock, so two callers never get the same name.
  */
 export async function reserveFreeName(prefix: string, dir: string): Promise<Reservation> {
-  const { knownRef } = await import('./ref.ts');
   for (let i = 1; i < 1000; i++) {
     const ref = knownRef(i === 1 ? prefix : `${prefix}-${i}`, dir);
     try {
@@ -157,7 +158,6 @@ function bridgeFailure(tail: string[], bridge: string): PimError {
 
 /** Let the invoking user use the root-owned sockets and pidfile: sudo for exactly this chown. */
 async function chownToUser(paths: string[]): Promise<void> {
-  const { run } = await import('../core/run.ts');
   const existing = paths.filter((p) => existsSync(p));
   const r = await run('sudo', ['-n', 'chown', `${process.getuid!()}:${process.getgid!()}`, ...existing]);
   if (r.code !== 0) {
@@ -184,7 +184,6 @@ async function killStart(res: VmRef, child: ChildProcess | null, root: boolean):
       process.kill(pid, 'SIGKILL');
     } catch (e) {
       if (root && (e as NodeJS.ErrnoException).code === 'EPERM') {
-        const { run } = await import('../core/run.ts');
         await run('sudo', ['-n', 'kill', '-KILL', String(pid)]);
       }
     }
@@ -334,7 +333,6 @@ async function daemonUp(res: Reservation, st: Start, child: ChildProcess, signal
 /** Return only once QMP answers: a greeting, capabilities and query-status (69 otherwise). */
 async function qmpAnswers(res: Reservation, pid: number, spec: VmSpec): Promise<void> {
   const { files, name } = res;
-  const { QmpClient } = await import('../qemu/qmp.ts');
   try {
     const q = await QmpClient.connect(files.qmp, { timeoutMs: 30_000 });
     try {
@@ -359,7 +357,6 @@ async function qmpAnswers(res: Reservation, pid: number, spec: VmSpec): Promise<
 
 /** Tell the QEMU behind a QMP socket to quit, and wait (bounded) for it to close the connection. */
 async function quitThroughQmp(socket: string): Promise<void> {
-  const { QmpClient } = await import('../qemu/qmp.ts');
   try {
     const q = await QmpClient.connect(socket, { timeoutMs: 5_000 });
     await q.execute('quit').catch(() => undefined);
@@ -424,7 +421,6 @@ function waitForSocket(
  * before the first query-status, so a STOP in between is not missed.
  */
 export async function kvmWorks(vm: RunningVm, windowMs = 3_000): Promise<boolean> {
-  const { QmpClient } = await import('../qemu/qmp.ts');
   const q = await QmpClient.connect(vm.files.qmp, { timeoutMs: 5_000 });
   try {
     const stopped = q.waitEvent('STOP', windowMs);

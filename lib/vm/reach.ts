@@ -29,6 +29,11 @@ import { SOCKET_PATH_MAX } from '../core/paths.ts';
 import type { RunningVm } from './state.ts';
 import type { VmRef } from './ref.ts';
 import { keyBlobOf, userKeyIfMade, userPublicKey } from './userkey.ts';
+import { withGa } from './connect.ts';
+import { readRegular, writeFileAtomic } from '../core/fs.ts';
+import { hostKeysViaAgent } from './hostkeys.ts';
+import { which } from '../core/which.ts';
+import { acquireLock } from '../core/lock.ts';
 
 /** How long a cached master connection lasts with no session on it. */
 export const CONTROL_PERSIST = '10m';
@@ -162,7 +167,6 @@ export async function sshAddress(vm: RunningVm, timeoutMs = AGENT_WAIT_MS): Prom
       EXIT.UNAVAILABLE,
       `${vm.name} is bridged and has no guest agent channel, so pim cannot know its address; ssh to it yourself`,
     );
-  const { withGa } = await import('./connect.ts');
   const ifaces = (await withGa(vm, timeoutMs, (g) =>
     g.execute('guest-network-get-interfaces', undefined, timeoutMs),
   )) as GaIface[];
@@ -353,7 +357,6 @@ export async function prepareSsh(
   say: (msg: string) => void = () => {},
   opts: { configWho?: boolean } = {},
 ): Promise<Prepared> {
-  const { readRegular, writeFileAtomic } = await import('../core/fs.ts');
   const files = sshFiles(vm);
   const who = sshWho(vm, over);
   // the default user and key (the config's); overrides go on ssh's command line, or into
@@ -381,7 +384,6 @@ export async function prepareSsh(
         .filter((l) => l && !l.startsWith('#'))
         .map((l) => l.split(' ').slice(1).join(' '));
     else if (vm.meta?.agent !== false) {
-      const { hostKeysViaAgent } = await import('./hostkeys.ts');
       lines = (await hostKeysViaAgent(vm.files.ga, Date.now() + AGENT_WAIT_MS))?.lines ?? null;
     }
     if (lines?.length) {
@@ -456,7 +458,6 @@ export function connectError(name: string, r: SshReach, stderr: string): PimErro
  * not reported as a guest that cannot be reached.
  */
 export async function needSshClient(cmd: 'ssh' | 'scp' = 'ssh'): Promise<string> {
-  const { which } = await import('../core/which.ts');
   const found = which(cmd);
   if (!found)
     throw new PimError(
@@ -473,7 +474,6 @@ export async function needSshClient(cmd: 'ssh' | 'scp' = 'ssh'): Promise<string>
  */
 export async function startMaster(p: Prepared, vm: RunningVm, ssh = 'ssh'): Promise<void> {
   // one start at a time per user: two masters for one socket would leave the second in the foreground
-  const { acquireLock } = await import('../core/lock.ts');
   const lockFile = join(p.files.dir, `lock-${p.reach.user}`);
   const until = Date.now() + MASTER_START_MS;
   let lock: Awaited<ReturnType<typeof acquireLock>>;

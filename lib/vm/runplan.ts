@@ -20,6 +20,10 @@ import { checkCpus, checkMem, checkPort, type StartRequest } from './plan.ts';
 import { vmRef } from './ref.ts';
 import { listVms, vmInfo } from './state.ts';
 import { checkWaitable, parseWaitFor, type WaitFor } from './wait.ts';
+import { loadRuntimeConfig } from '../config/runtime.ts';
+import { buildOfDisk } from '../image/registry.ts';
+import { sshOfBuild } from './reach.ts';
+import { parseShare, chooseShareFs, ninepArgs, startVirtiofsd, virtiofsArgs } from '../qemu/share.ts';
 
 /** pim-run's flags, as parsed. */
 export interface RunArgs {
@@ -84,7 +88,6 @@ export async function planRun(a: RunArgs): Promise<RunPlan> {
   if (def?.qemu_args.length) {
     if (!bridged && sshPort === undefined && vms.referencedVars(def.qemu_args).includes('vm.ssh_port'))
       sshPort = await (await import('../qemu/host.ts')).freePort();
-    const { loadRuntimeConfig } = await import('../config/runtime.ts');
     const args2 = vms.expandVars(def.qemu_args, def.argWhere, def, {
       vm: { name: ref.name, mem, cpus, ssh_port: bridged ? null : (sshPort ?? null) },
       globalVars: (await loadRuntimeConfig()).value.vars ?? {},
@@ -167,8 +170,6 @@ async function checkWriteLock(image: string, name: string, a: RunArgs): Promise<
 /** A pim build's VM: who logs in over SSH (pim-ssh, pim-cp), recorded in the metadata. */
 async function sshOfImage(img: ImageRef): Promise<{ user?: string; key?: string } | undefined> {
   if (!img.build) return undefined;
-  const { buildOfDisk } = await import('../image/registry.ts');
-  const { sshOfBuild } = await import('./reach.ts');
   const b = buildOfDisk(img.path);
   if (!b) return undefined;
   const ssh = sshOfBuild(b.settings?.ssh_user, b.inputs?.profile?.ssh_keys, b.settings?.user_key);
@@ -202,7 +203,6 @@ export interface Shares {
  */
 async function planShares(specs: string[], mem: string): Promise<Shares> {
   if (!specs.length) return { shares: [], fs: () => '9p', stop() {} };
-  const { parseShare, chooseShareFs, ninepArgs, startVirtiofsd, virtiofsArgs } = await import('../qemu/share.ts');
   const used = new Set<string>();
   const shares = specs.map((s) => parseShare(s, used));
   let fs: '9p' | 'virtiofs' = '9p';

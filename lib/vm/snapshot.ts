@@ -32,6 +32,7 @@ import { buildOfDisk, isBuildDisk } from '../image/registry.ts';
 import { sameFile } from '../core/fs.ts';
 import { listVms, vmInfo, type RunningVm } from './state.ts';
 import { vmRef } from './ref.ts';
+import { imgInfo, imgSnapshot } from '../image/qemu-img.ts';
 
 /** One snapshot, as pim prints it. */
 export interface Snapshot {
@@ -285,14 +286,12 @@ const withVmQmp = <T>(vm: RunningVm, timeoutMs: number, fn: (q: QmpClient) => Pr
 /** The snapshots of a running VM or an image. */
 export async function listSnapshots(t: SnapTarget, timeoutMs: number): Promise<Snapshot[]> {
   if (t.kind === 'running') return withVmQmp(t.vm, timeoutMs, async (q) => (await disksOf(q, t.vm)).snapshots);
-  const { imgInfo } = await import('../image/qemu-img.ts');
   return ((await imgInfo(t.path)).snapshots ?? []).map(toSnapshot);
 }
 
 /** save, load or rm snapshot `tag` of a running VM or an image. */
 export async function snapshotAction(t: SnapTarget, action: SnapshotAction, tag: string, o: ActionOpts): Promise<void> {
   if (t.kind === 'running') return withVmQmp(t.vm, o.timeoutMs, (q) => runningAction(q, t.vm, action, tag, o));
-  const { imgInfo, imgSnapshot } = await import('../image/qemu-img.ts');
   const have = ((await imgInfo(t.path)).snapshots ?? []).filter((s) => s.name === tag);
   if (action === 'save') {
     if (have.length && !o.force) throw tagExists(t.name, tag);

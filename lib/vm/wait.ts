@@ -26,6 +26,8 @@ import { EXIT, PimError } from '../core/exit.ts';
 import { openRegular } from '../core/fs.ts';
 import { isOurProcess } from '../core/proc.ts';
 import { qemuMarker, type RunningVm } from './state.ts';
+import { withQmp } from './connect.ts';
+import { GaClient } from '../qemu/ga.ts';
 
 export type WaitFor = { kind: 'agent' } | { kind: 'ssh' } | { kind: 'console'; re: RegExp };
 
@@ -204,7 +206,6 @@ export async function waitUp(vm: RunningVm, fors: WaitFor[], o: WaitOpts): Promi
 /** At a timeout: what QMP sees (a paused VM; whether the guest opened the agent's port). '' when all looks normal. */
 async function qmpView(vm: RunningVm, agent: boolean): Promise<string> {
   try {
-    const { withQmp } = await import('./connect.ts');
     return await withQmp(vm, 3_000, async (q) => {
       const out: string[] = [];
       const st = (await q.execute('query-status')) as { status: string; running: boolean };
@@ -238,7 +239,6 @@ function probe(vm: RunningVm, p: Probe, signal: AbortSignal, logFrom: number): P
 }
 
 async function agentProbe(vm: RunningVm, p: Probe, signal: AbortSignal): Promise<string> {
-  const { GaClient } = await import('../qemu/ga.ts');
   p.last = 'no reply to guest-sync from the guest agent';
   const g = await GaClient.connect(vm.files.ga, 5_000);
   const onAbort = () => g.close();

@@ -129,7 +129,7 @@ describe('the layers of lib/', () => {
   it('reads imports at the top and lazy ones (the check itself works)', () => {
     const top = importsOf('lib/vm/clone.ts').find((e) => e.to === 'lib/vm/state.ts');
     const lazy = importsOf('cmds/pim-vm.ts').find((e) => e.to === 'lib/vm/clone.ts');
-    const type = importsOf('lib/vm/connect.ts').find((e) => e.to === 'lib/qemu/qmp.ts' && e.typeOnly);
+    const type = importsOf('lib/vm/reach.ts').find((e) => e.to === 'lib/vm/ref.ts' && e.typeOnly);
     expect([top?.typeOnly, lazy?.typeOnly, Boolean(type)]).toEqual([false, false, true]);
   });
 });
