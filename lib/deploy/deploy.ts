@@ -7,16 +7,11 @@ import { join } from 'node:path';
 import { cacheDir } from '../core/paths.ts';
 import { ensurePrivateDir } from '../core/fs.ts';
 import { resolveSource } from './source.ts';
-import type { DeployOpts, Deployed, Outcome } from './libvirt.ts';
+import type { DeployOpts, DeployResult, Deployed, Outcome } from './libvirt.ts';
 import type { Target } from './targets.ts';
 import { acquireLock } from '../core/lock.ts';
 
-export interface DeployResult {
-  name: string;
-  build: string;
-  volume: string;
-  outcome: Outcome;
-}
+export type { DeployResult };
 
 export async function deploy(ref: string, t: Target, o: DeployOpts & { name?: string }): Promise<DeployResult> {
   // a registry: the build itself is pushed (no domain, so no --name); the layer is hashed as it goes up

@@ -53,6 +53,14 @@ export interface Step {
   detail: string;
 }
 
+/** What pim-deploy did with a build on a target (lib/deploy/deploy.ts). */
+export interface DeployResult {
+  name: string;
+  build: string;
+  volume: string;
+  outcome: Outcome;
+}
+
 export interface Outcome {
   plan: Step[];
   upload: 'uploaded' | 'skipped';

@@ -12,8 +12,7 @@ import { cacheDir } from '../core/paths.ts';
 import { ensurePrivateDir } from '../core/fs.ts';
 import { log } from '../core/log.ts';
 import { findBuild } from '../image/registry.ts';
-import type { DeployResult } from './deploy.ts';
-import type { DeployOpts, Deployed } from './libvirt.ts';
+import type { DeployOpts, DeployResult, Deployed } from './libvirt.ts';
 import type { OciTarget } from './targets.ts';
 import { acquireLock } from '../core/lock.ts';
 

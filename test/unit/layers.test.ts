@@ -3,8 +3,8 @@
  * imports (at the top, or with `await import`) only from its own folder and
  * from folders on lower layers, never sideways to another folder of its layer
  * nor up; a type-only import counts too. cmds/ sits on top. And no two files
- * import each other, however far round (a cycle of value imports; a loop of
- * type-only imports, which nothing loads, is not one).
+ * import each other, however far round (type-only imports count: a loop of
+ * them still ties the files' meaning together).
  */
 import { describe, expect, it } from 'vitest';
 import { readdirSync, readFileSync } from 'node:fs';
@@ -24,6 +24,9 @@ const LAYERS: string[][] = [
   ['deploy'], // builds onto libvirt, Proxmox, SSH hosts, registries
   ['cmds'], // the executables
 ];
+
+/** lib/build's type-only loops (BuildOpts and BuildOutcome live in build.ts, which loads boot.ts and raw.ts): its rework (issue 20) moves them down. */
+const KNOWN_CYCLES = new Set(['lib/build/boot.ts lib/build/build.ts lib/build/cloud.ts lib/build/raw.ts']);
 
 const layerOf = new Map(LAYERS.flatMap((folders, i) => folders.map((f) => [f, i] as const)));
 
@@ -90,9 +93,9 @@ describe('the layers of lib/', () => {
     expect(bad).toEqual([]);
   });
 
-  it('have no import cycles between files (value imports, at the top or lazy)', () => {
+  it('have no import cycles between files (at the top, lazy or type-only)', () => {
     const graph = new Map<string, string[]>();
-    for (const e of edges) if (!e.typeOnly) graph.set(e.from, [...(graph.get(e.from) ?? []), e.to]);
+    for (const e of edges) graph.set(e.from, [...(graph.get(e.from) ?? []), e.to]);
     const cycles = new Set<string>();
     // Tarjan's strongly connected components: each one of more than one file is a cycle
     let index = 0;
@@ -123,7 +126,7 @@ describe('the layers of lib/', () => {
       }
     };
     for (const f of files) if (!idx.has(f)) visit(f);
-    expect([...cycles]).toEqual([]);
+    expect([...cycles].filter((c) => !KNOWN_CYCLES.has(c))).toEqual([]);
   });
 
   it('reads imports at the top and lazy ones (the check itself works)', () => {
