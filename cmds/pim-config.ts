@@ -7,8 +7,13 @@
  */
 import { defineCommand } from 'citty';
 import { VERSION } from '../lib/cli/command.ts';
-import { writeOut } from '../lib/cli/output.ts';
+import { writeOut, printJson, printRecords } from '../lib/cli/output.ts';
 import { jsonArgs } from '../lib/cli/args.ts';
+import { configDir } from '../lib/core/paths.ts';
+import { loadRuntimeConfig } from '../lib/config/runtime.ts';
+import { loadCatalog, entryNames, resolveEntry } from '../lib/config/catalog.ts';
+import { printJsonOrYaml } from '../lib/config/show.ts';
+import { configPaths } from '../lib/config/tree.ts';
 
 const init = defineCommand({
   meta: {
@@ -18,7 +23,6 @@ const init = defineCommand({
   async run() {
     const { log } = await import('../lib/core/log.ts');
     const { initTree } = await import('../lib/config/init.ts');
-    const { configDir } = await import('../lib/core/paths.ts');
     const { written, skipped } = await initTree();
     for (const s of skipped) log.info(`exists, left alone: ${s}`);
     for (const w of written) writeOut(w + '\n');
@@ -33,9 +37,6 @@ const show = defineCommand({
   },
   args: { ...jsonArgs },
   async run({ args }) {
-    const { printJson } = await import('../lib/cli/output.ts');
-    const { loadRuntimeConfig } = await import('../lib/config/runtime.ts');
-    const { loadCatalog, entryNames, resolveEntry } = await import('../lib/config/catalog.ts');
     const { checkProfileRefs } = await import('../lib/config/profile.ts');
     const rt = await loadRuntimeConfig();
     const out: Record<string, unknown> = { pim: rt.value, profiles: {}, isos: {} };
@@ -47,11 +48,7 @@ const show = defineCommand({
         (out[kind] as Record<string, unknown>)[n] = r.value;
       }
     }
-    if (args.json) printJson(out);
-    else {
-      const { yamlLib } = await import('../lib/config/yaml.ts');
-      writeOut((await yamlLib()).stringify(out));
-    }
+    await printJsonOrYaml(out, args.json);
   },
 });
 
@@ -59,8 +56,6 @@ const path = defineCommand({
   meta: { name: 'path', description: 'Print the config directories: NAME<TAB>PATH (or --json).' },
   args: { ...jsonArgs },
   async run({ args }) {
-    const { printJson, printRecords } = await import('../lib/cli/output.ts');
-    const { configPaths } = await import('../lib/config/tree.ts');
     const paths = configPaths();
     if (args.json) printJson(paths);
     else

@@ -8,6 +8,9 @@
 import { defineCommand } from 'citty';
 import { lazyCompleter, VERSION } from '../lib/cli/command.ts';
 import { EXIT, PimError } from '../lib/core/exit.ts';
+import { runningVm } from '../lib/vm/connect.ts';
+import { parseTimeout } from '../lib/cli/args.ts';
+import { stdout } from '../lib/cli/output.ts';
 
 /** VM names from the runtime dir, loaded at TAB time only */
 const vmNames = lazyCompleter(async () => (await import('../lib/vm/complete.ts')).completeVmNames);
@@ -44,9 +47,6 @@ tabs and colour pass. A pipe gets the bytes as they are; the attached console is
     },
   },
   async run({ args }) {
-    const { runningVm } = await import('../lib/vm/connect.ts');
-    const { parseTimeout } = await import('../lib/cli/args.ts');
-    const { stdout } = await import('../lib/cli/output.ts');
     if (!args.ro && !process.stdin.isTTY)
       throw new PimError(EXIT.USAGE, 'stdin is not a terminal; use --ro to read the console without typing into it');
     let until: RegExp | undefined;

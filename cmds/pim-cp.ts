@@ -7,6 +7,10 @@
  */
 import { defineCommand } from 'citty';
 import { lazyCompleter, VERSION, type Words } from '../lib/cli/command.ts';
+import { EXIT, PimError } from '../lib/core/exit.ts';
+import { planCopy, checkLocal, copy, copyAcross } from '../lib/vm/copy.ts';
+import { runningVm } from '../lib/vm/connect.ts';
+import { prepareSsh, startMaster, overrideArgs, needSshClient } from '../lib/vm/reach.ts';
 
 /** VM names from the runtime dir, loaded at TAB time only */
 const vmNames = lazyCompleter(async () => (await import('../lib/vm/complete.ts')).completeVmNames);
@@ -65,8 +69,6 @@ PATH, the install hint (69) before anything connects.`,
     },
   },
   async run({ args, data }) {
-    const { EXIT, PimError } = await import('../lib/core/exit.ts');
-    const { planCopy, checkLocal, copy, copyAcross } = await import('../lib/vm/copy.ts');
     const words = (data as Words).positionals;
     const plan = planCopy(words);
     for (const side of [plan, plan.to]) {
@@ -74,8 +76,6 @@ PATH, the install hint (69) before anything connects.`,
         throw new PimError(EXIT.USAGE, `--user ${args.user} and ${side.user}@${side.vm} disagree`);
     }
     checkLocal(plan, Boolean(args.recursive));
-    const { runningVm } = await import('../lib/vm/connect.ts');
-    const { prepareSsh, startMaster, overrideArgs, needSshClient } = await import('../lib/vm/reach.ts');
     // before anything connects: without ssh, the install hint (69), not "cannot reach"
     const ssh = await needSshClient('ssh');
     // a builtin through getBuiltinModule: a dynamic import() would set up the ESM loader (ms)
@@ -87,7 +87,7 @@ PATH, the install hint (69) before anything connects.`,
         writeSync(2, `pim-cp: ${m}\n`),
       );
       if (!p.master) await startMaster(p, vm, ssh);
-      return { opts: ['-F', p.files.config, ...overrideArgs(p, vm)], dir: p.files.dir };
+      return { opts: ['-F', p.files.config, ...overrideArgs(p)], dir: p.files.dir };
     };
     const from = await reach(plan.vm, plan.user);
     if (plan.to)

@@ -7,8 +7,12 @@
  */
 import { defineCommand } from 'citty';
 import { lazyCompleter, VERSION, type Completer, type Words } from '../lib/cli/command.ts';
-import { jsonArgs } from '../lib/cli/args.ts';
+import { jsonArgs, parseTimeout } from '../lib/cli/args.ts';
 import { EXIT, PimError } from '../lib/core/exit.ts';
+import { parseAction, ctlVm } from '../lib/vm/ctl.ts';
+import { parseWaitFor, checkWaitable, signalsOf, waitUp } from '../lib/vm/wait.ts';
+import { runningVm } from '../lib/vm/connect.ts';
+import { printRecords } from '../lib/cli/output.ts';
 
 /** VM names from the runtime dir, loaded at TAB time only */
 const vmNames = lazyCompleter(async () => (await import('../lib/vm/complete.ts')).completeVmNames);
@@ -72,18 +76,13 @@ does; a console line counts only when written after the action.`,
     ...jsonArgs,
   },
   async run({ args, data }) {
-    const { parseTimeout } = await import('../lib/cli/args.ts');
-    const { parseAction, ctlVm } = await import('../lib/vm/ctl.ts');
     const [name, word] = (data as Words).positionals as [string, string];
     const action = parseAction(word);
     const ms = parseTimeout(args.timeout, 60);
     const waitMs = parseTimeout(args.waitTimeout, 120, '--wait-timeout');
-    const { parseWaitFor, checkWaitable, signalsOf, waitUp } = await import('../lib/vm/wait.ts');
     const fors = ((data as Words).repeated.wait ?? []).map((s) => parseWaitFor(s, '--wait'));
     if (fors.length && action === 'pause')
       throw new PimError(EXIT.USAGE, '--wait is for resume, reboot and reset: a paused guest answers nothing');
-    const { runningVm } = await import('../lib/vm/connect.ts');
-    const { printRecords } = await import('../lib/cli/output.ts');
     const { log } = await import('../lib/core/log.ts');
     const vm = await runningVm(name);
     checkWaitable(vm.name, signalsOf(vm), fors);

@@ -10,12 +10,16 @@
  */
 import { defineCommand } from 'citty';
 import { lazyCompleter, VERSION, type Words } from '../lib/cli/command.ts';
-import { jsonArgs } from '../lib/cli/args.ts';
+import { jsonArgs, parseTimeout } from '../lib/cli/args.ts';
 import { EXIT, PimError } from '../lib/core/exit.ts';
+import { listBuilds } from '../lib/image/registry.ts';
+import { printRecords } from '../lib/cli/output.ts';
+import { entryNames, resolveEntry } from '../lib/config/catalog.ts';
+import { listDeployed, deploy } from '../lib/deploy/deploy.ts';
+import { trapSignals } from '../lib/core/signals.ts';
 
 /** Builds and profiles for the first word, targets for the second (loaded at TAB time only). */
 const builds = lazyCompleter(async () => {
-  const { listBuilds } = await import('../lib/image/registry.ts');
   return (complete) => {
     complete('list', 'what pim deployed on a target');
     complete('targets', 'the targets of targets.d');
@@ -113,12 +117,10 @@ list prints the PROFILE-KEY12 tags. Credentials come from creds_env (USER:PASSWO
   },
   async run({ args, data }) {
     const [first, second] = (data as Words).positionals as [string, string | undefined];
-    const { printRecords } = await import('../lib/cli/output.ts');
     const out = { json: args.json, quiet: args.quiet };
     if (first === 'targets') {
       if (second !== undefined) throw new PimError(EXIT.USAGE, 'targets takes no TARGET; usage: pim-deploy targets');
       const { loadTargetCatalog, target } = await import('../lib/deploy/targets.ts');
-      const { entryNames, resolveEntry } = await import('../lib/config/catalog.ts');
       const cat = await loadTargetCatalog();
       const recs = entryNames(cat).map((n) => {
         const t = target(resolveEntry(cat, n));
@@ -143,7 +145,6 @@ list prints the PROFILE-KEY12 tags. Credentials come from creds_env (USER:PASSWO
     const { loadTarget } = await import('../lib/deploy/targets.ts');
     if (first === 'list') {
       const t = await loadTarget(second);
-      const { listDeployed } = await import('../lib/deploy/deploy.ts');
       printRecords(await listDeployed(t), ['build', 'profile', 'volume', 'state'], out);
       return;
     }
@@ -154,12 +155,9 @@ list prints the PROFILE-KEY12 tags. Credentials come from creds_env (USER:PASSWO
         EXIT.USAGE,
         `--keep must be a whole number of at least 1 (the volume in use), not ${JSON.stringify(args.keep)}`,
       );
-    const { parseTimeout } = await import('../lib/cli/args.ts');
     const healthTimeoutS =
       args.healthTimeout === undefined ? undefined : parseTimeout(args.healthTimeout, 0, '--health-timeout') / 1000;
     const t = await loadTarget(second);
-    const { deploy } = await import('../lib/deploy/deploy.ts');
-    const { trapSignals } = await import('../lib/core/signals.ts');
     const trap = trapSignals();
     try {
       const t0 = performance.now();

@@ -6,8 +6,9 @@
  */
 import { defineCommand } from 'citty';
 import { VERSION } from '../lib/cli/command.ts';
-import { jsonArgs, timeoutArgs } from '../lib/cli/args.ts';
+import { jsonArgs, timeoutArgs, parseTimeout } from '../lib/cli/args.ts';
 import { EXIT } from '../lib/core/exit.ts';
+import { printRecords } from '../lib/cli/output.ts';
 
 export default defineCommand({
   meta: {
@@ -34,9 +35,7 @@ when no check fails, 1 when one does.`,
     ...timeoutArgs(10, 'for each test (the KVM test run, each program asked for its version)'),
   },
   async run({ args }) {
-    const { parseTimeout } = await import('../lib/cli/args.ts');
     const { runChecks } = await import('../lib/vm/doctor.ts');
-    const { printRecords } = await import('../lib/cli/output.ts');
     const checks = await runChecks(parseTimeout(args.timeout, 10));
     printRecords(checks, ['status', 'detail'], { json: args.json });
     return checks.some((c) => c.status === 'fail') ? EXIT.NO : EXIT.OK;

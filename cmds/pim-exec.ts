@@ -9,6 +9,11 @@
 import { defineCommand } from 'citty';
 import { lazyCompleter, VERSION, type Words } from '../lib/cli/command.ts';
 import { EXIT, PimError } from '../lib/core/exit.ts';
+import { parseTimeout } from '../lib/cli/args.ts';
+import { runningVm } from '../lib/vm/connect.ts';
+import { guestExec, readInput, SpawnFailed } from '../lib/vm/exec.ts';
+import { trapSignals } from '../lib/core/signals.ts';
+import { writeOut } from '../lib/cli/output.ts';
 
 /** VM names from the runtime dir, loaded at TAB time only */
 const vmNames = lazyCompleter(async () => (await import('../lib/vm/complete.ts')).completeVmNames);
@@ -59,11 +64,6 @@ running look alike but for the message on stderr.`,
   async run({ args, data }) {
     const { rest } = data as Words;
     if (!rest.length || !rest[0]) throw new PimError(EXIT.USAGE, 'no command: pim-exec NAME -- CMD [ARGS...]');
-    const { parseTimeout } = await import('../lib/cli/args.ts');
-    const { runningVm } = await import('../lib/vm/connect.ts');
-    const { guestExec, readInput, SpawnFailed } = await import('../lib/vm/exec.ts');
-    const { trapSignals } = await import('../lib/core/signals.ts');
-    const { writeOut } = await import('../lib/cli/output.ts');
     const timeoutMs = args.timeout !== undefined ? parseTimeout(args.timeout, 0) : null;
     const vm = await runningVm(args.name);
     if (vm.meta && !vm.meta.agent)

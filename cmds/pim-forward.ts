@@ -6,8 +6,10 @@
  */
 import { defineCommand } from 'citty';
 import { lazyCompleter, VERSION, type Completer, type Words } from '../lib/cli/command.ts';
-import { jsonArgs, timeoutArgs } from '../lib/cli/args.ts';
+import { jsonArgs, timeoutArgs, parseTimeout } from '../lib/cli/args.ts';
 import { EXIT, PimError } from '../lib/core/exit.ts';
+import { runningVm } from '../lib/vm/connect.ts';
+import { printRecords } from '../lib/cli/output.ts';
 
 /** VM names from the runtime dir, loaded at TAB time only */
 const vmNames = lazyCompleter(async () => (await import('../lib/vm/complete.ts')).completeVmNames);
@@ -71,10 +73,7 @@ has its own address (pim-ip).`,
         EXIT.USAGE,
         `${action} needs a SPEC such as 8080:80; usage: pim-forward NAME ${action} SPEC...`,
       );
-    const { parseTimeout } = await import('../lib/cli/args.ts');
-    const { runningVm } = await import('../lib/vm/connect.ts');
     const fw = await import('../lib/vm/forward.ts');
-    const { printRecords } = await import('../lib/cli/output.ts');
     const ms = parseTimeout(args.timeout, 10);
     // every SPEC is checked before anything changes
     const adds = action === 'add' ? specs.map((s) => fw.parseForward(s, 'add')) : [];

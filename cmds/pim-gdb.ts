@@ -11,6 +11,9 @@ import { defineCommand } from 'citty';
 import { lazyCompleter, VERSION, type Words } from '../lib/cli/command.ts';
 import { EXIT, PimError } from '../lib/core/exit.ts';
 import pimRun from './pim-run.ts';
+import { which } from '../lib/core/which.ts';
+import { runningVm } from '../lib/vm/connect.ts';
+import { childExit } from '../lib/core/proc.ts';
 
 const vmNames = lazyCompleter(async () => (await import('../lib/vm/complete.ts')).completeVmNames);
 
@@ -52,17 +55,14 @@ does not run.`,
   } as unknown as typeof pimRun.args & { attach: { type: 'boolean' } },
   async run({ args, data, rawArgs, cmd }) {
     const words = data as Words;
-    const { which } = await import('../lib/core/which.ts');
     const gdb = which('gdb');
     if (!gdb) throw new PimError(EXIT.UNAVAILABLE, 'gdb was not found on PATH; install it (apt-get install gdb)');
     // Ctrl-C belongs to gdb (it stops the inferior); pim-gdb waits on
     process.on('SIGINT', () => undefined);
     if (args.attach) {
-      const { runningVm } = await import('../lib/vm/connect.ts');
       const vm = await runningVm(args.target);
       const { spawn } = await import('node:child_process');
       const child = spawn(gdb, [...words.rest, '-p', String(vm.pid)], { stdio: 'inherit' });
-      const { childExit } = await import('../lib/core/proc.ts');
       return childExit(child);
     }
     return pimRun.run!({

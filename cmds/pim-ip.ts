@@ -6,6 +6,8 @@
 import { defineCommand } from 'citty';
 import { lazyCompleter, VERSION } from '../lib/cli/command.ts';
 import { jsonArgs, timeoutArgs } from '../lib/cli/args.ts';
+import { gaQuery } from '../lib/vm/connect.ts';
+import { printRecords } from '../lib/cli/output.ts';
 
 /** VM names from the runtime dir, loaded at TAB time only */
 const vmNames = lazyCompleter(async () => (await import('../lib/vm/complete.ts')).completeVmNames);
@@ -65,8 +67,6 @@ The address of a --bridged VM is on the bridge's network.`,
     ...timeoutArgs(5, 'for the guest agent'),
   },
   async run({ args }) {
-    const { gaQuery } = await import('../lib/vm/connect.ts');
-    const { printRecords } = await import('../lib/cli/output.ts');
     const name = args.name;
     const ifaces = await gaQuery<GaIface[]>(name, 'guest-network-get-interfaces', args.timeout, 5);
     const recs = addressRecords(name, ifaces, args.all).map((r) => ({

@@ -15,7 +15,11 @@ import { VERSION, type Words } from '../lib/cli/command.ts';
 import { EXIT } from '../lib/core/exit.ts';
 import { jsonArgs, quietArgs } from '../lib/cli/args.ts';
 import { catalogCompleter } from '../lib/cli/catalog-names.ts';
-import { writeOut, type Rec } from '../lib/cli/output.ts';
+import { writeOut, type Rec, printRecords } from '../lib/cli/output.ts';
+import { printJsonOrYaml } from '../lib/config/show.ts';
+import { progressReporter } from '../lib/install/download.ts';
+import { trapSignals, Interrupted } from '../lib/core/signals.ts';
+import { isoFiles, statOrNull } from '../lib/install/iso.ts';
 
 /** The catalog, checked names first (every subcommand that takes a NAME). */
 async function store(...names: string[]) {
@@ -39,7 +43,6 @@ const list = defineCommand({
   args: { ...jsonArgs, ...quietArgs },
   async run({ args }) {
     const s = await store();
-    const { printRecords } = await import('../lib/cli/output.ts');
     printRecords(await s.listIsos(), ['state', 'verified', 'size', 'url', 'kind'], {
       json: args.json,
       quiet: args.quiet,
@@ -52,12 +55,7 @@ const show = defineCommand({
   args: { name: isoArg, ...jsonArgs },
   async run({ args }) {
     const out = await (await store(args.name)).showIso(args.name);
-    const { printJson } = await import('../lib/cli/output.ts');
-    if (args.json) printJson(out);
-    else {
-      const { yamlLib } = await import('../lib/config/yaml.ts');
-      writeOut((await yamlLib()).stringify(out));
-    }
+    await printJsonOrYaml(out, args.json);
   },
 });
 
@@ -127,7 +125,6 @@ const verify = defineCommand({
     const names = (data as Words).positionals;
     const s = await store(...names);
     const { log } = await import('../lib/core/log.ts');
-    const { printRecords } = await import('../lib/cli/output.ts');
     let code = 0;
     const recs: Rec[] = [];
     for await (const r of s.verifyIsos(names)) {
@@ -204,8 +201,6 @@ type Store = typeof import('../lib/install/iso-store.ts');
 /** Download NAMEs one after another: a line per ISO on stdout, progress and events on stderr. */
 async function runDownload(store: Store, names: string[], insecure: boolean): Promise<number> {
   const { log } = await import('../lib/core/log.ts');
-  const { progressReporter } = await import('../lib/install/download.ts');
-  const { trapSignals, Interrupted } = await import('../lib/core/signals.ts');
   const trap = trapSignals();
   let current = '';
   let bar: ReturnType<typeof progressReporter> | null = null;
@@ -253,7 +248,6 @@ async function runDownload(store: Store, names: string[], insecure: boolean): Pr
   } catch (e) {
     endBar();
     if (e instanceof Interrupted) {
-      const { isoFiles, statOrNull } = await import('../lib/install/iso.ts');
       const name = current || names[0]!;
       const part = isoFiles(name).part;
       log.warn(

@@ -7,6 +7,8 @@
 import { defineCommand } from 'citty';
 import { lazyCompleter, VERSION } from '../lib/cli/command.ts';
 import { EXIT, PimError } from '../lib/core/exit.ts';
+import { vmRef } from '../lib/vm/ref.ts';
+import { stdout } from '../lib/cli/output.ts';
 
 /** VMs with a log: running ones, and stopped ones whose log is kept (loaded at TAB time only) */
 const logNames = lazyCompleter(async () => (await import('../lib/vm/complete.ts')).completeLoggedNames);
@@ -40,10 +42,8 @@ gets the bytes as they are.`,
       if (!/^\d+$/.test(args.lines) || !Number.isSafeInteger(lines))
         throw new PimError(EXIT.USAGE, `-n must be a number of lines, not ${JSON.stringify(args.lines)}`);
     }
-    const { vmRef } = await import('../lib/vm/ref.ts');
     const ref = vmRef(args.name);
     const { showLog } = await import('../lib/vm/log.ts');
-    const { stdout } = await import('../lib/cli/output.ts');
     const out = stdout();
     return showLog(ref, { follow: args.follow, lines, out, safe: out.isTTY });
   },

@@ -5,6 +5,8 @@
 import { defineCommand } from 'citty';
 import { lazyCompleter, VERSION } from '../lib/cli/command.ts';
 import { jsonArgs, timeoutArgs } from '../lib/cli/args.ts';
+import { gaQuery } from '../lib/vm/connect.ts';
+import { printRecords } from '../lib/cli/output.ts';
 
 /** VM names from the runtime dir, loaded at TAB time only */
 const vmNames = lazyCompleter(async () => (await import('../lib/vm/complete.ts')).completeVmNames);
@@ -22,8 +24,6 @@ export default defineCommand({
     ...timeoutArgs(5, 'for the guest agent'),
   },
   async run({ args }) {
-    const { gaQuery } = await import('../lib/vm/connect.ts');
-    const { printRecords } = await import('../lib/cli/output.ts');
     const name = args.name;
     const os = await gaQuery<Record<string, string | undefined>>(name, 'guest-get-osinfo', args.timeout, 5);
     const rec = {

@@ -8,13 +8,14 @@ import { defineCommand } from 'citty';
 import { VERSION } from '../lib/cli/command.ts';
 import { jsonArgs, quietArgs } from '../lib/cli/args.ts';
 import { catalogCompleter } from '../lib/cli/catalog-names.ts';
+import { loadCatalog, entryNames, resolveEntry } from '../lib/config/catalog.ts';
+import { printRecords } from '../lib/cli/output.ts';
+import { showEntry } from '../lib/config/show.ts';
 
 const list = defineCommand({
   meta: { name: 'list', description: 'One line per profile: name, distro, iso, the files that define it.' },
   args: { ...jsonArgs, ...quietArgs },
   async run({ args }) {
-    const { loadCatalog, entryNames, resolveEntry } = await import('../lib/config/catalog.ts');
-    const { printRecords } = await import('../lib/cli/output.ts');
     const cat = await loadCatalog('profiles');
     const recs = entryNames(cat).map((n) => {
       const r = resolveEntry(cat, n);
@@ -42,7 +43,6 @@ const show = defineCommand({
   },
   async run({ args }) {
     const { loadProfile } = await import('../lib/config/profile.ts');
-    const { showEntry } = await import('../lib/config/show.ts');
     await showEntry(await loadProfile(args.name), { json: args.json, explain: args.explain });
   },
 });

@@ -20,8 +20,10 @@ import { formatRecords, humanDuration, printRecords, writeOut, type Rec } from '
 import { jsonArgs, quietArgs } from '../lib/cli/args.ts';
 import { existingRuntimeDir } from '../lib/core/paths.ts';
 import { EXIT, PimError } from '../lib/core/exit.ts';
-import { cleanupFiles, listVms, type VmInfo } from '../lib/vm/state.ts';
+import { cleanupFiles, listVms, type VmInfo, loggedNames } from '../lib/vm/state.ts';
 import type { PortForward } from '../lib/qemu/argv.ts';
+import { loadVmCatalog, definition } from '../lib/config/vms.ts';
+import { entryNames } from '../lib/config/catalog.ts';
 
 /** How long pim-ps waits for all the VMs' QMP answers together. */
 export const PS_QMP_TIMEOUT_MS = 1_000;
@@ -81,8 +83,6 @@ export const stoppedRecord = (name: string, image: string | null, json: boolean 
 
 /** VM definitions and the image each names; a broken vms.d costs a warning, not the listing. */
 async function definedVms(): Promise<Map<string, string | null>> {
-  const { loadVmCatalog, definition } = await import('../lib/config/vms.ts');
-  const { entryNames } = await import('../lib/config/catalog.ts');
   try {
     const cat = await loadVmCatalog();
     return new Map(entryNames(cat).map((n) => [n, definition(cat, n).image ?? null]));
@@ -167,7 +167,6 @@ cleaned up.`,
     }
     if (args.all) {
       const { storeImages } = await import('../lib/image/store.ts');
-      const { loggedNames } = await import('../lib/vm/state.ts');
       const seen = new Set(recs.map((r) => r.name));
       const images = new Map<string, string | null>(storeImages().map((i) => [i.name, i.path]));
       // defined VMs (vms.d) that do not run, with the image their definition names

@@ -4,7 +4,8 @@
  */
 import { defineCommand } from 'citty';
 import { lazyCompleter, VERSION } from '../lib/cli/command.ts';
-import { timeoutArgs } from '../lib/cli/args.ts';
+import { timeoutArgs, parseTimeout } from '../lib/cli/args.ts';
+import { rawCommand } from '../lib/vm/connect.ts';
 
 /** VM names from the runtime dir, loaded at TAB time only */
 const vmNames = lazyCompleter(async () => (await import('../lib/vm/complete.ts')).completeVmNames);
@@ -28,8 +29,6 @@ export default defineCommand({
     ...timeoutArgs(10, 'for a reply'),
   },
   async run({ args }) {
-    const { rawCommand } = await import('../lib/vm/connect.ts');
-    const { parseTimeout } = await import('../lib/cli/args.ts');
     await rawCommand('qmp', args.name, args.command, args.arguments, parseTimeout(args.timeout, 10));
   },
 });

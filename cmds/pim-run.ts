@@ -10,6 +10,9 @@ import { defineCommand } from 'citty';
 import { lazyCompleter, VERSION, type Completer, type Words } from '../lib/cli/command.ts';
 import { writeOut } from '../lib/cli/output.ts';
 import { EXIT, PimError } from '../lib/core/exit.ts';
+import { trapSignals } from '../lib/core/signals.ts';
+import { waitUp } from '../lib/vm/wait.ts';
+import { StatusLine } from '../lib/cli/status.ts';
 
 /** What --wait takes, at TAB time */
 const waitForms: Completer = (c) => {
@@ -143,145 +146,30 @@ in the boot order (a blank disk boots it: a manual install).`,
   async run({ args, data }) {
     // pim-gdb runs this command with `debugger`: QEMU in the foreground under gdb
     const { rest, repeated, debugger: debuggerArgv } = data as Words & { debugger?: string[] };
-    const { resolveImage } = await import('../lib/image/store.ts');
-    const { startVm, checkCpus, checkMem, checkPort } = await import('../lib/vm/plan.ts');
-    const { vmRef } = await import('../lib/vm/ref.ts');
-    const { trapSignals } = await import('../lib/core/signals.ts');
+    const { planRun } = await import('../lib/vm/runplan.ts');
+    const { startVm } = await import('../lib/vm/plan.ts');
     const { log } = await import('../lib/core/log.ts');
-
-    const { vmInfo } = await import('../lib/vm/state.ts');
-    const running = async (n: string) => (await vmInfo(vmRef(n))).state === 'running';
-    // a VM defined in vms.d (pim-vm): its settings, which the flags override
-    const vms = await import('../lib/config/vms.ts');
-    const { looksLikePath } = await import('../lib/image/store.ts');
-    const def = looksLikePath(args.target) ? null : await vms.findVmDefinition(args.target);
-    const target = def ? vms.definitionTarget(def) : { target: args.target, buildOnly: false };
-    const img = await resolveImage(target.target, args.name ?? def?.name, running);
-    if (target.buildOnly && !img.build) {
-      throw new PimError(
-        EXIT.NOINPUT,
-        `VM ${def!.name} boots build:${target.target}, but ${img.path} is not a build of profile ${target.target}; run pim-build run ${target.target}`,
-      );
-    }
-    const ref = vmRef(img.name);
-    const cpus = checkCpus(args.cpus ?? def?.cpus ?? 2);
-    const mem = checkMem(args.mem ?? def?.mem ?? '1G');
-    const bridged = Boolean(args.bridged || def?.net === 'bridged');
-    let sshPort = args.sshPort
-      ? checkPort(args.sshPort)
-      : def?.ssh_port !== undefined
-        ? checkPort(def.ssh_port, 'ssh_port')
-        : undefined;
-    let efivars = img.efivars;
-    if (def?.firmware === 'bios') efivars = null;
-    if (def?.firmware === 'uefi' && !efivars) {
-      throw new PimError(
-        EXIT.NOINPUT,
-        `VM ${def.name} asks for UEFI firmware, but its image has no UEFI vars beside it (${img.path.replace(/\.[^./]+$/, '')}.efivars.fd); copy OVMF_VARS there, or set firmware: bios`,
-      );
-    }
-    // --forward and --wait are checked before anything starts
-    const { parseForward } = await import('../lib/vm/forward.ts');
-    const forwards = [...(def?.ports ?? []), ...(repeated.forward ?? [])].map((s) => parseForward(s));
-    // qemu_args with their variables, then the words after --
-    let extra = rest;
-    if (def?.qemu_args.length) {
-      if (!bridged && sshPort === undefined && vms.referencedVars(def.qemu_args).includes('vm.ssh_port'))
-        sshPort = await (await import('../lib/qemu/host.ts')).freePort();
-      const { loadRuntimeConfig } = await import('../lib/config/runtime.ts');
-      const { storeImages } = await import('../lib/image/store.ts');
-      const { runtimeDirPath } = await import('../lib/core/paths.ts');
-      const args2 = vms.expandVars(def.qemu_args, def.argWhere, def, {
-        vm: { name: ref.name, mem, cpus, ssh_port: bridged ? null : (sshPort ?? null) },
-        globalVars: (await loadRuntimeConfig()).value.vars ?? {},
-        image: (n) => storeImages().find((i) => i.name === n)?.path ?? null,
-        runtime: runtimeDirPath(),
-      });
-      extra = [...args2, ...rest];
-    }
-    const { parseWaitFor, checkWaitable, waitUp } = await import('../lib/vm/wait.ts');
-    const { parseTimeout } = await import('../lib/cli/args.ts');
-    const fors = (repeated.wait ?? []).map((s) => parseWaitFor(s, '--wait'));
-    const waitMs = parseTimeout(args.waitTimeout, 120, '--wait-timeout');
-    if (fors.length && args.console)
-      throw new PimError(EXIT.USAGE, '--wait is for a headless start; --console shows the console itself');
-    if (debuggerArgv && (args.console || fors.length))
-      throw new PimError(EXIT.USAGE, 'pim-gdb runs QEMU in the foreground under gdb: leave out --console and --wait');
-    checkWaitable(ref.name, { agent: true, ssh: !bridged }, fors);
-    const display = args.display === undefined ? undefined : parseDisplay(args.display);
-    let cdrom: string | undefined;
-    if (args.cdrom !== undefined) {
-      const { resolve: resolvePath } = await import('node:path');
-      const { statSync } = await import('node:fs');
-      cdrom = resolvePath(args.cdrom);
-      if (!statSync(cdrom, { throwIfNoEntry: false })?.isFile())
-        throw new PimError(EXIT.NOINPUT, `--cdrom ${cdrom} is not a file; give the path of an ISO`);
-    }
-    // a running VM that boots this very image read-write holds its write lock: not even
-    // --snapshot can read it (one started with --snapshot only reads it: others may too)
-    if (!args.clone) {
-      const { listVms } = await import('../lib/vm/state.ts');
-      const { runtimeDirPath } = await import('../lib/core/paths.ts');
-      const user = (await listVms(runtimeDirPath())).find(
-        (v) =>
-          v.state === 'running' &&
-          v.name !== ref.name &&
-          v.meta?.image === img.path &&
-          !v.meta.clone &&
-          !v.meta.snapshot,
-      );
-      if (user)
-        throw new PimError(
-          EXIT.TEMPFAIL,
-          `image ${img.path} is in use by running VM ${user.name}, whose QEMU holds its write lock (so --snapshot cannot read it either); start a throwaway copy with --clone (pim-run ${args.target} --name ${args.name ?? 'NAME'} --clone), or stop ${user.name} first`,
-        );
-    }
-    // --share: checked now; 9p arguments, or virtiofsd started under the VM's lock (and stopped again if the start fails)
-    const shares = await planShares(repeated.share ?? [], mem);
-    // a pim build's VM: who logs in over SSH (pim-ssh, pim-cp), recorded in the metadata
-    let ssh: { user?: string; key?: string } | undefined;
-    if (img.build) {
-      const { buildOfDisk } = await import('../lib/image/registry.ts');
-      const { sshOfBuild } = await import('../lib/vm/reach.ts');
-      const b = buildOfDisk(img.path);
-      if (b) {
-        ssh = sshOfBuild(b.settings?.ssh_user, b.inputs?.profile?.ssh_keys, b.settings?.user_key);
-        // no key of yours in it: a build from before pim kept a key of its own, or pim's key was made anew
-        if (!ssh.key && b.inputs?.builder !== 'raw')
-          log.warn(
-            `build ${b.id} has no SSH key you hold (not pim's current key, nor one of ~/.ssh/id_* in its profile's ssh_keys): pim-ssh will fall back to passwords; rebuild it with pim-build run ${b.profile} --force`,
-          );
-      }
-    }
+    const { start, fors, waitMs, shares } = await planRun({
+      ...args,
+      forward: repeated.forward,
+      wait: repeated.wait,
+      share: repeated.share,
+      rest,
+      debugger: debuggerArgv,
+    });
     // the foreground console leaves Ctrl-C to QEMU; a headless start undoes itself on a signal
     // (and under gdb, Ctrl-C is gdb's: it stops QEMU and gives the prompt back)
     const trap = args.console || debuggerArgv ? null : trapSignals();
     let started = false;
     try {
-      const r = await startVm({
-        ref,
-        disk: { path: img.path, format: img.format, efivars },
-        mem,
-        cpus,
-        accel: args.accel ?? def?.accel,
-        net: { bridged, bridge: args.bridge ?? def?.bridge, sshPort, forwards },
-        snapshot: Boolean(args.snapshot || def?.snapshot),
-        clone: args.clone,
-        display,
-        ...(cdrom ? { spec: { cdrom } } : {}),
-        console: args.console,
-        debugger: debuggerArgv,
-        extra,
-        prepare: shares.prepare,
-        signal: trap?.signal,
-        ssh,
-      });
+      const r = await startVm({ ...start, prepare: shares.prepare, signal: trap?.signal });
       if (typeof r === 'number') return r; // --console: QEMU's own status (under gdb: gdb's)
       started = true;
       for (const s of shares.shares)
         log.info(
           `share ${s.dir}: in the guest, mount -t ${shares.fs() === '9p' ? '9p -o trans=virtio,version=9p2000.L' : 'virtiofs'} ${s.tag} /mnt/${s.tag}`,
         );
+      const display = start.display;
       if (display?.kind === 'vnc')
         log.info(`display: VNC on 127.0.0.1:${5900 + display.n} (vnc viewer 127.0.0.1:${display.n})`);
       log.info(`${r.vm.name} started (pid ${r.vm.pid}${r.sshPort ? `, ssh 127.0.0.1:${r.sshPort}` : ''}, ${r.accel})`);
@@ -289,7 +177,6 @@ in the boot order (a blank disk boots it: a manual install).`,
       if (!fors.length) return 0;
       trap?.dispose(); // the VM is up: a signal now ends the wait only
       // on a terminal: what is awaited, the time so far and what was last seen, live on stderr
-      const { StatusLine } = await import('../lib/cli/status.ts');
       const status = new StatusLine();
       const onProgress = (waiting: string[], last: string) => {
         if (!waiting.length) return status.hide();
@@ -311,46 +198,3 @@ in the boot order (a blank disk boots it: a manual install).`,
     }
   },
 });
-
-/** --display gtk|sdl|vnc[:N] (exit 64 otherwise). */
-export function parseDisplay(s: string): NonNullable<import('../lib/qemu/argv.ts').VmSpec['display']> {
-  if (s === 'gtk' || s === 'sdl') return { kind: s };
-  const m = /^vnc(?::(\d{1,2}))?$/.exec(s);
-  if (m) return { kind: 'vnc', n: Number(m[1] ?? 0) };
-  throw new PimError(EXIT.USAGE, `--display must be gtk, sdl, vnc or vnc:N (N from 0 to 99), not ${JSON.stringify(s)}`);
-}
-
-/**
- * --share DIR[:TAG]...: each checked now (66 for a missing directory, 64 for a bad tag);
- * `prepare` (under the VM's lock) gives QEMU's arguments: virtiofs, with one virtiofsd
- * per share started beside the VM's runtime files, where virtiofsd exists, else 9p.
- */
-async function planShares(
-  specs: string[],
-  mem: string,
-): Promise<{
-  shares: Array<{ dir: string; tag: string }>;
-  fs(): '9p' | 'virtiofs';
-  prepare?: (files: { qmp: string }) => Promise<string[]>;
-  stop(): void;
-}> {
-  if (!specs.length) return { shares: [], fs: () => '9p', stop() {} };
-  const { parseShare, chooseShareFs, ninepArgs, startVirtiofsd, virtiofsArgs } = await import('../lib/qemu/share.ts');
-  const used = new Set<string>();
-  const shares = specs.map((s) => parseShare(s, used));
-  let fs: '9p' | 'virtiofs' = '9p';
-  let stop = () => {};
-  return {
-    shares,
-    fs: () => fs,
-    stop: () => stop(),
-    prepare: async (files) => {
-      const choice = chooseShareFs(undefined);
-      if (choice.fs === '9p' || !choice.virtiofsd) return ninepArgs(shares);
-      const vfs = await startVirtiofsd(choice.virtiofsd, shares, files.qmp.slice(0, -'.qmp'.length));
-      fs = 'virtiofs';
-      stop = () => vfs.stop();
-      return virtiofsArgs(vfs.shares, mem);
-    },
-  };
-}

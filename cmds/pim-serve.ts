@@ -9,6 +9,8 @@ import { VERSION } from '../lib/cli/command.ts';
 import { writeOut } from '../lib/cli/output.ts';
 import { EXIT, PimError } from '../lib/core/exit.ts';
 import { catalogCompleter } from '../lib/cli/catalog-names.ts';
+import { loadRuntimeConfig } from '../lib/config/runtime.ts';
+import { installerCmdline } from '../lib/build/iso-boot.ts';
 
 const profileNames = catalogCompleter('profiles', () => import('../lib/config/defaults.ts'));
 
@@ -61,7 +63,6 @@ In a bash script, run it as a coprocess and read the URL from it (last example).
     },
   },
   async run({ args }) {
-    const { loadRuntimeConfig } = await import('../lib/config/runtime.ts');
     const { startServer } = await import('../lib/install/serve.ts');
     const { log } = await import('../lib/core/log.ts');
     const rt = (await loadRuntimeConfig()).value;
@@ -76,7 +77,6 @@ In a bash script, run it as a coprocess and read the URL from it (last example).
     const s = await startServer({ profile, port, bind, log: (l) => log.info(l) });
     writeOut(s.url + '\n');
     // what the installer's kernel command line needs (pim-build passes the same words)
-    const { installerCmdline } = await import('../lib/build/iso-boot.ts');
     const layout = s.profile.value.distro === 'ubuntu' ? 'ubuntu' : 'debian';
     const guest = s.bind === '127.0.0.1' || s.bind === '0.0.0.0' ? `http://10.0.2.2:${s.port}` : s.url;
     const words = installerCmdline(layout, guest, '', false, s.profile.value).replace(/ ---$/, '');

@@ -10,8 +10,9 @@
  */
 import { defineCommand } from 'citty';
 import { lazyCompleter, VERSION, type Completer, type Words } from '../lib/cli/command.ts';
-import { jsonArgs, timeoutArgs } from '../lib/cli/args.ts';
+import { jsonArgs, timeoutArgs, parseTimeout } from '../lib/cli/args.ts';
 import { EXIT, PimError } from '../lib/core/exit.ts';
+import { printRecords, writeOut } from '../lib/cli/output.ts';
 
 const ACTIONS = ['save', 'load', 'list', 'rm'] as const;
 type Action = (typeof ACTIONS)[number];
@@ -108,12 +109,10 @@ VM-STATE (bytes, 0 for disk only) DATE VM-CLOCK (seconds), or with -q the tags a
     if (act !== 'list' && tag === undefined)
       throw new PimError(EXIT.USAGE, `${act} needs a TAG; usage: pim-snapshot ${target} ${act} TAG`);
     if (args.force && act !== 'save') throw new PimError(EXIT.USAGE, '--force is for save');
-    const { parseTimeout } = await import('../lib/cli/args.ts');
     const timeoutMs = parseTimeout(args.timeout, 300);
     const snap = await import('../lib/vm/snapshot.ts');
     if (tag !== undefined) snap.checkTag(tag);
     const t = await snap.snapshotTarget(target);
-    const { printRecords, writeOut } = await import('../lib/cli/output.ts');
     if (act === 'list') {
       const list = await snap.listSnapshots(t, timeoutMs);
       if (args.quiet && !args.json) writeOut(list.map((s) => s.tag + '\n').join(''));

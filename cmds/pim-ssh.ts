@@ -14,6 +14,12 @@
  */
 import { defineCommand } from 'citty';
 import { lazyCompleter, VERSION, type Words } from '../lib/cli/command.ts';
+import { EXIT, PimError } from '../lib/core/exit.ts';
+import { runningVm } from '../lib/vm/connect.ts';
+import { prepareSsh, startMaster, overrideArgs, needSshClient } from '../lib/vm/reach.ts';
+import { ensureUserKey } from '../lib/vm/userkey.ts';
+import { writeOut } from '../lib/cli/output.ts';
+import { becomeOrRun } from '../lib/core/proc.ts';
 
 /** VM names from the runtime dir, loaded at TAB time only */
 const vmNames = lazyCompleter(async () => (await import('../lib/vm/complete.ts')).completeVmNames);
@@ -74,9 +80,6 @@ guest of your own: append it to the guest's authorized_keys.`,
   },
   async run({ args, data }) {
     const { rest } = data as Words;
-    const { EXIT, PimError } = await import('../lib/core/exit.ts');
-    const { runningVm } = await import('../lib/vm/connect.ts');
-    const { prepareSsh, startMaster, overrideArgs, needSshClient } = await import('../lib/vm/reach.ts');
     // a builtin through getBuiltinModule: a dynamic import() would set up the ESM loader (ms)
     const { writeSync } = process.getBuiltinModule('node:fs') as typeof import('node:fs');
     const say = (m: string) => writeSync(2, `pim-ssh: ${m}\n`);
@@ -84,8 +87,6 @@ guest of your own: append it to the guest's authorized_keys.`,
     if (args.pubkey) {
       if (args.name || rest.length || args.config)
         throw new PimError(EXIT.USAGE, "--pubkey prints pim's public key: it takes no NAME, command or --config");
-      const { ensureUserKey } = await import('../lib/vm/userkey.ts');
-      const { writeOut } = await import('../lib/cli/output.ts');
       writeOut((await ensureUserKey()).public + '\n');
       return EXIT.OK;
     }
@@ -96,13 +97,11 @@ guest of your own: append it to the guest's authorized_keys.`,
     // with --config the file is all its reader gets: -i and --user go into it
     const p = await prepareSsh(vm, { user: args.user, key: args.identity }, say, { configWho: args.config });
     if (args.config) {
-      const { writeOut } = await import('../lib/cli/output.ts');
       writeOut(p.files.config + '\n');
       return EXIT.OK;
     }
     if (!p.master) await startMaster(p, vm, ssh);
-    const argv = ['-F', p.files.config, ...overrideArgs(p, vm), ...(args.tty ? ['-t'] : []), '--', vm.name, ...rest];
-    const { becomeOrRun } = await import('../lib/core/proc.ts');
+    const argv = ['-F', p.files.config, ...overrideArgs(p), ...(args.tty ? ['-t'] : []), '--', vm.name, ...rest];
     return becomeOrRun(ssh, argv, { argv0: 'ssh' });
   },
 });

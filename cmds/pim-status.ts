@@ -7,8 +7,12 @@
  */
 import { defineCommand } from 'citty';
 import { lazyCompleter, VERSION, type Words } from '../lib/cli/command.ts';
-import { jsonArgs, timeoutArgs } from '../lib/cli/args.ts';
+import { jsonArgs, timeoutArgs, parseTimeout, forEachName } from '../lib/cli/args.ts';
 import { EXIT } from '../lib/core/exit.ts';
+import { runningVm, withQmp } from '../lib/vm/connect.ts';
+import { printRecords, humanDuration } from '../lib/cli/output.ts';
+import { noteStatus, runSeconds, kvmErrorHint } from '../lib/vm/health.ts';
+import { prog } from '../lib/core/prog.ts';
 
 /** VM names from the runtime dir, loaded at TAB time only */
 const vmNames = lazyCompleter(async () => (await import('../lib/vm/complete.ts')).completeVmNames);
@@ -26,22 +30,14 @@ export default defineCommand({
     ...timeoutArgs(10, 'for QMP'),
   },
   async run({ args, data }) {
-    const { parseTimeout, forEachName } = await import('../lib/cli/args.ts');
-    const { withQmp } = await import('../lib/vm/connect.ts');
-    const { printRecords } = await import('../lib/cli/output.ts');
-    const { noteStatus, runSeconds, kvmErrorHint } = await import('../lib/vm/health.ts');
-    const { prog } = await import('../lib/core/prog.ts');
     const ms = parseTimeout(args.timeout, 10);
     return forEachName((data as Words).positionals, async (name) => {
-      const { st, vm } = await withQmp(name, ms, async (q, vm) => ({
-        st: (await q.execute('query-status')) as { status: string; running: boolean },
-        vm,
-      }));
+      const vm = await runningVm(name);
+      const st = (await withQmp(vm, ms, (q) => q.execute('query-status'))) as { status: string; running: boolean };
       const up = runSeconds(vm.meta);
       // what this says about KVM is remembered (an internal error: broken; a minute running: ok)
       await noteStatus(vm, st);
       // uptime as pim-ps shows it (12s, 3m4s; seconds in JSON); JSON also says `state`, as pim-ps does (`status` is kept)
-      const { humanDuration } = await import('../lib/cli/output.ts');
       const rec = args.json
         ? { name, state: st.status, status: st.status, running: st.running, pid: vm.pid, uptime: up }
         : { name, status: st.status, pid: vm.pid, uptime: humanDuration(up) };

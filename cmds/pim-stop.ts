@@ -8,8 +8,13 @@
  */
 import { defineCommand } from 'citty';
 import { lazyCompleter, VERSION, type Words } from '../lib/cli/command.ts';
-import { jsonArgs, timeoutArgs } from '../lib/cli/args.ts';
+import { jsonArgs, timeoutArgs, parseTimeout, forEachName, namesOrStdin } from '../lib/cli/args.ts';
 import { EXIT, PimError } from '../lib/core/exit.ts';
+import { vmRef } from '../lib/vm/ref.ts';
+import { requireRunning, vmInfo } from '../lib/vm/state.ts';
+import { printRecords, stdoutIsTTY } from '../lib/cli/output.ts';
+import { looksLikeField, nameProblem } from '../lib/core/names.ts';
+import { StatusLine } from '../lib/cli/status.ts';
 
 /** VM names from the runtime dir, loaded at TAB time only */
 const vmNames = lazyCompleter(async () => (await import('../lib/vm/complete.ts')).completeVmNames);
@@ -43,11 +48,7 @@ is nothing to do (exit 0).`,
     force: { type: 'boolean', alias: 'f', description: 'skip the graceful stages: SIGTERM, then SIGKILL' },
   },
   async run({ args, data }) {
-    const { parseTimeout, forEachName, namesOrStdin } = await import('../lib/cli/args.ts');
-    const { vmRef } = await import('../lib/vm/ref.ts');
-    const { requireRunning } = await import('../lib/vm/state.ts');
     const { stopVm } = await import('../lib/vm/stop.ts');
-    const { printRecords } = await import('../lib/cli/output.ts');
     const ms = parseTimeout(args.timeout, 20);
     const names = await namesOrStdin(
       (data as Words).positionals,
@@ -59,8 +60,6 @@ is nothing to do (exit 0).`,
     // image path, or "-" for a field it lacks): only then are the other field-like words
     // (a pid, a state) taken for fields; alone, "stale" is a name like any other, and a
     // field word that is a VM's name is still a name.
-    const { looksLikeField, nameProblem } = await import('../lib/core/names.ts');
-    const { vmInfo } = await import('../lib/vm/state.ts');
     const fields: string[] = [];
     if (names.some((n) => looksLikeField(n) && nameProblem(n))) {
       for (const n of new Set(names)) {
@@ -80,11 +79,9 @@ is nothing to do (exit 0).`,
     }
     const refs = new Map(names.map((n) => [n, vmRef(n)])); // every name is checked before anything stops
     // on a terminal, the stage each VM is waiting in (acpi, agent, quit, sigterm), live on stderr
-    const { StatusLine } = await import('../lib/cli/status.ts');
     const status = new StatusLine();
     const waiting = new Map<string, string>();
     const show = () => status.show(`stopping ${[...waiting].map(([n, s]) => `${n}: ${s}`).join(', ')}`);
-    const { stdoutIsTTY } = await import('../lib/cli/output.ts');
     const tty = stdoutIsTTY() && !args.json;
     const done: Array<{ name: string; stage: string; seconds: number }> = [];
     try {

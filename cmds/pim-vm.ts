@@ -9,9 +9,12 @@
  */
 import { defineCommand } from 'citty';
 import { lazyCompleter, VERSION } from '../lib/cli/command.ts';
-import { writeOut } from '../lib/cli/output.ts';
+import { writeOut, printRecords } from '../lib/cli/output.ts';
 import { jsonArgs, quietArgs } from '../lib/cli/args.ts';
 import { catalogCompleter } from '../lib/cli/catalog-names.ts';
+import { entryNames, resolveEntry } from '../lib/config/catalog.ts';
+import { loadVmCatalog, definition } from '../lib/config/vms.ts';
+import { showEntry } from '../lib/config/show.ts';
 
 const list = defineCommand({
   meta: {
@@ -20,9 +23,6 @@ const list = defineCommand({
   },
   args: { ...jsonArgs, ...quietArgs },
   async run({ args }) {
-    const { entryNames } = await import('../lib/config/catalog.ts');
-    const { loadVmCatalog, definition } = await import('../lib/config/vms.ts');
-    const { printRecords } = await import('../lib/cli/output.ts');
     const cat = await loadVmCatalog();
     const recs = entryNames(cat).map((n) => {
       const d = definition(cat, n);
@@ -56,9 +56,6 @@ const show = defineCommand({
     explain: { type: 'boolean', description: 'one line per value: key, value, the FILE:LINE it came from' },
   },
   async run({ args }) {
-    const { loadVmCatalog } = await import('../lib/config/vms.ts');
-    const { resolveEntry } = await import('../lib/config/catalog.ts');
-    const { showEntry } = await import('../lib/config/show.ts');
     // 64 for a bad name, 66 for none
     await showEntry(resolveEntry(await loadVmCatalog(), args.name), { json: args.json, explain: args.explain });
   },
@@ -90,7 +87,7 @@ throwaway copy with pim-run SRC --clone); an existing NEW is exit 73.`,
     new: { type: 'positional', required: true, valueHint: 'NEW', description: "the new image's name" },
   },
   async run({ args }) {
-    const { cloneImage } = await import('../lib/image/manage.ts');
+    const { cloneImage } = await import('../lib/vm/clone.ts');
     writeOut((await cloneImage(args.src, args.new)) + '\n');
   },
 });
@@ -123,7 +120,7 @@ qemu-img refuses is exit 65.`,
     },
   },
   async run({ args }) {
-    const { resizeImage } = await import('../lib/image/manage.ts');
+    const { resizeImage } = await import('../lib/vm/clone.ts');
     const r = await resizeImage(args.name, args.size);
     writeOut(`${r.path}\t${r.bytes}\n`);
   },

@@ -8,7 +8,11 @@
  */
 import { defineCommand } from 'citty';
 import { lazyCompleter, VERSION, type Completer, type Words } from '../lib/cli/command.ts';
-import { jsonArgs, timeoutArgs } from '../lib/cli/args.ts';
+import { jsonArgs, timeoutArgs, parseTimeout } from '../lib/cli/args.ts';
+import { runningVm } from '../lib/vm/connect.ts';
+import { parseWaitFor, waitUp, checkWaitable, signalsOf } from '../lib/vm/wait.ts';
+import { printRecords } from '../lib/cli/output.ts';
+import { StatusLine } from '../lib/cli/status.ts';
 
 /** VM names from the runtime dir, loaded at TAB time only */
 const vmNames = lazyCompleter(async () => (await import('../lib/vm/complete.ts')).completeVmNames);
@@ -52,17 +56,12 @@ the VM stops meanwhile.`,
     ...jsonArgs,
   },
   async run({ args, data }) {
-    const { parseTimeout } = await import('../lib/cli/args.ts');
-    const { runningVm } = await import('../lib/vm/connect.ts');
-    const { parseWaitFor, waitUp, checkWaitable, signalsOf } = await import('../lib/vm/wait.ts');
-    const { printRecords } = await import('../lib/cli/output.ts');
     const ms = parseTimeout(args.timeout, 120);
     const given = (data as Words).repeated.for?.map((s) => parseWaitFor(s));
     const vm = await runningVm(args.name);
     const fors = given ?? [parseWaitFor(signalsOf(vm).agent ? 'agent' : 'ssh')];
     checkWaitable(vm.name, signalsOf(vm), fors);
     // on a terminal: what is awaited, the time so far and what was last seen, live on stderr
-    const { StatusLine } = await import('../lib/cli/status.ts');
     const status = new StatusLine();
     const onProgress = (waiting: string[], last: string) => {
       if (!waiting.length) return status.hide();

@@ -17,6 +17,7 @@ import { defineCommand } from 'citty';
 import { helpColor, node, renderHelp, VERSION, type Words } from '../lib/cli/command.ts';
 import { writeOut } from '../lib/cli/output.ts';
 import { EXIT, PimError } from '../lib/core/exit.ts';
+import { becomeOrRun } from '../lib/core/proc.ts';
 
 /** The manifest build.mjs writes beside the executables: command name -> summary. */
 export const MANIFEST = 'commands.json';
@@ -123,7 +124,6 @@ async function completeAfter(words: string[]): Promise<string> {
 
 /** Become `exe` (Node 22.15+), else run it as a child; the status passes through. */
 async function runSub(exe: string, argv: string[]): Promise<number> {
-  const { becomeOrRun } = await import('../lib/core/proc.ts');
   // a bundled command runs on this Node; its signals, terminal and status are its own
   if (exe.endsWith('.cjs')) return becomeOrRun(process.execPath, [exe, ...argv], { what: exe });
   return becomeOrRun(exe, argv);

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Writes the checked-in completion scripts from the built executables: for
 # every cmds/NAME.ts, `dist/bin/NAME complete SHELL` (made by @bomb.sh/tab
-# through lib/cli.ts; cmds/pim.ts answers for the umbrella) goes to
+# through lib/cli/complete.ts; cmds/pim.ts answers for the umbrella) goes to
 #   completions/zsh/_NAME   completions/bash/NAME   completions/fish/NAME.fish
 #
 #   completions/generate.sh          rewrite them

@@ -4,6 +4,7 @@
  * and checks them the same way.
  */
 import { EXIT, PimError } from '../core/exit.ts';
+import { reportError } from './command.ts';
 
 export const jsonArgs = {
   json: { type: 'boolean', description: 'print JSON (one object per line)' },
@@ -74,7 +75,6 @@ export async function forEachName(
   fn: (name: string) => Promise<number | void>,
   opts: { parallel?: boolean } = {},
 ): Promise<number> {
-  const { reportError } = await import('./command.ts');
   let code = 0;
   const one = async (name: string) => {
     try {

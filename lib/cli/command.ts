@@ -36,14 +36,14 @@ export const VERSION: string = pkg.version;
 
 export * from './tree.ts';
 import {
-  aliasesOf,
   findSub,
   flagTable,
   isFlag,
   kebab,
   node,
+  optionDefs,
   positionalDefs,
-  resolve,
+  subcommandRows,
   takesValue,
   type AnyCommand,
   type Node,
@@ -213,15 +213,14 @@ export function argumentRows(n: Node): Array<[string, string]> {
 /** A command's options as --help and the man page show them: the flags, the value's name, the text. */
 export function optionRows(n: Node): Array<{ flags: string[]; value: string | null; text: string }> {
   const rows: Array<{ flags: string[]; value: string | null; text: string }> = [];
-  for (const [k, d] of Object.entries(n.args) as Array<[string, PimArg]>) {
-    if (d.type === 'positional') continue;
+  for (const { def: d, long, short } of optionDefs(n.args)) {
     const value = takesValue(d) ? (d.valueHint ?? (d.type === 'enum' ? (d.options ?? []).join('|') : 'VALUE')) : null;
     const notes = [
       d.repeatable ? 'repeatable' : '',
       d.default !== undefined && d.type !== 'boolean' ? `default: ${d.default}` : '',
     ].filter(Boolean);
     rows.push({
-      flags: [...aliasesOf(d).map((a) => `-${a}`), `--${kebab(k)}`],
+      flags: [...short, long],
       value,
       text: (d.description ?? '') + (notes.length ? ` (${notes.join('; ')})` : ''),
     });
@@ -233,11 +232,7 @@ export function optionRows(n: Node): Array<{ flags: string[]; value: string | nu
 
 /** A command's subcommands (or, for the umbrella, the commands it runs): name, summary. */
 export async function commandRows(n: Node): Promise<Array<[string, string]>> {
-  const cmds: Array<[string, string]> = [];
-  for (const [k, c] of Object.entries(n.subs ?? {})) {
-    const m = await resolve(c.meta ?? {});
-    if (!m?.hidden) cmds.push([k, m?.description ?? '']);
-  }
+  const cmds = await subcommandRows(n);
   if (n.meta.dispatch) cmds.push(...n.meta.dispatch.list());
   return cmds;
 }

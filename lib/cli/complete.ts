@@ -19,13 +19,13 @@
  * a value, `--fs=` and variadic positionals right in one place.
  */
 import {
-  aliasesOf,
   findSub,
   flagTable,
   isFlag,
-  kebab,
   node,
+  optionDefs,
   positionalDefs,
+  subcommandRows,
   type AnyCommand,
   type Completer,
   type Node,
@@ -118,21 +118,16 @@ export async function answer(root: Node, words: string[]): Promise<string> {
   }
   if (cur.startsWith('-')) {
     const cands: Cand[] = [];
-    for (const [k, d] of Object.entries(n.args) as Array<[string, PimArg]>) {
-      if (d.type === 'positional') continue;
-      cands.push([`--${kebab(k)}`, d.description ?? '']);
-      if (!cur.startsWith('--')) for (const a of aliasesOf(d)) cands.push([`-${a}`, d.description ?? '']);
+    for (const { def, long, short } of optionDefs(n.args)) {
+      cands.push([long, def.description ?? '']);
+      if (!cur.startsWith('--')) for (const a of short) cands.push([a, def.description ?? '']);
     }
     cands.push(['--help', 'show the help']);
     return format(cands, cur, DIRECTIVE.noFiles);
   }
   if (n.meta.dispatch) return format(n.meta.dispatch.list(), cur, DIRECTIVE.noFiles);
   if (n.subs) {
-    const cands: Cand[] = [];
-    for (const [k, c] of Object.entries(n.subs)) {
-      const m = typeof c.meta === 'function' ? await c.meta() : await c.meta;
-      if (!m?.hidden) cands.push([k, m?.description ?? '']);
-    }
+    const cands: Cand[] = await subcommandRows(n);
     return format(cands, cur, DIRECTIVE.noFiles);
   }
   const { defs } = positionalDefs(n.args);

@@ -154,4 +154,21 @@ export function positionalDefs(args: ArgsDef): { defs: Array<[string, PimArg]>; 
 }
 
 /** A word that is a flag (not `-`, not a negative number). */
+/** A command's options (not its positionals): the arg's key, its definition, its flags (-a aliases, then --long). */
+export function optionDefs(args: ArgsDef): Array<{ key: string; def: PimArg; long: string; short: string[] }> {
+  return (Object.entries(args) as Array<[string, PimArg]>)
+    .filter(([, d]) => d.type !== 'positional')
+    .map(([key, def]) => ({ key, def, long: `--${kebab(key)}`, short: aliasesOf(def).map((a) => `-${a}`) }));
+}
+
+/** A command's subcommands that are not hidden: name, summary. */
+export async function subcommandRows(n: Node): Promise<Array<[string, string]>> {
+  const rows: Array<[string, string]> = [];
+  for (const [k, c] of Object.entries(n.subs ?? {})) {
+    const m = await resolve(c.meta ?? {});
+    if (!m?.hidden) rows.push([k, m?.description ?? '']);
+  }
+  return rows;
+}
+
 export const isFlag = (w: string) => w.length > 1 && w.startsWith('-') && !/^-\d/.test(w);

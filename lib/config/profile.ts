@@ -9,6 +9,8 @@ import { DEFAULT_FILES } from './defaults.ts';
 import { configError, subdir, type Subdir } from './tree.ts';
 import { loadCatalog, resolveEntry, type Resolved } from './catalog.ts';
 import { answerProfile } from './answers.ts';
+import { run } from '../core/run.ts';
+import { configDir } from '../core/paths.ts';
 
 /** Profile keys that name files, and the subdir each lives in. */
 export const FILE_REFS: Record<string, Subdir> = {
@@ -126,8 +128,6 @@ export async function withEnvHook(p: Resolved): Promise<Resolved> {
   } catch {
     throw configError(where, `env_hook: ${f.path} is not executable; chmod +x it`);
   }
-  const { run } = await import('../core/run.ts');
-  const { configDir } = await import('../core/paths.ts');
   const r = await run(f.path, [], { cwd: configDir(), env: { PIM_PROFILE: p.name }, timeoutMs: HOOK_TIMEOUT_MS });
   const last = (r.stderr.trim().split('\n').pop() ?? '').slice(0, 200);
   if (r.timedOut) throw configError(where, `env_hook ${f.label} did not finish within ${HOOK_TIMEOUT_MS / 1000} s`);

@@ -6,6 +6,7 @@
 import { printJson, printRecords, writeOut } from '../cli/output.ts';
 import type { Resolved } from './catalog.ts';
 import { leafOrigins } from './merge.ts';
+import { yamlLib } from './yaml.ts';
 
 export async function showEntry(r: Resolved, o: { json?: boolean; explain?: boolean }): Promise<void> {
   if (o.explain) {
@@ -16,11 +17,13 @@ export async function showEntry(r: Resolved, o: { json?: boolean; explain?: bool
       from: r.origins[key] ?? '-',
     }));
     printRecords(recs, ['value', 'from'], { json: o.json });
-  } else if (o.json) printJson(r.value);
-  else {
-    const { yamlLib } = await import('./yaml.ts');
-    writeOut((await yamlLib()).stringify(r.value));
-  }
+  } else await printJsonOrYaml(r.value, o.json);
+}
+
+/** A value on stdout: JSON with --json, else YAML (pim-profile, pim-vm, pim-config and pim-iso show). */
+export async function printJsonOrYaml(v: unknown, json?: boolean): Promise<void> {
+  if (json) return printJson(v);
+  writeOut((await yamlLib()).stringify(v));
 }
 
 function getPath(v: unknown, dotted: string): unknown {

@@ -19,6 +19,27 @@ export const buildsDir = () => join(dataDir(), 'builds');
 /** logs that outlive what they log (pim-build's build logs) */
 export const stateDir = () => join(process.env.XDG_STATE_HOME || join(home(), '.local', 'state'), 'pim');
 
+/**
+ * File names in the image store (imagesDir), the build registry (buildsDir,
+ * one directory per build) and what pim-deploy keeps: one constant each, as
+ * RUNTIME_EXT below is for the runtime dir.
+ */
+export const STORE_FILES = {
+  /** a build's record, in its directory */
+  buildRecord: 'build.json',
+  /** a build's log, in its directory */
+  buildLog: 'build.log',
+  /** UEFI vars that belong to a disk: NAME.efivars.fd beside NAME.qcow2 (a libvirt volume's: VOLUME.efivars.fd) */
+  efivars: '.efivars.fd',
+  /** a store image's vars from before it was replaced (pim-build's refresh keeps them once) */
+  prevEfivars: '.prev.efivars.fd',
+  /** a libvirt domain's definition from before pim-deploy upgraded it */
+  prevXml: '.prev.xml',
+} as const;
+
+/** The UEFI vars file of `base` (a disk's name or path, a volume): BASE.efivars.fd. */
+export const efivarsOf = (base: string) => base + STORE_FILES.efivars;
+
 /** The runtime directory path (not created). */
 export function runtimeDirPath(): string {
   if (process.env.XDG_RUNTIME_DIR) return join(process.env.XDG_RUNTIME_DIR, 'pim');
@@ -36,7 +57,7 @@ export const RUNTIME_EXT = {
   meta: '.json',
   lock: '.lock',
   /** a copy of the image's UEFI vars, for a --snapshot run (the image's own stay untouched) */
-  efivars: '.efivars.fd',
+  efivars: STORE_FILES.efivars,
   /** a --clone run's disk: a throwaway overlay of the image, removed when the VM is gone */
   clone: '.clone.qcow2',
   /** a directory for what a start needs only until QEMU has it (kboot's initrd and FIFO) */

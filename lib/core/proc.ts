@@ -6,6 +6,8 @@
 import { readFileSync } from 'node:fs';
 import { constants } from 'node:os';
 import { readRegular } from './fs.ts';
+import { EXIT, PimError } from './exit.ts';
+import { prog } from './prog.ts';
 
 export function isAlive(pid: number): boolean {
   if (!Number.isInteger(pid) || pid <= 0) return false;
@@ -115,8 +117,6 @@ export async function becomeOrRun(
   args: string[],
   o: { argv0?: string; what?: string } = {},
 ): Promise<number> {
-  const { EXIT, PimError } = await import('./exit.ts');
-  const { prog } = await import('./prog.ts');
   const argv0 = o.argv0 ?? file;
   const what = o.what ?? file;
   const execve = (process as unknown as { execve?: (file: string, args: string[], env: NodeJS.ProcessEnv) => never })
@@ -149,20 +149,4 @@ export async function becomeOrRun(
       resolve(code ?? exitStatusOf(sig));
     });
   });
-}
-
-let sudoValidated = false;
-
-/**
- * With a terminal, let sudo ask for a password once (`sudo -v`), so that the
- * commands that need root then run with `sudo -n`; once per process. Without
- * a terminal nothing is asked. A refusal is 77 with `refused` as its message.
- */
-export async function sudoValidate(refused: string): Promise<void> {
-  if (sudoValidated || !process.stdin.isTTY) return;
-  const { run } = await import('./run.ts');
-  const { EXIT, PimError } = await import('./exit.ts');
-  const r = await run('sudo', ['-v'], { stdio: 'inherit', hint: 'install sudo' });
-  if (r.code !== 0) throw new PimError(EXIT.NOPERM, refused);
-  sudoValidated = true;
 }

@@ -9,6 +9,7 @@
  * both use node:child_process directly and say why.
  */
 import { EXIT, PimError } from './exit.ts';
+import { exitStatusOf } from './proc.ts';
 
 export interface RunOpts {
   /** bytes or text for the child's stdin (default: no stdin) */
@@ -96,7 +97,6 @@ export async function run(
   opts: RunOpts & { hint?: string } = {},
 ): Promise<RunResult> {
   const { execa } = await import('execa');
-  const { exitStatusOf } = await import('./proc.ts');
   const grouped = opts.stdio !== 'inherit' && opts.timeoutMs !== undefined;
   const sub = execa(cmd, args, {
     reject: false,
@@ -115,54 +115,9 @@ export async function run(
     cancelSignal: grouped ? undefined : opts.signal,
     windowsHide: true,
   });
-  let timedOut = false;
-  const timers: NodeJS.Timeout[] = [];
-  let stopped: Promise<void> | null = null;
-  const killGroup = (sig: NodeJS.Signals) => {
-    if (sub.pid === undefined) return;
-    try {
-      process.kill(-sub.pid, sig);
-    } catch {
-      /* the group is gone */
-    }
-  };
-  // kill the group: SIGTERM, SIGKILL after a grace; resolves when pim should stop waiting on the pipes
-  const stop = () =>
-    (stopped ??= new Promise<void>((resolve) => {
-      killGroup('SIGTERM');
-      timers.push(
-        setTimeout(() => {
-          killGroup('SIGKILL');
-          timers.push(setTimeout(resolve, PIPE_GRACE_MS));
-        }, KILL_GRACE_MS),
-      );
-    }));
-  let cut: Promise<void> | null = null;
+  const stop = new Stopper(sub.pid);
+  const cut = grouped ? stop.groupCut(opts) : opts.stdio !== 'inherit' ? stop.abortCut(opts.signal) : null;
   if (grouped && sub.pid !== undefined) watchGroup(sub.pid);
-  if (!grouped && opts.stdio !== 'inherit' && opts.signal) {
-    // execa kills the child on the abort; a grandchild may still hold the pipe
-    const signal = opts.signal;
-    cut = new Promise<void>((resolve) => {
-      const onAbort = () => timers.push(setTimeout(resolve, KILL_GRACE_MS + PIPE_GRACE_MS));
-      if (signal.aborted) onAbort();
-      else signal.addEventListener('abort', onAbort, { once: true });
-    });
-  }
-  if (grouped) {
-    cut = new Promise<void>((resolve) => {
-      if (opts.timeoutMs !== undefined) {
-        timers.push(
-          setTimeout(() => {
-            timedOut = true;
-            void stop().then(resolve);
-          }, opts.timeoutMs),
-        );
-      }
-      const onAbort = () => void stop().then(resolve);
-      if (opts.signal?.aborted) onAbort();
-      else opts.signal?.addEventListener('abort', onAbort, { once: true });
-    });
-  }
   let r: Awaited<typeof sub>;
   try {
     const first = cut ? await Promise.race([sub, cut.then(() => null)]) : await sub;
@@ -172,16 +127,17 @@ export async function run(
       sub.stderr?.destroy();
       sub.stdin?.destroy();
       r =
-        (await Promise.race([
-          sub,
-          new Promise<null>((res) => timers.push(setTimeout(() => res(null), PIPE_GRACE_MS))),
-        ])) ??
-        ({ exitCode: undefined, signal: 'SIGKILL', stdout: '', stderr: '', timedOut } as unknown as Awaited<
-          typeof sub
-        >);
+        (await Promise.race([sub, stop.after(PIPE_GRACE_MS)])) ??
+        ({
+          exitCode: undefined,
+          signal: 'SIGKILL',
+          stdout: '',
+          stderr: '',
+          timedOut: stop.timedOut,
+        } as unknown as Awaited<typeof sub>);
     } else r = first;
   } finally {
-    for (const t of timers) clearTimeout(t);
+    stop.clear();
     if (grouped && sub.pid !== undefined) unwatchGroup(sub.pid);
   }
   const code = (r as { code?: string }).code;
@@ -194,15 +150,95 @@ export async function run(
     code:
       r.exitCode ??
       exitStatusOf(
-        (r.signal ?? (stopped || opts.signal?.aborted ? 'SIGTERM' : undefined)) as NodeJS.Signals | undefined,
+        (r.signal ?? (stop.stopped || opts.signal?.aborted ? 'SIGTERM' : undefined)) as NodeJS.Signals | undefined,
       ),
     signal: r.signal ?? null,
     stdout: typeof out === 'string' ? out : Buffer.from(bytes).toString('utf8'),
     stdoutBytes: bytes,
     stderr: typeof r.stderr === 'string' ? r.stderr : '',
-    timedOut: timedOut || Boolean(r.timedOut),
+    timedOut: stop.timedOut || Boolean(r.timedOut),
   };
 }
+
+/** A child's time limit and abort: its process group killed (SIGTERM, then SIGKILL), and when to stop waiting on its pipes. */
+class Stopper {
+  timedOut = false;
+  stopped: Promise<void> | null = null;
+  private readonly timers: NodeJS.Timeout[] = [];
+  constructor(private readonly pid: number | undefined) {}
+
+  private killGroup(sig: NodeJS.Signals): void {
+    if (this.pid === undefined) return;
+    try {
+      process.kill(-this.pid, sig);
+    } catch {
+      /* the group is gone */
+    }
+  }
+
+  /** Kill the group: SIGTERM, SIGKILL after a grace; resolves when pim should stop waiting on the pipes. */
+  stop(): Promise<void> {
+    this.stopped ??= new Promise<void>((resolve) => {
+      this.killGroup('SIGTERM');
+      this.timers.push(
+        setTimeout(() => {
+          this.killGroup('SIGKILL');
+          this.timers.push(setTimeout(resolve, PIPE_GRACE_MS));
+        }, KILL_GRACE_MS),
+      );
+    });
+    return this.stopped;
+  }
+
+  /** A grouped child: at the limit or an abort the group is stopped; resolves when that is done. */
+  groupCut(opts: RunOpts): Promise<void> {
+    return new Promise<void>((resolve) => {
+      if (opts.timeoutMs !== undefined) {
+        this.timers.push(
+          setTimeout(() => {
+            this.timedOut = true;
+            void this.stop().then(resolve);
+          }, opts.timeoutMs),
+        );
+      }
+      const onAbort = () => void this.stop().then(resolve);
+      if (opts.signal?.aborted) onAbort();
+      else opts.signal?.addEventListener('abort', onAbort, { once: true });
+    });
+  }
+
+  /** A child in pim's group: execa kills it on the abort, but a grandchild may still hold the pipe. */
+  abortCut(signal: AbortSignal | undefined): Promise<void> | null {
+    if (!signal) return null;
+    return new Promise<void>((resolve) => {
+      const onAbort = () => this.timers.push(setTimeout(resolve, KILL_GRACE_MS + PIPE_GRACE_MS));
+      if (signal.aborted) onAbort();
+      else signal.addEventListener('abort', onAbort, { once: true });
+    });
+  }
+
+  /** null after `ms` */
+  after(ms: number): Promise<null> {
+    return new Promise<null>((res) => this.timers.push(setTimeout(() => res(null), ms)));
+  }
+
+  clear(): void {
+    for (const t of this.timers) clearTimeout(t);
+  }
+}
+
+/**
+ * With a terminal, let sudo ask for a password once (`sudo -v`), so that the
+ * commands that need root then run with `sudo -n`; once per process. Without
+ * a terminal nothing is asked. A refusal is 77 with `refused` as its message.
+ */
+export async function sudoValidate(refused: string): Promise<void> {
+  if (sudoValidated || !process.stdin.isTTY) return;
+  const r = await run('sudo', ['-v'], { stdio: 'inherit', hint: 'install sudo' });
+  if (r.code !== 0) throw new PimError(EXIT.NOPERM, refused);
+  sudoValidated = true;
+}
+let sudoValidated = false;
 
 /**
  * Run and require status 0: otherwise a PimError (`code`, default 70) whose

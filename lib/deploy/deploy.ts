@@ -7,22 +7,17 @@ import { join } from 'node:path';
 import { cacheDir } from '../core/paths.ts';
 import { ensurePrivateDir } from '../core/fs.ts';
 import { resolveSource } from './source.ts';
-import type { DeployOpts, Deployed, Outcome } from './libvirt.ts';
+import type { DeployOpts, DeployResult, Deployed, Outcome } from './libvirt.ts';
 import type { Target } from './targets.ts';
+import { acquireLock } from '../core/lock.ts';
 
-export interface DeployResult {
-  name: string;
-  build: string;
-  volume: string;
-  outcome: Outcome;
-}
+export type { DeployResult };
 
 export async function deploy(ref: string, t: Target, o: DeployOpts & { name?: string }): Promise<DeployResult> {
   // a registry: the build itself is pushed (no domain, so no --name); the layer is hashed as it goes up
   if (t.type === 'oci') return (await import('./oci.ts')).deployOci(ref, t, o);
   const src = await resolveSource(ref, o.name);
   const dir = ensurePrivateDir(join(cacheDir(), 'deploy'));
-  const { acquireLock } = await import('../core/lock.ts');
   const lock = await acquireLock(join(dir, `.${t.name}-${src.name}.lock`), `deploying ${src.name} to ${t.name}`);
   try {
     let outcome: Outcome;

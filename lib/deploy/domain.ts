@@ -9,17 +9,12 @@
  */
 import type { BuildRecord } from '../image/registry.ts';
 import type { LibvirtTarget } from './targets.ts';
+import type { DeployMeta } from './source.ts';
 
 /** pim's namespace in a domain's <metadata>. */
 export const META_NS = 'urn:pim:deploy:1';
 
-export interface DeployMeta {
-  build: string;
-  key: string;
-  profile: string;
-  volume: string;
-  sha256: string;
-}
+export type { DeployMeta };
 
 export interface DomainSpec {
   name: string;

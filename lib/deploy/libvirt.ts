@@ -26,15 +26,16 @@ import { join } from 'node:path';
 import { EXIT, PimError } from '../core/exit.ts';
 import { log } from '../core/log.ts';
 import { run } from '../core/run.ts';
-import { stateDir } from '../core/paths.ts';
+import { efivarsOf, STORE_FILES, stateDir } from '../core/paths.ts';
 import { ensurePrivateDir, writeFileAtomic } from '../core/fs.ts';
 import { checkAborted } from '../core/signals.ts';
 import { disksOf, domainXml, metaOf, uuidOf, type DeployMeta } from './domain.ts';
-import { volumeRe, type Source } from './source.ts';
+import { deployMeta, volumeRe, type Source } from './source.ts';
 import { hashFile } from '../install/iso.ts';
 import { receiveThrough, sendThrough } from './stream.ts';
 import type { LibvirtTarget } from './targets.ts';
 import { quoteSh, sshArgv, Virsh } from './virsh.ts';
+import { progressReporter } from '../install/download.ts';
 
 export const MARKER = '.uploading';
 
@@ -50,6 +51,14 @@ export interface Step {
   step: 'pool' | 'clean' | 'upload' | 'domain' | 'start' | 'health' | 'gc';
   action: string;
   detail: string;
+}
+
+/** What pim-deploy did with a build on a target (lib/deploy/deploy.ts). */
+export interface DeployResult {
+  name: string;
+  build: string;
+  volume: string;
+  outcome: Outcome;
 }
 
 export interface Outcome {
@@ -227,8 +236,65 @@ function xmlFile(dir: string, base: string, xml: string): string {
   return p;
 }
 
+/** What a libvirt deploy does, worked out from the far side's state before anything changes. */
+interface LibvirtPlan {
+  plan: Step[];
+  st: State;
+  poolPath: string;
+  /** markers of uploads killed part-way */
+  stale: Vol[];
+  staleVols: Set<string>;
+  /** the build's volume, when the far side has it */
+  there: Vol | undefined;
+  upload: boolean;
+  /** the domain runs this build already (nothing to upload) */
+  same: boolean;
+  running: boolean;
+  domainAction: Outcome['domain'];
+  start: boolean;
+}
+
 export async function deployLibvirt(src: Source, t: LibvirtTarget, o: DeployOpts): Promise<Outcome> {
   const v = new Virsh(t.uri);
+  const p = await planLibvirt(v, src, t, o);
+  const { plan, st, upload, same, running } = p;
+  if (o.dryRun) {
+    const owned = volumeRe(src.name);
+    const old = st.vols.filter((x) => owned.test(x.name) && x.name !== src.volume && !p.staleVols.has(x.name));
+    if (old.length > o.keep - 1)
+      plan.push({
+        step: 'gc',
+        action: 'check',
+        detail: `${old.length} older volume(s) of ${src.name}; keep ${o.keep}`,
+      });
+    return { plan, upload: upload ? 'uploaded' : 'skipped', domain: p.domainAction, started: p.start, removed: [] };
+  }
+  const tmp = mkdtempSync(join(tmpdir(), 'pim-deploy-'));
+  try {
+    // 1. the pool, and what a killed upload left
+    await prepareFar(v, src, t, p, o.signal);
+    // 2. the upload, verified on the far side before anything is defined
+    if (upload) await uploadVolume(v, t, src, o.signal);
+    // 3. the domain
+    if (same) {
+      if (!running) await startKept(v, src, t, o);
+      return { plan, upload: 'skipped', domain: 'kept', started: !running, removed: await gc(v, t, src, st, o) };
+    }
+    await replaceDomain(v, src, t, p, tmp, o);
+    return {
+      plan,
+      upload: upload ? 'uploaded' : 'skipped',
+      domain: st.domain ? 'upgraded' : 'defined',
+      started: true,
+      removed: await gc(v, t, src, st, o),
+    };
+  } finally {
+    rmSync(tmp, { recursive: true, force: true });
+  }
+}
+
+/** The far side's state, and the steps a deploy of `src` takes from it. */
+async function planLibvirt(v: Virsh, src: Source, t: LibvirtTarget, o: DeployOpts): Promise<LibvirtPlan> {
   const name = src.name;
   const st = await farState(v, t, name);
   const plan: Step[] = [];
@@ -266,13 +332,6 @@ export async function deployLibvirt(src: Source, t: LibvirtTarget, o: DeployOpts
     detail: `${src.volume} (${src.size} bytes, sha256 ${src.sha256.slice(0, 12)})`,
   });
 
-  const meta: DeployMeta = {
-    build: src.build.id,
-    key: src.build.key,
-    profile: src.build.profile,
-    volume: src.volume,
-    sha256: src.sha256,
-  };
   const d = st.domain;
   const same = Boolean(d?.meta && d.meta.sha256 === src.sha256 && d.meta.volume === src.volume) && !upload;
   const running = d?.state === 'running';
@@ -288,145 +347,148 @@ export async function deployLibvirt(src: Source, t: LibvirtTarget, o: DeployOpts
       { step: 'start', action: 'start', detail: name },
       { step: 'health', action: t.health.kind, detail: `${o.healthTimeoutS ?? t.healthTimeoutS} s` },
     );
+  return { plan, st, poolPath, stale, staleVols, there, upload, same, running, domainAction, start };
+}
 
-  const gcPlan = () => {
-    const mine = st.vols.filter((x) => owned.test(x.name) && x.name !== src.volume && !staleVols.has(x.name));
-    return mine;
-  };
-  if (o.dryRun) {
-    const old = gcPlan();
-    if (old.length > o.keep - 1)
-      plan.push({ step: 'gc', action: 'check', detail: `${old.length} older volume(s) of ${name}; keep ${o.keep}` });
-    return { plan, upload: upload ? 'uploaded' : 'skipped', domain: domainAction, started: start, removed: [] };
-  }
-
-  const tmp = mkdtempSync(join(tmpdir(), 'pim-deploy-'));
-  try {
-    // 1. the pool, and what a killed upload left
-    const prep: string[][] = [];
-    if (!st.pool.exists)
-      prep.push(
-        ['pool-define-as', t.pool, 'dir', '--target', t.poolPath],
-        ['pool-build', t.pool],
-        ['pool-start', t.pool],
-        ['pool-autostart', t.pool],
-      );
-    else if (!st.pool.active) prep.push(['pool-start', t.pool]);
-    for (const s of stale)
-      prep.push(
-        ['vol-delete', '--pool', t.pool, s.name.slice(0, -MARKER.length)],
-        ['vol-delete', '--pool', t.pool, s.name],
-      );
-    if (upload && there) prep.push(['vol-delete', '--pool', t.pool, src.volume]);
-    if (prep.length) {
-      const res = await v.batch(prep, { signal: o.signal });
-      const bad = res.findIndex(
-        (r, i) =>
-          !r.ok &&
-          !(prep[i]![0] === 'vol-delete' && /not found|no storage vol/i.test(r.err)) &&
-          !(prep[i]![0] === 'pool-build' && /exists/i.test(r.err)),
-      );
-      if (bad >= 0)
-        throw new PimError(
-          /pool/.test(prep[bad]![0]!) ? EXIT.CANTCREAT : EXIT.SOFTWARE,
-          `${t.name}: ${prep[bad]![0]} ${t.pool}: ${res[bad]!.err}`,
-        );
-    }
-
-    // 2. the upload, verified on the far side before anything is defined
-    const volPath = there?.path ?? join(poolPath, src.volume);
-    if (upload) await uploadVolume(v, t, src, o.signal);
-    // 3. the domain
-    const uefiVars = src.efivars ? `${src.volume}.efivars.fd` : null;
-    const serialLog = t.health.kind === 'serial' ? `/var/log/libvirt/qemu/${name}-serial.log` : null;
-    const xml = domainXml({
-      name,
-      uuid: d?.uuid ?? null,
-      target: t,
-      build: src.build,
-      volume: src.volume,
-      nvram: uefiVars ? join(poolPath, uefiVars) : null,
-      meta,
-      serialLog,
-    });
-    void volPath;
-    if (same) {
-      if (!running) {
-        await v.must([['start', name]], `${t.name}: cannot start ${name}`, EXIT.SOFTWARE, { signal: o.signal });
-        if (!(await healthy(v, t, name, o.healthTimeoutS ?? t.healthTimeoutS, serialLog, o.signal)))
-          throw new PimError(
-            EXIT.ROLLBACK,
-            `${t.name}: ${name} did not pass its health check (${t.health.kind}) within ${o.healthTimeoutS ?? t.healthTimeoutS} s`,
-          );
-      }
-      return { plan, upload: 'skipped', domain: 'kept', started: !running, removed: await gc(v, t, src, st, o) };
-    }
-    let oldFile: string | null = null;
-    if (d) {
-      // keep the old definition where the user can find it, then stop the domain
-      const dir = ensurePrivateDir(join(stateDir(), 'deploy', t.name));
-      writeFileAtomic(join(dir, `${name}.prev.xml`), d.xml);
-      oldFile = xmlFile(tmp, 'old.xml', d.xml);
-      if (running || d.state === 'paused') await shutDown(v, name, t.shutdownTimeoutS, o.signal);
-    }
-    const newFile = xmlFile(tmp, 'new.xml', xml);
-    const [def, sta] = await v.batch(
-      [
-        ['define', newFile],
-        ['start', name],
-      ],
-      { signal: o.signal },
+/** Step 1: the pool made or started, a killed upload's volume and marker deleted, a volume of the wrong hash too. */
+async function prepareFar(v: Virsh, src: Source, t: LibvirtTarget, p: LibvirtPlan, signal?: AbortSignal) {
+  const prep: string[][] = [];
+  if (!p.st.pool.exists)
+    prep.push(
+      ['pool-define-as', t.pool, 'dir', '--target', t.poolPath],
+      ['pool-build', t.pool],
+      ['pool-start', t.pool],
+      ['pool-autostart', t.pool],
     );
-    const timeoutS = o.healthTimeoutS ?? t.healthTimeoutS;
-    const ok = def!.ok && sta!.ok && (await healthy(v, t, name, timeoutS, serialLog, o.signal));
-    if (!ok) {
-      const why = (
-        !def!.ok
-          ? `define failed: ${def!.err}`
-          : !sta!.ok
-            ? `start failed: ${sta!.err}`
-            : `no ${t.health.kind} health within ${timeoutS} s`
-      ).replace(/\n/g, '; ');
-      if (oldFile) {
-        log.warn(
-          `${t.name}: ${name} on ${src.build.id}: ${why}; restoring the previous definition (${d!.meta?.build ?? 'not a pim build'})`,
-        );
-        const back = await v.batch([['destroy', name], ['define', oldFile], ...(running ? [['start', name]] : [])], {
-          signal: o.signal,
-        });
-        const bad = back.slice(1).find((r) => !r.ok);
-        if (bad)
-          throw new PimError(
-            EXIT.SOFTWARE,
-            `${t.name}: ${name}: ${why}, and restoring the previous definition failed: ${bad.err}; it is saved in ${join(stateDir(), 'deploy', t.name, `${name}.prev.xml`)}`,
-          );
-        throw new PimError(
-          EXIT.ROLLBACK,
-          `${t.name}: ${name} on build ${src.build.id}: ${why}; the previous definition (${d!.meta?.build ?? 'not a pim build'}) is back${running ? ' and running' : ''}`,
-        );
-      }
-      await v.batch(
-        [
-          ['destroy', name],
-          ['undefine', name],
-        ],
-        { signal: o.signal },
-      );
-      throw new PimError(
-        EXIT.ROLLBACK,
-        `${t.name}: ${name} on build ${src.build.id}: ${why}; the new domain was removed again`,
-      );
-    }
-    return {
-      plan,
-      upload: upload ? 'uploaded' : 'skipped',
-      domain: d ? 'upgraded' : 'defined',
-      started: true,
-      removed: await gc(v, t, src, st, o),
-    };
-  } finally {
-    rmSync(tmp, { recursive: true, force: true });
+  else if (!p.st.pool.active) prep.push(['pool-start', t.pool]);
+  for (const s of p.stale)
+    prep.push(
+      ['vol-delete', '--pool', t.pool, s.name.slice(0, -MARKER.length)],
+      ['vol-delete', '--pool', t.pool, s.name],
+    );
+  if (p.upload && p.there) prep.push(['vol-delete', '--pool', t.pool, src.volume]);
+  if (!prep.length) return;
+  const res = await v.batch(prep, { signal });
+  const bad = res.findIndex(
+    (r, i) =>
+      !r.ok &&
+      !(prep[i]![0] === 'vol-delete' && /not found|no storage vol/i.test(r.err)) &&
+      !(prep[i]![0] === 'pool-build' && /exists/i.test(r.err)),
+  );
+  if (bad >= 0)
+    throw new PimError(
+      /pool/.test(prep[bad]![0]!) ? EXIT.CANTCREAT : EXIT.SOFTWARE,
+      `${t.name}: ${prep[bad]![0]} ${t.pool}: ${res[bad]!.err}`,
+    );
+}
+
+/** The serial log libvirt writes for a serial health check, else null. */
+const serialLogOf = (t: LibvirtTarget, name: string) =>
+  t.health.kind === 'serial' ? `/var/log/libvirt/qemu/${name}-serial.log` : null;
+
+/** A stopped domain of the same build: started, and its health checked (a failure is a rollback: nothing else changed). */
+async function startKept(v: Virsh, src: Source, t: LibvirtTarget, o: DeployOpts): Promise<void> {
+  const name = src.name;
+  await v.must([['start', name]], `${t.name}: cannot start ${name}`, EXIT.SOFTWARE, { signal: o.signal });
+  if (!(await healthy(v, t, name, o.healthTimeoutS ?? t.healthTimeoutS, serialLogOf(t, name), o.signal)))
+    throw new PimError(
+      EXIT.ROLLBACK,
+      `${t.name}: ${name} did not pass its health check (${t.health.kind}) within ${o.healthTimeoutS ?? t.healthTimeoutS} s`,
+    );
+}
+
+/**
+ * Steps 3 and 4 for a new build: the old definition saved and the domain shut down,
+ * the new one defined and started; no health within the timeout puts the old one back (79).
+ */
+async function replaceDomain(
+  v: Virsh,
+  src: Source,
+  t: LibvirtTarget,
+  p: LibvirtPlan,
+  tmp: string,
+  o: DeployOpts,
+): Promise<void> {
+  const name = src.name;
+  const d = p.st.domain;
+  const uefiVars = src.efivars ? efivarsOf(src.volume) : null;
+  const serialLog = serialLogOf(t, name);
+  const xml = domainXml({
+    name,
+    uuid: d?.uuid ?? null,
+    target: t,
+    build: src.build,
+    volume: src.volume,
+    nvram: uefiVars ? join(p.poolPath, uefiVars) : null,
+    meta: deployMeta(src),
+    serialLog,
+  });
+  let oldFile: string | null = null;
+  if (d) {
+    // keep the old definition where the user can find it, then stop the domain
+    const dir = ensurePrivateDir(join(stateDir(), 'deploy', t.name));
+    writeFileAtomic(join(dir, name + STORE_FILES.prevXml), d.xml);
+    oldFile = xmlFile(tmp, 'old.xml', d.xml);
+    if (p.running || d.state === 'paused') await shutDown(v, name, t.shutdownTimeoutS, o.signal);
   }
+  const newFile = xmlFile(tmp, 'new.xml', xml);
+  const [def, sta] = await v.batch(
+    [
+      ['define', newFile],
+      ['start', name],
+    ],
+    { signal: o.signal },
+  );
+  const timeoutS = o.healthTimeoutS ?? t.healthTimeoutS;
+  const ok = def!.ok && sta!.ok && (await healthy(v, t, name, timeoutS, serialLog, o.signal));
+  if (ok) return;
+  const why = (
+    !def!.ok
+      ? `define failed: ${def!.err}`
+      : !sta!.ok
+        ? `start failed: ${sta!.err}`
+        : `no ${t.health.kind} health within ${timeoutS} s`
+  ).replace(/\n/g, '; ');
+  if (oldFile) await restoreDomain(v, src, t, p, oldFile, why, o.signal);
+  await v.batch(
+    [
+      ['destroy', name],
+      ['undefine', name],
+    ],
+    { signal: o.signal },
+  );
+  throw new PimError(
+    EXIT.ROLLBACK,
+    `${t.name}: ${name} on build ${src.build.id}: ${why}; the new domain was removed again`,
+  );
+}
+
+/** Put the previous definition back (started again if it ran) and fail: 79, or 70 when even that failed. */
+async function restoreDomain(
+  v: Virsh,
+  src: Source,
+  t: LibvirtTarget,
+  p: LibvirtPlan,
+  oldFile: string,
+  why: string,
+  signal?: AbortSignal,
+): Promise<never> {
+  const name = src.name;
+  const prev = p.st.domain!.meta?.build ?? 'not a pim build';
+  log.warn(`${t.name}: ${name} on ${src.build.id}: ${why}; restoring the previous definition (${prev})`);
+  const back = await v.batch([['destroy', name], ['define', oldFile], ...(p.running ? [['start', name]] : [])], {
+    signal,
+  });
+  const bad = back.slice(1).find((r) => !r.ok);
+  if (bad)
+    throw new PimError(
+      EXIT.SOFTWARE,
+      `${t.name}: ${name}: ${why}, and restoring the previous definition failed: ${bad.err}; it is saved in ${join(stateDir(), 'deploy', t.name, name + STORE_FILES.prevXml)}`,
+    );
+  throw new PimError(
+    EXIT.ROLLBACK,
+    `${t.name}: ${name} on build ${src.build.id}: ${why}; the previous definition (${prev}) is back${p.running ? ' and running' : ''}`,
+  );
 }
 
 /**
@@ -438,7 +500,6 @@ export async function deployLibvirt(src: Source, t: LibvirtTarget, o: DeployOpts
  */
 async function uploadVolume(v: Virsh, t: LibvirtTarget, src: Source, signal?: AbortSignal): Promise<void> {
   const marker = src.volume + MARKER;
-  const { progressReporter } = await import('../install/download.ts');
   // a bar on a terminal only: elsewhere the result line says it all
   const bar = process.stderr.isTTY ? progressReporter(`${t.name}: ${src.volume}`) : null;
   const send = (file: string) =>
@@ -452,12 +513,12 @@ async function uploadVolume(v: Virsh, t: LibvirtTarget, src: Source, signal?: Ab
               [
                 'vol-create-as',
                 t.pool,
-                `${src.volume}.efivars.fd`,
+                efivarsOf(src.volume),
                 String(fs.statSync(src.efivars).size),
                 '--format',
                 'raw',
               ],
-              ['vol-upload', '--pool', t.pool, `${src.volume}.efivars.fd`, src.efivars],
+              ['vol-upload', '--pool', t.pool, efivarsOf(src.volume), src.efivars],
             ]
           : []),
       ],
@@ -509,7 +570,7 @@ async function gc(v: Virsh, t: LibvirtTarget, src: Source, st: State, o: DeployO
     if (!r.ok) continue;
     const { volumes, files } = disksOf(r.out);
     for (const vol of volumes) if (vol.startsWith(`${t.pool}/`)) used.add(vol.slice(t.pool.length + 1));
-    for (const f of files) for (const x of old) if (x.path === f || `${x.path}.efivars.fd` === f) used.add(x.name);
+    for (const f of files) for (const x of old) if (x.path === f || efivarsOf(x.path) === f) used.add(x.name);
   }
   const mtime = (i: number) => Number(/<mtime>([\d.]+)<\/mtime>/.exec(res[doms.length + i]!.out)?.[1] ?? 0);
   const ranked = old.map((x, i) => ({ x, m: mtime(i) })).sort((a, b) => b.m - a.m);
@@ -523,7 +584,7 @@ async function gc(v: Virsh, t: LibvirtTarget, src: Source, st: State, o: DeployO
   const names = st.vols.map((x) => x.name);
   const cmds = doomed.flatMap((n) => [
     ['vol-delete', '--pool', t.pool, n],
-    ...(names.includes(`${n}.efivars.fd`) ? [['vol-delete', '--pool', t.pool, `${n}.efivars.fd`]] : []),
+    ...(names.includes(efivarsOf(n)) ? [['vol-delete', '--pool', t.pool, efivarsOf(n)]] : []),
   ]);
   const del = await v.batch(cmds, { signal: o.signal });
   return doomed.filter((n) => del[cmds.findIndex((c) => c[3] === n)]!.ok);

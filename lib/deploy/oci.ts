@@ -12,9 +12,9 @@ import { cacheDir } from '../core/paths.ts';
 import { ensurePrivateDir } from '../core/fs.ts';
 import { log } from '../core/log.ts';
 import { findBuild } from '../image/registry.ts';
-import type { DeployResult } from './deploy.ts';
-import type { DeployOpts, Deployed } from './libvirt.ts';
+import type { DeployOpts, DeployResult, Deployed } from './libvirt.ts';
 import type { OciTarget } from './targets.ts';
+import { acquireLock } from '../core/lock.ts';
 
 export const destOf = (t: OciTarget) => ({ ref: t.ref, insecure: t.insecure, credsEnv: t.credsEnv, label: t.name });
 
@@ -26,7 +26,6 @@ export async function deployOci(ref: string, t: OciTarget, o: DeployOpts & { nam
     );
   const b = findBuild(ref);
   const dir = ensurePrivateDir(join(cacheDir(), 'deploy'));
-  const { acquireLock } = await import('../core/lock.ts');
   const lock = await acquireLock(join(dir, `.${t.name}-${b.id}.lock`), `pushing ${b.id} to ${t.name}`);
   try {
     const { pushBuild } = await import('../oci/push.ts');

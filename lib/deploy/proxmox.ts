@@ -69,8 +69,10 @@ import {
   type Perms,
 } from './pvecheck.ts';
 import { sleep, type DeployOpts, type Deployed, type Outcome, type Step } from './libvirt.ts';
-import { volumeRe, type Source } from './source.ts';
+import { deployMeta, volumeRe, type DeployMeta, type Source } from './source.ts';
 import { normFingerprint, type ProxmoxTarget } from './targets.ts';
+import { progressReporter } from '../install/download.ts';
+import { run, runOk } from '../core/run.ts';
 
 /**
  * The first PVE whose storage takes a qcow2 upload as content `import` (then import-from):
@@ -81,18 +83,10 @@ import { normFingerprint, type ProxmoxTarget } from './targets.ts';
 export const IMPORT_SINCE = [8, 4] as const;
 
 /** pim's record in a VM's description: one line, `pim-deploy: build=ID key=K profile=P volume=V sha256=S`. */
-export interface PveMeta {
-  build: string;
-  key: string;
-  profile: string;
-  volume: string;
-  sha256: string;
-}
-
-export const metaLine = (m: PveMeta) =>
+export const metaLine = (m: DeployMeta) =>
   `pim-deploy: build=${m.build} key=${m.key} profile=${m.profile} volume=${m.volume} sha256=${m.sha256}`;
 
-export function metaOfDescription(desc: string | undefined): PveMeta | null {
+export function metaOfDescription(desc: string | undefined): DeployMeta | null {
   const line = desc?.split('\n').find((l) => l.startsWith('pim-deploy: '));
   if (!line) return null;
   const get = (k: string) => new RegExp(`(?:^|\\s)${k}=(\\S+)`).exec(line.slice(12))?.[1] ?? '';
@@ -122,7 +116,7 @@ const DISK_KEY: Record<string, string> = { virtio: 'scsi0', scsi: 'scsi0', sata:
 export function vmParams(
   src: Source,
   t: ProxmoxTarget,
-  meta: PveMeta,
+  meta: DeployMeta,
   had: Record<string, string> | null,
 ): Record<string, string> {
   const s = src.build.settings;
@@ -508,6 +502,31 @@ async function checkPermissions(api: Pve, needs: Need[], signal?: AbortSignal): 
     );
 }
 
+/** What a Proxmox deploy does, worked out from the node's state before anything changes. */
+interface PvePlan {
+  plan: Step[];
+  /** the VM of that name (and vmid), if there is one */
+  vm: VmEntry | null;
+  config: Record<string, string> | null;
+  had: DeployMeta | null;
+  /** the VM runs this build already */
+  same: boolean;
+  running: boolean;
+  /** the VM's config keys pim sets (null: the VM stays as it is) */
+  params: Record<string, string> | null;
+  /** before PVE 8.4: the node's copies, over SSH */
+  far: { dir: string; files: ImportFile[]; verified: boolean } | null;
+  importVol: string;
+  upload: boolean;
+  domain: Outcome['domain'];
+  start: boolean;
+  timeoutS: number;
+  /** old import files deleted at the end */
+  doomed: ImportFile[];
+  /** the disk's config key (scsi0, sata0, ide0) */
+  disk: string;
+}
+
 export async function deployProxmox(
   src: Source,
   t: ProxmoxTarget,
@@ -523,8 +542,30 @@ export async function deployProxmox(
     );
   }
   const api = new Pve(t);
-  const node = `/nodes/${enc(t.node)}`;
-  const ver = await api.get<{ version: string }>('/version', o.signal);
+  const viaSsh = await pveVersion(api, t, o.signal);
+  const p = await planProxmox(api, src, t, o, viaSsh);
+  const needs = pveNeeds(api, t, p);
+  if (needs.length) await checkPermissions(api, needs, o.signal);
+  const outcome = (removed: string[]): Outcome => ({
+    plan: p.plan,
+    upload: p.upload ? 'uploaded' : 'skipped',
+    domain: p.domain,
+    started: p.start,
+    removed,
+  });
+  if (o.dryRun) return outcome([]);
+  if (p.upload && p.far) await copyToNode(t, src, p.far.dir, o.signal);
+  else if (p.upload) await uploadImport(api, src, t, o.signal);
+  const { vmid, sent } = await configureVm(api, src, t, p, o.signal);
+  if (p.start) await healthOrUndo(api, src, t, p, vmid, sent, o.signal);
+  const removed = await removeOld(api, t, p, o.signal);
+  log.debug(`${t.name}: ${api.calls} API requests`);
+  return outcome(removed);
+}
+
+/** The node's PVE version (api.major set); true when images go over SSH (before 8.4; 69 without ssh: in the target). */
+async function pveVersion(api: Pve, t: ProxmoxTarget, signal?: AbortSignal): Promise<boolean> {
+  const ver = await api.get<{ version: string }>('/version', signal);
   api.major = Number(ver.version.split('.')[0]) || 8;
   const viaSsh = !versionAtLeast(ver.version, IMPORT_SINCE);
   if (viaSsh && !t.ssh)
@@ -532,7 +573,12 @@ export async function deployProxmox(
       EXIT.UNAVAILABLE,
       `${t.name}: ${t.api} runs Proxmox VE ${ver.version}, older than 8.4 (its storage takes no qcow2 image as content "import"): set ssh: root@${t.node} in the target to copy the image over SSH and import it with qm disk import, or upgrade PVE to 8.4`,
     );
+  return viaSsh;
+}
 
+/** The VM there, its config and pim's record in it, the images there, and the steps a deploy of `src` takes. */
+async function planProxmox(api: Pve, src: Source, t: ProxmoxTarget, o: DeployOpts, viaSsh: boolean): Promise<PvePlan> {
+  const node = `/nodes/${enc(t.node)}`;
   const vms = await api.get<VmEntry[]>(`${node}/qemu`, o.signal);
   const vm = vms.find((x) => x.name === src.name && (t.vmid === null || Number(x.vmid) === t.vmid)) ?? null;
   if (!vm && t.vmid !== null && vms.some((x) => Number(x.vmid) === t.vmid))
@@ -543,13 +589,7 @@ export async function deployProxmox(
   const config = vm ? await api.get<Record<string, string>>(`${node}/qemu/${vm.vmid}/config`, o.signal) : null;
   const had = metaOfDescription(config?.description);
   const same = had !== null && had.sha256 === src.sha256;
-  const meta: PveMeta = {
-    build: src.build.id,
-    key: src.build.key,
-    profile: src.build.profile,
-    volume: src.volume,
-    sha256: src.sha256,
-  };
+  const meta = deployMeta(src);
   const params = same ? null : vmParams(src, t, meta, config);
   // qemu-server's description is at most 8192 characters: the user's own text plus pim's line
   if (params && descriptionLength(params.description!) > DESCRIPTION_MAX)
@@ -594,16 +634,29 @@ export async function deployProxmox(
     .sort((a, b) => (b.ctime ?? 0) - (a.ctime ?? 0));
   const doomed = old.slice(Math.max(0, o.keep - 1));
   if (doomed.length) plan.push({ step: 'gc', action: 'delete', detail: doomed.map((f) => f.volid).join(' ') });
-  const outcome = (removed: string[]): Outcome => ({
-    plan,
-    upload: upload ? 'uploaded' : 'skipped',
-    domain,
-    started: start,
-    removed,
-  });
   const disk = params ? Object.keys(params).find((k) => /^(scsi|sata|ide)0$/.test(k))! : 'scsi0';
+  return {
+    plan,
+    vm,
+    config,
+    had,
+    same,
+    running,
+    params,
+    far,
+    importVol,
+    upload,
+    domain,
+    start,
+    timeoutS,
+    doomed,
+    disk,
+  };
+}
 
-  // the token's privileges for each step this deploy takes, before the upload
+/** The token's privileges for each step this deploy takes, checked before the upload. */
+function pveNeeds(api: Pve, t: ProxmoxTarget, p: PvePlan): Need[] {
+  const { vm, far, params, disk, upload, start, running, doomed } = p;
   const vmPath = vm ? `/vms/${vm.vmid}` : t.vmid !== null ? `/vms/${t.vmid}` : '/vms';
   const needs: Need[] = [];
   if (upload && !far)
@@ -626,41 +679,49 @@ export async function deployProxmox(
       privs: ['Datastore.Allocate'],
       step: 'deleting old import files',
     });
-  if (needs.length) await checkPermissions(api, needs, o.signal);
-  if (o.dryRun) return outcome([]);
+  return needs;
+}
 
-  if (upload && far) await copyToNode(t, src, far.dir, o.signal);
-  else if (upload) {
-    const { progressReporter } = await import('../install/download.ts');
-    const bar = process.stderr.isTTY ? progressReporter(`${t.name}: ${src.volume}`) : null;
-    let upid: unknown;
-    try {
-      const body = await multipart(
-        { content: 'import', 'checksum-algorithm': 'sha256', checksum: src.sha256 },
-        src.path,
-        src.volume,
-        src.size,
-        (n) => bar?.update({ done: n, total: src.size }),
-      );
-      upid = (
-        await api.call('POST', `${node}/storage/${enc(t.importStorage)}/upload`, { stream: body, signal: o.signal })
-      ).data;
-    } finally {
-      bar?.end();
-    }
-    if (typeof upid === 'string') {
-      const exit = await api.waitTask(upid, o.signal);
-      if (!taskSucceeded(exit)) {
-        const bad = /checksum/i.test(exit);
-        throw new PimError(
-          bad ? EXIT.DATAERR : EXIT.UNAVAILABLE,
-          `${t.name}: uploading ${src.volume} to ${t.importStorage} failed: ${exit}${bad ? '; nothing was created: run pim-deploy again' : ''}`,
-        );
-      }
-      if (exit !== 'OK') await api.warnTask(upid, `uploading ${src.volume}`, exit, o.signal);
-    }
+/** The image into the import storage through the API (a progress bar on a terminal), verified there by its sha256. */
+async function uploadImport(api: Pve, src: Source, t: ProxmoxTarget, signal?: AbortSignal): Promise<void> {
+  const node = `/nodes/${enc(t.node)}`;
+  const bar = process.stderr.isTTY ? progressReporter(`${t.name}: ${src.volume}`) : null;
+  let upid: unknown;
+  try {
+    const body = await multipart(
+      { content: 'import', 'checksum-algorithm': 'sha256', checksum: src.sha256 },
+      src.path,
+      src.volume,
+      src.size,
+      (n) => bar?.update({ done: n, total: src.size }),
+    );
+    upid = (await api.call('POST', `${node}/storage/${enc(t.importStorage)}/upload`, { stream: body, signal })).data;
+  } finally {
+    bar?.end();
   }
+  if (typeof upid === 'string') {
+    const exit = await api.waitTask(upid, signal);
+    if (!taskSucceeded(exit)) {
+      const bad = /checksum/i.test(exit);
+      throw new PimError(
+        bad ? EXIT.DATAERR : EXIT.UNAVAILABLE,
+        `${t.name}: uploading ${src.volume} to ${t.importStorage} failed: ${exit}${bad ? '; nothing was created: run pim-deploy again' : ''}`,
+      );
+    }
+    if (exit !== 'OK') await api.warnTask(upid, `uploading ${src.volume}`, exit, signal);
+  }
+}
 
+/** The VM created, or its config changed (shut down first, under the config's digest); over SSH, the disk imported with qm. */
+async function configureVm(
+  api: Pve,
+  src: Source,
+  t: ProxmoxTarget,
+  p: PvePlan,
+  signal?: AbortSignal,
+): Promise<{ vmid: number; sent: string[] }> {
+  const node = `/nodes/${enc(t.node)}`;
+  const { vm, params, far, disk, importVol } = p;
   let vmid = vm ? Number(vm.vmid) : t.vmid;
   // the keys pim sets, which a rollback puts back as `config` had them
   let sent: string[] = [];
@@ -670,107 +731,142 @@ export async function deployProxmox(
     const later = far ? { [disk]: params[disk]!, boot: params.boot!, description: params.description! } : null;
     if (later) for (const k of Object.keys(later)) delete params[k];
     if (!vm) {
-      vmid ??= Number(await api.get<string>('/cluster/nextid', o.signal));
+      vmid ??= Number(await api.get<string>('/cluster/nextid', signal));
       await api.task(
         'POST',
         `${node}/qemu`,
         { vmid: String(vmid), ...params },
         `creating VM ${vmid} (${src.name})`,
-        o.signal,
+        signal,
       );
     } else {
-      const wasUp = running || vm.status === 'paused';
-      const changed = (how: string, restarted: boolean) =>
-        new PimError(
-          EXIT.TEMPFAIL,
-          `${t.name}: ${src.name} (vmid ${vmid})'s config changed since pim read it before the upload (${how}): pim changed nothing${restarted ? ' and started it again' : ''}; look at the change (qm config ${vmid}), then run pim-deploy again`,
-        );
-      // optimistic locking: the config read before the upload must still be the one there,
-      // checked before the shutdown and again by PVE with the change (digest)
-      const digest = config?.digest;
-      if (digest) {
-        const now = await api.get<Record<string, string>>(`${node}/qemu/${vmid}/config`, o.signal);
-        if (now.digest !== digest)
-          throw changed(`its digest is now ${String(now.digest).slice(0, 12)}, was ${digest.slice(0, 12)}`, false);
-      }
-      if (wasUp)
-        await api.task(
-          'POST',
-          `${node}/qemu/${vmid}/status/shutdown`,
-          { timeout: String(t.shutdownTimeoutS), forceStop: '1' },
-          `shutting ${src.name} (vmid ${vmid}) down`,
-          o.signal,
-        );
-      try {
-        await api.task(
-          'POST',
-          `${node}/qemu/${vmid}/config`,
-          { ...params, ...(digest ? { digest } : {}) },
-          `giving ${src.name} (vmid ${vmid}) the new disk`,
-          o.signal,
-        );
-      } catch (e) {
-        if (!(e instanceof PveError && DIGEST_MISMATCH.test(e.pveMessage))) throw e;
-        if (wasUp)
-          await api.task(
-            'POST',
-            `${node}/qemu/${vmid}/status/start`,
-            {},
-            `starting ${src.name} (vmid ${vmid}) again`,
-            o.signal,
-          );
-        throw changed(`PVE: ${e.pveMessage}`, wasUp);
-      }
+      await updateVm(api, src, t, p, vmid!, params, signal);
     }
     if (later && far) {
-      const vol = await qmImport(t, vmid!, importVol, o.signal);
+      const vol = await qmImport(t, vmid!, importVol, signal);
       await nodeRun(
         t,
         ['qm', 'set', String(vmid), `--${disk}`, vol, '--boot', later.boot],
         `attaching ${vol} to VM ${vmid}`,
-        o.signal,
+        signal,
       );
       await api.task(
         'POST',
         `${node}/qemu/${vmid}/config`,
         { description: later.description },
         `recording ${src.build.id} in VM ${vmid}'s description`,
-        o.signal,
+        signal,
       );
     }
   }
-  if (start) {
-    const why = await startHealthy(api, vmid!, timeoutS, o.signal);
-    if (why && same)
-      throw new PimError(
-        EXIT.UNAVAILABLE,
-        `${t.name}: ${src.name} (vmid ${vmid}) on build ${src.build.id}: ${why}; pim only started it, nothing else changed`,
+  return { vmid: vmid!, sent };
+}
+
+/** A VM that is there gets the new config: its digest checked, the VM shut down, the config set (75 when it changed meanwhile). */
+async function updateVm(
+  api: Pve,
+  src: Source,
+  t: ProxmoxTarget,
+  p: PvePlan,
+  vmid: number,
+  params: Record<string, string>,
+  signal?: AbortSignal,
+): Promise<void> {
+  const node = `/nodes/${enc(t.node)}`;
+  const { running, config } = p;
+  const vm = p.vm!;
+  const wasUp = running || vm.status === 'paused';
+  const changed = (how: string, restarted: boolean) =>
+    new PimError(
+      EXIT.TEMPFAIL,
+      `${t.name}: ${src.name} (vmid ${vmid})'s config changed since pim read it before the upload (${how}): pim changed nothing${restarted ? ' and started it again' : ''}; look at the change (qm config ${vmid}), then run pim-deploy again`,
+    );
+  // optimistic locking: the config read before the upload must still be the one there,
+  // checked before the shutdown and again by PVE with the change (digest)
+  const digest = config?.digest;
+  if (digest) {
+    const now = await api.get<Record<string, string>>(`${node}/qemu/${vmid}/config`, signal);
+    if (now.digest !== digest)
+      throw changed(`its digest is now ${String(now.digest).slice(0, 12)}, was ${digest.slice(0, 12)}`, false);
+  }
+  if (wasUp)
+    await api.task(
+      'POST',
+      `${node}/qemu/${vmid}/status/shutdown`,
+      { timeout: String(t.shutdownTimeoutS), forceStop: '1' },
+      `shutting ${src.name} (vmid ${vmid}) down`,
+      signal,
+    );
+  try {
+    await api.task(
+      'POST',
+      `${node}/qemu/${vmid}/config`,
+      { ...params, ...(digest ? { digest } : {}) },
+      `giving ${src.name} (vmid ${vmid}) the new disk`,
+      signal,
+    );
+  } catch (e) {
+    if (!(e instanceof PveError && DIGEST_MISMATCH.test(e.pveMessage))) throw e;
+    if (wasUp)
+      await api.task(
+        'POST',
+        `${node}/qemu/${vmid}/status/start`,
+        {},
+        `starting ${src.name} (vmid ${vmid}) again`,
+        signal,
       );
-    if (why && vm && config)
-      await rollBack(api, src, vmid!, config, sent, running || vm.status === 'paused', had, why, o.signal);
-    if (why) {
-      log.warn(
-        `${t.name}: ${src.name} (vmid ${vmid}) on build ${src.build.id}: ${why}; deleting the VM this deploy created`,
-      );
-      try {
-        await api.task('POST', `${node}/qemu/${vmid}/status/stop`, {}, `stopping ${src.name} (vmid ${vmid})`, o.signal);
-        await api.task('DELETE', `${node}/qemu/${vmid}`, undefined, `deleting VM ${vmid}`, o.signal);
-      } catch (e) {
-        if (!(e instanceof PimError)) throw e;
-        throw new PimError(
-          EXIT.SOFTWARE,
-          `${t.name}: ${src.name} (vmid ${vmid}) on build ${src.build.id}: ${why}, and deleting the VM this deploy created failed: ${e.message.replace(`${t.name}: `, '')}`,
-        );
-      }
+    throw changed(`PVE: ${e.pveMessage}`, wasUp);
+  }
+}
+
+/** Start the VM and wait for its agent; without it: 69 when only a start was asked, else the VM rolled back or deleted (79). */
+async function healthOrUndo(
+  api: Pve,
+  src: Source,
+  t: ProxmoxTarget,
+  p: PvePlan,
+  vmid: number,
+  sent: string[],
+  signal?: AbortSignal,
+): Promise<void> {
+  const node = `/nodes/${enc(t.node)}`;
+  const { same, vm, config, running, had, timeoutS } = p;
+  const why = await startHealthy(api, vmid, timeoutS, signal);
+  if (why && same)
+    throw new PimError(
+      EXIT.UNAVAILABLE,
+      `${t.name}: ${src.name} (vmid ${vmid}) on build ${src.build.id}: ${why}; pim only started it, nothing else changed`,
+    );
+  if (why && vm && config)
+    await rollBack(api, src, vmid, config, sent, running || vm.status === 'paused', had, why, signal);
+  if (why) {
+    log.warn(
+      `${t.name}: ${src.name} (vmid ${vmid}) on build ${src.build.id}: ${why}; deleting the VM this deploy created`,
+    );
+    try {
+      await api.task('POST', `${node}/qemu/${vmid}/status/stop`, {}, `stopping ${src.name} (vmid ${vmid})`, signal);
+      await api.task('DELETE', `${node}/qemu/${vmid}`, undefined, `deleting VM ${vmid}`, signal);
+    } catch (e) {
+      if (!(e instanceof PimError)) throw e;
       throw new PimError(
-        EXIT.ROLLBACK,
-        `${t.name}: ${src.name} (vmid ${vmid}) on build ${src.build.id}: ${why}; the new VM was deleted again, with its disk`,
+        EXIT.SOFTWARE,
+        `${t.name}: ${src.name} (vmid ${vmid}) on build ${src.build.id}: ${why}, and deleting the VM this deploy created failed: ${e.message.replace(`${t.name}: `, '')}`,
       );
     }
+    throw new PimError(
+      EXIT.ROLLBACK,
+      `${t.name}: ${src.name} (vmid ${vmid}) on build ${src.build.id}: ${why}; the new VM was deleted again, with its disk`,
+    );
   }
+}
+
+/** Old import files of the name, down to --keep: their names. */
+async function removeOld(api: Pve, t: ProxmoxTarget, p: PvePlan, signal?: AbortSignal): Promise<string[]> {
+  const node = `/nodes/${enc(t.node)}`;
+  const { far, doomed } = p;
   const removed: string[] = [];
   if (far && doomed.length)
-    await nodeRun(t, ['rm', '-f', '--', ...doomed.map((f) => f.volid)], 'deleting old copies', o.signal);
+    await nodeRun(t, ['rm', '-f', '--', ...doomed.map((f) => f.volid)], 'deleting old copies', signal);
   else
     for (const f of doomed) {
       await api.task(
@@ -778,12 +874,11 @@ export async function deployProxmox(
         `${node}/storage/${enc(t.importStorage)}/content/${enc(f.volid)}`,
         undefined,
         `deleting ${f.volid}`,
-        o.signal,
+        signal,
       );
       removed.push(f.volid);
     }
-  log.debug(`${t.name}: ${api.calls} API requests`);
-  return outcome(removed);
+  return removed;
 }
 
 const baseName = (volid: string) => volid.slice(volid.lastIndexOf('/') + 1);
@@ -855,7 +950,7 @@ async function rollBack(
   old: Record<string, string>,
   sent: string[],
   wasRunning: boolean,
-  had: PveMeta | null,
+  had: DeployMeta | null,
   why: string,
   signal?: AbortSignal,
 ): Promise<never> {
@@ -899,7 +994,6 @@ async function rollBack(
 
 /** PVE before 8.4: the node is reached over SSH (ssh:), argv words quoted for its shell. */
 async function nodeRun(t: ProxmoxTarget, argv: string[], what: string, signal?: AbortSignal): Promise<string> {
-  const { run } = await import('../core/run.ts');
   const { quoteSh } = await import('./virsh.ts');
   const r = await run('ssh', ['-o', 'BatchMode=yes', '-T', '--', t.ssh!, argv.map(quoteSh).join(' ')], {
     signal,
@@ -944,7 +1038,6 @@ async function nodeCopies(
 
 /** Copy the image to the node (scp), verified there with sha256sum before it takes its name. */
 async function copyToNode(t: ProxmoxTarget, src: Source, dir: string, signal?: AbortSignal): Promise<void> {
-  const { runOk } = await import('../core/run.ts');
   const part = `${dir}/.${src.volume}.part`;
   await runOk('scp', ['-o', 'BatchMode=yes', '-q', '-S', 'ssh', '--', src.path, `${t.ssh}:${part}`], {
     what: `${t.name}: cannot copy ${src.volume} to ${t.ssh}`,

@@ -26,6 +26,24 @@ export interface Source {
   efivars: string | null;
 }
 
+/** What pim records of a deploy on the far side (a libvirt domain's metadata, a Proxmox VM's description). */
+export interface DeployMeta {
+  build: string;
+  key: string;
+  profile: string;
+  volume: string;
+  sha256: string;
+}
+
+/** The record of deploying `src`. */
+export const deployMeta = (src: Source): DeployMeta => ({
+  build: src.build.id,
+  key: src.build.key,
+  profile: src.build.profile,
+  volume: src.volume,
+  sha256: src.sha256,
+});
+
 /** The sha256 of a build's image, from the cache when the image is the one it was taken of. */
 export async function buildHash(b: BuildRecord): Promise<string> {
   const disk = buildDisk(b);

@@ -17,11 +17,13 @@
  * than a day.
  */
 import { EXIT, PimError } from '../core/exit.ts';
+import { STORE_FILES } from '../core/paths.ts';
 import { run, runOk } from '../core/run.ts';
 import type { DeployOpts, Deployed, Outcome } from './libvirt.ts';
 import type { Source } from './source.ts';
 import type { SshTarget } from './targets.ts';
 import { quoteSh } from './virsh.ts';
+import { buildDir } from '../image/registry.ts';
 
 const STORE = '"${XDG_DATA_HOME:-$HOME/.local/share}/pim/builds"';
 
@@ -41,7 +43,7 @@ export async function deploySsh(src: Source, t: SshTarget, o: DeployOpts): Promi
   const q = quoteSh;
   const probe = await ssh(
     t,
-    `umask 077; d=${STORE}/${q(id)}; test -f "$d/build.json" && sha256sum -- "$d/"${q(file)}; mkdir -p ${STORE} && chmod 700 ${STORE} "$(dirname ${STORE})" && echo "store ${STORE}" && for f in ${STORE}/.tmp-dep-*; do [ -e "$f" ] && echo "tmp \${f##*/}"; done; true`,
+    `umask 077; d=${STORE}/${q(id)}; test -f "$d/${STORE_FILES.buildRecord}" && sha256sum -- "$d/"${q(file)}; mkdir -p ${STORE} && chmod 700 ${STORE} "$(dirname ${STORE})" && echo "store ${STORE}" && for f in ${STORE}/.tmp-dep-*; do [ -e "$f" ] && echo "tmp \${f##*/}"; done; true`,
     o.signal,
   );
   if (probe.code === 255)
@@ -83,8 +85,7 @@ export async function deploySsh(src: Source, t: SshTarget, o: DeployOpts): Promi
     { what: `${t.name}: cannot make ${tmp}`, code: EXIT.UNAVAILABLE },
   );
   const files = [src.path, ...(src.efivars ? [src.efivars] : [])];
-  const { buildDir } = await import('../image/registry.ts');
-  files.push(`${buildDir(id)}/build.json`);
+  files.push(`${buildDir(id)}/${STORE_FILES.buildRecord}`);
   const dest = t.host.includes('@') || !t.host.includes(':') ? `${t.host}:${tmp}/` : `[${t.host}]:${tmp}/`;
   let fin: Awaited<ReturnType<typeof ssh>>;
   try {
@@ -96,7 +97,7 @@ export async function deploySsh(src: Source, t: SshTarget, o: DeployOpts): Promi
     // verified there, then made read-only (for its owner only) and put in place by one rename
     fin = await ssh(
       t,
-      `umask 077; cd ${q(tmp)} && s=$(sha256sum -- ${q(file)}) && case $s in ${src.sha256}*) ;; *) echo "mismatch $s"; exit 65;; esac && : >build.log && chmod 400 * && chmod 700 . && cd / && mv -T ${q(tmp)} ${STORE}/${q(id)}`,
+      `umask 077; cd ${q(tmp)} && s=$(sha256sum -- ${q(file)}) && case $s in ${src.sha256}*) ;; *) echo "mismatch $s"; exit 65;; esac && : >${STORE_FILES.buildLog} && chmod 400 * && chmod 700 . && cd / && mv -T ${q(tmp)} ${STORE}/${q(id)}`,
       o.signal,
     );
   } catch (e) {
@@ -145,7 +146,10 @@ async function removeRemote(t: SshTarget, tmp: string): Promise<void> {
 
 /** The builds in the remote user's pim store. */
 export async function listSsh(t: SshTarget): Promise<Deployed[]> {
-  const r = await ssh(t, `for f in ${STORE}/*/build.json; do [ -f "$f" ] && tr -d '\\n' <"$f" && echo; done; true`);
+  const r = await ssh(
+    t,
+    `for f in ${STORE}/*/${STORE_FILES.buildRecord}; do [ -f "$f" ] && tr -d '\\n' <"$f" && echo; done; true`,
+  );
   if (r.code !== 0)
     throw new PimError(
       EXIT.UNAVAILABLE,

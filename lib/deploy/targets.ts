@@ -101,7 +101,16 @@ export async function loadTarget(name: string, cat?: Catalog): Promise<Target> {
   return target(resolveEntry(c, name));
 }
 
-export function target(r: Resolved): Target {
+/** A target's raw values, and how to read them: `need` (a string, 78 without it), `wrap` (a check's 64 made 78 at the key). */
+interface TargetReader {
+  r: Resolved;
+  v: Resolved['value'];
+  where: (k: string) => string;
+  need: (k: string) => string;
+  wrap: <T>(k: string, f: () => T) => T;
+}
+
+function targetReader(r: Resolved): TargetReader {
   const v = r.value;
   const where = (k: string) => r.origins[k] ?? `deploy target "${r.name}"`;
   const need = (k: string): string => {
@@ -120,6 +129,12 @@ export function target(r: Resolved): Target {
       throw e instanceof PimError ? configError(where(k), e.message) : e;
     }
   };
+  return { r, v, where, need, wrap };
+}
+
+export function target(r: Resolved): Target {
+  const rd = targetReader(r);
+  const { v, where, need, wrap } = rd;
   const common: Common = {
     name: r.name,
     health: wrap('health', () => parseHealth(typeof v.health === 'string' ? v.health : 'agent')),
@@ -134,69 +149,9 @@ export function target(r: Resolved): Target {
     resolved: r,
   };
   const type = need('type');
-  if (type === 'libvirt') {
-    const pool = typeof v.pool === 'string' ? v.pool : 'pim';
-    if (!/^[A-Za-z0-9_][A-Za-z0-9._-]*$/.test(pool))
-      throw configError(
-        where('pool'),
-        `pool ${JSON.stringify(pool)} is not a pool name (letters, digits, ".", "_", "-")`,
-      );
-    return {
-      ...common,
-      type,
-      uri: typeof v.uri === 'string' ? v.uri : 'qemu:///system',
-      pool,
-      poolPath: typeof v.pool_path === 'string' ? v.pool_path : `/var/lib/libvirt/images/${pool}`,
-      virtType: v.virt_type === 'qemu' ? 'qemu' : 'kvm',
-      network: typeof v.network === 'string' ? v.network : 'default',
-      bridge: typeof v.bridge === 'string' ? v.bridge : null,
-    };
-  }
-  if (type === 'proxmox') {
-    const tokenEnv = need('token_env');
-    const api = need('api').replace(/\/+$/, '');
-    if (!/^https:\/\/[^/]+$/.test(api))
-      throw configError(
-        where('api'),
-        `api must be the https:// address of a PVE node, such as https://pve1:8006, not ${JSON.stringify(api)}`,
-      );
-    if (common.health.kind !== 'agent')
-      throw configError(
-        where('health'),
-        `deploy target "${r.name}": on Proxmox the health check is the guest agent's ping (health: agent)`,
-      );
-    const fp = v.fingerprint === undefined ? null : normFingerprint(String(v.fingerprint));
-    if (v.fingerprint !== undefined && !fp)
-      throw configError(
-        where('fingerprint'),
-        'fingerprint must be the sha256 of the certificate, 64 hex digits (pvenode cert info shows it as AA:BB:...)',
-      );
-    const storage = need('storage');
-    return {
-      ...common,
-      type,
-      api,
-      node: need('node'),
-      tokenEnv,
-      storage,
-      importStorage: typeof v.import_storage === 'string' ? v.import_storage : storage,
-      vmid: (v.vmid as number | undefined) ?? null,
-      ssh: (v.ssh as string | undefined) ?? null,
-      fingerprint: fp,
-      insecure: v.insecure === true,
-      bridge: typeof v.bridge === 'string' ? v.bridge : 'vmbr0',
-    };
-  }
-  if (type === 'oci') {
-    const ref = wrap('ref', () => parseRef(need('ref'), { what: 'ref', code: EXIT.CONFIG, repoOnly: true }));
-    const credsEnv = typeof v.creds_env === 'string' ? v.creds_env : null;
-    if (credsEnv !== null && !/^[A-Za-z_][A-Za-z0-9_]*$/.test(credsEnv))
-      throw configError(
-        where('creds_env'),
-        `creds_env names an environment variable (such as PIM_REG_CREDS), not ${JSON.stringify(credsEnv)}`,
-      );
-    return { ...common, type, ref, insecure: v.insecure === true, credsEnv };
-  }
+  if (type === 'libvirt') return libvirtTarget(rd, common);
+  if (type === 'proxmox') return proxmoxTarget(rd, common);
+  if (type === 'oci') return ociTarget(rd, common);
   if (type !== 'ssh')
     throw configError(
       where('type'),
@@ -209,6 +164,75 @@ export function target(r: Resolved): Target {
     port: (v.port as number | undefined) ?? null,
     identity: (v.identity as string | undefined) ?? null,
   };
+}
+
+function libvirtTarget({ v, where }: TargetReader, common: Common): LibvirtTarget {
+  const type = 'libvirt';
+  const pool = typeof v.pool === 'string' ? v.pool : 'pim';
+  if (!/^[A-Za-z0-9_][A-Za-z0-9._-]*$/.test(pool))
+    throw configError(
+      where('pool'),
+      `pool ${JSON.stringify(pool)} is not a pool name (letters, digits, ".", "_", "-")`,
+    );
+  return {
+    ...common,
+    type,
+    uri: typeof v.uri === 'string' ? v.uri : 'qemu:///system',
+    pool,
+    poolPath: typeof v.pool_path === 'string' ? v.pool_path : `/var/lib/libvirt/images/${pool}`,
+    virtType: v.virt_type === 'qemu' ? 'qemu' : 'kvm',
+    network: typeof v.network === 'string' ? v.network : 'default',
+    bridge: typeof v.bridge === 'string' ? v.bridge : null,
+  };
+}
+
+function proxmoxTarget({ r, v, where, need }: TargetReader, common: Common): ProxmoxTarget {
+  const type = 'proxmox';
+  const tokenEnv = need('token_env');
+  const api = need('api').replace(/\/+$/, '');
+  if (!/^https:\/\/[^/]+$/.test(api))
+    throw configError(
+      where('api'),
+      `api must be the https:// address of a PVE node, such as https://pve1:8006, not ${JSON.stringify(api)}`,
+    );
+  if (common.health.kind !== 'agent')
+    throw configError(
+      where('health'),
+      `deploy target "${r.name}": on Proxmox the health check is the guest agent's ping (health: agent)`,
+    );
+  const fp = v.fingerprint === undefined ? null : normFingerprint(String(v.fingerprint));
+  if (v.fingerprint !== undefined && !fp)
+    throw configError(
+      where('fingerprint'),
+      'fingerprint must be the sha256 of the certificate, 64 hex digits (pvenode cert info shows it as AA:BB:...)',
+    );
+  const storage = need('storage');
+  return {
+    ...common,
+    type,
+    api,
+    node: need('node'),
+    tokenEnv,
+    storage,
+    importStorage: typeof v.import_storage === 'string' ? v.import_storage : storage,
+    vmid: (v.vmid as number | undefined) ?? null,
+    ssh: (v.ssh as string | undefined) ?? null,
+    fingerprint: fp,
+    insecure: v.insecure === true,
+    bridge: typeof v.bridge === 'string' ? v.bridge : 'vmbr0',
+  };
+}
+
+function ociTarget({ v, where, need, wrap }: TargetReader, common: Common): OciTarget {
+  const type = 'oci';
+  const ref = wrap('ref', () => parseRef(need('ref'), { what: 'ref', code: EXIT.CONFIG, repoOnly: true }));
+  const credsEnv = typeof v.creds_env === 'string' ? v.creds_env : null;
+  if (credsEnv !== null && !/^[A-Za-z_][A-Za-z0-9_]*$/.test(credsEnv))
+    throw configError(
+      where('creds_env'),
+      `creds_env names an environment variable (such as PIM_REG_CREDS), not ${JSON.stringify(credsEnv)}`,
+    );
+  return { ...common, type, ref, insecure: v.insecure === true, credsEnv };
 }
 
 /** health: agent | tcp:PORT | serial:TEXT (64-style message, made 78 at the key by the caller). */

@@ -1,5 +1,6 @@
 /** qemu-img, through lib/core/run.ts: creating disks and overlays, and reading what a disk holds. */
 import { EXIT, PimError } from '../core/exit.ts';
+import { run } from '../core/run.ts';
 
 export const qemuImg = () => process.env.PIM_QEMU_IMG ?? 'qemu-img';
 const HINT = 'install qemu-utils (Debian) or qemu (Homebrew), or set PIM_QEMU_IMG';
@@ -14,14 +15,12 @@ function failure(what: string, stderr: string): PimError {
 
 /** A new empty disk of `size` (qemu-img's syntax: 8G, 512M, bytes). */
 export async function createDisk(path: string, format: 'qcow2' | 'raw', size: string): Promise<void> {
-  const { run } = await import('../core/run.ts');
   const r = await run(qemuImg(), ['create', '-q', '-f', format, path, size], { hint: HINT });
   if (r.code !== 0) throw failure(`cannot create the disk ${path}`, r.stderr);
 }
 
 /** A qcow2 overlay at `path` whose reads fall through to `backing` (never written). */
 export async function createOverlay(path: string, backing: string, backingFormat: 'qcow2' | 'raw'): Promise<void> {
-  const { run } = await import('../core/run.ts');
   const r = await run(qemuImg(), ['create', '-q', '-f', 'qcow2', '-F', backingFormat, '-b', backing, path], {
     hint: HINT,
   });
@@ -38,7 +37,6 @@ export async function createOverlayUnlocked(
   backing: string,
   backingFormat: 'qcow2' | 'raw',
 ): Promise<void> {
-  const { run } = await import('../core/run.ts');
   const size = (await imgInfo(backing))['virtual-size'];
   const r = await run(
     qemuImg(),
@@ -69,7 +67,6 @@ export interface ImgSnapshot {
 }
 
 export async function imgInfo(path: string): Promise<ImgInfo> {
-  const { run } = await import('../core/run.ts');
   const r = await run(qemuImg(), ['info', '--output=json', '-U', path], { hint: HINT });
   if (r.code !== 0) throw failure(`cannot read ${path}`, r.stderr);
   return JSON.parse(r.stdout) as ImgInfo;
@@ -78,7 +75,6 @@ export async function imgInfo(path: string): Promise<ImgInfo> {
 /** `qemu-img check`: true when the image is consistent (a qcow2 after a clean stop). */
 export async function imgCheck(path: string, format: 'qcow2' | 'raw'): Promise<{ ok: boolean; detail: string }> {
   if (format !== 'qcow2') return { ok: true, detail: 'raw' };
-  const { run } = await import('../core/run.ts');
   const r = await run(qemuImg(), ['check', '-q', '-f', format, path], { hint: HINT });
   return { ok: r.code === 0, detail: (r.stderr || r.stdout).trim() };
 }
@@ -89,7 +85,6 @@ export async function imgCheck(path: string, format: 'qcow2' | 'raw'): Promise<{
  * qemu-img's own words.
  */
 export async function imgSnapshot(path: string, op: 'create' | 'apply' | 'delete', tag: string): Promise<void> {
-  const { run } = await import('../core/run.ts');
   const flag = { create: '-c', apply: '-a', delete: '-d' }[op];
   const r = await run(qemuImg(), ['snapshot', '-q', flag, tag, path], { hint: HINT, timeoutMs: 600_000 });
   if (r.code === 0) return;
@@ -111,7 +106,6 @@ export async function convertDisk(
   signal?: AbortSignal,
   opts: { compress?: boolean } = {},
 ): Promise<void> {
-  const { run } = await import('../core/run.ts');
   const r = await run(
     qemuImg(),
     ['convert', '-q', ...(opts.compress ? ['-c'] : []), '-f', srcFormat, '-O', format, src, dst],
@@ -122,7 +116,6 @@ export async function convertDisk(
 
 /** Grow a disk no VM has open to `size` (qemu-img's syntax). */
 export async function growDisk(path: string, format: 'qcow2' | 'raw', size: string): Promise<void> {
-  const { run } = await import('../core/run.ts');
   const r = await run(qemuImg(), ['resize', '-q', '-f', format, path, size], { hint: HINT });
   if (r.code !== 0) throw failure(`cannot resize ${path} to ${size}`, r.stderr);
 }

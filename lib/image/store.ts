@@ -25,11 +25,12 @@ import {
 } from 'node:fs';
 import { basename, extname, join, resolve } from 'node:path';
 import { EXIT, PimError } from '../core/exit.ts';
-import { imagesDir } from '../core/paths.ts';
+import { efivarsOf, imagesDir, STORE_FILES } from '../core/paths.ts';
 import { ensurePrivateDir } from '../core/fs.ts';
 import { checkName, nameProblem } from '../core/names.ts';
 import { log } from '../core/log.ts';
 import { buildDisk, buildEfivars, buildOfDisk, isBuildDisk, latestBuild, type BuildRecord } from './registry.ts';
+import { createOverlay } from './qemu-img.ts';
 
 export const IMAGE_EXTS = ['.qcow2', '.img', '.raw'];
 
@@ -58,7 +59,7 @@ export function imageFormat(path: string): 'qcow2' | 'raw' {
 /** EFI vars that come with an image: NAME.efivars.fd beside NAME.qcow2. */
 export function efivarsFor(path: string): string | null {
   const base = path.slice(0, path.length - extname(path).length);
-  for (const p of [`${base}.efivars.fd`, `${path}.efivars.fd`]) if (existsSync(p)) return p;
+  for (const p of [efivarsOf(base), efivarsOf(path)]) if (existsSync(p)) return p;
   return null;
 }
 
@@ -83,7 +84,7 @@ export async function overlayForBuild(
 ): Promise<string> {
   const dir = ensurePrivateDir(imagesDir());
   const disk = join(dir, `${name}.qcow2`);
-  const vars = join(dir, `${name}.efivars.fd`);
+  const vars = join(dir, efivarsOf(name));
   const current = existsSync(disk) ? buildOfDisk(disk) : null;
   if (current?.id === build.id) return disk;
   if (existsSync(disk)) {
@@ -99,11 +100,10 @@ export async function overlayForBuild(
       );
     }
     renameSync(disk, join(dir, `${name}.prev.qcow2`));
-    if (existsSync(vars)) renameSync(vars, join(dir, `${name}.prev.efivars.fd`));
-    else rmSync(join(dir, `${name}.prev.efivars.fd`), { force: true });
+    if (existsSync(vars)) renameSync(vars, join(dir, name + STORE_FILES.prevEfivars));
+    else rmSync(join(dir, name + STORE_FILES.prevEfivars), { force: true });
     log.info(`${name}: the profile has a newer build (${build.id}); the disk on ${current.id} is kept as ${name}.prev`);
   }
-  const { createOverlay } = await import('./qemu-img.ts');
   const tmp = join(dir, `.${name}.qcow2.${process.pid}.tmp`);
   try {
     await createOverlay(tmp, buildDisk(build), build.disk.format);
@@ -147,7 +147,7 @@ export async function resolveImage(
     if (why) throw new PimError(EXIT.USAGE, `bad VM name ${JSON.stringify(target)}: ${why}`);
     name = nameOverride ?? target;
     const dir = imagesDir();
-    const found = IMAGE_EXTS.map((e) => join(dir, target + e)).find((p) => existsSync(p));
+    const found = storeImage(target);
     const build = latestBuild(target);
     if (build && (!found || buildOfDisk(found))) path = await overlayForBuild(target, build, inUse);
     else if (found) path = found;
@@ -166,6 +166,12 @@ export async function resolveImage(
     throw new PimError(EXIT.NOPERM, `cannot read image ${path}; check its permissions`);
   }
   return { name, path, format: imageFormat(path), efivars: efivarsFor(path), build: buildOfDisk(path)?.id ?? null };
+}
+
+/** The store's image NAME (NAME.qcow2, .img or .raw, the first there), or null. */
+export function storeImage(name: string): string | null {
+  const dir = imagesDir();
+  return IMAGE_EXTS.map((e) => join(dir, name + e)).find((p) => existsSync(p)) ?? null;
 }
 
 /** Images in the store, by name. */

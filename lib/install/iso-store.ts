@@ -39,6 +39,7 @@ import {
   type VerifiedRecord,
 } from './iso.ts';
 import type { Progress } from './download.ts';
+import { fetchText, downloadTo } from './download.ts';
 
 export const formatChecksum = (c: Checksum) => `${c.algo}:${c.hex}`;
 
@@ -231,7 +232,6 @@ async function expected(
     if (reuse && reuse.checksum_url === e.checksum_url && reuse.expected && reuse.url) {
       return { checksum: parseChecksum(reuse.expected), url: reuse.url };
     }
-    const { fetchText } = await import('./download.ts');
     const sums = parseSums(
       e.checksum_url.startsWith('file:')
         ? fs.readFileSync(fileURLToPath(e.checksum_url), 'utf8')
@@ -300,7 +300,6 @@ async function obtain(e: IsoEntry, opts: FetchOpts & { reuse: boolean }): Promis
       else fs.symlinkSync(src, f.part);
       if (e.copy === true) fs.chmodSync(f.part, 0o600);
     } else {
-      const { downloadTo } = await import('./download.ts');
       ev({ type: 'start', name: e.name, url: exp.url, resumeAt: statOrNull(f.part)?.size ?? 0 });
       await downloadTo(exp.url, f.part, {
         signal: opts.signal,

@@ -42,6 +42,8 @@ import { bootArchive, findPanic, pimBaseArchive, RS, staticBusybox, type GuestSe
 import { checkInitrd, resolveInput, type InputOpts } from './input.ts';
 import { checkKernel, hostKernel, hostTscKhz, pvhKernel } from './kernel.ts';
 import { follow, killVm, openOutputPort, type OutputPort } from './follow.ts';
+import { trapSignals } from '../core/signals.ts';
+import { vmRef } from '../vm/ref.ts';
 
 export interface KbootOpts {
   name?: string;
@@ -84,7 +86,6 @@ const ms = (t0: number) => `${(performance.now() - t0).toFixed(0)} ms`;
 
 export async function kboot(o: KbootOpts): Promise<number> {
   const t0 = performance.now();
-  const { trapSignals } = await import('../core/signals.ts');
   const trap = trapSignals();
   const temps: string[] = [];
   try {
@@ -184,7 +185,6 @@ function commandLine(o: KbootOpts, accel: Accel): string {
 async function reserve(o: KbootOpts): Promise<Reservation> {
   const { reserveVm, reserveFreeName } = await import('../vm/launch.ts');
   if (!o.name) return reserveFreeName('kboot', ensureRuntimeDir());
-  const { vmRef } = await import('../vm/ref.ts');
   return reserveVm(vmRef(o.name));
 }
 

@@ -18,6 +18,7 @@ import { pathDirs } from '../core/which.ts';
 import { cpioNewc, type CpioEntry } from '../archive/cpio.ts';
 import { cacheHit } from '../archive/initramfs.ts';
 import type { Share } from '../qemu/share.ts';
+import { runOk } from '../core/run.ts';
 
 /** The record separator that starts every marker on the output port. */
 export const RS = '\x1e';
@@ -198,7 +199,6 @@ export async function pimBaseArchive(cache: string, busybox: string | null): Pro
     { type: 'file', path: 'pim/init', data: INIT_SCRIPT, mode: 0o755 },
   ];
   if (busybox) {
-    const { runOk } = await import('../core/run.ts');
     const list = await runOk(busybox, ['--list'], {
       what: `${busybox} --list (the host's static busybox; PIM_BUSYBOX names another)`,
       timeoutMs: 10_000,

@@ -22,6 +22,7 @@ import { log } from '../core/log.ts';
 import { checkAborted } from '../core/signals.ts';
 import { cacheHit } from '../archive/initramfs.ts';
 import { inputHead } from './input.ts';
+import { run } from '../core/run.ts';
 
 export type KernelKind = 'bzimage' | 'elf';
 
@@ -192,7 +193,6 @@ async function decompressWith(
   payload: Buffer,
   signal?: AbortSignal,
 ): Promise<Decompressed> {
-  const { run } = await import('../core/run.ts');
   let r: Awaited<ReturnType<typeof run>>;
   try {
     r = await run(cmd, args, { input: payload, binary: true, signal, timeoutMs: 120_000 });

@@ -90,6 +90,28 @@ export function buildQemuArgv(s: VmSpec): string[] {
     '-vga',
     d ? 'std' : 'none',
   );
+  a.push(...controlArgs(s));
+  a.push(...storageArgs(s));
+  a.push(...netArgs(s.net));
+  if (s.net.mode !== 'none') a.push('-device', qemuOpt('virtio-net-pci', { netdev: 'net0', mac: s.net.mac }));
+  if (s.rng !== false) a.push('-device', 'virtio-rng-pci');
+  if (s.noReboot) a.push('-no-reboot');
+  a.push('-pidfile', s.files.pid);
+  if (s.daemonize) {
+    // -daemonize points QEMU's stderr at /dev/null unless a log file is open
+    // (-D, which needs a -d item): then stderr is that file, the VM's log. So
+    // what QEMU says at run time (a KVM internal error, "terminating on
+    // signal") is in the log too (pim-log). QEMU opens it without O_APPEND;
+    // lib/vm/launch.ts has it reopened ("logfile") to append once QMP answers.
+    a.push('-d', 'guest_errors', '-D', s.files.log, '-daemonize');
+  }
+  a.push(...s.extra);
+  return a;
+}
+
+/** QMP, the serial console (its socket, or stdio muxed with the monitor) and the guest agent's channel. */
+function controlArgs(s: VmSpec): string[] {
+  const a: string[] = [];
   a.push('-qmp', qemuOpt(`unix:${s.files.qmp}`, { server: true, wait: false }));
   if (s.serial === 'socket') {
     a.push(
@@ -116,6 +138,12 @@ export function buildQemuArgv(s: VmSpec): string[] {
     a.push('-chardev', qemuOpt('socket', { id: 'ga0', path: s.files.ga, server: true, wait: false }));
     a.push('-device', 'virtserialport,bus=vser0.0,chardev=ga0,name=org.qemu.guest_agent.0');
   }
+  return a;
+}
+
+/** UEFI's flash, the disk, extra drives, the CD-ROM and a kernel for direct boot. */
+function storageArgs(s: VmSpec): string[] {
+  const a: string[] = [];
   if (s.uefi) {
     a.push('-drive', qemuOpt(null, { if: 'pflash', format: 'raw', readonly: true, file: s.uefi.code }));
     a.push('-drive', qemuOpt(null, { if: 'pflash', format: 'raw', file: s.uefi.vars }));
@@ -162,7 +190,12 @@ export function buildQemuArgv(s: VmSpec): string[] {
     if (s.kernel.initrd) a.push('-initrd', s.kernel.initrd);
     if (s.kernel.append) a.push('-append', s.kernel.append);
   }
-  const n = s.net;
+  return a;
+}
+
+/** The network's backend: user mode with its forwards, a bridge, or vmnet (its device: buildQemuArgv). */
+function netArgs(n: NetSpec): string[] {
+  const a: string[] = [];
   if (n.mode === 'user') {
     // hostfwd may be given several times, so the rules are appended by hand
     const rules = [...(n.sshPort ? [`tcp:127.0.0.1:${n.sshPort}-:22`] : []), ...(n.forwards ?? []).map(hostfwdRule)];
@@ -172,18 +205,5 @@ export function buildQemuArgv(s: VmSpec): string[] {
   } else if (n.mode === 'vmnet-bridged') {
     a.push('-netdev', qemuOpt('vmnet-bridged', { id: 'net0', ifname: n.bridge ?? 'en0' }));
   }
-  if (n.mode !== 'none') a.push('-device', qemuOpt('virtio-net-pci', { netdev: 'net0', mac: n.mac }));
-  if (s.rng !== false) a.push('-device', 'virtio-rng-pci');
-  if (s.noReboot) a.push('-no-reboot');
-  a.push('-pidfile', s.files.pid);
-  if (s.daemonize) {
-    // -daemonize points QEMU's stderr at /dev/null unless a log file is open
-    // (-D, which needs a -d item): then stderr is that file, the VM's log. So
-    // what QEMU says at run time (a KVM internal error, "terminating on
-    // signal") is in the log too (pim-log). QEMU opens it without O_APPEND;
-    // lib/vm/launch.ts has it reopened ("logfile") to append once QMP answers.
-    a.push('-d', 'guest_errors', '-D', s.files.log, '-daemonize');
-  }
-  a.push(...s.extra);
   return a;
 }

@@ -11,6 +11,7 @@ import { qemuOpt } from './argv.ts';
 import { EXIT, PimError } from '../core/exit.ts';
 import { findExecutable } from '../core/which.ts';
 import { checkAborted } from '../core/signals.ts';
+import { run } from '../core/run.ts';
 
 export type ShareFs = '9p' | 'virtiofs';
 
@@ -67,7 +68,6 @@ export function findVirtiofsd(): string | null {
 
 /** QEMU's own C virtiofsd (up to QEMU 7.2) takes `-o source=DIR`; the Rust one `--shared-dir DIR`. */
 export async function isLegacyVirtiofsd(bin: string): Promise<boolean> {
-  const { run } = await import('../core/run.ts');
   const r = await run(bin, ['--version'], { timeoutMs: 5_000 });
   return /virtiofsd version .*\(|QEMU/i.test(`${r.stdout}${r.stderr}`);
 }

@@ -12,6 +12,7 @@ import * as fs from 'node:fs';
 import { basename, join, resolve } from 'node:path';
 import { EXIT, PimError } from '../core/exit.ts';
 import { openExfat, openFat16, readTable, SECTOR, ventoyVersion, type Table } from './disk.ts';
+import { run } from '../core/run.ts';
 
 export const P1_START = 2048;
 export const P2_SECTORS = 65536;
@@ -100,7 +101,6 @@ function deviceSize(path: string, fd: number): number {
 /** The whole disks of this machine that could be sticks (not partitions, not idle loop devices). */
 export async function candidates(): Promise<string[]> {
   if (process.platform === 'darwin') {
-    const { run } = await import('../core/run.ts');
     const r = await run('diskutil', ['list', 'external', 'physical']);
     return [...r.stdout.matchAll(/^(\/dev\/disk\d+)\b/gm)].map((m) => m[1]!);
   }

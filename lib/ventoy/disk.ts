@@ -195,8 +195,20 @@ export interface Exfat {
   files(skip?: (dirPath: string) => boolean, limit?: number): ExfatFile[];
 }
 
-/** An exFAT file system at byte `base`, or null when it is not exFAT. */
-export function openExfat(fd: number, base: number): Exfat | null {
+/** An exFAT volume's layout, from its boot sector, and its FAT. */
+interface ExfatGeometry {
+  fd: number;
+  base: number;
+  clusterBytes: number;
+  /** the cluster heap's offset from `base` */
+  heap: number;
+  clusters: number;
+  rootCluster: number;
+  fat: Buffer;
+}
+
+/** The layout of the exFAT file system at byte `base`, or null when it is not exFAT. */
+function exfatGeometry(fd: number, base: number): ExfatGeometry | null {
   const bs = readAt(fd, base, SECTOR);
   if (bs.length < SECTOR || bs.toString('latin1', 3, 11) !== 'EXFAT   ') return null;
   const sectorShift = bs[0x6c]!;
@@ -210,57 +222,85 @@ export function openExfat(fd: number, base: number): Exfat | null {
   const clusters = bs.readUInt32LE(0x5c);
   const rootCluster = bs.readUInt32LE(0x60);
   const fat = readAt(fd, base + fatOffset, Math.min(fatLength, (clusters + 2) * 4));
-  const next = (c: number) => (c * 4 + 4 <= fat.length ? fat.readUInt32LE(c * 4) : 0xffffffff);
-  const valid = (c: number) => c >= 2 && c < clusters + 2;
-  const clusterAt = (c: number) => base + heap + (c - 2) * clusterBytes;
-  /** `len` bytes of a cluster run: contiguous (noFatChain) or through the FAT */
-  const readRun = (first: number, len: number, noFatChain: boolean): Buffer => {
-    if (noFatChain) return valid(first) ? readAt(fd, clusterAt(first), len) : Buffer.alloc(0);
-    const out: Buffer[] = [];
-    let got = 0;
-    for (let c = first, guard = 0; valid(c) && got < len && guard <= clusters; c = next(c), guard++) {
-      out.push(readAt(fd, clusterAt(c), Math.min(clusterBytes, len - got)));
-      got += clusterBytes;
-    }
-    return Buffer.concat(out);
-  };
-  type Ent = { name: string; dir: boolean; first: number; size: number; noFatChain: boolean };
-  const dirEntries = (
-    buf: Buffer,
-    onBitmap?: (first: number, len: number) => void,
-    onLabel?: (l: string) => void,
-  ): Ent[] => {
-    const out: Ent[] = [];
-    for (let o = 0; o + 32 <= buf.length; o += 32) {
-      const t = buf[o]!;
-      if (t === 0) break;
-      if (t === 0x81) onBitmap?.(buf.readUInt32LE(o + 20), Number(buf.readBigUInt64LE(o + 24)));
-      else if (t === 0x83) onLabel?.(buf.toString('utf16le', o + 2, o + 2 + 2 * Math.min(buf[o + 1]!, 11)));
-      else if (t === 0x85) {
-        const secondaries = buf[o + 1]!;
-        const attr = buf.readUInt16LE(o + 4);
-        const s = o + 32;
-        if (secondaries < 2 || s + 32 * secondaries > buf.length || buf[s] !== 0xc0) continue;
-        const nameLen = buf[s + 3]!;
-        let name = '';
-        for (let k = 1; k < secondaries; k++) {
-          const n = s + 32 * k;
-          if (buf[n] === 0xc1) name += buf.toString('utf16le', n + 2, n + 32);
-        }
-        out.push({
-          name: name.slice(0, nameLen),
-          dir: Boolean(attr & 0x10),
-          first: buf.readUInt32LE(s + 20),
-          size: Number(buf.readBigUInt64LE(s + 24)),
-          noFatChain: Boolean(buf[s + 1]! & 0x02),
-        });
-        o += 32 * secondaries;
+  return { fd, base, clusterBytes, heap, clusters, rootCluster, fat };
+}
+
+/** `len` bytes of a cluster run: contiguous (noFatChain) or through the FAT. */
+function readRun(g: ExfatGeometry, first: number, len: number, noFatChain: boolean): Buffer {
+  const next = (c: number) => (c * 4 + 4 <= g.fat.length ? g.fat.readUInt32LE(c * 4) : 0xffffffff);
+  const valid = (c: number) => c >= 2 && c < g.clusters + 2;
+  const clusterAt = (c: number) => g.base + g.heap + (c - 2) * g.clusterBytes;
+  if (noFatChain) return valid(first) ? readAt(g.fd, clusterAt(first), len) : Buffer.alloc(0);
+  const out: Buffer[] = [];
+  let got = 0;
+  for (let c = first, guard = 0; valid(c) && got < len && guard <= g.clusters; c = next(c), guard++) {
+    out.push(readAt(g.fd, clusterAt(c), Math.min(g.clusterBytes, len - got)));
+    got += g.clusterBytes;
+  }
+  return Buffer.concat(out);
+}
+
+/** A file or directory entry set of an exFAT directory. */
+interface ExfatEntry {
+  name: string;
+  dir: boolean;
+  first: number;
+  size: number;
+  noFatChain: boolean;
+}
+
+/** The entries of a directory's bytes; the root's allocation bitmap and volume label go to the callbacks. */
+function dirEntries(
+  buf: Buffer,
+  onBitmap?: (first: number, len: number) => void,
+  onLabel?: (l: string) => void,
+): ExfatEntry[] {
+  const out: ExfatEntry[] = [];
+  for (let o = 0; o + 32 <= buf.length; o += 32) {
+    const t = buf[o]!;
+    if (t === 0) break;
+    if (t === 0x81) onBitmap?.(buf.readUInt32LE(o + 20), Number(buf.readBigUInt64LE(o + 24)));
+    else if (t === 0x83) onLabel?.(buf.toString('utf16le', o + 2, o + 2 + 2 * Math.min(buf[o + 1]!, 11)));
+    else if (t === 0x85) {
+      const secondaries = buf[o + 1]!;
+      const attr = buf.readUInt16LE(o + 4);
+      const s = o + 32;
+      if (secondaries < 2 || s + 32 * secondaries > buf.length || buf[s] !== 0xc0) continue;
+      const nameLen = buf[s + 3]!;
+      let name = '';
+      for (let k = 1; k < secondaries; k++) {
+        const n = s + 32 * k;
+        if (buf[n] === 0xc1) name += buf.toString('utf16le', n + 2, n + 32);
       }
+      out.push({
+        name: name.slice(0, nameLen),
+        dir: Boolean(attr & 0x10),
+        first: buf.readUInt32LE(s + 20),
+        size: Number(buf.readBigUInt64LE(s + 24)),
+        noFatChain: Boolean(buf[s + 1]! & 0x02),
+      });
+      o += 32 * secondaries;
     }
-    return out;
-  };
+  }
+  return out;
+}
+
+/** Clusters in use, from the allocation bitmap. */
+function usedClusters(bm: Buffer, clusters: number): number {
+  let used = 0;
+  const full = clusters >> 3;
+  for (let i = 0; i < full && i < bm.length; i++) used += POPCOUNT[bm[i]!]!;
+  for (let c = full << 3; c < clusters; c++) if ((bm[c >> 3] ?? 0) & (1 << (c & 7))) used++;
+  return used;
+}
+
+/** An exFAT file system at byte `base`, or null when it is not exFAT. */
+export function openExfat(fd: number, base: number): Exfat | null {
+  const g = exfatGeometry(fd, base);
+  if (!g) return null;
+  const { clusters, clusterBytes } = g;
   // the root directory has no length of its own: its FAT chain says
-  const rootBuf = readRun(rootCluster, clusters * clusterBytes, false);
+  const rootBuf = readRun(g, g.rootCluster, clusters * clusterBytes, false);
   let bitmap: { first: number; len: number } | null = null;
   let label = '';
   const root = dirEntries(
@@ -269,27 +309,20 @@ export function openExfat(fd: number, base: number): Exfat | null {
     (l) => (label = l),
   );
   if (!bitmap) return null;
-  const bm = readRun(
-    (bitmap as { first: number; len: number }).first,
-    (bitmap as { first: number; len: number }).len,
-    false,
-  );
-  let used = 0;
-  const full = clusters >> 3;
-  for (let i = 0; i < full && i < bm.length; i++) used += POPCOUNT[bm[i]!]!;
-  for (let c = full << 3; c < clusters; c++) if ((bm[c >> 3] ?? 0) & (1 << (c & 7))) used++;
+  const { first, len } = bitmap as { first: number; len: number };
+  const used = usedClusters(readRun(g, first, len, false), clusters);
   return {
     label,
     free: (clusters - used) * clusterBytes,
     size: clusters * clusterBytes,
     files(skip = () => false, limit = 10_000) {
       const out: ExfatFile[] = [];
-      const walk = (ents: Ent[], dir: string, depth: number) => {
+      const walk = (ents: ExfatEntry[], dir: string, depth: number) => {
         for (const e of ents) {
           if (out.length >= limit) return;
           const p = `${dir}/${e.name}`;
           if (!e.dir) out.push({ path: p, size: e.size });
-          else if (depth < 8 && !skip(p)) walk(dirEntries(readRun(e.first, e.size, e.noFatChain)), p, depth + 1);
+          else if (depth < 8 && !skip(p)) walk(dirEntries(readRun(g, e.first, e.size, e.noFatChain)), p, depth + 1);
         }
       };
       walk(root, '', 0);

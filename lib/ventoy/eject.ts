@@ -13,6 +13,8 @@ import { runtimeDirPath } from '../core/paths.ts';
 import { log } from '../core/log.ts';
 import type { Stick } from './detect.ts';
 import { asRoot, loopsOf, MOUNT_PREFIX, mountsOf } from './stick.ts';
+import { run } from '../core/run.ts';
+import { which } from '../core/which.ts';
 
 export type EjectResult = {
   name: string;
@@ -23,7 +25,6 @@ export type EjectResult = {
 };
 
 export async function eject(stick: Stick): Promise<EjectResult> {
-  const { run } = await import('../core/run.ts');
   await run('sync', []);
   const devs = stick.kind === 'image' ? loopsOf(stick.name) : [stick.name];
   const pimDir = join(runtimeDirPath(), MOUNT_PREFIX);
@@ -57,7 +58,6 @@ export async function eject(stick: Stick): Promise<EjectResult> {
   const name = basename(fs.realpathSync(stick.name));
   if (stick.kind === 'image' || name.startsWith('loop'))
     return { name: stick.name, synced: true, unmounted, powered_off: false };
-  const { which } = await import('../core/which.ts');
   if (which('udisksctl')) {
     const r = await run('udisksctl', ['power-off', '-b', stick.name]);
     if (r.code === 0) return { name: stick.name, synced: true, unmounted, powered_off: true };

@@ -18,8 +18,10 @@ import { basename, join } from 'node:path';
 import { EXIT, PimError } from '../core/exit.ts';
 import { ensureRuntimeDir } from '../core/paths.ts';
 import { log } from '../core/log.ts';
-import { sudoValidate } from '../core/proc.ts';
+import { sudoValidate, run } from '../core/run.ts';
 import { loopBacking, partDevice, pickStick, type Stick } from './detect.ts';
+import { checkAborted, trapSignals } from '../core/signals.ts';
+import { acquireLock } from '../core/lock.ts';
 
 /** The prefix of pim's mount dirs in the runtime dir: eject finds leftovers by it. */
 export const MOUNT_PREFIX = 'ventoy.';
@@ -37,7 +39,6 @@ export async function asRoot(
   args: string[],
   opts: { input?: string; code?: PimError['code']; cwd?: string; stdio?: 'pipe' | 'inherit' } = {},
 ) {
-  const { run } = await import('../core/run.ts');
   if (isRoot()) {
     const r = await run(cmd, args, { input: opts.input, cwd: opts.cwd, stdio: opts.stdio, hint: hintFor(cmd) });
     if (r.code !== 0) throw failure(op, r.stderr || r.stdout, r.code, opts.code);
@@ -198,7 +199,6 @@ const exfatInKernel = () => {
 /** Pick the stick, take its lock, set it up and mount partition 1. */
 export async function openStick(given: string | undefined, signal?: AbortSignal): Promise<OpenStick> {
   const stick = await pickStick(given);
-  const { checkAborted } = await import('../core/signals.ts');
   if (process.platform === 'darwin') {
     if (!fs.existsSync(MAC_VOLUME))
       throw new PimError(
@@ -207,7 +207,6 @@ export async function openStick(given: string | undefined, signal?: AbortSignal)
       );
     return { stick, dev: stick.name, root: MAC_VOLUME, close: async () => undefined };
   }
-  const { acquireLock } = await import('../core/lock.ts');
   const run = ensureRuntimeDir();
   const lock = await acquireLock(join(run, `ventoy-${fs.realpathSync(stick.name)}.lock`), `the stick ${stick.name}`);
   let loop: string | null = null;
@@ -269,7 +268,6 @@ export async function withStick<T>(
   given: string | undefined,
   fn: (s: OpenStick, signal: AbortSignal) => Promise<T>,
 ): Promise<T> {
-  const { trapSignals } = await import('../core/signals.ts');
   const trap = trapSignals();
   try {
     const s = await openStick(given, trap.signal);

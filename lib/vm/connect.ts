@@ -1,40 +1,46 @@
-/** Open QMP or the guest agent of a running VM by name, with clear errors. */
+/**
+ * Open QMP or the guest agent of a running VM, with clear errors. A command
+ * looks its VM up once (`runningVm`: name checked, metadata, pidfile and
+ * /proc read) and hands the RunningVm down; the connectors below take it and
+ * never look it up again. Only when a connection fails is the VM looked at
+ * once more, so that one that stopped meanwhile says so (69), as a lookup would.
+ */
 import { EXIT, PimError } from '../core/exit.ts';
 import { requireRunning, type RunningVm } from './state.ts';
 import { vmRef } from './ref.ts';
-import type { QmpClient } from '../qemu/qmp.ts';
-import type { GaClient } from '../qemu/ga.ts';
+import { QmpClient } from '../qemu/qmp.ts';
+import { GaClient, GaSilent } from '../qemu/ga.ts';
+import { parseTimeout, jsonArg } from '../cli/args.ts';
+import { printJson } from '../cli/output.ts';
 
 /** The running VM `name` (64 for a bad name, 69 when it does not run). */
 export async function runningVm(name: string): Promise<RunningVm> {
   return requireRunning(vmRef(name));
 }
 
-export async function withQmp<T>(
-  name: string,
-  timeoutMs: number,
-  fn: (q: QmpClient, vm: RunningVm) => Promise<T>,
-): Promise<T> {
-  const vm = await runningVm(name);
-  const { QmpClient } = await import('../qemu/qmp.ts');
-  const q = await QmpClient.connect(vm.files.qmp, { timeoutMs });
+/** `connect`, or, when it fails, requireRunning's word on a VM that has stopped since it was looked up. */
+async function open<C>(vm: RunningVm, connect: () => Promise<C>): Promise<C> {
   try {
-    return await fn(q, vm);
+    return await connect();
+  } catch (e) {
+    await requireRunning(vm);
+    throw e;
+  }
+}
+
+export async function withQmp<T>(vm: RunningVm, timeoutMs: number, fn: (q: QmpClient) => Promise<T>): Promise<T> {
+  const q = await open(vm, () => QmpClient.connect(vm.files.qmp, { timeoutMs }));
+  try {
+    return await fn(q);
   } finally {
     q.close();
   }
 }
 
-export async function withGa<T>(
-  name: string,
-  timeoutMs: number,
-  fn: (g: GaClient, vm: RunningVm) => Promise<T>,
-): Promise<T> {
-  const vm = await runningVm(name);
+export async function withGa<T>(vm: RunningVm, timeoutMs: number, fn: (g: GaClient) => Promise<T>): Promise<T> {
   if (vm.meta && !vm.meta.agent)
-    throw new PimError(EXIT.UNAVAILABLE, `${name} was started without a guest-agent channel`);
-  const { GaClient, GaSilent } = await import('../qemu/ga.ts');
-  const g = await GaClient.connect(vm.files.ga, timeoutMs);
+    throw new PimError(EXIT.UNAVAILABLE, `${vm.name} was started without a guest-agent channel`);
+  const g = await open(vm, () => GaClient.connect(vm.files.ga, timeoutMs));
   // A VM that is not running inside QEMU (paused, stopped on an error) cannot
   // answer, and waiting out the whole timeout says nothing: while the agent has
   // not answered its first sync, QMP is asked after a second, and then every two.
@@ -51,7 +57,7 @@ export async function withGa<T>(
   });
   stalled.catch(() => undefined); // raced below; never unhandled
   try {
-    return await Promise.race([fn(g, vm), stalled]);
+    return await Promise.race([fn(g), stalled]);
   } catch (e) {
     if (!(e instanceof GaSilent)) throw e;
     g.close();
@@ -66,7 +72,7 @@ export async function withGa<T>(
 /** 69 with the reason when the VM is not running inside QEMU (QMP query-status); null otherwise or when QMP does not say. */
 async function notRunning(vm: RunningVm): Promise<PimError | null> {
   try {
-    return await withQmp(vm.name, 2_000, async (q) => {
+    return await withQmp(vm, 2_000, async (q) => {
       const st = (await q.execute('query-status')) as { status: string; running: boolean };
       if (st.running) return null;
       const how = st.status === 'paused' ? `resume it (pim-ctl ${vm.name} resume)` : 'see pim-status and pim-log';
@@ -91,7 +97,7 @@ async function whySilent(vm: RunningVm): Promise<PimError | null> {
   try {
     const why = await notRunning(vm);
     if (why) return why;
-    return await withQmp(vm.name, 3_000, async (q) => {
+    return await withQmp(vm, 3_000, async (q) => {
       const chardevs = (await q.execute('query-chardev')) as Array<{ label: string; filename: string }>;
       const ga = chardevs.find((c) => c.label === 'ga0');
       if (ga && !ga.filename.startsWith('disconnected:')) {
@@ -109,9 +115,8 @@ async function whySilent(vm: RunningVm): Promise<PimError | null> {
 
 /** One guest-agent command's `return`, for a VM by name, within `timeout` (the --timeout flag, default `dflt` seconds). */
 export async function gaQuery<T>(name: string, command: string, timeout: string | undefined, dflt: number): Promise<T> {
-  const { parseTimeout } = await import('../cli/args.ts');
   const ms = parseTimeout(timeout, dflt);
-  return (await withGa(name, ms, (g) => g.execute(command, undefined, ms))) as T;
+  return (await withGa(await runningVm(name), ms, (g) => g.execute(command, undefined, ms))) as T;
 }
 
 /** pim-qmp and pim-ga: one raw command, its `return` value printed as JSON. */
@@ -122,12 +127,11 @@ export async function rawCommand(
   rawArgs: string | undefined,
   timeoutMs: number,
 ): Promise<void> {
-  const { jsonArg } = await import('../cli/args.ts');
-  const { printJson } = await import('../cli/output.ts');
   const a = jsonArg(rawArgs);
+  const vm = await runningVm(name);
   const ret =
     kind === 'qmp'
-      ? await withQmp(name, timeoutMs, (q) => q.execute(command, a, timeoutMs))
-      : await withGa(name, timeoutMs, (g) => g.execute(command, a, timeoutMs));
+      ? await withQmp(vm, timeoutMs, (q) => q.execute(command, a, timeoutMs))
+      : await withGa(vm, timeoutMs, (g) => g.execute(command, a, timeoutMs));
   printJson(ret ?? {});
 }

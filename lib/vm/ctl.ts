@@ -21,6 +21,7 @@
 import { EXIT, PimError } from '../core/exit.ts';
 import type { QmpClient } from '../qemu/qmp.ts';
 import type { RunningVm } from './state.ts';
+import { withQmp, withGa } from './connect.ts';
 
 export const CTL_ACTIONS = ['pause', 'resume', 'reboot', 'reset'] as const;
 export type CtlAction = (typeof CTL_ACTIONS)[number];
@@ -48,8 +49,7 @@ export function parseAction(word: string): CtlAction {
 }
 
 export async function ctlVm(vm: RunningVm, action: CtlAction, timeoutMs: number): Promise<CtlResult> {
-  const { withQmp } = await import('./connect.ts');
-  return withQmp(vm.name, timeoutMs, async (q) => {
+  return withQmp(vm, timeoutMs, async (q) => {
     const before = await status(q);
     const done = async (note?: string): Promise<CtlResult> => ({
       name: vm.name,
@@ -120,9 +120,8 @@ export async function ctlVm(vm: RunningVm, action: CtlAction, timeoutMs: number)
 
 /** guest-shutdown mode reboot, with advice when no agent answers. */
 async function askReboot(vm: RunningVm, ms: number): Promise<void> {
-  const { withGa } = await import('./connect.ts');
   try {
-    await withGa(vm.name, ms, (g) => g.execute('guest-shutdown', { mode: 'reboot' }, ms));
+    await withGa(vm, ms, (g) => g.execute('guest-shutdown', { mode: 'reboot' }, ms));
   } catch (e) {
     if (e instanceof PimError && e.code === EXIT.UNAVAILABLE) {
       throw new PimError(

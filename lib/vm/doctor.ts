@@ -33,7 +33,7 @@ import { which } from '../core/which.ts';
 import { bridgeHelper, ovmfCode, qemuBinary } from '../qemu/host.ts';
 import { findVirtiofsd } from '../qemu/share.ts';
 import { qemuImg } from '../image/qemu-img.ts';
-import { unwatchGroup, watchGroup } from '../core/run.ts';
+import { unwatchGroup, watchGroup, run } from '../core/run.ts';
 
 export type Status = 'ok' | 'warn' | 'fail';
 
@@ -179,7 +179,6 @@ export function probeFailure(r: ProbeResult, timeoutMs: number): string {
 async function accelCheck(timeoutMs: number): Promise<Check> {
   const forced = process.env.PIM_ACCEL;
   if (process.platform === 'darwin') {
-    const { run } = await import('../core/run.ts');
     const r = await run('sysctl', ['-n', 'kern.hv_support'], { timeoutMs: 5_000 }).catch(() => null);
     if (r?.stdout.trim() !== '1')
       return check(
@@ -246,7 +245,6 @@ export function parseVersion(text: string): number[] | null {
 }
 
 async function versionOf(bin: string, timeoutMs: number): Promise<{ version: number[] | null; error?: string }> {
-  const { run } = await import('../core/run.ts');
   try {
     const r = await run(bin, ['--version'], { timeoutMs });
     if (r.timedOut) return { version: null, error: `${bin} --version did not answer within ${timeoutMs / 1000} s` };
@@ -493,7 +491,6 @@ async function hostSudoCheck(timeoutMs: number): Promise<Check> {
     which('chown') ?? '/usr/bin/chown',
     which('kill') ?? '/usr/bin/kill',
   ];
-  const { run } = await import('../core/run.ts');
   return sudoCheck({
     uid: process.getuid?.() ?? 0,
     helperSetuid: process.platform === 'linux' ? (bridgeHelper()?.setuid ?? false) : false,

@@ -28,6 +28,7 @@
 import { EXIT, PimError } from '../core/exit.ts';
 import type { GaClient } from '../qemu/ga.ts';
 import type { RunningVm } from './state.ts';
+import { withGa } from './connect.ts';
 
 export const MAX_INPUT = 16 * 1024 * 1024;
 const FIRST_POLL_MS = 10;
@@ -110,7 +111,6 @@ const sleep = (ms: number, signal?: AbortSignal) =>
   });
 
 export async function guestExec(vm: RunningVm, req: ExecRequest): Promise<ExecResult> {
-  const { withGa } = await import('./connect.ts');
   const deadline = req.timeoutMs ? Date.now() + req.timeoutMs : Number.POSITIVE_INFINITY;
   // the user's time limit bounds the whole command: connecting, the agent's sync, the start and every poll
   // (a poll near the deadline still gets a moment, so that an over-time command is killed rather than left)
@@ -122,7 +122,7 @@ export async function guestExec(vm: RunningVm, req: ExecRequest): Promise<ExecRe
   const over = () => req.signal?.aborted || Date.now() >= deadline;
 
   // the start and the quick polls, on one connection
-  const first = await withGa(vm.name, Math.min(10_000, left()), async (g) => {
+  const first = await withGa(vm, Math.min(10_000, left()), async (g) => {
     const args: Record<string, unknown> = { path: req.path, arg: req.args, 'capture-output': true };
     if (req.input?.length) args['input-data'] = req.input.toString('base64');
     let pid: number;
@@ -146,7 +146,7 @@ export async function guestExec(vm: RunningVm, req: ExecRequest): Promise<ExecRe
     await sleep(Math.min(wait, deadline - Date.now()), req.signal);
     wait = Math.min(Math.round(wait * 1.5), MAX_POLL_MS);
     if (over()) break;
-    st = await withGa(vm.name, Math.min(10_000, left(POLL_FLOOR_MS)), (g) => status(g, pid));
+    st = await withGa(vm, Math.min(10_000, left(POLL_FLOOR_MS)), (g) => status(g, pid));
     polls++;
   }
   if (!st.exited) {
@@ -177,10 +177,9 @@ export async function guestExec(vm: RunningVm, req: ExecRequest): Promise<ExecRe
  * (through guest-exec), then read its status so the agent drops it. Says what happened.
  */
 async function killInGuest(vm: RunningVm, pid: number, sig: NodeJS.Signals): Promise<string> {
-  const { withGa } = await import('./connect.ts');
   const name = sig.replace(/^SIG/, '');
   try {
-    return await withGa(vm.name, 5_000, async (g) => {
+    return await withGa(vm, 5_000, async (g) => {
       const k = (
         (await g.execute(
           'guest-exec',

@@ -13,6 +13,9 @@ import { isIPv4 } from 'node:net';
 import { EXIT, PimError } from '../core/exit.ts';
 import { hostfwdRule, type PortForward } from '../qemu/argv.ts';
 import type { RunningVm } from './state.ts';
+import { acquireLock } from '../core/lock.ts';
+import { readMeta, writeMeta } from './state.ts';
+import { withQmp } from './connect.ts';
 
 export type { PortForward };
 
@@ -149,8 +152,6 @@ async function updateMeta(
   fn: (list: PortForward[]) => PortForward[],
   deadline: number,
 ): Promise<PortForward[]> {
-  const { acquireLock } = await import('../core/lock.ts');
-  const { readMeta, writeMeta } = await import('./state.ts');
   let pause = 20;
   for (;;) {
     try {
@@ -181,9 +182,8 @@ async function updateMeta(
 
 /** Run an HMP command through QMP; returns what it printed (HMP reports errors as text). */
 async function hmp(vm: RunningVm, line: string, timeoutMs: number): Promise<string> {
-  const { withQmp } = await import('./connect.ts');
   return String(
-    (await withQmp(vm.name, timeoutMs, (q) => q.execute('human-monitor-command', { 'command-line': line }))) ?? '',
+    (await withQmp(vm, timeoutMs, (q) => q.execute('human-monitor-command', { 'command-line': line }))) ?? '',
   ).trim();
 }
 

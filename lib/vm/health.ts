@@ -12,6 +12,7 @@
 import { existsSync } from 'node:fs';
 import { cleanupFiles, listVms, logTail, type VmInfo, type VmMeta } from './state.ts';
 import type { QmpClient } from '../qemu/qmp.ts';
+import { QmpClient as Qmp } from '../qemu/qmp.ts';
 
 // lib/qemu/accel.ts (with the host probe's node:net and the logger) is loaded
 // only for a KVM VM: pim-ps of TCG VMs starts without it
@@ -33,7 +34,6 @@ export function runSeconds(meta: Pick<VmMeta, 'started'> | null | undefined, now
 /** query-status of a live VM within `timeoutMs` in all (connect, greeting, reply); null when QMP does not answer. */
 export async function queryStatus(vm: VmInfo, timeoutMs: number): Promise<LiveStatus | null> {
   if (!existsSync(vm.files.qmp)) return null; // no socket to ask (and no node:net to load)
-  const { QmpClient: Qmp } = await import('../qemu/qmp.ts');
   let client: QmpClient | null = null;
   let late = false;
   const work = (async () => {

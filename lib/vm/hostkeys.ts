@@ -10,7 +10,7 @@
  * blob is taken out of them (dropbearPublicBlob) and the rest is dropped at
  * once. A dropbear guest with no .pub files is pinned that way too.
  */
-import type { GaClient } from '../qemu/ga.ts';
+import { GaClient } from '../qemu/ga.ts';
 
 export const HOST_KEY_FILES = [
   '/etc/ssh/ssh_host_ed25519_key.pub',
@@ -171,7 +171,6 @@ export async function hostKeysViaAgent(
   deadline: number,
   signal?: AbortSignal,
 ): Promise<HostKeys | null> {
-  const { GaClient } = await import('../qemu/ga.ts');
   while (Date.now() < deadline) {
     if (signal?.aborted) throw signal.reason;
     let ga: GaClient | null = null;

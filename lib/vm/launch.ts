@@ -18,8 +18,9 @@ import { closeSync, existsSync, rmSync, watch } from 'node:fs';
 import { spawn, type ChildProcess } from 'node:child_process';
 import { userInfo } from 'node:os';
 import { EXIT, PimError } from '../core/exit.ts';
-import { checkSocketPath } from '../core/paths.ts';
-import { childExit, isOurProcess, readPidfile, sudoValidate, waitExit } from '../core/proc.ts';
+import { checkSocketPath, type VmFiles } from '../core/paths.ts';
+import { childExit, isOurProcess, readPidfile, waitExit } from '../core/proc.ts';
+import { sudoValidate, run } from '../core/run.ts';
 import { acquireLock, type Lock } from '../core/lock.ts';
 import { createExclusive } from '../core/fs.ts';
 import { checkAborted } from '../core/signals.ts';
@@ -29,6 +30,8 @@ import { buildQemuArgv, type VmSpec } from '../qemu/argv.ts';
 import { qemuBinary } from '../qemu/host.ts';
 import { isKvmFailure, markKvmBroken } from '../qemu/accel.ts';
 import { log } from '../core/log.ts';
+import { knownRef } from './ref.ts';
+import { QmpClient } from '../qemu/qmp.ts';
 
 export interface LaunchRequest {
   spec: Omit<VmSpec, 'files' | 'daemonize' | 'serial' | 'name'>;
@@ -77,7 +80,6 @@ export async function reserveVm(ref: VmRef): Promise<Reservation> {
  * each is tried under its lock, so two callers never get the same name.
  */
 export async function reserveFreeName(prefix: string, dir: string): Promise<Reservation> {
-  const { knownRef } = await import('./ref.ts');
   for (let i = 1; i < 1000; i++) {
     const ref = knownRef(i === 1 ? prefix : `${prefix}-${i}`, dir);
     try {
@@ -156,7 +158,6 @@ function bridgeFailure(tail: string[], bridge: string): PimError {
 
 /** Let the invoking user use the root-owned sockets and pidfile: sudo for exactly this chown. */
 async function chownToUser(paths: string[]): Promise<void> {
-  const { run } = await import('../core/run.ts');
   const existing = paths.filter((p) => existsSync(p));
   const r = await run('sudo', ['-n', 'chown', `${process.getuid!()}:${process.getgid!()}`, ...existing]);
   if (r.code !== 0) {
@@ -183,7 +184,6 @@ async function killStart(res: VmRef, child: ChildProcess | null, root: boolean):
       process.kill(pid, 'SIGKILL');
     } catch (e) {
       if (root && (e as NodeJS.ErrnoException).code === 'EPERM') {
-        const { run } = await import('../core/run.ts');
         await run('sudo', ['-n', 'kill', '-KILL', String(pid)]);
       }
     }
@@ -204,8 +204,56 @@ export async function launch(
   req: LaunchRequest,
   opts: { signal?: AbortSignal } = {},
 ): Promise<RunningVm | number> {
-  const { files, name } = res;
   checkAborted(opts.signal);
+  const st = await prepareStart(res, req);
+  if (st.foreground) return runForeground(res.files, st);
+  const logfd = createLogAppend(res.files.log);
+  let child: ChildProcess;
+  try {
+    child = spawn(st.cmd[0]!, st.cmd.slice(1), { stdio: ['ignore', logfd, logfd], detached: true });
+  } finally {
+    closeSync(logfd);
+  }
+  const onAbort = () => {
+    if (child.pid && child.exitCode === null) {
+      try {
+        process.kill(-child.pid, 'SIGKILL');
+      } catch {
+        /* gone */
+      }
+    }
+  };
+  opts.signal?.addEventListener('abort', onAbort, { once: true });
+  try {
+    const pid = await daemonUp(res, st, child, opts.signal);
+    st.meta.pid = pid;
+    writeMeta(res.files, st.meta);
+    await qmpAnswers(res, pid, st.spec);
+    checkAborted(opts.signal);
+    return { ...res, state: 'running', pid, meta: st.meta };
+  } catch (e) {
+    if (opts.signal?.aborted) {
+      await killStart(res, child, st.root);
+      checkAborted(opts.signal);
+    }
+    throw e;
+  } finally {
+    opts.signal?.removeEventListener('abort', onAbort);
+  }
+}
+
+/** What a start runs: QEMU's spec, the command (under sudo or a debugger), and the metadata to write. */
+interface Start {
+  spec: VmSpec;
+  cmd: string[];
+  root: boolean;
+  foreground: boolean;
+  meta: VmMeta;
+}
+
+/** A new log for the start, QEMU's command line, sudo asked for when QEMU runs as root. */
+async function prepareStart(res: Reservation, req: LaunchRequest): Promise<Start> {
+  const { files, name } = res;
   // a new log for this start (the last one was kept for a post-mortem): the old
   // entry is unlinked (a symlink is removed, never followed) and the new file
   // created with O_EXCL|O_NOFOLLOW
@@ -239,98 +287,76 @@ export async function launch(
     owner: { uid: process.getuid?.() ?? 0, user: userInfo().username },
     started: new Date().toISOString(),
   };
+  return { spec, cmd, root, foreground, meta };
+}
 
-  if (foreground) {
-    writeMeta(files, meta);
-    const child = spawn(cmd[0]!, cmd.slice(1), { stdio: 'inherit' });
-    const status = await childExit(child).catch((e: NodeJS.ErrnoException) => {
-      cleanupFiles(files);
-      throw notFound(cmd[0]!, e);
-    });
+/** QEMU on the terminal (--console) or under a debugger: its exit status, the VM's files removed after. */
+async function runForeground(files: VmFiles, st: Start): Promise<number> {
+  writeMeta(files, st.meta);
+  const child = spawn(st.cmd[0]!, st.cmd.slice(1), { stdio: 'inherit' });
+  const status = await childExit(child).catch((e: NodeJS.ErrnoException) => {
     cleanupFiles(files);
-    return status;
-  }
+    throw notFound(st.cmd[0]!, e);
+  });
+  cleanupFiles(files);
+  return status;
+}
 
-  const logfd = createLogAppend(files.log);
-  let child: ChildProcess;
-  try {
-    child = spawn(cmd[0]!, cmd.slice(1), { stdio: ['ignore', logfd, logfd], detached: true });
-  } finally {
-    closeSync(logfd);
-  }
-  const onAbort = () => {
-    if (child.pid && child.exitCode === null) {
-      try {
-        process.kill(-child.pid, 'SIGKILL');
-      } catch {
-        /* gone */
-      }
-    }
-  };
-  opts.signal?.addEventListener('abort', onAbort, { once: true });
-  try {
-    if (spec.daemonize) {
-      const status = await childExit(child).catch((e: NodeJS.ErrnoException) => {
-        throw notFound(cmd[0]!, e);
-      });
-      checkAborted(opts.signal);
-      if (status !== 0) {
-        cleanupFiles(files);
-        throw qemuFailure(res, status, root, spec);
-      }
-    } else {
-      child.unref();
-      await waitForSocket(files.qmp, child, res, root, spec, opts.signal);
-    }
-    // a root QEMU writes its pidfile 0600: make the files ours before reading it
-    if (root) await chownToUser([files.qmp, files.ga, files.serial, files.pid]);
-    const pid = readPidfile(files.pid);
-    if (!pid) {
-      // QEMU runs but cannot be named by its pid: have it quit through QMP, then clean up
-      await quitThroughQmp(files.qmp);
+/** The detached QEMU is up (daemonized, or its socket is there): its pid, from the pidfile. */
+async function daemonUp(res: Reservation, st: Start, child: ChildProcess, signal?: AbortSignal): Promise<number> {
+  const { files } = res;
+  if (st.spec.daemonize) {
+    const status = await childExit(child).catch((e: NodeJS.ErrnoException) => {
+      throw notFound(st.cmd[0]!, e);
+    });
+    checkAborted(signal);
+    if (status !== 0) {
       cleanupFiles(files);
-      throw new PimError(EXIT.SOFTWARE, `QEMU started but wrote no pidfile ${files.pid}; it was told to quit`);
+      throw qemuFailure(res, status, st.root, st.spec);
     }
-    meta.pid = pid;
-    writeMeta(files, meta);
-    // Return only once QMP answers: a greeting, capabilities and query-status.
-    const { QmpClient } = await import('../qemu/qmp.ts');
+  } else {
+    child.unref();
+    await waitForSocket(files.qmp, child, res, st.root, st.spec, signal);
+  }
+  // a root QEMU writes its pidfile 0600: make the files ours before reading it
+  if (st.root) await chownToUser([files.qmp, files.ga, files.serial, files.pid]);
+  const pid = readPidfile(files.pid);
+  if (!pid) {
+    // QEMU runs but cannot be named by its pid: have it quit through QMP, then clean up
+    await quitThroughQmp(files.qmp);
+    cleanupFiles(files);
+    throw new PimError(EXIT.SOFTWARE, `QEMU started but wrote no pidfile ${files.pid}; it was told to quit`);
+  }
+  return pid;
+}
+
+/** Return only once QMP answers: a greeting, capabilities and query-status (69 otherwise). */
+async function qmpAnswers(res: Reservation, pid: number, spec: VmSpec): Promise<void> {
+  const { files, name } = res;
+  try {
+    const q = await QmpClient.connect(files.qmp, { timeoutMs: 30_000 });
     try {
-      const q = await QmpClient.connect(files.qmp, { timeoutMs: 30_000 });
-      try {
-        await q.execute('query-status');
-        // QEMU's stderr is the log it opened (-D, lib/qemu/argv.ts) without O_APPEND:
-        // reopened through "logfile" it appends, after the console's lines (pim-log)
-        // (best effort: a guest that is already gone, pim-kboot --exec's, has nothing more to say)
-        if (spec.daemonize)
-          await q
-            .execute('human-monitor-command', { 'command-line': `logfile "${files.log.replace(/["\\]/g, '\\$&')}"` })
-            .catch(() => undefined);
-      } finally {
-        q.close();
-      }
-    } catch (e) {
-      throw new PimError(
-        EXIT.UNAVAILABLE,
-        `QEMU started (pid ${pid}) but QMP does not answer: ${(e as Error).message}; see ${files.log}, stop it with pim-stop ${name}`,
-      );
+      await q.execute('query-status');
+      // QEMU's stderr is the log it opened (-D, lib/qemu/argv.ts) without O_APPEND:
+      // reopened through "logfile" it appends, after the console's lines (pim-log)
+      // (best effort: a guest that is already gone, pim-kboot --exec's, has nothing more to say)
+      if (spec.daemonize)
+        await q
+          .execute('human-monitor-command', { 'command-line': `logfile "${files.log.replace(/["\\]/g, '\\$&')}"` })
+          .catch(() => undefined);
+    } finally {
+      q.close();
     }
-    checkAborted(opts.signal);
-    return { ...res, state: 'running', pid, meta };
   } catch (e) {
-    if (opts.signal?.aborted) {
-      await killStart(res, child, root);
-      checkAborted(opts.signal);
-    }
-    throw e;
-  } finally {
-    opts.signal?.removeEventListener('abort', onAbort);
+    throw new PimError(
+      EXIT.UNAVAILABLE,
+      `QEMU started (pid ${pid}) but QMP does not answer: ${(e as Error).message}; see ${files.log}, stop it with pim-stop ${name}`,
+    );
   }
 }
 
 /** Tell the QEMU behind a QMP socket to quit, and wait (bounded) for it to close the connection. */
 async function quitThroughQmp(socket: string): Promise<void> {
-  const { QmpClient } = await import('../qemu/qmp.ts');
   try {
     const q = await QmpClient.connect(socket, { timeoutMs: 5_000 });
     await q.execute('quit').catch(() => undefined);
@@ -395,7 +421,6 @@ function waitForSocket(
  * before the first query-status, so a STOP in between is not missed.
  */
 export async function kvmWorks(vm: RunningVm, windowMs = 3_000): Promise<boolean> {
-  const { QmpClient } = await import('../qemu/qmp.ts');
   const q = await QmpClient.connect(vm.files.qmp, { timeoutMs: 5_000 });
   try {
     const stopped = q.waitEvent('STOP', windowMs);

@@ -15,6 +15,8 @@ import { checkForwards, checkHostPortFree } from './forward.ts';
 import { KvmFailed, kvmWorks, launch, reserveVm, type LaunchRequest, type Reservation } from './launch.ts';
 import type { RunningVm, VmMeta } from './state.ts';
 import type { VmRef } from './ref.ts';
+import { surveyKvm } from './health.ts';
+import { createOverlayUnlocked } from '../image/qemu-img.ts';
 
 /** A memory size such as 512M or 2G (exit 64 otherwise). */
 export function checkMem(mem: string | number, what = '--mem'): string {
@@ -158,7 +160,6 @@ export async function startVm(
   let accel = choice.accel;
   let probe = choice.probeKvm;
   if (probe) {
-    const { surveyKvm } = await import('./health.ts');
     const verdict = await surveyKvm(req.ref.dir);
     if (verdict === 'broken') {
       warnOncePerBoot(KVM_BROKEN_WARNING);
@@ -169,7 +170,6 @@ export async function startVm(
   const res = await reserveVm(req.ref);
   try {
     if (req.clone && req.disk) {
-      const { createOverlayUnlocked } = await import('../image/qemu-img.ts');
       await createOverlayUnlocked(res.files.clone, req.disk.path, req.disk.format);
       req = {
         ...req,

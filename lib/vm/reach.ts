@@ -29,6 +29,11 @@ import { SOCKET_PATH_MAX } from '../core/paths.ts';
 import type { RunningVm } from './state.ts';
 import type { VmRef } from './ref.ts';
 import { keyBlobOf, userKeyIfMade, userPublicKey } from './userkey.ts';
+import { withGa } from './connect.ts';
+import { readRegular, writeFileAtomic } from '../core/fs.ts';
+import { hostKeysViaAgent } from './hostkeys.ts';
+import { which } from '../core/which.ts';
+import { acquireLock } from '../core/lock.ts';
 
 /** How long a cached master connection lasts with no session on it. */
 export const CONTROL_PERSIST = '10m';
@@ -162,8 +167,7 @@ export async function sshAddress(vm: RunningVm, timeoutMs = AGENT_WAIT_MS): Prom
       EXIT.UNAVAILABLE,
       `${vm.name} is bridged and has no guest agent channel, so pim cannot know its address; ssh to it yourself`,
     );
-  const { withGa } = await import('./connect.ts');
-  const ifaces = (await withGa(vm.name, timeoutMs, (g) =>
+  const ifaces = (await withGa(vm, timeoutMs, (g) =>
     g.execute('guest-network-get-interfaces', undefined, timeoutMs),
   )) as GaIface[];
   const host = bridgedAddress(ifaces);
@@ -297,6 +301,8 @@ function ensureSshDir(dir: string): void {
 export interface Prepared {
   files: SshFiles;
   reach: SshReach;
+  /** the user and key the config file names (reach's are the caller's, with its overrides) */
+  base: { user: string; key: string | null };
   /** the control socket of reach.user */
   control: string;
   /** a master connection answers on it */
@@ -351,9 +357,11 @@ export async function prepareSsh(
   say: (msg: string) => void = () => {},
   opts: { configWho?: boolean } = {},
 ): Promise<Prepared> {
-  const { readRegular, writeFileAtomic } = await import('../core/fs.ts');
   const files = sshFiles(vm);
   const who = sshWho(vm, over);
+  // the default user and key (the config's); overrides go on ssh's command line, or into
+  // the config itself for pim-ssh --config (configWho), whose reader has only the file
+  const base = opts.configWho || (!over.user && over.key === undefined) ? who : sshWho(vm);
   const control = checkControlPath(files.control(who.user));
   ensureSshDir(files.dir);
   const master = await masterAlive(control);
@@ -366,9 +374,6 @@ export async function prepareSsh(
   }
   addr ??= await sshAddress(vm);
   const pattern = hostPattern(addr.host, addr.port);
-  // the default user and key (the config's); overrides go on ssh's command line, or into
-  // the config itself for pim-ssh --config (configWho), whose reader has only the file
-  const base = opts.configWho ? who : sshWho(vm);
   let known = readRegular(files.knownHosts) ?? '';
   let pinned = /^# pinned/m.test(known);
   if (!known.trim() || (pinned && !known.includes(`\n${pattern} `))) {
@@ -379,7 +384,6 @@ export async function prepareSsh(
         .filter((l) => l && !l.startsWith('#'))
         .map((l) => l.split(' ').slice(1).join(' '));
     else if (vm.meta?.agent !== false) {
-      const { hostKeysViaAgent } = await import('./hostkeys.ts');
       lines = (await hostKeysViaAgent(vm.files.ga, Date.now() + AGENT_WAIT_MS))?.lines ?? null;
     }
     if (lines?.length) {
@@ -407,12 +411,18 @@ export async function prepareSsh(
     pinned,
   });
   if (text !== oldConfig) writeFileAtomic(files.config, text, 0o600);
-  return { files, reach: { name: vm.name, host: addr.host, port: addr.port, ...who, pattern }, control, master };
+  return {
+    files,
+    reach: { name: vm.name, host: addr.host, port: addr.port, ...who, pattern },
+    base,
+    control,
+    master,
+  };
 }
 
 /** ssh's (and scp's) options after -F for a caller's overrides (user, key), when they differ from the config's. */
-export function overrideArgs(p: Prepared, vm: Pick<RunningVm, 'meta'>): string[] {
-  const base = sshWho(vm);
+export function overrideArgs(p: Prepared): string[] {
+  const { base } = p;
   const out: string[] = [];
   if (p.reach.user !== base.user) out.push('-o', `User=${p.reach.user}`);
   if (p.reach.key && p.reach.key !== base.key) out.push('-i', p.reach.key, '-o', 'IdentitiesOnly=yes');
@@ -448,7 +458,6 @@ export function connectError(name: string, r: SshReach, stderr: string): PimErro
  * not reported as a guest that cannot be reached.
  */
 export async function needSshClient(cmd: 'ssh' | 'scp' = 'ssh'): Promise<string> {
-  const { which } = await import('../core/which.ts');
   const found = which(cmd);
   if (!found)
     throw new PimError(
@@ -465,7 +474,6 @@ export async function needSshClient(cmd: 'ssh' | 'scp' = 'ssh'): Promise<string>
  */
 export async function startMaster(p: Prepared, vm: RunningVm, ssh = 'ssh'): Promise<void> {
   // one start at a time per user: two masters for one socket would leave the second in the foreground
-  const { acquireLock } = await import('../core/lock.ts');
   const lockFile = join(p.files.dir, `lock-${p.reach.user}`);
   const until = Date.now() + MASTER_START_MS;
   let lock: Awaited<ReturnType<typeof acquireLock>>;
@@ -486,7 +494,7 @@ export async function startMaster(p: Prepared, vm: RunningVm, ssh = 'ssh'): Prom
       /* none */
     }
     const { spawn } = process.getBuiltinModule('node:child_process') as typeof import('node:child_process');
-    const args = ['-F', p.files.config, ...overrideArgs(p, vm), '-N', '-o', 'ControlMaster=yes', '--', vm.name];
+    const args = ['-F', p.files.config, ...overrideArgs(p), '-N', '-o', 'ControlMaster=yes', '--', vm.name];
     const { code, stderr } = await new Promise<{ code: number; stderr: string }>((resolve) => {
       const child = spawn(ssh, args, { stdio: ['ignore', 'ignore', 'pipe'] });
       let err = '';

@@ -9,15 +9,17 @@ import { join } from 'node:path';
 import { EXIT, PimError } from '../core/exit.ts';
 import { exists } from '../core/fs.ts';
 import { acquireLock } from '../core/lock.ts';
-import { existingRuntimeDir, imagesDir, type VmFiles } from '../core/paths.ts';
+import { efivarsOf, existingRuntimeDir, imagesDir, type VmFiles } from '../core/paths.ts';
 import { IMAGE_EXTS } from '../image/store.ts';
-import { cleanupFiles, listVms, vmInfo } from './state.ts';
+import { cleanupFiles, listVms, vmInfo, loggedNames, runtimeNames } from './state.ts';
 import type { VmRef } from './ref.ts';
+import { loadVmCatalog } from '../config/vms.ts';
+import { entryNames } from '../config/catalog.ts';
 
 /** The image files of NAME in the store: NAME.qcow2 (or .img, .raw) and its UEFI vars. */
 export function storeFiles(name: string): string[] {
   const dir = imagesDir();
-  return [...IMAGE_EXTS.map((e) => join(dir, name + e)), join(dir, `${name}.efivars.fd`)].filter(existsSync);
+  return [...IMAGE_EXTS.map((e) => join(dir, name + e)), join(dir, efivarsOf(name))].filter(existsSync);
 }
 
 /**
@@ -80,10 +82,7 @@ export async function removeVm(ref: VmRef, o: { image?: boolean } = {}): Promise
 export async function staleNames(): Promise<string[]> {
   const dir = existingRuntimeDir();
   if (!dir) return [];
-  const { loggedNames, runtimeNames } = await import('./state.ts');
   const { storeImages } = await import('../image/store.ts');
-  const { loadVmCatalog } = await import('../config/vms.ts');
-  const { entryNames } = await import('../config/catalog.ts');
   const kept = new Set([...storeImages().map((i) => i.name), ...entryNames(await loadVmCatalog())]);
   const live = new Set((await listVms(dir)).filter((v) => v.state !== 'stale').map((v) => v.name));
   return [...new Set([...loggedNames(dir), ...runtimeNames(dir)])].filter((n) => !kept.has(n) && !live.has(n)).sort();

@@ -20,17 +20,19 @@
  * already is 73 unless --force replaces it.
  */
 import { existsSync } from 'node:fs';
-import { extname, join, resolve } from 'node:path';
+import { resolve } from 'node:path';
 import { EXIT, PimError } from '../core/exit.ts';
 import { existingRuntimeDir, imagesDir } from '../core/paths.ts';
 import { checkName } from '../core/names.ts';
 import type { QmpClient, QmpEvent } from '../qemu/qmp.ts';
+import { withQmp } from './connect.ts';
 import type { ImgSnapshot } from '../image/qemu-img.ts';
-import { IMAGE_EXTS, imageFormat } from '../image/store.ts';
+import { imageFormat, looksLikePath, storeImage } from '../image/store.ts';
 import { buildOfDisk, isBuildDisk } from '../image/registry.ts';
 import { sameFile } from '../core/fs.ts';
 import { listVms, vmInfo, type RunningVm } from './state.ts';
 import { vmRef } from './ref.ts';
+import { imgInfo, imgSnapshot } from '../image/qemu-img.ts';
 
 /** One snapshot, as pim prints it. */
 export interface Snapshot {
@@ -77,8 +79,6 @@ export type SnapTarget =
   | { kind: 'running'; name: string; vm: RunningVm }
   | { kind: 'image'; name: string; path: string };
 
-const looksLikePath = (s: string) => s.includes('/') || IMAGE_EXTS.includes(extname(s));
-
 /** The running VM whose disk is `path`, if any (a VM started from a path, or under another name). */
 async function vmUsing(path: string): Promise<RunningVm | null> {
   const dir = existingRuntimeDir();
@@ -110,7 +110,7 @@ export async function snapshotTarget(target: string): Promise<SnapTarget> {
     }
     if (info.state === 'starting')
       throw new PimError(EXIT.TEMPFAIL, `${target} is still starting; try again in a moment`);
-    const found = IMAGE_EXTS.map((e) => join(imagesDir(), target + e)).find((p) => existsSync(p));
+    const found = storeImage(target);
     if (!found) {
       throw new PimError(
         EXIT.NOINPUT,
@@ -279,27 +279,19 @@ export interface ActionOpts {
   timeoutMs: number;
 }
 
-async function withVmQmp<T>(vm: RunningVm, timeoutMs: number, fn: (q: QmpClient) => Promise<T>): Promise<T> {
-  const { QmpClient } = await import('../qemu/qmp.ts');
-  const q = await QmpClient.connect(vm.files.qmp, { timeoutMs: Math.min(timeoutMs, 30_000) });
-  try {
-    return await fn(q);
-  } finally {
-    q.close();
-  }
-}
+/** QMP of a running VM: connected within the job's time, at most 30 s. */
+const withVmQmp = <T>(vm: RunningVm, timeoutMs: number, fn: (q: QmpClient) => Promise<T>): Promise<T> =>
+  withQmp(vm, Math.min(timeoutMs, 30_000), fn);
 
 /** The snapshots of a running VM or an image. */
 export async function listSnapshots(t: SnapTarget, timeoutMs: number): Promise<Snapshot[]> {
   if (t.kind === 'running') return withVmQmp(t.vm, timeoutMs, async (q) => (await disksOf(q, t.vm)).snapshots);
-  const { imgInfo } = await import('../image/qemu-img.ts');
   return ((await imgInfo(t.path)).snapshots ?? []).map(toSnapshot);
 }
 
 /** save, load or rm snapshot `tag` of a running VM or an image. */
 export async function snapshotAction(t: SnapTarget, action: SnapshotAction, tag: string, o: ActionOpts): Promise<void> {
   if (t.kind === 'running') return withVmQmp(t.vm, o.timeoutMs, (q) => runningAction(q, t.vm, action, tag, o));
-  const { imgInfo, imgSnapshot } = await import('../image/qemu-img.ts');
   const have = ((await imgInfo(t.path)).snapshots ?? []).filter((s) => s.name === tag);
   if (action === 'save') {
     if (have.length && !o.force) throw tagExists(t.name, tag);

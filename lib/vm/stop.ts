@@ -16,8 +16,11 @@
 import { EXIT, PimError } from '../core/exit.ts';
 import { isAlive, waitExit } from '../core/proc.ts';
 import { cleanupFiles, type RunningVm } from './state.ts';
-import type { QmpClient } from '../qemu/qmp.ts';
 import { log } from '../core/log.ts';
+import { run } from '../core/run.ts';
+import { closeMasters } from './reach.ts';
+import { QmpClient } from '../qemu/qmp.ts';
+import { GaClient } from '../qemu/ga.ts';
 
 export type StopStage = 'agent' | 'acpi' | 'quit' | 'sigterm' | 'sigkill';
 
@@ -51,7 +54,6 @@ async function signal(pid: number, sig: 'SIGTERM' | 'SIGKILL', root: boolean): P
     if (code === 'ESRCH') return;
     if (code !== 'EPERM' || !root) throw e;
     // QEMU runs as root (bridged): sudo for exactly this kill
-    const { run } = await import('../core/run.ts');
     const r = await run('sudo', ['-n', 'kill', `-${sig.slice(3)}`, String(pid)]);
     if (r.code !== 0)
       throw new PimError(
@@ -81,10 +83,8 @@ export async function stopVm(vm: RunningVm, opts: StopOpts): Promise<StopResult>
   };
   const short = Math.min(opts.timeoutMs, 5_000);
   // pim-ssh's cached connections first (ssh -O exit), best effort and bounded
-  const { closeMasters } = await import('./reach.ts');
   await closeMasters(vm, 3_000);
   let qmp: QmpClient | null = null;
-  const { QmpClient } = await import('../qemu/qmp.ts');
   try {
     qmp = await QmpClient.connect(vm.files.qmp, { timeoutMs: short });
   } catch (e) {
@@ -135,7 +135,6 @@ export async function stopVm(vm: RunningVm, opts: StopOpts): Promise<StopResult>
       if (vm.meta?.agent !== false) {
         try {
           stage('agent');
-          const { GaClient } = await import('../qemu/ga.ts');
           const ga = await GaClient.connect(vm.files.ga, short);
           try {
             await ga.execute('guest-shutdown', undefined, short);

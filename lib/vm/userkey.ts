@@ -11,6 +11,7 @@ import * as fs from 'node:fs';
 import { join } from 'node:path';
 import { EXIT, PimError } from '../core/exit.ts';
 import { dataDir } from '../core/paths.ts';
+import { ensurePrivateDir, writeFileAtomic } from '../core/fs.ts';
 
 /** <data>/pim/ssh: the directory of pim's user key */
 export const userKeyDir = () => join(dataDir(), 'ssh');
@@ -46,7 +47,6 @@ export function userPublicKey(): string | null {
  * linked into place, never replaced; the public half is derived from it).
  */
 export async function ensureUserKey(): Promise<{ path: string; public: string }> {
-  const { ensurePrivateDir, writeFileAtomic } = await import('../core/fs.ts');
   const dir = ensurePrivateDir(userKeyDir());
   const st = fs.lstatSync(dir);
   if (!st.isDirectory()) throw new PimError(EXIT.CANTCREAT, `${dir} is not a directory; remove it`);

@@ -26,6 +26,8 @@ import { EXIT, PimError } from '../core/exit.ts';
 import { openRegular } from '../core/fs.ts';
 import { isOurProcess } from '../core/proc.ts';
 import { qemuMarker, type RunningVm } from './state.ts';
+import { withQmp } from './connect.ts';
+import { GaClient } from '../qemu/ga.ts';
 
 export type WaitFor = { kind: 'agent' } | { kind: 'ssh' } | { kind: 'console'; re: RegExp };
 
@@ -204,8 +206,7 @@ export async function waitUp(vm: RunningVm, fors: WaitFor[], o: WaitOpts): Promi
 /** At a timeout: what QMP sees (a paused VM; whether the guest opened the agent's port). '' when all looks normal. */
 async function qmpView(vm: RunningVm, agent: boolean): Promise<string> {
   try {
-    const { withQmp } = await import('./connect.ts');
-    return await withQmp(vm.name, 3_000, async (q) => {
+    return await withQmp(vm, 3_000, async (q) => {
       const out: string[] = [];
       const st = (await q.execute('query-status')) as { status: string; running: boolean };
       if (!st.running)
@@ -238,7 +239,6 @@ function probe(vm: RunningVm, p: Probe, signal: AbortSignal, logFrom: number): P
 }
 
 async function agentProbe(vm: RunningVm, p: Probe, signal: AbortSignal): Promise<string> {
-  const { GaClient } = await import('../qemu/ga.ts');
   p.last = 'no reply to guest-sync from the guest agent';
   const g = await GaClient.connect(vm.files.ga, 5_000);
   const onAbort = () => g.close();
@@ -328,11 +328,15 @@ function consoleProbe(vm: RunningVm, p: Probe, re: RegExp, from: number, signal:
   });
 }
 
+const NOTHING_YET = 'nothing yet';
+/** At most this many probes are open at once (the oldest is closed for the newest). */
+const MAX_OPEN_PROBES = 10;
+
 /**
  * Wait until an SSH server answers on host:port with its banner ("SSH-2.0-…"):
  * QEMU's port forward accepts a TCP connection before the guest listens, so
  * only the banner says sshd is up. Attempts overlap: a new connection every
- * `interval` (100 ms, growing to 500 ms), up to MAX_OPEN at once, the oldest
+ * `interval` (100 ms, growing to 500 ms), up to MAX_OPEN_PROBES at once, the oldest
  * closed for the newest. An old one is kept because it may still succeed
  * (QEMU's slirp retries its SYN to the guest with TCP's back-off, so a forward
  * made while the guest booted answers seconds late), and new ones are made
@@ -349,14 +353,13 @@ export async function waitSshBanner(
   seen?: (what: string) => void,
 ): Promise<string> {
   const net = await import('node:net');
-  const MAX_OPEN = 10;
   return new Promise<string>((resolve, reject) => {
     const open: import('node:net').Socket[] = [];
     // sockets the guest's side took (QEMU's forward reached a listening sshd): when they were
     const waiting = new Map<import('node:net').Socket, number>();
     let interval = 100;
     const t0 = Date.now();
-    let last = 'nothing yet';
+    let last = NOTHING_YET;
     let finished = false;
     let timer: NodeJS.Timeout | undefined;
     const finish = (err: unknown, banner?: string) => {
@@ -379,49 +382,8 @@ export async function waitSshBanner(
       () => finish(new PimError(EXIT.TEMPFAIL, `SSH on ${host}:${port} did not answer in time (last seen: ${last})`)),
       Number.isFinite(left) ? Math.max(0, left) : 2 ** 31 - 1,
     );
-    const attempt = () => {
-      if (finished) return;
-      if (open.length >= MAX_OPEN) open.shift()!.destroy();
-      const s = net.createConnection({ host, port });
-      open.push(s);
-      let buf = '';
-      let connected = false;
-      const drop = () => {
-        const i = open.indexOf(s);
-        if (i >= 0) open.splice(i, 1);
-        waiting.delete(s);
-        s.destroy();
-      };
-      s.on('connect', () => {
-        connected = true;
-        waiting.set(s, Date.now());
-        if (last === 'nothing yet')
-          note(
-            `${host}:${port} accepted a connection but sent no banner yet (QEMU's forward is up; the guest's port 22 is not answering yet)`,
-          );
-      });
-      s.on('data', (d: Buffer) => {
-        buf += d.toString('latin1');
-        const nl = buf.indexOf('\n');
-        if (nl < 0 && buf.length < 256) return;
-        const line = (nl >= 0 ? buf.slice(0, nl) : buf).trim();
-        if (line.startsWith('SSH-')) return finish(null, line);
-        note(`${host}:${port} answered ${JSON.stringify(line.slice(0, 80))}, not an SSH banner`);
-        drop();
-      });
-      s.on('error', (e: NodeJS.ErrnoException) => {
-        note(`${host}:${port}: ${e.code ?? e.message}`);
-        drop();
-      });
-      s.on('close', () => {
-        if (finished) return;
-        if (connected && !buf)
-          note(
-            `${host}:${port} accepted and closed without a banner (QEMU's forward is up; nothing listens on the guest's port 22 yet)`,
-          );
-        drop();
-      });
-    };
+    const attempt = () =>
+      bannerAttempt(net, { host, port, open, waiting, isFinished: () => finished, last: () => last, note, finish });
     const tick = () => {
       // a connection still open is one the guest may answer on: under TCG an sshd takes
       // seconds to fork and send its banner, and every connection dropped meanwhile costs
@@ -439,5 +401,66 @@ export async function waitSshBanner(
     signal?.addEventListener('abort', onAbort, { once: true });
     if (signal?.aborted) return onAbort();
     tick();
+  });
+}
+
+/** What one SSH banner probe shares with the wait that makes it. */
+interface BannerWait {
+  host: string;
+  port: number;
+  /** the probes still open, oldest first */
+  open: import('node:net').Socket[];
+  /** probes the guest's side took (QEMU's forward reached a listening sshd): when they were */
+  waiting: Map<import('node:net').Socket, number>;
+  isFinished: () => boolean;
+  /** what the wait saw last */
+  last: () => string;
+  note: (what: string) => void;
+  finish: (err: unknown, banner?: string) => void;
+}
+
+/** One probe of waitSshBanner: a connection that reads the first line and says what it found. */
+function bannerAttempt(net: typeof import('node:net'), w: BannerWait): void {
+  const { host, port, open, waiting, note } = w;
+  if (w.isFinished()) return;
+  if (open.length >= MAX_OPEN_PROBES) open.shift()!.destroy();
+  const s = net.createConnection({ host, port });
+  open.push(s);
+  let buf = '';
+  let connected = false;
+  const drop = () => {
+    const i = open.indexOf(s);
+    if (i >= 0) open.splice(i, 1);
+    waiting.delete(s);
+    s.destroy();
+  };
+  s.on('connect', () => {
+    connected = true;
+    waiting.set(s, Date.now());
+    if (w.last() === NOTHING_YET)
+      note(
+        `${host}:${port} accepted a connection but sent no banner yet (QEMU's forward is up; the guest's port 22 is not answering yet)`,
+      );
+  });
+  s.on('data', (d: Buffer) => {
+    buf += d.toString('latin1');
+    const nl = buf.indexOf('\n');
+    if (nl < 0 && buf.length < 256) return;
+    const line = (nl >= 0 ? buf.slice(0, nl) : buf).trim();
+    if (line.startsWith('SSH-')) return w.finish(null, line);
+    note(`${host}:${port} answered ${JSON.stringify(line.slice(0, 80))}, not an SSH banner`);
+    drop();
+  });
+  s.on('error', (e: NodeJS.ErrnoException) => {
+    note(`${host}:${port}: ${e.code ?? e.message}`);
+    drop();
+  });
+  s.on('close', () => {
+    if (w.isFinished()) return;
+    if (connected && !buf)
+      note(
+        `${host}:${port} accepted and closed without a banner (QEMU's forward is up; nothing listens on the guest's port 22 yet)`,
+      );
+    drop();
   });
 }

@@ -9,16 +9,14 @@
 import { chmodSync, constants, copyFileSync, existsSync, realpathSync, renameSync, rmSync } from 'node:fs';
 import { extname, join, resolve } from 'node:path';
 import { EXIT, PimError } from '../core/exit.ts';
-import { imagesDir, runtimeDirPath } from '../core/paths.ts';
+import { efivarsOf, imagesDir, runtimeDirPath } from '../core/paths.ts';
 import { ensurePrivateDir } from '../core/fs.ts';
 import { checkName } from '../core/names.ts';
-import { buildDisk, buildEfivars, buildOfDisk, findBuild, latestBuild, type BuildRecord } from './registry.ts';
-import { efivarsFor, IMAGE_EXTS, imageFormat, looksLikePath } from './store.ts';
-
-/** The store image NAME.{qcow2,img,raw}, or null. */
-function storeImage(name: string): string | null {
-  return IMAGE_EXTS.map((e) => join(imagesDir(), name + e)).find((p) => existsSync(p)) ?? null;
-}
+import { buildDisk, buildEfivars, buildOfDisk, findBuild, latestBuild, type BuildRecord } from '../image/registry.ts';
+import { efivarsFor, IMAGE_EXTS, imageFormat, looksLikePath, storeImage } from '../image/store.ts';
+import { listVms } from './state.ts';
+import { createOverlay, qemuImg, imgInfo } from '../image/qemu-img.ts';
+import { run } from '../core/run.ts';
 
 /** A build's own disk (not a store overlay of it). */
 function isBuildDisk(path: string): BuildRecord | null {
@@ -28,7 +26,6 @@ function isBuildDisk(path: string): BuildRecord | null {
 
 /** The running VM that boots `path` and holds its lock (a --clone VM holds none), if any. */
 async function holder(path: string): Promise<string | null> {
-  const { listVms } = await import('../vm/state.ts');
   const real = realpathSync(path);
   for (const v of await listVms(runtimeDirPath())) {
     if (v.state !== 'running' || !v.meta || v.meta.clone) continue;
@@ -73,10 +70,9 @@ export async function cloneImage(src: string, newName: string): Promise<string> 
   const build = path ? isBuildDisk(path) : (latestBuild(src) ?? findBuild(src));
   if (build) {
     const dest = join(dir, `${newName}.qcow2`);
-    const { createOverlay } = await import('./qemu-img.ts');
     await writeAtomically(dest, (tmp) => createOverlay(tmp, buildDisk(build), build.disk.format));
     const bv = buildEfivars(build);
-    if (bv) await writeAtomically(join(dir, `${newName}.efivars.fd`), (tmp) => copyFileSync(bv, tmp));
+    if (bv) await writeAtomically(join(dir, efivarsOf(newName)), (tmp) => copyFileSync(bv, tmp));
     return dest;
   }
   path = path!;
@@ -90,7 +86,7 @@ export async function cloneImage(src: string, newName: string): Promise<string> 
   // a reflink where the filesystem has them (btrfs, xfs), else a plain copy
   await writeAtomically(dest, (tmp) => copyFileSync(path, tmp, constants.COPYFILE_FICLONE));
   const vars = efivarsFor(path);
-  if (vars) await writeAtomically(join(dir, `${newName}.efivars.fd`), (tmp) => copyFileSync(vars, tmp));
+  if (vars) await writeAtomically(join(dir, efivarsOf(newName)), (tmp) => copyFileSync(vars, tmp));
   return dest;
 }
 
@@ -124,8 +120,6 @@ export async function resizeImage(name: string, size: string): Promise<{ path: s
       EXIT.TEMPFAIL,
       `${path} is the disk of running VM ${user}; stop it first (pim-stop ${user}), then resize`,
     );
-  const { run } = await import('../core/run.ts');
-  const { qemuImg, imgInfo } = await import('./qemu-img.ts');
   const r = await run(qemuImg(), ['resize', '-q', '-f', imageFormat(path), path, size]);
   if (r.code !== 0) throw new PimError(EXIT.DATAERR, `cannot resize ${path}: ${r.stderr.trim().split('\n').pop()}`);
   return { path, bytes: (await imgInfo(path))['virtual-size'] };
