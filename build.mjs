@@ -163,7 +163,7 @@ await build({
     contents:
       names.map((n, i) => `import c${i} from './cmds/${n}.ts';`).join('\n') +
       `\nexport default { ${names.map((n, i) => `${JSON.stringify(n)}: c${i}`).join(', ')} };\n` +
-      `export { manPage, markdownPage, markdownIndex } from './lib/cli/manpage.ts';\n`,
+      `export { manPage, markdownPage, markdownIndex, manualText } from './lib/cli/manpage.ts';\n`,
     resolveDir: process.cwd(),
     loader: 'ts',
   },
@@ -194,8 +194,9 @@ const writeIfChanged = (f, text) => {
   if (old !== text) writeFileSync(f, text);
 };
 for (const [n, c] of Object.entries(defsMod.default)) {
-  writeFileSync(`${out}/man/man1/${n}.1`, await defsMod.manPage(c, { commands: manifest }));
-  writeIfChanged(`docs/${n}.md`, await defsMod.markdownPage(c, { commands: manifest }));
+  const manual = defsMod.manualText(n);
+  writeFileSync(`${out}/man/man1/${n}.1`, await defsMod.manPage(c, { commands: manifest, manual }));
+  writeIfChanged(`docs/${n}.md`, await defsMod.markdownPage(c, { commands: manifest, manual }));
 }
 writeIfChanged('docs/README.md', defsMod.markdownIndex(manifest));
 // npm installs the pages package.json's "man" names (it does not read directories.man

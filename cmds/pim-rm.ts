@@ -51,7 +51,21 @@ stale is exit 0.`,
     const { forEachName, namesOrStdin } = await import('../lib/cli/args.ts');
     const { vmRef } = await import('../lib/vm/ref.ts');
     const { removeVm } = await import('../lib/vm/remove.ts');
-    const { printRecords } = await import('../lib/cli/output.ts');
+    const { printRecords, stdoutIsTTY } = await import('../lib/cli/output.ts');
+    // a pipe (and --json) gets each VM's lines as they go; a terminal one aligned table at the end
+    const tty = stdoutIsTTY() && !args.json;
+    const done: Array<{ name: string; path: string }> = [];
+    const print = (recs: Array<{ name: string; path: string }>) => {
+      if (tty) done.push(...recs);
+      else printRecords(recs, ['path'], { json: args.json, plain: true });
+    };
+    const show = async (work: () => Promise<number>) => {
+      try {
+        return await work();
+      } finally {
+        if (tty && done.length) printRecords(done, ['path']);
+      }
+    };
     if (args.stale) {
       const { EXIT, PimError } = await import('../lib/core/exit.ts');
       if ((data as Words).positionals.length || args.image)
@@ -59,17 +73,15 @@ stale is exit 0.`,
       const { staleNames } = await import('../lib/vm/remove.ts');
       const stale = await staleNames();
       // one that started or went meanwhile is not an error: there is nothing of it to clean
-      return forEachName(stale, async (name) => {
-        const removed = await removeVm(vmRef(name)).catch((e: unknown) => {
-          if (e instanceof PimError && (e.code === EXIT.NOINPUT || e.code === EXIT.TEMPFAIL)) return [];
-          throw e;
-        });
-        printRecords(
-          removed.map((path) => ({ name, path })),
-          ['path'],
-          { json: args.json, plain: true },
-        );
-      });
+      return show(() =>
+        forEachName(stale, async (name) => {
+          const removed = await removeVm(vmRef(name)).catch((e: unknown) => {
+            if (e instanceof PimError && (e.code === EXIT.NOINPUT || e.code === EXIT.TEMPFAIL)) return [];
+            throw e;
+          });
+          print(removed.map((path) => ({ name, path })));
+        }),
+      );
     }
     const names = await namesOrStdin(
       (data as Words).positionals,
@@ -77,13 +89,11 @@ stale is exit 0.`,
     );
     if (!names.length) return 0; // nothing to do (an empty pipe, a cancelled fzf)
     const refs = new Map(names.map((n) => [n, vmRef(n)])); // every name is checked before anything is removed
-    return forEachName(names, async (name) => {
-      const removed = await removeVm(refs.get(name)!, { image: args.image });
-      printRecords(
-        removed.map((path) => ({ name, path })),
-        ['path'],
-        { json: args.json, plain: true },
-      );
-    });
+    return show(() =>
+      forEachName(names, async (name) => {
+        const removed = await removeVm(refs.get(name)!, { image: args.image });
+        print(removed.map((path) => ({ name, path })));
+      }),
+    );
   },
 });

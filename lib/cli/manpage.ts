@@ -9,7 +9,14 @@
  * remark-man): the definition is already structured (each option a tagged
  * paragraph, examples verbatim), so a converter would only parse back what
  * was just written, and the escaping roff needs is a few rules (below).
+ *
+ * A command's whole reference, too long for --help, is its manual:
+ * cmds/NAME.md beside cmds/NAME.ts (the README only points to it). It is
+ * Markdown of a few kinds of block (paragraphs, `## headings`, lists, tables,
+ * fenced and indented code) with `code`, **bold** and [links](url) inline; the
+ * man page gets it in roff after the details, docs/NAME.md as it is.
  */
+import { existsSync, readFileSync } from 'node:fs';
 import { argumentRows, optionRows, usageLine, VERSION } from './command.ts';
 import { findSub, node, type AnyCommand, type Node } from './tree.ts';
 
@@ -76,6 +83,7 @@ export function roffEscape(s: string): string {
   return s
     .replace(/\\/g, '\\e')
     .replace(/-/g, '\\-')
+    .replace(/[^\x00-\x7f]/gu, (c) => `\\[u${c.codePointAt(0)!.toString(16).toUpperCase().padStart(4, '0')}]`)
     .split('\n')
     .map((l) => (/^[.']/.test(l) ? `\\&${l}` : l))
     .join('\n');
@@ -122,8 +130,127 @@ function roffSection(n: Node, sub: boolean): string[] {
   return l;
 }
 
-/** The man page (section 1) of `cmd`. `commands`: the umbrella's list (name -> summary), which build.mjs has. */
-export async function manPage(cmd: AnyCommand, opts: { commands?: Record<string, string> } = {}): Promise<string> {
+// --- the manual: cmds/NAME.md ----------------------------------------------------
+
+/** cmds/NAME.md, the command's manual, or '' (read at build time, from the checkout). */
+export function manualText(name: string, dir = 'cmds'): string {
+  const f = `${dir}/${name}.md`;
+  return existsSync(f) ? readFileSync(f, 'utf8') : '';
+}
+
+type Block =
+  | { kind: 'head'; text: string }
+  | { kind: 'para'; text: string }
+  | { kind: 'code'; text: string }
+  | { kind: 'list'; items: string[]; numbered: boolean }
+  | { kind: 'table'; rows: string[][] };
+
+/** The blocks of a manual's Markdown (the few kinds it uses). */
+export function mdBlocks(md: string): Block[] {
+  const lines = md.replace(/\r/g, '').split('\n');
+  const out: Block[] = [];
+  let i = 0;
+  const cells = (l: string) =>
+    l
+      .trim()
+      .replace(/^\|/, '')
+      .replace(/\|$/, '')
+      .split(/(?<!\\)\|/)
+      .map((c) => c.trim().replace(/\\\|/g, '|'));
+  while (i < lines.length) {
+    const l = lines[i]!;
+    if (!l.trim()) {
+      i++;
+      continue;
+    }
+    if (/^```/.test(l)) {
+      const body: string[] = [];
+      for (i++; i < lines.length && !/^```/.test(lines[i]!); i++) body.push(lines[i]!);
+      i++;
+      out.push({ kind: 'code', text: body.join('\n') });
+    } else if (/^#{1,4} /.test(l)) {
+      out.push({ kind: 'head', text: l.replace(/^#+ /, '') });
+      i++;
+    } else if (/^ {4}/.test(l)) {
+      const body: string[] = [];
+      for (
+        ;
+        i < lines.length && (/^ {4}/.test(lines[i]!) || (!lines[i]!.trim() && /^ {4}/.test(lines[i + 1] ?? '')));
+        i++
+      )
+        body.push(lines[i]!.slice(4));
+      out.push({ kind: 'code', text: body.join('\n') });
+    } else if (/^\|/.test(l)) {
+      const rows: string[][] = [];
+      for (; i < lines.length && /^\|/.test(lines[i]!); i++)
+        if (!/^\|[\s|:-]+\|?$/.test(lines[i]!)) rows.push(cells(lines[i]!));
+      out.push({ kind: 'table', rows });
+    } else if (/^(- |\d+\. )/.test(l)) {
+      const items: string[] = [];
+      const numbered = !l.startsWith('- ');
+      for (; i < lines.length && lines[i]!.trim(); i++) {
+        const m = /^(- |\d+\. )/.exec(lines[i]!);
+        if (m) items.push(lines[i]!.slice(m[0].length));
+        else items[items.length - 1] += `\n${lines[i]!.trim()}`;
+      }
+      out.push({ kind: 'list', items, numbered });
+    } else {
+      const body: string[] = [];
+      for (; i < lines.length && lines[i]!.trim() && !/^(```|#{1,4} |\||- |\d+\. )/.test(lines[i]!); i++)
+        body.push(lines[i]!.trim());
+      out.push({ kind: 'para', text: body.join('\n') });
+    }
+  }
+  return out;
+}
+
+/** Inline Markdown to roff: `code` and **bold** in bold, [text](url) as "text <url>", the rest escaped. */
+function roffInline(s: string): string {
+  const marked = s
+    .replace(/\[([^\]]+)\]\(([^)]+)\)/g, (_, t: string, u: string) => (/^https?:/.test(u) ? `${t} <${u}>` : t))
+    .replace(/`` (.+?) ``|`([^`]+)`/g, (_, a?: string, b?: string) => `\x01${a ?? b}\x02`)
+    .replace(/\*\*(.+?)\*\*/gs, '\x01$1\x02');
+  return roffEscape(marked).replace(/\x01/g, '\\fB').replace(/\x02/g, '\\fR');
+}
+
+/** A manual's blocks in roff: headings are subsections of DESCRIPTION, a table a tagged list by its first column. */
+function roffManual(md: string): string[] {
+  const l: string[] = [];
+  for (const b of mdBlocks(md)) {
+    if (b.kind === 'head') l.push(`.SS "${roffInline(b.text).replace(/"/g, '\\(dq')}"`);
+    else if (b.kind === 'para') l.push('.PP', roffInline(b.text));
+    else if (b.kind === 'code') l.push('.PP', '.RS 4', '.nf', roffEscape(b.text), '.fi', '.RE');
+    else if (b.kind === 'list')
+      for (const [j, it] of b.items.entries()) l.push(b.numbered ? `.IP ${j + 1}. 4` : '.IP \\(bu 2', roffInline(it));
+    else {
+      const [head, ...rows] = b.rows;
+      for (const r of rows) {
+        const rest = r.slice(1).map((c, j) => (r.length > 2 && head?.[j + 1] ? `${head[j + 1]}: ${c}` : c));
+        l.push('.TP', `\\fB${roffInline(r[0] ?? '').replace(/\\f[BR]/g, '')}\\fR`, roffInline(rest.join('; ')));
+      }
+    }
+  }
+  return l;
+}
+
+/** A manual's Markdown for docs/NAME.md: as written, its headings one level below the page's. */
+function mdManual(md: string): string {
+  let fence = false;
+  return md
+    .trim()
+    .split('\n')
+    .map((l) => {
+      if (/^```/.test(l)) fence = !fence;
+      return !fence && /^#{1,3} /.test(l) ? `#${l}` : l;
+    })
+    .join('\n');
+}
+
+/** The man page (section 1) of `cmd`. `commands`: the umbrella's list (name -> summary), which build.mjs has; `manual`: cmds/NAME.md. */
+export async function manPage(
+  cmd: AnyCommand,
+  opts: { commands?: Record<string, string>; manual?: string } = {},
+): Promise<string> {
   const n = await node(cmd);
   const name = n.name;
   const l = [
@@ -140,6 +267,7 @@ export async function manPage(cmd: AnyCommand, opts: { commands?: Record<string,
     roffEscape(n.meta.description ?? ''),
   ];
   if (n.meta.details) l.push('.PP', ...roffParas(n.meta.details));
+  if (opts.manual) l.push(...roffManual(opts.manual));
   l.push(...roffSection(n, false));
   const subs = (await walk(n)).slice(1);
   if (subs.length) {
@@ -160,7 +288,7 @@ export async function manPage(cmd: AnyCommand, opts: { commands?: Record<string,
     ...new Set([
       ...(name === 'pim' ? [] : ['pim']),
       ...mentioned(
-        [n, ...subs].map((x) => `${x.meta.details ?? ''} ${x.meta.description ?? ''}`),
+        [opts.manual ?? '', ...[n, ...subs].map((x) => `${x.meta.details ?? ''} ${x.meta.description ?? ''}`)],
         known,
         name,
       ),
@@ -203,7 +331,10 @@ function mdSection(n: Node, level: string): string[] {
 }
 
 /** The Markdown page of `cmd` (docs/NAME.md): the same sections as the man page. */
-export async function markdownPage(cmd: AnyCommand, opts: { commands?: Record<string, string> } = {}): Promise<string> {
+export async function markdownPage(
+  cmd: AnyCommand,
+  opts: { commands?: Record<string, string>; manual?: string } = {},
+): Promise<string> {
   const n = await node(cmd);
   const name = n.name;
   const l = [
@@ -213,7 +344,9 @@ export async function markdownPage(cmd: AnyCommand, opts: { commands?: Record<st
     '## Synopsis',
     '```\n' + `${name} ${usageLine(n)}`.trim() + '\n```',
   ];
-  if (n.meta.details) l.push('## Description', ...mdParas(n.meta.details));
+  if (n.meta.details || opts.manual) l.push('## Description');
+  if (n.meta.details) l.push(...mdParas(n.meta.details));
+  if (opts.manual) l.push(mdManual(opts.manual));
   l.push(...mdSection(n, '##'));
   const subs = (await walk(n)).slice(1);
   if (subs.length) {
@@ -242,7 +375,7 @@ export async function markdownPage(cmd: AnyCommand, opts: { commands?: Record<st
     ...new Set([
       ...(name === 'pim' ? [] : ['pim']),
       ...mentioned(
-        [n, ...subs].map((x) => `${x.meta.details ?? ''} ${x.meta.description ?? ''}`),
+        [opts.manual ?? '', ...[n, ...subs].map((x) => `${x.meta.details ?? ''} ${x.meta.description ?? ''}`)],
         known,
         name,
       ),

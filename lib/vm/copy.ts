@@ -191,6 +191,52 @@ function finish(child: Spawned, label: string): Promise<{ code: number; stderr: 
   });
 }
 
+/**
+ * On a terminal (stderr), a tar stream's progress: a live line with the
+ * bytes so far and the rate (lib/cli/status.ts), then one line that stays
+ * with the total, the time and the rate, as scp's meter leaves its last
+ * line. A Transform counts the bytes as they pass (no 'data' listener, which
+ * would start the stream before its reader is there). Off a terminal: null,
+ * and the stream goes straight through.
+ */
+export async function tarMeter(what: string): Promise<{
+  wrap: (s: import('node:stream').Readable) => import('node:stream').Readable;
+  end: (ok: boolean) => void;
+} | null> {
+  if (!process.stderr.isTTY || process.env.TERM === 'dumb') return null;
+  const { Transform } = process.getBuiltinModule('node:stream') as typeof import('node:stream');
+  const { StatusLine } = await import('../cli/status.ts');
+  const { humanBytes } = await import('../cli/output.ts');
+  const line = new StatusLine();
+  const t0 = Date.now();
+  let n = 0;
+  let last = 0;
+  const rate = () => `${humanBytes(Math.round(n / Math.max(0.001, (Date.now() - t0) / 1000)))}/s`;
+  line.show(`copying ${what}`);
+  return {
+    wrap: (s) => {
+      const m = new Transform({
+        transform(chunk: Buffer, _enc, cb) {
+          n += chunk.length;
+          const now = Date.now();
+          if (now - last >= 200) {
+            last = now;
+            line.update(`${humanBytes(n)}, ${rate()}`);
+          }
+          cb(null, chunk);
+        },
+      });
+      s.on('error', () => undefined); // the source's own status says what went wrong
+      return s.pipe(m);
+    },
+    end: (ok) => {
+      const took = line.elapsed();
+      line.end();
+      if (ok) process.stderr.write(`pim-cp: ${what}: ${humanBytes(n)} in ${took}, ${rate()}\n`);
+    },
+  };
+}
+
 export interface CopyCtx {
   plan: CpPlan;
   recursive: boolean;
@@ -238,16 +284,21 @@ export async function viaTar(c: CopyCtx): Promise<void> {
       const tar = spawn('tar', ['cf', '-', '-C', dirname(abs), basename(abs)], { stdio: ['ignore', 'pipe', 'pipe'] });
       const one = p.sources.length === 1;
       const remote = ssh(remoteSh(UNTAR_SCRIPT, [p.dest === '' ? '.' : p.dest, one ? basename(abs) : '']), 'ignore');
-      tar.stdout!.pipe(remote.stdin!);
+      const meter = await tarMeter(`${s} -> ${p.vm}:${p.dest}`);
+      (meter ? meter.wrap(tar.stdout!) : tar.stdout!).pipe(remote.stdin!);
       const [a, b] = await Promise.all([finish(tar, 'tar'), finish(remote, 'ssh')]);
+      meter?.end(a.code === 0 && b.code === 0);
       if (a.code !== 0)
         throw new PimError(EXIT.NOINPUT, `tar could not read ${s}: ${a.stderr.trim().split('\n').pop()}`);
       if (b.code !== 0) throw sshSideError(p, b);
     } else {
       const top = topName(p.vm, s);
       const remote = ssh(remoteSh(TAR_SCRIPT, [s, c.recursive ? 'r' : '']), 'pipe');
-      const got = untarChecked(remote.stdout!, top, resolve(p.dest), `${p.vm}:${s}`, () => remote.kill(), c.recursive);
+      const meter = await tarMeter(`${p.vm}:${s} -> ${p.dest}`);
+      const stream = meter ? meter.wrap(remote.stdout!) : remote.stdout!;
+      const got = untarChecked(stream, top, resolve(p.dest), `${p.vm}:${s}`, () => remote.kill(), c.recursive);
       const [a, b] = await Promise.all([finish(remote, 'ssh'), got]);
+      meter?.end(a.code === 0 && !b.error);
       if (b.refused) throw b.error; // whatever ssh said after pim stopped it
       if (a.code !== 0) throw sshSideError(p, a);
       if (b.error) throw b.error;
@@ -495,9 +546,11 @@ export async function copyAcross(p: CpPlan, recursive: boolean, from: string[], 
     pack.on('error', () => stop());
     (pack as unknown as NodeJS.ReadableStream).pipe(sink.stdin!);
     src.stdout!.on('error', () => undefined);
-    src.stdout!.pipe(parser as unknown as NodeJS.WritableStream);
+    const meter = await tarMeter(`${p.vm}:${s} -> ${dst.vm}:${p.dest}`);
+    (meter ? meter.wrap(src.stdout!) : src.stdout!).pipe(parser as unknown as NodeJS.WritableStream);
     sink.stdin!.on('error', () => undefined); // the sink gone early: its own status says why
     const [a, b] = await Promise.all([finish(src, 'ssh'), finish(sink, 'ssh')]);
+    meter?.end(!refused && !damaged && a.code === 0 && b.code === 0);
     if (refused)
       throw new PimError(EXIT.DATAERR, `the tar stream of ${p.vm}:${s} was refused, stopped on both sides: ${refused}`);
     if (a.code !== 0) throw sshSideError(asDown, a);

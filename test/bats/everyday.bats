@@ -12,7 +12,8 @@
 #    --bridged on a bridge that bridge.conf does not allow: the bridge and the cause;
 #    `pim-ps | xargs pim-stop`: refused with a pointer to pim-ps -q, nothing stopped;
 #  - install.sh: the installed executables keep their Node after a rebuild;
-#  - every example of every executable's --help and of README.md's sh blocks runs
+#  - every example of every executable's --help, of README.md's sh blocks and of the
+#    commands' manuals (cmds/*.md) runs
 #    against a test-bed guest named dev, or is listed (EX_CANNOT) with the reason.
 
 load helper
@@ -349,7 +350,8 @@ after_kvm_failed() {
 # --- the examples ------------------------------------------------------------------
 #
 # Every example under "Examples:" in every executable's --help (and its
-# subcommands'), and every line of README.md's ```sh blocks, is a test of its own (a
+# subcommands'), and every line of the ```sh blocks of README.md and of the commands'
+# manuals (cmds/*.md, which their man pages hold), is a test of its own (a
 # command already seen, with or without another comment, is not run twice),
 # run in order with `bash -c` in a work dir that holds the files the examples name
 # (disk.qcow2, bzImage, arch/x86/boot/bzImage, rootfs/), against a test-bed guest
@@ -371,6 +373,7 @@ after_kvm_failed() {
 # Cannot run here, and why. An example missing from here runs; one here that no
 # longer exists fails the test "the list of examples that cannot run names only examples".
 declare -gA EX_CANNOT=(
+  ['pim-iso add deb12 --url ~/Downloads/debian-12.iso --checksum-url ~/Downloads/SHA256SUMS']="the README tour's ISO of yours in ~/Downloads: userkey.bats runs the tour, with the test bed's installer ISO put there"
   ['pim-iso add kept --url file:///srv/isos/x.iso --checksum-url /srv/isos/SHA256SUMS --copy']="needs that file and its SHA256SUMS: iso.bats adds a local ISO by file:// URL, with --copy"
   ['pim-deploy dev reg']="needs a target named reg (type: oci) and a registry: oci.bats deploys to a local docker-registry"
   ['pim-build pull registry.example:5000/team/images:dev']="needs a registry that holds a pim build: oci.bats pushes one to a local docker-registry and pulls it"
@@ -474,8 +477,16 @@ ex_extract() {
       while IFS= read -r line; do add "$e $s --help" "$line"; done < <(help_examples "$REPO/dist/bin/$e" "$s")
     done
   done
-  # README.md: each line of a ```sh block (a trailing \ joins the next), blank and comment lines left out
-  local no=0 inblock=0 acc="" at=0
+  # README.md, then each command's manual (cmds/NAME.md, in its man page): each line of
+  # a ```sh block (a trailing \ joins the next), blank and comment lines left out
+  sh_blocks "README.md" "$EX_README"
+  for e in "$REPO"/cmds/*.md; do sh_blocks "cmds/$(basename "$e")" "$e"; done
+  mv "$tmp" "$EX_DIR"
+}
+
+# sh_blocks LABEL FILE: add each line of FILE's ```sh blocks as an example
+sh_blocks() {
+  local no=0 inblock=0 acc="" at=0 line
   while IFS= read -r line; do
     no=$((no + 1))
     if [[ "$line" == '```sh' ]]; then inblock=1; continue; fi
@@ -485,9 +496,8 @@ ex_extract() {
     if [[ "$line" == *'\' ]]; then acc="${line%\\}"; acc="${acc%"${acc##*[![:space:]]}"}"; continue; fi
     acc=""
     [[ "$line" =~ ^[[:space:]]*(#|$) ]] && continue
-    add "README.md:$at" "$line"
-  done <"$EX_README"
-  mv "$tmp" "$EX_DIR"
+    add "$1:$at" "$line"
+  done <"$2"
 }
 
 # the example without its trailing comment and padding: what the tables above name
@@ -510,6 +520,7 @@ ex_fixtures() {
   cp "$TESTBED/vmlinuz" "$w/bzImage"
   cp "$TESTBED/vmlinuz" "$w/arch/x86/boot/bzImage"
   echo "an example's root file system" >"$w/rootfs/etc/motd"
+  echo "notes of the README's tour" >"$w/notes.txt"
   cat >"$stubs/fzf" <<'EOF'
 #!/bin/sh
 # fzf, with the person's pick made for them: after --header-lines, the first line (every line with -m)

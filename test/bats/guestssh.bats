@@ -245,6 +245,29 @@ hostile_tar() {
   [ "$status" -eq 73 ]
 }
 
+@test "pim-cp through a tar stream on a terminal: the bytes and the rate live on stderr, then a line with the total; a pipe gets none" {
+  local w="$PIM_TMP/cpm"
+  mkdir -p "$w/tree/sub" "$w/back" "$w/back2"
+  head -c 3000000 /dev/urandom >"$w/tree/sub/big"
+  export PIM_CP_VIA=tar
+  # up and down, each in a pseudo-terminal (stdin, stdout and stderr), as a person runs it
+  python3 "$REPO/test/lifecycle/pty-capture.py" pim-cp -r "$w/tree" "$G:/tmp/cpm-tree" >"$PIM_TMP/cpm.up"
+  python3 "$REPO/test/lifecycle/pty-capture.py" pim-cp -r "$G:/tmp/cpm-tree" "$w/back/" >"$PIM_TMP/cpm.down"
+  diff -r "$w/tree" "$w/back/cpm-tree"
+  local f
+  for f in up down; do
+    cat -v "$PIM_TMP/cpm.$f"
+    grep -q 'copying ' "$PIM_TMP/cpm.$f"                                       # the live line
+    grep -qE ': 2\.[89] MiB in [0-9]+s, [0-9.]+ (B|KiB|MiB)/s' "$PIM_TMP/cpm.$f" # the line that stays
+  done
+  grep -qF "pim-cp: $w/tree -> $G:/tmp/cpm-tree: " "$PIM_TMP/cpm.up"
+  grep -qF "pim-cp: $G:/tmp/cpm-tree -> $w/back/: " "$PIM_TMP/cpm.down"
+  # in a pipe: nothing on stderr, nothing on stdout
+  run --separate-stderr pim-cp -r "$G:/tmp/cpm-tree" "$w/back2/"
+  [ "$status" -eq 0 ] && [ -z "$output" ] && [ -z "$stderr" ]
+  diff -r "$w/tree" "$w/back2/cpm-tree"
+}
+
 @test "pim-cp from a hostile guest (tar stream): a link out, a member not asked for, .. and absolute names are refused (65); nothing lands outside DEST, nor in it" {
   export PIM_CP_VIA=tar
   local w="$PIM_TMP/hostile" out="$PIM_TMP/hostile-outside"

@@ -53,3 +53,28 @@ teardown_file() {
   [ "$status" -eq 64 ]
   pim-stop live
 }
+
+@test "pim-rm on a terminal: one aligned table with a header, as pim-ps's; --json stays JSON lines; a pipe stays tab-separated" {
+  local r="$XDG_RUNTIME_DIR/pim" out="$PIM_TMP/rm.tty"
+  mkdir -p "$r" && chmod 700 "$r"
+  echo one >"$r/left-one.log"
+  echo two >"$r/kb-longer-name.log"
+  python3 "$REPO/test/lifecycle/pty-capture.py" pim-rm left-one kb-longer-name | tr -d '\r' >"$out"
+  cat "$out"
+  [ "$(head -n 1 "$out" | awk '{print $1, $2}')" = "NAME PATH" ]
+  [ "$(wc -l <"$out")" -eq 3 ]
+  ! grep -q $'\t' "$out"
+  # the second column starts at the same place on every line
+  [ "$(awk '{print index($0, $2)}' "$out" | sort -u | wc -l)" -eq 1 ]
+  grep -q '^left-one ' "$out" && grep -q '^kb-longer-name ' "$out"
+  [ ! -e "$r/left-one.log" ] && [ ! -e "$r/kb-longer-name.log" ]
+  # --json on a terminal: JSON lines, no table
+  echo three >"$r/left-two.log"
+  python3 "$REPO/test/lifecycle/pty-capture.py" pim-rm --json left-two | tr -d '\r' >"$out"
+  [ "$(jq -r .name "$out")" = left-two ]
+  # a pipe: NAME<TAB>PATH, no header
+  echo four >"$r/left-three.log"
+  run --separate-stderr pim-rm left-three
+  [ "$status" -eq 0 ]
+  [ "$output" = "left-three"$'\t'"$r/left-three.log" ]
+}

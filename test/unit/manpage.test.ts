@@ -4,7 +4,7 @@
 import { describe, expect, it } from 'vitest';
 import * as fs from 'node:fs';
 import { execFileSync } from 'node:child_process';
-import { manPage, markdownPage, roffEscape } from '../../lib/cli/manpage.ts';
+import { manPage, manualText, markdownPage, roffEscape } from '../../lib/cli/manpage.ts';
 import type { AnyCommand } from '../../lib/cli/command.ts';
 
 const names = fs
@@ -47,6 +47,53 @@ describe('man pages', () => {
     expect(page).toMatch(/^\.SH SEE ALSO\n.*\\fBpim\\-console\\fR\(1\)/m);
   });
 
+  it("a command's manual (cmds/NAME.md): headings, lists, tables and code in roff, after the details", async () => {
+    const manual = [
+      'First `--flag` and **bold** [pim](https://example.org/pim) — done.',
+      '',
+      '## A section',
+      '',
+      '- one item',
+      '  that goes on',
+      '- two',
+      '',
+      '| exit | when |',
+      '|---|---|',
+      '| 65 | bad `data` |',
+      '',
+      '```sh',
+      '.starts with a dot',
+      '```',
+    ].join('\n');
+    const page = await manPage(await load('pim-rm'), { commands: await commands(), manual });
+    expect(page).toContain('First \\fB\\-\\-flag\\fR and \\fBbold\\fR pim <https://example.org/pim> \\[u2014] done.');
+    expect(page).toMatch(/^\.SS "A section"$/m);
+    expect(page).toMatch(/^\.IP \\\(bu 2\none item\nthat goes on\n\.IP \\\(bu 2\ntwo$/m);
+    expect(page).toMatch(/^\.TP\n\\fB65\\fR\nbad \\fBdata\\fR$/m);
+    expect(page).toMatch(/^\.nf\n\\&\.starts with a dot\n\.fi$/m);
+    // the manual comes after the details, before the options
+    expect(page.indexOf('A section')).toBeGreaterThan(page.indexOf('NAME PATH'));
+    expect(page.indexOf('A section')).toBeLessThan(page.indexOf('.SH OPTIONS'));
+    const md = await markdownPage(await load('pim-rm'), { commands: await commands(), manual });
+    expect(md).toContain('### A section');
+    expect(md).toContain('| 65 | bad `data` |');
+  });
+
+  it("the README's reference moved into the manuals: facts once in README.md, now in the man pages", async () => {
+    const m = await commands();
+    const man = async (n: string) =>
+      (await manPage(await load(n), { commands: m, manual: manualText(n) })).replace(/\\-/g, '-');
+    expect(await man('pim-ssh')).toContain('ControlPersist 10m');
+    expect(await man('pim-cp')).toContain('Setuid, setgid and sticky bits are dropped.');
+    expect(await man('pim-build')).toContain('builder: cloud-init: from a cloud image');
+    expect(await man('pim-deploy')).toContain('PVEAPIToken');
+    expect(await man('pim-run')).toContain('A KVM that fails.');
+    expect(await man('pim-profile')).toContain('PasswordAuthentication no');
+    const readme = fs.readFileSync('README.md', 'utf8');
+    expect(readme).not.toContain('ControlPersist 10m');
+    expect(readme).not.toContain('PVEAPIToken');
+  });
+
   it('a command with subcommands documents each (pim-vm list, show)', async () => {
     const page = await manPage(await load('pim-vm'), { commands: await commands() });
     expect(page).toMatch(/^\.SS "pim\\-vm list \[options\]"$/m);
@@ -60,7 +107,7 @@ describe('man pages', () => {
       const m = await commands();
       for (const n of names) {
         const r = execFileSync('groff', ['-man', '-ww', '-z', '-Tutf8'], {
-          input: await manPage(await load(n), { commands: m }),
+          input: await manPage(await load(n), { commands: m, manual: manualText(n) }),
           encoding: 'utf8',
           stdio: ['pipe', 'pipe', 'pipe'],
         });
@@ -76,7 +123,7 @@ describe('docs/', () => {
     const m = await commands();
     for (const n of names)
       expect(fs.readFileSync(`docs/${n}.md`, 'utf8'), `docs/${n}.md`).toBe(
-        await markdownPage(await load(n), { commands: m }),
+        await markdownPage(await load(n), { commands: m, manual: manualText(n) }),
       );
   }, 60_000);
 });
