@@ -97,6 +97,8 @@ export interface Upload {
   stop?: AbortSignal;
   /** abort the chunk in flight too */
   hard?: AbortSignal;
+  /** progress worth a line on stderr */
+  say?(s: string): void;
 }
 
 export interface Res {
@@ -430,9 +432,13 @@ export class OciClient {
       // "0-0" is 0 or 1 byte: not resumed
       if (r.status === 204 && at > 1 && at <= u.size) {
         await u.skip(at);
-        location = r.headers.location || u.resume;
+        location = new URL(r.headers.location || u.resume, base + '/').toString();
         offset = at;
-      }
+        u.say?.(`resuming the upload a push before this one left: the registry has ${at} of ${u.size} bytes`);
+      } else
+        u.say?.(
+          `the upload a push before this one left cannot be resumed (HTTP ${r.status}${r.headers.range ? `, Range ${r.headers.range}` : ''}): starting a new one`,
+        );
     }
     const resumedAt = offset;
     if (!location) {

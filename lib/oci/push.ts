@@ -282,11 +282,7 @@ export async function pushBuild(
           disk_sha256: diskSha ?? '',
         };
       const sess = uploadSession(r, d, size);
-      say(
-        sess.resume
-          ? `pushing ${r.id} (${size} bytes) to ${formatRef(d.ref)}, resuming the upload a push before this one left`
-          : `pushing ${r.id} (${size} bytes) to ${formatRef(d.ref)}`,
-      );
+      say(`pushing ${r.id} (${size} bytes) to ${formatRef(d.ref)}`);
       // the first signal stops the upload after the chunk in flight (the next push resumes
       // there); a second one aborts that chunk too
       const hard = new AbortController();
@@ -324,6 +320,7 @@ export async function pushBuild(
           saved: sess.save,
           stop: o.signal,
           hard: hard.signal,
+          say,
         });
         if (resumedAt) say(`resumed at byte ${resumedAt}: sent ${size - resumedAt} of ${size} bytes`);
         sent = size - resumedAt;
