@@ -10,13 +10,14 @@
 #      the build pulled and verified), against pim-build pull of the same tag.
 #      Target: at most the pull's time plus 1 s.
 # Needs hyperfine, docker-registry, skopeo, apache2-utils, openssl.
-# Usage: bench/oci.sh [RUNS] (default 3)
+#   4. a pull into a fresh home against skopeo copy of the same tag to an OCI layout.
+# Usage: bench/oci.sh [RUNS] (default 5)
 # the test bed is not used here: point common.sh at the shared one (built already, not again)
 export PIM_TESTBED_DIR="${PIM_TESTBED_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/pim/testbed}"
 source "$(dirname "$0")/common.sh"
 source test/bats/oci.bash
 source test/bats/deploy.bash
-runs=${1:-3}
+runs=${1:-5}
 export XDG_CONFIG_HOME="$tmp/config" XDG_DATA_HOME="$tmp/data" XDG_STATE_HOME="$tmp/state"
 regn=0
 fresh_registry() { # a new registry (new storage) on the same port for each measured push
@@ -42,6 +43,15 @@ size=$(stat -c %s "$tmp/big.qcow2")
 b=$(register big one "$tmp/big.qcow2")
 
 secs() { local t0 t1; t0=$(date +%s.%N); "$@" >/dev/null; t1=$(date +%s.%N); echo "$t0 $t1" | awk '{print $2 - $1}'; }
+# cpu CMD...: its wall-clock seconds, then its CPU seconds (user + system), on one line
+cpu() {
+  local t0 t1
+  t0=$(date +%s.%N)
+  /usr/bin/time -f '%U %S' -o "$tmp/cpu" "$@" >/dev/null
+  t1=$(date +%s.%N)
+  echo "$t0 $t1 $(tail -1 "$tmp/cpu")" | awk '{print $2 - $1, $3 + $4}'
+}
+regcpu() { awk '{print ($14 + $15) / 100}' "/proc/$(cat "$REGDIR/pid")/stat"; }
 median() { printf '%s\n' "$@" | sort -g | awk '{a[NR]=$1} END {print (NR % 2) ? a[(NR+1)/2] : (a[NR/2] + a[NR/2+1]) / 2}'; }
 
 # the OCI layout skopeo copies: the image pim pushed, as it is (digests kept)
@@ -49,16 +59,26 @@ pim-deploy "$b" reg >/dev/null
 skopeo copy -q --preserve-digests --dest-oci-accept-uncompressed-layers --src-tls-verify=false --src-creds "$PIM_REG" \
   "docker://$REG/team/images:big" "oci:$tmp/layout:big"
 
-# 1. first pushes, side by side, each into a fresh registry; pim's digest cache emptied
-pp=() sk=()
+# 1. first pushes, interleaved (pim, skopeo, pim, ...) so that both meet the same load, each
+#    into a fresh registry; pim's digest cache and upload sessions emptied. Each run's wall
+#    clock, its CPU (user + system) and the registry's CPU are kept: on a shared machine the
+#    CPU figures hold still while the wall clock moves with the other runs.
+pp=() sk=() pc=() sc=() prc=() src=() pair=() loads=()
 for _ in $(seq "$runs"); do
+  loads+=("$(cut -d' ' -f1 /proc/loadavg)")
   fresh_registry
   rm -rf "$XDG_CACHE_HOME/pim/oci"
-  pp+=("$(secs pim-deploy "$b" reg)")
+  read -r w c < <(cpu pim-deploy "$b" reg)
+  pp+=("$w") pc+=("$c") prc+=("$(regcpu)")
   fresh_registry
-  sk+=("$(secs skopeo copy -q --preserve-digests --dest-tls-verify=false --dest-creds "$PIM_REG" "oci:$tmp/layout:big" "docker://$REG/team/images:big")")
+  read -r w2 c < <(cpu skopeo copy -q --preserve-digests --dest-tls-verify=false --dest-creds "$PIM_REG" "oci:$tmp/layout:big" "docker://$REG/team/images:big")
+  sk+=("$w2") sc+=("$c") src+=("$(regcpu)")
+  pair+=("$(awk -v p="$w" -v s="$w2" 'BEGIN {print s / p}')")
+  echo "bench: push $((${#pp[@]})): pim ${w}s (cpu ${pc[-1]}s, registry ${prc[-1]}s), skopeo ${w2}s (cpu ${c}s, registry ${src[-1]}s), load ${loads[-1]}" >&2
 done
-mp=$(median "${pp[@]}") ms=$(median "${sk[@]}")
+mp=$(median "${pp[@]}") ms=$(median "${sk[@]}") mpair=$(median "${pair[@]}")
+mpc=$(median "${pc[@]}") msc=$(median "${sc[@]}") mprc=$(median "${prc[@]}") msrc=$(median "${src[@]}")
+mload=$(median "${loads[@]}")
 
 # 2. the unchanged re-push
 hyperfine -N --warmup 1 --runs "$((runs + 2))" --export-json "$tmp/noop.json" "pim-deploy $b reg" >&2
@@ -90,9 +110,24 @@ for _ in $(seq "$runs"); do
 done
 mpl=$(median "${pl[@]}") mh=$(median "${hit[@]}")
 
-awk -v p="$mp" -v s="$ms" -v b="$size" -v n="$noop" -v pl="$mpl" -v h="$mh" 'BEGIN {
-  printf "first push of %d bytes: pim-deploy %.2f s (%.1f MB/s), skopeo copy of the same OCI layout %.2f s (%.1f MB/s)\n", b, p, b / p / 1e6, s, b / s / 1e6
-  printf "ratio: %.2fx of skopeo (target >= 0.8x)\n", s / p
+# 4. a pull of the same image in a fresh home, against skopeo copy of it to an OCI layout
+#    (both fetch the 256 MiB layer and check its digest; pim also unpacks the disk)
+pu=() su=()
+for _ in $(seq "$runs"); do
+  rm -rf "$XDG_DATA_HOME" "$XDG_CACHE_HOME" "$tmp/pulled"
+  read -r w _ < <(cpu pim-build pull --insecure --creds-env PIM_REG "$REG/team/cache:$id")
+  pu+=("$w")
+  read -r w _ < <(cpu skopeo copy -q --preserve-digests --dest-oci-accept-uncompressed-layers --src-tls-verify=false --src-creds "$PIM_REG" "docker://$REG/team/cache:$id" "oci:$tmp/pulled:x")
+  su+=("$w")
+done
+mpu=$(median "${pu[@]}") msu=$(median "${su[@]}")
+
+awk -v p="$mp" -v s="$ms" -v b="$size" -v n="$noop" -v pl="$mpl" -v h="$mh" -v pr="$mpair" -v pc="$mpc" -v sc="$msc" \
+  -v prc="$mprc" -v src="$msrc" -v la="$mload" -v runs="$runs" -v pu="$mpu" -v su="$msu" 'BEGIN {
+  printf "first push of %d bytes (median of %d, interleaved, load average %s): pim-deploy %.2f s (%.1f MB/s), skopeo copy of the same OCI layout %.2f s (%.1f MB/s)\n", b, runs, la, p, b / p / 1e6, s, b / s / 1e6
+  printf "ratio: %.2fx of skopeo by the medians, %.2fx by the median of each pair (target >= 0.8x)\n", s / p, pr
+  printf "CPU per push: pim %.2f s, skopeo %.2f s; the registry: %.2f s under pim, %.2f s under skopeo\n", pc, sc, prc, src
+  printf "pull in a fresh home: pim-build pull %.2f s (%.1f MB/s), skopeo copy to an OCI layout %.2f s (%.1f MB/s), %.2fx\n", pu, b / pu / 1e6, su, b / su / 1e6, su / pu
   printf "re-push of the unchanged build: %.3f s (target < 1 s)\n", n
   printf "remote-cache hit: %.2f s; pull of the same tag: %.2f s; difference %.2f s (target <= 1 s)\n", h, pl, h - pl
 }'

@@ -71,7 +71,8 @@ A target of type: oci (ref: REGISTRY/REPO, creds_env, insecure) is a registry: t
 pushed as a KubeVirt containerDisk (one uncompressed layer holding disk/PROFILE.qcow2, owned
 107:107), pim's build record in the manifest's annotations, tagged PROFILE-KEY12 and PROFILE
 (moved to the newest build). A layer the registry has is not sent again; a large one goes up
-in chunks, and the registry's digest must be pim's. pim-build pull REF:TAG takes it back.
+in chunks, and the registry's digest must be pim's. Ctrl-C stops after the chunk in flight and
+the next push resumes there. pim-build pull REF:TAG takes it back.
 list prints the PROFILE-KEY12 tags. Credentials come from creds_env (USER:PASSWORD) or
 ~/.docker/config.json (auths, credsStore, credHelpers); 77 when missing or refused.`,
     examples: [

@@ -44,7 +44,8 @@ export const MT = {
 
 export const sha256of = (b: string | Buffer) => `sha256:${createHash('sha256').update(b).digest('hex')}`;
 
-type Body = string | Buffer | Readable | AsyncIterable<Uint8Array>;
+/** A request body: bytes, a stream, or a function that writes to the request (and resolves when it has). */
+type Body = string | Buffer | Readable | AsyncIterable<Uint8Array> | ((w: http.ClientRequest) => Promise<void>);
 /** A response's body: read whole, thrown away, or taken as a stream. */
 export class ResBody {
   constructor(readonly stream: http.IncomingMessage) {}
@@ -77,6 +78,27 @@ export class ResBody {
   async json(): Promise<unknown> {
     return JSON.parse(await this.text());
   }
+}
+
+/** A blob to upload in chunks (see uploadBlob). */
+export interface Upload {
+  size: number;
+  chunk: number;
+  /** the Location of an upload a push before this one left, to resume */
+  resume?: string | null;
+  /** hash the first n bytes (the registry has them) without sending them */
+  skip(n: number): Promise<void>;
+  /** write the next n bytes to a request body */
+  send(w: http.ClientRequest, n: number): Promise<void>;
+  digest(): string | Promise<string>;
+  /** the session after each chunk the registry took (null: the blob is in) */
+  saved?(location: string | null, offset: number): void;
+  /** stop after the chunk in flight (the session is kept), throwing the signal's reason */
+  stop?: AbortSignal;
+  /** abort the chunk in flight too */
+  hard?: AbortSignal;
+  /** progress worth a line on stderr */
+  say?(s: string): void;
 }
 
 export interface Res {
@@ -146,29 +168,36 @@ export class OciClient {
   }
 
   /** One HTTP exchange, no auth logic; network failures are 69 with what to do. */
-  private async raw(method: string, url: string, headers: Record<string, string>, body?: Body): Promise<Res> {
+  private async raw(
+    method: string,
+    url: string,
+    headers: Record<string, string>,
+    body?: Body,
+    signal: AbortSignal | undefined = this.o.signal,
+  ): Promise<Res> {
     log.debug(`${method} ${url}`);
     const u = new URL(url);
     const tls = u.protocol === 'https:';
     try {
       const m = await new Promise<http.IncomingMessage>((resolve, reject) => {
-        const r = (tls ? https : http).request(
-          u,
-          { method, headers, agent: this.agentFor(tls), signal: this.o.signal },
-          resolve,
-        );
+        const r = (tls ? https : http).request(u, { method, headers, agent: this.agentFor(tls), signal }, resolve);
         r.on('error', reject);
         // no answer and no byte moving for 5 minutes: the registry is gone
         r.setTimeout(300_000, () => r.destroy(Object.assign(new Error('timed out'), { code: 'ETIMEDOUT' })));
         if (body === undefined) r.end();
         else if (typeof body === 'string' || Buffer.isBuffer(body)) r.end(body);
+        else if (typeof body === 'function')
+          body(r).then(
+            () => r.end(),
+            (e) => r.destroy(e as Error),
+          );
         else pipeline(body instanceof Readable ? body : Readable.from(body), r).catch((e) => r.destroy(e as Error));
       });
       const h: Record<string, string> = {};
       for (const k of Object.keys(m.headers)) h[k.toLowerCase()] = header(m.headers, k);
       return { status: m.statusCode ?? 0, headers: h, body: new ResBody(m) };
     } catch (e) {
-      if (this.o.signal?.aborted) throw e;
+      if (signal?.aborted) throw e;
       if (e instanceof PimError) throw e;
       throw this.netError(e);
     }
@@ -292,7 +321,7 @@ export class OciClient {
   async req(
     method: string,
     path: string,
-    o: { headers?: Record<string, string>; body?: () => Body } = {},
+    o: { headers?: Record<string, string>; body?: () => Body; signal?: AbortSignal } = {},
   ): Promise<Res> {
     const base = await this.endpoint();
     const url = /^https?:\/\//.test(path) ? path : new URL(path, base + '/').toString();
@@ -302,7 +331,13 @@ export class OciClient {
         `${this.name} sent pim to another host (${new URL(url).origin}); refusing to follow`,
       );
     const send = () =>
-      this.raw(method, url, { ...(this.authz ? { authorization: this.authz } : {}), ...o.headers }, o.body?.());
+      this.raw(
+        method,
+        url,
+        { ...(this.authz ? { authorization: this.authz } : {}), ...o.headers },
+        o.body?.(),
+        'signal' in o ? o.signal : this.o.signal,
+      );
     let r = await send();
     if (r.status === 401) {
       await r.body.dump();
@@ -370,63 +405,129 @@ export class OciClient {
   }
 
   /**
-   * Upload a blob whose bytes `chunks` yields, each chunk one PATCH (with
-   * Content-Range), then PUT ?digest=; `digest()` is read only at the end, so
-   * the bytes can be hashed as they go. The registry's digest must be ours.
+   * Upload a blob in chunks: each one PATCH with Content-Length and
+   * Content-Range, whose answer's Range must end where pim's chunk did, then
+   * PUT ?digest= (read only at the end, so the bytes are hashed as they go);
+   * the registry's digest must be pim's.
+   *
+   * Resuming: `resume` is the Location of an upload a push before this one
+   * left. pim asks it for its status (GET: 204 and Range 0-END), hashes the
+   * END+1 bytes the registry has without sending them, and goes on from
+   * there. A session the registry no longer knows, or refuses (the CNCF
+   * registry cancels one whose last chunk was cut off part-way: its size is
+   * not the one its state was signed with), is left and a new upload
+   * started. `saved` hears the session after each chunk the registry took,
+   * and null once the blob is in. A failed upload keeps its session (the
+   * next push resumes it) unless its bytes were wrong.
    */
-  async uploadBlob(
-    chunks: AsyncIterable<{ start: number; length: number; body: () => Body }>,
-    digest: () => string | Promise<string>,
-  ): Promise<void> {
-    const r0 = await this.req('POST', `v2/${this.ref.repo}/blobs/uploads/`, { headers: { 'content-length': '0' } });
-    await r0.body.dump();
-    if (r0.status !== 202 || !r0.headers.location) throw await this.fail(r0, 'starting an upload');
-    let location = r0.headers.location;
+  async uploadBlob(u: Upload): Promise<{ resumedAt: number }> {
+    const base = await this.endpoint();
+    let location = '';
+    let offset = 0;
+    if (u.resume?.startsWith(base + '/')) {
+      const r = await this.req('GET', u.resume);
+      await r.body.dump();
+      const end = /^(?:bytes=)?0-(\d+)$/.exec(r.headers.range ?? '');
+      const at = end ? Number(end[1]) + 1 : 0;
+      // "0-0" is 0 or 1 byte: not resumed
+      if (r.status === 204 && at > 1 && at <= u.size) {
+        await u.skip(at);
+        location = new URL(r.headers.location || u.resume, base + '/').toString();
+        offset = at;
+        u.say?.(`resuming the upload a push before this one left: the registry has ${at} of ${u.size} bytes`);
+      } else
+        u.say?.(
+          `the upload a push before this one left cannot be resumed (HTTP ${r.status}${r.headers.range ? `, Range ${r.headers.range}` : ''}): starting a new one`,
+        );
+    }
+    const resumedAt = offset;
+    if (!location) {
+      location = await this.startUpload();
+      u.saved?.(location, 0);
+    }
     try {
-      for await (const c of chunks) {
-        if (c.length === 0) continue;
+      while (offset < u.size) {
+        if (u.stop?.aborted) throw u.stop.reason;
+        const length = Math.min(u.chunk, u.size - offset);
+        const range = `${offset}-${offset + length - 1}`;
+        let made = false;
         const r = await this.req('PATCH', location, {
           headers: {
             'content-type': 'application/octet-stream',
-            'content-length': String(c.length),
-            'content-range': `${c.start}-${c.start + c.length - 1}`,
+            'content-length': String(length),
+            'content-range': range,
           },
-          body: c.body,
+          body: () => {
+            // a chunk's bytes are read once, from the one pass over the layer
+            if (made)
+              throw new PimError(
+                EXIT.UNAVAILABLE,
+                `${this.name} asked for a chunk again (its credentials expired mid-upload); push again to resume`,
+              );
+            made = true;
+            return (w) => u.send(w, length);
+          },
+          signal: u.hard,
         });
         await r.body.dump();
-        if (r.status !== 202 || !r.headers.location)
-          throw await this.fail(r, `uploading bytes ${c.start}-${c.start + c.length - 1}`);
-        location = r.headers.location;
+        if (r.status !== 202 || !r.headers.location) throw await this.fail(r, `uploading bytes ${range}`);
+        const end = /^(?:bytes=)?0-(\d+)$/.exec(r.headers.range ?? '');
+        if (end && Number(end[1]) !== offset + length - 1)
+          throw new PimError(
+            EXIT.UNAVAILABLE,
+            `${this.name} has bytes 0-${end[1]} of the upload after pim sent ${range}; push again`,
+          );
+        location = new URL(r.headers.location, base + '/').toString();
+        offset += length;
+        u.saved?.(location, offset);
       }
-      const want = await digest();
-      const u = new URL(location, this.base! + '/');
-      u.searchParams.set('digest', want);
-      const r = await this.req('PUT', u.toString(), { headers: { 'content-length': '0' } });
+      const want = await u.digest();
+      const url = new URL(location);
+      url.searchParams.set('digest', want);
+      const r = await this.req('PUT', url.toString(), { headers: { 'content-length': '0' } });
       await r.body.dump();
       if (r.status !== 201) throw await this.fail(r, `closing the upload of ${want}`);
       const got = r.headers['docker-content-digest'];
       if (got && got !== want)
         throw new PimError(EXIT.DATAERR, `${this.name}: the registry stored ${got} for pim's ${want}`);
-      location = '';
-    } finally {
-      // an upload that failed part-way is cancelled (best effort): the next push starts a new one
-      if (location)
-        await this.req('DELETE', location)
-          .then(
-            (r) => r.body.dump(),
-            () => undefined,
-          )
-          .catch(() => undefined);
+      u.saved?.(null, u.size);
+      return { resumedAt };
+    } catch (e) {
+      // wrong bytes: the session is cancelled (best effort) and forgotten; otherwise kept to resume
+      if (e instanceof PimError && e.code === EXIT.DATAERR) {
+        u.saved?.(null, 0);
+        await this.cancelUpload(location);
+      }
+      throw e;
     }
   }
 
-  /** A small blob (the config): POST a session, PUT its bytes with the digest (no HEAD: two requests either way). */
-  async putSmallBlob(data: Buffer): Promise<string> {
-    const digest = sha256of(data);
+  /** POST a new upload session: its Location, as an absolute URL. */
+  async startUpload(): Promise<string> {
+    const base = await this.endpoint();
     const r0 = await this.req('POST', `v2/${this.ref.repo}/blobs/uploads/`, { headers: { 'content-length': '0' } });
     await r0.body.dump();
     if (r0.status !== 202 || !r0.headers.location) throw await this.fail(r0, 'starting an upload');
-    const u = new URL(r0.headers.location, this.base! + '/');
+    return new URL(r0.headers.location, base + '/').toString();
+  }
+
+  /** Cancel an upload session (best effort: the registry expires it anyway). */
+  async cancelUpload(location: string): Promise<void> {
+    await this.req('DELETE', location, { signal: undefined })
+      .then(
+        (r) => r.body.dump(),
+        () => undefined,
+      )
+      .catch(() => undefined);
+  }
+
+  /**
+   * A small blob (the config): PUT its bytes with the digest into a session,
+   * `session` (one started while the layer went up) or a new one.
+   */
+  async putSmallBlob(data: Buffer, session?: Promise<string>): Promise<string> {
+    const digest = sha256of(data);
+    const u = new URL(await (session ?? this.startUpload()));
     u.searchParams.set('digest', digest);
     const r = await this.req('PUT', u.toString(), {
       headers: { 'content-type': 'application/octet-stream', 'content-length': String(data.length) },

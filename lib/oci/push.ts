@@ -8,13 +8,18 @@
  *      entry holds the disk's size and mtime it was taken at);
  *   2. blobs: HEAD first; a layer the registry has is not sent. Otherwise
  *      it goes up in chunks (PATCH with Content-Range, PIM_OCI_CHUNK bytes
- *      each, 64 MiB by default), hashed as it is read, and the upload is
- *      closed with pim's digest, which the registry checks and answers;
+ *      each, 64 MiB by default), hashed as it is read (layer.ts), and the
+ *      upload is closed with pim's digest, which the registry checks and
+ *      answers;
  *   3. the config and the manifest; each tag is PUT only when the registry
  *      does not already have this manifest under it.
  *
- * A push that dies part-way leaves an upload session the registry expires,
- * blobs no tag names, and no tag: the next push starts a new upload.
+ * A push stopped by a signal finishes the chunk in flight and keeps the
+ * registry's upload session (uploadSession below); the next push asks the
+ * registry how far it got and sends only the rest. A push that dies
+ * part-way (killed, the network gone) resumes from its last whole chunk
+ * where the registry allows it, and otherwise starts a new upload; until
+ * then it leaves blobs no tag names, and no tag.
  */
 import * as fs from 'node:fs';
 import { join } from 'node:path';
@@ -23,7 +28,8 @@ import { cacheDir } from '../core/paths.ts';
 import { ensurePrivateDir, readRegular, writeFileAtomic } from '../core/fs.ts';
 import { buildDisk, buildEfivars, type BuildRecord } from '../image/registry.ts';
 import { OciClient, MT, sha256of } from './client.ts';
-import { LAYER_FORMAT, hashLayerInWorker, layerChunks, layerParts, type LayerFile } from './layer.ts';
+import { TRAPPED } from '../core/signals.ts';
+import { LAYER_FORMAT, LayerSource, layerParts, type LayerFile } from './layer.ts';
 import { formatRef, type OciRef } from './ref.ts';
 
 /** The manifest's annotations: pim's record of the build. */
@@ -51,6 +57,8 @@ export interface Pushed {
   tags: string[];
   digest: string;
   upload: 'uploaded' | 'skipped';
+  /** bytes of the layer sent (less than its size when an upload was resumed) */
+  sent: number;
   tagged: boolean;
   disk_sha256: string;
 }
@@ -163,6 +171,57 @@ async function newerThere(c: OciClient, r: BuildRecord): Promise<string | null> 
   }
 }
 
+/**
+ * The upload session a push left (~/.cache/pim/oci/uploads/ID-DEST.json,
+ * 0600): the registry's Location after the last chunk it took, kept until
+ * the blob is in, so that an interrupted push resumes there. It names the
+ * destination and the disk it was made of; another disk, layer or
+ * registry does not resume it.
+ */
+function uploadSession(
+  r: BuildRecord,
+  d: Dest,
+  size: number,
+): { resume: string | null; save: (location: string | null, offset: number) => void } {
+  const dest = `${d.ref.registry}/${d.ref.repo}`;
+  const dir = join(cacheDir(), 'oci', 'uploads');
+  const file = join(dir, `${r.id}-${sha256of(dest).slice(7, 19)}.json`);
+  const stamp = diskStamp(buildDisk(r));
+  let resume: string | null = null;
+  try {
+    const j = JSON.parse(readRegular(file) ?? 'null') as {
+      dest?: string;
+      location?: string;
+      size?: number;
+      disk?: { size: number; mtime: number };
+      format?: number;
+    } | null;
+    if (
+      j?.dest === dest &&
+      j.size === size &&
+      j.format === LAYER_FORMAT &&
+      j.disk?.size === stamp.size &&
+      j.disk.mtime === stamp.mtime &&
+      typeof j.location === 'string' &&
+      /^https?:\/\//.test(j.location)
+    )
+      resume = j.location;
+  } catch {
+    /* not resumed */
+  }
+  return {
+    resume,
+    save: (location, offset) => {
+      if (location === null) {
+        fs.rmSync(file, { force: true });
+        return;
+      }
+      ensurePrivateDir(dir);
+      writeFileAtomic(file, `${JSON.stringify({ dest, location, offset, size, disk: stamp, format: LAYER_FORMAT })}\n`);
+    },
+  };
+}
+
 export const chunkSize = (): number => {
   const s = process.env.PIM_OCI_CHUNK;
   if (!s) return 64 << 20;
@@ -194,6 +253,9 @@ export async function pushBuild(
     let layer = known?.layer ?? null;
     let diskSha = known?.disk_sha256 ?? null;
     let upload: Pushed['upload'] = 'skipped';
+    let newer: Promise<string | null> | null = null;
+    let configAt: Promise<string> | undefined;
+    let sent = 0;
     const made = () => {
       const cfg = imageConfig(r, layer!.digest);
       const manifest = manifestFor(r, { digest: sha256of(cfg), size: cfg.length }, layer!, diskSha!);
@@ -215,23 +277,65 @@ export async function pushBuild(
           tags,
           digest: '',
           upload: 'uploaded',
+          sent: size,
           tagged: true,
           disk_sha256: diskSha ?? '',
         };
+      const sess = uploadSession(r, d, size);
       say(`pushing ${r.id} (${size} bytes) to ${formatRef(d.ref)}`);
-      // the bytes go up from this thread, hashed in another (layer.ts): the digest closes the upload
-      const stopHash = new AbortController();
-      const hashed = hashLayerInWorker(parts, stopHash.signal);
-      hashed.catch(() => undefined);
+      // the first signal stops the upload after the chunk in flight (the next push resumes
+      // there); a second one aborts that chunk too
+      const hard = new AbortController();
+      const again = () => hard.abort(o.signal?.reason);
+      const first = () => {
+        say(`stopping after the chunk in flight; the next push resumes there (a second signal stops at once)`);
+        for (const s of TRAPPED) process.once(s, again);
+      };
+      o.signal?.addEventListener('abort', first, { once: true });
+      const src = new LayerSource(parts, size);
+      // asked once the layer is going up (on a second connection): where PROFILE points, and a
+      // session for the config, so that neither costs a round trip after the layer
+      const aside = () => {
+        if (newer) return;
+        newer = newerThere(c, r);
+        configAt = c.startUpload();
+        newer.catch(() => undefined);
+        configAt.catch(() => undefined);
+      };
       try {
-        await c.uploadBlob(layerChunks(parts, size, chunkSize()), async () => {
-          const h = await hashed;
-          layer = { digest: `sha256:${h.layer}`, size };
-          diskSha = h.file;
-          return layer.digest;
+        const { resumedAt } = await c.uploadBlob({
+          size,
+          chunk: chunkSize(),
+          resume: sess.resume,
+          skip: (n) => src.skip(n),
+          send: (w, n) => {
+            aside();
+            return src.send(w, n);
+          },
+          digest: () => {
+            layer = { digest: `sha256:${src.layer.digest('hex')}`, size };
+            diskSha = src.file.digest('hex');
+            return layer.digest;
+          },
+          saved: sess.save,
+          stop: o.signal,
+          hard: hard.signal,
+          say,
         });
+        if (resumedAt) say(`resumed at byte ${resumedAt}: sent ${size - resumedAt} of ${size} bytes`);
+        sent = size - resumedAt;
+      } catch (e) {
+        // the config's session is of no use now (a registry gone does not hold the push up)
+        const cancel = (configAt ?? Promise.reject(new Error())).then(
+          (l) => c.cancelUpload(l),
+          () => undefined,
+        );
+        await Promise.race([cancel, new Promise((r) => setTimeout(r, 2000).unref())]);
+        throw e;
       } finally {
-        stopHash.abort(); // a failed upload does not wait for the hash
+        src.close();
+        o.signal?.removeEventListener('abort', first);
+        for (const s of TRAPPED) process.off(s, again);
       }
       if (known && known.layer.digest !== layer!.digest)
         throw new PimError(
@@ -246,18 +350,18 @@ export async function pushBuild(
     let move = tags.filter((_, i) => there[i] !== digest);
     // PROFILE names the newest build: a push of an older one leaves it where it is
     if (move.includes(r.profile)) {
-      const newer = await newerThere(c, r);
-      if (newer) {
-        say(`${formatRef(d.ref, r.profile)} stays on ${newer}, a newer build`);
+      const newerId = await (newer ?? newerThere(c, r));
+      if (newerId) {
+        say(`${formatRef(d.ref, r.profile)} stays on ${newerId}, a newer build`);
         move = move.filter((t) => t !== r.profile);
       }
     }
     const tagged = move.length > 0;
     if (tagged && !o.dryRun) {
-      await c.putSmallBlob(cfg);
+      await c.putSmallBlob(cfg, configAt);
       await Promise.all(move.map((tag) => c.putManifest(tag, manifest, MT.manifest)));
     }
-    return { ref: formatRef(d.ref, r.id), tags, digest, upload, tagged, disk_sha256: diskSha! };
+    return { ref: formatRef(d.ref, r.id), tags, digest, upload, sent, tagged, disk_sha256: diskSha! };
   } finally {
     await c.close();
   }

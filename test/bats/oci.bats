@@ -265,7 +265,7 @@ EOF
   [ "$(skopeo_ inspect --raw "docker://$REG/team/cache:$id" | jq -r '.annotations["dev.pim.build.disk.sha256"]')" = "$(sha256sum <"$XDG_DATA_HOME/pim/builds/$id/blank.qcow2" | cut -d' ' -f1)" ]
 }
 
-@test "the registry dies mid-push: the push fails 69, no tag names a half image, nothing is remembered as pushed; the next push completes" {
+@test "the registry dies mid-push: the push fails 69, no tag names a half image, nothing is remembered as pushed; the next push, refused the old session, starts a new upload and completes" {
   head -c 48M /dev/urandom >"$PIM_TMP/big.qcow2"
   big=$(register big four "$PIM_TMP/big.qcow2")
   patches=$(reg_requests PATCH)
@@ -286,7 +286,49 @@ EOF
   run --separate-stderr pim-deploy big reg --json
   [ "$status" -eq 0 ]
   [ "$(jq -r .upload <<<"$output")" = uploaded ]
+  # the session the dead push kept is refused by the restarted registry: a new upload, cleanly
+  [[ "$stderr" == *"cannot be resumed"*"starting a new one"* ]]
+  [ -z "$(ls "$XDG_CACHE_HOME/pim/oci/uploads/" 2>/dev/null | grep "^$big-")" ]
   [ "$(skopeo_ inspect --raw "docker://$REG/team/images:big" | jq -r '.annotations["dev.pim.build.disk.sha256"]')" = "$(sha256sum <"$PIM_TMP/big.qcow2" | cut -d' ' -f1)" ]
+}
+
+@test "a push stopped by SIGTERM finishes its chunk and keeps the session; the next push resumes it and sends only the rest (counted at the registry); the image verifies" {
+  head -c 12M /dev/urandom >"$PIM_TMP/res.qcow2"
+  id=$(register res five "$PIM_TMP/res.qcow2")
+  chunk=1048576
+  patches=$(reg_requests PATCH)
+  PIM_OCI_CHUNK=1M pim-deploy "$id" reg >/dev/null 2>"$PIM_TMP/res.err" &
+  pid=$!
+  for _ in $(seq 600); do [ "$(reg_requests PATCH)" -gt "$((patches + 2))" ] && break; sleep 0.05; done
+  kill -TERM "$pid"
+  st=0
+  wait "$pid" || st=$?
+  [ "$st" -eq 143 ]
+  grep -q "stopping after the chunk in flight" "$PIM_TMP/res.err"
+  # the session kept; the registry holds whole chunks of it
+  sess=$(echo "$XDG_CACHE_HOME"/pim/oci/uploads/"$id"-*.json)
+  [ -f "$sess" ]
+  uuid=$(jq -r .location "$sess" | sed 's|.*/blobs/uploads/||; s|?.*||')
+  held=$(stat -c %s "$REGDIR/storage/docker/registry/v2/repositories/team/images/_uploads/$uuid/data")
+  [ "$held" -eq "$(jq -r .offset "$sess")" ]
+  [ "$held" -gt 0 ]
+  [ $((held % chunk)) -eq 0 ]
+  size=$(jq -r .size "$sess")
+  [ "$held" -lt "$size" ]
+  run skopeo_ list-tags "docker://$REG/team/images"
+  [[ "$output" != *"\"$id\""* ]]
+  patches=$(reg_requests PATCH)
+  run --separate-stderr env PIM_OCI_CHUNK=1M pim-deploy "$id" reg
+  [ "$status" -eq 0 ]
+  [[ "$stderr" == *"the registry has $held of $size bytes"* ]]
+  [[ "$stderr" == *"sent $((size - held)) of $size bytes"* ]]
+  # the registry took only the chunks it lacked
+  [ "$(($(reg_requests PATCH) - patches))" -eq $(((size - held + chunk - 1) / chunk)) ]
+  [ ! -e "$sess" ]
+  [ "$(skopeo_ inspect --raw "docker://$REG/team/images:$id" | jq -r '.annotations["dev.pim.build.disk.sha256"]')" = "$(sha256sum <"$PIM_TMP/res.qcow2" | cut -d' ' -f1)" ]
+  # the bytes the registry stored, both runs' together, hash to the layer's digest
+  d=$(skopeo_ inspect --raw "docker://$REG/team/images:$id" | jq -r '.layers[0].digest' | cut -d: -f2)
+  [ "$(sha256sum <"$REGDIR/storage/docker/registry/v2/blobs/sha256/${d:0:2}/$d/data" | cut -d' ' -f1)" = "$d" ]
 }
 
 @test "a corrupted blob on pull is 65 and registers nothing" {
