@@ -57,7 +57,7 @@ EOF
 sed "s/<%= name %>/shared/; s|'/installs.d/' + name + '.sh|'/installs.d/shared.sh|" \
   defaults/preseeds.d/default.cfg.eta >"$c/preseeds.d/shared.cfg.eta"
 for f in installs.d/bench.sh installs.d/shared.sh; do printf '#!/bin/sh\necho late >/etc/pim-late\n' >"$c/$f"; done
-for p in bench ja jb real; do printf '#!/bin/sh\necho %s-one >/var/tmp/mark\n' "$p" >"$c/scripts.d/$p.sh"; done
+for p in bench ja jb real; do printf '#!/bin/sh\necho %s-one >/root/mark\n' "$p" >"$c/scripts.d/$p.sh"; done
 pim-iso download tb >/dev/null 2>&1
 [ "$cloud" = 1 ] && pim-iso download debian-12-cloud >/dev/null 2>&1
 
@@ -71,7 +71,7 @@ secs() {
 }
 fresh() { rm -rf "$XDG_DATA_HOME/pim/builds" "$XDG_DATA_HOME/pim/stages" 2>/dev/null || { chmod -R u+w "$XDG_DATA_HOME/pim"; rm -rf "$XDG_DATA_HOME/pim/builds" "$XDG_DATA_HOME/pim/stages"; }; }
 ratio() { echo "scale=2; $1 / $2" | bc; }
-change() { echo "echo changed-$RANDOM >>/var/tmp/mark" >>"$c/scripts.d/$1.sh"; }
+change() { echo "echo changed-$RANDOM >>/root/mark" >>"$c/scripts.d/$1.sh"; }
 
 fresh
 full=$(secs pim-build run bench)
