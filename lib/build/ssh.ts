@@ -102,7 +102,7 @@ export async function connectWhenUp(
       if (/All configured authentication methods failed/i.test(msg)) {
         throw new PimError(
           EXIT.NOPERM,
-          `SSH to ${t.user}@${t.host}:${t.port} refused pim's build key: the answer file must install profile.ssh_keys for ${t.user} (see the README's pim-build section)`,
+          `SSH to ${t.user}@${t.host}:${t.port} refused pim's build key: the answer file must install profile.ssh_keys for ${t.user} (man pim-build, and "Answer files" in man pim-profile)`,
         );
       }
       opts.onAttempt?.(e as Error);

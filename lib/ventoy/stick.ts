@@ -58,7 +58,7 @@ export async function asRoot(
     ) {
       throw new PimError(
         EXIT.NOPERM,
-        `sudo refused to ${op} (${cmd}); run "sudo -v" first, or allow ${cmd} in a NOPASSWD sudoers rule (see README)`,
+        `sudo refused to ${op} (${cmd}); run "sudo -v" first, or allow ${cmd} in a NOPASSWD sudoers rule (man pim-ventoy has one)`,
       );
     }
     throw failure(op, r.stderr || r.stdout, r.code, opts.code);

@@ -103,7 +103,7 @@ export function qemuFailure(res: VmRef, status: number, sudo: boolean, spec: Pic
   if (sudo && tail.some((l) => /^sudo: .*(password|not allowed|may not run|no tty|a terminal is required)/i.test(l))) {
     return new PimError(
       EXIT.NOPERM,
-      `sudo refused to run QEMU for bridged networking; run "sudo -v" first or add a NOPASSWD sudoers rule for ${qemuBinary()}, chown and kill, by absolute path (see README)`,
+      `sudo refused to run QEMU for bridged networking; run "sudo -v" first or add a NOPASSWD sudoers rule for ${qemuBinary()}, chown and kill, by absolute path (man pim-run has one)`,
     );
   }
   const qline =

@@ -129,7 +129,6 @@ tour_lines() {
     echo "tour $n: $line" >&3
     # no terminal to answer a question on: a password prompt or a host-key question fails
     run --separate-stderr setsid -w bash -c "$line" </dev/null
-    echo "  -> $status: ${output:0:200} | ${stderr:0:300}" >&3
     [[ "$stderr" != *"password"* && "$stderr" != *"(yes/no"* ]]
     case "$line" in
       "pim doctor"*) [ "$status" -eq 0 ] || [ "$status" -eq 1 ] ;; # 1: a check fails (this host's KVM)
