@@ -230,7 +230,7 @@ async function buildIt(o: BuildOpts, plan: BuildPlan, c: Ctx, firstBoot: FirstBo
     const running = await bootVm(true, prepared?.drives ? { drives: prepared.drives } : undefined);
     if (cloud) st.say(`${plan.name} booted with its cidata seed; its console: pim-console ${ref.name} --ro`);
     let tProv0 = Date.now();
-    await provision(o, plan, running, buildKeyPair.private, buildKeyPair.public, deadline, log, {
+    const off = await provision(o, plan, running, buildKeyPair.private, buildKeyPair.public, deadline, log, {
       waiting: (w) => (waiting = w),
       ready: () => (tProv0 = Date.now()),
     });
@@ -238,7 +238,8 @@ async function buildIt(o: BuildOpts, plan: BuildPlan, c: Ctx, firstBoot: FirstBo
     const tInstall = (tProv0 - c.t0) / 1000;
     st.set(`stopping ${plan.name}`);
     const { stopVm } = await import('../vm/stop.ts');
-    const stopped = await stopVm(running, { timeoutMs: Math.max(10_000, Math.min(120_000, deadline - Date.now())) });
+    const stopped =
+      off ?? (await stopVm(running, { timeoutMs: Math.max(10_000, Math.min(120_000, deadline - Date.now())) }));
     vm = null;
     log.section('provisioning console', readLog(ref));
     log.line(`stopped by ${stopped.stage} in ${stopped.seconds} s`);
@@ -453,7 +454,7 @@ async function provision(
   deadline: number,
   log: BuildLog,
   phase: { waiting: (w: 'ssh' | 'cloud-init' | null) => void; ready: () => void },
-): Promise<void> {
+): Promise<import('../vm/stop.ts').StopResult | null> {
   const st = o.status;
   const { hostKeysViaAgent } = await import('../vm/hostkeys.ts');
   const { sshAddress } = await import('../vm/reach.ts');
@@ -547,7 +548,16 @@ async function provision(
       st.say(
         `generalized: ${g.stdout.split('\n').filter((l) => l.startsWith('pim: ') && !l.startsWith('pim: fstrim')).length} steps (machine-id, host keys, cloud-init state, logs), free space trimmed`,
       );
+      // nothing runs after it: the guest powers off at once (generalize.ts; null: stopped the usual way)
+      st.set(`stopping ${plan.name}`);
+      const { powerOffGeneralized } = await import('./generalize.ts');
+      return await powerOffGeneralized(
+        (script) => execText(c, asRoot, script),
+        vm,
+        Math.max(10_000, Math.min(120_000, deadline - Date.now())),
+      );
     }
+    return null;
   } finally {
     clearInterval(detail);
     conn?.end();
