@@ -4,12 +4,13 @@
 # real Debian 12 cloud image, test/testbed/debian-cloud.sh), the same seed and
 # the same script, to the same result: a provisioned qcow2.
 #
-#   bench/cloudbuild.sh [RUNS]      (default 1 run each, alternating)
+#   bench/cloudbuild.sh [RUNS]      (default 1 run each, alternating;
+#                                    PIM_BENCH_TOGETHER=1: each run both at once)
 #
 # pim-build: a copy of the image grown to disk_size, one boot with the NoCloud
 # seed on a virtio disk, `cloud-init status --wait` over SSH, cloud-init's
-# account judged, the script, generalized (cloud-init clean, machine-id, host
-# keys, logs, fstrim), powered off, stored with qemu-img convert.
+# account judged, the script, generalized (cloud-init's state, machine-id, host
+# keys, logs, fstrim), powered off at once, stored with qemu-img convert.
 # Packer: disk_image: true (the same image, resized to disk_size), the same
 # user-data and meta-data served from http_directory and named to cloud-init
 # through `-smbios type=1,serial=ds=nocloud-net;s=http://HTTPIP:HTTPPORT/`,
@@ -17,7 +18,10 @@
 # same script, its shutdown_command, and its own qemu-img convert
 # (skip_compaction: false).
 #
-# Prints the wall times and the stored sizes, as built and compressed (pim's
+# Prints the wall times, what each took after the guest's cloud-init said
+# "finished" (the part that is the tool's own: the guest's boot and cloud-init's
+# run are the same work for both, and on a loaded machine the noisiest part),
+# the load average before each, and the stored sizes, as built and compressed (pim's
 # `compress: true` and Packer's `disk_compression: true` both are qemu-img
 # convert -c: the compressed size is that of the built image converted with -c).
 # Targets: pim <= 0.8x Packer's time; pim's image no larger than Packer's.
@@ -111,21 +115,48 @@ cat >"$tmp/packer/template.json" <<EOF
 EOF
 
 packer_run() {
-  (cd "$tmp/packer" && rm -rf out && PACKER_LOG=0 timeout 1800 packer build -color=false template.json >"$tmp/packer.log" 2>&1) ||
+  # in a session of its own, as pim's daemonized QEMU is: with the kernel's autogroups
+  # (sched_autogroup_enabled) each session is one scheduling group, and in the caller's
+  # session Packer's QEMU got twice the CPU of pim's under the same load
+  (cd "$tmp/packer" && rm -rf out && PACKER_LOG=0 setsid -w timeout 1800 packer build -color=false template.json >"$tmp/packer.log" 2>&1) ||
     { echo "bench: packer failed; last lines of its log and of the VM's console:" >&2; tail -n 30 "$tmp/packer.log" "$tmp/packer/serial.log" >&2; exit 70; }
 }
 pim_run() { pim-build run bench --force 2>>"$tmp/pim.log" >"$tmp/pim.out" || { echo "bench: pim-build failed:" >&2; tail -n 30 "$tmp/pim.log" >&2; exit 70; }; }
 secs() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.1f", b - a }'; }
+# when the guest's cloud-init said "finished at DATE" (the guest's clock is the host's under
+# TCG): what came after it is each tool's own tail (pim: the account, the script, the key,
+# generalize, power-off, store; Packer: the script, its shutdown, its convert)
+finished() { date -d "$(grep -ao 'finished at [^.]*+0000' "$1" | tail -1 | sed 's/finished at //')" +%s; }
+load() { cut -d' ' -f1 /proc/loadavg; }
 
-declare -a tp tq
+declare -a tp tq ap aq lp lq
 for i in $(seq "$runs"); do
-  s=$(date +%s.%N); pim_run; e=$(date +%s.%N); tp+=("$(secs "$s" "$e")")
-  s=$(date +%s.%N); packer_run; e=$(date +%s.%N); tq+=("$(secs "$s" "$e")")
-  echo "bench: run $i: pim-build ${tp[-1]} s, packer ${tq[-1]} s" >&2
+  if [ -n "${PIM_BENCH_TOGETHER:-}" ]; then
+    # both at once: on a machine others load, each meets the same load
+    lp+=("$(load)") lq+=("$(load)")
+    s=$(date +%s.%N)
+    (pim_run; date +%s.%N >"$tmp/pim.end") &
+    a=$!
+    (packer_run; date +%s.%N >"$tmp/packer.end") &
+    b=$!
+    wait "$a" && wait "$b" || exit 70
+    ep=$(cat "$tmp/pim.end") eq=$(cat "$tmp/packer.end")
+    tp+=("$(secs "$s" "$ep")") tq+=("$(secs "$s" "$eq")")
+  else
+    lp+=("$(load)")
+    s=$(date +%s.%N); pim_run; ep=$(date +%s.%N); tp+=("$(secs "$s" "$ep")")
+    lq+=("$(load)")
+    s=$(date +%s.%N); packer_run; eq=$(date +%s.%N); tq+=("$(secs "$s" "$eq")")
+  fi
+  ap+=("$(secs "$(finished "$(ls -t "$XDG_STATE_HOME"/pim/build-logs/bench-*.log | head -1)")" "$ep")")
+  aq+=("$(secs "$(finished "$tmp/packer/serial.log")" "$eq")")
+  echo "bench: run $i: pim-build ${tp[-1]} s (after cloud-init finished: ${ap[-1]} s, load ${lp[-1]}), packer ${tq[-1]} s (after: ${aq[-1]} s, load ${lq[-1]}), ratio $(awk -v a="${tp[-1]}" -v b="${tq[-1]}" 'BEGIN { printf "%.2f", a / b }')" >&2
 done
 median() { printf '%s\n' "$@" | sort -g | awk '{a[NR]=$1} END {print (NR % 2) ? a[(NR+1)/2] : (a[NR/2] + a[NR/2+1]) / 2}'; }
 mp=$(median "${tp[@]}")
 mq=$(median "${tq[@]}")
+map=$(median "${ap[@]}")
+maq=$(median "${aq[@]}")
 pimg=$(cat "$tmp/pim.out")
 qimg="$tmp/packer/out/bench.qcow2"
 qemu-img convert -c -O qcow2 "$pimg" "$tmp/pim-c.qcow2"
@@ -137,6 +168,9 @@ printf '%-44s %10s\n' "measure (median of $runs, TCG, $cpus CPUs, ${mem} MiB)" "
 printf '%-44s %10s s\n' "pim-build run (a miss, --force)" "$mp"
 printf '%-44s %10s s\n' "packer build (qemu builder, disk_image)" "$mq"
 printf '%-44s %10.2f  (target <= 0.80)\n' "time ratio pim / packer" "$(awk -v a="$mp" -v b="$mq" 'BEGIN { print a / b }')"
+printf '%-44s %10s s\n' "pim after cloud-init finished" "$map"
+printf '%-44s %10s s\n' "packer after cloud-init finished" "$maq"
+printf '%-44s %10s\n' "load average before each (pim; packer)" "${lp[*]}; ${lq[*]}"
 printf '%-44s %10s MiB\n' "pim's stored image" "$(mib "$sp")"
 printf '%-44s %10s MiB\n' "packer's image" "$(mib "$sq")"
 printf '%-44s %10s MiB\n' "pim's image compressed (compress: true)" "$(mib "$spc")"

@@ -155,6 +155,18 @@ const configure = defineCommand({
       c.configure(s, profiles, { iso: args.iso, url: args.url?.replace(/\/+$/, ''), timeout }),
     );
     printRecords(res, ['iso', 'image', 'template'], { json: args.json, plain: true });
+    // login is by key only unless a profile gives a password: a stick that installs a
+    // system nobody can log in to is worth one line
+    const { loadProfile } = await import('../lib/config/profile.ts');
+    const { log } = await import('../lib/core/log.ts');
+    for (const name of new Set(profiles)) {
+      const v = (await loadProfile(name)).value;
+      const keys = Array.isArray(v.ssh_keys) ? v.ssh_keys.filter((k) => typeof k === 'string' && k.trim()) : [];
+      if (!keys.length && !v.password_hash)
+        log.warn(
+          `profile "${name}" has no ssh_keys and no password: the system it installs has no way in (login is by key only); add ssh_keys or password to it`,
+        );
+    }
   },
 });
 
@@ -269,7 +281,8 @@ whose first line must then be "autoinstall:") into /ventoy/pim/, aimed at the fi
 disk that is not the stick ($$VT_LINUX_DISK_SDX_1ST_NONVTOY$$), and merges pim's entries
 into /ventoy/ventoy.json's auto_install (image, template, autosel, timeout); the user's
 keys and entries stay as they were, the old file is kept as ventoy.json.bak. A broken
-ventoy.json is exit 78 with FILE:LINE and nothing is written.`,
+ventoy.json is exit 78 with FILE:LINE and nothing is written. A profile with no ssh_keys
+and no password gets a warning: the system it installs would let nobody log in.`,
     examples: [
       'pim-ventoy list',
       'pim-ventoy add debian-netinst-amd64 --dir /iso',

@@ -240,15 +240,13 @@ async function buildIt(o: BuildOpts, plan: BuildPlan, c: Ctx, firstBoot: FirstBo
     `stages: install ${c.stages.install.key}, provision ${c.stages.provision.key}, finish ${c.stages.finish.key}`,
   );
   try {
-    const { stage, made } = await installStage(r, firstBoot);
-    const { useStage } = await import('./stages.ts');
-    const done = useStage(stage.key);
+    const inst = await installStage(r, firstBoot);
     try {
-      const record = await provisionAndStore(r, stage, made);
+      const record = inst.pending ? await oneBoot(r, inst.pending) : await provisionAndStore(r, inst.stage, inst.made);
       ok = true;
       return record;
     } finally {
-      done();
+      await inst.release();
     }
   } catch (e) {
     throw failure(r, e);
@@ -330,11 +328,14 @@ async function exited(r: Run): Promise<void> {
 }
 
 /** Stop the build's VM gracefully (pim-stop's chain); its console into the log. */
-async function stopBuildVm(r: Run, running: RunningVm, what: string): Promise<void> {
+async function stopBuildVm(
+  r: Run,
+  running: RunningVm,
+  what: string,
+  off: import('../vm/stop.ts').StopResult | null = null,
+): Promise<void> {
   const { stopVm } = await import('../vm/stop.ts');
-  const stopped = await stopVm(running, {
-    timeoutMs: Math.max(10_000, Math.min(120_000, r.deadline - Date.now())),
-  });
+  const stopped = off ?? (await stopVm(running, { timeoutMs: stopBound(r) }));
   r.vm = null;
   r.log.section(`${what} console`, readLog(r.ref));
   r.log.line(`stopped by ${stopped.stage} in ${stopped.seconds} s`);
@@ -347,21 +348,48 @@ async function stopBuildVm(r: Run, running: RunningVm, what: string): Promise<vo
  * the stage's lock; a build that finds the lock taken waits for it, then
  * reuses what the other made.
  */
-async function installStage(r: Run, firstBoot: FirstBoot): Promise<{ stage: StageRecord; made: boolean }> {
+async function installStage(r: Run, firstBoot: FirstBoot): Promise<InstallStage> {
   const s = await import('./stages.ts');
   const key = r.c.stages.install.key;
-  if (r.c.parent) return { stage: parentStage(r.c.parent, key, r.c.stages.install.inputs), made: false };
+  const using = (stage: StageRecord, made: boolean): InstallStage => {
+    const done = s.useStage(stage.key);
+    return { stage, made, release: async () => done() };
+  };
+  if (r.c.parent) return using(parentStage(r.c.parent, key, r.c.stages.install.inputs), false);
   const found = () => (r.o.force ? null : s.findStage(key));
   const there = found();
-  if (there) return { stage: there, made: false };
+  if (there) return using(there, false);
   const lock = await s.waitStageLock(key, r.o.signal, (m) => r.o.status.say(m));
+  let held = true;
   try {
     const meanwhile = found();
-    if (meanwhile) return { stage: meanwhile, made: false };
-    return { stage: await makeInstall(r, firstBoot), made: true };
+    if (meanwhile) return using(meanwhile, false);
+    const made = await makeInstall(r, firstBoot);
+    if ('pending' in made) {
+      // one boot: the stage is taken live and stored after it; the lock is held until then
+      held = false;
+      return { stage: made.pending.record, made: true, pending: made.pending, release: () => lock.release() };
+    }
+    return using(made, true);
   } finally {
-    await lock.release();
+    if (held) await lock.release();
   }
+}
+
+interface InstallStage {
+  stage: StageRecord;
+  made: boolean;
+  /** cloud-init: the stage is made in the build's one boot (oneBoot) */
+  pending?: PendingStage;
+  release: () => Promise<void>;
+}
+
+/** A cloud-init install stage not booted yet: its directory, record, seed and key. */
+interface PendingStage {
+  dir: string;
+  record: StageRecord;
+  drives: { path: string; format: 'qcow2' | 'raw'; readonly?: boolean }[];
+  pair: { private: string; public: string };
 }
 
 /** from: the parent's build as the install stage (nothing is stored for it: the build is in the registry). */
@@ -412,7 +440,7 @@ async function servedProfile(
  * first boot (an installer: until it powers off; cloud-init: its seeded run,
  * waited for over SSH, then a graceful stop); then stored read-only.
  */
-async function makeInstall(r: Run, firstBoot: FirstBoot): Promise<StageRecord> {
+async function makeInstall(r: Run, firstBoot: FirstBoot): Promise<StageRecord | { pending: PendingStage }> {
   const { plan, c, o } = r;
   const t0 = Date.now();
   const s = await import('./stages.ts');
@@ -435,13 +463,6 @@ async function makeInstall(r: Run, firstBoot: FirstBoot): Promise<StageRecord> {
   const prepared = await firstBoot(env);
   checkAborted(o.signal);
   const seed = prepared?.drives?.[0]?.path ?? null;
-  if (seed) {
-    // cloud-init's seeded run is the install: waited for, then the guest stopped so the stage is whole
-    const running = await boot(true, { drives: prepared!.drives });
-    o.status.say(`${plan.name} booted with its cidata seed; its console: pim-console ${r.ref.name} --ro`);
-    await provision(r, running, pair, 'install');
-    await stopBuildVm(r, running, 'cloud-init');
-  }
   // only what the stage is: the disk, its vars, the seed, the key (not the injected initrd, the seed's sources)
   const keep = new Set([`disk.${plan.disk.format}`, 'efivars.fd', 'seed.iso', 'ssh-key']);
   for (const f of fs.readdirSync(dir)) if (!keep.has(f)) fs.rmSync(join(dir, f), { recursive: true, force: true });
@@ -458,6 +479,8 @@ async function makeInstall(r: Run, firstBoot: FirstBoot): Promise<StageRecord> {
     userKey: user,
     profile: plan.name,
   };
+  // cloud-init's seeded run is the install: it runs in the build's one boot (oneBoot)
+  if (seed) return { pending: { dir, record, drives: prepared!.drives!, pair } };
   const committed = s.commitStage(dir, record, o.force === true);
   r.stageTmp = null;
   r.log.line(`install stage ${record.key} stored in ${record.seconds} s`);
@@ -494,12 +517,85 @@ async function provisionAndStore(r: Run, stage: StageRecord, made: boolean): Pro
   const spec = seed ? { drives: seed } : undefined;
   const running = await bootVm(r, { path: disk, format: 'qcow2', efivars: vars }, true, spec);
   const pair = f.pair;
-  const tFinish = await provision(r, running, pair, 'provision');
+  const { tFinish, off } = await provision(r, running, pair);
   checkAborted(o.signal);
   st.set(`stopping ${plan.name}`);
-  await stopBuildVm(r, running, 'provisioning');
+  await stopBuildVm(r, running, 'provisioning', off);
   const tProv = round((Date.now() - tProv0) / 1000);
   return storeBuild(r, { disk, base: f.disk, vars, stage, made, tProv, tFinish });
+}
+
+/**
+ * A cloud-init build whose install stage is not stored: one boot, as Packer's.
+ * The guest boots the stage's disk with its seed; once cloud-init's seeded run
+ * has finished, the file systems are frozen (the guest agent) and QEMU turns
+ * the disk into the backing file of a new qcow2 overlay (QMP
+ * blockdev-snapshot-sync), so the stage is the disk as cloud-init left it and
+ * is never written again; the scripts and the finish step go on in the same
+ * boot, on the overlay. After the stop the stage is stored and the overlay
+ * pointed at where it now lives.
+ */
+async function oneBoot(r: Run, p: PendingStage): Promise<BuildRecord> {
+  const { plan, o, tmp } = r;
+  const t0 = Date.now();
+  const overlay = join(tmp, `${plan.name}.qcow2`);
+  const stageVars = p.record.efivars ? join(p.dir, p.record.efivars) : null;
+  const vars = stageVars ? join(tmp, `${plan.name}.efivars.fd`) : null;
+  if (stageVars && vars) fs.copyFileSync(stageVars, vars);
+  o.status.set(`cloud-init is setting up ${plan.name}`);
+  r.booting = 'provisioning';
+  const disk = { path: join(p.dir, p.record.disk.file), format: p.record.disk.format, efivars: vars };
+  const running = await bootVm(r, disk, true, { drives: p.drives });
+  o.status.say(`${plan.name} booted with its cidata seed; its console: pim-console ${r.ref.name} --ro`);
+  let installed = 0;
+  const take = async (conn: import('ssh2').Client, asRoot: string) => {
+    await takeStage(r, running, overlay, conn, asRoot);
+    if (stageVars && vars) fs.copyFileSync(vars, stageVars);
+    installed = round((Date.now() - t0) / 1000);
+  };
+  const { tFinish, off } = await provision(r, running, { ...p.pair, remove: true }, take);
+  checkAborted(o.signal);
+  o.status.set(`stopping ${plan.name}`);
+  await stopBuildVm(r, running, 'provisioning', off);
+  const s = await import('./stages.ts');
+  const stage = s.commitStage(p.dir, { ...p.record, seconds: installed }, o.force === true);
+  r.stageTmp = null;
+  r.log.line(`install stage ${stage.key} stored (taken live after ${installed} s)`);
+  const base = join(s.stageDir(stage.key), stage.disk.file);
+  const { rebaseUnsafe } = await import('../image/qemu-img.ts');
+  await rebaseUnsafe(overlay, base, stage.disk.format);
+  const tProv = round((Date.now() - t0) / 1000 - installed);
+  return storeBuild(r, { disk: overlay, base, vars, stage, made: true, tProv, tFinish });
+}
+
+/** The install stage taken from the running guest: synced, frozen, the disk made an overlay's backing file, thawed. */
+async function takeStage(
+  r: Run,
+  vm: RunningVm,
+  overlay: string,
+  conn: import('ssh2').Client,
+  asRoot: string,
+): Promise<void> {
+  const { execText } = await import('./ssh.ts');
+  await execText(conn, asRoot, 'sync');
+  const { withGa, withQmp } = await import('../vm/connect.ts');
+  await withGa(vm, 30_000, async (g) => {
+    let frozen = false;
+    try {
+      await g.execute('guest-fsfreeze-freeze', undefined, 60_000);
+      frozen = true;
+    } catch (e) {
+      r.log.line(`guest-fsfreeze-freeze: ${(e as Error).message}; the stage is taken after a sync`);
+    }
+    try {
+      await withQmp(vm, 30_000, (q) =>
+        q.execute('blockdev-snapshot-sync', { device: 'disk0', 'snapshot-file': overlay, format: 'qcow2' }),
+      );
+    } finally {
+      if (frozen) await g.execute('guest-fsfreeze-thaw', undefined, 60_000);
+    }
+  });
+  r.log.line(`install stage taken live: the disk is now the backing file of ${overlay}`);
 }
 
 /**
@@ -748,8 +844,8 @@ async function provision(
   r: Run,
   vm: RunningVm,
   pair: { private: string; public: string; remove?: boolean },
-  mode: 'install' | 'provision',
-): Promise<number> {
+  afterInstall?: (conn: import('ssh2').Client, asRoot: string) => Promise<void>,
+): Promise<{ tFinish: number; off: import('../vm/stop.ts').StopResult | null }> {
   const { plan, o } = r;
   const st = o.status;
   const { logTail } = await import('../vm/state.ts');
@@ -760,12 +856,12 @@ async function provision(
     const asRoot = plan.sshUser === 'root' ? 'sh -s' : 'sudo -n sh -s';
     if (plan.builder === 'cloud-init') await cloudInitDone(r, conn, asRoot);
     r.waiting = null;
-    if (mode === 'install') return 0;
+    if (afterInstall) await afterInstall(conn, asRoot);
     for (const s of plan.scripts) await runScript(r, conn, asRoot, s);
     if (!plan.keepKey && pair.remove !== false) await removeBuildKey(r, conn, pair.public);
     const t = Date.now();
-    if (plan.generalize) await generalize(r, conn, asRoot);
-    return round((Date.now() - t) / 1000);
+    const off = plan.generalize ? await generalize(r, vm, conn, asRoot) : null;
+    return { tFinish: round((Date.now() - t) / 1000), off };
   } finally {
     clearInterval(detail);
     conn?.end();
@@ -858,7 +954,12 @@ async function removeBuildKey(r: Run, conn: import('ssh2').Client, publicKey: st
 }
 
 /** The finish step in the guest: generalize.ts's script (machine-id, host keys, cloud-init state, logs, fstrim). */
-async function generalize(r: Run, conn: import('ssh2').Client, asRoot: string): Promise<void> {
+async function generalize(
+  r: Run,
+  vm: RunningVm,
+  conn: import('ssh2').Client,
+  asRoot: string,
+): Promise<import('../vm/stop.ts').StopResult | null> {
   const { o, plan, log } = r;
   checkAborted(o.signal);
   o.status.set(`generalizing ${plan.name}`);
@@ -874,7 +975,14 @@ async function generalize(r: Run, conn: import('ssh2').Client, asRoot: string): 
   o.status.say(
     `generalized: ${g.stdout.split('\n').filter((l) => l.startsWith('pim: ') && !l.startsWith('pim: fstrim')).length} steps (machine-id, host keys, cloud-init state, logs), free space trimmed`,
   );
+  // nothing runs after it: the guest powers off at once (generalize.ts; null: stopped the usual way)
+  o.status.set(`stopping ${plan.name}`);
+  const { powerOffGeneralized } = await import('./generalize.ts');
+  return powerOffGeneralized((script) => execText(conn, asRoot, script), vm, stopBound(r));
 }
+
+/** How long a stop of the build's VM may take: what is left of the build's time, 10 s to 2 min. */
+const stopBound = (r: Run) => Math.max(10_000, Math.min(120_000, r.deadline - Date.now()));
 
 /** Split a byte stream into lines for `emit`; end() flushes a last partial line. */
 function lineWriter(emit: (line: string) => void): { push: (b: Buffer) => void; end: () => void } {

@@ -4,7 +4,9 @@
  * in ONE boot of the build's VM:
  *
  *   - the disk is a full copy of the base image (no backing file: the build
- *     stays whole when the download is removed), grown to disk_size;
+ *     stays whole when the download is removed): the file itself where the
+ *     formats match (as Packer's disk_image does), else qemu-img convert;
+ *     grown to disk_size;
  *   - the NoCloud seed is an ISO 9660 volume labelled cidata (xorriso) with
  *     the profile's user-data and meta-data templates, rendered with pim's
  *     per-build key, and the profile's sources (sources.d), attached as a
@@ -60,14 +62,33 @@ export async function cloudInitDisk(
       `${where}: disk_size ${plan.disk.size} is smaller than ${plan.iso}'s ${base['virtual-size']} bytes; a cloud image is only grown`,
     );
   }
-  await convertDisk(c.iso.path, base.format, disk, plan.disk.format, o.signal);
+  // the same format: the file itself, as it is (compressed clusters stay compressed: a
+  // copy of 160 MiB, not a 480 MiB inflation; the store's qemu-img convert rewrites it
+  // anyway); another format: qemu-img convert
+  const same = base.format === plan.disk.format;
+  if (same) await copyFile(c.iso.path, disk);
+  else await convertDisk(c.iso.path, base.format, disk, plan.disk.format, o.signal);
   checkAborted(o.signal);
   if (want > base['virtual-size']) await growDisk(disk, plan.disk.format, plan.disk.size);
   log.line(
-    `disk: ${plan.iso} (${base.format}, ${base['virtual-size']} bytes) copied as ${plan.disk.format}, ${want > base['virtual-size'] ? `grown to ${plan.disk.size}` : 'its own size'}`,
+    `disk: ${plan.iso} (${base.format}, ${base['virtual-size']} bytes) ${same ? 'copied' : `converted to ${plan.disk.format}`}, ${want > base['virtual-size'] ? `grown to ${plan.disk.size}` : 'its own size'}`,
   );
   const seed = await makeSeed(env);
   return { drives: [{ path: seed, format: 'raw', readonly: true }] };
+}
+
+/** A private copy of `src` at `dst` (a new file, 0600; the kernel's copy_file_range where it can). */
+async function copyFile(src: string, dst: string): Promise<void> {
+  const fsp = await import('node:fs/promises');
+  try {
+    await fsp.copyFile(src, dst, fs.constants.COPYFILE_EXCL);
+    await fsp.chmod(dst, 0o600);
+  } catch (e) {
+    const err = e as NodeJS.ErrnoException;
+    if (err.code === 'ENOSPC' || err.code === 'EDQUOT')
+      throw new PimError(EXIT.CANTCREAT, `cannot copy ${src} to ${dst}: no space left; free some space and try again`);
+    throw new PimError(EXIT.SOFTWARE, `cannot copy ${src} to ${dst}: ${err.message}`);
+  }
 }
 
 /** The NoCloud seed: user-data, meta-data and the sources, on an ISO 9660 volume labelled cidata. */
@@ -209,11 +230,46 @@ case $out in '{'*) printf '%s\\n' "$out"; exit $rc ;; esac
 cloud-init status --wait --long 2>&1
 `;
 
+/** Marks the parts of ACCOUNT_SCRIPT's output: `MARK NAME STATUS` on a line of its own. */
+const MARK = '@@pim-cloud-init-account@@';
+
+/**
+ * The wait and cloud-init's whole account in ONE exec (each exec is a sudo and a
+ * shell in the guest, about a second each under TCG): WAIT_SCRIPT in a subshell,
+ * then result.json and status.json, each after a MARK line with its cat's status;
+ * the script's own status is the wait's.
+ */
+export const ACCOUNT_SCRIPT = `(
+${WAIT_SCRIPT})
+rc=$?
+for f in result status; do
+  t=$(cat /run/cloud-init/$f.json 2>/dev/null || cat /var/lib/cloud/data/$f.json 2>/dev/null)
+  printf '\\n${MARK} %s %s\\n%s' "$f" "$?" "$t"
+done
+exit $rc
+`;
+
+/** ACCOUNT_SCRIPT's output split back into the wait's output and the two files (status 1: not there). */
+export function splitAccount(r: Out): { wait: Out; result: Out; status: Out } {
+  const parts = r.stdout.split(new RegExp(`\\n${MARK} (result|status) (\\d+)\\n`));
+  const file = (name: string): Out => {
+    const i = parts.indexOf(name, 1);
+    return i > 0 && (i - 1) % 3 === 0
+      ? { code: Number(parts[i + 1]), stdout: parts[i + 2] ?? '' }
+      : { code: 1, stdout: '' };
+  };
+  return {
+    wait: { code: r.code, stdout: parts[0] ?? '', stderr: r.stderr },
+    result: file('result'),
+    status: file('status'),
+  };
+}
+
 /**
  * Over the provisioning connection: wait for cloud-init to finish the seeded
  * run (`cloud-init status --wait`, bounded by `deadline`: 75; abortable),
- * then judge its own account of that run (judgeCloudInit). `sh(script)` runs
- * a script as root in the guest.
+ * then judge its own account of that run (judgeCloudInit), read in the same
+ * exec (ACCOUNT_SCRIPT). `sh(script)` runs a script as root in the guest.
  */
 export async function waitCloudInit(
   sh: (script: string) => Promise<Out>,
@@ -227,19 +283,18 @@ export async function waitCloudInit(
     o.signal.addEventListener('abort', onAbort, { once: true });
   });
   try {
-    const wait = await Promise.race([sh(WAIT_SCRIPT), bound]);
-    if (wait === 'abort') {
+    const out = await Promise.race([sh(ACCOUNT_SCRIPT), bound]);
+    if (out === 'abort') {
       checkAborted(o.signal);
       throw new PimError(EXIT.SOFTWARE, 'aborted');
     }
-    if (wait === 'timeout')
+    if (out === 'timeout')
       throw new PimError(
         EXIT.TEMPFAIL,
         `cloud-init did not finish within the build's ${o.timeoutS} s (timeout in the profile, or --timeout)`,
       );
+    const { wait, result, status } = splitAccount(out);
     o.log(`cloud-init status --wait --long: status ${wait.code}:\n${wait.stdout.trim()}`);
-    const result = await sh(`cat ${RESULT_JSON} 2>/dev/null || cat /var/lib/cloud/data/result.json\n`);
-    const status = await sh(`cat ${STATUS_JSON} 2>/dev/null || cat /var/lib/cloud/data/status.json\n`);
     if (result.code === 0) o.log(`cloud-init result.json: ${result.stdout.trim()}`);
     if (status.code === 0) o.log(`cloud-init status.json: ${status.stdout.trim()}`);
     return judgeCloudInit({ wait, long: wait, result, status });

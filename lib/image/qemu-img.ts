@@ -27,6 +27,14 @@ export async function createOverlay(path: string, backing: string, backingFormat
   if (r.code !== 0) throw failure(`cannot create the overlay ${path}`, r.stderr);
 }
 
+/** Point qcow2 overlay `path` at `backing`, which holds the same bytes at a new place (`rebase -u`: nothing is copied). */
+export async function rebaseUnsafe(path: string, backing: string, backingFormat: 'qcow2' | 'raw'): Promise<void> {
+  const r = await run(qemuImg(), ['rebase', '-u', '-f', 'qcow2', '-F', backingFormat, '-b', backing, path], {
+    hint: HINT,
+  });
+  if (r.code !== 0) throw failure(`cannot point the overlay ${path} at ${backing}`, r.stderr);
+}
+
 /**
  * A qcow2 overlay of `backing` made without opening it for writing's lock
  * (`-u`, the size read with `info -U`): `backing` may be the disk of a

@@ -281,68 +281,8 @@ export async function pushBuild(
           tagged: true,
           disk_sha256: diskSha ?? '',
         };
-      const sess = uploadSession(r, d, size);
-      say(`pushing ${r.id} (${size} bytes) to ${formatRef(d.ref)}`);
-      // the first signal stops the upload after the chunk in flight (the next push resumes
-      // there); a second one aborts that chunk too
-      const hard = new AbortController();
-      const again = () => hard.abort(o.signal?.reason);
-      const first = () => {
-        say(`stopping after the chunk in flight; the next push resumes there (a second signal stops at once)`);
-        for (const s of TRAPPED) process.once(s, again);
-      };
-      o.signal?.addEventListener('abort', first, { once: true });
-      const src = new LayerSource(parts, size);
-      // asked once the layer is going up (on a second connection): where PROFILE points, and a
-      // session for the config, so that neither costs a round trip after the layer
-      const aside = () => {
-        if (newer) return;
-        newer = newerThere(c, r);
-        configAt = c.startUpload();
-        newer.catch(() => undefined);
-        configAt.catch(() => undefined);
-      };
-      try {
-        const { resumedAt } = await c.uploadBlob({
-          size,
-          chunk: chunkSize(),
-          resume: sess.resume,
-          skip: (n) => src.skip(n),
-          send: (w, n) => {
-            aside();
-            return src.send(w, n);
-          },
-          digest: () => {
-            layer = { digest: `sha256:${src.layer.digest('hex')}`, size };
-            diskSha = src.file.digest('hex');
-            return layer.digest;
-          },
-          saved: sess.save,
-          stop: o.signal,
-          hard: hard.signal,
-          say,
-        });
-        if (resumedAt) say(`resumed at byte ${resumedAt}: sent ${size - resumedAt} of ${size} bytes`);
-        sent = size - resumedAt;
-      } catch (e) {
-        // the config's session is of no use now (a registry gone does not hold the push up)
-        const cancel = (configAt ?? Promise.reject(new Error())).then(
-          (l) => c.cancelUpload(l),
-          () => undefined,
-        );
-        await Promise.race([cancel, new Promise((r) => setTimeout(r, 2000).unref())]);
-        throw e;
-      } finally {
-        src.close();
-        o.signal?.removeEventListener('abort', first);
-        for (const s of TRAPPED) process.off(s, again);
-      }
-      if (known && known.layer.digest !== layer!.digest)
-        throw new PimError(
-          EXIT.DATAERR,
-          `${r.id}: the layer hashed to ${layer!.digest} this time, ${known.layer.digest} before: the build's disk changed`,
-        );
-      rememberLayer(r, layer!, diskSha!);
+      const up = await sendLayer(c, r, d, { parts, size, known }, o, say);
+      ({ layer, diskSha, sent, newer, configAt } = up);
       upload = 'uploaded';
       there = [null, null];
     }
@@ -365,4 +305,84 @@ export async function pushBuild(
   } finally {
     await c.close();
   }
+}
+
+/** The layer sent (resuming a session the last push left), hashed as it goes; the tag and config questions asked aside. */
+async function sendLayer(
+  c: OciClient,
+  r: BuildRecord,
+  d: Dest,
+  l: { parts: ReturnType<typeof layerParts>['parts']; size: number; known: ReturnType<typeof cachedLayer> },
+  o: { signal?: AbortSignal },
+  say: (s: string) => void,
+) {
+  const { parts, size, known } = l;
+  let layer: { digest: string; size: number } | null = null;
+  let diskSha: string | null = null;
+  let newer: Promise<string | null> | null = null;
+  let configAt: Promise<string> | undefined;
+  let sent = 0;
+  const sess = uploadSession(r, d, size);
+  say(`pushing ${r.id} (${size} bytes) to ${formatRef(d.ref)}`);
+  // the first signal stops the upload after the chunk in flight (the next push resumes
+  // there); a second one aborts that chunk too
+  const hard = new AbortController();
+  const again = () => hard.abort(o.signal?.reason);
+  const first = () => {
+    say(`stopping after the chunk in flight; the next push resumes there (a second signal stops at once)`);
+    for (const s of TRAPPED) process.once(s, again);
+  };
+  o.signal?.addEventListener('abort', first, { once: true });
+  const src = new LayerSource(parts, size);
+  // asked once the layer is going up (on a second connection): where PROFILE points, and a
+  // session for the config, so that neither costs a round trip after the layer
+  const aside = () => {
+    if (newer) return;
+    newer = newerThere(c, r);
+    configAt = c.startUpload();
+    newer.catch(() => undefined);
+    configAt.catch(() => undefined);
+  };
+  try {
+    const { resumedAt } = await c.uploadBlob({
+      size,
+      chunk: chunkSize(),
+      resume: sess.resume,
+      skip: (n) => src.skip(n),
+      send: (w, n) => {
+        aside();
+        return src.send(w, n);
+      },
+      digest: () => {
+        layer = { digest: `sha256:${src.layer.digest('hex')}`, size };
+        diskSha = src.file.digest('hex');
+        return layer.digest;
+      },
+      saved: sess.save,
+      stop: o.signal,
+      hard: hard.signal,
+      say,
+    });
+    if (resumedAt) say(`resumed at byte ${resumedAt}: sent ${size - resumedAt} of ${size} bytes`);
+    sent = size - resumedAt;
+  } catch (e) {
+    // the config's session is of no use now (a registry gone does not hold the push up)
+    const cancel = (configAt ?? Promise.reject(new Error())).then(
+      (l) => c.cancelUpload(l),
+      () => undefined,
+    );
+    await Promise.race([cancel, new Promise((r) => setTimeout(r, 2000).unref())]);
+    throw e;
+  } finally {
+    src.close();
+    o.signal?.removeEventListener('abort', first);
+    for (const s of TRAPPED) process.off(s, again);
+  }
+  if (known && known.layer.digest !== layer!.digest)
+    throw new PimError(
+      EXIT.DATAERR,
+      `${r.id}: the layer hashed to ${layer!.digest} this time, ${known.layer.digest} before: the build's disk changed`,
+    );
+  rememberLayer(r, layer!, diskSha!);
+  return { layer: layer!, diskSha: diskSha!, sent, newer, configAt };
 }

@@ -22,7 +22,8 @@ import { closeMasters } from './reach.ts';
 import { QmpClient } from '../qemu/qmp.ts';
 import { GaClient } from '../qemu/ga.ts';
 
-export type StopStage = 'agent' | 'acpi' | 'quit' | 'sigterm' | 'sigkill';
+/** `guest`: the guest powered itself off, asked by pim (awaitPoweroff), before any stage ran. */
+export type StopStage = 'guest' | 'agent' | 'acpi' | 'quit' | 'sigterm' | 'sigkill';
 
 /** How long a kboot VM is given to answer the ACPI power button before QMP quit. */
 const KBOOT_ACPI_MS = 5_000;
@@ -170,4 +171,33 @@ export async function stopVm(vm: RunningVm, opts: StopOpts): Promise<StopResult>
   } finally {
     qmp?.close();
   }
+}
+
+/**
+ * A VM whose guest was asked to power itself off (pim-build, after
+ * generalizing): wait for QEMU to exit, by its QMP connection closing (by its
+ * pid where QMP no longer answers: QEMU is on its way out). Its files are
+ * cleaned up as stopVm's are; null when it still runs after `timeoutMs` (then
+ * stopVm's chain).
+ */
+export async function awaitPoweroff(vm: RunningVm, timeoutMs: number): Promise<StopResult | null> {
+  const t0 = Date.now();
+  const { QmpClient } = await import('../qemu/qmp.ts');
+  let gone: boolean;
+  let qmp: QmpClient | null = null;
+  try {
+    qmp = await QmpClient.connect(vm.files.qmp, { timeoutMs: Math.min(timeoutMs, 5_000) });
+  } catch (e) {
+    log.debug(`${vm.name}: QMP not available: ${(e as Error).message}`);
+  }
+  try {
+    gone = qmp
+      ? (await qmp.waitClosed(Math.max(0, timeoutMs - (Date.now() - t0)))) && (await waitExit(vm.pid, 5_000))
+      : await waitExit(vm.pid, Math.max(0, timeoutMs - (Date.now() - t0)));
+  } finally {
+    qmp?.close();
+  }
+  if (!gone) return null;
+  cleanupFiles(vm.files);
+  return { name: vm.name, stage: 'guest', seconds: Math.round((Date.now() - t0) / 100) / 10 };
 }

@@ -97,6 +97,9 @@ teardown_file() {
   grep -q 'pim-testbed cloud-init: runcmd done' "$log"
   grep -q 'cloud-init status --wait --long: status 0:' "$log"
   grep -q '"status": "done"' "$log"
+  # the install stage was taken live, in the same boot: one kernel started
+  grep -q 'install stage taken live' "$log"
+  [ "$(grep -c 'Linux version' "$log")" -eq 1 ]
   # generalized, then stored with qemu-img convert -c: smaller than the disk the build VM left
   grep -q '^pim: cloud-init clean --logs' "$log"
   grep -q '^pim: fstrim' "$log"
@@ -128,6 +131,22 @@ teardown_file() {
   [ "$status" -eq 0 ]
   [ "$output" = "$img" ]
   [[ "$stderr" == *"(cached)"* ]]
+
+  # a changed script: the install stage (cloud-init's seeded run) is reused, only provisioning runs
+  cp "$XDG_CONFIG_HOME/pim/scripts.d/provision.sh" "$PIM_TMP/provision.sh.orig"
+  printf 'echo "script version two" >/root/v2\n' >>"$XDG_CONFIG_HOME/pim/scripts.d/provision.sh"
+  run --separate-stderr pim-build run cloud
+  cp "$PIM_TMP/provision.sh.orig" "$XDG_CONFIG_HOME/pim/scripts.d/provision.sh"
+  [ "$status" -eq 0 ] || { build_log_tail "$stderr"; false; }
+  [ "$output" != "$img" ]
+  [[ "$stderr" == *"reusing install "* ]]
+  log2="$(dirname "$output")/build.log"
+  grep -q 'reusing install stage' "$log2"
+  [ "$(pim-build show cloud --json | jq -r '.stages[] | select(.stage == "install") | .how')" = reused ]
+  pim-run "$output" --name c2 --mem 256M --cpus 1 --snapshot --wait ssh
+  [ "$(pim-ssh c2 -i "$TESTBED/id_ed25519" -- cat /root/v2)" = "script version two" ]
+  [ "$(pim-ssh c2 -i "$TESTBED/id_ed25519" -- cat /etc/pim-motd)" = "built from a cloud image" ]
+  pim-stop c2
 }
 
 @test "a source's content is in the cache key: a changed sources.d file is a miss" {

@@ -6,9 +6,12 @@
 # datasource_list). One build (one boot: the seeded run waited for over SSH,
 # a script, generalized, stored compressed), then two VMs from it at once: one
 # as pim-run boots it, one with a NoCloud seed given at deploy time on a
-# virtio disk after `--`, as a user would. Each real boot takes 80-90 s under
-# TCG here; the whole file about 6-8 minutes.
+# virtio disk after `--`, as a user would; then the build deployed by
+# pim-deploy into a libvirtd of the test's own (test/bats/libvirt.bash), whose
+# domain must be a machine of its own too. Each real boot takes 80-90 s under
+# TCG here; the whole file about 8-10 minutes.
 load helper
+load libvirt
 
 setup_file() {
   pim_isolate
@@ -63,6 +66,7 @@ EOF
 
 teardown_file() {
   stop_www
+  [ -n "${PIM_TMP:-}" ] && [ -f "$PIM_TMP/libvirtd.pid" ] && libvirt_down "$PIM_TMP"
   pim_cleanup
 }
 
@@ -82,6 +86,8 @@ k() { pim-ssh "$1" -i "$TESTBED/id_ed25519" -- "${@:2}"; }
   grep -q '^pim: /etc/machine-id emptied' "$log"
   grep -q '^pim: SSH host keys removed' "$log"
   grep -q '^pim: fstrim: /: ' "$log"
+  # then it powered off at once (systemctl poweroff --force), not through pim-stop's chain
+  grep -q 'stopped by guest in ' "$log"
   # stored with qemu-img convert -c: smaller than the disk the build VM left (both sizes in the log)
   read -r kept left < <(sed -n 's/.*stored: real.qcow2 \([0-9]*\) bytes (compressed); the build VM left \([0-9]*\) bytes$/\1 \2/p' "$log")
   echo "stored $kept bytes, the build VM left $left bytes" >&3
@@ -118,6 +124,7 @@ k() { pim-ssh "$1" -i "$TESTBED/id_ed25519" -- "${@:2}"; }
   h1=$(pim-exec v1 -- cat /etc/ssh/ssh_host_ed25519_key.pub | cut -d' ' -f2)
   h2=$(pim-exec v2 -- cat /etc/ssh/ssh_host_ed25519_key.pub | cut -d' ' -f2)
   [ -n "$h1" ] && [ -n "$h2" ] && [ "$h1" != "$h2" ]
+  printf '%s\n' "$m1" "$m2" "$h1" "$h2" >"$PIM_TMP/run-ids" # for the libvirt domain's test
   # and neither has the build's host key (pinned in the build log)
   log="$(dirname "$(pim-build path real)")/build.log"
   ! grep -qF "$h1" "$log"
@@ -129,4 +136,46 @@ k() { pim-ssh "$1" -i "$TESTBED/id_ed25519" -- "${@:2}"; }
   # v1 had no seed: it keeps the build's hostname
   [ "$(k v1 hostname)" = realweb ]
   pim-stop v1 v2
+}
+
+# ga DOM JSON: the reply of the domain's guest agent
+ga() { virsh -q -c "$(lv_uri "$PIM_TMP")" qemu-agent-command "$1" "$2" --timeout 30; }
+# ga_run DOM PROG ARGS...: PROG run in the domain by its guest agent (guest-exec), waited for
+# (bounded); prints its stdout, returns its status
+ga_run() {
+  local dom=$1 prog=$2 pid r
+  shift 2
+  pid=$(ga "$dom" "$(jq -cn --arg p "$prog" '{execute: "guest-exec", arguments: {path: $p, arg: $ARGS.positional, "capture-output": true}}' --args "$@")" | jq -r .return.pid)
+  for _ in $(seq "$(slow 1200)"); do
+    r=$(ga "$dom" "{\"execute\":\"guest-exec-status\",\"arguments\":{\"pid\":$pid}}")
+    [ "$(jq -r .return.exited <<<"$r")" = true ] && break
+    sleep 0.5
+  done
+  jq -r '.return["out-data"] // "" | @base64d' <<<"$r"
+  return "$(jq -r '.return.exitcode // 70' <<<"$r")"
+}
+
+@test "pim-deploy into libvirt: the domain made from the build is a machine of its own (its machine-id and host keys are not the pim-run VMs' nor the build's)" {
+  command -v libvirtd >/dev/null || skip "libvirtd is not installed (libvirt-daemon-system)"
+  [ -s "$PIM_TMP/run-ids" ] # the pim-run VMs' (the test before)
+  libvirt_up "$PIM_TMP"
+  mkdir -p "$XDG_CONFIG_HOME/pim/targets.d"
+  cat >"$XDG_CONFIG_HOME/pim/targets.d/lv.yml" <<EOT
+lv: {type: libvirt, uri: "$(lv_uri "$PIM_TMP")", virt_type: qemu, network: user, pool: pimt, pool_path: "$PIM_TMP/pool", health_timeout: $(slow 600), shutdown_timeout: 20}
+EOT
+  run --separate-stderr pim-deploy real lv --name d1
+  [ "$status" -eq 0 ] || { echo "$stderr"; false; }
+  [[ "$output" == *$'\tuploaded\tdefined\t'* ]]
+  # its first boot: cloud-init (no seed) done without errors
+  run ga_run d1 /usr/bin/cloud-init status --wait --long
+  echo "d1: $output" >&3
+  [ "$status" -eq 0 ]
+  [[ "$output" == *"status: done"* ]]
+  m=$(ga_run d1 /bin/cat /etc/machine-id)
+  h=$(ga_run d1 /bin/cat /etc/ssh/ssh_host_ed25519_key.pub | cut -d' ' -f2)
+  [[ "$m" =~ ^[0-9a-f]{32}$ ]]
+  [ -n "$h" ]
+  ! grep -qxF "$m" "$PIM_TMP/run-ids"
+  ! grep -qxF "$h" "$PIM_TMP/run-ids"
+  ! grep -qF "$h" "$(dirname "$(pim-build path real)")/build.log"
 }

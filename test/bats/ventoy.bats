@@ -25,7 +25,8 @@ setup_file() {
     done
     printf 'wrong:\n  url: http://127.0.0.1:%s/small.iso\n  checksum: sha256:%064d\n' "$port" 0
   } >"$XDG_CONFIG_HOME/pim/isos.d/test.yml"
-  printf 'dev:\n  hostname: devbox\n  iso: small\n  packages: [htop]\nub:\n  distro: ubuntu\n  hostname: ubox\n  iso: small\n' >"$XDG_CONFIG_HOME/pim/profiles.d/test.yml"
+  ssh-keygen -q -t ed25519 -N '' -C ventoy-test -f "$PIM_TMP/key"
+  printf 'dev:\n  hostname: devbox\n  iso: small\n  packages: [htop]\nub:\n  distro: ubuntu\n  hostname: ubox\n  iso: small\n  ssh_keys: ["%s"]\n' "$(cat "$PIM_TMP/key.pub")" >"$XDG_CONFIG_HOME/pim/profiles.d/test.yml"
   bash "$REPO/test/testbed/ventoy-stick.sh" "$PIM_TMP/master-mbr.img" 96
   bash "$REPO/test/testbed/ventoy-stick.sh" "$PIM_TMP/master-gpt.img" 96 gpt
   bash "$REPO/test/testbed/ventoy-stick.sh" "$PIM_TMP/master-tiny.img" 40
@@ -174,6 +175,9 @@ clean_after() {
   [ "$status" -eq 0 ]
   [ "${lines[0]}" = "dev	small	/small.iso	/ventoy/pim/dev.preseed.cfg" ]
   [ "${lines[1]}" = "ub	small	/small.iso	/ventoy/pim/ub.autoinstall.yaml" ]
+  # dev has no key and no password: one line says its system has no way in; ub has a key
+  [ "$(grep -c 'has no ssh_keys and no password' <<<"$stderr")" -eq 1 ]
+  [[ "$stderr" == *'pim-ventoy: warning: profile "dev" has no ssh_keys and no password: the system it installs has no way in'* ]]
   clean_after "$STICK"
   check() {
     local j=$MNT/ventoy/ventoy.json

@@ -374,6 +374,51 @@ describe('builder: cloud-init', () => {
       fs.rmSync(dir, { recursive: true, force: true });
     }
   });
+  it("reads the wait and cloud-init's account in one exec: the wait's output and status, then each file with its status", async () => {
+    const { ACCOUNT_SCRIPT, splitAccount } = await import('../../lib/build/cloud.ts');
+    const dir = fs.mkdtempSync(join(tmpdir(), 'pim-ciaccount-'));
+    try {
+      fs.mkdirSync(join(dir, 'bin'));
+      fs.writeFileSync(
+        join(dir, 'bin', 'cloud-init'),
+        '#!/bin/sh\nprintf \'{\\n  "status": "error"\\n}\\n\'; exit 1\n',
+        {
+          mode: 0o755,
+        },
+      );
+      // this host has no cloud-init files: both are reported missing, the wait's status is the script's
+      let code = 0;
+      let out = '';
+      try {
+        out = execFileSync('/bin/sh', ['-c', ACCOUNT_SCRIPT], {
+          env: { PATH: `${join(dir, 'bin')}:/usr/bin:/bin` },
+          encoding: 'utf8',
+        });
+      } catch (e) {
+        code = (e as { status: number }).status;
+        out = (e as { stdout: string }).stdout;
+      }
+      expect(code).toBe(1);
+      const r = splitAccount({ code, stdout: out });
+      expect(r.wait).toEqual({ code: 1, stdout: '{\n  "status": "error"\n}\n', stderr: undefined });
+      expect(r.result.code).not.toBe(0);
+      expect(r.status.code).not.toBe(0);
+    } finally {
+      fs.rmSync(dir, { recursive: true, force: true });
+    }
+    // as a guest prints it: both files there
+    const m = '@@pim-cloud-init-account@@';
+    expect(
+      splitAccount({
+        code: 0,
+        stdout: `{"status": "done"}\n\n${m} result 0\n{"v1": {}}\n${m} status 0\n{"v1": {"init": {}}}`,
+      }),
+    ).toEqual({
+      wait: { code: 0, stdout: '{"status": "done"}\n', stderr: undefined },
+      result: { code: 0, stdout: '{"v1": {}}' },
+      status: { code: 0, stdout: '{"v1": {"init": {}}}' },
+    });
+  });
   it("judges cloud-init's own account of the seeded run: errors fail with its words, no result.json or no NoCloud is 65", async () => {
     const { judgeCloudInit, sizeBytes } = await import('../../lib/build/cloud.ts');
     const ok = { code: 0, stdout: '' };
