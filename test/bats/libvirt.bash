@@ -30,8 +30,14 @@ EOF
   pgrep -x virtlogd >/dev/null || { virtlogd -d -p "$d/virtlogd.pid"; }
   pgrep -x virtlockd >/dev/null || { virtlockd -d -p "$d/virtlockd.pid"; }
   unshare -m -- sh -c 'mount --bind "$1" /etc/libvirt/qemu.conf && exec libvirtd -d -f "$2" -p "$3"' sh "$d/qemu.conf" "$d/libvirtd.conf" "$d/libvirtd.pid"
-  for _ in $(seq 100); do [ -S "$d/lv/libvirt-sock" ] && break; sleep 0.1; done
-  virsh -c "$(lv_uri "$d")" version >/dev/null
+  # its socket, waited for as long as the daemon lives (a busy machine starts it slowly;
+  # one that cannot start, e.g. beside another root libvirtd, says why in its log)
+  for _ in $(seq 1200); do
+    [ -S "$d/lv/libvirt-sock" ] && break
+    if [ -s "$d/libvirtd.pid" ] && ! kill -0 "$(cat "$d/libvirtd.pid")" 2>/dev/null; then break; fi
+    sleep 0.1
+  done
+  virsh -c "$(lv_uri "$d")" version >/dev/null || { tail -n 5 "$d/libvirtd.log" >&2; return 1; }
   sshd_up "$d"
 }
 
