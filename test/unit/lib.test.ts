@@ -351,7 +351,7 @@ describe('help', () => {
     expect(h).not.toContain('\x1b');
     expect(await renderHelp(await node(run), { color: true })).toContain('\x1b[1mUsage:\x1b[22m');
     const { default: build } = await import('../../cmds/pim-build.ts');
-    expect(await renderHelp(await node(build))).toMatch(/Commands:\n  run +Build PROFILE's image/);
+    expect(await renderHelp(await node(build))).toMatch(/Commands:\n  run +Build each PROFILE's image/);
   });
   it('has no colour when NO_COLOR is set or TERM=dumb, even on a terminal (cli.bats checks a real one and a pipe)', () => {
     const saved = { ...process.env };
