@@ -145,7 +145,9 @@ ga() { virsh -q -c "$(lv_uri "$PIM_TMP")" qemu-agent-command "$1" "$2" --timeout
 ga_run() {
   local dom=$1 prog=$2 pid r
   shift 2
-  pid=$(ga "$dom" "$(jq -cn --arg p "$prog" '{execute: "guest-exec", arguments: {path: $p, arg: $ARGS.positional, "capture-output": true}}' --args "$@")" | jq -r .return.pid)
+  # (the arguments through stdin: jq takes an argument such as --wait after --args for an option)
+  pid=$(ga "$dom" "$(printf '%s\n' "$@" | jq -cRn --arg p "$prog" '{execute: "guest-exec", arguments: {path: $p, arg: [inputs], "capture-output": true}}')" | jq -r .return.pid)
+  [[ "$pid" =~ ^[0-9]+$ ]] || { echo "guest-exec of $prog gave no pid" >&2; return 70; }
   for _ in $(seq "$(slow 1200)"); do
     r=$(ga "$dom" "{\"execute\":\"guest-exec-status\",\"arguments\":{\"pid\":$pid}}")
     [ "$(jq -r .return.exited <<<"$r")" = true ] && break
