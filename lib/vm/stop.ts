@@ -192,7 +192,9 @@ export async function awaitPoweroff(vm: RunningVm, timeoutMs: number): Promise<S
   }
   try {
     gone = qmp
-      ? (await qmp.waitClosed(Math.max(0, timeoutMs - (Date.now() - t0)))) && (await waitExit(vm.pid, 5_000))
+      ? // QEMU closes QMP as it shuts down, then flushes the disk (seconds on a busy host) and exits
+        (await qmp.waitClosed(Math.max(0, timeoutMs - (Date.now() - t0)))) &&
+        (await waitExit(vm.pid, Math.max(5_000, timeoutMs - (Date.now() - t0))))
       : await waitExit(vm.pid, Math.max(0, timeoutMs - (Date.now() - t0)));
   } finally {
     qmp?.close();
