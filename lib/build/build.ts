@@ -26,6 +26,7 @@
  * --keep-failed). Every build writes a log (serial console, the server's
  * request log, provisioning output) whose path every error names.
  */
+import { isAlive } from '../core/proc.ts';
 import * as fs from 'node:fs';
 import { join } from 'node:path';
 import { EXIT, PimError } from '../core/exit.ts';
@@ -793,15 +794,7 @@ function removeStaleTmp(): void {
   for (const n of names) {
     const m = /^\.tmp-.*-(\d+)$/.exec(n);
     if (!m) continue;
-    const pid = Number(m[1]);
-    let alive = false;
-    try {
-      process.kill(pid, 0);
-      alive = true;
-    } catch (e) {
-      alive = (e as NodeJS.ErrnoException).code === 'EPERM';
-    }
-    if (!alive) fs.rmSync(join(buildsDir(), n), { recursive: true, force: true });
+    if (!isAlive(Number(m[1]))) fs.rmSync(join(buildsDir(), n), { recursive: true, force: true });
   }
 }
 

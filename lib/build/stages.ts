@@ -29,6 +29,7 @@
  * stage.json. A build that reads a stage leaves a use mark
  * (stages/.use-KEY16-PID) so that gc never removes it under that build.
  */
+import { isAlive } from '../core/proc.ts';
 import { createHash } from 'node:crypto';
 import * as fs from 'node:fs';
 import { join } from 'node:path';
@@ -216,24 +217,15 @@ export function stageInUse(key: string): boolean {
   const k = key.slice(0, 16);
   return names.some((n) => {
     const m = new RegExp(`^\\.(?:use|tmp-install)-${k}-(\\d+)$`).exec(n);
-    return m !== null && alive(Number(m[1]));
+    return m !== null && isAlive(Number(m[1]));
   });
-}
-
-function alive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (e) {
-    return (e as NodeJS.ErrnoException).code === 'EPERM';
-  }
 }
 
 /** Use marks and temporary stages of processes that are gone (killed with -9, a crash): removed. */
 function removeStale(): void {
   for (const n of fs.readdirSync(stagesDir())) {
     const m = /^\.(use|tmp-install|rm)-.*-(\d+)$/.exec(n);
-    if (!m || alive(Number(m[2]))) continue;
+    if (!m || isAlive(Number(m[2]))) continue;
     const p = join(stagesDir(), n);
     if (m[1] !== 'use') fs.chmodSync(p, 0o700);
     fs.rmSync(p, { recursive: true, force: true });

@@ -16,6 +16,7 @@
  * same build, any from this machine whose process is gone, and any older
  * than a day.
  */
+import { isAlive } from '../core/proc.ts';
 import { EXIT, PimError } from '../core/exit.ts';
 import { STORE_FILES } from '../core/paths.ts';
 import { run, runOk } from '../core/run.ts';
@@ -71,7 +72,7 @@ export async function deploySsh(src: Source, t: SshTarget, o: DeployOpts): Promi
   const tmp = `${store}/.tmp-dep-${id}-${me}-${process.pid}`;
   // what a killed run left goes first: copies of this build, this machine's whose process is gone, any older than a day
   const stale = [...probe.stdout.matchAll(/^tmp (\.tmp-dep-(.*)-(h[0-9a-f]{8})-(\d+))$/gm)]
-    .filter(([, , sid, host, pid]) => sid === id || (host === me && !alive(Number(pid))))
+    .filter(([, , sid, host, pid]) => sid === id || (host === me && !isAlive(Number(pid))))
     .map(([, name]) => `./${q(name!)}`);
   await runOk(
     'ssh',
@@ -123,16 +124,6 @@ function hostTag(): string {
   const { createHash } = process.getBuiltinModule('node:crypto') as typeof import('node:crypto');
   const { hostname } = process.getBuiltinModule('node:os') as typeof import('node:os');
   return 'h' + createHash('sha256').update(hostname()).digest('hex').slice(0, 8);
-}
-
-/** Whether a local process runs (signal 0: EPERM is alive, owned by another user). */
-function alive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (e) {
-    return (e as NodeJS.ErrnoException).code === 'EPERM';
-  }
 }
 
 /** Remove a half-made copy on the remote host (no signal: it runs also after an interrupt); a failure to is said, not thrown. */
