@@ -23,7 +23,9 @@ export class StatusLine {
   /** puts the stream's own write back */
   private restore: () => void = () => undefined;
 
-  constructor(private readonly stream: NodeJS.WriteStream = process.stderr) {
+  private readonly stream: NodeJS.WriteStream;
+  constructor(stream: NodeJS.WriteStream = process.stderr) {
+    this.stream = stream;
     this.tty = Boolean(stream.isTTY) && process.env.TERM !== 'dumb';
     if (this.tty) {
       const own = stream.write;

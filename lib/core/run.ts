@@ -165,7 +165,10 @@ class Stopper {
   timedOut = false;
   stopped: Promise<void> | null = null;
   private readonly timers: NodeJS.Timeout[] = [];
-  constructor(private readonly pid: number | undefined) {}
+  private readonly pid: number | undefined;
+  constructor(pid: number | undefined) {
+    this.pid = pid;
+  }
 
   private killGroup(sig: NodeJS.Signals): void {
     if (this.pid === undefined) return;

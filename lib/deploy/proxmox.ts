@@ -156,13 +156,12 @@ interface Answer {
 
 /** An HTTP error of the API, with PVE's own message (parameter errors, the body's message, or the reason phrase). */
 export class PveError extends PimError {
-  constructor(
-    code: ConstructorParameters<typeof PimError>[0],
-    message: string,
-    readonly status: number,
-    readonly pveMessage: string,
-  ) {
+  readonly status: number;
+  readonly pveMessage: string;
+  constructor(code: ConstructorParameters<typeof PimError>[0], message: string, status: number, pveMessage: string) {
     super(code, message);
+    this.status = status;
+    this.pveMessage = pveMessage;
   }
 }
 
@@ -179,7 +178,9 @@ export class Pve {
   major = 8;
   /** USER@REALM!TOKENID, for messages */
   readonly tokenId: string;
-  constructor(readonly t: ProxmoxTarget) {
+  readonly t: ProxmoxTarget;
+  constructor(t: ProxmoxTarget) {
+    this.t = t;
     const tok = process.env[t.tokenEnv];
     if (!tok)
       throw new PimError(

@@ -79,7 +79,9 @@ export class Virsh {
   readonly parsed: ParsedUri;
   /** how many virsh processes (connections) this has started: tests and bench read it with PIM_LOG=debug */
   calls = 0;
-  constructor(readonly uri: string) {
+  readonly uri: string;
+  constructor(uri: string) {
+    this.uri = uri;
     this.parsed = parseUri(uri);
   }
 

@@ -132,12 +132,15 @@ class Follower {
   private exitTimer: NodeJS.Timeout | undefined;
   private readonly scanner: OutputScanner;
 
-  constructor(
-    private readonly sock: net.Socket,
-    private readonly f: FollowOpts,
-    private readonly resolve: (status: number) => void,
-    private readonly reject: (e: unknown) => void,
-  ) {
+  private readonly sock: net.Socket;
+  private readonly f: FollowOpts;
+  private readonly resolve: (status: number) => void;
+  private readonly reject: (e: unknown) => void;
+  constructor(sock: net.Socket, f: FollowOpts, resolve: (status: number) => void, reject: (e: unknown) => void) {
+    this.sock = sock;
+    this.f = f;
+    this.resolve = resolve;
+    this.reject = reject;
     this.scanner = new OutputScanner(f.token, (s) => {
       if (f.exec) stdout().write(Buffer.from(s, 'latin1'));
     });

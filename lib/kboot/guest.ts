@@ -70,10 +70,11 @@ export class OutputScanner {
   status: number | null = null;
   failure: string | null = null;
   private readonly marks: string[];
-  constructor(
-    readonly token: string,
-    private readonly onOutput: (s: string) => void,
-  ) {
+  readonly token: string;
+  private readonly onOutput: (s: string) => void;
+  constructor(token: string, onOutput: (s: string) => void) {
+    this.token = token;
+    this.onOutput = onOutput;
     this.marks = [`${RS}PIM-READY-${token}\n`, `${RS}PIM-EXIT-${token}:`, `${RS}PIM-FAIL-${token}:`];
   }
   /** Feed a chunk (latin1-decoded, so bytes pass through unchanged). */

@@ -48,7 +48,10 @@ export const sha256of = (b: string | Buffer) => `sha256:${createHash('sha256').u
 type Body = string | Buffer | Readable | AsyncIterable<Uint8Array> | ((w: http.ClientRequest) => Promise<void>);
 /** A response's body: read whole, thrown away, or taken as a stream. */
 export class ResBody {
-  constructor(readonly stream: http.IncomingMessage) {}
+  readonly stream: http.IncomingMessage;
+  constructor(stream: http.IncomingMessage) {
+    this.stream = stream;
+  }
   async dump(): Promise<void> {
     this.stream.resume();
     if (!this.stream.complete)
@@ -139,10 +142,11 @@ export class OciClient {
   private readonly scope: string;
   readonly name: string;
 
-  constructor(
-    readonly ref: OciRef,
-    private readonly o: Opts = {},
-  ) {
+  readonly ref: OciRef;
+  private readonly o: Opts;
+  constructor(ref: OciRef, o: Opts = {}) {
+    this.ref = ref;
+    this.o = o;
     this.scope = `repository:${ref.repo}:${o.push ? 'pull,push' : 'pull'}`;
     this.name = o.label ? `${o.label}: ${ref.registry}` : ref.registry;
   }

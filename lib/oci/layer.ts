@@ -127,10 +127,12 @@ export class LayerSource {
   private readonly busy: Array<Promise<void> | null> = [];
   private next = 0;
 
-  constructor(
-    private readonly parts: Part[],
-    readonly size: number,
-  ) {}
+  private readonly parts: Part[];
+  readonly size: number;
+  constructor(parts: Part[], size: number) {
+    this.parts = parts;
+    this.size = size;
+  }
 
   /** The next piece of the layer, at most `max` bytes, in `buf` (a data part is copied). */
   private async read(buf: Buffer, max: number): Promise<Buffer> {

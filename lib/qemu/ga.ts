@@ -27,11 +27,13 @@ export class GaError extends PimError {
 
 /** No reply to guest-sync in time: why is for the caller to find out (lib/vm/connect.ts asks QMP). */
 export class GaSilent extends PimError {
-  constructor(readonly timeoutMs: number) {
+  readonly timeoutMs: number;
+  constructor(timeoutMs: number) {
     super(
       EXIT.UNAVAILABLE,
       `the guest agent gave no reply to guest-sync within ${timeoutMs} ms; is qemu-guest-agent running in the guest?`,
     );
+    this.timeoutMs = timeoutMs;
     this.name = 'GaSilent';
   }
 }
@@ -51,10 +53,12 @@ export class GaProtocol {
   private chain: Promise<unknown> = Promise.resolve();
   private closedWith: Error | undefined;
 
-  constructor(
-    private readonly send: (data: Buffer) => void,
-    private readonly newSyncId: () => number = () => Math.floor(Math.random() * 0x7fffffff),
-  ) {}
+  private readonly send: (data: Buffer) => void;
+  private readonly newSyncId: () => number;
+  constructor(send: (data: Buffer) => void, newSyncId: () => number = () => Math.floor(Math.random() * 0x7fffffff)) {
+    this.send = send;
+    this.newSyncId = newSyncId;
+  }
 
   feed(chunk: Buffer): void {
     for (const m of this.decoder.push(chunk).messages) {
@@ -173,11 +177,14 @@ export class GaProtocol {
 
 /** A guest-agent connection over the VM's unix socket. */
 export class GaClient {
-  private constructor(
-    private readonly sock: import('node:net').Socket,
-    readonly proto: GaProtocol,
-    private readonly timeoutMs: number,
-  ) {}
+  private readonly sock: import('node:net').Socket;
+  readonly proto: GaProtocol;
+  private readonly timeoutMs: number;
+  private constructor(sock: import('node:net').Socket, proto: GaProtocol, timeoutMs: number) {
+    this.sock = sock;
+    this.proto = proto;
+    this.timeoutMs = timeoutMs;
+  }
 
   static async connect(path: string, timeoutMs = 5_000): Promise<GaClient> {
     const { connectUnix } = await import('../core/sock.ts');

@@ -48,10 +48,12 @@ export class QmpProtocol {
 
   private readonly decoder = new JsonLines();
 
-  constructor(
-    private readonly send: (line: string) => void,
-    private readonly label = 'QMP',
-  ) {}
+  private readonly send: (line: string) => void;
+  private readonly label: string;
+  constructor(send: (line: string) => void, label = 'QMP') {
+    this.send = send;
+    this.label = label;
+  }
 
   /** Hand the protocol raw bytes from the server. */
   feed(chunk: Buffer): void {
@@ -154,12 +156,16 @@ export interface QmpClientOptions {
 
 /** A QMP connection over a unix socket, capabilities negotiated. */
 export class QmpClient {
-  private constructor(
-    private readonly sock: import('node:net').Socket,
-    readonly proto: QmpProtocol,
-    private readonly timeoutMs: number,
-    private readonly caps: Promise<unknown>,
-  ) {}
+  private readonly sock: import('node:net').Socket;
+  readonly proto: QmpProtocol;
+  private readonly timeoutMs: number;
+  private readonly caps: Promise<unknown>;
+  private constructor(sock: import('node:net').Socket, proto: QmpProtocol, timeoutMs: number, caps: Promise<unknown>) {
+    this.sock = sock;
+    this.proto = proto;
+    this.timeoutMs = timeoutMs;
+    this.caps = caps;
+  }
 
   static async connect(path: string, opts: QmpClientOptions = {}): Promise<QmpClient> {
     const { connectUnix } = await import('../core/sock.ts');

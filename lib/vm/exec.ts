@@ -76,11 +76,10 @@ interface ExecStatus {
 
 /** The program could not be started in the guest: a shell's status, 127 (not found) or 126 (not executable). */
 export class SpawnFailed extends Error {
-  constructor(
-    readonly status: 126 | 127,
-    message: string,
-  ) {
+  readonly status: 126 | 127;
+  constructor(status: 126 | 127, message: string) {
     super(message);
+    this.status = status;
     this.name = 'SpawnFailed';
   }
 }

@@ -158,11 +158,12 @@ interface QueryJob {
 
 /** A job that QEMU ran to its end and that failed: QEMU's own words. */
 export class JobFailed extends PimError {
-  constructor(
-    readonly command: string,
-    readonly reason: string,
-  ) {
+  readonly command: string;
+  readonly reason: string;
+  constructor(command: string, reason: string) {
     super(EXIT.DATAERR, `${command} failed: ${reason}`);
+    this.command = command;
+    this.reason = reason;
   }
 }
 
