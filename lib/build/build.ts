@@ -47,6 +47,7 @@ import {
 import { stageKeys, type StageKeys, type StageRecord } from './stages.ts';
 import { LAYOUTS, bootFiles, installerCmdline } from './iso-boot.ts';
 import { KEY_URL, buildInputs, buildKey, planBuild, type BuildPlan } from './plan.ts';
+import { BUILD_VENDOR_DATA } from './cloud.ts';
 import { BuildLog, readLog, tail, waitPoweroff, type BootEnv, type Ctx, type FirstBoot } from './boot.ts';
 import type { RunningVm } from '../vm/state.ts';
 
@@ -145,6 +146,7 @@ export async function planKey(
       );
     answers[route] = r.body;
   }
+  if (plan.builder === 'cloud-init' && plan.generalize) answers['/vendor-data'] = BUILD_VENDOR_DATA;
   const inputs = buildInputs(plan, answers, { name: plan.iso, checksum: iso.checksum });
   return { iso, inputs, key: buildKey(inputs), stages: stageKeys(plan, inputs) };
 }

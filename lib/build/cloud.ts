@@ -27,6 +27,21 @@ import { EXIT, PimError } from '../core/exit.ts';
 import { checkAborted } from '../core/signals.ts';
 import type { BootEnv } from './boot.ts';
 
+/**
+ * The build's vendor-data (on the seed of a generalized build only): what the
+ * build boot needs and no more, where a deployed VM's first boot does the rest.
+ * One SSH host key, ed25519: the build's host keys are removed when it is
+ * generalized, and cloud-init makes the image's full set (its
+ * ssh_genkeytypes) on each clone's first boot. RSA-3072 key generation under
+ * TCG took 3-20 s of the build boot, the most variable part of it. Vendor-data
+ * is below user-data in cloud-init's merge: a profile's cloud_config that sets
+ * ssh_genkeytypes wins.
+ */
+export const BUILD_VENDOR_DATA = `#cloud-config
+# pim-build's vendor-data for the build boot (the build is generalized: its host keys are removed)
+ssh_genkeytypes: [ed25519]
+`;
+
 /** Where cloud-init writes the outcome of its run (its datasource and every error); /var/lib/cloud/data/result.json links here. */
 export const RESULT_JSON = '/run/cloud-init/result.json';
 /** Each stage's account of the run (errors per stage). */
@@ -108,16 +123,25 @@ async function makeSeed(env: BootEnv): Promise<string> {
     fs.writeFileSync(join(dir, route.slice(1)), r.body, { mode: 0o600, flag: 'wx' });
     log.line(`seed: ${route.slice(1)} from ${r.label}`);
   }
+  if (plan.generalize) {
+    fs.writeFileSync(join(dir, 'vendor-data'), BUILD_VENDOR_DATA, { mode: 0o600, flag: 'wx' });
+    log.line('seed: vendor-data: one SSH host key (ed25519) for the build boot; the clones make their own');
+  }
   for (const f of plan.sources) {
     fs.writeFileSync(join(dir, f.name), f.content, { mode: 0o600, flag: 'wx' });
     log.line(`seed: ${f.name} from ${f.label}`);
   }
   const iso = join(tmp, 'seed.iso');
-  const { runOk } = await import('../core/run.ts');
-  await runOk('xorriso', ['-as', 'mkisofs', '-quiet', '-output', iso, '-volid', 'cidata', '-joliet', '-rock', dir], {
-    what: 'cannot make the cidata seed with xorriso',
-    hint: 'install xorriso (Debian: xorriso; Homebrew: xorriso)',
-  });
+  const { run } = await import('../core/run.ts');
+  const args = ['-as', 'mkisofs', '-quiet', '-output', iso, '-volid', 'cidata', '-joliet', '-rock', dir];
+  const r = await run('xorriso', args, { hint: 'install xorriso (Debian: xorriso; Homebrew: xorriso)' });
+  if (r.code !== 0) {
+    log.section('xorriso', r.stderr);
+    // xorriso ends with "ABORT : Program done": its reason is the FAILURE/SORRY line before
+    const lines = r.stderr.split('\n').filter((l) => l.trim() && !/ABORT : Program done/.test(l));
+    const why = lines.filter((l) => /FAILURE|SORRY|FATAL/.test(l)).pop() ?? lines.pop() ?? `exit status ${r.code}`;
+    throw new PimError(EXIT.SOFTWARE, `cannot make the cidata seed with xorriso: ${why.trim()}`);
+  }
   fs.rmSync(dir, { recursive: true, force: true });
   return iso;
 }

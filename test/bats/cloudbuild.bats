@@ -94,6 +94,8 @@ teardown_file() {
   [ "$(jq -r '.inputs.files["sources.d/extra.txt"]' <<<"$output")" = "$(sha256sum <"$XDG_CONFIG_HOME/pim/sources.d/extra.txt" | cut -d' ' -f1)" ]
   log="$(dirname "$img")/build.log"
   grep -q 'seed: extra.txt from sources.d/extra.txt' "$log"
+  # a generalized build's boot makes one host key (its vendor-data); the clones make their own
+  grep -q 'seed: vendor-data: one SSH host key (ed25519)' "$log"
   grep -q 'pim-testbed cloud-init: runcmd done' "$log"
   grep -q 'cloud-init status --wait --long: status 0:' "$log"
   grep -q '"status": "done"' "$log"

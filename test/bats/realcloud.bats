@@ -81,6 +81,10 @@ k() { pim-ssh "$1" -i "$TESTBED/id_ed25519" -- "${@:2}"; }
   log="$(dirname "$img")/build.log"
   grep -q 'cloud-init status --wait --long: status 0:' "$log"
   grep -q 'script scripts.d/real.sh: status 0' "$log"
+  # the build boot made one host key (pim's vendor-data: ssh_genkeytypes [ed25519]), no RSA
+  keys=$(awk '/host keys from the guest agent:/ { on = 1; next } on && /^\[/ { exit } on' "$log")
+  echo "the build's host keys: $(cut -d' ' -f1 <<<"$keys" | tr '\n' ' ')" >&3
+  [ "$(cut -d' ' -f1 <<<"$keys")" = ssh-ed25519 ]
   # generalized: cloud-init's state, machine-id, host keys, logs; free space trimmed
   grep -q '^pim: cloud-init clean --logs' "$log"
   grep -q '^pim: /etc/machine-id emptied' "$log"
@@ -115,6 +119,8 @@ k() { pim-ssh "$1" -i "$TESTBED/id_ed25519" -- "${@:2}"; }
     [ -z "$(k "$v" sudo -n true 2>&1)" ]
     # key login only
     [[ "$(k "$v" sudo -n sshd -T)" == *"passwordauthentication no"* ]]
+    # the clone's first boot made the image's own full set of host keys (the build's vendor-data is not in the image)
+    k "$v" ls /etc/ssh/ssh_host_rsa_key.pub /etc/ssh/ssh_host_ecdsa_key.pub /etc/ssh/ssh_host_ed25519_key.pub
   done
   # each VM is a machine of its own: machine-id and host keys made on its first boot
   m1=$(pim-exec v1 -- cat /etc/machine-id)
