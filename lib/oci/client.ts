@@ -52,9 +52,12 @@ export class ResBody {
   constructor(stream: http.IncomingMessage) {
     this.stream = stream;
   }
+  /** Read the body to its end: then (and only then) its keep-alive socket is free for the next request. */
   async dump(): Promise<void> {
     this.stream.resume();
-    if (!this.stream.complete)
+    // `complete` (the parser has it all) comes before 'end', on which node's agent frees the
+    // socket: a request sent between the two opened a connection of its own
+    if (!this.stream.readableEnded && !this.stream.destroyed)
       await new Promise<void>((r) =>
         this.stream
           .once('end', r)
@@ -228,6 +231,11 @@ export class OciClient {
   private endpoint(): Promise<string> {
     this.pinged ??= this.ping();
     return this.pinged;
+  }
+
+  /** Start the ping (scheme and auth) now, ahead of the first request; its failure is that request's. */
+  warm(): void {
+    this.endpoint().catch(() => undefined);
   }
 
   private async ping(): Promise<string> {

@@ -78,18 +78,43 @@ reg_requests() { grep -c "\"$1 " "$REGDIR/registry.log" || true; }
   [ "$(tar -xOf "$layer" disk/web.qcow2 | sha256sum | cut -d' ' -f1)" = "$SUM" ]
 }
 
-@test "pushing the unchanged build again sends nothing: no upload started, no tag moved" {
+@test "pushing the unchanged build again sends nothing: no upload started, no blob asked for, no tag moved; two connections" {
   posts=$(reg_requests POST)
   puts=$(reg_requests PUT)
-  run --separate-stderr pim-deploy web reg --json
+  heads=$(reg_requests HEAD)
+  blobs=$(grep -c '"HEAD /v2/team/images/blobs/' "$REGDIR/registry.log" || true)
+  run --separate-stderr env NODE_DEBUG=http pim-deploy web reg --json
   [ "$status" -eq 0 ]
   [ "$(jq -r .upload <<<"$output")" = skipped ]
   [ "$(jq -r .domain <<<"$output")" = kept ]
   [ "$(reg_requests POST)" = "$posts" ]
   [ "$(reg_requests PUT)" = "$puts" ]
+  # the two tags' manifests only: a tag that holds this manifest vouches for its layer
+  [ "$(reg_requests HEAD)" -eq $((heads + 2)) ]
+  [ "$(grep -c '"HEAD /v2/team/images/blobs/' "$REGDIR/registry.log" || true)" = "$blobs" ]
+  # the ping's connection is taken again (its answer read to the end first): two TLS handshakes, not three
+  [ "$(grep -c createConnection <<<"$stderr")" -eq 2 ]
   run pim-deploy list reg
   [ "$status" -eq 0 ]
   [[ "$output" == "$B1"*web*"$REG/team/images:$B1"*pushed* ]]
+}
+
+@test "a disk changed in place, its size and mtime put back, is never matched by the digest pushed before: its layer goes up again" {
+  head -c 1M /dev/urandom >"$PIM_TMP/chg.qcow2"
+  id=$(register chg six "$PIM_TMP/chg.qcow2")
+  disk="$XDG_DATA_HOME/pim/builds/$id/chg.qcow2"
+  run --separate-stderr pim-deploy "$id" reg --json
+  [ "$(jq -r .upload <<<"$output")" = uploaded ]
+  [ -f "$XDG_CACHE_HOME/pim/oci/$id.json" ]
+  touch -r "$disk" "$PIM_TMP/chg.stamp"
+  before=$(stat -c '%s %y' "$disk")
+  printf 'changed' | dd of="$disk" bs=1 seek=4096 conv=notrunc status=none
+  touch -m -r "$PIM_TMP/chg.stamp" "$disk"
+  [ "$(stat -c '%s %y' "$disk")" = "$before" ]
+  run --separate-stderr pim-deploy "$id" reg --json
+  [ "$status" -eq 0 ]
+  [ "$(jq -r .upload <<<"$output")" = uploaded ]
+  [ "$(skopeo_ inspect --raw "docker://$REG/team/images:$id" | jq -r '.annotations["dev.pim.build.disk.sha256"]')" = "$(sha256sum <"$disk" | cut -d' ' -f1)" ]
 }
 
 @test "insecure: true speaks plain http to a registry without TLS; without it, pim does not fall back to http (69)" {
