@@ -212,7 +212,7 @@ EOF
   [ -z "$(find "$XDG_DATA_HOME/pim/builds" -maxdepth 1 -name '.tmp-*' 2>/dev/null)" ]
 }
 
-@test "remote_cache: pim-build run in the second home is a hit from the registry, no QEMU started, the same sha256; --no-remote does not ask" {
+@test "remote_cache: pim-build run in the second home is a hit from the registry (pinged while the key is computed), no QEMU started, the same sha256; --no-remote does not ask" {
   # a profile whose key is computed from a real catalog entry (an ISO served on loopback)
   W="$PIM_TMP/www"
   mkdir -p "$W/iso"
@@ -246,10 +246,14 @@ EOF
     printf '#!/bin/sh\necho "$0 $*" >>"%s/qemu-ran"\nexit 1\n' "$PIM_TMP" >"$PIM_TMP/fakeqemu/$q"
     chmod +x "$PIM_TMP/fakeqemu/$q"
   done
-  PATH="$PIM_TMP/fakeqemu:$PATH" run --separate-stderr pim-build run cached
+  PATH="$PIM_TMP/fakeqemu:$PATH" run --separate-stderr env PIM_LOG=debug pim-build run cached
   [ "$status" -eq 0 ]
   [ "$output" = "$XDG_DATA_HOME/pim/builds/$id/cached.qcow2" ]
   [[ "$stderr" == *"pulled from the remote cache"* ]]
+  # the registry's ping is under way while the profile's key is computed, not after it
+  ping=$(grep -n "GET https://$REG/v2/\$" <<<"$stderr" | head -1 | cut -d: -f1)
+  resolving=$(grep -n "resolving profile cached" <<<"$stderr" | head -1 | cut -d: -f1)
+  [ -n "$ping" ] && [ -n "$resolving" ] && [ "$ping" -lt "$resolving" ]
   [ ! -e "$PIM_TMP/qemu-ran" ]
   [ "$(sha256sum <"$output" | cut -d' ' -f1)" = "$SUM" ]
   [ "$(pim-build list -q)" = "$id" ]
