@@ -4,9 +4,11 @@
  * PROFILE-KEY12 (the build's id) and PROFILE (moved to the newest push).
  *
  *   1. the layer's digest, from ~/.cache/pim/oci/ID.json when this machine
- *      pushed or pulled the build before (a build never changes; the cache
- *      entry holds the disk's size and mtime it was taken at);
- *   2. blobs: HEAD first; a layer the registry has is not sent. Otherwise
+ *      pushed or pulled the build before, and its files are still the ones
+ *      it was taken of (layerStamp: inode, size, mtime and ctime);
+ *   2. with a known digest, both tags HEADed: a tag holding this manifest
+ *      vouches for the layer (an unchanged build ends here, nothing sent);
+ *      else the layer HEADed, and a layer the registry has is not sent. Otherwise
  *      it goes up in chunks (PATCH with Content-Range, PIM_OCI_CHUNK bytes
  *      each, 64 MiB by default), hashed as it is read (layer.ts), and the
  *      upload is closed with pim's digest, which the registry checks and
