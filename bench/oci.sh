@@ -81,8 +81,10 @@ mpc=$(median "${pc[@]}") msc=$(median "${sc[@]}") mprc=$(median "${prc[@]}") msr
 mload=$(median "${loads[@]}")
 
 # 2. the unchanged re-push
+noopload=$(cut -d' ' -f1 /proc/loadavg)
 hyperfine -N --warmup 1 --runs "$((runs + 2))" --export-json "$tmp/noop.json" "pim-deploy $b reg" >&2
 noop=$(jq -r '.results[0].median' "$tmp/noop.json")
+noopcpu=$(jq -r '.results[0] | .user + .system' "$tmp/noop.json")
 
 # 3. a remote-cache hit in a second home against a pull of the same tag
 echo "bench: {builder: raw, disk_size: 256M}" >"$XDG_CONFIG_HOME/pim/profiles.d/bench.yml"
@@ -101,6 +103,7 @@ mkdir -p "$XDG_CONFIG_HOME/pim/profiles.d"
 cp "$conf/pim/profiles.d/bench.yml" "$XDG_CONFIG_HOME/pim/profiles.d/"
 printf 'build:\n  remote_cache: {ref: "%s/team/cache", insecure: true, creds_env: PIM_REG}\n' "$REG" >"$XDG_CONFIG_HOME/pim/pim.yml"
 pl=() hit=()
+hitload=$(cut -d' ' -f1 /proc/loadavg)
 for _ in $(seq "$runs"); do
   rm -rf "$XDG_DATA_HOME" "$XDG_CACHE_HOME"
   pl+=("$(secs pim-build pull --insecure --creds-env PIM_REG "$REG/team/cache:$id")")
@@ -123,11 +126,12 @@ done
 mpu=$(median "${pu[@]}") msu=$(median "${su[@]}")
 
 awk -v p="$mp" -v s="$ms" -v b="$size" -v n="$noop" -v pl="$mpl" -v h="$mh" -v pr="$mpair" -v pc="$mpc" -v sc="$msc" \
-  -v prc="$mprc" -v src="$msrc" -v la="$mload" -v runs="$runs" -v pu="$mpu" -v su="$msu" 'BEGIN {
+  -v prc="$mprc" -v src="$msrc" -v la="$mload" -v runs="$runs" -v pu="$mpu" -v su="$msu" \
+  -v nc="$noopcpu" -v nl="$noopload" -v hl="$hitload" 'BEGIN {
   printf "first push of %d bytes (median of %d, interleaved, load average %s): pim-deploy %.2f s (%.1f MB/s), skopeo copy of the same OCI layout %.2f s (%.1f MB/s)\n", b, runs, la, p, b / p / 1e6, s, b / s / 1e6
   printf "ratio: %.2fx of skopeo by the medians, %.2fx by the median of each pair (target >= 0.8x)\n", s / p, pr
   printf "CPU per push: pim %.2f s, skopeo %.2f s; the registry: %.2f s under pim, %.2f s under skopeo\n", pc, sc, prc, src
   printf "pull in a fresh home: pim-build pull %.2f s (%.1f MB/s), skopeo copy to an OCI layout %.2f s (%.1f MB/s), %.2fx\n", pu, b / pu / 1e6, su, b / su / 1e6, su / pu
-  printf "re-push of the unchanged build: %.3f s (target < 1 s)\n", n
-  printf "remote-cache hit: %.2f s; pull of the same tag: %.2f s; difference %.2f s (target <= 1 s)\n", h, pl, h - pl
+  printf "re-push of the unchanged build: %.3f s, %.3f s of CPU (median of %d, load average %s; target < 1 s)\n", n, nc, runs + 2, nl
+  printf "remote-cache hit: %.2f s; pull of the same tag: %.2f s; difference %.2f s (median of %d, interleaved, load average %s; target <= 1 s)\n", h, pl, h - pl, runs, hl
 }'

@@ -86,22 +86,29 @@ async function buildOne(
   signal: AbortSignal,
   status: import('../lib/cli/status.ts').StatusLine,
 ): Promise<string> {
-  const { runBuild } = await import('../lib/build/build.ts');
   const { remoteCacheConfig } = await import('../lib/oci/cache.ts');
   const rc = a.remote === false ? null : await remoteCacheConfig();
   const talk = { signal, warn: (m: string) => status.say(`warning: ${m}`), say: (m: string) => status.say(m) };
   if (rc && !a.force) {
-    const { fromRemote, profileKey } = await import('../lib/oci/cache.ts');
-    status.set(`resolving profile ${name}`);
-    const { profile, key } = await profileKey(name, signal);
-    status.set(`asking the remote cache for ${profile}`);
-    const got = await fromRemote(profile, key, rc, talk);
-    if (got) {
-      const path = (await registry()).buildDisk(got);
-      status.say(`${got.id} (pulled from the remote cache): ${path}`);
-      return a.json ? JSON.stringify({ ...(await row(got)), hit: true, remote: true, key: got.key }) : path;
+    const { fromRemote, openRemote, profileKey } = await import('../lib/oci/cache.ts');
+    // the registry's ping goes on while the key is computed
+    const c = await openRemote(rc, signal);
+    try {
+      status.set(`resolving profile ${name}`);
+      const { profile, key } = await profileKey(name, signal);
+      status.set(`asking the remote cache for ${profile}`);
+      const got = await fromRemote(profile, key, rc, c, talk);
+      if (got) {
+        const path = (await registry()).buildDisk(got);
+        status.say(`${got.id} (pulled from the remote cache): ${path}`);
+        return a.json ? JSON.stringify({ ...(await row(got)), hit: true, remote: true, key: got.key }) : path;
+      }
+    } finally {
+      await c.close();
     }
   }
+  // the builder is loaded only for a build (a remote hit never needs it)
+  const { runBuild } = await import('../lib/build/build.ts');
   const out = await runBuild({ profile: name, ...a, signal, status });
   if (rc?.push && !out.hit) {
     status.set(`pushing ${out.record.id} to the remote cache`);

@@ -15,6 +15,7 @@
  */
 import { EXIT, PimError } from '../core/exit.ts';
 import { buildByKey, buildId, type BuildRecord } from '../image/registry.ts';
+import type { OciClient } from './client.ts';
 import { parseRef, type OciRef } from './ref.ts';
 
 export interface RemoteCache {
@@ -77,46 +78,50 @@ function soft(e: unknown, warn: (s: string) => void, what: string, then = 'build
   return null;
 }
 
-/** Ask the remote cache for the build of `profile` with `key`: the registered build on a hit, else null. */
+/**
+ * A client of the remote cache whose ping (the scheme, the auth challenge,
+ * a token) is already under way: opened before the profile's key is
+ * computed, so that the two overlap and the hit's first request goes out
+ * on a connection that is up. Its failure is the first request's (a
+ * warning there); close() it.
+ */
+export async function openRemote(rc: RemoteCache, signal?: AbortSignal): Promise<OciClient> {
+  const { OciClient } = await import('./client.ts');
+  const c = new OciClient(rc.ref, { insecure: rc.insecure, credsEnv: rc.credsEnv, signal, label: 'remote cache' });
+  c.warm();
+  return c;
+}
+
+/** Ask the remote cache (through `c`, from openRemote) for the build of `profile` with `key`: the registered build on a hit, else null. */
 export async function fromRemote(
   profile: string,
   key: string,
   rc: RemoteCache,
-  o: { signal?: AbortSignal; warn: (s: string) => void; say: (s: string) => void },
+  c: OciClient,
+  o: { warn: (s: string) => void; say: (s: string) => void },
 ): Promise<BuildRecord | null> {
   if (buildByKey(profile, key)) return null; // a local hit: runBuild answers it
-  const { OciClient } = await import('./client.ts');
   const { fetchPimManifest, pullManifest } = await import('./pull.ts');
-  const c = new OciClient(rc.ref, {
-    insecure: rc.insecure,
-    credsEnv: rc.credsEnv,
-    signal: o.signal,
-    label: 'remote cache',
-  });
   const tag = buildId(profile, key);
+  let got;
   try {
-    let got;
-    try {
-      got = await fetchPimManifest(c, rc.ref, tag);
-    } catch (e) {
-      if (e instanceof PimError && e.code === EXIT.NOINPUT) {
-        o.say(`remote cache: no ${tag} (a miss)`);
-        return null;
-      }
-      return soft(e, o.warn, `asking for ${tag}`);
-    }
-    if (got.record.key !== key || got.record.profile !== profile) {
-      o.say(`remote cache: ${tag} holds another key (a miss)`);
+    got = await fetchPimManifest(c, rc.ref, tag);
+  } catch (e) {
+    if (e instanceof PimError && e.code === EXIT.NOINPUT) {
+      o.say(`remote cache: no ${tag} (a miss)`);
       return null;
     }
-    try {
-      const pulled = await pullManifest(c, rc.ref, got, { say: o.say });
-      return pulled.record;
-    } catch (e) {
-      return soft(e, o.warn, `pulling ${tag}`);
-    }
-  } finally {
-    await c.close();
+    return soft(e, o.warn, `asking for ${tag}`);
+  }
+  if (got.record.key !== key || got.record.profile !== profile) {
+    o.say(`remote cache: ${tag} holds another key (a miss)`);
+    return null;
+  }
+  try {
+    const pulled = await pullManifest(c, rc.ref, got, { say: o.say });
+    return pulled.record;
+  } catch (e) {
+    return soft(e, o.warn, `pulling ${tag}`);
   }
 }
 

@@ -52,9 +52,12 @@ export class ResBody {
   constructor(stream: http.IncomingMessage) {
     this.stream = stream;
   }
+  /** Read the body to its end: then (and only then) its keep-alive socket is free for the next request. */
   async dump(): Promise<void> {
     this.stream.resume();
-    if (!this.stream.complete)
+    // `complete` (the parser has it all) comes before 'end', on which node's agent frees the
+    // socket: a request sent between the two opened a connection of its own
+    if (!this.stream.readableEnded && !this.stream.destroyed)
       await new Promise<void>((r) =>
         this.stream
           .once('end', r)
@@ -222,15 +225,35 @@ export class OciClient {
     );
   }
 
-  /** The API's base URL, found once: https, or (insecure only) http when the port speaks no TLS. */
-  private pinged: Promise<string> | null = null;
-  /** The API's base URL, found once (requests sent at once share the one ping). */
+  /** The API's base URL and its answer to GET /v2/ (the auth challenge), found once. */
+  private pinged: Promise<{ base: string; r: Res }> | null = null;
+  /** The base URL with the challenge answered (credentials, a token), once; requests sent at once share it. */
+  private authed: Promise<string> | null = null;
   private endpoint(): Promise<string> {
-    this.pinged ??= this.ping();
-    return this.pinged;
+    this.authed ??= this.authorize();
+    return this.authed;
   }
 
-  private async ping(): Promise<string> {
+  /**
+   * Start the ping (the scheme, the connection, the challenge) now, ahead of
+   * the first request; its failure is that request's. Credentials are not
+   * looked up until a request needs them: a credential helper is not asked
+   * (nor may prompt) for a ping whose answer no one uses.
+   */
+  warm(): void {
+    this.pinged ??= this.ping();
+    this.pinged.catch(() => undefined);
+  }
+
+  private async authorize(): Promise<string> {
+    this.pinged ??= this.ping();
+    const { base, r } = await this.pinged;
+    if (r.status === 401) await this.answerChallenge(r.headers['www-authenticate'] ?? '');
+    return base;
+  }
+
+  /** GET /v2/: https, or (insecure only) http when the port speaks no TLS. */
+  private async ping(): Promise<{ base: string; r: Res }> {
     const tryPing = async (base: string) => {
       const r = await this.raw('GET', `${base}/v2/`, {});
       await r.body.dump();
@@ -247,13 +270,12 @@ export class OciClient {
       r = await tryPing(base);
     }
     this.base = base;
-    if (r.status === 401) await this.answerChallenge(r.headers['www-authenticate'] ?? '');
-    else if (r.status >= 400 && r.status !== 404)
+    if (r.status !== 401 && r.status >= 400 && r.status !== 404)
       throw new PimError(
         EXIT.UNAVAILABLE,
         `${this.name}: GET /v2/ answered HTTP ${r.status}: is this a registry (the OCI distribution API)?`,
       );
-    return base;
+    return { base, r };
   }
 
   /** Set the Authorization header for a 401's challenge: Basic (credentials) or Bearer (a token from the realm). */

@@ -16,8 +16,8 @@ import { buildsDir } from '../core/paths.ts';
 import { ensurePrivateDir } from '../core/fs.ts';
 import { buildByKey, buildId, commitBuild, type BuildRecord } from '../image/registry.ts';
 import { OciClient, MT, sha256of } from './client.ts';
-import { readLayer } from './layer.ts';
-import { ANN, rememberLayer } from './push.ts';
+import { LAYER_FORMAT, readLayer } from './layer.ts';
+import { ANN, layerStamp, rememberLayer } from './push.ts';
 import { formatRef, type OciRef } from './ref.ts';
 
 export interface PullOpts {
@@ -221,7 +221,9 @@ export async function pullManifest(
     const record: BuildRecord = { ...r, disk: { ...r.disk, bytes: fs.statSync(disk).blocks * 512 } };
     const stored = commitBuild(tmp, record);
     ok = true;
-    if (layer.mediaType === MT.layer) rememberLayer(stored, { digest: layer.digest, size: layer.size ?? 0 }, diskSha);
+    // the layer is the one this pim would make of these files only when it was made the same way
+    if (layer.mediaType === MT.layer && m.annotations?.[ANN.format] === String(LAYER_FORMAT))
+      rememberLayer(stored, { digest: layer.digest, size: layer.size ?? 0 }, diskSha, layerStamp(stored));
     return { record: stored, hit: false, digest: got.digest };
   } finally {
     if (!ok) fs.rmSync(tmp, { recursive: true, force: true });

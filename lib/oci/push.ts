@@ -4,9 +4,11 @@
  * PROFILE-KEY12 (the build's id) and PROFILE (moved to the newest push).
  *
  *   1. the layer's digest, from ~/.cache/pim/oci/ID.json when this machine
- *      pushed or pulled the build before (a build never changes; the cache
- *      entry holds the disk's size and mtime it was taken at);
- *   2. blobs: HEAD first; a layer the registry has is not sent. Otherwise
+ *      pushed or pulled the build before, and its files are still the ones
+ *      it was taken of (layerStamp: inode, size, mtime and ctime);
+ *   2. with a known digest, both tags HEADed: a tag holding this manifest
+ *      vouches for the layer (an unchanged build ends here, nothing sent);
+ *      else the layer HEADed, and a layer the registry has is not sent. Otherwise
  *      it goes up in chunks (PATCH with Content-Range, PIM_OCI_CHUNK bytes
  *      each, 64 MiB by default), hashed as it is read (layer.ts), and the
  *      upload is closed with pim's digest, which the registry checks and
@@ -63,31 +65,49 @@ export interface Pushed {
   disk_sha256: string;
 }
 
+/**
+ * What this machine knows of a build's layer, in ~/.cache/pim/oci/ID.json
+ * (0600): its digest and size and the disk's sha256, under the stamp of the
+ * files they were taken of (layerStamp). The config and the manifest are
+ * not kept: they are made again from build.json on each push (well under a
+ * millisecond), so an edited record can never reuse a stale digest either.
+ */
 interface Cached {
-  size: number;
-  mtime: number;
-  format: number;
+  stamp: string;
   layer: { digest: string; size: number };
   disk_sha256: string;
 }
 
 const cacheFile = (id: string) => join(cacheDir(), 'oci', `${id}.json`);
-const diskStamp = (path: string) => {
-  const st = fs.statSync(path);
-  return { size: st.size, mtime: Math.floor(st.mtimeMs) };
-};
 
-/** What this machine knows of a build's layer (null when the disk is not the one it was taken of). */
+/**
+ * Everything the layer's bytes are made of, short of reading them: the
+ * tar's make (LAYER_FORMAT), the record's fields the tar holds (its id and
+ * time), and each file's identity as the kernel keeps it (device, inode,
+ * size, and mtime and ctime to the nanosecond). Any write to a file moves
+ * its ctime, which no one can set back (touch -d resets mtime only), and a
+ * file put in its place is another inode: a disk that changed in any way
+ * is never matched by the digest of the one before.
+ */
+export function layerStamp(r: BuildRecord): string {
+  const files = layerFiles(r).map((f) => {
+    const st = fs.statSync(f.path, { bigint: true });
+    return [f.name, st.dev, st.ino, st.size, st.mtimeNs, st.ctimeNs].map(String);
+  });
+  return JSON.stringify({ format: LAYER_FORMAT, id: r.id, created: r.created, files });
+}
+
+/** What this machine knows of a build's layer (null when its files are not the ones it was taken of). */
 export function cachedLayer(r: BuildRecord): Cached | null {
   const text = readRegular(cacheFile(r.id));
   if (!text) return null;
   try {
     const c = JSON.parse(text) as Cached;
-    const s = diskStamp(buildDisk(r));
-    return c.size === s.size &&
-      c.mtime === s.mtime &&
-      c.format === LAYER_FORMAT &&
-      /^sha256:[0-9a-f]{64}$/.test(c.layer.digest)
+    return typeof c.stamp === 'string' &&
+      c.stamp === layerStamp(r) &&
+      /^sha256:[0-9a-f]{64}$/.test(c.layer?.digest) &&
+      Number.isSafeInteger(c.layer.size) &&
+      /^[0-9a-f]{64}$/.test(c.disk_sha256)
       ? c
       : null;
   } catch {
@@ -95,13 +115,17 @@ export function cachedLayer(r: BuildRecord): Cached | null {
   }
 }
 
-export function rememberLayer(r: BuildRecord, layer: { digest: string; size: number }, diskSha: string): void {
+/** Remember a layer just hashed (pushed or pulled); `stamp` is the files' stamp taken before they were read. */
+export function rememberLayer(
+  r: BuildRecord,
+  layer: { digest: string; size: number },
+  diskSha: string,
+  stamp: string,
+): void {
+  // a file that changed while it was read is not remembered (the next push reads it again)
+  if (stamp !== layerStamp(r)) return;
   ensurePrivateDir(join(cacheDir(), 'oci'));
-  writeFileAtomic(
-    cacheFile(r.id),
-    JSON.stringify({ ...diskStamp(buildDisk(r)), format: LAYER_FORMAT, layer, disk_sha256: diskSha } satisfies Cached) +
-      '\n',
-  );
+  writeFileAtomic(cacheFile(r.id), `${JSON.stringify({ stamp, layer, disk_sha256: diskSha } satisfies Cached)}\n`);
 }
 
 export function layerFiles(r: BuildRecord): LayerFile[] {
@@ -186,22 +210,19 @@ function uploadSession(
   const dest = `${d.ref.registry}/${d.ref.repo}`;
   const dir = join(cacheDir(), 'oci', 'uploads');
   const file = join(dir, `${r.id}-${sha256of(dest).slice(7, 19)}.json`);
-  const stamp = diskStamp(buildDisk(r));
+  const stamp = layerStamp(r);
   let resume: string | null = null;
   try {
     const j = JSON.parse(readRegular(file) ?? 'null') as {
       dest?: string;
       location?: string;
       size?: number;
-      disk?: { size: number; mtime: number };
-      format?: number;
+      stamp?: string;
     } | null;
     if (
       j?.dest === dest &&
       j.size === size &&
-      j.format === LAYER_FORMAT &&
-      j.disk?.size === stamp.size &&
-      j.disk.mtime === stamp.mtime &&
+      j.stamp === stamp &&
       typeof j.location === 'string' &&
       /^https?:\/\//.test(j.location)
     )
@@ -217,7 +238,7 @@ function uploadSession(
         return;
       }
       ensurePrivateDir(dir);
-      writeFileAtomic(file, `${JSON.stringify({ dest, location, offset, size, disk: stamp, format: LAYER_FORMAT })}\n`);
+      writeFileAtomic(file, `${JSON.stringify({ dest, location, offset, size, stamp })}\n`);
     },
   };
 }
@@ -243,6 +264,8 @@ export async function pushBuild(
     signal: o.signal,
     label: d.label,
   });
+  // the registry's ping and auth under way while the layer's stamp is checked
+  c.warm();
   const say = o.say ?? (() => {});
   try {
     const tags = [r.id, r.profile];
@@ -261,14 +284,16 @@ export async function pushBuild(
       const manifest = manifestFor(r, { digest: sha256of(cfg), size: cfg.length }, layer!, diskSha!);
       return { cfg, manifest, digest: sha256of(manifest) };
     };
-    // an unchanged build: the layer and both tags asked for at once (three HEADs, one round trip)
+    // an unchanged build: both tags asked for at once (two HEADs, one round trip). A registry
+    // takes a manifest only once it has every blob the manifest names, in that repository
+    // (MANIFEST_BLOB_UNKNOWN otherwise): a tag holding this manifest means the layer is there,
+    // and only when neither does is the layer asked for.
     let there: Array<string | null> = [null, null];
     let have = false;
     if (layer) {
       const m = made();
-      const [blob, ...tagged] = await Promise.all([c.hasBlob(layer.digest), ...tags.map((t) => c.manifestDigest(t))]);
-      have = blob !== null;
-      there = tagged.map((d) => (d === m.digest ? d : null));
+      there = (await Promise.all(tags.map((t) => c.manifestDigest(t)))).map((d) => (d === m.digest ? d : null));
+      have = there.some((d) => d !== null) || (await c.hasBlob(layer.digest)) !== null;
     }
     if (!have) {
       if (o.dryRun)
@@ -322,6 +347,8 @@ async function sendLayer(
   let newer: Promise<string | null> | null = null;
   let configAt: Promise<string> | undefined;
   let sent = 0;
+  // the files' stamp before they are read: a file changed while it was sent is not remembered
+  const stamp = layerStamp(r);
   const sess = uploadSession(r, d, size);
   say(`pushing ${r.id} (${size} bytes) to ${formatRef(d.ref)}`);
   // the first signal stops the upload after the chunk in flight (the next push resumes
@@ -383,6 +410,6 @@ async function sendLayer(
       EXIT.DATAERR,
       `${r.id}: the layer hashed to ${layer!.digest} this time, ${known.layer.digest} before: the build's disk changed`,
     );
-  rememberLayer(r, layer!, diskSha!);
+  rememberLayer(r, layer!, diskSha!, stamp);
   return { layer: layer!, diskSha: diskSha!, sent, newer, configAt };
 }

@@ -78,18 +78,43 @@ reg_requests() { grep -c "\"$1 " "$REGDIR/registry.log" || true; }
   [ "$(tar -xOf "$layer" disk/web.qcow2 | sha256sum | cut -d' ' -f1)" = "$SUM" ]
 }
 
-@test "pushing the unchanged build again sends nothing: no upload started, no tag moved" {
+@test "pushing the unchanged build again sends nothing: no upload started, no blob asked for, no tag moved; two connections" {
   posts=$(reg_requests POST)
   puts=$(reg_requests PUT)
-  run --separate-stderr pim-deploy web reg --json
+  heads=$(reg_requests HEAD)
+  blobs=$(grep -c '"HEAD /v2/team/images/blobs/' "$REGDIR/registry.log" || true)
+  run --separate-stderr env NODE_DEBUG=http pim-deploy web reg --json
   [ "$status" -eq 0 ]
   [ "$(jq -r .upload <<<"$output")" = skipped ]
   [ "$(jq -r .domain <<<"$output")" = kept ]
   [ "$(reg_requests POST)" = "$posts" ]
   [ "$(reg_requests PUT)" = "$puts" ]
+  # the two tags' manifests only: a tag that holds this manifest vouches for its layer
+  [ "$(reg_requests HEAD)" -eq $((heads + 2)) ]
+  [ "$(grep -c '"HEAD /v2/team/images/blobs/' "$REGDIR/registry.log" || true)" = "$blobs" ]
+  # the ping's connection is taken again (its answer read to the end first): two TLS handshakes, not three
+  [ "$(grep -c createConnection <<<"$stderr")" -eq 2 ]
   run pim-deploy list reg
   [ "$status" -eq 0 ]
   [[ "$output" == "$B1"*web*"$REG/team/images:$B1"*pushed* ]]
+}
+
+@test "a disk changed in place, its size and mtime put back, is never matched by the digest pushed before: its layer goes up again" {
+  head -c 1M /dev/urandom >"$PIM_TMP/chg.qcow2"
+  id=$(register chg six "$PIM_TMP/chg.qcow2")
+  disk="$XDG_DATA_HOME/pim/builds/$id/chg.qcow2"
+  run --separate-stderr pim-deploy "$id" reg --json
+  [ "$(jq -r .upload <<<"$output")" = uploaded ]
+  [ -f "$XDG_CACHE_HOME/pim/oci/$id.json" ]
+  touch -r "$disk" "$PIM_TMP/chg.stamp"
+  before=$(stat -c '%s %y' "$disk")
+  printf 'changed' | dd of="$disk" bs=1 seek=4096 conv=notrunc status=none
+  touch -m -r "$PIM_TMP/chg.stamp" "$disk"
+  [ "$(stat -c '%s %y' "$disk")" = "$before" ]
+  run --separate-stderr pim-deploy "$id" reg --json
+  [ "$status" -eq 0 ]
+  [ "$(jq -r .upload <<<"$output")" = uploaded ]
+  [ "$(skopeo_ inspect --raw "docker://$REG/team/images:$id" | jq -r '.annotations["dev.pim.build.disk.sha256"]')" = "$(sha256sum <"$disk" | cut -d' ' -f1)" ]
 }
 
 @test "insecure: true speaks plain http to a registry without TLS; without it, pim does not fall back to http (69)" {
@@ -187,7 +212,7 @@ EOF
   [ -z "$(find "$XDG_DATA_HOME/pim/builds" -maxdepth 1 -name '.tmp-*' 2>/dev/null)" ]
 }
 
-@test "remote_cache: pim-build run in the second home is a hit from the registry, no QEMU started, the same sha256; --no-remote does not ask" {
+@test "remote_cache: pim-build run in the second home is a hit from the registry (pinged while the key is computed), no QEMU started, the same sha256; --no-remote does not ask" {
   # a profile whose key is computed from a real catalog entry (an ISO served on loopback)
   W="$PIM_TMP/www"
   mkdir -p "$W/iso"
@@ -221,17 +246,28 @@ EOF
     printf '#!/bin/sh\necho "$0 $*" >>"%s/qemu-ran"\nexit 1\n' "$PIM_TMP" >"$PIM_TMP/fakeqemu/$q"
     chmod +x "$PIM_TMP/fakeqemu/$q"
   done
-  PATH="$PIM_TMP/fakeqemu:$PATH" run --separate-stderr pim-build run cached
+  PATH="$PIM_TMP/fakeqemu:$PATH" run --separate-stderr env PIM_LOG=debug pim-build run cached
   [ "$status" -eq 0 ]
   [ "$output" = "$XDG_DATA_HOME/pim/builds/$id/cached.qcow2" ]
   [[ "$stderr" == *"pulled from the remote cache"* ]]
+  # the registry's ping is under way while the profile's key is computed, not after it
+  ping=$(grep -n "GET https://$REG/v2/\$" <<<"$stderr" | head -1 | cut -d: -f1)
+  resolving=$(grep -n "resolving profile cached" <<<"$stderr" | head -1 | cut -d: -f1)
+  [ -n "$ping" ] && [ -n "$resolving" ] && [ "$ping" -lt "$resolving" ]
   [ ! -e "$PIM_TMP/qemu-ran" ]
   [ "$(sha256sum <"$output" | cut -d' ' -f1)" = "$SUM" ]
   [ "$(pim-build list -q)" = "$id" ]
-  # a local hit now: the registry is not needed
-  PATH="$PIM_TMP/fakeqemu:$PATH" run --separate-stderr pim-build run cached --json
+  # a local hit now: the registry is not needed, and no one is asked for credentials (the ping
+  # that went on while the key was computed does not look them up: a helper may prompt)
+  printf 'build:\n  remote_cache: {ref: "%s/team/cache", insecure: true}\n' "$REG" >"$XDG_CONFIG_HOME/pim/pim.yml"
+  mkdir -p "$PIM_TMP/hitdocker" "$PIM_TMP/hitbin"
+  printf '{"credHelpers": {"%s": "pimhit"}}\n' "$REG" >"$PIM_TMP/hitdocker/config.json"
+  printf '#!/bin/sh\necho asked >>"%s/hit-helper-asked"\nexit 1\n' "$PIM_TMP" >"$PIM_TMP/hitbin/docker-credential-pimhit"
+  chmod +x "$PIM_TMP/hitbin/docker-credential-pimhit"
+  PATH="$PIM_TMP/hitbin:$PIM_TMP/fakeqemu:$PATH" DOCKER_CONFIG="$PIM_TMP/hitdocker" run --separate-stderr pim-build run cached --json
   [ "$status" -eq 0 ]
   [ "$(jq -r .hit <<<"$output")" = true ]
+  [ ! -e "$PIM_TMP/hit-helper-asked" ]
   # --no-remote: the cache is not asked, the build runs here (and fails: the ISO holds no installer)
   pim-build rm cached >/dev/null
   gets=$(grep -c "manifests/$id" "$REGDIR/registry.log" || true)

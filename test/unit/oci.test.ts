@@ -265,6 +265,23 @@ describe('Bearer token auth', () => {
       await c.close();
     }
   });
+  it('warm() pings the registry ahead of a request, and asks for no credentials and no token until one needs them', async () => {
+    // creds_env names an unset variable: a look-up of the credentials would be 77 here
+    delete process.env.PIM_TEST_CREDS;
+    seen.length = 0;
+    const c = new OciClient(parseRef(`127.0.0.1:${port}/team/images`), { insecure: true, credsEnv: 'PIM_TEST_CREDS' });
+    try {
+      c.warm();
+      await (c as unknown as { pinged: Promise<unknown> }).pinged;
+      expect(seen).toEqual(['GET /v2/']);
+      process.env.PIM_TEST_CREDS = 'pim:right';
+      expect(await c.tags()).toEqual(['web', 'web-aaaaaaaaaaaa']);
+      // the ping's answer (its challenge) serves the request: no second ping
+      expect(seen).toEqual(['GET /v2/', 'GET /token', 'GET /v2/team/images/tags/list']);
+    } finally {
+      await c.close();
+    }
+  });
   it('a token service that refuses the credentials is 77', async () => {
     process.env.PIM_TEST_CREDS = 'pim:wrong';
     const c = new OciClient(parseRef(`127.0.0.1:${port}/team/images`), { insecure: true, credsEnv: 'PIM_TEST_CREDS' });
