@@ -30,7 +30,7 @@ import { isAlive } from '../core/proc.ts';
 import * as fs from 'node:fs';
 import { join } from 'node:path';
 import { EXIT, PimError } from '../core/exit.ts';
-import { buildsDir } from '../core/paths.ts';
+import { buildsDir, efivarsOf, STORE_FILES } from '../core/paths.ts';
 import { ensurePrivateDir } from '../core/fs.ts';
 import { checkAborted } from '../core/signals.ts';
 import type { StatusLine } from '../cli/status.ts';
@@ -44,7 +44,7 @@ import {
   type BuildRecord,
   type StageLink,
 } from '../image/registry.ts';
-import { stageKeys, type StageKeys, type StageRecord } from './stages.ts';
+import { STAGE_FILES, stageDiskFile, stageKeys, type StageKeys, type StageRecord } from './stages.ts';
 import { LAYOUTS, bootFiles, installerCmdline } from './iso-boot.ts';
 import { KEY_URL, buildInputs, buildKey, planBuild, type BuildPlan } from './plan.ts';
 import { BuildLog, readLog, tail, waitPoweroff, type BootEnv, type Ctx, type FirstBoot } from './boot.ts';
@@ -446,8 +446,8 @@ async function makeInstall(r: Run, firstBoot: FirstBoot): Promise<StageRecord | 
   const t0 = Date.now();
   const s = await import('./stages.ts');
   const dir = (r.stageTmp = s.stageTmp(c.stages.install.key));
-  const disk = join(dir, `disk.${plan.disk.format}`);
-  const vars = plan.firmware === 'uefi' ? join(dir, 'efivars.fd') : null;
+  const disk = join(dir, stageDiskFile(plan.disk.format));
+  const vars = plan.firmware === 'uefi' ? join(dir, STAGE_FILES.efivars) : null;
   if (vars) {
     const { ovmfVarsTemplate } = await import('../qemu/host.ts');
     fs.copyFileSync(ovmfVarsTemplate(), vars);
@@ -455,7 +455,7 @@ async function makeInstall(r: Run, firstBoot: FirstBoot): Promise<StageRecord | 
   }
   const { newBuildKey } = await import('./ssh.ts');
   const pair = await newBuildKey(`pim-build-${c.id}`);
-  fs.writeFileSync(join(dir, 'ssh-key'), pair.private, { mode: 0o600, flag: 'wx' });
+  fs.writeFileSync(join(dir, STAGE_FILES.sshKey), pair.private, { mode: 0o600, flag: 'wx' });
   const { served, user } = await servedProfile(r, pair.public);
   const boot = (agent: boolean, spec?: Parameters<typeof bootVm>[3]) =>
     bootVm(r, { path: disk, format: plan.disk.format, efivars: vars }, agent, spec);
@@ -465,7 +465,7 @@ async function makeInstall(r: Run, firstBoot: FirstBoot): Promise<StageRecord | 
   checkAborted(o.signal);
   const seed = prepared?.drives?.[0]?.path ?? null;
   // only what the stage is: the disk, its vars, the seed, the key (not the injected initrd, the seed's sources)
-  const keep = new Set([`disk.${plan.disk.format}`, 'efivars.fd', 'seed.iso', 'ssh-key']);
+  const keep = new Set([stageDiskFile(plan.disk.format), STAGE_FILES.efivars, STAGE_FILES.seed, STAGE_FILES.sshKey]);
   for (const f of fs.readdirSync(dir)) if (!keep.has(f)) fs.rmSync(join(dir, f), { recursive: true, force: true });
   const record: StageRecord = {
     kind: 'install',
@@ -473,10 +473,10 @@ async function makeInstall(r: Run, firstBoot: FirstBoot): Promise<StageRecord | 
     created: new Date().toISOString(),
     seconds: round((Date.now() - t0) / 1000),
     inputs: c.stages.install.inputs,
-    disk: { file: `disk.${plan.disk.format}`, format: plan.disk.format },
-    efivars: vars ? 'efivars.fd' : null,
-    seed: seed ? 'seed.iso' : null,
-    sshKey: { file: 'ssh-key', public: pair.public },
+    disk: { file: stageDiskFile(plan.disk.format), format: plan.disk.format },
+    efivars: vars ? STAGE_FILES.efivars : null,
+    seed: seed ? STAGE_FILES.seed : null,
+    sshKey: { file: STAGE_FILES.sshKey, public: pair.public },
     userKey: user,
     profile: plan.name,
   };
@@ -505,7 +505,7 @@ async function provisionAndStore(r: Run, stage: StageRecord, made: boolean): Pro
   const disk = join(tmp, `${plan.name}.qcow2`);
   const { createOverlay } = await import('../image/qemu-img.ts');
   await createOverlay(disk, f.disk, stage.disk.format);
-  const vars = f.efivars ? join(tmp, `${plan.name}.efivars.fd`) : null;
+  const vars = f.efivars ? join(tmp, efivarsOf(plan.name)) : null;
   if (vars) {
     fs.copyFileSync(f.efivars!, vars);
     fs.chmodSync(vars, 0o600);
@@ -541,7 +541,7 @@ async function oneBoot(r: Run, p: PendingStage): Promise<BuildRecord> {
   const t0 = Date.now();
   const overlay = join(tmp, `${plan.name}.qcow2`);
   const stageVars = p.record.efivars ? join(p.dir, p.record.efivars) : null;
-  const vars = stageVars ? join(tmp, `${plan.name}.efivars.fd`) : null;
+  const vars = stageVars ? join(tmp, efivarsOf(plan.name)) : null;
   if (stageVars && vars) fs.copyFileSync(stageVars, vars);
   o.status.set(`cloud-init is setting up ${plan.name}`);
   r.booting = 'provisioning';
@@ -669,7 +669,7 @@ async function storeBuild(
     inputs: c.inputs,
     iso: { name: c.inputs.iso?.name ?? plan.iso, checksum: c.iso.checksum, path: c.iso.path },
     disk: { file, format: plan.disk.format, virtual_size: info['virtual-size'], bytes: kept },
-    efivars: a.vars ? `${plan.name}.efivars.fd` : null,
+    efivars: a.vars ? efivarsOf(plan.name) : null,
     settings: {
       mem: plan.mem,
       cpus: plan.cpus,
@@ -681,13 +681,13 @@ async function storeBuild(
       ...(a.stage.userKey ? { user_key: a.stage.userKey } : {}),
     },
     times: { install: tInstall, provision: a.tProv, total: round((Date.now() - c.t0) / 1000) },
-    log: 'build.log',
+    log: STORE_FILES.buildLog,
     stages: stageChain(c.stages, a),
   };
   for (const f of fs.readdirSync(tmp))
     if (f !== record.disk.file && f !== record.efivars) fs.rmSync(join(tmp, f), { recursive: true, force: true });
   log.line(`done in ${record.times.total} s`);
-  fs.copyFileSync(log.path, join(tmp, 'build.log'));
+  fs.copyFileSync(log.path, join(tmp, STORE_FILES.buildLog));
   return commitBuild(tmp, record, o.force === true);
 }
 

@@ -26,6 +26,7 @@ import { join } from 'node:path';
 import { EXIT, PimError } from '../core/exit.ts';
 import { checkAborted } from '../core/signals.ts';
 import type { BootEnv } from './boot.ts';
+import { STAGE_FILES } from './stages.ts';
 
 /** Where cloud-init writes the outcome of its run (its datasource and every error); /var/lib/cloud/data/result.json links here. */
 export const RESULT_JSON = '/run/cloud-init/result.json';
@@ -112,7 +113,7 @@ async function makeSeed(env: BootEnv): Promise<string> {
     fs.writeFileSync(join(dir, f.name), f.content, { mode: 0o600, flag: 'wx' });
     log.line(`seed: ${f.name} from ${f.label}`);
   }
-  const iso = join(tmp, 'seed.iso');
+  const iso = join(tmp, STAGE_FILES.seed);
   const { runOk } = await import('../core/run.ts');
   await runOk('xorriso', ['-as', 'mkisofs', '-quiet', '-output', iso, '-volid', 'cidata', '-joliet', '-rock', dir], {
     what: 'cannot make the cidata seed with xorriso',

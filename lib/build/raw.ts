@@ -8,7 +8,7 @@
  */
 import * as fs from 'node:fs';
 import { join } from 'node:path';
-import { buildsDir } from '../core/paths.ts';
+import { buildsDir, efivarsOf, STORE_FILES } from '../core/paths.ts';
 import { ensurePrivateDir } from '../core/fs.ts';
 import { checkAborted } from '../core/signals.ts';
 import type { Resolved } from '../config/catalog.ts';
@@ -68,13 +68,13 @@ async function makeRaw(
     let efivars: string | null = null;
     if (inputs.firmware === 'uefi') {
       const { ovmfVarsTemplate } = await import('../qemu/host.ts');
-      efivars = `${profile.name}.efivars.fd`;
+      efivars = efivarsOf(profile.name);
       fs.copyFileSync(ovmfVarsTemplate(), join(tmp, efivars));
     }
     const info = await imgInfo(disk);
     const total = Math.round(((Date.now() - t0) / 1000) * 10) / 10;
     fs.writeFileSync(
-      join(tmp, 'build.log'),
+      join(tmp, STORE_FILES.buildLog),
       `pim-build ${profile.name}: raw, key ${key}: an empty ${inputs.disk.size} ${inputs.disk.format} disk (${inputs.firmware}) in ${total} s\n`,
       { mode: 0o600, flag: 'wx' },
     );
@@ -103,7 +103,7 @@ async function makeRaw(
         ssh_user: String(v.ssh_user ?? v.username ?? 'root'),
       },
       times: { install: 0, provision: 0, total },
-      log: 'build.log',
+      log: STORE_FILES.buildLog,
     };
     const stored = commitBuild(tmp, record, o.force === true);
     ok = true;
