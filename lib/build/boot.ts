@@ -8,15 +8,14 @@
 import * as fs from 'node:fs';
 import { join } from 'node:path';
 import { EXIT, PimError } from '../core/exit.ts';
-import { buildsDir, dataDir, stateDir } from '../core/paths.ts';
-
-const stagesDir = () => join(dataDir(), 'stages');
+import { buildsDir, stateDir } from '../core/paths.ts';
 import { ensurePrivateDir } from '../core/fs.ts';
 import { checkAborted } from '../core/signals.ts';
 import type { RunningVm } from '../vm/state.ts';
 import type { VmRef } from '../vm/ref.ts';
 import type { BuildPlan, buildInputs } from './plan.ts';
-import type { BuildOpts } from './build.ts';
+import { stagesDir } from './stages.ts';
+import type { BuildOpts } from './types.ts';
 
 /** A build log: a private file that outlives the build, named in every error. */
 export class BuildLog {

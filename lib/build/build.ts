@@ -33,7 +33,6 @@ import { EXIT, PimError } from '../core/exit.ts';
 import { buildsDir, efivarsOf, STORE_FILES } from '../core/paths.ts';
 import { ensurePrivateDir } from '../core/fs.ts';
 import { checkAborted } from '../core/signals.ts';
-import type { StatusLine } from '../cli/status.ts';
 import {
   buildDisk,
   buildEfivars,
@@ -49,27 +48,7 @@ import { LAYOUTS, bootFiles, installerCmdline } from './iso-boot.ts';
 import { KEY_URL, buildInputs, buildKey, planBuild, type BuildPlan } from './plan.ts';
 import { BuildLog, readLog, tail, waitPoweroff, type BootEnv, type Ctx, type FirstBoot } from './boot.ts';
 import type { RunningVm } from '../vm/state.ts';
-
-export interface BuildOpts {
-  profile: string;
-  force?: boolean;
-  keepFailed?: boolean;
-  /** seconds for the whole build (else the profile's timeout, else 3600) */
-  timeoutS?: number;
-  /** seconds for the installer to fetch its answer file (default 300) */
-  fetchTimeoutS?: number;
-  accel?: string;
-  signal: AbortSignal;
-  status: StatusLine;
-  /** from: the profiles that led here (a cycle is 78) */
-  chain?: string[];
-}
-
-export interface BuildOutcome {
-  record: BuildRecord;
-  hit: boolean;
-  path: string;
-}
+import type { BuildOpts, BuildOutcome } from './types.ts';
 
 /** The build's VM name: the profile, "-build-" and the key's start (at most 64 characters). */
 const vmNameFor = (profile: string, key: string) => `${profile.slice(0, 48)}-build-${key.slice(0, 8)}`;

@@ -21,7 +21,7 @@ import {
   type BuildRecord,
 } from '../image/registry.ts';
 import { buildKey, diskSettings, vmSettings } from './plan.ts';
-import type { BuildOpts, BuildOutcome } from './build.ts';
+import type { BuildOpts, BuildOutcome } from './types.ts';
 
 /** What goes into a raw build's key. */
 export function rawInputs(profile: Resolved): BuildInputs {
