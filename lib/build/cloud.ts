@@ -25,8 +25,12 @@ import * as fs from 'node:fs';
 import { join } from 'node:path';
 import { EXIT, PimError } from '../core/exit.ts';
 import { checkAborted } from '../core/signals.ts';
+import { runOk } from '../core/run.ts';
+import { convertDisk, growDisk, imgInfo } from '../image/qemu-img.ts';
+import { renderAnswer } from '../install/serve.ts';
 import type { BootEnv } from './boot.ts';
 import { STAGE_FILES } from './stages.ts';
+import { KEY_URL } from './plan.ts';
 
 /** Where cloud-init writes the outcome of its run (its datasource and every error); /var/lib/cloud/data/result.json links here. */
 export const RESULT_JSON = '/run/cloud-init/result.json';
@@ -40,7 +44,6 @@ export async function cloudInitDisk(
   const { o, plan, c, disk, log } = env;
   const st = o.status;
   st.set(`copying ${plan.iso} for ${plan.name}`);
-  const { convertDisk, growDisk, imgInfo } = await import('../image/qemu-img.ts');
   const base = await imgInfo(c.iso.path);
   if (base.format !== 'qcow2' && base.format !== 'raw') {
     throw new PimError(
@@ -95,8 +98,6 @@ async function copyFile(src: string, dst: string): Promise<void> {
 /** The NoCloud seed: user-data, meta-data and the sources, on an ISO 9660 volume labelled cidata. */
 async function makeSeed(env: BootEnv): Promise<string> {
   const { plan, tmp, log, served } = env;
-  const { renderAnswer } = await import('../install/serve.ts');
-  const { KEY_URL } = await import('./plan.ts');
   const dir = join(tmp, 'seed');
   fs.mkdirSync(dir, { mode: 0o700 });
   for (const route of ['/user-data', '/meta-data'] as const) {
@@ -114,7 +115,6 @@ async function makeSeed(env: BootEnv): Promise<string> {
     log.line(`seed: ${f.name} from ${f.label}`);
   }
   const iso = join(tmp, STAGE_FILES.seed);
-  const { runOk } = await import('../core/run.ts');
   await runOk('xorriso', ['-as', 'mkisofs', '-quiet', '-output', iso, '-volid', 'cidata', '-joliet', '-rock', dir], {
     what: 'cannot make the cidata seed with xorriso',
     hint: 'install xorriso (Debian: xorriso; Homebrew: xorriso)',

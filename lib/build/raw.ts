@@ -11,6 +11,7 @@ import { join } from 'node:path';
 import { buildsDir, efivarsOf, STORE_FILES } from '../core/paths.ts';
 import { ensurePrivateDir } from '../core/fs.ts';
 import { checkAborted } from '../core/signals.ts';
+import { ovmfVarsTemplate } from '../qemu/host.ts';
 import type { Resolved } from '../config/catalog.ts';
 import {
   BUILD_RECIPE,
@@ -20,6 +21,7 @@ import {
   type BuildInputs,
   type BuildRecord,
 } from '../image/registry.ts';
+import { createDisk, imgInfo } from '../image/qemu-img.ts';
 import { buildKey, diskSettings, vmSettings } from './plan.ts';
 import type { BuildOpts, BuildOutcome } from './types.ts';
 
@@ -62,12 +64,10 @@ async function makeRaw(
     ensurePrivateDir(tmp);
     const file = `${profile.name}.${inputs.disk.format}`;
     const disk = join(tmp, file);
-    const { createDisk, imgInfo } = await import('../image/qemu-img.ts');
     await createDisk(disk, inputs.disk.format, inputs.disk.size);
     checkAborted(o.signal);
     let efivars: string | null = null;
     if (inputs.firmware === 'uefi') {
-      const { ovmfVarsTemplate } = await import('../qemu/host.ts');
       efivars = efivarsOf(profile.name);
       fs.copyFileSync(ovmfVarsTemplate(), join(tmp, efivars));
     }

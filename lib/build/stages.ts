@@ -29,13 +29,15 @@
  * stage.json. A build that reads a stage leaves a use mark
  * (stages/.use-KEY16-PID) so that gc never removes it under that build.
  */
-import { isAlive } from '../core/proc.ts';
 import { createHash } from 'node:crypto';
 import * as fs from 'node:fs';
 import { join } from 'node:path';
+import { isAlive } from '../core/proc.ts';
 import { dataDir } from '../core/paths.ts';
 import { EXIT, PimError } from '../core/exit.ts';
 import { ensurePrivateDir, readRegular, writeFileAtomic } from '../core/fs.ts';
+import { acquireLock, type Lock } from '../core/lock.ts';
+import { checkAborted } from '../core/signals.ts';
 import { BUILD_RECIPE, type BuildInputs } from '../image/registry.ts';
 import { canonical, type BuildPlan } from './plan.ts';
 
@@ -166,13 +168,7 @@ export function stageTmp(key: string): string {
  * that stage), wait for it: then the caller finds the stage made. The lock
  * (lib/core/lock.ts) has no wake-up, so the wait asks again every 250 ms.
  */
-export async function waitStageLock(
-  key: string,
-  signal: AbortSignal,
-  say: (m: string) => void,
-): Promise<import('../core/lock.ts').Lock> {
-  const { acquireLock } = await import('../core/lock.ts');
-  const { checkAborted } = await import('../core/signals.ts');
+export async function waitStageLock(key: string, signal: AbortSignal, say: (m: string) => void): Promise<Lock> {
   ensurePrivateDir(stagesDir());
   const file = join(stagesDir(), `.install-${key.slice(0, 16)}.lock`);
   for (let said = false; ; said = true) {

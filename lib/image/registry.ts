@@ -19,6 +19,7 @@ import { dirname, join, resolve } from 'node:path';
 import { EXIT, PimError } from '../core/exit.ts';
 import { buildsDir, imagesDir, STORE_FILES } from '../core/paths.ts';
 import { ensurePrivateDir, readRegular, realOr, sameFile, writeFileAtomic } from '../core/fs.ts';
+import { acquireLock } from '../core/lock.ts';
 import { readQcow2Header } from './qcow2.ts';
 
 /** Bumped when what a build does changes, so older cache entries are not reused. */
@@ -223,7 +224,6 @@ export async function cachedBuild(
   if (before) return out(before, true);
   const id = buildId(profile, key);
   ensurePrivateDir(buildsDir());
-  const { acquireLock } = await import('../core/lock.ts');
   const lock = await acquireLock(join(buildsDir(), `.${id}.lock`), `build ${id}`);
   try {
     const meanwhile = found();

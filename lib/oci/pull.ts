@@ -15,6 +15,7 @@ import { EXIT, PimError } from '../core/exit.ts';
 import { buildsDir, STORE_FILES } from '../core/paths.ts';
 import { ensurePrivateDir } from '../core/fs.ts';
 import { buildByKey, buildId, commitBuild, type BuildRecord } from '../image/registry.ts';
+import { imageFormat } from '../image/store.ts';
 import { OciClient, MT, sha256of } from './client.ts';
 import { readLayer } from './layer.ts';
 import { ANN, rememberLayer } from './push.ts';
@@ -210,7 +211,6 @@ export async function pullManifest(
         `${what}: its layer has no pim/${r.efivars} (the build's UEFI variables); nothing was registered`,
       );
     const disk = join(tmp, r.disk.file);
-    const { imageFormat } = await import('../image/store.ts');
     if (imageFormat(disk) !== r.disk.format && r.disk.format === 'qcow2')
       throw new PimError(EXIT.DATAERR, `${what}: disk/${r.disk.file} is not a qcow2 image; nothing was registered`);
     fs.writeFileSync(
