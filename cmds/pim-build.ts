@@ -19,6 +19,7 @@ import { VERSION, type Completer, type Words } from '../lib/cli/command.ts';
 import { writeOut } from '../lib/cli/output.ts';
 import { jsonArgs, quietArgs } from '../lib/cli/args.ts';
 import { catalogCompleter } from '../lib/cli/catalog-names.ts';
+import { printJsonOrYaml } from '../lib/config/show.ts';
 import { EXIT, PimError } from '../lib/core/exit.ts';
 
 type BuildRecord = import('../lib/image/registry.ts').BuildRecord;
@@ -357,11 +358,7 @@ const show = defineCommand({
         : {}),
     }));
     const out = { ...r, ...(stages ? { stages } : {}), path: reg.buildDisk(r), backs: reg.disksBackedBy(r) };
-    if (args.json) (await import('../lib/cli/output.ts')).printJson(out);
-    else {
-      const { yamlLib } = await import('../lib/config/yaml.ts');
-      writeOut((await yamlLib()).stringify(out));
-    }
+    await printJsonOrYaml(out, args.json);
   },
 });
 

@@ -8,15 +8,18 @@
 import * as fs from 'node:fs';
 import { join } from 'node:path';
 import { EXIT, PimError } from '../core/exit.ts';
-import { buildsDir, dataDir, stateDir } from '../core/paths.ts';
-
-const stagesDir = () => join(dataDir(), 'stages');
 import { ensurePrivateDir } from '../core/fs.ts';
+import { buildsDir, stateDir } from '../core/paths.ts';
+import { waitExit } from '../core/proc.ts';
 import { checkAborted } from '../core/signals.ts';
-import type { RunningVm } from '../vm/state.ts';
+import { QmpClient } from '../qemu/qmp.ts';
+import type { BuildRecord } from '../image/registry.ts';
+import type { startVm } from '../vm/plan.ts';
 import type { VmRef } from '../vm/ref.ts';
+import { logTail, type RunningVm } from '../vm/state.ts';
 import type { BuildPlan, buildInputs } from './plan.ts';
-import type { BuildOpts } from './build.ts';
+import { stagesDir, type StageKeys } from './stages.ts';
+import type { BuildOpts } from './types.ts';
 
 /** A build log: a private file that outlives the build, named in every error. */
 export class BuildLog {
@@ -65,9 +68,9 @@ export interface Ctx {
   iso: { path: string; checksum: string };
   t0: number;
   /** the keys of the build's stages (stages.ts) and what each covers */
-  stages: import('./stages.ts').StageKeys;
+  stages: StageKeys;
   /** from: the parent profile's build, the install stage */
-  parent?: import('../image/registry.ts').BuildRecord;
+  parent?: BuildRecord;
 }
 
 /** What a builder's first boot gets: the build's disk to fill, its log, and a way to boot the build's VM. */
@@ -96,7 +99,7 @@ export interface BootEnv {
 export type FirstBoot = (
   env: BootEnv,
 ) => Promise<{ drives?: NonNullable<Parameters<StartVm>[0]['spec']>['drives'] } | void>;
-type StartVm = typeof import('../vm/plan.ts').startVm;
+type StartVm = typeof startVm;
 
 export function readLog(ref: VmRef): string {
   try {
@@ -119,8 +122,6 @@ export async function waitPoweroff(
   fetchedP?: Promise<void>,
 ): Promise<void> {
   const { o, plan, ref, deadline, log } = env;
-  const { QmpClient } = await import('../qemu/qmp.ts');
-  const { logTail } = await import('../vm/state.ts');
   const q = await QmpClient.connect(vm.files.qmp, { timeoutMs: 10_000 });
   const st = o.status;
   const detail = setInterval(() => st.update(logTail(ref.files.log, 1)[0] ?? ''), 1000);
@@ -172,7 +173,6 @@ export async function waitPoweroff(
         `${what} did not power off within the build's ${Math.round(plan.timeoutMs / 1000)} s (timeout in the profile, or --timeout). Last console lines:\n${serial()}`,
       );
     }
-    const { waitExit } = await import('../core/proc.ts');
     await waitExit(vm.pid, 10_000);
     o.status.say(`the installer powered off (${o.status.elapsed()})`);
   } finally {

@@ -26,14 +26,20 @@
  * --keep-failed). Every build writes a log (serial console, the server's
  * request log, provisioning output) whose path every error names.
  */
-import { isAlive } from '../core/proc.ts';
 import * as fs from 'node:fs';
 import { join } from 'node:path';
+import type { Client as SshClient } from 'ssh2';
 import { EXIT, PimError } from '../core/exit.ts';
-import { buildsDir } from '../core/paths.ts';
 import { ensurePrivateDir } from '../core/fs.ts';
+import { buildsDir, efivarsOf, STORE_FILES } from '../core/paths.ts';
+import { isAlive } from '../core/proc.ts';
 import { checkAborted } from '../core/signals.ts';
-import type { StatusLine } from '../cli/status.ts';
+import { cpioNewcGzip } from '../archive/cpio.ts';
+import { concatArchives } from '../archive/initramfs.ts';
+import { ovmfVarsTemplate } from '../qemu/host.ts';
+import { loadCatalog, resolveEntry } from '../config/catalog.ts';
+import { loadProfile, withEnvHook } from '../config/profile.ts';
+import { convertDisk, createDisk, createOverlay, imgCheck, imgInfo, rebaseUnsafe } from '../image/qemu-img.ts';
 import {
   buildDisk,
   buildEfivars,
@@ -44,33 +50,38 @@ import {
   type BuildRecord,
   type StageLink,
 } from '../image/registry.ts';
-import { stageKeys, type StageKeys, type StageRecord } from './stages.ts';
+import { ensureIso } from '../install/iso-store.ts';
+import { renderAnswer, startServer } from '../install/serve.ts';
+import { withGa, withQmp } from '../vm/connect.ts';
+import { hostKeysViaAgent } from '../vm/hostkeys.ts';
+import { startVm } from '../vm/plan.ts';
+import { sshAddress } from '../vm/reach.ts';
+import { vmRef, type VmRef } from '../vm/ref.ts';
+import { cleanupFiles, logTail, type RunningVm } from '../vm/state.ts';
+import { stopVm, type StopResult } from '../vm/stop.ts';
+import { ensureUserKey, keyBlobOf, userKeyPath, userPublicKey } from '../vm/userkey.ts';
+import { BuildLog, readLog, tail, waitPoweroff, type BootEnv, type Ctx, type FirstBoot } from './boot.ts';
+import { BUILD_VENDOR_DATA, cloudInitDisk, waitCloudInit } from './cloud.ts';
+import { GENERALIZE_SCRIPT, powerOffGeneralized } from './generalize.ts';
 import { LAYOUTS, bootFiles, installerCmdline } from './iso-boot.ts';
 import { KEY_URL, buildInputs, buildKey, planBuild, type BuildPlan } from './plan.ts';
-import { BUILD_VENDOR_DATA } from './cloud.ts';
-import { BuildLog, readLog, tail, waitPoweroff, type BootEnv, type Ctx, type FirstBoot } from './boot.ts';
-import type { RunningVm } from '../vm/state.ts';
-
-export interface BuildOpts {
-  profile: string;
-  force?: boolean;
-  keepFailed?: boolean;
-  /** seconds for the whole build (else the profile's timeout, else 3600) */
-  timeoutS?: number;
-  /** seconds for the installer to fetch its answer file (default 300) */
-  fetchTimeoutS?: number;
-  accel?: string;
-  signal: AbortSignal;
-  status: StatusLine;
-  /** from: the profiles that led here (a cycle is 78) */
-  chain?: string[];
-}
-
-export interface BuildOutcome {
-  record: BuildRecord;
-  hit: boolean;
-  path: string;
-}
+import { buildRaw } from './raw.ts';
+import { connectWhenUp, exec, execText, newBuildKey, waitSshBanner } from './ssh.ts';
+import {
+  STAGE_FILES,
+  ago,
+  commitStage,
+  findStage,
+  stageDir,
+  stageDiskFile,
+  stageKeys,
+  stageTmp,
+  useStage,
+  waitStageLock,
+  type StageKeys,
+  type StageRecord,
+} from './stages.ts';
+import type { BuildOpts, BuildOutcome } from './types.ts';
 
 /** The build's VM name: the profile, "-build-" and the key's start (at most 64 characters). */
 const vmNameFor = (profile: string, key: string) => `${profile.slice(0, 48)}-build-${key.slice(0, 8)}`;
@@ -79,15 +90,13 @@ export async function runBuild(o: BuildOpts): Promise<BuildOutcome> {
   const t0 = Date.now();
   const st = o.status;
   st.set(`resolving profile ${o.profile}`);
-  const { loadProfile } = await import('../config/profile.ts');
-  const { withEnvHook } = await import('../config/profile.ts');
   const profile = await withEnvHook(await loadProfile(o.profile));
-  if (profile.value.builder === 'raw') return (await import('./raw.ts')).buildRaw(o, profile, t0); // an empty disk: no ISO, no VM
+  if (profile.value.builder === 'raw') return buildRaw(o, profile, t0); // an empty disk: no ISO, no VM
   const plan = await planBuild(profile, { timeoutS: o.timeoutS });
   if (plan.from) return fromBuild(o, plan, t0);
   await checkSourceKind(plan);
   const { iso, inputs, key, stages } = await planKey(profile, plan, o.signal);
-  const firstBoot = plan.builder === 'cloud-init' ? (await import('./cloud.ts')).cloudInitDisk : installerBoot;
+  const firstBoot = plan.builder === 'cloud-init' ? cloudInitDisk : installerBoot;
   return cachedBuild(plan.name, key, o.force, () =>
     buildIt(o, plan, { id: buildId(plan.name, key), key, inputs, iso, t0, stages }, firstBoot),
   );
@@ -132,9 +141,7 @@ export async function planKey(
   stages: StageKeys;
 }> {
   if (plan.from) return fromKey(plan, parent);
-  const { ensureIso } = await import('../install/iso-store.ts');
   const iso = await ensureIso(plan.iso, { signal });
-  const { renderAnswer } = await import('../install/serve.ts');
   const answers: Record<string, string> = {};
   const routes = plan.builder === 'cloud-init' ? CLOUD_ANSWERS : LAYOUTS[plan.layout].answers;
   for (const route of routes) {
@@ -167,7 +174,6 @@ function fromKey(plan: BuildPlan, parent: BuildRecord | undefined) {
 
 /** An installer build starts from an ISO, a cloud-init build from a disk image (kind: image): each refuses the other (78). */
 async function checkSourceKind(plan: BuildPlan): Promise<void> {
-  const { loadCatalog, resolveEntry } = await import('../config/catalog.ts');
   const entry = resolveEntry(await loadCatalog('isos'), plan.iso);
   const kind = entry.value.kind === 'image' ? 'image' : 'iso';
   const where = plan.profile.origins[plan.builder === 'cloud-init' ? 'image' : 'iso'] ?? `profile "${plan.name}"`;
@@ -191,7 +197,7 @@ interface Run {
   plan: BuildPlan;
   c: Ctx;
   log: BuildLog;
-  ref: import('../vm/ref.ts').VmRef;
+  ref: VmRef;
   /** the build's temporary directory (its overlay, then the stored image) */
   tmp: string;
   /** an install stage being made (removed unless committed) */
@@ -208,7 +214,6 @@ async function buildIt(o: BuildOpts, plan: BuildPlan, c: Ctx, firstBoot: FirstBo
   removeStaleTmp();
   fs.rmSync(tmp, { recursive: true, force: true });
   ensurePrivateDir(tmp);
-  const { vmRef } = await import('../vm/ref.ts');
   const r: Run = {
     o,
     plan,
@@ -301,9 +306,8 @@ async function bootVm(
   r: Run,
   disk: { path: string; format: 'qcow2' | 'raw'; efivars: string | null },
   agent: boolean,
-  spec?: Parameters<typeof import('../vm/plan.ts').startVm>[0]['spec'],
+  spec?: Parameters<typeof startVm>[0]['spec'],
 ): Promise<RunningVm> {
-  const { startVm } = await import('../vm/plan.ts');
   const started = await startVm({
     ref: r.ref,
     disk: { ...disk, discard: true },
@@ -326,18 +330,11 @@ async function bootVm(
 /** QEMU has exited: what it left is stale. */
 async function exited(r: Run): Promise<void> {
   r.vm = null;
-  const { cleanupFiles } = await import('../vm/state.ts');
   cleanupFiles(r.ref.files);
 }
 
 /** Stop the build's VM gracefully (pim-stop's chain); its console into the log. */
-async function stopBuildVm(
-  r: Run,
-  running: RunningVm,
-  what: string,
-  off: import('../vm/stop.ts').StopResult | null = null,
-): Promise<void> {
-  const { stopVm } = await import('../vm/stop.ts');
+async function stopBuildVm(r: Run, running: RunningVm, what: string, off: StopResult | null = null): Promise<void> {
   const stopped = off ?? (await stopVm(running, { timeoutMs: stopBound(r) }));
   r.vm = null;
   r.log.section(`${what} console`, readLog(r.ref));
@@ -352,17 +349,16 @@ async function stopBuildVm(
  * reuses what the other made.
  */
 async function installStage(r: Run, firstBoot: FirstBoot): Promise<InstallStage> {
-  const s = await import('./stages.ts');
   const key = r.c.stages.install.key;
   const using = (stage: StageRecord, made: boolean): InstallStage => {
-    const done = s.useStage(stage.key);
+    const done = useStage(stage.key);
     return { stage, made, release: async () => done() };
   };
   if (r.c.parent) return using(parentStage(r.c.parent, key, r.c.stages.install.inputs), false);
-  const found = () => (r.o.force ? null : s.findStage(key));
+  const found = () => (r.o.force ? null : findStage(key));
   const there = found();
   if (there) return using(there, false);
-  const lock = await s.waitStageLock(key, r.o.signal, (m) => r.o.status.say(m));
+  const lock = await waitStageLock(key, r.o.signal, (m) => r.o.status.say(m));
   let held = true;
   try {
     const meanwhile = found();
@@ -418,7 +414,6 @@ async function servedProfile(
   r: Run,
   buildPublic: string,
 ): Promise<{ served: BuildPlan['profile']; user: string | null }> {
-  const { ensureUserKey, keyBlobOf } = await import('../vm/userkey.ts');
   const served = structuredClone(r.plan.profile);
   const keys = Array.isArray(served.value.ssh_keys) ? (served.value.ssh_keys as string[]) : [];
   // pim's own key for the user goes in too (not into the cache key: lib/vm/userkey.ts), so
@@ -446,18 +441,15 @@ async function servedProfile(
 async function makeInstall(r: Run, firstBoot: FirstBoot): Promise<StageRecord | { pending: PendingStage }> {
   const { plan, c, o } = r;
   const t0 = Date.now();
-  const s = await import('./stages.ts');
-  const dir = (r.stageTmp = s.stageTmp(c.stages.install.key));
-  const disk = join(dir, `disk.${plan.disk.format}`);
-  const vars = plan.firmware === 'uefi' ? join(dir, 'efivars.fd') : null;
+  const dir = (r.stageTmp = stageTmp(c.stages.install.key));
+  const disk = join(dir, stageDiskFile(plan.disk.format));
+  const vars = plan.firmware === 'uefi' ? join(dir, STAGE_FILES.efivars) : null;
   if (vars) {
-    const { ovmfVarsTemplate } = await import('../qemu/host.ts');
     fs.copyFileSync(ovmfVarsTemplate(), vars);
     fs.chmodSync(vars, 0o600);
   }
-  const { newBuildKey } = await import('./ssh.ts');
   const pair = await newBuildKey(`pim-build-${c.id}`);
-  fs.writeFileSync(join(dir, 'ssh-key'), pair.private, { mode: 0o600, flag: 'wx' });
+  fs.writeFileSync(join(dir, STAGE_FILES.sshKey), pair.private, { mode: 0o600, flag: 'wx' });
   const { served, user } = await servedProfile(r, pair.public);
   const boot = (agent: boolean, spec?: Parameters<typeof bootVm>[3]) =>
     bootVm(r, { path: disk, format: plan.disk.format, efivars: vars }, agent, spec);
@@ -467,7 +459,7 @@ async function makeInstall(r: Run, firstBoot: FirstBoot): Promise<StageRecord | 
   checkAborted(o.signal);
   const seed = prepared?.drives?.[0]?.path ?? null;
   // only what the stage is: the disk, its vars, the seed, the key (not the injected initrd, the seed's sources)
-  const keep = new Set([`disk.${plan.disk.format}`, 'efivars.fd', 'seed.iso', 'ssh-key']);
+  const keep = new Set([stageDiskFile(plan.disk.format), STAGE_FILES.efivars, STAGE_FILES.seed, STAGE_FILES.sshKey]);
   for (const f of fs.readdirSync(dir)) if (!keep.has(f)) fs.rmSync(join(dir, f), { recursive: true, force: true });
   const record: StageRecord = {
     kind: 'install',
@@ -475,16 +467,16 @@ async function makeInstall(r: Run, firstBoot: FirstBoot): Promise<StageRecord | 
     created: new Date().toISOString(),
     seconds: round((Date.now() - t0) / 1000),
     inputs: c.stages.install.inputs,
-    disk: { file: `disk.${plan.disk.format}`, format: plan.disk.format },
-    efivars: vars ? 'efivars.fd' : null,
-    seed: seed ? 'seed.iso' : null,
-    sshKey: { file: 'ssh-key', public: pair.public },
+    disk: { file: stageDiskFile(plan.disk.format), format: plan.disk.format },
+    efivars: vars ? STAGE_FILES.efivars : null,
+    seed: seed ? STAGE_FILES.seed : null,
+    sshKey: { file: STAGE_FILES.sshKey, public: pair.public },
     userKey: user,
     profile: plan.name,
   };
   // cloud-init's seeded run is the install: it runs in the build's one boot (oneBoot)
   if (seed) return { pending: { dir, record, drives: prepared!.drives!, pair } };
-  const committed = s.commitStage(dir, record, o.force === true);
+  const committed = commitStage(dir, record, o.force === true);
   r.stageTmp = null;
   r.log.line(`install stage ${record.key} stored in ${record.seconds} s`);
   return committed;
@@ -497,7 +489,6 @@ async function makeInstall(r: Run, firstBoot: FirstBoot): Promise<StageRecord | 
 async function provisionAndStore(r: Run, stage: StageRecord, made: boolean): Promise<BuildRecord> {
   const { plan, o, tmp } = r;
   const st = o.status;
-  const { ago } = await import('./stages.ts');
   if (!made) {
     const what = stage.from ? `${stage.from.id}, the parent's build,` : `install ${stage.key.slice(0, 8)}`;
     st.say(`reusing ${what} (built ${ago(stage.created)}), provisioning...`);
@@ -505,9 +496,8 @@ async function provisionAndStore(r: Run, stage: StageRecord, made: boolean): Pro
   }
   const f = await stageFiles(stage);
   const disk = join(tmp, `${plan.name}.qcow2`);
-  const { createOverlay } = await import('../image/qemu-img.ts');
   await createOverlay(disk, f.disk, stage.disk.format);
-  const vars = f.efivars ? join(tmp, `${plan.name}.efivars.fd`) : null;
+  const vars = f.efivars ? join(tmp, efivarsOf(plan.name)) : null;
   if (vars) {
     fs.copyFileSync(f.efivars!, vars);
     fs.chmodSync(vars, 0o600);
@@ -543,7 +533,7 @@ async function oneBoot(r: Run, p: PendingStage): Promise<BuildRecord> {
   const t0 = Date.now();
   const overlay = join(tmp, `${plan.name}.qcow2`);
   const stageVars = p.record.efivars ? join(p.dir, p.record.efivars) : null;
-  const vars = stageVars ? join(tmp, `${plan.name}.efivars.fd`) : null;
+  const vars = stageVars ? join(tmp, efivarsOf(plan.name)) : null;
   if (stageVars && vars) fs.copyFileSync(stageVars, vars);
   o.status.set(`cloud-init is setting up ${plan.name}`);
   r.booting = 'provisioning';
@@ -551,7 +541,7 @@ async function oneBoot(r: Run, p: PendingStage): Promise<BuildRecord> {
   const running = await bootVm(r, disk, true, { drives: p.drives });
   o.status.say(`${plan.name} booted with its cidata seed; its console: pim-console ${r.ref.name} --ro`);
   let installed = 0;
-  const take = async (conn: import('ssh2').Client, asRoot: string) => {
+  const take = async (conn: SshClient, asRoot: string) => {
     await takeStage(r, running, overlay, conn, asRoot);
     if (stageVars && vars) fs.copyFileSync(vars, stageVars);
     installed = round((Date.now() - t0) / 1000);
@@ -560,28 +550,18 @@ async function oneBoot(r: Run, p: PendingStage): Promise<BuildRecord> {
   checkAborted(o.signal);
   o.status.set(`stopping ${plan.name}`);
   await stopBuildVm(r, running, 'provisioning', off);
-  const s = await import('./stages.ts');
-  const stage = s.commitStage(p.dir, { ...p.record, seconds: installed }, o.force === true);
+  const stage = commitStage(p.dir, { ...p.record, seconds: installed }, o.force === true);
   r.stageTmp = null;
   r.log.line(`install stage ${stage.key} stored (taken live after ${installed} s)`);
-  const base = join(s.stageDir(stage.key), stage.disk.file);
-  const { rebaseUnsafe } = await import('../image/qemu-img.ts');
+  const base = join(stageDir(stage.key), stage.disk.file);
   await rebaseUnsafe(overlay, base, stage.disk.format);
   const tProv = round((Date.now() - t0) / 1000 - installed);
   return storeBuild(r, { disk: overlay, base, vars, stage, made: true, tProv, tFinish });
 }
 
 /** The install stage taken from the running guest: synced, frozen, the disk made an overlay's backing file, thawed. */
-async function takeStage(
-  r: Run,
-  vm: RunningVm,
-  overlay: string,
-  conn: import('ssh2').Client,
-  asRoot: string,
-): Promise<void> {
-  const { execText } = await import('./ssh.ts');
+async function takeStage(r: Run, vm: RunningVm, overlay: string, conn: SshClient, asRoot: string): Promise<void> {
   await execText(conn, asRoot, 'sync');
-  const { withGa, withQmp } = await import('../vm/connect.ts');
   await withGa(vm, 30_000, async (g) => {
     let frozen = false;
     try {
@@ -608,7 +588,6 @@ async function takeStage(
  * (it stays).
  */
 async function stageFiles(stage: StageRecord) {
-  const { stageDir } = await import('./stages.ts');
   const dir = stageDir(stage.key);
   if (!stage.from)
     return {
@@ -621,7 +600,6 @@ async function stageFiles(stage: StageRecord) {
         remove: true,
       },
     };
-  const { keyBlobOf, userKeyPath, userPublicKey } = await import('../vm/userkey.ts');
   const mine = userPublicKey();
   if (!stage.userKey || !mine || keyBlobOf(mine) !== keyBlobOf(stage.userKey))
     throw new PimError(
@@ -647,7 +625,6 @@ async function storeBuild(
 ): Promise<BuildRecord> {
   const { plan, c, o, tmp, log } = r;
   o.status.set(`storing ${c.id}`);
-  const { convertDisk, imgCheck, imgInfo } = await import('../image/qemu-img.ts');
   const check = await imgCheck(a.disk, 'qcow2');
   if (!check.ok) throw new PimError(EXIT.DATAERR, `the built disk is not consistent after the stop (${check.detail})`);
   const file = `${plan.name}.${plan.disk.format}`;
@@ -671,7 +648,7 @@ async function storeBuild(
     inputs: c.inputs,
     iso: { name: c.inputs.iso?.name ?? plan.iso, checksum: c.iso.checksum, path: c.iso.path },
     disk: { file, format: plan.disk.format, virtual_size: info['virtual-size'], bytes: kept },
-    efivars: a.vars ? `${plan.name}.efivars.fd` : null,
+    efivars: a.vars ? efivarsOf(plan.name) : null,
     settings: {
       mem: plan.mem,
       cpus: plan.cpus,
@@ -683,13 +660,13 @@ async function storeBuild(
       ...(a.stage.userKey ? { user_key: a.stage.userKey } : {}),
     },
     times: { install: tInstall, provision: a.tProv, total: round((Date.now() - c.t0) / 1000) },
-    log: 'build.log',
+    log: STORE_FILES.buildLog,
     stages: stageChain(c.stages, a),
   };
   for (const f of fs.readdirSync(tmp))
     if (f !== record.disk.file && f !== record.efivars) fs.rmSync(join(tmp, f), { recursive: true, force: true });
   log.line(`done in ${record.times.total} s`);
-  fs.copyFileSync(log.path, join(tmp, 'build.log'));
+  fs.copyFileSync(log.path, join(tmp, STORE_FILES.buildLog));
   return commitBuild(tmp, record, o.force === true);
 }
 
@@ -731,14 +708,12 @@ async function installerBoot(env: BootEnv): Promise<void> {
   const { o, plan, c, tmp, disk, log, served } = env;
   const st = o.status;
   st.set(`installing ${plan.name} from ${plan.iso}`);
-  const { createDisk } = await import('../image/qemu-img.ts');
   await createDisk(disk, plan.disk.format, plan.disk.size);
   const boot = await bootFiles(c.iso.path, c.iso.checksum, plan.boot.kernel, plan.boot.initrd);
 
   let fetched: () => void = () => {};
   const fetchedP = new Promise<void>((r) => (fetched = r));
   const answerRoutes = new Set(LAYOUTS[plan.layout].answers);
-  const { startServer, renderAnswer } = await import('../install/serve.ts');
   const srv = await startServer({
     profile: served,
     port: 0,
@@ -758,8 +733,6 @@ async function installerBoot(env: BootEnv): Promise<void> {
       // the preseed inside the initrd too (virt-install --initrd-inject): d-i reads /preseed.cfg before the network
       const r = renderAnswer('/preseed.cfg', served, url);
       if (!r) throw new PimError(EXIT.CONFIG, `profile "${plan.name}" has no preseed template to inject`);
-      const { cpioNewcGzip } = await import('../archive/cpio.ts');
-      const { concatArchives } = await import('../archive/initramfs.ts');
       initrd = join(tmp, 'initrd.injected');
       concatArchives(
         [boot.initrd, cpioNewcGzip([{ type: 'file', path: 'preseed.cfg', data: r.body, mode: 0o644 }])],
@@ -824,7 +797,6 @@ export function consoleErrors(text: string): string[] {
 }
 
 async function killVm(vm: RunningVm): Promise<void> {
-  const { stopVm } = await import('../vm/stop.ts');
   await stopVm(vm, { timeoutMs: 5_000, force: true }).catch(() => undefined);
 }
 
@@ -839,13 +811,12 @@ async function provision(
   r: Run,
   vm: RunningVm,
   pair: { private: string; public: string; remove?: boolean },
-  afterInstall?: (conn: import('ssh2').Client, asRoot: string) => Promise<void>,
-): Promise<{ tFinish: number; off: import('../vm/stop.ts').StopResult | null }> {
+  afterInstall?: (conn: SshClient, asRoot: string) => Promise<void>,
+): Promise<{ tFinish: number; off: StopResult | null }> {
   const { plan, o } = r;
   const st = o.status;
-  const { logTail } = await import('../vm/state.ts');
   const detail = setInterval(() => st.update(logTail(vm.files.log, 1)[0] ?? ''), 1000);
-  let conn: import('ssh2').Client | null = null;
+  let conn: SshClient | null = null;
   try {
     conn = await connectGuest(r, vm, pair.private);
     const asRoot = plan.sshUser === 'root' ? 'sh -s' : 'sudo -n sh -s';
@@ -864,12 +835,9 @@ async function provision(
 }
 
 /** SSH up (its host keys exist then), the host key read through the guest agent and pinned, connected. */
-async function connectGuest(r: Run, vm: RunningVm, privateKey: string): Promise<import('ssh2').Client> {
+async function connectGuest(r: Run, vm: RunningVm, privateKey: string): Promise<SshClient> {
   const { plan, o, log, deadline } = r;
   const st = o.status;
-  const { hostKeysViaAgent } = await import('../vm/hostkeys.ts');
-  const { sshAddress } = await import('../vm/reach.ts');
-  const { connectWhenUp, waitSshBanner } = await import('./ssh.ts');
   st.update('waiting for SSH');
   r.waiting = 'ssh';
   // where: the one place that says how to reach a VM over SSH (pim-ssh uses it too)
@@ -890,12 +858,10 @@ async function connectGuest(r: Run, vm: RunningVm, privateKey: string): Promise<
 }
 
 /** cloud-init's run on this boot, waited for and judged (cloud.ts). */
-async function cloudInitDone(r: Run, conn: import('ssh2').Client, asRoot: string): Promise<void> {
+async function cloudInitDone(r: Run, conn: SshClient, asRoot: string): Promise<void> {
   const { plan, o, log } = r;
   r.waiting = 'cloud-init';
   o.status.set(`cloud-init is setting up ${plan.name}`);
-  const { waitCloudInit } = await import('./cloud.ts');
-  const { execText } = await import('./ssh.ts');
   const res = await waitCloudInit((script) => execText(conn, asRoot, script), {
     deadline: r.deadline,
     timeoutS: Math.round(plan.timeoutMs / 1000),
@@ -907,7 +873,7 @@ async function cloudInitDone(r: Run, conn: import('ssh2').Client, asRoot: string
 }
 
 /** One provisioning script as root, its output prefixed into the log and onto stderr; 65 when it fails. */
-async function runScript(r: Run, conn: import('ssh2').Client, asRoot: string, s: BuildPlan['scripts'][number]) {
+async function runScript(r: Run, conn: SshClient, asRoot: string, s: BuildPlan['scripts'][number]) {
   const { o, log } = r;
   const st = o.status;
   checkAborted(o.signal);
@@ -920,7 +886,6 @@ async function runScript(r: Run, conn: import('ssh2').Client, asRoot: string, s:
     });
   const out = prefix('out');
   const err = prefix('err');
-  const { exec } = await import('./ssh.ts');
   const res = await exec(conn, asRoot, s.content, { stdout: out.push, stderr: err.push }, o.signal);
   out.end();
   err.end();
@@ -933,9 +898,8 @@ async function runScript(r: Run, conn: import('ssh2').Client, asRoot: string, s:
 }
 
 /** pim's per-build key out of the user's authorized_keys. */
-async function removeBuildKey(r: Run, conn: import('ssh2').Client, publicKey: string): Promise<void> {
+async function removeBuildKey(r: Run, conn: SshClient, publicKey: string): Promise<void> {
   const blob = publicKey.split(/\s+/)[1]!;
-  const { execText } = await import('./ssh.ts');
   const rm = await execText(
     conn,
     `f="$HOME/.ssh/authorized_keys"; [ -f "$f" ] || exit 0; grep -vF '${blob}' "$f" > "$f.pim-tmp"; cat "$f.pim-tmp" > "$f"; rm -f "$f.pim-tmp"; ! grep -qF '${blob}' "$f"`,
@@ -949,17 +913,10 @@ async function removeBuildKey(r: Run, conn: import('ssh2').Client, publicKey: st
 }
 
 /** The finish step in the guest: generalize.ts's script (machine-id, host keys, cloud-init state, logs, fstrim). */
-async function generalize(
-  r: Run,
-  vm: RunningVm,
-  conn: import('ssh2').Client,
-  asRoot: string,
-): Promise<import('../vm/stop.ts').StopResult | null> {
+async function generalize(r: Run, vm: RunningVm, conn: SshClient, asRoot: string): Promise<StopResult | null> {
   const { o, plan, log } = r;
   checkAborted(o.signal);
   o.status.set(`generalizing ${plan.name}`);
-  const { GENERALIZE_SCRIPT } = await import('./generalize.ts');
-  const { execText } = await import('./ssh.ts');
   const g = await execText(conn, asRoot, GENERALIZE_SCRIPT);
   log.section('generalize', `${g.stdout}${g.stderr}`);
   if (g.code !== 0)
@@ -972,7 +929,6 @@ async function generalize(
   );
   // nothing runs after it: the guest powers off at once (generalize.ts; null: stopped the usual way)
   o.status.set(`stopping ${plan.name}`);
-  const { powerOffGeneralized } = await import('./generalize.ts');
   return powerOffGeneralized((script) => execText(conn, asRoot, script), vm, stopBound(r));
 }
 

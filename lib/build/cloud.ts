@@ -25,7 +25,12 @@ import * as fs from 'node:fs';
 import { join } from 'node:path';
 import { EXIT, PimError } from '../core/exit.ts';
 import { checkAborted } from '../core/signals.ts';
+import { run } from '../core/run.ts';
+import { convertDisk, growDisk, imgInfo } from '../image/qemu-img.ts';
+import { renderAnswer } from '../install/serve.ts';
 import type { BootEnv } from './boot.ts';
+import { STAGE_FILES } from './stages.ts';
+import { KEY_URL } from './plan.ts';
 
 /**
  * The build's vendor-data (on the seed of a generalized build only): what the
@@ -54,7 +59,6 @@ export async function cloudInitDisk(
   const { o, plan, c, disk, log } = env;
   const st = o.status;
   st.set(`copying ${plan.iso} for ${plan.name}`);
-  const { convertDisk, growDisk, imgInfo } = await import('../image/qemu-img.ts');
   const base = await imgInfo(c.iso.path);
   if (base.format !== 'qcow2' && base.format !== 'raw') {
     throw new PimError(
@@ -109,8 +113,6 @@ async function copyFile(src: string, dst: string): Promise<void> {
 /** The NoCloud seed: user-data, meta-data and the sources, on an ISO 9660 volume labelled cidata. */
 async function makeSeed(env: BootEnv): Promise<string> {
   const { plan, tmp, log, served } = env;
-  const { renderAnswer } = await import('../install/serve.ts');
-  const { KEY_URL } = await import('./plan.ts');
   const dir = join(tmp, 'seed');
   fs.mkdirSync(dir, { mode: 0o700 });
   for (const route of ['/user-data', '/meta-data'] as const) {
@@ -131,8 +133,7 @@ async function makeSeed(env: BootEnv): Promise<string> {
     fs.writeFileSync(join(dir, f.name), f.content, { mode: 0o600, flag: 'wx' });
     log.line(`seed: ${f.name} from ${f.label}`);
   }
-  const iso = join(tmp, 'seed.iso');
-  const { run } = await import('../core/run.ts');
+  const iso = join(tmp, STAGE_FILES.seed);
   const args = ['-as', 'mkisofs', '-quiet', '-output', iso, '-volid', 'cidata', '-joliet', '-rock', dir];
   const r = await run('xorriso', args, { hint: 'install xorriso (Debian: xorriso; Homebrew: xorriso)' });
   if (r.code !== 0) {

@@ -23,6 +23,8 @@
  * step for the build log, with when it ended. Then the guest powers off at
  * once (POWEROFF_SCRIPT), so that nothing writes into the cleaned image.
  */
+import type { RunningVm } from '../vm/state.ts';
+import { awaitPoweroff, type StopResult } from '../vm/stop.ts';
 
 export const GENERALIZE_SCRIPT = String.raw`
 export PATH=/usr/sbin:/usr/bin:/sbin:/bin
@@ -137,13 +139,12 @@ exec systemctl poweroff --force
  */
 export async function powerOffGeneralized(
   sh: (script: string) => Promise<{ code: number }>,
-  vm: import('../vm/state.ts').RunningVm,
+  vm: RunningVm,
   timeoutMs: number,
-): Promise<import('../vm/stop.ts').StopResult | null> {
+): Promise<StopResult | null> {
   // the connection may drop before the status comes back: that is the guest going
   const r = await sh(POWEROFF_SCRIPT).catch(() => null);
   // 3: no systemd; another status under 128: systemctl refused (a dropped connection is 255)
   if (r && r.code > 0 && r.code < 128) return null;
-  const { awaitPoweroff } = await import('../vm/stop.ts');
   return awaitPoweroff(vm, timeoutMs);
 }

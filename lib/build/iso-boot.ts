@@ -13,6 +13,7 @@ import { EXIT, PimError } from '../core/exit.ts';
 import { cacheDir } from '../core/paths.ts';
 import { ensurePrivateDir } from '../core/fs.ts';
 import { which } from '../core/which.ts';
+import { run } from '../core/run.ts';
 
 export type Layout = 'debian' | 'ubuntu';
 
@@ -98,7 +99,6 @@ export function isoLinkTarget(iso: string, from: string, target: string): string
 
 /** xorriso (or bsdtar) copies `inside` out of the ISO to `tmp`, as it is there: a file, a directory, or a symbolic link, never followed. */
 async function extractRaw(iso: string, inside: string, tmp: string): Promise<void> {
-  const { run } = await import('../core/run.ts');
   fs.rmSync(tmp, { recursive: true, force: true });
   const xorriso = which('xorriso');
   let r;

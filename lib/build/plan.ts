@@ -12,10 +12,11 @@
 import { createHash } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { EXIT, PimError } from '../core/exit.ts';
-import { checkCpus, checkMem } from '../vm/plan.ts';
-import { BUILD_RECIPE, type BuildInputs } from '../image/registry.ts';
-import { LAYOUTS, checkIsoPath, type Layout } from './iso-boot.ts';
 import type { Resolved } from '../config/catalog.ts';
+import * as cfg from '../config/profile.ts';
+import { BUILD_RECIPE, type BuildInputs } from '../image/registry.ts';
+import { checkCpus, checkMem } from '../vm/plan.ts';
+import { LAYOUTS, checkIsoPath, type Layout } from './iso-boot.ts';
 
 export interface BuildFile {
   /** "scripts.d/dev.sh" */
@@ -139,7 +140,6 @@ async function planFiles(
   from: string | null,
 ): Promise<Pick<BuildPlan, 'scripts' | 'installs' | 'sources'>> {
   const v = profile.value as Record<string, unknown>;
-  const cfg = await import('../config/profile.ts');
   const read = (f: { path: string | null; label: string; name: string }): BuildFile => ({
     label: f.label.replace(/^builtin:/, ''),
     name: f.name,

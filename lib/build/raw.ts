@@ -8,9 +8,10 @@
  */
 import * as fs from 'node:fs';
 import { join } from 'node:path';
-import { buildsDir } from '../core/paths.ts';
+import { buildsDir, efivarsOf, STORE_FILES } from '../core/paths.ts';
 import { ensurePrivateDir } from '../core/fs.ts';
 import { checkAborted } from '../core/signals.ts';
+import { ovmfVarsTemplate } from '../qemu/host.ts';
 import type { Resolved } from '../config/catalog.ts';
 import {
   BUILD_RECIPE,
@@ -20,8 +21,9 @@ import {
   type BuildInputs,
   type BuildRecord,
 } from '../image/registry.ts';
+import { createDisk, imgInfo } from '../image/qemu-img.ts';
 import { buildKey, diskSettings, vmSettings } from './plan.ts';
-import type { BuildOpts, BuildOutcome } from './build.ts';
+import type { BuildOpts, BuildOutcome } from './types.ts';
 
 /** What goes into a raw build's key. */
 export function rawInputs(profile: Resolved): BuildInputs {
@@ -62,19 +64,17 @@ async function makeRaw(
     ensurePrivateDir(tmp);
     const file = `${profile.name}.${inputs.disk.format}`;
     const disk = join(tmp, file);
-    const { createDisk, imgInfo } = await import('../image/qemu-img.ts');
     await createDisk(disk, inputs.disk.format, inputs.disk.size);
     checkAborted(o.signal);
     let efivars: string | null = null;
     if (inputs.firmware === 'uefi') {
-      const { ovmfVarsTemplate } = await import('../qemu/host.ts');
-      efivars = `${profile.name}.efivars.fd`;
+      efivars = efivarsOf(profile.name);
       fs.copyFileSync(ovmfVarsTemplate(), join(tmp, efivars));
     }
     const info = await imgInfo(disk);
     const total = Math.round(((Date.now() - t0) / 1000) * 10) / 10;
     fs.writeFileSync(
-      join(tmp, 'build.log'),
+      join(tmp, STORE_FILES.buildLog),
       `pim-build ${profile.name}: raw, key ${key}: an empty ${inputs.disk.size} ${inputs.disk.format} disk (${inputs.firmware}) in ${total} s\n`,
       { mode: 0o600, flag: 'wx' },
     );
@@ -103,7 +103,7 @@ async function makeRaw(
         ssh_user: String(v.ssh_user ?? v.username ?? 'root'),
       },
       times: { install: 0, provision: 0, total },
-      log: 'build.log',
+      log: STORE_FILES.buildLog,
     };
     const stored = commitBuild(tmp, record, o.force === true);
     ok = true;

@@ -29,19 +29,33 @@
  * stage.json. A build that reads a stage leaves a use mark
  * (stages/.use-KEY16-PID) so that gc never removes it under that build.
  */
-import { isAlive } from '../core/proc.ts';
 import { createHash } from 'node:crypto';
 import * as fs from 'node:fs';
 import { join } from 'node:path';
+import { isAlive } from '../core/proc.ts';
 import { dataDir } from '../core/paths.ts';
 import { EXIT, PimError } from '../core/exit.ts';
 import { ensurePrivateDir, readRegular, writeFileAtomic } from '../core/fs.ts';
+import { acquireLock, type Lock } from '../core/lock.ts';
+import { checkAborted } from '../core/signals.ts';
 import { BUILD_RECIPE, type BuildInputs } from '../image/registry.ts';
 import { canonical, type BuildPlan } from './plan.ts';
 
 export const stagesDir = () => join(dataDir(), 'stages');
 export const stageDir = (key: string) => join(stagesDir(), `install-${key.slice(0, 16)}`);
-export const STAGE_JSON = 'stage.json';
+/** File names in a stage's directory: one constant each (as STORE_FILES in lib/core/paths.ts is for the store and the registry). */
+export const STAGE_FILES = {
+  /** the stage's record */
+  record: 'stage.json',
+  /** the UEFI vars the install left (UEFI builds) */
+  efivars: 'efivars.fd',
+  /** cloud-init's NoCloud seed the install ran with */
+  seed: 'seed.iso',
+  /** the per-build SSH key the stage's disk lets in (private) */
+  sshKey: 'ssh-key',
+} as const;
+/** The stage's disk: disk.qcow2 or disk.raw. */
+export const stageDiskFile = (format: 'qcow2' | 'raw') => `disk.${format}`;
 
 export interface StageRecord {
   kind: 'install';
@@ -110,7 +124,7 @@ export type StageKeys = ReturnType<typeof stageKeys>;
 
 /** The stored install stage with this key, or null. */
 export function findStage(key: string): StageRecord | null {
-  const text = readRegular(join(stageDir(key), STAGE_JSON));
+  const text = readRegular(join(stageDir(key), STAGE_FILES.record));
   if (text === null) return null;
   try {
     const r = JSON.parse(text) as StageRecord;
@@ -130,7 +144,7 @@ export function listStages(): StageRecord[] {
   }
   const out: StageRecord[] = [];
   for (const n of names.filter((x) => /^install-[0-9a-f]{16}$/.test(x))) {
-    const text = readRegular(join(stagesDir(), n, STAGE_JSON));
+    const text = readRegular(join(stagesDir(), n, STAGE_FILES.record));
     try {
       if (text) out.push(JSON.parse(text) as StageRecord);
     } catch {
@@ -154,13 +168,7 @@ export function stageTmp(key: string): string {
  * that stage), wait for it: then the caller finds the stage made. The lock
  * (lib/core/lock.ts) has no wake-up, so the wait asks again every 250 ms.
  */
-export async function waitStageLock(
-  key: string,
-  signal: AbortSignal,
-  say: (m: string) => void,
-): Promise<import('../core/lock.ts').Lock> {
-  const { acquireLock } = await import('../core/lock.ts');
-  const { checkAborted } = await import('../core/signals.ts');
+export async function waitStageLock(key: string, signal: AbortSignal, say: (m: string) => void): Promise<Lock> {
   ensurePrivateDir(stagesDir());
   const file = join(stagesDir(), `.install-${key.slice(0, 16)}.lock`);
   for (let said = false; ; said = true) {
@@ -177,7 +185,7 @@ export async function waitStageLock(
 
 /** Put a made stage in place: read-only and private, then one rename; with `replace` (--force) the old one goes. */
 export function commitStage(tmp: string, r: StageRecord, replace: boolean): StageRecord {
-  writeFileAtomic(join(tmp, STAGE_JSON), JSON.stringify(r, null, 2) + '\n', 0o400);
+  writeFileAtomic(join(tmp, STAGE_FILES.record), JSON.stringify(r, null, 2) + '\n', 0o400);
   for (const f of fs.readdirSync(tmp)) fs.chmodSync(join(tmp, f), 0o400);
   fs.chmodSync(tmp, 0o500);
   const dest = stageDir(r.key);

@@ -17,8 +17,9 @@
 import * as fs from 'node:fs';
 import { dirname, join, resolve } from 'node:path';
 import { EXIT, PimError } from '../core/exit.ts';
-import { buildsDir, imagesDir } from '../core/paths.ts';
+import { buildsDir, imagesDir, STORE_FILES } from '../core/paths.ts';
 import { ensurePrivateDir, readRegular, realOr, sameFile, writeFileAtomic } from '../core/fs.ts';
+import { acquireLock } from '../core/lock.ts';
 import { readQcow2Header } from './qcow2.ts';
 
 /** Bumped when what a build does changes, so older cache entries are not reused. */
@@ -88,7 +89,7 @@ export const buildLog = (r: BuildRecord) => join(buildDir(r.id), r.log);
 const ID_RE = /^[A-Za-z0-9_][A-Za-z0-9._-]*-[0-9a-f]{12}$/;
 
 function readRecord(id: string): BuildRecord | null {
-  const text = readRegular(join(buildDir(id), 'build.json'));
+  const text = readRegular(join(buildDir(id), STORE_FILES.buildRecord));
   if (text === null) return null;
   try {
     const r = JSON.parse(text) as BuildRecord;
@@ -125,7 +126,7 @@ export interface DamagedBuild {
 
 /** What is wrong with build `id`'s build.json, or null when it reads as a record of that build. */
 function recordProblem(id: string): string | null {
-  const file = join(buildDir(id), 'build.json');
+  const file = join(buildDir(id), STORE_FILES.buildRecord);
   if (!fs.existsSync(file)) return 'is missing';
   const text = readRegular(file);
   if (text === null) return 'cannot be read (not a regular file?)';
@@ -159,7 +160,7 @@ export function damagedBuilds(): DamagedBuild[] {
   const out: DamagedBuild[] = [];
   for (const id of names.filter((n) => ID_RE.test(n)).sort()) {
     const problem = recordProblem(id);
-    if (problem) out.push({ id, dir: buildDir(id), file: join(buildDir(id), 'build.json'), problem });
+    if (problem) out.push({ id, dir: buildDir(id), file: join(buildDir(id), STORE_FILES.buildRecord), problem });
   }
   return out;
 }
@@ -223,7 +224,6 @@ export async function cachedBuild(
   if (before) return out(before, true);
   const id = buildId(profile, key);
   ensurePrivateDir(buildsDir());
-  const { acquireLock } = await import('../core/lock.ts');
   const lock = await acquireLock(join(buildsDir(), `.${id}.lock`), `build ${id}`);
   try {
     const meanwhile = found();
@@ -354,7 +354,7 @@ export function removeBuild(r: BuildRecord): void {
  * there is moved out of sight, ours renamed in, and the old one deleted.
  */
 export function commitBuild(tmpDir: string, r: BuildRecord, replace = false): BuildRecord {
-  writeFileAtomic(join(tmpDir, 'build.json'), JSON.stringify(r, null, 2) + '\n', 0o444);
+  writeFileAtomic(join(tmpDir, STORE_FILES.buildRecord), JSON.stringify(r, null, 2) + '\n', 0o444);
   for (const f of fs.readdirSync(tmpDir)) fs.chmodSync(join(tmpDir, f), 0o444);
   fs.chmodSync(tmpDir, 0o555);
   const dest = buildDir(r.id);

@@ -14,9 +14,17 @@
  *     warning, and the build goes on here.
  */
 import { EXIT, PimError } from '../core/exit.ts';
+import { loadProfile, withEnvHook } from '../config/profile.ts';
+import { loadRuntimeConfig } from '../config/runtime.ts';
+import { configError } from '../config/tree.ts';
 import { buildByKey, buildId, type BuildRecord } from '../image/registry.ts';
-import type { OciClient } from './client.ts';
+import { planKey } from '../build/build.ts';
+import { buildKey, planBuild } from '../build/plan.ts';
+import { rawInputs } from '../build/raw.ts';
 import { parseRef, type OciRef } from './ref.ts';
+import { OciClient } from './client.ts';
+import { fetchPimManifest, pullManifest } from './pull.ts';
+import { pushBuild } from './push.ts';
 
 export interface RemoteCache {
   ref: OciRef;
@@ -27,11 +35,9 @@ export interface RemoteCache {
 
 /** pim.yml's build.remote_cache, checked (78 at FILE:LINE), or null. */
 export async function remoteCacheConfig(): Promise<RemoteCache | null> {
-  const { loadRuntimeConfig } = await import('../config/runtime.ts');
   const { value, origins } = await loadRuntimeConfig();
   const rc = value.build?.remote_cache;
   if (!rc) return null;
-  const { configError } = await import('../config/tree.ts');
   const at = (k: string) =>
     origins[`build.remote_cache.${k}`] ?? origins['build.remote_cache'] ?? origins.build ?? 'pim.yml';
   if (!rc.ref)
@@ -52,15 +58,11 @@ export async function remoteCacheConfig(): Promise<RemoteCache | null> {
 
 /** The cache key `pim-build run PROFILE` would build under, computed by runBuild's own planKey. */
 export async function profileKey(name: string, signal?: AbortSignal): Promise<{ profile: string; key: string }> {
-  const { loadProfile, withEnvHook } = await import('../config/profile.ts');
-  const { buildKey, planBuild } = await import('../build/plan.ts');
   const profile = await withEnvHook(await loadProfile(name));
   if (profile.value.builder === 'raw') {
-    const { rawInputs } = await import('../build/raw.ts');
     return { profile: profile.name, key: buildKey(rawInputs(profile)) };
   }
   const plan = await planBuild(profile);
-  const { planKey } = await import('../build/build.ts');
   return { profile: plan.name, key: (await planKey(profile, plan, signal)).key };
 }
 
@@ -86,7 +88,6 @@ function soft(e: unknown, warn: (s: string) => void, what: string, then = 'build
  * warning there); close() it.
  */
 export async function openRemote(rc: RemoteCache, signal?: AbortSignal): Promise<OciClient> {
-  const { OciClient } = await import('./client.ts');
   const c = new OciClient(rc.ref, { insecure: rc.insecure, credsEnv: rc.credsEnv, signal, label: 'remote cache' });
   c.warm();
   return c;
@@ -101,7 +102,6 @@ export async function fromRemote(
   o: { warn: (s: string) => void; say: (s: string) => void },
 ): Promise<BuildRecord | null> {
   if (buildByKey(profile, key)) return null; // a local hit: runBuild answers it
-  const { fetchPimManifest, pullManifest } = await import('./pull.ts');
   const tag = buildId(profile, key);
   let got;
   try {
@@ -131,7 +131,6 @@ export async function toRemote(
   rc: RemoteCache,
   o: { signal?: AbortSignal; warn: (s: string) => void; say: (s: string) => void },
 ): Promise<boolean> {
-  const { pushBuild } = await import('./push.ts');
   try {
     const p = await pushBuild(r, dest(rc), { signal: o.signal, say: o.say });
     o.say(`remote cache: ${p.upload === 'uploaded' ? 'pushed' : 'already has'} ${p.ref}`);

@@ -12,9 +12,10 @@ import { join } from 'node:path';
 import { Transform, pipeline } from 'node:stream';
 import { createGunzip } from 'node:zlib';
 import { EXIT, PimError } from '../core/exit.ts';
-import { buildsDir } from '../core/paths.ts';
+import { buildsDir, STORE_FILES } from '../core/paths.ts';
 import { ensurePrivateDir } from '../core/fs.ts';
 import { buildByKey, buildId, commitBuild, type BuildRecord } from '../image/registry.ts';
+import { imageFormat } from '../image/store.ts';
 import { OciClient, MT, sha256of } from './client.ts';
 import { LAYER_FORMAT, readLayer } from './layer.ts';
 import { ANN, layerStamp, rememberLayer } from './push.ts';
@@ -74,7 +75,7 @@ export function recordOf(m: Manifest, what: string): { record: BuildRecord; sha2
   if (r.efivars !== null && (typeof r.efivars !== 'string' || !SAFE_FILE.test(r.efivars) || r.efivars === r.disk.file))
     throw notPim('its efivars file name is not a plain file name');
   if (!/^[0-9a-f]{64}$/.test(sha)) throw notPim(`no ${ANN.sha256} annotation`);
-  return { record: { ...r, log: 'build.log' }, sha256: sha };
+  return { record: { ...r, log: STORE_FILES.buildLog }, sha256: sha };
 }
 
 /** A digest check, as a Transform: the bytes pass, the digest is compared at the end. */
@@ -210,11 +211,10 @@ export async function pullManifest(
         `${what}: its layer has no pim/${r.efivars} (the build's UEFI variables); nothing was registered`,
       );
     const disk = join(tmp, r.disk.file);
-    const { imageFormat } = await import('../image/store.ts');
     if (imageFormat(disk) !== r.disk.format && r.disk.format === 'qcow2')
       throw new PimError(EXIT.DATAERR, `${what}: disk/${r.disk.file} is not a qcow2 image; nothing was registered`);
     fs.writeFileSync(
-      join(tmp, 'build.log'),
+      join(tmp, STORE_FILES.buildLog),
       `pim-build pull: ${r.id} from ${what}, layer ${layer.digest}, disk sha256 ${diskSha}\n`,
       { mode: 0o600, flag: 'wx' },
     );
