@@ -485,7 +485,9 @@ path a line in the order given; a failure does not stop the others, and the exit
 the first failure's. gc removes the stages no kept build names; rm removes a build's stage
 when no other build uses it.
 
-A failure, a timeout or Ctrl-C leaves nothing behind (--keep-failed keeps the disk);
+A failure, a timeout or Ctrl-C leaves nothing behind (--keep-failed keeps the disk),
+but an install stage that was complete before it is kept: a failed script's rebuild
+reuses it;
 every build writes a log (installer console, the server's requests, provisioning output)
 in ~/.local/state/pim/build-logs/, and every error names it.
 

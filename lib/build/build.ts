@@ -367,9 +367,25 @@ async function installStage(r: Run, firstBoot: FirstBoot): Promise<InstallStage>
     if (meanwhile) return using(meanwhile, false);
     const made = await makeInstall(r, firstBoot);
     if ('pending' in made) {
-      // one boot: the stage is taken live and stored after it; the lock is held until then
+      // one boot: the stage is taken live and stored as soon as it is (oneBoot); the lock is held until then
       held = false;
-      return { stage: made.pending.record, made: true, pending: made.pending, release: () => lock.release() };
+      let unlock: (() => Promise<void>) | null = () => lock.release();
+      let unuse = () => {};
+      const stored = async (stage: StageRecord) => {
+        unuse = s.useStage(stage.key); // read until the build is stored: gc keeps it
+        const u = unlock;
+        unlock = null;
+        await u?.();
+      };
+      return {
+        stage: made.pending.record,
+        made: true,
+        pending: { ...made.pending, stored },
+        release: async () => {
+          unuse();
+          await unlock?.();
+        },
+      };
     }
     return using(made, true);
   } finally {
@@ -391,6 +407,8 @@ interface PendingStage {
   record: StageRecord;
   drives: { path: string; format: 'qcow2' | 'raw'; readonly?: boolean }[];
   pair: { private: string; public: string };
+  /** called once the stage is stored: the lock goes (a build waiting for it reuses it at once) */
+  stored?: (stage: StageRecord) => Promise<void>;
 }
 
 /** from: the parent's build as the install stage (nothing is stored for it: the build is in the registry). */
@@ -549,19 +567,28 @@ async function oneBoot(r: Run, p: PendingStage): Promise<BuildRecord> {
   const running = await bootVm(r, disk, true, { drives: p.drives });
   o.status.say(`${plan.name} booted with its cidata seed; its console: pim-console ${r.ref.name} --ro`);
   let installed = 0;
+  const s = await import('./stages.ts');
+  const taken: { stage?: StageRecord } = {};
+  // the stage is complete once it is taken: stored at once, so that a script that fails
+  // does not lose it (the rebuild with the fixed script reuses it); QEMU reads it as the
+  // overlay's backing file, and no longer writes it
   const take = async (conn: import('ssh2').Client, asRoot: string) => {
     await takeStage(r, running, overlay, conn, asRoot);
     if (stageVars && vars) fs.copyFileSync(vars, stageVars);
     installed = round((Date.now() - t0) / 1000);
+    checkAborted(o.signal);
+    const stage = s.commitStage(p.dir, { ...p.record, seconds: installed }, o.force === true);
+    taken.stage = stage;
+    r.stageTmp = null;
+    r.log.line(`install stage ${stage.key} stored (taken live after ${installed} s)`);
+    await p.stored?.(stage);
   };
   const { tFinish, off } = await provision(r, running, { ...p.pair, remove: true }, take);
   checkAborted(o.signal);
   o.status.set(`stopping ${plan.name}`);
   await stopBuildVm(r, running, 'provisioning', off);
-  const s = await import('./stages.ts');
-  const stage = s.commitStage(p.dir, { ...p.record, seconds: installed }, o.force === true);
-  r.stageTmp = null;
-  r.log.line(`install stage ${stage.key} stored (taken live after ${installed} s)`);
+  const { stage } = taken;
+  if (!stage) throw new PimError(EXIT.SOFTWARE, 'the install stage was never taken');
   const base = join(s.stageDir(stage.key), stage.disk.file);
   const { rebaseUnsafe } = await import('../image/qemu-img.ts');
   await rebaseUnsafe(overlay, base, stage.disk.format);
