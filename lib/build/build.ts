@@ -131,8 +131,7 @@ export async function planKey(
   stages: StageKeys;
 }> {
   if (plan.from) return fromKey(plan, parent);
-  const { ensureIso } = await import('../install/iso-store.ts');
-  const iso = await ensureIso(plan.iso, { signal });
+  const iso = await isoWaited(plan.iso, signal);
   const { renderAnswer } = await import('../install/serve.ts');
   const answers: Record<string, string> = {};
   const routes = plan.builder === 'cloud-init' ? CLOUD_ANSWERS : LAYOUTS[plan.layout].answers;
@@ -147,6 +146,24 @@ export async function planKey(
   }
   const inputs = buildInputs(plan, answers, { name: plan.iso, checksum: iso.checksum });
   return { iso, inputs, key: buildKey(inputs), stages: stageKeys(plan, inputs) };
+}
+
+/**
+ * The ISO or image, downloaded and verified when missing; while another
+ * build (run a b -j 2) or pim-iso downloads it (its lock is busy: 75), this
+ * one waits for it and then finds it there.
+ */
+async function isoWaited(name: string, signal?: AbortSignal): Promise<{ path: string; checksum: string }> {
+  const { ensureIso } = await import('../install/iso-store.ts');
+  for (;;) {
+    try {
+      return await ensureIso(name, { signal });
+    } catch (e) {
+      if (!(e instanceof PimError) || e.code !== EXIT.TEMPFAIL || !/^the download of ISO/.test(e.message)) throw e;
+    }
+    await new Promise((r) => setTimeout(r, 500));
+    if (signal) checkAborted(signal);
+  }
 }
 
 /** A from: build's keys: the parent's build (the one just built, else its newest: 66 when it has none) stands for the ISO. */
