@@ -33,7 +33,7 @@ import { EXIT, PimError } from '../core/exit.ts';
 import { buildsDir } from '../core/paths.ts';
 import { ensurePrivateDir } from '../core/fs.ts';
 import { checkAborted } from '../core/signals.ts';
-import type { StatusLine } from '../cli/status.ts';
+import type { Status } from '../cli/status.ts';
 import {
   buildDisk,
   buildEfivars,
@@ -60,7 +60,7 @@ export interface BuildOpts {
   fetchTimeoutS?: number;
   accel?: string;
   signal: AbortSignal;
-  status: StatusLine;
+  status: Status;
   /** from: the profiles that led here (a cycle is 78) */
   chain?: string[];
 }
