@@ -44,7 +44,7 @@ import {
   type BuildRecord,
   type StageLink,
 } from '../image/registry.ts';
-import { stageKeys, type StageKeys, type StageRecord } from './stages.ts';
+import { stageKeys, type PinnedStage, type StageKeys, type StageRecord } from './stages.ts';
 import { LAYOUTS, bootFiles, installerCmdline } from './iso-boot.ts';
 import { KEY_URL, buildInputs, buildKey, planBuild, type BuildPlan } from './plan.ts';
 import { BuildLog, readLog, tail, waitPoweroff, type BootEnv, type Ctx, type FirstBoot } from './boot.ts';
@@ -260,7 +260,9 @@ async function buildIt(o: BuildOpts, plan: BuildPlan, c: Ctx, firstBoot: FirstBo
   try {
     const inst = await installStage(r, firstBoot);
     try {
-      const record = inst.pending ? await oneBoot(r, inst.pending) : await provisionAndStore(r, inst.stage, inst.made);
+      const record = inst.pending
+        ? await oneBoot(r, inst.pending)
+        : await provisionAndStore(r, inst.stage, inst.files!, inst.made);
       ok = true;
       return record;
     } finally {
@@ -369,12 +371,19 @@ async function stopBuildVm(
 async function installStage(r: Run, firstBoot: FirstBoot): Promise<InstallStage> {
   const s = await import('./stages.ts');
   const key = r.c.stages.install.key;
-  const using = (stage: StageRecord, made: boolean): InstallStage => {
-    const done = s.useStage(stage.key);
-    return { stage, made, release: async () => done() };
+  // the stage's files are read through this build's own links of them (pinStage): a stage
+  // replaced by --force or removed by gc meanwhile does not change under this build
+  const using = async (pinned: PinnedStage, made: boolean): Promise<InstallStage> => {
+    const done = s.useStage(pinned.record.key);
+    const files = await stageFiles(pinned);
+    return { stage: pinned.record, made, files, release: async () => done() };
   };
-  if (r.c.parent) return using(parentStage(r.c.parent, key, r.c.stages.install.inputs), false);
-  const found = () => (r.o.force ? null : s.findStage(key));
+  if (r.c.parent) {
+    const stage = parentStage(r.c.parent, key, r.c.stages.install.inputs);
+    const done = s.useStage(stage.key);
+    return { stage, made: false, files: await parentFiles(r, stage), release: async () => done() };
+  }
+  const found = () => (r.o.force ? null : s.pinStage(key, r.tmp));
   const there = found();
   if (there) return using(there, false);
   const lock = await s.waitStageLock(key, r.o.signal, (m) => r.o.status.say(m));
@@ -404,15 +413,27 @@ async function installStage(r: Run, firstBoot: FirstBoot): Promise<InstallStage>
         },
       };
     }
-    return using(made, true);
+    const pinned = s.pinStage(made.key, r.tmp); // under the lock: nothing replaces it meanwhile
+    if (!pinned) throw new PimError(EXIT.SOFTWARE, `the install stage ${made.key} is gone right after it was stored`);
+    return using(pinned, true);
   } finally {
     if (held) await lock.release();
   }
 }
 
+/** Where a stage's files are for this build, and the key that logs in to its disk. */
+interface StageFiles {
+  disk: string;
+  efivars: string | null;
+  seed: string | null;
+  pair: { private: string; public: string; remove: boolean };
+}
+
 interface InstallStage {
   stage: StageRecord;
   made: boolean;
+  /** the stage's files (not for a stage still pending) */
+  files?: StageFiles;
   /** cloud-init: the stage is made in the build's one boot (oneBoot) */
   pending?: PendingStage;
   release: () => Promise<void>;
@@ -527,7 +548,7 @@ async function makeInstall(r: Run, firstBoot: FirstBoot): Promise<StageRecord | 
  * Provision and finish on a qcow2 overlay of the install stage (the stage is
  * never written): boot it, run the scripts, generalize, stop; then store.
  */
-async function provisionAndStore(r: Run, stage: StageRecord, made: boolean): Promise<BuildRecord> {
+async function provisionAndStore(r: Run, stage: StageRecord, f: StageFiles, made: boolean): Promise<BuildRecord> {
   const { plan, o, tmp } = r;
   const st = o.status;
   const { ago } = await import('./stages.ts');
@@ -536,10 +557,9 @@ async function provisionAndStore(r: Run, stage: StageRecord, made: boolean): Pro
     st.say(`reusing ${what} (built ${ago(stage.created)}), provisioning...`);
     r.log.line(`reusing install stage ${stage.key} (built ${stage.created}${stage.from ? `; ${stage.from.id}` : ''})`);
   }
-  const f = await stageFiles(stage);
   const disk = join(tmp, `${plan.name}.qcow2`);
   const { createOverlay } = await import('../image/qemu-img.ts');
-  await createOverlay(disk, f.disk, stage.disk.format);
+  await createOverlay(disk, backingName(r, f.disk), stage.disk.format);
   const vars = f.efivars ? join(tmp, `${plan.name}.efivars.fd`) : null;
   if (vars) {
     fs.copyFileSync(f.efivars!, vars);
@@ -585,7 +605,7 @@ async function oneBoot(r: Run, p: PendingStage): Promise<BuildRecord> {
   o.status.say(`${plan.name} booted with its cidata seed; its console: pim-console ${r.ref.name} --ro`);
   let installed = 0;
   const s = await import('./stages.ts');
-  const taken: { stage?: StageRecord } = {};
+  const taken: { stage?: StageRecord; disk?: string } = {};
   // the stage is complete once it is taken: stored at once, so that a script that fails
   // does not lose it (the rebuild with the fixed script reuses it); QEMU reads it as the
   // overlay's backing file, and no longer writes it
@@ -595,8 +615,12 @@ async function oneBoot(r: Run, p: PendingStage): Promise<BuildRecord> {
     installed = round((Date.now() - t0) / 1000);
     checkAborted(o.signal);
     const stage = s.commitStage(p.dir, { ...p.record, seconds: installed }, o.force === true);
-    taken.stage = stage;
     r.stageTmp = null;
+    // pinned under the lock (before stored() lets it go): the overlay is pointed at these links after the stop
+    const pinned = s.pinStage(stage.key, tmp);
+    if (!pinned) throw new PimError(EXIT.SOFTWARE, `the install stage ${stage.key} is gone right after it was stored`);
+    taken.stage = stage;
+    taken.disk = pinned.disk;
     r.log.line(`install stage ${stage.key} stored (taken live after ${installed} s)`);
     await p.stored?.(stage);
   };
@@ -604,11 +628,10 @@ async function oneBoot(r: Run, p: PendingStage): Promise<BuildRecord> {
   checkAborted(o.signal);
   o.status.set(`stopping ${plan.name}`);
   await stopBuildVm(r, running, 'provisioning', off);
-  const { stage } = taken;
-  if (!stage) throw new PimError(EXIT.SOFTWARE, 'the install stage was never taken');
-  const base = join(s.stageDir(stage.key), stage.disk.file);
+  const { stage, disk: base } = taken;
+  if (!stage || !base) throw new PimError(EXIT.SOFTWARE, 'the install stage was never taken');
   const { rebaseUnsafe } = await import('../image/qemu-img.ts');
-  await rebaseUnsafe(overlay, base, stage.disk.format);
+  await rebaseUnsafe(overlay, backingName(r, base), stage.disk.format);
   const tProv = round((Date.now() - t0) / 1000 - installed);
   return storeBuild(r, { disk: overlay, base, vars, stage, made: true, tProv, tFinish });
 }
@@ -644,35 +667,50 @@ async function takeStage(
 }
 
 /**
- * Where a stage's files are, and the key that logs in to its disk: the
- * per-build key stored with it (removed from the image after provisioning),
- * or, for a parent's build (from:), pim's own user key that the parent put in
- * (it stays).
+ * Where a stage's files are for this build (its links of them), and the key
+ * that logs in to its disk: the per-build key stored with it (removed from
+ * the image after provisioning).
  */
-async function stageFiles(stage: StageRecord) {
-  const { stageDir } = await import('./stages.ts');
-  const dir = stageDir(stage.key);
-  if (!stage.from)
-    return {
-      disk: join(dir, stage.disk.file),
-      efivars: stage.efivars ? join(dir, stage.efivars) : null,
-      seed: stage.seed ? join(dir, stage.seed) : null,
-      pair: {
-        private: fs.readFileSync(join(dir, stage.sshKey!.file), 'utf8'),
-        public: stage.sshKey!.public,
-        remove: true,
-      },
-    };
+async function stageFiles(p: PinnedStage): Promise<StageFiles> {
+  return {
+    disk: p.disk,
+    efivars: p.efivars,
+    seed: p.seed,
+    pair: { private: fs.readFileSync(p.sshKey!, 'utf8'), public: p.record.sshKey!.public, remove: true },
+  };
+}
+
+/**
+ * from: the parent's build (its disk linked into this build's directory, as
+ * a stage is), and pim's own user key, which the parent put in (it stays).
+ */
+async function parentFiles(r: Run, stage: StageRecord): Promise<StageFiles> {
+  const from = stage.from!;
   const { keyBlobOf, userKeyPath, userPublicKey } = await import('../vm/userkey.ts');
   const mine = userPublicKey();
   if (!stage.userKey || !mine || keyBlobOf(mine) !== keyBlobOf(stage.userKey))
     throw new PimError(
       EXIT.CONFIG,
-      `${stage.from.id} (from: ${stage.profile}) does not let pim's own SSH key in, so pim cannot provision on it; build ${stage.profile} again here (pim-build run ${stage.profile} --force)`,
+      `${from.id} (from: ${stage.profile}) does not let pim's own SSH key in, so pim cannot provision on it; build ${stage.profile} again here (pim-build run ${stage.profile} --force)`,
     );
   const pair = { private: fs.readFileSync(userKeyPath(), 'utf8'), public: mine, remove: false };
-  return { disk: stage.from.path, efivars: stage.from.efivars, seed: null, pair };
+  const { PINNED } = await import('./stages.ts');
+  const dir = ensurePrivateDir(join(r.tmp, PINNED));
+  const pin = (path: string | null) => {
+    if (!path) return null;
+    const to = join(dir, path.split('/').pop()!);
+    try {
+      fs.linkSync(path, to);
+      return to;
+    } catch {
+      return path; // another file system: the build's own path
+    }
+  };
+  return { disk: pin(from.path)!, efivars: pin(from.efivars), seed: null, pair };
 }
+
+/** An overlay's backing file: relative when it is in the build's directory (a kept failed build still opens). */
+const backingName = (r: Run, path: string) => (path.startsWith(`${r.tmp}/`) ? path.slice(r.tmp.length + 1) : path);
 
 /** Finish: check the stopped disk, flatten it into the image (qemu-img convert, -c with compress), register it read-only. */
 async function storeBuild(
