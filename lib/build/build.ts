@@ -386,7 +386,16 @@ async function installStage(r: Run, firstBoot: FirstBoot): Promise<InstallStage>
   const found = () => (r.o.force ? null : s.pinStage(key, r.tmp));
   const there = found();
   if (there) return using(there, false);
-  const lock = await s.waitStageLock(key, r.o.signal, (m) => r.o.status.say(m));
+  // made by another build meanwhile: its stage.json appears last (the rename), then the lock goes
+  // (once only: a stage that is there but cannot be read is waited for under the lock, not spun on)
+  let ready = () => !r.o.force && fs.existsSync(join(s.stageDir(key), s.STAGE_JSON));
+  let lock: import('../core/lock.ts').Lock | null = null;
+  while (!lock) {
+    lock = await s.waitStageLock(key, r.o.signal, (m) => r.o.status.say(m), ready);
+    const made = lock ? null : found();
+    if (made) return using(made, false);
+    ready = () => false;
+  }
   let held = true;
   try {
     const meanwhile = found();

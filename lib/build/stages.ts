@@ -153,27 +153,58 @@ export function stageTmp(key: string): string {
 
 /**
  * The install stage's lock, taken; when another build holds it (it is making
- * that stage), wait for it: then the caller finds the stage made. The lock
- * (lib/core/lock.ts) has no wake-up, so the wait asks again every 250 ms.
+ * that stage), wait for it. null: `ready()` said the stage is there now (the
+ * caller reads it; no lock needed). The wait is woken by the stages
+ * directory's changes (fs.watch: the stage renamed into place, a failed
+ * build's temporary stage removed); the lock itself (lib/core/lock.ts, an
+ * abstract socket on Linux) makes no event when it is freed, nor does a maker
+ * killed with -9, so a slow poll (2 s) stays under the watch.
  */
 export async function waitStageLock(
   key: string,
   signal: AbortSignal,
   say: (m: string) => void,
-): Promise<import('../core/lock.ts').Lock> {
+  ready: () => boolean = () => false,
+  poll = { watched: 2000, unwatched: 250 },
+): Promise<import('../core/lock.ts').Lock | null> {
   const { acquireLock } = await import('../core/lock.ts');
   const { checkAborted } = await import('../core/signals.ts');
   ensurePrivateDir(stagesDir());
   const file = join(stagesDir(), `.install-${key.slice(0, 16)}.lock`);
-  for (let said = false; ; said = true) {
-    try {
-      return await acquireLock(file, `install stage ${key.slice(0, 8)}`);
-    } catch (e) {
-      if (!(e instanceof PimError) || e.code !== EXIT.TEMPFAIL) throw e;
+  let watcher: fs.FSWatcher | null = null;
+  let wake = () => {};
+  try {
+    for (let said = false; ; said = true) {
+      try {
+        return await acquireLock(file, `install stage ${key.slice(0, 8)}`);
+      } catch (e) {
+        if (!(e instanceof PimError) || e.code !== EXIT.TEMPFAIL) throw e;
+      }
+      if (ready()) return null;
+      if (!said) say(`waiting for install ${key.slice(0, 8)}: another build is making it`);
+      if (!watcher) {
+        try {
+          watcher = fs.watch(stagesDir(), () => wake());
+          watcher.on('error', () => undefined); // the poll goes on
+        } catch {
+          /* no watch here: the poll alone */
+        }
+      }
+      await new Promise<void>((resolve) => {
+        const done = () => {
+          clearTimeout(t);
+          signal.removeEventListener('abort', done);
+          wake = () => {};
+          resolve();
+        };
+        const t = setTimeout(done, watcher ? poll.watched : poll.unwatched);
+        wake = done;
+        signal.addEventListener('abort', done, { once: true });
+      });
+      checkAborted(signal);
     }
-    if (!said) say(`waiting for install ${key.slice(0, 8)}: another build is making it`);
-    await new Promise((r) => setTimeout(r, 250));
-    checkAborted(signal);
+  } finally {
+    watcher?.close();
   }
 }
 

@@ -225,6 +225,39 @@ describe('stage keys (layered builds)', () => {
     expect(s.pinStage('d'.repeat(64), other)).toBeNull();
     expect(fs.readdirSync(other)).toEqual([]);
   });
+  it("a build waiting for a stage's lock wakes when the stage appears (fs.watch), not at the next poll; a lock freed without an event is found by the poll", async () => {
+    const s = await import('../../lib/build/stages.ts');
+    const { acquireLock } = await import('../../lib/core/lock.ts');
+    const key = 'e'.repeat(64);
+    fs.mkdirSync(s.stagesDir(), { recursive: true });
+    const held = await acquireLock(join(s.stagesDir(), `.install-${key.slice(0, 16)}.lock`), 'test');
+    const said: string[] = [];
+    const there = join(s.stagesDir(), 'there');
+    const ready = () => fs.existsSync(there);
+    // a poll of a minute: only the watch can end this wait within the test's time
+    const waiting = s.waitStageLock(key, new AbortController().signal, (m) => said.push(m), ready, {
+      watched: 60_000,
+      unwatched: 60_000,
+    });
+    await new Promise((r) => setTimeout(r, 50));
+    fs.writeFileSync(there, '');
+    await expect(waiting).resolves.toBeNull();
+    expect(said).toEqual([`waiting for install ${key.slice(0, 8)}: another build is making it`]);
+    fs.rmSync(there);
+    // the lock freed (no file changes): the poll takes it
+    const again = s.waitStageLock(
+      key,
+      new AbortController().signal,
+      () => undefined,
+      () => false,
+      { watched: 50, unwatched: 50 },
+    );
+    await new Promise((r) => setTimeout(r, 100));
+    await held.release();
+    const lock = await again;
+    expect(lock).not.toBeNull();
+    await lock!.release();
+  });
   it('from: naming the profile itself is 78 where it was set', async () => {
     writeConfig({ 'profiles.d/t.yml': 'me:\n  from: me\n' });
     const { loadProfile } = await import('../../lib/config/profile.ts');
