@@ -85,7 +85,7 @@ async function buildOne(
   name: string,
   a: RunArgs,
   signal: AbortSignal,
-  status: import('../lib/cli/status.ts').StatusLine,
+  status: import('../lib/cli/status.ts').Status,
 ): Promise<string> {
   const { remoteCacheConfig } = await import('../lib/oci/cache.ts');
   const rc = a.remote === false ? null : await remoteCacheConfig();
@@ -224,10 +224,13 @@ function reportFor(name: string, e: unknown, reportError: (e: unknown) => number
 async function buildMany(names: string[], jobs: number, a: RunArgs, signal: AbortSignal): Promise<number> {
   const { reportError } = await import('../lib/cli/command.ts');
   const results: Array<{ line?: string; code: number }> = names.map(() => ({ code: 0 }));
+  // on a terminal one live line per build (lib/cli/status.ts's board); elsewhere plain lines, each prefixed with its build's name
+  const { StatusBoard } = await import('../lib/cli/status.ts');
+  const board = StatusBoard.board();
   let next = 0;
   const worker = async () => {
     for (let i = next++; i < names.length; i = next++) {
-      const status = await prefixedStatus(names[i]!);
+      const status = board ? board.row(names[i]!) : await prefixedStatus(names[i]!);
       try {
         results[i] = { line: await buildOne(names[i]!, a, signal, status), code: 0 };
       } catch (e) {
@@ -237,7 +240,11 @@ async function buildMany(names: string[], jobs: number, a: RunArgs, signal: Abor
       }
     }
   };
-  await Promise.all(Array.from({ length: Math.min(jobs, names.length) }, worker));
+  try {
+    await Promise.all(Array.from({ length: Math.min(jobs, names.length) }, worker));
+  } finally {
+    board?.end();
+  }
   for (const r of results) if (r.line !== undefined) writeOut(r.line + '\n');
   return results.find((r) => r.code !== 0)?.code ?? 0;
 }
@@ -489,7 +496,9 @@ path a line in the order given; a failure does not stop the others, and the exit
 the first failure's. gc removes the stages no kept build names; rm removes a build's stage
 when no other build uses it.
 
-A failure, a timeout or Ctrl-C leaves nothing behind (--keep-failed keeps the disk);
+A failure, a timeout or Ctrl-C leaves nothing behind (--keep-failed keeps the disk),
+but an install stage that was complete before it is kept: a failed script's rebuild
+reuses it;
 every build writes a log (installer console, the server's requests, provisioning output)
 in ~/.local/state/pim/build-logs/, and every error names it.
 

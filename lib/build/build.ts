@@ -50,6 +50,7 @@ import {
   type BuildRecord,
   type StageLink,
 } from '../image/registry.ts';
+import type { Lock } from '../core/lock.ts';
 import { ensureIso } from '../install/iso-store.ts';
 import { renderAnswer, startServer } from '../install/serve.ts';
 import { withGa, withQmp } from '../vm/connect.ts';
@@ -71,13 +72,15 @@ import {
   STAGE_FILES,
   ago,
   commitStage,
-  findStage,
+  PINNED,
+  pinStage,
   stageDir,
   stageDiskFile,
   stageKeys,
   stageTmp,
   useStage,
   waitStageLock,
+  type PinnedStage,
   type StageKeys,
   type StageRecord,
 } from './stages.ts';
@@ -141,7 +144,7 @@ export async function planKey(
   stages: StageKeys;
 }> {
   if (plan.from) return fromKey(plan, parent);
-  const iso = await ensureIso(plan.iso, { signal });
+  const iso = await isoWaited(plan.iso, signal);
   const answers: Record<string, string> = {};
   const routes = plan.builder === 'cloud-init' ? CLOUD_ANSWERS : LAYOUTS[plan.layout].answers;
   for (const route of routes) {
@@ -156,6 +159,23 @@ export async function planKey(
   if (plan.builder === 'cloud-init' && plan.generalize) answers['/vendor-data'] = BUILD_VENDOR_DATA;
   const inputs = buildInputs(plan, answers, { name: plan.iso, checksum: iso.checksum });
   return { iso, inputs, key: buildKey(inputs), stages: stageKeys(plan, inputs) };
+}
+
+/**
+ * The ISO or image, downloaded and verified when missing; while another
+ * build (run a b -j 2) or pim-iso downloads it (its lock is busy: 75), this
+ * one waits for it and then finds it there.
+ */
+async function isoWaited(name: string, signal?: AbortSignal): Promise<{ path: string; checksum: string }> {
+  for (;;) {
+    try {
+      return await ensureIso(name, { signal });
+    } catch (e) {
+      if (!(e instanceof PimError) || e.code !== EXIT.TEMPFAIL || !/^the download of ISO/.test(e.message)) throw e;
+    }
+    await new Promise((r) => setTimeout(r, 500));
+    if (signal) checkAborted(signal);
+  }
 }
 
 /** A from: build's keys: the parent's build (the one just built, else its newest: 66 when it has none) stands for the ISO. */
@@ -250,7 +270,9 @@ async function buildIt(o: BuildOpts, plan: BuildPlan, c: Ctx, firstBoot: FirstBo
   try {
     const inst = await installStage(r, firstBoot);
     try {
-      const record = inst.pending ? await oneBoot(r, inst.pending) : await provisionAndStore(r, inst.stage, inst.made);
+      const record = inst.pending
+        ? await oneBoot(r, inst.pending)
+        : await provisionAndStore(r, inst.stage, inst.files!, inst.made);
       ok = true;
       return record;
     } finally {
@@ -350,34 +372,78 @@ async function stopBuildVm(r: Run, running: RunningVm, what: string, off: StopRe
  */
 async function installStage(r: Run, firstBoot: FirstBoot): Promise<InstallStage> {
   const key = r.c.stages.install.key;
-  const using = (stage: StageRecord, made: boolean): InstallStage => {
-    const done = useStage(stage.key);
-    return { stage, made, release: async () => done() };
+  // the stage's files are read through this build's own links of them (pinStage): a stage
+  // replaced by --force or removed by gc meanwhile does not change under this build
+  const using = async (pinned: PinnedStage, made: boolean): Promise<InstallStage> => {
+    const done = useStage(pinned.record.key);
+    const files = await stageFiles(pinned);
+    return { stage: pinned.record, made, files, release: async () => done() };
   };
-  if (r.c.parent) return using(parentStage(r.c.parent, key, r.c.stages.install.inputs), false);
-  const found = () => (r.o.force ? null : findStage(key));
+  if (r.c.parent) {
+    const stage = parentStage(r.c.parent, key, r.c.stages.install.inputs);
+    const done = useStage(stage.key);
+    return { stage, made: false, files: await parentFiles(r, stage), release: async () => done() };
+  }
+  const found = () => (r.o.force ? null : pinStage(key, r.tmp));
   const there = found();
   if (there) return using(there, false);
-  const lock = await waitStageLock(key, r.o.signal, (m) => r.o.status.say(m));
+  // made by another build meanwhile: its stage.json appears last (the rename), then the lock goes
+  // (once only: a stage that is there but cannot be read is waited for under the lock, not spun on)
+  let ready = () => !r.o.force && fs.existsSync(join(stageDir(key), STAGE_FILES.record));
+  let lock: Lock | null = null;
+  while (!lock) {
+    lock = await waitStageLock(key, r.o.signal, (m) => r.o.status.say(m), ready);
+    const made = lock ? null : found();
+    if (made) return using(made, false);
+    ready = () => false;
+  }
   let held = true;
   try {
     const meanwhile = found();
     if (meanwhile) return using(meanwhile, false);
     const made = await makeInstall(r, firstBoot);
     if ('pending' in made) {
-      // one boot: the stage is taken live and stored after it; the lock is held until then
+      // one boot: the stage is taken live and stored as soon as it is (oneBoot); the lock is held until then
       held = false;
-      return { stage: made.pending.record, made: true, pending: made.pending, release: () => lock.release() };
+      let unlock: (() => Promise<void>) | null = () => lock.release();
+      let unuse = () => {};
+      const stored = async (stage: StageRecord) => {
+        unuse = useStage(stage.key); // read until the build is stored: gc keeps it
+        const u = unlock;
+        unlock = null;
+        await u?.();
+      };
+      return {
+        stage: made.pending.record,
+        made: true,
+        pending: { ...made.pending, stored },
+        release: async () => {
+          unuse();
+          await unlock?.();
+        },
+      };
     }
-    return using(made, true);
+    const pinned = pinStage(made.key, r.tmp); // under the lock: nothing replaces it meanwhile
+    if (!pinned) throw new PimError(EXIT.SOFTWARE, `the install stage ${made.key} is gone right after it was stored`);
+    return using(pinned, true);
   } finally {
     if (held) await lock.release();
   }
 }
 
+/** Where a stage's files are for this build, and the key that logs in to its disk. */
+interface StageFiles {
+  disk: string;
+  efivars: string | null;
+  seed: string | null;
+  pair: { private: string; public: string; remove: boolean };
+}
+
 interface InstallStage {
   stage: StageRecord;
   made: boolean;
+  /** the stage's files (not for a stage still pending) */
+  files?: StageFiles;
   /** cloud-init: the stage is made in the build's one boot (oneBoot) */
   pending?: PendingStage;
   release: () => Promise<void>;
@@ -389,6 +455,8 @@ interface PendingStage {
   record: StageRecord;
   drives: { path: string; format: 'qcow2' | 'raw'; readonly?: boolean }[];
   pair: { private: string; public: string };
+  /** called once the stage is stored: the lock goes (a build waiting for it reuses it at once) */
+  stored?: (stage: StageRecord) => Promise<void>;
 }
 
 /** from: the parent's build as the install stage (nothing is stored for it: the build is in the registry). */
@@ -486,7 +554,7 @@ async function makeInstall(r: Run, firstBoot: FirstBoot): Promise<StageRecord | 
  * Provision and finish on a qcow2 overlay of the install stage (the stage is
  * never written): boot it, run the scripts, generalize, stop; then store.
  */
-async function provisionAndStore(r: Run, stage: StageRecord, made: boolean): Promise<BuildRecord> {
+async function provisionAndStore(r: Run, stage: StageRecord, f: StageFiles, made: boolean): Promise<BuildRecord> {
   const { plan, o, tmp } = r;
   const st = o.status;
   if (!made) {
@@ -494,9 +562,8 @@ async function provisionAndStore(r: Run, stage: StageRecord, made: boolean): Pro
     st.say(`reusing ${what} (built ${ago(stage.created)}), provisioning...`);
     r.log.line(`reusing install stage ${stage.key} (built ${stage.created}${stage.from ? `; ${stage.from.id}` : ''})`);
   }
-  const f = await stageFiles(stage);
   const disk = join(tmp, `${plan.name}.qcow2`);
-  await createOverlay(disk, f.disk, stage.disk.format);
+  await createOverlay(disk, backingName(r, f.disk), stage.disk.format);
   const vars = f.efivars ? join(tmp, efivarsOf(plan.name)) : null;
   if (vars) {
     fs.copyFileSync(f.efivars!, vars);
@@ -541,20 +608,32 @@ async function oneBoot(r: Run, p: PendingStage): Promise<BuildRecord> {
   const running = await bootVm(r, disk, true, { drives: p.drives });
   o.status.say(`${plan.name} booted with its cidata seed; its console: pim-console ${r.ref.name} --ro`);
   let installed = 0;
+  const taken: { stage?: StageRecord; disk?: string } = {};
+  // the stage is complete once it is taken: stored at once, so that a script that fails
+  // does not lose it (the rebuild with the fixed script reuses it); QEMU reads it as the
+  // overlay's backing file, and no longer writes it
   const take = async (conn: SshClient, asRoot: string) => {
     await takeStage(r, running, overlay, conn, asRoot);
     if (stageVars && vars) fs.copyFileSync(vars, stageVars);
     installed = round((Date.now() - t0) / 1000);
+    checkAborted(o.signal);
+    const stage = commitStage(p.dir, { ...p.record, seconds: installed }, o.force === true);
+    r.stageTmp = null;
+    // pinned under the lock (before stored() lets it go): the overlay is pointed at these links after the stop
+    const pinned = pinStage(stage.key, tmp);
+    if (!pinned) throw new PimError(EXIT.SOFTWARE, `the install stage ${stage.key} is gone right after it was stored`);
+    taken.stage = stage;
+    taken.disk = pinned.disk;
+    r.log.line(`install stage ${stage.key} stored (taken live after ${installed} s)`);
+    await p.stored?.(stage);
   };
   const { tFinish, off } = await provision(r, running, { ...p.pair, remove: true }, take);
   checkAborted(o.signal);
   o.status.set(`stopping ${plan.name}`);
   await stopBuildVm(r, running, 'provisioning', off);
-  const stage = commitStage(p.dir, { ...p.record, seconds: installed }, o.force === true);
-  r.stageTmp = null;
-  r.log.line(`install stage ${stage.key} stored (taken live after ${installed} s)`);
-  const base = join(stageDir(stage.key), stage.disk.file);
-  await rebaseUnsafe(overlay, base, stage.disk.format);
+  const { stage, disk: base } = taken;
+  if (!stage || !base) throw new PimError(EXIT.SOFTWARE, 'the install stage was never taken');
+  await rebaseUnsafe(overlay, backingName(r, base), stage.disk.format);
   const tProv = round((Date.now() - t0) / 1000 - installed);
   return storeBuild(r, { disk: overlay, base, vars, stage, made: true, tProv, tFinish });
 }
@@ -582,33 +661,48 @@ async function takeStage(r: Run, vm: RunningVm, overlay: string, conn: SshClient
 }
 
 /**
- * Where a stage's files are, and the key that logs in to its disk: the
- * per-build key stored with it (removed from the image after provisioning),
- * or, for a parent's build (from:), pim's own user key that the parent put in
- * (it stays).
+ * Where a stage's files are for this build (its links of them), and the key
+ * that logs in to its disk: the per-build key stored with it (removed from
+ * the image after provisioning).
  */
-async function stageFiles(stage: StageRecord) {
-  const dir = stageDir(stage.key);
-  if (!stage.from)
-    return {
-      disk: join(dir, stage.disk.file),
-      efivars: stage.efivars ? join(dir, stage.efivars) : null,
-      seed: stage.seed ? join(dir, stage.seed) : null,
-      pair: {
-        private: fs.readFileSync(join(dir, stage.sshKey!.file), 'utf8'),
-        public: stage.sshKey!.public,
-        remove: true,
-      },
-    };
+async function stageFiles(p: PinnedStage): Promise<StageFiles> {
+  return {
+    disk: p.disk,
+    efivars: p.efivars,
+    seed: p.seed,
+    pair: { private: fs.readFileSync(p.sshKey!, 'utf8'), public: p.record.sshKey!.public, remove: true },
+  };
+}
+
+/**
+ * from: the parent's build (its disk linked into this build's directory, as
+ * a stage is), and pim's own user key, which the parent put in (it stays).
+ */
+async function parentFiles(r: Run, stage: StageRecord): Promise<StageFiles> {
+  const from = stage.from!;
   const mine = userPublicKey();
   if (!stage.userKey || !mine || keyBlobOf(mine) !== keyBlobOf(stage.userKey))
     throw new PimError(
       EXIT.CONFIG,
-      `${stage.from.id} (from: ${stage.profile}) does not let pim's own SSH key in, so pim cannot provision on it; build ${stage.profile} again here (pim-build run ${stage.profile} --force)`,
+      `${from.id} (from: ${stage.profile}) does not let pim's own SSH key in, so pim cannot provision on it; build ${stage.profile} again here (pim-build run ${stage.profile} --force)`,
     );
   const pair = { private: fs.readFileSync(userKeyPath(), 'utf8'), public: mine, remove: false };
-  return { disk: stage.from.path, efivars: stage.from.efivars, seed: null, pair };
+  const dir = ensurePrivateDir(join(r.tmp, PINNED));
+  const pin = (path: string | null) => {
+    if (!path) return null;
+    const to = join(dir, path.split('/').pop()!);
+    try {
+      fs.linkSync(path, to);
+      return to;
+    } catch {
+      return path; // another file system: the build's own path
+    }
+  };
+  return { disk: pin(from.path)!, efivars: pin(from.efivars), seed: null, pair };
 }
+
+/** An overlay's backing file: relative when it is in the build's directory (a kept failed build still opens). */
+const backingName = (r: Run, path: string) => (path.startsWith(`${r.tmp}/`) ? path.slice(r.tmp.length + 1) : path);
 
 /** Finish: check the stopped disk, flatten it into the image (qemu-img convert, -c with compress), register it read-only. */
 async function storeBuild(

@@ -56,6 +56,8 @@ export const STAGE_FILES = {
 } as const;
 /** The stage's disk: disk.qcow2 or disk.raw. */
 export const stageDiskFile = (format: 'qcow2' | 'raw') => `disk.${format}`;
+/** The directory in a build's own directory that holds its links of the stage it reads (pinStage). */
+export const PINNED = 'pinned-stage';
 
 export interface StageRecord {
   kind: 'install';
@@ -165,32 +167,141 @@ export function stageTmp(key: string): string {
 
 /**
  * The install stage's lock, taken; when another build holds it (it is making
- * that stage), wait for it: then the caller finds the stage made. The lock
- * (lib/core/lock.ts) has no wake-up, so the wait asks again every 250 ms.
+ * that stage), wait for it. null: `ready()` said the stage is there now (the
+ * caller reads it; no lock needed). The wait is woken by the stages
+ * directory's changes (fs.watch: the stage renamed into place, a failed
+ * build's temporary stage removed); the lock itself (lib/core/lock.ts, an
+ * abstract socket on Linux) makes no event when it is freed, nor does a maker
+ * killed with -9, so a slow poll (2 s) stays under the watch.
  */
-export async function waitStageLock(key: string, signal: AbortSignal, say: (m: string) => void): Promise<Lock> {
+export async function waitStageLock(
+  key: string,
+  signal: AbortSignal,
+  say: (m: string) => void,
+  ready: () => boolean = () => false,
+  poll = { watched: 2000, unwatched: 250 },
+): Promise<Lock | null> {
   ensurePrivateDir(stagesDir());
   const file = join(stagesDir(), `.install-${key.slice(0, 16)}.lock`);
-  for (let said = false; ; said = true) {
-    try {
-      return await acquireLock(file, `install stage ${key.slice(0, 8)}`);
-    } catch (e) {
-      if (!(e instanceof PimError) || e.code !== EXIT.TEMPFAIL) throw e;
+  let watcher: fs.FSWatcher | null = null;
+  let wake = () => {};
+  try {
+    for (let said = false; ; said = true) {
+      try {
+        return await acquireLock(file, `install stage ${key.slice(0, 8)}`);
+      } catch (e) {
+        if (!(e instanceof PimError) || e.code !== EXIT.TEMPFAIL) throw e;
+      }
+      if (ready()) return null;
+      if (!said) say(`waiting for install ${key.slice(0, 8)}: another build is making it`);
+      if (!watcher) {
+        try {
+          watcher = fs.watch(stagesDir(), () => wake());
+          watcher.on('error', () => undefined); // the poll goes on
+        } catch {
+          /* no watch here: the poll alone */
+        }
+      }
+      await new Promise<void>((resolve) => {
+        const done = () => {
+          clearTimeout(t);
+          signal.removeEventListener('abort', done);
+          wake = () => {};
+          resolve();
+        };
+        const t = setTimeout(done, watcher ? poll.watched : poll.unwatched);
+        wake = done;
+        signal.addEventListener('abort', done, { once: true });
+      });
+      checkAborted(signal);
     }
-    if (!said) say(`waiting for install ${key.slice(0, 8)}: another build is making it`);
-    await new Promise((r) => setTimeout(r, 250));
-    checkAborted(signal);
+  } finally {
+    watcher?.close();
   }
 }
 
-/** Put a made stage in place: read-only and private, then one rename; with `replace` (--force) the old one goes. */
+/** A stage's files as one build reads them (pinStage). */
+export interface PinnedStage {
+  record: StageRecord;
+  disk: string;
+  efivars: string | null;
+  seed: string | null;
+  /** the private key file that logs in to the stage's disk */
+  sshKey: string | null;
+}
+
+/**
+ * The stored stage with this key, pinned for one build: each of its files
+ * hard-linked into `dir` (the build's own directory), all from one stored
+ * version of the stage. The build reads its links, so a stage that --force
+ * replaces or gc removes meanwhile cannot change what it reads (a stored
+ * file is never written: the links keep the old version's bytes until the
+ * build ends). null when there is no such stage, or it was replaced while
+ * the links were made (ask again). Across file systems (no link) the stage's
+ * own paths are used, unpinned.
+ */
+export function pinStage(key: string, dir: string): PinnedStage | null {
+  const src = stageDir(key);
+  const pin = join(dir, PINNED);
+  fs.rmSync(pin, { recursive: true, force: true });
+  ensurePrivateDir(pin);
+  const link = (f: string): 'ok' | 'gone' | 'cross' => {
+    try {
+      fs.linkSync(join(src, f), join(pin, f));
+      return 'ok';
+    } catch (e) {
+      const code = (e as NodeJS.ErrnoException).code;
+      if (code === 'ENOENT') return 'gone';
+      if (code === 'EXDEV' || code === 'EPERM') return 'cross';
+      throw new PimError(EXIT.CANTCREAT, `cannot link the install stage's ${f} into ${pin}: ${(e as Error).message}`);
+    }
+  };
+  const drop = () => (fs.rmSync(pin, { recursive: true, force: true }), null);
+  const how = link(STAGE_FILES.record);
+  if (how === 'gone') return drop();
+  const base = how === 'cross' ? src : pin;
+  let record: StageRecord;
+  try {
+    record = JSON.parse(readRegular(join(base, STAGE_FILES.record)) ?? 'null') as StageRecord;
+  } catch {
+    return drop();
+  }
+  if (!record || record.key !== key) return drop();
+  const files = [record.disk.file, record.efivars, record.seed, record.sshKey?.file].filter(
+    (f): f is string => typeof f === 'string',
+  );
+  if (how === 'ok') {
+    for (const f of files) if (link(f) !== 'ok') return drop();
+    // the same version throughout: the stage's stage.json is still the one linked first
+    const now = fs.statSync(join(src, STAGE_FILES.record), { throwIfNoEntry: false });
+    if (!now || now.ino !== fs.statSync(join(pin, STAGE_FILES.record)).ino) return drop();
+  } else if (!fs.existsSync(join(src, record.disk.file))) return drop();
+  const at = (f: string | null | undefined) => (f ? join(base, f) : null);
+  return {
+    record,
+    disk: at(record.disk.file)!,
+    efivars: at(record.efivars),
+    seed: at(record.seed),
+    sshKey: at(record.sshKey?.file),
+  };
+}
+
+/**
+ * Put a made stage in place: read-only and private, then one rename. With
+ * `replace` (--force) the old version is moved aside and the new one renamed
+ * into its place (under the stage's lock: a build that looks in between finds
+ * no stage and waits for the lock, then finds the new one), then the old one
+ * is deleted: no stored file is ever written, and the builds that read the old
+ * version read their own links of it (pinStage).
+ */
 export function commitStage(tmp: string, r: StageRecord, replace: boolean): StageRecord {
   writeFileAtomic(join(tmp, STAGE_FILES.record), JSON.stringify(r, null, 2) + '\n', 0o400);
   for (const f of fs.readdirSync(tmp)) fs.chmodSync(join(tmp, f), 0o400);
   fs.chmodSync(tmp, 0o500);
   const dest = stageDir(r.key);
-  if (replace && fs.existsSync(dest)) removeStageDir(dest);
+  const old = replace && fs.existsSync(dest) ? moveAside(dest) : null;
   fs.renameSync(tmp, dest);
+  if (old) fs.rmSync(old, { recursive: true, force: true });
   return r;
 }
 
@@ -200,10 +311,15 @@ export function removeStage(key: string): void {
 }
 
 function removeStageDir(dir: string): void {
+  fs.rmSync(moveAside(dir), { recursive: true, force: true });
+}
+
+/** A stage's directory made writable and renamed out of sight (.rm-NAME-PID: removeStale takes it if we die). */
+function moveAside(dir: string): string {
   const trash = `${dir.replace(/\/([^/]+)$/, '/.rm-$1')}-${process.pid}`;
   fs.chmodSync(dir, 0o700);
   fs.renameSync(dir, trash);
-  fs.rmSync(trash, { recursive: true, force: true });
+  return trash;
 }
 
 /** Mark the stage as read by this process (until `done` is called or the process is gone). */

@@ -4,7 +4,7 @@
  * (raw.ts, boot.ts's first boots, cloud.ts) take them without importing
  * build.ts back.
  */
-import type { StatusLine } from '../cli/status.ts';
+import type { Status } from '../cli/status.ts';
 import type { BuildRecord } from '../image/registry.ts';
 
 export interface BuildOpts {
@@ -17,7 +17,7 @@ export interface BuildOpts {
   fetchTimeoutS?: number;
   accel?: string;
   signal: AbortSignal;
-  status: StatusLine;
+  status: Status;
   /** from: the profiles that led here (a cycle is 78) */
   chain?: string[];
 }

@@ -181,7 +181,9 @@ teardown_file() {
   no_build_leftovers neverdone
 }
 
-@test "a failed build's log holds the provisioning boot's console" {
+@test "a failed script keeps the install stage: its log holds the provisioning boot's console, and the fixed script's rebuild reuses the stage" {
+  stages() { find "$XDG_DATA_HOME/pim/stages" -mindepth 1 -maxdepth 1 -name 'install-*' -printf '%f\n' 2>/dev/null | sort; }
+  before=$(stages)
   run --separate-stderr pim-build run badscript
   [ "$status" -eq 65 ]
   [[ "$stderr" == *"provisioning script scripts.d/fail.sh failed with status 3"* ]]
@@ -190,6 +192,22 @@ teardown_file() {
   grep -q '^===== provisioning console (at the failure) =====$' "$log"
   sed -n '/^===== provisioning console/,$p' "$log" | grep -q 'pim-testbed ready'
   no_build_leftovers badscript
+  # cloud-init's run (the install stage, taken live) was stored before the script ran
+  made=$(comm -13 <(echo "$before") <(stages))
+  [ "$(wc -w <<<"$made")" -eq 1 ]
+  [ "$(stat -c %a "$XDG_DATA_HOME/pim/stages/$made")" = 500 ]
+  [ -z "$(find "$XDG_DATA_HOME/pim/stages" -maxdepth 1 -name '.*' ! -name '*.lock')" ]
+  # the script fixed: only provisioning runs again, on that stage
+  printf '#!/bin/sh\necho fixed-mark >/root/badscript-mark\n' >"$XDG_CONFIG_HOME/pim/scripts.d/fail.sh"
+  run --separate-stderr pim-build run badscript
+  [ "$status" -eq 0 ] || { build_log_tail "$stderr"; false; }
+  [[ "$stderr" == *"reusing install ${made:8:8} (built "* ]]
+  ! grep -q 'install stage taken live' "$(dirname "$output")/build.log"
+  [ "$(stages)" = "$(printf '%s\n' $before $made | sort)" ]
+  # the new script's mark is in the stored image (its root is p2, an ext4 at sector 67584)
+  qemu-img convert -O raw "$output" "$PIM_TMP/badscript.raw"
+  [ "$(debugfs -R 'cat /root/badscript-mark' "$PIM_TMP/badscript.raw?offset=$((67584 * 512))" 2>/dev/null)" = fixed-mark ]
+  rm -f "$PIM_TMP/badscript.raw"
 }
 
 @test "--force replaces the registered build with the new one and reports the new build's time" {

@@ -148,6 +148,13 @@ ssh_vm() {
   hows="$(pim-build show ja --json | jq -r .stages[0].how) $(pim-build show jb --json | jq -r .stages[0].how)"
   [ "$hows" = "made reused" ] || [ "$hows" = "reused made" ]
   paths=("${lines[@]}")
+  # on a terminal (a real pty: script(1)): one live line per build, redrawn in place; the paths still in order
+  env -u NO_COLOR TERM=xterm script -qec 'pim-build run ja jb -j 2' /dev/null </dev/null >"$PIM_TMP/tty.out"
+  tty=$(cat "$PIM_TMP/tty.out")
+  [[ "$tty" == *$'\r'*"ja: "*"... ("*$'s)'*$'\e[K\r\n'*"jb: "*"... ("*$'s)'*$'\e[K'* ]]
+  [[ "$tty" == *$'\r\e[1A\e[J'* ]]
+  [[ "$tty" == *"[ja] "*"(cached)"* ]]
+  [[ "$tty" == *"${paths[0]}"$'\r\n'"${paths[1]}"* ]]
   run --separate-stderr pim-build run ja nosuch jb -j 2
   [ "$status" -eq 66 ]
   [ "$output" = "$(printf '%s\n%s' "${paths[0]}" "${paths[1]}")" ]

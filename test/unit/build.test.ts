@@ -183,6 +183,81 @@ describe('stage keys (layered builds)', () => {
     const kid = await planBuild(await loadProfile('kid'));
     expect(kid).toMatchObject({ from: 'dev', installs: [] });
   });
+  it('--force replaces a stage without changing it under a build that reads it: the reader keeps the old bytes (its own links), the next reader gets the new ones', async () => {
+    const s = await import('../../lib/build/stages.ts');
+    const key = 'c'.repeat(64);
+    const store = (disk: string) => {
+      const dir = s.stageTmp(key);
+      fs.writeFileSync(join(dir, 'disk.qcow2'), disk);
+      fs.writeFileSync(join(dir, 'ssh-key'), `key of ${disk}`);
+      const rec = {
+        kind: 'install' as const,
+        key,
+        created: new Date().toISOString(),
+        seconds: 1,
+        inputs: {},
+        disk: { file: 'disk.qcow2', format: 'qcow2' as const },
+        efivars: null,
+        seed: null,
+        sshKey: { file: 'ssh-key', public: `ssh-ed25519 ${disk}` },
+        userKey: null,
+        profile: 'dev',
+      };
+      return s.commitStage(dir, rec, true);
+    };
+    store('version one');
+    const reader = fs.mkdtempSync(join(tmp, 'build-'));
+    const pinned = s.pinStage(key, reader)!;
+    expect(pinned.disk.startsWith(`${reader}/`)).toBe(true);
+    expect(pinned.record.sshKey!.public).toBe('ssh-ed25519 version one');
+    store('version two'); // another build's --force
+    // what the first build reads has not changed; the stage is the new version, read-only
+    expect(fs.readFileSync(pinned.disk, 'utf8')).toBe('version one');
+    expect(fs.readFileSync(pinned.sshKey!, 'utf8')).toBe('key of version one');
+    const dir = s.stageDir(key);
+    expect(fs.readFileSync(join(dir, 'disk.qcow2'), 'utf8')).toBe('version two');
+    expect(fs.statSync(dir).mode & 0o777).toBe(0o500);
+    expect(fs.readdirSync(s.stagesDir()).filter((n) => n.startsWith('.'))).toEqual([]);
+    const next = s.pinStage(key, fs.mkdtempSync(join(tmp, 'build-')))!;
+    expect(fs.readFileSync(next.disk, 'utf8')).toBe('version two');
+    // a stage that is not there (moved aside mid-replacement, removed) pins nothing, and leaves nothing
+    const other = fs.mkdtempSync(join(tmp, 'build-'));
+    expect(s.pinStage('d'.repeat(64), other)).toBeNull();
+    expect(fs.readdirSync(other)).toEqual([]);
+  });
+  it("a build waiting for a stage's lock wakes when the stage appears (fs.watch), not at the next poll; a lock freed without an event is found by the poll", async () => {
+    const s = await import('../../lib/build/stages.ts');
+    const { acquireLock } = await import('../../lib/core/lock.ts');
+    const key = 'e'.repeat(64);
+    fs.mkdirSync(s.stagesDir(), { recursive: true });
+    const held = await acquireLock(join(s.stagesDir(), `.install-${key.slice(0, 16)}.lock`), 'test');
+    const said: string[] = [];
+    const there = join(s.stagesDir(), 'there');
+    const ready = () => fs.existsSync(there);
+    // a poll of a minute: only the watch can end this wait within the test's time
+    const waiting = s.waitStageLock(key, new AbortController().signal, (m) => said.push(m), ready, {
+      watched: 60_000,
+      unwatched: 60_000,
+    });
+    await new Promise((r) => setTimeout(r, 50));
+    fs.writeFileSync(there, '');
+    await expect(waiting).resolves.toBeNull();
+    expect(said).toEqual([`waiting for install ${key.slice(0, 8)}: another build is making it`]);
+    fs.rmSync(there);
+    // the lock freed (no file changes): the poll takes it
+    const again = s.waitStageLock(
+      key,
+      new AbortController().signal,
+      () => undefined,
+      () => false,
+      { watched: 50, unwatched: 50 },
+    );
+    await new Promise((r) => setTimeout(r, 100));
+    await held.release();
+    const lock = await again;
+    expect(lock).not.toBeNull();
+    await lock!.release();
+  });
   it('from: naming the profile itself is 78 where it was set', async () => {
     writeConfig({ 'profiles.d/t.yml': 'me:\n  from: me\n' });
     const { loadProfile } = await import('../../lib/config/profile.ts');

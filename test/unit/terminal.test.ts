@@ -8,7 +8,7 @@ import { describe, expect, it } from 'vitest';
 import { PassThrough } from 'node:stream';
 import { TermFilter, termSafe, guestSink } from '../../lib/core/termsafe.ts';
 import { untilCut } from '../../lib/vm/console.ts';
-import { StatusLine } from '../../lib/cli/status.ts';
+import { StatusBoard, StatusLine } from '../../lib/cli/status.ts';
 import { formatRecords, humanBytes, humanDuration } from '../../lib/cli/output.ts';
 
 describe('termSafe: a guest cannot drive the terminal', () => {
@@ -117,6 +117,62 @@ describe('StatusLine: any other stderr line clears it first', () => {
     t.stream.write('after\n');
     await new Promise((r) => setImmediate(r));
     expect(t.text().slice(before)).toBe('after\n');
+  });
+});
+
+describe('StatusBoard: one live line per build (pim-build run a b -j 2 on a terminal)', () => {
+  const withEnv = async (env: Record<string, string | undefined>, f: () => Promise<void> | void) => {
+    const old = Object.fromEntries(Object.keys(env).map((k) => [k, process.env[k]]));
+    for (const [k, v] of Object.entries(env)) v === undefined ? delete process.env[k] : (process.env[k] = v);
+    try {
+      await f();
+    } finally {
+      for (const [k, v] of Object.entries(old)) v === undefined ? delete process.env[k] : (process.env[k] = v);
+    }
+  };
+  const tick = () => new Promise((r) => setImmediate(r));
+
+  it('draws a row per build, redraws the board in place above each kept line, and makes a guest line safe', async () => {
+    await withEnv({ TERM: 'xterm', NO_COLOR: '1' }, async () => {
+      const t = fakeTty();
+      const board = new StatusBoard(t.stream);
+      const a = board.row('ja');
+      const b = board.row('jb');
+      a.set('installing ja');
+      b.update('login: \x1b]0;title\x07');
+      b.say('jb.sh| \x1b[6nowned');
+      a.end();
+      await tick();
+      const out = t.text();
+      // the board: both rows at once, each cleared to its end, one a line
+      expect(out).toMatch(/\rja: installing ja\.\.\. \(0s\)\x1b\[K\njb: starting\.\.\. \(0s\)\x1b\[K/);
+      // taken off before a kept line: up over the first row, cleared to the end of the screen
+      expect(out).toContain('\r\x1b[1A\x1b[J');
+      // the kept lines: prefixed with the build, the guest's escape shown, not sent
+      expect(out).toContain(': [ja] installing ja\n');
+      expect(out).toContain('[jb] jb.sh| ^[[6nowned\n');
+      // no control byte in a row: the detail's OSC is blanked
+      expect(out).toMatch(/jb: starting\.\.\. \(0s\) \| login:\s+\]0;title\x1b\[K/);
+      // a's row gone: only jb's is drawn last
+      expect(out.slice(out.lastIndexOf('\x1b[J'))).toMatch(/^\x1b\[J\rjb: [^\n]*\x1b\[K$/);
+      board.end();
+      const before = t.text().length;
+      t.stream.write('after\n');
+      await tick();
+      expect(t.text().slice(before)).toBe('after\n');
+    });
+  });
+
+  it('is only for a terminal: none off a TTY, with TERM=dumb or with NO_COLOR', async () => {
+    const t = fakeTty();
+    await withEnv({ TERM: 'dumb', NO_COLOR: undefined }, () => expect(StatusBoard.board(t.stream)).toBeNull());
+    await withEnv({ TERM: 'xterm', NO_COLOR: '1' }, () => expect(StatusBoard.board(t.stream)).toBeNull());
+    await withEnv({ TERM: 'xterm', NO_COLOR: undefined }, () => {
+      expect(StatusBoard.board(new PassThrough() as unknown as NodeJS.WriteStream)).toBeNull();
+      const b = StatusBoard.board(t.stream);
+      expect(b).not.toBeNull();
+      b!.end();
+    });
   });
 });
 
