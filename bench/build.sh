@@ -18,32 +18,17 @@
 # Also: a cache hit, for the whole `pim-build run` process (target <= 0.5 s).
 # Prints a table; target: pim <= 0.5x Packer. Installs packer and hyperfine
 # with apt-get when they are missing.
-set -euo pipefail
-cd "$(dirname "${BASH_SOURCE[0]}")/.."
+source "$(dirname "$0")/common.sh"
 runs=${1:-3}
-for p in packer hyperfine; do
-  command -v "$p" >/dev/null || { echo "bench: installing $p" >&2; DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$p" >/dev/null; }
-done
-export PATH="$PWD/node_modules/.bin:$PWD/dist/bin:$PATH" PIM_ACCEL=tcg NO_COLOR=1
-testbed="${PIM_TESTBED_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/pim/testbed}"
-bash test/testbed/build.sh
+bench_install packer hyperfine
 bash test/testbed/installer/build.sh
 iso="$testbed/installer/di.iso"
-tmp="$(mktemp -d /tmp/pimbuild.XXXXXX)"
-cleanup() { [ -n "${http:-}" ] && kill "$http" 2>/dev/null; [ -n "${PIM_BENCH_KEEP:-}" ] || rm -rf "$tmp"; }
-trap cleanup EXIT
-export XDG_RUNTIME_DIR="$tmp/run" XDG_CONFIG_HOME="$tmp/config" XDG_DATA_HOME="$tmp/data" XDG_CACHE_HOME="$tmp/cache" XDG_STATE_HOME="$tmp/state"
-mkdir -p "$XDG_RUNTIME_DIR" && chmod 700 "$XDG_RUNTIME_DIR"
 
 # the ISO through pim's catalog, from a loopback server (downloaded once, before timing)
-mkdir -p "$tmp/www" && ln -s "$iso" "$tmp/www/di.iso" && (cd "$tmp/www" && sha256sum di.iso >SHA256SUMS)
-setsid python3 -m http.server 0 --bind 127.0.0.1 --directory "$tmp/www" >"$tmp/http.log" 2>&1 </dev/null &
-http=$!
-for _ in $(seq 100); do grep -q 'port [0-9]' "$tmp/http.log" && break; sleep 0.1; done
-port=$(grep -o 'port [0-9]*' "$tmp/http.log" | head -1 | cut -d' ' -f2)
+bench_www "$iso"
 c="$XDG_CONFIG_HOME/pim"
 mkdir -p "$c/isos.d" "$c/profiles.d" "$c/scripts.d" "$c/installs.d"
-echo "tb: {url: \"http://127.0.0.1:$port/di.iso\", checksum_url: \"http://127.0.0.1:$port/SHA256SUMS\", distro: debian}" >"$c/isos.d/tb.yml"
+echo "tb: {url: \"$u/di.iso\", checksum_url: \"$u/SHA256SUMS\", distro: debian}" >"$c/isos.d/tb.yml"
 cat >"$c/profiles.d/tb.yml" <<EOF
 bench:
   iso: tb
@@ -61,12 +46,7 @@ pim-iso download tb >/dev/null 2>&1
 
 # Packer: the same preseed, rendered by pim for the profile (Packer fills in its own URL)
 mkdir -p "$tmp/packer/http/installs.d"
-node --input-type=module -e "
-  const { renderAnswer } = await import('$PWD/lib/install/serve.ts');
-  const { loadProfile } = await import('$PWD/lib/config/profile.ts');
-  const p = await loadProfile('bench');
-  process.stdout.write(renderAnswer('/preseed.cfg', p, 'http://PACKER_URL').body);
-" | sed 's|http://PACKER_URL|http://10.0.2.2:{{ .HTTPPort }}|g; s|exit/poweroff boolean true|exit/poweroff boolean false|' >"$tmp/packer/preseed.tmpl"
+pim_answer bench /preseed.cfg http://PACKER_URL | sed 's|http://PACKER_URL|http://10.0.2.2:{{ .HTTPPort }}|g; s|exit/poweroff boolean true|exit/poweroff boolean false|' >"$tmp/packer/preseed.tmpl"
 cp "$c/installs.d/bench.sh" "$tmp/packer/http/installs.d/bench.sh"
 cp "$c/scripts.d/provision.sh" "$tmp/packer/provision.sh"
 sum=$(sha256sum "$iso" | cut -d' ' -f1)
@@ -117,7 +97,6 @@ for i in $(seq "$runs"); do
   s=$(date +%s.%N); packer_run; e=$(date +%s.%N); tq+=("$(awk -v a="$s" -v b="$e" 'BEGIN { printf "%.2f", b - a }')")
   echo "bench: run $i: pim-build ${tp[-1]} s, packer ${tq[-1]} s" >&2
 done
-median() { printf '%s\n' "$@" | sort -g | awk '{a[NR]=$1} END {print (NR % 2) ? a[(NR+1)/2] : (a[NR/2] + a[NR/2+1]) / 2}'; }
 mp=$(median "${tp[@]}")
 mq=$(median "${tq[@]}")
 hyperfine -N --warmup 2 --runs 20 --export-json "$tmp/hit.json" 'pim-build run bench' >/dev/null 2>&1

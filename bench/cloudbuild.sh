@@ -25,31 +25,18 @@
 # `compress: true` and Packer's `disk_compression: true` both are qemu-img
 # convert -c: the compressed size is that of the built image converted with -c).
 # Targets: pim <= 0.8x Packer's time; pim's image no larger than Packer's.
-set -euo pipefail
-cd "$(dirname "${BASH_SOURCE[0]}")/.."
+source "$(dirname "$0")/common.sh"
 runs=${1:-1}
-command -v packer >/dev/null || { echo "bench: installing packer" >&2; DEBIAN_FRONTEND=noninteractive apt-get install -y -qq packer >/dev/null; }
-export PATH="$PWD/node_modules/.bin:$PWD/dist/bin:$PATH" PIM_ACCEL=tcg NO_COLOR=1
-testbed="${PIM_TESTBED_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/pim/testbed}"
-bash test/testbed/build.sh
+bench_install packer
 bash test/testbed/debian-cloud.sh
 image="${PIM_DEBIAN_CLOUD_DIR:-$(dirname "$testbed")/debian-cloud}/debian-12-cloud.qcow2"
-tmp="$(mktemp -d /tmp/pimcloudbench.XXXXXX)"
-cleanup() { [ -n "${http:-}" ] && kill "$http" 2>/dev/null; [ -n "${PIM_BENCH_KEEP:-}" ] || rm -rf "$tmp"; }
-trap cleanup EXIT
-export XDG_RUNTIME_DIR="$tmp/run" XDG_CONFIG_HOME="$tmp/config" XDG_DATA_HOME="$tmp/data" XDG_CACHE_HOME="$tmp/cache" XDG_STATE_HOME="$tmp/state"
-mkdir -p "$XDG_RUNTIME_DIR" && chmod 700 "$XDG_RUNTIME_DIR"
 mem=1024 cpus=2 disk=3G
 
 # the image through pim's catalog, from a loopback server (downloaded once, before timing)
-mkdir -p "$tmp/www" && ln -s "$image" "$tmp/www/debian-12-cloud.qcow2" && (cd "$tmp/www" && sha256sum -- *.qcow2 >SHA256SUMS)
-setsid python3 -m http.server 0 --bind 127.0.0.1 --directory "$tmp/www" >"$tmp/http.log" 2>&1 </dev/null &
-http=$!
-for _ in $(seq 100); do grep -q 'port [0-9]' "$tmp/http.log" && break; sleep 0.1; done
-port=$(grep -o 'port [0-9]*' "$tmp/http.log" | head -1 | cut -d' ' -f2)
+bench_www "$image"
 c="$XDG_CONFIG_HOME/pim"
 mkdir -p "$c/isos.d" "$c/profiles.d" "$c/scripts.d"
-echo "deb12: {kind: image, url: \"http://127.0.0.1:$port/debian-12-cloud.qcow2\", checksum_url: \"http://127.0.0.1:$port/SHA256SUMS\"}" >"$c/isos.d/deb.yml"
+echo "deb12: {kind: image, url: \"$u/debian-12-cloud.qcow2\", checksum_url: \"$u/SHA256SUMS\"}" >"$c/isos.d/deb.yml"
 cat >"$c/profiles.d/bench.yml" <<EOF
 bench:
   builder: cloud-init
@@ -72,13 +59,7 @@ pim-iso download deb12 >/dev/null 2>&1
 
 # Packer: the same seed, rendered by pim for the profile (without pim's per-build key)
 mkdir -p "$tmp/packer/http"
-node --input-type=module -e "
-  const { renderAnswer } = await import('$PWD/lib/install/serve.ts');
-  const { loadProfile } = await import('$PWD/lib/config/profile.ts');
-  const { writeFileSync } = await import('node:fs');
-  const p = await loadProfile('bench');
-  for (const r of ['user-data', 'meta-data']) writeFileSync('$tmp/packer/http/' + r, renderAnswer('/' + r, p, 'http://10.0.2.2:0').body);
-"
+for r in user-data meta-data; do pim_answer bench "/$r" http://10.0.2.2:0 >"$tmp/packer/http/$r"; done
 : >"$tmp/packer/http/vendor-data"
 cp "$c/scripts.d/provision.sh" "$tmp/packer/provision.sh"
 sum=$(sha256sum "$image" | cut -d' ' -f1)
@@ -152,7 +133,6 @@ for i in $(seq "$runs"); do
   aq+=("$(secs "$(finished "$tmp/packer/serial.log")" "$eq")")
   echo "bench: run $i: pim-build ${tp[-1]} s (after cloud-init finished: ${ap[-1]} s, load ${lp[-1]}), packer ${tq[-1]} s (after: ${aq[-1]} s, load ${lq[-1]}), ratio $(awk -v a="${tp[-1]}" -v b="${tq[-1]}" 'BEGIN { printf "%.2f", a / b }')" >&2
 done
-median() { printf '%s\n' "$@" | sort -g | awk '{a[NR]=$1} END {print (NR % 2) ? a[(NR+1)/2] : (a[NR/2] + a[NR/2+1]) / 2}'; }
 mp=$(median "${tp[@]}")
 mq=$(median "${tq[@]}")
 map=$(median "${ap[@]}")

@@ -7,10 +7,10 @@
 # Needs hyperfine, libvirt (libvirt-daemon-system) and openssh-server.
 # Usage: bench/deploy.sh [RUNS] (default 5)
 source "$(dirname "$0")/common.sh"
+bench_need hyperfine
 source test/bats/libvirt.bash
 runs=${1:-5}
-export XDG_CONFIG_HOME="$tmp/config" XDG_DATA_HOME="$tmp/data" XDG_STATE_HOME="$tmp/state"
-trap 'libvirt_down "$tmp"; rm -rf "$tmp"' EXIT
+trap 'libvirt_down "$tmp"; bench_done' EXIT
 libvirt_up "$tmp"
 export PATH="$tmp/bin:$PATH"
 mkdir -p "$XDG_CONFIG_HOME/pim/targets.d"
@@ -48,7 +48,6 @@ sc() {
 }
 pd=() s=()
 for _ in $(seq "$runs"); do pd+=("$(up)"); s+=("$(sc)"); done
-median() { printf '%s\n' "$@" | sort -g | awk '{a[NR]=$1} END {print (NR % 2) ? a[(NR+1)/2] : (a[NR/2] + a[NR/2+1]) / 2}'; }
 mp=$(median "${pd[@]}") ms=$(median "${s[@]}")
 awk -v n="$noop" -v p="$mp" -v s="$ms" -v b="$size" 'BEGIN {
   printf "no-op re-deploy (local): %.3f s (target < 1 s)\n", n

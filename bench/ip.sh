@@ -3,7 +3,8 @@
 #   (echo '{"execute":"guest-network-get-interfaces"}'; sleep 1) | socat - UNIX-CONNECT:NAME.ga
 # Target (issue 2): pim-ip at least 5x faster. Needs hyperfine, socat and a build.
 source "$(dirname "$0")/common.sh"
-trap 'pim-stop benchip --force --timeout 5 >/dev/null 2>&1 || true; rm -rf "$tmp"' EXIT
+bench_need hyperfine socat
+trap 'pim-stop benchip --force --timeout 5 >/dev/null 2>&1 || true; bench_done' EXIT
 pim-run "$testbed/guest-full.qcow2" --name benchip --snapshot --mem 256M --cpus 1 >/dev/null 2>&1
 pim-console benchip --ro --replay --until 'pim-testbed ready' --timeout 120 >/dev/null
 ga="$XDG_RUNTIME_DIR/pim/benchip.ga"

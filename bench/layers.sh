@@ -15,31 +15,17 @@
 # (bench/build.sh times one on the same ISO). Prints a table of seconds.
 #
 #   bench/layers.sh [--cloud]
-set -euo pipefail
-cd "$(dirname "${BASH_SOURCE[0]}")/.."
 cloud=0
 [ "${1:-}" = --cloud ] && cloud=1
-export PATH="$PWD/node_modules/.bin:$PWD/dist/bin:$PATH" PIM_ACCEL=tcg NO_COLOR=1
-testbed="${PIM_TESTBED_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/pim/testbed}"
-bash test/testbed/build.sh
+source "$(dirname "$0")/common.sh"
 bash test/testbed/installer/build.sh
 [ "$cloud" = 1 ] && bash test/testbed/debian-cloud.sh
 debcloud="$(dirname "$testbed")/debian-cloud/debian-12-cloud.qcow2"
-tmp="$(mktemp -d /tmp/pimlayers.XXXXXX)"
-cleanup() { [ -n "${http:-}" ] && kill "$http" 2>/dev/null; [ -n "${PIM_BENCH_KEEP:-}" ] || rm -rf "$tmp"; }
-trap cleanup EXIT
-export XDG_RUNTIME_DIR="$tmp/run" XDG_CONFIG_HOME="$tmp/config" XDG_DATA_HOME="$tmp/data" XDG_CACHE_HOME="$tmp/cache" XDG_STATE_HOME="$tmp/state"
-mkdir -p "$XDG_RUNTIME_DIR" && chmod 700 "$XDG_RUNTIME_DIR"
 
 # the ISO and the image through pim's catalog, from a loopback server (downloaded before timing)
-mkdir -p "$tmp/www" && ln -s "$testbed/installer/di.iso" "$tmp/www/di.iso"
-[ "$cloud" = 1 ] && ln -s "$debcloud" "$tmp/www/debian-12-cloud.qcow2"
-(cd "$tmp/www" && sha256sum -- * >SHA256SUMS)
-setsid python3 -m http.server 0 --bind 127.0.0.1 --directory "$tmp/www" >"$tmp/http.log" 2>&1 </dev/null &
-http=$!
-for _ in $(seq 100); do grep -q 'port [0-9]' "$tmp/http.log" && break; sleep 0.1; done
-port=$(grep -o 'port [0-9]*' "$tmp/http.log" | head -1 | cut -d' ' -f2)
-u="http://127.0.0.1:$port"
+www=("$testbed/installer/di.iso")
+[ "$cloud" = 1 ] && www+=("$debcloud")
+bench_www "${www[@]}"
 c="$XDG_CONFIG_HOME/pim"
 mkdir -p "$c/isos.d" "$c/profiles.d" "$c/scripts.d" "$c/installs.d" "$c/preseeds.d"
 cat >"$c/isos.d/tb.yml" <<EOF

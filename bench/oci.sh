@@ -12,13 +12,11 @@
 # Needs hyperfine, docker-registry, skopeo, apache2-utils, openssl.
 #   4. a pull into a fresh home against skopeo copy of the same tag to an OCI layout.
 # Usage: bench/oci.sh [RUNS] (default 5)
-# the test bed is not used here: point common.sh at the shared one (built already, not again)
-export PIM_TESTBED_DIR="${PIM_TESTBED_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/pim/testbed}"
 source "$(dirname "$0")/common.sh"
+bench_need hyperfine
 source test/bats/oci.bash
 source test/bats/deploy.bash
 runs=${1:-5}
-export XDG_CONFIG_HOME="$tmp/config" XDG_DATA_HOME="$tmp/data" XDG_STATE_HOME="$tmp/state"
 regn=0
 fresh_registry() { # a new registry (new storage) on the same port for each measured push
   [ -n "${REGDIR:-}" ] && kill_registry "$REGDIR"
@@ -29,7 +27,7 @@ fresh_registry() { # a new registry (new storage) on the same port for each meas
   REG_PORT=${REG_PORT:-$(free_port)} start_registry "$REGDIR" tls >/dev/null
   REG_PORT=${REG##*:}
 }
-trap '[ -n "${REGDIR:-}" ] && kill_registry "$REGDIR"; rm -rf "$tmp"' EXIT
+trap '[ -n "${REGDIR:-}" ] && kill_registry "$REGDIR"; bench_done' EXIT
 export PIM_REG="$REG_USER:$REG_PASS"
 fresh_registry
 mkdir -p "$XDG_CONFIG_HOME/pim/targets.d" "$XDG_CONFIG_HOME/pim/profiles.d"
@@ -52,7 +50,6 @@ cpu() {
   echo "$t0 $t1 $(tail -1 "$tmp/cpu")" | awk '{print $2 - $1, $3 + $4}'
 }
 regcpu() { awk '{print ($14 + $15) / 100}' "/proc/$(cat "$REGDIR/pid")/stat"; }
-median() { printf '%s\n' "$@" | sort -g | awk '{a[NR]=$1} END {print (NR % 2) ? a[(NR+1)/2] : (a[NR/2] + a[NR/2+1]) / 2}'; }
 
 # the OCI layout skopeo copies: the image pim pushed, as it is (digests kept)
 pim-deploy "$b" reg >/dev/null

@@ -8,9 +8,10 @@
 #      throughput.
 # Needs hyperfine and a build. Usage: bench/ssh.sh [RUNS] (default 10)
 source "$(dirname "$0")/common.sh"
+bench_need hyperfine
 runs=${1:-10}
 name=benchssh
-trap 'pim-stop $name --force --timeout 5 >/dev/null 2>&1 || true; rm -rf "$tmp"' EXIT
+trap 'pim-stop $name --force --timeout 5 >/dev/null 2>&1 || true; bench_done' EXIT
 # 512M: the guest's /tmp (tmpfs, in RAM) takes the 100 MB file
 pim-run "$testbed/guest-full.qcow2" --name $name --snapshot --mem 512M --cpus 1 --wait ssh --wait agent >/dev/null 2>&1
 export PIM_SSH_KEY="$testbed/id_ed25519"

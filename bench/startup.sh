@@ -11,8 +11,9 @@
 # Targets: medians <= 1.5x node -e 0 for (1); (2) is reported; <= 2x for (3).
 # Needs hyperfine (apt-get install hyperfine) and a build (node build.mjs).
 source "$(dirname "$0")/common.sh"
+bench_need hyperfine
 pids=()
-cleanup() { pim-ps -q 2>/dev/null | pim-stop --force --timeout 5 >/dev/null 2>&1 || true; [ ${#pids[@]} -eq 0 ] || kill "${pids[@]}" 2>/dev/null || true; rm -rf "$tmp"; }
+cleanup() { pim-ps -q 2>/dev/null | pim-stop --force --timeout 5 >/dev/null 2>&1 || true; [ ${#pids[@]} -eq 0 ] || kill "${pids[@]}" 2>/dev/null || true; bench_done; }
 trap cleanup EXIT
 echo "node $(node --version) at $(command -v node)" >&2
 

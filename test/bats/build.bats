@@ -6,37 +6,20 @@
 # installed, provisioned over SSH, stored; then booted with pim-run. Failures
 # each end with their exit code, a clear message, nothing in the store, no VM.
 load helper
+load build
 
 setup_file() {
-  pim_isolate
-  need_testbed
+  build_home
   need_installer
-  export XDG_STATE_HOME="$PIM_TMP/state"
-  W="$PIM_TMP/www"
-  mkdir -p "$W"
-  ln -s "$TESTBED/installer/di.iso" "$W/di.iso"
-  ln -s "$TESTBED/installer/ubuntu.iso" "$W/ubuntu.iso"
-  ln -s "$TESTBED/installer/di-real.iso" "$W/di-real.iso"
-  (cd "$W" && sha256sum -- *.iso >SHA256SUMS)
-  local port
-  port=$(serve_www "$W")
-  local c="$XDG_CONFIG_HOME/pim"
-  mkdir -p "$c/isos.d" "$c/profiles.d" "$c/scripts.d" "$c/installs.d"
-  cat >"$c/isos.d/tb.yml" <<EOF
-tb-di: {url: "http://127.0.0.1:$port/di.iso", checksum_url: "http://127.0.0.1:$port/SHA256SUMS", distro: debian}
-tb-ubuntu: {url: "http://127.0.0.1:$port/ubuntu.iso", checksum_url: "http://127.0.0.1:$port/SHA256SUMS", distro: ubuntu}
-tb-real: {url: "http://127.0.0.1:$port/di-real.iso", checksum_url: "http://127.0.0.1:$port/SHA256SUMS", distro: debian}
-EOF
-  # every test profile: small, one CPU, root over SSH with the test bed's key kept
-  # in ssh_keys (pim's own build key is removed at the end of each build)
-  cat >"$c/profiles.d/tb.yml" <<EOF
-default:
-  ssh_user: root
-  ssh_keys: ["$(cat "$TESTBED/id_ed25519.pub")"]
-  disk_size: 256M
-  mem: 256M
-  cpus: 1
-  timeout: 300
+  build_www "$TESTBED/installer/di.iso" "$TESTBED/installer/ubuntu.iso" "$TESTBED/installer/di-real.iso"
+  {
+    www_entry tb-di di.iso 'distro: debian'
+    www_entry tb-ubuntu ubuntu.iso 'distro: ubuntu'
+    www_entry tb-real di-real.iso 'distro: debian'
+  } >"$C/isos.d/tb.yml"
+  # every test profile: small, one CPU, root over SSH with the test bed's key
+  cat >"$C/profiles.d/tb.yml" <<EOF
+$(tb_defaults 'disk_size: 256M' 'timeout: 300')
 tb: {iso: tb-di, scripts: [provision.sh], password: tb-plain-secret}
 tbu: {iso: tb-ubuntu, distro: ubuntu, scripts: [provision.sh]}
 nofetch: {iso: tb-ubuntu, distro: debian, boot: {kernel: casper/vmlinuz, initrd: casper/initrd}}
@@ -51,41 +34,27 @@ blank: {builder: raw, disk_size: 64M, hostname: one}
 torn: {builder: raw, disk_size: 16M}
 blankuefi: {builder: raw, disk_size: 32M, disk_format: raw, firmware: uefi, iso: nosuch-iso}
 EOF
-  cat >"$c/scripts.d/provision.sh" <<'EOF'
+  cat >"$C/scripts.d/provision.sh" <<'EOF'
 #!/bin/sh
 set -e
 echo "provisioning $(hostname) as uid $(id -u)"
 echo "a line on stderr" >&2
 echo "provisioned by pim-build" >/root/provisioned
 EOF
-  printf '#!/bin/sh\necho about to fail\nexit 3\n' >"$c/scripts.d/fails.sh"
-  printf '#!/bin/sh\ntouch /root/never\n' >"$c/scripts.d/never.sh"
-  printf '#!/bin/sh\necho "sleepy script running"\nsleep 100000\n' >"$c/scripts.d/sleepy.sh"
-  printf '#!/bin/sh\necho "late command ran" >/etc/pim-late-command\n' >"$c/installs.d/tb.sh"
-  cp "$c/installs.d/tb.sh" "$c/installs.d/tbu.sh"
-  cp "$c/installs.d/tb.sh" "$c/installs.d/inj.sh"
-  printf '#!/bin/sh\nsleep 100000\n' >"$c/installs.d/hang.sh"
-  printf '#!/bin/sh\nsleep 100000\n' >"$c/installs.d/slow.sh"
+  printf '#!/bin/sh\necho about to fail\nexit 3\n' >"$C/scripts.d/fails.sh"
+  printf '#!/bin/sh\ntouch /root/never\n' >"$C/scripts.d/never.sh"
+  printf '#!/bin/sh\necho "sleepy script running"\nsleep 100000\n' >"$C/scripts.d/sleepy.sh"
+  printf '#!/bin/sh\necho "late command ran" >/etc/pim-late-command\n' >"$C/installs.d/tb.sh"
+  cp "$C/installs.d/tb.sh" "$C/installs.d/tbu.sh"
+  cp "$C/installs.d/tb.sh" "$C/installs.d/inj.sh"
+  printf '#!/bin/sh\nsleep 100000\n' >"$C/installs.d/hang.sh"
+  printf '#!/bin/sh\nsleep 100000\n' >"$C/installs.d/slow.sh"
 }
 
 teardown_file() {
-  stop_www
   mountpoint -q "$PIM_TMP/small" && umount "$PIM_TMP/small"
-  pim_cleanup
+  build_teardown
 }
-
-# said_or_ended FILE MARK PID: the pim-build in the background (PID, its stderr in FILE) has printed MARK, or has ended
-said_or_ended() { grep -q "$2" "$1" || pid_gone "$3"; }
-
-ssh_vm() {
-  local name="$1"; shift
-  local port
-  port=$(pim-ps --json | jq -r --arg n "$name" 'select(.name==$n).ssh_port')
-  ssh -i "$TESTBED/id_ed25519" -p "$port" -o BatchMode=yes -o StrictHostKeyChecking=no \
-    -o UserKnownHostsFile=/dev/null -o LogLevel=ERROR -o ConnectTimeout=20 root@127.0.0.1 "$@"
-}
-
-
 
 @test "a Debian-layout profile builds end to end: stdout is the image's path only, the image is read-only, the log names every phase" {
   run --separate-stderr pim-build run tb
@@ -122,8 +91,7 @@ ssh_vm() {
 @test "pim-run PROFILE boots the build through an overlay: the late command and the script ran, pim's key is gone, the build's bytes never change" {
   path=$(pim-build path tb)
   sum=$(sha256sum "$path")
-  pim-run tb --mem 256M --cpus 1
-  pim-console tb --ro --replay --until 'pim-testbed ready' --timeout 120 >/dev/null
+  boot_build tb
   run ssh_vm tb cat /etc/pim-late-command /root/provisioned
   [ "$status" -eq 0 ]
   [[ "$output" == *"late command ran"* ]]
@@ -139,8 +107,7 @@ ssh_vm() {
   # in over SSH: the profile's ssh_user, and the user's own key that is among its ssh_keys
   mkdir -p "$PIM_TMP/home/.ssh"
   cp "$TESTBED/id_ed25519" "$TESTBED/id_ed25519.pub" "$PIM_TMP/home/.ssh/"
-  HOME="$PIM_TMP/home" pim-run tb --mem 256M --cpus 1
-  pim-console tb --ro --replay --until 'pim-testbed ready' --timeout 120 >/dev/null
+  HOME="$PIM_TMP/home" boot_build tb
   run ssh_vm tb stat -c %s /root/big
   [ "$output" = 8388608 ]
   [ "$(jq -r '.ssh_user + " " + .ssh_key' "$XDG_RUNTIME_DIR/pim/tb.json")" = "root $PIM_TMP/home/.ssh/id_ed25519" ]
@@ -209,8 +176,7 @@ ssh_vm() {
   [ "$status" -eq 0 ]
   [[ "$stderr" == *"the installer fetched user-data"* ]]
   grep -q 'GET "/meta-data" 200' "$(dirname "$output")/build.log"
-  pim-run tbu --mem 256M --cpus 1
-  pim-console tbu --ro --replay --until 'pim-testbed ready' --timeout 120 >/dev/null
+  boot_build tbu
   run ssh_vm tbu cat /etc/pim-late-command /root/provisioned
   [ "$status" -eq 0 ]
   [[ "$output" == *"late command ran"* ]]
@@ -249,7 +215,7 @@ ssh_vm() {
   [ "$status" -eq 65 ]
   [[ "$stderr" == *"provisioning script scripts.d/fails.sh failed with status 3"* ]]
   [[ "$stderr" == *"fails.sh| about to fail"* ]]
-  log=$(sed -n 's/.*build log: \([^)]*\)).*/\1/p' <<<"$stderr")
+  log=$(build_log_of "$stderr")
   [ -f "$log" ]
   ! grep -q 'never.sh' "$log"
   no_build_leftovers badscript

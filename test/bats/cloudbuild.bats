@@ -9,39 +9,20 @@
 # booted with pim-run. These are the fast failure cases; realcloud.bats builds
 # from a real Debian cloud image with the real cloud-init.
 load helper
+load build
 
 setup_file() {
-  pim_isolate
-  need_testbed
+  build_home
   need_installer
-  export XDG_STATE_HOME="$PIM_TMP/state"
-  W="$PIM_TMP/www"
-  mkdir -p "$W"
-  ln -s "$TESTBED/installer/cloud.qcow2" "$W/cloud.qcow2"
-  ln -s "$TESTBED/installer/di.iso" "$W/di.iso"
-  qemu-img create -q -f qcow2 -F qcow2 -b "$TESTBED/installer/cloud.qcow2" "$W/backed.qcow2"
-  (cd "$W" && sha256sum -- *.qcow2 *.iso >SHA256SUMS)
-  local port
-  port=$(serve_www "$W")
-  local c="$XDG_CONFIG_HOME/pim"
-  mkdir -p "$c/isos.d" "$c/profiles.d" "$c/scripts.d" "$c/sources.d" "$c/preseeds.d"
-  cat >"$c/isos.d/tb.yml" <<EOF
-tb-cloud: {kind: image, url: "http://127.0.0.1:$port/cloud.qcow2", checksum_url: "http://127.0.0.1:$port/SHA256SUMS"}
-tb-backed: {kind: image, url: "http://127.0.0.1:$port/backed.qcow2", checksum_url: "http://127.0.0.1:$port/SHA256SUMS"}
-tb-di: {url: "http://127.0.0.1:$port/di.iso", checksum_url: "http://127.0.0.1:$port/SHA256SUMS", distro: debian}
-EOF
-  cat >"$c/profiles.d/tb.yml" <<EOF
-default:
-  builder: cloud-init
-  image: tb-cloud
-  hostname: cloudy
-  ssh_user: root
-  ssh_keys: ["$(cat "$TESTBED/id_ed25519.pub")"]
-  disk_size: 128M
-  mem: 256M
-  cpus: 1
-  timeout: 240
-  scripts: [provision.sh]
+  qemu-img create -q -f qcow2 -F qcow2 -b "$TESTBED/installer/cloud.qcow2" "$PIM_TMP/backed.qcow2"
+  build_www "$TESTBED/installer/cloud.qcow2" "$PIM_TMP/backed.qcow2" "$TESTBED/installer/di.iso"
+  {
+    www_entry tb-cloud cloud.qcow2 'kind: image'
+    www_entry tb-backed backed.qcow2 'kind: image'
+    www_entry tb-di di.iso 'distro: debian'
+  } >"$C/isos.d/tb.yml"
+  cat >"$C/profiles.d/tb.yml" <<EOF
+$(tb_defaults 'builder: cloud-init' 'image: tb-cloud' 'hostname: cloudy' 'disk_size: 128M' 'timeout: 240' 'scripts: [provision.sh]')
 cloud:
   compress: true
   sources: [extra.txt]
@@ -58,9 +39,9 @@ backed: {image: tb-backed}
 shrink: {disk_size: 32M}
 installerimage: {builder: installer, iso: tb-cloud}
 EOF
-  printf 'a file from sources.d\n' >"$c/sources.d/extra.txt"
-  printf '#!/bin/sh\necho "this script fails"\nexit 3\n' >"$c/scripts.d/fail.sh"
-  cat >"$c/scripts.d/provision.sh" <<'EOF'
+  printf 'a file from sources.d\n' >"$C/sources.d/extra.txt"
+  printf '#!/bin/sh\necho "this script fails"\nexit 3\n' >"$C/scripts.d/fail.sh"
+  cat >"$C/scripts.d/provision.sh" <<'EOF'
 #!/bin/sh
 set -e
 echo "provisioning $(hostname)"
@@ -68,12 +49,7 @@ echo "provisioned by pim-build" >/root/provisioned
 EOF
 }
 
-teardown_file() {
-  stop_www
-  pim_cleanup
-}
-
-
+teardown_file() { build_teardown; }
 
 @test "a cloud-init profile builds end to end: the seed's user-data, write_files, runcmd and sources applied, provisioned, stored, boots with pim-run" {
   run --separate-stderr pim-build run cloud
@@ -109,8 +85,7 @@ teardown_file() {
   [ "$kept" -lt "$left" ]
   [ "$(qemu-img check --output=json "$img" | jq '."compressed-clusters"')" -gt 0 ]
 
-  pim-run cloud --name c1 --mem 256M --cpus 1
-  pim-console c1 --ro --replay --until 'pim-testbed ready' --timeout 120 >/dev/null
+  boot_build cloud c1
   [ "$(pim-ssh c1 -i "$TESTBED/id_ed25519" -- cat /etc/pim-motd)" = "built from a cloud image" ]
   [ "$(pim-ssh c1 -i "$TESTBED/id_ed25519" -- stat -c %a /etc/pim-motd)" = 600 ]
   [ "$(pim-ssh c1 -i "$TESTBED/id_ed25519" -- cat /root/runcmd-hostname)" = cloudy ]
@@ -187,7 +162,7 @@ teardown_file() {
   run --separate-stderr pim-build run badscript
   [ "$status" -eq 65 ]
   [[ "$stderr" == *"provisioning script scripts.d/fail.sh failed with status 3"* ]]
-  log=$(sed -n 's/.*(build log: \(.*\))$/\1/p' <<<"$stderr" | tail -n 1)
+  log=$(build_log_of "$stderr")
   [ -f "$log" ]
   grep -q '^===== provisioning console (at the failure) =====$' "$log"
   sed -n '/^===== provisioning console/,$p' "$log" | grep -q 'pim-testbed ready'

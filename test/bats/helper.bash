@@ -108,11 +108,14 @@ no_build_leftovers() {
   ! pgrep -f "qemu-system.*$XDG_RUNTIME_DIR/pim/$profile-build-" >/dev/null
 }
 
-# build_log_tail STDERR: the end of the build log a failed pim-build named (its
-# consoles), for the test's output: a failure on CI says what the guest did
+# build_log_of STDERR: the build log a failed pim-build named on its stderr
+build_log_of() { sed -n 's/.*(build log: \(.*\))$/\1/p' <<<"$1" | tail -n 1; }
+
+# build_log_tail STDERR: the end of that log (its consoles), for the test's
+# output: a failure on CI says what the guest did
 build_log_tail() {
   local log
-  log=$(sed -n 's/.*(build log: \(.*\))$/\1/p' <<<"$1" | tail -n 1)
+  log=$(build_log_of "$1")
   [ -n "$log" ] && [ -f "$log" ] && tail -n 80 "$log"
   return 0
 }

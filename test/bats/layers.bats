@@ -5,32 +5,16 @@
 # several builds at once (-j); gc and rm that know stages; signals in a stage
 # that leave nothing behind. Few builds: each test goes on from the last.
 load helper
+load build
 
 setup_file() {
-  pim_isolate
-  need_testbed
+  build_home
   need_installer
-  export XDG_STATE_HOME="$PIM_TMP/state"
-  W="$PIM_TMP/www"
-  mkdir -p "$W"
-  ln -s "$TESTBED/installer/di.iso" "$W/di.iso"
-  (cd "$W" && sha256sum -- *.iso >SHA256SUMS)
-  local port
-  port=$(serve_www "$W")
-  local c="$XDG_CONFIG_HOME/pim"
-  mkdir -p "$c/isos.d" "$c/profiles.d" "$c/scripts.d" "$c/installs.d"
-  echo "tb-di: {url: \"http://127.0.0.1:$port/di.iso\", checksum_url: \"http://127.0.0.1:$port/SHA256SUMS\", distro: debian}" >"$c/isos.d/tb.yml"
+  build_www "$TESTBED/installer/di.iso"
+  www_entry tb-di di.iso 'distro: debian' >"$C/isos.d/tb.yml"
   # the answer's mark is the hostname
-  cat >"$c/profiles.d/tb.yml" <<EOF
-default:
-  ssh_user: root
-  ssh_keys: ["$(cat "$TESTBED/id_ed25519.pub")"]
-  disk_size: 256M
-  mem: 256M
-  cpus: 1
-  timeout: 300
-  iso: tb-di
-  hostname: lay-one
+  cat >"$C/profiles.d/tb.yml" <<EOF
+$(tb_defaults 'disk_size: 256M' 'timeout: 300' 'iso: tb-di' 'hostname: lay-one')
 la: {scripts: [a.sh]}
 lslow: {}
 ja: {preseed: shared.cfg.eta, installs: [shared.sh], scripts: [ja.sh]}
@@ -40,36 +24,24 @@ cy1: {from: cy2}
 cy2: {from: cy1}
 EOF
   # ja and jb render the same answer file (pim's template without the profile's name in it): one install stage for both
-  mkdir -p "$c/preseeds.d"
   sed "s/<%= name %>/shared/; s|'/installs.d/' + name + '.sh|'/installs.d/shared.sh|" \
-    "$REPO/defaults/preseeds.d/default.cfg.eta" >"$c/preseeds.d/shared.cfg.eta"
-  printf '#!/bin/sh\necho "late command ran" >/etc/pim-late-command\n' >"$c/installs.d/shared.sh"
-  printf '#!/bin/sh\necho ja-one >/root/mark\n' >"$c/scripts.d/ja.sh"
-  printf '#!/bin/sh\necho jb-one >/root/mark\n' >"$c/scripts.d/jb.sh"
-  printf '#!/bin/sh\necho fc-one >/root/child-mark\n' >"$c/scripts.d/fc.sh"
+    "$REPO/defaults/preseeds.d/default.cfg.eta" >"$C/preseeds.d/shared.cfg.eta"
+  printf '#!/bin/sh\necho "late command ran" >/etc/pim-late-command\n' >"$C/installs.d/shared.sh"
+  printf '#!/bin/sh\necho ja-one >/root/mark\n' >"$C/scripts.d/ja.sh"
+  printf '#!/bin/sh\necho jb-one >/root/mark\n' >"$C/scripts.d/jb.sh"
+  printf '#!/bin/sh\necho fc-one >/root/child-mark\n' >"$C/scripts.d/fc.sh"
   # the late command the installer fetches: installs.d/PROFILE.sh
-  printf '#!/bin/sh\necho "late command ran" >/etc/pim-late-command\n' >"$c/installs.d/la.sh"
-  printf '#!/bin/sh\nsleep 100000\n' >"$c/installs.d/lslow.sh"
-  printf '#!/bin/sh\necho a-one >/root/mark\n' >"$c/scripts.d/a.sh"
-  printf '#!/bin/sh\necho "sleepy script running"\nsleep 100000\n' >"$c/scripts.d/sleepy.sh"
+  printf '#!/bin/sh\necho "late command ran" >/etc/pim-late-command\n' >"$C/installs.d/la.sh"
+  printf '#!/bin/sh\nsleep 100000\n' >"$C/installs.d/lslow.sh"
+  printf '#!/bin/sh\necho a-one >/root/mark\n' >"$C/scripts.d/a.sh"
+  printf '#!/bin/sh\necho "sleepy script running"\nsleep 100000\n' >"$C/scripts.d/sleepy.sh"
 }
 
-teardown_file() {
-  stop_www
-  pim_cleanup
-}
+teardown_file() { build_teardown; }
 
 stages_dir() { echo "$XDG_DATA_HOME/pim/stages"; }
 # the stored install stages, one directory name a line
 stages() { find "$(stages_dir)" -mindepth 1 -maxdepth 1 -name 'install-*' -printf '%f\n' 2>/dev/null | sort; }
-said_or_ended() { grep -q "$2" "$1" || pid_gone "$3"; }
-ssh_vm() {
-  local port
-  port=$(pim-ps --json | jq -r --arg n "$1" 'select(.name==$n).ssh_port')
-  shift
-  ssh -i "$TESTBED/id_ed25519" -p "$port" -o BatchMode=yes -o StrictHostKeyChecking=no \
-    -o UserKnownHostsFile=/dev/null -o LogLevel=ERROR -o ConnectTimeout=20 root@127.0.0.1 "$@"
-}
 
 @test "a changed script re-runs only provisioning, on the stored install stage: the rebuild boots with the new script's mark and the answer's" {
   run --separate-stderr pim-build run la
@@ -97,8 +69,7 @@ ssh_vm() {
   [ "$(jq -r '[.stages[] | .stage + ":" + .how] | join(" ")' <<<"$output")" = "install:reused provision:made finish:made" ]
   [ "$(jq -r '.stages[0].stored' <<<"$output")" = true ]
   [ "$(jq -r '.stages[0].key[0:16]' <<<"$output")" = "$(stages | sed 's/install-//')" ]
-  pim-run la --mem 256M --cpus 1
-  pim-console la --ro --replay --until 'pim-testbed ready' --timeout 120 >/dev/null
+  boot_build la
   run ssh_vm la 'cat /root/mark /etc/pim-late-command; hostname'
   pim-stop la --force >/dev/null
   [ "$status" -eq 0 ]
@@ -177,8 +148,7 @@ ssh_vm() {
   [ "$(pim-build list -q | grep -c '^ja-')" -eq 2 ]
   [ "$(pim-build list -q | grep -c '^fc-')" -eq 3 ]
   [ "$(pim-build show fc --json | jq -r .stages[0].inputs.from)" = "$(pim-build show ja --json | jq -r .key)" ]
-  pim-run fc --mem 256M --cpus 1
-  pim-console fc --ro --replay --until 'pim-testbed ready' --timeout 120 >/dev/null
+  boot_build fc
   run ssh_vm fc 'cat /root/mark /root/child-mark'
   pim-stop fc --force >/dev/null
   [ "$output" = "$(printf 'ja-two\nfc-two')" ]

@@ -11,28 +11,18 @@
 # domain must be a machine of its own too. Each real boot takes 80-90 s under
 # TCG here; the whole file about 8-10 minutes.
 load helper
+load build
 load libvirt
 
 setup_file() {
-  pim_isolate
-  need_testbed
+  build_home
   bash "$REPO/test/testbed/debian-cloud.sh" >&2
   DEBIAN_CLOUD="${PIM_DEBIAN_CLOUD_DIR:-$(dirname "$PIM_TESTBED_DIR")/debian-cloud}/debian-12-cloud.qcow2"
   [ -s "$DEBIAN_CLOUD" ]
-  export XDG_STATE_HOME="$PIM_TMP/state"
-  W="$PIM_TMP/www"
-  mkdir -p "$W"
-  ln -s "$DEBIAN_CLOUD" "$W/debian-12-cloud.qcow2"
-  (cd "$W" && sha256sum -- *.qcow2 >SHA256SUMS)
-  local port
-  port=$(serve_www "$W")
-  local c="$XDG_CONFIG_HOME/pim"
-  mkdir -p "$c/isos.d" "$c/profiles.d" "$c/scripts.d"
-  cat >"$c/isos.d/deb.yml" <<EOF
-debian-12-cloud: {kind: image, url: "http://127.0.0.1:$port/debian-12-cloud.qcow2", checksum_url: "http://127.0.0.1:$port/SHA256SUMS"}
-EOF
+  build_www "$DEBIAN_CLOUD"
+  www_entry debian-12-cloud debian-12-cloud.qcow2 'kind: image' >"$C/isos.d/deb.yml"
   # the README's builder: cloud-init example, with a non-root ssh_user
-  cat >"$c/profiles.d/real.yml" <<EOF
+  cat >"$C/profiles.d/real.yml" <<EOF
 real:
   builder: cloud-init
   image: debian-12-cloud
@@ -50,7 +40,7 @@ real:
     write_files: [{path: /etc/pim-motd, content: "built by pim\n", permissions: "0640"}]
     runcmd: ["echo runcmd-ran > /var/lib/pim-runcmd-mark"]
 EOF
-  cat >"$c/scripts.d/real.sh" <<'EOF'
+  cat >"$C/scripts.d/real.sh" <<'EOF'
 #!/bin/sh
 set -e
 # manage_etc_hosts: sudo resolves the host's own name (no "unable to resolve host")
@@ -65,9 +55,8 @@ EOF
 }
 
 teardown_file() {
-  stop_www
   [ -n "${PIM_TMP:-}" ] && [ -f "$PIM_TMP/libvirtd.pid" ] && libvirt_down "$PIM_TMP"
-  pim_cleanup
+  build_teardown
 }
 
 k() { pim-ssh "$1" -i "$TESTBED/id_ed25519" -- "${@:2}"; }

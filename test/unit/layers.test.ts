@@ -4,7 +4,8 @@
  * from folders on lower layers, never sideways to another folder of its layer
  * nor up; a type-only import counts too. cmds/ sits on top. And no two files
  * import each other, however far round (type-only imports count: a loop of
- * them still ties the files' meaning together).
+ * them still ties the files' meaning together). README.md's "Layout and
+ * development" says the same order and names every folder.
  */
 import { describe, expect, it } from 'vitest';
 import { readdirSync, readFileSync } from 'node:fs';
@@ -76,6 +77,14 @@ describe('the layers of lib/', () => {
       .map((d) => d.name)
       .sort();
     expect([...layerOf.keys()].filter((f) => f !== 'cmds').sort()).toEqual(folders);
+  });
+
+  it("are the README's: its layer order is LAYERS, and its layout names every folder", () => {
+    const readme = readFileSync(join(ROOT, 'README.md'), 'utf8');
+    const order = /The folders are layers, bottom up: ([^.]*)\./.exec(readme.replace(/\s+/g, ' '))?.[1] ?? '';
+    expect(order.split(' < ').map((layer) => layer.split(', '))).toEqual(LAYERS);
+    const named = [...readme.matchAll(/^lib\/([\w-]+)\/ /gm)].map((m) => m[1]);
+    expect(named.sort()).toEqual([...layerOf.keys()].filter((f) => f !== 'cmds').sort());
   });
 
   it('are imported downwards only: no import up a layer or sideways to another folder', () => {
