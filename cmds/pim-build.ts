@@ -109,7 +109,7 @@ async function buildOne(
     }
   }
   // the builder is loaded only for a build (a remote hit never needs it)
-  const { runBuild } = await import('../lib/build/build.ts');
+  const { runBuild } = await import('../lib/builder/build.ts');
   const out = await runBuild({ profile: name, ...a, signal, status });
   if (rc?.push && !out.hit) {
     status.set(`pushing ${out.record.id} to the remote cache`);
@@ -355,7 +355,7 @@ const show = defineCommand({
     const reg = await registry();
     const r = reg.findBuild(args.build);
     // the stage chain: each link's key, inputs, time, made or reused, and whether the install stage is still stored
-    const { findStage } = await import('../lib/build/stages.ts');
+    const { findStage } = await import('../lib/builder/stages.ts');
     const stages = r.stages?.map((l) => ({
       ...l,
       how: l.made ? 'made' : 'reused',
@@ -403,7 +403,7 @@ const rm = defineCommand({
     // a damaged build (its build.json broken) is named by its id
     const damaged = reg.damagedBuilds();
     const recs = (data as Words).positionals.map((b) => damaged.find((d) => d.id === b) ?? reg.findBuild(b));
-    const { pruneStages, stagesNamedBy } = await import('../lib/build/stages.ts');
+    const { pruneStages, stagesNamedBy } = await import('../lib/builder/stages.ts');
     const { log } = await import('../lib/core/log.ts');
     return forEachName(
       recs.map((r) => r.id),
@@ -448,7 +448,7 @@ const gc = defineCommand({
       }
     }
     // then the stages no build left names (a build a store disk needs is kept above, and with it its stages)
-    const { pruneStages } = await import('../lib/build/stages.ts');
+    const { pruneStages } = await import('../lib/builder/stages.ts');
     for (const s of pruneStages(reg.listBuilds())) writeOut(`${s}\n`);
   },
 });

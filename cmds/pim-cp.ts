@@ -1,16 +1,16 @@
 /**
  * pim-cp: copy files between the host and a VM, scp-style: `NAME:path` on
  * one side (or both: VM to VM, a tar stream through pim). It goes over the VM's ssh config and cached connection (the same
- * as pim-ssh: lib/vm/reach.ts), with OpenSSH's `scp -O` (no SFTP server
+ * as pim-ssh: lib/guest/reach.ts), with OpenSSH's `scp -O` (no SFTP server
  * needed in the guest), modes and times kept; a guest without scp gets a tar
- * stream over ssh (lib/vm/copy.ts).
+ * stream over ssh (lib/guest/copy.ts).
  */
 import { defineCommand } from 'citty';
 import { lazyCompleter, VERSION, type Words } from '../lib/cli/command.ts';
 import { EXIT, PimError } from '../lib/core/exit.ts';
-import { planCopy, checkLocal, copy, copyAcross } from '../lib/vm/copy.ts';
+import { planCopy, checkLocal, copy, copyAcross } from '../lib/guest/copy.ts';
 import { runningVm } from '../lib/vm/connect.ts';
-import { prepareSsh, startMaster, overrideArgs, needSshClient } from '../lib/vm/reach.ts';
+import { prepareSsh, startMaster, overrideArgs, needSshClient } from '../lib/guest/reach.ts';
 
 /** VM names from the runtime dir, loaded at TAB time only */
 const vmNames = lazyCompleter(async () => (await import('../lib/vm/complete.ts')).completeVmNames);

@@ -10,7 +10,7 @@ import { lazyCompleter, VERSION, type Completer, type Words } from '../lib/cli/c
 import { jsonArgs, parseTimeout } from '../lib/cli/args.ts';
 import { EXIT, PimError } from '../lib/core/exit.ts';
 import { parseAction, ctlVm } from '../lib/vm/ctl.ts';
-import { parseWaitFor, checkWaitable, signalsOf, waitUp } from '../lib/vm/wait.ts';
+import { parseWaitFor, checkWaitable, signalsOf, waitUp } from '../lib/guest/wait.ts';
 import { runningVm } from '../lib/vm/connect.ts';
 import { printRecords } from '../lib/cli/output.ts';
 

@@ -4,14 +4,14 @@
  * stderr; pim-exec's own stdin is passed on when it is not a terminal; the
  * exit status is the command's (128+N when a signal N ended it). How the end
  * is found (polling: the agent has no completion event), the size limits and
- * what a timeout does are in lib/vm/exec.ts.
+ * what a timeout does are in lib/guest/exec.ts.
  */
 import { defineCommand } from 'citty';
 import { lazyCompleter, VERSION, type Words } from '../lib/cli/command.ts';
 import { EXIT, PimError } from '../lib/core/exit.ts';
 import { parseTimeout } from '../lib/cli/args.ts';
 import { runningVm } from '../lib/vm/connect.ts';
-import { guestExec, readInput, SpawnFailed } from '../lib/vm/exec.ts';
+import { guestExec, readInput, SpawnFailed } from '../lib/guest/exec.ts';
 import { trapSignals } from '../lib/core/signals.ts';
 import { writeOut } from '../lib/cli/output.ts';
 

@@ -11,7 +11,7 @@ import { lazyCompleter, VERSION, type Completer, type Words } from '../lib/cli/c
 import { writeOut } from '../lib/cli/output.ts';
 import { EXIT, PimError } from '../lib/core/exit.ts';
 import { trapSignals } from '../lib/core/signals.ts';
-import { waitUp } from '../lib/vm/wait.ts';
+import { waitUp } from '../lib/guest/wait.ts';
 import { StatusLine } from '../lib/cli/status.ts';
 
 /** What --wait takes, at TAB time */
@@ -146,7 +146,7 @@ in the boot order (a blank disk boots it: a manual install).`,
   async run({ args, data }) {
     // pim-gdb runs this command with `debugger`: QEMU in the foreground under gdb
     const { rest, repeated, debugger: debuggerArgv } = data as Words & { debugger?: string[] };
-    const { planRun } = await import('../lib/vm/runplan.ts');
+    const { planRun } = await import('../lib/guest/runplan.ts');
     const { startVm } = await import('../lib/vm/plan.ts');
     const { log } = await import('../lib/core/log.ts');
     const { start, fors, waitMs, shares } = await planRun({

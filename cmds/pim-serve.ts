@@ -10,7 +10,7 @@ import { writeOut } from '../lib/cli/output.ts';
 import { EXIT, PimError } from '../lib/core/exit.ts';
 import { catalogCompleter } from '../lib/cli/catalog-names.ts';
 import { loadRuntimeConfig } from '../lib/config/runtime.ts';
-import { installerCmdline } from '../lib/build/iso-boot.ts';
+import { installerCmdline } from '../lib/builder/iso-boot.ts';
 
 const profileNames = catalogCompleter('profiles', () => import('../lib/config/defaults.ts'));
 

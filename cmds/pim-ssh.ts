@@ -1,6 +1,6 @@
 /**
  * pim-ssh: the system's OpenSSH client to a VM, through a per-VM config file
- * that pim writes in the runtime dir (lib/vm/reach.ts): the address (the
+ * that pim writes in the runtime dir (lib/guest/reach.ts): the address (the
  * forwarded port, or a bridged guest's address from its agent), the user and
  * key, a known_hosts pinned through the guest agent, and a cached master
  * connection (ControlMaster auto, ControlPersist). With no command, an
@@ -16,8 +16,8 @@ import { defineCommand } from 'citty';
 import { lazyCompleter, VERSION, type Words } from '../lib/cli/command.ts';
 import { EXIT, PimError } from '../lib/core/exit.ts';
 import { runningVm } from '../lib/vm/connect.ts';
-import { prepareSsh, startMaster, overrideArgs, needSshClient } from '../lib/vm/reach.ts';
-import { ensureUserKey } from '../lib/vm/userkey.ts';
+import { prepareSsh, startMaster, overrideArgs, needSshClient } from '../lib/guest/reach.ts';
+import { ensureUserKey } from '../lib/guest/userkey.ts';
 import { writeOut } from '../lib/cli/output.ts';
 import { becomeOrRun } from '../lib/core/proc.ts';
 

@@ -48,7 +48,7 @@ is nothing to do (exit 0).`,
     force: { type: 'boolean', alias: 'f', description: 'skip the graceful stages: SIGTERM, then SIGKILL' },
   },
   async run({ args, data }) {
-    const { stopVm } = await import('../lib/vm/stop.ts');
+    const { stopVm } = await import('../lib/guest/stop.ts');
     const ms = parseTimeout(args.timeout, 20);
     const names = await namesOrStdin(
       (data as Words).positionals,

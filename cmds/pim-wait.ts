@@ -2,7 +2,7 @@
  * pim-wait: return once a running VM's guest is really up, as `limactl start`
  * does, on readiness signals and never on sleeps: the guest agent answering
  * guest-sync, an SSH banner on the forwarded port, or a console line that
- * matches a regular expression (lib/vm/wait.ts). Prints NAME, what answered,
+ * matches a regular expression (lib/guest/wait.ts). Prints NAME, what answered,
  * after how many seconds, and what it said. 75 on timeout (with what was
  * last seen), 69 when the VM stops meanwhile or does not run.
  */
@@ -10,7 +10,7 @@ import { defineCommand } from 'citty';
 import { lazyCompleter, VERSION, type Completer, type Words } from '../lib/cli/command.ts';
 import { jsonArgs, timeoutArgs, parseTimeout } from '../lib/cli/args.ts';
 import { runningVm } from '../lib/vm/connect.ts';
-import { parseWaitFor, waitUp, checkWaitable, signalsOf } from '../lib/vm/wait.ts';
+import { parseWaitFor, waitUp, checkWaitable, signalsOf } from '../lib/guest/wait.ts';
 import { printRecords } from '../lib/cli/output.ts';
 import { StatusLine } from '../lib/cli/status.ts';
 

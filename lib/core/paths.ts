@@ -62,7 +62,7 @@ export const RUNTIME_EXT = {
   clone: '.clone.qcow2',
   /** a directory for what a start needs only until QEMU has it (kboot's initrd and FIFO) */
   stage: '.stage',
-  /** a private directory for pim-ssh and pim-cp: the ssh config, the pinned known_hosts, the control sockets (lib/vm/reach.ts) */
+  /** a private directory for pim-ssh and pim-cp: the ssh config, the pinned known_hosts, the control sockets (lib/guest/reach.ts) */
   ssh: '.ssh',
 } as const;
 

@@ -53,7 +53,7 @@ export interface BuildRecord {
   disk: { file: string; format: 'qcow2' | 'raw'; virtual_size: number; bytes: number };
   efivars: string | null;
   /** what it takes to run it (and, later, to deploy it) */
-  /** user_key: the public half of pim's own key (lib/vm/userkey.ts), when the build put it in */
+  /** user_key: the public half of pim's own key (lib/guest/userkey.ts), when the build put it in */
   settings: {
     mem: string;
     cpus: number;
@@ -66,7 +66,7 @@ export interface BuildRecord {
   };
   times: { install: number; provision: number; total: number };
   log: string;
-  /** the build's stage chain (lib/build/stages.ts): absent for builds made before stages, raw and pulled ones */
+  /** the build's stage chain (lib/builder/stages.ts): absent for builds made before stages, raw and pulled ones */
   stages?: StageLink[];
 }
 

@@ -2,7 +2,7 @@
  * pim-build's remote cache: a registry repository that holds builds by
  * their cache key (pim.yml `build.remote_cache: {ref, insecure, push,
  * creds_env}`). The key is computed here as runBuild computes it (the same
- * exported steps of lib/build/plan.ts, raw.ts and the catalog), before
+ * exported steps of lib/builder/plan.ts, raw.ts and the catalog), before
  * anything boots:
  *
  *   - a build with the key in the local registry: nothing to ask;
@@ -18,9 +18,9 @@ import { loadProfile, withEnvHook } from '../config/profile.ts';
 import { loadRuntimeConfig } from '../config/runtime.ts';
 import { configError } from '../config/tree.ts';
 import { buildByKey, buildId, type BuildRecord } from '../image/registry.ts';
-import { planKey } from '../build/build.ts';
-import { buildKey, planBuild } from '../build/plan.ts';
-import { rawInputs } from '../build/raw.ts';
+import { planKey } from '../builder/build.ts';
+import { buildKey, planBuild } from '../builder/plan.ts';
+import { rawInputs } from '../builder/raw.ts';
 import { parseRef, type OciRef } from './ref.ts';
 import { OciClient } from './client.ts';
 import { fetchPimManifest, pullManifest } from './pull.ts';

@@ -139,7 +139,7 @@ export interface StartRequest {
   /** run under the VM's lock, after its stale files are gone and before QEMU starts: more QEMU arguments (pim-run --share starts virtiofsd here) */
   prepare?: (files: Reservation['files']) => Promise<string[]>;
   signal?: AbortSignal;
-  /** who logs in over SSH and with which key, for pim-ssh and pim-cp (lib/vm/reach.ts), when known */
+  /** who logs in over SSH and with which key, for pim-ssh and pim-cp (lib/guest/reach.ts), when known */
   ssh?: { user?: string; key?: string };
 }
 

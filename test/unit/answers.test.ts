@@ -11,7 +11,7 @@ import { parse } from 'yaml';
 import { loadProfile } from '../../lib/config/profile.ts';
 import { renderAnswer, startServer } from '../../lib/install/serve.ts';
 import { REQUIRED_PACKAGES } from '../../lib/config/answers.ts';
-import { buildInputs, canonical, planBuild } from '../../lib/build/plan.ts';
+import { buildInputs, canonical, planBuild } from '../../lib/builder/plan.ts';
 
 let tmp: string;
 const saved = { ...process.env };

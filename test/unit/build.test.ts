@@ -3,8 +3,8 @@ import * as fs from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { execFileSync } from 'node:child_process';
-import { checkIsoPath, installerCmdline } from '../../lib/build/iso-boot.ts';
-import { buildInputs, buildKey, canonical, inputsDiff, planBuild } from '../../lib/build/plan.ts';
+import { checkIsoPath, installerCmdline } from '../../lib/builder/iso-boot.ts';
+import { buildInputs, buildKey, canonical, inputsDiff, planBuild } from '../../lib/builder/plan.ts';
 import {
   buildByKey,
   buildDisk,
@@ -18,7 +18,7 @@ import {
 } from '../../lib/image/registry.ts';
 import { overlayForBuild, resolveImage } from '../../lib/image/store.ts';
 import { readQcow2Header } from '../../lib/image/qcow2.ts';
-import { keyBlob } from '../../lib/build/ssh.ts';
+import { keyBlob } from '../../lib/builder/ssh.ts';
 
 let tmp: string;
 const saved = { ...process.env };
@@ -163,7 +163,7 @@ describe('stage keys (layered builds)', () => {
       'scripts.d/a.sh': 'echo a\n',
     });
     const { loadProfile } = await import('../../lib/config/profile.ts');
-    const { stageKeys } = await import('../../lib/build/stages.ts');
+    const { stageKeys } = await import('../../lib/builder/stages.ts');
     const plan = await planBuild(await loadProfile('dev'));
     const iso = { name: 'tb', checksum: 'sha256:' + '0'.repeat(64) };
     const keys = (p: typeof plan, answer = 'd-i x\n', from?: string) => {
@@ -184,7 +184,7 @@ describe('stage keys (layered builds)', () => {
     expect(kid).toMatchObject({ from: 'dev', installs: [] });
   });
   it('--force replaces a stage without changing it under a build that reads it: the reader keeps the old bytes (its own links), the next reader gets the new ones', async () => {
-    const s = await import('../../lib/build/stages.ts');
+    const s = await import('../../lib/builder/stages.ts');
     const key = 'c'.repeat(64);
     const store = (disk: string) => {
       const dir = s.stageTmp(key);
@@ -226,7 +226,7 @@ describe('stage keys (layered builds)', () => {
     expect(fs.readdirSync(other)).toEqual([]);
   });
   it("a build waiting for a stage's lock wakes when the stage appears (fs.watch), not at the next poll; a lock freed without an event is found by the poll", async () => {
-    const s = await import('../../lib/build/stages.ts');
+    const s = await import('../../lib/builder/stages.ts');
     const { acquireLock } = await import('../../lib/core/lock.ts');
     const key = 'e'.repeat(64);
     fs.mkdirSync(s.stagesDir(), { recursive: true });
@@ -409,7 +409,7 @@ describe('builder: cloud-init', () => {
     );
   });
   it('waits for cloud-init with one start of it: JSON where --format is known, its text where argparse refuses it, 127 without it', async () => {
-    const { WAIT_SCRIPT } = await import('../../lib/build/cloud.ts');
+    const { WAIT_SCRIPT } = await import('../../lib/builder/cloud.ts');
     const dir = fs.mkdtempSync(join(tmpdir(), 'pim-ciwait-'));
     try {
       const starts = join(dir, 'starts');
@@ -450,7 +450,7 @@ describe('builder: cloud-init', () => {
     }
   });
   it("reads the wait and cloud-init's account in one exec: the wait's output and status, then each file with its status", async () => {
-    const { ACCOUNT_SCRIPT, splitAccount } = await import('../../lib/build/cloud.ts');
+    const { ACCOUNT_SCRIPT, splitAccount } = await import('../../lib/builder/cloud.ts');
     const dir = fs.mkdtempSync(join(tmpdir(), 'pim-ciaccount-'));
     try {
       fs.mkdirSync(join(dir, 'bin'));
@@ -495,7 +495,7 @@ describe('builder: cloud-init', () => {
     });
   });
   it("judges cloud-init's own account of the seeded run: errors fail with its words, no result.json or no NoCloud is 65", async () => {
-    const { judgeCloudInit, sizeBytes } = await import('../../lib/build/cloud.ts');
+    const { judgeCloudInit, sizeBytes } = await import('../../lib/builder/cloud.ts');
     const ok = { code: 0, stdout: '' };
     const result = (v1: object) => ({ code: 0, stdout: JSON.stringify({ v1 }) });
     const none = { code: 1, stdout: '' };
@@ -573,7 +573,7 @@ describe('builder: cloud-init', () => {
     ]);
   });
   it('quotes the error lines of a console: cloud-init warnings and tracebacks, ANSI codes off', async () => {
-    const { consoleErrors } = await import('../../lib/build/build.ts');
+    const { consoleErrors } = await import('../../lib/builder/build.ts');
     const text =
       '[    0.000000] tsc: Fast TSC calibration failed\nok line\r\n\x1b[0;1;31m[FAILED]\x1b[0m Failed to start ssh.service\n2024 - util.py[WARNING]: Failed to set the hostname\n[  5.1] cloud-init[300]: 2026 - cc_scripts_user.py[WARNING]: Failed to run module scripts_user (scripts in /var/lib/cloud/instance/scripts)\nTraceback (most recent call last):\nerrors: []\n';
     expect(consoleErrors(text)).toEqual([

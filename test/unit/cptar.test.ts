@@ -11,7 +11,7 @@ import { execFileSync } from 'node:child_process';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Readable } from 'node:stream';
-import { memberProblem, topName, untarChecked } from '../../lib/vm/copy.ts';
+import { memberProblem, topName, untarChecked } from '../../lib/guest/copy.ts';
 import { PimError } from '../../lib/core/exit.ts';
 
 let w: string;

@@ -20,9 +20,9 @@ import {
   sshConfigText,
   sshOfBuild,
   sshWho,
-} from '../../lib/vm/reach.ts';
-import { blobType, dropbearPublicBlob, keyBlob, keyLine } from '../../lib/vm/hostkeys.ts';
-import { copyError, parseCpArg, planCopy, remoteSh, shq } from '../../lib/vm/copy.ts';
+} from '../../lib/guest/reach.ts';
+import { blobType, dropbearPublicBlob, keyBlob, keyLine } from '../../lib/guest/hostkeys.ts';
+import { copyError, parseCpArg, planCopy, remoteSh, shq } from '../../lib/guest/copy.ts';
 import { PimError } from '../../lib/core/exit.ts';
 import { SOCKET_PATH_MAX } from '../../lib/core/paths.ts';
 
@@ -341,7 +341,7 @@ describe('prepareSsh against a fake VM and a fake agent', () => {
       '/etc/ssh/ssh_host_rsa_key.pub': Buffer.from(`ssh-rsa ${rsa} root@g\n`),
       '/etc/dropbear/dropbear_ed25519_host_key': dropbear,
     });
-    const { prepareSsh } = await import('../../lib/vm/reach.ts');
+    const { prepareSsh } = await import('../../lib/guest/reach.ts');
     const said: string[] = [];
     const p = await prepareSsh(vm, {}, (m) => said.push(m));
     expect(said).toEqual([]);
@@ -368,7 +368,7 @@ describe('prepareSsh against a fake VM and a fake agent', () => {
 
   it('without an agent: accept-new, said once', async () => {
     const vm = await setup({}, false);
-    const { prepareSsh } = await import('../../lib/vm/reach.ts');
+    const { prepareSsh } = await import('../../lib/guest/reach.ts');
     const said: string[] = [];
     const p = await prepareSsh(vm, {}, (m) => said.push(m));
     expect(fs.readFileSync(p.files.config, 'utf8')).toContain('  StrictHostKeyChecking accept-new\n');

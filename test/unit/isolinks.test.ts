@@ -9,7 +9,7 @@ import * as fs from 'node:fs';
 import { execFileSync } from 'node:child_process';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { bootFiles, isoLinkTarget } from '../../lib/build/iso-boot.ts';
+import { bootFiles, isoLinkTarget } from '../../lib/builder/iso-boot.ts';
 import { PimError } from '../../lib/core/exit.ts';
 
 let w: string;

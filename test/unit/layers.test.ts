@@ -19,8 +19,9 @@ const LAYERS: string[][] = [
   ['qemu', 'archive', 'cli'], // QEMU's argv and protocols, cpio, the command line
   ['config'], // pim.yml and the catalogs (profiles, ISOs, VMs, targets)
   ['image', 'install'], // the image store and build registry; installer ISOs
-  ['vm', 'ventoy'], // a VM's life and the work aimed at its guest; USB sticks
-  ['kboot', 'build'], // direct kernel boot; pim-build
+  ['vm', 'ventoy'], // a VM's life: its state, sockets, launch, plan; USB sticks
+  ['guest'], // the work aimed at a running VM's guest: reach, keys, exec, wait, copy, stop
+  ['kboot', 'builder'], // direct kernel boot; pim-build
   ['oci'], // builds to and from OCI registries
   ['deploy'], // builds onto libvirt, Proxmox, SSH hosts, registries
   ['cmds'], // the executables
@@ -138,7 +139,7 @@ describe('the layers of lib/', () => {
   it('reads imports at the top and lazy ones (the check itself works)', () => {
     const top = importsOf('lib/vm/clone.ts').find((e) => e.to === 'lib/vm/state.ts');
     const lazy = importsOf('cmds/pim-vm.ts').find((e) => e.to === 'lib/vm/clone.ts');
-    const type = importsOf('lib/vm/reach.ts').find((e) => e.to === 'lib/vm/ref.ts' && e.typeOnly);
+    const type = importsOf('lib/guest/reach.ts').find((e) => e.to === 'lib/vm/ref.ts' && e.typeOnly);
     expect([top?.typeOnly, lazy?.typeOnly, Boolean(type)]).toEqual([false, false, true]);
   });
 });

@@ -23,8 +23,8 @@ import {
   requireUserNet,
   checkHostPortFree,
 } from '../../lib/vm/forward.ts';
-import { checkWaitable, parseWaitFor, waitSshBanner, waitUp, type WaitFor } from '../../lib/vm/wait.ts';
-import { guestExec, readInput, spawnFailure, statusOf, SpawnFailed } from '../../lib/vm/exec.ts';
+import { checkWaitable, parseWaitFor, waitSshBanner, waitUp, type WaitFor } from '../../lib/guest/wait.ts';
+import { guestExec, readInput, spawnFailure, statusOf, SpawnFailed } from '../../lib/guest/exec.ts';
 import { parseAction } from '../../lib/vm/ctl.ts';
 import { vmFiles } from '../../lib/core/paths.ts';
 import { qemuMarker, writeMeta, type RunningVm, type VmMeta } from '../../lib/vm/state.ts';

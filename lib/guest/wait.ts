@@ -25,8 +25,8 @@ import { basename, dirname } from 'node:path';
 import { EXIT, PimError } from '../core/exit.ts';
 import { openRegular } from '../core/fs.ts';
 import { isOurProcess } from '../core/proc.ts';
-import { qemuMarker, type RunningVm } from './state.ts';
-import { withQmp } from './connect.ts';
+import { qemuMarker, type RunningVm } from '../vm/state.ts';
+import { withQmp } from '../vm/connect.ts';
 import { GaClient } from '../qemu/ga.ts';
 
 export type WaitFor = { kind: 'agent' } | { kind: 'ssh' } | { kind: 'console'; re: RegExp };
@@ -343,7 +343,7 @@ const MAX_OPEN_PROBES = 10;
  * because each sends a fresh SYN the moment the guest listens. The first
  * banner wins. Exit 75 at `deadline`; when `signal` aborts its reason is
  * thrown. `seen` hears what each attempt found. (pim-build's provisioning
- * uses it too, through lib/build/ssh.ts.)
+ * uses it too, through lib/builder/ssh.ts.)
  */
 export async function waitSshBanner(
   host: string,

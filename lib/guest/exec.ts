@@ -27,8 +27,8 @@
  */
 import { EXIT, PimError } from '../core/exit.ts';
 import type { GaClient } from '../qemu/ga.ts';
-import type { RunningVm } from './state.ts';
-import { withGa } from './connect.ts';
+import type { RunningVm } from '../vm/state.ts';
+import { withGa } from '../vm/connect.ts';
 
 export const MAX_INPUT = 16 * 1024 * 1024;
 const FIRST_POLL_MS = 10;

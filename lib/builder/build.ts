@@ -54,13 +54,13 @@ import type { Lock } from '../core/lock.ts';
 import { ensureIso } from '../install/iso-store.ts';
 import { renderAnswer, startServer } from '../install/serve.ts';
 import { withGa, withQmp } from '../vm/connect.ts';
-import { hostKeysViaAgent } from '../vm/hostkeys.ts';
+import { hostKeysViaAgent } from '../guest/hostkeys.ts';
 import { startVm } from '../vm/plan.ts';
-import { sshAddress } from '../vm/reach.ts';
+import { sshAddress } from '../guest/reach.ts';
 import { vmRef, type VmRef } from '../vm/ref.ts';
 import { cleanupFiles, logTail, type RunningVm } from '../vm/state.ts';
-import { stopVm, type StopResult } from '../vm/stop.ts';
-import { ensureUserKey, keyBlobOf, userKeyPath, userPublicKey } from '../vm/userkey.ts';
+import { stopVm, type StopResult } from '../guest/stop.ts';
+import { ensureUserKey, keyBlobOf, userKeyPath, userPublicKey } from '../guest/userkey.ts';
 import { BuildLog, readLog, tail, waitPoweroff, type BootEnv, type Ctx, type FirstBoot } from './boot.ts';
 import { BUILD_VENDOR_DATA, cloudInitDisk, waitCloudInit } from './cloud.ts';
 import { GENERALIZE_SCRIPT, powerOffGeneralized } from './generalize.ts';
@@ -484,7 +484,7 @@ async function servedProfile(
 ): Promise<{ served: BuildPlan['profile']; user: string | null }> {
   const served = structuredClone(r.plan.profile);
   const keys = Array.isArray(served.value.ssh_keys) ? (served.value.ssh_keys as string[]) : [];
-  // pim's own key for the user goes in too (not into the cache key: lib/vm/userkey.ts), so
+  // pim's own key for the user goes in too (not into the cache key: lib/guest/userkey.ts), so
   // that pim-ssh reaches the build with no set-up; the per-build key goes after provisioning
   const userKey = await ensureUserKey().catch((e: unknown) => {
     r.o.status.say(

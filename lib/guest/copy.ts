@@ -1,7 +1,7 @@
 /**
  * pim-cp's work: copying files between the host and a VM, scp-style
  * (`NAME:path` on one side), over the VM's ssh config and its cached master
- * connection (lib/vm/reach.ts); or between two VMs (`A:path B:path`), a tar
+ * connection (lib/guest/reach.ts); or between two VMs (`A:path B:path`), a tar
  * stream from one guest's ssh into the other's, through pim's process (the
  * guests need not reach each other).
  *

@@ -1,7 +1,7 @@
 /**
  * What every pim-build builder that boots a VM shares: the build log, the
  * context of a build, what a builder's first step gets (BootEnv), and the
- * wait for an installer's boot to power off (waitPoweroff). lib/build/build.ts
+ * wait for an installer's boot to power off (waitPoweroff). lib/builder/build.ts
  * runs the phases; an installer's first boot is there, cloud-init's disk and
  * seed in cloud.ts.
  */

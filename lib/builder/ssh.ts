@@ -5,8 +5,8 @@
  * never sends the optional `exit-status` before it on every path).
  *
  * The host key is pinned when the guest agent could read it from the guest
- * (lib/vm/hostkeys.ts); a guest that shows another key is refused. Where
- * the guest is (host, port) and who logs in come from lib/vm/reach.ts, the
+ * (lib/guest/hostkeys.ts); a guest that shows another key is refused. Where
+ * the guest is (host, port) and who logs in come from lib/guest/reach.ts, the
  * one place that says how to reach a VM over SSH (pim-ssh and pim-cp use it too).
  */
 import { EXIT, PimError } from '../core/exit.ts';
@@ -34,8 +34,8 @@ export async function newBuildKey(comment: string): Promise<{ private: string; p
   return { private: kp.private, public: kp.public.trim() };
 }
 
-// keyBlob moved down to lib/vm/hostkeys.ts (pim-ssh pins host keys too)
-export { keyBlob } from '../vm/hostkeys.ts';
+// keyBlob moved down to lib/guest/hostkeys.ts (pim-ssh pins host keys too)
+export { keyBlob } from '../guest/hostkeys.ts';
 
 function connectOnce(t: SshTarget, timeoutMs: number, lib: typeof import('ssh2')): Promise<Client> {
   return new Promise((resolve, reject) => {
@@ -112,8 +112,8 @@ export async function connectWhenUp(
   }
 }
 
-// waitSshBanner moved down to lib/vm/wait.ts (pim-wait and pim-run --wait use it too)
-export { waitSshBanner } from '../vm/wait.ts';
+// waitSshBanner moved down to lib/guest/wait.ts (pim-wait and pim-run --wait use it too)
+export { waitSshBanner } from '../guest/wait.ts';
 
 export interface ExecResult {
   code: number;

@@ -1,7 +1,7 @@
 /**
  * A guest's SSH host keys, read through its guest agent before the first SSH
  * connection (guest-file-open/read/close), so that pim pins them instead of
- * trusting the first key it is shown. pim-ssh and pim-cp (lib/vm/reach.ts)
+ * trusting the first key it is shown. pim-ssh and pim-cp (lib/guest/reach.ts)
  * and pim-build's provisioning use this.
  *
  * Two places are read: OpenSSH's public key files (`/etc/ssh/ssh_host_*_key.pub`),

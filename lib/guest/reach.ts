@@ -10,7 +10,7 @@
  * Who. `--user`/`-i` (the caller's overrides), else PIM_SSH_USER/PIM_SSH_KEY,
  * else what the metadata recorded at start (a VM booted from a pim build: the
  * profile's ssh_user, and the user's own key when one of ~/.ssh/id_* is among
- * the profile's ssh_keys, else pim's own key, lib/vm/userkey.ts), else user
+ * the profile's ssh_keys, else pim's own key, lib/guest/userkey.ts), else user
  * root with pim's own key and OpenSSH's default keys (~/.ssh/id_*).
  *
  * Files, in the VM's private directory `<runtime>/NAME.ssh/` (0700, made
@@ -26,10 +26,10 @@ import * as fs from 'node:fs';
 import { join } from 'node:path';
 import { EXIT, PimError } from '../core/exit.ts';
 import { SOCKET_PATH_MAX } from '../core/paths.ts';
-import type { RunningVm } from './state.ts';
-import type { VmRef } from './ref.ts';
+import type { RunningVm } from '../vm/state.ts';
+import type { VmRef } from '../vm/ref.ts';
 import { keyBlobOf, userKeyIfMade, userPublicKey } from './userkey.ts';
-import { withGa } from './connect.ts';
+import { withGa } from '../vm/connect.ts';
 import { readRegular, writeFileAtomic } from '../core/fs.ts';
 import { hostKeysViaAgent } from './hostkeys.ts';
 import { which } from '../core/which.ts';

@@ -24,7 +24,7 @@
  * once (POWEROFF_SCRIPT), so that nothing writes into the cleaned image.
  */
 import type { RunningVm } from '../vm/state.ts';
-import { awaitPoweroff, type StopResult } from '../vm/stop.ts';
+import { awaitPoweroff, type StopResult } from '../guest/stop.ts';
 
 export const GENERALIZE_SCRIPT = String.raw`
 export PATH=/usr/sbin:/usr/bin:/sbin:/bin

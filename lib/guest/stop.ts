@@ -15,7 +15,7 @@
  */
 import { EXIT, PimError } from '../core/exit.ts';
 import { isAlive, waitExit } from '../core/proc.ts';
-import { cleanupFiles, type RunningVm } from './state.ts';
+import { cleanupFiles, type RunningVm } from '../vm/state.ts';
 import { log } from '../core/log.ts';
 import { run } from '../core/run.ts';
 import { closeMasters } from './reach.ts';
