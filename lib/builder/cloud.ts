@@ -12,13 +12,12 @@
  *     per-build key, and the profile's sources (sources.d), attached as a
  *     read-only virtio disk (cloud kernels have no AHCI for a CD) to the
  *     provisioning boot (cloudInitDisk returns it);
- *   - once SSH lets pim's key in, pim waits (bounded by the build's deadline)
- *     for cloud-init's last stage: for /run/cloud-init/result.json to appear
- *     (written at the end of the run, and removed by cloud-init at the start
- *     of every boot, so there is no second boot to lose it), or for `cloud-init
- *     status --wait --long --format json` to return, whichever is first; then
- *     it judges cloud-init's own account of that seeded run: result.json,
- *     status.json and the long status when it came. Errors fail the build (65)
+ *   - once SSH lets pim's key in, `cloud-init status --wait` (bounded by the
+ *     build's deadline) waits for cloud-init's last stage; then pim reads
+ *     cloud-init's own account of that seeded run: `cloud-init status --long
+ *     --format json`, /run/cloud-init/result.json and status.json (written at
+ *     the end of the run, and removed by cloud-init at the start of every boot,
+ *     so there is no second boot to lose them). Errors fail the build (65)
  *     with cloud-init's words; a run that did not read pim's seed (NoCloud)
  *     too. Then build.ts provisions and generalizes, as after an installer.
  */
@@ -161,16 +160,14 @@ export function sizeBytes(s: string): number {
 type Out = { code: number; stdout: string; stderr?: string };
 
 /**
- * Judge cloud-init's account of the seeded run: result.json and status.json and,
- * when the wait ended first (null when result.json did), the exit of `cloud-init
- * status --wait` and its `--long --format json` report (cloud-init 22.3 and later;
- * an older one's plain output is kept as text). Errors are cloud-init's own words
- * (65), each stage's from status.json; so are its recoverable errors (23.4 and
- * later: status "degraded", exit 2), from status.json where there is no report;
- * no result.json means the run never finished (65); a run whose datasource is not
- * NoCloud did not read pim's seed (65).
+ * Judge cloud-init's account of the seeded run: the exit of `cloud-init
+ * status --wait` and `status --long --format json` (cloud-init 22.3 and
+ * later; an older one's plain output is kept as text), result.json and
+ * status.json. Errors are cloud-init's own words (65); no result.json means
+ * the run never finished (65); a run whose datasource is not NoCloud did
+ * not read pim's seed (65).
  */
-export function judgeCloudInit(r: { wait: Out | null; result: Out; status: Out }): {
+export function judgeCloudInit(r: { wait: Out; long: Out; result: Out; status: Out }): {
   datasource: string;
   detail: string;
 } {
@@ -179,22 +176,14 @@ export function judgeCloudInit(r: { wait: Out | null; result: Out; status: Out }
     const t = typeof e === 'string' ? e : JSON.stringify(e);
     if (t && !errors.includes(t)) errors.push(t);
   };
-  type Long = {
-    status?: string;
-    extended_status?: string;
-    errors?: unknown[];
-    recoverable_errors?: Record<string, unknown[]>;
-    detail?: string;
-    datasource?: string;
-  };
+  type Long = { status?: string; errors?: unknown[]; detail?: string; datasource?: string };
   let long: Long | null = null;
   try {
-    if (r.wait) long = JSON.parse(r.wait.stdout) as Long;
+    long = JSON.parse(r.long.stdout) as Long;
   } catch {
     /* an older cloud-init: plain text */
   }
-  type Stage = { errors?: unknown[]; recoverable_errors?: Record<string, unknown[]> } | null;
-  let stages: Record<string, Stage> = {};
+  let stages: Record<string, { errors?: unknown[] } | null> = {};
   if (r.status.code === 0) {
     try {
       stages = ((JSON.parse(r.status.stdout) as { v1?: typeof stages }).v1 ?? {}) as typeof stages;
@@ -202,14 +191,14 @@ export function judgeCloudInit(r: { wait: Out | null; result: Out; status: Out }
       /* judged by result.json */
     }
   }
-  const str = (e: unknown) => (typeof e === 'string' ? e : JSON.stringify(e));
   for (const [stage, v] of Object.entries(stages)) {
     if (v && typeof v === 'object' && Array.isArray(v.errors))
-      for (const e of v.errors) add(`${stage}: ${str(e)}`.replace(/^([\w-]+): \1: /, '$1: '));
+      for (const e of v.errors)
+        add(`${stage}: ${typeof e === 'string' ? e : JSON.stringify(e)}`.replace(/^([\w-]+): \1: /, '$1: '));
   }
   // cloud-init's status names an error without its stage; status.json (above) with it
   const addUnstaged = (e: unknown) => {
-    const t = str(e);
+    const t = typeof e === 'string' ? e : JSON.stringify(e);
     if (!errors.some((x) => x === t || x.endsWith(`: ${t}`))) add(t);
   };
   for (const e of long?.errors ?? []) addUnstaged(e);
@@ -223,40 +212,21 @@ export function judgeCloudInit(r: { wait: Out | null; result: Out; status: Out }
     }
   }
   for (const e of v1?.errors ?? []) addUnstaged(e);
+  const text = (o: Out) => `${o.stdout}${o.stderr ?? ''}`.trim().split('\n').filter(Boolean).slice(-3).join(' / ');
   if (errors.length)
     throw new PimError(
       EXIT.DATAERR,
       `cloud-init reported ${errors.length} error${errors.length > 1 ? 's' : ''}: ${errors.join('; ')}`,
     );
-  // recoverable errors (23.4 and later: {LEVEL: [message]}): each stage's from
-  // status.json, then the report's (which has no stage) where not said already
-  const recoverable: string[] = [];
-  const addRecoverable = (stage: string | null, byLevel: unknown) => {
-    if (!byLevel || typeof byLevel !== 'object') return;
-    for (const [level, list] of Object.entries(byLevel as Record<string, unknown>))
-      for (const m of Array.isArray(list) ? list : [list]) {
-        const t = `${level}: ${str(m)}`;
-        if (!recoverable.some((x) => x === t || x.endsWith(`: ${t}`))) recoverable.push(stage ? `${stage}: ${t}` : t);
-      }
-  };
-  for (const [stage, v] of Object.entries(stages))
-    if (v && typeof v === 'object') addRecoverable(stage, v.recoverable_errors);
-  addRecoverable(null, long?.recoverable_errors);
-  if (recoverable.length)
-    throw new PimError(
-      EXIT.DATAERR,
-      `cloud-init reported ${recoverable.length} recoverable error${recoverable.length > 1 ? 's' : ''} (status: degraded): ${recoverable.join('; ')}`,
-    );
-  const text = (o: Out) => `${o.stdout}${o.stderr ?? ''}`.trim().split('\n').filter(Boolean).slice(-3).join(' / ');
-  if (r.wait?.code === 127)
+  if (r.wait.code === 127)
     throw new PimError(
       EXIT.DATAERR,
       'the image has no cloud-init command; builder: cloud-init needs an image that runs cloud-init (with the NoCloud datasource)',
     );
-  if (r.wait && (r.wait.code !== 0 || long?.status === 'error'))
+  if (r.wait.code !== 0 || long?.status === 'error')
     throw new PimError(
       EXIT.DATAERR,
-      `cloud-init ended in error (cloud-init status: ${long ? `${long.extended_status ?? long.status}${long.detail ? `, ${long.detail}` : ''}` : text(r.wait) || `status ${r.wait.code}`})`,
+      `cloud-init ended in error (cloud-init status: ${long ? `${long.status}${long.detail ? `, ${long.detail}` : ''}` : text(r.wait) || `status ${r.wait.code}`})`,
     );
   if (!v1)
     throw new PimError(
@@ -290,96 +260,33 @@ const MARK = '@@pim-cloud-init-account@@';
 
 /**
  * The wait and cloud-init's whole account in ONE exec (each exec is a sudo and a
- * shell in the guest, about a second each under TCG), ended by whichever comes
- * first:
- *   - result.json appears in `run` (/run/cloud-init, a tmpfs): cloud-init writes
- *     it atomically, after status.json's last write, at the end of modules-final
- *     (status_wrapper in cloudinit/cmd/main.py, 22.4 to 25.x), and its init-local
- *     removes it at the start of every boot, before sshd starts; `cloud-init
- *     status` itself takes it for "done" (is_running: status.json without
- *     result.json). A shell loop sees it within 0.1 s; `status --wait` polls every
- *     0.25 s and then builds its --long report, 1-3 s of Python under TCG;
- *   - the wait (WAIT_SCRIPT's two forms, in the background, its output in a
- *     private temporary directory) returns: cloud-init disabled, a run that never
- *     writes result.json (a stage's unit failed), an old cloud-init whose files
- *     live elsewhere.
- * The other is stopped (the wait's subshell, then its cloud-init). Output:
- * `MARK end result|wait`, then on the wait's end `MARK wait STATUS` and its
- * output, then result.json and status.json, each after a MARK line with its
- * cat's status. 127 and nothing else: no cloud-init command.
+ * shell in the guest, about a second each under TCG): WAIT_SCRIPT in a subshell,
+ * then result.json and status.json, each after a MARK line with its cat's status;
+ * the script's own status is the wait's.
  */
-export function accountScript(run = '/run/cloud-init', data = '/var/lib/cloud/data'): string {
-  return `command -v cloud-init >/dev/null 2>&1 || exit 127
-t=$(mktemp -d) || exit 70
-(
-  cloud-init status --wait --long --format json >"$t/out" 2>/dev/null </dev/null &
-  echo $! >"$t/pid"
-  wait $!
-  rc=$?
-  case $(cat "$t/out") in '{'*) ;; *)
-    cloud-init status --wait --long >"$t/out" 2>&1 </dev/null &
-    echo $! >"$t/pid"
-    wait $!
-    rc=$? ;;
-  esac
-  echo $rc >"$t/rc.new" && mv "$t/rc.new" "$t/rc"
-) >/dev/null 2>&1 </dev/null &
-w=$!
-while :; do
-  if [ -e "$t/rc" ]; then end=wait; break; fi
-  if [ -e ${run}/result.json ]; then
-    end=result
-    kill $w 2>/dev/null
-    kill $(cat "$t/pid" 2>/dev/null) 2>/dev/null
-    break
-  fi
-  sleep 0.1
-done
-printf '${MARK} end %s\\n' $end
-[ $end = wait ] && printf '\\n${MARK} wait %s\\n%s' "$(cat "$t/rc")" "$(cat "$t/out")"
-rm -rf "$t"
+export const ACCOUNT_SCRIPT = `(
+${WAIT_SCRIPT})
+rc=$?
 for f in result status; do
-  t=$(cat ${run}/$f.json 2>/dev/null || cat ${data}/$f.json 2>/dev/null)
+  t=$(cat /run/cloud-init/$f.json 2>/dev/null || cat /var/lib/cloud/data/$f.json 2>/dev/null)
   printf '\\n${MARK} %s %s\\n%s' "$f" "$?" "$t"
 done
-exit 0
+exit $rc
 `;
-}
 
-/** The account script for a real guest. */
-export const ACCOUNT_SCRIPT = accountScript();
-
-/**
- * ACCOUNT_SCRIPT's output split back into what ended the wait, the wait's output
- * (null when result.json ended it first) and the two files (status 1: not there).
- * Without marks (127: no cloud-init) the whole output is the wait's.
- */
-export function splitAccount(r: Out): { end: 'result' | 'wait'; wait: Out | null; result: Out; status: Out } {
-  const parts = r.stdout.split(new RegExp(`(?:^|\\n)${MARK} (end|wait|result|status) (\\w+)\\n`));
-  // parts: text, then (name, status, text) for each mark
-  const at = (name: string) => {
-    for (let i = 1; i < parts.length; i += 3) if (parts[i] === name) return i;
-    return -1;
+/** ACCOUNT_SCRIPT's output split back into the wait's output and the two files (status 1: not there). */
+export function splitAccount(r: Out): { wait: Out; result: Out; status: Out } {
+  const parts = r.stdout.split(new RegExp(`\\n${MARK} (result|status) (\\d+)\\n`));
+  const file = (name: string): Out => {
+    const i = parts.indexOf(name, 1);
+    return i > 0 && (i - 1) % 3 === 0
+      ? { code: Number(parts[i + 1]), stdout: parts[i + 2] ?? '' }
+      : { code: 1, stdout: '' };
   };
-  const part = (name: string): Out | null => {
-    const i = at(name);
-    return i > 0 ? { code: Number(parts[i + 1]), stdout: parts[i + 2] ?? '' } : null;
-  };
-  const i = at('end');
-  if (i < 0)
-    return {
-      end: 'wait',
-      wait: { code: r.code, stdout: r.stdout, stderr: r.stderr },
-      result: { code: 1, stdout: '' },
-      status: { code: 1, stdout: '' },
-    };
-  const end = parts[i + 1] === 'result' ? 'result' : 'wait';
-  const wait = part('wait');
   return {
-    end,
-    wait: wait ? { ...wait, stderr: r.stderr } : null,
-    result: part('result') ?? { code: 1, stdout: '' },
-    status: part('status') ?? { code: 1, stdout: '' },
+    wait: { code: r.code, stdout: parts[0] ?? '', stderr: r.stderr },
+    result: file('result'),
+    status: file('status'),
   };
 }
 
@@ -411,16 +318,11 @@ export async function waitCloudInit(
         EXIT.TEMPFAIL,
         `cloud-init did not finish within the build's ${o.timeoutS} s (timeout in the profile, or --timeout)`,
       );
-    const { end, wait, result, status } = splitAccount(out);
-    o.log(
-      end === 'result'
-        ? `cloud-init's run ended: ${RESULT_JSON} appeared (cloud-init status --wait stopped)`
-        : `cloud-init's run ended: cloud-init status --wait returned`,
-    );
-    if (wait) o.log(`cloud-init status --wait --long: status ${wait.code}:\n${wait.stdout.trim()}`);
+    const { wait, result, status } = splitAccount(out);
+    o.log(`cloud-init status --wait --long: status ${wait.code}:\n${wait.stdout.trim()}`);
     if (result.code === 0) o.log(`cloud-init result.json: ${result.stdout.trim()}`);
     if (status.code === 0) o.log(`cloud-init status.json: ${status.stdout.trim()}`);
-    return judgeCloudInit({ wait, result, status });
+    return judgeCloudInit({ wait, long: wait, result, status });
   } finally {
     clearTimeout(timer);
     o.signal.removeEventListener('abort', onAbort);

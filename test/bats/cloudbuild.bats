@@ -73,9 +73,8 @@ teardown_file() { build_teardown; }
   # a generalized build's boot makes one host key (its vendor-data); the clones make their own
   grep -q 'seed: vendor-data: one SSH host key (ed25519)' "$log"
   grep -q 'pim-testbed cloud-init: runcmd done' "$log"
-  # the run's end is seen by result.json's appearance or by `status --wait`, whichever came first
-  grep -Eq "cloud-init's run ended: (/run/cloud-init/result.json appeared|cloud-init status --wait returned)" "$log"
-  grep -q 'cloud-init result.json: {' "$log"
+  grep -q 'cloud-init status --wait --long: status 0:' "$log"
+  grep -q '"status": "done"' "$log"
   # the install stage was taken live, in the same boot: one kernel started
   grep -q 'install stage taken live' "$log"
   [ "$(grep -c 'Linux version' "$log")" -eq 1 ]

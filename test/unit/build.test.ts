@@ -449,229 +449,122 @@ describe('builder: cloud-init', () => {
       fs.rmSync(dir, { recursive: true, force: true });
     }
   });
-  it("reads cloud-init's account in one exec, ended by result.json's appearance or by the wait, whichever is first; the other is stopped", async () => {
-    const { accountScript, splitAccount } = await import('../../lib/builder/cloud.ts');
+  it("reads the wait and cloud-init's account in one exec: the wait's output and status, then each file with its status", async () => {
+    const { ACCOUNT_SCRIPT, splitAccount } = await import('../../lib/builder/cloud.ts');
     const dir = fs.mkdtempSync(join(tmpdir(), 'pim-ciaccount-'));
-    const run = join(dir, 'run');
-    const data = join(dir, 'data');
-    const pidFile = join(dir, 'pid');
-    const fake = (body: string) =>
-      fs.writeFileSync(join(dir, 'bin', 'cloud-init'), `#!/bin/sh\necho $$ >>${pidFile}\n${body}\n`, { mode: 0o755 });
-    const runIt = (path = `${join(dir, 'bin')}:/usr/bin:/bin`) => {
-      const t0 = Date.now();
-      try {
-        const out = execFileSync('/bin/sh', ['-c', accountScript(run, data)], {
-          env: { PATH: path },
-          encoding: 'utf8',
-          timeout: 60_000,
-        });
-        return { code: 0, stdout: out, ms: Date.now() - t0 };
-      } catch (e) {
-        const x = e as { status: number; stdout: string };
-        return { code: x.status, stdout: x.stdout, ms: Date.now() - t0 };
-      }
-    };
-    const alive = (pid: number) => {
-      try {
-        process.kill(pid, 0);
-        return true;
-      } catch {
-        return false;
-      }
-    };
     try {
       fs.mkdirSync(join(dir, 'bin'));
-      fs.mkdirSync(run);
-      fs.mkdirSync(data);
-      // the fast path: the run ends (result.json appears) while `status --wait` blocks for
-      // 10 minutes: the exec ends at once (the wait, in the background, holds no output
-      // open) and the wait's cloud-init is stopped
-      fs.writeFileSync(join(dir, 'result.json'), '{"v1": {"datasource": "DataSourceNoCloud", "errors": []}}');
-      fake(`mv ${join(dir, 'result.json')} ${join(run, 'result.json')}\nexec sleep 600`);
-      fs.writeFileSync(join(run, 'status.json'), '{"v1": {"modules-final": {"errors": []}}}');
-      let r = runIt();
-      expect(r.code).toBe(0);
-      expect(r.ms).toBeLessThan(30_000);
-      expect(splitAccount(r)).toEqual({
-        end: 'result',
-        wait: null,
-        result: { code: 0, stdout: '{"v1": {"datasource": "DataSourceNoCloud", "errors": []}}' },
-        status: { code: 0, stdout: '{"v1": {"modules-final": {"errors": []}}}' },
-      });
-      const pid = Number(fs.readFileSync(pidFile, 'utf8').trim());
-      const until = Date.now() + 10_000;
-      while (alive(pid) && Date.now() < until) await new Promise((res) => setTimeout(res, 50));
-      expect(alive(pid)).toBe(false);
-      // the slow path: no result.json (cloud-init disabled, a failed unit): the wait's
-      // report and status (2: degraded, 23.4 and later); the files as they are
-      fs.rmSync(pidFile);
-      fs.rmSync(join(run, 'result.json'));
-      fake('printf \'{\\n  "status": "done",\\n  "extended_status": "degraded done"\\n}\\n\'; exit 2');
-      r = runIt();
-      expect(r.code).toBe(0);
-      expect(splitAccount(r)).toEqual({
-        end: 'wait',
-        wait: { code: 2, stdout: '{\n  "status": "done",\n  "extended_status": "degraded done"\n}', stderr: undefined },
-        result: { code: 1, stdout: '' },
-        status: { code: 0, stdout: '{"v1": {"modules-final": {"errors": []}}}' },
-      });
-      // an older cloud-init (--format refused): its text report, its files where 22.4 kept them too
-      fs.rmSync(join(run, 'status.json'));
-      fs.writeFileSync(join(data, 'status.json'), '{"v1": {}}');
-      fake('case "$*" in *--format*) echo "usage: cloud-init" >&2; exit 2 ;; esac; echo "status: done"');
-      expect(splitAccount(runIt())).toEqual({
-        end: 'wait',
-        wait: { code: 0, stdout: 'status: done', stderr: undefined },
-        result: { code: 1, stdout: '' },
-        status: { code: 0, stdout: '{"v1": {}}' },
-      });
-      // no cloud-init: 127 and nothing else (this host may have one in /usr/bin)
-      fs.rmSync(join(dir, 'bin'), { recursive: true });
-      fs.mkdirSync(join(dir, 'empty'));
-      r = runIt(join(dir, 'empty'));
-      expect(r.code).toBe(127);
-      expect(splitAccount(r)).toEqual({
-        end: 'wait',
-        wait: { code: 127, stdout: '', stderr: undefined },
-        result: { code: 1, stdout: '' },
-        status: { code: 1, stdout: '' },
-      });
+      fs.writeFileSync(
+        join(dir, 'bin', 'cloud-init'),
+        '#!/bin/sh\nprintf \'{\\n  "status": "error"\\n}\\n\'; exit 1\n',
+        {
+          mode: 0o755,
+        },
+      );
+      // this host has no cloud-init files: both are reported missing, the wait's status is the script's
+      let code = 0;
+      let out = '';
+      try {
+        out = execFileSync('/bin/sh', ['-c', ACCOUNT_SCRIPT], {
+          env: { PATH: `${join(dir, 'bin')}:/usr/bin:/bin` },
+          encoding: 'utf8',
+        });
+      } catch (e) {
+        code = (e as { status: number }).status;
+        out = (e as { stdout: string }).stdout;
+      }
+      expect(code).toBe(1);
+      const r = splitAccount({ code, stdout: out });
+      expect(r.wait).toEqual({ code: 1, stdout: '{\n  "status": "error"\n}\n', stderr: undefined });
+      expect(r.result.code).not.toBe(0);
+      expect(r.status.code).not.toBe(0);
     } finally {
       fs.rmSync(dir, { recursive: true, force: true });
     }
+    // as a guest prints it: both files there
+    const m = '@@pim-cloud-init-account@@';
+    expect(
+      splitAccount({
+        code: 0,
+        stdout: `{"status": "done"}\n\n${m} result 0\n{"v1": {}}\n${m} status 0\n{"v1": {"init": {}}}`,
+      }),
+    ).toEqual({
+      wait: { code: 0, stdout: '{"status": "done"}\n', stderr: undefined },
+      result: { code: 0, stdout: '{"v1": {}}' },
+      status: { code: 0, stdout: '{"v1": {"init": {}}}' },
+    });
   });
-  it("judges cloud-init's own account of the seeded run: errors and recoverable errors fail with its words, no result.json or no NoCloud is 65", async () => {
+  it("judges cloud-init's own account of the seeded run: errors fail with its words, no result.json or no NoCloud is 65", async () => {
     const { judgeCloudInit, sizeBytes } = await import('../../lib/builder/cloud.ts');
     const ok = { code: 0, stdout: '' };
     const result = (v1: object) => ({ code: 0, stdout: JSON.stringify({ v1 }) });
     const none = { code: 1, stdout: '' };
-    const ds = 'DataSourceNoCloud [seed=/dev/vdb][dsmode=net]';
-    const good = result({ datasource: ds, errors: [] });
-    const status = (v1: object) => ({ code: 0, stdout: JSON.stringify({ v1 }) });
-    const clean = status({ datasource: ds, init: { errors: [] }, 'modules-final': { errors: [] }, stage: null });
-    // the slow path: the wait's report
+    const good = result({ datasource: 'DataSourceNoCloud [seed=/dev/vdb][dsmode=net]', errors: [] });
     expect(
       judgeCloudInit({
-        wait: { code: 0, stdout: `{"status": "done", "errors": [], "detail": "${ds}"}` },
+        wait: ok,
+        long: {
+          code: 0,
+          stdout: '{"status": "done", "errors": [], "detail": "DataSourceNoCloud [seed=/dev/vdb][dsmode=net]"}',
+        },
         result: good,
         status: none,
       }),
-    ).toEqual({ datasource: ds, detail: ds });
-    // the fast path: result.json appeared, no report: the files alone
-    expect(judgeCloudInit({ wait: null, result: good, status: clean })).toEqual({ datasource: ds, detail: ds });
-    // errors from every source, once each, the stage named
-    const stages = status({
-      datasource: 'x',
-      'modules-final': { errors: ['runcmd failed'] },
-      init: { errors: [] },
-      stage: null,
+    ).toEqual({
+      datasource: 'DataSourceNoCloud [seed=/dev/vdb][dsmode=net]',
+      detail: 'DataSourceNoCloud [seed=/dev/vdb][dsmode=net]',
     });
+    // errors from every source, once each, the stage named
+    const stages = {
+      code: 0,
+      stdout: JSON.stringify({
+        v1: { datasource: 'x', 'modules-final': { errors: ['runcmd failed'] }, init: { errors: [] }, stage: null },
+      }),
+    };
     expect(() =>
       judgeCloudInit({
         wait: { code: 1, stdout: 'status: error' },
+        long: none,
         result: result({ datasource: 'DataSourceNoCloud', errors: ['runcmd failed'] }),
         status: stages,
       }),
     ).toThrow(
       expect.objectContaining({ code: 65, message: 'cloud-init reported 1 error: modules-final: runcmd failed' }),
     );
-    // the same on the fast path
     expect(() =>
-      judgeCloudInit({
-        wait: null,
-        result: result({ datasource: 'DataSourceNoCloud', errors: ['runcmd failed'] }),
-        status: stages,
-      }),
-    ).toThrow(
-      expect.objectContaining({ code: 65, message: 'cloud-init reported 1 error: modules-final: runcmd failed' }),
-    );
-    expect(() => judgeCloudInit({ wait: ok, result: result({ errors: ['a', 'b'] }), status: none })).toThrow(
-      expect.objectContaining({ code: 65, message: 'cloud-init reported 2 errors: a; b' }),
-    );
+      judgeCloudInit({ wait: ok, long: none, result: result({ errors: ['a', 'b'] }), status: none }),
+    ).toThrow(expect.objectContaining({ code: 65, message: 'cloud-init reported 2 errors: a; b' }));
     // status --long names the error without its stage, status.json with it: said once
     const failed = { code: 1, stdout: JSON.stringify({ status: 'error', errors: ['runcmd: x failed'] }) };
     expect(() =>
       judgeCloudInit({
         wait: failed,
+        long: failed,
         result: result({ datasource: 'DataSourceNoCloud', errors: ['runcmd: x failed'] }),
-        status: status({ 'modules-final': { errors: ['runcmd: x failed'] } }),
+        status: { code: 0, stdout: JSON.stringify({ v1: { 'modules-final': { errors: ['runcmd: x failed'] } } }) },
       }),
     ).toThrow(/^cloud-init reported 1 error: modules-final: runcmd: x failed$/);
-    // degraded (23.4 and later): recoverable errors fail the build, in cloud-init's words,
-    // from status.json on the fast path (no exit status there) ...
-    const degraded = status({
-      datasource: ds,
-      init: { errors: [], recoverable_errors: {} },
-      'modules-config': { errors: [], recoverable_errors: { WARNING: ['Invalid cloud-config provided'] } },
-      'modules-final': { errors: [], recoverable_errors: { DEPRECATED: ['Key "x" is deprecated'] } },
-      stage: null,
-    });
-    const degradedMessage =
-      'cloud-init reported 2 recoverable errors (status: degraded): modules-config: WARNING: Invalid cloud-config provided; modules-final: DEPRECATED: Key "x" is deprecated';
-    expect(() => judgeCloudInit({ wait: null, result: good, status: degraded })).toThrow(
-      expect.objectContaining({ code: 65, message: degradedMessage }),
-    );
-    // ... and with the wait's report (exit 2): each said once, with its stage
-    const report = {
-      code: 2,
-      stdout: JSON.stringify({
-        status: 'done',
-        extended_status: 'degraded done',
-        errors: [],
-        recoverable_errors: { WARNING: ['Invalid cloud-config provided'], DEPRECATED: ['Key "x" is deprecated'] },
-        detail: ds,
-      }),
-    };
-    expect(() => judgeCloudInit({ wait: report, result: good, status: degraded })).toThrow(
-      expect.objectContaining({ code: 65, message: degradedMessage }),
-    );
-    expect(() => judgeCloudInit({ wait: report, result: good, status: none })).toThrow(
-      expect.objectContaining({
-        code: 65,
-        message:
-          'cloud-init reported 2 recoverable errors (status: degraded): WARNING: Invalid cloud-config provided; DEPRECATED: Key "x" is deprecated',
-      }),
-    );
-    // exit 2 with no recoverable error to be found: still not a pass, the report's own status said
-    expect(() =>
-      judgeCloudInit({
-        wait: { code: 2, stdout: JSON.stringify({ status: 'done', extended_status: 'degraded done', detail: ds }) },
-        result: good,
-        status: none,
-      }),
-    ).toThrow(
-      expect.objectContaining({
-        code: 65,
-        message: `cloud-init ended in error (cloud-init status: degraded done, ${ds})`,
-      }),
-    );
-    // disabled: the wait returns at once, no result.json ever comes
-    expect(() =>
-      judgeCloudInit({
-        wait: {
-          code: 0,
-          stdout: JSON.stringify({ status: 'disabled', detail: 'Cloud-init disabled by cloud-init-generator' }),
-        },
-        result: none,
-        status: none,
-      }),
-    ).toThrow(expect.objectContaining({ code: 65, message: expect.stringContaining('did not finish') }));
-    expect(() => judgeCloudInit({ wait: ok, result: none, status: none })).toThrow(
+    expect(() => judgeCloudInit({ wait: ok, long: none, result: none, status: none })).toThrow(
       expect.objectContaining({ code: 65, message: expect.stringContaining('did not finish') }),
     );
-    expect(() => judgeCloudInit({ wait: null, result: { code: 0, stdout: '{' }, status: none })).toThrow(
+    expect(() => judgeCloudInit({ wait: ok, long: none, result: { code: 0, stdout: '{' }, status: none })).toThrow(
       expect.objectContaining({ code: 65 }),
     );
     // the seed was not read: DataSourceNone is a new instance, not pim's
     expect(() =>
-      judgeCloudInit({ wait: null, result: result({ datasource: 'DataSourceNone', errors: [] }), status: none }),
+      judgeCloudInit({
+        wait: ok,
+        long: none,
+        result: result({ datasource: 'DataSourceNone', errors: [] }),
+        status: none,
+      }),
     ).toThrow(expect.objectContaining({ code: 65, message: expect.stringContaining("did not read pim's seed") }));
-    expect(() => judgeCloudInit({ wait: { code: 127, stdout: '' }, result: none, status: none })).toThrow(
+    expect(() => judgeCloudInit({ wait: { code: 127, stdout: '' }, long: none, result: none, status: none })).toThrow(
       expect.objectContaining({ code: 65, message: expect.stringContaining('no cloud-init command') }),
     );
-    expect(() => judgeCloudInit({ wait: { code: 1, stdout: 'status: error' }, result: good, status: none })).toThrow(
-      expect.objectContaining({ code: 65, message: expect.stringContaining('status: error') }),
-    );
+    expect(() =>
+      judgeCloudInit({ wait: { code: 1, stdout: 'status: error' }, long: none, result: good, status: none }),
+    ).toThrow(expect.objectContaining({ code: 65, message: expect.stringContaining('status: error') }));
     expect([sizeBytes('8G'), sizeBytes('512m'), sizeBytes('1.5K'), sizeBytes('100')]).toEqual([
       8 * 2 ** 30,
       512 * 2 ** 20,
