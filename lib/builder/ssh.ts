@@ -11,6 +11,7 @@
  */
 import { EXIT, PimError } from '../core/exit.ts';
 import type { Client, ClientChannel } from 'ssh2';
+import { generateSoundKey } from '../guest/userkey.ts';
 
 export interface SshTarget {
   host: string;
@@ -30,8 +31,7 @@ async function ssh2(): Promise<typeof import('ssh2')> {
 /** An ed25519 key pair in OpenSSH format, made for one build. */
 export async function newBuildKey(comment: string): Promise<{ private: string; public: string }> {
   const { utils } = await ssh2();
-  const kp = utils.generateKeyPairSync('ed25519', { comment });
-  return { private: kp.private, public: kp.public.trim() };
+  return generateSoundKey(utils, comment);
 }
 
 // keyBlob moved down to lib/guest/hostkeys.ts (pim-ssh pins host keys too)

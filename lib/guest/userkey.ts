@@ -41,6 +41,24 @@ export function userPublicKey(): string | null {
   }
 }
 
+type Ssh2Utils = typeof import('ssh2').utils;
+
+/**
+ * A new ed25519 key pair in OpenSSH format that ssh2 itself can read back.
+ * ssh2's generateKeyPairSync drops the leading zero bytes of the public key,
+ * so about one key in 256 (a public key that starts with 0x00) is one its own
+ * parseKey refuses ("Malformed OpenSSH private key": mscdex/ssh2#1390,
+ * #1513); such a pair is thrown away and another made.
+ */
+export function generateSoundKey(utils: Ssh2Utils, comment: string): { private: string; public: string } {
+  for (let i = 0; ; i++) {
+    const kp = utils.generateKeyPairSync('ed25519', { comment });
+    if (!(utils.parseKey(kp.private) instanceof Error) && !(utils.parseKey(kp.public) instanceof Error))
+      return { private: kp.private, public: kp.public.trim() };
+    if (i >= 20) throw new PimError(EXIT.SOFTWARE, 'ssh2 made 20 ed25519 keys in a row that it cannot read back');
+  }
+}
+
 /**
  * pim's user key, made now if it is not there yet: its private path and its
  * public line. Two first uses at once make one key (the private half is
@@ -61,7 +79,7 @@ export async function ensureUserKey(): Promise<{ path: string; public: string }>
     } catch {
       /* no passwd entry */
     }
-    const kp = utils.generateKeyPairSync('ed25519', { comment: `pim:${who}@${hostname()}` });
+    const kp = generateSoundKey(utils, `pim:${who}@${hostname()}`);
     try {
       writeFileAtomic(path, kp.private, 0o600, true);
     } catch (e) {

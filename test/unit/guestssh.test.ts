@@ -377,3 +377,29 @@ describe('prepareSsh against a fake VM and a fake agent', () => {
     expect(said[0]).toMatch(/accept-new/);
   });
 });
+
+describe("pim's ed25519 keys (generateSoundKey)", () => {
+  it("never hands out a pair that ssh2 cannot read back (ssh2's generator makes one in ~256; mscdex/ssh2#1390)", async () => {
+    const { generateSoundKey } = await import('../../lib/guest/userkey.ts');
+    const { utils } = (await import('ssh2')).default as typeof import('ssh2');
+    // the bug is real: ssh2's own generator, until it makes a pair its parseKey refuses
+    let bad: { private: string; public: string } | null = null;
+    for (let i = 0; i < 20_000 && !bad; i++) {
+      const kp = utils.generateKeyPairSync('ed25519', { comment: 't' });
+      if (utils.parseKey(kp.private) instanceof Error) bad = kp;
+    }
+    expect(bad).not.toBeNull();
+    // generateSoundKey given that pair first throws it away and makes another
+    let calls = 0;
+    const replay = {
+      ...utils,
+      generateKeyPairSync: ((...a: Parameters<typeof utils.generateKeyPairSync>) =>
+        calls++ === 0 ? bad : utils.generateKeyPairSync(...a)) as typeof utils.generateKeyPairSync,
+    };
+    const kp = generateSoundKey(replay, 'pim:test');
+    expect(calls).toBe(2);
+    expect(utils.parseKey(kp.private)).not.toBeInstanceOf(Error);
+    expect(utils.parseKey(kp.public)).not.toBeInstanceOf(Error);
+    expect(kp.public).toMatch(/^ssh-ed25519 [A-Za-z0-9+/=]+ pim:test$/);
+  });
+});
