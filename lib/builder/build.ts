@@ -62,7 +62,7 @@ import { cleanupFiles, logTail, type RunningVm } from '../vm/state.ts';
 import { stopVm, type StopResult } from '../guest/stop.ts';
 import { ensureUserKey, keyBlobOf, userKeyPath, userPublicKey } from '../guest/userkey.ts';
 import { BuildLog, readLog, tail, waitPoweroff, type BootEnv, type Ctx, type FirstBoot } from './boot.ts';
-import { BUILD_VENDOR_DATA, cloudInitDisk, waitCloudInit } from './cloud.ts';
+import { buildVendorData, cloudInitDisk, waitCloudInit } from './cloud.ts';
 import { GENERALIZE_SCRIPT, powerOffGeneralized } from './generalize.ts';
 import { LAYOUTS, bootFiles, installerCmdline } from './iso-boot.ts';
 import { KEY_URL, buildInputs, buildKey, planBuild, type BuildPlan } from './plan.ts';
@@ -156,7 +156,8 @@ export async function planKey(
       );
     answers[route] = r.body;
   }
-  if (plan.builder === 'cloud-init' && plan.generalize) answers['/vendor-data'] = BUILD_VENDOR_DATA;
+  const vendor = plan.builder === 'cloud-init' ? buildVendorData(plan) : null;
+  if (vendor) answers['/vendor-data'] = vendor;
   const inputs = buildInputs(plan, answers, { name: plan.iso, checksum: iso.checksum });
   return { iso, inputs, key: buildKey(inputs), stages: stageKeys(plan, inputs) };
 }

@@ -30,7 +30,7 @@ import { convertDisk, growDisk, imgInfo } from '../image/qemu-img.ts';
 import { renderAnswer } from '../install/serve.ts';
 import type { BootEnv } from './boot.ts';
 import { STAGE_FILES } from './stages.ts';
-import { KEY_URL } from './plan.ts';
+import { KEY_URL, type BuildPlan } from './plan.ts';
 
 /**
  * The build's vendor-data (on the seed of a generalized build only): what the
@@ -46,6 +46,10 @@ export const BUILD_VENDOR_DATA = `#cloud-config
 # pim-build's vendor-data for the build boot (the build is generalized: its host keys are removed)
 ssh_genkeytypes: [ed25519]
 `;
+
+/** The build seed's vendor-data: a generalized build's, unless the profile's sources bring a vendor-data of their own. */
+export const buildVendorData = (plan: Pick<BuildPlan, 'generalize' | 'sources'>): string | null =>
+  plan.generalize && !plan.sources.some((f) => f.name === 'vendor-data') ? BUILD_VENDOR_DATA : null;
 
 /** Where cloud-init writes the outcome of its run (its datasource and every error); /var/lib/cloud/data/result.json links here. */
 export const RESULT_JSON = '/run/cloud-init/result.json';
@@ -125,8 +129,9 @@ async function makeSeed(env: BootEnv): Promise<string> {
     fs.writeFileSync(join(dir, route.slice(1)), r.body, { mode: 0o600, flag: 'wx' });
     log.line(`seed: ${route.slice(1)} from ${r.label}`);
   }
-  if (plan.generalize) {
-    fs.writeFileSync(join(dir, 'vendor-data'), BUILD_VENDOR_DATA, { mode: 0o600, flag: 'wx' });
+  const vendor = buildVendorData(plan);
+  if (vendor) {
+    fs.writeFileSync(join(dir, 'vendor-data'), vendor, { mode: 0o600, flag: 'wx' });
     log.line('seed: vendor-data: one SSH host key (ed25519) for the build boot; the clones make their own');
   }
   for (const f of plan.sources) {

@@ -711,3 +711,15 @@ describe('SSH host keys', () => {
     expect(keyBlob('no key here')).toBeNull();
   });
 });
+
+describe("the build seed's vendor-data", () => {
+  it('asks a generalized build for one host key, and gives way to generalize: false and to a vendor-data of the profile', async () => {
+    const { buildVendorData } = await import('../../lib/builder/cloud.ts');
+    const src = (name: string) => ({ name, label: `sources.d/${name}`, content: Buffer.from('x'), path: null });
+    expect(buildVendorData({ generalize: true, sources: [src('network-config')] })).toMatch(
+      /^#cloud-config\n(#.*\n)*ssh_genkeytypes: \[ed25519\]\n$/,
+    );
+    expect(buildVendorData({ generalize: false, sources: [] })).toBeNull();
+    expect(buildVendorData({ generalize: true, sources: [src('vendor-data')] })).toBeNull();
+  });
+});
