@@ -33,6 +33,39 @@ const elapsedSince = (t0: number) => {
   return s >= 60 ? `${Math.floor(s / 60)}m${String(s % 60).padStart(2, '0')}s` : `${s}s`;
 };
 
+/**
+ * Wrap `stream`'s write: `before()` runs before anything else is written (a live
+ * line is cleared), `after(midLine)` after it, with whether the text written
+ * leaves a line half written. Gives the stream's own write and a way to put it back.
+ */
+function wrapWrite(
+  stream: NodeJS.WriteStream,
+  before: () => void,
+  after: (midLine: boolean | null) => void,
+): { raw: (chunk: string) => boolean; restore: () => void } {
+  const own = stream.write;
+  const hadOwn = Object.hasOwn(stream, 'write');
+  stream.write = ((chunk: unknown, ...rest: unknown[]) => {
+    before();
+    const r = (own as (...a: unknown[]) => boolean).call(stream, chunk, ...rest);
+    const text =
+      typeof chunk === 'string'
+        ? chunk
+        : Buffer.isBuffer(chunk) || chunk instanceof Uint8Array
+          ? Buffer.from(chunk).toString('latin1')
+          : '';
+    after(text.length ? !text.endsWith('\n') : null);
+    return r;
+  }) as typeof stream.write;
+  return {
+    raw: own.bind(stream) as (chunk: string) => boolean,
+    restore: () => {
+      if (hadOwn) stream.write = own;
+      else delete (stream as { write?: unknown }).write; // the prototype's again
+    },
+  };
+}
+
 export class StatusLine implements Status {
   private readonly tty: boolean;
   private phase = '';
@@ -52,28 +85,19 @@ export class StatusLine implements Status {
     this.stream = stream;
     this.tty = Boolean(stream.isTTY) && process.env.TERM !== 'dumb';
     if (this.tty) {
-      const own = stream.write;
-      const hadOwn = Object.hasOwn(stream, 'write');
-      const raw = own.bind(stream) as (chunk: string) => boolean;
-      this.raw = raw;
-      stream.write = ((chunk: unknown, ...rest: unknown[]) => {
-        if (this.shown) raw('\r\x1b[K');
-        this.shown = false;
-        const r = (own as (...a: unknown[]) => boolean).call(stream, chunk, ...rest);
-        const text =
-          typeof chunk === 'string'
-            ? chunk
-            : Buffer.isBuffer(chunk) || chunk instanceof Uint8Array
-              ? Buffer.from(chunk).toString('latin1')
-              : '';
-        if (text.length) this.midLine = !text.endsWith('\n');
-        if (!this.midLine) this.draw();
-        return r;
-      }) as typeof stream.write;
-      this.restore = () => {
-        if (hadOwn) stream.write = own;
-        else delete (stream as { write?: unknown }).write; // the prototype's again
-      };
+      const w = wrapWrite(
+        stream,
+        () => {
+          if (this.shown) w.raw('\r\x1b[K');
+          this.shown = false;
+        },
+        (mid) => {
+          if (mid !== null) this.midLine = mid;
+          if (!this.midLine) this.draw();
+        },
+      );
+      this.raw = w.raw;
+      this.restore = w.restore;
       // a clock, not a wait: it redraws the elapsed time once a second
       this.timer = setInterval(() => this.draw(), 1000);
       this.timer.unref();
@@ -172,27 +196,16 @@ export class StatusBoard {
 
   constructor(stream: NodeJS.WriteStream) {
     this.stream = stream;
-    const own = stream.write;
-    const hadOwn = Object.hasOwn(stream, 'write');
-    const raw = own.bind(stream) as (chunk: string) => boolean;
-    this.raw = raw;
-    stream.write = ((chunk: unknown, ...rest: unknown[]) => {
-      this.clear();
-      const r = (own as (...a: unknown[]) => boolean).call(stream, chunk, ...rest);
-      const text =
-        typeof chunk === 'string'
-          ? chunk
-          : Buffer.isBuffer(chunk) || chunk instanceof Uint8Array
-            ? Buffer.from(chunk).toString('latin1')
-            : '';
-      if (text.length) this.midLine = !text.endsWith('\n');
-      this.draw();
-      return r;
-    }) as typeof stream.write;
-    this.restore = () => {
-      if (hadOwn) stream.write = own;
-      else delete (stream as { write?: unknown }).write;
-    };
+    const w = wrapWrite(
+      stream,
+      () => this.clear(),
+      (mid) => {
+        if (mid !== null) this.midLine = mid;
+        this.draw();
+      },
+    );
+    this.raw = w.raw;
+    this.restore = w.restore;
     // a clock, not a wait: the elapsed times once a second
     this.timer = setInterval(() => this.draw(), 1000);
     this.timer.unref();
