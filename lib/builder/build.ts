@@ -27,7 +27,7 @@
  * request log, provisioning output) whose path every error names.
  */
 import * as fs from 'node:fs';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
 import type { Client as SshClient } from 'ssh2';
 import { EXIT, PimError } from '../core/exit.ts';
 import { ensurePrivateDir } from '../core/fs.ts';
@@ -63,6 +63,7 @@ import { stopVm, type StopResult } from '../guest/stop.ts';
 import { ensureUserKey, keyBlobOf, userKeyPath, userPublicKey } from '../guest/userkey.ts';
 import { BuildLog, readLog, tail, waitPoweroff, type BootEnv, type Ctx, type FirstBoot } from './boot.ts';
 import { buildVendorData, cloudInitDisk, waitCloudInit } from './cloud.ts';
+import { directBoot } from './directboot.ts';
 import { GENERALIZE_SCRIPT, powerOffGeneralized } from './generalize.ts';
 import { LAYOUTS, bootFiles, installerCmdline } from './iso-boot.ts';
 import { KEY_URL, buildInputs, buildKey, planBuild, type BuildPlan } from './plan.ts';
@@ -331,6 +332,8 @@ async function bootVm(
   agent: boolean,
   spec?: Parameters<typeof startVm>[0]['spec'],
 ): Promise<RunningVm> {
+  const kernel = kernelOf(r, disk.path);
+  if (kernel) spec = { ...spec, kernel };
   const started = await startVm({
     ref: r.ref,
     disk: { ...disk, discard: true },
@@ -345,9 +348,29 @@ async function bootVm(
     signal: r.o.signal,
     ssh: { user: r.plan.sshUser },
   });
+  // QEMU has read them (fw_cfg keeps them for a reboot)
+  if (kernel) fs.rmSync(dirname(kernel.kernel), { recursive: true, force: true });
   if (typeof started === 'number') throw new PimError(EXIT.SOFTWARE, "the build's VM ran in the foreground");
   r.vm = started.vm;
   return started.vm;
+}
+
+/**
+ * A cloud-init build's BIOS boot: GRUB's default entry, read out of the disk
+ * (directboot.ts), booted by QEMU itself; null: through the firmware, and the
+ * log says why.
+ */
+function kernelOf(r: Run, disk: string): { kernel: string; initrd?: string; append: string } | undefined {
+  if (r.plan.builder !== 'cloud-init' || r.plan.firmware !== 'bios') return undefined;
+  const dir = join(r.tmp, `boot-${Date.now()}`);
+  fs.mkdirSync(dir, { mode: 0o700 });
+  const d = directBoot(disk, dir);
+  if (typeof d === 'string') {
+    r.log.line(`boot: through the firmware: ${d}`);
+    return undefined;
+  }
+  r.log.line(`boot: GRUB's default entry read from the disk, booted directly: ${d.label}; ${d.append}`);
+  return { kernel: d.kernel, initrd: d.initrd, append: d.append };
 }
 
 /** QEMU has exited: what it left is stale. */
@@ -580,7 +603,7 @@ async function provisionAndStore(r: Run, stage: StageRecord, f: StageFiles, made
   const pair = f.pair;
   const { tFinish, off } = await provision(r, running, pair);
   checkAborted(o.signal);
-  st.set(`stopping ${plan.name}`);
+  if (!off) st.set(`stopping ${plan.name}`);
   await stopBuildVm(r, running, 'provisioning', off);
   const tProv = round((Date.now() - tProv0) / 1000);
   return storeBuild(r, { disk, base: f.disk, vars, stage, made, tProv, tFinish });
@@ -630,7 +653,7 @@ async function oneBoot(r: Run, p: PendingStage): Promise<BuildRecord> {
   };
   const { tFinish, off } = await provision(r, running, { ...p.pair, remove: true }, take);
   checkAborted(o.signal);
-  o.status.set(`stopping ${plan.name}`);
+  if (!off) o.status.set(`stopping ${plan.name}`);
   await stopBuildVm(r, running, 'provisioning', off);
   const { stage, disk: base } = taken;
   if (!stage || !base) throw new PimError(EXIT.SOFTWARE, 'the install stage was never taken');

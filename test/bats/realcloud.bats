@@ -70,6 +70,9 @@ k() { pim-ssh "$1" -i "$TESTBED/id_ed25519" -- "${@:2}"; }
   log="$(dirname "$img")/build.log"
   grep -q 'cloud-init status --wait --long: status 0:' "$log"
   grep -q 'script scripts.d/real.sh: status 0' "$log"
+  # booted GRUB's default entry directly: the kernel, initrd and command line read out of the image
+  grep -q "boot: GRUB's default entry read from the disk, booted directly: /boot/vmlinuz-[^ ]* with /boot/initrd.img-[^ ]*; BOOT_IMAGE=/boot/vmlinuz-[^ ]* root=UUID=" "$log"
+  grep -aq 'Command line: BOOT_IMAGE=/boot/vmlinuz-.* root=UUID=.* console=ttyS0' "$log"
   # the build boot made one host key (pim's vendor-data: ssh_genkeytypes [ed25519]), no RSA
   keys=$(awk '/host keys from the guest agent:/ { on = 1; next } on && /^\[/ { exit } on' "$log")
   echo "the build's host keys: $(cut -d' ' -f1 <<<"$keys" | tr '\n' ' ')" >&3
