@@ -140,6 +140,13 @@ preseed_value() {
     [ "$status" -eq 0 ]
     [[ "$output" == *"Valid cloud-config"* ]]
   done
+  # and the vendor-data pim-build puts on a generalized build's seed
+  node --input-type=module -e "process.stdout.write((await import('$REPO/lib/builder/cloud.ts')).BUILD_VENDOR_DATA)" >"$PIM_TMP/out/vendor-data"
+  grep -q '^ssh_genkeytypes: \[ed25519\]$' "$PIM_TMP/out/vendor-data"
+  run cloud-init schema --config-file "$PIM_TMP/out/vendor-data"
+  echo "vendor-data: $output"
+  [ "$status" -eq 0 ]
+  [[ "$output" == *"Valid cloud-config"* ]]
 }
 
 @test "the Ubuntu autoinstall section passes subiquity's autoinstall-schema.json" {

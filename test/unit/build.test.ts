@@ -717,7 +717,7 @@ describe("the build seed's vendor-data", () => {
     const { buildVendorData } = await import('../../lib/builder/cloud.ts');
     const src = (name: string) => ({ name, label: `sources.d/${name}`, content: Buffer.from('x'), path: null });
     expect(buildVendorData({ generalize: true, sources: [src('network-config')] })).toMatch(
-      /^#cloud-config\n(#.*\n)*ssh_genkeytypes: \[ed25519\]\n$/,
+      /^#cloud-config\n(#.*\n)*ssh_genkeytypes: \[ed25519\]\nssh: \{emit_keys_to_console: false\}\n$/,
     );
     expect(buildVendorData({ generalize: false, sources: [] })).toBeNull();
     expect(buildVendorData({ generalize: true, sources: [src('vendor-data')] })).toBeNull();
