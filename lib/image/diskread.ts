@@ -20,6 +20,8 @@ export interface DiskReader {
   readonly size: number;
   /** `len` bytes at `off` of the virtual disk (zeros past its end) */
   read(off: number, len: number): Buffer;
+  /** the same, into `buf` at `at` (which must hold zeros: a hole is not written) */
+  readInto(buf: Buffer, at: number, off: number, len: number): void;
   close(): void;
 }
 
@@ -49,25 +51,40 @@ export function openDisk(path: string, depth = 0): DiskReader {
   }
 }
 
-/** `len` bytes of the file at `off`, zeros where the file ends. */
-function readAt(fd: number, off: number, len: number): Buffer {
-  const b = Buffer.alloc(len);
+/** `len` bytes of the file at `off` into `b` at `at`; where the file ends, `b` is left as it is. */
+function readFd(fd: number, b: Buffer, at: number, off: number, len: number): void {
   let got = 0;
   while (got < len) {
-    const n = fs.readSync(fd, b, got, len - got, off + got);
+    const n = fs.readSync(fd, b, at + got, len - got, off + got);
     if (n === 0) break;
     got += n;
   }
+}
+
+/** `len` bytes of the file at `off`, zeros where the file ends. */
+function readAt(fd: number, off: number, len: number): Buffer {
+  const b = Buffer.alloc(len);
+  readFd(fd, b, 0, off, len);
   return b;
 }
 
+function checkRead(buf: Buffer, at: number, off: number, len: number): void {
+  if (len > MAX_READ || off < 0 || at < 0 || at + len > buf.length) fail(`a read of ${len} bytes at ${off}`);
+}
+
 function rawReader(fd: number, size: number): DiskReader {
+  const readInto = (buf: Buffer, at: number, off: number, len: number) => {
+    checkRead(buf, at, off, len);
+    readFd(fd, buf, at, off, len);
+  };
   return {
     size,
     read: (off, len) => {
-      if (len > MAX_READ || off < 0) fail(`a read of ${len} bytes at ${off}`);
-      return readAt(fd, off, len);
+      const b = Buffer.alloc(Math.max(0, len));
+      readInto(b, 0, off, len);
+      return b;
     },
+    readInto,
     close: () => fs.closeSync(fd),
   };
 }
@@ -115,8 +132,13 @@ class Qcow2Reader implements DiskReader {
   }
 
   read(off: number, len: number): Buffer {
-    if (len > MAX_READ || off < 0) fail(`a read of ${len} bytes at ${off}`);
-    const out = Buffer.alloc(len);
+    const out = Buffer.alloc(Math.max(0, len));
+    this.readInto(out, 0, off, len);
+    return out;
+  }
+
+  readInto(out: Buffer, start: number, off: number, len: number): void {
+    checkRead(out, start, off, len);
     let done = 0;
     while (done < len) {
       const at = off + done;
@@ -128,11 +150,10 @@ class Qcow2Reader implements DiskReader {
         // clusters that follow each other in the file too: one read
         while (done + n < len && at + n < this.size && this.#hostOf(at + n) === host + inCluster + n)
           n = Math.min(len - done, n + this.#cluster, this.size - at);
-        readAt(this.#fd, host + inCluster, n).copy(out, done);
-      } else this.#readInCluster(at - inCluster, inCluster, n).copy(out, done);
+        readFd(this.#fd, out, start + done, host + inCluster, n);
+      } else this.#readInCluster(at - inCluster, inCluster, n).copy(out, start + done);
       done += n;
     }
-    return out;
   }
 
   /** The file offset of the guest cluster at `base` when it is a plain allocated one, else 0. */
@@ -190,6 +211,8 @@ class Qcow2Reader implements DiskReader {
       data = zlib.inflateRawSync(readAt(this.#fd, host, len), {
         finishFlush: zlib.constants.Z_SYNC_FLUSH,
         maxOutputLength: this.#cluster,
+        // one chunk: no concatenation of 16 KiB pieces
+        chunkSize: Math.max(this.#cluster, 64),
       });
     } catch (e) {
       return fail(`a compressed cluster at ${host} does not inflate: ${(e as Error).message}`);
