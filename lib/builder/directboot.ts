@@ -15,6 +15,7 @@
  */
 import fs from 'node:fs';
 import { join } from 'node:path';
+import { EXIT, PimError } from '../core/exit.ts';
 import { DiskReadError, openDisk, partitions, type DiskReader } from '../image/diskread.ts';
 import { ExtError, ExtFs, isExt } from '../image/extfs.ts';
 
@@ -67,7 +68,12 @@ export function grubDefault(cfg: string): GrubEntry | string {
   const all = [...linux, ...initrd].join(' ');
   if (/[$"'\\`;|&<>]/.test(all.replace(/\$\{?vt_handoff\}?/g, '')))
     return "GRUB's default entry uses variables or quoting";
+  // printable ASCII only: the line goes into the build log, and onto QEMU's command line
+  if (/[^\x20-\x7e]/.test(all.replace(/\t/g, ' ')))
+    return "GRUB's default entry holds bytes that are not printable ASCII";
   const [path, ...args] = words(linux[0]!);
+  // the kernel's own limit (x86's COMMAND_LINE_SIZE is 2048): QEMU refuses a longer one
+  if (args.join(' ').length > 1900) return "GRUB's default entry has a command line over 1900 bytes";
   const paths = [path!, ...(initrd[0] ? words(initrd[0]) : [])];
   if (!paths.every((p) => p.startsWith('/'))) return "GRUB's default entry names a file on another device";
   return { linux: path!, args: args.join(' '), initrd: paths.slice(1), uuid: [...uuids][0] ?? null };
@@ -119,7 +125,12 @@ export function directBoot(disk: string, dir: string): DirectBoot | string {
   } catch (e) {
     if (e instanceof DiskReadError || e instanceof ExtError) return e.message;
     const err = e as NodeJS.ErrnoException;
-    if (err.code && err.code !== 'ENOSPC' && err.code !== 'EDQUOT') return err.message;
+    if (err.code === 'ENOSPC' || err.code === 'EDQUOT')
+      throw new PimError(
+        EXIT.CANTCREAT,
+        `cannot write the build's kernel and initrd into ${dir}: no space left; free some space and try again`,
+      );
+    if (err.code) return err.message;
     throw e;
   } finally {
     d?.close();

@@ -87,6 +87,12 @@ describe('grubDefault', () => {
     ['quoting', "menuentry 'f' {\n linux /vmlinuz 'a b'\n}\n", /variables or quoting/],
     ['a device in the path', "menuentry 'f' {\n linux (hd0,1)/vmlinuz ro\n}\n", /another device/],
     ['two linux lines', "menuentry 'f' {\n if x; then\n linux /a\n else\n linux /b\n fi\n}\n", /2 linux/],
+    ['a terminal escape', "menuentry 'f' {\n linux /vmlinuz ro \x1b[31mred\n}\n", /not printable/],
+    [
+      "a command line over the kernel's limit",
+      `menuentry 'f' {\n linux /vmlinuz ${'a'.repeat(2000)}\n}\n`,
+      /over 1900 bytes/,
+    ],
   ])('refuses %s (the VM boots through its firmware)', (_what, cfg, why) => {
     expect(grubDefault(cfg)).toMatch(why);
   });
