@@ -31,6 +31,7 @@ import { dirname, join } from 'node:path';
 import type { Client as SshClient } from 'ssh2';
 import { EXIT, PimError } from '../core/exit.ts';
 import { ensurePrivateDir } from '../core/fs.ts';
+import { termSafe } from '../core/termsafe.ts';
 import { buildsDir, efivarsOf, STORE_FILES } from '../core/paths.ts';
 import { isAlive } from '../core/proc.ts';
 import { checkAborted } from '../core/signals.ts';
@@ -366,7 +367,8 @@ function kernelOf(r: Run, disk: string): { kernel: string; initrd?: string; appe
   fs.mkdirSync(dir, { mode: 0o700 });
   const d = directBoot(disk, dir);
   if (typeof d === 'string') {
-    r.log.line(`boot: through the firmware: ${d}`);
+    // the reason may quote the image (a default's name, a UUID): no control bytes into the log
+    r.log.line(`boot: through the firmware: ${termSafe(d)}`);
     return undefined;
   }
   r.log.line(`boot: GRUB's default entry read from the disk, booted directly: ${d.label}; ${d.append}`);
