@@ -40,9 +40,8 @@ import { KEY_URL, type BuildPlan } from './plan.ts';
  * ssh_genkeytypes) on each clone's first boot. RSA-3072 key generation under
  * TCG took 3-20 s of the build boot, the most variable part of it. And no
  * printing of those keys to the console (keys-to-console: 0.5 s under TCG).
- * Vendor-data
- * is below user-data in cloud-init's merge: a profile's cloud_config that sets
- * ssh_genkeytypes wins.
+ * Vendor-data is below user-data in cloud-init's merge: a profile's
+ * cloud_config that sets ssh_genkeytypes wins.
  */
 export const BUILD_VENDOR_DATA = `#cloud-config
 # pim-build's vendor-data for the build boot (the build is generalized: its host keys are removed)
@@ -53,6 +52,26 @@ ssh: {emit_keys_to_console: false}
 /** The build seed's vendor-data: a generalized build's, unless the profile's sources bring a vendor-data of their own. */
 export const buildVendorData = (plan: Pick<BuildPlan, 'generalize' | 'sources'>): string | null =>
   plan.generalize && !plan.sources.some((f) => f.name === 'vendor-data') ? BUILD_VENDOR_DATA : null;
+
+/**
+ * cloud-init's recoverable errors (23.4 and later, `{LEVEL: [message]}`; `status`
+ * exits 2, "degraded"): each stage's from status.json, then those of the
+ * `--long` report (which names no stage) not said already.
+ */
+function recoverableErrors(stages: Record<string, { recoverable_errors?: unknown } | null>, report: unknown): string[] {
+  const out: string[] = [];
+  const add = (stage: string | null, byLevel: unknown) => {
+    if (!byLevel || typeof byLevel !== 'object') return;
+    for (const [level, list] of Object.entries(byLevel as Record<string, unknown>))
+      for (const m of Array.isArray(list) ? list : [list]) {
+        const t = `${level}: ${typeof m === 'string' ? m : JSON.stringify(m)}`;
+        if (!out.some((x) => x === t || x.endsWith(`: ${t}`))) out.push(stage ? `${stage}: ${t}` : t);
+      }
+  };
+  for (const [stage, v] of Object.entries(stages)) if (v && typeof v === 'object') add(stage, v.recoverable_errors);
+  add(null, report);
+  return out;
+}
 
 /** Where cloud-init writes the outcome of its run (its datasource and every error); /var/lib/cloud/data/result.json links here. */
 export const RESULT_JSON = '/run/cloud-init/result.json';
@@ -171,7 +190,8 @@ type Out = { code: number; stdout: string; stderr?: string };
  * Judge cloud-init's account of the seeded run: the exit of `cloud-init
  * status --wait` and `status --long --format json` (cloud-init 22.3 and
  * later; an older one's plain output is kept as text), result.json and
- * status.json. Errors are cloud-init's own words (65); no result.json means
+ * status.json. Errors are cloud-init's own words (65), and so are its
+ * recoverable errors (23.4 and later: status "degraded", exit 2); no result.json means
  * the run never finished (65); a run whose datasource is not NoCloud did
  * not read pim's seed (65).
  */
@@ -184,14 +204,22 @@ export function judgeCloudInit(r: { wait: Out; long: Out; result: Out; status: O
     const t = typeof e === 'string' ? e : JSON.stringify(e);
     if (t && !errors.includes(t)) errors.push(t);
   };
-  type Long = { status?: string; errors?: unknown[]; detail?: string; datasource?: string };
+  type Long = {
+    status?: string;
+    extended_status?: string;
+    errors?: unknown[];
+    recoverable_errors?: Record<string, unknown[]>;
+    detail?: string;
+    datasource?: string;
+  };
   let long: Long | null = null;
   try {
     long = JSON.parse(r.long.stdout) as Long;
   } catch {
     /* an older cloud-init: plain text */
   }
-  let stages: Record<string, { errors?: unknown[] } | null> = {};
+  type Stage = { errors?: unknown[]; recoverable_errors?: Record<string, unknown[]> } | null;
+  let stages: Record<string, Stage> = {};
   if (r.status.code === 0) {
     try {
       stages = ((JSON.parse(r.status.stdout) as { v1?: typeof stages }).v1 ?? {}) as typeof stages;
@@ -199,14 +227,14 @@ export function judgeCloudInit(r: { wait: Out; long: Out; result: Out; status: O
       /* judged by result.json */
     }
   }
+  const str = (e: unknown) => (typeof e === 'string' ? e : JSON.stringify(e));
   for (const [stage, v] of Object.entries(stages)) {
     if (v && typeof v === 'object' && Array.isArray(v.errors))
-      for (const e of v.errors)
-        add(`${stage}: ${typeof e === 'string' ? e : JSON.stringify(e)}`.replace(/^([\w-]+): \1: /, '$1: '));
+      for (const e of v.errors) add(`${stage}: ${str(e)}`.replace(/^([\w-]+): \1: /, '$1: '));
   }
   // cloud-init's status names an error without its stage; status.json (above) with it
   const addUnstaged = (e: unknown) => {
-    const t = typeof e === 'string' ? e : JSON.stringify(e);
+    const t = str(e);
     if (!errors.some((x) => x === t || x.endsWith(`: ${t}`))) add(t);
   };
   for (const e of long?.errors ?? []) addUnstaged(e);
@@ -226,6 +254,12 @@ export function judgeCloudInit(r: { wait: Out; long: Out; result: Out; status: O
       EXIT.DATAERR,
       `cloud-init reported ${errors.length} error${errors.length > 1 ? 's' : ''}: ${errors.join('; ')}`,
     );
+  const recoverable = recoverableErrors(stages, long?.recoverable_errors);
+  if (recoverable.length)
+    throw new PimError(
+      EXIT.DATAERR,
+      `cloud-init reported ${recoverable.length} recoverable error${recoverable.length > 1 ? 's' : ''} (status: degraded): ${recoverable.join('; ')}`,
+    );
   if (r.wait.code === 127)
     throw new PimError(
       EXIT.DATAERR,
@@ -234,7 +268,7 @@ export function judgeCloudInit(r: { wait: Out; long: Out; result: Out; status: O
   if (r.wait.code !== 0 || long?.status === 'error')
     throw new PimError(
       EXIT.DATAERR,
-      `cloud-init ended in error (cloud-init status: ${long ? `${long.status}${long.detail ? `, ${long.detail}` : ''}` : text(r.wait) || `status ${r.wait.code}`})`,
+      `cloud-init ended in error (cloud-init status: ${long ? `${long.extended_status ?? long.status}${long.detail ? `, ${long.detail}` : ''}` : text(r.wait) || `status ${r.wait.code}`})`,
     );
   if (!v1)
     throw new PimError(

@@ -494,7 +494,7 @@ describe('builder: cloud-init', () => {
       status: { code: 0, stdout: '{"v1": {"init": {}}}' },
     });
   });
-  it("judges cloud-init's own account of the seeded run: errors fail with its words, no result.json or no NoCloud is 65", async () => {
+  it("judges cloud-init's own account of the seeded run: errors and recoverable errors fail with its words, no result.json or no NoCloud is 65", async () => {
     const { judgeCloudInit, sizeBytes } = await import('../../lib/builder/cloud.ts');
     const ok = { code: 0, stdout: '' };
     const result = (v1: object) => ({ code: 0, stdout: JSON.stringify({ v1 }) });
@@ -565,6 +565,44 @@ describe('builder: cloud-init', () => {
     expect(() =>
       judgeCloudInit({ wait: { code: 1, stdout: 'status: error' }, long: none, result: good, status: none }),
     ).toThrow(expect.objectContaining({ code: 65, message: expect.stringContaining('status: error') }));
+    // degraded (23.4 and later): recoverable errors fail the build in cloud-init's words,
+    // each stage's from status.json, the report's (no stage) where not said already
+    const degraded = {
+      code: 0,
+      stdout: JSON.stringify({
+        v1: {
+          init: { errors: [], recoverable_errors: {} },
+          'modules-config': { errors: [], recoverable_errors: { WARNING: ['Invalid cloud-config provided'] } },
+          'modules-final': { errors: [], recoverable_errors: { DEPRECATED: ['Key "x" is deprecated'] } },
+        },
+      }),
+    };
+    const report = {
+      code: 2,
+      stdout: JSON.stringify({
+        status: 'done',
+        extended_status: 'degraded done',
+        errors: [],
+        recoverable_errors: { WARNING: ['Invalid cloud-config provided'], DEPRECATED: ['Key "x" is deprecated'] },
+      }),
+    };
+    const degradedMessage =
+      'cloud-init reported 2 recoverable errors (status: degraded): modules-config: WARNING: Invalid cloud-config provided; modules-final: DEPRECATED: Key "x" is deprecated';
+    expect(() => judgeCloudInit({ wait: report, long: report, result: good, status: degraded })).toThrow(
+      expect.objectContaining({ code: 65, message: degradedMessage }),
+    );
+    expect(() => judgeCloudInit({ wait: report, long: report, result: good, status: none })).toThrow(
+      expect.objectContaining({
+        code: 65,
+        message:
+          'cloud-init reported 2 recoverable errors (status: degraded): WARNING: Invalid cloud-config provided; DEPRECATED: Key "x" is deprecated',
+      }),
+    );
+    // exit 2 with no recoverable error to be found: still not a pass, in the report's own words
+    const bare = { code: 2, stdout: JSON.stringify({ status: 'done', extended_status: 'degraded done', detail: 'd' }) };
+    expect(() => judgeCloudInit({ wait: bare, long: bare, result: good, status: none })).toThrow(
+      expect.objectContaining({ code: 65, message: 'cloud-init ended in error (cloud-init status: degraded done, d)' }),
+    );
     expect([sizeBytes('8G'), sizeBytes('512m'), sizeBytes('1.5K'), sizeBytes('100')]).toEqual([
       8 * 2 ** 30,
       512 * 2 ** 20,
