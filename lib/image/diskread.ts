@@ -165,17 +165,17 @@ class Qcow2Reader implements DiskReader {
     return host;
   }
 
-  /** `n` bytes at `inCluster` of the guest cluster at `base` */
+  /**
+   * `n` bytes at `inCluster` of the guest cluster at `base` when it is not a
+   * plain allocated one (#hostOf's): compressed, all zeros, or unallocated
+   * (the backing file's, or zeros without one).
+   */
   #readInCluster(base: number, inCluster: number, n: number): Buffer {
     const entry = this.#l2Entry(base / this.#cluster);
-    if (entry === null) return this.#backing ? this.#backing.read(base + inCluster, n) : Buffer.alloc(n);
-    if ((entry >> 62n) & 1n) return this.#compressed(entry).subarray(inCluster, inCluster + n);
-    const host = Number(entry & OFFSET_MASK);
+    if (entry !== null && (entry >> 62n) & 1n) return this.#compressed(entry).subarray(inCluster, inCluster + n);
     // bit 0: the cluster reads as zeros (version 3)
-    if (entry & 1n) return Buffer.alloc(n);
-    if (host === 0) return this.#backing ? this.#backing.read(base + inCluster, n) : Buffer.alloc(n);
-    if (host % this.#cluster !== 0 || host >= this.#fileSize) fail(`a data cluster at ${host}`);
-    return readAt(this.#fd, host + inCluster, n);
+    if (entry !== null && entry & 1n) return Buffer.alloc(n);
+    return this.#backing ? this.#backing.read(base + inCluster, n) : Buffer.alloc(n);
   }
 
   /** The L2 entry of guest cluster `vc`, or null when its L1 entry names no L2 table. */

@@ -80,9 +80,14 @@ export class ExtFs {
     this.uuid = `${u.slice(0, 8)}-${u.slice(8, 12)}-${u.slice(12, 16)}-${u.slice(16, 20)}-${u.slice(20)}`;
   }
 
-  #blockAt(n: number, count = 1): Buffer {
+  /** The disk offset of `count` blocks from block `n`, which must lie inside the file system. */
+  #offsetOf(n: number, count = 1): number {
     if (!Number.isSafeInteger(n) || n <= 0 || n + count > this.#blocks) fail(`block ${n} is outside the file system`);
-    return this.#d.read(this.#start + n * this.#bs, count * this.#bs);
+    return this.#start + n * this.#bs;
+  }
+
+  #blockAt(n: number, count = 1): Buffer {
+    return this.#d.read(this.#offsetOf(n, count), count * this.#bs);
   }
 
   #inode(n: number): Inode {
@@ -170,11 +175,9 @@ export class ExtFs {
       const step = Math.max(1, Math.floor((16 << 20) / this.#bs));
       for (let k = 0; k < len && logical + k < blocks; k += step) {
         const n = Math.min(step, len - k, blocks - logical - k);
-        const b = physical + k;
-        if (!Number.isSafeInteger(b) || b <= 0 || b + n > this.#blocks) fail(`block ${b} is outside the file system`);
         // the last block of the file: only what the file holds of it
         const at = (logical + k) * this.#bs;
-        this.#d.readInto(out, at, this.#start + b * this.#bs, Math.min(n * this.#bs, out.length - at));
+        this.#d.readInto(out, at, this.#offsetOf(physical + k, n), Math.min(n * this.#bs, out.length - at));
       }
     }
     return out;
